@@ -1,0 +1,1 @@
+"""Code that auth_service, ws_service and the launcher all use."""

@@ -1,0 +1,65 @@
+"""Revocation events that auth_service publishes and every ws replica acts on.
+
+``until`` is the latest ``exp`` any access token of the revoked session (or user) can carry, so a
+verifier knows how long it has to remember the revocation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = [
+    "REVOCATIONS_TOPIC",
+    "RevocationEvent",
+    "SessionRevoked",
+    "UserRevoked",
+    "decode_event",
+    "encode_event",
+]
+
+REVOCATIONS_TOPIC = "auth.revocations"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRevoked:
+    sid: str
+    sub: str
+    until: int
+    type: str = "session_revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class UserRevoked:
+    sub: str
+    issued_before: int
+    until: int
+    type: str = "user_revoked"
+
+
+RevocationEvent = SessionRevoked | UserRevoked
+
+
+def encode_event(event: RevocationEvent) -> str:
+    return json.dumps(asdict(event), separators=(",", ":"))
+
+
+def decode_event(payload: str) -> RevocationEvent:
+    """Parse a bus payload; raises ``ValueError`` for anything that is not a known event."""
+    try:
+        data: Any = json.loads(payload)
+        kind = data["type"]
+        if kind == "session_revoked":
+            return SessionRevoked(
+                sid=str(data["sid"]), sub=str(data["sub"]), until=int(data["until"])
+            )
+        if kind == "user_revoked":
+            return UserRevoked(
+                sub=str(data["sub"]),
+                issued_before=int(data["issued_before"]),
+                until=int(data["until"]),
+            )
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"malformed revocation event: {exc}") from exc
+    raise ValueError(f"unknown revocation event type: {kind!r}")

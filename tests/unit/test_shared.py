@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import pytest
+
+from shared.bus import InProcessBus
+from shared.envparse import ConfigError, env_bool, env_int, env_list
+from shared.events import SessionRevoked, UserRevoked, decode_event, encode_event
+
+
+async def test_in_process_bus_delivers_same_payload_to_every_handler() -> None:
+    bus = InProcessBus()
+    seen: list[tuple[str, str]] = []
+    other: list[str] = []
+    bus.subscribe("a", lambda t, p: seen.append((t, p)))
+    unsubscribe = bus.subscribe("a", lambda t, p: other.append(p))
+    bus.subscribe("b", lambda t, p: seen.append((t, p)))
+    payload = "x" * 10
+    await bus.publish("a", payload)
+    unsubscribe()
+    await bus.publish("a", "second")
+    assert seen == [("a", payload), ("a", "second")]
+    assert other == [payload]
+    assert other[0] is payload
+
+
+async def test_failing_handler_does_not_stop_delivery() -> None:
+    bus = InProcessBus()
+    seen: list[str] = []
+
+    def broken(topic: str, payload: str) -> None:
+        raise RuntimeError("boom")
+
+    bus.subscribe("t", broken)
+    bus.subscribe("t", lambda t, p: seen.append(p))
+    await bus.publish("t", "m")
+    assert seen == ["m"]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [SessionRevoked(sid="s", sub="u", until=5), UserRevoked(sub="u", issued_before=3, until=9)],
+)
+def test_events_round_trip(event: SessionRevoked | UserRevoked) -> None:
+    assert decode_event(encode_event(event)) == event
+
+
+@pytest.mark.parametrize(
+    "payload", ["", "{}", '{"type":"nope"}', '{"type":"session_revoked"}', "[]"]
+)
+def test_malformed_events_raise_value_error(payload: str) -> None:
+    with pytest.raises(ValueError):
+        decode_event(payload)
+
+
+def test_env_parsing_names_the_variable() -> None:
+    assert env_int({}, "X", 3) == 3
+    assert env_int({"X": "7"}, "X", 3) == 7
+    with pytest.raises(ConfigError, match="X must be an integer"):
+        env_int({"X": "seven"}, "X", 3)
+    with pytest.raises(ConfigError, match="at least 1"):
+        env_int({"X": "0"}, "X", 3, minimum=1)
+    assert env_bool({"B": "0"}, "B", True) is False
+    with pytest.raises(ConfigError):
+        env_bool({"B": "maybe"}, "B", True)
+    assert env_list({"L": " a, b ,,"}, "L") == ("a", "b")
