@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -55,3 +58,19 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@asynccontextmanager
+async def postgres_schema() -> AsyncIterator[str]:
+    """A DSN whose search_path is a fresh schema, dropped on exit."""
+    import asyncpg
+
+    base = await find_postgres()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(base)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        yield f"{base}?search_path={schema}"
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()

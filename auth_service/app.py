@@ -1,0 +1,124 @@
+"""The auth_service application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from auth_service.appkeys import BUS, KEYRING, METRICS, SERVICE, SETTINGS, STORE
+from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
+from auth_service.domain.passwords import Passwords
+from auth_service.domain.service import AuthService, IssuerPolicy
+from auth_service.domain.throttle import LoginThrottle
+from auth_service.domain.tokens import TokenIssuer
+from auth_service.handlers import routes
+from auth_service.http import error_middleware, metrics_middleware
+from auth_service.metrics import Metrics
+from auth_service.settings import Settings
+from auth_service.store import Store, open_store
+from shared.bus import EventBus, InProcessBus
+from shared.events import REVOCATIONS_TOPIC, RevocationEvent, encode_event
+
+__all__ = ["build_keyring", "build_service", "create_app"]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+PURGE_INTERVAL = 3600.0
+
+
+def build_keyring(settings: Settings, store: Store) -> KeyRing:
+    policy = RotationPolicy(
+        interval=settings.key_rotation_interval,
+        jwks_max_age=settings.jwks_max_age,
+        access_token_ttl=settings.access_token_ttl,
+    )
+    return KeyRing(store, KeyCipher(settings.key_encryption_secrets), policy)
+
+
+def build_service(settings: Settings, store: Store, ring: KeyRing, bus: EventBus) -> AuthService:
+    async def publish(event: RevocationEvent) -> None:
+        try:
+            await bus.publish(REVOCATIONS_TOPIC, encode_event(event))
+        except Exception:
+            log.exception("revocation event not published", extra={"event_type": event.type})
+
+    return AuthService(
+        store,
+        TokenIssuer(
+            ring, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_token_ttl
+        ),
+        Passwords(),
+        LoginThrottle(store),
+        IssuerPolicy(
+            refresh_token_ttl=settings.refresh_token_ttl,
+            session_lifetime=settings.session_lifetime,
+            refresh_reuse_grace=settings.refresh_reuse_grace,
+            default_scope=settings.default_scope,
+            allow_registration=settings.allow_registration,
+        ),
+        publish,
+    )
+
+
+def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Application:
+    """Build the app; a ``bus`` passed in is shared (the embedded launcher) and not closed here."""
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES, middlewares=[metrics_middleware, error_middleware]
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[STORE] = await open_store(settings.database_url)
+        yield
+        await app[STORE].close()
+
+    async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
+        owned = bus is None
+        app[BUS] = InProcessBus() if bus is None else bus
+        yield
+        if owned:
+            await app[BUS].close()
+
+    async def domain_ctx(app: web.Application) -> AsyncIterator[None]:
+        ring = build_keyring(settings, app[STORE])
+        if await ring.maintain(time.time()):
+            app[METRICS].key_rotations.inc()
+        app[KEYRING] = ring
+        app[SERVICE] = build_service(settings, app[STORE], ring, app[BUS])
+        task = asyncio.create_task(maintenance_loop(app))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.extend([store_ctx, bus_ctx, domain_ctx])
+    app.add_routes(routes)
+    return app
+
+
+def maintenance_interval(settings: Settings) -> float:
+    """Reload often enough that a key created by another replica is known long before it signs."""
+    return max(1.0, min(30.0, settings.jwks_max_age / 4))
+
+
+async def maintenance_loop(app: web.Application) -> None:
+    interval = maintenance_interval(app[SETTINGS])
+    last_purge = 0.0
+    while True:
+        await asyncio.sleep(interval)
+        now = time.time()
+        try:
+            if await app[KEYRING].maintain(now):
+                app[METRICS].key_rotations.inc()
+            if now - last_purge >= PURGE_INTERVAL:
+                await app[STORE].purge_expired(now)
+                last_purge = now
+        except Exception:
+            log.exception("key ring maintenance failed; retrying")

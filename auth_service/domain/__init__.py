@@ -1,0 +1,1 @@
+"""Domain logic of the token issuer: no aiohttp, no SQL."""

@@ -1,0 +1,62 @@
+"""Records the store keeps. Times are float epoch seconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["RefreshToken", "RefreshTokenView", "Session", "StoredKey", "ThrottleState", "User"]
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    username: str
+    password_hash: str
+    scope: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A refresh-token family. ``expires_at`` is its absolute lifetime."""
+
+    sid: str
+    user_id: str
+    scope: str
+    created_at: float
+    expires_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshToken:
+    token_hash: str
+    sid: str
+    created_at: float
+    expires_at: float
+    rotated_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshTokenView:
+    token: RefreshToken
+    session: Session
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """A signing key as stored: the private half encrypted, the public half as a JWK dict."""
+
+    kid: str
+    generation: int
+    private_key_encrypted: bytes
+    public_jwk: str
+    created_at: float
+    activate_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleState:
+    failures: int
+    window_start: float
+    blocked_until: float

@@ -1,0 +1,77 @@
+"""Access tokens: RS256 JWTs (``typ: at+jwt``) signed with the key ring's current key."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from auth_service.domain.keyring import KeyRing
+from auth_service.domain.models import User
+from auth_service.errors import InvalidClientToken, StoreUnavailable
+
+__all__ = ["AccessToken", "TokenIssuer"]
+
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
+REQUIRED_CLAIMS = ["iss", "sub", "aud", "exp", "iat", "jti", "sid"]
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    token: str
+    expires_at: int
+
+
+class TokenIssuer:
+    def __init__(self, ring: KeyRing, *, issuer: str, audience: str, ttl: int) -> None:
+        self._ring = ring
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl = ttl
+
+    def issue(self, *, user: User, sid: str, scope: str, now: float) -> AccessToken:
+        key = self._ring.signing_key(now)
+        if key is None or key.private_key is None:
+            raise StoreUnavailable("no signing key is loaded yet")
+        iat = int(now)
+        claims = {
+            "iss": self.issuer,
+            "sub": user.id,
+            "aud": self.audience,
+            "iat": iat,
+            "exp": iat + self.ttl,
+            "jti": uuid.uuid4().hex,
+            "sid": sid,
+            "scope": scope,
+            "preferred_username": user.username,
+        }
+        token = jwt.encode(
+            claims,
+            key.private_key,
+            algorithm="RS256",
+            headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYPE},
+        )
+        return AccessToken(token, iat + self.ttl)
+
+    def verify(self, token: str, *, verify_exp: bool = True) -> dict[str, Any]:
+        """Verify one of our own access tokens (for logout and revocation)."""
+        try:
+            header = jwt.get_unverified_header(token)
+            key = self._ring.public_key(str(header.get("kid", "")))
+            if key is None or header.get("typ") != ACCESS_TOKEN_TYPE:
+                raise InvalidClientToken("the access token is not one of ours")
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=["RS256"],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": REQUIRED_CLAIMS, "verify_exp": verify_exp},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise InvalidClientToken("the access token has expired") from exc
+        except jwt.PyJWTError as exc:
+            raise InvalidClientToken("the access token is invalid") from exc
+        return claims

@@ -1,0 +1,177 @@
+"""REST handlers: parse, call the domain, shape the response."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from auth_service.appkeys import KEYRING, METRICS, SERVICE, SETTINGS, STORE
+from auth_service.domain.service import TokenPair
+from auth_service.errors import (
+    AuthError,
+    InvalidClientToken,
+    InvalidGrant,
+    InvalidRequest,
+    RefreshReuse,
+    UnsupportedGrantType,
+)
+from auth_service.http import (
+    client_address,
+    optional_str,
+    read_form_or_json,
+    read_json,
+    required_str,
+)
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def token_response(pair: TokenPair) -> web.Response:
+    return web.json_response(
+        {
+            "access_token": pair.access_token,
+            "token_type": "Bearer",
+            "expires_in": pair.expires_in,
+            "refresh_token": pair.refresh_token,
+            "refresh_expires_in": pair.refresh_expires_in,
+            "scope": pair.scope,
+        },
+        headers=NO_STORE,
+    )
+
+
+@routes.post("/v1/register")
+async def register(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    user = await request.app[SERVICE].register(
+        required_str(body, "username"), required_str(body, "password")
+    )
+    return web.json_response({"id": user.id, "username": user.username}, status=201)
+
+
+@routes.post("/v1/login")
+async def login(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    username, password = required_str(body, "username"), required_str(body, "password")
+    metrics = request.app[METRICS]
+    try:
+        pair = await request.app[SERVICE].login(username, password, address=client_address(request))
+    except AuthError as exc:
+        metrics.logins.labels(exc.code).inc()
+        if isinstance(exc, InvalidGrant):
+            exc.status = 401
+        raise
+    metrics.logins.labels("ok").inc()
+    metrics.tokens_issued.labels("password").inc()
+    return token_response(pair)
+
+
+@routes.post("/v1/token")
+async def token(request: web.Request) -> web.Response:
+    body = await read_form_or_json(request)
+    grant_type = required_str(body, "grant_type")
+    if grant_type != "refresh_token":
+        raise UnsupportedGrantType(f"grant_type {grant_type!r} is not supported")
+    metrics = request.app[METRICS]
+    try:
+        pair = await request.app[SERVICE].refresh(
+            required_str(body, "refresh_token"), scope=optional_str(body, "scope")
+        )
+    except AuthError as exc:
+        reuse = isinstance(exc, RefreshReuse) and exc.family_revoked
+        metrics.refreshes.labels("reuse_detected" if reuse else exc.code).inc()
+        if reuse:
+            metrics.reuse_detected.inc()
+        raise
+    metrics.refreshes.labels("ok").inc()
+    metrics.tokens_issued.labels("refresh_token").inc()
+    return token_response(pair)
+
+
+@routes.post("/v1/logout")
+async def logout(request: web.Request) -> web.Response:
+    body = await read_json(request) if request.can_read_body else {}
+    everywhere = body.get("all", False)
+    if not isinstance(everywhere, bool):
+        raise InvalidRequest("'all' must be true or false")
+    service = request.app[SERVICE]
+    authorization = request.headers.get("Authorization")
+    refresh_token = optional_str(body, "refresh_token")
+    if authorization is not None:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise InvalidClientToken("use 'Authorization: Bearer <access token>'")
+        await service.logout_with_access_token(credentials.strip(), everywhere=everywhere)
+    elif refresh_token:
+        await service.logout_with_refresh_token(refresh_token, everywhere=everywhere)
+    else:
+        raise InvalidRequest("send 'Authorization: Bearer <access token>' or a 'refresh_token'")
+    return web.json_response({"status": "logged_out", "all": everywhere}, headers=NO_STORE)
+
+
+@routes.post("/v1/revoke")
+async def revoke(request: web.Request) -> web.Response:
+    body = await read_form_or_json(request)
+    await request.app[SERVICE].revoke(required_str(body, "token"))
+    return web.json_response({}, headers=NO_STORE)
+
+
+@routes.get("/.well-known/jwks.json")
+async def jwks(request: web.Request) -> web.Response:
+    max_age = request.app[SETTINGS].jwks_max_age
+    return web.json_response(
+        request.app[KEYRING].jwks(), headers={"Cache-Control": f"public, max-age={max_age}"}
+    )
+
+
+@routes.get("/.well-known/oauth-authorization-server")
+async def metadata(request: web.Request) -> web.Response:
+    issuer = request.app[SETTINGS].issuer
+    return web.json_response(
+        {
+            "issuer": issuer,
+            "jwks_uri": f"{issuer}/.well-known/jwks.json",
+            "token_endpoint": f"{issuer}/v1/token",
+            "revocation_endpoint": f"{issuer}/v1/revoke",
+            "grant_types_supported": ["refresh_token"],
+            "response_types_supported": [],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "revocation_endpoint_auth_methods_supported": ["none"],
+            "scopes_supported": sorted(set(request.app[SETTINGS].default_scope.split())),
+        },
+        headers={"Cache-Control": f"public, max-age={request.app[SETTINGS].jwks_max_age}"},
+    )
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    try:
+        await request.app[STORE].ping()
+        checks["database"] = "ok"
+    except AuthError as exc:
+        checks["database"] = exc.description
+    signing = request.app[KEYRING].signing_key(time.time())
+    checks["signing_key"] = "ok" if signing is not None else "no signing key loaded"
+    ready = all(value == "ok" for value in checks.values())
+    return web.json_response(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

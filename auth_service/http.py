@@ -1,0 +1,139 @@
+"""Request parsing and error responses shared by the auth handlers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from auth_service.appkeys import METRICS, SETTINGS
+from auth_service.errors import (
+    AuthError,
+    InvalidClientToken,
+    InvalidRequest,
+    Throttled,
+    UnsupportedMediaType,
+)
+
+__all__ = [
+    "client_address",
+    "error_middleware",
+    "json_error",
+    "metrics_middleware",
+    "optional_str",
+    "read_form_or_json",
+    "read_json",
+    "required_str",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_FIELD_LENGTH = 4096
+_KEPT_HEADERS = frozenset({"allow", "retry-after"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def json_error(
+    status: int, code: str, description: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": code, "error_description": description},
+        status=status,
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place that maps errors to JSON bodies: no HTML page or bare 500 ever leaves."""
+    try:
+        return await handler(request)
+    except AuthError as exc:
+        headers: dict[str, str] = {}
+        if isinstance(exc, Throttled):
+            headers["Retry-After"] = str(exc.retry_after)
+        if isinstance(exc, InvalidClientToken):
+            headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        return json_error(exc.status, exc.code, exc.description, headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        kept = {k: v for k, v in exc.headers.items() if k.lower() in _KEPT_HEADERS}
+        return json_error(exc.status, code, exc.reason, kept)
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        return json_error(500, "server_error", "internal error")
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
+    response = await handler(request)
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    request.app[METRICS].request_seconds.labels(name, request.method, str(response.status)).observe(
+        time.perf_counter() - start
+    )
+    return response
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("the request body must be JSON (Content-Type: application/json)")
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+async def read_form_or_json(request: web.Request) -> dict[str, Any]:
+    """OAuth endpoints take form bodies (RFC 6749) and, for convenience, JSON."""
+    if request.content_type == "application/x-www-form-urlencoded":
+        form = await request.post()
+        return {key: value for key, value in form.items() if isinstance(value, str)}
+    return await read_json(request)
+
+
+def optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{name}' must be a string")
+    if len(value) > MAX_FIELD_LENGTH:
+        raise InvalidRequest(f"'{name}' is too long")
+    return value
+
+
+def required_str(body: dict[str, Any], name: str) -> str:
+    value = optional_str(body, name)
+    if not value:
+        raise InvalidRequest(f"'{name}' is required")
+    return value
+
+
+def client_address(request: web.Request) -> str:
+    """The peer address, or the last X-Forwarded-For hop when the peer is a trusted proxy."""
+    peer = request.remote or "unknown"
+    if peer in request.app[SETTINGS].forwarded_allow_ips:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        if hops:
+            return hops[-1]
+    return peer

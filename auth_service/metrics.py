@@ -1,0 +1,35 @@
+"""Prometheus metrics, in a registry per app so several apps can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.logins = Counter(
+            "auth_logins", "Login attempts by outcome", ["outcome"], registry=self.registry
+        )
+        self.refreshes = Counter(
+            "auth_refreshes", "Refresh attempts by outcome", ["outcome"], registry=self.registry
+        )
+        self.reuse_detected = Counter(
+            "auth_refresh_reuse_detected",
+            "Rotated refresh tokens presented again (family revoked)",
+            registry=self.registry,
+        )
+        self.tokens_issued = Counter(
+            "auth_tokens_issued", "Access tokens issued by grant", ["grant"], registry=self.registry
+        )
+        self.key_rotations = Counter(
+            "auth_key_rotations", "Signing keys created", registry=self.registry
+        )
+        self.request_seconds = Histogram(
+            "auth_http_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )

@@ -1,0 +1,123 @@
+"""auth_service configuration, read once from the environment at start-up."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.envparse import ConfigError, env_bool, env_int, env_list, env_str
+
+__all__ = ["ConfigError", "Settings"]
+
+log = logging.getLogger(__name__)
+
+DEV_SECRET_FILE = "dev-key-encryption-secret"  # noqa: S105 (a file name)
+_PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "dev", "test", "example"}
+MIN_SECRET_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8081
+    issuer: str = "http://127.0.0.1:8081"
+    audience: str = "ws"
+    database_url: str = "sqlite:///.data/auth.db"
+    data_dir: Path = Path(".data")
+    access_token_ttl: int = 300
+    refresh_token_ttl: int = 1_209_600
+    session_lifetime: int = 2_592_000
+    refresh_reuse_grace: int = 10
+    key_encryption_secrets: tuple[str, ...] = field(default=(), repr=False)
+    jwks_max_age: int = 300
+    key_rotation_interval: int = 86_400
+    default_scope: str = "chat:read chat:write"
+    allow_registration: bool = True
+    dev: bool = False
+    forwarded_allow_ips: tuple[str, ...] = ()
+    redis_url: str = ""
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.key_encryption_secrets:
+            raise ConfigError(
+                "AUTH_KEY_ENCRYPTION_SECRETS is required (a comma list of long random secrets; "
+                "the first encrypts, all decrypt). For local development set AUTH_DEV=1."
+            )
+        for secret in self.key_encryption_secrets:
+            if len(secret) < MIN_SECRET_LENGTH or secret.lower() in _PLACEHOLDERS:
+                raise ConfigError(
+                    "AUTH_KEY_ENCRYPTION_SECRETS holds a placeholder or a secret shorter than "
+                    f"{MIN_SECRET_LENGTH} characters; generate one with "
+                    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                )
+        if self.key_rotation_interval <= self.jwks_max_age:
+            raise ConfigError("AUTH_KEY_ROTATION_INTERVAL must be longer than AUTH_JWKS_MAX_AGE")
+
+    def __repr__(self) -> str:
+        return f"Settings(issuer={self.issuer!r}, database={_redact(self.database_url)!r}, secrets=***)"
+
+    @property
+    def jwks_uri(self) -> str:
+        return f"{self.issuer}/.well-known/jwks.json"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        host = env_str(environ, "AUTH_HOST", "127.0.0.1")
+        port = env_int(environ, "AUTH_PORT", 8081, minimum=0)
+        data_dir = Path(env_str(environ, "AUTH_DATA_DIR", ".data"))
+        dev = env_bool(environ, "AUTH_DEV", False)
+        secrets_ = env_list(environ, "AUTH_KEY_ENCRYPTION_SECRETS")
+        if not secrets_ and dev:
+            secrets_ = (dev_secret(data_dir),)
+        return cls(
+            host=host,
+            port=port,
+            issuer=env_str(environ, "AUTH_ISSUER", f"http://{host}:{port}").rstrip("/"),
+            audience=env_str(environ, "AUTH_AUDIENCE", "ws"),
+            database_url=env_str(
+                environ, "AUTH_DATABASE_URL", f"sqlite:///{(data_dir / 'auth.db').as_posix()}"
+            ),
+            data_dir=data_dir,
+            access_token_ttl=env_int(environ, "AUTH_ACCESS_TOKEN_TTL", 300, minimum=1),
+            refresh_token_ttl=env_int(environ, "AUTH_REFRESH_TOKEN_TTL", 1_209_600, minimum=1),
+            session_lifetime=env_int(environ, "AUTH_SESSION_LIFETIME", 2_592_000, minimum=1),
+            refresh_reuse_grace=env_int(environ, "AUTH_REFRESH_REUSE_GRACE", 10),
+            key_encryption_secrets=secrets_,
+            jwks_max_age=env_int(environ, "AUTH_JWKS_MAX_AGE", 300),
+            key_rotation_interval=env_int(environ, "AUTH_KEY_ROTATION_INTERVAL", 86_400, minimum=1),
+            default_scope=env_str(environ, "AUTH_DEFAULT_SCOPE", "chat:read chat:write"),
+            allow_registration=env_bool(environ, "AUTH_ALLOW_REGISTRATION", True),
+            dev=dev,
+            forwarded_allow_ips=env_list(environ, "AUTH_FORWARDED_ALLOW_IPS"),
+            redis_url=env_str(environ, "REDIS_URL", ""),
+            log_level=env_str(environ, "AUTH_LOG_LEVEL", "INFO"),
+        )
+
+
+def dev_secret(data_dir: Path) -> str:
+    """Read, or create once, the development key-encryption secret kept in the data dir."""
+    path = data_dir / DEV_SECRET_FILE
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    log.warning(
+        "AUTH_DEV=1: generated a development key-encryption secret; never use dev mode in production",
+        extra={"path": str(path)},
+    )
+    return secret
+
+
+def _redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

@@ -1,0 +1,69 @@
+"""The storage contract both backends (SQLite, PostgreSQL) implement and one test suite checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from auth_service.domain.models import (
+    RefreshToken,
+    RefreshTokenView,
+    Session,
+    StoredKey,
+    ThrottleState,
+    User,
+)
+
+__all__ = ["Store"]
+
+
+class Store(Protocol):
+    async def ping(self) -> None:
+        """Raise :class:`~auth_service.errors.StoreUnavailable` when the database cannot answer."""
+
+    async def close(self) -> None: ...
+
+    async def create_user(self, user: User) -> None:
+        """Raise :class:`~auth_service.errors.UsernameTaken` for a duplicate username."""
+
+    async def get_user(self, user_id: str) -> User | None: ...
+
+    async def get_user_by_username(self, username: str) -> User | None: ...
+
+    async def create_session(self, session: Session, token: RefreshToken) -> None: ...
+
+    async def get_session(self, sid: str) -> Session | None: ...
+
+    async def find_refresh_token(self, token_hash: str) -> RefreshTokenView | None: ...
+
+    async def rotate_refresh_token(self, old_hash: str, new: RefreshToken, now: float) -> bool:
+        """Atomically mark ``old_hash`` rotated and store ``new``.
+
+        Returns False (and stores nothing) when ``old_hash`` was already rotated: the
+        compare-and-set that makes concurrent refreshes yield exactly one winner.
+        """
+
+    async def revoke_session(self, sid: str, now: float) -> bool:
+        """Revoke one family; False when it was unknown or already revoked."""
+
+    async def revoke_user_sessions(self, user_id: str, now: float) -> list[str]:
+        """Revoke every live family of a user; returns their ids."""
+
+    async def list_signing_keys(self) -> list[StoredKey]: ...
+
+    async def add_signing_key(self, key: StoredKey) -> bool:
+        """Insert a key; False when its generation exists (another replica rotated first)."""
+
+    async def delete_signing_key(self, kid: str) -> None: ...
+
+    async def throttle_states(self, keys: Sequence[str]) -> dict[str, ThrottleState]: ...
+
+    async def record_failure(self, key: str, now: float, window: float) -> int:
+        """Count a failure atomically (restarting the count after ``window``); returns the count."""
+
+    async def block(self, key: str, until: float) -> None: ...
+
+    async def clear_failures(self, key: str) -> None: ...
+
+    async def purge_expired(self, now: float) -> int:
+        """Delete expired refresh tokens, families and stale throttle rows; returns rows removed."""

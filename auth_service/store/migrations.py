@@ -1,0 +1,61 @@
+"""Versioned schema, written once for both dialects.
+
+Each entry is applied in order inside one transaction and recorded in ``schema_migrations``;
+``{real}`` and ``{blob}`` become the dialect's float and bytes types.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "render"]
+
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+        CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            username TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            created_at {real} NOT NULL
+        );
+        CREATE TABLE sessions (
+            sid TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            scope TEXT NOT NULL,
+            created_at {real} NOT NULL,
+            expires_at {real} NOT NULL,
+            revoked_at {real}
+        );
+        CREATE INDEX sessions_user_id ON sessions(user_id);
+        CREATE TABLE refresh_tokens (
+            token_hash TEXT PRIMARY KEY,
+            sid TEXT NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,
+            created_at {real} NOT NULL,
+            expires_at {real} NOT NULL,
+            rotated_at {real}
+        );
+        CREATE INDEX refresh_tokens_sid ON refresh_tokens(sid);
+        CREATE TABLE signing_keys (
+            kid TEXT PRIMARY KEY,
+            generation INTEGER NOT NULL UNIQUE,
+            private_key_encrypted {blob} NOT NULL,
+            public_jwk TEXT NOT NULL,
+            created_at {real} NOT NULL,
+            activate_at {real} NOT NULL
+        );
+        CREATE TABLE login_throttle (
+            key TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL,
+            window_start {real} NOT NULL,
+            blocked_until {real} NOT NULL DEFAULT 0
+        );
+        """,
+    ),
+)
+
+
+def render(sql: str, *, real: str, blob: str) -> list[str]:
+    """Split a migration into statements with the dialect's types filled in."""
+    text = sql.format(real=real, blob=blob)
+    return [stmt.strip() for stmt in text.split(";") if stmt.strip()]

@@ -1,0 +1,221 @@
+"""PostgreSQL backend: what several auth replicas share.
+
+Migrations run under an advisory lock so replicas starting together apply them once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from auth_service.domain.models import (
+    RefreshToken,
+    RefreshTokenView,
+    Session,
+    StoredKey,
+    ThrottleState,
+    User,
+)
+from auth_service.errors import StoreUnavailable, UsernameTaken
+from auth_service.store.migrations import MIGRATIONS, render
+
+__all__ = ["PostgresStore"]
+
+_MIGRATION_LOCK = 0x61757468  # "auth"
+
+_REFRESH_VIEW_SQL = """
+    SELECT t.token_hash, t.sid, t.created_at, t.expires_at, t.rotated_at,
+           s.user_id, s.scope, s.created_at AS s_created, s.expires_at AS s_expires, s.revoked_at
+    FROM refresh_tokens t JOIN sessions s ON s.sid = t.sid
+    WHERE t.token_hash = $1
+"""
+
+
+class PostgresStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        store = cls(pool)
+        await store._migrate()
+        return store
+
+    async def _migrate(self) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            for version, sql in MIGRATIONS:
+                if version <= current:
+                    continue
+                for stmt in render(sql, real="DOUBLE PRECISION", blob="BYTEA"):
+                    await conn.execute(stmt)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+
+    async def ping(self) -> None:
+        try:
+            await self._pool.fetchval("SELECT 1")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"database unavailable: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def create_user(self, user: User) -> None:
+        try:
+            await self._pool.execute(
+                "INSERT INTO users VALUES ($1, $2, $3, $4, $5)",
+                user.id,
+                user.username,
+                user.password_hash,
+                user.scope,
+                user.created_at,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise UsernameTaken("that username is taken") from exc
+
+    async def get_user(self, user_id: str) -> User | None:
+        row = await self._pool.fetchrow("SELECT * FROM users WHERE id = $1", user_id)
+        return User(*row) if row else None
+
+    async def get_user_by_username(self, username: str) -> User | None:
+        row = await self._pool.fetchrow("SELECT * FROM users WHERE username = $1", username)
+        return User(*row) if row else None
+
+    async def create_session(self, session: Session, token: RefreshToken) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO sessions VALUES ($1, $2, $3, $4, $5, $6)",
+                session.sid,
+                session.user_id,
+                session.scope,
+                session.created_at,
+                session.expires_at,
+                session.revoked_at,
+            )
+            await _insert_token(conn, token)
+
+    async def get_session(self, sid: str) -> Session | None:
+        row = await self._pool.fetchrow("SELECT * FROM sessions WHERE sid = $1", sid)
+        return Session(*row) if row else None
+
+    async def find_refresh_token(self, token_hash: str) -> RefreshTokenView | None:
+        row = await self._pool.fetchrow(_REFRESH_VIEW_SQL, token_hash)
+        if row is None:
+            return None
+        values = tuple(row)
+        return RefreshTokenView(RefreshToken(*values[:5]), Session(values[1], *values[5:]))
+
+    async def rotate_refresh_token(self, old_hash: str, new: RefreshToken, now: float) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                "UPDATE refresh_tokens SET rotated_at = $1 "
+                "WHERE token_hash = $2 AND rotated_at IS NULL",
+                now,
+                old_hash,
+            )
+            if status != "UPDATE 1":
+                return False
+            await _insert_token(conn, new)
+            return True
+
+    async def revoke_session(self, sid: str, now: float) -> bool:
+        status = await self._pool.execute(
+            "UPDATE sessions SET revoked_at = $1 WHERE sid = $2 AND revoked_at IS NULL", now, sid
+        )
+        return bool(status == "UPDATE 1")
+
+    async def revoke_user_sessions(self, user_id: str, now: float) -> list[str]:
+        rows = await self._pool.fetch(
+            "UPDATE sessions SET revoked_at = $1 "
+            "WHERE user_id = $2 AND revoked_at IS NULL AND expires_at > $1 RETURNING sid",
+            now,
+            user_id,
+        )
+        return [row["sid"] for row in rows]
+
+    async def list_signing_keys(self) -> list[StoredKey]:
+        rows = await self._pool.fetch("SELECT * FROM signing_keys ORDER BY generation")
+        return [StoredKey(*row) for row in rows]
+
+    async def add_signing_key(self, key: StoredKey) -> bool:
+        try:
+            await self._pool.execute(
+                "INSERT INTO signing_keys VALUES ($1, $2, $3, $4, $5, $6)",
+                key.kid,
+                key.generation,
+                key.private_key_encrypted,
+                key.public_jwk,
+                key.created_at,
+                key.activate_at,
+            )
+        except asyncpg.UniqueViolationError:
+            return False
+        return True
+
+    async def delete_signing_key(self, kid: str) -> None:
+        await self._pool.execute("DELETE FROM signing_keys WHERE kid = $1", kid)
+
+    async def throttle_states(self, keys: Sequence[str]) -> dict[str, ThrottleState]:
+        rows = await self._pool.fetch(
+            "SELECT key, failures, window_start, blocked_until FROM login_throttle "
+            "WHERE key = ANY($1::text[])",
+            list(keys),
+        )
+        return {row["key"]: ThrottleState(*tuple(row)[1:]) for row in rows}
+
+    async def record_failure(self, key: str, now: float, window: float) -> int:
+        failures = await self._pool.fetchval(
+            "INSERT INTO login_throttle AS t (key, failures, window_start) VALUES ($1, 1, $2) "
+            "ON CONFLICT (key) DO UPDATE SET "
+            "failures = CASE WHEN t.window_start < $3 THEN 1 ELSE t.failures + 1 END, "
+            "window_start = CASE WHEN t.window_start < $3 THEN $2 ELSE t.window_start END "
+            "RETURNING failures",
+            key,
+            now,
+            now - window,
+        )
+        return int(failures)
+
+    async def block(self, key: str, until: float) -> None:
+        await self._pool.execute(
+            "UPDATE login_throttle SET blocked_until = $1 WHERE key = $2", until, key
+        )
+
+    async def clear_failures(self, key: str) -> None:
+        await self._pool.execute("DELETE FROM login_throttle WHERE key = $1", key)
+
+    async def purge_expired(self, now: float) -> int:
+        removed = 0
+        async with self._pool.acquire() as conn, conn.transaction():
+            for sql, params in (
+                ("DELETE FROM refresh_tokens WHERE expires_at < $1", (now,)),
+                ("DELETE FROM sessions WHERE expires_at < $1", (now,)),
+                (
+                    "DELETE FROM login_throttle WHERE blocked_until < $1 AND window_start < $2",
+                    (now, now - 86400),
+                ),
+            ):
+                status = await conn.execute(sql, *params)
+                removed += int(status.rsplit(" ", 1)[-1])
+        return removed
+
+
+async def _insert_token(conn: asyncpg.Connection, token: RefreshToken) -> None:
+    await conn.execute(
+        "INSERT INTO refresh_tokens VALUES ($1, $2, $3, $4, $5)",
+        token.token_hash,
+        token.sid,
+        token.created_at,
+        token.expires_at,
+        token.rotated_at,
+    )

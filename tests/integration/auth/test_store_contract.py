@@ -1,0 +1,145 @@
+"""One contract, two real backends: SQLite in tmp_path and the machine's PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from auth_service.domain.models import RefreshToken, Session, StoredKey, User
+from auth_service.errors import UsernameTaken
+from auth_service.store import Store, open_store
+from tests.services import postgres_schema
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        opened = await open_store(f"sqlite:///{tmp_path / 'auth.db'}")
+        try:
+            yield opened
+        finally:
+            await opened.close()
+        return
+    async with postgres_schema() as url:
+        opened = await open_store(url)
+        try:
+            yield opened
+        finally:
+            await opened.close()
+
+
+def make_user(name: str = "alice") -> User:
+    return User(f"id-{name}", name, "hash", "chat:read", time.time())
+
+
+async def make_session(store: Store, sid: str = "s1", user: str = "alice") -> RefreshToken:
+    now = time.time()
+    if await store.get_user(f"id-{user}") is None:
+        await store.create_user(make_user(user))
+    token = RefreshToken(f"h-{sid}-0", sid, now, now + 100)
+    await store.create_session(Session(sid, f"id-{user}", "chat:read", now, now + 1000), token)
+    return token
+
+
+async def test_users_round_trip_and_unique_username(store: Store) -> None:
+    user = make_user("o'brien; DROP TABLE users;--")
+    await store.create_user(user)
+    assert await store.get_user(user.id) == user
+    assert await store.get_user_by_username(user.username) == user
+    assert await store.get_user_by_username("nobody") is None
+    with pytest.raises(UsernameTaken):
+        await store.create_user(User("other-id", user.username, "h", "", 0.0))
+
+
+async def test_refresh_rotation_is_compare_and_set(store: Store) -> None:
+    first = await make_session(store)
+    view = await store.find_refresh_token(first.token_hash)
+    assert view is not None and view.token == first and view.session.user_id == "id-alice"
+    now = time.time()
+    second = RefreshToken("h-s1-1", "s1", now, now + 100)
+    assert await store.rotate_refresh_token(first.token_hash, second, now) is True
+    assert (
+        await store.rotate_refresh_token(first.token_hash, RefreshToken("x", "s1", now, now), now)
+        is False
+    )
+    assert await store.find_refresh_token("x") is None
+    rotated = await store.find_refresh_token(first.token_hash)
+    assert rotated is not None and rotated.token.rotated_at == pytest.approx(now)
+
+
+async def test_concurrent_rotations_have_exactly_one_winner(store: Store) -> None:
+    first = await make_session(store)
+    now = time.time()
+    results = await asyncio.gather(
+        *(
+            store.rotate_refresh_token(
+                first.token_hash, RefreshToken(f"n{i}", "s1", now, now + 9), now
+            )
+            for i in range(20)
+        )
+    )
+    assert results.count(True) == 1
+
+
+async def test_revocation_of_one_session_and_of_all(store: Store) -> None:
+    await make_session(store, "s1")
+    await make_session(store, "s2")
+    now = time.time()
+    assert await store.revoke_session("s1", now) is True
+    assert await store.revoke_session("s1", now) is False
+    assert await store.revoke_session("unknown", now) is False
+    session = await store.get_session("s1")
+    assert session is not None and session.revoked_at == pytest.approx(now)
+    assert await store.revoke_user_sessions("id-alice", now) == ["s2"]
+    assert await store.revoke_user_sessions("id-alice", now) == []
+
+
+async def test_signing_key_generation_is_unique(store: Store) -> None:
+    key = StoredKey("k1", 1, b"\x00secret", '{"kty":"RSA"}', 1.0, 2.0)
+    assert await store.add_signing_key(key) is True
+    assert await store.add_signing_key(StoredKey("k2", 1, b"x", "{}", 1.0, 2.0)) is False
+    assert await store.add_signing_key(StoredKey("k3", 2, b"y", "{}", 3.0, 4.0)) is True
+    assert [k.kid for k in await store.list_signing_keys()] == ["k1", "k3"]
+    assert (await store.list_signing_keys())[0] == key
+    await store.delete_signing_key("k1")
+    assert [k.kid for k in await store.list_signing_keys()] == ["k3"]
+
+
+async def test_throttle_counts_in_a_window_and_blocks(store: Store) -> None:
+    assert await store.record_failure("a", 100.0, 60) == 1
+    assert await store.record_failure("a", 110.0, 60) == 2
+    await store.block("a", 500.0)
+    states = await store.throttle_states(["a", "b"])
+    assert set(states) == {"a"}
+    assert states["a"].failures == 2 and states["a"].blocked_until == 500.0
+    assert await store.record_failure("a", 200.0, 60) == 1
+    await store.clear_failures("a")
+    assert await store.throttle_states(["a"]) == {}
+
+
+async def test_concurrent_failures_are_all_counted(store: Store) -> None:
+    await asyncio.gather(*(store.record_failure("k", 1.0, 60) for _ in range(15)))
+    assert (await store.throttle_states(["k"]))["k"].failures == 15
+
+
+async def test_purge_removes_expired_tokens_and_sessions(store: Store) -> None:
+    token = await make_session(store)
+    assert await store.purge_expired(time.time()) == 0
+    assert await store.purge_expired(time.time() + 2000) >= 2
+    assert await store.find_refresh_token(token.token_hash) is None
+    assert await store.get_session("s1") is None
+    await store.ping()
+
+
+async def test_migrations_are_idempotent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'again.db'}"
+    first = await open_store(url)
+    await first.create_user(make_user())
+    await first.close()
+    second = await open_store(url)
+    assert await second.get_user("id-alice") is not None
+    await second.close()
