@@ -1,0 +1,110 @@
+"""Key ring lifecycle on a real SQLite store, driven by an explicit clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from auth_service.domain.keyring import KeyCipher, KeyRing, KeyRingError, RotationPolicy
+from auth_service.store import Store, open_store
+
+POLICY = RotationPolicy(interval=1000, jwks_max_age=100, access_token_ttl=50)
+SECRET = "key-ring-secret-0123456789"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await open_store(f"sqlite:///{tmp_path / 'keys.db'}")
+    yield opened
+    await opened.close()
+
+
+def ring(store: Store, *secrets: str) -> KeyRing:
+    return KeyRing(store, KeyCipher(secrets or (SECRET,)), POLICY)
+
+
+async def test_first_key_signs_at_once(store: Store) -> None:
+    keys = ring(store)
+    assert await keys.maintain(10_000) is True
+    signing = keys.signing_key(10_000)
+    assert signing is not None and signing.generation == 1
+    assert await keys.maintain(10_001) is False
+
+
+async def test_next_key_is_published_ahead_signs_then_old_one_is_deleted(store: Store) -> None:
+    keys = ring(store)
+    await keys.maintain(0)
+    first = keys.signing_key(0)
+    assert first is not None
+    assert await keys.maintain(1000 - POLICY.lead - 1) is False
+    assert await keys.maintain(1000 - POLICY.lead) is True
+    second = max(keys.keys, key=lambda k: k.generation)
+    assert second.activate_at == 1000
+    assert [k["kid"] for k in keys.jwks()["keys"]] == [first.kid, second.kid]
+    assert keys.signing_key(999) == first, "a published key waits one max-age before signing"
+    assert keys.signing_key(1000) == second
+    await keys.maintain(1000 + POLICY.retention - 1)
+    assert first.kid in {k.kid for k in keys.keys}, "kept until its tokens expired plus a max-age"
+    await keys.maintain(1000 + POLICY.retention)
+    assert [k.kid for k in keys.keys] == [second.kid]
+
+
+async def test_two_replicas_rotating_together_create_one_key(store: Store) -> None:
+    a, b = ring(store), ring(store)
+    await a.maintain(0)
+    await b.reload()
+    results = await asyncio.gather(a.maintain(900), b.maintain(900))
+    assert sorted(results) == [False, True]
+    await a.reload()
+    await b.reload()
+    assert [k.kid for k in a.keys] == [k.kid for k in b.keys]
+    assert len(a.keys) == 2
+
+
+async def test_manual_rotation_publishes_before_signing_unless_immediate(store: Store) -> None:
+    keys = ring(store)
+    await keys.maintain(0)
+    planned = await keys.rotate(10)
+    assert planned.activate_at == 10 + POLICY.jwks_max_age
+    urgent = await keys.rotate(20, immediate=True)
+    assert keys.signing_key(20) == urgent
+
+
+async def test_private_keys_are_encrypted_at_rest(store: Store) -> None:
+    keys = ring(store)
+    await keys.maintain(0)
+    (stored,) = await store.list_signing_keys()
+    loaded = keys.signing_key(0)
+    assert loaded is not None and loaded.private_key is not None
+    der = loaded.private_key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    assert der not in stored.private_key_encrypted
+    assert der[32:64] not in stored.private_key_encrypted
+    assert set(json.loads(stored.public_jwk)) == {"kty", "n", "e", "kid", "use", "alg"}
+
+
+async def test_secret_rotation_and_wrong_secret(store: Store) -> None:
+    await ring(store, SECRET).maintain(0)
+    rotated = ring(store, "a-brand-new-secret-987654321", SECRET)
+    await rotated.reload()
+    assert rotated.signing_key(0) is not None, "old secrets still decrypt"
+    stranger = ring(store, "an-unrelated-secret-000000000")
+    await stranger.reload()
+    assert stranger.signing_key(0) is None, "a key no secret decrypts never signs"
+    assert len(stranger.jwks()["keys"]) == 1
+
+
+def test_ciphertext_is_bound_to_its_kid() -> None:
+    cipher = KeyCipher((SECRET,))
+    blob = cipher.encrypt("kid-a", b"private")
+    assert cipher.decrypt("kid-a", blob) == b"private"
+    with pytest.raises(KeyRingError, match="authentication"):
+        cipher.decrypt("kid-b", blob)
+    with pytest.raises(KeyRingError, match="format"):
+        cipher.decrypt("kid-a", b"xx" + blob)

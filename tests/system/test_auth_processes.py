@@ -1,0 +1,111 @@
+"""auth_service as real processes: the CLI, and two replicas sharing one PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+
+from tests.services import free_port
+from tests.system.procs import run_cli, service
+
+pytestmark = pytest.mark.system
+PASSWORD = "correct horse battery staple"
+SECRET = "system-test-secret-0123456789"
+
+
+async def post(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, Any]:
+    async with session.post(url, **kwargs) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_cli_and_service_on_sqlite(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        "AUTH_DEV": "1",
+        "AUTH_DATA_DIR": str(tmp_path),
+        "AUTH_PORT": str(port),
+        "AUTH_JWKS_MAX_AGE": "4",
+    }
+    assert "created user carol" in run_cli(
+        "auth_service", ["users", "create", "carol"], env, PASSWORD + "\n"
+    )
+    with service("auth_service", env, port, tmp_path):
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+            status, tokens = await post(
+                http, f"{base}/v1/login", json={"username": "carol", "password": PASSWORD}
+            )
+            assert status == 200
+            async with http.get(f"{base}/.well-known/jwks.json") as resp:
+                jwks = await resp.json()
+            kid = jwt.get_unverified_header(tokens["access_token"])["kid"]
+            key = jwt.PyJWKSet.from_dict(jwks)[kid]
+            claims = jwt.decode(
+                tokens["access_token"], key, algorithms=["RS256"], audience="ws", issuer=base
+            )
+            assert claims["preferred_username"] == "carol"
+            out = run_cli("auth_service", ["keys", "rotate", "--immediate"], env)
+            new_kid = out.split()[2]
+            listing = run_cli("auth_service", ["keys", "list"], env)
+            assert f"{new_kid}  generation=2" in listing and "signing" in listing
+            for _ in range(50):
+                async with http.get(f"{base}/.well-known/jwks.json") as resp:
+                    kids = [k["kid"] for k in (await resp.json())["keys"]]
+                if new_kid in kids:
+                    break
+                await asyncio.sleep(0.1)
+            assert kids == [kid, new_kid], "the running service picked up the rotated key"
+            status, renewed = await post(
+                http,
+                f"{base}/v1/token",
+                data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+            )
+            assert status == 200
+            assert jwt.get_unverified_header(renewed["access_token"])["kid"] == new_kid
+
+
+@pytest.mark.postgres
+async def test_two_replicas_on_postgres_share_keys_and_refresh_once(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    ports = [free_port(), free_port()]
+    common = {
+        "AUTH_DATABASE_URL": postgres_url,
+        "AUTH_KEY_ENCRYPTION_SECRETS": SECRET,
+        "AUTH_ISSUER": "http://auth.test",
+    }
+    with (
+        service("auth_service", {**common, "AUTH_PORT": str(ports[0])}, ports[0], tmp_path),
+        service("auth_service", {**common, "AUTH_PORT": str(ports[1])}, ports[1], tmp_path),
+    ):
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        async with aiohttp.ClientSession() as http:
+            jwks = []
+            for url in urls:
+                async with http.get(f"{url}/.well-known/jwks.json") as resp:
+                    jwks.append(await resp.json())
+            assert jwks[0] == jwks[1] and len(jwks[0]["keys"]) == 1
+            status, _ = await post(
+                http, f"{urls[0]}/v1/register", json={"username": "dave", "password": PASSWORD}
+            )
+            assert status == 201
+            status, tokens = await post(
+                http, f"{urls[1]}/v1/login", json={"username": "dave", "password": PASSWORD}
+            )
+            assert status == 200
+            form = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+            results = await asyncio.gather(
+                *(post(http, f"{urls[i % 2]}/v1/token", data=form) for i in range(20))
+            )
+            assert sorted(status for status, _ in results) == [200] + [400] * 19
+            (winner,) = [body for status, body in results if status == 200]
+            status, _ = await post(
+                http, f"{urls[0]}/v1/token", data={**form, "refresh_token": winner["refresh_token"]}
+            )
+            assert status == 200, json.dumps(winner)

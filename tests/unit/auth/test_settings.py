@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from auth_service.settings import DEV_SECRET_FILE, ConfigError, Settings
+
+SECRET = "s3cr3t-value-long-enough"
+
+
+def test_defaults_follow_host_and_port(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {"AUTH_KEY_ENCRYPTION_SECRETS": SECRET, "AUTH_PORT": "9000", "AUTH_DATA_DIR": str(tmp_path)}
+    )
+    assert settings.issuer == "http://127.0.0.1:9000"
+    assert settings.jwks_uri == "http://127.0.0.1:9000/.well-known/jwks.json"
+    assert settings.database_url == f"sqlite:///{tmp_path.as_posix()}/auth.db"
+    assert settings.access_token_ttl == 300 and settings.refresh_reuse_grace == 10
+    assert SECRET not in repr(settings)
+
+
+def test_issuer_trailing_slash_is_dropped() -> None:
+    env = {"AUTH_KEY_ENCRYPTION_SECRETS": SECRET, "AUTH_ISSUER": "https://example.test/auth/"}
+    assert Settings.from_env(env).issuer == "https://example.test/auth"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "AUTH_KEY_ENCRYPTION_SECRETS is required"),
+        ({"AUTH_KEY_ENCRYPTION_SECRETS": "changeme"}, "placeholder"),
+        ({"AUTH_KEY_ENCRYPTION_SECRETS": f"{SECRET},short"}, "placeholder"),
+        ({"AUTH_KEY_ENCRYPTION_SECRETS": SECRET, "AUTH_ACCESS_TOKEN_TTL": "soon"}, "integer"),
+        (
+            {
+                "AUTH_KEY_ENCRYPTION_SECRETS": SECRET,
+                "AUTH_JWKS_MAX_AGE": "900",
+                "AUTH_KEY_ROTATION_INTERVAL": "600",
+            },
+            "longer",
+        ),
+        ({"AUTH_KEY_ENCRYPTION_SECRETS": SECRET, "AUTH_DEV": "perhaps"}, "AUTH_DEV"),
+    ],
+)
+def test_bad_configuration_stops_start_up(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_dev_mode_generates_and_keeps_a_secret(tmp_path: Path) -> None:
+    env = {"AUTH_DEV": "1", "AUTH_DATA_DIR": str(tmp_path)}
+    first = Settings.from_env(env)
+    assert (tmp_path / DEV_SECRET_FILE).stat().st_mode & 0o777 == 0o600
+    assert Settings.from_env(env).key_encryption_secrets == first.key_encryption_secrets
