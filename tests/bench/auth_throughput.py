@@ -7,7 +7,6 @@ same run as the baseline (a bare aiohttp JSON endpoint), so ratios are comparabl
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import tempfile
 import time
@@ -97,13 +96,13 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         port = free_port()
-        proc = subprocess.Popen([sys.executable, "-c", BASELINE_APP, str(port)])
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", BASELINE_APP, str(port))
         try:
             await asyncio.sleep(1.0)
             base_rate = await baseline(port)
         finally:
             proc.terminate()
-            proc.wait()
+            await proc.wait()
         secret = {"AUTH_KEY_ENCRYPTION_SECRETS": "benchmark-secret-0123456789"}
         port = free_port()
         env = {**secret, "AUTH_PORT": str(port), "AUTH_DATA_DIR": tmp}
