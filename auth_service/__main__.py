@@ -41,14 +41,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = Settings.from_env(os.environ)
+        ssl_context = settings.ssl_context
     except ConfigError as exc:
         print(f"auth_service: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     try:
         if args.command in (None, "serve"):
-            print(f"auth_service listening on http://{settings.host}:{settings.port}", flush=True)
-            run([Site(create_app(settings), settings.host, settings.port)])
+            scheme = "https" if ssl_context else "http"
+            print(
+                f"auth_service listening on {scheme}://{settings.host}:{settings.port}", flush=True
+            )
+            run([Site(create_app(settings), settings.host, settings.port, ssl_context)])
             return 0
         if args.command == "keys":
             return asyncio.run(keys_command(settings, args.action, args))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.envparse import ConfigError, env_bool, env_int, env_list, env_str
+from shared.tls import server_context
 
 __all__ = ["ConfigError", "Settings"]
 
@@ -41,6 +43,8 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ()
     redis_url: str = ""
     log_level: str = "INFO"
+    tls_cert: str = ""
+    tls_key: str = ""
 
     def __post_init__(self) -> None:
         if not self.key_encryption_secrets:
@@ -62,6 +66,10 @@ class Settings:
         return f"Settings(issuer={self.issuer!r}, database={_redact(self.database_url)!r}, secrets=***)"
 
     @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return server_context(self.tls_cert, self.tls_key, prefix="AUTH")
+
+    @property
     def jwks_uri(self) -> str:
         return f"{self.issuer}/.well-known/jwks.json"
 
@@ -69,6 +77,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         host = env_str(environ, "AUTH_HOST", "127.0.0.1")
         port = env_int(environ, "AUTH_PORT", 8081, minimum=0)
+        scheme = "https" if environ.get("AUTH_TLS_CERT") else "http"
         data_dir = Path(env_str(environ, "AUTH_DATA_DIR", ".data"))
         dev = env_bool(environ, "AUTH_DEV", False)
         secrets_ = env_list(environ, "AUTH_KEY_ENCRYPTION_SECRETS")
@@ -77,7 +86,7 @@ class Settings:
         return cls(
             host=host,
             port=port,
-            issuer=env_str(environ, "AUTH_ISSUER", f"http://{host}:{port}").rstrip("/"),
+            issuer=env_str(environ, "AUTH_ISSUER", f"{scheme}://{host}:{port}").rstrip("/"),
             audience=env_str(environ, "AUTH_AUDIENCE", "ws"),
             database_url=env_str(
                 environ, "AUTH_DATABASE_URL", f"sqlite:///{(data_dir / 'auth.db').as_posix()}"
@@ -96,6 +105,8 @@ class Settings:
             forwarded_allow_ips=env_list(environ, "AUTH_FORWARDED_ALLOW_IPS"),
             redis_url=env_str(environ, "REDIS_URL", ""),
             log_level=env_str(environ, "AUTH_LOG_LEVEL", "INFO"),
+            tls_cert=env_str(environ, "AUTH_TLS_CERT", ""),
+            tls_key=env_str(environ, "AUTH_TLS_KEY", ""),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -22,7 +23,12 @@ def _env(extra: Mapping[str, str]) -> dict[str, str]:
 
 @contextmanager
 def service(
-    module: str, env: Mapping[str, str], port: int, log_dir: Path, timeout: float = 20
+    module: str,
+    env: Mapping[str, str],
+    port: int,
+    log_dir: Path,
+    timeout: float = 20,
+    tls: ssl.SSLContext | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``python -m module`` until the block ends; fail with its log if it never gets ready."""
     log_path = log_dir / f"{module}-{port}.log"
@@ -36,7 +42,9 @@ def service(
                 if proc.poll() is not None:
                     raise RuntimeError(f"{module} exited: {log_path.read_text()[-2000:]}")
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    scheme = "https" if tls else "http"
+                    url = f"{scheme}://localhost:{port}/readyz"
+                    with urllib.request.urlopen(url, timeout=1, context=tls) as r:  # noqa: S310
                         if r.status == 200:
                             break
                 except OSError:
