@@ -66,7 +66,7 @@ class TokenVerifier:
             raise InvalidToken("the token must be signed with RS256")
         if header.get("typ") != ACCESS_TOKEN_TYP:
             raise InvalidToken("the token is not an access token")
-        if "crit" in header:
+        if "crit" in header:  # pyjwt >= 2.10 already refuses unknown ones in get_unverified_header
             raise InvalidToken("critical header extensions are not supported")
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("the token has no key id")
