@@ -35,7 +35,7 @@ from ws_service.verify import Claims
 if TYPE_CHECKING:
     from ws_service.gateway import Gateway
 
-__all__ = ["MAX_AUTH_ATTEMPTS", "Connection", "Peer"]
+__all__ = ["MAX_AUTH_ATTEMPTS", "Connection", "Peer", "warning_delay"]
 
 MAX_AUTH_ATTEMPTS = 3
 
@@ -46,6 +46,15 @@ class Peer(Protocol):
     def send(self, text: str) -> None: ...
 
     def close(self, code: int, reason: str) -> None: ...
+
+
+def warning_delay(remaining: float, window: float, rand: float) -> float:
+    """Seconds until ``token_expiring``: ``window`` before expiry, earlier by up to 10% of it
+    (``rand`` in [0, 1)) so that tokens issued together are not refreshed together; at half the
+    remaining life when that is shorter than two windows."""
+    if remaining < 2 * window:
+        return max(0.0, remaining / 2)
+    return remaining - window - rand * 0.1 * window
 
 
 class Connection:
@@ -228,20 +237,15 @@ class Connection:
             self.close(err.close_code, err.code)
 
     def _schedule_expiry(self, claims: Claims) -> None:
-        """Warn before ``exp`` (with jitter so that a cohort does not refresh at once), and close at
-        ``exp`` plus leeway unless a renewal reschedules both."""
+        """Warn before ``exp`` and close at ``exp`` plus leeway, unless a renewal reschedules both."""
         for timer in (self._warning_timer, self._expiry_timer):
             if timer is not None:
                 timer.cancel()
         settings = self._gw.settings
         loop = asyncio.get_running_loop()
         remaining = claims.exp - time.time()
-        window = settings.expiry_warning
-        if remaining < 2 * window:
-            warn_in = remaining / 2
-        else:
-            warn_in = remaining - window - random.uniform(0, 0.1 * window)
-        self._warning_timer = loop.call_later(max(0.0, warn_in), self._on_warning)
+        warn_in = warning_delay(remaining, settings.expiry_warning, random.random())
+        self._warning_timer = loop.call_later(warn_in, self._on_warning)
         self._expiry_timer = loop.call_later(max(0.0, remaining + settings.leeway), self._on_expiry)
 
     def _on_auth_timeout(self) -> None:
