@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from aiohttp import WSMsgType, hdrs, web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from shared.jsonlog import audit
 from ws_service.appkeys import GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
@@ -104,5 +105,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[METRICS].render()
-    return web.Response(body=body, content_type="text/plain", charset="utf-8")
+    return web.Response(
+        body=request.app[METRICS].render(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST}
+    )

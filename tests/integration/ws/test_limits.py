@@ -106,7 +106,9 @@ async def test_metrics_count_connections_and_auth_outcomes(gw: Harness) -> None:
     await recv(ws)
     await expect_close(ws, 4401, "invalid_token")
     await gw.open()
-    body = await (await gw.client.get("/metrics")).text()
+    response = await gw.client.get("/metrics")
+    assert response.content_type == "text/plain"
+    body = await response.text()
     assert 'ws_auth_total{outcome="ok"} 1.0' in body
     assert 'ws_auth_total{outcome="invalid_token"} 1.0' in body
     assert 'ws_connections{state="authenticated"} 1.0' in body
