@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from typing import Any
 
-from aiohttp import WSMsgType, hdrs, web
+from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from shared.jsonlog import audit
@@ -16,6 +17,8 @@ from ws_service.errors import InvalidChannel
 from ws_service.peer import WebSocketPeer
 
 __all__ = ["healthz", "json_error", "metrics", "publish", "readyz", "websocket"]
+
+log = logging.getLogger(__name__)
 
 
 def json_error(
@@ -54,6 +57,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 conn.on_binary()
             else:
                 break
+    except Exception:
+        log.exception("WebSocket handler failed", extra={"remote": request.remote})
+        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal_error")
     finally:
         conn.disconnected()
         await peer.finish(settings.close_timeout)

@@ -11,6 +11,7 @@ from aiohttp import WSMsgType
 
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness, expect_close, expect_open, recv, send
+from ws_service.appkeys import GATEWAY
 
 
 async def test_ping_gets_pong_with_the_id(gw: Harness) -> None:
@@ -117,3 +118,16 @@ async def test_metrics_count_connections_and_auth_outcomes(gw: Harness) -> None:
     await expect_open(await gw.login("bob"))
     body = await (await gw.client.get("/metrics")).text()
     assert "ws_messages_in_total 1.0" in body
+
+
+async def test_a_bug_in_the_handler_closes_1011(
+    gw: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = await gw.login()
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(gw.app[GATEWAY].hub, "publish", broken)
+    await send(ws, {"type": "publish", "channel": "chat:a", "data": 1})
+    await expect_close(ws, 1011, "internal_error")
