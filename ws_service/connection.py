@@ -59,7 +59,6 @@ def warning_delay(remaining: float, window: float, rand: float) -> float:
 
 class Connection:
     __slots__ = (
-        "__weakref__",
         "_auth_timer",
         "_bucket",
         "_expiry_timer",
