@@ -153,6 +153,11 @@ class GatewayClient:
         self.refreshes = 0
         self.user: dict[str, Any] | None = None
 
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels this client is subscribed to (and re-subscribes after a reconnect)."""
+        return frozenset(self._channels)
+
     async def __aenter__(self) -> GatewayClient:
         await self.start()
         return self

@@ -137,3 +137,39 @@ async def test_logout_elsewhere_stops_the_client(env: Env) -> None:
                 async for _ in alice.messages():
                     pass
         assert (err.value.code, err.value.close_code) == ("session_revoked", 4403)
+
+
+async def test_chat_cli_publishes_typed_lines_and_prints_messages(env: Env) -> None:
+    from ws_service.chat import chat
+
+    printed: list[str] = []
+    typed: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def lines() -> Any:
+        while (line := await typed.get()) is not None:
+            yield line
+
+    async with env.client("alice") as alice, env.client("bob") as bob:
+        alice_chat = asyncio.ensure_future(chat(alice, "chat:general", lines(), printed.append))
+        bob_printed: list[str] = []
+        bob_chat = asyncio.ensure_future(chat(bob, "chat:general", _never(), bob_printed.append))
+        await wait_until(lambda: "chat:general" in bob.channels)
+        await typed.put("hello bob\n")
+        await wait_until(lambda: bool(bob_printed) and bool(printed))
+        assert bob_printed == ["[chat:general] alice: hello bob"]
+        response = await env.gw.client.post(
+            "/v1/publish",
+            json={"channel": "user:alice", "data": {"text": "direct"}},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+        assert response.status == 202
+        await wait_until(lambda: len(printed) == 2)
+        assert printed == ["[chat:general] alice: hello bob", "[user:alice] server: direct"]
+        await typed.put(None)
+        await asyncio.wait_for(alice_chat, 3)
+        bob_chat.cancel()
+
+
+async def _never() -> Any:
+    await asyncio.Event().wait()
+    yield ""
