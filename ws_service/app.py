@@ -96,6 +96,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
+            await jwks.close()
             unsubscribe()
             hub.close()
 

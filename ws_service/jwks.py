@@ -8,6 +8,7 @@ unknown ``kid``s into at most one refetch per ``refetch_interval``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -138,6 +139,14 @@ class JwksCache:
                 delay = self._ttl
                 backoff = 1.0
             await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        """Cancel a fetch still in flight, before its HTTP session goes away."""
+        task = self._inflight
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, KeysUnavailable):
+                await task
 
     def _fetch_done(self, task: asyncio.Task[None]) -> None:
         self._inflight = None
