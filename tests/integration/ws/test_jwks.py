@@ -1,0 +1,97 @@
+"""The key set: loaded over HTTP, refetched for unknown kids at most once per interval."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from tests.integration.ws.conftest import MakeGateway
+from tests.integration.ws.harness import Harness, KeySet, auth, expect_close, wait_until
+from ws_service.appkeys import JWKS
+
+UNAVAILABLE = {
+    "type": "auth_error",
+    "code": "keys_unavailable",
+    "message": "the signing keys are not available, try again",
+}
+
+
+async def test_unknown_kid_triggers_exactly_one_refetch_then_is_refused(gw: Harness) -> None:
+    assert gw.keyset.fetches == 1
+    ws = await gw.open()
+    reply = await auth(ws, gw.tokens.make(headers={"kid": "rotated-away"}))
+    assert reply == {
+        "type": "auth_error",
+        "code": "invalid_token",
+        "message": "unknown signing key",
+        "retry": False,
+    }
+    await expect_close(ws, 4401, "invalid_token")
+    assert gw.keyset.fetches == 2
+
+
+async def test_flood_of_random_kids_is_at_most_one_fetch_per_interval(gw: Harness) -> None:
+    async def attempt() -> str:
+        ws = await gw.open()
+        reply = await auth(ws, gw.tokens.make(headers={"kid": uuid.uuid4().hex}))
+        return str(reply["code"])
+
+    codes = await asyncio.gather(*(attempt() for _ in range(30)))
+    assert set(codes) == {"invalid_token"}
+    assert gw.keyset.fetches == 2
+    await gw.login()
+    assert gw.keyset.fetches == 2
+
+
+async def test_refetch_is_allowed_again_after_the_interval(
+    make_gateway: MakeGateway, other_key: RSAPrivateKey
+) -> None:
+    gw = await make_gateway(jwks_refetch_interval=0.3)
+    ws = await gw.open()
+    assert (await auth(ws, gw.tokens.make(key=other_key, headers={"kid": "new"})))["code"] == (
+        "invalid_token"
+    )
+    assert gw.keyset.fetches == 2
+    gw.keyset.keys["new"] = other_key
+    await asyncio.sleep(0.35)
+    await gw.login(token=gw.tokens.make(key=other_key, headers={"kid": "new"}))
+    assert gw.keyset.fetches == 3
+
+
+async def test_rotated_key_is_found_by_one_refetch(gw: Harness, other_key: RSAPrivateKey) -> None:
+    gw.keyset.keys["key-2"] = other_key
+    await gw.login(token=gw.tokens.make(key=other_key, headers={"kid": "key-2"}))
+    assert gw.keyset.fetches == 2
+
+
+async def test_no_key_set_gives_retryable_keys_unavailable_then_recovers(
+    make_gateway: MakeGateway, rsa_key: RSAPrivateKey
+) -> None:
+    keyset = KeySet({"key-1": rsa_key}, fail=True)
+    gw = await make_gateway(keyset=keyset, wait_ready=False)
+    await wait_until(lambda: keyset.fetches >= 1)
+    ready = await gw.client.get("/readyz")
+    assert (ready.status, await ready.json()) == (503, {"ready": False})
+    ws = await gw.open()
+    assert await auth(ws, gw.tokens.make()) == {**UNAVAILABLE, "retry": True}
+    assert await auth(ws, gw.tokens.make()) == {**UNAVAILABLE, "retry": True}
+    assert await auth(ws, gw.tokens.make()) == {**UNAVAILABLE, "retry": False}
+    await expect_close(ws, 4401, "keys_unavailable")
+    keyset.fail = False
+    await wait_until(lambda: gw.app[JWKS].ready, wait=5)
+    ready = await gw.client.get("/readyz")
+    assert (ready.status, await ready.json()) == (200, {"ready": True})
+    await gw.login()
+
+
+async def test_failed_refetch_is_keys_unavailable_and_keeps_the_last_good_set(
+    gw: Harness, other_key: RSAPrivateKey
+) -> None:
+    gw.keyset.fail = True
+    ws = await gw.open()
+    reply = await auth(ws, gw.tokens.make(key=other_key, headers={"kid": "key-2"}))
+    assert reply == {**UNAVAILABLE, "retry": True}
+    assert gw.keyset.fetches == 2
+    assert (await auth(ws, gw.tokens.make()))["type"] == "auth_success"

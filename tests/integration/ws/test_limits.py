@@ -1,0 +1,133 @@
+"""Frame limits, rate limits, protocol violations, ping, Origin, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+
+from tests.integration.ws.conftest import MakeGateway
+from tests.integration.ws.harness import Harness, expect_close, expect_open, recv, send
+from ws_service.appkeys import GATEWAY
+
+
+async def test_ping_gets_pong_with_the_id(gw: Harness) -> None:
+    ws = await gw.login()
+    await send(ws, {"type": "ping", "id": 41})
+    assert await recv(ws) == {"type": "pong", "id": 41}
+    await send(ws, {"type": "ping"})
+    assert await recv(ws) == {"type": "pong"}
+
+
+async def test_frame_over_max_message_bytes_closes_1009(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway(max_message_bytes=20000)
+    ws = await gw.login()
+    await send(ws, {"type": "ping", "pad": "x" * 15000})
+    assert (await recv(ws))["type"] == "pong"
+    await send(ws, {"type": "ping", "pad": "x" * 20001})
+    msg = await ws.receive(timeout=3)
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1009)
+
+
+async def test_binary_frame_after_auth_closes_4400(gw: Harness) -> None:
+    ws = await gw.login()
+    await ws.send_bytes(b"\x00\x01")
+    await expect_close(ws, 4400, "bad_request")
+
+
+async def test_repeated_protocol_violations_close_4400(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway(max_violations=3)
+    ws = await gw.login()
+    for frame in ("not json", '"a string"', '{"type": "nope"}'):
+        await ws.send_str(frame)
+        reply = await recv(ws)
+        assert (reply["type"], reply["code"], reply["id"]) == ("error", "bad_request", None)
+    await expect_close(ws, 4400, "bad_request")
+
+
+async def test_rate_limit_then_close_4429_when_it_persists(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway(rate_per_second=0.5, rate_burst=3, rate_strikes=3)
+    ws = await gw.login()
+    for i in range(3):
+        await send(ws, {"type": "ping", "id": i})
+        assert await recv(ws) == {"type": "pong", "id": i}
+    for _ in range(2):
+        await send(ws, {"type": "ping", "id": "x"})
+        assert await recv(ws) == {
+            "type": "error",
+            "code": "rate_limited",
+            "message": "too many messages, slow down",
+            "id": None,
+        }
+    await send(ws, {"type": "ping"})
+    await expect_close(ws, 4429, "rate_limited")
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [("https://evil.example", False), ("https://app.example", True), (None, True)],
+)
+async def test_origin_is_checked_before_the_upgrade(
+    make_gateway: MakeGateway, origin: str | None, allowed: bool
+) -> None:
+    gw = await make_gateway(allowed_origins=("https://app.example",))
+    if allowed:
+        ws = await gw.open(origin)
+        await ws.close()
+        return
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+        await gw.open(origin)
+    assert err.value.status == 403
+    response = await gw.client.get("/ws", headers={"Origin": origin or ""})
+    assert response.status == 403
+    assert await response.json() == {
+        "error": "forbidden_origin",
+        "error_description": "this Origin may not open a WebSocket",
+    }
+
+
+async def test_shutdown_closes_every_socket_1001(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway()
+    authed = await gw.login()
+    pending = await gw.open()
+    closing = asyncio.ensure_future(gw.client.server.close())
+    for ws in (authed, pending):
+        msg = await ws.receive(timeout=3)
+        assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1001, "going_away")
+    await asyncio.wait_for(closing, 5)
+
+
+async def test_metrics_count_connections_and_auth_outcomes(gw: Harness) -> None:
+    await gw.login()
+    ws = await gw.open()
+    await ws.send_str(json.dumps({"type": "auth", "token": "nope"}))
+    await recv(ws)
+    await expect_close(ws, 4401, "invalid_token")
+    await gw.open()
+    response = await gw.client.get("/metrics")
+    assert response.content_type == "text/plain"
+    body = await response.text()
+    assert 'ws_auth_total{outcome="ok"} 1.0' in body
+    assert 'ws_auth_total{outcome="invalid_token"} 1.0' in body
+    assert 'ws_connections{state="authenticated"} 1.0' in body
+    assert 'ws_connections{state="awaiting_auth"} 1.0' in body
+    assert 'ws_jwks_fetches_total{outcome="ok"} 1.0' in body
+    await expect_open(await gw.login("bob"))
+    body = await (await gw.client.get("/metrics")).text()
+    assert "ws_messages_in_total 1.0" in body
+
+
+async def test_a_bug_in_the_handler_closes_1011(
+    gw: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = await gw.login()
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(gw.app[GATEWAY].hub, "publish", broken)
+    await send(ws, {"type": "publish", "channel": "chat:a", "data": 1})
+    await expect_close(ws, 1011, "internal_error")

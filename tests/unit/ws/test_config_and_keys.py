@@ -1,0 +1,130 @@
+"""Settings from the environment, and which JWKs the cache will use."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from jwt.algorithms import RSAAlgorithm
+
+from shared.envparse import ConfigError
+from ws_service.jwks import parse_jwks, ttl_from_cache_control
+from ws_service.settings import Settings
+
+
+def test_defaults_follow_the_local_auth_service() -> None:
+    settings = Settings.from_env({})
+    assert settings.issuer == "http://127.0.0.1:8081"
+    assert settings.jwks_url == "http://127.0.0.1:8081/.well-known/jwks.json"
+    assert (settings.host, settings.port, settings.audience) == ("127.0.0.1", 8082, "ws")
+    assert (settings.auth_timeout, settings.expiry_warning, settings.leeway) == (10.0, 60.0, 5)
+    assert settings.max_message_bytes == 65536
+    assert settings.allowed_origins == settings.api_keys == ()
+
+
+def test_auth_host_port_and_issuer_are_read_from_the_same_environment() -> None:
+    assert Settings.from_env({"AUTH_HOST": "10.0.0.5", "AUTH_PORT": "9000"}).issuer == (
+        "http://10.0.0.5:9000"
+    )
+    settings = Settings.from_env({"AUTH_ISSUER": "https://auth.example"})
+    assert settings.issuer == "https://auth.example"
+    assert settings.jwks_url == "https://auth.example/.well-known/jwks.json"
+
+
+def test_every_ws_variable_is_read() -> None:
+    settings = Settings.from_env(
+        {
+            "WS_HOST": "192.0.2.1",
+            "WS_PORT": "9999",
+            "WS_JWKS_URL": "http://keys/jwks",
+            "WS_ISSUER": "http://iss",
+            "WS_AUDIENCE": "chat",
+            "WS_ALLOWED_ORIGINS": "https://a.example, https://b.example",
+            "WS_AUTH_TIMEOUT": "3",
+            "WS_EXPIRY_WARNING": "30",
+            "WS_LEEWAY": "2",
+            "WS_MAX_MESSAGE_BYTES": "4096",
+            "WS_API_KEYS": "k" * 20 + ",key-number-two-123",
+        }
+    )
+    assert settings.host == "192.0.2.1"
+    assert settings.port == 9999
+    assert settings.jwks_url == "http://keys/jwks"
+    assert settings.issuer == "http://iss"
+    assert settings.audience == "chat"
+    assert settings.allowed_origins == ("https://a.example", "https://b.example")
+    assert (settings.auth_timeout, settings.expiry_warning, settings.leeway) == (3.0, 30.0, 2)
+    assert settings.max_message_bytes == 4096
+    assert settings.api_keys == ("k" * 20, "key-number-two-123")
+    assert "k" * 20 not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"WS_PORT": "x"},
+        {"WS_API_KEYS": "short"},
+        {"WS_JWKS_MIN_TTL": "100", "WS_JWKS_MAX_TTL": "10"},
+    ],
+)
+def test_bad_settings_stop_start_up(environ: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env(environ)
+
+
+def jwk(key: RSAPrivateKey, **fields: Any) -> dict[str, Any]:
+    base = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    return {**base, "kid": "k", "use": "sig", "alg": "RS256", **fields}
+
+
+def test_only_rsa_signing_keys_of_2048_bits_are_used(unit_rsa_key: RSAPrivateKey) -> None:
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
+    private = json.loads(RSAAlgorithm.to_jwk(unit_rsa_key))
+    keys = parse_jwks(
+        {
+            "keys": [
+                jwk(unit_rsa_key, kid="good"),
+                jwk(unit_rsa_key, kid="no-alg", alg=None),
+                jwk(unit_rsa_key, kid="enc", use="enc"),
+                jwk(unit_rsa_key, kid="rs512", alg="RS512"),
+                jwk(weak, kid="weak"),
+                {**private, "kid": "private", "use": "sig"},
+                {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac", "use": "sig"},
+                {"kty": "RSA", "kid": "broken", "use": "sig", "n": "!!", "e": "AQAB"},
+                jwk(unit_rsa_key, kid=None),
+                "not a dict",
+            ]
+        }
+    )
+    assert set(keys) == {"good"}
+
+
+def test_a_key_without_alg_is_allowed_but_use_is_required(unit_rsa_key: RSAPrivateKey) -> None:
+    key = {k: v for k, v in jwk(unit_rsa_key, kid="a").items() if k != "alg"}
+    assert set(parse_jwks({"keys": [key]})) == {"a"}
+    key.pop("use")
+    assert parse_jwks({"keys": [key]}) == {}
+
+
+@pytest.mark.parametrize("document", [[], {"keys": {}}, "x", None])
+def test_a_non_jwks_document_is_an_error(document: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_jwks(document)
+
+
+@pytest.mark.parametrize(
+    ("header", "ttl"),
+    [
+        ("public, max-age=300", 300.0),
+        ("max-age=5", 60.0),
+        ("public, max-age=999999", 3600.0),
+        ("no-store", 60.0),
+        (None, 60.0),
+        ('max-age="120"', 120.0),
+    ],
+)
+def test_ttl_comes_from_max_age_within_bounds(header: str | None, ttl: float) -> None:
+    assert ttl_from_cache_control(header, 60.0, 3600.0) == ttl

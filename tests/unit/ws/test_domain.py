@@ -1,0 +1,117 @@
+"""Pure domain rules: channel names and permissions, token bucket, revocations, warning timing."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.events import SessionRevoked, UserRevoked
+from ws_service.channels import check_publish, check_subscribe, validate_channel
+from ws_service.connection import warning_delay
+from ws_service.errors import Forbidden, InvalidChannel
+from ws_service.ratelimit import TokenBucket
+from ws_service.revocations import RevocationRegistry
+
+
+@pytest.mark.parametrize(
+    "name", ["chat:general", "a:b", "chat:room:1", "user:42@x.y-z_", "n:" + "a" * 126]
+)
+def test_valid_channel_names(name: str) -> None:
+    assert validate_channel(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "chat", ":general", "chat:", "chat: x", "chat:é", "ns:" + "a" * 126, None, 3, ["a:b"]],
+)
+def test_invalid_channel_names(name: object) -> None:
+    with pytest.raises(InvalidChannel):
+        validate_channel(name)
+
+
+def test_scopes_open_namespaces() -> None:
+    check_subscribe("chat:x", "alice", {"chat:read"})
+    check_publish("chat:x", {"chat:write"})
+    with pytest.raises(Forbidden):
+        check_subscribe("chat:x", "alice", {"chat:write", "news:read"})
+    with pytest.raises(Forbidden):
+        check_publish("chat:x", {"chat:read"})
+
+
+def test_user_namespace_is_private_and_server_written() -> None:
+    check_subscribe("user:alice", "alice", set())
+    with pytest.raises(Forbidden):
+        check_subscribe("user:bob", "alice", {"user:read", "user:bob:read"})
+    with pytest.raises(Forbidden):
+        check_subscribe("user:alice:extra", "alice", {"user:read"})
+    with pytest.raises(Forbidden):
+        check_publish("user:alice", {"user:write"})
+
+
+def test_token_bucket_allows_burst_then_refills_at_rate() -> None:
+    bucket = TokenBucket(rate=2.0, burst=3, now=0.0)
+    assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert not bucket.take(0.4)
+    assert bucket.take(0.5)
+    assert not bucket.full
+    assert bucket.take(10.0)
+    assert bucket.full
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_session_revocation_lasts_until_until() -> None:
+    clock = Clock()
+    registry = RevocationRegistry(clock)
+    registry.apply(SessionRevoked(sid="s1", sub="alice", until=1010))
+    assert registry.is_revoked("alice", "s1", iat=999)
+    assert registry.is_revoked("mallory", "s1", iat=999)
+    assert not registry.is_revoked("alice", "s2", iat=999)
+    clock.now = 1011
+    assert not registry.is_revoked("alice", "s1", iat=999)
+    registry.prune()
+    assert len(registry) == 0
+
+
+def test_user_revocation_covers_only_tokens_issued_before_the_cutoff() -> None:
+    clock = Clock()
+    registry = RevocationRegistry(clock)
+    registry.apply(UserRevoked(sub="alice", issued_before=1000, until=1100))
+    registry.apply(UserRevoked(sub="alice", issued_before=990, until=1050))
+    assert registry.is_revoked("alice", "any", iat=999)
+    assert not registry.is_revoked("alice", "any", iat=1000)
+    assert not registry.is_revoked("bob", "any", iat=999)
+    clock.now = 1080
+    assert registry.is_revoked("alice", "any", iat=999)
+    clock.now = 1101
+    assert not registry.is_revoked("alice", "any", iat=999)
+
+
+def test_apply_prunes_expired_entries() -> None:
+    clock = Clock()
+    registry = RevocationRegistry(clock)
+    registry.apply(SessionRevoked(sid="old", sub="a", until=1001))
+    clock.now = 1002
+    registry.apply(SessionRevoked(sid="new", sub="a", until=1100))
+    assert len(registry) == 1
+
+
+@pytest.mark.parametrize(
+    ("remaining", "window", "rand", "expected"),
+    [
+        (300.0, 60.0, 0.0, 240.0),
+        (300.0, 60.0, 0.5, 237.0),
+        (300.0, 60.0, 0.999, 234.006),
+        (100.0, 60.0, 0.7, 50.0),
+        (3.0, 1.0, 0.3, 1.97),
+        (1.5, 1.0, 0.3, 0.75),
+        (-1.0, 1.0, 0.3, 0.0),
+    ],
+)
+def test_warning_delay(remaining: float, window: float, rand: float, expected: float) -> None:
+    assert warning_delay(remaining, window, rand) == pytest.approx(expected)

@@ -1,0 +1,128 @@
+"""The ws_service application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from shared.bus import EventBus, InProcessBus
+from shared.events import REVOCATIONS_TOPIC
+from ws_service import handlers
+from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
+from ws_service.gateway import Gateway
+from ws_service.hub import Hub
+from ws_service.jwks import JwksCache
+from ws_service.metrics import Metrics
+from ws_service.protocol import CLOSE_GOING_AWAY
+from ws_service.revocations import RevocationRegistry
+from ws_service.settings import Settings
+from ws_service.verify import TokenVerifier
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Application:
+    """Build the app. Without ``bus`` it owns an in-process bus; the embedded launcher passes the
+    bus it shares with auth_service so that a logout reaches the sockets."""
+    app = web.Application(middlewares=[_json_errors])
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[SOCKETS] = weakref.WeakSet()
+    app.cleanup_ctx.append(_bus_ctx(bus))
+    app.cleanup_ctx.append(_gateway_ctx)
+    app.on_shutdown.append(_close_sockets)
+    app.router.add_get("/ws", handlers.websocket)
+    app.router.add_post("/v1/publish", handlers.publish)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics)
+    return app
+
+
+def _bus_ctx(
+    bus: EventBus | None,
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[BUS] = bus if bus is not None else InProcessBus()
+        yield
+        if bus is None:
+            await app[BUS].close()
+
+    return ctx
+
+
+async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The JWKS session and refresh task, the verifier and the bus subscriptions."""
+    settings = app[SETTINGS]
+    metrics = app[METRICS]
+    async with aiohttp.ClientSession() as session:
+        jwks = JwksCache(
+            session,
+            settings.jwks_url,
+            min_ttl=settings.jwks_min_ttl,
+            max_ttl=settings.jwks_max_ttl,
+            refetch_interval=settings.jwks_refetch_interval,
+            fetch_timeout=settings.jwks_fetch_timeout,
+            on_fetch=lambda outcome: metrics.jwks_fetches.labels(outcome).inc(),
+        )
+        revocations = RevocationRegistry()
+        verifier = TokenVerifier(
+            jwks,
+            revocations,
+            issuer=settings.issuer,
+            audience=settings.audience,
+            leeway=settings.leeway,
+        )
+        hub = Hub(app[BUS], on_delivered=metrics.messages_out.inc)
+        gateway = Gateway(settings, verifier, revocations, hub, metrics)
+        app[JWKS] = jwks
+        app[GATEWAY] = gateway
+        unsubscribe = app[BUS].subscribe(REVOCATIONS_TOPIC, gateway.on_revocation)
+        refresher = asyncio.get_running_loop().create_task(jwks.run())
+        try:
+            yield
+        finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+            await jwks.close()
+            unsubscribe()
+            hub.close()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """Close every live socket with 1001 within the shutdown timeout."""
+    live = app[SOCKETS]
+    sockets = tuple(live)
+    if not sockets:
+        return
+    closes = [ws.close(code=CLOSE_GOING_AWAY, message=b"going_away") for ws in sockets]
+    done = asyncio.gather(*closes, return_exceptions=True)
+    try:
+        await asyncio.wait_for(done, app[SETTINGS].shutdown_timeout)
+    except TimeoutError:
+        log.warning("some sockets did not close in time", extra={"count": len(sockets)})
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every HTTP refusal is a JSON body, never aiohttp's HTML or text page."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return handlers.json_error(exc.status, code, exc.reason, headers or None)

@@ -1,0 +1,22 @@
+"""Every piece of ws_service app state, under typed keys."""
+
+from __future__ import annotations
+
+import weakref
+
+from aiohttp import web
+
+from shared.bus import EventBus
+from ws_service.gateway import Gateway
+from ws_service.jwks import JwksCache
+from ws_service.metrics import Metrics
+from ws_service.settings import Settings
+
+__all__ = ["BUS", "GATEWAY", "JWKS", "METRICS", "SETTINGS", "SOCKETS"]
+
+SETTINGS = web.AppKey("settings", Settings)
+BUS = web.AppKey("bus", EventBus)
+METRICS = web.AppKey("metrics", Metrics)
+JWKS = web.AppKey("jwks", JwksCache)
+GATEWAY = web.AppKey("gateway", Gateway)
+SOCKETS = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])

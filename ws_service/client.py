@@ -1,0 +1,370 @@
+"""An asyncio client for ws_service: REST login and refresh against auth_service, in-band auth and
+renewal on the socket, and reconnects that re-authenticate and re-subscribe.
+
+    async with GatewayClient("http://127.0.0.1:8081", "ws://127.0.0.1:8082/ws", "alice", pw) as c:
+        await c.subscribe("chat:general")
+        await c.publish("chat:general", {"text": "hi"})
+        async for message in c.messages():
+            print(message["from"], message["data"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+__all__ = [
+    "AuthApi",
+    "AuthenticationFailed",
+    "ClientError",
+    "GatewayClient",
+    "ProtocolViolation",
+    "RequestFailed",
+    "TokenPair",
+    "backoff_delay",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ClientError(Exception):
+    """Root of the client's errors."""
+
+
+class AuthenticationFailed(ClientError):
+    """The credentials or the session are no longer good: log in again."""
+
+    def __init__(self, code: str, message: str = "", close_code: int | None = None) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.close_code = close_code
+
+
+class ProtocolViolation(ClientError):
+    """The server closed the socket because this client broke the protocol (4400, 1009)."""
+
+
+class RequestFailed(ClientError):
+    """The server answered a request with an ``error`` frame; the socket stays open."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rand: float) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)) so that clients dropped together do
+    not come back together."""
+    return rand * min(cap, base * float(2 ** min(attempt, 30)))
+
+
+class AuthApi:
+    """auth_service's REST endpoints the client needs."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+
+    async def login(self, username: str, password: str) -> TokenPair:
+        return await self._tokens("/v1/login", {"username": username, "password": password})
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        body = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        return await self._tokens("/v1/token", body)
+
+    async def _tokens(self, path: str, body: dict[str, str]) -> TokenPair:
+        async with self._session.post(self._base + path, json=body) as response:
+            try:
+                data: Any = await response.json(content_type=None)
+            except ValueError:
+                data = {}
+            if response.status in (400, 401, 403):
+                raise AuthenticationFailed(
+                    str(data.get("error", f"http_{response.status}")),
+                    str(data.get("error_description", "")),
+                )
+            response.raise_for_status()
+        return TokenPair(
+            str(data["access_token"]), str(data["refresh_token"]), int(data["expires_in"])
+        )
+
+
+class _Closed(Exception):
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+class GatewayClient:
+    """One logical connection that survives reconnects. Use as an async context manager."""
+
+    def __init__(
+        self,
+        auth_url: str,
+        ws_url: str,
+        username: str,
+        password: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        request_timeout: float = 10.0,
+    ) -> None:
+        self._ws_url = ws_url
+        self._username = username
+        self._password = password
+        self._own_session = session is None
+        self._session = session
+        self._auth_url = auth_url
+        self._api: AuthApi | None = None
+        self._backoff = (backoff_base, backoff_cap)
+        self._timeout = request_timeout
+        self._tokens: TokenPair | None = None
+        self._refreshing: asyncio.Task[TokenPair] | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._connected = asyncio.Event()
+        self._channels: set[str] = set()
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._messages: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._runner: asyncio.Task[None] | None = None
+        self._failure: ClientError | None = None
+        self._attempt = 0
+        self._background: set[asyncio.Task[None]] = set()
+        self.connects = 0
+        self.refreshes = 0
+        self.user: dict[str, Any] | None = None
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels this client is subscribed to (and re-subscribes after a reconnect)."""
+        return frozenset(self._channels)
+
+    async def __aenter__(self) -> GatewayClient:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Log in, connect and authenticate; raises what the first attempt raises."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            self._api = AuthApi(self._session, self._auth_url)
+            self._tokens = await self._api.login(self._username, self._password)
+            self._runner = asyncio.get_running_loop().create_task(self._run())
+            connected = asyncio.ensure_future(self._connected.wait())
+            await asyncio.wait({connected, self._runner}, return_when=asyncio.FIRST_COMPLETED)
+            connected.cancel()
+            if self._failure is not None:
+                raise self._failure
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self._ws is not None:
+            await self._ws.close()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+
+    async def wait_closed(self) -> None:
+        """Return when the client stops; raise the reason when it stopped on an error."""
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._runner)
+        if self._failure is not None:
+            raise self._failure
+
+    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+        """Every ``message`` frame from subscribed channels, across reconnects."""
+        while True:
+            item = await self._messages.get()
+            if item is None:
+                if self._failure is not None:
+                    raise self._failure
+                return
+            yield item
+
+    async def subscribe(self, channel: str) -> None:
+        await self._request({"type": "subscribe", "channel": channel})
+        self._channels.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        await self._request({"type": "unsubscribe", "channel": channel})
+
+    async def publish(self, channel: str, data: Any) -> None:
+        await self._request({"type": "publish", "channel": channel, "data": data})
+
+    async def refresh(self) -> TokenPair:
+        """Refresh the tokens over REST; concurrent callers share one request, because refresh
+        tokens rotate and a second use of the old one would look like theft."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.get_running_loop().create_task(self._do_refresh())
+        try:
+            return await asyncio.shield(self._refreshing)
+        finally:
+            if self._refreshing is not None and self._refreshing.done():
+                self._refreshing = None
+
+    async def _do_refresh(self) -> TokenPair:
+        assert self._api is not None and self._tokens is not None
+        self._tokens = await self._api.refresh(self._tokens.refresh_token)
+        self.refreshes += 1
+        return self._tokens
+
+    # -- the connection loop ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    await self._session_once()
+                except _Closed as closed:
+                    await self._after_close(closed)
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    await self._after_close(_Closed(None, str(exc)))
+        except ClientError as exc:
+            self._failure = exc
+            self._fail_pending(exc)
+        finally:
+            self._connected.clear()
+            self._messages.put_nowait(None)
+
+    async def _after_close(self, closed: _Closed) -> None:
+        """Decide by close code: refresh, give up, or wait (backoff with jitter) and reconnect."""
+        self._connected.clear()
+        self._fail_pending(ClientError(f"connection closed ({closed.code} {closed.reason})"))
+        if closed.code == 4401 and closed.reason == "token_expired":
+            await self.refresh()
+            return
+        if closed.code in (4401, 4403) and closed.reason != "keys_unavailable":
+            raise AuthenticationFailed(closed.reason or "unauthorized", close_code=closed.code)
+        if closed.code in (4400, 1009):
+            raise ProtocolViolation(f"closed {closed.code} {closed.reason}")
+        delay = backoff_delay(self._attempt, *self._backoff, random.random())
+        self._attempt += 1
+        log.info("reconnecting", extra={"code": closed.code, "delay": round(delay, 3)})
+        await asyncio.sleep(delay)
+
+    async def _session_once(self) -> None:
+        assert self._session is not None
+        async with self._session.ws_connect(self._ws_url, autoping=True) as ws:
+            self._ws = ws
+            await self._authenticate(ws)
+            self.connects += 1
+            self._attempt = 0
+            for channel in sorted(self._channels):
+                await self._send(ws, {"type": "subscribe", "channel": channel})
+            self._connected.set()
+            while True:
+                frame = await self._receive(ws)
+                await self._handle(ws, frame)
+
+    async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        assert self._tokens is not None
+        for attempt in range(3):
+            await self._send(ws, {"type": "auth", "token": self._tokens.access_token})
+            frame = await self._receive(ws)
+            if frame.get("type") == "auth_success":
+                self.user = frame.get("user")
+                return
+            if not frame.get("retry"):
+                break
+            if frame.get("code") == "token_expired":
+                await self.refresh()
+            else:
+                await asyncio.sleep(backoff_delay(attempt, *self._backoff, random.random()))
+        while True:
+            await self._receive(ws)
+
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+        msg = await ws.receive()
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            frame: dict[str, Any] = json.loads(msg.data)
+            return frame
+        if msg.type is aiohttp.WSMsgType.CLOSE:
+            raise _Closed(msg.data, msg.extra or "")
+        raise _Closed(ws.close_code, "")
+
+    async def _handle(self, ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        request_id = frame.get("id")
+        if isinstance(request_id, str) and request_id in self._pending:
+            self._pending.pop(request_id).set_result(frame)
+        elif kind == "message":
+            self._messages.put_nowait(frame)
+        elif kind == "token_expiring":
+            task = asyncio.get_running_loop().create_task(self._renew(ws))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        elif kind == "unsubscribed":
+            self._channels.discard(str(frame.get("channel")))
+
+    async def _renew(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            tokens = await self.refresh()
+            await self._send(ws, {"type": "auth", "token": tokens.access_token, "id": "renew"})
+        except AuthenticationFailed as exc:
+            log.warning("token refresh refused; the socket will close at expiry", exc_info=exc)
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            log.warning("token refresh failed", exc_info=exc)
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        if self._failure is not None:
+            raise self._failure
+        async with asyncio.timeout(self._timeout):
+            await self._connected.wait()
+            assert self._ws is not None
+            request_id = f"r{next(self._ids)}"
+            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = future
+            try:
+                await self._send(self._ws, {**frame, "id": request_id})
+                reply = await future
+            finally:
+                self._pending.pop(request_id, None)
+        if reply.get("type") == "error":
+            raise RequestFailed(str(reply.get("code")), str(reply.get("message")))
+        return reply
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]) -> None:
+        await ws.send_str(json.dumps(frame))
+
+    def _fail_pending(self, exc: ClientError) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._pending.clear()

@@ -1,0 +1,325 @@
+"""One socket's state machine, free of aiohttp: it reads text, and writes through a ``Peer``.
+
+Timers are ``loop.call_later`` handles kept in slots and cancelled on close, so a connection costs
+one handler task and a few hundred bytes, not extra tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from shared.jsonlog import audit
+from ws_service import protocol
+from ws_service.channels import check_publish, check_subscribe, validate_channel
+from ws_service.errors import (
+    AuthError,
+    AuthTimeout,
+    BadRequest,
+    Forbidden,
+    InvalidToken,
+    NotAuthenticated,
+    NotSubscribed,
+    RateLimited,
+    RequestError,
+    SessionRevoked,
+    SubjectMismatch,
+    TokenExpired,
+    TooManySubscriptions,
+)
+from ws_service.ratelimit import TokenBucket
+from ws_service.verify import Claims
+
+if TYPE_CHECKING:
+    from ws_service.gateway import Gateway
+
+__all__ = ["MAX_AUTH_ATTEMPTS", "Connection", "Peer", "warning_delay"]
+
+MAX_AUTH_ATTEMPTS = 3
+
+
+class Peer(Protocol):
+    """The transport: both calls queue and return at once."""
+
+    def send(self, text: str) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+def warning_delay(remaining: float, window: float, rand: float) -> float:
+    """Seconds until ``token_expiring``: ``window`` before expiry, earlier by up to 10% of it
+    (``rand`` in [0, 1)) so that tokens issued together are not refreshed together; at half the
+    remaining life when that is shorter than two windows."""
+    if remaining < 2 * window:
+        return max(0.0, remaining / 2)
+    return remaining - window - rand * 0.1 * window
+
+
+class Connection:
+    __slots__ = (
+        "_auth_timer",
+        "_bucket",
+        "_expiry_timer",
+        "_gw",
+        "_strikes",
+        "_violations",
+        "_warning_timer",
+        "attempts",
+        "channels",
+        "claims",
+        "closing",
+        "peer",
+        "remote",
+    )
+
+    def __init__(self, gateway: Gateway, peer: Peer, remote: str | None) -> None:
+        self._gw = gateway
+        self.peer = peer
+        self.remote = remote
+        self.claims: Claims | None = None
+        self.closing = False
+        self.attempts = 0
+        self.channels: set[str] = set()
+        self._bucket: TokenBucket | None = None
+        self._strikes = 0
+        self._violations = 0
+        self._warning_timer: asyncio.TimerHandle | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._auth_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            gateway.settings.auth_timeout, self._on_auth_timeout
+        )
+
+    # -- input -----------------------------------------------------------------------------
+
+    async def on_text(self, text: str) -> None:
+        if self.closing:
+            return
+        if self.claims is None:
+            await self._on_text_unauthenticated(text)
+            return
+        self._gw.metrics.messages_in.inc()
+        if not self._admit_rate():
+            return
+        request_id: protocol.RequestId = None
+        try:
+            request = protocol.parse(text)
+            request_id = request.id
+            await self._dispatch(request)
+        except RequestError as err:
+            self.send(protocol.error(err, request_id))
+            if isinstance(err, BadRequest):
+                self._violations += 1
+                if self._violations >= self._gw.settings.max_violations:
+                    self.close(protocol.CLOSE_BAD_REQUEST, BadRequest.code)
+
+    def on_binary(self) -> None:
+        """Binary frames are outside the protocol at every stage."""
+        self.close(protocol.CLOSE_BAD_REQUEST, BadRequest.code)
+
+    def deliver(self, text: str) -> None:
+        """A channel broadcast; the hub counts these in bulk."""
+        self.peer.send(text)
+
+    def revoke(self, reason: str) -> None:
+        self._gw.metrics.revocations.inc()
+        self.send(protocol.reply("revoked", None, reason=reason))
+        self.close(SessionRevoked.close_code, SessionRevoked.code)
+
+    def disconnected(self) -> None:
+        """The socket is gone: drop timers, channels and the user index entry."""
+        self.closing = True
+        for timer in (self._auth_timer, self._warning_timer, self._expiry_timer):
+            if timer is not None:
+                timer.cancel()
+        self._auth_timer = self._warning_timer = self._expiry_timer = None
+        for channel in self.channels:
+            self._gw.hub.leave(channel, self)
+        self.channels.clear()
+        self._gw.forget(self)
+
+    # -- output ----------------------------------------------------------------------------
+
+    def send(self, text: str) -> None:
+        self._gw.metrics.messages_out.inc()
+        self.peer.send(text)
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.closing:
+            self.closing = True
+            self.peer.close(code, reason)
+
+    # -- authentication --------------------------------------------------------------------
+
+    async def _on_text_unauthenticated(self, text: str) -> None:
+        if len(text) > protocol.PREAUTH_MAX_BYTES or (
+            len(text) * 4 > protocol.PREAUTH_MAX_BYTES
+            and len(text.encode("utf-8", "surrogatepass")) > protocol.PREAUTH_MAX_BYTES
+        ):
+            self.close(protocol.CLOSE_BAD_REQUEST, BadRequest.code)
+            return
+        try:
+            request = protocol.parse(text)
+        except BadRequest:
+            self.close(protocol.CLOSE_BAD_REQUEST, BadRequest.code)
+            return
+        if request.type != "auth":
+            self._auth_failed(NotAuthenticated(), request.id, final=True)
+            return
+        try:
+            claims = await self._verify(request)
+            if not self.closing:
+                self._gw.admit(self, claims)
+        except AuthError as err:
+            if not self.closing:
+                self.attempts += 1
+                final = not err.retry or self.attempts >= MAX_AUTH_ATTEMPTS
+                self._auth_failed(err, request.id, final=final)
+            return
+        if self.closing:
+            return
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        self._bucket = TokenBucket(
+            self._gw.settings.rate_per_second, self._gw.settings.rate_burst, time.monotonic()
+        )
+        self._accept(claims, request.id, renewed=False)
+
+    async def _renew(self, request: protocol.Request) -> None:
+        assert self.claims is not None
+        try:
+            claims = await self._verify(request)
+            if claims.sub != self.claims.sub:
+                raise SubjectMismatch()
+        except AuthError as err:
+            if not self.closing:
+                final = isinstance(err, SubjectMismatch | SessionRevoked)
+                self._auth_failed(err, request.id, final=final)
+            return
+        if self.closing:
+            return
+        self._gw.metrics.renewals.inc()
+        for channel in sorted(self.channels):
+            try:
+                check_subscribe(channel, claims.sub, claims.scopes)
+            except Forbidden:
+                self._leave(channel)
+                self.send(protocol.reply("unsubscribed", None, channel=channel, reason="forbidden"))
+        self._accept(claims, request.id, renewed=True)
+
+    async def _verify(self, request: protocol.Request) -> Claims:
+        token = request.body.get("token")
+        if not isinstance(token, str) or not token:
+            raise InvalidToken("auth needs a token")
+        return await self._gw.verifier.verify(token)
+
+    def _accept(self, claims: Claims, request_id: protocol.RequestId, *, renewed: bool) -> None:
+        self.claims = claims
+        self._gw.metrics.auth.labels("ok").inc()
+        self._schedule_expiry(claims)
+        self.send(protocol.auth_success(claims, time.time(), request_id, renewed=renewed))
+
+    def _auth_failed(self, err: AuthError, request_id: protocol.RequestId, *, final: bool) -> None:
+        self._gw.metrics.auth.labels(err.code).inc()
+        audit(
+            "ws_auth_failure",
+            code=err.code,
+            detail=err.message,
+            sub=self.claims.sub if self.claims else None,
+            remote=self.remote,
+            renewal=self.claims is not None,
+        )
+        self.send(protocol.auth_error(err, request_id, retry=err.retry and not final))
+        if final:
+            self.close(err.close_code, err.code)
+
+    def _schedule_expiry(self, claims: Claims) -> None:
+        """Warn before ``exp`` and close at ``exp`` plus leeway, unless a renewal reschedules both."""
+        for timer in (self._warning_timer, self._expiry_timer):
+            if timer is not None:
+                timer.cancel()
+        settings = self._gw.settings
+        loop = asyncio.get_running_loop()
+        remaining = claims.exp - time.time()
+        warn_in = warning_delay(remaining, settings.expiry_warning, random.random())
+        self._warning_timer = loop.call_later(warn_in, self._on_warning)
+        self._expiry_timer = loop.call_later(max(0.0, remaining + settings.leeway), self._on_expiry)
+
+    def _on_auth_timeout(self) -> None:
+        self._auth_timer = None
+        self._auth_failed(AuthTimeout(), None, final=True)
+
+    def _on_warning(self) -> None:
+        self._warning_timer = None
+        if self.claims is None or self.closing:
+            return
+        self._gw.metrics.warnings.inc()
+        exp = self.claims.exp
+        self.send(
+            protocol.reply(
+                "token_expiring",
+                None,
+                expires_in=max(0, exp - int(time.time())),
+                expires_at=exp,
+            )
+        )
+
+    def _on_expiry(self) -> None:
+        self._expiry_timer = None
+        if self.closing:
+            return
+        self._gw.metrics.expiries.inc()
+        self._auth_failed(TokenExpired(), None, final=True)
+
+    # -- authenticated requests ------------------------------------------------------------
+
+    def _admit_rate(self) -> bool:
+        assert self._bucket is not None
+        if self._bucket.take(time.monotonic()):
+            if self._bucket.full:
+                self._strikes = 0
+            return True
+        self._strikes += 1
+        if self._strikes >= self._gw.settings.rate_strikes:
+            self.close(protocol.CLOSE_RATE_LIMITED, RateLimited.code)
+        else:
+            self.send(protocol.error(RateLimited(), None))
+        return False
+
+    async def _dispatch(self, request: protocol.Request) -> None:
+        assert self.claims is not None
+        kind = request.type
+        if kind == "ping":
+            self.send(protocol.reply("pong", request.id))
+        elif kind == "publish":
+            channel = validate_channel(request.body.get("channel"))
+            check_publish(channel, self.claims.scopes)
+            if "data" not in request.body:
+                raise BadRequest("publish needs data")
+            await self._gw.hub.publish(channel, request.body["data"], self.claims.sub)
+            self.send(protocol.reply("published", request.id, channel=channel))
+        elif kind == "subscribe":
+            channel = validate_channel(request.body.get("channel"))
+            check_subscribe(channel, self.claims.sub, self.claims.scopes)
+            if channel not in self.channels:
+                if len(self.channels) >= self._gw.settings.max_subscriptions:
+                    raise TooManySubscriptions()
+                self.channels.add(channel)
+                self._gw.hub.join(channel, self)
+            self.send(protocol.reply("subscribed", request.id, channel=channel))
+        elif kind == "unsubscribe":
+            channel = validate_channel(request.body.get("channel"))
+            if channel not in self.channels:
+                raise NotSubscribed()
+            self._leave(channel)
+            self.send(protocol.reply("unsubscribed", request.id, channel=channel))
+        elif kind == "auth":
+            await self._renew(request)
+        else:
+            raise BadRequest("unknown message type")
+
+    def _leave(self, channel: str) -> None:
+        self.channels.discard(channel)
+        self._gw.hub.leave(channel, self)

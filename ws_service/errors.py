@@ -1,0 +1,129 @@
+"""The gateway's one exception tree.
+
+Every failure carries a machine-readable ``code``; the WS handler (``protocol.py``) and the HTTP error
+middleware turn them into frames, close codes and JSON bodies in one place each.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "AuthTimeout",
+    "BadRequest",
+    "Forbidden",
+    "GatewayError",
+    "InvalidChannel",
+    "InvalidToken",
+    "KeysUnavailable",
+    "NotAuthenticated",
+    "NotSubscribed",
+    "RateLimited",
+    "RequestError",
+    "SessionRevoked",
+    "SubjectMismatch",
+    "TokenExpired",
+    "TooManyConnections",
+    "TooManySubscriptions",
+]
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway reports to a client."""
+
+    code = "internal_error"
+    message = "internal error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+
+
+class AuthError(GatewayError):
+    """Authentication failed. ``retry`` tells the client whether another ``auth`` may succeed;
+    ``close_code`` is used when the socket is closed because of it."""
+
+    code = "invalid_token"
+    message = "the token is not valid"
+    retry = False
+    close_code = 4401
+
+
+class InvalidToken(AuthError):
+    pass
+
+
+class TokenExpired(AuthError):
+    code = "token_expired"
+    message = "the token has expired"
+    retry = True
+
+
+class KeysUnavailable(AuthError):
+    code = "keys_unavailable"
+    message = "the signing keys are not available, try again"
+    retry = True
+
+
+class SessionRevoked(AuthError):
+    code = "session_revoked"
+    message = "the session has been revoked"
+    close_code = 4403
+
+
+class SubjectMismatch(AuthError):
+    code = "subject_mismatch"
+    message = "the new token belongs to another user"
+    close_code = 4403
+
+
+class AuthTimeout(AuthError):
+    code = "auth_timeout"
+    message = "no auth message in time"
+    close_code = 4408
+
+
+class NotAuthenticated(AuthError):
+    code = "not_authenticated"
+    message = "the first message must be auth"
+
+
+class TooManyConnections(AuthError):
+    code = "too_many_connections"
+    message = "too many connections for this user"
+    close_code = 4429
+
+
+class RequestError(GatewayError):
+    """A refused request on an authenticated socket: an ``error`` frame, the socket stays open."""
+
+    code = "bad_request"
+    message = "malformed message"
+
+
+class BadRequest(RequestError):
+    pass
+
+
+class Forbidden(RequestError):
+    code = "forbidden"
+    message = "not allowed on this channel"
+
+
+class InvalidChannel(RequestError):
+    code = "invalid_channel"
+    message = "channel names are namespace:name, at most 128 characters of [A-Za-z0-9_.:@-]"
+
+
+class NotSubscribed(RequestError):
+    code = "not_subscribed"
+    message = "not subscribed to this channel"
+
+
+class RateLimited(RequestError):
+    code = "rate_limited"
+    message = "too many messages, slow down"
+
+
+class TooManySubscriptions(RequestError):
+    code = "too_many_subscriptions"
+    message = "subscription limit reached"

@@ -1,0 +1,116 @@
+"""HTTP and WebSocket handlers: parse, call the domain, shape the response."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, hdrs, web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from shared.jsonlog import audit
+from ws_service.appkeys import GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
+from ws_service.channels import validate_channel
+from ws_service.errors import InvalidChannel
+from ws_service.peer import WebSocketPeer
+
+__all__ = ["healthz", "json_error", "metrics", "publish", "readyz", "websocket"]
+
+log = logging.getLogger(__name__)
+
+
+def json_error(
+    status: int, code: str, description: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": code, "error_description": description}, status=status, headers=headers
+    )
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is not None and origin not in settings.allowed_origins:
+        audit("ws_origin_refused", origin=origin, remote=request.remote)
+        return json_error(403, "forbidden_origin", "this Origin may not open a WebSocket")
+    ws = web.WebSocketResponse(
+        heartbeat=settings.heartbeat,
+        max_msg_size=settings.max_message_bytes,
+        compress=False,
+        timeout=settings.close_timeout,
+    )
+    if not ws.can_prepare(request).ok:
+        return json_error(400, "bad_request", "this endpoint only accepts WebSocket upgrades")
+    await ws.prepare(request)
+    sockets = request.app[SOCKETS]
+    peer = WebSocketPeer(ws, settings.max_outbox)
+    conn = request.app[GATEWAY].connect(peer, request.remote)
+    sockets.add(ws)
+    try:
+        while True:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT:
+                await conn.on_text(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                conn.on_binary()
+            else:
+                break
+    except Exception:
+        log.exception("WebSocket handler failed", extra={"remote": request.remote})
+        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal_error")
+    finally:
+        conn.disconnected()
+        await peer.finish(settings.close_timeout)
+        sockets.discard(ws)
+    return ws
+
+
+def _bearer_ok(request: web.Request) -> bool:
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key:
+        return False
+    presented = key.strip().encode()
+    matched = False
+    for allowed in request.app[SETTINGS].api_keys:
+        matched |= hmac.compare_digest(presented, allowed.encode())
+    return matched
+
+
+async def publish(request: web.Request) -> web.Response:
+    """Server-side push to any channel, ``user:<id>`` included; messages carry ``from: null``."""
+    if not _bearer_ok(request):
+        audit("ws_publish_unauthorized", remote=request.remote)
+        return json_error(
+            401, "invalid_token", "a valid API key is required", {"WWW-Authenticate": "Bearer"}
+        )
+    try:
+        body: Any = json.loads(await request.read())
+    except (ValueError, RecursionError):
+        return json_error(400, "bad_request", "the body must be a JSON object")
+    if not isinstance(body, dict) or "data" not in body:
+        return json_error(400, "bad_request", 'the body must be {"channel": ..., "data": ...}')
+    try:
+        channel = validate_channel(body.get("channel"))
+    except InvalidChannel as err:
+        return json_error(400, err.code, err.message)
+    gateway = request.app[GATEWAY]
+    await gateway.hub.publish(channel, body["data"], None)
+    return web.json_response({"published": True, "channel": channel}, status=202)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready = request.app[JWKS].ready
+    return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[METRICS].render(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST}
+    )

@@ -1,0 +1,69 @@
+"""Channel fan-out across replicas through the event bus.
+
+A publish is serialized once and published on ``chan:<name>``; every replica with local subscribers
+holds one bus subscription for the channel and hands the same string to each of them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from shared.bus import EventBus, Unsubscribe
+from ws_service import protocol
+
+__all__ = ["CHANNEL_TOPIC_PREFIX", "Hub", "Subscriber"]
+
+CHANNEL_TOPIC_PREFIX = "chan:"
+
+
+class Subscriber(Protocol):
+    def deliver(self, text: str) -> None:
+        """Queue ``text`` for sending without waiting for the peer."""
+
+
+class Hub:
+    def __init__(self, bus: EventBus, on_delivered: Callable[[int], None] | None = None) -> None:
+        self._bus = bus
+        self._local: dict[str, set[Subscriber]] = {}
+        self._unsubscribe: dict[str, Unsubscribe] = {}
+        self._on_delivered = on_delivered
+
+    def local_subscribers(self, channel: str) -> int:
+        return len(self._local.get(channel, ()))
+
+    def join(self, channel: str, subscriber: Subscriber) -> None:
+        members = self._local.get(channel)
+        if members is None:
+            members = self._local[channel] = set()
+            self._unsubscribe[channel] = self._bus.subscribe(
+                CHANNEL_TOPIC_PREFIX + channel, self._deliver
+            )
+        members.add(subscriber)
+
+    def leave(self, channel: str, subscriber: Subscriber) -> None:
+        members = self._local.get(channel)
+        if members is None:
+            return
+        members.discard(subscriber)
+        if not members:
+            del self._local[channel]
+            self._unsubscribe.pop(channel)()
+
+    async def publish(self, channel: str, data: Any, sender: str | None) -> None:
+        frame = protocol.message(channel, data, sender, int(time.time() * 1000))
+        await self._bus.publish(CHANNEL_TOPIC_PREFIX + channel, frame)
+
+    def _deliver(self, topic: str, payload: str) -> None:
+        members = self._local.get(topic[len(CHANNEL_TOPIC_PREFIX) :], ())
+        for subscriber in members:
+            subscriber.deliver(payload)
+        if self._on_delivered is not None:
+            self._on_delivered(len(members))
+
+    def close(self) -> None:
+        for unsubscribe in self._unsubscribe.values():
+            unsubscribe()
+        self._unsubscribe.clear()
+        self._local.clear()

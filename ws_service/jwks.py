@@ -1,0 +1,177 @@
+"""An async JWKS cache over aiohttp.
+
+pyjwt's ``PyJWKClient`` blocks the event loop and forgets its keys when a fetch fails; this cache
+fetches one at a time, keeps the last good key set while the issuer is down, and turns a flood of
+unknown ``kid``s into at most one refetch per ``refetch_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from jwt.algorithms import RSAAlgorithm
+from jwt.exceptions import InvalidKeyError
+
+from ws_service.errors import InvalidToken, KeysUnavailable
+
+__all__ = ["MIN_RSA_BITS", "JwksCache", "parse_jwks", "ttl_from_cache_control"]
+
+MIN_RSA_BITS = 2048
+_MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
+
+log = logging.getLogger(__name__)
+
+
+def parse_jwks(document: Any) -> dict[str, RSAPublicKey]:
+    """The usable keys of a JWKS document: RSA public signing keys of at least 2048 bits."""
+    if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWK set")
+    keys: dict[str, RSAPublicKey] = {}
+    for jwk in document["keys"]:
+        if not isinstance(jwk, Mapping):
+            continue
+        kid = jwk.get("kid")
+        if (
+            jwk.get("kty") != "RSA"
+            or jwk.get("use") != "sig"
+            or jwk.get("alg", "RS256") != "RS256"
+            or "d" in jwk
+            or not isinstance(kid, str)
+            or not kid
+        ):
+            continue
+        try:
+            key = RSAAlgorithm.from_jwk(dict(jwk))
+        except (InvalidKeyError, ValueError, TypeError, KeyError) as exc:
+            log.warning("skipping malformed JWK", extra={"kid": kid, "error": str(exc)})
+            continue
+        if not isinstance(key, RSAPublicKey) or key.key_size < MIN_RSA_BITS:
+            log.warning("skipping weak or non-public JWK", extra={"kid": kid})
+            continue
+        keys[kid] = key
+    return keys
+
+
+def ttl_from_cache_control(header: str | None, minimum: float, maximum: float) -> float:
+    match = _MAX_AGE.search(header or "")
+    ttl = float(match.group(1)) if match else minimum
+    return min(max(ttl, minimum), maximum)
+
+
+class JwksCache:
+    """The verifier's only source of keys. ``run()`` is the background refresh loop."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        *,
+        min_ttl: float = 60.0,
+        max_ttl: float = 3600.0,
+        refetch_interval: float = 10.0,
+        fetch_timeout: float = 5.0,
+        on_fetch: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session = session
+        self._url = url
+        self._min_ttl = min_ttl
+        self._max_ttl = max_ttl
+        self._refetch_interval = refetch_interval
+        self._timeout = aiohttp.ClientTimeout(total=fetch_timeout)
+        self._on_fetch = on_fetch or (lambda outcome: None)
+        self._clock = clock
+        self._keys: dict[str, RSAPublicKey] = {}
+        self._loaded = False
+        self._ttl = min_ttl
+        self._inflight: asyncio.Task[None] | None = None
+        self._last_refetch = -math.inf
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded
+
+    async def refresh(self) -> None:
+        """Fetch the key set, joining a fetch already in flight. Raises ``KeysUnavailable``."""
+        if self._inflight is None:
+            task = asyncio.get_running_loop().create_task(self._fetch())
+            task.add_done_callback(self._fetch_done)
+            self._inflight = task
+        await asyncio.shield(self._inflight)
+
+    async def get_key(self, kid: str) -> RSAPublicKey:
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        if self._inflight is None:
+            now = self._clock()
+            if now - self._last_refetch < self._refetch_interval:
+                if not self._loaded:
+                    raise KeysUnavailable()
+                raise InvalidToken("unknown signing key")
+            self._last_refetch = now
+        await self.refresh()
+        key = self._keys.get(kid)
+        if key is None:
+            raise InvalidToken("unknown signing key")
+        return key
+
+    async def run(self) -> None:
+        """Keep the key set fresh: refetch at its TTL, retry failures with capped backoff."""
+        backoff = 1.0
+        while True:
+            try:
+                await self.refresh()
+            except KeysUnavailable:
+                delay = min(backoff, self._min_ttl)
+                backoff *= 2
+            else:
+                delay = self._ttl
+                backoff = 1.0
+            await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        """Cancel a fetch still in flight, before its HTTP session goes away."""
+        task = self._inflight
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, KeysUnavailable):
+                await task
+
+    def _fetch_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight = None
+        if not task.cancelled():
+            task.exception()
+
+    async def _fetch(self) -> None:
+        try:
+            async with self._session.get(self._url, timeout=self._timeout) as response:
+                if response.status != 200:
+                    raise ValueError(f"HTTP {response.status}")
+                document = json.loads(await response.read())
+                cache_control = response.headers.get("Cache-Control")
+            keys = parse_jwks(document)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self._on_fetch("error")
+            log.warning("JWKS fetch failed", extra={"url": self._url, "error": str(exc)})
+            raise KeysUnavailable() from exc
+        if not keys:
+            self._on_fetch("empty")
+            log.warning(
+                "JWKS holds no usable key; keeping the previous set", extra={"url": self._url}
+            )
+            raise KeysUnavailable()
+        self._keys = keys
+        self._loaded = True
+        self._ttl = ttl_from_cache_control(cache_control, self._min_ttl, self._max_ttl)
+        self._on_fetch("ok")

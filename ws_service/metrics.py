@@ -1,0 +1,37 @@
+"""Prometheus metrics on a per-app registry, so that several apps in one process never clash."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections = Gauge(
+            "ws_connections", "Open WebSocket connections by state", ["state"], registry=r
+        )
+        self.auth = Counter(
+            "ws_auth", "Authentication outcomes by code ('ok' for success)", ["outcome"], registry=r
+        )
+        self.renewals = Counter("ws_renewals", "Successful in-band token renewals", registry=r)
+        self.expiries = Counter(
+            "ws_expiries", "Sockets closed because the token expired", registry=r
+        )
+        self.revocations = Counter(
+            "ws_revocations", "Sockets closed by a revocation event", registry=r
+        )
+        self.warnings = Counter("ws_expiry_warnings", "token_expiring messages sent", registry=r)
+        self.jwks_fetches = Counter(
+            "ws_jwks_fetches", "JWKS fetches by outcome", ["outcome"], registry=r
+        )
+        self.messages_in = Counter("ws_messages_in", "Text frames received", registry=r)
+        self.messages_out = Counter("ws_messages_out", "Text frames queued for sending", registry=r)
+        self.awaiting_auth = self.connections.labels("awaiting_auth")
+        self.authenticated = self.connections.labels("authenticated")
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

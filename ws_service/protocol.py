@@ -1,0 +1,106 @@
+"""The wire format: parsing client frames, building server frames, and the one mapping from errors
+to close codes and reasons (docs/protocol.md is the human version of this module)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ws_service.errors import AuthError, BadRequest, RequestError
+from ws_service.verify import Claims
+
+__all__ = [
+    "CLOSE_BAD_REQUEST",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_RATE_LIMITED",
+    "CLOSE_SLOW_CONSUMER",
+    "PREAUTH_MAX_BYTES",
+    "Request",
+    "auth_error",
+    "auth_success",
+    "encode",
+    "error",
+    "message",
+    "parse",
+    "reply",
+]
+
+PREAUTH_MAX_BYTES = 16 * 1024
+CLOSE_GOING_AWAY = 1001
+CLOSE_SLOW_CONSUMER = 1013
+CLOSE_BAD_REQUEST = 4400
+CLOSE_RATE_LIMITED = 4429
+
+RequestId = str | int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One parsed client frame: its ``type``, optional ``id`` and the whole object."""
+
+    type: str
+    id: RequestId
+    body: dict[str, Any]
+
+
+def parse(text: str) -> Request:
+    """Raise ``BadRequest`` for anything that is not a JSON object with a string ``type``."""
+    try:
+        body = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise BadRequest("the frame is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the frame must be a JSON object")
+    kind = body.get("type")
+    request_id = body.get("id")
+    if request_id is not None and (
+        isinstance(request_id, bool) or not isinstance(request_id, str | int)
+    ):
+        raise BadRequest("id must be a string or an integer")
+    if not isinstance(kind, str):
+        raise BadRequest("type must be a string")
+    return Request(kind, request_id, body)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def encode(frame: dict[str, Any]) -> str:
+    """ASCII-only output, so that lone surrogates a client sent can never break the UTF-8 encoder."""
+    return json.dumps(frame, separators=(",", ":"))
+
+
+def reply(kind: str, request_id: RequestId, **fields: Any) -> str:
+    frame = {"type": kind, **fields}
+    if request_id is not None:
+        frame["id"] = request_id
+    return encode(frame)
+
+
+def auth_success(claims: Claims, now: float, request_id: RequestId, *, renewed: bool) -> str:
+    fields: dict[str, Any] = {
+        "user": {"id": claims.sub, "username": claims.username},
+        "session": claims.sid,
+        "expires_in": max(0, claims.exp - int(now)),
+        "expires_at": claims.exp,
+    }
+    if renewed:
+        fields["renewed"] = True
+    return reply("auth_success", request_id, **fields)
+
+
+def auth_error(err: AuthError, request_id: RequestId, *, retry: bool) -> str:
+    return reply("auth_error", request_id, code=err.code, message=err.message, retry=retry)
+
+
+def error(err: RequestError, request_id: RequestId) -> str:
+    return encode({"type": "error", "code": err.code, "message": err.message, "id": request_id})
+
+
+def message(channel: str, data: Any, sender: str | None, ts_ms: int) -> str:
+    """The broadcast frame, serialized once and sent as the same string to every subscriber."""
+    return encode(
+        {"type": "message", "channel": channel, "data": data, "from": sender, "ts": ts_ms}
+    )

@@ -1,0 +1,43 @@
+"""What auth_service has revoked, remembered until no token it covers can still be valid."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from shared.events import RevocationEvent, SessionRevoked, UserRevoked
+
+__all__ = ["RevocationRegistry"]
+
+
+class RevocationRegistry:
+    """sid -> until and sub -> (issued_before, until); entries vanish once ``until`` has passed."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._sessions: dict[str, int] = {}
+        self._users: dict[str, tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions) + len(self._users)
+
+    def apply(self, event: RevocationEvent) -> None:
+        self.prune()
+        if isinstance(event, SessionRevoked):
+            self._sessions[event.sid] = max(event.until, self._sessions.get(event.sid, 0))
+        elif isinstance(event, UserRevoked):
+            before, until = self._users.get(event.sub, (0, 0))
+            self._users[event.sub] = (max(before, event.issued_before), max(until, event.until))
+
+    def is_revoked(self, sub: str, sid: str, iat: int) -> bool:
+        now = self._clock()
+        until = self._sessions.get(sid)
+        if until is not None and now <= until:
+            return True
+        user = self._users.get(sub)
+        return user is not None and now <= user[1] and iat < user[0]
+
+    def prune(self) -> None:
+        now = self._clock()
+        self._sessions = {sid: u for sid, u in self._sessions.items() if u >= now}
+        self._users = {sub: v for sub, v in self._users.items() if v[1] >= now}

@@ -1,0 +1,80 @@
+"""ws_service configuration, read once from the environment at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shared.envparse import ConfigError, env_float, env_int, env_list, env_str
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway needs; tests build it directly, ``python -m ws_service`` uses env."""
+
+    jwks_url: str
+    issuer: str
+    host: str = "127.0.0.1"
+    port: int = 8082
+    audience: str = "ws"
+    allowed_origins: tuple[str, ...] = ()
+    auth_timeout: float = 10.0
+    expiry_warning: float = 60.0
+    leeway: int = 5
+    max_message_bytes: int = 65536
+    api_keys: tuple[str, ...] = ()
+    heartbeat: float = 30.0
+    close_timeout: float = 5.0
+    shutdown_timeout: float = 5.0
+    jwks_min_ttl: float = 60.0
+    jwks_max_ttl: float = 3600.0
+    jwks_refetch_interval: float = 10.0
+    jwks_fetch_timeout: float = 5.0
+    rate_per_second: float = 20.0
+    rate_burst: int = 40
+    rate_strikes: int = 20
+    max_subscriptions: int = 100
+    max_connections_per_user: int = 20
+    max_violations: int = 5
+    max_outbox: int = 1024
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in vars(self).items() if k != "api_keys"}
+        return f"Settings(api_keys=***, {shown})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        auth_host = env_str(environ, "AUTH_HOST", "127.0.0.1")
+        auth_port = env_int(environ, "AUTH_PORT", 8081, minimum=1)
+        auth_issuer = env_str(environ, "AUTH_ISSUER", f"http://{auth_host}:{auth_port}")
+        issuer = env_str(environ, "WS_ISSUER", auth_issuer)
+        api_keys = env_list(environ, "WS_API_KEYS")
+        if any(len(key) < 16 for key in api_keys):
+            raise ConfigError("WS_API_KEYS entries must be at least 16 characters long")
+        settings = cls(
+            host=env_str(environ, "WS_HOST", "127.0.0.1"),
+            port=env_int(environ, "WS_PORT", 8082, minimum=1),
+            jwks_url=env_str(
+                environ, "WS_JWKS_URL", f"{auth_issuer.rstrip('/')}/.well-known/jwks.json"
+            ),
+            issuer=issuer,
+            audience=env_str(environ, "WS_AUDIENCE", "ws"),
+            allowed_origins=env_list(environ, "WS_ALLOWED_ORIGINS"),
+            auth_timeout=env_float(environ, "WS_AUTH_TIMEOUT", 10.0, minimum=0.1),
+            expiry_warning=env_float(environ, "WS_EXPIRY_WARNING", 60.0, minimum=0),
+            leeway=env_int(environ, "WS_LEEWAY", 5),
+            max_message_bytes=env_int(environ, "WS_MAX_MESSAGE_BYTES", 65536, minimum=1024),
+            api_keys=api_keys,
+            heartbeat=env_float(environ, "WS_HEARTBEAT", 30.0, minimum=1),
+            rate_per_second=env_float(environ, "WS_RATE_PER_SECOND", 20.0, minimum=0.1),
+            rate_burst=env_int(environ, "WS_RATE_BURST", 40, minimum=1),
+            max_subscriptions=env_int(environ, "WS_MAX_SUBSCRIPTIONS", 100, minimum=1),
+            max_connections_per_user=env_int(environ, "WS_MAX_CONNECTIONS_PER_USER", 20, minimum=1),
+            jwks_min_ttl=env_float(environ, "WS_JWKS_MIN_TTL", 60.0, minimum=1),
+            jwks_max_ttl=env_float(environ, "WS_JWKS_MAX_TTL", 3600.0, minimum=1),
+        )
+        if settings.jwks_min_ttl > settings.jwks_max_ttl:
+            raise ConfigError("WS_JWKS_MIN_TTL must not exceed WS_JWKS_MAX_TTL")
+        return settings

@@ -1,0 +1,111 @@
+"""Access-token verification: pyjwt does the crypto, this module pins every choice around it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from ws_service.errors import InvalidToken, SessionRevoked, TokenExpired
+
+__all__ = ["ACCESS_TOKEN_TYP", "Claims", "KeySource", "RevocationCheck", "TokenVerifier"]
+
+ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 (a media type, not a secret)
+_REQUIRED = ["exp", "iat", "sub", "jti", "sid", "iss", "aud"]
+
+
+class KeySource(Protocol):
+    async def get_key(self, kid: str) -> RSAPublicKey: ...
+
+
+class RevocationCheck(Protocol):
+    def is_revoked(self, sub: str, sid: str, iat: int) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """The parts of a verified token the gateway acts on."""
+
+    sub: str
+    sid: str
+    jti: str
+    iat: int
+    exp: int
+    scopes: frozenset[str]
+    username: str | None
+
+
+class TokenVerifier:
+    """Verifies RS256 access tokens from the issuer against the JWKS keys only."""
+
+    def __init__(
+        self,
+        keys: KeySource,
+        revocations: RevocationCheck,
+        *,
+        issuer: str,
+        audience: str,
+        leeway: int,
+    ) -> None:
+        self._keys = keys
+        self._revocations = revocations
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway
+
+    async def verify(self, token: str) -> Claims:
+        """Raise an ``AuthError`` subclass unless ``token`` is a valid, unrevoked access token."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise InvalidToken("the token is malformed") from None
+        kid = header.get("kid")
+        if header.get("alg") != "RS256":
+            raise InvalidToken("the token must be signed with RS256")
+        if header.get("typ") != ACCESS_TOKEN_TYP:
+            raise InvalidToken("the token is not an access token")
+        if "crit" in header:  # pyjwt >= 2.10 already refuses unknown ones in get_unverified_header
+            raise InvalidToken("critical header extensions are not supported")
+        if not isinstance(kid, str) or not kid:
+            raise InvalidToken("the token has no key id")
+        key = await self._keys.get_key(kid)
+        try:
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=["RS256"],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": _REQUIRED},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenExpired() from None
+        except jwt.InvalidTokenError:
+            raise InvalidToken() from None
+        claims = _claims(payload)
+        if self._revocations.is_revoked(claims.sub, claims.sid, claims.iat):
+            raise SessionRevoked()
+        return claims
+
+
+def _claims(payload: dict[str, Any]) -> Claims:
+    sub, sid, jti = payload["sub"], payload["sid"], payload["jti"]
+    scope = payload.get("scope", "")
+    username = payload.get("preferred_username")
+    iat, exp = payload["iat"], payload["exp"]
+    if not all(isinstance(v, str) and v for v in (sub, sid, jti)) or not isinstance(scope, str):
+        raise InvalidToken("the token's claims have the wrong types")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (iat, exp)):
+        raise InvalidToken("the token's times are not numbers")
+    return Claims(
+        sub=sub,
+        sid=sid,
+        jti=jti,
+        iat=int(iat),
+        exp=int(exp),
+        scopes=frozenset(scope.split()),
+        username=username if isinstance(username, str) else None,
+    )
