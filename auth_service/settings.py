@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.envparse import ConfigError, env_bool, env_int, env_list, env_str
+from shared.issuer import auth_issuer
 from shared.tls import server_context
 
 __all__ = ["ConfigError", "Settings"]
@@ -77,7 +78,6 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         host = env_str(environ, "AUTH_HOST", "127.0.0.1")
         port = env_int(environ, "AUTH_PORT", 8081, minimum=0)
-        scheme = "https" if environ.get("AUTH_TLS_CERT") else "http"
         data_dir = Path(env_str(environ, "AUTH_DATA_DIR", ".data"))
         dev = env_bool(environ, "AUTH_DEV", False)
         secrets_ = env_list(environ, "AUTH_KEY_ENCRYPTION_SECRETS")
@@ -86,7 +86,7 @@ class Settings:
         return cls(
             host=host,
             port=port,
-            issuer=env_str(environ, "AUTH_ISSUER", f"{scheme}://{host}:{port}").rstrip("/"),
+            issuer=auth_issuer(environ),
             audience=env_str(environ, "AUTH_AUDIENCE", "ws"),
             database_url=env_str(
                 environ, "AUTH_DATABASE_URL", f"sqlite:///{(data_dir / 'auth.db').as_posix()}"

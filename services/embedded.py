@@ -1,4 +1,7 @@
-"""Composition of the embedded stack: which apps run, on what, sharing which bus."""
+"""Composition of the embedded stack: both services in one process sharing one in-process bus.
+
+auth_service's site starts first, so ws_service's first key-set fetch finds it listening.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from auth_service.app import create_app as create_auth_app
 from auth_service.settings import Settings as AuthSettings
 from shared.bus import InProcessBus
 from shared.serve import Site
+from ws_service.app import create_app as create_ws_app
+from ws_service.settings import Settings as WsSettings
 
 __all__ = ["banner", "build_sites"]
 
@@ -15,10 +20,22 @@ __all__ = ["banner", "build_sites"]
 def build_sites(environ: Mapping[str, str]) -> tuple[list[Site], list[str]]:
     bus = InProcessBus()
     auth = AuthSettings.from_env(environ)
-    sites = [Site(create_auth_app(auth, bus=bus), auth.host, auth.port)]
+    ws = WsSettings.from_env(environ)
+    auth_tls, ws_tls = auth.ssl_context, ws.ssl_context
+    sites = [
+        Site(create_auth_app(auth, bus=bus), auth.host, auth.port, auth_tls),
+        Site(create_ws_app(ws, bus=bus), ws.host, ws.port, ws_tls, ws.shutdown_timeout),
+    ]
+    ws_url = f"{'wss' if ws_tls else 'ws'}://{ws.host}:{ws.port}/ws"
     lines = [
-        f"auth_service  http://{auth.host}:{auth.port}   (JWKS: {auth.jwks_uri})",
+        f"auth_service  {auth.issuer}   (REST API; JWKS at {auth.jwks_uri})",
+        f"ws_service    {ws_url}",
         f"database      {auth.database_url}",
+        "",
+        "Try it: create two users, then chat in two terminals:",
+        "  AUTH_DEV=1 .venv/bin/python -m auth_service users create alice   (and bob)",
+        "  .venv/bin/python -m ws_service.chat --user alice      (and --user bob in another)",
+        "README.md has curl examples for every endpoint.",
     ]
     return sites, lines
 

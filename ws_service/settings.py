@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from shared.envparse import ConfigError, env_float, env_int, env_list, env_str
+from shared.issuer import auth_issuer
+from shared.tls import server_context
 
 __all__ = ["Settings"]
 
@@ -39,6 +42,12 @@ class Settings:
     max_connections_per_user: int = 20
     max_violations: int = 5
     max_outbox: int = 1024
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return server_context(self.tls_cert, self.tls_key, prefix="WS")
 
     def __repr__(self) -> str:
         shown = {k: v for k, v in vars(self).items() if k != "api_keys"}
@@ -46,10 +55,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        auth_host = env_str(environ, "AUTH_HOST", "127.0.0.1")
-        auth_port = env_int(environ, "AUTH_PORT", 8081, minimum=1)
-        auth_issuer = env_str(environ, "AUTH_ISSUER", f"http://{auth_host}:{auth_port}")
-        issuer = env_str(environ, "WS_ISSUER", auth_issuer)
+        issuer = env_str(environ, "WS_ISSUER", auth_issuer(environ))
         api_keys = env_list(environ, "WS_API_KEYS")
         if any(len(key) < 16 for key in api_keys):
             raise ConfigError("WS_API_KEYS entries must be at least 16 characters long")
@@ -57,7 +63,7 @@ class Settings:
             host=env_str(environ, "WS_HOST", "127.0.0.1"),
             port=env_int(environ, "WS_PORT", 8082, minimum=1),
             jwks_url=env_str(
-                environ, "WS_JWKS_URL", f"{auth_issuer.rstrip('/')}/.well-known/jwks.json"
+                environ, "WS_JWKS_URL", f"{auth_issuer(environ)}/.well-known/jwks.json"
             ),
             issuer=issuer,
             audience=env_str(environ, "WS_AUDIENCE", "ws"),
@@ -74,6 +80,8 @@ class Settings:
             max_connections_per_user=env_int(environ, "WS_MAX_CONNECTIONS_PER_USER", 20, minimum=1),
             jwks_min_ttl=env_float(environ, "WS_JWKS_MIN_TTL", 60.0, minimum=1),
             jwks_max_ttl=env_float(environ, "WS_JWKS_MAX_TTL", 3600.0, minimum=1),
+            tls_cert=env_str(environ, "WS_TLS_CERT", ""),
+            tls_key=env_str(environ, "WS_TLS_KEY", ""),
         )
         if settings.jwks_min_ttl > settings.jwks_max_ttl:
             raise ConfigError("WS_JWKS_MIN_TTL must not exceed WS_JWKS_MAX_TTL")
