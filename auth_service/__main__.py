@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 
 from auth_service.app import build_keyring, build_service, create_app
+from auth_service.domain.outbox import EventPublisher
 from auth_service.errors import AuthError
 from auth_service.settings import ConfigError, Settings
 from auth_service.store import open_store
@@ -100,7 +101,7 @@ async def create_user(settings: Settings, username: str, scope: str | None) -> i
     store = await open_store(settings.database_url)
     try:
         ring = build_keyring(settings, store)
-        service = build_service(settings, store, ring, InProcessBus())
+        service = build_service(settings, store, ring, EventPublisher(InProcessBus(), store))
         service.policy = replace(service.policy, allow_registration=True)
         user = await service.register(username, password, scope=scope)
         print(f"created user {user.username} ({user.id})")

@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from auth_service.appkeys import BUS, KEYRING, METRICS, SERVICE, SETTINGS, STORE
+from auth_service.appkeys import BUS, KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
 from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
+from auth_service.domain.outbox import EventPublisher
 from auth_service.domain.passwords import Passwords
 from auth_service.domain.service import AuthService, IssuerPolicy
 from auth_service.domain.throttle import LoginThrottle
@@ -22,7 +23,6 @@ from auth_service.metrics import Metrics
 from auth_service.settings import Settings
 from auth_service.store import Store, open_store
 from shared.bus import EventBus, InProcessBus
-from shared.events import REVOCATIONS_TOPIC, RevocationEvent, encode_event
 
 __all__ = ["build_keyring", "build_service", "create_app"]
 
@@ -41,13 +41,9 @@ def build_keyring(settings: Settings, store: Store) -> KeyRing:
     return KeyRing(store, KeyCipher(settings.key_encryption_secrets), policy)
 
 
-def build_service(settings: Settings, store: Store, ring: KeyRing, bus: EventBus) -> AuthService:
-    async def publish(event: RevocationEvent) -> None:
-        try:
-            await bus.publish(REVOCATIONS_TOPIC, encode_event(event))
-        except Exception:
-            log.exception("revocation event not published", extra={"event_type": event.type})
-
+def build_service(
+    settings: Settings, store: Store, ring: KeyRing, publish: EventPublisher
+) -> AuthService:
     return AuthService(
         store,
         TokenIssuer(
@@ -91,12 +87,18 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
         if await ring.maintain(time.time()):
             app[METRICS].key_rotations.inc()
         app[KEYRING] = ring
-        app[SERVICE] = build_service(settings, app[STORE], ring, app[BUS])
-        task = asyncio.create_task(maintenance_loop(app))
+        app[PUBLISHER] = EventPublisher(app[BUS], app[STORE])
+        app[SERVICE] = build_service(settings, app[STORE], ring, app[PUBLISHER])
+        tasks = [
+            asyncio.create_task(maintenance_loop(app)),
+            asyncio.create_task(outbox_loop(app[PUBLISHER])),
+        ]
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     app.cleanup_ctx.extend([store_ctx, bus_ctx, domain_ctx])
     app.add_routes(routes)
@@ -122,3 +124,17 @@ async def maintenance_loop(app: web.Application) -> None:
                 last_purge = now
         except Exception:
             log.exception("key ring maintenance failed; retrying")
+
+
+OUTBOX_INTERVAL = 1.0
+
+
+async def outbox_loop(publisher: EventPublisher) -> None:
+    """Deliver revocations the bus refused, as soon as it takes them again."""
+    await publisher.flush()
+    while True:
+        await asyncio.sleep(OUTBOX_INTERVAL)
+        try:
+            await publisher.flush()
+        except Exception:
+            log.exception("outbox flush failed; retrying")

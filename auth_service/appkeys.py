@@ -5,13 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from auth_service.domain.keyring import KeyRing
+from auth_service.domain.outbox import EventPublisher
 from auth_service.domain.service import AuthService
 from auth_service.metrics import Metrics
 from auth_service.settings import Settings
 from auth_service.store.base import Store
 from shared.bus import EventBus
 
-__all__ = ["BUS", "KEYRING", "METRICS", "SERVICE", "SETTINGS", "STORE"]
+__all__ = ["BUS", "KEYRING", "METRICS", "PUBLISHER", "SERVICE", "SETTINGS", "STORE"]
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -19,3 +20,4 @@ STORE = web.AppKey("store", Store)
 BUS = web.AppKey("bus", EventBus)
 KEYRING = web.AppKey("keyring", KeyRing)
 SERVICE = web.AppKey("service", AuthService)
+PUBLISHER = web.AppKey("publisher", EventPublisher)

@@ -7,7 +7,7 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from auth_service.appkeys import KEYRING, METRICS, SERVICE, SETTINGS, STORE
+from auth_service.appkeys import KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
 from auth_service.domain.service import TokenPair
 from auth_service.errors import (
     AuthError,
@@ -165,10 +165,11 @@ async def readyz(request: web.Request) -> web.Response:
     signing = request.app[KEYRING].signing_key(time.time())
     checks["signing_key"] = "ok" if signing is not None else "no signing key loaded"
     ready = all(value == "ok" for value in checks.values())
-    return web.json_response(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
-        status=200 if ready else 503,
-    )
+    degraded: dict[str, str] = {}
+    if request.app[PUBLISHER].pending:
+        degraded["event_bus"] = "revocations are waiting in the outbox: the event bus refused them"
+    body = {"status": "ready" if ready else "not_ready", "checks": checks, "degraded": degraded}
+    return web.json_response(body, status=200 if ready else 503)
 
 
 @routes.get("/metrics")

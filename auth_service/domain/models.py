@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["RefreshToken", "RefreshTokenView", "Session", "StoredKey", "ThrottleState", "User"]
+__all__ = [
+    "OutboxItem",
+    "RefreshToken",
+    "RefreshTokenView",
+    "Session",
+    "StoredKey",
+    "ThrottleState",
+    "User",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,3 +68,10 @@ class ThrottleState:
     failures: int
     window_start: float
     blocked_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    topic: str
+    payload: str

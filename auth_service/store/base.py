@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from auth_service.domain.models import (
+    OutboxItem,
     RefreshToken,
     RefreshTokenView,
     Session,
@@ -64,6 +65,14 @@ class Store(Protocol):
     async def block(self, key: str, until: float) -> None: ...
 
     async def clear_failures(self, key: str) -> None: ...
+
+    async def add_outbox(self, topic: str, payload: str, now: float) -> None:
+        """Keep an event the bus could not take, to deliver it later."""
+
+    async def outbox_batch(self, limit: int) -> list[OutboxItem]:
+        """The oldest undelivered events, oldest first."""
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None: ...
 
     async def purge_expired(self, now: float) -> int:
         """Delete expired refresh tokens, families and stale throttle rows; returns rows removed."""

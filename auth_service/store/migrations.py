@@ -1,7 +1,7 @@
 """Versioned schema, written once for both dialects.
 
 Each entry is applied in order inside one transaction and recorded in ``schema_migrations``;
-``{real}`` and ``{blob}`` become the dialect's float and bytes types.
+``{real}``, ``{blob}`` and ``{serial}`` become the dialect's float, bytes and auto-id types.
 """
 
 from __future__ import annotations
@@ -52,10 +52,21 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE outbox (
+            id {serial} PRIMARY KEY,
+            topic TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at {real} NOT NULL
+        );
+        """,
+    ),
 )
 
 
-def render(sql: str, *, real: str, blob: str) -> list[str]:
+def render(sql: str, *, real: str, blob: str, serial: str) -> list[str]:
     """Split a migration into statements with the dialect's types filled in."""
-    text = sql.format(real=real, blob=blob)
+    text = sql.format(real=real, blob=blob, serial=serial)
     return [stmt.strip() for stmt in text.split(";") if stmt.strip()]

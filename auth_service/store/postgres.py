@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from auth_service.domain.models import (
+    OutboxItem,
     RefreshToken,
     RefreshTokenView,
     Session,
@@ -57,7 +58,7 @@ class PostgresStore:
             for version, sql in MIGRATIONS:
                 if version <= current:
                     continue
-                for stmt in render(sql, real="DOUBLE PRECISION", blob="BYTEA"):
+                for stmt in render(sql, real="DOUBLE PRECISION", blob="BYTEA", serial="BIGSERIAL"):
                     await conn.execute(stmt)
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
 
@@ -193,6 +194,23 @@ class PostgresStore:
 
     async def clear_failures(self, key: str) -> None:
         await self._pool.execute("DELETE FROM login_throttle WHERE key = $1", key)
+
+    async def add_outbox(self, topic: str, payload: str, now: float) -> None:
+        await self._pool.execute(
+            "INSERT INTO outbox (topic, payload, created_at) VALUES ($1, $2, $3)",
+            topic,
+            payload,
+            now,
+        )
+
+    async def outbox_batch(self, limit: int) -> list[OutboxItem]:
+        rows = await self._pool.fetch(
+            "SELECT id, topic, payload FROM outbox ORDER BY id LIMIT $1", limit
+        )
+        return [OutboxItem(*row) for row in rows]
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        await self._pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", list(ids))
 
     async def purge_expired(self, now: float) -> int:
         removed = 0

@@ -16,6 +16,7 @@ from typing import Any
 import aiosqlite
 
 from auth_service.domain.models import (
+    OutboxItem,
     RefreshToken,
     RefreshTokenView,
     Session,
@@ -82,7 +83,7 @@ class SqliteStore:
             for version, sql in MIGRATIONS:
                 if version <= current:
                     continue
-                for stmt in render(sql, real="REAL", blob="BLOB"):
+                for stmt in render(sql, real="REAL", blob="BLOB", serial="INTEGER"):
                     await conn.execute(stmt)
                 await conn.execute(
                     "INSERT INTO schema_migrations VALUES (?, strftime('%s','now'))", (version,)
@@ -237,6 +238,27 @@ class SqliteStore:
     async def clear_failures(self, key: str) -> None:
         async with self._tx() as conn:
             await conn.execute("DELETE FROM login_throttle WHERE key = ?", (key,))
+
+    async def add_outbox(self, topic: str, payload: str, now: float) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                "INSERT INTO outbox (topic, payload, created_at) VALUES (?, ?, ?)",
+                (topic, payload, now),
+            )
+
+    async def outbox_batch(self, limit: int) -> list[OutboxItem]:
+        async with (
+            self._lock,
+            self._conn.execute(
+                "SELECT id, topic, payload FROM outbox ORDER BY id LIMIT ?", (limit,)
+            ) as cur,
+        ):
+            rows = await cur.fetchall()
+        return [OutboxItem(*row) for row in rows]
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        async with self._tx() as conn:
+            await conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
 
     async def purge_expired(self, now: float) -> int:
         async with self._tx() as conn:

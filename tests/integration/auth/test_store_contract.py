@@ -143,3 +143,15 @@ async def test_migrations_are_idempotent(tmp_path: Path) -> None:
     second = await open_store(url)
     assert await second.get_user("id-alice") is not None
     await second.close()
+
+
+async def test_outbox_keeps_events_in_order_until_deleted(store: Store) -> None:
+    await store.add_outbox("t", "first", 1.0)
+    await store.add_outbox("t", "second", 2.0)
+    await store.add_outbox("u", "third", 3.0)
+    batch = await store.outbox_batch(2)
+    assert [(i.topic, i.payload) for i in batch] == [("t", "first"), ("t", "second")]
+    await store.delete_outbox([batch[0].id])
+    assert [i.payload for i in await store.outbox_batch(10)] == ["second", "third"]
+    await store.delete_outbox([i.id for i in await store.outbox_batch(10)])
+    assert await store.outbox_batch(10) == []

@@ -1,0 +1,56 @@
+"""Revocation events reach the bus, or wait in the store until it takes them.
+
+A logout made while the bus (Redis) is down must still close the sockets once it is back, so an
+event the bus refuses is written to the outbox and re-published by :meth:`EventPublisher.flush`.
+Events are idempotent, so a replica re-publishing one another replica also delivered is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from auth_service.store.base import Store
+from shared.bus import EventBus
+from shared.events import REVOCATIONS_TOPIC, RevocationEvent, encode_event
+
+__all__ = ["EventPublisher"]
+
+log = logging.getLogger(__name__)
+
+
+class EventPublisher:
+    def __init__(self, bus: EventBus, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self._bus = bus
+        self._store = store
+        self._clock = clock
+        self.pending = False
+
+    async def __call__(self, event: RevocationEvent) -> None:
+        payload = encode_event(event)
+        try:
+            await self._bus.publish(REVOCATIONS_TOPIC, payload)
+        except Exception as exc:
+            log.warning(
+                "event bus refused a revocation; kept in the outbox",
+                extra={"event_type": event.type, "reason": str(exc)},
+            )
+            await self._store.add_outbox(REVOCATIONS_TOPIC, payload, self._clock())
+            self.pending = True
+
+    async def flush(self, limit: int = 100) -> int:
+        """Publish what waits in the outbox, oldest first; stop at the first refusal."""
+        items = await self._store.outbox_batch(limit)
+        delivered: list[int] = []
+        try:
+            for item in items:
+                await self._bus.publish(item.topic, item.payload)
+                delivered.append(item.id)
+        except Exception as exc:
+            log.warning("outbox not yet deliverable", extra={"reason": str(exc)})
+        if delivered:
+            await self._store.delete_outbox(delivered)
+            log.info("outbox delivered", extra={"events": len(delivered)})
+        self.pending = len(delivered) < len(items) or len(items) == limit
+        return len(delivered)
