@@ -34,7 +34,13 @@ async def test_logout_while_the_bus_is_down_is_delivered_later(
 ) -> None:
     bus = FlakyBus()
     seen: list[str] = []
-    bus.subscribe(REVOCATIONS_TOPIC, lambda topic, payload: seen.append(payload))
+    delivered = asyncio.Event()
+
+    def on_event(topic: str, payload: str) -> None:
+        seen.append(payload)
+        delivered.set()
+
+    bus.subscribe(REVOCATIONS_TOPIC, on_event)
     app = create_app(make_settings(), bus=bus)
     client = await aiohttp_client(app)
     await register(client)
@@ -49,9 +55,7 @@ async def test_logout_while_the_bus_is_down_is_delivered_later(
     assert await app[PUBLISHER].flush() == 0
     assert seen == []
     bus.down = False
-    async with asyncio.timeout(5):
-        while not seen:
-            await asyncio.sleep(0.05)
+    await asyncio.wait_for(delivered.wait(), 5)
     (event,) = [decode_event(p) for p in seen]
     assert isinstance(event, SessionRevoked), "the outbox loop delivered it by itself, once"
     assert await app[PUBLISHER].flush() == 0
