@@ -1,0 +1,111 @@
+"""Fixtures for the Redis bus: started buses that are always closed, and a private redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from shared.redis_bus import RedisBus
+from tests.services import free_port, unavailable
+
+BusMaker = Callable[[str], Awaitable[RedisBus]]
+DELIVERY_WAIT = 5.0
+"""Seconds a test waits for a message before it fails; a liveness bound, not a performance claim."""
+
+
+class Inbox:
+    """A bus handler that queues what it receives, so a test can await the next message."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+
+    def __call__(self, topic: str, payload: str) -> None:
+        self.queue.put_nowait((topic, payload))
+
+    async def next(self) -> tuple[str, str]:
+        async with asyncio.timeout(DELIVERY_WAIT):
+            return await self.queue.get()
+
+
+class PrivateRedis:
+    """A redis-server of this test alone, on its own port, that the test may kill and restart."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            stdout=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                except OSError:
+                    await asyncio.sleep(0.02)
+                    continue
+                writer.close()
+                await writer.wait_closed()
+                return
+
+    async def kill(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+
+
+async def eventually(predicate: Callable[[], bool]) -> None:
+    """Poll a state that no event announces, for at most about ten seconds."""
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition still false after 10 s")
+
+
+@pytest.fixture
+def topic() -> str:
+    """A topic no other test (or concurrent run on the shared Redis) uses."""
+    return f"test.bus.{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def make_bus() -> AsyncIterator[BusMaker]:
+    """Start RedisBus instances (one per simulated replica) with a quick backoff; close them all."""
+    buses: list[RedisBus] = []
+
+    async def make(url: str) -> RedisBus:
+        bus = RedisBus(url, backoff_base=0.05, backoff_cap=0.5)
+        buses.append(bus)
+        await bus.start()
+        return bus
+
+    yield make
+    for bus in buses:
+        await bus.close()
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[PrivateRedis]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("redis-server", "the binary is not installed (Debian package redis-server)")
+        raise AssertionError("unreachable")
+    server = PrivateRedis(binary)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()
