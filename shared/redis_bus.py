@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared.bus import Handler, Unsubscribe
 from shared.bus_errors import BusUnavailable
 
-__all__ = ["ReconnectListener", "RedisBus"]
+__all__ = ["ReconnectListener", "RedisBus", "backoff_delay"]
 
 ReconnectListener = Callable[[], Awaitable[None]]
 """Awaited (as its own task) after every reconnection, once all topics are subscribed again."""
@@ -157,11 +157,6 @@ class RedisBus:
             retry=Retry(NoBackoff(), retries),
         )
 
-    def _backoff(self, failures: int) -> float:
-        """Exponential, capped, with jitter so that replicas do not reconnect in lockstep."""
-        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** min(failures, 16))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
-
     async def _run(self) -> None:
         failures = 0
         reconnecting = False
@@ -186,7 +181,7 @@ class RedisBus:
                     self._set_connected(False)
                     await _discard(pubsub)
             reconnecting = True
-            await asyncio.sleep(self._backoff(failures))
+            await asyncio.sleep(backoff_delay(failures, self._backoff_base, self._backoff_cap))
 
     async def _connect(self) -> PubSub:
         """Open the subscriber connection and subscribe every wanted topic before going live."""
@@ -277,6 +272,12 @@ class RedisBus:
             task = asyncio.create_task(_run_listener(listener), name="redis-bus-reconnected")
             self._listener_tasks.add(task)
             task.add_done_callback(self._listener_tasks.discard)
+
+
+def backoff_delay(failures: int, base: float, cap: float) -> float:
+    """Exponential, capped, with jitter so that replicas do not reconnect in lockstep."""
+    ceiling = min(cap, base * 2.0 ** min(failures, 16))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 async def _run_listener(listener: ReconnectListener) -> None:

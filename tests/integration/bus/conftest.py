@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -12,7 +13,7 @@ import pytest
 from shared.redis_bus import RedisBus
 from tests.services import free_port, unavailable
 
-BusMaker = Callable[[str], Awaitable[RedisBus]]
+BusMaker = Callable[..., Awaitable[RedisBus]]
 DELIVERY_WAIT = 5.0
 """Seconds a test waits for a message before it fails; a liveness bound, not a performance claim."""
 
@@ -60,6 +61,15 @@ class PrivateRedis:
                 await writer.wait_closed()
                 return
 
+    def pause(self) -> None:
+        """Freeze the server: connections stay open but nothing answers, like a network cut."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     async def kill(self) -> None:
         if self._process is not None and self._process.returncode is None:
             self._process.kill()
@@ -86,8 +96,8 @@ async def make_bus() -> AsyncIterator[BusMaker]:
     """Start RedisBus instances (one per simulated replica) with a quick backoff; close them all."""
     buses: list[RedisBus] = []
 
-    async def make(url: str) -> RedisBus:
-        bus = RedisBus(url, backoff_base=0.05, backoff_cap=0.5)
+    async def make(url: str, **options: float) -> RedisBus:
+        bus = RedisBus(url, **{"backoff_base": 0.05, "backoff_cap": 0.5, **options})
         buses.append(bus)
         await bus.start()
         return bus

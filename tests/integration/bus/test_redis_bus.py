@@ -131,6 +131,35 @@ async def test_bus_survives_a_redis_restart(
     assert await inbox.next() == (later_topic, "subscribed while down")
 
 
+async def test_silent_redis_is_detected_by_unanswered_pings(
+    private_redis: PrivateRedis, make_bus: BusMaker, topic: str
+) -> None:
+    replica = await make_bus(private_redis.url, ping_interval=0.2, socket_timeout=0.5)
+    inbox = Inbox()
+    reconnected = asyncio.Event()
+
+    async def on_reconnect() -> None:
+        reconnected.set()
+
+    replica.add_reconnect_listener(on_reconnect)
+    replica.subscribe(topic, inbox)
+    await replica.wait_synced()
+
+    private_redis.pause()
+    try:
+        await eventually(lambda: not replica.connected)
+        with pytest.raises(BusUnavailable):
+            await replica.publish(topic, "while frozen")
+    finally:
+        private_redis.resume()
+
+    async with asyncio.timeout(10):
+        await reconnected.wait()
+        await replica.wait_synced()
+    await replica.publish(topic, "thawed")
+    assert await inbox.next() == (topic, "thawed")
+
+
 async def test_start_without_redis_is_degraded_then_recovers(
     private_redis: PrivateRedis, make_bus: BusMaker, topic: str
 ) -> None:
