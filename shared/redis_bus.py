@@ -76,7 +76,8 @@ class RedisBus:
     async def start(self) -> None:
         """Start the reader; return after the first connection attempt, which may have failed.
 
-        A replica whose Redis is down at start-up still serves local traffic and keeps retrying.
+        A replica whose Redis is down at start-up still serves local traffic and keeps retrying;
+        an error that retrying cannot cure (Redis refusing SUBSCRIBE, say) is raised here.
         """
         if self._reader is not None:
             raise RuntimeError("RedisBus.start() was already called")
@@ -84,6 +85,8 @@ class RedisBus:
         self._subscriber = self._client(retries=0)
         self._reader = asyncio.create_task(self._run(), name="redis-bus-reader")
         await self._first_attempt_done.wait()
+        if self._reader.done():
+            self._reader.result()
 
     async def close(self) -> None:
         """Stop the reader and drop both connections.
@@ -158,6 +161,16 @@ class RedisBus:
         )
 
     async def _run(self) -> None:
+        """The reader task; an error that reconnecting cannot cure is logged and ends it."""
+        try:
+            await self._reconnect_forever()
+        except Exception:
+            log.exception("redis bus reader stopped")
+            raise
+        finally:
+            self._first_attempt_done.set()
+
+    async def _reconnect_forever(self) -> None:
         failures = 0
         reconnecting = False
         while not self._closing:

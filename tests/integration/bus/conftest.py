@@ -35,8 +35,9 @@ class Inbox:
 class PrivateRedis:
     """A redis-server of this test alone, on its own port, that the test may kill and restart."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, *options: str) -> None:
         self.binary = binary
+        self.options = options
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: asyncio.subprocess.Process | None = None
@@ -48,6 +49,7 @@ class PrivateRedis:
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
+            *self.options,
             stdout=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         async with asyncio.timeout(10):
@@ -108,12 +110,17 @@ async def make_bus() -> AsyncIterator[BusMaker]:
 
 
 @pytest.fixture
-async def private_redis() -> AsyncIterator[PrivateRedis]:
+def redis_server_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         unavailable("redis-server", "the binary is not installed (Debian package redis-server)")
         raise AssertionError("unreachable")
-    server = PrivateRedis(binary)
+    return binary
+
+
+@pytest.fixture
+async def private_redis(redis_server_binary: str) -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis(redis_server_binary)
     await server.start()
     try:
         yield server

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from shared.bus import InProcessBus
 from shared.bus_errors import BusUnavailable
@@ -183,6 +184,23 @@ async def test_start_without_redis_is_degraded_then_recovers(
         await bus.wait_synced()
     await bus.publish(topic, "hello")
     assert await inbox.next() == (topic, "hello")
+
+
+async def test_start_raises_what_reconnecting_cannot_cure(
+    redis_server_binary: str, topic: str
+) -> None:
+    server = PrivateRedis(redis_server_binary, "--rename-command", "SUBSCRIBE", "")
+    await server.start()
+    bus = RedisBus(server.url)
+    bus.subscribe(topic, Inbox())
+    try:
+        with pytest.raises(ResponseError):
+            async with asyncio.timeout(10):
+                await bus.start()
+        assert not bus.connected
+    finally:
+        await bus.close()
+        await server.kill()
 
 
 async def test_open_bus_picks_the_backend(redis_url: str) -> None:
