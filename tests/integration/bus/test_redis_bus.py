@@ -12,7 +12,7 @@ from shared.bus import InProcessBus
 from shared.bus_errors import BusUnavailable
 from shared.bus_factory import open_bus
 from shared.redis_bus import RedisBus
-from tests.integration.bus.conftest import BusMaker, Inbox, PrivateRedis, eventually
+from tests.integration.bus.support import BusMaker, Inbox, PrivateRedis, eventually
 
 pytestmark = pytest.mark.redis
 
