@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench clean up down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -34,3 +34,10 @@ clean:
 
 bench: $(STAMP)
 	$(PY) -m tests.bench.auth_throughput
+
+# The scaled-out stack (docker-compose.yml); needs Docker with Compose v2.
+up:
+	docker compose up -d --build
+
+down:
+	docker compose down

@@ -1,0 +1,54 @@
+"""Fixtures for the Redis bus: started buses that are always closed, and a private redis-server."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from shared.redis_bus import RedisBus
+from tests.integration.bus.support import BusMaker, PrivateRedis
+from tests.services import unavailable
+
+
+@pytest.fixture
+def topic() -> str:
+    """A topic no other test (or concurrent run on the shared Redis) uses."""
+    return f"test.bus.{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def make_bus() -> AsyncIterator[BusMaker]:
+    """Start RedisBus instances (one per simulated replica) with a quick backoff; close them all."""
+    buses: list[RedisBus] = []
+
+    async def make(url: str, **options: float) -> RedisBus:
+        bus = RedisBus(url, **{"backoff_base": 0.05, "backoff_cap": 0.5, **options})
+        buses.append(bus)
+        await bus.start()
+        return bus
+
+    yield make
+    for bus in buses:
+        await bus.close()
+
+
+@pytest.fixture
+def redis_server_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("redis-server", "the binary is not installed (Debian package redis-server)")
+        raise AssertionError("unreachable")
+    return binary
+
+
+@pytest.fixture
+async def private_redis(redis_server_binary: str) -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis(redis_server_binary)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()

@@ -1,0 +1,83 @@
+"""Helpers for the Redis bus tests: an awaitable inbox, a private redis-server, a bounded poll."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+from shared.redis_bus import RedisBus
+from tests.services import free_port
+
+BusMaker = Callable[..., Awaitable[RedisBus]]
+DELIVERY_WAIT = 5.0
+"""Seconds a test waits for a message before it fails; a liveness bound, not a performance claim."""
+
+
+class Inbox:
+    """A bus handler that queues what it receives, so a test can await the next message."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+
+    def __call__(self, topic: str, payload: str) -> None:
+        self.queue.put_nowait((topic, payload))
+
+    async def next(self) -> tuple[str, str]:
+        async with asyncio.timeout(DELIVERY_WAIT):
+            return await self.queue.get()
+
+
+class PrivateRedis:
+    """A redis-server of this test alone, on its own port, that the test may kill and restart."""
+
+    def __init__(self, binary: str, *options: str) -> None:
+        self.binary = binary
+        self.options = options
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            *self.options,
+            stdout=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                except OSError:
+                    await asyncio.sleep(0.02)
+                    continue
+                writer.close()
+                await writer.wait_closed()
+                return
+
+    def pause(self) -> None:
+        """Freeze the server: connections stay open but nothing answers, like a network cut."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
+    async def kill(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+
+
+async def eventually(predicate: Callable[[], bool]) -> None:
+    """Poll a state that no event announces, for at most about ten seconds."""
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition still false after 10 s")

@@ -1,0 +1,222 @@
+"""RedisBus against a real Redis: fan-out between replicas, refcounting, and a Redis restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from shared.bus import InProcessBus
+from shared.bus_errors import BusUnavailable
+from shared.bus_factory import open_bus
+from shared.redis_bus import RedisBus
+from tests.integration.bus.support import BusMaker, Inbox, PrivateRedis, eventually
+
+pytestmark = pytest.mark.redis
+
+
+async def numsub(url: str, topic: str) -> int:
+    client = Redis.from_url(url)
+    try:
+        [(_, count)] = await client.pubsub_numsub(topic)
+        return int(count)
+    finally:
+        await client.aclose()
+
+
+async def test_message_fans_out_once_to_every_replica(
+    redis_url: str, make_bus: BusMaker, topic: str
+) -> None:
+    publisher, replica_a, replica_b = [await make_bus(redis_url) for _ in range(3)]
+    inbox_a, inbox_b = Inbox(), Inbox()
+    replica_a.subscribe(topic, inbox_a)
+    replica_b.subscribe(topic, inbox_b)
+    await replica_a.wait_synced()
+    await replica_b.wait_synced()
+
+    await publisher.publish(topic, '{"n":1}')
+    await publisher.publish(topic, '{"n":2}')
+
+    for inbox in (inbox_a, inbox_b):
+        assert await inbox.next() == (topic, '{"n":1}')
+        assert await inbox.next() == (topic, '{"n":2}')
+
+
+async def test_publisher_own_handlers_receive_through_redis(
+    redis_url: str, make_bus: BusMaker, topic: str
+) -> None:
+    bus = await make_bus(redis_url)
+    inbox = Inbox()
+    bus.subscribe(topic, inbox)
+    await bus.wait_synced()
+
+    await bus.publish(topic, "first")
+    await bus.publish(topic, "second")
+
+    assert await inbox.next() == (topic, "first")
+    assert await inbox.next() == (topic, "second")
+
+
+async def test_subscription_is_reference_counted(
+    redis_url: str, make_bus: BusMaker, topic: str
+) -> None:
+    bus, publisher = await make_bus(redis_url), await make_bus(redis_url)
+    first, second = Inbox(), Inbox()
+    drop_first = bus.subscribe(topic, first)
+    drop_second = bus.subscribe(topic, second)
+    await bus.wait_synced()
+    assert await numsub(redis_url, topic) == 1
+
+    drop_first()
+    drop_first()
+    await bus.wait_synced()
+    await publisher.publish(topic, "still subscribed")
+    assert await second.next() == (topic, "still subscribed")
+    assert first.queue.empty()
+    assert await numsub(redis_url, topic) == 1
+
+    drop_second()
+    await bus.wait_synced()
+    assert await numsub(redis_url, topic) == 0
+
+
+async def test_failing_handler_does_not_stop_delivery(
+    redis_url: str, make_bus: BusMaker, topic: str
+) -> None:
+    bus = await make_bus(redis_url)
+    inbox = Inbox()
+
+    def broken(topic: str, payload: str) -> None:
+        raise RuntimeError("boom")
+
+    bus.subscribe(topic, broken)
+    bus.subscribe(topic, inbox)
+    await bus.wait_synced()
+    await bus.publish(topic, "m")
+    assert await inbox.next() == (topic, "m")
+
+
+async def test_bus_survives_a_redis_restart(
+    private_redis: PrivateRedis, make_bus: BusMaker, topic: str
+) -> None:
+    publisher, replica = await make_bus(private_redis.url), await make_bus(private_redis.url)
+    inbox = Inbox()
+    reconnected = asyncio.Event()
+
+    async def on_reconnect() -> None:
+        reconnected.set()
+
+    replica.add_reconnect_listener(on_reconnect)
+    replica.subscribe(topic, inbox)
+    await replica.wait_synced()
+    await publisher.publish(topic, "before")
+    assert await inbox.next() == (topic, "before")
+
+    await private_redis.kill()
+    with pytest.raises(BusUnavailable):
+        await publisher.publish(topic, "while down")
+    await eventually(lambda: not replica.connected)
+    later_topic = f"{topic}.later"
+    replica.subscribe(later_topic, inbox)
+
+    await private_redis.start()
+    async with asyncio.timeout(10):
+        await reconnected.wait()
+        await replica.wait_synced()
+    assert replica.connected
+    await publisher.publish(topic, "after")
+    await publisher.publish(later_topic, "subscribed while down")
+    assert await inbox.next() == (topic, "after")
+    assert await inbox.next() == (later_topic, "subscribed while down")
+
+
+async def test_silent_redis_is_detected_by_unanswered_pings(
+    private_redis: PrivateRedis, make_bus: BusMaker, topic: str
+) -> None:
+    replica = await make_bus(private_redis.url, ping_interval=0.2, socket_timeout=0.5)
+    inbox = Inbox()
+    reconnected = asyncio.Event()
+
+    async def on_reconnect() -> None:
+        reconnected.set()
+
+    replica.add_reconnect_listener(on_reconnect)
+    replica.subscribe(topic, inbox)
+    await replica.wait_synced()
+
+    private_redis.pause()
+    try:
+        await eventually(lambda: not replica.connected)
+        with pytest.raises(BusUnavailable):
+            await replica.publish(topic, "while frozen")
+    finally:
+        private_redis.resume()
+
+    async with asyncio.timeout(10):
+        await reconnected.wait()
+        await replica.wait_synced()
+    await replica.publish(topic, "thawed")
+    assert await inbox.next() == (topic, "thawed")
+
+
+async def test_start_without_redis_is_degraded_then_recovers(
+    private_redis: PrivateRedis, make_bus: BusMaker, topic: str
+) -> None:
+    await private_redis.kill()
+    bus = await make_bus(private_redis.url)
+    reconnected = asyncio.Event()
+
+    async def on_reconnect() -> None:
+        reconnected.set()
+
+    bus.add_reconnect_listener(on_reconnect)
+    inbox = Inbox()
+    bus.subscribe(topic, inbox)
+    assert not bus.connected
+    with pytest.raises(BusUnavailable):
+        await bus.publish(topic, "nobody hears this")
+
+    await private_redis.start()
+    async with asyncio.timeout(10):
+        await reconnected.wait()
+        await bus.wait_synced()
+    await bus.publish(topic, "hello")
+    assert await inbox.next() == (topic, "hello")
+
+
+async def test_start_raises_what_reconnecting_cannot_cure(
+    redis_server_binary: str, topic: str
+) -> None:
+    server = PrivateRedis(redis_server_binary, "--rename-command", "SUBSCRIBE", "")
+    await server.start()
+    bus = RedisBus(server.url)
+    bus.subscribe(topic, Inbox())
+    try:
+        with pytest.raises(ResponseError):
+            async with asyncio.timeout(10):
+                await bus.start()
+        assert not bus.connected
+    finally:
+        await bus.close()
+        await server.kill()
+
+
+async def test_open_bus_picks_the_backend(redis_url: str) -> None:
+    for empty in (None, "", "  "):
+        embedded = await open_bus(empty)
+        assert isinstance(embedded, InProcessBus)
+        await embedded.close()
+    bus = await open_bus(redis_url)
+    try:
+        assert isinstance(bus, RedisBus)
+        assert bus.connected
+    finally:
+        await bus.close()
+
+
+async def test_publish_before_start_is_a_programming_error() -> None:
+    bus = RedisBus("redis://127.0.0.1:1/0")
+    with pytest.raises(RuntimeError, match="start"):
+        await bus.publish("t", "p")

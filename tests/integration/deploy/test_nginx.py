@@ -1,0 +1,200 @@
+"""The load-balancer config: its routing promises, and real nginx runs where nginx is installed."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import trustme
+from aiohttp import web
+
+from tests.services import free_port
+
+ROOT = Path(__file__).resolve().parents[3]
+NGINX_CONF = ROOT / "services" / "nginx" / "nginx.conf"
+REPLICA = web.AppKey("replica", str)
+
+ServerMaker = Callable[..., Awaitable[Any]]
+
+
+def render(conf: str, tmp_path: Path, ports: Mapping[str, Sequence[int]], listen_port: int) -> str:
+    """The compose config on loopback ports, with every file it reads or writes in tmp_path.
+
+    ``ports`` maps an upstream (``auth``, ``ws``) to its replicas' ports. Their DNS names and the
+    ``resolve`` parameter go together (Debian's nginx also predates ``resolve``).
+    """
+
+    def servers(match: re.Match[str]) -> str:
+        return "\n        ".join(f"server 127.0.0.1:{port};" for port in ports[match.group(1)])
+
+    temp_paths = "".join(
+        f"    {kind}_temp_path {tmp_path}/{kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    replacements: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
+        (r"server (auth|ws):\d+ resolve;", servers),
+        (r"listen 443 ssl;", f"listen 127.0.0.1:{listen_port} ssl;"),
+        (r"/etc/nginx/certs/dev\.crt", str(tmp_path / "dev.crt")),
+        (r"/etc/nginx/certs/dev\.key", str(tmp_path / "dev.key")),
+        (r"(?m)^pid .*;$", f"pid {tmp_path}/nginx.pid;"),
+        (r"(?m)^http \{$", "http {\n" + temp_paths),
+    ]
+    for pattern, replacement in replacements:
+        conf, count = re.subn(pattern, replacement, conf)
+        assert count, f"nginx.conf no longer contains {pattern!r}"
+    return conf
+
+
+def write_config(
+    tmp_path: Path, ca: trustme.CA, ports: Mapping[str, Sequence[int]], listen_port: int
+) -> Path:
+    issued = ca.issue_cert("localhost", "127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "dev.crt"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "dev.key"))
+    rendered = tmp_path / "nginx.conf"
+    rendered.write_text(render(NGINX_CONF.read_text(), tmp_path, ports, listen_port))
+    return rendered
+
+
+def nginx_args(binary: str, tmp_path: Path, conf: Path) -> list[str]:
+    return [binary, "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf)]
+
+
+@pytest.fixture
+def nginx() -> str:
+    binary = shutil.which("nginx")
+    if binary is None:
+        pytest.skip(
+            "nginx is not installed (Debian package nginx); the config text is still checked"
+        )
+    return binary
+
+
+def test_routes_and_timeouts_match_the_deployment() -> None:
+    conf = NGINX_CONF.read_text()
+    assert "listen 443 ssl;" in conf
+    assert re.search(r"location /auth/ \{\s*proxy_pass http://auth/;", conf), "prefix not stripped"
+    assert re.search(r"location = /ws \{\s*proxy_pass http://ws;", conf)
+    assert re.search(r"location = /v1/publish \{\s*proxy_pass http://ws;", conf)
+    assert "proxy_set_header Upgrade $http_upgrade;" in conf
+    assert "proxy_set_header Connection $connection_upgrade;" in conf
+    assert "proxy_set_header X-Forwarded-Proto $scheme;" in conf
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in conf
+    read_timeout = re.search(r"proxy_read_timeout (\d+)s;", conf)
+    assert read_timeout and int(read_timeout.group(1)) > 30, "must outlast the 30 s heartbeat"
+
+
+def test_nginx_accepts_the_config(nginx: str, tmp_path: Path) -> None:
+    conf = write_config(tmp_path, trustme.CA(), {"auth": [8081], "ws": [8082, 8083]}, 8443)
+    result = subprocess.run(
+        [*nginx_args(nginx, tmp_path, conf), "-t"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+async def echo_request(request: web.Request) -> web.Response:
+    """What a replica saw: who it is, the path after the proxy, and the forwarded headers."""
+    return web.json_response(
+        {
+            "replica": request.app[REPLICA],
+            "path": request.path,
+            "proto": request.headers.get("X-Forwarded-Proto"),
+            "for": request.headers.get("X-Forwarded-For"),
+        }
+    )
+
+
+async def echo_socket(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for message in ws:
+        await ws.send_str(f"{request.app[REPLICA]}:{message.data}")
+    return ws
+
+
+def replica(name: str) -> web.Application:
+    app = web.Application()
+    app[REPLICA] = name
+    app.router.add_get("/ws", echo_socket)
+    app.router.add_route("*", "/{tail:.*}", echo_request)
+    return app
+
+
+@pytest.fixture
+async def proxy(
+    nginx: str, tmp_path: Path, aiohttp_server: ServerMaker
+) -> AsyncIterator[tuple[str, ssl.SSLContext]]:
+    """nginx with the compose config on a loopback port, in front of 1 auth and 2 ws replicas."""
+    servers = {name: await aiohttp_server(replica(name)) for name in ("auth", "ws-a", "ws-b")}
+    ports = {
+        "auth": [servers["auth"].port],
+        "ws": [servers["ws-a"].port, servers["ws-b"].port],
+    }
+    listen_port = free_port()
+    ca = trustme.CA()
+    conf = write_config(tmp_path, ca, ports, listen_port)
+    process = await asyncio.create_subprocess_exec(
+        *nginx_args(nginx, tmp_path, conf), "-g", "daemon off;"
+    )
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", listen_port)
+                except OSError:
+                    assert process.returncode is None, (tmp_path / "error.log").read_text()
+                    await asyncio.sleep(0.05)
+                    continue
+                writer.close()
+                await writer.wait_closed()
+                break
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        yield f"https://127.0.0.1:{listen_port}", context
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+async def test_nginx_routes_auth_and_ws_through_tls(
+    proxy: tuple[str, ssl.SSLContext],
+) -> None:
+    base, context = proxy
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/auth/token", ssl=context) as response:
+            seen = await response.json()
+        assert seen == {
+            "replica": "auth",
+            "path": "/token",
+            "proto": "https",
+            "for": "127.0.0.1",
+        }
+
+        replicas = set()
+        for _ in range(4):
+            async with session.post(f"{base}/v1/publish", ssl=context) as response:
+                body = await response.json()
+            assert body["path"] == "/v1/publish"
+            replicas.add(body["replica"])
+        assert replicas == {"ws-a", "ws-b"}
+
+        async with session.ws_connect(f"{base.replace('https', 'wss')}/ws", ssl=context) as ws:
+            await ws.send_str("hello")
+            reply = await ws.receive_str(timeout=5)
+        assert reply in {"ws-a:hello", "ws-b:hello"}
+
+        async with session.get(f"{base}/elsewhere", ssl=context) as response:
+            assert response.status == 404
