@@ -1,0 +1,70 @@
+"""The Redis revocation ledger against the machine's real Redis."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from shared.bus_errors import BusUnavailable
+from shared.events import SessionRevoked, UserRevoked
+from shared.revocation_ledger import PREFIX, RedisRevocationLedger, TokenRef
+from tests.services import free_port
+
+
+@pytest.fixture
+async def ledger(redis_url: str) -> AsyncIterator[RedisRevocationLedger]:
+    opened = RedisRevocationLedger(redis_url)
+    yield opened
+    await opened.close()
+
+
+def unique() -> str:
+    return uuid.uuid4().hex
+
+
+async def test_session_and_user_revocations_are_found_in_one_call(
+    ledger: RedisRevocationLedger,
+) -> None:
+    now = int(time.time())
+    sid, other_sid, sub, other_sub = unique(), unique(), unique(), unique()
+    await ledger.record(SessionRevoked(sid=sid, sub=sub, until=now + 60))
+    await ledger.record(UserRevoked(sub=other_sub, issued_before=now, until=now + 60))
+    result = await ledger.revoked(
+        [
+            TokenRef(sid, sub, now),  # its session is revoked
+            TokenRef(other_sid, sub, now),  # same user, live session
+            TokenRef(unique(), other_sub, now - 1),  # issued before the user's cut-off
+            TokenRef(unique(), other_sub, now),  # issued at/after the cut-off
+        ]
+    )
+    assert result == [True, False, True, False]
+    assert await ledger.revoked([]) == []
+
+
+async def test_records_expire_with_the_tokens_they_cover(
+    ledger: RedisRevocationLedger, redis_url: str
+) -> None:
+    sid = unique()
+    now = time.time()
+    await ledger.record(SessionRevoked(sid=sid, sub="u", until=int(now) + 30), now=now)
+    client = Redis.from_url(redis_url)
+    try:
+        ttl = await client.ttl(f"{PREFIX}:sid:{sid}")
+    finally:
+        await client.aclose()
+    assert 25 <= ttl <= 32
+
+
+async def test_unreachable_redis_raises_bus_unavailable() -> None:
+    ledger = RedisRevocationLedger(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    try:
+        with pytest.raises(BusUnavailable):
+            await ledger.record(SessionRevoked(sid="s", sub="u", until=int(time.time()) + 5))
+        with pytest.raises(BusUnavailable):
+            await ledger.revoked([TokenRef("s", "u", 0)])
+    finally:
+        await ledger.close()
