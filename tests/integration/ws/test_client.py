@@ -9,7 +9,11 @@ import pytest
 
 from tests.integration.stack import API_KEY, MakeStack, Stack
 from tests.integration.ws.harness import wait_until
-from ws_service.client import AuthenticationFailed, GatewayClient, RequestFailed
+from ws_service.client import (
+    AuthenticationFailed,
+    GatewayClient,
+    RequestFailed,
+)
 
 
 @pytest.fixture
@@ -94,6 +98,17 @@ async def test_token_expired_close_refreshes_then_reconnects(stack: Stack) -> No
         await wait_until(lambda: alice.connects == 2)
         assert alice.refreshes == 1
         assert stack.auth_count("auth_refreshes_total", outcome="ok") == 1
+
+
+async def test_auth_down_at_token_expired_close_backs_off_and_reconnects(stack: Stack) -> None:
+    async with stack.client("alice") as alice:
+        await alice.subscribe("chat:general")
+        await stack.auth.server.close()
+        await stack.close_sockets(4401, "token_expired")
+        await wait_until(lambda: alice.connects == 2)
+        await alice.publish("chat:general", "still here")
+        assert (await next_message(alice))["data"] == "still here"
+        assert alice.refreshes == 0
 
 
 @pytest.mark.parametrize(("code", "reason"), [(4401, "invalid_token"), (4403, "subject_mismatch")])
