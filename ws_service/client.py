@@ -16,7 +16,7 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn
@@ -30,6 +30,7 @@ __all__ = [
     "GatewayClient",
     "ProtocolViolation",
     "RequestFailed",
+    "TemporaryFailure",
     "TokenPair",
     "backoff_delay",
 ]
@@ -52,6 +53,19 @@ class AuthenticationFailed(ClientError):
 
 class ProtocolViolation(ClientError):
     """The server closed the socket because this client broke the protocol (4400, 1009)."""
+
+
+class TemporaryFailure(ClientError):
+    """auth_service refused for now (throttled, unavailable); the credentials may be good: retry
+    after ``retry_after`` seconds when the server said so."""
+
+    def __init__(
+        self, status: int, code: str, message: str = "", retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
 
 
 class RequestFailed(ClientError):
@@ -94,11 +108,15 @@ class AuthApi:
             try:
                 data: Any = await response.json(content_type=None)
             except ValueError:
-                data = {}
+                data = None
+            error = data if isinstance(data, dict) else {}
+            code = str(error.get("error", f"http_{response.status}"))
+            description = str(error.get("error_description", ""))
             if response.status in (400, 401, 403):
-                raise AuthenticationFailed(
-                    str(data.get("error", f"http_{response.status}")),
-                    str(data.get("error_description", "")),
+                raise AuthenticationFailed(code, description)
+            if response.status == 429 or response.status >= 500:
+                raise TemporaryFailure(
+                    response.status, code, description, _retry_after(response.headers)
                 )
             response.raise_for_status()
         return TokenPair(
@@ -106,7 +124,14 @@ class AuthApi:
         )
 
 
-_TRANSIENT = (aiohttp.ClientError, OSError, TimeoutError)
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    try:
+        return float(headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
+
+
+_TRANSIENT = (TemporaryFailure, aiohttp.ClientError, OSError, TimeoutError)
 """Failures that pass: the connection loop backs off and tries again."""
 
 

@@ -13,6 +13,7 @@ from ws_service.client import (
     AuthenticationFailed,
     GatewayClient,
     RequestFailed,
+    TemporaryFailure,
 )
 
 
@@ -49,6 +50,17 @@ async def test_wrong_password_raises_authentication_failed(stack: Stack) -> None
         async with stack.client("alice", "wrong password"):
             pass
     assert err.value.code == "invalid_grant"
+
+
+async def test_throttled_login_raises_a_temporary_failure_with_retry_after(stack: Stack) -> None:
+    for _ in range(10):
+        bad = {"username": "alice", "password": "wrong password"}
+        assert (await stack.auth.post("/v1/login", json=bad)).status == 401
+    with pytest.raises(TemporaryFailure) as err:
+        async with stack.client("alice"):
+            pass
+    assert (err.value.status, err.value.code) == (429, "too_many_attempts")
+    assert err.value.retry_after is not None and err.value.retry_after > 0
 
 
 async def test_renews_in_band_on_token_expiring_keeping_one_socket(make_stack: MakeStack) -> None:
