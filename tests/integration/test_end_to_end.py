@@ -3,6 +3,7 @@ rotation at the issuer does to live sockets at the gateway."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -125,3 +126,21 @@ async def test_immediate_key_rotation_is_picked_up_through_the_unknown_kid_refet
     old_ws, _ = await stack.connect(before["access_token"])
     await expect_open(new_ws)
     await expect_open(old_ws)
+
+
+async def test_a_revoked_token_stays_refused_through_the_gateway_leeway(
+    make_stack: MakeStack,
+) -> None:
+    """auth_service forgets a revocation at the token's latest ``exp``; the gateway accepts tokens
+    up to ``exp`` plus its leeway, so it has to remember the revocation that much longer."""
+    stack = await make_stack(auth={"access_token_ttl": 1}, ws={"leeway": 3})
+    await stack.register("alice")
+    tokens = await stack.login("alice")
+    exp = unverified(tokens["access_token"])["exp"]
+    await stack.logout(tokens["access_token"])
+    until = int(time.time()) + 1
+    await asyncio.sleep(until + 0.1 - time.time())
+    assert time.time() < exp + 3
+    ws = await stack.open()
+    reply = await auth(ws, tokens["access_token"])
+    assert (reply["type"], reply["code"]) == ("auth_error", "session_revoked")
