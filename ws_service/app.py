@@ -76,7 +76,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             fetch_timeout=settings.jwks_fetch_timeout,
             on_fetch=lambda outcome: metrics.jwks_fetches.labels(outcome).inc(),
         )
-        revocations = RevocationRegistry()
+        revocations = RevocationRegistry(leeway=settings.leeway)
         verifier = TokenVerifier(
             jwks,
             revocations,

@@ -16,10 +16,10 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 
@@ -30,6 +30,7 @@ __all__ = [
     "GatewayClient",
     "ProtocolViolation",
     "RequestFailed",
+    "TemporaryFailure",
     "TokenPair",
     "backoff_delay",
 ]
@@ -52,6 +53,19 @@ class AuthenticationFailed(ClientError):
 
 class ProtocolViolation(ClientError):
     """The server closed the socket because this client broke the protocol (4400, 1009)."""
+
+
+class TemporaryFailure(ClientError):
+    """auth_service refused for now (throttled, unavailable); the credentials may be good: retry
+    after ``retry_after`` seconds when the server said so."""
+
+    def __init__(
+        self, status: int, code: str, message: str = "", retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
 
 
 class RequestFailed(ClientError):
@@ -94,16 +108,31 @@ class AuthApi:
             try:
                 data: Any = await response.json(content_type=None)
             except ValueError:
-                data = {}
+                data = None
+            error = data if isinstance(data, dict) else {}
+            code = str(error.get("error", f"http_{response.status}"))
+            description = str(error.get("error_description", ""))
             if response.status in (400, 401, 403):
-                raise AuthenticationFailed(
-                    str(data.get("error", f"http_{response.status}")),
-                    str(data.get("error_description", "")),
+                raise AuthenticationFailed(code, description)
+            if response.status == 429 or response.status >= 500:
+                raise TemporaryFailure(
+                    response.status, code, description, _retry_after(response.headers)
                 )
             response.raise_for_status()
         return TokenPair(
             str(data["access_token"]), str(data["refresh_token"]), int(data["expires_in"])
         )
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    try:
+        return float(headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
+
+
+_TRANSIENT = (TemporaryFailure, aiohttp.ClientError, OSError, TimeoutError)
+"""Failures that pass: the connection loop backs off and tries again."""
 
 
 class _Closed(Exception):
@@ -248,12 +277,7 @@ class GatewayClient:
     async def _run(self) -> None:
         try:
             while True:
-                try:
-                    await self._session_once()
-                except _Closed as closed:
-                    await self._after_close(closed)
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    await self._after_close(_Closed(None, str(exc)))
+                await self._after_close(await self._session_until_closed())
         except ClientError as exc:
             self._failure = exc
             self._fail_pending(exc)
@@ -261,23 +285,37 @@ class GatewayClient:
             self._connected.clear()
             self._messages.put_nowait(None)
 
+    async def _session_until_closed(self) -> _Closed:
+        try:
+            await self._session_once()
+        except _Closed as closed:
+            return closed
+        except _TRANSIENT as exc:
+            return _Closed(None, str(exc))
+
     async def _after_close(self, closed: _Closed) -> None:
-        """Decide by close code: refresh, give up, or wait (backoff with jitter) and reconnect."""
+        """Decide by close code: refresh, give up, or wait (backoff with jitter) and reconnect.
+
+        A refresh that fails for a passing reason (auth_service down) is retried by reconnecting:
+        the expired token earns a retryable ``token_expired`` and another refresh."""
         self._connected.clear()
         self._fail_pending(ClientError(f"connection closed ({closed.code} {closed.reason})"))
         if closed.code == 4401 and closed.reason == "token_expired":
-            await self.refresh()
-            return
-        if closed.code in (4401, 4403) and closed.reason != "keys_unavailable":
+            try:
+                await self.refresh()
+                return
+            except _TRANSIENT as exc:
+                log.warning("token refresh failed; reconnecting", exc_info=exc)
+        elif closed.code in (4401, 4403) and closed.reason != "keys_unavailable":
             raise AuthenticationFailed(closed.reason or "unauthorized", close_code=closed.code)
-        if closed.code in (4400, 1009):
+        elif closed.code in (4400, 1009):
             raise ProtocolViolation(f"closed {closed.code} {closed.reason}")
         delay = backoff_delay(self._attempt, *self._backoff, random.random())
         self._attempt += 1
         log.info("reconnecting", extra={"code": closed.code, "delay": round(delay, 3)})
         await asyncio.sleep(delay)
 
-    async def _session_once(self) -> None:
+    async def _session_once(self) -> NoReturn:
         assert self._session is not None
         async with self._session.ws_connect(self._ws_url, autoping=True) as ws:
             self._ws = ws
@@ -337,7 +375,7 @@ class GatewayClient:
             await self._send(ws, {"type": "auth", "token": tokens.access_token, "id": "renew"})
         except AuthenticationFailed as exc:
             log.warning("token refresh refused; the socket will close at expiry", exc_info=exc)
-        except (aiohttp.ClientError, ConnectionError) as exc:
+        except _TRANSIENT as exc:
             log.warning("token refresh failed", exc_info=exc)
 
     # -- requests --------------------------------------------------------------------------

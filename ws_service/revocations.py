@@ -11,10 +11,13 @@ __all__ = ["RevocationRegistry"]
 
 
 class RevocationRegistry:
-    """sid -> until and sub -> (issued_before, until); entries vanish once ``until`` has passed."""
+    """sid -> until and sub -> (issued_before, until); entries vanish once ``until`` plus
+    ``leeway`` has passed, because the verifier accepts a token until its ``exp`` plus that leeway
+    and ``until`` is only the latest ``exp``."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, *, leeway: int = 0) -> None:
         self._clock = clock
+        self._leeway = leeway
         self._sessions: dict[str, int] = {}
         self._users: dict[str, tuple[int, int]] = {}
 
@@ -23,11 +26,12 @@ class RevocationRegistry:
 
     def apply(self, event: RevocationEvent) -> None:
         self.prune()
+        until = event.until + self._leeway
         if isinstance(event, SessionRevoked):
-            self._sessions[event.sid] = max(event.until, self._sessions.get(event.sid, 0))
+            self._sessions[event.sid] = max(until, self._sessions.get(event.sid, 0))
         elif isinstance(event, UserRevoked):
-            before, until = self._users.get(event.sub, (0, 0))
-            self._users[event.sub] = (max(before, event.issued_before), max(until, event.until))
+            before, known = self._users.get(event.sub, (0, 0))
+            self._users[event.sub] = (max(before, event.issued_before), max(known, until))
 
     def is_revoked(self, sub: str, sid: str, iat: int) -> bool:
         now = self._clock()

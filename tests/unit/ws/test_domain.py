@@ -78,6 +78,19 @@ def test_session_revocation_lasts_until_until() -> None:
     assert len(registry) == 0
 
 
+def test_revocations_outlast_until_by_the_verifier_leeway() -> None:
+    clock = Clock()
+    registry = RevocationRegistry(clock, leeway=5)
+    registry.apply(SessionRevoked(sid="s1", sub="alice", until=1010))
+    registry.apply(UserRevoked(sub="bob", issued_before=1000, until=1010))
+    clock.now = 1015
+    assert registry.is_revoked("alice", "s1", iat=999)
+    assert registry.is_revoked("bob", "any", iat=999)
+    clock.now = 1016
+    assert not registry.is_revoked("alice", "s1", iat=999)
+    assert not registry.is_revoked("bob", "any", iat=999)
+
+
 def test_user_revocation_covers_only_tokens_issued_before_the_cutoff() -> None:
     clock = Clock()
     registry = RevocationRegistry(clock)
