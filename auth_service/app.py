@@ -22,7 +22,9 @@ from auth_service.http import error_middleware, metrics_middleware
 from auth_service.metrics import Metrics
 from auth_service.settings import Settings
 from auth_service.store import Store, open_store
-from shared.bus import EventBus, InProcessBus
+from shared.bus import EventBus
+from shared.bus_factory import open_bus
+from shared.revocation_ledger import RedisRevocationLedger
 
 __all__ = ["build_keyring", "build_service", "create_app"]
 
@@ -76,10 +78,13 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
         await app[STORE].close()
 
     async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
-        owned = bus is None
-        app[BUS] = InProcessBus() if bus is None else bus
+        app[BUS] = await open_bus(settings.redis_url) if bus is None else bus
+        ledger = RedisRevocationLedger(settings.redis_url) if settings.redis_url else None
+        app[PUBLISHER] = EventPublisher(app[BUS], app[STORE], ledger)
         yield
-        if owned:
+        if ledger is not None:
+            await ledger.close()
+        if bus is None:
             await app[BUS].close()
 
     async def domain_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -87,7 +92,6 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
         if await ring.maintain(time.time()):
             app[METRICS].key_rotations.inc()
         app[KEYRING] = ring
-        app[PUBLISHER] = EventPublisher(app[BUS], app[STORE])
         app[SERVICE] = build_service(settings, app[STORE], ring, app[PUBLISHER])
         tasks = [
             asyncio.create_task(maintenance_loop(app)),

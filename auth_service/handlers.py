@@ -7,7 +7,7 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from auth_service.appkeys import KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
+from auth_service.appkeys import BUS, KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
 from auth_service.domain.service import TokenPair
 from auth_service.errors import (
     AuthError,
@@ -24,6 +24,7 @@ from auth_service.http import (
     read_json,
     required_str,
 )
+from shared.redis_bus import RedisBus
 
 __all__ = ["routes"]
 
@@ -166,7 +167,10 @@ async def readyz(request: web.Request) -> web.Response:
     checks["signing_key"] = "ok" if signing is not None else "no signing key loaded"
     ready = all(value == "ok" for value in checks.values())
     degraded: dict[str, str] = {}
-    if request.app[PUBLISHER].pending:
+    bus = request.app[BUS]
+    if isinstance(bus, RedisBus) and not bus.connected:
+        degraded["event_bus"] = "redis unreachable; revocations wait in the outbox"
+    elif request.app[PUBLISHER].pending:
         degraded["event_bus"] = "revocations are waiting in the outbox: the event bus refused them"
     body = {"status": "ready" if ready else "not_ready", "checks": checks, "degraded": degraded}
     return web.json_response(body, status=200 if ready else 503)

@@ -10,14 +10,19 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.bus_errors import BusUnavailable
 from shared.events import RevocationEvent, SessionRevoked
 
-__all__ = ["RedisRevocationLedger", "TokenRef"]
+__all__ = ["RedisRevocationLedger", "RevocationLedger", "TokenRef"]
 
 PREFIX = "gateway:revoked"
 
@@ -31,10 +36,24 @@ class TokenRef:
     iat: int
 
 
+class RevocationLedger(Protocol):
+    async def record(self, event: RevocationEvent, now: float | None = None) -> None: ...
+
+    async def revoked(self, tokens: Sequence[TokenRef]) -> list[bool]: ...
+
+    async def close(self) -> None: ...
+
+
 class RedisRevocationLedger:
     def __init__(self, url: str, *, timeout: float = 1.0) -> None:
+        # One quick retry: after a Redis restart the pooled connection is stale, not Redis down.
         self._redis = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            decode_responses=True,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
 
     async def close(self) -> None:

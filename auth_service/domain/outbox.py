@@ -1,8 +1,9 @@
-"""Revocation events reach the bus, or wait in the store until it takes them.
+"""Revocation events reach the bus (and the ledger), or wait in the store until they can.
 
-A logout made while the bus (Redis) is down must still close the sockets once it is back, so an
-event the bus refuses is written to the outbox and re-published by :meth:`EventPublisher.flush`.
-Events are idempotent, so a replica re-publishing one another replica also delivered is harmless.
+A logout made while Redis is down must still close the sockets once it is back, so an event that
+the ledger or the bus refuses is written to the outbox and re-delivered by
+:meth:`EventPublisher.flush`. Events are idempotent, so a replica re-delivering one that another
+replica also delivered is harmless.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Callable
 
 from auth_service.store.base import Store
 from shared.bus import EventBus
-from shared.events import REVOCATIONS_TOPIC, RevocationEvent, encode_event
+from shared.events import REVOCATIONS_TOPIC, RevocationEvent, decode_event, encode_event
+from shared.revocation_ledger import RevocationLedger
 
 __all__ = ["EventPublisher"]
 
@@ -21,16 +23,29 @@ log = logging.getLogger(__name__)
 
 
 class EventPublisher:
-    def __init__(self, bus: EventBus, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        store: Store,
+        ledger: RevocationLedger | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._bus = bus
         self._store = store
+        self._ledger = ledger
         self._clock = clock
         self.pending = False
+
+    async def _deliver(self, topic: str, payload: str) -> None:
+        """Record first, then announce: a replica that misses the event still finds the record."""
+        if self._ledger is not None and topic == REVOCATIONS_TOPIC:
+            await self._ledger.record(decode_event(payload))
+        await self._bus.publish(topic, payload)
 
     async def __call__(self, event: RevocationEvent) -> None:
         payload = encode_event(event)
         try:
-            await self._bus.publish(REVOCATIONS_TOPIC, payload)
+            await self._deliver(REVOCATIONS_TOPIC, payload)
         except Exception as exc:
             log.warning(
                 "event bus refused a revocation; kept in the outbox",
@@ -45,7 +60,7 @@ class EventPublisher:
         delivered: list[int] = []
         try:
             for item in items:
-                await self._bus.publish(item.topic, item.payload)
+                await self._deliver(item.topic, item.payload)
                 delivered.append(item.id)
         except Exception as exc:
             log.warning("outbox not yet deliverable", extra={"reason": str(exc)})
