@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,66 +15,17 @@ import pytest
 import trustme
 from aiohttp import web
 
+from tests.lb import NGINX_CONF, find_nginx, nginx_args, write_config
 from tests.services import free_port
 
-ROOT = Path(__file__).resolve().parents[3]
-NGINX_CONF = ROOT / "services" / "nginx" / "nginx.conf"
 REPLICA = web.AppKey("replica", str)
 
 ServerMaker = Callable[..., Awaitable[Any]]
 
 
-def render(conf: str, tmp_path: Path, ports: Mapping[str, Sequence[int]], listen_port: int) -> str:
-    """The compose config on loopback ports, with every file it reads or writes in tmp_path.
-
-    ``ports`` maps an upstream (``auth``, ``ws``) to its replicas' ports. Their DNS names and the
-    ``resolve`` parameter go together (Debian's nginx also predates ``resolve``).
-    """
-
-    def servers(match: re.Match[str]) -> str:
-        return "\n        ".join(f"server 127.0.0.1:{port};" for port in ports[match.group(1)])
-
-    temp_paths = "".join(
-        f"    {kind}_temp_path {tmp_path}/{kind};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    replacements: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
-        (r"server (auth|ws):\d+ resolve;", servers),
-        (r"listen 443 ssl;", f"listen 127.0.0.1:{listen_port} ssl;"),
-        (r"/etc/nginx/certs/dev\.crt", str(tmp_path / "dev.crt")),
-        (r"/etc/nginx/certs/dev\.key", str(tmp_path / "dev.key")),
-        (r"(?m)^pid .*;$", f"pid {tmp_path}/nginx.pid;"),
-        (r"(?m)^http \{$", "http {\n" + temp_paths),
-    ]
-    for pattern, replacement in replacements:
-        conf, count = re.subn(pattern, replacement, conf)
-        assert count, f"nginx.conf no longer contains {pattern!r}"
-    return conf
-
-
-def write_config(
-    tmp_path: Path, ca: trustme.CA, ports: Mapping[str, Sequence[int]], listen_port: int
-) -> Path:
-    issued = ca.issue_cert("localhost", "127.0.0.1")
-    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "dev.crt"))
-    issued.private_key_pem.write_to_path(str(tmp_path / "dev.key"))
-    rendered = tmp_path / "nginx.conf"
-    rendered.write_text(render(NGINX_CONF.read_text(), tmp_path, ports, listen_port))
-    return rendered
-
-
-def nginx_args(binary: str, tmp_path: Path, conf: Path) -> list[str]:
-    return [binary, "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf)]
-
-
 @pytest.fixture
 def nginx() -> str:
-    binary = shutil.which("nginx")
-    if binary is None:
-        pytest.skip(
-            "nginx is not installed (Debian package nginx); the config text is still checked"
-        )
-    return binary
+    return find_nginx()
 
 
 def test_routes_and_timeouts_match_the_deployment() -> None:

@@ -1,0 +1,69 @@
+"""The deployment's nginx config, rendered onto loopback ports, and the nginx binary to run it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import trustme
+
+from tests.services import unavailable
+
+ROOT = Path(__file__).resolve().parents[1]
+NGINX_CONF = ROOT / "services" / "nginx" / "nginx.conf"
+VENV_NGINX = ROOT / ".venv" / "nginx" / "usr" / "sbin" / "nginx"
+
+
+def find_nginx() -> str:
+    """NGINX_BIN, nginx on PATH, or the copy `make test` unpacks into the venv."""
+    for candidate in (os.environ.get("NGINX_BIN"), shutil.which("nginx"), str(VENV_NGINX)):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    unavailable("nginx", "no binary: `make test` unpacks Debian's nginx into .venv/nginx")
+    raise AssertionError("unreachable")
+
+
+def render(conf: str, tmp_path: Path, ports: Mapping[str, Sequence[int]], listen_port: int) -> str:
+    """The compose config on loopback ports, with every file it reads or writes in tmp_path.
+
+    ``ports`` maps an upstream (``auth``, ``ws``) to its replicas' ports. Their DNS names and the
+    ``resolve`` parameter go together (Debian's nginx also predates ``resolve``).
+    """
+
+    def servers(match: re.Match[str]) -> str:
+        return "\n        ".join(f"server 127.0.0.1:{port};" for port in ports[match.group(1)])
+
+    temp_paths = "".join(
+        f"    {kind}_temp_path {tmp_path}/{kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    replacements: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
+        (r"server (auth|ws):\d+ resolve;", servers),
+        (r"listen 443 ssl;", f"listen 127.0.0.1:{listen_port} ssl;"),
+        (r"/etc/nginx/certs/dev\.crt", str(tmp_path / "dev.crt")),
+        (r"/etc/nginx/certs/dev\.key", str(tmp_path / "dev.key")),
+        (r"(?m)^pid .*;$", f"pid {tmp_path}/nginx.pid;"),
+        (r"(?m)^http \{$", "http {\n" + temp_paths),
+    ]
+    for pattern, replacement in replacements:
+        conf, count = re.subn(pattern, replacement, conf)
+        assert count, f"nginx.conf no longer contains {pattern!r}"
+    return conf
+
+
+def write_config(
+    tmp_path: Path, ca: trustme.CA, ports: Mapping[str, Sequence[int]], listen_port: int
+) -> Path:
+    issued = ca.issue_cert("localhost", "127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "dev.crt"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "dev.key"))
+    rendered = tmp_path / "nginx.conf"
+    rendered.write_text(render(NGINX_CONF.read_text(), tmp_path, ports, listen_port))
+    return rendered
+
+
+def nginx_args(binary: str, tmp_path: Path, conf: Path) -> list[str]:
+    return [binary, "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf)]
