@@ -131,7 +131,8 @@ def required_str(body: dict[str, Any], name: str) -> str:
 def client_address(request: web.Request) -> str:
     """The peer address, or the last X-Forwarded-For hop when the peer is a trusted proxy."""
     peer = request.remote or "unknown"
-    if peer in request.app[SETTINGS].forwarded_allow_ips:
+    trusted = request.app[SETTINGS].forwarded_allow_ips
+    if peer in trusted or "*" in trusted:
         forwarded = request.headers.get("X-Forwarded-For", "")
         hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
         if hops:

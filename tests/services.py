@@ -60,9 +60,8 @@ def free_port() -> int:
         return port
 
 
-@asynccontextmanager
-async def postgres_schema() -> AsyncIterator[str]:
-    """A DSN whose search_path is a fresh schema, dropped on exit."""
+async def create_schema() -> tuple[str, str]:
+    """A fresh schema on the machine's PostgreSQL: (DSN with it as search_path, schema name)."""
     import asyncpg
 
     base = await find_postgres()
@@ -70,7 +69,26 @@ async def postgres_schema() -> AsyncIterator[str]:
     conn = await asyncpg.connect(base)
     try:
         await conn.execute(f'CREATE SCHEMA "{schema}"')
-        yield f"{base}?search_path={schema}"
     finally:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()
+    return f"{base}?search_path={schema}", schema
+
+
+async def drop_schema(schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(await find_postgres())
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def postgres_schema() -> AsyncIterator[str]:
+    """A DSN whose search_path is a fresh schema, dropped on exit."""
+    url, schema = await create_schema()
+    try:
+        yield url
+    finally:
+        await drop_schema(schema)

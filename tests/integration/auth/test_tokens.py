@@ -249,3 +249,20 @@ async def test_one_address_spraying_many_accounts_is_throttled(make_client: Make
         headers={"X-Forwarded-For": "10.9.9.9"},
     )
     assert resp.status == 429
+
+
+async def test_wildcard_trusts_forwarded_for_from_any_proxy(make_client: MakeClient) -> None:
+    client = await make_client(forwarded_allow_ips=("*",))
+    await register(client)
+    for _ in range(10):
+        await client.post(
+            "/v1/login",
+            json={"username": "alice", "password": "wrong password!"},
+            headers={"X-Forwarded-For": "203.0.113.7"},
+        )
+    resp = await client.post(
+        "/v1/login",
+        json={"username": "alice", "password": PASSWORD},
+        headers={"X-Forwarded-For": "203.0.113.8"},
+    )
+    assert resp.status == 200, "the forwarded address, not the proxy's, is what was throttled"
