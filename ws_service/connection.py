@@ -298,7 +298,7 @@ class Connection:
             check_publish(channel, self.claims.scopes)
             if "data" not in request.body:
                 raise BadRequest("publish needs data")
-            await self._gw.hub.publish(channel, request.body["data"], self.claims.sub)
+            await self._gw.hub.publish(channel, request.body["data"], self.claims)
             self.send(protocol.reply("published", request.id, channel=channel))
         elif kind == "subscribe":
             channel = validate_channel(request.body.get("channel"))

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from shared.bus import EventBus, Unsubscribe
 from ws_service import protocol
+from ws_service.verify import Claims
 
 __all__ = ["CHANNEL_TOPIC_PREFIX", "Hub", "Subscriber"]
 
@@ -51,7 +52,7 @@ class Hub:
             del self._local[channel]
             self._unsubscribe.pop(channel)()
 
-    async def publish(self, channel: str, data: Any, sender: str | None) -> None:
+    async def publish(self, channel: str, data: Any, sender: Claims | None) -> None:
         frame = protocol.message(channel, data, sender, int(time.time() * 1000))
         await self._bus.publish(CHANNEL_TOPIC_PREFIX + channel, frame)
 

@@ -23,8 +23,9 @@ async def test_publish_with_api_key_reaches_a_user_channel_from_null(gw: Harness
     assert response.status == 202
     assert await response.json() == {"published": True, "channel": "user:alice"}
     message = await recv(ws)
-    assert (message["type"], message["from"], message["data"]) == (
+    assert (message["type"], message["from"], message["from_username"], message["data"]) == (
         "message",
+        None,
         None,
         {"note": "hello"},
     )
