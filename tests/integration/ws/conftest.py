@@ -59,7 +59,7 @@ def make_gateway(aiohttp_server: Any, aiohttp_client: Any, rsa_key: RSAPrivateKe
         bus = bus or InProcessBus()
         app = create_app(settings, bus=bus)
         client = await aiohttp_client(app)
-        harness = Harness(client, app, bus, keyset, Tokens(rsa_key, KID))
+        harness = Harness(client, app, bus, keyset, Tokens(rsa_key, KID), jwks_server)
         if wait_ready:
             await wait_until(lambda: app[JWKS].ready)
         return harness

@@ -12,7 +12,7 @@ from typing import Any
 
 import jwt
 from aiohttp import WSMsgType, web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import RSAAlgorithm
 
@@ -115,6 +115,7 @@ class Harness:
     bus: InProcessBus
     keyset: KeySet
     tokens: Tokens
+    jwks_server: TestServer
     opened: list[Any] = field(default_factory=list)
 
     async def open(self, origin: str | None = None) -> Any:

@@ -85,4 +85,4 @@ async def test_health_and_readiness(gw: Harness) -> None:
     health = await gw.client.get("/healthz")
     assert (health.status, await health.json()) == (200, {"status": "ok"})
     ready = await gw.client.get("/readyz")
-    assert (ready.status, await ready.json()) == (200, {"ready": True})
+    assert (ready.status, await ready.json()) == (200, {"ready": True, "degraded": {}})
