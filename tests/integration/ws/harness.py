@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import RSAAlgorithm
 
-from shared.bus import InProcessBus
+from shared.bus import EventBus
 
 ISSUER = "http://auth.test:8081"
 AUDIENCE = "ws"
@@ -112,7 +112,7 @@ class Tokens:
 class Harness:
     client: TestClient[web.Request, web.Application]
     app: web.Application
-    bus: InProcessBus
+    bus: EventBus
     keyset: KeySet
     tokens: Tokens
     jwks_server: TestServer
