@@ -11,10 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from shared.bus import EventBus, InProcessBus
+from shared.bus import EventBus
+from shared.bus_factory import open_bus
 from shared.events import REVOCATIONS_TOPIC
+from shared.redis_bus import RedisBus
+from shared.revocation_ledger import RedisRevocationLedger
 from ws_service import handlers
-from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
+from ws_service.appkeys import BUS, GATEWAY, JWKS, LEDGER, METRICS, SETTINGS, SOCKETS
 from ws_service.gateway import Gateway
 from ws_service.hub import Hub
 from ws_service.jwks import JwksCache
@@ -32,13 +35,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Application:
-    """Build the app. Without ``bus`` it owns an in-process bus; the embedded launcher passes the
-    bus it shares with auth_service so that a logout reaches the sockets."""
+    """Build the app. Without ``bus`` it opens its own from ``settings.redis_url`` (Redis, or an
+    in-process bus when empty); the embedded launcher passes the bus it shares with auth_service so
+    that a logout reaches the sockets. ``redis_url`` also enables the revocation ledger."""
     app = web.Application(middlewares=[_json_errors])
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[SOCKETS] = weakref.WeakSet()
     app.cleanup_ctx.append(_bus_ctx(bus))
+    app.cleanup_ctx.append(_ledger_ctx)
     app.cleanup_ctx.append(_gateway_ctx)
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", handlers.websocket)
@@ -54,12 +59,23 @@ def _bus_ctx(
 ) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        app[BUS] = bus if bus is not None else InProcessBus()
+        app[BUS] = bus if bus is not None else await open_bus(app[SETTINGS].redis_url)
         yield
         if bus is None:
             await app[BUS].close()
 
     return ctx
+
+
+async def _ledger_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The Redis record of revocations, checked at every auth when the deployment is scaled out."""
+    url = app[SETTINGS].redis_url
+    if not url:
+        yield
+        return
+    app[LEDGER] = RedisRevocationLedger(url)
+    yield
+    await app[LEDGER].close()
 
 
 async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -84,11 +100,22 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             audience=settings.audience,
             leeway=settings.leeway,
         )
-        hub = Hub(app[BUS], on_delivered=metrics.messages_out.inc)
-        gateway = Gateway(settings, verifier, revocations, hub, metrics)
+        bus = app[BUS]
+        hub = Hub(
+            bus,
+            on_delivered=metrics.messages_out.inc,
+            on_local_only=metrics.local_only_publishes.inc,
+            sync_timeout=settings.subscribe_sync_timeout,
+        )
+        gateway = Gateway(settings, verifier, revocations, hub, metrics, ledger=app.get(LEDGER))
         app[JWKS] = jwks
         app[GATEWAY] = gateway
-        unsubscribe = app[BUS].subscribe(REVOCATIONS_TOPIC, gateway.on_revocation)
+        unsubscribe = bus.subscribe(REVOCATIONS_TOPIC, gateway.on_revocation)
+        stop_reconciling = (
+            bus.add_reconnect_listener(gateway.reconcile)
+            if isinstance(bus, RedisBus) and gateway.ledger is not None
+            else None
+        )
         refresher = asyncio.get_running_loop().create_task(jwks.run())
         try:
             yield
@@ -97,6 +124,8 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
             await jwks.close()
+            if stop_reconciling is not None:
+                stop_reconciling()
             unsubscribe()
             hub.close()
 

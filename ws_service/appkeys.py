@@ -7,16 +7,19 @@ import weakref
 from aiohttp import web
 
 from shared.bus import EventBus
+from shared.revocation_ledger import RedisRevocationLedger
 from ws_service.gateway import Gateway
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
 from ws_service.settings import Settings
 
-__all__ = ["BUS", "GATEWAY", "JWKS", "METRICS", "SETTINGS", "SOCKETS"]
+__all__ = ["BUS", "GATEWAY", "JWKS", "LEDGER", "METRICS", "SETTINGS", "SOCKETS"]
 
 SETTINGS = web.AppKey("settings", Settings)
 BUS = web.AppKey("bus", EventBus)
 METRICS = web.AppKey("metrics", Metrics)
 JWKS = web.AppKey("jwks", JwksCache)
 GATEWAY = web.AppKey("gateway", Gateway)
+LEDGER = web.AppKey("revocation_ledger", RedisRevocationLedger)
+"""Set only when ``REDIS_URL`` is: read it with ``app.get(LEDGER)``."""
 SOCKETS = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])

@@ -42,7 +42,7 @@ def format_message(message: Mapping[str, Any]) -> str:
     data = message.get("data")
     text = data.get("text") if isinstance(data, dict) else None
     body = text if isinstance(text, str) else json.dumps(data)
-    sender = message.get("from") or "server"
+    sender = message.get("from_username") or message.get("from") or "server"
     return f"[{message.get('channel')}] {sender}: {body}"
 
 

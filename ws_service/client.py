@@ -5,7 +5,7 @@ renewal on the socket, and reconnects that re-authenticate and re-subscribe.
         await c.subscribe("chat:general")
         await c.publish("chat:general", {"text": "hi"})
         async for message in c.messages():
-            print(message["from"], message["data"])
+            print(message["from_username"], message["data"])
 """
 
 from __future__ import annotations

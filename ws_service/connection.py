@@ -213,7 +213,7 @@ class Connection:
         token = request.body.get("token")
         if not isinstance(token, str) or not token:
             raise InvalidToken("auth needs a token")
-        return await self._gw.verifier.verify(token)
+        return await self._gw.authenticate(token)
 
     def _accept(self, claims: Claims, request_id: protocol.RequestId, *, renewed: bool) -> None:
         self.claims = claims
@@ -298,7 +298,7 @@ class Connection:
             check_publish(channel, self.claims.scopes)
             if "data" not in request.body:
                 raise BadRequest("publish needs data")
-            await self._gw.hub.publish(channel, request.body["data"], self.claims.sub)
+            await self._gw.hub.publish(channel, request.body["data"], self.claims)
             self.send(protocol.reply("published", request.id, channel=channel))
         elif kind == "subscribe":
             channel = validate_channel(request.body.get("channel"))
@@ -308,6 +308,7 @@ class Connection:
                     raise TooManySubscriptions()
                 self.channels.add(channel)
                 self._gw.hub.join(channel, self)
+            await self._gw.hub.synced()
             self.send(protocol.reply("subscribed", request.id, channel=channel))
         elif kind == "unsubscribe":
             channel = validate_channel(request.body.get("channel"))

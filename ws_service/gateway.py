@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import logging
 
+from shared.bus_errors import BusUnavailable
 from shared.events import SessionRevoked, UserRevoked, decode_event
+from shared.revocation_ledger import TokenRef
+from ws_service import errors
 from ws_service.connection import Connection, Peer
-from ws_service.errors import TooManyConnections
 from ws_service.hub import Hub
 from ws_service.metrics import Metrics
-from ws_service.revocations import RevocationRegistry
+from ws_service.revocations import RevocationLedger, RevocationRegistry
 from ws_service.settings import Settings
 from ws_service.verify import Claims, TokenVerifier
 
-__all__ = ["Gateway"]
+__all__ = ["RECONCILE_BATCH", "Gateway"]
+
+RECONCILE_BATCH = 500
+"""Live sockets checked per ledger round trip when reconciling."""
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +32,17 @@ class Gateway:
         revocations: RevocationRegistry,
         hub: Hub,
         metrics: Metrics,
+        *,
+        ledger: RevocationLedger | None = None,
+        reconcile_batch: int = RECONCILE_BATCH,
     ) -> None:
         self.settings = settings
         self.verifier = verifier
         self.revocations = revocations
         self.hub = hub
         self.metrics = metrics
+        self.ledger = ledger
+        self._reconcile_batch = reconcile_batch
         self._users: dict[str, set[Connection]] = {}
 
     def connect(self, peer: Peer, remote: str | None) -> Connection:
@@ -40,11 +50,33 @@ class Gateway:
         self.metrics.awaiting_auth.inc()
         return Connection(self, peer, remote)
 
+    async def authenticate(self, token: str) -> Claims:
+        """Verify ``token`` (the in-memory registry included), then ask the ledger, in one round
+        trip, about a revocation whose bus event this replica may have missed.
+
+        An unreachable ledger is not a refusal: while Redis is down local traffic keeps flowing,
+        and the reconciliation after the reconnection closes what slipped through.
+        """
+        claims = await self.verifier.verify(token)
+        if self.ledger is None:
+            return claims
+        try:
+            [revoked] = await self.ledger.revoked([_ref(claims)])
+        except BusUnavailable as exc:
+            self.metrics.ledger_checks.labels("unavailable").inc()
+            log.warning("revocation ledger unreachable; token accepted", extra={"error": str(exc)})
+            return claims
+        self.metrics.ledger_checks.labels("revoked" if revoked else "ok").inc()
+        if revoked:
+            self._remember(claims)
+            raise errors.SessionRevoked()
+        return claims
+
     def admit(self, conn: Connection, claims: Claims) -> None:
         """Index a freshly authenticated connection under its user, within the per-user limit."""
         conns = self._users.setdefault(claims.sub, set())
         if len(conns) >= self.settings.max_connections_per_user:
-            raise TooManyConnections()
+            raise errors.TooManyConnections()
         conns.add(conn)
         self.metrics.awaiting_auth.dec()
         self.metrics.authenticated.inc()
@@ -79,3 +111,44 @@ class Gateway:
                 isinstance(event, UserRevoked) and claims.iat < event.issued_before
             ):
                 conn.revoke(event.type)
+
+    async def reconcile(self) -> None:
+        """Bus reconnect listener: close the live sockets whose revocation event was published
+        while this replica was cut off from Redis, as that event would have."""
+        if self.ledger is None:
+            return
+        live = [
+            (conn, conn.claims)
+            for conns in self._users.values()
+            for conn in conns
+            if conn.claims is not None and not conn.closing
+        ]
+        closed = 0
+        for start in range(0, len(live), self._reconcile_batch):
+            batch = live[start : start + self._reconcile_batch]
+            try:
+                flags = await self.ledger.revoked([_ref(claims) for _, claims in batch])
+            except BusUnavailable as exc:
+                self.metrics.reconciliations.labels("unavailable").inc()
+                log.warning("reconciliation stopped: ledger unreachable", extra={"error": str(exc)})
+                return
+            for (conn, claims), revoked in zip(batch, flags, strict=True):
+                if revoked:
+                    self._remember(claims)
+                    if not conn.closing:
+                        conn.revoke(errors.SessionRevoked.code)
+                        closed += 1
+        self.metrics.reconciliations.labels("ok").inc()
+        log.info("reconciled live sockets", extra={"checked": len(live), "revoked": closed})
+
+    def _remember(self, claims: Claims) -> None:
+        """Keep a ledger hit locally, so that this token's session is refused without a round trip.
+
+        The ledger does not say whether the session or the whole user was revoked; the session
+        is the part known for certain, and other sessions are still checked against the ledger.
+        """
+        self.revocations.apply(SessionRevoked(sid=claims.sid, sub=claims.sub, until=claims.exp))
+
+
+def _ref(claims: Claims) -> TokenRef:
+    return TokenRef(sid=claims.sid, sub=claims.sub, iat=claims.iat)

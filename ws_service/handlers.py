@@ -5,13 +5,15 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from shared.jsonlog import audit
-from ws_service.appkeys import GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
+from shared.redis_bus import RedisBus
+from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
 from ws_service.channels import validate_channel
 from ws_service.errors import InvalidChannel
 from ws_service.peer import WebSocketPeer
@@ -106,8 +108,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready = request.app[JWKS].ready
-    return web.json_response({"ready": ready}, status=200 if ready else 503)
+    """Ready once a key set is loaded. What is degraded is reported, but does not make a replica
+    unready: cached keys still verify, and local traffic flows without Redis."""
+    jwks = request.app[JWKS]
+    degraded: dict[str, str] = {}
+    bus = request.app[BUS]
+    if isinstance(bus, RedisBus) and not bus.connected:
+        degraded["event_bus"] = "redis unreachable"
+    if jwks.outage is not None:
+        since, reason = jwks.outage
+        when = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
+        degraded["issuer"] = f"unreachable since {when}: {reason}"
+    body = {"ready": jwks.ready, "degraded": degraded}
+    return web.json_response(body, status=200 if jwks.ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

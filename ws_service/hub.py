@@ -1,17 +1,23 @@
 """Channel fan-out across replicas through the event bus.
 
 A publish is serialized once and published on ``chan:<name>``; every replica with local subscribers
-holds one bus subscription for the channel and hands the same string to each of them.
+holds one bus subscription for the channel and hands the same string to each of them. When the bus
+refuses a message (Redis down), this replica's own subscribers still get it: local traffic flows.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from shared.bus import EventBus, Unsubscribe
+from shared.bus_errors import BusUnavailable
+from shared.redis_bus import RedisBus
 from ws_service import protocol
+from ws_service.verify import Claims
 
 __all__ = ["CHANNEL_TOPIC_PREFIX", "Hub", "Subscriber"]
 
@@ -24,11 +30,20 @@ class Subscriber(Protocol):
 
 
 class Hub:
-    def __init__(self, bus: EventBus, on_delivered: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        on_delivered: Callable[[int], None] | None = None,
+        *,
+        on_local_only: Callable[[], None] | None = None,
+        sync_timeout: float = 2.0,
+    ) -> None:
         self._bus = bus
         self._local: dict[str, set[Subscriber]] = {}
         self._unsubscribe: dict[str, Unsubscribe] = {}
         self._on_delivered = on_delivered
+        self._on_local_only = on_local_only
+        self._sync_timeout = sync_timeout
 
     def local_subscribers(self, channel: str) -> int:
         return len(self._local.get(channel, ()))
@@ -51,9 +66,25 @@ class Hub:
             del self._local[channel]
             self._unsubscribe.pop(channel)()
 
-    async def publish(self, channel: str, data: Any, sender: str | None) -> None:
+    async def synced(self) -> None:
+        """Wait until Redis confirmed every channel subscription, so that a client told
+        ``subscribed`` misses no message published after it. Not while Redis is down: local
+        traffic needs no confirmation, and the bus subscribes again when it reconnects."""
+        bus = self._bus
+        if isinstance(bus, RedisBus) and bus.connected:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(bus.wait_synced(), self._sync_timeout)
+
+    async def publish(self, channel: str, data: Any, sender: Claims | None) -> None:
         frame = protocol.message(channel, data, sender, int(time.time() * 1000))
-        await self._bus.publish(CHANNEL_TOPIC_PREFIX + channel, frame)
+        topic = CHANNEL_TOPIC_PREFIX + channel
+        try:
+            await self._bus.publish(topic, frame)
+        except BusUnavailable:
+            # Nothing reached Redis, so nothing comes back through it: deliver here, once.
+            self._deliver(topic, frame)
+            if self._on_local_only is not None:
+                self._on_local_only()
 
     def _deliver(self, topic: str, payload: str) -> None:
         members = self._local.get(topic[len(CHANNEL_TOPIC_PREFIX) :], ())

@@ -96,10 +96,17 @@ class JwksCache:
         self._ttl = min_ttl
         self._inflight: asyncio.Task[None] | None = None
         self._last_refetch = -math.inf
+        self._outage: tuple[float, str] | None = None
 
     @property
     def ready(self) -> bool:
         return self._loaded
+
+    @property
+    def outage(self) -> tuple[float, str] | None:
+        """``(since, reason)`` while fetches fail: since the first failure (epoch seconds), and
+        the last failure's reason. ``None`` once a fetch succeeds."""
+        return self._outage
 
     async def refresh(self) -> None:
         """Fetch the key set, joining a fetch already in flight. Raises ``KeysUnavailable``."""
@@ -163,15 +170,22 @@ class JwksCache:
             keys = parse_jwks(document)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self._on_fetch("error")
+            self._failed(str(exc) or type(exc).__name__)
             log.warning("JWKS fetch failed", extra={"url": self._url, "error": str(exc)})
             raise KeysUnavailable() from exc
         if not keys:
             self._on_fetch("empty")
+            self._failed("the key set holds no usable key")
             log.warning(
                 "JWKS holds no usable key; keeping the previous set", extra={"url": self._url}
             )
             raise KeysUnavailable()
         self._keys = keys
         self._loaded = True
+        self._outage = None
         self._ttl = ttl_from_cache_control(cache_control, self._min_ttl, self._max_ttl)
         self._on_fetch("ok")
+
+    def _failed(self, reason: str) -> None:
+        since = self._outage[0] if self._outage is not None else time.time()
+        self._outage = (since, reason)

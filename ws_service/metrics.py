@@ -22,7 +22,9 @@ class Metrics:
             "ws_expiries", "Sockets closed because the token expired", registry=r
         )
         self.revocations = Counter(
-            "ws_revocations", "Sockets closed by a revocation event", registry=r
+            "ws_revocations",
+            "Sockets closed by a revocation (a bus event or the ledger after a gap)",
+            registry=r,
         )
         self.warnings = Counter("ws_expiry_warnings", "token_expiring messages sent", registry=r)
         self.jwks_fetches = Counter(
@@ -30,6 +32,23 @@ class Metrics:
         )
         self.messages_in = Counter("ws_messages_in", "Text frames received", registry=r)
         self.messages_out = Counter("ws_messages_out", "Text frames queued for sending", registry=r)
+        self.local_only_publishes = Counter(
+            "ws_local_only_publishes",
+            "Channel messages the bus refused (Redis down), delivered to this replica's sockets only",
+            registry=r,
+        )
+        self.ledger_checks = Counter(
+            "ws_ledger_checks",
+            "Revocation ledger checks at auth and renewal: ok, revoked, or unavailable (accepted)",
+            ["outcome"],
+            registry=r,
+        )
+        self.reconciliations = Counter(
+            "ws_reconciliations",
+            "Live sockets re-checked against the ledger after a bus reconnection, by outcome",
+            ["outcome"],
+            registry=r,
+        )
         self.awaiting_auth = self.connections.labels("awaiting_auth")
         self.authenticated = self.connections.labels("authenticated")
 

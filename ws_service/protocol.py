@@ -99,8 +99,18 @@ def error(err: RequestError, request_id: RequestId) -> str:
     return encode({"type": "error", "code": err.code, "message": err.message, "id": request_id})
 
 
-def message(channel: str, data: Any, sender: str | None, ts_ms: int) -> str:
-    """The broadcast frame, serialized once and sent as the same string to every subscriber."""
+def message(channel: str, data: Any, sender: Claims | None, ts_ms: int) -> str:
+    """The broadcast frame, serialized once and sent as the same string to every subscriber.
+
+    ``from`` and ``from_username`` come from the publisher's verified token, never from the client.
+    """
     return encode(
-        {"type": "message", "channel": channel, "data": data, "from": sender, "ts": ts_ms}
+        {
+            "type": "message",
+            "channel": channel,
+            "data": data,
+            "from": sender.sub if sender else None,
+            "from_username": sender.username if sender else None,
+            "ts": ts_ms,
+        }
     )

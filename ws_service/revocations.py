@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from shared.events import RevocationEvent, SessionRevoked, UserRevoked
+from shared.revocation_ledger import TokenRef
 
-__all__ = ["RevocationRegistry"]
+__all__ = ["RevocationLedger", "RevocationRegistry"]
+
+
+class RevocationLedger(Protocol):
+    """The replica-wide record of revocations (Redis in a scaled deployment).
+
+    ``revoked`` answers for many tokens in one round trip and raises
+    ``shared.bus_errors.BusUnavailable`` when the record cannot be reached.
+    """
+
+    async def revoked(self, tokens: Sequence[TokenRef]) -> list[bool]: ...
 
 
 class RevocationRegistry:

@@ -44,6 +44,8 @@ class Settings:
     max_outbox: int = 1024
     tls_cert: str = ""
     tls_key: str = ""
+    redis_url: str = ""
+    subscribe_sync_timeout: float = 2.0
 
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -51,6 +53,7 @@ class Settings:
 
     def __repr__(self) -> str:
         shown = {k: v for k, v in vars(self).items() if k != "api_keys"}
+        shown["redis_url"] = _redact(self.redis_url)
         return f"Settings(api_keys=***, {shown})"
 
     @classmethod
@@ -82,7 +85,16 @@ class Settings:
             jwks_max_ttl=env_float(environ, "WS_JWKS_MAX_TTL", 3600.0, minimum=1),
             tls_cert=env_str(environ, "WS_TLS_CERT", ""),
             tls_key=env_str(environ, "WS_TLS_KEY", ""),
+            redis_url=env_str(environ, "REDIS_URL", ""),
         )
         if settings.jwks_min_ttl > settings.jwks_max_ttl:
             raise ConfigError("WS_JWKS_MIN_TTL must not exceed WS_JWKS_MAX_TTL")
         return settings
+
+
+def _redact(url: str) -> str:
+    """A Redis URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from auth_service.settings import Settings as AuthSettings
 from shared.bus import InProcessBus
 from tests.integration.stack import API_KEY, MakeStack, Overrides, Stack
 from tests.integration.ws.harness import wait_until
-from tests.services import free_port
+from tests.services import free_port, unavailable
 from ws_service.app import create_app as create_ws_app
 from ws_service.appkeys import JWKS
 from ws_service.settings import Settings as WsSettings
@@ -58,3 +59,13 @@ def make_stack(aiohttp_client: Any, tmp_path: Path) -> MakeStack:
         return Stack(auth_client, ws_client, bus)
 
     return make
+
+
+@pytest.fixture
+def redis_server_binary() -> str:
+    """For tests that start (and kill) a redis-server of their own."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("redis-server", "the binary is not installed (Debian package redis-server)")
+        raise AssertionError("unreachable")
+    return binary

@@ -41,9 +41,10 @@ async def test_login_auth_subscribe_and_a_message_attributed_by_the_server(
     await send(bob, {**frame, "id": 2})
     assert await recv(bob) == {"type": "published", "channel": "chat:general", "id": 2}
     message = await recv(alice)
-    assert (message["type"], message["from"], message["data"]) == (
+    assert (message["type"], message["from"], message["from_username"], message["data"]) == (
         "message",
         stack.users["bob"],
+        "bob",
         {"t": "hi"},
     )
 

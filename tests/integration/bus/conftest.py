@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 
@@ -10,7 +9,6 @@ import pytest
 
 from shared.redis_bus import RedisBus
 from tests.integration.bus.support import BusMaker, PrivateRedis
-from tests.services import unavailable
 
 
 @pytest.fixture
@@ -33,15 +31,6 @@ async def make_bus() -> AsyncIterator[BusMaker]:
     yield make
     for bus in buses:
         await bus.close()
-
-
-@pytest.fixture
-def redis_server_binary() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server", "the binary is not installed (Debian package redis-server)")
-        raise AssertionError("unreachable")
-    return binary
 
 
 @pytest.fixture

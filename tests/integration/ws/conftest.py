@@ -9,10 +9,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from shared.bus import InProcessBus
+from shared.bus import EventBus, InProcessBus
 from tests.integration.ws.harness import AUDIENCE, ISSUER, Harness, KeySet, Tokens, wait_until
 from ws_service.app import create_app
-from ws_service.appkeys import JWKS
+from ws_service.appkeys import BUS, JWKS
 from ws_service.settings import Settings
 
 KID = "key-1"
@@ -32,11 +32,12 @@ def other_key() -> RSAPrivateKey:
 
 @pytest.fixture
 def make_gateway(aiohttp_server: Any, aiohttp_client: Any, rsa_key: RSAPrivateKey) -> MakeGateway:
-    """Start a JWKS server and ws_service; keyword arguments override ``Settings`` fields."""
+    """Start a JWKS server and ws_service; keyword arguments override ``Settings`` fields. With
+    ``redis_url`` and no ``bus`` the app opens its own Redis bus, as a deployed replica does."""
 
     async def make(
         *,
-        bus: InProcessBus | None = None,
+        bus: EventBus | None = None,
         wait_ready: bool = True,
         keyset: KeySet | None = None,
         **overrides: Any,
@@ -56,10 +57,11 @@ def make_gateway(aiohttp_server: Any, aiohttp_client: Any, rsa_key: RSAPrivateKe
         }
         fields.update(overrides)
         settings = Settings(**fields)
-        bus = bus or InProcessBus()
+        if bus is None and not settings.redis_url:
+            bus = InProcessBus()
         app = create_app(settings, bus=bus)
         client = await aiohttp_client(app)
-        harness = Harness(client, app, bus, keyset, Tokens(rsa_key, KID))
+        harness = Harness(client, app, app[BUS], keyset, Tokens(rsa_key, KID), jwks_server)
         if wait_ready:
             await wait_until(lambda: app[JWKS].ready)
         return harness

@@ -12,11 +12,11 @@ from typing import Any
 
 import jwt
 from aiohttp import WSMsgType, web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import RSAAlgorithm
 
-from shared.bus import InProcessBus
+from shared.bus import EventBus
 
 ISSUER = "http://auth.test:8081"
 AUDIENCE = "ws"
@@ -112,9 +112,10 @@ class Tokens:
 class Harness:
     client: TestClient[web.Request, web.Application]
     app: web.Application
-    bus: InProcessBus
+    bus: EventBus
     keyset: KeySet
     tokens: Tokens
+    jwks_server: TestServer
     opened: list[Any] = field(default_factory=list)
 
     async def open(self, origin: str | None = None) -> Any:

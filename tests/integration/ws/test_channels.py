@@ -29,7 +29,14 @@ async def test_publish_reaches_every_subscriber_attributed_by_the_server(gw: Har
     before = int(time.time() * 1000)
     await send(
         bob,
-        {"type": "publish", "channel": "chat:general", "data": {"t": "hi"}, "from": "x", "id": 9},
+        {
+            "type": "publish",
+            "channel": "chat:general",
+            "data": {"t": "hi"},
+            "from": "x",
+            "from_username": "Mallory",
+            "id": 9,
+        },
     )
     assert await recv(bob) == {"type": "published", "channel": "chat:general", "id": 9}
     for ws in (alice, carol):
@@ -39,9 +46,20 @@ async def test_publish_reaches_every_subscriber_attributed_by_the_server(gw: Har
             "channel": "chat:general",
             "data": {"t": "hi"},
             "from": "bob",
+            "from_username": "Bob",
             "ts": message["ts"],
         }
         assert before <= message["ts"] <= int(time.time() * 1000)
+
+
+async def test_publisher_without_a_username_is_sent_as_null(gw: Harness) -> None:
+    alice = await gw.login("alice")
+    await subscribe(alice, "chat:general")
+    anonymous = await gw.login("svc", preferred_username=None)
+    await send(anonymous, {"type": "publish", "channel": "chat:general", "data": 1})
+    assert (await recv(anonymous))["type"] == "published"
+    message = await recv(alice)
+    assert (message["from"], message["from_username"]) == ("svc", None)
 
 
 async def test_unsubscribed_socket_gets_nothing_more(gw: Harness) -> None:

@@ -38,7 +38,11 @@ async def test_login_subscribe_publish_roundtrip(stack: Stack) -> None:
         await alice.subscribe("chat:general")
         await bob.publish("chat:general", {"text": "hi"})
         message = await next_message(alice)
-        assert (message["from"], message["data"]) == (bob_id, {"text": "hi"})
+        assert (message["from"], message["from_username"], message["data"]) == (
+            bob_id,
+            "bob",
+            {"text": "hi"},
+        )
         await alice.subscribe(f"user:{alice_id}")
         with pytest.raises(RequestFailed) as err:
             await alice.subscribe(f"user:{bob_id}")
@@ -166,7 +170,7 @@ async def test_chat_cli_publishes_typed_lines_and_prints_messages(stack: Stack) 
         await wait_until(lambda: f"user:{alice_id}" in alice.channels)
         await typed.put("hello bob\n")
         await wait_until(lambda: bool(bob_printed) and bool(printed))
-        assert bob_printed == [f"[chat:general] {alice_id}: hello bob"]
+        assert bob_printed == ["[chat:general] alice: hello bob"]
         response = await stack.ws.post(
             "/v1/publish",
             json={"channel": f"user:{alice_id}", "data": {"text": "direct"}},
@@ -175,7 +179,7 @@ async def test_chat_cli_publishes_typed_lines_and_prints_messages(stack: Stack) 
         assert response.status == 202
         await wait_until(lambda: len(printed) == 2)
         assert printed == [
-            f"[chat:general] {alice_id}: hello bob",
+            "[chat:general] alice: hello bob",
             f"[user:{alice_id}] server: direct",
         ]
         await typed.put(None)

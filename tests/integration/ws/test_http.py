@@ -23,8 +23,9 @@ async def test_publish_with_api_key_reaches_a_user_channel_from_null(gw: Harness
     assert response.status == 202
     assert await response.json() == {"published": True, "channel": "user:alice"}
     message = await recv(ws)
-    assert (message["type"], message["from"], message["data"]) == (
+    assert (message["type"], message["from"], message["from_username"], message["data"]) == (
         "message",
+        None,
         None,
         {"note": "hello"},
     )
@@ -84,4 +85,4 @@ async def test_health_and_readiness(gw: Harness) -> None:
     health = await gw.client.get("/healthz")
     assert (health.status, await health.json()) == (200, {"status": "ok"})
     ready = await gw.client.get("/readyz")
-    assert (ready.status, await ready.json()) == (200, {"ready": True})
+    assert (ready.status, await ready.json()) == (200, {"ready": True, "degraded": {}})

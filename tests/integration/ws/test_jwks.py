@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
+from datetime import UTC, datetime
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness, KeySet, auth, expect_close, wait_until
 from ws_service.appkeys import JWKS
+from ws_service.errors import KeysUnavailable
 
 UNAVAILABLE = {
     "type": "auth_error",
@@ -73,7 +77,9 @@ async def test_no_key_set_gives_retryable_keys_unavailable_then_recovers(
     gw = await make_gateway(keyset=keyset, wait_ready=False)
     await wait_until(lambda: keyset.fetches >= 1)
     ready = await gw.client.get("/readyz")
-    assert (ready.status, await ready.json()) == (503, {"ready": False})
+    body = await ready.json()
+    assert (ready.status, body["ready"]) == (503, False)
+    assert re.fullmatch(r"unreachable since \S+\+00:00: HTTP 503", body["degraded"]["issuer"])
     ws = await gw.open()
     assert await auth(ws, gw.tokens.make()) == {**UNAVAILABLE, "retry": True}
     assert await auth(ws, gw.tokens.make()) == {**UNAVAILABLE, "retry": True}
@@ -82,7 +88,7 @@ async def test_no_key_set_gives_retryable_keys_unavailable_then_recovers(
     keyset.fail = False
     await wait_until(lambda: gw.app[JWKS].ready, wait=5)
     ready = await gw.client.get("/readyz")
-    assert (ready.status, await ready.json()) == (200, {"ready": True})
+    assert (ready.status, await ready.json()) == (200, {"ready": True, "degraded": {}})
     await gw.login()
 
 
@@ -95,3 +101,19 @@ async def test_failed_refetch_is_keys_unavailable_and_keeps_the_last_good_set(
     assert reply == {**UNAVAILABLE, "retry": True}
     assert gw.keyset.fetches == 2
     assert (await auth(ws, gw.tokens.make()))["type"] == "auth_success"
+
+
+async def test_issuer_down_cached_keys_still_verify_and_readyz_reports_it(gw: Harness) -> None:
+    await gw.login()
+    before = datetime.now(UTC).replace(microsecond=0)
+    await gw.jwks_server.close()
+    with pytest.raises(KeysUnavailable):
+        await gw.app[JWKS].refresh()
+    ready = await gw.client.get("/readyz")
+    body = await ready.json()
+    assert (ready.status, body["ready"], set(body["degraded"])) == (200, True, {"issuer"})
+    match = re.fullmatch(r"unreachable since (\S+): (.+)", body["degraded"]["issuer"])
+    assert match is not None, body
+    assert before <= datetime.fromisoformat(match[1]) <= datetime.now(UTC)
+    assert "Cannot connect" in match[2]
+    await gw.login()

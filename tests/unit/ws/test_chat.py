@@ -22,10 +22,15 @@ def test_defaults_point_at_the_local_services() -> None:
     )
 
 
-def test_format_message() -> None:
-    assert format_message({"channel": "chat:a", "from": "bob", "data": {"text": "hi"}}) == (
-        "[chat:a] bob: hi"
-    )
+def test_format_message_names_the_sender_by_username() -> None:
+    message = {
+        "channel": "chat:a",
+        "from": "6f1c-uuid",
+        "from_username": "bob",
+        "data": {"text": "hi"},
+    }
+    assert format_message(message) == "[chat:a] bob: hi"
+    assert format_message({**message, "from_username": None}) == "[chat:a] 6f1c-uuid: hi"
     assert format_message({"channel": "user:1", "from": None, "data": [1, 2]}) == (
         "[user:1] server: [1, 2]"
     )

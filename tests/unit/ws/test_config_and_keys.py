@@ -23,6 +23,7 @@ def test_defaults_follow_the_local_auth_service() -> None:
     assert (settings.auth_timeout, settings.expiry_warning, settings.leeway) == (10.0, 60.0, 5)
     assert settings.max_message_bytes == 65536
     assert settings.allowed_origins == settings.api_keys == ()
+    assert settings.redis_url == ""
 
 
 def test_auth_host_port_and_issuer_are_read_from_the_same_environment() -> None:
@@ -48,6 +49,7 @@ def test_every_ws_variable_is_read() -> None:
             "WS_LEEWAY": "2",
             "WS_MAX_MESSAGE_BYTES": "4096",
             "WS_API_KEYS": "k" * 20 + ",key-number-two-123",
+            "REDIS_URL": "redis://:hunter2-secret@redis:6379/0",
         }
     )
     assert settings.host == "192.0.2.1"
@@ -59,7 +61,10 @@ def test_every_ws_variable_is_read() -> None:
     assert (settings.auth_timeout, settings.expiry_warning, settings.leeway) == (3.0, 30.0, 2)
     assert settings.max_message_bytes == 4096
     assert settings.api_keys == ("k" * 20, "key-number-two-123")
+    assert settings.redis_url == "redis://:hunter2-secret@redis:6379/0"
     assert "k" * 20 not in repr(settings)
+    assert "hunter2" not in repr(settings)
+    assert "redis://***@redis:6379/0" in repr(settings)
 
 
 @pytest.mark.parametrize(
