@@ -44,6 +44,7 @@ clean:
 
 bench: $(STAMP)
 	$(PY) -m tests.bench.auth_throughput
+	$(PY) -m tests.bench.ws_gateway
 
 # The scaled-out stack (docker-compose.yml); needs Docker with Compose v2.
 up:

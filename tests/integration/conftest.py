@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from auth_service.app import create_app as create_auth_app
 from auth_service.settings import Settings as AuthSettings
 from shared.bus import InProcessBus
+from tests.integration.bus.support import PrivateRedis
 from tests.integration.stack import API_KEY, MakeStack, Overrides, Stack
 from tests.integration.ws.harness import wait_until
 from tests.services import free_port, unavailable
@@ -69,3 +71,13 @@ def redis_server_binary() -> str:
         unavailable("redis-server", "the binary is not installed (Debian package redis-server)")
         raise AssertionError("unreachable")
     return binary
+
+
+@pytest.fixture
+async def private_redis(redis_server_binary: str) -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis(redis_server_binary)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()

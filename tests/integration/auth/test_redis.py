@@ -17,14 +17,13 @@ from shared.events import REVOCATIONS_TOPIC, SessionRevoked, decode_event
 from shared.redis_bus import RedisBus
 from shared.revocation_ledger import RedisRevocationLedger, TokenRef
 from tests.integration.auth.conftest import AuthClient, login, register
-from tests.integration.bus.conftest import private_redis, redis_server_binary  # noqa: F401
 from tests.integration.bus.support import Inbox, PrivateRedis
 
 
 async def test_logout_reaches_ledger_and_bus_even_across_a_redis_outage(
     aiohttp_client: Callable[[web.Application], Awaitable[AuthClient]],
     make_settings: Callable[..., Any],
-    private_redis: PrivateRedis,  # noqa: F811
+    private_redis: PrivateRedis,
 ) -> None:
     settings = dataclasses.replace(make_settings(), redis_url=private_redis.url)
     client = await aiohttp_client(create_app(settings))

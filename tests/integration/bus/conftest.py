@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from shared.redis_bus import RedisBus
-from tests.integration.bus.support import BusMaker, PrivateRedis
+from tests.integration.bus.support import BusMaker
 
 
 @pytest.fixture
@@ -31,13 +31,3 @@ async def make_bus() -> AsyncIterator[BusMaker]:
     yield make
     for bus in buses:
         await bus.close()
-
-
-@pytest.fixture
-async def private_redis(redis_server_binary: str) -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis(redis_server_binary)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.kill()
