@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from tests.services import REDIS_URL, free_port
-from tests.system.cluster import Proc
+from tests.system.procs import Proc
 
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "2000"))
 PASSWORD = "benchmark password 123"

@@ -6,100 +6,19 @@ Everything is a real process; the harness only starts, stops, kills and restarts
 
 from __future__ import annotations
 
-import os
-import signal
 import ssl
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Mapping
 from pathlib import Path
 
 import trustme
 
 from tests.lb import nginx_args, write_config
 from tests.services import free_port
+from tests.system.procs import Proc
 
 SECRET = "cluster-test-secret-0123456789"
 API_KEY = "cluster-api-key-0123456789"
-
-
-def _base_env(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH_", "WS_", "REDIS_"))}
-    env.update(extra)
-    return env
-
-
-class Proc:
-    """One process with a log file, a readiness URL, and the means to stop it every way."""
-
-    def __init__(
-        self,
-        name: str,
-        args: list[str],
-        env: Mapping[str, str],
-        log_dir: Path,
-        ready_url: str | None = None,
-    ) -> None:
-        self.name = name
-        self.args = args
-        self.env = dict(env)
-        self.log_path = log_dir / f"{name}.log"
-        self.ready_url = ready_url
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                self.args, env=_base_env(self.env), stdout=log, stderr=subprocess.STDOUT
-            )
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited:\n{self.tail()}")
-            if self.ready_url is None or self._ready():
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.tail()}")
-            time.sleep(0.05)
-
-    def _ready(self) -> bool:
-        assert self.ready_url is not None
-        try:
-            with urllib.request.urlopen(self.ready_url, timeout=1) as resp:  # noqa: S310
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    def tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def send(self, sig: signal.Signals) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-
-    def wait(self, timeout: float) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    def stop(self) -> None:
-        if not self.running:
-            return
-        assert self.process is not None
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 class Cluster:
