@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "AuthError",
     "InvalidClientToken",
+    "InvalidCredentials",
     "InvalidGrant",
     "InvalidRequest",
     "InvalidScope",
@@ -56,6 +57,12 @@ class InvalidGrant(AuthError):
 
     code = "invalid_grant"
     status = 400
+
+
+class InvalidCredentials(InvalidGrant):
+    """Wrong username or password: ``invalid_grant`` like the token endpoint, but 401 on login."""
+
+    status = 401
 
 
 class RefreshReuse(InvalidGrant):

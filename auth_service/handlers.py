@@ -12,7 +12,6 @@ from auth_service.domain.service import TokenPair
 from auth_service.errors import (
     AuthError,
     InvalidClientToken,
-    InvalidGrant,
     InvalidRequest,
     RefreshReuse,
     UnsupportedGrantType,
@@ -65,8 +64,6 @@ async def login(request: web.Request) -> web.Response:
         pair = await request.app[SERVICE].login(username, password, address=client_address(request))
     except AuthError as exc:
         metrics.logins.labels(exc.code).inc()
-        if isinstance(exc, InvalidGrant):
-            exc.status = 401
         raise
     metrics.logins.labels("ok").inc()
     metrics.tokens_issued.labels("password").inc()

@@ -18,11 +18,11 @@ from auth_service.errors import (
     Throttled,
     UnsupportedMediaType,
 )
+from shared.http_errors import http_exception_json, json_error
 
 __all__ = [
     "client_address",
     "error_middleware",
-    "json_error",
     "metrics_middleware",
     "optional_str",
     "read_form_or_json",
@@ -33,7 +33,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_FIELD_LENGTH = 4096
-_KEPT_HEADERS = frozenset({"allow", "retry-after"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _HTTP_CODES = {
@@ -42,16 +41,6 @@ _HTTP_CODES = {
     413: "request_too_large",
     415: "unsupported_media_type",
 }
-
-
-def json_error(
-    status: int, code: str, description: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.json_response(
-        {"error": code, "error_description": description},
-        status=status,
-        headers={"Cache-Control": "no-store", **(headers or {})},
-    )
 
 
 @web.middleware
@@ -70,8 +59,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
-        kept = {k: v for k, v in exc.headers.items() if k.lower() in _KEPT_HEADERS}
-        return json_error(exc.status, code, exc.reason, kept)
+        return http_exception_json(exc, code)
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         return json_error(500, "server_error", "internal error")

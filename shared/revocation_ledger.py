@@ -37,11 +37,11 @@ class TokenRef:
 
 
 class RevocationLedger(Protocol):
+    """auth_service records; ws_service asks. Both raise ``BusUnavailable`` when unreachable."""
+
     async def record(self, event: RevocationEvent, now: float | None = None) -> None: ...
 
     async def revoked(self, tokens: Sequence[TokenRef]) -> list[bool]: ...
-
-    async def close(self) -> None: ...
 
 
 class RedisRevocationLedger:

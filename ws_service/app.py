@@ -14,6 +14,7 @@ from aiohttp import web
 from shared.bus import EventBus
 from shared.bus_factory import open_bus
 from shared.events import REVOCATIONS_TOPIC
+from shared.http_errors import http_exception_json
 from shared.redis_bus import RedisBus
 from shared.revocation_ledger import RedisRevocationLedger
 from ws_service import handlers
@@ -152,6 +153,4 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = exc.reason.lower().replace(" ", "_")
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return handlers.json_error(exc.status, code, exc.reason, headers or None)
+        return http_exception_json(exc, exc.reason.lower().replace(" ", "_"))

@@ -7,12 +7,12 @@ import logging
 
 from shared.bus_errors import BusUnavailable
 from shared.events import SessionRevoked, UserRevoked, decode_event
-from shared.revocation_ledger import TokenRef
+from shared.revocation_ledger import RevocationLedger, TokenRef
 from ws_service import errors
 from ws_service.connection import Connection, Peer
 from ws_service.hub import Hub
 from ws_service.metrics import Metrics
-from ws_service.revocations import RevocationLedger, RevocationRegistry
+from ws_service.revocations import RevocationRegistry
 from ws_service.settings import Settings
 from ws_service.verify import Claims, TokenVerifier
 

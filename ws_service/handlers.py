@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from shared.http_errors import json_error
 from shared.jsonlog import audit
 from shared.redis_bus import RedisBus
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
@@ -18,17 +19,9 @@ from ws_service.channels import validate_channel
 from ws_service.errors import InvalidChannel
 from ws_service.peer import WebSocketPeer
 
-__all__ = ["healthz", "json_error", "metrics", "publish", "readyz", "websocket"]
+__all__ = ["healthz", "metrics", "publish", "readyz", "websocket"]
 
 log = logging.getLogger(__name__)
-
-
-def json_error(
-    status: int, code: str, description: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.json_response(
-        {"error": code, "error_description": description}, status=status, headers=headers
-    )
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:

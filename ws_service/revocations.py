@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable
 
 from shared.events import RevocationEvent, SessionRevoked, UserRevoked
-from shared.revocation_ledger import TokenRef
 
-__all__ = ["RevocationLedger", "RevocationRegistry"]
-
-
-class RevocationLedger(Protocol):
-    """The replica-wide record of revocations (Redis in a scaled deployment).
-
-    ``revoked`` answers for many tokens in one round trip and raises
-    ``shared.bus_errors.BusUnavailable`` when the record cannot be reached.
-    """
-
-    async def revoked(self, tokens: Sequence[TokenRef]) -> list[bool]: ...
+__all__ = ["RevocationRegistry"]
 
 
 class RevocationRegistry:
@@ -32,6 +21,9 @@ class RevocationRegistry:
         self._leeway = leeway
         self._sessions: dict[str, int] = {}
         self._users: dict[str, tuple[int, int]] = {}
+        # (until, is_user, key), oldest first: pruning pops expired entries instead of rebuilding
+        # both tables on every event. A popped entry whose table row was extended is stale.
+        self._expiries: list[tuple[int, bool, str]] = []
 
     def __len__(self) -> int:
         return len(self._sessions) + len(self._users)
@@ -40,10 +32,13 @@ class RevocationRegistry:
         self.prune()
         until = event.until + self._leeway
         if isinstance(event, SessionRevoked):
-            self._sessions[event.sid] = max(until, self._sessions.get(event.sid, 0))
+            kept = self._sessions[event.sid] = max(until, self._sessions.get(event.sid, 0))
+            heapq.heappush(self._expiries, (kept, False, event.sid))
         elif isinstance(event, UserRevoked):
             before, known = self._users.get(event.sub, (0, 0))
-            self._users[event.sub] = (max(before, event.issued_before), max(known, until))
+            kept = max(known, until)
+            self._users[event.sub] = (max(before, event.issued_before), kept)
+            heapq.heappush(self._expiries, (kept, True, event.sub))
 
     def is_revoked(self, sub: str, sid: str, iat: int) -> bool:
         now = self._clock()
@@ -55,5 +50,10 @@ class RevocationRegistry:
 
     def prune(self) -> None:
         now = self._clock()
-        self._sessions = {sid: u for sid, u in self._sessions.items() if u >= now}
-        self._users = {sub: v for sub, v in self._users.items() if v[1] >= now}
+        while self._expiries and self._expiries[0][0] < now:
+            until, is_user, key = heapq.heappop(self._expiries)
+            if is_user:
+                if self._users.get(key, (0, None))[1] == until:
+                    del self._users[key]
+            elif self._sessions.get(key) == until:
+                del self._sessions[key]

@@ -16,6 +16,7 @@ from auth_service.domain.throttle import LoginThrottle
 from auth_service.domain.tokens import TokenIssuer
 from auth_service.errors import (
     InvalidClientToken,
+    InvalidCredentials,
     InvalidGrant,
     InvalidRequest,
     InvalidScope,
@@ -112,7 +113,7 @@ class AuthService:
         if user is None or not ok:
             await self._throttle.failed(username, address, now)
             audit("login_failed", username=username, address=address)
-            raise InvalidGrant("invalid username or password")
+            raise InvalidCredentials("invalid username or password")
         await self._throttle.succeeded(username, address)
         sid = str(uuid.uuid4())
         session = Session(sid, user.id, user.scope, now, now + self.policy.session_lifetime)

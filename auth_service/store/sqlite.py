@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,11 @@ class SqliteStore:
         async with self._lock, self._conn.execute(sql, params) as cur:
             row: sqlite3.Row | None = await cur.fetchone()
             return row
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> Iterable[sqlite3.Row]:
+        async with self._lock, self._conn.execute(sql, params) as cur:
+            rows: Iterable[sqlite3.Row] = await cur.fetchall()
+            return rows
 
     async def _migrate(self) -> None:
         async with self._tx() as conn:
@@ -172,11 +177,7 @@ class SqliteStore:
             return [row[0] for row in rows]
 
     async def list_signing_keys(self) -> list[StoredKey]:
-        async with (
-            self._lock,
-            self._conn.execute("SELECT * FROM signing_keys ORDER BY generation") as cur,
-        ):
-            rows = await cur.fetchall()
+        rows = await self._fetchall("SELECT * FROM signing_keys ORDER BY generation")
         return [StoredKey(*row) for row in rows]
 
     async def add_signing_key(self, key: StoredKey) -> bool:
@@ -205,15 +206,11 @@ class SqliteStore:
         if not keys:
             return {}
         marks = ",".join("?" * len(keys))
-        async with (
-            self._lock,
-            self._conn.execute(
-                f"SELECT key, failures, window_start, blocked_until FROM login_throttle "  # noqa: S608
-                f"WHERE key IN ({marks})",
-                tuple(keys),
-            ) as cur,
-        ):
-            rows = await cur.fetchall()
+        rows = await self._fetchall(
+            f"SELECT key, failures, window_start, blocked_until FROM login_throttle "  # noqa: S608
+            f"WHERE key IN ({marks})",
+            tuple(keys),
+        )
         return {row[0]: ThrottleState(*row[1:]) for row in rows}
 
     async def record_failure(self, key: str, now: float, window: float) -> int:
@@ -247,13 +244,9 @@ class SqliteStore:
             )
 
     async def outbox_batch(self, limit: int) -> list[OutboxItem]:
-        async with (
-            self._lock,
-            self._conn.execute(
-                "SELECT id, topic, payload FROM outbox ORDER BY id LIMIT ?", (limit,)
-            ) as cur,
-        ):
-            rows = await cur.fetchall()
+        rows = await self._fetchall(
+            "SELECT id, topic, payload FROM outbox ORDER BY id LIMIT ?", (limit,)
+        )
         return [OutboxItem(*row) for row in rows]
 
     async def delete_outbox(self, ids: Sequence[int]) -> None:
