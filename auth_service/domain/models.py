@@ -49,6 +49,7 @@ class RefreshToken:
 class RefreshTokenView:
     token: RefreshToken
     session: Session
+    user: User
 
 
 @dataclass(frozen=True, slots=True)

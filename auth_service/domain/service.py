@@ -137,9 +137,7 @@ class AuthService:
         if token.rotated_at is not None:
             await self._reused(session, now - token.rotated_at, now)
         granted = self._narrow_scope(session.scope, scope)
-        user = await self._store.get_user(session.user_id)
-        if user is None:
-            raise InvalidGrant("the user no longer exists")
+        user = view.user
         secret, record = self._new_refresh_token(session, now)
         pair = self._pair(user, session, secret, record, granted, now)
         if not await self._store.rotate_refresh_token(token.token_hash, record, now):

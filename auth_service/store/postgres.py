@@ -20,17 +20,13 @@ from auth_service.domain.models import (
 )
 from auth_service.errors import StoreUnavailable, UsernameTaken
 from auth_service.store.migrations import MIGRATIONS, render
+from auth_service.store.rows import refresh_view, refresh_view_sql
 
 __all__ = ["PostgresStore"]
 
 _MIGRATION_LOCK = 0x61757468  # "auth"
 
-_REFRESH_VIEW_SQL = """
-    SELECT t.token_hash, t.sid, t.created_at, t.expires_at, t.rotated_at,
-           s.user_id, s.scope, s.created_at AS s_created, s.expires_at AS s_expires, s.revoked_at
-    FROM refresh_tokens t JOIN sessions s ON s.sid = t.sid
-    WHERE t.token_hash = $1
-"""
+_REFRESH_VIEW_SQL = refresh_view_sql("$1")
 
 
 class PostgresStore:
@@ -113,8 +109,7 @@ class PostgresStore:
         row = await self._pool.fetchrow(_REFRESH_VIEW_SQL, token_hash)
         if row is None:
             return None
-        values = tuple(row)
-        return RefreshTokenView(RefreshToken(*values[:5]), Session(values[1], *values[5:]))
+        return refresh_view(tuple(row))
 
     async def rotate_refresh_token(self, old_hash: str, new: RefreshToken, now: float) -> bool:
         async with self._pool.acquire() as conn, conn.transaction():

@@ -26,15 +26,11 @@ from auth_service.domain.models import (
 )
 from auth_service.errors import StoreUnavailable, UsernameTaken
 from auth_service.store.migrations import MIGRATIONS, render
+from auth_service.store.rows import refresh_view, refresh_view_sql
 
 __all__ = ["SqliteStore"]
 
-_REFRESH_VIEW_SQL = """
-    SELECT t.token_hash, t.sid, t.created_at, t.expires_at, t.rotated_at,
-           s.user_id, s.scope, s.created_at, s.expires_at, s.revoked_at
-    FROM refresh_tokens t JOIN sessions s ON s.sid = t.sid
-    WHERE t.token_hash = ?
-"""
+_REFRESH_VIEW_SQL = refresh_view_sql("?")
 
 
 class SqliteStore:
@@ -144,7 +140,7 @@ class SqliteStore:
         row = await self._fetchone(_REFRESH_VIEW_SQL, (token_hash,))
         if row is None:
             return None
-        return RefreshTokenView(RefreshToken(*row[:5]), Session(row[1], *row[5:]))
+        return refresh_view(tuple(row))
 
     async def rotate_refresh_token(self, old_hash: str, new: RefreshToken, now: float) -> bool:
         async with self._tx() as conn:
