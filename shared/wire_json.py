@@ -1,0 +1,112 @@
+"""The one JSON codec for everything that crosses the wire (HTTP bodies, WebSocket frames).
+
+Python's ``json`` accepts what no browser does: ``NaN``/``Infinity``, ``1e400`` (parsed as
+``inf``), lone UTF-16 surrogates (``"\\ud800"``), and nesting hundreds deep that later fails to
+re-encode. One user's frame must never break a channel for everyone, so every decoder here is
+strict and every encoder refuses non-finite numbers. Standard library only: the client uses it too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+__all__ = ["MAX_DEPTH", "WireJSONError", "bearer_token", "dumps", "loads"]
+
+MAX_DEPTH = 32
+"""Nesting allowed in a document: deep enough for any real payload, far below the recursion limit."""
+
+_TOKEN68 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+
+
+class WireJSONError(ValueError):
+    """The input is not JSON this system accepts; ``str(error)`` says why, for the client."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise WireJSONError("numbers must be finite")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise WireJSONError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_constant)
+
+
+def loads(data: str | bytes, *, max_depth: int = MAX_DEPTH, allow_surrogates: bool = False) -> Any:
+    """Parse strict JSON (RFC 8259, UTF-8, finite numbers, bounded depth).
+
+    ``allow_surrogates`` keeps lone surrogates in strings for callers that validate every field
+    they use and only ever re-encode with :func:`dumps` (which escapes them): a WebSocket frame
+    whose token holds one is then an invalid token, not a malformed frame.
+    """
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WireJSONError("the body is not valid UTF-8") from None
+    try:
+        value = _DECODER.decode(data)
+    except WireJSONError:
+        raise
+    except RecursionError:
+        raise WireJSONError("JSON nested too deeply") from None
+    except ValueError:
+        raise WireJSONError("not valid JSON") from None
+    _check(value, max_depth, allow_surrogates)
+    return value
+
+
+def _check(value: Any, max_depth: int, allow_surrogates: bool) -> None:
+    """One iterative walk for depth and surrogates (no recursion for an attacker to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if not allow_surrogates:
+                _check_text(item)
+        elif isinstance(item, dict):
+            if depth >= max_depth:
+                raise WireJSONError(f"JSON nested deeper than {max_depth} levels")
+            for key, child in item.items():
+                if not allow_surrogates:
+                    _check_text(key)
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            if depth >= max_depth:
+                raise WireJSONError(f"JSON nested deeper than {max_depth} levels")
+            stack.extend((child, depth + 1) for child in item)
+
+
+def _check_text(text: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise WireJSONError("strings must not contain lone surrogates") from None
+
+
+def dumps(value: Any) -> str:
+    """Compact, ASCII-only JSON; raises ``ValueError`` for NaN or infinity instead of emitting them."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (RFC 6750), or None.
+
+    Anything outside the token68 alphabet (non-ASCII bytes, surrogate escapes, spaces) is no
+    token at all, so it can never reach a parser, a hash or a log line.
+    """
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or not _TOKEN68.issuperset(token):
+        return None
+    return token
