@@ -1,0 +1,47 @@
+"""Every relative link in the README and docs/ points at a file that exists (and anchors at a heading)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+HEADING = re.compile(r"^#+\s+(.*)$", re.MULTILINE)
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading slugs: lower case, punctuation dropped, spaces to hyphens."""
+    slugs = set()
+    for heading in HEADING.findall(markdown):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        slugs.add(slug)
+    return slugs
+
+
+def _relative_links(doc: Path) -> list[str]:
+    return [
+        link
+        for link in LINK.findall(doc.read_text())
+        if not re.match(r"[a-z][a-z0-9+.-]*:", link) and not link.startswith("//")
+    ]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(doc: Path) -> None:
+    broken = []
+    for link in _relative_links(doc):
+        path, _, anchor = link.partition("#")
+        target = (doc.parent / path).resolve() if path else doc
+        if not target.exists():
+            broken.append(link)
+        elif anchor and target.suffix == ".md" and anchor not in _anchors(target.read_text()):
+            broken.append(link)
+    assert broken == [], f"{doc.name} links to what does not exist: {broken}"
+
+
+def test_the_check_sees_links() -> None:
+    assert "docs/protocol.md" in _relative_links(ROOT / "README.md")
