@@ -9,18 +9,21 @@ NGINX := $(VENV)/nginx/usr/sbin/nginx
 .PHONY: run test lint format bench clean up down
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	@echo "Setting up $(VENV): installing the dependencies from PyPI (first run only, about 20-60 s)..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+	@echo "$(VENV) is ready."
 
 run: $(STAMP)
-	AUTH_DEV=$${AUTH_DEV:-1} $(PY) -m services
+	AUTH_DEV=$${AUTH_DEV:-1} exec $(PY) -m services
 
 # The load-balancer tests drive Debian's nginx, unpacked into the venv: no root, no system service.
 # Where it cannot be fetched they are skipped with the reason (and fail under CI=true).
 $(NGINX): | $(STAMP)
+	@echo "Unpacking Debian's nginx into $(VENV)/nginx for the load-balancer tests (once, a few seconds)..."
 	@mkdir -p $(VENV)/nginx/deb
 	@cd $(VENV)/nginx/deb && { apt-get download nginx >/dev/null 2>&1 \
 	    || { [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null 2>&1 && apt-get download nginx >/dev/null 2>&1; }; } \
@@ -47,8 +50,15 @@ bench: $(STAMP)
 	$(PY) -m tests.bench.ws_gateway
 
 # The scaled-out stack (docker-compose.yml); needs Docker with Compose v2.
+COMPOSE_CHECK = docker compose version >/dev/null 2>&1 || { \
+	echo "make $@ needs Docker Engine with the Compose v2 plugin ('docker compose')."; \
+	echo "Install Docker Engine and the docker-compose-plugin package, start the daemon, then retry."; \
+	exit 1; }
+
 up:
+	@$(COMPOSE_CHECK)
 	docker compose up -d --build
 
 down:
+	@$(COMPOSE_CHECK)
 	docker compose down
