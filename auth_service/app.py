@@ -44,14 +44,18 @@ def build_keyring(settings: Settings, store: Store) -> KeyRing:
 
 
 def build_service(
-    settings: Settings, store: Store, ring: KeyRing, publish: EventPublisher
+    settings: Settings,
+    store: Store,
+    ring: KeyRing,
+    publish: EventPublisher,
+    metrics: Metrics | None = None,
 ) -> AuthService:
     return AuthService(
         store,
         TokenIssuer(
             ring, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_token_ttl
         ),
-        Passwords(),
+        Passwords() if metrics is None else Passwords(on_verify=metrics.password_checks.inc),
         LoginThrottle(store),
         IssuerPolicy(
             refresh_token_ttl=settings.refresh_token_ttl,
@@ -92,7 +96,7 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
         if await ring.maintain(time.time()):
             app[METRICS].key_rotations.inc()
         app[KEYRING] = ring
-        app[SERVICE] = build_service(settings, app[STORE], ring, app[PUBLISHER])
+        app[SERVICE] = build_service(settings, app[STORE], ring, app[PUBLISHER], app[METRICS])
         tasks = [
             asyncio.create_task(maintenance_loop(app)),
             asyncio.create_task(outbox_loop(app[PUBLISHER])),

@@ -13,6 +13,11 @@ class Metrics:
         self.logins = Counter(
             "auth_logins", "Login attempts by outcome", ["outcome"], registry=self.registry
         )
+        self.password_checks = Counter(
+            "auth_password_verifications",
+            "Passwords checked with argon2 (login attempts the throttle let through)",
+            registry=self.registry,
+        )
         self.refreshes = Counter(
             "auth_refreshes", "Refresh attempts by outcome", ["outcome"], registry=self.registry
         )

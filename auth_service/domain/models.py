@@ -66,9 +66,11 @@ class StoredKey:
 
 @dataclass(frozen=True, slots=True)
 class ThrottleState:
-    failures: int
-    window_start: float
-    blocked_until: float
+    """Attempts counted under one throttle key; the defaults are a key never seen."""
+
+    failures: int = 0
+    window_start: float = 0.0
+    blocked_until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -13,7 +14,10 @@ __all__ = ["Passwords"]
 class Passwords:
     """Hashes in worker threads, bounded so a login burst cannot exhaust memory (19 MiB each)."""
 
-    def __init__(self, *, concurrency: int = 4) -> None:
+    def __init__(
+        self, *, concurrency: int = 4, on_verify: Callable[[], None] = lambda: None
+    ) -> None:
+        self._on_verify = on_verify
         self._hasher = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1)
         self._slots = asyncio.Semaphore(concurrency)
         self._dummy_hash: str | None = None
@@ -23,7 +27,11 @@ class Passwords:
             return await asyncio.to_thread(self._hasher.hash, password)
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
-        """Check a password; with no hash (unknown user) spend the same time and say no."""
+        """Check a password; with no hash (unknown user) spend the same time and say no.
+
+        ``on_verify`` counts every check, so how many guesses the throttle let through is visible.
+        """
+        self._on_verify()
         if password_hash is None:
             if self._dummy_hash is None:
                 self._dummy_hash = await self.hash("not-a-real-password-0000")

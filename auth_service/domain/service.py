@@ -107,14 +107,13 @@ class AuthService:
 
     async def login(self, username: str, password: str, *, address: str) -> TokenPair:
         now = self._clock()
-        await self._throttle.check(username, address, now)
+        reservation = await self._throttle.reserve(username, address, now)
         user = await self._store.get_user_by_username(username)
         ok = await self._passwords.verify(user.password_hash if user else None, password)
         if user is None or not ok:
-            await self._throttle.failed(username, address, now)
             audit("login_failed", username=username, address=address)
             raise InvalidCredentials("invalid username or password")
-        await self._throttle.succeeded(username, address)
+        await self._throttle.succeeded(reservation)
         sid = str(uuid.uuid4())
         session = Session(sid, user.id, user.scope, now, now + self.policy.session_lifetime)
         secret, record = self._new_refresh_token(session, now)

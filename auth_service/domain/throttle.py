@@ -1,20 +1,26 @@
 """Login throttling shared by every replica through the store.
 
-Failures are counted per (account, client address) and per client address. Keying the account
+Attempts are counted per (account, client address) and per client address. Keying the account
 limit on the pair means an attacker elsewhere cannot lock a real user out; the address limit
 stops one address spraying many accounts. Blocks grow exponentially and are capped.
+
+An attempt is reserved *before* the password is checked, in one store transaction: concurrent
+guesses, on one replica or many, cannot all pass a check that none of them has counted yet. The
+attempt that reaches a limit sets the block itself, so exactly ``limit`` attempts get through; a
+success then gives back what it reserved.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from auth_service.domain.models import ThrottleState
 from auth_service.errors import Throttled
 from auth_service.store.base import Store
 from shared.jsonlog import audit
 
-__all__ = ["LoginThrottle", "ThrottlePolicy"]
+__all__ = ["LoginThrottle", "Reservation", "ThrottlePolicy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,32 +32,76 @@ class ThrottlePolicy:
     max_block: float = 900
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """One admitted attempt: its keys and the states it wrote, for :meth:`LoginThrottle.succeeded`."""
+
+    pair: str
+    address: str
+    states: dict[str, ThrottleState]
+
+
 class LoginThrottle:
     def __init__(self, store: Store, policy: ThrottlePolicy | None = None) -> None:
         self._store = store
         self.policy = policy or ThrottlePolicy()
 
-    @staticmethod
-    def _keys(username: str, address: str) -> tuple[str, str]:
-        return f"pair:{username}|{address}", f"addr:{address}"
+    def _limits(self, reservation: Reservation) -> dict[str, int]:
+        return {
+            reservation.pair: self.policy.pair_limit,
+            reservation.address: self.policy.address_limit,
+        }
 
-    async def check(self, username: str, address: str, now: float) -> None:
-        """Raise :class:`Throttled` while either key is blocked; a refused attempt is not counted."""
-        states = await self._store.throttle_states(self._keys(username, address))
-        blocked_until = max((s.blocked_until for s in states.values()), default=0.0)
-        if blocked_until > now:
-            retry_after = max(1, math.ceil(blocked_until - now))
-            audit("login_throttled", username=username, address=address, retry_after=retry_after)
-            raise Throttled("too many failed attempts; try again later", retry_after=retry_after)
+    async def reserve(self, username: str, address: str, now: float) -> Reservation:
+        """Count one attempt, or raise :class:`Throttled` (counting nothing) while a key is blocked."""
+        empty = Reservation(f"pair:{username}|{address}", f"addr:{address}", {})
+        limits = self._limits(empty)
 
-    async def failed(self, username: str, address: str, now: float) -> None:
-        pair, addr = self._keys(username, address)
-        for key, limit in ((pair, self.policy.pair_limit), (addr, self.policy.address_limit)):
-            failures = await self._store.record_failure(key, now, self.policy.window)
-            if failures >= limit:
-                doublings = min(failures - limit, 16)
-                block = min(self.policy.base_block * 2**doublings, self.policy.max_block)
-                await self._store.block(key, now + block)
+        def count(states: dict[str, ThrottleState]) -> dict[str, ThrottleState]:
+            blocked_until = max(state.blocked_until for state in states.values())
+            if blocked_until > now:
+                raise Throttled(
+                    "too many failed attempts; try again later",
+                    retry_after=max(1, math.ceil(blocked_until - now)),
+                )
+            return {key: self._counted(states[key], limit, now) for key, limit in limits.items()}
 
-    async def succeeded(self, username: str, address: str) -> None:
-        await self._store.clear_failures(self._keys(username, address)[0])
+        try:
+            written = await self._store.update_throttle(list(limits), count)
+        except Throttled as exc:
+            audit(
+                "login_throttled", username=username, address=address, retry_after=exc.retry_after
+            )
+            raise
+        return replace(empty, states=written)
+
+    def _counted(self, state: ThrottleState, limit: int, now: float) -> ThrottleState:
+        fresh = state.window_start >= now - self.policy.window
+        attempts = (state.failures if fresh else 0) + 1
+        blocked_until = state.blocked_until
+        if attempts >= limit:
+            doublings = min(attempts - limit, 16)
+            blocked_until = now + min(self.policy.base_block * 2**doublings, self.policy.max_block)
+        return ThrottleState(attempts, state.window_start if fresh else now, blocked_until)
+
+    async def succeeded(self, reservation: Reservation) -> None:
+        """Clear the account's count and give the address back the attempt it reserved."""
+        limit = self.policy.address_limit
+        reserved = reservation.states[reservation.address]
+
+        def refund(states: dict[str, ThrottleState]) -> dict[str, ThrottleState]:
+            address = states[reservation.address]
+            attempts = max(address.failures - 1, 0)
+            # Our own pre-emptive block (nobody was admitted after it) or a count below the limit
+            # means no failure justifies a block.
+            lifted = attempts < limit or address.blocked_until == reserved.blocked_until
+            return {
+                reservation.pair: ThrottleState(),
+                reservation.address: replace(
+                    address,
+                    failures=attempts,
+                    blocked_until=0.0 if lifted else address.blocked_until,
+                ),
+            }
+
+        await self._store.update_throttle([reservation.pair, reservation.address], refund)

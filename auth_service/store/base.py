@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from auth_service.domain.models import (
@@ -15,7 +15,9 @@ from auth_service.domain.models import (
     User,
 )
 
-__all__ = ["Store"]
+__all__ = ["Store", "ThrottleUpdate"]
+
+ThrottleUpdate = Callable[[dict[str, ThrottleState]], dict[str, ThrottleState]]
 
 
 class Store(Protocol):
@@ -57,14 +59,15 @@ class Store(Protocol):
 
     async def delete_signing_key(self, kid: str) -> None: ...
 
-    async def throttle_states(self, keys: Sequence[str]) -> dict[str, ThrottleState]: ...
+    async def update_throttle(
+        self, keys: Sequence[str], update: ThrottleUpdate
+    ) -> dict[str, ThrottleState]:
+        """Read-modify-write the throttle rows of ``keys`` in one transaction, holding their locks.
 
-    async def record_failure(self, key: str, now: float, window: float) -> int:
-        """Count a failure atomically (restarting the count after ``window``); returns the count."""
-
-    async def block(self, key: str, until: float) -> None: ...
-
-    async def clear_failures(self, key: str) -> None: ...
+        ``update`` gets every key's state (an absent row as ``ThrottleState()``) and returns the
+        states to write, which are also returned. If it raises, nothing is written and the
+        exception propagates. Concurrent calls on any replica never interleave on a key.
+        """
 
     async def add_outbox(self, topic: str, payload: str, now: float) -> None:
         """Keep an event the bus could not take, to deliver it later."""

@@ -19,14 +19,16 @@ from auth_service.domain.models import (
     User,
 )
 from auth_service.errors import StoreUnavailable, UsernameTaken
+from auth_service.store.base import ThrottleUpdate
 from auth_service.store.migrations import MIGRATIONS, render
-from auth_service.store.rows import refresh_view, refresh_view_sql
+from auth_service.store.rows import THROTTLE_UPSERT, refresh_view, refresh_view_sql
 
 __all__ = ["PostgresStore"]
 
 _MIGRATION_LOCK = 0x61757468  # "auth"
 
 _REFRESH_VIEW_SQL = refresh_view_sql("$1")
+_THROTTLE_UPSERT = THROTTLE_UPSERT.format(p=("$1", "$2", "$3", "$4"))
 
 
 class PostgresStore:
@@ -161,34 +163,29 @@ class PostgresStore:
     async def delete_signing_key(self, kid: str) -> None:
         await self._pool.execute("DELETE FROM signing_keys WHERE kid = $1", kid)
 
-    async def throttle_states(self, keys: Sequence[str]) -> dict[str, ThrottleState]:
-        rows = await self._pool.fetch(
-            "SELECT key, failures, window_start, blocked_until FROM login_throttle "
-            "WHERE key = ANY($1::text[])",
-            list(keys),
-        )
-        return {row["key"]: ThrottleState(*tuple(row)[1:]) for row in rows}
-
-    async def record_failure(self, key: str, now: float, window: float) -> int:
-        failures = await self._pool.fetchval(
-            "INSERT INTO login_throttle AS t (key, failures, window_start) VALUES ($1, 1, $2) "
-            "ON CONFLICT (key) DO UPDATE SET "
-            "failures = CASE WHEN t.window_start < $3 THEN 1 ELSE t.failures + 1 END, "
-            "window_start = CASE WHEN t.window_start < $3 THEN $2 ELSE t.window_start END "
-            "RETURNING failures",
-            key,
-            now,
-            now - window,
-        )
-        return int(failures)
-
-    async def block(self, key: str, until: float) -> None:
-        await self._pool.execute(
-            "UPDATE login_throttle SET blocked_until = $1 WHERE key = $2", until, key
-        )
-
-    async def clear_failures(self, key: str) -> None:
-        await self._pool.execute("DELETE FROM login_throttle WHERE key = $1", key)
+    async def update_throttle(
+        self, keys: Sequence[str], update: ThrottleUpdate
+    ) -> dict[str, ThrottleState]:
+        """Placeholder rows first, so there is a row to lock; rows locked in key order, so two
+        replicas updating overlapping keys queue instead of deadlocking."""
+        ordered = sorted(set(keys))
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                "INSERT INTO login_throttle (key, failures, window_start, blocked_until) "
+                "VALUES ($1, 0, 0, 0) ON CONFLICT (key) DO NOTHING",
+                [(key,) for key in ordered],
+            )
+            rows = await conn.fetch(
+                "SELECT key, failures, window_start, blocked_until FROM login_throttle "
+                "WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE",
+                ordered,
+            )
+            written = update({row["key"]: ThrottleState(*tuple(row)[1:]) for row in rows})
+            await conn.executemany(
+                _THROTTLE_UPSERT,
+                [(k, s.failures, s.window_start, s.blocked_until) for k, s in written.items()],
+            )
+            return written
 
     async def add_outbox(self, topic: str, payload: str, now: float) -> None:
         await self._pool.execute(

@@ -7,7 +7,7 @@ from typing import Any
 
 from auth_service.domain.models import RefreshToken, RefreshTokenView, Session, User
 
-__all__ = ["refresh_view", "refresh_view_sql"]
+__all__ = ["THROTTLE_UPSERT", "refresh_view", "refresh_view_sql"]
 
 _REFRESH_VIEW = """
     SELECT t.token_hash, t.sid, t.created_at, t.expires_at, t.rotated_at,
@@ -17,6 +17,13 @@ _REFRESH_VIEW = """
     JOIN sessions s ON s.sid = t.sid
     JOIN users u ON u.id = s.user_id
     WHERE t.token_hash = {param}
+"""
+
+THROTTLE_UPSERT = """
+    INSERT INTO login_throttle (key, failures, window_start, blocked_until)
+    VALUES ({p[0]}, {p[1]}, {p[2]}, {p[3]})
+    ON CONFLICT (key) DO UPDATE SET failures = excluded.failures,
+        window_start = excluded.window_start, blocked_until = excluded.blocked_until
 """
 
 

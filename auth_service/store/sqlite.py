@@ -25,12 +25,14 @@ from auth_service.domain.models import (
     User,
 )
 from auth_service.errors import StoreUnavailable, UsernameTaken
+from auth_service.store.base import ThrottleUpdate
 from auth_service.store.migrations import MIGRATIONS, render
-from auth_service.store.rows import refresh_view, refresh_view_sql
+from auth_service.store.rows import THROTTLE_UPSERT, refresh_view, refresh_view_sql
 
 __all__ = ["SqliteStore"]
 
 _REFRESH_VIEW_SQL = refresh_view_sql("?")
+_THROTTLE_UPSERT = THROTTLE_UPSERT.format(p=("?", "?", "?", "?"))
 
 
 class SqliteStore:
@@ -198,39 +200,26 @@ class SqliteStore:
         async with self._tx() as conn:
             await conn.execute("DELETE FROM signing_keys WHERE kid = ?", (kid,))
 
-    async def throttle_states(self, keys: Sequence[str]) -> dict[str, ThrottleState]:
-        if not keys:
-            return {}
+    async def update_throttle(
+        self, keys: Sequence[str], update: ThrottleUpdate
+    ) -> dict[str, ThrottleState]:
+        """``BEGIN IMMEDIATE`` takes the write lock first, so every process runs these one by one."""
         marks = ",".join("?" * len(keys))
-        rows = await self._fetchall(
-            f"SELECT key, failures, window_start, blocked_until FROM login_throttle "  # noqa: S608
-            f"WHERE key IN ({marks})",
-            tuple(keys),
-        )
-        return {row[0]: ThrottleState(*row[1:]) for row in rows}
-
-    async def record_failure(self, key: str, now: float, window: float) -> int:
         async with self._tx() as conn:
             async with conn.execute(
-                "INSERT INTO login_throttle (key, failures, window_start) VALUES (?, 1, ?) "
-                "ON CONFLICT (key) DO UPDATE SET "
-                "failures = CASE WHEN window_start < ? THEN 1 ELSE failures + 1 END, "
-                "window_start = CASE WHEN window_start < ? THEN ? ELSE window_start END "
-                "RETURNING failures",
-                (key, now, now - window, now - window, now),
+                "SELECT key, failures, window_start, blocked_until FROM login_throttle "  # noqa: S608
+                f"WHERE key IN ({marks})",
+                tuple(keys),
             ) as cur:
-                row = await cur.fetchone()
-            return int(row[0]) if row else 1
-
-    async def block(self, key: str, until: float) -> None:
-        async with self._tx() as conn:
-            await conn.execute(
-                "UPDATE login_throttle SET blocked_until = ? WHERE key = ?", (until, key)
+                rows = await cur.fetchall()
+            states = {key: ThrottleState() for key in keys}
+            states.update({row[0]: ThrottleState(*row[1:]) for row in rows})
+            written = update(states)
+            await conn.executemany(
+                _THROTTLE_UPSERT,
+                [(k, s.failures, s.window_start, s.blocked_until) for k, s in written.items()],
             )
-
-    async def clear_failures(self, key: str) -> None:
-        async with self._tx() as conn:
-            await conn.execute("DELETE FROM login_throttle WHERE key = ?", (key,))
+            return written
 
     async def add_outbox(self, topic: str, payload: str, now: float) -> None:
         async with self._tx() as conn:

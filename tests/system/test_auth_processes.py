@@ -109,3 +109,41 @@ async def test_two_replicas_on_postgres_share_keys_and_refresh_once(
                 http, f"{urls[0]}/v1/token", data={**form, "refresh_token": winner["refresh_token"]}
             )
             assert status == 200, json.dumps(winner)
+
+
+@pytest.mark.postgres
+async def test_two_replicas_admit_at_most_ten_simultaneous_guesses(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    ports = [free_port(), free_port()]
+    common = {
+        "AUTH_DATABASE_URL": postgres_url,
+        "AUTH_KEY_ENCRYPTION_SECRETS": SECRET,
+        "AUTH_ISSUER": "http://auth.test",
+    }
+    with (
+        service("auth_service", {**common, "AUTH_PORT": str(ports[0])}, ports[0], tmp_path),
+        service("auth_service", {**common, "AUTH_PORT": str(ports[1])}, ports[1], tmp_path),
+    ):
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            status, _ = await post(
+                http, f"{urls[0]}/v1/register", json={"username": "erin", "password": PASSWORD}
+            )
+            assert status == 201
+            guess = {"username": "erin", "password": "wrong password!"}
+            results = await asyncio.gather(
+                *(post(http, f"{urls[i % 2]}/v1/login", json=guess) for i in range(120))
+            )
+            admitted = [status for status, _ in results if status != 429]
+            assert len(admitted) <= 10 and set(admitted) <= {401}, admitted
+            verified = 0.0
+            for url in urls:
+                async with http.get(f"{url}/metrics") as resp:
+                    text = await resp.text()
+                verified += next(
+                    float(line.split()[1])
+                    for line in text.splitlines()
+                    if line.startswith("auth_password_verifications_total ")
+                )
+            assert verified == len(admitted)

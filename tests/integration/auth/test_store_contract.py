@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from auth_service.domain.models import RefreshToken, Session, StoredKey, User
-from auth_service.errors import UsernameTaken
+from auth_service.domain.models import RefreshToken, Session, StoredKey, ThrottleState, User
+from auth_service.errors import Throttled, UsernameTaken
 from auth_service.store import Store, open_store
 from tests.services import postgres_schema
 
@@ -109,21 +110,42 @@ async def test_signing_key_generation_is_unique(store: Store) -> None:
     assert [k.kid for k in await store.list_signing_keys()] == ["k3"]
 
 
-async def test_throttle_counts_in_a_window_and_blocks(store: Store) -> None:
-    assert await store.record_failure("a", 100.0, 60) == 1
-    assert await store.record_failure("a", 110.0, 60) == 2
-    await store.block("a", 500.0)
-    states = await store.throttle_states(["a", "b"])
-    assert set(states) == {"a"}
-    assert states["a"].failures == 2 and states["a"].blocked_until == 500.0
-    assert await store.record_failure("a", 200.0, 60) == 1
-    await store.clear_failures("a")
-    assert await store.throttle_states(["a"]) == {}
+def bump(states: dict[str, ThrottleState]) -> dict[str, ThrottleState]:
+    return {key: replace(state, failures=state.failures + 1) for key, state in states.items()}
 
 
-async def test_concurrent_failures_are_all_counted(store: Store) -> None:
-    await asyncio.gather(*(store.record_failure("k", 1.0, 60) for _ in range(15)))
-    assert (await store.throttle_states(["k"]))["k"].failures == 15
+async def test_throttle_update_reads_fresh_rows_and_writes_back(store: Store) -> None:
+    seen: list[dict[str, ThrottleState]] = []
+
+    def record(states: dict[str, ThrottleState]) -> dict[str, ThrottleState]:
+        seen.append(dict(states))
+        return {"a": ThrottleState(2, 110.0, 500.0)}
+
+    assert await store.update_throttle(["a", "b"], record) == {"a": ThrottleState(2, 110.0, 500.0)}
+    assert seen == [{"a": ThrottleState(), "b": ThrottleState()}]
+    assert await store.update_throttle(["b", "a"], bump) == {
+        "a": ThrottleState(3, 110.0, 500.0),
+        "b": ThrottleState(1, 0.0, 0.0),
+    }
+
+
+async def test_throttle_update_that_raises_writes_nothing(store: Store) -> None:
+    await store.update_throttle(["a"], bump)
+
+    def refuse(states: dict[str, ThrottleState]) -> dict[str, ThrottleState]:
+        raise Throttled("no", retry_after=1)
+
+    with pytest.raises(Throttled):
+        await store.update_throttle(["a", "new"], refuse)
+    assert await store.update_throttle(["a", "new"], bump) == {
+        "a": ThrottleState(2),
+        "new": ThrottleState(1),
+    }
+
+
+async def test_concurrent_throttle_updates_lose_nothing(store: Store) -> None:
+    await asyncio.gather(*(store.update_throttle(["k", "j"], bump) for _ in range(15)))
+    assert (await store.update_throttle(["j", "k"], bump))["k"].failures == 16
 
 
 async def test_purge_removes_expired_tokens_and_sessions(store: Store) -> None:
