@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -19,21 +18,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.access_token import TokenRef
 from shared.bus_errors import BusUnavailable
 from shared.events import RevocationEvent, SessionRevoked
 
-__all__ = ["RedisRevocationLedger", "RevocationLedger", "TokenRef"]
+__all__ = ["RedisRevocationLedger", "RevocationLedger"]
 
 PREFIX = "gateway:revoked"
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRef:
-    """What identifies a token for revocation: its session, its user, when it was issued."""
-
-    sid: str
-    sub: str
-    iat: int
 
 
 class RevocationLedger(Protocol):

@@ -11,6 +11,7 @@ import random
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from shared.access_token import Claims
 from shared.jsonlog import audit
 from ws_service import protocol
 from ws_service.channels import check_publish, check_subscribe, validate_channel
@@ -30,7 +31,6 @@ from ws_service.errors import (
     TooManySubscriptions,
 )
 from ws_service.ratelimit import TokenBucket
-from ws_service.verify import Claims
 
 if TYPE_CHECKING:
     from ws_service.gateway import Gateway

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import logging
 
+from shared.access_token import Claims
 from shared.bus_errors import BusUnavailable
 from shared.events import SessionRevoked, UserRevoked, decode_event
-from shared.revocation_ledger import RevocationLedger, TokenRef
+from shared.revocation_ledger import RevocationLedger
 from ws_service import errors
 from ws_service.connection import Connection, Peer
 from ws_service.hub import Hub
 from ws_service.metrics import Metrics
 from ws_service.revocations import RevocationRegistry
 from ws_service.settings import Settings
-from ws_service.verify import Claims, TokenVerifier
+from ws_service.verify import TokenVerifier
 
 __all__ = ["RECONCILE_BATCH", "Gateway"]
 
@@ -61,7 +62,7 @@ class Gateway:
         if self.ledger is None:
             return claims
         try:
-            [revoked] = await self.ledger.revoked([_ref(claims)])
+            [revoked] = await self.ledger.revoked([claims.ref])
         except BusUnavailable as exc:
             self.metrics.ledger_checks.labels("unavailable").inc()
             log.warning("revocation ledger unreachable; token accepted", extra={"error": str(exc)})
@@ -127,7 +128,7 @@ class Gateway:
         for start in range(0, len(live), self._reconcile_batch):
             batch = live[start : start + self._reconcile_batch]
             try:
-                flags = await self.ledger.revoked([_ref(claims) for _, claims in batch])
+                flags = await self.ledger.revoked([claims.ref for _, claims in batch])
             except BusUnavailable as exc:
                 self.metrics.reconciliations.labels("unavailable").inc()
                 log.warning("reconciliation stopped: ledger unreachable", extra={"error": str(exc)})
@@ -148,7 +149,3 @@ class Gateway:
         is the part known for certain, and other sessions are still checked against the ledger.
         """
         self.revocations.apply(SessionRevoked(sid=claims.sid, sub=claims.sub, until=claims.exp))
-
-
-def _ref(claims: Claims) -> TokenRef:
-    return TokenRef(sid=claims.sid, sub=claims.sub, iat=claims.iat)

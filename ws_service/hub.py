@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from shared.access_token import Claims
 from shared.bus import EventBus, Unsubscribe
 from shared.bus_errors import BusUnavailable
 from shared.redis_bus import RedisBus
 from ws_service import protocol
-from ws_service.verify import Claims
 
 __all__ = ["CHANNEL_TOPIC_PREFIX", "Hub", "Subscriber"]
 
