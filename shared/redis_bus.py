@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -21,13 +20,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.bus import Handler, Unsubscribe
+from shared.bus import Handler, ReconnectListener, Unsubscribe
 from shared.bus_errors import BusUnavailable
 
-__all__ = ["ReconnectListener", "RedisBus", "backoff_delay"]
-
-ReconnectListener = Callable[[], Awaitable[None]]
-"""Awaited (as its own task) after every reconnection, once all topics are subscribed again."""
+__all__ = ["RedisBus", "backoff_delay"]
 
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -132,7 +128,7 @@ class RedisBus:
 
         return unsubscribe
 
-    def add_reconnect_listener(self, listener: ReconnectListener) -> Callable[[], None]:
+    def add_reconnect_listener(self, listener: ReconnectListener) -> Unsubscribe:
         """Register ``listener`` for every reconnection; returns a function that removes it."""
         self._listeners.append(listener)
 

@@ -15,8 +15,7 @@ from shared.bus import EventBus
 from shared.bus_factory import open_bus
 from shared.events import REVOCATIONS_TOPIC
 from shared.http_errors import http_exception_json
-from shared.redis_bus import RedisBus
-from shared.revocation_ledger import RedisRevocationLedger
+from shared.redis_ledger import RedisRevocationLedger
 from ws_service import handlers
 from ws_service.appkeys import BUS, GATEWAY, JWKS, LEDGER, METRICS, SETTINGS, SOCKETS
 from ws_service.gateway import Gateway
@@ -112,11 +111,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         app[JWKS] = jwks
         app[GATEWAY] = gateway
         unsubscribe = bus.subscribe(REVOCATIONS_TOPIC, gateway.on_revocation)
-        stop_reconciling = (
-            bus.add_reconnect_listener(gateway.reconcile)
-            if isinstance(bus, RedisBus) and gateway.ledger is not None
-            else None
-        )
+        stop_reconciling = bus.add_reconnect_listener(gateway.reconcile)
         refresher = asyncio.get_running_loop().create_task(jwks.run())
         try:
             yield
@@ -125,8 +120,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
             await jwks.close()
-            if stop_reconciling is not None:
-                stop_reconciling()
+            stop_reconciling()
             unsubscribe()
             hub.close()
 

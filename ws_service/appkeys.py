@@ -7,7 +7,7 @@ import weakref
 from aiohttp import web
 
 from shared.bus import EventBus
-from shared.revocation_ledger import RedisRevocationLedger
+from shared.redis_ledger import RedisRevocationLedger
 from ws_service.gateway import Gateway
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 from shared.access_token import Claims
 from shared.bus import EventBus, Unsubscribe
 from shared.bus_errors import BusUnavailable
-from shared.redis_bus import RedisBus
 from ws_service import protocol
 
 __all__ = ["CHANNEL_TOPIC_PREFIX", "Hub", "Subscriber"]
@@ -67,13 +66,12 @@ class Hub:
             self._unsubscribe.pop(channel)()
 
     async def synced(self) -> None:
-        """Wait until Redis confirmed every channel subscription, so that a client told
-        ``subscribed`` misses no message published after it. Not while Redis is down: local
+        """Wait until the bus confirmed every channel subscription, so that a client told
+        ``subscribed`` misses no message published after it. Not while the bus is cut off: local
         traffic needs no confirmation, and the bus subscribes again when it reconnects."""
-        bus = self._bus
-        if isinstance(bus, RedisBus) and bus.connected:
+        if self._bus.connected:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(bus.wait_synced(), self._sync_timeout)
+                await asyncio.wait_for(self._bus.wait_synced(), self._sync_timeout)
 
     async def publish(self, channel: str, data: Any, sender: Claims | None) -> None:
         frame = protocol.message(channel, data, sender, int(time.time() * 1000))
