@@ -18,14 +18,14 @@ from shared.http_errors import http_exception_json
 from shared.redis_ledger import RedisRevocationLedger
 from ws_service import handlers
 from ws_service.appkeys import BUS, GATEWAY, JWKS, LEDGER, METRICS, SETTINGS, SOCKETS
-from ws_service.gateway import Gateway
-from ws_service.hub import Hub
+from ws_service.domain.gateway import Gateway
+from ws_service.domain.hub import Hub
+from ws_service.domain.protocol import CLOSE_GOING_AWAY
+from ws_service.domain.revocations import RevocationRegistry
+from ws_service.domain.verify import TokenVerifier
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
-from ws_service.protocol import CLOSE_GOING_AWAY
-from ws_service.revocations import RevocationRegistry
 from ws_service.settings import Settings
-from ws_service.verify import TokenVerifier
 
 __all__ = ["create_app"]
 

@@ -11,11 +11,12 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from shared.http_auth import bearer_token
 from shared.http_errors import json_error
 from shared.jsonlog import audit
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
-from ws_service.channels import validate_channel
-from ws_service.errors import InvalidChannel
+from ws_service.domain.channels import validate_channel
+from ws_service.domain.errors import InvalidChannel
 from ws_service.peer import WebSocketPeer
 
 __all__ = ["healthz", "metrics", "publish", "readyz", "websocket"]
@@ -62,11 +63,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 
 def _bearer_ok(request: web.Request) -> bool:
-    header = request.headers.get(hdrs.AUTHORIZATION, "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key:
+    """Whether the request carries one of the API keys, compared in constant time."""
+    key = bearer_token(request.headers.get(hdrs.AUTHORIZATION))
+    if key is None:
         return False
-    presented = key.strip().encode()
+    presented = key.encode()
     matched = False
     for allowed in request.app[SETTINGS].api_keys:
         matched |= hmac.compare_digest(presented, allowed.encode())

@@ -23,7 +23,7 @@ from jwt.algorithms import RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
 
 from shared.access_token import ALGORITHM
-from ws_service.errors import InvalidToken, KeysUnavailable
+from ws_service.domain.errors import InvalidToken, KeysUnavailable
 
 __all__ = ["MIN_RSA_BITS", "JwksCache", "parse_jwks", "ttl_from_cache_control"]
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from aiohttp import web
 
-from ws_service.protocol import CLOSE_SLOW_CONSUMER
+from ws_service.domain.protocol import CLOSE_SLOW_CONSUMER
 
 __all__ = ["WebSocketPeer"]
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from shared.access_token import Claims
 from shared.bus import EventBus, Unsubscribe
 from shared.bus_errors import BusUnavailable
-from ws_service import protocol
+from ws_service.domain import protocol
 
 __all__ = ["CHANNEL_TOPIC_PREFIX", "Hub", "Subscriber"]
 
@@ -43,9 +43,6 @@ class Hub:
         self._on_delivered = on_delivered
         self._on_local_only = on_local_only
         self._sync_timeout = sync_timeout
-
-    def local_subscribers(self, channel: str) -> int:
-        return len(self._local.get(channel, ()))
 
     def join(self, channel: str, subscriber: Subscriber) -> None:
         members = self._local.get(channel)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.access_token import Claims
-from ws_service.errors import AuthError, BadRequest, RequestError
+from ws_service.domain.errors import AuthError, BadRequest, RequestError
 
 __all__ = [
     "CLOSE_BAD_REQUEST",

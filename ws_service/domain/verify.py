@@ -8,7 +8,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from shared.access_token import ACCESS_TOKEN_TYP, ALGORITHM, REQUIRED_CLAIMS, Claims
-from ws_service.errors import InvalidToken, SessionRevoked, TokenExpired
+from ws_service.domain.errors import InvalidToken, SessionRevoked, TokenExpired
 
 __all__ = ["KeySource", "RevocationCheck", "TokenVerifier"]
 

@@ -9,13 +9,13 @@ from shared.access_token import Claims
 from shared.bus_errors import BusUnavailable
 from shared.events import SessionRevoked, UserRevoked, decode_event
 from shared.revocation_ledger import RevocationLedger
-from ws_service import errors
-from ws_service.connection import Connection, Peer
-from ws_service.hub import Hub
+from ws_service.domain import errors
+from ws_service.domain.connection import Connection, Peer
+from ws_service.domain.hub import Hub
+from ws_service.domain.revocations import RevocationRegistry
+from ws_service.domain.verify import TokenVerifier
 from ws_service.metrics import Metrics
-from ws_service.revocations import RevocationRegistry
 from ws_service.settings import Settings
-from ws_service.verify import TokenVerifier
 
 __all__ = ["RECONCILE_BATCH", "Gateway"]
 
@@ -49,7 +49,14 @@ class Gateway:
     def connect(self, peer: Peer, remote: str | None) -> Connection:
         """A new socket after the upgrade; its auth deadline starts now."""
         self.metrics.awaiting_auth.inc()
-        return Connection(self, peer, remote)
+        return Connection(
+            peer,
+            remote,
+            settings=self.settings,
+            metrics=self.metrics,
+            hub=self.hub,
+            admission=self,
+        )
 
     async def authenticate(self, token: str) -> Claims:
         """Verify ``token`` (the in-memory registry included), then ask the ledger, in one round
@@ -92,9 +99,6 @@ class Gateway:
             conns.discard(conn)
             if not conns:
                 del self._users[conn.claims.sub]
-
-    def user_connections(self, sub: str) -> int:
-        return len(self._users.get(sub, ()))
 
     def on_revocation(self, topic: str, payload: str) -> None:
         """Bus handler: remember the revocation and close every socket it covers."""
