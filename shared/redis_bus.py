@@ -20,10 +20,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.backoff import backoff_delay
 from shared.bus import Handler, ReconnectListener, Unsubscribe
 from shared.bus_errors import BusUnavailable
 
-__all__ = ["RedisBus", "backoff_delay"]
+__all__ = ["RedisBus"]
 
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -190,7 +191,10 @@ class RedisBus:
                     self._set_connected(False)
                     await _discard(pubsub)
             reconnecting = True
-            await asyncio.sleep(backoff_delay(failures, self._backoff_base, self._backoff_cap))
+            delay = backoff_delay(
+                failures, self._backoff_base, self._backoff_cap, random.random(), floor=0.5
+            )
+            await asyncio.sleep(delay)
 
     async def _connect(self) -> PubSub:
         """Open the subscriber connection and subscribe every wanted topic before going live."""
@@ -281,12 +285,6 @@ class RedisBus:
             task = asyncio.create_task(_run_listener(listener), name="redis-bus-reconnected")
             self._listener_tasks.add(task)
             task.add_done_callback(self._listener_tasks.discard)
-
-
-def backoff_delay(failures: int, base: float, cap: float) -> float:
-    """Exponential, capped, with jitter so that replicas do not reconnect in lockstep."""
-    ceiling = min(cap, base * 2.0 ** min(failures, 16))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 async def _run_listener(listener: ReconnectListener) -> None:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from shared.bus import EventBus
 from shared.bus_factory import open_bus
+from shared.close_codes import Disconnect
 from shared.events import REVOCATIONS_TOPIC
 from shared.http_errors import http_exception_json
 from shared.redis_ledger import RedisRevocationLedger
@@ -20,7 +21,6 @@ from ws_service import handlers
 from ws_service.appkeys import BUS, GATEWAY, JWKS, LEDGER, METRICS, SETTINGS, SOCKETS
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.hub import Hub
-from ws_service.domain.protocol import CLOSE_GOING_AWAY
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.verify import TokenVerifier
 from ws_service.jwks import JwksCache
@@ -131,7 +131,8 @@ async def _close_sockets(app: web.Application) -> None:
     sockets = tuple(live)
     if not sockets:
         return
-    closes = [ws.close(code=CLOSE_GOING_AWAY, message=b"going_away") for ws in sockets]
+    going = Disconnect.GOING_AWAY
+    closes = [ws.close(code=going.code, message=going.reason.encode()) for ws in sockets]
     done = asyncio.gather(*closes, return_exceptions=True)
     try:
         await asyncio.wait_for(done, app[SETTINGS].shutdown_timeout)

@@ -8,9 +8,10 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, hdrs, web
+from aiohttp import WSMsgType, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from shared.close_codes import Disconnect
 from shared.http_auth import bearer_token
 from shared.http_errors import json_error
 from shared.jsonlog import audit
@@ -54,7 +55,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 break
     except Exception:
         log.exception("WebSocket handler failed", extra={"remote": request.remote})
-        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal_error")
+        fault = Disconnect.INTERNAL_ERROR
+        await ws.close(code=fault.code, message=fault.reason.encode())
     finally:
         conn.disconnected()
         await peer.finish(settings.close_timeout)

@@ -12,6 +12,7 @@ import time
 from typing import Protocol
 
 from shared.access_token import Claims
+from shared.close_codes import Disconnect
 from shared.jsonlog import audit
 from ws_service.domain import protocol
 from ws_service.domain.channels import check_publish, check_subscribe, validate_channel
@@ -139,11 +140,11 @@ class Connection:
             if isinstance(err, BadRequest):
                 self._violations += 1
                 if self._violations >= self._settings.max_violations:
-                    self.close(protocol.CLOSE_BAD_REQUEST, BadRequest.code)
+                    self.close(Disconnect.BAD_REQUEST)
 
     def on_binary(self) -> None:
         """Binary frames are outside the protocol at every stage."""
-        self.close(protocol.CLOSE_BAD_REQUEST, BadRequest.code)
+        self.close(Disconnect.BAD_REQUEST)
 
     def deliver(self, text: str) -> None:
         """A channel broadcast; the hub counts these in bulk."""
@@ -152,7 +153,7 @@ class Connection:
     def revoke(self, reason: str) -> None:
         self._metrics.revocations.inc()
         self.send(protocol.reply("revoked", None, reason=reason))
-        self.close(SessionRevoked.close_code, SessionRevoked.code)
+        self.close(Disconnect.SESSION_REVOKED)
 
     def disconnected(self) -> None:
         """The socket is gone: drop timers, channels and the user index entry."""
@@ -172,10 +173,10 @@ class Connection:
         self._metrics.messages_out.inc()
         self.peer.send(text)
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, disconnect: Disconnect) -> None:
         if not self.closing:
             self.closing = True
-            self.peer.close(code, reason)
+            self.peer.close(disconnect.code, disconnect.reason)
 
     # -- authentication --------------------------------------------------------------------
 
@@ -184,12 +185,12 @@ class Connection:
             len(text) * 4 > protocol.PREAUTH_MAX_BYTES
             and len(text.encode("utf-8", "surrogatepass")) > protocol.PREAUTH_MAX_BYTES
         ):
-            self.close(protocol.CLOSE_BAD_REQUEST, BadRequest.code)
+            self.close(Disconnect.BAD_REQUEST)
             return
         try:
             request = protocol.parse(text)
         except BadRequest:
-            self.close(protocol.CLOSE_BAD_REQUEST, BadRequest.code)
+            self.close(Disconnect.BAD_REQUEST)
             return
         if request.type != "auth":
             self._auth_failed(NotAuthenticated(), request.id, final=True)
@@ -260,7 +261,7 @@ class Connection:
         )
         self.send(protocol.auth_error(err, request_id, retry=err.retry and not final))
         if final:
-            self.close(err.close_code, err.code)
+            self.close(protocol.disconnect_for(err))
 
     def _schedule_expiry(self, claims: Claims) -> None:
         """Warn before ``exp`` and close at ``exp`` plus leeway, unless a renewal reschedules both."""
@@ -310,7 +311,7 @@ class Connection:
             return True
         self._strikes += 1
         if self._strikes >= self._settings.rate_strikes:
-            self.close(protocol.CLOSE_RATE_LIMITED, RateLimited.code)
+            self.close(Disconnect.RATE_LIMITED)
         else:
             self.send(protocol.error(RateLimited(), None))
         return False

@@ -1,4 +1,5 @@
-"""The import walls: ws_service's domain imports no aiohttp."""
+"""The import walls: ws_service's domain imports no aiohttp; the client imports no server code and
+only the stdlib-only contract modules of shared."""
 
 from __future__ import annotations
 
@@ -26,3 +27,23 @@ def test_the_ws_domain_imports_no_aiohttp() -> None:
     ]
     assert len(domain) >= 9
     assert "aiohttp" not in imported_by(domain)
+
+
+CLIENT_MAY_IMPORT_FROM_SHARED = {"shared", "shared.backoff", "shared.close_codes"}
+
+
+def test_the_client_imports_no_server_code() -> None:
+    code = "import sys, gateway_client, gateway_client.chat\nprint(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.split())
+    tops = {name.split(".")[0] for name in loaded}
+    assert not tops & {"auth_service", "ws_service", "services"}
+    assert {name for name in loaded if name.split(".")[0] == "shared"} <= (
+        CLIENT_MAY_IMPORT_FROM_SHARED
+    )
+
+
+def test_the_contract_modules_the_client_uses_are_stdlib_only() -> None:
+    modules = sorted(CLIENT_MAY_IMPORT_FROM_SHARED)
+    added = imported_by(modules) - imported_by([]) - set(sys.stdlib_module_names)
+    assert added == {"shared"}
