@@ -24,7 +24,7 @@ from auth_service.settings import Settings
 from auth_service.store import Store, open_store
 from shared.bus import EventBus
 from shared.bus_factory import open_bus
-from shared.revocation_ledger import RedisRevocationLedger
+from shared.redis_ledger import RedisRevocationLedger
 
 __all__ = ["build_keyring", "build_service", "create_app"]
 

@@ -23,7 +23,6 @@ from auth_service.http import (
     read_json,
     required_str,
 )
-from shared.redis_bus import RedisBus
 
 __all__ = ["routes"]
 
@@ -164,8 +163,7 @@ async def readyz(request: web.Request) -> web.Response:
     checks["signing_key"] = "ok" if signing is not None else "no signing key loaded"
     ready = all(value == "ok" for value in checks.values())
     degraded: dict[str, str] = {}
-    bus = request.app[BUS]
-    if isinstance(bus, RedisBus) and not bus.connected:
+    if not request.app[BUS].connected:
         degraded["event_bus"] = "redis unreachable; revocations wait in the outbox"
     elif request.app[PUBLISHER].pending:
         degraded["event_bus"] = "revocations are waiting in the outbox: the event bus refused them"

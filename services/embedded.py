@@ -34,7 +34,7 @@ def build_sites(environ: Mapping[str, str]) -> tuple[list[Site], list[str]]:
         "",
         "Try it: create two users, then chat in two terminals:",
         "  AUTH_DEV=1 .venv/bin/python -m auth_service users create alice   (and bob)",
-        "  .venv/bin/python -m ws_service.chat --user alice      (and --user bob in another)",
+        "  .venv/bin/python -m gateway_client.chat --user alice      (and --user bob in another)",
         "README.md has curl examples for every endpoint.",
     ]
     return sites, lines

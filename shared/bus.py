@@ -8,34 +8,58 @@ must be quick and must not block (schedule a task if real work is needed).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-__all__ = ["EventBus", "Handler", "InProcessBus", "Unsubscribe"]
+__all__ = ["EventBus", "Handler", "InProcessBus", "ReconnectListener", "Unsubscribe"]
 
 Handler = Callable[[str, str], None]
 """Called with ``(topic, payload)`` for every message on a subscribed topic."""
 
 Unsubscribe = Callable[[], None]
 
+ReconnectListener = Callable[[], Awaitable[None]]
+"""Awaited (as its own task) after every reconnection, once all topics are subscribed again."""
+
 log = logging.getLogger(__name__)
 
 
 class EventBus(Protocol):
-    """Fan-out of string messages by topic. Implementations: in-process (default) and Redis."""
+    """Fan-out of string messages by topic. Implementations: in-process (default) and Redis
+    (``shared.redis_bus``), which can be cut off from its broker and come back."""
 
-    async def publish(self, topic: str, payload: str) -> None: ...
+    @property
+    def connected(self) -> bool:
+        """False while messages cannot cross processes (readiness reports it)."""
+        ...
+
+    async def publish(self, topic: str, payload: str) -> None:
+        """Raises ``BusUnavailable`` when the message reached nobody beyond this process."""
+        ...
 
     def subscribe(self, topic: str, handler: Handler) -> Unsubscribe: ...
+
+    async def wait_synced(self) -> None:
+        """Return once every subscribed topic is live, so the next message is not missed."""
+        ...
+
+    def add_reconnect_listener(self, listener: ReconnectListener) -> Unsubscribe:
+        """Run ``listener`` after every reconnection (messages may have been missed before it)."""
+        ...
 
     async def close(self) -> None: ...
 
 
 class InProcessBus:
-    """The embedded default: delivery is a synchronous call into every handler of the topic."""
+    """The embedded default: delivery is a synchronous call into every handler of the topic. It is
+    always connected and in sync, and never reconnects."""
 
     def __init__(self) -> None:
         self._handlers: dict[str, list[Handler]] = {}
+
+    @property
+    def connected(self) -> bool:
+        return True
 
     async def publish(self, topic: str, payload: str) -> None:
         for handler in tuple(self._handlers.get(topic, ())):
@@ -56,5 +80,15 @@ class InProcessBus:
 
         return unsubscribe
 
+    async def wait_synced(self) -> None:
+        return
+
+    def add_reconnect_listener(self, listener: ReconnectListener) -> Unsubscribe:
+        return _nothing
+
     async def close(self) -> None:
         self._handlers.clear()
+
+
+def _nothing() -> None:
+    return

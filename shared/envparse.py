@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["ConfigError", "env_bool", "env_float", "env_int", "env_list", "env_str"]
+__all__ = ["ConfigError", "env_bool", "env_float", "env_int", "env_list", "env_str", "redact_url"]
 
 
 class ConfigError(ValueError):
@@ -62,3 +62,11 @@ def env_list(
     if raw is None or not raw.strip():
         return default
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def redact_url(url: str) -> str:
+    """A connection URL without its credentials, for logs and reprs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -21,13 +20,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.bus import Handler, Unsubscribe
+from shared.backoff import backoff_delay
+from shared.bus import Handler, ReconnectListener, Unsubscribe
 from shared.bus_errors import BusUnavailable
 
-__all__ = ["ReconnectListener", "RedisBus", "backoff_delay"]
-
-ReconnectListener = Callable[[], Awaitable[None]]
-"""Awaited (as its own task) after every reconnection, once all topics are subscribed again."""
+__all__ = ["RedisBus"]
 
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -132,7 +129,7 @@ class RedisBus:
 
         return unsubscribe
 
-    def add_reconnect_listener(self, listener: ReconnectListener) -> Callable[[], None]:
+    def add_reconnect_listener(self, listener: ReconnectListener) -> Unsubscribe:
         """Register ``listener`` for every reconnection; returns a function that removes it."""
         self._listeners.append(listener)
 
@@ -194,7 +191,10 @@ class RedisBus:
                     self._set_connected(False)
                     await _discard(pubsub)
             reconnecting = True
-            await asyncio.sleep(backoff_delay(failures, self._backoff_base, self._backoff_cap))
+            delay = backoff_delay(
+                failures, self._backoff_base, self._backoff_cap, random.random(), floor=0.5
+            )
+            await asyncio.sleep(delay)
 
     async def _connect(self) -> PubSub:
         """Open the subscriber connection and subscribe every wanted topic before going live."""
@@ -285,12 +285,6 @@ class RedisBus:
             task = asyncio.create_task(_run_listener(listener), name="redis-bus-reconnected")
             self._listener_tasks.add(task)
             task.add_done_callback(self._listener_tasks.discard)
-
-
-def backoff_delay(failures: int, base: float, cap: float) -> float:
-    """Exponential, capped, with jitter so that replicas do not reconnect in lockstep."""
-    ceiling = min(cap, base * 2.0 ** min(failures, 16))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 async def _run_listener(listener: ReconnectListener) -> None:

@@ -13,20 +13,19 @@ from aiohttp import web
 
 from shared.bus import EventBus
 from shared.bus_factory import open_bus
+from shared.close_codes import Disconnect
 from shared.events import REVOCATIONS_TOPIC
 from shared.http_errors import http_exception_json
-from shared.redis_bus import RedisBus
-from shared.revocation_ledger import RedisRevocationLedger
+from shared.redis_ledger import RedisRevocationLedger
 from ws_service import handlers
 from ws_service.appkeys import BUS, GATEWAY, JWKS, LEDGER, METRICS, SETTINGS, SOCKETS
-from ws_service.gateway import Gateway
-from ws_service.hub import Hub
+from ws_service.domain.gateway import Gateway
+from ws_service.domain.hub import Hub
+from ws_service.domain.revocations import RevocationRegistry
+from ws_service.domain.verify import TokenVerifier
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
-from ws_service.protocol import CLOSE_GOING_AWAY
-from ws_service.revocations import RevocationRegistry
 from ws_service.settings import Settings
-from ws_service.verify import TokenVerifier
 
 __all__ = ["create_app"]
 
@@ -112,11 +111,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         app[JWKS] = jwks
         app[GATEWAY] = gateway
         unsubscribe = bus.subscribe(REVOCATIONS_TOPIC, gateway.on_revocation)
-        stop_reconciling = (
-            bus.add_reconnect_listener(gateway.reconcile)
-            if isinstance(bus, RedisBus) and gateway.ledger is not None
-            else None
-        )
+        stop_reconciling = bus.add_reconnect_listener(gateway.reconcile)
         refresher = asyncio.get_running_loop().create_task(jwks.run())
         try:
             yield
@@ -125,8 +120,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
             await jwks.close()
-            if stop_reconciling is not None:
-                stop_reconciling()
+            stop_reconciling()
             unsubscribe()
             hub.close()
 
@@ -137,7 +131,8 @@ async def _close_sockets(app: web.Application) -> None:
     sockets = tuple(live)
     if not sockets:
         return
-    closes = [ws.close(code=CLOSE_GOING_AWAY, message=b"going_away") for ws in sockets]
+    going = Disconnect.GOING_AWAY
+    closes = [ws.close(code=going.code, message=going.reason.encode()) for ws in sockets]
     done = asyncio.gather(*closes, return_exceptions=True)
     try:
         await asyncio.wait_for(done, app[SETTINGS].shutdown_timeout)

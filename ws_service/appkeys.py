@@ -7,8 +7,8 @@ import weakref
 from aiohttp import web
 
 from shared.bus import EventBus
-from shared.revocation_ledger import RedisRevocationLedger
-from ws_service.gateway import Gateway
+from shared.redis_ledger import RedisRevocationLedger
+from ws_service.domain.gateway import Gateway
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
 from ws_service.settings import Settings

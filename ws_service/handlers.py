@@ -8,15 +8,16 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, hdrs, web
+from aiohttp import WSMsgType, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from shared.close_codes import Disconnect
+from shared.http_auth import bearer_token
 from shared.http_errors import json_error
 from shared.jsonlog import audit
-from shared.redis_bus import RedisBus
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
-from ws_service.channels import validate_channel
-from ws_service.errors import InvalidChannel
+from ws_service.domain.channels import validate_channel
+from ws_service.domain.errors import InvalidChannel
 from ws_service.peer import WebSocketPeer
 
 __all__ = ["healthz", "metrics", "publish", "readyz", "websocket"]
@@ -54,7 +55,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 break
     except Exception:
         log.exception("WebSocket handler failed", extra={"remote": request.remote})
-        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal_error")
+        fault = Disconnect.INTERNAL_ERROR
+        await ws.close(code=fault.code, message=fault.reason.encode())
     finally:
         conn.disconnected()
         await peer.finish(settings.close_timeout)
@@ -63,11 +65,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 
 def _bearer_ok(request: web.Request) -> bool:
-    header = request.headers.get(hdrs.AUTHORIZATION, "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key:
+    """Whether the request carries one of the API keys, compared in constant time."""
+    key = bearer_token(request.headers.get(hdrs.AUTHORIZATION))
+    if key is None:
         return False
-    presented = key.strip().encode()
+    presented = key.encode()
     matched = False
     for allowed in request.app[SETTINGS].api_keys:
         matched |= hmac.compare_digest(presented, allowed.encode())
@@ -105,8 +107,7 @@ async def readyz(request: web.Request) -> web.Response:
     unready: cached keys still verify, and local traffic flows without Redis."""
     jwks = request.app[JWKS]
     degraded: dict[str, str] = {}
-    bus = request.app[BUS]
-    if isinstance(bus, RedisBus) and not bus.connected:
+    if not request.app[BUS].connected:
         degraded["event_bus"] = "redis unreachable"
     if jwks.outage is not None:
         since, reason = jwks.outage

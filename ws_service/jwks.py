@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
 
-from ws_service.errors import InvalidToken, KeysUnavailable
+from shared.access_token import ALGORITHM
+from ws_service.domain.errors import InvalidToken, KeysUnavailable
 
 __all__ = ["MIN_RSA_BITS", "JwksCache", "parse_jwks", "ttl_from_cache_control"]
 
@@ -44,7 +45,7 @@ def parse_jwks(document: Any) -> dict[str, RSAPublicKey]:
         if (
             jwk.get("kty") != "RSA"
             or jwk.get("use") != "sig"
-            or jwk.get("alg", "RS256") != "RS256"
+            or jwk.get("alg", ALGORITHM) != ALGORITHM
             or "d" in jwk
             or not isinstance(kid, str)
             or not kid

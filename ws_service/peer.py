@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from aiohttp import web
 
-from ws_service.protocol import CLOSE_SLOW_CONSUMER
+from shared.close_codes import Disconnect
 
 __all__ = ["WebSocketPeer"]
 
@@ -39,7 +39,7 @@ class WebSocketPeer:
             return
         if len(self._outbox) >= self._max_outbox:
             self._outbox.clear()
-            self.close(CLOSE_SLOW_CONSUMER, "slow_consumer")
+            self.close(Disconnect.SLOW_CONSUMER.code, Disconnect.SLOW_CONSUMER.reason)
             return
         self._outbox.append(text)
         self._start_writer()

@@ -6,7 +6,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.envparse import ConfigError, env_float, env_int, env_list, env_str
+from shared.envparse import ConfigError, env_float, env_int, env_list, env_str, redact_url
 from shared.issuer import auth_issuer
 from shared.tls import server_context
 
@@ -53,7 +53,7 @@ class Settings:
 
     def __repr__(self) -> str:
         shown = {k: v for k, v in vars(self).items() if k != "api_keys"}
-        shown["redis_url"] = _redact(self.redis_url)
+        shown["redis_url"] = redact_url(self.redis_url)
         return f"Settings(api_keys=***, {shown})"
 
     @classmethod
@@ -90,11 +90,3 @@ class Settings:
         if settings.jwks_min_ttl > settings.jwks_max_ttl:
             raise ConfigError("WS_JWKS_MIN_TTL must not exceed WS_JWKS_MAX_TTL")
         return settings
-
-
-def _redact(url: str) -> str:
-    """A Redis URL without its password."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

@@ -11,11 +11,9 @@ import jwt
 from auth_service.domain.keyring import KeyRing
 from auth_service.domain.models import User
 from auth_service.errors import InvalidClientToken, StoreUnavailable
+from shared.access_token import ACCESS_TOKEN_TYP, ALGORITHM, REQUIRED_CLAIMS, AccessTokenPayload
 
 __all__ = ["AccessToken", "TokenIssuer"]
-
-ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
-REQUIRED_CLAIMS = ["iss", "sub", "aud", "exp", "iat", "jti", "sid"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +34,7 @@ class TokenIssuer:
         if key is None or key.private_key is None:
             raise StoreUnavailable("no signing key is loaded yet")
         iat = int(now)
-        claims = {
+        claims: AccessTokenPayload = {
             "iss": self.issuer,
             "sub": user.id,
             "aud": self.audience,
@@ -48,10 +46,10 @@ class TokenIssuer:
             "preferred_username": user.username,
         }
         token = jwt.encode(
-            claims,
+            {**claims},
             key.private_key,
-            algorithm="RS256",
-            headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYPE},
+            algorithm=ALGORITHM,
+            headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYP},
         )
         return AccessToken(token, iat + self.ttl)
 
@@ -60,15 +58,15 @@ class TokenIssuer:
         try:
             header = jwt.get_unverified_header(token)
             key = self._ring.public_key(str(header.get("kid", "")))
-            if key is None or header.get("typ") != ACCESS_TOKEN_TYPE:
+            if key is None or header.get("typ") != ACCESS_TOKEN_TYP:
                 raise InvalidClientToken("the access token is not one of ours")
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
-                algorithms=["RS256"],
+                algorithms=[ALGORITHM],
                 audience=self.audience,
                 issuer=self.issuer,
-                options={"require": REQUIRED_CLAIMS, "verify_exp": verify_exp},
+                options={"require": list(REQUIRED_CLAIMS), "verify_exp": verify_exp},
             )
         except jwt.ExpiredSignatureError as exc:
             raise InvalidClientToken("the access token has expired") from exc

@@ -11,11 +11,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from auth_service.appkeys import METRICS as AUTH_METRICS
+from gateway_client import GatewayClient
 from shared.bus import InProcessBus
 from tests.integration.ws.harness import auth
 from ws_service.appkeys import METRICS as WS_METRICS
 from ws_service.appkeys import SOCKETS
-from ws_service.client import GatewayClient
 
 PASSWORD = "correct horse battery staple"
 API_KEY = "test-api-key-0123456789"

@@ -18,11 +18,11 @@ import aiohttp
 import jwt
 import pytest
 
+from gateway_client import GatewayClient
 from tests.lb import find_nginx
 from tests.services import create_schema, drop_schema, unavailable
 from tests.system.cluster import API_KEY, Cluster
 from tests.system.procs import run_cli
-from ws_service.client import GatewayClient
 
 pytestmark = [pytest.mark.system, pytest.mark.postgres, pytest.mark.redis]
 PASSWORD = "correct horse battery staple"

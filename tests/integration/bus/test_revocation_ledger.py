@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from shared.access_token import TokenRef
 from shared.bus_errors import BusUnavailable
 from shared.events import SessionRevoked, UserRevoked
-from shared.revocation_ledger import PREFIX, RedisRevocationLedger, TokenRef
+from shared.redis_ledger import PREFIX, RedisRevocationLedger
 from tests.services import free_port
 
 

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import RSAAlgorithm
 
+from shared.access_token import ACCESS_TOKEN_TYP, ALGORITHM, AccessTokenPayload
 from shared.bus import EventBus
 
 ISSUER = "http://auth.test:8081"
@@ -39,7 +40,7 @@ class KeySet:
         jwks = []
         for kid, key in self.keys.items():
             jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
-            jwks.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
+            jwks.append({**jwk, "kid": kid, "use": "sig", "alg": ALGORITHM})
         return {"keys": jwks}
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -66,19 +67,21 @@ class Tokens:
     def claims(
         self, sub: str | None = "alice", *, ttl: float = 300, **overrides: Any
     ) -> dict[str, Any]:
+        """The issuer's claims set; ``sub=None`` or an override of ``None`` leaves a claim out."""
         now = int(time.time())
-        claims: dict[str, Any] = {
+        payload: AccessTokenPayload = {
             "iss": self.issuer,
-            "sub": sub,
+            "sub": sub or "",
             "aud": self.audience,
             "iat": now,
             "exp": int(now + ttl),
             "jti": uuid.uuid4().hex,
             "sid": f"sid-{sub}",
             "scope": "chat:read chat:write",
-            "preferred_username": sub.title() if sub else None,
         }
-        claims.update(overrides)
+        if sub:
+            payload["preferred_username"] = sub.title()
+        claims: dict[str, Any] = {**payload, "sub": sub, **overrides}
         return {k: v for k, v in claims.items() if v is not None}
 
     def make(
@@ -87,11 +90,11 @@ class Tokens:
         *,
         ttl: float = 300,
         key: RSAPrivateKey | None = None,
-        algorithm: str = "RS256",
+        algorithm: str = ALGORITHM,
         headers: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> str:
-        header: dict[str, Any] = {"typ": "at+jwt", "kid": self.kid}
+        header: dict[str, Any] = {"typ": ACCESS_TOKEN_TYP, "kid": self.kid}
         header.update(headers or {})
         header = {k: v for k, v in header.items() if v is not None}
         return jwt.encode(

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.stack import API_KEY, MakeStack, Stack
-from tests.integration.ws.harness import wait_until
-from ws_service.client import (
+from gateway_client import (
     AuthenticationFailed,
     GatewayClient,
     RequestFailed,
     TemporaryFailure,
 )
+from tests.integration.stack import API_KEY, MakeStack, Stack
+from tests.integration.ws.harness import wait_until
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ async def test_logout_everywhere_elsewhere_stops_the_client(stack: Stack) -> Non
 
 
 async def test_chat_cli_publishes_typed_lines_and_prints_messages(stack: Stack) -> None:
-    from ws_service.chat import chat
+    from gateway_client.chat import chat
 
     alice_id = stack.users["alice"]
     printed: list[str] = []

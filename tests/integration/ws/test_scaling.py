@@ -13,7 +13,7 @@ import pytest
 
 from shared.events import SessionRevoked, UserRevoked
 from shared.redis_bus import RedisBus
-from shared.revocation_ledger import RedisRevocationLedger
+from shared.redis_ledger import RedisRevocationLedger
 from tests.integration.bus.support import PrivateRedis
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import (

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from shared.events import SessionRevoked, UserRevoked
-from ws_service.channels import check_publish, check_subscribe, validate_channel
-from ws_service.connection import warning_delay
-from ws_service.errors import Forbidden, InvalidChannel
-from ws_service.ratelimit import TokenBucket
-from ws_service.revocations import RevocationRegistry
+from ws_service.domain.channels import check_publish, check_subscribe, validate_channel
+from ws_service.domain.connection import warning_delay
+from ws_service.domain.errors import Forbidden, InvalidChannel
+from ws_service.domain.ratelimit import TokenBucket
+from ws_service.domain.revocations import RevocationRegistry
 
 
 @pytest.mark.parametrize(

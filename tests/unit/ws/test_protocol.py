@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ws_service import protocol
-from ws_service.errors import BadRequest
+from ws_service.domain import protocol
+from ws_service.domain.errors import BadRequest
 
 
 def test_parse_accepts_a_typed_object_with_an_id() -> None:

@@ -7,16 +7,16 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from shared.access_token import Claims, TokenRef
 from shared.bus import InProcessBus
 from shared.bus_errors import BusUnavailable
-from shared.revocation_ledger import TokenRef
-from ws_service.connection import Connection
-from ws_service.gateway import Gateway
-from ws_service.hub import Hub
+from ws_service.domain.connection import Connection
+from ws_service.domain.gateway import Gateway
+from ws_service.domain.hub import Hub
+from ws_service.domain.revocations import RevocationRegistry
+from ws_service.domain.verify import TokenVerifier
 from ws_service.metrics import Metrics
-from ws_service.revocations import RevocationRegistry
 from ws_service.settings import Settings
-from ws_service.verify import Claims, TokenVerifier
 
 
 class Ledger:

@@ -13,11 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from shared.access_token import Claims
 from shared.bus import EventBus, Unsubscribe
 from shared.bus_errors import BusUnavailable
-from shared.redis_bus import RedisBus
-from ws_service import protocol
-from ws_service.verify import Claims
+from ws_service.domain import protocol
 
 __all__ = ["CHANNEL_TOPIC_PREFIX", "Hub", "Subscriber"]
 
@@ -45,9 +44,6 @@ class Hub:
         self._on_local_only = on_local_only
         self._sync_timeout = sync_timeout
 
-    def local_subscribers(self, channel: str) -> int:
-        return len(self._local.get(channel, ()))
-
     def join(self, channel: str, subscriber: Subscriber) -> None:
         members = self._local.get(channel)
         if members is None:
@@ -67,13 +63,12 @@ class Hub:
             self._unsubscribe.pop(channel)()
 
     async def synced(self) -> None:
-        """Wait until Redis confirmed every channel subscription, so that a client told
-        ``subscribed`` misses no message published after it. Not while Redis is down: local
+        """Wait until the bus confirmed every channel subscription, so that a client told
+        ``subscribed`` misses no message published after it. Not while the bus is cut off: local
         traffic needs no confirmation, and the bus subscribes again when it reconnects."""
-        bus = self._bus
-        if isinstance(bus, RedisBus) and bus.connected:
+        if self._bus.connected:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(bus.wait_synced(), self._sync_timeout)
+                await asyncio.wait_for(self._bus.wait_synced(), self._sync_timeout)
 
     async def publish(self, channel: str, data: Any, sender: Claims | None) -> None:
         frame = protocol.message(channel, data, sender, int(time.time() * 1000))

@@ -1,7 +1,7 @@
 """The gateway's one exception tree.
 
-Every failure carries a machine-readable ``code``; the WS handler (``protocol.py``) and the HTTP error
-middleware turn them into frames, close codes and JSON bodies in one place each.
+Every failure carries a machine-readable ``code``. ``protocol.py`` turns them into frames, and into a
+close by looking the code up in ``shared.close_codes`` (where a code that closes is a reason).
 """
 
 from __future__ import annotations
@@ -39,13 +39,11 @@ class GatewayError(Exception):
 
 
 class AuthError(GatewayError):
-    """Authentication failed. ``retry`` tells the client whether another ``auth`` may succeed;
-    ``close_code`` is used when the socket is closed because of it."""
+    """Authentication failed. ``retry`` tells the client whether another ``auth`` may succeed."""
 
     code = "invalid_token"
     message = "the token is not valid"
     retry = False
-    close_code = 4401
 
 
 class InvalidToken(AuthError):
@@ -67,19 +65,16 @@ class KeysUnavailable(AuthError):
 class SessionRevoked(AuthError):
     code = "session_revoked"
     message = "the session has been revoked"
-    close_code = 4403
 
 
 class SubjectMismatch(AuthError):
     code = "subject_mismatch"
     message = "the new token belongs to another user"
-    close_code = 4403
 
 
 class AuthTimeout(AuthError):
     code = "auth_timeout"
     message = "no auth message in time"
-    close_code = 4408
 
 
 class NotAuthenticated(AuthError):
@@ -90,7 +85,6 @@ class NotAuthenticated(AuthError):
 class TooManyConnections(AuthError):
     code = "too_many_connections"
     message = "too many connections for this user"
-    close_code = 4429
 
 
 class RequestError(GatewayError):

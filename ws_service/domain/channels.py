@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Set
 
-from ws_service.errors import Forbidden, InvalidChannel
+from ws_service.domain.errors import Forbidden, InvalidChannel
 
 __all__ = ["USER_NAMESPACE", "check_publish", "check_subscribe", "validate_channel"]
 

@@ -1,7 +1,7 @@
-"""A tiny terminal chat on ws_service, to see the system work in two terminals:
+"""A tiny terminal chat on the gateway, to see the system work in two terminals:
 
-    python -m ws_service.chat --user alice      # terminal 1
-    python -m ws_service.chat --user bob        # terminal 2
+    python -m gateway_client.chat --user alice      # terminal 1
+    python -m gateway_client.chat --user bob        # terminal 2
 
 Lines typed are published to the channel (default ``chat:general``); messages on it and on your own
 ``user:<id>`` channel are printed. Ctrl-D quits.
@@ -19,7 +19,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from ws_service.client import ClientError, GatewayClient
+from gateway_client.client import ClientError, GatewayClient
 
 __all__ = ["chat", "format_message", "main", "parse_args"]
 
@@ -27,7 +27,7 @@ __all__ = ["chat", "format_message", "main", "parse_args"]
 def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Namespace:
     auth = f"http://{environ.get('AUTH_HOST', '127.0.0.1')}:{environ.get('AUTH_PORT', '8081')}"
     ws = f"ws://{environ.get('WS_HOST', '127.0.0.1')}:{environ.get('WS_PORT', '8082')}/ws"
-    parser = argparse.ArgumentParser(prog="python -m ws_service.chat", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m gateway_client.chat", description=__doc__)
     parser.add_argument("--user", required=True, help="username to log in as")
     parser.add_argument(
         "--password", default=environ.get("CHAT_PASSWORD"), help="or CHAT_PASSWORD; else prompted"

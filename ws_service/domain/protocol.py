@@ -1,5 +1,5 @@
 """The wire format: parsing client frames, building server frames, and the one mapping from errors
-to close codes and reasons (docs/protocol.md is the human version of this module)."""
+to closes (docs/protocol.md is the human version of this module)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ws_service.errors import AuthError, BadRequest, RequestError
-from ws_service.verify import Claims
+from shared.access_token import Claims
+from shared.close_codes import Disconnect
+from ws_service.domain.errors import AuthError, BadRequest, GatewayError, RequestError
 
 __all__ = [
-    "CLOSE_BAD_REQUEST",
-    "CLOSE_GOING_AWAY",
-    "CLOSE_RATE_LIMITED",
-    "CLOSE_SLOW_CONSUMER",
     "PREAUTH_MAX_BYTES",
     "Request",
     "auth_error",
     "auth_success",
+    "disconnect_for",
     "encode",
     "error",
     "message",
@@ -27,10 +25,6 @@ __all__ = [
 ]
 
 PREAUTH_MAX_BYTES = 16 * 1024
-CLOSE_GOING_AWAY = 1001
-CLOSE_SLOW_CONSUMER = 1013
-CLOSE_BAD_REQUEST = 4400
-CLOSE_RATE_LIMITED = 4429
 
 RequestId = str | int | None
 
@@ -65,6 +59,14 @@ def parse(text: str) -> Request:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def disconnect_for(err: GatewayError) -> Disconnect:
+    """The close for an error that ends the socket: its ``code`` is the row's reason."""
+    row = Disconnect.for_reason(err.code)
+    if row is None:
+        raise LookupError(f"{err.code} does not close a socket")
+    return row
 
 
 def encode(frame: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""An asyncio client for ws_service: REST login and refresh against auth_service, in-band auth and
+"""An asyncio client for the gateway: REST login and refresh against auth_service, in-band auth and
 renewal on the socket, and reconnects that re-authenticate and re-subscribe.
 
     async with GatewayClient("http://127.0.0.1:8081", "ws://127.0.0.1:8082/ws", "alice", pw) as c:
@@ -23,6 +23,9 @@ from typing import Any, NoReturn
 
 import aiohttp
 
+from shared.backoff import backoff_delay
+from shared.close_codes import Action, CloseCode, action_for
+
 __all__ = [
     "AuthApi",
     "AuthenticationFailed",
@@ -32,7 +35,6 @@ __all__ = [
     "RequestFailed",
     "TemporaryFailure",
     "TokenPair",
-    "backoff_delay",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,12 +83,6 @@ class TokenPair:
     access_token: str
     refresh_token: str
     expires_in: int
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rand: float) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempt)) so that clients dropped together do
-    not come back together."""
-    return rand * min(cap, base * float(2 ** min(attempt, 30)))
 
 
 class AuthApi:
@@ -294,21 +290,23 @@ class GatewayClient:
             return _Closed(None, str(exc))
 
     async def _after_close(self, closed: _Closed) -> None:
-        """Decide by close code: refresh, give up, or wait (backoff with jitter) and reconnect.
+        """Do what the close-code table says: refresh, stop, or wait (backoff with jitter) and
+        reconnect.
 
         A refresh that fails for a passing reason (auth_service down) is retried by reconnecting:
         the expired token earns a retryable ``token_expired`` and another refresh."""
         self._connected.clear()
         self._fail_pending(ClientError(f"connection closed ({closed.code} {closed.reason})"))
-        if closed.code == 4401 and closed.reason == "token_expired":
+        action = action_for(closed.code, closed.reason)
+        if action is Action.REFRESH_THEN_RECONNECT:
             try:
                 await self.refresh()
                 return
             except _TRANSIENT as exc:
                 log.warning("token refresh failed; reconnecting", exc_info=exc)
-        elif closed.code in (4401, 4403) and closed.reason != "keys_unavailable":
-            raise AuthenticationFailed(closed.reason or "unauthorized", close_code=closed.code)
-        elif closed.code in (4400, 1009):
+        elif action is Action.STOP:
+            if closed.code in (CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN):
+                raise AuthenticationFailed(closed.reason or "unauthorized", close_code=closed.code)
             raise ProtocolViolation(f"closed {closed.code} {closed.reason}")
         delay = backoff_delay(self._attempt, *self._backoff, random.random())
         self._attempt += 1
@@ -339,7 +337,9 @@ class GatewayClient:
                 return
             if not frame.get("retry"):
                 break
-            if frame.get("code") == "token_expired":
+            # A retryable auth_error's code is a close reason: the table says what helps.
+            then = action_for(CloseCode.UNAUTHORIZED, str(frame.get("code")))
+            if then is Action.REFRESH_THEN_RECONNECT:
                 await self.refresh()
             else:
                 await asyncio.sleep(backoff_delay(attempt, *self._backoff, random.random()))

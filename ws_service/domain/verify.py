@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from ws_service.errors import InvalidToken, SessionRevoked, TokenExpired
+from shared.access_token import ACCESS_TOKEN_TYP, ALGORITHM, REQUIRED_CLAIMS, Claims
+from ws_service.domain.errors import InvalidToken, SessionRevoked, TokenExpired
 
-__all__ = ["ACCESS_TOKEN_TYP", "Claims", "KeySource", "RevocationCheck", "TokenVerifier"]
-
-ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 (a media type, not a secret)
-_REQUIRED = ["exp", "iat", "sub", "jti", "sid", "iss", "aud"]
+__all__ = ["KeySource", "RevocationCheck", "TokenVerifier"]
 
 
 class KeySource(Protocol):
@@ -22,19 +19,6 @@ class KeySource(Protocol):
 
 class RevocationCheck(Protocol):
     def is_revoked(self, sub: str, sid: str, iat: int) -> bool: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Claims:
-    """The parts of a verified token the gateway acts on."""
-
-    sub: str
-    sid: str
-    jti: str
-    iat: int
-    exp: int
-    scopes: frozenset[str]
-    username: str | None
 
 
 class TokenVerifier:
@@ -62,8 +46,8 @@ class TokenVerifier:
         except jwt.InvalidTokenError:
             raise InvalidToken("the token is malformed") from None
         kid = header.get("kid")
-        if header.get("alg") != "RS256":
-            raise InvalidToken("the token must be signed with RS256")
+        if header.get("alg") != ALGORITHM:
+            raise InvalidToken(f"the token must be signed with {ALGORITHM}")
         if header.get("typ") != ACCESS_TOKEN_TYP:
             raise InvalidToken("the token is not an access token")
         if "crit" in header:  # pyjwt >= 2.10 already refuses unknown ones in get_unverified_header
@@ -75,37 +59,20 @@ class TokenVerifier:
             payload = jwt.decode(
                 token,
                 key,
-                algorithms=["RS256"],
+                algorithms=[ALGORITHM],
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
-                options={"require": _REQUIRED},
+                options={"require": list(REQUIRED_CLAIMS)},
             )
         except jwt.ExpiredSignatureError:
             raise TokenExpired() from None
         except jwt.InvalidTokenError:
             raise InvalidToken() from None
-        claims = _claims(payload)
+        try:
+            claims = Claims.from_payload(payload)
+        except ValueError as exc:
+            raise InvalidToken(str(exc)) from None
         if self._revocations.is_revoked(claims.sub, claims.sid, claims.iat):
             raise SessionRevoked()
         return claims
-
-
-def _claims(payload: dict[str, Any]) -> Claims:
-    sub, sid, jti = payload["sub"], payload["sid"], payload["jti"]
-    scope = payload.get("scope", "")
-    username = payload.get("preferred_username")
-    iat, exp = payload["iat"], payload["exp"]
-    if not all(isinstance(v, str) and v for v in (sub, sid, jti)) or not isinstance(scope, str):
-        raise InvalidToken("the token's claims have the wrong types")
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (iat, exp)):
-        raise InvalidToken("the token's times are not numbers")
-    return Claims(
-        sub=sub,
-        sid=sid,
-        jti=jti,
-        iat=int(iat),
-        exp=int(exp),
-        scopes=frozenset(scope.split()),
-        username=username if isinstance(username, str) else None,
-    )

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import logging
 
+from shared.access_token import Claims
 from shared.bus_errors import BusUnavailable
 from shared.events import SessionRevoked, UserRevoked, decode_event
-from shared.revocation_ledger import RevocationLedger, TokenRef
-from ws_service import errors
-from ws_service.connection import Connection, Peer
-from ws_service.hub import Hub
+from shared.revocation_ledger import RevocationLedger
+from ws_service.domain import errors
+from ws_service.domain.connection import Connection, Peer
+from ws_service.domain.hub import Hub
+from ws_service.domain.revocations import RevocationRegistry
+from ws_service.domain.verify import TokenVerifier
 from ws_service.metrics import Metrics
-from ws_service.revocations import RevocationRegistry
 from ws_service.settings import Settings
-from ws_service.verify import Claims, TokenVerifier
 
 __all__ = ["RECONCILE_BATCH", "Gateway"]
 
@@ -48,7 +49,14 @@ class Gateway:
     def connect(self, peer: Peer, remote: str | None) -> Connection:
         """A new socket after the upgrade; its auth deadline starts now."""
         self.metrics.awaiting_auth.inc()
-        return Connection(self, peer, remote)
+        return Connection(
+            peer,
+            remote,
+            settings=self.settings,
+            metrics=self.metrics,
+            hub=self.hub,
+            admission=self,
+        )
 
     async def authenticate(self, token: str) -> Claims:
         """Verify ``token`` (the in-memory registry included), then ask the ledger, in one round
@@ -61,7 +69,7 @@ class Gateway:
         if self.ledger is None:
             return claims
         try:
-            [revoked] = await self.ledger.revoked([_ref(claims)])
+            [revoked] = await self.ledger.revoked([claims.ref])
         except BusUnavailable as exc:
             self.metrics.ledger_checks.labels("unavailable").inc()
             log.warning("revocation ledger unreachable; token accepted", extra={"error": str(exc)})
@@ -91,9 +99,6 @@ class Gateway:
             conns.discard(conn)
             if not conns:
                 del self._users[conn.claims.sub]
-
-    def user_connections(self, sub: str) -> int:
-        return len(self._users.get(sub, ()))
 
     def on_revocation(self, topic: str, payload: str) -> None:
         """Bus handler: remember the revocation and close every socket it covers."""
@@ -127,7 +132,7 @@ class Gateway:
         for start in range(0, len(live), self._reconcile_batch):
             batch = live[start : start + self._reconcile_batch]
             try:
-                flags = await self.ledger.revoked([_ref(claims) for _, claims in batch])
+                flags = await self.ledger.revoked([claims.ref for _, claims in batch])
             except BusUnavailable as exc:
                 self.metrics.reconciliations.labels("unavailable").inc()
                 log.warning("reconciliation stopped: ledger unreachable", extra={"error": str(exc)})
@@ -148,7 +153,3 @@ class Gateway:
         is the part known for certain, and other sessions are still checked against the ledger.
         """
         self.revocations.apply(SessionRevoked(sid=claims.sid, sub=claims.sub, until=claims.exp))
-
-
-def _ref(claims: Claims) -> TokenRef:
-    return TokenRef(sid=claims.sid, sub=claims.sub, iat=claims.iat)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from shared.access_token import Claims
+from shared.close_codes import Disconnect
 from shared.jsonlog import audit
-from ws_service import protocol
-from ws_service.channels import check_publish, check_subscribe, validate_channel
-from ws_service.errors import (
+from ws_service.domain import protocol
+from ws_service.domain.channels import check_publish, check_subscribe, validate_channel
+from ws_service.domain.errors import (
     AuthError,
     AuthTimeout,
     BadRequest,
@@ -29,13 +31,12 @@ from ws_service.errors import (
     TokenExpired,
     TooManySubscriptions,
 )
-from ws_service.ratelimit import TokenBucket
-from ws_service.verify import Claims
+from ws_service.domain.hub import Hub
+from ws_service.domain.ratelimit import TokenBucket
+from ws_service.metrics import Metrics
+from ws_service.settings import Settings
 
-if TYPE_CHECKING:
-    from ws_service.gateway import Gateway
-
-__all__ = ["MAX_AUTH_ATTEMPTS", "Connection", "Peer", "warning_delay"]
+__all__ = ["MAX_AUTH_ATTEMPTS", "Admission", "Connection", "Peer", "warning_delay"]
 
 MAX_AUTH_ATTEMPTS = 3
 
@@ -46,6 +47,18 @@ class Peer(Protocol):
     def send(self, text: str) -> None: ...
 
     def close(self, code: int, reason: str) -> None: ...
+
+
+class Admission(Protocol):
+    """Who may hold a socket: token checks (revocations included) and the per-user index."""
+
+    async def authenticate(self, token: str) -> Claims: ...
+
+    def admit(self, conn: Connection, claims: Claims) -> None:
+        """Raise ``TooManyConnections`` when the user is at the limit."""
+        ...
+
+    def forget(self, conn: Connection) -> None: ...
 
 
 def warning_delay(remaining: float, window: float, rand: float) -> float:
@@ -59,10 +72,13 @@ def warning_delay(remaining: float, window: float, rand: float) -> float:
 
 class Connection:
     __slots__ = (
+        "_admission",
         "_auth_timer",
         "_bucket",
         "_expiry_timer",
-        "_gw",
+        "_hub",
+        "_metrics",
+        "_settings",
         "_strikes",
         "_violations",
         "_warning_timer",
@@ -74,8 +90,20 @@ class Connection:
         "remote",
     )
 
-    def __init__(self, gateway: Gateway, peer: Peer, remote: str | None) -> None:
-        self._gw = gateway
+    def __init__(
+        self,
+        peer: Peer,
+        remote: str | None,
+        *,
+        settings: Settings,
+        metrics: Metrics,
+        hub: Hub,
+        admission: Admission,
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._hub = hub
+        self._admission = admission
         self.peer = peer
         self.remote = remote
         self.claims: Claims | None = None
@@ -88,7 +116,7 @@ class Connection:
         self._warning_timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._auth_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            gateway.settings.auth_timeout, self._on_auth_timeout
+            settings.auth_timeout, self._on_auth_timeout
         )
 
     # -- input -----------------------------------------------------------------------------
@@ -99,7 +127,7 @@ class Connection:
         if self.claims is None:
             await self._on_text_unauthenticated(text)
             return
-        self._gw.metrics.messages_in.inc()
+        self._metrics.messages_in.inc()
         if not self._admit_rate():
             return
         request_id: protocol.RequestId = None
@@ -111,21 +139,21 @@ class Connection:
             self.send(protocol.error(err, request_id))
             if isinstance(err, BadRequest):
                 self._violations += 1
-                if self._violations >= self._gw.settings.max_violations:
-                    self.close(protocol.CLOSE_BAD_REQUEST, BadRequest.code)
+                if self._violations >= self._settings.max_violations:
+                    self.close(Disconnect.BAD_REQUEST)
 
     def on_binary(self) -> None:
         """Binary frames are outside the protocol at every stage."""
-        self.close(protocol.CLOSE_BAD_REQUEST, BadRequest.code)
+        self.close(Disconnect.BAD_REQUEST)
 
     def deliver(self, text: str) -> None:
         """A channel broadcast; the hub counts these in bulk."""
         self.peer.send(text)
 
     def revoke(self, reason: str) -> None:
-        self._gw.metrics.revocations.inc()
+        self._metrics.revocations.inc()
         self.send(protocol.reply("revoked", None, reason=reason))
-        self.close(SessionRevoked.close_code, SessionRevoked.code)
+        self.close(Disconnect.SESSION_REVOKED)
 
     def disconnected(self) -> None:
         """The socket is gone: drop timers, channels and the user index entry."""
@@ -135,20 +163,20 @@ class Connection:
                 timer.cancel()
         self._auth_timer = self._warning_timer = self._expiry_timer = None
         for channel in self.channels:
-            self._gw.hub.leave(channel, self)
+            self._hub.leave(channel, self)
         self.channels.clear()
-        self._gw.forget(self)
+        self._admission.forget(self)
 
     # -- output ----------------------------------------------------------------------------
 
     def send(self, text: str) -> None:
-        self._gw.metrics.messages_out.inc()
+        self._metrics.messages_out.inc()
         self.peer.send(text)
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, disconnect: Disconnect) -> None:
         if not self.closing:
             self.closing = True
-            self.peer.close(code, reason)
+            self.peer.close(disconnect.code, disconnect.reason)
 
     # -- authentication --------------------------------------------------------------------
 
@@ -157,12 +185,12 @@ class Connection:
             len(text) * 4 > protocol.PREAUTH_MAX_BYTES
             and len(text.encode("utf-8", "surrogatepass")) > protocol.PREAUTH_MAX_BYTES
         ):
-            self.close(protocol.CLOSE_BAD_REQUEST, BadRequest.code)
+            self.close(Disconnect.BAD_REQUEST)
             return
         try:
             request = protocol.parse(text)
         except BadRequest:
-            self.close(protocol.CLOSE_BAD_REQUEST, BadRequest.code)
+            self.close(Disconnect.BAD_REQUEST)
             return
         if request.type != "auth":
             self._auth_failed(NotAuthenticated(), request.id, final=True)
@@ -170,7 +198,7 @@ class Connection:
         try:
             claims = await self._verify(request)
             if not self.closing:
-                self._gw.admit(self, claims)
+                self._admission.admit(self, claims)
         except AuthError as err:
             if not self.closing:
                 self.attempts += 1
@@ -183,7 +211,7 @@ class Connection:
             self._auth_timer.cancel()
             self._auth_timer = None
         self._bucket = TokenBucket(
-            self._gw.settings.rate_per_second, self._gw.settings.rate_burst, time.monotonic()
+            self._settings.rate_per_second, self._settings.rate_burst, time.monotonic()
         )
         self._accept(claims, request.id, renewed=False)
 
@@ -200,7 +228,7 @@ class Connection:
             return
         if self.closing:
             return
-        self._gw.metrics.renewals.inc()
+        self._metrics.renewals.inc()
         for channel in sorted(self.channels):
             try:
                 check_subscribe(channel, claims.sub, claims.scopes)
@@ -213,16 +241,16 @@ class Connection:
         token = request.body.get("token")
         if not isinstance(token, str) or not token:
             raise InvalidToken("auth needs a token")
-        return await self._gw.authenticate(token)
+        return await self._admission.authenticate(token)
 
     def _accept(self, claims: Claims, request_id: protocol.RequestId, *, renewed: bool) -> None:
         self.claims = claims
-        self._gw.metrics.auth.labels("ok").inc()
+        self._metrics.auth.labels("ok").inc()
         self._schedule_expiry(claims)
         self.send(protocol.auth_success(claims, time.time(), request_id, renewed=renewed))
 
     def _auth_failed(self, err: AuthError, request_id: protocol.RequestId, *, final: bool) -> None:
-        self._gw.metrics.auth.labels(err.code).inc()
+        self._metrics.auth.labels(err.code).inc()
         audit(
             "ws_auth_failure",
             code=err.code,
@@ -233,14 +261,14 @@ class Connection:
         )
         self.send(protocol.auth_error(err, request_id, retry=err.retry and not final))
         if final:
-            self.close(err.close_code, err.code)
+            self.close(protocol.disconnect_for(err))
 
     def _schedule_expiry(self, claims: Claims) -> None:
         """Warn before ``exp`` and close at ``exp`` plus leeway, unless a renewal reschedules both."""
         for timer in (self._warning_timer, self._expiry_timer):
             if timer is not None:
                 timer.cancel()
-        settings = self._gw.settings
+        settings = self._settings
         loop = asyncio.get_running_loop()
         remaining = claims.exp - time.time()
         warn_in = warning_delay(remaining, settings.expiry_warning, random.random())
@@ -255,7 +283,7 @@ class Connection:
         self._warning_timer = None
         if self.claims is None or self.closing:
             return
-        self._gw.metrics.warnings.inc()
+        self._metrics.warnings.inc()
         exp = self.claims.exp
         self.send(
             protocol.reply(
@@ -270,7 +298,7 @@ class Connection:
         self._expiry_timer = None
         if self.closing:
             return
-        self._gw.metrics.expiries.inc()
+        self._metrics.expiries.inc()
         self._auth_failed(TokenExpired(), None, final=True)
 
     # -- authenticated requests ------------------------------------------------------------
@@ -282,8 +310,8 @@ class Connection:
                 self._strikes = 0
             return True
         self._strikes += 1
-        if self._strikes >= self._gw.settings.rate_strikes:
-            self.close(protocol.CLOSE_RATE_LIMITED, RateLimited.code)
+        if self._strikes >= self._settings.rate_strikes:
+            self.close(Disconnect.RATE_LIMITED)
         else:
             self.send(protocol.error(RateLimited(), None))
         return False
@@ -298,17 +326,17 @@ class Connection:
             check_publish(channel, self.claims.scopes)
             if "data" not in request.body:
                 raise BadRequest("publish needs data")
-            await self._gw.hub.publish(channel, request.body["data"], self.claims)
+            await self._hub.publish(channel, request.body["data"], self.claims)
             self.send(protocol.reply("published", request.id, channel=channel))
         elif kind == "subscribe":
             channel = validate_channel(request.body.get("channel"))
             check_subscribe(channel, self.claims.sub, self.claims.scopes)
             if channel not in self.channels:
-                if len(self.channels) >= self._gw.settings.max_subscriptions:
+                if len(self.channels) >= self._settings.max_subscriptions:
                     raise TooManySubscriptions()
                 self.channels.add(channel)
-                self._gw.hub.join(channel, self)
-            await self._gw.hub.synced()
+                self._hub.join(channel, self)
+            await self._hub.synced()
             self.send(protocol.reply("subscribed", request.id, channel=channel))
         elif kind == "unsubscribe":
             channel = validate_channel(request.body.get("channel"))
@@ -323,4 +351,4 @@ class Connection:
 
     def _leave(self, channel: str) -> None:
         self.channels.discard(channel)
-        self._gw.hub.leave(channel, self)
+        self._hub.leave(channel, self)

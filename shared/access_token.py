@@ -1,0 +1,94 @@
+"""The access-token contract between auth_service (the issuer) and ws_service (the verifier).
+
+An access token is an RS256 JWT with header ``typ: at+jwt`` and the claims set of
+:class:`AccessTokenPayload`. Its required keys are the claims a verifier insists on, so the issuer
+(type-checked against the same TypedDict) can never leave one out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+__all__ = [
+    "ACCESS_TOKEN_TYP",
+    "ALGORITHM",
+    "REQUIRED_CLAIMS",
+    "AccessTokenPayload",
+    "Claims",
+    "TokenRef",
+]
+
+ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 (a media type, not a secret)
+ALGORITHM = "RS256"
+
+
+class _RequiredClaims(TypedDict):
+    iss: str
+    sub: str
+    aud: str | list[str]
+    exp: int
+    iat: int
+    jti: str
+    sid: str
+
+
+class AccessTokenPayload(_RequiredClaims, total=False):
+    """The claims set the issuer signs: ``scope`` is space-separated, both optional claims may be
+    absent."""
+
+    scope: str
+    preferred_username: str
+
+
+REQUIRED_CLAIMS: tuple[str, ...] = tuple(sorted(AccessTokenPayload.__required_keys__))
+"""Every claim a verifier passes to pyjwt's ``options={"require": ...}``."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRef:
+    """What a revocation is about: a token's session, its user, and when it was issued."""
+
+    sid: str
+    sub: str
+    iat: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """The parts of a verified access token a verifier acts on (``iss``/``aud`` are checked by
+    pyjwt and not kept)."""
+
+    sub: str
+    sid: str
+    jti: str
+    iat: int
+    exp: int
+    scopes: frozenset[str]
+    username: str | None
+
+    @property
+    def ref(self) -> TokenRef:
+        return TokenRef(sid=self.sid, sub=self.sub, iat=self.iat)
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Claims:
+        """Check the types pyjwt does not; raises ``ValueError`` with a reason a client may see."""
+        sub, sid, jti = payload["sub"], payload["sid"], payload["jti"]
+        scope = payload.get("scope", "")
+        username = payload.get("preferred_username")
+        iat, exp = payload["iat"], payload["exp"]
+        if not all(isinstance(v, str) and v for v in (sub, sid, jti)) or not isinstance(scope, str):
+            raise ValueError("the token's claims have the wrong types")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (iat, exp)):
+            raise ValueError("the token's times are not numbers")
+        return cls(
+            sub=sub,
+            sid=sid,
+            jti=jti,
+            iat=int(iat),
+            exp=int(exp),
+            scopes=frozenset(scope.split()),
+            username=username if isinstance(username, str) else None,
+        )

@@ -1,0 +1,40 @@
+"""The access-token contract both services and the test token maker share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shared.access_token import REQUIRED_CLAIMS, Claims, TokenRef
+
+
+def payload(**overrides: Any) -> dict[str, Any]:
+    base = {"sub": "42", "sid": "s1", "jti": "j1", "iat": 10, "exp": 20.0}
+    return {**base, **overrides}
+
+
+def test_every_claim_but_scope_and_username_is_required() -> None:
+    assert set(REQUIRED_CLAIMS) == {"iss", "sub", "aud", "exp", "iat", "jti", "sid"}
+
+
+def test_claims_keep_what_a_verifier_acts_on() -> None:
+    claims = Claims.from_payload(payload(scope="a:read  b:write", preferred_username="Al"))
+    assert (claims.scopes, claims.username, claims.exp) == (
+        frozenset({"a:read", "b:write"}),
+        "Al",
+        20,
+    )
+    assert claims.ref == TokenRef(sid="s1", sub="42", iat=10)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"sub": ""}, {"sid": 7}, {"scope": ["a:read"]}, {"iat": True}, {"exp": "20"}]
+)
+def test_wrong_types_are_refused(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Claims.from_payload(payload(**bad))
+
+
+def test_a_username_of_another_type_is_dropped() -> None:
+    assert Claims.from_payload(payload(preferred_username=5)).username is None
