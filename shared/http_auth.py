@@ -7,9 +7,15 @@ __all__ = ["bearer_token"]
 
 
 def bearer_token(header: str | None) -> str | None:
-    """The credentials of a Bearer ``Authorization`` header; None when absent or another scheme."""
-    scheme, _, credentials = (header or "").partition(" ")
+    """The credentials of a Bearer ``Authorization`` header; None when absent or another scheme.
+
+    Credentials must be printable ASCII without spaces: aiohttp hands undecodable header bytes
+    over as surrogate escapes, and those must never reach a parser, a hash or a log line.
+    """
+    scheme, _, credentials = (header or "").strip().partition(" ")
     credentials = credentials.strip()
     if scheme.lower() != "bearer" or not credentials:
+        return None
+    if not (credentials.isascii() and credentials.isprintable()) or " " in credentials:
         return None
     return credentials

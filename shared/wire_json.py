@@ -12,12 +12,10 @@ import json
 import math
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "WireJSONError", "bearer_token", "dumps", "loads"]
+__all__ = ["MAX_DEPTH", "WireJSONError", "dumps", "loads"]
 
 MAX_DEPTH = 32
 """Nesting allowed in a document: deep enough for any real payload, far below the recursion limit."""
-
-_TOKEN68 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
 
 
 class WireJSONError(ValueError):
@@ -95,18 +93,3 @@ def _check_text(text: str) -> None:
 def dumps(value: Any) -> str:
     """Compact, ASCII-only JSON; raises ``ValueError`` for NaN or infinity instead of emitting them."""
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
-def bearer_token(header: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header (RFC 6750), or None.
-
-    Anything outside the token68 alphabet (non-ASCII bytes, surrogate escapes, spaces) is no
-    token at all, so it can never reach a parser, a hash or a log line.
-    """
-    if header is None:
-        return None
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or not _TOKEN68.issuperset(token):
-        return None
-    return token

@@ -18,6 +18,10 @@ from shared.http_auth import bearer_token
         ("abc", None),
         ("", None),
         (None, None),
+        ("Bearer a b", None),
+        ("Bearer caf\udcc3\udca9", None),
+        ("Bearer café", None),
+        ("Bearer a\x00b", None),
     ],
 )
 def test_bearer_token(header: str | None, token: str | None) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.wire_json import MAX_DEPTH, WireJSONError, bearer_token, dumps, loads
+from shared.wire_json import MAX_DEPTH, WireJSONError, dumps, loads
 
 finite_json = st.recursive(
     st.none()
@@ -79,20 +79,3 @@ def test_any_text_is_accepted_or_refused_cleanly(text: str) -> None:
     encoded = dumps(value)
     assert encoded.isascii()
     assert json.loads(encoded) == value
-
-
-@pytest.mark.parametrize(
-    ("header", "token"),
-    [
-        ("Bearer abc.def-_~+/=", "abc.def-_~+/="),
-        ("bearer  abc ", "abc"),
-        (None, None),
-        ("Basic abc", None),
-        ("Bearer ", None),
-        ("Bearer a b", None),
-        ("Bearer caf\udcc3\udca9", None),
-        ("Bearer café", None),
-    ],
-)
-def test_bearer_token(header: str | None, token: str | None) -> None:
-    assert bearer_token(header) == token
