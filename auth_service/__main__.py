@@ -11,8 +11,8 @@ import time
 from dataclasses import replace
 
 from auth_service.app import build_keyring, build_service, create_app
+from auth_service.domain.errors import AuthError
 from auth_service.domain.outbox import EventPublisher
-from auth_service.errors import AuthError
 from auth_service.settings import ConfigError, Settings
 from auth_service.store import open_store
 from shared.bus import InProcessBus

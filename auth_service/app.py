@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -15,13 +15,14 @@ from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
 from auth_service.domain.outbox import EventPublisher
 from auth_service.domain.passwords import Passwords
 from auth_service.domain.service import AuthService, IssuerPolicy
+from auth_service.domain.store import Store
 from auth_service.domain.throttle import LoginThrottle
 from auth_service.domain.tokens import TokenIssuer
 from auth_service.handlers import routes
 from auth_service.http import error_middleware, metrics_middleware
 from auth_service.metrics import Metrics
 from auth_service.settings import Settings
-from auth_service.store import Store, open_store
+from auth_service.store import open_store
 from shared.bus import EventBus
 from shared.bus_factory import open_bus
 from shared.redis_ledger import RedisRevocationLedger
@@ -49,6 +50,7 @@ def build_service(
     ring: KeyRing,
     publish: EventPublisher,
     metrics: Metrics | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> AuthService:
     return AuthService(
         store,
@@ -65,11 +67,15 @@ def build_service(
             allow_registration=settings.allow_registration,
         ),
         publish,
+        clock,
     )
 
 
-def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Application:
-    """Build the app; a ``bus`` passed in is shared (the embedded launcher) and not closed here."""
+def create_app(
+    settings: Settings, *, bus: EventBus | None = None, clock: Callable[[], float] = time.time
+) -> web.Application:
+    """Build the app; a ``bus`` passed in is shared (the embedded launcher) and not closed here.
+    ``clock`` is the domain's notion of now (tests move it instead of sleeping)."""
     app = web.Application(
         client_max_size=MAX_BODY_BYTES, middlewares=[metrics_middleware, error_middleware]
     )
@@ -93,12 +99,14 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
 
     async def domain_ctx(app: web.Application) -> AsyncIterator[None]:
         ring = build_keyring(settings, app[STORE])
-        if await ring.maintain(time.time()):
+        if await ring.maintain(clock()):
             app[METRICS].key_rotations.inc()
         app[KEYRING] = ring
-        app[SERVICE] = build_service(settings, app[STORE], ring, app[PUBLISHER], app[METRICS])
+        app[SERVICE] = build_service(
+            settings, app[STORE], ring, app[PUBLISHER], app[METRICS], clock
+        )
         tasks = [
-            asyncio.create_task(maintenance_loop(app)),
+            asyncio.create_task(maintenance_loop(app, clock)),
             asyncio.create_task(outbox_loop(app[PUBLISHER])),
         ]
         yield
@@ -118,12 +126,12 @@ def maintenance_interval(settings: Settings) -> float:
     return max(1.0, min(30.0, settings.jwks_max_age / 4))
 
 
-async def maintenance_loop(app: web.Application) -> None:
+async def maintenance_loop(app: web.Application, clock: Callable[[], float]) -> None:
     interval = maintenance_interval(app[SETTINGS])
     last_purge = 0.0
     while True:
         await asyncio.sleep(interval)
-        now = time.time()
+        now = clock()
         try:
             if await app[KEYRING].maintain(now):
                 app[METRICS].key_rotations.inc()

@@ -7,9 +7,9 @@ from aiohttp import web
 from auth_service.domain.keyring import KeyRing
 from auth_service.domain.outbox import EventPublisher
 from auth_service.domain.service import AuthService
+from auth_service.domain.store import Store
 from auth_service.metrics import Metrics
 from auth_service.settings import Settings
-from auth_service.store.base import Store
 from shared.bus import EventBus
 
 __all__ = ["BUS", "KEYRING", "METRICS", "PUBLISHER", "SERVICE", "SETTINGS", "STORE"]

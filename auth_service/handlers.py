@@ -8,14 +8,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from auth_service.appkeys import BUS, KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
-from auth_service.domain.service import TokenPair
-from auth_service.errors import (
+from auth_service.domain.errors import (
     AuthError,
     InvalidClientToken,
     InvalidRequest,
     RefreshReuse,
     UnsupportedGrantType,
 )
+from auth_service.domain.service import TokenPair
 from auth_service.http import (
     client_address,
     optional_str,

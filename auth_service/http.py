@@ -11,16 +11,24 @@ from typing import Any
 from aiohttp import web
 
 from auth_service.appkeys import METRICS, SETTINGS
-from auth_service.errors import (
+from auth_service.domain.errors import (
     AuthError,
     InvalidClientToken,
+    InvalidCredentials,
+    InvalidGrant,
     InvalidRequest,
+    InvalidScope,
+    RegistrationClosed,
+    StoreUnavailable,
     Throttled,
+    UnsupportedGrantType,
     UnsupportedMediaType,
+    UsernameTaken,
 )
 from shared.http_errors import http_exception_json, json_error
 
 __all__ = [
+    "HTTP_STATUSES",
     "client_address",
     "error_middleware",
     "metrics_middleware",
@@ -43,18 +51,42 @@ _HTTP_CODES = {
 }
 
 
+HTTP_STATUSES: dict[type[AuthError], int] = {
+    AuthError: 500,
+    InvalidRequest: 400,
+    UnsupportedMediaType: 415,
+    InvalidScope: 400,
+    UnsupportedGrantType: 400,
+    InvalidGrant: 400,
+    InvalidCredentials: 401,
+    InvalidClientToken: 401,
+    UsernameTaken: 409,
+    RegistrationClosed: 403,
+    Throttled: 429,
+    StoreUnavailable: 503,
+}
+"""The one map from the domain's errors to HTTP statuses; the nearest class in the MRO wins."""
+
+
+def auth_error_response(exc: AuthError) -> web.Response:
+    status = next(HTTP_STATUSES[cls] for cls in type(exc).__mro__ if cls in HTTP_STATUSES)
+    headers: dict[str, str] = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, InvalidClientToken):
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    if status >= 500:
+        log.error("request failed", extra={"code": exc.code, "reason": exc.description})
+    return json_error(status, exc.code, exc.description, headers)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one place that maps errors to JSON bodies: no HTML page or bare 500 ever leaves."""
     try:
         return await handler(request)
     except AuthError as exc:
-        headers: dict[str, str] = {}
-        if isinstance(exc, Throttled):
-            headers["Retry-After"] = str(exc.retry_after)
-        if isinstance(exc, InvalidClientToken):
-            headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
-        return json_error(exc.status, exc.code, exc.description, headers)
+        return auth_error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -26,20 +26,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from jwt.algorithms import RSAAlgorithm
 
+from auth_service.domain.errors import KeyRingError
 from auth_service.domain.models import StoredKey
-from auth_service.store.base import Store
+from auth_service.domain.store import Store
 from shared.jsonlog import audit
 
-__all__ = ["KeyCipher", "KeyRing", "KeyRingError", "LoadedKey", "RotationPolicy"]
+__all__ = ["KeyCipher", "KeyRing", "LoadedKey", "RotationPolicy"]
 
 log = logging.getLogger(__name__)
 
 RSA_KEY_BITS = 2048
 _FORMAT = b"k1"
-
-
-class KeyRingError(Exception):
-    """A stored key cannot be used (typically: no configured secret decrypts it)."""
 
 
 class KeyCipher:

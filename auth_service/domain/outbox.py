@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from auth_service.store.base import Store
+from auth_service.domain.store import Store
 from shared.bus import EventBus
 from shared.events import REVOCATIONS_TOPIC, RevocationEvent, decode_event, encode_event
 from shared.revocation_ledger import RevocationLedger

@@ -15,10 +15,15 @@ class Passwords:
     """Hashes in worker threads, bounded so a login burst cannot exhaust memory (19 MiB each)."""
 
     def __init__(
-        self, *, concurrency: int = 4, on_verify: Callable[[], None] = lambda: None
+        self,
+        *,
+        concurrency: int = 4,
+        on_verify: Callable[[], None] = lambda: None,
+        hasher: PasswordHasher | None = None,
     ) -> None:
+        """``hasher`` lets the domain's unit tests use cheap hashes; the default is OWASP's."""
         self._on_verify = on_verify
-        self._hasher = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1)
+        self._hasher = hasher or PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1)
         self._slots = asyncio.Semaphore(concurrency)
         self._dummy_hash: str | None = None
 

@@ -10,11 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from auth_service.domain.models import RefreshToken, Session, User
-from auth_service.domain.passwords import Passwords
-from auth_service.domain.throttle import LoginThrottle
-from auth_service.domain.tokens import TokenIssuer
-from auth_service.errors import (
+from auth_service.domain.errors import (
     InvalidClientToken,
     InvalidCredentials,
     InvalidGrant,
@@ -23,7 +19,11 @@ from auth_service.errors import (
     RefreshReuse,
     RegistrationClosed,
 )
-from auth_service.store.base import Store
+from auth_service.domain.models import RefreshToken, Session, User
+from auth_service.domain.passwords import Passwords
+from auth_service.domain.store import Store
+from auth_service.domain.throttle import LoginThrottle
+from auth_service.domain.tokens import TokenIssuer
 from shared.events import RevocationEvent, SessionRevoked, UserRevoked
 from shared.jsonlog import audit
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from auth_service.domain.errors import Throttled
 from auth_service.domain.models import ThrottleState
-from auth_service.errors import Throttled
-from auth_service.store.base import Store
+from auth_service.domain.store import Store
 from shared.jsonlog import audit
 
 __all__ = ["LoginThrottle", "Reservation", "ThrottlePolicy"]

@@ -8,9 +8,9 @@ from typing import Any
 
 import jwt
 
+from auth_service.domain.errors import InvalidClientToken, StoreUnavailable
 from auth_service.domain.keyring import KeyRing
 from auth_service.domain.models import User
-from auth_service.errors import InvalidClientToken, StoreUnavailable
 from shared.access_token import ACCESS_TOKEN_TYP, ALGORITHM, REQUIRED_CLAIMS, AccessTokenPayload
 
 __all__ = ["AccessToken", "TokenIssuer"]

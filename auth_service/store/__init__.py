@@ -1,19 +1,23 @@
-"""Storage backends behind the :class:`Store` protocol; :func:`open_store` picks one by URL."""
+"""Storage backends behind the domain's :class:`~auth_service.domain.store.Store` protocol.
+
+:func:`open_store` picks one by URL: both real backends are a :class:`~auth_service.store.sql.SqlStore`
+over their driver; ``memory:`` is the in-process store the domain's unit tests use.
+"""
 
 from __future__ import annotations
 
-from auth_service.store.base import Store
+from auth_service.domain.store import Store
 
-__all__ = ["Store", "open_store"]
+__all__ = ["open_store"]
 
 
 async def open_store(url: str) -> Store:
     """``postgresql://...`` selects PostgreSQL; ``sqlite:///path`` (or a bare path) SQLite."""
     if url.startswith(("postgresql://", "postgres://")):
-        from auth_service.store.postgres import PostgresStore
+        from auth_service.store.postgres import open_postgres
 
-        return await PostgresStore.open(url)
-    from auth_service.store.sqlite import SqliteStore
+        return await open_postgres(url)
+    from auth_service.store.sqlite import open_sqlite
 
     path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
-    return await SqliteStore.open(path)
+    return await open_sqlite(path)

@@ -37,6 +37,15 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     return make
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> str:
+    """Each real store in turn: SQLite in tmp_path, then a fresh schema on the PostgreSQL server."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return make_settings().database_url
+
+
 @pytest.fixture
 def bus() -> InProcessBus:
     return InProcessBus()

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from auth_service.domain.keyring import KeyCipher, KeyRing, KeyRingError, RotationPolicy
-from auth_service.store import Store, open_store
+from auth_service.domain.errors import KeyRingError
+from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
+from auth_service.domain.store import Store
+from auth_service.store import open_store
 
 POLICY = RotationPolicy(interval=1000, jwks_max_age=100, access_token_ttl=50)
 SECRET = "key-ring-secret-0123456789"

@@ -10,23 +10,15 @@ import aiohttp
 import pytest
 
 from auth_service.app import create_app
+from auth_service.domain.errors import Throttled
 from auth_service.domain.passwords import Passwords
 from auth_service.domain.throttle import LoginThrottle, ThrottlePolicy
-from auth_service.errors import Throttled
 from auth_service.settings import Settings
 from auth_service.store import open_store
 from shared.bus import InProcessBus
 from tests.integration.auth.conftest import PASSWORD, AuthClient, register
 
 GUESSES = 150
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> str:
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("postgres_url")
-        return url
-    return make_settings().database_url
 
 
 async def test_simultaneous_guesses_reach_argon2_at_most_ten_times(

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 
 import jwt
 import pytest
 
+from auth_service.app import create_app
+from auth_service.settings import Settings
+from shared.bus import InProcessBus
 from shared.events import RevocationEvent, SessionRevoked, UserRevoked
 from tests.integration.auth.conftest import (
     PASSWORD,
@@ -174,11 +179,17 @@ async def test_revoking_an_access_token_revokes_its_session(client: AuthClient) 
     assert status == 400
 
 
-async def test_expired_refresh_token_is_refused(make_client: MakeClient) -> None:
-    client = await make_client(refresh_token_ttl=1)
+async def test_expired_refresh_token_is_refused(
+    aiohttp_client: Callable[..., Awaitable[AuthClient]],
+    make_settings: Callable[..., Settings],
+    bus: InProcessBus,
+) -> None:
+    now = [time.time()]
+    app = create_app(make_settings(refresh_token_ttl=1), bus=bus, clock=lambda: now[0])
+    client = await aiohttp_client(app)
     await register(client)
     tokens = await login(client)
-    await asyncio.sleep(1.1)
+    now[0] += 1.1
     status, body = await refresh(client, tokens["refresh_token"])
     assert status == 400 and body == {
         "error": "invalid_grant",

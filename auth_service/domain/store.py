@@ -1,4 +1,6 @@
-"""The storage contract both backends (SQLite, PostgreSQL) implement and one test suite checks."""
+"""The storage the domain needs, as a protocol: SQLite, PostgreSQL and the tests' in-memory store
+implement it, and one contract suite checks all three. Store errors surface as
+:class:`~auth_service.domain.errors.StoreUnavailable`."""
 
 from __future__ import annotations
 
@@ -22,20 +24,16 @@ ThrottleUpdate = Callable[[dict[str, ThrottleState]], dict[str, ThrottleState]]
 
 class Store(Protocol):
     async def ping(self) -> None:
-        """Raise :class:`~auth_service.errors.StoreUnavailable` when the database cannot answer."""
+        """Raise :class:`~auth_service.domain.errors.StoreUnavailable` when the database cannot answer."""
 
     async def close(self) -> None: ...
 
     async def create_user(self, user: User) -> None:
-        """Raise :class:`~auth_service.errors.UsernameTaken` for a duplicate username."""
-
-    async def get_user(self, user_id: str) -> User | None: ...
+        """Raise :class:`~auth_service.domain.errors.UsernameTaken` for a duplicate username."""
 
     async def get_user_by_username(self, username: str) -> User | None: ...
 
     async def create_session(self, session: Session, token: RefreshToken) -> None: ...
-
-    async def get_session(self, sid: str) -> Session | None: ...
 
     async def find_refresh_token(self, token_hash: str) -> RefreshTokenView | None: ...
 

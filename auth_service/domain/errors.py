@@ -1,7 +1,8 @@
-"""One exception tree for everything auth_service refuses.
+"""One exception tree for everything auth_service refuses, free of any transport.
 
-Every error carries the OAuth-style ``code`` and the HTTP ``status``; the error middleware is the
-single place that turns them into ``{"error", "error_description"}`` responses.
+Every error carries a machine-readable, OAuth-style ``code`` and a human ``description``; errors
+a client may retry carry ``retry_after`` seconds. The HTTP layer maps the tree to statuses in one
+table (:data:`auth_service.http.HTTP_STATUSES`), the CLI prints the description.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ __all__ = [
     "InvalidGrant",
     "InvalidRequest",
     "InvalidScope",
+    "KeyRingError",
     "RefreshReuse",
     "RegistrationClosed",
     "StoreUnavailable",
@@ -25,7 +27,7 @@ __all__ = [
 
 class AuthError(Exception):
     code = "server_error"
-    status = 500
+    retry_after: int | None = None
 
     def __init__(self, description: str) -> None:
         super().__init__(description)
@@ -34,35 +36,28 @@ class AuthError(Exception):
 
 class InvalidRequest(AuthError):
     code = "invalid_request"
-    status = 400
 
 
 class UnsupportedMediaType(InvalidRequest):
     code = "unsupported_media_type"
-    status = 415
 
 
 class InvalidScope(AuthError):
     code = "invalid_scope"
-    status = 400
 
 
 class UnsupportedGrantType(AuthError):
     code = "unsupported_grant_type"
-    status = 400
 
 
 class InvalidGrant(AuthError):
-    """Wrong credentials or an unusable refresh token. ``status`` is 400 on /v1/token (RFC 6749)."""
+    """Wrong credentials or an unusable refresh token (RFC 6749 ``invalid_grant``)."""
 
     code = "invalid_grant"
-    status = 400
 
 
 class InvalidCredentials(InvalidGrant):
-    """Wrong username or password: ``invalid_grant`` like the token endpoint, but 401 on login."""
-
-    status = 401
+    """Wrong username or password: ``invalid_grant`` like the token endpoint, told apart on login."""
 
 
 class RefreshReuse(InvalidGrant):
@@ -77,22 +72,18 @@ class InvalidClientToken(AuthError):
     """A bearer access token that is missing, malformed, expired or not ours."""
 
     code = "invalid_token"
-    status = 401
 
 
 class UsernameTaken(AuthError):
     code = "username_taken"
-    status = 409
 
 
 class RegistrationClosed(AuthError):
     code = "registration_disabled"
-    status = 403
 
 
 class Throttled(AuthError):
     code = "too_many_attempts"
-    status = 429
 
     def __init__(self, description: str, *, retry_after: int) -> None:
         super().__init__(description)
@@ -100,5 +91,13 @@ class Throttled(AuthError):
 
 
 class StoreUnavailable(AuthError):
+    """The database (or what the service needs from it, such as a signing key) cannot answer now."""
+
     code = "temporarily_unavailable"
-    status = 503
+    retry_after = 2
+
+
+class KeyRingError(AuthError):
+    """A stored key cannot be used (no configured secret decrypts it), or a rotation lost a race."""
+
+    code = "key_ring_error"

@@ -1,0 +1,226 @@
+"""Every :class:`~auth_service.domain.store.Store` operation, its SQL written once for both backends.
+
+Statements use PostgreSQL's numbered ``$n`` placeholders; the SQLite backend renders them as its
+own numbered ``?n``. Rows are mapped to the domain's models by column name. A backend only supplies
+a :class:`Database`: connections, transactions, and its driver's errors turned into
+:class:`~auth_service.domain.errors.StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import astuple, fields
+from typing import Any, Protocol, TypeVar
+
+from auth_service.domain.errors import UsernameTaken
+from auth_service.domain.models import (
+    OutboxItem,
+    RefreshToken,
+    RefreshTokenView,
+    Session,
+    StoredKey,
+    ThrottleState,
+    User,
+)
+from auth_service.domain.store import ThrottleUpdate
+
+__all__ = ["Connection", "Database", "SqlStore"]
+
+Row = Mapping[str, Any]
+Model = TypeVar("Model")
+
+
+class Connection(Protocol):
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run one statement; returns how many rows it changed."""
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None: ...
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+
+    async def insert(self, sql: str, *args: Any) -> bool:
+        """Run one INSERT; False when a unique constraint refused the row."""
+
+
+class Database(Protocol):
+    lock_rows: str
+    """The clause that locks selected rows to the transaction's end (empty where writers queue)."""
+
+    def connection(self) -> AbstractAsyncContextManager[Connection]: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Connection]: ...
+
+    async def close(self) -> None: ...
+
+
+def _insert_sql(table: str, model: type[Any]) -> str:
+    names = [field.name for field in fields(model)]
+    marks = ", ".join(f"${i}" for i in range(1, len(names) + 1))
+    return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})"  # noqa: S608
+
+
+def _columns(alias: str, model: type[Any]) -> str:
+    return ", ".join(f"{alias}.{field.name} AS {alias}_{field.name}" for field in fields(model))
+
+
+def _model(model: type[Model], row: Row, alias: str = "") -> Model:
+    prefix = f"{alias}_" if alias else ""
+    return model(**{field.name: row[prefix + field.name] for field in fields(model)})  # type: ignore[arg-type]
+
+
+_INSERT_USER = _insert_sql("users", User)
+_INSERT_SESSION = _insert_sql("sessions", Session)
+_INSERT_TOKEN = _insert_sql("refresh_tokens", RefreshToken)
+_INSERT_KEY = _insert_sql("signing_keys", StoredKey)
+_REFRESH_VIEW = f"""
+    SELECT {_columns("t", RefreshToken)}, {_columns("s", Session)}, {_columns("u", User)}
+    FROM refresh_tokens t
+    JOIN sessions s ON s.sid = t.sid
+    JOIN users u ON u.id = s.user_id
+    WHERE t.token_hash = $1
+"""  # noqa: S608
+_THROTTLE_PLACEHOLDER = (
+    "INSERT INTO login_throttle (key, failures, window_start, blocked_until) "
+    "VALUES ($1, 0, 0, 0) ON CONFLICT (key) DO NOTHING"
+)
+_THROTTLE_UPSERT = (
+    "INSERT INTO login_throttle (key, failures, window_start, blocked_until) "
+    "VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO UPDATE SET failures = excluded.failures, "
+    "window_start = excluded.window_start, blocked_until = excluded.blocked_until"
+)
+
+
+class SqlStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def ping(self) -> None:
+        async with self._db.connection() as conn:
+            await conn.fetch("SELECT 1")
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def create_user(self, user: User) -> None:
+        async with self._db.connection() as conn:
+            if not await conn.insert(_INSERT_USER, *astuple(user)):
+                raise UsernameTaken("that username is taken")
+
+    async def get_user_by_username(self, username: str) -> User | None:
+        async with self._db.connection() as conn:
+            rows = await conn.fetch("SELECT * FROM users WHERE username = $1", username)
+        return _model(User, rows[0]) if rows else None
+
+    async def create_session(self, session: Session, token: RefreshToken) -> None:
+        async with self._db.transaction() as conn:
+            await conn.execute(_INSERT_SESSION, *astuple(session))
+            await conn.execute(_INSERT_TOKEN, *astuple(token))
+
+    async def find_refresh_token(self, token_hash: str) -> RefreshTokenView | None:
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(_REFRESH_VIEW, token_hash)
+        if not rows:
+            return None
+        row = rows[0]
+        return RefreshTokenView(
+            _model(RefreshToken, row, "t"), _model(Session, row, "s"), _model(User, row, "u")
+        )
+
+    async def rotate_refresh_token(self, old_hash: str, new: RefreshToken, now: float) -> bool:
+        async with self._db.transaction() as conn:
+            changed = await conn.execute(
+                "UPDATE refresh_tokens SET rotated_at = $1 "
+                "WHERE token_hash = $2 AND rotated_at IS NULL",
+                now,
+                old_hash,
+            )
+            if changed != 1:
+                return False
+            await conn.execute(_INSERT_TOKEN, *astuple(new))
+            return True
+
+    async def revoke_session(self, sid: str, now: float) -> bool:
+        async with self._db.connection() as conn:
+            changed = await conn.execute(
+                "UPDATE sessions SET revoked_at = $1 WHERE sid = $2 AND revoked_at IS NULL",
+                now,
+                sid,
+            )
+        return changed == 1
+
+    async def revoke_user_sessions(self, user_id: str, now: float) -> list[str]:
+        async with self._db.transaction() as conn:
+            rows = await conn.fetch(
+                "UPDATE sessions SET revoked_at = $1 "
+                "WHERE user_id = $2 AND revoked_at IS NULL AND expires_at > $1 RETURNING sid",
+                now,
+                user_id,
+            )
+        return sorted(row["sid"] for row in rows)
+
+    async def list_signing_keys(self) -> list[StoredKey]:
+        async with self._db.connection() as conn:
+            rows = await conn.fetch("SELECT * FROM signing_keys ORDER BY generation")
+        return [_model(StoredKey, row) for row in rows]
+
+    async def add_signing_key(self, key: StoredKey) -> bool:
+        async with self._db.connection() as conn:
+            return await conn.insert(_INSERT_KEY, *astuple(key))
+
+    async def delete_signing_key(self, kid: str) -> None:
+        async with self._db.connection() as conn:
+            await conn.execute("DELETE FROM signing_keys WHERE kid = $1", kid)
+
+    async def update_throttle(
+        self, keys: Sequence[str], update: ThrottleUpdate
+    ) -> dict[str, ThrottleState]:
+        """Placeholder rows first, so there is a row to lock; rows locked in key order, so two
+        replicas updating overlapping keys queue instead of deadlocking."""
+        ordered = sorted(set(keys))
+        marks = ", ".join(f"${i}" for i in range(1, len(ordered) + 1))
+        async with self._db.transaction() as conn:
+            await conn.executemany(_THROTTLE_PLACEHOLDER, [(key,) for key in ordered])
+            rows = await conn.fetch(
+                "SELECT * FROM login_throttle "  # noqa: S608
+                f"WHERE key IN ({marks}) ORDER BY key{self._db.lock_rows}",
+                *ordered,
+            )
+            written = update({row["key"]: _model(ThrottleState, row) for row in rows})
+            await conn.executemany(
+                _THROTTLE_UPSERT,
+                [(key, *astuple(state)) for key, state in written.items()],
+            )
+        return written
+
+    async def add_outbox(self, topic: str, payload: str, now: float) -> None:
+        async with self._db.connection() as conn:
+            await conn.execute(
+                "INSERT INTO outbox (topic, payload, created_at) VALUES ($1, $2, $3)",
+                topic,
+                payload,
+                now,
+            )
+
+    async def outbox_batch(self, limit: int) -> list[OutboxItem]:
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT id, topic, payload FROM outbox ORDER BY id LIMIT $1", limit
+            )
+        return [_model(OutboxItem, row) for row in rows]
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        async with self._db.transaction() as conn:
+            await conn.executemany("DELETE FROM outbox WHERE id = $1", [(i,) for i in ids])
+
+    async def purge_expired(self, now: float) -> int:
+        async with self._db.transaction() as conn:
+            return (
+                await conn.execute("DELETE FROM refresh_tokens WHERE expires_at < $1", now)
+                + await conn.execute("DELETE FROM sessions WHERE expires_at < $1", now)
+                + await conn.execute(
+                    "DELETE FROM login_throttle WHERE blocked_until < $1 AND window_start < $2",
+                    now,
+                    now - 86400,
+                )
+            )

@@ -1,0 +1,135 @@
+"""An in-memory :class:`~auth_service.domain.store.Store` for the domain's fast unit tests.
+
+It lives with the tests, not in ``auth_service``: it is neither durable nor shared between
+replicas, so shipping it would only invite a deployment that silently loses its throttle and
+revocations. The store contract suite runs it beside SQLite and PostgreSQL, so it behaves like them.
+Each method runs without an ``await`` between its reads and writes, which makes it atomic on one loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import replace
+
+from auth_service.domain.errors import UsernameTaken
+from auth_service.domain.models import (
+    OutboxItem,
+    RefreshToken,
+    RefreshTokenView,
+    Session,
+    StoredKey,
+    ThrottleState,
+    User,
+)
+from auth_service.domain.store import ThrottleUpdate
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.users: dict[str, User] = {}
+        self.sessions: dict[str, Session] = {}
+        self.tokens: dict[str, RefreshToken] = {}
+        self.keys: dict[str, StoredKey] = {}
+        self.throttle: dict[str, ThrottleState] = {}
+        self.outbox: dict[int, OutboxItem] = {}
+        self._outbox_ids = itertools.count(1)
+
+    async def ping(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def create_user(self, user: User) -> None:
+        if any(u.username == user.username for u in self.users.values()):
+            raise UsernameTaken("that username is taken")
+        self.users[user.id] = user
+
+    async def get_user_by_username(self, username: str) -> User | None:
+        return next((u for u in self.users.values() if u.username == username), None)
+
+    async def create_session(self, session: Session, token: RefreshToken) -> None:
+        self.sessions[session.sid] = session
+        self.tokens[token.token_hash] = token
+
+    async def find_refresh_token(self, token_hash: str) -> RefreshTokenView | None:
+        token = self.tokens.get(token_hash)
+        if token is None:
+            return None
+        session = self.sessions[token.sid]
+        return RefreshTokenView(token, session, self.users[session.user_id])
+
+    async def rotate_refresh_token(self, old_hash: str, new: RefreshToken, now: float) -> bool:
+        old = self.tokens.get(old_hash)
+        if old is None or old.rotated_at is not None:
+            return False
+        self.tokens[old_hash] = replace(old, rotated_at=now)
+        self.tokens[new.token_hash] = new
+        return True
+
+    async def revoke_session(self, sid: str, now: float) -> bool:
+        session = self.sessions.get(sid)
+        if session is None or session.revoked_at is not None:
+            return False
+        self.sessions[sid] = replace(session, revoked_at=now)
+        return True
+
+    async def revoke_user_sessions(self, user_id: str, now: float) -> list[str]:
+        revoked = [
+            s.sid
+            for s in self.sessions.values()
+            if s.user_id == user_id and s.revoked_at is None and s.expires_at > now
+        ]
+        for sid in revoked:
+            self.sessions[sid] = replace(self.sessions[sid], revoked_at=now)
+        return sorted(revoked)
+
+    async def list_signing_keys(self) -> list[StoredKey]:
+        return sorted(self.keys.values(), key=lambda k: k.generation)
+
+    async def add_signing_key(self, key: StoredKey) -> bool:
+        if key.kid in self.keys or any(k.generation == key.generation for k in self.keys.values()):
+            return False
+        self.keys[key.kid] = key
+        return True
+
+    async def delete_signing_key(self, kid: str) -> None:
+        self.keys.pop(kid, None)
+
+    async def update_throttle(
+        self, keys: Sequence[str], update: ThrottleUpdate
+    ) -> dict[str, ThrottleState]:
+        written = update({key: self.throttle.get(key, ThrottleState()) for key in keys})
+        self.throttle.update(written)
+        return written
+
+    async def add_outbox(self, topic: str, payload: str, now: float) -> None:
+        item_id = next(self._outbox_ids)
+        self.outbox[item_id] = OutboxItem(item_id, topic, payload)
+
+    async def outbox_batch(self, limit: int) -> list[OutboxItem]:
+        return [self.outbox[i] for i in sorted(self.outbox)[:limit]]
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        for item_id in ids:
+            self.outbox.pop(item_id, None)
+
+    async def purge_expired(self, now: float) -> int:
+        """Counts like SQL's row counts: tokens that go with their session are not counted."""
+        tokens = [h for h, t in self.tokens.items() if t.expires_at < now]
+        sessions = {sid for sid, s in self.sessions.items() if s.expires_at < now}
+        throttle = [
+            k
+            for k, s in self.throttle.items()
+            if s.blocked_until < now and s.window_start < now - 86400
+        ]
+        self.tokens = {
+            h: t for h, t in self.tokens.items() if h not in tokens and t.sid not in sessions
+        }
+        self.sessions = {sid: s for sid, s in self.sessions.items() if sid not in sessions}
+        for key in throttle:
+            del self.throttle[key]
+        return len(tokens) + len(sessions) + len(throttle)

@@ -1,0 +1,202 @@
+"""The auth domain on the in-memory store with an injected clock: milliseconds, no I/O.
+
+The clock starts at the real time only because pyjwt checks access tokens' ``exp`` against it.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from argon2 import PasswordHasher
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from auth_service.domain.errors import (
+    InvalidCredentials,
+    InvalidGrant,
+    KeyRingError,
+    RefreshReuse,
+    Throttled,
+)
+from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
+from auth_service.domain.models import StoredKey
+from auth_service.domain.passwords import Passwords
+from auth_service.domain.service import AuthService, IssuerPolicy
+from auth_service.domain.throttle import LoginThrottle
+from auth_service.domain.tokens import TokenIssuer
+from shared.events import RevocationEvent, SessionRevoked, UserRevoked
+from tests.unit.auth.memory_store import MemoryStore
+
+PASSWORD = "correct horse battery staple"
+GRACE = 10
+POLICY = RotationPolicy(interval=1000, jwks_max_age=100, access_token_ttl=50)
+
+
+@functools.cache
+def _premade_keys() -> list[rsa.RSAPrivateKey]:
+    return [rsa.generate_private_key(65537, 2048) for _ in range(4)]
+
+
+@pytest.fixture(autouse=True)
+def premade_rsa_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generating RSA keys is the slow part of the domain; a test needs at most four distinct ones."""
+    keys: Iterator[rsa.RSAPrivateKey] = itertools.cycle(_premade_keys())
+    monkeypatch.setattr(rsa, "generate_private_key", lambda *args: next(keys))
+
+
+@dataclass
+class World:
+    store: MemoryStore
+    ring: KeyRing
+    service: AuthService
+    now: float = field(default_factory=lambda: float(int(time.time())))
+    events: list[RevocationEvent] = field(default_factory=list)
+
+    async def register_and_login(self, password: str = PASSWORD) -> Any:
+        await self.service.register("alice", PASSWORD)
+        return await self.service.login("alice", password, address="10.0.0.1")
+
+
+@pytest.fixture
+async def world() -> World:
+    store = MemoryStore()
+    ring = KeyRing(store, KeyCipher(("unit-test-secret-0123456789",)), POLICY)
+    world = World(store, ring, service=None)  # type: ignore[arg-type]
+
+    async def publish(event: RevocationEvent) -> None:
+        world.events.append(event)
+
+    world.service = AuthService(
+        store,
+        TokenIssuer(ring, issuer="http://auth.test", audience="ws", ttl=50),
+        Passwords(hasher=PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)),
+        LoginThrottle(store),
+        IssuerPolicy(
+            refresh_token_ttl=3600,
+            session_lifetime=86400,
+            refresh_reuse_grace=GRACE,
+            default_scope="chat:read",
+            allow_registration=True,
+        ),
+        publish,
+        clock=lambda: world.now,
+    )
+    await ring.maintain(world.now)
+    return world
+
+
+async def test_login_issues_tokens_only_for_the_right_password(world: World) -> None:
+    pair = await world.register_and_login()
+    claims = world.service._tokens.verify(pair.access_token)
+    assert claims["preferred_username"] == "alice" and claims["iat"] == int(world.now)
+    for username, password in (("alice", "wrong password!"), ("nobody", PASSWORD)):
+        with pytest.raises(InvalidCredentials):
+            await world.service.login(username, password, address="10.0.0.1")
+
+
+async def test_throttle_blocks_after_ten_then_doubles_and_a_success_clears(world: World) -> None:
+    await world.service.register("alice", PASSWORD)
+
+    async def attempt(password: str = "wrong password!") -> Any:
+        return await world.service.login("alice", password, address="10.0.0.1")
+
+    for _ in range(10):
+        with pytest.raises(InvalidCredentials):
+            await attempt()
+    with pytest.raises(Throttled) as blocked:
+        await attempt(PASSWORD)
+    assert blocked.value.retry_after == 30
+    world.now += 30
+    with pytest.raises(InvalidCredentials):
+        await attempt()
+    with pytest.raises(Throttled) as doubled:
+        await attempt(PASSWORD)
+    assert doubled.value.retry_after == 60
+    world.now += 60
+    await attempt(PASSWORD)
+    with pytest.raises(InvalidCredentials):
+        await attempt()
+    assert world.store.throttle["pair:alice|10.0.0.1"].failures == 1
+
+
+async def test_refresh_rotates_and_expires(world: World) -> None:
+    first = await world.register_and_login()
+    world.now += 5
+    second = await world.service.refresh(first.refresh_token)
+    assert second.refresh_token != first.refresh_token
+    world.now += 3600
+    with pytest.raises(InvalidGrant, match="expired"):
+        await world.service.refresh(second.refresh_token)
+
+
+async def test_reuse_inside_the_grace_is_refused_without_revoking(world: World) -> None:
+    first = await world.register_and_login()
+    second = await world.service.refresh(first.refresh_token)
+    world.now += GRACE
+    with pytest.raises(RefreshReuse) as reuse:
+        await world.service.refresh(first.refresh_token)
+    assert reuse.value.family_revoked is False and world.events == []
+    await world.service.refresh(second.refresh_token)
+
+
+async def test_reuse_after_the_grace_revokes_the_family(world: World) -> None:
+    first = await world.register_and_login()
+    second = await world.service.refresh(first.refresh_token)
+    world.now += GRACE + 1
+    with pytest.raises(RefreshReuse) as reuse:
+        await world.service.refresh(first.refresh_token)
+    assert reuse.value.family_revoked is True
+    assert [type(e) for e in world.events] == [SessionRevoked]
+    with pytest.raises(InvalidGrant, match="revoked"):
+        await world.service.refresh(second.refresh_token)
+
+
+async def test_logout_everywhere_revokes_every_session_and_the_user(world: World) -> None:
+    first = await world.register_and_login()
+    other = await world.service.login("alice", PASSWORD, address="10.0.0.2")
+    await world.service.logout_with_access_token(first.access_token, everywhere=True)
+    assert sorted(type(e).__name__ for e in world.events) == [
+        "SessionRevoked",
+        "SessionRevoked",
+        "UserRevoked",
+    ]
+    assert isinstance(world.events[-1], UserRevoked) and world.events[-1].until == int(
+        world.now + 50
+    )
+    for pair in (first, other):
+        with pytest.raises(InvalidGrant, match="revoked"):
+            await world.service.refresh(pair.refresh_token)
+
+
+async def test_key_ring_publishes_ahead_signs_then_retires(world: World) -> None:
+    ring, start = world.ring, world.now
+    (first,) = ring.keys
+    lead_time = start + POLICY.interval - POLICY.lead
+    assert await ring.maintain(lead_time) is True
+    second = ring.keys[-1]
+    assert second.activate_at == start + POLICY.interval
+    assert ring.signing_key(lead_time) == first, "published before it signs"
+    assert ring.signing_key(second.activate_at) == second
+    assert {k["kid"] for k in ring.jwks()["keys"]} == {first.kid, second.kid}
+    await ring.maintain(second.activate_at + POLICY.retention)
+    assert [k.kid for k in ring.keys] == [second.kid]
+
+
+async def test_a_manual_rotation_that_loses_a_race_says_so(world: World) -> None:
+    ring = world.ring
+    competing = ring.keys[0]
+    refuse = world.store.add_signing_key
+
+    async def another_replica_first(key: StoredKey) -> bool:
+        await refuse(replace(key, kid="another-replica"))
+        return await refuse(key)
+
+    world.store.add_signing_key = another_replica_first  # type: ignore[method-assign]
+    with pytest.raises(KeyRingError, match="another replica rotated"):
+        await ring.rotate(world.now)
+    assert competing in ring.keys
