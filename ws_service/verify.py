@@ -10,7 +10,14 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from ws_service.errors import InvalidToken, SessionRevoked, TokenExpired
 
-__all__ = ["ACCESS_TOKEN_TYP", "Claims", "KeySource", "RevocationCheck", "TokenVerifier"]
+__all__ = [
+    "ACCESS_TOKEN_TYP",
+    "Claims",
+    "KeySource",
+    "RevocationCheck",
+    "TokenVerifier",
+    "claims_from",
+]
 
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 (a media type, not a secret)
 _REQUIRED = ["exp", "iat", "sub", "jti", "sid", "iss", "aud"]
@@ -57,6 +64,19 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Claims:
         """Raise an ``AuthError`` subclass unless ``token`` is a valid, unrevoked access token."""
+        return self.checked(
+            claims_from(await self.decode(token, ACCESS_TOKEN_TYP, _REQUIRED, "an access token"))
+        )
+
+    def checked(self, claims: Claims) -> Claims:
+        """``claims`` unless a revocation this replica knows of covers them."""
+        if self._revocations.is_revoked(claims.sub, claims.sid, claims.iat):
+            raise SessionRevoked()
+        return claims
+
+    async def decode(self, token: str, typ: str, required: list[str], kind: str) -> dict[str, Any]:
+        """The payload of an RS256 JWT of header ``typ`` (``kind`` names it in errors) from our
+        issuer, signed by a JWKS key."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -64,8 +84,8 @@ class TokenVerifier:
         kid = header.get("kid")
         if header.get("alg") != "RS256":
             raise InvalidToken("the token must be signed with RS256")
-        if header.get("typ") != ACCESS_TOKEN_TYP:
-            raise InvalidToken("the token is not an access token")
+        if header.get("typ") != typ:
+            raise InvalidToken(f"the token is not {kind}")
         if "crit" in header:  # pyjwt >= 2.10 already refuses unknown ones in get_unverified_header
             raise InvalidToken("critical header extensions are not supported")
         if not isinstance(kid, str) or not kid:
@@ -79,19 +99,17 @@ class TokenVerifier:
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
-                options={"require": _REQUIRED},
+                options={"require": required},
             )
         except jwt.ExpiredSignatureError:
             raise TokenExpired() from None
         except jwt.InvalidTokenError:
             raise InvalidToken() from None
-        claims = _claims(payload)
-        if self._revocations.is_revoked(claims.sub, claims.sid, claims.iat):
-            raise SessionRevoked()
-        return claims
+        return payload
 
 
-def _claims(payload: dict[str, Any]) -> Claims:
+def claims_from(payload: dict[str, Any]) -> Claims:
+    """What the gateway acts on, from a verified access token's (or ticket's) payload."""
     sub, sid, jti = payload["sub"], payload["sid"], payload["jti"]
     scope = payload.get("scope", "")
     username = payload.get("preferred_username")
