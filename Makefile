@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NGINX := $(VENV)/nginx/usr/sbin/nginx
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: run test lint format bench clean up down
 
@@ -30,7 +31,18 @@ $(NGINX): | $(STAMP)
 	  && dpkg -x nginx_*.deb .. && rm -rf ../deb \
 	  || echo "note: Debian's nginx could not be fetched; the load-balancer tests will say so"
 
-test: $(STAMP) $(NGINX)
+# The browser tests (tests/e2e) drive Debian's Chromium through Playwright's Python driver (its own
+# browser download cannot work here). As root it is installed once with apt-get; where it cannot be,
+# they are skipped with the reason (and fail under CI=true).
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium for the browser tests (apt-get; this takes a minute)"; \
+	  { apt-get update -qq >/dev/null 2>&1 \
+	    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } \
+	  || echo "note: chromium could not be installed; the browser tests will say so"; \
+	else echo "note: $(CHROMIUM) is missing and installing it needs root; the browser tests will say so"; fi
+
+test: $(STAMP) $(NGINX) $(CHROMIUM)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

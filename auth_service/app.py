@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from auth_service import browser
 from auth_service.appkeys import BUS, KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
 from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
 from auth_service.domain.outbox import EventPublisher
@@ -118,6 +119,7 @@ def create_app(
 
     app.cleanup_ctx.extend([store_ctx, bus_ctx, domain_ctx])
     app.add_routes(routes)
+    browser.setup(app, settings)
     return app
 
 

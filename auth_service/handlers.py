@@ -7,6 +7,7 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from auth_service import browser
 from auth_service.appkeys import BUS, KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
 from auth_service.domain.errors import (
     AuthError,
@@ -58,6 +59,7 @@ async def register(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     body = await read_json(request)
     username, password = required_str(body, "username"), required_str(body, "password")
+    cookie = browser.wants_cookie(request, body)
     metrics = request.app[METRICS]
     try:
         pair = await request.app[SERVICE].login(username, password, address=client_address(request))
@@ -66,7 +68,7 @@ async def login(request: web.Request) -> web.Response:
         raise
     metrics.logins.labels("ok").inc()
     metrics.tokens_issued.labels("password").inc()
-    return token_response(pair)
+    return await browser.cookie_login(request, pair) if cookie else token_response(pair)
 
 
 @routes.post("/v1/token")
@@ -76,10 +78,14 @@ async def token(request: web.Request) -> web.Response:
     if grant_type != "refresh_token":
         raise UnsupportedGrantType(f"grant_type {grant_type!r} is not supported")
     metrics = request.app[METRICS]
+    cookie = optional_str(body, "refresh_token") is None
     try:
-        pair = await request.app[SERVICE].refresh(
-            required_str(body, "refresh_token"), scope=optional_str(body, "scope")
+        presented = (
+            await browser.cookie_refresh_token(request)
+            if cookie
+            else required_str(body, "refresh_token")
         )
+        pair = await request.app[SERVICE].refresh(presented, scope=optional_str(body, "scope"))
     except AuthError as exc:
         reuse = isinstance(exc, RefreshReuse) and exc.family_revoked
         metrics.refreshes.labels("reuse_detected" if reuse else exc.code).inc()
@@ -88,7 +94,7 @@ async def token(request: web.Request) -> web.Response:
         raise
     metrics.refreshes.labels("ok").inc()
     metrics.tokens_issued.labels("refresh_token").inc()
-    return token_response(pair)
+    return await browser.cookie_token_response(request, pair) if cookie else token_response(pair)
 
 
 @routes.post("/v1/logout")
@@ -107,6 +113,10 @@ async def logout(request: web.Request) -> web.Response:
         await service.logout_with_access_token(credentials.strip(), everywhere=everywhere)
     elif refresh_token:
         await service.logout_with_refresh_token(refresh_token, everywhere=everywhere)
+    elif await browser.has_session(request):
+        presented = await browser.cookie_refresh_token(request)
+        await service.logout_with_refresh_token(presented, everywhere=everywhere)
+        return await browser.cookie_logout(request, everywhere)
     else:
         raise InvalidRequest("send 'Authorization: Bearer <access token>' or a 'refresh_token'")
     return web.json_response({"status": "logged_out", "all": everywhere}, headers=NO_STORE)

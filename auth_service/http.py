@@ -13,6 +13,7 @@ from aiohttp import web
 from auth_service.appkeys import METRICS, SETTINGS
 from auth_service.domain.errors import (
     AuthError,
+    CsrfRejected,
     InvalidClientToken,
     InvalidCredentials,
     InvalidGrant,
@@ -62,6 +63,7 @@ HTTP_STATUSES: dict[type[AuthError], int] = {
     InvalidClientToken: 401,
     UsernameTaken: 409,
     RegistrationClosed: 403,
+    CsrfRejected: 403,
     Throttled: 429,
     StoreUnavailable: 503,
 }

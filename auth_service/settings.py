@@ -46,6 +46,7 @@ class Settings:
     log_level: str = "INFO"
     tls_cert: str = ""
     tls_key: str = ""
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.key_encryption_secrets:
@@ -107,6 +108,7 @@ class Settings:
             log_level=env_str(environ, "AUTH_LOG_LEVEL", "INFO"),
             tls_cert=env_str(environ, "AUTH_TLS_CERT", ""),
             tls_key=env_str(environ, "AUTH_TLS_KEY", ""),
+            cors_origins=env_list(environ, "AUTH_CORS_ORIGINS"),
         )
 
 

@@ -9,7 +9,9 @@ from collections.abc import Mapping
 
 from auth_service.app import create_app as create_auth_app
 from auth_service.settings import Settings as AuthSettings
+from services.webpage import mount, origin_of
 from shared.bus import InProcessBus
+from shared.envparse import env_list
 from shared.serve import Site
 from ws_service.app import create_app as create_ws_app
 from ws_service.settings import Settings as WsSettings
@@ -20,14 +22,19 @@ __all__ = ["banner", "build_sites"]
 def build_sites(environ: Mapping[str, str]) -> tuple[list[Site], list[str]]:
     bus = InProcessBus()
     auth = AuthSettings.from_env(environ)
-    ws = WsSettings.from_env(environ)
+    page = f"{auth.issuer}/"
+    origins = {*env_list(environ, "WS_ALLOWED_ORIGINS"), origin_of(auth.issuer)}
+    ws = WsSettings.from_env({**environ, "WS_ALLOWED_ORIGINS": ",".join(sorted(origins))})
     auth_tls, ws_tls = auth.ssl_context, ws.ssl_context
+    ws_url = f"{'wss' if ws_tls else 'ws'}://{ws.host}:{ws.port}/ws"
+    auth_app = create_auth_app(auth, bus=bus)
+    mount(auth_app, ws_url)
     sites = [
-        Site(create_auth_app(auth, bus=bus), auth.host, auth.port, auth_tls),
+        Site(auth_app, auth.host, auth.port, auth_tls),
         Site(create_ws_app(ws, bus=bus), ws.host, ws.port, ws_tls, ws.shutdown_timeout),
     ]
-    ws_url = f"{'wss' if ws_tls else 'ws'}://{ws.host}:{ws.port}/ws"
     lines = [
+        f"chat page     {page}   (open this in a browser)",
         f"auth_service  {auth.issuer}   (REST API; JWKS at {auth.jwks_uri})",
         f"ws_service    {ws_url}",
         f"database      {auth.database_url}",

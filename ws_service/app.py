@@ -17,7 +17,7 @@ from shared.close_codes import Disconnect
 from shared.events import REVOCATIONS_TOPIC
 from shared.http_errors import http_exception_json
 from shared.redis_ledger import RedisRevocationLedger
-from ws_service import handlers
+from ws_service import handlers, handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, LEDGER, METRICS, SETTINGS, SOCKETS
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.hub import Hub
@@ -45,6 +45,7 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     app.cleanup_ctx.append(_bus_ctx(bus))
     app.cleanup_ctx.append(_ledger_ctx)
     app.cleanup_ctx.append(_gateway_ctx)
+    app.cleanup_ctx.append(handshake.tickets_ctx)
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", handlers.websocket)
     app.router.add_post("/v1/publish", handlers.publish)

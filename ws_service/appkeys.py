@@ -8,12 +8,13 @@ from aiohttp import web
 
 from shared.bus import EventBus
 from shared.redis_ledger import RedisRevocationLedger
+from shared.tickets import UsedTickets
 from ws_service.domain.gateway import Gateway
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
 from ws_service.settings import Settings
 
-__all__ = ["BUS", "GATEWAY", "JWKS", "LEDGER", "METRICS", "SETTINGS", "SOCKETS"]
+__all__ = ["BUS", "GATEWAY", "JWKS", "LEDGER", "METRICS", "SETTINGS", "SOCKETS", "USED_TICKETS"]
 
 SETTINGS = web.AppKey("settings", Settings)
 BUS = web.AppKey("bus", EventBus)
@@ -22,4 +23,5 @@ JWKS = web.AppKey("jwks", JwksCache)
 GATEWAY = web.AppKey("gateway", Gateway)
 LEDGER = web.AppKey("revocation_ledger", RedisRevocationLedger)
 """Set only when ``REDIS_URL`` is: read it with ``app.get(LEDGER)``."""
+USED_TICKETS = web.AppKey("used_tickets", UsedTickets)
 SOCKETS = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])

@@ -15,9 +15,10 @@ from shared.close_codes import Disconnect
 from shared.http_auth import bearer_token
 from shared.http_errors import json_error
 from shared.jsonlog import audit
+from ws_service import handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
 from ws_service.domain.channels import validate_channel
-from ws_service.domain.errors import InvalidChannel
+from ws_service.domain.errors import AuthError, InvalidChannel
 from ws_service.peer import WebSocketPeer
 
 __all__ = ["healthz", "metrics", "publish", "readyz", "websocket"]
@@ -32,6 +33,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         audit("ws_origin_refused", origin=origin, remote=request.remote)
         return json_error(403, "forbidden_origin", "this Origin may not open a WebSocket")
     ws = web.WebSocketResponse(
+        protocols=handshake.PROTOCOLS,
         heartbeat=settings.heartbeat,
         max_msg_size=settings.max_message_bytes,
         compress=False,
@@ -39,10 +41,16 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         return json_error(400, "bad_request", "this endpoint only accepts WebSocket upgrades")
+    try:
+        claims = await handshake.authenticate(request)
+    except AuthError as err:
+        return handshake.refusal(request, err)
     await ws.prepare(request)
     sockets = request.app[SOCKETS]
     peer = WebSocketPeer(ws, settings.max_outbox)
     conn = request.app[GATEWAY].connect(peer, request.remote)
+    if claims is not None:
+        conn.authenticated_at_handshake(claims)
     sockets.add(ws)
     try:
         while True:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthError",
+    "CsrfRejected",
     "InvalidClientToken",
     "InvalidCredentials",
     "InvalidGrant",
@@ -88,6 +89,12 @@ class Throttled(AuthError):
     def __init__(self, description: str, *, retry_after: int) -> None:
         super().__init__(description)
         self.retry_after = retry_after
+
+
+class CsrfRejected(AuthError):
+    """A cookie-authenticated request without our Origin or the session's CSRF token."""
+
+    code = "csrf_failed"
 
 
 class StoreUnavailable(AuthError):

@@ -207,13 +207,25 @@ class Connection:
             return
         if self.closing:
             return
+        self._start(claims, request.id)
+
+    def authenticated_at_handshake(self, claims: Claims) -> None:
+        """The upgrade carried a verified bearer subprotocol or ticket: no ``auth`` message."""
+        try:
+            self._admission.admit(self, claims)
+        except AuthError as err:
+            self._auth_failed(err, None, final=True)
+            return
+        self._start(claims, None)
+
+    def _start(self, claims: Claims, request_id: protocol.RequestId) -> None:
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
         self._bucket = TokenBucket(
             self._settings.rate_per_second, self._settings.rate_burst, time.monotonic()
         )
-        self._accept(claims, request.id, renewed=False)
+        self._accept(claims, request_id, renewed=False)
 
     async def _renew(self, request: protocol.Request) -> None:
         assert self.claims is not None

@@ -65,7 +65,10 @@ class Gateway:
         An unreachable ledger is not a refusal: while Redis is down local traffic keeps flowing,
         and the reconciliation after the reconnection closes what slipped through.
         """
-        claims = await self.verifier.verify(token)
+        return await self.confirm(await self.verifier.verify(token))
+
+    async def confirm(self, claims: Claims) -> Claims:
+        """The ledger half of ``authenticate``, for claims verified another way (a ticket)."""
         if self.ledger is None:
             return claims
         try:

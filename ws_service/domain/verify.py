@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -10,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from shared.access_token import ACCESS_TOKEN_TYP, ALGORITHM, REQUIRED_CLAIMS, Claims
 from ws_service.domain.errors import InvalidToken, SessionRevoked, TokenExpired
 
-__all__ = ["KeySource", "RevocationCheck", "TokenVerifier"]
+__all__ = ["KeySource", "RevocationCheck", "TokenVerifier", "claims_from"]
 
 
 class KeySource(Protocol):
@@ -41,6 +42,23 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Claims:
         """Raise an ``AuthError`` subclass unless ``token`` is a valid, unrevoked access token."""
+        return self.checked(
+            claims_from(
+                await self.decode(token, ACCESS_TOKEN_TYP, REQUIRED_CLAIMS, "an access token")
+            )
+        )
+
+    def checked(self, claims: Claims) -> Claims:
+        """``claims`` unless a revocation this replica knows of covers them."""
+        if self._revocations.is_revoked(claims.sub, claims.sid, claims.iat):
+            raise SessionRevoked()
+        return claims
+
+    async def decode(
+        self, token: str, typ: str, required: Sequence[str], kind: str
+    ) -> dict[str, Any]:
+        """The payload of an RS256 JWT of header ``typ`` (``kind`` names it in errors) from our
+        issuer, signed by a JWKS key."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -48,8 +66,8 @@ class TokenVerifier:
         kid = header.get("kid")
         if header.get("alg") != ALGORITHM:
             raise InvalidToken(f"the token must be signed with {ALGORITHM}")
-        if header.get("typ") != ACCESS_TOKEN_TYP:
-            raise InvalidToken("the token is not an access token")
+        if header.get("typ") != typ:
+            raise InvalidToken(f"the token is not {kind}")
         if "crit" in header:  # pyjwt >= 2.10 already refuses unknown ones in get_unverified_header
             raise InvalidToken("critical header extensions are not supported")
         if not isinstance(kid, str) or not kid:
@@ -63,16 +81,18 @@ class TokenVerifier:
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
-                options={"require": list(REQUIRED_CLAIMS)},
+                options={"require": list(required)},
             )
         except jwt.ExpiredSignatureError:
             raise TokenExpired() from None
         except jwt.InvalidTokenError:
             raise InvalidToken() from None
-        try:
-            claims = Claims.from_payload(payload)
-        except ValueError as exc:
-            raise InvalidToken(str(exc)) from None
-        if self._revocations.is_revoked(claims.sub, claims.sid, claims.iat):
-            raise SessionRevoked()
-        return claims
+        return payload
+
+
+def claims_from(payload: Mapping[str, Any]) -> Claims:
+    """What the gateway acts on, from a verified access token's (or ticket's) payload."""
+    try:
+        return Claims.from_payload(payload)
+    except ValueError as exc:
+        raise InvalidToken(str(exc)) from None

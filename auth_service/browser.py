@@ -1,0 +1,213 @@
+"""Browser session mode: the refresh token lives only in an encrypted, HttpOnly, SameSite=Strict
+cookie (aiohttp-session), never where page scripts can read it.
+
+Cookies ride along on requests other sites make, so every cookie-authenticated request must also
+prove it comes from our page: an ``Origin`` that is the issuer's own or in ``AUTH_CORS_ORIGINS``, and
+an ``X-CSRF-Token`` header equal to the token bound inside the encrypted session (double submit: the
+page reads it from the non-HttpOnly ``csrf_token`` cookie or from the login response). CORS with
+credentials is granted to the configured origins only. ``POST /v1/ws-ticket`` mints single-use
+WebSocket tickets (``shared/tickets.py``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp_cors
+import jwt
+from aiohttp import hdrs, web
+from aiohttp_session import get_session, new_session
+from aiohttp_session import setup as setup_session
+from aiohttp_session.cookie_storage import EncryptedCookieStorage
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from auth_service.appkeys import KEYRING, SETTINGS
+from auth_service.domain.errors import (
+    CsrfRejected,
+    InvalidClientToken,
+    InvalidRequest,
+    StoreUnavailable,
+)
+from auth_service.domain.service import TokenPair
+from auth_service.domain.tokens import TokenIssuer
+from auth_service.settings import Settings
+from shared.tickets import TICKET_TYP, ticket_claims
+
+__all__ = [
+    "COOKIE_PATH",
+    "CSRF_COOKIE",
+    "CSRF_HEADER",
+    "SESSION_COOKIE",
+    "CsrfRejected",
+    "cookie_login",
+    "cookie_logout",
+    "cookie_refresh_token",
+    "cookie_token_response",
+    "has_session",
+    "setup",
+    "wants_cookie",
+]
+
+SESSION_COOKIE = "gw_session"
+CSRF_COOKIE = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+COOKIE_PATH = "/v1/"
+"""The narrowest path covering /v1/token, /v1/logout and /v1/ws-ticket: never sent to pages."""
+_REFRESH, _CSRF = "refresh_token", "csrf"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def setup(app: web.Application, settings: Settings) -> None:
+    """Install the session cookie, the ticket endpoint and CORS; call after every route is added."""
+    setup_session(
+        app,
+        EncryptedCookieStorage(
+            cookie_key(settings.key_encryption_secrets[0]),
+            cookie_name=SESSION_COOKIE,
+            path=COOKIE_PATH,
+            max_age=settings.refresh_token_ttl,
+            secure=_secure(settings),
+            httponly=True,
+            samesite="Strict",
+        ),
+    )
+    app.router.add_post("/v1/ws-ticket", ws_ticket)
+    if not settings.cors_origins:
+        return
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+        allow_credentials=True,
+        allow_headers=(hdrs.CONTENT_TYPE, hdrs.AUTHORIZATION, CSRF_HEADER),
+        allow_methods=("GET", "POST"),
+        max_age=600,
+    )
+    cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(settings.cors_origins, options))
+    for route in list(app.router.routes()):
+        cors.add(route)
+
+
+def cookie_key(secret: str) -> bytes:
+    """Derived from the first key-encryption secret, so every replica reads every cookie."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"auth_service cookie")
+    return hkdf.derive(secret.encode())
+
+
+def _secure(settings: Settings) -> bool:
+    return settings.issuer.startswith("https://")
+
+
+def _own_origin(settings: Settings) -> str:
+    parts = urlsplit(settings.issuer)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def check_origin(request: web.Request) -> None:
+    settings = request.app[SETTINGS]
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is None or (origin != _own_origin(settings) and origin not in settings.cors_origins):
+        raise CsrfRejected("this Origin may not use the session cookie")
+
+
+def wants_cookie(request: web.Request, body: dict[str, Any]) -> bool:
+    """Whether a login asks for cookie mode; such a login must come from an allowed Origin."""
+    mode = body.get("session")
+    if mode is None:
+        return False
+    if mode != "cookie":
+        raise InvalidRequest("'session' must be \"cookie\" when present")
+    check_origin(request)
+    return True
+
+
+async def cookie_login(request: web.Request, pair: TokenPair) -> web.Response:
+    """A fresh session on every login (no fixation), with a fresh CSRF token."""
+    session = await new_session(request)
+    session[_REFRESH] = pair.refresh_token
+    session[_CSRF] = secrets.token_urlsafe(32)
+    return _token_response(request, pair, session[_CSRF])
+
+
+async def cookie_refresh_token(request: web.Request) -> str:
+    """The refresh token from the session cookie, once the request proved it is from our page.
+
+    Without a session cookie this is the plain OAuth error for a missing ``refresh_token``."""
+    session = await get_session(request)
+    if _REFRESH not in session:
+        raise InvalidRequest("'refresh_token' is required")
+    check_origin(request)
+    presented = request.headers.get(CSRF_HEADER, "")
+    if not hmac.compare_digest(presented.encode(), str(session.get(_CSRF, "")).encode()):
+        raise CsrfRejected(f"the {CSRF_HEADER} header does not match the session")
+    return str(session[_REFRESH])
+
+
+async def cookie_token_response(request: web.Request, pair: TokenPair) -> web.Response:
+    """Rotate the cookie to the new refresh token; the CSRF token stays bound to the session."""
+    session = await get_session(request)
+    session[_REFRESH] = pair.refresh_token
+    return _token_response(request, pair, str(session[_CSRF]))
+
+
+async def has_session(request: web.Request) -> bool:
+    return _REFRESH in await get_session(request)
+
+
+async def cookie_logout(request: web.Request, everywhere: bool) -> web.Response:
+    """The session is already revoked: forget both cookies."""
+    (await get_session(request)).invalidate()
+    response = web.json_response({"status": "logged_out", "all": everywhere}, headers=NO_STORE)
+    response.del_cookie(CSRF_COOKIE, path="/")
+    return response
+
+
+def _token_response(request: web.Request, pair: TokenPair, csrf: str) -> web.Response:
+    settings = request.app[SETTINGS]
+    response = web.json_response(
+        {
+            "access_token": pair.access_token,
+            "token_type": "Bearer",
+            "expires_in": pair.expires_in,
+            "refresh_expires_in": pair.refresh_expires_in,
+            "scope": pair.scope,
+            "csrf_token": csrf,
+        },
+        headers=NO_STORE,
+    )
+    response.set_cookie(
+        CSRF_COOKIE,
+        csrf,
+        path="/",
+        max_age=settings.refresh_token_ttl,
+        secure=_secure(settings),
+        httponly=False,
+        samesite="Strict",
+    )
+    return response
+
+
+async def ws_ticket(request: web.Request) -> web.Response:
+    """``Authorization: Bearer <access token>`` -> a ticket for one WebSocket handshake."""
+    scheme, _, credentials = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise InvalidClientToken("use 'Authorization: Bearer <access token>'")
+    settings = request.app[SETTINGS]
+    ring = request.app[KEYRING]
+    verifier = TokenIssuer(
+        ring, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_token_ttl
+    )
+    access = verifier.verify(credentials.strip())
+    now = time.time()
+    key = ring.signing_key(now)
+    if key is None or key.private_key is None:
+        raise StoreUnavailable("no signing key is loaded yet")
+    claims = ticket_claims(access, now)
+    ticket = jwt.encode(
+        claims, key.private_key, algorithm="RS256", headers={"kid": key.kid, "typ": TICKET_TYP}
+    )
+    return web.json_response(
+        {"ticket": ticket, "expires_in": claims["exp"] - claims["iat"]}, headers=NO_STORE
+    )

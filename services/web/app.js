@@ -1,0 +1,135 @@
+// The demo page: everything it shows comes from GatewayClient events; messages are rendered
+// with textContent only (never as HTML), and the page's CSP forbids inline script.
+import { GatewayClient } from "/gateway-client.js";
+
+const $ = (id) => document.getElementById(id);
+const config = await (await fetch("/config.json")).json();
+const handshake = new URLSearchParams(location.search).get("handshake") ?? "message";
+const client = new GatewayClient({ authUrl: location.origin, wsUrl: config.wsUrl, handshake });
+window.gatewayClient = client; // for the browser tests and the curious, from the console
+let room = null;
+let renewals = 0;
+
+function show(loggedIn) {
+  $("login").hidden = loggedIn;
+  $("chat").hidden = !loggedIn;
+  $("who").textContent = loggedIn && client.user ? `Signed in as ${client.user.username}` : "";
+}
+
+function notice(text) {
+  $("notice").textContent = text;
+}
+
+function addMessage(frame) {
+  const item = document.createElement("li");
+  const from = document.createElement("span");
+  from.className = "from";
+  from.textContent = frame.from_username ?? "server";
+  const text = document.createElement("span");
+  text.className = "text";
+  text.textContent = typeof frame.data?.text === "string" ? frame.data.text : JSON.stringify(frame.data);
+  if (client.user && frame.from === client.user.id) item.className = "mine";
+  item.append(from, text);
+  $("messages").append(item);
+  item.scrollIntoView({ block: "end" });
+}
+
+async function join(name) {
+  if (room) await client.unsubscribe(room).catch(() => {});
+  room = `chat:${name}`;
+  $("room-name").textContent = name;
+  $("messages").replaceChildren();
+  await client.subscribe(room);
+  $("chat").dataset.joined = room;
+}
+
+async function enter() {
+  notice("");
+  show(true);
+  await join($("room").value);
+}
+
+client.addEventListener("state", ({ detail }) => {
+  $("state").textContent = detail.state;
+  if (detail.state === "closed" && detail.code === 4403) {
+    notice("You were logged out (session revoked). Log in again.");
+    show(false);
+  } else if (detail.state === "closed" && detail.code !== null && detail.code !== 1000) {
+    notice(`Disconnected (${detail.code}). Log in again.`);
+    show(false);
+  }
+});
+client.addEventListener("message", ({ detail }) => addMessage(detail));
+client.addEventListener("renewed", ({ detail }) => {
+  renewals += 1;
+  $("renewals").textContent = String(renewals);
+  const entry = document.createElement("li");
+  entry.textContent = `${new Date().toLocaleTimeString()}: renewed on the same socket, valid until ${new Date(detail.expiresAt).toLocaleTimeString()}`;
+  $("renewal-log").prepend(entry);
+});
+client.addEventListener("revoked", () => notice("This session was revoked."));
+
+setInterval(() => {
+  const left = client.expiresAt ? Math.max(0, Math.round((client.expiresAt - Date.now()) / 1000)) : null;
+  $("token-life").textContent = left === null ? "-" : String(left);
+}, 250);
+
+async function submitLogin(register) {
+  const username = $("username").value.trim();
+  const password = $("password").value;
+  $("login-error").textContent = "";
+  try {
+    if (register) {
+      const response = await fetch("/v1/register", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ username, password }),
+      });
+      if (!response.ok) throw new Error((await response.json()).error_description);
+    }
+    await client.login(username, password);
+    $("password").value = "";
+    await enter();
+  } catch (err) {
+    $("login-error").textContent = `Could not log in: ${err.message}`;
+  }
+}
+
+$("login-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  submitLogin(false);
+});
+$("register-button").addEventListener("click", () => {
+  if ($("login-form").reportValidity()) submitLogin(true);
+});
+$("room-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  join($("room").value).catch((err) => notice(err.message));
+});
+$("send-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const text = $("text").value;
+  try {
+    await client.publish(room, { text });
+    $("text").value = "";
+  } catch (err) {
+    notice(`Not sent: ${err.message}`);
+  }
+});
+$("logout").addEventListener("click", async () => {
+  await client.logout().catch(() => {});
+  show(false);
+});
+$("logout-everywhere").addEventListener("click", async () => {
+  await client.logout({ everywhere: true }).catch(() => {});
+  notice("Logged out on every device.");
+  show(false);
+});
+
+try {
+  await client.resume();
+  await enter();
+} catch {
+  show(false);
+}
+document.body.dataset.ready = "true";

@@ -1,0 +1,65 @@
+// Type declarations for gateway-client.js (docs/protocol.md is the wire contract).
+
+export type CloseAction = "reconnect" | "refresh" | "stop";
+export declare const CLOSE_ACTIONS: Readonly<Record<number, CloseAction>>;
+export declare function backoffDelay(attempt: number, base?: number, cap?: number): number;
+
+export type ConnectionState = "connecting" | "authenticated" | "renewing" | "reconnecting" | "closed";
+export type Handshake = "message" | "bearer" | "ticket";
+
+export interface GatewayClientOptions {
+  authUrl: string;
+  wsUrl: string;
+  /** How the socket authenticates; the in-band `auth` message by default. */
+  handshake?: Handshake;
+}
+
+export interface User {
+  id: string;
+  username: string | null;
+}
+
+export interface ChannelMessage {
+  type: "message";
+  channel: string;
+  data: unknown;
+  from: string | null;
+  from_username: string | null;
+  ts: number;
+}
+
+export declare class GatewayError extends Error {
+  readonly code: string;
+  readonly status?: number;
+}
+
+export interface GatewayClientEventMap {
+  message: CustomEvent<ChannelMessage>;
+  state: CustomEvent<{ state: ConnectionState; code: number | null }>;
+  renewed: CustomEvent<{ expiresAt: number }>;
+  revoked: CustomEvent<{ reason: "session_revoked" | "user_revoked" }>;
+  error: CustomEvent<GatewayError>;
+}
+
+export declare class GatewayClient extends EventTarget {
+  constructor(options: GatewayClientOptions);
+  readonly state: ConnectionState;
+  readonly channels: string[];
+  /** The user of the current token, once authenticated. */
+  user: User | null;
+  /** When the access token expires (epoch milliseconds). */
+  expiresAt: number | null;
+  login(username: string, password: string): Promise<void>;
+  resume(): Promise<void>;
+  refresh(): Promise<void>;
+  subscribe(channel: string): Promise<void>;
+  unsubscribe(channel: string): Promise<void>;
+  publish(channel: string, data: unknown): Promise<void>;
+  logout(options?: { everywhere?: boolean }): Promise<void>;
+  close(): void;
+  addEventListener<K extends keyof GatewayClientEventMap>(
+    type: K,
+    listener: (event: GatewayClientEventMap[K]) => void,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+}

@@ -1,0 +1,308 @@
+// GatewayClient: the browser side of the realtime gateway, one dependency-free ES module.
+//
+// The access token lives in this object's memory only: never in localStorage, sessionStorage, a
+// cookie this code writes, or a URL. The refresh token lives in auth_service's HttpOnly cookie,
+// which page scripts cannot read; refreshing proves the request is ours with the CSRF token.
+// The wire contract is docs/protocol.md; close codes are acted on from CLOSE_ACTIONS below.
+
+const SUBPROTOCOL = "realtime.v1";
+const BEARER_PREFIX = "realtime.bearer.";
+const CSRF_COOKIE = "csrf_token";
+const REFRESH_LOCK = "realtime-gateway-refresh";
+
+/** What to do after the server closes the socket, by close code (docs/protocol.md). */
+export const CLOSE_ACTIONS = Object.freeze({
+  1000: "stop", // we closed it
+  1001: "reconnect", // server shutdown
+  1006: "reconnect", // dropped, or refused before the upgrade (see #onClose)
+  1009: "stop", // our frame was too large: a bug here
+  1011: "reconnect", // server bug while handling a frame
+  1013: "reconnect", // we read too slowly
+  4400: "stop", // we broke the protocol
+  4401: "refresh", // token refused or expired: refresh, then reconnect
+  4403: "stop", // session revoked (logout): log in again
+  4408: "reconnect", // no auth in time
+  4429: "reconnect", // rate limited or too many connections
+});
+
+/** Full jitter: uniform in [0, min(cap, base * 2^attempt)). */
+export function backoffDelay(attempt, base = 500, cap = 30000) {
+  return Math.random() * Math.min(cap, base * 2 ** Math.min(attempt, 30));
+}
+
+export class GatewayError extends Error {
+  constructor(code, message, status) {
+    super(message ? `${code}: ${message}` : code);
+    this.code = code;
+    this.status = status;
+  }
+}
+
+function readCookie(name) {
+  for (const part of document.cookie.split(";")) {
+    const [key, ...value] = part.trim().split("=");
+    if (key === name) return decodeURIComponent(value.join("="));
+  }
+  return null;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export class GatewayClient extends EventTarget {
+  #authUrl;
+  #wsUrl;
+  #handshake;
+  #token = null;
+  #csrf = null;
+  #ws = null;
+  #state = "closed";
+  #channels = new Set();
+  #pending = new Map();
+  #ids = 0;
+  #attempt = 0;
+  #stopped = true;
+  #refreshing = null;
+  #connected = null;
+
+  /**
+   * @param {{authUrl: string, wsUrl: string, handshake?: "message"|"bearer"|"ticket"}} options
+   * ``handshake``: how the socket authenticates (docs/protocol.md, "Choosing a handshake").
+   */
+  constructor({ authUrl, wsUrl, handshake = "message" }) {
+    super();
+    this.#authUrl = authUrl.replace(/\/$/, "");
+    this.#wsUrl = wsUrl;
+    this.#handshake = handshake;
+    this.user = null;
+    this.expiresAt = null;
+  }
+
+  get state() {
+    return this.#state;
+  }
+
+  get channels() {
+    return [...this.#channels];
+  }
+
+  /** Log in with a password; the refresh token goes into the HttpOnly cookie. */
+  async login(username, password) {
+    const body = await this.#post("/v1/login", { username, password, session: "cookie" });
+    this.#tokens(body);
+    await this.#start();
+  }
+
+  /** After a reload: a fresh access token from the cookie, no password. */
+  async resume() {
+    await this.refresh();
+    await this.#start();
+  }
+
+  /** One refresh at a time across tabs (Web Locks), since the cookie is shared and rotates. */
+  async refresh() {
+    if (!this.#refreshing) {
+      const run = () => this.#refreshWithRetry();
+      this.#refreshing = (navigator.locks ? navigator.locks.request(REFRESH_LOCK, run) : run())
+        .finally(() => { this.#refreshing = null; });
+    }
+    return this.#refreshing;
+  }
+
+  async subscribe(channel) {
+    await this.#request({ type: "subscribe", channel });
+    this.#channels.add(channel);
+  }
+
+  async unsubscribe(channel) {
+    this.#channels.delete(channel);
+    await this.#request({ type: "unsubscribe", channel });
+  }
+
+  async publish(channel, data) {
+    await this.#request({ type: "publish", channel, data });
+  }
+
+  /** Revoke this session (or every session of the user) and forget both cookies. */
+  async logout({ everywhere = false } = {}) {
+    try {
+      await this.#post("/v1/logout", { all: everywhere }, { csrf: true });
+    } finally {
+      this.close();
+    }
+  }
+
+  close() {
+    this.#stopped = true;
+    this.#token = null;
+    if (this.#ws) this.#ws.close(1000);
+    this.#setState("closed");
+  }
+
+  // -- REST ------------------------------------------------------------------------------
+
+  async #refreshWithRetry() {
+    // Without Web Locks two tabs may present the same cookie; the loser gets invalid_grant inside
+    // the server's reuse grace, and by then the browser holds the winner's rotated cookie.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        this.#tokens(await this.#post("/v1/token", { grant_type: "refresh_token" }, { csrf: true }));
+        return;
+      } catch (err) {
+        if (navigator.locks || attempt >= 2 || err.code !== "invalid_grant") throw err;
+        await sleep(500 + Math.random() * 1000);
+      }
+    }
+  }
+
+  #tokens(body) {
+    this.#token = body.access_token;
+    this.#csrf = body.csrf_token;
+    this.expiresAt = Date.now() + body.expires_in * 1000;
+  }
+
+  async #post(path, body, { csrf = false, bearer = false } = {}) {
+    const headers = { "Content-Type": "application/json" };
+    if (csrf) headers["X-CSRF-Token"] = readCookie(CSRF_COOKIE) ?? this.#csrf ?? "";
+    if (bearer) headers.Authorization = `Bearer ${this.#token}`;
+    const response = await fetch(this.#authUrl + path, {
+      method: "POST",
+      credentials: "include",
+      headers,
+      body: JSON.stringify(body),
+    });
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) throw new GatewayError(data.error ?? `http_${response.status}`, data.error_description, response.status);
+    return data;
+  }
+
+  // -- the socket ------------------------------------------------------------------------
+
+  async #start() {
+    this.#stopped = false;
+    this.#attempt = 0;
+    await this.#connect();
+  }
+
+  #connect() {
+    this.#setState(this.#attempt ? "reconnecting" : "connecting");
+    if (!this.#connected) {
+      const deferred = {};
+      deferred.promise = new Promise((resolve, reject) => Object.assign(deferred, { resolve, reject }));
+      this.#connected = deferred;
+    }
+    const { promise } = this.#connected;
+    this.#open().catch((err) => this.#onClose(null, err));
+    return promise;
+  }
+
+  async #open() {
+    let url = this.#wsUrl;
+    const protocols = [SUBPROTOCOL];
+    if (this.#handshake === "ticket") {
+      const { ticket } = await this.#post("/v1/ws-ticket", {}, { bearer: true });
+      url += `${url.includes("?") ? "&" : "?"}ticket=${encodeURIComponent(ticket)}`;
+    } else if (this.#handshake === "bearer") {
+      protocols.push(BEARER_PREFIX + this.#token);
+    }
+    const ws = new WebSocket(url, protocols);
+    this.#ws = ws;
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+      if (this.#handshake === "message") this.#send({ type: "auth", token: this.#token });
+    };
+    ws.onmessage = (event) => this.#onFrame(JSON.parse(event.data));
+    ws.onclose = (event) => {
+      if (this.#ws === ws) this.#onClose(opened ? event.code : null);
+    };
+  }
+
+  #onFrame(frame) {
+    const pending = frame.id != null && this.#pending.get(frame.id);
+    if (frame.type === "auth_success") {
+      this.user = frame.user;
+      this.expiresAt = frame.expires_at * 1000;
+      this.#attempt = 0;
+      if (frame.renewed) {
+        this.dispatchEvent(new CustomEvent("renewed", { detail: { expiresAt: this.expiresAt } }));
+      } else {
+        for (const channel of this.#channels) this.#send({ type: "subscribe", channel });
+        this.#connected?.resolve();
+        this.#connected = null;
+      }
+      this.#setState("authenticated");
+    } else if (pending) {
+      this.#pending.delete(frame.id);
+      if (frame.type === "error") pending.reject(new GatewayError(frame.code, frame.message));
+      else pending.resolve(frame);
+    } else if (frame.type === "message") {
+      this.dispatchEvent(new CustomEvent("message", { detail: frame }));
+    } else if (frame.type === "token_expiring") {
+      this.#renew();
+    } else if (frame.type === "revoked") {
+      this.dispatchEvent(new CustomEvent("revoked", { detail: { reason: frame.reason } }));
+    } else if (frame.type === "unsubscribed") {
+      this.#channels.delete(frame.channel);
+    }
+  }
+
+  async #renew() {
+    this.#setState("renewing");
+    try {
+      await this.refresh();
+      this.#send({ type: "auth", token: this.#token, id: "renew" });
+    } catch (err) {
+      // The socket closes at expiry (4401) and CLOSE_ACTIONS takes it from there.
+      this.dispatchEvent(new CustomEvent("error", { detail: err }));
+    }
+  }
+
+  /** ``code`` is null when the socket never opened: refused before the upgrade, or unreachable. */
+  async #onClose(code, error) {
+    this.#ws = null;
+    for (const { reject } of this.#pending.values()) reject(new GatewayError("connection_closed"));
+    this.#pending.clear();
+    if (this.#stopped) return;
+    let action = CLOSE_ACTIONS[code] ?? "reconnect";
+    if (code === null && this.#handshake !== "message") action = "refresh";
+    if (error instanceof GatewayError && error.status >= 400 && error.status < 500) action = "stop";
+    if (action === "stop") return this.#stop(code, error);
+    this.#setState("reconnecting", code);
+    await sleep(backoffDelay(this.#attempt++));
+    if (this.#stopped) return;
+    if (action === "refresh") {
+      try {
+        await this.refresh();
+      } catch (err) {
+        if (err instanceof GatewayError && err.status < 500) return this.#stop(code, err);
+      }
+    }
+    if (!this.#stopped) this.#connect().catch(() => {});
+  }
+
+  #stop(code, error) {
+    this.#stopped = true;
+    this.#token = null;
+    this.#connected?.reject(error ?? new GatewayError(`closed_${code}`));
+    this.#connected = null;
+    this.#setState("closed", code);
+  }
+
+  #setState(state, code = null) {
+    this.#state = state;
+    this.dispatchEvent(new CustomEvent("state", { detail: { state, code } }));
+  }
+
+  #send(frame) {
+    this.#ws?.send(JSON.stringify(frame));
+  }
+
+  #request(frame) {
+    if (this.#state === "closed" || !this.#ws) return Promise.reject(new GatewayError("not_connected"));
+    const id = `r${++this.#ids}`;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject });
+      this.#send({ ...frame, id });
+    });
+  }
+}

@@ -1,0 +1,284 @@
+"""The demo page in a real browser against the real stack (issue 9's scenarios)."""
+
+from __future__ import annotations
+
+import http.server
+import re
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.e2e.conftest import ARTIFACTS, PASSWORD, Stack
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Page
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT = 15_000
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    ctx = browser.new_context(viewport={"width": 900, "height": 700})
+    ctx.set_default_timeout(TIMEOUT)
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+def open_page(context: BrowserContext, stack: Stack, query: str = "") -> Page:
+    page = context.new_page()
+    page.goto(stack.page_url + query)
+    page.wait_for_selector("body[data-ready=true]")
+    return page
+
+
+def log_in(page: Page, username: str, *, register: bool = False) -> None:
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.click("#register-button" if register else "#login-button")
+    wait_joined(page)
+
+
+def wait_joined(page: Page) -> None:
+    page.wait_for_selector("#chat[data-joined='chat:lobby']")
+    assert page.inner_text("#state") == "authenticated"
+
+
+def say(page: Page, text: str) -> None:
+    page.fill("#text", text)
+    page.click("#send-form button")
+
+
+def messages(page: Page) -> list[tuple[str, str]]:
+    rows: list[list[str]] = page.eval_on_selector_all(
+        "#messages li",
+        "items => items.map(li => [li.querySelector('.from').textContent,"
+        " li.querySelector('.text').textContent])",
+    )
+    return [(who, text) for who, text in rows]
+
+
+def wait_for_message(page: Page, who: str, text: str) -> None:
+    page.wait_for_function(
+        "([who, text]) => [...document.querySelectorAll('#messages li')].some(li =>"
+        " li.querySelector('.from').textContent === who"
+        " && li.querySelector('.text').textContent === text)",
+        arg=[who, text],
+    )
+
+
+def test_two_users_chat_in_one_room(browser: Browser, stack: Stack) -> None:
+    stack.register("bob")
+    alice_ctx, bob_ctx = browser.new_context(), browser.new_context()
+    try:
+        alice, bob = open_page(alice_ctx, stack), open_page(bob_ctx, stack)
+        log_in(alice, "alice", register=True)
+        log_in(bob, "bob")
+        say(alice, "hi bob, it is alice")
+        wait_for_message(bob, "alice", "hi bob, it is alice")
+        say(bob, "hello alice")
+        wait_for_message(alice, "bob", "hello alice")
+        wait_for_message(alice, "alice", "hi bob, it is alice")
+        wait_for_message(bob, "bob", "hello alice")
+        assert messages(bob) == [("alice", "hi bob, it is alice"), ("bob", "hello alice")]
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "chat.png"
+        alice.screenshot(path=str(shot), full_page=True)
+    finally:
+        alice_ctx.close()
+        bob_ctx.close()
+
+
+def test_one_socket_through_several_renewals(context: BrowserContext, stack: Stack) -> None:
+    stack.register("carol")
+    page = context.new_page()
+    sockets: list[Any] = []
+    page.on("websocket", lambda ws: sockets.append(ws))
+    page.goto(stack.page_url)
+    page.wait_for_selector("body[data-ready=true]")
+    log_in(page, "carol")
+    page.wait_for_function(
+        "() => Number(document.getElementById('renewals').textContent) >= 3", timeout=40_000
+    )
+    assert page.locator("#renewal-log li").count() >= 3
+    assert page.inner_text("#state") in {"authenticated", "renewing"}
+    assert len(sockets) == 1
+
+
+def test_log_out_everywhere_closes_the_other_tab(context: BrowserContext, stack: Stack) -> None:
+    stack.register("dave")
+    first = open_page(context, stack)
+    log_in(first, "dave")
+    second = open_page(context, stack)  # same browser: resumes from the cookie
+    wait_joined(second)
+    first.click("#logout-everywhere")
+    second.wait_for_function("() => document.getElementById('state').textContent === 'closed'")
+    assert "session revoked" in second.inner_text("#notice")
+    assert second.is_visible("#login")
+
+
+def test_reload_keeps_the_user_logged_in_without_web_storage(
+    context: BrowserContext, stack: Stack
+) -> None:
+    stack.register("erin")
+    page = open_page(context, stack)
+    log_in(page, "erin")
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    wait_joined(page)
+    assert page.inner_text("#who") == "Signed in as erin"
+    assert page.evaluate("() => [localStorage.length, sessionStorage.length]") == [0, 0]
+
+
+def test_html_in_a_message_is_shown_as_text(context: BrowserContext, stack: Stack) -> None:
+    stack.register("frank")
+    page = open_page(context, stack)
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    log_in(page, "frank")
+    payload = "<img src=x onerror=alert(1)>"
+    say(page, payload)
+    wait_for_message(page, "frank", payload)
+    page.wait_for_timeout(500)
+    assert page.locator("#messages img").count() == 0
+    assert dialogs == []
+    response = page.request.get(stack.page_url)
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+
+
+def test_no_token_in_web_storage_cookies_or_urls(context: BrowserContext, stack: Stack) -> None:
+    stack.register("grace")
+    page = context.new_page()
+    urls: list[str] = []
+    tokens: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    page.on("websocket", lambda ws: urls.append(ws.url))
+
+    def collect(response: Any) -> None:
+        if re.search(r"/v1/(login|token)$", response.url) and response.ok:
+            tokens.append(response.json()["access_token"])
+
+    page.on("response", collect)
+    page.goto(stack.page_url + "?handshake=ticket")
+    page.wait_for_selector("body[data-ready=true]")
+    log_in(page, "grace")
+    page.wait_for_function("() => Number(document.getElementById('renewals').textContent) >= 1")
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    wait_joined(page)
+    assert len(tokens) >= 3
+    exposed = page.evaluate(
+        "() => JSON.stringify([{...localStorage}, {...sessionStorage}, document.cookie])"
+    )
+    cookies = [cookie["value"] for cookie in context.cookies()]
+    for token in tokens:
+        assert token not in exposed
+        assert all(token not in url for url in urls)
+        assert all(token not in value for value in cookies)
+    tickets = [url for url in urls if "ticket=" in url]
+    assert len(tickets) == 2 and len(set(tickets)) == 2
+
+
+def test_two_tabs_refreshing_at_once_both_stay_logged_in(
+    context: BrowserContext, stack: Stack
+) -> None:
+    stack.register("heidi")
+    first = open_page(context, stack)
+    log_in(first, "heidi")
+    second = open_page(context, stack)
+    wait_joined(second)
+    start = "() => { window.outcome = gatewayClient.refresh().then(() => 'ok', e => e.code); }"
+    for _ in range(3):
+        first.evaluate(start)
+        second.evaluate(start)
+        assert first.evaluate("() => window.outcome") == "ok"
+        assert second.evaluate("() => window.outcome") == "ok"
+    for page in (first, second):
+        assert page.inner_text("#state") in {"authenticated", "renewing"}
+    say(first, "still here")
+    wait_for_message(second, "heidi", "still here")
+
+
+class _BlankPage(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<!doctype html><title>another site</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def foreign_origin() -> Iterator[str]:
+    """A real page on another site than the chat page (localhost, not 127.0.0.1), on loopback."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BlankPage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_foreign_origin_can_neither_refresh_nor_open_a_socket(
+    context: BrowserContext, stack: Stack, foreign_origin: str
+) -> None:
+    stack.register("ivan")
+    page = open_page(context, stack)
+    log_in(page, "ivan")
+    evil = context.new_page()
+    evil.goto(f"{foreign_origin}/")
+    refresh = evil.evaluate(
+        """async (auth) => {
+            try {
+                const r = await fetch(auth + "/v1/token", {method: "POST", credentials: "include",
+                    headers: {"Content-Type": "application/json", "X-CSRF-Token": "guess"},
+                    body: JSON.stringify({grant_type: "refresh_token"})});
+                return "status " + r.status;
+            } catch (e) { return "blocked"; }
+        }""",
+        stack.auth_url,
+    )
+    assert refresh == "blocked"
+    socket = evil.evaluate(
+        """(url) => new Promise(resolve => {
+            const ws = new WebSocket(url, ["realtime.v1"]);
+            ws.onopen = () => resolve("open");
+            ws.onclose = (e) => resolve("closed " + e.code);
+        })""",
+        stack.ws_url,
+    )
+    assert socket == "closed 1006"
+    assert '"ws_origin_refused"' in stack.log.read_text()
+    # The user's own page was not disturbed: its cookie still refreshes.
+    assert page.evaluate("() => gatewayClient.refresh().then(() => 'ok', e => e.code)") == "ok"
+
+
+@pytest.mark.parametrize("handshake", ["ticket", "bearer"])
+def test_ticket_and_bearer_handshakes_from_the_page(
+    context: BrowserContext, stack: Stack, handshake: str
+) -> None:
+    username = f"judy-{handshake}"
+    stack.register(username)
+    page = context.new_page()
+    sockets: list[Any] = []
+    page.on("websocket", lambda ws: sockets.append(ws))
+    page.goto(f"{stack.page_url}?handshake={handshake}")
+    page.wait_for_selector("body[data-ready=true]")
+    log_in(page, username)
+    say(page, f"via {handshake}")
+    wait_for_message(page, username, f"via {handshake}")
+    assert len(sockets) == 1
+    assert ("ticket=" in sockets[0].url) == (handshake == "ticket")

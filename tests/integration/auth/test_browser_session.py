@@ -1,0 +1,277 @@
+"""Browser session mode: the refresh token in an encrypted cookie, CSRF, CORS, WebSocket tickets.
+
+Cookies are sent by hand (the client keeps none), so each test says exactly what a browser, or an
+attacker's page, would send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from http.cookies import Morsel
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+
+from auth_service.app import create_app
+from auth_service.browser import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE
+from auth_service.settings import Settings
+from shared.bus import InProcessBus
+from shared.events import RevocationEvent, SessionRevoked, UserRevoked
+from shared.tickets import TICKET_TTL, TICKET_TYP
+from tests.integration.auth.conftest import PASSWORD, AuthClient, register
+
+OWN = "http://auth.test"
+APP = "http://app.test"
+EVIL = "http://evil.test"
+
+MakeBrowserClient = Callable[..., Awaitable[AuthClient]]
+
+
+@pytest.fixture
+def make_browser_client(
+    aiohttp_client: Callable[..., Awaitable[AuthClient]],
+    make_settings: Callable[..., Settings],
+    bus: InProcessBus,
+) -> MakeBrowserClient:
+    async def make(**overrides: Any) -> AuthClient:
+        app = create_app(make_settings(**overrides), bus=bus)
+        return await aiohttp_client(app, cookie_jar=aiohttp.DummyCookieJar())
+
+    return make
+
+
+@pytest.fixture
+async def client(make_browser_client: MakeBrowserClient) -> AuthClient:
+    client = await make_browser_client(cors_origins=(APP,))
+    await register(client)
+    return client
+
+
+class Browser:
+    """The two cookies a browser would hold for the auth origin."""
+
+    def __init__(self, session: str, csrf: str) -> None:
+        self.session = session
+        self.csrf = csrf
+
+    def headers(self, origin: str = OWN, csrf: str | None = None) -> dict[str, str]:
+        return {
+            "Cookie": f"{SESSION_COOKIE}={self.session}; {CSRF_COOKIE}={self.csrf}",
+            "Origin": origin,
+            CSRF_HEADER: self.csrf if csrf is None else csrf,
+        }
+
+
+async def cookie_login(client: AuthClient, origin: str = OWN) -> tuple[Browser, dict[str, Any]]:
+    resp = await client.post(
+        "/v1/login",
+        json={"username": "alice", "password": PASSWORD, "session": "cookie"},
+        headers={"Origin": origin},
+    )
+    assert resp.status == 200, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return Browser(resp.cookies[SESSION_COOKIE].value, resp.cookies[CSRF_COOKIE].value), body
+
+
+async def cookie_refresh(
+    client: AuthClient, headers: dict[str, str]
+) -> tuple[aiohttp.ClientResponse, dict[str, Any]]:
+    resp = await client.post("/v1/token", data={"grant_type": "refresh_token"}, headers=headers)
+    return resp, await resp.json()
+
+
+async def test_cookie_login_keeps_the_refresh_token_out_of_the_body(client: AuthClient) -> None:
+    resp = await client.post(
+        "/v1/login",
+        json={"username": "alice", "password": PASSWORD, "session": "cookie"},
+        headers={"Origin": OWN},
+    )
+    body = await resp.json()
+    assert resp.status == 200
+    assert "refresh_token" not in body
+    assert body["access_token"] and body["token_type"] == "Bearer"
+    assert resp.headers["Cache-Control"] == "no-store"
+    session: Morsel[str] = resp.cookies[SESSION_COOKIE]
+    assert session["httponly"] is True
+    assert session["samesite"] == "Strict"
+    assert session["path"] == "/v1/"
+    assert not session["secure"]
+    csrf = resp.cookies[CSRF_COOKIE]
+    assert not csrf["httponly"] and csrf["samesite"] == "Strict" and csrf["path"] == "/"
+    assert csrf.value == body["csrf_token"]
+
+
+async def test_cookies_are_secure_when_the_issuer_is_https(
+    make_browser_client: MakeBrowserClient,
+) -> None:
+    client = await make_browser_client(issuer="https://auth.test")
+    await register(client)
+    resp = await client.post(
+        "/v1/login",
+        json={"username": "alice", "password": PASSWORD, "session": "cookie"},
+        headers={"Origin": "https://auth.test"},
+    )
+    assert resp.status == 200
+    assert resp.cookies[SESSION_COOKIE]["secure"] is True
+    assert resp.cookies[CSRF_COOKIE]["secure"] is True
+
+
+async def test_refresh_from_the_cookie_rotates_it(client: AuthClient) -> None:
+    browser, first = await cookie_login(client)
+    resp, body = await cookie_refresh(client, browser.headers())
+    assert resp.status == 200, body
+    assert "refresh_token" not in body and body["access_token"] != first["access_token"]
+    rotated = resp.cookies[SESSION_COOKIE].value
+    assert rotated != browser.session
+    assert body["csrf_token"] == browser.csrf
+    # The old cookie is a rotated refresh token now: refused (within the grace, nothing revoked).
+    resp, body = await cookie_refresh(client, browser.headers())
+    assert (resp.status, body["error"]) == (400, "invalid_grant")
+    resp, body = await cookie_refresh(client, Browser(rotated, browser.csrf).headers())
+    assert resp.status == 200, body
+
+
+@pytest.mark.parametrize(
+    ("origin", "csrf"),
+    [
+        (OWN, ""),
+        (OWN, "not-the-token"),
+        (EVIL, None),
+        ("null", None),
+    ],
+    ids=["no-csrf", "wrong-csrf", "foreign-origin", "null-origin"],
+)
+async def test_refresh_without_csrf_proof_is_403_and_rotates_nothing(
+    client: AuthClient, origin: str, csrf: str | None
+) -> None:
+    browser, _ = await cookie_login(client)
+    resp, body = await cookie_refresh(client, browser.headers(origin=origin, csrf=csrf))
+    assert (resp.status, body["error"]) == (403, "csrf_failed")
+    assert SESSION_COOKIE not in resp.cookies
+    resp, body = await cookie_refresh(client, browser.headers())
+    assert resp.status == 200, body
+
+
+async def test_refresh_without_origin_is_403(client: AuthClient) -> None:
+    browser, _ = await cookie_login(client)
+    headers = browser.headers()
+    del headers["Origin"]
+    resp, body = await cookie_refresh(client, headers)
+    assert (resp.status, body["error"]) == (403, "csrf_failed")
+
+
+async def test_a_csrf_token_only_works_with_its_own_session(client: AuthClient) -> None:
+    first, _ = await cookie_login(client)
+    second, _ = await cookie_login(client)
+    assert first.session != second.session and first.csrf != second.csrf
+    resp, body = await cookie_refresh(client, second.headers(csrf=first.csrf))
+    assert (resp.status, body["error"]) == (403, "csrf_failed")
+
+
+async def test_without_a_cookie_the_refresh_token_parameter_is_required(
+    client: AuthClient,
+) -> None:
+    resp, body = await cookie_refresh(client, {"Origin": OWN})
+    assert (resp.status, body["error"]) == (400, "invalid_request")
+
+
+async def test_cookie_login_from_a_foreign_origin_is_refused(client: AuthClient) -> None:
+    for headers in ({"Origin": EVIL}, {}):
+        resp = await client.post(
+            "/v1/login",
+            json={"username": "alice", "password": PASSWORD, "session": "cookie"},
+            headers=headers,
+        )
+        assert resp.status == 403
+        assert SESSION_COOKIE not in resp.cookies
+
+
+async def test_unknown_session_mode_is_a_bad_request(client: AuthClient) -> None:
+    resp = await client.post(
+        "/v1/login", json={"username": "alice", "password": PASSWORD, "session": "local"}
+    )
+    assert (resp.status, (await resp.json())["error"]) == (400, "invalid_request")
+
+
+async def test_cookie_logout_revokes_and_clears_both_cookies(
+    client: AuthClient, events: list[RevocationEvent]
+) -> None:
+    browser, _ = await cookie_login(client)
+    resp = await client.post("/v1/logout", headers=browser.headers(csrf="wrong"))
+    assert resp.status == 403
+    assert events == []
+    resp = await client.post("/v1/logout", headers=browser.headers())
+    assert resp.status == 200, await resp.text()
+    assert resp.cookies[SESSION_COOKIE].value == ""
+    assert resp.cookies[CSRF_COOKIE].value == ""
+    assert [type(event) for event in events] == [SessionRevoked]
+    resp, body = await cookie_refresh(client, browser.headers())
+    assert (resp.status, body["error"]) == (400, "invalid_grant")
+
+
+async def test_cookie_logout_everywhere(client: AuthClient, events: list[RevocationEvent]) -> None:
+    browser, _ = await cookie_login(client)
+    resp = await client.post("/v1/logout", json={"all": True}, headers=browser.headers())
+    assert resp.status == 200
+    assert (await resp.json())["all"] is True
+    assert UserRevoked in {type(event) for event in events}
+
+
+async def test_cors_with_credentials_for_configured_origins_only(client: AuthClient) -> None:
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,x-csrf-token",
+    }
+    resp = await client.options("/v1/token", headers={"Origin": APP, **preflight})
+    assert resp.status == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == APP
+    assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+    assert "X-CSRF-TOKEN" in resp.headers["Access-Control-Allow-Headers"].upper()
+    resp = await client.options("/v1/token", headers={"Origin": EVIL, **preflight})
+    assert "Access-Control-Allow-Origin" not in resp.headers
+    browser, _ = await cookie_login(client, origin=APP)
+    resp, _ = await cookie_refresh(client, browser.headers(origin=APP))
+    assert resp.status == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == APP
+    resp, _ = await cookie_refresh(client, browser.headers(origin=EVIL))
+    assert resp.status == 403
+    assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_no_cors_headers_without_configured_origins(
+    make_browser_client: MakeBrowserClient,
+) -> None:
+    client = await make_browser_client()
+    resp = await client.post("/v1/token", data={"grant_type": "x"}, headers={"Origin": APP})
+    assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_ws_ticket_is_short_lived_and_not_an_access_token(client: AuthClient) -> None:
+    _, tokens = await cookie_login(client)
+    resp = await client.post(
+        "/v1/ws-ticket", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+    )
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Cache-Control"] == "no-store"
+    body = await resp.json()
+    assert 0 < body["expires_in"] <= TICKET_TTL
+    ticket = body["ticket"]
+    assert jwt.get_unverified_header(ticket)["typ"] == TICKET_TYP
+    access = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    claims = jwt.decode(ticket, options={"verify_signature": False})
+    assert (claims["sub"], claims["sid"], claims["scope"]) == (
+        access["sub"],
+        access["sid"],
+        access["scope"],
+    )
+    assert claims["exp"] <= access["exp"] and claims["token_exp"] == access["exp"]
+    for credentials in (ticket, "not-a-token"):
+        resp = await client.post(
+            "/v1/ws-ticket", headers={"Authorization": f"Bearer {credentials}"}
+        )
+        assert (resp.status, (await resp.json())["error"]) == (401, "invalid_token")
+    resp = await client.post("/v1/logout", headers={"Authorization": f"Bearer {ticket}"})
+    assert resp.status == 401
+    assert (await client.post("/v1/ws-ticket")).status == 401

@@ -1,0 +1,207 @@
+"""Authenticating at the upgrade: the realtime.v1 subprotocol, the bearer subprotocol and tickets,
+on the real two-service stack."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+
+from auth_service.appkeys import KEYRING
+from shared.tickets import (
+    TICKET_TYP,
+    LocalUsedTickets,
+    RedisUsedTickets,
+    UsedTickets,
+    ticket_claims,
+)
+from tests.integration.stack import MakeStack, Stack
+from tests.integration.ws.harness import auth, expect_close, recv, send
+
+BEARER = "realtime.bearer."
+
+
+async def ticket_for(stack: Stack, access_token: str) -> str:
+    resp = await stack.auth.post(
+        "/v1/ws-ticket", headers={"Authorization": f"Bearer {access_token}"}
+    )
+    assert resp.status == 200, await resp.text()
+    ticket: str = (await resp.json())["ticket"]
+    return ticket
+
+
+async def upgrade(
+    stack: Stack, query: str = "", protocols: str = "", origin: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """A raw upgrade request, to read a refusal's status and JSON body."""
+    headers = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+    }
+    if protocols:
+        headers["Sec-WebSocket-Protocol"] = protocols
+    if origin:
+        headers["Origin"] = origin
+    resp = await stack.ws.get(f"/ws{query}", headers=headers)
+    body: dict[str, Any] = await resp.json() if resp.status != 101 else {}
+    resp.close()
+    return resp.status, body
+
+
+@pytest.fixture
+async def stack(make_stack: MakeStack) -> Stack:
+    stack = await make_stack(ws={"allowed_origins": ("http://page.test",)})
+    await stack.register("alice")
+    return stack
+
+
+async def test_realtime_v1_is_selected_when_offered_and_in_band_auth_still_works(
+    stack: Stack,
+) -> None:
+    tokens = await stack.login("alice")
+    ws = await stack.ws.ws_connect("/ws", protocols=("realtime.v1",))
+    assert ws.protocol == "realtime.v1"
+    assert (await auth(ws, tokens["access_token"]))["type"] == "auth_success"
+
+
+async def test_bearer_subprotocol_authenticates_before_the_upgrade(stack: Stack) -> None:
+    tokens = await stack.login("alice")
+    ws = await stack.ws.ws_connect(
+        "/ws", protocols=("realtime.v1", BEARER + tokens["access_token"])
+    )
+    assert ws.protocol == "realtime.v1"
+    welcome = await recv(ws)
+    assert welcome["type"] == "auth_success" and welcome["user"]["username"] == "alice"
+    await send(ws, {"type": "subscribe", "channel": "chat:x", "id": 1})
+    assert (await recv(ws))["type"] == "subscribed"
+    # Revocation works exactly as for in-band auth.
+    await stack.logout(tokens["access_token"])
+    assert (await recv(ws))["type"] == "revoked"
+    await expect_close(ws, 4403, "session_revoked")
+
+
+async def test_bearer_subprotocol_renews_in_band(stack: Stack) -> None:
+    tokens = await stack.login("alice")
+    ws = await stack.ws.ws_connect(
+        "/ws", protocols=("realtime.v1", BEARER + tokens["access_token"])
+    )
+    assert (await recv(ws))["type"] == "auth_success"
+    _, fresh = await stack.refresh(tokens["refresh_token"])
+    renewed = await auth(ws, fresh["access_token"])
+    assert renewed["type"] == "auth_success" and renewed["renewed"] is True
+
+
+@pytest.mark.parametrize(
+    ("query", "protocols", "code"),
+    [
+        ("", "realtime.v1, realtime.bearer.not-a-token", "invalid_token"),
+        ("?ticket=not-a-ticket", "realtime.v1", "invalid_token"),
+        ("?token=anything", "realtime.v1", "invalid_token"),
+    ],
+    ids=["bad-bearer", "forged-ticket", "token-in-url"],
+)
+async def test_bad_credentials_get_401_json_before_any_socket(
+    stack: Stack, query: str, protocols: str, code: str
+) -> None:
+    status, body = await upgrade(stack, query, protocols)
+    assert (status, body["error"]) == (401, code)
+    assert stack.ws_count("ws_connections", state="awaiting_auth") == 0
+
+
+async def test_a_ticket_opens_one_socket_bound_to_its_access_token(stack: Stack) -> None:
+    tokens = await stack.login("alice")
+    access = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    ticket = await ticket_for(stack, tokens["access_token"])
+    ws = await stack.ws.ws_connect(f"/ws?ticket={ticket}", protocols=("realtime.v1",))
+    welcome = await recv(ws)
+    assert welcome["type"] == "auth_success"
+    assert welcome["session"] == access["sid"] and welcome["user"]["id"] == access["sub"]
+    assert welcome["expires_at"] == access["exp"]
+    status, body = await upgrade(stack, f"?ticket={ticket}")
+    assert (status, body["error"]) == (401, "invalid_token")
+    assert "already used" in body["error_description"]
+
+
+async def test_tickets_and_access_tokens_are_not_interchangeable(stack: Stack) -> None:
+    tokens = await stack.login("alice")
+    ticket = await ticket_for(stack, tokens["access_token"])
+    status, _ = await upgrade(stack, f"?ticket={tokens['access_token']}")
+    assert status == 401
+    status, _ = await upgrade(stack, protocols=f"realtime.v1, {BEARER}{ticket}")
+    assert status == 401
+    ws = await stack.open()
+    reply = await auth(ws, ticket)
+    assert (reply["type"], reply["code"]) == ("auth_error", "invalid_token")
+
+
+async def test_an_expired_ticket_is_refused(stack: Stack) -> None:
+    tokens = await stack.login("alice")
+    access = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    key = stack.auth.app[KEYRING].signing_key(time.time())
+    assert key is not None and key.private_key is not None
+    claims = ticket_claims(access, time.time() - 60)
+    expired = jwt.encode(
+        claims, key.private_key, algorithm="RS256", headers={"kid": key.kid, "typ": TICKET_TYP}
+    )
+    status, body = await upgrade(stack, f"?ticket={expired}")
+    assert (status, body["error"]) == (401, "token_expired")
+
+
+async def test_a_ticket_of_a_revoked_session_is_refused(stack: Stack) -> None:
+    tokens = await stack.login("alice")
+    ticket = await ticket_for(stack, tokens["access_token"])
+    await stack.logout(tokens["access_token"])
+    status, body = await upgrade(stack, f"?ticket={ticket}")
+    assert (status, body["error"]) == (401, "session_revoked")
+
+
+async def test_the_origin_is_checked_before_the_credentials(stack: Stack) -> None:
+    tokens = await stack.login("alice")
+    ticket = await ticket_for(stack, tokens["access_token"])
+    status, body = await upgrade(stack, f"?ticket={ticket}", origin="http://evil.test")
+    assert (status, body["error"]) == (403, "forbidden_origin")
+    ws = await stack.ws.ws_connect(
+        f"/ws?ticket={ticket}", protocols=("realtime.v1",), headers={"Origin": "http://page.test"}
+    )
+    assert (await recv(ws))["type"] == "auth_success"
+
+
+@pytest.fixture(params=["local", "redis"])
+async def used_tickets(request: pytest.FixtureRequest) -> Any:
+    store: UsedTickets
+    if request.param == "redis":
+        store = RedisUsedTickets(request.getfixturevalue("redis_url"))
+    else:
+        store = LocalUsedTickets()
+    yield store
+    await store.close()
+
+
+async def test_a_ticket_id_burns_once(used_tickets: UsedTickets) -> None:
+    jti = os.urandom(8).hex()
+    until = time.time() + 5
+    assert await used_tickets.burn(jti, until) is True
+    assert await used_tickets.burn(jti, until) is False
+    assert await used_tickets.burn(os.urandom(8).hex(), until) is True
+
+
+async def test_unreachable_ticket_store_fails_closed() -> None:
+    store = RedisUsedTickets("redis://127.0.0.1:1/0", timeout=0.2)
+    try:
+        with pytest.raises(Exception, match="unreachable"):
+            await store.burn("x", time.time() + 5)
+    finally:
+        await store.close()
+
+
+async def test_bearer_handshake_with_aiohttp_client_error(stack: Stack) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await stack.ws.ws_connect("/ws", protocols=("realtime.v1", BEARER + "x.y.z"))
+    assert refused.value.status == 401

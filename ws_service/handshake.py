@@ -1,0 +1,74 @@
+"""Authentication before the upgrade, for clients that cannot or will not send the ``auth`` message
+first: the bearer subprotocol and single-use tickets. Also the versioned subprotocol the gateway
+speaks, selected whenever a client offers it.
+
+Both ways verify exactly as the in-band message does (the same keys, claims and revocations); what
+they add is that a bad credential is refused with HTTP 401 before any socket exists. An access token
+is never read from the URL: only a ticket may travel there, and it works once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import hdrs, web
+
+from shared.access_token import Claims
+from shared.bus_errors import BusUnavailable
+from shared.http_errors import json_error
+from shared.jsonlog import audit
+from shared.tickets import TICKET_CLAIMS, TICKET_TYP, TOKEN_EXP, TOKEN_IAT, open_used_tickets
+from ws_service.appkeys import GATEWAY, SETTINGS, USED_TICKETS
+from ws_service.domain.errors import AuthError, InvalidToken, KeysUnavailable
+from ws_service.domain.verify import claims_from
+
+__all__ = ["BEARER_PREFIX", "PROTOCOLS", "SUBPROTOCOL", "authenticate", "refusal", "tickets_ctx"]
+
+SUBPROTOCOL = "realtime.v1"
+PROTOCOLS = (SUBPROTOCOL,)
+BEARER_PREFIX = "realtime.bearer."
+
+
+async def tickets_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The record of redeemed tickets: Redis when configured, so a ticket works on one replica once."""
+    app[USED_TICKETS] = open_used_tickets(app[SETTINGS].redis_url)
+    yield
+    await app[USED_TICKETS].close()
+
+
+def _offered(request: web.Request) -> list[str]:
+    header = ",".join(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
+    return [proto.strip() for proto in header.split(",") if proto.strip()]
+
+
+async def authenticate(request: web.Request) -> Claims | None:
+    """The claims the upgrade request authenticates, ``None`` when it leaves auth to the first
+    message; raises ``AuthError`` (HTTP 401) for a bad credential."""
+    if "token" in request.query or "access_token" in request.query:
+        raise InvalidToken("tokens are never accepted in the URL; use a ticket")
+    bearers = [p[len(BEARER_PREFIX) :] for p in _offered(request) if p.startswith(BEARER_PREFIX)]
+    ticket = request.query.get("ticket")
+    if len(bearers) + (ticket is not None) > 1:
+        raise InvalidToken("send one credential: a bearer subprotocol or a ticket")
+    gateway = request.app[GATEWAY]
+    if bearers:
+        return await gateway.authenticate(bearers[0])
+    if ticket is None:
+        return None
+    payload = await gateway.verifier.decode(ticket, TICKET_TYP, TICKET_CLAIMS, "a ticket")
+    # The socket lives as long as the access token the ticket came from, and is covered by
+    # every revocation of that token.
+    claims = claims_from({**payload, "iat": payload[TOKEN_IAT], "exp": payload[TOKEN_EXP]})
+    try:
+        first_use = await request.app[USED_TICKETS].burn(str(payload["jti"]), payload["exp"])
+    except BusUnavailable:
+        raise KeysUnavailable("tickets cannot be checked right now; try again") from None
+    if not first_use:
+        raise InvalidToken("the ticket was already used")
+    return await gateway.confirm(gateway.verifier.checked(claims))
+
+
+def refusal(request: web.Request, err: AuthError) -> web.Response:
+    audit("ws_handshake_refused", code=err.code, detail=err.message, remote=request.remote)
+    request.app[GATEWAY].metrics.auth.labels(err.code).inc()
+    return json_error(401, err.code, err.message, {"WWW-Authenticate": "Bearer"})
