@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.envparse import ConfigError, env_bool, env_int, env_list, env_str
+from shared.envparse import ConfigError, env_bool, env_int, env_list, env_str, redact_url
 from shared.issuer import auth_issuer
 from shared.tls import server_context
 
@@ -65,7 +65,7 @@ class Settings:
             raise ConfigError("AUTH_KEY_ROTATION_INTERVAL must be longer than AUTH_JWKS_MAX_AGE")
 
     def __repr__(self) -> str:
-        return f"Settings(issuer={self.issuer!r}, database={_redact(self.database_url)!r}, secrets=***)"
+        return f"Settings(issuer={self.issuer!r}, database={redact_url(self.database_url)!r}, secrets=***)"
 
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -127,10 +127,3 @@ def dev_secret(data_dir: Path) -> str:
         extra={"path": str(path)},
     )
     return secret
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
