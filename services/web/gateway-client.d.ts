@@ -1,7 +1,9 @@
 // Type declarations for gateway-client.js (docs/protocol.md is the wire contract).
 
-export type CloseAction = "reconnect" | "refresh" | "stop";
-export declare const CLOSE_ACTIONS: Readonly<Record<number, CloseAction>>;
+export type CloseAction = "reconnect" | "refresh_then_reconnect" | "stop";
+/** [code, reason, action] rows: the same table as shared/close_codes.py. */
+export declare const DISCONNECTS: ReadonlyArray<readonly [number, string, CloseAction]>;
+export declare function actionFor(code: number, reason: string): CloseAction;
 export declare function backoffDelay(attempt: number, base?: number, cap?: number): number;
 
 export type ConnectionState = "connecting" | "authenticated" | "renewing" | "reconnecting" | "closed";

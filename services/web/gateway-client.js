@@ -3,27 +3,45 @@
 // The access token lives in this object's memory only: never in localStorage, sessionStorage, a
 // cookie this code writes, or a URL. The refresh token lives in auth_service's HttpOnly cookie,
 // which page scripts cannot read; refreshing proves the request is ours with the CSRF token.
-// The wire contract is docs/protocol.md; close codes are acted on from CLOSE_ACTIONS below.
+// The wire contract is docs/protocol.md; closes are acted on from DISCONNECTS below.
 
 const SUBPROTOCOL = "realtime.v1";
 const BEARER_PREFIX = "realtime.bearer.";
 const CSRF_COOKIE = "csrf_token";
 const REFRESH_LOCK = "realtime-gateway-refresh";
 
-/** What to do after the server closes the socket, by close code (docs/protocol.md). */
-export const CLOSE_ACTIONS = Object.freeze({
-  1000: "stop", // we closed it
-  1001: "reconnect", // server shutdown
-  1006: "reconnect", // dropped, or refused before the upgrade (see #onClose)
-  1009: "stop", // our frame was too large: a bug here
-  1011: "reconnect", // server bug while handling a frame
-  1013: "reconnect", // we read too slowly
-  4400: "stop", // we broke the protocol
-  4401: "refresh", // token refused or expired: refresh, then reconnect
-  4403: "stop", // session revoked (logout): log in again
-  4408: "reconnect", // no auth in time
-  4429: "reconnect", // rate limited or too many connections
-});
+/**
+ * Every way the gateway closes a socket: [code, reason, action], the same rows as
+ * shared/close_codes.py (a test holds the two together). Clients act on the row, never on text.
+ */
+export const DISCONNECTS = Object.freeze([
+  [1001, "going_away", "reconnect"],
+  [1009, "", "stop"],
+  [1011, "internal_error", "reconnect"],
+  [1013, "slow_consumer", "reconnect"],
+  [4400, "bad_request", "stop"],
+  [4401, "invalid_token", "stop"],
+  [4401, "token_expired", "refresh_then_reconnect"],
+  [4401, "keys_unavailable", "reconnect"],
+  [4401, "not_authenticated", "stop"],
+  [4403, "session_revoked", "stop"],
+  [4403, "subject_mismatch", "stop"],
+  [4408, "auth_timeout", "reconnect"],
+  [4429, "rate_limited", "reconnect"],
+  [4429, "too_many_connections", "reconnect"],
+]);
+
+const STOPPING_CODES = new Set(DISCONNECTS.filter(([, , a]) => a === "stop").map(([c]) => c));
+
+/**
+ * The action for a close: the row's, when code and reason match one; otherwise (a dropped
+ * connection, a reason this client does not know) stop if the code can mean stop, else reconnect.
+ */
+export function actionFor(code, reason) {
+  const row = DISCONNECTS.find(([c, r]) => c === code && r === reason);
+  if (row) return row[2];
+  return STOPPING_CODES.has(code) ? "stop" : "reconnect";
+}
 
 /** Full jitter: uniform in [0, min(cap, base * 2^attempt)). */
 export function backoffDelay(attempt, base = 500, cap = 30000) {
@@ -191,7 +209,7 @@ export class GatewayClient extends EventTarget {
       this.#connected = deferred;
     }
     const { promise } = this.#connected;
-    this.#open().catch((err) => this.#onClose(null, err));
+    this.#open().catch((err) => this.#onClose(null, "", err));
     return promise;
   }
 
@@ -213,7 +231,7 @@ export class GatewayClient extends EventTarget {
     };
     ws.onmessage = (event) => this.#onFrame(JSON.parse(event.data));
     ws.onclose = (event) => {
-      if (this.#ws === ws) this.#onClose(opened ? event.code : null);
+      if (this.#ws === ws) this.#onClose(opened ? event.code : null, event.reason);
     };
   }
 
@@ -252,25 +270,26 @@ export class GatewayClient extends EventTarget {
       await this.refresh();
       this.#send({ type: "auth", token: this.#token, id: "renew" });
     } catch (err) {
-      // The socket closes at expiry (4401) and CLOSE_ACTIONS takes it from there.
+      // The socket closes at expiry (4401 token_expired) and DISCONNECTS takes it from there.
       this.dispatchEvent(new CustomEvent("error", { detail: err }));
     }
   }
 
   /** ``code`` is null when the socket never opened: refused before the upgrade, or unreachable. */
-  async #onClose(code, error) {
+  async #onClose(code, reason, error) {
     this.#ws = null;
     for (const { reject } of this.#pending.values()) reject(new GatewayError("connection_closed"));
     this.#pending.clear();
     if (this.#stopped) return;
-    let action = CLOSE_ACTIONS[code] ?? "reconnect";
-    if (code === null && this.#handshake !== "message") action = "refresh";
+    let action = code === null ? "reconnect" : actionFor(code, reason);
+    // Refused before the upgrade (bearer or ticket): most likely the token expired meanwhile.
+    if (code === null && this.#handshake !== "message") action = "refresh_then_reconnect";
     if (error instanceof GatewayError && error.status >= 400 && error.status < 500) action = "stop";
     if (action === "stop") return this.#stop(code, error);
     this.#setState("reconnecting", code);
     await sleep(backoffDelay(this.#attempt++));
     if (this.#stopped) return;
-    if (action === "refresh") {
+    if (action === "refresh_then_reconnect") {
       try {
         await this.refresh();
       } catch (err) {

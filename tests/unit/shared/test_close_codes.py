@@ -10,7 +10,8 @@ import pytest
 
 from shared.close_codes import Action, CloseCode, Disconnect, action_for
 
-PROTOCOL_DOC = Path(__file__).parents[3] / "docs" / "protocol.md"
+ROOT = Path(__file__).parents[3]
+PROTOCOL_DOC = ROOT / "docs" / "protocol.md"
 
 
 def documented_rows() -> set[tuple[int, str, str]]:
@@ -53,3 +54,15 @@ def test_a_listed_close_takes_its_rows_action(row: Disconnect) -> None:
 )
 def test_an_unlisted_close(code: int | None, reason: str, action: Action) -> None:
     assert action_for(code, reason) is action
+
+
+def js_rows() -> set[tuple[int, str, str]]:
+    """The ``DISCONNECTS`` rows of the JavaScript client, read from its source."""
+    source = (ROOT / "services" / "web" / "gateway-client.js").read_text()
+    table = source.split("export const DISCONNECTS = Object.freeze([", 1)[1].split("]);", 1)[0]
+    rows = re.findall(r'\[(\d+), "([a-z_]*)", "([a-z_]+)"\]', table)
+    return {(int(code), reason, action) for code, reason, action in rows}
+
+
+def test_the_javascript_client_acts_on_the_same_table() -> None:
+    assert js_rows() == {(row.code.value, row.reason, row.action.value) for row in Disconnect}
