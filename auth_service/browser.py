@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp_cors
-import jwt
 from aiohttp import hdrs, web
 from aiohttp_session import get_session, new_session
 from aiohttp_session import setup as setup_session
@@ -26,17 +24,11 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from auth_service.appkeys import KEYRING, SETTINGS
-from auth_service.domain.errors import (
-    CsrfRejected,
-    InvalidClientToken,
-    InvalidRequest,
-    StoreUnavailable,
-)
+from auth_service.appkeys import SERVICE, SETTINGS
+from auth_service.domain.errors import CsrfRejected, InvalidClientToken, InvalidRequest
 from auth_service.domain.service import TokenPair
-from auth_service.domain.tokens import TokenIssuer
 from auth_service.settings import Settings
-from shared.tickets import TICKET_TYP, ticket_claims
+from shared.http_auth import bearer_token
 
 __all__ = [
     "COOKIE_PATH",
@@ -190,24 +182,17 @@ def _token_response(request: web.Request, pair: TokenPair, csrf: str) -> web.Res
 
 
 async def ws_ticket(request: web.Request) -> web.Response:
-    """``Authorization: Bearer <access token>`` -> a ticket for one WebSocket handshake."""
-    scheme, _, credentials = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        raise InvalidClientToken("use 'Authorization: Bearer <access token>'")
-    settings = request.app[SETTINGS]
-    ring = request.app[KEYRING]
-    verifier = TokenIssuer(
-        ring, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_token_ttl
-    )
-    access = verifier.verify(credentials.strip())
-    now = time.time()
-    key = ring.signing_key(now)
-    if key is None or key.private_key is None:
-        raise StoreUnavailable("no signing key is loaded yet")
-    claims = ticket_claims(access, now)
-    ticket = jwt.encode(
-        claims, key.private_key, algorithm="RS256", headers={"kid": key.kid, "typ": TICKET_TYP}
-    )
+    """A ticket for one WebSocket handshake, for ``Authorization: Bearer <access token>`` or for
+    the session cookie (with the CSRF token and an allowed Origin, like every cookie request)."""
+    service = request.app[SERVICE]
+    header = request.headers.get(hdrs.AUTHORIZATION)
+    access_token = bearer_token(header)
+    if access_token is not None:
+        ticket = service.ticket_for_access_token(access_token)
+    elif header is None and await has_session(request):
+        ticket = await service.ticket_for_refresh_token(await cookie_refresh_token(request))
+    else:
+        raise InvalidClientToken("use 'Authorization: Bearer <access token>' or the session cookie")
     return web.json_response(
-        {"ticket": ticket, "expires_in": claims["exp"] - claims["iat"]}, headers=NO_STORE
+        {"ticket": ticket.ticket, "expires_in": ticket.expires_in}, headers=NO_STORE
     )

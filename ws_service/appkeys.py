@@ -8,7 +8,7 @@ from aiohttp import web
 
 from shared.bus import EventBus
 from shared.redis_ledger import RedisRevocationLedger
-from shared.tickets import UsedTickets
+from shared.used_tickets import UsedTickets
 from ws_service.domain.gateway import Gateway
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics

@@ -17,7 +17,8 @@ from shared.access_token import Claims
 from shared.bus_errors import BusUnavailable
 from shared.http_errors import json_error
 from shared.jsonlog import audit
-from shared.tickets import TICKET_CLAIMS, TICKET_TYP, TOKEN_EXP, TOKEN_IAT, open_used_tickets
+from shared.tickets import TICKET_CLAIMS, TICKET_TYP, TOKEN_EXP, TOKEN_IAT
+from shared.used_tickets import open_used_tickets
 from ws_service.appkeys import GATEWAY, SETTINGS, USED_TICKETS
 from ws_service.domain.errors import AuthError, InvalidToken, KeysUnavailable
 from ws_service.domain.verify import claims_from

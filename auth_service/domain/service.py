@@ -23,7 +23,7 @@ from auth_service.domain.models import RefreshToken, Session, User
 from auth_service.domain.passwords import Passwords
 from auth_service.domain.store import Store
 from auth_service.domain.throttle import LoginThrottle
-from auth_service.domain.tokens import TokenIssuer
+from auth_service.domain.tokens import Ticket, TokenIssuer
 from shared.events import RevocationEvent, SessionRevoked, UserRevoked
 from shared.jsonlog import audit
 
@@ -154,6 +154,25 @@ class AuthService:
         raise RefreshReuse(
             "the refresh token was already used; the session is revoked", family_revoked=True
         )
+
+    def ticket_for_access_token(self, access_token: str) -> Ticket:
+        """A WebSocket ticket bound to a live access token (and expiring no later than it)."""
+        return self._tokens.issue_ticket(self._tokens.verify(access_token), self._clock())
+
+    async def ticket_for_refresh_token(self, refresh_token: str) -> Ticket:
+        """A ticket for a browser holding only its session cookie: bound to that session, and as
+        short-lived as an access token issued now would be. Nothing is rotated."""
+        now = self._clock()
+        view = await self._store.find_refresh_token(hash_refresh_token(refresh_token))
+        if view is None or view.token.rotated_at is not None:
+            raise InvalidGrant("the refresh token is not current")
+        session = view.session
+        if session.revoked_at is not None or min(view.token.expires_at, session.expires_at) <= now:
+            raise InvalidGrant("the session has ended")
+        access = self._tokens.access_claims(
+            user=view.user, sid=session.sid, scope=session.scope, now=now
+        )
+        return self._tokens.issue_ticket(access, now)
 
     async def logout_with_access_token(self, access_token: str, *, everywhere: bool) -> None:
         claims = self._tokens.verify(access_token)

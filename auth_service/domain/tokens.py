@@ -1,8 +1,10 @@
-"""Access tokens: RS256 JWTs (``typ: at+jwt``) signed with the key ring's current key."""
+"""Access tokens (RS256 JWTs, ``typ: at+jwt``) and WebSocket tickets (``typ: ws-ticket+jwt``),
+signed with the key ring's current key."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,14 +14,21 @@ from auth_service.domain.errors import InvalidClientToken, StoreUnavailable
 from auth_service.domain.keyring import KeyRing
 from auth_service.domain.models import User
 from shared.access_token import ACCESS_TOKEN_TYP, ALGORITHM, REQUIRED_CLAIMS, AccessTokenPayload
+from shared.tickets import TICKET_TYP, ticket_claims
 
-__all__ = ["AccessToken", "TokenIssuer"]
+__all__ = ["AccessToken", "Ticket", "TokenIssuer"]
 
 
 @dataclass(frozen=True, slots=True)
 class AccessToken:
     token: str
     expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    ticket: str
+    expires_in: int
 
 
 class TokenIssuer:
@@ -30,11 +39,12 @@ class TokenIssuer:
         self.ttl = ttl
 
     def issue(self, *, user: User, sid: str, scope: str, now: float) -> AccessToken:
-        key = self._ring.signing_key(now)
-        if key is None or key.private_key is None:
-            raise StoreUnavailable("no signing key is loaded yet")
+        claims = self.access_claims(user=user, sid=sid, scope=scope, now=now)
+        return AccessToken(self._sign({**claims}, ACCESS_TOKEN_TYP, now), claims["exp"])
+
+    def access_claims(self, *, user: User, sid: str, scope: str, now: float) -> AccessTokenPayload:
         iat = int(now)
-        claims: AccessTokenPayload = {
+        return {
             "iss": self.issuer,
             "sub": user.id,
             "aud": self.audience,
@@ -45,13 +55,19 @@ class TokenIssuer:
             "scope": scope,
             "preferred_username": user.username,
         }
-        token = jwt.encode(
-            {**claims},
-            key.private_key,
-            algorithm=ALGORITHM,
-            headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYP},
+
+    def issue_ticket(self, access: Mapping[str, Any], now: float) -> Ticket:
+        """A single-use WebSocket ticket bound to the access token whose claims are ``access``."""
+        claims = ticket_claims(access, now)
+        return Ticket(self._sign(claims, TICKET_TYP, now), claims["exp"] - claims["iat"])
+
+    def _sign(self, claims: Mapping[str, Any], typ: str, now: float) -> str:
+        key = self._ring.signing_key(now)
+        if key is None or key.private_key is None:
+            raise StoreUnavailable("no signing key is loaded yet")
+        return jwt.encode(
+            dict(claims), key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": typ}
         )
-        return AccessToken(token, iat + self.ttl)
 
     def verify(self, token: str, *, verify_exp: bool = True) -> dict[str, Any]:
         """Verify one of our own access tokens (for logout and revocation)."""

@@ -275,3 +275,41 @@ async def test_ws_ticket_is_short_lived_and_not_an_access_token(client: AuthClie
     resp = await client.post("/v1/logout", headers={"Authorization": f"Bearer {ticket}"})
     assert resp.status == 401
     assert (await client.post("/v1/ws-ticket")).status == 401
+
+
+async def test_ws_ticket_from_the_session_cookie(client: AuthClient) -> None:
+    browser, tokens = await cookie_login(client)
+    resp = await client.post("/v1/ws-ticket", headers=browser.headers())
+    assert resp.status == 200, await resp.text()
+    claims = jwt.decode((await resp.json())["ticket"], options={"verify_signature": False})
+    access = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    assert (claims["sub"], claims["sid"], claims["scope"]) == (
+        access["sub"],
+        access["sid"],
+        access["scope"],
+    )
+    assert claims["preferred_username"] == "alice"
+    assert claims["exp"] - claims["iat"] <= TICKET_TTL
+    assert claims["token_exp"] - claims["token_iat"] == access["exp"] - access["iat"]
+    # The cookie still refreshes: minting a ticket rotated nothing.
+    resp, _ = await cookie_refresh(client, browser.headers())
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    ("origin", "csrf"), [(EVIL, None), (OWN, "forged"), (OWN, "")], ids=["origin", "csrf", "none"]
+)
+async def test_ws_ticket_from_the_cookie_needs_csrf_proof(
+    client: AuthClient, origin: str, csrf: str | None
+) -> None:
+    browser, _ = await cookie_login(client)
+    resp = await client.post("/v1/ws-ticket", headers=browser.headers(origin, csrf))
+    assert (resp.status, (await resp.json())["error"]) == (403, "csrf_failed")
+
+
+async def test_no_ws_ticket_from_a_logged_out_cookie(client: AuthClient) -> None:
+    browser, _ = await cookie_login(client)
+    resp = await client.post("/v1/logout", headers=browser.headers())
+    assert resp.status == 200
+    resp = await client.post("/v1/ws-ticket", headers=browser.headers())
+    assert (resp.status, (await resp.json())["error"]) == (400, "invalid_grant")

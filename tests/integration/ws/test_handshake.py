@@ -13,13 +13,8 @@ import jwt
 import pytest
 
 from auth_service.appkeys import KEYRING
-from shared.tickets import (
-    TICKET_TYP,
-    LocalUsedTickets,
-    RedisUsedTickets,
-    UsedTickets,
-    ticket_claims,
-)
+from shared.tickets import TICKET_TYP, ticket_claims
+from shared.used_tickets import LocalUsedTickets, RedisUsedTickets, UsedTickets
 from tests.integration.stack import MakeStack, Stack
 from tests.integration.ws.harness import auth, expect_close, recv, send
 
