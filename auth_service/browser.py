@@ -31,7 +31,6 @@ from auth_service.settings import Settings
 from shared.http_auth import bearer_token
 
 __all__ = [
-    "COOKIE_PATH",
     "CSRF_COOKIE",
     "CSRF_HEADER",
     "SESSION_COOKIE",
@@ -48,8 +47,6 @@ __all__ = [
 SESSION_COOKIE = "gw_session"
 CSRF_COOKIE = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
-COOKIE_PATH = "/v1/"
-"""The narrowest path covering /v1/token, /v1/logout and /v1/ws-ticket: never sent to pages."""
 _REFRESH, _CSRF = "refresh_token", "csrf"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -61,7 +58,7 @@ def setup(app: web.Application, settings: Settings) -> None:
         EncryptedCookieStorage(
             cookie_key(settings.key_encryption_secrets[0]),
             cookie_name=SESSION_COOKIE,
-            path=COOKIE_PATH,
+            path=cookie_path(settings),
             max_age=settings.refresh_token_ttl,
             secure=_secure(settings),
             httponly=True,
@@ -86,6 +83,12 @@ def cookie_key(secret: str) -> bytes:
     """Derived from the first key-encryption secret, so every replica reads every cookie."""
     hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"auth_service cookie")
     return hkdf.derive(secret.encode())
+
+
+def cookie_path(settings: Settings) -> str:
+    """The narrowest path covering /v1/token, /v1/logout and /v1/ws-ticket under the issuer (which
+    may sit under a prefix behind a proxy, ``https://host/auth``): never sent to pages."""
+    return urlsplit(settings.issuer).path.rstrip("/") + "/v1/"
 
 
 def _secure(settings: Settings) -> bool:

@@ -46,6 +46,8 @@ def render(conf: str, tmp_path: Path, ports: Mapping[str, Sequence[int]], listen
         (r"/etc/nginx/certs/dev\.crt", str(tmp_path / "dev.crt")),
         (r"/etc/nginx/certs/dev\.key", str(tmp_path / "dev.key")),
         (r"(?m)^pid .*;$", f"pid {tmp_path}/nginx.pid;"),
+        (r"/usr/share/nginx/html", str(ROOT / "services" / "web")),
+        (r"/etc/nginx/page_headers\.conf", str(NGINX_CONF.with_name("page_headers.conf"))),
         (r"(?m)^http \{$", "http {\n" + temp_paths),
     ]
     for pattern, replacement in replacements:

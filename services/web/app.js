@@ -5,7 +5,9 @@ import { GatewayClient } from "/gateway-client.js";
 const $ = (id) => document.getElementById(id);
 const config = await (await fetch("/config.json")).json();
 const handshake = new URLSearchParams(location.search).get("handshake") ?? "message";
-const client = new GatewayClient({ authUrl: location.origin, wsUrl: config.wsUrl, handshake });
+// Behind the compose stack's nginx auth_service sits under /auth; embedded it is this origin.
+const authUrl = config.authUrl ?? location.origin;
+const client = new GatewayClient({ authUrl, wsUrl: config.wsUrl, handshake });
 window.gatewayClient = client; // for the browser tests and the curious, from the console
 let room = null;
 let renewals = 0;
@@ -80,7 +82,7 @@ async function submitLogin(register) {
   $("login-error").textContent = "";
   try {
     if (register) {
-      const response = await fetch("/v1/register", {
+      const response = await fetch(`${authUrl}/v1/register`, {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ username, password }),

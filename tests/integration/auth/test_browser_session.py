@@ -118,6 +118,21 @@ async def test_cookies_are_secure_when_the_issuer_is_https(
     assert resp.cookies[CSRF_COOKIE]["secure"] is True
 
 
+async def test_behind_a_path_prefix_the_cookie_path_follows_the_issuer(
+    make_browser_client: MakeBrowserClient,
+) -> None:
+    """The compose stack serves auth_service at https://localhost/auth through nginx."""
+    client = await make_browser_client(issuer="https://localhost/auth")
+    await register(client)
+    resp = await client.post(
+        "/v1/login",
+        json={"username": "alice", "password": PASSWORD, "session": "cookie"},
+        headers={"Origin": "https://localhost"},
+    )
+    assert resp.status == 200, await resp.text()
+    assert resp.cookies[SESSION_COOKIE]["path"] == "/auth/v1/"
+
+
 async def test_refresh_from_the_cookie_rotates_it(client: AuthClient) -> None:
     browser, first = await cookie_login(client)
     resp, body = await cookie_refresh(client, browser.headers())

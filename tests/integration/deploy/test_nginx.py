@@ -148,3 +148,27 @@ async def test_nginx_routes_auth_and_ws_through_tls(
 
         async with session.get(f"{base}/elsewhere", ssl=context) as response:
             assert response.status == 404
+
+
+async def test_nginx_serves_the_demo_page_with_a_strict_csp(
+    proxy: tuple[str, ssl.SSLContext],
+) -> None:
+    base, context = proxy
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/", ssl=context) as response:
+            assert response.status == 200
+            assert response.content_type == "text/html"
+            assert "<script" in await response.text()
+            csp = response.headers["Content-Security-Policy"]
+            assert "script-src 'self'" in csp
+            assert "connect-src 'self' wss://127.0.0.1" in csp
+        async with session.get(f"{base}/gateway-client.js", ssl=context) as response:
+            assert response.status == 200
+            assert response.content_type == "text/javascript"
+            assert "export class GatewayClient" in await response.text()
+            assert "Content-Security-Policy" in response.headers
+        async with session.get(f"{base}/config.json", ssl=context) as response:
+            assert await response.json() == {
+                "authUrl": "https://127.0.0.1/auth",
+                "wsUrl": "wss://127.0.0.1/ws",
+            }
