@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +72,9 @@ async def test_cli_and_service_on_sqlite(tmp_path: Path) -> None:
             assert jwt.get_unverified_header(renewed["access_token"])["kid"] == new_kid
 
 
-@pytest.mark.postgres
-async def test_two_replicas_on_postgres_share_keys_and_refresh_once(
-    postgres_url: str, tmp_path: Path
-) -> None:
+@contextmanager
+def two_replicas(postgres_url: str, tmp_path: Path) -> Iterator[list[str]]:
+    """Two auth_service processes on one PostgreSQL database; yields their base URLs."""
     ports = [free_port(), free_port()]
     common = {
         "AUTH_DATABASE_URL": postgres_url,
@@ -84,7 +85,14 @@ async def test_two_replicas_on_postgres_share_keys_and_refresh_once(
         service("auth_service", {**common, "AUTH_PORT": str(ports[0])}, ports[0], tmp_path),
         service("auth_service", {**common, "AUTH_PORT": str(ports[1])}, ports[1], tmp_path),
     ):
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        yield [f"http://127.0.0.1:{p}" for p in ports]
+
+
+@pytest.mark.postgres
+async def test_two_replicas_on_postgres_share_keys_and_refresh_once(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    with two_replicas(postgres_url, tmp_path) as urls:
         async with aiohttp.ClientSession() as http:
             jwks = []
             for url in urls:
@@ -115,17 +123,7 @@ async def test_two_replicas_on_postgres_share_keys_and_refresh_once(
 async def test_two_replicas_admit_at_most_ten_simultaneous_guesses(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    ports = [free_port(), free_port()]
-    common = {
-        "AUTH_DATABASE_URL": postgres_url,
-        "AUTH_KEY_ENCRYPTION_SECRETS": SECRET,
-        "AUTH_ISSUER": "http://auth.test",
-    }
-    with (
-        service("auth_service", {**common, "AUTH_PORT": str(ports[0])}, ports[0], tmp_path),
-        service("auth_service", {**common, "AUTH_PORT": str(ports[1])}, ports[1], tmp_path),
-    ):
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
+    with two_replicas(postgres_url, tmp_path) as urls:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             status, _ = await post(
                 http, f"{urls[0]}/v1/register", json={"username": "erin", "password": PASSWORD}
