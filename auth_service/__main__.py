@@ -8,22 +8,36 @@ import getpass
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 
-from auth_service.app import build_keyring, build_service, create_app
+from auth_service.app import OUTBOX_INTERVAL, build_keyring, build_service, create_app
 from auth_service.domain.errors import AuthError
+from auth_service.domain.keyring import KEYS_TOPIC, LoadedKey, announcement
 from auth_service.domain.outbox import EventPublisher
-from auth_service.settings import ConfigError, Settings
+from auth_service.domain.store import Store
+from auth_service.settings import SECRET_FILE, ConfigError, Settings
 from auth_service.store import open_store
 from shared.bus import InProcessBus
+from shared.bus_factory import open_bus
 from shared.jsonlog import configure_logging
-from shared.serve import Site, run
+from shared.kept_secret import kept_secret
+from shared.serve import CannotListen, Site, run
+
+ANNOUNCE_WAIT = 3 * OUTBOX_INTERVAL
+"""How long ``keys rotate`` waits for a running service to take its announcement."""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m auth_service", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the HTTP service (the default)")
+    sub.add_parser(
+        "secret",
+        help=f"print the key-encryption secret kept in AUTH_DATA_DIR/{SECRET_FILE}, "
+        "creating it once (for `export AUTH_KEY_ENCRYPTION_SECRETS=$(...)`)",
+    )
     keys = sub.add_parser("keys", help="manage signing keys").add_subparsers(
         dest="action", required=True
     )
@@ -39,21 +53,27 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("username")
     create.add_argument("--scope", help="space-separated scope (default AUTH_DEFAULT_SCOPE)")
     args = parser.parse_args(argv)
-
+    if args.command == "secret":
+        return print_secret(os.environ)
+    serving = args.command in (None, "serve")
     try:
-        settings = Settings.from_env(os.environ)
+        settings = Settings.from_env(os.environ, use_checkout_dev_secret=not serving)
         ssl_context = settings.ssl_context
     except ConfigError as exc:
         print(f"auth_service: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     try:
-        if args.command in (None, "serve"):
-            scheme = "https" if ssl_context else "http"
-            print(
-                f"auth_service listening on {scheme}://{settings.host}:{settings.port}", flush=True
+        if serving:
+            url = f"{'https' if ssl_context else 'http'}://{settings.host}:{settings.port}"
+
+            async def listening() -> None:
+                print(f"auth_service listening on {url}", flush=True)
+
+            run(
+                [Site(create_app(settings), settings.host, settings.port, ssl_context)],
+                on_started=listening,
             )
-            run([Site(create_app(settings), settings.host, settings.port, ssl_context)])
             return 0
         if args.command == "keys":
             return asyncio.run(keys_command(settings, args.action, args))
@@ -61,6 +81,23 @@ def main(argv: list[str] | None = None) -> int:
     except AuthError as exc:
         print(f"auth_service: {exc.description}", file=sys.stderr)
         return 1
+    except CannotListen as exc:
+        hint = " (is another auth_service or `make run` running?)" if exc.in_use else ""
+        print(f"auth_service: {exc}{hint}; set AUTH_PORT to use another port", file=sys.stderr)
+        return 1
+
+
+def print_secret(environ: Mapping[str, str]) -> int:
+    """The secret on stdout (for ``$(...)``), where it is kept on stderr: the same every time."""
+    path = Path(environ.get("AUTH_DATA_DIR") or ".data") / SECRET_FILE
+    secret, created = kept_secret(path)
+    if created:
+        note = f"created a key-encryption secret in {path}; keep it, the signing keys need it"
+    else:
+        note = f"using the key-encryption secret kept in {path}"
+    print(f"auth_service: {note}", file=sys.stderr)
+    print(secret)
+    return 0
 
 
 async def keys_command(settings: Settings, action: str, args: argparse.Namespace) -> int:
@@ -69,9 +106,9 @@ async def keys_command(settings: Settings, action: str, args: argparse.Namespace
         ring = build_keyring(settings, store)
         if action == "rotate":
             key = await ring.rotate(time.time(), immediate=args.immediate)
-            print(
-                f"new key {key.kid} (generation {key.generation}) signs from {fmt(key.activate_at)}"
-            )
+            when = "now" if args.immediate else fmt(key.activate_at)
+            print(f"new key {key.kid} (generation {key.generation}) signs from {when}")
+            print(await announce(settings, store, key))
         else:
             await ring.reload()
             now = time.time()
@@ -82,12 +119,41 @@ async def keys_command(settings: Settings, action: str, args: argparse.Namespace
                     if key is current
                     else ("pending" if key.activate_at > now else "retired")
                 )
+                if key.private_key is None:
+                    state += " (no configured secret decrypts it)"
                 print(
                     f"{key.kid}  generation={key.generation}  activate_at={fmt(key.activate_at)}  {state}"
                 )
         return 0
     finally:
         await store.close()
+
+
+async def announce(settings: Settings, store: Store, key: LoadedKey) -> str:
+    """Tell running services about the new key, and say when they took it.
+
+    Over Redis every replica hears it at once. Without Redis this process reaches no other, so the
+    announcement waits in the outbox for a running service to pass it to its own bus."""
+    payload = announcement(key)
+    if settings.redis_url:
+        bus = await open_bus(settings.redis_url)
+        try:
+            if await EventPublisher(bus, store).announce(KEYS_TOPIC, payload):
+                return f"announced over Redis at {fmt(time.time())}: running replicas load it now"
+        finally:
+            await bus.close()
+    else:
+        await store.add_outbox(KEYS_TOPIC, payload, time.time())
+    deadline = time.monotonic() + ANNOUNCE_WAIT
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        if all(item.payload != payload for item in await store.outbox_batch(1000)):
+            return f"a running service took the announcement at {fmt(time.time())} and loaded it"
+    return (
+        f"no running service took the announcement within {ANNOUNCE_WAIT:.0f} s: services load "
+        "the key when they start, and running ones at their next reload (the announcement waits "
+        "in the outbox)"
+    )
 
 
 async def create_user(settings: Settings, username: str, scope: str | None) -> int:

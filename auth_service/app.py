@@ -12,7 +12,7 @@ from aiohttp import web
 
 from auth_service import browser
 from auth_service.appkeys import BUS, KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
-from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
+from auth_service.domain.keyring import KEYS_TOPIC, KeyCipher, KeyRing, RotationPolicy
 from auth_service.domain.outbox import EventPublisher
 from auth_service.domain.passwords import Passwords
 from auth_service.domain.service import AuthService, IssuerPolicy
@@ -102,6 +102,7 @@ def create_app(
         ring = build_keyring(settings, app[STORE])
         if await ring.maintain(clock()):
             app[METRICS].key_rotations.inc()
+        ring.check_unlocked()
         app[KEYRING] = ring
         app[SERVICE] = build_service(
             settings, app[STORE], ring, app[PUBLISHER], app[METRICS], clock
@@ -110,10 +111,19 @@ def create_app(
             asyncio.create_task(maintenance_loop(app, clock)),
             asyncio.create_task(outbox_loop(app[PUBLISHER])),
         ]
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_key_announced(topic: str, payload: str) -> None:
+            task = asyncio.get_running_loop().create_task(reload_keys(ring))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        unsubscribe = app[BUS].subscribe(KEYS_TOPIC, on_key_announced)
         yield
-        for task in tasks:
+        unsubscribe()
+        for task in [*tasks, *reloads]:
             task.cancel()
-        for task in tasks:
+        for task in [*tasks, *reloads]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
@@ -142,6 +152,16 @@ async def maintenance_loop(app: web.Application, clock: Callable[[], float]) -> 
                 last_purge = now
         except Exception:
             log.exception("key ring maintenance failed; retrying")
+
+
+async def reload_keys(ring: KeyRing) -> None:
+    """A rotation was announced (``keys rotate``, another replica): load the new key now."""
+    try:
+        await ring.reload()
+    except Exception:
+        log.exception("key ring reload after an announcement failed; the timer retries")
+    else:
+        log.info("key ring reloaded on an announced rotation")
 
 
 OUTBOX_INTERVAL = 1.0

@@ -24,8 +24,9 @@ from auth_service.http import (
     read_json,
     required_str,
 )
+from shared.readiness import Readiness, readiness_response
 
-__all__ = ["routes"]
+__all__ = ["readiness", "routes"]
 
 routes = web.RouteTableDef()
 
@@ -163,22 +164,25 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
+    return readiness_response(await readiness(request.app))
+
+
+async def readiness(app: web.Application) -> Readiness:
+    """Ready when the database answers and a key signs; a bus that refuses events only degrades."""
     checks: dict[str, str] = {}
     try:
-        await request.app[STORE].ping()
+        await app[STORE].ping()
         checks["database"] = "ok"
     except AuthError as exc:
         checks["database"] = exc.description
-    signing = request.app[KEYRING].signing_key(time.time())
+    signing = app[KEYRING].signing_key(time.time())
     checks["signing_key"] = "ok" if signing is not None else "no signing key loaded"
-    ready = all(value == "ok" for value in checks.values())
     degraded: dict[str, str] = {}
-    if not request.app[BUS].connected:
+    if not app[BUS].connected:
         degraded["event_bus"] = "redis unreachable; revocations wait in the outbox"
-    elif request.app[PUBLISHER].pending:
+    elif app[PUBLISHER].pending:
         degraded["event_bus"] = "revocations are waiting in the outbox: the event bus refused them"
-    body = {"status": "ready" if ready else "not_ready", "checks": checks, "degraded": degraded}
-    return web.json_response(body, status=200 if ready else 503)
+    return Readiness(checks, degraded)
 
 
 @routes.get("/metrics")

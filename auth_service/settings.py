@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,13 +11,15 @@ from pathlib import Path
 
 from shared.envparse import ConfigError, env_bool, env_int, env_list, env_str, redact_url
 from shared.issuer import auth_issuer
+from shared.kept_secret import kept_secret
 from shared.tls import server_context
 
-__all__ = ["ConfigError", "Settings"]
+__all__ = ["DEV_SECRET_FILE", "SECRET_FILE", "ConfigError", "Settings", "dev_secret"]
 
 log = logging.getLogger(__name__)
 
 DEV_SECRET_FILE = "dev-key-encryption-secret"  # noqa: S105 (a file name)
+SECRET_FILE = "key-encryption-secret"  # noqa: S105 (a file name: `python -m auth_service secret`)
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "dev", "test", "example"}
 MIN_SECRET_LENGTH = 16
 
@@ -52,14 +53,16 @@ class Settings:
         if not self.key_encryption_secrets:
             raise ConfigError(
                 "AUTH_KEY_ENCRYPTION_SECRETS is required (a comma list of long random secrets; "
-                "the first encrypts, all decrypt). For local development set AUTH_DEV=1."
+                "the first encrypts, all decrypt): set the one the signing keys were stored with, "
+                "or create one kept in the data dir with `export AUTH_KEY_ENCRYPTION_SECRETS="
+                "$(python -m auth_service secret)`. For local development set AUTH_DEV=1."
             )
         for secret in self.key_encryption_secrets:
             if len(secret) < MIN_SECRET_LENGTH or secret.lower() in _PLACEHOLDERS:
                 raise ConfigError(
                     "AUTH_KEY_ENCRYPTION_SECRETS holds a placeholder or a secret shorter than "
-                    f"{MIN_SECRET_LENGTH} characters; generate one with "
-                    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                    f"{MIN_SECRET_LENGTH} characters; create a kept one with "
+                    "`python -m auth_service secret`"
                 )
         if self.key_rotation_interval <= self.jwks_max_age:
             raise ConfigError("AUTH_KEY_ROTATION_INTERVAL must be longer than AUTH_JWKS_MAX_AGE")
@@ -76,13 +79,21 @@ class Settings:
         return f"{self.issuer}/.well-known/jwks.json"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] = os.environ, *, use_checkout_dev_secret: bool = False
+    ) -> Settings:
+        """``use_checkout_dev_secret``: the management commands, run beside ``make run``, use the
+        dev secret its data dir already holds (never creating one) when nothing else is set."""
         host = env_str(environ, "AUTH_HOST", "127.0.0.1")
         port = env_int(environ, "AUTH_PORT", 8081, minimum=0)
         data_dir = Path(env_str(environ, "AUTH_DATA_DIR", ".data"))
         dev = env_bool(environ, "AUTH_DEV", False)
         secrets_ = env_list(environ, "AUTH_KEY_ENCRYPTION_SECRETS")
-        if not secrets_ and dev:
+        embedded_db = not env_str(environ, "AUTH_DATABASE_URL", "")
+        if not secrets_ and (
+            dev
+            or (use_checkout_dev_secret and embedded_db and (data_dir / DEV_SECRET_FILE).exists())
+        ):
             secrets_ = (dev_secret(data_dir),)
         return cls(
             host=host,
@@ -115,15 +126,11 @@ class Settings:
 def dev_secret(data_dir: Path) -> str:
     """Read, or create once, the development key-encryption secret kept in the data dir."""
     path = data_dir / DEV_SECRET_FILE
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret)
-    log.warning(
-        "AUTH_DEV=1: generated a development key-encryption secret; never use dev mode in production",
-        extra={"path": str(path)},
-    )
+    secret, created = kept_secret(path)
+    if created:
+        log.warning(
+            "AUTH_DEV=1: generated a development key-encryption secret; "
+            "never use dev mode in production",
+            extra={"path": str(path)},
+        )
     return secret

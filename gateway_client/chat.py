@@ -4,24 +4,27 @@
     python -m gateway_client.chat --user bob        # terminal 2
 
 Lines typed are published to the channel (default ``chat:general``); messages on it and on your own
-``user:<id>`` channel are printed. Ctrl-D quits.
+``user:<id>`` channel are printed, and so is every change of the connection (lost, reconnecting,
+reconnected, session ended) as it happens. Ctrl-D or Ctrl-C quits.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import getpass
 import json
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from gateway_client.client import ClientError, GatewayClient
+import aiohttp
 
-__all__ = ["chat", "format_message", "main", "parse_args"]
+from gateway_client.client import AuthenticationFailed, ClientError, GatewayClient
+
+__all__ = ["StatePrinter", "chat", "format_message", "main", "parse_args", "run_chat"]
 
 
 def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Namespace:
@@ -49,7 +52,8 @@ def format_message(message: Mapping[str, Any]) -> str:
 async def chat(
     client: GatewayClient, channel: str, lines: AsyncIterator[str], out: Callable[[str], None]
 ) -> None:
-    """Print what arrives while publishing what is typed; returns when ``lines`` ends."""
+    """Print what arrives while publishing what is typed. Returns when ``lines`` ends; raises
+    the client's reason (``AuthenticationFailed`` on revocation) as soon as it stops."""
     await client.subscribe(channel)
     if client.user is not None:
         await client.subscribe(f"user:{client.user['id']}")
@@ -58,37 +62,87 @@ async def chat(
         async for message in client.messages():
             out(format_message(message))
 
-    printing = asyncio.get_running_loop().create_task(printer())
-    try:
+    async def typing() -> None:
         async for line in lines:
-            if line.strip():
+            if not line.strip():
+                continue
+            try:
                 await client.publish(channel, {"text": line.rstrip("\n")})
+            except ClientError as exc:
+                out(f"* not sent ({exc})")
+
+    loop = asyncio.get_running_loop()
+    tasks = {loop.create_task(printer()), loop.create_task(typing())}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        printing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await printing
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()
 
 
-async def _stdin_lines() -> AsyncIterator[str]:
-    while line := await asyncio.to_thread(sys.stdin.readline):
+class StatePrinter:
+    """One line per connection change as it happens, so a drop is seen at once, not on the next
+    typed line. A close the client stops on is left to the exit message."""
+
+    def __init__(self, channel: str, out: Callable[[str], None]) -> None:
+        self._channel = channel
+        self._out = out
+        self._lost = ""
+        self._dropped = False
+
+    def __call__(self, state: str, detail: str) -> None:
+        if state == "disconnected":
+            self._lost = detail or "network error"
+        elif state == "reconnecting":
+            self._out(f"* connection lost ({self._lost}); reconnecting {detail}")
+            self._dropped = True
+        elif state == "connected" and self._dropped:
+            self._out(f"* reconnected as {detail} on {self._channel}")
+
+
+async def stdin_lines() -> AsyncIterator[str]:
+    """Lines from stdin, read on a daemon thread: a blocked read never holds up the exit."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def read() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(queue.put_nowait, line)
+        loop.call_soon_threadsafe(queue.put_nowait, "")
+
+    threading.Thread(target=read, name="stdin", daemon=True).start()
+    while line := await queue.get():
         yield line
 
 
-async def _main(args: argparse.Namespace, password: str) -> None:
-    async with GatewayClient(args.auth_url, args.ws_url, args.user, password) as client:
-        print(f"connected as {args.user} on {args.channel}; type to chat, Ctrl-D to quit")
-        await chat(client, args.channel, _stdin_lines(), print)
+async def run_chat(args: argparse.Namespace, password: str, out: Callable[[str], None]) -> None:
+    async with GatewayClient(
+        args.auth_url, args.ws_url, args.user, password, on_state=StatePrinter(args.channel, out)
+    ) as client:
+        out(f"* connected as {args.user} on {args.channel}; type to chat, Ctrl-D to quit")
+        await chat(client, args.channel, stdin_lines(), out)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv, os.environ)
-    password = args.password or getpass.getpass(f"password for {args.user}: ")
     try:
-        asyncio.run(_main(args, password))
+        password = args.password or getpass.getpass(f"password for {args.user}: ")
+        asyncio.run(run_chat(args, password, lambda line: print(line, flush=True)))
+    except KeyboardInterrupt:
+        print()
+    except EOFError:
+        sys.exit("chat: no password given")
+    except AuthenticationFailed as exc:
+        if exc.close_code is None:
+            sys.exit(f"chat: login refused ({exc})")
+        sys.exit(f"chat: the session ended ({exc.code}): log in again")
     except ClientError as exc:
         sys.exit(f"chat: {exc}")
-    except KeyboardInterrupt:
-        pass
+    except (aiohttp.ClientError, OSError) as exc:
+        sys.exit(f"chat: cannot reach auth_service at {args.auth_url} ({exc}); is `make run` up?")
 
 
 if __name__ == "__main__":

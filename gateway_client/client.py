@@ -16,7 +16,7 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn
@@ -33,11 +33,16 @@ __all__ = [
     "GatewayClient",
     "ProtocolViolation",
     "RequestFailed",
+    "StateListener",
     "TemporaryFailure",
     "TokenPair",
 ]
 
 log = logging.getLogger(__name__)
+
+StateListener = Callable[[str, str], None]
+"""Called with ``(state, detail)`` as the connection changes: ``connected``, ``disconnected``
+(close code and reason), ``reconnecting`` (after what delay), ``stopped`` (why)."""
 
 
 class ClientError(Exception):
@@ -152,6 +157,7 @@ class GatewayClient:
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         request_timeout: float = 10.0,
+        on_state: StateListener | None = None,
     ) -> None:
         self._ws_url = ws_url
         self._username = username
@@ -174,6 +180,7 @@ class GatewayClient:
         self._failure: ClientError | None = None
         self._attempt = 0
         self._background: set[asyncio.Task[None]] = set()
+        self._on_state = on_state
         self.connects = 0
         self.refreshes = 0
         self.user: dict[str, Any] | None = None
@@ -277,6 +284,7 @@ class GatewayClient:
         except ClientError as exc:
             self._failure = exc
             self._fail_pending(exc)
+            self._state("stopped", str(exc))
         finally:
             self._connected.clear()
             self._messages.put_nowait(None)
@@ -297,6 +305,7 @@ class GatewayClient:
         the expired token earns a retryable ``token_expired`` and another refresh."""
         self._connected.clear()
         self._fail_pending(ClientError(f"connection closed ({closed.code} {closed.reason})"))
+        self._state("disconnected", f"{closed.code or ''} {closed.reason}".strip())
         action = action_for(closed.code, closed.reason)
         if action is Action.REFRESH_THEN_RECONNECT:
             try:
@@ -311,6 +320,7 @@ class GatewayClient:
         delay = backoff_delay(self._attempt, *self._backoff, random.random())
         self._attempt += 1
         log.info("reconnecting", extra={"code": closed.code, "delay": round(delay, 3)})
+        self._state("reconnecting", f"in {delay:.1f} s")
         await asyncio.sleep(delay)
 
     async def _session_once(self) -> NoReturn:
@@ -323,6 +333,7 @@ class GatewayClient:
             for channel in sorted(self._channels):
                 await self._send(ws, {"type": "subscribe", "channel": channel})
             self._connected.set()
+            self._state("connected", str((self.user or {}).get("username", "")))
             while True:
                 frame = await self._receive(ws)
                 await self._handle(ws, frame)
@@ -400,6 +411,10 @@ class GatewayClient:
 
     async def _send(self, ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]) -> None:
         await ws.send_str(json.dumps(frame))
+
+    def _state(self, state: str, detail: str) -> None:
+        if self._on_state is not None:
+            self._on_state(state, detail)
 
     def _fail_pending(self, exc: ClientError) -> None:
         for future in self._pending.values():

@@ -6,25 +6,61 @@ Each service reads its own variables from the environment; AUTH_DEV defaults to 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import time
 
-from services.embedded import banner, build_sites
+from auth_service.domain.errors import AuthError
+from services.embedded import Stack, build_stack
 from shared.envparse import ConfigError
 from shared.jsonlog import configure_logging
-from shared.serve import run
+from shared.serve import CannotListen, run
+
+READY_WAIT = 10.0
+"""How long the banner waits for both services before it says which one is not ready."""
+
+
+async def announce(stack: Stack) -> None:
+    """Print the banner once both services are ready, or after READY_WAIT saying what is not
+    (then one more line when they become ready)."""
+    deadline = time.monotonic() + READY_WAIT
+    while True:
+        states = await stack.readiness()
+        ready = all(state.ready for state in states.values())
+        if ready or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.1)
+    print(stack.banner(states), flush=True)
+    while not ready:
+        await asyncio.sleep(1.0)
+        ready = all(state.ready for state in (await stack.readiness()).values())
+    if time.monotonic() >= deadline:
+        print("realtime gateway is up now: both services are ready", flush=True)
 
 
 def main() -> int:
     environ = {**os.environ}
     environ.setdefault("AUTH_DEV", "1")
     try:
-        sites, lines = build_sites(environ)
+        stack = build_stack(environ)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(environ.get("LOG_LEVEL", "INFO"))
-    run(sites, on_started=lambda: print(banner(lines), flush=True))
+    try:
+        run(stack.sites, on_started=lambda: announce(stack))
+    except AuthError as exc:
+        print(f"auth_service: {exc.description}", file=sys.stderr)
+        return 1
+    except CannotListen as exc:
+        hint = " (is another `make run` running?)" if exc.in_use else ""
+        print(
+            f"cannot start: {exc}{hint}; stop it, or pick other ports with "
+            "AUTH_PORT=... WS_PORT=... make run",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

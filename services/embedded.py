@@ -6,47 +6,94 @@ auth_service's site starts first, so ws_service's first key-set fetch finds it l
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
+from aiohttp import web
+
+from auth_service import handlers as auth_handlers
 from auth_service.app import create_app as create_auth_app
 from auth_service.settings import Settings as AuthSettings
 from services.webpage import mount, origin_of
 from shared.bus import InProcessBus
 from shared.envparse import env_list
+from shared.readiness import Readiness
 from shared.serve import Site
+from ws_service import handlers as ws_handlers
 from ws_service.app import create_app as create_ws_app
+from ws_service.settings import DEV_API_KEY_FILE, dev_api_key
 from ws_service.settings import Settings as WsSettings
 
-__all__ = ["banner", "build_sites"]
+__all__ = ["Stack", "build_stack"]
 
 
-def build_sites(environ: Mapping[str, str]) -> tuple[list[Site], list[str]]:
+@dataclass(frozen=True)
+class Stack:
+    sites: list[Site]
+    lines: list[str]
+    auth_app: web.Application
+    ws_app: web.Application
+
+    async def readiness(self) -> dict[str, Readiness]:
+        return {
+            "auth_service": await auth_handlers.readiness(self.auth_app),
+            "ws_service": ws_handlers.readiness(self.ws_app),
+        }
+
+    def banner(self, readiness: Mapping[str, Readiness]) -> str:
+        """Say it is up only when both services are ready; otherwise say what is not."""
+        failing = [
+            f"  {service} is NOT ready: {name}: {why}"
+            for service, state in readiness.items()
+            for name, why in state.failing.items()
+        ]
+        head = (
+            ["realtime gateway is up (embedded mode, dev keys)"]
+            if not failing
+            else ["realtime gateway started, but is not ready yet:", *failing]
+        )
+        rule = "-" * 72
+        return "\n".join([rule, *head, *self.lines, rule])
+
+
+def build_stack(environ: Mapping[str, str]) -> Stack:
     bus = InProcessBus()
     auth = AuthSettings.from_env(environ)
     page = f"{auth.issuer}/"
     origins = {*env_list(environ, "WS_ALLOWED_ORIGINS"), origin_of(auth.issuer)}
-    ws = WsSettings.from_env({**environ, "WS_ALLOWED_ORIGINS": ",".join(sorted(origins))})
+    ws_environ = {**environ, "WS_ALLOWED_ORIGINS": ",".join(sorted(origins))}
+    dev_key = auth.dev and not env_list(environ, "WS_API_KEYS")
+    if dev_key:
+        ws_environ["WS_API_KEYS"] = dev_api_key(auth.data_dir)
+    ws = WsSettings.from_env(ws_environ)
     auth_tls, ws_tls = auth.ssl_context, ws.ssl_context
     ws_url = f"{'wss' if ws_tls else 'ws'}://{ws.host}:{ws.port}/ws"
     auth_app = create_auth_app(auth, bus=bus)
+    ws_app = create_ws_app(ws, bus=bus)
     mount(auth_app, ws_url)
     sites = [
         Site(auth_app, auth.host, auth.port, auth_tls),
-        Site(create_ws_app(ws, bus=bus), ws.host, ws.port, ws_tls, ws.shutdown_timeout),
+        Site(ws_app, ws.host, ws.port, ws_tls, ws.shutdown_timeout),
     ]
+    publish = f"{'https' if ws_tls else 'http'}://{ws.host}:{ws.port}/v1/publish"
+    if dev_key:
+        key_line = (
+            f"publish API   {publish}   (dev key {ws.api_keys[0]}, "
+            f"kept in {auth.data_dir / DEV_API_KEY_FILE})"
+        )
+    elif ws.api_keys:
+        key_line = f"publish API   {publish}   (keys from WS_API_KEYS)"
+    else:
+        key_line = f"publish API   {publish}   disabled: WS_API_KEYS is empty"
     lines = [
         f"chat page     {page}   (open this in a browser)",
         f"auth_service  {auth.issuer}   (REST API; JWKS at {auth.jwks_uri})",
         f"ws_service    {ws_url}",
+        key_line,
         f"database      {auth.database_url}",
         "",
         "Try it: create two users, then chat in two terminals:",
-        "  AUTH_DEV=1 .venv/bin/python -m auth_service users create alice   (and bob)",
-        "  .venv/bin/python -m gateway_client.chat --user alice      (and --user bob in another)",
+        "  .venv/bin/python -m auth_service users create bob   (and carol)",
+        "  .venv/bin/python -m gateway_client.chat --user bob   (and --user carol in another)",
         "README.md has curl examples for every endpoint.",
     ]
-    return sites, lines
-
-
-def banner(lines: list[str]) -> str:
-    rule = "-" * 72
-    return "\n".join([rule, "realtime gateway is up (embedded mode, dev keys)", *lines, rule])
+    return Stack(sites, lines, auth_app, ws_app)

@@ -8,16 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
-__all__ = ["LISTEN_BACKLOG", "Site", "run", "serve"]
+__all__ = ["LISTEN_BACKLOG", "CannotListen", "Site", "run", "serve"]
 
 LISTEN_BACKLOG = 1024
+
+OnStarted = Callable[[], Coroutine[Any, Any, None]]
+"""Run as a task once every site listens (say so, wait for readiness); cancelled on stop."""
+
+
+class CannotListen(Exception):
+    """A site could not bind its address; the message is one line for the operator."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        in_use = exc.errno == errno.EADDRINUSE
+        reason = "is already in use" if in_use else f"cannot be opened: {exc.strerror or exc}"
+        super().__init__(f"{host}:{port} {reason}")
+        self.in_use = in_use
 
 
 @dataclass(frozen=True)
@@ -29,7 +44,7 @@ class Site:
     shutdown_timeout: float = 10.0
 
 
-async def serve(sites: Sequence[Site], *, on_started: Callable[[], None] | None = None) -> None:
+async def serve(sites: Sequence[Site], *, on_started: OnStarted | None = None) -> None:
     """Start every site, wait for a stop signal, then clean up in reverse order."""
     runners: list[web.AppRunner] = []
     stop = asyncio.Event()
@@ -37,6 +52,7 @@ async def serve(sites: Sequence[Site], *, on_started: Callable[[], None] | None 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    started: asyncio.Task[None] | None = None
     try:
         for site in sites:
             runner = web.AppRunner(
@@ -44,22 +60,29 @@ async def serve(sites: Sequence[Site], *, on_started: Callable[[], None] | None 
             )
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(
-                runner,
-                site.host,
-                site.port,
-                ssl_context=site.ssl_context,
-                backlog=LISTEN_BACKLOG,
-            ).start()
+            try:
+                await web.TCPSite(
+                    runner,
+                    site.host,
+                    site.port,
+                    ssl_context=site.ssl_context,
+                    backlog=LISTEN_BACKLOG,
+                ).start()
+            except OSError as exc:
+                raise CannotListen(site.host, site.port, exc) from exc
         if on_started is not None:
-            on_started()
+            started = loop.create_task(on_started())
         await stop.wait()
     finally:
+        if started is not None:
+            started.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await started
         for runner in reversed(runners):
             await runner.cleanup()
 
 
-def run(sites: Sequence[Site], *, on_started: Callable[[], None] | None = None) -> None:
+def run(sites: Sequence[Site], *, on_started: OnStarted | None = None) -> None:
     try:
         import uvloop
 

@@ -7,7 +7,7 @@ import sys
 
 from shared.envparse import ConfigError
 from shared.jsonlog import configure_logging
-from shared.serve import Site, run
+from shared.serve import CannotListen, Site, run
 from ws_service.app import create_app
 from ws_service.settings import Settings
 
@@ -19,19 +19,22 @@ def main() -> None:
         ssl_context = settings.ssl_context
     except ConfigError as exc:
         sys.exit(f"ws_service: {exc}")
-    scheme = "wss" if ssl_context else "ws"
-    print(f"ws_service listening on {scheme}://{settings.host}:{settings.port}/ws", flush=True)
-    run(
-        [
-            Site(
-                create_app(settings),
-                settings.host,
-                settings.port,
-                ssl_context,
-                shutdown_timeout=settings.shutdown_timeout,
-            )
-        ]
+    url = f"{'wss' if ssl_context else 'ws'}://{settings.host}:{settings.port}/ws"
+
+    async def listening() -> None:
+        print(f"ws_service listening on {url}", flush=True)
+
+    site = Site(
+        create_app(settings),
+        settings.host,
+        settings.port,
+        ssl_context,
+        shutdown_timeout=settings.shutdown_timeout,
     )
+    try:
+        run([site], on_started=listening)
+    except CannotListen as exc:
+        sys.exit(f"ws_service: {exc}; set WS_PORT to use another port")
 
 
 if __name__ == "__main__":

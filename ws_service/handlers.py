@@ -15,13 +15,14 @@ from shared.close_codes import Disconnect
 from shared.http_auth import bearer_token
 from shared.http_errors import json_error
 from shared.jsonlog import audit
+from shared.readiness import Readiness, readiness_response
 from ws_service import handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
 from ws_service.domain.channels import validate_channel
 from ws_service.domain.errors import AuthError, InvalidChannel
 from ws_service.peer import WebSocketPeer
 
-__all__ = ["healthz", "metrics", "publish", "readyz", "websocket"]
+__all__ = ["healthz", "metrics", "publish", "readiness", "readyz", "websocket"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,12 @@ def _bearer_ok(request: web.Request) -> bool:
 
 async def publish(request: web.Request) -> web.Response:
     """Server-side push to any channel, ``user:<id>`` included; messages carry ``from: null``."""
+    if not request.app[SETTINGS].api_keys:
+        return json_error(
+            403,
+            "publish_disabled",
+            "the publish API is disabled: set WS_API_KEYS (a comma list of keys of 16+ characters)",
+        )
     if not _bearer_ok(request):
         audit("ws_publish_unauthorized", remote=request.remote)
         return json_error(
@@ -111,18 +118,26 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    return readiness_response(readiness(request.app))
+
+
+def readiness(app: web.Application) -> Readiness:
     """Ready once a key set is loaded. What is degraded is reported, but does not make a replica
     unready: cached keys still verify, and local traffic flows without Redis."""
-    jwks = request.app[JWKS]
+    jwks = app[JWKS]
     degraded: dict[str, str] = {}
-    if not request.app[BUS].connected:
+    if not app[BUS].connected:
         degraded["event_bus"] = "redis unreachable"
+    outage = ""
     if jwks.outage is not None:
         since, reason = jwks.outage
         when = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
-        degraded["issuer"] = f"unreachable since {when}: {reason}"
-    body = {"ready": jwks.ready, "degraded": degraded}
-    return web.json_response(body, status=200 if jwks.ready else 503)
+        outage = f"unreachable since {when}: {reason}"
+        degraded["issuer"] = outage
+    keys = "ok" if jwks.ready else f"not loaded yet from {app[SETTINGS].jwks_url}"
+    if not jwks.ready and outage:
+        keys += f" ({outage})"
+    return Readiness({"signing_keys": keys}, degraded)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from shared.envparse import ConfigError, env_float, env_int, env_list, env_str, redact_url
 from shared.issuer import auth_issuer
+from shared.kept_secret import kept_secret
 from shared.tls import server_context
 
-__all__ = ["Settings"]
+__all__ = ["DEV_API_KEY_FILE", "Settings", "dev_api_key"]
+
+DEV_API_KEY_FILE = "dev-ws-api-key"
 
 
 @dataclass(frozen=True)
@@ -90,3 +94,9 @@ class Settings:
         if settings.jwks_min_ttl > settings.jwks_max_ttl:
             raise ConfigError("WS_JWKS_MIN_TTL must not exceed WS_JWKS_MAX_TTL")
         return settings
+
+
+def dev_api_key(data_dir: Path) -> str:
+    """The publish API key of the embedded dev stack: created once in the data dir, then kept, so
+    a backend script keeps working across restarts."""
+    return kept_secret(data_dir / DEV_API_KEY_FILE)[0]

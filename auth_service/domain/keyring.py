@@ -31,12 +31,15 @@ from auth_service.domain.models import StoredKey
 from auth_service.domain.store import Store
 from shared.jsonlog import audit
 
-__all__ = ["KeyCipher", "KeyRing", "LoadedKey", "RotationPolicy"]
+__all__ = ["KEYS_TOPIC", "KeyCipher", "KeyRing", "LoadedKey", "RotationPolicy", "announcement"]
 
 log = logging.getLogger(__name__)
 
 RSA_KEY_BITS = 2048
 _FORMAT = b"k1"
+
+KEYS_TOPIC = "auth.keys"
+"""Rotations are announced here so every replica reloads at once (its reload timer is the fallback)."""
 
 
 class KeyCipher:
@@ -152,6 +155,19 @@ class KeyRing:
             row.kid, row.generation, row.activate_at, json.loads(row.public_jwk), private
         )
 
+    def check_unlocked(self) -> None:
+        """Refuse a ring that no configured secret opens: it could never sign again, and serving
+        on it would answer every login 503 with nothing in the logs saying why at start-up."""
+        if not self._keys or any(key.private_key is not None for key in self._keys):
+            return
+        raise KeyRingError(
+            f"none of AUTH_KEY_ENCRYPTION_SECRETS decrypts the {len(self._keys)} signing key(s) "
+            "in the database (was the secret generated anew in this shell?). Start with the "
+            "secret they were stored with (AUTH_KEY_ENCRYPTION_SECRETS=new,old keeps both), or "
+            "re-key on purpose with `python -m auth_service keys rotate --immediate` (a new key "
+            "signs at once; tokens the old keys signed stay valid until they expire)."
+        )
+
     def signing_key(self, now: float) -> LoadedKey | None:
         """The newest usable key whose activation time has come."""
         active = [k for k in self._keys if k.activate_at <= now and k.private_key is not None]
@@ -237,6 +253,14 @@ class KeyRing:
                 deleted = True
         if deleted:
             await self.reload()
+
+
+def announcement(key: LoadedKey) -> str:
+    """The payload announcing a new key on :data:`KEYS_TOPIC`; receivers only reload the ring."""
+    return json.dumps(
+        {"type": "key_rotated", "kid": key.kid, "generation": key.generation},
+        separators=(",", ":"),
+    )
 
 
 def _thumbprint(jwk: dict[str, Any]) -> str:

@@ -43,16 +43,21 @@ class EventPublisher:
         await self._bus.publish(topic, payload)
 
     async def __call__(self, event: RevocationEvent) -> None:
-        payload = encode_event(event)
+        await self.announce(REVOCATIONS_TOPIC, encode_event(event))
+
+    async def announce(self, topic: str, payload: str) -> bool:
+        """Publish now, or keep it in the outbox for :meth:`flush`; True when the bus took it."""
         try:
-            await self._deliver(REVOCATIONS_TOPIC, payload)
+            await self._deliver(topic, payload)
         except Exception as exc:
             log.warning(
-                "event bus refused a revocation; kept in the outbox",
-                extra={"event_type": event.type, "reason": str(exc)},
+                "event bus refused an event; kept in the outbox",
+                extra={"topic": topic, "reason": str(exc)},
             )
-            await self._store.add_outbox(REVOCATIONS_TOPIC, payload, self._clock())
+            await self._store.add_outbox(topic, payload, self._clock())
             self.pending = True
+            return False
+        return True
 
     async def flush(self, limit: int = 100) -> int:
         """Publish what waits in the outbox, oldest first; stop at the first refusal."""

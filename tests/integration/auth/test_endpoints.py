@@ -33,7 +33,11 @@ async def test_health_readiness_and_metrics(client: AuthClient) -> None:
     assert (await (await client.get("/healthz")).json()) == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status == 200
-    assert (await ready.json())["checks"] == {"database": "ok", "signing_key": "ok"}
+    assert (await ready.json()) == {
+        "ready": True,
+        "checks": {"database": "ok", "signing_key": "ok"},
+        "degraded": {},
+    }
     await register(client)
     await login(client)
     await client.post("/v1/login", json={"username": "alice", "password": "wrong password!"})

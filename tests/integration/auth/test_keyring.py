@@ -110,3 +110,17 @@ def test_ciphertext_is_bound_to_its_kid() -> None:
         cipher.decrypt("kid-b", blob)
     with pytest.raises(KeyRingError, match="format"):
         cipher.decrypt("kid-a", b"xx" + blob)
+
+
+async def test_a_ring_no_secret_opens_stops_start_up_saying_how_to_recover(
+    store: Store, tmp_path: Path
+) -> None:
+    await ring(store, SECRET).maintain(0)
+    stranger = ring(store, "an-unrelated-secret-000000000")
+    await stranger.maintain(1)
+    with pytest.raises(KeyRingError, match="none of AUTH_KEY_ENCRYPTION_SECRETS decrypts") as err:
+        stranger.check_unlocked()
+    assert "new,old" in err.value.description and "keys rotate --immediate" in err.value.description
+    await stranger.rotate(2, immediate=True)
+    stranger.check_unlocked()  # the deliberate re-key recovers
+    ring(store, SECRET).check_unlocked()  # an empty ring is fine too (nothing loaded yet)

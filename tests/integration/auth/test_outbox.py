@@ -51,7 +51,7 @@ async def test_logout_while_the_bus_is_down_is_delivered_later(
     )
     assert resp.status == 200, "logout succeeds even though the event could not be sent yet"
     ready = await (await client.get("/readyz")).json()
-    assert ready["status"] == "ready" and "event_bus" in ready["degraded"]
+    assert ready["ready"] is True and "event_bus" in ready["degraded"]
     assert await app[PUBLISHER].flush() == 0
     assert seen == []
     bus.down = False

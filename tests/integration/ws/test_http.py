@@ -6,6 +6,7 @@ import io
 
 import pytest
 
+from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness, recv, send
 
 KEY = "test-api-key-0123456789"
@@ -85,4 +86,19 @@ async def test_health_and_readiness(gw: Harness) -> None:
     health = await gw.client.get("/healthz")
     assert (health.status, await health.json()) == (200, {"status": "ok"})
     ready = await gw.client.get("/readyz")
-    assert (ready.status, await ready.json()) == (200, {"ready": True, "degraded": {}})
+    assert (ready.status, await ready.json()) == (
+        200,
+        {"ready": True, "checks": {"signing_keys": "ok"}, "degraded": {}},
+    )
+
+
+async def test_a_disabled_publish_api_says_so(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway(api_keys=())
+    response = await gw.client.post(
+        "/v1/publish",
+        json={"channel": "chat:a", "data": 1},
+        headers={"Authorization": "Bearer some-key-0123456789"},
+    )
+    assert response.status == 403
+    body = await response.json()
+    assert body["error"] == "publish_disabled" and "WS_API_KEYS" in body["error_description"]

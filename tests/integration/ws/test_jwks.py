@@ -88,7 +88,10 @@ async def test_no_key_set_gives_retryable_keys_unavailable_then_recovers(
     keyset.fail = False
     await wait_until(lambda: gw.app[JWKS].ready, wait=5)
     ready = await gw.client.get("/readyz")
-    assert (ready.status, await ready.json()) == (200, {"ready": True, "degraded": {}})
+    assert (ready.status, await ready.json()) == (
+        200,
+        {"ready": True, "checks": {"signing_keys": "ok"}, "degraded": {}},
+    )
     await gw.login()
 
 

@@ -1,0 +1,137 @@
+"""The README's own command blocks work as printed: against a fresh `make run` (the launcher on
+free ports) and a PostgreSQL-backed auth_service, each walked twice in fresh shells.
+
+The blocks are extracted from README.md (see ``readme_walk``), so the two cannot drift. Only the
+ports (and the scratch file ``/tmp/tokens.json``) are substituted; every shell starts from a fresh
+checkout directory whose ``.venv`` is this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.services import create_schema, drop_schema, find_postgres, free_port, unavailable
+from tests.system.readme_walk import Block, Rule, Terminal, blocks
+
+pytestmark = pytest.mark.system
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+PASSWORD = "correct horse battery"
+POSTGRES_IN_README = "postgresql://postgres@127.0.0.1:5432/test"
+
+# What a person types at the prompts and in the interactive examples.
+RULES = [
+    Rule(r"password(?: for \w+)?: $|again: $", PASSWORD + "\n"),
+    Rule(r"type to chat, Ctrl-D to quit", "hello from the README\n"),
+    Rule(r"\] \w+: hello from the README", "\x04"),  # our line came back: Ctrl-D
+    Rule(r"alice \{'text': 'hello'\}", "\x03"),  # the client example printed: Ctrl-C
+]
+
+
+def checkout(tmp_path: Path, name: str) -> Path:
+    """A fresh directory to run in, as a new clone with `make run`'s .venv already built."""
+    workdir = tmp_path / name
+    workdir.mkdir()
+    (workdir / ".venv").symlink_to(ROOT / ".venv")
+    return workdir
+
+
+def shell_env(auth_port: int, ws_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH_", "WS_", "REDIS_"))}
+    env.update({"AUTH_PORT": str(auth_port), "WS_PORT": str(ws_port), "TERM": "dumb"})
+    return env
+
+
+def walk(block: Block, workdir: Path, env: dict[str, str], replacements: dict[str, str]) -> str:
+    terminal = Terminal(block.script(replacements, workdir), env, workdir, RULES)
+    status = terminal.finish(timeout=60)
+    output = terminal.output
+    assert status == 0, f"exit {status}:\n{block.text}\n---\n{output}"
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if '"error"' in line]
+    assert all("username_taken" in line for line in errors), output
+    return output
+
+
+def wait_ready(terminal: Terminal, url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert terminal.process.poll() is None, f"exited:\n{terminal.output}"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (loopback)
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{url} not ready:\n{terminal.output}"
+        time.sleep(0.1)
+
+
+def replacements(auth_port: int, ws_port: int, tmp_path: Path) -> dict[str, str]:
+    return {
+        "127.0.0.1:8081": f"127.0.0.1:{auth_port}",
+        "127.0.0.1:8082": f"127.0.0.1:{ws_port}",
+        "/tmp/tokens.json": str(tmp_path / "tokens.json"),  # noqa: S108 (replaced, not used)
+    }
+
+
+@contextmanager
+def terminal_serving(terminal: Terminal, urls: list[str]) -> Iterator[Terminal]:
+    """Keep a serving command up for the block, then stop it with Ctrl-C: a clean stop."""
+    try:
+        for url in urls:
+            wait_ready(terminal, url)
+        yield terminal
+    finally:
+        if terminal.process.poll() is None:
+            terminal.type("\x03")
+    status = terminal.finish(timeout=30)
+    assert status == 0, terminal.output
+    assert "Traceback" not in terminal.output, terminal.output
+
+
+def test_readme_walks_on_the_embedded_stack_twice(tmp_path: Path) -> None:
+    walked = blocks(README, "embedded")
+    assert len(walked) >= 6, "the walk markers went missing from README.md"
+    for attempt in ("first", "second"):
+        workdir = checkout(tmp_path, attempt)
+        auth_port, ws_port = free_port(), free_port()
+        env = shell_env(auth_port, ws_port)
+        subs = replacements(auth_port, ws_port, tmp_path)
+        stack = Terminal([".venv/bin/python", "-m", "services"], env, workdir)
+        urls = [f"http://127.0.0.1:{port}/readyz" for port in (auth_port, ws_port)]
+        with terminal_serving(stack, urls):
+            stack.wait_for("realtime gateway is up", timeout=30)
+            for block in walked:
+                walk(block, workdir, env, subs)
+
+
+def test_readme_walks_on_postgresql_twice_with_the_same_database(tmp_path: Path) -> None:
+    try:
+        asyncio.run(find_postgres())
+    except Exception as exc:
+        unavailable("PostgreSQL", str(exc))
+    url, schema = asyncio.run(create_schema())
+    try:
+        server = [b for b in blocks(README, "postgres") if b.background]
+        walked = [b for b in blocks(README, "postgres") if not b.background]
+        assert len(server) == 1 and walked, "the walk markers went missing from README.md"
+        workdir = checkout(tmp_path, "checkout")
+        for _ in ("first", "second"):
+            auth_port = free_port()
+            env = shell_env(auth_port, free_port())
+            subs = {**replacements(auth_port, 0, tmp_path), POSTGRES_IN_README: url}
+            terminal = Terminal(server[0].script(subs, workdir), env, workdir)
+            with terminal_serving(terminal, [f"http://127.0.0.1:{auth_port}/readyz"]):
+                for block in walked:
+                    walk(block, workdir, env, subs)
+    finally:
+        asyncio.run(drop_schema(schema))

@@ -1,0 +1,21 @@
+"""`make run`'s banner says the stack is up only when both services are ready."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.embedded import Stack
+from shared.readiness import Readiness
+
+
+def test_the_banner_says_what_is_not_ready() -> None:
+    stack = Stack(
+        [], ["chat page     http://127.0.0.1:8081/"], web.Application(), web.Application()
+    )
+    ready = Readiness({"database": "ok", "signing_key": "ok"})
+    waiting = Readiness({"signing_keys": "not loaded yet from http://x/jwks"})
+    up = stack.banner({"auth_service": ready, "ws_service": Readiness({"signing_keys": "ok"})})
+    assert "realtime gateway is up" in up and "NOT ready" not in up
+    down = stack.banner({"auth_service": ready, "ws_service": waiting})
+    assert "realtime gateway is up" not in down
+    assert "ws_service is NOT ready: signing_keys: not loaded yet from http://x/jwks" in down
