@@ -73,13 +73,14 @@ async def test_cli_and_service_on_sqlite(tmp_path: Path) -> None:
 
 
 @contextmanager
-def two_replicas(postgres_url: str, tmp_path: Path) -> Iterator[list[str]]:
+def two_replicas(postgres_url: str, tmp_path: Path, **extra: str) -> Iterator[list[str]]:
     """Two auth_service processes on one PostgreSQL database; yields their base URLs."""
     ports = [free_port(), free_port()]
     common = {
         "AUTH_DATABASE_URL": postgres_url,
         "AUTH_KEY_ENCRYPTION_SECRETS": SECRET,
         "AUTH_ISSUER": "http://auth.test",
+        **extra,
     }
     with (
         service("auth_service", {**common, "AUTH_PORT": str(ports[0])}, ports[0], tmp_path),
@@ -145,3 +146,34 @@ async def test_two_replicas_admit_at_most_ten_simultaneous_guesses(
                     if line.startswith("auth_password_verifications_total ")
                 )
             assert verified == len(admitted)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_an_immediate_rotation_over_redis_reaches_every_replica_at_once(
+    postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """``keys rotate --immediate`` announces on the bus: no replica keeps signing with the old key
+    until its reload timer fires (30 s)."""
+    env = {"REDIS_URL": redis_url}
+    with two_replicas(postgres_url, tmp_path, **env) as urls:
+        async with aiohttp.ClientSession() as http:
+            creds = {"username": "erin", "password": PASSWORD}
+            assert (await post(http, f"{urls[0]}/v1/register", json=creds))[0] == 201
+            cli_env = {
+                "AUTH_DATABASE_URL": postgres_url,
+                "AUTH_KEY_ENCRYPTION_SECRETS": SECRET,
+                "AUTH_ISSUER": "http://auth.test",
+                **env,
+            }
+            started = asyncio.get_running_loop().time()
+            out = run_cli("auth_service", ["keys", "rotate", "--immediate"], cli_env)
+            assert "announced over Redis" in out, out
+            new_kid = out.split()[2]
+            for url in urls:
+                while True:
+                    _, tokens = await post(http, f"{url}/v1/login", json=creds)
+                    if jwt.get_unverified_header(tokens["access_token"])["kid"] == new_kid:
+                        break
+                    assert asyncio.get_running_loop().time() - started < 5, "old key still signs"
+                    await asyncio.sleep(0.1)
