@@ -14,7 +14,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from ws_service.history import HistoryPage, HistoryPolicy, Position, new_epoch, page
+from ws_service.domain.history import HistoryPage, HistoryPolicy, Position, new_epoch, page
 
 __all__ = ["RedisHistory"]
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
-from ws_service.presence import PRESENCE_TOPIC_PREFIX, Member, members_of
+from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, members_of
 
 __all__ = ["RedisPresence"]
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from ws_service.history import HistoryPolicy, Position
+from ws_service.domain.history import HistoryPolicy, Position
 from ws_service.redis_history import RedisHistory
 
 pytestmark = pytest.mark.redis

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from ws_service.presence import PRESENCE_TOPIC_PREFIX, Member
+from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member
 from ws_service.redis_presence import RedisPresence
 
 pytestmark = pytest.mark.redis

@@ -8,7 +8,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ws_service.history import HistoryPolicy, MemoryHistory, Position
+from ws_service.domain.history import HistoryPolicy, MemoryHistory, Position
 
 POLICY = HistoryPolicy(size=5, ttl=10)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ws_service.presence import Member, MemoryPresence
+from ws_service.domain.presence import Member, MemoryPresence
 
 ALICE, BOB = Member("u1", "alice"), Member("u2", None)
 
