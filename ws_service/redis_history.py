@@ -15,6 +15,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from ws_service.domain.history import HistoryPage, HistoryPolicy, Position, new_epoch, page
+from ws_service.redis_client import unavailable_as_bus_error
 
 __all__ = ["RedisHistory"]
 
@@ -51,6 +52,8 @@ return {epoch, offset, redis.call('XRANGE', KEYS[2], ARGV[1], '+')}
 
 
 class RedisHistory:
+    """Implements ``History``; Redis failures are raised as ``BusUnavailable``."""
+
     def __init__(self, redis: Redis, *, prefix: str = "hist:") -> None:
         self._redis = redis
         self._prefix = prefix
@@ -61,28 +64,30 @@ class RedisHistory:
         return [f"{self._prefix}meta:{channel}", f"{self._prefix}log:{channel}"]
 
     async def publish(self, channel: str, topic: str, frame: str, policy: HistoryPolicy) -> str:
-        framed = await self._publish(
-            keys=self._keys(channel),
-            args=[
-                frame,
-                policy.size,
-                max(1, int(policy.ttl * 1000)),
-                topic,
-                new_epoch(),
-                int(time.time() * 1000),
-                max(POSITION_RETENTION, int(policy.ttl)),
-            ],
-        )
+        with unavailable_as_bus_error():
+            framed = await self._publish(
+                keys=self._keys(channel),
+                args=[
+                    frame,
+                    policy.size,
+                    max(1, int(policy.ttl * 1000)),
+                    topic,
+                    new_epoch(),
+                    int(time.time() * 1000),
+                    max(POSITION_RETENTION, int(policy.ttl)),
+                ],
+            )
         return _text(framed)
 
     async def read(
         self, channel: str, since: Position | None, limit: int, policy: HistoryPolicy
     ) -> HistoryPage:
         start = "-" if since is None else f"{max(since.offset, 0) + 1}-0"
-        epoch, offset, entries = await self._read(
-            keys=self._keys(channel),
-            args=[start, new_epoch(), max(POSITION_RETENTION, int(policy.ttl))],
-        )
+        with unavailable_as_bus_error():
+            epoch, offset, entries = await self._read(
+                keys=self._keys(channel),
+                args=[start, new_epoch(), max(POSITION_RETENTION, int(policy.ttl))],
+            )
         oldest_ms = time.time() * 1000 - policy.ttl * 1000
         kept = []
         for entry_id, flat in entries:

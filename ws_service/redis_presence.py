@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from redis.asyncio import Redis
 
 from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, members_of
+from ws_service.redis_client import unavailable_as_bus_error
 
 __all__ = ["RedisPresence"]
 
@@ -75,6 +76,8 @@ for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 
 
 class RedisPresence:
+    """Implements ``Presence``; Redis failures are raised as ``BusUnavailable``."""
+
     def __init__(self, redis: Redis, *, ttl: float = 15.0, prefix: str = "presence:") -> None:
         self._redis = redis
         self.ttl = ttl
@@ -92,27 +95,32 @@ class RedisPresence:
 
     async def add(self, channel: str, conn_id: str, member: Member) -> None:
         now = _now_ms()
-        await self._add(
-            keys=self._keys(channel),
-            args=[
-                conn_id,
-                member.as_json(),
-                member.id,
-                now + int(self.ttl * 1000),
-                now,
-                PRESENCE_TOPIC_PREFIX,
-                channel,
-                self._key_ttl(),
-            ],
-        )
+        with unavailable_as_bus_error():
+            await self._add(
+                keys=self._keys(channel),
+                args=[
+                    conn_id,
+                    member.as_json(),
+                    member.id,
+                    now + int(self.ttl * 1000),
+                    now,
+                    PRESENCE_TOPIC_PREFIX,
+                    channel,
+                    self._key_ttl(),
+                ],
+            )
 
     async def remove(self, channel: str, conn_id: str, member: Member) -> None:
-        await self._remove(keys=self._keys(channel), args=[conn_id, PRESENCE_TOPIC_PREFIX, channel])
+        with unavailable_as_bus_error():
+            await self._remove(
+                keys=self._keys(channel), args=[conn_id, PRESENCE_TOPIC_PREFIX, channel]
+            )
 
     async def members(self, channel: str) -> list[tuple[Member, int]]:
-        values = await self._members(
-            keys=self._keys(channel), args=[_now_ms(), PRESENCE_TOPIC_PREFIX, channel]
-        )
+        with unavailable_as_bus_error():
+            values = await self._members(
+                keys=self._keys(channel), args=[_now_ms(), PRESENCE_TOPIC_PREFIX, channel]
+            )
         users: dict[str, tuple[str | None, int]] = {}
         for value in values:
             user = json.loads(value)
@@ -123,6 +131,10 @@ class RedisPresence:
     async def refresh(self, entries: Iterable[tuple[str, Iterable[str]]]) -> None:
         """Extend this replica's live connections (channel, connection ids) by one lifetime."""
         now = _now_ms()
+        with unavailable_as_bus_error():
+            await self._refresh_all(entries, now)
+
+    async def _refresh_all(self, entries: Iterable[tuple[str, Iterable[str]]], now: int) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for channel, conns in entries:
                 await self._refresh(

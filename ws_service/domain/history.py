@@ -25,6 +25,7 @@ __all__ = [
     "MemoryHistory",
     "Position",
     "new_epoch",
+    "position_of",
     "with_position",
 ]
 
@@ -73,6 +74,22 @@ def new_epoch() -> str:
 def with_position(frame: str, offset: int, epoch: str) -> str:
     """Add ``offset`` and ``epoch`` to an encoded JSON object without decoding it again."""
     return f'{frame[:-1]},"offset":{offset},"epoch":"{epoch}"}}'
+
+
+_OFFSET = ',"offset":'
+_EPOCH = ',"epoch":"'
+
+
+def position_of(frame: str) -> Position | None:
+    """The position ``with_position`` appended, read back without decoding the frame (once per
+    message on a replica, not once per subscriber); None when the frame ends otherwise."""
+    start = frame.rfind(_OFFSET)
+    if start < 0 or not frame.endswith('"}'):
+        return None
+    offset, sep, epoch = frame[start + len(_OFFSET) : -2].partition(_EPOCH)
+    if not sep or not offset.isdigit() or not (epoch.isascii() and epoch.isalnum()):
+        return None
+    return Position(int(offset), epoch)
 
 
 def page(

@@ -8,7 +8,7 @@ it, so the users of a replica that died leave within the entry's lifetime.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,6 +44,9 @@ class Presence(Protocol):
 
     async def members(self, channel: str) -> list[tuple[Member, int]]:
         """Every user present (on any replica) with their number of connections."""
+
+    async def refresh(self, entries: Iterable[tuple[str, Iterable[str]]]) -> None:
+        """Keep this replica's live entries (channel, connection ids) from expiring."""
 
 
 def member_frame(kind: str, channel: str, user_json: str) -> str:
@@ -86,6 +89,9 @@ class MemoryPresence:
     async def members(self, channel: str) -> list[tuple[Member, int]]:
         users = self._channels.get(channel, {})
         return members_of({uid: (m.username, len(conns)) for uid, (m, conns) in users.items()})
+
+    async def refresh(self, entries: Iterable[tuple[str, Iterable[str]]]) -> None:
+        """Nothing expires here: entries live exactly as long as their connections."""
 
     async def _announce(self, kind: str, channel: str, member: Member) -> None:
         frame = member_frame(kind, channel, member.as_json())
