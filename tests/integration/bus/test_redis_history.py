@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from ws_service.domain.history import HistoryPolicy, Position
+from ws_service.redis_client import open_redis
 from ws_service.redis_history import RedisHistory
 
 pytestmark = pytest.mark.redis
@@ -103,3 +104,18 @@ async def test_expired_messages_are_not_recovered(clients: tuple[Redis, Redis, s
     result = await history.read("chat:a", start, 10, brief)
     assert result.recovered is False
     assert result.position.epoch == start.epoch
+
+
+async def test_a_reconnect_storm_queues_for_connections_instead_of_failing(redis_url: str) -> None:
+    redis = open_redis(redis_url, max_connections=4)
+    prefix = f"test-hist-{uuid.uuid4().hex[:8]}:"
+    history = RedisHistory(redis, prefix=prefix)
+    try:
+        await history.publish("chat:a", f"{prefix}t", FRAME, POLICY)
+        pages = await asyncio.gather(
+            *(history.read("chat:a", None, 10, POLICY) for _ in range(200))
+        )
+        assert {len(page.publications) for page in pages} == {1}
+    finally:
+        await redis.delete(f"{prefix}meta:chat:a", f"{prefix}log:chat:a")
+        await redis.aclose()
