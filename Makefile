@@ -61,6 +61,7 @@ clean:
 bench: $(STAMP)
 	$(PY) -m tests.bench.auth_throughput
 	$(PY) -m tests.bench.ws_gateway
+	$(PY) -m tests.bench.history
 
 # The scaled-out stack (docker-compose.yml); needs Docker with Compose v2.
 COMPOSE_CHECK = docker compose version >/dev/null 2>&1 || { \

@@ -6,6 +6,12 @@ renewal on the socket, and reconnects that re-authenticate and re-subscribe.
         await c.publish("chat:general", {"text": "hi"})
         async for message in c.messages():
             print(message["from_username"], message["data"])
+
+In channels with history the client remembers each channel's position (the ``offset`` and
+``epoch`` of the last message) and resubscribes with ``since`` after every reconnect, so the
+messages missed meanwhile come out of ``messages()`` in order, exactly once. When the server cannot
+recover them (``recovered: false``), ``on_event`` gets ``{"type": "recovery", "channel": ...,
+"recovered": False}``: resynchronise that channel from your own source (``history()`` helps).
 """
 
 from __future__ import annotations
@@ -132,6 +138,10 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
+EventHandler = Callable[[dict[str, Any]], None]
+"""Called with ``join``/``leave`` frames and ``{"type": "recovery", "channel", "recovered",
+"count"}`` after each resubscription with ``since``."""
+
 _TRANSIENT = (TemporaryFailure, aiohttp.ClientError, OSError, TimeoutError)
 """Failures that pass: the connection loop backs off and tries again."""
 
@@ -158,6 +168,7 @@ class GatewayClient:
         backoff_cap: float = 30.0,
         request_timeout: float = 10.0,
         on_state: StateListener | None = None,
+        on_event: EventHandler | None = None,
     ) -> None:
         self._ws_url = ws_url
         self._username = username
@@ -172,7 +183,10 @@ class GatewayClient:
         self._refreshing: asyncio.Task[TokenPair] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._connected = asyncio.Event()
-        self._channels: set[str] = set()
+        self._channels: dict[str, bool] = {}
+        """Subscribed channels, each with whether it asked for presence events."""
+        self._positions: dict[str, dict[str, Any]] = {}
+        self._on_event = on_event
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._messages: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -189,6 +203,10 @@ class GatewayClient:
     def channels(self) -> frozenset[str]:
         """The channels this client is subscribed to (and re-subscribes after a reconnect)."""
         return frozenset(self._channels)
+
+    def position(self, channel: str) -> dict[str, Any] | None:
+        """``{"offset", "epoch"}`` of the last message seen on a channel with history."""
+        return self._positions.get(channel)
 
     async def __aenter__(self) -> GatewayClient:
         await self.start()
@@ -247,13 +265,37 @@ class GatewayClient:
                 return
             yield item
 
-    async def subscribe(self, channel: str) -> None:
-        await self._request({"type": "subscribe", "channel": channel})
-        self._channels.add(channel)
+    async def subscribe(self, channel: str, *, presence_events: bool = False) -> None:
+        """Subscribe; with ``presence_events`` ``on_event`` also gets the channel's join/leave."""
+        frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
+        if presence_events:
+            frame["presence_events"] = True
+        reply = await self._request(frame)
+        self._channels[channel] = presence_events
+        self._remember(channel, reply.get("position"))
 
     async def unsubscribe(self, channel: str) -> None:
-        self._channels.discard(channel)
+        self._channels.pop(channel, None)
+        self._positions.pop(channel, None)
         await self._request({"type": "unsubscribe", "channel": channel})
+
+    async def history(
+        self, channel: str, *, limit: int | None = None, since: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The channel's recent messages: ``{"publications": [...], "position": {...}}``."""
+        frame: dict[str, Any] = {"type": "history", "channel": channel}
+        if limit is not None:
+            frame["limit"] = limit
+        if since is not None:
+            frame["since"] = since
+        return await self._request(frame)
+
+    async def presence(self, channel: str) -> list[dict[str, Any]]:
+        """Who is subscribed: ``[{"user": {"id", "username"}, "connections": n}, ...]``."""
+        members: list[dict[str, Any]] = (
+            await self._request({"type": "presence", "channel": channel})
+        )["members"]
+        return members
 
     async def publish(self, channel: str, data: Any) -> None:
         await self._request({"type": "publish", "channel": channel, "data": data})
@@ -330,8 +372,8 @@ class GatewayClient:
             await self._authenticate(ws)
             self.connects += 1
             self._attempt = 0
-            for channel in sorted(self._channels):
-                await self._send(ws, {"type": "subscribe", "channel": channel})
+            for channel, presence_events in sorted(self._channels.items()):
+                await self._send(ws, self._resubscription(channel, presence_events))
             self._connected.set()
             self._state("connected", str((self.user or {}).get("username", "")))
             while True:
@@ -372,13 +414,64 @@ class GatewayClient:
         if isinstance(request_id, str) and request_id in self._pending:
             self._pending.pop(request_id).set_result(frame)
         elif kind == "message":
-            self._messages.put_nowait(frame)
+            self._deliver(frame)
+        elif kind == "subscribed":
+            self._recovered(frame)
+        elif kind in ("join", "leave"):
+            self._emit(frame)
         elif kind == "token_expiring":
             task = asyncio.get_running_loop().create_task(self._renew(ws))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         elif kind == "unsubscribed":
-            self._channels.discard(str(frame.get("channel")))
+            self._channels.pop(str(frame.get("channel")), None)
+            self._positions.pop(str(frame.get("channel")), None)
+
+    # -- positions and recovery ------------------------------------------------------------
+
+    def _resubscription(self, channel: str, presence_events: bool) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
+        if presence_events:
+            frame["presence_events"] = True
+        if channel in self._positions:
+            frame["since"] = self._positions[channel]
+        return frame
+
+    def _remember(self, channel: str, position: Any) -> None:
+        if isinstance(position, dict) and "offset" in position and "epoch" in position:
+            self._positions[channel] = {"offset": position["offset"], "epoch": position["epoch"]}
+
+    def _deliver(self, frame: dict[str, Any]) -> None:
+        if "offset" in frame:
+            self._remember(str(frame.get("channel")), frame)
+        self._messages.put_nowait(frame)
+
+    def _recovered(self, frame: dict[str, Any]) -> None:
+        """A resubscription's answer: the missed messages first, then the stream goes on."""
+        channel = str(frame.get("channel"))
+        publications = frame.get("publications") or []
+        for publication in publications:
+            self._deliver(publication)
+        self._remember(channel, frame.get("position"))
+        if "recovered" in frame:
+            recovered = bool(frame["recovered"])
+            if not recovered:
+                log.warning("missed messages not recovered", extra={"channel": channel})
+            self._emit(
+                {
+                    "type": "recovery",
+                    "channel": channel,
+                    "recovered": recovered,
+                    "count": len(publications),
+                }
+            )
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("on_event handler failed")
 
     async def _renew(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:

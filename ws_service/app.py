@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from shared.bus import EventBus
+from shared.bus_errors import BusUnavailable
 from shared.bus_factory import open_bus
 from shared.close_codes import Disconnect
 from shared.events import REVOCATIONS_TOPIC
@@ -20,11 +21,16 @@ from shared.redis_ledger import RedisRevocationLedger
 from ws_service import handlers, handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, LEDGER, METRICS, SETTINGS, SOCKETS
 from ws_service.domain.gateway import Gateway
+from ws_service.domain.history import History, MemoryHistory
 from ws_service.domain.hub import Hub
+from ws_service.domain.presence import MemoryPresence, Presence
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.verify import TokenVerifier
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
+from ws_service.redis_client import open_redis
+from ws_service.redis_history import RedisHistory
+from ws_service.redis_presence import RedisPresence
 from ws_service.settings import Settings
 
 __all__ = ["create_app"]
@@ -45,6 +51,7 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     app.cleanup_ctx.append(_bus_ctx(bus))
     app.cleanup_ctx.append(_ledger_ctx)
     app.cleanup_ctx.append(_gateway_ctx)
+    app.cleanup_ctx.append(_presence_refresh_ctx)
     app.cleanup_ctx.append(handshake.tickets_ctx)
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", handlers.websocket)
@@ -79,11 +86,31 @@ async def _ledger_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[LEDGER].close()
 
 
+@contextlib.asynccontextmanager
+async def _channel_backends(
+    settings: Settings, bus: EventBus
+) -> AsyncIterator[tuple[History, Presence]]:
+    """History and presence in Redis when the deployment is scaled out, else in this process."""
+    if not settings.redis_url:
+        yield MemoryHistory(bus.publish), MemoryPresence(bus.publish)
+        return
+    redis = open_redis(settings.redis_url)
+    try:
+        yield RedisHistory(redis), RedisPresence(redis, ttl=settings.presence_ttl)
+    finally:
+        await redis.aclose()
+
+
 async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The JWKS session and refresh task, the verifier and the bus subscriptions."""
+    """The JWKS session and refresh task, the verifier, the channel backends and the bus
+    subscriptions."""
     settings = app[SETTINGS]
     metrics = app[METRICS]
-    async with aiohttp.ClientSession() as session:
+    bus = app[BUS]
+    async with (
+        aiohttp.ClientSession() as session,
+        _channel_backends(settings, bus) as (history, presence),
+    ):
         jwks = JwksCache(
             session,
             settings.jwks_url,
@@ -101,9 +128,11 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             audience=settings.audience,
             leeway=settings.leeway,
         )
-        bus = app[BUS]
         hub = Hub(
             bus,
+            history,
+            presence,
+            settings.history_policy,
             on_delivered=metrics.messages_out.inc,
             on_local_only=metrics.local_only_publishes.inc,
             sync_timeout=settings.subscribe_sync_timeout,
@@ -113,6 +142,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         app[GATEWAY] = gateway
         unsubscribe = bus.subscribe(REVOCATIONS_TOPIC, gateway.on_revocation)
         stop_reconciling = bus.add_reconnect_listener(gateway.reconcile)
+        stop_restoring = bus.add_reconnect_listener(hub.restore_presence)
         refresher = asyncio.get_running_loop().create_task(jwks.run())
         try:
             yield
@@ -121,9 +151,34 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
             await jwks.close()
+            stop_restoring()
             stop_reconciling()
             unsubscribe()
-            hub.close()
+            await hub.close()
+
+
+async def _presence_refresh_ctx(app: web.Application) -> AsyncIterator[None]:
+    """In Redis a presence entry expires unless its replica refreshes it: every third of the
+    lifetime, one pipeline for every live entry of this replica."""
+    settings = app[SETTINGS]
+    if not settings.redis_url:
+        yield
+        return
+    hub = app[GATEWAY].hub
+
+    async def refresh_forever() -> None:
+        while True:
+            await asyncio.sleep(settings.presence_ttl / 3)
+            try:
+                await hub.refresh_presence()
+            except BusUnavailable as exc:
+                log.warning("presence refresh failed", extra={"error": str(exc)})
+
+    task = asyncio.get_running_loop().create_task(refresh_forever(), name="presence-refresh")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -37,6 +37,12 @@ class Metrics:
             "Channel messages the bus refused (Redis down), delivered to this replica's sockets only",
             registry=r,
         )
+        self.recoveries = Counter(
+            "ws_recoveries",
+            "Subscriptions with since: recovered, not_recovered (resynchronise), or unavailable",
+            ["outcome"],
+            registry=r,
+        )
         self.ledger_checks = Counter(
             "ws_ledger_checks",
             "Revocation ledger checks at auth and renewal: ok, revoked, or unavailable (accepted)",

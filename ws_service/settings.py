@@ -3,18 +3,54 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.envparse import ConfigError, env_float, env_int, env_list, env_str, redact_url
 from shared.issuer import auth_issuer
 from shared.kept_secret import kept_secret
 from shared.tls import server_context
+from ws_service.domain.channels import USER_NAMESPACE, namespace_of
+from ws_service.domain.history import HistoryPolicy
 
-__all__ = ["DEV_API_KEY_FILE", "Settings", "dev_api_key"]
+__all__ = ["DEFAULT_HISTORY", "DEV_API_KEY_FILE", "Settings", "dev_api_key", "parse_history"]
 
 DEV_API_KEY_FILE = "dev-ws-api-key"
+DEFAULT_HISTORY = "chat=100/300"
+
+
+def parse_history(raw: str) -> dict[str, HistoryPolicy]:
+    """``WS_HISTORY``: ``namespace=size/ttl seconds``, comma separated (``none`` for no history)."""
+    policies: dict[str, HistoryPolicy] = {}
+    if raw.strip().lower() == "none":
+        return policies
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        namespace, _, spec = item.partition("=")
+        size, _, ttl = spec.partition("/")
+        try:
+            policy = HistoryPolicy(int(size), float(ttl))
+        except ValueError:
+            raise ConfigError(
+                f"WS_HISTORY entries are namespace=size/ttl (e.g. chat=100/300), got {item!r}"
+            ) from None
+        if not namespace.strip() or policy.size < 1 or policy.ttl <= 0:
+            raise ConfigError(f"WS_HISTORY needs a namespace, size >= 1 and ttl > 0 in {item!r}")
+        policies[namespace.strip()] = policy
+    _no_user_namespace("WS_HISTORY", policies)
+    return policies
+
+
+def _namespaces(raw: str) -> frozenset[str]:
+    """``WS_PRESENCE``: comma-separated namespaces, or ``none``."""
+    if raw.strip().lower() == "none":
+        return frozenset()
+    return frozenset(filter(None, (part.strip() for part in raw.split(","))))
+
+
+def _no_user_namespace(name: str, namespaces: Iterable[str]) -> None:
+    if USER_NAMESPACE in namespaces:
+        raise ConfigError(f"{name} cannot include the private {USER_NAMESPACE} namespace")
 
 
 @dataclass(frozen=True)
@@ -50,6 +86,18 @@ class Settings:
     tls_key: str = ""
     redis_url: str = ""
     subscribe_sync_timeout: float = 2.0
+    history: Mapping[str, HistoryPolicy] = field(
+        default_factory=lambda: parse_history(DEFAULT_HISTORY)
+    )
+    presence: frozenset[str] = frozenset({"chat"})
+    presence_ttl: float = 15.0
+
+    def history_policy(self, channel: str) -> HistoryPolicy | None:
+        """The channel's history policy; None for a namespace without history."""
+        return self.history.get(namespace_of(channel))
+
+    def has_presence(self, channel: str) -> bool:
+        return namespace_of(channel) in self.presence
 
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -90,7 +138,11 @@ class Settings:
             tls_cert=env_str(environ, "WS_TLS_CERT", ""),
             tls_key=env_str(environ, "WS_TLS_KEY", ""),
             redis_url=env_str(environ, "REDIS_URL", ""),
+            history=parse_history(env_str(environ, "WS_HISTORY", DEFAULT_HISTORY)),
+            presence=_namespaces(env_str(environ, "WS_PRESENCE", "chat")),
+            presence_ttl=env_float(environ, "WS_PRESENCE_TTL", 15.0, minimum=1),
         )
+        _no_user_namespace("WS_PRESENCE", settings.presence)
         if settings.jwks_min_ttl > settings.jwks_max_ttl:
             raise ConfigError("WS_JWKS_MIN_TTL must not exceed WS_JWKS_MAX_TTL")
         return settings

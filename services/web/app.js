@@ -22,7 +22,7 @@ function notice(text) {
   $("notice").textContent = text;
 }
 
-function addMessage(frame) {
+function messageItem(frame) {
   const item = document.createElement("li");
   const from = document.createElement("span");
   from.className = "from";
@@ -32,8 +32,36 @@ function addMessage(frame) {
   text.textContent = typeof frame.data?.text === "string" ? frame.data.text : JSON.stringify(frame.data);
   if (client.user && frame.from === client.user.id) item.className = "mine";
   item.append(from, text);
+  return item;
+}
+
+function addMessage(frame) {
+  if (frame.channel !== room) return;
+  const item = messageItem(frame);
   $("messages").append(item);
   item.scrollIntoView({ block: "end" });
+}
+
+async function showMembers() {
+  const members = (await client.presence(room)).map(({ user, connections }) => ({
+    name: user.username ?? user.id,
+    connections,
+  }));
+  members.sort((a, b) => a.name.localeCompare(b.name));
+  $("members").replaceChildren(
+    ...members.map(({ name, connections }) => {
+      const item = document.createElement("li");
+      item.textContent = connections > 1 ? `${name} (${connections} tabs)` : name;
+      return item;
+    }),
+  );
+}
+
+/** The room's recent messages before those that arrived live since ``position``. */
+async function showHistory(position) {
+  const { publications } = await client.history(room, { limit: 50 });
+  const earlier = publications.filter((frame) => !position || frame.offset <= position.offset);
+  $("messages").prepend(...earlier.map(messageItem));
 }
 
 async function join(name) {
@@ -41,7 +69,9 @@ async function join(name) {
   room = `chat:${name}`;
   $("room-name").textContent = name;
   $("messages").replaceChildren();
-  await client.subscribe(room);
+  $("recovery").textContent = "";
+  const { position } = await client.subscribe(room, { presenceEvents: true });
+  await Promise.all([showHistory(position), showMembers()]);
   $("chat").dataset.joined = room;
 }
 
@@ -70,6 +100,24 @@ client.addEventListener("renewed", ({ detail }) => {
   $("renewal-log").prepend(entry);
 });
 client.addEventListener("revoked", () => notice("This session was revoked."));
+for (const kind of ["join", "leave"]) {
+  client.addEventListener(kind, ({ detail }) => {
+    if (detail.channel === room) showMembers().catch(() => {});
+  });
+}
+client.addEventListener("recovery", ({ detail }) => {
+  if (detail.channel !== room) return;
+  const time = new Date().toLocaleTimeString();
+  if (detail.recovered) {
+    $("recovery").textContent = `${time}: reconnected, ${detail.count} missed message(s) recovered`;
+  } else {
+    // The gap cannot be filled: start again from the room's recent history.
+    $("recovery").textContent = `${time}: reconnected, missed messages could not be recovered; reloaded the recent ones`;
+    $("messages").replaceChildren();
+    showHistory(null).catch(() => {});
+  }
+  showMembers().catch(() => {});
+});
 
 setInterval(() => {
   const left = client.expiresAt ? Math.max(0, Math.round((client.expiresAt - Date.now()) / 1000)) : null;

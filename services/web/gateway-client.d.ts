@@ -21,6 +21,11 @@ export interface User {
   username: string | null;
 }
 
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
 export interface ChannelMessage {
   type: "message";
   channel: string;
@@ -28,6 +33,35 @@ export interface ChannelMessage {
   from: string | null;
   from_username: string | null;
   ts: number;
+  /** Present in channels with history. */
+  offset?: number;
+  epoch?: string;
+}
+
+export interface Subscribed {
+  type: "subscribed";
+  channel: string;
+  /** The latest position, in channels with history. */
+  position?: Position;
+}
+
+export interface HistoryPage {
+  type: "history";
+  channel: string;
+  publications: ChannelMessage[];
+  position: Position;
+  recovered?: boolean;
+}
+
+export interface Member {
+  user: User;
+  connections: number;
+}
+
+export interface PresenceEvent {
+  type: "join" | "leave";
+  channel: string;
+  user: User;
 }
 
 export declare class GatewayError extends Error {
@@ -41,6 +75,10 @@ export interface GatewayClientEventMap {
   renewed: CustomEvent<{ expiresAt: number }>;
   revoked: CustomEvent<{ reason: "session_revoked" | "user_revoked" }>;
   error: CustomEvent<GatewayError>;
+  join: CustomEvent<PresenceEvent>;
+  leave: CustomEvent<PresenceEvent>;
+  /** After each resubscription with `since`; `recovered: false`: resynchronise the channel. */
+  recovery: CustomEvent<{ channel: string; recovered: boolean; count: number }>;
 }
 
 export declare class GatewayClient extends EventTarget {
@@ -54,7 +92,11 @@ export declare class GatewayClient extends EventTarget {
   login(username: string, password: string): Promise<void>;
   resume(): Promise<void>;
   refresh(): Promise<void>;
-  subscribe(channel: string): Promise<void>;
+  subscribe(channel: string, options?: { presenceEvents?: boolean }): Promise<Subscribed>;
+  /** The position of the last message seen on a channel with history. */
+  position(channel: string): Position | null;
+  history(channel: string, options?: { limit?: number; since?: Position }): Promise<HistoryPage>;
+  presence(channel: string): Promise<Member[]>;
   unsubscribe(channel: string): Promise<void>;
   publish(channel: string, data: unknown): Promise<void>;
   logout(options?: { everywhere?: boolean }): Promise<void>;

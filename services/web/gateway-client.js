@@ -4,6 +4,9 @@
 // cookie this code writes, or a URL. The refresh token lives in auth_service's HttpOnly cookie,
 // which page scripts cannot read; refreshing proves the request is ours with the CSRF token.
 // The wire contract is docs/protocol.md; closes are acted on from DISCONNECTS below.
+// In channels with history it remembers each channel's position (offset and epoch of the last
+// message) and resubscribes with `since` after every reconnect: missed messages arrive as ordinary
+// "message" events, and a "recovery" event says whether the gap was filled.
 
 const SUBPROTOCOL = "realtime.v1";
 const BEARER_PREFIX = "realtime.bearer.";
@@ -74,7 +77,8 @@ export class GatewayClient extends EventTarget {
   #csrf = null;
   #ws = null;
   #state = "closed";
-  #channels = new Set();
+  #channels = new Map(); // channel -> whether it asked for presence events
+  #positions = new Map(); // channel -> {offset, epoch} of the last message seen
   #pending = new Map();
   #ids = 0;
   #attempt = 0;
@@ -100,7 +104,12 @@ export class GatewayClient extends EventTarget {
   }
 
   get channels() {
-    return [...this.#channels];
+    return [...this.#channels.keys()];
+  }
+
+  /** ``{offset, epoch}`` of the last message seen on a channel with history, or null. */
+  position(channel) {
+    return this.#positions.get(channel) ?? null;
   }
 
   /** Log in with a password; the refresh token goes into the HttpOnly cookie. */
@@ -126,14 +135,28 @@ export class GatewayClient extends EventTarget {
     return this.#refreshing;
   }
 
-  async subscribe(channel) {
-    await this.#request({ type: "subscribe", channel });
-    this.#channels.add(channel);
+  /** With ``presenceEvents`` the channel's "join" and "leave" events are dispatched too. */
+  async subscribe(channel, { presenceEvents = false } = {}) {
+    const reply = await this.#request({ type: "subscribe", channel, ...(presenceEvents && { presence_events: true }) });
+    this.#channels.set(channel, presenceEvents);
+    this.#remember(channel, reply.position);
+    return reply;
   }
 
   async unsubscribe(channel) {
     this.#channels.delete(channel);
+    this.#positions.delete(channel);
     await this.#request({ type: "unsubscribe", channel });
+  }
+
+  /** Recent messages, oldest first: ``{publications, position}``. */
+  history(channel, { limit, since } = {}) {
+    return this.#request({ type: "history", channel, ...(limit !== undefined && { limit }), ...(since && { since }) });
+  }
+
+  /** Who is subscribed: ``[{user: {id, username}, connections}]``. */
+  async presence(channel) {
+    return (await this.#request({ type: "presence", channel })).members;
   }
 
   async publish(channel, data) {
@@ -244,7 +267,7 @@ export class GatewayClient extends EventTarget {
       if (frame.renewed) {
         this.dispatchEvent(new CustomEvent("renewed", { detail: { expiresAt: this.expiresAt } }));
       } else {
-        for (const channel of this.#channels) this.#send({ type: "subscribe", channel });
+        for (const [channel, presenceEvents] of this.#channels) this.#resubscribe(channel, presenceEvents);
         this.#connected?.resolve();
         this.#connected = null;
       }
@@ -254,13 +277,50 @@ export class GatewayClient extends EventTarget {
       if (frame.type === "error") pending.reject(new GatewayError(frame.code, frame.message));
       else pending.resolve(frame);
     } else if (frame.type === "message") {
-      this.dispatchEvent(new CustomEvent("message", { detail: frame }));
+      this.#deliver(frame);
+    } else if (frame.type === "subscribed") {
+      this.#recovered(frame);
+    } else if (frame.type === "join" || frame.type === "leave") {
+      this.dispatchEvent(new CustomEvent(frame.type, { detail: frame }));
     } else if (frame.type === "token_expiring") {
       this.#renew();
     } else if (frame.type === "revoked") {
       this.dispatchEvent(new CustomEvent("revoked", { detail: { reason: frame.reason } }));
     } else if (frame.type === "unsubscribed") {
       this.#channels.delete(frame.channel);
+      this.#positions.delete(frame.channel);
+    }
+  }
+
+  // -- positions and recovery ------------------------------------------------------------
+
+  #resubscribe(channel, presenceEvents) {
+    const frame = { type: "subscribe", channel };
+    if (presenceEvents) frame.presence_events = true;
+    const since = this.#positions.get(channel);
+    if (since) frame.since = since;
+    this.#send(frame);
+  }
+
+  #remember(channel, position) {
+    if (position && Number.isInteger(position.offset)) {
+      this.#positions.set(channel, { offset: position.offset, epoch: position.epoch });
+    }
+  }
+
+  #deliver(frame) {
+    if (frame.offset !== undefined) this.#remember(frame.channel, frame);
+    this.dispatchEvent(new CustomEvent("message", { detail: frame }));
+  }
+
+  /** A resubscription's answer: the missed messages first, then the stream goes on. */
+  #recovered(frame) {
+    const publications = frame.publications ?? [];
+    for (const publication of publications) this.#deliver(publication);
+    this.#remember(frame.channel, frame.position);
+    if ("recovered" in frame) {
+      const detail = { channel: frame.channel, recovered: frame.recovered, count: publications.length };
+      this.dispatchEvent(new CustomEvent("recovery", { detail }));
     }
   }
 

@@ -282,3 +282,47 @@ def test_ticket_and_bearer_handshakes_from_the_page(
     wait_for_message(page, username, f"via {handshake}")
     assert len(sockets) == 1
     assert ("ticket=" in sockets[0].url) == (handshake == "ticket")
+
+
+def test_presence_list_and_recovery_after_a_dropped_socket(browser: Browser, stack: Stack) -> None:
+    stack.register("gina", "hank")
+    gina_ctx, hank_ctx = browser.new_context(), browser.new_context()
+    routes: list[Any] = []
+
+    def proxy(route: Any) -> None:
+        """Gina's sockets go through Playwright, so the test can drop one as a network would."""
+        routes.append((route, route.connect_to_server()))
+
+    try:
+        gina_ctx.route_web_socket(re.compile(r"/ws"), proxy)
+        gina, hank = open_page(gina_ctx, stack), open_page(hank_ctx, stack)
+        for page, name in ((gina, "gina"), (hank, "hank")):
+            log_in(page, name)
+            page.fill("#room", "presence")
+            page.click("#room-form button")
+            page.wait_for_selector("#chat[data-joined='chat:presence']")
+        for page in (gina, hank):
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#members li')].map(li => li.textContent)"
+                ".join() === 'gina,hank'"
+            )
+        page_side, server_side = routes[-1]
+        server_side.on_message(lambda message: None)  # the network loses what the server sends
+        say(hank, "while you were away")
+        wait_for_message(hank, "hank", "while you were away")
+        page_side.close(code=1001, reason="going_away")
+        server_side.close()
+        gina.wait_for_function(
+            "() => document.getElementById('recovery').textContent"
+            ".includes('1 missed message(s) recovered')"
+        )
+        wait_for_message(gina, "hank", "while you were away")
+        assert messages(gina).count(("hank", "while you were away")) == 1
+        hank_ctx.close()
+        gina.wait_for_function(
+            "() => [...document.querySelectorAll('#members li')].map(li => li.textContent)"
+            ".join() === 'gina'"
+        )
+    finally:
+        gina_ctx.close()
+        hank_ctx.close()

@@ -36,7 +36,13 @@ async def test_login_auth_subscribe_and_a_message_attributed_by_the_server(
     assert success["session"] == unverified(alice_tokens["access_token"])["sid"]
     bob, _ = await stack.connect(bob_tokens["access_token"])
     await send(alice, {"type": "subscribe", "channel": "chat:general", "id": 1})
-    assert await recv(alice) == {"type": "subscribed", "channel": "chat:general", "id": 1}
+    subscribed = await recv(alice)
+    assert subscribed == {
+        "type": "subscribed",
+        "channel": "chat:general",
+        "id": 1,
+        "position": {"offset": 0, "epoch": subscribed["position"]["epoch"]},
+    }
     frame = {"type": "publish", "channel": "chat:general", "data": {"t": "hi"}, "from": "alice"}
     await send(bob, {**frame, "id": 2})
     assert await recv(bob) == {"type": "published", "channel": "chat:general", "id": 2}
@@ -47,6 +53,7 @@ async def test_login_auth_subscribe_and_a_message_attributed_by_the_server(
         "bob",
         {"t": "hi"},
     )
+    assert (message["offset"], message["epoch"]) == (1, subscribed["position"]["epoch"])
 
 
 async def test_logout_closes_the_socket_and_the_access_token_is_refused_afterwards(

@@ -8,7 +8,13 @@ from collections.abc import Set
 
 from ws_service.domain.errors import Forbidden, InvalidChannel
 
-__all__ = ["USER_NAMESPACE", "check_publish", "check_subscribe", "validate_channel"]
+__all__ = [
+    "USER_NAMESPACE",
+    "check_publish",
+    "check_subscribe",
+    "namespace_of",
+    "validate_channel",
+]
 
 USER_NAMESPACE = "user"
 _NAME = re.compile(r"[A-Za-z0-9_.@-]+:[A-Za-z0-9_.:@-]+")
@@ -22,12 +28,12 @@ def validate_channel(channel: object) -> str:
     return channel
 
 
-def _namespace(channel: str) -> str:
+def namespace_of(channel: str) -> str:
     return channel.partition(":")[0]
 
 
 def check_subscribe(channel: str, sub: str, scopes: Set[str]) -> None:
-    namespace = _namespace(channel)
+    namespace = namespace_of(channel)
     if namespace == USER_NAMESPACE:
         if channel != f"{USER_NAMESPACE}:{sub}":
             raise Forbidden("only your own user channel can be subscribed")
@@ -36,7 +42,7 @@ def check_subscribe(channel: str, sub: str, scopes: Set[str]) -> None:
 
 
 def check_publish(channel: str, scopes: Set[str]) -> None:
-    namespace = _namespace(channel)
+    namespace = namespace_of(channel)
     if namespace == USER_NAMESPACE:
         raise Forbidden("only the server publishes to user channels")
     if f"{namespace}:write" not in scopes:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Protocol
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar
 
 from shared.access_token import Claims
+from shared.bus_errors import BusUnavailable
 from shared.close_codes import Disconnect
 from shared.jsonlog import audit
 from ws_service.domain import protocol
@@ -23,6 +25,7 @@ from ws_service.domain.errors import (
     Forbidden,
     InvalidToken,
     NotAuthenticated,
+    NotEnabled,
     NotSubscribed,
     RateLimited,
     RequestError,
@@ -30,8 +33,11 @@ from ws_service.domain.errors import (
     SubjectMismatch,
     TokenExpired,
     TooManySubscriptions,
+    Unavailable,
 )
+from ws_service.domain.history import HistoryPage, Position
 from ws_service.domain.hub import Hub
+from ws_service.domain.presence import Member
 from ws_service.domain.ratelimit import TokenBucket
 from ws_service.metrics import Metrics
 from ws_service.settings import Settings
@@ -39,6 +45,8 @@ from ws_service.settings import Settings
 __all__ = ["MAX_AUTH_ATTEMPTS", "Admission", "Connection", "Peer", "warning_delay"]
 
 MAX_AUTH_ATTEMPTS = 3
+
+T = TypeVar("T")
 
 
 class Peer(Protocol):
@@ -76,8 +84,10 @@ class Connection:
         "_auth_timer",
         "_bucket",
         "_expiry_timer",
+        "_held",
         "_hub",
         "_metrics",
+        "_positions",
         "_settings",
         "_strikes",
         "_violations",
@@ -110,6 +120,8 @@ class Connection:
         self.closing = False
         self.attempts = 0
         self.channels: set[str] = set()
+        self._positions: dict[str, Position] = {}
+        self._held: dict[str, list[tuple[str, Position | None]]] = {}
         self._bucket: TokenBucket | None = None
         self._strikes = 0
         self._violations = 0
@@ -146,9 +158,22 @@ class Connection:
         """Binary frames are outside the protocol at every stage."""
         self.close(Disconnect.BAD_REQUEST)
 
-    def deliver(self, text: str) -> None:
-        """A channel broadcast; the hub counts these in bulk."""
-        self.peer.send(text)
+    def deliver(self, channel: str, text: str, position: Position | None) -> None:
+        """A channel broadcast; the hub counts these in bulk. Held back while the channel is
+        being recovered, and dropped when its offset was already delivered."""
+        held = self._held.get(channel)
+        if held is not None:
+            held.append((text, position))
+        elif position is None or self._advance(channel, position):
+            self.peer.send(text)
+
+    def _advance(self, channel: str, position: Position) -> bool:
+        """Whether ``position`` comes after the last one delivered on ``channel`` (and note it)."""
+        last = self._positions.get(channel)
+        if last is not None and last.epoch == position.epoch and position.offset <= last.offset:
+            return False
+        self._positions[channel] = position
+        return True
 
     def revoke(self, reason: str) -> None:
         self._metrics.revocations.inc()
@@ -165,6 +190,8 @@ class Connection:
         for channel in self.channels:
             self._hub.leave(channel, self)
         self.channels.clear()
+        self._positions.clear()
+        self._held.clear()
         self._admission.forget(self)
 
     # -- output ----------------------------------------------------------------------------
@@ -341,15 +368,25 @@ class Connection:
             await self._hub.publish(channel, request.body["data"], self.claims)
             self.send(protocol.reply("published", request.id, channel=channel))
         elif kind == "subscribe":
-            channel = validate_channel(request.body.get("channel"))
-            check_subscribe(channel, self.claims.sub, self.claims.scopes)
-            if channel not in self.channels:
-                if len(self.channels) >= self._settings.max_subscriptions:
-                    raise TooManySubscriptions()
-                self.channels.add(channel)
-                self._hub.join(channel, self)
-            await self._hub.synced()
-            self.send(protocol.reply("subscribed", request.id, channel=channel))
+            await self._subscribe(request)
+        elif kind == "history":
+            await self._history(request)
+        elif kind == "presence":
+            channel = self._readable_channel(request)
+            if not self._settings.has_presence(channel):
+                raise NotEnabled("this channel's namespace has no presence")
+            members = await self._unless_redis_down(self._hub.members(channel))
+            self.send(
+                protocol.reply(
+                    "presence",
+                    request.id,
+                    channel=channel,
+                    members=[
+                        {"user": {"id": m.id, "username": m.username}, "connections": n}
+                        for m, n in members
+                    ],
+                )
+            )
         elif kind == "unsubscribe":
             channel = validate_channel(request.body.get("channel"))
             if channel not in self.channels:
@@ -363,4 +400,94 @@ class Connection:
 
     def _leave(self, channel: str) -> None:
         self.channels.discard(channel)
+        self._positions.pop(channel, None)
         self._hub.leave(channel, self)
+
+    def _readable_channel(self, request: protocol.Request) -> str:
+        assert self.claims is not None
+        channel = validate_channel(request.body.get("channel"))
+        check_subscribe(channel, self.claims.sub, self.claims.scopes)
+        return channel
+
+    async def _subscribe(self, request: protocol.Request) -> None:
+        """Join first (holding the channel's live messages back), then read what was missed,
+        answer, and release the held messages that come after it: no gap, no repeat."""
+        assert self.claims is not None
+        channel = self._readable_channel(request)
+        since = _position(request.body.get("since"), "since")
+        events = request.body.get("presence_events", False)
+        if not isinstance(events, bool):
+            raise BadRequest("presence_events must be true or false")
+        presence = self._settings.has_presence(channel)
+        if events and not presence:
+            raise NotEnabled("this channel's namespace has no presence")
+        policy = self._hub.policy(channel)
+        if since is not None and policy is None:
+            raise NotEnabled("this channel's namespace keeps no history to recover from")
+        if channel not in self.channels:
+            if len(self.channels) >= self._settings.max_subscriptions:
+                raise TooManySubscriptions()
+            self.channels.add(channel)
+        if policy is not None:
+            self._held[channel] = []
+        page: HistoryPage | None = None
+        try:
+            self._hub.join(channel, self, presence_events=events)
+            await self._hub.synced()
+            if presence:
+                await self._hub.track(channel, self, Member(self.claims.sub, self.claims.username))
+            if policy is not None:
+                try:
+                    page = await self._hub.history(channel, since, policy.size)
+                except BusUnavailable:
+                    page = None
+            self.send(protocol.subscribed(channel, request.id, page, recovering=since is not None))
+            if since is not None:
+                self._metrics.recoveries.labels(_outcome(page)).inc()
+        finally:
+            self._release(channel, page)
+
+    def _release(self, channel: str, page: HistoryPage | None) -> None:
+        held = self._held.pop(channel, None)
+        if held is None or self.closing or channel not in self.channels:
+            return
+        if page is not None:
+            self._positions[channel] = page.position
+        for text, position in held:
+            if position is None or self._advance(channel, position):
+                self.peer.send(text)
+
+    async def _history(self, request: protocol.Request) -> None:
+        channel = self._readable_channel(request)
+        since = _position(request.body.get("since"), "since")
+        limit = request.body.get("limit", 1_000_000)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise BadRequest("limit must be a non-negative integer")
+        page = await self._unless_redis_down(self._hub.history(channel, since, limit))
+        self.send(protocol.history(channel, request.id, page, recovering=since is not None))
+
+    async def _unless_redis_down(self, work: Awaitable[T]) -> T:
+        try:
+            return await work
+        except BusUnavailable:
+            raise Unavailable() from None
+
+
+def _position(value: object, name: str) -> Position | None:
+    """A client's ``{"offset", "epoch"}``; None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadRequest(f"{name} must be an object with offset and epoch")
+    offset, epoch = value.get("offset"), value.get("epoch")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise BadRequest(f"{name}.offset must be a non-negative integer")
+    if not isinstance(epoch, str) or not epoch:
+        raise BadRequest(f"{name}.epoch must be a non-empty string")
+    return Position(offset, epoch)
+
+
+def _outcome(page: HistoryPage | None) -> str:
+    if page is None:
+        return "unavailable"
+    return "recovered" if page.recovered else "not_recovered"

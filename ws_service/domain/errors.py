@@ -16,6 +16,7 @@ __all__ = [
     "InvalidToken",
     "KeysUnavailable",
     "NotAuthenticated",
+    "NotEnabled",
     "NotSubscribed",
     "RateLimited",
     "RequestError",
@@ -24,6 +25,7 @@ __all__ = [
     "TokenExpired",
     "TooManyConnections",
     "TooManySubscriptions",
+    "Unavailable",
 ]
 
 
@@ -121,3 +123,17 @@ class RateLimited(RequestError):
 class TooManySubscriptions(RequestError):
     code = "too_many_subscriptions"
     message = "subscription limit reached"
+
+
+class NotEnabled(RequestError):
+    """History or presence asked of a namespace configured without it (``WS_HISTORY``, ``WS_PRESENCE``)."""
+
+    code = "not_enabled"
+    message = "this channel's namespace has no history or presence"
+
+
+class Unavailable(RequestError):
+    """History or presence asked while Redis cannot be reached: try again later."""
+
+    code = "unavailable"
+    message = "history and presence are unavailable right now, try again"

@@ -1,50 +1,81 @@
-"""Channel fan-out across replicas through the event bus.
+"""Channel fan-out across replicas through the event bus, with history and presence.
 
 A publish is serialized once and published on ``chan:<name>``; every replica with local subscribers
-holds one bus subscription for the channel and hands the same string to each of them. When the bus
-refuses a message (Redis down), this replica's own subscribers still get it: local traffic flows.
+holds one bus subscription for the channel and hands the same string to each of them. In a
+namespace with history the publish goes through ``History.publish``, which gives the message its
+offset in the same step that puts it on the bus, so every replica sees offset order. When the bus
+refuses a message (Redis down), this replica's own subscribers still get it, without an offset:
+local traffic flows, but that message cannot be recovered.
+
+Presence: every subscription to a channel of a presence namespace is one entry (an id unique across
+replicas) in the ``Presence`` backend; connections that asked for ``presence_events`` get the
+``join``/``leave`` frames published on ``pres:<channel>``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import logging
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from shared.access_token import Claims
 from shared.bus import EventBus, Unsubscribe
 from shared.bus_errors import BusUnavailable
 from ws_service.domain import protocol
+from ws_service.domain.errors import NotEnabled
+from ws_service.domain.history import History, HistoryPage, HistoryPolicy, Position, position_of
+from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, Presence
 
 __all__ = ["CHANNEL_TOPIC_PREFIX", "Hub", "Subscriber"]
 
 CHANNEL_TOPIC_PREFIX = "chan:"
 
+log = logging.getLogger(__name__)
+
 
 class Subscriber(Protocol):
-    def deliver(self, text: str) -> None:
-        """Queue ``text`` for sending without waiting for the peer."""
+    def deliver(self, channel: str, text: str, position: Position | None) -> None:
+        """Queue ``text`` for sending without waiting for the peer; ``position`` is the
+        message's offset and epoch in a channel with history (None for other frames)."""
 
 
 class Hub:
     def __init__(
         self,
         bus: EventBus,
-        on_delivered: Callable[[int], None] | None = None,
+        history: History,
+        presence: Presence,
+        policy: Callable[[str], HistoryPolicy | None],
         *,
+        on_delivered: Callable[[int], None] | None = None,
         on_local_only: Callable[[], None] | None = None,
         sync_timeout: float = 2.0,
     ) -> None:
         self._bus = bus
+        self._history = history
+        self._presence = presence
+        self._policy = policy
         self._local: dict[str, set[Subscriber]] = {}
         self._unsubscribe: dict[str, Unsubscribe] = {}
+        self._watchers: dict[str, set[Subscriber]] = {}
+        self._unwatch: dict[str, Unsubscribe] = {}
+        self._present: dict[str, dict[Subscriber, tuple[str, Member]]] = {}
+        self._replica = secrets.token_hex(6)
+        self._entry_ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
         self._on_delivered = on_delivered
         self._on_local_only = on_local_only
         self._sync_timeout = sync_timeout
 
-    def join(self, channel: str, subscriber: Subscriber) -> None:
+    # -- subscriptions ---------------------------------------------------------------------
+
+    def join(self, channel: str, subscriber: Subscriber, *, presence_events: bool = False) -> None:
+        """Deliver the channel's messages (and its join/leave frames if asked) to ``subscriber``."""
         members = self._local.get(channel)
         if members is None:
             members = self._local[channel] = set()
@@ -52,8 +83,26 @@ class Hub:
                 CHANNEL_TOPIC_PREFIX + channel, self._deliver
             )
         members.add(subscriber)
+        if presence_events:
+            watchers = self._watchers.get(channel)
+            if watchers is None:
+                watchers = self._watchers[channel] = set()
+                self._unwatch[channel] = self._bus.subscribe(
+                    PRESENCE_TOPIC_PREFIX + channel, self._deliver_presence
+                )
+            watchers.add(subscriber)
+        else:
+            self._stop_watching(channel, subscriber)
 
     def leave(self, channel: str, subscriber: Subscriber) -> None:
+        """Stop delivering; a tracked presence entry is removed in the background."""
+        self._stop_watching(channel, subscriber)
+        present = self._present.get(channel)
+        if present is not None and subscriber in present:
+            entry_id, member = present.pop(subscriber)
+            if not present:
+                del self._present[channel]
+            self._spawn(self._forget(channel, entry_id, member))
         members = self._local.get(channel)
         if members is None:
             return
@@ -61,6 +110,14 @@ class Hub:
         if not members:
             del self._local[channel]
             self._unsubscribe.pop(channel)()
+
+    def _stop_watching(self, channel: str, subscriber: Subscriber) -> None:
+        watchers = self._watchers.get(channel)
+        if watchers is not None and subscriber in watchers:
+            watchers.discard(subscriber)
+            if not watchers:
+                del self._watchers[channel]
+                self._unwatch.pop(channel)()
 
     async def synced(self) -> None:
         """Wait until the bus confirmed every channel subscription, so that a client told
@@ -70,26 +127,106 @@ class Hub:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._bus.wait_synced(), self._sync_timeout)
 
+    # -- messages and history --------------------------------------------------------------
+
+    def policy(self, channel: str) -> HistoryPolicy | None:
+        return self._policy(channel)
+
     async def publish(self, channel: str, data: Any, sender: Claims | None) -> None:
         frame = protocol.message(channel, data, sender, int(time.time() * 1000))
         topic = CHANNEL_TOPIC_PREFIX + channel
+        policy = self._policy(channel)
         try:
-            await self._bus.publish(topic, frame)
+            if policy is None:
+                await self._bus.publish(topic, frame)
+            else:
+                await self._history.publish(channel, topic, frame, policy)
         except BusUnavailable:
             # Nothing reached Redis, so nothing comes back through it: deliver here, once.
-            self._deliver(topic, frame)
+            self._fan_out(channel, frame, None)
             if self._on_local_only is not None:
                 self._on_local_only()
 
+    async def history(self, channel: str, since: Position | None, limit: int) -> HistoryPage:
+        """Raises ``NotEnabled`` without a policy and ``BusUnavailable`` when Redis is down."""
+        policy = self._policy(channel)
+        if policy is None:
+            raise NotEnabled("this channel's namespace keeps no history")
+        return await self._history.read(channel, since, min(limit, policy.size), policy)
+
     def _deliver(self, topic: str, payload: str) -> None:
-        members = self._local.get(topic[len(CHANNEL_TOPIC_PREFIX) :], ())
+        channel = topic[len(CHANNEL_TOPIC_PREFIX) :]
+        position = position_of(payload) if self._policy(channel) is not None else None
+        self._fan_out(channel, payload, position)
+
+    def _fan_out(self, channel: str, payload: str, position: Position | None) -> None:
+        members = self._local.get(channel, ())
         for subscriber in members:
-            subscriber.deliver(payload)
+            subscriber.deliver(channel, payload, position)
         if self._on_delivered is not None:
             self._on_delivered(len(members))
 
-    def close(self) -> None:
-        for unsubscribe in self._unsubscribe.values():
+    # -- presence --------------------------------------------------------------------------
+
+    async def track(self, channel: str, subscriber: Subscriber, member: Member) -> None:
+        """Count ``subscriber`` as ``member`` in the channel's presence (once per subscription).
+
+        While Redis is down the entry is only remembered here; ``restore_presence`` adds it when
+        the bus reconnects."""
+        present = self._present.setdefault(channel, {})
+        if subscriber in present:
+            return
+        entry_id = f"{self._replica}:{next(self._entry_ids)}"
+        present[subscriber] = (entry_id, member)
+        try:
+            await self._presence.add(channel, entry_id, member)
+        except BusUnavailable as exc:
+            log.warning("presence entry not recorded: redis unreachable", extra={"error": str(exc)})
+
+    async def members(self, channel: str) -> list[tuple[Member, int]]:
+        return await self._presence.members(channel)
+
+    async def refresh_presence(self) -> None:
+        """Extend every presence entry of this replica's live subscriptions by one lifetime."""
+        entries = [
+            (channel, [entry_id for entry_id, _ in present.values()])
+            for channel, present in self._present.items()
+        ]
+        await self._presence.refresh(entries)
+
+    async def restore_presence(self) -> None:
+        """Bus reconnect listener: Redis may have lost (or expired) this replica's entries."""
+        try:
+            for channel, present in list(self._present.items()):
+                for entry_id, member in list(present.values()):
+                    await self._presence.add(channel, entry_id, member)
+        except BusUnavailable as exc:
+            log.warning("presence not restored: redis unreachable", extra={"error": str(exc)})
+
+    def _deliver_presence(self, topic: str, payload: str) -> None:
+        channel = topic[len(PRESENCE_TOPIC_PREFIX) :]
+        for subscriber in self._watchers.get(channel, ()):
+            subscriber.deliver(channel, payload, None)
+
+    async def _forget(self, channel: str, entry_id: str, member: Member) -> None:
+        try:
+            await self._presence.remove(channel, entry_id, member)
+        except BusUnavailable as exc:
+            # The entry expires by itself once this replica stops refreshing it.
+            log.warning("presence entry not removed: redis unreachable", extra={"error": str(exc)})
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Drop the bus subscriptions; let pending presence removals finish (briefly)."""
+        for unsubscribe in (*self._unsubscribe.values(), *self._unwatch.values()):
             unsubscribe()
         self._unsubscribe.clear()
+        self._unwatch.clear()
         self._local.clear()
+        self._watchers.clear()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self._sync_timeout)

@@ -10,6 +10,7 @@ from typing import Any
 from shared.access_token import Claims
 from shared.close_codes import Disconnect
 from ws_service.domain.errors import AuthError, BadRequest, GatewayError, RequestError
+from ws_service.domain.history import HistoryPage
 
 __all__ = [
     "PREAUTH_MAX_BYTES",
@@ -19,9 +20,11 @@ __all__ = [
     "disconnect_for",
     "encode",
     "error",
+    "history",
     "message",
     "parse",
     "reply",
+    "subscribed",
 ]
 
 PREAUTH_MAX_BYTES = 16 * 1024
@@ -116,3 +119,35 @@ def message(channel: str, data: Any, sender: Claims | None, ts_ms: int) -> str:
             "ts": ts_ms,
         }
     )
+
+
+def subscribed(
+    channel: str, request_id: RequestId, page: HistoryPage | None, *, recovering: bool
+) -> str:
+    """``position`` in a channel with history; ``recovered`` and ``publications`` after ``since``."""
+    if page is None:
+        if not recovering:
+            return reply("subscribed", request_id, channel=channel)
+        return _with_publications(
+            reply("subscribed", request_id, channel=channel, recovered=False), []
+        )
+    if not recovering:
+        return reply("subscribed", request_id, channel=channel, position=_position(page))
+    fields = {"channel": channel, "position": _position(page), "recovered": page.recovered}
+    return _with_publications(reply("subscribed", request_id, **fields), page.publications)
+
+
+def history(channel: str, request_id: RequestId, page: HistoryPage, *, recovering: bool) -> str:
+    fields: dict[str, Any] = {"channel": channel, "position": _position(page)}
+    if recovering:
+        fields["recovered"] = page.recovered
+    return _with_publications(reply("history", request_id, **fields), page.publications)
+
+
+def _position(page: HistoryPage) -> dict[str, Any]:
+    return {"offset": page.position.offset, "epoch": page.position.epoch}
+
+
+def _with_publications(frame: str, publications: list[str]) -> str:
+    """Splice the already encoded ``message`` frames in: each is encoded once, when published."""
+    return f'{frame[:-1]},"publications":[{",".join(publications)}]}}'

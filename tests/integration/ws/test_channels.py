@@ -21,10 +21,12 @@ async def test_publish_reaches_every_subscriber_attributed_by_the_server(gw: Har
     carol = await gw.login("carol", scope="chat:read")
     bob = await gw.login("bob", scope="chat:write")
     for ws in (alice, carol):
-        assert await subscribe(ws, "chat:general") == {
+        reply = await subscribe(ws, "chat:general")
+        assert reply == {
             "type": "subscribed",
             "channel": "chat:general",
             "id": "chat:general",
+            "position": {"offset": 0, "epoch": reply["position"]["epoch"]},  # type: ignore[index]
         }
     before = int(time.time() * 1000)
     await send(
@@ -48,6 +50,8 @@ async def test_publish_reaches_every_subscriber_attributed_by_the_server(gw: Har
             "from": "bob",
             "from_username": "Bob",
             "ts": message["ts"],
+            "offset": 1,
+            "epoch": message["epoch"],
         }
         assert before <= message["ts"] <= int(time.time() * 1000)
 

@@ -13,7 +13,7 @@ from gateway_client import (
     RequestFailed,
     TemporaryFailure,
 )
-from tests.integration.stack import API_KEY, MakeStack, Stack
+from tests.integration.stack import API_KEY, PASSWORD, MakeStack, Stack
 from tests.integration.ws.harness import wait_until
 
 
@@ -190,3 +190,56 @@ async def test_chat_cli_publishes_typed_lines_and_prints_messages(stack: Stack) 
 async def _never() -> Any:
     await asyncio.Event().wait()
     yield ""
+
+
+async def test_recovers_what_was_published_during_a_refresh_then_reconnect(stack: Stack) -> None:
+    events: list[dict[str, Any]] = []
+    async with GatewayClient(
+        stack.auth_url, stack.ws_url, "alice", PASSWORD, on_event=events.append
+    ) as alice:
+        await alice.subscribe("chat:general")
+        await publish_from_server(stack, 0)
+        assert (await next_message(alice))["offset"] == 1
+        await stack.close_sockets(4401, "token_expired")
+        for n in range(1, 4):
+            await publish_from_server(stack, n)
+        received = [await next_message(alice) for _ in range(3)]
+        assert [(m["offset"], m["data"]) for m in received] == [(2, 1), (3, 2), (4, 3)]
+        assert (alice.connects, alice.refreshes) == (2, 1)
+        assert events == [
+            {"type": "recovery", "channel": "chat:general", "recovered": True, "count": 3}
+        ]
+        assert alice.position("chat:general") == {"offset": 4, "epoch": received[0]["epoch"]}
+
+
+async def test_an_unrecoverable_gap_is_an_event_and_history_and_presence_answer(
+    stack: Stack,
+) -> None:
+    events: list[dict[str, Any]] = []
+    async with GatewayClient(
+        stack.auth_url, stack.ws_url, "alice", PASSWORD, on_event=events.append
+    ) as alice:
+        await alice.subscribe("chat:general", presence_events=True)
+        await wait_until(lambda: len(events) == 1)
+        assert events[0]["type"] == "join"
+        alice._positions["chat:general"]["epoch"] = "lost"  # as if the server lost its history
+        await stack.close_sockets(1001, "going_away")
+        await wait_until(lambda: len(events) == 3)
+        assert events[1:] == [
+            {"type": "recovery", "channel": "chat:general", "recovered": False, "count": 0},
+            {"type": "join", "channel": "chat:general", "user": events[0]["user"]},
+        ]
+        await publish_from_server(stack, "x")
+        history = await alice.history("chat:general", limit=1)
+        assert [p["data"] for p in history["publications"]] == ["x"]
+        members = await alice.presence("chat:general")
+        assert members == [{"user": events[0]["user"], "connections": 1}]
+
+
+async def publish_from_server(stack: Stack, data: Any) -> None:
+    resp = await stack.ws.post(
+        "/v1/publish",
+        json={"channel": "chat:general", "data": data},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert resp.status == 202

@@ -45,7 +45,8 @@ def count(gw: Harness, name: str, **labels: str) -> float:
 
 async def subscribe(ws: Any, channel: str) -> None:
     await send(ws, {"type": "subscribe", "channel": channel})
-    assert await recv(ws) == {"type": "subscribed", "channel": channel}
+    reply = await recv(ws)
+    assert (reply["type"], reply["channel"]) == ("subscribed", channel), reply
 
 
 async def publish(ws: Any, channel: str, data: Any) -> None:

@@ -12,7 +12,9 @@ from shared.bus import InProcessBus
 from shared.bus_errors import BusUnavailable
 from ws_service.domain.connection import Connection
 from ws_service.domain.gateway import Gateway
+from ws_service.domain.history import MemoryHistory
 from ws_service.domain.hub import Hub
+from ws_service.domain.presence import MemoryPresence
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.verify import TokenVerifier
 from ws_service.metrics import Metrics
@@ -52,7 +54,8 @@ def gateway_with(ledger: Ledger) -> Gateway:
     verifier = TokenVerifier(
         _NoKeys(), revocations, issuer=settings.issuer, audience="ws", leeway=0
     )
-    hub = Hub(InProcessBus())
+    bus = InProcessBus()
+    hub = Hub(bus, MemoryHistory(bus.publish), MemoryPresence(bus.publish), settings.history_policy)
     return Gateway(
         settings, verifier, revocations, hub, Metrics(), ledger=ledger, reconcile_batch=2
     )

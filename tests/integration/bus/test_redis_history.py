@@ -1,0 +1,121 @@
+"""Channel history in the real Redis: gap-free offsets across replicas, epochs, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from ws_service.domain.history import HistoryPolicy, Position
+from ws_service.redis_client import open_redis
+from ws_service.redis_history import RedisHistory
+
+pytestmark = pytest.mark.redis
+POLICY = HistoryPolicy(size=100, ttl=300)
+FRAME = '{"type":"message","channel":"chat:a","data":1}'
+
+
+@pytest.fixture
+async def clients(redis_url: str) -> AsyncIterator[tuple[Redis, Redis, str]]:
+    one, two = Redis.from_url(redis_url), Redis.from_url(redis_url)
+    prefix = f"test-hist-{uuid.uuid4().hex[:8]}:"
+    yield one, two, prefix
+    keys = [key async for key in one.scan_iter(f"{prefix}*")]
+    if keys:
+        await one.delete(*keys)
+    await one.aclose()
+    await two.aclose()
+
+
+def offsets(frames: list[str]) -> list[int]:
+    return [json.loads(frame)["offset"] for frame in frames]
+
+
+async def test_two_replicas_publishing_get_gap_free_offsets_in_pubsub_order(
+    clients: tuple[Redis, Redis, str],
+) -> None:
+    one, two, prefix = clients
+    topic = f"{prefix}topic"
+    listener = one.pubsub()
+    await listener.subscribe(topic)
+    replicas = [RedisHistory(one, prefix=prefix), RedisHistory(two, prefix=prefix)]
+
+    async def publisher(index: int) -> None:
+        for _ in range(10):
+            await replicas[index % 2].publish("chat:a", topic, FRAME, POLICY)
+
+    await asyncio.gather(*(publisher(i) for i in range(20)))
+    received: list[str] = []
+    async with asyncio.timeout(5):
+        while len(received) < 200:
+            message = await listener.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                received.append(message["data"].decode())
+    await listener.aclose()
+    assert offsets(received) == list(range(1, 201))
+    kept = await replicas[0].read("chat:a", None, 1000, POLICY)
+    assert offsets(kept.publications) == list(range(101, 201))
+    assert kept.position.offset == 200
+
+
+async def test_recovery_and_its_refusals(clients: tuple[Redis, Redis, str]) -> None:
+    one, _, prefix = clients
+    history = RedisHistory(one, prefix=prefix)
+    small = HistoryPolicy(size=3, ttl=300)
+    start = (await history.read("chat:a", None, 10, small)).position
+    assert start.offset == 0
+    for _ in range(5):
+        await history.publish("chat:a", f"{prefix}t", FRAME, small)
+    ok = await history.read("chat:a", Position(3, start.epoch), 10, small)
+    assert (ok.recovered, offsets(ok.publications)) == (True, [4, 5])
+    assert (await history.read("chat:a", Position(5, start.epoch), 10, small)).recovered
+    too_old = await history.read("chat:a", Position(1, start.epoch), 10, small)
+    assert (too_old.recovered, too_old.publications) == (False, [])
+    future = await history.read("chat:a", Position(9, start.epoch), 10, small)
+    assert future.recovered is False
+    other = await history.read("chat:a", Position(4, "elsewhere"), 10, small)
+    assert other.recovered is False
+
+
+async def test_lost_history_changes_the_epoch(clients: tuple[Redis, Redis, str]) -> None:
+    one, _, prefix = clients
+    history = RedisHistory(one, prefix=prefix)
+    await history.publish("chat:a", f"{prefix}t", FRAME, POLICY)
+    before = (await history.read("chat:a", None, 10, POLICY)).position
+    await one.delete(f"{prefix}meta:chat:a")  # what a flush or a restart does to the channel
+    frame = await history.publish("chat:a", f"{prefix}t", FRAME, POLICY)
+    after = await history.read("chat:a", before, 10, POLICY)
+    assert after.position.epoch != before.epoch
+    assert json.loads(frame)["offset"] == 1
+    assert after.recovered is False
+
+
+async def test_expired_messages_are_not_recovered(clients: tuple[Redis, Redis, str]) -> None:
+    one, _, prefix = clients
+    history = RedisHistory(one, prefix=prefix)
+    brief = HistoryPolicy(size=10, ttl=0.2)
+    start = (await history.read("chat:a", None, 10, brief)).position
+    await history.publish("chat:a", f"{prefix}t", FRAME, brief)
+    await asyncio.sleep(0.3)
+    result = await history.read("chat:a", start, 10, brief)
+    assert result.recovered is False
+    assert result.position.epoch == start.epoch
+
+
+async def test_a_reconnect_storm_queues_for_connections_instead_of_failing(redis_url: str) -> None:
+    redis = open_redis(redis_url, max_connections=4)
+    prefix = f"test-hist-{uuid.uuid4().hex[:8]}:"
+    history = RedisHistory(redis, prefix=prefix)
+    try:
+        await history.publish("chat:a", f"{prefix}t", FRAME, POLICY)
+        pages = await asyncio.gather(
+            *(history.read("chat:a", None, 10, POLICY) for _ in range(200))
+        )
+        assert {len(page.publications) for page in pages} == {1}
+    finally:
+        await redis.delete(f"{prefix}meta:chat:a", f"{prefix}log:chat:a")
+        await redis.aclose()

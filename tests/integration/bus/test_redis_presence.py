@@ -1,0 +1,84 @@
+"""Presence on the real Redis: members across replicas, join/leave once per user, expiry of the dead."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member
+from ws_service.redis_presence import RedisPresence
+
+pytestmark = pytest.mark.redis
+ALICE, BOB = Member("u1", "alice"), Member("u2", "bob")
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[tuple[Redis, Redis, str]]:
+    one, two = Redis.from_url(redis_url), Redis.from_url(redis_url)
+    prefix = f"test-pres-{uuid.uuid4().hex[:8]}:"
+    yield one, two, prefix
+    keys = [key async for key in one.scan_iter(f"{prefix}*")]
+    if keys:
+        await one.delete(*keys)
+    await one.aclose()
+    await two.aclose()
+
+
+async def events(listener: object, count: int) -> list[dict[str, object]]:
+    received: list[dict[str, object]] = []
+    async with asyncio.timeout(5):
+        while len(received) < count:
+            message = await listener.get_message(ignore_subscribe_messages=True, timeout=1)  # type: ignore[attr-defined]
+            if message is not None:
+                received.append(json.loads(message["data"]))
+    return received
+
+
+async def test_members_across_replicas_and_one_join_per_user(
+    redis: tuple[Redis, Redis, str],
+) -> None:
+    one, two, prefix = redis
+    channel = f"chat:{uuid.uuid4().hex[:8]}"
+    listener = one.pubsub()
+    await listener.subscribe(PRESENCE_TOPIC_PREFIX + channel)
+    a, b = RedisPresence(one, prefix=prefix), RedisPresence(two, prefix=prefix)
+    # Alice's two tabs on two replicas at once, and Bob on one.
+    await asyncio.gather(a.add(channel, "a:1", ALICE), b.add(channel, "b:1", ALICE))
+    await b.add(channel, "b:2", BOB)
+    assert await a.members(channel) == [(ALICE, 2), (BOB, 1)]
+    await a.remove(channel, "a:1", ALICE)  # one tab left: not a leave
+    await b.remove(channel, "b:2", BOB)
+    await b.remove(channel, "b:1", ALICE)
+    got = await events(listener, 4)
+    await listener.aclose()
+    assert [(e["type"], e["user"]) for e in got] == [
+        ("join", {"id": "u1", "username": "alice"}),
+        ("join", {"id": "u2", "username": "bob"}),
+        ("leave", {"id": "u2", "username": "bob"}),
+        ("leave", {"id": "u1", "username": "alice"}),
+    ]
+    assert all(e["channel"] == channel for e in got)
+    assert await a.members(channel) == []
+
+
+async def test_a_dead_replicas_users_expire_and_leave(redis: tuple[Redis, Redis, str]) -> None:
+    one, two, prefix = redis
+    channel = f"chat:{uuid.uuid4().hex[:8]}"
+    alive = RedisPresence(one, ttl=0.5, prefix=prefix)
+    dead = RedisPresence(two, ttl=0.5, prefix=prefix)
+    await alive.add(channel, "a:1", ALICE)
+    await dead.add(channel, "d:1", BOB)
+    listener = one.pubsub()
+    await listener.subscribe(PRESENCE_TOPIC_PREFIX + channel)
+    for _ in range(4):  # the live replica keeps refreshing; the dead one has stopped
+        await asyncio.sleep(0.25)
+        await alive.refresh([(channel, ["a:1"])])
+    assert await alive.members(channel) == [(ALICE, 1)]
+    got = await events(listener, 1)
+    await listener.aclose()
+    assert (got[0]["type"], got[0]["user"]) == ("leave", {"id": "u2", "username": "bob"})

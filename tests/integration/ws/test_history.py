@@ -1,0 +1,194 @@
+"""History, recovery and presence through the real app, embedded (in-process bus and backends)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.integration.ws.conftest import MakeGateway
+from tests.integration.ws.harness import Harness, recv, send
+from ws_service.appkeys import METRICS
+from ws_service.domain.history import HistoryPolicy
+
+
+async def request(ws: Any, frame: dict[str, Any]) -> dict[str, Any]:
+    await send(ws, {**frame, "id": "req"})
+    while True:
+        reply = await recv(ws)
+        if reply.get("id") == "req":
+            return reply
+
+
+async def publish(ws: Any, channel: str, n: int) -> None:
+    assert (await request(ws, {"type": "publish", "channel": channel, "data": n}))["type"] == (
+        "published"
+    )
+
+
+async def messages(ws: Any, count: int) -> list[dict[str, Any]]:
+    return [await recv(ws) for _ in range(count)]
+
+
+def offsets(frames: list[dict[str, Any]]) -> list[int]:
+    return [frame["offset"] for frame in frames]
+
+
+async def test_messages_carry_gap_free_offsets_and_reconnects_recover_exactly_what_was_missed(
+    gw: Harness,
+) -> None:
+    alice = await gw.login("alice")
+    bob = await gw.login("bob")
+    subscribed = await request(alice, {"type": "subscribe", "channel": "chat:a"})
+    position = subscribed["position"]
+    assert position["offset"] == 0 and "recovered" not in subscribed
+    for n in range(3):
+        await publish(bob, "chat:a", n)
+    live = await messages(alice, 3)
+    assert offsets(live) == [1, 2, 3]
+    assert {frame["epoch"] for frame in live} == {position["epoch"]}
+    await alice.close()
+    for n in range(3, 7):
+        await publish(bob, "chat:a", n)
+    again = await gw.login("alice")
+    since = {"offset": 3, "epoch": position["epoch"]}
+    reply = await request(again, {"type": "subscribe", "channel": "chat:a", "since": since})
+    assert reply["recovered"] is True
+    assert reply["position"] == {"offset": 7, "epoch": position["epoch"]}
+    assert [(p["type"], p["offset"], p["data"]) for p in reply["publications"]] == [
+        ("message", 4, 3),
+        ("message", 5, 4),
+        ("message", 6, 5),
+        ("message", 7, 6),
+    ]
+    await publish(bob, "chat:a", 7)
+    assert offsets(await messages(again, 1)) == [8]
+    metrics = gw.app[METRICS].registry
+    assert metrics.get_sample_value("ws_recoveries_total", {"outcome": "recovered"}) == 1
+
+
+async def test_another_epoch_or_a_position_too_old_is_not_recovered(
+    make_gateway: MakeGateway,
+) -> None:
+    gw = await make_gateway(history={"chat": HistoryPolicy(size=3, ttl=300)})
+    alice = await gw.login("alice")
+    bob = await gw.login("bob")
+    epoch = (await request(alice, {"type": "subscribe", "channel": "chat:a"}))["position"]["epoch"]
+    for n in range(5):
+        await publish(bob, "chat:a", n)
+    await messages(alice, 5)
+    for since, recovered in [
+        ({"offset": 1, "epoch": epoch}, False),  # offset 2 was trimmed
+        ({"offset": 2, "epoch": epoch}, True),
+        ({"offset": 2, "epoch": "other"}, False),
+        ({"offset": 9, "epoch": epoch}, False),
+    ]:
+        reply = await request(alice, {"type": "subscribe", "channel": "chat:a", "since": since})
+        assert reply["recovered"] is recovered, since
+        assert offsets(reply["publications"]) == ([3, 4, 5] if recovered else [])
+        assert reply["position"] == {"offset": 5, "epoch": epoch}
+
+
+async def test_recovery_while_messages_are_published_has_no_gap_and_no_repeat(
+    make_gateway: MakeGateway,
+) -> None:
+    gw = await make_gateway(
+        rate_per_second=10_000.0,
+        rate_burst=10_000,
+        history={"chat": HistoryPolicy(size=1000, ttl=300)},
+    )
+    alice = await gw.login("alice")
+    bob = await gw.login("bob")
+    epoch = (await request(alice, {"type": "subscribe", "channel": "chat:a"}))["position"]["epoch"]
+    total = 300
+
+    async def publisher() -> None:
+        for n in range(total):
+            await send(bob, {"type": "publish", "channel": "chat:a", "data": n})
+            if n % 10 == 0:
+                await asyncio.sleep(0)
+
+    publishing = asyncio.create_task(publisher())
+    seen = offsets(await messages(alice, 20))
+    await alice.close()
+    again = await gw.login("alice")
+    since = {"offset": seen[-1], "epoch": epoch}
+    await send(again, {"type": "subscribe", "channel": "chat:a", "since": since})
+    reply = await recv(again)
+    assert reply["recovered"] is True
+    seen += offsets(reply["publications"])
+    await publishing
+    while seen[-1] < total:
+        seen += offsets(await messages(again, 1))
+    assert seen == list(range(1, total + 1))
+
+
+async def test_history_request_returns_recent_messages_oldest_first(gw: Harness) -> None:
+    alice = await gw.login("alice")
+    for n in range(5):
+        await publish(alice, "chat:h", n)
+    reply = await request(alice, {"type": "history", "channel": "chat:h", "limit": 2})
+    assert reply["type"] == "history" and reply["channel"] == "chat:h"
+    assert [(p["offset"], p["data"]) for p in reply["publications"]] == [(4, 3), (5, 4)]
+    epoch = reply["position"]["epoch"]
+    assert reply["position"]["offset"] == 5 and "recovered" not in reply
+    since = await request(
+        alice, {"type": "history", "channel": "chat:h", "since": {"offset": 1, "epoch": epoch}}
+    )
+    assert (since["recovered"], offsets(since["publications"])) == (True, [2, 3, 4, 5])
+
+
+async def test_history_and_presence_refusals(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway(max_violations=100)
+    alice = await gw.login("alice", scope="chat:read")
+    own = "user:alice"
+    for frame, code in [
+        ({"type": "history", "channel": own}, "not_enabled"),
+        ({"type": "presence", "channel": own}, "not_enabled"),
+        (
+            {"type": "subscribe", "channel": own, "since": {"offset": 0, "epoch": "x"}},
+            "not_enabled",
+        ),
+        ({"type": "subscribe", "channel": own, "presence_events": True}, "not_enabled"),
+        ({"type": "history", "channel": "news:a"}, "forbidden"),
+        ({"type": "presence", "channel": "news:a"}, "forbidden"),
+        ({"type": "history", "channel": "chat:a", "limit": -1}, "bad_request"),
+        ({"type": "history", "channel": "chat:a", "limit": True}, "bad_request"),
+        ({"type": "subscribe", "channel": "chat:a", "since": 3}, "bad_request"),
+        ({"type": "subscribe", "channel": "chat:a", "since": {"offset": 1}}, "bad_request"),
+        ({"type": "subscribe", "channel": "chat:a", "presence_events": 1}, "bad_request"),
+    ]:
+        reply = await request(alice, frame)
+        assert (reply["type"], reply["code"]) == ("error", code), frame
+    # a channel without history: no position, as before
+    assert await request(alice, {"type": "subscribe", "channel": own}) == {
+        "type": "subscribed",
+        "channel": own,
+        "id": "req",
+    }
+
+
+async def test_presence_lists_users_and_join_leave_fire_once_per_user(gw: Harness) -> None:
+    watcher = await gw.login("carol")
+    reply = await request(
+        watcher, {"type": "subscribe", "channel": "chat:p", "presence_events": True}
+    )
+    assert reply["type"] == "subscribed"
+    carol = {"id": "carol", "username": "Carol"}
+    assert await recv(watcher) == {"type": "join", "channel": "chat:p", "user": carol}
+    tabs = [await gw.login("alice") for _ in range(2)]
+    for tab in tabs:
+        await request(tab, {"type": "subscribe", "channel": "chat:p"})
+    alice = {"id": "alice", "username": "Alice"}
+    assert await recv(watcher) == {"type": "join", "channel": "chat:p", "user": alice}
+    listed = await request(watcher, {"type": "presence", "channel": "chat:p"})
+    assert listed == {
+        "type": "presence",
+        "channel": "chat:p",
+        "id": "req",
+        "members": [{"user": alice, "connections": 2}, {"user": carol, "connections": 1}],
+    }
+    await request(tabs[0], {"type": "unsubscribe", "channel": "chat:p"})
+    await tabs[1].close()
+    assert await recv(watcher) == {"type": "leave", "channel": "chat:p", "user": alice}
+    listed = await request(watcher, {"type": "presence", "channel": "chat:p"})
+    assert listed["members"] == [{"user": carol, "connections": 1}]

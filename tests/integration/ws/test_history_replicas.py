@@ -1,0 +1,111 @@
+"""History, recovery and presence on two ws replicas (two apps, two Redis buses) over a private
+redis-server, which the tests may flush."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.integration.bus.support import PrivateRedis
+from tests.integration.ws.conftest import MakeGateway
+from tests.integration.ws.harness import Harness, recv, send
+from tests.integration.ws.test_history import messages, offsets, publish, request
+
+pytestmark = pytest.mark.redis
+
+
+async def replicas(make_gateway: MakeGateway, url: str, **overrides: Any) -> list[Harness]:
+    return [await make_gateway(redis_url=url, **overrides) for _ in range(2)]
+
+
+async def test_reconnecting_to_the_other_replica_recovers_exactly_the_missed_messages(
+    make_gateway: MakeGateway, private_redis: PrivateRedis
+) -> None:
+    one, two = await replicas(make_gateway, private_redis.url)
+    alice = await one.login("alice")
+    position = (await request(alice, {"type": "subscribe", "channel": "chat:r"}))["position"]
+    bob_one, bob_two = await one.login("bob"), await two.login("bob")
+    await publish(bob_one, "chat:r", 0)
+    assert offsets(await messages(alice, 1)) == [1]
+    await alice.close()
+    for n in range(1, 7):
+        await publish(bob_one if n % 2 else bob_two, "chat:r", n)
+    again = await two.login("alice")
+    since = {"offset": 1, "epoch": position["epoch"]}
+    reply = await request(again, {"type": "subscribe", "channel": "chat:r", "since": since})
+    assert reply["recovered"] is True
+    assert [(p["offset"], p["data"]) for p in reply["publications"]] == [
+        (n + 1, n) for n in range(1, 7)
+    ]
+    await publish(bob_one, "chat:r", 7)
+    assert [(m["offset"], m["data"]) for m in await messages(again, 1)] == [(8, 7)]
+
+
+async def test_a_redis_flush_changes_the_epoch_and_recovery_says_no(
+    make_gateway: MakeGateway, private_redis: PrivateRedis
+) -> None:
+    one, two = await replicas(make_gateway, private_redis.url)
+    alice, bob = await one.login("alice"), await two.login("bob")
+    position = (await request(alice, {"type": "subscribe", "channel": "chat:f"}))["position"]
+    await publish(bob, "chat:f", 0)
+    await messages(alice, 1)
+    redis = Redis.from_url(private_redis.url)
+    await redis.flushall()
+    await redis.aclose()
+    await publish(bob, "chat:f", 1)
+    fresh = await messages(alice, 1)
+    assert fresh[0]["epoch"] != position["epoch"] and offsets(fresh) == [1]
+    since = {"offset": 1, "epoch": position["epoch"]}
+    reply = await request(
+        await two.login("alice"), {"type": "subscribe", "channel": "chat:f", "since": since}
+    )
+    assert (reply["recovered"], reply["publications"]) == (False, [])
+    assert reply["position"] == {"offset": 1, "epoch": fresh[0]["epoch"]}
+
+
+async def test_twenty_publishers_on_two_replicas_produce_gap_free_increasing_offsets(
+    make_gateway: MakeGateway, private_redis: PrivateRedis
+) -> None:
+    one, two = await replicas(
+        make_gateway, private_redis.url, rate_per_second=10_000.0, rate_burst=10_000
+    )
+    watchers = [await one.login("carol"), await two.login("dave")]
+    for ws in watchers:
+        await request(ws, {"type": "subscribe", "channel": "chat:many"})
+    publishers = [await (one if i % 2 else two).login(f"p{i}") for i in range(20)]
+
+    async def burst(ws: Any) -> None:
+        for n in range(10):
+            await send(ws, {"type": "publish", "channel": "chat:many", "data": n})
+
+    await asyncio.gather(*(burst(ws) for ws in publishers))
+    for ws in watchers:
+        assert offsets(await messages(ws, 200)) == list(range(1, 201))
+
+
+async def test_presence_across_replicas_with_one_join_and_one_leave_per_user(
+    make_gateway: MakeGateway, private_redis: PrivateRedis
+) -> None:
+    one, two = await replicas(make_gateway, private_redis.url)
+    watcher = await one.login("carol")
+    await request(watcher, {"type": "subscribe", "channel": "chat:p", "presence_events": True})
+    carol = {"id": "carol", "username": "Carol"}
+    assert await recv(watcher) == {"type": "join", "channel": "chat:p", "user": carol}
+    tabs = [await one.login("alice"), await two.login("alice")]
+    for tab in tabs:
+        await request(tab, {"type": "subscribe", "channel": "chat:p"})
+    alice = {"id": "alice", "username": "Alice"}
+    assert await recv(watcher) == {"type": "join", "channel": "chat:p", "user": alice}
+    listed = await request(await two.login("bob"), {"type": "presence", "channel": "chat:p"})
+    assert listed["members"] == [
+        {"user": alice, "connections": 2},
+        {"user": carol, "connections": 1},
+    ]
+    for tab in tabs:
+        await tab.close()
+    assert await recv(watcher) == {"type": "leave", "channel": "chat:p", "user": alice}
+    await send(watcher, {"type": "ping", "id": "last"})
+    assert await recv(watcher) == {"type": "pong", "id": "last"}

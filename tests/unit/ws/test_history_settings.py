@@ -1,0 +1,51 @@
+"""WS_HISTORY and WS_PRESENCE: per-namespace history policies and presence, never for user:."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.envparse import ConfigError
+from ws_service.domain.history import HistoryPolicy, Position, position_of, with_position
+from ws_service.settings import Settings
+
+BASE = {"WS_JWKS_URL": "http://keys.test/jwks", "WS_ISSUER": "http://auth.test"}
+
+
+def test_defaults_keep_chat_history_and_presence_and_nothing_for_user() -> None:
+    settings = Settings.from_env(BASE)
+    assert settings.history_policy("chat:lobby") == HistoryPolicy(100, 300.0)
+    assert settings.history_policy("user:42") is None
+    assert settings.has_presence("chat:lobby") and not settings.has_presence("user:42")
+
+
+def test_namespaces_are_configured_and_none_turns_them_off() -> None:
+    settings = Settings.from_env(
+        {**BASE, "WS_HISTORY": "chat=10/60, news=1000/3600", "WS_PRESENCE": "none"}
+    )
+    assert settings.history_policy("news:a") == HistoryPolicy(1000, 3600.0)
+    assert settings.history_policy("chat:a") == HistoryPolicy(10, 60.0)
+    assert not settings.has_presence("chat:a")
+    assert Settings.from_env({**BASE, "WS_HISTORY": "none"}).history_policy("chat:a") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WS_HISTORY", "chat=100"),
+        ("WS_HISTORY", "chat=x/3"),
+        ("WS_HISTORY", "chat=0/3"),
+        ("WS_HISTORY", "=1/3"),
+        ("WS_HISTORY", "user=10/60"),
+        ("WS_PRESENCE", "chat,user"),
+    ],
+)
+def test_bad_values_stop_start_up(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({**BASE, name: value})
+
+
+def test_a_position_is_read_back_only_where_it_was_appended() -> None:
+    frame = '{"type":"message","data":{"a":1,"offset":5,"epoch":"zz"},"ts":1}'
+    assert position_of(frame) is None
+    assert position_of(with_position(frame, 7, "ab12")) == Position(7, "ab12")
+    assert position_of('{"data":",\\"offset\\":1,\\"epoch\\":\\"a\\"}"}') is None
