@@ -153,16 +153,26 @@ class Agent:
         return {"closed": len(held)}
 
     async def op_handshakes(
-        self, port: int, path: str, count: int, concurrency: int, rogue: bool = False
+        self,
+        port: int,
+        path: str,
+        count: int,
+        concurrency: int,
+        rogue: bool = False,
+        rate: float = 0,
     ) -> Result:
-        """Connect, authenticate, read the reply, close: ``count`` times. With ``rogue`` every
-        token names a distinct unknown ``kid`` (the unknown-kid flood) and a refusal is expected."""
+        """Connect, authenticate, read the reply, close: ``count`` times, paced at ``rate``/s when
+        given. With ``rogue`` every token names a distinct unknown ``kid`` (the unknown-kid flood)
+        and a refusal is expected. ``cpu_share`` is how busy this generator was meanwhile."""
         latencies: list[float] = []
         errors: list[str] = []
         template = self.key.mint(self.sub(0)) if rogue else ""
+        began, cpu = time.perf_counter(), time.process_time()
 
         async def one(index: int) -> None:
             token = rogue_token(template, index) if rogue else self.token()
+            if rate:
+                await asyncio.sleep(max(0.0, began + index / rate - time.perf_counter()))
             start = time.perf_counter()
             try:
                 client = await connect(port, path)
@@ -181,6 +191,7 @@ class Agent:
         elapsed = await bounded(count, concurrency, one)
         return {
             "rate": count / elapsed,
+            "cpu_share": (time.process_time() - cpu) / elapsed,
             "errors": len(errors),
             "first": errors[:3],
             **quantiles(latencies),

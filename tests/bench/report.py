@@ -15,6 +15,7 @@ __all__ = ["PEER_COLUMNS", "Row", "plot", "print_tables", "write_json"]
 
 PEER_COLUMNS = (
     ("handshakes_per_s", "handshakes/s", "{:.0f}"),
+    ("per_core_per_s", "per core/s", "{:.0f}"),
     ("cpu_us_per_conn", "CPU us/conn", "{:.0f}"),
     ("handshake_p50_ms", "p50 ms", "{:.2f}"),
     ("kib_per_socket_10k", "KiB/socket", "{:.1f}"),
