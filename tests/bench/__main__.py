@@ -264,8 +264,8 @@ class Bench:
         django = [PY, "-m", "tests.bench.peers.django_peer", *key_args]
         if _importable("channels") and _importable("uvicorn"):
             targets += [
-                Target("Django Channels (uvicorn)", django, {},
-                       note="no fan-out: the peer has no channel layer"),
+                Target("Django Channels (uvicorn)", django, {}, push="bare",
+                       note="fan-out: a loop over consumers, no channel layer"),
                 Target("Django Channels, GC tuned", django, {"BENCH_GC": "tuned"}, hold=False),
             ]  # fmt: skip
         else:

@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ def build(public_key: bytes, issuer: str) -> Any:
     from channels.generic.websocket import AsyncWebsocketConsumer  # type: ignore[import-untyped]
     from channels.routing import ProtocolTypeRouter, URLRouter  # type: ignore[import-untyped]
     from django.urls import path  # type: ignore[import-untyped]
+
+    live: set[Any] = set()
 
     class JwtConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         """Accept, then authenticate on the first frame the way ws_service does."""
@@ -55,6 +58,7 @@ def build(public_key: bytes, issuer: str) -> Any:
                 await self.close(4401)
                 return
             self.user = claims["sub"]
+            live.add(self)
             reply = {
                 "type": "auth_success",
                 "user": {"id": claims["sub"]},
@@ -62,12 +66,30 @@ def build(public_key: bytes, issuer: str) -> Any:
             }
             await self.send(json.dumps(reply))
 
-    async def ready(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b'{"ready":true}'})
+        async def disconnect(self, code: int) -> None:
+            live.discard(self)
+
+    async def http(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """``POST /push`` sends one frame to every authenticated consumer (the same loop as the
+        bare server's; a channel-layer group_send would add a hop); anything else is ready."""
+        if scope["method"] == "POST" and scope["path"] == "/push":
+            body, more = b"", True
+            while more:
+                event = await receive()
+                body, more = body + event.get("body", b""), event.get("more_body", False)
+            request = json.loads(body)
+            frame = json.dumps({"type": "message", "channel": request["channel"],
+                                "data": request["data"], "from": None, "ts": int(time.time() * 1000)})  # fmt: skip
+            for consumer in list(live):
+                await consumer.send(frame)
+            status, reply = 202, b'{"published":true}'
+        else:
+            status, reply = 200, b'{"ready":true}'
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": reply})
 
     return ProtocolTypeRouter(
-        {"http": ready, "websocket": URLRouter([path("ws", JwtConsumer.as_asgi())])}
+        {"http": http, "websocket": URLRouter([path("ws", JwtConsumer.as_asgi())])}
     )
 
 
