@@ -130,7 +130,8 @@ class Bench:
 
     async def split(self, op: str, count: int, budget: float = 300, **args: Any) -> list[Any]:
         """Run ``op`` with ``count`` shared between the agents."""
-        shares = [count // len(self.agents) + (i < count % len(self.agents)) for i in range(2)]
+        n = len(self.agents)
+        shares = [count // n + (i < count % n) for i in range(n)]
         calls = [
             a.call(op, budget, count=n, **args) for a, n in zip(self.agents, shares, strict=True)
         ]
@@ -375,7 +376,7 @@ class Bench:
         storm = [f"reconnect storm: s until {plan.reconnect} clients re-authenticated",
                  "JWKS fetches during the reconnect storm"]  # fmt: skip
         if redis is None:
-            self.skipped(5, [cross], "Redis is not reachable on 127.0.0.1:6379")
+            self.skipped(5, [cross], "Redis is not reachable (TEST_REDIS_URL or 127.0.0.1:6379)")
             self.skipped(7, storm, "needs two replicas on Redis")
         env = self.ws_env(WS_RATE_PER_SECOND="5000", WS_RATE_BURST="5000",
                           **({"REDIS_URL": redis} if redis else {}))  # fmt: skip

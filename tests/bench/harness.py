@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from tests.bench.procinfo import pinned
 from tests.services import REDIS_URL, free_port
@@ -129,8 +130,9 @@ def launch(
 
 def redis_url() -> str | None:
     """The machine's Redis (``TEST_REDIS_URL`` as for the tests), or None when unreachable."""
+    parsed = urlparse(REDIS_URL)
     try:
-        with socket.create_connection(("127.0.0.1", 6379), 2):
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), 2):
             return REDIS_URL
     except OSError:
         return None

@@ -70,6 +70,7 @@ class Agent:
         self.cursor = 0
         self.held: list[WSClient] = []
         self.reauthed: list[float] = []
+        self.watchers: set[asyncio.Task[None]] = set()
         self.delivered = 0
         self.last_delivery = 0.0
 
@@ -118,7 +119,9 @@ class Agent:
                 return
             self.held.append(client)
             if fallback:
-                asyncio.get_running_loop().create_task(self._reconnect(client, fallback, token))
+                task = asyncio.create_task(self._reconnect(client, fallback, token))
+                self.watchers.add(task)
+                task.add_done_callback(self.watchers.discard)
 
         elapsed = await bounded(count, concurrency, one)
         return {"rate": (count - len(errors)) / elapsed, "errors": len(errors), "first": errors[:3]}
@@ -140,6 +143,8 @@ class Agent:
         return {"count": len(self.reauthed), "last": max(self.reauthed, default=0.0)}
 
     async def op_close_all(self) -> Result:
+        for watcher in list(self.watchers):
+            watcher.cancel()  # a socket closed on purpose must not reconnect
         held, self.held = self.held, []
         self.reauthed = []
 
