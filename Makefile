@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NGINX := $(VENV)/nginx/usr/sbin/nginx
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint format bench clean up down
+.PHONY: run test lint format bench bench-quick clean up down
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -58,10 +58,31 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
 
-bench: $(STAMP)
-	$(PY) -m tests.bench.auth_throughput
-	$(PY) -m tests.bench.ws_gateway
+# The benchmark (docs/performance.md). Its extra packages (the Django Channels peer, matplotlib) and
+# the Node peer's packages (exact versions from its package-lock.json) are installed by these targets
+# only, into the venv, never by make test.
+BENCH_STAMP := $(VENV)/.bench-installed
+NODE_PEER := tests/bench/peers/node
+NODE_MODULES := $(VENV)/bench-node/node_modules
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	@echo "Installing the bench extra into $(VENV) (Django Channels, uvicorn, matplotlib; once)..."
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+$(NODE_MODULES)/.package-lock.json: $(NODE_PEER)/package.json $(NODE_PEER)/package-lock.json | $(STAMP)
+	@echo "Installing the Node peer's ws + jsonwebtoken into $(VENV)/bench-node (npm ci; once)..."
+	@mkdir -p $(VENV)/bench-node
+	@cp $(NODE_PEER)/package.json $(NODE_PEER)/package-lock.json $(VENV)/bench-node/
+	@cd $(VENV)/bench-node && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
+	  || echo "note: npm ci failed; the bench reports the Node peer as not measured"
+
+bench: $(BENCH_STAMP) $(NODE_MODULES)/.package-lock.json
+	$(PY) -m tests.bench
 	$(PY) -m tests.bench.history
+
+bench-quick: $(BENCH_STAMP) $(NODE_MODULES)/.package-lock.json
+	$(PY) -m tests.bench --quick
 
 # The scaled-out stack (docker-compose.yml); needs Docker with Compose v2.
 COMPOSE_CHECK = docker compose version >/dev/null 2>&1 || { \
