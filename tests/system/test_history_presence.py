@@ -5,6 +5,8 @@ scenario that kills or restarts a process restarts it before it ends."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +19,8 @@ from tests.system.wire import channel, connected, frame, publish_api, request, s
 pytestmark = [pytest.mark.system, pytest.mark.postgres, pytest.mark.redis]
 
 PRESENCE_TTL = 2.0
+LATENESS = 0.25
+"""What a leave may take beyond WS_PRESENCE_TTL: scheduling of three processes on a busy host."""
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +97,84 @@ async def test_1_a_subscriber_moving_to_another_replica_recovers_exactly_what_it
                     ("message", 9, epoch, 8),
                     ("message", 10, epoch, 9),
                 ]
+
+
+def event(kind: str, room: str, tokens: dict[str, Any], username: str) -> dict[str, Any]:
+    return {"type": kind, "channel": room, "user": {"id": sub_of(tokens), "username": username}}
+
+
+async def test_2_presence_spans_replicas_and_a_killed_replicas_users_leave_within_the_ttl(
+    cluster: Cluster,
+) -> None:
+    """Carol watches on A, Alice has a tab on A and one on C, Bob and Dave (two tabs) are only on
+    C; Erin asks from B without subscribing. Then C is SIGKILLed."""
+    room = channel()
+    names = ["carol", "alice", "bob", "dave", "erin"]
+    async with aiohttp.ClientSession() as http:
+        users = {n: await tokens_for(http, cluster.auth_url(0), f"p2-{n}") for n in names}
+        events: list[dict[str, Any]] = []
+        # Carol's join and leave frames, also those that come while she awaits a reply.
+
+        def joined(name: str) -> dict[str, Any]:
+            return event("join", room, users[name], f"p2-{name}")
+
+        def left(name: str) -> dict[str, Any]:
+            return event("leave", room, users[name], f"p2-{name}")
+
+        def members(*entries: tuple[str, int]) -> list[dict[str, Any]]:
+            listed = [
+                {"user": {"id": sub_of(users[n]), "username": f"p2-{n}"}, "connections": count}
+                for n, count in entries
+            ]
+            return sorted(listed, key=lambda m: m["user"]["id"])
+
+        async def presence_on(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+            reply = await request(ws, {"type": "presence", "channel": room}, events)
+            assert reply["type"] == "presence", reply
+            listed: list[dict[str, Any]] = reply["members"]
+            return listed
+
+        async with (
+            connected(http, cluster.ws_url(0), users["carol"]["access_token"]) as carol,
+            connected(http, cluster.ws_url(0), users["alice"]["access_token"]) as alice_a,
+            connected(http, cluster.ws_url(2), users["alice"]["access_token"]) as alice_c,
+            connected(http, cluster.ws_url(2), users["bob"]["access_token"]) as bob_c,
+            connected(http, cluster.ws_url(2), users["dave"]["access_token"]) as dave_c1,
+            connected(http, cluster.ws_url(2), users["dave"]["access_token"]) as dave_c2,
+            connected(http, cluster.ws_url(1), users["erin"]["access_token"]) as erin_b,
+        ):
+            watch = {"type": "subscribe", "channel": room, "presence_events": True}
+            assert (await request(carol, watch))["type"] == "subscribed"
+            # In this order: on C, Alice's entry never expires later than Bob's or Dave's.
+            for ws in (alice_a, alice_c, bob_c, dave_c1, dave_c2):
+                reply = await request(ws, {"type": "subscribe", "channel": room})
+                assert reply["type"] == "subscribed", reply
+            everyone = members(("carol", 1), ("alice", 2), ("bob", 1), ("dave", 2))
+            for ws in (carol, erin_b, bob_c):
+                assert await presence_on(ws) == everyone
+            events += await frames(carol, 4 - len(events), within=5)
+            assert events == [joined(n) for n in ("carol", "alice", "bob", "dave")]
+
+            events.clear()
+            killed_at = time.monotonic()
+            cluster.ws[2].send(signal.SIGKILL)
+            try:
+                cluster.ws[2].wait(5)
+                bound = PRESENCE_TTL + LATENESS
+                events += await frames(carol, 2, within=bound + 2)
+                took = time.monotonic() - killed_at
+                assert sorted(events, key=str) == sorted([left("bob"), left("dave")], key=str)
+                assert took <= bound, f"the leaves came {took:.2f}s after the kill"
+                events.clear()
+                survivors = members(("carol", 1), ("alice", 1))
+                for ws in (carol, erin_b):
+                    assert await presence_on(ws) == survivors
+                reply = await request(alice_a, {"type": "unsubscribe", "channel": room})
+                assert reply["type"] == "unsubscribed", reply
+                assert await frame(carol) == left("alice")
+                assert events == []
+            finally:
+                cluster.restart(cluster.ws[2])
 
 
 async def wait_for_bus(cluster: Cluster, index: int, connected: bool) -> None:
