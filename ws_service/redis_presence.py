@@ -5,6 +5,11 @@ expiry in ms) and ``pres:users:<ch>`` (user -> connection count). Lua scripts ke
 step and PUBLISH ``join``/``leave`` exactly when a user's count moves between zero and one, so two
 replicas adding the same user's tabs at once still announce one join. Entries of a dead replica
 expire: every read and every refresh sweeps them out, announcing their leaves.
+
+An entry lives two thirds of the TTL and its replica refreshes it every third (one refresh may be
+late by up to a third). A dead replica's entries have expired two thirds of the TTL after its death
+at the latest, and a survivor's next refresh, at most a third later, sweeps them: its users leave
+within the TTL. Entries living the whole TTL would leave up to four thirds of it.
 """
 
 from __future__ import annotations
@@ -90,6 +95,9 @@ class RedisPresence:
     def _keys(self, channel: str) -> list[str]:
         return [f"{self._prefix}{kind}:{channel}" for kind in ("conns", "exp", "users")]
 
+    def _expires_at(self, now: int) -> int:
+        return now + int(self.ttl * 2000 / 3)
+
     def _key_ttl(self) -> int:
         return max(60, int(self.ttl * 4))
 
@@ -102,7 +110,7 @@ class RedisPresence:
                     conn_id,
                     member.as_json(),
                     member.id,
-                    now + int(self.ttl * 1000),
+                    self._expires_at(now),
                     now,
                     PRESENCE_TOPIC_PREFIX,
                     channel,
@@ -140,7 +148,7 @@ class RedisPresence:
                 await self._refresh(
                     keys=self._keys(channel),
                     args=[
-                        now + int(self.ttl * 1000),
+                        self._expires_at(now),
                         now,
                         PRESENCE_TOPIC_PREFIX,
                         channel,

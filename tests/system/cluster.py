@@ -6,15 +6,19 @@ Everything is a real process; the harness only starts, stops, kills and restarts
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import ssl
 import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import trustme
 
-from tests.lb import nginx_args, write_config
-from tests.services import free_port
+from tests.lb import find_nginx, nginx_args, write_config
+from tests.services import create_schema, drop_schema, free_port, unavailable
 from tests.system.procs import Proc
 
 SECRET = "cluster-test-secret-0123456789"
@@ -30,6 +34,7 @@ class Cluster:
         nginx_binary: str,
         auth_replicas: int = 2,
         ws_replicas: int = 3,
+        ws_env: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.ca = trustme.CA()
@@ -77,6 +82,7 @@ class Cluster:
                     "WS_JWKS_MIN_TTL": "1",
                     "WS_API_KEYS": API_KEY,
                     "REDIS_URL": self.redis_url,
+                    **(ws_env or {}),
                 },
                 workdir,
                 f"http://127.0.0.1:{port}/readyz",
@@ -134,6 +140,29 @@ class Cluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.tail(1500)}" for p in [*self.auth, *self.ws, self.lb])
+
+
+@contextmanager
+def running_cluster(
+    workdir: Path, ws_env: Mapping[str, str] | None = None, auth_replicas: int = 2
+) -> Iterator[Cluster]:
+    """A started cluster on a fresh PostgreSQL schema, stopped and dropped afterwards. Skipped
+    (failed under CI) where redis-server or nginx is missing."""
+    redis_binary = shutil.which("redis-server")
+    if redis_binary is None:
+        unavailable("redis-server", "the binary is not installed (Debian package redis-server)")
+        raise AssertionError("unreachable")
+    nginx = find_nginx()
+    postgres_url, schema = asyncio.run(create_schema())
+    cluster = Cluster(
+        workdir, postgres_url, redis_binary, nginx, auth_replicas=auth_replicas, ws_env=ws_env
+    )
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        asyncio.run(drop_schema(schema))
 
 
 def wait_for_port(port: int, timeout: float = 10) -> None:

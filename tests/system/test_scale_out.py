@@ -5,13 +5,9 @@ a process restarts it before it ends."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import shutil
 import signal
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -19,93 +15,27 @@ import jwt
 import pytest
 
 from gateway_client import GatewayClient
-from tests.lb import find_nginx
-from tests.services import create_schema, drop_schema, unavailable
-from tests.system.cluster import API_KEY, Cluster
+from tests.system.cluster import Cluster, running_cluster
 from tests.system.procs import run_cli
+from tests.system.wire import (
+    PASSWORD,
+    channel,
+    connected,
+    expect_close,
+    frame,
+    publish_api,
+    request,
+    sub_of,
+    tokens_for,
+)
 
 pytestmark = [pytest.mark.system, pytest.mark.postgres, pytest.mark.redis]
-PASSWORD = "correct horse battery staple"
-_ids = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    redis_binary = shutil.which("redis-server")
-    if redis_binary is None:
-        unavailable("redis-server", "the binary is not installed (Debian package redis-server)")
-        raise AssertionError("unreachable")
-    nginx = find_nginx()
-    postgres_url, schema = asyncio.run(create_schema())
-    cluster = Cluster(tmp_path_factory.mktemp("cluster"), postgres_url, redis_binary, nginx)
-    try:
-        cluster.start()
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        asyncio.run(drop_schema(schema))
-
-
-def channel() -> str:
-    return f"chat:room-{uuid.uuid4().hex[:12]}"
-
-
-async def tokens_for(http: aiohttp.ClientSession, base: str, username: str) -> dict[str, Any]:
-    creds = {"username": username, "password": PASSWORD}
-    async with http.post(f"{base}/v1/register", json=creds) as resp:
-        assert resp.status in (201, 409), await resp.text()
-    async with http.post(f"{base}/v1/login", json=creds) as resp:
-        assert resp.status == 200, await resp.text()
-        body: dict[str, Any] = await resp.json()
-        return body
-
-
-def sub_of(tokens: dict[str, Any]) -> str:
-    return str(jwt.decode(tokens["access_token"], options={"verify_signature": False})["sub"])
-
-
-async def frame(ws: aiohttp.ClientWebSocketResponse, within: float = 5) -> dict[str, Any]:
-    async with asyncio.timeout(within):
-        message = await ws.receive()
-    assert message.type == aiohttp.WSMsgType.TEXT, (message.type, message.data, message.extra)
-    body: dict[str, Any] = message.json()
-    return body
-
-
-async def expect_close(ws: aiohttp.ClientWebSocketResponse, within: float = 5) -> tuple[int, str]:
-    async with asyncio.timeout(within):
-        while True:
-            message = await ws.receive()
-            if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
-                return int(message.data or ws.close_code or 0), str(message.extra or "")
-
-
-async def request(ws: aiohttp.ClientWebSocketResponse, body: dict[str, Any]) -> dict[str, Any]:
-    """Send a frame with a fresh id and return the reply that echoes it."""
-    body = {**body, "id": next(_ids)}
-    await ws.send_json(body)
-    while True:
-        reply = await frame(ws)
-        if reply.get("id") == body["id"]:
-            return reply
-
-
-@asynccontextmanager
-async def connected(
-    http: aiohttp.ClientSession, url: str, token: str
-) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
-    async with http.ws_connect(url) as ws:
-        await ws.send_json({"type": "auth", "token": token})
-        welcome = await frame(ws)
-        assert welcome["type"] == "auth_success", welcome
-        yield ws
-
-
-async def publish_api(http: aiohttp.ClientSession, url: str, ch: str, data: Any) -> None:
-    async with http.post(
-        url, json={"channel": ch, "data": data}, headers={"Authorization": f"Bearer {API_KEY}"}
-    ) as resp:
-        assert resp.status == 202, await resp.text()
 
 
 async def test_1_messages_cross_replicas(cluster: Cluster) -> None:

@@ -3,7 +3,7 @@
 A user's second tab joining is not a join and the last tab leaving is the leave, so both backends
 count connections per user and announce only the transitions between zero and one, on the bus
 topic ``pres:<channel>``. In Redis each connection's entry expires unless its replica refreshes
-it, so the users of a replica that died leave within the entry's lifetime.
+it, so the users of a replica that died leave within the presence TTL.
 """
 
 from __future__ import annotations

@@ -75,8 +75,10 @@ async def test_a_dead_replicas_users_expire_and_leave(redis: tuple[Redis, Redis,
     await dead.add(channel, "d:1", BOB)
     listener = one.pubsub()
     await listener.subscribe(PRESENCE_TOPIC_PREFIX + channel)
-    for _ in range(4):  # the live replica keeps refreshing; the dead one has stopped
-        await asyncio.sleep(0.25)
+    for _ in range(
+        6
+    ):  # the live replica keeps refreshing, as ws_service does; the dead one stopped
+        await asyncio.sleep(0.5 / 3)
         await alive.refresh([(channel, ["a:1"])])
     assert await alive.members(channel) == [(ALICE, 1)]
     got = await events(listener, 1)

@@ -1,0 +1,216 @@
+"""History, recovery and presence on real processes: 3 ws replicas on a private Redis, presence
+entries living WS_PRESENCE_TTL = 2 s so that a SIGKILLed replica's users leave within seconds. A
+scenario that kills or restarts a process restarts it before it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.system.cluster import Cluster, running_cluster
+from tests.system.wire import channel, connected, frame, publish_api, request, sub_of, tokens_for
+
+pytestmark = [pytest.mark.system, pytest.mark.postgres, pytest.mark.redis]
+
+PRESENCE_TTL = 2.0
+LATENESS = 0.25
+"""What a leave may take beyond WS_PRESENCE_TTL: scheduling of three processes on a busy host."""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(
+        tmp_path_factory.mktemp("cluster"),
+        ws_env={"WS_PRESENCE_TTL": str(PRESENCE_TTL)},
+        auth_replicas=1,
+    ) as cluster:
+        yield cluster
+
+
+async def say(ws: aiohttp.ClientWebSocketResponse, room: str, data: Any) -> None:
+    reply = await request(ws, {"type": "publish", "channel": room, "data": data})
+    assert reply["type"] == "published", reply
+
+
+async def frames(ws: aiohttp.ClientWebSocketResponse, count: int, within: float) -> list[Any]:
+    async with asyncio.timeout(within):
+        return [await frame(ws, within) for _ in range(count)]
+
+
+def api(cluster: Cluster, index: int) -> str:
+    return f"http://127.0.0.1:{cluster.ws_ports[index]}/v1/publish"
+
+
+async def test_1_a_subscriber_moving_to_another_replica_recovers_exactly_what_it_missed(
+    cluster: Cluster,
+) -> None:
+    room = channel()
+    async with aiohttp.ClientSession() as http:
+        alice = await tokens_for(http, cluster.auth_url(0), "h1-alice")
+        bob = await tokens_for(http, cluster.auth_url(0), "h1-bob")
+        async with (
+            connected(http, cluster.ws_url(0), bob["access_token"]) as bob_a,
+            connected(http, cluster.ws_url(1), bob["access_token"]) as bob_b,
+        ):
+            async with connected(http, cluster.ws_url(0), alice["access_token"]) as sub:
+                subscribed = await request(sub, {"type": "subscribe", "channel": room})
+                epoch = subscribed["position"]["epoch"]
+                assert subscribed["position"]["offset"] == 0
+                await say(bob_a, room, 0)
+                seen = await frame(sub)
+                assert (seen["offset"], seen["epoch"], seen["data"]) == (1, epoch, 0)
+            # Each publish is acknowledged before the next, so offsets follow this order.
+            await say(bob_a, room, 1)
+            await say(bob_b, room, 2)
+            await publish_api(http, api(cluster, 0), room, 3)
+            await publish_api(http, api(cluster, 1), room, 4)
+            await say(bob_b, room, 5)
+            await publish_api(http, api(cluster, 2), room, 6)
+            await say(bob_a, room, 7)
+            async with connected(http, cluster.ws_url(1), alice["access_token"]) as again:
+                since = {"offset": 1, "epoch": epoch}
+                reply = await request(again, {"type": "subscribe", "channel": room, "since": since})
+                assert (reply["type"], reply["recovered"]) == ("subscribed", True), reply
+                assert reply["position"] == {"offset": 8, "epoch": epoch}
+                bob_id = sub_of(bob)
+                assert [
+                    (p["offset"], p["epoch"], p["data"], p["from"]) for p in reply["publications"]
+                ] == [
+                    (2, epoch, 1, bob_id),
+                    (3, epoch, 2, bob_id),
+                    (4, epoch, 3, None),
+                    (5, epoch, 4, None),
+                    (6, epoch, 5, bob_id),
+                    (7, epoch, 6, None),
+                    (8, epoch, 7, bob_id),
+                ]
+                await publish_api(http, api(cluster, 0), room, 8)
+                await say(bob_b, room, 9)
+                live = await frames(again, 2, within=5)
+                assert [(m["type"], m["offset"], m["epoch"], m["data"]) for m in live] == [
+                    ("message", 9, epoch, 8),
+                    ("message", 10, epoch, 9),
+                ]
+
+
+def event(kind: str, room: str, tokens: dict[str, Any], username: str) -> dict[str, Any]:
+    return {"type": kind, "channel": room, "user": {"id": sub_of(tokens), "username": username}}
+
+
+async def test_2_presence_spans_replicas_and_a_killed_replicas_users_leave_within_the_ttl(
+    cluster: Cluster,
+) -> None:
+    """Carol watches on A, Alice has a tab on A and one on C, Bob and Dave (two tabs) are only on
+    C; Erin asks from B without subscribing. Then C is SIGKILLed."""
+    room = channel()
+    names = ["carol", "alice", "bob", "dave", "erin"]
+    async with aiohttp.ClientSession() as http:
+        users = {n: await tokens_for(http, cluster.auth_url(0), f"p2-{n}") for n in names}
+        events: list[dict[str, Any]] = []
+        # Carol's join and leave frames, also those that come while she awaits a reply.
+
+        def joined(name: str) -> dict[str, Any]:
+            return event("join", room, users[name], f"p2-{name}")
+
+        def left(name: str) -> dict[str, Any]:
+            return event("leave", room, users[name], f"p2-{name}")
+
+        def members(*entries: tuple[str, int]) -> list[dict[str, Any]]:
+            listed = [
+                {"user": {"id": sub_of(users[n]), "username": f"p2-{n}"}, "connections": count}
+                for n, count in entries
+            ]
+            return sorted(listed, key=lambda m: m["user"]["id"])
+
+        async def presence_on(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+            reply = await request(ws, {"type": "presence", "channel": room}, events)
+            assert reply["type"] == "presence", reply
+            listed: list[dict[str, Any]] = reply["members"]
+            return listed
+
+        async with (
+            connected(http, cluster.ws_url(0), users["carol"]["access_token"]) as carol,
+            connected(http, cluster.ws_url(0), users["alice"]["access_token"]) as alice_a,
+            connected(http, cluster.ws_url(2), users["alice"]["access_token"]) as alice_c,
+            connected(http, cluster.ws_url(2), users["bob"]["access_token"]) as bob_c,
+            connected(http, cluster.ws_url(2), users["dave"]["access_token"]) as dave_c1,
+            connected(http, cluster.ws_url(2), users["dave"]["access_token"]) as dave_c2,
+            connected(http, cluster.ws_url(1), users["erin"]["access_token"]) as erin_b,
+        ):
+            watch = {"type": "subscribe", "channel": room, "presence_events": True}
+            assert (await request(carol, watch))["type"] == "subscribed"
+            # In this order: on C, Alice's entry never expires later than Bob's or Dave's.
+            for ws in (alice_a, alice_c, bob_c, dave_c1, dave_c2):
+                reply = await request(ws, {"type": "subscribe", "channel": room})
+                assert reply["type"] == "subscribed", reply
+            everyone = members(("carol", 1), ("alice", 2), ("bob", 1), ("dave", 2))
+            for ws in (carol, erin_b, bob_c):
+                assert await presence_on(ws) == everyone
+            events += await frames(carol, 4 - len(events), within=5)
+            assert events == [joined(n) for n in ("carol", "alice", "bob", "dave")]
+
+            events.clear()
+            killed_at = time.monotonic()
+            cluster.ws[2].send(signal.SIGKILL)
+            try:
+                cluster.ws[2].wait(5)
+                bound = PRESENCE_TTL + LATENESS
+                events += await frames(carol, 2, within=bound + 2)
+                took = time.monotonic() - killed_at
+                assert sorted(events, key=str) == sorted([left("bob"), left("dave")], key=str)
+                assert took <= bound, f"the leaves came {took:.2f}s after the kill"
+                events.clear()
+                survivors = members(("carol", 1), ("alice", 1))
+                for ws in (carol, erin_b):
+                    assert await presence_on(ws) == survivors
+                reply = await request(alice_a, {"type": "unsubscribe", "channel": room})
+                assert reply["type"] == "unsubscribed", reply
+                assert await frame(carol) == left("alice")
+                assert events == []
+            finally:
+                cluster.restart(cluster.ws[2])
+
+
+async def wait_for_bus(cluster: Cluster, index: int, connected: bool) -> None:
+    """Until replica ``index`` reports its event bus (dis)connected from Redis."""
+    async with aiohttp.ClientSession() as http, asyncio.timeout(20):
+        while True:
+            async with http.get(f"http://127.0.0.1:{cluster.ws_ports[index]}/readyz") as resp:
+                body = await resp.json()
+            if ("event_bus" not in body.get("degraded", {})) == connected:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_3_a_redis_restart_starts_a_new_epoch_and_recovery_says_so(
+    cluster: Cluster,
+) -> None:
+    room = channel()
+    async with aiohttp.ClientSession() as http:
+        alice = await tokens_for(http, cluster.auth_url(0), "r3-alice")
+        async with connected(http, cluster.ws_url(0), alice["access_token"]) as sub:
+            subscribed = await request(sub, {"type": "subscribe", "channel": room})
+            epoch = subscribed["position"]["epoch"]
+            await publish_api(http, api(cluster, 1), room, 0)
+            assert (await frame(sub))["offset"] == 1
+        cluster.redis.stop()
+        for index in (0, 1):
+            await wait_for_bus(cluster, index, connected=False)
+        cluster.restart(cluster.redis)
+        for index in (0, 1):
+            await wait_for_bus(cluster, index, connected=True)
+        async with connected(http, cluster.ws_url(1), alice["access_token"]) as again:
+            since = {"offset": 1, "epoch": epoch}
+            reply = await request(again, {"type": "subscribe", "channel": room, "since": since})
+            assert (reply["recovered"], reply["publications"]) == (False, []), reply
+            fresh = reply["position"]
+            assert fresh["epoch"] != epoch and fresh["offset"] == 0, reply
+            await publish_api(http, api(cluster, 0), room, 1)
+            message = await frame(again)
+            assert (message["offset"], message["epoch"], message["data"]) == (1, fresh["epoch"], 1)
