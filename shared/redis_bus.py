@@ -89,9 +89,11 @@ class RedisBus:
         """Stop the reader and drop both connections.
 
         ``_closing`` backs up the cancellation: on Python 3.11 a cancel that lands as redis-py's
-        read timeout expires can be swallowed, and the reader must still stop.
+        read timeout expires can be swallowed (in the reader, or in the syncer's SUBSCRIBE), and
+        both must still stop: a swallowed cancel once held every shutdown for 15 s.
         """
         self._closing = True
+        self._wanted_changed.set()  # wakes the subscription syncer, which then sees _closing
         tasks = [t for t in (self._reader, *self._listener_tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -241,9 +243,11 @@ class RedisBus:
         """Bring Redis to the wanted topic set; the only writer of SUBSCRIBE/UNSUBSCRIBE."""
         requested = set(self._confirmed)
         self._wanted_changed.set()
-        while True:
+        while not self._closing:
             await self._wanted_changed.wait()
             self._wanted_changed.clear()
+            if self._closing:
+                return
             wanted = set(self._handlers)
             if added := wanted - requested:
                 await pubsub.subscribe(*added)
