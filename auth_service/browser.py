@@ -29,13 +29,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from auth_service.appkeys import KEYRING, SETTINGS
 from auth_service.domain.errors import (
     CsrfRejected,
-    InvalidClientToken,
     InvalidRequest,
     StoreUnavailable,
 )
 from auth_service.domain.service import TokenPair
 from auth_service.domain.tokens import TokenIssuer
+from auth_service.http import bearer
 from auth_service.settings import Settings
+from shared.http_json import json_response
 from shared.tickets import TICKET_TYP, ticket_claims
 
 __all__ = [
@@ -139,8 +140,9 @@ async def cookie_refresh_token(request: web.Request) -> str:
     if _REFRESH not in session:
         raise InvalidRequest("'refresh_token' is required")
     check_origin(request)
-    presented = request.headers.get(CSRF_HEADER, "")
-    if not hmac.compare_digest(presented.encode(), str(session.get(_CSRF, "")).encode()):
+    # Undecodable header bytes arrive as surrogate escapes: compare them as the bytes they were.
+    presented = request.headers.get(CSRF_HEADER, "").encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(presented, str(session.get(_CSRF, "")).encode()):
         raise CsrfRejected(f"the {CSRF_HEADER} header does not match the session")
     return str(session[_REFRESH])
 
@@ -159,14 +161,14 @@ async def has_session(request: web.Request) -> bool:
 async def cookie_logout(request: web.Request, everywhere: bool) -> web.Response:
     """The session is already revoked: forget both cookies."""
     (await get_session(request)).invalidate()
-    response = web.json_response({"status": "logged_out", "all": everywhere}, headers=NO_STORE)
+    response = json_response({"status": "logged_out", "all": everywhere}, headers=NO_STORE)
     response.del_cookie(CSRF_COOKIE, path="/")
     return response
 
 
 def _token_response(request: web.Request, pair: TokenPair, csrf: str) -> web.Response:
     settings = request.app[SETTINGS]
-    response = web.json_response(
+    response = json_response(
         {
             "access_token": pair.access_token,
             "token_type": "Bearer",
@@ -191,15 +193,12 @@ def _token_response(request: web.Request, pair: TokenPair, csrf: str) -> web.Res
 
 async def ws_ticket(request: web.Request) -> web.Response:
     """``Authorization: Bearer <access token>`` -> a ticket for one WebSocket handshake."""
-    scheme, _, credentials = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        raise InvalidClientToken("use 'Authorization: Bearer <access token>'")
     settings = request.app[SETTINGS]
     ring = request.app[KEYRING]
     verifier = TokenIssuer(
         ring, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_token_ttl
     )
-    access = verifier.verify(credentials.strip())
+    access = verifier.verify(bearer(request))
     now = time.time()
     key = ring.signing_key(now)
     if key is None or key.private_key is None:
@@ -208,6 +207,6 @@ async def ws_ticket(request: web.Request) -> web.Response:
     ticket = jwt.encode(
         claims, key.private_key, algorithm="RS256", headers={"kid": key.kid, "typ": TICKET_TYP}
     )
-    return web.json_response(
+    return json_response(
         {"ticket": ticket, "expires_in": claims["exp"] - claims["iat"]}, headers=NO_STORE
     )

@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import time
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from auth_service import browser
 from auth_service.appkeys import BUS, KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
 from auth_service.domain.errors import (
     AuthError,
-    InvalidClientToken,
     InvalidRequest,
     RefreshReuse,
     UnsupportedGrantType,
 )
 from auth_service.domain.service import TokenPair
 from auth_service.http import (
+    bearer,
     client_address,
     optional_str,
     read_form_or_json,
     read_json,
     required_str,
 )
+from shared.http_json import json_response
 
 __all__ = ["routes"]
 
@@ -33,7 +34,7 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def token_response(pair: TokenPair) -> web.Response:
-    return web.json_response(
+    return json_response(
         {
             "access_token": pair.access_token,
             "token_type": "Bearer",
@@ -52,7 +53,7 @@ async def register(request: web.Request) -> web.Response:
     user = await request.app[SERVICE].register(
         required_str(body, "username"), required_str(body, "password")
     )
-    return web.json_response({"id": user.id, "username": user.username}, status=201)
+    return json_response({"id": user.id, "username": user.username}, status=201)
 
 
 @routes.post("/v1/login")
@@ -104,13 +105,9 @@ async def logout(request: web.Request) -> web.Response:
     if not isinstance(everywhere, bool):
         raise InvalidRequest("'all' must be true or false")
     service = request.app[SERVICE]
-    authorization = request.headers.get("Authorization")
     refresh_token = optional_str(body, "refresh_token")
-    if authorization is not None:
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
-            raise InvalidClientToken("use 'Authorization: Bearer <access token>'")
-        await service.logout_with_access_token(credentials.strip(), everywhere=everywhere)
+    if hdrs.AUTHORIZATION in request.headers:
+        await service.logout_with_access_token(bearer(request), everywhere=everywhere)
     elif refresh_token:
         await service.logout_with_refresh_token(refresh_token, everywhere=everywhere)
     elif await browser.has_session(request):
@@ -119,20 +116,20 @@ async def logout(request: web.Request) -> web.Response:
         return await browser.cookie_logout(request, everywhere)
     else:
         raise InvalidRequest("send 'Authorization: Bearer <access token>' or a 'refresh_token'")
-    return web.json_response({"status": "logged_out", "all": everywhere}, headers=NO_STORE)
+    return json_response({"status": "logged_out", "all": everywhere}, headers=NO_STORE)
 
 
 @routes.post("/v1/revoke")
 async def revoke(request: web.Request) -> web.Response:
     body = await read_form_or_json(request)
     await request.app[SERVICE].revoke(required_str(body, "token"))
-    return web.json_response({}, headers=NO_STORE)
+    return json_response({}, headers=NO_STORE)
 
 
 @routes.get("/.well-known/jwks.json")
 async def jwks(request: web.Request) -> web.Response:
     max_age = request.app[SETTINGS].jwks_max_age
-    return web.json_response(
+    return json_response(
         request.app[KEYRING].jwks(), headers={"Cache-Control": f"public, max-age={max_age}"}
     )
 
@@ -140,7 +137,7 @@ async def jwks(request: web.Request) -> web.Response:
 @routes.get("/.well-known/oauth-authorization-server")
 async def metadata(request: web.Request) -> web.Response:
     issuer = request.app[SETTINGS].issuer
-    return web.json_response(
+    return json_response(
         {
             "issuer": issuer,
             "jwks_uri": f"{issuer}/.well-known/jwks.json",
@@ -158,7 +155,7 @@ async def metadata(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
@@ -178,7 +175,7 @@ async def readyz(request: web.Request) -> web.Response:
     elif request.app[PUBLISHER].pending:
         degraded["event_bus"] = "revocations are waiting in the outbox: the event bus refused them"
     body = {"status": "ready" if ready else "not_ready", "checks": checks, "degraded": degraded}
-    return web.json_response(body, status=200 if ready else 503)
+    return json_response(body, status=200 if ready else 503)
 
 
 @routes.get("/metrics")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from auth_service.appkeys import METRICS, SETTINGS
 from auth_service.domain.errors import (
@@ -26,10 +26,14 @@ from auth_service.domain.errors import (
     UnsupportedMediaType,
     UsernameTaken,
 )
+from shared.forwarded import client_address as forwarded_client_address
+from shared.http_auth import bearer_token
 from shared.http_errors import http_exception_json, json_error
+from shared.wire_json import WireJSONError, loads
 
 __all__ = [
     "HTTP_STATUSES",
+    "bearer",
     "client_address",
     "error_middleware",
     "metrics_middleware",
@@ -42,6 +46,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_FIELD_LENGTH = 4096
+MAX_FORM_FIELDS = 16
+FORM = "application/x-www-form-urlencoded"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _HTTP_CODES = {
@@ -111,25 +117,71 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     return response
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("the request body must be JSON (Content-Type: application/json)")
+async def _read_body(request: web.Request, media_types: tuple[str, ...]) -> bytes:
+    """The raw body of one of ``media_types``, in UTF-8 (the only charset either format allows)."""
     raw = await request.read()
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("the request body is not valid JSON") from None
+    if not raw:
+        raise InvalidRequest("the request body is missing")
+    if request.content_type not in media_types:
+        raise UnsupportedMediaType(f"the request body must be {' or '.join(media_types)}")
+    charset = (request.charset or "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType("the request body must be UTF-8")
+    return raw
+
+
+def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return body
 
 
+def _json(raw: bytes) -> dict[str, Any]:
+    try:
+        return _object(loads(raw))
+    except WireJSONError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def _form(raw: bytes) -> dict[str, Any]:
+    """Strict ``application/x-www-form-urlencoded``: UTF-8 before and after percent-decoding,
+    each parameter at most once (RFC 6749 section 3.1)."""
+    try:
+        pairs = parse_qsl(
+            raw.decode("utf-8"),
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise InvalidRequest("the form body is not valid UTF-8") from None
+    except ValueError:
+        raise InvalidRequest(f"the form body has more than {MAX_FORM_FIELDS} fields") from None
+    body: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in body:
+            raise InvalidRequest(f"'{name}' is repeated")
+        body[name] = value
+    return body
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    return _json(await _read_body(request, ("application/json",)))
+
+
 async def read_form_or_json(request: web.Request) -> dict[str, Any]:
     """OAuth endpoints take form bodies (RFC 6749) and, for convenience, JSON."""
-    if request.content_type == "application/x-www-form-urlencoded":
-        form = await request.post()
-        return {key: value for key, value in form.items() if isinstance(value, str)}
-    return await read_json(request)
+    raw = await _read_body(request, (FORM, "application/json"))
+    return _form(raw) if request.content_type == FORM else _json(raw)
+
+
+def bearer(request: web.Request) -> str:
+    """The access token of ``Authorization: Bearer``; anything else there is ``invalid_token``."""
+    token = bearer_token(request.headers.get(hdrs.AUTHORIZATION))
+    if token is None:
+        raise InvalidClientToken("use 'Authorization: Bearer <access token>'")
+    return token
 
 
 def optional_str(body: dict[str, Any], name: str) -> str | None:
@@ -152,11 +204,8 @@ def required_str(body: dict[str, Any], name: str) -> str:
 
 def client_address(request: web.Request) -> str:
     """The peer address, or the last X-Forwarded-For hop when the peer is a trusted proxy."""
-    peer = request.remote or "unknown"
-    trusted = request.app[SETTINGS].forwarded_allow_ips
-    if peer in trusted or "*" in trusted:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-        if hops:
-            return hops[-1]
-    return peer
+    return forwarded_client_address(
+        request.remote,
+        request.headers.get(hdrs.X_FORWARDED_FOR),
+        request.app[SETTINGS].forwarded_allow_ips,
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +13,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from shared.close_codes import Disconnect
 from shared.http_auth import bearer_token
 from shared.http_errors import json_error
+from shared.http_json import json_response
 from shared.jsonlog import audit
+from shared.wire_json import WireJSONError, loads
 from ws_service import handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
 from ws_service.domain.channels import validate_channel
@@ -92,9 +93,9 @@ async def publish(request: web.Request) -> web.Response:
             401, "invalid_token", "a valid API key is required", {"WWW-Authenticate": "Bearer"}
         )
     try:
-        body: Any = json.loads(await request.read())
-    except (ValueError, RecursionError):
-        return json_error(400, "bad_request", "the body must be a JSON object")
+        body: Any = loads(await request.read())
+    except WireJSONError as err:
+        return json_error(400, "bad_request", f"the body must be a JSON object: {err}")
     if not isinstance(body, dict) or "data" not in body:
         return json_error(400, "bad_request", 'the body must be {"channel": ..., "data": ...}')
     try:
@@ -103,11 +104,11 @@ async def publish(request: web.Request) -> web.Response:
         return json_error(400, err.code, err.message)
     gateway = request.app[GATEWAY]
     await gateway.hub.publish(channel, body["data"], None)
-    return web.json_response({"published": True, "channel": channel}, status=202)
+    return json_response({"published": True, "channel": channel}, status=202)
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -122,7 +123,7 @@ async def readyz(request: web.Request) -> web.Response:
         when = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
         degraded["issuer"] = f"unreachable since {when}: {reason}"
     body = {"ready": jwks.ready, "degraded": degraded}
-    return web.json_response(body, status=200 if jwks.ready else 503)
+    return json_response(body, status=200 if jwks.ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
