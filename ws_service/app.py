@@ -127,18 +127,20 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_sockets(app: web.Application) -> None:
-    """Close every live socket with 1001 within the shutdown timeout."""
+    """Close every live socket with 1001 (each handler completes the closing handshake) within
+    the shutdown timeout."""
     live = app[SOCKETS]
-    sockets = tuple(live)
-    if not sockets:
+    peers = tuple(live)
+    if not peers:
         return
     going = Disconnect.GOING_AWAY
-    closes = [ws.close(code=going.code, message=going.reason.encode()) for ws in sockets]
-    done = asyncio.gather(*closes, return_exceptions=True)
+    for peer in peers:
+        peer.close(going.code, going.reason)
+    done = asyncio.gather(*(peer.wait_finished() for peer in peers))
     try:
         await asyncio.wait_for(done, app[SETTINGS].shutdown_timeout)
     except TimeoutError:
-        log.warning("some sockets did not close in time", extra={"count": len(sockets)})
+        log.warning("some sockets did not close in time", extra={"count": len(peers)})
 
 
 @web.middleware

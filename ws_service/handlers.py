@@ -48,14 +48,16 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return handshake.refusal(request, err)
     await ws.prepare(request)
     sockets = request.app[SOCKETS]
-    peer = WebSocketPeer(ws, settings.max_outbox)
+    metrics = request.app[METRICS]
+    peer = WebSocketPeer(
+        ws, settings.max_outbox_bytes, metrics.limit_hits.labels("outbox_bytes").inc
+    )
     conn = request.app[GATEWAY].connect(peer, request.remote)
     if claims is not None:
         conn.authenticated_at_handshake(claims)
-    sockets.add(ws)
+    sockets.add(peer)
     try:
-        while True:
-            msg = await ws.receive()
+        while (msg := await peer.receive()) is not None:
             if msg.type is WSMsgType.TEXT:
                 await conn.on_text(msg.data)
             elif msg.type is WSMsgType.BINARY:
@@ -69,7 +71,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     finally:
         conn.disconnected()
         await peer.finish(settings.close_timeout)
-        sockets.discard(ws)
+        sockets.discard(peer)
     return ws
 
 

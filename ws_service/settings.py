@@ -41,7 +41,7 @@ class Settings:
     max_subscriptions: int = 100
     max_connections_per_user: int = 20
     max_violations: int = 5
-    max_outbox: int = 1024
+    max_outbox_bytes: int = 1_048_576
     tls_cert: str = ""
     tls_key: str = ""
     redis_url: str = ""
@@ -81,6 +81,7 @@ class Settings:
             rate_burst=env_int(environ, "WS_RATE_BURST", 40, minimum=1),
             max_subscriptions=env_int(environ, "WS_MAX_SUBSCRIPTIONS", 100, minimum=1),
             max_connections_per_user=env_int(environ, "WS_MAX_CONNECTIONS_PER_USER", 20, minimum=1),
+            max_outbox_bytes=env_int(environ, "WS_MAX_OUTBOX_BYTES", 1_048_576, minimum=65_536),
             jwks_min_ttl=env_float(environ, "WS_JWKS_MIN_TTL", 60.0, minimum=1),
             jwks_max_ttl=env_float(environ, "WS_JWKS_MAX_TTL", 3600.0, minimum=1),
             tls_cert=env_str(environ, "WS_TLS_CERT", ""),
