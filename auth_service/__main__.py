@@ -53,7 +53,24 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"auth_service listening on {scheme}://{settings.host}:{settings.port}", flush=True
             )
-            run([Site(create_app(settings), settings.host, settings.port, ssl_context)])
+            if not settings.redis_url:
+                print(
+                    "auth_service event bus: in-process (no REDIS_URL): revocations reach no "
+                    "ws_service in another process",
+                    flush=True,
+                )
+            app = create_app(settings)
+            run(
+                [
+                    Site(
+                        app,
+                        settings.host,
+                        settings.port,
+                        ssl_context,
+                        http_timeout=settings.http_timeout,
+                    )
+                ]
+            )
             return 0
         if args.command == "keys":
             return asyncio.run(keys_command(settings, args.action, args))

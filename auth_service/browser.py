@@ -196,7 +196,11 @@ async def ws_ticket(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     ring = request.app[KEYRING]
     verifier = TokenIssuer(
-        ring, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_token_ttl
+        ring,
+        issuer=settings.issuer,
+        audience=settings.audience,
+        ttl=settings.access_token_ttl,
+        client_id=settings.client_id,
     )
     access = verifier.verify(bearer(request))
     now = time.time()

@@ -11,6 +11,7 @@ from auth_service import browser
 from auth_service.appkeys import BUS, KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
 from auth_service.domain.errors import (
     AuthError,
+    InvalidClientToken,
     InvalidRequest,
     RefreshReuse,
     UnsupportedGrantType,
@@ -18,12 +19,14 @@ from auth_service.domain.errors import (
 from auth_service.domain.service import TokenPair
 from auth_service.http import (
     bearer,
+    check_client,
     client_address,
     optional_str,
     read_form_or_json,
     read_json,
     required_str,
 )
+from shared.http_auth import bearer_matches
 from shared.http_json import json_response
 
 __all__ = ["routes"]
@@ -75,6 +78,7 @@ async def login(request: web.Request) -> web.Response:
 @routes.post("/v1/token")
 async def token(request: web.Request) -> web.Response:
     body = await read_form_or_json(request)
+    check_client(request, body)
     grant_type = required_str(body, "grant_type")
     if grant_type != "refresh_token":
         raise UnsupportedGrantType(f"grant_type {grant_type!r} is not supported")
@@ -122,6 +126,7 @@ async def logout(request: web.Request) -> web.Response:
 @routes.post("/v1/revoke")
 async def revoke(request: web.Request) -> web.Response:
     body = await read_form_or_json(request)
+    check_client(request, body)
     await request.app[SERVICE].revoke(required_str(body, "token"))
     return json_response({}, headers=NO_STORE)
 
@@ -144,7 +149,10 @@ async def metadata(request: web.Request) -> web.Response:
             "token_endpoint": f"{issuer}/v1/token",
             "revocation_endpoint": f"{issuer}/v1/revoke",
             "grant_types_supported": ["refresh_token"],
-            "response_types_supported": [],
+            # RFC 8414 requires a non-empty list. There is no authorization endpoint, so no
+            # "code" or "token": "none" (registered by OAuth 2.0 Multiple Response Type Encoding
+            # Practices) is the one value that claims no authorization-endpoint flow.
+            "response_types_supported": ["none"],
             "token_endpoint_auth_methods_supported": ["none"],
             "revocation_endpoint_auth_methods_supported": ["none"],
             "scopes_supported": sorted(set(request.app[SETTINGS].default_scope.split())),
@@ -180,5 +188,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
+    token = request.app[SETTINGS].metrics_token
+    if token and not bearer_matches(request.headers.get(hdrs.AUTHORIZATION), (token,)):
+        raise InvalidClientToken("/metrics needs AUTH_METRICS_TOKEN")
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from auth_service.appkeys import METRICS, SETTINGS
 from auth_service.domain.errors import (
     AuthError,
     CsrfRejected,
+    InvalidClient,
     InvalidClientToken,
     InvalidCredentials,
     InvalidGrant,
@@ -34,6 +36,7 @@ from shared.wire_json import WireJSONError, loads
 __all__ = [
     "HTTP_STATUSES",
     "bearer",
+    "check_client",
     "client_address",
     "error_middleware",
     "metrics_middleware",
@@ -52,6 +55,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _HTTP_CODES = {
     404: "not_found",
+    408: "request_timeout",
     405: "method_not_allowed",
     413: "request_too_large",
     415: "unsupported_media_type",
@@ -67,6 +71,7 @@ HTTP_STATUSES: dict[type[AuthError], int] = {
     InvalidGrant: 400,
     InvalidCredentials: 401,
     InvalidClientToken: 401,
+    InvalidClient: 401,
     UsernameTaken: 409,
     RegistrationClosed: 403,
     CsrfRejected: 403,
@@ -83,6 +88,8 @@ def auth_error_response(exc: AuthError) -> web.Response:
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, InvalidClientToken):
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    if isinstance(exc, InvalidClient) and exc.scheme:
+        headers["WWW-Authenticate"] = f'{exc.scheme} realm="auth_service"'
     if status >= 500:
         log.error("request failed", extra={"code": exc.code, "reason": exc.description})
     return json_error(status, exc.code, exc.description, headers)
@@ -119,7 +126,11 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 async def _read_body(request: web.Request, media_types: tuple[str, ...]) -> bytes:
     """The raw body of one of ``media_types``, in UTF-8 (the only charset either format allows)."""
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].http_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout() from None
     if not raw:
         raise InvalidRequest("the request body is missing")
     if request.content_type not in media_types:
@@ -174,6 +185,31 @@ async def read_form_or_json(request: web.Request) -> dict[str, Any]:
     """OAuth endpoints take form bodies (RFC 6749) and, for convenience, JSON."""
     raw = await _read_body(request, (FORM, "application/json"))
     return _form(raw) if request.content_type == FORM else _json(raw)
+
+
+CLIENT_SECRET_FIELDS = ("client_secret", "client_assertion", "client_assertion_type")
+
+
+def check_client(request: web.Request, body: dict[str, Any]) -> None:
+    """RFC 6749 section 2.3 at the token and revocation endpoints: the only client is the public
+    one (``AUTH_CLIENT_ID``, no secret). A ``client_id`` naming it is fine; any other, and any
+    client credentials (HTTP Basic, ``client_secret_post``, a client assertion), are
+    ``invalid_client`` rather than silently ignored."""
+    authorization = request.headers.get(hdrs.AUTHORIZATION)
+    if authorization is not None:
+        scheme = authorization.strip().partition(" ")[0]
+        scheme = scheme if scheme.isascii() and scheme.isalpha() else "Basic"
+        raise InvalidClient(
+            "client authentication is not supported: this server has one public client",
+            scheme=scheme.capitalize(),
+        )
+    if any(field in body for field in CLIENT_SECRET_FIELDS):
+        raise InvalidClient(
+            "client authentication is not supported: this server has one public client"
+        )
+    client_id = optional_str(body, "client_id")
+    if client_id is not None and client_id != request.app[SETTINGS].client_id:
+        raise InvalidClient("unknown client_id")
 
 
 def bearer(request: web.Request) -> str:

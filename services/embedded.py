@@ -30,8 +30,15 @@ def build_sites(environ: Mapping[str, str]) -> tuple[list[Site], list[str]]:
     auth_app = create_auth_app(auth, bus=bus)
     mount(auth_app, ws_url)
     sites = [
-        Site(auth_app, auth.host, auth.port, auth_tls),
-        Site(create_ws_app(ws, bus=bus), ws.host, ws.port, ws_tls, ws.shutdown_timeout),
+        Site(auth_app, auth.host, auth.port, auth_tls, http_timeout=auth.http_timeout),
+        Site(
+            create_ws_app(ws, bus=bus),
+            ws.host,
+            ws.port,
+            ws_tls,
+            ws.shutdown_timeout,
+            ws.http_timeout,
+        ),
     ]
     lines = [
         f"chat page     {page}   (open this in a browser)",

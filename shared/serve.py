@@ -2,22 +2,34 @@
 
 aiohttp's default listen backlog (128) overflows under a burst of connects and stalls clients
 for a full second, so every site listens with a backlog of 1024.
+
+Every site also gets an HTTP timeout (aiohttp's ``keepalive_timeout``, which since 3.10 also runs
+from the moment a connection opens: a client that does not finish its request headers in time,
+dribbles them, or sits idle between requests is dropped), and answers requests that aiohttp's
+parser refuses (bad header line, oversized URL, obs-fold...) with the JSON error every other
+refusal uses, logged in one line instead of a traceback per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
-__all__ = ["LISTEN_BACKLOG", "Site", "run", "serve"]
+from shared.http_errors import json_error
+
+__all__ = ["LISTEN_BACKLOG", "JsonErrorRequestHandler", "Site", "run", "serve", "start_site"]
 
 LISTEN_BACKLOG = 1024
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,62 @@ class Site:
     port: int
     ssl_context: ssl.SSLContext | None = None
     shutdown_timeout: float = 10.0
+    http_timeout: float = 15.0
+    """Seconds a client may take to send its request headers, or stay idle between requests."""
+
+
+class JsonErrorRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering what it cannot parse as JSON."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response has started; the connection is dropped")
+        if status >= 500:
+            self.log_exception("request failed outside the application", exc_info=exc)
+            response = json_error(status, "server_error", "internal error")
+        else:
+            log.info(
+                "malformed HTTP request refused",
+                extra={"status": status, "error": type(exc).__name__, "remote": request.remote},
+            )
+            response = json_error(status, "bad_request", "the request is not valid HTTP/1.1")
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        # aiohttp has no setting for the connection handler's class: the subclass adds no state.
+        handler.__class__ = JsonErrorRequestHandler
+        return handler
+
+
+async def start_site(site: Site) -> tuple[web.AppRunner, int]:
+    """Set up and start one site; returns its runner (to clean up) and the port it listens on."""
+    runner = web.AppRunner(
+        site.app,
+        access_log=None,
+        shutdown_timeout=site.shutdown_timeout,
+        keepalive_timeout=site.http_timeout,
+    )
+    await runner.setup()
+    assert runner.server is not None
+    runner.server.__class__ = _JsonErrorServer
+    tcp = web.TCPSite(
+        runner, site.host, site.port, ssl_context=site.ssl_context, backlog=LISTEN_BACKLOG
+    )
+    await tcp.start()
+    port: int = runner.addresses[0][1]
+    return runner, port
 
 
 async def serve(sites: Sequence[Site], *, on_started: Callable[[], None] | None = None) -> None:
@@ -39,18 +107,8 @@ async def serve(sites: Sequence[Site], *, on_started: Callable[[], None] | None 
             loop.add_signal_handler(sig, stop.set)
     try:
         for site in sites:
-            runner = web.AppRunner(
-                site.app, access_log=None, shutdown_timeout=site.shutdown_timeout
-            )
-            await runner.setup()
+            runner, _ = await start_site(site)
             runners.append(runner)
-            await web.TCPSite(
-                runner,
-                site.host,
-                site.port,
-                ssl_context=site.ssl_context,
-                backlog=LISTEN_BACKLOG,
-            ).start()
         if on_started is not None:
             on_started()
         await stop.wait()

@@ -14,6 +14,7 @@ from aiohttp import web
 from shared.bus import EventBus
 from shared.bus_factory import open_bus
 from shared.close_codes import Disconnect
+from shared.envparse import ConfigError
 from shared.events import REVOCATIONS_TOPIC
 from shared.http_errors import http_exception_json
 from shared.redis_ledger import RedisRevocationLedger
@@ -38,6 +39,12 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     """Build the app. Without ``bus`` it opens its own from ``settings.redis_url`` (Redis, or an
     in-process bus when empty); the embedded launcher passes the bus it shares with auth_service so
     that a logout reaches the sockets. ``redis_url`` also enables the revocation ledger."""
+    if bus is None and not settings.redis_url and not settings.local_bus:
+        raise ConfigError(
+            "ws_service has no event bus that reaches auth_service, so it would miss every "
+            "logout: set REDIS_URL (the same Redis as auth_service), or WS_LOCAL_BUS=1 to accept "
+            "an in-process bus that hears no revocation from another process"
+        )
     app = web.Application(middlewares=[_json_errors])
     app[SETTINGS] = settings
     app[METRICS] = Metrics()

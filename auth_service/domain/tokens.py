@@ -23,11 +23,14 @@ class AccessToken:
 
 
 class TokenIssuer:
-    def __init__(self, ring: KeyRing, *, issuer: str, audience: str, ttl: int) -> None:
+    def __init__(
+        self, ring: KeyRing, *, issuer: str, audience: str, ttl: int, client_id: str
+    ) -> None:
         self._ring = ring
         self.issuer = issuer
         self.audience = audience
         self.ttl = ttl
+        self.client_id = client_id
 
     def issue(self, *, user: User, sid: str, scope: str, now: float) -> AccessToken:
         key = self._ring.signing_key(now)
@@ -44,6 +47,7 @@ class TokenIssuer:
             "sid": sid,
             "scope": scope,
             "preferred_username": user.username,
+            "client_id": self.client_id,
         }
         token = jwt.encode(
             {**claims},

@@ -77,7 +77,7 @@ async def world() -> World:
 
     world.service = AuthService(
         store,
-        TokenIssuer(ring, issuer="http://auth.test", audience="ws", ttl=50),
+        TokenIssuer(ring, issuer="http://auth.test", audience="ws", ttl=50, client_id="test"),
         Passwords(hasher=PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)),
         LoginThrottle(store),
         IssuerPolicy(
