@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -159,6 +160,16 @@ async def metadata(request: web.Request) -> web.Response:
         },
         headers={"Cache-Control": f"public, max-age={request.app[SETTINGS].jwks_max_age}"},
     )
+
+
+OPENAPI = Path(__file__).with_name("openapi.json")
+"""The API's OpenAPI 3.1 document (docs/openapi.json links here), checked against the code by
+schemathesis in tests/fuzz."""
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI.read_bytes(), content_type="application/json")
 
 
 @routes.get("/healthz")
