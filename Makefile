@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NGINX := $(VENV)/nginx/usr/sbin/nginx
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint format bench bench-quick clean up down
+.PHONY: run test lint format bench bench-quick soak clean up down
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -54,6 +54,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+# Thousands of sockets through renewals, logouts, reconnects and garbage; not part of `make test`.
+# SOAK_SOCKETS (2000), SOAK_SECONDS (60), SOAK_USERS (20) size it.
+soak: $(STAMP)
+	$(PY) -m tests.soak.run
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

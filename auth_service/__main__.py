@@ -69,11 +69,21 @@ def main(argv: list[str] | None = None) -> int:
 
             async def listening() -> None:
                 print(f"auth_service listening on {url}", flush=True)
+                if not settings.redis_url:
+                    print(
+                        "auth_service event bus: in-process (no REDIS_URL): revocations reach no "
+                        "ws_service in another process",
+                        flush=True,
+                    )
 
-            run(
-                [Site(create_app(settings), settings.host, settings.port, ssl_context)],
-                on_started=listening,
+            site = Site(
+                create_app(settings),
+                settings.host,
+                settings.port,
+                ssl_context,
+                http_timeout=settings.http_timeout,
             )
+            run([site], on_started=listening)
             return 0
         if args.command == "keys":
             return asyncio.run(keys_command(settings, args.action, args))

@@ -56,7 +56,11 @@ def build_service(
     return AuthService(
         store,
         TokenIssuer(
-            ring, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_token_ttl
+            ring,
+            issuer=settings.issuer,
+            audience=settings.audience,
+            ttl=settings.access_token_ttl,
+            client_id=settings.client_id,
         ),
         Passwords() if metrics is None else Passwords(on_verify=metrics.password_checks.inc),
         LoginThrottle(store),

@@ -29,6 +29,7 @@ from auth_service.domain.errors import CsrfRejected, InvalidClientToken, Invalid
 from auth_service.domain.service import TokenPair
 from auth_service.settings import Settings
 from shared.http_auth import bearer_token
+from shared.http_json import json_response
 
 __all__ = [
     "CSRF_COOKIE",
@@ -134,8 +135,9 @@ async def cookie_refresh_token(request: web.Request) -> str:
     if _REFRESH not in session:
         raise InvalidRequest("'refresh_token' is required")
     check_origin(request)
-    presented = request.headers.get(CSRF_HEADER, "")
-    if not hmac.compare_digest(presented.encode(), str(session.get(_CSRF, "")).encode()):
+    # Undecodable header bytes arrive as surrogate escapes: compare them as the bytes they were.
+    presented = request.headers.get(CSRF_HEADER, "").encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(presented, str(session.get(_CSRF, "")).encode()):
         raise CsrfRejected(f"the {CSRF_HEADER} header does not match the session")
     return str(session[_REFRESH])
 
@@ -154,14 +156,14 @@ async def has_session(request: web.Request) -> bool:
 async def cookie_logout(request: web.Request, everywhere: bool) -> web.Response:
     """The session is already revoked: forget both cookies."""
     (await get_session(request)).invalidate()
-    response = web.json_response({"status": "logged_out", "all": everywhere}, headers=NO_STORE)
+    response = json_response({"status": "logged_out", "all": everywhere}, headers=NO_STORE)
     response.del_cookie(CSRF_COOKIE, path="/")
     return response
 
 
 def _token_response(request: web.Request, pair: TokenPair, csrf: str) -> web.Response:
     settings = request.app[SETTINGS]
-    response = web.json_response(
+    response = json_response(
         {
             "access_token": pair.access_token,
             "token_type": "Bearer",
@@ -196,6 +198,6 @@ async def ws_ticket(request: web.Request) -> web.Response:
         ticket = await service.ticket_for_refresh_token(await cookie_refresh_token(request))
     else:
         raise InvalidClientToken("use 'Authorization: Bearer <access token>' or the session cookie")
-    return web.json_response(
+    return json_response(
         {"ticket": ticket.ticket, "expires_in": ticket.expires_in}, headers=NO_STORE
     )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from auth_service import browser
@@ -18,12 +19,16 @@ from auth_service.domain.errors import (
 )
 from auth_service.domain.service import TokenPair
 from auth_service.http import (
+    bearer,
+    check_client,
     client_address,
     optional_str,
     read_form_or_json,
     read_json,
     required_str,
 )
+from shared.http_auth import bearer_matches
+from shared.http_json import json_response
 from shared.readiness import Readiness, readiness_response
 
 __all__ = ["readiness", "routes"]
@@ -34,7 +39,7 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def token_response(pair: TokenPair) -> web.Response:
-    return web.json_response(
+    return json_response(
         {
             "access_token": pair.access_token,
             "token_type": "Bearer",
@@ -53,7 +58,7 @@ async def register(request: web.Request) -> web.Response:
     user = await request.app[SERVICE].register(
         required_str(body, "username"), required_str(body, "password")
     )
-    return web.json_response({"id": user.id, "username": user.username}, status=201)
+    return json_response({"id": user.id, "username": user.username}, status=201)
 
 
 @routes.post("/v1/login")
@@ -75,6 +80,7 @@ async def login(request: web.Request) -> web.Response:
 @routes.post("/v1/token")
 async def token(request: web.Request) -> web.Response:
     body = await read_form_or_json(request)
+    check_client(request, body)
     grant_type = required_str(body, "grant_type")
     if grant_type != "refresh_token":
         raise UnsupportedGrantType(f"grant_type {grant_type!r} is not supported")
@@ -105,13 +111,9 @@ async def logout(request: web.Request) -> web.Response:
     if not isinstance(everywhere, bool):
         raise InvalidRequest("'all' must be true or false")
     service = request.app[SERVICE]
-    authorization = request.headers.get("Authorization")
     refresh_token = optional_str(body, "refresh_token")
-    if authorization is not None:
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
-            raise InvalidClientToken("use 'Authorization: Bearer <access token>'")
-        await service.logout_with_access_token(credentials.strip(), everywhere=everywhere)
+    if hdrs.AUTHORIZATION in request.headers:
+        await service.logout_with_access_token(bearer(request), everywhere=everywhere)
     elif refresh_token:
         await service.logout_with_refresh_token(refresh_token, everywhere=everywhere)
     elif await browser.has_session(request):
@@ -120,20 +122,21 @@ async def logout(request: web.Request) -> web.Response:
         return await browser.cookie_logout(request, everywhere)
     else:
         raise InvalidRequest("send 'Authorization: Bearer <access token>' or a 'refresh_token'")
-    return web.json_response({"status": "logged_out", "all": everywhere}, headers=NO_STORE)
+    return json_response({"status": "logged_out", "all": everywhere}, headers=NO_STORE)
 
 
 @routes.post("/v1/revoke")
 async def revoke(request: web.Request) -> web.Response:
     body = await read_form_or_json(request)
+    check_client(request, body)
     await request.app[SERVICE].revoke(required_str(body, "token"))
-    return web.json_response({}, headers=NO_STORE)
+    return json_response({}, headers=NO_STORE)
 
 
 @routes.get("/.well-known/jwks.json")
 async def jwks(request: web.Request) -> web.Response:
     max_age = request.app[SETTINGS].jwks_max_age
-    return web.json_response(
+    return json_response(
         request.app[KEYRING].jwks(), headers={"Cache-Control": f"public, max-age={max_age}"}
     )
 
@@ -141,14 +144,17 @@ async def jwks(request: web.Request) -> web.Response:
 @routes.get("/.well-known/oauth-authorization-server")
 async def metadata(request: web.Request) -> web.Response:
     issuer = request.app[SETTINGS].issuer
-    return web.json_response(
+    return json_response(
         {
             "issuer": issuer,
             "jwks_uri": f"{issuer}/.well-known/jwks.json",
             "token_endpoint": f"{issuer}/v1/token",
             "revocation_endpoint": f"{issuer}/v1/revoke",
             "grant_types_supported": ["refresh_token"],
-            "response_types_supported": [],
+            # RFC 8414 requires a non-empty list. There is no authorization endpoint, so no
+            # "code" or "token": "none" (registered by OAuth 2.0 Multiple Response Type Encoding
+            # Practices) is the one value that claims no authorization-endpoint flow.
+            "response_types_supported": ["none"],
             "token_endpoint_auth_methods_supported": ["none"],
             "revocation_endpoint_auth_methods_supported": ["none"],
             "scopes_supported": sorted(set(request.app[SETTINGS].default_scope.split())),
@@ -157,9 +163,19 @@ async def metadata(request: web.Request) -> web.Response:
     )
 
 
+OPENAPI = Path(__file__).with_name("openapi.json")
+"""The API's OpenAPI 3.1 document (docs/openapi.json links here), checked against the code by
+schemathesis in tests/fuzz."""
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI.read_bytes(), content_type="application/json")
+
+
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
@@ -187,5 +203,8 @@ async def readiness(app: web.Application) -> Readiness:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
+    token = request.app[SETTINGS].metrics_token
+    if token and not bearer_matches(request.headers.get(hdrs.AUTHORIZATION), (token,)):
+        raise InvalidClientToken("/metrics needs AUTH_METRICS_TOKEN")
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

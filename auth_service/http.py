@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from auth_service.appkeys import METRICS, SETTINGS
 from auth_service.domain.errors import (
     AuthError,
     CsrfRejected,
+    InvalidClient,
     InvalidClientToken,
     InvalidCredentials,
     InvalidGrant,
@@ -26,10 +28,15 @@ from auth_service.domain.errors import (
     UnsupportedMediaType,
     UsernameTaken,
 )
+from shared.forwarded import client_address as forwarded_client_address
+from shared.http_auth import bearer_token
 from shared.http_errors import http_exception_json, json_error
+from shared.wire_json import WireJSONError, loads
 
 __all__ = [
     "HTTP_STATUSES",
+    "bearer",
+    "check_client",
     "client_address",
     "error_middleware",
     "metrics_middleware",
@@ -42,10 +49,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_FIELD_LENGTH = 4096
+MAX_FORM_FIELDS = 16
+FORM = "application/x-www-form-urlencoded"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _HTTP_CODES = {
     404: "not_found",
+    408: "request_timeout",
     405: "method_not_allowed",
     413: "request_too_large",
     415: "unsupported_media_type",
@@ -61,6 +71,7 @@ HTTP_STATUSES: dict[type[AuthError], int] = {
     InvalidGrant: 400,
     InvalidCredentials: 401,
     InvalidClientToken: 401,
+    InvalidClient: 401,
     UsernameTaken: 409,
     RegistrationClosed: 403,
     CsrfRejected: 403,
@@ -77,6 +88,8 @@ def auth_error_response(exc: AuthError) -> web.Response:
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, InvalidClientToken):
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    if isinstance(exc, InvalidClient) and exc.scheme:
+        headers["WWW-Authenticate"] = f'{exc.scheme} realm="auth_service"'
     if status >= 500:
         log.error("request failed", extra={"code": exc.code, "reason": exc.description})
     return json_error(status, exc.code, exc.description, headers)
@@ -111,25 +124,100 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     return response
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("the request body must be JSON (Content-Type: application/json)")
-    raw = await request.read()
+async def _read_body(request: web.Request, media_types: tuple[str, ...]) -> bytes:
+    """The raw body of one of ``media_types``, in UTF-8 (the only charset either format allows)."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("the request body is not valid JSON") from None
+        async with asyncio.timeout(request.app[SETTINGS].http_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout() from None
+    if not raw:
+        raise InvalidRequest("the request body is missing")
+    if request.content_type not in media_types:
+        raise UnsupportedMediaType(f"the request body must be {' or '.join(media_types)}")
+    charset = (request.charset or "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType("the request body must be UTF-8")
+    return raw
+
+
+def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return body
 
 
+def _json(raw: bytes) -> dict[str, Any]:
+    try:
+        return _object(loads(raw))
+    except WireJSONError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def _form(raw: bytes) -> dict[str, Any]:
+    """Strict ``application/x-www-form-urlencoded``: UTF-8 before and after percent-decoding,
+    each parameter at most once (RFC 6749 section 3.1)."""
+    try:
+        pairs = parse_qsl(
+            raw.decode("utf-8"),
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise InvalidRequest("the form body is not valid UTF-8") from None
+    except ValueError:
+        raise InvalidRequest(f"the form body has more than {MAX_FORM_FIELDS} fields") from None
+    body: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in body:
+            raise InvalidRequest(f"'{name}' is repeated")
+        body[name] = value
+    return body
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    return _json(await _read_body(request, ("application/json",)))
+
+
 async def read_form_or_json(request: web.Request) -> dict[str, Any]:
     """OAuth endpoints take form bodies (RFC 6749) and, for convenience, JSON."""
-    if request.content_type == "application/x-www-form-urlencoded":
-        form = await request.post()
-        return {key: value for key, value in form.items() if isinstance(value, str)}
-    return await read_json(request)
+    raw = await _read_body(request, (FORM, "application/json"))
+    return _form(raw) if request.content_type == FORM else _json(raw)
+
+
+CLIENT_SECRET_FIELDS = ("client_secret", "client_assertion", "client_assertion_type")
+
+
+def check_client(request: web.Request, body: dict[str, Any]) -> None:
+    """RFC 6749 section 2.3 at the token and revocation endpoints: the only client is the public
+    one (``AUTH_CLIENT_ID``, no secret). A ``client_id`` naming it is fine; any other, and any
+    client credentials (HTTP Basic, ``client_secret_post``, a client assertion), are
+    ``invalid_client`` rather than silently ignored."""
+    authorization = request.headers.get(hdrs.AUTHORIZATION)
+    if authorization is not None:
+        scheme = authorization.strip().partition(" ")[0]
+        scheme = scheme if scheme.isascii() and scheme.isalpha() else "Basic"
+        raise InvalidClient(
+            "client authentication is not supported: this server has one public client",
+            scheme=scheme.capitalize(),
+        )
+    if any(field in body for field in CLIENT_SECRET_FIELDS):
+        raise InvalidClient(
+            "client authentication is not supported: this server has one public client"
+        )
+    client_id = optional_str(body, "client_id")
+    if client_id is not None and client_id != request.app[SETTINGS].client_id:
+        raise InvalidClient("unknown client_id")
+
+
+def bearer(request: web.Request) -> str:
+    """The access token of ``Authorization: Bearer``; anything else there is ``invalid_token``."""
+    token = bearer_token(request.headers.get(hdrs.AUTHORIZATION))
+    if token is None:
+        raise InvalidClientToken("use 'Authorization: Bearer <access token>'")
+    return token
 
 
 def optional_str(body: dict[str, Any], name: str) -> str | None:
@@ -152,11 +240,8 @@ def required_str(body: dict[str, Any], name: str) -> str:
 
 def client_address(request: web.Request) -> str:
     """The peer address, or the last X-Forwarded-For hop when the peer is a trusted proxy."""
-    peer = request.remote or "unknown"
-    trusted = request.app[SETTINGS].forwarded_allow_ips
-    if peer in trusted or "*" in trusted:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-        if hops:
-            return hops[-1]
-    return peer
+    return forwarded_client_address(
+        request.remote,
+        request.headers.get(hdrs.X_FORWARDED_FOR),
+        request.app[SETTINGS].forwarded_allow_ips,
+    )

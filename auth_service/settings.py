@@ -9,7 +9,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.envparse import ConfigError, env_bool, env_int, env_list, env_str, redact_url
+from shared.envparse import (
+    ConfigError,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    redact_url,
+)
 from shared.issuer import auth_issuer
 from shared.kept_secret import kept_secret
 from shared.tls import server_context
@@ -48,6 +56,9 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     cors_origins: tuple[str, ...] = ()
+    client_id: str = "realtime-gateway"
+    http_timeout: float = 15.0
+    metrics_token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not self.key_encryption_secrets:
@@ -120,6 +131,9 @@ class Settings:
             tls_cert=env_str(environ, "AUTH_TLS_CERT", ""),
             tls_key=env_str(environ, "AUTH_TLS_KEY", ""),
             cors_origins=env_list(environ, "AUTH_CORS_ORIGINS"),
+            client_id=env_str(environ, "AUTH_CLIENT_ID", "realtime-gateway"),
+            http_timeout=env_float(environ, "AUTH_HTTP_TIMEOUT", 15.0, minimum=0.1),
+            metrics_token=env_str(environ, "AUTH_METRICS_TOKEN", ""),
         )
 
 

@@ -71,8 +71,8 @@ def build_stack(environ: Mapping[str, str]) -> Stack:
     ws_app = create_ws_app(ws, bus=bus)
     mount(auth_app, ws_url)
     sites = [
-        Site(auth_app, auth.host, auth.port, auth_tls),
-        Site(ws_app, ws.host, ws.port, ws_tls, ws.shutdown_timeout),
+        Site(auth_app, auth.host, auth.port, auth_tls, http_timeout=auth.http_timeout),
+        Site(ws_app, ws.host, ws.port, ws_tls, ws.shutdown_timeout, ws.http_timeout),
     ]
     publish = f"{'https' if ws_tls else 'http'}://{ws.host}:{ws.port}/v1/publish"
     if dev_key:

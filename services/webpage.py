@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from shared.http_json import json_response
+
 __all__ = ["WEB_DIR", "content_security_policy", "mount", "origin_of"]
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -67,6 +69,6 @@ def mount(app: web.Application, ws_url: str) -> None:
         app.router.add_get(path, serve(name, content_type))
 
     async def config(request: web.Request) -> web.Response:
-        return web.json_response({"wsUrl": ws_url}, headers=headers)
+        return json_response({"wsUrl": ws_url}, headers=headers)
 
     app.router.add_get("/config.json", config)

@@ -40,6 +40,9 @@ class AccessTokenPayload(_RequiredClaims, total=False):
 
     scope: str
     preferred_username: str
+    client_id: str
+    """RFC 9068 section 2.2 (REQUIRED there): the client the token was issued to. Always issued;
+    optional for this verifier, which acts on nothing client-specific."""
 
 
 REQUIRED_CLAIMS: tuple[str, ...] = tuple(sorted(AccessTokenPayload.__required_keys__))

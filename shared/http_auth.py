@@ -3,7 +3,10 @@ case-insensitive)."""
 
 from __future__ import annotations
 
-__all__ = ["bearer_token"]
+import hmac
+from collections.abc import Iterable
+
+__all__ = ["bearer_matches", "bearer_token"]
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -19,3 +22,16 @@ def bearer_token(header: str | None) -> str | None:
     if not (credentials.isascii() and credentials.isprintable()) or " " in credentials:
         return None
     return credentials
+
+
+def bearer_matches(header: str | None, secrets: Iterable[str]) -> bool:
+    """Whether the header's Bearer credentials equal one of ``secrets``, compared in constant
+    time (every secret is compared, so timing tells nothing about which one came close)."""
+    token = bearer_token(header)
+    if token is None:
+        return False
+    presented = token.encode()
+    matched = False
+    for secret in secrets:
+        matched |= hmac.compare_digest(presented, secret.encode())
+    return matched

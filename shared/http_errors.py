@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from shared.http_json import json_response
+
 __all__ = ["http_exception_json", "json_error"]
 
 _KEPT_HEADERS = frozenset({"allow", "retry-after"})
@@ -12,7 +14,7 @@ _KEPT_HEADERS = frozenset({"allow", "retry-after"})
 def json_error(
     status: int, code: str, description: str, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.json_response(
+    return json_response(
         {"error": code, "error_description": description},
         status=status,
         headers={"Cache-Control": "no-store", **(headers or {})},

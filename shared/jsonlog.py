@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
 import time
 from typing import Any
 
-__all__ = ["JsonFormatter", "audit", "configure_logging"]
+__all__ = ["JsonFormatter", "audit", "configure_logging", "fingerprint"]
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _audit_log = logging.getLogger("audit")
@@ -44,3 +45,9 @@ def configure_logging(level: str = "INFO") -> None:
 def audit(event: str, **fields: Any) -> None:
     """Log one security event. Fields must never contain a token, password or key."""
     _audit_log.info(event, extra={"event": event, "event_time": int(time.time()), **fields})
+
+
+def fingerprint(text: str) -> str:
+    """A short hash of something a user typed that may be secret (an unknown "username" can be a
+    password typed into the wrong field): equal inputs correlate, the text is never logged."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from shared.http_json import json_response
+
 __all__ = ["Readiness", "readiness_response"]
 
 
@@ -29,6 +31,6 @@ class Readiness:
 
 def readiness_response(readiness: Readiness) -> web.Response:
     body = {"ready": readiness.ready, "checks": readiness.checks, "degraded": readiness.degraded}
-    return web.json_response(
+    return json_response(
         body, status=200 if readiness.ready else 503, headers={"Cache-Control": "no-store"}
     )

@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "WireJSONError", "dumps", "loads"]
+__all__ = ["MAX_DEPTH", "WireJSONError", "check", "dumps", "loads"]
 
 MAX_DEPTH = 32
 """Nesting allowed in a document: deep enough for any real payload, far below the recursion limit."""
@@ -56,12 +56,14 @@ def loads(data: str | bytes, *, max_depth: int = MAX_DEPTH, allow_surrogates: bo
         raise WireJSONError("JSON nested too deeply") from None
     except ValueError:
         raise WireJSONError("not valid JSON") from None
-    _check(value, max_depth, allow_surrogates)
+    check(value, max_depth=max_depth, allow_surrogates=allow_surrogates)
     return value
 
 
-def _check(value: Any, max_depth: int, allow_surrogates: bool) -> None:
-    """One iterative walk for depth and surrogates (no recursion for an attacker to exhaust)."""
+def check(value: Any, *, max_depth: int = MAX_DEPTH, allow_surrogates: bool = False) -> None:
+    """Raise :class:`WireJSONError` unless ``value`` (already decoded) is within ``max_depth``
+    and, unless allowed, free of lone surrogates. One iterative walk: no recursion for an
+    attacker to exhaust."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from shared.envparse import ConfigError
+from shared.envparse import ConfigError, redact_url
 from shared.jsonlog import configure_logging
 from shared.serve import CannotListen, Site, run
 from ws_service.app import create_app
@@ -17,19 +17,29 @@ def main() -> None:
     try:
         settings = Settings.from_env(os.environ)
         ssl_context = settings.ssl_context
+        app = create_app(settings)
     except ConfigError as exc:
         sys.exit(f"ws_service: {exc}")
     url = f"{'wss' if ssl_context else 'ws'}://{settings.host}:{settings.port}/ws"
 
     async def listening() -> None:
         print(f"ws_service listening on {url}", flush=True)
+        if settings.redis_url:
+            print(f"ws_service event bus: Redis at {redact_url(settings.redis_url)}", flush=True)
+        else:
+            print(
+                "ws_service event bus: in-process (WS_LOCAL_BUS=1): logouts made through an "
+                "auth_service in another process do NOT reach these sockets",
+                flush=True,
+            )
 
     site = Site(
-        create_app(settings),
+        app,
         settings.host,
         settings.port,
         ssl_context,
         shutdown_timeout=settings.shutdown_timeout,
+        http_timeout=settings.http_timeout,
     )
     try:
         run([site], on_started=listening)

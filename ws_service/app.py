@@ -15,6 +15,7 @@ from shared.bus import EventBus
 from shared.bus_errors import BusUnavailable
 from shared.bus_factory import open_bus
 from shared.close_codes import Disconnect
+from shared.envparse import ConfigError
 from shared.events import REVOCATIONS_TOPIC
 from shared.http_errors import http_exception_json
 from shared.redis_ledger import RedisRevocationLedger
@@ -44,6 +45,12 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     """Build the app. Without ``bus`` it opens its own from ``settings.redis_url`` (Redis, or an
     in-process bus when empty); the embedded launcher passes the bus it shares with auth_service so
     that a logout reaches the sockets. ``redis_url`` also enables the revocation ledger."""
+    if bus is None and not settings.redis_url and not settings.local_bus:
+        raise ConfigError(
+            "ws_service has no event bus that reaches auth_service, so it would miss every "
+            "logout: set REDIS_URL (the same Redis as auth_service), or WS_LOCAL_BUS=1 to accept "
+            "an in-process bus that hears no revocation from another process"
+        )
     app = web.Application(middlewares=[_json_errors])
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
@@ -182,18 +189,20 @@ async def _presence_refresh_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_sockets(app: web.Application) -> None:
-    """Close every live socket with 1001 within the shutdown timeout."""
+    """Close every live socket with 1001 (each handler completes the closing handshake) within
+    the shutdown timeout."""
     live = app[SOCKETS]
-    sockets = tuple(live)
-    if not sockets:
+    peers = tuple(live)
+    if not peers:
         return
     going = Disconnect.GOING_AWAY
-    closes = [ws.close(code=going.code, message=going.reason.encode()) for ws in sockets]
-    done = asyncio.gather(*closes, return_exceptions=True)
+    for peer in peers:
+        peer.close(going.code, going.reason)
+    done = asyncio.gather(*(peer.wait_finished() for peer in peers))
     try:
         await asyncio.wait_for(done, app[SETTINGS].shutdown_timeout)
     except TimeoutError:
-        log.warning("some sockets did not close in time", extra={"count": len(sockets)})
+        log.warning("some sockets did not close in time", extra={"count": len(peers)})
 
 
 @web.middleware

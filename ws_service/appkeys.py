@@ -12,6 +12,7 @@ from shared.used_tickets import UsedTickets
 from ws_service.domain.gateway import Gateway
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
+from ws_service.peer import WebSocketPeer
 from ws_service.settings import Settings
 
 __all__ = ["BUS", "GATEWAY", "JWKS", "LEDGER", "METRICS", "SETTINGS", "SOCKETS", "USED_TICKETS"]
@@ -24,4 +25,4 @@ GATEWAY = web.AppKey("gateway", Gateway)
 LEDGER = web.AppKey("revocation_ledger", RedisRevocationLedger)
 """Set only when ``REDIS_URL`` is: read it with ``app.get(LEDGER)``."""
 USED_TICKETS = web.AppKey("used_tickets", UsedTickets)
-SOCKETS = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])
+SOCKETS = web.AppKey("sockets", weakref.WeakSet[WebSocketPeer])

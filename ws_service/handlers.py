@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hmac
-import json
+import asyncio
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,19 +12,26 @@ from aiohttp import WSMsgType, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from shared.close_codes import Disconnect
-from shared.http_auth import bearer_token
+from shared.forwarded import client_address
+from shared.http_auth import bearer_matches
 from shared.http_errors import json_error
+from shared.http_json import json_response
 from shared.jsonlog import audit
 from shared.readiness import Readiness, readiness_response
+from shared.wire_json import WireJSONError, loads
 from ws_service import handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
 from ws_service.domain.channels import validate_channel
 from ws_service.domain.errors import AuthError, InvalidChannel
+from ws_service.domain.ratelimit import TokenBucket
 from ws_service.peer import WebSocketPeer
 
 __all__ = ["healthz", "metrics", "publish", "readiness", "readyz", "websocket"]
 
 log = logging.getLogger(__name__)
+
+
+_CONTROL = frozenset({WSMsgType.PING, WSMsgType.PONG})
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -39,6 +46,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         max_msg_size=settings.max_message_bytes,
         compress=False,
         timeout=settings.close_timeout,
+        autoping=False,
     )
     if not ws.can_prepare(request).ok:
         return json_error(400, "bad_request", "this endpoint only accepts WebSocket upgrades")
@@ -46,62 +54,80 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         claims = await handshake.authenticate(request)
     except AuthError as err:
         return handshake.refusal(request, err)
+    gateway, metrics = request.app[GATEWAY], request.app[METRICS]
+    remote = client_address(
+        request.remote, request.headers.get(hdrs.X_FORWARDED_FOR), settings.forwarded_allow_ips
+    )
+    if claims is None and not gateway.may_wait(remote):
+        metrics.limit_hits.labels("unauthenticated_per_address").inc()
+        audit("ws_unauthenticated_limit", remote=remote)
+        return json_error(
+            429,
+            "too_many_connections",
+            "too many sockets from this address are still to authenticate",
+            {"Retry-After": str(max(1, round(settings.auth_timeout)))},
+        )
     await ws.prepare(request)
     sockets = request.app[SOCKETS]
-    peer = WebSocketPeer(ws, settings.max_outbox)
-    conn = request.app[GATEWAY].connect(peer, request.remote)
+    peer = WebSocketPeer(
+        ws, settings.max_outbox_bytes, metrics.limit_hits.labels("outbox_bytes").inc
+    )
+    conn = gateway.connect(peer, remote)
     if claims is not None:
         conn.authenticated_at_handshake(claims)
-    sockets.add(ws)
+    # Frames before auth, and control frames at any time, have a small budget of their own.
+    frames = TokenBucket(
+        settings.preauth_frame_rate, settings.preauth_frame_burst, time.monotonic()
+    )
+    sockets.add(peer)
     try:
-        while True:
-            msg = await ws.receive()
-            if msg.type is WSMsgType.TEXT:
+        while (msg := await peer.receive()) is not None:
+            if (conn.claims is None or msg.type in _CONTROL) and not frames.take(time.monotonic()):
+                if not conn.closing:
+                    metrics.limit_hits.labels("preauth_frame_rate").inc()
+                conn.close(Disconnect.RATE_LIMITED)
+            elif msg.type is WSMsgType.TEXT:
                 await conn.on_text(msg.data)
             elif msg.type is WSMsgType.BINARY:
                 conn.on_binary()
-            else:
+            elif msg.type is WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type is not WSMsgType.PONG:
                 break
     except Exception:
-        log.exception("WebSocket handler failed", extra={"remote": request.remote})
+        log.exception("WebSocket handler failed", extra={"remote": remote})
         fault = Disconnect.INTERNAL_ERROR
         await ws.close(code=fault.code, message=fault.reason.encode())
     finally:
         conn.disconnected()
         await peer.finish(settings.close_timeout)
-        sockets.discard(ws)
+        sockets.discard(peer)
     return ws
-
-
-def _bearer_ok(request: web.Request) -> bool:
-    """Whether the request carries one of the API keys, compared in constant time."""
-    key = bearer_token(request.headers.get(hdrs.AUTHORIZATION))
-    if key is None:
-        return False
-    presented = key.encode()
-    matched = False
-    for allowed in request.app[SETTINGS].api_keys:
-        matched |= hmac.compare_digest(presented, allowed.encode())
-    return matched
 
 
 async def publish(request: web.Request) -> web.Response:
     """Server-side push to any channel, ``user:<id>`` included; messages carry ``from: null``."""
-    if not request.app[SETTINGS].api_keys:
+    settings = request.app[SETTINGS]
+    if not settings.api_keys:
         return json_error(
             403,
             "publish_disabled",
             "the publish API is disabled: set WS_API_KEYS (a comma list of keys of 16+ characters)",
         )
-    if not _bearer_ok(request):
+    if not bearer_matches(request.headers.get(hdrs.AUTHORIZATION), settings.api_keys):
         audit("ws_publish_unauthorized", remote=request.remote)
         return json_error(
             401, "invalid_token", "a valid API key is required", {"WWW-Authenticate": "Bearer"}
         )
     try:
-        body: Any = json.loads(await request.read())
-    except (ValueError, RecursionError):
-        return json_error(400, "bad_request", "the body must be a JSON object")
+        async with asyncio.timeout(settings.http_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        return json_error(408, "request_timeout", "the request body did not arrive in time")
+    try:
+        body: Any = loads(raw)
+    except WireJSONError as err:
+        return json_error(400, "bad_request", f"the body must be a JSON object: {err}")
     if not isinstance(body, dict) or "data" not in body:
         return json_error(400, "bad_request", 'the body must be {"channel": ..., "data": ...}')
     try:
@@ -110,11 +136,11 @@ async def publish(request: web.Request) -> web.Response:
         return json_error(400, err.code, err.message)
     gateway = request.app[GATEWAY]
     await gateway.hub.publish(channel, body["data"], None)
-    return web.json_response({"published": True, "channel": channel}, status=202)
+    return json_response({"published": True, "channel": channel}, status=202)
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -141,6 +167,11 @@ def readiness(app: web.Application) -> Readiness:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    token = request.app[SETTINGS].metrics_token
+    if token and not bearer_matches(request.headers.get(hdrs.AUTHORIZATION), (token,)):
+        return json_error(
+            401, "invalid_token", "/metrics needs WS_METRICS_TOKEN", {"WWW-Authenticate": "Bearer"}
+        )
     return web.Response(
         body=request.app[METRICS].render(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST}
     )

@@ -55,6 +55,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.limit_hits = Counter(
+            "ws_limit_hits",
+            "Sockets or requests refused or closed by a resource limit, by limit",
+            ["limit"],
+            registry=r,
+        )
         self.awaiting_auth = self.connections.labels("awaiting_auth")
         self.authenticated = self.connections.labels("authenticated")
 

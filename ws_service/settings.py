@@ -7,7 +7,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.envparse import ConfigError, env_float, env_int, env_list, env_str, redact_url
+from shared.envparse import (
+    ConfigError,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    redact_url,
+)
 from shared.issuer import auth_issuer
 from shared.kept_secret import kept_secret
 from shared.tls import server_context
@@ -81,7 +89,14 @@ class Settings:
     max_subscriptions: int = 100
     max_connections_per_user: int = 20
     max_violations: int = 5
-    max_outbox: int = 1024
+    max_outbox_bytes: int = 1_048_576
+    max_unauthenticated_per_address: int = 32
+    preauth_frame_rate: float = 2.0
+    preauth_frame_burst: int = 10
+    forwarded_allow_ips: tuple[str, ...] = ()
+    http_timeout: float = 15.0
+    local_bus: bool = False
+    metrics_token: str = ""
     tls_cert: str = ""
     tls_key: str = ""
     redis_url: str = ""
@@ -104,7 +119,7 @@ class Settings:
         return server_context(self.tls_cert, self.tls_key, prefix="WS")
 
     def __repr__(self) -> str:
-        shown = {k: v for k, v in vars(self).items() if k != "api_keys"}
+        shown = {k: v for k, v in vars(self).items() if k not in ("api_keys", "metrics_token")}
         shown["redis_url"] = redact_url(self.redis_url)
         return f"Settings(api_keys=***, {shown})"
 
@@ -133,6 +148,16 @@ class Settings:
             rate_burst=env_int(environ, "WS_RATE_BURST", 40, minimum=1),
             max_subscriptions=env_int(environ, "WS_MAX_SUBSCRIPTIONS", 100, minimum=1),
             max_connections_per_user=env_int(environ, "WS_MAX_CONNECTIONS_PER_USER", 20, minimum=1),
+            max_outbox_bytes=env_int(environ, "WS_MAX_OUTBOX_BYTES", 1_048_576, minimum=65_536),
+            max_unauthenticated_per_address=env_int(
+                environ, "WS_MAX_UNAUTHENTICATED_PER_ADDRESS", 32, minimum=1
+            ),
+            preauth_frame_rate=env_float(environ, "WS_PREAUTH_FRAME_RATE", 2.0, minimum=0.1),
+            preauth_frame_burst=env_int(environ, "WS_PREAUTH_FRAME_BURST", 10, minimum=1),
+            forwarded_allow_ips=env_list(environ, "WS_FORWARDED_ALLOW_IPS"),
+            http_timeout=env_float(environ, "WS_HTTP_TIMEOUT", 15.0, minimum=0.1),
+            local_bus=env_bool(environ, "WS_LOCAL_BUS", False),
+            metrics_token=env_str(environ, "WS_METRICS_TOKEN", ""),
             jwks_min_ttl=env_float(environ, "WS_JWKS_MIN_TTL", 60.0, minimum=1),
             jwks_max_ttl=env_float(environ, "WS_JWKS_MAX_TTL", 3600.0, minimum=1),
             tls_cert=env_str(environ, "WS_TLS_CERT", ""),

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "AuthError",
     "CsrfRejected",
+    "InvalidClient",
     "InvalidClientToken",
     "InvalidCredentials",
     "InvalidGrant",
@@ -67,6 +68,18 @@ class RefreshReuse(InvalidGrant):
     def __init__(self, description: str, *, family_revoked: bool) -> None:
         super().__init__(description)
         self.family_revoked = family_revoked
+
+
+class InvalidClient(AuthError):
+    """Client authentication the server cannot verify (RFC 6749 section 5.2): it has one public
+    client and no client secrets, so presented client credentials are refused, never ignored.
+    ``scheme`` is the ``Authorization`` scheme the client tried, for ``WWW-Authenticate``."""
+
+    code = "invalid_client"
+
+    def __init__(self, description: str, *, scheme: str | None = None) -> None:
+        super().__init__(description)
+        self.scheme = scheme
 
 
 class InvalidClientToken(AuthError):

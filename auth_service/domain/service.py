@@ -19,13 +19,13 @@ from auth_service.domain.errors import (
     RefreshReuse,
     RegistrationClosed,
 )
-from auth_service.domain.models import RefreshToken, Session, User
+from auth_service.domain.models import RefreshToken, RefreshTokenView, Session, User
 from auth_service.domain.passwords import Passwords
 from auth_service.domain.store import Store
 from auth_service.domain.throttle import LoginThrottle
 from auth_service.domain.tokens import Ticket, TokenIssuer
 from shared.events import RevocationEvent, SessionRevoked, UserRevoked
-from shared.jsonlog import audit
+from shared.jsonlog import audit, fingerprint
 
 __all__ = ["AuthService", "IssuerPolicy", "TokenPair", "hash_refresh_token"]
 
@@ -110,8 +110,23 @@ class AuthService:
         reservation = await self._throttle.reserve(username, address, now)
         user = await self._store.get_user_by_username(username)
         ok = await self._passwords.verify(user.password_hash if user else None, password)
-        if user is None or not ok:
-            audit("login_failed", username=username, address=address)
+        if user is None:
+            # What was typed may be a password typed into the wrong field: log a fingerprint.
+            audit(
+                "login_failed",
+                username_hash=fingerprint(username),
+                address=address,
+                reason="unknown_user",
+            )
+            raise InvalidCredentials("invalid username or password")
+        if not ok:
+            audit(
+                "login_failed",
+                user_id=user.id,
+                username=user.username,
+                address=address,
+                reason="wrong_password",
+            )
             raise InvalidCredentials("invalid username or password")
         await self._throttle.succeeded(reservation)
         sid = str(uuid.uuid4())
@@ -128,11 +143,11 @@ class AuthService:
         if view is None:
             raise InvalidGrant("the refresh token is unknown")
         token, session = view.token, view.session
-        if session.revoked_at is not None:
-            audit("refresh_refused", sid=session.sid, reason="revoked")
-            raise InvalidGrant("the session was revoked")
-        if token.expires_at <= now or session.expires_at <= now:
-            raise InvalidGrant("the refresh token has expired")
+        try:
+            self._check_session(view, now)
+        except InvalidGrant as exc:
+            audit("refresh_refused", sid=session.sid, reason=exc.description)
+            raise
         if token.rotated_at is not None:
             await self._reused(session, now - token.rotated_at, now)
         granted = self._narrow_scope(session.scope, scope)
@@ -163,56 +178,80 @@ class AuthService:
         """A ticket for a browser holding only its session cookie: bound to that session, and as
         short-lived as an access token issued now would be. Nothing is rotated."""
         now = self._clock()
-        view = await self._store.find_refresh_token(hash_refresh_token(refresh_token))
-        if view is None or view.token.rotated_at is not None:
-            raise InvalidGrant("the refresh token is not current")
-        session = view.session
-        if session.revoked_at is not None or min(view.token.expires_at, session.expires_at) <= now:
-            raise InvalidGrant("the session has ended")
+        view = await self._live_refresh_token(refresh_token, now)
         access = self._tokens.access_claims(
-            user=view.user, sid=session.sid, scope=session.scope, now=now
+            user=view.user, sid=view.session.sid, scope=view.session.scope, now=now
         )
         return self._tokens.issue_ticket(access, now)
 
-    async def logout_with_access_token(self, access_token: str, *, everywhere: bool) -> None:
-        claims = self._tokens.verify(access_token)
-        await self._logout(str(claims["sid"]), str(claims["sub"]), everywhere=everywhere)
+    def _check_session(self, view: RefreshTokenView, now: float) -> None:
+        """Refuse a refresh token whose session is revoked or which has expired."""
+        if view.session.revoked_at is not None:
+            raise InvalidGrant("the session was revoked")
+        if view.token.expires_at <= now or view.session.expires_at <= now:
+            raise InvalidGrant("the refresh token has expired")
 
-    async def logout_with_refresh_token(self, refresh_token: str, *, everywhere: bool) -> None:
+    async def _live_refresh_token(self, refresh_token: str, now: float) -> RefreshTokenView:
+        """The refresh token's view, if it could still be exchanged: anything else is dead."""
         view = await self._store.find_refresh_token(hash_refresh_token(refresh_token))
         if view is None:
             raise InvalidGrant("the refresh token is unknown")
-        await self._logout(view.session.sid, view.session.user_id, everywhere=everywhere)
+        self._check_session(view, now)
+        if view.token.rotated_at is not None:
+            raise InvalidGrant("the refresh token was already used")
+        return view
+
+    async def logout_with_access_token(self, access_token: str, *, everywhere: bool) -> None:
+        """Log out the token's session (``everywhere``: and every other one of its user) while
+        that session is live: the access token of a logged-out session ends nothing."""
+        claims = self._tokens.verify(access_token)
+        sid, user_id = str(claims["sid"]), str(claims["sub"])
+        if not await self._revoke_session(sid, user_id, self._clock(), reason="logout"):
+            raise InvalidClientToken("the session was already logged out")
+        if everywhere:
+            await self._logout_everywhere(user_id)
+
+    async def logout_with_refresh_token(self, refresh_token: str, *, everywhere: bool) -> None:
+        """The same with a refresh token, which must be live (not rotated, expired or revoked)."""
+        now = self._clock()
+        session = (await self._live_refresh_token(refresh_token, now)).session
+        if not await self._revoke_session(session.sid, session.user_id, now, reason="logout"):
+            raise InvalidGrant("the session was revoked")
+        if everywhere:
+            await self._logout_everywhere(session.user_id)
 
     async def revoke(self, token: str) -> None:
-        """RFC 7009: revoke the session behind a refresh or access token; unknown tokens are fine."""
+        """RFC 7009: revoke the session behind a live refresh or access token. Unknown, expired,
+        rotated or already revoked tokens are fine and change nothing (no new event either)."""
         now = self._clock()
-        view = await self._store.find_refresh_token(hash_refresh_token(token))
-        if view is not None:
-            await self._revoke_session(view.session.sid, view.session.user_id, now, reason="revoke")
-            return
         try:
-            claims = self._tokens.verify(token, verify_exp=False)
+            session = (await self._live_refresh_token(token, now)).session
+            await self._revoke_session(session.sid, session.user_id, now, reason="revoke")
+            return
+        except InvalidGrant:
+            pass
+        try:
+            claims = self._tokens.verify(token)
         except InvalidClientToken:
             return
         await self._revoke_session(str(claims["sid"]), str(claims["sub"]), now, reason="revoke")
 
-    async def _logout(self, sid: str, user_id: str, *, everywhere: bool) -> None:
+    async def _logout_everywhere(self, user_id: str) -> None:
         now = self._clock()
-        if not everywhere:
-            await self._revoke_session(sid, user_id, now, reason="logout")
-            return
-        sids = set(await self._store.revoke_user_sessions(user_id, now)) | {sid}
+        sids = await self._store.revoke_user_sessions(user_id, now)
         until = int(now) + self._tokens.ttl
         for revoked in sorted(sids):
             await self._publish(SessionRevoked(sid=revoked, sub=user_id, until=until))
         await self._publish(UserRevoked(sub=user_id, issued_before=int(now), until=until))
-        audit("logout_all", user_id=user_id, sessions=len(sids))
+        audit("logout_all", user_id=user_id, sessions=len(sids) + 1)
 
-    async def _revoke_session(self, sid: str, user_id: str, now: float, *, reason: str) -> None:
-        await self._store.revoke_session(sid, now)
+    async def _revoke_session(self, sid: str, user_id: str, now: float, *, reason: str) -> bool:
+        """Revoke and announce one session; False (and no event) when it was not live."""
+        if not await self._store.revoke_session(sid, now):
+            return False
         await self._publish(SessionRevoked(sid=sid, sub=user_id, until=int(now) + self._tokens.ttl))
         audit("session_revoked", sid=sid, user_id=user_id, reason=reason)
+        return True
 
     def _new_refresh_token(self, session: Session, now: float) -> tuple[str, RefreshToken]:
         secret = secrets.token_urlsafe(32)

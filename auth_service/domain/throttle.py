@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from auth_service.domain.errors import Throttled
 from auth_service.domain.models import ThrottleState
 from auth_service.domain.store import Store
-from shared.jsonlog import audit
+from shared.jsonlog import audit, fingerprint
 
 __all__ = ["LoginThrottle", "Reservation", "ThrottlePolicy"]
 
@@ -70,7 +70,10 @@ class LoginThrottle:
             written = await self._store.update_throttle(list(limits), count)
         except Throttled as exc:
             audit(
-                "login_throttled", username=username, address=address, retry_after=exc.retry_after
+                "login_throttled",
+                username_hash=fingerprint(username),
+                address=address,
+                retry_after=exc.retry_after,
             )
             raise
         return replace(empty, states=written)

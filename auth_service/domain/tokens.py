@@ -32,11 +32,14 @@ class Ticket:
 
 
 class TokenIssuer:
-    def __init__(self, ring: KeyRing, *, issuer: str, audience: str, ttl: int) -> None:
+    def __init__(
+        self, ring: KeyRing, *, issuer: str, audience: str, ttl: int, client_id: str
+    ) -> None:
         self._ring = ring
         self.issuer = issuer
         self.audience = audience
         self.ttl = ttl
+        self.client_id = client_id
 
     def issue(self, *, user: User, sid: str, scope: str, now: float) -> AccessToken:
         claims = self.access_claims(user=user, sid=sid, scope=scope, now=now)
@@ -54,6 +57,7 @@ class TokenIssuer:
             "sid": sid,
             "scope": scope,
             "preferred_username": user.username,
+            "client_id": self.client_id,
         }
 
     def issue_ticket(self, access: Mapping[str, Any], now: float) -> Ticket:

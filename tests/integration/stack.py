@@ -82,8 +82,9 @@ class Stack:
 
     async def close_sockets(self, code: int, reason: str) -> None:
         """Close codes the real services only produce at awkward moments, forced server-side."""
-        for ws in tuple(self.ws.app[SOCKETS]):
-            await ws.close(code=code, message=reason.encode())
+        for peer in tuple(self.ws.app[SOCKETS]):
+            peer.close(code, reason)
+            await peer.wait_finished()
 
     def auth_count(self, name: str, **labels: str) -> float:
         return self.auth.app[AUTH_METRICS].registry.get_sample_value(name, labels) or 0.0

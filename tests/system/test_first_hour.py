@@ -46,7 +46,11 @@ def test_a_port_in_use_is_one_line(tmp_path: Path, module: str) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         other = str(free_port())
-        ports = {"AUTH_PORT": other, "WS_PORT": str(port)} if module == "ws_service" else {}
+        ports = (
+            {"AUTH_PORT": other, "WS_PORT": str(port), "WS_LOCAL_BUS": "1"}
+            if module == "ws_service"
+            else {}
+        )
         env = env_for(tmp_path, AUTH_DEV="1", **{"AUTH_PORT": str(port), "WS_PORT": other, **ports})
         result = subprocess.run(
             [sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=60

@@ -4,6 +4,7 @@ authenticated connections by user. One per app; aiohttp stays in the handlers.""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 from shared.access_token import Claims
 from shared.bus_errors import BusUnavailable
@@ -45,9 +46,15 @@ class Gateway:
         self.ledger = ledger
         self._reconcile_batch = reconcile_batch
         self._users: dict[str, set[Connection]] = {}
+        self._waiting: Counter[str] = Counter()
 
-    def connect(self, peer: Peer, remote: str | None) -> Connection:
+    def may_wait(self, remote: str) -> bool:
+        """Whether ``remote`` may open one more socket that still has to authenticate."""
+        return self._waiting[remote] < self.settings.max_unauthenticated_per_address
+
+    def connect(self, peer: Peer, remote: str) -> Connection:
         """A new socket after the upgrade; its auth deadline starts now."""
+        self._waiting[remote] += 1
         self.metrics.awaiting_auth.inc()
         return Connection(
             peer,
@@ -89,11 +96,13 @@ class Gateway:
         if len(conns) >= self.settings.max_connections_per_user:
             raise errors.TooManyConnections()
         conns.add(conn)
+        self._stop_waiting(conn)
         self.metrics.awaiting_auth.dec()
         self.metrics.authenticated.inc()
 
     def forget(self, conn: Connection) -> None:
         if conn.claims is None:
+            self._stop_waiting(conn)
             self.metrics.awaiting_auth.dec()
             return
         self.metrics.authenticated.dec()
@@ -102,6 +111,12 @@ class Gateway:
             conns.discard(conn)
             if not conns:
                 del self._users[conn.claims.sub]
+
+    def _stop_waiting(self, conn: Connection) -> None:
+        remote = conn.remote or ""
+        self._waiting[remote] -= 1
+        if self._waiting[remote] <= 0:
+            del self._waiting[remote]
 
     def on_revocation(self, topic: str, payload: str) -> None:
         """Bus handler: remember the revocation and close every socket it covers."""

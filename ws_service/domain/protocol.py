@@ -3,10 +3,10 @@ to closes (docs/protocol.md is the human version of this module)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from shared import wire_json
 from shared.access_token import Claims
 from shared.close_codes import Disconnect
 from ws_service.domain.errors import AuthError, BadRequest, GatewayError, RequestError
@@ -42,11 +42,18 @@ class Request:
 
 
 def parse(text: str) -> Request:
-    """Raise ``BadRequest`` for anything that is not a JSON object with a string ``type``."""
+    """Raise ``BadRequest`` for anything that is not a strict JSON object with a string ``type``.
+
+    Strict means what every browser can read back (``shared.wire_json``): finite numbers, bounded
+    nesting, no lone surrogates. The one exception is ``token``, whose lone surrogates are left
+    for the verifier to refuse as an invalid token, like any other bad token.
+    """
     try:
-        body = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise BadRequest("the frame is not valid JSON") from None
+        body = wire_json.loads(text, allow_surrogates=True)
+        if isinstance(body, dict):
+            wire_json.check({k: v for k, v in body.items() if k != "token"})
+    except wire_json.WireJSONError as err:
+        raise BadRequest(f"the frame is not valid JSON: {err}") from None
     if not isinstance(body, dict):
         raise BadRequest("the frame must be a JSON object")
     kind = body.get("type")
@@ -60,10 +67,6 @@ def parse(text: str) -> Request:
     return Request(kind, request_id, body)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def disconnect_for(err: GatewayError) -> Disconnect:
     """The close for an error that ends the socket: its ``code`` is the row's reason."""
     row = Disconnect.for_reason(err.code)
@@ -73,8 +76,8 @@ def disconnect_for(err: GatewayError) -> Disconnect:
 
 
 def encode(frame: dict[str, Any]) -> str:
-    """ASCII-only output, so that lone surrogates a client sent can never break the UTF-8 encoder."""
-    return json.dumps(frame, separators=(",", ":"))
+    """Strict, ASCII-only output (``shared.wire_json``): what every client can parse."""
+    return wire_json.dumps(frame)
 
 
 def reply(kind: str, request_id: RequestId, **fields: Any) -> str:

@@ -59,6 +59,8 @@ class TokenVerifier:
     ) -> dict[str, Any]:
         """The payload of an RS256 JWT of header ``typ`` (``kind`` names it in errors) from our
         issuer, signed by a JWKS key."""
+        if not token.isascii():  # a JWS compact serialization is base64url and dots
+            raise InvalidToken("the token is malformed")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:

@@ -11,7 +11,8 @@ from aiohttp import WSMsgType
 
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness, expect_close, expect_open, recv, send
-from ws_service.appkeys import GATEWAY
+from tests.support.raw_ws import TEXT, RawWebSocket
+from ws_service.appkeys import GATEWAY, METRICS, SOCKETS
 
 
 async def test_ping_gets_pong_with_the_id(gw: Harness) -> None:
@@ -131,3 +132,35 @@ async def test_a_bug_in_the_handler_closes_1011(
     monkeypatch.setattr(gw.app[GATEWAY].hub, "publish", broken)
     await send(ws, {"type": "publish", "channel": "chat:a", "data": 1})
     await expect_close(ws, 1011, "internal_error")
+
+
+async def test_a_stalled_subscriber_is_dropped_by_outbox_bytes(make_gateway: MakeGateway) -> None:
+    """A client that stops reading pins at most ``max_outbox_bytes`` of queued frames (plus the
+    kernel's buffers), then is closed 1013 ``slow_consumer`` and counted."""
+    gw = await make_gateway(max_outbox_bytes=256 * 1024)
+    assert gw.client.server.port is not None
+    stalled = await RawWebSocket.connect("127.0.0.1", gw.client.server.port)
+    stalled.send_text(json.dumps({"type": "auth", "token": gw.tokens.make("bob")}))
+    assert (await stalled.recv())[0] == TEXT
+    stalled.send_text(json.dumps({"type": "subscribe", "channel": "chat:a"}))
+    assert (await stalled.recv())[0] == TEXT
+    payload = "x" * 60_000
+    peers = tuple(gw.app[SOCKETS])
+    for _ in range(500):
+        response = await gw.client.post(
+            "/v1/publish",
+            json={"channel": "chat:a", "data": payload},
+            headers={"Authorization": "Bearer test-api-key-0123456789"},
+        )
+        assert response.status == 202
+        assert all(peer.queued_bytes <= 256 * 1024 for peer in peers)
+        hits = gw.app[METRICS].registry.get_sample_value(
+            "ws_limit_hits_total", {"limit": "outbox_bytes"}
+        )
+        if hits == 1:
+            break
+    else:
+        raise AssertionError("the stalled subscriber was never dropped")
+    body = await (await gw.client.get("/metrics")).text()
+    assert 'ws_limit_hits_total{limit="outbox_bytes"} 1.0' in body
+    stalled.abort()

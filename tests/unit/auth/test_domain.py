@@ -6,17 +6,21 @@ The clock starts at the real time only because pyjwt checks access tokens' ``exp
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import jwt
 import pytest
 from argon2 import PasswordHasher
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from auth_service.domain.errors import (
+    InvalidClientToken,
     InvalidCredentials,
     InvalidGrant,
     KeyRingError,
@@ -73,7 +77,7 @@ async def world() -> World:
 
     world.service = AuthService(
         store,
-        TokenIssuer(ring, issuer="http://auth.test", audience="ws", ttl=50),
+        TokenIssuer(ring, issuer="http://auth.test", audience="ws", ttl=50, client_id="test"),
         Passwords(hasher=PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)),
         LoginThrottle(store),
         IssuerPolicy(
@@ -200,3 +204,88 @@ async def test_a_manual_rotation_that_loses_a_race_says_so(world: World) -> None
     with pytest.raises(KeyRingError, match="another replica rotated"):
         await ring.rotate(world.now)
     assert competing in ring.keys
+
+
+async def test_a_rotated_refresh_token_cannot_log_out_anywhere(world: World) -> None:
+    first = await world.register_and_login()
+    other = await world.service.login("alice", PASSWORD, address="10.0.0.2")
+    await world.service.refresh(first.refresh_token)
+    for everywhere in (True, False):
+        with pytest.raises(InvalidGrant, match="already used"):
+            await world.service.logout_with_refresh_token(
+                first.refresh_token, everywhere=everywhere
+            )
+    assert world.events == []
+    await world.service.refresh(other.refresh_token)
+
+
+async def test_the_access_token_of_a_logged_out_session_cannot_log_out_everywhere(
+    world: World,
+) -> None:
+    first = await world.register_and_login()
+    other = await world.service.login("alice", PASSWORD, address="10.0.0.2")
+    await world.service.logout_with_access_token(first.access_token, everywhere=False)
+    assert [type(e) for e in world.events] == [SessionRevoked]
+    for everywhere in (True, False):
+        with pytest.raises(InvalidClientToken, match="already logged out"):
+            await world.service.logout_with_access_token(first.access_token, everywhere=everywhere)
+    assert len(world.events) == 1
+    await world.service.refresh(other.refresh_token)
+
+
+async def test_a_logged_out_refresh_token_cannot_log_out_everywhere(world: World) -> None:
+    first = await world.register_and_login()
+    other = await world.service.login("alice", PASSWORD, address="10.0.0.2")
+    await world.service.logout_with_refresh_token(first.refresh_token, everywhere=False)
+    with pytest.raises(InvalidGrant, match="revoked"):
+        await world.service.logout_with_refresh_token(first.refresh_token, everywhere=True)
+    assert len(world.events) == 1
+    await world.service.refresh(other.refresh_token)
+
+
+async def test_revoke_ignores_an_expired_access_token(world: World) -> None:
+    pair = await world.register_and_login()
+    claims = jwt.decode(pair.access_token, options={"verify_signature": False})
+    key = world.ring.signing_key(world.now)
+    assert key is not None
+    expired = jwt.encode(
+        {**claims, "iat": claims["iat"] - 1000, "exp": claims["iat"] - 900},
+        key.private_key,
+        algorithm="RS256",
+        headers={"kid": key.kid, "typ": "at+jwt"},
+    )
+    await world.service.revoke(expired)
+    assert world.events == []
+    await world.service.refresh(pair.refresh_token)
+
+
+async def test_revoke_ignores_a_rotated_refresh_token(world: World) -> None:
+    first = await world.register_and_login()
+    second = await world.service.refresh(first.refresh_token)
+    await world.service.revoke(first.refresh_token)
+    assert world.events == []
+    await world.service.refresh(second.refresh_token)
+
+
+async def test_revoke_is_idempotent_one_event_per_session(world: World) -> None:
+    pair = await world.register_and_login()
+    for token in (pair.refresh_token, pair.refresh_token, pair.access_token, pair.access_token):
+        await world.service.revoke(token)
+    assert [type(e) for e in world.events] == [SessionRevoked]
+    with pytest.raises(InvalidGrant, match="revoked"):
+        await world.service.refresh(pair.refresh_token)
+
+
+async def test_failed_logins_never_log_what_was_typed_as_an_unknown_username(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    await world.service.register("alice", PASSWORD)
+    typed = "my secret password"
+    with caplog.at_level(logging.INFO, logger="audit"), pytest.raises(InvalidCredentials):
+        await world.service.login(typed, PASSWORD, address="10.0.0.1")
+    with caplog.at_level(logging.INFO, logger="audit"), pytest.raises(InvalidCredentials):
+        await world.service.login("alice", "wrong password!!", address="10.0.0.1")
+    unknown, known = (r for r in caplog.records if r.msg == "login_failed")
+    assert typed not in str(vars(unknown)) and "my secret" not in str(vars(unknown))
+    assert vars(unknown)["username_hash"] == hashlib.sha256(typed.encode()).hexdigest()[:16]
+    assert vars(known)["username"] == "alice" and vars(known)["reason"] == "wrong_password"

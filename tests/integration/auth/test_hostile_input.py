@@ -1,0 +1,146 @@
+"""Hostile encodings reach the one decoding place and come back as 400/401/415 JSON, never a 500.
+
+Each case here once produced a 500 (one of them a text/plain 500): lone UTF-16 surrogates,
+nesting thousands deep, non-finite numbers, form bodies in unknown charsets or invalid UTF-8,
+undecodable bytes in ``Authorization``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.integration.auth.conftest import AuthClient, login, register
+from tests.integration.auth.test_bad_input import assert_error
+from tests.support.raw_http import raw_request
+
+JSON = {"Content-Type": "application/json"}
+FORM = "application/x-www-form-urlencoded"
+DEEP = "[" * 5000 + "]" * 5000
+NEAR_LIMIT = "[" * 900 + "]" * 900
+
+
+@pytest.mark.parametrize("path", ["/v1/register", "/v1/login", "/v1/token", "/v1/revoke"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"username": "\\ud800", "password": "x", "token": "\\ud800", "grant_type": "\\udfff"}',
+        '{"\\ud800": 1}',
+        DEEP,
+        NEAR_LIMIT,
+        '{"username": 1e400, "password": "x"}',
+        '{"username": NaN}',
+    ],
+    ids=["surrogate-value", "surrogate-key", "deep", "near-recursion-limit", "1e400", "NaN"],
+)
+async def test_hostile_json_is_400(
+    client: AuthClient, path: str, body: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        resp = await client.post(path, data=body.encode(), headers=JSON)
+    await assert_error(resp, 400, "invalid_request")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("path", ["/v1/token", "/v1/revoke"])
+@pytest.mark.parametrize(
+    ("content_type", "body", "status", "code"),
+    [
+        (f"{FORM}; charset=klingon", b"grant_type=refresh_token", 415, "unsupported_media_type"),
+        (f"{FORM}; charset=latin-1", b"token=caf%E9", 415, "unsupported_media_type"),
+        (FORM, b"grant_type=refresh_token&refresh_token=%ff%fe&token=%ff", 400, "invalid_request"),
+        (
+            FORM,
+            b"grant_type=refresh_token&refresh_token=\xff\xfe&token=\xff",
+            400,
+            "invalid_request",
+        ),
+        (FORM, b"token=a&token=b&grant_type=x&grant_type=y", 400, "invalid_request"),
+        (f"{FORM}; charset=utf-8", b"grant_type=refresh_token&refresh_token=x&token=x", 0, ""),
+    ],
+    ids=["unknown-charset", "latin-1", "bad-percent-utf8", "raw-bad-utf8", "repeated", "utf-8"],
+)
+async def test_form_bodies_are_utf8_only(
+    client: AuthClient, path: str, content_type: str, body: bytes, status: int, code: str
+) -> None:
+    resp = await client.post(path, data=body, headers={"Content-Type": content_type})
+    if status == 0:  # the charset parameter is fine when it says UTF-8
+        assert resp.status in (200, 400), await resp.text()
+        assert (await resp.json()).get("error") in (None, "invalid_grant")
+        return
+    await assert_error(resp, status, code)
+
+
+@pytest.mark.parametrize("path", ["/v1/token", "/v1/revoke"])
+async def test_oauth_endpoints_without_a_body_are_400_invalid_request(
+    client: AuthClient, path: str
+) -> None:
+    """RFC 6749 section 5.2: a missing parameter is ``invalid_request``, whatever the media type."""
+    await assert_error(await client.post(path), 400, "invalid_request")
+
+
+@pytest.mark.parametrize("path", ["/v1/logout", "/v1/ws-ticket"])
+@pytest.mark.parametrize(
+    "value",
+    [b"Bearer caf\xc3", b"Bearer \xff\xfe\xfd", "Bearer café".encode()],
+    ids=["truncated-utf8", "not-utf8", "non-ascii"],
+)
+async def test_undecodable_authorization_is_401(
+    client: AuthClient, path: str, value: bytes
+) -> None:
+    assert client.server.port is not None
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n".encode()
+        + b"Authorization: "
+        + value
+        + b"\r\n\r\n"
+    )
+    resp = await raw_request("127.0.0.1", client.server.port, request)
+    assert resp.status == 401, resp.body
+    assert resp.content_type == "application/json"
+    assert resp.json()["error"] == "invalid_token"
+
+
+async def test_undecodable_csrf_header_is_403(client: AuthClient) -> None:
+    await register(client)
+    resp = await client.post(
+        "/v1/login",
+        json={"username": "alice", "password": "correct horse battery staple", "session": "cookie"},
+        headers={"Origin": "http://auth.test"},
+    )
+    assert resp.status == 200, await resp.text()
+    cookies = "; ".join(f"{c.key}={c.value}" for c in client.session.cookie_jar)
+    assert client.server.port is not None
+    request = (
+        b"POST /v1/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Origin: http://auth.test\r\nX-CSRF-Token: \xff\xfe\r\n"
+        + f"Cookie: {cookies}\r\nContent-Type: {FORM}\r\nContent-Length: 24\r\n\r\n".encode()
+        + b"grant_type=refresh_token"
+    )
+    resp = await raw_request("127.0.0.1", client.server.port, request)
+    assert resp.status == 403, resp.body
+    assert resp.json()["error"] == "csrf_failed"
+
+
+async def test_undecodable_forwarded_for_is_ignored(client: AuthClient) -> None:
+    """A trusted proxy passes on what the client sent: a hop that is no address is not used."""
+    assert client.server.port is not None
+    await register(client)
+    body = b'{"username": "alice", "password": "wrong password here"}'
+    request = (
+        b"POST /v1/login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Forwarded-For: \xff\xfe\r\n"
+        + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    resp = await raw_request("127.0.0.1", client.server.port, request)
+    assert resp.status == 401, resp.body
+    await login(client)
+
+
+async def test_json_bodies_end_with_a_newline_and_are_ascii(client: AuthClient) -> None:
+    resp = await client.get("/healthz")
+    assert (await resp.read()).endswith(b"}\n")
+    resp = await client.post("/v1/register", json={"username": "ålice", "password": "x" * 12})
+    raw = await resp.read()
+    assert raw.isascii() and raw.endswith(b"\n")

@@ -1,0 +1,100 @@
+"""What stock OAuth/JOSE libraries check, checked with one of them (authlib/joserfc): RFC 9068
+access tokens, RFC 8414 metadata, RFC 6749 client authentication and errors, /metrics access."""
+
+from __future__ import annotations
+
+import pytest
+from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
+from authlib.oauth2.rfc9068 import JWTBearerTokenValidator
+from joserfc.jwk import KeySet
+
+from tests.integration.auth.conftest import AuthClient, MakeClient, login, register
+from tests.integration.auth.test_bad_input import assert_error
+
+
+async def test_access_tokens_pass_an_rfc9068_validator(client: AuthClient) -> None:
+    await register(client)
+    tokens = await login(client)
+    jwks = await (await client.get("/.well-known/jwks.json")).json()
+
+    class Validator(JWTBearerTokenValidator):  # type: ignore[misc]
+        def get_jwks(self) -> KeySet:
+            return KeySet.import_key_set(jwks)
+
+    claims = Validator("http://auth.test", "ws").authenticate_token(tokens["access_token"])
+    claims.validate()
+    assert claims["client_id"] == "realtime-gateway"
+
+
+async def test_the_client_id_is_configurable(make_client: MakeClient) -> None:
+    client = await make_client(client_id="my-app")
+    await register(client)
+    tokens = await login(client)
+    import jwt
+
+    assert (
+        jwt.decode(tokens["access_token"], options={"verify_signature": False})["client_id"]
+        == "my-app"
+    )
+
+
+async def test_metadata_passes_authlibs_rfc8414_validation(
+    client: AuthClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTHLIB_INSECURE_TRANSPORT", "1")  # the test issuer is http://
+    body = await (await client.get("/.well-known/oauth-authorization-server")).json()
+    AuthorizationServerMetadata(body).validate()
+    assert body["response_types_supported"] == ["none"]
+
+
+@pytest.mark.parametrize("path", ["/v1/token", "/v1/revoke"])
+@pytest.mark.parametrize(
+    ("headers", "extra", "challenge"),
+    [
+        ({"Authorization": "Basic cmVhbHRpbWUtZ2F0ZXdheTpzZWNyZXQ="}, {}, "Basic"),
+        ({}, {"client_id": "realtime-gateway", "client_secret": "secret"}, None),
+        ({}, {"client_assertion": "x.y.z"}, None),
+        ({}, {"client_id": "someone-else"}, None),
+    ],
+    ids=["basic", "client_secret_post", "assertion", "unknown-client"],
+)
+async def test_client_credentials_are_refused_not_ignored(
+    client: AuthClient,
+    path: str,
+    headers: dict[str, str],
+    extra: dict[str, str],
+    challenge: str | None,
+) -> None:
+    data = {"grant_type": "refresh_token", "refresh_token": "x", "token": "x", **extra}
+    resp = await client.post(path, data=data, headers=headers)
+    await assert_error(resp, 401, "invalid_client")
+    assert (
+        resp.headers.get("WWW-Authenticate", "").startswith(challenge or "")
+        == (challenge is not None)
+        or challenge is None
+    )
+
+
+async def test_the_public_client_id_is_accepted(client: AuthClient) -> None:
+    await register(client)
+    tokens = await login(client)
+    resp = await client.post(
+        "/v1/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "client_id": "realtime-gateway",
+        },
+    )
+    assert resp.status == 200, await resp.text()
+
+
+async def test_metrics_can_require_a_bearer(make_client: MakeClient) -> None:
+    client = await make_client(metrics_token="metrics-token-0123456789")
+    await assert_error(await client.get("/metrics"), 401, "invalid_token")
+    resp = await client.get(
+        "/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}
+    )
+    assert resp.status == 200
+    open_client = await make_client()
+    assert (await open_client.get("/metrics")).status == 200

@@ -1,0 +1,143 @@
+"""Both services as they are served (shared.serve's runner), attacked at the HTTP layer with raw
+sockets: malformed requests answer JSON without a traceback in the log (item 9), and slow or
+silent clients are dropped after the HTTP timeout (item 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from auth_service.app import create_app as create_auth_app
+from auth_service.settings import Settings as AuthSettings
+from shared.bus import InProcessBus
+from shared.serve import Site, start_site
+from tests.support.raw_http import raw_request
+from tests.support.raw_ws import RawWebSocket
+from ws_service.app import create_app as create_ws_app
+from ws_service.settings import Settings as WsSettings
+
+HTTP_TIMEOUT = 0.5
+Start = Callable[[str], Awaitable[int]]
+
+
+@pytest.fixture
+async def start(tmp_path: Path) -> AsyncIterator[Start]:
+    """``await start("auth" | "ws")``: the service on a free port, as ``python -m`` serves it."""
+    runners: list[web.AppRunner] = []
+
+    async def run(which: str) -> int:
+        bus = InProcessBus()
+        if which == "auth":
+            app = create_auth_app(
+                AuthSettings(
+                    database_url=f"sqlite:///{tmp_path / 'auth.db'}",
+                    data_dir=tmp_path,
+                    key_encryption_secrets=("test-secret-0123456789abcdef",),
+                    http_timeout=HTTP_TIMEOUT,
+                ),
+                bus=bus,
+            )
+        else:
+            app = create_ws_app(
+                WsSettings(
+                    jwks_url="http://127.0.0.1:9/jwks", issuer="http://x", http_timeout=HTTP_TIMEOUT
+                ),
+                bus=bus,
+            )
+        runner, port = await start_site(Site(app, "127.0.0.1", 0, http_timeout=HTTP_TIMEOUT))
+        runners.append(runner)
+        return port
+
+    yield run
+    for runner in runners:
+        await runner.cleanup()
+
+
+MALFORMED = {
+    "bad-header-line": b"GET /healthz HTTP/1.1\r\nHost: x\r\nthis is no header\r\n\r\n",
+    "100kb-url": b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "obs-fold": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: b\r\n  folded\r\n\r\n",
+    "control-char": b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\x01b\r\n\r\n",
+    "bad-method": b"G(T /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    "bad-version": b"GET /healthz HTTP/9.x\r\nHost: x\r\n\r\n",
+    "huge-header": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 20_000 + b"\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("service", ["auth", "ws"])
+@pytest.mark.parametrize("request_bytes", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_malformed_http_is_a_json_400_without_a_traceback(
+    start: Start, service: str, request_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = await start(service)
+    with caplog.at_level(logging.INFO):
+        resp = await raw_request("127.0.0.1", port, request_bytes)
+    assert resp.status == 400, resp.body
+    assert resp.content_type == "application/json"
+    assert resp.json()["error"] == "bad_request"
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def closed_after(reader: asyncio.StreamReader, limit: float) -> float:
+    """Seconds until the server closes the connection (reading whatever it sends)."""
+    started = time.monotonic()
+    with contextlib.suppress(ConnectionError):
+        async with asyncio.timeout(limit):
+            while await reader.read(4096):
+                pass
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("service", ["auth", "ws"])
+@pytest.mark.parametrize("behaviour", ["silent", "partial-headers", "dribble", "idle-keepalive"])
+async def test_slow_and_silent_clients_are_dropped(
+    start: Start, service: str, behaviour: str
+) -> None:
+    port = await start(service)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        if behaviour == "partial-headers":
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        elif behaviour == "dribble":
+            with contextlib.suppress(ConnectionError):  # dropped while dribbling
+                for byte in b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n"[:8]:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(HTTP_TIMEOUT / 4)
+        elif behaviour == "idle-keepalive":
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await closed_after(reader, HTTP_TIMEOUT * 6) < HTTP_TIMEOUT * 5
+    finally:
+        writer.close()
+
+
+async def test_a_slow_body_is_408_json(start: Start) -> None:
+    port = await start("auth")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"user'
+        )
+        async with asyncio.timeout(HTTP_TIMEOUT * 6):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert b"application/json" in head
+    finally:
+        writer.close()
+
+
+async def test_an_upgraded_socket_outlives_the_http_timeout(start: Start) -> None:
+    port = await start("ws")
+    raw = await RawWebSocket.connect("127.0.0.1", port)
+    try:
+        assert not await raw.eof_within(HTTP_TIMEOUT * 3)
+    finally:
+        raw.abort()

@@ -1,0 +1,69 @@
+"""What one address may cost before it authenticates: a few sockets, a few frames per second."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from tests.integration.ws.conftest import MakeGateway
+from tests.integration.ws.harness import auth, expect_close, expect_open, recv
+from ws_service.appkeys import METRICS
+
+
+def hits(gw: object, limit: str) -> float:
+    value = gw.app[METRICS].registry.get_sample_value(  # type: ignore[attr-defined]
+        "ws_limit_hits_total", {"limit": limit}
+    )
+    return value or 0.0
+
+
+async def test_unauthenticated_sockets_per_address_are_capped(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway(max_unauthenticated_per_address=3)
+    waiting = [await gw.open() for _ in range(3)]
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await gw.open()
+    assert refused.value.status == 429
+    assert hits(gw, "unauthenticated_per_address") == 1
+    reply = await auth(waiting[0], gw.tokens.make("alice"))
+    assert reply["type"] == "auth_success"
+    await expect_open(await gw.login("bob"))
+    await waiting[1].close()
+    await expect_open(await gw.login("carol"))
+    bearer = f"realtime.bearer.{gw.tokens.make('dave')}"
+    ws = await gw.client.ws_connect("/ws", protocols=(bearer,))
+    assert (await recv(ws))["type"] == "auth_success"
+    await expect_open(ws)
+
+
+async def test_the_cap_is_per_forwarded_address_behind_a_trusted_proxy(
+    make_gateway: MakeGateway,
+) -> None:
+    gw = await make_gateway(max_unauthenticated_per_address=1, forwarded_allow_ips=("127.0.0.1",))
+    await gw.client.ws_connect("/ws", headers={"X-Forwarded-For": "10.0.0.1"})
+    await gw.client.ws_connect("/ws", headers={"X-Forwarded-For": "10.0.0.2"})
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await gw.client.ws_connect("/ws", headers={"X-Forwarded-For": "10.0.0.1"})
+
+
+async def test_pings_before_auth_are_rate_limited(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway(preauth_frame_rate=1.0, preauth_frame_burst=3)
+    ws = await gw.client.ws_connect("/ws", autoping=False)
+    for _ in range(3):
+        await ws.ping()
+        msg = await ws.receive(timeout=3)
+        assert msg.type is aiohttp.WSMsgType.PONG
+    await ws.ping()
+    await expect_close(ws, 4429, "rate_limited")
+    assert hits(gw, "preauth_frame_rate") == 1
+
+
+async def test_control_frames_after_auth_share_the_budget(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway(preauth_frame_rate=1.0, preauth_frame_burst=3)
+    ws = await gw.client.ws_connect("/ws", autoping=False)
+    assert (await auth(ws, gw.tokens.make("alice")))["type"] == "auth_success"
+    for _ in range(10):
+        await ws.ping()
+    msg = await ws.receive(timeout=3)
+    while msg.type is aiohttp.WSMsgType.PONG:
+        msg = await ws.receive(timeout=3)
+    assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4429, "rate_limited")

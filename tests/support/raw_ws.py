@@ -1,0 +1,73 @@
+"""A WebSocket client over a bare socket, for what client libraries hide: whether the server waits
+for our close frame (RFC 6455 section 5.5.1) or drops TCP first, and frame-level misbehaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import struct
+
+__all__ = ["RawWebSocket"]
+
+TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
+
+
+class RawWebSocket:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, host: str, port: int, path: str = "/ws") -> RawWebSocket:
+        reader, writer = await asyncio.open_connection(host, port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer)
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        size = len(payload)
+        if size < 126:
+            header = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
+        elif size < 65536:
+            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
+        else:
+            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.writer.write(header + mask + masked)
+
+    def send_text(self, text: str) -> None:
+        self.send(TEXT, text.encode())
+
+    def send_close(self, code: int = 1000) -> None:
+        self.send(CLOSE, struct.pack("!H", code))
+
+    async def recv(self) -> tuple[int, bytes]:
+        """The next frame's opcode and payload; raises ``IncompleteReadError`` at EOF."""
+        first, second = await self.reader.readexactly(2)
+        size = second & 0x7F
+        if size == 126:
+            (size,) = struct.unpack("!H", await self.reader.readexactly(2))
+        elif size == 127:
+            (size,) = struct.unpack("!Q", await self.reader.readexactly(8))
+        return first & 0x0F, await self.reader.readexactly(size)
+
+    async def eof_within(self, seconds: float) -> bool:
+        """Whether the server closes TCP within ``seconds`` (reading and dropping any frames)."""
+        try:
+            async with asyncio.timeout(seconds):
+                while await self.reader.read(4096):
+                    pass
+        except TimeoutError:
+            return False
+        return True
+
+    def abort(self) -> None:
+        self.writer.close()
