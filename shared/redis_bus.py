@@ -250,6 +250,11 @@ class RedisBus:
             if removed := requested - wanted:
                 await pubsub.unsubscribe(*removed)
             requested = wanted
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py swallowed the cancel (a stop at shutdown unsubscribes everything):
+                # waiting again would leave the reader, and the process, hanging on close.
+                raise asyncio.CancelledError
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]

@@ -7,7 +7,7 @@ import sys
 
 from shared.envparse import ConfigError
 from shared.jsonlog import configure_logging
-from shared.serve import CannotListen, Site, run
+from shared.serve import CannotListen, Site, run_workers
 from ws_service.app import create_app
 from ws_service.settings import Settings
 
@@ -21,20 +21,26 @@ def main() -> None:
         sys.exit(f"ws_service: {exc}")
     url = f"{'wss' if ssl_context else 'ws'}://{settings.host}:{settings.port}/ws"
 
-    async def listening() -> None:
-        print(f"ws_service listening on {url}", flush=True)
+    workers = f" ({settings.workers} workers)" if settings.workers > 1 else ""
 
-    site = Site(
-        create_app(settings),
-        settings.host,
-        settings.port,
-        ssl_context,
-        shutdown_timeout=settings.shutdown_timeout,
-    )
+    def listening() -> None:
+        print(f"ws_service listening on {url}{workers}", flush=True)
+
+    def sites(reuse_port: bool) -> list[Site]:
+        app = create_app(settings)
+        timeout = settings.shutdown_timeout
+        return [Site(app, settings.host, settings.port, ssl_context, timeout, reuse_port)]
+
     try:
-        run([site], on_started=listening)
+        status = run_workers(
+            sites,
+            workers=settings.workers,
+            addresses=[(settings.host, settings.port)],
+            on_listening=listening,
+        )
     except CannotListen as exc:
         sys.exit(f"ws_service: {exc}; set WS_PORT to use another port")
+    sys.exit(status)
 
 
 if __name__ == "__main__":
