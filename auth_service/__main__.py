@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import os
+import ssl
 import sys
 import time
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ from shared.bus import InProcessBus
 from shared.bus_factory import open_bus
 from shared.jsonlog import configure_logging
 from shared.kept_secret import kept_secret
-from shared.serve import CannotListen, Site, run
+from shared.serve import CannotListen, Site, run_workers
 
 ANNOUNCE_WAIT = 3 * OUTBOX_INTERVAL
 """How long ``keys rotate`` waits for a running service to take its announcement."""
@@ -65,26 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         if serving:
-            url = f"{'https' if ssl_context else 'http'}://{settings.host}:{settings.port}"
-
-            async def listening() -> None:
-                print(f"auth_service listening on {url}", flush=True)
-                if not settings.redis_url:
-                    print(
-                        "auth_service event bus: in-process (no REDIS_URL): revocations reach no "
-                        "ws_service in another process",
-                        flush=True,
-                    )
-
-            site = Site(
-                create_app(settings),
-                settings.host,
-                settings.port,
-                ssl_context,
-                http_timeout=settings.http_timeout,
-            )
-            run([site], on_started=listening)
-            return 0
+            return serve(settings, ssl_context)
         if args.command == "keys":
             return asyncio.run(keys_command(settings, args.action, args))
         return asyncio.run(create_user(settings, args.username, args.scope))
@@ -95,6 +77,40 @@ def main(argv: list[str] | None = None) -> int:
         hint = " (is another auth_service or `make run` running?)" if exc.in_use else ""
         print(f"auth_service: {exc}{hint}; set AUTH_PORT to use another port", file=sys.stderr)
         return 1
+
+
+def serve(settings: Settings, ssl_context: ssl.SSLContext | None) -> int:
+    url = f"{'https' if ssl_context else 'http'}://{settings.host}:{settings.port}"
+    workers = f" ({settings.workers} workers)" if settings.workers > 1 else ""
+
+    def listening() -> None:
+        print(f"auth_service listening on {url}{workers}", flush=True)
+        if not settings.redis_url:
+            print(
+                "auth_service event bus: in-process (no REDIS_URL): revocations reach no "
+                "ws_service in another process",
+                flush=True,
+            )
+
+    def sites(reuse_port: bool) -> list[Site]:
+        app = create_app(settings)
+        return [
+            Site(
+                app,
+                settings.host,
+                settings.port,
+                ssl_context,
+                http_timeout=settings.http_timeout,
+                reuse_port=reuse_port,
+            )
+        ]
+
+    return run_workers(
+        sites,
+        workers=settings.workers,
+        addresses=[(settings.host, settings.port)],
+        on_listening=listening,
+    )
 
 
 def print_secret(environ: Mapping[str, str]) -> int:

@@ -59,6 +59,7 @@ class Settings:
     client_id: str = "realtime-gateway"
     http_timeout: float = 15.0
     metrics_token: str = field(default="", repr=False)
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not self.key_encryption_secrets:
@@ -77,6 +78,16 @@ class Settings:
                 )
         if self.key_rotation_interval <= self.jwks_max_age:
             raise ConfigError("AUTH_KEY_ROTATION_INTERVAL must be longer than AUTH_JWKS_MAX_AGE")
+        if self.workers > 1 and (
+            not self.database_url.startswith(("postgresql://", "postgres://")) or not self.redis_url
+        ):
+            raise ConfigError(
+                "AUTH_WORKERS above 1 needs PostgreSQL (AUTH_DATABASE_URL) and REDIS_URL: each "
+                "worker is a process of its own, and only Redis carries key announcements and "
+                "revocations between them"
+            )
+        if self.workers > 1 and self.port == 0:
+            raise ConfigError("AUTH_WORKERS above 1 needs a fixed AUTH_PORT for them to share")
 
     def __repr__(self) -> str:
         return f"Settings(issuer={self.issuer!r}, database={redact_url(self.database_url)!r}, secrets=***)"
@@ -134,6 +145,7 @@ class Settings:
             client_id=env_str(environ, "AUTH_CLIENT_ID", "realtime-gateway"),
             http_timeout=env_float(environ, "AUTH_HTTP_TIMEOUT", 15.0, minimum=0.1),
             metrics_token=env_str(environ, "AUTH_METRICS_TOKEN", ""),
+            workers=env_int(environ, "AUTH_WORKERS", 1, minimum=1),
         )
 
 

@@ -89,11 +89,10 @@ class RedisBus:
         """Stop the reader and drop both connections.
 
         ``_closing`` backs up the cancellation: on Python 3.11 a cancel that lands as redis-py's
-        read timeout expires can be swallowed (in the reader, or in the syncer's SUBSCRIBE), and
-        both must still stop: a swallowed cancel once held every shutdown for 15 s.
+        read timeout expires can be swallowed, and the reader must still stop (the syncer re-raises a
+        swallowed cancel itself: one once held every shutdown for 15 s).
         """
         self._closing = True
-        self._wanted_changed.set()  # wakes the subscription syncer, which then sees _closing
         tasks = [t for t in (self._reader, *self._listener_tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -243,17 +242,20 @@ class RedisBus:
         """Bring Redis to the wanted topic set; the only writer of SUBSCRIBE/UNSUBSCRIBE."""
         requested = set(self._confirmed)
         self._wanted_changed.set()
-        while not self._closing:
+        while True:
             await self._wanted_changed.wait()
             self._wanted_changed.clear()
-            if self._closing:
-                return
             wanted = set(self._handlers)
             if added := wanted - requested:
                 await pubsub.subscribe(*added)
             if removed := requested - wanted:
                 await pubsub.unsubscribe(*removed)
             requested = wanted
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py swallowed the cancel (a stop at shutdown unsubscribes everything):
+                # waiting again would leave the reader, and the process, hanging on close.
+                raise asyncio.CancelledError
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]

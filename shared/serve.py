@@ -1,4 +1,5 @@
-"""Run one or more aiohttp apps until SIGINT/SIGTERM, on uvloop when it is installed.
+"""Run one or more aiohttp apps until SIGINT/SIGTERM, on uvloop when it is installed; or N forked
+worker processes sharing each port through ``SO_REUSEPORT``, under a supervising parent.
 
 aiohttp's default listen backlog (128) overflows under a burst of connects and stalls clients
 for a full second, so every site listens with a backlog of 1024.
@@ -14,10 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import logging
+import os
 import signal
+import socket
 import ssl
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +38,7 @@ __all__ = [
     "JsonErrorRequestHandler",
     "Site",
     "run",
+    "run_workers",
     "serve",
     "start_site",
 ]
@@ -40,6 +46,9 @@ __all__ = [
 LISTEN_BACKLOG = 1024
 
 log = logging.getLogger(__name__)
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_PR_SET_PDEATHSIG = 1
 
 OnStarted = Callable[[], Coroutine[Any, Any, None]]
 """Run as a task once every site listens (say so, wait for readiness); cancelled on stop."""
@@ -64,6 +73,8 @@ class Site:
     shutdown_timeout: float = 10.0
     http_timeout: float = 15.0
     """Seconds a client may take to send its request headers, or stay idle between requests."""
+    reuse_port: bool = False
+    """Listen with ``SO_REUSEPORT``, beside the other workers of :func:`run_workers`."""
 
 
 class JsonErrorRequestHandler(RequestHandler):
@@ -113,7 +124,12 @@ async def start_site(site: Site) -> tuple[web.AppRunner, int]:
     assert runner.server is not None
     runner.server.__class__ = _JsonErrorServer
     tcp = web.TCPSite(
-        runner, site.host, site.port, ssl_context=site.ssl_context, backlog=LISTEN_BACKLOG
+        runner,
+        site.host,
+        site.port,
+        ssl_context=site.ssl_context,
+        backlog=LISTEN_BACKLOG,
+        reuse_port=site.reuse_port or None,
     )
     try:
         await tcp.start()
@@ -129,7 +145,7 @@ async def serve(sites: Sequence[Site], *, on_started: OnStarted | None = None) -
     runners: list[web.AppRunner] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     started: asyncio.Task[None] | None = None
@@ -158,3 +174,116 @@ def run(sites: Sequence[Site], *, on_started: OnStarted | None = None) -> None:
         factory = None
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(serve(sites, on_started=on_started))
+
+
+def run_workers(
+    build: Callable[[bool], Sequence[Site]],
+    *,
+    workers: int,
+    addresses: Sequence[tuple[str, int]],
+    on_listening: Callable[[], None],
+) -> int:
+    """Serve the sites ``build(reuse_port)`` makes, in this process or in ``workers`` forked ones.
+
+    Each worker builds its own apps after the fork (an app's loop, sockets and pools cannot cross
+    a fork) and listens on the shared ``addresses`` with ``SO_REUSEPORT``, so the kernel spreads
+    new connections between them. The parent only supervises: it says so once every worker
+    listens, forwards SIGINT/SIGTERM, and when one worker exits it stops the others and exits too
+    (restarting is the process manager's job). Returns the exit status."""
+    if workers == 1:
+
+        async def started() -> None:
+            on_listening()
+
+        run(build(False), on_started=started)
+        return 0
+    for host, port in addresses:
+        _check_bind(host, port)
+    ready_r, ready_w = os.pipe()
+    children: list[int] = []
+    # A stop signal arriving mid-fork waits for the parent's handler, so no worker is orphaned.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(ready_r)
+                _stop_with_parent()
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+                code = _worker(build, ready_w)
+            finally:
+                os._exit(code)
+        children.append(pid)
+    os.close(ready_w)
+    return _supervise(children, ready_r, on_listening)
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Raise ``CannotListen`` in the parent, before any fork, when the port is taken. The probe
+    does not set ``SO_REUSEPORT``, so another running instance's workers count as taking it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CannotListen(host, port, exc) from exc
+
+
+def _stop_with_parent() -> None:
+    """Ask Linux for a SIGTERM when the parent dies (even by SIGKILL), so no worker is orphaned."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning("workers will outlive a killed parent", extra={"errno": ctypes.get_errno()})
+
+
+def _worker(build: Callable[[bool], Sequence[Site]], ready_w: int) -> int:
+    """One worker's life; its status is what the parent sees."""
+
+    async def started() -> None:
+        os.write(ready_w, b"1")
+        os.close(ready_w)
+
+    try:
+        run(build(True), on_started=started)
+        return 0
+    except CannotListen as exc:
+        print(f"worker {os.getpid()}: {exc}", file=sys.stderr)
+        return 1
+    except Exception:
+        log.exception("worker failed")
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def _supervise(children: list[int], ready_r: int, on_listening: Callable[[], None]) -> int:
+    live = set(children)
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    with os.fdopen(ready_r, "rb") as ready:
+        if len(ready.read(len(children))) == len(children):
+            on_listening()
+    status = 0
+    while live:
+        pid, wait_status = os.wait()
+        if pid not in live:
+            continue
+        live.discard(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if not stopping and code != 0:
+            status = code if code > 0 else 128 - code
+        forward(signal.SIGTERM, None)
+    return status

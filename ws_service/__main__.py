@@ -7,7 +7,7 @@ import sys
 
 from shared.envparse import ConfigError, redact_url
 from shared.jsonlog import configure_logging
-from shared.serve import CannotListen, Site, run
+from shared.serve import CannotListen, Site, run_workers
 from ws_service.app import create_app
 from ws_service.settings import Settings
 
@@ -22,8 +22,10 @@ def main() -> None:
         sys.exit(f"ws_service: {exc}")
     url = f"{'wss' if ssl_context else 'ws'}://{settings.host}:{settings.port}/ws"
 
-    async def listening() -> None:
-        print(f"ws_service listening on {url}", flush=True)
+    workers = f" ({settings.workers} workers)" if settings.workers > 1 else ""
+
+    def listening() -> None:
+        print(f"ws_service listening on {url}{workers}", flush=True)
         if settings.redis_url:
             print(f"ws_service event bus: Redis at {redact_url(settings.redis_url)}", flush=True)
         else:
@@ -33,18 +35,31 @@ def main() -> None:
                 flush=True,
             )
 
-    site = Site(
-        app,
-        settings.host,
-        settings.port,
-        ssl_context,
-        shutdown_timeout=settings.shutdown_timeout,
-        http_timeout=settings.http_timeout,
-    )
+    def sites(reuse_port: bool) -> list[Site]:
+        """One process serves the app built (and checked) above; each worker builds its own."""
+        own = create_app(settings) if reuse_port else app
+        return [
+            Site(
+                own,
+                settings.host,
+                settings.port,
+                ssl_context,
+                shutdown_timeout=settings.shutdown_timeout,
+                http_timeout=settings.http_timeout,
+                reuse_port=reuse_port,
+            )
+        ]
+
     try:
-        run([site], on_started=listening)
+        status = run_workers(
+            sites,
+            workers=settings.workers,
+            addresses=[(settings.host, settings.port)],
+            on_listening=listening,
+        )
     except CannotListen as exc:
         sys.exit(f"ws_service: {exc}; set WS_PORT to use another port")
+    sys.exit(status)
 
 
 if __name__ == "__main__":

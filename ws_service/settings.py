@@ -100,6 +100,7 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     redis_url: str = ""
+    workers: int = 1
     subscribe_sync_timeout: float = 2.0
     history: Mapping[str, HistoryPolicy] = field(
         default_factory=lambda: parse_history(DEFAULT_HISTORY)
@@ -166,10 +167,16 @@ class Settings:
             history=parse_history(env_str(environ, "WS_HISTORY", DEFAULT_HISTORY)),
             presence=_namespaces(env_str(environ, "WS_PRESENCE", "chat")),
             presence_ttl=env_float(environ, "WS_PRESENCE_TTL", 15.0, minimum=1),
+            workers=env_int(environ, "WS_WORKERS", 1, minimum=1),
         )
         _no_user_namespace("WS_PRESENCE", settings.presence)
         if settings.jwks_min_ttl > settings.jwks_max_ttl:
             raise ConfigError("WS_JWKS_MIN_TTL must not exceed WS_JWKS_MAX_TTL")
+        if settings.workers > 1 and not settings.redis_url:
+            raise ConfigError(
+                "WS_WORKERS above 1 needs REDIS_URL: each worker is a process of its own, and "
+                "only Redis carries revocations, channel messages and presence between them"
+            )
         return settings
 
 

@@ -41,6 +41,28 @@ def test_issuer_trailing_slash_is_dropped() -> None:
             "longer",
         ),
         ({"AUTH_KEY_ENCRYPTION_SECRETS": SECRET, "AUTH_DEV": "perhaps"}, "AUTH_DEV"),
+        (
+            {"AUTH_KEY_ENCRYPTION_SECRETS": SECRET, "AUTH_WORKERS": "2", "REDIS_URL": "redis://r"},
+            "AUTH_WORKERS above 1 needs PostgreSQL",
+        ),
+        (
+            {
+                "AUTH_KEY_ENCRYPTION_SECRETS": SECRET,
+                "AUTH_WORKERS": "2",
+                "AUTH_DATABASE_URL": "postgresql://db/auth",
+            },
+            "and REDIS_URL",
+        ),
+        (
+            {
+                "AUTH_KEY_ENCRYPTION_SECRETS": SECRET,
+                "AUTH_WORKERS": "2",
+                "AUTH_DATABASE_URL": "postgresql://db/auth",
+                "REDIS_URL": "redis://r",
+                "AUTH_PORT": "0",
+            },
+            "fixed AUTH_PORT",
+        ),
     ],
 )
 def test_bad_configuration_stops_start_up(env: dict[str, str], message: str) -> None:

@@ -50,9 +50,11 @@ def test_every_ws_variable_is_read() -> None:
             "WS_MAX_MESSAGE_BYTES": "4096",
             "WS_API_KEYS": "k" * 20 + ",key-number-two-123",
             "REDIS_URL": "redis://:hunter2-secret@redis:6379/0",
+            "WS_WORKERS": "4",
         }
     )
     assert settings.host == "192.0.2.1"
+    assert settings.workers == 4
     assert settings.port == 9999
     assert settings.jwks_url == "http://keys/jwks"
     assert settings.issuer == "http://iss"
@@ -73,6 +75,8 @@ def test_every_ws_variable_is_read() -> None:
         {"WS_PORT": "x"},
         {"WS_API_KEYS": "short"},
         {"WS_JWKS_MIN_TTL": "100", "WS_JWKS_MAX_TTL": "10"},
+        {"WS_WORKERS": "2"},
+        {"WS_WORKERS": "0", "REDIS_URL": "redis://redis:6379/0"},
     ],
 )
 def test_bad_settings_stop_start_up(environ: dict[str, str]) -> None:
