@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TypedDict
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "AccessTokenPayload",
     "Claims",
     "TokenRef",
+    "scope_set",
 ]
 
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 (a media type, not a secret)
@@ -92,6 +94,13 @@ class Claims:
             jti=jti,
             iat=int(iat),
             exp=int(exp),
-            scopes=frozenset(scope.split()),
+            scopes=scope_set(scope),
             username=username if isinstance(username, str) else None,
         )
+
+
+@lru_cache(maxsize=1024)
+def scope_set(scope: str) -> frozenset[str]:
+    """One shared set per distinct scope string: a gateway holds a ``Claims`` per socket, and most
+    users carry the same scope (a frozenset is 216 bytes; this keeps it once, not per socket)."""
+    return frozenset(scope.split())

@@ -39,6 +39,7 @@ class WebSocketPeer:
         "_close",
         "_closing",
         "_done",
+        "_finished",
         "_max_bytes",
         "_on_overflow",
         "_outbox",
@@ -57,13 +58,16 @@ class WebSocketPeer:
         self.ws = ws
         self._max_bytes = max_outbox_bytes
         self._on_overflow = on_overflow
-        self._outbox: deque[str | _Close] = deque()
+        # Allocated while frames wait and dropped once drained: an idle socket holds no queue (a
+        # deque is 760 bytes, a fifth of what a socket costs beyond aiohttp's own state).
+        self._outbox: deque[str | _Close] | None = None
         self._queued = 0
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[object] | None = None
         self._close: _Close | None = None
         self._closing = False
-        self._done = asyncio.Event()
+        self._finished = False
+        self._done: asyncio.Event | None = None  # made only if someone waits (shutdown)
 
     @property
     def queued_bytes(self) -> int:
@@ -76,14 +80,14 @@ class WebSocketPeer:
         if self._closing:
             return
         if self._queued + len(text) > self._max_bytes:
-            self._outbox.clear()
+            self._outbox = None
             self._queued = 0
             if self._on_overflow is not None:
                 self._on_overflow()
             self.close(Disconnect.SLOW_CONSUMER.code, Disconnect.SLOW_CONSUMER.reason)
             return
         self._queued += len(text)
-        self._outbox.append(text)
+        self._queue().append(text)
         self._start_writer()
 
     def close(self, code: int, reason: str) -> None:
@@ -91,7 +95,7 @@ class WebSocketPeer:
         if self._closing:
             return
         self._closing = True
-        self._outbox.append(_Close(code, reason))
+        self._queue().append(_Close(code, reason))
         self._start_writer()
 
     # -- the handler's side ------------------------------------------------------------------
@@ -124,12 +128,23 @@ class WebSocketPeer:
                 await asyncio.wait_for(self._writer, grace)
         if self._close is not None and not self.ws.closed:
             await self.ws.close(code=self._close.code, message=self._close.reason.encode())
-        self._done.set()
+        self._finished = True
+        if self._done is not None:
+            self._done.set()
 
     async def wait_finished(self) -> None:
+        if self._finished:
+            return
+        if self._done is None:
+            self._done = asyncio.Event()
         await self._done.wait()
 
     # -- the writer task -----------------------------------------------------------------------
+
+    def _queue(self) -> deque[str | _Close]:
+        if self._outbox is None:
+            self._outbox = deque()
+        return self._outbox
 
     def _start_writer(self) -> None:
         if self._writer is None:
@@ -143,13 +158,15 @@ class WebSocketPeer:
                     self._queued -= len(item)
                     await self.ws.send_str(item)
                 else:
-                    self._outbox.clear()
+                    self._outbox = None
                     self._queued = 0
                     self._close = item
                     if self._reader is not None:
                         self._reader.cancel()
         except ConnectionError:
-            self._outbox.clear()
+            self._outbox = None
             self._queued = 0
         finally:
             self._writer = None
+            if not self._outbox:
+                self._outbox = None
