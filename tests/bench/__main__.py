@@ -122,6 +122,10 @@ class Bench:
             "WS_ISSUER": self.issuer,
             "WS_MAX_CONNECTIONS_PER_USER": "100000",
             "WS_API_KEYS": API_KEY,
+            # The bench is its own issuer (no auth_service to hear revocations from), and every
+            # load-generator socket comes from one address: lift the per-address pre-auth cap.
+            "WS_LOCAL_BUS": "1",
+            "WS_MAX_UNAUTHENTICATED_PER_ADDRESS": "1000000",
             **extra,
         }
 
