@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio import Redis
 
 from shared.redis_bus import RedisBus
 from tests.integration.bus.support import BusMaker
@@ -15,6 +16,20 @@ from tests.integration.bus.support import BusMaker
 def topic() -> str:
     """A topic no other test (or concurrent run on the shared Redis) uses."""
     return f"test.bus.{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def two_clients(redis_url: str) -> AsyncIterator[tuple[Redis, Redis, str]]:
+    """Two connections to the shared Redis (two replicas) and a key prefix no other test uses;
+    every key under the prefix is deleted afterwards."""
+    one, two = Redis.from_url(redis_url), Redis.from_url(redis_url)
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    yield one, two, prefix
+    keys = [key async for key in one.scan_iter(f"{prefix}*")]
+    if keys:
+        await one.delete(*keys)
+    await one.aclose()
+    await two.aclose()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -19,26 +18,14 @@ POLICY = HistoryPolicy(size=100, ttl=300)
 FRAME = '{"type":"message","channel":"chat:a","data":1}'
 
 
-@pytest.fixture
-async def clients(redis_url: str) -> AsyncIterator[tuple[Redis, Redis, str]]:
-    one, two = Redis.from_url(redis_url), Redis.from_url(redis_url)
-    prefix = f"test-hist-{uuid.uuid4().hex[:8]}:"
-    yield one, two, prefix
-    keys = [key async for key in one.scan_iter(f"{prefix}*")]
-    if keys:
-        await one.delete(*keys)
-    await one.aclose()
-    await two.aclose()
-
-
 def offsets(frames: list[str]) -> list[int]:
     return [json.loads(frame)["offset"] for frame in frames]
 
 
 async def test_two_replicas_publishing_get_gap_free_offsets_in_pubsub_order(
-    clients: tuple[Redis, Redis, str],
+    two_clients: tuple[Redis, Redis, str],
 ) -> None:
-    one, two, prefix = clients
+    one, two, prefix = two_clients
     topic = f"{prefix}topic"
     listener = one.pubsub()
     await listener.subscribe(topic)
@@ -62,8 +49,8 @@ async def test_two_replicas_publishing_get_gap_free_offsets_in_pubsub_order(
     assert kept.position.offset == 200
 
 
-async def test_recovery_and_its_refusals(clients: tuple[Redis, Redis, str]) -> None:
-    one, _, prefix = clients
+async def test_recovery_and_its_refusals(two_clients: tuple[Redis, Redis, str]) -> None:
+    one, _, prefix = two_clients
     history = RedisHistory(one, prefix=prefix)
     small = HistoryPolicy(size=3, ttl=300)
     start = (await history.read("chat:a", None, 10, small)).position
@@ -81,8 +68,8 @@ async def test_recovery_and_its_refusals(clients: tuple[Redis, Redis, str]) -> N
     assert other.recovered is False
 
 
-async def test_lost_history_changes_the_epoch(clients: tuple[Redis, Redis, str]) -> None:
-    one, _, prefix = clients
+async def test_lost_history_changes_the_epoch(two_clients: tuple[Redis, Redis, str]) -> None:
+    one, _, prefix = two_clients
     history = RedisHistory(one, prefix=prefix)
     await history.publish("chat:a", f"{prefix}t", FRAME, POLICY)
     before = (await history.read("chat:a", None, 10, POLICY)).position
@@ -94,8 +81,8 @@ async def test_lost_history_changes_the_epoch(clients: tuple[Redis, Redis, str])
     assert after.recovered is False
 
 
-async def test_expired_messages_are_not_recovered(clients: tuple[Redis, Redis, str]) -> None:
-    one, _, prefix = clients
+async def test_expired_messages_are_not_recovered(two_clients: tuple[Redis, Redis, str]) -> None:
+    one, _, prefix = two_clients
     history = RedisHistory(one, prefix=prefix)
     brief = HistoryPolicy(size=10, ttl=0.2)
     start = (await history.read("chat:a", None, 10, brief)).position

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -15,18 +14,6 @@ from ws_service.redis_presence import RedisPresence
 
 pytestmark = pytest.mark.redis
 ALICE, BOB = Member("u1", "alice"), Member("u2", "bob")
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[tuple[Redis, Redis, str]]:
-    one, two = Redis.from_url(redis_url), Redis.from_url(redis_url)
-    prefix = f"test-pres-{uuid.uuid4().hex[:8]}:"
-    yield one, two, prefix
-    keys = [key async for key in one.scan_iter(f"{prefix}*")]
-    if keys:
-        await one.delete(*keys)
-    await one.aclose()
-    await two.aclose()
 
 
 async def events(listener: object, count: int) -> list[dict[str, object]]:
@@ -40,9 +27,9 @@ async def events(listener: object, count: int) -> list[dict[str, object]]:
 
 
 async def test_members_across_replicas_and_one_join_per_user(
-    redis: tuple[Redis, Redis, str],
+    two_clients: tuple[Redis, Redis, str],
 ) -> None:
-    one, two, prefix = redis
+    one, two, prefix = two_clients
     channel = f"chat:{uuid.uuid4().hex[:8]}"
     listener = one.pubsub()
     await listener.subscribe(PRESENCE_TOPIC_PREFIX + channel)
@@ -66,8 +53,10 @@ async def test_members_across_replicas_and_one_join_per_user(
     assert await a.members(channel) == []
 
 
-async def test_a_dead_replicas_users_expire_and_leave(redis: tuple[Redis, Redis, str]) -> None:
-    one, two, prefix = redis
+async def test_a_dead_replicas_users_expire_and_leave(
+    two_clients: tuple[Redis, Redis, str],
+) -> None:
+    one, two, prefix = two_clients
     channel = f"chat:{uuid.uuid4().hex[:8]}"
     alive = RedisPresence(one, ttl=0.5, prefix=prefix)
     dead = RedisPresence(two, ttl=0.5, prefix=prefix)
