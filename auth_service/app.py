@@ -27,6 +27,7 @@ from auth_service.store import open_store
 from shared.bus import EventBus
 from shared.bus_factory import open_bus
 from shared.redis_ledger import RedisRevocationLedger
+from shared.serve import HTTP_TIMEOUTS
 
 __all__ = ["build_keyring", "build_service", "create_app"]
 
@@ -86,6 +87,7 @@ def create_app(
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[HTTP_TIMEOUTS] = app[METRICS].limit_hits.labels("http_timeout").inc
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = await open_store(settings.database_url)

@@ -32,6 +32,12 @@ class Metrics:
         self.key_rotations = Counter(
             "auth_key_rotations", "Signing keys created", registry=self.registry
         )
+        self.limit_hits = Counter(
+            "auth_limit_hits",
+            "Connections or requests refused or closed by a resource limit, by limit",
+            ["limit"],
+            registry=self.registry,
+        )
         self.request_seconds = Histogram(
             "auth_http_request_duration_seconds",
             "HTTP request latency",

@@ -33,6 +33,7 @@ from aiohttp.web_protocol import RequestHandler
 from shared.http_errors import json_error
 
 __all__ = [
+    "HTTP_TIMEOUTS",
     "LISTEN_BACKLOG",
     "CannotListen",
     "JsonErrorRequestHandler",
@@ -77,10 +78,22 @@ class Site:
     """Listen with ``SO_REUSEPORT``, beside the other workers of :func:`run_workers`."""
 
 
+HTTP_TIMEOUTS: web.AppKey[Callable[[], None]] = web.AppKey("http_timeouts")
+"""An app sets this to count the connections the HTTP timeout drops (silent, slow or idle)."""
+
+
 class JsonErrorRequestHandler(RequestHandler):
-    """aiohttp's connection handler, answering what it cannot parse as JSON."""
+    """aiohttp's connection handler, answering what it cannot parse as JSON and counting the
+    connections its keep-alive timer drops (aiohttp has no public hook for either)."""
 
     __slots__ = ()
+
+    def _process_keepalive(self) -> None:
+        dropping = not self._force_close
+        super()._process_keepalive()
+        count = getattr(self._manager, "on_timeout", None)
+        if dropping and self._force_close and count is not None:
+            count()
 
     def handle_error(
         self,
@@ -105,6 +118,8 @@ class JsonErrorRequestHandler(RequestHandler):
 
 
 class _JsonErrorServer(web.Server):
+    on_timeout: Callable[[], None] | None = None
+
     def __call__(self) -> RequestHandler:
         handler = super().__call__()
         # aiohttp has no setting for the connection handler's class: the subclass adds no state.
@@ -123,6 +138,7 @@ async def start_site(site: Site) -> tuple[web.AppRunner, int]:
     await runner.setup()
     assert runner.server is not None
     runner.server.__class__ = _JsonErrorServer
+    runner.server.on_timeout = site.app.get(HTTP_TIMEOUTS)  # type: ignore[attr-defined]
     tcp = web.TCPSite(
         runner,
         site.host,

@@ -19,6 +19,7 @@ from shared.envparse import ConfigError
 from shared.events import REVOCATIONS_TOPIC
 from shared.http_errors import http_exception_json
 from shared.redis_ledger import RedisRevocationLedger
+from shared.serve import HTTP_TIMEOUTS
 from ws_service import handlers, handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, LEDGER, METRICS, SETTINGS, SOCKETS
 from ws_service.domain.gateway import Gateway
@@ -54,6 +55,7 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     app = web.Application(middlewares=[_json_errors])
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[HTTP_TIMEOUTS] = app[METRICS].limit_hits.labels("http_timeout").inc
     app[SOCKETS] = weakref.WeakSet()
     app.cleanup_ctx.append(_bus_ctx(bus))
     app.cleanup_ctx.append(_ledger_ctx)

@@ -15,20 +15,29 @@ import pytest
 from aiohttp import web
 
 from auth_service.app import create_app as create_auth_app
+from auth_service.appkeys import METRICS as AUTH_METRICS
 from auth_service.settings import Settings as AuthSettings
 from shared.bus import InProcessBus
 from shared.serve import Site, start_site
 from tests.support.raw_http import raw_request
 from tests.support.raw_ws import RawWebSocket
 from ws_service.app import create_app as create_ws_app
+from ws_service.appkeys import METRICS as WS_METRICS
 from ws_service.settings import Settings as WsSettings
 
 HTTP_TIMEOUT = 0.5
 Start = Callable[[str], Awaitable[int]]
+METRIC = {"auth": "auth_limit_hits_total", "ws": "ws_limit_hits_total"}
 
 
 @pytest.fixture
-async def start(tmp_path: Path) -> AsyncIterator[Start]:
+def apps() -> dict[int, web.Application]:
+    """The app behind each port ``start`` opened."""
+    return {}
+
+
+@pytest.fixture
+async def start(tmp_path: Path, apps: dict[int, web.Application]) -> AsyncIterator[Start]:
     """``await start("auth" | "ws")``: the service on a free port, as ``python -m`` serves it."""
     runners: list[web.AppRunner] = []
 
@@ -53,6 +62,7 @@ async def start(tmp_path: Path) -> AsyncIterator[Start]:
             )
         runner, port = await start_site(Site(app, "127.0.0.1", 0, http_timeout=HTTP_TIMEOUT))
         runners.append(runner)
+        apps[port] = app
         return port
 
     yield run
@@ -98,9 +108,10 @@ async def closed_after(reader: asyncio.StreamReader, limit: float) -> float:
 @pytest.mark.parametrize("service", ["auth", "ws"])
 @pytest.mark.parametrize("behaviour", ["silent", "partial-headers", "dribble", "idle-keepalive"])
 async def test_slow_and_silent_clients_are_dropped(
-    start: Start, service: str, behaviour: str
+    start: Start, apps: dict[int, web.Application], service: str, behaviour: str
 ) -> None:
     port = await start(service)
+    registry = apps[port][AUTH_METRICS if service == "auth" else WS_METRICS].registry
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         if behaviour == "partial-headers":
@@ -116,6 +127,8 @@ async def test_slow_and_silent_clients_are_dropped(
         assert await closed_after(reader, HTTP_TIMEOUT * 6) < HTTP_TIMEOUT * 5
     finally:
         writer.close()
+    # Counted in /metrics like every other limit.
+    assert registry.get_sample_value(METRIC[service], {"limit": "http_timeout"}) == 1
 
 
 async def test_a_slow_body_is_408_json(start: Start) -> None:
