@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import jwt
@@ -61,10 +63,7 @@ class TokenVerifier:
         issuer, signed by a JWKS key."""
         if not token.isascii():  # a JWS compact serialization is base64url and dots
             raise InvalidToken("the token is malformed")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise InvalidToken("the token is malformed") from None
+        header = _header(token.partition(".")[0])
         kid = header.get("kid")
         if header.get("alg") != ALGORITHM:
             raise InvalidToken(f"the token must be signed with {ALGORITHM}")
@@ -90,6 +89,25 @@ class TokenVerifier:
         except jwt.InvalidTokenError:
             raise InvalidToken() from None
         return payload
+
+
+@lru_cache(maxsize=256)
+def _header_or_none(segment: str) -> Mapping[str, Any] | None:
+    try:
+        return MappingProxyType(jwt.get_unverified_header(f"{segment}.e30."))
+    except jwt.InvalidTokenError:
+        return None
+
+
+def _header(segment: str) -> Mapping[str, Any]:
+    """The unverified header, parsed once per distinct header segment: every token of one key
+    shares it (alg, typ, kid), and pyjwt's parse is a tenth of a handshake. It only picks the
+    key; ``jwt.decode`` parses and verifies the real header again. An attacker's distinct headers
+    cost what they cost before (the cache is a bounded LRU)."""
+    header = _header_or_none(segment)
+    if header is None:
+        raise InvalidToken("the token is malformed")
+    return header
 
 
 def claims_from(payload: Mapping[str, Any]) -> Claims:
