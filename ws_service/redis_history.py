@@ -22,13 +22,26 @@ __all__ = ["RedisHistory"]
 POSITION_RETENTION = 86_400
 """Seconds a quiet channel's epoch and offset are kept, so a client can learn it missed nothing."""
 
-_PUBLISH = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[5]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+# Shared by both scripts: the channel's epoch, started afresh (with an empty log) when the meta
+# hash is gone, which is how a flushed or restarted Redis shows.
+_EPOCH = """
+local function current_epoch(candidate, ttl)
+  local epoch = redis.call('HGET', KEYS[1], 'epoch')
+  if not epoch then
+    epoch = candidate
+    redis.call('DEL', KEYS[2])
+    redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+    redis.call('EXPIRE', KEYS[1], ttl)
+  end
+  return epoch
 end
+"""
+
+# ARGV: frame, size, log ttl (ms), topic, new epoch, now (ms), meta ttl (s)
+_PUBLISH = (
+    _EPOCH
+    + """
+local epoch = current_epoch(ARGV[5], ARGV[7])
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local framed = string.sub(ARGV[1], 1, -2) .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 't', ARGV[6], 'f', framed)
@@ -37,18 +50,17 @@ redis.call('EXPIRE', KEYS[1], ARGV[7])
 redis.call('PUBLISH', ARGV[4], framed)
 return framed
 """
+)
 
-_READ = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-end
+# ARGV: first id, new epoch, meta ttl (s)
+_READ = (
+    _EPOCH
+    + """
+local epoch = current_epoch(ARGV[2], ARGV[3])
 local offset = redis.call('HGET', KEYS[1], 'offset')
 return {epoch, offset, redis.call('XRANGE', KEYS[2], ARGV[1], '+')}
 """
+)
 
 
 class RedisHistory:
