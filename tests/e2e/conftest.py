@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.services import free_port, unavailable
-from tests.system.procs import service
+from tests.services import unavailable
+from tests.system.procs import embedded_env, service
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -92,13 +92,9 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The embedded stack with a few-second access-token lifetime."""
     data = tmp_path_factory.mktemp("stack")
-    auth_port, ws_port = free_port(), free_port()
-    env = {
-        "AUTH_DEV": "1",
-        "AUTH_DATA_DIR": str(data),
-        "AUTH_PORT": str(auth_port),
-        "WS_PORT": str(ws_port),
-        "AUTH_ACCESS_TOKEN_TTL": str(ACCESS_TOKEN_TTL),
-    }
+    env, auth_port, ws_port = embedded_env(
+        data,
+        AUTH_ACCESS_TOKEN_TTL=str(ACCESS_TOKEN_TTL),
+    )
     with service("services", env, ws_port, data) as proc:
         yield Stack(f"http://127.0.0.1:{auth_port}", f"ws://127.0.0.1:{ws_port}/ws", proc.log_path)

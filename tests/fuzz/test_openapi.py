@@ -21,8 +21,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from shared.wire_json import loads
-from tests.services import free_port
-from tests.system.procs import service
+from tests.system.procs import embedded_env, service
 
 pytestmark = pytest.mark.system
 
@@ -53,15 +52,11 @@ def test_the_document_is_valid_openapi_3_1() -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Both services in one real process (the embedded launcher), on free ports."""
     workdir = tmp_path_factory.mktemp("fuzz")
-    auth_port, ws_port = free_port(), free_port()
-    env = {
-        "AUTH_DEV": "1",
-        "AUTH_DATA_DIR": str(workdir),
-        "AUTH_PORT": str(auth_port),
-        "AUTH_METRICS_TOKEN": METRICS_TOKEN,
-        "WS_PORT": str(ws_port),
-        "WS_API_KEYS": API_KEY,
-    }
+    env, auth_port, ws_port = embedded_env(
+        workdir,
+        AUTH_METRICS_TOKEN=METRICS_TOKEN,
+        WS_API_KEYS=API_KEY,
+    )
     with service("services", env, auth_port, workdir) as proc:
         yield {"auth": f"http://127.0.0.1:{auth_port}", "ws": f"http://127.0.0.1:{ws_port}"}
         assert "Traceback" not in proc.tail(100_000)

@@ -13,7 +13,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["Proc", "run_cli", "service"]
+from tests.services import free_port
+
+__all__ = ["Proc", "embedded_env", "run_cli", "service"]
 
 
 def _base_env(extra: Mapping[str, str]) -> dict[str, str]:
@@ -133,3 +135,17 @@ def run_cli(module: str, args: list[str], env: Mapping[str, str], stdin: str = "
     )
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout.decode()
+
+
+def embedded_env(data_dir: Path, **extra: str) -> tuple[dict[str, str], int, int]:
+    """What `make run` reads, for the embedded stack (``python -m services``) on two free ports:
+    ``(env, auth port, ws port)``; ``extra`` adds or overrides variables."""
+    auth_port, ws_port = free_port(), free_port()
+    env = {
+        "AUTH_DEV": "1",
+        "AUTH_DATA_DIR": str(data_dir),
+        "AUTH_PORT": str(auth_port),
+        "WS_PORT": str(ws_port),
+        **extra,
+    }
+    return env, auth_port, ws_port

@@ -10,8 +10,7 @@ import aiohttp
 import pytest
 
 from tests.integration.ws.test_close_handshake import chatty_client
-from tests.services import free_port
-from tests.system.procs import service
+from tests.system.procs import embedded_env, service
 
 pytestmark = pytest.mark.system
 PASSWORD = "correct horse battery staple"
@@ -19,16 +18,12 @@ SOCKETS = 150
 
 
 async def test_logout_closes_every_busy_socket_with_4403(tmp_path: Path) -> None:
-    auth_port, ws_port = free_port(), free_port()
-    env = {
-        "AUTH_DEV": "1",
-        "AUTH_DATA_DIR": str(tmp_path),
-        "AUTH_PORT": str(auth_port),
-        "WS_PORT": str(ws_port),
-        "WS_MAX_CONNECTIONS_PER_USER": str(SOCKETS),
-        "WS_RATE_PER_SECOND": "100000",
-        "WS_RATE_BURST": "100000",
-    }
+    env, auth_port, ws_port = embedded_env(
+        tmp_path,
+        WS_MAX_CONNECTIONS_PER_USER=str(SOCKETS),
+        WS_RATE_PER_SECOND="100000",
+        WS_RATE_BURST="100000",
+    )
     auth = f"http://127.0.0.1:{auth_port}"
     with service("services", env, ws_port, tmp_path):
         connector = aiohttp.TCPConnector(limit=0)  # every socket holds a connection

@@ -11,8 +11,7 @@ import aiohttp
 import pytest
 import trustme
 
-from tests.services import free_port
-from tests.system.procs import service
+from tests.system.procs import embedded_env, service
 
 pytestmark = pytest.mark.system
 PASSWORD = "correct horse battery staple"
@@ -34,15 +33,11 @@ async def test_make_run_stack_serves_wss_and_logout_closes_the_socket(tmp_path: 
     cert.private_key_pem.write_to_path(str(key_path))
     tls = ssl.create_default_context()
     ca.configure_trust(tls)
-    auth_port, ws_port = free_port(), free_port()
-    env = {
-        "AUTH_DEV": "1",
-        "AUTH_DATA_DIR": str(tmp_path),
-        "AUTH_PORT": str(auth_port),
-        "WS_PORT": str(ws_port),
-        "WS_TLS_CERT": str(cert_path),
-        "WS_TLS_KEY": str(key_path),
-    }
+    env, auth_port, ws_port = embedded_env(
+        tmp_path,
+        WS_TLS_CERT=str(cert_path),
+        WS_TLS_KEY=str(key_path),
+    )
     auth = f"http://127.0.0.1:{auth_port}"
     with service("services", env, ws_port, tmp_path, tls=tls):
         async with aiohttp.ClientSession() as http:
