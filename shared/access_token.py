@@ -62,12 +62,11 @@ class TokenRef:
 
 @dataclass(frozen=True, slots=True)
 class Claims:
-    """The parts of a verified access token a verifier acts on (``iss``/``aud`` are checked by
-    pyjwt and not kept)."""
+    """The parts of a verified access token a verifier acts on, kept for as long as its socket
+    lives (``iss``/``aud`` are checked by pyjwt, ``jti`` is checked present; none is kept)."""
 
     sub: str
     sid: str
-    jti: str
     iat: int
     exp: int
     scopes: frozenset[str]
@@ -91,7 +90,6 @@ class Claims:
         return cls(
             sub=sub,
             sid=sid,
-            jti=jti,
             iat=int(iat),
             exp=int(exp),
             scopes=scope_set(scope),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -56,7 +55,7 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[HTTP_TIMEOUTS] = app[METRICS].limit_hits.labels("http_timeout").inc
-    app[SOCKETS] = weakref.WeakSet()
+    app[SOCKETS] = set()  # each handler removes its own peer
     app.cleanup_ctx.append(_bus_ctx(bus))
     app.cleanup_ctx.append(_ledger_ctx)
     app.cleanup_ctx.append(_gateway_ctx)

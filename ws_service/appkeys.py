@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
-
 from aiohttp import web
 
 from shared.bus import EventBus
@@ -25,4 +23,4 @@ GATEWAY = web.AppKey("gateway", Gateway)
 LEDGER = web.AppKey("revocation_ledger", RedisRevocationLedger)
 """Set only when ``REDIS_URL`` is: read it with ``app.get(LEDGER)``."""
 USED_TICKETS = web.AppKey("used_tickets", UsedTickets)
-SOCKETS = web.AppKey("sockets", weakref.WeakSet[WebSocketPeer])
+SOCKETS = web.AppKey("sockets", set[WebSocketPeer])

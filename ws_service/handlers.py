@@ -56,7 +56,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return handshake.refusal(request, err)
     gateway, metrics = request.app[GATEWAY], request.app[METRICS]
     remote = client_address(
-        request.remote, request.headers.get(hdrs.X_FORWARDED_FOR), settings.forwarded_allow_ips
+        _peer_host(request), request.headers.get(hdrs.X_FORWARDED_FOR), settings.forwarded_allow_ips
     )
     if claims is None and not gateway.may_wait(remote):
         metrics.limit_hits.labels("unauthenticated_per_address").inc()
@@ -70,7 +70,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     sockets = request.app[SOCKETS]
     peer = WebSocketPeer(
-        ws, settings.max_outbox_bytes, metrics.limit_hits.labels("outbox_bytes").inc
+        ws,
+        request.transport,
+        settings.max_outbox_bytes,
+        metrics.outbox_overflows.inc,
     )
     conn = gateway.connect(peer, remote)
     if claims is not None:
@@ -80,8 +83,19 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         settings.preauth_frame_rate, settings.preauth_frame_burst, time.monotonic()
     )
     sockets.add(peer)
+    task = asyncio.current_task()
     try:
-        while (msg := await peer.receive()) is not None:
+        while not peer.close_requested:
+            peer.reader = task
+            try:
+                msg = await ws.receive()
+            except asyncio.CancelledError:
+                if task is None or not peer.close_requested:
+                    raise
+                task.uncancel()
+                break
+            finally:
+                peer.reader = None
             if (conn.claims is None or msg.type in _CONTROL) and not frames.take(time.monotonic()):
                 if not conn.closing:
                     metrics.limit_hits.labels("preauth_frame_rate").inc()
@@ -103,6 +117,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await peer.finish(settings.close_timeout)
         sockets.discard(peer)
     return ws
+
+
+def _peer_host(request: web.Request) -> str | None:
+    """The TCP peer's address, as ``request.remote`` gives it but without its per-request cache:
+    a WebSocket's request lives as long as its socket, and that cache is a 200-byte dict."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if isinstance(peer, list | tuple) else None
 
 
 async def publish(request: web.Request) -> web.Response:

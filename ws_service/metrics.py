@@ -61,8 +61,11 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        # Children used on every handshake, looked up once (``labels()`` is a locked dict lookup).
         self.awaiting_auth = self.connections.labels("awaiting_auth")
         self.authenticated = self.connections.labels("authenticated")
+        self.auth_ok = self.auth.labels("ok")
+        self.outbox_overflows = self.limit_hits.labels("outbox_bytes")
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

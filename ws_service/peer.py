@@ -2,15 +2,20 @@
 and the RFC 6455 closing handshake done from the handler's own task.
 
 Uncompressed ``send_str`` writes to the transport at once and only waits when the peer stops
-reading, so a broadcast loop only appends here and a slow client can stall nobody but itself. A
-client whose outbox grows past ``max_outbox_bytes`` is dropped (1013 ``slow_consumer``).
+reading. So a frame for a socket with nothing queued and an empty transport buffer is written at
+once, in the caller's step (no task: a broadcast to 10k sockets would otherwise start 10k); any
+other frame is appended to the outbox, which a writer task drains, and a slow client can stall
+nobody but itself. A client whose outbox grows past ``max_outbox_bytes`` is dropped (1013
+``slow_consumer``).
 
 Closing: aiohttp's ``WebSocketResponse.close()`` called from another task while the handler waits
 in ``receive()`` sends the close frame and then closes TCP at once, without waiting for the
 peer's close frame, and the peer then often reads a reset (1006) instead of the code. So the
-writer only queues the close: it wakes the handler's ``receive()`` (a cancellation caught in
-:meth:`receive`), and the handler calls ``close()`` itself, which waits up to the socket's close
-timeout for the peer's close frame before closing TCP.
+writer only queues the close: it wakes the handler's ``receive()`` (it cancels the task named in
+``reader`` while that task waits there), and the handler calls ``close()`` itself, which waits up
+to the socket's close timeout for the peer's close frame before closing TCP. The handler awaits
+``ws.receive()`` itself rather than through a method here: a coroutine frame per idle socket is
+about 200 bytes.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
-from aiohttp import WSMessage, web
+from aiohttp import web
 
 from shared.close_codes import Disconnect
 
@@ -35,7 +40,6 @@ class _Close(NamedTuple):
 
 class WebSocketPeer:
     __slots__ = (
-        "__weakref__",
         "_close",
         "_closing",
         "_done",
@@ -44,18 +48,21 @@ class WebSocketPeer:
         "_on_overflow",
         "_outbox",
         "_queued",
-        "_reader",
+        "_transport",
         "_writer",
+        "reader",
         "ws",
     )
 
     def __init__(
         self,
         ws: web.WebSocketResponse,
+        transport: asyncio.Transport | None,
         max_outbox_bytes: int,
         on_overflow: Callable[[], None] | None = None,
     ) -> None:
         self.ws = ws
+        self._transport = transport
         self._max_bytes = max_outbox_bytes
         self._on_overflow = on_overflow
         # Allocated while frames wait and dropped once drained: an idle socket holds no queue (a
@@ -63,7 +70,8 @@ class WebSocketPeer:
         self._outbox: deque[str | _Close] | None = None
         self._queued = 0
         self._writer: asyncio.Task[None] | None = None
-        self._reader: asyncio.Task[object] | None = None
+        # The handler's task while it waits in ``ws.receive()``: cancelled to wake it for a close.
+        self.reader: asyncio.Task[object] | None = None
         self._close: _Close | None = None
         self._closing = False
         self._finished = False
@@ -78,6 +86,8 @@ class WebSocketPeer:
     def send(self, text: str) -> None:
         """Queue one frame; frames are ASCII JSON, so characters are bytes."""
         if self._closing:
+            return
+        if self._outbox is None and self._writer is None and self._write_now(text):
             return
         if self._queued + len(text) > self._max_bytes:
             self._outbox = None
@@ -100,24 +110,11 @@ class WebSocketPeer:
 
     # -- the handler's side ------------------------------------------------------------------
 
-    async def receive(self) -> WSMessage | None:
-        """The next message, or None once this side asked to close (then call :meth:`finish`).
-
-        Only the handler's task calls this."""
-        if self._close is not None:
-            return None
-        task = asyncio.current_task()
-        assert task is not None
-        self._reader = task
-        try:
-            return await self.ws.receive()
-        except asyncio.CancelledError:
-            if self._close is None:
-                raise
-            task.uncancel()
-            return None
-        finally:
-            self._reader = None
+    @property
+    def close_requested(self) -> bool:
+        """This side asked to close: stop reading and call :meth:`finish`. A cancellation of the
+        reader that arrives with this set is that request, not a shutdown."""
+        return self._close is not None
 
     async def finish(self, grace: float) -> None:
         """Let queued frames go out for at most ``grace`` seconds, then complete a requested
@@ -139,7 +136,28 @@ class WebSocketPeer:
             self._done = asyncio.Event()
         await self._done.wait()
 
-    # -- the writer task -----------------------------------------------------------------------
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _write_now(self, text: str) -> bool:
+        """Write ``text`` in this step if that cannot wait; False when it must be queued.
+
+        aiohttp's uncompressed ``send_frame`` writes to the transport first and then suspends only
+        to drain a transport paused above its high-water mark, which an empty write buffer is not.
+        So the coroutine is driven to completion here, as a task's first step would drive it. Were
+        it to suspend anyway, the frame is already written: only the drain wait is dropped."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        sending = self.ws.send_str(text)
+        try:
+            sending.send(None)
+        except StopIteration:
+            pass
+        except ConnectionError:
+            pass  # the peer is gone; the handler's receive() sees it, as the writer would
+        else:
+            sending.close()
+        return True
 
     def _queue(self) -> deque[str | _Close]:
         if self._outbox is None:
@@ -161,8 +179,8 @@ class WebSocketPeer:
                     self._outbox = None
                     self._queued = 0
                     self._close = item
-                    if self._reader is not None:
-                        self._reader.cancel()
+                    if self.reader is not None:
+                        self.reader.cancel()
         except ConnectionError:
             self._outbox = None
             self._queued = 0

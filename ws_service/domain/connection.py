@@ -1,12 +1,12 @@
 """One socket's state machine, free of aiohttp: it reads text, and writes through a ``Peer``.
 
-Timers are ``loop.call_later`` handles kept in slots and cancelled on close, so a connection costs
-one handler task and a few hundred bytes, not extra tasks.
+One deadline at a time (the auth deadline, then the expiry warning, then the expiry itself, each
+scheduling the next) in the gateway's coalesced ``Deadlines``, cancelled on close, so a connection
+costs one handler task and a few hundred bytes, not extra tasks or timer handles.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Awaitable
@@ -18,6 +18,7 @@ from shared.close_codes import Disconnect
 from shared.jsonlog import audit
 from ws_service.domain import protocol
 from ws_service.domain.channels import check_publish, check_subscribe, validate_channel
+from ws_service.domain.deadlines import Deadlines
 from ws_service.domain.errors import (
     AuthError,
     AuthTimeout,
@@ -81,17 +82,16 @@ def warning_delay(remaining: float, window: float, rand: float) -> float:
 class Connection:
     __slots__ = (
         "_admission",
-        "_auth_timer",
         "_bucket",
-        "_expiry_timer",
+        "_deadline",
+        "_deadlines",
         "_held",
         "_hub",
         "_metrics",
-        "_positions",
         "_settings",
         "_strikes",
         "_violations",
-        "_warning_timer",
+        "_warned",
         "attempts",
         "channels",
         "claims",
@@ -109,6 +109,7 @@ class Connection:
         metrics: Metrics,
         hub: Hub,
         admission: Admission,
+        deadlines: Deadlines,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
@@ -119,17 +120,18 @@ class Connection:
         self.claims: Claims | None = None
         self.closing = False
         self.attempts = 0
-        self.channels: set[str] = set()
-        self._positions: dict[str, Position] = {}
-        self._held: dict[str, list[tuple[str, Position | None]]] = {}
+        # Subscribed channels, each with the position last delivered on it (None until one is, or
+        # where the channel keeps no history). One dict, not a set and a dict: an idle socket's
+        # state is what a gateway of many sockets pays for.
+        self.channels: dict[str, Position | None] = {}
+        # Messages held back per channel while it is being recovered; made on first use.
+        self._held: dict[str, list[tuple[str, Position | None]]] | None = None
         self._bucket: TokenBucket | None = None
         self._strikes = 0
         self._violations = 0
-        self._warning_timer: asyncio.TimerHandle | None = None
-        self._expiry_timer: asyncio.TimerHandle | None = None
-        self._auth_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            settings.auth_timeout, self._on_auth_timeout
-        )
+        self._deadlines = deadlines
+        self._warned = False
+        self._deadline: int | None = deadlines.schedule(settings.auth_timeout, self)
 
     # -- input -----------------------------------------------------------------------------
 
@@ -161,7 +163,7 @@ class Connection:
     def deliver(self, channel: str, text: str, position: Position | None) -> None:
         """A channel broadcast; the hub counts these in bulk. Held back while the channel is
         being recovered, and dropped when its offset was already delivered."""
-        held = self._held.get(channel)
+        held = self._held.get(channel) if self._held is not None else None
         if held is not None:
             held.append((text, position))
         elif position is None or self._advance(channel, position):
@@ -169,10 +171,11 @@ class Connection:
 
     def _advance(self, channel: str, position: Position) -> bool:
         """Whether ``position`` comes after the last one delivered on ``channel`` (and note it)."""
-        last = self._positions.get(channel)
+        last = self.channels.get(channel)
         if last is not None and last.epoch == position.epoch and position.offset <= last.offset:
             return False
-        self._positions[channel] = position
+        if channel in self.channels:
+            self.channels[channel] = position
         return True
 
     def revoke(self, reason: str) -> None:
@@ -183,15 +186,11 @@ class Connection:
     def disconnected(self) -> None:
         """The socket is gone: drop timers, channels and the user index entry."""
         self.closing = True
-        for timer in (self._auth_timer, self._warning_timer, self._expiry_timer):
-            if timer is not None:
-                timer.cancel()
-        self._auth_timer = self._warning_timer = self._expiry_timer = None
+        self._cancel_timer()
         for channel in self.channels:
             self._hub.leave(channel, self)
         self.channels.clear()
-        self._positions.clear()
-        self._held.clear()
+        self._held = None
         self._admission.forget(self)
 
     # -- output ----------------------------------------------------------------------------
@@ -246,9 +245,7 @@ class Connection:
         self._start(claims, None)
 
     def _start(self, claims: Claims, request_id: protocol.RequestId) -> None:
-        if self._auth_timer is not None:
-            self._auth_timer.cancel()
-            self._auth_timer = None
+        self._cancel_timer()
         self._bucket = TokenBucket(
             self._settings.rate_per_second, self._settings.rate_burst, time.monotonic()
         )
@@ -284,7 +281,7 @@ class Connection:
 
     def _accept(self, claims: Claims, request_id: protocol.RequestId, *, renewed: bool) -> None:
         self.claims = claims
-        self._metrics.auth.labels("ok").inc()
+        self._metrics.auth_ok.inc()
         self._schedule_expiry(claims)
         self.send(protocol.auth_success(claims, time.time(), request_id, renewed=renewed))
 
@@ -303,27 +300,37 @@ class Connection:
             self.close(protocol.disconnect_for(err))
 
     def _schedule_expiry(self, claims: Claims) -> None:
-        """Warn before ``exp`` and close at ``exp`` plus leeway, unless a renewal reschedules both."""
-        for timer in (self._warning_timer, self._expiry_timer):
-            if timer is not None:
-                timer.cancel()
-        settings = self._settings
-        loop = asyncio.get_running_loop()
+        """Warn before ``exp``; the warning schedules the close at ``exp`` plus leeway. A renewal
+        reschedules both (one deadline at a time: the warning always comes first)."""
+        self._cancel_timer()
         remaining = claims.exp - time.time()
-        warn_in = warning_delay(remaining, settings.expiry_warning, random.random())
-        self._warning_timer = loop.call_later(warn_in, self._on_warning)
-        self._expiry_timer = loop.call_later(max(0.0, remaining + settings.leeway), self._on_expiry)
+        warn_in = warning_delay(remaining, self._settings.expiry_warning, random.random())
+        self._warned = False
+        self._deadline = self._deadlines.schedule(warn_in, self)
 
-    def _on_auth_timeout(self) -> None:
-        self._auth_timer = None
-        self._auth_failed(AuthTimeout(), None, final=True)
+    def _cancel_timer(self) -> None:
+        if self._deadline is not None:
+            self._deadlines.cancel(self._deadline, self)
+            self._deadline = None
+
+    def on_deadline(self) -> None:
+        """The one deadline this connection has: before auth, the auth timeout; then the expiry
+        warning; after the warning, the expiry."""
+        self._deadline = None
+        if self.claims is None:
+            self._auth_failed(AuthTimeout(), None, final=True)
+        elif not self._warned:
+            self._on_warning()
+        else:
+            self._on_expiry()
 
     def _on_warning(self) -> None:
-        self._warning_timer = None
         if self.claims is None or self.closing:
             return
-        self._metrics.warnings.inc()
         exp = self.claims.exp
+        self._warned = True
+        self._deadline = self._deadlines.schedule(exp + self._settings.leeway - time.time(), self)
+        self._metrics.warnings.inc()
         self.send(
             protocol.reply(
                 "token_expiring",
@@ -334,7 +341,6 @@ class Connection:
         )
 
     def _on_expiry(self) -> None:
-        self._expiry_timer = None
         if self.closing:
             return
         self._metrics.expiries.inc()
@@ -399,8 +405,7 @@ class Connection:
             raise BadRequest("unknown message type")
 
     def _leave(self, channel: str) -> None:
-        self.channels.discard(channel)
-        self._positions.pop(channel, None)
+        self.channels.pop(channel, None)
         self._hub.leave(channel, self)
 
     def _readable_channel(self, request: protocol.Request) -> str:
@@ -427,8 +432,10 @@ class Connection:
         if channel not in self.channels:
             if len(self.channels) >= self._settings.max_subscriptions:
                 raise TooManySubscriptions()
-            self.channels.add(channel)
+            self.channels[channel] = None
         if policy is not None:
+            if self._held is None:
+                self._held = {}
             self._held[channel] = []
         page: HistoryPage | None = None
         try:
@@ -448,11 +455,13 @@ class Connection:
             self._release(channel, page)
 
     def _release(self, channel: str, page: HistoryPage | None) -> None:
-        held = self._held.pop(channel, None)
+        held = self._held.pop(channel, None) if self._held is not None else None
+        if self._held is not None and not self._held:
+            self._held = None
         if held is None or self.closing or channel not in self.channels:
             return
         if page is not None:
-            self._positions[channel] = page.position
+            self.channels[channel] = page.position
         for text, position in held:
             if position is None or self._advance(channel, position):
                 self.peer.send(text)

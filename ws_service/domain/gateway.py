@@ -12,6 +12,7 @@ from shared.events import SessionRevoked, UserRevoked, decode_event
 from shared.revocation_ledger import RevocationLedger
 from ws_service.domain import errors
 from ws_service.domain.connection import Connection, Peer
+from ws_service.domain.deadlines import Deadlines
 from ws_service.domain.hub import Hub
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.verify import TokenVerifier
@@ -45,8 +46,11 @@ class Gateway:
         self.metrics = metrics
         self.ledger = ledger
         self._reconcile_batch = reconcile_batch
-        self._users: dict[str, set[Connection]] = {}
+        # A tuple per user, not a set: most users hold one socket (a 1-tuple is 48 bytes, an empty
+        # set 216), the per-user limit keeps tuples short, and on_revocation iterates a snapshot.
+        self._users: dict[str, tuple[Connection, ...]] = {}
         self._waiting: Counter[str] = Counter()
+        self.deadlines = Deadlines()
 
     def may_wait(self, remote: str) -> bool:
         """Whether ``remote`` may open one more socket that still has to authenticate."""
@@ -63,6 +67,7 @@ class Gateway:
             metrics=self.metrics,
             hub=self.hub,
             admission=self,
+            deadlines=self.deadlines,
         )
 
     async def authenticate(self, token: str) -> Claims:
@@ -92,10 +97,10 @@ class Gateway:
 
     def admit(self, conn: Connection, claims: Claims) -> None:
         """Index a freshly authenticated connection under its user, within the per-user limit."""
-        conns = self._users.setdefault(claims.sub, set())
+        conns = self._users.get(claims.sub, ())
         if len(conns) >= self.settings.max_connections_per_user:
             raise errors.TooManyConnections()
-        conns.add(conn)
+        self._users[claims.sub] = (*conns, conn)
         self._stop_waiting(conn)
         self.metrics.awaiting_auth.dec()
         self.metrics.authenticated.inc()
@@ -106,11 +111,12 @@ class Gateway:
             self.metrics.awaiting_auth.dec()
             return
         self.metrics.authenticated.dec()
-        conns = self._users.get(conn.claims.sub)
-        if conns is not None:
-            conns.discard(conn)
-            if not conns:
-                del self._users[conn.claims.sub]
+        sub = conn.claims.sub
+        rest = tuple(other for other in self._users.get(sub, ()) if other is not conn)
+        if rest:
+            self._users[sub] = rest
+        else:
+            self._users.pop(sub, None)
 
     def _stop_waiting(self, conn: Connection) -> None:
         remote = conn.remote or ""
@@ -126,7 +132,7 @@ class Gateway:
             log.warning("ignoring malformed revocation event", extra={"topic": topic})
             return
         self.revocations.apply(event)
-        for conn in tuple(self._users.get(event.sub, ())):
+        for conn in self._users.get(event.sub, ()):
             claims = conn.claims
             if claims is None or conn.closing:
                 continue

@@ -73,7 +73,6 @@ def admit(gateway: Gateway, sid: str) -> tuple[Connection, Peer]:
     claims = Claims(
         sub=f"user-{sid}",
         sid=sid,
-        jti=sid,
         iat=now,
         exp=now + 60,
         scopes=frozenset(),
