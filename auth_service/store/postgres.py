@@ -13,12 +13,16 @@ import asyncpg
 
 from auth_service.domain.errors import StoreUnavailable
 from auth_service.store.migrations import MIGRATIONS, render
-from auth_service.store.sql import Row, SqlStore
+from auth_service.store.sql import Row, SqlStore, Statement
 
 __all__ = ["PostgresDatabase", "open_postgres"]
 
 _MIGRATION_LOCK = 0x61757468  # "auth"
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+class _NoRowChanged(Exception):
+    """Rolls back an :meth:`PostgresDatabase.execute_atomically` transaction."""
 
 
 class _Connection:
@@ -44,8 +48,16 @@ class _Connection:
         return True
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Replaces the pool's reset on release (``RESET ALL``, ``UNLISTEN *``, ``CLOSE ALL``,
+    ``pg_advisory_unlock_all()``): a round trip per store call for session state this store never
+    leaves (no ``SET``, ``LISTEN``, cursors or session advisory locks; migrations take a
+    transaction's). The pool still rolls back a transaction left open."""
+
+
 class PostgresDatabase:
     lock_rows = " FOR UPDATE"
+    writable_ctes = True
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -53,7 +65,9 @@ class PostgresDatabase:
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> PostgresDatabase:
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, reset=_keep_session
+            )
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
         db = cls(pool)
@@ -75,6 +89,20 @@ class PostgresDatabase:
                 yield _Connection(conn)
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
+
+    async def execute_atomically(self, statements: Sequence[Statement]) -> bool:
+        if len(statements) == 1:  # atomic by itself: no BEGIN and COMMIT round trips
+            async with self.connection() as conn:
+                sql, args = statements[0]
+                return await conn.execute(sql, *args) > 0
+        try:
+            async with self.transaction() as conn:
+                for sql, args in statements:
+                    if await conn.execute(sql, *args) == 0:
+                        raise _NoRowChanged
+        except _NoRowChanged:
+            return False
+        return True
 
     async def close(self) -> None:
         await self._pool.close()

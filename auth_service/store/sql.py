@@ -25,9 +25,10 @@ from auth_service.domain.models import (
 )
 from auth_service.domain.store import ThrottleUpdate
 
-__all__ = ["Connection", "Database", "SqlStore"]
+__all__ = ["Connection", "Database", "SqlStore", "Statement"]
 
 Row = Mapping[str, Any]
+Statement = tuple[str, Sequence[Any]]
 Model = TypeVar("Model")
 
 
@@ -46,18 +47,31 @@ class Connection(Protocol):
 class Database(Protocol):
     lock_rows: str
     """The clause that locks selected rows to the transaction's end (empty where writers queue)."""
+    writable_ctes: bool
+    """Whether a ``WITH`` may hold an ``UPDATE ... RETURNING`` that the statement's ``INSERT``
+    reads: two writes in one statement, atomic by itself (PostgreSQL; SQLite has no DML in CTEs)."""
 
     def connection(self) -> AbstractAsyncContextManager[Connection]: ...
 
     def transaction(self) -> AbstractAsyncContextManager[Connection]: ...
 
+    async def execute_atomically(self, statements: Sequence[Statement]) -> bool:
+        """Run ``statements`` as one transaction, in one hand-off to the driver (one round trip
+        when there is one statement). The first that changes no row rolls it back: False."""
+
     async def close(self) -> None: ...
 
 
+def _names(model: type[Any]) -> str:
+    return ", ".join(field.name for field in fields(model))
+
+
+def _marks(model: type[Any], first: int = 1) -> str:
+    return ", ".join(f"${i}" for i in range(first, first + len(fields(model))))
+
+
 def _insert_sql(table: str, model: type[Any]) -> str:
-    names = [field.name for field in fields(model)]
-    marks = ", ".join(f"${i}" for i in range(1, len(names) + 1))
-    return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})"  # noqa: S608
+    return f"INSERT INTO {table} ({_names(model)}) VALUES ({_marks(model)})"  # noqa: S608
 
 
 def _columns(alias: str, model: type[Any]) -> str:
@@ -73,6 +87,13 @@ _INSERT_USER = _insert_sql("users", User)
 _INSERT_SESSION = _insert_sql("sessions", Session)
 _INSERT_TOKEN = _insert_sql("refresh_tokens", RefreshToken)
 _INSERT_KEY = _insert_sql("signing_keys", StoredKey)
+_MARK_ROTATED = (
+    "UPDATE refresh_tokens SET rotated_at = $1 WHERE token_hash = $2 AND rotated_at IS NULL"
+)
+_ROTATE_IN_ONE_STATEMENT = (
+    f"WITH old AS ({_MARK_ROTATED} RETURNING 1) INSERT INTO refresh_tokens "  # noqa: S608
+    f"({_names(RefreshToken)}) SELECT {_marks(RefreshToken, first=3)} FROM old"
+)
 _REFRESH_VIEW = f"""
     SELECT {_columns("t", RefreshToken)}, {_columns("s", Session)}, {_columns("u", User)}
     FROM refresh_tokens t
@@ -113,9 +134,9 @@ class SqlStore:
         return _model(User, rows[0]) if rows else None
 
     async def create_session(self, session: Session, token: RefreshToken) -> None:
-        async with self._db.transaction() as conn:
-            await conn.execute(_INSERT_SESSION, *astuple(session))
-            await conn.execute(_INSERT_TOKEN, *astuple(token))
+        await self._db.execute_atomically(
+            [(_INSERT_SESSION, astuple(session)), (_INSERT_TOKEN, astuple(token))]
+        )
 
     async def find_refresh_token(self, token_hash: str) -> RefreshTokenView | None:
         async with self._db.connection() as conn:
@@ -128,17 +149,14 @@ class SqlStore:
         )
 
     async def rotate_refresh_token(self, old_hash: str, new: RefreshToken, now: float) -> bool:
-        async with self._db.transaction() as conn:
-            changed = await conn.execute(
-                "UPDATE refresh_tokens SET rotated_at = $1 "
-                "WHERE token_hash = $2 AND rotated_at IS NULL",
-                now,
-                old_hash,
-            )
-            if changed != 1:
-                return False
-            await conn.execute(_INSERT_TOKEN, *astuple(new))
-            return True
+        """The compare-and-set on ``rotated_at IS NULL`` and the new token's INSERT commit together,
+        in one round trip (one statement) or one hand-off (one transaction)."""
+        rotation: list[Statement]
+        if self._db.writable_ctes:
+            rotation = [(_ROTATE_IN_ONE_STATEMENT, (now, old_hash, *astuple(new)))]
+        else:
+            rotation = [(_MARK_ROTATED, (now, old_hash)), (_INSERT_TOKEN, astuple(new))]
+        return await self._db.execute_atomically(rotation)
 
     async def revoke_session(self, sid: str, now: float) -> bool:
         async with self._db.connection() as conn:

@@ -1,31 +1,36 @@
 """SQLite backend: the zero-set-up default.
 
-One connection per process in WAL mode; a lock serializes its users, ``BEGIN IMMEDIATE`` takes the
-write lock up front, and SQLite's own locking (with a busy timeout) keeps several processes on one
-file consistent, so no row locks are needed.
+One connection per process in WAL mode, owned by one thread; a lock serializes its users,
+``BEGIN IMMEDIATE`` takes the write lock up front, and SQLite's own locking (with a busy timeout)
+keeps several processes on one file consistent, so no row locks are needed. Each call is one
+hand-off to that thread (a whole :meth:`SqliteDatabase.execute_atomically` transaction included):
+the hand-off, not SQLite, is what a short statement costs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
 import sqlite3
+import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from queue import SimpleQueue
+from typing import Any, TypeVar
 
 from auth_service.domain.errors import StoreUnavailable
 from auth_service.store.migrations import MIGRATIONS, render
-from auth_service.store.sql import Row, SqlStore
+from auth_service.store.sql import Row, SqlStore, Statement
 
 __all__ = ["SqliteDatabase", "open_sqlite"]
 
 _DRIVER_ERRORS = (sqlite3.Error, ValueError, OSError)
+T = TypeVar("T")
+_Job = tuple[asyncio.Future[Any], Callable[[], Any]]
 
 
 @functools.lru_cache(maxsize=256)
@@ -34,20 +39,98 @@ def _render(sql: str) -> str:
     return re.sub(r"\$(\d+)", r"?\1", sql)
 
 
+class _DatabaseThread:
+    """The thread that owns the connection. aiosqlite, which this replaces, runs only one sqlite3
+    call per public hand-off (its way to run a function there is private), and a
+    ``ThreadPoolExecutor`` hand-off costs twice this queue's (about 40 us against 17 us)."""
+
+    def __init__(self) -> None:
+        self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="sqlite", daemon=True)
+        self._thread.start()
+        self.stopped = False
+
+    def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        if self.stopped:
+            raise sqlite3.ProgrammingError("the database is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((future, functools.partial(fn, *args)))
+        return future
+
+    def stop(self) -> None:
+        """Let queued calls finish, then end the thread."""
+        self.stopped = True
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn = job
+            try:
+                outcome: tuple[Any, BaseException | None] = (fn(), None)
+            except BaseException as exc:
+                outcome = (None, exc)
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+                future.get_loop().call_soon_threadsafe(_settle, future, *outcome)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if exc is None:
+        future.set_result(result)
+    else:
+        future.set_exception(exc)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    for pragma in (
+        "journal_mode=WAL",
+        "busy_timeout=5000",
+        "foreign_keys=ON",
+        "synchronous=NORMAL",
+    ):
+        conn.execute(f"PRAGMA {pragma}")
+    return conn
+
+
+def _changed(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int:
+    return conn.execute(sql, args).rowcount
+
+
+def _rows(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Row]:
+    return [dict(row) for row in conn.execute(sql, args)]
+
+
+def _atomically(conn: sqlite3.Connection, statements: Sequence[Statement]) -> bool:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, args in statements:
+            if conn.execute(sql, args).rowcount < 1:
+                conn.execute("ROLLBACK")
+                return False
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return True
+
+
 class _Connection:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, thread: _DatabaseThread) -> None:
         self._conn = conn
+        self._thread = thread
 
     async def execute(self, sql: str, *args: Any) -> int:
-        async with self._conn.execute(_render(sql), args) as cur:
-            return cur.rowcount
+        return await self._thread.call(_changed, self._conn, _render(sql), args)
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
-        await self._conn.executemany(_render(sql), args)
+        await self._thread.call(self._conn.executemany, _render(sql), list(args))
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        async with self._conn.execute(_render(sql), args) as cur:
-            return [dict(row) for row in await cur.fetchall()]
+        return await self._thread.call(_rows, self._conn, _render(sql), args)
 
     async def insert(self, sql: str, *args: Any) -> bool:
         try:
@@ -56,33 +139,37 @@ class _Connection:
             return False
         return True
 
+    async def execute_atomically(self, statements: Sequence[Statement]) -> bool:
+        rendered = [(_render(sql), args) for sql, args in statements]
+        return await self._thread.call(_atomically, self._conn, rendered)
+
 
 class SqliteDatabase:
     lock_rows = ""
+    writable_ctes = False
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = _Connection(conn)
+    def __init__(self, conn: sqlite3.Connection, thread: _DatabaseThread) -> None:
+        self._conn = _Connection(conn, thread)
         self._raw = conn
+        self._thread = thread
         self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str | Path) -> SqliteDatabase:
+        thread = _DatabaseThread()
         try:
             if str(path) != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            conn = await aiosqlite.connect(str(path), isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            for pragma in (
-                "journal_mode=WAL",
-                "busy_timeout=5000",
-                "foreign_keys=ON",
-                "synchronous=NORMAL",
-            ):
-                await conn.execute(f"PRAGMA {pragma}")
+            conn = await thread.call(_connect, str(path))
         except _DRIVER_ERRORS as exc:
+            thread.stop()
             raise StoreUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
-        db = cls(conn)
-        await db._migrate()
+        db = cls(conn, thread)
+        try:
+            await db._migrate()
+        except BaseException:
+            await db.close()
+            raise
         return db
 
     @asynccontextmanager
@@ -98,18 +185,24 @@ class SqliteDatabase:
     async def transaction(self) -> AsyncIterator[_Connection]:
         try:
             async with self._lock:
-                await self._raw.execute("BEGIN IMMEDIATE")
+                await self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._conn
                 except BaseException:
-                    await self._raw.execute("ROLLBACK")
+                    await self._conn.execute("ROLLBACK")
                     raise
-                await self._raw.execute("COMMIT")
+                await self._conn.execute("COMMIT")
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
 
+    async def execute_atomically(self, statements: Sequence[Statement]) -> bool:
+        async with self.connection() as conn:
+            return await conn.execute_atomically(statements)
+
     async def close(self) -> None:
-        await self._raw.close()
+        if not self._thread.stopped:
+            await self._thread.call(self._raw.close)
+            self._thread.stop()
 
     async def _migrate(self) -> None:
         async with self.transaction() as conn:

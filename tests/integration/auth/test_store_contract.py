@@ -5,38 +5,55 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from auth_service.domain.errors import Throttled, UsernameTaken
+from auth_service.domain.errors import StoreUnavailable, Throttled, UsernameTaken
 from auth_service.domain.models import RefreshToken, Session, StoredKey, ThrottleState, User
 from auth_service.domain.store import Store
 from auth_service.store import open_store
 from tests.services import postgres_schema
 from tests.unit.auth.memory_store import MemoryStore
 
+OpenReplica = Callable[[], Awaitable[Store]]
+
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+async def open_replica(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[OpenReplica]:
+    """Opens the backend's one database once more per call, as another replica would (the
+    in-memory store, which no replica shares, is the same store each time)."""
     if request.param == "memory":
-        yield MemoryStore()
+        memory = MemoryStore()
+
+        async def same() -> Store:
+            return memory
+
+        yield same
         return
-    if request.param == "sqlite":
-        opened = await open_store(f"sqlite:///{tmp_path / 'auth.db'}")
-        try:
-            yield opened
-        finally:
-            await opened.close()
-        return
-    async with postgres_schema() as url:
-        opened = await open_store(url)
-        try:
-            yield opened
-        finally:
-            await opened.close()
+    async with AsyncExitStack() as stack:
+        url = (
+            f"sqlite:///{tmp_path / 'auth.db'}"
+            if request.param == "sqlite"
+            else await stack.enter_async_context(postgres_schema())
+        )
+
+        async def open_one() -> Store:
+            opened = await open_store(url)
+            stack.push_async_callback(opened.close)
+            return opened
+
+        yield open_one
+
+
+@pytest.fixture
+async def store(open_replica: OpenReplica) -> Store:
+    return await open_replica()
 
 
 def make_user(name: str = "alice") -> User:
@@ -89,6 +106,33 @@ async def test_concurrent_rotations_have_exactly_one_winner(store: Store) -> Non
         )
     )
     assert results.count(True) == 1
+
+
+async def test_rotations_racing_on_two_replicas_have_exactly_one_winner(
+    store: Store, open_replica: OpenReplica
+) -> None:
+    other = await open_replica()
+    first = await make_session(store)
+    now = time.time()
+    new = [RefreshToken(f"n{i}", "s1", now, now + 9) for i in range(20)]
+    results = await asyncio.gather(
+        *(
+            (store, other)[i % 2].rotate_refresh_token(first.token_hash, token, now)
+            for i, token in enumerate(new)
+        )
+    )
+    assert results.count(True) == 1
+    stored = [await store.find_refresh_token(token.token_hash) is not None for token in new]
+    assert stored == results, "only the winner's new token is stored"
+
+
+async def test_a_rotation_that_cannot_store_its_new_token_rotates_nothing(store: Store) -> None:
+    first = await make_session(store)
+    taken = await make_session(store, "s2")
+    with pytest.raises(StoreUnavailable):
+        await store.rotate_refresh_token(first.token_hash, replace(taken, sid="s1"), time.time())
+    view = await store.find_refresh_token(first.token_hash)
+    assert view is not None and view.token.rotated_at is None
 
 
 async def test_revocation_of_one_session_and_of_all(store: Store) -> None:

@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import replace
 
-from auth_service.domain.errors import UsernameTaken
+from auth_service.domain.errors import StoreUnavailable, UsernameTaken
 from auth_service.domain.models import (
     OutboxItem,
     RefreshToken,
@@ -66,6 +66,8 @@ class MemoryStore:
         old = self.tokens.get(old_hash)
         if old is None or old.rotated_at is not None:
             return False
+        if new.token_hash in self.tokens:
+            raise StoreUnavailable("the new token's hash is taken (a primary key would refuse it)")
         self.tokens[old_hash] = replace(old, rotated_at=now)
         self.tokens[new.token_hash] = new
         return True
