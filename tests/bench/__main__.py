@@ -584,7 +584,10 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-async def run(quick: bool) -> int:
+SECTIONS = ("auth", "handshakes", "replicas", "storm")
+
+
+async def run(quick: bool, only: frozenset[str] = frozenset(SECTIONS)) -> int:
     nofile = raise_nofile()
     plan = Plan.for_run(quick, nofile)
     started = time.monotonic()
@@ -594,7 +597,11 @@ async def run(quick: bool) -> int:
               f"core 1; open-files limit {nofile}; logs in {tmp}", flush=True)  # fmt: skip
         await bench.start()
         try:
-            for section in (bench.auth, bench.handshake_targets, bench.replicas, bench.storm):
+            sections = dict(zip(SECTIONS, (bench.auth, bench.handshake_targets, bench.replicas,
+                                           bench.storm), strict=True))  # fmt: skip
+            for name, section in sections.items():
+                if name not in only:
+                    continue
                 try:
                     await section()
                 except BenchError as exc:
@@ -619,7 +626,15 @@ async def run(quick: bool) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a reduced set, under two minutes")
-    sys.exit(asyncio.run(run(parser.parse_args().quick)))
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run only this section (repeatable): auth (goal 3, 4 for auth), handshakes "
+        "(goals 1, 2, 5, 9), replicas (5, 7, 8), storm (6)",
+    )
+    args = parser.parse_args()
+    sys.exit(asyncio.run(run(args.quick, frozenset(args.only or SECTIONS))))
 
 
 if __name__ == "__main__":
