@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import shutil
@@ -45,7 +46,9 @@ def render(conf: str, tmp_path: Path, ports: Mapping[str, Sequence[int]], listen
         (r"listen 443 ssl;", f"listen 127.0.0.1:{listen_port} ssl;"),
         (r"/etc/nginx/certs/dev\.crt", str(tmp_path / "dev.crt")),
         (r"/etc/nginx/certs/dev\.key", str(tmp_path / "dev.key")),
-        (r"(?m)^pid .*;$", f"pid {tmp_path}/nginx.pid;"),
+        # Workers run as this user: a root master would drop them to nobody, who cannot read a
+        # checkout under a private directory (mktemp -d is 0700), and the page would be a 404.
+        (r"(?m)^pid .*;$", f"pid {tmp_path}/nginx.pid;\nuser {getpass.getuser()};"),
         (r"/usr/share/nginx/html", str(ROOT / "services" / "web")),
         (r"/etc/nginx/page_headers\.conf", str(NGINX_CONF.with_name("page_headers.conf"))),
         (r"(?m)^http \{$", "http {\n" + temp_paths),
