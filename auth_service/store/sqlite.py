@@ -114,10 +114,6 @@ class _Connection:
             return False
         return True
 
-    async def execute_atomically(self, statements: Sequence[Statement]) -> bool:
-        rendered = [(_render(sql), args) for sql, args in statements]
-        return await self._thread.call(_atomically, self._conn, rendered)
-
 
 class SqliteDatabase:
     lock_rows = ""
@@ -171,8 +167,9 @@ class SqliteDatabase:
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
 
     async def execute_atomically(self, statements: Sequence[Statement]) -> bool:
-        async with self.connection() as conn:
-            return await conn.execute_atomically(statements)
+        rendered = [(_render(sql), args) for sql, args in statements]
+        async with self.connection():
+            return await self._thread.call(_atomically, self._raw, rendered)
 
     async def close(self) -> None:
         if not self._thread.stopped:

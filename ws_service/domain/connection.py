@@ -163,7 +163,7 @@ class Connection:
     def deliver(self, channel: str, text: str, position: Position | None) -> None:
         """A channel broadcast; the hub counts these in bulk. Held back while the channel is
         being recovered, and dropped when its offset was already delivered."""
-        held = self._held.get(channel) if self._held is not None else None
+        held = self._held.get(channel) if self._held else None
         if held is not None:
             held.append((text, position))
         elif position is None or self._advance(channel, position):
@@ -186,7 +186,7 @@ class Connection:
     def disconnected(self) -> None:
         """The socket is gone: drop timers, channels and the user index entry."""
         self.closing = True
-        self._cancel_timer()
+        self._cancel_deadline()
         for channel in self.channels:
             self._hub.leave(channel, self)
         self.channels.clear()
@@ -245,7 +245,7 @@ class Connection:
         self._start(claims, None)
 
     def _start(self, claims: Claims, request_id: protocol.RequestId) -> None:
-        self._cancel_timer()
+        self._cancel_deadline()
         self._bucket = TokenBucket(
             self._settings.rate_per_second, self._settings.rate_burst, time.monotonic()
         )
@@ -302,13 +302,13 @@ class Connection:
     def _schedule_expiry(self, claims: Claims) -> None:
         """Warn before ``exp``; the warning schedules the close at ``exp`` plus leeway. A renewal
         reschedules both (one deadline at a time: the warning always comes first)."""
-        self._cancel_timer()
+        self._cancel_deadline()
         remaining = claims.exp - time.time()
         warn_in = warning_delay(remaining, self._settings.expiry_warning, random.random())
         self._warned = False
         self._deadline = self._deadlines.schedule(warn_in, self)
 
-    def _cancel_timer(self) -> None:
+    def _cancel_deadline(self) -> None:
         if self._deadline is not None:
             self._deadlines.cancel(self._deadline, self)
             self._deadline = None
@@ -320,14 +320,14 @@ class Connection:
         if self.claims is None:
             self._auth_failed(AuthTimeout(), None, final=True)
         elif not self._warned:
-            self._on_warning()
+            self._on_warning(self.claims)
         else:
             self._on_expiry()
 
-    def _on_warning(self) -> None:
-        if self.claims is None or self.closing:
+    def _on_warning(self, claims: Claims) -> None:
+        if self.closing:
             return
-        exp = self.claims.exp
+        exp = claims.exp
         self._warned = True
         self._deadline = self._deadlines.schedule(exp + self._settings.leeway - time.time(), self)
         self._metrics.warnings.inc()
@@ -455,8 +455,8 @@ class Connection:
             self._release(channel, page)
 
     def _release(self, channel: str, page: HistoryPage | None) -> None:
-        held = self._held.pop(channel, None) if self._held is not None else None
-        if self._held is not None and not self._held:
+        held = self._held.pop(channel, None) if self._held else None
+        if not self._held:
             self._held = None
         if held is None or self.closing or channel not in self.channels:
             return
