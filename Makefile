@@ -1,5 +1,6 @@
 # The two commands a newcomer needs: `make run` and `make test`. Both build .venv when it is
-# missing or older than pyproject.toml.
+# missing or older than the lock files. Every third-party package comes from requirements/*.txt,
+# exact versions with hashes (`make lock` re-resolves them from pyproject.toml).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,14 +8,19 @@ STAMP := $(VENV)/.installed
 NGINX := $(VENV)/nginx/usr/sbin/nginx
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint format bench bench-quick soak clean up down
+.PHONY: run test lint format lock bench bench-quick soak clean up down
 
-$(STAMP): pyproject.toml
+# Install a lock file exactly (hashes checked, nothing resolved), then the project itself, editable,
+# with no dependency of its own resolved and its build backend taken from the same lock.
+PIP_LOCKED = $(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps
+PIP_PROJECT = $(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation
+
+$(STAMP): pyproject.toml requirements/dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
-	@echo "Setting up $(VENV): installing the dependencies from PyPI (first run only, about 20-60 s)..."
+	@echo "Setting up $(VENV): installing the locked dependencies from PyPI (first run only, about 20-60 s)..."
 	@$(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@$(PIP_LOCKED) -r requirements/dev.txt
+	@$(PIP_PROJECT) -e .
 	@touch $(STAMP)
 	@echo "$(VENV) is ready."
 
@@ -55,6 +61,16 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
+# Re-resolve every lock from pyproject.toml (newest releases within its ranges), for every platform
+# and Python 3.11+; then `make test` and `make lint` say whether the upgrade is good.
+UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --universal \
+	--python-version 3.11 --generate-hashes --no-header --quiet --upgrade
+lock: $(STAMP)
+	$(UV_COMPILE) -o requirements/runtime.txt
+	$(UV_COMPILE) --extra dev -o requirements/dev.txt
+	$(UV_COMPILE) --extra dev --extra bench -o requirements/bench.txt
+	cd $(NODE_PEER) && npm install --package-lock-only --no-audit --no-fund --loglevel=error
+
 # Thousands of sockets through renewals, logouts, reconnects and garbage; not part of `make test`.
 # SOAK_SOCKETS (2000), SOAK_SECONDS (60), SOAK_USERS (20) size it.
 soak: $(STAMP)
@@ -70,9 +86,9 @@ BENCH_STAMP := $(VENV)/.bench-installed
 NODE_PEER := tests/bench/peers/node
 NODE_MODULES := $(VENV)/bench-node/node_modules
 
-$(BENCH_STAMP): pyproject.toml | $(STAMP)
+$(BENCH_STAMP): requirements/bench.txt | $(STAMP)
 	@echo "Installing the bench extra into $(VENV) (Django Channels, uvicorn, matplotlib; once)..."
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@$(PIP_LOCKED) -r requirements/bench.txt
 	@touch $(BENCH_STAMP)
 
 $(NODE_MODULES)/.package-lock.json: $(NODE_PEER)/package.json $(NODE_PEER)/package-lock.json | $(STAMP)

@@ -303,6 +303,6 @@ async def _run_listener(listener: ReconnectListener) -> None:
 async def _discard(pubsub: PubSub) -> None:
     """Drop a subscriber connection that may already be broken."""
     try:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+        await pubsub.aclose()
     except _REDIS_DOWN as exc:
         log.debug("closing a broken redis connection failed", extra={"error": str(exc)})
