@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +27,7 @@ from shared.bus import EventBus
 from shared.bus_factory import open_bus
 from shared.redis_ledger import RedisRevocationLedger
 from shared.serve import HTTP_TIMEOUTS
+from shared.tasks import cancel_and_wait
 
 __all__ = ["build_keyring", "build_service", "create_app"]
 
@@ -127,11 +127,7 @@ def create_app(
         unsubscribe = app[BUS].subscribe(KEYS_TOPIC, on_key_announced)
         yield
         unsubscribe()
-        for task in [*tasks, *reloads]:
-            task.cancel()
-        for task in [*tasks, *reloads]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks, *reloads)
 
     app.cleanup_ctx.extend([store_ctx, bus_ctx, domain_ctx])
     app.add_routes(routes)

@@ -12,18 +12,24 @@ In channels with history the client remembers each channel's position (the ``off
 messages missed meanwhile come out of ``messages()`` in order, exactly once. When the server cannot
 recover them (``recovered: false``), ``on_event`` gets ``{"type": "recovery", "channel": ...,
 "recovered": False}``: resynchronise that channel from your own source (``history()`` helps).
+
+The password is used once, by ``start()``, and then forgotten: when the session ends
+(``AuthenticationFailed``) make a new client with fresh credentials. Messages wait for
+``messages()`` in a queue bounded in bytes (``max_queued_bytes``): when a message would overflow it,
+the client drops the socket instead of the message, waits until the queue is half drained, then
+reconnects and resubscribes with ``since``, so channels with history lose nothing; other channels
+miss what was published meanwhile, as after any disconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -31,6 +37,7 @@ import aiohttp
 
 from shared.backoff import backoff_delay
 from shared.close_codes import Action, CloseCode, action_for
+from shared.tasks import cancel_and_wait
 
 __all__ = [
     "AuthApi",
@@ -91,8 +98,8 @@ class RequestFailed(ClientError):
 
 @dataclass(frozen=True)
 class TokenPair:
-    access_token: str
-    refresh_token: str
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
     expires_in: int
 
 
@@ -146,6 +153,14 @@ _TRANSIENT = (TemporaryFailure, aiohttp.ClientError, OSError, TimeoutError)
 """Failures that pass: the connection loop backs off and tries again."""
 
 
+QUEUE_FULL = "message_queue_full"
+"""The reason of the disconnect the client makes itself when ``messages()`` falls behind."""
+
+
+class _QueueFull(Exception):
+    pass
+
+
 class _Closed(Exception):
     def __init__(self, code: int | None, reason: str) -> None:
         super().__init__(code, reason)
@@ -167,12 +182,13 @@ class GatewayClient:
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         request_timeout: float = 10.0,
+        max_queued_bytes: int = 8 * 1024 * 1024,
         on_state: StateListener | None = None,
         on_event: EventHandler | None = None,
     ) -> None:
         self._ws_url = ws_url
         self._username = username
-        self._password = password
+        self._password: str | None = password
         self._own_session = session is None
         self._session = session
         self._auth_url = auth_url
@@ -189,7 +205,10 @@ class GatewayClient:
         self._on_event = on_event
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
-        self._messages: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._messages: asyncio.Queue[tuple[dict[str, Any], int] | None] = asyncio.Queue()
+        self._max_queued = max_queued_bytes
+        self._queued = 0
+        self._drained = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._failure: ClientError | None = None
         self._attempt = 0
@@ -226,7 +245,10 @@ class GatewayClient:
             self._session = aiohttp.ClientSession()
         try:
             self._api = AuthApi(self._session, self._auth_url)
-            self._tokens = await self._api.login(self._username, self._password)
+            password, self._password = self._password, None
+            if password is None:
+                raise ClientError("start() was already called: make a new client to log in again")
+            self._tokens = await self._api.login(self._username, password)
             self._runner = asyncio.get_running_loop().create_task(self._run())
             connected = asyncio.ensure_future(self._connected.wait())
             await asyncio.wait({connected, self._runner}, return_when=asyncio.FIRST_COMPLETED)
@@ -238,10 +260,7 @@ class GatewayClient:
             raise
 
     async def close(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+        await cancel_and_wait(self._runner, *self._background)
         if self._ws is not None:
             await self._ws.close()
         if self._own_session and self._session is not None:
@@ -250,8 +269,7 @@ class GatewayClient:
     async def wait_closed(self) -> None:
         """Return when the client stops; raise the reason when it stopped on an error."""
         if self._runner is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._runner)
+            await asyncio.wait({self._runner})
         if self._failure is not None:
             raise self._failure
 
@@ -263,7 +281,11 @@ class GatewayClient:
                 if self._failure is not None:
                     raise self._failure
                 return
-            yield item
+            frame, size = item
+            self._queued -= size
+            if self._queued <= self._max_queued // 2:
+                self._drained.set()
+            yield frame
 
     async def subscribe(self, channel: str, *, presence_events: bool = False) -> None:
         """Subscribe; with ``presence_events`` ``on_event`` also gets the channel's join/leave."""
@@ -336,6 +358,8 @@ class GatewayClient:
             await self._session_once()
         except _Closed as closed:
             return closed
+        except _QueueFull:
+            return _Closed(None, QUEUE_FULL)
         except _TRANSIENT as exc:
             return _Closed(None, str(exc))
 
@@ -359,6 +383,10 @@ class GatewayClient:
             if closed.code in (CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN):
                 raise AuthenticationFailed(closed.reason or "unauthorized", close_code=closed.code)
             raise ProtocolViolation(f"closed {closed.code} {closed.reason}")
+        if closed.reason == QUEUE_FULL:
+            self._state("reconnecting", "once messages() has taken half of the queued messages")
+            await self._drained.wait()
+            return
         delay = backoff_delay(self._attempt, *self._backoff, random.random())
         self._attempt += 1
         log.info("reconnecting", extra={"code": closed.code, "delay": round(delay, 3)})
@@ -377,8 +405,8 @@ class GatewayClient:
             self._connected.set()
             self._state("connected", str((self.user or {}).get("username", "")))
             while True:
-                frame = await self._receive(ws)
-                await self._handle(ws, frame)
+                frame, size = await self._receive_sized(ws)
+                await self._handle(ws, frame, size)
 
     async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         assert self._tokens is not None
@@ -400,23 +428,31 @@ class GatewayClient:
             await self._receive(ws)
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+        return (await self._receive_sized(ws))[0]
+
+    async def _receive_sized(
+        self, ws: aiohttp.ClientWebSocketResponse
+    ) -> tuple[dict[str, Any], int]:
+        """A frame and its size in characters (what it weighs in the message queue)."""
         msg = await ws.receive()
         if msg.type is aiohttp.WSMsgType.TEXT:
             frame: dict[str, Any] = json.loads(msg.data)
-            return frame
+            return frame, len(msg.data)
         if msg.type is aiohttp.WSMsgType.CLOSE:
             raise _Closed(msg.data, msg.extra or "")
         raise _Closed(ws.close_code, "")
 
-    async def _handle(self, ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]) -> None:
+    async def _handle(
+        self, ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any], size: int
+    ) -> None:
         kind = frame.get("type")
         request_id = frame.get("id")
         if isinstance(request_id, str) and request_id in self._pending:
             self._pending.pop(request_id).set_result(frame)
         elif kind == "message":
-            self._deliver(frame)
+            self._deliver(frame, size)
         elif kind == "subscribed":
-            self._recovered(frame)
+            self._recovered(frame, size)
         elif kind in ("join", "leave"):
             self._emit(frame)
         elif kind == "token_expiring":
@@ -441,17 +477,24 @@ class GatewayClient:
         if isinstance(position, dict) and "offset" in position and "epoch" in position:
             self._positions[channel] = {"offset": position["offset"], "epoch": position["epoch"]}
 
-    def _deliver(self, frame: dict[str, Any]) -> None:
+    def _deliver(self, frame: dict[str, Any], size: int) -> None:
+        """Queue a message, or raise ``_QueueFull`` before its position is remembered, so the
+        resubscription after the reconnect asks for it again."""
+        if self._queued + size > self._max_queued and self._queued > 0:
+            self._drained.clear()
+            raise _QueueFull()
         if "offset" in frame:
             self._remember(str(frame.get("channel")), frame)
-        self._messages.put_nowait(frame)
+        self._queued += size
+        self._messages.put_nowait((frame, size))
 
-    def _recovered(self, frame: dict[str, Any]) -> None:
+    def _recovered(self, frame: dict[str, Any], size: int) -> None:
         """A resubscription's answer: the missed messages first, then the stream goes on."""
         channel = str(frame.get("channel"))
         publications = frame.get("publications") or []
+        share = size // max(1, len(publications))
         for publication in publications:
-            self._deliver(publication)
+            self._deliver(publication, share)
         self._remember(channel, frame.get("position"))
         if "recovered" in frame:
             recovered = bool(frame["recovered"])

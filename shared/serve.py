@@ -31,6 +31,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from shared.http_errors import json_error
+from shared.tasks import cancel_and_wait
 
 __all__ = [
     "HTTP_TIMEOUTS",
@@ -173,12 +174,11 @@ async def serve(sites: Sequence[Site], *, on_started: OnStarted | None = None) -
             started = loop.create_task(on_started())
         await stop.wait()
     finally:
-        if started is not None:
-            started.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await started
-        for runner in reversed(runners):
-            await runner.cleanup()
+        try:
+            await cancel_and_wait(started)
+        finally:
+            for runner in reversed(runners):
+                await runner.cleanup()
 
 
 def run(sites: Sequence[Site], *, on_started: OnStarted | None = None) -> None:

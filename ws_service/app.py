@@ -19,6 +19,7 @@ from shared.events import REVOCATIONS_TOPIC
 from shared.http_errors import http_exception_json
 from shared.redis_ledger import RedisRevocationLedger
 from shared.serve import HTTP_TIMEOUTS
+from shared.tasks import cancel_and_wait
 from ws_service import handlers, handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, LEDGER, METRICS, SETTINGS, SOCKETS
 from ws_service.domain.gateway import Gateway
@@ -143,6 +144,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             settings.history_policy,
             on_delivered=metrics.messages_out.inc,
             on_local_only=metrics.local_only_publishes.inc,
+            on_delivery_failed=metrics.delivery_failures.inc,
             sync_timeout=settings.subscribe_sync_timeout,
         )
         gateway = Gateway(settings, verifier, revocations, hub, metrics, ledger=app.get(LEDGER))
@@ -155,13 +157,11 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
-            await jwks.close()
             stop_restoring()
             stop_reconciling()
             unsubscribe()
+            await cancel_and_wait(refresher)
+            await jwks.close()
             await hub.close()
 
 
@@ -184,9 +184,7 @@ async def _presence_refresh_ctx(app: web.Application) -> AsyncIterator[None]:
 
     task = asyncio.get_running_loop().create_task(refresh_forever(), name="presence-refresh")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)
 
 
 async def _close_sockets(app: web.Application) -> None:

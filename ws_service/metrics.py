@@ -37,6 +37,11 @@ class Metrics:
             "Channel messages the bus refused (Redis down), delivered to this replica's sockets only",
             registry=r,
         )
+        self.delivery_failures = Counter(
+            "ws_delivery_failures",
+            "Deliveries to one subscriber that raised (a bug): the others still got the message",
+            registry=r,
+        )
         self.recoveries = Counter(
             "ws_recoveries",
             "Subscriptions with since: recovered, not_recovered (resynchronise), or unavailable",

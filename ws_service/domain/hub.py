@@ -20,12 +20,13 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
 from shared.access_token import Claims
 from shared.bus import EventBus, Unsubscribe
 from shared.bus_errors import BusUnavailable
+from shared.tasks import cancel_and_wait
 from ws_service.domain import protocol
 from ws_service.domain.errors import NotEnabled
 from ws_service.domain.history import History, HistoryPage, HistoryPolicy, Position, position_of
@@ -54,6 +55,7 @@ class Hub:
         *,
         on_delivered: Callable[[int], None] | None = None,
         on_local_only: Callable[[], None] | None = None,
+        on_delivery_failed: Callable[[], None] | None = None,
         sync_timeout: float = 2.0,
     ) -> None:
         self._bus = bus
@@ -70,6 +72,7 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_delivered = on_delivered
         self._on_local_only = on_local_only
+        self._on_delivery_failed = on_delivery_failed
         self._sync_timeout = sync_timeout
 
     # -- subscriptions ---------------------------------------------------------------------
@@ -161,10 +164,22 @@ class Hub:
 
     def _fan_out(self, channel: str, payload: str, position: Position | None) -> None:
         members = self._local.get(channel, ())
-        for subscriber in members:
-            subscriber.deliver(channel, payload, position)
+        self._deliver_each(members, channel, payload, position)
         if self._on_delivered is not None:
             self._on_delivered(len(members))
+
+    def _deliver_each(
+        self, members: Iterable[Subscriber], channel: str, payload: str, position: Position | None
+    ) -> None:
+        """One subscriber that fails (a bug in its socket's state) must not cost the others
+        their copy: each delivery is isolated, logged and counted."""
+        for subscriber in members:
+            try:
+                subscriber.deliver(channel, payload, position)
+            except Exception:
+                log.exception("delivery to one subscriber failed", extra={"channel": channel})
+                if self._on_delivery_failed is not None:
+                    self._on_delivery_failed()
 
     # -- presence --------------------------------------------------------------------------
 
@@ -205,8 +220,7 @@ class Hub:
 
     def _deliver_presence(self, topic: str, payload: str) -> None:
         channel = topic[len(PRESENCE_TOPIC_PREFIX) :]
-        for subscriber in self._watchers.get(channel, ()):
-            subscriber.deliver(channel, payload, None)
+        self._deliver_each(self._watchers.get(channel, ()), channel, payload, None)
 
     async def _forget(self, channel: str, entry_id: str, member: Member) -> None:
         try:
@@ -221,7 +235,8 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """Drop the bus subscriptions; let pending presence removals finish (briefly)."""
+        """Drop the bus subscriptions; let pending presence removals finish (briefly), then
+        cancel the rest: none outlives the hub."""
         for unsubscribe in (*self._unsubscribe.values(), *self._unwatch.values()):
             unsubscribe()
         self._unsubscribe.clear()
@@ -230,3 +245,4 @@ class Hub:
         self._watchers.clear()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self._sync_timeout)
+            await cancel_and_wait(*self._tasks)

@@ -9,6 +9,7 @@ import pytest
 
 from gateway_client import (
     AuthenticationFailed,
+    ClientError,
     GatewayClient,
     RequestFailed,
     TemporaryFailure,
@@ -243,3 +244,43 @@ async def publish_from_server(stack: Stack, data: Any) -> None:
         headers={"Authorization": f"Bearer {API_KEY}"},
     )
     assert resp.status == 202
+
+
+async def test_the_password_is_forgotten_once_logged_in(stack: Stack) -> None:
+    async with stack.client("alice") as alice:
+        held = [value for value in vars(alice).values() if isinstance(value, str)]
+        assert PASSWORD not in held
+        assert alice._tokens is not None and alice._tokens.access_token not in repr(alice._tokens)
+        with pytest.raises(ClientError, match="already called"):
+            await alice.start()
+
+
+async def test_a_full_message_queue_drops_the_socket_not_the_messages(stack: Stack) -> None:
+    """Nobody reads messages() while 40 messages of ~300 bytes arrive; the queue holds 4 KiB.
+    The client disconnects rather than grow or drop, and once read it reconnects and recovers
+    the rest from history: every message once, in order."""
+    states: list[tuple[str, str]] = []
+    client = GatewayClient(
+        stack.auth_url,
+        stack.ws_url,
+        "alice",
+        PASSWORD,
+        backoff_base=0.05,
+        backoff_cap=0.2,
+        max_queued_bytes=4096,
+        on_state=lambda state, detail: states.append((state, detail)),
+    )
+    async with client as alice, stack.client("bob") as bob:
+        await alice.subscribe("chat:flood")
+        for n in range(40):
+            await bob.publish("chat:flood", {"n": n, "pad": "x" * 250})
+        await wait_until(lambda: ("disconnected", "message_queue_full") in states)
+        assert alice._queued <= 4096
+        got: list[int] = []
+        async with asyncio.timeout(10):
+            async for message in alice.messages():
+                got.append(message["data"]["n"])
+                if len(got) == 40:
+                    break
+        assert got == list(range(40))
+        assert alice.connects >= 2
