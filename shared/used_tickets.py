@@ -19,7 +19,9 @@ PREFIX = "gateway:ticket"
 class UsedTickets(Protocol):
     async def burn(self, jti: str, until: float) -> bool:
         """Mark ``jti`` used until ``until`` (epoch seconds); ``True`` only the first time.
-        Raises ``BusUnavailable`` when the shared store cannot be reached (tickets then fail)."""
+        ``until`` must be the last moment the verifier accepts the ticket (its ``exp`` plus the
+        leeway), or a replay after the record is gone works again. Raises ``BusUnavailable``
+        when the shared store cannot be reached (tickets then fail)."""
         ...
 
     async def close(self) -> None: ...

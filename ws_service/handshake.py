@@ -60,8 +60,9 @@ async def authenticate(request: web.Request) -> Claims | None:
     # The socket lives as long as the access token the ticket came from, and is covered by
     # every revocation of that token.
     claims = claims_from({**payload, "iat": payload[TOKEN_IAT], "exp": payload[TOKEN_EXP]})
+    until = gateway.verifier.accepted_until(payload["exp"])
     try:
-        first_use = await request.app[USED_TICKETS].burn(str(payload["jti"]), payload["exp"])
+        first_use = await request.app[USED_TICKETS].burn(str(payload["jti"]), until)
     except BusUnavailable:
         raise KeysUnavailable("tickets cannot be checked right now; try again") from None
     if not first_use:
