@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from multidict import CIMultiDict
 
 from auth_service.appkeys import KEYRING
 from shared.tickets import TICKET_TTL, TICKET_TYP, ticket_claims
@@ -32,17 +33,21 @@ async def ticket_for(stack: Stack, access_token: str) -> str:
 
 
 async def upgrade(
-    stack: Stack, query: str = "", protocols: str = "", origin: str | None = None
+    stack: Stack, query: str = "", protocols: str | list[str] = "", origin: str | None = None
 ) -> tuple[int, dict[str, Any]]:
-    """A raw upgrade request, to read a refusal's status and JSON body."""
-    headers = {
-        "Connection": "Upgrade",
-        "Upgrade": "websocket",
-        "Sec-WebSocket-Version": "13",
-        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
-    }
-    if protocols:
-        headers["Sec-WebSocket-Protocol"] = protocols
+    """A raw upgrade request, to read a refusal's status and JSON body; ``protocols`` as a list
+    sends one ``Sec-WebSocket-Protocol`` line per item."""
+    headers = CIMultiDict(
+        {
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        }
+    )
+    for line in [protocols] if isinstance(protocols, str) else protocols:
+        if line:
+            headers.add("Sec-WebSocket-Protocol", line)
     if origin:
         headers["Origin"] = origin
     resp = await stack.ws.get(f"/ws{query}", headers=headers)
@@ -92,6 +97,34 @@ async def test_bearer_subprotocol_renews_in_band(stack: Stack) -> None:
     _, fresh = await stack.refresh(tokens["refresh_token"])
     renewed = await auth(ws, fresh["access_token"])
     assert renewed["type"] == "auth_success" and renewed["renewed"] is True
+
+
+@pytest.mark.parametrize(
+    "protocols",
+    [
+        "realtime.bearer.{token}",
+        "realtime.v2, realtime.bearer.{token}",
+        "chat, {token}",
+        ["realtime.bearer.{token}", "realtime.v1"],
+    ],
+    ids=["bearer-alone", "bearer-beside-v2", "no-realtime-v1", "two-header-lines"],
+)
+async def test_an_offer_without_realtime_v1_is_refused_before_the_library_logs_it(
+    stack: Stack, caplog: pytest.LogCaptureFixture, protocols: str | list[str]
+) -> None:
+    """aiohttp logs every offer that shares nothing with the server's, whole: with a bearer
+    entry in it, a valid access token."""
+    token = (await stack.login("alice"))["access_token"]
+    offer = (
+        protocols.format(token=token)
+        if isinstance(protocols, str)
+        else [line.format(token=token) for line in protocols]
+    )
+    status, body = await upgrade(stack, protocols=offer)
+    assert (status, body["error"]) == (400, "unsupported_subprotocol")
+    ws = await stack.ws.ws_connect("/ws", protocols=("realtime.v1", BEARER + token))
+    assert (await recv(ws))["type"] == "auth_success"
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiohttp")] == []
 
 
 @pytest.mark.parametrize(
