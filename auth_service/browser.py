@@ -193,7 +193,7 @@ async def ws_ticket(request: web.Request) -> web.Response:
     header = request.headers.get(hdrs.AUTHORIZATION)
     access_token = bearer_token(header)
     if access_token is not None:
-        ticket = service.ticket_for_access_token(access_token)
+        ticket = await service.ticket_for_access_token(access_token)
     elif header is None and await has_session(request):
         ticket = await service.ticket_for_refresh_token(await cookie_refresh_token(request))
     else:

@@ -5,18 +5,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
 
-__all__ = ["JsonFormatter", "audit", "configure_logging", "fingerprint"]
+__all__ = ["REDACTED", "JsonFormatter", "audit", "configure_logging", "fingerprint"]
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _audit_log = logging.getLogger("audit")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,2}")
+"""A JWT (an access token, a ticket) or the start of one: base64url JSON, ``{"`` first."""
+REDACTED = "[redacted-jwt]"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and every ``extra`` field."""
+    """One JSON object per line: time, level, logger, message and every ``extra`` field.
+
+    The root handler formats every logger's records, a library's too, so a JWT anywhere in the
+    line (message, arguments, extras, traceback) is redacted here: no caller, ours or not, can
+    put a token or ticket in the log."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -30,7 +38,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, separators=(",", ":"))
+        return _JWT.sub(REDACTED, json.dumps(entry, default=str, separators=(",", ":")))
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -3,7 +3,9 @@ replica shares (Redis when configured, this process otherwise)."""
 
 from __future__ import annotations
 
+import heapq
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -19,7 +21,9 @@ PREFIX = "gateway:ticket"
 class UsedTickets(Protocol):
     async def burn(self, jti: str, until: float) -> bool:
         """Mark ``jti`` used until ``until`` (epoch seconds); ``True`` only the first time.
-        Raises ``BusUnavailable`` when the shared store cannot be reached (tickets then fail)."""
+        ``until`` must be the last moment the verifier accepts the ticket (its ``exp`` plus the
+        leeway), or a replay after the record is gone works again. Raises ``BusUnavailable``
+        when the shared store cannot be reached (tickets then fail)."""
         ...
 
     async def close(self) -> None: ...
@@ -28,19 +32,29 @@ class UsedTickets(Protocol):
 class LocalUsedTickets:
     """One process's memory: enough for a single ws replica."""
 
-    def __init__(self) -> None:
-        self._used: dict[str, float] = {}
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._used: set[str] = set()
+        # (until, jti), soonest first: a burn pops what has expired instead of scanning every
+        # live ticket, a cost an attacker minting tickets would control.
+        self._expiries: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._used)
 
     async def burn(self, jti: str, until: float) -> bool:
-        now = time.time()
-        self._used = {key: exp for key, exp in self._used.items() if exp > now}
+        now = self._clock()
+        while self._expiries and self._expiries[0][0] < now:
+            self._used.discard(heapq.heappop(self._expiries)[1])
         if jti in self._used:
             return False
-        self._used[jti] = until
+        self._used.add(jti)
+        heapq.heappush(self._expiries, (until, jti))
         return True
 
     async def close(self) -> None:
         self._used.clear()
+        self._expiries.clear()
 
 
 class RedisUsedTickets:

@@ -40,6 +40,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if origin is not None and origin not in settings.allowed_origins:
         audit("ws_origin_refused", origin=origin, remote=request.remote)
         return json_error(403, "forbidden_origin", "this Origin may not open a WebSocket")
+    problem = handshake.unanswerable_offer(request)
+    if problem is not None:
+        return json_error(400, "unsupported_subprotocol", problem)
     ws = web.WebSocketResponse(
         protocols=handshake.PROTOCOLS,
         heartbeat=settings.heartbeat,

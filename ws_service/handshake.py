@@ -1,6 +1,6 @@
 """Authentication before the upgrade, for clients that cannot or will not send the ``auth`` message
 first: the bearer subprotocol and single-use tickets. Also the versioned subprotocol the gateway
-speaks, selected whenever a client offers it.
+speaks, which every offer of subprotocols must include.
 
 Both ways verify exactly as the in-band message does (the same keys, claims and revocations); what
 they add is that a bad credential is refused with HTTP 401 before any socket exists. An access token
@@ -23,7 +23,15 @@ from ws_service.appkeys import GATEWAY, SETTINGS, USED_TICKETS
 from ws_service.domain.errors import AuthError, InvalidToken, KeysUnavailable
 from ws_service.domain.verify import claims_from
 
-__all__ = ["BEARER_PREFIX", "PROTOCOLS", "SUBPROTOCOL", "authenticate", "refusal", "tickets_ctx"]
+__all__ = [
+    "BEARER_PREFIX",
+    "PROTOCOLS",
+    "SUBPROTOCOL",
+    "authenticate",
+    "refusal",
+    "tickets_ctx",
+    "unanswerable_offer",
+]
 
 SUBPROTOCOL = "realtime.v1"
 PROTOCOLS = (SUBPROTOCOL,)
@@ -40,6 +48,18 @@ async def tickets_ctx(app: web.Application) -> AsyncIterator[None]:
 def _offered(request: web.Request) -> list[str]:
     header = ",".join(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
     return [proto.strip() for proto in header.split(",") if proto.strip()]
+
+
+def unanswerable_offer(request: web.Request) -> str | None:
+    """Why the offered subprotocols are refused (HTTP 400) before aiohttp reads them, if they
+    are: aiohttp logs every offer that shares nothing with the server's, and a bearer entry is
+    an access token. It reads only the first header line, so the offer must be one line."""
+    lines = request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
+    if len(lines) > 1:
+        return "offer every subprotocol in one Sec-WebSocket-Protocol header"
+    if lines and SUBPROTOCOL not in _offered(request):
+        return f"offer {SUBPROTOCOL} with any other subprotocol, the bearer one included"
+    return None
 
 
 async def authenticate(request: web.Request) -> Claims | None:
@@ -60,8 +80,9 @@ async def authenticate(request: web.Request) -> Claims | None:
     # The socket lives as long as the access token the ticket came from, and is covered by
     # every revocation of that token.
     claims = claims_from({**payload, "iat": payload[TOKEN_IAT], "exp": payload[TOKEN_EXP]})
+    until = gateway.verifier.accepted_until(payload["exp"])
     try:
-        first_use = await request.app[USED_TICKETS].burn(str(payload["jti"]), payload["exp"])
+        first_use = await request.app[USED_TICKETS].burn(str(payload["jti"]), until)
     except BusUnavailable:
         raise KeysUnavailable("tickets cannot be checked right now; try again") from None
     if not first_use:

@@ -170,9 +170,14 @@ class AuthService:
             "the refresh token was already used; the session is revoked", family_revoked=True
         )
 
-    def ticket_for_access_token(self, access_token: str) -> Ticket:
-        """A WebSocket ticket bound to a live access token (and expiring no later than it)."""
-        return self._tokens.issue_ticket(self._tokens.verify(access_token), self._clock())
+    async def ticket_for_access_token(self, access_token: str) -> Ticket:
+        """A WebSocket ticket bound to a live access token (and expiring no later than it) of a
+        live session: the gateway would refuse the ticket of a logged-out one."""
+        now = self._clock()
+        claims = self._tokens.verify(access_token)
+        if not await self._store.session_is_live(str(claims["sid"]), now):
+            raise InvalidClientToken("the session was logged out or has ended")
+        return self._tokens.issue_ticket(claims, now)
 
     async def ticket_for_refresh_token(self, refresh_token: str) -> Ticket:
         """A ticket for a browser holding only its session cookie: bound to that session, and as

@@ -44,6 +44,9 @@ class Store(Protocol):
         compare-and-set that makes concurrent refreshes yield exactly one winner.
         """
 
+    async def session_is_live(self, sid: str, now: float) -> bool:
+        """Whether the family is known, not revoked and within its lifetime (one query)."""
+
     async def revoke_session(self, sid: str, now: float) -> bool:
         """Revoke one family; False when it was unknown or already revoked."""
 

@@ -158,6 +158,15 @@ class SqlStore:
             rotation = [(_MARK_ROTATED, (now, old_hash)), (_INSERT_TOKEN, astuple(new))]
         return await self._db.execute_atomically(rotation)
 
+    async def session_is_live(self, sid: str, now: float) -> bool:
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT 1 FROM sessions WHERE sid = $1 AND revoked_at IS NULL AND expires_at > $2",
+                sid,
+                now,
+            )
+        return bool(rows)
+
     async def revoke_session(self, sid: str, now: float) -> bool:
         async with self._db.connection() as conn:
             changed = await conn.execute(

@@ -42,6 +42,11 @@ class TokenVerifier:
         self._audience = audience
         self._leeway = leeway
 
+    def accepted_until(self, exp: float) -> float:
+        """Until when ``decode`` accepts a token or ticket expiring at ``exp``: whatever must
+        outlive every use of it (a burnt ticket's record) lasts this long."""
+        return exp + self._leeway
+
     async def verify(self, token: str) -> Claims:
         """Raise an ``AuthError`` subclass unless ``token`` is a valid, unrevoked access token."""
         return self.checked(

@@ -20,7 +20,7 @@ from auth_service.settings import Settings
 from shared.bus import InProcessBus
 from shared.events import RevocationEvent, SessionRevoked, UserRevoked
 from shared.tickets import TICKET_TTL, TICKET_TYP
-from tests.integration.auth.conftest import PASSWORD, AuthClient, register
+from tests.integration.auth.conftest import PASSWORD, AuthClient, MakeClient, login, register
 
 OWN = "http://auth.test"
 APP = "http://app.test"
@@ -328,3 +328,31 @@ async def test_no_ws_ticket_from_a_logged_out_cookie(client: AuthClient) -> None
     assert resp.status == 200
     resp = await client.post("/v1/ws-ticket", headers=browser.headers())
     assert (resp.status, (await resp.json())["error"]) == (400, "invalid_grant")
+
+
+@pytest.mark.parametrize("everywhere", [False, True], ids=["logout", "logout-everywhere"])
+async def test_no_ws_ticket_from_the_access_token_of_a_logged_out_session(
+    make_client: MakeClient, database_url: str, everywhere: bool
+) -> None:
+    """The gateway would refuse such a ticket; the issuer refuses to mint it, as it refuses a
+    second logout with that token."""
+    client = await make_client(database_url=database_url)
+    await register(client)
+    tokens = await login(client)
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert (await client.post("/v1/ws-ticket", headers=bearer)).status == 200
+    if everywhere:  # from another session: this token's session ends with the user's
+        other = await login(client)
+        resp = await client.post(
+            "/v1/logout",
+            json={"all": True},
+            headers={"Authorization": f"Bearer {other['access_token']}"},
+        )
+    else:
+        resp = await client.post("/v1/logout", headers=bearer)
+    assert resp.status == 200
+    ticket = await client.post("/v1/ws-ticket", headers=bearer)
+    again = await client.post("/v1/logout", headers=bearer)
+    assert (ticket.status, (await ticket.json()).get("error")) == (401, "invalid_token")
+    assert (again.status, (await again.json())["error"]) == (401, "invalid_token")
+    assert ticket.headers["WWW-Authenticate"] == again.headers["WWW-Authenticate"]

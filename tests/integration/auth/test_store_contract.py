@@ -148,6 +148,19 @@ async def test_revocation_of_one_session_and_of_all(store: Store) -> None:
     assert await store.revoke_user_sessions("id-alice", now) == []
 
 
+async def test_a_session_is_live_until_revoked_or_past_its_lifetime(store: Store) -> None:
+    await make_session(store, "s1")
+    await make_session(store, "s2")
+    now = time.time()
+    assert await store.session_is_live("s1", now) is True
+    assert await store.session_is_live("s1", now + 1000) is False, "past its lifetime"
+    assert await store.session_is_live("unknown", now) is False
+    await store.revoke_session("s1", now)
+    assert await store.session_is_live("s1", now) is False
+    await store.revoke_user_sessions("id-alice", now)
+    assert await store.session_is_live("s2", now) is False
+
+
 async def test_signing_key_generation_is_unique(store: Store) -> None:
     key = StoredKey("k1", 1, b"\x00secret", '{"kty":"RSA"}', 1.0, 2.0)
     assert await store.add_signing_key(key) is True

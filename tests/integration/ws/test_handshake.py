@@ -3,6 +3,7 @@ on the real two-service stack."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import time
@@ -11,9 +12,10 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from multidict import CIMultiDict
 
 from auth_service.appkeys import KEYRING
-from shared.tickets import TICKET_TYP, ticket_claims
+from shared.tickets import TICKET_TTL, TICKET_TYP, ticket_claims
 from shared.used_tickets import LocalUsedTickets, RedisUsedTickets, UsedTickets
 from tests.integration.stack import MakeStack, Stack
 from tests.integration.ws.harness import auth, expect_close, recv, send
@@ -31,17 +33,21 @@ async def ticket_for(stack: Stack, access_token: str) -> str:
 
 
 async def upgrade(
-    stack: Stack, query: str = "", protocols: str = "", origin: str | None = None
+    stack: Stack, query: str = "", protocols: str | list[str] = "", origin: str | None = None
 ) -> tuple[int, dict[str, Any]]:
-    """A raw upgrade request, to read a refusal's status and JSON body."""
-    headers = {
-        "Connection": "Upgrade",
-        "Upgrade": "websocket",
-        "Sec-WebSocket-Version": "13",
-        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
-    }
-    if protocols:
-        headers["Sec-WebSocket-Protocol"] = protocols
+    """A raw upgrade request, to read a refusal's status and JSON body; ``protocols`` as a list
+    sends one ``Sec-WebSocket-Protocol`` line per item."""
+    headers = CIMultiDict(
+        {
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        }
+    )
+    for line in [protocols] if isinstance(protocols, str) else protocols:
+        if line:
+            headers.add("Sec-WebSocket-Protocol", line)
     if origin:
         headers["Origin"] = origin
     resp = await stack.ws.get(f"/ws{query}", headers=headers)
@@ -94,6 +100,34 @@ async def test_bearer_subprotocol_renews_in_band(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize(
+    "protocols",
+    [
+        "realtime.bearer.{token}",
+        "realtime.v2, realtime.bearer.{token}",
+        "chat, {token}",
+        ["realtime.bearer.{token}", "realtime.v1"],
+    ],
+    ids=["bearer-alone", "bearer-beside-v2", "no-realtime-v1", "two-header-lines"],
+)
+async def test_an_offer_without_realtime_v1_is_refused_before_the_library_logs_it(
+    stack: Stack, caplog: pytest.LogCaptureFixture, protocols: str | list[str]
+) -> None:
+    """aiohttp logs every offer that shares nothing with the server's, whole: with a bearer
+    entry in it, a valid access token."""
+    token = (await stack.login("alice"))["access_token"]
+    offer = (
+        protocols.format(token=token)
+        if isinstance(protocols, str)
+        else [line.format(token=token) for line in protocols]
+    )
+    status, body = await upgrade(stack, protocols=offer)
+    assert (status, body["error"]) == (400, "unsupported_subprotocol")
+    ws = await stack.ws.ws_connect("/ws", protocols=("realtime.v1", BEARER + token))
+    assert (await recv(ws))["type"] == "auth_success"
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiohttp")] == []
+
+
+@pytest.mark.parametrize(
     ("query", "protocols", "code"),
     [
         ("", "realtime.v1, realtime.bearer.not-a-token", "invalid_token"),
@@ -136,17 +170,46 @@ async def test_tickets_and_access_tokens_are_not_interchangeable(stack: Stack) -
     assert (reply["type"], reply["code"]) == ("auth_error", "invalid_token")
 
 
-async def test_an_expired_ticket_is_refused(stack: Stack) -> None:
-    tokens = await stack.login("alice")
-    access = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+def minted_at(stack: Stack, access_token: str, now: float) -> str:
+    """A ticket for ``access_token`` as auth_service would have minted it at ``now``."""
+    access = jwt.decode(access_token, options={"verify_signature": False})
     key = stack.auth.app[KEYRING].signing_key(time.time())
     assert key is not None and key.private_key is not None
-    claims = ticket_claims(access, time.time() - 60)
-    expired = jwt.encode(
-        claims, key.private_key, algorithm="RS256", headers={"kid": key.kid, "typ": TICKET_TYP}
+    return jwt.encode(
+        ticket_claims(access, now),
+        key.private_key,
+        algorithm="RS256",
+        headers={"kid": key.kid, "typ": TICKET_TYP},
     )
+
+
+async def test_an_expired_ticket_is_refused(stack: Stack) -> None:
+    tokens = await stack.login("alice")
+    expired = minted_at(stack, tokens["access_token"], time.time() - 60)
     status, body = await upgrade(stack, f"?ticket={expired}")
     assert (status, body["error"]) == (401, "token_expired")
+
+
+@pytest.mark.parametrize("store", ["local", "redis"])
+async def test_a_used_ticket_stays_used_while_the_leeway_still_accepts_it(
+    make_stack: MakeStack, request: pytest.FixtureRequest, store: str
+) -> None:
+    """The verifier accepts a ticket until its ``exp`` plus ``WS_LEEWAY``; its burnt record
+    must last as long, or a leaked ticket opens sockets again once ``exp`` has passed."""
+    redis_url = request.getfixturevalue("redis_url") if store == "redis" else ""
+    stack = await make_stack(ws={"leeway": 10, "redis_url": redis_url})
+    await stack.register("alice")
+    tokens = await stack.login("alice")
+    # Its exp passed a second ago: only the leeway still accepts it, for about 9 s.
+    ticket = minted_at(stack, tokens["access_token"], time.time() - TICKET_TTL - 1)
+    ws = await stack.ws.ws_connect(f"/ws?ticket={ticket}")
+    assert (await recv(ws))["type"] == "auth_success"
+    status, body = await upgrade(stack, f"?ticket={ticket}")
+    assert (status, body.get("error_description")) == (401, "the ticket was already used")
+    # No condition to wait on: Redis kept a ticket whose exp had passed for its 1 s minimum TTL.
+    await asyncio.sleep(1.2)
+    status, body = await upgrade(stack, f"?ticket={ticket}")
+    assert (status, body.get("error_description")) == (401, "the ticket was already used")
 
 
 async def test_a_ticket_of_a_revoked_session_is_refused(stack: Stack) -> None:

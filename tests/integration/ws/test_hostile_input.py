@@ -133,7 +133,7 @@ async def test_bearer_subprotocol_with_non_ascii_is_refused(gw: Harness) -> None
             "Upgrade": "websocket",
             "Sec-WebSocket-Version": "13",
             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-            "Sec-WebSocket-Protocol": f"realtime.bearer.{token}é",
+            "Sec-WebSocket-Protocol": f"realtime.v1, realtime.bearer.{token}é",
         },
     )
     assert response.status == 401

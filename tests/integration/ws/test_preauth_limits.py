@@ -30,7 +30,7 @@ async def test_unauthenticated_sockets_per_address_are_capped(make_gateway: Make
     await waiting[1].close()
     await expect_open(await gw.login("carol"))
     bearer = f"realtime.bearer.{gw.tokens.make('dave')}"
-    ws = await gw.client.ws_connect("/ws", protocols=(bearer,))
+    ws = await gw.client.ws_connect("/ws", protocols=("realtime.v1", bearer))
     assert (await recv(ws))["type"] == "auth_success"
     await expect_open(ws)
 

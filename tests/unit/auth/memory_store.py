@@ -72,6 +72,10 @@ class MemoryStore:
         self.tokens[new.token_hash] = new
         return True
 
+    async def session_is_live(self, sid: str, now: float) -> bool:
+        session = self.sessions.get(sid)
+        return session is not None and session.revoked_at is None and session.expires_at > now
+
     async def revoke_session(self, sid: str, now: float) -> bool:
         session = self.sessions.get(sid)
         if session is None or session.revoked_at is not None:

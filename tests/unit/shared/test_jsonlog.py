@@ -1,0 +1,71 @@
+"""The one logging setup redacts every JWT (access token or ticket) from every logger's lines: the
+message, its arguments, extras and tracebacks, a library's records included."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from shared.jsonlog import REDACTED, JsonFormatter, configure_logging
+
+TOKEN = (
+    "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiYXQrand0In0"
+    ".eyJzdWIiOiJhbGljZSIsInNpZCI6InMxIn0"
+    ".c2lnbmF0dXJlLWJ5dGVzLW9mLXRoZS1rZXk"
+)
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_a_library_logger_cannot_print_a_token(
+    root_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO")
+    logging.getLogger("aiohttp.websocket").warning(
+        "%s: Client protocols %r don't overlap server-known ones %r",
+        "127.0.0.1",
+        [f"realtime.bearer.{TOKEN}", f"x{TOKEN[:40]}"],
+        ("realtime.v1",),
+    )
+    line = capsys.readouterr().err
+    assert TOKEN[:20] not in line
+    assert json.loads(line)["msg"] == (
+        f"127.0.0.1: Client protocols ['realtime.bearer.{REDACTED}', 'x{REDACTED}'] "
+        "don't overlap server-known ones ('realtime.v1',)"
+    )
+
+
+def test_extras_and_tracebacks_are_redacted_too() -> None:
+    try:
+        raise ValueError(f"bad ticket {TOKEN}")
+    except ValueError:
+        record = logging.getLogger("anything").makeRecord(
+            "anything",
+            logging.ERROR,
+            __file__,
+            1,
+            "failed",
+            (),
+            sys.exc_info(),
+            extra={"query": {"ticket": TOKEN}},
+        )
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["query"] == {"ticket": REDACTED}
+    assert f"bad ticket {REDACTED}" in entry["exc"]
+    assert TOKEN[-20:] not in json.dumps(entry)
+
+
+def test_ordinary_text_is_left_alone() -> None:
+    record = logging.makeLogRecord({"msg": "heyJude eyJ short.ok", "name": "x"})
+    assert json.loads(JsonFormatter().format(record))["msg"] == "heyJude eyJ short.ok"
