@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from auth_service.store.migrations import MIGRATIONS, Migration
 from auth_service.store.postgres import PostgresDatabase
 from auth_service.store.sql import Database
 from auth_service.store.sqlite import SqliteDatabase
@@ -53,3 +54,54 @@ async def test_the_first_statement_changing_no_row_rolls_back_all_and_stops(db: 
     assert await usernames(db) == []
     assert await db.execute_atomically([(_INSERT, ("a",)), (_RENAME, ("a", "renamed"))]) is True
     assert await usernames(db) == ["renamed"]
+
+
+_LOWERCASE_USERNAMES: dict[str, Migration] = {
+    "sqlite": (
+        100,
+        (
+            """
+            CREATE TRIGGER users_lowercase AFTER INSERT ON users BEGIN
+                UPDATE users SET username = lower(NEW.username) WHERE id = NEW.id;
+            END
+            """,
+        ),
+    ),
+    "postgres": (
+        100,
+        (
+            """
+            CREATE FUNCTION users_lowercase() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                NEW.username := lower(NEW.username);
+                RETURN NEW;
+            END;
+            $$
+            """,
+            """
+            CREATE TRIGGER users_lowercase BEFORE INSERT ON users
+            FOR EACH ROW EXECUTE FUNCTION users_lowercase()
+            """,
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+async def test_a_migration_statement_with_semicolons_in_its_body_runs_whole(
+    backend: str, tmp_path: Path
+) -> None:
+    """A trigger body (and PL/pgSQL's ``$$`` body) holds semicolons: the runner must not split."""
+    migrations = (*MIGRATIONS, _LOWERCASE_USERNAMES[backend])
+    async with AsyncExitStack() as stack:
+        db: Database
+        if backend == "sqlite":
+            db = await SqliteDatabase.open(tmp_path / "auth.db", migrations=migrations)
+        else:
+            dsn = await stack.enter_async_context(postgres_schema())
+            db = await PostgresDatabase.open(dsn, migrations=migrations)
+        stack.push_async_callback(db.close)
+        assert await db.execute_atomically([(_INSERT, ("ALICE",))]) is True
+        assert await usernames(db) == ["alice"]
