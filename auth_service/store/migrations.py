@@ -84,6 +84,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    (
+        3,
+        (
+            "ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE outbox ADD COLUMN last_error TEXT",
+            "ALTER TABLE outbox ADD COLUMN next_attempt_at {real} NOT NULL DEFAULT 0",
+            "ALTER TABLE outbox ADD COLUMN dead_at {real}",
+        ),
+    ),
 )
 
 _TYPE = re.compile(r"\{(real|blob|serial)\}")
