@@ -16,7 +16,13 @@ from pathlib import Path
 from auth_service.app import OUTBOX_INTERVAL, build_keyring, build_service, create_app
 from auth_service.domain.errors import AuthError
 from auth_service.domain.keyring import KEYS_TOPIC, LoadedKey, announcement
-from auth_service.domain.outbox import EventPublisher
+from auth_service.domain.models import OutboxItem
+from auth_service.domain.outbox import (
+    REPLAY_LIMIT,
+    EventPublisher,
+    drop_dead_letters,
+    replay_dead_letters,
+)
 from auth_service.domain.store import Store
 from auth_service.settings import SECRET_FILE, ConfigError, Settings
 from auth_service.store import open_store
@@ -53,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     create = users.add_parser("create", help="create a user (password from stdin or a prompt)")
     create.add_argument("username")
     create.add_argument("--scope", help="space-separated scope (default AUTH_DEFAULT_SCOPE)")
+    outbox = sub.add_parser("outbox", help="inspect the event outbox and its dead letters")
+    outbox_actions = outbox.add_subparsers(dest="action", required=True)
+    outbox_actions.add_parser("list", help="what waits, and each dead letter with its last error")
+    replay = outbox_actions.add_parser("replay", help="give dead letters a fresh set of attempts")
+    replay.add_argument("ids", nargs="*", type=int, metavar="ID")
+    replay.add_argument("--all", action="store_true", help="every dead letter")
+    drop = outbox_actions.add_parser("drop", help="delete dead letters for good")
+    drop.add_argument("ids", nargs="+", type=int, metavar="ID")
     args = parser.parse_args(argv)
     if args.command == "secret":
         return print_secret(os.environ)
@@ -69,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve(settings, ssl_context)
         if args.command == "keys":
             return asyncio.run(keys_command(settings, args.action, args))
+        if args.command == "outbox":
+            return asyncio.run(outbox_command(settings, args))
         return asyncio.run(create_user(settings, args.username, args.scope))
     except AuthError as exc:
         print(f"auth_service: {exc.description}", file=sys.stderr)
@@ -200,6 +216,46 @@ async def create_user(settings: Settings, username: str, scope: str | None) -> i
         return 0
     finally:
         await store.close()
+
+
+async def outbox_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Dead letters are events that failed every attempt (docs/operations.md, "Outbox")."""
+    if args.action == "replay" and not (args.ids or args.all):
+        print("auth_service: outbox replay needs dead-letter IDs or --all", file=sys.stderr)
+        return 2
+    store = await open_store(settings.database_url)
+    try:
+        if args.action == "list":
+            backlog = await store.outbox_backlog()
+            since = (
+                "" if backlog.oldest_at is None else f", the oldest since {fmt(backlog.oldest_at)}"
+            )
+            print(f"{backlog.waiting} event(s) waiting{since}; {backlog.dead} dead letter(s)")
+            for item in await store.outbox_dead_letters(REPLAY_LIMIT):
+                print(dead_letter_line(item))
+            return 0
+        if args.action == "replay":
+            done = await replay_dead_letters(store, None if args.all else set(args.ids))
+            verb = "replayed (a running service delivers them within a second)"
+        else:
+            done = await drop_dead_letters(store, set(args.ids))
+            verb = "dropped"
+        print(f"{len(done)} dead letter(s) {verb}: {' '.join(str(item.id) for item in done)}")
+        missing = sorted(set(args.ids) - {item.id for item in done})
+        if missing:
+            print(f"auth_service: not dead letters: {' '.join(map(str, missing))}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        await store.close()
+
+
+def dead_letter_line(item: OutboxItem) -> str:
+    dead = fmt(item.dead_at) if item.dead_at is not None else "-"
+    return (
+        f"{item.id}  topic={item.topic}  created={fmt(item.created_at)}  dead={dead}  "
+        f"attempts={item.attempts}  error={item.last_error}\n    payload={item.payload}"
+    )
 
 
 def fmt(ts: float) -> str:

@@ -97,7 +97,14 @@ def create_app(
     async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
         app[BUS] = await open_bus(settings.redis_url) if bus is None else bus
         ledger = RedisRevocationLedger(settings.redis_url) if settings.redis_url else None
-        app[PUBLISHER] = EventPublisher(app[BUS], app[STORE], ledger)
+        outbox_events = app[METRICS].outbox_events
+        app[PUBLISHER] = EventPublisher(
+            app[BUS],
+            app[STORE],
+            ledger,
+            clock,
+            on_outcome=lambda outcome, events: outbox_events.labels(outcome).inc(events),
+        )
         yield
         if ledger is not None:
             await ledger.close()
@@ -170,11 +177,8 @@ OUTBOX_INTERVAL = 1.0
 
 
 async def outbox_loop(publisher: EventPublisher) -> None:
-    """Deliver revocations the bus refused, as soon as it takes them again."""
-    await publisher.flush()
+    """Deliver revocations the bus refused, as soon as it takes them again. ``flush`` never
+    raises (it logs and reports its failures), so only cancellation ends this loop."""
     while True:
+        await publisher.flush()
         await asyncio.sleep(OUTBOX_INTERVAL)
-        try:
-            await publisher.flush()
-        except Exception:
-            log.exception("outbox flush failed; retrying")

@@ -3,16 +3,18 @@ cookie (aiohttp-session), never where page scripts can read it.
 
 Cookies ride along on requests other sites make, so every cookie-authenticated request must also
 prove it comes from our page: an ``Origin`` that is the issuer's own or in ``AUTH_CORS_ORIGINS``, and
-an ``X-CSRF-Token`` header equal to the token bound inside the encrypted session (double submit: the
-page reads it from the non-HttpOnly ``csrf_token`` cookie or from the login response). CORS with
-credentials is granted to the configured origins only. ``POST /v1/ws-ticket`` mints single-use
-WebSocket tickets (``shared/tickets.py``).
+an ``X-CSRF-Token`` header equal to the token bound inside the encrypted session (the page takes it
+from the login or refresh response; after a reload, from the non-HttpOnly CSRF cookie). Over https
+both cookies carry the ``__Host-`` prefix (:func:`browser_cookies`). CORS with credentials is
+granted to the configured origins only, and only on the API a page calls (``/v1/...``).
+``POST /v1/ws-ticket`` mints single-use WebSocket tickets (``shared/tickets.py``).
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,10 +34,14 @@ from shared.http_auth import bearer_token
 from shared.http_json import json_response
 
 __all__ = [
+    "API_PREFIX",
     "CSRF_COOKIE",
     "CSRF_HEADER",
+    "HOST_PREFIX",
     "SESSION_COOKIE",
+    "BrowserCookies",
     "CsrfRejected",
+    "browser_cookies",
     "cookie_login",
     "cookie_logout",
     "cookie_refresh_token",
@@ -47,21 +53,71 @@ __all__ = [
 
 SESSION_COOKIE = "gw_session"
 CSRF_COOKIE = "csrf_token"
+HOST_PREFIX = "__Host-"
 CSRF_HEADER = "X-CSRF-Token"
+API_PREFIX = "/v1/"
 _REFRESH, _CSRF = "refresh_token", "csrf"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
+@dataclass(frozen=True)
+class BrowserCookies:
+    """The session and CSRF cookies as this issuer names and scopes them."""
+
+    session: str
+    csrf: str
+    session_path: str
+    secure: bool
+
+
+def browser_cookies(settings: Settings) -> BrowserCookies:
+    """Over https both names carry the ``__Host-`` prefix: a browser keeps such a cookie only when
+    it is ``Secure``, host-only (no ``Domain``) and ``Path=/``, so a page on a sibling subdomain
+    cannot plant ("toss") a session or CSRF cookie of its own beside ours. The price: the session
+    cookie rides along on every request to this host, not only ``/v1/`` (encrypted and HttpOnly,
+    so only bytes). Plain http (development) cannot carry the prefix, which requires ``Secure``:
+    there the names are bare, and the session cookie keeps the issuer's ``/v1/`` path."""
+    if settings.issuer.startswith("https://"):
+        return BrowserCookies(HOST_PREFIX + SESSION_COOKIE, HOST_PREFIX + CSRF_COOKIE, "/", True)
+    return BrowserCookies(SESSION_COOKIE, CSRF_COOKIE, cookie_path(settings), False)
+
+
+class _SessionCookieStorage(EncryptedCookieStorage):
+    """aiohttp-session deletes its cookie without the ``Secure`` attribute, and a browser ignores
+    such a ``Set-Cookie`` for a ``__Host-`` name: delete it with the attributes it was set with."""
+
+    def save_cookie(
+        self, response: web.StreamResponse, cookie_data: str, *, max_age: int | None = None
+    ) -> None:
+        if cookie_data:
+            super().save_cookie(response, cookie_data, max_age=max_age)
+            return
+        params = self.cookie_params
+        response.del_cookie(
+            self.cookie_name,
+            domain=params["domain"],
+            path=params["path"],
+            secure=params["secure"],
+            httponly=params["httponly"],
+            samesite=params["samesite"],
+        )
+
+
 def setup(app: web.Application, settings: Settings) -> None:
-    """Install the session cookie, the ticket endpoint and CORS; call after every route is added."""
+    """Install the session cookie, the ticket endpoint and CORS; call after every route is added.
+
+    CORS covers the API a page calls (``/v1/...``) and nothing else: ``/metrics`` and health are
+    for operators, and the JWKS and metadata are public documents with ``Cache-Control: public``,
+    which a shared cache would otherwise keep with one origin's CORS headers (no ``Vary: Origin``)."""
+    names = browser_cookies(settings)
     setup_session(
         app,
-        EncryptedCookieStorage(
+        _SessionCookieStorage(
             cookie_key(settings.key_encryption_secrets[0]),
-            cookie_name=SESSION_COOKIE,
-            path=cookie_path(settings),
+            cookie_name=names.session,
+            path=names.session_path,
             max_age=settings.refresh_token_ttl,
-            secure=_secure(settings),
+            secure=names.secure,
             httponly=True,
             samesite="Strict",
         ),
@@ -77,7 +133,8 @@ def setup(app: web.Application, settings: Settings) -> None:
     )
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(settings.cors_origins, options))
     for route in list(app.router.routes()):
-        cors.add(route)
+        if route.resource is not None and route.resource.canonical.startswith(API_PREFIX):
+            cors.add(route)
 
 
 def cookie_key(secret: str) -> bytes:
@@ -88,12 +145,8 @@ def cookie_key(secret: str) -> bytes:
 
 def cookie_path(settings: Settings) -> str:
     """The narrowest path covering /v1/token, /v1/logout and /v1/ws-ticket under the issuer (which
-    may sit under a prefix behind a proxy, ``https://host/auth``): never sent to pages."""
-    return urlsplit(settings.issuer).path.rstrip("/") + "/v1/"
-
-
-def _secure(settings: Settings) -> bool:
-    return settings.issuer.startswith("https://")
+    may sit under a prefix behind a proxy, ``http://host/auth``): never sent to pages."""
+    return urlsplit(settings.issuer).path.rstrip("/") + API_PREFIX
 
 
 def _own_origin(settings: Settings) -> str:
@@ -157,12 +210,14 @@ async def cookie_logout(request: web.Request, everywhere: bool) -> web.Response:
     """The session is already revoked: forget both cookies."""
     (await get_session(request)).invalidate()
     response = json_response({"status": "logged_out", "all": everywhere}, headers=NO_STORE)
-    response.del_cookie(CSRF_COOKIE, path="/")
+    names = browser_cookies(request.app[SETTINGS])
+    response.del_cookie(names.csrf, path="/", secure=names.secure, samesite="Strict")
     return response
 
 
 def _token_response(request: web.Request, pair: TokenPair, csrf: str) -> web.Response:
     settings = request.app[SETTINGS]
+    names = browser_cookies(settings)
     response = json_response(
         {
             "access_token": pair.access_token,
@@ -175,11 +230,11 @@ def _token_response(request: web.Request, pair: TokenPair, csrf: str) -> web.Res
         headers=NO_STORE,
     )
     response.set_cookie(
-        CSRF_COOKIE,
+        names.csrf,
         csrf,
         path="/",
         max_age=settings.refresh_token_ttl,
-        secure=_secure(settings),
+        secure=names.secure,
         httponly=False,
         samesite="Strict",
     )

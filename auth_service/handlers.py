@@ -184,7 +184,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def readiness(app: web.Application) -> Readiness:
-    """Ready when the database answers and a key signs; a bus that refuses events only degrades."""
+    """Ready when the database answers and a key signs; a bus that refuses events, or events held
+    up in the outbox, only degrade."""
     checks: dict[str, str] = {}
     try:
         await app[STORE].ping()
@@ -196,8 +197,9 @@ async def readiness(app: web.Application) -> Readiness:
     degraded: dict[str, str] = {}
     if not app[BUS].connected:
         degraded["event_bus"] = "redis unreachable; revocations wait in the outbox"
-    elif app[PUBLISHER].pending:
-        degraded["event_bus"] = "revocations are waiting in the outbox: the event bus refused them"
+    held_up = await app[PUBLISHER].describe_backlog()
+    if held_up is not None:
+        degraded["outbox"] = held_up
     return Readiness(checks, degraded)
 
 

@@ -32,6 +32,12 @@ class Metrics:
         self.key_rotations = Counter(
             "auth_key_rotations", "Signing keys created", registry=self.registry
         )
+        self.outbox_events = Counter(
+            "auth_outbox_events",
+            "Outbox events by outcome: delivered, retry (failed, tried again later), dead_letter",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.limit_hits = Counter(
             "auth_limit_hits",
             "Connections or requests refused or closed by a resource limit, by limit",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "OutboxBacklog",
     "OutboxItem",
     "RefreshToken",
     "RefreshTokenView",
@@ -75,6 +76,23 @@ class ThrottleState:
 
 @dataclass(frozen=True, slots=True)
 class OutboxItem:
+    """An event the bus has not taken yet. A failed attempt counts in ``attempts`` and waits until
+    ``next_attempt_at``; once out of attempts, ``dead_at`` moves it aside (a dead letter)."""
+
     id: int
     topic: str
     payload: str
+    created_at: float
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: float = 0.0
+    dead_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxBacklog:
+    """What the outbox holds: events still to deliver (the oldest created when) and dead letters."""
+
+    waiting: int
+    oldest_at: float | None
+    dead: int

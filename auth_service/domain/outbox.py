@@ -4,22 +4,72 @@ A logout made while Redis is down must still close the sockets once it is back, 
 the ledger or the bus refuses is written to the outbox and re-delivered by
 :meth:`EventPublisher.flush`. Events are idempotent, so a replica re-delivering one that another
 replica also delivered is harmless.
+
+Only an unavailable bus (:class:`~shared.bus_errors.BusUnavailable`) pauses a batch: it would
+refuse the next event too, and order is kept. Any other failure belongs to one event (a payload
+this version cannot read, say): the event is retried with backoff a bounded number of times, then
+moved aside as a dead letter, and the events behind it go on. An operator inspects and replays dead
+letters with ``python -m auth_service outbox`` (docs/operations.md).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
 
+from auth_service.domain.models import OutboxItem
 from auth_service.domain.store import Store
+from shared.backoff import backoff_delay
 from shared.bus import EventBus
+from shared.bus_errors import BusUnavailable
 from shared.events import REVOCATIONS_TOPIC, RevocationEvent, decode_event, encode_event
 from shared.revocation_ledger import RevocationLedger
 
-__all__ = ["EventPublisher"]
+__all__ = [
+    "REPLAY_LIMIT",
+    "EventPublisher",
+    "OutboxStatus",
+    "RetryPolicy",
+    "drop_dead_letters",
+    "replay_dead_letters",
+]
 
 log = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 500
+
+
+class OutboxStatus(enum.Enum):
+    """How the last flush went; the value is what ``/readyz`` says about it."""
+
+    CLEAR = "nothing waits"
+    BUS_UNAVAILABLE = "the event bus refuses them"
+    WAITING = "events wait for their next attempt"
+    FAILING = "the outbox cannot be read or updated"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Attempts per event before it becomes a dead letter, and the backoff between them
+    (exponential from ``base``, at most ``cap``, jittered down to half)."""
+
+    max_attempts: int = 8
+    base: float = 2.0
+    cap: float = 300.0
+
+    def retry_at(self, attempts: int, now: float, rand: float) -> float | None:
+        """When to try again after ``attempts`` failures; None once they are used up."""
+        if attempts >= self.max_attempts:
+            return None
+        return now + backoff_delay(attempts - 1, self.base, self.cap, rand, floor=0.5)
+
+
+def _ignore(outcome: str, events: int) -> None:
+    return
 
 
 class EventPublisher:
@@ -29,17 +79,30 @@ class EventPublisher:
         store: Store,
         ledger: RevocationLedger | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        retry: RetryPolicy = RetryPolicy(),
+        on_outcome: Callable[[str, int], None] = _ignore,
+        rand: Callable[[], float] = random.random,
     ) -> None:
+        """``on_outcome(outcome, events)`` counts outbox events ``delivered``, failed and kept
+        for a ``retry``, or moved aside as a ``dead_letter``."""
         self._bus = bus
         self._store = store
         self._ledger = ledger
         self._clock = clock
-        self.pending = False
+        self._retry = retry
+        self._on_outcome = on_outcome
+        self._rand = rand
+        self.status = OutboxStatus.CLEAR
+        self.reason = ""
 
     async def _deliver(self, topic: str, payload: str) -> None:
-        """Record first, then announce: a replica that misses the event still finds the record."""
-        if self._ledger is not None and topic == REVOCATIONS_TOPIC:
-            await self._ledger.record(decode_event(payload))
+        """Check, record, then announce: a payload no replica could read goes nowhere, and a
+        replica that misses the announcement still finds the record."""
+        if topic == REVOCATIONS_TOPIC:
+            event = decode_event(payload)
+            if self._ledger is not None:
+                await self._ledger.record(event)
         await self._bus.publish(topic, payload)
 
     async def __call__(self, event: RevocationEvent) -> None:
@@ -55,22 +118,134 @@ class EventPublisher:
                 extra={"topic": topic, "reason": str(exc)},
             )
             await self._store.add_outbox(topic, payload, self._clock())
-            self.pending = True
+            unavailable = isinstance(exc, BusUnavailable)
+            self._set(
+                OutboxStatus.BUS_UNAVAILABLE if unavailable else OutboxStatus.WAITING, str(exc)
+            )
             return False
         return True
 
     async def flush(self, limit: int = 100) -> int:
-        """Publish what waits in the outbox, oldest first; stop at the first refusal."""
-        items = await self._store.outbox_batch(limit)
+        """Deliver the events that are due, oldest first; returns how many went out.
+
+        Never raises, so the loop calling it lives as long as the service: a failure is logged
+        when the status changes and reported by :meth:`describe_backlog`."""
+        try:
+            return await self._flush(limit)
+        except Exception as exc:
+            self._set(OutboxStatus.FAILING, str(exc), exc)
+            return 0
+
+    async def _flush(self, limit: int) -> int:
+        now = self._clock()
+        items = await self._store.outbox_batch(limit, due_by=now)
         delivered: list[int] = []
+        paused: BusUnavailable | None = None
+        retrying: Exception | None = None
         try:
             for item in items:
-                await self._deliver(item.topic, item.payload)
-                delivered.append(item.id)
-        except Exception as exc:
-            log.warning("outbox not yet deliverable", extra={"reason": str(exc)})
-        if delivered:
-            await self._store.delete_outbox(delivered)
-            log.info("outbox delivered", extra={"events": len(delivered)})
-        self.pending = len(delivered) < len(items) or len(items) == limit
+                try:
+                    await self._deliver(item.topic, item.payload)
+                except BusUnavailable as exc:
+                    paused = exc
+                    break
+                except Exception as exc:
+                    if await self._failed(item, exc, now):
+                        retrying = exc
+                else:
+                    delivered.append(item.id)
+        finally:
+            if delivered:
+                await self._store.delete_outbox(delivered)
+                self._on_outcome("delivered", len(delivered))
+                log.info("outbox delivered", extra={"events": len(delivered)})
+        if paused is not None:
+            self._set(OutboxStatus.BUS_UNAVAILABLE, str(paused))
+        elif retrying is not None:
+            self._set(OutboxStatus.WAITING, str(retrying))
+        elif self.status is not OutboxStatus.CLEAR and (await self._store.outbox_backlog()).waiting:
+            self._set(
+                OutboxStatus.WAITING, self.reason if self.status is OutboxStatus.WAITING else ""
+            )
+        else:
+            self._set(OutboxStatus.CLEAR, "")
         return len(delivered)
+
+    async def _failed(self, item: OutboxItem, exc: Exception, now: float) -> bool:
+        """Count a failed attempt; True when the event will be tried again, False when it was
+        moved to the dead letters."""
+        attempts = item.attempts + 1
+        retry_at = self._retry.retry_at(attempts, now, self._rand())
+        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+        await self._store.update_outbox(
+            replace(
+                item,
+                attempts=attempts,
+                last_error=error,
+                next_attempt_at=now if retry_at is None else retry_at,
+                dead_at=now if retry_at is None else None,
+            )
+        )
+        where = {"outbox_id": item.id, "topic": item.topic, "attempts": attempts, "error": error}
+        if retry_at is None:
+            self._on_outcome("dead_letter", 1)
+            log.error("outbox event moved to the dead letters", extra=where)
+            return False
+        self._on_outcome("retry", 1)
+        log.warning(
+            "outbox event failed; tried again later",
+            extra={**where, "retry_in": round(retry_at - now, 1)},
+        )
+        return True
+
+    def _set(self, status: OutboxStatus, reason: str, error: Exception | None = None) -> None:
+        """Log once per change of status, not on every flush that finds things as they were."""
+        self.reason = reason
+        if status is self.status:
+            return
+        self.status = status
+        if status is OutboxStatus.CLEAR:
+            log.info("outbox clear: every waiting event went out")
+        else:
+            log.warning(
+                "outbox held up: %s", status.value, extra={"reason": reason}, exc_info=error
+            )
+
+    async def describe_backlog(self) -> str | None:
+        """What ``/readyz`` reports while events are held up; None when nothing is."""
+        if self.status is OutboxStatus.CLEAR:
+            return None
+        why = f"{self.status.value} ({self.reason})" if self.reason else self.status.value
+        try:
+            backlog = await self._store.outbox_backlog()
+        except Exception:
+            return why
+        if backlog.oldest_at is None:
+            return why
+        age = max(0.0, self._clock() - backlog.oldest_at)
+        return f"{backlog.waiting} event(s) waiting, the oldest for {round(age)} s: {why}"
+
+
+REPLAY_LIMIT = 10_000
+"""Dead letters an operator's command looks at, at most (oldest first)."""
+
+
+async def _dead_letters(store: Store, ids: Collection[int] | None) -> list[OutboxItem]:
+    dead = await store.outbox_dead_letters(REPLAY_LIMIT)
+    return [item for item in dead if ids is None or item.id in ids]
+
+
+async def replay_dead_letters(store: Store, ids: Collection[int] | None) -> list[OutboxItem]:
+    """Give dead letters (every one when ``ids`` is None) a fresh set of attempts, due at once;
+    their last error stays for reference. Returns those replayed."""
+    chosen = await _dead_letters(store, ids)
+    for item in chosen:
+        await store.update_outbox(replace(item, attempts=0, next_attempt_at=0.0, dead_at=None))
+    return chosen
+
+
+async def drop_dead_letters(store: Store, ids: Collection[int]) -> list[OutboxItem]:
+    """Delete dead letters for good (never an event still waiting); returns those deleted."""
+    chosen = await _dead_letters(store, ids)
+    await store.delete_outbox([item.id for item in chosen])
+    return chosen

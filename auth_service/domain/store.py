@@ -4,10 +4,12 @@ implement it, and one contract suite checks all three. Store errors surface as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from auth_service.domain.models import (
+    OutboxBacklog,
     OutboxItem,
     RefreshToken,
     RefreshTokenView,
@@ -73,8 +75,17 @@ class Store(Protocol):
     async def add_outbox(self, topic: str, payload: str, now: float) -> None:
         """Keep an event the bus could not take, to deliver it later."""
 
-    async def outbox_batch(self, limit: int) -> list[OutboxItem]:
-        """The oldest undelivered events, oldest first."""
+    async def outbox_batch(self, limit: int, due_by: float = math.inf) -> list[OutboxItem]:
+        """The oldest events still to deliver whose next attempt is due by ``due_by``, oldest
+        first; dead letters are left out."""
+
+    async def update_outbox(self, item: OutboxItem) -> None:
+        """Write an event's delivery state: attempts, last error, next attempt, dead-letter time."""
+
+    async def outbox_dead_letters(self, limit: int) -> list[OutboxItem]:
+        """Events moved aside after their last attempt, oldest first."""
+
+    async def outbox_backlog(self) -> OutboxBacklog: ...
 
     async def delete_outbox(self, ids: Sequence[int]) -> None: ...
 

@@ -1,72 +1,104 @@
 """Versioned schema, written once for both dialects.
 
-Each entry is applied in order inside one transaction and recorded in ``schema_migrations``;
-``{real}``, ``{blob}`` and ``{serial}`` become the dialect's float, bytes and auto-id types.
+Each migration is a list of statements, applied in order inside one transaction and recorded in
+``schema_migrations``. Each statement is sent to the driver whole: splitting a script on ``;``
+would cut a PL/pgSQL function or a trigger body, whose semicolons are its own. ``{real}``,
+``{blob}`` and ``{serial}`` become the dialect's float, bytes and auto-id types; no other text
+changes (braces elsewhere, as in an array literal, stay).
 """
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "render"]
+import re
+from collections.abc import Sequence
 
-MIGRATIONS: tuple[tuple[int, str], ...] = (
+__all__ = ["MIGRATIONS", "Migration", "render"]
+
+Migration = tuple[int, tuple[str, ...]]
+"""A version and its statements, one per entry."""
+
+MIGRATIONS: tuple[Migration, ...] = (
     (
         1,
-        """
-        CREATE TABLE users (
-            id TEXT PRIMARY KEY,
-            username TEXT NOT NULL UNIQUE,
-            password_hash TEXT NOT NULL,
-            scope TEXT NOT NULL,
-            created_at {real} NOT NULL
-        );
-        CREATE TABLE sessions (
-            sid TEXT PRIMARY KEY,
-            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-            scope TEXT NOT NULL,
-            created_at {real} NOT NULL,
-            expires_at {real} NOT NULL,
-            revoked_at {real}
-        );
-        CREATE INDEX sessions_user_id ON sessions(user_id);
-        CREATE TABLE refresh_tokens (
-            token_hash TEXT PRIMARY KEY,
-            sid TEXT NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,
-            created_at {real} NOT NULL,
-            expires_at {real} NOT NULL,
-            rotated_at {real}
-        );
-        CREATE INDEX refresh_tokens_sid ON refresh_tokens(sid);
-        CREATE TABLE signing_keys (
-            kid TEXT PRIMARY KEY,
-            generation INTEGER NOT NULL UNIQUE,
-            private_key_encrypted {blob} NOT NULL,
-            public_jwk TEXT NOT NULL,
-            created_at {real} NOT NULL,
-            activate_at {real} NOT NULL
-        );
-        CREATE TABLE login_throttle (
-            key TEXT PRIMARY KEY,
-            failures INTEGER NOT NULL,
-            window_start {real} NOT NULL,
-            blocked_until {real} NOT NULL DEFAULT 0
-        );
-        """,
+        (
+            """
+            CREATE TABLE users (
+                id TEXT PRIMARY KEY,
+                username TEXT NOT NULL UNIQUE,
+                password_hash TEXT NOT NULL,
+                scope TEXT NOT NULL,
+                created_at {real} NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE sessions (
+                sid TEXT PRIMARY KEY,
+                user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                scope TEXT NOT NULL,
+                created_at {real} NOT NULL,
+                expires_at {real} NOT NULL,
+                revoked_at {real}
+            )
+            """,
+            "CREATE INDEX sessions_user_id ON sessions(user_id)",
+            """
+            CREATE TABLE refresh_tokens (
+                token_hash TEXT PRIMARY KEY,
+                sid TEXT NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,
+                created_at {real} NOT NULL,
+                expires_at {real} NOT NULL,
+                rotated_at {real}
+            )
+            """,
+            "CREATE INDEX refresh_tokens_sid ON refresh_tokens(sid)",
+            """
+            CREATE TABLE signing_keys (
+                kid TEXT PRIMARY KEY,
+                generation INTEGER NOT NULL UNIQUE,
+                private_key_encrypted {blob} NOT NULL,
+                public_jwk TEXT NOT NULL,
+                created_at {real} NOT NULL,
+                activate_at {real} NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE login_throttle (
+                key TEXT PRIMARY KEY,
+                failures INTEGER NOT NULL,
+                window_start {real} NOT NULL,
+                blocked_until {real} NOT NULL DEFAULT 0
+            )
+            """,
+        ),
     ),
     (
         2,
-        """
-        CREATE TABLE outbox (
-            id {serial} PRIMARY KEY,
-            topic TEXT NOT NULL,
-            payload TEXT NOT NULL,
-            created_at {real} NOT NULL
-        );
-        """,
+        (
+            """
+            CREATE TABLE outbox (
+                id {serial} PRIMARY KEY,
+                topic TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                created_at {real} NOT NULL
+            )
+            """,
+        ),
+    ),
+    (
+        3,
+        (
+            "ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE outbox ADD COLUMN last_error TEXT",
+            "ALTER TABLE outbox ADD COLUMN next_attempt_at {real} NOT NULL DEFAULT 0",
+            "ALTER TABLE outbox ADD COLUMN dead_at {real}",
+        ),
     ),
 )
 
+_TYPE = re.compile(r"\{(real|blob|serial)\}")
 
-def render(sql: str, *, real: str, blob: str, serial: str) -> list[str]:
-    """Split a migration into statements with the dialect's types filled in."""
-    text = sql.format(real=real, blob=blob, serial=serial)
-    return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
+
+def render(statements: Sequence[str], *, real: str, blob: str, serial: str) -> list[str]:
+    """A migration's statements with the dialect's types filled in."""
+    types = {"real": real, "blob": blob, "serial": serial}
+    return [_TYPE.sub(lambda m: types[m[1]], stmt).strip() for stmt in statements]

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from auth_service.domain.errors import StoreUnavailable
-from auth_service.store.migrations import MIGRATIONS, render
+from auth_service.store.migrations import MIGRATIONS, Migration, render
 from auth_service.store.sql import Row, SqlStore, Statement
 
 __all__ = ["PostgresDatabase", "open_postgres"]
@@ -63,7 +63,14 @@ class PostgresDatabase:
         self._pool = pool
 
     @classmethod
-    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> PostgresDatabase:
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> PostgresDatabase:
         try:
             pool = await asyncpg.create_pool(
                 dsn, min_size=min_size, max_size=max_size, reset=_keep_session
@@ -71,7 +78,11 @@ class PostgresDatabase:
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
         db = cls(pool)
-        await db._migrate()
+        try:
+            await db._migrate(migrations)
+        except BaseException:
+            await db.close()
+            raise
         return db
 
     @asynccontextmanager
@@ -107,7 +118,7 @@ class PostgresDatabase:
     async def close(self) -> None:
         await self._pool.close()
 
-    async def _migrate(self) -> None:
+    async def _migrate(self, migrations: Sequence[Migration]) -> None:
         async with self.transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             await conn.execute(
@@ -115,10 +126,12 @@ class PostgresDatabase:
                 "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
             )
             rows = await conn.fetch("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
-            for version, sql in MIGRATIONS:
+            for version, statements in migrations:
                 if version <= rows[0]["v"]:
                     continue
-                for stmt in render(sql, real="DOUBLE PRECISION", blob="BYTEA", serial="BIGSERIAL"):
+                for stmt in render(
+                    statements, real="DOUBLE PRECISION", blob="BYTEA", serial="BIGSERIAL"
+                ):
                     await conn.execute(stmt)
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
 

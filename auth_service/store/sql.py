@@ -8,6 +8,7 @@ a :class:`Database`: connections, transactions, and its driver's errors turned i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import astuple, fields
@@ -15,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from auth_service.domain.errors import UsernameTaken
 from auth_service.domain.models import (
+    OutboxBacklog,
     OutboxItem,
     RefreshToken,
     RefreshTokenView,
@@ -229,12 +231,43 @@ class SqlStore:
                 now,
             )
 
-    async def outbox_batch(self, limit: int) -> list[OutboxItem]:
+    async def outbox_batch(self, limit: int, due_by: float = math.inf) -> list[OutboxItem]:
         async with self._db.connection() as conn:
             rows = await conn.fetch(
-                "SELECT id, topic, payload FROM outbox ORDER BY id LIMIT $1", limit
+                "SELECT * FROM outbox WHERE dead_at IS NULL AND next_attempt_at <= $1 "
+                "ORDER BY id LIMIT $2",
+                due_by,
+                limit,
             )
         return [_model(OutboxItem, row) for row in rows]
+
+    async def update_outbox(self, item: OutboxItem) -> None:
+        async with self._db.connection() as conn:
+            await conn.execute(
+                "UPDATE outbox SET attempts = $2, last_error = $3, next_attempt_at = $4, "
+                "dead_at = $5 WHERE id = $1",
+                item.id,
+                item.attempts,
+                item.last_error,
+                item.next_attempt_at,
+                item.dead_at,
+            )
+
+    async def outbox_dead_letters(self, limit: int) -> list[OutboxItem]:
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM outbox WHERE dead_at IS NOT NULL ORDER BY id LIMIT $1", limit
+            )
+        return [_model(OutboxItem, row) for row in rows]
+
+    async def outbox_backlog(self) -> OutboxBacklog:
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT COUNT(CASE WHEN dead_at IS NULL THEN 1 END) AS waiting, "
+                "MIN(CASE WHEN dead_at IS NULL THEN created_at END) AS oldest_at, "
+                "COUNT(dead_at) AS dead FROM outbox"
+            )
+        return _model(OutboxBacklog, rows[0])
 
     async def delete_outbox(self, ids: Sequence[int]) -> None:
         async with self._db.transaction() as conn:

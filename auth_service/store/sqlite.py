@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from auth_service.domain.errors import StoreUnavailable
-from auth_service.store.migrations import MIGRATIONS, render
+from auth_service.store.migrations import MIGRATIONS, Migration, render
 from auth_service.store.sql import Row, SqlStore, Statement
 
 __all__ = ["SqliteDatabase", "open_sqlite"]
@@ -126,7 +126,9 @@ class SqliteDatabase:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: str | Path) -> SqliteDatabase:
+    async def open(
+        cls, path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS
+    ) -> SqliteDatabase:
         thread = _DatabaseThread()
         try:
             if str(path) != ":memory:":
@@ -137,7 +139,7 @@ class SqliteDatabase:
             raise StoreUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
         db = cls(conn, thread)
         try:
-            await db._migrate()
+            await db._migrate(migrations)
         except BaseException:
             await db.close()
             raise
@@ -176,17 +178,17 @@ class SqliteDatabase:
             await self._thread.call(self._raw.close)
             self._thread.stop()
 
-    async def _migrate(self) -> None:
+    async def _migrate(self, migrations: Sequence[Migration]) -> None:
         async with self.transaction() as conn:
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
             )
             rows = await conn.fetch("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
-            for version, sql in MIGRATIONS:
+            for version, statements in migrations:
                 if version <= rows[0]["v"]:
                     continue
-                for stmt in render(sql, real="REAL", blob="BLOB", serial="INTEGER"):
+                for stmt in render(statements, real="REAL", blob="BLOB", serial="INTEGER"):
                     await conn.execute(stmt)
                 await conn.execute(
                     "INSERT INTO schema_migrations VALUES ($1, $2)", version, time.time()

@@ -8,7 +8,6 @@ const handshake = new URLSearchParams(location.search).get("handshake") ?? "mess
 // Behind the compose stack's nginx auth_service sits under /auth; embedded it is this origin.
 const authUrl = config.authUrl ?? location.origin;
 const client = new GatewayClient({ authUrl, wsUrl: config.wsUrl, handshake });
-window.gatewayClient = client; // for the browser tests and the curious, from the console
 let room = null;
 let renewals = 0;
 

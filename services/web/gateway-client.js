@@ -2,7 +2,9 @@
 //
 // The access token lives in this object's memory only: never in localStorage, sessionStorage, a
 // cookie this code writes, or a URL. The refresh token lives in auth_service's HttpOnly cookie,
-// which page scripts cannot read; refreshing proves the request is ours with the CSRF token.
+// which page scripts cannot read; refreshing proves the request is ours with the CSRF token, the
+// one the last login or refresh answered (the CSRF cookie only after a reload, when there is none:
+// another page of the site may have planted a cookie of that name).
 // The wire contract is docs/protocol.md; closes are acted on from DISCONNECTS below.
 // In channels with history it remembers each channel's position (offset and epoch of the last
 // message) and resubscribes with `since` after every reconnect: missed messages arrive as ordinary
@@ -10,7 +12,9 @@
 
 const SUBPROTOCOL = "realtime.v1";
 const BEARER_PREFIX = "realtime.bearer.";
+// Over https auth_service names its cookies with the __Host- prefix, which no other host can set.
 const CSRF_COOKIE = "csrf_token";
+const HOST_PREFIX = "__Host-";
 const REFRESH_LOCK = "realtime-gateway-refresh";
 
 /**
@@ -203,7 +207,7 @@ export class GatewayClient extends EventTarget {
 
   async #post(path, body, { csrf = false, bearer = false } = {}) {
     const headers = { "Content-Type": "application/json" };
-    if (csrf) headers["X-CSRF-Token"] = readCookie(CSRF_COOKIE) ?? this.#csrf ?? "";
+    if (csrf) headers["X-CSRF-Token"] = this.#csrf ?? readCookie(this.#csrfCookie()) ?? "";
     if (bearer) headers.Authorization = `Bearer ${this.#token}`;
     const response = await fetch(this.#authUrl + path, {
       method: "POST",
@@ -214,6 +218,10 @@ export class GatewayClient extends EventTarget {
     const data = await response.json().catch(() => ({}));
     if (!response.ok) throw new GatewayError(data.error ?? `http_${response.status}`, data.error_description, response.status);
     return data;
+  }
+
+  #csrfCookie() {
+    return new URL(this.#authUrl, location.href).protocol === "https:" ? HOST_PREFIX + CSRF_COOKIE : CSRF_COOKIE;
   }
 
   // -- the socket ------------------------------------------------------------------------

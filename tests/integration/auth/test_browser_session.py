@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from auth_service.app import create_app
-from auth_service.browser import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE
+from auth_service.browser import CSRF_COOKIE, CSRF_HEADER, HOST_PREFIX, SESSION_COOKIE
 from auth_service.settings import Settings
 from shared.bus import InProcessBus
 from shared.events import RevocationEvent, SessionRevoked, UserRevoked
@@ -103,31 +103,55 @@ async def test_cookie_login_keeps_the_refresh_token_out_of_the_body(client: Auth
     assert csrf.value == body["csrf_token"]
 
 
-async def test_cookies_are_secure_when_the_issuer_is_https(
+async def test_over_https_both_cookies_are_host_only_secure_and_prefixed(
     make_browser_client: MakeBrowserClient,
 ) -> None:
-    client = await make_browser_client(issuer="https://auth.test")
+    """``__Host-`` names: a browser keeps them only Secure, host-only and ``Path=/``, so a sibling
+    subdomain cannot toss a cookie of its own beside them. The compose stack serves auth_service at
+    https://localhost/auth, and even there the path is ``/``."""
+    own = "https://localhost"
+    client = await make_browser_client(issuer=f"{own}/auth")
     await register(client)
     resp = await client.post(
         "/v1/login",
         json={"username": "alice", "password": PASSWORD, "session": "cookie"},
-        headers={"Origin": "https://auth.test"},
+        headers={"Origin": own},
     )
-    assert resp.status == 200
-    assert resp.cookies[SESSION_COOKIE]["secure"] is True
-    assert resp.cookies[CSRF_COOKIE]["secure"] is True
+    assert resp.status == 200, await resp.text()
+    assert SESSION_COOKIE not in resp.cookies and CSRF_COOKIE not in resp.cookies
+    session, csrf = (
+        resp.cookies[HOST_PREFIX + SESSION_COOKIE],
+        resp.cookies[HOST_PREFIX + CSRF_COOKIE],
+    )
+    for cookie in (session, csrf):
+        assert cookie["secure"] is True and cookie["path"] == "/" and not cookie["domain"]
+        assert cookie["samesite"] == "Strict"
+    assert session["httponly"] is True and not csrf["httponly"]
+    headers = {
+        "Cookie": f"{session.key}={session.value}; {csrf.key}={csrf.value}",
+        "Origin": own,
+        CSRF_HEADER: csrf.value,
+    }
+    resp, body = await cookie_refresh(client, headers)
+    assert resp.status == 200, body
+    headers["Cookie"] = f"{session.key}={resp.cookies[session.key].value}; {csrf.key}={csrf.value}"
+    resp = await client.post("/v1/logout", headers=headers)
+    assert resp.status == 200, await resp.text()
+    for name in (session.key, csrf.key):
+        cleared = resp.cookies[name]
+        assert cleared.value == "" and cleared["max-age"] == "0"
+        assert cleared["secure"] is True and cleared["path"] == "/", "else a browser ignores it"
 
 
-async def test_behind_a_path_prefix_the_cookie_path_follows_the_issuer(
+async def test_over_http_behind_a_path_prefix_the_cookie_path_follows_the_issuer(
     make_browser_client: MakeBrowserClient,
 ) -> None:
-    """The compose stack serves auth_service at https://localhost/auth through nginx."""
-    client = await make_browser_client(issuer="https://localhost/auth")
+    client = await make_browser_client(issuer="http://localhost/auth")
     await register(client)
     resp = await client.post(
         "/v1/login",
         json={"username": "alice", "password": PASSWORD, "session": "cookie"},
-        headers={"Origin": "https://localhost"},
+        headers={"Origin": "http://localhost"},
     )
     assert resp.status == 200, await resp.text()
     assert resp.cookies[SESSION_COOKIE]["path"] == "/auth/v1/"
@@ -253,6 +277,28 @@ async def test_cors_with_credentials_for_configured_origins_only(client: AuthCli
     resp, _ = await cookie_refresh(client, browser.headers(origin=EVIL))
     assert resp.status == 403
     assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_cors_only_on_the_api_a_page_calls(client: AuthClient) -> None:
+    """/metrics is for operators; the JWKS and metadata are public and cacheable by anyone, so they
+    must not carry one origin's CORS headers (a shared cache would replay them to every origin)."""
+    for path in (
+        "/metrics",
+        "/readyz",
+        "/.well-known/jwks.json",
+        "/.well-known/oauth-authorization-server",
+    ):
+        resp = await client.get(path, headers={"Origin": APP})
+        assert resp.status == 200, path
+        assert not any(h.startswith("Access-Control-") for h in resp.headers), path
+        preflight = await client.options(
+            path, headers={"Origin": APP, "Access-Control-Request-Method": "GET"}
+        )
+        assert "Access-Control-Allow-Origin" not in preflight.headers, path
+    jwks = await client.get("/.well-known/jwks.json", headers={"Origin": APP})
+    assert jwks.headers["Cache-Control"].startswith("public")
+    resp = await client.post("/v1/register", json={}, headers={"Origin": APP})
+    assert resp.headers["Access-Control-Allow-Origin"] == APP
 
 
 async def test_no_cors_headers_without_configured_origins(

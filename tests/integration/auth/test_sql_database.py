@@ -3,14 +3,17 @@ reaches only on one backend each (the rotation is one statement on PostgreSQL, s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from auth_service.domain.models import OutboxItem
+from auth_service.store.migrations import MIGRATIONS, Migration
 from auth_service.store.postgres import PostgresDatabase
-from auth_service.store.sql import Database
+from auth_service.store.sql import Database, SqlStore
 from auth_service.store.sqlite import SqliteDatabase
 from tests.services import postgres_schema
 
@@ -53,3 +56,84 @@ async def test_the_first_statement_changing_no_row_rolls_back_all_and_stops(db: 
     assert await usernames(db) == []
     assert await db.execute_atomically([(_INSERT, ("a",)), (_RENAME, ("a", "renamed"))]) is True
     assert await usernames(db) == ["renamed"]
+
+
+_LOWERCASE_USERNAMES: dict[str, Migration] = {
+    "sqlite": (
+        100,
+        (
+            """
+            CREATE TRIGGER users_lowercase AFTER INSERT ON users BEGIN
+                UPDATE users SET username = lower(NEW.username) WHERE id = NEW.id;
+            END
+            """,
+        ),
+    ),
+    "postgres": (
+        100,
+        (
+            """
+            CREATE FUNCTION users_lowercase() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                NEW.username := lower(NEW.username);
+                RETURN NEW;
+            END;
+            $$
+            """,
+            """
+            CREATE TRIGGER users_lowercase BEFORE INSERT ON users
+            FOR EACH ROW EXECUTE FUNCTION users_lowercase()
+            """,
+        ),
+    ),
+}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def where(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Where a backend's database lives (a file, a fresh PostgreSQL schema), to open it more
+    than once; the backend is the ``request.param``."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "auth.db")
+        return
+    async with postgres_schema() as dsn:
+        yield dsn
+
+
+async def open_at(where: str, migrations: Sequence[Migration]) -> Database:
+    if where.startswith("postgresql://"):
+        return await PostgresDatabase.open(where, migrations=migrations)
+    return await SqliteDatabase.open(where, migrations=migrations)
+
+
+async def test_a_migration_statement_with_semicolons_in_its_body_runs_whole(where: str) -> None:
+    """A trigger body (and PL/pgSQL's ``$$`` body) holds semicolons: the runner must not split."""
+    backend = "postgres" if where.startswith("postgresql://") else "sqlite"
+    db = await open_at(where, (*MIGRATIONS, _LOWERCASE_USERNAMES[backend]))
+    try:
+        assert await db.execute_atomically([(_INSERT, ("ALICE",))]) is True
+        assert await usernames(db) == ["alice"]
+    finally:
+        await db.close()
+
+
+async def test_the_outbox_migration_keeps_the_events_of_an_existing_database(where: str) -> None:
+    """Migration 3 adds the delivery-state columns to an outbox that already holds events."""
+    old = await open_at(where, MIGRATIONS[:2])
+    try:
+        async with old.connection() as conn:
+            await conn.execute(
+                "INSERT INTO outbox (topic, payload, created_at) VALUES ('t', 'kept', 1.5)"
+            )
+    finally:
+        await old.close()
+    store = SqlStore(await open_at(where, MIGRATIONS))
+    try:
+        (item,) = await store.outbox_batch(10)
+        assert item == OutboxItem(item.id, "t", "kept", 1.5)
+        await store.update_outbox(replace(item, attempts=1, last_error="e", dead_at=2.0))
+        assert await store.outbox_dead_letters(10) == [
+            replace(item, attempts=1, last_error="e", dead_at=2.0)
+        ]
+    finally:
+        await store.close()

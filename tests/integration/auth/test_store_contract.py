@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from auth_service.domain.errors import StoreUnavailable, Throttled, UsernameTaken
-from auth_service.domain.models import RefreshToken, Session, StoredKey, ThrottleState, User
+from auth_service.domain.models import (
+    OutboxBacklog,
+    OutboxItem,
+    RefreshToken,
+    Session,
+    StoredKey,
+    ThrottleState,
+    User,
+)
 from auth_service.domain.store import Store
 from auth_service.store import open_store
 from tests.services import postgres_schema
@@ -239,3 +247,25 @@ async def test_outbox_keeps_events_in_order_until_deleted(store: Store) -> None:
     assert [i.payload for i in await store.outbox_batch(10)] == ["second", "third"]
     await store.delete_outbox([i.id for i in await store.outbox_batch(10)])
     assert await store.outbox_batch(10) == []
+
+
+async def test_outbox_failed_events_wait_until_due_and_dead_letters_are_set_aside(
+    store: Store,
+) -> None:
+    await store.add_outbox("t", "first", 1.0)
+    await store.add_outbox("t", "second", 2.0)
+    first, second = await store.outbox_batch(10)
+    assert first == OutboxItem(first.id, "t", "first", 1.0, 0, None, 0.0, None)
+    failed = replace(first, attempts=1, last_error="boom", next_attempt_at=50.0)
+    await store.update_outbox(replace(failed, topic="ignored", payload="ignored"))
+    assert await store.outbox_batch(10, due_by=49.0) == [second]
+    assert await store.outbox_batch(10, due_by=50.0) == [failed, second]
+    assert await store.outbox_batch(10) == [failed, second]
+    assert await store.outbox_backlog() == OutboxBacklog(waiting=2, oldest_at=1.0, dead=0)
+    dead = replace(failed, attempts=2, dead_at=60.0)
+    await store.update_outbox(dead)
+    assert await store.outbox_batch(10) == [second]
+    assert await store.outbox_dead_letters(10) == [dead]
+    assert await store.outbox_backlog() == OutboxBacklog(waiting=1, oldest_at=2.0, dead=1)
+    await store.delete_outbox([first.id, second.id])
+    assert await store.outbox_backlog() == OutboxBacklog(waiting=0, oldest_at=None, dead=0)

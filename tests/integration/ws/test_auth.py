@@ -59,9 +59,27 @@ async def test_audience_list_containing_ws_is_accepted(gw: Harness) -> None:
     await gw.login(token=gw.tokens.make(aud=["other", "ws"]))
 
 
-async def test_jku_x5u_jwk_x5c_headers_are_ignored(gw: Harness) -> None:
-    headers = {"jku": "http://evil.test/jwks", "x5u": "http://evil.test/x5u", "x5c": ["AAAA"]}
+async def test_jku_x5u_jwk_x5c_headers_are_ignored(
+    gw: Harness, aiohttp_server: Any, other_key: RSAPrivateKey
+) -> None:
+    """Where a token says its key lives is the attacker's word: keys come from the configured JWKS
+    alone. The headers point at a real key set holding the attacker's key, which counts fetches."""
+    attacker = KeySet({"attacker-kid": other_key})
+    url = str((await aiohttp_server(attacker.app())).make_url("/.well-known/jwks.json"))
+    (embedded,) = attacker.document()["keys"]
+    headers = {"jku": url, "x5u": url, "jwk": embedded, "x5c": ["AAAA"]}
     await gw.login(token=gw.tokens.make(headers=headers))
+    assert gw.keyset.fetches == 1, "the configured key set, fetched once at start-up"
+    ws = await gw.open()
+    forged = gw.tokens.make(key=other_key, headers={**headers, "kid": "attacker-kid"})
+    assert await auth(ws, forged) == {
+        "type": "auth_error",
+        "code": "invalid_token",
+        "message": "unknown signing key",
+        "retry": False,
+    }
+    assert gw.keyset.fetches == 2, "one refetch for the unknown kid, from the configured URL"
+    assert attacker.fetches == 0
 
 
 @pytest.mark.parametrize(

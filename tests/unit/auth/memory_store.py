@@ -9,11 +9,13 @@ Each method runs without an ``await`` between its reads and writes, which makes 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 
 from auth_service.domain.errors import StoreUnavailable, UsernameTaken
 from auth_service.domain.models import (
+    OutboxBacklog,
     OutboxItem,
     RefreshToken,
     RefreshTokenView,
@@ -114,10 +116,36 @@ class MemoryStore:
 
     async def add_outbox(self, topic: str, payload: str, now: float) -> None:
         item_id = next(self._outbox_ids)
-        self.outbox[item_id] = OutboxItem(item_id, topic, payload)
+        self.outbox[item_id] = OutboxItem(item_id, topic, payload, now)
 
-    async def outbox_batch(self, limit: int) -> list[OutboxItem]:
-        return [self.outbox[i] for i in sorted(self.outbox)[:limit]]
+    async def outbox_batch(self, limit: int, due_by: float = math.inf) -> list[OutboxItem]:
+        due = [i for i in self._ordered() if i.dead_at is None and i.next_attempt_at <= due_by]
+        return due[:limit]
+
+    async def update_outbox(self, item: OutboxItem) -> None:
+        stored = self.outbox.get(item.id)
+        if stored is not None:
+            self.outbox[item.id] = replace(
+                stored,
+                attempts=item.attempts,
+                last_error=item.last_error,
+                next_attempt_at=item.next_attempt_at,
+                dead_at=item.dead_at,
+            )
+
+    async def outbox_dead_letters(self, limit: int) -> list[OutboxItem]:
+        return [i for i in self._ordered() if i.dead_at is not None][:limit]
+
+    async def outbox_backlog(self) -> OutboxBacklog:
+        waiting = [i for i in self.outbox.values() if i.dead_at is None]
+        return OutboxBacklog(
+            waiting=len(waiting),
+            oldest_at=min((i.created_at for i in waiting), default=None),
+            dead=len(self.outbox) - len(waiting),
+        )
+
+    def _ordered(self) -> list[OutboxItem]:
+        return [self.outbox[i] for i in sorted(self.outbox)]
 
     async def delete_outbox(self, ids: Sequence[int]) -> None:
         for item_id in ids:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from auth_service.__main__ import main
 from auth_service.domain.errors import KeyRingError
 from auth_service.domain.keyring import KeyRing
+from auth_service.store import open_store
 
 
 async def lose_the_race(self: KeyRing, now: float, *, immediate: bool = False) -> None:
@@ -24,3 +27,42 @@ def test_a_rotation_that_loses_a_race_prints_one_line(
     assert main(["keys", "rotate"]) == 1
     err = capsys.readouterr().err
     assert err == "auth_service: another replica rotated at the same moment; try again\n"
+
+
+async def seed_outbox(database_url: str) -> None:
+    """Two events: the first waits, the second failed every attempt and is a dead letter."""
+    store = await open_store(database_url)
+    try:
+        for payload in ("waiting", "poison"):
+            await store.add_outbox("auth.revocations", payload, 0.0)
+        dead = (await store.outbox_batch(10))[-1]
+        await store.update_outbox(
+            replace(dead, attempts=8, last_error="ValueError: malformed", dead_at=60.0)
+        )
+    finally:
+        await store.close()
+
+
+def test_outbox_lists_replays_and_drops_dead_letters_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AUTH_DEV", "1")
+    monkeypatch.setenv("AUTH_DATA_DIR", str(tmp_path))
+    asyncio.run(seed_outbox(f"sqlite:///{tmp_path / 'auth.db'}"))
+    assert main(["outbox", "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "1 event(s) waiting, the oldest since 1970-01-01T00:00:00Z; 1 dead letter(s)",
+        "2  topic=auth.revocations  created=1970-01-01T00:00:00Z  dead=1970-01-01T00:01:00Z  "
+        "attempts=8  error=ValueError: malformed",
+        "    payload=poison",
+    ]
+    assert main(["outbox", "drop", "1"]) == 1, "a waiting event is not a dead letter"
+    assert capsys.readouterr().err == "auth_service: not dead letters: 1\n"
+    assert main(["outbox", "replay"]) == 2
+    assert main(["outbox", "replay", "2"]) == 0
+    assert capsys.readouterr().out.startswith("1 dead letter(s) replayed")
+    assert main(["outbox", "list"]) == 0
+    assert capsys.readouterr().out.startswith("2 event(s) waiting")
+    asyncio.run(seed_outbox(f"sqlite:///{tmp_path / 'auth.db'}"))
+    assert main(["outbox", "drop", "4"]) == 0
+    assert capsys.readouterr().out == "1 dead letter(s) dropped: 4\n"
