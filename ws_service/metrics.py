@@ -55,6 +55,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.user_limit_checks = Counter(
+            "ws_user_limit_checks",
+            "Per-user caps checked across replicas in Redis: ok, full, or unavailable (admitted)",
+            ["outcome"],
+            registry=r,
+        )
         self.limit_hits = Counter(
             "ws_limit_hits",
             "Sockets or requests refused or closed by a resource limit, by limit",

@@ -3,17 +3,22 @@ PostgreSQL and Redis shared, a supervising parent that SIGTERM stops with its wo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.services import free_port
+from tests.services import REDIS_URL, create_schema, drop_schema, free_port, redis_reachable
 from tests.system.procs import Proc, service
 
 pytestmark = [pytest.mark.system, pytest.mark.postgres, pytest.mark.redis]
@@ -115,3 +120,81 @@ def test_workers_need_redis(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert b"WS_WORKERS above 1 needs REDIS_URL" in result.stderr
+
+
+UNAUTHENTICATED_CAP = 8
+USER_CAP = 5
+
+
+@dataclass(frozen=True)
+class Stack:
+    auth_url: str
+    ws_url: str
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Two auth workers on a fresh PostgreSQL schema and two ws workers, with small caps."""
+    redis_reachable()
+    postgres_url, schema = asyncio.run(create_schema())
+    auth_port, ws_port = free_port(), free_port()
+    auth_url = f"http://127.0.0.1:{auth_port}"
+    logs = tmp_path_factory.mktemp("workers")
+    auth_env = {
+        "AUTH_PORT": str(auth_port),
+        "AUTH_WORKERS": "2",
+        "AUTH_DATABASE_URL": postgres_url,
+        "AUTH_KEY_ENCRYPTION_SECRETS": SECRET,
+        "REDIS_URL": REDIS_URL,
+    }
+    ws_env = {
+        "WS_PORT": str(ws_port),
+        "WS_WORKERS": "2",
+        "WS_ISSUER": auth_url,
+        "WS_JWKS_URL": f"{auth_url}/.well-known/jwks.json",
+        "WS_MAX_UNAUTHENTICATED_PER_ADDRESS": str(UNAUTHENTICATED_CAP),
+        "WS_MAX_CONNECTIONS_PER_USER": str(USER_CAP),
+        "REDIS_URL": REDIS_URL,
+    }
+    try:
+        with ExitStack() as running:
+            running.enter_context(service("auth_service", auth_env, auth_port, logs))
+            running.enter_context(service("ws_service", ws_env, ws_port, logs))
+            yield Stack(auth_url, f"ws://127.0.0.1:{ws_port}/ws")
+    finally:
+        asyncio.run(drop_schema(schema))
+
+
+async def test_two_workers_hold_the_machines_caps_per_address_and_per_user(stack: Stack) -> None:
+    """Many sockets at once from one address, then one user's many sockets at once: the kernel
+    spreads both over the two workers, and still exactly the configured caps get in."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def unauthenticated() -> aiohttp.ClientWebSocketResponse | int:
+            try:
+                return await http.ws_connect(stack.ws_url)
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+
+        waiting = await asyncio.gather(*(unauthenticated() for _ in range(40)))
+        refused = [ws for ws in waiting if isinstance(ws, int)]
+        assert Counter(refused) == {429: 40 - UNAUTHENTICATED_CAP}
+        for ws in waiting:
+            if not isinstance(ws, int):
+                await ws.close()
+
+        creds = {"username": "cap-user", "password": PASSWORD}
+        await post(http, f"{stack.auth_url}/v1/register", json=creds)
+        token = (await post(http, f"{stack.auth_url}/v1/login", json=creds))["access_token"]
+
+        async def as_the_user() -> tuple[aiohttp.ClientWebSocketResponse, str]:
+            protocols = ("realtime.v1", f"realtime.bearer.{token}")
+            ws = await http.ws_connect(stack.ws_url, protocols=protocols)
+            first = await ws.receive_json(timeout=5)
+            return ws, str(first.get("code", first["type"]))
+
+        attempts = await asyncio.gather(*(as_the_user() for _ in range(20)))
+        outcomes = Counter(outcome for _, outcome in attempts)
+        assert outcomes == {"auth_success": USER_CAP, "too_many_connections": 20 - USER_CAP}
+        for ws, _ in attempts:
+            await ws.close()
