@@ -148,6 +148,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             on_delivered=metrics.messages_out.inc,
             on_local_only=metrics.local_only_publishes.inc,
             sync_timeout=settings.subscribe_sync_timeout,
+            presence_debounce=settings.presence_debounce,
         )
         gateway = Gateway(
             settings, verifier, revocations, hub, metrics, ledger=app.get(LEDGER), slots=slots

@@ -9,7 +9,7 @@ local traffic flows, but that message cannot be recovered.
 
 Presence: every subscription to a channel of a presence namespace is one entry (an id unique across
 replicas) in the ``Presence`` backend; connections that asked for ``presence_events`` get the
-``join``/``leave`` frames published on ``pres:<channel>``.
+``join``/``leave`` frames published on ``pres:<channel>``, debounced (``PresenceDebounce``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ws_service.domain import protocol
 from ws_service.domain.errors import NotEnabled
 from ws_service.domain.history import History, HistoryPage, HistoryPolicy, Position, position_of
 from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, Presence
+from ws_service.domain.presence_debounce import PresenceDebounce
 
 __all__ = ["CHANNEL_TOPIC_PREFIX", "Hub", "Subscriber"]
 
@@ -55,6 +56,7 @@ class Hub:
         on_delivered: Callable[[int], None] | None = None,
         on_local_only: Callable[[], None] | None = None,
         sync_timeout: float = 2.0,
+        presence_debounce: float = 0.0,
     ) -> None:
         self._bus = bus
         self._history = history
@@ -65,6 +67,9 @@ class Hub:
         self._watchers: dict[str, set[Subscriber]] = {}
         self._unwatch: dict[str, Unsubscribe] = {}
         self._present: dict[str, dict[Subscriber, tuple[str, Member]]] = {}
+        self._presence_frames = PresenceDebounce(
+            presence_debounce, self._show_presence, asyncio.get_running_loop
+        )
         self._replica = secrets.token_hex(6)
         self._entry_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -118,6 +123,7 @@ class Hub:
             if not watchers:
                 del self._watchers[channel]
                 self._unwatch.pop(channel)()
+                self._presence_frames.forget(channel)
 
     async def synced(self) -> None:
         """Wait until the bus confirmed every channel subscription, so that a client told
@@ -204,7 +210,9 @@ class Hub:
             log.warning("presence not restored: redis unreachable", extra={"error": str(exc)})
 
     def _deliver_presence(self, topic: str, payload: str) -> None:
-        channel = topic[len(PRESENCE_TOPIC_PREFIX) :]
+        self._presence_frames.announce(topic[len(PRESENCE_TOPIC_PREFIX) :], payload)
+
+    def _show_presence(self, channel: str, payload: str) -> None:
         for subscriber in self._watchers.get(channel, ()):
             subscriber.deliver(channel, payload, None)
 
@@ -228,5 +236,6 @@ class Hub:
         self._unwatch.clear()
         self._local.clear()
         self._watchers.clear()
+        self._presence_frames.close()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self._sync_timeout)
