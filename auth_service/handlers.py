@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from aiohttp import hdrs, web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from auth_service import browser
 from auth_service.appkeys import BUS, KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
@@ -27,6 +27,7 @@ from auth_service.http import (
     read_json,
     required_str,
 )
+from shared import worker_metrics
 from shared.http_auth import bearer_matches
 from shared.http_json import json_response
 from shared.readiness import Readiness, readiness_response
@@ -208,5 +209,5 @@ async def metrics(request: web.Request) -> web.Response:
     token = request.app[SETTINGS].metrics_token
     if token and not bearer_matches(request.headers.get(hdrs.AUTHORIZATION), (token,)):
         raise InvalidClientToken("/metrics needs AUTH_METRICS_TOKEN")
-    body = generate_latest(request.app[METRICS].registry)
+    body = worker_metrics.render(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

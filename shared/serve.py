@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from shared import worker_metrics
 from shared.http_errors import json_error
 from shared.tasks import cancel_and_wait
 
@@ -205,7 +206,8 @@ def run_workers(
     a fork) and listens on the shared ``addresses`` with ``SO_REUSEPORT``, so the kernel spreads
     new connections between them. The parent only supervises: it says so once every worker
     listens, forwards SIGINT/SIGTERM, and when one worker exits it stops the others and exits too
-    (restarting is the process manager's job). Returns the exit status."""
+    (restarting is the process manager's job). Their metrics are summed in every scrape
+    (:mod:`shared.worker_metrics`). Returns the exit status."""
     if workers == 1:
 
         async def started() -> None:
@@ -215,24 +217,31 @@ def run_workers(
         return 0
     for host, port in addresses:
         _check_bind(host, port)
-    ready_r, ready_w = os.pipe()
-    children: list[int] = []
-    # A stop signal arriving mid-fork waits for the parent's handler, so no worker is orphaned.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(ready_r)
-                _stop_with_parent()
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-                code = _worker(build, ready_w)
-            finally:
-                os._exit(code)
-        children.append(pid)
-    os.close(ready_w)
-    return _supervise(children, ready_r, on_listening)
+    metrics = worker_metrics.make_directory()
+    try:
+        ready_r, ready_w = os.pipe()
+        children: list[int] = []
+        # A stop signal arriving mid-fork waits for the parent's handler, so no worker is orphaned.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        for _ in range(workers):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    os.close(ready_r)
+                    _stop_with_parent()
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+                    worker_metrics.enable(metrics)
+                    code = _worker(build, ready_w)
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        os.close(ready_w)
+        return _supervise(
+            children, ready_r, on_listening, lambda pid: worker_metrics.worker_exited(metrics, pid)
+        )
+    finally:
+        worker_metrics.remove_directory(metrics)
 
 
 def _check_bind(host: str, port: int) -> None:
@@ -275,7 +284,12 @@ def _worker(build: Callable[[bool], Sequence[Site]], ready_w: int) -> int:
         sys.stderr.flush()
 
 
-def _supervise(children: list[int], ready_r: int, on_listening: Callable[[], None]) -> int:
+def _supervise(
+    children: list[int],
+    ready_r: int,
+    on_listening: Callable[[], None],
+    on_exit: Callable[[int], None],
+) -> int:
     live = set(children)
     stopping = False
 
@@ -298,6 +312,7 @@ def _supervise(children: list[int], ready_r: int, on_listening: Callable[[], Non
         if pid not in live:
             continue
         live.discard(pid)
+        on_exit(pid)
         code = os.waitstatus_to_exitcode(wait_status)
         if not stopping and code != 0:
             status = code if code > 0 else 128 - code

@@ -27,12 +27,14 @@ from ws_service.domain.history import History, MemoryHistory
 from ws_service.domain.hub import Hub
 from ws_service.domain.presence import MemoryPresence, Presence
 from ws_service.domain.revocations import RevocationRegistry
+from ws_service.domain.user_slots import UserSlots
 from ws_service.domain.verify import TokenVerifier
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
 from ws_service.redis_client import open_redis
 from ws_service.redis_history import RedisHistory
 from ws_service.redis_presence import RedisPresence
+from ws_service.redis_slots import RedisUserSlots
 from ws_service.settings import Settings
 
 __all__ = ["create_app"]
@@ -60,7 +62,7 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     app.cleanup_ctx.append(_bus_ctx(bus))
     app.cleanup_ctx.append(_ledger_ctx)
     app.cleanup_ctx.append(_gateway_ctx)
-    app.cleanup_ctx.append(_presence_refresh_ctx)
+    app.cleanup_ctx.append(_refresh_ctx)
     app.cleanup_ctx.append(handshake.tickets_ctx)
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", handlers.websocket)
@@ -96,16 +98,18 @@ async def _ledger_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _channel_backends(
+async def _backends(
     settings: Settings, bus: EventBus
-) -> AsyncIterator[tuple[History, Presence]]:
-    """History and presence in Redis when the deployment is scaled out, else in this process."""
+) -> AsyncIterator[tuple[History, Presence, UserSlots | None]]:
+    """History, presence and the per-user cap in Redis when the deployment is scaled out; else
+    in this process (where the gateway's own count of a user's sockets is the whole count)."""
     if not settings.redis_url:
-        yield MemoryHistory(bus.publish), MemoryPresence(bus.publish)
+        yield MemoryHistory(bus.publish), MemoryPresence(bus.publish), None
         return
     redis = open_redis(settings.redis_url)
+    ttl = settings.presence_ttl
     try:
-        yield RedisHistory(redis), RedisPresence(redis, ttl=settings.presence_ttl)
+        yield RedisHistory(redis), RedisPresence(redis, ttl=ttl), RedisUserSlots(redis, ttl=ttl)
     finally:
         await redis.aclose()
 
@@ -118,7 +122,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     bus = app[BUS]
     async with (
         aiohttp.ClientSession() as session,
-        _channel_backends(settings, bus) as (history, presence),
+        _backends(settings, bus) as (history, presence, slots),
     ):
         jwks = JwksCache(
             session,
@@ -146,43 +150,50 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             on_local_only=metrics.local_only_publishes.inc,
             on_delivery_failed=metrics.delivery_failures.inc,
             sync_timeout=settings.subscribe_sync_timeout,
+            presence_debounce=settings.presence_debounce,
         )
-        gateway = Gateway(settings, verifier, revocations, hub, metrics, ledger=app.get(LEDGER))
+        gateway = Gateway(
+            settings, verifier, revocations, hub, metrics, ledger=app.get(LEDGER), slots=slots
+        )
         app[JWKS] = jwks
         app[GATEWAY] = gateway
         unsubscribe = bus.subscribe(REVOCATIONS_TOPIC, gateway.on_revocation)
         stop_reconciling = bus.add_reconnect_listener(gateway.reconcile)
         stop_restoring = bus.add_reconnect_listener(hub.restore_presence)
+        stop_restoring_slots = bus.add_reconnect_listener(gateway.restore_slots)
         refresher = asyncio.get_running_loop().create_task(jwks.run())
         try:
             yield
         finally:
+            stop_restoring_slots()
             stop_restoring()
             stop_reconciling()
             unsubscribe()
             await cancel_and_wait(refresher)
             await jwks.close()
+            await gateway.close()
             await hub.close()
 
 
-async def _presence_refresh_ctx(app: web.Application) -> AsyncIterator[None]:
-    """In Redis a presence entry expires unless its replica refreshes it: every third of the
-    lifetime, one pipeline for every live entry of this replica."""
+async def _refresh_ctx(app: web.Application) -> AsyncIterator[None]:
+    """In Redis a presence entry and a connection slot lapse unless their replica refreshes them:
+    every third of the presence TTL, one pipeline for each kind."""
     settings = app[SETTINGS]
     if not settings.redis_url:
         yield
         return
-    hub = app[GATEWAY].hub
+    gateway = app[GATEWAY]
 
     async def refresh_forever() -> None:
         while True:
             await asyncio.sleep(settings.presence_ttl / 3)
-            try:
-                await hub.refresh_presence()
-            except BusUnavailable as exc:
-                log.warning("presence refresh failed", extra={"error": str(exc)})
+            for refresh in (gateway.hub.refresh_presence, gateway.refresh_slots):
+                try:
+                    await refresh()
+                except BusUnavailable as exc:
+                    log.warning("presence or slot refresh failed", extra={"error": str(exc)})
 
-    task = asyncio.get_running_loop().create_task(refresh_forever(), name="presence-refresh")
+    task = asyncio.get_running_loop().create_task(refresh_forever(), name="redis-refresh")
     yield
     await cancel_and_wait(task)
 

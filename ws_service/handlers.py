@@ -79,8 +79,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         metrics.outbox_overflows.inc,
     )
     conn = gateway.connect(peer, remote)
-    if claims is not None:
-        conn.authenticated_at_handshake(claims)
     # Frames before auth, and control frames at any time, have a small budget of their own.
     frames = TokenBucket(
         settings.preauth_frame_rate, settings.preauth_frame_burst, time.monotonic()
@@ -88,6 +86,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     sockets.add(peer)
     task = asyncio.current_task()
     try:
+        if claims is not None:
+            await conn.authenticated_at_handshake(claims)
         while not peer.close_requested:
             peer.reader = task
             try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from shared import worker_metrics
 
 __all__ = ["Metrics"]
 
@@ -12,7 +14,11 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.connections = Gauge(
-            "ws_connections", "Open WebSocket connections by state", ["state"], registry=r
+            "ws_connections",
+            "Open WebSocket connections by state",
+            ["state"],
+            registry=r,
+            multiprocess_mode="livesum",  # with workers: the sum over the live ones
         )
         self.auth = Counter(
             "ws_auth", "Authentication outcomes by code ('ok' for success)", ["outcome"], registry=r
@@ -60,6 +66,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.user_limit_checks = Counter(
+            "ws_user_limit_checks",
+            "Per-user caps checked across replicas in Redis: ok, full, or unavailable (admitted)",
+            ["outcome"],
+            registry=r,
+        )
         self.limit_hits = Counter(
             "ws_limit_hits",
             "Sockets or requests refused or closed by a resource limit, by limit",
@@ -73,4 +85,4 @@ class Metrics:
         self.outbox_overflows = self.limit_hits.labels("outbox_bytes")
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return worker_metrics.render(self.registry)

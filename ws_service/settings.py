@@ -107,6 +107,7 @@ class Settings:
     )
     presence: frozenset[str] = frozenset({"chat"})
     presence_ttl: float = 15.0
+    presence_debounce: float = 1.0
 
     def history_policy(self, channel: str) -> HistoryPolicy | None:
         """The channel's history policy; None for a namespace without history."""
@@ -167,6 +168,7 @@ class Settings:
             history=parse_history(env_str(environ, "WS_HISTORY", DEFAULT_HISTORY)),
             presence=_namespaces(env_str(environ, "WS_PRESENCE", "chat")),
             presence_ttl=env_float(environ, "WS_PRESENCE_TTL", 15.0, minimum=1),
+            presence_debounce=env_float(environ, "WS_PRESENCE_DEBOUNCE", 1.0, minimum=0),
             workers=env_int(environ, "WS_WORKERS", 1, minimum=1),
         )
         _no_user_namespace("WS_PRESENCE", settings.presence)

@@ -1,6 +1,7 @@
 """History, recovery and presence on real processes: 3 ws replicas on a private Redis, presence
-entries living WS_PRESENCE_TTL = 2 s so that a SIGKILLed replica's users leave within seconds. A
-scenario that kills or restarts a process restarts it before it ends."""
+entries living WS_PRESENCE_TTL = 2 s so that a SIGKILLed replica's users leave within seconds,
+join/leave frames debounced over WS_PRESENCE_DEBOUNCE = 0.5 s. A scenario that kills or restarts
+a process restarts it before it ends."""
 
 from __future__ import annotations
 
@@ -19,15 +20,17 @@ from tests.system.wire import channel, connected, frame, publish_api, request, s
 pytestmark = [pytest.mark.system, pytest.mark.postgres, pytest.mark.redis]
 
 PRESENCE_TTL = 2.0
+DEBOUNCE = 0.5
 LATENESS = 0.25
-"""What a leave may take beyond WS_PRESENCE_TTL: scheduling of three processes on a busy host."""
+"""What a leave may take beyond WS_PRESENCE_TTL and the debounce window: scheduling of three
+processes on a busy host."""
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with running_cluster(
         tmp_path_factory.mktemp("cluster"),
-        ws_env={"WS_PRESENCE_TTL": str(PRESENCE_TTL)},
+        ws_env={"WS_PRESENCE_TTL": str(PRESENCE_TTL), "WS_PRESENCE_DEBOUNCE": str(DEBOUNCE)},
         auth_replicas=1,
     ) as cluster:
         yield cluster
@@ -160,7 +163,7 @@ async def test_2_presence_spans_replicas_and_a_killed_replicas_users_leave_withi
             cluster.ws[2].send(signal.SIGKILL)
             try:
                 cluster.ws[2].wait(5)
-                bound = PRESENCE_TTL + LATENESS
+                bound = PRESENCE_TTL + DEBOUNCE + LATENESS
                 events += await frames(carol, 2, within=bound + 2)
                 took = time.monotonic() - killed_at
                 assert sorted(events, key=str) == sorted([left("bob"), left("dave")], key=str)
@@ -214,3 +217,62 @@ async def test_3_a_redis_restart_starts_a_new_epoch_and_recovery_says_so(
             await publish_api(http, api(cluster, 0), room, 1)
             message = await frame(again)
             assert (message["offset"], message["epoch"], message["data"]) == (1, fresh["epoch"], 1)
+
+
+TOGGLING = 3.0
+TOGGLES = 25
+
+
+async def test_4_three_accounts_toggling_cost_a_watcher_a_bounded_number_of_frames(
+    cluster: Cluster,
+) -> None:
+    """Three accounts subscribe and unsubscribe as fast as they can on two replicas while Carol
+    watches on a third: at most one frame per account per window reaches her, and her view ends
+    with all three gone."""
+    room = channel()
+    names = ["t4-a", "t4-b", "t4-c"]
+    async with aiohttp.ClientSession() as http:
+        carol = await tokens_for(http, cluster.auth_url(0), "t4-carol")
+        users = {n: await tokens_for(http, cluster.auth_url(0), n) for n in names}
+        ids = {sub_of(users[n]) for n in names}
+        frames: list[dict[str, Any]] = []
+        all_gone = asyncio.Event()
+
+        async def watch(ws: aiohttp.ClientWebSocketResponse) -> None:
+            present: dict[str, bool] = {}
+            while True:
+                seen = await frame(ws, within=TOGGLING + 10)
+                frames.append(seen)
+                present[seen["user"]["id"]] = seen["type"] == "join"
+                if present.keys() >= ids and not any(present[i] for i in ids):
+                    all_gone.set()
+
+        async def toggle(ws: aiohttp.ClientWebSocketResponse) -> None:
+            """About 8 toggles a second: within the socket's message rate (20/s)."""
+            for _ in range(TOGGLES):
+                for kind in ("subscribe", "unsubscribe"):
+                    reply = await request(ws, {"type": kind, "channel": room})
+                    assert reply["type"] == f"{kind}d", reply
+                await asyncio.sleep(TOGGLING / TOGGLES)
+
+        async with (
+            connected(http, cluster.ws_url(0), carol["access_token"]) as watcher,
+            connected(http, cluster.ws_url(1), users["t4-a"]["access_token"]) as a,
+            connected(http, cluster.ws_url(2), users["t4-b"]["access_token"]) as b,
+            connected(http, cluster.ws_url(1), users["t4-c"]["access_token"]) as c,
+        ):
+            watch_events = {"type": "subscribe", "channel": room, "presence_events": True}
+            assert (await request(watcher, watch_events))["type"] == "subscribed"
+            assert (await frame(watcher))["type"] == "join"  # her own
+            watching = asyncio.ensure_future(watch(watcher))
+            try:
+                started = time.monotonic()
+                await asyncio.gather(toggle(a), toggle(b), toggle(c))
+                stopped = time.monotonic()
+                await asyncio.wait_for(all_gone.wait(), DEBOUNCE + LATENESS + 5)
+                took = time.monotonic() - stopped
+            finally:
+                watching.cancel()
+        per_account = (stopped - started) / DEBOUNCE + 2
+        assert len(frames) <= 3 * per_account, f"{len(frames)} frames for {3 * TOGGLES} toggles"
+        assert took <= DEBOUNCE + LATENESS, f"the last leaves came {took:.2f}s after the last move"

@@ -3,17 +3,24 @@ PostgreSQL and Redis shared, a supervising parent that SIGTERM stops with its wo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.services import free_port
+from tests.services import REDIS_URL, create_schema, drop_schema, free_port, redis_reachable
 from tests.system.procs import Proc, service
 
 pytestmark = [pytest.mark.system, pytest.mark.postgres, pytest.mark.redis]
@@ -101,11 +108,15 @@ async def test_two_workers_share_a_port_take_connections_revoke_on_both_and_stop
 
 
 def sigterm_stops_every_worker(proc: Proc) -> None:
+    """...and the parent removes the directory of the workers' metrics."""
     children = workers_of(proc)
     assert proc.process is not None
+    metrics = f"metrics-{proc.process.pid}-*"
+    assert len(list(Path(tempfile.gettempdir()).glob(metrics))) == 1
     proc.process.send_signal(signal.SIGTERM)
     assert proc.process.wait(timeout=15) == 0, "SIGTERM stops it cleanly"
     assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+    assert not list(Path(tempfile.gettempdir()).glob(metrics))
 
 
 def test_workers_need_redis(tmp_path: Path) -> None:
@@ -115,3 +126,135 @@ def test_workers_need_redis(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert b"WS_WORKERS above 1 needs REDIS_URL" in result.stderr
+
+
+UNAUTHENTICATED_CAP = 8
+USER_CAP = 5
+
+
+@dataclass(frozen=True)
+class Stack:
+    auth: Proc
+    ws: Proc
+    auth_url: str
+    ws_port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/ws"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Two auth workers on a fresh PostgreSQL schema and two ws workers, with small caps."""
+    redis_reachable()
+    postgres_url, schema = asyncio.run(create_schema())
+    auth_port, ws_port = free_port(), free_port()
+    auth_url = f"http://127.0.0.1:{auth_port}"
+    logs = tmp_path_factory.mktemp("workers")
+    auth_env = {
+        "AUTH_PORT": str(auth_port),
+        "AUTH_WORKERS": "2",
+        "AUTH_DATABASE_URL": postgres_url,
+        "AUTH_KEY_ENCRYPTION_SECRETS": SECRET,
+        "REDIS_URL": REDIS_URL,
+    }
+    ws_env = {
+        "WS_PORT": str(ws_port),
+        "WS_WORKERS": "2",
+        "WS_ISSUER": auth_url,
+        "WS_JWKS_URL": f"{auth_url}/.well-known/jwks.json",
+        "WS_MAX_UNAUTHENTICATED_PER_ADDRESS": str(UNAUTHENTICATED_CAP),
+        "WS_MAX_CONNECTIONS_PER_USER": str(USER_CAP),
+        "REDIS_URL": REDIS_URL,
+    }
+    try:
+        with ExitStack() as running:
+            auth = running.enter_context(service("auth_service", auth_env, auth_port, logs))
+            ws = running.enter_context(service("ws_service", ws_env, ws_port, logs))
+            yield Stack(auth, ws, auth_url, ws_port)
+    finally:
+        asyncio.run(drop_schema(schema))
+
+
+async def test_two_workers_hold_the_machines_caps_per_address_and_per_user(stack: Stack) -> None:
+    """Many sockets at once from one address, then one user's many sockets at once: the kernel
+    spreads both over the two workers, and still exactly the configured caps get in."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def unauthenticated() -> aiohttp.ClientWebSocketResponse | int:
+            try:
+                return await http.ws_connect(stack.ws_url)
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+
+        waiting = await asyncio.gather(*(unauthenticated() for _ in range(40)))
+        refused = [ws for ws in waiting if isinstance(ws, int)]
+        assert Counter(refused) == {429: 40 - UNAUTHENTICATED_CAP}
+        for ws in waiting:
+            if not isinstance(ws, int):
+                await ws.close()
+
+        creds = {"username": "cap-user", "password": PASSWORD}
+        await post(http, f"{stack.auth_url}/v1/register", json=creds)
+        token = (await post(http, f"{stack.auth_url}/v1/login", json=creds))["access_token"]
+
+        async def as_the_user() -> tuple[aiohttp.ClientWebSocketResponse, str]:
+            protocols = ("realtime.v1", f"realtime.bearer.{token}")
+            ws = await http.ws_connect(stack.ws_url, protocols=protocols)
+            first = await ws.receive_json(timeout=5)
+            return ws, str(first.get("code", first["type"]))
+
+        attempts = await asyncio.gather(*(as_the_user() for _ in range(20)))
+        outcomes = Counter(outcome for _, outcome in attempts)
+        assert outcomes == {"auth_success": USER_CAP, "too_many_connections": 20 - USER_CAP}
+        for ws, _ in attempts:
+            await ws.close()
+
+
+async def scrape(http: aiohttp.ClientSession, base: str, name: str, **labels: str) -> float:
+    """One sample of one scrape of ``base``/metrics (0 when absent)."""
+    async with http.get(f"{base}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+async def test_one_scrape_of_either_service_sums_every_worker(stack: Stack) -> None:
+    """Requests and sockets that the kernel spread over both workers all count in one scrape."""
+    ws_base = f"http://127.0.0.1:{stack.ws_port}"
+    fresh = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=fresh) as http:
+        requests = "auth_http_request_duration_seconds_count"
+        health = {"route": "/healthz", "method": "GET", "status": "200"}
+        before = await scrape(http, stack.auth_url, requests, **health)
+        for _ in range(20):
+            async with http.get(f"{stack.auth_url}/healthz") as resp:
+                assert resp.status == 200
+        assert await scrape(http, stack.auth_url, requests, **health) == before + 20
+
+        tokens = []
+        for name in ("m1", "m2", "m3"):
+            creds = {"username": f"metrics-{name}", "password": PASSWORD}
+            await post(http, f"{stack.auth_url}/v1/register", json=creds)
+            tokens.append(
+                (await post(http, f"{stack.auth_url}/v1/login", json=creds))["access_token"]
+            )
+        before = await scrape(http, ws_base, "ws_auth_total", outcome="ok")
+        sockets = []
+        for token in tokens * USER_CAP:
+            sock = await http.ws_connect(stack.ws_url)
+            await sock.send_json({"type": "auth", "token": token})
+            assert (await sock.receive_json(timeout=5))["type"] == "auth_success"
+            sockets.append(sock)
+        per_worker = established_on(stack.ws_port, workers_of(stack.ws))
+        assert sorted(per_worker.values()) != [0, len(sockets)], "both workers take sockets"
+        assert await scrape(http, ws_base, "ws_auth_total", outcome="ok") == before + len(sockets)
+        authenticated = await scrape(http, ws_base, "ws_connections", state="authenticated")
+        assert authenticated == len(sockets)
+        for sock in sockets:
+            await sock.close()

@@ -63,8 +63,9 @@ class Admission(Protocol):
 
     async def authenticate(self, token: str) -> Claims: ...
 
-    def admit(self, conn: Connection, claims: Claims) -> None:
-        """Raise ``TooManyConnections`` when the user is at the limit."""
+    async def admit(self, conn: Connection, claims: Claims) -> None:
+        """Raise ``TooManyConnections`` when the user is at the limit; leave ``conn`` out if it
+        started closing meanwhile."""
         ...
 
     def forget(self, conn: Connection) -> None: ...
@@ -98,12 +99,14 @@ class Connection:
         "closing",
         "peer",
         "remote",
+        "serial",
     )
 
     def __init__(
         self,
         peer: Peer,
         remote: str | None,
+        serial: int,
         *,
         settings: Settings,
         metrics: Metrics,
@@ -117,6 +120,7 @@ class Connection:
         self._admission = admission
         self.peer = peer
         self.remote = remote
+        self.serial = serial  # unique in its gateway: names its slot in the per-user cap
         self.claims: Claims | None = None
         self.closing = False
         self.attempts = 0
@@ -224,7 +228,7 @@ class Connection:
         try:
             claims = await self._verify(request)
             if not self.closing:
-                self._admission.admit(self, claims)
+                await self._admission.admit(self, claims)
         except AuthError as err:
             if not self.closing:
                 self.attempts += 1
@@ -235,14 +239,16 @@ class Connection:
             return
         self._start(claims, request.id)
 
-    def authenticated_at_handshake(self, claims: Claims) -> None:
+    async def authenticated_at_handshake(self, claims: Claims) -> None:
         """The upgrade carried a verified bearer subprotocol or ticket: no ``auth`` message."""
         try:
-            self._admission.admit(self, claims)
+            await self._admission.admit(self, claims)
         except AuthError as err:
-            self._auth_failed(err, None, final=True)
+            if not self.closing:
+                self._auth_failed(err, None, final=True)
             return
-        self._start(claims, None)
+        if not self.closing:
+            self._start(claims, None)
 
     def _start(self, claims: Claims, request_id: protocol.RequestId) -> None:
         self._cancel_deadline()

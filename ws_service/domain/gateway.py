@@ -3,7 +3,11 @@ authenticated connections by user. One per app; aiohttp stays in the handlers.""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+import math
+import secrets
 from collections import Counter
 
 from shared.access_token import Claims
@@ -15,6 +19,7 @@ from ws_service.domain.connection import Connection, Peer
 from ws_service.domain.deadlines import Deadlines
 from ws_service.domain.hub import Hub
 from ws_service.domain.revocations import RevocationRegistry
+from ws_service.domain.user_slots import UserSlots
 from ws_service.domain.verify import TokenVerifier
 from ws_service.metrics import Metrics
 from ws_service.settings import Settings
@@ -37,6 +42,7 @@ class Gateway:
         metrics: Metrics,
         *,
         ledger: RevocationLedger | None = None,
+        slots: UserSlots | None = None,
         reconcile_batch: int = RECONCILE_BATCH,
     ) -> None:
         self.settings = settings
@@ -45,16 +51,22 @@ class Gateway:
         self.hub = hub
         self.metrics = metrics
         self.ledger = ledger
+        self.slots = slots
         self._reconcile_batch = reconcile_batch
         # A tuple per user, not a set: most users hold one socket (a 1-tuple is 48 bytes, an empty
         # set 216), the per-user limit keeps tuples short, and on_revocation iterates a snapshot.
         self._users: dict[str, tuple[Connection, ...]] = {}
         self._waiting: Counter[str] = Counter()
+        # Workers share the machine's cap: the kernel spreads one address's sockets among them.
+        self._waiting_cap = math.ceil(settings.max_unauthenticated_per_address / settings.workers)
+        self._replica = secrets.token_hex(6)
+        self._serials = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
         self.deadlines = Deadlines()
 
     def may_wait(self, remote: str) -> bool:
         """Whether ``remote`` may open one more socket that still has to authenticate."""
-        return self._waiting[remote] < self.settings.max_unauthenticated_per_address
+        return self._waiting[remote] < self._waiting_cap
 
     def connect(self, peer: Peer, remote: str) -> Connection:
         """A new socket after the upgrade; its auth deadline starts now."""
@@ -63,6 +75,7 @@ class Gateway:
         return Connection(
             peer,
             remote,
+            next(self._serials),
             settings=self.settings,
             metrics=self.metrics,
             hub=self.hub,
@@ -95,15 +108,48 @@ class Gateway:
             raise errors.SessionRevoked()
         return claims
 
-    def admit(self, conn: Connection, claims: Claims) -> None:
-        """Index a freshly authenticated connection under its user, within the per-user limit."""
-        conns = self._users.get(claims.sub, ())
+    async def admit(self, conn: Connection, claims: Claims) -> None:
+        """Index a freshly authenticated connection under its user, within the per-user limit:
+        this replica's count, then (scaled out) the count across every replica. A connection
+        that started closing meanwhile is left out, as if it never authenticated."""
+        sub = claims.sub
+        conns = self._users.get(sub, ())
         if len(conns) >= self.settings.max_connections_per_user:
             raise errors.TooManyConnections()
-        self._users[claims.sub] = (*conns, conn)
+        # Indexed while the shared count answers, so that this replica's count stays exact.
+        self._users[sub] = (*conns, conn)
+        try:
+            taken = await self._acquire(sub, conn)
+        except BaseException:
+            self._unindex(sub, conn)
+            self._release(sub, conn)
+            raise
+        if not taken or conn.closing:
+            self._unindex(sub, conn)
+            if not taken:
+                raise errors.TooManyConnections()
+            self._release(sub, conn)
+            return
         self._stop_waiting(conn)
         self.metrics.awaiting_auth.dec()
         self.metrics.authenticated.inc()
+
+    async def _acquire(self, sub: str, conn: Connection) -> bool:
+        """The slot across replicas. An unreachable Redis is not a refusal (as for the ledger):
+        this process's own count still holds, and the slot is restored when the bus reconnects."""
+        if self.slots is None:
+            return True
+        checks = self.metrics.user_limit_checks
+        try:
+            taken = await self.slots.acquire(
+                sub, self._slot(conn), self.settings.max_connections_per_user
+            )
+        except BusUnavailable as exc:
+            checks.labels("unavailable").inc()
+            log.warning("connection slots unreachable; socket admitted", extra={"error": str(exc)})
+            return True
+        checks.labels("ok" if taken else "full").inc()
+        return taken
 
     def forget(self, conn: Connection) -> None:
         if conn.claims is None:
@@ -111,12 +157,59 @@ class Gateway:
             self.metrics.awaiting_auth.dec()
             return
         self.metrics.authenticated.dec()
-        sub = conn.claims.sub
+        self._unindex(conn.claims.sub, conn)
+        self._release(conn.claims.sub, conn)
+
+    def _unindex(self, sub: str, conn: Connection) -> None:
         rest = tuple(other for other in self._users.get(sub, ()) if other is not conn)
         if rest:
             self._users[sub] = rest
         else:
             self._users.pop(sub, None)
+
+    def _slot(self, conn: Connection) -> str:
+        return f"{self._replica}:{conn.serial}"
+
+    def _release(self, sub: str, conn: Connection) -> None:
+        """Give the slot back in the background; one Redis cannot take stays until it lapses."""
+        if self.slots is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._give_back(self.slots, sub, conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _give_back(self, slots: UserSlots, sub: str, conn: Connection) -> None:
+        try:
+            await slots.release(sub, self._slot(conn))
+        except BusUnavailable as exc:
+            log.warning(
+                "connection slot not released: redis unreachable", extra={"error": str(exc)}
+            )
+
+    def _held(self) -> list[tuple[str, list[str]]]:
+        return [(sub, [self._slot(conn) for conn in conns]) for sub, conns in self._users.items()]
+
+    async def refresh_slots(self) -> None:
+        """Keep this replica's connection slots from lapsing (with the presence refresh)."""
+        if self.slots is not None:
+            await self.slots.refresh(self._held())
+
+    async def restore_slots(self) -> None:
+        """Bus reconnect listener: Redis may have lost this replica's slots, or never seen the
+        ones admitted while it was unreachable."""
+        if self.slots is None:
+            return
+        try:
+            await self.slots.restore(self._held())
+        except BusUnavailable as exc:
+            log.warning(
+                "connection slots not restored: redis unreachable", extra={"error": str(exc)}
+            )
+
+    async def close(self) -> None:
+        """Let pending slot releases finish (briefly)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.settings.subscribe_sync_timeout)
 
     def _stop_waiting(self, conn: Connection) -> None:
         remote = conn.remote or ""

@@ -9,7 +9,7 @@ local traffic flows, but that message cannot be recovered.
 
 Presence: every subscription to a channel of a presence namespace is one entry (an id unique across
 replicas) in the ``Presence`` backend; connections that asked for ``presence_events`` get the
-``join``/``leave`` frames published on ``pres:<channel>``.
+``join``/``leave`` frames published on ``pres:<channel>``, debounced (``PresenceDebounce``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ws_service.domain import protocol
 from ws_service.domain.errors import NotEnabled
 from ws_service.domain.history import History, HistoryPage, HistoryPolicy, Position, position_of
 from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, Presence
+from ws_service.domain.presence_debounce import PresenceDebounce
 
 __all__ = ["CHANNEL_TOPIC_PREFIX", "Hub", "Subscriber"]
 
@@ -57,6 +58,7 @@ class Hub:
         on_local_only: Callable[[], None] | None = None,
         on_delivery_failed: Callable[[], None] | None = None,
         sync_timeout: float = 2.0,
+        presence_debounce: float = 0.0,
     ) -> None:
         self._bus = bus
         self._history = history
@@ -67,6 +69,9 @@ class Hub:
         self._watchers: dict[str, set[Subscriber]] = {}
         self._unwatch: dict[str, Unsubscribe] = {}
         self._present: dict[str, dict[Subscriber, tuple[str, Member]]] = {}
+        self._presence_frames = PresenceDebounce(
+            presence_debounce, self._show_presence, asyncio.get_running_loop
+        )
         self._replica = secrets.token_hex(6)
         self._entry_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -121,6 +126,7 @@ class Hub:
             if not watchers:
                 del self._watchers[channel]
                 self._unwatch.pop(channel)()
+                self._presence_frames.forget(channel)
 
     async def synced(self) -> None:
         """Wait until the bus confirmed every channel subscription, so that a client told
@@ -219,7 +225,9 @@ class Hub:
             log.warning("presence not restored: redis unreachable", extra={"error": str(exc)})
 
     def _deliver_presence(self, topic: str, payload: str) -> None:
-        channel = topic[len(PRESENCE_TOPIC_PREFIX) :]
+        self._presence_frames.announce(topic[len(PRESENCE_TOPIC_PREFIX) :], payload)
+
+    def _show_presence(self, channel: str, payload: str) -> None:
         self._deliver_each(self._watchers.get(channel, ()), channel, payload, None)
 
     async def _forget(self, channel: str, entry_id: str, member: Member) -> None:
@@ -243,6 +251,7 @@ class Hub:
         self._unwatch.clear()
         self._local.clear()
         self._watchers.clear()
+        self._presence_frames.close()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self._sync_timeout)
             await cancel_and_wait(*self._tasks)

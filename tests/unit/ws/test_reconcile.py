@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
@@ -16,6 +17,7 @@ from ws_service.domain.history import MemoryHistory
 from ws_service.domain.hub import Hub
 from ws_service.domain.presence import MemoryPresence
 from ws_service.domain.revocations import RevocationRegistry
+from ws_service.domain.user_slots import UserSlots
 from ws_service.domain.verify import TokenVerifier
 from ws_service.metrics import Metrics
 from ws_service.settings import Settings
@@ -48,8 +50,8 @@ class Peer:
         self.closed = (code, reason)
 
 
-def gateway_with(ledger: Ledger) -> Gateway:
-    settings = Settings(jwks_url="http://keys.test/jwks", issuer="http://auth.test")
+def gateway_with(ledger: Ledger | None, slots: UserSlots | None = None, **options: Any) -> Gateway:
+    settings = Settings(jwks_url="http://keys.test/jwks", issuer="http://auth.test", **options)
     revocations = RevocationRegistry()
     verifier = TokenVerifier(
         _NoKeys(), revocations, issuer=settings.issuer, audience="ws", leeway=0
@@ -57,7 +59,14 @@ def gateway_with(ledger: Ledger) -> Gateway:
     bus = InProcessBus()
     hub = Hub(bus, MemoryHistory(bus.publish), MemoryPresence(bus.publish), settings.history_policy)
     return Gateway(
-        settings, verifier, revocations, hub, Metrics(), ledger=ledger, reconcile_batch=2
+        settings,
+        verifier,
+        revocations,
+        hub,
+        Metrics(),
+        ledger=ledger,
+        slots=slots,
+        reconcile_batch=2,
     )
 
 
@@ -66,7 +75,7 @@ class _NoKeys:
         raise AssertionError("reconciliation verifies no token")
 
 
-def admit(gateway: Gateway, sid: str) -> tuple[Connection, Peer]:
+async def admit(gateway: Gateway, sid: str) -> tuple[Connection, Peer]:
     peer = Peer()
     conn = gateway.connect(peer, None)
     now = int(time.time())
@@ -79,7 +88,7 @@ def admit(gateway: Gateway, sid: str) -> tuple[Connection, Peer]:
         username=None,
     )
     conn.claims = claims
-    gateway.admit(conn, claims)
+    await gateway.admit(conn, claims)
     return conn, peer
 
 
@@ -91,7 +100,7 @@ def outcome(gateway: Gateway, name: str) -> float:
 async def test_live_sockets_are_checked_in_batches_and_revoked_ones_closed() -> None:
     ledger = Ledger({"s1", "s4"})
     gateway = gateway_with(ledger)
-    sockets = [admit(gateway, f"s{i}") for i in range(5)]
+    sockets = [await admit(gateway, f"s{i}") for i in range(5)]
     await gateway.reconcile()
     assert sorted(ledger.batches) == [1, 2, 2]
     for i, (conn, peer) in enumerate(sockets):
@@ -107,7 +116,7 @@ async def test_live_sockets_are_checked_in_batches_and_revoked_ones_closed() -> 
 
 async def test_an_unreachable_ledger_closes_nothing() -> None:
     gateway = gateway_with(Ledger({"s0"}, down=True))
-    conn, peer = admit(gateway, "s0")
+    conn, peer = await admit(gateway, "s0")
     await gateway.reconcile()
     assert peer.closed is None
     assert (outcome(gateway, "unavailable"), outcome(gateway, "ok")) == (1, 0)

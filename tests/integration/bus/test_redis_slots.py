@@ -1,0 +1,80 @@
+"""The per-user connection cap on the real Redis: atomic across replicas, refreshed by the replica
+holding it, lapsing when that replica is gone, restored after Redis lost it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+
+from ws_service.redis_slots import RedisUserSlots
+
+pytestmark = pytest.mark.redis
+TTL = 0.6
+"""Slots live two thirds of it: 400 ms."""
+
+
+async def test_concurrent_acquires_on_two_replicas_take_exactly_the_limit(
+    two_clients: tuple[Redis, Redis, str],
+) -> None:
+    one, two, prefix = two_clients
+    a, b = RedisUserSlots(one, prefix=prefix), RedisUserSlots(two, prefix=prefix)
+    user = uuid.uuid4().hex
+    replicas = {"a": a, "b": b}
+    taken = await asyncio.gather(
+        *(
+            slots.acquire(user, f"{name}:{i}", 5)
+            for i in range(20)
+            for name, slots in replicas.items()
+        )
+    )
+    assert taken.count(True) == 5
+    assert await one.zcard(f"{prefix}{{{user}}}") == 5
+    assert await a.acquire(user, "a:0", 5) == taken[0], "a retried acquire is the same slot"
+
+
+async def test_a_released_slot_is_free_for_another_replica(
+    two_clients: tuple[Redis, Redis, str],
+) -> None:
+    one, two, prefix = two_clients
+    a, b = RedisUserSlots(one, prefix=prefix), RedisUserSlots(two, prefix=prefix)
+    assert await a.acquire("u", "a:1", 1)
+    assert not await b.acquire("u", "b:1", 1)
+    await a.release("u", "a:1")
+    assert await b.acquire("u", "b:1", 1)
+
+
+async def test_slots_lapse_unless_refreshed_and_a_released_one_is_not_refreshed_back(
+    two_clients: tuple[Redis, Redis, str],
+) -> None:
+    one, two, prefix = two_clients
+    live = RedisUserSlots(one, ttl=TTL, prefix=prefix)
+    dead = RedisUserSlots(two, ttl=TTL, prefix=prefix)
+    assert await live.acquire("u", "live:1", 3)
+    assert await live.acquire("u", "live:2", 3)
+    assert await dead.acquire("u", "dead:1", 3)
+    await live.release("u", "live:2")
+    key = f"{prefix}{{u}}"
+    # Only the live replica refreshes: the dead one's slot lapses, and live:1 (taken before it)
+    # outlives it; live:2, released, is not refreshed back.
+    async with asyncio.timeout(5):
+        while await one.zscore(key, "dead:1") is not None:
+            await live.refresh([("u", ["live:1", "live:2"])])
+            await asyncio.sleep(TTL / 6)
+    assert await one.zrange(key, 0, -1) == [b"live:1"]
+    assert not await dead.acquire("u", "dead:2", 1)
+
+
+async def test_restore_takes_slots_back_past_the_limit(
+    two_clients: tuple[Redis, Redis, str],
+) -> None:
+    one, _, prefix = two_clients
+    slots = RedisUserSlots(one, prefix=prefix)
+    assert await slots.acquire("u", "x:1", 1)
+    await one.delete(f"{prefix}{{u}}")  # as a Redis restart would
+    await slots.restore([("u", ["x:1", "x:2"])])
+    assert sorted(await one.zrange(f"{prefix}{{u}}", 0, -1)) == [b"x:1", b"x:2"]
+    assert not await slots.acquire("u", "x:3", 2)
+    assert await one.pttl(f"{prefix}{{u}}") > 0

@@ -1,0 +1,67 @@
+"""WS_MAX_CONNECTIONS_PER_USER scaled out: one cap for a user across every replica, taken
+atomically in Redis; this replica's own cap when Redis cannot be reached."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+
+from tests.integration.bus.support import PrivateRedis
+from tests.integration.ws.conftest import MakeGateway
+from tests.integration.ws.harness import Harness, auth, expect_open
+from ws_service.appkeys import METRICS
+
+CAP = 3
+
+
+def outcome(gw: Harness, name: str) -> float:
+    labels = {"outcome": name}
+    return gw.app[METRICS].registry.get_sample_value("ws_user_limit_checks_total", labels) or 0.0
+
+
+async def attempt(gw: Harness, user: str) -> str:
+    """Open a socket and authenticate as ``user``: ``auth_success`` or the refusal's code."""
+    reply = await auth(await gw.open(), gw.tokens.make(user))
+    return str(reply.get("code", reply["type"]))
+
+
+async def test_one_user_connecting_on_two_replicas_at_once_gets_exactly_the_cap(
+    make_gateway: MakeGateway, redis_url: str
+) -> None:
+    replicas = [
+        await make_gateway(redis_url=redis_url, max_connections_per_user=CAP) for _ in range(2)
+    ]
+    user = uuid.uuid4().hex
+    outcomes = await asyncio.gather(*(attempt(gw, user) for _ in range(8) for gw in replicas))
+    assert Counter(outcomes) == {"auth_success": CAP, "too_many_connections": 16 - CAP}
+    assert sum(outcome(gw, "ok") for gw in replicas) == CAP
+
+
+async def test_a_closed_socket_gives_its_slot_to_the_other_replica(
+    make_gateway: MakeGateway, redis_url: str
+) -> None:
+    one = await make_gateway(redis_url=redis_url, max_connections_per_user=1)
+    two = await make_gateway(redis_url=redis_url, max_connections_per_user=1)
+    user = uuid.uuid4().hex
+    held = await one.login(user)
+    assert await attempt(two, user) == "too_many_connections"
+    await held.close()
+    for _ in range(100):  # the slot is given back in the background, within milliseconds
+        if await attempt(two, user) == "auth_success":
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the closed socket's slot was never given back")
+
+
+async def test_without_redis_admission_fails_open_within_this_replicas_cap(
+    make_gateway: MakeGateway, private_redis: PrivateRedis
+) -> None:
+    gw = await make_gateway(redis_url=private_redis.url, max_connections_per_user=2)
+    await private_redis.kill()
+    first, second = await gw.login("alice"), await gw.login("alice")
+    assert await attempt(gw, "alice") == "too_many_connections"
+    assert outcome(gw, "unavailable") == 2
+    await expect_open(first)
+    await expect_open(second)
