@@ -63,6 +63,16 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        3,
+        """
+        CREATE TABLE withdrawn_keys (
+            kid TEXT PRIMARY KEY,
+            generation INTEGER NOT NULL,
+            withdrawn_at {real} NOT NULL
+        );
+        """,
+    ),
 )
 
 
