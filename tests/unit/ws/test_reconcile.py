@@ -77,6 +77,7 @@ def admit(gateway: Gateway, sid: str) -> tuple[Connection, Peer]:
         exp=now + 60,
         scopes=frozenset(),
         username=None,
+        kid="key-1",
     )
     conn.claims = claims
     gateway.admit(conn, claims)
