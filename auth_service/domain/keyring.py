@@ -180,6 +180,9 @@ class KeyRing:
         active = [k for k in self._keys if k.activate_at <= now and k.private_key is not None]
         return max(active, key=lambda k: k.activate_at, default=None)
 
+    def key(self, kid: str) -> LoadedKey | None:
+        return self._by_kid.get(kid)
+
     def public_key(self, kid: str) -> rsa.RSAPublicKey | None:
         return self._public_keys.get(kid)
 

@@ -172,7 +172,7 @@ class AuthService:
 
     def ticket_for_access_token(self, access_token: str) -> Ticket:
         """A WebSocket ticket bound to a live access token (and expiring no later than it)."""
-        return self._tokens.issue_ticket(self._tokens.verify(access_token), self._clock())
+        return self._tokens.ticket_for_access_token(access_token, self._clock())
 
     async def ticket_for_refresh_token(self, refresh_token: str) -> Ticket:
         """A ticket for a browser holding only its session cookie: bound to that session, and as

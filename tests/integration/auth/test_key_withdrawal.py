@@ -15,10 +15,11 @@ import pytest
 
 from auth_service.__main__ import keys_command
 from auth_service.app import maintenance_interval
+from auth_service.appkeys import KEYRING
 from auth_service.settings import Settings
 from shared.bus import InProcessBus
 from shared.key_events import KEYS_TOPIC, KeyWithdrawn, decode_key_event
-from tests.integration.auth.conftest import MakeClient, login, refresh, register
+from tests.integration.auth.conftest import AuthClient, MakeClient, login, refresh, register
 
 
 def kid_of(token: str) -> str:
@@ -82,3 +83,25 @@ async def test_a_malformed_key_announcement_is_logged_and_ignored(
             await bus.publish(KEYS_TOPIC, payload)
     assert [r.getMessage() for r in caplog.records] == ["ignoring a malformed key announcement"] * 3
     assert await (await client.get("/.well-known/jwks.json")).json() == before
+
+
+async def test_a_ticket_is_signed_by_the_key_of_its_access_token(
+    client: AuthClient,
+) -> None:
+    """A gateway knows a socket by the key of its credential: a ticket signed by the current key
+    for a token of a key that leaked would keep the socket out of reach of the withdrawal."""
+    await register(client)
+    tokens = await login(client)
+    old = kid_of(tokens["access_token"])
+    new = await client.app[KEYRING].rotate(time.time(), immediate=True)
+
+    async def ticket_kid(access_token: str) -> str:
+        resp = await client.post(
+            "/v1/ws-ticket", headers={"Authorization": f"Bearer {access_token}"}
+        )
+        assert resp.status == 200, await resp.text()
+        return kid_of((await resp.json())["ticket"])
+
+    assert await ticket_kid(tokens["access_token"]) == old
+    _, renewed = await refresh(client, tokens["refresh_token"])
+    assert await ticket_kid(renewed["access_token"]) == new.kid
