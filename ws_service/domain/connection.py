@@ -333,11 +333,11 @@ class Connection:
         so that a client renews with a token of a good key or is closed ``token_expired``."""
         if self.claims is None:
             return
-        cut = int(time.time()) + grace
-        if cut < self.claims.exp:
-            self._warn(cut, cut)
-        else:
+        close_at = time.time() + grace
+        if self.claims.exp + self._settings.leeway <= close_at:
             self._on_warning(self.claims)
+        else:
+            self._warn(int(close_at), close_at)
 
     def _warn(self, expires_at: int, close_at: float) -> None:
         """Send ``token_expiring`` for ``expires_at`` and close at ``close_at`` unless renewed."""

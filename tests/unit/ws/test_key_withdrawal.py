@@ -16,6 +16,7 @@ from shared.access_token import Claims, TokenRef
 from shared.bus import InProcessBus
 from shared.key_events import KEYS_TOPIC, KeyRotated, KeyWithdrawn, encode_key_event
 from ws_service.domain.connection import Connection
+from ws_service.domain.deadlines import Deadlines, Expiring
 from ws_service.domain.errors import KeyWithdrawn as KeyWithdrawnError
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.history import MemoryHistory
@@ -135,3 +136,26 @@ async def test_a_withdrawal_during_the_ledger_round_trip_still_refuses_the_token
         await gateway.confirm(claims("k1"))
     good = claims("k2")
     assert await gateway.confirm(good) is good
+
+
+class RecordingDeadlines(Deadlines):
+    def __init__(self) -> None:
+        super().__init__()
+        self.delays: list[float] = []
+
+    def schedule(self, delay: float, item: Expiring) -> int:
+        self.delays.append(delay)
+        return super().schedule(delay, item)
+
+
+async def test_the_grace_is_never_cut_to_the_whole_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway = make_gateway(Keys())
+    gateway.deadlines = deadlines = RecordingDeadlines()
+    conn, peer = admit(gateway, claims("k1"))
+    monkeypatch.setattr(time, "time", lambda: 1_000_000_000.9)
+    gateway.keys_dropped(frozenset({"k1"}))
+    assert deadlines.delays[-1] == pytest.approx(GRACE)
+    assert peer.sent == [
+        {"type": "token_expiring", "expires_in": GRACE, "expires_at": 1_000_000_000 + GRACE}
+    ]
+    conn.disconnected()
