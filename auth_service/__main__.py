@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     create = users.add_parser("create", help="create a user (password from stdin or a prompt)")
     create.add_argument("username")
     create.add_argument("--scope", help="space-separated scope (default AUTH_DEFAULT_SCOPE)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_kid_is_literal(sys.argv[1:] if argv is None else argv))
     if args.command == "secret":
         return print_secret(os.environ)
     serving = args.command in (None, "serve")
@@ -84,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         hint = " (is another auth_service or `make run` running?)" if exc.in_use else ""
         print(f"auth_service: {exc}{hint}; set AUTH_PORT to use another port", file=sys.stderr)
         return 1
+
+
+def _kid_is_literal(argv: list[str]) -> list[str]:
+    """A kid is base64url and starts with ``-`` one time in 64, which argparse would take for an
+    option: the word after ``keys revoke`` is the kid (``-h``/``--help`` aside)."""
+    if argv[:2] == ["keys", "revoke"] and len(argv) == 3 and argv[2] not in ("-h", "--help", "--"):
+        return [*argv[:2], "--", argv[2]]
+    return argv
 
 
 def serve(settings: Settings, ssl_context: ssl.SSLContext | None) -> int:
