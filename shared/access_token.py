@@ -83,7 +83,7 @@ class Claims:
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], kid: str) -> Claims:
         """Check the types pyjwt does not; raises ``ValueError`` with a reason a client may see.
-        ``kid`` is the verified key's id (from the header, or what a ticket says it stands for)."""
+        ``kid`` is the id of the key that verified it (the header's, a ticket's own included)."""
         sub, sid, jti = payload["sub"], payload["sid"], payload["jti"]
         scope = payload.get("scope", "")
         username = payload.get("preferred_username")

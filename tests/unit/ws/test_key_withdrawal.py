@@ -104,7 +104,8 @@ def test_a_withdrawal_announcement_withdraws_the_key_and_nothing_else_does(
     with caplog.at_level(logging.WARNING, logger="ws_service.domain.gateway"):
         for payload in ("", "{}", '{"type":"key_withdrawn","kid":7}', '{"type":"key_lost"}'):
             gateway.on_key_event(KEYS_TOPIC, payload)
-    assert [r.getMessage() for r in caplog.records] == ["ignoring a malformed key announcement"] * 4
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ws_service.domain.gateway"]
+    assert warnings == ["ignoring a malformed key announcement"] * 4
     assert keys.withdrawn == []
     gateway.on_key_event(KEYS_TOPIC, encode_key_event(KeyWithdrawn("k1")))
     assert keys.withdrawn == ["k1"]
