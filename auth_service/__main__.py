@@ -15,7 +15,7 @@ from pathlib import Path
 
 from auth_service.app import OUTBOX_INTERVAL, build_keyring, build_service, create_app
 from auth_service.domain.errors import AuthError
-from auth_service.domain.keyring import KEYS_TOPIC, LoadedKey, announcement
+from auth_service.domain.keyring import KeyRing
 from auth_service.domain.models import OutboxItem
 from auth_service.domain.outbox import (
     REPLAY_LIMIT,
@@ -30,10 +30,11 @@ from shared.bus import InProcessBus
 from shared.bus_factory import open_bus
 from shared.jsonlog import configure_logging
 from shared.kept_secret import kept_secret
+from shared.key_events import KEYS_TOPIC, KeyEvent, KeyRotated, KeyWithdrawn, encode_key_event
 from shared.serve import CannotListen, Site, run_workers
 
 ANNOUNCE_WAIT = 3 * OUTBOX_INTERVAL
-"""How long ``keys rotate`` waits for a running service to take its announcement."""
+"""How long ``keys rotate`` and ``keys revoke`` wait for a running service to take the announcement."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     rotate.add_argument(
         "--immediate", action="store_true", help="sign with it at once (compromised key)"
     )
-    keys.add_parser("list", help="list signing keys")
+    revoke = keys.add_parser(
+        "revoke",
+        help="withdraw a leaked key at once: out of the JWKS and every gateway's cache, its "
+        "sockets must renew within seconds (a new key signs first if it was signing)",
+    )
+    revoke.add_argument("kid", help="the key id, as `keys list` prints it")
+    keys.add_parser("list", help="list signing keys (and withdrawn ones)")
     users = sub.add_parser("users", help="manage users").add_subparsers(
         dest="action", required=True
     )
@@ -67,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--all", action="store_true", help="every dead letter")
     drop = outbox_actions.add_parser("drop", help="delete dead letters for good")
     drop.add_argument("ids", nargs="+", type=int, metavar="ID")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_kid_is_literal(sys.argv[1:] if argv is None else argv))
     if args.command == "secret":
         return print_secret(os.environ)
     serving = args.command in (None, "serve")
@@ -93,6 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         hint = " (is another auth_service or `make run` running?)" if exc.in_use else ""
         print(f"auth_service: {exc}{hint}; set AUTH_PORT to use another port", file=sys.stderr)
         return 1
+
+
+def _kid_is_literal(argv: list[str]) -> list[str]:
+    """A kid is base64url and starts with ``-`` one time in 64, which argparse would take for an
+    option: the word after ``keys revoke`` is the kid (``-h``/``--help`` aside)."""
+    if argv[:2] == ["keys", "revoke"] and len(argv) == 3 and argv[2] not in ("-h", "--help", "--"):
+        return [*argv[:2], "--", argv[2]]
+    return argv
 
 
 def serve(settings: Settings, ssl_context: ssl.SSLContext | None) -> int:
@@ -150,38 +165,51 @@ async def keys_command(settings: Settings, action: str, args: argparse.Namespace
             key = await ring.rotate(time.time(), immediate=args.immediate)
             when = "now" if args.immediate else fmt(key.activate_at)
             print(f"new key {key.kid} (generation {key.generation}) signs from {when}")
-            print(await announce(settings, store, key))
+            print(await announce(settings, store, KeyRotated(key.kid, key.generation)))
+        elif action == "revoke":
+            withdrawal = await ring.withdraw(args.kid, time.time())
+            if withdrawal.replacement is not None:
+                new = withdrawal.replacement
+                print(f"new key {new.kid} (generation {new.generation}) signs from now")
+            done = "was already withdrawn" if withdrawal.already else "withdrawn"
+            print(f"key {withdrawal.kid} {done}: no service signs with it or trusts it again")
+            print(await announce(settings, store, KeyWithdrawn(withdrawal.kid)))
         else:
-            await ring.reload()
-            now = time.time()
-            current = ring.signing_key(now)
-            for key in ring.keys:
-                state = (
-                    "signing"
-                    if key is current
-                    else ("pending" if key.activate_at > now else "retired")
-                )
-                if key.private_key is None:
-                    state += " (no configured secret decrypts it)"
-                print(
-                    f"{key.kid}  generation={key.generation}  activate_at={fmt(key.activate_at)}  {state}"
-                )
+            await list_keys(ring, store)
         return 0
     finally:
         await store.close()
 
 
-async def announce(settings: Settings, store: Store, key: LoadedKey) -> str:
-    """Tell running services about the new key, and say when they took it.
+async def list_keys(ring: KeyRing, store: Store) -> None:
+    await ring.reload()
+    now = time.time()
+    current = ring.signing_key(now)
+    for key in ring.keys:
+        state = "signing" if key is current else ("pending" if key.activate_at > now else "retired")
+        if key.private_key is None:
+            state += " (no configured secret decrypts it)"
+        print(
+            f"{key.kid}  generation={key.generation}  activate_at={fmt(key.activate_at)}  {state}"
+        )
+    for withdrawn in await store.list_withdrawn_keys():
+        print(
+            f"{withdrawn.kid}  generation={withdrawn.generation}  "
+            f"withdrawn_at={fmt(withdrawn.withdrawn_at)}  withdrawn"
+        )
+
+
+async def announce(settings: Settings, store: Store, event: KeyEvent) -> str:
+    """Tell running services about the key ring's change, and say when they took it.
 
     Over Redis every replica hears it at once. Without Redis this process reaches no other, so the
     announcement waits in the outbox for a running service to pass it to its own bus."""
-    payload = announcement(key)
+    payload = encode_key_event(event)
     if settings.redis_url:
         bus = await open_bus(settings.redis_url)
         try:
             if await EventPublisher(bus, store).announce(KEYS_TOPIC, payload):
-                return f"announced over Redis at {fmt(time.time())}: running replicas load it now"
+                return f"announced over Redis at {fmt(time.time())}: running replicas act on it now"
         finally:
             await bus.close()
     else:
@@ -190,11 +218,11 @@ async def announce(settings: Settings, store: Store, key: LoadedKey) -> str:
     while time.monotonic() < deadline:
         await asyncio.sleep(0.1)
         if all(item.payload != payload for item in await store.outbox_batch(1000)):
-            return f"a running service took the announcement at {fmt(time.time())} and loaded it"
+            return f"a running service took the announcement at {fmt(time.time())} and acted on it"
     return (
-        f"no running service took the announcement within {ANNOUNCE_WAIT:.0f} s: services load "
-        "the key when they start, and running ones at their next reload (the announcement waits "
-        "in the outbox)"
+        f"no running service took the announcement within {ANNOUNCE_WAIT:.0f} s: services read "
+        "the key ring when they start, and running ones at their next reload (the announcement "
+        "waits in the outbox)"
     )
 
 

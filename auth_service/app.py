@@ -11,7 +11,7 @@ from aiohttp import web
 
 from auth_service import browser
 from auth_service.appkeys import BUS, KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
-from auth_service.domain.keyring import KEYS_TOPIC, KeyCipher, KeyRing, RotationPolicy
+from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
 from auth_service.domain.outbox import EventPublisher
 from auth_service.domain.passwords import Passwords
 from auth_service.domain.service import AuthService, IssuerPolicy
@@ -25,6 +25,7 @@ from auth_service.settings import Settings
 from auth_service.store import open_store
 from shared.bus import EventBus
 from shared.bus_factory import open_bus
+from shared.key_events import KEYS_TOPIC, decode_key_event
 from shared.redis_ledger import RedisRevocationLedger
 from shared.serve import HTTP_TIMEOUTS
 from shared.tasks import cancel_and_wait
@@ -127,6 +128,11 @@ def create_app(
         reloads: set[asyncio.Task[None]] = set()
 
         def on_key_announced(topic: str, payload: str) -> None:
+            try:
+                decode_key_event(payload)
+            except ValueError as exc:
+                log.warning("ignoring a malformed key announcement", extra={"reason": str(exc)})
+                return
             task = asyncio.get_running_loop().create_task(reload_keys(ring))
             reloads.add(task)
             task.add_done_callback(reloads.discard)
@@ -164,13 +170,14 @@ async def maintenance_loop(app: web.Application, clock: Callable[[], float]) -> 
 
 
 async def reload_keys(ring: KeyRing) -> None:
-    """A rotation was announced (``keys rotate``, another replica): load the new key now."""
+    """A rotation or a withdrawal was announced (``keys rotate``/``keys revoke``, another
+    replica): load the new key, or drop the withdrawn one, now."""
     try:
         await ring.reload()
     except Exception:
         log.exception("key ring reload after an announcement failed; the timer retries")
     else:
-        log.info("key ring reloaded on an announced rotation")
+        log.info("key ring reloaded on an announcement")
 
 
 OUTBOX_INTERVAL = 1.0

@@ -7,6 +7,7 @@ An access token is an RS256 JWT with header ``typ: at+jwt`` and the claims set o
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -63,7 +64,9 @@ class TokenRef:
 @dataclass(frozen=True, slots=True)
 class Claims:
     """The parts of a verified access token a verifier acts on, kept for as long as its socket
-    lives (``iss``/``aud`` are checked by pyjwt, ``jti`` is checked present; none is kept)."""
+    lives (``iss``/``aud`` are checked by pyjwt, ``jti`` is checked present; none is kept).
+    ``kid`` names the key that signed it, so the sockets of a withdrawn key can be found; it is
+    interned, so every socket of one key shares one string (a pointer per socket)."""
 
     sub: str
     sid: str
@@ -71,14 +74,16 @@ class Claims:
     exp: int
     scopes: frozenset[str]
     username: str | None
+    kid: str
 
     @property
     def ref(self) -> TokenRef:
         return TokenRef(sid=self.sid, sub=self.sub, iat=self.iat)
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> Claims:
-        """Check the types pyjwt does not; raises ``ValueError`` with a reason a client may see."""
+    def from_payload(cls, payload: Mapping[str, Any], kid: str) -> Claims:
+        """Check the types pyjwt does not; raises ``ValueError`` with a reason a client may see.
+        ``kid`` is the id of the key that verified it (the header's, a ticket's own included)."""
         sub, sid, jti = payload["sub"], payload["sid"], payload["jti"]
         scope = payload.get("scope", "")
         username = payload.get("preferred_username")
@@ -94,6 +99,7 @@ class Claims:
             exp=int(exp),
             scopes=scope_set(scope),
             username=username if isinstance(username, str) else None,
+            kid=sys.intern(kid),
         )
 
 

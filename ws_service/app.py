@@ -17,6 +17,7 @@ from shared.close_codes import Disconnect
 from shared.envparse import ConfigError
 from shared.events import REVOCATIONS_TOPIC
 from shared.http_errors import http_exception_json
+from shared.key_events import KEYS_TOPIC
 from shared.redis_ledger import RedisRevocationLedger
 from shared.serve import HTTP_TIMEOUTS
 from shared.tasks import cancel_and_wait
@@ -132,6 +133,9 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             refetch_interval=settings.jwks_refetch_interval,
             fetch_timeout=settings.jwks_fetch_timeout,
             on_fetch=lambda outcome: metrics.jwks_fetches.labels(outcome).inc(),
+            # The gateway is made below, with the verifier over this cache; the cache reports
+            # only from its fetch task and bus handlers, which start after that.
+            on_dropped=lambda kids: gateway.keys_dropped(kids),
         )
         revocations = RevocationRegistry(leeway=settings.leeway)
         verifier = TokenVerifier(
@@ -158,7 +162,9 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         app[JWKS] = jwks
         app[GATEWAY] = gateway
         unsubscribe = bus.subscribe(REVOCATIONS_TOPIC, gateway.on_revocation)
+        unsubscribe_keys = bus.subscribe(KEYS_TOPIC, gateway.on_key_event)
         stop_reconciling = bus.add_reconnect_listener(gateway.reconcile)
+        stop_refetching = bus.add_reconnect_listener(gateway.refresh_keys)
         stop_restoring = bus.add_reconnect_listener(hub.restore_presence)
         stop_restoring_slots = bus.add_reconnect_listener(gateway.restore_slots)
         refresher = asyncio.get_running_loop().create_task(jwks.run())
@@ -167,7 +173,9 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         finally:
             stop_restoring_slots()
             stop_restoring()
+            stop_refetching()
             stop_reconciling()
+            unsubscribe_keys()
             unsubscribe()
             await cancel_and_wait(refresher)
             await jwks.close()

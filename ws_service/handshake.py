@@ -76,10 +76,10 @@ async def authenticate(request: web.Request) -> Claims | None:
         return await gateway.authenticate(bearers[0])
     if ticket is None:
         return None
-    payload = await gateway.verifier.decode(ticket, TICKET_TYP, TICKET_CLAIMS, "a ticket")
+    payload, kid = await gateway.verifier.decode(ticket, TICKET_TYP, TICKET_CLAIMS, "a ticket")
     # The socket lives as long as the access token the ticket came from, and is covered by
     # every revocation of that token.
-    claims = claims_from({**payload, "iat": payload[TOKEN_IAT], "exp": payload[TOKEN_EXP]})
+    claims = claims_from({**payload, "iat": payload[TOKEN_IAT], "exp": payload[TOKEN_EXP]}, kid)
     until = gateway.verifier.accepted_until(payload["exp"])
     try:
         first_use = await request.app[USED_TICKETS].burn(str(payload["jti"]), until)

@@ -3,6 +3,11 @@
 pyjwt's ``PyJWKClient`` blocks the event loop and forgets its keys when a fetch fails; this cache
 fetches one at a time, keeps the last good key set while the issuer is down, and turns a flood of
 unknown ``kid``s into at most one refetch per ``refetch_interval``.
+
+A withdrawn key (announced on ``auth.keys``) is dropped at once and remembered: a key set fetched
+later that still lists it (a fetch in flight, a proxy's or CDN's copy within its max-age) never
+brings it back, and its tokens are refused without a fetch. Every key that leaves the cache, by
+withdrawal or because a fresh key set no longer lists it, is reported to ``on_dropped``.
 """
 
 from __future__ import annotations
@@ -23,11 +28,15 @@ from jwt.algorithms import RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
 
 from shared.access_token import ALGORITHM
-from ws_service.domain.errors import InvalidToken, KeysUnavailable
+from ws_service.domain.errors import InvalidToken, KeysUnavailable, KeyWithdrawn
 
-__all__ = ["MIN_RSA_BITS", "JwksCache", "parse_jwks", "ttl_from_cache_control"]
+__all__ = ["MAX_WITHDRAWN", "MIN_RSA_BITS", "JwksCache", "parse_jwks", "ttl_from_cache_control"]
 
 MIN_RSA_BITS = 2048
+MAX_WITHDRAWN = 256
+"""Withdrawn kids remembered, the oldest forgotten first. Only announcements add one (a withdrawal
+is an operator's rare act), so a bound this size is never reached in earnest, and nothing a client
+sends can grow it."""
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
 
 log = logging.getLogger(__name__)
@@ -82,7 +91,9 @@ class JwksCache:
         refetch_interval: float = 10.0,
         fetch_timeout: float = 5.0,
         on_fetch: Callable[[str], None] | None = None,
+        on_dropped: Callable[[frozenset[str]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_withdrawn: int = MAX_WITHDRAWN,
     ) -> None:
         self._session = session
         self._url = url
@@ -91,7 +102,10 @@ class JwksCache:
         self._refetch_interval = refetch_interval
         self._timeout = aiohttp.ClientTimeout(total=fetch_timeout)
         self._on_fetch = on_fetch or (lambda outcome: None)
+        self._on_dropped = on_dropped or (lambda kids: None)
         self._clock = clock
+        self._max_withdrawn = max_withdrawn
+        self._withdrawn: dict[str, None] = {}  # insertion-ordered: the oldest is forgotten first
         self._keys: dict[str, RSAPublicKey] = {}
         self._loaded = False
         self._ttl = min_ttl
@@ -117,10 +131,24 @@ class JwksCache:
             self._inflight = task
         await asyncio.shield(self._inflight)
 
+    def is_withdrawn(self, kid: str) -> bool:
+        return kid in self._withdrawn
+
+    def withdraw(self, kid: str) -> None:
+        self._withdrawn.pop(kid, None)
+        self._withdrawn[kid] = None
+        while len(self._withdrawn) > self._max_withdrawn:
+            del self._withdrawn[next(iter(self._withdrawn))]
+        self._keys.pop(kid, None)
+        log.warning("signing key withdrawn", extra={"kid": kid})
+        self._on_dropped(frozenset((kid,)))
+
     async def get_key(self, kid: str) -> RSAPublicKey:
         key = self._keys.get(kid)
         if key is not None:
             return key
+        if kid in self._withdrawn:
+            raise KeyWithdrawn()
         if self._inflight is None:
             now = self._clock()
             if now - self._last_refetch < self._refetch_interval:
@@ -131,7 +159,7 @@ class JwksCache:
         await self.refresh()
         key = self._keys.get(kid)
         if key is None:
-            raise InvalidToken("unknown signing key")
+            raise KeyWithdrawn() if kid in self._withdrawn else InvalidToken("unknown signing key")
         return key
 
     async def run(self) -> None:
@@ -168,7 +196,9 @@ class JwksCache:
                     raise ValueError(f"HTTP {response.status}")
                 document = json.loads(await response.read())
                 cache_control = response.headers.get("Cache-Control")
-            keys = parse_jwks(document)
+            keys = {
+                kid: key for kid, key in parse_jwks(document).items() if kid not in self._withdrawn
+            }
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self._on_fetch("error")
             self._failed(str(exc) or type(exc).__name__)
@@ -181,11 +211,15 @@ class JwksCache:
                 "JWKS holds no usable key; keeping the previous set", extra={"url": self._url}
             )
             raise KeysUnavailable()
+        dropped = frozenset(self._keys.keys() - keys.keys())
         self._keys = keys
         self._loaded = True
         self._outage = None
         self._ttl = ttl_from_cache_control(cache_control, self._min_ttl, self._max_ttl)
         self._on_fetch("ok")
+        if dropped:
+            log.info("signing keys left the key set", extra={"kids": sorted(dropped)})
+            self._on_dropped(dropped)
 
     def _failed(self, reason: str) -> None:
         since = self._outage[0] if self._outage is not None else time.time()

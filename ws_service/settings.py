@@ -73,6 +73,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     auth_timeout: float = 10.0
     expiry_warning: float = 60.0
+    key_withdrawal_grace: int = 10
     leeway: int = 5
     max_message_bytes: int = 65536
     api_keys: tuple[str, ...] = ()
@@ -142,6 +143,7 @@ class Settings:
             allowed_origins=env_list(environ, "WS_ALLOWED_ORIGINS"),
             auth_timeout=env_float(environ, "WS_AUTH_TIMEOUT", 10.0, minimum=0.1),
             expiry_warning=env_float(environ, "WS_EXPIRY_WARNING", 60.0, minimum=0),
+            key_withdrawal_grace=env_int(environ, "WS_KEY_WITHDRAWAL_GRACE", 10, minimum=1),
             leeway=env_int(environ, "WS_LEEWAY", 5),
             max_message_bytes=env_int(environ, "WS_MAX_MESSAGE_BYTES", 65536, minimum=1024),
             api_keys=api_keys,

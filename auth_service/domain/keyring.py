@@ -4,7 +4,8 @@ Lifecycle of a key: created and published, then (at least one JWKS max-age later
 already hold it) it signs for one rotation interval, then stays published until every token it
 signed has expired plus one max-age, then it is deleted. The very first key signs at once.
 Exactly one replica creates each new key: keys carry a unique ``generation`` and a losing insert
-just reloads the ring.
+just reloads the ring. A leaked key is withdrawn instead: deleted at once (so it leaves the JWKS
+and never signs again) and recorded as withdrawn.
 """
 
 from __future__ import annotations
@@ -31,15 +32,12 @@ from auth_service.domain.models import StoredKey
 from auth_service.domain.store import Store
 from shared.jsonlog import audit
 
-__all__ = ["KEYS_TOPIC", "KeyCipher", "KeyRing", "LoadedKey", "RotationPolicy", "announcement"]
+__all__ = ["KeyCipher", "KeyRing", "LoadedKey", "RotationPolicy", "Withdrawal"]
 
 log = logging.getLogger(__name__)
 
 RSA_KEY_BITS = 2048
 _FORMAT = b"k1"
-
-KEYS_TOPIC = "auth.keys"
-"""Rotations are announced here so every replica reloads at once (its reload timer is the fallback)."""
 
 
 class KeyCipher:
@@ -114,6 +112,15 @@ class LoadedKey:
         return key
 
 
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    kid: str
+    replacement: LoadedKey | None
+    """The key made to sign at once because the withdrawn one was signing."""
+    already: bool = False
+    """The key had been withdrawn before: nothing changed (its announcement may be repeated)."""
+
+
 class KeyRing:
     def __init__(self, store: Store, cipher: KeyCipher, policy: RotationPolicy) -> None:
         self._store = store
@@ -173,6 +180,9 @@ class KeyRing:
         active = [k for k in self._keys if k.activate_at <= now and k.private_key is not None]
         return max(active, key=lambda k: k.activate_at, default=None)
 
+    def key(self, kid: str) -> LoadedKey | None:
+        return self._by_kid.get(kid)
+
     def public_key(self, kid: str) -> rsa.RSAPublicKey | None:
         return self._public_keys.get(kid)
 
@@ -203,6 +213,25 @@ class KeyRing:
         if not await self._create(generation, activate_at=activate_at, now=now, reason=reason):
             raise KeyRingError("another replica rotated at the same moment; try again")
         return self._keys[-1]
+
+    async def withdraw(self, kid: str, now: float) -> Withdrawal:
+        """Take a leaked key out of service at once. When it is the key signing now, a new key is
+        made to sign first, so that logins and refreshes go on; an older key never signs again."""
+        await self.reload()
+        if kid not in self._by_kid:
+            if any(key.kid == kid for key in await self._store.list_withdrawn_keys()):
+                return Withdrawal(kid, None, already=True)
+            raise KeyRingError(f"no signing key {kid} (see `keys list`)")
+        current = self.signing_key(now)
+        replacement = (
+            await self.rotate(now, immediate=True) if current and current.kid == kid else None
+        )
+        generation = self._by_kid[kid].generation
+        if not await self._store.withdraw_signing_key(kid, now):
+            return Withdrawal(kid, replacement, already=True)
+        await self.reload()
+        audit("key_withdrawn", kid=kid, generation=generation)
+        return Withdrawal(kid, replacement)
 
     async def _create(
         self, generation: int, *, activate_at: float, now: float, reason: str
@@ -253,14 +282,6 @@ class KeyRing:
                 deleted = True
         if deleted:
             await self.reload()
-
-
-def announcement(key: LoadedKey) -> str:
-    """The payload announcing a new key on :data:`KEYS_TOPIC`; receivers only reload the ring."""
-    return json.dumps(
-        {"type": "key_rotated", "kid": key.kid, "generation": key.generation},
-        separators=(",", ":"),
-    )
 
 
 def _thumbprint(jwk: dict[str, Any]) -> str:

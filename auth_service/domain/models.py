@@ -13,6 +13,7 @@ __all__ = [
     "StoredKey",
     "ThrottleState",
     "User",
+    "WithdrawnKey",
 ]
 
 
@@ -63,6 +64,16 @@ class StoredKey:
     public_jwk: str
     created_at: float
     activate_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawnKey:
+    """A signing key taken out of service before its time (it leaked): kept after its key row is
+    deleted, so every replica, a restarted one included, knows it was withdrawn and not retired."""
+
+    kid: str
+    generation: int
+    withdrawn_at: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,12 +172,14 @@ class AuthService:
 
     async def ticket_for_access_token(self, access_token: str) -> Ticket:
         """A WebSocket ticket bound to a live access token (and expiring no later than it) of a
-        live session: the gateway would refuse the ticket of a logged-out one."""
+        live session (the gateway would refuse the ticket of a logged-out one), signed by the key
+        that signed the token: the socket it opens is found by that key's withdrawal, as a socket
+        opened with the token itself is."""
         now = self._clock()
-        claims = self._tokens.verify(access_token)
+        claims, kid = self._tokens.verified_with_kid(access_token)
         if not await self._store.session_is_live(str(claims["sid"]), now):
             raise InvalidClientToken("the session was logged out or has ended")
-        return self._tokens.issue_ticket(claims, now)
+        return self._tokens.issue_ticket(claims, now, kid)
 
     async def ticket_for_refresh_token(self, refresh_token: str) -> Ticket:
         """A ticket for a browser holding only its session cookie: bound to that session, and as

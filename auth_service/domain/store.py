@@ -17,6 +17,7 @@ from auth_service.domain.models import (
     StoredKey,
     ThrottleState,
     User,
+    WithdrawnKey,
 )
 
 __all__ = ["Store", "ThrottleUpdate"]
@@ -61,6 +62,13 @@ class Store(Protocol):
         """Insert a key; False when its generation exists (another replica rotated first)."""
 
     async def delete_signing_key(self, kid: str) -> None: ...
+
+    async def withdraw_signing_key(self, kid: str, now: float) -> bool:
+        """Record ``kid`` as withdrawn and delete its key, atomically; False (and nothing changed)
+        when no such key is stored (unknown, retired and deleted, or already withdrawn)."""
+
+    async def list_withdrawn_keys(self) -> list[WithdrawnKey]:
+        """Every withdrawn key, oldest withdrawal first."""
 
     async def update_throttle(
         self, keys: Sequence[str], update: ThrottleUpdate

@@ -60,13 +60,17 @@ class TokenIssuer:
             "client_id": self.client_id,
         }
 
-    def issue_ticket(self, access: Mapping[str, Any], now: float) -> Ticket:
-        """A single-use WebSocket ticket bound to the access token whose claims are ``access``."""
+    def issue_ticket(self, access: Mapping[str, Any], now: float, kid: str | None = None) -> Ticket:
+        """A single-use WebSocket ticket bound to the access token whose claims are ``access``,
+        signed by the key ``kid`` that signed that token (while this ring holds its private half;
+        else by the current key)."""
         claims = ticket_claims(access, now)
-        return Ticket(self._sign(claims, TICKET_TYP, now), claims["exp"] - claims["iat"])
+        return Ticket(self._sign(claims, TICKET_TYP, now, kid), claims["exp"] - claims["iat"])
 
-    def _sign(self, claims: Mapping[str, Any], typ: str, now: float) -> str:
-        key = self._ring.signing_key(now)
+    def _sign(self, claims: Mapping[str, Any], typ: str, now: float, kid: str | None = None) -> str:
+        key = self._ring.key(kid) if kid else None
+        if key is None or key.private_key is None or key.activate_at > now:
+            key = self._ring.signing_key(now)
         if key is None or key.private_key is None:
             raise StoreUnavailable("no signing key is loaded yet")
         return jwt.encode(
@@ -75,9 +79,16 @@ class TokenIssuer:
 
     def verify(self, token: str, *, verify_exp: bool = True) -> dict[str, Any]:
         """Verify one of our own access tokens (for logout and revocation)."""
+        return self.verified_with_kid(token, verify_exp=verify_exp)[0]
+
+    def verified_with_kid(
+        self, token: str, *, verify_exp: bool = True
+    ) -> tuple[dict[str, Any], str]:
+        """The claims of one of our own access tokens, and the kid of the key that signed it."""
         try:
             header = jwt.get_unverified_header(token)
-            key = self._ring.public_key(str(header.get("kid", "")))
+            kid = str(header.get("kid", ""))
+            key = self._ring.public_key(kid)
             if key is None or header.get("typ") != ACCESS_TOKEN_TYP:
                 raise InvalidClientToken("the access token is not one of ours")
             claims: dict[str, Any] = jwt.decode(
@@ -92,4 +103,4 @@ class TokenIssuer:
             raise InvalidClientToken("the access token has expired") from exc
         except jwt.PyJWTError as exc:
             raise InvalidClientToken("the access token is invalid") from exc
-        return claims
+        return claims, kid

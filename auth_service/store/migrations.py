@@ -93,6 +93,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE outbox ADD COLUMN dead_at {real}",
         ),
     ),
+    (
+        4,
+        (
+            """
+            CREATE TABLE withdrawn_keys (
+                kid TEXT PRIMARY KEY,
+                generation INTEGER NOT NULL,
+                withdrawn_at {real} NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 _TYPE = re.compile(r"\{(real|blob|serial)\}")

@@ -24,6 +24,7 @@ from auth_service.domain.models import (
     StoredKey,
     ThrottleState,
     User,
+    WithdrawnKey,
 )
 from auth_service.domain.store import ThrottleUpdate
 
@@ -89,6 +90,10 @@ _INSERT_USER = _insert_sql("users", User)
 _INSERT_SESSION = _insert_sql("sessions", Session)
 _INSERT_TOKEN = _insert_sql("refresh_tokens", RefreshToken)
 _INSERT_KEY = _insert_sql("signing_keys", StoredKey)
+_RECORD_WITHDRAWN = (
+    "INSERT INTO withdrawn_keys (kid, generation, withdrawn_at) "
+    "SELECT kid, generation, $2 FROM signing_keys WHERE kid = $1 ON CONFLICT (kid) DO NOTHING"
+)
 _MARK_ROTATED = (
     "UPDATE refresh_tokens SET rotated_at = $1 WHERE token_hash = $2 AND rotated_at IS NULL"
 )
@@ -200,6 +205,19 @@ class SqlStore:
     async def delete_signing_key(self, kid: str) -> None:
         async with self._db.connection() as conn:
             await conn.execute("DELETE FROM signing_keys WHERE kid = $1", kid)
+
+    async def withdraw_signing_key(self, kid: str, now: float) -> bool:
+        return await self._db.execute_atomically(
+            [
+                (_RECORD_WITHDRAWN, (kid, now)),
+                ("DELETE FROM signing_keys WHERE kid = $1", (kid,)),
+            ]
+        )
+
+    async def list_withdrawn_keys(self) -> list[WithdrawnKey]:
+        async with self._db.connection() as conn:
+            rows = await conn.fetch("SELECT * FROM withdrawn_keys ORDER BY withdrawn_at, kid")
+        return [_model(WithdrawnKey, row) for row in rows]
 
     async def update_throttle(
         self, keys: Sequence[str], update: ThrottleUpdate

@@ -62,7 +62,7 @@ HOSTILE_TEXT = st.sampled_from(
 def test_the_schema_accepts_every_frame_the_server_builds() -> None:
     from shared.access_token import Claims
 
-    claims = Claims("alice", "s1", 1, 2, frozenset({"chat:read"}), "Alice")
+    claims = Claims("alice", "s1", 1, 2, frozenset({"chat:read"}), "Alice", "key-1")
     published = with_position(protocol.message("chat:a", {"t": 1}, claims, 123), 7, "e1")
     page = HistoryPage([published], Position(7, "e1"), True)
     for text in [

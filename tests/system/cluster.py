@@ -144,7 +144,10 @@ class Cluster:
 
 @contextmanager
 def running_cluster(
-    workdir: Path, ws_env: Mapping[str, str] | None = None, auth_replicas: int = 2
+    workdir: Path,
+    ws_env: Mapping[str, str] | None = None,
+    auth_replicas: int = 2,
+    ws_replicas: int = 3,
 ) -> Iterator[Cluster]:
     """A started cluster on a fresh PostgreSQL schema, stopped and dropped afterwards. Skipped
     (failed under CI) where redis-server or nginx is missing."""
@@ -155,7 +158,13 @@ def running_cluster(
     nginx = find_nginx()
     postgres_url, schema = asyncio.run(create_schema())
     cluster = Cluster(
-        workdir, postgres_url, redis_binary, nginx, auth_replicas=auth_replicas, ws_env=ws_env
+        workdir,
+        postgres_url,
+        redis_binary,
+        nginx,
+        auth_replicas=auth_replicas,
+        ws_replicas=ws_replicas,
+        ws_env=ws_env,
     )
     try:
         cluster.start()

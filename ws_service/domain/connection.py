@@ -331,18 +331,35 @@ class Connection:
             self._on_expiry()
 
     def _on_warning(self, claims: Claims) -> None:
+        self._warn(claims.exp, claims.exp + self._settings.leeway)
+
+    def key_withdrawn(self, grace: int) -> None:
+        """The key that signed this socket's token was withdrawn: the token now expires ``grace``
+        seconds from now (or at its own ``exp``, when sooner), announced as an expiry warning is,
+        so that a client renews with a token of a good key or is closed ``token_expired``."""
+        if self.claims is None:
+            return
+        close_at = time.time() + grace
+        if self.claims.exp + self._settings.leeway <= close_at:
+            self._on_warning(self.claims)
+        else:
+            self._warn(int(close_at), close_at)
+
+    def _warn(self, expires_at: int, close_at: float) -> None:
+        """Send ``token_expiring`` for ``expires_at`` and close at ``close_at`` unless renewed."""
         if self.closing:
             return
-        exp = claims.exp
+        self._cancel_deadline()
         self._warned = True
-        self._deadline = self._deadlines.schedule(exp + self._settings.leeway - time.time(), self)
+        now = time.time()
+        self._deadline = self._deadlines.schedule(close_at - now, self)
         self._metrics.warnings.inc()
         self.send(
             protocol.reply(
                 "token_expiring",
                 None,
-                expires_in=max(0, exp - int(time.time())),
-                expires_at=exp,
+                expires_in=max(0, expires_at - int(now)),
+                expires_at=expires_at,
             )
         )
 

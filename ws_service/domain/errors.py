@@ -14,6 +14,7 @@ __all__ = [
     "GatewayError",
     "InvalidChannel",
     "InvalidToken",
+    "KeyWithdrawn",
     "KeysUnavailable",
     "NotAuthenticated",
     "NotEnabled",
@@ -56,6 +57,14 @@ class TokenExpired(AuthError):
     code = "token_expired"
     message = "the token has expired"
     retry = True
+
+
+class KeyWithdrawn(TokenExpired):
+    """The key that signed the token was withdrawn (it leaked). To a client it is an expired token:
+    it refreshes (refresh tokens do not depend on the key) and tries again with a token of the
+    current key."""
+
+    message = "the token's signing key was withdrawn; refresh the token"
 
 
 class KeysUnavailable(AuthError):

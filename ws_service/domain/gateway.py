@@ -13,6 +13,7 @@ from collections import Counter
 from shared.access_token import Claims
 from shared.bus_errors import BusUnavailable
 from shared.events import SessionRevoked, UserRevoked, decode_event
+from shared.key_events import KeyWithdrawn, decode_key_event
 from shared.revocation_ledger import RevocationLedger
 from ws_service.domain import errors
 from ws_service.domain.connection import Connection, Peer
@@ -93,7 +94,8 @@ class Gateway:
         return await self.confirm(await self.verifier.verify(token))
 
     async def confirm(self, claims: Claims) -> Claims:
-        """The ledger half of ``authenticate``, for claims verified another way (a ticket)."""
+        """The ledger half of ``authenticate``, for claims verified another way (a ticket). The
+        local checks run again after the round trip: an event may have arrived meanwhile."""
         if self.ledger is None:
             return claims
         try:
@@ -101,12 +103,12 @@ class Gateway:
         except BusUnavailable as exc:
             self.metrics.ledger_checks.labels("unavailable").inc()
             log.warning("revocation ledger unreachable; token accepted", extra={"error": str(exc)})
-            return claims
-        self.metrics.ledger_checks.labels("revoked" if revoked else "ok").inc()
-        if revoked:
-            self._remember(claims)
-            raise errors.SessionRevoked()
-        return claims
+        else:
+            self.metrics.ledger_checks.labels("revoked" if revoked else "ok").inc()
+            if revoked:
+                self._remember(claims)
+                raise errors.SessionRevoked()
+        return self.verifier.checked(claims)
 
     async def admit(self, conn: Connection, claims: Claims) -> None:
         """Index a freshly authenticated connection under its user, within the per-user limit:
@@ -233,6 +235,43 @@ class Gateway:
                 isinstance(event, UserRevoked) and claims.iat < event.issued_before
             ):
                 conn.revoke(event.type)
+
+    def on_key_event(self, topic: str, payload: str) -> None:
+        """Bus handler for ``auth.keys``: a withdrawn key leaves the key cache at once (which
+        reports it to :meth:`keys_dropped`); a rotation needs nothing here (an unknown kid is
+        fetched on first sight)."""
+        try:
+            event = decode_key_event(payload)
+        except ValueError as exc:
+            log.warning("ignoring a malformed key announcement", extra={"reason": str(exc)})
+            return
+        if isinstance(event, KeyWithdrawn):
+            self.verifier.keys.withdraw(event.kid)
+
+    def keys_dropped(self, kids: frozenset[str]) -> None:
+        """Keys left the key cache (withdrawn, or gone from a fresh key set): every live socket
+        whose token one of them signed must renew within ``key_withdrawal_grace`` seconds."""
+        grace = self.settings.key_withdrawal_grace
+        told = 0
+        for conns in tuple(self._users.values()):
+            for conn in conns:
+                if conn.claims is not None and conn.claims.kid in kids and not conn.closing:
+                    conn.key_withdrawn(grace)
+                    told += 1
+        if told:
+            log.warning(
+                "sockets of a dropped signing key must renew",
+                extra={"kids": sorted(kids), "sockets": told, "grace": grace},
+            )
+
+    async def refresh_keys(self) -> None:
+        """Bus reconnect listener: a withdrawal announced while this replica was cut off from
+        Redis was missed, but the issuer's key set no longer lists the key; fetch it now rather
+        than at its TTL, so the key leaves the cache and its sockets are told."""
+        try:
+            await self.verifier.keys.refresh()
+        except errors.KeysUnavailable:
+            log.warning("key set refetch after reconnecting failed; its TTL retries")
 
     async def reconcile(self) -> None:
         """Bus reconnect listener: close the live sockets whose revocation event was published

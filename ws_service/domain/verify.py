@@ -11,13 +11,22 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from shared.access_token import ACCESS_TOKEN_TYP, ALGORITHM, REQUIRED_CLAIMS, Claims
-from ws_service.domain.errors import InvalidToken, SessionRevoked, TokenExpired
+from ws_service.domain.errors import InvalidToken, KeyWithdrawn, SessionRevoked, TokenExpired
 
 __all__ = ["KeySource", "RevocationCheck", "TokenVerifier", "claims_from"]
 
 
 class KeySource(Protocol):
-    async def get_key(self, kid: str) -> RSAPublicKey: ...
+    async def get_key(self, kid: str) -> RSAPublicKey:
+        """Raise ``KeyWithdrawn`` for a withdrawn key, ``InvalidToken`` for an unknown one."""
+
+    def is_withdrawn(self, kid: str) -> bool: ...
+
+    def withdraw(self, kid: str) -> None:
+        """Drop ``kid`` and never use it again, whatever a key set fetched later says."""
+
+    async def refresh(self) -> None:
+        """Fetch the key set now; raises ``KeysUnavailable``."""
 
 
 class RevocationCheck(Protocol):
@@ -36,7 +45,7 @@ class TokenVerifier:
         audience: str,
         leeway: int,
     ) -> None:
-        self._keys = keys
+        self.keys = keys
         self._revocations = revocations
         self._issuer = issuer
         self._audience = audience
@@ -49,23 +58,25 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Claims:
         """Raise an ``AuthError`` subclass unless ``token`` is a valid, unrevoked access token."""
-        return self.checked(
-            claims_from(
-                await self.decode(token, ACCESS_TOKEN_TYP, REQUIRED_CLAIMS, "an access token")
-            )
+        payload, kid = await self.decode(
+            token, ACCESS_TOKEN_TYP, REQUIRED_CLAIMS, "an access token"
         )
+        return self.checked(claims_from(payload, kid))
 
     def checked(self, claims: Claims) -> Claims:
-        """``claims`` unless a revocation this replica knows of covers them."""
+        """``claims`` unless a revocation or a key withdrawal this replica knows of covers them
+        (checked again after every wait, as one may have arrived meanwhile)."""
         if self._revocations.is_revoked(claims.sub, claims.sid, claims.iat):
             raise SessionRevoked()
+        if self.keys.is_withdrawn(claims.kid):
+            raise KeyWithdrawn()
         return claims
 
     async def decode(
         self, token: str, typ: str, required: Sequence[str], kind: str
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], str]:
         """The payload of an RS256 JWT of header ``typ`` (``kind`` names it in errors) from our
-        issuer, signed by a JWKS key."""
+        issuer, signed by a JWKS key, and that key's id."""
         if not token.isascii():  # a JWS compact serialization is base64url and dots
             raise InvalidToken("the token is malformed")
         header = _header(token.partition(".")[0])
@@ -78,7 +89,7 @@ class TokenVerifier:
             raise InvalidToken("critical header extensions are not supported")
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("the token has no key id")
-        key = await self._keys.get_key(kid)
+        key = await self.keys.get_key(kid)
         try:
             payload = jwt.decode(
                 token,
@@ -93,7 +104,7 @@ class TokenVerifier:
             raise TokenExpired() from None
         except jwt.InvalidTokenError:
             raise InvalidToken() from None
-        return payload
+        return payload, kid
 
 
 @lru_cache(maxsize=256)
@@ -115,9 +126,9 @@ def _header(segment: str) -> Mapping[str, Any]:
     return header
 
 
-def claims_from(payload: Mapping[str, Any]) -> Claims:
+def claims_from(payload: Mapping[str, Any], kid: str) -> Claims:
     """What the gateway acts on, from a verified access token's (or ticket's) payload."""
     try:
-        return Claims.from_payload(payload)
+        return Claims.from_payload(payload, kid)
     except ValueError as exc:
         raise InvalidToken(str(exc)) from None

@@ -124,3 +124,44 @@ async def test_a_ring_no_secret_opens_stops_start_up_saying_how_to_recover(
     await stranger.rotate(2, immediate=True)
     stranger.check_unlocked()  # the deliberate re-key recovers
     ring(store, SECRET).check_unlocked()  # an empty ring is fine too (nothing loaded yet)
+
+
+async def test_withdrawing_the_signing_key_makes_a_new_one_sign_first(store: Store) -> None:
+    keys, other_replica = ring(store), ring(store)
+    await keys.maintain(0)
+    await other_replica.reload()
+    leaked = keys.signing_key(0)
+    assert leaked is not None
+    withdrawal = await keys.withdraw(leaked.kid, 10)
+    assert withdrawal.replacement is not None and not withdrawal.already
+    assert keys.signing_key(10) == withdrawal.replacement
+    assert [k["kid"] for k in keys.jwks()["keys"]] == [withdrawal.replacement.kid]
+    assert keys.public_key(leaked.kid) is None, "no longer trusted for logout or tickets"
+    await other_replica.reload()
+    assert [k.kid for k in other_replica.keys] == [withdrawal.replacement.kid]
+    assert [k.kid for k in await store.list_withdrawn_keys()] == [leaked.kid]
+
+
+async def test_withdrawing_a_key_that_does_not_sign_leaves_the_signing_key(store: Store) -> None:
+    keys = ring(store)
+    await keys.maintain(0)
+    signing = keys.signing_key(0)
+    assert signing is not None
+    pending = await keys.rotate(10)
+    withdrawal = await keys.withdraw(pending.kid, 20)
+    assert withdrawal.replacement is None
+    assert [k.kid for k in keys.keys] == [signing.kid]
+    assert keys.signing_key(10_000) == signing, "the withdrawn key never starts signing"
+
+
+async def test_withdrawing_twice_is_harmless_and_an_unknown_kid_is_refused(store: Store) -> None:
+    keys = ring(store)
+    await keys.maintain(0)
+    retired = keys.signing_key(0)
+    assert retired is not None
+    await keys.rotate(10, immediate=True)
+    assert (await keys.withdraw(retired.kid, 20)).already is False
+    again = await keys.withdraw(retired.kid, 30)
+    assert (again.already, again.replacement) == (True, None)
+    with pytest.raises(KeyRingError, match="no signing key nope"):
+        await keys.withdraw("nope", 30)

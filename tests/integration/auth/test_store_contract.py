@@ -21,6 +21,7 @@ from auth_service.domain.models import (
     StoredKey,
     ThrottleState,
     User,
+    WithdrawnKey,
 )
 from auth_service.domain.store import Store
 from auth_service.store import open_store
@@ -178,6 +179,19 @@ async def test_signing_key_generation_is_unique(store: Store) -> None:
     assert (await store.list_signing_keys())[0] == key
     await store.delete_signing_key("k1")
     assert [k.kid for k in await store.list_signing_keys()] == ["k3"]
+
+
+async def test_a_withdrawn_key_is_deleted_and_recorded_once(open_replica: OpenReplica) -> None:
+    store, other_replica = await open_replica(), await open_replica()
+    for generation, kid in enumerate(["k1", "k2"], start=1):
+        await store.add_signing_key(StoredKey(kid, generation, b"x", "{}", 1.0, 2.0))
+    assert await store.withdraw_signing_key("k1", 50.0) is True
+    assert [k.kid for k in await other_replica.list_signing_keys()] == ["k2"]
+    assert await other_replica.list_withdrawn_keys() == [WithdrawnKey("k1", 1, 50.0)]
+    assert await store.withdraw_signing_key("k1", 60.0) is False, "already withdrawn"
+    assert await store.withdraw_signing_key("unknown", 60.0) is False
+    assert await store.list_withdrawn_keys() == [WithdrawnKey("k1", 1, 50.0)]
+    assert [k.kid for k in await store.list_signing_keys()] == ["k2"]
 
 
 def bump(states: dict[str, ThrottleState]) -> dict[str, ThrottleState]:

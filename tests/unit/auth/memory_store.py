@@ -23,6 +23,7 @@ from auth_service.domain.models import (
     StoredKey,
     ThrottleState,
     User,
+    WithdrawnKey,
 )
 from auth_service.domain.store import ThrottleUpdate
 
@@ -35,6 +36,7 @@ class MemoryStore:
         self.sessions: dict[str, Session] = {}
         self.tokens: dict[str, RefreshToken] = {}
         self.keys: dict[str, StoredKey] = {}
+        self.withdrawn: dict[str, WithdrawnKey] = {}
         self.throttle: dict[str, ThrottleState] = {}
         self.outbox: dict[int, OutboxItem] = {}
         self._outbox_ids = itertools.count(1)
@@ -106,6 +108,15 @@ class MemoryStore:
 
     async def delete_signing_key(self, kid: str) -> None:
         self.keys.pop(kid, None)
+
+    async def withdraw_signing_key(self, kid: str, now: float) -> bool:
+        if kid not in self.keys or kid in self.withdrawn:
+            return False
+        self.withdrawn[kid] = WithdrawnKey(kid, self.keys.pop(kid).generation, now)
+        return True
+
+    async def list_withdrawn_keys(self) -> list[WithdrawnKey]:
+        return sorted(self.withdrawn.values(), key=lambda k: (k.withdrawn_at, k.kid))
 
     async def update_throttle(
         self, keys: Sequence[str], update: ThrottleUpdate

@@ -11,6 +11,7 @@ import pytest
 from auth_service.__main__ import main
 from auth_service.domain.errors import KeyRingError
 from auth_service.domain.keyring import KeyRing
+from auth_service.settings import DEV_SECRET_FILE
 from auth_service.store import open_store
 
 
@@ -66,3 +67,15 @@ def test_outbox_lists_replays_and_drops_dead_letters_only(
     asyncio.run(seed_outbox(f"sqlite:///{tmp_path / 'auth.db'}"))
     assert main(["outbox", "drop", "4"]) == 0
     assert capsys.readouterr().out == "1 dead letter(s) dropped: 4\n"
+
+
+def test_a_kid_that_starts_with_a_dash_is_a_kid_not_an_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One thumbprint in 64 starts with "-"; the command must take it as printed by keys list."""
+    (tmp_path / DEV_SECRET_FILE).write_text("a-dev-secret-made-by-make-run-0123")
+    monkeypatch.setenv("AUTH_DEV", "1")
+    monkeypatch.setenv("AUTH_DATA_DIR", str(tmp_path))
+    assert main(["keys", "revoke", "-Xk1Q"]) == 1
+    assert capsys.readouterr().err == "auth_service: no signing key -Xk1Q (see `keys list`)\n"
+    assert main(["keys", "revoke", "--", "-Xk1Q"]) == 1

@@ -19,13 +19,21 @@ def test_every_claim_but_scope_and_username_is_required() -> None:
 
 
 def test_claims_keep_what_a_verifier_acts_on() -> None:
-    claims = Claims.from_payload(payload(scope="a:read  b:write", preferred_username="Al"))
-    assert (claims.scopes, claims.username, claims.exp) == (
+    claims = Claims.from_payload(payload(scope="a:read  b:write", preferred_username="Al"), "k1")
+    assert (claims.scopes, claims.username, claims.exp, claims.kid) == (
         frozenset({"a:read", "b:write"}),
         "Al",
         20,
+        "k1",
     )
     assert claims.ref == TokenRef(sid="s1", sub="42", iat=10)
+
+
+def test_every_socket_of_one_key_shares_one_kid_string() -> None:
+    kids = ["".join(["key", "-", str(n)]) for n in (1, 1)]
+    assert kids[0] is not kids[1]
+    first, second = (Claims.from_payload(payload(), kid) for kid in kids)
+    assert first.kid is second.kid
 
 
 @pytest.mark.parametrize(
@@ -33,8 +41,8 @@ def test_claims_keep_what_a_verifier_acts_on() -> None:
 )
 def test_wrong_types_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        Claims.from_payload(payload(**bad))
+        Claims.from_payload(payload(**bad), "k1")
 
 
 def test_a_username_of_another_type_is_dropped() -> None:
-    assert Claims.from_payload(payload(preferred_username=5)).username is None
+    assert Claims.from_payload(payload(preferred_username=5), "k1").username is None

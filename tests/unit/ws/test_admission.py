@@ -47,7 +47,9 @@ class Slots:
 
 def claims(sub: str = "alice") -> Claims:
     now = int(time.time())
-    return Claims(sub=sub, sid="s", iat=now, exp=now + 60, scopes=frozenset(), username=None)
+    return Claims(
+        sub=sub, sid="s", iat=now, exp=now + 60, scopes=frozenset(), username=None, kid="k1"
+    )
 
 
 def gauges(gateway: Gateway) -> tuple[float, float]:

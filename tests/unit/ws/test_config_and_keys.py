@@ -46,6 +46,7 @@ def test_every_ws_variable_is_read() -> None:
             "WS_ALLOWED_ORIGINS": "https://a.example, https://b.example",
             "WS_AUTH_TIMEOUT": "3",
             "WS_EXPIRY_WARNING": "30",
+            "WS_KEY_WITHDRAWAL_GRACE": "3",
             "WS_LEEWAY": "2",
             "WS_MAX_MESSAGE_BYTES": "4096",
             "WS_API_KEYS": "k" * 20 + ",key-number-two-123",
@@ -61,6 +62,7 @@ def test_every_ws_variable_is_read() -> None:
     assert settings.audience == "chat"
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
     assert (settings.auth_timeout, settings.expiry_warning, settings.leeway) == (3.0, 30.0, 2)
+    assert settings.key_withdrawal_grace == 3
     assert settings.max_message_bytes == 4096
     assert settings.api_keys == ("k" * 20, "key-number-two-123")
     assert settings.redis_url == "redis://:hunter2-secret@redis:6379/0"

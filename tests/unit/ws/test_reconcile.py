@@ -86,6 +86,7 @@ async def admit(gateway: Gateway, sid: str) -> tuple[Connection, Peer]:
         exp=now + 60,
         scopes=frozenset(),
         username=None,
+        kid="key-1",
     )
     conn.claims = claims
     await gateway.admit(conn, claims)

@@ -1,0 +1,164 @@
+"""A withdrawn signing key, in the gateway's domain: the announcement reaches the key cache, and
+every live socket of a dropped key is told to renew within the grace (a socket of another key,
+or a token expiring sooner anyway, keeps its own schedule)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from shared.access_token import Claims, TokenRef
+from shared.bus import InProcessBus
+from shared.key_events import KEYS_TOPIC, KeyRotated, KeyWithdrawn, encode_key_event
+from ws_service.domain.connection import Connection
+from ws_service.domain.deadlines import Deadlines, Expiring
+from ws_service.domain.errors import KeyWithdrawn as KeyWithdrawnError
+from ws_service.domain.gateway import Gateway
+from ws_service.domain.history import MemoryHistory
+from ws_service.domain.hub import Hub
+from ws_service.domain.presence import MemoryPresence
+from ws_service.domain.revocations import RevocationRegistry
+from ws_service.domain.verify import TokenVerifier
+from ws_service.metrics import Metrics
+from ws_service.settings import Settings
+
+GRACE = 10
+
+
+class Keys:
+    """The key cache's side the gateway uses: records withdrawals."""
+
+    def __init__(self) -> None:
+        self.withdrawn: list[str] = []
+
+    async def get_key(self, kid: str) -> RSAPublicKey:
+        raise AssertionError("no token is verified here")
+
+    def is_withdrawn(self, kid: str) -> bool:
+        return kid in self.withdrawn
+
+    def withdraw(self, kid: str) -> None:
+        self.withdrawn.append(kid)
+
+    async def refresh(self) -> None:
+        raise AssertionError("no fetch here")
+
+
+class Ledger:
+    """Answers "not revoked", after running ``meanwhile`` (an event arriving mid round trip)."""
+
+    def __init__(self) -> None:
+        self.meanwhile = lambda: None
+
+    async def revoked(self, tokens: Sequence[TokenRef]) -> list[bool]:
+        self.meanwhile()
+        return [False for _ in tokens]
+
+
+class Peer:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, object]] = []
+
+    def send(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    def close(self, code: int, reason: str) -> None:
+        raise AssertionError("nothing closes before the grace")
+
+
+def make_gateway(keys: Keys, ledger: Ledger | None = None) -> Gateway:
+    settings = Settings(
+        jwks_url="http://keys.test/jwks", issuer="http://auth.test", key_withdrawal_grace=GRACE
+    )
+    revocations = RevocationRegistry()
+    verifier = TokenVerifier(keys, revocations, issuer=settings.issuer, audience="ws", leeway=0)
+    bus = InProcessBus()
+    hub = Hub(bus, MemoryHistory(bus.publish), MemoryPresence(bus.publish), settings.history_policy)
+    return Gateway(settings, verifier, revocations, hub, Metrics(), ledger=ledger)
+
+
+def claims(kid: str, sub: str = "alice", ttl: int = 300) -> Claims:
+    now = int(time.time())
+    return Claims(sub, f"sid-{sub}", now, now + ttl, frozenset(), None, kid)
+
+
+async def admit(gateway: Gateway, signed: Claims) -> tuple[Connection, Peer]:
+    peer = Peer()
+    conn = gateway.connect(peer, None)
+    await conn.authenticated_at_handshake(signed)
+    peer.sent.clear()
+    return conn, peer
+
+
+def test_a_withdrawal_announcement_withdraws_the_key_and_nothing_else_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    keys = Keys()
+    gateway = make_gateway(keys)
+    gateway.on_key_event(KEYS_TOPIC, encode_key_event(KeyRotated("k2", 2)))
+    with caplog.at_level(logging.WARNING, logger="ws_service.domain.gateway"):
+        for payload in ("", "{}", '{"type":"key_withdrawn","kid":7}', '{"type":"key_lost"}'):
+            gateway.on_key_event(KEYS_TOPIC, payload)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ws_service.domain.gateway"]
+    assert warnings == ["ignoring a malformed key announcement"] * 4
+    assert keys.withdrawn == []
+    gateway.on_key_event(KEYS_TOPIC, encode_key_event(KeyWithdrawn("k1")))
+    assert keys.withdrawn == ["k1"]
+
+
+async def test_sockets_of_a_dropped_key_are_told_to_renew_within_the_grace() -> None:
+    gateway = make_gateway(Keys())
+    leaked, leaked_soon = claims("k1", "alice"), claims("k1", "bob", ttl=3)
+    sockets = [
+        await admit(gateway, signed) for signed in (leaked, leaked_soon, claims("k2", "carol"))
+    ]
+    before = int(time.time())
+    gateway.keys_dropped(frozenset({"k1", "k9"}))
+    after = int(time.time())
+    (_, alice), (_, bob), (_, carol) = sockets
+    ((warning,), (soon,)) = alice.sent, bob.sent
+    assert warning["type"] == soon["type"] == "token_expiring"
+    assert before + GRACE <= warning["expires_at"] <= after + GRACE  # type: ignore[operator]
+    assert warning["expires_in"] in (GRACE - 1, GRACE)
+    assert soon["expires_at"] == leaked_soon.exp, "a token expiring sooner keeps its own expiry"
+    assert carol.sent == []
+    for conn, _ in sockets:
+        conn.disconnected()
+
+
+async def test_a_withdrawal_during_the_ledger_round_trip_still_refuses_the_token() -> None:
+    keys, ledger = Keys(), Ledger()
+    gateway = make_gateway(keys, ledger)
+    ledger.meanwhile = lambda: keys.withdraw("k1")
+    with pytest.raises(KeyWithdrawnError):
+        await gateway.confirm(claims("k1"))
+    good = claims("k2")
+    assert await gateway.confirm(good) is good
+
+
+class RecordingDeadlines(Deadlines):
+    def __init__(self) -> None:
+        super().__init__()
+        self.delays: list[float] = []
+
+    def schedule(self, delay: float, item: Expiring) -> int:
+        self.delays.append(delay)
+        return super().schedule(delay, item)
+
+
+async def test_the_grace_is_never_cut_to_the_whole_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway = make_gateway(Keys())
+    gateway.deadlines = deadlines = RecordingDeadlines()
+    conn, peer = await admit(gateway, claims("k1"))
+    monkeypatch.setattr(time, "time", lambda: 1_000_000_000.9)
+    gateway.keys_dropped(frozenset({"k1"}))
+    assert deadlines.delays[-1] == pytest.approx(GRACE)
+    assert peer.sent == [
+        {"type": "token_expiring", "expires_in": GRACE, "expires_at": 1_000_000_000 + GRACE}
+    ]
+    conn.disconnected()
