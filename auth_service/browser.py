@@ -30,8 +30,8 @@ from auth_service.appkeys import SERVICE, SETTINGS
 from auth_service.domain.errors import CsrfRejected, InvalidClientToken, InvalidRequest
 from auth_service.domain.service import TokenPair
 from auth_service.settings import Settings
-from shared.http_auth import bearer_token
-from shared.http_json import json_response
+from shared.http.auth import bearer_token
+from shared.http.responses import json_response
 
 __all__ = [
     "API_PREFIX",

@@ -11,14 +11,13 @@ from typing import Any
 from aiohttp import WSMsgType, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from shared.close_codes import Disconnect
-from shared.forwarded import client_address
-from shared.http_auth import bearer_matches
-from shared.http_errors import json_error
-from shared.http_json import json_response
+from realtime_gateway_protocol.close_codes import Disconnect
+from realtime_gateway_protocol.wire_json import WireJSONError, loads
+from shared.http.auth import bearer_matches
+from shared.http.forwarded import client_address
+from shared.http.readiness import Readiness, readiness_response
+from shared.http.responses import json_error, json_response
 from shared.jsonlog import audit
-from shared.readiness import Readiness, readiness_response
-from shared.wire_json import WireJSONError, loads
 from ws_service import handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
 from ws_service.domain.channels import validate_channel

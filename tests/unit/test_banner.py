@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.embedded import Stack
-from shared.readiness import Readiness
+from shared.http.readiness import Readiness
 
 
 def test_the_banner_says_what_is_not_ready() -> None:

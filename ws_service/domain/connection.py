@@ -12,9 +12,10 @@ import time
 from collections.abc import Awaitable
 from typing import Protocol, TypeVar
 
-from shared.access_token import Claims
-from shared.bus_errors import BusUnavailable
-from shared.close_codes import Disconnect
+from realtime_gateway_protocol.access_token import Claims
+from realtime_gateway_protocol.close_codes import Disconnect
+from realtime_gateway_protocol.frames import PREAUTH_MAX_BYTES
+from shared.bus import BusUnavailable
 from shared.jsonlog import audit
 from ws_service.domain import protocol
 from ws_service.domain.channels import check_publish, check_subscribe, validate_channel
@@ -211,9 +212,9 @@ class Connection:
     # -- authentication --------------------------------------------------------------------
 
     async def _on_text_unauthenticated(self, text: str) -> None:
-        if len(text) > protocol.PREAUTH_MAX_BYTES or (
-            len(text) * 4 > protocol.PREAUTH_MAX_BYTES
-            and len(text.encode("utf-8", "surrogatepass")) > protocol.PREAUTH_MAX_BYTES
+        if len(text) > PREAUTH_MAX_BYTES or (
+            len(text) * 4 > PREAUTH_MAX_BYTES
+            and len(text.encode("utf-8", "surrogatepass")) > PREAUTH_MAX_BYTES
         ):
             self.close(Disconnect.BAD_REQUEST)
             return

@@ -10,11 +10,10 @@ import math
 import secrets
 from collections import Counter
 
-from shared.access_token import Claims
-from shared.bus_errors import BusUnavailable
-from shared.events import SessionRevoked, UserRevoked, decode_event
-from shared.key_events import KeyWithdrawn, decode_key_event
-from shared.revocation_ledger import RevocationLedger
+from realtime_gateway_protocol.access_token import Claims
+from realtime_gateway_protocol.events import SessionRevoked, UserRevoked, decode_event
+from realtime_gateway_protocol.key_events import KeyWithdrawn, decode_key_event
+from shared.bus import BusUnavailable, RevocationLedger
 from ws_service.domain import errors
 from ws_service.domain.connection import Connection, Peer
 from ws_service.domain.deadlines import Deadlines

@@ -23,10 +23,9 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
-from shared.access_token import Claims
-from shared.bus import EventBus, Unsubscribe
-from shared.bus_errors import BusUnavailable
-from shared.tasks import cancel_and_wait
+from realtime_gateway_protocol.access_token import Claims
+from realtime_gateway_protocol.tasks import cancel_and_wait
+from shared.bus import BusUnavailable, EventBus, Unsubscribe
 from ws_service.domain import protocol
 from ws_service.domain.errors import NotEnabled
 from ws_service.domain.history import History, HistoryPage, HistoryPolicy, Position, position_of

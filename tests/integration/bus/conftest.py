@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from shared.redis_bus import RedisBus
+from shared.redis.bus import RedisBus
 from tests.integration.bus.support import BusMaker
 
 

@@ -10,8 +10,8 @@ import pytest
 from redis.asyncio import Redis
 
 from ws_service.domain.history import HistoryPolicy, Position
-from ws_service.redis_client import open_redis
-from ws_service.redis_history import RedisHistory
+from ws_service.redis.client import open_redis
+from ws_service.redis.history import RedisHistory
 
 pytestmark = pytest.mark.redis
 POLICY = HistoryPolicy(size=100, ttl=300)

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member
-from ws_service.redis_presence import RedisPresence
+from ws_service.redis.presence import RedisPresence
 
 pytestmark = pytest.mark.redis
 ALICE, BOB = Member("u1", "alice"), Member("u2", "bob")

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from shared.tasks import cancel_and_wait
+from realtime_gateway_protocol.tasks import cancel_and_wait
 
 
 async def forever() -> None:

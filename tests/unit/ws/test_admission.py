@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from shared.access_token import Claims
-from shared.bus_errors import BusUnavailable
+from realtime_gateway_protocol.access_token import Claims
+from shared.bus import BusUnavailable
 from tests.unit.ws.test_reconcile import Peer, gateway_with
 from ws_service.domain.errors import TooManyConnections
 from ws_service.domain.gateway import Gateway

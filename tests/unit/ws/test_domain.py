@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.events import SessionRevoked, UserRevoked
+from realtime_gateway_protocol.events import SessionRevoked, UserRevoked
 from ws_service.domain.channels import check_publish, check_subscribe, validate_channel
 from ws_service.domain.connection import warning_delay
 from ws_service.domain.errors import Forbidden, InvalidChannel

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.envparse import ConfigError
+from shared.config.env import ConfigError
 from ws_service.domain.history import HistoryPolicy, Position, position_of, with_position
 from ws_service.settings import Settings
 

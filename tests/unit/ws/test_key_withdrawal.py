@@ -12,9 +12,14 @@ from collections.abc import Sequence
 import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from shared.access_token import Claims, TokenRef
+from realtime_gateway_protocol.access_token import Claims, TokenRef
+from realtime_gateway_protocol.key_events import (
+    KEYS_TOPIC,
+    KeyRotated,
+    KeyWithdrawn,
+    encode_key_event,
+)
 from shared.bus import InProcessBus
-from shared.key_events import KEYS_TOPIC, KeyRotated, KeyWithdrawn, encode_key_event
 from ws_service.domain.connection import Connection
 from ws_service.domain.deadlines import Deadlines, Expiring
 from ws_service.domain.errors import KeyWithdrawn as KeyWithdrawnError

@@ -8,9 +8,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from shared.access_token import Claims, TokenRef
-from shared.bus import InProcessBus
-from shared.bus_errors import BusUnavailable
+from realtime_gateway_protocol.access_token import Claims, TokenRef
+from shared.bus import BusUnavailable, InProcessBus
 from ws_service.domain.connection import Connection
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.history import MemoryHistory

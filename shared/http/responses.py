@@ -1,12 +1,29 @@
-"""The one error shape both services answer HTTP with: ``{"error", "error_description"}``."""
+"""How both services write an HTTP body: JSON through the strict wire codec (ASCII, with a final
+newline, so that ``curl`` output never runs into the shell prompt), and the one error shape,
+``{"error", "error_description"}``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from aiohttp import web
 
-from shared.http_json import json_response
+from realtime_gateway_protocol.wire_json import dumps
 
-__all__ = ["http_exception_json", "json_error"]
+__all__ = ["http_exception_json", "json_error", "json_response"]
+
+
+def json_response(
+    body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        text=dumps(body) + "\n",
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
+
 
 _KEPT_HEADERS = frozenset({"allow", "retry-after"})
 

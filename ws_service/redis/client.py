@@ -11,7 +11,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from shared.bus_errors import BusUnavailable
+from shared.bus import BusUnavailable
 
 __all__ = ["open_redis", "unavailable_as_bus_error"]
 

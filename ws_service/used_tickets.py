@@ -11,7 +11,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.bus_errors import BusUnavailable
+from shared.bus import BusUnavailable
 
 __all__ = ["LocalUsedTickets", "RedisUsedTickets", "UsedTickets", "open_used_tickets"]
 

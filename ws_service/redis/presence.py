@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from redis.asyncio import Redis
 
 from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, members_of
-from ws_service.redis_client import unavailable_as_bus_error
+from ws_service.redis.client import unavailable_as_bus_error
 
 __all__ = ["RedisPresence"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from shared.envparse import ConfigError
+from shared.config.env import ConfigError
 
 __all__ = ["server_context"]
 

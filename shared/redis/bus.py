@@ -20,11 +20,17 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.backoff import backoff_delay
-from shared.bus import Handler, ReconnectListener, Unsubscribe
-from shared.bus_errors import BusUnavailable
+from realtime_gateway_protocol.backoff import backoff_delay
+from shared.bus import (
+    BusUnavailable,
+    EventBus,
+    Handler,
+    InProcessBus,
+    ReconnectListener,
+    Unsubscribe,
+)
 
-__all__ = ["RedisBus"]
+__all__ = ["RedisBus", "open_bus"]
 
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -306,3 +312,17 @@ async def _discard(pubsub: PubSub) -> None:
         await pubsub.aclose()
     except _REDIS_DOWN as exc:
         log.debug("closing a broken redis connection failed", extra={"error": str(exc)})
+
+
+async def open_bus(redis_url: str | None) -> EventBus:
+    """The in-process bus when ``redis_url`` is empty (embedded mode), else a started RedisBus.
+
+    The RedisBus comes back started even if Redis is down: it retries by itself, and says so
+    through the ``EventBus`` members (``connected``, reconnect listeners). Close either kind with
+    ``await bus.close()``.
+    """
+    if not redis_url or not redis_url.strip():
+        return InProcessBus()
+    bus = RedisBus(redis_url.strip())
+    await bus.start()
+    return bus

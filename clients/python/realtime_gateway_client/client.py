@@ -35,9 +35,9 @@ from typing import Any, NoReturn
 
 import aiohttp
 
-from shared.backoff import backoff_delay
-from shared.close_codes import Action, CloseCode, action_for
-from shared.tasks import cancel_and_wait
+from realtime_gateway_protocol.backoff import backoff_delay
+from realtime_gateway_protocol.close_codes import Action, CloseCode, action_for
+from realtime_gateway_protocol.tasks import cancel_and_wait
 
 __all__ = [
     "AuthApi",

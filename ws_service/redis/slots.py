@@ -13,7 +13,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from ws_service.domain.user_slots import Held
-from ws_service.redis_client import unavailable_as_bus_error
+from ws_service.redis.client import unavailable_as_bus_error
 
 __all__ = ["RedisUserSlots"]
 

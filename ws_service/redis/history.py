@@ -15,7 +15,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from ws_service.domain.history import HistoryPage, HistoryPolicy, Position, new_epoch, page
-from ws_service.redis_client import unavailable_as_bus_error
+from ws_service.redis.client import unavailable_as_bus_error
 
 __all__ = ["RedisHistory"]
 

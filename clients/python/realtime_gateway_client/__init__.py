@@ -2,7 +2,7 @@
 the stdlib-only wire-contract modules of ``shared`` (close codes, backoff), nothing else of ours.
 """
 
-from gateway_client.client import (
+from realtime_gateway_client.client import (
     AuthApi,
     AuthenticationFailed,
     ClientError,

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["ConfigError", "env_bool", "env_float", "env_int", "env_list", "env_str", "redact_url"]
+__all__ = [
+    "ConfigError",
+    "auth_issuer",
+    "env_bool",
+    "env_float",
+    "env_int",
+    "env_list",
+    "env_str",
+    "redact_url",
+]
 
 
 class ConfigError(ValueError):
@@ -70,3 +79,11 @@ def redact_url(url: str) -> str:
     if not sep or "@" not in rest:
         return url
     return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+def auth_issuer(environ: Mapping[str, str]) -> str:
+    """``AUTH_ISSUER``, else ``http(s)://AUTH_HOST:AUTH_PORT``; never with a trailing slash."""
+    host = env_str(environ, "AUTH_HOST", "127.0.0.1")
+    port = env_int(environ, "AUTH_PORT", 8081, minimum=0)
+    scheme = "https" if environ.get("AUTH_TLS_CERT", "").strip() else "http"
+    return env_str(environ, "AUTH_ISSUER", f"{scheme}://{host}:{port}").rstrip("/")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from shared.http_json import json_response
+from shared.http.responses import json_response
 
 __all__ = ["Readiness", "readiness_response"]
 

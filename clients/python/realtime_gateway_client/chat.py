@@ -1,7 +1,7 @@
 """A tiny terminal chat on the gateway, to see the system work in two terminals:
 
-    python -m gateway_client.chat --user alice      # terminal 1
-    python -m gateway_client.chat --user bob        # terminal 2
+    python -m realtime_gateway_client.chat --user alice      # terminal 1
+    python -m realtime_gateway_client.chat --user bob        # terminal 2
 
 Lines typed are published to the channel (default ``chat:general``); messages on it and on your own
 ``user:<id>`` channel are printed, and so is every change of the connection (lost, reconnecting,
@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway_client.client import AuthenticationFailed, ClientError, GatewayClient
+from realtime_gateway_client.client import AuthenticationFailed, ClientError, GatewayClient
 
 __all__ = ["StatePrinter", "chat", "format_message", "main", "parse_args", "run_chat"]
 
@@ -30,7 +30,9 @@ __all__ = ["StatePrinter", "chat", "format_message", "main", "parse_args", "run_
 def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Namespace:
     auth = f"http://{environ.get('AUTH_HOST', '127.0.0.1')}:{environ.get('AUTH_PORT', '8081')}"
     ws = f"ws://{environ.get('WS_HOST', '127.0.0.1')}:{environ.get('WS_PORT', '8082')}/ws"
-    parser = argparse.ArgumentParser(prog="python -m gateway_client.chat", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m realtime_gateway_client.chat", description=__doc__
+    )
     parser.add_argument("--user", required=True, help="username to log in as")
     parser.add_argument(
         "--password", default=environ.get("CHAT_PASSWORD"), help="or CHAT_PASSWORD; else prompted"

@@ -13,9 +13,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.access_token import TokenRef
-from shared.bus_errors import BusUnavailable
-from shared.events import RevocationEvent, SessionRevoked
+from realtime_gateway_protocol.access_token import TokenRef
+from realtime_gateway_protocol.events import RevocationEvent, SessionRevoked
+from shared.bus import BusUnavailable
 
 __all__ = ["PREFIX", "RedisRevocationLedger"]
 
@@ -23,7 +23,7 @@ PREFIX = "gateway:revoked"
 
 
 class RedisRevocationLedger:
-    """Implements :class:`shared.revocation_ledger.RevocationLedger`."""
+    """Implements :class:`shared.bus.RevocationLedger`."""
 
     def __init__(self, url: str, *, timeout: float = 1.0) -> None:
         # One quick retry: after a Redis restart the pooled connection is stale, not Redis down.
