@@ -148,7 +148,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             bus,
             history,
             presence,
-            settings.history_policy,
+            settings.namespaces,
             on_delivered=metrics.messages_out.inc,
             on_local_only=metrics.local_only_publishes.inc,
             on_delivery_failed=metrics.delivery_failures.inc,
@@ -156,7 +156,13 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             presence_debounce=settings.presence_debounce,
         )
         gateway = Gateway(
-            settings, verifier, revocations, hub, metrics, ledger=app.get(LEDGER), slots=slots
+            settings.limits,
+            verifier,
+            revocations,
+            hub,
+            metrics,
+            ledger=app.get(LEDGER),
+            slots=slots,
         )
         app[JWKS] = jwks
         app[GATEWAY] = gateway

@@ -20,8 +20,9 @@ from shared.http.responses import json_error, json_response
 from shared.jsonlog import audit
 from ws_service import handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
-from ws_service.domain.channels import validate_channel
+from ws_service.domain.connection import State
 from ws_service.domain.errors import AuthError, InvalidChannel
+from ws_service.domain.namespaces import validate_channel
 from ws_service.domain.ratelimit import TokenBucket
 from ws_service.peer import WebSocketPeer
 
@@ -98,7 +99,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 break
             finally:
                 peer.reader = None
-            if (conn.claims is None or msg.type in _CONTROL) and not frames.take(time.monotonic()):
+            unauthenticated = conn.state is State.AWAITING_AUTH
+            if (unauthenticated or msg.type in _CONTROL) and not frames.take(time.monotonic()):
                 if not conn.closing:
                     metrics.limit_hits.labels("preauth_frame_rate").inc()
                 conn.close(Disconnect.RATE_LIMITED)
