@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 NGINX := $(VENV)/nginx/usr/sbin/nginx
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint format lock bench bench-quick soak clean up down
+.PHONY: run test lint format lock bench bench-quick soak clean up down secrets
 
 # Install a lock file exactly (hashes checked, nothing resolved), then the project itself, editable,
 # with no dependency of its own resolved and its build backend taken from the same lock.
@@ -113,7 +113,29 @@ COMPOSE_CHECK = docker compose version >/dev/null 2>&1 || { \
 
 up:
 	@$(COMPOSE_CHECK)
+	@$(MAKE) --no-print-directory secrets
 	docker compose up -d --build
+
+# The compose stack's secrets (docs/operations.md), each made once with openssl and kept: a file
+# that exists is never replaced. The directory is the lock (700, the operator's); the files are
+# readable (644) because compose bind-mounts them as they are and the containers' users differ.
+# The self-signed pair in tls/ (for TLS_HOST) is used only while .env names no TLS_CERT_DIR.
+SECRETS_DIR ?= secrets
+TLS_HOST ?= localhost
+SECRET_NAMES := auth_key_encryption_secrets postgres_password redis_password ws_api_keys
+secrets:
+	@(umask 077 && mkdir -p $(SECRETS_DIR)/tls) && chmod 700 $(SECRETS_DIR) && chmod 755 $(SECRETS_DIR)/tls
+	@for name in $(SECRET_NAMES); do \
+	  file=$(SECRETS_DIR)/$$name; \
+	  [ -s $$file ] || { (umask 077 && openssl rand -hex 32 > $$file) && chmod 644 $$file \
+	    && echo "created $$file"; } || exit 1; \
+	done
+	@[ -s $(SECRETS_DIR)/tls/fullchain.pem ] || { \
+	  (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+	    -days 365 -subj "/CN=$(TLS_HOST)" -addext "subjectAltName=DNS:$(TLS_HOST),IP:127.0.0.1" \
+	    -keyout $(SECRETS_DIR)/tls/privkey.pem -out $(SECRETS_DIR)/tls/fullchain.pem 2>/dev/null) \
+	  && chmod 644 $(SECRETS_DIR)/tls/privkey.pem $(SECRETS_DIR)/tls/fullchain.pem \
+	  && echo "created a self-signed certificate for $(TLS_HOST) in $(SECRETS_DIR)/tls"; }
 
 down:
 	@$(COMPOSE_CHECK)
