@@ -98,6 +98,8 @@ def create_app(
         app[BUS] = await open_bus(settings.redis_url) if bus is None else bus
         ledger = RedisRevocationLedger(settings.redis_url) if settings.redis_url else None
         app[PUBLISHER] = EventPublisher(app[BUS], app[STORE], ledger)
+        app[METRICS].bus_connected.set_function(lambda: float(app[BUS].connected))
+        app[METRICS].outbox_pending.set_function(lambda: float(app[PUBLISHER].pending))
         yield
         if ledger is not None:
             await ledger.close()

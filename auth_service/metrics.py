@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["Metrics"]
 
@@ -36,6 +36,17 @@ class Metrics:
             "auth_limit_hits",
             "Connections or requests refused or closed by a resource limit, by limit",
             ["limit"],
+            registry=self.registry,
+        )
+        # Read at scrape time from the bus and the outbox publisher (wired in the app's bus_ctx).
+        self.bus_connected = Gauge(
+            "auth_event_bus_connected",
+            "1 while the event bus reaches Redis (always 1 in process)",
+            registry=self.registry,
+        )
+        self.outbox_pending = Gauge(
+            "auth_outbox_pending",
+            "1 while events the bus refused wait in the database outbox",
             registry=self.registry,
         )
         self.request_seconds = Histogram(

@@ -77,6 +77,7 @@ def _bus_ctx(
     @contextlib.asynccontextmanager
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         app[BUS] = bus if bus is not None else await open_bus(app[SETTINGS].redis_url)
+        app[METRICS].bus_connected.set_function(lambda: float(app[BUS].connected))
         yield
         if bus is None:
             await app[BUS].close()

@@ -60,6 +60,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        # Read at scrape time from the bus (wired in the app's bus context).
+        self.bus_connected = Gauge(
+            "ws_event_bus_connected",
+            "1 while the event bus reaches Redis (always 1 in process)",
+            registry=r,
+        )
         self.limit_hits = Counter(
             "ws_limit_hits",
             "Sockets or requests refused or closed by a resource limit, by limit",
