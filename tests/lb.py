@@ -81,10 +81,9 @@ def write_config(
     issued = ca.issue_cert("localhost", "127.0.0.1")
     issued.cert_chain_pems[0].write_to_path(str(tmp_path / "fullchain.pem"))
     issued.private_key_pem.write_to_path(str(tmp_path / "privkey.pem"))
-    routes = tmp_path / "routes"
-    routes.mkdir()
-    if publish:
-        shutil.copy(PUBLISH_ROUTE, routes / PUBLISH_ROUTE.name)
+    if publish:  # without it the routes directory does not exist, as in the container
+        (tmp_path / "routes").mkdir()
+        shutil.copy(PUBLISH_ROUTE, tmp_path / "routes" / PUBLISH_ROUTE.name)
     rendered = tmp_path / "nginx.conf"
     conf = render(NGINX_CONF.read_text(), tmp_path, ports, listen_port, health_port or free_port())
     rendered.write_text(conf)
