@@ -25,6 +25,7 @@ from auth_service.settings import Settings
 from auth_service.store import open_store
 from shared.bus import EventBus
 from shared.bus_factory import open_bus
+from shared.mirrored_gauges import mirrored
 from shared.redis_ledger import RedisRevocationLedger
 from shared.serve import HTTP_TIMEOUTS
 from shared.tasks import cancel_and_wait
@@ -98,13 +99,21 @@ def create_app(
         app[BUS] = await open_bus(settings.redis_url) if bus is None else bus
         ledger = RedisRevocationLedger(settings.redis_url) if settings.redis_url else None
         app[PUBLISHER] = EventPublisher(app[BUS], app[STORE], ledger)
-        app[METRICS].bus_connected.set_function(lambda: float(app[BUS].connected))
-        app[METRICS].outbox_pending.set_function(lambda: float(app[PUBLISHER].pending))
         yield
         if ledger is not None:
             await ledger.close()
         if bus is None:
             await app[BUS].close()
+
+    async def gauges_ctx(app: web.Application) -> AsyncIterator[None]:
+        metrics = app[METRICS]
+        async with mirrored(
+            [
+                (metrics.bus_connected, lambda: app[BUS].connected),
+                (metrics.outbox_pending, lambda: app[PUBLISHER].pending),
+            ]
+        ):
+            yield
 
     async def domain_ctx(app: web.Application) -> AsyncIterator[None]:
         ring = build_keyring(settings, app[STORE])
@@ -131,7 +140,7 @@ def create_app(
         unsubscribe()
         await cancel_and_wait(*tasks, *reloads)
 
-    app.cleanup_ctx.extend([store_ctx, bus_ctx, domain_ctx])
+    app.cleanup_ctx.extend([store_ctx, bus_ctx, gauges_ctx, domain_ctx])
     app.add_routes(routes)
     browser.setup(app, settings)
     return app

@@ -38,16 +38,18 @@ class Metrics:
             ["limit"],
             registry=self.registry,
         )
-        # Read at scrape time from the bus and the outbox publisher (wired in the app's bus_ctx).
+        # Copied from the bus and the outbox publisher every second (the app's gauges_ctx).
         self.bus_connected = Gauge(
             "auth_event_bus_connected",
             "1 while the event bus reaches Redis (always 1 in process)",
             registry=self.registry,
+            multiprocess_mode="livemin",  # with workers: 0 when any worker is cut off
         )
         self.outbox_pending = Gauge(
             "auth_outbox_pending",
             "1 while events the bus refused wait in the database outbox",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.request_seconds = Histogram(
             "auth_http_request_duration_seconds",
