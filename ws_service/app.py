@@ -18,6 +18,7 @@ from shared.envparse import ConfigError
 from shared.events import REVOCATIONS_TOPIC
 from shared.http_errors import http_exception_json
 from shared.key_events import KEYS_TOPIC
+from shared.mirrored_gauges import mirrored
 from shared.redis_ledger import RedisRevocationLedger
 from shared.serve import HTTP_TIMEOUTS
 from shared.tasks import cancel_and_wait
@@ -61,6 +62,7 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     app[HTTP_TIMEOUTS] = app[METRICS].limit_hits.labels("http_timeout").inc
     app[SOCKETS] = set()  # each handler removes its own peer
     app.cleanup_ctx.append(_bus_ctx(bus))
+    app.cleanup_ctx.append(_gauges_ctx)
     app.cleanup_ctx.append(_ledger_ctx)
     app.cleanup_ctx.append(_gateway_ctx)
     app.cleanup_ctx.append(_refresh_ctx)
@@ -85,6 +87,11 @@ def _bus_ctx(
             await app[BUS].close()
 
     return ctx
+
+
+async def _gauges_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with mirrored([(app[METRICS].bus_connected, lambda: app[BUS].connected)]):
+        yield
 
 
 async def _ledger_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -72,6 +72,13 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        # Copied from the bus every second (the app's _gauges_ctx).
+        self.bus_connected = Gauge(
+            "ws_event_bus_connected",
+            "1 while the event bus reaches Redis (always 1 in process)",
+            registry=r,
+            multiprocess_mode="livemin",  # with workers: 0 when any worker is cut off
+        )
         self.limit_hits = Counter(
             "ws_limit_hits",
             "Sockets or requests refused or closed by a resource limit, by limit",

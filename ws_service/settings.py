@@ -13,8 +13,11 @@ from shared.envparse import (
     env_float,
     env_int,
     env_list,
+    env_secret,
+    env_secret_url,
     env_str,
     redact_url,
+    split_list,
 )
 from shared.issuer import auth_issuer
 from shared.kept_secret import kept_secret
@@ -129,7 +132,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         issuer = env_str(environ, "WS_ISSUER", auth_issuer(environ))
-        api_keys = env_list(environ, "WS_API_KEYS")
+        api_keys = split_list(env_secret(environ, "WS_API_KEYS"))
         if any(len(key) < 16 for key in api_keys):
             raise ConfigError("WS_API_KEYS entries must be at least 16 characters long")
         settings = cls(
@@ -161,12 +164,12 @@ class Settings:
             forwarded_allow_ips=env_list(environ, "WS_FORWARDED_ALLOW_IPS"),
             http_timeout=env_float(environ, "WS_HTTP_TIMEOUT", 15.0, minimum=0.1),
             local_bus=env_bool(environ, "WS_LOCAL_BUS", False),
-            metrics_token=env_str(environ, "WS_METRICS_TOKEN", ""),
+            metrics_token=env_secret(environ, "WS_METRICS_TOKEN"),
             jwks_min_ttl=env_float(environ, "WS_JWKS_MIN_TTL", 60.0, minimum=1),
             jwks_max_ttl=env_float(environ, "WS_JWKS_MAX_TTL", 3600.0, minimum=1),
             tls_cert=env_str(environ, "WS_TLS_CERT", ""),
             tls_key=env_str(environ, "WS_TLS_KEY", ""),
-            redis_url=env_str(environ, "REDIS_URL", ""),
+            redis_url=env_secret_url(environ, "REDIS_URL", "REDIS_PASSWORD"),
             history=parse_history(env_str(environ, "WS_HISTORY", DEFAULT_HISTORY)),
             presence=_namespaces(env_str(environ, "WS_PRESENCE", "chat")),
             presence_ttl=env_float(environ, "WS_PRESENCE_TTL", 15.0, minimum=1),
