@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
+    "MAX_OFFSET",
     "History",
     "HistoryPage",
     "HistoryPolicy",
@@ -28,6 +29,11 @@ __all__ = [
     "position_of",
     "with_position",
 ]
+
+
+MAX_OFFSET = 2**63 - 1
+"""The largest offset a stream can reach: Redis keeps the counter as a signed 64-bit integer, so a
+position beyond it is a client's mistake, not something to look up."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,6 +155,10 @@ async def test_history_and_presence_refusals(make_gateway: MakeGateway) -> None:
         ({"type": "history", "channel": "chat:a", "limit": True}, "bad_request"),
         ({"type": "subscribe", "channel": "chat:a", "since": 3}, "bad_request"),
         ({"type": "subscribe", "channel": "chat:a", "since": {"offset": 1}}, "bad_request"),
+        (
+            {"type": "subscribe", "channel": "chat:a", "since": {"offset": 2**63, "epoch": "x"}},
+            "bad_request",
+        ),
         ({"type": "subscribe", "channel": "chat:a", "presence_events": 1}, "bad_request"),
     ]:
         reply = await request(alice, frame)

@@ -66,6 +66,22 @@ async def test_a_redis_flush_changes_the_epoch_and_recovery_says_no(
     assert reply["position"] == {"offset": 1, "epoch": fresh[0]["epoch"]}
 
 
+async def test_an_offset_beyond_what_a_stream_holds_is_a_bad_request_not_redis_down(
+    make_gateway: MakeGateway, private_redis: PrivateRedis
+) -> None:
+    gw = await make_gateway(redis_url=private_redis.url, max_violations=100)
+    alice = await gw.login("alice")
+    await publish(alice, "chat:big", 0)
+    for offset in (2**63, 2**64, 10**30):
+        since = {"offset": offset, "epoch": "x"}
+        for kind in ("history", "subscribe"):
+            reply = await request(alice, {"type": kind, "channel": "chat:big", "since": since})
+            assert (reply["type"], reply["code"]) == ("error", "bad_request"), (kind, offset)
+    largest = {"offset": 2**63 - 1, "epoch": "x"}
+    reply = await request(alice, {"type": "history", "channel": "chat:big", "since": largest})
+    assert (reply["type"], reply["recovered"]) == ("history", False)
+
+
 async def test_twenty_publishers_on_two_replicas_produce_gap_free_increasing_offsets(
     make_gateway: MakeGateway, private_redis: PrivateRedis
 ) -> None:
