@@ -1,19 +1,29 @@
 """Channel history in Redis, shared by every replica.
 
-Per channel a hash ``hist:meta:<channel>`` holds the epoch and the last offset, and a stream
-``hist:log:<channel>`` the messages (stream id ``<offset>-0``, capped at the policy's size). One Lua
+Per channel a hash ``hist:{<channel>}:meta`` holds the epoch and the last offset, and a stream
+``hist:{<channel>}:log`` the messages (stream id ``<offset>-0``, capped at the policy's size). One Lua
 script increments the offset, appends the message and PUBLISHes it, so subscribers on every
 replica receive messages in offset order with no gap. A flushed or restarted Redis loses the hash,
 and the next use starts a new epoch.
+
+Every key a script touches carries the channel as its hash tag (``{chat:x}``), so each script
+stays within one hash slot, as Redis Cluster requires.
+
+A publish is idempotent: it carries an id, and the script leaves ``hist:{<channel>}:pub:<id>``
+(the offset and epoch it gave, for ``RESULT_TTL_MS``), so a retry of a publish whose reply was
+lost returns the first result instead of storing and publishing the message again, as
+centrifuge's result key does.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
 from redis.asyncio import Redis
 
+from shared.redis_write import WriteScript
 from ws_service.domain.history import HistoryPage, HistoryPolicy, Position, new_epoch, page
 from ws_service.redis_client import unavailable_as_bus_error
 
@@ -21,6 +31,10 @@ __all__ = ["RedisHistory"]
 
 POSITION_RETENTION = 86_400
 """Seconds a quiet channel's epoch and offset are kept, so a client can learn it missed nothing."""
+
+RESULT_TTL_MS = 30_000
+"""How long a publish's result is kept for its retries: far longer than the retries of one write
+(a few socket timeouts), short enough to cost little."""
 
 # Shared by both scripts: the channel's epoch, started afresh (with an empty log) when the meta
 # hash is gone, which is how a flushed or restarted Redis shows.
@@ -37,18 +51,28 @@ local function current_epoch(candidate, ttl)
 end
 """
 
-# ARGV: frame, size, log ttl (ms), topic, new epoch, now (ms), meta ttl (s)
+# KEYS: meta, log, this publish's result. ARGV: frame, size, log ttl (ms), topic, new epoch,
+# now (ms), meta ttl (s), result ttl (ms)
 _PUBLISH = (
     _EPOCH
     + """
+local function framed(offset, epoch)
+  return string.sub(ARGV[1], 1, -2) .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
+end
+local done = redis.call('GET', KEYS[3])
+if done then
+  local offset, epoch = string.match(done, '^(%d+):(.+)$')
+  return framed(offset, epoch)
+end
 local epoch = current_epoch(ARGV[5], ARGV[7])
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-local framed = string.sub(ARGV[1], 1, -2) .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 't', ARGV[6], 'f', framed)
+local message = framed(offset, epoch)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 't', ARGV[6], 'f', message)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[7])
-redis.call('PUBLISH', ARGV[4], framed)
-return framed
+redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[8])
+redis.call('PUBLISH', ARGV[4], message)
+return message
 """
 )
 
@@ -69,17 +93,23 @@ class RedisHistory:
     def __init__(self, redis: Redis, *, prefix: str = "hist:") -> None:
         self._redis = redis
         self._prefix = prefix
-        self._publish = redis.register_script(_PUBLISH)
+        self._publish = WriteScript(_PUBLISH)
         self._read = redis.register_script(_READ)
 
+    def _key(self, channel: str, name: str) -> str:
+        return f"{self._prefix}{{{channel}}}:{name}"
+
     def _keys(self, channel: str) -> list[str]:
-        return [f"{self._prefix}meta:{channel}", f"{self._prefix}log:{channel}"]
+        return [self._key(channel, "meta"), self._key(channel, "log")]
 
     async def publish(self, channel: str, topic: str, frame: str, policy: HistoryPolicy) -> str:
+        """Raises ``BusOutcomeUnknown`` when every try timed out after reaching Redis."""
+        publish_id = secrets.token_hex(8)
         with unavailable_as_bus_error():
             framed = await self._publish(
-                keys=self._keys(channel),
-                args=[
+                self._redis,
+                [*self._keys(channel), self._key(channel, f"pub:{publish_id}")],
+                [
                     frame,
                     policy.size,
                     max(1, int(policy.ttl * 1000)),
@@ -87,7 +117,9 @@ class RedisHistory:
                     new_epoch(),
                     int(time.time() * 1000),
                     max(POSITION_RETENTION, int(policy.ttl)),
+                    RESULT_TTL_MS,
                 ],
+                idempotent=True,
             )
         return _text(framed)
 

@@ -26,6 +26,7 @@ __all__ = [
     "TooManyConnections",
     "TooManySubscriptions",
     "Unavailable",
+    "Unconfirmed",
 ]
 
 
@@ -137,3 +138,11 @@ class Unavailable(RequestError):
 
     code = "unavailable"
     message = "history and presence are unavailable right now, try again"
+
+
+class Unconfirmed(RequestError):
+    """A publish Redis took but did not confirm (its reply was lost): it may have been delivered,
+    so the gateway neither delivers it again nor says ``published``."""
+
+    code = "unconfirmed"
+    message = "Redis did not confirm the publish: it may or may not have been delivered"

@@ -9,6 +9,8 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
+from shared.bus_errors import BusOutcomeUnknown
+from tests.support.delaying_proxy import DelayingProxy
 from ws_service.domain.history import HistoryPolicy, Position
 from ws_service.redis_client import open_redis
 from ws_service.redis_history import RedisHistory
@@ -73,7 +75,7 @@ async def test_lost_history_changes_the_epoch(two_clients: tuple[Redis, Redis, s
     history = RedisHistory(one, prefix=prefix)
     await history.publish("chat:a", f"{prefix}t", FRAME, POLICY)
     before = (await history.read("chat:a", None, 10, POLICY)).position
-    await one.delete(f"{prefix}meta:chat:a")  # what a flush or a restart does to the channel
+    await one.delete(f"{prefix}{{chat:a}}:meta")  # what a flush or a restart does to the channel
     frame = await history.publish("chat:a", f"{prefix}t", FRAME, POLICY)
     after = await history.read("chat:a", before, 10, POLICY)
     assert after.position.epoch != before.epoch
@@ -104,5 +106,53 @@ async def test_a_reconnect_storm_queues_for_connections_instead_of_failing(redis
         )
         assert {len(page.publications) for page in pages} == {1}
     finally:
-        await redis.delete(f"{prefix}meta:chat:a", f"{prefix}log:chat:a")
+        await redis.delete(f"{prefix}{{chat:a}}:meta", f"{prefix}{{chat:a}}:log")
+        await redis.aclose()
+
+
+async def test_a_publish_whose_reply_is_lost_is_stored_and_published_once(
+    two_clients: tuple[Redis, Redis, str], proxy: DelayingProxy
+) -> None:
+    direct, _, prefix = two_clients
+    topic = f"{prefix}topic"
+    listener = direct.pubsub()
+    await listener.subscribe(topic)
+    await listener.get_message(timeout=1)  # the subscribe confirmation
+    redis = open_redis(proxy.url, timeout=0.3)
+    history = RedisHistory(redis, prefix=prefix)
+    try:
+        await history.publish("chat:warm", f"{prefix}other", FRAME, POLICY)  # script and connection
+        proxy.hold_replies(1)
+        framed = await history.publish("chat:a", topic, FRAME, POLICY)
+        assert proxy.held == 1
+        assert json.loads(framed)["offset"] == 1
+        assert await direct.xlen(f"{prefix}{{chat:a}}:log") == 1
+        assert int(await direct.hget(f"{prefix}{{chat:a}}:meta", "offset")) == 1
+        await direct.publish(topic, "after")
+        received = []
+        async with asyncio.timeout(5):
+            while not received or received[-1] != b"after":
+                message = await listener.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message is not None:
+                    received.append(message["data"])
+        assert received == [framed.encode(), b"after"]
+    finally:
+        await listener.aclose()
+        await redis.aclose()
+
+
+async def test_a_publish_redis_never_confirms_is_reported_as_such_and_stored_once(
+    two_clients: tuple[Redis, Redis, str], proxy: DelayingProxy
+) -> None:
+    direct, _, prefix = two_clients
+    redis = open_redis(proxy.url, timeout=0.3)
+    history = RedisHistory(redis, prefix=prefix)
+    try:
+        await history.publish("chat:warm", f"{prefix}t", FRAME, POLICY)
+        proxy.hold_replies(100)
+        with pytest.raises(BusOutcomeUnknown):
+            await history.publish("chat:a", f"{prefix}t", FRAME, POLICY)
+        assert proxy.held >= 2  # it was retried, and every retry found the first result
+        assert await direct.xlen(f"{prefix}{{chat:a}}:log") == 1
+    finally:
         await redis.aclose()
