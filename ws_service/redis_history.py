@@ -76,13 +76,21 @@ return message
 """
 )
 
-# ARGV: first id, new epoch, meta ttl (s)
+# KEYS: meta, log. ARGV: first id ('' for the latest messages), how many, new epoch, meta ttl (s)
 _READ = (
     _EPOCH
     + """
-local epoch = current_epoch(ARGV[2], ARGV[3])
+local epoch = current_epoch(ARGV[3], ARGV[4])
 local offset = redis.call('HGET', KEYS[1], 'offset')
-return {epoch, offset, redis.call('XRANGE', KEYS[2], ARGV[1], '+')}
+local entries = {}
+if tonumber(ARGV[2]) > 0 then
+  if ARGV[1] == '' then
+    entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
+  else
+    entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
+  end
+end
+return {epoch, offset, entries}
 """
 )
 
@@ -126,12 +134,18 @@ class RedisHistory:
     async def read(
         self, channel: str, since: Position | None, limit: int, policy: HistoryPolicy
     ) -> HistoryPage:
-        start = "-" if since is None else f"{max(since.offset, 0) + 1}-0"
+        """Reads at most ``limit`` entries (one to tell whether ``since`` can be continued)."""
+        if since is None:
+            start, count = "", limit
+        else:
+            start, count = f"{since.offset + 1}-0", max(limit, 1)
         with unavailable_as_bus_error():
             epoch, offset, entries = await self._read(
                 keys=self._keys(channel),
-                args=[start, new_epoch(), max(POSITION_RETENTION, int(policy.ttl))],
+                args=[start, count, new_epoch(), max(POSITION_RETENTION, int(policy.ttl))],
             )
+        if since is None:
+            entries.reverse()
         oldest_ms = time.time() * 1000 - policy.ttl * 1000
         kept = []
         for entry_id, flat in entries:

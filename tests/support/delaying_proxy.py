@@ -1,4 +1,5 @@
-"""A TCP proxy between a client and a real Redis that can hold Redis's replies back.
+"""A TCP proxy between a client and a real Redis that can hold Redis's replies back, and counts
+the bytes of those it lets through.
 
 Commands pass at once, so Redis runs them; a held reply never reaches the client, which times out
 not knowing whether its command ran: what a stalled network or an overloaded Redis looks like to a
@@ -24,6 +25,8 @@ class DelayingProxy:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.held = 0
+        self.reply_bytes = 0
+        """Bytes forwarded from Redis to the clients so far."""
         self._to_hold = 0
         self._holding = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -103,5 +106,6 @@ class DelayingProxy:
                     self._holding.set()
                     await client_gone.wait()
                     return
+                self.reply_bytes += len(data)
                 writer.write(data)
                 await writer.drain()

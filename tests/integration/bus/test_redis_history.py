@@ -156,3 +156,27 @@ async def test_a_publish_redis_never_confirms_is_reported_as_such_and_stored_onc
         assert await direct.xlen(f"{prefix}{{chat:a}}:log") == 1
     finally:
         await redis.aclose()
+
+
+async def test_every_read_fetches_at_most_what_it_returns(
+    two_clients: tuple[Redis, Redis, str], proxy: DelayingProxy
+) -> None:
+    _, _, prefix = two_clients
+    redis = open_redis(proxy.url)
+    history = RedisHistory(redis, prefix=prefix)
+    big = json.dumps({"type": "message", "channel": "chat:a", "data": "x" * 1000})
+    try:
+        for _ in range(100):
+            await history.publish("chat:a", f"{prefix}t", big, POLICY)
+        epoch = (await history.read("chat:a", None, 0, POLICY)).position.epoch
+        for since, limit, expected in [
+            (None, 2, [99, 100]),
+            (Position(10, epoch), 2, [11, 12]),
+            (Position(10, epoch), 0, []),
+        ]:
+            before = proxy.reply_bytes
+            page = await history.read("chat:a", since, limit, POLICY)
+            assert offsets(page.publications) == expected
+            assert proxy.reply_bytes - before < 3 * len(big)
+    finally:
+        await redis.aclose()
