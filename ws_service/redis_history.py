@@ -3,8 +3,9 @@
 Per channel a hash ``hist:{<channel>}:meta`` holds the epoch and the last offset, and a stream
 ``hist:{<channel>}:log`` the messages (stream id ``<offset>-0``, capped at the policy's size). One Lua
 script increments the offset, appends the message and PUBLISHes it, so subscribers on every
-replica receive messages in offset order with no gap. A flushed or restarted Redis loses the hash,
-and the next use starts a new epoch.
+replica receive messages in offset order with no gap. Only a publish creates these keys; a read
+writes nothing. A flushed or restarted Redis loses the hash, and the next publish starts a new
+epoch. Times are Redis's own (``TIME``), so replicas' clocks do not matter.
 
 Every key a script touches carries the channel as its hash tag (``{chat:x}``), so each script
 stays within one hash slot, as Redis Cluster requires.
@@ -18,13 +19,19 @@ centrifuge's result key does.
 from __future__ import annotations
 
 import secrets
-import time
 from typing import Any
 
 from redis.asyncio import Redis
 
 from shared.redis_write import WriteScript
-from ws_service.domain.history import HistoryPage, HistoryPolicy, Position, new_epoch, page
+from ws_service.domain.history import (
+    EmptyMarks,
+    HistoryPage,
+    HistoryPolicy,
+    Position,
+    new_epoch,
+    page,
+)
 from ws_service.redis_client import unavailable_as_bus_error
 
 __all__ = ["RedisHistory"]
@@ -36,25 +43,19 @@ RESULT_TTL_MS = 30_000
 """How long a publish's result is kept for its retries: far longer than the retries of one write
 (a few socket timeouts), short enough to cost little."""
 
-# Shared by both scripts: the channel's epoch, started afresh (with an empty log) when the meta
-# hash is gone, which is how a flushed or restarted Redis shows.
-_EPOCH = """
-local function current_epoch(candidate, ttl)
-  local epoch = redis.call('HGET', KEYS[1], 'epoch')
-  if not epoch then
-    epoch = candidate
-    redis.call('DEL', KEYS[2])
-    redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-    redis.call('EXPIRE', KEYS[1], ttl)
-  end
-  return epoch
-end
+MARKS = EmptyMarks("none")
+"""Redis's positions for a channel without a stream; see ``EmptyMarks``."""
+
+_NOW_MS = """
+local clock = redis.call('TIME')
+local now_ms = clock[1] * 1000 + math.floor(clock[2] / 1000)
 """
 
 # KEYS: meta, log, this publish's result. ARGV: frame, size, log ttl (ms), topic, new epoch,
-# now (ms), meta ttl (s), result ttl (ms)
+# meta ttl (s), result ttl (ms). A missing meta hash (a new channel, or a flushed or restarted
+# Redis) starts a new epoch with an empty log.
 _PUBLISH = (
-    _EPOCH
+    _NOW_MS
     + """
 local function framed(offset, epoch)
   return string.sub(ARGV[1], 1, -2) .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
@@ -64,24 +65,32 @@ if done then
   local offset, epoch = string.match(done, '^(%d+):(.+)$')
   return framed(offset, epoch)
 end
-local epoch = current_epoch(ARGV[5], ARGV[7])
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local message = framed(offset, epoch)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 't', ARGV[6], 'f', message)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 't', now_ms, 'f', message)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[7])
-redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[8])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[7])
 redis.call('PUBLISH', ARGV[4], message)
 return message
 """
 )
 
-# KEYS: meta, log. ARGV: first id ('' for the latest messages), how many, new epoch, meta ttl (s)
+# KEYS: meta, log. ARGV: first id ('' for the latest messages), how many. Writes nothing: a read
+# of a channel without history leaves no trace.
 _READ = (
-    _EPOCH
+    _NOW_MS
     + """
-local epoch = current_epoch(ARGV[3], ARGV[4])
-local offset = redis.call('HGET', KEYS[1], 'offset')
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+if not meta[1] then
+  return {false, false, now_ms, {}}
+end
 local entries = {}
 if tonumber(ARGV[2]) > 0 then
   if ARGV[1] == '' then
@@ -90,7 +99,7 @@ if tonumber(ARGV[2]) > 0 then
     entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
   end
 end
-return {epoch, offset, entries}
+return {meta[1], meta[2], now_ms, entries}
 """
 )
 
@@ -123,8 +132,7 @@ class RedisHistory:
                     max(1, int(policy.ttl * 1000)),
                     topic,
                     new_epoch(),
-                    int(time.time() * 1000),
-                    max(POSITION_RETENTION, int(policy.ttl)),
+                    _retention(policy),
                     RESULT_TTL_MS,
                 ],
                 idempotent=True,
@@ -140,19 +148,29 @@ class RedisHistory:
         else:
             start, count = f"{since.offset + 1}-0", max(limit, 1)
         with unavailable_as_bus_error():
-            epoch, offset, entries = await self._read(
-                keys=self._keys(channel),
-                args=[start, count, new_epoch(), max(POSITION_RETENTION, int(policy.ttl))],
+            epoch, offset, now_ms, entries = await self._read(
+                keys=self._keys(channel), args=[start, count]
             )
+        now = int(now_ms) / 1000
+        from_empty = MARKS.continues(since, now, _retention(policy))
+        if epoch is None:
+            return page([], MARKS.at(now), since, limit, from_empty=from_empty)
         if since is None:
             entries.reverse()
-        oldest_ms = time.time() * 1000 - policy.ttl * 1000
+        oldest_ms = int(now_ms) - policy.ttl * 1000
         kept = []
         for entry_id, flat in entries:
             fields = {_text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
             if int(fields["t"]) >= oldest_ms:
                 kept.append((int(_text(entry_id).partition("-")[0]), _text(fields["f"])))
-        return page(kept, Position(int(offset), _text(epoch)), since, limit)
+        current = Position(int(offset), _text(epoch))
+        return page(kept, current, since, limit, from_empty=from_empty)
+
+
+def _retention(policy: HistoryPolicy) -> int:
+    """Seconds a channel's epoch and offset live after its last publish (never less than its
+    messages): a stream's lifetime, which bounds how long an ``EmptyMarks`` position holds."""
+    return max(POSITION_RETENTION, int(policy.ttl))
 
 
 def _text(value: Any) -> str:

@@ -20,6 +20,7 @@ from typing import Protocol
 
 __all__ = [
     "MAX_OFFSET",
+    "EmptyMarks",
     "History",
     "HistoryPage",
     "HistoryPolicy",
@@ -98,18 +99,55 @@ def position_of(frame: str) -> Position | None:
     return Position(int(offset), epoch)
 
 
+@dataclass(frozen=True, slots=True)
+class EmptyMarks:
+    """The position of a channel that has no stream: offset 0 and ``<origin>-<ms>`` for epoch.
+
+    Reading such a channel creates nothing (any reader could otherwise create millions of
+    streams), so the epoch names the moment of the read instead of a stream. A stream lives at
+    most ``retention`` seconds after its last message; a stream begun after a mark younger than
+    that is therefore still there, and none can have come and gone unseen: recovering from the
+    mark is reading the current stream from its start. ``origin`` tells this backend's marks
+    apart (a process of its own for the embedded one, whose restart loses every stream).
+    """
+
+    origin: str
+
+    def at(self, now: float) -> Position:
+        return Position(0, f"{self.origin}-{int(now * 1000)}")
+
+    def continues(self, since: Position | None, now: float, retention: float) -> bool:
+        """Whether ``since`` is one of these marks, young enough to be recovered from."""
+        if since is None or since.offset != 0:
+            return False
+        origin, sep, ms = since.epoch.rpartition("-")
+        return (
+            bool(sep)
+            and origin == self.origin
+            and ms.isdigit()
+            and 0 <= now * 1000 - int(ms) < retention * 1000
+        )
+
+
 def page(
-    kept: list[tuple[int, str]], current: Position, since: Position | None, limit: int
+    kept: list[tuple[int, str]],
+    current: Position,
+    since: Position | None,
+    limit: int,
+    *,
+    from_empty: bool = False,
 ) -> HistoryPage:
     """Shared by every backend: decide ``recovered`` from what is kept and cut to ``limit``.
 
     ``kept`` holds (offset, frame) pairs, oldest first, all of epoch ``current.epoch``.
+    ``from_empty``: ``since`` is a mark that ``EmptyMarks.continues``, so whatever stream the
+    channel has now began after it.
     """
     if since is None:
         return HistoryPage([frame for _, frame in kept[-limit:]] if limit else [], current, True)
     oldest = kept[0][0] if kept else current.offset + 1
     recovered = (
-        since.epoch == current.epoch
+        (since.epoch == current.epoch or from_empty)
         and since.offset <= current.offset
         and since.offset + 1 >= oldest
     )
@@ -135,8 +173,10 @@ class _Stream:
 class MemoryHistory:
     """The embedded backend: bounded by ``size`` per channel and ``max_channels`` channels.
 
-    A channel evicted to stay under ``max_channels`` starts a new epoch when it is used again, so
-    a client holding an old position is told to resynchronise rather than given a wrong answer.
+    Only a publish makes a stream; a read of a channel without one answers an ``EmptyMarks``
+    position. A channel evicted to stay under ``max_channels`` starts a new epoch when it is
+    used again, and the marks get a new origin, so a client holding an old position is told to
+    resynchronise rather than given a wrong answer.
     """
 
     def __init__(
@@ -150,6 +190,7 @@ class MemoryHistory:
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
         self._max_channels = max_channels
         self._clock = clock
+        self._marks = EmptyMarks(new_epoch())
 
     def _stream(self, channel: str) -> _Stream:
         stream = self._streams.get(channel)
@@ -157,6 +198,7 @@ class MemoryHistory:
             stream = self._streams[channel] = _Stream(new_epoch())
             if len(self._streams) > self._max_channels:
                 self._streams.popitem(last=False)
+                self._marks = EmptyMarks(new_epoch())
         else:
             self._streams.move_to_end(channel)
         return stream
@@ -174,7 +216,12 @@ class MemoryHistory:
     async def read(
         self, channel: str, since: Position | None, limit: int, policy: HistoryPolicy
     ) -> HistoryPage:
-        stream = self._stream(channel)
-        stream.trim(policy, self._clock())
+        now = self._clock()
+        from_empty = self._marks.continues(since, now, policy.ttl)
+        stream = self._streams.get(channel)
+        if stream is None:
+            return page([], self._marks.at(now), since, limit, from_empty=from_empty)
+        stream.trim(policy, now)
         kept = [(offset, frame) for offset, _, frame in stream.entries]
-        return page(kept, Position(stream.offset, stream.epoch), since, limit)
+        current = Position(stream.offset, stream.epoch)
+        return page(kept, current, since, limit, from_empty=from_empty)

@@ -55,10 +55,14 @@ async def test_recovery_and_its_refusals(two_clients: tuple[Redis, Redis, str]) 
     one, _, prefix = two_clients
     history = RedisHistory(one, prefix=prefix)
     small = HistoryPolicy(size=3, ttl=300)
-    start = (await history.read("chat:a", None, 10, small)).position
-    assert start.offset == 0
+    before = (await history.read("chat:a", None, 10, small)).position
+    assert before.offset == 0
     for _ in range(5):
         await history.publish("chat:a", f"{prefix}t", FRAME, small)
+    start = (await history.read("chat:a", None, 0, small)).position
+    assert start.offset == 5
+    # Offsets 1 and 2, published after the empty read, were trimmed.
+    assert (await history.read("chat:a", before, 10, small)).recovered is False
     ok = await history.read("chat:a", Position(3, start.epoch), 10, small)
     assert (ok.recovered, offsets(ok.publications)) == (True, [4, 5])
     assert (await history.read("chat:a", Position(5, start.epoch), 10, small)).recovered
@@ -92,7 +96,7 @@ async def test_expired_messages_are_not_recovered(two_clients: tuple[Redis, Redi
     await asyncio.sleep(0.3)
     result = await history.read("chat:a", start, 10, brief)
     assert result.recovered is False
-    assert result.position.epoch == start.epoch
+    assert result.position.offset == 1
 
 
 async def test_a_reconnect_storm_queues_for_connections_instead_of_failing(redis_url: str) -> None:
@@ -180,3 +184,27 @@ async def test_every_read_fetches_at_most_what_it_returns(
             assert proxy.reply_bytes - before < 3 * len(big)
     finally:
         await redis.aclose()
+
+
+async def test_reads_of_channels_without_history_leave_nothing_in_redis(
+    two_clients: tuple[Redis, Redis, str],
+) -> None:
+    one, _, prefix = two_clients
+    history = RedisHistory(one, prefix=prefix)
+    for n in range(200):
+        since = None if n % 2 else Position(n, "x")
+        empty = await history.read(f"chat:e{n}", since, 0, POLICY)
+        assert (empty.position.offset, empty.publications) == (0, [])
+    assert [key async for key in one.scan_iter(f"{prefix}*")] == []
+
+
+async def test_a_position_read_before_the_first_message_recovers_it(
+    two_clients: tuple[Redis, Redis, str],
+) -> None:
+    one, two, prefix = two_clients
+    mark = (await RedisHistory(one, prefix=prefix).read("chat:a", None, 10, POLICY)).position
+    other_replica = RedisHistory(two, prefix=prefix)
+    for _ in range(2):
+        await other_replica.publish("chat:a", f"{prefix}t", FRAME, POLICY)
+    result = await other_replica.read("chat:a", mark, 10, POLICY)
+    assert (result.recovered, offsets(result.publications)) == (True, [1, 2])

@@ -45,15 +45,16 @@ async def test_messages_carry_gap_free_offsets_and_reconnects_recover_exactly_wh
         await publish(bob, "chat:a", n)
     live = await messages(alice, 3)
     assert offsets(live) == [1, 2, 3]
-    assert {frame["epoch"] for frame in live} == {position["epoch"]}
+    epoch = live[0]["epoch"]
+    assert {frame["epoch"] for frame in live} == {epoch}
     await alice.close()
     for n in range(3, 7):
         await publish(bob, "chat:a", n)
     again = await gw.login("alice")
-    since = {"offset": 3, "epoch": position["epoch"]}
+    since = {"offset": 3, "epoch": epoch}
     reply = await request(again, {"type": "subscribe", "channel": "chat:a", "since": since})
     assert reply["recovered"] is True
-    assert reply["position"] == {"offset": 7, "epoch": position["epoch"]}
+    assert reply["position"] == {"offset": 7, "epoch": epoch}
     assert [(p["type"], p["offset"], p["data"]) for p in reply["publications"]] == [
         ("message", 4, 3),
         ("message", 5, 4),
@@ -72,10 +73,10 @@ async def test_another_epoch_or_a_position_too_old_is_not_recovered(
     gw = await make_gateway(history={"chat": HistoryPolicy(size=3, ttl=300)})
     alice = await gw.login("alice")
     bob = await gw.login("bob")
-    epoch = (await request(alice, {"type": "subscribe", "channel": "chat:a"}))["position"]["epoch"]
+    await request(alice, {"type": "subscribe", "channel": "chat:a"})
     for n in range(5):
         await publish(bob, "chat:a", n)
-    await messages(alice, 5)
+    epoch = (await messages(alice, 5))[0]["epoch"]
     for since, recovered in [
         ({"offset": 1, "epoch": epoch}, False),  # offset 2 was trimmed
         ({"offset": 2, "epoch": epoch}, True),
@@ -98,7 +99,7 @@ async def test_recovery_while_messages_are_published_has_no_gap_and_no_repeat(
     )
     alice = await gw.login("alice")
     bob = await gw.login("bob")
-    epoch = (await request(alice, {"type": "subscribe", "channel": "chat:a"}))["position"]["epoch"]
+    await request(alice, {"type": "subscribe", "channel": "chat:a"})
     total = 300
 
     async def publisher() -> None:
@@ -108,10 +109,11 @@ async def test_recovery_while_messages_are_published_has_no_gap_and_no_repeat(
                 await asyncio.sleep(0)
 
     publishing = asyncio.create_task(publisher())
-    seen = offsets(await messages(alice, 20))
+    live = await messages(alice, 20)
+    seen = offsets(live)
     await alice.close()
     again = await gw.login("alice")
-    since = {"offset": seen[-1], "epoch": epoch}
+    since = {"offset": seen[-1], "epoch": live[-1]["epoch"]}
     await send(again, {"type": "subscribe", "channel": "chat:a", "since": since})
     reply = await recv(again)
     assert reply["recovered"] is True

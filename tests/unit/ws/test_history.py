@@ -108,3 +108,46 @@ async def test_limit_without_since_gives_the_most_recent() -> None:
     recent = await history.read("chat:a", None, 2, POLICY)
     assert offsets(recent.publications) == [3, 4]
     assert recent.position.offset == 4
+
+
+async def test_reads_of_channels_without_history_create_nothing_and_evict_nothing() -> None:
+    async def bus(topic: str, frame: str) -> None:
+        return None
+
+    history = MemoryHistory(bus, max_channels=10)
+    for _ in range(5):
+        framed = await history.publish("chat:victim", "t", '{"type":"message"}', POLICY)
+    epoch = json.loads(framed)["epoch"]
+    for n in range(1000):
+        empty = await history.read(f"chat:e{n}", None, 0, POLICY)
+        assert (empty.position.offset, empty.publications) == (0, [])
+    kept = await history.read("chat:victim", Position(2, epoch), 10, POLICY)
+    assert (kept.recovered, offsets(kept.publications)) == (True, [3, 4, 5])
+
+
+async def test_a_position_read_before_the_first_message_recovers_it() -> None:
+    async def bus(topic: str, frame: str) -> None:
+        return None
+
+    history = MemoryHistory(bus)
+    mark = (await history.read("chat:a", None, 10, POLICY)).position
+    assert mark.offset == 0
+    assert (await history.read("chat:a", mark, 10, POLICY)).recovered
+    for _ in range(2):
+        await history.publish("chat:a", "t", '{"type":"message"}', POLICY)
+    result = await history.read("chat:a", mark, 10, POLICY)
+    assert (result.recovered, offsets(result.publications)) == (True, [1, 2])
+    assert result.position.epoch != mark.epoch
+
+
+async def test_a_position_read_before_a_stream_that_was_evicted_is_not_recovered() -> None:
+    async def bus(topic: str, frame: str) -> None:
+        return None
+
+    history = MemoryHistory(bus, max_channels=1)
+    mark = (await history.read("chat:a", None, 10, POLICY)).position
+    await history.publish("chat:a", "t", '{"type":"message"}', POLICY)  # missed by the reader
+    await history.publish("chat:b", "t", '{"type":"message"}', POLICY)  # evicts chat:a
+    await history.publish("chat:a", "t", '{"type":"message"}', POLICY)
+    result = await history.read("chat:a", mark, 10, POLICY)
+    assert (result.recovered, result.publications) == (False, [])
