@@ -100,7 +100,11 @@ async def _channel_backends(
 ) -> AsyncIterator[tuple[History, Presence]]:
     """History and presence in Redis when the deployment is scaled out, else in this process."""
     if not settings.redis_url:
-        yield MemoryHistory(bus.publish), MemoryPresence(bus.publish)
+        history = MemoryHistory(bus.publish, max_bytes=settings.history_max_bytes)
+        try:
+            yield history, MemoryPresence(bus.publish)
+        finally:
+            history.close()
         return
     redis = open_redis(settings.redis_url)
     try:

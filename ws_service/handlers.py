@@ -22,7 +22,7 @@ from shared.wire_json import WireJSONError, loads
 from ws_service import handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
 from ws_service.domain.channels import validate_channel
-from ws_service.domain.errors import AuthError, InvalidChannel, Unconfirmed
+from ws_service.domain.errors import AuthError, HistoryFull, InvalidChannel, Unconfirmed
 from ws_service.domain.ratelimit import TokenBucket
 from ws_service.peer import WebSocketPeer
 
@@ -159,7 +159,7 @@ async def publish(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     try:
         await gateway.hub.publish(channel, body["data"], None)
-    except Unconfirmed as err:
+    except (Unconfirmed, HistoryFull) as err:
         return json_error(503, err.code, err.message)
     return json_response({"published": True, "channel": channel}, status=202)
 

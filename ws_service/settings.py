@@ -105,6 +105,7 @@ class Settings:
     history: Mapping[str, HistoryPolicy] = field(
         default_factory=lambda: parse_history(DEFAULT_HISTORY)
     )
+    history_max_bytes: int = 64 * 1024 * 1024
     presence: frozenset[str] = frozenset({"chat"})
     presence_ttl: float = 15.0
 
@@ -165,6 +166,9 @@ class Settings:
             tls_key=env_str(environ, "WS_TLS_KEY", ""),
             redis_url=env_str(environ, "REDIS_URL", ""),
             history=parse_history(env_str(environ, "WS_HISTORY", DEFAULT_HISTORY)),
+            history_max_bytes=env_int(
+                environ, "WS_HISTORY_MAX_BYTES", 64 * 1024 * 1024, minimum=65_536
+            ),
             presence=_namespaces(env_str(environ, "WS_PRESENCE", "chat")),
             presence_ttl=env_float(environ, "WS_PRESENCE_TTL", 15.0, minimum=1),
             workers=env_int(environ, "WS_WORKERS", 1, minimum=1),

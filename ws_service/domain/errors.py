@@ -12,6 +12,7 @@ __all__ = [
     "BadRequest",
     "Forbidden",
     "GatewayError",
+    "HistoryFull",
     "InvalidChannel",
     "InvalidToken",
     "KeysUnavailable",
@@ -146,3 +147,11 @@ class Unconfirmed(RequestError):
 
     code = "unconfirmed"
     message = "Redis did not confirm the publish: it may or may not have been delivered"
+
+
+class HistoryFull(RequestError):
+    """A publish in a namespace with history that the history has no room for: nothing was stored
+    or delivered."""
+
+    code = "history_full"
+    message = "channel history has no room for this message; try again later"

@@ -198,3 +198,29 @@ async def test_presence_lists_users_and_join_leave_fire_once_per_user(gw: Harnes
     assert await recv(watcher) == {"type": "leave", "channel": "chat:p", "user": alice}
     listed = await request(watcher, {"type": "presence", "channel": "chat:p"})
     assert listed["members"] == [{"user": carol, "connections": 1}]
+
+
+async def test_a_full_history_refuses_publishes_with_history_full_and_keeps_what_it_holds(
+    make_gateway: MakeGateway,
+) -> None:
+    gw = await make_gateway(
+        history_max_bytes=1_000_000, rate_per_second=10_000.0, rate_burst=10_000
+    )
+    alice, mallory = await gw.login("alice"), await gw.login("mallory")
+    for n in range(3):
+        await publish(alice, "chat:victim", n)
+    codes = []
+    for n in range(40):
+        reply = await request(
+            mallory, {"type": "publish", "channel": f"chat:m{n}", "data": "x" * 60_000}
+        )
+        codes.append(reply.get("code", reply["type"]))
+    assert codes.count("published") < 17 and codes[-1] == "history_full"
+    kept = await request(alice, {"type": "history", "channel": "chat:victim"})
+    assert [p["data"] for p in kept["publications"]] == [0, 1, 2]
+    response = await gw.client.post(
+        "/v1/publish",
+        json={"channel": "chat:m99", "data": "x" * 60_000},
+        headers={"Authorization": "Bearer test-api-key-0123456789"},
+    )
+    assert (response.status, (await response.json())["error"]) == (503, "history_full")
