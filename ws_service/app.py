@@ -100,15 +100,22 @@ async def _channel_backends(
 ) -> AsyncIterator[tuple[History, Presence]]:
     """History and presence in Redis when the deployment is scaled out, else in this process."""
     if not settings.redis_url:
-        history = MemoryHistory(bus.publish, max_bytes=settings.history_max_bytes)
+        embedded = MemoryHistory(
+            bus.publish,
+            max_bytes=settings.history_max_bytes,
+            user_bytes=settings.history_user_bytes,
+        )
         try:
-            yield history, MemoryPresence(bus.publish)
+            yield embedded, MemoryPresence(bus.publish)
         finally:
-            history.close()
+            embedded.close()
         return
     redis = open_redis(settings.redis_url)
     try:
-        yield RedisHistory(redis), RedisPresence(redis, ttl=settings.presence_ttl)
+        yield (
+            RedisHistory(redis, user_bytes=settings.history_user_bytes),
+            RedisPresence(redis, ttl=settings.presence_ttl),
+        )
     finally:
         await redis.aclose()
 

@@ -3,17 +3,22 @@
 Per channel a hash ``hist:{<channel>}:meta`` holds the epoch and the last offset, and a stream
 ``hist:{<channel>}:log`` the messages (stream id ``<offset>-0``, capped at the policy's size). One Lua
 script increments the offset, appends the message and PUBLISHes it, so subscribers on every
-replica receive messages in offset order with no gap. Only a publish creates these keys; a read
-writes nothing. A flushed or restarted Redis loses the hash, and the next publish starts a new
-epoch. Times are Redis's own (``TIME``), so replicas' clocks do not matter.
+replica receive messages in offset order with no gap. Only a publish creates these keys, and they
+live ``ttl`` after the channel's last publish; a read writes nothing. A flushed or restarted Redis
+loses the hash, and the next publish starts a new epoch. Times are Redis's own (``TIME``), so
+replicas' clocks do not matter.
 
-Every key a script touches carries the channel as its hash tag (``{chat:x}``), so each script
-stays within one hash slot, as Redis Cluster requires.
+A user's publish is first charged to them (``message_cost``, until the message expires) in
+``hist:{u:<sub>}:charges`` and ``hist:{u:<sub>}:bytes``, atomically across replicas; one over
+``user_bytes`` is refused. The charge is a script of its own because every key a script touches
+carries one hash tag (the channel's ``{chat:x}`` or the user's ``{u:42}``), so that each script
+stays within one hash slot, as Redis Cluster requires. A charge whose publish then fails stays
+until it would have expired: the error is on the safe side.
 
-A publish is idempotent: it carries an id, and the script leaves ``hist:{<channel>}:pub:<id>``
-(the offset and epoch it gave, for ``RESULT_TTL_MS``), so a retry of a publish whose reply was
-lost returns the first result instead of storing and publishing the message again, as
-centrifuge's result key does.
+Both writes are idempotent: a publish carries an id, and the script leaves
+``hist:{<channel>}:pub:<id>`` (the offset and epoch it gave, for ``RESULT_TTL_MS``), so a retry of
+a publish whose reply was lost returns the first result instead of storing and publishing the
+message again, as centrifuge's result key does; a charge is recorded under the same id.
 """
 
 from __future__ import annotations
@@ -23,21 +28,22 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from shared.bus_errors import BusOutcomeUnknown, BusUnavailable
 from shared.redis_write import WriteScript
+from ws_service.domain.errors import HistoryFull
 from ws_service.domain.history import (
+    USER_FULL,
     EmptyMarks,
     HistoryPage,
     HistoryPolicy,
     Position,
+    message_cost,
     new_epoch,
     page,
 )
 from ws_service.redis_client import unavailable_as_bus_error
 
 __all__ = ["RedisHistory"]
-
-POSITION_RETENTION = 86_400
-"""Seconds a quiet channel's epoch and offset are kept, so a client can learn it missed nothing."""
 
 RESULT_TTL_MS = 30_000
 """How long a publish's result is kept for its retries: far longer than the retries of one write
@@ -51,10 +57,44 @@ local clock = redis.call('TIME')
 local now_ms = clock[1] * 1000 + math.floor(clock[2] / 1000)
 """
 
-# KEYS: meta, log, this publish's result. ARGV: frame, size, log ttl (ms), topic, new epoch,
-# meta ttl (s), result ttl (ms). A missing meta hash (a new channel, or a flushed or restarted
-# Redis) starts a new epoch with an empty log.
-_PUBLISH = (
+# KEYS: the user's charges (a sorted set of "<id>:<bytes>" scored by expiry, ms), their total.
+# ARGV: this publish's "<id>:<bytes>", its bytes, its ttl (ms), the user's limit. Returns 1 when
+# charged (or already charged: a retry), 0 when over the limit.
+_CHARGE = WriteScript(
+    _NOW_MS
+    + """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 1
+end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+if #expired > 0 then
+  local freed = 0
+  for _, charge in ipairs(expired) do
+    freed = freed + tonumber(string.match(charge, ':(%d+)$'))
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+  redis.call('DECRBY', KEYS[2], freed)
+end
+local total = tonumber(redis.call('GET', KEYS[2]) or '0')
+if total + tonumber(ARGV[2]) > tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[3]), ARGV[1])
+redis.call('INCRBY', KEYS[2], ARGV[2])
+for _, key in ipairs(KEYS) do
+  if redis.call('PTTL', key) < tonumber(ARGV[3]) then
+    redis.call('PEXPIRE', key, ARGV[3])
+  end
+end
+return 1
+"""
+)
+
+# KEYS: meta, log, this publish's result. ARGV: frame, size, ttl (ms), topic, new epoch, result
+# ttl (ms). A missing meta hash (a new channel, or a flushed or restarted Redis) starts a new epoch
+# with an empty log. Expired messages at the head of the log are deleted, so that a channel kept
+# alive by others holds nobody's messages past their ttl (and their charge).
+_PUBLISH = WriteScript(
     _NOW_MS
     + """
 local function framed(offset, epoch)
@@ -71,12 +111,20 @@ if not epoch then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch)
 end
+local oldest = now_ms - tonumber(ARGV[3])
+while true do
+  local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if #head == 0 or tonumber(head[1][2][2]) >= oldest then
+    break
+  end
+  redis.call('XDEL', KEYS[2], head[1][1])
+end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local message = framed(offset, epoch)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 't', now_ms, 'f', message)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[6])
 redis.call('PUBLISH', ARGV[4], message)
 return message
 """
@@ -105,39 +153,59 @@ return {meta[1], meta[2], now_ms, entries}
 
 
 class RedisHistory:
-    """Implements ``History``; Redis failures are raised as ``BusUnavailable``."""
+    """Implements ``History``; Redis failures are raised as ``BusUnavailable``. ``user_bytes``:
+    what one user's messages may cost at once (0: no limit)."""
 
-    def __init__(self, redis: Redis, *, prefix: str = "hist:") -> None:
+    def __init__(self, redis: Redis, *, prefix: str = "hist:", user_bytes: int = 0) -> None:
         self._redis = redis
         self._prefix = prefix
-        self._publish = WriteScript(_PUBLISH)
+        self._user_bytes = user_bytes
         self._read = redis.register_script(_READ)
 
-    def _key(self, channel: str, name: str) -> str:
-        return f"{self._prefix}{{{channel}}}:{name}"
+    def _key(self, tag: str, name: str) -> str:
+        return f"{self._prefix}{{{tag}}}:{name}"
 
     def _keys(self, channel: str) -> list[str]:
         return [self._key(channel, "meta"), self._key(channel, "log")]
 
-    async def publish(self, channel: str, topic: str, frame: str, policy: HistoryPolicy) -> str:
+    async def publish(
+        self,
+        channel: str,
+        topic: str,
+        frame: str,
+        policy: HistoryPolicy,
+        *,
+        owner: str | None = None,
+    ) -> str:
         """Raises ``BusOutcomeUnknown`` when every try timed out after reaching Redis."""
         publish_id = secrets.token_hex(8)
+        ttl_ms = max(1, int(policy.ttl * 1000))
+        if owner is not None and self._user_bytes:
+            await self._charge(owner, publish_id, message_cost(frame), ttl_ms)
         with unavailable_as_bus_error():
-            framed = await self._publish(
+            framed = await _PUBLISH(
                 self._redis,
                 [*self._keys(channel), self._key(channel, f"pub:{publish_id}")],
-                [
-                    frame,
-                    policy.size,
-                    max(1, int(policy.ttl * 1000)),
-                    topic,
-                    new_epoch(),
-                    _retention(policy),
-                    RESULT_TTL_MS,
-                ],
+                [frame, policy.size, ttl_ms, topic, new_epoch(), RESULT_TTL_MS],
                 idempotent=True,
             )
         return _text(framed)
+
+    async def _charge(self, owner: str, publish_id: str, cost: int, ttl_ms: int) -> None:
+        tag = f"u:{owner}"
+        try:
+            with unavailable_as_bus_error():
+                charged = await _CHARGE(
+                    self._redis,
+                    [self._key(tag, "charges"), self._key(tag, "bytes")],
+                    [f"{publish_id}:{cost}", cost, ttl_ms, self._user_bytes],
+                    idempotent=True,
+                )
+        except BusOutcomeUnknown as exc:
+            # Only the charge may have happened: the message itself went nowhere.
+            raise BusUnavailable(f"Redis did not confirm the charge: {exc}") from exc
+        if not charged:
+            raise HistoryFull(USER_FULL)
 
     async def read(
         self, channel: str, since: Position | None, limit: int, policy: HistoryPolicy
@@ -152,7 +220,7 @@ class RedisHistory:
                 keys=self._keys(channel), args=[start, count]
             )
         now = int(now_ms) / 1000
-        from_empty = MARKS.continues(since, now, _retention(policy))
+        from_empty = MARKS.continues(since, now, policy.ttl)
         if epoch is None:
             return page([], MARKS.at(now), since, limit, from_empty=from_empty)
         if since is None:
@@ -165,12 +233,6 @@ class RedisHistory:
                 kept.append((int(_text(entry_id).partition("-")[0]), _text(fields["f"])))
         current = Position(int(offset), _text(epoch))
         return page(kept, current, since, limit, from_empty=from_empty)
-
-
-def _retention(policy: HistoryPolicy) -> int:
-    """Seconds a channel's epoch and offset live after its last publish (never less than its
-    messages): a stream's lifetime, which bounds how long an ``EmptyMarks`` position holds."""
-    return max(POSITION_RETENTION, int(policy.ttl))
 
 
 def _text(value: Any) -> str:

@@ -106,6 +106,7 @@ class Settings:
         default_factory=lambda: parse_history(DEFAULT_HISTORY)
     )
     history_max_bytes: int = 64 * 1024 * 1024
+    history_user_bytes: int = 1024 * 1024
     presence: frozenset[str] = frozenset({"chat"})
     presence_ttl: float = 15.0
 
@@ -169,6 +170,7 @@ class Settings:
             history_max_bytes=env_int(
                 environ, "WS_HISTORY_MAX_BYTES", 64 * 1024 * 1024, minimum=65_536
             ),
+            history_user_bytes=env_int(environ, "WS_HISTORY_USER_BYTES", 1024 * 1024, minimum=0),
             presence=_namespaces(env_str(environ, "WS_PRESENCE", "chat")),
             presence_ttl=env_float(environ, "WS_PRESENCE_TTL", 15.0, minimum=1),
             workers=env_int(environ, "WS_WORKERS", 1, minimum=1),

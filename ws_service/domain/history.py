@@ -24,12 +24,15 @@ from ws_service.domain.errors import HistoryFull
 
 __all__ = [
     "MAX_OFFSET",
+    "MESSAGE_OVERHEAD",
+    "USER_FULL",
     "EmptyMarks",
     "History",
     "HistoryPage",
     "HistoryPolicy",
     "MemoryHistory",
     "Position",
+    "message_cost",
     "new_epoch",
     "position_of",
     "with_position",
@@ -69,8 +72,21 @@ class HistoryPage:
 
 
 class History(Protocol):
-    async def publish(self, channel: str, topic: str, frame: str, policy: HistoryPolicy) -> str:
-        """Give ``frame`` the channel's next offset, keep it, publish it on ``topic``; returns it."""
+    async def publish(
+        self,
+        channel: str,
+        topic: str,
+        frame: str,
+        policy: HistoryPolicy,
+        *,
+        owner: str | None = None,
+    ) -> str:
+        """Give ``frame`` the channel's next offset, keep it, publish it on ``topic``; returns it.
+
+        ``owner`` is the publishing user, whose messages kept at once may cost at most the
+        backend's ``user_bytes`` (``message_cost`` each, until they expire); None for the server,
+        which is not charged. Raises ``HistoryFull`` when there is no room: nothing is stored or
+        published then."""
 
     async def read(
         self, channel: str, since: Position | None, limit: int, policy: HistoryPolicy
@@ -161,9 +177,18 @@ def page(
     return HistoryPage(missed[:limit], current, True)
 
 
-ENTRY_BYTES = 220
-"""What keeping one message costs beyond its frame (the entry, its slot, its offset), counted
-against the store's bound."""
+MESSAGE_OVERHEAD = 256
+"""What keeping one message costs beyond its frame as published: its offset and epoch, and the
+bookkeeping around it (about 220 B in process, measured with tracemalloc; a stream entry, a
+result key and a budget entry in Redis)."""
+
+USER_FULL = "your messages kept in channel history fill your share; try again when they expire"
+
+
+def message_cost(frame: str) -> int:
+    """What a message counts against the store's bound and its publisher's budget."""
+    return len(frame) + MESSAGE_OVERHEAD
+
 
 STREAM_BYTES = 1000
 """What one channel's stream costs beyond its messages (its deque, its dict entry, its name)."""
@@ -177,6 +202,7 @@ class _Entry(NamedTuple):
     expires: float
     frame: str
     cost: int
+    owner: str | None
 
 
 @dataclass(slots=True)
@@ -191,9 +217,10 @@ class MemoryHistory:
 
     Every message is dropped ``ttl`` after it was published, by a sweep on a timer (a heap of
     one due time per stream), whether or not its channel is used again; a stream whose last
-    message went is forgotten, its memory freed. ``max_bytes`` bounds the whole store: a publish
-    that does not fit is refused with ``HistoryFull`` rather than evicting anyone's history, so
-    no publisher can push out another channel's messages. Only a publish makes a stream; a read
+    message went is forgotten, its memory freed. ``max_bytes`` bounds the whole store, and
+    ``user_bytes`` (0: no limit) what one user's messages may cost in it at once: a publish that
+    does not fit is refused with ``HistoryFull`` rather than evicting anyone's history, so no
+    publisher can push out another channel's messages. Only a publish makes a stream; a read
     of a channel without one answers an ``EmptyMarks`` position, which stays honest because a
     stream is only ever forgotten ``ttl`` after its last message.
     """
@@ -203,10 +230,13 @@ class MemoryHistory:
         publish: Callable[[str, str], Awaitable[None]],
         *,
         max_bytes: int = 64 * 1024 * 1024,
+        user_bytes: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._publish = publish
         self._max_bytes = max_bytes
+        self._user_bytes = user_bytes
+        self._owned: dict[str, int] = {}
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
         self._due: list[tuple[float, str]] = []
@@ -220,15 +250,25 @@ class MemoryHistory:
         """What the store holds, as counted against ``max_bytes``."""
         return self._bytes
 
-    async def publish(self, channel: str, topic: str, frame: str, policy: HistoryPolicy) -> str:
+    async def publish(
+        self,
+        channel: str,
+        topic: str,
+        frame: str,
+        policy: HistoryPolicy,
+        *,
+        owner: str | None = None,
+    ) -> str:
         now = self._clock()
         self._expire(now)
+        cost = message_cost(frame)
+        over = owner is not None and self._owned.get(owner, 0) + cost > self._user_bytes
+        if over and self._user_bytes:
+            raise HistoryFull(USER_FULL)
         stream = self._streams.get(channel)
         new = stream is None
         if stream is None:
             stream = _Stream(new_epoch())
-        framed = with_position(frame, stream.offset + 1, stream.epoch)
-        cost = len(framed) + ENTRY_BYTES
         opening = STREAM_BYTES + len(channel) if new else 0
         if self._bytes + cost + opening > self._max_bytes:
             raise HistoryFull("channel history is full; try again when older messages expire")
@@ -238,10 +278,13 @@ class MemoryHistory:
             self._bytes += opening
             self._schedule()
         stream.offset += 1
-        stream.entries.append(_Entry(stream.offset, now + policy.ttl, framed, cost))
+        framed = with_position(frame, stream.offset, stream.epoch)
+        stream.entries.append(_Entry(stream.offset, now + policy.ttl, framed, cost, owner))
         self._bytes += cost
+        if owner is not None:
+            self._owned[owner] = self._owned.get(owner, 0) + cost
         while len(stream.entries) > policy.size:
-            self._bytes -= stream.entries.popleft().cost
+            self._drop(stream.entries.popleft())
         await self._publish(topic, framed)
         return framed
 
@@ -271,12 +314,19 @@ class MemoryHistory:
             stream = self._streams[channel]
             entries = stream.entries
             while entries and entries[0].expires <= now:
-                self._bytes -= entries.popleft().cost
+                self._drop(entries.popleft())
             if entries:
                 heapq.heappush(self._due, (entries[0].expires, channel))
             else:
                 del self._streams[channel]
                 self._bytes -= STREAM_BYTES + len(channel)
+
+    def _drop(self, entry: _Entry) -> None:
+        self._bytes -= entry.cost
+        if entry.owner is not None:
+            left = self._owned.pop(entry.owner) - entry.cost
+            if left:
+                self._owned[entry.owner] = left
 
     def _schedule(self) -> None:
         """Keep one timer, for the earliest due time (a stream's due time is never later than

@@ -141,7 +141,8 @@ class Hub:
             if policy is None:
                 await self._bus.publish(topic, frame)
             else:
-                await self._history.publish(channel, topic, frame, policy)
+                owner = sender.sub if sender is not None else None
+                await self._history.publish(channel, topic, frame, policy, owner=owner)
         except BusOutcomeUnknown:
             # It may be on its way to every subscriber, this replica's too: delivering it here as
             # well could repeat it.

@@ -11,7 +11,8 @@ from redis.asyncio import Redis
 
 from shared.bus_errors import BusOutcomeUnknown
 from tests.support.delaying_proxy import DelayingProxy
-from ws_service.domain.history import HistoryPolicy, Position
+from ws_service.domain.errors import HistoryFull
+from ws_service.domain.history import HistoryPolicy, Position, message_cost
 from ws_service.redis_client import open_redis
 from ws_service.redis_history import RedisHistory
 
@@ -96,7 +97,7 @@ async def test_expired_messages_are_not_recovered(two_clients: tuple[Redis, Redi
     await asyncio.sleep(0.3)
     result = await history.read("chat:a", start, 10, brief)
     assert result.recovered is False
-    assert result.position.offset == 1
+    assert result.position.offset == 0  # the channel went with its last message
 
 
 async def test_a_reconnect_storm_queues_for_connections_instead_of_failing(redis_url: str) -> None:
@@ -208,3 +209,80 @@ async def test_a_position_read_before_the_first_message_recovers_it(
         await other_replica.publish("chat:a", f"{prefix}t", FRAME, POLICY)
     result = await other_replica.read("chat:a", mark, 10, POLICY)
     assert (result.recovered, offsets(result.publications)) == (True, [1, 2])
+
+
+def sized(n: int) -> str:
+    return json.dumps({"type": "message", "channel": "chat:x", "data": "x" * n})
+
+
+async def test_what_a_user_stores_is_capped_across_replicas_and_server_publishes_are_not(
+    two_clients: tuple[Redis, Redis, str],
+) -> None:
+    one, two, prefix = two_clients
+    replicas = [RedisHistory(r, prefix=prefix, user_bytes=100_000) for r in (one, two)]
+    frame = sized(10_000)
+    outcomes = await asyncio.gather(
+        *(
+            replicas[n % 2].publish(f"chat:m{n}", f"{prefix}t", frame, POLICY, owner="mallory")
+            for n in range(40)
+        ),
+        return_exceptions=True,
+    )
+    stored = [n for n, outcome in enumerate(outcomes) if isinstance(outcome, str)]
+    assert len(stored) == 100_000 // message_cost(frame)
+    assert all(isinstance(outcomes[n], HistoryFull) for n in set(range(40)) - set(stored))
+    for n in set(range(40)) - set(stored):  # a refused publish stored nothing
+        assert await one.exists(f"{prefix}{{chat:m{n}}}:meta", f"{prefix}{{chat:m{n}}}:log") == 0
+    assert int(await one.get(f"{prefix}{{u:mallory}}:bytes")) == len(stored) * message_cost(frame)
+    await replicas[0].publish("chat:m0", f"{prefix}t", frame, POLICY)  # the server: not charged
+    await replicas[1].publish("chat:m0", f"{prefix}t", frame, POLICY, owner="alice")
+
+
+async def test_a_charge_ends_when_its_message_expires(
+    two_clients: tuple[Redis, Redis, str],
+) -> None:
+    one, _, prefix = two_clients
+    history = RedisHistory(one, prefix=prefix, user_bytes=30_000)
+    brief = HistoryPolicy(size=10, ttl=0.2)
+    frame = sized(10_000)
+    for n in range(2):
+        await history.publish(f"chat:b{n}", f"{prefix}t", frame, brief, owner="bob")
+    with pytest.raises(HistoryFull):
+        await history.publish("chat:b2", f"{prefix}t", frame, brief, owner="bob")
+    async with asyncio.timeout(5):
+        while True:
+            try:
+                await history.publish("chat:b2", f"{prefix}t", frame, brief, owner="bob")
+                break
+            except HistoryFull:
+                await asyncio.sleep(0.05)
+    assert int(await one.get(f"{prefix}{{u:bob}}:bytes")) == message_cost(frame)
+
+
+async def test_everything_a_publish_stores_lives_no_longer_than_its_ttl(
+    two_clients: tuple[Redis, Redis, str],
+) -> None:
+    one, _, prefix = two_clients
+    history = RedisHistory(one, prefix=prefix, user_bytes=100_000)
+    await history.publish("chat:a", f"{prefix}t", FRAME, POLICY, owner="carol")
+    ttl_ms = int(POLICY.ttl * 1000)
+    keys = [key async for key in one.scan_iter(f"{prefix}*")]
+    assert len(keys) == 5  # meta, log, result; the user's charges and total
+    for key in keys:
+        assert 0 < await one.pttl(key) <= ttl_ms, key
+
+
+async def test_a_charge_whose_reply_is_lost_counts_once(
+    two_clients: tuple[Redis, Redis, str], proxy: DelayingProxy
+) -> None:
+    direct, _, prefix = two_clients
+    redis = open_redis(proxy.url, timeout=0.3)
+    history = RedisHistory(redis, prefix=prefix, user_bytes=100_000)
+    try:
+        await history.publish("chat:warm", f"{prefix}t", FRAME, POLICY, owner="dave")
+        proxy.hold_replies(1)  # the next reply is the charge's
+        await history.publish("chat:a", f"{prefix}t", FRAME, POLICY, owner="dave")
+        assert proxy.held == 1
+        assert int(await direct.get(f"{prefix}{{u:dave}}:bytes")) == 2 * message_cost(FRAME)
+    finally:
+        await redis.aclose()

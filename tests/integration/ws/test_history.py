@@ -224,3 +224,31 @@ async def test_a_full_history_refuses_publishes_with_history_full_and_keeps_what
         headers={"Authorization": "Bearer test-api-key-0123456789"},
     )
     assert (response.status, (await response.json())["error"]) == (503, "history_full")
+
+
+async def over_budget(gw: Harness, other: Harness | None = None) -> None:
+    """One user publishing 60 KB messages to fresh channels, on ``gw`` (and ``other``): what it
+    keeps stops at its budget; the server's publishes and another user's go on."""
+    tabs = [await gw.login("mallory")] + ([await other.login("mallory")] if other else [])
+    codes = []
+    for n in range(30):
+        reply = await request(
+            tabs[n % len(tabs)], {"type": "publish", "channel": f"chat:m{n}", "data": "x" * 60_000}
+        )
+        codes.append(reply.get("code", reply["type"]))
+    assert codes.count("published") == 1_000_000 // (60_000 + 200)
+    assert set(codes[codes.index("history_full") :]) == {"history_full"}
+    response = await gw.client.post(
+        "/v1/publish",
+        json={"channel": "chat:m0", "data": "x" * 60_000},
+        headers={"Authorization": "Bearer test-api-key-0123456789"},
+    )
+    assert response.status == 202
+    await publish(await (other or gw).login("alice"), "chat:m0", 1)
+
+
+async def test_a_user_over_its_history_budget_gets_history_full(
+    make_gateway: MakeGateway,
+) -> None:
+    gw = await make_gateway(history_user_bytes=1_000_000, rate_per_second=1000.0, rate_burst=1000)
+    await over_budget(gw)

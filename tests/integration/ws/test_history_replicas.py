@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from tests.integration.bus.support import PrivateRedis
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness, recv, send
-from tests.integration.ws.test_history import messages, offsets, publish, request
+from tests.integration.ws.test_history import messages, offsets, over_budget, publish, request
 
 pytestmark = pytest.mark.redis
 
@@ -126,3 +126,16 @@ async def test_presence_across_replicas_with_one_join_and_one_leave_per_user(
     assert await recv(watcher) == {"type": "leave", "channel": "chat:p", "user": alice}
     await send(watcher, {"type": "ping", "id": "last"})
     assert await recv(watcher) == {"type": "pong", "id": "last"}
+
+
+async def test_a_user_over_its_history_budget_gets_history_full_on_every_replica(
+    make_gateway: MakeGateway, private_redis: PrivateRedis
+) -> None:
+    one, two = await replicas(
+        make_gateway,
+        private_redis.url,
+        history_user_bytes=1_000_000,
+        rate_per_second=1000.0,
+        rate_burst=1000,
+    )
+    await over_budget(one, two)

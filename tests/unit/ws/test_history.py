@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tests.integration.bus.support import eventually
 from ws_service.domain.errors import HistoryFull
-from ws_service.domain.history import HistoryPolicy, MemoryHistory, Position
+from ws_service.domain.history import HistoryPolicy, MemoryHistory, Position, message_cost
 
 POLICY = HistoryPolicy(size=5, ttl=10)
 
@@ -232,3 +232,28 @@ async def test_the_store_is_bounded_in_bytes_and_refuses_rather_than_evicts() ->
     assert (kept.recovered, offsets(kept.publications)) == (True, [1, 2, 3])
     clock.now += POLICY.ttl
     await history.publish("chat:c0", "t", big, POLICY)  # room again once the old ones expired
+
+
+async def test_what_one_user_keeps_is_capped_until_it_expires_or_is_trimmed() -> None:
+    async def bus(topic: str, frame: str) -> None:
+        return None
+
+    clock = Clock()
+    frame = json.dumps({"type": "message", "data": "x" * 10_000})
+    history = MemoryHistory(bus, clock=clock, user_bytes=5 * message_cost(frame))
+    for n in range(5):
+        await history.publish(f"chat:c{n}", "t", frame, POLICY, owner="mallory")
+    stored = history.stored_bytes
+    with pytest.raises(HistoryFull):
+        await history.publish("chat:c9", "t", frame, POLICY, owner="mallory")
+    assert history.stored_bytes == stored  # refused: nothing kept
+    assert (await history.read("chat:c9", None, 10, POLICY)).position.offset == 0
+    await history.publish("chat:c9", "t", frame, POLICY)  # the server is not charged
+    await history.publish("chat:c9", "t", frame, POLICY, owner="alice")
+    # Trimming by size gives the owner's share back: chat:c0 keeps 5 messages.
+    for _ in range(POLICY.size):
+        await history.publish("chat:c0", "t", "{}", POLICY, owner="bob")
+    await history.publish("chat:c8", "t", frame, POLICY, owner="mallory")
+    clock.now += POLICY.ttl
+    for n in range(5):
+        await history.publish(f"chat:d{n}", "t", frame, POLICY, owner="mallory")
