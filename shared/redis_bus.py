@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.backoff import backoff_delay
 from shared.bus import Handler, ReconnectListener, Unsubscribe
-from shared.bus_errors import BusUnavailable
+from shared.redis_write import write
 
 __all__ = ["RedisBus"]
 
@@ -105,13 +105,18 @@ class RedisBus:
         self._listeners.clear()
 
     async def publish(self, topic: str, payload: str) -> None:
-        """Hand ``payload`` to Redis as-is; raise :class:`BusUnavailable` if Redis cannot take it."""
+        """Hand ``payload`` to Redis as-is; raise :class:`BusUnavailable` if Redis cannot take it.
+
+        A PUBLISH is never sent twice: once it has left, a lost reply raises
+        :class:`~shared.bus_errors.BusOutcomeUnknown` (the message may be on its way), and the
+        caller must not make up for it by delivering it itself. Receivers then see it once or not
+        at all; the one caller that re-sends (auth's outbox) sends revocations, which are
+        idempotent. Deduplicating on the receiving side instead would put an id in every payload and
+        a table of recent ids in every replica.
+        """
         if self._publisher is None:
             raise RuntimeError("RedisBus.start() must be awaited before publish()")
-        try:
-            await self._publisher.publish(topic, payload)
-        except _REDIS_DOWN as exc:
-            raise BusUnavailable(f"Redis is unreachable: {exc}") from exc
+        await write(self._publisher, "PUBLISH", topic, payload, idempotent=False)
 
     def subscribe(self, topic: str, handler: Handler) -> Unsubscribe:
         token = object()

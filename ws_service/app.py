@@ -112,12 +112,24 @@ async def _backends(
     """History, presence and the per-user cap in Redis when the deployment is scaled out; else
     in this process (where the gateway's own count of a user's sockets is the whole count)."""
     if not settings.redis_url:
-        yield MemoryHistory(bus.publish), MemoryPresence(bus.publish), None
+        embedded = MemoryHistory(
+            bus.publish,
+            max_bytes=settings.history_max_bytes,
+            user_bytes=settings.history_user_bytes,
+        )
+        try:
+            yield embedded, MemoryPresence(bus.publish), None
+        finally:
+            embedded.close()
         return
     redis = open_redis(settings.redis_url)
     ttl = settings.presence_ttl
     try:
-        yield RedisHistory(redis), RedisPresence(redis, ttl=ttl), RedisUserSlots(redis, ttl=ttl)
+        yield (
+            RedisHistory(redis, user_bytes=settings.history_user_bytes),
+            RedisPresence(redis, ttl=ttl),
+            RedisUserSlots(redis, ttl=ttl),
+        )
     finally:
         await redis.aclose()
 

@@ -22,7 +22,7 @@ from shared.wire_json import WireJSONError, loads
 from ws_service import handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
 from ws_service.domain.channels import validate_channel
-from ws_service.domain.errors import AuthError, InvalidChannel
+from ws_service.domain.errors import AuthError, HistoryFull, InvalidChannel, Unconfirmed
 from ws_service.domain.ratelimit import TokenBucket
 from ws_service.peer import WebSocketPeer
 
@@ -160,7 +160,10 @@ async def publish(request: web.Request) -> web.Response:
     except InvalidChannel as err:
         return json_error(400, err.code, err.message)
     gateway = request.app[GATEWAY]
-    await gateway.hub.publish(channel, body["data"], None)
+    try:
+        await gateway.hub.publish(channel, body["data"], None)
+    except (Unconfirmed, HistoryFull) as err:
+        return json_error(503, err.code, err.message)
     return json_response({"published": True, "channel": channel}, status=202)
 
 

@@ -109,6 +109,8 @@ class Settings:
     history: Mapping[str, HistoryPolicy] = field(
         default_factory=lambda: parse_history(DEFAULT_HISTORY)
     )
+    history_max_bytes: int = 64 * 1024 * 1024
+    history_user_bytes: int = 1024 * 1024
     presence: frozenset[str] = frozenset({"chat"})
     presence_ttl: float = 15.0
     presence_debounce: float = 1.0
@@ -171,6 +173,10 @@ class Settings:
             tls_key=env_str(environ, "WS_TLS_KEY", ""),
             redis_url=env_secret_url(environ, "REDIS_URL", "REDIS_PASSWORD"),
             history=parse_history(env_str(environ, "WS_HISTORY", DEFAULT_HISTORY)),
+            history_max_bytes=env_int(
+                environ, "WS_HISTORY_MAX_BYTES", 64 * 1024 * 1024, minimum=65_536
+            ),
+            history_user_bytes=env_int(environ, "WS_HISTORY_USER_BYTES", 1024 * 1024, minimum=0),
             presence=_namespaces(env_str(environ, "WS_PRESENCE", "chat")),
             presence_ttl=env_float(environ, "WS_PRESENCE_TTL", 15.0, minimum=1),
             presence_debounce=env_float(environ, "WS_PRESENCE_DEBOUNCE", 1.0, minimum=0),

@@ -25,10 +25,10 @@ from typing import Any, Protocol
 
 from shared.access_token import Claims
 from shared.bus import EventBus, Unsubscribe
-from shared.bus_errors import BusUnavailable
+from shared.bus_errors import BusOutcomeUnknown, BusUnavailable
 from shared.tasks import cancel_and_wait
 from ws_service.domain import protocol
-from ws_service.domain.errors import NotEnabled
+from ws_service.domain.errors import NotEnabled, Unconfirmed
 from ws_service.domain.history import History, HistoryPage, HistoryPolicy, Position, position_of
 from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, Presence
 from ws_service.domain.presence_debounce import PresenceDebounce
@@ -142,6 +142,7 @@ class Hub:
         return self._policy(channel)
 
     async def publish(self, channel: str, data: Any, sender: Claims | None) -> None:
+        """Raises ``Unconfirmed`` when Redis took the message without confirming it."""
         frame = protocol.message(channel, data, sender, int(time.time() * 1000))
         topic = CHANNEL_TOPIC_PREFIX + channel
         policy = self._policy(channel)
@@ -149,7 +150,12 @@ class Hub:
             if policy is None:
                 await self._bus.publish(topic, frame)
             else:
-                await self._history.publish(channel, topic, frame, policy)
+                owner = sender.sub if sender is not None else None
+                await self._history.publish(channel, topic, frame, policy, owner=owner)
+        except BusOutcomeUnknown:
+            # It may be on its way to every subscriber, this replica's too: delivering it here as
+            # well could repeat it.
+            raise Unconfirmed() from None
         except BusUnavailable:
             # Nothing reached Redis, so nothing comes back through it: deliver here, once.
             self._fan_out(channel, frame, None)
