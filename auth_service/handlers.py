@@ -27,10 +27,10 @@ from auth_service.http import (
     read_json,
     required_str,
 )
-from shared.http import worker_metrics
 from shared.http.auth import bearer_matches
 from shared.http.readiness import Readiness, readiness_response
 from shared.http.responses import json_response
+from shared.metrics import workers as worker_metrics
 
 __all__ = ["readiness", "routes"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["Metrics"]
 
@@ -43,6 +43,19 @@ class Metrics:
             "Connections or requests refused or closed by a resource limit, by limit",
             ["limit"],
             registry=self.registry,
+        )
+        # Copied from the bus and the outbox publisher every second (the app's gauges_ctx).
+        self.bus_connected = Gauge(
+            "auth_event_bus_connected",
+            "1 while the event bus reaches Redis (always 1 in process)",
+            registry=self.registry,
+            multiprocess_mode="livemin",  # with workers: 0 when any worker is cut off
+        )
+        self.outbox_pending = Gauge(
+            "auth_outbox_pending",
+            "1 while events the bus refused wait in the database outbox",
+            registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.request_seconds = Histogram(
             "auth_http_request_duration_seconds",

@@ -16,8 +16,11 @@ from shared.config.env import (
     env_float,
     env_int,
     env_list,
+    env_secret,
+    env_secret_url,
     env_str,
     redact_url,
+    split_list,
 )
 from shared.config.kept_secret import kept_secret
 from shared.config.tls import server_context
@@ -110,8 +113,9 @@ class Settings:
         port = env_int(environ, "AUTH_PORT", 8081, minimum=0)
         data_dir = Path(env_str(environ, "AUTH_DATA_DIR", ".data"))
         dev = env_bool(environ, "AUTH_DEV", False)
-        secrets_ = env_list(environ, "AUTH_KEY_ENCRYPTION_SECRETS")
-        embedded_db = not env_str(environ, "AUTH_DATABASE_URL", "")
+        secrets_ = split_list(env_secret(environ, "AUTH_KEY_ENCRYPTION_SECRETS"))
+        database_url = env_secret_url(environ, "AUTH_DATABASE_URL", "AUTH_DATABASE_PASSWORD")
+        embedded_db = not database_url
         if not secrets_ and (
             dev
             or (use_checkout_dev_secret and embedded_db and (data_dir / DEV_SECRET_FILE).exists())
@@ -122,9 +126,7 @@ class Settings:
             port=port,
             issuer=auth_issuer(environ),
             audience=env_str(environ, "AUTH_AUDIENCE", "ws"),
-            database_url=env_str(
-                environ, "AUTH_DATABASE_URL", f"sqlite:///{(data_dir / 'auth.db').as_posix()}"
-            ),
+            database_url=database_url or f"sqlite:///{(data_dir / 'auth.db').as_posix()}",
             data_dir=data_dir,
             access_token_ttl=env_int(environ, "AUTH_ACCESS_TOKEN_TTL", 300, minimum=1),
             refresh_token_ttl=env_int(environ, "AUTH_REFRESH_TOKEN_TTL", 1_209_600, minimum=1),
@@ -137,14 +139,14 @@ class Settings:
             allow_registration=env_bool(environ, "AUTH_ALLOW_REGISTRATION", True),
             dev=dev,
             forwarded_allow_ips=env_list(environ, "AUTH_FORWARDED_ALLOW_IPS"),
-            redis_url=env_str(environ, "REDIS_URL", ""),
+            redis_url=env_secret_url(environ, "REDIS_URL", "REDIS_PASSWORD"),
             log_level=env_str(environ, "AUTH_LOG_LEVEL", "INFO"),
             tls_cert=env_str(environ, "AUTH_TLS_CERT", ""),
             tls_key=env_str(environ, "AUTH_TLS_KEY", ""),
             cors_origins=env_list(environ, "AUTH_CORS_ORIGINS"),
             client_id=env_str(environ, "AUTH_CLIENT_ID", "realtime-gateway"),
             http_timeout=env_float(environ, "AUTH_HTTP_TIMEOUT", 15.0, minimum=0.1),
-            metrics_token=env_str(environ, "AUTH_METRICS_TOKEN", ""),
+            metrics_token=env_secret(environ, "AUTH_METRICS_TOKEN"),
             workers=env_int(environ, "AUTH_WORKERS", 1, minimum=1),
         )
 

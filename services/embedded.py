@@ -15,7 +15,7 @@ from auth_service.app import create_app as create_auth_app
 from auth_service.settings import Settings as AuthSettings
 from services.webpage import mount, origin_of
 from shared.bus import InProcessBus
-from shared.config.env import env_list
+from shared.config.env import env_list, env_secret, redact_url
 from shared.http.readiness import Readiness
 from shared.http.serve import Site
 from ws_service import handlers as ws_handlers
@@ -61,7 +61,7 @@ def build_stack(environ: Mapping[str, str]) -> Stack:
     page = f"{auth.issuer}/"
     origins = {*env_list(environ, "WS_ALLOWED_ORIGINS"), origin_of(auth.issuer)}
     ws_environ = {**environ, "WS_ALLOWED_ORIGINS": ",".join(sorted(origins))}
-    dev_key = auth.dev and not env_list(environ, "WS_API_KEYS")
+    dev_key = auth.dev and not env_secret(environ, "WS_API_KEYS")
     if dev_key:
         ws_environ["WS_API_KEYS"] = dev_api_key(auth.data_dir)
     ws = WsSettings.from_env(ws_environ)
@@ -89,7 +89,7 @@ def build_stack(environ: Mapping[str, str]) -> Stack:
         f"auth_service  {auth.issuer}   (REST API; JWKS at {auth.jwks_uri})",
         f"ws_service    {ws_url}",
         key_line,
-        f"database      {auth.database_url}",
+        f"database      {redact_url(auth.database_url)}",
         "",
         "Try it: create two users, then chat in two terminals:",
         "  .venv/bin/python -m auth_service users create bob   (and carol)",

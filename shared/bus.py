@@ -22,6 +22,7 @@ from realtime_gateway_protocol.events import RevocationEvent
 
 __all__ = [
     "BusError",
+    "BusOutcomeUnknown",
     "BusUnavailable",
     "EventBus",
     "Handler",
@@ -52,6 +53,13 @@ class BusUnavailable(BusError):
     """The message was not handed to the broker: the caller keeps it (outbox) or reports it."""
 
     code = "bus_unavailable"
+
+
+class BusOutcomeUnknown(BusUnavailable):
+    """The command reached Redis but no reply came back: it may have been applied. A caller that
+    would make up for a lost message (a local delivery) must not, or it may deliver it twice."""
+
+    code = "bus_outcome_unknown"
 
 
 class EventBus(Protocol):

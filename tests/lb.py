@@ -11,10 +11,11 @@ from pathlib import Path
 
 import trustme
 
-from tests.services import unavailable
+from tests.services import free_port, unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX_CONF = ROOT / "services" / "nginx" / "nginx.conf"
+PUBLISH_ROUTE = NGINX_CONF.with_name("publish.conf")
 VENV_NGINX = ROOT / ".venv" / "nginx" / "usr" / "sbin" / "nginx"
 
 
@@ -27,11 +28,18 @@ def find_nginx() -> str:
     raise AssertionError("unreachable")
 
 
-def render(conf: str, tmp_path: Path, ports: Mapping[str, Sequence[int]], listen_port: int) -> str:
+def render(
+    conf: str,
+    tmp_path: Path,
+    ports: Mapping[str, Sequence[int]],
+    listen_port: int,
+    health_port: int,
+) -> str:
     """The compose config on loopback ports, with every file it reads or writes in tmp_path.
 
     ``ports`` maps an upstream (``auth``, ``ws``) to its replicas' ports. Their DNS names and the
-    ``resolve`` parameter go together (Debian's nginx also predates ``resolve``).
+    ``resolve`` parameter go together (Debian's nginx also predates ``resolve``). The optional
+    routes are read from ``tmp_path/routes``, where :func:`write_config` puts what compose mounts.
     """
 
     def servers(match: re.Match[str]) -> str:
@@ -43,9 +51,10 @@ def render(conf: str, tmp_path: Path, ports: Mapping[str, Sequence[int]], listen
     )
     replacements: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
         (r"server (auth|ws):\d+ resolve;", servers),
-        (r"listen 443 ssl;", f"listen 127.0.0.1:{listen_port} ssl;"),
-        (r"/etc/nginx/certs/dev\.crt", str(tmp_path / "dev.crt")),
-        (r"/etc/nginx/certs/dev\.key", str(tmp_path / "dev.key")),
+        (r"listen 8443 ssl;", f"listen 127.0.0.1:{listen_port} ssl;"),
+        (r"listen 127\.0\.0\.1:8080;", f"listen 127.0.0.1:{health_port};"),
+        (r"/etc/nginx/certs/", f"{tmp_path}/"),
+        (r"/etc/nginx/routes/", f"{tmp_path}/routes/"),
         # Workers run as this user: a root master would drop them to nobody, who cannot read a
         # checkout under a private directory (mktemp -d is 0700), and the page would be a 404.
         (r"(?m)^pid .*;$", f"pid {tmp_path}/nginx.pid;\nuser {getpass.getuser()};"),
@@ -60,13 +69,24 @@ def render(conf: str, tmp_path: Path, ports: Mapping[str, Sequence[int]], listen
 
 
 def write_config(
-    tmp_path: Path, ca: trustme.CA, ports: Mapping[str, Sequence[int]], listen_port: int
+    tmp_path: Path,
+    ca: trustme.CA,
+    ports: Mapping[str, Sequence[int]],
+    listen_port: int,
+    *,
+    publish: bool = False,
+    health_port: int = 0,
 ) -> Path:
+    """``publish``: route /v1/publish, as docker-compose.publish.yml does by mounting its route."""
     issued = ca.issue_cert("localhost", "127.0.0.1")
-    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "dev.crt"))
-    issued.private_key_pem.write_to_path(str(tmp_path / "dev.key"))
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "fullchain.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "privkey.pem"))
+    if publish:  # without it the routes directory does not exist, as in the container
+        (tmp_path / "routes").mkdir()
+        shutil.copy(PUBLISH_ROUTE, tmp_path / "routes" / PUBLISH_ROUTE.name)
     rendered = tmp_path / "nginx.conf"
-    rendered.write_text(render(NGINX_CONF.read_text(), tmp_path, ports, listen_port))
+    conf = render(NGINX_CONF.read_text(), tmp_path, ports, listen_port, health_port or free_port())
+    rendered.write_text(conf)
     return rendered
 
 

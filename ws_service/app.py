@@ -18,6 +18,7 @@ from shared.bus import BusUnavailable, EventBus
 from shared.config.env import ConfigError
 from shared.http.responses import http_exception_json
 from shared.http.serve import HTTP_TIMEOUTS
+from shared.metrics.mirrored import mirrored
 from shared.redis.bus import open_bus
 from shared.redis.ledger import RedisRevocationLedger
 from ws_service import handlers, handshake
@@ -60,6 +61,7 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     app[HTTP_TIMEOUTS] = app[METRICS].limit_hits.labels("http_timeout").inc
     app[SOCKETS] = set()  # each handler removes its own peer
     app.cleanup_ctx.append(_bus_ctx(bus))
+    app.cleanup_ctx.append(_gauges_ctx)
     app.cleanup_ctx.append(_ledger_ctx)
     app.cleanup_ctx.append(_gateway_ctx)
     app.cleanup_ctx.append(_refresh_ctx)
@@ -86,6 +88,11 @@ def _bus_ctx(
     return ctx
 
 
+async def _gauges_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with mirrored([(app[METRICS].bus_connected, lambda: app[BUS].connected)]):
+        yield
+
+
 async def _ledger_ctx(app: web.Application) -> AsyncIterator[None]:
     """The Redis record of revocations, checked at every auth when the deployment is scaled out."""
     url = app[SETTINGS].redis_url
@@ -104,12 +111,24 @@ async def _backends(
     """History, presence and the per-user cap in Redis when the deployment is scaled out; else
     in this process (where the gateway's own count of a user's sockets is the whole count)."""
     if not settings.redis_url:
-        yield MemoryHistory(bus.publish), MemoryPresence(bus.publish), None
+        embedded = MemoryHistory(
+            bus.publish,
+            max_bytes=settings.history_max_bytes,
+            user_bytes=settings.history_user_bytes,
+        )
+        try:
+            yield embedded, MemoryPresence(bus.publish), None
+        finally:
+            embedded.close()
         return
     redis = open_redis(settings.redis_url)
     ttl = settings.presence_ttl
     try:
-        yield RedisHistory(redis), RedisPresence(redis, ttl=ttl), RedisUserSlots(redis, ttl=ttl)
+        yield (
+            RedisHistory(redis, user_bytes=settings.history_user_bytes),
+            RedisPresence(redis, ttl=ttl),
+            RedisUserSlots(redis, ttl=ttl),
+        )
     finally:
         await redis.aclose()
 

@@ -21,7 +21,7 @@ from shared.jsonlog import audit
 from ws_service import handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
 from ws_service.domain.connection import State
-from ws_service.domain.errors import AuthError, InvalidChannel
+from ws_service.domain.errors import AuthError, HistoryFull, InvalidChannel, Unconfirmed
 from ws_service.domain.namespaces import validate_channel
 from ws_service.domain.ratelimit import TokenBucket
 from ws_service.peer import WebSocketPeer
@@ -161,7 +161,10 @@ async def publish(request: web.Request) -> web.Response:
     except InvalidChannel as err:
         return json_error(400, err.code, err.message)
     gateway = request.app[GATEWAY]
-    await gateway.hub.publish(channel, body["data"], None)
+    try:
+        await gateway.hub.publish(channel, body["data"], None)
+    except (Unconfirmed, HistoryFull) as err:
+        return json_error(503, err.code, err.message)
     return json_response({"published": True, "channel": channel}, status=202)
 
 

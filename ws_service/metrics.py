@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from shared.http import worker_metrics
+from shared.metrics import workers as worker_metrics
 
 __all__ = ["Metrics"]
 
@@ -71,6 +71,13 @@ class Metrics:
             "Per-user caps checked across replicas in Redis: ok, full, or unavailable (admitted)",
             ["outcome"],
             registry=r,
+        )
+        # Copied from the bus every second (the app's _gauges_ctx).
+        self.bus_connected = Gauge(
+            "ws_event_bus_connected",
+            "1 while the event bus reaches Redis (always 1 in process)",
+            registry=r,
+            multiprocess_mode="livemin",  # with workers: 0 when any worker is cut off
         )
         self.limit_hits = Counter(
             "ws_limit_hits",

@@ -16,8 +16,11 @@ from shared.config.env import (
     env_float,
     env_int,
     env_list,
+    env_secret,
+    env_secret_url,
     env_str,
     redact_url,
+    split_list,
 )
 from shared.config.kept_secret import kept_secret
 from shared.config.tls import server_context
@@ -109,6 +112,8 @@ class Settings:
     history: Mapping[str, HistoryPolicy] = field(
         default_factory=lambda: parse_history(DEFAULT_HISTORY)
     )
+    history_max_bytes: int = 64 * 1024 * 1024
+    history_user_bytes: int = 1024 * 1024
     presence: frozenset[str] = frozenset({"chat"})
     presence_ttl: float = 15.0
     presence_debounce: float = 1.0
@@ -156,7 +161,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         issuer = env_str(environ, "WS_ISSUER", auth_issuer(environ))
-        api_keys = env_list(environ, "WS_API_KEYS")
+        api_keys = split_list(env_secret(environ, "WS_API_KEYS"))
         if any(len(key) < 16 for key in api_keys):
             raise ConfigError("WS_API_KEYS entries must be at least 16 characters long")
         settings = cls(
@@ -188,13 +193,17 @@ class Settings:
             forwarded_allow_ips=env_list(environ, "WS_FORWARDED_ALLOW_IPS"),
             http_timeout=env_float(environ, "WS_HTTP_TIMEOUT", 15.0, minimum=0.1),
             local_bus=env_bool(environ, "WS_LOCAL_BUS", False),
-            metrics_token=env_str(environ, "WS_METRICS_TOKEN", ""),
+            metrics_token=env_secret(environ, "WS_METRICS_TOKEN"),
             jwks_min_ttl=env_float(environ, "WS_JWKS_MIN_TTL", 60.0, minimum=1),
             jwks_max_ttl=env_float(environ, "WS_JWKS_MAX_TTL", 3600.0, minimum=1),
             tls_cert=env_str(environ, "WS_TLS_CERT", ""),
             tls_key=env_str(environ, "WS_TLS_KEY", ""),
-            redis_url=env_str(environ, "REDIS_URL", ""),
+            redis_url=env_secret_url(environ, "REDIS_URL", "REDIS_PASSWORD"),
             history=parse_history(env_str(environ, "WS_HISTORY", DEFAULT_HISTORY)),
+            history_max_bytes=env_int(
+                environ, "WS_HISTORY_MAX_BYTES", 64 * 1024 * 1024, minimum=65_536
+            ),
+            history_user_bytes=env_int(environ, "WS_HISTORY_USER_BYTES", 1024 * 1024, minimum=0),
             presence=_namespaces(env_str(environ, "WS_PRESENCE", "chat")),
             presence_ttl=env_float(environ, "WS_PRESENCE_TTL", 15.0, minimum=1),
             presence_debounce=env_float(environ, "WS_PRESENCE_DEBOUNCE", 1.0, minimum=0),

@@ -31,8 +31,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from realtime_gateway_protocol.tasks import cancel_and_wait
-from shared.http import worker_metrics
 from shared.http.responses import json_error
+from shared.metrics import workers as worker_metrics
 
 __all__ = [
     "HTTP_TIMEOUTS",
@@ -207,7 +207,7 @@ def run_workers(
     new connections between them. The parent only supervises: it says so once every worker
     listens, forwards SIGINT/SIGTERM, and when one worker exits it stops the others and exits too
     (restarting is the process manager's job). Their metrics are summed in every scrape
-    (:mod:`shared.http.worker_metrics`). Returns the exit status."""
+    (:mod:`shared.metrics.workers`). Returns the exit status."""
     if workers == 1:
 
         async def started() -> None:

@@ -22,13 +22,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from realtime_gateway_protocol.backoff import backoff_delay
 from shared.bus import (
-    BusUnavailable,
     EventBus,
     Handler,
     InProcessBus,
     ReconnectListener,
     Unsubscribe,
 )
+from shared.redis.write import write
 
 __all__ = ["RedisBus", "open_bus"]
 
@@ -111,13 +111,18 @@ class RedisBus:
         self._listeners.clear()
 
     async def publish(self, topic: str, payload: str) -> None:
-        """Hand ``payload`` to Redis as-is; raise :class:`BusUnavailable` if Redis cannot take it."""
+        """Hand ``payload`` to Redis as-is; raise :class:`BusUnavailable` if Redis cannot take it.
+
+        A PUBLISH is never sent twice: once it has left, a lost reply raises
+        :class:`~shared.bus.BusOutcomeUnknown` (the message may be on its way), and the
+        caller must not make up for it by delivering it itself. Receivers then see it once or not
+        at all; the one caller that re-sends (auth's outbox) sends revocations, which are
+        idempotent. Deduplicating on the receiving side instead would put an id in every payload and
+        a table of recent ids in every replica.
+        """
         if self._publisher is None:
             raise RuntimeError("RedisBus.start() must be awaited before publish()")
-        try:
-            await self._publisher.publish(topic, payload)
-        except _REDIS_DOWN as exc:
-            raise BusUnavailable(f"Redis is unreachable: {exc}") from exc
+        await write(self._publisher, "PUBLISH", topic, payload, idempotent=False)
 
     def subscribe(self, topic: str, handler: Handler) -> Unsubscribe:
         token = object()

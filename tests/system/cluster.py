@@ -92,7 +92,11 @@ class Cluster:
         lb_dir = workdir / "lb"
         lb_dir.mkdir()
         conf = write_config(
-            lb_dir, self.ca, {"auth": self.auth_ports, "ws": self.ws_ports}, self.lb_port
+            lb_dir,
+            self.ca,
+            {"auth": self.auth_ports, "ws": self.ws_ports},
+            self.lb_port,
+            publish=True,
         )
         self.lb = Proc(
             "nginx",

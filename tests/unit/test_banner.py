@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp import web
 
-from services.embedded import Stack
+from services.embedded import Stack, build_stack
 from shared.http.readiness import Readiness
 
 
@@ -19,3 +21,19 @@ def test_the_banner_says_what_is_not_ready() -> None:
     down = stack.banner({"auth_service": ready, "ws_service": waiting})
     assert "realtime gateway is up" not in down
     assert "ws_service is NOT ready: signing_keys: not loaded yet from http://x/jwks" in down
+
+
+def test_the_banner_shows_the_database_without_its_password(tmp_path: Path) -> None:
+    password = tmp_path / "db-password"
+    password.write_text("banner-db-password-0123\n")
+    stack = build_stack(
+        {
+            "AUTH_DEV": "1",
+            "AUTH_DATA_DIR": str(tmp_path),
+            "AUTH_DATABASE_URL": "postgresql://gateway@db.internal:5432/gateway",
+            "AUTH_DATABASE_PASSWORD_FILE": str(password),
+        }
+    )
+    banner = stack.banner({})
+    assert "database      postgresql://***@db.internal:5432/gateway" in banner
+    assert "banner-db-password" not in banner

@@ -42,7 +42,7 @@ from ws_service.domain.errors import (
     TooManySubscriptions,
     Unavailable,
 )
-from ws_service.domain.history import HistoryPage, Position
+from ws_service.domain.history import MAX_OFFSET, HistoryPage, Position
 from ws_service.domain.hub import Hub
 from ws_service.domain.limits import Limits
 from ws_service.domain.namespaces import Namespaces, validate_channel
@@ -538,8 +538,8 @@ def _position(value: object, name: str) -> Position | None:
     if not isinstance(value, dict):
         raise BadRequest(f"{name} must be an object with offset and epoch")
     offset, epoch = value.get("offset"), value.get("epoch")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise BadRequest(f"{name}.offset must be a non-negative integer")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise BadRequest(f"{name}.offset must be an integer from 0 to 2^63-1")
     if not isinstance(epoch, str) or not epoch:
         raise BadRequest(f"{name}.epoch must be a non-empty string")
     return Position(offset, epoch)

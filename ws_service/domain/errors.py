@@ -12,6 +12,7 @@ __all__ = [
     "BadRequest",
     "Forbidden",
     "GatewayError",
+    "HistoryFull",
     "InvalidChannel",
     "InvalidToken",
     "KeyWithdrawn",
@@ -27,6 +28,7 @@ __all__ = [
     "TooManyConnections",
     "TooManySubscriptions",
     "Unavailable",
+    "Unconfirmed",
 ]
 
 
@@ -146,3 +148,19 @@ class Unavailable(RequestError):
 
     code = "unavailable"
     message = "history and presence are unavailable right now, try again"
+
+
+class Unconfirmed(RequestError):
+    """A publish Redis took but did not confirm (its reply was lost): it may have been delivered,
+    so the gateway neither delivers it again nor says ``published``."""
+
+    code = "unconfirmed"
+    message = "Redis did not confirm the publish: it may or may not have been delivered"
+
+
+class HistoryFull(RequestError):
+    """A publish in a namespace with history that the history has no room for: nothing was stored
+    or delivered."""
+
+    code = "history_full"
+    message = "channel history has no room for this message; try again later"

@@ -2,7 +2,7 @@
 
 Every message of a channel with history gets an ``offset`` one above the previous one, in publish
 order, and the channel's stream has an ``epoch`` that changes whenever its history was lost (a
-restart, an eviction, a Redis flush). A client that remembers ``{offset, epoch}`` asks for what it
+restart, a channel whose messages all expired, a Redis flush). A client that remembers ``{offset, epoch}`` asks for what it
 missed; the answer is either every missed message in order (``recovered``) or an honest "no".
 
 The offset is assigned in the same step that publishes the message on the bus, so the order
@@ -11,23 +11,37 @@ subscribers see is the offset order: in-process here, in one Lua script in Redis
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+from ws_service.domain.errors import HistoryFull
 
 __all__ = [
+    "MAX_OFFSET",
+    "MESSAGE_OVERHEAD",
+    "USER_FULL",
+    "EmptyMarks",
     "History",
     "HistoryPage",
     "HistoryPolicy",
     "MemoryHistory",
     "Position",
+    "message_cost",
     "new_epoch",
     "position_of",
     "with_position",
 ]
+
+
+MAX_OFFSET = 2**63 - 1
+"""The largest offset a stream can reach: Redis keeps the counter as a signed 64-bit integer, so a
+position beyond it is a client's mistake, not something to look up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +72,21 @@ class HistoryPage:
 
 
 class History(Protocol):
-    async def publish(self, channel: str, topic: str, frame: str, policy: HistoryPolicy) -> str:
-        """Give ``frame`` the channel's next offset, keep it, publish it on ``topic``; returns it."""
+    async def publish(
+        self,
+        channel: str,
+        topic: str,
+        frame: str,
+        policy: HistoryPolicy,
+        *,
+        owner: str | None = None,
+    ) -> str:
+        """Give ``frame`` the channel's next offset, keep it, publish it on ``topic``; returns it.
+
+        ``owner`` is the publishing user, whose messages kept at once may cost at most the
+        backend's ``user_bytes`` (``message_cost`` each, until they expire); None for the server,
+        which is not charged. Raises ``HistoryFull`` when there is no room: nothing is stored or
+        published then."""
 
     async def read(
         self, channel: str, since: Position | None, limit: int, policy: HistoryPolicy
@@ -92,18 +119,55 @@ def position_of(frame: str) -> Position | None:
     return Position(int(offset), epoch)
 
 
+@dataclass(frozen=True, slots=True)
+class EmptyMarks:
+    """The position of a channel that has no stream: offset 0 and ``<origin>-<ms>`` for epoch.
+
+    Reading such a channel creates nothing (any reader could otherwise create millions of
+    streams), so the epoch names the moment of the read instead of a stream. A stream lives at
+    most ``retention`` seconds after its last message; a stream begun after a mark younger than
+    that is therefore still there, and none can have come and gone unseen: recovering from the
+    mark is reading the current stream from its start. ``origin`` tells this backend's marks
+    apart (a process of its own for the embedded one, whose restart loses every stream).
+    """
+
+    origin: str
+
+    def at(self, now: float) -> Position:
+        return Position(0, f"{self.origin}-{int(now * 1000)}")
+
+    def continues(self, since: Position | None, now: float, retention: float) -> bool:
+        """Whether ``since`` is one of these marks, young enough to be recovered from."""
+        if since is None or since.offset != 0:
+            return False
+        origin, sep, ms = since.epoch.rpartition("-")
+        return (
+            bool(sep)
+            and origin == self.origin
+            and ms.isdigit()
+            and 0 <= now * 1000 - int(ms) < retention * 1000
+        )
+
+
 def page(
-    kept: list[tuple[int, str]], current: Position, since: Position | None, limit: int
+    kept: list[tuple[int, str]],
+    current: Position,
+    since: Position | None,
+    limit: int,
+    *,
+    from_empty: bool = False,
 ) -> HistoryPage:
     """Shared by every backend: decide ``recovered`` from what is kept and cut to ``limit``.
 
     ``kept`` holds (offset, frame) pairs, oldest first, all of epoch ``current.epoch``.
+    ``from_empty``: ``since`` is a mark that ``EmptyMarks.continues``, so whatever stream the
+    channel has now began after it.
     """
     if since is None:
         return HistoryPage([frame for _, frame in kept[-limit:]] if limit else [], current, True)
     oldest = kept[0][0] if kept else current.offset + 1
     recovered = (
-        since.epoch == current.epoch
+        (since.epoch == current.epoch or from_empty)
         and since.offset <= current.offset
         and since.offset + 1 >= oldest
     )
@@ -113,62 +177,168 @@ def page(
     return HistoryPage(missed[:limit], current, True)
 
 
-@dataclass
+MESSAGE_OVERHEAD = 256
+"""What keeping one message costs beyond its frame as published: its offset and epoch, and the
+bookkeeping around it (about 220 B in process, measured with tracemalloc; a stream entry, a
+result key and a budget entry in Redis)."""
+
+USER_FULL = "your messages kept in channel history fill your share; try again when they expire"
+
+
+def message_cost(frame: str) -> int:
+    """What a message counts against the store's bound and its publisher's budget."""
+    return len(frame) + MESSAGE_OVERHEAD
+
+
+STREAM_BYTES = 1000
+"""What one channel's stream costs beyond its messages (its deque, its dict entry, its name)."""
+
+SWEEP_DELAY = 1.0
+"""Seconds the expiry sweep may run late, so that expiries close together share one timer."""
+
+
+class _Entry(NamedTuple):
+    offset: int
+    expires: float
+    frame: str
+    cost: int
+    owner: str | None
+
+
+@dataclass(slots=True)
 class _Stream:
     epoch: str
     offset: int = 0
-    entries: deque[tuple[int, float, str]] = field(default_factory=deque)
-
-    def trim(self, policy: HistoryPolicy, now: float) -> None:
-        while self.entries and (
-            len(self.entries) > policy.size or self.entries[0][1] < now - policy.ttl
-        ):
-            self.entries.popleft()
+    entries: deque[_Entry] = field(default_factory=deque)
 
 
 class MemoryHistory:
-    """The embedded backend: bounded by ``size`` per channel and ``max_channels`` channels.
+    """The embedded backend, bounded in time and in bytes.
 
-    A channel evicted to stay under ``max_channels`` starts a new epoch when it is used again, so
-    a client holding an old position is told to resynchronise rather than given a wrong answer.
+    Every message is dropped ``ttl`` after it was published, by a sweep on a timer (a heap of
+    one due time per stream), whether or not its channel is used again; a stream whose last
+    message went is forgotten, its memory freed. ``max_bytes`` bounds the whole store, and
+    ``user_bytes`` (0: no limit) what one user's messages may cost in it at once: a publish that
+    does not fit is refused with ``HistoryFull`` rather than evicting anyone's history, so no
+    publisher can push out another channel's messages. Only a publish makes a stream; a read
+    of a channel without one answers an ``EmptyMarks`` position, which stays honest because a
+    stream is only ever forgotten ``ttl`` after its last message.
     """
 
     def __init__(
         self,
         publish: Callable[[str, str], Awaitable[None]],
         *,
-        max_channels: int = 100_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        user_bytes: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._publish = publish
-        self._streams: OrderedDict[str, _Stream] = OrderedDict()
-        self._max_channels = max_channels
+        self._max_bytes = max_bytes
+        self._user_bytes = user_bytes
+        self._owned: dict[str, int] = {}
         self._clock = clock
+        self._streams: dict[str, _Stream] = {}
+        self._due: list[tuple[float, str]] = []
+        self._bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._marks = EmptyMarks(new_epoch())
 
-    def _stream(self, channel: str) -> _Stream:
-        stream = self._streams.get(channel)
-        if stream is None:
-            stream = self._streams[channel] = _Stream(new_epoch())
-            if len(self._streams) > self._max_channels:
-                self._streams.popitem(last=False)
-        else:
-            self._streams.move_to_end(channel)
-        return stream
+    @property
+    def stored_bytes(self) -> int:
+        """What the store holds, as counted against ``max_bytes``."""
+        return self._bytes
 
-    async def publish(self, channel: str, topic: str, frame: str, policy: HistoryPolicy) -> str:
+    async def publish(
+        self,
+        channel: str,
+        topic: str,
+        frame: str,
+        policy: HistoryPolicy,
+        *,
+        owner: str | None = None,
+    ) -> str:
         now = self._clock()
-        stream = self._stream(channel)
+        self._expire(now)
+        cost = message_cost(frame)
+        over = owner is not None and self._owned.get(owner, 0) + cost > self._user_bytes
+        if over and self._user_bytes:
+            raise HistoryFull(USER_FULL)
+        stream = self._streams.get(channel)
+        new = stream is None
+        if stream is None:
+            stream = _Stream(new_epoch())
+        opening = STREAM_BYTES + len(channel) if new else 0
+        if self._bytes + cost + opening > self._max_bytes:
+            raise HistoryFull("channel history is full; try again when older messages expire")
+        if new:
+            self._streams[channel] = stream
+            heapq.heappush(self._due, (now + policy.ttl, channel))
+            self._bytes += opening
+            self._schedule()
         stream.offset += 1
         framed = with_position(frame, stream.offset, stream.epoch)
-        stream.entries.append((stream.offset, now, framed))
-        stream.trim(policy, now)
+        stream.entries.append(_Entry(stream.offset, now + policy.ttl, framed, cost, owner))
+        self._bytes += cost
+        if owner is not None:
+            self._owned[owner] = self._owned.get(owner, 0) + cost
+        while len(stream.entries) > policy.size:
+            self._drop(stream.entries.popleft())
         await self._publish(topic, framed)
         return framed
 
     async def read(
         self, channel: str, since: Position | None, limit: int, policy: HistoryPolicy
     ) -> HistoryPage:
-        stream = self._stream(channel)
-        stream.trim(policy, self._clock())
-        kept = [(offset, frame) for offset, _, frame in stream.entries]
-        return page(kept, Position(stream.offset, stream.epoch), since, limit)
+        now = self._clock()
+        self._expire(now)
+        from_empty = self._marks.continues(since, now, policy.ttl)
+        stream = self._streams.get(channel)
+        if stream is None:
+            return page([], self._marks.at(now), since, limit, from_empty=from_empty)
+        kept = [(entry.offset, entry.frame) for entry in stream.entries]
+        current = Position(stream.offset, stream.epoch)
+        return page(kept, current, since, limit, from_empty=from_empty)
+
+    def close(self) -> None:
+        """Stop the sweep timer (the store itself needs no closing)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self, now: float) -> None:
+        """Drop every message whose time has come; forget the streams left empty."""
+        while self._due and self._due[0][0] <= now:
+            _, channel = heapq.heappop(self._due)
+            stream = self._streams[channel]
+            entries = stream.entries
+            while entries and entries[0].expires <= now:
+                self._drop(entries.popleft())
+            if entries:
+                heapq.heappush(self._due, (entries[0].expires, channel))
+            else:
+                del self._streams[channel]
+                self._bytes -= STREAM_BYTES + len(channel)
+
+    def _drop(self, entry: _Entry) -> None:
+        self._bytes -= entry.cost
+        if entry.owner is not None:
+            left = self._owned.pop(entry.owner) - entry.cost
+            if left:
+                self._owned[entry.owner] = left
+
+    def _schedule(self) -> None:
+        """Keep one timer, for the earliest due time (a stream's due time is never later than
+        its oldest message's expiry, so nothing waits for a read or a publish to be dropped)."""
+        if not self._due or (self._timer is not None and self._timer_at <= self._due[0][0]):
+            return
+        self.close()
+        self._timer_at = self._due[0][0]
+        delay = max(0.0, self._timer_at - self._clock()) + SWEEP_DELAY
+        self._timer = asyncio.get_running_loop().call_later(delay, self._sweep)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        self._expire(self._clock())
+        self._schedule()

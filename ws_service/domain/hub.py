@@ -24,10 +24,10 @@ from typing import Any, Protocol
 
 from realtime_gateway_protocol.access_token import Claims
 from realtime_gateway_protocol.tasks import cancel_and_wait
-from shared.bus import BusUnavailable, EventBus, Unsubscribe
+from shared.bus import BusOutcomeUnknown, BusUnavailable, EventBus, Unsubscribe
 from ws_service.domain import protocol
 from ws_service.domain.clock import Clock, LoopClock
-from ws_service.domain.errors import NotEnabled
+from ws_service.domain.errors import NotEnabled, Unconfirmed
 from ws_service.domain.history import History, HistoryPage, Position, position_of
 from ws_service.domain.namespaces import Namespaces
 from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, Presence
@@ -141,6 +141,7 @@ class Hub:
     # -- messages and history --------------------------------------------------------------
 
     async def publish(self, channel: str, data: Any, sender: Claims | None) -> None:
+        """Raises ``Unconfirmed`` when Redis took the message without confirming it."""
         frame = protocol.message(channel, data, sender, int(self._clock.time() * 1000))
         topic = CHANNEL_TOPIC_PREFIX + channel
         policy = self.namespaces.of(channel).history
@@ -148,7 +149,12 @@ class Hub:
             if policy is None:
                 await self._bus.publish(topic, frame)
             else:
-                await self._history.publish(channel, topic, frame, policy)
+                owner = sender.sub if sender is not None else None
+                await self._history.publish(channel, topic, frame, policy, owner=owner)
+        except BusOutcomeUnknown:
+            # It may be on its way to every subscriber, this replica's too: delivering it here as
+            # well could repeat it.
+            raise Unconfirmed() from None
         except BusUnavailable:
             # Nothing reached Redis, so nothing comes back through it: deliver here, once.
             self._fan_out(channel, frame, None)

@@ -22,9 +22,10 @@ def open_redis(
     """A bounded pool that makes callers queue for a connection (for up to ``queue_timeout``)
     rather than fail: thousands of clients reconnecting at once each read their history.
 
-    One quick retry on a broken connection (a pooled connection is stale after a Redis
-    restart), none on a timeout: a publish script that timed out may have run, and running it
-    again would publish the message twice."""
+    redis-py retries once after a broken connection or a timeout (its ``Retry`` covers both
+    whatever ``retry_on_error`` says), which suits the reads. A history publish must not run
+    twice, so it does not rely on this: it goes through ``shared.redis.write``, and its script
+    recognises its own retry."""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,

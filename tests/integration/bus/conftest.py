@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from urllib.parse import urlparse
 
 import pytest
 from redis.asyncio import Redis
 
 from shared.redis.bus import RedisBus
 from tests.integration.bus.support import BusMaker
+from tests.support.delaying_proxy import DelayingProxy
 
 
 @pytest.fixture
@@ -30,6 +32,15 @@ async def two_clients(redis_url: str) -> AsyncIterator[tuple[Redis, Redis, str]]
         await one.delete(*keys)
     await one.aclose()
     await two.aclose()
+
+
+@pytest.fixture
+async def proxy(redis_url: str) -> AsyncIterator[DelayingProxy]:
+    """A proxy to the shared Redis that can hold its replies back past a client's timeout."""
+    started = DelayingProxy(urlparse(redis_url).port or 6379)
+    await started.start()
+    yield started
+    await started.close()
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from shared.bus import BusUnavailable, InProcessBus
+from shared.bus import BusOutcomeUnknown, BusUnavailable, InProcessBus
 from shared.redis.bus import RedisBus, open_bus
 from tests.integration.bus.support import BusMaker, Inbox, PrivateRedis, eventually
+from tests.support.delaying_proxy import DelayingProxy
 
 pytestmark = pytest.mark.redis
 
@@ -55,6 +56,27 @@ async def test_publisher_own_handlers_receive_through_redis(
 
     assert await inbox.next() == (topic, "first")
     assert await inbox.next() == (topic, "second")
+
+
+async def test_a_publish_whose_reply_is_lost_is_reported_and_never_sent_twice(
+    redis_url: str, make_bus: BusMaker, topic: str, proxy: DelayingProxy
+) -> None:
+    # Its subscriber connection (through the proxy too) stays silent: no topic, no ping due.
+    slow = await make_bus(proxy.url, socket_timeout=0.3, ping_interval=60)
+    receiver = await make_bus(redis_url)
+    inbox = Inbox()
+    receiver.subscribe(topic, inbox)
+    await receiver.wait_synced()
+    await slow.publish(topic, "warm")  # the publisher's connection is open and pooled
+    assert await inbox.next() == (topic, "warm")
+
+    proxy.hold_replies(1)
+    with pytest.raises(BusOutcomeUnknown):
+        await slow.publish(topic, "once")
+    await receiver.publish(topic, "after")
+    assert await inbox.next() == (topic, "once")
+    assert await inbox.next() == (topic, "after")
+    assert proxy.held == 1
 
 
 async def test_subscription_is_reference_counted(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -11,9 +12,10 @@ from redis.asyncio import Redis
 
 from realtime_gateway_protocol.access_token import TokenRef
 from realtime_gateway_protocol.events import SessionRevoked, UserRevoked
-from shared.bus import BusUnavailable
+from shared.bus import BusOutcomeUnknown, BusUnavailable
 from shared.redis.ledger import PREFIX, RedisRevocationLedger
 from tests.services import free_port
+from tests.support.delaying_proxy import DelayingProxy
 
 
 @pytest.fixture
@@ -69,3 +71,42 @@ async def test_unreachable_redis_raises_bus_unavailable() -> None:
             await ledger.revoked([TokenRef("s", "u", 0)])
     finally:
         await ledger.close()
+
+
+async def test_a_retried_older_revocation_never_lowers_a_newer_cut_off(
+    ledger: RedisRevocationLedger, redis_url: str, proxy: DelayingProxy
+) -> None:
+    sub, now = unique(), int(time.time())
+    slow = RedisRevocationLedger(proxy.url, timeout=0.3)
+    try:
+        await slow.record(SessionRevoked(sid=unique(), sub=sub, until=now + 60))  # warm up
+        proxy.hold_replies(1)
+        older = asyncio.create_task(
+            slow.record(UserRevoked(sub=sub, issued_before=now - 10, until=now + 50))
+        )
+        await proxy.wait_holding()  # the older cut-off is recorded; its reply is lost
+        await ledger.record(UserRevoked(sub=sub, issued_before=now, until=now + 60))
+        await older  # retried after its timeout: the retry must not win
+    finally:
+        await slow.close()
+    client = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert await client.get(f"{PREFIX}:user:{sub}") == str(now)
+        assert 55 <= await client.ttl(f"{PREFIX}:user:{sub}") <= 61
+    finally:
+        await client.aclose()
+    assert await ledger.revoked([TokenRef(unique(), sub, now - 5)]) == [True]
+
+
+async def test_a_revocation_redis_never_confirms_is_reported_as_such(
+    proxy: DelayingProxy,
+) -> None:
+    slow = RedisRevocationLedger(proxy.url, timeout=0.3)
+    try:
+        await slow.revoked([])
+        await slow.record(SessionRevoked(sid=unique(), sub="u", until=int(time.time()) + 60))
+        proxy.hold_replies(100)
+        with pytest.raises(BusOutcomeUnknown):
+            await slow.record(SessionRevoked(sid=unique(), sub="u", until=int(time.time()) + 60))
+    finally:
+        await slow.close()

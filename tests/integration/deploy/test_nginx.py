@@ -15,7 +15,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from tests.lb import NGINX_CONF, find_nginx, nginx_args, write_config
+from tests.lb import NGINX_CONF, PUBLISH_ROUTE, find_nginx, nginx_args, write_config
 from tests.services import free_port
 
 REPLICA = web.AppKey("replica", str)
@@ -30,10 +30,14 @@ def nginx() -> str:
 
 def test_routes_and_timeouts_match_the_deployment() -> None:
     conf = NGINX_CONF.read_text()
-    assert "listen 443 ssl;" in conf
+    assert "listen 8443 ssl;" in conf, "unprivileged: the compose file publishes 443 -> 8443"
     assert re.search(r"location /auth/ \{\s*proxy_pass http://auth/;", conf), "prefix not stripped"
     assert re.search(r"location = /ws \{\s*proxy_pass http://ws;", conf)
-    assert re.search(r"location = /v1/publish \{\s*proxy_pass http://ws;", conf)
+    assert "location = /v1/publish" not in conf, "routed only when the publish overlay adds it"
+    assert "include /etc/nginx/routes/*.conf;" in conf
+    assert re.search(
+        r"location = /v1/publish \{\s*proxy_pass http://ws;", PUBLISH_ROUTE.read_text()
+    )
     assert "proxy_set_header Upgrade $http_upgrade;" in conf
     assert "proxy_set_header Connection $connection_upgrade;" in conf
     assert "proxy_set_header X-Forwarded-Proto $scheme;" in conf
@@ -42,8 +46,11 @@ def test_routes_and_timeouts_match_the_deployment() -> None:
     assert read_timeout and int(read_timeout.group(1)) > 30, "must outlast the 30 s heartbeat"
 
 
-def test_nginx_accepts_the_config(nginx: str, tmp_path: Path) -> None:
-    conf = write_config(tmp_path, trustme.CA(), {"auth": [8081], "ws": [8082, 8083]}, 8443)
+@pytest.mark.parametrize("publish", [True, False], ids=["publish-on", "publish-off"])
+def test_nginx_accepts_the_config(nginx: str, tmp_path: Path, publish: bool) -> None:
+    conf = write_config(
+        tmp_path, trustme.CA(), {"auth": [8081], "ws": [8082, 8083]}, 8443, publish=publish
+    )
     result = subprocess.run(
         [*nginx_args(nginx, tmp_path, conf), "-t"],
         capture_output=True,
@@ -84,10 +91,21 @@ def replica(name: str) -> web.Application:
 
 
 @pytest.fixture
+def health_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
 async def proxy(
-    nginx: str, tmp_path: Path, aiohttp_server: ServerMaker
+    nginx: str,
+    tmp_path: Path,
+    aiohttp_server: ServerMaker,
+    health_port: int,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[tuple[str, ssl.SSLContext]]:
-    """nginx with the compose config on a loopback port, in front of 1 auth and 2 ws replicas."""
+    """nginx with the compose config on a loopback port, in front of 1 auth and 2 ws replicas,
+    its healthcheck server on ``health_port``. Publishing is on unless the test passes False."""
+    publish = getattr(request, "param", True)
     servers = {name: await aiohttp_server(replica(name)) for name in ("auth", "ws-a", "ws-b")}
     ports = {
         "auth": [servers["auth"].port],
@@ -95,7 +113,7 @@ async def proxy(
     }
     listen_port = free_port()
     ca = trustme.CA()
-    conf = write_config(tmp_path, ca, ports, listen_port)
+    conf = write_config(tmp_path, ca, ports, listen_port, publish=publish, health_port=health_port)
     process = await asyncio.create_subprocess_exec(
         *nginx_args(nginx, tmp_path, conf), "-g", "daemon off;"
     )
@@ -172,3 +190,27 @@ async def test_nginx_serves_the_demo_page_with_a_strict_csp(
                 "authUrl": "https://127.0.0.1/auth",
                 "wsUrl": "wss://127.0.0.1/ws",
             }
+
+
+@pytest.mark.parametrize("proxy", [False], indirect=True, ids=["publish-off"])
+async def test_without_the_publish_overlay_nginx_does_not_route_publish(
+    proxy: tuple[str, ssl.SSLContext],
+) -> None:
+    base, context = proxy
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{base}/v1/publish", ssl=context) as response:
+            assert response.status == 404
+            assert response.content_type != "application/json", "a replica answered"
+        async with session.get(f"{base}/auth/token", ssl=context) as response:
+            assert (await response.json())["replica"] == "auth"
+
+
+async def test_the_healthcheck_answers_on_loopback_without_tls(
+    proxy: tuple[str, ssl.SSLContext], health_port: int
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{health_port}/healthz") as response:
+            assert response.status == 200
+            assert await response.text() == "ok\n"
+        async with session.get(f"http://127.0.0.1:{health_port}/auth/token") as response:
+            assert response.status == 404

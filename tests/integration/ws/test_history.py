@@ -45,15 +45,16 @@ async def test_messages_carry_gap_free_offsets_and_reconnects_recover_exactly_wh
         await publish(bob, "chat:a", n)
     live = await messages(alice, 3)
     assert offsets(live) == [1, 2, 3]
-    assert {frame["epoch"] for frame in live} == {position["epoch"]}
+    epoch = live[0]["epoch"]
+    assert {frame["epoch"] for frame in live} == {epoch}
     await alice.close()
     for n in range(3, 7):
         await publish(bob, "chat:a", n)
     again = await gw.login("alice")
-    since = {"offset": 3, "epoch": position["epoch"]}
+    since = {"offset": 3, "epoch": epoch}
     reply = await request(again, {"type": "subscribe", "channel": "chat:a", "since": since})
     assert reply["recovered"] is True
-    assert reply["position"] == {"offset": 7, "epoch": position["epoch"]}
+    assert reply["position"] == {"offset": 7, "epoch": epoch}
     assert [(p["type"], p["offset"], p["data"]) for p in reply["publications"]] == [
         ("message", 4, 3),
         ("message", 5, 4),
@@ -72,10 +73,10 @@ async def test_another_epoch_or_a_position_too_old_is_not_recovered(
     gw = await make_gateway(history={"chat": HistoryPolicy(size=3, ttl=300)})
     alice = await gw.login("alice")
     bob = await gw.login("bob")
-    epoch = (await request(alice, {"type": "subscribe", "channel": "chat:a"}))["position"]["epoch"]
+    await request(alice, {"type": "subscribe", "channel": "chat:a"})
     for n in range(5):
         await publish(bob, "chat:a", n)
-    await messages(alice, 5)
+    epoch = (await messages(alice, 5))[0]["epoch"]
     for since, recovered in [
         ({"offset": 1, "epoch": epoch}, False),  # offset 2 was trimmed
         ({"offset": 2, "epoch": epoch}, True),
@@ -98,7 +99,7 @@ async def test_recovery_while_messages_are_published_has_no_gap_and_no_repeat(
     )
     alice = await gw.login("alice")
     bob = await gw.login("bob")
-    epoch = (await request(alice, {"type": "subscribe", "channel": "chat:a"}))["position"]["epoch"]
+    await request(alice, {"type": "subscribe", "channel": "chat:a"})
     total = 300
 
     async def publisher() -> None:
@@ -108,10 +109,11 @@ async def test_recovery_while_messages_are_published_has_no_gap_and_no_repeat(
                 await asyncio.sleep(0)
 
     publishing = asyncio.create_task(publisher())
-    seen = offsets(await messages(alice, 20))
+    live = await messages(alice, 20)
+    seen = offsets(live)
     await alice.close()
     again = await gw.login("alice")
-    since = {"offset": seen[-1], "epoch": epoch}
+    since = {"offset": seen[-1], "epoch": live[-1]["epoch"]}
     await send(again, {"type": "subscribe", "channel": "chat:a", "since": since})
     reply = await recv(again)
     assert reply["recovered"] is True
@@ -155,6 +157,10 @@ async def test_history_and_presence_refusals(make_gateway: MakeGateway) -> None:
         ({"type": "history", "channel": "chat:a", "limit": True}, "bad_request"),
         ({"type": "subscribe", "channel": "chat:a", "since": 3}, "bad_request"),
         ({"type": "subscribe", "channel": "chat:a", "since": {"offset": 1}}, "bad_request"),
+        (
+            {"type": "subscribe", "channel": "chat:a", "since": {"offset": 2**63, "epoch": "x"}},
+            "bad_request",
+        ),
         ({"type": "subscribe", "channel": "chat:a", "presence_events": 1}, "bad_request"),
     ]:
         reply = await request(alice, frame)
@@ -192,3 +198,57 @@ async def test_presence_lists_users_and_join_leave_fire_once_per_user(gw: Harnes
     assert await recv(watcher) == {"type": "leave", "channel": "chat:p", "user": alice}
     listed = await request(watcher, {"type": "presence", "channel": "chat:p"})
     assert listed["members"] == [{"user": carol, "connections": 1}]
+
+
+async def test_a_full_history_refuses_publishes_with_history_full_and_keeps_what_it_holds(
+    make_gateway: MakeGateway,
+) -> None:
+    gw = await make_gateway(
+        history_max_bytes=1_000_000, rate_per_second=10_000.0, rate_burst=10_000
+    )
+    alice, mallory = await gw.login("alice"), await gw.login("mallory")
+    for n in range(3):
+        await publish(alice, "chat:victim", n)
+    codes = []
+    for n in range(40):
+        reply = await request(
+            mallory, {"type": "publish", "channel": f"chat:m{n}", "data": "x" * 60_000}
+        )
+        codes.append(reply.get("code", reply["type"]))
+    assert codes.count("published") < 17 and codes[-1] == "history_full"
+    kept = await request(alice, {"type": "history", "channel": "chat:victim"})
+    assert [p["data"] for p in kept["publications"]] == [0, 1, 2]
+    response = await gw.client.post(
+        "/v1/publish",
+        json={"channel": "chat:m99", "data": "x" * 60_000},
+        headers={"Authorization": "Bearer test-api-key-0123456789"},
+    )
+    assert (response.status, (await response.json())["error"]) == (503, "history_full")
+
+
+async def over_budget(gw: Harness, other: Harness | None = None) -> None:
+    """One user publishing 60 KB messages to fresh channels, on ``gw`` (and ``other``): what it
+    keeps stops at its budget; the server's publishes and another user's go on."""
+    tabs = [await gw.login("mallory")] + ([await other.login("mallory")] if other else [])
+    codes = []
+    for n in range(30):
+        reply = await request(
+            tabs[n % len(tabs)], {"type": "publish", "channel": f"chat:m{n}", "data": "x" * 60_000}
+        )
+        codes.append(reply.get("code", reply["type"]))
+    assert codes.count("published") == 1_000_000 // (60_000 + 200)
+    assert set(codes[codes.index("history_full") :]) == {"history_full"}
+    response = await gw.client.post(
+        "/v1/publish",
+        json={"channel": "chat:m0", "data": "x" * 60_000},
+        headers={"Authorization": "Bearer test-api-key-0123456789"},
+    )
+    assert response.status == 202
+    await publish(await (other or gw).login("alice"), "chat:m0", 1)
+
+
+async def test_a_user_over_its_history_budget_gets_history_full(
+    make_gateway: MakeGateway,
+) -> None:
+    gw = await make_gateway(history_user_bytes=1_000_000, rate_per_second=1000.0, rate_burst=1000)
+    await over_budget(gw)

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from tests.integration.bus.support import PrivateRedis
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness, recv, send
-from tests.integration.ws.test_history import messages, offsets, publish, request
+from tests.integration.ws.test_history import messages, offsets, over_budget, publish, request
 
 pytestmark = pytest.mark.redis
 
@@ -26,15 +26,16 @@ async def test_reconnecting_to_the_other_replica_recovers_exactly_the_missed_mes
 ) -> None:
     one, two = await replicas(make_gateway, private_redis.url)
     alice = await one.login("alice")
-    position = (await request(alice, {"type": "subscribe", "channel": "chat:r"}))["position"]
+    await request(alice, {"type": "subscribe", "channel": "chat:r"})
     bob_one, bob_two = await one.login("bob"), await two.login("bob")
     await publish(bob_one, "chat:r", 0)
-    assert offsets(await messages(alice, 1)) == [1]
+    (first,) = await messages(alice, 1)
+    assert first["offset"] == 1
     await alice.close()
     for n in range(1, 7):
         await publish(bob_one if n % 2 else bob_two, "chat:r", n)
     again = await two.login("alice")
-    since = {"offset": 1, "epoch": position["epoch"]}
+    since = {"offset": 1, "epoch": first["epoch"]}
     reply = await request(again, {"type": "subscribe", "channel": "chat:r", "since": since})
     assert reply["recovered"] is True
     assert [(p["offset"], p["data"]) for p in reply["publications"]] == [
@@ -49,9 +50,9 @@ async def test_a_redis_flush_changes_the_epoch_and_recovery_says_no(
 ) -> None:
     one, two = await replicas(make_gateway, private_redis.url)
     alice, bob = await one.login("alice"), await two.login("bob")
-    position = (await request(alice, {"type": "subscribe", "channel": "chat:f"}))["position"]
+    await request(alice, {"type": "subscribe", "channel": "chat:f"})
     await publish(bob, "chat:f", 0)
-    await messages(alice, 1)
+    (position,) = await messages(alice, 1)
     redis = Redis.from_url(private_redis.url)
     await redis.flushall()
     await redis.aclose()
@@ -64,6 +65,22 @@ async def test_a_redis_flush_changes_the_epoch_and_recovery_says_no(
     )
     assert (reply["recovered"], reply["publications"]) == (False, [])
     assert reply["position"] == {"offset": 1, "epoch": fresh[0]["epoch"]}
+
+
+async def test_an_offset_beyond_what_a_stream_holds_is_a_bad_request_not_redis_down(
+    make_gateway: MakeGateway, private_redis: PrivateRedis
+) -> None:
+    gw = await make_gateway(redis_url=private_redis.url, max_violations=100)
+    alice = await gw.login("alice")
+    await publish(alice, "chat:big", 0)
+    for offset in (2**63, 2**64, 10**30):
+        since = {"offset": offset, "epoch": "x"}
+        for kind in ("history", "subscribe"):
+            reply = await request(alice, {"type": kind, "channel": "chat:big", "since": since})
+            assert (reply["type"], reply["code"]) == ("error", "bad_request"), (kind, offset)
+    largest = {"offset": 2**63 - 1, "epoch": "x"}
+    reply = await request(alice, {"type": "history", "channel": "chat:big", "since": largest})
+    assert (reply["type"], reply["recovered"]) == ("history", False)
 
 
 async def test_twenty_publishers_on_two_replicas_produce_gap_free_increasing_offsets(
@@ -109,3 +126,16 @@ async def test_presence_across_replicas_with_one_join_and_one_leave_per_user(
     assert await recv(watcher) == {"type": "leave", "channel": "chat:p", "user": alice}
     await send(watcher, {"type": "ping", "id": "last"})
     assert await recv(watcher) == {"type": "pong", "id": "last"}
+
+
+async def test_a_user_over_its_history_budget_gets_history_full_on_every_replica(
+    make_gateway: MakeGateway, private_redis: PrivateRedis
+) -> None:
+    one, two = await replicas(
+        make_gateway,
+        private_redis.url,
+        history_user_bytes=1_000_000,
+        rate_per_second=1000.0,
+        rate_burst=1000,
+    )
+    await over_budget(one, two)

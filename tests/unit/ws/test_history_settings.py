@@ -26,6 +26,8 @@ def test_namespaces_are_configured_and_none_turns_them_off() -> None:
     assert settings.history_policy("chat:a") == HistoryPolicy(10, 60.0)
     assert not settings.has_presence("chat:a")
     assert Settings.from_env({**BASE, "WS_HISTORY": "none"}).history_policy("chat:a") is None
+    bounded = Settings.from_env({**BASE, "WS_HISTORY_MAX_BYTES": "1048576"})
+    assert bounded.history_max_bytes == 1_048_576
 
 
 @pytest.mark.parametrize(
@@ -37,6 +39,7 @@ def test_namespaces_are_configured_and_none_turns_them_off() -> None:
         ("WS_HISTORY", "=1/3"),
         ("WS_HISTORY", "user=10/60"),
         ("WS_PRESENCE", "chat,user"),
+        ("WS_HISTORY_MAX_BYTES", "1000"),
     ],
 )
 def test_bad_values_stop_start_up(name: str, value: str) -> None:
