@@ -23,8 +23,10 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -205,9 +207,10 @@ def run_workers(
     Each worker builds its own apps after the fork (an app's loop, sockets and pools cannot cross
     a fork) and listens on the shared ``addresses`` with ``SO_REUSEPORT``, so the kernel spreads
     new connections between them. The parent only supervises: it says so once every worker
-    listens, forwards SIGINT/SIGTERM, and when one worker exits it stops the others and exits too
-    (restarting is the process manager's job). Their metrics are summed in every scrape
-    (:mod:`shared.metrics.workers`). Returns the exit status."""
+    listens, forwards SIGINT/SIGTERM, and starts a new worker when one dies, unless workers die
+    ``MAX_RESTARTS`` times within ``RESTART_WINDOW`` seconds (a crash loop: it stops them all and
+    exits with the last one's status, for the process manager to see). Their metrics are summed
+    in every scrape (:mod:`shared.metrics.workers`). Returns the exit status."""
     if workers == 1:
 
         async def started() -> None:
@@ -219,29 +222,89 @@ def run_workers(
         _check_bind(host, port)
     metrics = worker_metrics.make_directory()
     try:
-        ready_r, ready_w = os.pipe()
-        children: list[int] = []
-        # A stop signal arriving mid-fork waits for the parent's handler, so no worker is orphaned.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-        for _ in range(workers):
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    os.close(ready_r)
-                    _stop_with_parent()
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-                    worker_metrics.enable(metrics)
-                    code = _worker(build, ready_w)
-                finally:
-                    os._exit(code)
-            children.append(pid)
-        os.close(ready_w)
-        return _supervise(
-            children, ready_r, on_listening, lambda pid: worker_metrics.worker_exited(metrics, pid)
-        )
+        return _Supervisor(build, metrics).run(workers, on_listening)
     finally:
         worker_metrics.remove_directory(metrics)
+
+
+RESTART_WINDOW = 60.0
+MAX_RESTARTS = 5
+
+
+class _Supervisor:
+    """The parent of the workers: no event loop, only fork, wait and signals."""
+
+    def __init__(self, build: Callable[[bool], Sequence[Site]], metrics: Path) -> None:
+        self._build = build
+        self._metrics = metrics
+        self._live: set[int] = set()
+        self._stopping = False
+        self._deaths: list[float] = []
+
+    def _spawn(self, ready_w: int | None) -> int:
+        """Fork one worker (with stop signals blocked in the caller, so none is orphaned)."""
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _stop_with_parent()
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+                worker_metrics.enable(self._metrics)
+                code = _worker(self._build, ready_w)
+            finally:
+                os._exit(code)
+        self._live.add(pid)
+        return pid
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        self._stopping = True
+        for pid in self._live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def run(self, workers: int, on_listening: Callable[[], None]) -> int:
+        ready_r, ready_w = os.pipe()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        for _ in range(workers):
+            self._spawn(ready_w)
+        os.close(ready_w)
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._forward)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        with os.fdopen(ready_r, "rb") as ready:
+            if len(ready.read(workers)) == workers:
+                on_listening()
+        status = 0
+        while self._live:
+            pid, wait_status = os.wait()
+            if pid not in self._live:
+                continue
+            self._live.discard(pid)
+            worker_metrics.worker_exited(self._metrics, pid)
+            code = os.waitstatus_to_exitcode(wait_status)
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                if not self._stopping:
+                    status = self._replace(pid, code)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        return status
+
+    def _replace(self, pid: int, code: int) -> int:
+        """A worker died on its own: start another, or give up on a crash loop."""
+        now = time.monotonic()
+        self._deaths = [t for t in self._deaths if now - t < RESTART_WINDOW] + [now]
+        status = code if code > 0 else 128 - code
+        if len(self._deaths) >= MAX_RESTARTS:
+            log.error(
+                "workers keep dying; stopping",
+                extra={"pid": pid, "code": code, "deaths": len(self._deaths)},
+            )
+            self._forward(signal.SIGTERM, None)
+            return status or 1
+        new = self._spawn(None)
+        log.warning("a worker died; started another", extra={"pid": pid, "code": code, "new": new})
+        return 0
 
 
 def _check_bind(host: str, port: int) -> None:
@@ -263,12 +326,14 @@ def _stop_with_parent() -> None:
         log.warning("workers will outlive a killed parent", extra={"errno": ctypes.get_errno()})
 
 
-def _worker(build: Callable[[bool], Sequence[Site]], ready_w: int) -> int:
-    """One worker's life; its status is what the parent sees."""
+def _worker(build: Callable[[bool], Sequence[Site]], ready_w: int | None) -> int:
+    """One worker's life; its status is what the parent sees. ``ready_w`` hears it listen (the
+    first workers only: a replacement listens beside the others, and nobody waits for it)."""
 
     async def started() -> None:
-        os.write(ready_w, b"1")
-        os.close(ready_w)
+        if ready_w is not None:
+            os.write(ready_w, b"1")
+            os.close(ready_w)
 
     try:
         run(build(True), on_started=started)
@@ -282,39 +347,3 @@ def _worker(build: Callable[[bool], Sequence[Site]], ready_w: int) -> int:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-
-
-def _supervise(
-    children: list[int],
-    ready_r: int,
-    on_listening: Callable[[], None],
-    on_exit: Callable[[int], None],
-) -> int:
-    live = set(children)
-    stopping = False
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in live:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    for sig in _STOP_SIGNALS:
-        signal.signal(sig, forward)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    with os.fdopen(ready_r, "rb") as ready:
-        if len(ready.read(len(children))) == len(children):
-            on_listening()
-    status = 0
-    while live:
-        pid, wait_status = os.wait()
-        if pid not in live:
-            continue
-        live.discard(pid)
-        on_exit(pid)
-        code = os.waitstatus_to_exitcode(wait_status)
-        if not stopping and code != 0:
-            status = code if code > 0 else 128 - code
-        forward(signal.SIGTERM, None)
-    return status

@@ -3,7 +3,7 @@ drives the real gateway (the app on aiohttp's test server, a real JWKS server, r
 through auth, renewal, subscribe, publish, garbage, binary and oversized frames.
 
 Invariants after every step: every text frame the server sends is strict JSON valid against
-``$defs/server_frame``; every close is a documented code from shared/close_codes.py and never
+``$defs/server_frame``; every close is a documented code from protocol/realtime_gateway_protocol/close_codes.py and never
 1011; a socket the server did not close still answers.
 """
 
