@@ -18,12 +18,12 @@ CHROMIUM := /usr/bin/chromium
 PIP_LOCKED = $(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps
 PIP_PROJECT = $(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation
 
-$(STAMP): pyproject.toml requirements/dev.txt
+$(STAMP): pyproject.toml protocol/pyproject.toml clients/python/pyproject.toml requirements/dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	@echo "Setting up $(VENV): installing the locked dependencies from PyPI (first run only, about 20-60 s)..."
 	@$(PYTHON) -m venv $(VENV)
 	@$(PIP_LOCKED) -r requirements/dev.txt
-	@$(PIP_PROJECT) -e .
+	@$(PIP_PROJECT) -e ./protocol -e ./clients/python -e .
 	@touch $(STAMP)
 	@echo "$(VENV) is ready."
 
@@ -92,7 +92,8 @@ format: $(STAMP)
 # Re-resolve every lock from pyproject.toml (newest releases within its ranges), for every platform
 # and Python 3.11+; then `make test` and `make lint` say whether the upgrade is good.
 UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --universal \
-	--python-version 3.11 --generate-hashes --no-header --quiet --upgrade
+	--python-version 3.11 --generate-hashes --no-header --quiet --upgrade \
+	--no-emit-package realtime-gateway-protocol --no-emit-package realtime-gateway-client
 lock: $(STAMP)
 	$(UV_COMPILE) -o requirements/runtime.txt
 	$(UV_COMPILE) --extra dev -o requirements/dev.txt

@@ -26,12 +26,18 @@ from auth_service.domain.outbox import (
 from auth_service.domain.store import Store
 from auth_service.settings import SECRET_FILE, ConfigError, Settings
 from auth_service.store import open_store
+from realtime_gateway_protocol.key_events import (
+    KEYS_TOPIC,
+    KeyEvent,
+    KeyRotated,
+    KeyWithdrawn,
+    encode_key_event,
+)
 from shared.bus import InProcessBus
-from shared.bus_factory import open_bus
+from shared.config.kept_secret import kept_secret
+from shared.http.serve import CannotListen, Site, run_workers
 from shared.jsonlog import configure_logging
-from shared.kept_secret import kept_secret
-from shared.key_events import KEYS_TOPIC, KeyEvent, KeyRotated, KeyWithdrawn, encode_key_event
-from shared.serve import CannotListen, Site, run_workers
+from shared.redis.bus import open_bus
 
 ANNOUNCE_WAIT = 3 * OUTBOX_INTERVAL
 """How long ``keys rotate`` and ``keys revoke`` wait for a running service to take the announcement."""

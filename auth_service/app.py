@@ -23,13 +23,13 @@ from auth_service.http import error_middleware, metrics_middleware
 from auth_service.metrics import Metrics
 from auth_service.settings import Settings
 from auth_service.store import open_store
+from realtime_gateway_protocol.key_events import KEYS_TOPIC, decode_key_event
+from realtime_gateway_protocol.tasks import cancel_and_wait
 from shared.bus import EventBus
-from shared.bus_factory import open_bus
-from shared.key_events import KEYS_TOPIC, decode_key_event
-from shared.mirrored_gauges import mirrored
-from shared.redis_ledger import RedisRevocationLedger
-from shared.serve import HTTP_TIMEOUTS
-from shared.tasks import cancel_and_wait
+from shared.http.serve import HTTP_TIMEOUTS
+from shared.metrics.mirrored import mirrored
+from shared.redis.bus import open_bus
+from shared.redis.ledger import RedisRevocationLedger
 
 __all__ = ["build_keyring", "build_service", "create_app"]
 

@@ -7,7 +7,7 @@ an ``X-CSRF-Token`` header equal to the token bound inside the encrypted session
 from the login or refresh response; after a reload, from the non-HttpOnly CSRF cookie). Over https
 both cookies carry the ``__Host-`` prefix (:func:`browser_cookies`). CORS with credentials is
 granted to the configured origins only, and only on the API a page calls (``/v1/...``).
-``POST /v1/ws-ticket`` mints single-use WebSocket tickets (``shared/tickets.py``).
+``POST /v1/ws-ticket`` mints single-use WebSocket tickets (``protocol/realtime_gateway_protocol/tickets.py``).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from auth_service.appkeys import SERVICE, SETTINGS
 from auth_service.domain.errors import CsrfRejected, InvalidClientToken, InvalidRequest
 from auth_service.domain.service import TokenPair
 from auth_service.settings import Settings
-from shared.http_auth import bearer_token
-from shared.http_json import json_response
+from shared.http.auth import bearer_token
+from shared.http.responses import json_response
 
 __all__ = [
     "API_PREFIX",

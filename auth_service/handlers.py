@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -27,10 +29,10 @@ from auth_service.http import (
     read_json,
     required_str,
 )
-from shared import worker_metrics
-from shared.http_auth import bearer_matches
-from shared.http_json import json_response
-from shared.readiness import Readiness, readiness_response
+from shared.http.auth import bearer_matches
+from shared.http.readiness import Readiness, readiness_response
+from shared.http.responses import json_response
+from shared.metrics import workers as worker_metrics
 
 __all__ = ["readiness", "routes"]
 
@@ -78,13 +80,11 @@ async def login(request: web.Request) -> web.Response:
     return await browser.cookie_login(request, pair) if cookie else token_response(pair)
 
 
-@routes.post("/v1/token")
-async def token(request: web.Request) -> web.Response:
-    body = await read_form_or_json(request)
-    check_client(request, body)
-    grant_type = required_str(body, "grant_type")
-    if grant_type != "refresh_token":
-        raise UnsupportedGrantType(f"grant_type {grant_type!r} is not supported")
+Grant = Callable[[web.Request, dict[str, Any]], Awaitable[web.Response]]
+
+
+async def refresh_token_grant(request: web.Request, body: dict[str, Any]) -> web.Response:
+    """RFC 6749 section 6; the refresh token in the body, or in the browser's session cookie."""
     metrics = request.app[METRICS]
     cookie = optional_str(body, "refresh_token") is None
     try:
@@ -103,6 +103,22 @@ async def token(request: web.Request) -> web.Response:
     metrics.refreshes.labels("ok").inc()
     metrics.tokens_issued.labels("refresh_token").inc()
     return await browser.cookie_token_response(request, pair) if cookie else token_response(pair)
+
+
+GRANTS: dict[str, Grant] = {"refresh_token": refresh_token_grant}
+"""The one table of grant types: ``/v1/token`` dispatches on it and the RFC 8414 metadata lists
+it, so adding a grant is one entry here and its handler."""
+
+
+@routes.post("/v1/token")
+async def token(request: web.Request) -> web.Response:
+    body = await read_form_or_json(request)
+    check_client(request, body)
+    grant_type = required_str(body, "grant_type")
+    grant = GRANTS.get(grant_type)
+    if grant is None:
+        raise UnsupportedGrantType(f"grant_type {grant_type!r} is not supported")
+    return await grant(request, body)
 
 
 @routes.post("/v1/logout")
@@ -151,7 +167,7 @@ async def metadata(request: web.Request) -> web.Response:
             "jwks_uri": f"{issuer}/.well-known/jwks.json",
             "token_endpoint": f"{issuer}/v1/token",
             "revocation_endpoint": f"{issuer}/v1/revoke",
-            "grant_types_supported": ["refresh_token"],
+            "grant_types_supported": sorted(GRANTS),
             # RFC 8414 requires a non-empty list. There is no authorization endpoint, so no
             # "code" or "token": "none" (registered by OAuth 2.0 Multiple Response Type Encoding
             # Practices) is the one value that claims no authorization-endpoint flow.

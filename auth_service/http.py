@@ -28,10 +28,10 @@ from auth_service.domain.errors import (
     UnsupportedMediaType,
     UsernameTaken,
 )
-from shared.forwarded import client_address as forwarded_client_address
-from shared.http_auth import bearer_token
-from shared.http_errors import http_exception_json, json_error
-from shared.wire_json import WireJSONError, loads
+from realtime_gateway_protocol.wire_json import WireJSONError, loads
+from shared.http.auth import bearer_token
+from shared.http.forwarded import client_address as forwarded_client_address
+from shared.http.responses import http_exception_json, json_error
 
 __all__ = [
     "HTTP_STATUSES",

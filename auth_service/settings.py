@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.envparse import (
+from shared.config.env import (
     ConfigError,
+    auth_issuer,
     env_bool,
     env_float,
     env_int,
@@ -21,9 +22,8 @@ from shared.envparse import (
     redact_url,
     split_list,
 )
-from shared.issuer import auth_issuer
-from shared.kept_secret import kept_secret
-from shared.tls import server_context
+from shared.config.kept_secret import kept_secret
+from shared.config.tls import server_context
 
 __all__ = ["DEV_SECRET_FILE", "SECRET_FILE", "ConfigError", "Settings", "dev_secret"]
 

@@ -13,9 +13,9 @@ import time
 
 from auth_service.domain.errors import AuthError
 from services.embedded import Stack, build_stack
-from shared.envparse import ConfigError
+from shared.config.env import ConfigError
+from shared.http.serve import CannotListen, run
 from shared.jsonlog import configure_logging
-from shared.serve import CannotListen, run
 
 READY_WAIT = 10.0
 """How long the banner waits for both services before it says which one is not ready."""

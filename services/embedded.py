@@ -15,9 +15,9 @@ from auth_service.app import create_app as create_auth_app
 from auth_service.settings import Settings as AuthSettings
 from services.webpage import mount, origin_of
 from shared.bus import InProcessBus
-from shared.envparse import env_list, env_secret, redact_url
-from shared.readiness import Readiness
-from shared.serve import Site
+from shared.config.env import env_list, env_secret, redact_url
+from shared.http.readiness import Readiness
+from shared.http.serve import Site
 from ws_service import handlers as ws_handlers
 from ws_service.app import create_app as create_ws_app
 from ws_service.settings import DEV_API_KEY_FILE, dev_api_key
@@ -93,7 +93,7 @@ def build_stack(environ: Mapping[str, str]) -> Stack:
         "",
         "Try it: create two users, then chat in two terminals:",
         "  .venv/bin/python -m auth_service users create bob   (and carol)",
-        "  .venv/bin/python -m gateway_client.chat --user bob   (and --user carol in another)",
+        "  .venv/bin/python -m realtime_gateway_client.chat --user bob   (and --user carol in another)",
         "README.md has curl examples for every endpoint.",
     ]
     return Stack(sites, lines, auth_app, ws_app)

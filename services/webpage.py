@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from shared.http_json import json_response
+from shared.http.responses import json_response
 
 __all__ = ["WEB_DIR", "content_security_policy", "mount", "origin_of"]
 

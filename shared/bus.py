@@ -1,17 +1,36 @@
-"""The event bus between services and replicas.
+"""The event bus between services and replicas, and the revocation ledger beside it: the ports
+both services code against (their Redis implementations are in ``shared.redis``; this module
+imports no backend, so a domain may import it).
 
 Payloads are strings serialized once by the publisher; every receiver gets the same object, so a
 broadcast is never re-encoded per receiver. Handlers are plain callables run on the event loop: they
 must be quick and must not block (schedule a task if real work is needed).
+
+Pub/sub forgets what it could not deliver, so auth_service also records every revocation in the
+ledger with an expiry equal to the covered tokens' remaining life (``until``). ws replicas check
+this record on every auth and renewal, and reconcile their live sockets against it after a gap.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-__all__ = ["EventBus", "Handler", "InProcessBus", "ReconnectListener", "Unsubscribe"]
+from realtime_gateway_protocol.access_token import TokenRef
+from realtime_gateway_protocol.events import RevocationEvent
+
+__all__ = [
+    "BusError",
+    "BusOutcomeUnknown",
+    "BusUnavailable",
+    "EventBus",
+    "Handler",
+    "InProcessBus",
+    "ReconnectListener",
+    "RevocationLedger",
+    "Unsubscribe",
+]
 
 Handler = Callable[[str, str], None]
 """Called with ``(topic, payload)`` for every message on a subscribed topic."""
@@ -24,9 +43,28 @@ ReconnectListener = Callable[[], Awaitable[None]]
 log = logging.getLogger(__name__)
 
 
+class BusError(Exception):
+    """Root of the bus errors; ``code`` is the machine-readable reason."""
+
+    code = "bus_error"
+
+
+class BusUnavailable(BusError):
+    """The message was not handed to the broker: the caller keeps it (outbox) or reports it."""
+
+    code = "bus_unavailable"
+
+
+class BusOutcomeUnknown(BusUnavailable):
+    """The command reached Redis but no reply came back: it may have been applied. A caller that
+    would make up for a lost message (a local delivery) must not, or it may deliver it twice."""
+
+    code = "bus_outcome_unknown"
+
+
 class EventBus(Protocol):
     """Fan-out of string messages by topic. Implementations: in-process (default) and Redis
-    (``shared.redis_bus``), which can be cut off from its broker and come back."""
+    (``shared.redis.bus``), which can be cut off from its broker and come back."""
 
     @property
     def connected(self) -> bool:
@@ -92,3 +130,13 @@ class InProcessBus:
 
 def _nothing() -> None:
     return
+
+
+class RevocationLedger(Protocol):
+    """auth_service records; ws_service asks. Both raise ``BusUnavailable`` when unreachable."""
+
+    async def record(self, event: RevocationEvent, now: float | None = None) -> None: ...
+
+    async def revoked(self, tokens: Sequence[TokenRef]) -> list[bool]:
+        """For each token, whether it is revoked (one round trip for all)."""
+        ...

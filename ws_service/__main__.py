@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-from shared.envparse import ConfigError, redact_url
+from shared.config.env import ConfigError, redact_url
+from shared.http.serve import CannotListen, Site, run_workers
 from shared.jsonlog import configure_logging
-from shared.serve import CannotListen, Site, run_workers
 from ws_service.app import create_app
 from ws_service.settings import Settings
 

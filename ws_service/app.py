@@ -10,18 +10,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from shared.bus import EventBus
-from shared.bus_errors import BusUnavailable
-from shared.bus_factory import open_bus
-from shared.close_codes import Disconnect
-from shared.envparse import ConfigError
-from shared.events import REVOCATIONS_TOPIC
-from shared.http_errors import http_exception_json
-from shared.key_events import KEYS_TOPIC
-from shared.mirrored_gauges import mirrored
-from shared.redis_ledger import RedisRevocationLedger
-from shared.serve import HTTP_TIMEOUTS
-from shared.tasks import cancel_and_wait
+from realtime_gateway_protocol.close_codes import Disconnect
+from realtime_gateway_protocol.events import REVOCATIONS_TOPIC
+from realtime_gateway_protocol.key_events import KEYS_TOPIC
+from realtime_gateway_protocol.tasks import cancel_and_wait
+from shared.bus import BusUnavailable, EventBus
+from shared.config.env import ConfigError
+from shared.http.responses import http_exception_json
+from shared.http.serve import HTTP_TIMEOUTS
+from shared.metrics.mirrored import mirrored
+from shared.redis.bus import open_bus
+from shared.redis.ledger import RedisRevocationLedger
 from ws_service import handlers, handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, LEDGER, METRICS, SETTINGS, SOCKETS
 from ws_service.domain.gateway import Gateway
@@ -33,10 +32,10 @@ from ws_service.domain.user_slots import UserSlots
 from ws_service.domain.verify import TokenVerifier
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
-from ws_service.redis_client import open_redis
-from ws_service.redis_history import RedisHistory
-from ws_service.redis_presence import RedisPresence
-from ws_service.redis_slots import RedisUserSlots
+from ws_service.redis.client import open_redis
+from ws_service.redis.history import RedisHistory
+from ws_service.redis.presence import RedisPresence
+from ws_service.redis.slots import RedisUserSlots
 from ws_service.settings import Settings
 
 __all__ = ["create_app"]
@@ -168,7 +167,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             bus,
             history,
             presence,
-            settings.history_policy,
+            settings.namespaces,
             on_delivered=metrics.messages_out.inc,
             on_local_only=metrics.local_only_publishes.inc,
             on_delivery_failed=metrics.delivery_failures.inc,
@@ -176,7 +175,13 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             presence_debounce=settings.presence_debounce,
         )
         gateway = Gateway(
-            settings, verifier, revocations, hub, metrics, ledger=app.get(LEDGER), slots=slots
+            settings.limits,
+            verifier,
+            revocations,
+            hub,
+            metrics,
+            ledger=app.get(LEDGER),
+            slots=slots,
         )
         app[JWKS] = jwks
         app[GATEWAY] = gateway

@@ -5,13 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from shared.bus import EventBus
-from shared.redis_ledger import RedisRevocationLedger
-from shared.used_tickets import UsedTickets
+from shared.redis.ledger import RedisRevocationLedger
 from ws_service.domain.gateway import Gateway
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
 from ws_service.peer import WebSocketPeer
 from ws_service.settings import Settings
+from ws_service.used_tickets import UsedTickets
 
 __all__ = ["BUS", "GATEWAY", "JWKS", "LEDGER", "METRICS", "SETTINGS", "SOCKETS", "USED_TICKETS"]
 

@@ -11,18 +11,18 @@ from typing import Any
 from aiohttp import WSMsgType, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from shared.close_codes import Disconnect
-from shared.forwarded import client_address
-from shared.http_auth import bearer_matches
-from shared.http_errors import json_error
-from shared.http_json import json_response
+from realtime_gateway_protocol.close_codes import Disconnect
+from realtime_gateway_protocol.wire_json import WireJSONError, loads
+from shared.http.auth import bearer_matches
+from shared.http.forwarded import client_address
+from shared.http.readiness import Readiness, readiness_response
+from shared.http.responses import json_error, json_response
 from shared.jsonlog import audit
-from shared.readiness import Readiness, readiness_response
-from shared.wire_json import WireJSONError, loads
 from ws_service import handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
-from ws_service.domain.channels import validate_channel
+from ws_service.domain.connection import State
 from ws_service.domain.errors import AuthError, HistoryFull, InvalidChannel, Unconfirmed
+from ws_service.domain.namespaces import validate_channel
 from ws_service.domain.ratelimit import TokenBucket
 from ws_service.peer import WebSocketPeer
 
@@ -99,7 +99,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 break
             finally:
                 peer.reader = None
-            if (conn.claims is None or msg.type in _CONTROL) and not frames.take(time.monotonic()):
+            unauthenticated = conn.state is State.AWAITING_AUTH
+            if (unauthenticated or msg.type in _CONTROL) and not frames.take(time.monotonic()):
                 if not conn.closing:
                     metrics.limit_hits.labels("preauth_frame_rate").inc()
                 conn.close(Disconnect.RATE_LIMITED)

@@ -13,29 +13,26 @@ from collections.abc import AsyncIterator
 
 from aiohttp import hdrs, web
 
-from shared.access_token import Claims
-from shared.bus_errors import BusUnavailable
-from shared.http_errors import json_error
+from realtime_gateway_protocol.access_token import Claims
+from realtime_gateway_protocol.frames import BEARER_PREFIX, SUBPROTOCOL
+from realtime_gateway_protocol.tickets import TICKET_CLAIMS, TICKET_TYP, TOKEN_EXP, TOKEN_IAT
+from shared.bus import BusUnavailable
+from shared.http.responses import json_error
 from shared.jsonlog import audit
-from shared.tickets import TICKET_CLAIMS, TICKET_TYP, TOKEN_EXP, TOKEN_IAT
-from shared.used_tickets import open_used_tickets
 from ws_service.appkeys import GATEWAY, SETTINGS, USED_TICKETS
 from ws_service.domain.errors import AuthError, InvalidToken, KeysUnavailable
 from ws_service.domain.verify import claims_from
+from ws_service.used_tickets import open_used_tickets
 
 __all__ = [
-    "BEARER_PREFIX",
     "PROTOCOLS",
-    "SUBPROTOCOL",
     "authenticate",
     "refusal",
     "tickets_ctx",
     "unanswerable_offer",
 ]
 
-SUBPROTOCOL = "realtime.v1"
 PROTOCOLS = (SUBPROTOCOL,)
-BEARER_PREFIX = "realtime.bearer."
 
 
 async def tickets_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
 
-from shared.access_token import ALGORITHM
+from realtime_gateway_protocol.access_token import ALGORITHM
 from ws_service.domain.errors import InvalidToken, KeysUnavailable, KeyWithdrawn
 
 __all__ = ["MAX_WITHDRAWN", "MIN_RSA_BITS", "JwksCache", "parse_jwks", "ttl_from_cache_control"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from shared import worker_metrics
+from shared.metrics import workers as worker_metrics
 
 __all__ = ["Metrics"]
 

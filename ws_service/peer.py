@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from aiohttp import web
 
-from shared.close_codes import Disconnect
+from realtime_gateway_protocol.close_codes import Disconnect
 
 __all__ = ["WebSocketPeer"]
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import ssl
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 
-from shared.envparse import (
+from shared.config.env import (
     ConfigError,
+    auth_issuer,
     env_bool,
     env_float,
     env_int,
@@ -19,11 +22,11 @@ from shared.envparse import (
     redact_url,
     split_list,
 )
-from shared.issuer import auth_issuer
-from shared.kept_secret import kept_secret
-from shared.tls import server_context
-from ws_service.domain.channels import USER_NAMESPACE, namespace_of
+from shared.config.kept_secret import kept_secret
+from shared.config.tls import server_context
 from ws_service.domain.history import HistoryPolicy
+from ws_service.domain.limits import Limits
+from ws_service.domain.namespaces import USER_NAMESPACE, Namespace, Namespaces
 
 __all__ = ["DEFAULT_HISTORY", "DEV_API_KEY_FILE", "Settings", "dev_api_key", "parse_history"]
 
@@ -115,19 +118,43 @@ class Settings:
     presence_ttl: float = 15.0
     presence_debounce: float = 1.0
 
-    def history_policy(self, channel: str) -> HistoryPolicy | None:
-        """The channel's history policy; None for a namespace without history."""
-        return self.history.get(namespace_of(channel))
+    @cached_property
+    def namespaces(self) -> Namespaces:
+        """Every namespace ``WS_HISTORY`` or ``WS_PRESENCE`` names, resolved once."""
+        names = sorted({*self.history, *self.presence})
+        return Namespaces(
+            Namespace(name, history=self.history.get(name), presence=name in self.presence)
+            for name in names
+        )
 
-    def has_presence(self, channel: str) -> bool:
-        return namespace_of(channel) in self.presence
+    @cached_property
+    def limits(self) -> Limits:
+        """What the domain enforces; the unauthenticated cap is the machine's, shared by the
+        workers (the kernel spreads one address's sockets among them)."""
+        return Limits(
+            auth_timeout=self.auth_timeout,
+            expiry_warning=self.expiry_warning,
+            leeway=self.leeway,
+            key_withdrawal_grace=self.key_withdrawal_grace,
+            max_connections_per_user=self.max_connections_per_user,
+            max_unauthenticated_per_address=math.ceil(
+                self.max_unauthenticated_per_address / self.workers
+            ),
+            max_subscriptions=self.max_subscriptions,
+            max_violations=self.max_violations,
+            rate_per_second=self.rate_per_second,
+            rate_burst=self.rate_burst,
+            rate_strikes=self.rate_strikes,
+            sync_timeout=self.subscribe_sync_timeout,
+        )
 
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
         return server_context(self.tls_cert, self.tls_key, prefix="WS")
 
     def __repr__(self) -> str:
-        shown = {k: v for k, v in vars(self).items() if k not in ("api_keys", "metrics_token")}
+        hidden = ("api_keys", "metrics_token")
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         shown["redis_url"] = redact_url(self.redis_url)
         return f"Settings(api_keys=***, {shown})"
 

@@ -5,7 +5,7 @@ the ledger or the bus refuses is written to the outbox and re-delivered by
 :meth:`EventPublisher.flush`. Events are idempotent, so a replica re-delivering one that another
 replica also delivered is harmless.
 
-Only an unavailable bus (:class:`~shared.bus_errors.BusUnavailable`) pauses a batch: it would
+Only an unavailable bus (:class:`~shared.bus.BusUnavailable`) pauses a batch: it would
 refuse the next event too, and order is kept. Any other failure belongs to one event (a payload
 this version cannot read, say): the event is retried with backoff a bounded number of times, then
 moved aside as a dead letter, and the events behind it go on. An operator inspects and replays dead
@@ -23,11 +23,14 @@ from dataclasses import dataclass, replace
 
 from auth_service.domain.models import OutboxItem
 from auth_service.domain.store import Store
-from shared.backoff import backoff_delay
-from shared.bus import EventBus
-from shared.bus_errors import BusUnavailable
-from shared.events import REVOCATIONS_TOPIC, RevocationEvent, decode_event, encode_event
-from shared.revocation_ledger import RevocationLedger
+from realtime_gateway_protocol.backoff import backoff_delay
+from realtime_gateway_protocol.events import (
+    REVOCATIONS_TOPIC,
+    RevocationEvent,
+    decode_event,
+    encode_event,
+)
+from shared.bus import BusUnavailable, EventBus, RevocationLedger
 
 __all__ = [
     "REPLAY_LIMIT",

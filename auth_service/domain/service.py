@@ -24,7 +24,7 @@ from auth_service.domain.passwords import Passwords
 from auth_service.domain.store import Store
 from auth_service.domain.throttle import LoginThrottle
 from auth_service.domain.tokens import Ticket, TokenIssuer
-from shared.events import RevocationEvent, SessionRevoked, UserRevoked
+from realtime_gateway_protocol.events import RevocationEvent, SessionRevoked, UserRevoked
 from shared.jsonlog import audit, fingerprint
 
 __all__ = ["AuthService", "IssuerPolicy", "TokenPair", "hash_refresh_token"]

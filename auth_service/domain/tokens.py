@@ -13,8 +13,13 @@ import jwt
 from auth_service.domain.errors import InvalidClientToken, StoreUnavailable
 from auth_service.domain.keyring import KeyRing
 from auth_service.domain.models import User
-from shared.access_token import ACCESS_TOKEN_TYP, ALGORITHM, REQUIRED_CLAIMS, AccessTokenPayload
-from shared.tickets import TICKET_TYP, ticket_claims
+from realtime_gateway_protocol.access_token import (
+    ACCESS_TOKEN_TYP,
+    ALGORITHM,
+    REQUIRED_CLAIMS,
+    AccessTokenPayload,
+)
+from realtime_gateway_protocol.tickets import TICKET_TYP, ticket_claims
 
 __all__ = ["AccessToken", "Ticket", "TokenIssuer"]
 

@@ -1,7 +1,7 @@
 // Type declarations for gateway-client.js (docs/protocol.md is the wire contract).
 
 export type CloseAction = "reconnect" | "refresh_then_reconnect" | "stop";
-/** [code, reason, action] rows: the same table as shared/close_codes.py. */
+/** [code, reason, action] rows: the same table as protocol/realtime_gateway_protocol/close_codes.py. */
 export declare const DISCONNECTS: ReadonlyArray<readonly [number, string, CloseAction]>;
 export declare function actionFor(code: number, reason: string): CloseAction;
 export declare function backoffDelay(attempt: number, base?: number, cap?: number): number;

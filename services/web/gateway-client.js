@@ -19,7 +19,7 @@ const REFRESH_LOCK = "realtime-gateway-refresh";
 
 /**
  * Every way the gateway closes a socket: [code, reason, action], the same rows as
- * shared/close_codes.py (a test holds the two together). Clients act on the row, never on text.
+ * protocol/realtime_gateway_protocol/close_codes.py (a test holds the two together). Clients act on the row, never on text.
  */
 export const DISCONNECTS = Object.freeze([
   [1001, "going_away", "reconnect"],

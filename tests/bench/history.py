@@ -27,14 +27,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from redis.asyncio import Redis
 
 from shared.bus import InProcessBus
-from shared.redis_bus import RedisBus
+from shared.redis.bus import RedisBus
 from tests.integration.ws.harness import AUDIENCE, ISSUER, KeySet, Tokens
 from tests.services import REDIS_URL
 from ws_service.app import create_app
 from ws_service.domain import protocol
 from ws_service.domain.history import HistoryPolicy, MemoryHistory, Position
-from ws_service.redis_client import open_redis
-from ws_service.redis_history import RedisHistory
+from ws_service.redis.client import open_redis
+from ws_service.redis.history import RedisHistory
 from ws_service.settings import Settings
 
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "20000"))

@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from shared.wire_json import loads
+from realtime_gateway_protocol.wire_json import loads
 from tests.system.procs import embedded_env, service
 
 pytestmark = pytest.mark.system

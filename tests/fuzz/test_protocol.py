@@ -1,9 +1,9 @@
-"""The WebSocket protocol as data (docs/protocol.schema.json) and a hypothesis state machine that
+"""The WebSocket protocol as data (realtime_gateway_protocol/schema.json) and a hypothesis state machine that
 drives the real gateway (the app on aiohttp's test server, a real JWKS server, real RSA tokens)
 through auth, renewal, subscribe, publish, garbage, binary and oversized frames.
 
 Invariants after every step: every text frame the server sends is strict JSON valid against
-``$defs/server_frame``; every close is a documented code from shared/close_codes.py and never
+``$defs/server_frame``; every close is a documented code from protocol/realtime_gateway_protocol/close_codes.py and never
 1011; a socket the server did not close still answers.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,9 +24,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from jsonschema import Draft202012Validator
 
+from realtime_gateway_protocol.close_codes import CloseCode, Disconnect
+from realtime_gateway_protocol.frames import schema
+from realtime_gateway_protocol.wire_json import loads
 from shared.bus import InProcessBus
-from shared.close_codes import CloseCode, Disconnect
-from shared.wire_json import loads
 from tests.integration.ws.harness import AUDIENCE, ISSUER, KeySet, Tokens
 from ws_service.app import create_app
 from ws_service.domain import protocol
@@ -35,7 +35,7 @@ from ws_service.domain.history import HistoryPage, Position, with_position
 from ws_service.domain.presence import Member, member_frame
 from ws_service.settings import Settings
 
-SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "protocol.schema.json").read_text())
+SCHEMA = schema()
 Draft202012Validator.check_schema(SCHEMA)
 SERVER = Draft202012Validator({**SCHEMA, "$ref": "#/$defs/server_frame"})
 CLIENT = Draft202012Validator({**SCHEMA, "$ref": "#/$defs/client_frame"})
@@ -60,7 +60,7 @@ HOSTILE_TEXT = st.sampled_from(
 
 
 def test_the_schema_accepts_every_frame_the_server_builds() -> None:
-    from shared.access_token import Claims
+    from realtime_gateway_protocol.access_token import Claims
 
     claims = Claims("alice", "s1", 1, 2, frozenset({"chat:read"}), "Alice", "key-1")
     published = with_position(protocol.message("chat:a", {"t": 1}, claims, 123), 7, "e1")

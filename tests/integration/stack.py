@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from auth_service.appkeys import METRICS as AUTH_METRICS
-from gateway_client import GatewayClient
+from realtime_gateway_client import GatewayClient
 from shared.bus import InProcessBus
 from tests.integration.ws.harness import auth
 from ws_service.appkeys import METRICS as WS_METRICS

@@ -1,4 +1,4 @@
-"""Both services as they are served (shared.serve's runner), attacked at the HTTP layer with raw
+"""Both services as they are served (shared.http.serve's runner), attacked at the HTTP layer with raw
 sockets: malformed requests answer JSON without a traceback in the log (item 9), and slow or
 silent clients are dropped after the HTTP timeout (item 7)."""
 
@@ -18,7 +18,7 @@ from auth_service.app import create_app as create_auth_app
 from auth_service.appkeys import METRICS as AUTH_METRICS
 from auth_service.settings import Settings as AuthSettings
 from shared.bus import InProcessBus
-from shared.serve import Site, start_site
+from shared.http.serve import Site, start_site
 from tests.support.raw_http import raw_request
 from tests.support.raw_ws import RawWebSocket
 from ws_service.app import create_app as create_ws_app

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import worker_metrics
+from shared.metrics import workers as worker_metrics
 
 WORKER = """
 import sys
 from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from shared import worker_metrics
+from shared.metrics import workers as worker_metrics
 
 worker_metrics.enable(Path(sys.argv[1]))
 registry = CollectorRegistry()

@@ -22,8 +22,8 @@ from typing import Any
 
 import aiohttp
 
-from shared.close_codes import Disconnect
-from shared.wire_json import loads
+from realtime_gateway_protocol.close_codes import Disconnect
+from realtime_gateway_protocol.wire_json import loads
 from tests.services import free_port
 from tests.system.procs import service
 

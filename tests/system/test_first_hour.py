@@ -86,7 +86,7 @@ def test_the_chat_says_when_the_connection_drops_and_exits_on_revocation(tmp_pat
     auth_port, ws_port = free_port(), free_port()
     env = env_for(tmp_path, AUTH_PORT=str(auth_port), WS_PORT=str(ws_port))
     base = f"http://127.0.0.1:{auth_port}"
-    chat_cmd = [sys.executable, "-m", "gateway_client.chat", "--user", "bob"]
+    chat_cmd = [sys.executable, "-m", "realtime_gateway_client.chat", "--user", "bob"]
     with service("services", env, ws_port, tmp_path):
         post(f"{base}/v1/register", {"username": "bob", "password": PASSWORD})
         chat = Terminal(chat_cmd, {**env, "CHAT_PASSWORD": PASSWORD}, ROOT)
@@ -105,7 +105,7 @@ def test_the_chat_says_when_the_connection_drops_and_exits_on_revocation(tmp_pat
 def test_the_chat_with_the_server_down_is_one_line(tmp_path: Path) -> None:
     env = env_for(tmp_path, AUTH_PORT=str(free_port()), CHAT_PASSWORD=PASSWORD)
     result = subprocess.run(
-        [sys.executable, "-m", "gateway_client.chat", "--user", "bob"],
+        [sys.executable, "-m", "realtime_gateway_client.chat", "--user", "bob"],
         env=env,
         capture_output=True,
         text=True,

@@ -14,7 +14,7 @@ import aiohttp
 import jwt
 import pytest
 
-from gateway_client import GatewayClient
+from realtime_gateway_client import GatewayClient
 from tests.system.cluster import Cluster, running_cluster
 from tests.system.procs import run_cli
 from tests.system.wire import (

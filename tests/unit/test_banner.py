@@ -7,7 +7,7 @@ from pathlib import Path
 from aiohttp import web
 
 from services.embedded import Stack, build_stack
-from shared.readiness import Readiness
+from shared.http.readiness import Readiness
 
 
 def test_the_banner_says_what_is_not_ready() -> None:

@@ -37,11 +37,15 @@ def pins(lock: Path) -> dict[str, tuple[str, str | None]]:
 
 
 def wanted(extras: tuple[str, ...]) -> set[str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    """Every third-party requirement: the project's own distributions (``tool.uv.sources``, the
+    protocol package and the Python client) are installed from their folders, not the locks."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    local = {canonicalize_name(name) for name in pyproject["tool"]["uv"]["sources"]}
     names = list(project["dependencies"])
     for extra in extras:
         names += project["optional-dependencies"][extra]
-    return {canonicalize_name(Requirement(r).name) for r in names}
+    return {canonicalize_name(Requirement(r).name) for r in names} - local
 
 
 @pytest.mark.parametrize(
@@ -76,9 +80,10 @@ def test_every_install_in_the_makefile_and_the_image_is_hash_checked() -> None:
     assert "--require-hashes" in makefile
     assert "-r requirements/dev.txt" in makefile and "-r requirements/bench.txt" in makefile
     assert not re.search(r"pip install[^\n]*'\.\[", makefile), "no unlocked extras install"
+    assert "-e ./protocol -e ./clients/python -e ." in makefile, "the local distributions, no deps"
     dockerfile = (ROOT / "services" / "Dockerfile").read_text()
     assert "--require-hashes --no-deps -r requirements/runtime.txt" in dockerfile
-    assert re.search(r"pip install --no-deps --no-build-isolation \.", dockerfile)
+    assert "pip install --no-deps --no-build-isolation ./protocol ." in dockerfile
 
 
 def test_ci_runs_lint_before_the_tests() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from auth_service.settings import Settings as AuthSettings
-from shared.envparse import ConfigError
+from shared.config.env import ConfigError
 from ws_service.settings import Settings as WsSettings
 
 AUTH_BASE = {"AUTH_KEY_ENCRYPTION_SECRETS": "base-key-encryption-secret-0123"}

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from realtime_gateway_protocol.events import SessionRevoked, UserRevoked, decode_event, encode_event
 from shared.bus import InProcessBus
-from shared.envparse import ConfigError, env_bool, env_int, env_list
-from shared.events import SessionRevoked, UserRevoked, decode_event, encode_event
+from shared.config.env import ConfigError, env_bool, env_int, env_list
 
 
 async def test_in_process_bus_delivers_same_payload_to_every_handler() -> None:

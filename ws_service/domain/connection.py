@@ -1,23 +1,29 @@
 """One socket's state machine, free of aiohttp: it reads text, and writes through a ``Peer``.
 
-One deadline at a time (the auth deadline, then the expiry warning, then the expiry itself, each
-scheduling the next) in the gateway's coalesced ``Deadlines``, cancelled on close, so a connection
-costs one handler task and a few hundred bytes, not extra tasks or timer handles.
+The state is one :class:`State`, and each state has at most one deadline in the gateway's coalesced
+``Deadlines``: ``AWAITING_AUTH`` the auth timeout, ``AUTHENTICATED`` the expiry warning,
+``EXPIRING`` (warned) the expiry itself; ``CLOSING`` none. docs/protocol.md has the transition
+table, and tests/unit/ws/test_connection_states.py drives every row of it on a fake clock.
+
+Everything a connection needs that is the same for every socket of a gateway (limits, metrics,
+hub, admission, timers, clock) is one shared :class:`Context`: one reference per socket.
 """
 
 from __future__ import annotations
 
+import enum
 import random
-import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from shared.access_token import Claims
-from shared.bus_errors import BusUnavailable
-from shared.close_codes import Disconnect
+from realtime_gateway_protocol.access_token import Claims
+from realtime_gateway_protocol.close_codes import Disconnect
+from realtime_gateway_protocol.frames import PREAUTH_MAX_BYTES
+from shared.bus import BusUnavailable
 from shared.jsonlog import audit
 from ws_service.domain import protocol
-from ws_service.domain.channels import check_publish, check_subscribe, validate_channel
+from ws_service.domain.clock import Clock
 from ws_service.domain.deadlines import Deadlines
 from ws_service.domain.errors import (
     AuthError,
@@ -38,16 +44,26 @@ from ws_service.domain.errors import (
 )
 from ws_service.domain.history import MAX_OFFSET, HistoryPage, Position
 from ws_service.domain.hub import Hub
+from ws_service.domain.limits import Limits
+from ws_service.domain.namespaces import Namespaces, validate_channel
 from ws_service.domain.presence import Member
 from ws_service.domain.ratelimit import TokenBucket
-from ws_service.metrics import Metrics
-from ws_service.settings import Settings
+from ws_service.domain.telemetry import GatewayMetrics
 
-__all__ = ["MAX_AUTH_ATTEMPTS", "Admission", "Connection", "Peer", "warning_delay"]
-
-MAX_AUTH_ATTEMPTS = 3
+__all__ = ["Admission", "Connection", "Context", "Peer", "State", "warning_delay"]
 
 T = TypeVar("T")
+
+
+class State(enum.Enum):
+    AWAITING_AUTH = "awaiting_auth"
+    """Upgraded, not authenticated: only ``auth`` is accepted, until the auth timeout."""
+    AUTHENTICATED = "authenticated"
+    """Until the expiry warning; a renewal keeps it here with the new token."""
+    EXPIRING = "expiring"
+    """``token_expiring`` was sent: a renewal goes back to ``AUTHENTICATED``, else it closes."""
+    CLOSING = "closing"
+    """A close was asked or the peer left; nothing more is read or scheduled."""
 
 
 class Peer(Protocol):
@@ -71,6 +87,20 @@ class Admission(Protocol):
     def forget(self, conn: Connection) -> None: ...
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Context:
+    """What every connection of one gateway shares."""
+
+    limits: Limits
+    metrics: GatewayMetrics
+    hub: Hub
+    namespaces: Namespaces
+    admission: Admission
+    deadlines: Deadlines
+    clock: Clock
+    random: Callable[[], float] = field(default=random.random)
+
+
 def warning_delay(remaining: float, window: float, rand: float) -> float:
     """Seconds until ``token_expiring``: ``window`` before expiry, earlier by up to 10% of it
     (``rand`` in [0, 1)) so that tokens issued together are not refreshed together; at half the
@@ -82,47 +112,28 @@ def warning_delay(remaining: float, window: float, rand: float) -> float:
 
 class Connection:
     __slots__ = (
-        "_admission",
         "_bucket",
+        "_ctx",
         "_deadline",
-        "_deadlines",
         "_held",
-        "_hub",
-        "_metrics",
-        "_settings",
         "_strikes",
         "_violations",
-        "_warned",
         "attempts",
         "channels",
         "claims",
-        "closing",
         "peer",
         "remote",
         "serial",
+        "state",
     )
 
-    def __init__(
-        self,
-        peer: Peer,
-        remote: str | None,
-        serial: int,
-        *,
-        settings: Settings,
-        metrics: Metrics,
-        hub: Hub,
-        admission: Admission,
-        deadlines: Deadlines,
-    ) -> None:
-        self._settings = settings
-        self._metrics = metrics
-        self._hub = hub
-        self._admission = admission
+    def __init__(self, ctx: Context, peer: Peer, remote: str | None, serial: int) -> None:
+        self._ctx = ctx
         self.peer = peer
         self.remote = remote
         self.serial = serial  # unique in its gateway: names its slot in the per-user cap
+        self.state = State.AWAITING_AUTH
         self.claims: Claims | None = None
-        self.closing = False
         self.attempts = 0
         # Subscribed channels, each with the position last delivered on it (None until one is, or
         # where the channel keeps no history). One dict, not a set and a dict: an idle socket's
@@ -133,19 +144,22 @@ class Connection:
         self._bucket: TokenBucket | None = None
         self._strikes = 0
         self._violations = 0
-        self._deadlines = deadlines
-        self._warned = False
-        self._deadline: int | None = deadlines.schedule(settings.auth_timeout, self)
+        self._deadline: int | None = ctx.deadlines.schedule(ctx.limits.auth_timeout, self)
+
+    @property
+    def closing(self) -> bool:
+        return self.state is State.CLOSING
 
     # -- input -----------------------------------------------------------------------------
 
     async def on_text(self, text: str) -> None:
-        if self.closing:
+        state = self.state
+        if state is State.CLOSING:
             return
-        if self.claims is None:
+        if state is State.AWAITING_AUTH:
             await self._on_text_unauthenticated(text)
             return
-        self._metrics.messages_in.inc()
+        self._ctx.metrics.messages_in.inc()
         if not self._admit_rate():
             return
         request_id: protocol.RequestId = None
@@ -157,7 +171,7 @@ class Connection:
             self.send(protocol.error(err, request_id))
             if isinstance(err, BadRequest):
                 self._violations += 1
-                if self._violations >= self._settings.max_violations:
+                if self._violations >= self._ctx.limits.max_violations:
                     self.close(Disconnect.BAD_REQUEST)
 
     def on_binary(self) -> None:
@@ -183,37 +197,39 @@ class Connection:
         return True
 
     def revoke(self, reason: str) -> None:
-        self._metrics.revocations.inc()
+        self._ctx.metrics.revocations.inc()
         self.send(protocol.reply("revoked", None, reason=reason))
         self.close(Disconnect.SESSION_REVOKED)
 
     def disconnected(self) -> None:
         """The socket is gone: drop timers, channels and the user index entry."""
-        self.closing = True
+        self.state = State.CLOSING
         self._cancel_deadline()
+        hub = self._ctx.hub
         for channel in self.channels:
-            self._hub.leave(channel, self)
+            hub.leave(channel, self)
         self.channels.clear()
         self._held = None
-        self._admission.forget(self)
+        self._ctx.admission.forget(self)
 
     # -- output ----------------------------------------------------------------------------
 
     def send(self, text: str) -> None:
-        self._metrics.messages_out.inc()
+        self._ctx.metrics.messages_out.inc()
         self.peer.send(text)
 
     def close(self, disconnect: Disconnect) -> None:
-        if not self.closing:
-            self.closing = True
+        if self.state is not State.CLOSING:
+            self.state = State.CLOSING
+            self._cancel_deadline()
             self.peer.close(disconnect.code, disconnect.reason)
 
     # -- authentication --------------------------------------------------------------------
 
     async def _on_text_unauthenticated(self, text: str) -> None:
-        if len(text) > protocol.PREAUTH_MAX_BYTES or (
-            len(text) * 4 > protocol.PREAUTH_MAX_BYTES
-            and len(text.encode("utf-8", "surrogatepass")) > protocol.PREAUTH_MAX_BYTES
+        if len(text) > PREAUTH_MAX_BYTES or (
+            len(text) * 4 > PREAUTH_MAX_BYTES
+            and len(text.encode("utf-8", "surrogatepass")) > PREAUTH_MAX_BYTES
         ):
             self.close(Disconnect.BAD_REQUEST)
             return
@@ -228,11 +244,11 @@ class Connection:
         try:
             claims = await self._verify(request)
             if not self.closing:
-                await self._admission.admit(self, claims)
+                await self._ctx.admission.admit(self, claims)
         except AuthError as err:
             if not self.closing:
                 self.attempts += 1
-                final = not err.retry or self.attempts >= MAX_AUTH_ATTEMPTS
+                final = not err.retry or self.attempts >= self._ctx.limits.max_auth_attempts
                 self._auth_failed(err, request.id, final=final)
             return
         if self.closing:
@@ -242,7 +258,7 @@ class Connection:
     async def authenticated_at_handshake(self, claims: Claims) -> None:
         """The upgrade carried a verified bearer subprotocol or ticket: no ``auth`` message."""
         try:
-            await self._admission.admit(self, claims)
+            await self._ctx.admission.admit(self, claims)
         except AuthError as err:
             if not self.closing:
                 self._auth_failed(err, None, final=True)
@@ -251,9 +267,9 @@ class Connection:
             self._start(claims, None)
 
     def _start(self, claims: Claims, request_id: protocol.RequestId) -> None:
-        self._cancel_deadline()
+        limits = self._ctx.limits
         self._bucket = TokenBucket(
-            self._settings.rate_per_second, self._settings.rate_burst, time.monotonic()
+            limits.rate_per_second, limits.rate_burst, self._ctx.clock.monotonic()
         )
         self._accept(claims, request_id, renewed=False)
 
@@ -270,10 +286,11 @@ class Connection:
             return
         if self.closing:
             return
-        self._metrics.renewals.inc()
+        self._ctx.metrics.renewals.inc()
+        namespaces = self._ctx.namespaces
         for channel in sorted(self.channels):
             try:
-                check_subscribe(channel, claims.sub, claims.scopes)
+                namespaces.of(channel).check_read(channel, claims)
             except Forbidden:
                 self._leave(channel)
                 self.send(protocol.reply("unsubscribed", None, channel=channel, reason="forbidden"))
@@ -283,16 +300,20 @@ class Connection:
         token = request.body.get("token")
         if not isinstance(token, str) or not token:
             raise InvalidToken("auth needs a token")
-        return await self._admission.authenticate(token)
+        return await self._ctx.admission.authenticate(token)
 
     def _accept(self, claims: Claims, request_id: protocol.RequestId, *, renewed: bool) -> None:
+        """``AWAITING_AUTH`` or (renewal) ``AUTHENTICATED``/``EXPIRING`` -> ``AUTHENTICATED``."""
         self.claims = claims
-        self._metrics.auth_ok.inc()
+        self.state = State.AUTHENTICATED
+        self._ctx.metrics.auth_ok.inc()
         self._schedule_expiry(claims)
-        self.send(protocol.auth_success(claims, time.time(), request_id, renewed=renewed))
+        self.send(
+            protocol.auth_success(claims, self._ctx.clock.time(), request_id, renewed=renewed)
+        )
 
     def _auth_failed(self, err: AuthError, request_id: protocol.RequestId, *, final: bool) -> None:
-        self._metrics.auth.labels(err.code).inc()
+        self._ctx.metrics.auth.labels(err.code).inc()
         audit(
             "ws_auth_failure",
             code=err.code,
@@ -309,51 +330,54 @@ class Connection:
         """Warn before ``exp``; the warning schedules the close at ``exp`` plus leeway. A renewal
         reschedules both (one deadline at a time: the warning always comes first)."""
         self._cancel_deadline()
-        remaining = claims.exp - time.time()
-        warn_in = warning_delay(remaining, self._settings.expiry_warning, random.random())
-        self._warned = False
-        self._deadline = self._deadlines.schedule(warn_in, self)
+        ctx = self._ctx
+        remaining = claims.exp - ctx.clock.time()
+        warn_in = warning_delay(remaining, ctx.limits.expiry_warning, ctx.random())
+        self._deadline = ctx.deadlines.schedule(warn_in, self)
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:
-            self._deadlines.cancel(self._deadline, self)
+            self._ctx.deadlines.cancel(self._deadline, self)
             self._deadline = None
 
     def on_deadline(self) -> None:
-        """The one deadline this connection has: before auth, the auth timeout; then the expiry
-        warning; after the warning, the expiry."""
+        """The one deadline of the current state has come."""
         self._deadline = None
-        if self.claims is None:
+        state = self.state
+        if state is State.AWAITING_AUTH:
             self._auth_failed(AuthTimeout(), None, final=True)
-        elif not self._warned:
+        elif state is State.AUTHENTICATED:
+            assert self.claims is not None
             self._on_warning(self.claims)
-        else:
+        elif state is State.EXPIRING:
             self._on_expiry()
 
     def _on_warning(self, claims: Claims) -> None:
-        self._warn(claims.exp, claims.exp + self._settings.leeway)
+        self._warn(claims.exp, claims.exp + self._ctx.limits.leeway)
 
-    def key_withdrawn(self, grace: int) -> None:
+    def key_withdrawn(self, grace: float) -> None:
         """The key that signed this socket's token was withdrawn: the token now expires ``grace``
         seconds from now (or at its own ``exp``, when sooner), announced as an expiry warning is,
         so that a client renews with a token of a good key or is closed ``token_expired``."""
-        if self.claims is None:
+        if self.claims is None or self.closing:
             return
-        close_at = time.time() + grace
-        if self.claims.exp + self._settings.leeway <= close_at:
+        close_at = self._ctx.clock.time() + grace
+        if self.claims.exp + self._ctx.limits.leeway <= close_at:
             self._on_warning(self.claims)
         else:
             self._warn(int(close_at), close_at)
 
     def _warn(self, expires_at: int, close_at: float) -> None:
-        """Send ``token_expiring`` for ``expires_at`` and close at ``close_at`` unless renewed."""
+        """-> ``EXPIRING``: send ``token_expiring`` for ``expires_at`` and close at ``close_at``
+        unless renewed."""
         if self.closing:
             return
         self._cancel_deadline()
-        self._warned = True
-        now = time.time()
-        self._deadline = self._deadlines.schedule(close_at - now, self)
-        self._metrics.warnings.inc()
+        self.state = State.EXPIRING
+        ctx = self._ctx
+        now = ctx.clock.time()
+        self._deadline = ctx.deadlines.schedule(close_at - now, self)
+        ctx.metrics.warnings.inc()
         self.send(
             protocol.reply(
                 "token_expiring",
@@ -366,19 +390,19 @@ class Connection:
     def _on_expiry(self) -> None:
         if self.closing:
             return
-        self._metrics.expiries.inc()
+        self._ctx.metrics.expiries.inc()
         self._auth_failed(TokenExpired(), None, final=True)
 
     # -- authenticated requests ------------------------------------------------------------
 
     def _admit_rate(self) -> bool:
         assert self._bucket is not None
-        if self._bucket.take(time.monotonic()):
+        if self._bucket.take(self._ctx.clock.monotonic()):
             if self._bucket.full:
                 self._strikes = 0
             return True
         self._strikes += 1
-        if self._strikes >= self._settings.rate_strikes:
+        if self._strikes >= self._ctx.limits.rate_strikes:
             self.close(Disconnect.RATE_LIMITED)
         else:
             self.send(protocol.error(RateLimited(), None))
@@ -391,10 +415,10 @@ class Connection:
             self.send(protocol.reply("pong", request.id))
         elif kind == "publish":
             channel = validate_channel(request.body.get("channel"))
-            check_publish(channel, self.claims.scopes)
+            self._ctx.namespaces.of(channel).check_write(channel, self.claims)
             if "data" not in request.body:
                 raise BadRequest("publish needs data")
-            await self._hub.publish(channel, request.body["data"], self.claims)
+            await self._ctx.hub.publish(channel, request.body["data"], self.claims)
             self.send(protocol.reply("published", request.id, channel=channel))
         elif kind == "subscribe":
             await self._subscribe(request)
@@ -402,9 +426,9 @@ class Connection:
             await self._history(request)
         elif kind == "presence":
             channel = self._readable_channel(request)
-            if not self._settings.has_presence(channel):
+            if not self._ctx.namespaces.of(channel).presence:
                 raise NotEnabled("this channel's namespace has no presence")
-            members = await self._unless_redis_down(self._hub.members(channel))
+            members = await self._unless_redis_down(self._ctx.hub.members(channel))
             self.send(
                 protocol.reply(
                     "presence",
@@ -429,12 +453,12 @@ class Connection:
 
     def _leave(self, channel: str) -> None:
         self.channels.pop(channel, None)
-        self._hub.leave(channel, self)
+        self._ctx.hub.leave(channel, self)
 
     def _readable_channel(self, request: protocol.Request) -> str:
         assert self.claims is not None
         channel = validate_channel(request.body.get("channel"))
-        check_subscribe(channel, self.claims.sub, self.claims.scopes)
+        self._ctx.namespaces.of(channel).check_read(channel, self.claims)
         return channel
 
     async def _subscribe(self, request: protocol.Request) -> None:
@@ -446,14 +470,15 @@ class Connection:
         events = request.body.get("presence_events", False)
         if not isinstance(events, bool):
             raise BadRequest("presence_events must be true or false")
-        presence = self._settings.has_presence(channel)
+        namespace = self._ctx.namespaces.of(channel)
+        presence = namespace.presence
         if events and not presence:
             raise NotEnabled("this channel's namespace has no presence")
-        policy = self._hub.policy(channel)
+        policy = namespace.history
         if since is not None and policy is None:
             raise NotEnabled("this channel's namespace keeps no history to recover from")
         if channel not in self.channels:
-            if len(self.channels) >= self._settings.max_subscriptions:
+            if len(self.channels) >= self._ctx.limits.max_subscriptions:
                 raise TooManySubscriptions()
             self.channels[channel] = None
         if policy is not None:
@@ -461,19 +486,20 @@ class Connection:
                 self._held = {}
             self._held[channel] = []
         page: HistoryPage | None = None
+        hub = self._ctx.hub
         try:
-            self._hub.join(channel, self, presence_events=events)
-            await self._hub.synced()
+            hub.join(channel, self, presence_events=events)
+            await hub.synced()
             if presence:
-                await self._hub.track(channel, self, Member(self.claims.sub, self.claims.username))
+                await hub.track(channel, self, Member(self.claims.sub, self.claims.username))
             if policy is not None:
                 try:
-                    page = await self._hub.history(channel, since, policy.size)
+                    page = await hub.history(channel, since, policy.size)
                 except BusUnavailable:
                     page = None
             self.send(protocol.subscribed(channel, request.id, page, recovering=since is not None))
             if since is not None:
-                self._metrics.recoveries.labels(_outcome(page)).inc()
+                self._ctx.metrics.recoveries.labels(_outcome(page)).inc()
         finally:
             self._release(channel, page)
 
@@ -495,7 +521,7 @@ class Connection:
         limit = request.body.get("limit", 1_000_000)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise BadRequest("limit must be a non-negative integer")
-        page = await self._unless_redis_down(self._hub.history(channel, since, limit))
+        page = await self._unless_redis_down(self._ctx.hub.history(channel, since, limit))
         self.send(protocol.history(channel, request.id, page, recovering=since is not None))
 
     async def _unless_redis_down(self, work: Awaitable[T]) -> T:

@@ -1,4 +1,4 @@
-"""Coalesced timers for many sockets: a hashed timing wheel over the event loop's clock.
+"""Coalesced timers for many sockets: a hashed timing wheel over the gateway's clock.
 
 Every socket has one deadline at a time (its auth deadline, then its expiry warning, then its
 expiry). A ``loop.call_later`` handle per socket costs about 540 bytes with its callback and
@@ -9,10 +9,12 @@ costs a set entry. A deadline fires less than one tick late and never early.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import math
 from typing import Protocol
+
+from ws_service.domain.clock import Clock, Timer
 
 __all__ = ["DEFAULT_TICK", "Deadlines", "Expiring"]
 
@@ -28,9 +30,10 @@ class Expiring(Protocol):
 
 
 class Deadlines:
-    def __init__(self, tick: float = DEFAULT_TICK) -> None:
+    def __init__(self, clock: Clock, tick: float = DEFAULT_TICK) -> None:
+        self._clock = clock
         self._tick = tick
-        self._slots: dict[int, tuple[set[Expiring], asyncio.TimerHandle]] = {}
+        self._slots: dict[int, tuple[set[Expiring], Timer]] = {}
 
     def __len__(self) -> int:
         return sum(len(members) for members, _ in self._slots.values())
@@ -38,11 +41,11 @@ class Deadlines:
     def schedule(self, delay: float, item: Expiring) -> int:
         """Call ``item.on_deadline()`` in ``delay`` seconds (at most one tick more); returns the
         slot to pass to :meth:`cancel`."""
-        loop = asyncio.get_running_loop()
-        slot = math.ceil((loop.time() + max(0.0, delay)) / self._tick)
+        slot = math.ceil((self._clock.monotonic() + max(0.0, delay)) / self._tick)
         entry = self._slots.get(slot)
         if entry is None:
-            entry = self._slots[slot] = (set(), loop.call_at(slot * self._tick, self._fire, slot))
+            timer = self._clock.call_at(slot * self._tick, functools.partial(self._fire, slot))
+            entry = self._slots[slot] = (set(), timer)
         entry[0].add(item)
         return slot
 

@@ -1,7 +1,7 @@
 """The gateway's one exception tree.
 
 Every failure carries a machine-readable ``code``. ``protocol.py`` turns them into frames, and into a
-close by looking the code up in ``shared.close_codes`` (where a code that closes is a reason).
+close by looking the code up in ``realtime_gateway_protocol.close_codes`` (where a code that closes is a reason).
 """
 
 from __future__ import annotations

@@ -6,24 +6,23 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import secrets
 from collections import Counter
 
-from shared.access_token import Claims
-from shared.bus_errors import BusUnavailable
-from shared.events import SessionRevoked, UserRevoked, decode_event
-from shared.key_events import KeyWithdrawn, decode_key_event
-from shared.revocation_ledger import RevocationLedger
+from realtime_gateway_protocol.access_token import Claims
+from realtime_gateway_protocol.events import SessionRevoked, UserRevoked, decode_event
+from realtime_gateway_protocol.key_events import KeyWithdrawn, decode_key_event
+from shared.bus import BusUnavailable, RevocationLedger
 from ws_service.domain import errors
-from ws_service.domain.connection import Connection, Peer
+from ws_service.domain.clock import Clock, LoopClock
+from ws_service.domain.connection import Connection, Context, Peer
 from ws_service.domain.deadlines import Deadlines
 from ws_service.domain.hub import Hub
+from ws_service.domain.limits import Limits
 from ws_service.domain.revocations import RevocationRegistry
+from ws_service.domain.telemetry import GatewayMetrics
 from ws_service.domain.user_slots import UserSlots
 from ws_service.domain.verify import TokenVerifier
-from ws_service.metrics import Metrics
-from ws_service.settings import Settings
 
 __all__ = ["RECONCILE_BATCH", "Gateway"]
 
@@ -36,17 +35,18 @@ log = logging.getLogger(__name__)
 class Gateway:
     def __init__(
         self,
-        settings: Settings,
+        limits: Limits,
         verifier: TokenVerifier,
         revocations: RevocationRegistry,
         hub: Hub,
-        metrics: Metrics,
+        metrics: GatewayMetrics,
         *,
         ledger: RevocationLedger | None = None,
         slots: UserSlots | None = None,
+        clock: Clock | None = None,
         reconcile_batch: int = RECONCILE_BATCH,
     ) -> None:
-        self.settings = settings
+        self.limits = limits
         self.verifier = verifier
         self.revocations = revocations
         self.hub = hub
@@ -58,31 +58,30 @@ class Gateway:
         # set 216), the per-user limit keeps tuples short, and on_revocation iterates a snapshot.
         self._users: dict[str, tuple[Connection, ...]] = {}
         self._waiting: Counter[str] = Counter()
-        # Workers share the machine's cap: the kernel spreads one address's sockets among them.
-        self._waiting_cap = math.ceil(settings.max_unauthenticated_per_address / settings.workers)
         self._replica = secrets.token_hex(6)
         self._serials = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
-        self.deadlines = Deadlines()
+        clock = clock or LoopClock()
+        self.deadlines = Deadlines(clock)
+        self.context = Context(
+            limits=limits,
+            metrics=metrics,
+            hub=hub,
+            namespaces=hub.namespaces,
+            admission=self,
+            deadlines=self.deadlines,
+            clock=clock,
+        )
 
     def may_wait(self, remote: str) -> bool:
         """Whether ``remote`` may open one more socket that still has to authenticate."""
-        return self._waiting[remote] < self._waiting_cap
+        return self._waiting[remote] < self.limits.max_unauthenticated_per_address
 
     def connect(self, peer: Peer, remote: str) -> Connection:
         """A new socket after the upgrade; its auth deadline starts now."""
         self._waiting[remote] += 1
         self.metrics.awaiting_auth.inc()
-        return Connection(
-            peer,
-            remote,
-            next(self._serials),
-            settings=self.settings,
-            metrics=self.metrics,
-            hub=self.hub,
-            admission=self,
-            deadlines=self.deadlines,
-        )
+        return Connection(self.context, peer, remote, next(self._serials))
 
     async def authenticate(self, token: str) -> Claims:
         """Verify ``token`` (the in-memory registry included), then ask the ledger, in one round
@@ -116,7 +115,7 @@ class Gateway:
         that started closing meanwhile is left out, as if it never authenticated."""
         sub = claims.sub
         conns = self._users.get(sub, ())
-        if len(conns) >= self.settings.max_connections_per_user:
+        if len(conns) >= self.limits.max_connections_per_user:
             raise errors.TooManyConnections()
         # Indexed while the shared count answers, so that this replica's count stays exact.
         self._users[sub] = (*conns, conn)
@@ -144,7 +143,7 @@ class Gateway:
         checks = self.metrics.user_limit_checks
         try:
             taken = await self.slots.acquire(
-                sub, self._slot(conn), self.settings.max_connections_per_user
+                sub, self._slot(conn), self.limits.max_connections_per_user
             )
         except BusUnavailable as exc:
             checks.labels("unavailable").inc()
@@ -211,7 +210,7 @@ class Gateway:
     async def close(self) -> None:
         """Let pending slot releases finish (briefly)."""
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=self.settings.subscribe_sync_timeout)
+            await asyncio.wait(set(self._tasks), timeout=self.limits.sync_timeout)
 
     def _stop_waiting(self, conn: Connection) -> None:
         remote = conn.remote or ""
@@ -251,7 +250,7 @@ class Gateway:
     def keys_dropped(self, kids: frozenset[str]) -> None:
         """Keys left the key cache (withdrawn, or gone from a fresh key set): every live socket
         whose token one of them signed must renew within ``key_withdrawal_grace`` seconds."""
-        grace = self.settings.key_withdrawal_grace
+        grace = self.limits.key_withdrawal_grace
         told = 0
         for conns in tuple(self._users.values()):
             for conn in conns:

@@ -11,15 +11,14 @@ subscribers see is the offset order: in-process here, in one Lua script in Redis
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import secrets
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from ws_service.domain.clock import Clock, LoopClock, Timer
 from ws_service.domain.errors import HistoryFull
 
 __all__ = [
@@ -231,17 +230,17 @@ class MemoryHistory:
         *,
         max_bytes: int = 64 * 1024 * 1024,
         user_bytes: int = 0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         self._publish = publish
         self._max_bytes = max_bytes
         self._user_bytes = user_bytes
         self._owned: dict[str, int] = {}
-        self._clock = clock
+        self._clock: Clock = clock or LoopClock()
         self._streams: dict[str, _Stream] = {}
         self._due: list[tuple[float, str]] = []
         self._bytes = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._timer_at = 0.0
         self._marks = EmptyMarks(new_epoch())
 
@@ -259,7 +258,7 @@ class MemoryHistory:
         *,
         owner: str | None = None,
     ) -> str:
-        now = self._clock()
+        now = self._clock.monotonic()
         self._expire(now)
         cost = message_cost(frame)
         over = owner is not None and self._owned.get(owner, 0) + cost > self._user_bytes
@@ -291,7 +290,7 @@ class MemoryHistory:
     async def read(
         self, channel: str, since: Position | None, limit: int, policy: HistoryPolicy
     ) -> HistoryPage:
-        now = self._clock()
+        now = self._clock.monotonic()
         self._expire(now)
         from_empty = self._marks.continues(since, now, policy.ttl)
         stream = self._streams.get(channel)
@@ -335,10 +334,10 @@ class MemoryHistory:
             return
         self.close()
         self._timer_at = self._due[0][0]
-        delay = max(0.0, self._timer_at - self._clock()) + SWEEP_DELAY
-        self._timer = asyncio.get_running_loop().call_later(delay, self._sweep)
+        at = max(self._timer_at, self._clock.monotonic()) + SWEEP_DELAY
+        self._timer = self._clock.call_at(at, self._sweep)
 
     def _sweep(self) -> None:
         self._timer = None
-        self._expire(self._clock())
+        self._expire(self._clock.monotonic())
         self._schedule()

@@ -19,17 +19,17 @@ import contextlib
 import itertools
 import logging
 import secrets
-import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
-from shared.access_token import Claims
-from shared.bus import EventBus, Unsubscribe
-from shared.bus_errors import BusOutcomeUnknown, BusUnavailable
-from shared.tasks import cancel_and_wait
+from realtime_gateway_protocol.access_token import Claims
+from realtime_gateway_protocol.tasks import cancel_and_wait
+from shared.bus import BusOutcomeUnknown, BusUnavailable, EventBus, Unsubscribe
 from ws_service.domain import protocol
+from ws_service.domain.clock import Clock, LoopClock
 from ws_service.domain.errors import NotEnabled, Unconfirmed
-from ws_service.domain.history import History, HistoryPage, HistoryPolicy, Position, position_of
+from ws_service.domain.history import History, HistoryPage, Position, position_of
+from ws_service.domain.namespaces import Namespaces
 from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, Presence
 from ws_service.domain.presence_debounce import PresenceDebounce
 
@@ -52,25 +52,27 @@ class Hub:
         bus: EventBus,
         history: History,
         presence: Presence,
-        policy: Callable[[str], HistoryPolicy | None],
+        namespaces: Namespaces,
         *,
         on_delivered: Callable[[int], None] | None = None,
         on_local_only: Callable[[], None] | None = None,
         on_delivery_failed: Callable[[], None] | None = None,
         sync_timeout: float = 2.0,
         presence_debounce: float = 0.0,
+        clock: Clock | None = None,
     ) -> None:
         self._bus = bus
         self._history = history
         self._presence = presence
-        self._policy = policy
+        self.namespaces = namespaces
         self._local: dict[str, set[Subscriber]] = {}
         self._unsubscribe: dict[str, Unsubscribe] = {}
         self._watchers: dict[str, set[Subscriber]] = {}
         self._unwatch: dict[str, Unsubscribe] = {}
         self._present: dict[str, dict[Subscriber, tuple[str, Member]]] = {}
+        self._clock: Clock = clock or LoopClock()
         self._presence_frames = PresenceDebounce(
-            presence_debounce, self._show_presence, asyncio.get_running_loop
+            presence_debounce, self._show_presence, self._clock
         )
         self._replica = secrets.token_hex(6)
         self._entry_ids = itertools.count(1)
@@ -138,14 +140,11 @@ class Hub:
 
     # -- messages and history --------------------------------------------------------------
 
-    def policy(self, channel: str) -> HistoryPolicy | None:
-        return self._policy(channel)
-
     async def publish(self, channel: str, data: Any, sender: Claims | None) -> None:
         """Raises ``Unconfirmed`` when Redis took the message without confirming it."""
-        frame = protocol.message(channel, data, sender, int(time.time() * 1000))
+        frame = protocol.message(channel, data, sender, int(self._clock.time() * 1000))
         topic = CHANNEL_TOPIC_PREFIX + channel
-        policy = self._policy(channel)
+        policy = self.namespaces.of(channel).history
         try:
             if policy is None:
                 await self._bus.publish(topic, frame)
@@ -164,14 +163,14 @@ class Hub:
 
     async def history(self, channel: str, since: Position | None, limit: int) -> HistoryPage:
         """Raises ``NotEnabled`` without a policy and ``BusUnavailable`` when Redis is down."""
-        policy = self._policy(channel)
+        policy = self.namespaces.of(channel).history
         if policy is None:
             raise NotEnabled("this channel's namespace keeps no history")
         return await self._history.read(channel, since, min(limit, policy.size), policy)
 
     def _deliver(self, topic: str, payload: str) -> None:
         channel = topic[len(CHANNEL_TOPIC_PREFIX) :]
-        position = position_of(payload) if self._policy(channel) is not None else None
+        position = position_of(payload) if self.namespaces.of(channel).history is not None else None
         self._fan_out(channel, payload, position)
 
     def _fan_out(self, channel: str, payload: str, position: Position | None) -> None:

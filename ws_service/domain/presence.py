@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.wire_json import dumps
+from realtime_gateway_protocol.wire_json import dumps
 
 __all__ = [
     "PRESENCE_TOPIC_PREFIX",

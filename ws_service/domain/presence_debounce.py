@@ -22,25 +22,14 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-__all__ = ["PresenceDebounce", "Scheduler", "Timer"]
+from ws_service.domain.clock import Clock, Timer
+
+__all__ = ["PresenceDebounce"]
 
 log = logging.getLogger(__name__)
 
 JOIN, LEAVE = "join", "leave"
-
-
-class Timer(Protocol):
-    def cancel(self) -> None: ...
-
-
-class Scheduler(Protocol):
-    """The event loop's clock and timers (``asyncio.AbstractEventLoop`` is one)."""
-
-    def time(self) -> float: ...
-
-    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer: ...
 
 
 @dataclass(slots=True)
@@ -59,13 +48,12 @@ class PresenceDebounce:
         self,
         window: float,
         show: Callable[[str, str], None],
-        scheduler: Callable[[], Scheduler],
+        clock: Clock,
     ) -> None:
-        """``show(channel, frame)`` delivers to the channel's watchers; ``scheduler`` gives the
-        running loop (it is looked up when first needed, not at construction)."""
+        """``show(channel, frame)`` delivers to the channel's watchers."""
         self._window = window
         self._show = show
-        self._scheduler = scheduler
+        self._clock = clock
         self._users: dict[str, dict[str, _User]] = {}
 
     def announce(self, channel: str, payload: str) -> None:
@@ -80,8 +68,7 @@ class PresenceDebounce:
             log.warning("presence frame shown undebounced", extra={"channel": channel})
             self._show(channel, payload)
             return
-        clock = self._scheduler()
-        now = clock.time()
+        now = self._clock.monotonic()
         users = self._users.setdefault(channel, {})
         user = users.get(uid)
         if user is None:
@@ -114,8 +101,7 @@ class PresenceDebounce:
     def _wake(self, channel: str, uid: str, user: _User, at: float) -> None:
         if user.timer is not None:
             user.timer.cancel()
-        clock = self._scheduler()
-        user.timer = clock.call_later(at - clock.time(), lambda: self._due(channel, uid))
+        user.timer = self._clock.call_at(at, lambda: self._due(channel, uid))
 
     def _due(self, channel: str, uid: str) -> None:
         users = self._users.get(channel, {})
@@ -124,7 +110,7 @@ class PresenceDebounce:
             return
         user.timer = None
         if user.actual != user.shown:
-            self._display(channel, uid, user, self._scheduler().time())
+            self._display(channel, uid, user, self._clock.monotonic())
             return
         del users[uid]
         if not users:

@@ -6,14 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shared import wire_json
-from shared.access_token import Claims
-from shared.close_codes import Disconnect
+from realtime_gateway_protocol import wire_json
+from realtime_gateway_protocol.access_token import Claims
+from realtime_gateway_protocol.close_codes import Disconnect
 from ws_service.domain.errors import AuthError, BadRequest, GatewayError, RequestError
 from ws_service.domain.history import HistoryPage
 
 __all__ = [
-    "PREAUTH_MAX_BYTES",
     "Request",
     "auth_error",
     "auth_success",
@@ -27,7 +26,6 @@ __all__ = [
     "subscribed",
 ]
 
-PREAUTH_MAX_BYTES = 16 * 1024
 
 RequestId = str | int | None
 
@@ -44,7 +42,7 @@ class Request:
 def parse(text: str) -> Request:
     """Raise ``BadRequest`` for anything that is not a strict JSON object with a string ``type``.
 
-    Strict means what every browser can read back (``shared.wire_json``): finite numbers, bounded
+    Strict means what every browser can read back (``realtime_gateway_protocol.wire_json``): finite numbers, bounded
     nesting, no lone surrogates. The one exception is ``token``, whose lone surrogates are left
     for the verifier to refuse as an invalid token, like any other bad token.
     """
@@ -76,7 +74,7 @@ def disconnect_for(err: GatewayError) -> Disconnect:
 
 
 def encode(frame: dict[str, Any]) -> str:
-    """Strict, ASCII-only output (``shared.wire_json``): what every client can parse."""
+    """Strict, ASCII-only output (``realtime_gateway_protocol.wire_json``): what every client can parse."""
     return wire_json.dumps(frame)
 
 

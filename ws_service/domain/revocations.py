@@ -6,7 +6,7 @@ import heapq
 import time
 from collections.abc import Callable
 
-from shared.events import RevocationEvent, SessionRevoked, UserRevoked
+from realtime_gateway_protocol.events import RevocationEvent, SessionRevoked, UserRevoked
 
 __all__ = ["RevocationRegistry"]
 

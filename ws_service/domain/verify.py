@@ -10,7 +10,12 @@ from typing import Any, Protocol
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from shared.access_token import ACCESS_TOKEN_TYP, ALGORITHM, REQUIRED_CLAIMS, Claims
+from realtime_gateway_protocol.access_token import (
+    ACCESS_TOKEN_TYP,
+    ALGORITHM,
+    REQUIRED_CLAIMS,
+    Claims,
+)
 from ws_service.domain.errors import InvalidToken, KeyWithdrawn, SessionRevoked, TokenExpired
 
 __all__ = ["KeySource", "RevocationCheck", "TokenVerifier", "claims_from"]

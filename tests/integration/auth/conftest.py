@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestClient
 
 from auth_service.app import create_app
 from auth_service.settings import Settings
+from realtime_gateway_protocol.events import REVOCATIONS_TOPIC, RevocationEvent, decode_event
 from shared.bus import InProcessBus
-from shared.events import REVOCATIONS_TOPIC, RevocationEvent, decode_event
 
 PASSWORD = "correct horse battery staple"
 

@@ -17,9 +17,9 @@ import pytest
 from auth_service.app import create_app
 from auth_service.browser import CSRF_COOKIE, CSRF_HEADER, HOST_PREFIX, SESSION_COOKIE
 from auth_service.settings import Settings
+from realtime_gateway_protocol.events import RevocationEvent, SessionRevoked, UserRevoked
+from realtime_gateway_protocol.tickets import TICKET_TTL, TICKET_TYP
 from shared.bus import InProcessBus
-from shared.events import RevocationEvent, SessionRevoked, UserRevoked
-from shared.tickets import TICKET_TTL, TICKET_TYP
 from tests.integration.auth.conftest import PASSWORD, AuthClient, MakeClient, login, register
 
 OWN = "http://auth.test"

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from auth_service.app import create_app
 from auth_service.appkeys import PUBLISHER
-from shared.mirrored_gauges import MIRROR_INTERVAL
+from shared.metrics.mirrored import MIRROR_INTERVAL
 from tests.integration.auth.conftest import AuthClient, MakeClient, login, register
 from tests.integration.auth.test_outbox import FlakyBus
 from tests.services import free_port

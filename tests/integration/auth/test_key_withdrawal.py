@@ -17,8 +17,8 @@ from auth_service.__main__ import keys_command
 from auth_service.app import maintenance_interval
 from auth_service.appkeys import KEYRING
 from auth_service.settings import Settings
+from realtime_gateway_protocol.key_events import KEYS_TOPIC, KeyWithdrawn, decode_key_event
 from shared.bus import InProcessBus
-from shared.key_events import KEYS_TOPIC, KeyWithdrawn, decode_key_event
 from tests.integration.auth.conftest import AuthClient, MakeClient, login, refresh, register
 
 

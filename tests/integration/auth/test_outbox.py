@@ -21,9 +21,13 @@ from auth_service.appkeys import PUBLISHER
 from auth_service.domain.outbox import EventPublisher, RetryPolicy, replay_dead_letters
 from auth_service.domain.store import Store
 from auth_service.store import open_store
-from shared.bus import InProcessBus
-from shared.bus_errors import BusUnavailable
-from shared.events import REVOCATIONS_TOPIC, SessionRevoked, decode_event, encode_event
+from realtime_gateway_protocol.events import (
+    REVOCATIONS_TOPIC,
+    SessionRevoked,
+    decode_event,
+    encode_event,
+)
+from shared.bus import BusUnavailable, InProcessBus
 from tests.integration.auth.conftest import AuthClient, login, register
 
 POISON = '{"type":"session_revoked","sid":"written-by-an-older-version"}'

@@ -13,10 +13,10 @@ import jwt
 from aiohttp import web
 
 from auth_service.app import create_app
-from shared.access_token import TokenRef
-from shared.events import REVOCATIONS_TOPIC, SessionRevoked, decode_event
-from shared.redis_bus import RedisBus
-from shared.redis_ledger import RedisRevocationLedger
+from realtime_gateway_protocol.access_token import TokenRef
+from realtime_gateway_protocol.events import REVOCATIONS_TOPIC, SessionRevoked, decode_event
+from shared.redis.bus import RedisBus
+from shared.redis.ledger import RedisRevocationLedger
 from tests.integration.auth.conftest import AuthClient, login, register
 from tests.integration.bus.support import Inbox, PrivateRedis
 

@@ -11,8 +11,8 @@ import pytest
 
 from auth_service.app import create_app
 from auth_service.settings import Settings
+from realtime_gateway_protocol.events import RevocationEvent, SessionRevoked, UserRevoked
 from shared.bus import InProcessBus
-from shared.events import RevocationEvent, SessionRevoked, UserRevoked
 from tests.integration.auth.conftest import (
     PASSWORD,
     AuthClient,

@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 import pytest
 from redis.asyncio import Redis
 
-from shared.redis_bus import RedisBus
+from shared.redis.bus import RedisBus
 from tests.integration.bus.support import BusMaker
 from tests.support.delaying_proxy import DelayingProxy
 

@@ -6,7 +6,7 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 
-from shared.redis_bus import RedisBus
+from shared.redis.bus import RedisBus
 from tests.services import free_port
 
 BusMaker = Callable[..., Awaitable[RedisBus]]

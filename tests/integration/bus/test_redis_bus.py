@@ -8,10 +8,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from shared.bus import InProcessBus
-from shared.bus_errors import BusOutcomeUnknown, BusUnavailable
-from shared.bus_factory import open_bus
-from shared.redis_bus import RedisBus
+from shared.bus import BusOutcomeUnknown, BusUnavailable, InProcessBus
+from shared.redis.bus import RedisBus, open_bus
 from tests.integration.bus.support import BusMaker, Inbox, PrivateRedis, eventually
 from tests.support.delaying_proxy import DelayingProxy
 

@@ -9,12 +9,13 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from shared.bus_errors import BusOutcomeUnknown
+from shared.bus import BusOutcomeUnknown
 from tests.support.delaying_proxy import DelayingProxy
+from tests.support.poll import poll
 from ws_service.domain.errors import HistoryFull
 from ws_service.domain.history import HistoryPolicy, Position, message_cost
-from ws_service.redis_client import open_redis
-from ws_service.redis_history import RedisHistory
+from ws_service.redis.client import open_redis
+from ws_service.redis.history import RedisHistory
 
 pytestmark = pytest.mark.redis
 POLICY = HistoryPolicy(size=100, ttl=300)
@@ -94,7 +95,12 @@ async def test_expired_messages_are_not_recovered(two_clients: tuple[Redis, Redi
     brief = HistoryPolicy(size=10, ttl=0.2)
     start = (await history.read("chat:a", None, 10, brief)).position
     await history.publish("chat:a", f"{prefix}t", FRAME, brief)
-    await asyncio.sleep(0.3)
+    keys = (f"{prefix}{{chat:a}}:log", f"{prefix}{{chat:a}}:meta")
+
+    async def expired() -> bool:  # Redis expires the channel's log and position
+        return not await one.exists(*keys)
+
+    await poll(expired)
     result = await history.read("chat:a", start, 10, brief)
     assert result.recovered is False
     assert result.position.offset == 0  # the channel went with its last message

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from ws_service.redis_slots import RedisUserSlots
+from ws_service.redis.slots import RedisUserSlots
 
 pytestmark = pytest.mark.redis
 TTL = 0.6

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from shared.access_token import TokenRef
-from shared.bus_errors import BusOutcomeUnknown, BusUnavailable
-from shared.events import SessionRevoked, UserRevoked
-from shared.redis_ledger import PREFIX, RedisRevocationLedger
+from realtime_gateway_protocol.access_token import TokenRef
+from realtime_gateway_protocol.events import SessionRevoked, UserRevoked
+from shared.bus import BusOutcomeUnknown, BusUnavailable
+from shared.redis.ledger import PREFIX, RedisRevocationLedger
 from tests.services import free_port
 from tests.support.delaying_proxy import DelayingProxy
 

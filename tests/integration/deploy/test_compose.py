@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 from ruamel.yaml import YAML
 
-from shared.envparse import env_list
+from shared.config.env import env_list
 from tests.integration.deploy.rules import (
     ROOT,
     SECRET_SETTINGS,

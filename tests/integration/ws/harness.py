@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import RSAAlgorithm
 
-from shared.access_token import ACCESS_TOKEN_TYP, ALGORITHM, AccessTokenPayload
+from realtime_gateway_protocol.access_token import ACCESS_TOKEN_TYP, ALGORITHM, AccessTokenPayload
 from shared.bus import EventBus
 
 ISSUER = "http://auth.test:8081"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from shared.envparse import ConfigError
+from shared.config.env import ConfigError
 from tests.integration.ws.harness import AUDIENCE, ISSUER
 from ws_service.app import create_app
 from ws_service.settings import Settings

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway_client import (
+from realtime_gateway_client import (
     AuthenticationFailed,
     ClientError,
     GatewayClient,
@@ -153,7 +153,7 @@ async def test_logout_everywhere_elsewhere_stops_the_client(stack: Stack) -> Non
 
 
 async def test_chat_cli_publishes_typed_lines_and_prints_messages(stack: Stack) -> None:
-    from gateway_client.chat import chat
+    from realtime_gateway_client.chat import chat
 
     alice_id = stack.users["alice"]
     printed: list[str] = []

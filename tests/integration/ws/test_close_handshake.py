@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import WSMsgType
 
-from shared.events import REVOCATIONS_TOPIC, UserRevoked, encode_event
+from realtime_gateway_protocol.events import REVOCATIONS_TOPIC, UserRevoked, encode_event
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness
 from tests.support.raw_ws import CLOSE, TEXT, RawWebSocket

@@ -15,10 +15,10 @@ import pytest
 from multidict import CIMultiDict
 
 from auth_service.appkeys import KEYRING
-from shared.tickets import TICKET_TTL, TICKET_TYP, ticket_claims
-from shared.used_tickets import LocalUsedTickets, RedisUsedTickets, UsedTickets
+from realtime_gateway_protocol.tickets import TICKET_TTL, TICKET_TYP, ticket_claims
 from tests.integration.stack import MakeStack, Stack
 from tests.integration.ws.harness import auth, expect_close, recv, send
+from ws_service.used_tickets import LocalUsedTickets, RedisUsedTickets, UsedTickets
 
 BEARER = "realtime.bearer."
 

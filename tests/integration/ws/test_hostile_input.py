@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import WSMsgType
 
-from shared.wire_json import loads as strict_loads
+from realtime_gateway_protocol.wire_json import loads as strict_loads
 from tests.integration.ws.harness import Harness, auth, expect_close, expect_open, recv, send
 
 KEY = "test-api-key-0123456789"

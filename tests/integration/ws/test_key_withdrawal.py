@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from shared.key_events import KEYS_TOPIC, KeyWithdrawn, encode_key_event
-from shared.redis_bus import RedisBus
+from realtime_gateway_protocol.key_events import KEYS_TOPIC, KeyWithdrawn, encode_key_event
+from shared.redis.bus import RedisBus
 from tests.integration.bus.support import PrivateRedis
 from tests.integration.ws.conftest import KID, MakeGateway
 from tests.integration.ws.harness import (

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from shared.events import SessionRevoked, UserRevoked
-from shared.redis_bus import RedisBus
-from shared.redis_ledger import RedisRevocationLedger
+from realtime_gateway_protocol.events import SessionRevoked, UserRevoked
+from shared.redis.bus import RedisBus
+from shared.redis.ledger import RedisRevocationLedger
 from tests.integration.bus.support import PrivateRedis
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import (

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import time
 
-from shared.events import REVOCATIONS_TOPIC, SessionRevoked, UserRevoked, encode_event
+from realtime_gateway_protocol.events import (
+    REVOCATIONS_TOPIC,
+    SessionRevoked,
+    UserRevoked,
+    encode_event,
+)
 from tests.integration.ws.harness import Harness, auth, expect_close, expect_open, recv, send
 
 

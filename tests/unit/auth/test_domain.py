@@ -33,7 +33,7 @@ from auth_service.domain.passwords import Passwords
 from auth_service.domain.service import AuthService, IssuerPolicy
 from auth_service.domain.throttle import LoginThrottle
 from auth_service.domain.tokens import TokenIssuer
-from shared.events import RevocationEvent, SessionRevoked, UserRevoked
+from realtime_gateway_protocol.events import RevocationEvent, SessionRevoked, UserRevoked
 from tests.unit.auth.memory_store import MemoryStore
 
 PASSWORD = "correct horse battery staple"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from shared.access_token import REQUIRED_CLAIMS, Claims, TokenRef
+from realtime_gateway_protocol.access_token import REQUIRED_CLAIMS, Claims, TokenRef
 
 
 def payload(**overrides: Any) -> dict[str, Any]:

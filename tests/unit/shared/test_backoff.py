@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from shared.backoff import backoff_delay
+from realtime_gateway_protocol.backoff import backoff_delay
 
 
 @pytest.mark.parametrize(

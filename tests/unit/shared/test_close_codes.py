@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.close_codes import Action, CloseCode, Disconnect, action_for
+from realtime_gateway_protocol.close_codes import Action, CloseCode, Disconnect, action_for
 
 ROOT = Path(__file__).parents[3]
 PROTOCOL_DOC = ROOT / "docs" / "protocol.md"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.envparse import ConfigError, env_secret, env_secret_url, redact_url, split_list
+from shared.config.env import ConfigError, env_secret, env_secret_url, redact_url, split_list
 
 SECRET = "f1le-secret-value-0123456789"
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from shared.forwarded import client_address
-from shared.http_json import json_response
+from shared.http.forwarded import client_address
+from shared.http.responses import json_response
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.envparse import redact_url
-from shared.http_auth import bearer_token
+from shared.config.env import redact_url
+from shared.http.auth import bearer_token
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from shared.key_events import KeyEvent, KeyRotated, KeyWithdrawn, decode_key_event, encode_key_event
+from realtime_gateway_protocol.key_events import (
+    KeyEvent,
+    KeyRotated,
+    KeyWithdrawn,
+    decode_key_event,
+    encode_key_event,
+)
 
 KID = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"  # an RFC 7638 thumbprint
 

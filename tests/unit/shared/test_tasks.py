@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from shared.tasks import cancel_and_wait
+from realtime_gateway_protocol.tasks import cancel_and_wait
 
 
 async def forever() -> None:
@@ -23,13 +23,15 @@ async def test_the_task_is_cancelled_and_awaited() -> None:
 
 async def test_a_cancellation_aimed_at_the_caller_propagates() -> None:
     """The old ``cancel(); suppress(CancelledError): await task`` returned normally here."""
+    stopping, release = asyncio.Event(), asyncio.Event()
 
     async def stubborn() -> None:
         # Takes a while to stop: the caller is cancelled while it waits.
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
-            await asyncio.sleep(0.05)
+            stopping.set()
+            await release.wait()
             raise
 
     async def shutdown(task: asyncio.Task[None], reached: list[str]) -> None:
@@ -40,8 +42,9 @@ async def test_a_cancellation_aimed_at_the_caller_propagates() -> None:
     task = asyncio.create_task(stubborn())
     await asyncio.sleep(0)
     caller = asyncio.create_task(shutdown(task, reached))
-    await asyncio.sleep(0.01)
+    await stopping.wait()
     caller.cancel()
+    release.set()
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert reached == []

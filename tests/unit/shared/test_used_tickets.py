@@ -3,7 +3,7 @@ its record lasts, and the record is gone (memory freed) once its time has passed
 
 from __future__ import annotations
 
-from shared.used_tickets import LocalUsedTickets
+from ws_service.used_tickets import LocalUsedTickets
 
 
 class Clock:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.wire_json import MAX_DEPTH, WireJSONError, dumps, loads
+from realtime_gateway_protocol.wire_json import MAX_DEPTH, WireJSONError, dumps, loads
 
 finite_json = st.recursive(
     st.none()

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from shared.access_token import Claims
-from shared.bus_errors import BusUnavailable
-from tests.unit.ws.test_reconcile import Peer, gateway_with
+from realtime_gateway_protocol.access_token import Claims
+from shared.bus import BusUnavailable
+from tests.unit.ws.fakes import FakeMetrics, FakePeer, build_gateway
+from ws_service.domain.connection import State
 from ws_service.domain.errors import TooManyConnections
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.user_slots import Held
@@ -52,12 +53,10 @@ def claims(sub: str = "alice") -> Claims:
     )
 
 
-def gauges(gateway: Gateway) -> tuple[float, float]:
-    get = gateway.metrics.registry.get_sample_value
-    return (
-        get("ws_connections", {"state": "awaiting_auth"}) or 0.0,
-        get("ws_connections", {"state": "authenticated"}) or 0.0,
-    )
+def gauges(gateway: Gateway) -> tuple[int, int]:
+    metrics = gateway.metrics
+    assert isinstance(metrics, FakeMetrics)
+    return metrics.counts["awaiting_auth"], metrics.counts["authenticated"]
 
 
 async def settle(gateway: Gateway) -> None:
@@ -67,12 +66,12 @@ async def settle(gateway: Gateway) -> None:
 
 async def test_a_socket_closed_while_its_slot_is_taken_is_left_out_and_gives_it_back() -> None:
     slots = Slots()
-    gateway = gateway_with(None, slots)
-    peer = Peer()
+    gateway = build_gateway(slots=slots)
+    peer = FakePeer()
     conn = gateway.connect(peer, "10.0.0.1")
     admitting = asyncio.ensure_future(gateway.admit(conn, claims()))
     await asyncio.sleep(0)
-    conn.closing = True
+    conn.state = State.CLOSING
     slots.gate.set()
     await admitting
     await settle(gateway)
@@ -85,8 +84,8 @@ async def test_a_socket_closed_while_its_slot_is_taken_is_left_out_and_gives_it_
 
 async def test_a_socket_cancelled_while_its_slot_is_taken_gives_it_back() -> None:
     slots = Slots()
-    gateway = gateway_with(None, slots, max_connections_per_user=1)
-    conn = gateway.connect(Peer(), None)
+    gateway = build_gateway(slots=slots, max_connections_per_user=1)
+    conn = gateway.connect(FakePeer(), None)
     admitting = asyncio.ensure_future(gateway.admit(conn, claims()))
     await asyncio.sleep(0)
     admitting.cancel()
@@ -96,7 +95,7 @@ async def test_a_socket_cancelled_while_its_slot_is_taken_gives_it_back() -> Non
     conn.disconnected()
     await settle(gateway)
     assert gauges(gateway) == (0, 0)
-    other = gateway.connect(Peer(), None)
+    other = gateway.connect(FakePeer(), None)
     await gateway.admit(other, claims())
     assert gauges(gateway) == (0, 1), "the local index did not keep the cancelled socket"
 
@@ -105,11 +104,11 @@ async def test_admitted_while_redis_is_down_then_restored_on_reconnection() -> N
     slots = Slots()
     slots.down = True
     slots.gate.set()
-    gateway = gateway_with(None, slots, max_connections_per_user=2)
+    gateway = build_gateway(slots=slots, max_connections_per_user=2)
     for _ in range(2):
-        await gateway.admit(gateway.connect(Peer(), None), claims())
+        await gateway.admit(gateway.connect(FakePeer(), None), claims())
     with pytest.raises(TooManyConnections):
-        await gateway.admit(gateway.connect(Peer(), None), claims())
+        await gateway.admit(gateway.connect(FakePeer(), None), claims())
     assert slots.held == {}
     slots.down = False
     await gateway.restore_slots()

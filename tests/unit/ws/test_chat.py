@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway_client.chat import format_message, parse_args
+from realtime_gateway_client.chat import format_message, parse_args
 
 
 def test_defaults_point_at_the_local_services() -> None:

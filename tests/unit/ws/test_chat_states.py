@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway_client.chat import StatePrinter
+from realtime_gateway_client.chat import StatePrinter
 
 
 def test_each_state_change_is_one_line() -> None:

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import RSAAlgorithm
 
-from shared.envparse import ConfigError
+from shared.config.env import ConfigError
 from ws_service.jwks import parse_jwks, ttl_from_cache_control
 from ws_service.settings import Settings
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from shared.events import SessionRevoked, UserRevoked
-from ws_service.domain.channels import check_publish, check_subscribe, validate_channel
+from realtime_gateway_protocol.access_token import Claims
+from realtime_gateway_protocol.events import SessionRevoked, UserRevoked
 from ws_service.domain.connection import warning_delay
 from ws_service.domain.errors import Forbidden, InvalidChannel
+from ws_service.domain.history import HistoryPolicy
+from ws_service.domain.namespaces import USER_NAMESPACE, Namespace, Namespaces, validate_channel
 from ws_service.domain.ratelimit import TokenBucket
 from ws_service.domain.revocations import RevocationRegistry
 
@@ -28,23 +30,48 @@ def test_invalid_channel_names(name: object) -> None:
         validate_channel(name)
 
 
+def claims(sub: str, *scopes: str) -> Claims:
+    return Claims(sub, "s", 0, 10, frozenset(scopes), None, "k")
+
+
 def test_scopes_open_namespaces() -> None:
-    check_subscribe("chat:x", "alice", {"chat:read"})
-    check_publish("chat:x", {"chat:write"})
+    chat = Namespaces().of("chat:x")
+    chat.check_read("chat:x", claims("alice", "chat:read"))
+    chat.check_write("chat:x", claims("alice", "chat:write"))
     with pytest.raises(Forbidden):
-        check_subscribe("chat:x", "alice", {"chat:write", "news:read"})
+        chat.check_read("chat:x", claims("alice", "chat:write", "news:read"))
     with pytest.raises(Forbidden):
-        check_publish("chat:x", {"chat:read"})
+        chat.check_write("chat:x", claims("alice", "chat:read"))
 
 
 def test_user_namespace_is_private_and_server_written() -> None:
-    check_subscribe("user:alice", "alice", set())
+    user = Namespaces().of("user:alice")
+    assert user.private
+    user.check_read("user:alice", claims("alice"))
     with pytest.raises(Forbidden):
-        check_subscribe("user:bob", "alice", {"user:read", "user:bob:read"})
+        user.check_read("user:bob", claims("alice", "user:read", "user:bob:read"))
     with pytest.raises(Forbidden):
-        check_subscribe("user:alice:extra", "alice", {"user:read"})
+        user.check_read("user:alice:extra", claims("alice", "user:read"))
     with pytest.raises(Forbidden):
-        check_publish("user:alice", {"user:write"})
+        user.check_write("user:alice", claims("alice", "user:write"))
+
+
+def test_a_namespace_resolves_once_to_its_configured_rules() -> None:
+    chat = Namespace("chat", history=HistoryPolicy(10, 60.0), presence=True)
+    namespaces = Namespaces([chat])
+    assert namespaces.of("chat:a") is namespaces.of("chat:b") is chat
+    other = namespaces.of("news:a")
+    assert (other.history, other.presence) == (None, False)
+    assert namespaces.of("news:b") is other
+    with pytest.raises(ValueError, match="private"):
+        Namespaces([Namespace(USER_NAMESPACE, presence=True)])
+
+
+def test_unconfigured_namespaces_are_remembered_within_a_bound() -> None:
+    namespaces = Namespaces()
+    for n in range(5000):
+        assert namespaces.of(f"n{n}:x").name == f"n{n}"
+    assert len(namespaces._resolved) <= 1024
 
 
 def test_token_bucket_allows_burst_then_refills_at_rate() -> None:

@@ -10,19 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.integration.bus.support import eventually
+from tests.support.clock import FakeClock
 from ws_service.domain.errors import HistoryFull
-from ws_service.domain.history import HistoryPolicy, MemoryHistory, Position, message_cost
+from ws_service.domain.history import (
+    SWEEP_DELAY,
+    HistoryPolicy,
+    MemoryHistory,
+    Position,
+    message_cost,
+)
 
 POLICY = HistoryPolicy(size=5, ttl=10)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def offsets(frames: list[str]) -> list[int]:
@@ -42,7 +40,7 @@ operations = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(operations)
 def test_recovery_never_skips_or_repeats(ops: list[tuple[str, float]]) -> None:
-    clock = Clock()
+    clock = FakeClock(monotonic=0.0)
     published: list[str] = []
 
     async def bus(topic: str, frame: str) -> None:
@@ -56,7 +54,7 @@ def test_recovery_never_skips_or_repeats(ops: list[tuple[str, float]]) -> None:
                 for _ in range(int(arg)):
                     await history.publish("chat:a", "chan:chat:a", '{"type":"message"}', POLICY)
             elif op == "wait":
-                clock.now += arg
+                clock.advance(arg)
             else:
                 start = (await history.read("chat:a", None, 0, POLICY)).position
                 since = Position(int(arg), start.epoch)
@@ -97,11 +95,11 @@ async def test_a_channel_whose_messages_all_expired_is_forgotten_and_starts_a_ne
     async def bus(topic: str, frame: str) -> None:
         return None
 
-    clock = Clock()
+    clock = FakeClock(monotonic=0.0)
     history = MemoryHistory(bus, clock=clock)
     await history.publish("chat:a", "t", '{"type":"message"}', POLICY)
     before = (await history.read("chat:a", None, 10, POLICY)).position
-    clock.now += POLICY.ttl
+    clock.advance(POLICY.ttl)
     await history.read("chat:b", None, 0, POLICY)
     assert history.stored_bytes == 0
     framed = await history.publish("chat:a", "t", '{"type":"message"}', POLICY)
@@ -158,12 +156,12 @@ async def test_a_position_read_before_a_stream_that_expired_is_not_recovered() -
     async def bus(topic: str, frame: str) -> None:
         return None
 
-    clock = Clock()
+    clock = FakeClock(monotonic=0.0)
     history = MemoryHistory(bus, clock=clock)
     mark = (await history.read("chat:a", None, 10, POLICY)).position
-    clock.now += 1
+    clock.advance(1)
     await history.publish("chat:a", "t", '{"type":"message"}', POLICY)  # missed by the reader
-    clock.now += POLICY.ttl + 1  # expired: the stream is forgotten
+    clock.advance(POLICY.ttl + 1)  # expired: the stream is forgotten
     await history.publish("chat:a", "t", '{"type":"message"}', POLICY)
     result = await history.read("chat:a", mark, 10, POLICY)
     assert (result.recovered, result.publications) == (False, [])
@@ -178,7 +176,7 @@ async def test_expired_messages_free_their_memory_though_their_channels_are_neve
     async def bus(topic: str, frame: str) -> None:
         return None
 
-    clock = Clock()
+    clock = FakeClock(monotonic=0.0)
     history = MemoryHistory(bus, clock=clock)
     frame = json.dumps({"type": "message", "data": "x" * 10_000})
     tracemalloc.start()
@@ -187,7 +185,7 @@ async def test_expired_messages_free_their_memory_though_their_channels_are_neve
         for n in range(500):
             await history.publish(f"chat:c{n}", "t", frame, POLICY)
         grown = tracemalloc.get_traced_memory()[0] - baseline
-        clock.now += POLICY.ttl
+        clock.advance(POLICY.ttl)
         await history.read("chat:elsewhere", None, 0, POLICY)
         kept = tracemalloc.get_traced_memory()[0] - baseline
     finally:
@@ -200,22 +198,23 @@ async def test_the_sweep_timer_frees_expired_messages_with_no_publish_or_read() 
     async def bus(topic: str, frame: str) -> None:
         return None
 
-    history = MemoryHistory(bus)
+    clock = FakeClock(monotonic=0.0)
+    history = MemoryHistory(bus, clock=clock)
     brief = HistoryPolicy(size=5, ttl=0.05)
-    try:
-        for n in range(50):
-            await history.publish(f"chat:c{n}", "t", '{"type":"message"}', brief)
-        assert history.stored_bytes > 0
-        await eventually(lambda: history.stored_bytes == 0)
-    finally:
-        history.close()
+    for n in range(50):
+        await history.publish(f"chat:c{n}", "t", '{"type":"message"}', brief)
+    assert history.stored_bytes > 0
+    assert clock.pending == 1, "one timer for the whole store"
+    clock.advance(brief.ttl + SWEEP_DELAY)
+    assert history.stored_bytes == 0
+    assert clock.pending == 0
 
 
 async def test_the_store_is_bounded_in_bytes_and_refuses_rather_than_evicts() -> None:
     async def bus(topic: str, frame: str) -> None:
         return None
 
-    clock = Clock()
+    clock = FakeClock(monotonic=0.0)
     history = MemoryHistory(bus, clock=clock, max_bytes=1_000_000)
     for _ in range(3):
         framed = await history.publish("chat:victim", "t", '{"type":"message"}', POLICY)
@@ -230,7 +229,7 @@ async def test_the_store_is_bounded_in_bytes_and_refuses_rather_than_evicts() ->
     assert history.stored_bytes <= 1_000_000
     kept = await history.read("chat:victim", victim, 10, POLICY)
     assert (kept.recovered, offsets(kept.publications)) == (True, [1, 2, 3])
-    clock.now += POLICY.ttl
+    clock.advance(POLICY.ttl)
     await history.publish("chat:c0", "t", big, POLICY)  # room again once the old ones expired
 
 
@@ -238,7 +237,7 @@ async def test_what_one_user_keeps_is_capped_until_it_expires_or_is_trimmed() ->
     async def bus(topic: str, frame: str) -> None:
         return None
 
-    clock = Clock()
+    clock = FakeClock(monotonic=0.0)
     frame = json.dumps({"type": "message", "data": "x" * 10_000})
     history = MemoryHistory(bus, clock=clock, user_bytes=5 * message_cost(frame))
     for n in range(5):
@@ -254,6 +253,6 @@ async def test_what_one_user_keeps_is_capped_until_it_expires_or_is_trimmed() ->
     for _ in range(POLICY.size):
         await history.publish("chat:c0", "t", "{}", POLICY, owner="bob")
     await history.publish("chat:c8", "t", frame, POLICY, owner="mallory")
-    clock.now += POLICY.ttl
+    clock.advance(POLICY.ttl)
     for n in range(5):
         await history.publish(f"chat:d{n}", "t", frame, POLICY, owner="mallory")

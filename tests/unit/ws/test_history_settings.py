@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.envparse import ConfigError
+from shared.config.env import ConfigError
 from ws_service.domain.history import HistoryPolicy, Position, position_of, with_position
 from ws_service.settings import Settings
 
@@ -13,19 +13,22 @@ BASE = {"WS_JWKS_URL": "http://keys.test/jwks", "WS_ISSUER": "http://auth.test"}
 
 def test_defaults_keep_chat_history_and_presence_and_nothing_for_user() -> None:
     settings = Settings.from_env(BASE)
-    assert settings.history_policy("chat:lobby") == HistoryPolicy(100, 300.0)
-    assert settings.history_policy("user:42") is None
-    assert settings.has_presence("chat:lobby") and not settings.has_presence("user:42")
+    assert settings.namespaces.of("chat:lobby").history == HistoryPolicy(100, 300.0)
+    assert settings.namespaces.of("user:42").history is None
+    assert (
+        settings.namespaces.of("chat:lobby").presence
+        and not settings.namespaces.of("user:42").presence
+    )
 
 
 def test_namespaces_are_configured_and_none_turns_them_off() -> None:
     settings = Settings.from_env(
         {**BASE, "WS_HISTORY": "chat=10/60, news=1000/3600", "WS_PRESENCE": "none"}
     )
-    assert settings.history_policy("news:a") == HistoryPolicy(1000, 3600.0)
-    assert settings.history_policy("chat:a") == HistoryPolicy(10, 60.0)
-    assert not settings.has_presence("chat:a")
-    assert Settings.from_env({**BASE, "WS_HISTORY": "none"}).history_policy("chat:a") is None
+    assert settings.namespaces.of("news:a").history == HistoryPolicy(1000, 3600.0)
+    assert settings.namespaces.of("chat:a").history == HistoryPolicy(10, 60.0)
+    assert not settings.namespaces.of("chat:a").presence
+    assert Settings.from_env({**BASE, "WS_HISTORY": "none"}).namespaces.of("chat:a").history is None
     bounded = Settings.from_env({**BASE, "WS_HISTORY_MAX_BYTES": "1048576"})
     assert bounded.history_max_bytes == 1_048_576
 

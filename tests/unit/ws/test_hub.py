@@ -9,6 +9,7 @@ import json
 from shared.bus import InProcessBus
 from ws_service.domain.history import MemoryHistory, Position
 from ws_service.domain.hub import Hub
+from ws_service.domain.namespaces import Namespaces
 from ws_service.domain.presence import Member, MemoryPresence
 
 
@@ -30,7 +31,7 @@ def hub_on(bus: InProcessBus, **kwargs: object) -> Hub:
         bus,
         MemoryHistory(bus.publish),
         MemoryPresence(bus.publish),
-        lambda channel: None,
+        Namespaces(),
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -70,7 +71,7 @@ async def test_close_cancels_presence_removals_that_outlast_the_timeout() -> Non
         bus,
         MemoryHistory(bus.publish),
         HangingPresence(bus.publish),
-        lambda channel: None,
+        Namespaces(),
         sync_timeout=0.05,
     )
     subscriber = Recorder()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from shared.bus import InProcessBus
-from shared.bus_errors import BusError, BusOutcomeUnknown, BusUnavailable
+from shared.bus import BusError, BusOutcomeUnknown, BusUnavailable, InProcessBus
 from ws_service.domain.errors import Unconfirmed
 from ws_service.domain.history import HistoryPolicy, MemoryHistory, Position
 from ws_service.domain.hub import Hub
+from ws_service.domain.namespaces import Namespace, Namespaces
 from ws_service.domain.presence import MemoryPresence
 
 POLICY = HistoryPolicy(size=10, ttl=60)
@@ -37,10 +37,8 @@ class Subscriber:
 
 def hub_with(bus: FailingBus) -> Hub:
     history = MemoryHistory(bus.publish)
-    policies = {"chat": POLICY}
-    return Hub(
-        bus, history, MemoryPresence(bus.publish), lambda c: policies.get(c.partition(":")[0])
-    )
+    namespaces = Namespaces([Namespace("chat", history=POLICY)])
+    return Hub(bus, history, MemoryPresence(bus.publish), namespaces)
 
 
 @pytest.mark.parametrize("channel", ["chat:a", "news:a"])  # with history, and without

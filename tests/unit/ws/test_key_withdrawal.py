@@ -4,28 +4,24 @@ or a token expiring sooner anyway, keeps its own schedule)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Sequence
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from shared.access_token import Claims, TokenRef
-from shared.bus import InProcessBus
-from shared.key_events import KEYS_TOPIC, KeyRotated, KeyWithdrawn, encode_key_event
+from realtime_gateway_protocol.access_token import Claims, TokenRef
+from realtime_gateway_protocol.key_events import (
+    KEYS_TOPIC,
+    KeyRotated,
+    KeyWithdrawn,
+    encode_key_event,
+)
+from tests.support.clock import FakeClock
+from tests.unit.ws.fakes import FakePeer, build_gateway
 from ws_service.domain.connection import Connection
-from ws_service.domain.deadlines import Deadlines, Expiring
 from ws_service.domain.errors import KeyWithdrawn as KeyWithdrawnError
 from ws_service.domain.gateway import Gateway
-from ws_service.domain.history import MemoryHistory
-from ws_service.domain.hub import Hub
-from ws_service.domain.presence import MemoryPresence
-from ws_service.domain.revocations import RevocationRegistry
-from ws_service.domain.verify import TokenVerifier
-from ws_service.metrics import Metrics
-from ws_service.settings import Settings
 
 GRACE = 10
 
@@ -60,38 +56,25 @@ class Ledger:
         return [False for _ in tokens]
 
 
-class Peer:
-    def __init__(self) -> None:
-        self.sent: list[dict[str, object]] = []
-
-    def send(self, text: str) -> None:
-        self.sent.append(json.loads(text))
-
-    def close(self, code: int, reason: str) -> None:
-        raise AssertionError("nothing closes before the grace")
+def make_gateway(
+    keys: Keys, ledger: Ledger | None = None, clock: FakeClock | None = None
+) -> Gateway:
+    return build_gateway(clock=clock or CLOCK, keys=keys, ledger=ledger, key_withdrawal_grace=GRACE)
 
 
-def make_gateway(keys: Keys, ledger: Ledger | None = None) -> Gateway:
-    settings = Settings(
-        jwks_url="http://keys.test/jwks", issuer="http://auth.test", key_withdrawal_grace=GRACE
-    )
-    revocations = RevocationRegistry()
-    verifier = TokenVerifier(keys, revocations, issuer=settings.issuer, audience="ws", leeway=0)
-    bus = InProcessBus()
-    hub = Hub(bus, MemoryHistory(bus.publish), MemoryPresence(bus.publish), settings.history_policy)
-    return Gateway(settings, verifier, revocations, hub, Metrics(), ledger=ledger)
+CLOCK = FakeClock()
 
 
-def claims(kid: str, sub: str = "alice", ttl: int = 300) -> Claims:
-    now = int(time.time())
+def claims(kid: str, sub: str = "alice", ttl: int = 300, clock: FakeClock = CLOCK) -> Claims:
+    now = int(clock.time())
     return Claims(sub, f"sid-{sub}", now, now + ttl, frozenset(), None, kid)
 
 
-async def admit(gateway: Gateway, signed: Claims) -> tuple[Connection, Peer]:
-    peer = Peer()
+async def admit(gateway: Gateway, signed: Claims) -> tuple[Connection, FakePeer]:
+    peer = FakePeer()
     conn = gateway.connect(peer, None)
     await conn.authenticated_at_handshake(signed)
-    peer.sent.clear()
+    peer.take()
     return conn, peer
 
 
@@ -117,16 +100,15 @@ async def test_sockets_of_a_dropped_key_are_told_to_renew_within_the_grace() -> 
     sockets = [
         await admit(gateway, signed) for signed in (leaked, leaked_soon, claims("k2", "carol"))
     ]
-    before = int(time.time())
+    now = int(CLOCK.time())
     gateway.keys_dropped(frozenset({"k1", "k9"}))
-    after = int(time.time())
     (_, alice), (_, bob), (_, carol) = sockets
-    ((warning,), (soon,)) = alice.sent, bob.sent
+    ((warning,), (soon,)) = alice.frames, bob.frames
     assert warning["type"] == soon["type"] == "token_expiring"
-    assert before + GRACE <= warning["expires_at"] <= after + GRACE  # type: ignore[operator]
-    assert warning["expires_in"] in (GRACE - 1, GRACE)
+    assert warning["expires_at"] == now + GRACE
+    assert warning["expires_in"] == GRACE
     assert soon["expires_at"] == leaked_soon.exp, "a token expiring sooner keeps its own expiry"
-    assert carol.sent == []
+    assert carol.frames == []
     for conn, _ in sockets:
         conn.disconnected()
 
@@ -141,24 +123,16 @@ async def test_a_withdrawal_during_the_ledger_round_trip_still_refuses_the_token
     assert await gateway.confirm(good) is good
 
 
-class RecordingDeadlines(Deadlines):
-    def __init__(self) -> None:
-        super().__init__()
-        self.delays: list[float] = []
-
-    def schedule(self, delay: float, item: Expiring) -> int:
-        self.delays.append(delay)
-        return super().schedule(delay, item)
-
-
-async def test_the_grace_is_never_cut_to_the_whole_second(monkeypatch: pytest.MonkeyPatch) -> None:
-    gateway = make_gateway(Keys())
-    gateway.deadlines = deadlines = RecordingDeadlines()
-    conn, peer = await admit(gateway, claims("k1"))
-    monkeypatch.setattr(time, "time", lambda: 1_000_000_000.9)
+async def test_the_grace_is_never_cut_to_the_whole_second() -> None:
+    clock = FakeClock(wall=1_000_000_000.9)
+    gateway = make_gateway(Keys(), clock=clock)
+    conn, peer = await admit(gateway, claims("k1", clock=clock))
     gateway.keys_dropped(frozenset({"k1"}))
-    assert deadlines.delays[-1] == pytest.approx(GRACE)
-    assert peer.sent == [
+    assert peer.take() == [
         {"type": "token_expiring", "expires_in": GRACE, "expires_at": 1_000_000_000 + GRACE}
     ]
+    clock.advance(GRACE - 0.1)
+    assert peer.closed is None, "closed before the whole grace"
+    clock.advance(0.2)
+    assert peer.closed == (4401, "token_expired")
     conn.disconnected()

@@ -3,10 +3,9 @@ frame per user per window, and the watchers' view always ends at the real state.
 
 from __future__ import annotations
 
-import heapq
 import itertools
-from collections.abc import Callable
 
+from tests.support.clock import FakeClock
 from ws_service.domain.presence import Member, member_frame
 from ws_service.domain.presence_debounce import PresenceDebounce
 
@@ -15,55 +14,16 @@ CHANNEL = "chat:a"
 ALICE, BOB = Member("u1", "alice"), Member("u2", "bob")
 
 
-class Clock:
-    """A loop's clock and timers that only move when the test advances them."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._timers: list[tuple[float, int, Timer]] = []
-        self._order = itertools.count()
-
-    def time(self) -> float:
-        return self.now
-
-    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
-        timer = Timer(callback)
-        heapq.heappush(self._timers, (self.now + delay, next(self._order), timer))
-        return timer
-
-    def advance(self, seconds: float) -> None:
-        until = self.now + seconds
-        while self._timers and self._timers[0][0] <= until:
-            when, _, timer = heapq.heappop(self._timers)
-            self.now = max(self.now, when)
-            if not timer.cancelled:
-                timer.callback()
-        self.now = until
-
-    @property
-    def pending(self) -> int:
-        return sum(not timer.cancelled for _, _, timer in self._timers)
-
-
-class Timer:
-    def __init__(self, callback: Callable[[], object]) -> None:
-        self.callback = callback
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
 class Watchers:
     def __init__(self) -> None:
-        self.clock = Clock()
+        self.clock = FakeClock(monotonic=0.0)
         self.frames: list[tuple[float, str, str]] = []
-        self.filter = PresenceDebounce(WINDOW, self.show, lambda: self.clock)
+        self.filter = PresenceDebounce(WINDOW, self.show, self.clock)
 
     def show(self, channel: str, payload: str) -> None:
         kind = "join" if '"type":"join"' in payload else "leave"
         user = "alice" if ALICE.id in payload else "bob"
-        self.frames.append((self.clock.now, kind, user))
+        self.frames.append((self.clock.monotonic(), kind, user))
 
     def move(self, kind: str, member: Member = ALICE, channel: str = CHANNEL) -> None:
         self.filter.announce(channel, member_frame(kind, channel, member.as_json()))
@@ -141,7 +101,7 @@ def test_users_and_channels_are_independent_and_forget_cancels() -> None:
 
 def test_without_a_window_every_frame_is_shown_at_once() -> None:
     w = Watchers()
-    w.filter = PresenceDebounce(0, w.show, lambda: w.clock)
+    w.filter = PresenceDebounce(0, w.show, w.clock)
     for kind in ("join", "leave", "join"):
         w.move(kind)
     assert w.seen() == [("join", "alice"), ("leave", "alice"), ("join", "alice")]

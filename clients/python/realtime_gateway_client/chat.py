@@ -1,0 +1,151 @@
+"""A tiny terminal chat on the gateway, to see the system work in two terminals:
+
+    python -m realtime_gateway_client.chat --user alice      # terminal 1
+    python -m realtime_gateway_client.chat --user bob        # terminal 2
+
+Lines typed are published to the channel (default ``chat:general``); messages on it and on your own
+``user:<id>`` channel are printed, and so is every change of the connection (lost, reconnecting,
+reconnected, session ended) as it happens. Ctrl-D or Ctrl-C quits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+
+from realtime_gateway_client.client import AuthenticationFailed, ClientError, GatewayClient
+
+__all__ = ["StatePrinter", "chat", "format_message", "main", "parse_args", "run_chat"]
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Namespace:
+    auth = f"http://{environ.get('AUTH_HOST', '127.0.0.1')}:{environ.get('AUTH_PORT', '8081')}"
+    ws = f"ws://{environ.get('WS_HOST', '127.0.0.1')}:{environ.get('WS_PORT', '8082')}/ws"
+    parser = argparse.ArgumentParser(
+        prog="python -m realtime_gateway_client.chat", description=__doc__
+    )
+    parser.add_argument("--user", required=True, help="username to log in as")
+    parser.add_argument(
+        "--password", default=environ.get("CHAT_PASSWORD"), help="or CHAT_PASSWORD; else prompted"
+    )
+    parser.add_argument("--channel", default="chat:general")
+    parser.add_argument("--auth-url", default=auth, help=f"auth_service base URL ({auth})")
+    parser.add_argument("--ws-url", default=ws, help=f"ws_service WebSocket URL ({ws})")
+    return parser.parse_args(argv)
+
+
+def format_message(message: Mapping[str, Any]) -> str:
+    data = message.get("data")
+    text = data.get("text") if isinstance(data, dict) else None
+    body = text if isinstance(text, str) else json.dumps(data)
+    sender = message.get("from_username") or message.get("from") or "server"
+    return f"[{message.get('channel')}] {sender}: {body}"
+
+
+async def chat(
+    client: GatewayClient, channel: str, lines: AsyncIterator[str], out: Callable[[str], None]
+) -> None:
+    """Print what arrives while publishing what is typed. Returns when ``lines`` ends; raises
+    the client's reason (``AuthenticationFailed`` on revocation) as soon as it stops."""
+    await client.subscribe(channel)
+    if client.user is not None:
+        await client.subscribe(f"user:{client.user['id']}")
+
+    async def printer() -> None:
+        async for message in client.messages():
+            out(format_message(message))
+
+    async def typing() -> None:
+        async for line in lines:
+            if not line.strip():
+                continue
+            try:
+                await client.publish(channel, {"text": line.rstrip("\n")})
+            except ClientError as exc:
+                out(f"* not sent ({exc})")
+
+    loop = asyncio.get_running_loop()
+    tasks = {loop.create_task(printer()), loop.create_task(typing())}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()
+
+
+class StatePrinter:
+    """One line per connection change as it happens, so a drop is seen at once, not on the next
+    typed line. A close the client stops on is left to the exit message."""
+
+    def __init__(self, channel: str, out: Callable[[str], None]) -> None:
+        self._channel = channel
+        self._out = out
+        self._lost = ""
+        self._dropped = False
+
+    def __call__(self, state: str, detail: str) -> None:
+        if state == "disconnected":
+            self._lost = detail or "network error"
+        elif state == "reconnecting":
+            self._out(f"* connection lost ({self._lost}); reconnecting {detail}")
+            self._dropped = True
+        elif state == "connected" and self._dropped:
+            self._out(f"* reconnected as {detail} on {self._channel}")
+
+
+async def stdin_lines() -> AsyncIterator[str]:
+    """Lines from stdin, read on a daemon thread: a blocked read never holds up the exit."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def read() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(queue.put_nowait, line)
+        loop.call_soon_threadsafe(queue.put_nowait, "")
+
+    threading.Thread(target=read, name="stdin", daemon=True).start()
+    while line := await queue.get():
+        yield line
+
+
+async def run_chat(args: argparse.Namespace, password: str, out: Callable[[str], None]) -> None:
+    async with GatewayClient(
+        args.auth_url, args.ws_url, args.user, password, on_state=StatePrinter(args.channel, out)
+    ) as client:
+        out(f"* connected as {args.user} on {args.channel}; type to chat, Ctrl-D to quit")
+        await chat(client, args.channel, stdin_lines(), out)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv, os.environ)
+    try:
+        password = args.password or getpass.getpass(f"password for {args.user}: ")
+        asyncio.run(run_chat(args, password, lambda line: print(line, flush=True)))
+    except KeyboardInterrupt:
+        print()
+    except EOFError:
+        sys.exit("chat: no password given")
+    except AuthenticationFailed as exc:
+        if exc.close_code is None:
+            sys.exit(f"chat: login refused ({exc})")
+        sys.exit(f"chat: the session ended ({exc.code}): log in again")
+    except ClientError as exc:
+        sys.exit(f"chat: {exc}")
+    except (aiohttp.ClientError, OSError) as exc:
+        sys.exit(f"chat: cannot reach auth_service at {args.auth_url} ({exc}); is `make run` up?")
+
+
+if __name__ == "__main__":
+    main()

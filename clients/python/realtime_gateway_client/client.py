@@ -1,0 +1,559 @@
+"""An asyncio client for the gateway: REST login and refresh against auth_service, in-band auth and
+renewal on the socket, and reconnects that re-authenticate and re-subscribe.
+
+    async with GatewayClient("http://127.0.0.1:8081", "ws://127.0.0.1:8082/ws", "alice", pw) as c:
+        await c.subscribe("chat:general")
+        await c.publish("chat:general", {"text": "hi"})
+        async for message in c.messages():
+            print(message["from_username"], message["data"])
+
+In channels with history the client remembers each channel's position (the ``offset`` and
+``epoch`` of the last message) and resubscribes with ``since`` after every reconnect, so the
+messages missed meanwhile come out of ``messages()`` in order, exactly once. When the server cannot
+recover them (``recovered: false``), ``on_event`` gets ``{"type": "recovery", "channel": ...,
+"recovered": False}``: resynchronise that channel from your own source (``history()`` helps).
+
+The password is used once, by ``start()``, and then forgotten: when the session ends
+(``AuthenticationFailed``) make a new client with fresh credentials. Messages wait for
+``messages()`` in a queue bounded in bytes (``max_queued_bytes``): when a message would overflow it,
+the client drops the socket instead of the message, waits until the queue is half drained, then
+reconnects and resubscribes with ``since``, so channels with history lose nothing; other channels
+miss what was published meanwhile, as after any disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, NoReturn
+
+import aiohttp
+
+from realtime_gateway_protocol.backoff import backoff_delay
+from realtime_gateway_protocol.close_codes import Action, CloseCode, action_for
+from realtime_gateway_protocol.tasks import cancel_and_wait
+
+__all__ = [
+    "AuthApi",
+    "AuthenticationFailed",
+    "ClientError",
+    "GatewayClient",
+    "ProtocolViolation",
+    "RequestFailed",
+    "StateListener",
+    "TemporaryFailure",
+    "TokenPair",
+]
+
+log = logging.getLogger(__name__)
+
+StateListener = Callable[[str, str], None]
+"""Called with ``(state, detail)`` as the connection changes: ``connected``, ``disconnected``
+(close code and reason), ``reconnecting`` (after what delay), ``stopped`` (why)."""
+
+
+class ClientError(Exception):
+    """Root of the client's errors."""
+
+
+class AuthenticationFailed(ClientError):
+    """The credentials or the session are no longer good: log in again."""
+
+    def __init__(self, code: str, message: str = "", close_code: int | None = None) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.close_code = close_code
+
+
+class ProtocolViolation(ClientError):
+    """The server closed the socket because this client broke the protocol (4400, 1009)."""
+
+
+class TemporaryFailure(ClientError):
+    """auth_service refused for now (throttled, unavailable); the credentials may be good: retry
+    after ``retry_after`` seconds when the server said so."""
+
+    def __init__(
+        self, status: int, code: str, message: str = "", retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+class RequestFailed(ClientError):
+    """The server answered a request with an ``error`` frame; the socket stays open."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    expires_in: int
+
+
+class AuthApi:
+    """auth_service's REST endpoints the client needs."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+
+    async def login(self, username: str, password: str) -> TokenPair:
+        return await self._tokens("/v1/login", {"username": username, "password": password})
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        body = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        return await self._tokens("/v1/token", body)
+
+    async def _tokens(self, path: str, body: dict[str, str]) -> TokenPair:
+        async with self._session.post(self._base + path, json=body) as response:
+            try:
+                data: Any = await response.json(content_type=None)
+            except ValueError:
+                data = None
+            error = data if isinstance(data, dict) else {}
+            code = str(error.get("error", f"http_{response.status}"))
+            description = str(error.get("error_description", ""))
+            if response.status in (400, 401, 403):
+                raise AuthenticationFailed(code, description)
+            if response.status == 429 or response.status >= 500:
+                raise TemporaryFailure(
+                    response.status, code, description, _retry_after(response.headers)
+                )
+            response.raise_for_status()
+        return TokenPair(
+            str(data["access_token"]), str(data["refresh_token"]), int(data["expires_in"])
+        )
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    try:
+        return float(headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
+
+
+EventHandler = Callable[[dict[str, Any]], None]
+"""Called with ``join``/``leave`` frames and ``{"type": "recovery", "channel", "recovered",
+"count"}`` after each resubscription with ``since``."""
+
+_TRANSIENT = (TemporaryFailure, aiohttp.ClientError, OSError, TimeoutError)
+"""Failures that pass: the connection loop backs off and tries again."""
+
+
+QUEUE_FULL = "message_queue_full"
+"""The reason of the disconnect the client makes itself when ``messages()`` falls behind."""
+
+
+class _QueueFull(Exception):
+    pass
+
+
+class _Closed(Exception):
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+class GatewayClient:
+    """One logical connection that survives reconnects. Use as an async context manager."""
+
+    def __init__(
+        self,
+        auth_url: str,
+        ws_url: str,
+        username: str,
+        password: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        request_timeout: float = 10.0,
+        max_queued_bytes: int = 8 * 1024 * 1024,
+        on_state: StateListener | None = None,
+        on_event: EventHandler | None = None,
+    ) -> None:
+        self._ws_url = ws_url
+        self._username = username
+        self._password: str | None = password
+        self._own_session = session is None
+        self._session = session
+        self._auth_url = auth_url
+        self._api: AuthApi | None = None
+        self._backoff = (backoff_base, backoff_cap)
+        self._timeout = request_timeout
+        self._tokens: TokenPair | None = None
+        self._refreshing: asyncio.Task[TokenPair] | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._connected = asyncio.Event()
+        self._channels: dict[str, bool] = {}
+        """Subscribed channels, each with whether it asked for presence events."""
+        self._positions: dict[str, dict[str, Any]] = {}
+        self._on_event = on_event
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._messages: asyncio.Queue[tuple[dict[str, Any], int] | None] = asyncio.Queue()
+        self._max_queued = max_queued_bytes
+        self._queued = 0
+        self._drained = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._failure: ClientError | None = None
+        self._attempt = 0
+        self._background: set[asyncio.Task[None]] = set()
+        self._on_state = on_state
+        self.connects = 0
+        self.refreshes = 0
+        self.user: dict[str, Any] | None = None
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels this client is subscribed to (and re-subscribes after a reconnect)."""
+        return frozenset(self._channels)
+
+    def position(self, channel: str) -> dict[str, Any] | None:
+        """``{"offset", "epoch"}`` of the last message seen on a channel with history."""
+        return self._positions.get(channel)
+
+    async def __aenter__(self) -> GatewayClient:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Log in, connect and authenticate; raises what the first attempt raises."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            self._api = AuthApi(self._session, self._auth_url)
+            password, self._password = self._password, None
+            if password is None:
+                raise ClientError("start() was already called: make a new client to log in again")
+            self._tokens = await self._api.login(self._username, password)
+            self._runner = asyncio.get_running_loop().create_task(self._run())
+            connected = asyncio.ensure_future(self._connected.wait())
+            await asyncio.wait({connected, self._runner}, return_when=asyncio.FIRST_COMPLETED)
+            connected.cancel()
+            if self._failure is not None:
+                raise self._failure
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._runner, *self._background)
+        if self._ws is not None:
+            await self._ws.close()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+
+    async def wait_closed(self) -> None:
+        """Return when the client stops; raise the reason when it stopped on an error."""
+        if self._runner is not None:
+            await asyncio.wait({self._runner})
+        if self._failure is not None:
+            raise self._failure
+
+    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+        """Every ``message`` frame from subscribed channels, across reconnects."""
+        while True:
+            item = await self._messages.get()
+            if item is None:
+                if self._failure is not None:
+                    raise self._failure
+                return
+            frame, size = item
+            self._queued -= size
+            if self._queued <= self._max_queued // 2:
+                self._drained.set()
+            yield frame
+
+    async def subscribe(self, channel: str, *, presence_events: bool = False) -> None:
+        """Subscribe; with ``presence_events`` ``on_event`` also gets the channel's join/leave."""
+        frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
+        if presence_events:
+            frame["presence_events"] = True
+        reply = await self._request(frame)
+        self._channels[channel] = presence_events
+        self._remember(channel, reply.get("position"))
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.pop(channel, None)
+        self._positions.pop(channel, None)
+        await self._request({"type": "unsubscribe", "channel": channel})
+
+    async def history(
+        self, channel: str, *, limit: int | None = None, since: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The channel's recent messages: ``{"publications": [...], "position": {...}}``."""
+        frame: dict[str, Any] = {"type": "history", "channel": channel}
+        if limit is not None:
+            frame["limit"] = limit
+        if since is not None:
+            frame["since"] = since
+        return await self._request(frame)
+
+    async def presence(self, channel: str) -> list[dict[str, Any]]:
+        """Who is subscribed: ``[{"user": {"id", "username"}, "connections": n}, ...]``."""
+        members: list[dict[str, Any]] = (
+            await self._request({"type": "presence", "channel": channel})
+        )["members"]
+        return members
+
+    async def publish(self, channel: str, data: Any) -> None:
+        await self._request({"type": "publish", "channel": channel, "data": data})
+
+    async def refresh(self) -> TokenPair:
+        """Refresh the tokens over REST; concurrent callers share one request, because refresh
+        tokens rotate and a second use of the old one would look like theft."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.get_running_loop().create_task(self._do_refresh())
+        try:
+            return await asyncio.shield(self._refreshing)
+        finally:
+            if self._refreshing is not None and self._refreshing.done():
+                self._refreshing = None
+
+    async def _do_refresh(self) -> TokenPair:
+        assert self._api is not None and self._tokens is not None
+        self._tokens = await self._api.refresh(self._tokens.refresh_token)
+        self.refreshes += 1
+        return self._tokens
+
+    # -- the connection loop ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._after_close(await self._session_until_closed())
+        except ClientError as exc:
+            self._failure = exc
+            self._fail_pending(exc)
+            self._state("stopped", str(exc))
+        finally:
+            self._connected.clear()
+            self._messages.put_nowait(None)
+
+    async def _session_until_closed(self) -> _Closed:
+        try:
+            await self._session_once()
+        except _Closed as closed:
+            return closed
+        except _QueueFull:
+            return _Closed(None, QUEUE_FULL)
+        except _TRANSIENT as exc:
+            return _Closed(None, str(exc))
+
+    async def _after_close(self, closed: _Closed) -> None:
+        """Do what the close-code table says: refresh, stop, or wait (backoff with jitter) and
+        reconnect.
+
+        A refresh that fails for a passing reason (auth_service down) is retried by reconnecting:
+        the expired token earns a retryable ``token_expired`` and another refresh."""
+        self._connected.clear()
+        self._fail_pending(ClientError(f"connection closed ({closed.code} {closed.reason})"))
+        self._state("disconnected", f"{closed.code or ''} {closed.reason}".strip())
+        action = action_for(closed.code, closed.reason)
+        if action is Action.REFRESH_THEN_RECONNECT:
+            try:
+                await self.refresh()
+                return
+            except _TRANSIENT as exc:
+                log.warning("token refresh failed; reconnecting", exc_info=exc)
+        elif action is Action.STOP:
+            if closed.code in (CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN):
+                raise AuthenticationFailed(closed.reason or "unauthorized", close_code=closed.code)
+            raise ProtocolViolation(f"closed {closed.code} {closed.reason}")
+        if closed.reason == QUEUE_FULL:
+            self._state("reconnecting", "once messages() has taken half of the queued messages")
+            await self._drained.wait()
+            return
+        delay = backoff_delay(self._attempt, *self._backoff, random.random())
+        self._attempt += 1
+        log.info("reconnecting", extra={"code": closed.code, "delay": round(delay, 3)})
+        self._state("reconnecting", f"in {delay:.1f} s")
+        await asyncio.sleep(delay)
+
+    async def _session_once(self) -> NoReturn:
+        assert self._session is not None
+        async with self._session.ws_connect(self._ws_url, autoping=True) as ws:
+            self._ws = ws
+            await self._authenticate(ws)
+            self.connects += 1
+            self._attempt = 0
+            for channel, presence_events in sorted(self._channels.items()):
+                await self._send(ws, self._resubscription(channel, presence_events))
+            self._connected.set()
+            self._state("connected", str((self.user or {}).get("username", "")))
+            while True:
+                frame, size = await self._receive_sized(ws)
+                await self._handle(ws, frame, size)
+
+    async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        assert self._tokens is not None
+        for attempt in range(3):
+            await self._send(ws, {"type": "auth", "token": self._tokens.access_token})
+            frame = await self._receive(ws)
+            if frame.get("type") == "auth_success":
+                self.user = frame.get("user")
+                return
+            if not frame.get("retry"):
+                break
+            # A retryable auth_error's code is a close reason: the table says what helps.
+            then = action_for(CloseCode.UNAUTHORIZED, str(frame.get("code")))
+            if then is Action.REFRESH_THEN_RECONNECT:
+                await self.refresh()
+            else:
+                await asyncio.sleep(backoff_delay(attempt, *self._backoff, random.random()))
+        while True:
+            await self._receive(ws)
+
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+        return (await self._receive_sized(ws))[0]
+
+    async def _receive_sized(
+        self, ws: aiohttp.ClientWebSocketResponse
+    ) -> tuple[dict[str, Any], int]:
+        """A frame and its size in characters (what it weighs in the message queue)."""
+        msg = await ws.receive()
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            frame: dict[str, Any] = json.loads(msg.data)
+            return frame, len(msg.data)
+        if msg.type is aiohttp.WSMsgType.CLOSE:
+            raise _Closed(msg.data, msg.extra or "")
+        raise _Closed(ws.close_code, "")
+
+    async def _handle(
+        self, ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any], size: int
+    ) -> None:
+        kind = frame.get("type")
+        request_id = frame.get("id")
+        if isinstance(request_id, str) and request_id in self._pending:
+            self._pending.pop(request_id).set_result(frame)
+        elif kind == "message":
+            self._deliver(frame, size)
+        elif kind == "subscribed":
+            self._recovered(frame, size)
+        elif kind in ("join", "leave"):
+            self._emit(frame)
+        elif kind == "token_expiring":
+            task = asyncio.get_running_loop().create_task(self._renew(ws))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        elif kind == "unsubscribed":
+            self._channels.pop(str(frame.get("channel")), None)
+            self._positions.pop(str(frame.get("channel")), None)
+
+    # -- positions and recovery ------------------------------------------------------------
+
+    def _resubscription(self, channel: str, presence_events: bool) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
+        if presence_events:
+            frame["presence_events"] = True
+        if channel in self._positions:
+            frame["since"] = self._positions[channel]
+        return frame
+
+    def _remember(self, channel: str, position: Any) -> None:
+        if isinstance(position, dict) and "offset" in position and "epoch" in position:
+            self._positions[channel] = {"offset": position["offset"], "epoch": position["epoch"]}
+
+    def _deliver(self, frame: dict[str, Any], size: int) -> None:
+        """Queue a message, or raise ``_QueueFull`` before its position is remembered, so the
+        resubscription after the reconnect asks for it again."""
+        if self._queued + size > self._max_queued and self._queued > 0:
+            self._drained.clear()
+            raise _QueueFull()
+        if "offset" in frame:
+            self._remember(str(frame.get("channel")), frame)
+        self._queued += size
+        self._messages.put_nowait((frame, size))
+
+    def _recovered(self, frame: dict[str, Any], size: int) -> None:
+        """A resubscription's answer: the missed messages first, then the stream goes on."""
+        channel = str(frame.get("channel"))
+        publications = frame.get("publications") or []
+        share = size // max(1, len(publications))
+        for publication in publications:
+            self._deliver(publication, share)
+        self._remember(channel, frame.get("position"))
+        if "recovered" in frame:
+            recovered = bool(frame["recovered"])
+            if not recovered:
+                log.warning("missed messages not recovered", extra={"channel": channel})
+            self._emit(
+                {
+                    "type": "recovery",
+                    "channel": channel,
+                    "recovered": recovered,
+                    "count": len(publications),
+                }
+            )
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("on_event handler failed")
+
+    async def _renew(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            tokens = await self.refresh()
+            await self._send(ws, {"type": "auth", "token": tokens.access_token, "id": "renew"})
+        except AuthenticationFailed as exc:
+            log.warning("token refresh refused; the socket will close at expiry", exc_info=exc)
+        except _TRANSIENT as exc:
+            log.warning("token refresh failed", exc_info=exc)
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        if self._failure is not None:
+            raise self._failure
+        async with asyncio.timeout(self._timeout):
+            await self._connected.wait()
+            assert self._ws is not None
+            request_id = f"r{next(self._ids)}"
+            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = future
+            try:
+                await self._send(self._ws, {**frame, "id": request_id})
+                reply = await future
+            finally:
+                self._pending.pop(request_id, None)
+        if reply.get("type") == "error":
+            raise RequestFailed(str(reply.get("code")), str(reply.get("message")))
+        return reply
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]) -> None:
+        await ws.send_str(json.dumps(frame))
+
+    def _state(self, state: str, detail: str) -> None:
+        if self._on_state is not None:
+            self._on_state(state, detail)
+
+    def _fail_pending(self, exc: ClientError) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._pending.clear()

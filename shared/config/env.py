@@ -1,0 +1,144 @@
+"""Typed reads of environment variables with errors that name the variable."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+__all__ = [
+    "ConfigError",
+    "auth_issuer",
+    "env_bool",
+    "env_float",
+    "env_int",
+    "env_list",
+    "env_secret",
+    "env_secret_url",
+    "env_str",
+    "redact_url",
+    "split_list",
+]
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; start-up stops with this message."""
+
+
+def env_str(environ: Mapping[str, str], name: str, default: str) -> str:
+    value = environ.get(name, "").strip()
+    return value or default
+
+
+def env_int(environ: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_float(
+    environ: Mapping[str, str], name: str, default: float, *, minimum: float = 0
+) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be 0 or 1, got {raw!r}")
+
+
+def split_list(raw: str) -> tuple[str, ...]:
+    """Items separated by commas or line breaks (a secret file may hold one per line)."""
+    return tuple(item.strip() for item in re.split(r"[,\r\n]", raw) if item.strip())
+
+
+def env_list(
+    environ: Mapping[str, str], name: str, default: tuple[str, ...] = ()
+) -> tuple[str, ...]:
+    return split_list(environ.get(name, "")) or default
+
+
+def env_secret(environ: Mapping[str, str], name: str) -> str:
+    """``NAME``, or the contents of the file that ``NAME_FILE`` names; "" when neither is set.
+
+    ``NAME_FILE=/run/secrets/...`` is how Docker and Kubernetes hand out secrets (the convention of
+    the official PostgreSQL and Redis images): a file is not inherited by child processes, listed by
+    ``docker inspect`` or shown in ``/proc/*/environ``. Its trailing line break is dropped. Both set,
+    or a file that is missing, unreadable or empty, stops start-up: a secret silently absent would
+    start the service without it. Messages name the variable and the path, never the value.
+    """
+    value = environ.get(name, "").strip()
+    path = environ.get(f"{name}_FILE", "").strip()
+    if not path:
+        return value
+    if value:
+        raise ConfigError(f"{name} and {name}_FILE are both set: set one of them")
+    try:
+        secret = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{name}_FILE={path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}_FILE={path} is not UTF-8 text") from None
+    if not secret.strip():
+        raise ConfigError(f"{name}_FILE={path} is empty")
+    return secret
+
+
+def env_secret_url(
+    environ: Mapping[str, str], name: str, password_name: str, default: str = ""
+) -> str:
+    """The URL in ``name`` (or ``name_FILE``) with the password of ``password_name`` (or
+    ``password_name_FILE``) put in, so the URL itself can sit in plain configuration.
+
+    The password is percent-encoded; the drivers (asyncpg, redis-py) decode it.
+    """
+    url = env_secret(environ, name) or default
+    password = env_secret(environ, password_name)
+    if not password:
+        return url
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ConfigError(f"{password_name} is set but {name} names no server to send it to")
+    if parts.password is not None:
+        raise ConfigError(f"{name} already holds a password: remove it, or unset {password_name}")
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
+
+
+def redact_url(url: str) -> str:
+    """A connection URL without its credentials, for logs and reprs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+def auth_issuer(environ: Mapping[str, str]) -> str:
+    """``AUTH_ISSUER``, else ``http(s)://AUTH_HOST:AUTH_PORT``; never with a trailing slash."""
+    host = env_str(environ, "AUTH_HOST", "127.0.0.1")
+    port = env_int(environ, "AUTH_PORT", 8081, minimum=0)
+    scheme = "https" if environ.get("AUTH_TLS_CERT", "").strip() else "http"
+    return env_str(environ, "AUTH_ISSUER", f"{scheme}://{host}:{port}").rstrip("/")

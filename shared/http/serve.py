@@ -1,0 +1,349 @@
+"""Run one or more aiohttp apps until SIGINT/SIGTERM, on uvloop when it is installed; or N forked
+worker processes sharing each port through ``SO_REUSEPORT``, under a supervising parent.
+
+aiohttp's default listen backlog (128) overflows under a burst of connects and stalls clients
+for a full second, so every site listens with a backlog of 1024.
+
+Every site also gets an HTTP timeout (aiohttp's ``keepalive_timeout``, which since 3.10 also runs
+from the moment a connection opens: a client that does not finish its request headers in time,
+dribbles them, or sits idle between requests is dropped), and answers requests that aiohttp's
+parser refuses (bad header line, oversized URL, obs-fold...) with the JSON error every other
+refusal uses, logged in one line instead of a traceback per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from realtime_gateway_protocol.tasks import cancel_and_wait
+from shared.http.responses import json_error
+from shared.metrics import workers as worker_metrics
+
+__all__ = [
+    "HTTP_TIMEOUTS",
+    "LISTEN_BACKLOG",
+    "CannotListen",
+    "JsonErrorRequestHandler",
+    "Site",
+    "run",
+    "run_workers",
+    "serve",
+    "start_site",
+]
+
+LISTEN_BACKLOG = 1024
+
+log = logging.getLogger(__name__)
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_PR_SET_PDEATHSIG = 1
+
+OnStarted = Callable[[], Coroutine[Any, Any, None]]
+"""Run as a task once every site listens (say so, wait for readiness); cancelled on stop."""
+
+
+class CannotListen(Exception):
+    """A site could not bind its address; the message is one line for the operator."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        in_use = exc.errno == errno.EADDRINUSE
+        reason = "is already in use" if in_use else f"cannot be opened: {exc.strerror or exc}"
+        super().__init__(f"{host}:{port} {reason}")
+        self.in_use = in_use
+
+
+@dataclass(frozen=True)
+class Site:
+    app: web.Application
+    host: str
+    port: int
+    ssl_context: ssl.SSLContext | None = None
+    shutdown_timeout: float = 10.0
+    http_timeout: float = 15.0
+    """Seconds a client may take to send its request headers, or stay idle between requests."""
+    reuse_port: bool = False
+    """Listen with ``SO_REUSEPORT``, beside the other workers of :func:`run_workers`."""
+
+
+HTTP_TIMEOUTS: web.AppKey[Callable[[], None]] = web.AppKey("http_timeouts")
+"""An app sets this to count the connections the HTTP timeout drops (silent, slow or idle)."""
+
+
+class JsonErrorRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering what it cannot parse as JSON and counting the
+    connections its keep-alive timer drops (aiohttp has no public hook for either)."""
+
+    __slots__ = ()
+
+    def _process_keepalive(self) -> None:
+        dropping = not self._force_close
+        super()._process_keepalive()
+        count = getattr(self._manager, "on_timeout", None)
+        if dropping and self._force_close and count is not None:
+            count()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response has started; the connection is dropped")
+        if status >= 500:
+            self.log_exception("request failed outside the application", exc_info=exc)
+            response = json_error(status, "server_error", "internal error")
+        else:
+            log.info(
+                "malformed HTTP request refused",
+                extra={"status": status, "error": type(exc).__name__, "remote": request.remote},
+            )
+            response = json_error(status, "bad_request", "the request is not valid HTTP/1.1")
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    on_timeout: Callable[[], None] | None = None
+
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        # aiohttp has no setting for the connection handler's class: the subclass adds no state.
+        handler.__class__ = JsonErrorRequestHandler
+        return handler
+
+
+async def start_site(site: Site) -> tuple[web.AppRunner, int]:
+    """Set up and start one site; returns its runner (to clean up) and the port it listens on."""
+    runner = web.AppRunner(
+        site.app,
+        access_log=None,
+        shutdown_timeout=site.shutdown_timeout,
+        keepalive_timeout=site.http_timeout,
+    )
+    await runner.setup()
+    assert runner.server is not None
+    runner.server.__class__ = _JsonErrorServer
+    runner.server.on_timeout = site.app.get(HTTP_TIMEOUTS)  # type: ignore[attr-defined]
+    tcp = web.TCPSite(
+        runner,
+        site.host,
+        site.port,
+        ssl_context=site.ssl_context,
+        backlog=LISTEN_BACKLOG,
+        reuse_port=site.reuse_port or None,
+    )
+    try:
+        await tcp.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise CannotListen(site.host, site.port, exc) from exc
+    port: int = runner.addresses[0][1]
+    return runner, port
+
+
+async def serve(sites: Sequence[Site], *, on_started: OnStarted | None = None) -> None:
+    """Start every site, wait for a stop signal, then clean up in reverse order."""
+    runners: list[web.AppRunner] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    started: asyncio.Task[None] | None = None
+    try:
+        for site in sites:
+            runner, _ = await start_site(site)
+            runners.append(runner)
+        if on_started is not None:
+            started = loop.create_task(on_started())
+        await stop.wait()
+    finally:
+        try:
+            await cancel_and_wait(started)
+        finally:
+            for runner in reversed(runners):
+                await runner.cleanup()
+
+
+def run(sites: Sequence[Site], *, on_started: OnStarted | None = None) -> None:
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(sites, on_started=on_started))
+
+
+def run_workers(
+    build: Callable[[bool], Sequence[Site]],
+    *,
+    workers: int,
+    addresses: Sequence[tuple[str, int]],
+    on_listening: Callable[[], None],
+) -> int:
+    """Serve the sites ``build(reuse_port)`` makes, in this process or in ``workers`` forked ones.
+
+    Each worker builds its own apps after the fork (an app's loop, sockets and pools cannot cross
+    a fork) and listens on the shared ``addresses`` with ``SO_REUSEPORT``, so the kernel spreads
+    new connections between them. The parent only supervises: it says so once every worker
+    listens, forwards SIGINT/SIGTERM, and starts a new worker when one dies, unless workers die
+    ``MAX_RESTARTS`` times within ``RESTART_WINDOW`` seconds (a crash loop: it stops them all and
+    exits with the last one's status, for the process manager to see). Their metrics are summed
+    in every scrape (:mod:`shared.metrics.workers`). Returns the exit status."""
+    if workers == 1:
+
+        async def started() -> None:
+            on_listening()
+
+        run(build(False), on_started=started)
+        return 0
+    for host, port in addresses:
+        _check_bind(host, port)
+    metrics = worker_metrics.make_directory()
+    try:
+        return _Supervisor(build, metrics).run(workers, on_listening)
+    finally:
+        worker_metrics.remove_directory(metrics)
+
+
+RESTART_WINDOW = 60.0
+MAX_RESTARTS = 5
+
+
+class _Supervisor:
+    """The parent of the workers: no event loop, only fork, wait and signals."""
+
+    def __init__(self, build: Callable[[bool], Sequence[Site]], metrics: Path) -> None:
+        self._build = build
+        self._metrics = metrics
+        self._live: set[int] = set()
+        self._stopping = False
+        self._deaths: list[float] = []
+
+    def _spawn(self, ready_w: int | None) -> int:
+        """Fork one worker (with stop signals blocked in the caller, so none is orphaned)."""
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _stop_with_parent()
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+                worker_metrics.enable(self._metrics)
+                code = _worker(self._build, ready_w)
+            finally:
+                os._exit(code)
+        self._live.add(pid)
+        return pid
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        self._stopping = True
+        for pid in self._live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def run(self, workers: int, on_listening: Callable[[], None]) -> int:
+        ready_r, ready_w = os.pipe()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        for _ in range(workers):
+            self._spawn(ready_w)
+        os.close(ready_w)
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._forward)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        with os.fdopen(ready_r, "rb") as ready:
+            if len(ready.read(workers)) == workers:
+                on_listening()
+        status = 0
+        while self._live:
+            pid, wait_status = os.wait()
+            if pid not in self._live:
+                continue
+            self._live.discard(pid)
+            worker_metrics.worker_exited(self._metrics, pid)
+            code = os.waitstatus_to_exitcode(wait_status)
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                if not self._stopping:
+                    status = self._replace(pid, code)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        return status
+
+    def _replace(self, pid: int, code: int) -> int:
+        """A worker died on its own: start another, or give up on a crash loop."""
+        now = time.monotonic()
+        self._deaths = [t for t in self._deaths if now - t < RESTART_WINDOW] + [now]
+        status = code if code > 0 else 128 - code
+        if len(self._deaths) >= MAX_RESTARTS:
+            log.error(
+                "workers keep dying; stopping",
+                extra={"pid": pid, "code": code, "deaths": len(self._deaths)},
+            )
+            self._forward(signal.SIGTERM, None)
+            return status or 1
+        new = self._spawn(None)
+        log.warning("a worker died; started another", extra={"pid": pid, "code": code, "new": new})
+        return 0
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Raise ``CannotListen`` in the parent, before any fork, when the port is taken. The probe
+    does not set ``SO_REUSEPORT``, so another running instance's workers count as taking it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CannotListen(host, port, exc) from exc
+
+
+def _stop_with_parent() -> None:
+    """Ask Linux for a SIGTERM when the parent dies (even by SIGKILL), so no worker is orphaned."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning("workers will outlive a killed parent", extra={"errno": ctypes.get_errno()})
+
+
+def _worker(build: Callable[[bool], Sequence[Site]], ready_w: int | None) -> int:
+    """One worker's life; its status is what the parent sees. ``ready_w`` hears it listen (the
+    first workers only: a replacement listens beside the others, and nobody waits for it)."""
+
+    async def started() -> None:
+        if ready_w is not None:
+            os.write(ready_w, b"1")
+            os.close(ready_w)
+
+    try:
+        run(build(True), on_started=started)
+        return 0
+    except CannotListen as exc:
+        print(f"worker {os.getpid()}: {exc}", file=sys.stderr)
+        return 1
+    except Exception:
+        log.exception("worker failed")
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()

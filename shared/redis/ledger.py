@@ -1,0 +1,90 @@
+"""The revocation ledger in Redis: one key per revoked session or user, expiring with the last
+token it covers (``until``).
+
+A record is written by a script that keeps the later cut-off and the later expiry, so writing it
+again (a retry whose first try did run, or an older event arriving after a newer one) never lowers
+what is recorded; that makes the write safe to retry after a timeout."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from realtime_gateway_protocol.access_token import TokenRef
+from realtime_gateway_protocol.events import RevocationEvent, SessionRevoked
+from shared.bus import BusUnavailable
+from shared.redis.write import WriteScript
+
+__all__ = ["PREFIX", "RedisRevocationLedger"]
+
+PREFIX = "gateway:revoked"
+
+# KEYS: the record. ARGV: the value (a user's cut-off, 1 for a session), seconds to keep it.
+_RECORD = WriteScript(
+    """
+local current = redis.call('GET', KEYS[1])
+if current and tonumber(current) > tonumber(ARGV[1]) then
+  return 0
+end
+local ttl = math.max(redis.call('TTL', KEYS[1]), tonumber(ARGV[2]))
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+return 1
+"""
+)
+
+
+class RedisRevocationLedger:
+    """Implements :class:`shared.bus.RevocationLedger`."""
+
+    def __init__(self, url: str, *, timeout: float = 1.0) -> None:
+        # Reads retry a timeout or a stale connection (they are idempotent); the write retries
+        # through redis_write, its script being safe to run twice.
+        self._redis = Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            decode_responses=True,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def record(self, event: RevocationEvent, now: float | None = None) -> None:
+        """Remember a revocation until ``event.until``; raises :class:`BusUnavailable` (or its
+        ``BusOutcomeUnknown``, when Redis may have recorded it)."""
+        ttl = max(1, int(event.until - (time.time() if now is None else now)) + 1)
+        if isinstance(event, SessionRevoked):
+            key, value = f"{PREFIX}:sid:{event.sid}", 1
+        else:
+            # A later logout-everywhere has a later cut-off and a later until: it supersedes.
+            key, value = f"{PREFIX}:user:{event.sub}", event.issued_before
+        try:
+            await _RECORD(self._redis, [key], [value, ttl], idempotent=True)
+        except RedisError as exc:
+            raise BusUnavailable(f"revocation ledger unreachable: {exc}") from exc
+
+    async def revoked(self, tokens: Sequence[TokenRef]) -> list[bool]:
+        """For each token, whether the ledger says it is revoked (one round trip for all)."""
+        if not tokens:
+            return []
+        keys: list[str] = []
+        for token in tokens:
+            keys += [f"{PREFIX}:sid:{token.sid}", f"{PREFIX}:user:{token.sub}"]
+        try:
+            values = await self._redis.mget(keys)
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(f"revocation ledger unreachable: {exc}") from exc
+        result = []
+        for i, token in enumerate(tokens):
+            session, cutoff = values[2 * i], values[2 * i + 1]
+            result.append(session is not None or (cutoff is not None and token.iat < int(cutoff)))
+        return result

@@ -1,0 +1,148 @@
+"""Fakes for the ws domain's ports: a peer that records, metrics that count in a dict, a key source
+with no keys, and a gateway built from them on a fake clock (no Prometheus, no aiohttp)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from shared.bus import InProcessBus, RevocationLedger
+from tests.support.clock import FakeClock
+from ws_service.domain.errors import InvalidToken
+from ws_service.domain.gateway import Gateway
+from ws_service.domain.history import History, MemoryHistory
+from ws_service.domain.hub import Hub
+from ws_service.domain.limits import Limits
+from ws_service.domain.namespaces import Namespaces
+from ws_service.domain.presence import MemoryPresence
+from ws_service.domain.revocations import RevocationRegistry
+from ws_service.domain.user_slots import UserSlots
+from ws_service.domain.verify import KeySource, TokenVerifier
+
+__all__ = ["FakeMetrics", "FakePeer", "NoKeys", "build_gateway"]
+
+
+class _Count:
+    def __init__(self, counts: Counter[str], name: str) -> None:
+        self._counts = counts
+        self._name = name
+
+    def inc(self, amount: float = 1) -> None:
+        self._counts[self._name] += int(amount)
+
+    def dec(self, amount: float = 1) -> None:
+        self._counts[self._name] -= int(amount)
+
+
+class _Labelled:
+    def __init__(self, counts: Counter[str], name: str) -> None:
+        self._counts = counts
+        self._name = name
+
+    def labels(self, *values: str) -> _Count:
+        return _Count(self._counts, f"{self._name}:{':'.join(values)}")
+
+
+class FakeMetrics:
+    """Implements ``GatewayMetrics``; ``counts["auth:token_expired"]``, ``counts["warnings"]``..."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        c = self.counts
+        self.messages_in = _Count(c, "messages_in")
+        self.messages_out = _Count(c, "messages_out")
+        self.auth = _Labelled(c, "auth")
+        self.auth_ok = _Count(c, "auth:ok")
+        self.renewals = _Count(c, "renewals")
+        self.warnings = _Count(c, "warnings")
+        self.expiries = _Count(c, "expiries")
+        self.revocations = _Count(c, "revocations")
+        self.recoveries = _Labelled(c, "recoveries")
+        self.awaiting_auth = _Count(c, "awaiting_auth")
+        self.authenticated = _Count(c, "authenticated")
+        self.ledger_checks = _Labelled(c, "ledger_checks")
+        self.reconciliations = _Labelled(c, "reconciliations")
+        self.user_limit_checks = _Labelled(c, "user_limit_checks")
+
+
+class FakePeer:
+    """Records what the connection sends (parsed) and how it closes."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.closed: tuple[int, str] | None = None
+
+    def send(self, text: str) -> None:
+        self.texts.append(text)
+
+    def close(self, code: int, reason: str) -> None:
+        assert self.closed is None, f"closed twice: {self.closed} then {(code, reason)}"
+        self.closed = (code, reason)
+
+    @property
+    def frames(self) -> list[dict[str, Any]]:
+        return [json.loads(text) for text in self.texts]
+
+    def types(self) -> list[str]:
+        return [frame["type"] for frame in self.frames]
+
+    def take(self) -> list[dict[str, Any]]:
+        """The frames sent since the last ``take``."""
+        frames = self.frames
+        self.texts.clear()
+        return frames
+
+
+class NoKeys:
+    async def get_key(self, kid: str) -> RSAPublicKey:
+        raise InvalidToken("no keys here")
+
+    def is_withdrawn(self, kid: str) -> bool:
+        return False
+
+    def withdraw(self, kid: str) -> None:
+        return None
+
+    async def refresh(self) -> None:
+        return None
+
+
+def build_gateway(
+    *,
+    clock: FakeClock | None = None,
+    keys: KeySource | None = None,
+    ledger: RevocationLedger | None = None,
+    slots: UserSlots | None = None,
+    namespaces: Namespaces | None = None,
+    history: History | None = None,
+    reconcile_batch: int = 500,
+    **limits: Any,
+) -> Gateway:
+    """A gateway on fakes; ``limits`` are fields of ``Limits``."""
+    clock = clock or FakeClock()
+    revocations = RevocationRegistry(clock.time)
+    verifier = TokenVerifier(
+        keys or NoKeys(), revocations, issuer="http://auth.test", audience="ws", leeway=0
+    )
+    bus = InProcessBus()
+    hub = Hub(
+        bus,
+        history or MemoryHistory(bus.publish, clock=clock),
+        MemoryPresence(bus.publish),
+        namespaces or Namespaces(),
+        clock=clock,
+    )
+    return Gateway(
+        Limits(**limits),
+        verifier,
+        revocations,
+        hub,
+        FakeMetrics(),
+        ledger=ledger,
+        slots=slots,
+        clock=clock,
+        reconcile_batch=reconcile_batch,
+    )

@@ -1,0 +1,667 @@
+"""Every transition of one socket's state machine (the table in docs/protocol.md, "Connection
+states"), driven with a fake peer, a fake admission and a fake clock: no server, no sleeping.
+
+Each test names its row: ``test_<row>_...``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from realtime_gateway_protocol.access_token import Claims
+from realtime_gateway_protocol.frames import PREAUTH_MAX_BYTES
+from shared.bus import InProcessBus
+from tests.support.clock import FakeClock
+from tests.unit.ws.fakes import FakeMetrics, FakePeer
+from ws_service.domain.connection import Connection, Context, State, warning_delay
+from ws_service.domain.deadlines import DEFAULT_TICK, Deadlines
+from ws_service.domain.errors import (
+    AuthError,
+    InvalidToken,
+    KeysUnavailable,
+    KeyWithdrawn,
+    SessionRevoked,
+    TokenExpired,
+    TooManyConnections,
+)
+from ws_service.domain.history import HistoryPolicy, MemoryHistory
+from ws_service.domain.hub import Hub
+from ws_service.domain.limits import Limits
+from ws_service.domain.namespaces import Namespace, Namespaces
+from ws_service.domain.presence import MemoryPresence
+
+TTL = 900
+WARNING = 60.0
+LEEWAY = 5
+AUTH_TIMEOUT = 10.0
+TICK = DEFAULT_TICK
+
+
+class FakeAdmission:
+    """Tokens are names: ``tokens[name]`` is the claims they verify to, or the error they raise."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, Claims | AuthError] = {}
+        self.full = False
+        self.admitted: list[Connection] = []
+        self.forgotten: list[Connection] = []
+
+    async def authenticate(self, token: str) -> Claims:
+        outcome = self.tokens.get(token, InvalidToken("unknown token"))
+        if isinstance(outcome, AuthError):
+            raise outcome
+        return outcome
+
+    async def admit(self, conn: Connection, claims: Claims) -> None:
+        if self.full:
+            raise TooManyConnections()
+        self.admitted.append(conn)
+
+    def forget(self, conn: Connection) -> None:
+        self.forgotten.append(conn)
+
+
+class Socket:
+    """One connection and everything around it."""
+
+    def __init__(self, **limits: Any) -> None:
+        self.clock = FakeClock()
+        self.metrics = FakeMetrics()
+        self.admission = FakeAdmission()
+        bus = InProcessBus()
+        self.bus = bus
+        namespaces = Namespaces(
+            [Namespace("chat", history=HistoryPolicy(100, 300.0), presence=True)]
+        )
+        self.hub = Hub(
+            bus,
+            MemoryHistory(bus.publish, clock=self.clock),
+            MemoryPresence(bus.publish),
+            namespaces,
+            clock=self.clock,
+            sync_timeout=0.01,
+        )
+        self.deadlines = Deadlines(self.clock)
+        self.ctx = Context(
+            limits=Limits(
+                auth_timeout=AUTH_TIMEOUT,
+                expiry_warning=WARNING,
+                leeway=LEEWAY,
+                **limits,
+            ),
+            metrics=self.metrics,
+            hub=self.hub,
+            namespaces=namespaces,
+            admission=self.admission,
+            deadlines=self.deadlines,
+            clock=self.clock,
+            random=lambda: 0.0,
+        )
+        self.peer = FakePeer()
+        self.conn = Connection(self.ctx, self.peer, "10.0.0.1", 1)
+
+    def claims(self, sub: str = "alice", *scopes: str, ttl: int = TTL, sid: str = "s1") -> Claims:
+        now = int(self.clock.time())
+        scope = frozenset(scopes or ("chat:read", "chat:write"))
+        return Claims(sub, sid, now, now + ttl, scope, sub, "k1")
+
+    def token(self, name: str, outcome: Claims | AuthError) -> str:
+        self.admission.tokens[name] = outcome
+        return name
+
+    async def send(self, frame: dict[str, Any] | str) -> list[dict[str, Any]]:
+        await self.conn.on_text(frame if isinstance(frame, str) else json.dumps(frame))
+        return self.peer.take()
+
+    async def authenticate(self, claims: Claims | None = None) -> Claims:
+        claims = claims or self.claims()
+        [reply] = await self.send({"type": "auth", "token": self.token("good", claims)})
+        assert reply["type"] == "auth_success", reply
+        return claims
+
+    def advance(self, seconds: float) -> list[dict[str, Any]]:
+        self.clock.advance(seconds)
+        return self.peer.take()
+
+    @property
+    def state(self) -> State:
+        return self.conn.state
+
+
+# -- AWAITING_AUTH -------------------------------------------------------------------------------
+
+
+def test_0_a_new_socket_awaits_auth_with_one_deadline() -> None:
+    s = Socket()
+    assert s.state is State.AWAITING_AUTH
+    assert len(s.deadlines) == 1
+    assert s.peer.texts == [] and s.peer.closed is None
+
+
+async def test_1_a_valid_auth_authenticates() -> None:
+    s = Socket()
+    claims = s.claims()
+    reply = await s.send({"type": "auth", "token": s.token("t", claims), "id": 7})
+    assert reply == [
+        {
+            "type": "auth_success",
+            "user": {"id": "alice", "username": "alice"},
+            "session": "s1",
+            "expires_in": TTL,
+            "expires_at": claims.exp,
+            "id": 7,
+        }
+    ]
+    assert s.state is State.AUTHENTICATED
+    assert s.conn.claims == claims
+    assert s.admission.admitted == [s.conn]
+    assert s.metrics.counts["auth:ok"] == 1
+    assert len(s.deadlines) == 1, "the auth deadline became the warning"
+
+
+@pytest.mark.parametrize("error", [TokenExpired(), KeysUnavailable(), KeyWithdrawn()])
+async def test_2_a_retryable_failure_keeps_waiting(error: AuthError) -> None:
+    s = Socket()
+    [reply] = await s.send({"type": "auth", "token": s.token("t", error)})
+    assert (reply["type"], reply["code"], reply["retry"]) == ("auth_error", error.code, True)
+    assert s.state is State.AWAITING_AUTH and s.peer.closed is None
+    assert s.metrics.counts[f"auth:{error.code}"] == 1
+
+
+async def test_2_the_third_retryable_failure_is_final() -> None:
+    s = Socket()
+    token = s.token("t", TokenExpired())
+    for attempt in (1, 2, 3):
+        [reply] = await s.send({"type": "auth", "token": token})
+        assert reply["retry"] is (attempt < 3)
+    assert s.state is State.CLOSING
+    assert s.peer.closed == (4401, "token_expired")
+
+
+async def test_2_a_retry_then_success_authenticates() -> None:
+    s = Socket()
+    await s.send({"type": "auth", "token": s.token("old", KeysUnavailable())})
+    await s.authenticate()
+    assert s.state is State.AUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("error", "close"),
+    [
+        (InvalidToken(), (4401, "invalid_token")),
+        (SessionRevoked(), (4403, "session_revoked")),
+        (TooManyConnections(), (4429, "too_many_connections")),
+    ],
+)
+async def test_3_a_final_failure_closes(error: AuthError, close: tuple[int, str]) -> None:
+    s = Socket()
+    if isinstance(error, TooManyConnections):
+        s.admission.full = True
+        token = s.token("t", s.claims())
+    else:
+        token = s.token("t", error)
+    [reply] = await s.send({"type": "auth", "token": token})
+    assert (reply["type"], reply["code"], reply["retry"]) == ("auth_error", error.code, False)
+    assert s.state is State.CLOSING
+    assert s.peer.closed == close
+    assert len(s.deadlines) == 0
+
+
+@pytest.mark.parametrize("token", [None, "", 3, ["t"]])
+async def test_3_an_auth_without_a_token_string_is_an_invalid_token(token: object) -> None:
+    s = Socket()
+    [reply] = await s.send({"type": "auth", "token": token})
+    assert reply["code"] == "invalid_token"
+    assert s.peer.closed == (4401, "invalid_token")
+
+
+@pytest.mark.parametrize("kind", ["ping", "subscribe", "publish", "history", "presence", "nope"])
+async def test_4_anything_but_auth_first_closes_not_authenticated(kind: str) -> None:
+    s = Socket()
+    [reply] = await s.send({"type": kind, "channel": "chat:a"})
+    assert (reply["type"], reply["code"]) == ("auth_error", "not_authenticated")
+    assert s.peer.closed == (4401, "not_authenticated")
+    assert s.state is State.CLOSING
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[]",
+        '"auth"',
+        '{"type": 1}',
+        '{"type": "auth", "x": NaN}',
+        '{"type": "auth", "id": true}',
+        "x" * (PREAUTH_MAX_BYTES + 1),
+        '{"type":"auth","token":"' + "\u00e9" * (PREAUTH_MAX_BYTES // 2) + '"}',
+    ],
+)
+async def test_5_a_malformed_or_oversized_first_frame_closes_bad_request(text: str) -> None:
+    s = Socket()
+    assert await s.send(text) == []
+    assert s.peer.closed == (4400, "bad_request")
+    assert s.state is State.CLOSING
+
+
+async def test_6_no_auth_in_time_closes_auth_timeout() -> None:
+    s = Socket()
+    assert s.advance(AUTH_TIMEOUT - TICK) == []
+    assert s.state is State.AWAITING_AUTH
+    [reply] = s.advance(2 * TICK)
+    assert (reply["type"], reply["code"]) == ("auth_error", "auth_timeout")
+    assert s.peer.closed == (4408, "auth_timeout")
+    assert s.metrics.counts["auth:auth_timeout"] == 1
+
+
+async def test_6_a_retryable_failure_does_not_extend_the_auth_deadline() -> None:
+    s = Socket()
+    s.advance(AUTH_TIMEOUT / 2)
+    await s.send({"type": "auth", "token": s.token("t", KeysUnavailable())})
+    s.advance(AUTH_TIMEOUT / 2 + TICK)
+    assert s.peer.closed == (4408, "auth_timeout")
+
+
+async def test_7_a_credential_at_the_handshake_authenticates_without_a_message() -> None:
+    s = Socket()
+    await s.conn.authenticated_at_handshake(s.claims())
+    [reply] = s.peer.take()
+    assert reply["type"] == "auth_success" and "id" not in reply
+    assert s.state is State.AUTHENTICATED
+
+
+async def test_7_a_handshake_credential_over_the_user_cap_closes() -> None:
+    s = Socket()
+    s.admission.full = True
+    await s.conn.authenticated_at_handshake(s.claims())
+    assert s.peer.take()[0]["code"] == "too_many_connections"
+    assert s.peer.closed == (4429, "too_many_connections")
+
+
+async def test_7_a_socket_closed_while_being_admitted_stays_closed() -> None:
+    s = Socket()
+    s.conn.disconnected()
+    await s.conn.authenticated_at_handshake(s.claims())
+    assert s.peer.texts == [] and s.state is State.CLOSING
+
+
+# -- AUTHENTICATED -> EXPIRING -> CLOSING --------------------------------------------------------
+
+
+async def test_8_the_warning_comes_one_window_before_exp() -> None:
+    s = Socket()
+    claims = await s.authenticate()
+    before = TTL - WARNING
+    assert s.advance(before - TICK) == []
+    [warning] = s.advance(2 * TICK)
+    assert warning == {"type": "token_expiring", "expires_in": WARNING, "expires_at": claims.exp}
+    assert s.state is State.EXPIRING
+    assert s.metrics.counts["warnings"] == 1
+
+
+@pytest.mark.parametrize(
+    ("remaining", "window", "rand", "expected"),
+    [
+        (900, 60, 0.0, 840),
+        (900, 60, 0.999, 900 - 60 - 5.994),
+        (100, 60, 0.5, 50),
+        (10, 60, 0.0, 5),
+        (-3, 60, 0.0, 0),
+    ],
+)
+def test_8_warning_delay(remaining: float, window: float, rand: float, expected: float) -> None:
+    assert warning_delay(remaining, window, rand) == pytest.approx(expected)
+
+
+async def test_8_a_short_lived_token_is_warned_at_half_its_life() -> None:
+    s = Socket()
+    await s.authenticate(s.claims(ttl=40))
+    assert s.advance(20 - TICK) == []
+    assert [f["type"] for f in s.advance(2 * TICK)] == ["token_expiring"]
+
+
+async def test_12_without_renewal_the_socket_closes_at_exp_plus_leeway() -> None:
+    s = Socket()
+    await s.authenticate()
+    s.advance(TTL - WARNING + TICK)
+    assert s.advance(WARNING + LEEWAY - 2 * TICK) == []
+    assert s.state is State.EXPIRING and s.peer.closed is None
+    [reply] = s.advance(2 * TICK)
+    assert (reply["type"], reply["code"], reply["retry"]) == ("auth_error", "token_expired", False)
+    assert s.peer.closed == (4401, "token_expired")
+    assert s.metrics.counts["expiries"] == 1
+    assert len(s.deadlines) == 0
+
+
+@pytest.mark.parametrize("after_warning", [False, True])
+async def test_9_a_renewal_authenticates_again_and_reschedules(after_warning: bool) -> None:
+    s = Socket()
+    await s.authenticate()
+    if after_warning:
+        s.advance(TTL - WARNING + TICK)
+        assert s.state is State.EXPIRING
+    renewed = s.claims(sid="s2")
+    [reply] = await s.send({"type": "auth", "token": s.token("new", renewed), "id": "r"})
+    assert (reply["type"], reply["renewed"], reply["session"]) == ("auth_success", True, "s2")
+    assert s.state is State.AUTHENTICATED
+    assert s.conn.claims == renewed
+    assert s.metrics.counts["renewals"] == 1
+    assert s.advance(TTL - WARNING - TICK) == [], "the old deadline is gone"
+    assert [f["type"] for f in s.advance(2 * TICK)] == ["token_expiring"]
+
+
+async def test_9_a_renewal_leaves_the_channels_the_new_token_cannot_read() -> None:
+    s = Socket()
+    await s.authenticate(s.claims("alice", "chat:read", "news:read"))
+    for channel in ("chat:a", "news:a"):
+        assert (await s.send({"type": "subscribe", "channel": channel}))[0]["type"] == "subscribed"
+    replies = await s.send({"type": "auth", "token": s.token("n", s.claims("alice", "chat:read"))})
+    assert replies[0] == {
+        "type": "unsubscribed",
+        "channel": "news:a",
+        "reason": "forbidden",
+    }
+    assert replies[1]["type"] == "auth_success"
+    assert set(s.conn.channels) == {"chat:a"}
+    assert s.peer.closed is None
+
+
+@pytest.mark.parametrize("error", [TokenExpired(), KeysUnavailable(), InvalidToken()])
+async def test_10_a_failed_renewal_keeps_the_socket_and_its_schedule(error: AuthError) -> None:
+    s = Socket()
+    claims = await s.authenticate()
+    s.advance(TTL - WARNING + TICK)
+    [reply] = await s.send({"type": "auth", "token": s.token("bad", error)})
+    assert (reply["type"], reply["code"]) == ("auth_error", error.code)
+    assert s.state is State.EXPIRING and s.peer.closed is None
+    assert s.conn.claims == claims
+    s.advance(WARNING + LEEWAY)
+    assert s.peer.closed == (4401, "token_expired"), "the old token still expires"
+
+
+@pytest.mark.parametrize(
+    ("new", "close"),
+    [("bob", (4403, "subject_mismatch")), ("revoked", (4403, "session_revoked"))],
+)
+async def test_11_a_renewal_for_another_user_or_a_revoked_session_closes(
+    new: str, close: tuple[int, str]
+) -> None:
+    s = Socket()
+    await s.authenticate()
+    outcome: Claims | AuthError = s.claims("bob") if new == "bob" else SessionRevoked()
+    [reply] = await s.send({"type": "auth", "token": s.token("t", outcome)})
+    assert (reply["type"], reply["retry"]) == ("auth_error", False)
+    assert s.peer.closed == close
+    assert s.state is State.CLOSING
+
+
+async def test_13_a_withdrawn_key_shortens_the_deadline_to_the_grace() -> None:
+    s = Socket()
+    await s.authenticate()
+    s.conn.key_withdrawn(10)
+    [warning] = s.peer.take()
+    assert (warning["type"], warning["expires_in"]) == ("token_expiring", 10)
+    assert s.state is State.EXPIRING
+    assert s.advance(10 - TICK) == []
+    s.advance(2 * TICK)
+    assert s.peer.closed == (4401, "token_expired")
+
+
+async def test_13_a_withdrawn_key_of_a_token_expiring_sooner_keeps_its_exp() -> None:
+    s = Socket()
+    claims = await s.authenticate(s.claims(ttl=4))
+    s.conn.key_withdrawn(10)
+    [warning] = s.peer.take()
+    assert warning["expires_at"] == claims.exp
+
+
+async def test_13_a_withdrawn_key_means_nothing_before_auth_or_after_close() -> None:
+    s = Socket()
+    s.conn.key_withdrawn(10)
+    assert s.peer.texts == [] and s.state is State.AWAITING_AUTH
+    await s.authenticate()
+    s.conn.disconnected()
+    s.conn.key_withdrawn(10)
+    assert s.peer.texts == []
+
+
+@pytest.mark.parametrize("warned", [False, True])
+async def test_14_a_revocation_closes_with_a_revoked_frame(warned: bool) -> None:
+    s = Socket()
+    await s.authenticate()
+    if warned:
+        s.advance(TTL - WARNING + TICK)
+    s.conn.revoke("session_revoked")
+    assert s.peer.take() == [{"type": "revoked", "reason": "session_revoked"}]
+    assert s.peer.closed == (4403, "session_revoked")
+    assert s.state is State.CLOSING
+    assert len(s.deadlines) == 0
+    assert s.metrics.counts["revocations"] == 1
+
+
+# -- limits on an authenticated socket -----------------------------------------------------------
+
+
+async def test_15_over_the_rate_an_error_then_a_close_after_the_strikes() -> None:
+    s = Socket(rate_per_second=1.0, rate_burst=2, rate_strikes=3)
+    await s.authenticate()
+    assert [r["type"] for r in await s.send({"type": "ping"})] == ["pong"]
+    assert [r["type"] for r in await s.send({"type": "ping"})] == ["pong"]
+    for _ in range(2):
+        [refused] = await s.send({"type": "ping"})
+        assert (refused["type"], refused["code"]) == ("error", "rate_limited")
+    await s.send({"type": "ping"})
+    assert s.peer.closed == (4429, "rate_limited")
+
+
+async def test_15_strikes_are_forgiven_once_the_bucket_refills() -> None:
+    s = Socket(rate_per_second=1.0, rate_burst=2, rate_strikes=2)
+    await s.authenticate()
+    for _ in range(3):
+        await s.send({"type": "ping"})
+    s.advance(10)
+    for _ in range(3):
+        await s.send({"type": "ping"})
+    assert s.peer.closed is None, "one strike, forgiven, then one more"
+
+
+async def test_16_repeated_bad_requests_close_the_socket() -> None:
+    s = Socket(max_violations=3)
+    await s.authenticate()
+    for n in range(3):
+        [reply] = await s.send("{oops")
+        assert (reply["type"], reply["code"], reply["id"]) == ("error", "bad_request", None)
+        assert (s.peer.closed is None) is (n < 2)
+    assert s.peer.closed == (4400, "bad_request")
+
+
+async def test_16_other_refusals_do_not_count_as_violations() -> None:
+    s = Socket(max_violations=2)
+    await s.authenticate()
+    for _ in range(5):
+        [reply] = await s.send({"type": "subscribe", "channel": "news:a"})
+        assert reply["code"] == "forbidden"
+    assert s.peer.closed is None
+
+
+@pytest.mark.parametrize("authenticated", [False, True])
+async def test_17_a_binary_frame_closes_in_any_state(authenticated: bool) -> None:
+    s = Socket()
+    if authenticated:
+        await s.authenticate()
+    s.conn.on_binary()
+    assert s.peer.closed == (4400, "bad_request")
+    assert s.state is State.CLOSING
+
+
+@pytest.mark.parametrize("authenticated", [False, True])
+async def test_18_the_peer_leaving_drops_timers_channels_and_the_index_entry(
+    authenticated: bool,
+) -> None:
+    s = Socket()
+    if authenticated:
+        await s.authenticate()
+        await s.send({"type": "subscribe", "channel": "chat:a"})
+    s.conn.disconnected()
+    assert s.state is State.CLOSING
+    assert len(s.deadlines) == 0
+    assert s.conn.channels == {}
+    assert s.admission.forgotten == [s.conn]
+    assert s.advance(TTL * 2) == [] and s.peer.closed is None
+
+
+@pytest.mark.parametrize("frame", [{"type": "auth", "token": "good"}, {"type": "ping"}, "{oops"])
+async def test_19_a_closing_socket_reads_nothing(frame: dict[str, Any] | str) -> None:
+    s = Socket()
+    await s.authenticate()
+    s.conn.revoke("session_revoked")
+    s.peer.take()
+    assert await s.send(frame) == []
+    s.advance(TTL * 2)
+    assert s.peer.texts == []
+
+
+# -- requests on an authenticated socket ---------------------------------------------------------
+
+
+async def test_ping_answers_pong_with_the_id() -> None:
+    s = Socket()
+    await s.authenticate()
+    assert await s.send({"type": "ping", "id": "p1"}) == [{"type": "pong", "id": "p1"}]
+    assert s.metrics.counts["messages_in"] == 1
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ({"type": "subscribe", "channel": "bad"}, "invalid_channel"),
+        ({"type": "subscribe", "channel": "news:a"}, "forbidden"),
+        ({"type": "subscribe", "channel": "user:bob"}, "forbidden"),
+        ({"type": "publish", "channel": "user:alice", "data": 1}, "forbidden"),
+        ({"type": "publish", "channel": "chat:a"}, "bad_request"),
+        ({"type": "unsubscribe", "channel": "chat:a"}, "not_subscribed"),
+        ({"type": "presence", "channel": "user:alice"}, "not_enabled"),
+        (
+            {"type": "subscribe", "channel": "user:alice", "since": {"offset": 1, "epoch": "e"}},
+            "not_enabled",
+        ),
+        ({"type": "subscribe", "channel": "chat:a", "presence_events": "yes"}, "bad_request"),
+        (
+            {"type": "subscribe", "channel": "chat:a", "since": {"offset": -1, "epoch": "e"}},
+            "bad_request",
+        ),
+        (
+            {"type": "subscribe", "channel": "chat:a", "since": {"offset": 2**63, "epoch": "e"}},
+            "bad_request",
+        ),
+        (
+            {"type": "subscribe", "channel": "chat:a", "since": {"offset": 1, "epoch": ""}},
+            "bad_request",
+        ),
+        ({"type": "history", "channel": "chat:a", "limit": -1}, "bad_request"),
+        ({"type": "history", "channel": "chat:a", "limit": True}, "bad_request"),
+        ({"type": "nope"}, "bad_request"),
+    ],
+)
+async def test_a_refused_request_is_an_error_frame_and_the_socket_stays(
+    frame: dict[str, Any], code: str
+) -> None:
+    s = Socket()
+    await s.authenticate(s.claims("alice", "chat:read", "chat:write"))
+    [reply] = await s.send({**frame, "id": 9})
+    assert (reply["type"], reply["code"], reply["id"]) == ("error", code, 9)
+    assert s.state is State.AUTHENTICATED and s.peer.closed is None
+
+
+async def test_subscribe_publish_unsubscribe() -> None:
+    s = Socket()
+    await s.authenticate()
+    [subscribed] = await s.send({"type": "subscribe", "channel": "chat:a", "id": 1})
+    assert subscribed["type"] == "subscribed" and subscribed["position"]["offset"] == 0
+    replies = await s.send({"type": "publish", "channel": "chat:a", "data": {"x": 1}, "id": 2})
+    assert [r["type"] for r in replies] == ["message", "published"]
+    assert (replies[0]["data"], replies[0]["from"], replies[0]["offset"]) == ({"x": 1}, "alice", 1)
+    assert await s.send({"type": "unsubscribe", "channel": "chat:a", "id": 3}) == [
+        {"type": "unsubscribed", "channel": "chat:a", "id": 3}
+    ]
+    assert s.conn.channels == {}
+
+
+async def test_subscriptions_are_capped() -> None:
+    s = Socket(max_subscriptions=2)
+    await s.authenticate()
+    for channel in ("chat:a", "chat:b"):
+        await s.send({"type": "subscribe", "channel": channel})
+    [reply] = await s.send({"type": "subscribe", "channel": "chat:c"})
+    assert reply["code"] == "too_many_subscriptions"
+    assert (await s.send({"type": "subscribe", "channel": "chat:a"}))[0]["type"] == "subscribed"
+
+
+async def test_history_and_presence_answer_on_a_readable_channel() -> None:
+    s = Socket()
+    await s.authenticate()
+    await s.send({"type": "subscribe", "channel": "chat:a"})
+    await s.send({"type": "publish", "channel": "chat:a", "data": 1})
+    [history] = await s.send({"type": "history", "channel": "chat:a", "limit": 5})
+    assert [m["data"] for m in history["publications"]] == [1]
+    [presence] = await s.send({"type": "presence", "channel": "chat:a"})
+    assert presence["members"] == [{"user": {"id": "alice", "username": "alice"}, "connections": 1}]
+
+
+# -- held-back frames while a channel is recovered -----------------------------------------------
+
+
+class GatedHistory(MemoryHistory):
+    """A history whose reads wait for the test, so live messages arrive during a recovery."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        import asyncio
+
+        self.gate = asyncio.Event()
+
+    async def read(self, *args: Any, **kwargs: Any) -> Any:
+        await self.gate.wait()
+        return await super().read(*args, **kwargs)
+
+
+async def test_live_messages_during_a_recovery_are_held_then_released_without_repeats() -> None:
+    import asyncio
+
+    s = Socket()
+    history = GatedHistory(s.bus.publish, clock=s.clock)
+    s.hub._history = history  # the socket's hub reads through the gate
+    await s.authenticate()
+    history.gate.set()
+    position = (await s.send({"type": "subscribe", "channel": "chat:a"}))[0]["position"]
+    for n in (1, 2):
+        await s.hub.publish("chat:a", n, None)
+    s.peer.take()
+    await s.send({"type": "unsubscribe", "channel": "chat:a"})
+    history.gate.clear()
+    since = {"offset": position["offset"], "epoch": position["epoch"]}
+    subscribing = asyncio.ensure_future(
+        s.send({"type": "subscribe", "channel": "chat:a", "since": since})
+    )
+    await asyncio.sleep(0)
+    await s.hub.publish("chat:a", 3, None)
+    assert s.peer.texts == [], "held while the recovery reads"
+    history.gate.set()
+    frames = await subscribing + s.peer.take()
+    assert frames[0]["type"] == "subscribed" and frames[0]["recovered"] is True
+    recovered = [m["data"] for m in frames[0]["publications"]]
+    live = [f["data"] for f in frames[1:] if f["type"] == "message"]
+    assert recovered + live == [1, 2, 3], "every message once, in order"
+
+
+async def test_a_message_at_or_below_the_last_position_is_dropped() -> None:
+    s = Socket()
+    await s.authenticate()
+    await s.send({"type": "subscribe", "channel": "chat:a"})
+    await s.hub.publish("chat:a", 1, None)
+    [message] = s.peer.take()
+    s.conn.deliver("chat:a", json.dumps(message), s.conn.channels["chat:a"])
+    assert s.peer.texts == [], "the same offset again is a straggler"

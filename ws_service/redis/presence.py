@@ -1,0 +1,164 @@
+"""Presence in Redis, shared by every replica.
+
+Per channel: ``pres:conns:<ch>`` (connection -> encoded user), ``pres:exp:<ch>`` (connection ->
+expiry in ms) and ``pres:users:<ch>`` (user -> connection count). Lua scripts keep the three in
+step and PUBLISH ``join``/``leave`` exactly when a user's count moves between zero and one, so two
+replicas adding the same user's tabs at once still announce one join. Entries of a dead replica
+expire: every read and every refresh sweeps them out, announcing their leaves.
+
+An entry lives two thirds of the TTL and its replica refreshes it every third (one refresh may be
+late by up to a third). A dead replica's entries have expired two thirds of the TTL after its death
+at the latest, and a survivor's next refresh, at most a third later, sweeps them: its users leave
+within the TTL. Entries living the whole TTL would leave up to four thirds of it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+
+from redis.asyncio import Redis
+
+from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, members_of
+from ws_service.redis.client import unavailable_as_bus_error
+
+__all__ = ["RedisPresence"]
+
+# Shared by every script: forget one connection, announce the leave if it was the user's last.
+_DROP = """
+local function drop(conn, prefix_topic, channel)
+  local info = redis.call('HGET', KEYS[1], conn)
+  if not info then return end
+  redis.call('HDEL', KEYS[1], conn)
+  redis.call('ZREM', KEYS[2], conn)
+  local uid = cjson.decode(info)['id']
+  local left = redis.call('HINCRBY', KEYS[3], uid, -1)
+  if left <= 0 then
+    redis.call('HDEL', KEYS[3], uid)
+    redis.call('PUBLISH', prefix_topic .. channel,
+      '{"type":"leave","channel":"' .. channel .. '","user":' .. info .. '}')
+  end
+end
+local function sweep(now, prefix_topic, channel)
+  for _, conn in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+    drop(conn, prefix_topic, channel)
+  end
+end
+"""
+
+# ARGV: conn, user json, user id, expires at (ms), now (ms), topic prefix, channel, key ttl (s)
+_ADD = (
+    _DROP
+    + """
+sweep(ARGV[5], ARGV[6], ARGV[7])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  if redis.call('HINCRBY', KEYS[3], ARGV[3], 1) == 1 then
+    redis.call('PUBLISH', ARGV[6] .. ARGV[7],
+      '{"type":"join","channel":"' .. ARGV[7] .. '","user":' .. ARGV[2] .. '}')
+  end
+end
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[8]) end
+"""
+)
+
+# ARGV: conn, topic prefix, channel
+_REMOVE = _DROP + "drop(ARGV[1], ARGV[2], ARGV[3])"
+
+# ARGV: now (ms), topic prefix, channel
+_MEMBERS = _DROP + "sweep(ARGV[1], ARGV[2], ARGV[3])\nreturn redis.call('HVALS', KEYS[1])"
+
+# ARGV: expires at (ms), now (ms), topic prefix, channel, key ttl (s), conn...
+_REFRESH = (
+    _DROP
+    + """
+sweep(ARGV[2], ARGV[3], ARGV[4])
+for i = 6, #ARGV do redis.call('ZADD', KEYS[2], 'XX', ARGV[1], ARGV[i]) end
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+"""
+)
+
+
+class RedisPresence:
+    """Implements ``Presence``; Redis failures are raised as ``BusUnavailable``."""
+
+    def __init__(self, redis: Redis, *, ttl: float = 15.0, prefix: str = "presence:") -> None:
+        self._redis = redis
+        self.ttl = ttl
+        self._prefix = prefix
+        self._add = redis.register_script(_ADD)
+        self._remove = redis.register_script(_REMOVE)
+        self._members = redis.register_script(_MEMBERS)
+        self._refresh = redis.register_script(_REFRESH)
+
+    def _keys(self, channel: str) -> list[str]:
+        return [f"{self._prefix}{kind}:{channel}" for kind in ("conns", "exp", "users")]
+
+    def _expires_at(self, now: int) -> int:
+        return now + int(self.ttl * 2000 / 3)
+
+    def _key_ttl(self) -> int:
+        return max(60, int(self.ttl * 4))
+
+    async def add(self, channel: str, conn_id: str, member: Member) -> None:
+        now = _now_ms()
+        with unavailable_as_bus_error():
+            await self._add(
+                keys=self._keys(channel),
+                args=[
+                    conn_id,
+                    member.as_json(),
+                    member.id,
+                    self._expires_at(now),
+                    now,
+                    PRESENCE_TOPIC_PREFIX,
+                    channel,
+                    self._key_ttl(),
+                ],
+            )
+
+    async def remove(self, channel: str, conn_id: str, member: Member) -> None:
+        with unavailable_as_bus_error():
+            await self._remove(
+                keys=self._keys(channel), args=[conn_id, PRESENCE_TOPIC_PREFIX, channel]
+            )
+
+    async def members(self, channel: str) -> list[tuple[Member, int]]:
+        with unavailable_as_bus_error():
+            values = await self._members(
+                keys=self._keys(channel), args=[_now_ms(), PRESENCE_TOPIC_PREFIX, channel]
+            )
+        users: dict[str, tuple[str | None, int]] = {}
+        for value in values:
+            user = json.loads(value)
+            _, count = users.get(user["id"], (None, 0))
+            users[user["id"]] = (user["username"], count + 1)
+        return members_of(users)
+
+    async def refresh(self, entries: Iterable[tuple[str, Iterable[str]]]) -> None:
+        """Extend this replica's live connections (channel, connection ids) by one lifetime."""
+        now = _now_ms()
+        with unavailable_as_bus_error():
+            await self._refresh_all(entries, now)
+
+    async def _refresh_all(self, entries: Iterable[tuple[str, Iterable[str]]], now: int) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for channel, conns in entries:
+                await self._refresh(
+                    keys=self._keys(channel),
+                    args=[
+                        self._expires_at(now),
+                        now,
+                        PRESENCE_TOPIC_PREFIX,
+                        channel,
+                        self._key_ttl(),
+                        *conns,
+                    ],
+                    client=pipe,
+                )
+            await pipe.execute()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,93 @@
+"""The per-user connection cap in Redis, shared by every replica and worker.
+
+One sorted set per user, ``<prefix>{<user>}`` (the hash tag keeps it on one Cluster slot), of slot
+ids scored by the time they lapse, in Redis's own clock so that replicas' clocks need not agree.
+A Lua script drops the lapsed slots, counts the rest and adds one in a single step, so replicas
+admitting the same user at once can never pass the cap together. Slots live two thirds of the TTL
+and their replica refreshes them every third, as presence entries do: a dead replica's sockets
+stop counting within the TTL.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from ws_service.domain.user_slots import Held
+from ws_service.redis.client import unavailable_as_bus_error
+
+__all__ = ["RedisUserSlots"]
+
+_NOW = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+"""
+
+# ARGV: slot, limit, lifetime (ms)
+_ACQUIRE = (
+    _NOW
+    + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1])
+    and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + ARGV[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+)
+
+# ARGV: lifetime (ms), 'extend' (only the slots still there) or 'restore' (all), slot...
+_HOLD = (
+    _NOW
+    + """
+for i = 3, #ARGV do
+  if ARGV[2] == 'extend' then
+    redis.call('ZADD', KEYS[1], 'XX', now + ARGV[1], ARGV[i])
+  else
+    redis.call('ZADD', KEYS[1], now + ARGV[1], ARGV[i])
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+"""
+)
+
+
+class RedisUserSlots:
+    """Implements ``UserSlots``; Redis failures are raised as ``BusUnavailable``."""
+
+    def __init__(self, redis: Redis, *, ttl: float = 15.0, prefix: str = "ws:conns:") -> None:
+        self._redis = redis
+        self._lifetime = int(ttl * 2000 / 3)
+        self._prefix = prefix
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._hold = redis.register_script(_HOLD)
+
+    def _key(self, user: str) -> str:
+        return f"{self._prefix}{{{user}}}"
+
+    async def acquire(self, user: str, slot: str, limit: int) -> bool:
+        with unavailable_as_bus_error():
+            taken = await self._acquire(keys=[self._key(user)], args=[slot, limit, self._lifetime])
+        return bool(taken)
+
+    async def release(self, user: str, slot: str) -> None:
+        with unavailable_as_bus_error():
+            await self._redis.zrem(self._key(user), slot)
+
+    async def refresh(self, held: Held) -> None:
+        await self._hold_all(held, "extend")
+
+    async def restore(self, held: Held) -> None:
+        await self._hold_all(held, "restore")
+
+    async def _hold_all(self, held: Held, mode: str) -> None:
+        """One script call per user (each user's key may live on another Cluster node), all in
+        one pipeline."""
+        with unavailable_as_bus_error():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user, slots in held:
+                    await self._hold(
+                        keys=[self._key(user)], args=[self._lifetime, mode, *slots], client=pipe
+                    )
+                await pipe.execute()
