@@ -50,7 +50,13 @@ def installed(python: Path) -> dict[str, list[str]]:
         " if not f.parts[0].endswith(('.dist-info', '.pth')) and f.parts[0] != '..'})"
         " for d in m.distributions()}))"
     )
-    out = subprocess.run([str(python), "-c", script], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(python), "-c", script],
+        cwd=python.parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result: dict[str, list[str]] = json.loads(out.stdout)
     return result
 
@@ -70,7 +76,13 @@ def test_the_protocol_package_installs_alone_with_nothing_else(tmp_path: Path) -
         "assert schema()['$defs']['client_frame'] and SUBPROTOCOL == 'realtime.v1'\n"
         "print(action_for(4401, 'token_expired').value)"
     )
-    out = subprocess.run([str(python), "-c", check], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(python), "-c", check],
+        cwd=python.parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "refresh_then_reconnect"
 
 
@@ -85,6 +97,7 @@ def test_the_python_client_installs_with_aiohttp_as_its_only_third_party_depende
             "-c",
             "import importlib.metadata as m; print(m.requires('realtime-gateway-client'))",
         ],
+        cwd=python.parents[2],
         capture_output=True,
         text=True,
         check=True,
@@ -99,5 +112,11 @@ def test_the_python_client_installs_with_aiohttp_as_its_only_third_party_depende
     for dist in aiohttp_closure:
         assert dist not in {"pyjwt", "cryptography", "redis", "asyncpg", "prometheus-client"}
     check = "from realtime_gateway_client import GatewayClient; print(GatewayClient.__name__)"
-    out = subprocess.run([str(python), "-c", check], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(python), "-c", check],
+        cwd=python.parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "GatewayClient"
