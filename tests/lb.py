@@ -61,6 +61,7 @@ def render(
         (r"/usr/share/nginx/html", str(ROOT / "services" / "web")),
         (r"/etc/nginx/page_headers\.conf", str(NGINX_CONF.with_name("page_headers.conf"))),
         (r"(?m)^http \{$", "http {\n" + temp_paths),
+        (r"access_log /dev/stdout", f"access_log {tmp_path}/access.log"),
     ]
     for pattern, replacement in replacements:
         conf, count = re.subn(pattern, replacement, conf)

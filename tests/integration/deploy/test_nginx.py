@@ -17,6 +17,7 @@ from aiohttp import web
 
 from tests.lb import NGINX_CONF, PUBLISH_ROUTE, find_nginx, nginx_args, write_config
 from tests.services import free_port
+from tests.support.poll import poll
 
 REPLICA = web.AppKey("replica", str)
 
@@ -166,6 +167,31 @@ async def test_nginx_routes_auth_and_ws_through_tls(
 
         async with session.get(f"{base}/elsewhere", ssl=context) as response:
             assert response.status == 404
+
+
+async def test_the_access_log_never_holds_a_query_string(
+    proxy: tuple[str, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """A ticket travels in /ws?ticket=...: the access log keeps the path only."""
+    base, context = proxy
+    secret = "eyJhbGciOiJSUzI1NiJ9.ticket-payload.signature"
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(
+            f"{base.replace('https', 'wss')}/ws?ticket={secret}", ssl=context
+        ) as ws:
+            await ws.send_str("hi")
+            await ws.receive_str(timeout=5)
+        async with session.get(f"{base}/auth/token?refresh_token={secret}", ssl=context):
+            pass
+    log = tmp_path / "access.log"
+
+    async def logged() -> bool:  # nginx writes its line after the response
+        return "/auth/token" in (log.read_text() if log.exists() else "")
+
+    await poll(logged)
+    text = log.read_text()
+    assert '"GET /ws HTTP/1.1" 101' in text
+    assert secret not in text and "ticket=" not in text and "?" not in text
 
 
 async def test_nginx_serves_the_demo_page_with_a_strict_csp(
