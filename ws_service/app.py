@@ -21,8 +21,9 @@ from shared.http.serve import HTTP_TIMEOUTS
 from shared.metrics.mirrored import mirrored
 from shared.redis.bus import open_bus
 from shared.redis.ledger import RedisRevocationLedger
-from ws_service import handlers, handshake
-from ws_service.appkeys import BUS, GATEWAY, JWKS, LEDGER, METRICS, SETTINGS, SOCKETS
+from ws_service import api, handlers, handshake
+from ws_service.appkeys import BUS, CONTROL, GATEWAY, JWKS, LEDGER, METRICS, SETTINGS, SOCKETS
+from ws_service.domain.control import ControlPlane, LocalReplicas, Replicas
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.history import History, MemoryHistory
 from ws_service.domain.hub import Hub
@@ -35,6 +36,7 @@ from ws_service.metrics import Metrics
 from ws_service.redis.client import open_redis
 from ws_service.redis.history import RedisHistory
 from ws_service.redis.presence import RedisPresence
+from ws_service.redis.replicas import RedisReplicas
 from ws_service.redis.slots import RedisUserSlots
 from ws_service.settings import Settings
 
@@ -68,7 +70,7 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     app.cleanup_ctx.append(handshake.tickets_ctx)
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", handlers.websocket)
-    app.router.add_post("/v1/publish", handlers.publish)
+    app.router.add_routes(api.ROUTES)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
@@ -107,9 +109,10 @@ async def _ledger_ctx(app: web.Application) -> AsyncIterator[None]:
 @contextlib.asynccontextmanager
 async def _backends(
     settings: Settings, bus: EventBus
-) -> AsyncIterator[tuple[History, Presence, UserSlots | None]]:
-    """History, presence and the per-user cap in Redis when the deployment is scaled out; else
-    in this process (where the gateway's own count of a user's sockets is the whole count)."""
+) -> AsyncIterator[tuple[History, Presence, UserSlots | None, Replicas]]:
+    """History, presence, the per-user cap and the replica registry in Redis when the deployment
+    is scaled out; else in this process (where the gateway's own count of a user's sockets is the
+    whole count)."""
     if not settings.redis_url:
         embedded = MemoryHistory(
             bus.publish,
@@ -117,7 +120,7 @@ async def _backends(
             user_bytes=settings.history_user_bytes,
         )
         try:
-            yield embedded, MemoryPresence(bus.publish), None
+            yield embedded, MemoryPresence(bus.publish), None, LocalReplicas()
         finally:
             embedded.close()
         return
@@ -128,6 +131,7 @@ async def _backends(
             RedisHistory(redis, user_bytes=settings.history_user_bytes),
             RedisPresence(redis, ttl=ttl),
             RedisUserSlots(redis, ttl=ttl),
+            RedisReplicas(redis, ttl=ttl),
         )
     finally:
         await redis.aclose()
@@ -141,7 +145,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     bus = app[BUS]
     async with (
         aiohttp.ClientSession() as session,
-        _backends(settings, bus) as (history, presence, slots),
+        _backends(settings, bus) as (history, presence, slots, replicas),
     ):
         jwks = JwksCache(
             session,
@@ -183,18 +187,23 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             ledger=app.get(LEDGER),
             slots=slots,
         )
+        control = ControlPlane(bus, replicas, gateway, timeout=settings.api_timeout)
         app[JWKS] = jwks
         app[GATEWAY] = gateway
+        app[CONTROL] = control
+        await control.start()
         unsubscribe = bus.subscribe(REVOCATIONS_TOPIC, gateway.on_revocation)
         unsubscribe_keys = bus.subscribe(KEYS_TOPIC, gateway.on_key_event)
         stop_reconciling = bus.add_reconnect_listener(gateway.reconcile)
         stop_refetching = bus.add_reconnect_listener(gateway.refresh_keys)
         stop_restoring = bus.add_reconnect_listener(hub.restore_presence)
         stop_restoring_slots = bus.add_reconnect_listener(gateway.restore_slots)
+        stop_registering = bus.add_reconnect_listener(control.register)
         refresher = asyncio.get_running_loop().create_task(jwks.run())
         try:
             yield
         finally:
+            stop_registering()
             stop_restoring_slots()
             stop_restoring()
             stop_refetching()
@@ -203,18 +212,20 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             unsubscribe()
             await cancel_and_wait(refresher)
             await jwks.close()
+            await control.close()
             await gateway.close()
             await hub.close()
 
 
 async def _refresh_ctx(app: web.Application) -> AsyncIterator[None]:
-    """In Redis a presence entry and a connection slot lapse unless their replica refreshes them:
-    every third of the presence TTL, one pipeline for each kind."""
+    """In Redis a presence entry, a connection slot and a replica's registration lapse unless their
+    replica refreshes them: every third of the presence TTL, one pipeline for each kind."""
     settings = app[SETTINGS]
     if not settings.redis_url:
         yield
         return
     gateway = app[GATEWAY]
+    control = app[CONTROL]
 
     async def refresh_forever() -> None:
         while True:
@@ -224,6 +235,7 @@ async def _refresh_ctx(app: web.Application) -> AsyncIterator[None]:
                     await refresh()
                 except BusUnavailable as exc:
                     log.warning("presence or slot refresh failed", extra={"error": str(exc)})
+            await control.register()
 
     task = asyncio.get_running_loop().create_task(refresh_forever(), name="redis-refresh")
     yield

@@ -102,6 +102,7 @@ class Settings:
     preauth_frame_burst: int = 10
     forwarded_allow_ips: tuple[str, ...] = ()
     http_timeout: float = 15.0
+    api_timeout: float = 2.0
     local_bus: bool = False
     metrics_token: str = ""
     tls_cert: str = ""
@@ -192,6 +193,7 @@ class Settings:
             preauth_frame_burst=env_int(environ, "WS_PREAUTH_FRAME_BURST", 10, minimum=1),
             forwarded_allow_ips=env_list(environ, "WS_FORWARDED_ALLOW_IPS"),
             http_timeout=env_float(environ, "WS_HTTP_TIMEOUT", 15.0, minimum=0.1),
+            api_timeout=env_float(environ, "WS_API_TIMEOUT", 2.0, minimum=0.05),
             local_bus=env_bool(environ, "WS_LOCAL_BUS", False),
             metrics_token=env_secret(environ, "WS_METRICS_TOKEN"),
             jwks_min_ttl=env_float(environ, "WS_JWKS_MIN_TTL", 60.0, minimum=1),

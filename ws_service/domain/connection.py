@@ -50,9 +50,12 @@ from ws_service.domain.presence import Member
 from ws_service.domain.ratelimit import TokenBucket
 from ws_service.domain.telemetry import GatewayMetrics
 
-__all__ = ["Admission", "Connection", "Context", "Peer", "State", "warning_delay"]
+__all__ = ["SERVER", "Admission", "Connection", "Context", "Peer", "State", "warning_delay"]
 
 T = TypeVar("T")
+
+SERVER = "server"
+"""The ``reason`` of a ``subscribed`` or ``unsubscribed`` frame the app's backend caused."""
 
 
 class State(enum.Enum):
@@ -200,6 +203,37 @@ class Connection:
         self._ctx.metrics.revocations.inc()
         self.send(protocol.reply("revoked", None, reason=reason))
         self.close(Disconnect.SESSION_REVOKED)
+
+    @property
+    def live(self) -> bool:
+        """Authenticated and not closing: the sockets the server API acts on."""
+        return self.state is State.AUTHENTICATED or self.state is State.EXPIRING
+
+    def disconnect(self) -> bool:
+        """The app's backend closes this socket (``POST /v1/disconnect``)."""
+        if not self.live:
+            return False
+        self.close(Disconnect.DISCONNECTED)
+        return True
+
+    def unsubscribe_by_server(self, channel: str) -> bool:
+        """The app's backend takes this socket out of ``channel`` (``POST /v1/unsubscribe``)."""
+        if not self.live or channel not in self.channels:
+            return False
+        self._leave(channel)
+        self.send(protocol.reply("unsubscribed", None, channel=channel, reason=SERVER))
+        return True
+
+    async def subscribe_by_server(self, channel: str) -> bool:
+        """The app's backend subscribes this socket (``POST /v1/subscribe``): no scope is asked,
+        the socket's own subscription limit still holds, and nothing is recovered."""
+        if not self.live or channel in self.channels:
+            return False
+        try:
+            await self._join(channel, None, False, None, SERVER)
+        except RequestError:
+            return False
+        return not self.closing
 
     def disconnected(self) -> None:
         """The socket is gone: drop timers, channels and the user index entry."""
@@ -462,14 +496,24 @@ class Connection:
         return channel
 
     async def _subscribe(self, request: protocol.Request) -> None:
-        """Join first (holding the channel's live messages back), then read what was missed,
-        answer, and release the held messages that come after it: no gap, no repeat."""
-        assert self.claims is not None
         channel = self._readable_channel(request)
         since = _position(request.body.get("since"), "since")
         events = request.body.get("presence_events", False)
         if not isinstance(events, bool):
             raise BadRequest("presence_events must be true or false")
+        await self._join(channel, since, events, request.id)
+
+    async def _join(
+        self,
+        channel: str,
+        since: Position | None,
+        events: bool,
+        request_id: protocol.RequestId,
+        reason: str | None = None,
+    ) -> None:
+        """Join first (holding the channel's live messages back), then read what was missed,
+        answer, and release the held messages that come after it: no gap, no repeat."""
+        assert self.claims is not None
         namespace = self._ctx.namespaces.of(channel)
         presence = namespace.presence
         if events and not presence:
@@ -497,7 +541,11 @@ class Connection:
                     page = await hub.history(channel, since, policy.size)
                 except BusUnavailable:
                     page = None
-            self.send(protocol.subscribed(channel, request.id, page, recovering=since is not None))
+            self.send(
+                protocol.subscribed(
+                    channel, request_id, page, recovering=since is not None, reason=reason
+                )
+            )
             if since is not None:
                 self._ctx.metrics.recoveries.labels(_outcome(page)).inc()
         finally:

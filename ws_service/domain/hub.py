@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import secrets
@@ -129,6 +130,14 @@ class Hub:
                 del self._watchers[channel]
                 self._unwatch.pop(channel)()
                 self._presence_frames.forget(channel)
+
+    def channels(self, prefix: str, after: str, limit: int) -> list[tuple[str, int]]:
+        """This replica's channels with their local subscriber counts: the first ``limit`` names
+        after ``after`` that start with ``prefix``, in name order."""
+        names = heapq.nsmallest(
+            limit, (name for name in self._local if name > after and name.startswith(prefix))
+        )
+        return [(name, len(self._local[name])) for name in names]
 
     async def synced(self) -> None:
         """Wait until the bus confirmed every channel subscription, so that a client told
