@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -22,7 +23,17 @@ from shared.metrics.mirrored import mirrored
 from shared.redis.bus import open_bus
 from shared.redis.ledger import RedisRevocationLedger
 from ws_service import api, handlers, handshake
-from ws_service.appkeys import BUS, CONTROL, GATEWAY, JWKS, LEDGER, METRICS, SETTINGS, SOCKETS
+from ws_service.appkeys import (
+    BUS,
+    CONTROL,
+    EVENTS,
+    GATEWAY,
+    JWKS,
+    LEDGER,
+    METRICS,
+    SETTINGS,
+    SOCKETS,
+)
 from ws_service.domain.control import ControlPlane, LocalReplicas, Replicas
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.history import History, MemoryHistory
@@ -31,6 +42,7 @@ from ws_service.domain.presence import MemoryPresence, Presence
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.user_slots import UserSlots
 from ws_service.domain.verify import TokenVerifier
+from ws_service.domain.webhooks import Events
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
 from ws_service.redis.client import open_redis
@@ -39,6 +51,8 @@ from ws_service.redis.presence import RedisPresence
 from ws_service.redis.replicas import RedisReplicas
 from ws_service.redis.slots import RedisUserSlots
 from ws_service.settings import Settings
+from ws_service.webhooks.delivery import Deliverer, QueueSink, Target
+from ws_service.webhooks.queue import MemoryQueue, RedisQueue, WebhookQueue
 
 __all__ = ["create_app"]
 
@@ -65,6 +79,7 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     app.cleanup_ctx.append(_bus_ctx(bus))
     app.cleanup_ctx.append(_gauges_ctx)
     app.cleanup_ctx.append(_ledger_ctx)
+    app.cleanup_ctx.append(_webhooks_ctx)
     app.cleanup_ctx.append(_gateway_ctx)
     app.cleanup_ctx.append(_refresh_ctx)
     app.cleanup_ctx.append(handshake.tickets_ctx)
@@ -106,9 +121,58 @@ async def _ledger_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[LEDGER].close()
 
 
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The webhook queue (a Redis stream when scaled out, else a bounded deque) and this replica's
+    deliverer; without ``WS_WEBHOOK_URL`` an ``Events`` that reports nothing."""
+    settings, metrics = app[SETTINGS], app[METRICS]
+    if not settings.webhook_url:
+        app[EVENTS] = Events()
+        yield
+        return
+    redis = open_redis(settings.redis_url) if settings.redis_url else None
+    queue: WebhookQueue
+    sink: QueueSink
+    if redis is None:
+        queue = MemoryQueue(settings.webhook_queue)
+    else:
+        queue = RedisQueue(
+            redis,
+            secrets.token_hex(6),
+            limit=settings.webhook_queue,
+            claim_idle=settings.webhook_claim_idle,
+            on_dropped=lambda count: sink.dropped(count),
+        )
+        queue.start()
+    sink = QueueSink(queue, metrics.webhook_events)
+    app[EVENTS] = Events(sink)
+    target = Target(
+        settings.webhook_url,
+        settings.webhook_secrets,
+        timeout=settings.webhook_timeout,
+        batch=settings.webhook_batch,
+        retry_cap=settings.webhook_retry_cap,
+    )
+    async with aiohttp.ClientSession() as session:
+        deliverer = Deliverer(
+            session,
+            queue,
+            target,
+            posts=metrics.webhook_posts,
+            delivered=metrics.webhook_events.labels("delivered"),
+        )
+        task = asyncio.get_running_loop().create_task(deliverer.run(), name="webhooks")
+        try:
+            yield
+        finally:
+            await queue.close()
+            await cancel_and_wait(task)
+            if redis is not None:
+                await redis.aclose()
+
+
 @contextlib.asynccontextmanager
 async def _backends(
-    settings: Settings, bus: EventBus
+    settings: Settings, bus: EventBus, events: Events
 ) -> AsyncIterator[tuple[History, Presence, UserSlots | None, Replicas]]:
     """History, presence, the per-user cap and the replica registry in Redis when the deployment
     is scaled out; else in this process (where the gateway's own count of a user's sockets is the
@@ -120,7 +184,8 @@ async def _backends(
             user_bytes=settings.history_user_bytes,
         )
         try:
-            yield embedded, MemoryPresence(bus.publish), None, LocalReplicas()
+            presence = MemoryPresence(bus.publish, on_transition=events.presence)
+            yield embedded, presence, None, LocalReplicas()
         finally:
             embedded.close()
         return
@@ -129,7 +194,7 @@ async def _backends(
     try:
         yield (
             RedisHistory(redis, user_bytes=settings.history_user_bytes),
-            RedisPresence(redis, ttl=ttl),
+            RedisPresence(redis, ttl=ttl, on_transition=events.presence),
             RedisUserSlots(redis, ttl=ttl),
             RedisReplicas(redis, ttl=ttl),
         )
@@ -145,7 +210,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     bus = app[BUS]
     async with (
         aiohttp.ClientSession() as session,
-        _backends(settings, bus) as (history, presence, slots, replicas),
+        _backends(settings, bus, app[EVENTS]) as (history, presence, slots, replicas),
     ):
         jwks = JwksCache(
             session,
@@ -177,6 +242,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             on_delivery_failed=metrics.delivery_failures.inc,
             sync_timeout=settings.subscribe_sync_timeout,
             presence_debounce=settings.presence_debounce,
+            events=app[EVENTS],
         )
         gateway = Gateway(
             settings.limits,

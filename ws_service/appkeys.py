@@ -8,6 +8,7 @@ from shared.bus import EventBus
 from shared.redis.ledger import RedisRevocationLedger
 from ws_service.domain.control import ControlPlane
 from ws_service.domain.gateway import Gateway
+from ws_service.domain.webhooks import Events
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
 from ws_service.peer import WebSocketPeer
@@ -32,6 +33,8 @@ METRICS = web.AppKey("metrics", Metrics)
 JWKS = web.AppKey("jwks", JwksCache)
 GATEWAY = web.AppKey("gateway", Gateway)
 CONTROL = web.AppKey("control", ControlPlane)
+EVENTS = web.AppKey("events", Events)
+"""The webhook events every socket reports (to nothing without ``WS_WEBHOOK_URL``)."""
 LEDGER = web.AppKey("revocation_ledger", RedisRevocationLedger)
 """Set only when ``REDIS_URL`` is: read it with ``app.get(LEDGER)``."""
 USED_TICKETS = web.AppKey("used_tickets", UsedTickets)

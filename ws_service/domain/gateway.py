@@ -79,6 +79,7 @@ class Gateway:
             admission=self,
             deadlines=self.deadlines,
             clock=clock,
+            events=hub.events,
         )
 
     def may_wait(self, remote: str) -> bool:

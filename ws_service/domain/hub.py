@@ -33,6 +33,7 @@ from ws_service.domain.history import History, HistoryPage, Position, position_o
 from ws_service.domain.namespaces import Namespaces
 from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, Presence
 from ws_service.domain.presence_debounce import PresenceDebounce
+from ws_service.domain.webhooks import Events
 
 __all__ = ["CHANNEL_TOPIC_PREFIX", "Hub", "Subscriber"]
 
@@ -61,6 +62,7 @@ class Hub:
         sync_timeout: float = 2.0,
         presence_debounce: float = 0.0,
         clock: Clock | None = None,
+        events: Events | None = None,
     ) -> None:
         self._bus = bus
         self._history = history
@@ -72,6 +74,8 @@ class Hub:
         self._unwatch: dict[str, Unsubscribe] = {}
         self._present: dict[str, dict[Subscriber, tuple[str, Member]]] = {}
         self._clock: Clock = clock or LoopClock()
+        self.events = events or Events(clock=self._clock)
+        """The webhook events of every socket of this hub's gateway."""
         self._presence_frames = PresenceDebounce(
             presence_debounce, self._show_presence, self._clock
         )
@@ -169,6 +173,8 @@ class Hub:
             self._fan_out(channel, frame, None)
             if self._on_local_only is not None:
                 self._on_local_only()
+        if self.namespaces.of(channel).webhook_publish:
+            self.events.publish(channel, data, sender)
 
     async def history(self, channel: str, since: Position | None, limit: int) -> HistoryPage:
         """Raises ``NotEnabled`` without a policy and ``BusUnavailable`` when Redis is down."""
