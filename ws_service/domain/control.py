@@ -231,7 +231,11 @@ class ControlPlane:
             self._spawn(self._answer(request))
 
     async def _answer(self, request: Request) -> None:
-        result = await self._executor.execute(request.command)
+        try:
+            result = await self._executor.execute(request.command)
+        except Exception:
+            log.exception("control command failed", extra={"command": request.command.type})
+            return
         reply = Reply(request.id, self._executor.replica, result)
         try:
             await self._bus.publish(request.reply_to, encode_reply(reply))

@@ -51,7 +51,13 @@ class QueueSink:
         self._logged_at = float("-inf")
 
     def emit(self, event: dict[str, Any]) -> None:
-        if self._queue.put(dumps(event)):
+        try:
+            encoded = dumps(event)
+        except ValueError:
+            log.exception("webhook event not encodable", extra={"type": event.get("type")})
+            self.dropped(1)
+            return
+        if self._queue.put(encoded):
             self._queued.inc()
         else:
             self.dropped(1)
@@ -104,15 +110,22 @@ class Deliverer:
                 batch = await self._queue.take(self._target.batch)
                 if not batch.ids:
                     continue
-                await self._deliver(batch)
+                if batch.events:
+                    await self._deliver(batch)
                 await self._queue.ack(batch)
             except BusUnavailable as exc:
                 log.warning("webhook queue unreachable", extra={"error": str(exc)})
                 await asyncio.sleep(self._delay(attempt))
                 attempt += 1
                 continue
+            except Exception:
+                # A bug must not end delivery for the life of the process.
+                log.exception("webhook delivery failed")
+                await asyncio.sleep(self._delay(attempt))
+                attempt += 1
+                continue
             attempt = 0
-            self._delivered.inc(len(batch.ids))
+            self._delivered.inc(len(batch.events))
 
     async def _deliver(self, batch: Batch) -> None:
         body = ('{"events":[' + ",".join(batch.events) + "]}").encode()

@@ -46,9 +46,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Batch:
     ids: list[str]
-    """Queue positions (stream entry ids in Redis)."""
+    """Queue positions (stream entry ids in Redis), acknowledged together."""
     events: list[str]
-    """Each event's JSON, as queued."""
+    """Each event's JSON, as queued (fewer than ``ids`` when some entry lost its event)."""
 
 
 class WebhookQueue(Protocol):
@@ -188,9 +188,10 @@ class RedisQueue:
         try:
             with unavailable_as_bus_error():
                 await self._ensure_group()
-                _, entries, _ = await self._redis.xautoclaim(
+                claimed: Any = await self._redis.xautoclaim(
                     STREAM, GROUP, self._consumer, self._claim_idle_ms, "0-0", count=limit
                 )
+                entries = claimed[1]
                 if not entries:
                     found: Any = await self._redis.xreadgroup(
                         GROUP, self._consumer, {STREAM: ">"}, count=limit, block=self._block_ms
@@ -199,8 +200,11 @@ class RedisQueue:
         except BusUnavailable:
             self._group_ready = False  # Redis may have restarted empty: create it again
             raise
-        entries = [(entry_id, fields) for entry_id, fields in entries if fields]
-        return Batch([entry_id for entry_id, _ in entries], [f["e"] for _, f in entries])
+        # An entry without its event (deleted meanwhile, or not ours) is acknowledged unsent.
+        return Batch(
+            [entry_id for entry_id, _ in entries],
+            [fields["e"] for _, fields in entries if fields and "e" in fields],
+        )
 
     async def keep(self, batch: Batch) -> None:
         with unavailable_as_bus_error():
