@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -21,8 +22,19 @@ from shared.http.serve import HTTP_TIMEOUTS
 from shared.metrics.mirrored import mirrored
 from shared.redis.bus import open_bus
 from shared.redis.ledger import RedisRevocationLedger
-from ws_service import handlers, handshake
-from ws_service.appkeys import BUS, GATEWAY, JWKS, LEDGER, METRICS, SETTINGS, SOCKETS
+from ws_service import api, handlers, handshake
+from ws_service.appkeys import (
+    BUS,
+    CONTROL,
+    EVENTS,
+    GATEWAY,
+    JWKS,
+    LEDGER,
+    METRICS,
+    SETTINGS,
+    SOCKETS,
+)
+from ws_service.domain.control import ControlPlane, LocalReplicas, Replicas
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.history import History, MemoryHistory
 from ws_service.domain.hub import Hub
@@ -30,13 +42,17 @@ from ws_service.domain.presence import MemoryPresence, Presence
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.user_slots import UserSlots
 from ws_service.domain.verify import TokenVerifier
+from ws_service.domain.webhooks import Events
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
 from ws_service.redis.client import open_redis
 from ws_service.redis.history import RedisHistory
 from ws_service.redis.presence import RedisPresence
+from ws_service.redis.replicas import RedisReplicas
 from ws_service.redis.slots import RedisUserSlots
 from ws_service.settings import Settings
+from ws_service.webhooks.delivery import Deliverer, QueueSink, Target
+from ws_service.webhooks.queue import MemoryQueue, RedisQueue, WebhookQueue
 
 __all__ = ["create_app"]
 
@@ -63,12 +79,13 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     app.cleanup_ctx.append(_bus_ctx(bus))
     app.cleanup_ctx.append(_gauges_ctx)
     app.cleanup_ctx.append(_ledger_ctx)
+    app.cleanup_ctx.append(_webhooks_ctx)
     app.cleanup_ctx.append(_gateway_ctx)
     app.cleanup_ctx.append(_refresh_ctx)
     app.cleanup_ctx.append(handshake.tickets_ctx)
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", handlers.websocket)
-    app.router.add_post("/v1/publish", handlers.publish)
+    app.router.add_routes(api.ROUTES)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
@@ -104,12 +121,62 @@ async def _ledger_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[LEDGER].close()
 
 
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The webhook queue (a Redis stream when scaled out, else a bounded deque) and this replica's
+    deliverer; without ``WS_WEBHOOK_URL`` an ``Events`` that reports nothing."""
+    settings, metrics = app[SETTINGS], app[METRICS]
+    if not settings.webhook_url:
+        app[EVENTS] = Events()
+        yield
+        return
+    redis = open_redis(settings.redis_url) if settings.redis_url else None
+    queue: WebhookQueue
+    sink: QueueSink
+    if redis is None:
+        queue = MemoryQueue(settings.webhook_queue)
+    else:
+        queue = RedisQueue(
+            redis,
+            secrets.token_hex(6),
+            limit=settings.webhook_queue,
+            claim_idle=settings.webhook_claim_idle,
+            on_dropped=lambda count: sink.dropped(count),
+        )
+        queue.start()
+    sink = QueueSink(queue, metrics.webhook_events)
+    app[EVENTS] = Events(sink)
+    target = Target(
+        settings.webhook_url,
+        settings.webhook_secrets,
+        timeout=settings.webhook_timeout,
+        batch=settings.webhook_batch,
+        retry_cap=settings.webhook_retry_cap,
+    )
+    async with aiohttp.ClientSession() as session:
+        deliverer = Deliverer(
+            session,
+            queue,
+            target,
+            posts=metrics.webhook_posts,
+            delivered=metrics.webhook_events.labels("delivered"),
+        )
+        task = asyncio.get_running_loop().create_task(deliverer.run(), name="webhooks")
+        try:
+            yield
+        finally:
+            await queue.close()
+            await cancel_and_wait(task)
+            if redis is not None:
+                await redis.aclose()
+
+
 @contextlib.asynccontextmanager
 async def _backends(
-    settings: Settings, bus: EventBus
-) -> AsyncIterator[tuple[History, Presence, UserSlots | None]]:
-    """History, presence and the per-user cap in Redis when the deployment is scaled out; else
-    in this process (where the gateway's own count of a user's sockets is the whole count)."""
+    settings: Settings, bus: EventBus, events: Events
+) -> AsyncIterator[tuple[History, Presence, UserSlots | None, Replicas]]:
+    """History, presence, the per-user cap and the replica registry in Redis when the deployment
+    is scaled out; else in this process (where the gateway's own count of a user's sockets is the
+    whole count)."""
     if not settings.redis_url:
         embedded = MemoryHistory(
             bus.publish,
@@ -117,7 +184,8 @@ async def _backends(
             user_bytes=settings.history_user_bytes,
         )
         try:
-            yield embedded, MemoryPresence(bus.publish), None
+            presence = MemoryPresence(bus.publish, on_transition=events.presence)
+            yield embedded, presence, None, LocalReplicas()
         finally:
             embedded.close()
         return
@@ -126,8 +194,9 @@ async def _backends(
     try:
         yield (
             RedisHistory(redis, user_bytes=settings.history_user_bytes),
-            RedisPresence(redis, ttl=ttl),
+            RedisPresence(redis, ttl=ttl, on_transition=events.presence),
             RedisUserSlots(redis, ttl=ttl),
+            RedisReplicas(redis, ttl=ttl),
         )
     finally:
         await redis.aclose()
@@ -141,7 +210,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     bus = app[BUS]
     async with (
         aiohttp.ClientSession() as session,
-        _backends(settings, bus) as (history, presence, slots),
+        _backends(settings, bus, app[EVENTS]) as (history, presence, slots, replicas),
     ):
         jwks = JwksCache(
             session,
@@ -173,6 +242,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             on_delivery_failed=metrics.delivery_failures.inc,
             sync_timeout=settings.subscribe_sync_timeout,
             presence_debounce=settings.presence_debounce,
+            events=app[EVENTS],
         )
         gateway = Gateway(
             settings.limits,
@@ -183,18 +253,23 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             ledger=app.get(LEDGER),
             slots=slots,
         )
+        control = ControlPlane(bus, replicas, gateway, timeout=settings.api_timeout)
         app[JWKS] = jwks
         app[GATEWAY] = gateway
+        app[CONTROL] = control
+        await control.start()
         unsubscribe = bus.subscribe(REVOCATIONS_TOPIC, gateway.on_revocation)
         unsubscribe_keys = bus.subscribe(KEYS_TOPIC, gateway.on_key_event)
         stop_reconciling = bus.add_reconnect_listener(gateway.reconcile)
         stop_refetching = bus.add_reconnect_listener(gateway.refresh_keys)
         stop_restoring = bus.add_reconnect_listener(hub.restore_presence)
         stop_restoring_slots = bus.add_reconnect_listener(gateway.restore_slots)
+        stop_registering = bus.add_reconnect_listener(control.register)
         refresher = asyncio.get_running_loop().create_task(jwks.run())
         try:
             yield
         finally:
+            stop_registering()
             stop_restoring_slots()
             stop_restoring()
             stop_refetching()
@@ -203,18 +278,20 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             unsubscribe()
             await cancel_and_wait(refresher)
             await jwks.close()
+            await control.close()
             await gateway.close()
             await hub.close()
 
 
 async def _refresh_ctx(app: web.Application) -> AsyncIterator[None]:
-    """In Redis a presence entry and a connection slot lapse unless their replica refreshes them:
-    every third of the presence TTL, one pipeline for each kind."""
+    """In Redis a presence entry, a connection slot and a replica's registration lapse unless their
+    replica refreshes them: every third of the presence TTL, one pipeline for each kind."""
     settings = app[SETTINGS]
     if not settings.redis_url:
         yield
         return
     gateway = app[GATEWAY]
+    control = app[CONTROL]
 
     async def refresh_forever() -> None:
         while True:
@@ -224,6 +301,7 @@ async def _refresh_ctx(app: web.Application) -> AsyncIterator[None]:
                     await refresh()
                 except BusUnavailable as exc:
                     log.warning("presence or slot refresh failed", extra={"error": str(exc)})
+            await control.register()
 
     task = asyncio.get_running_loop().create_task(refresh_forever(), name="redis-refresh")
     yield

@@ -6,20 +6,35 @@ from aiohttp import web
 
 from shared.bus import EventBus
 from shared.redis.ledger import RedisRevocationLedger
+from ws_service.domain.control import ControlPlane
 from ws_service.domain.gateway import Gateway
+from ws_service.domain.webhooks import Events
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
 from ws_service.peer import WebSocketPeer
 from ws_service.settings import Settings
 from ws_service.used_tickets import UsedTickets
 
-__all__ = ["BUS", "GATEWAY", "JWKS", "LEDGER", "METRICS", "SETTINGS", "SOCKETS", "USED_TICKETS"]
+__all__ = [
+    "BUS",
+    "CONTROL",
+    "GATEWAY",
+    "JWKS",
+    "LEDGER",
+    "METRICS",
+    "SETTINGS",
+    "SOCKETS",
+    "USED_TICKETS",
+]
 
 SETTINGS = web.AppKey("settings", Settings)
 BUS = web.AppKey("bus", EventBus)
 METRICS = web.AppKey("metrics", Metrics)
 JWKS = web.AppKey("jwks", JwksCache)
 GATEWAY = web.AppKey("gateway", Gateway)
+CONTROL = web.AppKey("control", ControlPlane)
+EVENTS = web.AppKey("events", Events)
+"""The webhook events every socket reports (to nothing without ``WS_WEBHOOK_URL``)."""
 LEDGER = web.AppKey("revocation_ledger", RedisRevocationLedger)
 """Set only when ``REDIS_URL`` is: read it with ``app.get(LEDGER)``."""
 USED_TICKETS = web.AppKey("used_tickets", UsedTickets)

@@ -6,13 +6,11 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import WSMsgType, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from realtime_gateway_protocol.close_codes import Disconnect
-from realtime_gateway_protocol.wire_json import WireJSONError, loads
 from shared.http.auth import bearer_matches
 from shared.http.forwarded import client_address
 from shared.http.readiness import Readiness, readiness_response
@@ -21,12 +19,11 @@ from shared.jsonlog import audit
 from ws_service import handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
 from ws_service.domain.connection import State
-from ws_service.domain.errors import AuthError, HistoryFull, InvalidChannel, Unconfirmed
-from ws_service.domain.namespaces import validate_channel
+from ws_service.domain.errors import AuthError
 from ws_service.domain.ratelimit import TokenBucket
 from ws_service.peer import WebSocketPeer
 
-__all__ = ["healthz", "metrics", "publish", "readiness", "readyz", "websocket"]
+__all__ = ["healthz", "metrics", "readiness", "readyz", "websocket"]
 
 log = logging.getLogger(__name__)
 
@@ -129,43 +126,6 @@ def _peer_host(request: web.Request) -> str | None:
     transport = request.transport
     peer = transport.get_extra_info("peername") if transport is not None else None
     return str(peer[0]) if isinstance(peer, list | tuple) else None
-
-
-async def publish(request: web.Request) -> web.Response:
-    """Server-side push to any channel, ``user:<id>`` included; messages carry ``from: null``."""
-    settings = request.app[SETTINGS]
-    if not settings.api_keys:
-        return json_error(
-            403,
-            "publish_disabled",
-            "the publish API is disabled: set WS_API_KEYS (a comma list of keys of 16+ characters)",
-        )
-    if not bearer_matches(request.headers.get(hdrs.AUTHORIZATION), settings.api_keys):
-        audit("ws_publish_unauthorized", remote=request.remote)
-        return json_error(
-            401, "invalid_token", "a valid API key is required", {"WWW-Authenticate": "Bearer"}
-        )
-    try:
-        async with asyncio.timeout(settings.http_timeout):
-            raw = await request.read()
-    except TimeoutError:
-        return json_error(408, "request_timeout", "the request body did not arrive in time")
-    try:
-        body: Any = loads(raw)
-    except WireJSONError as err:
-        return json_error(400, "bad_request", f"the body must be a JSON object: {err}")
-    if not isinstance(body, dict) or "data" not in body:
-        return json_error(400, "bad_request", 'the body must be {"channel": ..., "data": ...}')
-    try:
-        channel = validate_channel(body.get("channel"))
-    except InvalidChannel as err:
-        return json_error(400, err.code, err.message)
-    gateway = request.app[GATEWAY]
-    try:
-        await gateway.hub.publish(channel, body["data"], None)
-    except (Unconfirmed, HistoryFull) as err:
-        return json_error(503, err.code, err.message)
-    return json_response({"published": True, "channel": channel}, status=202)
 
 
 async def healthz(request: web.Request) -> web.Response:

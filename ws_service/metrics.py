@@ -85,6 +85,18 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        self.webhook_events = Counter(
+            "ws_webhook_events",
+            "Webhook events: queued, delivered (the app answered 2xx), dropped (the queue was full)",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_posts = Counter(
+            "ws_webhook_posts",
+            "Webhook POST attempts: ok, refused (non-2xx), timeout, unreachable",
+            ["outcome"],
+            registry=r,
+        )
         # Children used on every handshake, looked up once (``labels()`` is a locked dict lookup).
         self.awaiting_auth = self.connections.labels("awaiting_auth")
         self.authenticated = self.connections.labels("authenticated")

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from shared.config.env import (
     ConfigError,
@@ -102,6 +104,7 @@ class Settings:
     preauth_frame_burst: int = 10
     forwarded_allow_ips: tuple[str, ...] = ()
     http_timeout: float = 15.0
+    api_timeout: float = 2.0
     local_bus: bool = False
     metrics_token: str = ""
     tls_cert: str = ""
@@ -117,13 +120,27 @@ class Settings:
     presence: frozenset[str] = frozenset({"chat"})
     presence_ttl: float = 15.0
     presence_debounce: float = 1.0
+    webhook_url: str = ""
+    webhook_secrets: tuple[str, ...] = ()
+    webhook_publish: frozenset[str] = frozenset()
+    webhook_timeout: float = 5.0
+    webhook_batch: int = 100
+    webhook_queue: int = 10_000
+    webhook_claim_idle: float = 30.0
+    webhook_retry_cap: float = 30.0
 
     @cached_property
     def namespaces(self) -> Namespaces:
-        """Every namespace ``WS_HISTORY`` or ``WS_PRESENCE`` names, resolved once."""
-        names = sorted({*self.history, *self.presence})
+        """Every namespace ``WS_HISTORY``, ``WS_PRESENCE`` or ``WS_WEBHOOK_PUBLISH`` names,
+        resolved once."""
+        names = sorted({*self.history, *self.presence, *self.webhook_publish})
         return Namespaces(
-            Namespace(name, history=self.history.get(name), presence=name in self.presence)
+            Namespace(
+                name,
+                history=self.history.get(name),
+                presence=name in self.presence,
+                webhook_publish=name in self.webhook_publish,
+            )
             for name in names
         )
 
@@ -153,10 +170,10 @@ class Settings:
         return server_context(self.tls_cert, self.tls_key, prefix="WS")
 
     def __repr__(self) -> str:
-        hidden = ("api_keys", "metrics_token")
+        hidden = ("api_keys", "metrics_token", "webhook_secrets")
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         shown["redis_url"] = redact_url(self.redis_url)
-        return f"Settings(api_keys=***, {shown})"
+        return f"Settings(api_keys=***, webhook_secrets=***, {shown})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -192,6 +209,7 @@ class Settings:
             preauth_frame_burst=env_int(environ, "WS_PREAUTH_FRAME_BURST", 10, minimum=1),
             forwarded_allow_ips=env_list(environ, "WS_FORWARDED_ALLOW_IPS"),
             http_timeout=env_float(environ, "WS_HTTP_TIMEOUT", 15.0, minimum=0.1),
+            api_timeout=env_float(environ, "WS_API_TIMEOUT", 2.0, minimum=0.05),
             local_bus=env_bool(environ, "WS_LOCAL_BUS", False),
             metrics_token=env_secret(environ, "WS_METRICS_TOKEN"),
             jwks_min_ttl=env_float(environ, "WS_JWKS_MIN_TTL", 60.0, minimum=1),
@@ -208,6 +226,7 @@ class Settings:
             presence_ttl=env_float(environ, "WS_PRESENCE_TTL", 15.0, minimum=1),
             presence_debounce=env_float(environ, "WS_PRESENCE_DEBOUNCE", 1.0, minimum=0),
             workers=env_int(environ, "WS_WORKERS", 1, minimum=1),
+            **_webhook_settings(environ),
         )
         _no_user_namespace("WS_PRESENCE", settings.presence)
         if settings.jwks_min_ttl > settings.jwks_max_ttl:
@@ -218,6 +237,36 @@ class Settings:
                 "only Redis carries revocations, channel messages and presence between them"
             )
         return settings
+
+
+def _webhook_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``WS_WEBHOOK_*``: a URL needs a secret to sign with (``WS_WEBHOOK_SECRET``, or its
+    ``_FILE``; a comma list while rotating, the first signing)."""
+    url = env_str(environ, "WS_WEBHOOK_URL", "")
+    secrets = split_list(env_secret(environ, "WS_WEBHOOK_SECRET"))
+    publish = _namespaces(env_str(environ, "WS_WEBHOOK_PUBLISH", "none"))
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"WS_WEBHOOK_URL must be an http(s) URL, got {redact_url(url)!r}")
+        if not secrets or any(len(secret) < 16 for secret in secrets):
+            raise ConfigError(
+                "WS_WEBHOOK_URL needs WS_WEBHOOK_SECRET (or WS_WEBHOOK_SECRET_FILE): secrets of "
+                "16+ characters that sign every request, so the app can tell it is the gateway"
+            )
+    elif publish:
+        raise ConfigError("WS_WEBHOOK_PUBLISH needs WS_WEBHOOK_URL")
+    _no_user_namespace("WS_WEBHOOK_PUBLISH", publish)
+    return {
+        "webhook_url": url,
+        "webhook_secrets": secrets,
+        "webhook_publish": publish,
+        "webhook_timeout": env_float(environ, "WS_WEBHOOK_TIMEOUT", 5.0, minimum=0.1),
+        "webhook_batch": env_int(environ, "WS_WEBHOOK_BATCH", 100, minimum=1),
+        "webhook_queue": env_int(environ, "WS_WEBHOOK_QUEUE", 10_000, minimum=1),
+        "webhook_claim_idle": env_float(environ, "WS_WEBHOOK_CLAIM_IDLE", 30.0, minimum=1),
+        "webhook_retry_cap": env_float(environ, "WS_WEBHOOK_RETRY_CAP", 30.0, minimum=0.1),
+    }
 
 
 def dev_api_key(data_dir: Path) -> str:

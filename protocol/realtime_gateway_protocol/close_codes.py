@@ -55,6 +55,7 @@ class Disconnect(Enum):
     NOT_AUTHENTICATED = (CloseCode.UNAUTHORIZED, "not_authenticated", Action.STOP)
     SESSION_REVOKED = (CloseCode.FORBIDDEN, "session_revoked", Action.STOP)
     SUBJECT_MISMATCH = (CloseCode.FORBIDDEN, "subject_mismatch", Action.STOP)
+    DISCONNECTED = (CloseCode.FORBIDDEN, "disconnected", Action.STOP)
     AUTH_TIMEOUT = (CloseCode.TIMEOUT, "auth_timeout", Action.RECONNECT)
     RATE_LIMITED = (CloseCode.TOO_MANY_REQUESTS, "rate_limited", Action.RECONNECT)
     TOO_MANY_CONNECTIONS = (CloseCode.TOO_MANY_REQUESTS, "too_many_connections", Action.RECONNECT)

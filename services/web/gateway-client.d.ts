@@ -43,6 +43,8 @@ export interface Subscribed {
   channel: string;
   /** The latest position, in channels with history. */
   position?: Position;
+  /** "server": the app's backend subscribed this socket (POST /v1/subscribe); no id. */
+  reason?: "server";
 }
 
 export interface HistoryPage {

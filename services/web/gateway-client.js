@@ -33,6 +33,7 @@ export const DISCONNECTS = Object.freeze([
   [4401, "not_authenticated", "stop"],
   [4403, "session_revoked", "stop"],
   [4403, "subject_mismatch", "stop"],
+  [4403, "disconnected", "stop"],
   [4408, "auth_timeout", "reconnect"],
   [4429, "rate_limited", "reconnect"],
   [4429, "too_many_connections", "reconnect"],

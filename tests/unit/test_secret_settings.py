@@ -56,6 +56,12 @@ SECRETS = [
     Secret("WS_METRICS_TOKEN", WsSettings.from_env, _attr("metrics_token"), {}),
     Secret("REDIS_URL", WsSettings.from_env, _attr("redis_url"), {}),
     Secret("REDIS_PASSWORD", WsSettings.from_env, _attr("redis_url"), {"REDIS_URL": "redis://r/0"}),
+    Secret(
+        "WS_WEBHOOK_SECRET",
+        WsSettings.from_env,
+        _attr("webhook_secrets"),
+        {"WS_WEBHOOK_URL": "https://app.test/hooks"},
+    ),
 ]
 IDS = [f"{'auth' if s.from_env == AuthSettings.from_env else 'ws'}:{s.name}" for s in SECRETS]
 

@@ -49,10 +49,14 @@ from ws_service.domain.namespaces import Namespaces, validate_channel
 from ws_service.domain.presence import Member
 from ws_service.domain.ratelimit import TokenBucket
 from ws_service.domain.telemetry import GatewayMetrics
+from ws_service.domain.webhooks import Events
 
-__all__ = ["Admission", "Connection", "Context", "Peer", "State", "warning_delay"]
+__all__ = ["SERVER", "Admission", "Connection", "Context", "Peer", "State", "warning_delay"]
 
 T = TypeVar("T")
+
+SERVER = "server"
+"""The ``reason`` of a ``subscribed`` or ``unsubscribed`` frame the app's backend caused."""
 
 
 class State(enum.Enum):
@@ -98,6 +102,7 @@ class Context:
     admission: Admission
     deadlines: Deadlines
     clock: Clock
+    events: Events = field(default_factory=Events)
     random: Callable[[], float] = field(default=random.random)
 
 
@@ -113,6 +118,7 @@ def warning_delay(remaining: float, window: float, rand: float) -> float:
 class Connection:
     __slots__ = (
         "_bucket",
+        "_closed_by",
         "_ctx",
         "_deadline",
         "_held",
@@ -144,6 +150,7 @@ class Connection:
         self._bucket: TokenBucket | None = None
         self._strikes = 0
         self._violations = 0
+        self._closed_by: Disconnect | None = None
         self._deadline: int | None = ctx.deadlines.schedule(ctx.limits.auth_timeout, self)
 
     @property
@@ -201,16 +208,62 @@ class Connection:
         self.send(protocol.reply("revoked", None, reason=reason))
         self.close(Disconnect.SESSION_REVOKED)
 
+    @property
+    def live(self) -> bool:
+        """Authenticated and not closing: the sockets the server API acts on."""
+        return self.state is State.AUTHENTICATED or self.state is State.EXPIRING
+
+    def disconnect(self) -> bool:
+        """The app's backend closes this socket (``POST /v1/disconnect``)."""
+        if not self.live:
+            return False
+        self.close(Disconnect.DISCONNECTED)
+        return True
+
+    def unsubscribe_by_server(self, channel: str) -> bool:
+        """The app's backend takes this socket out of ``channel`` (``POST /v1/unsubscribe``)."""
+        if not self.live or channel not in self.channels:
+            return False
+        self._leave(channel, SERVER)
+        self.send(protocol.reply("unsubscribed", None, channel=channel, reason=SERVER))
+        return True
+
+    async def subscribe_by_server(self, channel: str) -> bool:
+        """The app's backend subscribes this socket (``POST /v1/subscribe``): no scope is asked,
+        the socket's own subscription limit still holds, and nothing is recovered."""
+        if not self.live or channel in self.channels:
+            return False
+        try:
+            await self._join(channel, None, False, None, SERVER)
+        except RequestError:
+            return False
+        return not self.closing
+
     def disconnected(self) -> None:
         """The socket is gone: drop timers, channels and the user index entry."""
         self.state = State.CLOSING
         self._cancel_deadline()
+        self._report_disconnect()
         hub = self._ctx.hub
         for channel in self.channels:
             hub.leave(channel, self)
         self.channels.clear()
         self._held = None
         self._ctx.admission.forget(self)
+
+    def _report_disconnect(self) -> None:
+        """The webhook events of an authenticated socket's end: it left each channel, then it
+        disconnected, with the server's close or ``connection_closed`` when the client left."""
+        events, claims = self._ctx.events, self.claims
+        if claims is None or not events.enabled:
+            return
+        for channel in self.channels:
+            events.unsubscribe(claims, channel, "disconnect")
+        row = self._closed_by
+        if row is None:
+            events.disconnect(claims, None, "connection_closed")
+        else:
+            events.disconnect(claims, row.code, row.reason)
 
     # -- output ----------------------------------------------------------------------------
 
@@ -221,6 +274,7 @@ class Connection:
     def close(self, disconnect: Disconnect) -> None:
         if self.state is not State.CLOSING:
             self.state = State.CLOSING
+            self._closed_by = disconnect
             self._cancel_deadline()
             self.peer.close(disconnect.code, disconnect.reason)
 
@@ -272,6 +326,7 @@ class Connection:
             limits.rate_per_second, limits.rate_burst, self._ctx.clock.monotonic()
         )
         self._accept(claims, request_id, renewed=False)
+        self._ctx.events.connect(claims)
 
     async def _renew(self, request: protocol.Request) -> None:
         assert self.claims is not None
@@ -292,7 +347,7 @@ class Connection:
             try:
                 namespaces.of(channel).check_read(channel, claims)
             except Forbidden:
-                self._leave(channel)
+                self._leave(channel, "forbidden")
                 self.send(protocol.reply("unsubscribed", None, channel=channel, reason="forbidden"))
         self._accept(claims, request.id, renewed=True)
 
@@ -444,16 +499,18 @@ class Connection:
             channel = validate_channel(request.body.get("channel"))
             if channel not in self.channels:
                 raise NotSubscribed()
-            self._leave(channel)
+            self._leave(channel, "client")
             self.send(protocol.reply("unsubscribed", request.id, channel=channel))
         elif kind == "auth":
             await self._renew(request)
         else:
             raise BadRequest("unknown message type")
 
-    def _leave(self, channel: str) -> None:
+    def _leave(self, channel: str, reason: str) -> None:
         self.channels.pop(channel, None)
         self._ctx.hub.leave(channel, self)
+        if self.claims is not None:
+            self._ctx.events.unsubscribe(self.claims, channel, reason)
 
     def _readable_channel(self, request: protocol.Request) -> str:
         assert self.claims is not None
@@ -462,14 +519,24 @@ class Connection:
         return channel
 
     async def _subscribe(self, request: protocol.Request) -> None:
-        """Join first (holding the channel's live messages back), then read what was missed,
-        answer, and release the held messages that come after it: no gap, no repeat."""
-        assert self.claims is not None
         channel = self._readable_channel(request)
         since = _position(request.body.get("since"), "since")
         events = request.body.get("presence_events", False)
         if not isinstance(events, bool):
             raise BadRequest("presence_events must be true or false")
+        await self._join(channel, since, events, request.id)
+
+    async def _join(
+        self,
+        channel: str,
+        since: Position | None,
+        events: bool,
+        request_id: protocol.RequestId,
+        reason: str | None = None,
+    ) -> None:
+        """Join first (holding the channel's live messages back), then read what was missed,
+        answer, and release the held messages that come after it: no gap, no repeat."""
+        assert self.claims is not None
         namespace = self._ctx.namespaces.of(channel)
         presence = namespace.presence
         if events and not presence:
@@ -477,7 +544,8 @@ class Connection:
         policy = namespace.history
         if since is not None and policy is None:
             raise NotEnabled("this channel's namespace keeps no history to recover from")
-        if channel not in self.channels:
+        new = channel not in self.channels
+        if new:
             if len(self.channels) >= self._ctx.limits.max_subscriptions:
                 raise TooManySubscriptions()
             self.channels[channel] = None
@@ -497,9 +565,15 @@ class Connection:
                     page = await hub.history(channel, since, policy.size)
                 except BusUnavailable:
                     page = None
-            self.send(protocol.subscribed(channel, request.id, page, recovering=since is not None))
+            self.send(
+                protocol.subscribed(
+                    channel, request_id, page, recovering=since is not None, reason=reason
+                )
+            )
             if since is not None:
                 self._ctx.metrics.recoveries.labels(_outcome(page)).inc()
+            if new and channel in self.channels:  # not if the socket went away meanwhile
+                self._ctx.events.subscribe(self.claims, channel, reason or "client")
         finally:
             self._release(channel, page)
 

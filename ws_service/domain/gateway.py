@@ -8,6 +8,7 @@ import itertools
 import logging
 import secrets
 from collections import Counter
+from typing import Any
 
 from realtime_gateway_protocol.access_token import Claims
 from realtime_gateway_protocol.events import SessionRevoked, UserRevoked, decode_event
@@ -15,6 +16,13 @@ from realtime_gateway_protocol.key_events import KeyWithdrawn, decode_key_event
 from shared.bus import BusUnavailable, RevocationLedger
 from ws_service.domain import errors
 from ws_service.domain.clock import Clock, LoopClock
+from ws_service.domain.commands import (
+    Command,
+    CountConnections,
+    DisconnectUser,
+    ListChannels,
+    UnsubscribeUser,
+)
 from ws_service.domain.connection import Connection, Context, Peer
 from ws_service.domain.deadlines import Deadlines
 from ws_service.domain.hub import Hub
@@ -71,6 +79,7 @@ class Gateway:
             admission=self,
             deadlines=self.deadlines,
             clock=clock,
+            events=hub.events,
         )
 
     def may_wait(self, remote: str) -> bool:
@@ -217,6 +226,36 @@ class Gateway:
         self._waiting[remote] -= 1
         if self._waiting[remote] <= 0:
             del self._waiting[remote]
+
+    @property
+    def replica(self) -> str:
+        """This gateway's id, unique across replicas and workers."""
+        return self._replica
+
+    async def execute(self, command: Command) -> dict[str, Any]:
+        """Carry out a server API command on this replica's own authenticated sockets; the
+        result is this replica's share of the answer (see ``commands``)."""
+        if isinstance(command, ListChannels):
+            found = self.hub.channels(command.prefix, command.after, command.limit)
+            return {"channels": [[name, count] for name, count in found]}
+        conns = [conn for conn in self._users.get(command.user, ()) if conn.live]
+        if isinstance(command, CountConnections):
+            sessions = Counter(conn.claims.sid for conn in conns if conn.claims is not None)
+            return {"sessions": dict(sessions)}
+        if isinstance(command, DisconnectUser):
+            count = sum(
+                conn.disconnect()
+                for conn in conns
+                if command.session is None
+                or (conn.claims is not None and conn.claims.sid == command.session)
+            )
+        elif isinstance(command, UnsubscribeUser):
+            count = sum(conn.unsubscribe_by_server(command.channel) for conn in conns)
+        else:
+            count = 0
+            for conn in conns:
+                count += await conn.subscribe_by_server(command.channel)
+        return {"count": count}
 
     def on_revocation(self, topic: str, payload: str) -> None:
         """Bus handler: remember the revocation and close every socket it covers."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import secrets
@@ -32,6 +33,7 @@ from ws_service.domain.history import History, HistoryPage, Position, position_o
 from ws_service.domain.namespaces import Namespaces
 from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, Presence
 from ws_service.domain.presence_debounce import PresenceDebounce
+from ws_service.domain.webhooks import Events
 
 __all__ = ["CHANNEL_TOPIC_PREFIX", "Hub", "Subscriber"]
 
@@ -60,6 +62,7 @@ class Hub:
         sync_timeout: float = 2.0,
         presence_debounce: float = 0.0,
         clock: Clock | None = None,
+        events: Events | None = None,
     ) -> None:
         self._bus = bus
         self._history = history
@@ -71,6 +74,8 @@ class Hub:
         self._unwatch: dict[str, Unsubscribe] = {}
         self._present: dict[str, dict[Subscriber, tuple[str, Member]]] = {}
         self._clock: Clock = clock or LoopClock()
+        self.events = events or Events(clock=self._clock)
+        """The webhook events of every socket of this hub's gateway."""
         self._presence_frames = PresenceDebounce(
             presence_debounce, self._show_presence, self._clock
         )
@@ -130,6 +135,14 @@ class Hub:
                 self._unwatch.pop(channel)()
                 self._presence_frames.forget(channel)
 
+    def channels(self, prefix: str, after: str, limit: int) -> list[tuple[str, int]]:
+        """This replica's channels with their local subscriber counts: the first ``limit`` names
+        after ``after`` that start with ``prefix``, in name order."""
+        names = heapq.nsmallest(
+            limit, (name for name in self._local if name > after and name.startswith(prefix))
+        )
+        return [(name, len(self._local[name])) for name in names]
+
     async def synced(self) -> None:
         """Wait until the bus confirmed every channel subscription, so that a client told
         ``subscribed`` misses no message published after it. Not while the bus is cut off: local
@@ -160,6 +173,8 @@ class Hub:
             self._fan_out(channel, frame, None)
             if self._on_local_only is not None:
                 self._on_local_only()
+        if self.namespaces.of(channel).webhook_publish:
+            self.events.publish(channel, data, sender)
 
     async def history(self, channel: str, since: Position | None, limit: int) -> HistoryPage:
         """Raises ``NotEnabled`` without a policy and ``BusUnavailable`` when Redis is down."""

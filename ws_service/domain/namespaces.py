@@ -5,6 +5,8 @@ may read and write it and what it keeps (history, presence); the hub, the connec
 settings parser all read that object, and nothing re-derives a rule from a channel name anywhere
 else. Adding a namespace option is a field here, its parsing in the settings, and its tests.
 
+Webhooks report publishes only from the namespaces that ask (``webhook_publish``).
+
 The rules today: ``ns:read`` subscribes (and reads history and presence), ``ns:write`` publishes,
 and the ``user`` namespace is each user's own inbox: ``user:<sub>`` is readable by that user
 alone and written only by the server.
@@ -47,6 +49,8 @@ class Namespace:
     """What is kept for recovery; None keeps nothing."""
     presence: bool = False
     """Whether subscribers are counted and ``join``/``leave`` announced."""
+    webhook_publish: bool = False
+    """Whether each message published here is reported to the app as a ``publish`` webhook."""
 
     @property
     def private(self) -> bool:

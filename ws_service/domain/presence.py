@@ -19,6 +19,7 @@ __all__ = [
     "Member",
     "MemoryPresence",
     "Presence",
+    "Transition",
     "member_frame",
     "members_of",
 ]
@@ -33,6 +34,11 @@ class Member:
 
     def as_json(self) -> str:
         return dumps({"id": self.id, "username": self.username})
+
+
+Transition = Callable[[str, str, Member], None]
+"""Told ``(kind, channel, member)`` for each ``join``/``leave`` a backend decides, on the one replica
+that decided it (the webhook events; the bus announcement reaches every replica)."""
 
 
 class Presence(Protocol):
@@ -61,8 +67,13 @@ def members_of(users: dict[str, tuple[str | None, int]]) -> list[tuple[Member, i
 class MemoryPresence:
     """The embedded backend: exact, since every connection lives in this process."""
 
-    def __init__(self, publish: Callable[[str, str], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        publish: Callable[[str, str], Awaitable[None]],
+        on_transition: Transition | None = None,
+    ) -> None:
         self._publish = publish
+        self._on_transition = on_transition
         self._channels: dict[str, dict[str, tuple[Member, set[str]]]] = {}
 
     async def add(self, channel: str, conn_id: str, member: Member) -> None:
@@ -94,5 +105,7 @@ class MemoryPresence:
         """Nothing expires here: entries live exactly as long as their connections."""
 
     async def _announce(self, kind: str, channel: str, member: Member) -> None:
+        if self._on_transition is not None:
+            self._on_transition(kind, channel, member)
         frame = member_frame(kind, channel, member.as_json())
         await self._publish(PRESENCE_TOPIC_PREFIX + channel, frame)

@@ -123,17 +123,24 @@ def message(channel: str, data: Any, sender: Claims | None, ts_ms: int) -> str:
 
 
 def subscribed(
-    channel: str, request_id: RequestId, page: HistoryPage | None, *, recovering: bool
+    channel: str,
+    request_id: RequestId,
+    page: HistoryPage | None,
+    *,
+    recovering: bool,
+    reason: str | None = None,
 ) -> str:
-    """``position`` in a channel with history; ``recovered`` and ``publications`` after ``since``."""
+    """``position`` in a channel with history; ``recovered`` and ``publications`` after ``since``;
+    ``reason`` when the server subscribed the socket (never with ``since``)."""
+    extra: dict[str, Any] = {} if reason is None else {"reason": reason}
     if page is None:
         if not recovering:
-            return reply("subscribed", request_id, channel=channel)
+            return reply("subscribed", request_id, channel=channel, **extra)
         return _with_publications(
             reply("subscribed", request_id, channel=channel, recovered=False), []
         )
     if not recovering:
-        return reply("subscribed", request_id, channel=channel, position=_position(page))
+        return reply("subscribed", request_id, channel=channel, position=_position(page), **extra)
     fields = {"channel": channel, "position": _position(page), "recovered": page.recovered}
     return _with_publications(reply("subscribed", request_id, **fields), page.publications)
 

@@ -20,13 +20,15 @@ from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
-from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, members_of
+from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, Transition, members_of
 from ws_service.redis.client import unavailable_as_bus_error
 
 __all__ = ["RedisPresence"]
 
 # Shared by every script: forget one connection, announce the leave if it was the user's last.
+# Every script returns the transitions it made (kind, user json, ...), for this replica to report.
 _DROP = """
+local changes = {}
 local function drop(conn, prefix_topic, channel)
   local info = redis.call('HGET', KEYS[1], conn)
   if not info then return end
@@ -38,6 +40,8 @@ local function drop(conn, prefix_topic, channel)
     redis.call('HDEL', KEYS[3], uid)
     redis.call('PUBLISH', prefix_topic .. channel,
       '{"type":"leave","channel":"' .. channel .. '","user":' .. info .. '}')
+    table.insert(changes, 'leave')
+    table.insert(changes, info)
   end
 end
 local function sweep(now, prefix_topic, channel)
@@ -57,17 +61,22 @@ if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
   if redis.call('HINCRBY', KEYS[3], ARGV[3], 1) == 1 then
     redis.call('PUBLISH', ARGV[6] .. ARGV[7],
       '{"type":"join","channel":"' .. ARGV[7] .. '","user":' .. ARGV[2] .. '}')
+    table.insert(changes, 'join')
+    table.insert(changes, ARGV[2])
   end
 end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[8]) end
+return changes
 """
 )
 
 # ARGV: conn, topic prefix, channel
-_REMOVE = _DROP + "drop(ARGV[1], ARGV[2], ARGV[3])"
+_REMOVE = _DROP + "drop(ARGV[1], ARGV[2], ARGV[3])\nreturn changes"
 
 # ARGV: now (ms), topic prefix, channel
-_MEMBERS = _DROP + "sweep(ARGV[1], ARGV[2], ARGV[3])\nreturn redis.call('HVALS', KEYS[1])"
+_MEMBERS = (
+    _DROP + "sweep(ARGV[1], ARGV[2], ARGV[3])\nreturn {redis.call('HVALS', KEYS[1]), changes}"
+)
 
 # ARGV: expires at (ms), now (ms), topic prefix, channel, key ttl (s), conn...
 _REFRESH = (
@@ -76,6 +85,7 @@ _REFRESH = (
 sweep(ARGV[2], ARGV[3], ARGV[4])
 for i = 6, #ARGV do redis.call('ZADD', KEYS[2], 'XX', ARGV[1], ARGV[i]) end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+return changes
 """
 )
 
@@ -83,8 +93,16 @@ for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 class RedisPresence:
     """Implements ``Presence``; Redis failures are raised as ``BusUnavailable``."""
 
-    def __init__(self, redis: Redis, *, ttl: float = 15.0, prefix: str = "presence:") -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        ttl: float = 15.0,
+        prefix: str = "presence:",
+        on_transition: Transition | None = None,
+    ) -> None:
         self._redis = redis
+        self._on_transition = on_transition
         self.ttl = ttl
         self._prefix = prefix
         self._add = redis.register_script(_ADD)
@@ -104,7 +122,7 @@ class RedisPresence:
     async def add(self, channel: str, conn_id: str, member: Member) -> None:
         now = _now_ms()
         with unavailable_as_bus_error():
-            await self._add(
+            changes = await self._add(
                 keys=self._keys(channel),
                 args=[
                     conn_id,
@@ -117,18 +135,21 @@ class RedisPresence:
                     self._key_ttl(),
                 ],
             )
+        self._report(channel, changes)
 
     async def remove(self, channel: str, conn_id: str, member: Member) -> None:
         with unavailable_as_bus_error():
-            await self._remove(
+            changes = await self._remove(
                 keys=self._keys(channel), args=[conn_id, PRESENCE_TOPIC_PREFIX, channel]
             )
+        self._report(channel, changes)
 
     async def members(self, channel: str) -> list[tuple[Member, int]]:
         with unavailable_as_bus_error():
-            values = await self._members(
+            values, changes = await self._members(
                 keys=self._keys(channel), args=[_now_ms(), PRESENCE_TOPIC_PREFIX, channel]
             )
+        self._report(channel, changes)
         users: dict[str, tuple[str | None, int]] = {}
         for value in values:
             user = json.loads(value)
@@ -143,8 +164,10 @@ class RedisPresence:
             await self._refresh_all(entries, now)
 
     async def _refresh_all(self, entries: Iterable[tuple[str, Iterable[str]]], now: int) -> None:
+        channels: list[str] = []
         async with self._redis.pipeline(transaction=False) as pipe:
             for channel, conns in entries:
+                channels.append(channel)
                 await self._refresh(
                     keys=self._keys(channel),
                     args=[
@@ -157,7 +180,17 @@ class RedisPresence:
                     ],
                     client=pipe,
                 )
-            await pipe.execute()
+            results = await pipe.execute()
+        for channel, changes in zip(channels, results, strict=True):
+            self._report(channel, changes)
+
+    def _report(self, channel: str, changes: list[str]) -> None:
+        """The transitions a script made, each reported by this replica alone."""
+        if self._on_transition is None:
+            return
+        for kind, info in zip(changes[::2], changes[1::2], strict=True):
+            user = json.loads(info)
+            self._on_transition(kind, channel, Member(user["id"], user["username"]))
 
 
 def _now_ms() -> int:

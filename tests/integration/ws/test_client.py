@@ -128,7 +128,10 @@ async def test_auth_down_at_token_expired_close_backs_off_and_reconnects(stack: 
         assert alice.refreshes == 0
 
 
-@pytest.mark.parametrize(("code", "reason"), [(4401, "invalid_token"), (4403, "subject_mismatch")])
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [(4401, "invalid_token"), (4403, "subject_mismatch"), (4403, "disconnected")],
+)
 async def test_fatal_close_codes_stop_with_a_clear_exception(
     stack: Stack, code: int, reason: str
 ) -> None:

@@ -21,8 +21,9 @@ from ws_service.domain.presence import MemoryPresence
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.user_slots import UserSlots
 from ws_service.domain.verify import KeySource, TokenVerifier
+from ws_service.domain.webhooks import Events
 
-__all__ = ["FakeMetrics", "FakePeer", "NoKeys", "build_gateway"]
+__all__ = ["FakeMetrics", "FakePeer", "NoKeys", "RecordingSink", "build_gateway"]
 
 
 class _Count:
@@ -96,6 +97,20 @@ class FakePeer:
         return frames
 
 
+class RecordingSink:
+    """An ``EventSink`` that keeps every webhook event."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def take(self) -> list[dict[str, Any]]:
+        taken, self.events = self.events, []
+        return taken
+
+
 class NoKeys:
     async def get_key(self, kid: str) -> RSAPublicKey:
         raise InvalidToken("no keys here")
@@ -118,11 +133,13 @@ def build_gateway(
     slots: UserSlots | None = None,
     namespaces: Namespaces | None = None,
     history: History | None = None,
+    events: Events | None = None,
     reconcile_batch: int = 500,
     **limits: Any,
 ) -> Gateway:
-    """A gateway on fakes; ``limits`` are fields of ``Limits``."""
+    """A gateway on fakes; ``limits`` are fields of ``Limits``; ``events`` reports webhooks."""
     clock = clock or FakeClock()
+    events = events or Events(clock=clock)
     revocations = RevocationRegistry(clock.time)
     verifier = TokenVerifier(
         keys or NoKeys(), revocations, issuer="http://auth.test", audience="ws", leeway=0
@@ -131,9 +148,10 @@ def build_gateway(
     hub = Hub(
         bus,
         history or MemoryHistory(bus.publish, clock=clock),
-        MemoryPresence(bus.publish),
+        MemoryPresence(bus.publish, on_transition=events.presence),
         namespaces or Namespaces(),
         clock=clock,
+        events=events,
     )
     return Gateway(
         Limits(**limits),

@@ -524,6 +524,60 @@ async def test_19_a_closing_socket_reads_nothing(frame: dict[str, Any] | str) ->
     assert s.peer.texts == []
 
 
+# -- the app's backend acts on the socket (the server API) ---------------------------------------
+
+
+@pytest.mark.parametrize("warned", [False, True])
+async def test_20_the_apps_backend_disconnects_a_live_socket(warned: bool) -> None:
+    s = Socket()
+    await s.authenticate(s.claims(ttl=30) if warned else None)
+    if warned:
+        s.advance(15)
+        assert s.state is State.EXPIRING
+    assert s.conn.disconnect()
+    assert (s.state, s.peer.closed, s.clock.pending) == (
+        State.CLOSING,
+        (4403, "disconnected"),
+        0,
+    )
+    assert not s.conn.disconnect(), "a closing socket is not closed again"
+
+
+async def test_20_a_socket_awaiting_auth_is_left_alone() -> None:
+    s = Socket()
+    assert not s.conn.disconnect()
+    assert not s.conn.unsubscribe_by_server("chat:a")
+    assert not await s.conn.subscribe_by_server("chat:a")
+    assert (s.state, s.peer.closed, s.peer.texts) == (State.AWAITING_AUTH, None, [])
+
+
+async def test_21_the_apps_backend_unsubscribes_the_socket() -> None:
+    s = Socket()
+    await s.authenticate()
+    await s.send({"type": "subscribe", "channel": "chat:a"})
+    assert s.conn.unsubscribe_by_server("chat:a")
+    assert s.peer.take() == [{"type": "unsubscribed", "channel": "chat:a", "reason": "server"}]
+    await s.hub.publish("chat:a", 1, None)
+    assert (s.state, s.peer.texts, s.conn.channels) == (State.AUTHENTICATED, [], {})
+    assert not s.conn.unsubscribe_by_server("chat:a"), "not subscribed any more"
+
+
+async def test_22_the_apps_backend_subscribes_the_socket_without_its_scope() -> None:
+    s = Socket()
+    await s.authenticate(s.claims("alice", "other:read"))
+    assert await s.conn.subscribe_by_server("chat:a")
+    [subscribed] = s.peer.take()
+    assert (subscribed["type"], subscribed["reason"], "id" in subscribed) == (
+        "subscribed",
+        "server",
+        False,
+    )
+    assert "position" in subscribed, "a channel with history says where it stands"
+    await s.hub.publish("chat:a", 1, None)
+    assert [f["data"] for f in s.peer.take()] == [1]
+    assert not await s.conn.subscribe_by_server("chat:a"), "already subscribed"
+
+
 # -- requests on an authenticated socket ---------------------------------------------------------
 
 

@@ -1,0 +1,286 @@
+"""The server API (disconnect, subscribe, unsubscribe, presence, channels, connections,
+broadcast) through the real app: embedded on the in-process bus, and across two replicas on
+Redis, where a call made to one replica acts on the sockets of the other."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.integration.ws.conftest import MakeGateway
+from tests.integration.ws.harness import Harness, expect_close, expect_open, recv, send
+from ws_service.api import CONTROL_BODY_BYTES
+
+KEY = {"Authorization": "Bearer test-api-key-0123456789"}
+
+
+def unique() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+async def call(gw: Harness, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    response = await gw.client.request(method, path, headers=KEY, **kwargs)
+    return response.status, await response.json()
+
+
+async def subscribe(ws: Any, channel: str, **extra: Any) -> None:
+    await send(ws, {"type": "subscribe", "channel": channel, **extra})
+    reply = await recv(ws)
+    assert (reply["type"], reply["channel"]) == ("subscribed", channel), reply
+
+
+async def test_disconnect_closes_every_socket_of_the_user_with_4403_disconnected(
+    gw: Harness,
+) -> None:
+    tabs = [await gw.login("alice"), await gw.login("alice")]
+    bob = await gw.login("bob")
+    status, body = await call(gw, "POST", "/v1/disconnect", json={"user": "alice"})
+    assert (status, body) == (200, {"user": "alice", "disconnected": 2, "complete": True})
+    for ws in tabs:
+        await expect_close(ws, 4403, "disconnected")
+    await expect_open(bob)
+
+
+async def test_disconnect_of_one_session_leaves_the_others(gw: Harness) -> None:
+    phone = await gw.login("alice", sid="phone")
+    laptop = await gw.login("alice", sid="laptop")
+    status, body = await call(
+        gw, "POST", "/v1/disconnect", json={"user": "alice", "session": "phone"}
+    )
+    assert (status, body["disconnected"], body["session"]) == (200, 1, "phone")
+    await expect_close(phone, 4403, "disconnected")
+    await expect_open(laptop)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "answer"),
+    [
+        ("POST", "/v1/disconnect", {"user": "nobody"}, {"disconnected": 0}),
+        ("POST", "/v1/unsubscribe", {"user": "nobody", "channel": "chat:a"}, {"unsubscribed": 0}),
+        ("POST", "/v1/subscribe", {"user": "nobody", "channel": "chat:a"}, {"subscribed": 0}),
+        ("GET", "/v1/connections?user=nobody", None, {"connections": 0, "sessions": []}),
+        ("GET", "/v1/presence?channel=chat:nobody", None, {"members": []}),
+        ("GET", "/v1/channels?prefix=nothing:", None, {"channels": [], "cursor": None}),
+    ],
+)
+async def test_unknown_users_and_channels_answer_200_with_nothing(
+    gw: Harness, method: str, path: str, body: Any, answer: dict[str, Any]
+) -> None:
+    status, got = await call(gw, method, path, json=body)
+    assert status == 200
+    assert {key: got[key] for key in answer} == answer
+
+
+async def test_unsubscribe_takes_the_users_sockets_out_of_the_channel(gw: Harness) -> None:
+    channel = f"chat:{unique()}"
+    alice, bob = await gw.login("alice"), await gw.login("bob")
+    for ws in (alice, bob):
+        await subscribe(ws, channel)
+    status, body = await call(
+        gw, "POST", "/v1/unsubscribe", json={"user": "alice", "channel": channel}
+    )
+    assert (status, body["unsubscribed"]) == (200, 1)
+    assert await recv(alice) == {"type": "unsubscribed", "channel": channel, "reason": "server"}
+    await call(gw, "POST", "/v1/publish", json={"channel": channel, "data": "after"})
+    assert (await recv(bob))["data"] == "after"
+    await expect_open(alice)  # the pong is the next frame: the message did not reach alice
+
+
+async def test_subscribe_subscribes_the_users_sockets_without_asking_their_scopes(
+    gw: Harness,
+) -> None:
+    channel = f"private:{unique()}"
+    alice = await gw.login("alice")
+    status, body = await call(
+        gw, "POST", "/v1/subscribe", json={"user": "alice", "channel": channel}
+    )
+    assert (status, body["subscribed"]) == (200, 1)
+    assert await recv(alice) == {"type": "subscribed", "channel": channel, "reason": "server"}
+    await call(gw, "POST", "/v1/publish", json={"channel": channel, "data": "hi"})
+    assert (await recv(alice))["data"] == "hi"
+    _, again = await call(gw, "POST", "/v1/subscribe", json={"user": "alice", "channel": channel})
+    assert again["subscribed"] == 0, "already subscribed"
+
+
+async def test_connections_counts_sockets_by_session(gw: Harness) -> None:
+    for sid in ("a", "a", "b"):
+        await gw.login("alice", sid=sid)
+    status, body = await call(gw, "GET", "/v1/connections?user=alice")
+    assert (status, body) == (
+        200,
+        {
+            "user": "alice",
+            "connections": 3,
+            "sessions": [{"session": "a", "connections": 2}, {"session": "b", "connections": 1}],
+            "complete": True,
+        },
+    )
+
+
+async def test_channels_pages_with_a_cursor_and_filters_by_prefix(gw: Harness) -> None:
+    prefix = f"chat:{unique()}-"
+    names = [f"{prefix}{n}" for n in range(5)]
+    alice, bob = await gw.login("alice"), await gw.login("bob")
+    for name in names:
+        await subscribe(alice, name)
+    await subscribe(bob, names[0])
+    await subscribe(bob, f"chat:{unique()}")
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        query = f"/v1/channels?prefix={prefix}&limit=2" + (f"&cursor={cursor}" if cursor else "")
+        status, page = await call(gw, "GET", query)
+        assert status == 200 and len(page["channels"]) <= 2
+        seen += page["channels"]
+        cursor = page["cursor"]
+        if cursor is None:
+            break
+    assert seen == [{"channel": n, "subscribers": 2 if n == names[0] else 1} for n in names]
+
+
+async def test_presence_lists_members_and_refuses_a_namespace_without_it(gw: Harness) -> None:
+    channel = f"chat:{unique()}"
+    await subscribe(await gw.login("alice"), channel)
+    status, body = await call(gw, "GET", f"/v1/presence?channel={channel}")
+    assert (status, body) == (
+        200,
+        {
+            "channel": channel,
+            "members": [{"user": {"id": "alice", "username": "Alice"}, "connections": 1}],
+        },
+    )
+    status, body = await call(gw, "GET", "/v1/presence?channel=news:a")
+    assert (status, body["error"]) == (400, "not_enabled")
+
+
+async def test_broadcast_publishes_one_payload_to_each_channel(gw: Harness) -> None:
+    channels = [f"chat:{unique()}" for _ in range(3)]
+    alice = await gw.login("alice")
+    for channel in channels:
+        await subscribe(alice, channel)
+    status, body = await call(
+        gw, "POST", "/v1/broadcast", json={"channels": [*channels, channels[0]], "data": {"n": 1}}
+    )
+    assert (status, body) == (202, {"published": channels, "failed": []})
+    got = [await recv(alice) for _ in channels]
+    assert sorted(frame["channel"] for frame in got) == sorted(channels)
+    assert all(frame["data"] == {"n": 1} and frame["from"] is None for frame in got)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "code"),
+    [
+        ("/v1/disconnect", {}, "bad_request"),
+        ("/v1/disconnect", {"user": ""}, "bad_request"),
+        ("/v1/disconnect", {"user": 42}, "bad_request"),
+        ("/v1/disconnect", {"user": "a", "extra": 1}, "bad_request"),
+        ("/v1/disconnect", [1], "bad_request"),
+        ("/v1/unsubscribe", {"user": "a", "channel": "no namespace"}, "invalid_channel"),
+        ("/v1/subscribe", {"user": "a"}, "bad_request"),
+        ("/v1/broadcast", {"channels": [], "data": 1}, "bad_request"),
+        ("/v1/broadcast", {"channels": ["chat:a"] * 101, "data": 1}, "bad_request"),
+        ("/v1/broadcast", {"channels": ["chat:a", "bad"], "data": 1}, "invalid_channel"),
+        ("/v1/broadcast", {"channels": ["chat:a"]}, "bad_request"),
+    ],
+)
+async def test_bad_bodies_get_400_with_their_code(
+    gw: Harness, path: str, body: Any, code: str
+) -> None:
+    status, got = await call(gw, "POST", path, json=body)
+    assert (status, got["error"]) == (400, code)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/v1/connections",
+        "/v1/connections?user=a&user=b",
+        "/v1/presence",
+        "/v1/presence?channel=bad",
+        "/v1/channels?limit=0",
+        "/v1/channels?limit=1001",
+        "/v1/channels?limit=99999999999999999999",
+        "/v1/channels?prefix=a%20b",
+        "/v1/channels?cursor=not-a-channel",
+    ],
+)
+async def test_bad_queries_get_400(gw: Harness, query: str) -> None:
+    status, body = await call(gw, "GET", query)
+    assert status == 400, body
+
+
+async def test_control_bodies_are_bounded_in_bytes(gw: Harness) -> None:
+    status, body = await call(
+        gw, "POST", "/v1/disconnect", data=b'{"user": "' + b"a" * CONTROL_BODY_BYTES + b'"}'
+    )
+    assert (status, body["error"]) == (413, "request_entity_too_large")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/disconnect"),
+        ("POST", "/v1/subscribe"),
+        ("POST", "/v1/unsubscribe"),
+        ("POST", "/v1/broadcast"),
+        ("GET", "/v1/presence?channel=chat:a"),
+        ("GET", "/v1/channels"),
+        ("GET", "/v1/connections?user=a"),
+    ],
+)
+async def test_every_endpoint_needs_an_api_key(gw: Harness, method: str, path: str) -> None:
+    alice = await gw.login("alice")
+    for headers in ({}, {"Authorization": "Bearer wrong-key-0123456789"}):
+        response = await gw.client.request(method, path, headers=headers, json={"user": "alice"})
+        assert response.status == 401
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    await expect_open(alice)
+
+
+# -- across replicas -----------------------------------------------------------------------------
+
+
+async def test_calls_to_one_replica_act_on_the_sockets_of_the_other(
+    make_gateway: MakeGateway, redis_url: str
+) -> None:
+    one = await make_gateway(redis_url=redis_url)
+    two = await make_gateway(redis_url=redis_url)
+    user, channel = unique(), f"chat:{unique()}"
+    here, there = await one.login(user), await two.login(user)
+    for ws in (here, there):
+        await subscribe(ws, channel)
+
+    status, body = await call(one, "GET", f"/v1/connections?user={user}")
+    assert (status, body["connections"], body["complete"]) == (200, 2, True)
+    _, page = await call(two, "GET", f"/v1/channels?prefix={channel}")
+    assert page["channels"] == [{"channel": channel, "subscribers": 2}]
+
+    _, body = await call(one, "POST", "/v1/unsubscribe", json={"user": user, "channel": channel})
+    assert (body["unsubscribed"], body["complete"]) == (2, True)
+    for ws in (here, there):
+        assert await recv(ws) == {"type": "unsubscribed", "channel": channel, "reason": "server"}
+
+    _, body = await call(two, "POST", "/v1/disconnect", json={"user": user})
+    assert (body["disconnected"], body["complete"]) == (2, True)
+    for ws in (here, there):
+        await expect_close(ws, 4403, "disconnected")
+
+
+async def test_a_registered_replica_that_does_not_answer_makes_the_answer_incomplete(
+    make_gateway: MakeGateway, redis_url: str
+) -> None:
+    gw = await make_gateway(redis_url=redis_url, api_timeout=0.3)
+    redis = Redis.from_url(redis_url)
+    ghost = f"ghost-{unique()}"
+    try:
+        await redis.zadd("ws:replicas", {ghost: 2**52})
+        user = unique()
+        await gw.login(user)
+        status, body = await call(gw, "GET", f"/v1/connections?user={user}")
+        assert (status, body["connections"], body["complete"]) == (200, 1, False)
+    finally:
+        await redis.zrem("ws:replicas", ghost)
+        await redis.aclose()

@@ -1,0 +1,298 @@
+"""Webhooks through the real app to a real aiohttp receiver that verifies every signature with
+``signatures.verify``, as an app's backend would: the events, at-least-once delivery (5xx then
+2xx, an endpoint that hangs), a full queue, and the Redis stream shared by replicas (a dead
+consumer's batch taken over, presence events once per user)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from redis.asyncio import Redis
+
+from realtime_gateway_protocol.signatures import HEADER, verify
+from tests.integration.bus.support import PrivateRedis
+from tests.integration.ws.conftest import MakeGateway
+from tests.integration.ws.harness import Harness, expect_close, expect_open, recv, send, wait_until
+from tests.support.poll import poll
+from ws_service.appkeys import METRICS
+from ws_service.redis.client import open_redis
+from ws_service.webhooks.queue import Batch, RedisQueue
+
+SECRET = "webhook-secret-0123456789"
+KEY = {"Authorization": "Bearer test-api-key-0123456789"}
+
+
+class Receiver:
+    """The app's webhook endpoint: answers with ``statuses`` in turn (then 200), or hangs while
+    ``hang`` is set; keeps every verified batch."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+        self.hang = False
+        self.batches: list[list[dict[str, Any]]] = []
+        self.unsigned = 0
+        self.released = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if not verify(request.headers.get(HEADER), body, [SECRET]):
+            self.unsigned += 1
+            return web.Response(status=401)
+        if self.hang:
+            await self.released.wait()
+        self.batches.append((await request.json())["events"])
+        return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/hooks", self.handle)
+        return app
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every event once (by id), in arrival order, as a deduplicating app keeps them."""
+        seen: dict[str, dict[str, Any]] = {}
+        for batch in self.batches:
+            for event in batch:
+                seen.setdefault(event["id"], event)
+        return list(seen.values())
+
+    def of(self, user: str, *kinds: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["user"] == user and (not kinds or e["type"] in kinds)]
+
+
+@pytest.fixture
+async def receiver(aiohttp_server: Any) -> tuple[Receiver, str]:
+    target = Receiver()
+    server = await aiohttp_server(target.app())
+    return target, str(server.make_url("/hooks"))
+
+
+Hooked = Callable[..., Any]
+
+
+@pytest.fixture
+def hooked(make_gateway: MakeGateway, receiver: tuple[Receiver, str]) -> Hooked:
+    async def make(**overrides: Any) -> Harness:
+        fields = {
+            "webhook_url": receiver[1],
+            "webhook_secrets": (SECRET,),
+            "webhook_timeout": 0.5,
+            "webhook_retry_cap": 0.05,
+            **overrides,
+        }
+        return await make_gateway(**fields)
+
+    return make
+
+
+def unique() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def count(gw: Harness, outcome: str, name: str = "ws_webhook_events_total") -> float:
+    return gw.app[METRICS].registry.get_sample_value(name, {"outcome": outcome}) or 0.0
+
+
+async def subscribe(ws: Any, channel: str) -> None:
+    await send(ws, {"type": "subscribe", "channel": channel})
+    assert (await recv(ws))["type"] == "subscribed"
+
+
+async def test_a_sockets_life_is_reported_in_signed_batches(
+    hooked: Hooked, receiver: tuple[Receiver, str]
+) -> None:
+    target, _ = receiver
+    gw = await hooked()
+    channel = f"chat:{unique()}"
+    ws = await gw.login("alice", sid="s1")
+    await subscribe(ws, channel)
+    await send(ws, {"type": "unsubscribe", "channel": channel})
+    await recv(ws)
+    await subscribe(ws, channel)
+    await ws.close()
+    await wait_until(lambda: bool(target.of("alice", "disconnect")))
+    kinds = ("connect", "subscribe", "unsubscribe", "disconnect")
+    seen = [(e["type"], e.get("channel"), e.get("reason")) for e in target.of("alice", *kinds)]
+    assert seen == [
+        ("connect", None, None),
+        ("subscribe", channel, "client"),
+        ("unsubscribe", channel, "client"),
+        ("subscribe", channel, "client"),
+        ("unsubscribe", channel, "disconnect"),
+        ("disconnect", None, "connection_closed"),
+    ]
+    await wait_until(lambda: target.of("alice")[-1]["type"] == "presence_leave")
+    presence = [e["type"] for e in target.of("alice", "presence_join", "presence_leave")]
+    assert presence in (
+        ["presence_join", "presence_leave"] * 2,
+        ["presence_join", "presence_leave"],
+    )
+    assert all(e["session"] is None for e in target.of("alice", "presence_leave"))
+    connect = target.of("alice", "connect")[0]
+    assert set(connect) == {"id", "type", "ts", "user", "session"}
+    assert connect["session"] == "s1" and isinstance(connect["ts"], int)
+    assert target.unsigned == 0
+    assert count(gw, "delivered") == count(gw, "queued") == len(target.events)
+
+
+async def test_a_disconnect_by_the_api_is_reported_with_its_close(
+    hooked: Hooked, receiver: tuple[Receiver, str]
+) -> None:
+    target, _ = receiver
+    gw = await hooked()
+    ws = await gw.login("bob")
+    await gw.client.post("/v1/disconnect", json={"user": "bob"}, headers=KEY)
+    await expect_close(ws, 4403, "disconnected")
+    await wait_until(lambda: bool(target.of("bob", "disconnect")))
+    [event] = target.of("bob", "disconnect")
+    assert (event["code"], event["reason"]) == (4403, "disconnected")
+
+
+async def test_publish_events_only_from_the_namespaces_that_ask(
+    hooked: Hooked, receiver: tuple[Receiver, str]
+) -> None:
+    target, _ = receiver
+    gw = await hooked(webhook_publish=frozenset({"chat"}))
+    for channel in ("chat:a", "news:a"):
+        await gw.client.post(
+            "/v1/publish", json={"channel": channel, "data": {"n": 1}}, headers=KEY
+        )
+    await wait_until(lambda: bool(target.events))
+    [event] = target.events
+    assert (event["type"], event["channel"], event["data"], event["user"]) == (
+        "publish",
+        "chat:a",
+        {"n": 1},
+        None,
+    )
+
+
+async def test_5xx_then_2xx_delivers_each_event_once_after_dedupe(
+    hooked: Hooked, receiver: tuple[Receiver, str]
+) -> None:
+    target, _ = receiver
+    target.statuses = [500, 503]
+    gw = await hooked()
+    ws = await gw.login("carol")
+    await wait_until(lambda: bool(target.batches))
+    await ws.close()
+    await wait_until(lambda: count(gw, "delivered") == 2)
+    assert len(target.batches) == 4, "two refusals, the 2xx, then the next batch"
+    assert target.batches[0] == target.batches[1] == target.batches[2], "the same ids each time"
+    assert [e["type"] for e in target.events] == ["connect", "disconnect"]
+    assert count(gw, "refused", "ws_webhook_posts_total") == 2
+
+
+async def test_an_endpoint_that_hangs_times_out_is_retried_and_never_blocks_sockets(
+    hooked: Hooked, receiver: tuple[Receiver, str]
+) -> None:
+    target, _ = receiver
+    target.hang = True
+    gw = await hooked(webhook_timeout=0.2)
+    ws = await gw.login("dave")
+    await wait_until(lambda: count(gw, "timeout", "ws_webhook_posts_total") >= 2)
+    await expect_open(ws)
+    other = await gw.login("erin")
+    await expect_open(other)
+    target.hang = False
+    target.released.set()
+    await wait_until(lambda: bool(target.of("erin", "connect")))
+    assert [e["type"] for e in target.of("dave")] == ["connect"]
+
+
+async def test_a_full_queue_drops_counts_and_never_blocks(
+    hooked: Hooked, receiver: tuple[Receiver, str]
+) -> None:
+    target, _ = receiver
+    target.hang = True
+    gw = await hooked(webhook_queue=2)
+    sockets = [await gw.login(f"user{n}") for n in range(4)]
+    assert count(gw, "dropped") == 2
+    for ws in sockets:
+        await expect_open(ws)
+    target.released.set()
+    target.hang = False
+    await wait_until(lambda: count(gw, "delivered") == 2)
+
+
+# -- Redis -----------------------------------------------------------------------------------------
+
+
+async def test_two_replicas_report_a_presence_transition_once(
+    hooked: Hooked, receiver: tuple[Receiver, str], private_redis: PrivateRedis
+) -> None:
+    target, _ = receiver
+    one = await hooked(redis_url=private_redis.url)
+    two = await hooked(redis_url=private_redis.url)
+    channel = f"chat:{unique()}"
+    here, there = await one.login("frank"), await two.login("frank")
+    for ws in (here, there):
+        await subscribe(ws, channel)
+    await wait_until(lambda: len(target.of("frank", "subscribe")) == 2)
+    for ws in (here, there):
+        await ws.close()
+    await wait_until(lambda: len(target.of("frank", "disconnect")) == 2)
+    await wait_until(lambda: bool(target.of("frank", "presence_leave")))
+    assert len(target.of("frank", "presence_join")) == 1
+    assert len(target.of("frank", "presence_leave")) == 1
+    assert target.unsigned == 0
+
+
+async def test_a_dead_consumers_batch_is_taken_over(private_redis: PrivateRedis) -> None:
+    redis = open_redis(private_redis.url)
+    dropped: list[int] = []
+    dead = RedisQueue(redis, "dead", limit=10, claim_idle=0.5, on_dropped=dropped.append)
+    alive = RedisQueue(
+        redis, "alive", limit=10, claim_idle=0.5, on_dropped=dropped.append, block=0.05
+    )
+    dead.start()
+    try:
+        for n in range(3):
+            assert dead.put(f'{{"n":{n}}}')
+        taken = await dead.take(10)  # and then the replica dies before its ack
+        assert taken.events == ['{"n":0}', '{"n":1}', '{"n":2}']
+        assert (await alive.take(10)).ids == [], "not idle long enough yet"
+        claimed: list[Batch] = []
+
+        async def taken_over() -> bool:
+            batch = await alive.take(10)
+            claimed.extend([batch] if batch.ids else [])
+            return bool(claimed)
+
+        await poll(taken_over)
+        again = claimed[0]
+        assert again == taken
+        await alive.ack(again)
+        assert await redis.xlen("{webhooks}:events") == 0
+        assert dropped == []
+    finally:
+        await dead.close()
+        await redis.aclose()
+
+
+async def test_the_stream_refuses_events_beyond_its_limit(private_redis: PrivateRedis) -> None:
+    redis = Redis.from_url(private_redis.url, decode_responses=True)
+    dropped: list[int] = []
+    queue = RedisQueue(redis, "one", limit=3, claim_idle=30, on_dropped=dropped.append)
+    queue.start()
+    try:
+        for n in range(3):
+            assert queue.put(str(n))
+        await poll(lambda: _length(redis, 3))
+        for n in range(2):
+            assert queue.put(str(n))
+        await wait_until(lambda: sum(dropped) == 2)
+        assert await redis.xlen("{webhooks}:events") == 3
+    finally:
+        await queue.close()
+        await redis.aclose()
+
+
+async def _length(redis: Redis, expected: int) -> bool:
+    return int(await redis.xlen("{webhooks}:events")) == expected

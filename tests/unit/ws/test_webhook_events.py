@@ -1,0 +1,164 @@
+"""The webhook events the domain reports, on fakes: what each step of a socket's life emits, the
+presence transitions once per user, publish events only where a namespace asks, and the sink's
+bounded queue that drops, counts and logs rather than wait."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+from realtime_gateway_protocol.access_token import Claims
+from tests.support.clock import FakeClock
+from tests.unit.ws.fakes import FakeMetrics, FakePeer, RecordingSink, build_gateway
+from ws_service.domain.connection import Connection
+from ws_service.domain.gateway import Gateway
+from ws_service.domain.namespaces import Namespace, Namespaces
+from ws_service.domain.webhooks import Events
+from ws_service.webhooks.delivery import QueueSink
+from ws_service.webhooks.queue import MemoryQueue
+
+NAMESPACES = Namespaces(
+    [Namespace("chat", presence=True, webhook_publish=True), Namespace("news", presence=True)]
+)
+
+
+def setup() -> tuple[Gateway, RecordingSink, FakeClock]:
+    clock, sink = FakeClock(), RecordingSink()
+    ids = itertools.count(1)
+    events = Events(sink, clock=clock, new_id=lambda: f"e{next(ids)}")
+    return build_gateway(clock=clock, events=events, namespaces=NAMESPACES), sink, clock
+
+
+def claims(sub: str = "alice", sid: str = "s1") -> Claims:
+    scopes = frozenset({"chat:read", "chat:write", "news:read"})
+    return Claims(sub, sid, 1_800_000_000, 1_800_000_900, scopes, sub.title(), "k")
+
+
+async def login(gateway: Gateway, sub: str = "alice") -> tuple[Connection, FakePeer]:
+    peer = FakePeer()
+    conn = gateway.connect(peer, "203.0.113.1")
+    await conn.authenticated_at_handshake(claims(sub))
+    return conn, peer
+
+
+async def send(conn: Connection, **frame: Any) -> None:
+    await conn.on_text(json.dumps(frame))
+
+
+def brief(events: Iterable[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Type, channel and reason of each event but the presence ones."""
+    return [
+        (e["type"], e.get("channel"), e.get("reason"))
+        for e in events
+        if not e["type"].startswith("presence")
+    ]
+
+
+async def test_a_sockets_life_in_events() -> None:
+    gateway, sink, clock = setup()
+    conn, _ = await login(gateway)
+    [connect] = sink.take()
+    assert connect == {
+        "id": "e1",
+        "type": "connect",
+        "ts": int(clock.time() * 1000),
+        "user": "alice",
+        "session": "s1",
+    }
+    await send(conn, type="subscribe", channel="news:a")
+    await send(conn, type="subscribe", channel="news:a")  # again: no second event
+    await send(conn, type="unsubscribe", channel="news:a")
+    await send(conn, type="subscribe", channel="news:b")
+    conn.on_binary()
+    conn.disconnected()
+    events = sink.take()
+    assert brief(events) == [
+        ("subscribe", "news:a", "client"),
+        ("unsubscribe", "news:a", "client"),
+        ("subscribe", "news:b", "client"),
+        ("unsubscribe", "news:b", "disconnect"),
+        ("disconnect", None, "bad_request"),
+    ]
+    assert events[-1]["code"] == 4400
+
+
+async def test_a_client_that_leaves_is_connection_closed_and_an_unauthenticated_one_is_silent() -> (
+    None
+):
+    gateway, sink, _ = setup()
+    conn, _ = await login(gateway)
+    sink.take()
+    conn.disconnected()
+    [event] = sink.take()
+    assert (event["type"], event["code"], event["reason"]) == (
+        "disconnect",
+        None,
+        "connection_closed",
+    )
+    waiting = gateway.connect(FakePeer(), "203.0.113.1")
+    waiting.disconnected()
+    assert sink.take() == []
+
+
+async def test_server_side_subscriptions_report_their_reason() -> None:
+    gateway, sink, _ = setup()
+    conn, _ = await login(gateway)
+    sink.take()
+    assert await conn.subscribe_by_server("news:a")
+    assert conn.unsubscribe_by_server("news:a")
+    assert brief(sink.take()) == [
+        ("subscribe", "news:a", "server"),
+        ("unsubscribe", "news:a", "server"),
+    ]
+
+
+async def test_presence_is_reported_once_per_user() -> None:
+    gateway, sink, _ = setup()
+    tabs = [await login(gateway) for _ in range(2)]
+    for conn, _ in tabs:
+        await send(conn, type="subscribe", channel="news:a")
+    for conn, _ in tabs:
+        conn.disconnected()
+    for _ in range(3):
+        await asyncio.sleep(0)  # the hub removes presence entries in the background
+    presence = [e for e in sink.take() if e["type"].startswith("presence")]
+    assert [(e["type"], e["user"], e["session"], e["username"]) for e in presence] == [
+        ("presence_join", "alice", None, "Alice"),
+        ("presence_leave", "alice", None, "Alice"),
+    ]
+
+
+async def test_publish_events_only_where_the_namespace_asks() -> None:
+    gateway, sink, _ = setup()
+    await gateway.hub.publish("chat:a", {"n": 1}, claims("bob", "s9"))
+    await gateway.hub.publish("news:a", {"n": 2}, None)
+    [event] = sink.take()
+    assert (event["type"], event["channel"], event["data"], event["user"], event["session"]) == (
+        "publish",
+        "chat:a",
+        {"n": 1},
+        "bob",
+        "s9",
+    )
+
+
+def test_a_full_queue_drops_counts_and_logs_at_most_once_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    metrics = FakeMetrics()
+    queue = MemoryQueue(2)
+    sink = QueueSink(queue, metrics.auth, monotonic=lambda: now[0])  # any labelled counter
+    for n in range(5):
+        sink.emit({"n": n})
+    assert (len(queue), metrics.counts["auth:queued"], metrics.counts["auth:dropped"]) == (2, 2, 3)
+    now[0] = 1.0
+    sink.emit({"n": 5})
+    drops = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.__dict__["dropped"] for r in drops] == [1, 3]

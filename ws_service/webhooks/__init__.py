@@ -1,0 +1,1 @@
+"""Webhooks: the queue of the domain's events and their signed, retried delivery."""
