@@ -60,10 +60,13 @@ async def test_an_assertion_works_once_across_replicas(postgres_url: str, tmp_pa
             )
             raced = form()
             results = await asyncio.gather(
-                *(post(http, f"{urls[i % 2]}/v1/token", data=raced, headers=auth) for i in range(20))
+                *(
+                    post(http, f"{urls[i % 2]}/v1/token", data=raced, headers=auth)
+                    for i in range(20)
+                )
             )
             assert sorted(status for status, _ in results) == [200] + [400] * 19
-            status, renewed = await post(
+            status, _ = await post(
                 http,
                 f"{urls[1]}/v1/token",
                 data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
