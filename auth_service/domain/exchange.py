@@ -10,6 +10,7 @@ Times are checked against the injected clock, with :data:`LEEWAY` for the two ma
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -136,7 +137,9 @@ def _verified_claims(
 
 
 def _is_time(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A number of seconds: not a bool, not NaN or infinite (pyjwt's JSON takes ``NaN``, which
+    compares false with everything and so would pass every window)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def allowed_scope(client: Client, requested: str | None, default: str) -> str:

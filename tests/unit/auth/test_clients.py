@@ -259,6 +259,8 @@ def unsigned(world: World) -> str:
         (lambda w, s: sign(w, s, exp=int(w.now) + 331), "300 s ahead"),
         (lambda w, s: sign(w, s, exp="soon"), "not a number"),
         (lambda w, s: sign(w, s, exp=True), "not a number"),
+        (lambda w, s: sign(w, s, exp=float("nan")), "not a number"),
+        (lambda w, s: sign(w, s, iat=float("nan")), "iat"),
         (lambda w, s: sign(w, s, iat=int(w.now) + 60), "iat"),
         (lambda w, s: sign(w, s, nbf=int(w.now) + 60), "nbf"),
         (lambda w, s: sign(w, s, iss="zeta"), "iss"),
