@@ -205,7 +205,7 @@ async def authenticate_client(request: web.Request, body: dict[str, Any]) -> Cli
     """RFC 6749 section 2.3: the confidential client that authenticated (HTTP Basic or
     ``client_secret`` in the body), or None for the public client (``AUTH_CLIENT_ID`` or no
     ``client_id``, no secret). Anything else is ``invalid_client``, never silently ignored."""
-    credentials = client_credentials(request, body)
+    credentials = _client_credentials(request, body)
     if credentials is None:
         return None
     client_id, secret = credentials
@@ -214,7 +214,7 @@ async def authenticate_client(request: web.Request, body: dict[str, Any]) -> Cli
     )
 
 
-def client_credentials(request: web.Request, body: dict[str, Any]) -> tuple[str, str] | None:
+def _client_credentials(request: web.Request, body: dict[str, Any]) -> tuple[str, str] | None:
     """The presented ``(client_id, client_secret)``, by exactly one method; None for none."""
     if any(field in body for field in CLIENT_ASSERTION_FIELDS):
         raise InvalidClient(
