@@ -1,10 +1,11 @@
-"""``python -m auth_service``: serve, or manage keys and users."""
+"""``python -m auth_service``: serve, or manage keys, users and clients."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import getpass
+import json
 import os
 import ssl
 import sys
@@ -14,9 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from auth_service.app import OUTBOX_INTERVAL, build_keyring, build_service, create_app
+from auth_service.domain.clients import DEFAULT_SECRET_GRACE, GRANT_NAMES, IssuedSecret
 from auth_service.domain.errors import AuthError
 from auth_service.domain.keyring import KeyRing
-from auth_service.domain.models import OutboxItem
+from auth_service.domain.models import Client, OutboxItem
 from auth_service.domain.outbox import (
     REPLAY_LIMIT,
     EventPublisher,
@@ -26,6 +28,7 @@ from auth_service.domain.outbox import (
 from auth_service.domain.store import Store
 from auth_service.settings import SECRET_FILE, ConfigError, Settings
 from auth_service.store import open_store
+from realtime_gateway_protocol.events import REVOCATIONS_TOPIC, RevocationEvent, encode_event
 from realtime_gateway_protocol.key_events import (
     KEYS_TOPIC,
     KeyEvent,
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     create = users.add_parser("create", help="create a user (password from stdin or a prompt)")
     create.add_argument("username")
     create.add_argument("--scope", help="space-separated scope (default AUTH_DEFAULT_SCOPE)")
+    add_client_commands(sub)
     outbox = sub.add_parser("outbox", help="inspect the event outbox and its dead letters")
     outbox_actions = outbox.add_subparsers(dest="action", required=True)
     outbox_actions.add_parser("list", help="what waits, and each dead letter with its last error")
@@ -98,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(keys_command(settings, args.action, args))
         if args.command == "outbox":
             return asyncio.run(outbox_command(settings, args))
+        if args.command == "clients":
+            return asyncio.run(clients_command(settings, args))
         return asyncio.run(create_user(settings, args.username, args.scope))
     except AuthError as exc:
         print(f"auth_service: {exc.description}", file=sys.stderr)
@@ -250,6 +256,121 @@ async def create_user(settings: Settings, username: str, scope: str | None) -> i
         return 0
     finally:
         await store.close()
+
+
+def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    clients = sub.add_parser(
+        "clients", help="manage confidential clients (app backends that exchange tokens)"
+    ).add_subparsers(dest="action", required=True)
+    create = clients.add_parser("create", help="register a client; its secret is printed once")
+    create.add_argument("name", help="the client_id: 3-32 characters of a-z 0-9 _ . -")
+    create.add_argument(
+        "--grant",
+        action="append",
+        choices=sorted(GRANT_NAMES),
+        default=[],
+        help="a grant it may use, besides authenticating (repeatable)",
+    )
+    create.add_argument("--scope", help="space-separated: the most it may grant (default: any)")
+    create.add_argument(
+        "--namespaces",
+        help="space-separated channel namespaces its authorization_details may name (default: any)",
+    )
+    rotate = clients.add_parser(
+        "rotate-secret", help="a new secret, printed once; the old one works for --grace seconds"
+    )
+    rotate.add_argument("name")
+    rotate.add_argument(
+        "--grace",
+        type=_seconds,
+        default=DEFAULT_SECRET_GRACE,
+        help=f"seconds the old secret keeps working (default {DEFAULT_SECRET_GRACE}; 0 if it leaked)",
+    )
+    for parser in (create, rotate):
+        parser.add_argument(
+            "--json", action="store_true", help='print {"client_id", "client_secret"} only'
+        )
+    clients.add_parser("list", help="list clients (never their secrets)")
+    delete = clients.add_parser(
+        "delete", help="delete a client and its users; their sessions end and sockets close"
+    )
+    delete.add_argument("name")
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError("a number of seconds, 0 or more")
+    return value
+
+
+async def clients_command(settings: Settings, args: argparse.Namespace) -> int:
+    """The revocations a deletion makes go through the outbox: a running service (any replica)
+    delivers them to its bus within a second, whether or not this shell reaches Redis."""
+    store = await open_store(settings.database_url)
+
+    async def to_outbox(event: RevocationEvent) -> None:
+        await store.add_outbox(REVOCATIONS_TOPIC, encode_event(event), time.time())
+
+    try:
+        service = build_service(settings, store, build_keyring(settings, store), to_outbox)
+        if args.action == "create":
+            issued = await service.clients.create(
+                args.name,
+                grant_types=[GRANT_NAMES[name] for name in args.grant],
+                scope=args.scope,
+                namespaces=None if args.namespaces is None else args.namespaces.split(),
+                reserved=[settings.client_id],
+            )
+            print_issued_secret(issued, args.json, "created")
+        elif args.action == "rotate-secret":
+            issued = await service.clients.rotate_secret(args.name, args.grace)
+            print_issued_secret(issued, args.json, "has a new secret")
+            if not args.json:
+                until = issued.client.previous_secret_expires_at or 0.0
+                print(f"the previous secret works until {fmt(until)}")
+        elif args.action == "delete":
+            ended = await service.delete_client(args.name)
+            print(
+                f"deleted client {args.name} and its users: {ended} live session(s) ended; a "
+                "running service closes their sockets within a second"
+            )
+        else:
+            for client in await store.list_clients():
+                print(client_line(client, time.time()))
+        return 0
+    finally:
+        await store.close()
+
+
+def print_issued_secret(issued: IssuedSecret, as_json: bool, what: str) -> None:
+    client = issued.client
+    if as_json:
+        print(json.dumps({"client_id": client.client_id, "client_secret": issued.secret}))
+        return
+    print(f"client {client.client_id} {what}")
+    print(f"client_id:     {client.client_id}")
+    print(f"client_secret: {issued.secret}")
+    print("the secret is shown this once: keep it in the backend's secret store")
+
+
+def client_line(client: Client, now: float) -> str:
+    names = {grant: name for name, grant in GRANT_NAMES.items()}
+    grants = ",".join(names.get(g, g) for g in client.grant_types.split()) or "-"
+    line = (
+        f"{client.client_id}  grants={grants}  scope={_limit(client.scope)}  "
+        f"namespaces={_limit(client.namespaces)}  created={fmt(client.created_at)}"
+    )
+    if client.secret_rotated_at is not None:
+        line += f"  secret_rotated={fmt(client.secret_rotated_at)}"
+    grace = client.previous_secret_expires_at
+    if grace is not None and grace > now:
+        line += f"  previous_secret_until={fmt(grace)}"
+    return line
+
+
+def _limit(value: str | None) -> str:
+    return "*" if value is None else json.dumps(value)
 
 
 async def outbox_command(settings: Settings, args: argparse.Namespace) -> int:

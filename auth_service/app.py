@@ -11,10 +11,11 @@ from aiohttp import web
 
 from auth_service import browser
 from auth_service.appkeys import BUS, KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
+from auth_service.domain.clients import ClientRegistry
 from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
 from auth_service.domain.outbox import EventPublisher, OutboxStatus
 from auth_service.domain.passwords import Passwords
-from auth_service.domain.service import AuthService, IssuerPolicy
+from auth_service.domain.service import AuthService, IssuerPolicy, Publish
 from auth_service.domain.store import Store
 from auth_service.domain.throttle import LoginThrottle
 from auth_service.domain.tokens import TokenIssuer
@@ -52,10 +53,11 @@ def build_service(
     settings: Settings,
     store: Store,
     ring: KeyRing,
-    publish: EventPublisher,
+    publish: Publish,
     metrics: Metrics | None = None,
     clock: Callable[[], float] = time.time,
 ) -> AuthService:
+    throttle = LoginThrottle(store)
     return AuthService(
         store,
         TokenIssuer(
@@ -66,7 +68,7 @@ def build_service(
             client_id=settings.client_id,
         ),
         Passwords() if metrics is None else Passwords(on_verify=metrics.password_checks.inc),
-        LoginThrottle(store),
+        throttle,
         IssuerPolicy(
             refresh_token_ttl=settings.refresh_token_ttl,
             session_lifetime=settings.session_lifetime,
@@ -76,6 +78,7 @@ def build_service(
         ),
         publish,
         clock,
+        clients=ClientRegistry(store, KeyCipher(settings.key_encryption_secrets), throttle, clock),
     )
 
 

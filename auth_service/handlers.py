@@ -12,23 +12,29 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from auth_service import browser
 from auth_service.appkeys import BUS, KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
+from auth_service.domain.clients import TOKEN_EXCHANGE
 from auth_service.domain.errors import (
     AuthError,
+    InvalidClient,
     InvalidClientToken,
     InvalidRequest,
+    InvalidTarget,
     RefreshReuse,
     UnsupportedGrantType,
 )
+from auth_service.domain.exchange import ISSUED_TOKEN_TYPE, SUBJECT_TOKEN_TYPE
+from auth_service.domain.models import Client
 from auth_service.domain.service import TokenPair
 from auth_service.http import (
+    authenticate_client,
     bearer,
-    check_client,
     client_address,
     optional_str,
     read_form_or_json,
     read_json,
     required_str,
 )
+from realtime_gateway_protocol.access_token import AUTHORIZATION_DETAILS_TYPE
 from shared.http.auth import bearer_matches
 from shared.http.readiness import Readiness, readiness_response
 from shared.http.responses import json_response
@@ -41,18 +47,19 @@ routes = web.RouteTableDef()
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def token_response(pair: TokenPair) -> web.Response:
-    return json_response(
-        {
-            "access_token": pair.access_token,
-            "token_type": "Bearer",
-            "expires_in": pair.expires_in,
-            "refresh_token": pair.refresh_token,
-            "refresh_expires_in": pair.refresh_expires_in,
-            "scope": pair.scope,
-        },
-        headers=NO_STORE,
-    )
+def token_response(pair: TokenPair, **extra: str) -> web.Response:
+    body: dict[str, Any] = {
+        "access_token": pair.access_token,
+        "token_type": "Bearer",
+        "expires_in": pair.expires_in,
+        "refresh_token": pair.refresh_token,
+        "refresh_expires_in": pair.refresh_expires_in,
+        "scope": pair.scope,
+        **extra,
+    }
+    if pair.authorization_details is not None:
+        body["authorization_details"] = pair.authorization_details
+    return json_response(body, headers=NO_STORE)
 
 
 @routes.post("/v1/register")
@@ -80,10 +87,14 @@ async def login(request: web.Request) -> web.Response:
     return await browser.cookie_login(request, pair) if cookie else token_response(pair)
 
 
-Grant = Callable[[web.Request, dict[str, Any]], Awaitable[web.Response]]
+Grant = Callable[[web.Request, dict[str, Any], Client | None], Awaitable[web.Response]]
+"""A grant's handler: the request, its parsed body, and the confidential client that
+authenticated (None for the public client)."""
 
 
-async def refresh_token_grant(request: web.Request, body: dict[str, Any]) -> web.Response:
+async def refresh_token_grant(
+    request: web.Request, body: dict[str, Any], client: Client | None
+) -> web.Response:
     """RFC 6749 section 6; the refresh token in the body, or in the browser's session cookie."""
     metrics = request.app[METRICS]
     cookie = optional_str(body, "refresh_token") is None
@@ -93,7 +104,9 @@ async def refresh_token_grant(request: web.Request, body: dict[str, Any]) -> web
             if cookie
             else required_str(body, "refresh_token")
         )
-        pair = await request.app[SERVICE].refresh(presented, scope=optional_str(body, "scope"))
+        pair = await request.app[SERVICE].refresh(
+            presented, scope=optional_str(body, "scope"), client=client
+        )
     except AuthError as exc:
         reuse = isinstance(exc, RefreshReuse) and exc.family_revoked
         metrics.refreshes.labels("reuse_detected" if reuse else exc.code).inc()
@@ -105,7 +118,44 @@ async def refresh_token_grant(request: web.Request, body: dict[str, Any]) -> web
     return await browser.cookie_token_response(request, pair) if cookie else token_response(pair)
 
 
-GRANTS: dict[str, Grant] = {"refresh_token": refresh_token_grant}
+async def token_exchange_grant(
+    request: web.Request, body: dict[str, Any], client: Client | None
+) -> web.Response:
+    """RFC 8693: an app backend exchanges its signed assertion about one of its users for that
+    user's tokens (docs: README, "App backends")."""
+    if client is None:
+        raise InvalidClient(
+            "token exchange needs client authentication: HTTP Basic or client_secret"
+        )
+    if required_str(body, "subject_token_type") != SUBJECT_TOKEN_TYPE:
+        raise InvalidRequest(f"subject_token_type must be {SUBJECT_TOKEN_TYPE}")
+    if optional_str(body, "requested_token_type") not in (None, ISSUED_TOKEN_TYPE):
+        raise InvalidRequest(f"requested_token_type can only be {ISSUED_TOKEN_TYPE}")
+    if "actor_token" in body:
+        raise InvalidRequest("delegation (actor_token) is not supported")
+    audience = request.app[SETTINGS].audience
+    if optional_str(body, "audience") not in (None, audience) or "resource" in body:
+        raise InvalidTarget(f"this issuer makes tokens for the audience {audience!r} only")
+    metrics = request.app[METRICS]
+    try:
+        pair = await request.app[SERVICE].exchange(
+            client,
+            required_str(body, "subject_token"),
+            scope=optional_str(body, "scope"),
+            authorization_details=body.get("authorization_details"),
+        )
+    except AuthError as exc:
+        metrics.exchanges.labels(exc.code).inc()
+        raise
+    metrics.exchanges.labels("ok").inc()
+    metrics.tokens_issued.labels("token_exchange").inc()
+    return token_response(pair, issued_token_type=ISSUED_TOKEN_TYPE)
+
+
+GRANTS: dict[str, Grant] = {
+    "refresh_token": refresh_token_grant,
+    TOKEN_EXCHANGE: token_exchange_grant,
+}
 """The one table of grant types: ``/v1/token`` dispatches on it and the RFC 8414 metadata lists
 it, so adding a grant is one entry here and its handler."""
 
@@ -113,12 +163,12 @@ it, so adding a grant is one entry here and its handler."""
 @routes.post("/v1/token")
 async def token(request: web.Request) -> web.Response:
     body = await read_form_or_json(request)
-    check_client(request, body)
+    client = await authenticate_client(request, body)
     grant_type = required_str(body, "grant_type")
     grant = GRANTS.get(grant_type)
     if grant is None:
         raise UnsupportedGrantType(f"grant_type {grant_type!r} is not supported")
-    return await grant(request, body)
+    return await grant(request, body, client)
 
 
 @routes.post("/v1/logout")
@@ -145,9 +195,20 @@ async def logout(request: web.Request) -> web.Response:
 @routes.post("/v1/revoke")
 async def revoke(request: web.Request) -> web.Response:
     body = await read_form_or_json(request)
-    check_client(request, body)
-    await request.app[SERVICE].revoke(required_str(body, "token"))
+    client = await authenticate_client(request, body)
+    await request.app[SERVICE].revoke(required_str(body, "token"), client=client)
     return json_response({}, headers=NO_STORE)
+
+
+@routes.post("/v1/sessions/revoke")
+async def revoke_sessions(request: web.Request) -> web.Response:
+    """A confidential client ends every session of one of its users (their sockets close)."""
+    body = await read_form_or_json(request)
+    client = await authenticate_client(request, body)
+    if client is None:
+        raise InvalidClient("ending a user's sessions needs client authentication")
+    count = await request.app[SERVICE].revoke_app_user(client, required_str(body, "sub"))
+    return json_response({"revoked_sessions": count}, headers=NO_STORE)
 
 
 @routes.get("/.well-known/jwks.json")
@@ -156,6 +217,11 @@ async def jwks(request: web.Request) -> web.Response:
     return json_response(
         request.app[KEYRING].jwks(), headers={"Cache-Control": f"public, max-age={max_age}"}
     )
+
+
+CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+"""Confidential clients (``clients create``) use either secret method; "none" is the public
+client (``AUTH_CLIENT_ID``)."""
 
 
 @routes.get("/.well-known/oauth-authorization-server")
@@ -172,8 +238,9 @@ async def metadata(request: web.Request) -> web.Response:
             # "code" or "token": "none" (registered by OAuth 2.0 Multiple Response Type Encoding
             # Practices) is the one value that claims no authorization-endpoint flow.
             "response_types_supported": ["none"],
-            "token_endpoint_auth_methods_supported": ["none"],
-            "revocation_endpoint_auth_methods_supported": ["none"],
+            "token_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+            "revocation_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+            "authorization_details_types_supported": [AUTHORIZATION_DETAILS_TYPE],
             "scopes_supported": sorted(set(request.app[SETTINGS].default_scope.split())),
         },
         headers={"Cache-Control": f"public, max-age={request.app[SETTINGS].jwks_max_age}"},

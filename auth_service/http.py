@@ -3,31 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from aiohttp import hdrs, web
 
-from auth_service.appkeys import METRICS, SETTINGS
+from auth_service.appkeys import METRICS, SERVICE, SETTINGS
 from auth_service.domain.errors import (
+    AccessDenied,
     AuthError,
     CsrfRejected,
+    InvalidAuthorizationDetails,
     InvalidClient,
     InvalidClientToken,
     InvalidCredentials,
     InvalidGrant,
     InvalidRequest,
     InvalidScope,
+    InvalidTarget,
     RegistrationClosed,
     StoreUnavailable,
     Throttled,
+    UnauthorizedClient,
     UnsupportedGrantType,
     UnsupportedMediaType,
     UsernameTaken,
 )
+from auth_service.domain.models import Client
 from realtime_gateway_protocol.wire_json import WireJSONError, loads
 from shared.http.auth import bearer_token
 from shared.http.forwarded import client_address as forwarded_client_address
@@ -35,8 +42,8 @@ from shared.http.responses import http_exception_json, json_error
 
 __all__ = [
     "HTTP_STATUSES",
+    "authenticate_client",
     "bearer",
-    "check_client",
     "client_address",
     "error_middleware",
     "metrics_middleware",
@@ -67,11 +74,15 @@ HTTP_STATUSES: dict[type[AuthError], int] = {
     InvalidRequest: 400,
     UnsupportedMediaType: 415,
     InvalidScope: 400,
+    InvalidAuthorizationDetails: 400,
+    InvalidTarget: 400,
+    UnauthorizedClient: 400,
     UnsupportedGrantType: 400,
     InvalidGrant: 400,
     InvalidCredentials: 401,
     InvalidClientToken: 401,
     InvalidClient: 401,
+    AccessDenied: 403,
     UsernameTaken: 409,
     RegistrationClosed: 403,
     CsrfRejected: 403,
@@ -88,8 +99,8 @@ def auth_error_response(exc: AuthError) -> web.Response:
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, InvalidClientToken):
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
-    if isinstance(exc, InvalidClient) and exc.scheme:
-        headers["WWW-Authenticate"] = f'{exc.scheme} realm="auth_service"'
+    if isinstance(exc, InvalidClient):
+        headers["WWW-Authenticate"] = 'Basic realm="auth_service"'
     if status >= 500:
         log.error("request failed", extra={"code": exc.code, "reason": exc.description})
     return json_error(status, exc.code, exc.description, headers)
@@ -187,29 +198,62 @@ async def read_form_or_json(request: web.Request) -> dict[str, Any]:
     return _form(raw) if request.content_type == FORM else _json(raw)
 
 
-CLIENT_SECRET_FIELDS = ("client_secret", "client_assertion", "client_assertion_type")
+CLIENT_ASSERTION_FIELDS = ("client_assertion", "client_assertion_type")
 
 
-def check_client(request: web.Request, body: dict[str, Any]) -> None:
-    """RFC 6749 section 2.3 at the token and revocation endpoints: the only client is the public
-    one (``AUTH_CLIENT_ID``, no secret). A ``client_id`` naming it is fine; any other, and any
-    client credentials (HTTP Basic, ``client_secret_post``, a client assertion), are
-    ``invalid_client`` rather than silently ignored."""
-    authorization = request.headers.get(hdrs.AUTHORIZATION)
-    if authorization is not None:
-        scheme = authorization.strip().partition(" ")[0]
-        scheme = scheme if scheme.isascii() and scheme.isalpha() else "Basic"
+async def authenticate_client(request: web.Request, body: dict[str, Any]) -> Client | None:
+    """RFC 6749 section 2.3: the confidential client that authenticated (HTTP Basic or
+    ``client_secret`` in the body), or None for the public client (``AUTH_CLIENT_ID`` or no
+    ``client_id``, no secret). Anything else is ``invalid_client``, never silently ignored."""
+    credentials = _client_credentials(request, body)
+    if credentials is None:
+        return None
+    client_id, secret = credentials
+    return await request.app[SERVICE].clients.authenticate(
+        client_id, secret, address=client_address(request)
+    )
+
+
+def _client_credentials(request: web.Request, body: dict[str, Any]) -> tuple[str, str] | None:
+    """The presented ``(client_id, client_secret)``, by exactly one method; None for none."""
+    if any(field in body for field in CLIENT_ASSERTION_FIELDS):
         raise InvalidClient(
-            "client authentication is not supported: this server has one public client",
-            scheme=scheme.capitalize(),
-        )
-    if any(field in body for field in CLIENT_SECRET_FIELDS):
-        raise InvalidClient(
-            "client authentication is not supported: this server has one public client"
+            "client assertions are not supported: use HTTP Basic or client_secret in the body"
         )
     client_id = optional_str(body, "client_id")
+    posted = optional_str(body, "client_secret")
+    authorization = request.headers.get(hdrs.AUTHORIZATION)
+    if authorization is not None:
+        if posted is not None:
+            raise InvalidRequest(
+                "use one client authentication method: HTTP Basic or client_secret"
+            )
+        basic_id, secret = _basic_credentials(authorization)
+        if client_id is not None and client_id != basic_id:
+            raise InvalidRequest("client_id differs from the client of the HTTP Basic credentials")
+        return basic_id, secret
+    if posted is not None:
+        if client_id is None:
+            raise InvalidClient("client_secret needs the client_id it belongs to")
+        return client_id, posted
     if client_id is not None and client_id != request.app[SETTINGS].client_id:
-        raise InvalidClient("unknown client_id")
+        raise InvalidClient("an unknown client, or a confidential one without its client_secret")
+    return None
+
+
+def _basic_credentials(authorization: str) -> tuple[str, str]:
+    """RFC 6749 section 2.3.1: base64 of ``id:secret``, each form-urlencoded first."""
+    scheme, _, encoded = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise InvalidClient("clients authenticate with HTTP Basic (or client_secret in the body)")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        client_id, colon, secret = decoded.partition(":")
+        if not colon:
+            raise ValueError("no ':'")
+        return unquote_plus(client_id, errors="strict"), unquote_plus(secret, errors="strict")
+    except (binascii.Error, ValueError):
+        raise InvalidClient("malformed HTTP Basic credentials") from None
 
 
 def bearer(request: web.Request) -> str:

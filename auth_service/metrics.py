@@ -26,6 +26,12 @@ class Metrics:
             "Rotated refresh tokens presented again (family revoked)",
             registry=self.registry,
         )
+        self.exchanges = Counter(
+            "auth_token_exchanges",
+            "Token exchanges by app backends, by outcome (ok or the OAuth error code)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.tokens_issued = Counter(
             "auth_tokens_issued", "Access tokens issued by grant", ["grant"], registry=self.registry
         )

@@ -8,19 +8,23 @@ table (:data:`auth_service.http.HTTP_STATUSES`), the CLI prints the description.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDenied",
     "AuthError",
     "CsrfRejected",
+    "InvalidAuthorizationDetails",
     "InvalidClient",
     "InvalidClientToken",
     "InvalidCredentials",
     "InvalidGrant",
     "InvalidRequest",
     "InvalidScope",
+    "InvalidTarget",
     "KeyRingError",
     "RefreshReuse",
     "RegistrationClosed",
     "StoreUnavailable",
     "Throttled",
+    "UnauthorizedClient",
     "UnsupportedGrantType",
     "UnsupportedMediaType",
     "UsernameTaken",
@@ -48,6 +52,25 @@ class InvalidScope(AuthError):
     code = "invalid_scope"
 
 
+class InvalidAuthorizationDetails(AuthError):
+    """RFC 9396 section 5: ``authorization_details`` malformed, of an unknown type, or beyond
+    what the client may grant."""
+
+    code = "invalid_authorization_details"
+
+
+class InvalidTarget(AuthError):
+    """RFC 8693 section 2.2.2: a token for an ``audience`` this issuer does not sign for."""
+
+    code = "invalid_target"
+
+
+class UnauthorizedClient(AuthError):
+    """An authenticated client asking for a grant type it was not registered for."""
+
+    code = "unauthorized_client"
+
+
 class UnsupportedGrantType(AuthError):
     code = "unsupported_grant_type"
 
@@ -71,15 +94,17 @@ class RefreshReuse(InvalidGrant):
 
 
 class InvalidClient(AuthError):
-    """Client authentication the server cannot verify (RFC 6749 section 5.2): it has one public
-    client and no client secrets, so presented client credentials are refused, never ignored.
-    ``scheme`` is the ``Authorization`` scheme the client tried, for ``WWW-Authenticate``."""
+    """Client authentication failed (RFC 6749 section 5.2): an unknown client, a wrong secret, a
+    method this server does not support, or none where one is needed. Answered with a ``Basic``
+    challenge, the scheme confidential clients use."""
 
     code = "invalid_client"
 
-    def __init__(self, description: str, *, scheme: str | None = None) -> None:
-        super().__init__(description)
-        self.scheme = scheme
+
+class AccessDenied(AuthError):
+    """An authenticated client asking about what is not its own (another client's users)."""
+
+    code = "access_denied"
 
 
 class InvalidClientToken(AuthError):

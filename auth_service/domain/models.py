@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "Client",
     "OutboxBacklog",
     "OutboxItem",
     "RefreshToken",
@@ -24,11 +25,17 @@ class User:
     password_hash: str
     scope: str
     created_at: float
+    client_id: str | None = None
+    """The confidential client this is an app user of (``id`` is ``<client_id>:<the app's user
+    id>``, ``username`` the same, no password: made by its first token exchange); None for this
+    issuer's own users."""
 
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """A refresh-token family. ``expires_at`` is its absolute lifetime."""
+    """A refresh-token family. ``expires_at`` is its absolute lifetime. An exchanged session keeps
+    what every refresh carries again: its ``authorization_details`` (compact JSON) and the
+    ``username`` the app asserted."""
 
     sid: str
     user_id: str
@@ -36,6 +43,8 @@ class Session:
     created_at: float
     expires_at: float
     revoked_at: float | None = None
+    authorization_details: str | None = None
+    username: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +61,25 @@ class RefreshTokenView:
     token: RefreshToken
     session: Session
     user: User
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """A confidential client: an app backend that authenticates with a secret (kept encrypted like
+    the signing keys) and may exchange its users' assertions for tokens. ``grant_types`` and
+    ``namespaces`` are space-separated; ``scope`` or ``namespaces`` None means unlimited. A rotated
+    secret's predecessor stays valid until ``previous_secret_expires_at`` (the grace). A trusted
+    external issuer would be two more nullable columns (its ``iss`` and JWKS URI) beside these."""
+
+    client_id: str
+    secret_encrypted: bytes
+    grant_types: str
+    scope: str | None
+    namespaces: str | None
+    created_at: float
+    secret_rotated_at: float | None = None
+    previous_secret_encrypted: bytes | None = None
+    previous_secret_expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Registration, login, refresh-token rotation and revocation: the issuer's rules in one place."""
+"""Registration, login, token exchange, refresh-token rotation and revocation: the issuer's rules
+in one place."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from auth_service.domain.clients import TOKEN_EXCHANGE, ClientRegistry, client_of, subject
 from auth_service.domain.errors import (
+    AccessDenied,
     InvalidClientToken,
     InvalidCredentials,
     InvalidGrant,
@@ -18,16 +21,19 @@ from auth_service.domain.errors import (
     InvalidScope,
     RefreshReuse,
     RegistrationClosed,
+    UnauthorizedClient,
 )
-from auth_service.domain.models import RefreshToken, RefreshTokenView, Session, User
+from auth_service.domain.exchange import allowed_details, allowed_scope, verify_assertion
+from auth_service.domain.models import Client, RefreshToken, RefreshTokenView, Session, User
 from auth_service.domain.passwords import Passwords
 from auth_service.domain.store import Store
 from auth_service.domain.throttle import LoginThrottle
 from auth_service.domain.tokens import Ticket, TokenIssuer
+from realtime_gateway_protocol.access_token import AuthorizationDetail
 from realtime_gateway_protocol.events import RevocationEvent, SessionRevoked, UserRevoked
 from shared.jsonlog import audit, fingerprint
 
-__all__ = ["AuthService", "IssuerPolicy", "TokenPair", "hash_refresh_token"]
+__all__ = ["AuthService", "IssuerPolicy", "Publish", "TokenPair", "hash_refresh_token"]
 
 USERNAME_RE = re.compile(r"[a-z0-9_.-]{3,64}")
 PASSWORD_MIN, PASSWORD_MAX = 12, 256
@@ -51,6 +57,8 @@ class TokenPair:
     refresh_token: str
     refresh_expires_in: int
     scope: str
+    authorization_details: list[AuthorizationDetail] | None = None
+    """RFC 9396 section 7: the details granted, when the session has any."""
 
 
 def hash_refresh_token(token: str) -> str:
@@ -80,6 +88,8 @@ class AuthService:
         policy: IssuerPolicy,
         publish: Publish,
         clock: Callable[[], float] = time.time,
+        *,
+        clients: ClientRegistry,
     ) -> None:
         self._store = store
         self._tokens = tokens
@@ -88,6 +98,7 @@ class AuthService:
         self.policy = policy
         self._publish = publish
         self._clock = clock
+        self.clients = clients
 
     async def register(self, username: str, password: str, *, scope: str | None = None) -> User:
         if not self.policy.allow_registration:
@@ -129,21 +140,79 @@ class AuthService:
             )
             raise InvalidCredentials("invalid username or password")
         await self._throttle.succeeded(reservation)
-        sid = str(uuid.uuid4())
-        session = Session(sid, user.id, user.scope, now, now + self.policy.session_lifetime)
-        secret, record = self._new_refresh_token(session, now)
-        pair = self._pair(user, session, secret, record, user.scope, now)
-        await self._store.create_session(session, record)
+        pair, sid = await self._start_session(user, user.scope, now)
         audit("login_ok", user_id=user.id, sid=sid, address=address)
         return pair
 
-    async def refresh(self, refresh_token: str, *, scope: str | None = None) -> TokenPair:
+    async def exchange(
+        self,
+        client: Client,
+        subject_token: str,
+        *,
+        scope: str | None = None,
+        authorization_details: object = None,
+    ) -> TokenPair:
+        """RFC 8693: a session for the app user the client's assertion names, as a password login
+        makes one for a local user. Everything is checked before the assertion's ``jti`` is
+        spent, so a request refused for its scope can be sent again with the same assertion."""
+        now = self._clock()
+        if TOKEN_EXCHANGE not in client.grant_types.split():
+            raise UnauthorizedClient("this client is not registered for token exchange")
+        try:
+            assertion = verify_assertion(
+                subject_token,
+                client_id=client.client_id,
+                secrets=self.clients.secrets(client, now),
+                audience=self._tokens.issuer,
+                now=now,
+            )
+        except InvalidGrant as exc:
+            audit("assertion_refused", client_id=client.client_id, reason=exc.description)
+            raise
+        granted = allowed_scope(client, scope, self.policy.default_scope)
+        details = allowed_details(client, authorization_details)
+        if not await self._store.use_assertion(
+            client.client_id, assertion.jti, assertion.replayable_until, now
+        ):
+            audit("assertion_refused", client_id=client.client_id, reason="replayed")
+            raise InvalidGrant("the assertion was used before (its jti works once)")
+        sub = subject(client.client_id, assertion.user_id)
+        user = User(sub, sub, "", "", now, client.client_id)
+        await self._store.ensure_user(user)
+        pair, sid = await self._start_session(user, granted, now, details, assertion.username)
+        audit("token_exchanged", client_id=client.client_id, user_id=sub, sid=sid)
+        return pair
+
+    async def _start_session(
+        self,
+        user: User,
+        scope: str,
+        now: float,
+        details: str | None = None,
+        username: str | None = None,
+    ) -> tuple[TokenPair, str]:
+        sid = str(uuid.uuid4())
+        expires_at = now + self.policy.session_lifetime
+        session = Session(sid, user.id, scope, now, expires_at, None, details, username)
+        secret, record = self._new_refresh_token(session, now)
+        pair = self._pair(user, session, secret, record, scope, now)
+        await self._store.create_session(session, record)
+        return pair, sid
+
+    async def refresh(
+        self, refresh_token: str, *, scope: str | None = None, client: Client | None = None
+    ) -> TokenPair:
+        """Rotate a refresh token. Anyone holding it may (an exchanged session's tokens are
+        handed to the app's browser, a public client); a confidential client that does
+        authenticate may only refresh its own users' sessions."""
         now = self._clock()
         view = await self._store.find_refresh_token(hash_refresh_token(refresh_token))
         if view is None:
             raise InvalidGrant("the refresh token is unknown")
         token, session = view.token, view.session
         try:
+            if client is not None and client_of(view.user.id) != client.client_id:
+                raise InvalidGrant("the refresh token was not issued to this client")
             self._check_session(view, now)
         except InvalidGrant as exc:
             audit("refresh_refused", sid=session.sid, reason=exc.description)
@@ -187,7 +256,7 @@ class AuthService:
         now = self._clock()
         view = await self._live_refresh_token(refresh_token, now)
         access = self._tokens.access_claims(
-            user=view.user, sid=view.session.sid, scope=view.session.scope, now=now
+            user=view.user, session=view.session, scope=view.session.scope, now=now
         )
         return self._tokens.issue_ticket(access, now)
 
@@ -227,30 +296,62 @@ class AuthService:
         if everywhere:
             await self._logout_everywhere(session.user_id)
 
-    async def revoke(self, token: str) -> None:
+    async def revoke(self, token: str, *, client: Client | None = None) -> None:
         """RFC 7009: revoke the session behind a live refresh or access token. Unknown, expired,
-        rotated or already revoked tokens are fine and change nothing (no new event either)."""
+        rotated or already revoked tokens are fine and change nothing (no new event either), and
+        so is a token of another client's users when a confidential client asks (section 2.1)."""
         now = self._clock()
         try:
             session = (await self._live_refresh_token(token, now)).session
-            await self._revoke_session(session.sid, session.user_id, now, reason="revoke")
-            return
+            sid, user_id = session.sid, session.user_id
         except InvalidGrant:
-            pass
-        try:
-            claims = self._tokens.verify(token)
-        except InvalidClientToken:
-            return
-        await self._revoke_session(str(claims["sid"]), str(claims["sub"]), now, reason="revoke")
+            try:
+                claims = self._tokens.verify(token)
+            except InvalidClientToken:
+                return
+            sid, user_id = str(claims["sid"]), str(claims["sub"])
+        if client is None or client_of(user_id) == client.client_id:
+            await self._revoke_session(sid, user_id, now, reason="revoke")
+
+    async def revoke_app_user(self, client: Client, sub: str) -> int:
+        """End every session of one of the client's users, as a logout everywhere would; returns
+        how many were live (0 for a user never seen)."""
+        if client_of(sub) != client.client_id:
+            raise AccessDenied(
+                f"sub is not a user of client {client.client_id!r} (theirs look like "
+                f"'{subject(client.client_id, '<user id>')}')"
+            )
+        ended = await self._revoke_user(sub)
+        audit("app_user_revoked", client_id=client.client_id, user_id=sub, sessions=ended)
+        return ended
+
+    async def delete_client(self, client_id: str) -> int:
+        """Delete a client with its users; their live sessions end and are announced, so their
+        sockets close. Returns how many sessions ended."""
+        now = self._clock()
+        ended = await self._store.delete_client(client_id, now)
+        if ended is None:
+            raise InvalidRequest(f"no client {client_id!r} (see `clients list`)")
+        until = int(now) + self._tokens.ttl
+        for session in ended:
+            await self._publish(SessionRevoked(sid=session.sid, sub=session.user_id, until=until))
+        audit("client_deleted", client_id=client_id, sessions=len(ended))
+        return len(ended)
 
     async def _logout_everywhere(self, user_id: str) -> None:
+        others = await self._revoke_user(user_id)
+        audit("logout_all", user_id=user_id, sessions=others + 1)
+
+    async def _revoke_user(self, user_id: str) -> int:
+        """Revoke every live session of a user and announce it: each session, then the user (which
+        also covers tokens issued before now whose session ended otherwise)."""
         now = self._clock()
         sids = await self._store.revoke_user_sessions(user_id, now)
         until = int(now) + self._tokens.ttl
         for revoked in sorted(sids):
             await self._publish(SessionRevoked(sid=revoked, sub=user_id, until=until))
         await self._publish(UserRevoked(sub=user_id, issued_before=int(now), until=until))
-        audit("logout_all", user_id=user_id, sessions=len(sids) + 1)
+        return len(sids)
 
     async def _revoke_session(self, sid: str, user_id: str, now: float, *, reason: str) -> bool:
         """Revoke and announce one session; False (and no event) when it was not live."""
@@ -284,11 +385,12 @@ class AuthService:
         now: float,
     ) -> TokenPair:
         """Sign before storing, so a failed signature never leaves a stored, unusable token."""
-        access = self._tokens.issue(user=user, sid=session.sid, scope=scope, now=now)
+        access = self._tokens.issue(user=user, session=session, scope=scope, now=now)
         return TokenPair(
             access_token=access.token,
             expires_in=access.expires_at - int(now),
             refresh_token=secret,
             refresh_expires_in=int(record.expires_at - now),
             scope=scope,
+            authorization_details=access.claims.get("authorization_details"),
         )

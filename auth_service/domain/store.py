@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from auth_service.domain.models import (
+    Client,
     OutboxBacklog,
     OutboxItem,
     RefreshToken,
@@ -36,6 +37,9 @@ class Store(Protocol):
 
     async def get_user_by_username(self, username: str) -> User | None: ...
 
+    async def ensure_user(self, user: User) -> None:
+        """Insert ``user`` unless a user with its id exists (an app user's first exchange)."""
+
     async def create_session(self, session: Session, token: RefreshToken) -> None: ...
 
     async def find_refresh_token(self, token_hash: str) -> RefreshTokenView | None: ...
@@ -55,6 +59,28 @@ class Store(Protocol):
 
     async def revoke_user_sessions(self, user_id: str, now: float) -> list[str]:
         """Revoke every live family of a user; returns their ids."""
+
+    async def create_client(self, client: Client) -> bool:
+        """Insert a client; False when its ``client_id`` is taken."""
+
+    async def get_client(self, client_id: str) -> Client | None: ...
+
+    async def list_clients(self) -> list[Client]:
+        """Every client, by ``client_id``."""
+
+    async def rotate_client_secret(
+        self, client_id: str, secret_encrypted: bytes, now: float, previous_expires_at: float
+    ) -> bool:
+        """Make ``secret_encrypted`` the client's secret and its current one the previous,
+        valid until ``previous_expires_at``, in one statement; False for an unknown client."""
+
+    async def delete_client(self, client_id: str, now: float) -> list[Session] | None:
+        """Delete a client with its app users and their sessions, atomically; returns the
+        sessions that were live (to announce their end), or None for an unknown client."""
+
+    async def use_assertion(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
+        """Record a client's assertion ``jti`` as used until ``expires_at``; True only the first
+        time while that record lasts, atomically on every replica (a unique key)."""
 
     async def list_signing_keys(self) -> list[StoredKey]: ...
 
@@ -98,4 +124,5 @@ class Store(Protocol):
     async def delete_outbox(self, ids: Sequence[int]) -> None: ...
 
     async def purge_expired(self, now: float) -> int:
-        """Delete expired refresh tokens, families and stale throttle rows; returns rows removed."""
+        """Delete expired refresh tokens, families, used assertions and stale throttle rows;
+        returns rows removed."""

@@ -3,6 +3,7 @@ signed with the key ring's current key."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import jwt
 
 from auth_service.domain.errors import InvalidClientToken, StoreUnavailable
 from auth_service.domain.keyring import KeyRing
-from auth_service.domain.models import User
+from auth_service.domain.models import Session, User
 from realtime_gateway_protocol.access_token import (
     ACCESS_TOKEN_TYP,
     ALGORITHM,
@@ -27,7 +28,11 @@ __all__ = ["AccessToken", "Ticket", "TokenIssuer"]
 @dataclass(frozen=True, slots=True)
 class AccessToken:
     token: str
-    expires_at: int
+    claims: AccessTokenPayload
+
+    @property
+    def expires_at(self) -> int:
+        return self.claims["exp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,24 +51,33 @@ class TokenIssuer:
         self.ttl = ttl
         self.client_id = client_id
 
-    def issue(self, *, user: User, sid: str, scope: str, now: float) -> AccessToken:
-        claims = self.access_claims(user=user, sid=sid, scope=scope, now=now)
-        return AccessToken(self._sign({**claims}, ACCESS_TOKEN_TYP, now), claims["exp"])
+    def issue(self, *, user: User, session: Session, scope: str, now: float) -> AccessToken:
+        claims = self.access_claims(user=user, session=session, scope=scope, now=now)
+        return AccessToken(self._sign({**claims}, ACCESS_TOKEN_TYP, now), claims)
 
-    def access_claims(self, *, user: User, sid: str, scope: str, now: float) -> AccessTokenPayload:
+    def access_claims(
+        self, *, user: User, session: Session, scope: str, now: float
+    ) -> AccessTokenPayload:
+        """An app user's token names the client that exchanged it and carries what its session
+        keeps: the username the app asserted and the ``authorization_details``."""
         iat = int(now)
-        return {
+        claims: AccessTokenPayload = {
             "iss": self.issuer,
             "sub": user.id,
             "aud": self.audience,
             "iat": iat,
             "exp": iat + self.ttl,
             "jti": uuid.uuid4().hex,
-            "sid": sid,
+            "sid": session.sid,
             "scope": scope,
-            "preferred_username": user.username,
-            "client_id": self.client_id,
+            "client_id": user.client_id or self.client_id,
         }
+        username = session.username if user.client_id else user.username
+        if username:
+            claims["preferred_username"] = username
+        if session.authorization_details is not None:
+            claims["authorization_details"] = json.loads(session.authorization_details)
+        return claims
 
     def issue_ticket(self, access: Mapping[str, Any], now: float, kid: str | None = None) -> Ticket:
         """A single-use WebSocket ticket bound to the access token whose claims are ``access``,

@@ -105,6 +105,37 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    (
+        5,
+        (
+            """
+            CREATE TABLE clients (
+                client_id TEXT PRIMARY KEY,
+                secret_encrypted {blob} NOT NULL,
+                grant_types TEXT NOT NULL,
+                scope TEXT,
+                namespaces TEXT,
+                created_at {real} NOT NULL,
+                secret_rotated_at {real},
+                previous_secret_encrypted {blob},
+                previous_secret_expires_at {real}
+            )
+            """,
+            "ALTER TABLE users ADD COLUMN client_id TEXT "
+            "REFERENCES clients(client_id) ON DELETE CASCADE",
+            "CREATE INDEX users_client_id ON users(client_id)",
+            "ALTER TABLE sessions ADD COLUMN authorization_details TEXT",
+            "ALTER TABLE sessions ADD COLUMN username TEXT",
+            """
+            CREATE TABLE used_assertions (
+                client_id TEXT NOT NULL,
+                jti TEXT NOT NULL,
+                expires_at {real} NOT NULL,
+                PRIMARY KEY (client_id, jti)
+            )
+            """,
+        ),
+    ),
 )
 
 _TYPE = re.compile(r"\{(real|blob|serial)\}")

@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from auth_service.domain.errors import UsernameTaken
 from auth_service.domain.models import (
+    Client,
     OutboxBacklog,
     OutboxItem,
     RefreshToken,
@@ -90,6 +91,21 @@ _INSERT_USER = _insert_sql("users", User)
 _INSERT_SESSION = _insert_sql("sessions", Session)
 _INSERT_TOKEN = _insert_sql("refresh_tokens", RefreshToken)
 _INSERT_KEY = _insert_sql("signing_keys", StoredKey)
+_INSERT_CLIENT = _insert_sql("clients", Client)
+_USE_ASSERTION = (
+    "INSERT INTO used_assertions (client_id, jti, expires_at) VALUES ($1, $2, $3) "
+    "ON CONFLICT (client_id, jti) DO UPDATE SET expires_at = excluded.expires_at "
+    "WHERE used_assertions.expires_at <= $4"
+)
+_ROTATE_CLIENT = (
+    "UPDATE clients SET previous_secret_encrypted = secret_encrypted, "
+    "previous_secret_expires_at = $4, secret_encrypted = $2, secret_rotated_at = $3 "
+    "WHERE client_id = $1"
+)
+_CLIENT_LIVE_SESSIONS = f"""
+    SELECT {_columns("s", Session)} FROM sessions s JOIN users u ON u.id = s.user_id
+    WHERE u.client_id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 ORDER BY s.sid
+"""  # noqa: S608
 _RECORD_WITHDRAWN = (
     "INSERT INTO withdrawn_keys (kid, generation, withdrawn_at) "
     "SELECT kid, generation, $2 FROM signing_keys WHERE kid = $1 ON CONFLICT (kid) DO NOTHING"
@@ -139,6 +155,10 @@ class SqlStore:
         async with self._db.connection() as conn:
             rows = await conn.fetch("SELECT * FROM users WHERE username = $1", username)
         return _model(User, rows[0]) if rows else None
+
+    async def ensure_user(self, user: User) -> None:
+        async with self._db.connection() as conn:
+            await conn.execute(f"{_INSERT_USER} ON CONFLICT DO NOTHING", *astuple(user))
 
     async def create_session(self, session: Session, token: RefreshToken) -> None:
         await self._db.execute_atomically(
@@ -192,6 +212,47 @@ class SqlStore:
                 user_id,
             )
         return sorted(row["sid"] for row in rows)
+
+    async def create_client(self, client: Client) -> bool:
+        async with self._db.connection() as conn:
+            return await conn.insert(_INSERT_CLIENT, *astuple(client))
+
+    async def get_client(self, client_id: str) -> Client | None:
+        async with self._db.connection() as conn:
+            rows = await conn.fetch("SELECT * FROM clients WHERE client_id = $1", client_id)
+        return _model(Client, rows[0]) if rows else None
+
+    async def list_clients(self) -> list[Client]:
+        async with self._db.connection() as conn:
+            rows = await conn.fetch("SELECT * FROM clients ORDER BY client_id")
+        return [_model(Client, row) for row in rows]
+
+    async def rotate_client_secret(
+        self, client_id: str, secret_encrypted: bytes, now: float, previous_expires_at: float
+    ) -> bool:
+        async with self._db.connection() as conn:
+            changed = await conn.execute(
+                _ROTATE_CLIENT, client_id, secret_encrypted, now, previous_expires_at
+            )
+        return changed == 1
+
+    async def delete_client(self, client_id: str, now: float) -> list[Session] | None:
+        """The client's row is locked first: an exchange that would add an app user waits on its
+        foreign key, then finds the client gone."""
+        async with self._db.transaction() as conn:
+            if not await conn.fetch(
+                f"SELECT 1 FROM clients WHERE client_id = $1{self._db.lock_rows}",  # noqa: S608
+                client_id,
+            ):
+                return None
+            rows = await conn.fetch(_CLIENT_LIVE_SESSIONS, client_id, now)
+            await conn.execute("DELETE FROM clients WHERE client_id = $1", client_id)
+        return [_model(Session, row, "s") for row in rows]
+
+    async def use_assertion(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
+        """One upsert: a live record refuses (no row changed); an expired one is taken over."""
+        async with self._db.connection() as conn:
+            return await conn.execute(_USE_ASSERTION, client_id, jti, expires_at, now) == 1
 
     async def list_signing_keys(self) -> list[StoredKey]:
         async with self._db.connection() as conn:
@@ -296,6 +357,7 @@ class SqlStore:
             return (
                 await conn.execute("DELETE FROM refresh_tokens WHERE expires_at < $1", now)
                 + await conn.execute("DELETE FROM sessions WHERE expires_at < $1", now)
+                + await conn.execute("DELETE FROM used_assertions WHERE expires_at < $1", now)
                 + await conn.execute(
                     "DELETE FROM login_throttle WHERE blocked_until < $1 AND window_start < $2",
                     now,

@@ -3,10 +3,16 @@
 An access token is an RS256 JWT with header ``typ: at+jwt`` and the claims set of
 :class:`AccessTokenPayload`. Its required keys are the claims a verifier insists on, so the issuer
 (type-checked against the same TypedDict) can never leave one out.
+
+A token may carry per-channel permissions, RFC 9396 ``authorization_details`` of the one type
+``realtime_channels``. :func:`parse_authorization_details` is their one strict parser: the issuer
+runs it on what a client asks for, and a verifier on what it finds in a token.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,10 +22,19 @@ from typing import Any, TypedDict
 __all__ = [
     "ACCESS_TOKEN_TYP",
     "ALGORITHM",
+    "AUTHORIZATION_DETAILS_TYPE",
+    "CHANNEL_ACTIONS",
+    "MAX_AUTHORIZATION_DETAILS",
+    "MAX_AUTHORIZATION_DETAILS_BYTES",
+    "MAX_DETAIL_CHANNELS",
     "REQUIRED_CLAIMS",
     "AccessTokenPayload",
+    "AuthorizationDetail",
+    "AuthorizationDetailsError",
+    "ChannelGrant",
     "Claims",
     "TokenRef",
+    "parse_authorization_details",
     "scope_set",
 ]
 
@@ -37,15 +52,26 @@ class _RequiredClaims(TypedDict):
     sid: str
 
 
+class AuthorizationDetail(TypedDict):
+    """One RFC 9396 entry: ``actions`` on ``channels`` (exact names, or prefixes ending in ``*``)."""
+
+    type: str
+    channels: list[str]
+    actions: list[str]
+
+
 class AccessTokenPayload(_RequiredClaims, total=False):
-    """The claims set the issuer signs: ``scope`` is space-separated, both optional claims may be
+    """The claims set the issuer signs: ``scope`` is space-separated, the optional claims may be
     absent."""
 
     scope: str
     preferred_username: str
     client_id: str
-    """RFC 9068 section 2.2 (REQUIRED there): the client the token was issued to. Always issued;
-    optional for this verifier, which acts on nothing client-specific."""
+    """RFC 9068 section 2.2 (REQUIRED there): the client the token was issued to (``AUTH_CLIENT_ID``,
+    or the app backend that exchanged it). Always issued; optional for this verifier."""
+    authorization_details: list[AuthorizationDetail]
+    """RFC 9396: per-channel permissions, when the token was exchanged with them; read it with
+    :func:`parse_authorization_details`."""
 
 
 REQUIRED_CLAIMS: tuple[str, ...] = tuple(sorted(AccessTokenPayload.__required_keys__))
@@ -108,3 +134,106 @@ def scope_set(scope: str) -> frozenset[str]:
     """One shared set per distinct scope string: a gateway holds a ``Claims`` per socket, and most
     users carry the same scope (a frozenset is 216 bytes; this keeps it once, not per socket)."""
     return frozenset(scope.split())
+
+
+AUTHORIZATION_DETAILS_TYPE = "realtime_channels"
+CHANNEL_ACTIONS = frozenset({"subscribe", "publish", "history", "presence"})
+MAX_AUTHORIZATION_DETAILS = 16
+"""Entries in one list."""
+MAX_DETAIL_CHANNELS = 64
+"""Channels (names and prefixes) in one entry."""
+MAX_AUTHORIZATION_DETAILS_BYTES = 4096
+"""The list as compact JSON: what it adds to every access token, ticket and ``Authorization``
+header that carries it."""
+MAX_CHANNEL_LENGTH = 128
+_CHANNEL = re.compile(r"[A-Za-z0-9_.@-]+:(?:[A-Za-z0-9_.:@-]+|[A-Za-z0-9_.:@-]*\*)")
+"""The gateway's channel syntax (``namespace:name``), or a prefix of it that names the whole
+namespace and ends in ``*``: ``doc:123``, ``team:7.*``, ``doc:*``. A bare ``*`` is not a channel."""
+_FIELDS = frozenset(AuthorizationDetail.__required_keys__)
+
+
+class AuthorizationDetailsError(ValueError):
+    """``authorization_details`` that are not a well-formed ``realtime_channels`` list (RFC 9396
+    ``invalid_authorization_details``); the message says where, and may be shown to a client."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelGrant:
+    """One parsed entry: ``actions`` are allowed on the channels named in ``exact`` and on every
+    channel that starts with one of ``prefixes`` (the entries' ``*`` removed)."""
+
+    exact: frozenset[str]
+    prefixes: tuple[str, ...]
+    actions: frozenset[str]
+
+    def allows(self, action: str, channel: str) -> bool:
+        return action in self.actions and (
+            channel in self.exact or channel.startswith(self.prefixes)
+        )
+
+    @property
+    def namespaces(self) -> frozenset[str]:
+        """The namespaces (before the first ``:``) this entry reaches."""
+        return frozenset(c.partition(":")[0] for c in (*self.exact, *self.prefixes))
+
+
+def parse_authorization_details(value: object) -> tuple[ChannelGrant, ...]:
+    """Parse a decoded ``authorization_details`` value, or raise
+    :class:`AuthorizationDetailsError`: a non-empty list of at most
+    :data:`MAX_AUTHORIZATION_DETAILS` objects with exactly the fields ``type``
+    (``realtime_channels``), ``channels`` (1 to :data:`MAX_DETAIL_CHANNELS` distinct channel names or
+    prefixes) and ``actions`` (distinct members of :data:`CHANNEL_ACTIONS`), at most
+    :data:`MAX_AUTHORIZATION_DETAILS_BYTES` as compact JSON. Unknown types and fields are refused,
+    not ignored, as RFC 9396 section 5 requires."""
+    if not isinstance(value, list) or not value:
+        raise AuthorizationDetailsError("authorization_details must be a non-empty JSON array")
+    if len(value) > MAX_AUTHORIZATION_DETAILS:
+        raise AuthorizationDetailsError(
+            f"authorization_details has more than {MAX_AUTHORIZATION_DETAILS} entries"
+        )
+    grants = tuple(_grant(entry, f"authorization_details[{i}]") for i, entry in enumerate(value))
+    if len(json.dumps(value, separators=(",", ":"))) > MAX_AUTHORIZATION_DETAILS_BYTES:
+        raise AuthorizationDetailsError(
+            f"authorization_details is over {MAX_AUTHORIZATION_DETAILS_BYTES} bytes as JSON"
+        )
+    return grants
+
+
+def _grant(entry: object, where: str) -> ChannelGrant:
+    if not isinstance(entry, dict) or entry.keys() != _FIELDS:
+        raise AuthorizationDetailsError(
+            f"{where} must be an object with exactly the fields {', '.join(sorted(_FIELDS))}"
+        )
+    if entry["type"] != AUTHORIZATION_DETAILS_TYPE:
+        raise AuthorizationDetailsError(
+            f"{where}.type must be {AUTHORIZATION_DETAILS_TYPE!r} (the only type supported)"
+        )
+    channels = _strings(entry["channels"], f"{where}.channels", MAX_DETAIL_CHANNELS)
+    for channel in channels:
+        if len(channel) > MAX_CHANNEL_LENGTH or not _CHANNEL.fullmatch(channel):
+            raise AuthorizationDetailsError(
+                f"{where}.channels: {channel[:MAX_CHANNEL_LENGTH]!r} is not a channel "
+                "(namespace:name) or a prefix of one ending in '*'"
+            )
+    actions = _strings(entry["actions"], f"{where}.actions", len(CHANNEL_ACTIONS))
+    unknown = sorted(set(actions) - CHANNEL_ACTIONS)
+    if unknown:
+        raise AuthorizationDetailsError(
+            f"{where}.actions: {unknown[0][:32]!r} is not one of {', '.join(sorted(CHANNEL_ACTIONS))}"
+        )
+    return ChannelGrant(
+        exact=frozenset(c for c in channels if not c.endswith("*")),
+        prefixes=tuple(c[:-1] for c in channels if c.endswith("*")),
+        actions=frozenset(actions),
+    )
+
+
+def _strings(value: object, where: str, most: int) -> list[str]:
+    """A non-empty list of at most ``most`` distinct strings."""
+    if not isinstance(value, list) or not value or len(value) > most:
+        raise AuthorizationDetailsError(f"{where} must be a list of 1 to {most} strings")
+    if not all(isinstance(item, str) for item in value):
+        raise AuthorizationDetailsError(f"{where} must hold strings only")
+    if len(set(value)) != len(value):
+        raise AuthorizationDetailsError(f"{where} repeats an item")
+    return value

@@ -26,7 +26,9 @@ TICKET_TYP = "ws-ticket+jwt"
 TICKET_TTL = 30
 TOKEN_IAT, TOKEN_EXP = "token_iat", "token_exp"
 TICKET_CLAIMS = ["iss", "aud", "sub", "sid", "jti", "iat", "exp", TOKEN_IAT, TOKEN_EXP]
-"""Every claim a ticket must carry (``scope`` and ``preferred_username`` are copied when present)."""
+"""Every claim a ticket must carry (``scope``, ``preferred_username``, ``client_id`` and
+``authorization_details`` are copied when present: a socket opened with a ticket is allowed no
+more than one opened with the token)."""
 
 
 def ticket_claims(access: Mapping[str, Any], now: float) -> dict[str, Any]:
@@ -43,7 +45,7 @@ def ticket_claims(access: Mapping[str, Any], now: float) -> dict[str, Any]:
         TOKEN_IAT: int(access["iat"]),
         TOKEN_EXP: int(access["exp"]),
     }
-    for optional in ("scope", "preferred_username"):
+    for optional in ("scope", "preferred_username", "client_id", "authorization_details"):
         if optional in access:
             claims[optional] = access[optional]
     return claims

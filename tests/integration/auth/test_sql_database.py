@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from auth_service.domain.models import OutboxItem
+from auth_service.domain.models import OutboxItem, Session, User
 from auth_service.store.migrations import MIGRATIONS, Migration
 from auth_service.store.postgres import PostgresDatabase
 from auth_service.store.sql import Database, SqlStore
@@ -135,5 +135,32 @@ async def test_the_outbox_migration_keeps_the_events_of_an_existing_database(whe
         assert await store.outbox_dead_letters(10) == [
             replace(item, attempts=1, last_error="e", dead_at=2.0)
         ]
+    finally:
+        await store.close()
+
+
+async def test_the_clients_migration_keeps_the_sessions_of_an_existing_database(where: str) -> None:
+    """Migration 5 adds clients and the app users' columns beside live users and sessions, which
+    read back as this issuer's own (no client, no details) and refresh as before."""
+    old = await open_at(where, MIGRATIONS[:4])
+    try:
+        async with old.connection() as conn:
+            await conn.execute(_INSERT, "u1")
+            await conn.execute(
+                "INSERT INTO sessions (sid, user_id, scope, created_at, expires_at) "
+                "VALUES ('s1', 'u1', 'chat:read', 1, 9e9)"
+            )
+            await conn.execute(
+                "INSERT INTO refresh_tokens (token_hash, sid, created_at, expires_at) "
+                "VALUES ('h1', 's1', 1, 9e9)"
+            )
+    finally:
+        await old.close()
+    store = SqlStore(await open_at(where, MIGRATIONS))
+    try:
+        view = await store.find_refresh_token("h1")
+        assert view is not None
+        assert view.user == User("u1", "u1", "", "", 0.0)
+        assert view.session == Session("s1", "u1", "chat:read", 1.0, 9e9)
     finally:
         await store.close()

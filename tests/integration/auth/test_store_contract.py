@@ -14,6 +14,7 @@ import pytest
 
 from auth_service.domain.errors import StoreUnavailable, Throttled, UsernameTaken
 from auth_service.domain.models import (
+    Client,
     OutboxBacklog,
     OutboxItem,
     RefreshToken,
@@ -283,3 +284,94 @@ async def test_outbox_failed_events_wait_until_due_and_dead_letters_are_set_asid
     assert await store.outbox_backlog() == OutboxBacklog(waiting=1, oldest_at=2.0, dead=1)
     await store.delete_outbox([first.id, second.id])
     assert await store.outbox_backlog() == OutboxBacklog(waiting=0, oldest_at=None, dead=0)
+
+
+def make_client(client_id: str = "acme", scope: str | None = None) -> Client:
+    return Client(client_id, b"\x00sealed", "urn:x", scope, None, 1.0)
+
+
+async def make_app_session(store: Store, client_id: str, user: str, sid: str) -> None:
+    sub = f"{client_id}:{user}"
+    await store.ensure_user(User(sub, sub, "", "", 1.0, client_id))
+    now = time.time()
+    await store.create_session(
+        Session(sid, sub, "chat:read", now, now + 1000, None, '[{"type":"t"}]', "Bob"),
+        RefreshToken(f"h-{sid}", sid, now, now + 100),
+    )
+
+
+async def test_clients_round_trip_and_a_name_is_taken_once(open_replica: OpenReplica) -> None:
+    store, other_replica = await open_replica(), await open_replica()
+    acme = make_client(scope="chat:read")
+    assert await store.create_client(acme) is True
+    assert await other_replica.create_client(make_client()) is False
+    assert await store.create_client(make_client("zeta")) is True
+    assert await other_replica.get_client("acme") == acme
+    assert await store.get_client("nobody") is None
+    assert [c.client_id for c in await store.list_clients()] == ["acme", "zeta"]
+
+
+async def test_a_rotated_secret_keeps_its_predecessor_until_the_grace_ends(store: Store) -> None:
+    await store.create_client(make_client())
+    assert await store.rotate_client_secret("acme", b"new", 10.0, 20.0) is True
+    rotated = await store.get_client("acme")
+    assert rotated is not None
+    assert (rotated.secret_encrypted, rotated.secret_rotated_at) == (b"new", 10.0)
+    assert (rotated.previous_secret_encrypted, rotated.previous_secret_expires_at) == (
+        b"\x00sealed",
+        20.0,
+    )
+    assert await store.rotate_client_secret("acme", b"newer", 30.0, 30.0) is True
+    again = await store.get_client("acme")
+    assert again is not None and again.previous_secret_encrypted == b"new"
+    assert await store.rotate_client_secret("nobody", b"x", 1.0, 1.0) is False
+
+
+async def test_app_users_are_made_once_and_keep_the_session_details(store: Store) -> None:
+    await store.create_client(make_client())
+    await make_app_session(store, "acme", "42", "s1")
+    await store.ensure_user(User("acme:42", "acme:42", "", "changed", 9.0, "acme"))
+    view = await store.find_refresh_token("h-s1")
+    assert view is not None
+    assert view.user == User("acme:42", "acme:42", "", "", 1.0, "acme"), "the first one stays"
+    assert (view.session.authorization_details, view.session.username) == ('[{"type":"t"}]', "Bob")
+    assert await store.revoke_user_sessions("acme:42", time.time()) == ["s1"]
+
+
+async def test_deleting_a_client_ends_its_users_and_returns_their_live_sessions(
+    store: Store,
+) -> None:
+    await store.create_client(make_client())
+    await store.create_client(make_client("zeta"))
+    await make_session(store, "mine")
+    await make_app_session(store, "acme", "42", "s1")
+    await make_app_session(store, "acme", "43", "s2")
+    await make_app_session(store, "acme", "43", "s3")
+    await make_app_session(store, "zeta", "42", "z1")
+    now = time.time()
+    await store.revoke_session("s3", now)
+    live = await store.delete_client("acme", now)
+    assert live is not None and [(s.sid, s.user_id) for s in live] == [
+        ("s1", "acme:42"),
+        ("s2", "acme:43"),
+    ]
+    assert await store.get_client("acme") is None
+    for sid in ("s1", "s2", "s3"):
+        assert await store.find_refresh_token(f"h-{sid}") is None
+    assert await store.find_refresh_token("h-z1") is not None
+    assert await store.find_refresh_token("h-mine-0") is not None
+    assert await store.delete_client("acme", now) is None
+
+
+async def test_an_assertion_jti_is_used_once_on_every_replica(open_replica: OpenReplica) -> None:
+    store, other_replica = await open_replica(), await open_replica()
+    results = await asyncio.gather(
+        *((store, other_replica)[i % 2].use_assertion("acme", "j1", 100.0, 50.0) for i in range(20))
+    )
+    assert results.count(True) == 1
+    assert await store.use_assertion("zeta", "j1", 100.0, 50.0) is True, "per client"
+    assert await other_replica.use_assertion("acme", "j1", 200.0, 99.0) is False
+    assert await other_replica.use_assertion("acme", "j1", 200.0, 100.0) is True, "expired"
+    assert await store.use_assertion("acme", "j1", 300.0, 150.0) is False
+    assert await store.purge_expired(150.0) == 1, "zeta's record"
+    assert await store.use_assertion("acme", "j1", 300.0, 150.0) is False

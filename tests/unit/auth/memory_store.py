@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from auth_service.domain.errors import StoreUnavailable, UsernameTaken
 from auth_service.domain.models import (
+    Client,
     OutboxBacklog,
     OutboxItem,
     RefreshToken,
@@ -40,6 +41,8 @@ class MemoryStore:
         self.throttle: dict[str, ThrottleState] = {}
         self.outbox: dict[int, OutboxItem] = {}
         self._outbox_ids = itertools.count(1)
+        self.clients: dict[str, Client] = {}
+        self.assertions: dict[tuple[str, str], float] = {}
 
     async def ping(self) -> None:
         pass
@@ -54,6 +57,13 @@ class MemoryStore:
 
     async def get_user_by_username(self, username: str) -> User | None:
         return next((u for u in self.users.values() if u.username == username), None)
+
+    async def ensure_user(self, user: User) -> None:
+        if user.id not in self.users and user.username not in self._usernames():
+            self.users[user.id] = user
+
+    def _usernames(self) -> set[str]:
+        return {u.username for u in self.users.values()}
 
     async def create_session(self, session: Session, token: RefreshToken) -> None:
         self.sessions[session.sid] = session
@@ -96,6 +106,54 @@ class MemoryStore:
         for sid in revoked:
             self.sessions[sid] = replace(self.sessions[sid], revoked_at=now)
         return sorted(revoked)
+
+    async def create_client(self, client: Client) -> bool:
+        if client.client_id in self.clients:
+            return False
+        self.clients[client.client_id] = client
+        return True
+
+    async def get_client(self, client_id: str) -> Client | None:
+        return self.clients.get(client_id)
+
+    async def list_clients(self) -> list[Client]:
+        return [self.clients[c] for c in sorted(self.clients)]
+
+    async def rotate_client_secret(
+        self, client_id: str, secret_encrypted: bytes, now: float, previous_expires_at: float
+    ) -> bool:
+        client = self.clients.get(client_id)
+        if client is None:
+            return False
+        self.clients[client_id] = replace(
+            client,
+            secret_encrypted=secret_encrypted,
+            secret_rotated_at=now,
+            previous_secret_encrypted=client.secret_encrypted,
+            previous_secret_expires_at=previous_expires_at,
+        )
+        return True
+
+    async def delete_client(self, client_id: str, now: float) -> list[Session] | None:
+        if self.clients.pop(client_id, None) is None:
+            return None
+        users = {u.id for u in self.users.values() if u.client_id == client_id}
+        gone = {sid for sid, s in self.sessions.items() if s.user_id in users}
+        live = [
+            self.sessions[sid]
+            for sid in sorted(gone)
+            if self.sessions[sid].revoked_at is None and self.sessions[sid].expires_at > now
+        ]
+        self.users = {i: u for i, u in self.users.items() if i not in users}
+        self.sessions = {sid: s for sid, s in self.sessions.items() if sid not in gone}
+        self.tokens = {h: t for h, t in self.tokens.items() if t.sid not in gone}
+        return live
+
+    async def use_assertion(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
+        if self.assertions.get((client_id, jti), -math.inf) > now:
+            return False
+        self.assertions[client_id, jti] = expires_at
+        return True
 
     async def list_signing_keys(self) -> list[StoredKey]:
         return sorted(self.keys.values(), key=lambda k: k.generation)
@@ -177,4 +235,7 @@ class MemoryStore:
         self.sessions = {sid: s for sid, s in self.sessions.items() if sid not in sessions}
         for key in throttle:
             del self.throttle[key]
-        return len(tokens) + len(sessions) + len(throttle)
+        assertions = [key for key, until in self.assertions.items() if until < now]
+        for key in assertions:
+            del self.assertions[key]
+        return len(tokens) + len(sessions) + len(throttle) + len(assertions)

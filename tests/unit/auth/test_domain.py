@@ -1,23 +1,15 @@
-"""The auth domain on the in-memory store with an injected clock: milliseconds, no I/O.
-
-The clock starts at the real time only because pyjwt checks access tokens' ``exp`` against it.
-"""
+"""The auth domain on the in-memory store with an injected clock (tests/unit/auth/conftest.py):
+milliseconds, no I/O."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import itertools
 import logging
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import jwt
 import pytest
-from argon2 import PasswordHasher
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from auth_service.domain.errors import (
     InvalidClientToken,
@@ -27,71 +19,9 @@ from auth_service.domain.errors import (
     RefreshReuse,
     Throttled,
 )
-from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
 from auth_service.domain.models import StoredKey
-from auth_service.domain.passwords import Passwords
-from auth_service.domain.service import AuthService, IssuerPolicy
-from auth_service.domain.throttle import LoginThrottle
-from auth_service.domain.tokens import TokenIssuer
-from realtime_gateway_protocol.events import RevocationEvent, SessionRevoked, UserRevoked
-from tests.unit.auth.memory_store import MemoryStore
-
-PASSWORD = "correct horse battery staple"
-GRACE = 10
-POLICY = RotationPolicy(interval=1000, jwks_max_age=100, access_token_ttl=50)
-
-
-@functools.cache
-def _premade_keys() -> list[rsa.RSAPrivateKey]:
-    return [rsa.generate_private_key(65537, 2048) for _ in range(4)]
-
-
-@pytest.fixture(autouse=True)
-def premade_rsa_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Generating RSA keys is the slow part of the domain; a test needs at most four distinct ones."""
-    keys: Iterator[rsa.RSAPrivateKey] = itertools.cycle(_premade_keys())
-    monkeypatch.setattr(rsa, "generate_private_key", lambda *args: next(keys))
-
-
-@dataclass
-class World:
-    store: MemoryStore
-    ring: KeyRing
-    service: AuthService
-    now: float = field(default_factory=lambda: float(int(time.time())))
-    events: list[RevocationEvent] = field(default_factory=list)
-
-    async def register_and_login(self, password: str = PASSWORD) -> Any:
-        await self.service.register("alice", PASSWORD)
-        return await self.service.login("alice", password, address="10.0.0.1")
-
-
-@pytest.fixture
-async def world() -> World:
-    store = MemoryStore()
-    ring = KeyRing(store, KeyCipher(("unit-test-secret-0123456789",)), POLICY)
-    world = World(store, ring, service=None)  # type: ignore[arg-type]
-
-    async def publish(event: RevocationEvent) -> None:
-        world.events.append(event)
-
-    world.service = AuthService(
-        store,
-        TokenIssuer(ring, issuer="http://auth.test", audience="ws", ttl=50, client_id="test"),
-        Passwords(hasher=PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)),
-        LoginThrottle(store),
-        IssuerPolicy(
-            refresh_token_ttl=3600,
-            session_lifetime=86400,
-            refresh_reuse_grace=GRACE,
-            default_scope="chat:read",
-            allow_registration=True,
-        ),
-        publish,
-        clock=lambda: world.now,
-    )
-    await ring.maintain(world.now)
-    return world
+from realtime_gateway_protocol.events import SessionRevoked, UserRevoked
+from tests.unit.auth.conftest import GRACE, PASSWORD, POLICY, World
 
 
 async def test_login_issues_tokens_only_for_the_right_password(world: World) -> None:
