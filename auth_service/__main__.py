@@ -24,7 +24,7 @@ from auth_service.domain.outbox import (
     replay_dead_letters,
 )
 from auth_service.domain.store import Store
-from auth_service.settings import SECRET_FILE, ConfigError, Settings
+from auth_service.settings import SECRET_FILE, ConfigError, Settings, checkout_secret
 from auth_service.store import open_store
 from realtime_gateway_protocol.key_events import (
     KEYS_TOPIC,
@@ -34,7 +34,7 @@ from realtime_gateway_protocol.key_events import (
     encode_key_event,
 )
 from shared.bus import InProcessBus
-from shared.config.kept_secret import kept_secret
+from shared.config.env import env_str, redact_url
 from shared.http.serve import CannotListen, Site, run_workers
 from shared.jsonlog import configure_logging
 from shared.redis.bus import open_bus
@@ -84,16 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "secret":
         return print_secret(os.environ)
     serving = args.command in (None, "serve")
+    configure_logging(env_str(os.environ, "AUTH_LOG_LEVEL", "INFO"))
     try:
         settings = Settings.from_env(os.environ, use_checkout_dev_secret=not serving)
         ssl_context = settings.ssl_context
     except ConfigError as exc:
         print(f"auth_service: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
     try:
         if serving:
             return serve(settings, ssl_context)
+        say_database(settings)
         if args.command == "keys":
             return asyncio.run(keys_command(settings, args.action, args))
         if args.command == "outbox":
@@ -114,6 +115,15 @@ def _kid_is_literal(argv: list[str]) -> list[str]:
     if argv[:2] == ["keys", "revoke"] and len(argv) == 3 and argv[2] not in ("-h", "--help", "--"):
         return [*argv[:2], "--", argv[2]]
     return argv
+
+
+def say_database(settings: Settings) -> None:
+    """Every command that acts on a database names it first: one run without the service's
+    variables would otherwise act on `make run`'s SQLite file, silently."""
+    where = redact_url(settings.database_url)
+    if settings.database_url.startswith("sqlite:"):
+        where += " (SQLite, as `make run` uses; AUTH_DATABASE_URL names another)"
+    print(f"auth_service: database {where}", file=sys.stderr, flush=True)
 
 
 def serve(settings: Settings, ssl_context: ssl.SSLContext | None) -> int:
@@ -152,8 +162,9 @@ def serve(settings: Settings, ssl_context: ssl.SSLContext | None) -> int:
 
 def print_secret(environ: Mapping[str, str]) -> int:
     """The secret on stdout (for ``$(...)``), where it is kept on stderr: the same every time."""
-    path = Path(environ.get("AUTH_DATA_DIR") or ".data") / SECRET_FILE
-    secret, created = kept_secret(path)
+    data_dir = Path(environ.get("AUTH_DATA_DIR") or ".data")
+    path = data_dir / SECRET_FILE
+    secret, created = checkout_secret(data_dir)
     if created:
         note = f"created a key-encryption secret in {path}; keep it, the signing keys need it"
     else:

@@ -161,7 +161,13 @@ async def start_site(site: Site) -> tuple[web.AppRunner, int]:
 
 
 async def serve(sites: Sequence[Site], *, on_started: OnStarted | None = None) -> None:
-    """Start every site, wait for a stop signal, then clean up in reverse order."""
+    """Start every site, wait for a stop signal, then clean up in reverse order.
+
+    Every fixed port is checked first: an app's start-up migrates its database and makes a key,
+    which a process that cannot listen must not do."""
+    for site in sites:
+        if site.port and not site.reuse_port:
+            _check_bind(site.host, site.port)
     runners: list[web.AppRunner] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -308,8 +314,9 @@ class _Supervisor:
 
 
 def _check_bind(host: str, port: int) -> None:
-    """Raise ``CannotListen`` in the parent, before any fork, when the port is taken. The probe
-    does not set ``SO_REUSEPORT``, so another running instance's workers count as taking it."""
+    """Raise ``CannotListen`` when the port is taken (before any app starts, before any fork).
+    The probe does not set ``SO_REUSEPORT``, so another running instance's workers count as
+    taking it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
