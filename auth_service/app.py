@@ -27,6 +27,7 @@ from realtime_gateway_protocol.key_events import KEYS_TOPIC, decode_key_event
 from realtime_gateway_protocol.tasks import cancel_and_wait
 from shared.bus import EventBus
 from shared.config.env import redact_url
+from shared.http import access
 from shared.http.serve import HTTP_TIMEOUTS
 from shared.metrics.mirrored import mirrored
 from shared.redis.bus import open_bus
@@ -88,6 +89,7 @@ def create_app(
     app = web.Application(
         client_max_size=MAX_BODY_BYTES, middlewares=[metrics_middleware, error_middleware]
     )
+    access.setup(app)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[HTTP_TIMEOUTS] = app[METRICS].limit_hits.labels("http_timeout").inc
