@@ -14,6 +14,7 @@ import re
 import sys
 import time
 from contextvars import ContextVar
+from types import TracebackType
 from typing import Any
 
 __all__ = ["REDACTED", "REQUEST_ID", "JsonFormatter", "audit", "configure_logging", "fingerprint"]
@@ -52,12 +53,22 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO") -> None:
+    """JSON lines on stderr for every logger, Python's warnings and an uncaught exception too:
+    nothing a process writes is plain text a log shipper cannot parse."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(
+    kind: type[BaseException], value: BaseException, traceback: TracebackType | None
+) -> None:
+    logging.getLogger().critical("uncaught exception", exc_info=(kind, value, traceback))
 
 
 def audit(event: str, **fields: Any) -> None:
