@@ -1,10 +1,15 @@
-"""``python -m auth_service``: serve, or manage keys and users."""
+"""``python -m auth_service``: serve, or manage keys and users.
+
+Every setting comes from the environment (README, "Configuration"). The commands act on the
+database AUTH_DATABASE_URL names (`make run`'s SQLite file without it) and name it first.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import getpass
+import logging
 import os
 import ssl
 import sys
@@ -39,12 +44,18 @@ from shared.http.serve import CannotListen, Site, run_workers
 from shared.jsonlog import configure_logging
 from shared.redis.bus import open_bus
 
+log = logging.getLogger("auth_service")
+
 ANNOUNCE_WAIT = 3 * OUTBOX_INTERVAL
 """How long ``keys rotate`` and ``keys revoke`` wait for a running service to take the announcement."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m auth_service", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m auth_service",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the HTTP service (the default)")
     sub.add_parser(
@@ -89,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env(os.environ, use_checkout_dev_secret=not serving)
         ssl_context = settings.ssl_context
     except ConfigError as exc:
-        print(f"auth_service: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return refuse(serving, f"configuration error: {exc}", 2)
     try:
         if serving:
             return serve(settings, ssl_context)
@@ -101,12 +111,20 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(outbox_command(settings, args))
         return asyncio.run(create_user(settings, args.username, args.scope))
     except AuthError as exc:
-        print(f"auth_service: {exc.description}", file=sys.stderr)
-        return 1
+        return refuse(serving, exc.description, 1)
     except CannotListen as exc:
         hint = " (is another auth_service or `make run` running?)" if exc.in_use else ""
-        print(f"auth_service: {exc}{hint}; set AUTH_PORT to use another port", file=sys.stderr)
-        return 1
+        return refuse(serving, f"{exc}{hint}; set AUTH_PORT to use another port", 1)
+
+
+def refuse(serving: bool, message: str, status: int) -> int:
+    """The service says why it stops in a JSON line, like every other line it writes; a command
+    says it in plain text to the person who typed it."""
+    if serving:
+        log.error(message)
+    else:
+        print(f"auth_service: {message}", file=sys.stderr)
+    return status
 
 
 def _kid_is_literal(argv: list[str]) -> list[str]:
@@ -131,12 +149,11 @@ def serve(settings: Settings, ssl_context: ssl.SSLContext | None) -> int:
     workers = f" ({settings.workers} workers)" if settings.workers > 1 else ""
 
     def listening() -> None:
-        print(f"auth_service listening on {url}{workers}", flush=True)
+        log.info(f"auth_service listening on {url}{workers}", extra={"url": url})
         if not settings.redis_url:
-            print(
+            log.warning(
                 "auth_service event bus: in-process (no REDIS_URL): revocations reach no "
-                "ws_service in another process",
-                flush=True,
+                "ws_service in another process"
             )
 
     def sites(reuse_port: bool) -> list[Site]:

@@ -346,7 +346,7 @@ def _worker(build: Callable[[bool], Sequence[Site]], ready_w: int | None) -> int
         run(build(True), on_started=started)
         return 0
     except CannotListen as exc:
-        print(f"worker {os.getpid()}: {exc}", file=sys.stderr)
+        log.error(f"worker {os.getpid()}: {exc}")
         return 1
     except Exception:
         log.exception("worker failed")
