@@ -139,7 +139,13 @@ async def start_site(site: Site) -> tuple[web.AppRunner, int]:
         shutdown_timeout=site.shutdown_timeout,
         keepalive_timeout=site.http_timeout,
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        # The resources opened before the failing one are closed now (a pool, a task), not
+        # garbage-collected at exit with an error line of their own before the reason.
+        await runner.cleanup()
+        raise
     assert runner.server is not None
     runner.server.__class__ = _JsonErrorServer
     runner.server.on_timeout = site.app.get(HTTP_TIMEOUTS)  # type: ignore[attr-defined]
