@@ -178,6 +178,7 @@ def checkout_secret(data_dir: Path) -> tuple[str, bool]:
 
 
 def dev_secret(data_dir: Path) -> str:
+    """AUTH_DEV=1's secret: the checkout's, with a loud warning the first time it is made."""
     secret, created = checkout_secret(data_dir)
     if created:
         log.warning(

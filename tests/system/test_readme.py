@@ -40,9 +40,8 @@ RULES = [
 ]
 
 
-# What `make run` reads besides itself: the files its .venv stamp depends on.
-MAKE_RUN_FILES = [
-    "Makefile",
+# The files `make run`'s .venv stamp depends on.
+STAMP_SOURCES = [
     "pyproject.toml",
     "protocol/pyproject.toml",
     "clients/python/pyproject.toml",
@@ -51,13 +50,16 @@ MAKE_RUN_FILES = [
 
 
 def checkout(tmp_path: Path, name: str) -> Path:
-    """A fresh directory to run in, as a new clone with `make run`'s .venv already built."""
+    """A fresh directory to run in, as a new clone with `make run`'s .venv already built: the
+    stamp's sources are copies older than it, whatever this checkout's own times are."""
     workdir = tmp_path / name
     workdir.mkdir()
     (workdir / ".venv").symlink_to(ROOT / ".venv")
-    for name in MAKE_RUN_FILES:
-        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
-        (workdir / name).symlink_to(ROOT / name)
+    (workdir / "Makefile").symlink_to(ROOT / "Makefile")
+    for source in STAMP_SOURCES:
+        (workdir / source).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / source).write_bytes((ROOT / source).read_bytes())
+        os.utime(workdir / source, (0, 0))
     return workdir
 
 
