@@ -27,8 +27,9 @@ $(STAMP): pyproject.toml protocol/pyproject.toml clients/python/pyproject.toml r
 	@touch $(STAMP)
 	@echo "$(VENV) is ready."
 
+# Not echoed: what `make run` prints is its banner and the services' JSON lines, nothing else.
 run: $(STAMP)
-	AUTH_DEV=$${AUTH_DEV:-1} exec $(PY) -m services
+	@AUTH_DEV=$${AUTH_DEV:-1} exec $(PY) -m services
 
 # Debian package $(1) unpacked into $(VENV)/$(1): no root, no system service. Where it cannot be
 # fetched, the tests that need it ($(2)) are skipped with the reason (and fail under CI=true).

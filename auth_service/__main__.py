@@ -1,4 +1,8 @@
-"""``python -m auth_service``: serve, or manage keys, users and clients."""
+"""``python -m auth_service``: serve, or manage keys, users and clients.
+
+Every setting comes from the environment (README, "Configuration"). The commands act on the
+database AUTH_DATABASE_URL names (`make run`'s SQLite file without it) and name it first.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import logging
 import os
 import ssl
 import sys
@@ -26,7 +31,7 @@ from auth_service.domain.outbox import (
     replay_dead_letters,
 )
 from auth_service.domain.store import Store
-from auth_service.settings import SECRET_FILE, ConfigError, Settings
+from auth_service.settings import SECRET_FILE, ConfigError, Settings, checkout_secret
 from auth_service.store import open_store
 from realtime_gateway_protocol.events import REVOCATIONS_TOPIC, RevocationEvent, encode_event
 from realtime_gateway_protocol.key_events import (
@@ -37,17 +42,23 @@ from realtime_gateway_protocol.key_events import (
     encode_key_event,
 )
 from shared.bus import InProcessBus
-from shared.config.kept_secret import kept_secret
+from shared.config.env import env_str, redact_url
 from shared.http.serve import CannotListen, Site, run_workers
 from shared.jsonlog import configure_logging
 from shared.redis.bus import open_bus
+
+log = logging.getLogger("auth_service")
 
 ANNOUNCE_WAIT = 3 * OUTBOX_INTERVAL
 """How long ``keys rotate`` and ``keys revoke`` wait for a running service to take the announcement."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m auth_service", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m auth_service",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the HTTP service (the default)")
     sub.add_parser(
@@ -88,16 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "secret":
         return print_secret(os.environ)
     serving = args.command in (None, "serve")
+    configure_logging(env_str(os.environ, "AUTH_LOG_LEVEL", "INFO"))
     try:
         settings = Settings.from_env(os.environ, use_checkout_dev_secret=not serving)
         ssl_context = settings.ssl_context
     except ConfigError as exc:
-        print(f"auth_service: configuration error: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level)
+        return refuse(serving, f"configuration error: {exc}", 2)
     try:
         if serving:
             return serve(settings, ssl_context)
+        say_database(settings)
         if args.command == "keys":
             return asyncio.run(keys_command(settings, args.action, args))
         if args.command == "outbox":
@@ -106,12 +117,20 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(clients_command(settings, args))
         return asyncio.run(create_user(settings, args.username, args.scope))
     except AuthError as exc:
-        print(f"auth_service: {exc.description}", file=sys.stderr)
-        return 1
+        return refuse(serving, exc.description, 1)
     except CannotListen as exc:
         hint = " (is another auth_service or `make run` running?)" if exc.in_use else ""
-        print(f"auth_service: {exc}{hint}; set AUTH_PORT to use another port", file=sys.stderr)
-        return 1
+        return refuse(serving, f"{exc}{hint}; set AUTH_PORT to use another port", 1)
+
+
+def refuse(serving: bool, message: str, status: int) -> int:
+    """The service says why it stops in a JSON line, like every other line it writes; a command
+    says it in plain text to the person who typed it."""
+    if serving:
+        log.error(message)
+    else:
+        print(f"auth_service: {message}", file=sys.stderr)
+    return status
 
 
 def _kid_is_literal(argv: list[str]) -> list[str]:
@@ -122,17 +141,25 @@ def _kid_is_literal(argv: list[str]) -> list[str]:
     return argv
 
 
+def say_database(settings: Settings) -> None:
+    """Every command that acts on a database names it first: one run without the service's
+    variables would otherwise act on `make run`'s SQLite file, silently."""
+    where = redact_url(settings.database_url)
+    if settings.database_url.startswith("sqlite:"):
+        where += " (SQLite, as `make run` uses; AUTH_DATABASE_URL names another)"
+    print(f"auth_service: database {where}", file=sys.stderr, flush=True)
+
+
 def serve(settings: Settings, ssl_context: ssl.SSLContext | None) -> int:
     url = f"{'https' if ssl_context else 'http'}://{settings.host}:{settings.port}"
     workers = f" ({settings.workers} workers)" if settings.workers > 1 else ""
 
     def listening() -> None:
-        print(f"auth_service listening on {url}{workers}", flush=True)
+        log.info(f"auth_service listening on {url}{workers}", extra={"url": url})
         if not settings.redis_url:
-            print(
+            log.warning(
                 "auth_service event bus: in-process (no REDIS_URL): revocations reach no "
-                "ws_service in another process",
-                flush=True,
+                "ws_service in another process"
             )
 
     def sites(reuse_port: bool) -> list[Site]:
@@ -158,8 +185,9 @@ def serve(settings: Settings, ssl_context: ssl.SSLContext | None) -> int:
 
 def print_secret(environ: Mapping[str, str]) -> int:
     """The secret on stdout (for ``$(...)``), where it is kept on stderr: the same every time."""
-    path = Path(environ.get("AUTH_DATA_DIR") or ".data") / SECRET_FILE
-    secret, created = kept_secret(path)
+    data_dir = Path(environ.get("AUTH_DATA_DIR") or ".data")
+    path = data_dir / SECRET_FILE
+    secret, created = checkout_secret(data_dir)
     if created:
         note = f"created a key-encryption secret in {path}; keep it, the signing keys need it"
     else:

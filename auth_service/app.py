@@ -27,6 +27,8 @@ from auth_service.store import open_store
 from realtime_gateway_protocol.key_events import KEYS_TOPIC, decode_key_event
 from realtime_gateway_protocol.tasks import cancel_and_wait
 from shared.bus import EventBus
+from shared.config.env import redact_url
+from shared.http import access
 from shared.http.serve import HTTP_TIMEOUTS
 from shared.metrics.mirrored import mirrored
 from shared.redis.bus import open_bus
@@ -90,6 +92,7 @@ def create_app(
     app = web.Application(
         client_max_size=MAX_BODY_BYTES, middlewares=[metrics_middleware, error_middleware]
     )
+    access.setup(app)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[HTTP_TIMEOUTS] = app[METRICS].limit_hits.labels("http_timeout").inc
@@ -131,9 +134,9 @@ def create_app(
 
     async def domain_ctx(app: web.Application) -> AsyncIterator[None]:
         ring = build_keyring(settings, app[STORE])
+        await ring.open(settings.secrets_source, redact_url(settings.database_url))
         if await ring.maintain(clock()):
             app[METRICS].key_rotations.inc()
-        ring.check_unlocked()
         app[KEYRING] = ring
         app[SERVICE] = build_service(
             settings, app[STORE], ring, app[PUBLISHER], app[METRICS], clock

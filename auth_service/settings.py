@@ -25,12 +25,15 @@ from shared.config.env import (
 from shared.config.kept_secret import kept_secret
 from shared.config.tls import server_context
 
-__all__ = ["DEV_SECRET_FILE", "SECRET_FILE", "ConfigError", "Settings", "dev_secret"]
+__all__ = ["SECRET_FILE", "ConfigError", "Settings", "checkout_secret"]
 
 log = logging.getLogger(__name__)
 
-DEV_SECRET_FILE = "dev-key-encryption-secret"  # noqa: S105 (a file name)
-SECRET_FILE = "key-encryption-secret"  # noqa: S105 (a file name: `python -m auth_service secret`)
+SECRET_FILE = "key-encryption-secret"  # noqa: S105 (a file name)
+"""The one secret file of a checkout: `make run` (AUTH_DEV=1), the commands beside it, and
+`python -m auth_service secret` for the PostgreSQL path all use it, so they open the same keys."""
+_OLD_DEV_SECRET_FILE = "dev-key-encryption-secret"  # noqa: S105 (a file name)
+SECRETS_VARIABLE = "AUTH_KEY_ENCRYPTION_SECRETS"
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "dev", "test", "example"}
 MIN_SECRET_LENGTH = 16
 
@@ -48,6 +51,8 @@ class Settings:
     session_lifetime: int = 2_592_000
     refresh_reuse_grace: int = 10
     key_encryption_secrets: tuple[str, ...] = field(default=(), repr=False)
+    secrets_source: str = SECRETS_VARIABLE
+    """Where the secrets came from (a variable or a file), for the banner and error messages."""
     jwks_max_age: int = 300
     key_rotation_interval: int = 86_400
     default_scope: str = "chat:read chat:write"
@@ -55,7 +60,6 @@ class Settings:
     dev: bool = False
     forwarded_allow_ips: tuple[str, ...] = ()
     redis_url: str = ""
-    log_level: str = "INFO"
     tls_cert: str = ""
     tls_key: str = ""
     cors_origins: tuple[str, ...] = ()
@@ -108,19 +112,20 @@ class Settings:
         cls, environ: Mapping[str, str] = os.environ, *, use_checkout_dev_secret: bool = False
     ) -> Settings:
         """``use_checkout_dev_secret``: the management commands, run beside ``make run``, use the
-        dev secret its data dir already holds (never creating one) when nothing else is set."""
+        secret its data dir already holds (never creating one) when nothing else is set."""
         host = env_str(environ, "AUTH_HOST", "127.0.0.1")
         port = env_int(environ, "AUTH_PORT", 8081, minimum=0)
         data_dir = Path(env_str(environ, "AUTH_DATA_DIR", ".data"))
         dev = env_bool(environ, "AUTH_DEV", False)
-        secrets_ = split_list(env_secret(environ, "AUTH_KEY_ENCRYPTION_SECRETS"))
+        secrets_ = split_list(env_secret(environ, SECRETS_VARIABLE))
+        source = secrets_source(environ)
         database_url = env_secret_url(environ, "AUTH_DATABASE_URL", "AUTH_DATABASE_PASSWORD")
         embedded_db = not database_url
         if not secrets_ and (
-            dev
-            or (use_checkout_dev_secret and embedded_db and (data_dir / DEV_SECRET_FILE).exists())
+            dev or (use_checkout_dev_secret and embedded_db and checkout_secret_path(data_dir))
         ):
             secrets_ = (dev_secret(data_dir),)
+            source = f"{data_dir / SECRET_FILE}{' (AUTH_DEV=1)' if dev else ''}"
         return cls(
             host=host,
             port=port,
@@ -133,6 +138,7 @@ class Settings:
             session_lifetime=env_int(environ, "AUTH_SESSION_LIFETIME", 2_592_000, minimum=1),
             refresh_reuse_grace=env_int(environ, "AUTH_REFRESH_REUSE_GRACE", 10),
             key_encryption_secrets=secrets_,
+            secrets_source=source,
             jwks_max_age=env_int(environ, "AUTH_JWKS_MAX_AGE", 300),
             key_rotation_interval=env_int(environ, "AUTH_KEY_ROTATION_INTERVAL", 86_400, minimum=1),
             default_scope=env_str(environ, "AUTH_DEFAULT_SCOPE", "chat:read chat:write"),
@@ -140,7 +146,6 @@ class Settings:
             dev=dev,
             forwarded_allow_ips=env_list(environ, "AUTH_FORWARDED_ALLOW_IPS"),
             redis_url=env_secret_url(environ, "REDIS_URL", "REDIS_PASSWORD"),
-            log_level=env_str(environ, "AUTH_LOG_LEVEL", "INFO"),
             tls_cert=env_str(environ, "AUTH_TLS_CERT", ""),
             tls_key=env_str(environ, "AUTH_TLS_KEY", ""),
             cors_origins=env_list(environ, "AUTH_CORS_ORIGINS"),
@@ -151,14 +156,34 @@ class Settings:
         )
 
 
+def secrets_source(environ: Mapping[str, str]) -> str:
+    file = environ.get(f"{SECRETS_VARIABLE}_FILE", "").strip()
+    return f"{SECRETS_VARIABLE}_FILE={file}" if file else SECRETS_VARIABLE
+
+
+def checkout_secret_path(data_dir: Path) -> Path | None:
+    """The secret file kept in the data dir, when there is one. A checkout's older
+    ``dev-key-encryption-secret`` (what `make run` kept before both paths shared one file) is
+    renamed to it, so the keys its database holds stay readable."""
+    path, old = data_dir / SECRET_FILE, data_dir / _OLD_DEV_SECRET_FILE
+    if old.exists() and not path.exists():
+        old.rename(path)
+    return path if path.exists() else None
+
+
+def checkout_secret(data_dir: Path) -> tuple[str, bool]:
+    """The secret kept in ``data_dir/key-encryption-secret``, created once; True if just made."""
+    checkout_secret_path(data_dir)
+    return kept_secret(data_dir / SECRET_FILE)
+
+
 def dev_secret(data_dir: Path) -> str:
-    """Read, or create once, the development key-encryption secret kept in the data dir."""
-    path = data_dir / DEV_SECRET_FILE
-    secret, created = kept_secret(path)
+    """AUTH_DEV=1's secret: the checkout's, with a loud warning the first time it is made."""
+    secret, created = checkout_secret(data_dir)
     if created:
         log.warning(
-            "AUTH_DEV=1: generated a development key-encryption secret; "
-            "never use dev mode in production",
-            extra={"path": str(path)},
+            "AUTH_DEV=1: created the key-encryption secret kept in the data dir; never use dev "
+            "mode in production",
+            extra={"path": str(data_dir / SECRET_FILE)},
         )
     return secret

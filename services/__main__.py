@@ -1,21 +1,27 @@
 """``python -m services``: the whole stack in one process on embedded defaults (what `make run` runs).
 
 Every service shares one in-process event bus, so a logout on auth_service reaches the sockets.
-Each service reads its own variables from the environment; AUTH_DEV defaults to 1 here.
+Each service reads its own variables from the environment (README, "Configuration"); AUTH_DEV
+defaults to 1 here. Its output is JSON lines on stderr, and one banner on stdout once both
+services are ready.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
 import os
 import sys
 import time
 
 from auth_service.domain.errors import AuthError
 from services.embedded import Stack, build_stack
-from shared.config.env import ConfigError
+from shared.config.env import ConfigError, env_str
 from shared.http.serve import CannotListen, run
 from shared.jsonlog import configure_logging
+
+log = logging.getLogger("services")
 
 READY_WAIT = 10.0
 """How long the banner waits for both services before it says which one is not ready."""
@@ -36,29 +42,33 @@ async def announce(stack: Stack) -> None:
         await asyncio.sleep(1.0)
         ready = all(state.ready for state in (await stack.readiness()).values())
     if time.monotonic() >= deadline:
-        print("realtime gateway is up now: both services are ready", flush=True)
+        log.info("realtime gateway is up now: both services are ready")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="python -m services",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
     environ = {**os.environ}
     environ.setdefault("AUTH_DEV", "1")
+    configure_logging(env_str(environ, "LOG_LEVEL", "INFO"))
     try:
         stack = build_stack(environ)
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        log.error(f"configuration error: {exc}")
         return 2
-    configure_logging(environ.get("LOG_LEVEL", "INFO"))
     try:
         run(stack.sites, on_started=lambda: announce(stack))
     except AuthError as exc:
-        print(f"auth_service: {exc.description}", file=sys.stderr)
+        log.error(f"auth_service: {exc.description}")
         return 1
     except CannotListen as exc:
         hint = " (is another `make run` running?)" if exc.in_use else ""
-        print(
+        log.error(
             f"cannot start: {exc}{hint}; stop it, or pick other ports with "
-            "AUTH_PORT=... WS_PORT=... make run",
-            file=sys.stderr,
+            "AUTH_PORT=... WS_PORT=... make run"
         )
         return 1
     return 0

@@ -32,6 +32,8 @@ class Stack:
     lines: list[str]
     auth_app: web.Application
     ws_app: web.Application
+    mode: str = ""
+    """How it runs, after "is up": the banner says what was set, never a fixed guess."""
 
     async def readiness(self) -> dict[str, Readiness]:
         return {
@@ -47,7 +49,7 @@ class Stack:
             for name, why in state.failing.items()
         ]
         head = (
-            ["realtime gateway is up (embedded mode, dev keys)"]
+            [f"realtime gateway is up{self.mode}"]
             if not failing
             else ["realtime gateway started, but is not ready yet:", *failing]
         )
@@ -90,10 +92,12 @@ def build_stack(environ: Mapping[str, str]) -> Stack:
         f"ws_service    {ws_url}",
         key_line,
         f"database      {redact_url(auth.database_url)}",
+        f"secret        key encryption from {auth.secrets_source}",
         "",
         "Try it: create two users, then chat in two terminals:",
         "  .venv/bin/python -m auth_service users create bob   (and carol)",
         "  .venv/bin/python -m realtime_gateway_client.chat --user bob   (and --user carol in another)",
         "README.md has curl examples for every endpoint.",
     ]
-    return Stack(sites, lines, auth_app, ws_app)
+    mode = " (one process, development mode: AUTH_DEV=1)" if auth.dev else " (one process)"
+    return Stack(sites, lines, auth_app, ws_app, mode)

@@ -5,6 +5,7 @@ It uses only the standard library so the runtime image needs no curl or wget.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import urllib.error
@@ -16,8 +17,13 @@ __all__ = ["is_ready", "main", "readyz_url"]
 
 def readyz_url(argv: Sequence[str], environ: Mapping[str, str]) -> str:
     """The URL given on the command line, else ``/readyz`` on AUTH_PORT or WS_PORT."""
-    if argv:
-        return argv[0]
+    parser = argparse.ArgumentParser(prog="python -m services.healthcheck", description=__doc__)
+    parser.add_argument(
+        "url", nargs="?", help="the URL to check (default: /readyz on AUTH_PORT or WS_PORT)"
+    )
+    url: str | None = parser.parse_args(argv).url
+    if url:
+        return url
     port = environ.get("AUTH_PORT") or environ.get("WS_PORT")
     if not port:
         raise SystemExit("healthcheck: pass a URL or set AUTH_PORT or WS_PORT")

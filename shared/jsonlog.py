@@ -1,4 +1,9 @@
-"""Structured JSON logs. Audit events go through :func:`audit`; callers never pass secrets."""
+"""Structured JSON logs. Audit events go through :func:`audit`; callers never pass secrets.
+
+Every line carries the ``request_id`` of the request being served, when there is one: the HTTP
+layer sets :data:`REQUEST_ID` in the request's own task (``shared.http.access``), so an audit line
+of a login, or of anything a WebSocket does on its handler's task, names the request it came from.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,18 @@ import logging
 import re
 import sys
 import time
+from contextvars import ContextVar
+from types import TracebackType
 from typing import Any
 
-__all__ = ["REDACTED", "JsonFormatter", "audit", "configure_logging", "fingerprint"]
+__all__ = ["REDACTED", "REQUEST_ID", "JsonFormatter", "audit", "configure_logging", "fingerprint"]
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _audit_log = logging.getLogger("audit")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,2}")
 """A JWT (an access token, a ticket) or the start of one: base64url JSON, ``{"`` first."""
 REDACTED = "[redacted-jwt]"
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,6 +41,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 entry[key] = value
@@ -42,12 +53,22 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO") -> None:
+    """JSON lines on stderr for every logger, Python's warnings and an uncaught exception too:
+    nothing a process writes is plain text a log shipper cannot parse."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(
+    kind: type[BaseException], value: BaseException, traceback: TracebackType | None
+) -> None:
+    logging.getLogger().critical("uncaught exception", exc_info=(kind, value, traceback))
 
 
 def audit(event: str, **fields: Any) -> None:

@@ -1,38 +1,52 @@
-"""``python -m ws_service``: read the environment, log JSON, serve (WSS when given a certificate)."""
+"""``python -m ws_service``: read the environment, log JSON, serve (WSS when given a certificate).
+
+Every setting is an environment variable (README, "Configuration"); the issuer and its key set
+default to an auth_service at AUTH_HOST:AUTH_PORT. It needs REDIS_URL (the Redis auth_service
+announces logouts on), or WS_LOCAL_BUS=1 to accept an in-process event bus that hears no logout
+made through another process."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import sys
 
-from shared.config.env import ConfigError, redact_url
+from shared.config.env import ConfigError, env_str, redact_url
 from shared.http.serve import CannotListen, Site, run_workers
 from shared.jsonlog import configure_logging
 from ws_service.app import create_app
 from ws_service.settings import Settings
 
+log = logging.getLogger("ws_service")
 
-def main() -> None:
-    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m ws_service",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
+    configure_logging(env_str(os.environ, "LOG_LEVEL", "INFO"))
     try:
         settings = Settings.from_env(os.environ)
         ssl_context = settings.ssl_context
         app = create_app(settings)
     except ConfigError as exc:
-        sys.exit(f"ws_service: {exc}")
+        log.error(f"configuration error: {exc}")
+        sys.exit(2)
     url = f"{'wss' if ssl_context else 'ws'}://{settings.host}:{settings.port}/ws"
 
     workers = f" ({settings.workers} workers)" if settings.workers > 1 else ""
 
     def listening() -> None:
-        print(f"ws_service listening on {url}{workers}", flush=True)
+        log.info(f"ws_service listening on {url}{workers}", extra={"url": url})
         if settings.redis_url:
-            print(f"ws_service event bus: Redis at {redact_url(settings.redis_url)}", flush=True)
+            log.info(f"ws_service event bus: Redis at {redact_url(settings.redis_url)}")
         else:
-            print(
+            log.warning(
                 "ws_service event bus: in-process (WS_LOCAL_BUS=1): logouts made through an "
-                "auth_service in another process do NOT reach these sockets",
-                flush=True,
+                "auth_service in another process do NOT reach these sockets"
             )
 
     def sites(reuse_port: bool) -> list[Site]:
@@ -58,7 +72,8 @@ def main() -> None:
             on_listening=listening,
         )
     except CannotListen as exc:
-        sys.exit(f"ws_service: {exc}; set WS_PORT to use another port")
+        log.error(f"{exc}; set WS_PORT to use another port")
+        sys.exit(1)
     sys.exit(status)
 
 

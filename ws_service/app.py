@@ -17,6 +17,7 @@ from realtime_gateway_protocol.key_events import KEYS_TOPIC
 from realtime_gateway_protocol.tasks import cancel_and_wait
 from shared.bus import BusUnavailable, EventBus
 from shared.config.env import ConfigError
+from shared.http import access
 from shared.http.responses import http_exception_json
 from shared.http.serve import HTTP_TIMEOUTS
 from shared.metrics.mirrored import mirrored
@@ -72,6 +73,7 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
             "an in-process bus that hears no revocation from another process"
         )
     app = web.Application(middlewares=[_json_errors])
+    access.setup(app)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[HTTP_TIMEOUTS] = app[METRICS].limit_hits.labels("http_timeout").inc

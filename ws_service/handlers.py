@@ -7,10 +7,11 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from aiohttp import WSMsgType, hdrs, web
+from aiohttp import WSMessage, WSMsgType, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from realtime_gateway_protocol.close_codes import Disconnect
+from shared.http import access
 from shared.http.auth import bearer_matches
 from shared.http.forwarded import client_address
 from shared.http.readiness import Readiness, readiness_response
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 
 _CONTROL = frozenset({WSMsgType.PING, WSMsgType.PONG})
+_DATA = frozenset({WSMsgType.TEXT, WSMsgType.BINARY})
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -82,6 +84,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     )
     sockets.add(peer)
     task = asyncio.current_task()
+    msg: WSMessage | None = None
+    frames_in = 0
     try:
         if claims is not None:
             await conn.authenticated_at_handshake(claims)
@@ -96,6 +100,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 break
             finally:
                 peer.reader = None
+            if msg.type in _DATA:
+                frames_in += 1
             unauthenticated = conn.state is State.AWAITING_AUTH
             if (unauthenticated or msg.type in _CONTROL) and not frames.take(time.monotonic()):
                 if not conn.closing:
@@ -117,6 +123,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         conn.disconnected()
         await peer.finish(settings.close_timeout)
         sockets.discard(peer)
+        access.websocket_closed(request, peer.session_end(msg, frames_in))
     return ws
 
 

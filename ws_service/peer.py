@@ -26,9 +26,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
-from aiohttp import web
+from aiohttp import WSMessage, WSMsgType, web
 
 from realtime_gateway_protocol.close_codes import Disconnect
+from shared.http.access import SessionEnd
 
 __all__ = ["WebSocketPeer"]
 
@@ -51,6 +52,7 @@ class WebSocketPeer:
         "_transport",
         "_writer",
         "reader",
+        "sent",
         "ws",
     )
 
@@ -76,6 +78,8 @@ class WebSocketPeer:
         self._closing = False
         self._finished = False
         self._done: asyncio.Event | None = None  # made only if someone waits (shutdown)
+        self.sent = 0
+        """Frames written or queued, for the session's access line."""
 
     @property
     def queued_bytes(self) -> int:
@@ -88,6 +92,7 @@ class WebSocketPeer:
         if self._closing:
             return
         if self._outbox is None and self._writer is None and self._write_now(text):
+            self.sent += 1
             return
         if self._queued + len(text) > self._max_bytes:
             self._outbox = None
@@ -98,6 +103,7 @@ class WebSocketPeer:
             return
         self._queued += len(text)
         self._queue().append(text)
+        self.sent += 1
         self._start_writer()
 
     def close(self, code: int, reason: str) -> None:
@@ -128,6 +134,19 @@ class WebSocketPeer:
         self._finished = True
         if self._done is not None:
             self._done.set()
+
+    def session_end(self, last: WSMessage | None, frames_in: int) -> SessionEnd:
+        """How the session ended, for its access line: the code and reason of the side that closed
+        first (this side's, else the client's close frame, ``last``, the handler's last message)."""
+        sent = self.sent
+        if self._close is not None:
+            return SessionEnd(self._close.code, self._close.reason, frames_in, sent)
+        reason = ""
+        if last is not None and last.type is WSMsgType.CLOSE:
+            reason = str(last.extra or "")
+        elif last is not None and last.type is WSMsgType.ERROR:
+            reason = str(last.data)
+        return SessionEnd(self.ws.close_code, reason, frames_in, sent)
 
     async def wait_finished(self) -> None:
         if self._finished:

@@ -134,7 +134,14 @@ class KeyRing:
     def keys(self) -> list[LoadedKey]:
         return list(self._keys)
 
-    async def reload(self) -> None:
+    async def open(self, secrets_source: str, database: str) -> None:
+        """The first load, at start-up: a ring no configured secret opens stops it with the one
+        error that says why, and no line per key before it (:meth:`check_unlocked`)."""
+        await self.reload(report=False)
+        self.check_unlocked(secrets_source, database)
+
+    async def reload(self, *, report: bool = True) -> None:
+        """Load the stored keys; ``report`` logs each that no configured secret decrypts."""
         stored = await self._store.list_signing_keys()
         loaded = []
         for row in stored:
@@ -142,14 +149,14 @@ class KeyRing:
             if known is not None and known.private_key is not None:
                 loaded.append(known)
                 continue
-            loaded.append(await asyncio.to_thread(self._load, row))
+            loaded.append(await asyncio.to_thread(self._load, row, report))
         self._keys = loaded
         self._by_kid = {key.kid: key for key in loaded}
         self._public_keys = {
             kid: self._public_keys.get(kid) or key.public_key for kid, key in self._by_kid.items()
         }
 
-    def _load(self, row: StoredKey) -> LoadedKey:
+    def _load(self, row: StoredKey, report: bool) -> LoadedKey:
         private: rsa.RSAPrivateKey | None = None
         try:
             der = self._cipher.decrypt(row.kid, row.private_key_encrypted)
@@ -157,21 +164,26 @@ class KeyRing:
             if isinstance(key, rsa.RSAPrivateKey):
                 private = key
         except KeyRingError as exc:
-            log.error("signing key unusable", extra={"kid": row.kid, "reason": str(exc)})
+            if report:
+                log.error("signing key unusable", extra={"kid": row.kid, "reason": str(exc)})
         return LoadedKey(
             row.kid, row.generation, row.activate_at, json.loads(row.public_jwk), private
         )
 
-    def check_unlocked(self) -> None:
+    def check_unlocked(self, secrets_source: str, database: str) -> None:
         """Refuse a ring that no configured secret opens: it could never sign again, and serving
-        on it would answer every login 503 with nothing in the logs saying why at start-up."""
+        on it would answer every login 503 with nothing in the logs saying why at start-up. The
+        message names where the secret came from and the database, so the operator sees which
+        two disagree."""
         if not self._keys or any(key.private_key is not None for key in self._keys):
             return
         raise KeyRingError(
-            f"none of AUTH_KEY_ENCRYPTION_SECRETS decrypts the {len(self._keys)} signing key(s) "
-            "in the database (was the secret generated anew in this shell?). Start with the "
-            "secret they were stored with (AUTH_KEY_ENCRYPTION_SECRETS=new,old keeps both), or "
-            "re-key on purpose with `python -m auth_service keys rotate --immediate` (a new key "
+            f"the key-encryption secret from {secrets_source} decrypts none of the "
+            f"{len(self._keys)} signing key(s) in {database}: another secret stored them. Start "
+            "with that one (the AUTH_KEY_ENCRYPTION_SECRETS the service first ran with, or the "
+            "key-encryption-secret file in the data dir of the checkout that made them; "
+            "AUTH_KEY_ENCRYPTION_SECRETS=new,old keeps both), or re-key on purpose with "
+            "`python -m auth_service keys rotate --immediate` and the same variables (a new key "
             "signs at once; tokens the old keys signed stay valid until they expire)."
         )
 

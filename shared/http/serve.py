@@ -139,7 +139,13 @@ async def start_site(site: Site) -> tuple[web.AppRunner, int]:
         shutdown_timeout=site.shutdown_timeout,
         keepalive_timeout=site.http_timeout,
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        # The resources opened before the failing one are closed now (a pool, a task), not
+        # garbage-collected at exit with an error line of their own before the reason.
+        await runner.cleanup()
+        raise
     assert runner.server is not None
     runner.server.__class__ = _JsonErrorServer
     runner.server.on_timeout = site.app.get(HTTP_TIMEOUTS)  # type: ignore[attr-defined]
@@ -161,7 +167,13 @@ async def start_site(site: Site) -> tuple[web.AppRunner, int]:
 
 
 async def serve(sites: Sequence[Site], *, on_started: OnStarted | None = None) -> None:
-    """Start every site, wait for a stop signal, then clean up in reverse order."""
+    """Start every site, wait for a stop signal, then clean up in reverse order.
+
+    Every fixed port is checked first: an app's start-up migrates its database and makes a key,
+    which a process that cannot listen must not do."""
+    for site in sites:
+        if site.port and not site.reuse_port:
+            _check_bind(site.host, site.port)
     runners: list[web.AppRunner] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -308,8 +320,9 @@ class _Supervisor:
 
 
 def _check_bind(host: str, port: int) -> None:
-    """Raise ``CannotListen`` in the parent, before any fork, when the port is taken. The probe
-    does not set ``SO_REUSEPORT``, so another running instance's workers count as taking it."""
+    """Raise ``CannotListen`` when the port is taken (before any app starts, before any fork).
+    The probe does not set ``SO_REUSEPORT``, so another running instance's workers count as
+    taking it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -339,7 +352,7 @@ def _worker(build: Callable[[bool], Sequence[Site]], ready_w: int | None) -> int
         run(build(True), on_started=started)
         return 0
     except CannotListen as exc:
-        print(f"worker {os.getpid()}: {exc}", file=sys.stderr)
+        log.error(f"worker {os.getpid()}: {exc}")
         return 1
     except Exception:
         log.exception("worker failed")

@@ -13,6 +13,7 @@ Run on its own with ``python -m tests.bench.history``; ``make bench`` runs it to
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import statistics
@@ -188,4 +189,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(
+        prog="python -m tests.bench.history",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args()
     asyncio.run(main())

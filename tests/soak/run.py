@@ -10,6 +10,7 @@ clients left; RSS growth is reported (and fails above SOAK_MAX_RSS_GROWTH_MB, de
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import os
@@ -223,6 +224,11 @@ async def soak(sockets: int, seconds: float, users: int, workdir: Path) -> int:
 
 
 def main() -> int:
+    argparse.ArgumentParser(
+        prog="python -m tests.soak.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args()
     sockets = int(os.environ.get("SOAK_SOCKETS", "2000"))
     seconds = float(os.environ.get("SOAK_SECONDS", "60"))
     users = int(os.environ.get("SOAK_USERS", "20"))

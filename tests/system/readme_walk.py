@@ -9,6 +9,7 @@ A block is walked when an HTML comment right before its fence names the run it b
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -18,9 +19,31 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Block", "Rule", "Terminal", "blocks"]
+__all__ = ["BANNER_RULE", "Block", "Rule", "Terminal", "assert_json_but_the_banner", "blocks"]
 
 _BLOCK = re.compile(r"<!-- walk: ([^>]*?) -->\n```(\w+)\n(.*?)```", re.DOTALL)
+BANNER_RULE = "-" * 72
+"""The lines of dashes above and below `make run`'s banner."""
+
+
+def assert_json_but_the_banner(output: str, commands: tuple[str, ...] = ()) -> None:
+    """Every line a service wrote parses as JSON, but for `make run`'s one banner, framed by lines
+    of dashes. A terminal's own echo of Ctrl-C (``^C``) is no line of theirs, nor are the lines
+    starting with ``commands``, what a block's commands print for the person before it serves."""
+    banners, inside = 0, False
+    for line in output.splitlines():
+        line = line.removeprefix("^C")
+        if line == BANNER_RULE:
+            banners += not inside
+            inside = not inside
+            continue
+        if inside or not line or line.startswith(commands):
+            continue
+        try:
+            json.loads(line)
+        except ValueError:
+            raise AssertionError(f"not a JSON line: {line!r}\n---\n{output}") from None
+    assert banners <= 1 and not inside, output
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,8 @@ def test_a_port_in_use_is_one_line(tmp_path: Path, module: str) -> None:
         assert "`make run` running?" in last
     assert "Traceback" not in result.stderr + result.stdout
     assert "listening" not in result.stdout, "listening is said only after the bind"
+    if module != "ws_service":
+        assert not (tmp_path / "auth.db").exists(), "the port is checked before the database"
 
 
 def test_an_immediate_rotation_signs_at_once_on_the_running_service(tmp_path: Path) -> None:

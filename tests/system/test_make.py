@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.services import free_port
+from tests.system.readme_walk import assert_json_but_the_banner
 
 pytestmark = pytest.mark.system
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,11 +45,15 @@ def test_make_run_stops_on_ctrl_c_without_noise(tmp_path: Path) -> None:
         lines.append(proc.stdout.readline())
     # A terminal's ^C signals the whole foreground process group: make and the stack alike.
     os.killpg(proc.pid, signal.SIGINT)
-    rest, _ = proc.communicate(timeout=30)
+    proc.wait(timeout=30)
+    with proc.stdout:
+        rest = proc.stdout.read()  # with what readline() buffered, which communicate() skips
     output = "".join(lines) + rest
     assert "Interrupt" not in output
     assert "Terminated" not in output
     assert "Traceback" not in output
+    assert "exec .venv/bin/python" not in output, "make run echoes no command"
+    assert_json_but_the_banner(output)
 
 
 def test_make_up_without_compose_says_what_to_install() -> None:

@@ -1,15 +1,18 @@
-"""The README's own command blocks work as printed: against a fresh `make run` (the launcher on
-free ports) and a PostgreSQL-backed auth_service, each walked twice in fresh shells.
+"""The README's own command blocks work as printed: against a fresh `make run` (on free ports),
+then, in the same checkout with `make run` stopped, the PostgreSQL section (its auth_service, the
+blocks against it, then the whole stack on it), each walked twice in fresh shells. Every line the
+services write, but for `make run`'s banner, parses as JSON.
 
 The blocks are extracted from README.md (see ``readme_walk``), so the two cannot drift. Only the
-ports (and the scratch file ``/tmp/tokens.json``) are substituted; every shell starts from a fresh
-checkout directory whose ``.venv`` is this one.
+ports (and the scratch file ``/tmp/tokens.json``) are substituted; every shell starts in a
+checkout directory whose ``.venv`` is this one and whose Makefile is this one's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from shared.config.env import redact_url
 from tests.services import create_schema, drop_schema, find_postgres, free_port, unavailable
-from tests.system.readme_walk import Block, Rule, Terminal, blocks
+from tests.system.readme_walk import Block, Rule, Terminal, assert_json_but_the_banner, blocks
 
 pytestmark = pytest.mark.system
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,16 +40,36 @@ RULES = [
 ]
 
 
+# The files `make run`'s .venv stamp depends on.
+STAMP_SOURCES = [
+    "pyproject.toml",
+    "protocol/pyproject.toml",
+    "clients/python/pyproject.toml",
+    "requirements/dev.txt",
+]
+
+
 def checkout(tmp_path: Path, name: str) -> Path:
-    """A fresh directory to run in, as a new clone with `make run`'s .venv already built."""
+    """A fresh directory to run in, as a new clone with `make run`'s .venv already built: the
+    stamp's sources are copies older than it, whatever this checkout's own times are."""
     workdir = tmp_path / name
     workdir.mkdir()
     (workdir / ".venv").symlink_to(ROOT / ".venv")
+    (workdir / "Makefile").symlink_to(ROOT / "Makefile")
+    for source in STAMP_SOURCES:
+        (workdir / source).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / source).write_bytes((ROOT / source).read_bytes())
+        os.utime(workdir / source, (0, 0))
     return workdir
 
 
 def shell_env(auth_port: int, ws_port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH_", "WS_", "REDIS_"))}
+    """A new terminal's: none of the services' variables, and not inside `make test`'s make."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AUTH_", "WS_", "REDIS_", "MAKE")) and k != "MFLAGS"
+    }
     env.update({"AUTH_PORT": str(auth_port), "WS_PORT": str(ws_port), "TERM": "dumb"})
     return env
 
@@ -84,8 +108,12 @@ def replacements(auth_port: int, ws_port: int, tmp_path: Path) -> dict[str, str]
 
 
 @contextmanager
-def terminal_serving(terminal: Terminal, urls: list[str]) -> Iterator[Terminal]:
-    """Keep a serving command up for the block, then stop it with Ctrl-C: a clean stop."""
+def terminal_serving(
+    terminal: Terminal, urls: list[str], commands: tuple[str, ...] = ()
+) -> Iterator[Terminal]:
+    """Keep a serving command up for the block, then stop it with Ctrl-C: a clean stop, and
+    nothing but JSON lines and `make run`'s banner written, besides what the block's ``commands``
+    print first. (make itself ends by the SIGINT it passed on, silently, as in a terminal.)"""
     try:
         for url in urls:
             wait_ready(terminal, url)
@@ -94,8 +122,17 @@ def terminal_serving(terminal: Terminal, urls: list[str]) -> Iterator[Terminal]:
         if terminal.process.poll() is None:
             terminal.type("\x03")
     status = terminal.finish(timeout=30)
-    assert status == 0, terminal.output
+    assert status in (0, -signal.SIGINT), terminal.output
     assert "Traceback" not in terminal.output, terminal.output
+    assert_json_but_the_banner(terminal.output, commands)
+
+
+def make_run(workdir: Path, env: dict[str, str]) -> Terminal:
+    return Terminal(["make", "run"], env, workdir)
+
+
+def ready_urls(*ports: int) -> list[str]:
+    return [f"http://127.0.0.1:{port}/readyz" for port in ports]
 
 
 def test_readme_walks_on_the_embedded_stack_twice(tmp_path: Path) -> None:
@@ -106,15 +143,17 @@ def test_readme_walks_on_the_embedded_stack_twice(tmp_path: Path) -> None:
         auth_port, ws_port = free_port(), free_port()
         env = shell_env(auth_port, ws_port)
         subs = replacements(auth_port, ws_port, tmp_path)
-        stack = Terminal([".venv/bin/python", "-m", "services"], env, workdir)
-        urls = [f"http://127.0.0.1:{port}/readyz" for port in (auth_port, ws_port)]
-        with terminal_serving(stack, urls):
+        stack = make_run(workdir, env)
+        with terminal_serving(stack, ready_urls(auth_port, ws_port)):
             stack.wait_for("realtime gateway is up", timeout=30)
             for block in walked:
                 walk(block, workdir, env, subs)
 
 
-def test_readme_walks_on_postgresql_twice_with_the_same_database(tmp_path: Path) -> None:
+def test_readme_walks_make_run_then_postgresql_twice_in_one_checkout(tmp_path: Path) -> None:
+    """The first hour's order: `make run`, stopped, then the PostgreSQL section with its secret,
+    then the whole stack on PostgreSQL (which the first-hour report found refusing to start: its
+    dev secret was another file than the one `auth_service secret` made)."""
     try:
         asyncio.run(find_postgres())
     except Exception as exc:
@@ -123,15 +162,24 @@ def test_readme_walks_on_postgresql_twice_with_the_same_database(tmp_path: Path)
     try:
         server = [b for b in blocks(README, "postgres") if b.background]
         walked = [b for b in blocks(README, "postgres") if not b.background]
+        stack_on_it = blocks(README, "postgres-stack")
         assert len(server) == 1 and walked, "the walk markers went missing from README.md"
+        assert len(stack_on_it) == 1 and stack_on_it[0].background, "the stack on PostgreSQL"
         workdir = checkout(tmp_path, "checkout")
         for _ in ("first", "second"):
-            auth_port = free_port()
-            env = shell_env(auth_port, free_port())
-            subs = {**replacements(auth_port, 0, tmp_path), POSTGRES_IN_README: url}
+            auth_port, ws_port = free_port(), free_port()
+            env = shell_env(auth_port, ws_port)
+            subs = {**replacements(auth_port, ws_port, tmp_path), POSTGRES_IN_README: url}
+            with terminal_serving(make_run(workdir, env), ready_urls(auth_port, ws_port)) as stack:
+                stack.wait_for("realtime gateway is up", timeout=30)
             terminal = Terminal(server[0].script(subs, workdir), env, workdir)
-            with terminal_serving(terminal, [f"http://127.0.0.1:{auth_port}/readyz"]):
+            with terminal_serving(terminal, ready_urls(auth_port), ("auth_service: ",)):
                 for block in walked:
                     walk(block, workdir, env, subs)
+            terminal = Terminal(stack_on_it[0].script(subs, workdir), env, workdir)
+            with terminal_serving(terminal, ready_urls(auth_port, ws_port)) as stack:
+                stack.wait_for("README.md has curl examples", timeout=30)
+            assert f"database      {redact_url(url)}\n" in stack.output, stack.output
+            assert "key encryption from .data/key-encryption-secret (AUTH_DEV=1)" in stack.output
     finally:
         asyncio.run(drop_schema(schema))

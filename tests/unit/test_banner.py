@@ -37,3 +37,26 @@ def test_the_banner_shows_the_database_without_its_password(tmp_path: Path) -> N
     banner = stack.banner({})
     assert "database      postgresql://***@db.internal:5432/gateway" in banner
     assert "banner-db-password" not in banner
+
+
+def test_the_banner_says_which_database_and_secret_are_in_use(tmp_path: Path) -> None:
+    """Not "(embedded mode, dev keys)" whatever was set: the first-hour report ran on PostgreSQL
+    with its own secret and still read that."""
+    secret = tmp_path / "secret"
+    secret.write_text("a-secret-kept-in-a-file-0123456789\n")
+    environ = {
+        "AUTH_DATA_DIR": str(tmp_path),
+        "AUTH_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test",
+        "AUTH_KEY_ENCRYPTION_SECRETS_FILE": str(secret),
+        "WS_API_KEYS": "a-publish-key-0123456789",
+    }
+    banner = build_stack(environ).banner({})
+    assert "realtime gateway is up (one process)\n" in banner
+    assert "database      postgresql://***@127.0.0.1:5432/test\n" in banner
+    assert (
+        f"secret        key encryption from AUTH_KEY_ENCRYPTION_SECRETS_FILE={secret}\n" in banner
+    )
+    dev = build_stack({"AUTH_DEV": "1", "AUTH_DATA_DIR": str(tmp_path)}).banner({})
+    assert "is up (one process, development mode: AUTH_DEV=1)" in dev
+    assert f"database      sqlite:///{tmp_path}/auth.db\n" in dev
+    assert f"from {tmp_path}/key-encryption-secret (AUTH_DEV=1)\n" in dev

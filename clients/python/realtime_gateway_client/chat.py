@@ -31,7 +31,9 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Name
     auth = f"http://{environ.get('AUTH_HOST', '127.0.0.1')}:{environ.get('AUTH_PORT', '8081')}"
     ws = f"ws://{environ.get('WS_HOST', '127.0.0.1')}:{environ.get('WS_PORT', '8082')}/ws"
     parser = argparse.ArgumentParser(
-        prog="python -m realtime_gateway_client.chat", description=__doc__
+        prog="python -m realtime_gateway_client.chat",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--user", required=True, help="username to log in as")
     parser.add_argument(

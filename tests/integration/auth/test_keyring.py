@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -113,17 +114,26 @@ def test_ciphertext_is_bound_to_its_kid() -> None:
 
 
 async def test_a_ring_no_secret_opens_stops_start_up_saying_how_to_recover(
-    store: Store, tmp_path: Path
+    store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     await ring(store, SECRET).maintain(0)
+    await ring(store, SECRET).rotate(1)
     stranger = ring(store, "an-unrelated-secret-000000000")
-    await stranger.maintain(1)
-    with pytest.raises(KeyRingError, match="none of AUTH_KEY_ENCRYPTION_SECRETS decrypts") as err:
-        stranger.check_unlocked()
+    where = "sqlite:///keys.db"
+    caplog.set_level(logging.INFO)
+    caplog.clear()  # the setup's own key_rotated lines
+    with pytest.raises(KeyRingError) as err:
+        await stranger.open(".data/key-encryption-secret (AUTH_DEV=1)", where)
+    assert err.value.description.startswith(
+        "the key-encryption secret from .data/key-encryption-secret (AUTH_DEV=1) decrypts none "
+        "of the 2 signing key(s) in sqlite:///keys.db: another secret stored them."
+    )
+    assert "generated anew" not in err.value.description, "the old guess was wrong"
     assert "new,old" in err.value.description and "keys rotate --immediate" in err.value.description
+    assert not caplog.records, "the one error says it all: no line per key before it"
     await stranger.rotate(2, immediate=True)
-    stranger.check_unlocked()  # the deliberate re-key recovers
-    ring(store, SECRET).check_unlocked()  # an empty ring is fine too (nothing loaded yet)
+    await stranger.open("AUTH_KEY_ENCRYPTION_SECRETS", where)  # the deliberate re-key recovers
+    ring(store, SECRET).check_unlocked("AUTH_KEY_ENCRYPTION_SECRETS", where)  # nothing loaded yet
 
 
 async def test_withdrawing_the_signing_key_makes_a_new_one_sign_first(store: Store) -> None:

@@ -3,12 +3,13 @@ elsewhere they say what to set; `secret` keeps one secret for every later shell.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 
 from auth_service.__main__ import main
-from auth_service.settings import DEV_SECRET_FILE, SECRET_FILE
+from auth_service.settings import SECRET_FILE, Settings
 
 
 @pytest.fixture(autouse=True)
@@ -21,9 +22,31 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_commands_use_the_dev_secret_make_run_keeps(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / DEV_SECRET_FILE).write_text("a-dev-secret-made-by-make-run-0123")
+    (tmp_path / SECRET_FILE).write_text("a-dev-secret-made-by-make-run-0123")
     assert main(["keys", "list"]) == 0
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err == (
+        f"auth_service: database sqlite:///{tmp_path}/auth.db (SQLite, as `make run` uses; "
+        "AUTH_DATABASE_URL names another)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["users", "create", "ghost"], ["keys", "list"], ["keys", "rotate"], ["outbox", "list"]],
+)
+def test_every_command_names_its_database_first(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    """A command run without the PostgreSQL variables acts on the SQLite file: it says so before
+    anything else (the ghost user of the first-hour report went there unnoticed)."""
+    (tmp_path / SECRET_FILE).write_text("a-dev-secret-made-by-make-run-0123")
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse battery\n"))
+    assert main(command) == 0
+    first = capfd.readouterr().err.splitlines()[0]
+    assert first.startswith(f"auth_service: database sqlite:///{tmp_path}/auth.db (SQLite")
 
 
 def test_elsewhere_the_error_says_what_to_set(
@@ -31,7 +54,7 @@ def test_elsewhere_the_error_says_what_to_set(
 ) -> None:
     assert main(["keys", "list"]) == 2
     assert "AUTH_KEY_ENCRYPTION_SECRETS is required" in capsys.readouterr().err
-    (tmp_path / DEV_SECRET_FILE).write_text("a-dev-secret-made-by-make-run-0123")
+    (tmp_path / SECRET_FILE).write_text("a-dev-secret-made-by-make-run-0123")
     monkeypatch.setenv("AUTH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     assert main(["keys", "list"]) == 2, "never the dev secret on a database it did not make"
     assert not (tmp_path / "auth.db").exists()
@@ -48,3 +71,23 @@ def test_secret_is_created_once_and_kept(
     assert second.out == first.out and len(first.out.strip()) >= 32
     assert f"using the key-encryption secret kept in {tmp_path / SECRET_FILE}" in second.err
     assert (tmp_path / SECRET_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_make_run_and_the_postgresql_path_share_one_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make run` (AUTH_DEV=1) and `export AUTH_KEY_ENCRYPTION_SECRETS=$(... secret)` must open
+    the same keys: a database either one started on stays readable to the other."""
+    dev = Settings.from_env({"AUTH_DEV": "1", "AUTH_DATA_DIR": str(tmp_path)})
+    assert main(["secret"]) == 0
+    assert capsys.readouterr().out.strip() == dev.key_encryption_secrets[0]
+    assert dev.secrets_source == f"{tmp_path / SECRET_FILE} (AUTH_DEV=1)"
+
+
+def test_an_older_checkouts_dev_secret_becomes_the_one_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "dev-key-encryption-secret").write_text("an-older-make-run-dev-secret-0123")
+    assert main(["secret"]) == 0
+    assert capsys.readouterr().out.strip() == "an-older-make-run-dev-secret-0123"
+    assert not (tmp_path / "dev-key-encryption-secret").exists()

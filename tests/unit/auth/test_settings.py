@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from auth_service.settings import DEV_SECRET_FILE, ConfigError, Settings
+from auth_service.settings import SECRET_FILE, ConfigError, Settings
 
 SECRET = "s3cr3t-value-long-enough"
 
@@ -73,5 +73,5 @@ def test_bad_configuration_stops_start_up(env: dict[str, str], message: str) -> 
 def test_dev_mode_generates_and_keeps_a_secret(tmp_path: Path) -> None:
     env = {"AUTH_DEV": "1", "AUTH_DATA_DIR": str(tmp_path)}
     first = Settings.from_env(env)
-    assert (tmp_path / DEV_SECRET_FILE).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / SECRET_FILE).stat().st_mode & 0o777 == 0o600
     assert Settings.from_env(env).key_encryption_secrets == first.key_encryption_secrets

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -22,10 +23,12 @@ TOKEN = (
 @pytest.fixture
 def root_logging() -> Iterator[None]:
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    handlers, level, excepthook = root.handlers[:], root.level, sys.excepthook
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    sys.excepthook = excepthook
+    logging.captureWarnings(False)
 
 
 def test_a_library_logger_cannot_print_a_token(
@@ -69,3 +72,19 @@ def test_extras_and_tracebacks_are_redacted_too() -> None:
 def test_ordinary_text_is_left_alone() -> None:
     record = logging.makeLogRecord({"msg": "heyJude eyJ short.ok", "name": "x"})
     assert json.loads(JsonFormatter().format(record))["msg"] == "heyJude eyJ short.ok"
+
+
+def test_warnings_and_a_crash_are_json_lines_too(
+    root_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # not an error, as the test run has it
+        warnings.warn_explicit("a library is unhappy", UserWarning, "lib.py", 7)
+    try:
+        raise RuntimeError("start-up failed")
+    except RuntimeError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    warned, crashed = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert warned["logger"] == "py.warnings" and "a library is unhappy" in warned["msg"]
+    assert crashed["level"] == "critical" and "RuntimeError: start-up failed" in crashed["exc"]

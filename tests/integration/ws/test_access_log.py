@@ -1,0 +1,62 @@
+"""ws_service's access lines and request ids through the real app: a socket's audit lines carry
+its handshake's id, and its session ends in one line saying how (code, reason, frames)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from realtime_gateway_protocol.close_codes import Disconnect
+from tests.integration.ws.harness import Harness, auth, expect_close, recv, send, wait_until
+from tests.support.logs import JsonLines, json_lines
+
+
+def session_line(logs: JsonLines) -> dict[str, Any]:
+    (line,) = logs.logged("access", "websocket session")
+    return line
+
+
+async def test_a_refused_token_is_audited_under_the_handshakes_id(gw: Harness) -> None:
+    with json_lines() as logs:
+        ws = await gw.client.ws_connect("/ws", headers={"X-Request-ID": "sock-1"})
+        assert ws._response.headers["X-Request-ID"] == "sock-1"
+        reply = await auth(ws, "not-a-token")
+        assert reply["type"] == "auth_error"
+        invalid = Disconnect.INVALID_TOKEN
+        await expect_close(ws, invalid.code, invalid.reason)
+        await wait_until(lambda: logs.logged("access"))
+    (audit,) = logs.logged("audit", "ws_auth_failure")
+    assert audit["request_id"] == "sock-1"
+    line = session_line(logs)
+    assert {k: line[k] for k in ("method", "path", "status", "request_id")} == {
+        "method": "GET",
+        "path": "/ws",
+        "status": 101,
+        "request_id": "sock-1",
+    }
+    assert (line["close_code"], line["close_reason"]) == (invalid.code, invalid.reason)
+    assert (line["frames_in"], line["frames_out"]) == (1, 1)
+
+
+async def test_a_session_the_client_closes_reports_its_code_reason_and_frames(gw: Harness) -> None:
+    with json_lines() as logs:
+        ws = await gw.login()
+        for n in range(3):
+            await send(ws, {"type": "ping", "id": str(n)})
+            assert (await recv(ws))["type"] == "pong"
+        await ws.close(code=4100, message=b"done here")
+        await wait_until(lambda: logs.logged("access"))
+    line = session_line(logs)
+    assert (line["close_code"], line["close_reason"]) == (4100, "done here")
+    assert (line["frames_in"], line["frames_out"]) == (4, 4), "auth and 3 pings; their replies"
+    assert line["duration_ms"] >= 0
+    assert not logs.logged("access", "request"), "one line for the socket, at its end"
+
+
+async def test_a_refused_upgrade_is_an_ordinary_access_line(gw: Harness) -> None:
+    with json_lines() as logs:
+        resp = await gw.client.get("/ws", headers={"Origin": "https://evil.example"})
+    assert resp.status == 403
+    (line,) = logs.logged("access", "request")
+    assert (line["path"], line["status"]) == ("/ws", 403)
+    assert logs.logged("audit", "ws_origin_refused")[0]["request_id"] == line["request_id"]
+    assert resp.headers["X-Request-ID"] == line["request_id"]
