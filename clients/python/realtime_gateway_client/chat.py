@@ -5,7 +5,8 @@
 
 Lines typed are published to the channel (default ``chat:general``); messages on it and on your own
 ``user:<id>`` channel are printed, and so is every change of the connection (lost, reconnecting,
-reconnected, session ended) as it happens. Ctrl-D or Ctrl-C quits.
+reconnected, session ended) as it happens. Ctrl-D or Ctrl-C quits. A wrong URL is one line and
+exit status 1 at once: nothing is retried before the first connection.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-import aiohttp
-
-from realtime_gateway_client.client import AuthenticationFailed, ClientError, GatewayClient
+from realtime_gateway_client.client import (
+    AuthenticationFailed,
+    ClientError,
+    GatewayClient,
+    Unreachable,
+)
 
 __all__ = ["StatePrinter", "chat", "format_message", "main", "parse_args", "run_chat"]
 
@@ -141,10 +145,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if exc.close_code is None:
             sys.exit(f"chat: login refused ({exc})")
         sys.exit(f"chat: the session ended ({exc.code}): log in again")
+    except Unreachable as exc:
+        sys.exit(f"chat: {exc}; is `make run` up, and are --auth-url and --ws-url right?")
     except ClientError as exc:
         sys.exit(f"chat: {exc}")
-    except (aiohttp.ClientError, OSError) as exc:
-        sys.exit(f"chat: cannot reach auth_service at {args.auth_url} ({exc}); is `make run` up?")
 
 
 if __name__ == "__main__":
