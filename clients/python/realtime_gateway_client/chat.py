@@ -5,8 +5,8 @@
 
 Lines typed are published to the channel (default ``chat:general``); messages on it and on your own
 ``user:<id>`` channel are printed, and so is every change of the connection (lost, reconnecting,
-reconnected, session ended) as it happens. Ctrl-D or Ctrl-C quits. A wrong URL is one line and
-exit status 1 at once: nothing is retried before the first connection.
+reconnected, session ended) as it happens. Ctrl-D or Ctrl-C quits, in every state. A wrong URL
+is one line and exit status 1 at once: nothing is retried before the first connection.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import asyncio
 import getpass
 import json
 import os
+import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -125,11 +126,29 @@ async def stdin_lines() -> AsyncIterator[str]:
 
 
 async def run_chat(args: argparse.Namespace, password: str, out: Callable[[str], None]) -> None:
-    async with GatewayClient(
-        args.auth_url, args.ws_url, args.user, password, on_state=StatePrinter(args.channel, out)
-    ) as client:
-        out(f"* connected as {args.user} on {args.channel}; type to chat, Ctrl-D to quit")
-        await chat(client, args.channel, stdin_lines(), out)
+    """Returns on Ctrl-D, and on Ctrl-C in every state (logging in, connected, reconnecting)."""
+    task = asyncio.current_task()
+    assert task is not None
+    # The loop's own SIGINT handling wakes it at once, whichever thread the signal lands on (the
+    # stdin reader's included), and cancels this task, so the client closes cleanly.
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, task.cancel)
+    try:
+        async with GatewayClient(
+            args.auth_url,
+            args.ws_url,
+            args.user,
+            password,
+            on_state=StatePrinter(args.channel, out),
+        ) as client:
+            out(f"* connected as {args.user} on {args.channel}; type to chat, Ctrl-D to quit")
+            await chat(client, args.channel, stdin_lines(), out)
+    except asyncio.CancelledError:
+        if task.uncancel() > 0:
+            raise
+        out("")
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -302,11 +302,15 @@ class GatewayClient:
             raise
 
     async def close(self) -> None:
-        await cancel_and_wait(self._runner, *self._background)
-        if self._ws is not None:
-            await self._ws.close()
-        if self._own_session and self._session is not None:
-            await self._session.close()
+        """Stop, and close the socket and the session even when the caller is being cancelled
+        (Ctrl-C): nothing is left open behind it."""
+        try:
+            await cancel_and_wait(self._runner, *self._background)
+        finally:
+            if self._ws is not None:
+                await self._ws.close()
+            if self._own_session and self._session is not None:
+                await self._session.close()
 
     async def wait_closed(self) -> None:
         """Return when the client stops; raise the reason when it stopped on an error."""
