@@ -94,7 +94,7 @@ def test_the_chat_says_when_the_connection_drops_and_exits_on_revocation(tmp_pat
     chat.wait_for("* connection lost (1001", timeout=10)
     chat.wait_for("reconnecting in", timeout=10)
     with service("services", env, ws_port, tmp_path):
-        chat.wait_for("* reconnected as bob on chat:general", timeout=30)
+        chat.wait_for("* reconnected as bob on chat:lobby", timeout=30)
         tokens = post(f"{base}/v1/login", {"username": "bob", "password": PASSWORD})
         post(f"{base}/v1/logout", {"all": True}, str(tokens["access_token"]))
         assert chat.finish(timeout=10) == 1

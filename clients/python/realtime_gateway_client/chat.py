@@ -3,9 +3,9 @@
     python -m realtime_gateway_client.chat --user alice      # terminal 1
     python -m realtime_gateway_client.chat --user bob        # terminal 2
 
-Lines typed are published to the channel (default ``chat:general``); messages on it and on your own
-``user:<id>`` channel are printed, and so is every change of the connection (lost, reconnecting,
-reconnected, session ended) as it happens. Ctrl-D or Ctrl-C quits, in every state. A wrong URL
+Lines typed are published to the channel (default ``chat:lobby``: the room the demo page opens,
+so the two meet); messages on it and on your own ``user:<id>`` channel are printed, and so is every
+change of the connection (lost, reconnecting, reconnected, session ended) as it happens. Ctrl-D or Ctrl-C quits, in every state. A wrong URL
 is one line and exit status 1 at once: nothing is retried before the first connection.
 """
 
@@ -42,7 +42,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Name
     parser.add_argument(
         "--password", default=environ.get("CHAT_PASSWORD"), help="or CHAT_PASSWORD; else prompted"
     )
-    parser.add_argument("--channel", default="chat:general")
+    parser.add_argument("--channel", default="chat:lobby")
     parser.add_argument("--auth-url", default=auth, help=f"auth_service base URL ({auth})")
     parser.add_argument("--ws-url", default=ws, help=f"ws_service WebSocket URL ({ws})")
     return parser.parse_args(argv)

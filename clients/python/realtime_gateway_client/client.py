@@ -2,8 +2,8 @@
 renewal on the socket, and reconnects that re-authenticate and re-subscribe.
 
     async with GatewayClient("http://127.0.0.1:8081", "ws://127.0.0.1:8082/ws", "alice", pw) as c:
-        await c.subscribe("chat:general")
-        await c.publish("chat:general", {"text": "hi"})
+        await c.subscribe("chat:lobby")
+        await c.publish("chat:lobby", {"text": "hi"})
         async for message in c.messages():
             print(message["from_username"], message["data"])
 
