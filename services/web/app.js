@@ -128,14 +128,7 @@ async function submitLogin(register) {
   const password = $("password").value;
   $("login-error").textContent = "";
   try {
-    if (register) {
-      const response = await fetch(`${authUrl}/v1/register`, {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ username, password }),
-      });
-      if (!response.ok) throw new Error((await response.json()).error_description);
-    }
+    if (register) await client.register(username, password);
     await client.login(username, password);
     $("password").value = "";
     await enter();
@@ -175,9 +168,10 @@ $("logout-everywhere").addEventListener("click", async () => {
   show(false);
 });
 
+// A first visit has no session to resume: the client says so without asking the server.
 try {
-  await client.resume();
-  await enter();
+  if (await client.resume()) await enter();
+  else show(false);
 } catch {
   show(false);
 }
