@@ -28,6 +28,7 @@ FILES = {
     "/gateway-client.js": (CLIENT_DIR / "gateway-client.js", "text/javascript"),
     "/gateway-client.d.ts": (CLIENT_DIR / "gateway-client.d.ts", "application/typescript"),
     "/style.css": (WEB_DIR / "style.css", "text/css"),
+    "/favicon.svg": (WEB_DIR / "favicon.svg", "image/svg+xml"),
 }
 
 

@@ -41,16 +41,15 @@ function addMessage(frame) {
   item.scrollIntoView({ block: "end" });
 }
 
+/** One line per user, no tab count: "join" and "leave" come per user (a second tab of someone
+ * already present announces nothing), so a count would differ from view to view. */
 async function showMembers() {
-  const members = (await client.presence(room)).map(({ user, connections }) => ({
-    name: user.username ?? user.id,
-    connections,
-  }));
-  members.sort((a, b) => a.name.localeCompare(b.name));
+  const names = (await client.presence(room)).map(({ user }) => user.username ?? user.id);
+  names.sort((a, b) => a.localeCompare(b));
   $("members").replaceChildren(
-    ...members.map(({ name, connections }) => {
+    ...names.map((name) => {
       const item = document.createElement("li");
-      item.textContent = connections > 1 ? `${name} (${connections} tabs)` : name;
+      item.textContent = name;
       return item;
     }),
   );
