@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from realtime_gateway_client.client import (
@@ -129,24 +130,36 @@ async def run_chat(args: argparse.Namespace, password: str, out: Callable[[str],
     """Returns on Ctrl-D, and on Ctrl-C in every state (logging in, connected, reconnecting)."""
     task = asyncio.current_task()
     assert task is not None
-    # The loop's own SIGINT handling wakes it at once, whichever thread the signal lands on (the
-    # stdin reader's included), and cancels this task, so the client closes cleanly.
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, task.cancel)
     try:
-        async with GatewayClient(
-            args.auth_url,
-            args.ws_url,
-            args.user,
-            password,
-            on_state=StatePrinter(args.channel, out),
-        ) as client:
-            out(f"* connected as {args.user} on {args.channel}; type to chat, Ctrl-D to quit")
-            await chat(client, args.channel, stdin_lines(), out)
+        with _ctrl_c_cancels(task):
+            async with GatewayClient(
+                args.auth_url,
+                args.ws_url,
+                args.user,
+                password,
+                on_state=StatePrinter(args.channel, out),
+            ) as client:
+                out(f"* connected as {args.user} on {args.channel}; type to chat, Ctrl-D to quit")
+                await chat(client, args.channel, stdin_lines(), out)
     except asyncio.CancelledError:
         if task.uncancel() > 0:
             raise
         out("")
+
+
+@contextlib.contextmanager
+def _ctrl_c_cancels(task: asyncio.Task[None]) -> Iterator[None]:
+    """The loop's own SIGINT handling wakes it at once, whichever thread the signal lands on (the
+    stdin reader's included), and cancels ``task``, so the client closes cleanly. Windows' loop
+    has none: there asyncio.run's own Ctrl-C handling cancels the task."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, task.cancel)
+    except NotImplementedError:
+        yield
+        return
+    try:
+        yield
     finally:
         loop.remove_signal_handler(signal.SIGINT)
 
