@@ -37,8 +37,9 @@ def tool(name: str) -> str:
     """A binary of the locked test tools (tsc, esbuild)."""
     if not (TOOLS / ".package-lock.json").exists():
         unavailable(
-            "the JavaScript client's test tools",
-            f"{TOOLS} is missing: `make test` installs them with npm ci (no npm registry?)",
+            "the npm registry",
+            f"{TOOLS} is missing; `make test` installs the JavaScript client's test tools there"
+            " with npm ci",
         )
     return str(TOOLS / ".bin" / name)
 
