@@ -77,7 +77,21 @@ $(CHROMIUM):
 	  || echo "note: chromium could not be installed; the browser tests will say so"; \
 	else echo "note: $(CHROMIUM) is missing and installing it needs root; the browser tests will say so"; fi
 
-test: $(STAMP) $(NGINX) $(PROMTOOL) kubectl-tool $(CHROMIUM)
+# The JavaScript client's tests (tests/system/test_js_client.py, tests/e2e) pack clients/js and
+# drive it with the exact tools its package-lock.json names (ws, typescript, esbuild), installed
+# with npm ci into the venv, never into the source tree. Where npm cannot reach its registry, those
+# tests are skipped with the reason (and fail under CI=true).
+JS_CLIENT := clients/js
+JS_MODULES := $(VENV)/js-client/node_modules
+
+$(JS_MODULES)/.package-lock.json: $(JS_CLIENT)/package.json $(JS_CLIENT)/package-lock.json | $(STAMP)
+	@echo "Installing the JavaScript client's test tools into $(VENV)/js-client (npm ci; once)..."
+	@mkdir -p $(VENV)/js-client
+	@cp $(JS_CLIENT)/package.json $(JS_CLIENT)/package-lock.json $(VENV)/js-client/
+	@cd $(VENV)/js-client && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
+	  || echo "note: npm ci failed; the JavaScript client's tests will say so"
+
+test: $(STAMP) $(NGINX) $(PROMTOOL) kubectl-tool $(CHROMIUM) $(JS_MODULES)/.package-lock.json
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -100,6 +114,7 @@ lock: $(STAMP)
 	$(UV_COMPILE) --extra dev -o requirements/dev.txt
 	$(UV_COMPILE) --extra dev --extra bench -o requirements/bench.txt
 	cd $(NODE_PEER) && npm install --package-lock-only --no-audit --no-fund --loglevel=error
+	cd $(JS_CLIENT) && npm install --package-lock-only --no-audit --no-fund --loglevel=error
 
 # Thousands of sockets through renewals, logouts, reconnects and garbage; not part of `make test`.
 # SOAK_SOCKETS (2000), SOAK_SECONDS (60), SOAK_USERS (20) size it.

@@ -59,6 +59,7 @@ def render(
         # checkout under a private directory (mktemp -d is 0700), and the page would be a 404.
         (r"(?m)^pid .*;$", f"pid {tmp_path}/nginx.pid;\nuser {getpass.getuser()};"),
         (r"/usr/share/nginx/html", str(ROOT / "services" / "web")),
+        (r"/usr/share/nginx/client", str(ROOT / "clients" / "js")),
         (r"/etc/nginx/page_headers\.conf", str(NGINX_CONF.with_name("page_headers.conf"))),
         (r"(?m)^http \{$", "http {\n" + temp_paths),
         (r"access_log /dev/stdout", f"access_log {tmp_path}/access.log"),

@@ -41,16 +41,15 @@ function addMessage(frame) {
   item.scrollIntoView({ block: "end" });
 }
 
+/** One line per user, no tab count: "join" and "leave" come per user (a second tab of someone
+ * already present announces nothing), so a count would differ from view to view. */
 async function showMembers() {
-  const members = (await client.presence(room)).map(({ user, connections }) => ({
-    name: user.username ?? user.id,
-    connections,
-  }));
-  members.sort((a, b) => a.name.localeCompare(b.name));
+  const names = (await client.presence(room)).map(({ user }) => user.username ?? user.id);
+  names.sort((a, b) => a.localeCompare(b));
   $("members").replaceChildren(
-    ...members.map(({ name, connections }) => {
+    ...names.map((name) => {
       const item = document.createElement("li");
-      item.textContent = connections > 1 ? `${name} (${connections} tabs)` : name;
+      item.textContent = name;
       return item;
     }),
   );
@@ -128,14 +127,7 @@ async function submitLogin(register) {
   const password = $("password").value;
   $("login-error").textContent = "";
   try {
-    if (register) {
-      const response = await fetch(`${authUrl}/v1/register`, {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ username, password }),
-      });
-      if (!response.ok) throw new Error((await response.json()).error_description);
-    }
+    if (register) await client.register(username, password);
     await client.login(username, password);
     $("password").value = "";
     await enter();
@@ -175,9 +167,10 @@ $("logout-everywhere").addEventListener("click", async () => {
   show(false);
 });
 
+// A first visit has no session to resume: the client says so without asking the server.
 try {
-  await client.resume();
-  await enter();
+  if (await client.resume()) await enter();
+  else show(false);
 } catch {
   show(false);
 }

@@ -80,6 +80,58 @@ def wait_for_message(page: Page, who: str, text: str) -> None:
     )
 
 
+def test_a_fresh_load_logs_no_console_error(context: BrowserContext, stack: Stack) -> None:
+    """No 404 for a favicon, and no failed request from a resume without a session cookie: a
+    first visit is a normal state (both used to be console errors on every fresh load)."""
+    page = context.new_page()
+    errors: list[str] = []
+    page.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    posts: list[str] = []
+    page.on(
+        "request", lambda request: posts.append(request.url) if request.method == "POST" else None
+    )
+    with page.expect_response(re.compile(r"/favicon")) as icon:
+        page.goto(stack.page_url)
+    assert icon.value.status == 200
+    page.wait_for_selector("body[data-ready=true]", state="attached")
+    assert page.is_visible("#login")
+    assert posts == [], "a first visit has no session to resume: nothing to ask the server"
+    assert errors == []
+
+
+def members(page: Page) -> str:
+    return str(
+        page.evaluate(
+            "() => [...document.querySelectorAll('#members li')].map(li => li.textContent).join()"
+        )
+    )
+
+
+def test_presence_shows_the_same_members_in_every_view(browser: Browser, stack: Stack) -> None:
+    """A second tab of kim's announces nothing to others (join/leave are per user), so a count
+    of kim's tabs showed in that tab alone."""
+    stack.register("kim", "lee")
+    kim_ctx, lee_ctx = browser.new_context(), browser.new_context()
+    try:
+        lee = open_page(lee_ctx, stack)
+        log_in(lee, "lee")
+        kim = open_page(kim_ctx, stack)
+        log_in(kim, "kim")
+        kim_again = open_page(kim_ctx, stack)  # resumes from the cookie: two sockets of kim's
+        wait_joined(kim_again)
+        for page in (lee, kim, kim_again):
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#members li')].length === 2"
+            )
+        assert [members(page) for page in (lee, kim, kim_again)] == ["kim,lee"] * 3
+    finally:
+        kim_ctx.close()
+        lee_ctx.close()
+
+
 def test_two_users_chat_in_one_room(browser: Browser, stack: Stack) -> None:
     stack.register("bob")
     alice_ctx, bob_ctx = browser.new_context(), browser.new_context()

@@ -96,7 +96,7 @@ def test_the_chat_says_when_the_connection_drops_and_exits_on_revocation(tmp_pat
     chat.wait_for("* connection lost (1001", timeout=10)
     chat.wait_for("reconnecting in", timeout=10)
     with service("services", env, ws_port, tmp_path):
-        chat.wait_for("* reconnected as bob on chat:general", timeout=30)
+        chat.wait_for("* reconnected as bob on chat:lobby", timeout=30)
         tokens = post(f"{base}/v1/login", {"username": "bob", "password": PASSWORD})
         post(f"{base}/v1/logout", {"all": True}, str(tokens["access_token"]))
         assert chat.finish(timeout=10) == 1
@@ -116,3 +116,55 @@ def test_the_chat_with_the_server_down_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("chat: cannot reach auth_service at http://127.0.0.1:")
     assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+QUIT_NOISE = ("Traceback", "Unclosed", "Task was destroyed", "Exception ignored")
+"""What a chat that did not close cleanly leaves on the terminal."""
+
+
+def ctrl_c(chat: Terminal) -> str:
+    """Ctrl-C once: the chat must exit cleanly (a second Ctrl-C used to be needed)."""
+    chat.type("\x03")
+    assert chat.finish(timeout=15) == 0, chat.output
+    for noise in QUIT_NOISE:
+        assert noise not in chat.output, chat.output
+    return chat.output
+
+
+def test_ctrl_c_quits_the_chat_at_the_prompt_and_while_logging_in(tmp_path: Path) -> None:
+    with socket.socket() as silent:  # accepts connections, never answers: a login that hangs
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        env = env_for(tmp_path)
+        chat_cmd = [sys.executable, "-m", "realtime_gateway_client.chat", "--user", "bob"]
+        chat_cmd += ["--auth-url", f"http://127.0.0.1:{silent.getsockname()[1]}"]
+        prompt = Terminal(chat_cmd, env, ROOT)
+        prompt.wait_for("password for bob: ", timeout=20)
+        ctrl_c(prompt)
+        logging_in = Terminal(chat_cmd, {**env, "CHAT_PASSWORD": PASSWORD}, ROOT)
+        silent.settimeout(20)
+        connection, _ = silent.accept()  # the login request is on its way, never answered
+        with connection:
+            ctrl_c(logging_in)
+
+
+def test_ctrl_c_quits_the_chat_once_messages_arrived_and_while_reconnecting(
+    tmp_path: Path,
+) -> None:
+    auth_port, ws_port = free_port(), free_port()
+    env = env_for(tmp_path, AUTH_PORT=str(auth_port), WS_PORT=str(ws_port))
+    base = f"http://127.0.0.1:{auth_port}"
+    chat_env = {**env, "CHAT_PASSWORD": PASSWORD}
+    chat_cmd = [sys.executable, "-m", "realtime_gateway_client.chat", "--user"]
+    with service("services", env, ws_port, tmp_path):
+        for user in ("bob", "carol"):
+            post(f"{base}/v1/register", {"username": user, "password": PASSWORD})
+        bob = Terminal([*chat_cmd, "bob"], chat_env, ROOT)
+        carol = Terminal([*chat_cmd, "carol"], chat_env, ROOT)
+        bob.wait_for("* connected as bob", timeout=20)
+        carol.wait_for("* connected as carol", timeout=20)
+        carol.type("hello bob\n")
+        bob.wait_for("carol: hello bob", timeout=10)
+        ctrl_c(bob)
+    carol.wait_for("reconnecting in", timeout=10)
+    ctrl_c(carol)

@@ -1,5 +1,5 @@
 """A Python client for the gateway, separate from the servers: it imports aiohttp, the stdlib and
-the stdlib-only wire-contract modules of ``shared`` (close codes, backoff), nothing else of ours.
+the protocol package (close codes, backoff), nothing else of ours.
 """
 
 from realtime_gateway_client.client import (
@@ -11,6 +11,7 @@ from realtime_gateway_client.client import (
     RequestFailed,
     TemporaryFailure,
     TokenPair,
+    Unreachable,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "RequestFailed",
     "TemporaryFailure",
     "TokenPair",
+    "Unreachable",
 ]

@@ -3,26 +3,32 @@
     python -m realtime_gateway_client.chat --user alice      # terminal 1
     python -m realtime_gateway_client.chat --user bob        # terminal 2
 
-Lines typed are published to the channel (default ``chat:general``); messages on it and on your own
-``user:<id>`` channel are printed, and so is every change of the connection (lost, reconnecting,
-reconnected, session ended) as it happens. Ctrl-D or Ctrl-C quits.
+Lines typed are published to the channel (default ``chat:lobby``: the room the demo page opens,
+so the two meet); messages on it and on your own ``user:<id>`` channel are printed, and so is every
+change of the connection (lost, reconnecting, reconnected, session ended) as it happens. Ctrl-D or Ctrl-C quits, in every state. A wrong URL
+is one line and exit status 1 at once: nothing is retried before the first connection.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
+import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-import aiohttp
-
-from realtime_gateway_client.client import AuthenticationFailed, ClientError, GatewayClient
+from realtime_gateway_client.client import (
+    AuthenticationFailed,
+    ClientError,
+    GatewayClient,
+    Unreachable,
+)
 
 __all__ = ["StatePrinter", "chat", "format_message", "main", "parse_args", "run_chat"]
 
@@ -39,7 +45,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Name
     parser.add_argument(
         "--password", default=environ.get("CHAT_PASSWORD"), help="or CHAT_PASSWORD; else prompted"
     )
-    parser.add_argument("--channel", default="chat:general")
+    parser.add_argument("--channel", default="chat:lobby")
     parser.add_argument("--auth-url", default=auth, help=f"auth_service base URL ({auth})")
     parser.add_argument("--ws-url", default=ws, help=f"ws_service WebSocket URL ({ws})")
     return parser.parse_args(argv)
@@ -123,11 +129,41 @@ async def stdin_lines() -> AsyncIterator[str]:
 
 
 async def run_chat(args: argparse.Namespace, password: str, out: Callable[[str], None]) -> None:
-    async with GatewayClient(
-        args.auth_url, args.ws_url, args.user, password, on_state=StatePrinter(args.channel, out)
-    ) as client:
-        out(f"* connected as {args.user} on {args.channel}; type to chat, Ctrl-D to quit")
-        await chat(client, args.channel, stdin_lines(), out)
+    """Returns on Ctrl-D, and on Ctrl-C in every state (logging in, connected, reconnecting)."""
+    task = asyncio.current_task()
+    assert task is not None
+    try:
+        with _ctrl_c_cancels(task):
+            async with GatewayClient(
+                args.auth_url,
+                args.ws_url,
+                args.user,
+                password,
+                on_state=StatePrinter(args.channel, out),
+            ) as client:
+                out(f"* connected as {args.user} on {args.channel}; type to chat, Ctrl-D to quit")
+                await chat(client, args.channel, stdin_lines(), out)
+    except asyncio.CancelledError:
+        if task.uncancel() > 0:
+            raise
+        out("")
+
+
+@contextlib.contextmanager
+def _ctrl_c_cancels(task: asyncio.Task[None]) -> Iterator[None]:
+    """The loop's own SIGINT handling wakes it at once, whichever thread the signal lands on (the
+    stdin reader's included), and cancels ``task``, so the client closes cleanly. Windows' loop
+    has none: there asyncio.run's own Ctrl-C handling cancels the task."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, task.cancel)
+    except NotImplementedError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -143,10 +179,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if exc.close_code is None:
             sys.exit(f"chat: login refused ({exc})")
         sys.exit(f"chat: the session ended ({exc.code}): log in again")
+    except Unreachable as exc:
+        sys.exit(f"chat: {exc}; is `make run` up, and are --auth-url and --ws-url right?")
     except ClientError as exc:
         sys.exit(f"chat: {exc}")
-    except (aiohttp.ClientError, OSError) as exc:
-        sys.exit(f"chat: cannot reach auth_service at {args.auth_url} ({exc}); is `make run` up?")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 renewal on the socket, and reconnects that re-authenticate and re-subscribe.
 
     async with GatewayClient("http://127.0.0.1:8081", "ws://127.0.0.1:8082/ws", "alice", pw) as c:
-        await c.subscribe("chat:general")
-        await c.publish("chat:general", {"text": "hi"})
+        await c.subscribe("chat:lobby")
+        await c.publish("chat:lobby", {"text": "hi"})
         async for message in c.messages():
             print(message["from_username"], message["data"])
 
@@ -19,6 +19,10 @@ The password is used once, by ``start()``, and then forgotten: when the session 
 the client drops the socket instead of the message, waits until the queue is half drained, then
 reconnects and resubscribes with ``since``, so channels with history lose nothing; other channels
 miss what was published meanwhile, as after any disconnect.
+
+A wrong URL is one error at once (``Unreachable``): until the first connection succeeds nothing is
+retried; after it, a refused or failed connection is what a network does, and the client backs off
+and reconnects.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import random
+import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -49,6 +55,7 @@ __all__ = [
     "StateListener",
     "TemporaryFailure",
     "TokenPair",
+    "Unreachable",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,6 +93,38 @@ class TemporaryFailure(ClientError):
         self.status = status
         self.code = code
         self.retry_after = retry_after
+
+
+class Unreachable(ClientError):
+    """The first contact with a URL failed: nothing listens there, its host name does not resolve,
+    or it answered HTTP (``status``) instead of the service: the URL is wrong or the service is
+    down. Raised by ``start()`` at once, without retrying."""
+
+    def __init__(self, service: str, url: str, reason: str, status: int | None = None) -> None:
+        super().__init__(f"cannot reach {service} at {url} ({reason})")
+        self.url = url
+        self.status = status
+
+
+_FIRST_CONTACT_FAILURES = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ClientResponseError,
+    aiohttp.ServerTimeoutError,
+)
+"""What a wrong URL raises: refused, unresolvable, timed out, or an HTTP status (not a 101)."""
+
+
+def _unreachable(service: str, url: str, exc: Exception) -> Unreachable:
+    if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status != 101:
+        return Unreachable(service, url, f"HTTP {exc.status}, not a WebSocket", exc.status)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return Unreachable(service, url, f"HTTP {exc.status} {exc.message}".strip(), exc.status)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, socket.gaierror):
+            return Unreachable(service, url, f"{exc.host} does not resolve")
+        if exc.os_error.errno:
+            return Unreachable(service, url, os.strerror(exc.os_error.errno).lower())
+    return Unreachable(service, url, str(exc) or type(exc).__name__)
 
 
 class RequestFailed(ClientError):
@@ -248,7 +287,10 @@ class GatewayClient:
             password, self._password = self._password, None
             if password is None:
                 raise ClientError("start() was already called: make a new client to log in again")
-            self._tokens = await self._api.login(self._username, password)
+            try:
+                self._tokens = await self._api.login(self._username, password)
+            except _FIRST_CONTACT_FAILURES as exc:
+                raise _unreachable("auth_service", self._auth_url, exc) from exc
             self._runner = asyncio.get_running_loop().create_task(self._run())
             connected = asyncio.ensure_future(self._connected.wait())
             await asyncio.wait({connected, self._runner}, return_when=asyncio.FIRST_COMPLETED)
@@ -260,11 +302,15 @@ class GatewayClient:
             raise
 
     async def close(self) -> None:
-        await cancel_and_wait(self._runner, *self._background)
-        if self._ws is not None:
-            await self._ws.close()
-        if self._own_session and self._session is not None:
-            await self._session.close()
+        """Stop, and close the socket and the session even when the caller is being cancelled
+        (Ctrl-C): nothing is left open behind it."""
+        try:
+            await cancel_and_wait(self._runner, *self._background)
+        finally:
+            if self._ws is not None:
+                await self._ws.close()
+            if self._own_session and self._session is not None:
+                await self._session.close()
 
     async def wait_closed(self) -> None:
         """Return when the client stops; raise the reason when it stopped on an error."""
@@ -395,7 +441,13 @@ class GatewayClient:
 
     async def _session_once(self) -> NoReturn:
         assert self._session is not None
-        async with self._session.ws_connect(self._ws_url, autoping=True) as ws:
+        try:
+            ws = await self._session.ws_connect(self._ws_url, autoping=True)
+        except _FIRST_CONTACT_FAILURES as exc:
+            if self.connects == 0:
+                raise _unreachable("the gateway", self._ws_url, exc) from exc
+            raise
+        async with ws:
             self._ws = ws
             await self._authenticate(ws)
             self.connects += 1

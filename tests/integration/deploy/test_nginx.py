@@ -211,6 +211,9 @@ async def test_nginx_serves_the_demo_page_with_a_strict_csp(
             assert response.content_type == "text/javascript"
             assert "export class GatewayClient" in await response.text()
             assert "Content-Security-Policy" in response.headers
+        async with session.get(f"{base}/favicon.svg", ssl=context) as response:
+            assert response.status == 200
+            assert response.content_type == "image/svg+xml"
         async with session.get(f"{base}/config.json", ssl=context) as response:
             assert await response.json() == {
                 "authUrl": "https://127.0.0.1/auth",

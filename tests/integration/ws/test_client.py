@@ -13,9 +13,11 @@ from realtime_gateway_client import (
     GatewayClient,
     RequestFailed,
     TemporaryFailure,
+    Unreachable,
 )
 from tests.integration.stack import API_KEY, PASSWORD, MakeStack, Stack
 from tests.integration.ws.harness import wait_until
+from tests.services import free_port
 
 
 @pytest.fixture
@@ -55,6 +57,42 @@ async def test_wrong_password_raises_authentication_failed(stack: Stack) -> None
         async with stack.client("alice", "wrong password"):
             pass
     assert err.value.code == "invalid_grant"
+
+
+WRONG_URLS = {
+    "refused": ("ws://127.0.0.1:{free}/ws", "connection refused", None),
+    "no such host": ("ws://no-such-host.invalid/ws", "no-such-host.invalid does not resolve", None),
+    "not a websocket": ("{auth}/ws", "HTTP 404, not a WebSocket", 404),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_URLS))
+async def test_a_wrong_ws_url_fails_start_at_once(stack: Stack, case: str) -> None:
+    """Before its first connection the client has nothing to lose by stopping, and a retry loop
+    would hide the mistake: ``start()`` used to wait forever, silently."""
+    template, reason, status = WRONG_URLS[case]
+    url = template.format(free=free_port(), auth=stack.auth_url.rstrip("/"))
+    client = GatewayClient(stack.auth_url, url, "alice", PASSWORD)
+    with pytest.raises(Unreachable) as err:
+        async with asyncio.timeout(10):  # a guard against the old hang, not a speed limit
+            await client.start()
+    assert str(err.value) == f"cannot reach the gateway at {url} ({reason})"
+    assert (err.value.url, err.value.status) == (url, status)
+    assert client.connects == 0
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [("http://127.0.0.1:{free}", "connection refused"), ("{ws}", "HTTP 404 Not Found")],
+)
+async def test_a_wrong_auth_url_is_the_same_one_error(
+    stack: Stack, template: str, reason: str
+) -> None:
+    url = template.format(free=free_port(), ws=stack.ws_url.removesuffix("/ws"))
+    with pytest.raises(Unreachable) as err:
+        async with GatewayClient(url, stack.ws_url, "alice", PASSWORD):
+            pass
+    assert str(err.value) == f"cannot reach auth_service at {url} ({reason})"
 
 
 async def test_throttled_login_raises_a_temporary_failure_with_retry_after(stack: Stack) -> None:

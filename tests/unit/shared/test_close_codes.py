@@ -58,7 +58,7 @@ def test_an_unlisted_close(code: int | None, reason: str, action: Action) -> Non
 
 def js_rows() -> set[tuple[int, str, str]]:
     """The ``DISCONNECTS`` rows of the JavaScript client, read from its source."""
-    source = (ROOT / "services" / "web" / "gateway-client.js").read_text()
+    source = (ROOT / "clients" / "js" / "gateway-client.js").read_text()
     table = source.split("export const DISCONNECTS = Object.freeze([", 1)[1].split("]);", 1)[0]
     rows = re.findall(r'\[(\d+), "([a-z_]*)", "([a-z_]+)"\]', table)
     return {(int(code), reason, action) for code, reason, action in rows}

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from realtime_gateway_client.chat import format_message, parse_args
+
+DEMO_PAGE = Path(__file__).parents[3] / "services" / "web" / "index.html"
 
 
 def test_defaults_point_at_the_local_services() -> None:
@@ -10,7 +15,7 @@ def test_defaults_point_at_the_local_services() -> None:
     assert (args.auth_url, args.ws_url, args.channel) == (
         "http://127.0.0.1:8081",
         "ws://127.0.0.1:8082/ws",
-        "chat:general",
+        "chat:lobby",
     )
     args = parse_args(
         ["--user", "a"], {"AUTH_PORT": "9001", "WS_PORT": "9002", "CHAT_PASSWORD": "p"}
@@ -34,3 +39,10 @@ def test_format_message_names_the_sender_by_username() -> None:
     assert format_message({"channel": "user:1", "from": None, "data": [1, 2]}) == (
         "[user:1] server: [1, 2]"
     )
+
+
+def test_the_chat_and_the_demo_page_meet_in_one_room() -> None:
+    """Following the README, a terminal and a browser see each other without choosing a room."""
+    page_room = re.search(r'<input id="room"[^>]* value="([^"]+)"', DEMO_PAGE.read_text())
+    assert page_room is not None, "the page's room field went missing"
+    assert parse_args(["--user", "alice"], {}).channel == f"chat:{page_room[1]}"

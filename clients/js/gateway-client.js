@@ -1,10 +1,16 @@
-// GatewayClient: the browser side of the realtime gateway, one dependency-free ES module.
+// GatewayClient: the realtime gateway's JavaScript client, one dependency-free ES module for
+// browsers, bundlers and Node 20+ (there, pass the ws package's WebSocket where none is global).
 //
+// A session is one of three kinds, chosen by the options:
+// - getToken: the app obtains access tokens itself (e.g. from its backend); the client asks it for
+//   the first `auth` and for every renewal, and calls auth_service for nothing else.
+// - a password login in a browser: the refresh token lives in auth_service's HttpOnly cookie,
+//   which page scripts cannot read; refreshing proves the request is ours with the CSRF token, the
+//   one the last login or refresh answered (the CSRF cookie only after a reload, when there is none:
+//   another page of the site may have planted a cookie of that name).
+// - a password login elsewhere (Node): the refresh token lives in this object's memory.
 // The access token lives in this object's memory only: never in localStorage, sessionStorage, a
-// cookie this code writes, or a URL. The refresh token lives in auth_service's HttpOnly cookie,
-// which page scripts cannot read; refreshing proves the request is ours with the CSRF token, the
-// one the last login or refresh answered (the CSRF cookie only after a reload, when there is none:
-// another page of the site may have planted a cookie of that name).
+// cookie this code writes, or a URL.
 // The wire contract is docs/protocol.md; closes are acted on from DISCONNECTS below.
 // In channels with history it remembers each channel's position (offset and epoch of the last
 // message) and resubscribes with `since` after every reconnect: missed messages arrive as ordinary
@@ -44,6 +50,7 @@ const STOPPING_CODES = new Set(DISCONNECTS.filter(([, , a]) => a === "stop").map
 /**
  * The action for a close: the row's, when code and reason match one; otherwise (a dropped
  * connection, a reason this client does not know) stop if the code can mean stop, else reconnect.
+ * The same rule as realtime_gateway_protocol.close_codes.action_for.
  */
 export function actionFor(code, reason) {
   const row = DISCONNECTS.find(([c, r]) => c === code && r === reason);
@@ -74,12 +81,172 @@ function readCookie(name) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** auth_service's REST API, through the app's own ``fetch`` when it gave one. */
+class AuthApi {
+  #base;
+  #fetch;
+  #credentials;
+
+  constructor(authUrl, fetch, credentials) {
+    this.#base = authUrl?.replace(/\/$/, "");
+    this.#fetch = fetch;
+    this.#credentials = credentials;
+  }
+
+  get base() {
+    return this.#base;
+  }
+
+  async post(path, body, headers = {}) {
+    if (!this.#base) throw new TypeError(`GatewayClient: ${path} needs the authUrl option`);
+    const fetch = this.#fetch;
+    let response;
+    try {
+      response = await fetch(this.#base + path, {
+        method: "POST",
+        credentials: this.#credentials,
+        headers: { "Content-Type": "application/json", ...headers },
+        body: JSON.stringify(body),
+      });
+    } catch (err) {
+      throw new GatewayError("unreachable", `cannot reach auth_service at ${this.#base} (${err.message})`);
+    }
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) throw new GatewayError(data.error ?? `http_${response.status}`, data.error_description, response.status);
+    return data;
+  }
+}
+
+/** A browser's password session: the refresh token in the HttpOnly cookie, the CSRF token here. */
+class CookieSession {
+  #api;
+  #csrf = null;
+
+  constructor(api) {
+    this.#api = api;
+  }
+
+  async login(username, password) {
+    return this.#keep(await this.#api.post("/v1/login", { username, password, session: "cookie" }));
+  }
+
+  /** Whether a session may exist: without its CSRF token (nor, after a reload, its cookie) there is none. */
+  get resumable() {
+    return (this.#csrf ?? readCookie(this.#csrfCookie())) !== null;
+  }
+
+  /** One refresh at a time across tabs (Web Locks), since the cookie is shared and rotates. */
+  refresh() {
+    const locks = globalThis.navigator?.locks;
+    const run = () => this.#refreshWithRetry(!locks);
+    return locks ? locks.request(REFRESH_LOCK, run) : run();
+  }
+
+  async logout(everywhere) {
+    await this.#api.post("/v1/logout", { all: everywhere }, this.#csrfHeader());
+    this.#csrf = null;
+  }
+
+  async #refreshWithRetry(unlocked) {
+    // Without Web Locks two tabs may present the same cookie; the loser gets invalid_grant inside
+    // the server's reuse grace, and by then the browser holds the winner's rotated cookie.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return this.#keep(await this.#api.post("/v1/token", { grant_type: "refresh_token" }, this.#csrfHeader()));
+      } catch (err) {
+        if (!unlocked || attempt >= 2 || err.code !== "invalid_grant") throw err;
+        await sleep(500 + Math.random() * 1000);
+      }
+    }
+  }
+
+  #keep(body) {
+    this.#csrf = body.csrf_token;
+    return body;
+  }
+
+  #csrfHeader() {
+    return { "X-CSRF-Token": this.#csrf ?? readCookie(this.#csrfCookie()) ?? "" };
+  }
+
+  #csrfCookie() {
+    return new URL(this.#api.base, location.href).protocol === "https:" ? HOST_PREFIX + CSRF_COOKIE : CSRF_COOKIE;
+  }
+}
+
+/** A password session outside a browser: the refresh token in this object's memory only. */
+class MemorySession {
+  #api;
+  #refreshToken = null;
+
+  constructor(api) {
+    this.#api = api;
+  }
+
+  async login(username, password) {
+    return this.#keep(await this.#api.post("/v1/login", { username, password }));
+  }
+
+  get resumable() {
+    return this.#refreshToken !== null;
+  }
+
+  async refresh() {
+    if (this.#refreshToken === null) throw new GatewayError("not_authenticated", "log in first");
+    return this.#keep(await this.#api.post("/v1/token", { grant_type: "refresh_token", refresh_token: this.#refreshToken }));
+  }
+
+  async logout(everywhere) {
+    const refreshToken = this.#refreshToken;
+    this.#refreshToken = null;
+    await this.#api.post("/v1/logout", { refresh_token: refreshToken, all: everywhere });
+  }
+
+  #keep(body) {
+    this.#refreshToken = body.refresh_token;
+    return body;
+  }
+}
+
+/** The app's own tokens: ``getToken()`` for the first ``auth`` and for every renewal. */
+class TokenProvider {
+  #api;
+  #getToken;
+  #last = null;
+
+  constructor(api, getToken) {
+    this.#api = api;
+    this.#getToken = getToken;
+  }
+
+  login() {
+    throw new TypeError("GatewayClient: with getToken there is no password login; call connect()");
+  }
+
+  get resumable() {
+    return true;
+  }
+
+  async refresh() {
+    const token = await this.#getToken();
+    if (typeof token !== "string" || !token) throw new GatewayError("invalid_token", "getToken() gave no access token");
+    this.#last = token;
+    return { access_token: token };
+  }
+
+  /** Ends the token's session at auth_service (authUrl); the app may prefer close() and its own logout. */
+  async logout(everywhere) {
+    await this.#api.post("/v1/logout", { all: everywhere }, { Authorization: `Bearer ${this.#last}` });
+  }
+}
+
 export class GatewayClient extends EventTarget {
-  #authUrl;
+  #api;
+  #session;
+  #WebSocket;
   #wsUrl;
   #handshake;
   #token = null;
-  #csrf = null;
   #ws = null;
   #state = "closed";
   #channels = new Map(); // channel -> whether it asked for presence events
@@ -88,16 +255,28 @@ export class GatewayClient extends EventTarget {
   #ids = 0;
   #attempt = 0;
   #stopped = true;
+  #established = false;
   #refreshing = null;
   #connected = null;
 
   /**
-   * @param {{authUrl: string, wsUrl: string, handshake?: "message"|"bearer"|"ticket"}} options
+   * @param {{authUrl?: string, wsUrl: string, handshake?: "message"|"bearer"|"ticket",
+   *   getToken?: () => Promise<string>, fetch?: typeof fetch, WebSocket?: typeof WebSocket}} options
    * ``handshake``: how the socket authenticates (docs/protocol.md, "Choosing a handshake").
    */
-  constructor({ authUrl, wsUrl, handshake = "message" }) {
+  constructor({ authUrl, wsUrl, handshake = "message", getToken, fetch, WebSocket } = {}) {
     super();
-    this.#authUrl = authUrl.replace(/\/$/, "");
+    this.#WebSocket = WebSocket ?? globalThis.WebSocket;
+    if (typeof this.#WebSocket !== "function") {
+      throw new TypeError('GatewayClient: no global WebSocket here; pass one, e.g. WebSocket from the "ws" package');
+    }
+    const cookie = !getToken && typeof document !== "undefined";
+    this.#api = new AuthApi(authUrl, fetch ?? ((...args) => globalThis.fetch(...args)), cookie ? "include" : "same-origin");
+    this.#session = getToken
+      ? new TokenProvider(this.#api, getToken)
+      : cookie
+        ? new CookieSession(this.#api)
+        : new MemorySession(this.#api);
     this.#wsUrl = wsUrl;
     this.#handshake = handshake;
     this.user = null;
@@ -117,24 +296,41 @@ export class GatewayClient extends EventTarget {
     return this.#positions.get(channel) ?? null;
   }
 
-  /** Log in with a password; the refresh token goes into the HttpOnly cookie. */
+  /** A new account; log in with it afterwards. */
+  register(username, password) {
+    return this.#api.post("/v1/register", { username, password });
+  }
+
+  /** Log in with a password (in a browser the refresh token goes into the HttpOnly cookie), then connect. */
   async login(username, password) {
-    const body = await this.#post("/v1/login", { username, password, session: "cookie" });
-    this.#tokens(body);
+    this.#tokens(await this.#session.login(username, password));
     await this.#start();
   }
 
-  /** After a reload: a fresh access token from the cookie, no password. */
+  /**
+   * Connect with the session there is: getToken's token, or a fresh access token from the current
+   * session (the cookie in a browser). Rejects with the reason when the first connection fails.
+   */
+  async connect() {
+    if (!this.#token) await this.refresh();
+    await this.#start();
+  }
+
+  /**
+   * After a reload: connect from the session cookie, no password. Resolves false, without a
+   * request, when there is no session to resume (a first visit, or after a logout).
+   */
   async resume() {
-    await this.refresh();
-    await this.#start();
+    if (!this.#session.resumable) return false;
+    await this.connect();
+    return true;
   }
 
-  /** One refresh at a time across tabs (Web Locks), since the cookie is shared and rotates. */
+  /** A fresh access token; concurrent callers share one request (refresh tokens rotate). */
   async refresh() {
     if (!this.#refreshing) {
-      const run = () => this.#refreshWithRetry();
-      this.#refreshing = (navigator.locks ? navigator.locks.request(REFRESH_LOCK, run) : run())
+      this.#refreshing = this.#session.refresh()
+        .then((body) => this.#tokens(body))
         .finally(() => { this.#refreshing = null; });
     }
     return this.#refreshing;
@@ -168,10 +364,10 @@ export class GatewayClient extends EventTarget {
     await this.#request({ type: "publish", channel, data });
   }
 
-  /** Revoke this session (or every session of the user) and forget both cookies. */
+  /** Revoke this session (or every session of the user) and close; in a browser, forget both cookies. */
   async logout({ everywhere = false } = {}) {
     try {
-      await this.#post("/v1/logout", { all: everywhere }, { csrf: true });
+      await this.#session.logout(everywhere);
     } finally {
       this.close();
     }
@@ -184,51 +380,16 @@ export class GatewayClient extends EventTarget {
     this.#setState("closed");
   }
 
-  // -- REST ------------------------------------------------------------------------------
-
-  async #refreshWithRetry() {
-    // Without Web Locks two tabs may present the same cookie; the loser gets invalid_grant inside
-    // the server's reuse grace, and by then the browser holds the winner's rotated cookie.
-    for (let attempt = 0; ; attempt++) {
-      try {
-        this.#tokens(await this.#post("/v1/token", { grant_type: "refresh_token" }, { csrf: true }));
-        return;
-      } catch (err) {
-        if (navigator.locks || attempt >= 2 || err.code !== "invalid_grant") throw err;
-        await sleep(500 + Math.random() * 1000);
-      }
-    }
-  }
-
   #tokens(body) {
     this.#token = body.access_token;
-    this.#csrf = body.csrf_token;
-    this.expiresAt = Date.now() + body.expires_in * 1000;
-  }
-
-  async #post(path, body, { csrf = false, bearer = false } = {}) {
-    const headers = { "Content-Type": "application/json" };
-    if (csrf) headers["X-CSRF-Token"] = this.#csrf ?? readCookie(this.#csrfCookie()) ?? "";
-    if (bearer) headers.Authorization = `Bearer ${this.#token}`;
-    const response = await fetch(this.#authUrl + path, {
-      method: "POST",
-      credentials: "include",
-      headers,
-      body: JSON.stringify(body),
-    });
-    const data = await response.json().catch(() => ({}));
-    if (!response.ok) throw new GatewayError(data.error ?? `http_${response.status}`, data.error_description, response.status);
-    return data;
-  }
-
-  #csrfCookie() {
-    return new URL(this.#authUrl, location.href).protocol === "https:" ? HOST_PREFIX + CSRF_COOKIE : CSRF_COOKIE;
+    this.expiresAt = body.expires_in ? Date.now() + body.expires_in * 1000 : null;
   }
 
   // -- the socket ------------------------------------------------------------------------
 
   async #start() {
     this.#stopped = false;
+    this.#established = false;
     this.#attempt = 0;
     await this.#connect();
   }
@@ -249,21 +410,27 @@ export class GatewayClient extends EventTarget {
     let url = this.#wsUrl;
     const protocols = [SUBPROTOCOL];
     if (this.#handshake === "ticket") {
-      const { ticket } = await this.#post("/v1/ws-ticket", {}, { bearer: true });
+      const { ticket } = await this.#api.post("/v1/ws-ticket", {}, { Authorization: `Bearer ${this.#token}` });
       url += `${url.includes("?") ? "&" : "?"}ticket=${encodeURIComponent(ticket)}`;
     } else if (this.#handshake === "bearer") {
       protocols.push(BEARER_PREFIX + this.#token);
     }
-    const ws = new WebSocket(url, protocols);
+    const Socket = this.#WebSocket;
+    const ws = new Socket(url, protocols);
     this.#ws = ws;
     let opened = false;
+    let failure = null;
     ws.onopen = () => {
       opened = true;
       if (this.#handshake === "message") this.#send({ type: "auth", token: this.#token });
     };
     ws.onmessage = (event) => this.#onFrame(JSON.parse(event.data));
+    // Browsers say nothing about why; Node's ws names the refusal ("Unexpected server response: 404").
+    ws.onerror = (event) => { failure = event.message || null; };
     ws.onclose = (event) => {
-      if (this.#ws === ws) this.#onClose(opened ? event.code : null, event.reason);
+      if (this.#ws !== ws) return;
+      const unopened = new GatewayError("unreachable", `no WebSocket at ${this.#wsUrl}${failure ? ` (${failure})` : ""}`);
+      this.#onClose(opened ? event.code : null, event.reason, opened ? undefined : unopened);
     };
   }
 
@@ -273,6 +440,7 @@ export class GatewayClient extends EventTarget {
       this.user = frame.user;
       this.expiresAt = frame.expires_at * 1000;
       this.#attempt = 0;
+      this.#established = true;
       if (frame.renewed) {
         this.dispatchEvent(new CustomEvent("renewed", { detail: { expiresAt: this.expiresAt } }));
       } else {
@@ -344,12 +512,17 @@ export class GatewayClient extends EventTarget {
     }
   }
 
-  /** ``code`` is null when the socket never opened: refused before the upgrade, or unreachable. */
+  /**
+   * ``code`` is null when the socket never opened: refused before the upgrade, or unreachable.
+   * Until the first connection succeeds that ends the attempt (a wrong URL is one error, not a
+   * retry loop); after it, it is what a network does, and the client backs off and reconnects.
+   */
   async #onClose(code, reason, error) {
     this.#ws = null;
     for (const { reject } of this.#pending.values()) reject(new GatewayError("connection_closed"));
     this.#pending.clear();
     if (this.#stopped) return;
+    if (code === null && !this.#established) return this.#stop(code, error);
     let action = code === null ? "reconnect" : actionFor(code, reason);
     // Refused before the upgrade (bearer or ticket): most likely the token expired meanwhile.
     if (code === null && this.#handshake !== "message") action = "refresh_then_reconnect";

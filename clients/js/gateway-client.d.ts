@@ -1,19 +1,53 @@
-// Type declarations for gateway-client.js (docs/protocol.md is the wire contract).
+// Type declarations for gateway-client.js (docs/protocol.md is the wire contract). They compile
+// under `tsc --strict` without skipLibCheck, with the DOM library (browsers, bundlers) or with
+// @types/node alone.
 
 export type CloseAction = "reconnect" | "refresh_then_reconnect" | "stop";
 /** [code, reason, action] rows: the same table as protocol/realtime_gateway_protocol/close_codes.py. */
 export declare const DISCONNECTS: ReadonlyArray<readonly [number, string, CloseAction]>;
+/** The row's action; for a close the table does not list, stop if the code can mean stop, else reconnect. */
 export declare function actionFor(code: number, reason: string): CloseAction;
 export declare function backoffDelay(attempt: number, base?: number, cap?: number): number;
 
 export type ConnectionState = "connecting" | "authenticated" | "renewing" | "reconnecting" | "closed";
 export type Handshake = "message" | "bearer" | "ticket";
 
+/** What the client passes to `fetch`: the global one, or the app's own (`options.fetch`). */
+export interface FetchInit {
+  method: "POST";
+  credentials: "include" | "same-origin";
+  headers: Record<string, string>;
+  body: string;
+}
+
+export type Fetch = (
+  url: string,
+  init: FetchInit,
+) => Promise<{ ok: boolean; status: number; json(): Promise<unknown> }>;
+
+/** What the client needs of a WebSocket: the browser's, Node 22's, or the ws package's. */
+export interface WebSocketLike {
+  send(data: string): void;
+  close(code?: number): void;
+}
+
+export type WebSocketConstructor = new (url: string, protocols: string[]) => WebSocketLike;
+
 export interface GatewayClientOptions {
-  authUrl: string;
+  /** auth_service's base URL: for register(), password sessions, the "ticket" handshake and logout(). */
+  authUrl?: string;
   wsUrl: string;
   /** How the socket authenticates; the in-band `auth` message by default. */
   handshake?: Handshake;
+  /**
+   * An access token the app obtained itself (e.g. through its backend): called for the first
+   * `auth` and for every renewal. With it, open the socket with connect(); there is no login().
+   */
+  getToken?: () => Promise<string>;
+  /** The fetch to call auth_service with; the global one by default. */
+  fetch?: Fetch;
+  /** The WebSocket constructor; the global one by default (Node 20: pass the ws package's). */
+  WebSocket?: WebSocketConstructor;
 }
 
 export interface User {
@@ -67,7 +101,10 @@ export interface PresenceEvent {
 }
 
 export declare class GatewayError extends Error {
+  constructor(code: string, message?: string, status?: number);
+  /** The machine-readable code: auth_service's `error`, an `error` frame's `code`, or this client's own ("unreachable", "not_connected", "connection_closed"). */
   readonly code: string;
+  /** The HTTP status, for auth_service's answers. */
   readonly status?: number;
 }
 
@@ -83,6 +120,9 @@ export interface GatewayClientEventMap {
   recovery: CustomEvent<{ channel: string; recovered: boolean; count: number }>;
 }
 
+type AddListenerArgs = Parameters<EventTarget["addEventListener"]>;
+type RemoveListenerArgs = Parameters<EventTarget["removeEventListener"]>;
+
 export declare class GatewayClient extends EventTarget {
   constructor(options: GatewayClientOptions);
   readonly state: ConnectionState;
@@ -91,8 +131,13 @@ export declare class GatewayClient extends EventTarget {
   user: User | null;
   /** When the access token expires (epoch milliseconds). */
   expiresAt: number | null;
+  register(username: string, password: string): Promise<User>;
+  /** Log in with a password, then connect (not with getToken). */
   login(username: string, password: string): Promise<void>;
-  resume(): Promise<void>;
+  /** Open the socket with the session there is (getToken's token, or a refreshed one). */
+  connect(): Promise<void>;
+  /** Connect from the browser's session cookie; false, without a request, when there is none. */
+  resume(): Promise<boolean>;
   refresh(): Promise<void>;
   subscribe(channel: string, options?: { presenceEvents?: boolean }): Promise<Subscribed>;
   /** The position of the last message seen on a channel with history. */
@@ -105,7 +150,14 @@ export declare class GatewayClient extends EventTarget {
   close(): void;
   addEventListener<K extends keyof GatewayClientEventMap>(
     type: K,
-    listener: (event: GatewayClientEventMap[K]) => void,
-    options?: boolean | AddEventListenerOptions,
+    listener: (this: GatewayClient, event: GatewayClientEventMap[K]) => void,
+    options?: AddListenerArgs[2],
   ): void;
+  addEventListener(...args: AddListenerArgs): void;
+  removeEventListener<K extends keyof GatewayClientEventMap>(
+    type: K,
+    listener: (this: GatewayClient, event: GatewayClientEventMap[K]) => void,
+    options?: RemoveListenerArgs[2],
+  ): void;
+  removeEventListener(...args: RemoveListenerArgs): void;
 }
