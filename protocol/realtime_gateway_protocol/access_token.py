@@ -75,6 +75,10 @@ class Claims:
     scopes: frozenset[str]
     username: str | None
     kid: str
+    grants: frozenset[tuple[str, str]] = frozenset()
+    """``(action, channel)`` pairs the token's RFC 9396 ``authorization_details`` grant (a channel
+    ending in ``*`` is a prefix). The verifier parses the claim (``from_payload`` leaves it
+    empty) and shares one set per distinct value, as ``scope_set`` does for scopes."""
 
     @property
     def ref(self) -> TokenRef:

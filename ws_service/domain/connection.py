@@ -45,7 +45,7 @@ from ws_service.domain.errors import (
 from ws_service.domain.history import MAX_OFFSET, HistoryPage, Position
 from ws_service.domain.hub import Hub
 from ws_service.domain.limits import Limits
-from ws_service.domain.namespaces import Namespaces, validate_channel
+from ws_service.domain.namespaces import Action, Namespaces, validate_channel
 from ws_service.domain.presence import Member
 from ws_service.domain.ratelimit import TokenBucket
 from ws_service.domain.telemetry import GatewayMetrics
@@ -290,10 +290,14 @@ class Connection:
         namespaces = self._ctx.namespaces
         for channel in sorted(self.channels):
             try:
-                namespaces.of(channel).check_read(channel, claims)
+                namespaces.of(channel).check("subscribe", channel, claims)
             except Forbidden:
                 self._leave(channel)
-                self.send(protocol.reply("unsubscribed", None, channel=channel, reason="forbidden"))
+                self.send(
+                    protocol.reply(
+                        "unsubscribed", None, channel=channel, reason="permission_revoked"
+                    )
+                )
         self._accept(claims, request.id, renewed=True)
 
     async def _verify(self, request: protocol.Request) -> Claims:
@@ -414,8 +418,7 @@ class Connection:
         if kind == "ping":
             self.send(protocol.reply("pong", request.id))
         elif kind == "publish":
-            channel = validate_channel(request.body.get("channel"))
-            self._ctx.namespaces.of(channel).check_write(channel, self.claims)
+            channel = self._permitted_channel(request, "publish")
             if "data" not in request.body:
                 raise BadRequest("publish needs data")
             await self._ctx.hub.publish(channel, request.body["data"], self.claims)
@@ -425,7 +428,7 @@ class Connection:
         elif kind == "history":
             await self._history(request)
         elif kind == "presence":
-            channel = self._readable_channel(request)
+            channel = self._permitted_channel(request, "presence")
             if not self._ctx.namespaces.of(channel).presence:
                 raise NotEnabled("this channel's namespace has no presence")
             members = await self._unless_redis_down(self._ctx.hub.members(channel))
@@ -455,25 +458,28 @@ class Connection:
         self.channels.pop(channel, None)
         self._ctx.hub.leave(channel, self)
 
-    def _readable_channel(self, request: protocol.Request) -> str:
+    def _permitted_channel(self, request: protocol.Request, action: Action) -> str:
+        """The request's channel, once the claims may do ``action`` on it."""
         assert self.claims is not None
         channel = validate_channel(request.body.get("channel"))
-        self._ctx.namespaces.of(channel).check_read(channel, self.claims)
+        self._ctx.namespaces.of(channel).check(action, channel, self.claims)
         return channel
 
     async def _subscribe(self, request: protocol.Request) -> None:
         """Join first (holding the channel's live messages back), then read what was missed,
         answer, and release the held messages that come after it: no gap, no repeat."""
         assert self.claims is not None
-        channel = self._readable_channel(request)
+        channel = self._permitted_channel(request, "subscribe")
         since = _position(request.body.get("since"), "since")
         events = request.body.get("presence_events", False)
         if not isinstance(events, bool):
             raise BadRequest("presence_events must be true or false")
         namespace = self._ctx.namespaces.of(channel)
         presence = namespace.presence
-        if events and not presence:
-            raise NotEnabled("this channel's namespace has no presence")
+        if events:
+            if not presence:
+                raise NotEnabled("this channel's namespace has no presence")
+            namespace.check("presence", channel, self.claims)
         policy = namespace.history
         if since is not None and policy is None:
             raise NotEnabled("this channel's namespace keeps no history to recover from")
@@ -516,7 +522,7 @@ class Connection:
                 self.peer.send(text)
 
     async def _history(self, request: protocol.Request) -> None:
-        channel = self._readable_channel(request)
+        channel = self._permitted_channel(request, "history")
         since = _position(request.body.get("since"), "since")
         limit = request.body.get("limit", 1_000_000)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:

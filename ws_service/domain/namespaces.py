@@ -1,30 +1,69 @@
 """Channels and the one home of every per-namespace rule.
 
 A channel is ``namespace:name``. Each namespace resolves once to a :class:`Namespace` that says who
-may read and write it and what it keeps (history, presence); the hub, the connection and the
-settings parser all read that object, and nothing re-derives a rule from a channel name anywhere
-else. Adding a namespace option is a field here, its parsing in the settings, and its tests.
+may do what in it and what it keeps (history, presence); the hub, the connection and the settings
+parser all read that object, and nothing re-derives a rule from a channel name anywhere else. Adding
+a namespace option is a field here, its parsing in the settings, and its tests.
 
-The rules today: ``ns:read`` subscribes (and reads history and presence), ``ns:write`` publishes,
-and the ``user`` namespace is each user's own inbox: ``user:<sub>`` is readable by that user
-alone and written only by the server.
+The rules (docs/protocol.md, "Permissions"): an action on a channel is allowed when a scope allows
+it (``ns:read`` subscribes and reads history and presence, ``ns:write`` publishes) or when the
+token's ``authorization_details`` grant it (RFC 9396: :func:`parse_grants`). The ``user`` namespace
+is each user's own inbox: ``user:<sub>`` is readable by that user alone and written only by the
+server, whatever the token says.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal, get_args
 
 from realtime_gateway_protocol.access_token import Claims
 from ws_service.domain.errors import Forbidden, InvalidChannel
 from ws_service.domain.history import HistoryPolicy
 
-__all__ = ["USER_NAMESPACE", "Namespace", "Namespaces", "namespace_of", "validate_channel"]
+__all__ = [
+    "ACTIONS",
+    "DETAILS_TYPE",
+    "MAX_GRANTS",
+    "USER_NAMESPACE",
+    "Action",
+    "Grants",
+    "Namespace",
+    "Namespaces",
+    "granted",
+    "namespace_of",
+    "parse_grants",
+    "validate_channel",
+]
 
 USER_NAMESPACE = "user"
 _NAME = re.compile(r"[A-Za-z0-9_.@-]+:[A-Za-z0-9_.:@-]+")
 _MAX_LEN = 128
+
+Action = Literal["subscribe", "publish", "history", "presence"]
+ACTIONS: frozenset[str] = frozenset(get_args(Action))
+_SCOPE_SUFFIX: Mapping[str, str] = {
+    "subscribe": ":read",
+    "history": ":read",
+    "presence": ":read",
+    "publish": ":write",
+}
+_DOING: Mapping[str, str] = {
+    "subscribe": "subscribing",
+    "history": "reading history",
+    "presence": "reading presence",
+    "publish": "publishing",
+}
+
+Grants = frozenset[tuple[str, str]]
+"""``(action, channel)`` pairs; a channel ending in ``*`` is a prefix (``Claims.grants``)."""
+DETAILS_TYPE = "realtime_channels"
+MAX_GRANTS = 256
+"""Pairs one token may grant: a check may scan them all, and every socket keeps them."""
+_DETAIL_KEYS = frozenset({"type", "channels", "actions"})
 
 
 def validate_channel(channel: object) -> str:
@@ -36,6 +75,78 @@ def validate_channel(channel: object) -> str:
 
 def namespace_of(channel: str) -> str:
     return channel.partition(":")[0]
+
+
+def parse_grants(details: object) -> Grants:
+    """The grants of an ``authorization_details`` claim (``None`` when absent).
+
+    Entries of another ``type`` are for other resource servers (RFC 9396 section 2) and are passed
+    over. A ``realtime_channels`` entry holds exactly ``type``, ``channels`` (exact names, or
+    prefixes ending in ``*`` that stay inside one namespace: ``team:7.*``) and ``actions``; anything
+    else raises ``ValueError`` (the token is invalid), so that a grant is never read wider or
+    narrower than it was written. One set is shared by every token of the same grants.
+    """
+    if details is None:
+        return frozenset()
+    pairs = frozenset(
+        (action, channel)
+        for channels, actions in _realtime_entries(details)
+        for channel in channels
+        for action in actions
+    )
+    if len(pairs) > MAX_GRANTS:
+        raise ValueError(f"authorization_details grants more than {MAX_GRANTS} channel actions")
+    return _shared(pairs)
+
+
+def _realtime_entries(details: object) -> Iterator[tuple[list[str], list[str]]]:
+    if not isinstance(details, list):
+        raise ValueError("authorization_details must be a list")
+    for entry in details:
+        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+            raise ValueError("each authorization_details entry must be an object with a type")
+        if entry["type"] != DETAILS_TYPE:
+            continue
+        if not entry.keys() <= _DETAIL_KEYS:
+            raise ValueError(f"{DETAILS_TYPE} entries hold only type, channels and actions")
+        channels, actions = entry.get("channels"), entry.get("actions")
+        if not isinstance(channels, list) or not channels or not all(map(_pattern, channels)):
+            raise ValueError(
+                f"{DETAILS_TYPE} channels must be channel names or namespace:prefix* patterns"
+            )
+        if not isinstance(actions, list) or not actions or not all(map(_action, actions)):
+            raise ValueError(f"{DETAILS_TYPE} actions must be some of {sorted(ACTIONS)}")
+        yield channels, actions
+
+
+def _pattern(channel: object) -> bool:
+    """A channel name, or a prefix ending in ``*`` that a channel name can extend."""
+    if not isinstance(channel, str):
+        return False
+    name = f"{channel[:-1]}x" if channel.endswith("*") else channel
+    return len(name) <= _MAX_LEN and _NAME.fullmatch(name) is not None
+
+
+def _action(action: object) -> bool:
+    return isinstance(action, str) and action in ACTIONS
+
+
+@lru_cache(maxsize=1024)
+def _shared(grants: Grants) -> Grants:
+    """The first equal set parsed: every socket of the same grants points at one object."""
+    return grants
+
+
+def granted(grants: Grants, action: str, channel: str) -> bool:
+    """Whether ``grants`` allow ``action`` on ``channel``, exactly or by a prefix."""
+    if not grants:
+        return False
+    if (action, channel) in grants:
+        return True
+    return any(
+        pattern[-1] == "*" and granted_action == action and channel.startswith(pattern[:-1])
+        for granted_action, pattern in grants
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,20 +164,18 @@ class Namespace:
         """The ``user`` namespace: one inbox per user, written by the server only."""
         return self.name == USER_NAMESPACE
 
-    def check_read(self, channel: str, claims: Claims) -> None:
-        """May ``claims`` subscribe to ``channel`` (and read its history and presence)?"""
+    def check(self, action: Action, channel: str, claims: Claims) -> None:
+        """Raise ``Forbidden`` unless ``claims`` may do ``action`` on ``channel`` (a channel of
+        this namespace). The server's own publishes are not asked."""
         if self.private:
+            if action == "publish":
+                raise Forbidden("only the server publishes to user channels")
             if channel != f"{USER_NAMESPACE}:{claims.sub}":
                 raise Forbidden("only your own user channel can be subscribed")
-        elif f"{self.name}:read" not in claims.scopes:
-            raise Forbidden(f"subscribing needs the scope {self.name}:read")
-
-    def check_write(self, channel: str, claims: Claims) -> None:
-        """May ``claims`` publish to ``channel``? (The server's own publishes are not asked.)"""
-        if self.private:
-            raise Forbidden("only the server publishes to user channels")
-        if f"{self.name}:write" not in claims.scopes:
-            raise Forbidden(f"publishing needs the scope {self.name}:write")
+            return
+        scope = self.name + _SCOPE_SUFFIX[action]
+        if scope not in claims.scopes and not granted(claims.grants, action, channel):
+            raise Forbidden(f"{_DOING[action]} needs the scope {scope}")
 
 
 class Namespaces:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from realtime_gateway_protocol.access_token import (
     Claims,
 )
 from ws_service.domain.errors import InvalidToken, KeyWithdrawn, SessionRevoked, TokenExpired
+from ws_service.domain.namespaces import parse_grants
 
 __all__ = ["KeySource", "RevocationCheck", "TokenVerifier", "claims_from"]
 
@@ -134,6 +136,8 @@ def _header(segment: str) -> Mapping[str, Any]:
 def claims_from(payload: Mapping[str, Any], kid: str) -> Claims:
     """What the gateway acts on, from a verified access token's (or ticket's) payload."""
     try:
-        return Claims.from_payload(payload, kid)
+        claims = Claims.from_payload(payload, kid)
+        grants = parse_grants(payload.get("authorization_details"))
     except ValueError as exc:
         raise InvalidToken(str(exc)) from None
+    return replace(claims, grants=grants) if grants else claims
