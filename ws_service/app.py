@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
+from realtime_gateway_protocol.access_token import ALGORITHM
 from realtime_gateway_protocol.close_codes import Disconnect
 from realtime_gateway_protocol.events import REVOCATIONS_TOPIC
 from realtime_gateway_protocol.key_events import KEYS_TOPIC
 from realtime_gateway_protocol.tasks import cancel_and_wait
 from shared.bus import BusUnavailable, EventBus
 from shared.config.env import ConfigError
+from shared.http.jwks import JwksCache
 from shared.http.responses import http_exception_json
 from shared.http.serve import HTTP_TIMEOUTS
 from shared.metrics.mirrored import mirrored
@@ -30,7 +32,7 @@ from ws_service.domain.presence import MemoryPresence, Presence
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.user_slots import UserSlots
 from ws_service.domain.verify import TokenVerifier
-from ws_service.jwks import JwksCache
+from ws_service.jwks import IssuerKeys
 from ws_service.metrics import Metrics
 from ws_service.redis.client import open_redis
 from ws_service.redis.history import RedisHistory
@@ -146,6 +148,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         jwks = JwksCache(
             session,
             settings.jwks_url,
+            algorithms=(ALGORITHM,),
             min_ttl=settings.jwks_min_ttl,
             max_ttl=settings.jwks_max_ttl,
             refetch_interval=settings.jwks_refetch_interval,
@@ -157,7 +160,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         revocations = RevocationRegistry(leeway=settings.leeway)
         verifier = TokenVerifier(
-            jwks,
+            IssuerKeys(jwks),
             revocations,
             issuer=settings.issuer,
             audience=settings.audience,

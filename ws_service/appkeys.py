@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from shared.bus import EventBus
+from shared.http.jwks import JwksCache
 from shared.redis.ledger import RedisRevocationLedger
 from ws_service.domain.gateway import Gateway
-from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
 from ws_service.peer import WebSocketPeer
 from ws_service.settings import Settings

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from realtime_gateway_protocol.access_token import (
@@ -20,11 +21,21 @@ from realtime_gateway_protocol.access_token import (
 from ws_service.domain.errors import InvalidToken, KeyWithdrawn, SessionRevoked, TokenExpired
 from ws_service.domain.namespaces import parse_grants
 
-__all__ = ["KeySource", "RevocationCheck", "TokenVerifier", "claims_from"]
+__all__ = ["KeySource", "RevocationCheck", "TokenVerifier", "VerifyingKey", "claims_from"]
+
+
+class VerifyingKey(Protocol):
+    """A key of the issuer's key set and the algorithms it may verify."""
+
+    @property
+    def key(self) -> RSAPublicKey | EllipticCurvePublicKey: ...
+
+    @property
+    def algorithms(self) -> frozenset[str]: ...
 
 
 class KeySource(Protocol):
-    async def get_key(self, kid: str) -> RSAPublicKey:
+    async def get_key(self, kid: str) -> VerifyingKey:
         """Raise ``KeyWithdrawn`` for a withdrawn key, ``InvalidToken`` for an unknown one."""
 
     def is_withdrawn(self, kid: str) -> bool: ...
@@ -97,10 +108,12 @@ class TokenVerifier:
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("the token has no key id")
         key = await self.keys.get_key(kid)
+        if ALGORITHM not in key.algorithms:
+            raise InvalidToken(f"the signing key does not verify {ALGORITHM}")
         try:
             payload = jwt.decode(
                 token,
-                key,
+                key.key,
                 algorithms=[ALGORITHM],
                 audience=self._audience,
                 issuer=self._issuer,

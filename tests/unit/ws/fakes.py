@@ -7,8 +7,6 @@ import json
 from collections import Counter
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-
 from shared.bus import InProcessBus, RevocationLedger
 from tests.support.clock import FakeClock
 from ws_service.domain.errors import InvalidToken
@@ -20,7 +18,7 @@ from ws_service.domain.namespaces import Namespaces
 from ws_service.domain.presence import MemoryPresence
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.user_slots import UserSlots
-from ws_service.domain.verify import KeySource, TokenVerifier
+from ws_service.domain.verify import KeySource, TokenVerifier, VerifyingKey
 
 __all__ = ["FakeMetrics", "FakePeer", "NoKeys", "build_gateway"]
 
@@ -97,7 +95,7 @@ class FakePeer:
 
 
 class NoKeys:
-    async def get_key(self, kid: str) -> RSAPublicKey:
+    async def get_key(self, kid: str) -> VerifyingKey:
         raise InvalidToken("no keys here")
 
     def is_withdrawn(self, kid: str) -> bool:

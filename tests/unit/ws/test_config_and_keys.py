@@ -1,17 +1,10 @@
-"""Settings from the environment, and which JWKs the cache will use."""
+"""Settings from the environment."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from jwt.algorithms import RSAAlgorithm
 
 from shared.config.env import ConfigError
-from ws_service.jwks import parse_jwks, ttl_from_cache_control
 from ws_service.settings import Settings
 
 
@@ -84,58 +77,3 @@ def test_every_ws_variable_is_read() -> None:
 def test_bad_settings_stop_start_up(environ: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         Settings.from_env(environ)
-
-
-def jwk(key: RSAPrivateKey, **fields: Any) -> dict[str, Any]:
-    base = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
-    return {**base, "kid": "k", "use": "sig", "alg": "RS256", **fields}
-
-
-def test_only_rsa_signing_keys_of_2048_bits_are_used(unit_rsa_key: RSAPrivateKey) -> None:
-    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
-    private = json.loads(RSAAlgorithm.to_jwk(unit_rsa_key))
-    keys = parse_jwks(
-        {
-            "keys": [
-                jwk(unit_rsa_key, kid="good"),
-                jwk(unit_rsa_key, kid="no-alg", alg=None),
-                jwk(unit_rsa_key, kid="enc", use="enc"),
-                jwk(unit_rsa_key, kid="rs512", alg="RS512"),
-                jwk(weak, kid="weak"),
-                {**private, "kid": "private", "use": "sig"},
-                {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac", "use": "sig"},
-                {"kty": "RSA", "kid": "broken", "use": "sig", "n": "!!", "e": "AQAB"},
-                jwk(unit_rsa_key, kid=None),
-                "not a dict",
-            ]
-        }
-    )
-    assert set(keys) == {"good"}
-
-
-def test_a_key_without_alg_is_allowed_but_use_is_required(unit_rsa_key: RSAPrivateKey) -> None:
-    key = {k: v for k, v in jwk(unit_rsa_key, kid="a").items() if k != "alg"}
-    assert set(parse_jwks({"keys": [key]})) == {"a"}
-    key.pop("use")
-    assert parse_jwks({"keys": [key]}) == {}
-
-
-@pytest.mark.parametrize("document", [[], {"keys": {}}, "x", None])
-def test_a_non_jwks_document_is_an_error(document: Any) -> None:
-    with pytest.raises(ValueError):
-        parse_jwks(document)
-
-
-@pytest.mark.parametrize(
-    ("header", "ttl"),
-    [
-        ("public, max-age=300", 300.0),
-        ("max-age=5", 60.0),
-        ("public, max-age=999999", 3600.0),
-        ("no-store", 60.0),
-        (None, 60.0),
-        ('max-age="120"', 120.0),
-    ],
-)
-def test_ttl_comes_from_max_age_within_bounds(header: str | None, ttl: float) -> None:
-    assert ttl_from_cache_control(header, 60.0, 3600.0) == ttl
