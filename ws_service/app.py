@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import aiohttp
 from aiohttp import web
@@ -24,21 +24,30 @@ from shared.metrics.mirrored import mirrored
 from shared.redis.bus import open_bus
 from shared.redis.ledger import RedisRevocationLedger
 from ws_service import handlers, handshake
-from ws_service.appkeys import BUS, GATEWAY, JWKS, LEDGER, METRICS, SETTINGS, SOCKETS
+from ws_service.appkeys import (
+    BUS,
+    GATEWAY,
+    JWKS,
+    LEDGER,
+    METRICS,
+    SETTINGS,
+    SOCKETS,
+    TRUSTED_KEYS,
+)
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.history import History, MemoryHistory
 from ws_service.domain.hub import Hub
 from ws_service.domain.presence import MemoryPresence, Presence
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.user_slots import UserSlots
-from ws_service.domain.verify import TokenVerifier
+from ws_service.domain.verify import Issuer, TokenVerifier
 from ws_service.jwks import IssuerKeys
 from ws_service.metrics import Metrics
 from ws_service.redis.client import open_redis
 from ws_service.redis.history import RedisHistory
 from ws_service.redis.presence import RedisPresence
 from ws_service.redis.slots import RedisUserSlots
-from ws_service.settings import Settings
+from ws_service.settings import Settings, TrustedIssuer
 
 __all__ = ["create_app"]
 
@@ -135,9 +144,59 @@ async def _backends(
         await redis.aclose()
 
 
+def _key_set(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    url: str,
+    algorithms: Iterable[str],
+    on_fetch: Callable[[str], None],
+    on_dropped: Callable[[frozenset[str]], None],
+) -> JwksCache:
+    """One issuer's key set, under the same cache rules as every other."""
+    return JwksCache(
+        session,
+        url,
+        algorithms=tuple(algorithms),
+        min_ttl=settings.jwks_min_ttl,
+        max_ttl=settings.jwks_max_ttl,
+        refetch_interval=settings.jwks_refetch_interval,
+        fetch_timeout=settings.jwks_fetch_timeout,
+        on_fetch=on_fetch,
+        on_dropped=on_dropped,
+    )
+
+
+def _trusted_issuer(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    config: TrustedIssuer,
+    metrics: Metrics,
+    dropped: Callable[[frozenset[str]], None],
+) -> tuple[Issuer, JwksCache]:
+    """One of ``WS_TRUSTED_ISSUERS`` and its key set, whose dropped keys are reported as the
+    issuer's own (``Issuer.key_ref``)."""
+    cache = _key_set(
+        session,
+        settings,
+        config.jwks_url,
+        config.algorithms,
+        lambda outcome: metrics.trusted_issuer_fetches.labels(config.issuer, outcome).inc(),
+        lambda kids: dropped(frozenset(map(issuer.key_ref, kids))),
+    )
+    issuer = Issuer(
+        config.issuer,
+        IssuerKeys(cache),
+        config.audience,
+        frozenset(config.algorithms),
+        config.username_claim,
+        trusted=True,
+    )
+    return issuer, cache
+
+
 async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The JWKS session and refresh task, the verifier, the channel backends and the bus
-    subscriptions."""
+    """The JWKS session and refresh tasks (auth_service's key set and each trusted issuer's), the
+    verifier, the channel backends and the bus subscriptions."""
     settings = app[SETTINGS]
     metrics = app[METRICS]
     bus = app[BUS]
@@ -145,19 +204,21 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         aiohttp.ClientSession() as session,
         _backends(settings, bus) as (history, presence, slots),
     ):
-        jwks = JwksCache(
+        # The gateway is made below, with the verifier over these caches; a cache reports only
+        # from its fetch task and bus handlers, which start after that.
+        jwks = _key_set(
             session,
+            settings,
             settings.jwks_url,
-            algorithms=(ALGORITHM,),
-            min_ttl=settings.jwks_min_ttl,
-            max_ttl=settings.jwks_max_ttl,
-            refetch_interval=settings.jwks_refetch_interval,
-            fetch_timeout=settings.jwks_fetch_timeout,
-            on_fetch=lambda outcome: metrics.jwks_fetches.labels(outcome).inc(),
-            # The gateway is made below, with the verifier over this cache; the cache reports
-            # only from its fetch task and bus handlers, which start after that.
-            on_dropped=lambda kids: gateway.keys_dropped(kids),
+            (ALGORITHM,),
+            lambda outcome: metrics.jwks_fetches.labels(outcome).inc(),
+            lambda kids: gateway.keys_dropped(kids),
         )
+        trusted = [
+            _trusted_issuer(session, settings, config, metrics, lambda k: gateway.keys_dropped(k))
+            for config in settings.trusted_issuers
+        ]
+        app[TRUSTED_KEYS] = {issuer.name: cache for issuer, cache in trusted}
         revocations = RevocationRegistry(leeway=settings.leeway)
         verifier = TokenVerifier(
             IssuerKeys(jwks),
@@ -165,6 +226,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             issuer=settings.issuer,
             audience=settings.audience,
             leeway=settings.leeway,
+            trusted=[issuer for issuer, _ in trusted],
         )
         hub = Hub(
             bus,
@@ -194,7 +256,8 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         stop_refetching = bus.add_reconnect_listener(gateway.refresh_keys)
         stop_restoring = bus.add_reconnect_listener(hub.restore_presence)
         stop_restoring_slots = bus.add_reconnect_listener(gateway.restore_slots)
-        refresher = asyncio.get_running_loop().create_task(jwks.run())
+        caches = [jwks, *app[TRUSTED_KEYS].values()]
+        refreshers = [asyncio.get_running_loop().create_task(cache.run()) for cache in caches]
         try:
             yield
         finally:
@@ -204,8 +267,10 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             stop_reconciling()
             unsubscribe_keys()
             unsubscribe()
-            await cancel_and_wait(refresher)
-            await jwks.close()
+            for refresher in refreshers:
+                await cancel_and_wait(refresher)
+            for cache in caches:
+                await cache.close()
             await gateway.close()
             await hub.close()
 

@@ -13,12 +13,25 @@ from ws_service.peer import WebSocketPeer
 from ws_service.settings import Settings
 from ws_service.used_tickets import UsedTickets
 
-__all__ = ["BUS", "GATEWAY", "JWKS", "LEDGER", "METRICS", "SETTINGS", "SOCKETS", "USED_TICKETS"]
+__all__ = [
+    "BUS",
+    "GATEWAY",
+    "JWKS",
+    "LEDGER",
+    "METRICS",
+    "SETTINGS",
+    "SOCKETS",
+    "TRUSTED_KEYS",
+    "USED_TICKETS",
+]
 
 SETTINGS = web.AppKey("settings", Settings)
 BUS = web.AppKey("bus", EventBus)
 METRICS = web.AppKey("metrics", Metrics)
 JWKS = web.AppKey("jwks", JwksCache)
+"""auth_service's key set."""
+TRUSTED_KEYS = web.AppKey("trusted_keys", dict[str, JwksCache])
+"""The key set of each of ``WS_TRUSTED_ISSUERS``, by issuer."""
 GATEWAY = web.AppKey("gateway", Gateway)
 LEDGER = web.AppKey("revocation_ledger", RedisRevocationLedger)
 """Set only when ``REDIS_URL`` is: read it with ``app.get(LEDGER)``."""

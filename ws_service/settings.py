@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from shared.config.env import (
     ConfigError,
@@ -24,11 +27,20 @@ from shared.config.env import (
 )
 from shared.config.kept_secret import kept_secret
 from shared.config.tls import server_context
+from shared.http.jwks import ALGORITHMS
 from ws_service.domain.history import HistoryPolicy
 from ws_service.domain.limits import Limits
 from ws_service.domain.namespaces import USER_NAMESPACE, Namespace, Namespaces
 
-__all__ = ["DEFAULT_HISTORY", "DEV_API_KEY_FILE", "Settings", "dev_api_key", "parse_history"]
+__all__ = [
+    "DEFAULT_HISTORY",
+    "DEV_API_KEY_FILE",
+    "Settings",
+    "TrustedIssuer",
+    "dev_api_key",
+    "parse_history",
+    "parse_trusted_issuers",
+]
 
 DEV_API_KEY_FILE = "dev-ws-api-key"
 DEFAULT_HISTORY = "chat=100/300"
@@ -65,6 +77,71 @@ def _namespaces(raw: str) -> frozenset[str]:
 def _no_user_namespace(name: str, namespaces: Iterable[str]) -> None:
     if USER_NAMESPACE in namespaces:
         raise ConfigError(f"{name} cannot include the private {USER_NAMESPACE} namespace")
+
+
+@dataclass(frozen=True)
+class TrustedIssuer:
+    """An identity provider whose access tokens the gateway accepts beside auth_service's."""
+
+    issuer: str
+    jwks_url: str
+    audience: str
+    algorithms: tuple[str, ...]
+    username_claim: str = "preferred_username"
+
+
+_ISSUER_KEYS = {"issuer", "jwks_url", "audience", "algorithms", "username_claim"}
+
+
+def parse_trusted_issuers(raw: str) -> tuple[TrustedIssuer, ...]:
+    """``WS_TRUSTED_ISSUERS``: a JSON list of ``{"issuer", "jwks_url", "audience", "algorithms",
+    "username_claim"?}``, each issuer once; algorithms are asymmetric (never ``none`` or HMAC)."""
+    if not raw.strip():
+        return ()
+    try:
+        items: Any = json.loads(raw)
+    except ValueError:
+        raise ConfigError("WS_TRUSTED_ISSUERS must be a JSON list of objects") from None
+    if not isinstance(items, list):
+        raise ConfigError("WS_TRUSTED_ISSUERS must be a JSON list of objects")
+    issuers = tuple(_trusted_issuer(item) for item in items)
+    names = [issuer.issuer for issuer in issuers]
+    if len(set(names)) != len(names):
+        raise ConfigError("WS_TRUSTED_ISSUERS names an issuer twice")
+    return issuers
+
+
+def _trusted_issuer(item: object) -> TrustedIssuer:
+    if not isinstance(item, dict) or not item.keys() <= _ISSUER_KEYS:
+        raise ConfigError(f"WS_TRUSTED_ISSUERS entries are objects of {sorted(_ISSUER_KEYS)}")
+
+    def string(key: str, default: str | None = None) -> str:
+        value = item.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"WS_TRUSTED_ISSUERS entries need {key}, a non-empty string")
+        return value
+
+    issuer, jwks_url = string("issuer"), string("jwks_url")
+    url = urlsplit(jwks_url)
+    if url.scheme not in {"http", "https"} or not url.hostname:
+        raise ConfigError(f"WS_TRUSTED_ISSUERS {issuer}: jwks_url must be an http(s) URL")
+    algorithms = item.get("algorithms")
+    if (
+        not isinstance(algorithms, list)
+        or not algorithms
+        or not all(isinstance(a, str) and a in ALGORITHMS for a in algorithms)
+    ):
+        raise ConfigError(
+            f"WS_TRUSTED_ISSUERS {issuer}: algorithms must be a non-empty list of "
+            f"{', '.join(sorted(ALGORITHMS))} (never none or an HMAC)"
+        )
+    return TrustedIssuer(
+        issuer=issuer,
+        jwks_url=jwks_url,
+        audience=string("audience"),
+        algorithms=tuple(dict.fromkeys(algorithms)),
+        username_claim=string("username_claim", "preferred_username"),
+    )
 
 
 @dataclass(frozen=True)
@@ -117,6 +194,7 @@ class Settings:
     presence: frozenset[str] = frozenset({"chat"})
     presence_ttl: float = 15.0
     presence_debounce: float = 1.0
+    trusted_issuers: tuple[TrustedIssuer, ...] = ()
 
     @cached_property
     def namespaces(self) -> Namespaces:
@@ -208,7 +286,10 @@ class Settings:
             presence_ttl=env_float(environ, "WS_PRESENCE_TTL", 15.0, minimum=1),
             presence_debounce=env_float(environ, "WS_PRESENCE_DEBOUNCE", 1.0, minimum=0),
             workers=env_int(environ, "WS_WORKERS", 1, minimum=1),
+            trusted_issuers=parse_trusted_issuers(environ.get("WS_TRUSTED_ISSUERS", "")),
         )
+        if any(trusted.issuer == settings.issuer for trusted in settings.trusted_issuers):
+            raise ConfigError("WS_TRUSTED_ISSUERS must not name WS_ISSUER (auth_service) again")
         _no_user_namespace("WS_PRESENCE", settings.presence)
         if settings.jwks_min_ttl > settings.jwks_max_ttl:
             raise ConfigError("WS_JWKS_MIN_TTL must not exceed WS_JWKS_MAX_TTL")

@@ -306,5 +306,8 @@ class Gateway:
 
         The ledger does not say whether the session or the whole user was revoked; the session
         is the part known for certain, and other sessions are still checked against the ledger.
+        A token without a session (a trusted issuer's) leaves nothing to remember: an empty
+        ``sid`` would cover every such token.
         """
-        self.revocations.apply(SessionRevoked(sid=claims.sid, sub=claims.sub, until=claims.exp))
+        if claims.sid:
+            self.revocations.apply(SessionRevoked(sid=claims.sid, sub=claims.sub, until=claims.exp))

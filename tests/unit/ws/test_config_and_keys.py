@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from shared.config.env import ConfigError
-from ws_service.settings import Settings
+from ws_service.settings import Settings, TrustedIssuer
 
 
 def test_defaults_follow_the_local_auth_service() -> None:
@@ -77,3 +80,58 @@ def test_every_ws_variable_is_read() -> None:
 def test_bad_settings_stop_start_up(environ: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         Settings.from_env(environ)
+
+
+IDP = {"issuer": "https://idp.example.com/", "jwks_url": "https://idp.example.com/jwks"}
+
+
+def test_trusted_issuers_are_read_from_json() -> None:
+    entries = [
+        {**IDP, "audience": "api", "algorithms": ["ES256", "RS256", "ES256"]},
+        {
+            "issuer": "https://login.example.org",
+            "jwks_url": "http://keys.internal/jwks",
+            "audience": "ws",
+            "algorithms": ["PS256"],
+            "username_claim": "email",
+        },
+    ]
+    settings = Settings.from_env({"WS_TRUSTED_ISSUERS": json.dumps(entries)})
+    assert settings.trusted_issuers == (
+        TrustedIssuer(IDP["issuer"], IDP["jwks_url"], "api", ("ES256", "RS256")),
+        TrustedIssuer(
+            "https://login.example.org", "http://keys.internal/jwks", "ws", ("PS256",), "email"
+        ),
+    )
+    assert Settings.from_env({}).trusted_issuers == ()
+
+
+@pytest.mark.parametrize(
+    ("entries", "problem"),
+    [
+        ("{not json", "JSON list"),
+        ({"issuer": "x"}, "JSON list"),
+        (["https://idp"], "entries are objects"),
+        ([{**IDP, "audience": "a", "algorithms": ["ES256"], "jku": "x"}], "entries are objects"),
+        ([{**IDP, "algorithms": ["ES256"]}], "audience"),
+        ([{**IDP, "audience": "", "algorithms": ["ES256"]}], "audience"),
+        ([{**IDP, "audience": "a", "algorithms": ["ES256"], "username_claim": 3}], "username"),
+        ([{**IDP, "audience": "a", "algorithms": []}], "algorithms"),
+        ([{**IDP, "audience": "a", "algorithms": ["none"]}], "never none or an HMAC"),
+        ([{**IDP, "audience": "a", "algorithms": ["HS256"]}], "never none or an HMAC"),
+        ([{**IDP, "audience": "a", "algorithms": "ES256"}], "algorithms"),
+        (
+            [{**IDP, "jwks_url": "file:///etc/keys", "audience": "a", "algorithms": ["ES256"]}],
+            "URL",
+        ),
+        ([{**IDP, "audience": "a", "algorithms": ["ES256"]}] * 2, "twice"),
+        (
+            [{**IDP, "issuer": "http://127.0.0.1:8081", "audience": "a", "algorithms": ["ES256"]}],
+            "WS_ISSUER",
+        ),
+    ],
+)
+def test_bad_trusted_issuers_stop_start_up(entries: Any, problem: str) -> None:
+    raw = entries if isinstance(entries, str) else json.dumps(entries)
+    with pytest.raises(ConfigError, match=problem):
+        Settings.from_env({"WS_TRUSTED_ISSUERS": raw})
