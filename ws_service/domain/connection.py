@@ -34,6 +34,7 @@ from ws_service.domain.errors import (
     NotAuthenticated,
     NotEnabled,
     NotSubscribed,
+    ProxyUnavailable,
     RateLimited,
     RequestError,
     SessionRevoked,
@@ -47,6 +48,7 @@ from ws_service.domain.hub import Hub
 from ws_service.domain.limits import Limits
 from ws_service.domain.namespaces import Action, Namespaces, validate_channel
 from ws_service.domain.presence import Member
+from ws_service.domain.proxy import ProxyGate
 from ws_service.domain.ratelimit import TokenBucket
 from ws_service.domain.telemetry import GatewayMetrics
 
@@ -98,6 +100,8 @@ class Context:
     admission: Admission
     deadlines: Deadlines
     clock: Clock
+    proxies: ProxyGate | None = None
+    """Asks the application where a namespace has a proxy (``None``: none is configured)."""
     random: Callable[[], float] = field(default=random.random)
 
 
@@ -421,7 +425,13 @@ class Connection:
             channel = self._permitted_channel(request, "publish")
             if "data" not in request.body:
                 raise BadRequest("publish needs data")
-            await self._ctx.hub.publish(channel, request.body["data"], self.claims)
+            data = request.body["data"]
+            url = self._ctx.namespaces.of(channel).publish_proxy
+            if url is not None:
+                data = await self._proxies().publish(url, self.claims, channel, data)
+                if self.closing:
+                    return
+            await self._ctx.hub.publish(channel, data, self.claims)
             self.send(protocol.reply("published", request.id, channel=channel))
         elif kind == "subscribe":
             await self._subscribe(request)
@@ -454,6 +464,12 @@ class Connection:
         else:
             raise BadRequest("unknown message type")
 
+    def _proxies(self) -> ProxyGate:
+        """Fail closed: a namespace with a proxy and no way to ask it allows nothing."""
+        if self._ctx.proxies is None:
+            raise ProxyUnavailable()
+        return self._ctx.proxies
+
     def _leave(self, channel: str) -> None:
         self.channels.pop(channel, None)
         self._ctx.hub.leave(channel, self)
@@ -483,9 +499,14 @@ class Connection:
         policy = namespace.history
         if since is not None and policy is None:
             raise NotEnabled("this channel's namespace keeps no history to recover from")
-        if channel not in self.channels:
-            if len(self.channels) >= self._ctx.limits.max_subscriptions:
-                raise TooManySubscriptions()
+        joined = channel in self.channels
+        if not joined and len(self.channels) >= self._ctx.limits.max_subscriptions:
+            raise TooManySubscriptions()
+        if namespace.subscribe_proxy is not None:
+            await self._proxies().subscribe(namespace.subscribe_proxy, self.claims, channel)
+            if self.closing:
+                return
+        if not joined:
             self.channels[channel] = None
         if policy is not None:
             if self._held is None:

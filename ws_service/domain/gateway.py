@@ -19,6 +19,7 @@ from ws_service.domain.connection import Connection, Context, Peer
 from ws_service.domain.deadlines import Deadlines
 from ws_service.domain.hub import Hub
 from ws_service.domain.limits import Limits
+from ws_service.domain.proxy import ProxyGate
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.telemetry import GatewayMetrics
 from ws_service.domain.user_slots import UserSlots
@@ -44,6 +45,7 @@ class Gateway:
         ledger: RevocationLedger | None = None,
         slots: UserSlots | None = None,
         clock: Clock | None = None,
+        proxies: ProxyGate | None = None,
         reconcile_batch: int = RECONCILE_BATCH,
     ) -> None:
         self.limits = limits
@@ -71,6 +73,7 @@ class Gateway:
             admission=self,
             deadlines=self.deadlines,
             clock=clock,
+            proxies=proxies,
         )
 
     def may_wait(self, remote: str) -> bool:
@@ -208,7 +211,9 @@ class Gateway:
             )
 
     async def close(self) -> None:
-        """Let pending slot releases finish (briefly)."""
+        """Cancel the proxy calls in flight; let pending slot releases finish (briefly)."""
+        if self.context.proxies is not None:
+            await self.context.proxies.close()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.limits.sync_timeout)
 

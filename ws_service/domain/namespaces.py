@@ -158,6 +158,10 @@ class Namespace:
     """What is kept for recovery; None keeps nothing."""
     presence: bool = False
     """Whether subscribers are counted and ``join``/``leave`` announced."""
+    subscribe_proxy: str | None = None
+    """The application's URL asked about every subscribe the rules allow (``WS_PROXY``)."""
+    publish_proxy: str | None = None
+    """The application's URL asked about every publish the rules allow; it may replace the data."""
 
     @property
     def private(self) -> bool:

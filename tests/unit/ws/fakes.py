@@ -3,24 +3,26 @@ with no keys, and a gateway built from them on a fake clock (no Prometheus, no a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from typing import Any
 
 from shared.bus import InProcessBus, RevocationLedger
 from tests.support.clock import FakeClock
-from ws_service.domain.errors import InvalidToken
+from ws_service.domain.errors import InvalidToken, ProxyUnavailable
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.history import History, MemoryHistory
 from ws_service.domain.hub import Hub
 from ws_service.domain.limits import Limits
 from ws_service.domain.namespaces import Namespaces
 from ws_service.domain.presence import MemoryPresence
+from ws_service.domain.proxy import ProxyCall, ProxyGate, Verdict
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.user_slots import UserSlots
 from ws_service.domain.verify import KeySource, TokenVerifier, VerifyingKey
 
-__all__ = ["FakeMetrics", "FakePeer", "NoKeys", "build_gateway"]
+__all__ = ["FakeAppProxy", "FakeMetrics", "FakePeer", "NoKeys", "build_gateway"]
 
 
 class _Count:
@@ -108,6 +110,29 @@ class NoKeys:
         return None
 
 
+class FakeAppProxy:
+    """The application behind the proxies: answers from ``verdicts`` by channel (allow when
+    absent), records every call, can be held back (``hold``) or be down."""
+
+    def __init__(self) -> None:
+        self.calls: list[ProxyCall] = []
+        self.verdicts: dict[str, Verdict] = {}
+        self.down = False
+        self.held: asyncio.Event | None = None
+
+    def hold(self) -> asyncio.Event:
+        self.held = asyncio.Event()
+        return self.held
+
+    async def ask(self, call: ProxyCall) -> Verdict:
+        self.calls.append(call)
+        if self.held is not None:
+            await self.held.wait()
+        if self.down:
+            raise ProxyUnavailable()
+        return self.verdicts.get(call.channel, Verdict(True))
+
+
 def build_gateway(
     *,
     clock: FakeClock | None = None,
@@ -116,6 +141,7 @@ def build_gateway(
     slots: UserSlots | None = None,
     namespaces: Namespaces | None = None,
     history: History | None = None,
+    proxies: ProxyGate | None = None,
     reconcile_batch: int = 500,
     **limits: Any,
 ) -> Gateway:
@@ -142,5 +168,6 @@ def build_gateway(
         ledger=ledger,
         slots=slots,
         clock=clock,
+        proxies=proxies,
         reconcile_batch=reconcile_batch,
     )
