@@ -34,15 +34,18 @@ from ws_service.appkeys import (
     SOCKETS,
     TRUSTED_KEYS,
 )
+from ws_service.domain.clock import LoopClock
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.history import History, MemoryHistory
 from ws_service.domain.hub import Hub
 from ws_service.domain.presence import MemoryPresence, Presence
+from ws_service.domain.proxy import ProxyGate
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.user_slots import UserSlots
 from ws_service.domain.verify import Issuer, TokenVerifier
 from ws_service.jwks import IssuerKeys
 from ws_service.metrics import Metrics
+from ws_service.proxy import HttpAppProxy, open_proxy_session
 from ws_service.redis.client import open_redis
 from ws_service.redis.history import RedisHistory
 from ws_service.redis.presence import RedisPresence
@@ -194,15 +197,35 @@ def _trusted_issuer(
     return issuer, cache
 
 
+@contextlib.asynccontextmanager
+async def _proxies(settings: Settings, metrics: Metrics) -> AsyncIterator[ProxyGate | None]:
+    """The application's subscribe and publish proxies (``WS_PROXY``), over a session of their
+    own; ``None`` without any."""
+    if not settings.proxy:
+        yield None
+        return
+    async with open_proxy_session(settings.proxy_max_in_flight) as session:
+        app_proxy = HttpAppProxy(
+            session,
+            settings.proxy_secrets,
+            timeout=settings.proxy_timeout,
+            max_in_flight=settings.proxy_max_in_flight,
+            max_answer_bytes=settings.max_message_bytes,
+            on_outcome=lambda action, outcome: metrics.proxy_requests.labels(action, outcome).inc(),
+        )
+        yield ProxyGate(app_proxy, LoopClock(), allow_ttl=settings.proxy_cache_ttl)
+
+
 async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     """The JWKS session and refresh tasks (auth_service's key set and each trusted issuer's), the
-    verifier, the channel backends and the bus subscriptions."""
+    verifier, the channel backends, the application's proxies and the bus subscriptions."""
     settings = app[SETTINGS]
     metrics = app[METRICS]
     bus = app[BUS]
     async with (
         aiohttp.ClientSession() as session,
         _backends(settings, bus) as (history, presence, slots),
+        _proxies(settings, metrics) as proxies,
     ):
         # The gateway is made below, with the verifier over these caches; a cache reports only
         # from its fetch task and bus handlers, which start after that.
@@ -247,6 +270,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             metrics,
             ledger=app.get(LEDGER),
             slots=slots,
+            proxies=proxies,
         )
         app[JWKS] = jwks
         app[GATEWAY] = gateway

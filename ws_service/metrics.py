@@ -42,6 +42,13 @@ class Metrics:
             ["issuer", "outcome"],
             registry=r,
         )
+        self.proxy_requests = Counter(
+            "ws_proxy_requests",
+            "Calls to the application's subscribe and publish proxies (WS_PROXY) by action and "
+            "outcome: allow, deny, or unavailable (refused: proxy_unavailable)",
+            ["action", "outcome"],
+            registry=r,
+        )
         self.messages_in = Counter("ws_messages_in", "Text frames received", registry=r)
         self.messages_out = Counter("ws_messages_out", "Text frames queued for sending", registry=r)
         self.local_only_publishes = Counter(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -39,6 +40,7 @@ __all__ = [
     "TrustedIssuer",
     "dev_api_key",
     "parse_history",
+    "parse_proxy",
     "parse_trusted_issuers",
 ]
 
@@ -65,6 +67,33 @@ def parse_history(raw: str) -> dict[str, HistoryPolicy]:
         policies[namespace.strip()] = policy
     _no_user_namespace("WS_HISTORY", policies)
     return policies
+
+
+PROXY_ACTIONS = ("subscribe", "publish")
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.@-]+")
+
+
+def parse_proxy(raw: str) -> dict[str, dict[str, str]]:
+    """``WS_PROXY``: whitespace-separated ``namespace.action=url`` (action ``subscribe`` or
+    ``publish``, an http(s) URL), at most one per namespace and action; by namespace, then
+    action."""
+    proxies: dict[str, dict[str, str]] = {}
+    for item in raw.split():
+        target, _, url = item.partition("=")
+        namespace, _, action = target.rpartition(".")
+        parts = urlsplit(url)
+        if not _NAMESPACE.fullmatch(namespace) or action not in PROXY_ACTIONS:
+            raise ConfigError(
+                "WS_PROXY entries are namespace.subscribe=url or namespace.publish=url, "
+                f"got {item!r}"
+            )
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ConfigError(f"WS_PROXY {target}: {url!r} is not an http(s) URL")
+        if action in proxies.get(namespace, {}):
+            raise ConfigError(f"WS_PROXY names {target} twice")
+        proxies.setdefault(namespace, {})[action] = url
+    _no_user_namespace("WS_PROXY", proxies)
+    return proxies
 
 
 def _namespaces(raw: str) -> frozenset[str]:
@@ -195,13 +224,25 @@ class Settings:
     presence_ttl: float = 15.0
     presence_debounce: float = 1.0
     trusted_issuers: tuple[TrustedIssuer, ...] = ()
+    proxy: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """``WS_PROXY`` by namespace, then action (``subscribe``, ``publish``)."""
+    proxy_secrets: tuple[str, ...] = ()
+    proxy_timeout: float = 2.0
+    proxy_max_in_flight: int = 64
+    proxy_cache_ttl: float = 5.0
 
     @cached_property
     def namespaces(self) -> Namespaces:
-        """Every namespace ``WS_HISTORY`` or ``WS_PRESENCE`` names, resolved once."""
-        names = sorted({*self.history, *self.presence})
+        """Every namespace ``WS_HISTORY``, ``WS_PRESENCE`` or ``WS_PROXY`` names, resolved once."""
+        names = sorted({*self.history, *self.presence, *self.proxy})
         return Namespaces(
-            Namespace(name, history=self.history.get(name), presence=name in self.presence)
+            Namespace(
+                name,
+                history=self.history.get(name),
+                presence=name in self.presence,
+                subscribe_proxy=self.proxy.get(name, {}).get("subscribe"),
+                publish_proxy=self.proxy.get(name, {}).get("publish"),
+            )
             for name in names
         )
 
@@ -231,10 +272,10 @@ class Settings:
         return server_context(self.tls_cert, self.tls_key, prefix="WS")
 
     def __repr__(self) -> str:
-        hidden = ("api_keys", "metrics_token")
+        hidden = ("api_keys", "metrics_token", "proxy_secrets")
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         shown["redis_url"] = redact_url(self.redis_url)
-        return f"Settings(api_keys=***, {shown})"
+        return f"Settings(api_keys=***, proxy_secrets=***, {shown})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -287,7 +328,19 @@ class Settings:
             presence_debounce=env_float(environ, "WS_PRESENCE_DEBOUNCE", 1.0, minimum=0),
             workers=env_int(environ, "WS_WORKERS", 1, minimum=1),
             trusted_issuers=parse_trusted_issuers(environ.get("WS_TRUSTED_ISSUERS", "")),
+            proxy=parse_proxy(environ.get("WS_PROXY", "")),
+            proxy_secrets=split_list(env_secret(environ, "WS_PROXY_SECRET")),
+            proxy_timeout=env_float(environ, "WS_PROXY_TIMEOUT", 2.0, minimum=0.05),
+            proxy_max_in_flight=env_int(environ, "WS_PROXY_MAX_IN_FLIGHT", 64, minimum=1),
+            proxy_cache_ttl=env_float(environ, "WS_PROXY_CACHE_TTL", 5.0, minimum=0),
         )
+        if settings.proxy and not settings.proxy_secrets:
+            raise ConfigError(
+                "WS_PROXY needs WS_PROXY_SECRET (or WS_PROXY_SECRET_FILE): the application "
+                "verifies every call's Gateway-Signature with it"
+            )
+        if any(len(secret) < 16 for secret in settings.proxy_secrets):
+            raise ConfigError("WS_PROXY_SECRET entries must be at least 16 characters long")
         if any(trusted.issuer == settings.issuer for trusted in settings.trusted_issuers):
             raise ConfigError("WS_TRUSTED_ISSUERS must not name WS_ISSUER (auth_service) again")
         _no_user_namespace("WS_PRESENCE", settings.presence)

@@ -135,3 +135,54 @@ def test_bad_trusted_issuers_stop_start_up(entries: Any, problem: str) -> None:
     raw = entries if isinstance(entries, str) else json.dumps(entries)
     with pytest.raises(ConfigError, match=problem):
         Settings.from_env({"WS_TRUSTED_ISSUERS": raw})
+
+
+PROXY = {"WS_PROXY_SECRET": "proxy-secret-0123456789"}
+
+
+def test_proxies_are_namespace_options_read_from_ws_proxy() -> None:
+    settings = Settings.from_env(
+        {
+            **PROXY,
+            "WS_PROXY": "doc.subscribe=http://app:9000/rt/subscribe\n"
+            "  doc.publish=https://app/rt/publish?v=1 team.v2.subscribe=http://app/t",
+            "WS_PROXY_TIMEOUT": "0.5",
+            "WS_PROXY_CACHE_TTL": "0",
+            "WS_PROXY_MAX_IN_FLIGHT": "8",
+        }
+    )
+    doc = settings.namespaces.of("doc:1")
+    assert (doc.subscribe_proxy, doc.publish_proxy) == (
+        "http://app:9000/rt/subscribe",
+        "https://app/rt/publish?v=1",
+    )
+    team = settings.namespaces.of("team.v2:x")
+    assert (team.subscribe_proxy, team.publish_proxy) == ("http://app/t", None)
+    assert settings.namespaces.of("chat:a").subscribe_proxy is None
+    assert (settings.proxy_timeout, settings.proxy_cache_ttl) == (0.5, 0.0)
+    assert settings.proxy_max_in_flight == 8
+    assert settings.proxy_secrets == ("proxy-secret-0123456789",)
+    assert "proxy-secret" not in repr(settings)
+    defaults = Settings.from_env({})
+    assert (defaults.proxy, defaults.proxy_timeout, defaults.proxy_cache_ttl) == ({}, 2.0, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        ({"WS_PROXY": "doc.subscribe=http://app/s"}, "WS_PROXY_SECRET"),
+        ({**PROXY, "WS_PROXY": "doc.history=http://app/s"}, "namespace.subscribe=url"),
+        ({**PROXY, "WS_PROXY": "subscribe=http://app/s"}, "namespace.subscribe=url"),
+        ({**PROXY, "WS_PROXY": "doc:x.subscribe=http://app/s"}, "namespace.subscribe=url"),
+        ({**PROXY, "WS_PROXY": "doc.subscribe"}, "http"),
+        ({**PROXY, "WS_PROXY": "doc.subscribe=ftp://app/s"}, "http"),
+        ({**PROXY, "WS_PROXY": "doc.subscribe=http:///s"}, "http"),
+        ({**PROXY, "WS_PROXY": "doc.publish=http://a/p doc.publish=http://b/p"}, "twice"),
+        ({**PROXY, "WS_PROXY": "user.subscribe=http://app/s"}, "user"),
+        ({"WS_PROXY_SECRET": "short", "WS_PROXY": "doc.publish=http://a/p"}, "16 characters"),
+        ({**PROXY, "WS_PROXY_TIMEOUT": "0"}, "WS_PROXY_TIMEOUT"),
+    ],
+)
+def test_bad_proxies_stop_start_up(environ: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        Settings.from_env(environ)
