@@ -69,8 +69,13 @@ def parse_history(raw: str) -> dict[str, HistoryPolicy]:
     return policies
 
 
-PROXY_ACTIONS = ("subscribe", "publish")
+_PROXY_ACTIONS = ("subscribe", "publish")
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.@-]+")
+
+
+def _http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in {"http", "https"} and bool(parts.hostname)
 
 
 def parse_proxy(raw: str) -> dict[str, dict[str, str]]:
@@ -81,13 +86,12 @@ def parse_proxy(raw: str) -> dict[str, dict[str, str]]:
     for item in raw.split():
         target, _, url = item.partition("=")
         namespace, _, action = target.rpartition(".")
-        parts = urlsplit(url)
-        if not _NAMESPACE.fullmatch(namespace) or action not in PROXY_ACTIONS:
+        if not _NAMESPACE.fullmatch(namespace) or action not in _PROXY_ACTIONS:
             raise ConfigError(
                 "WS_PROXY entries are namespace.subscribe=url or namespace.publish=url, "
                 f"got {item!r}"
             )
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
+        if not _http_url(url):
             raise ConfigError(f"WS_PROXY {target}: {url!r} is not an http(s) URL")
         if action in proxies.get(namespace, {}):
             raise ConfigError(f"WS_PROXY names {target} twice")
@@ -151,8 +155,7 @@ def _trusted_issuer(item: object) -> TrustedIssuer:
         return value
 
     issuer, jwks_url = string("issuer"), string("jwks_url")
-    url = urlsplit(jwks_url)
-    if url.scheme not in {"http", "https"} or not url.hostname:
+    if not _http_url(jwks_url):
         raise ConfigError(f"WS_TRUSTED_ISSUERS {issuer}: jwks_url must be an http(s) URL")
     algorithms = item.get("algorithms")
     if (
