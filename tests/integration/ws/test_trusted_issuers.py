@@ -5,7 +5,6 @@ another, algorithm confusion (HS256 keyed with the public key, ``none``, a key o
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 import uuid
@@ -26,6 +25,7 @@ from tests.integration.ws.conftest import KID, MakeGateway
 from tests.integration.ws.harness import (
     Harness,
     auth,
+    b64,
     expect_close,
     expect_open,
     recv,
@@ -38,10 +38,6 @@ from ws_service.settings import TrustedIssuer
 
 IDP = "https://idp.example.com/"
 AUDIENCE = "realtime-api"
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 @dataclass
