@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import aiohttp
 from aiohttp import web
 
+from realtime_gateway_protocol.access_token import ALGORITHM
 from realtime_gateway_protocol.close_codes import Disconnect
 from realtime_gateway_protocol.events import REVOCATIONS_TOPIC
 from realtime_gateway_protocol.key_events import KEYS_TOPIC
@@ -18,6 +19,7 @@ from realtime_gateway_protocol.tasks import cancel_and_wait
 from shared.bus import BusUnavailable, EventBus
 from shared.config.env import ConfigError
 from shared.http import access
+from shared.http.jwks import JwksCache
 from shared.http.responses import http_exception_json
 from shared.http.serve import HTTP_TIMEOUTS
 from shared.metrics.mirrored import mirrored
@@ -34,24 +36,28 @@ from ws_service.appkeys import (
     METRICS,
     SETTINGS,
     SOCKETS,
+    TRUSTED_KEYS,
 )
+from ws_service.domain.clock import LoopClock
 from ws_service.domain.control import ControlPlane, LocalReplicas, Replicas
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.history import History, MemoryHistory
 from ws_service.domain.hub import Hub
 from ws_service.domain.presence import MemoryPresence, Presence
+from ws_service.domain.proxy import ProxyGate
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.user_slots import UserSlots
-from ws_service.domain.verify import TokenVerifier
+from ws_service.domain.verify import Issuer, TokenVerifier
 from ws_service.domain.webhooks import Events
-from ws_service.jwks import JwksCache
+from ws_service.jwks import IssuerKeys
 from ws_service.metrics import Metrics
+from ws_service.proxy import HttpAppProxy, open_proxy_session
 from ws_service.redis.client import open_redis
 from ws_service.redis.history import RedisHistory
 from ws_service.redis.presence import RedisPresence
 from ws_service.redis.replicas import RedisReplicas
 from ws_service.redis.slots import RedisUserSlots
-from ws_service.settings import Settings
+from ws_service.settings import Settings, TrustedIssuer
 from ws_service.webhooks.delivery import Deliverer, QueueSink, Target
 from ws_service.webhooks.queue import MemoryQueue, RedisQueue, WebhookQueue
 
@@ -204,35 +210,109 @@ async def _backends(
         await redis.aclose()
 
 
+def _key_set(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    url: str,
+    algorithms: Iterable[str],
+    on_fetch: Callable[[str], None],
+    on_dropped: Callable[[frozenset[str]], None],
+) -> JwksCache:
+    """One issuer's key set, under the same cache rules as every other."""
+    return JwksCache(
+        session,
+        url,
+        algorithms=tuple(algorithms),
+        min_ttl=settings.jwks_min_ttl,
+        max_ttl=settings.jwks_max_ttl,
+        refetch_interval=settings.jwks_refetch_interval,
+        fetch_timeout=settings.jwks_fetch_timeout,
+        on_fetch=on_fetch,
+        on_dropped=on_dropped,
+    )
+
+
+def _trusted_issuer(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    config: TrustedIssuer,
+    metrics: Metrics,
+    dropped: Callable[[frozenset[str]], None],
+) -> tuple[Issuer, JwksCache]:
+    """One of ``WS_TRUSTED_ISSUERS`` and its key set, whose dropped keys are reported as the
+    issuer's own (``Issuer.key_ref``)."""
+    cache = _key_set(
+        session,
+        settings,
+        config.jwks_url,
+        config.algorithms,
+        lambda outcome: metrics.trusted_issuer_fetches.labels(config.issuer, outcome).inc(),
+        lambda kids: dropped(frozenset(map(issuer.key_ref, kids))),
+    )
+    issuer = Issuer(
+        config.issuer,
+        IssuerKeys(cache),
+        config.audience,
+        frozenset(config.algorithms),
+        config.username_claim,
+        trusted=True,
+    )
+    return issuer, cache
+
+
+@contextlib.asynccontextmanager
+async def _proxies(settings: Settings, metrics: Metrics) -> AsyncIterator[ProxyGate | None]:
+    """The application's subscribe and publish proxies (``WS_PROXY``), over a session of their
+    own; ``None`` without any."""
+    if not settings.proxy:
+        yield None
+        return
+    async with open_proxy_session(settings.proxy_max_in_flight) as session:
+        app_proxy = HttpAppProxy(
+            session,
+            settings.proxy_secrets,
+            timeout=settings.proxy_timeout,
+            max_in_flight=settings.proxy_max_in_flight,
+            max_answer_bytes=settings.max_message_bytes,
+            on_outcome=lambda action, outcome: metrics.proxy_requests.labels(action, outcome).inc(),
+        )
+        yield ProxyGate(app_proxy, LoopClock(), allow_ttl=settings.proxy_cache_ttl)
+
+
 async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The JWKS session and refresh task, the verifier, the channel backends and the bus
-    subscriptions."""
+    """The JWKS session and refresh tasks (auth_service's key set and each trusted issuer's), the
+    verifier, the channel backends, the application's proxies and the bus subscriptions."""
     settings = app[SETTINGS]
     metrics = app[METRICS]
     bus = app[BUS]
     async with (
         aiohttp.ClientSession() as session,
         _backends(settings, bus, app[EVENTS]) as (history, presence, slots, replicas),
+        _proxies(settings, metrics) as proxies,
     ):
-        jwks = JwksCache(
+        # The gateway is made below, with the verifier over these caches; a cache reports only
+        # from its fetch task and bus handlers, which start after that.
+        jwks = _key_set(
             session,
+            settings,
             settings.jwks_url,
-            min_ttl=settings.jwks_min_ttl,
-            max_ttl=settings.jwks_max_ttl,
-            refetch_interval=settings.jwks_refetch_interval,
-            fetch_timeout=settings.jwks_fetch_timeout,
-            on_fetch=lambda outcome: metrics.jwks_fetches.labels(outcome).inc(),
-            # The gateway is made below, with the verifier over this cache; the cache reports
-            # only from its fetch task and bus handlers, which start after that.
-            on_dropped=lambda kids: gateway.keys_dropped(kids),
+            (ALGORITHM,),
+            lambda outcome: metrics.jwks_fetches.labels(outcome).inc(),
+            lambda kids: gateway.keys_dropped(kids),
         )
+        trusted = [
+            _trusted_issuer(session, settings, config, metrics, lambda k: gateway.keys_dropped(k))
+            for config in settings.trusted_issuers
+        ]
+        app[TRUSTED_KEYS] = {issuer.name: cache for issuer, cache in trusted}
         revocations = RevocationRegistry(leeway=settings.leeway)
         verifier = TokenVerifier(
-            jwks,
+            IssuerKeys(jwks),
             revocations,
             issuer=settings.issuer,
             audience=settings.audience,
             leeway=settings.leeway,
+            trusted=[issuer for issuer, _ in trusted],
         )
         hub = Hub(
             bus,
@@ -254,6 +334,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             metrics,
             ledger=app.get(LEDGER),
             slots=slots,
+            proxies=proxies,
         )
         control = ControlPlane(bus, replicas, gateway, timeout=settings.api_timeout)
         app[JWKS] = jwks
@@ -267,7 +348,8 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         stop_restoring = bus.add_reconnect_listener(hub.restore_presence)
         stop_restoring_slots = bus.add_reconnect_listener(gateway.restore_slots)
         stop_registering = bus.add_reconnect_listener(control.register)
-        refresher = asyncio.get_running_loop().create_task(jwks.run())
+        caches = [jwks, *app[TRUSTED_KEYS].values()]
+        refreshers = [asyncio.get_running_loop().create_task(cache.run()) for cache in caches]
         try:
             yield
         finally:
@@ -278,8 +360,10 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             stop_reconciling()
             unsubscribe_keys()
             unsubscribe()
-            await cancel_and_wait(refresher)
-            await jwks.close()
+            for refresher in refreshers:
+                await cancel_and_wait(refresher)
+            for cache in caches:
+                await cache.close()
             await control.close()
             await gateway.close()
             await hub.close()

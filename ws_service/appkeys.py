@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from shared.bus import EventBus
+from shared.http.jwks import JwksCache
 from shared.redis.ledger import RedisRevocationLedger
 from ws_service.domain.control import ControlPlane
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.webhooks import Events
-from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
 from ws_service.peer import WebSocketPeer
 from ws_service.settings import Settings
@@ -24,6 +24,7 @@ __all__ = [
     "METRICS",
     "SETTINGS",
     "SOCKETS",
+    "TRUSTED_KEYS",
     "USED_TICKETS",
 ]
 
@@ -31,6 +32,9 @@ SETTINGS = web.AppKey("settings", Settings)
 BUS = web.AppKey("bus", EventBus)
 METRICS = web.AppKey("metrics", Metrics)
 JWKS = web.AppKey("jwks", JwksCache)
+"""auth_service's key set."""
+TRUSTED_KEYS = web.AppKey("trusted_keys", dict[str, JwksCache])
+"""The key set of each of ``WS_TRUSTED_ISSUERS``, by issuer."""
 GATEWAY = web.AppKey("gateway", Gateway)
 CONTROL = web.AppKey("control", ControlPlane)
 EVENTS = web.AppKey("events", Events)

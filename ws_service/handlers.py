@@ -14,11 +14,12 @@ from realtime_gateway_protocol.close_codes import Disconnect
 from shared.http import access
 from shared.http.auth import bearer_matches
 from shared.http.forwarded import client_address
+from shared.http.jwks import JwksCache
 from shared.http.readiness import Readiness, readiness_response
 from shared.http.responses import json_error, json_response
 from shared.jsonlog import audit
 from ws_service import handshake
-from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
+from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS, TRUSTED_KEYS
 from ws_service.domain.connection import State
 from ws_service.domain.errors import AuthError
 from ws_service.domain.ratelimit import TokenBucket
@@ -144,22 +145,31 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def readiness(app: web.Application) -> Readiness:
-    """Ready once a key set is loaded. What is degraded is reported, but does not make a replica
-    unready: cached keys still verify, and local traffic flows without Redis."""
+    """Ready once auth_service's key set is loaded. What is degraded is reported, but does not make
+    a replica unready: cached keys still verify, local traffic flows without Redis, and a trusted
+    issuer's outage concerns its own users only."""
     jwks = app[JWKS]
     degraded: dict[str, str] = {}
     if not app[BUS].connected:
         degraded["event_bus"] = "redis unreachable"
-    outage = ""
-    if jwks.outage is not None:
-        since, reason = jwks.outage
-        when = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
-        outage = f"unreachable since {when}: {reason}"
+    outage = _outage(jwks)
+    if outage:
         degraded["issuer"] = outage
     keys = "ok" if jwks.ready else f"not loaded yet from {app[SETTINGS].jwks_url}"
     if not jwks.ready and outage:
         keys += f" ({outage})"
+    for issuer, cache in app[TRUSTED_KEYS].items():
+        if not cache.ready or cache.outage is not None:
+            degraded[f"trusted_issuer {issuer}"] = _outage(cache) or "keys not loaded yet"
     return Readiness({"signing_keys": keys}, degraded)
+
+
+def _outage(jwks: JwksCache) -> str:
+    if jwks.outage is None:
+        return ""
+    since, reason = jwks.outage
+    when = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
+    return f"unreachable since {when}: {reason}"
 
 
 async def metrics(request: web.Request) -> web.Response:

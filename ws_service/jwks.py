@@ -1,226 +1,49 @@
-"""An async JWKS cache over aiohttp.
-
-pyjwt's ``PyJWKClient`` blocks the event loop and forgets its keys when a fetch fails; this cache
-fetches one at a time, keeps the last good key set while the issuer is down, and turns a flood of
-unknown ``kid``s into at most one refetch per ``refetch_interval``.
-
-A withdrawn key (announced on ``auth.keys``) is dropped at once and remembered: a key set fetched
-later that still lists it (a fetch in flight, a proxy's or CDN's copy within its max-age) never
-brings it back, and its tokens are refused without a fetch. Every key that leaves the cache, by
-withdrawal or because a fresh key set no longer lists it, is reported to ``on_dropped``.
-"""
+"""The verifier's key source over one issuer's key-set cache (``shared/http/jwks.py``): the
+cache's errors become the gateway's, so the domain sees only its own exception tree."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import logging
-import math
-import re
-import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-import aiohttp
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from jwt.algorithms import RSAAlgorithm
-from jwt.exceptions import InvalidKeyError
+from shared.http import jwks
+from ws_service.domain.errors import AuthError, InvalidToken, KeysUnavailable, KeyWithdrawn
 
-from realtime_gateway_protocol.access_token import ALGORITHM
-from ws_service.domain.errors import InvalidToken, KeysUnavailable, KeyWithdrawn
+__all__ = ["IssuerKeys"]
 
-__all__ = ["MAX_WITHDRAWN", "MIN_RSA_BITS", "JwksCache", "parse_jwks", "ttl_from_cache_control"]
-
-MIN_RSA_BITS = 2048
-MAX_WITHDRAWN = 256
-"""Withdrawn kids remembered, the oldest forgotten first. Only announcements add one (a withdrawal
-is an operator's rare act), so a bound this size is never reached in earnest, and nothing a client
-sends can grow it."""
-_MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
-
-log = logging.getLogger(__name__)
+_ERRORS: dict[type[jwks.JwksError], type[AuthError]] = {
+    jwks.KeyWithdrawn: KeyWithdrawn,
+    jwks.UnknownKey: InvalidToken,
+    jwks.KeysUnavailable: KeysUnavailable,
+}
 
 
-def parse_jwks(document: Any) -> dict[str, RSAPublicKey]:
-    """The usable keys of a JWKS document: RSA public signing keys of at least 2048 bits."""
-    if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
-        raise ValueError("not a JWK set")
-    keys: dict[str, RSAPublicKey] = {}
-    for jwk in document["keys"]:
-        if not isinstance(jwk, Mapping):
-            continue
-        kid = jwk.get("kid")
-        if (
-            jwk.get("kty") != "RSA"
-            or jwk.get("use") != "sig"
-            or jwk.get("alg", ALGORITHM) != ALGORITHM
-            or "d" in jwk
-            or not isinstance(kid, str)
-            or not kid
-        ):
-            continue
-        try:
-            key = RSAAlgorithm.from_jwk(dict(jwk))
-        except (InvalidKeyError, ValueError, TypeError, KeyError) as exc:
-            log.warning("skipping malformed JWK", extra={"kid": kid, "error": str(exc)})
-            continue
-        if not isinstance(key, RSAPublicKey) or key.key_size < MIN_RSA_BITS:
-            log.warning("skipping weak or non-public JWK", extra={"kid": kid})
-            continue
-        keys[kid] = key
-    return keys
+@contextmanager
+def _as_gateway_errors() -> Iterator[None]:
+    try:
+        yield
+    except jwks.JwksError as exc:
+        raise _ERRORS[type(exc)](str(exc) or None) from None
 
 
-def ttl_from_cache_control(header: str | None, minimum: float, maximum: float) -> float:
-    match = _MAX_AGE.search(header or "")
-    ttl = float(match.group(1)) if match else minimum
-    return min(max(ttl, minimum), maximum)
+class IssuerKeys:
+    """Implements the domain's ``KeySource`` for one issuer."""
 
+    __slots__ = ("cache",)
 
-class JwksCache:
-    """The verifier's only source of keys. ``run()`` is the background refresh loop."""
+    def __init__(self, cache: jwks.JwksCache) -> None:
+        self.cache = cache
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        url: str,
-        *,
-        min_ttl: float = 60.0,
-        max_ttl: float = 3600.0,
-        refetch_interval: float = 10.0,
-        fetch_timeout: float = 5.0,
-        on_fetch: Callable[[str], None] | None = None,
-        on_dropped: Callable[[frozenset[str]], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        max_withdrawn: int = MAX_WITHDRAWN,
-    ) -> None:
-        self._session = session
-        self._url = url
-        self._min_ttl = min_ttl
-        self._max_ttl = max_ttl
-        self._refetch_interval = refetch_interval
-        self._timeout = aiohttp.ClientTimeout(total=fetch_timeout)
-        self._on_fetch = on_fetch or (lambda outcome: None)
-        self._on_dropped = on_dropped or (lambda kids: None)
-        self._clock = clock
-        self._max_withdrawn = max_withdrawn
-        self._withdrawn: dict[str, None] = {}  # insertion-ordered: the oldest is forgotten first
-        self._keys: dict[str, RSAPublicKey] = {}
-        self._loaded = False
-        self._ttl = min_ttl
-        self._inflight: asyncio.Task[None] | None = None
-        self._last_refetch = -math.inf
-        self._outage: tuple[float, str] | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self._loaded
-
-    @property
-    def outage(self) -> tuple[float, str] | None:
-        """``(since, reason)`` while fetches fail: since the first failure (epoch seconds), and
-        the last failure's reason. ``None`` once a fetch succeeds."""
-        return self._outage
-
-    async def refresh(self) -> None:
-        """Fetch the key set, joining a fetch already in flight. Raises ``KeysUnavailable``."""
-        if self._inflight is None:
-            task = asyncio.get_running_loop().create_task(self._fetch())
-            task.add_done_callback(self._fetch_done)
-            self._inflight = task
-        await asyncio.shield(self._inflight)
+    async def get_key(self, kid: str) -> jwks.VerifyingKey:
+        with _as_gateway_errors():
+            return await self.cache.get_key(kid)
 
     def is_withdrawn(self, kid: str) -> bool:
-        return kid in self._withdrawn
+        return self.cache.is_withdrawn(kid)
 
     def withdraw(self, kid: str) -> None:
-        self._withdrawn.pop(kid, None)
-        self._withdrawn[kid] = None
-        while len(self._withdrawn) > self._max_withdrawn:
-            del self._withdrawn[next(iter(self._withdrawn))]
-        self._keys.pop(kid, None)
-        log.warning("signing key withdrawn", extra={"kid": kid})
-        self._on_dropped(frozenset((kid,)))
+        self.cache.withdraw(kid)
 
-    async def get_key(self, kid: str) -> RSAPublicKey:
-        key = self._keys.get(kid)
-        if key is not None:
-            return key
-        if kid in self._withdrawn:
-            raise KeyWithdrawn()
-        if self._inflight is None:
-            now = self._clock()
-            if now - self._last_refetch < self._refetch_interval:
-                if not self._loaded:
-                    raise KeysUnavailable()
-                raise InvalidToken("unknown signing key")
-            self._last_refetch = now
-        await self.refresh()
-        key = self._keys.get(kid)
-        if key is None:
-            raise KeyWithdrawn() if kid in self._withdrawn else InvalidToken("unknown signing key")
-        return key
-
-    async def run(self) -> None:
-        """Keep the key set fresh: refetch at its TTL, retry failures with capped backoff."""
-        backoff = 1.0
-        while True:
-            try:
-                await self.refresh()
-            except KeysUnavailable:
-                delay = min(backoff, self._min_ttl)
-                backoff *= 2
-            else:
-                delay = self._ttl
-                backoff = 1.0
-            await asyncio.sleep(delay)
-
-    async def close(self) -> None:
-        """Cancel a fetch still in flight, before its HTTP session goes away."""
-        task = self._inflight
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, KeysUnavailable):
-                await task
-
-    def _fetch_done(self, task: asyncio.Task[None]) -> None:
-        self._inflight = None
-        if not task.cancelled():
-            task.exception()
-
-    async def _fetch(self) -> None:
-        try:
-            async with self._session.get(self._url, timeout=self._timeout) as response:
-                if response.status != 200:
-                    raise ValueError(f"HTTP {response.status}")
-                document = json.loads(await response.read())
-                cache_control = response.headers.get("Cache-Control")
-            keys = {
-                kid: key for kid, key in parse_jwks(document).items() if kid not in self._withdrawn
-            }
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            self._on_fetch("error")
-            self._failed(str(exc) or type(exc).__name__)
-            log.warning("JWKS fetch failed", extra={"url": self._url, "error": str(exc)})
-            raise KeysUnavailable() from exc
-        if not keys:
-            self._on_fetch("empty")
-            self._failed("the key set holds no usable key")
-            log.warning(
-                "JWKS holds no usable key; keeping the previous set", extra={"url": self._url}
-            )
-            raise KeysUnavailable()
-        dropped = frozenset(self._keys.keys() - keys.keys())
-        self._keys = keys
-        self._loaded = True
-        self._outage = None
-        self._ttl = ttl_from_cache_control(cache_control, self._min_ttl, self._max_ttl)
-        self._on_fetch("ok")
-        if dropped:
-            log.info("signing keys left the key set", extra={"kids": sorted(dropped)})
-            self._on_dropped(dropped)
-
-    def _failed(self, reason: str) -> None:
-        since = self._outage[0] if self._outage is not None else time.time()
-        self._outage = (since, reason)
+    async def refresh(self) -> None:
+        with _as_gateway_errors():
+            await self.cache.refresh()

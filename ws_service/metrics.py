@@ -36,6 +36,19 @@ class Metrics:
         self.jwks_fetches = Counter(
             "ws_jwks_fetches", "JWKS fetches by outcome", ["outcome"], registry=r
         )
+        self.trusted_issuer_fetches = Counter(
+            "ws_trusted_issuer_fetches",
+            "Key set fetches from the WS_TRUSTED_ISSUERS by issuer and outcome",
+            ["issuer", "outcome"],
+            registry=r,
+        )
+        self.proxy_requests = Counter(
+            "ws_proxy_requests",
+            "Calls to the application's subscribe and publish proxies (WS_PROXY) by action and "
+            "outcome: allow, deny, or unavailable (refused: proxy_unavailable)",
+            ["action", "outcome"],
+            registry=r,
+        )
         self.messages_in = Counter("ws_messages_in", "Text frames received", registry=r)
         self.messages_out = Counter("ws_messages_out", "Text frames queued for sending", registry=r)
         self.local_only_publishes = Counter(

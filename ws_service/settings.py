@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -26,11 +28,21 @@ from shared.config.env import (
 )
 from shared.config.kept_secret import kept_secret
 from shared.config.tls import server_context
+from shared.http.jwks import ALGORITHMS
 from ws_service.domain.history import HistoryPolicy
 from ws_service.domain.limits import Limits
 from ws_service.domain.namespaces import USER_NAMESPACE, Namespace, Namespaces
 
-__all__ = ["DEFAULT_HISTORY", "DEV_API_KEY_FILE", "Settings", "dev_api_key", "parse_history"]
+__all__ = [
+    "DEFAULT_HISTORY",
+    "DEV_API_KEY_FILE",
+    "Settings",
+    "TrustedIssuer",
+    "dev_api_key",
+    "parse_history",
+    "parse_proxy",
+    "parse_trusted_issuers",
+]
 
 DEV_API_KEY_FILE = "dev-ws-api-key"
 DEFAULT_HISTORY = "chat=100/300"
@@ -57,6 +69,37 @@ def parse_history(raw: str) -> dict[str, HistoryPolicy]:
     return policies
 
 
+_PROXY_ACTIONS = ("subscribe", "publish")
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.@-]+")
+
+
+def _http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in {"http", "https"} and bool(parts.hostname)
+
+
+def parse_proxy(raw: str) -> dict[str, dict[str, str]]:
+    """``WS_PROXY``: whitespace-separated ``namespace.action=url`` (action ``subscribe`` or
+    ``publish``, an http(s) URL), at most one per namespace and action; by namespace, then
+    action."""
+    proxies: dict[str, dict[str, str]] = {}
+    for item in raw.split():
+        target, _, url = item.partition("=")
+        namespace, _, action = target.rpartition(".")
+        if not _NAMESPACE.fullmatch(namespace) or action not in _PROXY_ACTIONS:
+            raise ConfigError(
+                "WS_PROXY entries are namespace.subscribe=url or namespace.publish=url, "
+                f"got {item!r}"
+            )
+        if not _http_url(url):
+            raise ConfigError(f"WS_PROXY {target}: {url!r} is not an http(s) URL")
+        if action in proxies.get(namespace, {}):
+            raise ConfigError(f"WS_PROXY names {target} twice")
+        proxies.setdefault(namespace, {})[action] = url
+    _no_user_namespace("WS_PROXY", proxies)
+    return proxies
+
+
 def _namespaces(raw: str) -> frozenset[str]:
     """``WS_PRESENCE``: comma-separated namespaces, or ``none``."""
     if raw.strip().lower() == "none":
@@ -67,6 +110,70 @@ def _namespaces(raw: str) -> frozenset[str]:
 def _no_user_namespace(name: str, namespaces: Iterable[str]) -> None:
     if USER_NAMESPACE in namespaces:
         raise ConfigError(f"{name} cannot include the private {USER_NAMESPACE} namespace")
+
+
+@dataclass(frozen=True)
+class TrustedIssuer:
+    """An identity provider whose access tokens the gateway accepts beside auth_service's."""
+
+    issuer: str
+    jwks_url: str
+    audience: str
+    algorithms: tuple[str, ...]
+    username_claim: str = "preferred_username"
+
+
+_ISSUER_KEYS = {"issuer", "jwks_url", "audience", "algorithms", "username_claim"}
+
+
+def parse_trusted_issuers(raw: str) -> tuple[TrustedIssuer, ...]:
+    """``WS_TRUSTED_ISSUERS``: a JSON list of ``{"issuer", "jwks_url", "audience", "algorithms",
+    "username_claim"?}``, each issuer once; algorithms are asymmetric (never ``none`` or HMAC)."""
+    if not raw.strip():
+        return ()
+    try:
+        items: Any = json.loads(raw)
+    except ValueError:
+        raise ConfigError("WS_TRUSTED_ISSUERS must be a JSON list of objects") from None
+    if not isinstance(items, list):
+        raise ConfigError("WS_TRUSTED_ISSUERS must be a JSON list of objects")
+    issuers = tuple(_trusted_issuer(item) for item in items)
+    names = [issuer.issuer for issuer in issuers]
+    if len(set(names)) != len(names):
+        raise ConfigError("WS_TRUSTED_ISSUERS names an issuer twice")
+    return issuers
+
+
+def _trusted_issuer(item: object) -> TrustedIssuer:
+    if not isinstance(item, dict) or not item.keys() <= _ISSUER_KEYS:
+        raise ConfigError(f"WS_TRUSTED_ISSUERS entries are objects of {sorted(_ISSUER_KEYS)}")
+
+    def string(key: str, default: str | None = None) -> str:
+        value = item.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"WS_TRUSTED_ISSUERS entries need {key}, a non-empty string")
+        return value
+
+    issuer, jwks_url = string("issuer"), string("jwks_url")
+    if not _http_url(jwks_url):
+        raise ConfigError(f"WS_TRUSTED_ISSUERS {issuer}: jwks_url must be an http(s) URL")
+    algorithms = item.get("algorithms")
+    if (
+        not isinstance(algorithms, list)
+        or not algorithms
+        or not all(isinstance(a, str) and a in ALGORITHMS for a in algorithms)
+    ):
+        raise ConfigError(
+            f"WS_TRUSTED_ISSUERS {issuer}: algorithms must be a non-empty list of "
+            f"{', '.join(sorted(ALGORITHMS))} (never none or an HMAC)"
+        )
+    return TrustedIssuer(
+        issuer=issuer,
+        jwks_url=jwks_url,
+        audience=string("audience"),
+        algorithms=tuple(dict.fromkeys(algorithms)),
+        username_claim=string("username_claim", "preferred_username"),
+    )
 
 
 @dataclass(frozen=True)
@@ -128,18 +235,27 @@ class Settings:
     webhook_queue: int = 10_000
     webhook_claim_idle: float = 30.0
     webhook_retry_cap: float = 30.0
+    trusted_issuers: tuple[TrustedIssuer, ...] = ()
+    proxy: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """``WS_PROXY`` by namespace, then action (``subscribe``, ``publish``)."""
+    proxy_secrets: tuple[str, ...] = ()
+    proxy_timeout: float = 2.0
+    proxy_max_in_flight: int = 64
+    proxy_cache_ttl: float = 5.0
 
     @cached_property
     def namespaces(self) -> Namespaces:
-        """Every namespace ``WS_HISTORY``, ``WS_PRESENCE`` or ``WS_WEBHOOK_PUBLISH`` names,
-        resolved once."""
-        names = sorted({*self.history, *self.presence, *self.webhook_publish})
+        """Every namespace ``WS_HISTORY``, ``WS_PRESENCE``, ``WS_WEBHOOK_PUBLISH`` or ``WS_PROXY``
+        names, resolved once."""
+        names = sorted({*self.history, *self.presence, *self.webhook_publish, *self.proxy})
         return Namespaces(
             Namespace(
                 name,
                 history=self.history.get(name),
                 presence=name in self.presence,
                 webhook_publish=name in self.webhook_publish,
+                subscribe_proxy=self.proxy.get(name, {}).get("subscribe"),
+                publish_proxy=self.proxy.get(name, {}).get("publish"),
             )
             for name in names
         )
@@ -170,10 +286,10 @@ class Settings:
         return server_context(self.tls_cert, self.tls_key, prefix="WS")
 
     def __repr__(self) -> str:
-        hidden = ("api_keys", "metrics_token", "webhook_secrets")
+        hidden = ("api_keys", "metrics_token", "webhook_secrets", "proxy_secrets")
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         shown["redis_url"] = redact_url(self.redis_url)
-        return f"Settings(api_keys=***, webhook_secrets=***, {shown})"
+        return f"Settings(api_keys=***, webhook_secrets=***, proxy_secrets=***, {shown})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -227,7 +343,22 @@ class Settings:
             presence_debounce=env_float(environ, "WS_PRESENCE_DEBOUNCE", 1.0, minimum=0),
             workers=env_int(environ, "WS_WORKERS", 1, minimum=1),
             **_webhook_settings(environ),
+            trusted_issuers=parse_trusted_issuers(environ.get("WS_TRUSTED_ISSUERS", "")),
+            proxy=parse_proxy(environ.get("WS_PROXY", "")),
+            proxy_secrets=split_list(env_secret(environ, "WS_PROXY_SECRET")),
+            proxy_timeout=env_float(environ, "WS_PROXY_TIMEOUT", 2.0, minimum=0.05),
+            proxy_max_in_flight=env_int(environ, "WS_PROXY_MAX_IN_FLIGHT", 64, minimum=1),
+            proxy_cache_ttl=env_float(environ, "WS_PROXY_CACHE_TTL", 5.0, minimum=0),
         )
+        if settings.proxy and not settings.proxy_secrets:
+            raise ConfigError(
+                "WS_PROXY needs WS_PROXY_SECRET (or WS_PROXY_SECRET_FILE): the application "
+                "verifies every call's Gateway-Signature with it"
+            )
+        if any(len(secret) < 16 for secret in settings.proxy_secrets):
+            raise ConfigError("WS_PROXY_SECRET entries must be at least 16 characters long")
+        if any(trusted.issuer == settings.issuer for trusted in settings.trusted_issuers):
+            raise ConfigError("WS_TRUSTED_ISSUERS must not name WS_ISSUER (auth_service) again")
         _no_user_namespace("WS_PRESENCE", settings.presence)
         if settings.jwks_min_ttl > settings.jwks_max_ttl:
             raise ConfigError("WS_JWKS_MIN_TTL must not exceed WS_JWKS_MAX_TTL")

@@ -101,20 +101,32 @@ class Claims:
     scopes: frozenset[str]
     username: str | None
     kid: str
+    grants: frozenset[tuple[str, str]] = frozenset()
+    """``(action, channel)`` pairs the token's RFC 9396 ``authorization_details`` grant (a channel
+    ending in ``*`` is a prefix). The verifier parses the claim (``from_payload`` leaves it
+    empty) and shares one set per distinct value, as ``scope_set`` does for scopes."""
 
     @property
     def ref(self) -> TokenRef:
         return TokenRef(sid=self.sid, sub=self.sub, iat=self.iat)
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any], kid: str) -> Claims:
+    def from_payload(
+        cls, payload: Mapping[str, Any], kid: str, *, username_claim: str = "preferred_username"
+    ) -> Claims:
         """Check the types pyjwt does not; raises ``ValueError`` with a reason a client may see.
-        ``kid`` is the id of the key that verified it (the header's, a ticket's own included)."""
-        sub, sid, jti = payload["sub"], payload["sid"], payload["jti"]
+        ``kid`` is the id of the key that verified it (the header's, a ticket's own included).
+        Another identity provider's token may have no ``sid`` (then ``""``: no session) and
+        name its user in another claim than ``preferred_username``."""
+        sub, sid, jti = payload["sub"], payload.get("sid", ""), payload["jti"]
         scope = payload.get("scope", "")
-        username = payload.get("preferred_username")
+        username = payload.get(username_claim)
         iat, exp = payload["iat"], payload["exp"]
-        if not all(isinstance(v, str) and v for v in (sub, sid, jti)) or not isinstance(scope, str):
+        if (
+            not all(isinstance(v, str) and v for v in (sub, jti))
+            or not isinstance(sid, str)
+            or not isinstance(scope, str)
+        ):
             raise ValueError("the token's claims have the wrong types")
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (iat, exp)):
             raise ValueError("the token's times are not numbers")

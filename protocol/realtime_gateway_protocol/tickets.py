@@ -5,7 +5,8 @@ A ticket is a JWT signed with the issuer's keys but of its own ``typ``, so the g
 ticket for an access token nor an access token for a ticket. It lives at most ``TICKET_TTL``
 seconds and never past the access token it came from, whose ``iat`` and ``exp`` it carries: the
 socket it opens is bound to the same user, session and scope, expires with that token, and is
-covered by the same revocations. Its ``jti`` is burnt on first use. Standard library only: the
+covered by the same revocations, with the same permissions (``scope`` and
+``authorization_details``). Its ``jti`` is burnt on first use. Standard library only: the
 issuer's domain mints tickets with it.
 """
 
@@ -26,9 +27,9 @@ TICKET_TYP = "ws-ticket+jwt"
 TICKET_TTL = 30
 TOKEN_IAT, TOKEN_EXP = "token_iat", "token_exp"
 TICKET_CLAIMS = ["iss", "aud", "sub", "sid", "jti", "iat", "exp", TOKEN_IAT, TOKEN_EXP]
-"""Every claim a ticket must carry (``scope``, ``preferred_username``, ``client_id`` and
-``authorization_details`` are copied when present: a socket opened with a ticket is allowed no
-more than one opened with the token)."""
+"""Every claim a ticket must carry (the optional ones in ``_COPIED`` are copied when present: a
+socket opened with a ticket is allowed no more than one opened with the token)."""
+_COPIED = ("scope", "authorization_details", "preferred_username", "client_id")
 
 
 def ticket_claims(access: Mapping[str, Any], now: float) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def ticket_claims(access: Mapping[str, Any], now: float) -> dict[str, Any]:
         TOKEN_IAT: int(access["iat"]),
         TOKEN_EXP: int(access["exp"]),
     }
-    for optional in ("scope", "preferred_username", "client_id", "authorization_details"):
+    for optional in _COPIED:
         if optional in access:
             claims[optional] = access[optional]
     return claims

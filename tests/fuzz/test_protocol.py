@@ -70,7 +70,7 @@ def test_the_schema_accepts_every_frame_the_server_builds() -> None:
         protocol.auth_success(claims, 0, "x", renewed=True),
         protocol.reply("pong", None),
         protocol.reply("subscribed", 3, channel="chat:a"),
-        protocol.reply("unsubscribed", None, channel="chat:a", reason="forbidden"),
+        protocol.reply("unsubscribed", None, channel="chat:a", reason="permission_revoked"),
         protocol.reply("revoked", None, reason="user_revoked"),
         protocol.reply("token_expiring", None, expires_in=1, expires_at=2),
         protocol.message("chat:a", {"x": [1.5]}, claims, 123),

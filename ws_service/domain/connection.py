@@ -34,6 +34,7 @@ from ws_service.domain.errors import (
     NotAuthenticated,
     NotEnabled,
     NotSubscribed,
+    ProxyUnavailable,
     RateLimited,
     RequestError,
     SessionRevoked,
@@ -45,8 +46,9 @@ from ws_service.domain.errors import (
 from ws_service.domain.history import MAX_OFFSET, HistoryPage, Position
 from ws_service.domain.hub import Hub
 from ws_service.domain.limits import Limits
-from ws_service.domain.namespaces import Namespaces, validate_channel
+from ws_service.domain.namespaces import Action, Namespaces, validate_channel
 from ws_service.domain.presence import Member
+from ws_service.domain.proxy import ProxyGate
 from ws_service.domain.ratelimit import TokenBucket
 from ws_service.domain.telemetry import GatewayMetrics
 from ws_service.domain.webhooks import Events
@@ -103,6 +105,8 @@ class Context:
     deadlines: Deadlines
     clock: Clock
     events: Events = field(default_factory=Events)
+    proxies: ProxyGate | None = None
+    """Asks the application where a namespace has a proxy (``None``: none is configured)."""
     random: Callable[[], float] = field(default=random.random)
 
 
@@ -345,10 +349,14 @@ class Connection:
         namespaces = self._ctx.namespaces
         for channel in sorted(self.channels):
             try:
-                namespaces.of(channel).check_read(channel, claims)
+                namespaces.of(channel).check("subscribe", channel, claims)
             except Forbidden:
-                self._leave(channel, "forbidden")
-                self.send(protocol.reply("unsubscribed", None, channel=channel, reason="forbidden"))
+                self._leave(channel, "permission_revoked")
+                self.send(
+                    protocol.reply(
+                        "unsubscribed", None, channel=channel, reason="permission_revoked"
+                    )
+                )
         self._accept(claims, request.id, renewed=True)
 
     async def _verify(self, request: protocol.Request) -> Claims:
@@ -469,18 +477,23 @@ class Connection:
         if kind == "ping":
             self.send(protocol.reply("pong", request.id))
         elif kind == "publish":
-            channel = validate_channel(request.body.get("channel"))
-            self._ctx.namespaces.of(channel).check_write(channel, self.claims)
+            channel = self._permitted_channel(request, "publish")
             if "data" not in request.body:
                 raise BadRequest("publish needs data")
-            await self._ctx.hub.publish(channel, request.body["data"], self.claims)
+            data = request.body["data"]
+            url = self._ctx.namespaces.of(channel).publish_proxy
+            if url is not None:
+                data = await self._proxies().publish(url, self.claims, channel, data)
+                if self.closing:
+                    return
+            await self._ctx.hub.publish(channel, data, self.claims)
             self.send(protocol.reply("published", request.id, channel=channel))
         elif kind == "subscribe":
             await self._subscribe(request)
         elif kind == "history":
             await self._history(request)
         elif kind == "presence":
-            channel = self._readable_channel(request)
+            channel = self._permitted_channel(request, "presence")
             if not self._ctx.namespaces.of(channel).presence:
                 raise NotEnabled("this channel's namespace has no presence")
             members = await self._unless_redis_down(self._ctx.hub.members(channel))
@@ -506,25 +519,56 @@ class Connection:
         else:
             raise BadRequest("unknown message type")
 
+    def _proxies(self) -> ProxyGate:
+        """Fail closed: a namespace with a proxy and no way to ask it allows nothing."""
+        if self._ctx.proxies is None:
+            raise ProxyUnavailable()
+        return self._ctx.proxies
+
     def _leave(self, channel: str, reason: str) -> None:
         self.channels.pop(channel, None)
         self._ctx.hub.leave(channel, self)
         if self.claims is not None:
             self._ctx.events.unsubscribe(self.claims, channel, reason)
 
-    def _readable_channel(self, request: protocol.Request) -> str:
+    def _permitted_channel(self, request: protocol.Request, action: Action) -> str:
+        """The request's channel, once the claims may do ``action`` on it."""
         assert self.claims is not None
         channel = validate_channel(request.body.get("channel"))
-        self._ctx.namespaces.of(channel).check_read(channel, self.claims)
+        self._ctx.namespaces.of(channel).check(action, channel, self.claims)
         return channel
 
     async def _subscribe(self, request: protocol.Request) -> None:
-        channel = self._readable_channel(request)
+        """A client's subscribe: the namespace's rules, then (where the namespace has one) the
+        application's proxy, then the join. Server-side subscribes (the server API) join
+        without asking the application."""
+        assert self.claims is not None
+        channel = self._permitted_channel(request, "subscribe")
         since = _position(request.body.get("since"), "since")
         events = request.body.get("presence_events", False)
         if not isinstance(events, bool):
             raise BadRequest("presence_events must be true or false")
+        namespace = self._ctx.namespaces.of(channel)
+        if namespace.subscribe_proxy is not None:
+            self._check_subscription(channel, since, events)
+            await self._proxies().subscribe(namespace.subscribe_proxy, self.claims, channel)
+            if self.closing:
+                return
         await self._join(channel, since, events, request.id)
+
+    def _check_subscription(self, channel: str, since: Position | None, events: bool) -> None:
+        """What a subscribe must pass before anything is asked or joined."""
+        assert self.claims is not None
+        namespace = self._ctx.namespaces.of(channel)
+        if events:
+            if not namespace.presence:
+                raise NotEnabled("this channel's namespace has no presence")
+            namespace.check("presence", channel, self.claims)
+        if since is not None and namespace.history is None:
+            raise NotEnabled("this channel's namespace keeps no history to recover from")
+        full = len(self.channels) >= self._ctx.limits.max_subscriptions
+        if channel not in self.channels and full:
+            raise TooManySubscriptions()
 
     async def _join(
         self,
@@ -537,17 +581,11 @@ class Connection:
         """Join first (holding the channel's live messages back), then read what was missed,
         answer, and release the held messages that come after it: no gap, no repeat."""
         assert self.claims is not None
+        self._check_subscription(channel, since, events)
         namespace = self._ctx.namespaces.of(channel)
-        presence = namespace.presence
-        if events and not presence:
-            raise NotEnabled("this channel's namespace has no presence")
-        policy = namespace.history
-        if since is not None and policy is None:
-            raise NotEnabled("this channel's namespace keeps no history to recover from")
+        presence, policy = namespace.presence, namespace.history
         new = channel not in self.channels
         if new:
-            if len(self.channels) >= self._ctx.limits.max_subscriptions:
-                raise TooManySubscriptions()
             self.channels[channel] = None
         if policy is not None:
             if self._held is None:
@@ -590,7 +628,7 @@ class Connection:
                 self.peer.send(text)
 
     async def _history(self, request: protocol.Request) -> None:
-        channel = self._readable_channel(request)
+        channel = self._permitted_channel(request, "history")
         since = _position(request.body.get("since"), "since")
         limit = request.body.get("limit", 1_000_000)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:

@@ -20,6 +20,7 @@ __all__ = [
     "NotAuthenticated",
     "NotEnabled",
     "NotSubscribed",
+    "ProxyUnavailable",
     "RateLimited",
     "RequestError",
     "SessionRevoked",
@@ -148,6 +149,14 @@ class Unavailable(RequestError):
 
     code = "unavailable"
     message = "history and presence are unavailable right now, try again"
+
+
+class ProxyUnavailable(RequestError):
+    """The application's subscribe or publish proxy gave no answer (unreachable, slow, an error
+    status, a malformed or oversized answer): refused, never allowed by default."""
+
+    code = "proxy_unavailable"
+    message = "the application could not be asked; try again"
 
 
 class Unconfirmed(RequestError):

@@ -27,6 +27,7 @@ from ws_service.domain.connection import Connection, Context, Peer
 from ws_service.domain.deadlines import Deadlines
 from ws_service.domain.hub import Hub
 from ws_service.domain.limits import Limits
+from ws_service.domain.proxy import ProxyGate
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.telemetry import GatewayMetrics
 from ws_service.domain.user_slots import UserSlots
@@ -52,6 +53,7 @@ class Gateway:
         ledger: RevocationLedger | None = None,
         slots: UserSlots | None = None,
         clock: Clock | None = None,
+        proxies: ProxyGate | None = None,
         reconcile_batch: int = RECONCILE_BATCH,
     ) -> None:
         self.limits = limits
@@ -80,6 +82,7 @@ class Gateway:
             deadlines=self.deadlines,
             clock=clock,
             events=hub.events,
+            proxies=proxies,
         )
 
     def may_wait(self, remote: str) -> bool:
@@ -217,7 +220,9 @@ class Gateway:
             )
 
     async def close(self) -> None:
-        """Let pending slot releases finish (briefly)."""
+        """Cancel the proxy calls in flight; let pending slot releases finish (briefly)."""
+        if self.context.proxies is not None:
+            await self.context.proxies.close()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.limits.sync_timeout)
 
@@ -345,5 +350,8 @@ class Gateway:
 
         The ledger does not say whether the session or the whole user was revoked; the session
         is the part known for certain, and other sessions are still checked against the ledger.
+        A token without a session (a trusted issuer's) leaves nothing to remember: an empty
+        ``sid`` would cover every such token.
         """
-        self.revocations.apply(SessionRevoked(sid=claims.sid, sub=claims.sub, until=claims.exp))
+        if claims.sid:
+            self.revocations.apply(SessionRevoked(sid=claims.sid, sub=claims.sub, until=claims.exp))

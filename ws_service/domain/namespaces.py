@@ -1,32 +1,71 @@
 """Channels and the one home of every per-namespace rule.
 
 A channel is ``namespace:name``. Each namespace resolves once to a :class:`Namespace` that says who
-may read and write it and what it keeps (history, presence); the hub, the connection and the
-settings parser all read that object, and nothing re-derives a rule from a channel name anywhere
-else. Adding a namespace option is a field here, its parsing in the settings, and its tests.
+may do what in it and what it keeps (history, presence); the hub, the connection and the settings
+parser all read that object, and nothing re-derives a rule from a channel name anywhere else. Adding
+a namespace option is a field here, its parsing in the settings, and its tests.
 
-Webhooks report publishes only from the namespaces that ask (``webhook_publish``).
-
-The rules today: ``ns:read`` subscribes (and reads history and presence), ``ns:write`` publishes,
-and the ``user`` namespace is each user's own inbox: ``user:<sub>`` is readable by that user
-alone and written only by the server.
+The rules (docs/protocol.md, "Permissions"): an action on a channel is allowed when a scope allows
+it (``ns:read`` subscribes and reads history and presence, ``ns:write`` publishes) or when the
+token's ``authorization_details`` grant it (RFC 9396: :func:`parse_grants`). The ``user`` namespace
+is each user's own inbox: ``user:<sub>`` is readable by that user alone and written only by the
+server, whatever the token says. Proxies (``WS_PROXY``) let the app decide too; webhooks report
+publishes only from the namespaces that ask (``webhook_publish``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal, get_args
 
-from realtime_gateway_protocol.access_token import Claims
+from realtime_gateway_protocol.access_token import (
+    AUTHORIZATION_DETAILS_TYPE,
+    Claims,
+    parse_authorization_details,
+)
 from ws_service.domain.errors import Forbidden, InvalidChannel
 from ws_service.domain.history import HistoryPolicy
 
-__all__ = ["USER_NAMESPACE", "Namespace", "Namespaces", "namespace_of", "validate_channel"]
+__all__ = [
+    "ACTIONS",
+    "MAX_GRANTS",
+    "USER_NAMESPACE",
+    "Action",
+    "Grants",
+    "Namespace",
+    "Namespaces",
+    "granted",
+    "namespace_of",
+    "parse_grants",
+    "validate_channel",
+]
 
 USER_NAMESPACE = "user"
 _NAME = re.compile(r"[A-Za-z0-9_.@-]+:[A-Za-z0-9_.:@-]+")
 _MAX_LEN = 128
+
+Action = Literal["subscribe", "publish", "history", "presence"]
+ACTIONS: frozenset[str] = frozenset(get_args(Action))
+_SCOPE_SUFFIX: Mapping[str, str] = {
+    "subscribe": ":read",
+    "history": ":read",
+    "presence": ":read",
+    "publish": ":write",
+}
+_DOING: Mapping[str, str] = {
+    "subscribe": "subscribing",
+    "history": "reading history",
+    "presence": "reading presence",
+    "publish": "publishing",
+}
+
+Grants = frozenset[tuple[str, str]]
+"""``(action, channel)`` pairs; a channel ending in ``*`` is a prefix (``Claims.grants``)."""
+MAX_GRANTS = 256
+"""Pairs one token may grant: a check may scan them all, and every socket keeps them."""
 
 
 def validate_channel(channel: object) -> str:
@@ -40,6 +79,61 @@ def namespace_of(channel: str) -> str:
     return channel.partition(":")[0]
 
 
+def parse_grants(details: object) -> Grants:
+    """The grants of an ``authorization_details`` claim (``None`` when absent).
+
+    Entries of another ``type`` are for other resource servers (RFC 9396 section 2: a token from a
+    trusted identity provider may carry them) and are passed over; the ``realtime_channels``
+    entries are validated by the one parser the issuer uses too
+    (``realtime_gateway_protocol.access_token.parse_authorization_details``), so a grant is never
+    read wider or narrower than it was written. Anything malformed raises ``ValueError`` (the token
+    is invalid). One set is shared by every token of the same grants.
+    """
+    if details is None:
+        return frozenset()
+    if not isinstance(details, list):
+        raise ValueError("authorization_details must be a list")
+    ours = [entry for entry in details if not _other_type(entry)]
+    if not ours:
+        return frozenset()
+    entries = parse_authorization_details(ours)
+    pairs = frozenset(
+        (action, channel)
+        for entry in entries
+        for action in entry.actions
+        for channel in (*entry.exact, *(f"{prefix}*" for prefix in entry.prefixes))
+    )
+    if len(pairs) > MAX_GRANTS:
+        raise ValueError(f"authorization_details grants more than {MAX_GRANTS} channel actions")
+    return _shared(pairs)
+
+
+def _other_type(entry: object) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("type"), str)
+        and entry["type"] != AUTHORIZATION_DETAILS_TYPE
+    )
+
+
+@lru_cache(maxsize=1024)
+def _shared(grants: Grants) -> Grants:
+    """The first equal set parsed: every socket of the same grants points at one object."""
+    return grants
+
+
+def granted(grants: Grants, action: str, channel: str) -> bool:
+    """Whether ``grants`` allow ``action`` on ``channel``, exactly or by a prefix."""
+    if not grants:
+        return False
+    if (action, channel) in grants:
+        return True
+    return any(
+        pattern[-1] == "*" and granted_action == action and channel.startswith(pattern[:-1])
+        for granted_action, pattern in grants
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Namespace:
     """Everything the gateway decides per namespace."""
@@ -51,26 +145,28 @@ class Namespace:
     """Whether subscribers are counted and ``join``/``leave`` announced."""
     webhook_publish: bool = False
     """Whether each message published here is reported to the app as a ``publish`` webhook."""
+    subscribe_proxy: str | None = None
+    """The application's URL asked about every subscribe the rules allow (``WS_PROXY``)."""
+    publish_proxy: str | None = None
+    """The application's URL asked about every publish the rules allow; it may replace the data."""
 
     @property
     def private(self) -> bool:
         """The ``user`` namespace: one inbox per user, written by the server only."""
         return self.name == USER_NAMESPACE
 
-    def check_read(self, channel: str, claims: Claims) -> None:
-        """May ``claims`` subscribe to ``channel`` (and read its history and presence)?"""
+    def check(self, action: Action, channel: str, claims: Claims) -> None:
+        """Raise ``Forbidden`` unless ``claims`` may do ``action`` on ``channel`` (a channel of
+        this namespace). The server's own publishes are not asked."""
         if self.private:
+            if action == "publish":
+                raise Forbidden("only the server publishes to user channels")
             if channel != f"{USER_NAMESPACE}:{claims.sub}":
                 raise Forbidden("only your own user channel can be subscribed")
-        elif f"{self.name}:read" not in claims.scopes:
-            raise Forbidden(f"subscribing needs the scope {self.name}:read")
-
-    def check_write(self, channel: str, claims: Claims) -> None:
-        """May ``claims`` publish to ``channel``? (The server's own publishes are not asked.)"""
-        if self.private:
-            raise Forbidden("only the server publishes to user channels")
-        if f"{self.name}:write" not in claims.scopes:
-            raise Forbidden(f"publishing needs the scope {self.name}:write")
+            return
+        scope = self.name + _SCOPE_SUFFIX[action]
+        if scope not in claims.scopes and not granted(claims.grants, action, channel):
+            raise Forbidden(f"{_DOING[action]} needs the scope {scope}")
 
 
 class Namespaces:

@@ -88,7 +88,7 @@ def reply(kind: str, request_id: RequestId, **fields: Any) -> str:
 def auth_success(claims: Claims, now: float, request_id: RequestId, *, renewed: bool) -> str:
     fields: dict[str, Any] = {
         "user": {"id": claims.sub, "username": claims.username},
-        "session": claims.sid,
+        "session": claims.sid or None,
         "expires_in": max(0, claims.exp - int(now)),
         "expires_at": claims.exp,
     }

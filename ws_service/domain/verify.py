@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import base64
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Protocol
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from realtime_gateway_protocol.access_token import (
@@ -17,12 +21,30 @@ from realtime_gateway_protocol.access_token import (
     Claims,
 )
 from ws_service.domain.errors import InvalidToken, KeyWithdrawn, SessionRevoked, TokenExpired
+from ws_service.domain.namespaces import parse_grants
 
-__all__ = ["KeySource", "RevocationCheck", "TokenVerifier", "claims_from"]
+__all__ = [
+    "Issuer",
+    "KeySource",
+    "RevocationCheck",
+    "TokenVerifier",
+    "VerifyingKey",
+    "claims_from",
+]
+
+
+class VerifyingKey(Protocol):
+    """A key of the issuer's key set and the algorithms it may verify."""
+
+    @property
+    def key(self) -> RSAPublicKey | EllipticCurvePublicKey: ...
+
+    @property
+    def algorithms(self) -> frozenset[str]: ...
 
 
 class KeySource(Protocol):
-    async def get_key(self, kid: str) -> RSAPublicKey:
+    async def get_key(self, kid: str) -> VerifyingKey:
         """Raise ``KeyWithdrawn`` for a withdrawn key, ``InvalidToken`` for an unknown one."""
 
     def is_withdrawn(self, kid: str) -> bool: ...
@@ -38,8 +60,34 @@ class RevocationCheck(Protocol):
     def is_revoked(self, sub: str, sid: str, iat: int) -> bool: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    """An issuer whose access tokens are accepted, and everything pinned for it: its key set, its
+    audience, its algorithms (never the token's choice), the claim that names a user.
+
+    ``trusted`` marks an identity provider beside auth_service (``WS_TRUSTED_ISSUERS``): its tokens
+    need no ``sid``, and the key ids of its sockets are qualified with its name (``key_ref``), so
+    that a key leaving one issuer's set never concerns another issuer's sockets."""
+
+    name: str
+    keys: KeySource
+    audience: str
+    algorithms: frozenset[str] = frozenset({ALGORITHM})
+    username_claim: str = "preferred_username"
+    trusted: bool = False
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(claim for claim in REQUIRED_CLAIMS if not (self.trusted and claim == "sid"))
+
+    def key_ref(self, kid: str) -> str:
+        """How ``Claims.kid`` names this issuer's key ``kid``."""
+        return f"{self.name} {kid}" if self.trusted else kid
+
+
 class TokenVerifier:
-    """Verifies RS256 access tokens from the issuer against the JWKS keys only."""
+    """Verifies access tokens against their issuer's key set only: auth_service's (``keys``,
+    ``issuer``, ``audience``: RS256) and any ``trusted`` issuer's."""
 
     def __init__(
         self,
@@ -49,11 +97,12 @@ class TokenVerifier:
         issuer: str,
         audience: str,
         leeway: int,
+        trusted: Iterable[Issuer] = (),
     ) -> None:
         self.keys = keys
         self._revocations = revocations
-        self._issuer = issuer
-        self._audience = audience
+        self._own = Issuer(issuer, keys, audience)
+        self._issuers = {self._own.name: self._own, **{i.name: i for i in trusted}}
         self._leeway = leeway
 
     def accepted_until(self, exp: float) -> float:
@@ -63,10 +112,11 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Claims:
         """Raise an ``AuthError`` subclass unless ``token`` is a valid, unrevoked access token."""
-        payload, kid = await self.decode(
-            token, ACCESS_TOKEN_TYP, REQUIRED_CLAIMS, "an access token"
+        issuer = self._issuer_of(token)
+        payload, kid = await self._decode(
+            token, issuer, ACCESS_TOKEN_TYP, issuer.required, "an access token"
         )
-        return self.checked(claims_from(payload, kid))
+        return self.checked(claims_from(payload, issuer.key_ref(kid), issuer.username_claim))
 
     def checked(self, claims: Claims) -> Claims:
         """``claims`` unless a revocation or a key withdrawal this replica knows of covers them
@@ -80,28 +130,48 @@ class TokenVerifier:
     async def decode(
         self, token: str, typ: str, required: Sequence[str], kind: str
     ) -> tuple[dict[str, Any], str]:
-        """The payload of an RS256 JWT of header ``typ`` (``kind`` names it in errors) from our
-        issuer, signed by a JWKS key, and that key's id."""
+        """The payload of a JWT of header ``typ`` (``kind`` names it in errors) from auth_service,
+        signed by one of its keys, and that key's id (tickets)."""
+        return await self._decode(token, self._own, typ, required, kind)
+
+    def _issuer_of(self, token: str) -> Issuer:
+        """The issuer whose configuration checks ``token``: read from the unverified payload only
+        to pick it (``jwt.decode`` then checks ``iss`` with the rest); without trusted issuers
+        there is nothing to pick."""
+        if len(self._issuers) == 1:
+            return self._own
+        issuer = self._issuers.get(_unverified_issuer(token))
+        if issuer is None:
+            raise InvalidToken("the token's issuer is not trusted")
+        return issuer
+
+    async def _decode(
+        self, token: str, issuer: Issuer, typ: str, required: Sequence[str], kind: str
+    ) -> tuple[dict[str, Any], str]:
         if not token.isascii():  # a JWS compact serialization is base64url and dots
             raise InvalidToken("the token is malformed")
         header = _header(token.partition(".")[0])
-        kid = header.get("kid")
-        if header.get("alg") != ALGORITHM:
-            raise InvalidToken(f"the token must be signed with {ALGORITHM}")
-        if header.get("typ") != typ:
+        kid, alg = header.get("kid"), header.get("alg")
+        if alg not in issuer.algorithms:
+            raise InvalidToken(
+                f"the token must be signed with {' or '.join(sorted(issuer.algorithms))}"
+            )
+        if _media_type(header.get("typ")) != _media_type(typ):
             raise InvalidToken(f"the token is not {kind}")
         if "crit" in header:  # pyjwt >= 2.10 already refuses unknown ones in get_unverified_header
             raise InvalidToken("critical header extensions are not supported")
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("the token has no key id")
-        key = await self.keys.get_key(kid)
+        key = await issuer.keys.get_key(kid)
+        if alg not in key.algorithms:
+            raise InvalidToken("the token's algorithm is not its signing key's")
         try:
             payload = jwt.decode(
                 token,
-                key,
-                algorithms=[ALGORITHM],
-                audience=self._audience,
-                issuer=self._issuer,
+                key.key,
+                algorithms=[alg],
+                audience=issuer.audience,
+                issuer=issuer.name,
                 leeway=self._leeway,
                 options={"require": list(required)},
             )
@@ -110,6 +180,28 @@ class TokenVerifier:
         except jwt.InvalidTokenError:
             raise InvalidToken() from None
         return payload, kid
+
+
+def _media_type(typ: object) -> str | None:
+    """A ``typ`` header as the media type it names: RFC 7515 section 4.1.9 lets ``application/``
+    be left out (``at+jwt`` and ``application/at+jwt`` are one type), and media types compare
+    without case."""
+    if not isinstance(typ, str):
+        return None
+    typ = typ.lower()
+    return typ if "/" in typ else f"application/{typ}"
+
+
+def _unverified_issuer(token: str) -> str:
+    """``iss`` of a token's payload, unverified ("" if none): it picks the issuer whose keys and
+    rules decide."""
+    segment = token.split(".", 2)[1] if token.count(".") == 2 else ""
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, RecursionError):  # binascii.Error is a ValueError
+        return ""
+    issuer = payload.get("iss") if isinstance(payload, dict) else None
+    return issuer if isinstance(issuer, str) else ""
 
 
 @lru_cache(maxsize=256)
@@ -131,9 +223,13 @@ def _header(segment: str) -> Mapping[str, Any]:
     return header
 
 
-def claims_from(payload: Mapping[str, Any], kid: str) -> Claims:
+def claims_from(
+    payload: Mapping[str, Any], kid: str, username_claim: str = "preferred_username"
+) -> Claims:
     """What the gateway acts on, from a verified access token's (or ticket's) payload."""
     try:
-        return Claims.from_payload(payload, kid)
+        claims = Claims.from_payload(payload, kid, username_claim=username_claim)
+        grants = parse_grants(payload.get("authorization_details"))
     except ValueError as exc:
         raise InvalidToken(str(exc)) from None
+    return replace(claims, grants=grants) if grants else claims

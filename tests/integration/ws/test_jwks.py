@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
+from shared.http.jwks import KeysUnavailable
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness, KeySet, auth, expect_close, wait_until
 from ws_service.appkeys import JWKS
-from ws_service.domain.errors import KeysUnavailable
 
 UNAVAILABLE = {
     "type": "auth_error",

@@ -79,7 +79,7 @@ async def test_renewal_rechecks_channel_permissions(gw: Harness) -> None:
     assert await recv(ws) == {
         "type": "unsubscribed",
         "channel": "chat:general",
-        "reason": "forbidden",
+        "reason": "permission_revoked",
     }
     assert (await recv(ws))["renewed"] is True
     await send(ws, {"type": "unsubscribe", "channel": "chat:general", "id": 1})

@@ -46,3 +46,9 @@ def test_wrong_types_are_refused(bad: dict[str, Any]) -> None:
 
 def test_a_username_of_another_type_is_dropped() -> None:
     assert Claims.from_payload(payload(preferred_username=5), "k1").username is None
+
+
+def test_another_providers_token_may_have_no_sid_and_name_its_user_elsewhere() -> None:
+    base = {k: v for k, v in payload(email="al@example.com").items() if k != "sid"}
+    claims = Claims.from_payload(base, "k1", username_claim="email")
+    assert (claims.sid, claims.username) == ("", "al@example.com")

@@ -3,27 +3,27 @@ with no keys, and a gateway built from them on a fake clock (no Prometheus, no a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-
 from shared.bus import InProcessBus, RevocationLedger
 from tests.support.clock import FakeClock
-from ws_service.domain.errors import InvalidToken
+from ws_service.domain.errors import InvalidToken, ProxyUnavailable
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.history import History, MemoryHistory
 from ws_service.domain.hub import Hub
 from ws_service.domain.limits import Limits
 from ws_service.domain.namespaces import Namespaces
 from ws_service.domain.presence import MemoryPresence
+from ws_service.domain.proxy import ProxyCall, ProxyGate, Verdict
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.user_slots import UserSlots
-from ws_service.domain.verify import KeySource, TokenVerifier
+from ws_service.domain.verify import KeySource, TokenVerifier, VerifyingKey
 from ws_service.domain.webhooks import Events
 
-__all__ = ["FakeMetrics", "FakePeer", "NoKeys", "RecordingSink", "build_gateway"]
+__all__ = ["FakeAppProxy", "FakeMetrics", "FakePeer", "NoKeys", "RecordingSink", "build_gateway"]
 
 
 class _Count:
@@ -112,7 +112,7 @@ class RecordingSink:
 
 
 class NoKeys:
-    async def get_key(self, kid: str) -> RSAPublicKey:
+    async def get_key(self, kid: str) -> VerifyingKey:
         raise InvalidToken("no keys here")
 
     def is_withdrawn(self, kid: str) -> bool:
@@ -125,6 +125,29 @@ class NoKeys:
         return None
 
 
+class FakeAppProxy:
+    """The application behind the proxies: answers from ``verdicts`` by channel (allow when
+    absent), records every call, can be held back (``hold``) or be down."""
+
+    def __init__(self) -> None:
+        self.calls: list[ProxyCall] = []
+        self.verdicts: dict[str, Verdict] = {}
+        self.down = False
+        self.held: asyncio.Event | None = None
+
+    def hold(self) -> asyncio.Event:
+        self.held = asyncio.Event()
+        return self.held
+
+    async def ask(self, call: ProxyCall) -> Verdict:
+        self.calls.append(call)
+        if self.held is not None:
+            await self.held.wait()
+        if self.down:
+            raise ProxyUnavailable()
+        return self.verdicts.get(call.channel, Verdict(True))
+
+
 def build_gateway(
     *,
     clock: FakeClock | None = None,
@@ -134,6 +157,7 @@ def build_gateway(
     namespaces: Namespaces | None = None,
     history: History | None = None,
     events: Events | None = None,
+    proxies: ProxyGate | None = None,
     reconcile_batch: int = 500,
     **limits: Any,
 ) -> Gateway:
@@ -162,5 +186,6 @@ def build_gateway(
         ledger=ledger,
         slots=slots,
         clock=clock,
+        proxies=proxies,
         reconcile_batch=reconcile_batch,
     )

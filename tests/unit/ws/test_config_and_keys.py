@@ -1,4 +1,4 @@
-"""Settings from the environment, and which JWKs the cache will use."""
+"""Settings from the environment."""
 
 from __future__ import annotations
 
@@ -6,13 +6,9 @@ import json
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from jwt.algorithms import RSAAlgorithm
 
 from shared.config.env import ConfigError
-from ws_service.jwks import parse_jwks, ttl_from_cache_control
-from ws_service.settings import Settings
+from ws_service.settings import Settings, TrustedIssuer
 
 
 def test_defaults_follow_the_local_auth_service() -> None:
@@ -86,56 +82,107 @@ def test_bad_settings_stop_start_up(environ: dict[str, str]) -> None:
         Settings.from_env(environ)
 
 
-def jwk(key: RSAPrivateKey, **fields: Any) -> dict[str, Any]:
-    base = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
-    return {**base, "kid": "k", "use": "sig", "alg": "RS256", **fields}
+IDP = {"issuer": "https://idp.example.com/", "jwks_url": "https://idp.example.com/jwks"}
 
 
-def test_only_rsa_signing_keys_of_2048_bits_are_used(unit_rsa_key: RSAPrivateKey) -> None:
-    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
-    private = json.loads(RSAAlgorithm.to_jwk(unit_rsa_key))
-    keys = parse_jwks(
+def test_trusted_issuers_are_read_from_json() -> None:
+    entries = [
+        {**IDP, "audience": "api", "algorithms": ["ES256", "RS256", "ES256"]},
         {
-            "keys": [
-                jwk(unit_rsa_key, kid="good"),
-                jwk(unit_rsa_key, kid="no-alg", alg=None),
-                jwk(unit_rsa_key, kid="enc", use="enc"),
-                jwk(unit_rsa_key, kid="rs512", alg="RS512"),
-                jwk(weak, kid="weak"),
-                {**private, "kid": "private", "use": "sig"},
-                {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac", "use": "sig"},
-                {"kty": "RSA", "kid": "broken", "use": "sig", "n": "!!", "e": "AQAB"},
-                jwk(unit_rsa_key, kid=None),
-                "not a dict",
-            ]
-        }
+            "issuer": "https://login.example.org",
+            "jwks_url": "http://keys.internal/jwks",
+            "audience": "ws",
+            "algorithms": ["PS256"],
+            "username_claim": "email",
+        },
+    ]
+    settings = Settings.from_env({"WS_TRUSTED_ISSUERS": json.dumps(entries)})
+    assert settings.trusted_issuers == (
+        TrustedIssuer(IDP["issuer"], IDP["jwks_url"], "api", ("ES256", "RS256")),
+        TrustedIssuer(
+            "https://login.example.org", "http://keys.internal/jwks", "ws", ("PS256",), "email"
+        ),
     )
-    assert set(keys) == {"good"}
-
-
-def test_a_key_without_alg_is_allowed_but_use_is_required(unit_rsa_key: RSAPrivateKey) -> None:
-    key = {k: v for k, v in jwk(unit_rsa_key, kid="a").items() if k != "alg"}
-    assert set(parse_jwks({"keys": [key]})) == {"a"}
-    key.pop("use")
-    assert parse_jwks({"keys": [key]}) == {}
-
-
-@pytest.mark.parametrize("document", [[], {"keys": {}}, "x", None])
-def test_a_non_jwks_document_is_an_error(document: Any) -> None:
-    with pytest.raises(ValueError):
-        parse_jwks(document)
+    assert Settings.from_env({}).trusted_issuers == ()
 
 
 @pytest.mark.parametrize(
-    ("header", "ttl"),
+    ("entries", "problem"),
     [
-        ("public, max-age=300", 300.0),
-        ("max-age=5", 60.0),
-        ("public, max-age=999999", 3600.0),
-        ("no-store", 60.0),
-        (None, 60.0),
-        ('max-age="120"', 120.0),
+        ("{not json", "JSON list"),
+        ({"issuer": "x"}, "JSON list"),
+        (["https://idp"], "entries are objects"),
+        ([{**IDP, "audience": "a", "algorithms": ["ES256"], "jku": "x"}], "entries are objects"),
+        ([{**IDP, "algorithms": ["ES256"]}], "audience"),
+        ([{**IDP, "audience": "", "algorithms": ["ES256"]}], "audience"),
+        ([{**IDP, "audience": "a", "algorithms": ["ES256"], "username_claim": 3}], "username"),
+        ([{**IDP, "audience": "a", "algorithms": []}], "algorithms"),
+        ([{**IDP, "audience": "a", "algorithms": ["none"]}], "never none or an HMAC"),
+        ([{**IDP, "audience": "a", "algorithms": ["HS256"]}], "never none or an HMAC"),
+        ([{**IDP, "audience": "a", "algorithms": "ES256"}], "algorithms"),
+        (
+            [{**IDP, "jwks_url": "file:///etc/keys", "audience": "a", "algorithms": ["ES256"]}],
+            "URL",
+        ),
+        ([{**IDP, "audience": "a", "algorithms": ["ES256"]}] * 2, "twice"),
+        (
+            [{**IDP, "issuer": "http://127.0.0.1:8081", "audience": "a", "algorithms": ["ES256"]}],
+            "WS_ISSUER",
+        ),
     ],
 )
-def test_ttl_comes_from_max_age_within_bounds(header: str | None, ttl: float) -> None:
-    assert ttl_from_cache_control(header, 60.0, 3600.0) == ttl
+def test_bad_trusted_issuers_stop_start_up(entries: Any, problem: str) -> None:
+    raw = entries if isinstance(entries, str) else json.dumps(entries)
+    with pytest.raises(ConfigError, match=problem):
+        Settings.from_env({"WS_TRUSTED_ISSUERS": raw})
+
+
+PROXY = {"WS_PROXY_SECRET": "proxy-secret-0123456789"}
+
+
+def test_proxies_are_namespace_options_read_from_ws_proxy() -> None:
+    settings = Settings.from_env(
+        {
+            **PROXY,
+            "WS_PROXY": "doc.subscribe=http://app:9000/rt/subscribe\n"
+            "  doc.publish=https://app/rt/publish?v=1 team.v2.subscribe=http://app/t",
+            "WS_PROXY_TIMEOUT": "0.5",
+            "WS_PROXY_CACHE_TTL": "0",
+            "WS_PROXY_MAX_IN_FLIGHT": "8",
+        }
+    )
+    doc = settings.namespaces.of("doc:1")
+    assert (doc.subscribe_proxy, doc.publish_proxy) == (
+        "http://app:9000/rt/subscribe",
+        "https://app/rt/publish?v=1",
+    )
+    team = settings.namespaces.of("team.v2:x")
+    assert (team.subscribe_proxy, team.publish_proxy) == ("http://app/t", None)
+    assert settings.namespaces.of("chat:a").subscribe_proxy is None
+    assert (settings.proxy_timeout, settings.proxy_cache_ttl) == (0.5, 0.0)
+    assert settings.proxy_max_in_flight == 8
+    assert settings.proxy_secrets == ("proxy-secret-0123456789",)
+    assert "proxy-secret" not in repr(settings)
+    defaults = Settings.from_env({})
+    assert (defaults.proxy, defaults.proxy_timeout, defaults.proxy_cache_ttl) == ({}, 2.0, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        ({"WS_PROXY": "doc.subscribe=http://app/s"}, "WS_PROXY_SECRET"),
+        ({**PROXY, "WS_PROXY": "doc.history=http://app/s"}, "namespace.subscribe=url"),
+        ({**PROXY, "WS_PROXY": "subscribe=http://app/s"}, "namespace.subscribe=url"),
+        ({**PROXY, "WS_PROXY": "doc:x.subscribe=http://app/s"}, "namespace.subscribe=url"),
+        ({**PROXY, "WS_PROXY": "doc.subscribe"}, "http"),
+        ({**PROXY, "WS_PROXY": "doc.subscribe=ftp://app/s"}, "http"),
+        ({**PROXY, "WS_PROXY": "doc.subscribe=http:///s"}, "http"),
+        ({**PROXY, "WS_PROXY": "doc.publish=http://a/p doc.publish=http://b/p"}, "twice"),
+        ({**PROXY, "WS_PROXY": "user.subscribe=http://app/s"}, "user"),
+        ({"WS_PROXY_SECRET": "short", "WS_PROXY": "doc.publish=http://a/p"}, "16 characters"),
+        ({**PROXY, "WS_PROXY_TIMEOUT": "0"}, "WS_PROXY_TIMEOUT"),
+    ],
+)
+def test_bad_proxies_stop_start_up(environ: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        Settings.from_env(environ)

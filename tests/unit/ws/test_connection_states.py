@@ -7,6 +7,7 @@ Each test names its row: ``test_<row>_...``.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -30,7 +31,7 @@ from ws_service.domain.errors import (
 from ws_service.domain.history import HistoryPolicy, MemoryHistory
 from ws_service.domain.hub import Hub
 from ws_service.domain.limits import Limits
-from ws_service.domain.namespaces import Namespace, Namespaces
+from ws_service.domain.namespaces import Namespace, Namespaces, parse_grants
 from ws_service.domain.presence import MemoryPresence
 
 TTL = 900
@@ -362,11 +363,44 @@ async def test_9_a_renewal_leaves_the_channels_the_new_token_cannot_read() -> No
     assert replies[0] == {
         "type": "unsubscribed",
         "channel": "news:a",
-        "reason": "forbidden",
+        "reason": "permission_revoked",
     }
     assert replies[1]["type"] == "auth_success"
     assert set(s.conn.channels) == {"chat:a"}
     assert s.peer.closed is None
+
+
+async def test_9_a_renewal_rechecks_authorization_details_grants() -> None:
+    s = Socket()
+    doc = {"type": "realtime_channels", "channels": ["doc:1", "team:7.*"], "actions": ["subscribe"]}
+    await s.authenticate(replace(s.claims("alice", "none"), grants=parse_grants([doc])))
+    for channel in ("doc:1", "team:7.a", "team:7.b"):
+        assert (await s.send({"type": "subscribe", "channel": channel}))[0]["type"] == "subscribed"
+    narrower = {**doc, "channels": ["team:7.a"]}
+    renewed = replace(s.claims("alice", "none"), grants=parse_grants([narrower]))
+    replies = await s.send({"type": "auth", "token": s.token("n", renewed)})
+    assert replies[:2] == [
+        {"type": "unsubscribed", "channel": channel, "reason": "permission_revoked"}
+        for channel in ("doc:1", "team:7.b")
+    ]
+    assert replies[2]["type"] == "auth_success"
+    assert set(s.conn.channels) == {"team:7.a"}
+    assert s.peer.closed is None
+
+
+async def test_grants_allow_each_action_they_name_and_no_other() -> None:
+    s = Socket()
+    entry = {"type": "realtime_channels", "channels": ["chat:a"], "actions": ["subscribe"]}
+    await s.authenticate(replace(s.claims("alice", "none"), grants=parse_grants([entry])))
+    assert (await s.send({"type": "subscribe", "channel": "chat:a"}))[0]["type"] == "subscribed"
+    for frame in [
+        {"type": "publish", "channel": "chat:a", "data": 1},
+        {"type": "history", "channel": "chat:a"},
+        {"type": "presence", "channel": "chat:a"},
+        {"type": "subscribe", "channel": "chat:a", "presence_events": True},
+    ]:
+        [reply] = await s.send(frame)
+        assert reply["code"] == "forbidden", frame
 
 
 @pytest.mark.parametrize("error", [TokenExpired(), KeysUnavailable(), InvalidToken()])

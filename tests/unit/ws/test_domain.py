@@ -36,24 +36,25 @@ def claims(sub: str, *scopes: str) -> Claims:
 
 def test_scopes_open_namespaces() -> None:
     chat = Namespaces().of("chat:x")
-    chat.check_read("chat:x", claims("alice", "chat:read"))
-    chat.check_write("chat:x", claims("alice", "chat:write"))
-    with pytest.raises(Forbidden):
-        chat.check_read("chat:x", claims("alice", "chat:write", "news:read"))
-    with pytest.raises(Forbidden):
-        chat.check_write("chat:x", claims("alice", "chat:read"))
+    for action in ("subscribe", "history", "presence"):
+        chat.check(action, "chat:x", claims("alice", "chat:read"))
+    chat.check("publish", "chat:x", claims("alice", "chat:write"))
+    with pytest.raises(Forbidden, match="subscribing needs the scope chat:read"):
+        chat.check("subscribe", "chat:x", claims("alice", "chat:write", "news:read"))
+    with pytest.raises(Forbidden, match="publishing needs the scope chat:write"):
+        chat.check("publish", "chat:x", claims("alice", "chat:read"))
 
 
 def test_user_namespace_is_private_and_server_written() -> None:
     user = Namespaces().of("user:alice")
     assert user.private
-    user.check_read("user:alice", claims("alice"))
+    user.check("subscribe", "user:alice", claims("alice"))
     with pytest.raises(Forbidden):
-        user.check_read("user:bob", claims("alice", "user:read", "user:bob:read"))
+        user.check("subscribe", "user:bob", claims("alice", "user:read", "user:bob:read"))
     with pytest.raises(Forbidden):
-        user.check_read("user:alice:extra", claims("alice", "user:read"))
+        user.check("subscribe", "user:alice:extra", claims("alice", "user:read"))
     with pytest.raises(Forbidden):
-        user.check_write("user:alice", claims("alice", "user:write"))
+        user.check("publish", "user:alice", claims("alice", "user:write"))
 
 
 def test_a_namespace_resolves_once_to_its_configured_rules() -> None:

@@ -8,7 +8,6 @@ import logging
 from collections.abc import Sequence
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from realtime_gateway_protocol.access_token import Claims, TokenRef
 from realtime_gateway_protocol.key_events import (
@@ -22,6 +21,7 @@ from tests.unit.ws.fakes import FakePeer, build_gateway
 from ws_service.domain.connection import Connection
 from ws_service.domain.errors import KeyWithdrawn as KeyWithdrawnError
 from ws_service.domain.gateway import Gateway
+from ws_service.domain.verify import VerifyingKey
 
 GRACE = 10
 
@@ -32,7 +32,7 @@ class Keys:
     def __init__(self) -> None:
         self.withdrawn: list[str] = []
 
-    async def get_key(self, kid: str) -> RSAPublicKey:
+    async def get_key(self, kid: str) -> VerifyingKey:
         raise AssertionError("no token is verified here")
 
     def is_withdrawn(self, kid: str) -> bool:

@@ -76,3 +76,14 @@ async def test_an_unreachable_ledger_closes_nothing() -> None:
     assert peer.closed is None
     assert (outcome(gateway, "unavailable"), outcome(gateway, "ok")) == (1, 0)
     conn.disconnected()
+
+
+async def test_a_ledger_hit_on_a_token_without_session_is_not_remembered_for_all_of_them() -> None:
+    """A trusted issuer's token has no ``sid``: a ledger hit on it (its ``sub`` revoked) must not
+    become a local revocation of the empty session, which every such token shares."""
+    ledger = Ledger({""})
+    gateway = build_gateway(clock=CLOCK, ledger=ledger)
+    await admit(gateway, "")
+    await gateway.reconcile()
+    now = int(CLOCK.time())
+    assert not gateway.revocations.is_revoked("someone-else", "", now)

@@ -11,11 +11,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import RSAAlgorithm
 
-from ws_service.domain.errors import InvalidToken, KeyWithdrawn
-from ws_service.jwks import JwksCache
+from shared.http.jwks import JwksCache, KeyWithdrawn, UnknownKey
 
 
 class Response:
@@ -60,10 +60,16 @@ class Issuer:
             self.gate = None
 
 
+@pytest.fixture(scope="module")
+def rsa_key() -> RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 def cache(issuer: Issuer, dropped: list[frozenset[str]], **options: Any) -> JwksCache:
     return JwksCache(
         issuer,  # type: ignore[arg-type]
         "http://auth.test/.well-known/jwks.json",
+        algorithms=("RS256",),
         refetch_interval=0,
         on_dropped=dropped.append,
         **options,
@@ -71,9 +77,9 @@ def cache(issuer: Issuer, dropped: list[frozenset[str]], **options: Any) -> Jwks
 
 
 async def test_a_withdrawn_key_leaves_at_once_and_is_refused_without_a_fetch(
-    unit_rsa_key: RSAPrivateKey,
+    rsa_key: RSAPrivateKey,
 ) -> None:
-    issuer, dropped = Issuer(unit_rsa_key, "k1", "k2"), []
+    issuer, dropped = Issuer(rsa_key, "k1", "k2"), []
     keys = cache(issuer, dropped)
     await keys.refresh()
     await keys.get_key("k1")
@@ -87,9 +93,9 @@ async def test_a_withdrawn_key_leaves_at_once_and_is_refused_without_a_fetch(
 
 
 async def test_a_key_set_that_still_lists_it_never_brings_it_back(
-    unit_rsa_key: RSAPrivateKey,
+    rsa_key: RSAPrivateKey,
 ) -> None:
-    issuer, dropped = Issuer(unit_rsa_key, "k1", "k2"), []
+    issuer, dropped = Issuer(rsa_key, "k1", "k2"), []
     keys = cache(issuer, dropped)
     await keys.refresh()
     keys.withdraw("k1")
@@ -100,9 +106,9 @@ async def test_a_key_set_that_still_lists_it_never_brings_it_back(
 
 
 async def test_a_fetch_in_flight_at_the_withdrawal_does_not_bring_it_back(
-    unit_rsa_key: RSAPrivateKey,
+    rsa_key: RSAPrivateKey,
 ) -> None:
-    issuer, dropped = Issuer(unit_rsa_key, "k1"), []
+    issuer, dropped = Issuer(rsa_key, "k1"), []
     keys = cache(issuer, dropped)
     with issuer.held() as gate:
         fetch = asyncio.ensure_future(keys.refresh())
@@ -117,9 +123,9 @@ async def test_a_fetch_in_flight_at_the_withdrawal_does_not_bring_it_back(
 
 
 async def test_the_withdrawn_set_is_bounded_oldest_forgotten_first(
-    unit_rsa_key: RSAPrivateKey,
+    rsa_key: RSAPrivateKey,
 ) -> None:
-    keys = cache(Issuer(unit_rsa_key, "k1"), [], max_withdrawn=3)
+    keys = cache(Issuer(rsa_key, "k1"), [], max_withdrawn=3)
     for n in range(5):
         keys.withdraw(f"w{n}")
     keys.withdraw("w2")  # withdrawn again: now the newest
@@ -129,15 +135,15 @@ async def test_the_withdrawn_set_is_bounded_oldest_forgotten_first(
 
 
 async def test_keys_a_fresh_key_set_no_longer_lists_are_reported(
-    unit_rsa_key: RSAPrivateKey,
+    rsa_key: RSAPrivateKey,
 ) -> None:
-    issuer, dropped = Issuer(unit_rsa_key, "k1", "k2"), []
+    issuer, dropped = Issuer(rsa_key, "k1", "k2"), []
     keys = cache(issuer, dropped)
     await keys.refresh()
     assert dropped == [], "the first load drops nothing"
     issuer.kids = ["k2", "k3"]
     await keys.refresh()
     assert dropped == [frozenset({"k1"})]
-    with pytest.raises(InvalidToken, match="unknown signing key"):
+    with pytest.raises(UnknownKey, match="unknown signing key"):
         await keys.get_key("k1")
     assert not keys.is_withdrawn("k1"), "a key that left the set is not withdrawn"
