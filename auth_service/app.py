@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -29,6 +30,7 @@ from realtime_gateway_protocol.tasks import cancel_and_wait
 from shared.bus import EventBus
 from shared.config.env import redact_url
 from shared.http import access
+from shared.http.openapi import openapi_route
 from shared.http.serve import HTTP_TIMEOUTS
 from shared.metrics.mirrored import mirrored
 from shared.redis.bus import open_bus
@@ -163,7 +165,7 @@ def create_app(
         await cancel_and_wait(*tasks, *reloads)
 
     app.cleanup_ctx.extend([store_ctx, bus_ctx, gauges_ctx, domain_ctx])
-    app.add_routes(routes)
+    app.add_routes([*routes, openapi_route(Path(__file__).with_name("openapi.json"))])
     browser.setup(app, settings)
     return app
 

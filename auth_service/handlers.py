@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -245,16 +244,6 @@ async def metadata(request: web.Request) -> web.Response:
         },
         headers={"Cache-Control": f"public, max-age={request.app[SETTINGS].jwks_max_age}"},
     )
-
-
-OPENAPI = Path(__file__).with_name("openapi.json")
-"""The API's OpenAPI 3.1 document (docs/openapi.json links here), checked against the code by
-schemathesis in tests/fuzz."""
-
-
-@routes.get("/openapi.json")
-async def openapi(request: web.Request) -> web.Response:
-    return web.Response(body=OPENAPI.read_bytes(), content_type="application/json")
 
 
 @routes.get("/healthz")

@@ -3,7 +3,7 @@
 Every endpoint needs one of ``WS_API_KEYS`` (compared in constant time) and answers JSON. Actions
 and counts reach every replica through the ``ControlPlane``: a call made to any replica acts on the
 sockets of all of them. Users the gateway does not know are not an error: their counts are 0.
-docs/openapi.json describes each endpoint (under its ``ws_service`` server) and the fuzzers run
+ws_service/openapi.json (served at ``/openapi.json``) describes each endpoint, and the fuzzer runs
 against it.
 """
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -20,6 +21,7 @@ from shared.bus import BusUnavailable, EventBus
 from shared.config.env import ConfigError
 from shared.http import access
 from shared.http.jwks import JwksCache
+from shared.http.openapi import openapi_route
 from shared.http.responses import http_exception_json
 from shared.http.serve import HTTP_TIMEOUTS
 from shared.metrics.mirrored import mirrored
@@ -97,6 +99,7 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_routes([openapi_route(Path(__file__).with_name("openapi.json"))])
     return app
 
 

@@ -30,6 +30,12 @@ __all__ = ["healthz", "metrics", "readiness", "readyz", "websocket"]
 log = logging.getLogger(__name__)
 
 
+_FORBIDDEN_ORIGIN = (
+    "this Origin may not open a WebSocket: only the origins in WS_ALLOWED_ORIGINS may; a client"
+    " outside a browser should send no Origin header"
+)
+"""Says the fix: websocket-client, for one, sends the gateway's own origin unless told not to."""
+
 _CONTROL = frozenset({WSMsgType.PING, WSMsgType.PONG})
 _DATA = frozenset({WSMsgType.TEXT, WSMsgType.BINARY})
 
@@ -39,7 +45,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     origin = request.headers.get(hdrs.ORIGIN)
     if origin is not None and origin not in settings.allowed_origins:
         audit("ws_origin_refused", origin=origin, remote=request.remote)
-        return json_error(403, "forbidden_origin", "this Origin may not open a WebSocket")
+        return json_error(403, "forbidden_origin", _FORBIDDEN_ORIGIN)
     problem = handshake.unanswerable_offer(request)
     if problem is not None:
         return json_error(400, "unsupported_subprotocol", problem)

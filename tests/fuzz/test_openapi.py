@@ -1,9 +1,11 @@
 """Schemathesis against the real services (``python -m services`` as a process): every operation
-in docs/openapi.json with generated valid and invalid inputs; no 500, and every response matches
-the document (status, content type, headers, body schema). Bounded so it stays within minutes."""
+of each service's OpenAPI document (auth_service/openapi.json, ws_service/openapi.json) sent to
+that service, with generated valid and invalid inputs; no 500, and every response matches the
+document (status, content type, headers, body schema). Bounded so it stays within minutes."""
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,20 +27,14 @@ from tests.system.procs import embedded_env, service
 
 pytestmark = pytest.mark.system
 
-DOC = Path(__file__).parents[2] / "docs" / "openapi.json"
+ROOT = Path(__file__).parents[2]
+DOCS = {name: ROOT / name / "openapi.json" for name in ("auth_service", "ws_service")}
 API_KEY = "fuzz-api-key-0123456789"
 METRICS_TOKEN = "fuzz-metrics-token-0123456789"
 EXAMPLES = 40
-SCHEMA = schemathesis.openapi.from_path(
-    DOC,
-    config=SchemathesisConfig.from_dict({"generation": {"mode": "all", "max-examples": EXAMPLES}}),
-)
-WS_PATHS = frozenset(
-    path
-    for path, item in loads(DOC.read_bytes(), max_depth=64)["paths"].items()
-    if any(server.get("description") == "ws_service" for server in item.get("servers", ()))
-)
-"""ws_service's endpoints (the server API): their path items name ws_service as their server."""
+CONFIG = SchemathesisConfig.from_dict({"generation": {"mode": "all", "max-examples": EXAMPLES}})
+AUTH = schemathesis.openapi.from_path(DOCS["auth_service"], config=CONFIG)
+WS = schemathesis.openapi.from_path(DOCS["ws_service"], config=CONFIG)
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -46,12 +42,19 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
-def test_the_document_is_valid_openapi_3_1() -> None:
-    document = loads(DOC.read_bytes(), max_depth=64)
+@pytest.mark.parametrize("name", DOCS)
+def test_each_document_is_valid_openapi_3_1_and_names_its_service(name: str) -> None:
+    document = loads(DOCS[name].read_bytes(), max_depth=64)
     assert document["openapi"].startswith("3.1")
     validate(document)
+    assert [server["description"] for server in document["servers"]] == [f"{name} (make run)"]
 
 
 @pytest.fixture(scope="module")
@@ -64,19 +67,36 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         WS_API_KEYS=API_KEY,
     )
     with service("services", env, auth_port, workdir) as proc:
-        yield {"auth": f"http://127.0.0.1:{auth_port}", "ws": f"http://127.0.0.1:{ws_port}"}
+        yield {
+            "auth_service": f"http://127.0.0.1:{auth_port}",
+            "ws_service": f"http://127.0.0.1:{ws_port}",
+        }
         assert "Traceback" not in proc.tail(100_000)
 
 
-@SCHEMA.parametrize()
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-def test_every_operation_conforms(case: schemathesis.Case, stack: dict[str, str]) -> None:
-    ws = case.path in WS_PATHS
-    headers = {"Authorization": f"Bearer {API_KEY}"} if ws else None
+@pytest.mark.parametrize("name", DOCS)
+def test_each_service_serves_its_own_document(name: str, stack: dict[str, str]) -> None:
+    with urllib.request.urlopen(f"{stack[name]}/openapi.json", timeout=10) as response:  # noqa: S310 (loopback)
+        assert response.headers["Content-Type"] == "application/json"
+        assert response.read() == DOCS[name].read_bytes()
+
+
+@AUTH.parametrize()
+@FUZZ
+def test_every_auth_service_operation_conforms(
+    case: schemathesis.Case, stack: dict[str, str]
+) -> None:
+    case.call_and_validate(base_url=stack["auth_service"], checks=CHECKS, timeout=10)
+
+
+@WS.parametrize()
+@FUZZ
+def test_every_ws_service_operation_conforms(
+    case: schemathesis.Case, stack: dict[str, str]
+) -> None:
     case.call_and_validate(
-        base_url=stack["ws" if ws else "auth"], headers=headers, checks=CHECKS, timeout=10
+        base_url=stack["ws_service"],
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        checks=CHECKS,
+        timeout=10,
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests.services import unavailable
 
-__all__ = ["JS_CLIENT", "install_packed", "run", "tool"]
+__all__ = ["JS_CLIENT", "TOOLS", "install_packed", "run", "tool"]
 
 ROOT = Path(__file__).resolve().parents[2]
 JS_CLIENT = ROOT / "clients" / "js"

@@ -86,7 +86,8 @@ async def test_origin_is_checked_before_the_upgrade(
     assert response.status == 403
     assert await response.json() == {
         "error": "forbidden_origin",
-        "error_description": "this Origin may not open a WebSocket",
+        "error_description": "this Origin may not open a WebSocket: only the origins in"
+        " WS_ALLOWED_ORIGINS may; a client outside a browser should send no Origin header",
     }
 
 
