@@ -17,13 +17,13 @@ from shared.config.env import (
     env_int,
     env_list,
     env_secret,
-    env_secret_url,
     env_str,
     redact_url,
     split_list,
 )
 from shared.config.kept_secret import kept_secret
 from shared.config.tls import server_context
+from shared.redis.connect import env_redis_url
 from ws_service.domain.history import HistoryPolicy
 from ws_service.domain.limits import Limits
 from ws_service.domain.namespaces import USER_NAMESPACE, Namespace, Namespaces
@@ -198,7 +198,7 @@ class Settings:
             jwks_max_ttl=env_float(environ, "WS_JWKS_MAX_TTL", 3600.0, minimum=1),
             tls_cert=env_str(environ, "WS_TLS_CERT", ""),
             tls_key=env_str(environ, "WS_TLS_KEY", ""),
-            redis_url=env_secret_url(environ, "REDIS_URL", "REDIS_PASSWORD"),
+            redis_url=env_redis_url(environ),
             history=parse_history(env_str(environ, "WS_HISTORY", DEFAULT_HISTORY)),
             history_max_bytes=env_int(
                 environ, "WS_HISTORY_MAX_BYTES", 64 * 1024 * 1024, minimum=65_536
