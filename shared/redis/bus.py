@@ -80,7 +80,7 @@ class RedisBus:
         url: str,
         *,
         backoff_base: float = 0.1,
-        backoff_cap: float = 5.0,
+        backoff_cap: float = 2.0,
         ping_interval: float = 5.0,
         socket_timeout: float = 2.0,
     ) -> None:
