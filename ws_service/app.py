@@ -17,7 +17,7 @@ from realtime_gateway_protocol.tasks import cancel_and_wait
 from shared.bus import BusUnavailable, EventBus
 from shared.config.env import ConfigError
 from shared.http.responses import http_exception_json
-from shared.http.serve import HTTP_TIMEOUTS
+from shared.http.serve import DRAIN, HTTP_TIMEOUTS
 from shared.metrics.mirrored import mirrored
 from shared.redis.bus import open_bus
 from shared.redis.ledger import RedisRevocationLedger
@@ -30,6 +30,7 @@ from ws_service.domain.presence import MemoryPresence, Presence
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.user_slots import UserSlots
 from ws_service.domain.verify import TokenVerifier
+from ws_service.drain import SocketDrain
 from ws_service.jwks import JwksCache
 from ws_service.metrics import Metrics
 from ws_service.redis.client import open_redis
@@ -60,6 +61,10 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     app[METRICS] = Metrics()
     app[HTTP_TIMEOUTS] = app[METRICS].limit_hits.labels("http_timeout").inc
     app[SOCKETS] = set()  # each handler removes its own peer
+    if settings.redis_url:
+        # Only a replica with peers drains: alone (embedded) there is nowhere else to go, and
+        # SIGTERM closes at once with 1001.
+        app[DRAIN] = SocketDrain(app)
     app.cleanup_ctx.append(_bus_ctx(bus))
     app.cleanup_ctx.append(_gauges_ctx)
     app.cleanup_ctx.append(_ledger_ctx)
@@ -232,7 +237,7 @@ async def _refresh_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_sockets(app: web.Application) -> None:
     """Close every live socket with 1001 (each handler completes the closing handshake) within
-    the shutdown timeout."""
+    the shutdown timeout: all of them on SIGINT, what the drain left on SIGTERM."""
     live = app[SOCKETS]
     peers = tuple(live)
     if not peers:

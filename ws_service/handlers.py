@@ -17,6 +17,7 @@ from shared.http.auth import bearer_matches
 from shared.http.forwarded import client_address
 from shared.http.readiness import Readiness, readiness_response
 from shared.http.responses import json_error, json_response
+from shared.http.serve import DRAIN
 from shared.jsonlog import audit
 from ws_service import handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS
@@ -40,6 +41,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if origin is not None and origin not in settings.allowed_origins:
         audit("ws_origin_refused", origin=origin, remote=request.remote)
         return json_error(403, "forbidden_origin", "this Origin may not open a WebSocket")
+    if _draining(request.app):
+        return json_error(
+            503,
+            "draining",
+            "this replica is shutting down: connect to another one",
+            {"Retry-After": "1"},
+        )
     problem = handshake.unanswerable_offer(request)
     if problem is not None:
         return json_error(400, "unsupported_subprotocol", problem)
@@ -123,6 +131,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+def _draining(app: web.Application) -> bool:
+    drain = app.get(DRAIN)
+    return drain is not None and drain.draining
+
+
 def _peer_host(request: web.Request) -> str | None:
     """The TCP peer's address, as ``request.remote`` gives it but without its per-request cache:
     a WebSocket's request lives as long as its socket, and that cache is a 200-byte dict."""
@@ -177,8 +190,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def readiness(app: web.Application) -> Readiness:
-    """Ready once a key set is loaded. What is degraded is reported, but does not make a replica
-    unready: cached keys still verify, and local traffic flows without Redis."""
+    """Ready once a key set is loaded, until the replica drains. What is degraded is reported,
+    but does not make a replica unready: cached keys still verify, and local traffic flows
+    without Redis."""
     jwks = app[JWKS]
     degraded: dict[str, str] = {}
     if not app[BUS].connected:
@@ -192,7 +206,10 @@ def readiness(app: web.Application) -> Readiness:
     keys = "ok" if jwks.ready else f"not loaded yet from {app[SETTINGS].jwks_url}"
     if not jwks.ready and outage:
         keys += f" ({outage})"
-    return Readiness({"signing_keys": keys}, degraded)
+    checks = {"signing_keys": keys}
+    if _draining(app):
+        checks["draining"] = "shutting down: the sockets are closed over WS_DRAIN_SECONDS"
+    return Readiness(checks, degraded)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -79,6 +79,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",  # with workers: 0 when any worker is cut off
         )
+        self.draining = Gauge(
+            "ws_draining",
+            "1 while the replica drains (SIGTERM): unready, closing its sockets over "
+            "WS_DRAIN_SECONDS",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.limit_hits = Counter(
             "ws_limit_hits",
             "Sockets or requests refused or closed by a resource limit, by limit",

@@ -86,6 +86,8 @@ class Settings:
     heartbeat: float = 30.0
     close_timeout: float = 5.0
     shutdown_timeout: float = 5.0
+    drain_seconds: float = 30.0
+    """On SIGTERM, the window the sockets' closes are spread over (``WS_DRAIN_SECONDS``)."""
     jwks_min_ttl: float = 60.0
     jwks_max_ttl: float = 3600.0
     jwks_refetch_interval: float = 10.0
@@ -208,6 +210,7 @@ class Settings:
             presence_ttl=env_float(environ, "WS_PRESENCE_TTL", 15.0, minimum=1),
             presence_debounce=env_float(environ, "WS_PRESENCE_DEBOUNCE", 1.0, minimum=0),
             workers=env_int(environ, "WS_WORKERS", 1, minimum=1),
+            drain_seconds=env_float(environ, "WS_DRAIN_SECONDS", 30.0, minimum=0),
         )
         _no_user_namespace("WS_PRESENCE", settings.presence)
         if settings.jwks_min_ttl > settings.jwks_max_ttl:

@@ -85,6 +85,7 @@ class Cluster:
                     "WS_JWKS_MIN_TTL": "1",
                     "WS_API_KEYS": API_KEY,
                     "REDIS_URL": self.redis_url,
+                    "WS_DRAIN_SECONDS": "1",  # a replica stopped by a test drains quickly
                     **(ws_env or {}),
                 },
                 workdir,
