@@ -176,6 +176,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             on_delivered=metrics.messages_out.inc,
             on_local_only=metrics.local_only_publishes.inc,
             on_delivery_failed=metrics.delivery_failures.inc,
+            on_delivery_delay=metrics.delivery.observe,
             sync_timeout=settings.subscribe_sync_timeout,
             presence_debounce=settings.presence_debounce,
         )

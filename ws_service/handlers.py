@@ -36,6 +36,7 @@ _CONTROL = frozenset({WSMsgType.PING, WSMsgType.PONG})
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
+    opened = asyncio.get_running_loop().time()
     settings = request.app[SETTINGS]
     origin = request.headers.get(hdrs.ORIGIN)
     if origin is not None and origin not in settings.allowed_origins:
@@ -86,7 +87,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         settings.max_outbox_bytes,
         metrics.outbox_overflows.inc,
     )
-    conn = gateway.connect(peer, remote)
+    conn = gateway.connect(peer, remote, opened)
     # Frames before auth, and control frames at any time, have a small budget of their own.
     frames = TokenBucket(
         settings.preauth_frame_rate, settings.preauth_frame_burst, time.monotonic()

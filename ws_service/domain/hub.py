@@ -69,6 +69,7 @@ class Hub:
         on_delivered: Callable[[int], None] | None = None,
         on_local_only: Callable[[], None] | None = None,
         on_delivery_failed: Callable[[], None] | None = None,
+        on_delivery_delay: Callable[[float], None] | None = None,
         sync_timeout: float = 2.0,
         presence_debounce: float = 0.0,
         clock: Clock | None = None,
@@ -92,6 +93,7 @@ class Hub:
         self._on_delivered = on_delivered
         self._on_local_only = on_local_only
         self._on_delivery_failed = on_delivery_failed
+        self._on_delivery_delay = on_delivery_delay
         self._sync_timeout = sync_timeout
 
     # -- subscriptions ---------------------------------------------------------------------
@@ -179,9 +181,15 @@ class Hub:
         return await self._history.read(channel, since, min(limit, policy.size), policy)
 
     def _deliver(self, topic: str, payload: str) -> None:
+        """A message from the bus: to this replica's subscribers, and its delay since its publish
+        (on any replica) to ``on_delivery_delay``."""
         channel = topic_channel(topic)
         position = position_of(payload) if self.namespaces.of(channel).history is not None else None
         self._fan_out(channel, payload, position)
+        if self._on_delivery_delay is not None:
+            sent = protocol.published_at(payload)
+            if sent is not None:
+                self._on_delivery_delay(max(0.0, self._clock.time() - sent))
 
     def _fan_out(self, channel: str, payload: str, position: Position | None) -> None:
         members = self._local.get(channel, ())
