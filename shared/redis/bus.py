@@ -92,8 +92,11 @@ class RedisBus:
         self._handlers: dict[str, dict[object, Handler]] = {}
         self._listeners: list[ReconnectListener] = []
         self._publisher: RedisClient | None = None
+        self._cluster: RedisCluster | None = None
+        """The publisher when it is a Cluster's client: its slot map routes the topics."""
         self._subscriber: RedisClient | None = None
         self._links: dict[str, _Link] = {}
+        self._routes: dict[str, str | None] = {}
         self._listener_tasks: set[asyncio.Task[None]] = set()
         self._gap = False
         self._closing = False
@@ -119,11 +122,15 @@ class RedisBus:
         if self._publisher is not None:
             raise RuntimeError("RedisBus.start() was already called")
         self._publisher = open_client(self._target, timeout=self._socket_timeout, retries=1)
-        if self._cluster is None:
+        if isinstance(self._publisher, RedisCluster):
+            self._cluster = self._publisher
+        else:
             # No retries: redis-py would reconnect a subscriber and subscribe again unseen,
             # hiding the gap the reconnect listeners are there for.
             self._subscriber = open_client(self._target, timeout=self._socket_timeout, retries=0)
-        first = self._ensure_links()[_BROADCAST]
+        first = self._ensure_link(_BROADCAST)
+        assert first is not None
+        self._ensure_links()
         await first.first_attempt_done.wait()
         if first.task.done():
             first.task.result()
@@ -205,39 +212,45 @@ class RedisBus:
 
     # -- routing topics to links -----------------------------------------------------------
 
-    @property
-    def _cluster(self) -> RedisCluster | None:
-        publisher = self._publisher
-        return publisher if isinstance(publisher, RedisCluster) else None
-
     def _route(self, topic: str) -> str | None:
         """The key of the link that carries ``topic``: a Cluster's sharded topic goes to the link
-        of its slot's master (None while the slots are unknown), everything else to one link."""
+        of its slot's master (None while the slots are unknown), everything else to one link.
+        Remembered until the next topology refresh: thousands of topics are routed per change."""
         cluster = self._cluster
         if cluster is None or not is_sharded(topic):
             return _BROADCAST
+        if topic in self._routes:
+            return self._routes[topic]
         try:
             node = cluster.get_node_from_key(topic)
         except RedisClusterException:
-            return None
-        return node.name if node is not None else None
+            node = None
+        route = node.name if node is not None else None
+        self._routes[topic] = route
+        return route
 
     def _topics_of(self, key: str) -> set[str]:
         return {topic for topic in self._handlers if self._route(topic) == key}
 
-    def _ensure_links(self) -> dict[str, _Link]:
+    def _ensure_link(self, key: str | None) -> _Link | None:
+        if key is None or self._publisher is None or self._closing:
+            return None
+        link = self._links.get(key)
+        if link is None:
+            link = self._links[key] = _Link(self, key)
+        return link
+
+    def _ensure_links(self) -> None:
         """A running link for the broadcast topics and for every master that owns a topic."""
-        if self._publisher is not None and not self._closing:
-            keys = {_BROADCAST} | {self._route(topic) for topic in self._handlers}
-            for key in keys:
-                if key is not None and key not in self._links:
-                    self._links[key] = _Link(self, key)
-        return self._links
+        for key in {_BROADCAST} | {self._route(topic) for topic in self._handlers}:
+            self._ensure_link(key)
 
     def _wanted_changed(self, topic: str) -> None:
-        link = self._ensure_links().get(self._route(topic) or _BROADCAST)
+        link = self._ensure_link(self._route(topic))
         if link is not None:
             link.wanted_changed.set()
+        if topic not in self._handlers:
+            self._routes.pop(topic, None)
         self._pulse()
 
     async def _lost_track(self) -> None:
@@ -250,7 +263,9 @@ class RedisBus:
             await refresh_topology(cluster)
         except _REDIS_DOWN as exc:
             log.debug("cluster topology refresh failed", extra={"error": str(exc)})
-        for link in self._ensure_links().values():
+        self._routes.clear()
+        self._ensure_links()
+        for link in self._links.values():
             link.wanted_changed.set()
 
     def _link_ended(self, link: _Link) -> None:
@@ -266,15 +281,19 @@ class RedisBus:
     # -- state -----------------------------------------------------------------------------
 
     def _synced(self) -> bool:
-        """Connected, and Redis confirmed exactly the wanted topics on every link."""
+        """Connected, and Redis confirmed every wanted topic on its link, and nothing else.
+        Checked at every confirmation, so the usual answer (not yet) is found by counting."""
         if not self.connected:
             return False
         links = self._links.values()
-        if not all(link.connected or not link.topics() for link in links):
+        if sum(len(link.confirmed) for link in links) != len(self._handlers):
             return False
-        carried = {topic for link in links for topic in link.confirmed}
-        return carried == set(self._handlers) and all(
-            link.confirmed <= link.topics() for link in links
+        if self._cluster is None:
+            return self._links[_BROADCAST].confirmed == self._handlers.keys()
+        return all(
+            topic in self._handlers and self._route(topic) == link.key
+            for link in links
+            for topic in link.confirmed
         )
 
     def _lost(self) -> None:
@@ -351,6 +370,10 @@ class _Link:
     def topics(self) -> set[str]:
         return self.bus._topics_of(self.key)
 
+    @property
+    def on_cluster(self) -> bool:
+        return self.bus._cluster is not None
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
@@ -411,7 +434,7 @@ class _Link:
             await pubsub.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
             self.confirmed = set()
             topics = self.topics()
-            await _subscribe(pubsub, topics)
+            await _subscribe(pubsub, topics, per_slot=self.on_cluster)
             requested = _Requested(topics)
             while not topics <= self.confirmed:
                 message = await pubsub.get_message(timeout=self.bus._socket_timeout)
@@ -459,8 +482,8 @@ class _Link:
             added, removed = wanted - requested.topics, requested.topics - wanted
             requested.topics = wanted
             requested.leaving.update(removed)
-            await _subscribe(pubsub, added)
-            await _unsubscribe(pubsub, removed)
+            await _subscribe(pubsub, added, per_slot=self.on_cluster)
+            await _unsubscribe(pubsub, removed, per_slot=self.on_cluster)
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 # redis-py swallowed the cancel (a stop at shutdown unsubscribes everything):
@@ -494,25 +517,27 @@ class _Requested:
         self.leaving: Counter[str] = Counter()
 
 
-async def _subscribe(pubsub: PubSub, topics: set[str]) -> None:
-    """SUBSCRIBE the broadcast topics, SSUBSCRIBE the sharded ones (one command per hash slot:
-    a Cluster refuses one that spans slots)."""
+async def _subscribe(pubsub: PubSub, topics: set[str], *, per_slot: bool) -> None:
+    """SUBSCRIBE the broadcast topics, SSUBSCRIBE the sharded ones (on a Cluster one command per
+    hash slot: it refuses one that spans slots)."""
     broadcast = [topic for topic in topics if not is_sharded(topic)]
     if broadcast:
         await pubsub.subscribe(*broadcast)
-    for group in _by_slot(topic for topic in topics if is_sharded(topic)):
+    for group in _groups((topic for topic in topics if is_sharded(topic)), per_slot):
         await pubsub.ssubscribe(*group)
 
 
-async def _unsubscribe(pubsub: PubSub, topics: set[str]) -> None:
+async def _unsubscribe(pubsub: PubSub, topics: set[str], *, per_slot: bool) -> None:
     broadcast = [topic for topic in topics if not is_sharded(topic)]
     if broadcast:
         await pubsub.unsubscribe(*broadcast)
-    for group in _by_slot(topic for topic in topics if is_sharded(topic)):
+    for group in _groups((topic for topic in topics if is_sharded(topic)), per_slot):
         await pubsub.sunsubscribe(*group)
 
 
-def _by_slot(topics: Iterable[str]) -> list[list[str]]:
+def _groups(topics: Iterable[str], per_slot: bool) -> list[list[str]]:
+    if not per_slot:
+        return [group] if (group := list(topics)) else []
     groups: dict[int, list[str]] = defaultdict(list)
     for topic in topics:
         groups[key_slot(topic.encode())].append(topic)
