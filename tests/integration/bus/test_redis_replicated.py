@@ -79,6 +79,26 @@ async def test_durable_writes_wait_for_the_replica_and_a_lone_server_never_waits
         assert await waits(url) == expected, url
 
 
+async def test_a_user_that_may_not_run_info_writes_without_waiting(
+    replicated: tuple[PrivateRedis, PrivateRedis],
+) -> None:
+    master = replicated[0]
+    admin = Redis.from_url(master.url)
+    await admin.execute_command(
+        "ACL", "SETUSER", "app", "on", ">app-pw", "~*", "&*", "+@all", "-info"
+    )
+    await admin.aclose()
+    url = f"redis://app:app-pw@127.0.0.1:{master.port}/0"
+    ledger = RedisRevocationLedger(url)
+    try:
+        sid = uuid.uuid4().hex
+        await ledger.record(SessionRevoked(sid=sid, sub="u", until=int(time.time()) + 60))
+        assert await ledger.revoked([TokenRef(sid, "u", 0)]) == [True]
+    finally:
+        await ledger.close()
+    assert await waits(master.url) == 0
+
+
 async def test_a_history_message_is_delivered_only_once_kept_for_the_replica(
     replicated: tuple[PrivateRedis, PrivateRedis],
 ) -> None:
