@@ -33,11 +33,11 @@ from auth_service.http import (
     read_json,
     required_str,
 )
+from auth_service.metrics import timed
 from realtime_gateway_protocol.access_token import AUTHORIZATION_DETAILS_TYPE
 from shared.http.auth import bearer_matches
 from shared.http.readiness import Readiness, readiness_response
 from shared.http.responses import json_response
-from shared.metrics import workers as worker_metrics
 
 __all__ = ["readiness", "routes"]
 
@@ -77,7 +77,10 @@ async def login(request: web.Request) -> web.Response:
     cookie = browser.wants_cookie(request, body)
     metrics = request.app[METRICS]
     try:
-        pair = await request.app[SERVICE].login(username, password, address=client_address(request))
+        with timed(metrics.login_seconds):
+            pair = await request.app[SERVICE].login(
+                username, password, address=client_address(request)
+            )
     except AuthError as exc:
         metrics.logins.labels(exc.code).inc()
         raise
@@ -167,7 +170,8 @@ async def token(request: web.Request) -> web.Response:
     grant = GRANTS.get(grant_type)
     if grant is None:
         raise UnsupportedGrantType(f"grant_type {grant_type!r} is not supported")
-    return await grant(request, body, client)
+    with timed(request.app[METRICS].grant_seconds, grant_type):
+        return await grant(request, body, client)
 
 
 @routes.post("/v1/logout")
@@ -281,5 +285,5 @@ async def metrics(request: web.Request) -> web.Response:
     token = request.app[SETTINGS].metrics_token
     if token and not bearer_matches(request.headers.get(hdrs.AUTHORIZATION), (token,)):
         raise InvalidClientToken("/metrics needs AUTH_METRICS_TOKEN")
-    body = worker_metrics.render(request.app[METRICS].registry)
+    body = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -24,6 +24,7 @@ from shared.config.env import (
 )
 from shared.config.kept_secret import kept_secret
 from shared.config.tls import server_context
+from shared.redis.connect import env_redis_url
 
 __all__ = ["SECRET_FILE", "ConfigError", "Settings", "checkout_secret"]
 
@@ -145,7 +146,7 @@ class Settings:
             allow_registration=env_bool(environ, "AUTH_ALLOW_REGISTRATION", True),
             dev=dev,
             forwarded_allow_ips=env_list(environ, "AUTH_FORWARDED_ALLOW_IPS"),
-            redis_url=env_secret_url(environ, "REDIS_URL", "REDIS_PASSWORD"),
+            redis_url=env_redis_url(environ),
             tls_cert=env_str(environ, "AUTH_TLS_CERT", ""),
             tls_key=env_str(environ, "AUTH_TLS_KEY", ""),
             cors_origins=env_list(environ, "AUTH_CORS_ORIGINS"),

@@ -9,6 +9,13 @@ must be quick and must not block (schedule a task if real work is needed).
 Pub/sub forgets what it could not deliver, so auth_service also records every revocation in the
 ledger with an expiry equal to the covered tokens' remaining life (``until``). ws replicas check
 this record on every auth and renewal, and reconcile their live sockets against it after a gap.
+
+Topics come in two kinds, told apart by name alone (:func:`is_sharded`). A *sharded* topic
+(``chan:{<channel>}``, ``pres:{<channel>}``: :func:`sharded_topic`) carries one channel's traffic;
+on a Redis Cluster it lives on the shard that owns its hash tag, beside the channel's keys, and
+reaches only the replicas subscribed to it. Every other topic is *broadcast* (revocations, key
+announcements, any control topic): it reaches every replica that subscribed, wherever it listens.
+A new control topic needs nothing but a name outside ``SHARDED_PREFIXES``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from realtime_gateway_protocol.access_token import TokenRef
 from realtime_gateway_protocol.events import RevocationEvent
 
 __all__ = [
+    "SHARDED_PREFIXES",
     "BusError",
     "BusOutcomeUnknown",
     "BusUnavailable",
@@ -30,7 +38,32 @@ __all__ = [
     "ReconnectListener",
     "RevocationLedger",
     "Unsubscribe",
+    "is_sharded",
+    "sharded_topic",
+    "topic_channel",
 ]
+
+SHARDED_PREFIXES = ("chan:", "pres:")
+"""The prefixes of sharded topics: a channel's messages, its presence events."""
+
+
+def is_sharded(topic: str) -> bool:
+    return topic.startswith(SHARDED_PREFIXES)
+
+
+def sharded_topic(prefix: str, channel: str) -> str:
+    """``chan:{chat:general}``: the hash tag is the channel, as in its Redis keys
+    (``hist:{chat:general}:log``), so a script that writes them may publish on it. Channel names
+    never hold braces."""
+    if prefix not in SHARDED_PREFIXES:
+        raise ValueError(f"{prefix!r} is not a sharded topic prefix")
+    return f"{prefix}{{{channel}}}"
+
+
+def topic_channel(topic: str) -> str:
+    """The channel a sharded topic carries (the inverse of :func:`sharded_topic`)."""
+    return topic[topic.index("{") + 1 : -1]
+
 
 Handler = Callable[[str, str], None]
 """Called with ``(topic, payload)`` for every message on a subscribed topic."""

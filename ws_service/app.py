@@ -23,7 +23,7 @@ from shared.http import access
 from shared.http.jwks import JwksCache
 from shared.http.openapi import openapi_route
 from shared.http.responses import http_exception_json
-from shared.http.serve import HTTP_TIMEOUTS
+from shared.http.serve import DRAIN, HTTP_TIMEOUTS
 from shared.metrics.mirrored import mirrored
 from shared.redis.bus import open_bus
 from shared.redis.ledger import RedisRevocationLedger
@@ -51,6 +51,7 @@ from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.user_slots import UserSlots
 from ws_service.domain.verify import Issuer, TokenVerifier
 from ws_service.domain.webhooks import Events
+from ws_service.drain import SocketDrain
 from ws_service.jwks import IssuerKeys
 from ws_service.metrics import Metrics
 from ws_service.proxy import HttpAppProxy, open_proxy_session
@@ -86,6 +87,10 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     app[METRICS] = Metrics()
     app[HTTP_TIMEOUTS] = app[METRICS].limit_hits.labels("http_timeout").inc
     app[SOCKETS] = set()  # each handler removes its own peer
+    if settings.redis_url:
+        # Only a replica with peers drains: alone (embedded) there is nowhere else to go, and
+        # SIGTERM closes at once with 1001.
+        app[DRAIN] = SocketDrain(app)
     app.cleanup_ctx.append(_bus_ctx(bus))
     app.cleanup_ctx.append(_gauges_ctx)
     app.cleanup_ctx.append(_ledger_ctx)
@@ -325,6 +330,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             on_delivered=metrics.messages_out.inc,
             on_local_only=metrics.local_only_publishes.inc,
             on_delivery_failed=metrics.delivery_failures.inc,
+            on_delivery_delay=metrics.delivery.observe,
             sync_timeout=settings.subscribe_sync_timeout,
             presence_debounce=settings.presence_debounce,
             events=app[EVENTS],
@@ -399,7 +405,7 @@ async def _refresh_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_sockets(app: web.Application) -> None:
     """Close every live socket with 1001 (each handler completes the closing handshake) within
-    the shutdown timeout."""
+    the shutdown timeout: all of them on SIGINT, what the drain left on SIGTERM."""
     live = app[SOCKETS]
     peers = tuple(live)
     if not peers:

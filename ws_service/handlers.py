@@ -17,6 +17,7 @@ from shared.http.forwarded import client_address
 from shared.http.jwks import JwksCache
 from shared.http.readiness import Readiness, readiness_response
 from shared.http.responses import json_error, json_response
+from shared.http.serve import DRAIN
 from shared.jsonlog import audit
 from ws_service import handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS, TRUSTED_KEYS
@@ -41,11 +42,19 @@ _DATA = frozenset({WSMsgType.TEXT, WSMsgType.BINARY})
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
+    opened = asyncio.get_running_loop().time()
     settings = request.app[SETTINGS]
     origin = request.headers.get(hdrs.ORIGIN)
     if origin is not None and origin not in settings.allowed_origins:
         audit("ws_origin_refused", origin=origin, remote=request.remote)
         return json_error(403, "forbidden_origin", _FORBIDDEN_ORIGIN)
+    if _draining(request.app):
+        return json_error(
+            503,
+            "draining",
+            "this replica is shutting down: connect to another one",
+            {"Retry-After": "1"},
+        )
     problem = handshake.unanswerable_offer(request)
     if problem is not None:
         return json_error(400, "unsupported_subprotocol", problem)
@@ -84,7 +93,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         settings.max_outbox_bytes,
         metrics.outbox_overflows.inc,
     )
-    conn = gateway.connect(peer, remote)
+    conn = gateway.connect(peer, remote, opened)
     # Frames before auth, and control frames at any time, have a small budget of their own.
     frames = TokenBucket(
         settings.preauth_frame_rate, settings.preauth_frame_burst, time.monotonic()
@@ -134,6 +143,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+def _draining(app: web.Application) -> bool:
+    drain = app.get(DRAIN)
+    return drain is not None and drain.draining
+
+
 def _peer_host(request: web.Request) -> str | None:
     """The TCP peer's address, as ``request.remote`` gives it but without its per-request cache:
     a WebSocket's request lives as long as its socket, and that cache is a 200-byte dict."""
@@ -151,9 +165,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def readiness(app: web.Application) -> Readiness:
-    """Ready once auth_service's key set is loaded. What is degraded is reported, but does not make
-    a replica unready: cached keys still verify, local traffic flows without Redis, and a trusted
-    issuer's outage concerns its own users only."""
+    """Ready once auth_service's key set is loaded, until the replica drains. What is degraded is
+    reported, but does not make a replica unready: cached keys still verify, local traffic flows
+    without Redis, and a trusted issuer's outage concerns its own users only."""
     jwks = app[JWKS]
     degraded: dict[str, str] = {}
     if not app[BUS].connected:
@@ -167,7 +181,10 @@ def readiness(app: web.Application) -> Readiness:
     for issuer, cache in app[TRUSTED_KEYS].items():
         if not cache.ready or cache.outage is not None:
             degraded[f"trusted_issuer {issuer}"] = _outage(cache) or "keys not loaded yet"
-    return Readiness({"signing_keys": keys}, degraded)
+    checks = {"signing_keys": keys}
+    if _draining(app):
+        checks["draining"] = "shutting down: the sockets are closed over WS_DRAIN_SECONDS"
+    return Readiness(checks, degraded)
 
 
 def _outage(jwks: JwksCache) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.metrics import workers as worker_metrics
 
 __all__ = ["Metrics"]
+
+HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DELIVERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Metrics:
@@ -92,6 +95,27 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",  # with workers: 0 when any worker is cut off
         )
+        self.handshake = Histogram(
+            "ws_handshake_duration_seconds",
+            "From the upgrade request to the socket authenticated (auth_success sent), whether "
+            "by the auth message, the bearer subprotocol or a ticket",
+            buckets=HANDSHAKE_BUCKETS,
+            registry=r,
+        )
+        self.delivery = Histogram(
+            "ws_publish_to_deliver_seconds",
+            "From a message's publish (its ts, on the publishing replica) to its fan-out on "
+            "this replica, once per message and replica (across replicas: clock skew included)",
+            buckets=DELIVERY_BUCKETS,
+            registry=r,
+        )
+        self.draining = Gauge(
+            "ws_draining",
+            "1 while the replica drains (SIGTERM): unready, closing its sockets over "
+            "WS_DRAIN_SECONDS",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.limit_hits = Counter(
             "ws_limit_hits",
             "Sockets or requests refused or closed by a resource limit, by limit",
@@ -115,6 +139,7 @@ class Metrics:
         self.authenticated = self.connections.labels("authenticated")
         self.auth_ok = self.auth.labels("ok")
         self.outbox_overflows = self.limit_hits.labels("outbox_bytes")
+        self.runtime = worker_metrics.runtime_collectors(r)
 
     def render(self) -> bytes:
-        return worker_metrics.render(self.registry)
+        return worker_metrics.render(self.registry, self.runtime)

@@ -21,7 +21,6 @@ from shared.config.env import (
     env_int,
     env_list,
     env_secret,
-    env_secret_url,
     env_str,
     redact_url,
     split_list,
@@ -29,6 +28,7 @@ from shared.config.env import (
 from shared.config.kept_secret import kept_secret
 from shared.config.tls import server_context
 from shared.http.jwks import ALGORITHMS
+from shared.redis.connect import env_redis_url
 from ws_service.domain.history import HistoryPolicy
 from ws_service.domain.limits import Limits
 from ws_service.domain.namespaces import USER_NAMESPACE, Namespace, Namespaces
@@ -195,6 +195,8 @@ class Settings:
     heartbeat: float = 30.0
     close_timeout: float = 5.0
     shutdown_timeout: float = 5.0
+    drain_seconds: float = 30.0
+    """On SIGTERM, the window the sockets' closes are spread over (``WS_DRAIN_SECONDS``)."""
     jwks_min_ttl: float = 60.0
     jwks_max_ttl: float = 3600.0
     jwks_refetch_interval: float = 10.0
@@ -332,7 +334,7 @@ class Settings:
             jwks_max_ttl=env_float(environ, "WS_JWKS_MAX_TTL", 3600.0, minimum=1),
             tls_cert=env_str(environ, "WS_TLS_CERT", ""),
             tls_key=env_str(environ, "WS_TLS_KEY", ""),
-            redis_url=env_secret_url(environ, "REDIS_URL", "REDIS_PASSWORD"),
+            redis_url=env_redis_url(environ),
             history=parse_history(env_str(environ, "WS_HISTORY", DEFAULT_HISTORY)),
             history_max_bytes=env_int(
                 environ, "WS_HISTORY_MAX_BYTES", 64 * 1024 * 1024, minimum=65_536
@@ -349,6 +351,7 @@ class Settings:
             proxy_timeout=env_float(environ, "WS_PROXY_TIMEOUT", 2.0, minimum=0.05),
             proxy_max_in_flight=env_int(environ, "WS_PROXY_MAX_IN_FLIGHT", 64, minimum=1),
             proxy_cache_ttl=env_float(environ, "WS_PROXY_CACHE_TTL", 5.0, minimum=0),
+            drain_seconds=env_float(environ, "WS_DRAIN_SECONDS", 30.0, minimum=0),
         )
         if settings.proxy and not settings.proxy_secrets:
             raise ConfigError(

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.bus import BusUnavailable
+from shared.redis.connect import open_client
 
 __all__ = ["LocalUsedTickets", "RedisUsedTickets", "UsedTickets", "open_used_tickets"]
 
@@ -61,9 +61,7 @@ class RedisUsedTickets:
     """``SET NX`` with an expiry: exactly one replica wins each ticket."""
 
     def __init__(self, url: str, *, timeout: float = 1.0) -> None:
-        self._redis = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
-        )
+        self._redis = open_client(url, timeout=timeout)
 
     async def burn(self, jti: str, until: float) -> bool:
         ttl = max(1, int(until - time.time()) + 1)

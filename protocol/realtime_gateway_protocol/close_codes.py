@@ -28,6 +28,7 @@ class CloseCode(IntEnum):
     GOING_AWAY = 1001
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
     BAD_REQUEST = 4400
     UNAUTHORIZED = 4401
@@ -47,6 +48,7 @@ class Disconnect(Enum):
     GOING_AWAY = (CloseCode.GOING_AWAY, "going_away", Action.RECONNECT)
     MESSAGE_TOO_BIG = (CloseCode.MESSAGE_TOO_BIG, "", Action.STOP)
     INTERNAL_ERROR = (CloseCode.INTERNAL_ERROR, "internal_error", Action.RECONNECT)
+    DRAINING = (CloseCode.SERVICE_RESTART, "draining", Action.RECONNECT)
     SLOW_CONSUMER = (CloseCode.TRY_AGAIN_LATER, "slow_consumer", Action.RECONNECT)
     BAD_REQUEST = (CloseCode.BAD_REQUEST, "bad_request", Action.STOP)
     INVALID_TOKEN = (CloseCode.UNAUTHORIZED, "invalid_token", Action.STOP)

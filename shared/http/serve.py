@@ -4,6 +4,11 @@ worker processes sharing each port through ``SO_REUSEPORT``, under a supervising
 aiohttp's default listen backlog (128) overflows under a burst of connects and stalls clients
 for a full second, so every site listens with a backlog of 1024.
 
+On SIGTERM an app that registered a :class:`Drain` under ``DRAIN`` is drained before it stops:
+its readiness goes false, its site stops listening, and it closes its connections its own way
+(ws_service spreads its sockets' closes over ``WS_DRAIN_SECONDS``); a second signal cuts the drain
+short. SIGINT (Ctrl+C) stops at once, as a developer expects.
+
 Every site also gets an HTTP timeout (aiohttp's ``keepalive_timeout``, which since 3.10 also runs
 from the moment a connection opens: a client that does not finish its request headers in time,
 dribbles them, or sits idle between requests is dropped), and answers requests that aiohttp's
@@ -27,7 +32,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -37,9 +42,11 @@ from shared.http.responses import json_error
 from shared.metrics import workers as worker_metrics
 
 __all__ = [
+    "DRAIN",
     "HTTP_TIMEOUTS",
     "LISTEN_BACKLOG",
     "CannotListen",
+    "Drain",
     "JsonErrorRequestHandler",
     "Site",
     "run",
@@ -84,6 +91,23 @@ class Site:
 
 HTTP_TIMEOUTS: web.AppKey[Callable[[], None]] = web.AppKey("http_timeouts")
 """An app sets this to count the connections the HTTP timeout drops (silent, slow or idle)."""
+
+
+class Drain(Protocol):
+    """How an app leaves on SIGTERM without sending all its clients elsewhere at once."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    def begin(self) -> None:
+        """Go unready; called while the site still listens."""
+
+    async def run(self) -> None:
+        """Close the connections; called once the site no longer listens. Cancelled by a
+        second stop signal, before the app's own shutdown closes what is left."""
+
+
+DRAIN: web.AppKey[Drain] = web.AppKey("drain")
 
 
 class JsonErrorRequestHandler(RequestHandler):
@@ -167,7 +191,7 @@ async def start_site(site: Site) -> tuple[web.AppRunner, int]:
 
 
 async def serve(sites: Sequence[Site], *, on_started: OnStarted | None = None) -> None:
-    """Start every site, wait for a stop signal, then clean up in reverse order.
+    """Start every site, wait for a stop signal (drain on SIGTERM), then clean up in reverse order.
 
     Every fixed port is checked first: an app's start-up migrates its database and makes a key,
     which a process that cannot listen must not do."""
@@ -175,11 +199,11 @@ async def serve(sites: Sequence[Site], *, on_started: OnStarted | None = None) -
         if site.port and not site.reuse_port:
             _check_bind(site.host, site.port)
     runners: list[web.AppRunner] = []
-    stop = asyncio.Event()
+    signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, signals.put_nowait, sig)
     started: asyncio.Task[None] | None = None
     try:
         for site in sites:
@@ -187,13 +211,35 @@ async def serve(sites: Sequence[Site], *, on_started: OnStarted | None = None) -
             runners.append(runner)
         if on_started is not None:
             started = loop.create_task(on_started())
-        await stop.wait()
+        if await signals.get() == signal.SIGTERM:
+            await _drain(runners, signals)
     finally:
         try:
             await cancel_and_wait(started)
         finally:
             for runner in reversed(runners):
                 await runner.cleanup()
+
+
+async def _drain(runners: Sequence[web.AppRunner], signals: asyncio.Queue[signal.Signals]) -> None:
+    """Every app with a ``DRAIN`` goes unready, stops listening, then drains; together, until
+    they are done or another stop signal comes."""
+    drains = [(runner, runner.app[DRAIN]) for runner in runners if DRAIN in runner.app]
+    if not drains:
+        return
+    for _, drain in drains:
+        drain.begin()
+    for runner, _ in drains:
+        for site in list(runner.sites):
+            await site.stop()
+    running: asyncio.Future[Any] = asyncio.gather(*(drain.run() for _, drain in drains))
+    interrupted: asyncio.Future[Any] = asyncio.ensure_future(signals.get())
+    try:
+        await asyncio.wait({running, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        if interrupted.done():
+            log.warning("a second stop signal: the drain is cut short")
+    finally:
+        await cancel_and_wait(running, interrupted)  # logs a drain that failed
 
 
 def run(sites: Sequence[Site], *, on_started: OnStarted | None = None) -> None:

@@ -16,12 +16,29 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest, values
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    values,
+)
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
-__all__ = ["collect", "enable", "make_directory", "remove_directory", "render", "worker_exited"]
+__all__ = [
+    "collect",
+    "enable",
+    "make_directory",
+    "remove_directory",
+    "render",
+    "runtime_collectors",
+    "worker_exited",
+]
 
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
 _shared: Path | None = None
@@ -59,6 +76,25 @@ def collect(directory: Path) -> bytes:
     return generate_latest(registry)
 
 
-def render(registry: CollectorRegistry) -> bytes:
-    """What ``/metrics`` answers: every worker's metrics merged, or this process's own."""
-    return generate_latest(registry) if _shared is None else collect(_shared)
+def runtime_collectors(registry: CollectorRegistry) -> tuple[Collector, ...]:
+    """prometheus_client's default collectors on an app's own registry: the process
+    (``process_cpu_seconds_total``, ``process_resident_memory_bytes``, open files, start time),
+    the interpreter (``python_info``) and its garbage collector (``python_gc_*``; not in a
+    worker, where prometheus_client leaves it out)."""
+    return (
+        ProcessCollector(registry=registry),
+        PlatformCollector(registry=registry),
+        GCCollector(registry=registry),
+    )
+
+
+def render(registry: CollectorRegistry, runtime: Sequence[Collector] = ()) -> bytes:
+    """What ``/metrics`` answers: this process's own metrics, or every worker's merged plus
+    the ``runtime`` collectors of the worker that answers (a process's CPU and memory cannot be
+    summed in files: they describe that worker alone)."""
+    if _shared is None:
+        return generate_latest(registry)
+    own = CollectorRegistry(auto_describe=True)
+    for collector in runtime:
+        own.register(collector)
+    return collect(_shared) + generate_latest(own)

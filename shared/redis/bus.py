@@ -1,9 +1,22 @@
 """The event bus across processes: Redis pub/sub, for N auth and N ws replicas.
 
 Redis pub/sub forgets what it could not deliver, so the bus says when it was cut off: ``connected``
-feeds ``/readyz``, ``publish`` raises :class:`BusUnavailable` (the caller keeps an outbox), and every
-reconnection runs the reconnect listeners once the subscriptions are back, so a ws replica can
-reconcile its live sockets against what it may have missed.
+feeds ``/readyz``, ``publish`` raises :class:`BusUnavailable` (the caller keeps an outbox), and
+once the subscriptions are back after any loss (a Redis restart, a failover, a node of a Cluster
+dying) the reconnect listeners run, so a ws replica can reconcile its live sockets against what it
+may have missed.
+
+Two kinds of topic (``shared.bus.is_sharded``): channel and presence topics are *sharded*
+(``SPUBLISH``/``SSUBSCRIBE``, Redis 7): on a Cluster a message goes only to the shard that owns the
+topic's slot, and the scripts that publish them run on that shard. Every other topic (revocations,
+key announcements, any control topic added later) is *broadcast* (``PUBLISH``/``SUBSCRIBE``): a
+Cluster forwards it to every node, so it reaches every replica whichever node it listens on.
+
+Subscriptions ride on *links*, one subscriber connection each. On one server or behind Sentinels
+there is a single link for every topic (Sentinel names the master at each connection, so a
+failover is one reconnection). On a Cluster there is a link for the broadcast topics (to any node)
+and one per master that owns a subscribed sharded topic; when a master dies, only its link is
+lost, the other shards keep delivering, and its topics move to the replica promoted in its place.
 """
 
 from __future__ import annotations
@@ -11,13 +24,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MovedError, RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from realtime_gateway_protocol.backoff import backoff_delay
@@ -27,21 +42,37 @@ from shared.bus import (
     InProcessBus,
     ReconnectListener,
     Unsubscribe,
+    is_sharded,
+)
+from shared.redis.connect import (
+    RedisClient,
+    node_client,
+    open_client,
+    parse_redis_url,
+    refresh_topology,
 )
 from shared.redis.write import write
 
 __all__ = ["RedisBus", "open_bus"]
 
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, MovedError, RedisClusterException)
+"""What reconnecting (after asking a Cluster again who owns what) can cure."""
+
+_BROADCAST = ""
+"""The key of the link that carries the broadcast topics (every topic, off a Cluster)."""
 
 log = logging.getLogger(__name__)
+
+
+class _Moved(RedisConnectionError):
+    """Redis unsubscribed a sharded topic this link still carries: its slot moved elsewhere."""
 
 
 class RedisBus:
     """Fan-out through Redis: every replica subscribed to a topic gets each message once.
 
-    One subscriber connection carries every topic; a topic is subscribed while at least one local
-    handler wants it. Messages published by this process come back through Redis like any other.
+    A topic is subscribed while at least one local handler wants it. Messages published by this
+    process come back through Redis like any other.
     """
 
     def __init__(
@@ -49,61 +80,77 @@ class RedisBus:
         url: str,
         *,
         backoff_base: float = 0.1,
-        backoff_cap: float = 5.0,
+        backoff_cap: float = 2.0,
         ping_interval: float = 5.0,
         socket_timeout: float = 2.0,
     ) -> None:
-        self._url = url
+        self._target = parse_redis_url(url)
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._ping_interval = ping_interval
         self._socket_timeout = socket_timeout
         self._handlers: dict[str, dict[object, Handler]] = {}
         self._listeners: list[ReconnectListener] = []
-        self._publisher: Redis | None = None
-        self._subscriber: Redis | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._publisher: RedisClient | None = None
+        self._cluster: RedisCluster | None = None
+        """The publisher when it is a Cluster's client: its slot map routes the topics."""
+        self._subscriber: RedisClient | None = None
+        self._links: dict[str, _Link] = {}
+        self._routes: dict[str, str | None] = {}
         self._listener_tasks: set[asyncio.Task[None]] = set()
-        self._confirmed: set[str] = set()
-        self._connected = False
+        self._gap = False
         self._closing = False
-        self._wanted_changed = asyncio.Event()
         self._state_changed = asyncio.Event()
-        self._first_attempt_done = asyncio.Event()
 
     @property
     def connected(self) -> bool:
-        """True while the subscriber connection is up with every topic subscribed."""
-        return self._connected
+        """True while the broadcast link is up and no other link is down: then every subscribed
+        topic is, or is being, subscribed."""
+        broadcast = self._links.get(_BROADCAST)
+        return (
+            broadcast is not None
+            and broadcast.connected
+            and not any(link.down for link in self._links.values())
+        )
 
     async def start(self) -> None:
-        """Start the reader; return after the first connection attempt, which may have failed.
+        """Start the links; return after the first connection attempt, which may have failed.
 
         A replica whose Redis is down at start-up still serves local traffic and keeps retrying;
         an error that retrying cannot cure (Redis refusing SUBSCRIBE, say) is raised here.
         """
-        if self._reader is not None:
+        if self._publisher is not None:
             raise RuntimeError("RedisBus.start() was already called")
-        self._publisher = self._client(retries=1)
-        self._subscriber = self._client(retries=0)
-        self._reader = asyncio.create_task(self._run(), name="redis-bus-reader")
-        await self._first_attempt_done.wait()
-        if self._reader.done():
-            self._reader.result()
+        self._publisher = open_client(self._target, timeout=self._socket_timeout, retries=1)
+        if isinstance(self._publisher, RedisCluster):
+            self._cluster = self._publisher
+        else:
+            # No retries: redis-py would reconnect a subscriber and subscribe again unseen,
+            # hiding the gap the reconnect listeners are there for.
+            self._subscriber = open_client(self._target, timeout=self._socket_timeout, retries=0)
+        first = self._ensure_link(_BROADCAST)
+        assert first is not None
+        self._ensure_links()
+        await first.first_attempt_done.wait()
+        if first.task.done():
+            first.task.result()
 
     async def close(self) -> None:
-        """Stop the reader and drop both connections.
+        """Stop the links and drop every connection.
 
         ``_closing`` backs up the cancellation: on Python 3.11 a cancel that lands as redis-py's
-        read timeout expires can be swallowed, and the reader must still stop (the syncer re-raises a
+        read timeout expires can be swallowed, and a link must still stop (the syncer re-raises a
         swallowed cancel itself: one once held every shutdown for 15 s).
         """
         self._closing = True
-        tasks = [t for t in (self._reader, *self._listener_tasks) if t is not None]
+        links = list(self._links.values())
+        tasks = [link.task for link in links] + list(self._listener_tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        for link in links:
+            await link.close()
         for client in (self._publisher, self._subscriber):
             if client is not None:
                 await client.aclose()
@@ -122,14 +169,17 @@ class RedisBus:
         """
         if self._publisher is None:
             raise RuntimeError("RedisBus.start() must be awaited before publish()")
-        await write(self._publisher, "PUBLISH", topic, payload, idempotent=False)
+        if is_sharded(topic):
+            await write(self._publisher, "SPUBLISH", topic, payload, idempotent=False, key=topic)
+        else:
+            await write(self._publisher, "PUBLISH", topic, payload, idempotent=False)
 
     def subscribe(self, topic: str, handler: Handler) -> Unsubscribe:
         token = object()
         handlers = self._handlers.setdefault(topic, {})
         handlers[token] = handler
         if len(handlers) == 1:
-            self._wanted_changed.set()
+            self._wanted_changed(topic)
 
         def unsubscribe() -> None:
             current = self._handlers.get(topic)
@@ -137,7 +187,7 @@ class RedisBus:
                 return
             if not current:
                 del self._handlers[topic]
-                self._wanted_changed.set()
+                self._wanted_changed(topic)
 
         return unsubscribe
 
@@ -157,89 +207,260 @@ class RedisBus:
         ``subscribe`` is synchronous, so a caller that must not miss the next message (a test, or a
         replica acknowledging a client's subscription) awaits this first.
         """
-        while not (self._connected and self._confirmed == set(self._handlers)):
+        while not self._synced():
             await self._state_changed.wait()
 
-    def _client(self, *, retries: int) -> Redis:
-        return Redis.from_url(
-            self._url,
-            decode_responses=True,
-            socket_connect_timeout=self._socket_timeout,
-            socket_timeout=self._socket_timeout,
-            retry=Retry(NoBackoff(), retries),
+    # -- routing topics to links -----------------------------------------------------------
+
+    def _route(self, topic: str) -> str | None:
+        """The key of the link that carries ``topic``: a Cluster's sharded topic goes to the link
+        of its slot's master (None while the slots are unknown), everything else to one link.
+        Remembered until the next topology refresh: thousands of topics are routed per change."""
+        cluster = self._cluster
+        if cluster is None or not is_sharded(topic):
+            return _BROADCAST
+        if topic in self._routes:
+            return self._routes[topic]
+        try:
+            node = cluster.get_node_from_key(topic)
+        except RedisClusterException:
+            node = None
+        route = node.name if node is not None else None
+        self._routes[topic] = route
+        return route
+
+    def _topics_of(self, key: str) -> set[str]:
+        return {topic for topic in self._handlers if self._route(topic) == key}
+
+    def _ensure_link(self, key: str | None) -> _Link | None:
+        if key is None or self._publisher is None or self._closing:
+            return None
+        link = self._links.get(key)
+        if link is None:
+            link = self._links[key] = _Link(self, key)
+        return link
+
+    def _ensure_links(self) -> None:
+        """A running link for the broadcast topics and for every master that owns a topic."""
+        for key in {_BROADCAST} | {self._route(topic) for topic in self._handlers}:
+            self._ensure_link(key)
+
+    def _wanted_changed(self, topic: str) -> None:
+        link = self._ensure_link(self._route(topic))
+        if link is not None:
+            link.wanted_changed.set()
+        if topic not in self._handlers:
+            self._routes.pop(topic, None)
+        self._pulse()
+
+    async def _lost_track(self) -> None:
+        """After a link failed: on a Cluster, ask again who owns which slot (a failover moved
+        some), then move each topic to the link of its owner."""
+        cluster = self._cluster
+        if cluster is None:
+            return
+        try:
+            await refresh_topology(cluster)
+        except _REDIS_DOWN as exc:
+            log.debug("cluster topology refresh failed", extra={"error": str(exc)})
+        self._routes.clear()
+        self._ensure_links()
+        for link in self._links.values():
+            link.wanted_changed.set()
+
+    def _link_ended(self, link: _Link) -> None:
+        """A link that had nothing left to carry is dropped (a new one starts when a topic comes
+        back to its master); one stopped by an error stays, down, rather than fail again."""
+        if link.stopped or self._closing:
+            return
+        if self._links.get(link.key) is link:
+            del self._links[link.key]
+        self._ensure_links()
+        self._pulse()
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _synced(self) -> bool:
+        """Connected, and Redis confirmed every wanted topic on its link, and nothing else.
+        Checked at every confirmation, so the usual answer (not yet) is found by counting."""
+        if not self.connected:
+            return False
+        links = self._links.values()
+        if sum(len(link.confirmed) for link in links) != len(self._handlers):
+            return False
+        if self._cluster is None:
+            return self._links[_BROADCAST].confirmed == self._handlers.keys()
+        return all(
+            topic in self._handlers and self._route(topic) == link.key
+            for link in links
+            for topic in link.confirmed
         )
 
+    def _lost(self) -> None:
+        """A link went down, or could not come up: messages may have been missed."""
+        self._gap = True
+        self._pulse()
+
+    def _pulse(self) -> None:
+        """Wake every ``wait_synced`` caller so it re-checks its condition; once every link is
+        back after a loss, run the reconnect listeners."""
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
+        if self._gap and self._synced():
+            self._gap = False
+            log.info("redis bus reconnected")
+            self._notify_reconnected()
+
+    def _dispatch(self, topic: str, payload: str) -> None:
+        for handler in tuple(self._handlers.get(topic, {}).values()):
+            try:
+                handler(topic, payload)
+            except Exception:
+                log.exception("event handler failed", extra={"topic": topic})
+
+    def _notify_reconnected(self) -> None:
+        for listener in tuple(self._listeners):
+            task = asyncio.create_task(_run_listener(listener), name="redis-bus-reconnected")
+            self._listener_tasks.add(task)
+            task.add_done_callback(self._listener_tasks.discard)
+
+    # -- for the links ---------------------------------------------------------------------
+
+    async def _open(self, key: str) -> tuple[PubSub, RedisClient | None]:
+        """A subscriber connection for link ``key`` and the client to close with it (None when
+        the link reuses one: a single server's or Sentinel's, which finds the master itself)."""
+        cluster = self._cluster
+        if cluster is None:
+            assert self._subscriber is not None
+            return self._subscriber.pubsub(), None
+        await cluster.initialize()
+        node = cluster.get_random_node() if key == _BROADCAST else cluster.get_node(node_name=key)
+        if node is None:
+            raise RedisClusterException(f"node {key} left the cluster")
+        client = node_client(self._target, node.host, int(node.port), timeout=self._socket_timeout)
+        return client.pubsub(), client
+
+    def _delay(self, failures: int) -> float:
+        return backoff_delay(
+            failures, self._backoff_base, self._backoff_cap, random.random(), floor=0.5
+        )
+
+
+class _Link:
+    """One subscriber connection and the topics routed to it, kept subscribed across
+    reconnections. It ends when it has nothing left to carry (a Cluster master that owns no
+    subscribed topic any more), or when an error that reconnecting cannot cure stops it."""
+
+    def __init__(self, bus: RedisBus, key: str) -> None:
+        self.bus = bus
+        self.key = key
+        self.connected = False
+        self.down = False
+        """True after a failed attempt or a lost connection, until the next connection."""
+        self.stopped = False
+        """True once an error that reconnecting cannot cure ended the link."""
+        self.confirmed: set[str] = set()
+        self.wanted_changed = asyncio.Event()
+        self.first_attempt_done = asyncio.Event()
+        self._client: RedisClient | None = None
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"redis-bus-link{' ' + key if key else ''}"
+        )
+
+    def topics(self) -> set[str]:
+        return self.bus._topics_of(self.key)
+
+    @property
+    def on_cluster(self) -> bool:
+        return self.bus._cluster is not None
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
     async def _run(self) -> None:
-        """The reader task; an error that reconnecting cannot cure is logged and ends it."""
         try:
             await self._reconnect_forever()
         except Exception:
-            log.exception("redis bus reader stopped")
+            log.exception("redis bus link stopped", extra={"link": self.key})
+            self.down = self.stopped = True
             raise
         finally:
-            self._first_attempt_done.set()
+            self.first_attempt_done.set()
+            await self.close()
+            self.bus._link_ended(self)
 
     async def _reconnect_forever(self) -> None:
         failures = 0
-        reconnecting = False
-        while not self._closing:
+        bus = self.bus
+        while not bus._closing and (self.key == _BROADCAST or self.topics()):
             try:
                 pubsub = await self._connect()
             except _REDIS_DOWN as exc:
                 failures += 1
-                log.warning("redis bus cannot connect", extra={"error": str(exc)})
-                self._first_attempt_done.set()
+                log.warning("redis bus cannot connect", extra={"link": self.key, "error": str(exc)})
+                self.down = True
+                self.first_attempt_done.set()
+                bus._lost()
+                await bus._lost_track()
             else:
                 failures = 1
-                self._set_connected(True)
-                self._first_attempt_done.set()
-                if reconnecting:
-                    self._notify_reconnected()
+                self.connected, self.down = True, False
+                self.first_attempt_done.set()
+                bus._pulse()
                 try:
                     await self._serve(pubsub)
                 except _REDIS_DOWN as exc:
-                    log.warning("redis bus connection lost", extra={"error": str(exc)})
+                    log.warning(
+                        "redis bus connection lost", extra={"link": self.key, "error": str(exc)}
+                    )
                 finally:
-                    self._set_connected(False)
+                    self.connected, self.down = False, True
+                    self.confirmed = set()
                     await _discard(pubsub)
-            reconnecting = True
-            delay = backoff_delay(
-                failures, self._backoff_base, self._backoff_cap, random.random(), floor=0.5
-            )
-            await asyncio.sleep(delay)
+                    await self.close()
+                    if not bus._closing:
+                        bus._lost()
+                await bus._lost_track()
+            if self.key != _BROADCAST and not self.topics():
+                break
+            await asyncio.sleep(bus._delay(failures))
 
     async def _connect(self) -> PubSub:
-        """Open the subscriber connection and subscribe every wanted topic before going live."""
-        assert self._subscriber is not None
-        pubsub = self._subscriber.pubsub()
+        """Open the subscriber connection and subscribe every topic before going live."""
+        pubsub, self._client = await self.bus._open(self.key)
         try:
             await pubsub.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
-            self._confirmed = set()
-            topics = set(self._handlers)
-            if topics:
-                await pubsub.subscribe(*topics)
-            while not topics <= self._confirmed:
-                message = await pubsub.get_message(timeout=self._socket_timeout)
+            self.confirmed = set()
+            topics = self.topics()
+            await _subscribe(pubsub, topics, per_slot=self.on_cluster)
+            requested = _Requested(topics)
+            while not topics <= self.confirmed:
+                message = await pubsub.get_message(timeout=self.bus._socket_timeout)
                 if message is None:
                     raise RedisTimeoutError("Redis did not confirm the subscriptions")
-                self._handle(message)
+                self._handle(message, requested)
         except BaseException:
             await _discard(pubsub)
+            await self.close()
             raise
         return pubsub
 
     async def _serve(self, pubsub: PubSub) -> None:
         """Read until the connection fails; a silent peer is detected by unanswered PINGs."""
-        syncer = asyncio.create_task(self._sync_subscriptions(pubsub), name="redis-bus-sync")
+        requested = _Requested(self.confirmed)
+        syncer = asyncio.create_task(self._sync(pubsub, requested), name="redis-bus-sync")
         loop = asyncio.get_running_loop()
+        interval = self.bus._ping_interval
         last_seen = loop.time()
         try:
-            while not self._closing:
-                message = await pubsub.get_message(timeout=self._ping_interval)
+            while not self.bus._closing:
+                message = await pubsub.get_message(timeout=interval)
                 if message is not None:
                     last_seen = loop.time()
-                    self._handle(message)
-                elif loop.time() - last_seen > 2 * self._ping_interval:
+                    self._handle(message, requested)
+                elif loop.time() - last_seen > 2 * interval:
                     raise RedisTimeoutError("Redis stopped answering PING")
                 else:
                     await pubsub.ping()
@@ -249,59 +470,78 @@ class RedisBus:
             syncer.cancel()
             await asyncio.wait([syncer])
 
-    async def _sync_subscriptions(self, pubsub: PubSub) -> None:
-        """Bring Redis to the wanted topic set; the only writer of SUBSCRIBE/UNSUBSCRIBE."""
-        requested = set(self._confirmed)
-        self._wanted_changed.set()
+    async def _sync(self, pubsub: PubSub, requested: _Requested) -> None:
+        """Bring Redis to the wanted topic set; the only writer of (S)SUBSCRIBE and
+        (S)UNSUBSCRIBE. ``requested`` is shared with the reader, to tell an unsubscription it
+        asked for from one Redis made (a Cluster slot that moved)."""
+        self.wanted_changed.set()
         while True:
-            await self._wanted_changed.wait()
-            self._wanted_changed.clear()
-            wanted = set(self._handlers)
-            if added := wanted - requested:
-                await pubsub.subscribe(*added)
-            if removed := requested - wanted:
-                await pubsub.unsubscribe(*removed)
-            requested = wanted
+            await self.wanted_changed.wait()
+            self.wanted_changed.clear()
+            wanted = self.topics()
+            added, removed = wanted - requested.topics, requested.topics - wanted
+            requested.topics = wanted
+            requested.leaving.update(removed)
+            await _subscribe(pubsub, added, per_slot=self.on_cluster)
+            await _unsubscribe(pubsub, removed, per_slot=self.on_cluster)
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 # redis-py swallowed the cancel (a stop at shutdown unsubscribes everything):
-                # waiting again would leave the reader, and the process, hanging on close.
+                # waiting again would leave the link, and the process, hanging on close.
                 raise asyncio.CancelledError
 
-    def _handle(self, message: dict[str, Any]) -> None:
+    def _handle(self, message: dict[str, Any], requested: _Requested) -> None:
         kind = message["type"]
-        if kind == "message":
-            self._dispatch(message["channel"], message["data"])
-        elif kind == "subscribe":
-            self._confirmed.add(message["channel"])
-            self._pulse()
-        elif kind == "unsubscribe":
-            self._confirmed.discard(message["channel"])
-            self._pulse()
+        if kind in ("message", "smessage"):
+            self.bus._dispatch(message["channel"], message["data"])
+        elif kind in ("subscribe", "ssubscribe"):
+            self.confirmed.add(message["channel"])
+            self.bus._pulse()
+        elif kind in ("unsubscribe", "sunsubscribe"):
+            topic = message["channel"]
+            if requested.leaving[topic] > 0:
+                requested.leaving[topic] -= 1
+            elif topic in requested.topics:
+                raise _Moved(f"Redis unsubscribed {topic}: its slot moved")
+            self.confirmed.discard(topic)
+            self.bus._pulse()
 
-    def _dispatch(self, topic: str, payload: str) -> None:
-        for handler in tuple(self._handlers.get(topic, {}).values()):
-            try:
-                handler(topic, payload)
-            except Exception:
-                log.exception("event handler failed", extra={"topic": topic})
 
-    def _set_connected(self, connected: bool) -> None:
-        if connected != self._connected:
-            self._connected = connected
-            log.info("redis bus %s", "connected" if connected else "disconnected")
-            self._pulse()
+class _Requested:
+    """What a link asked Redis for: the topics it subscribed, and how many unsubscriptions of
+    each are still to be confirmed (a topic dropped and taken again gets its unsubscription
+    confirmed after the new subscription was sent)."""
 
-    def _pulse(self) -> None:
-        """Wake every ``wait_synced`` caller so it re-checks its condition."""
-        self._state_changed.set()
-        self._state_changed = asyncio.Event()
+    def __init__(self, topics: Iterable[str]) -> None:
+        self.topics = set(topics)
+        self.leaving: Counter[str] = Counter()
 
-    def _notify_reconnected(self) -> None:
-        for listener in tuple(self._listeners):
-            task = asyncio.create_task(_run_listener(listener), name="redis-bus-reconnected")
-            self._listener_tasks.add(task)
-            task.add_done_callback(self._listener_tasks.discard)
+
+async def _subscribe(pubsub: PubSub, topics: set[str], *, per_slot: bool) -> None:
+    """SUBSCRIBE the broadcast topics, SSUBSCRIBE the sharded ones (on a Cluster one command per
+    hash slot: it refuses one that spans slots)."""
+    broadcast = [topic for topic in topics if not is_sharded(topic)]
+    if broadcast:
+        await pubsub.subscribe(*broadcast)
+    for group in _groups((topic for topic in topics if is_sharded(topic)), per_slot):
+        await pubsub.ssubscribe(*group)
+
+
+async def _unsubscribe(pubsub: PubSub, topics: set[str], *, per_slot: bool) -> None:
+    broadcast = [topic for topic in topics if not is_sharded(topic)]
+    if broadcast:
+        await pubsub.unsubscribe(*broadcast)
+    for group in _groups((topic for topic in topics if is_sharded(topic)), per_slot):
+        await pubsub.sunsubscribe(*group)
+
+
+def _groups(topics: Iterable[str], per_slot: bool) -> list[list[str]]:
+    if not per_slot:
+        return [group] if (group := list(topics)) else []
+    groups: dict[int, list[str]] = defaultdict(list)
+    for topic in topics:
+        groups[key_slot(topic.encode())].append(topic)
+    return list(groups.values())
 
 
 async def _run_listener(listener: ReconnectListener) -> None:

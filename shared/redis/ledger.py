@@ -3,39 +3,42 @@ token it covers (``until``).
 
 A record is written by a script that keeps the later cut-off and the later expiry, so writing it
 again (a retry whose first try did run, or an older event arriving after a newer one) never lowers
-what is recorded; that makes the write safe to retry after a timeout."""
+what is recorded; that makes the write safe to retry after a timeout. The write waits for a
+replica (``shared.redis.write``), so a logout whose record Redis confirmed survives a failover:
+a replica that missed the announcement still finds the record on the promoted master.
+
+Records are single keys, so on a Cluster each lives on its own slot; a check reads them with one
+pipeline, which the Cluster client splits by node."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from realtime_gateway_protocol.access_token import TokenRef
 from realtime_gateway_protocol.events import RevocationEvent, SessionRevoked
 from shared.bus import BusUnavailable
-from shared.redis.write import WriteScript
+from shared.redis.connect import open_client
+from shared.redis.write import REPLICAS_LUA, WriteScript
 
 __all__ = ["PREFIX", "RedisRevocationLedger"]
 
 PREFIX = "gateway:revoked"
 
 # KEYS: the record. ARGV: the value (a user's cut-off, 1 for a session), seconds to keep it.
+# Returns the replicas to wait for.
 _RECORD = WriteScript(
-    """
+    REPLICAS_LUA
+    + """
 local current = redis.call('GET', KEYS[1])
 if current and tonumber(current) > tonumber(ARGV[1]) then
-  return 0
+  return replicas()
 end
 local ttl = math.max(redis.call('TTL', KEYS[1]), tonumber(ARGV[2]))
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
-return 1
+return replicas()
 """
 )
 
@@ -45,15 +48,8 @@ class RedisRevocationLedger:
 
     def __init__(self, url: str, *, timeout: float = 1.0) -> None:
         # Reads retry a timeout or a stale connection (they are idempotent); the write retries
-        # through redis_write, its script being safe to run twice.
-        self._redis = Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            decode_responses=True,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
+        # through shared.redis.write, its script being safe to run twice.
+        self._redis = open_client(url, timeout=timeout, retries=2)
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -68,7 +64,7 @@ class RedisRevocationLedger:
             # A later logout-everywhere has a later cut-off and a later until: it supersedes.
             key, value = f"{PREFIX}:user:{event.sub}", event.issued_before
         try:
-            await _RECORD(self._redis, [key], [value, ttl], idempotent=True)
+            await _RECORD(self._redis, [key], [value, ttl], idempotent=True, replicas=int)
         except RedisError as exc:
             raise BusUnavailable(f"revocation ledger unreachable: {exc}") from exc
 
@@ -80,7 +76,10 @@ class RedisRevocationLedger:
         for token in tokens:
             keys += [f"{PREFIX}:sid:{token.sid}", f"{PREFIX}:user:{token.sub}"]
         try:
-            values = await self._redis.mget(keys)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+                values = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"revocation ledger unreachable: {exc}") from exc
         result = []

@@ -359,8 +359,13 @@ def test_ticket_and_bearer_handshakes_from_the_page(
     assert ("ticket=" in sockets[0].url) == (handshake == "ticket")
 
 
-def test_presence_list_and_recovery_after_a_dropped_socket(browser: Browser, stack: Stack) -> None:
-    stack.register("gina", "hank")
+@pytest.mark.parametrize(("code", "reason"), [(1001, "going_away"), (1012, "draining")])
+def test_presence_list_and_recovery_after_a_dropped_socket(
+    browser: Browser, stack: Stack, code: int, reason: str
+) -> None:
+    """Dropped as a network or a shutdown would (1001), or by a draining replica (1012)."""
+    g, h, room = f"gina{code}", f"hank{code}", f"presence{code}"
+    stack.register(g, h)
     gina_ctx, hank_ctx = browser.new_context(), browser.new_context()
     routes: list[Any] = []
 
@@ -371,32 +376,32 @@ def test_presence_list_and_recovery_after_a_dropped_socket(browser: Browser, sta
     try:
         gina_ctx.route_web_socket(re.compile(r"/ws"), proxy)
         gina, hank = open_page(gina_ctx, stack), open_page(hank_ctx, stack)
-        for page, name in ((gina, "gina"), (hank, "hank")):
+        for page, name in ((gina, g), (hank, h)):
             log_in(page, name)
-            page.fill("#room", "presence")
+            page.fill("#room", room)
             page.click("#room-form button")
-            page.wait_for_selector("#chat[data-joined='chat:presence']")
+            page.wait_for_selector(f"#chat[data-joined='chat:{room}']")
         for page in (gina, hank):
             page.wait_for_function(
                 "() => [...document.querySelectorAll('#members li')].map(li => li.textContent)"
-                ".join() === 'gina,hank'"
+                f".join() === '{g},{h}'"
             )
         page_side, server_side = routes[-1]
         server_side.on_message(lambda message: None)  # the network loses what the server sends
         say(hank, "while you were away")
-        wait_for_message(hank, "hank", "while you were away")
-        page_side.close(code=1001, reason="going_away")
+        wait_for_message(hank, h, "while you were away")
+        page_side.close(code=code, reason=reason)
         server_side.close()
         gina.wait_for_function(
             "() => document.getElementById('recovery').textContent"
             ".includes('1 missed message(s) recovered')"
         )
-        wait_for_message(gina, "hank", "while you were away")
-        assert messages(gina).count(("hank", "while you were away")) == 1
+        wait_for_message(gina, h, "while you were away")
+        assert messages(gina).count((h, "while you were away")) == 1
         hank_ctx.close()
         gina.wait_for_function(
             "() => [...document.querySelectorAll('#members li')].map(li => li.textContent)"
-            ".join() === 'gina'"
+            f".join() === '{g}'"
         )
     finally:
         gina_ctx.close()

@@ -52,3 +52,31 @@ def test_counters_and_gauges_of_every_worker_are_summed_and_a_dead_ones_gauges_d
     assert merged(directory) == {"jobs_total": 3, "open": 3}
     worker_metrics.worker_exited(directory, pids[0])
     assert merged(directory) == {"jobs_total": 3, "open": 2}
+
+
+RENDERING_WORKER = """
+import sys
+from pathlib import Path
+from prometheus_client import CollectorRegistry, Counter
+from shared.metrics import workers as worker_metrics
+
+worker_metrics.enable(Path(sys.argv[1]))
+registry = CollectorRegistry()
+Counter("jobs", "jobs done", registry=registry).inc(2)
+runtime = worker_metrics.runtime_collectors(registry)
+sys.stdout.write(worker_metrics.render(registry, runtime).decode())
+"""
+
+
+def test_a_workers_scrape_adds_its_own_process_metrics_to_the_merged_ones(
+    directory: Path,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", RENDERING_WORKER, str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    names = {f.name for f in text_string_to_metric_families(result.stdout)}
+    assert {"jobs", "process_resident_memory_bytes", "process_cpu_seconds", "python_info"} <= names

@@ -35,14 +35,17 @@ class Cluster:
         auth_replicas: int = 2,
         ws_replicas: int = 3,
         ws_env: Mapping[str, str] | None = None,
+        redis_url: str | None = None,
     ) -> None:
+        """``redis_url``: a Redis started elsewhere (a Sentinel group, a Cluster) instead of the
+        private redis-server."""
         self.workdir = workdir
         self.ca = trustme.CA()
         self.tls = ssl.create_default_context()
         self.ca.configure_trust(self.tls)
         self.lb_port = free_port()
         self.redis_port = free_port()
-        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.redis_url = redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
         self.issuer = f"https://localhost:{self.lb_port}/auth"
         self.auth_ports = [free_port() for _ in range(auth_replicas)]
         self.ws_ports = [free_port() for _ in range(ws_replicas)]
@@ -54,7 +57,7 @@ class Cluster:
             "AUTH_FORWARDED_ALLOW_IPS": "127.0.0.1",
             "REDIS_URL": self.redis_url,
         }
-        self.redis = Proc(
+        self.redis = None if redis_url else Proc(
             "redis",
             [redis_binary, "--port", str(self.redis_port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no"],
@@ -82,6 +85,7 @@ class Cluster:
                     "WS_JWKS_MIN_TTL": "1",
                     "WS_API_KEYS": API_KEY,
                     "REDIS_URL": self.redis_url,
+                    "WS_DRAIN_SECONDS": "1",  # a replica stopped by a test drains quickly
                     **(ws_env or {}),
                 },
                 workdir,
@@ -106,8 +110,10 @@ class Cluster:
         )
 
     def start(self) -> None:
-        self.redis.start()
-        self.redis.wait_ready()
+        if self.redis is not None:
+            self.redis.start()
+            self.redis.wait_ready()
+            wait_for_port(self.redis_port)
         self.auth[0].start()
         self.auth[0].wait_ready()
         for proc in [*self.auth[1:], *self.ws, self.lb]:
@@ -115,11 +121,11 @@ class Cluster:
         for proc in [*self.auth[1:], *self.ws, self.lb]:
             proc.wait_ready()
         wait_for_port(self.lb_port)
-        wait_for_port(self.redis_port)
 
     def stop(self) -> None:
         for proc in [self.lb, *self.ws, *self.auth, self.redis]:
-            proc.stop()
+            if proc is not None:
+                proc.stop()
 
     def restart(self, proc: Proc) -> None:
         proc.stop()
@@ -152,6 +158,7 @@ def running_cluster(
     ws_env: Mapping[str, str] | None = None,
     auth_replicas: int = 2,
     ws_replicas: int = 3,
+    redis_url: str | None = None,
 ) -> Iterator[Cluster]:
     """A started cluster on a fresh PostgreSQL schema, stopped and dropped afterwards. Skipped
     (failed under CI) where redis-server or nginx is missing."""
@@ -169,6 +176,7 @@ def running_cluster(
         auth_replicas=auth_replicas,
         ws_replicas=ws_replicas,
         ws_env=ws_env,
+        redis_url=redis_url,
     )
     try:
         cluster.start()

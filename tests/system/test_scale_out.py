@@ -218,13 +218,13 @@ async def test_5_killed_ws_replica_clients_reconnect_through_the_lb_and_lose_not
             cluster.restart(cluster.ws[1])
 
 
-async def test_8_sigterm_closes_sockets_with_1001_and_exits(cluster: Cluster) -> None:
+async def test_8_sigterm_drains_the_sockets_with_1012_and_exits(cluster: Cluster) -> None:
     async with aiohttp.ClientSession() as http:
         tokens = await tokens_for(http, cluster.auth_url(0), "s8-heidi")
         try:
             async with connected(http, cluster.ws_url(2), tokens["access_token"]) as ws:
                 cluster.ws[2].send(signal.SIGTERM)
-                assert (await expect_close(ws, within=10))[0] == 1001
+                assert await expect_close(ws, within=10) == (1012, "draining")
             assert cluster.ws[2].wait(15) == 0
         finally:
             cluster.restart(cluster.ws[2])

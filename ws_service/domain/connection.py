@@ -126,6 +126,7 @@ class Connection:
         "_ctx",
         "_deadline",
         "_held",
+        "_opened",
         "_strikes",
         "_violations",
         "attempts",
@@ -137,8 +138,18 @@ class Connection:
         "state",
     )
 
-    def __init__(self, ctx: Context, peer: Peer, remote: str | None, serial: int) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        peer: Peer,
+        remote: str | None,
+        serial: int,
+        opened: float | None = None,
+    ) -> None:
+        """``opened``: when the upgrade request arrived, on the clock's monotonic timeline (now
+        when not given); the handshake is timed from it."""
         self._ctx = ctx
+        self._opened = ctx.clock.monotonic() if opened is None else opened
         self.peer = peer
         self.remote = remote
         self.serial = serial  # unique in its gateway: names its slot in the per-user cap
@@ -370,6 +381,8 @@ class Connection:
         self.claims = claims
         self.state = State.AUTHENTICATED
         self._ctx.metrics.auth_ok.inc()
+        if not renewed:
+            self._ctx.metrics.handshake.observe(self._ctx.clock.monotonic() - self._opened)
         self._schedule_expiry(claims)
         self.send(
             protocol.auth_success(claims, self._ctx.clock.time(), request_id, renewed=renewed)

@@ -89,11 +89,12 @@ class Gateway:
         """Whether ``remote`` may open one more socket that still has to authenticate."""
         return self._waiting[remote] < self.limits.max_unauthenticated_per_address
 
-    def connect(self, peer: Peer, remote: str) -> Connection:
-        """A new socket after the upgrade; its auth deadline starts now."""
+    def connect(self, peer: Peer, remote: str, opened: float | None = None) -> Connection:
+        """A new socket after the upgrade; its auth deadline starts now. ``opened``: when its
+        upgrade request arrived (monotonic), the start of its handshake."""
         self._waiting[remote] += 1
         self.metrics.awaiting_auth.inc()
-        return Connection(self.context, peer, remote, next(self._serials))
+        return Connection(self.context, peer, remote, next(self._serials), opened)
 
     async def authenticate(self, token: str) -> Claims:
         """Verify ``token`` (the in-memory registry included), then ask the ledger, in one round

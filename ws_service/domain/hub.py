@@ -1,6 +1,6 @@
 """Channel fan-out across replicas through the event bus, with history and presence.
 
-A publish is serialized once and published on ``chan:<name>``; every replica with local subscribers
+A publish is serialized once and published on ``chan:{<name>}``; every replica with local subscribers
 holds one bus subscription for the channel and hands the same string to each of them. In a
 namespace with history the publish goes through ``History.publish``, which gives the message its
 offset in the same step that puts it on the bus, so every replica sees offset order. When the bus
@@ -9,7 +9,7 @@ local traffic flows, but that message cannot be recovered.
 
 Presence: every subscription to a channel of a presence namespace is one entry (an id unique across
 replicas) in the ``Presence`` backend; connections that asked for ``presence_events`` get the
-``join``/``leave`` frames published on ``pres:<channel>``, debounced (``PresenceDebounce``).
+``join``/``leave`` frames published on ``pres:{<channel>}``, debounced (``PresenceDebounce``).
 """
 
 from __future__ import annotations
@@ -25,19 +25,31 @@ from typing import Any, Protocol
 
 from realtime_gateway_protocol.access_token import Claims
 from realtime_gateway_protocol.tasks import cancel_and_wait
-from shared.bus import BusOutcomeUnknown, BusUnavailable, EventBus, Unsubscribe
+from shared.bus import (
+    BusOutcomeUnknown,
+    BusUnavailable,
+    EventBus,
+    Unsubscribe,
+    sharded_topic,
+    topic_channel,
+)
 from ws_service.domain import protocol
 from ws_service.domain.clock import Clock, LoopClock
 from ws_service.domain.errors import NotEnabled, Unconfirmed
 from ws_service.domain.history import History, HistoryPage, Position, position_of
 from ws_service.domain.namespaces import Namespaces
-from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, Presence
+from ws_service.domain.presence import Member, Presence, presence_topic
 from ws_service.domain.presence_debounce import PresenceDebounce
 from ws_service.domain.webhooks import Events
 
-__all__ = ["CHANNEL_TOPIC_PREFIX", "Hub", "Subscriber"]
+__all__ = ["CHANNEL_TOPIC_PREFIX", "Hub", "Subscriber", "channel_topic"]
 
 CHANNEL_TOPIC_PREFIX = "chan:"
+
+
+def channel_topic(channel: str) -> str:
+    return sharded_topic(CHANNEL_TOPIC_PREFIX, channel)
+
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +71,7 @@ class Hub:
         on_delivered: Callable[[int], None] | None = None,
         on_local_only: Callable[[], None] | None = None,
         on_delivery_failed: Callable[[], None] | None = None,
+        on_delivery_delay: Callable[[float], None] | None = None,
         sync_timeout: float = 2.0,
         presence_debounce: float = 0.0,
         clock: Clock | None = None,
@@ -85,6 +98,7 @@ class Hub:
         self._on_delivered = on_delivered
         self._on_local_only = on_local_only
         self._on_delivery_failed = on_delivery_failed
+        self._on_delivery_delay = on_delivery_delay
         self._sync_timeout = sync_timeout
 
     # -- subscriptions ---------------------------------------------------------------------
@@ -94,16 +108,14 @@ class Hub:
         members = self._local.get(channel)
         if members is None:
             members = self._local[channel] = set()
-            self._unsubscribe[channel] = self._bus.subscribe(
-                CHANNEL_TOPIC_PREFIX + channel, self._deliver
-            )
+            self._unsubscribe[channel] = self._bus.subscribe(channel_topic(channel), self._deliver)
         members.add(subscriber)
         if presence_events:
             watchers = self._watchers.get(channel)
             if watchers is None:
                 watchers = self._watchers[channel] = set()
                 self._unwatch[channel] = self._bus.subscribe(
-                    PRESENCE_TOPIC_PREFIX + channel, self._deliver_presence
+                    presence_topic(channel), self._deliver_presence
                 )
             watchers.add(subscriber)
         else:
@@ -156,7 +168,7 @@ class Hub:
     async def publish(self, channel: str, data: Any, sender: Claims | None) -> None:
         """Raises ``Unconfirmed`` when Redis took the message without confirming it."""
         frame = protocol.message(channel, data, sender, int(self._clock.time() * 1000))
-        topic = CHANNEL_TOPIC_PREFIX + channel
+        topic = channel_topic(channel)
         policy = self.namespaces.of(channel).history
         try:
             if policy is None:
@@ -184,9 +196,15 @@ class Hub:
         return await self._history.read(channel, since, min(limit, policy.size), policy)
 
     def _deliver(self, topic: str, payload: str) -> None:
-        channel = topic[len(CHANNEL_TOPIC_PREFIX) :]
+        """A message from the bus: to this replica's subscribers, and its delay since its publish
+        (on any replica) to ``on_delivery_delay``."""
+        channel = topic_channel(topic)
         position = position_of(payload) if self.namespaces.of(channel).history is not None else None
         self._fan_out(channel, payload, position)
+        if self._on_delivery_delay is not None:
+            sent = protocol.published_at(payload)
+            if sent is not None:
+                self._on_delivery_delay(max(0.0, self._clock.time() - sent))
 
     def _fan_out(self, channel: str, payload: str, position: Position | None) -> None:
         members = self._local.get(channel, ())
@@ -245,7 +263,7 @@ class Hub:
             log.warning("presence not restored: redis unreachable", extra={"error": str(exc)})
 
     def _deliver_presence(self, topic: str, payload: str) -> None:
-        self._presence_frames.announce(topic[len(PRESENCE_TOPIC_PREFIX) :], payload)
+        self._presence_frames.announce(topic_channel(topic), payload)
 
     def _show_presence(self, channel: str, payload: str) -> None:
         self._deliver_each(self._watchers.get(channel, ()), channel, payload, None)

@@ -2,8 +2,9 @@
 
 A user's second tab joining is not a join and the last tab leaving is the leave, so both backends
 count connections per user and announce only the transitions between zero and one, on the bus
-topic ``pres:<channel>``. In Redis each connection's entry expires unless its replica refreshes
-it, so the users of a replica that died leave within the presence TTL.
+topic ``pres:{<channel>}`` (:func:`presence_topic`). In Redis each connection's entry expires
+unless its replica refreshes it, so the users of a replica that died leave within the presence
+TTL.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from realtime_gateway_protocol.wire_json import dumps
+from shared.bus import sharded_topic
 
 __all__ = [
     "PRESENCE_TOPIC_PREFIX",
@@ -22,9 +24,14 @@ __all__ = [
     "Transition",
     "member_frame",
     "members_of",
+    "presence_topic",
 ]
 
 PRESENCE_TOPIC_PREFIX = "pres:"
+
+
+def presence_topic(channel: str) -> str:
+    return sharded_topic(PRESENCE_TOPIC_PREFIX, channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,4 +115,4 @@ class MemoryPresence:
         if self._on_transition is not None:
             self._on_transition(kind, channel, member)
         frame = member_frame(kind, channel, member.as_json())
-        await self._publish(PRESENCE_TOPIC_PREFIX + channel, frame)
+        await self._publish(presence_topic(channel), frame)

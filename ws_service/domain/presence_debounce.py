@@ -1,7 +1,7 @@
 """Debounced ``join``/``leave`` frames: what one replica shows its watchers of a channel.
 
 The presence backends announce every move of a user between zero and one connection in a channel,
-on ``pres:<channel>``, in one order that every replica receives. A user whose only tab reconnects,
+on ``pres:{<channel>}``, in one order that every replica receives. A user whose only tab reconnects,
 or who toggles, would send each watcher a ``leave`` and a ``join`` per toggle. So each replica
 passes the announcements through this filter, per (channel, user), before its watchers see them:
 

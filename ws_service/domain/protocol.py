@@ -122,6 +122,22 @@ def message(channel: str, data: Any, sender: Claims | None, ts_ms: int) -> str:
     )
 
 
+_TS = ',"ts":'
+
+
+def published_at(frame: str) -> float | None:
+    """A ``message`` frame's ``ts`` in epoch seconds, read without decoding the frame (once per
+    message and replica). ``ts`` is the last key :func:`message` writes, after ``data``, and only
+    a position follows it, so the last ``,"ts":`` is the frame's own (a JSON string cannot hold
+    an unescaped quote). None for any other frame."""
+    start = frame.rfind(_TS)
+    if start < 0:
+        return None
+    digits = frame[start + len(_TS) :]
+    end = next((i for i, c in enumerate(digits) if not c.isdigit()), len(digits))
+    return int(digits[:end]) / 1000 if end else None
+
+
 def subscribed(
     channel: str,
     request_id: RequestId,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["Count", "GatewayMetrics", "Labelled", "Level"]
+__all__ = ["Count", "GatewayMetrics", "Labelled", "Level", "Timing"]
 
 
 class Count(Protocol):
@@ -15,6 +15,10 @@ class Count(Protocol):
 
 class Level(Count, Protocol):
     def dec(self, amount: float = 1) -> None: ...
+
+
+class Timing(Protocol):
+    def observe(self, amount: float) -> None: ...
 
 
 class Labelled(Protocol):
@@ -53,3 +57,7 @@ class GatewayMetrics(Protocol):
     def reconciliations(self) -> Labelled: ...
     @property
     def user_limit_checks(self) -> Labelled: ...
+    @property
+    def handshake(self) -> Timing:
+        """Seconds from the upgrade request to the socket authenticated."""
+        ...

@@ -3,40 +3,39 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
+from redis.typing import EncodableT, KeyT
 
 from shared.bus import BusUnavailable
+from shared.redis.connect import RedisClient, open_client
 
-__all__ = ["open_redis", "unavailable_as_bus_error"]
+__all__ = ["Call", "open_redis", "run_pipelined", "unavailable_as_bus_error"]
+
+Call = tuple[list[KeyT], list[EncodableT]]
+"""One script call of a pipelined batch: its keys and its arguments."""
 
 
 def open_redis(
     url: str, *, timeout: float = 2.0, max_connections: int = 64, queue_timeout: float = 10.0
-) -> Redis:
+) -> RedisClient:
     """A bounded pool that makes callers queue for a connection (for up to ``queue_timeout``)
-    rather than fail: thousands of clients reconnecting at once each read their history.
+    rather than fail: thousands of clients reconnecting at once each read their history. Any
+    ``REDIS_URL`` form (``shared.redis.connect``); on a Cluster the bound is per node.
 
-    redis-py retries once after a broken connection or a timeout (its ``Retry`` covers both
-    whatever ``retry_on_error`` says), which suits the reads. A history publish must not run
-    twice, so it does not rely on this: it goes through ``shared.redis.write``, and its script
-    recognises its own retry."""
-    pool = BlockingConnectionPool.from_url(
+    redis-py retries once after a broken connection or a timeout, which suits the reads. A
+    history publish must not run twice, so it does not rely on this: it goes through
+    ``shared.redis.write``, and its script recognises its own retry."""
+    return open_client(
         url,
+        timeout=timeout,
+        retries=1,
         max_connections=max_connections,
-        timeout=queue_timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        decode_responses=True,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
-        retry_on_error=[RedisConnectionError],
+        queue_timeout=queue_timeout,
     )
-    return Redis.from_pool(pool)
 
 
 @contextlib.contextmanager
@@ -46,3 +45,29 @@ def unavailable_as_bus_error() -> Iterator[None]:
         yield
     except (RedisError, OSError) as exc:
         raise BusUnavailable(f"Redis is unreachable: {exc}") from exc
+
+
+async def run_pipelined(
+    redis: RedisClient,
+    script: AsyncScript,
+    calls: Sequence[Call],
+) -> list[Any]:
+    """Run ``script`` once per ``(keys, args)`` in one pipeline (split by node on a Cluster).
+
+    redis-py's pipeline loads a missing script first, but its Cluster pipeline does not (8.2): a
+    master promoted by a failover starts with an empty script cache and refuses every call with
+    ``NOSCRIPT``. Then the script is loaded on every master and the batch sent again (the scripts
+    run here are idempotent, and a NOSCRIPT call ran nothing)."""
+    for attempt in range(2):
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    # redis-py's annotation leaves out the pipelines its code handles.
+                    await script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+                results: list[Any] = await pipe.execute()
+            return results
+        except NoScriptError:
+            if attempt:
+                raise
+            await redis.script_load(script.script)
+    raise AssertionError("unreachable")

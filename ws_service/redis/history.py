@@ -1,12 +1,19 @@
 """Channel history in Redis, shared by every replica.
 
-Per channel a hash ``hist:{<channel>}:meta`` holds the epoch and the last offset, and a stream
-``hist:{<channel>}:log`` the messages (stream id ``<offset>-0``, capped at the policy's size). One Lua
-script increments the offset, appends the message and PUBLISHes it, so subscribers on every
-replica receive messages in offset order with no gap. Only a publish creates these keys, and they
-live ``ttl`` after the channel's last publish; a read writes nothing. A flushed or restarted Redis
-loses the hash, and the next publish starts a new epoch. Times are Redis's own (``TIME``), so
-replicas' clocks do not matter.
+Per channel a hash ``hist:{<channel>}:meta`` holds the epoch, the last offset and the last offset
+delivered, and a stream ``hist:{<channel>}:log`` the messages (stream id ``<offset>-0``, capped at
+the policy's size). One Lua script increments the offset, appends the message and SPUBLISHes it on
+``chan:{<channel>}``, so subscribers on every replica receive messages in offset order with no gap.
+Only a publish creates these keys, and they live ``ttl`` after the channel's last publish; a read
+writes nothing. A flushed or restarted Redis loses the hash, and the next publish starts a new
+epoch. Times are Redis's own (``TIME``), so replicas' clocks do not matter.
+
+Replication is asynchronous, so a master with a replica (Sentinel, Cluster) delivers a message only
+once a replica has it: the script keeps it without publishing, the publisher WAITs for the replica,
+then a second script delivers every kept message up to it, in offset order (whichever publisher
+gets there first). A failover then never loses a message anyone received, so the promoted replica
+goes on from the last delivered offset, and a recovery across it is exact. Reads see only what
+was delivered. A master without a replica delivers at once, in the first script.
 
 A user's publish is first charged to them (``message_cost``, until the message expires) in
 ``hist:{u:<sub>}:charges`` and ``hist:{u:<sub>}:bytes``, atomically across replicas; one over
@@ -26,10 +33,9 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from redis.asyncio import Redis
-
 from shared.bus import BusOutcomeUnknown, BusUnavailable
-from shared.redis.write import WriteScript
+from shared.redis.connect import RedisClient
+from shared.redis.write import REPLICAS_LUA, WriteScript
 from ws_service.domain.errors import HistoryFull
 from ws_service.domain.history import (
     USER_FULL,
@@ -90,26 +96,56 @@ return 1
 """
 )
 
+# Shared by the publish and the flush: deliver, in offset order, every message of this epoch up
+# to ``up_to`` that was not delivered yet. KEYS: meta, log.
+_FLUSH_LUA = """
+local function flush(up_to, epoch, topic)
+  local meta = redis.call('HMGET', KEYS[1], 'epoch', 'delivered')
+  local delivered = tonumber(meta[2] or '0')
+  if meta[1] ~= epoch or up_to <= delivered then
+    return
+  end
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[2], (delivered + 1) .. '-0', up_to .. '-0')) do
+    redis.call('SPUBLISH', topic, entry[2][4])
+  end
+  redis.call('HSET', KEYS[1], 'delivered', up_to)
+end
+"""
+
 # KEYS: meta, log, this publish's result. ARGV: frame, size, ttl (ms), topic, new epoch, result
-# ttl (ms). A missing meta hash (a new channel, or a flushed or restarted Redis) starts a new epoch
-# with an empty log. Expired messages at the head of the log are deleted, so that a channel kept
-# alive by others holds nobody's messages past their ttl (and their charge).
+# ttl (ms). Returns {message, pending, offset, epoch}: pending is 1 when the master has a replica
+# and the message is kept but not delivered yet (the caller WAITs for the replica, then flushes).
+# A missing meta hash (a new channel, or a flushed or restarted Redis) starts a new epoch with an
+# empty log. Expired messages at the head of the log are deleted, so that a channel kept alive by
+# others holds nobody's messages past their ttl (and their charge).
 _PUBLISH = WriteScript(
     _NOW_MS
+    + REPLICAS_LUA
+    + _FLUSH_LUA
     + """
 local function framed(offset, epoch)
   return string.sub(ARGV[1], 1, -2) .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
 end
+local function done_with(message, offset, epoch)
+  if replicas() > 0 then
+    return {message, 1, offset, epoch}
+  end
+  flush(tonumber(offset), epoch, ARGV[4])
+  return {message, 0, offset, epoch}
+end
 local done = redis.call('GET', KEYS[3])
 if done then
   local offset, epoch = string.match(done, '^(%d+):(.+)$')
-  return framed(offset, epoch)
+  return done_with(framed(offset, epoch), offset, epoch)
 end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'delivered')
+local epoch = meta[1]
 if not epoch then
   epoch = ARGV[5]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'delivered', 0)
+elseif not meta[3] then
+  redis.call('HSET', KEYS[1], 'delivered', meta[2] or 0)
 end
 local oldest = now_ms - tonumber(ARGV[3])
 while true do
@@ -125,29 +161,34 @@ redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 't', now_ms, 'f',
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[6])
-redis.call('PUBLISH', ARGV[4], message)
-return message
+return done_with(message, offset, epoch)
 """
 )
 
-# KEYS: meta, log. ARGV: first id ('' for the latest messages), how many. Writes nothing: a read
-# of a channel without history leaves no trace.
+# KEYS: meta, log. ARGV: epoch, offset, topic. Delivers what a publish kept until a replica had
+# it; safe to run twice, or after a later publish delivered it already.
+_DELIVER = WriteScript(_FLUSH_LUA + "flush(tonumber(ARGV[2]), ARGV[1], ARGV[3])")
+
+# KEYS: meta, log. ARGV: first id ('' for the latest messages), how many. Reads only what was
+# delivered (a message kept but still waiting for a replica is not there yet), never more than
+# asked. Writes nothing: a read of a channel without history leaves no trace.
 _READ = (
     _NOW_MS
     + """
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'delivered')
 if not meta[1] then
   return {false, false, now_ms, {}}
 end
+local last = meta[3] or meta[2]
 local entries = {}
 if tonumber(ARGV[2]) > 0 then
   if ARGV[1] == '' then
-    entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
+    entries = redis.call('XREVRANGE', KEYS[2], last .. '-0', '-', 'COUNT', ARGV[2])
   else
-    entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
+    entries = redis.call('XRANGE', KEYS[2], ARGV[1], last .. '-0', 'COUNT', ARGV[2])
   end
 end
-return {meta[1], meta[2], now_ms, entries}
+return {meta[1], last, now_ms, entries}
 """
 )
 
@@ -156,7 +197,7 @@ class RedisHistory:
     """Implements ``History``; Redis failures are raised as ``BusUnavailable``. ``user_bytes``:
     what one user's messages may cost at once (0: no limit)."""
 
-    def __init__(self, redis: Redis, *, prefix: str = "hist:", user_bytes: int = 0) -> None:
+    def __init__(self, redis: RedisClient, *, prefix: str = "hist:", user_bytes: int = 0) -> None:
         self._redis = redis
         self._prefix = prefix
         self._user_bytes = user_bytes
@@ -182,13 +223,23 @@ class RedisHistory:
         ttl_ms = max(1, int(policy.ttl * 1000))
         if owner is not None and self._user_bytes:
             await self._charge(owner, publish_id, message_cost(frame), ttl_ms)
+        keys = self._keys(channel)
         with unavailable_as_bus_error():
-            framed = await _PUBLISH(
+            framed, pending, offset, epoch = await _PUBLISH(
                 self._redis,
-                [*self._keys(channel), self._key(channel, f"pub:{publish_id}")],
+                [*keys, self._key(channel, f"pub:{publish_id}")],
                 [frame, policy.size, ttl_ms, topic, new_epoch(), RESULT_TTL_MS],
                 idempotent=True,
+                replicas=_pending,
             )
+        if int(pending):
+            try:
+                with unavailable_as_bus_error():
+                    await _DELIVER(self._redis, keys, [epoch, offset, topic], idempotent=True)
+            except BusUnavailable as exc:
+                # Kept but not delivered: the next publish on the channel delivers it. Delivering
+                # it here as well could repeat it.
+                raise BusOutcomeUnknown(f"the message waits for delivery: {exc}") from exc
         return _text(framed)
 
     async def _charge(self, owner: str, publish_id: str, cost: int, ttl_ms: int) -> None:
@@ -233,6 +284,11 @@ class RedisHistory:
                 kept.append((int(_text(entry_id).partition("-")[0]), _text(fields["f"])))
         current = Position(int(offset), _text(epoch))
         return page(kept, current, since, limit, from_empty=from_empty)
+
+
+def _pending(reply: Any) -> int:
+    """How many replicas a kept message waits for before its delivery (0: delivered already)."""
+    return int(reply[1])
 
 
 def _text(value: Any) -> str:

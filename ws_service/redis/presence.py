@@ -1,9 +1,11 @@
 """Presence in Redis, shared by every replica.
 
-Per channel: ``pres:conns:<ch>`` (connection -> encoded user), ``pres:exp:<ch>`` (connection ->
-expiry in ms) and ``pres:users:<ch>`` (user -> connection count). Lua scripts keep the three in
-step and PUBLISH ``join``/``leave`` exactly when a user's count moves between zero and one, so two
-replicas adding the same user's tabs at once still announce one join. Entries of a dead replica
+Per channel: ``presence:{<ch>}:conns`` (connection -> encoded user), ``presence:{<ch>}:exp``
+(connection -> expiry in ms) and ``presence:{<ch>}:users`` (user -> connection count). Lua scripts
+keep the three in step and SPUBLISH ``join``/``leave`` on ``pres:{<ch>}`` exactly when a user's
+count moves between zero and one, so two replicas adding the same user's tabs at once still
+announce one join. The keys and the topic share the channel's hash tag: on a Cluster every script
+runs on the one shard that owns the channel. Entries of a dead replica
 expire: every read and every refresh sweeps them out, announcing their leaves.
 
 An entry lives two thirds of the TTL and its replica refreshes it every third (one refresh may be
@@ -18,10 +20,11 @@ import json
 import time
 from collections.abc import Iterable
 
-from redis.asyncio import Redis
+from redis.typing import KeyT
 
-from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member, Transition, members_of
-from ws_service.redis.client import unavailable_as_bus_error
+from shared.redis.connect import RedisClient
+from ws_service.domain.presence import Member, Transition, members_of, presence_topic
+from ws_service.redis.client import Call, run_pipelined, unavailable_as_bus_error
 
 __all__ = ["RedisPresence"]
 
@@ -29,7 +32,7 @@ __all__ = ["RedisPresence"]
 # Every script returns the transitions it made (kind, user json, ...), for this replica to report.
 _DROP = """
 local changes = {}
-local function drop(conn, prefix_topic, channel)
+local function drop(conn, topic, channel)
   local info = redis.call('HGET', KEYS[1], conn)
   if not info then return end
   redis.call('HDEL', KEYS[1], conn)
@@ -38,20 +41,20 @@ local function drop(conn, prefix_topic, channel)
   local left = redis.call('HINCRBY', KEYS[3], uid, -1)
   if left <= 0 then
     redis.call('HDEL', KEYS[3], uid)
-    redis.call('PUBLISH', prefix_topic .. channel,
+    redis.call('SPUBLISH', topic,
       '{"type":"leave","channel":"' .. channel .. '","user":' .. info .. '}')
     table.insert(changes, 'leave')
     table.insert(changes, info)
   end
 end
-local function sweep(now, prefix_topic, channel)
+local function sweep(now, topic, channel)
   for _, conn in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
-    drop(conn, prefix_topic, channel)
+    drop(conn, topic, channel)
   end
 end
 """
 
-# ARGV: conn, user json, user id, expires at (ms), now (ms), topic prefix, channel, key ttl (s)
+# ARGV: conn, user json, user id, expires at (ms), now (ms), topic, channel, key ttl (s)
 _ADD = (
     _DROP
     + """
@@ -59,7 +62,7 @@ sweep(ARGV[5], ARGV[6], ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
   if redis.call('HINCRBY', KEYS[3], ARGV[3], 1) == 1 then
-    redis.call('PUBLISH', ARGV[6] .. ARGV[7],
+    redis.call('SPUBLISH', ARGV[6],
       '{"type":"join","channel":"' .. ARGV[7] .. '","user":' .. ARGV[2] .. '}')
     table.insert(changes, 'join')
     table.insert(changes, ARGV[2])
@@ -70,15 +73,15 @@ return changes
 """
 )
 
-# ARGV: conn, topic prefix, channel
+# ARGV: conn, topic, channel
 _REMOVE = _DROP + "drop(ARGV[1], ARGV[2], ARGV[3])\nreturn changes"
 
-# ARGV: now (ms), topic prefix, channel
+# ARGV: now (ms), topic, channel
 _MEMBERS = (
     _DROP + "sweep(ARGV[1], ARGV[2], ARGV[3])\nreturn {redis.call('HVALS', KEYS[1]), changes}"
 )
 
-# ARGV: expires at (ms), now (ms), topic prefix, channel, key ttl (s), conn...
+# ARGV: expires at (ms), now (ms), topic, channel, key ttl (s), conn...
 _REFRESH = (
     _DROP
     + """
@@ -95,7 +98,7 @@ class RedisPresence:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         ttl: float = 15.0,
         prefix: str = "presence:",
@@ -110,8 +113,8 @@ class RedisPresence:
         self._members = redis.register_script(_MEMBERS)
         self._refresh = redis.register_script(_REFRESH)
 
-    def _keys(self, channel: str) -> list[str]:
-        return [f"{self._prefix}{kind}:{channel}" for kind in ("conns", "exp", "users")]
+    def _keys(self, channel: str) -> list[KeyT]:
+        return [f"{self._prefix}{{{channel}}}:{kind}" for kind in ("conns", "exp", "users")]
 
     def _expires_at(self, now: int) -> int:
         return now + int(self.ttl * 2000 / 3)
@@ -130,7 +133,7 @@ class RedisPresence:
                     member.id,
                     self._expires_at(now),
                     now,
-                    PRESENCE_TOPIC_PREFIX,
+                    presence_topic(channel),
                     channel,
                     self._key_ttl(),
                 ],
@@ -140,14 +143,14 @@ class RedisPresence:
     async def remove(self, channel: str, conn_id: str, member: Member) -> None:
         with unavailable_as_bus_error():
             changes = await self._remove(
-                keys=self._keys(channel), args=[conn_id, PRESENCE_TOPIC_PREFIX, channel]
+                keys=self._keys(channel), args=[conn_id, presence_topic(channel), channel]
             )
         self._report(channel, changes)
 
     async def members(self, channel: str) -> list[tuple[Member, int]]:
         with unavailable_as_bus_error():
             values, changes = await self._members(
-                keys=self._keys(channel), args=[_now_ms(), PRESENCE_TOPIC_PREFIX, channel]
+                keys=self._keys(channel), args=[_now_ms(), presence_topic(channel), channel]
             )
         self._report(channel, changes)
         users: dict[str, tuple[str | None, int]] = {}
@@ -158,31 +161,27 @@ class RedisPresence:
         return members_of(users)
 
     async def refresh(self, entries: Iterable[tuple[str, Iterable[str]]]) -> None:
-        """Extend this replica's live connections (channel, connection ids) by one lifetime."""
+        """Extend this replica's live connections (channel, connection ids) by one lifetime,
+        in one pipeline."""
         now = _now_ms()
+        calls: list[Call] = [
+            (
+                self._keys(channel),
+                [
+                    self._expires_at(now),
+                    now,
+                    presence_topic(channel),
+                    channel,
+                    self._key_ttl(),
+                    *conns,
+                ],
+            )
+            for channel, conns in entries
+        ]
         with unavailable_as_bus_error():
-            await self._refresh_all(entries, now)
-
-    async def _refresh_all(self, entries: Iterable[tuple[str, Iterable[str]]], now: int) -> None:
-        channels: list[str] = []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for channel, conns in entries:
-                channels.append(channel)
-                await self._refresh(
-                    keys=self._keys(channel),
-                    args=[
-                        self._expires_at(now),
-                        now,
-                        PRESENCE_TOPIC_PREFIX,
-                        channel,
-                        self._key_ttl(),
-                        *conns,
-                    ],
-                    client=pipe,
-                )
-            results = await pipe.execute()
-        for channel, changes in zip(channels, results, strict=True):
-            self._report(channel, changes)
+            results = await run_pipelined(self._redis, self._refresh, calls)
+        for (_, args), changes in zip(calls, results, strict=True):
+            self._report(str(args[3]), changes)
 
     def _report(self, channel: str, changes: list[str]) -> None:
         """The transitions a script made, each reported by this replica alone."""

@@ -9,8 +9,7 @@ its deadline (and answers ``complete: false``).
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
+from shared.redis.connect import RedisClient
 from ws_service.redis.client import unavailable_as_bus_error
 
 __all__ = ["RedisReplicas"]
@@ -36,7 +35,7 @@ _LIVE = _NOW + "return redis.call('ZRANGE', KEYS[1], 0, -1)"
 class RedisReplicas:
     """Implements ``Replicas``; Redis failures are raised as ``BusUnavailable``."""
 
-    def __init__(self, redis: Redis, *, ttl: float = 15.0, key: str = "ws:replicas") -> None:
+    def __init__(self, redis: RedisClient, *, ttl: float = 15.0, key: str = "ws:replicas") -> None:
         self._redis = redis
         self._key = key
         self._lifetime = int(ttl * 2000 / 3)

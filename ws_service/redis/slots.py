@@ -10,10 +10,9 @@ stop counting within the TTL.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
+from shared.redis.connect import RedisClient
 from ws_service.domain.user_slots import Held
-from ws_service.redis.client import unavailable_as_bus_error
+from ws_service.redis.client import Call, run_pipelined, unavailable_as_bus_error
 
 __all__ = ["RedisUserSlots"]
 
@@ -56,7 +55,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1
 class RedisUserSlots:
     """Implements ``UserSlots``; Redis failures are raised as ``BusUnavailable``."""
 
-    def __init__(self, redis: Redis, *, ttl: float = 15.0, prefix: str = "ws:conns:") -> None:
+    def __init__(self, redis: RedisClient, *, ttl: float = 15.0, prefix: str = "ws:conns:") -> None:
         self._redis = redis
         self._lifetime = int(ttl * 2000 / 3)
         self._prefix = prefix
@@ -84,10 +83,8 @@ class RedisUserSlots:
     async def _hold_all(self, held: Held, mode: str) -> None:
         """One script call per user (each user's key may live on another Cluster node), all in
         one pipeline."""
+        calls: list[Call] = [
+            ([self._key(user)], [self._lifetime, mode, *slots]) for user, slots in held
+        ]
         with unavailable_as_bus_error():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for user, slots in held:
-                    await self._hold(
-                        keys=[self._key(user)], args=[self._lifetime, mode, *slots], client=pipe
-                    )
-                await pipe.execute()
+            await run_pipelined(self._redis, self._hold, calls)

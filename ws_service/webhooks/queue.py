@@ -27,12 +27,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from realtime_gateway_protocol.backoff import backoff_delay
 from realtime_gateway_protocol.tasks import cancel_and_wait
 from shared.bus import BusUnavailable
+from shared.redis.connect import RedisClient
 from ws_service.redis.client import unavailable_as_bus_error
 
 __all__ = ["STREAM", "Batch", "MemoryQueue", "RedisQueue", "WebhookQueue"]
@@ -123,7 +123,7 @@ class RedisQueue:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         consumer: str,
         *,
         limit: int,

@@ -32,7 +32,7 @@ async def test_two_replicas_publishing_get_gap_free_offsets_in_pubsub_order(
     one, two, prefix = two_clients
     topic = f"{prefix}topic"
     listener = one.pubsub()
-    await listener.subscribe(topic)
+    await listener.ssubscribe(topic)
     replicas = [RedisHistory(one, prefix=prefix), RedisHistory(two, prefix=prefix)]
 
     async def publisher(index: int) -> None:
@@ -127,7 +127,7 @@ async def test_a_publish_whose_reply_is_lost_is_stored_and_published_once(
     direct, _, prefix = two_clients
     topic = f"{prefix}topic"
     listener = direct.pubsub()
-    await listener.subscribe(topic)
+    await listener.ssubscribe(topic)
     await listener.get_message(timeout=1)  # the subscribe confirmation
     redis = open_redis(proxy.url, timeout=0.3)
     history = RedisHistory(redis, prefix=prefix)
@@ -139,7 +139,7 @@ async def test_a_publish_whose_reply_is_lost_is_stored_and_published_once(
         assert json.loads(framed)["offset"] == 1
         assert await direct.xlen(f"{prefix}{{chat:a}}:log") == 1
         assert int(await direct.hget(f"{prefix}{{chat:a}}:meta", "offset")) == 1
-        await direct.publish(topic, "after")
+        await direct.spublish(topic, "after")
         received = []
         async with asyncio.timeout(5):
             while not received or received[-1] != b"after":

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from ws_service.domain.presence import PRESENCE_TOPIC_PREFIX, Member
+from ws_service.domain.presence import Member, presence_topic
 from ws_service.redis.presence import RedisPresence
 
 pytestmark = pytest.mark.redis
@@ -32,7 +32,7 @@ async def test_members_across_replicas_and_one_join_per_user(
     one, two, prefix = two_clients
     channel = f"chat:{uuid.uuid4().hex[:8]}"
     listener = one.pubsub()
-    await listener.subscribe(PRESENCE_TOPIC_PREFIX + channel)
+    await listener.ssubscribe(presence_topic(channel))
     a, b = RedisPresence(one, prefix=prefix), RedisPresence(two, prefix=prefix)
     # Alice's two tabs on two replicas at once, and Bob on one.
     await asyncio.gather(a.add(channel, "a:1", ALICE), b.add(channel, "b:1", ALICE))
@@ -63,7 +63,7 @@ async def test_a_dead_replicas_users_expire_and_leave(
     await alive.add(channel, "a:1", ALICE)
     await dead.add(channel, "d:1", BOB)
     listener = one.pubsub()
-    await listener.subscribe(PRESENCE_TOPIC_PREFIX + channel)
+    await listener.ssubscribe(presence_topic(channel))
 
     async def keep_refreshing() -> None:
         """The live replica refreshes every third of the lifetime, as ws_service does."""

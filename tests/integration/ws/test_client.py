@@ -132,6 +132,7 @@ async def test_concurrent_refreshes_share_one_request(stack: Stack) -> None:
     [
         (1001, "going_away"),
         (1011, "internal_error"),
+        (1012, "draining"),
         (4408, "auth_timeout"),
         (4429, "rate_limited"),
     ],

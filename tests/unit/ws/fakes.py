@@ -47,6 +47,14 @@ class _Labelled:
         return _Count(self._counts, f"{self._name}:{':'.join(values)}")
 
 
+class _Timing:
+    def __init__(self) -> None:
+        self.observed: list[float] = []
+
+    def observe(self, amount: float) -> None:
+        self.observed.append(amount)
+
+
 class FakeMetrics:
     """Implements ``GatewayMetrics``; ``counts["auth:token_expired"]``, ``counts["warnings"]``..."""
 
@@ -67,6 +75,7 @@ class FakeMetrics:
         self.ledger_checks = _Labelled(c, "ledger_checks")
         self.reconciliations = _Labelled(c, "reconciliations")
         self.user_limit_checks = _Labelled(c, "user_limit_checks")
+        self.handshake = _Timing()
 
 
 class FakePeer:

@@ -25,10 +25,10 @@ async def test_join_and_leave_once_per_user() -> None:
     await presence.remove("chat:a", "c2", ALICE)
     await presence.remove("chat:a", "c3", BOB)
     assert [(topic, e["type"], e["user"]["id"]) for topic, e in sent] == [
-        ("pres:chat:a", "join", "u1"),
-        ("pres:chat:a", "join", "u2"),
-        ("pres:chat:a", "leave", "u1"),
-        ("pres:chat:a", "leave", "u2"),
+        ("pres:{chat:a}", "join", "u1"),
+        ("pres:{chat:a}", "join", "u2"),
+        ("pres:{chat:a}", "leave", "u1"),
+        ("pres:{chat:a}", "leave", "u2"),
     ]
     assert sent[1][1]["user"] == {"id": "u2", "username": None}
     assert await presence.members("chat:a") == []

@@ -1,0 +1,223 @@
+"""Every Redis user against a real Redis Cluster (three masters, a replica each): the bus's
+sharded and broadcast topics, and every key family and script of the ledger, history, presence,
+tickets and the per-user slots, whose keys must share a slot wherever a script touches several.
+Then a master dies under the bus: its shard's topics move to the promoted replica, the other
+shards never stop, and the reconnect listeners run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from realtime_gateway_protocol.access_token import TokenRef
+from realtime_gateway_protocol.events import SessionRevoked, UserRevoked
+from shared.redis.bus import RedisBus
+from shared.redis.ledger import RedisRevocationLedger
+from tests.integration.bus.support import BusMaker, Inbox
+from tests.support.redis_ha import LocalCluster, local_cluster
+from ws_service.domain.history import HistoryPolicy, Position
+from ws_service.domain.hub import channel_topic
+from ws_service.domain.presence import Member, presence_topic
+from ws_service.redis.client import open_redis
+from ws_service.redis.history import RedisHistory
+from ws_service.redis.presence import RedisPresence
+from ws_service.redis.slots import RedisUserSlots
+from ws_service.used_tickets import RedisUsedTickets
+
+pytestmark = pytest.mark.redis
+POLICY = HistoryPolicy(size=100, ttl=300)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One cluster for the tests that leave it whole."""
+    with local_cluster(tmp_path_factory.mktemp("cluster")) as started:
+        yield started
+
+
+@pytest.fixture
+def doomed_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A cluster of this test alone, which it may break."""
+    with local_cluster(tmp_path) as started:
+        yield started
+
+
+def on_other_shards(cluster: LocalCluster, count: int, avoid: str) -> list[str]:
+    """``count`` channels, each on a master that does not own ``avoid``'s slot, all different."""
+    taken = {cluster.owner(avoid).port}
+    channels = []
+    while len(channels) < count:
+        channel = f"chat:{uuid.uuid4().hex[:8]}"
+        port = cluster.owner(channel).port
+        if port not in taken:
+            taken.add(port)
+            channels.append(channel)
+    return channels
+
+
+def shard_subscribers(cluster: LocalCluster, topic: str) -> dict[int, int]:
+    """Per live master, how many connections it holds subscribed to ``topic``."""
+    counts = {}
+    for node in cluster.nodes:
+        if node.alive and node.client().info("replication")["role"] == "master":
+            _, count = node.client().execute_command("PUBSUB", "SHARDNUMSUB", topic)
+            counts[node.port] = int(count)
+    return counts
+
+
+async def test_sharded_topics_live_on_their_shard_and_broadcast_reaches_all(
+    cluster: LocalCluster, make_bus: BusMaker
+) -> None:
+    publisher, one, two = [await make_bus(cluster.url) for _ in range(3)]
+    channel = f"chat:{uuid.uuid4().hex[:8]}"
+    sharded, broadcast = channel_topic(channel), f"control.{uuid.uuid4().hex}"
+    inbox_one, inbox_two = Inbox(), Inbox()
+    for bus, inbox in ((one, inbox_one), (two, inbox_two)):
+        bus.subscribe(sharded, inbox)
+        bus.subscribe(broadcast, inbox)
+        await bus.wait_synced()
+
+    await publisher.publish(sharded, "to the channel's shard")
+    await publisher.publish(broadcast, "to everyone")
+
+    for inbox in (inbox_one, inbox_two):
+        got = {await inbox.next(), await inbox.next()}
+        assert got == {(sharded, "to the channel's shard"), (broadcast, "to everyone")}
+    owner = cluster.owner(channel).port
+    assert {port: n for port, n in shard_subscribers(cluster, sharded).items() if n} == {owner: 2}
+
+
+async def test_ledger_tickets_and_slots_spread_over_shards(cluster: LocalCluster) -> None:
+    now = int(time.time())
+    subs = [uuid.uuid4().hex for _ in range(12)]
+    ledger = RedisRevocationLedger(cluster.url)
+    tickets = RedisUsedTickets(cluster.url)
+    client = open_redis(cluster.url)
+    try:
+        for sub in subs[:6]:
+            await ledger.record(SessionRevoked(sid=f"s-{sub}", sub=sub, until=now + 60))
+        await ledger.record(UserRevoked(sub=subs[6], issued_before=now, until=now + 60))
+        refs = [TokenRef(f"s-{sub}", sub, now - 1) for sub in subs]
+        assert await ledger.revoked(refs) == [True] * 7 + [False] * 5
+        assert await tickets.burn(f"jti-{subs[0]}", now + 30)
+        assert not await tickets.burn(f"jti-{subs[0]}", now + 30)
+
+        slots = RedisUserSlots(client, ttl=15)
+        for sub in subs:
+            assert await slots.acquire(sub, "a:1", 1)
+        await slots.refresh([(sub, ["a:1"]) for sub in subs])
+        assert not await slots.acquire(subs[0], "b:1", 1)
+    finally:
+        await ledger.close()
+        await tickets.close()
+        await client.aclose()
+
+
+async def test_history_and_presence_scripts_run_on_the_channels_shard(
+    cluster: LocalCluster,
+) -> None:
+    channels = [f"chat:{uuid.uuid4().hex[:8]}" for _ in range(6)]
+    client = open_redis(cluster.url)
+    try:
+        history = RedisHistory(client, user_bytes=1_000_000)
+        for channel in channels:
+            for n in range(3):
+                frame = f'{{"type":"message","channel":"{channel}","data":{n}}}'
+                await history.publish(channel, channel_topic(channel), frame, POLICY, owner="u1")
+        for channel in channels:
+            page = await history.read(channel, Position(1, "x"), 10, POLICY)
+            assert page.position.offset == 3
+            latest = await history.read(channel, None, 2, POLICY)
+            assert len(latest.publications) == 2
+
+        presence = RedisPresence(client, ttl=15)
+        for channel in channels:
+            await presence.add(channel, "c1", Member("u1", "alice"))
+        await presence.refresh([(channel, ["c1"]) for channel in channels])
+        assert await presence.members(channels[0]) == [(Member("u1", "alice"), 1)]
+    finally:
+        await client.aclose()
+
+
+async def test_pipelined_scripts_survive_an_emptied_script_cache(cluster: LocalCluster) -> None:
+    """A master promoted by a failover has no scripts loaded; redis-py's cluster pipeline does
+    not load them, so the periodic refresh of presence and slots must."""
+    channels = [f"chat:{uuid.uuid4().hex[:8]}" for _ in range(6)]
+    client = open_redis(cluster.url)
+    try:
+        presence = RedisPresence(client, ttl=15)
+        slots = RedisUserSlots(client, ttl=15)
+        for channel in channels:
+            await presence.add(channel, "c1", Member("u1", "alice"))
+            await slots.acquire(channel, "c1", 5)
+        for node in cluster.nodes:
+            node.client().script_flush()
+        await presence.refresh([(channel, ["c1"]) for channel in channels])
+        await slots.refresh([(channel, ["c1"]) for channel in channels])
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def quick_buses() -> AsyncIterator[BusMaker]:
+    buses: list[RedisBus] = []
+
+    async def make(url: str, **options: float) -> RedisBus:
+        bus = RedisBus(url, backoff_base=0.05, backoff_cap=0.5, ping_interval=0.5, **options)
+        buses.append(bus)
+        await bus.start()
+        return bus
+
+    yield make
+    for bus in buses:
+        await bus.close()
+
+
+async def test_a_dead_masters_topics_move_to_its_replica_while_other_shards_go_on(
+    doomed_cluster: LocalCluster, quick_buses: BusMaker
+) -> None:
+    cluster = doomed_cluster
+    publisher, replica = await quick_buses(cluster.url), await quick_buses(cluster.url)
+    doomed = f"chat:{uuid.uuid4().hex[:8]}"
+    [other] = on_other_shards(cluster, 1, doomed)
+    reconnected = asyncio.Event()
+
+    async def on_reconnect() -> None:
+        reconnected.set()
+
+    replica.add_reconnect_listener(on_reconnect)
+    inbox = Inbox()
+    for channel in (doomed, other):
+        replica.subscribe(channel_topic(channel), inbox)
+        replica.subscribe(presence_topic(channel), inbox)
+    replica.subscribe("control.test", inbox)
+    await replica.wait_synced()
+
+    cluster.kill(cluster.owner(doomed))
+    await publisher.publish(channel_topic(other), "while the other shard fails over")
+    assert await inbox.next() == (channel_topic(other), "while the other shard fails over")
+
+    async with asyncio.timeout(30):
+        await reconnected.wait()
+        await replica.wait_synced()
+    assert replica.connected
+    await asyncio.to_thread(cluster.wait_failover)
+    for topic in (channel_topic(doomed), presence_topic(doomed), "control.test"):
+        await publisher.publish(topic, "after")
+        assert await inbox.next() == (topic, "after")
+    new_owner = cluster.owner(doomed).port
+    assert shard_subscribers(cluster, channel_topic(doomed))[new_owner] == 1
+
+
+def test_the_cluster_routes_a_channels_topic_and_keys_to_one_slot(cluster: LocalCluster) -> None:
+    client = redis.Redis(port=cluster.nodes[0].port)
+    slot = client.cluster("keyslot", "hist:{chat:x}:meta")
+    for key in ("hist:{chat:x}:log", "presence:{chat:x}:conns", channel_topic("chat:x")):
+        assert client.cluster("keyslot", key) == slot
+    assert client.cluster("keyslot", presence_topic("chat:x")) == slot
