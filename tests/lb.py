@@ -43,14 +43,17 @@ def render(
     """
 
     def servers(match: re.Match[str]) -> str:
-        return "\n        ".join(f"server 127.0.0.1:{port};" for port in ports[match.group(1)])
+        params = match.group(2) or ""
+        return "\n        ".join(
+            f"server 127.0.0.1:{port}{params};" for port in ports[match.group(1)]
+        )
 
     temp_paths = "".join(
         f"    {kind}_temp_path {tmp_path}/{kind};\n"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
     replacements: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
-        (r"server (auth|ws):\d+ resolve;", servers),
+        (r"server (auth|ws):\d+ resolve( [^;]*)?;", servers),
         (r"listen 8443 ssl;", f"listen 127.0.0.1:{listen_port} ssl;"),
         (r"listen 127\.0\.0\.1:8080;", f"listen 127.0.0.1:{health_port};"),
         (r"/etc/nginx/certs/", f"{tmp_path}/"),

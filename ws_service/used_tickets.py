@@ -4,6 +4,7 @@ replica shares (Redis when configured, this process otherwise)."""
 from __future__ import annotations
 
 import heapq
+import secrets
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -58,17 +59,23 @@ class LocalUsedTickets:
 
 
 class RedisUsedTickets:
-    """``SET NX`` with an expiry: exactly one replica wins each ticket."""
+    """``SET NX GET`` with an expiry: exactly one replica wins each ticket.
+
+    Each burn writes a value of its own: redis-py re-sends the command after a timeout, and a
+    retry whose first attempt had won reads back its own value, so the legitimate use is not
+    mistaken for a replay (with a constant value it was answered "already used")."""
 
     def __init__(self, url: str, *, timeout: float = 1.0) -> None:
         self._redis = open_client(url, timeout=timeout)
 
     async def burn(self, jti: str, until: float) -> bool:
         ttl = max(1, int(until - time.time()) + 1)
+        mine = secrets.token_hex(8)
         try:
-            return bool(await self._redis.set(f"{PREFIX}:{jti}", "1", nx=True, ex=ttl))
+            before = await self._redis.set(f"{PREFIX}:{jti}", mine, nx=True, get=True, ex=ttl)
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"ticket store unreachable: {exc}") from exc
+        return before is None or before == mine
 
     async def close(self) -> None:
         await self._redis.aclose()

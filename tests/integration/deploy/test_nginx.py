@@ -43,6 +43,7 @@ def test_routes_and_timeouts_match_the_deployment() -> None:
     assert "proxy_set_header Connection $connection_upgrade;" in conf
     assert "proxy_set_header X-Forwarded-Proto $scheme;" in conf
     assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in conf
+    assert "server ws:8082 resolve max_fails=0;" in conf, "a draining replica is not a failure"
     read_timeout = re.search(r"proxy_read_timeout (\d+)s;", conf)
     assert read_timeout and int(read_timeout.group(1)) > 30, "must outlast the 30 s heartbeat"
 
