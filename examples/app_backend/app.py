@@ -179,14 +179,20 @@ async def login(request: web.Request) -> web.Response:
 
 @routes.post("/api/logout")
 async def logout(request: web.Request) -> web.Response:
-    """The session ends here and at the gateway: its sockets close."""
+    """The session ends here, and its gateway session at auth_service: its sockets close (the
+    answer says when the gateway could not be told; the token then lives to its expiry)."""
     await current_user(request)
     token_hash = _token_hash(request)
     assert token_hash is not None
     refresh_token = await request.app[DB].run(db.end_session, token_hash)
+    ended = refresh_token is not None
     if refresh_token is not None:
-        await request.app[GATEWAY].revoke(refresh_token)
-    response = web.json_response({"logged_out": True})
+        try:
+            await request.app[GATEWAY].revoke(refresh_token)
+        except GatewayError as exc:
+            log.warning("logged out here, but the gateway session lives on: %s", exc)
+            ended = False
+    response = web.json_response({"logged_out": True, "gateway_session_ended": ended})
     response.del_cookie(COOKIE)
     return response
 

@@ -85,7 +85,7 @@ class Settings:
         return cls(
             data_dir=where,
             host=environ.get("NOTES_HOST", cls.host),
-            port=int(environ.get("NOTES_PORT", cls.port)),
+            port=_port(environ.get("NOTES_PORT", str(cls.port))),
             auth_url=auth_url,
             auth_issuer=environ.get("NOTES_AUTH_ISSUER", auth_url),
             gateway_url=environ.get("NOTES_GATEWAY_URL", cls.gateway_url),
@@ -97,6 +97,12 @@ class Settings:
             webhook_secret=_read(where / WEBHOOK_SECRET_FILE, "run `init` first"),
             cookie_secure=environ.get("NOTES_COOKIE_SECURE", "0") == "1",
         )
+
+
+def _port(raw: str) -> int:
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(f"NOTES_PORT must be a port number, not {raw!r}")
+    return int(raw)
 
 
 def _read(path: Path, hint: str) -> str:
