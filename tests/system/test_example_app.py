@@ -238,11 +238,10 @@ async def test_deleting_a_user_closes_their_sockets_on_every_replica(notes: Note
 
 
 async def test_logging_out_of_the_app_closes_that_sessions_sockets(notes: Notes) -> None:
-    async with people(notes, "frank") as (frank,):
-        async with frank.socket(0) as ws:
-            answer = await frank.call("POST", "/api/logout")
-            assert answer == {"logged_out": True, "gateway_session_ended": True}
-            assert await expect_close(ws) == (4403, "session_revoked")
+    async with people(notes, "frank") as (frank,), frank.socket(0) as ws:
+        answer = await frank.call("POST", "/api/logout")
+        assert answer == {"logged_out": True, "gateway_session_ended": True}
+        assert await expect_close(ws) == (4403, "session_revoked")
 
 
 async def test_the_js_client_fetches_its_tokens_from_the_example(
