@@ -21,9 +21,10 @@ from pathlib import Path
 
 from auth_service.app import OUTBOX_INTERVAL, build_keyring, build_service, create_app
 from auth_service.domain.clients import DEFAULT_SECRET_GRACE, GRANT_NAMES, IssuedSecret
-from auth_service.domain.errors import AuthError
+from auth_service.domain.errors import AuthError, InvalidRequest
+from auth_service.domain.federation import ALGORITHMS, DEFAULT_ALGORITHM, trusted_issuer
 from auth_service.domain.keyring import KeyRing
-from auth_service.domain.models import Client, OutboxItem
+from auth_service.domain.models import Client, OutboxItem, TrustedIssuer
 from auth_service.domain.outbox import (
     REPLAY_LIMIT,
     EventPublisher,
@@ -304,6 +305,17 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "--namespaces",
         help="space-separated channel namespaces its authorization_details may name (default: any)",
     )
+    update = clients.add_parser(
+        "update", help="change the identity provider whose tokens a client may exchange"
+    )
+    update.add_argument("name")
+    for parser in (create, update):
+        add_trust_options(parser)
+    update.add_argument(
+        "--no-trust-issuer",
+        action="store_true",
+        help="trust no identity provider any more (its tokens are refused from the next request)",
+    )
     rotate = clients.add_parser(
         "rotate-secret", help="a new secret, printed once; the old one works for --grace seconds"
     )
@@ -323,6 +335,44 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "delete", help="delete a client and its users; their sessions end and sockets close"
     )
     delete.add_argument("name")
+
+
+def add_trust_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-issuer",
+        metavar="ISSUER",
+        help="an identity provider (its exact iss) whose ID or access tokens the client may "
+        "exchange for its users' tokens; needs --grant token-exchange and --jwks-uri",
+    )
+    parser.add_argument("--jwks-uri", metavar="URL", help="where the provider's keys are")
+    parser.add_argument(
+        "--audience",
+        help="the aud its tokens must name (default: the client's id, an ID token's aud when the "
+        "client has the same id there)",
+    )
+    parser.add_argument(
+        "--algorithm",
+        action="append",
+        choices=sorted(ALGORITHMS),
+        help=f"an algorithm its tokens may be signed with (repeatable; default {DEFAULT_ALGORITHM})",
+    )
+
+
+def trust_from(args: argparse.Namespace) -> TrustedIssuer | None:
+    """The provider the options name, None without ``--trust-issuer``."""
+    others = args.jwks_uri or args.audience or args.algorithm
+    if args.trust_issuer is None:
+        if others:
+            raise InvalidRequest("--jwks-uri, --audience and --algorithm go with --trust-issuer")
+        return None
+    if not args.jwks_uri:
+        raise InvalidRequest("--trust-issuer needs --jwks-uri, where the provider's keys are")
+    return trusted_issuer(
+        args.trust_issuer,
+        args.jwks_uri,
+        args.name if args.audience is None else args.audience,
+        args.algorithm or [DEFAULT_ALGORITHM],
+    )
 
 
 def _seconds(text: str) -> float:
@@ -349,8 +399,16 @@ async def clients_command(settings: Settings, args: argparse.Namespace) -> int:
                 scope=args.scope,
                 namespaces=None if args.namespaces is None else args.namespaces.split(),
                 reserved=[settings.client_id],
+                trusted=trust_from(args),
             )
             print_issued_secret(issued, args.json, "created")
+        elif args.action == "update":
+            trusted = trust_from(args)
+            if (trusted is None) != args.no_trust_issuer:
+                raise InvalidRequest(
+                    "say --trust-issuer ISSUER --jwks-uri URL, or --no-trust-issuer"
+                )
+            print(client_line(await service.clients.trust(args.name, trusted), time.time()))
         elif args.action == "rotate-secret":
             issued = await service.clients.rotate_secret(args.name, args.grace)
             print_issued_secret(issued, args.json, "has a new secret")
@@ -394,6 +452,12 @@ def client_line(client: Client, now: float) -> str:
     grace = client.previous_secret_expires_at
     if grace is not None and grace > now:
         line += f"  previous_secret_until={fmt(grace)}"
+    trusted = client.trusted
+    if trusted is not None:
+        line += (
+            f"  trusts={trusted.issuer} jwks_uri={trusted.jwks_uri} "
+            f"audience={json.dumps(trusted.audience)} algorithms={','.join(trusted.algorithms)}"
+        )
     return line
 
 

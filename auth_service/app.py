@@ -8,11 +8,22 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from auth_service import browser
-from auth_service.appkeys import BUS, KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
+from auth_service.appkeys import (
+    BUS,
+    KEYRING,
+    METRICS,
+    PROVIDER_KEYS,
+    PUBLISHER,
+    SERVICE,
+    SETTINGS,
+    STORE,
+)
 from auth_service.domain.clients import ClientRegistry
+from auth_service.domain.federation import IssuerKeys
 from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
 from auth_service.domain.outbox import EventPublisher, OutboxStatus
 from auth_service.domain.passwords import Passwords
@@ -23,6 +34,7 @@ from auth_service.domain.tokens import TokenIssuer
 from auth_service.handlers import routes
 from auth_service.http import error_middleware, metrics_middleware
 from auth_service.metrics import Metrics
+from auth_service.provider_keys import ProviderKeys
 from auth_service.settings import Settings
 from auth_service.store import open_store
 from realtime_gateway_protocol.key_events import KEYS_TOPIC, decode_key_event
@@ -60,6 +72,7 @@ def build_service(
     publish: Publish,
     metrics: Metrics | None = None,
     clock: Callable[[], float] = time.time,
+    provider_keys: IssuerKeys | None = None,
 ) -> AuthService:
     throttle = LoginThrottle(store)
     return AuthService(
@@ -83,6 +96,7 @@ def build_service(
         publish,
         clock,
         clients=ClientRegistry(store, KeyCipher(settings.key_encryption_secrets), throttle, clock),
+        issuer_keys=provider_keys,
     )
 
 
@@ -141,7 +155,7 @@ def create_app(
             app[METRICS].key_rotations.inc()
         app[KEYRING] = ring
         app[SERVICE] = build_service(
-            settings, app[STORE], ring, app[PUBLISHER], app[METRICS], clock
+            settings, app[STORE], ring, app[PUBLISHER], app[METRICS], clock, app[PROVIDER_KEYS]
         )
         tasks = [
             asyncio.create_task(maintenance_loop(app, clock)),
@@ -164,7 +178,17 @@ def create_app(
         unsubscribe()
         await cancel_and_wait(*tasks, *reloads)
 
-    app.cleanup_ctx.extend([store_ctx, bus_ctx, gauges_ctx, domain_ctx])
+    async def provider_keys_ctx(app: web.Application) -> AsyncIterator[None]:
+        """The trusted identity providers' key sets, over an HTTP session of their own."""
+        fetches = app[METRICS].provider_key_fetches
+        async with aiohttp.ClientSession() as session:
+            app[PROVIDER_KEYS] = ProviderKeys(
+                session, on_fetch=lambda issuer, outcome: fetches.labels(issuer, outcome).inc()
+            )
+            yield
+            await app[PROVIDER_KEYS].close()
+
+    app.cleanup_ctx.extend([store_ctx, bus_ctx, gauges_ctx, provider_keys_ctx, domain_ctx])
     app.add_routes([*routes, openapi_route(Path(__file__).with_name("openapi.json"))])
     browser.setup(app, settings)
     return app

@@ -9,10 +9,20 @@ from auth_service.domain.outbox import EventPublisher
 from auth_service.domain.service import AuthService
 from auth_service.domain.store import Store
 from auth_service.metrics import Metrics
+from auth_service.provider_keys import ProviderKeys
 from auth_service.settings import Settings
 from shared.bus import EventBus
 
-__all__ = ["BUS", "KEYRING", "METRICS", "PUBLISHER", "SERVICE", "SETTINGS", "STORE"]
+__all__ = [
+    "BUS",
+    "KEYRING",
+    "METRICS",
+    "PROVIDER_KEYS",
+    "PUBLISHER",
+    "SERVICE",
+    "SETTINGS",
+    "STORE",
+]
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -21,3 +31,4 @@ BUS = web.AppKey("bus", EventBus)
 KEYRING = web.AppKey("keyring", KeyRing)
 SERVICE = web.AppKey("service", AuthService)
 PUBLISHER = web.AppKey("publisher", EventPublisher)
+PROVIDER_KEYS = web.AppKey("provider_keys", ProviderKeys)

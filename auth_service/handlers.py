@@ -22,6 +22,7 @@ from auth_service.domain.errors import (
     UnsupportedGrantType,
 )
 from auth_service.domain.exchange import ISSUED_TOKEN_TYPE, SUBJECT_TOKEN_TYPE
+from auth_service.domain.federation import PROVIDER_TOKEN_TYPES
 from auth_service.domain.models import Client
 from auth_service.domain.service import TokenPair
 from auth_service.http import (
@@ -120,17 +121,22 @@ async def refresh_token_grant(
     return await browser.cookie_token_response(request, pair) if cookie else token_response(pair)
 
 
+SUBJECT_TOKEN_TYPES = (SUBJECT_TOKEN_TYPE, *sorted(PROVIDER_TOKEN_TYPES))
+
+
 async def token_exchange_grant(
     request: web.Request, body: dict[str, Any], client: Client | None
 ) -> web.Response:
-    """RFC 8693: an app backend exchanges its signed assertion about one of its users for that
-    user's tokens (docs: README, "App backends")."""
+    """RFC 8693: an app backend exchanges its signed assertion about one of its users, or its
+    trusted identity provider's token for one, for that user's tokens (docs: README, "App
+    backends")."""
     if client is None:
         raise InvalidClient(
             "token exchange needs client authentication: HTTP Basic or client_secret"
         )
-    if required_str(body, "subject_token_type") != SUBJECT_TOKEN_TYPE:
-        raise InvalidRequest(f"subject_token_type must be {SUBJECT_TOKEN_TYPE}")
+    subject_token_type = required_str(body, "subject_token_type")
+    if subject_token_type not in SUBJECT_TOKEN_TYPES:
+        raise InvalidRequest(f"subject_token_type must be one of {', '.join(SUBJECT_TOKEN_TYPES)}")
     if optional_str(body, "requested_token_type") not in (None, ISSUED_TOKEN_TYPE):
         raise InvalidRequest(f"requested_token_type can only be {ISSUED_TOKEN_TYPE}")
     if "actor_token" in body:
@@ -143,6 +149,7 @@ async def token_exchange_grant(
         pair = await request.app[SERVICE].exchange(
             client,
             required_str(body, "subject_token"),
+            subject_token_type,
             scope=optional_str(body, "scope"),
             authorization_details=body.get("authorization_details"),
         )

@@ -26,6 +26,7 @@ from auth_service.domain.errors import (
     InvalidRequest,
     InvalidScope,
     InvalidTarget,
+    IssuerUnavailable,
     RegistrationClosed,
     StoreUnavailable,
     Throttled,
@@ -88,6 +89,7 @@ HTTP_STATUSES: dict[type[AuthError], int] = {
     CsrfRejected: 403,
     Throttled: 429,
     StoreUnavailable: 503,
+    IssuerUnavailable: 503,
 }
 """The one map from the domain's errors to HTTP statuses; the nearest class in the MRO wins."""
 

@@ -44,6 +44,13 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.provider_key_fetches = Counter(
+            "auth_provider_jwks_fetches",
+            "Fetches of trusted identity providers' key sets, by issuer and outcome (ok, error, "
+            "empty)",
+            ["issuer", "outcome"],
+            registry=self.registry,
+        )
         self.tokens_issued = Counter(
             "auth_tokens_issued", "Access tokens issued by grant", ["grant"], registry=self.registry
         )

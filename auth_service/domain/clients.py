@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from auth_service.domain.errors import InvalidClient, InvalidRequest
 from auth_service.domain.keyring import KeyCipher
-from auth_service.domain.models import Client
+from auth_service.domain.models import Client, TrustedIssuer
 from auth_service.domain.store import Store
 from auth_service.domain.throttle import LoginThrottle
 from shared.jsonlog import audit, fingerprint
@@ -90,8 +90,10 @@ class ClientRegistry:
         scope: str | None = None,
         namespaces: Iterable[str] | None = None,
         reserved: Iterable[str] = (),
+        trusted: TrustedIssuer | None = None,
     ) -> IssuedSecret:
-        """Register a client; ``reserved`` names are taken already (the public client's)."""
+        """Register a client; ``reserved`` names are taken already (the public client's).
+        ``trusted``: the identity provider whose tokens it may exchange too."""
         if not CLIENT_ID_RE.fullmatch(client_id):
             raise InvalidRequest(
                 "a client id is 3-32 characters of a-z, 0-9, '_', '.' or '-', starting with a "
@@ -99,6 +101,8 @@ class ClientRegistry:
             )
         if client_id in reserved:
             raise InvalidRequest(f"{client_id!r} is the public client's id (AUTH_CLIENT_ID)")
+        grants = " ".join(sorted(set(grant_types)))
+        _may_trust(grants, trusted)
         spaces = None if namespaces is None else sorted(set(namespaces))
         if spaces is not None and not all(NAMESPACE_RE.fullmatch(ns) for ns in spaces):
             raise InvalidRequest("a namespace is 1-64 characters of A-Z, a-z, 0-9, '_.@-'")
@@ -106,15 +110,33 @@ class ClientRegistry:
         client = Client(
             client_id=client_id,
             secret_encrypted=self._seal(client_id, secret),
-            grant_types=" ".join(sorted(set(grant_types))),
+            grant_types=grants,
             scope=None if scope is None else " ".join(scope.split()),
             namespaces=None if spaces is None else " ".join(spaces),
             created_at=self._clock(),
-        )
+        ).trusting(trusted)
         if not await self._store.create_client(client):
             raise InvalidRequest(f"a client {client_id!r} exists")
         audit("client_created", client_id=client_id, grant_types=client.grant_types)
         return IssuedSecret(client, secret)
+
+    async def trust(self, client_id: str, trusted: TrustedIssuer | None) -> Client:
+        """Make ``trusted`` the one identity provider whose tokens the client may exchange (None:
+        none). A running service reads it with the client on the next request."""
+        client = await self._store.get_client(client_id)
+        if client is not None:
+            _may_trust(client.grant_types, trusted)
+        if client is None or not await self._store.set_trusted_issuer(client_id, trusted):
+            raise InvalidRequest(f"no client {client_id!r} (see `clients list`)")
+        audit(
+            "client_issuer_trusted",
+            client_id=client_id,
+            issuer=None if trusted is None else trusted.issuer,
+        )
+        updated = await self._store.get_client(client_id)
+        if updated is None:
+            raise InvalidRequest(f"no client {client_id!r} (see `clients list`)")
+        return updated
 
     async def rotate_secret(
         self, client_id: str, grace: float = DEFAULT_SECRET_GRACE
@@ -162,6 +184,13 @@ class ClientRegistry:
 
     def _seal(self, client_id: str, secret: str) -> bytes:
         return self._cipher.encrypt(_bound(client_id), secret.encode())
+
+
+def _may_trust(grant_types: str, trusted: TrustedIssuer | None) -> None:
+    if trusted is not None and TOKEN_EXCHANGE not in grant_types.split():
+        raise InvalidRequest(
+            "only a client with the token-exchange grant exchanges a provider's tokens"
+        )
 
 
 def _bound(client_id: str) -> str:

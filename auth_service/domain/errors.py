@@ -19,6 +19,7 @@ __all__ = [
     "InvalidRequest",
     "InvalidScope",
     "InvalidTarget",
+    "IssuerUnavailable",
     "KeyRingError",
     "RefreshReuse",
     "RegistrationClosed",
@@ -137,6 +138,14 @@ class CsrfRejected(AuthError):
 
 class StoreUnavailable(AuthError):
     """The database (or what the service needs from it, such as a signing key) cannot answer now."""
+
+    code = "temporarily_unavailable"
+    retry_after = 2
+
+
+class IssuerUnavailable(AuthError):
+    """A trusted identity provider's key set cannot be fetched now (none yet, or the refetch for
+    an unknown key failed): the subject token may well be good, so try again."""
 
     code = "temporarily_unavailable"
     retry_after = 2

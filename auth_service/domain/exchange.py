@@ -36,6 +36,9 @@ __all__ = [
     "Assertion",
     "allowed_details",
     "allowed_scope",
+    "app_user_id",
+    "checked_times",
+    "valid_username",
     "verify_assertion",
 ]
 
@@ -47,7 +50,7 @@ LEEWAY = 30
 APP_USER_ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,80}")
 """The channel-name alphabet, so that ``user:<client>:<app user>`` is the user's own channel."""
 MAX_JTI, MAX_USERNAME = 128, 64
-_SUB_RULE = "the assertion's sub must be 1-80 characters of A-Z a-z 0-9 _ . : @ -"
+_SUB_RULE = "the {what}'s sub must be 1-80 characters of A-Z a-z 0-9 _ . : @ -"
 _JTI_RULE = f"the assertion's jti must be a string of 1-{MAX_JTI} characters"
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _READ, _WRITE = "read", "write"
@@ -58,13 +61,18 @@ docs/protocol.md, "Channels"): what a client limited to a scope may hand out cha
 
 @dataclass(frozen=True, slots=True)
 class Assertion:
+    """What a verified subject token says: the app's assertion, or a trusted identity
+    provider's token (``issuer`` set)."""
+
     user_id: str
     """The app's own id of its user (``sub``), not yet in the client's namespace."""
-    jti: str
+    jti: str | None
+    """Kept used until ``replayable_until``; None for a provider's token without one."""
     replayable_until: float
-    """The last moment the assertion verifies (``exp`` plus the leeway): its ``jti`` is kept
-    used until then."""
+    """The last moment the token verifies (``exp`` plus the leeway)."""
     username: str | None
+    issuer: str | None = None
+    """The identity provider that issued the token; None for the app's own assertion."""
 
 
 def verify_assertion(
@@ -72,28 +80,48 @@ def verify_assertion(
 ) -> Assertion:
     """The assertion's claims, or :class:`InvalidGrant` saying what is wrong with it."""
     claims = _verified_claims(token, client_id, secrets, audience)
-    exp = claims["exp"]
-    if not _is_time(exp):
-        raise InvalidGrant("the assertion's exp is not a number")
-    if exp + LEEWAY <= now:
-        raise InvalidGrant("the assertion has expired")
-    if exp > now + MAX_ASSERTION_LIFETIME + LEEWAY:
-        raise InvalidGrant(f"the assertion's exp is more than {MAX_ASSERTION_LIFETIME} s ahead")
-    for name in ("iat", "nbf"):
-        if name in claims and (not _is_time(claims[name]) or claims[name] > now + LEEWAY):
-            raise InvalidGrant(f"the assertion's {name} is not a time in the past")
-    user_id, jti, username = claims["sub"], claims["jti"], claims.get("preferred_username")
-    if not isinstance(user_id, str) or not APP_USER_ID_RE.fullmatch(user_id):
-        raise InvalidGrant(_SUB_RULE)
+    replayable_until = checked_times(claims, now, "assertion", MAX_ASSERTION_LIFETIME)
+    user_id = app_user_id(claims, "assertion")
+    jti, username = claims["jti"], claims.get("preferred_username")
     if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI:
         raise InvalidGrant(_JTI_RULE)
-    if username is not None and not (
-        isinstance(username, str) and 0 < len(username) <= MAX_USERNAME and username.isprintable()
-    ):
+    if username is not None and not valid_username(username):
         raise InvalidGrant(
             f"the assertion's preferred_username must be 1-{MAX_USERNAME} printable characters"
         )
-    return Assertion(user_id, jti, float(exp) + LEEWAY, username)
+    return Assertion(user_id, jti, replayable_until, username)
+
+
+def checked_times(
+    claims: dict[str, Any], now: float, what: str, max_lifetime: float | None = None
+) -> float:
+    """The last moment a token of these claims verifies (``exp`` plus the leeway), once ``exp``
+    is ahead of ``now`` (by at most ``max_lifetime``) and ``iat``/``nbf`` are not: pyjwt's own
+    checks read the machine's clock, these the injected one."""
+    exp = claims["exp"]
+    if not _is_time(exp):
+        raise InvalidGrant(f"the {what}'s exp is not a number")
+    if exp + LEEWAY <= now:
+        raise InvalidGrant(f"the {what} has expired")
+    if max_lifetime is not None and exp > now + max_lifetime + LEEWAY:
+        raise InvalidGrant(f"the {what}'s exp is more than {max_lifetime} s ahead")
+    for name in ("iat", "nbf"):
+        if name in claims and (not _is_time(claims[name]) or claims[name] > now + LEEWAY):
+            raise InvalidGrant(f"the {what}'s {name} is not a time in the past")
+    return float(exp) + LEEWAY
+
+
+def app_user_id(claims: dict[str, Any], what: str) -> str:
+    """The ``sub``, if it can be the app's user id: the rest of a subject in the client's
+    namespace, and of the user's own channel."""
+    user_id = claims["sub"]
+    if not isinstance(user_id, str) or not APP_USER_ID_RE.fullmatch(user_id):
+        raise InvalidGrant(_SUB_RULE.format(what=what))
+    return user_id
+
+
+def valid_username(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_USERNAME and value.isprintable()
 
 
 def _verified_claims(
@@ -123,7 +151,7 @@ def _verified_claims(
         except jwt.InvalidIssuerError:
             raise InvalidGrant("the assertion's iss must be the client's id") from None
         except jwt.exceptions.InvalidSubjectError:
-            raise InvalidGrant(_SUB_RULE) from None
+            raise InvalidGrant(_SUB_RULE.format(what="assertion")) from None
         except jwt.exceptions.InvalidJTIError:
             raise InvalidGrant(_JTI_RULE) from None
         except jwt.MissingRequiredClaimError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = [
     "Client",
@@ -13,8 +13,10 @@ __all__ = [
     "Session",
     "StoredKey",
     "ThrottleState",
+    "TrustedIssuer",
     "User",
     "WithdrawnKey",
+    "trusted_columns",
 ]
 
 
@@ -64,12 +66,25 @@ class RefreshTokenView:
 
 
 @dataclass(frozen=True, slots=True)
+class TrustedIssuer:
+    """An identity provider whose ID and access tokens a client may exchange for its users'
+    tokens: its exact ``iss``, where its keys are, the ``aud`` its tokens must name, and the
+    asymmetric algorithms its tokens may be signed with (never the token's choice)."""
+
+    issuer: str
+    jwks_uri: str
+    audience: str
+    algorithms: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Client:
     """A confidential client: an app backend that authenticates with a secret (kept encrypted like
     the signing keys) and may exchange its users' assertions for tokens. ``grant_types`` and
     ``namespaces`` are space-separated; ``scope`` or ``namespaces`` None means unlimited. A rotated
-    secret's predecessor stays valid until ``previous_secret_expires_at`` (the grace). A trusted
-    external issuer would be two more nullable columns (its ``iss`` and JWKS URI) beside these."""
+    secret's predecessor stays valid until ``previous_secret_expires_at`` (the grace). The
+    ``trusted_*`` columns, all set or all None, are the identity provider whose tokens it may
+    exchange too (:attr:`trusted`; ``trusted_algorithms`` space-separated)."""
 
     client_id: str
     secret_encrypted: bytes
@@ -80,6 +95,46 @@ class Client:
     secret_rotated_at: float | None = None
     previous_secret_encrypted: bytes | None = None
     previous_secret_expires_at: float | None = None
+    trusted_issuer: str | None = None
+    trusted_jwks_uri: str | None = None
+    trusted_audience: str | None = None
+    trusted_algorithms: str | None = None
+
+    @property
+    def trusted(self) -> TrustedIssuer | None:
+        if (
+            self.trusted_issuer is None
+            or self.trusted_jwks_uri is None
+            or self.trusted_audience is None
+            or self.trusted_algorithms is None
+        ):
+            return None
+        return TrustedIssuer(
+            self.trusted_issuer,
+            self.trusted_jwks_uri,
+            self.trusted_audience,
+            tuple(self.trusted_algorithms.split()),
+        )
+
+    def trusting(self, trusted: TrustedIssuer | None) -> Client:
+        issuer, jwks_uri, audience, algorithms = trusted_columns(trusted)
+        return replace(
+            self,
+            trusted_issuer=issuer,
+            trusted_jwks_uri=jwks_uri,
+            trusted_audience=audience,
+            trusted_algorithms=algorithms,
+        )
+
+
+TrustedColumns = tuple[str | None, str | None, str | None, str | None]
+
+
+def trusted_columns(trusted: TrustedIssuer | None) -> TrustedColumns:
+    """The ``trusted_*`` columns, in order, of a client trusting ``trusted`` (None: none)."""
+    if trusted is None:
+        return (None, None, None, None)
+    return (trusted.issuer, trusted.jwks_uri, trusted.audience, " ".join(trusted.algorithms))
 
 
 @dataclass(frozen=True, slots=True)

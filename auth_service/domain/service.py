@@ -19,11 +19,24 @@ from auth_service.domain.errors import (
     InvalidGrant,
     InvalidRequest,
     InvalidScope,
+    IssuerUnavailable,
     RefreshReuse,
     RegistrationClosed,
     UnauthorizedClient,
 )
-from auth_service.domain.exchange import allowed_details, allowed_scope, verify_assertion
+from auth_service.domain.exchange import (
+    SUBJECT_TOKEN_TYPE,
+    Assertion,
+    allowed_details,
+    allowed_scope,
+    verify_assertion,
+)
+from auth_service.domain.federation import (
+    PROVIDER_TOKEN_TYPES,
+    IssuerKeys,
+    unverified_issuer,
+    verify_provider_token,
+)
 from auth_service.domain.models import Client, RefreshToken, RefreshTokenView, Session, User
 from auth_service.domain.passwords import Passwords
 from auth_service.domain.store import Store
@@ -61,6 +74,14 @@ class TokenPair:
     """RFC 9396 section 7: the details granted, when the session has any."""
 
 
+def _replay_owner(client: Client, assertion: Assertion) -> str:
+    """Whose ``jti``s a subject token's is unique among: the client's own assertions', or (a
+    client id holds no space) those of one provider's tokens exchanged by the client."""
+    if assertion.issuer is None:
+        return client.client_id
+    return f"{client.client_id} {assertion.issuer}"
+
+
 def hash_refresh_token(token: str) -> str:
     """Refresh tokens carry 256 random bits, so a fast hash is enough (no guessing to slow down)."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -90,6 +111,7 @@ class AuthService:
         clock: Callable[[], float] = time.time,
         *,
         clients: ClientRegistry,
+        issuer_keys: IssuerKeys | None = None,
     ) -> None:
         self._store = store
         self._tokens = tokens
@@ -99,6 +121,8 @@ class AuthService:
         self._publish = publish
         self._clock = clock
         self.clients = clients
+        self._issuer_keys = issuer_keys
+        """Trusted identity providers' keys; None where nothing is exchanged (the CLI)."""
 
     async def register(self, username: str, password: str, *, scope: str | None = None) -> User:
         if not self.policy.allow_registration:
@@ -148,40 +172,70 @@ class AuthService:
         self,
         client: Client,
         subject_token: str,
+        subject_token_type: str = SUBJECT_TOKEN_TYPE,
         *,
         scope: str | None = None,
         authorization_details: object = None,
     ) -> TokenPair:
-        """RFC 8693: a session for the app user the client's assertion names, as a password login
-        makes one for a local user. Everything is checked before the assertion's ``jti`` is
-        spent, so a request refused for its scope can be sent again with the same assertion."""
+        """RFC 8693: a session for the app user the subject token names, as a password login makes
+        one for a local user. The token is the client's own assertion or, for a client that
+        trusts an identity provider, that provider's token. Everything is checked before the
+        token's ``jti`` is spent, so a request refused for its scope can be sent again with the
+        same token."""
         now = self._clock()
         if TOKEN_EXCHANGE not in client.grant_types.split():
             raise UnauthorizedClient("this client is not registered for token exchange")
-        try:
-            assertion = verify_assertion(
-                subject_token,
-                client_id=client.client_id,
-                secrets=self.clients.secrets(client, now),
-                audience=self._tokens.issuer,
-                now=now,
-            )
-        except InvalidGrant as exc:
-            audit("assertion_refused", client_id=client.client_id, reason=exc.description)
-            raise
+        assertion = await self._verified_subject(client, subject_token, subject_token_type, now)
         granted = allowed_scope(client, scope, self.policy.default_scope)
         details = allowed_details(client, authorization_details)
-        if not await self._store.use_assertion(
-            client.client_id, assertion.jti, assertion.replayable_until, now
+        if assertion.jti is not None and not await self._store.use_assertion(
+            _replay_owner(client, assertion), assertion.jti, assertion.replayable_until, now
         ):
             audit("assertion_refused", client_id=client.client_id, reason="replayed")
-            raise InvalidGrant("the assertion was used before (its jti works once)")
+            what = "assertion" if assertion.issuer is None else "subject token"
+            raise InvalidGrant(f"the {what} was used before (its jti works once)")
         sub = subject(client.client_id, assertion.user_id)
         user = User(sub, sub, "", "", now, client.client_id)
         await self._store.ensure_user(user)
         pair, sid = await self._start_session(user, granted, now, details, assertion.username)
-        audit("token_exchanged", client_id=client.client_id, user_id=sub, sid=sid)
+        audit(
+            "token_exchanged",
+            client_id=client.client_id,
+            user_id=sub,
+            sid=sid,
+            issuer=assertion.issuer or client.client_id,
+        )
         return pair
+
+    async def _verified_subject(
+        self, client: Client, token: str, token_type: str, now: float
+    ) -> Assertion:
+        """The client's assertion (``...:jwt`` whose ``iss`` is the client), or its trusted
+        provider's token (``...:id_token``, ``...:access_token``, or ``...:jwt`` from it)."""
+        trusted = client.trusted
+        from_provider = token_type in PROVIDER_TOKEN_TYPES or (
+            trusted is not None and unverified_issuer(token) == trusted.issuer
+        )
+        try:
+            if not from_provider:
+                return verify_assertion(
+                    token,
+                    client_id=client.client_id,
+                    secrets=self.clients.secrets(client, now),
+                    audience=self._tokens.issuer,
+                    now=now,
+                )
+            if trusted is None:
+                raise InvalidRequest(
+                    f"a subject_token of type {token_type} is an identity provider's: this "
+                    "client trusts none (`clients update --trust-issuer`)"
+                )
+            if self._issuer_keys is None:
+                raise IssuerUnavailable("this process fetches no identity provider's keys")
+            return await verify_provider_token(token, trusted, self._issuer_keys, now=now)
+        except InvalidGrant as exc:
+            audit("assertion_refused", client_id=client.client_id, reason=exc.description)
+            raise
 
     async def _start_session(
         self,

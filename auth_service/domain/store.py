@@ -17,6 +17,7 @@ from auth_service.domain.models import (
     Session,
     StoredKey,
     ThrottleState,
+    TrustedIssuer,
     User,
     WithdrawnKey,
 )
@@ -73,6 +74,10 @@ class Store(Protocol):
     ) -> bool:
         """Make ``secret_encrypted`` the client's secret and its current one the previous,
         valid until ``previous_expires_at``, in one statement; False for an unknown client."""
+
+    async def set_trusted_issuer(self, client_id: str, trusted: TrustedIssuer | None) -> bool:
+        """Make ``trusted`` the identity provider the client trusts (None: none), leaving every
+        other column alone; False for an unknown client."""
 
     async def delete_client(self, client_id: str, now: float) -> list[Session] | None:
         """Delete a client with its app users and their sessions, atomically; returns the

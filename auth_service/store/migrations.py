@@ -136,6 +136,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    (
+        6,
+        (
+            "ALTER TABLE clients ADD COLUMN trusted_issuer TEXT",
+            "ALTER TABLE clients ADD COLUMN trusted_jwks_uri TEXT",
+            "ALTER TABLE clients ADD COLUMN trusted_audience TEXT",
+            "ALTER TABLE clients ADD COLUMN trusted_algorithms TEXT",
+        ),
+    ),
 )
 
 _TYPE = re.compile(r"\{(real|blob|serial)\}")

@@ -24,8 +24,10 @@ from auth_service.domain.models import (
     Session,
     StoredKey,
     ThrottleState,
+    TrustedIssuer,
     User,
     WithdrawnKey,
+    trusted_columns,
 )
 from auth_service.domain.store import ThrottleUpdate
 
@@ -101,6 +103,10 @@ _ROTATE_CLIENT = (
     "UPDATE clients SET previous_secret_encrypted = secret_encrypted, "
     "previous_secret_expires_at = $4, secret_encrypted = $2, secret_rotated_at = $3 "
     "WHERE client_id = $1"
+)
+_TRUST_ISSUER = (
+    "UPDATE clients SET trusted_issuer = $2, trusted_jwks_uri = $3, trusted_audience = $4, "
+    "trusted_algorithms = $5 WHERE client_id = $1"
 )
 _CLIENT_LIVE_SESSIONS = f"""
     SELECT {_columns("s", Session)} FROM sessions s JOIN users u ON u.id = s.user_id
@@ -234,6 +240,11 @@ class SqlStore:
             changed = await conn.execute(
                 _ROTATE_CLIENT, client_id, secret_encrypted, now, previous_expires_at
             )
+        return changed == 1
+
+    async def set_trusted_issuer(self, client_id: str, trusted: TrustedIssuer | None) -> bool:
+        async with self._db.connection() as conn:
+            changed = await conn.execute(_TRUST_ISSUER, client_id, *trusted_columns(trusted))
         return changed == 1
 
     async def delete_client(self, client_id: str, now: float) -> list[Session] | None:

@@ -27,14 +27,16 @@ def test_import_contracts_are_kept() -> None:
 
 
 def test_a_domain_importing_an_adapter_breaks_the_walls(tmp_path: Path) -> None:
-    """The contracts can fail: the ws domain importing the Prometheus adapter, and the auth domain
-    importing its store, are each caught (layers and forbidden contracts)."""
-    for package in ("auth_service", "ws_service", "shared", "services"):
+    """The contracts can fail: the ws domain importing the Prometheus adapter, the auth domain
+    importing its store, and the example app importing server code are each caught (layers and
+    forbidden contracts)."""
+    for package in ("auth_service", "ws_service", "shared", "services", "examples"):
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("*.pyc"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     for module, line in (
         ("ws_service/domain/hub.py", "import ws_service.metrics"),
         ("auth_service/domain/service.py", "import auth_service.store.sql"),
+        ("examples/app_backend/app.py", "import shared.jsonlog"),
     ):
         path = tmp_path / module
         path.write_text(path.read_text() + f"\n{line}  # noqa\n")
@@ -51,3 +53,4 @@ def test_a_domain_importing_an_adapter_breaks_the_walls(tmp_path: Path) -> None:
     assert "ws_service.domain.hub -> ws_service.metrics" in result.stdout
     assert "auth_service.domain.service -> auth_service.store.sql" in result.stdout
     assert "prometheus_client" in result.stdout, "the forbidden contract catches it too"
+    assert "examples.app_backend.app -> shared.jsonlog" in result.stdout

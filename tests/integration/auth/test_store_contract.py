@@ -21,6 +21,7 @@ from auth_service.domain.models import (
     Session,
     StoredKey,
     ThrottleState,
+    TrustedIssuer,
     User,
     WithdrawnKey,
 )
@@ -325,6 +326,24 @@ async def test_a_rotated_secret_keeps_its_predecessor_until_the_grace_ends(store
     again = await store.get_client("acme")
     assert again is not None and again.previous_secret_encrypted == b"new"
     assert await store.rotate_client_secret("nobody", b"x", 1.0, 1.0) is False
+
+
+async def test_a_trusted_issuer_is_set_and_cleared_leaving_the_rest(
+    open_replica: OpenReplica,
+) -> None:
+    store, other_replica = await open_replica(), await open_replica()
+    await store.create_client(make_client())
+    trusted = TrustedIssuer("https://idp/", "https://idp/jwks", "acme", ("ES256", "RS256"))
+    assert await store.set_trusted_issuer("acme", trusted) is True
+    assert await store.rotate_client_secret("acme", b"new", 10.0, 20.0) is True
+    changed = await other_replica.get_client("acme")
+    assert changed is not None and changed.trusted == trusted
+    assert changed.secret_encrypted == b"new", "one write does not undo the other"
+    assert await other_replica.set_trusted_issuer("acme", None) is True
+    cleared = await store.get_client("acme")
+    assert cleared is not None and cleared.trusted is None
+    assert cleared == changed.trusting(None)
+    assert await store.set_trusted_issuer("nobody", trusted) is False
 
 
 async def test_app_users_are_made_once_and_keep_the_session_details(store: Store) -> None:

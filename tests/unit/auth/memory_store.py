@@ -23,6 +23,7 @@ from auth_service.domain.models import (
     Session,
     StoredKey,
     ThrottleState,
+    TrustedIssuer,
     User,
     WithdrawnKey,
 )
@@ -132,6 +133,13 @@ class MemoryStore:
             previous_secret_encrypted=client.secret_encrypted,
             previous_secret_expires_at=previous_expires_at,
         )
+        return True
+
+    async def set_trusted_issuer(self, client_id: str, trusted: TrustedIssuer | None) -> bool:
+        client = self.clients.get(client_id)
+        if client is None:
+            return False
+        self.clients[client_id] = client.trusting(trusted)
         return True
 
     async def delete_client(self, client_id: str, now: float) -> list[Session] | None:

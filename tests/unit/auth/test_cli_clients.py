@@ -127,3 +127,41 @@ def test_delete_ends_the_users_sessions_through_the_outbox(
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("auth_service: database ")
     assert err[-1] == "auth_service: no client 'acme' (see `clients list`)"
+
+
+def test_a_client_trusts_an_identity_provider_and_the_trust_changes(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    idp = [
+        "--trust-issuer",
+        "https://idp.example.com/",
+        "--jwks-uri",
+        "https://idp.example.com/jwks",
+    ]
+    create(capsys, "--grant", "token-exchange", *idp, "--algorithm", "ES256")
+    assert main(["clients", "list"]) == 0
+    assert capsys.readouterr().out.split("  ")[-1] == (
+        "trusts=https://idp.example.com/ jwks_uri=https://idp.example.com/jwks "
+        'audience="acme" algorithms=ES256\n'
+    )
+    assert main(["clients", "update", "acme", *idp, "--audience", "realtime-api"]) == 0
+    assert capsys.readouterr().out.endswith('audience="realtime-api" algorithms=RS256\n')
+    assert main(["clients", "update", "acme", "--no-trust-issuer"]) == 0
+    assert "trusts=" not in capsys.readouterr().out
+    refusals = [
+        (["clients", "create", "plain", *idp], "only a client with the token-exchange grant"),
+        (["clients", "update", "acme", "--trust-issuer", "x"], "--trust-issuer needs --jwks-uri"),
+        (["clients", "update", "acme"], "say --trust-issuer ISSUER --jwks-uri URL, or"),
+        (["clients", "update", "acme", *idp, "--no-trust-issuer"], "say --trust-issuer"),
+        (["clients", "update", "ghost", *idp], "no client 'ghost'"),
+        (["clients", "update", "acme", "--audience", "a"], "go with --trust-issuer"),
+        (
+            ["clients", "update", "acme", "--trust-issuer", "i", "--jwks-uri", "file:///etc/x"],
+            "the JWKS URI must be an http or https URL",
+        ),
+    ]
+    for argv, message in refusals:
+        assert main(argv) == 1, argv
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["clients", "update", "acme", *idp, "--algorithm", "HS256"])
