@@ -9,8 +9,6 @@ is never read from the URL: only a ticket may travel there, and it works once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from aiohttp import hdrs, web
 
 from realtime_gateway_protocol.access_token import Claims
@@ -19,27 +17,23 @@ from realtime_gateway_protocol.tickets import TICKET_CLAIMS, TICKET_TYP, TOKEN_E
 from shared.bus import BusUnavailable
 from shared.http.responses import json_error
 from shared.jsonlog import audit
-from ws_service.appkeys import GATEWAY, SETTINGS, USED_TICKETS
+from ws_service.appkeys import GATEWAY, USED_ONCE
 from ws_service.domain.errors import AuthError, InvalidToken, KeysUnavailable
 from ws_service.domain.verify import claims_from
-from ws_service.used_tickets import open_used_tickets
 
 __all__ = [
     "PROTOCOLS",
+    "TICKET_PREFIX",
     "authenticate",
     "refusal",
-    "tickets_ctx",
     "unanswerable_offer",
 ]
 
 PROTOCOLS = (SUBPROTOCOL,)
 
 
-async def tickets_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The record of redeemed tickets: Redis when configured, so a ticket works on one replica once."""
-    app[USED_TICKETS] = open_used_tickets(app[SETTINGS].redis_url)
-    yield
-    await app[USED_TICKETS].close()
+TICKET_PREFIX = "gateway:ticket:"
+"""A redeemed ticket's key in the used-once store."""
 
 
 def _offered(request: web.Request) -> list[str]:
@@ -79,7 +73,7 @@ async def authenticate(request: web.Request) -> Claims | None:
     claims = claims_from({**payload, "iat": payload[TOKEN_IAT], "exp": payload[TOKEN_EXP]}, kid)
     until = gateway.verifier.accepted_until(payload["exp"])
     try:
-        first_use = await request.app[USED_TICKETS].burn(str(payload["jti"]), until)
+        first_use = await request.app[USED_ONCE].burn(TICKET_PREFIX + str(payload["jti"]), until)
     except BusUnavailable:
         raise KeysUnavailable("tickets cannot be checked right now; try again") from None
     if not first_use:

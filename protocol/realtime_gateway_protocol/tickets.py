@@ -1,5 +1,5 @@
 """WebSocket tickets: the contract between auth_service, which mints them from an access token, and
-every ws replica, which redeems each one once (``ws_service/used_tickets.py``).
+every ws replica, which redeems each one once (``shared/once.py``).
 
 A ticket is a JWT signed with the issuer's keys but of its own ``typ``, so the gateway never takes a
 ticket for an access token nor an access token for a ticket. It lives at most ``TICKET_TTL``
