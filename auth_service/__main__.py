@@ -21,6 +21,7 @@ from pathlib import Path
 
 from auth_service.app import OUTBOX_INTERVAL, build_keyring, build_service, create_app
 from auth_service.domain.clients import DEFAULT_SECRET_GRACE, GRANT_NAMES, IssuedSecret
+from auth_service.domain.dpop import DpopPolicy
 from auth_service.domain.errors import AuthError
 from auth_service.domain.keyring import KeyRing
 from auth_service.domain.models import Client, OutboxItem
@@ -304,6 +305,12 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "--namespaces",
         help="space-separated channel namespaces its authorization_details may name (default: any)",
     )
+    create.add_argument(
+        "--dpop",
+        choices=[policy.value for policy in DpopPolicy],
+        help="bind its users' tokens to their DPoP keys: off, optional or required "
+        "(default: AUTH_DPOP)",
+    )
     rotate = clients.add_parser(
         "rotate-secret", help="a new secret, printed once; the old one works for --grace seconds"
     )
@@ -349,6 +356,7 @@ async def clients_command(settings: Settings, args: argparse.Namespace) -> int:
                 scope=args.scope,
                 namespaces=None if args.namespaces is None else args.namespaces.split(),
                 reserved=[settings.client_id],
+                dpop=None if args.dpop is None else DpopPolicy(args.dpop),
             )
             print_issued_secret(issued, args.json, "created")
         elif args.action == "rotate-secret":
@@ -387,7 +395,8 @@ def client_line(client: Client, now: float) -> str:
     grants = ",".join(names.get(g, g) for g in client.grant_types.split()) or "-"
     line = (
         f"{client.client_id}  grants={grants}  scope={_limit(client.scope)}  "
-        f"namespaces={_limit(client.namespaces)}  created={fmt(client.created_at)}"
+        f"namespaces={_limit(client.namespaces)}  dpop={client.dpop or '*'}  "
+        f"created={fmt(client.created_at)}"
     )
     if client.secret_rotated_at is not None:
         line += f"  secret_rotated={fmt(client.secret_rotated_at)}"

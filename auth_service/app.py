@@ -8,10 +8,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from auth_service import browser
 from auth_service.appkeys import BUS, KEYRING, METRICS, PUBLISHER, SERVICE, SETTINGS, STORE
 from auth_service.domain.clients import ClientRegistry
+from auth_service.domain.dpop import DpopGate
 from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
 from auth_service.domain.outbox import EventPublisher, OutboxStatus
 from auth_service.domain.passwords import Passwords
@@ -28,11 +31,15 @@ from realtime_gateway_protocol.key_events import KEYS_TOPIC, decode_key_event
 from realtime_gateway_protocol.tasks import cancel_and_wait
 from shared.bus import EventBus
 from shared.config.env import redact_url
+from shared.dpop import Nonces, ProofVerifier
 from shared.http import access
+from shared.http.dpop import NONCE_HEADER
 from shared.http.serve import HTTP_TIMEOUTS
 from shared.metrics.mirrored import mirrored
+from shared.once import LocalUsedOnce, UsedOnce
 from shared.redis.bus import open_bus
 from shared.redis.ledger import RedisRevocationLedger
+from shared.redis.once import open_used_once
 
 __all__ = ["build_keyring", "build_service", "create_app"]
 
@@ -58,7 +65,10 @@ def build_service(
     publish: Publish,
     metrics: Metrics | None = None,
     clock: Callable[[], float] = time.time,
+    used: UsedOnce | None = None,
 ) -> AuthService:
+    """``used`` spends DPoP proofs (shared by the replicas); the commands, which check none,
+    leave it to this process."""
     throttle = LoginThrottle(store)
     return AuthService(
         store,
@@ -81,7 +91,21 @@ def build_service(
         publish,
         clock,
         clients=ClientRegistry(store, KeyCipher(settings.key_encryption_secrets), throttle, clock),
+        dpop=DpopGate(
+            ProofVerifier(used or LocalUsedOnce(clock), clock),
+            settings.dpop,
+            Nonces(dpop_nonce_key(settings.key_encryption_secrets[0]), clock)
+            if settings.dpop_nonce
+            else None,
+        ),
     )
+
+
+def dpop_nonce_key(secret: str) -> bytes:
+    """The key of the DPoP server nonces, derived from the first key-encryption secret: every
+    replica issues and checks the same nonces."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"auth_service dpop nonce")
+    return hkdf.derive(secret.encode())
 
 
 def create_app(
@@ -138,8 +162,9 @@ def create_app(
         if await ring.maintain(clock()):
             app[METRICS].key_rotations.inc()
         app[KEYRING] = ring
+        used = open_used_once(settings.redis_url)
         app[SERVICE] = build_service(
-            settings, app[STORE], ring, app[PUBLISHER], app[METRICS], clock
+            settings, app[STORE], ring, app[PUBLISHER], app[METRICS], clock, used
         )
         tasks = [
             asyncio.create_task(maintenance_loop(app, clock)),
@@ -161,11 +186,22 @@ def create_app(
         yield
         unsubscribe()
         await cancel_and_wait(*tasks, *reloads)
+        await used.close()
 
     app.cleanup_ctx.extend([store_ctx, bus_ctx, gauges_ctx, domain_ctx])
+    app.on_response_prepare.append(_dpop_nonce)
     app.add_routes(routes)
     browser.setup(app, settings)
     return app
+
+
+async def _dpop_nonce(request: web.Request, response: web.StreamResponse) -> None:
+    """With server nonces on, every API response carries a fresh one (RFC 9449 section 8.2), a
+    refusal asking for one (``use_dpop_nonce``) included."""
+    service = request.app.get(SERVICE)
+    nonces = service.dpop.nonces if service is not None else None
+    if nonces is not None and request.path.startswith(browser.API_PREFIX):
+        response.headers[NONCE_HEADER] = nonces.issue()
 
 
 def maintenance_interval(settings: Settings) -> float:

@@ -40,6 +40,7 @@ __all__ = [
     "PROOF_TYP",
     "NonceRequired",
     "Nonces",
+    "Presented",
     "Proof",
     "ProofError",
     "ProofVerifier",
@@ -89,6 +90,16 @@ class NonceRequired(ProofError):
     nonce (``DPoP-Nonce``) so the client signs again with it."""
 
     code = "use_dpop_nonce"
+
+
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """A request's proof (its ``DPoP`` header, the values of several joined with commas) and the
+    method and public URL (in :func:`normalized_url` form) it must name."""
+
+    proof: str
+    method: str
+    url: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +250,8 @@ class ProofVerifier:
         used-once store cannot be reached (nothing is accepted unchecked)."""
         if not isinstance(proof, str) or not proof.isascii() or len(proof) > MAX_PROOF_LENGTH:
             raise ProofError(f"the DPoP proof must be a JWT of at most {MAX_PROOF_LENGTH} bytes")
+        if "," in proof:  # no JWS holds one: several DPoP headers, joined
+            raise ProofError("send one DPoP header with one proof (RFC 9449 section 4.3)")
         header = _unverified_header(proof)
         alg = header.get("alg")
         if alg not in ALGORITHMS:

@@ -35,7 +35,9 @@ class User:
 class Session:
     """A refresh-token family. ``expires_at`` is its absolute lifetime. An exchanged session keeps
     what every refresh carries again: its ``authorization_details`` (compact JSON) and the
-    ``username`` the app asserted."""
+    ``username`` the app asserted. ``jkt``: the DPoP key (RFC 7638 thumbprint) the family is
+    bound to, set by the first request that proved one and never changed: every refresh token
+    of the family then needs a proof of it."""
 
     sid: str
     user_id: str
@@ -45,6 +47,7 @@ class Session:
     revoked_at: float | None = None
     authorization_details: str | None = None
     username: str | None = None
+    jkt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,9 @@ class Client:
     secret_rotated_at: float | None = None
     previous_secret_encrypted: bytes | None = None
     previous_secret_expires_at: float | None = None
+    dpop: str | None = None
+    """The DPoP policy of the tokens issued for this client's users (``off``, ``optional``,
+    ``required``); None follows ``AUTH_DPOP``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,6 +136,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    (
+        6,
+        (
+            "ALTER TABLE sessions ADD COLUMN jkt TEXT",
+            "ALTER TABLE clients ADD COLUMN dpop TEXT",
+        ),
+    ),
 )
 
 _TYPE = re.compile(r"\{(real|blob|serial)\}")
