@@ -345,6 +345,8 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             ledger=app.get(LEDGER),
             slots=slots,
             proxies=proxies,
+            dpop=settings.dpop,
+            used=app[USED_ONCE],
         )
         control = ControlPlane(bus, replicas, gateway, timeout=settings.api_timeout)
         app[JWKS] = jwks

@@ -15,10 +15,11 @@ from realtime_gateway_protocol.access_token import Claims
 from realtime_gateway_protocol.frames import BEARER_PREFIX, SUBPROTOCOL
 from realtime_gateway_protocol.tickets import TICKET_CLAIMS, TICKET_TYP, TOKEN_EXP, TOKEN_IAT
 from shared.bus import BusUnavailable
+from shared.http.dpop import challenge
 from shared.http.responses import json_error
 from shared.jsonlog import audit
 from ws_service.appkeys import GATEWAY, USED_ONCE
-from ws_service.domain.errors import AuthError, InvalidToken, KeysUnavailable
+from ws_service.domain.errors import AuthError, InvalidProof, InvalidToken, KeysUnavailable
 from ws_service.domain.verify import claims_from
 
 __all__ = [
@@ -64,7 +65,14 @@ async def authenticate(request: web.Request) -> Claims | None:
         raise InvalidToken("send one credential: a bearer subprotocol or a ticket")
     gateway = request.app[GATEWAY]
     if bearers:
-        return await gateway.authenticate(bearers[0])
+        claims = await gateway.verifier.verify(bearers[0])
+        if claims.jkt is not None:
+            raise InvalidProof(
+                "this token is DPoP-bound and a subprotocol cannot carry its proof: "
+                'authenticate in-band ({"type": "auth", "token", "proof"}) or with a ticket '
+                "(POST /v1/ws-ticket with a proof, then /ws?ticket=)"
+            )
+        return await gateway.confirm(claims)
     if ticket is None:
         return None
     payload, kid = await gateway.verifier.decode(ticket, TICKET_TYP, TICKET_CLAIMS, "a ticket")
@@ -84,4 +92,5 @@ async def authenticate(request: web.Request) -> Claims | None:
 def refusal(request: web.Request, err: AuthError) -> web.Response:
     audit("ws_handshake_refused", code=err.code, detail=err.message, remote=request.remote)
     request.app[GATEWAY].metrics.auth.labels(err.code).inc()
-    return json_error(401, err.code, err.message, {"WWW-Authenticate": "Bearer"})
+    scheme = challenge(err.code) if isinstance(err, InvalidProof) else "Bearer"
+    return json_error(401, err.code, err.message, {"WWW-Authenticate": scheme})
