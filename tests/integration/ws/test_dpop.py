@@ -7,14 +7,28 @@ server's address."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from realtime_gateway_client import GatewayClient
+from realtime_gateway_client.dpop import DPoPKey
+from shared.dpop import ProofVerifier, thumbprint
+from shared.once import LocalUsedOnce
 from tests.integration.stack import MakeStack, Stack
 from tests.integration.ws.conftest import MakeGateway
-from tests.integration.ws.harness import Harness, auth, expect_close, expect_open, recv, send
+from tests.integration.ws.harness import (
+    Harness,
+    auth,
+    expect_close,
+    expect_open,
+    recv,
+    send,
+    wait_until,
+)
 from tests.integration.ws.test_handshake import BEARER, upgrade
 from tests.support.dpop import PrivateKey, es256_key, jkt, make_proof, private_jwk
 from ws_service.appkeys import METRICS
@@ -204,3 +218,60 @@ async def test_the_bearer_subprotocol_refuses_a_bound_token_before_the_upgrade(
     status, body = await upgrade(stack, protocols=f"realtime.v1, {BEARER}{token}")
     assert (status, body["error"]) == (401, "invalid_dpop_proof")
     assert "in-band" in body["error_description"] and "ticket" in body["error_description"]
+
+
+# -- the Python client ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nonces", [False, True])
+async def test_the_python_client_binds_its_tokens_and_renews_with_proofs(
+    make_stack: MakeStack, nonces: bool
+) -> None:
+    stack = await make_stack(auth={"dpop_nonce": nonces})
+    await stack.register("alice")
+    key = DPoPKey.generate()
+    client = GatewayClient(
+        stack.auth_url,
+        stack.ws_url,
+        "alice",
+        "correct horse battery staple",
+        dpop=key,
+        backoff_base=0.05,
+        backoff_cap=0.2,
+    )
+    async with client:
+        tokens = client._tokens
+        assert tokens is not None and tokens.token_type == "DPoP"
+        claims = jwt.decode(tokens.access_token, options={"verify_signature": False})
+        assert claims["cnf"] == {"jkt": thumbprint(key.public_jwk)}
+        await client.subscribe("chat:lobby")
+        renewed = await client.refresh()
+        assert renewed.token_type == "DPoP"
+        await client._renew(client._ws)  # type: ignore[arg-type]
+        registry = stack.ws.app[METRICS].registry
+        await wait_until(lambda: registry.get_sample_value("ws_renewals_total") == 1)
+        await client.publish("chat:lobby", {"n": 1})
+        message = await anext(client.messages())
+        assert message["data"] == {"n": 1}
+
+
+async def test_a_dpop_key_loads_from_a_pem_file(tmp_path: Path) -> None:
+    key = es256_key()
+    path = tmp_path / "dpop.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    loaded = DPoPKey.from_pem(path)
+    assert thumbprint(loaded.public_jwk) == jkt(key)
+    verifier = ProofVerifier(LocalUsedOnce())
+    proven = await verifier.verify(
+        loaded.proof("GET", "wss://gw.test/ws?x=1", access_token="t"),
+        method="GET",
+        url="https://gw.test/ws",
+        access_token="t",
+    )
+    assert proven.jkt == jkt(key)
