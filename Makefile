@@ -91,7 +91,19 @@ $(JS_MODULES)/.package-lock.json: $(JS_CLIENT)/package.json $(JS_CLIENT)/package
 	@cd $(VENV)/js-client && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
 	  || echo "note: npm ci failed; the JavaScript client's tests will say so"
 
-test: $(STAMP) $(NGINX) $(PROMTOOL) kubectl-tool $(CHROMIUM) $(JS_MODULES)/.package-lock.json
+# The DPoP interoperability tests (tests/interop) drive independent implementations, panva's dpop
+# and jose, at the exact versions of tests/interop/node/package-lock.json (npm ci into the venv).
+INTEROP := tests/interop/node
+INTEROP_MODULES := $(VENV)/interop-node/node_modules
+
+$(INTEROP_MODULES)/.package-lock.json: $(INTEROP)/package.json $(INTEROP)/package-lock.json | $(STAMP)
+	@echo "Installing dpop and jose for the DPoP interoperability tests into $(VENV)/interop-node (npm ci; once)..."
+	@mkdir -p $(VENV)/interop-node
+	@cp $(INTEROP)/package.json $(INTEROP)/package-lock.json $(VENV)/interop-node/
+	@cd $(VENV)/interop-node && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
+	  || echo "note: npm ci failed; the DPoP interoperability tests will say so"
+
+test: $(STAMP) $(NGINX) $(PROMTOOL) kubectl-tool $(CHROMIUM) $(JS_MODULES)/.package-lock.json $(INTEROP_MODULES)/.package-lock.json
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -115,6 +127,7 @@ lock: $(STAMP)
 	$(UV_COMPILE) --extra dev --extra bench -o requirements/bench.txt
 	cd $(NODE_PEER) && npm install --package-lock-only --no-audit --no-fund --loglevel=error
 	cd $(JS_CLIENT) && npm install --package-lock-only --no-audit --no-fund --loglevel=error
+	cd $(INTEROP) && npm install --package-lock-only --no-audit --no-fund --loglevel=error
 
 # Thousands of sockets through renewals, logouts, reconnects and garbage; not part of `make test`.
 # SOAK_SOCKETS (2000), SOAK_SECONDS (60), SOAK_USERS (20) size it.

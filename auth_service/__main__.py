@@ -21,6 +21,7 @@ from pathlib import Path
 
 from auth_service.app import OUTBOX_INTERVAL, build_keyring, build_service, create_app
 from auth_service.domain.clients import DEFAULT_SECRET_GRACE, GRANT_NAMES, IssuedSecret
+from auth_service.domain.dpop import DpopPolicy
 from auth_service.domain.errors import AuthError, InvalidRequest
 from auth_service.domain.federation import ALGORITHMS, DEFAULT_ALGORITHM, trusted_issuer
 from auth_service.domain.keyring import KeyRing
@@ -316,6 +317,12 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         action="store_true",
         help="trust no identity provider any more (its tokens are refused from the next request)",
     )
+    create.add_argument(
+        "--dpop",
+        choices=[policy.value for policy in DpopPolicy],
+        help="bind its users' tokens to their DPoP keys: off, optional or required "
+        "(default: AUTH_DPOP)",
+    )
     rotate = clients.add_parser(
         "rotate-secret", help="a new secret, printed once; the old one works for --grace seconds"
     )
@@ -400,6 +407,7 @@ async def clients_command(settings: Settings, args: argparse.Namespace) -> int:
                 namespaces=None if args.namespaces is None else args.namespaces.split(),
                 reserved=[settings.client_id],
                 trusted=trust_from(args),
+                dpop=None if args.dpop is None else DpopPolicy(args.dpop),
             )
             print_issued_secret(issued, args.json, "created")
         elif args.action == "update":
@@ -445,7 +453,8 @@ def client_line(client: Client, now: float) -> str:
     grants = ",".join(names.get(g, g) for g in client.grant_types.split()) or "-"
     line = (
         f"{client.client_id}  grants={grants}  scope={_limit(client.scope)}  "
-        f"namespaces={_limit(client.namespaces)}  created={fmt(client.created_at)}"
+        f"namespaces={_limit(client.namespaces)}  dpop={client.dpop or '*'}  "
+        f"created={fmt(client.created_at)}"
     )
     if client.secret_rotated_at is not None:
         line += f"  secret_rotated={fmt(client.secret_rotated_at)}"

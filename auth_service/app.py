@@ -10,6 +10,8 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from auth_service import browser
 from auth_service.appkeys import (
@@ -23,6 +25,7 @@ from auth_service.appkeys import (
     STORE,
 )
 from auth_service.domain.clients import ClientRegistry
+from auth_service.domain.dpop import DpopGate
 from auth_service.domain.federation import IssuerKeys
 from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
 from auth_service.domain.outbox import EventPublisher, OutboxStatus
@@ -41,12 +44,16 @@ from realtime_gateway_protocol.key_events import KEYS_TOPIC, decode_key_event
 from realtime_gateway_protocol.tasks import cancel_and_wait
 from shared.bus import EventBus
 from shared.config.env import redact_url
+from shared.dpop import Nonces, ProofVerifier
 from shared.http import access
+from shared.http.dpop import NONCE_HEADER
 from shared.http.openapi import openapi_route
 from shared.http.serve import HTTP_TIMEOUTS
 from shared.metrics.mirrored import mirrored
+from shared.once import LocalUsedOnce, UsedOnce
 from shared.redis.bus import open_bus
 from shared.redis.ledger import RedisRevocationLedger
+from shared.redis.once import open_used_once
 
 __all__ = ["build_keyring", "build_service", "create_app"]
 
@@ -73,7 +80,10 @@ def build_service(
     metrics: Metrics | None = None,
     clock: Callable[[], float] = time.time,
     provider_keys: IssuerKeys | None = None,
+    used: UsedOnce | None = None,
 ) -> AuthService:
+    """``used`` spends DPoP proofs (shared by the replicas); the commands, which check none,
+    leave it to this process."""
     throttle = LoginThrottle(store)
     return AuthService(
         store,
@@ -97,7 +107,21 @@ def build_service(
         clock,
         clients=ClientRegistry(store, KeyCipher(settings.key_encryption_secrets), throttle, clock),
         issuer_keys=provider_keys,
+        dpop=DpopGate(
+            ProofVerifier(used or LocalUsedOnce(clock), clock),
+            settings.dpop,
+            Nonces(dpop_nonce_key(settings.key_encryption_secrets[0]), clock)
+            if settings.dpop_nonce
+            else None,
+        ),
     )
+
+
+def dpop_nonce_key(secret: str) -> bytes:
+    """The key of the DPoP server nonces, derived from the first key-encryption secret: every
+    replica issues and checks the same nonces."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"auth_service dpop nonce")
+    return hkdf.derive(secret.encode())
 
 
 def create_app(
@@ -154,8 +178,16 @@ def create_app(
         if await ring.maintain(clock()):
             app[METRICS].key_rotations.inc()
         app[KEYRING] = ring
+        used = open_used_once(settings.redis_url)
         app[SERVICE] = build_service(
-            settings, app[STORE], ring, app[PUBLISHER], app[METRICS], clock, app[PROVIDER_KEYS]
+            settings,
+            app[STORE],
+            ring,
+            app[PUBLISHER],
+            app[METRICS],
+            clock,
+            app[PROVIDER_KEYS],
+            used,
         )
         tasks = [
             asyncio.create_task(maintenance_loop(app, clock)),
@@ -177,6 +209,7 @@ def create_app(
         yield
         unsubscribe()
         await cancel_and_wait(*tasks, *reloads)
+        await used.close()
 
     async def provider_keys_ctx(app: web.Application) -> AsyncIterator[None]:
         """The trusted identity providers' key sets, over an HTTP session of their own."""
@@ -189,9 +222,19 @@ def create_app(
             await app[PROVIDER_KEYS].close()
 
     app.cleanup_ctx.extend([store_ctx, bus_ctx, gauges_ctx, provider_keys_ctx, domain_ctx])
+    app.on_response_prepare.append(_dpop_nonce)
     app.add_routes([*routes, openapi_route(Path(__file__).with_name("openapi.json"))])
     browser.setup(app, settings)
     return app
+
+
+async def _dpop_nonce(request: web.Request, response: web.StreamResponse) -> None:
+    """With server nonces on, every API response carries a fresh one (RFC 9449 section 8.2), a
+    refusal asking for one (``use_dpop_nonce``) included."""
+    service = request.app.get(SERVICE)
+    nonces = service.dpop.nonces if service is not None else None
+    if nonces is not None and request.path.startswith(browser.API_PREFIX):
+        response.headers[NONCE_HEADER] = nonces.issue()
 
 
 def maintenance_interval(settings: Settings) -> float:

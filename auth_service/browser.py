@@ -30,7 +30,8 @@ from auth_service.appkeys import SERVICE, SETTINGS
 from auth_service.domain.errors import CsrfRejected, InvalidClientToken, InvalidRequest
 from auth_service.domain.service import TokenPair
 from auth_service.settings import Settings
-from shared.http.auth import bearer_token
+from shared.http.auth import access_token
+from shared.http.dpop import DPOP_HEADER, NONCE_HEADER, request_proof
 from shared.http.responses import json_response
 
 __all__ = [
@@ -127,7 +128,8 @@ def setup(app: web.Application, settings: Settings) -> None:
         return
     options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
         allow_credentials=True,
-        allow_headers=(hdrs.CONTENT_TYPE, hdrs.AUTHORIZATION, CSRF_HEADER),
+        allow_headers=(hdrs.CONTENT_TYPE, hdrs.AUTHORIZATION, CSRF_HEADER, DPOP_HEADER),
+        expose_headers=(NONCE_HEADER, hdrs.WWW_AUTHENTICATE),
         allow_methods=("GET", "POST"),
         max_age=600,
     )
@@ -221,7 +223,7 @@ def _token_response(request: web.Request, pair: TokenPair, csrf: str) -> web.Res
     response = json_response(
         {
             "access_token": pair.access_token,
-            "token_type": "Bearer",
+            "token_type": pair.token_type,
             "expires_in": pair.expires_in,
             "refresh_expires_in": pair.refresh_expires_in,
             "scope": pair.scope,
@@ -242,17 +244,23 @@ def _token_response(request: web.Request, pair: TokenPair, csrf: str) -> web.Res
 
 
 async def ws_ticket(request: web.Request) -> web.Response:
-    """A ticket for one WebSocket handshake, for ``Authorization: Bearer <access token>`` or for
-    the session cookie (with the CSRF token and an allowed Origin, like every cookie request)."""
+    """A ticket for one WebSocket handshake, for ``Authorization: Bearer <access token>`` (or
+    ``DPoP <access token>`` with a proof) or for the session cookie (with the CSRF token and an
+    allowed Origin, like every cookie request; with a proof when the session is DPoP-bound)."""
     service = request.app[SERVICE]
     header = request.headers.get(hdrs.AUTHORIZATION)
-    access_token = bearer_token(header)
-    if access_token is not None:
-        ticket = await service.ticket_for_access_token(access_token)
+    presented = access_token(header)
+    proof = request_proof(request, request.app[SETTINGS].issuer)
+    if presented is not None:
+        token, dpop_scheme = presented
+        ticket = await service.ticket_for_access_token(token, dpop_scheme=dpop_scheme, proof=proof)
     elif header is None and await has_session(request):
-        ticket = await service.ticket_for_refresh_token(await cookie_refresh_token(request))
+        refresh_token = await cookie_refresh_token(request)
+        ticket = await service.ticket_for_refresh_token(refresh_token, proof=proof)
     else:
-        raise InvalidClientToken("use 'Authorization: Bearer <access token>' or the session cookie")
+        raise InvalidClientToken(
+            "use 'Authorization: Bearer <access token>' (or DPoP with a proof) or the session cookie"
+        )
     return json_response(
         {"ticket": ticket.ticket, "expires_in": ticket.expires_in}, headers=NO_STORE
     )

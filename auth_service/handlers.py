@@ -19,6 +19,7 @@ from auth_service.domain.errors import (
     InvalidRequest,
     InvalidTarget,
     RefreshReuse,
+    UnprovenKey,
     UnsupportedGrantType,
 )
 from auth_service.domain.exchange import ISSUED_TOKEN_TYPE, SUBJECT_TOKEN_TYPE
@@ -26,8 +27,8 @@ from auth_service.domain.federation import PROVIDER_TOKEN_TYPES
 from auth_service.domain.models import Client
 from auth_service.domain.service import TokenPair
 from auth_service.http import (
+    access_token,
     authenticate_client,
-    bearer,
     client_address,
     optional_str,
     read_form_or_json,
@@ -36,7 +37,9 @@ from auth_service.http import (
 )
 from auth_service.metrics import timed
 from realtime_gateway_protocol.access_token import AUTHORIZATION_DETAILS_TYPE
+from shared.dpop import Presented
 from shared.http.auth import bearer_matches
+from shared.http.dpop import request_proof
 from shared.http.readiness import Readiness, readiness_response
 from shared.http.responses import json_response
 
@@ -47,10 +50,15 @@ routes = web.RouteTableDef()
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
+def proof(request: web.Request) -> Presented | None:
+    """The request's DPoP proof, for its URL under the issuer (the public base URL)."""
+    return request_proof(request, request.app[SETTINGS].issuer)
+
+
 def token_response(pair: TokenPair, **extra: str) -> web.Response:
     body: dict[str, Any] = {
         "access_token": pair.access_token,
-        "token_type": "Bearer",
+        "token_type": pair.token_type,
         "expires_in": pair.expires_in,
         "refresh_token": pair.refresh_token,
         "refresh_expires_in": pair.refresh_expires_in,
@@ -80,7 +88,7 @@ async def login(request: web.Request) -> web.Response:
     try:
         with timed(metrics.login_seconds):
             pair = await request.app[SERVICE].login(
-                username, password, address=client_address(request)
+                username, password, address=client_address(request), proof=proof(request)
             )
     except AuthError as exc:
         metrics.logins.labels(exc.code).inc()
@@ -108,11 +116,14 @@ async def refresh_token_grant(
             else required_str(body, "refresh_token")
         )
         pair = await request.app[SERVICE].refresh(
-            presented, scope=optional_str(body, "scope"), client=client
+            presented, scope=optional_str(body, "scope"), client=client, proof=proof(request)
         )
     except AuthError as exc:
         reuse = isinstance(exc, RefreshReuse) and exc.family_revoked
-        metrics.refreshes.labels("reuse_detected" if reuse else exc.code).inc()
+        outcome = "reuse_detected" if reuse else exc.code
+        metrics.refreshes.labels(
+            "dpop_key_refused" if isinstance(exc, UnprovenKey) else outcome
+        ).inc()
         if reuse:
             metrics.reuse_detected.inc()
         raise
@@ -152,6 +163,7 @@ async def token_exchange_grant(
             subject_token_type,
             scope=optional_str(body, "scope"),
             authorization_details=body.get("authorization_details"),
+            proof=proof(request),
         )
     except AuthError as exc:
         metrics.exchanges.labels(exc.code).inc()
@@ -190,12 +202,19 @@ async def logout(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     refresh_token = optional_str(body, "refresh_token")
     if hdrs.AUTHORIZATION in request.headers:
-        await service.logout_with_access_token(bearer(request), everywhere=everywhere)
+        token, dpop_scheme = access_token(request)
+        await service.logout_with_access_token(
+            token, everywhere=everywhere, dpop_scheme=dpop_scheme, proof=proof(request)
+        )
     elif refresh_token:
-        await service.logout_with_refresh_token(refresh_token, everywhere=everywhere)
+        await service.logout_with_refresh_token(
+            refresh_token, everywhere=everywhere, proof=proof(request)
+        )
     elif await browser.has_session(request):
         presented = await browser.cookie_refresh_token(request)
-        await service.logout_with_refresh_token(presented, everywhere=everywhere)
+        await service.logout_with_refresh_token(
+            presented, everywhere=everywhere, proof=proof(request)
+        )
         return await browser.cookie_logout(request, everywhere)
     else:
         raise InvalidRequest("send 'Authorization: Bearer <access token>' or a 'refresh_token'")
@@ -206,7 +225,9 @@ async def logout(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     body = await read_form_or_json(request)
     client = await authenticate_client(request, body)
-    await request.app[SERVICE].revoke(required_str(body, "token"), client=client)
+    await request.app[SERVICE].revoke(
+        required_str(body, "token"), client=client, proof=proof(request)
+    )
     return json_response({}, headers=NO_STORE)
 
 
@@ -252,9 +273,15 @@ async def metadata(request: web.Request) -> web.Response:
             "revocation_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
             "authorization_details_types_supported": [AUTHORIZATION_DETAILS_TYPE],
             "scopes_supported": sorted(set(request.app[SETTINGS].default_scope.split())),
+            **dpop_metadata(request.app[SERVICE].dpop.algorithms),
         },
         headers={"Cache-Control": f"public, max-age={request.app[SETTINGS].jwks_max_age}"},
     )
+
+
+def dpop_metadata(algorithms: list[str]) -> dict[str, list[str]]:
+    """RFC 9449 section 5.1, listed while DPoP is on (``AUTH_DPOP`` not ``off``)."""
+    return {"dpop_signing_alg_values_supported": algorithms} if algorithms else {}
 
 
 @routes.get("/healthz")

@@ -22,6 +22,7 @@ from auth_service.domain.errors import (
     InvalidClient,
     InvalidClientToken,
     InvalidCredentials,
+    InvalidDpopProof,
     InvalidGrant,
     InvalidRequest,
     InvalidScope,
@@ -37,14 +38,15 @@ from auth_service.domain.errors import (
 )
 from auth_service.domain.models import Client
 from realtime_gateway_protocol.wire_json import WireJSONError, loads
-from shared.http.auth import bearer_token
+from shared.http.auth import access_token as shared_access_token
+from shared.http.dpop import challenge
 from shared.http.forwarded import client_address as forwarded_client_address
 from shared.http.responses import http_exception_json, json_error
 
 __all__ = [
     "HTTP_STATUSES",
+    "access_token",
     "authenticate_client",
-    "bearer",
     "client_address",
     "error_middleware",
     "metrics_middleware",
@@ -80,6 +82,7 @@ HTTP_STATUSES: dict[type[AuthError], int] = {
     UnauthorizedClient: 400,
     UnsupportedGrantType: 400,
     InvalidGrant: 400,
+    InvalidDpopProof: 400,
     InvalidCredentials: 401,
     InvalidClientToken: 401,
     InvalidClient: 401,
@@ -100,7 +103,9 @@ def auth_error_response(exc: AuthError) -> web.Response:
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, InvalidClientToken):
-        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        headers["WWW-Authenticate"] = (
+            challenge(exc.code) if exc.dpop else 'Bearer error="invalid_token"'
+        )
     if isinstance(exc, InvalidClient):
         headers["WWW-Authenticate"] = 'Basic realm="auth_service"'
     if status >= 500:
@@ -258,12 +263,15 @@ def _basic_credentials(authorization: str) -> tuple[str, str]:
         raise InvalidClient("malformed HTTP Basic credentials") from None
 
 
-def bearer(request: web.Request) -> str:
-    """The access token of ``Authorization: Bearer``; anything else there is ``invalid_token``."""
-    token = bearer_token(request.headers.get(hdrs.AUTHORIZATION))
-    if token is None:
-        raise InvalidClientToken("use 'Authorization: Bearer <access token>'")
-    return token
+def access_token(request: web.Request) -> tuple[str, bool]:
+    """The access token of ``Authorization: Bearer``, or of ``Authorization: DPoP`` (then True:
+    a DPoP-bound token, RFC 9449 section 7.1); anything else there is ``invalid_token``."""
+    presented = shared_access_token(request.headers.get(hdrs.AUTHORIZATION))
+    if presented is None:
+        raise InvalidClientToken(
+            "use 'Authorization: Bearer <access token>', or 'DPoP <access token>' with a proof"
+        )
+    return presented
 
 
 def optional_str(body: dict[str, Any], name: str) -> str | None:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from auth_service.domain.dpop import DpopPolicy
 from shared.config.env import (
     ConfigError,
     auth_issuer,
@@ -68,6 +69,10 @@ class Settings:
     http_timeout: float = 15.0
     metrics_token: str = field(default="", repr=False)
     workers: int = 1
+    dpop: DpopPolicy = DpopPolicy.OPTIONAL
+    """``AUTH_DPOP``: whether tokens are bound to the client's DPoP key (RFC 9449)."""
+    dpop_nonce: bool = False
+    """``AUTH_DPOP_NONCE``: proofs must carry a server nonce (RFC 9449 section 8)."""
 
     def __post_init__(self) -> None:
         if not self.key_encryption_secrets:
@@ -154,7 +159,16 @@ class Settings:
             http_timeout=env_float(environ, "AUTH_HTTP_TIMEOUT", 15.0, minimum=0.1),
             metrics_token=env_secret(environ, "AUTH_METRICS_TOKEN"),
             workers=env_int(environ, "AUTH_WORKERS", 1, minimum=1),
+            dpop=_dpop_policy(env_str(environ, "AUTH_DPOP", "optional")),
+            dpop_nonce=env_bool(environ, "AUTH_DPOP_NONCE", False),
         )
+
+
+def _dpop_policy(value: str) -> DpopPolicy:
+    try:
+        return DpopPolicy.parse(value, "AUTH_DPOP")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def secrets_source(environ: Mapping[str, str]) -> str:

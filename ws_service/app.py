@@ -27,7 +27,8 @@ from shared.http.serve import DRAIN, HTTP_TIMEOUTS
 from shared.metrics.mirrored import mirrored
 from shared.redis.bus import open_bus
 from shared.redis.ledger import RedisRevocationLedger
-from ws_service import api, handlers, handshake
+from shared.redis.once import open_used_once
+from ws_service import api, handlers
 from ws_service.appkeys import (
     BUS,
     CONTROL,
@@ -39,6 +40,7 @@ from ws_service.appkeys import (
     SETTINGS,
     SOCKETS,
     TRUSTED_KEYS,
+    USED_ONCE,
 )
 from ws_service.domain.clock import LoopClock
 from ws_service.domain.control import ControlPlane, LocalReplicas, Replicas
@@ -95,9 +97,9 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> web.Applic
     app.cleanup_ctx.append(_gauges_ctx)
     app.cleanup_ctx.append(_ledger_ctx)
     app.cleanup_ctx.append(_webhooks_ctx)
+    app.cleanup_ctx.append(_used_once_ctx)
     app.cleanup_ctx.append(_gateway_ctx)
     app.cleanup_ctx.append(_refresh_ctx)
-    app.cleanup_ctx.append(handshake.tickets_ctx)
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", handlers.websocket)
     app.router.add_routes(api.ROUTES)
@@ -135,6 +137,14 @@ async def _ledger_ctx(app: web.Application) -> AsyncIterator[None]:
     app[LEDGER] = RedisRevocationLedger(url)
     yield
     await app[LEDGER].close()
+
+
+async def _used_once_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Redeemed tickets and spent DPoP proofs: Redis when configured, so each works once across
+    every replica."""
+    app[USED_ONCE] = open_used_once(app[SETTINGS].redis_url)
+    yield
+    await app[USED_ONCE].close()
 
 
 async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -344,6 +354,8 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             ledger=app.get(LEDGER),
             slots=slots,
             proxies=proxies,
+            dpop=settings.dpop,
+            used=app[USED_ONCE],
         )
         control = ControlPlane(bus, replicas, gateway, timeout=settings.api_timeout)
         app[JWKS] = jwks

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from shared.bus import EventBus
 from shared.http.jwks import JwksCache
+from shared.once import UsedOnce
 from shared.redis.ledger import RedisRevocationLedger
 from ws_service.domain.control import ControlPlane
 from ws_service.domain.gateway import Gateway
@@ -13,7 +14,6 @@ from ws_service.domain.webhooks import Events
 from ws_service.metrics import Metrics
 from ws_service.peer import WebSocketPeer
 from ws_service.settings import Settings
-from ws_service.used_tickets import UsedTickets
 
 __all__ = [
     "BUS",
@@ -25,7 +25,7 @@ __all__ = [
     "SETTINGS",
     "SOCKETS",
     "TRUSTED_KEYS",
-    "USED_TICKETS",
+    "USED_ONCE",
 ]
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -41,5 +41,7 @@ EVENTS = web.AppKey("events", Events)
 """The webhook events every socket reports (to nothing without ``WS_WEBHOOK_URL``)."""
 LEDGER = web.AppKey("revocation_ledger", RedisRevocationLedger)
 """Set only when ``REDIS_URL`` is: read it with ``app.get(LEDGER)``."""
-USED_TICKETS = web.AppKey("used_tickets", UsedTickets)
+USED_ONCE = web.AppKey("used_once", UsedOnce)
+"""Redeemed tickets and the ``jti`` of DPoP proofs: Redis when configured, so each works once on
+every replica together."""
 SOCKETS = web.AppKey("sockets", set[WebSocketPeer])

@@ -9,37 +9,32 @@ is never read from the URL: only a ticket may travel there, and it works once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from aiohttp import hdrs, web
 
 from realtime_gateway_protocol.access_token import Claims
 from realtime_gateway_protocol.frames import BEARER_PREFIX, SUBPROTOCOL
 from realtime_gateway_protocol.tickets import TICKET_CLAIMS, TICKET_TYP, TOKEN_EXP, TOKEN_IAT
 from shared.bus import BusUnavailable
+from shared.http.dpop import challenge
 from shared.http.responses import json_error
 from shared.jsonlog import audit
-from ws_service.appkeys import GATEWAY, SETTINGS, USED_TICKETS
-from ws_service.domain.errors import AuthError, InvalidToken, KeysUnavailable
+from ws_service.appkeys import GATEWAY, USED_ONCE
+from ws_service.domain.errors import AuthError, InvalidProof, InvalidToken, KeysUnavailable
 from ws_service.domain.verify import claims_from
-from ws_service.used_tickets import open_used_tickets
 
 __all__ = [
     "PROTOCOLS",
+    "TICKET_PREFIX",
     "authenticate",
     "refusal",
-    "tickets_ctx",
     "unanswerable_offer",
 ]
 
 PROTOCOLS = (SUBPROTOCOL,)
 
 
-async def tickets_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The record of redeemed tickets: Redis when configured, so a ticket works on one replica once."""
-    app[USED_TICKETS] = open_used_tickets(app[SETTINGS].redis_url)
-    yield
-    await app[USED_TICKETS].close()
+TICKET_PREFIX = "gateway:ticket:"
+"""A redeemed ticket's key in the used-once store."""
 
 
 def _offered(request: web.Request) -> list[str]:
@@ -70,7 +65,14 @@ async def authenticate(request: web.Request) -> Claims | None:
         raise InvalidToken("send one credential: a bearer subprotocol or a ticket")
     gateway = request.app[GATEWAY]
     if bearers:
-        return await gateway.authenticate(bearers[0])
+        claims = await gateway.verifier.verify(bearers[0])
+        if claims.jkt is not None:
+            raise InvalidProof(
+                "this token is DPoP-bound and a subprotocol cannot carry its proof: "
+                'authenticate in-band ({"type": "auth", "token", "proof"}) or with a ticket '
+                "(POST /v1/ws-ticket with a proof, then /ws?ticket=)"
+            )
+        return await gateway.confirm(claims)
     if ticket is None:
         return None
     payload, kid = await gateway.verifier.decode(ticket, TICKET_TYP, TICKET_CLAIMS, "a ticket")
@@ -79,7 +81,7 @@ async def authenticate(request: web.Request) -> Claims | None:
     claims = claims_from({**payload, "iat": payload[TOKEN_IAT], "exp": payload[TOKEN_EXP]}, kid)
     until = gateway.verifier.accepted_until(payload["exp"])
     try:
-        first_use = await request.app[USED_TICKETS].burn(str(payload["jti"]), until)
+        first_use = await request.app[USED_ONCE].burn(TICKET_PREFIX + str(payload["jti"]), until)
     except BusUnavailable:
         raise KeysUnavailable("tickets cannot be checked right now; try again") from None
     if not first_use:
@@ -90,4 +92,5 @@ async def authenticate(request: web.Request) -> Claims | None:
 def refusal(request: web.Request, err: AuthError) -> web.Response:
     audit("ws_handshake_refused", code=err.code, detail=err.message, remote=request.remote)
     request.app[GATEWAY].metrics.auth.labels(err.code).inc()
-    return json_error(401, err.code, err.message, {"WWW-Authenticate": "Bearer"})
+    scheme = challenge(err.code) if isinstance(err, InvalidProof) else "Bearer"
+    return json_error(401, err.code, err.message, {"WWW-Authenticate": scheme})

@@ -27,11 +27,13 @@ from shared.config.env import (
 )
 from shared.config.kept_secret import kept_secret
 from shared.config.tls import server_context
+from shared.dpop import normalized_url
 from shared.http.jwks import ALGORITHMS
 from shared.redis.connect import env_redis_url
 from ws_service.domain.history import HistoryPolicy
 from ws_service.domain.limits import Limits
 from ws_service.domain.namespaces import USER_NAMESPACE, Namespace, Namespaces
+from ws_service.domain.verify import DpopRules
 
 __all__ = [
     "DEFAULT_HISTORY",
@@ -244,6 +246,18 @@ class Settings:
     proxy_timeout: float = 2.0
     proxy_max_in_flight: int = 64
     proxy_cache_ttl: float = 5.0
+    public_url: str = ""
+    """``WS_PUBLIC_URL``: the WebSocket URL clients connect to (a DPoP proof's ``htu``); empty
+    is what this process serves, ``ws(s)://host:port/ws``."""
+    dpop_required: bool = False
+    """``WS_DPOP=required``: tokens that are not DPoP-bound are refused."""
+
+    @cached_property
+    def dpop(self) -> DpopRules:
+        """What the ``auth`` frame's DPoP proofs must name (the public URL, normalized)."""
+        scheme = "wss" if self.tls_cert else "ws"
+        url = self.public_url or f"{scheme}://{self.host}:{self.port}/ws"
+        return DpopRules(url=normalized_url(url) or "", required=self.dpop_required)
 
     @cached_property
     def namespaces(self) -> Namespaces:
@@ -352,7 +366,14 @@ class Settings:
             proxy_max_in_flight=env_int(environ, "WS_PROXY_MAX_IN_FLIGHT", 64, minimum=1),
             proxy_cache_ttl=env_float(environ, "WS_PROXY_CACHE_TTL", 5.0, minimum=0),
             drain_seconds=env_float(environ, "WS_DRAIN_SECONDS", 30.0, minimum=0),
+            public_url=env_str(environ, "WS_PUBLIC_URL", ""),
+            dpop_required=_dpop_required(env_str(environ, "WS_DPOP", "optional")),
         )
+        if settings.public_url and normalized_url(settings.public_url) is None:
+            raise ConfigError(
+                f"WS_PUBLIC_URL must be a ws(s) or http(s) URL with a host, got "
+                f"{settings.public_url!r}"
+            )
         if settings.proxy and not settings.proxy_secrets:
             raise ConfigError(
                 "WS_PROXY needs WS_PROXY_SECRET (or WS_PROXY_SECRET_FILE): the application "
@@ -371,6 +392,15 @@ class Settings:
                 "only Redis carries revocations, channel messages and presence between them"
             )
         return settings
+
+
+def _dpop_required(value: str) -> bool:
+    """``WS_DPOP``: ``optional`` (bound tokens need proofs, bearer tokens still work) or
+    ``required``. There is no ``off``: a bound token is never accepted without its proof."""
+    policy = value.strip().lower()
+    if policy not in ("optional", "required"):
+        raise ConfigError(f"WS_DPOP must be optional or required, got {value!r}")
+    return policy == "required"
 
 
 def _webhook_settings(environ: Mapping[str, str]) -> dict[str, Any]:

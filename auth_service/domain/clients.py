@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from auth_service.domain.dpop import DpopPolicy
 from auth_service.domain.errors import InvalidClient, InvalidRequest
 from auth_service.domain.keyring import KeyCipher
 from auth_service.domain.models import Client, TrustedIssuer
@@ -91,9 +92,11 @@ class ClientRegistry:
         namespaces: Iterable[str] | None = None,
         reserved: Iterable[str] = (),
         trusted: TrustedIssuer | None = None,
+        dpop: DpopPolicy | None = None,
     ) -> IssuedSecret:
         """Register a client; ``reserved`` names are taken already (the public client's).
-        ``trusted``: the identity provider whose tokens it may exchange too."""
+        ``trusted``: the identity provider whose tokens it may exchange too; ``dpop`` is the DPoP
+        policy of its users' tokens (None: ``AUTH_DPOP``'s)."""
         if not CLIENT_ID_RE.fullmatch(client_id):
             raise InvalidRequest(
                 "a client id is 3-32 characters of a-z, 0-9, '_', '.' or '-', starting with a "
@@ -114,6 +117,7 @@ class ClientRegistry:
             scope=None if scope is None else " ".join(scope.split()),
             namespaces=None if spaces is None else " ".join(spaces),
             created_at=self._clock(),
+            dpop=None if dpop is None else dpop.value,
         ).trusting(trusted)
         if not await self._store.create_client(client):
             raise InvalidRequest(f"a client {client_id!r} exists")

@@ -15,6 +15,7 @@ __all__ = [
     "InvalidClient",
     "InvalidClientToken",
     "InvalidCredentials",
+    "InvalidDpopProof",
     "InvalidGrant",
     "InvalidRequest",
     "InvalidScope",
@@ -26,8 +27,10 @@ __all__ = [
     "StoreUnavailable",
     "Throttled",
     "UnauthorizedClient",
+    "UnprovenKey",
     "UnsupportedGrantType",
     "UnsupportedMediaType",
+    "UseDpopNonce",
     "UsernameTaken",
 ]
 
@@ -94,6 +97,28 @@ class RefreshReuse(InvalidGrant):
         self.family_revoked = family_revoked
 
 
+class InvalidDpopProof(AuthError):
+    """RFC 9449 section 5: the ``DPoP`` proof of a request is malformed, does not match the
+    request, was used before, or is missing where one is required. At a protected resource
+    (``/v1/ws-ticket``, ``/v1/logout``) it is answered as an :class:`InvalidClientToken` of this
+    code instead (401, a ``DPoP`` challenge)."""
+
+    code = "invalid_dpop_proof"
+
+
+class UseDpopNonce(InvalidDpopProof):
+    """RFC 9449 section 8: server nonces are on and the proof lacks the current one; the response
+    carries a fresh ``DPoP-Nonce`` to sign again with."""
+
+    code = "use_dpop_nonce"
+
+
+class UnprovenKey(InvalidGrant):
+    """RFC 9449 section 5: a DPoP-bound refresh token (or session cookie) presented without a
+    proof of its key, or with a proof of another key: a stolen token replayed elsewhere. Audited
+    as an attack; nothing else happens to the family."""
+
+
 class InvalidClient(AuthError):
     """Client authentication failed (RFC 6749 section 5.2): an unknown client, a wrong secret, a
     method this server does not support, or none where one is needed. Answered with a ``Basic``
@@ -109,9 +134,18 @@ class AccessDenied(AuthError):
 
 
 class InvalidClientToken(AuthError):
-    """A bearer access token that is missing, malformed, expired or not ours."""
+    """A bearer access token that is missing, malformed, expired or not ours. ``dpop``: the
+    refusal concerns a DPoP-bound token or its proof (RFC 9449 section 7.1), so the challenge is
+    ``DPoP`` with this ``code`` (``invalid_token``, ``invalid_dpop_proof``, ``use_dpop_nonce``)."""
 
     code = "invalid_token"
+    dpop = False
+
+    def __init__(self, description: str, *, code: str | None = None, dpop: bool = False) -> None:
+        super().__init__(description)
+        if code is not None:
+            self.code = code
+        self.dpop = dpop
 
 
 class UsernameTaken(AuthError):

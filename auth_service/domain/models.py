@@ -37,7 +37,9 @@ class User:
 class Session:
     """A refresh-token family. ``expires_at`` is its absolute lifetime. An exchanged session keeps
     what every refresh carries again: its ``authorization_details`` (compact JSON) and the
-    ``username`` the app asserted."""
+    ``username`` the app asserted. ``jkt``: the DPoP key (RFC 7638 thumbprint) the family is
+    bound to, set by the first request that proved one and never changed: every refresh token
+    of the family then needs a proof of it."""
 
     sid: str
     user_id: str
@@ -47,6 +49,7 @@ class Session:
     revoked_at: float | None = None
     authorization_details: str | None = None
     username: str | None = None
+    jkt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,9 @@ class Client:
     trusted_jwks_uri: str | None = None
     trusted_audience: str | None = None
     trusted_algorithms: str | None = None
+    dpop: str | None = None
+    """The DPoP policy of the tokens issued for this client's users (``off``, ``optional``,
+    ``required``); None follows ``AUTH_DPOP``."""
 
     @property
     def trusted(self) -> TrustedIssuer | None:

@@ -12,10 +12,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from auth_service.domain.clients import TOKEN_EXCHANGE, ClientRegistry, client_of, subject
+from auth_service.domain.dpop import DpopGate, DpopPolicy, Presented
 from auth_service.domain.errors import (
     AccessDenied,
     InvalidClientToken,
     InvalidCredentials,
+    InvalidDpopProof,
     InvalidGrant,
     InvalidRequest,
     InvalidScope,
@@ -23,6 +25,7 @@ from auth_service.domain.errors import (
     RefreshReuse,
     RegistrationClosed,
     UnauthorizedClient,
+    UnprovenKey,
 )
 from auth_service.domain.exchange import (
     SUBJECT_TOKEN_TYPE,
@@ -41,7 +44,7 @@ from auth_service.domain.models import Client, RefreshToken, RefreshTokenView, S
 from auth_service.domain.passwords import Passwords
 from auth_service.domain.store import Store
 from auth_service.domain.throttle import LoginThrottle
-from auth_service.domain.tokens import Ticket, TokenIssuer
+from auth_service.domain.tokens import Ticket, TokenIssuer, bound_key
 from realtime_gateway_protocol.access_token import AuthorizationDetail
 from realtime_gateway_protocol.events import RevocationEvent, SessionRevoked, UserRevoked
 from shared.jsonlog import audit, fingerprint
@@ -72,6 +75,13 @@ class TokenPair:
     scope: str
     authorization_details: list[AuthorizationDetail] | None = None
     """RFC 9396 section 7: the details granted, when the session has any."""
+    jkt: str | None = None
+    """The DPoP key the access token is bound to (its ``cnf.jkt``), if it is."""
+
+    @property
+    def token_type(self) -> str:
+        """RFC 9449 section 5: ``DPoP`` for a bound access token."""
+        return "Bearer" if self.jkt is None else "DPoP"
 
 
 def _replay_owner(client: Client, assertion: Assertion) -> str:
@@ -112,6 +122,7 @@ class AuthService:
         *,
         clients: ClientRegistry,
         issuer_keys: IssuerKeys | None = None,
+        dpop: DpopGate,
     ) -> None:
         self._store = store
         self._tokens = tokens
@@ -123,6 +134,7 @@ class AuthService:
         self.clients = clients
         self._issuer_keys = issuer_keys
         """Trusted identity providers' keys; None where nothing is exchanged (the CLI)."""
+        self.dpop = dpop
 
     async def register(self, username: str, password: str, *, scope: str | None = None) -> User:
         if not self.policy.allow_registration:
@@ -140,7 +152,12 @@ class AuthService:
         audit("user_registered", user_id=user.id, username=username)
         return user
 
-    async def login(self, username: str, password: str, *, address: str) -> TokenPair:
+    async def login(
+        self, username: str, password: str, *, address: str, proof: Presented | None = None
+    ) -> TokenPair:
+        """A new session, bound to the key ``proof`` proves when it counts (``AUTH_DPOP``). The
+        proof is checked before the password, so a nonce round trip costs no password check."""
+        jkt = await self.dpop.key(proof)
         now = self._clock()
         reservation = await self._throttle.reserve(username, address, now)
         user = await self._store.get_user_by_username(username)
@@ -164,7 +181,7 @@ class AuthService:
             )
             raise InvalidCredentials("invalid username or password")
         await self._throttle.succeeded(reservation)
-        pair, sid = await self._start_session(user, user.scope, now)
+        pair, sid = await self._start_session(user, user.scope, now, jkt=jkt)
         audit("login_ok", user_id=user.id, sid=sid, address=address)
         return pair
 
@@ -176,15 +193,18 @@ class AuthService:
         *,
         scope: str | None = None,
         authorization_details: object = None,
+        proof: Presented | None = None,
     ) -> TokenPair:
         """RFC 8693: a session for the app user the subject token names, as a password login makes
-        one for a local user. The token is the client's own assertion or, for a client that
-        trusts an identity provider, that provider's token. Everything is checked before the
-        token's ``jti`` is spent, so a request refused for its scope can be sent again with the
-        same token."""
+        one for a local user, bound to the key ``proof`` proves when the client's policy lets it
+        count. The token is the client's own assertion or, for a client that trusts an identity
+        provider, that provider's token. Everything is checked before the token's ``jti`` is
+        spent, so a request refused for its scope (or a nonce) can be sent again with the same
+        token."""
         now = self._clock()
         if TOKEN_EXCHANGE not in client.grant_types.split():
             raise UnauthorizedClient("this client is not registered for token exchange")
+        jkt = await self.dpop.key(proof, policy=_client_policy(client))
         assertion = await self._verified_subject(client, subject_token, subject_token_type, now)
         granted = allowed_scope(client, scope, self.policy.default_scope)
         details = allowed_details(client, authorization_details)
@@ -197,7 +217,9 @@ class AuthService:
         sub = subject(client.client_id, assertion.user_id)
         user = User(sub, sub, "", "", now, client.client_id)
         await self._store.ensure_user(user)
-        pair, sid = await self._start_session(user, granted, now, details, assertion.username)
+        pair, sid = await self._start_session(
+            user, granted, now, details, assertion.username, jkt=jkt
+        )
         audit(
             "token_exchanged",
             client_id=client.client_id,
@@ -244,21 +266,31 @@ class AuthService:
         now: float,
         details: str | None = None,
         username: str | None = None,
+        *,
+        jkt: str | None = None,
     ) -> tuple[TokenPair, str]:
         sid = str(uuid.uuid4())
         expires_at = now + self.policy.session_lifetime
-        session = Session(sid, user.id, scope, now, expires_at, None, details, username)
+        session = Session(sid, user.id, scope, now, expires_at, None, details, username, jkt)
         secret, record = self._new_refresh_token(session, now)
-        pair = self._pair(user, session, secret, record, scope, now)
+        pair = self._pair(user, session, secret, record, scope, now, jkt)
         await self._store.create_session(session, record)
         return pair, sid
 
     async def refresh(
-        self, refresh_token: str, *, scope: str | None = None, client: Client | None = None
+        self,
+        refresh_token: str,
+        *,
+        scope: str | None = None,
+        client: Client | None = None,
+        proof: Presented | None = None,
     ) -> TokenPair:
         """Rotate a refresh token. Anyone holding it may (an exchanged session's tokens are
         handed to the app's browser, a public client); a confidential client that does
-        authenticate may only refresh its own users' sessions."""
+        authenticate may only refresh its own users' sessions. A bound session's token needs a
+        proof of its key, checked before anything else happens to the family (a stolen token
+        replayed from elsewhere revokes nothing); an unbound session is bound by the first
+        refresh that proves a key where the policy lets it count."""
         now = self._clock()
         view = await self._store.find_refresh_token(hash_refresh_token(refresh_token))
         if view is None:
@@ -271,17 +303,45 @@ class AuthService:
         except InvalidGrant as exc:
             audit("refresh_refused", sid=session.sid, reason=exc.description)
             raise
+        jkt = await self._proven_key(view, proof, "refresh")
         if token.rotated_at is not None:
             await self._reused(session, now - token.rotated_at, now)
         granted = self._narrow_scope(session.scope, scope)
         user = view.user
         secret, record = self._new_refresh_token(session, now)
-        pair = self._pair(user, session, secret, record, granted, now)
-        if not await self._store.rotate_refresh_token(token.token_hash, record, now):
+        pair = self._pair(user, session, secret, record, granted, now, jkt)
+        bind = jkt if session.jkt is None else None
+        if not await self._store.rotate_refresh_token(token.token_hash, record, now, bind=bind):
             audit("refresh_race_lost", sid=session.sid)
             raise RefreshReuse("the refresh token was already used", family_revoked=False)
         audit("refresh_ok", user_id=user.id, sid=session.sid)
         return pair
+
+    async def _proven_key(
+        self, view: RefreshTokenView, proof: Presented | None, use: str
+    ) -> str | None:
+        """The key the request proves for this refresh token: the session's own when it is bound
+        (a missing proof or another key is ``invalid_grant`` and audited as an attack, RFC 9449
+        section 5), else whatever the applicable policy lets count."""
+        bound = view.session.jkt
+        policy = await self._policy_of(view.user)
+        jkt = await self.dpop.key(proof, policy=policy, bound=bound)
+        if bound is not None and jkt != bound:
+            reason = "no DPoP proof" if jkt is None else "a proof of another key"
+            audit(
+                "refresh_token_key_refused",
+                sid=view.session.sid,
+                user_id=view.user.id,
+                use=use,
+                reason=reason,
+            )
+            raise UnprovenKey(f"this refresh token is DPoP-bound: {reason} is not enough")
+        return jkt
+
+    async def _policy_of(self, user: User) -> DpopPolicy:
+        """The DPoP policy of a user's tokens: their client's own, else ``AUTH_DPOP``."""
+        client = await self._store.get_client(user.client_id) if user.client_id else None
+        return (_client_policy(client) if client else None) or self.dpop.policy
 
     async def _reused(self, session: Session, since_rotation: float, now: float) -> None:
         if since_rotation <= self.policy.refresh_reuse_grace:
@@ -293,26 +353,70 @@ class AuthService:
             "the refresh token was already used; the session is revoked", family_revoked=True
         )
 
-    async def ticket_for_access_token(self, access_token: str) -> Ticket:
+    async def ticket_for_access_token(
+        self, access_token: str, *, dpop_scheme: bool = False, proof: Presented | None = None
+    ) -> Ticket:
         """A WebSocket ticket bound to a live access token (and expiring no later than it) of a
         live session (the gateway would refuse the ticket of a logged-out one), signed by the key
         that signed the token: the socket it opens is found by that key's withdrawal, as a socket
-        opened with the token itself is."""
+        opened with the token itself is. A DPoP-bound token must come with a proof of its key;
+        the ticket carries the binding (``cnf``) to its socket."""
         now = self._clock()
         claims, kid = self._tokens.verified_with_kid(access_token)
+        await self._check_presentation(claims, access_token, dpop_scheme, proof)
         if not await self._store.session_is_live(str(claims["sid"]), now):
             raise InvalidClientToken("the session was logged out or has ended")
         return self._tokens.issue_ticket(claims, now, kid)
 
-    async def ticket_for_refresh_token(self, refresh_token: str) -> Ticket:
-        """A ticket for a browser holding only its session cookie: bound to that session, and as
-        short-lived as an access token issued now would be. Nothing is rotated."""
+    async def ticket_for_refresh_token(
+        self, refresh_token: str, *, proof: Presented | None = None
+    ) -> Ticket:
+        """A ticket for a browser holding only its session cookie: bound to that session (and its
+        DPoP key, which the request must prove), and as short-lived as an access token issued
+        now would be. Nothing is rotated."""
         now = self._clock()
         view = await self._live_refresh_token(refresh_token, now)
+        jkt = await self._proven_key(view, proof, "ws_ticket") if view.session.jkt else None
         access = self._tokens.access_claims(
-            user=view.user, session=view.session, scope=view.session.scope, now=now
+            user=view.user, session=view.session, scope=view.session.scope, now=now, jkt=jkt
         )
         return self._tokens.issue_ticket(access, now)
+
+    async def _check_presentation(
+        self,
+        claims: dict[str, object],
+        access_token: str,
+        dpop_scheme: bool,
+        proof: Presented | None,
+    ) -> None:
+        """RFC 9449 section 7: a bound access token comes as ``Authorization: DPoP`` with a proof
+        of its key whose ``ath`` is its hash; an unbound one as ``Bearer``. Refusals are 401 with
+        a ``DPoP`` challenge."""
+        bound = bound_key(claims)
+        if bound is None:
+            if dpop_scheme:
+                raise InvalidClientToken(
+                    "this access token is not DPoP-bound: send it as 'Authorization: Bearer'",
+                    dpop=True,
+                )
+            return
+        if not dpop_scheme:
+            raise InvalidClientToken(
+                "this access token is DPoP-bound: send it as 'Authorization: DPoP' with a "
+                "DPoP proof",
+                dpop=True,
+            )
+        try:
+            jkt = await self.dpop.key(proof, bound=bound, access_token=access_token)
+        except InvalidDpopProof as exc:
+            raise InvalidClientToken(exc.description, code=exc.code, dpop=True) from None
+        if jkt != bound:
+            audit("access_token_key_refused", sid=claims.get("sid"), user_id=claims.get("sub"))
+            raise InvalidClientToken(
+                "the access token is DPoP-bound: the request needs a proof of its key",
+                code=InvalidDpopProof.code,
+                dpop=True,
+            )
 
     def _check_session(self, view: RefreshTokenView, now: float) -> None:
         """Refuse a refresh token whose session is revoked or which has expired."""
@@ -331,41 +435,65 @@ class AuthService:
             raise InvalidGrant("the refresh token was already used")
         return view
 
-    async def logout_with_access_token(self, access_token: str, *, everywhere: bool) -> None:
+    async def logout_with_access_token(
+        self,
+        access_token: str,
+        *,
+        everywhere: bool,
+        dpop_scheme: bool = False,
+        proof: Presented | None = None,
+    ) -> None:
         """Log out the token's session (``everywhere``: and every other one of its user) while
-        that session is live: the access token of a logged-out session ends nothing."""
+        that session is live: the access token of a logged-out session ends nothing, nor does a
+        bound one without a proof of its key."""
         claims = self._tokens.verify(access_token)
+        await self._check_presentation(claims, access_token, dpop_scheme, proof)
         sid, user_id = str(claims["sid"]), str(claims["sub"])
         if not await self._revoke_session(sid, user_id, self._clock(), reason="logout"):
             raise InvalidClientToken("the session was already logged out")
         if everywhere:
             await self._logout_everywhere(user_id)
 
-    async def logout_with_refresh_token(self, refresh_token: str, *, everywhere: bool) -> None:
-        """The same with a refresh token, which must be live (not rotated, expired or revoked)."""
+    async def logout_with_refresh_token(
+        self, refresh_token: str, *, everywhere: bool, proof: Presented | None = None
+    ) -> None:
+        """The same with a refresh token, which must be live (not rotated, expired or revoked)
+        and, when its session is bound, come with a proof of the session's key."""
         now = self._clock()
-        session = (await self._live_refresh_token(refresh_token, now)).session
+        view = await self._live_refresh_token(refresh_token, now)
+        await self._proven_key(view, proof, "logout")
+        session = view.session
         if not await self._revoke_session(session.sid, session.user_id, now, reason="logout"):
             raise InvalidGrant("the session was revoked")
         if everywhere:
             await self._logout_everywhere(session.user_id)
 
-    async def revoke(self, token: str, *, client: Client | None = None) -> None:
+    async def revoke(
+        self, token: str, *, client: Client | None = None, proof: Presented | None = None
+    ) -> None:
         """RFC 7009: revoke the session behind a live refresh or access token. Unknown, expired,
         rotated or already revoked tokens are fine and change nothing (no new event either), and
-        so is a token of another client's users when a confidential client asks (section 2.1)."""
+        so is a token of another client's users when a confidential client asks (section 2.1),
+        and a DPoP-bound token without a proof of its key (unless its own confidential client
+        asks): holding a bound token is not enough to end its session."""
         now = self._clock()
         try:
             session = (await self._live_refresh_token(token, now)).session
-            sid, user_id = session.sid, session.user_id
+            sid, user_id, bound = session.sid, session.user_id, session.jkt
         except InvalidGrant:
             try:
                 claims = self._tokens.verify(token)
             except InvalidClientToken:
                 return
-            sid, user_id = str(claims["sid"]), str(claims["sub"])
-        if client is None or client_of(user_id) == client.client_id:
-            await self._revoke_session(sid, user_id, now, reason="revoke")
+            sid, user_id, bound = str(claims["sid"]), str(claims["sub"]), bound_key(claims)
+        if client is not None:
+            if client_of(user_id) == client.client_id:
+                await self._revoke_session(sid, user_id, now, reason="revoke")
+            return
+        if bound is not None and await self.dpop.key(proof, bound=bound) != bound:
+            audit("revoke_key_refused", sid=sid, user_id=user_id)
+            return
+        await self._revoke_session(sid, user_id, now, reason="revoke")
 
     async def revoke_app_user(self, client: Client, sub: str) -> int:
         """End every session of one of the client's users, as a logout everywhere would; returns
@@ -437,9 +565,10 @@ class AuthService:
         record: RefreshToken,
         scope: str,
         now: float,
+        jkt: str | None = None,
     ) -> TokenPair:
         """Sign before storing, so a failed signature never leaves a stored, unusable token."""
-        access = self._tokens.issue(user=user, session=session, scope=scope, now=now)
+        access = self._tokens.issue(user=user, session=session, scope=scope, now=now, jkt=jkt)
         return TokenPair(
             access_token=access.token,
             expires_in=access.expires_at - int(now),
@@ -447,4 +576,10 @@ class AuthService:
             refresh_expires_in=int(record.expires_at - now),
             scope=scope,
             authorization_details=access.claims.get("authorization_details"),
+            jkt=jkt,
         )
+
+
+def _client_policy(client: Client) -> DpopPolicy | None:
+    """A confidential client's own DPoP policy for its users' tokens, if it has one."""
+    return None if client.dpop is None else DpopPolicy(client.dpop)

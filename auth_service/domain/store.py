@@ -45,11 +45,15 @@ class Store(Protocol):
 
     async def find_refresh_token(self, token_hash: str) -> RefreshTokenView | None: ...
 
-    async def rotate_refresh_token(self, old_hash: str, new: RefreshToken, now: float) -> bool:
-        """Atomically mark ``old_hash`` rotated and store ``new``.
+    async def rotate_refresh_token(
+        self, old_hash: str, new: RefreshToken, now: float, *, bind: str | None = None
+    ) -> bool:
+        """Atomically mark ``old_hash`` rotated and store ``new``; with ``bind``, also bind the
+        (unbound) session to that DPoP key.
 
-        Returns False (and stores nothing) when ``old_hash`` was already rotated: the
-        compare-and-set that makes concurrent refreshes yield exactly one winner.
+        Returns False (and stores nothing) when ``old_hash`` was already rotated, or ``bind`` is
+        given and the session is bound already: the compare-and-set that makes concurrent
+        refreshes yield exactly one winner.
         """
 
     async def session_is_live(self, sid: str, now: float) -> bool:

@@ -22,7 +22,7 @@ from realtime_gateway_protocol.access_token import (
 )
 from realtime_gateway_protocol.tickets import TICKET_TYP, ticket_claims
 
-__all__ = ["AccessToken", "Ticket", "TokenIssuer"]
+__all__ = ["AccessToken", "Ticket", "TokenIssuer", "bound_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,13 @@ class Ticket:
     expires_in: int
 
 
+def bound_key(claims: Mapping[str, Any]) -> str | None:
+    """The DPoP key one of our verified access tokens is bound to (``cnf.jkt``), if any."""
+    cnf = claims.get("cnf")
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    return jkt if isinstance(jkt, str) else None
+
+
 class TokenIssuer:
     def __init__(
         self, ring: KeyRing, *, issuer: str, audience: str, ttl: int, client_id: str
@@ -51,15 +58,18 @@ class TokenIssuer:
         self.ttl = ttl
         self.client_id = client_id
 
-    def issue(self, *, user: User, session: Session, scope: str, now: float) -> AccessToken:
-        claims = self.access_claims(user=user, session=session, scope=scope, now=now)
+    def issue(
+        self, *, user: User, session: Session, scope: str, now: float, jkt: str | None = None
+    ) -> AccessToken:
+        claims = self.access_claims(user=user, session=session, scope=scope, now=now, jkt=jkt)
         return AccessToken(self._sign({**claims}, ACCESS_TOKEN_TYP, now), claims)
 
     def access_claims(
-        self, *, user: User, session: Session, scope: str, now: float
+        self, *, user: User, session: Session, scope: str, now: float, jkt: str | None = None
     ) -> AccessTokenPayload:
         """An app user's token names the client that exchanged it and carries what its session
-        keeps: the username the app asserted and the ``authorization_details``."""
+        keeps: the username the app asserted and the ``authorization_details``. ``jkt`` binds
+        it to a DPoP key (``cnf``, RFC 9449 section 6.1)."""
         iat = int(now)
         claims: AccessTokenPayload = {
             "iss": self.issuer,
@@ -77,6 +87,8 @@ class TokenIssuer:
             claims["preferred_username"] = username
         if session.authorization_details is not None:
             claims["authorization_details"] = json.loads(session.authorization_details)
+        if jkt is not None:
+            claims["cnf"] = {"jkt": jkt}
         return claims
 
     def issue_ticket(self, access: Mapping[str, Any], now: float, kid: str | None = None) -> Ticket:

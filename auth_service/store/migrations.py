@@ -145,6 +145,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE clients ADD COLUMN trusted_algorithms TEXT",
         ),
     ),
+    (
+        7,
+        (
+            "ALTER TABLE sessions ADD COLUMN jkt TEXT",
+            "ALTER TABLE clients ADD COLUMN dpop TEXT",
+        ),
+    ),
 )
 
 _TYPE = re.compile(r"\{(real|blob|serial)\}")

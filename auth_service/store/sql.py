@@ -123,6 +123,7 @@ _ROTATE_IN_ONE_STATEMENT = (
     f"WITH old AS ({_MARK_ROTATED} RETURNING 1) INSERT INTO refresh_tokens "  # noqa: S608
     f"({_names(RefreshToken)}) SELECT {_marks(RefreshToken, first=3)} FROM old"
 )
+_BIND_SESSION = "UPDATE sessions SET jkt = $1 WHERE sid = $2 AND jkt IS NULL"
 _REFRESH_VIEW = f"""
     SELECT {_columns("t", RefreshToken)}, {_columns("s", Session)}, {_columns("u", User)}
     FROM refresh_tokens t
@@ -181,14 +182,19 @@ class SqlStore:
             _model(RefreshToken, row, "t"), _model(Session, row, "s"), _model(User, row, "u")
         )
 
-    async def rotate_refresh_token(self, old_hash: str, new: RefreshToken, now: float) -> bool:
+    async def rotate_refresh_token(
+        self, old_hash: str, new: RefreshToken, now: float, *, bind: str | None = None
+    ) -> bool:
         """The compare-and-set on ``rotated_at IS NULL`` and the new token's INSERT commit together,
-        in one round trip (one statement) or one hand-off (one transaction)."""
+        in one round trip (one statement) or one hand-off (one transaction); a binding, when
+        asked, in the same transaction."""
         rotation: list[Statement]
         if self._db.writable_ctes:
             rotation = [(_ROTATE_IN_ONE_STATEMENT, (now, old_hash, *astuple(new)))]
         else:
             rotation = [(_MARK_ROTATED, (now, old_hash)), (_INSERT_TOKEN, astuple(new))]
+        if bind is not None:
+            rotation.append((_BIND_SESSION, (bind, new.sid)))
         return await self._db.execute_atomically(rotation)
 
     async def session_is_live(self, sid: str, now: float) -> bool:

@@ -38,6 +38,7 @@ export const DISCONNECTS = Object.freeze([
   [4401, "token_expired", "refresh_then_reconnect"],
   [4401, "keys_unavailable", "reconnect"],
   [4401, "not_authenticated", "stop"],
+  [4401, "invalid_dpop_proof", "stop"],
   [4403, "session_revoked", "stop"],
   [4403, "subject_mismatch", "stop"],
   [4403, "disconnected", "stop"],

@@ -1,7 +1,8 @@
 """The access-token contract between auth_service (the issuer) and ws_service (the verifier).
 
 An access token is an RS256 JWT with header ``typ: at+jwt`` and the claims set of
-:class:`AccessTokenPayload`. Its required keys are the claims a verifier insists on, so the issuer
+:class:`AccessTokenPayload`. A DPoP-bound token (RFC 9449) carries ``cnf: {"jkt": <the RFC 7638
+thumbprint of the client's key>}``: whoever presents it must prove that key. Its required keys are the claims a verifier insists on, so the issuer
 (type-checked against the same TypedDict) can never leave one out.
 
 A token may carry per-channel permissions, RFC 9396 ``authorization_details`` of the one type
@@ -33,6 +34,7 @@ __all__ = [
     "AuthorizationDetailsError",
     "ChannelGrant",
     "Claims",
+    "Confirmation",
     "TokenRef",
     "parse_authorization_details",
     "scope_set",
@@ -60,6 +62,13 @@ class AuthorizationDetail(TypedDict):
     actions: list[str]
 
 
+class Confirmation(TypedDict):
+    """RFC 9449 section 6.1: the key a DPoP-bound token is bound to, by its RFC 7638 thumbprint
+    (base64url SHA-256)."""
+
+    jkt: str
+
+
 class AccessTokenPayload(_RequiredClaims, total=False):
     """The claims set the issuer signs: ``scope`` is space-separated, the optional claims may be
     absent."""
@@ -72,6 +81,9 @@ class AccessTokenPayload(_RequiredClaims, total=False):
     authorization_details: list[AuthorizationDetail]
     """RFC 9396: per-channel permissions, when the token was exchanged with them; read it with
     :func:`parse_authorization_details`."""
+    cnf: Confirmation
+    """RFC 9449: present when the token is DPoP-bound; a verifier then demands a proof of
+    ``cnf.jkt`` with every presentation."""
 
 
 REQUIRED_CLAIMS: tuple[str, ...] = tuple(sorted(AccessTokenPayload.__required_keys__))
@@ -105,6 +117,9 @@ class Claims:
     """``(action, channel)`` pairs the token's RFC 9396 ``authorization_details`` grant (a channel
     ending in ``*`` is a prefix). The verifier parses the claim (``from_payload`` leaves it
     empty) and shares one set per distinct value, as ``scope_set`` does for scopes."""
+    jkt: str | None = None
+    """The thumbprint of the key a DPoP-bound token is bound to (its ``cnf.jkt``), interned like
+    ``kid`` (a socket's renewals must prove the same key); None for a bearer token."""
 
     @property
     def ref(self) -> TokenRef:
@@ -131,6 +146,7 @@ class Claims:
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (iat, exp)):
             raise ValueError("the token's times are not numbers")
         return cls(
+            jkt=_bound_key(payload.get("cnf")),
             sub=sub,
             sid=sid,
             iat=int(iat),
@@ -139,6 +155,19 @@ class Claims:
             username=username if isinstance(username, str) else None,
             kid=sys.intern(kid),
         )
+
+
+def _bound_key(cnf: object) -> str | None:
+    """``cnf.jkt``, interned; a ``cnf`` that binds the token some other way (mTLS, a raw key) is
+    one this verifier cannot check, so the token is refused rather than taken as a bearer."""
+    if cnf is None:
+        return None
+    if not isinstance(cnf, dict) or cnf.keys() != {"jkt"}:
+        raise ValueError("the token's cnf is not a DPoP key binding (cnf.jkt only)")
+    jkt = cnf["jkt"]
+    if not isinstance(jkt, str) or not jkt:
+        raise ValueError("the token's cnf.jkt must be a key thumbprint")
+    return sys.intern(jkt)
 
 
 @lru_cache(maxsize=1024)

@@ -55,6 +55,7 @@ class Disconnect(Enum):
     TOKEN_EXPIRED = (CloseCode.UNAUTHORIZED, "token_expired", Action.REFRESH_THEN_RECONNECT)
     KEYS_UNAVAILABLE = (CloseCode.UNAUTHORIZED, "keys_unavailable", Action.RECONNECT)
     NOT_AUTHENTICATED = (CloseCode.UNAUTHORIZED, "not_authenticated", Action.STOP)
+    INVALID_DPOP_PROOF = (CloseCode.UNAUTHORIZED, "invalid_dpop_proof", Action.STOP)
     SESSION_REVOKED = (CloseCode.FORBIDDEN, "session_revoked", Action.STOP)
     SUBJECT_MISMATCH = (CloseCode.FORBIDDEN, "subject_mismatch", Action.STOP)
     DISCONNECTED = (CloseCode.FORBIDDEN, "disconnected", Action.STOP)

@@ -1,12 +1,13 @@
 """WebSocket tickets: the contract between auth_service, which mints them from an access token, and
-every ws replica, which redeems each one once (``ws_service/used_tickets.py``).
+every ws replica, which redeems each one once (``shared/once.py``).
 
 A ticket is a JWT signed with the issuer's keys but of its own ``typ``, so the gateway never takes a
 ticket for an access token nor an access token for a ticket. It lives at most ``TICKET_TTL``
 seconds and never past the access token it came from, whose ``iat`` and ``exp`` it carries: the
 socket it opens is bound to the same user, session and scope, expires with that token, and is
 covered by the same revocations, with the same permissions (``scope`` and
-``authorization_details``). Its ``jti`` is burnt on first use. Standard library only: the
+``authorization_details``) and the same DPoP key binding (``cnf``: renewals on its socket must
+prove that key). Its ``jti`` is burnt on first use. Standard library only: the
 issuer's domain mints tickets with it.
 """
 
@@ -29,7 +30,7 @@ TOKEN_IAT, TOKEN_EXP = "token_iat", "token_exp"
 TICKET_CLAIMS = ["iss", "aud", "sub", "sid", "jti", "iat", "exp", TOKEN_IAT, TOKEN_EXP]
 """Every claim a ticket must carry (the optional ones in ``_COPIED`` are copied when present: a
 socket opened with a ticket is allowed no more than one opened with the token)."""
-_COPIED = ("scope", "authorization_details", "preferred_username", "client_id")
+_COPIED = ("scope", "authorization_details", "preferred_username", "client_id", "cnf")
 
 
 def ticket_claims(access: Mapping[str, Any], now: float) -> dict[str, Any]:

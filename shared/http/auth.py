@@ -1,23 +1,39 @@
-"""``Authorization: Bearer`` parsing, the same for both services (RFC 6750: the scheme is
-case-insensitive)."""
+"""``Authorization: Bearer`` (and ``DPoP``, RFC 9449 section 7.1) parsing, the same for both
+services (RFC 6750: the scheme is case-insensitive)."""
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
 
-__all__ = ["bearer_matches", "bearer_token"]
+__all__ = ["access_token", "bearer_matches", "bearer_token", "scheme_token"]
 
 
 def bearer_token(header: str | None) -> str | None:
-    """The credentials of a Bearer ``Authorization`` header; None when absent or another scheme.
+    """The credentials of a Bearer ``Authorization`` header; None when absent or another scheme."""
+    return scheme_token(header, "bearer")
+
+
+def access_token(header: str | None) -> tuple[str, bool] | None:
+    """The access token of ``Authorization: Bearer``, or of ``Authorization: DPoP`` (then True:
+    presented as DPoP-bound, RFC 9449 section 7.1); None for neither."""
+    token = bearer_token(header)
+    if token is not None:
+        return token, False
+    token = scheme_token(header, "dpop")
+    return None if token is None else (token, True)
+
+
+def scheme_token(header: str | None, scheme: str) -> str | None:
+    """The credentials of an ``Authorization`` header of ``scheme`` (lower case); None when
+    absent or another scheme.
 
     Credentials must be printable ASCII without spaces: aiohttp hands undecodable header bytes
     over as surrogate escapes, and those must never reach a parser, a hash or a log line.
     """
-    scheme, _, credentials = (header or "").strip().partition(" ")
+    given, _, credentials = (header or "").strip().partition(" ")
     credentials = credentials.strip()
-    if scheme.lower() != "bearer" or not credentials:
+    if given.lower() != scheme or not credentials:
         return None
     if not (credentials.isascii() and credentials.isprintable()) or " " in credentials:
         return None

@@ -86,6 +86,8 @@ class Target:
     hold: bool = True
     push: str | None = None  # "gateway" (POST /v1/publish after subscribing) or "bare" (/push)
     note: str = ""
+    dpop: bool = False
+    """Handshakes with DPoP-bound tokens, each auth frame carrying a fresh ES256 proof."""
 
 
 class Bench:
@@ -181,11 +183,13 @@ class Bench:
         figures: dict[str, Any] = {"note": target.note} if target.note else {}
         try:
             await self.both("reset")
-            await lead.call("handshakes", port=server.port, path="/ws", count=200, concurrency=20)
+            await lead.call("handshakes", port=server.port, path="/ws", count=200, concurrency=20,
+                            dpop=target.dpop)  # fmt: skip
             before = cpu_seconds(server.pid)
             shakes = await lead.call(
-                "handshakes", port=server.port, path="/ws", count=plan.handshakes, concurrency=50
-            )
+                "handshakes", port=server.port, path="/ws", count=plan.handshakes, concurrency=50,
+                dpop=target.dpop,
+            )  # fmt: skip
             spent = cpu_seconds(server.pid) - before
             figures |= {
                 "handshakes_per_s": shakes["rate"],
@@ -265,6 +269,8 @@ class Bench:
             Target("bare aiohttp, GC tuned", bare, {"BENCH_GC": "tuned"}, hold=False,
                    note="gc.freeze() + gen-0 threshold 100k: the GC variant, handshakes only"),
             Target("ws_service", [PY, "-m", "ws_service"], gateway_env, push="gateway"),
+            Target("ws_service, DPoP", [PY, "-m", "ws_service"], gateway_env, hold=False,
+                   dpop=True, note="DPoP-bound tokens, an ES256 proof in every auth frame"),
         ]  # fmt: skip
         django = [PY, "-m", "tests.bench.peers.django_peer", *key_args]
         if _importable("channels") and _importable("uvicorn"):
@@ -325,6 +331,14 @@ class Bench:
                 row.met = row.ratio <= 1.15
         pair(5, f"fan-out deliveries/s, 1 publish -> {self.plan.fanout_at} local subscribers",
              "fanout_per_s", ">= 0.85x", lambda r: r >= 0.85)  # fmt: skip
+        dpop = self.peers.get("ws_service, DPoP", {})
+        for key, figure in (
+            ("cpu_us_per_conn", "server CPU us per connection"),
+            ("per_core_per_s", "in-band handshakes/s per server core"),
+        ):
+            self.row(1, f"{figure}, DPoP-bound token + ES256 proof (vs bearer ws_service)",
+                     value=dpop.get(key), baseline=gateway.get(key), target="report",
+                     note="the bare aiohttp figure is in the rows above")  # fmt: skip
 
     # -- goal 6: expiry and refresh storm -------------------------------------------------------
 
@@ -471,6 +485,14 @@ class Bench:
         try:
             got = await self.lead.call("refresh", base=server.url, logins=16, count=plan.refreshes)
             rate = float(got["rate"])
+            if name == "auth-sqlite":
+                print("  refreshes on SQLite, DPoP-bound", flush=True)
+                bound = await self.lead.call(
+                    "refresh", base=server.url, logins=16, count=plan.refreshes, dpop=True
+                )
+                self.row(3, "refresh grants/s on one auth process, SQLite, DPoP-bound (vs bearer)",
+                         value=bound["rate"], baseline=rate, target="report",
+                         note="each refresh carries a fresh ES256 proof")  # fmt: skip
             if name == "auth-sqlite":
                 print("  login flood with a lag probe", flush=True)
                 flood = await self.lead.call(

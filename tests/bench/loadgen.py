@@ -21,8 +21,10 @@ from typing import Any
 import aiohttp
 import uvloop
 
+from realtime_gateway_client.dpop import DPoPKey
+from shared.dpop import thumbprint
 from tests.bench.tokens import BenchKey
-from tests.bench.wsclient import WSClient, WSClosed, connect
+from tests.bench.wsclient import HOST, WSClient, WSClosed, connect
 
 PASSWORD = "benchmark password 123"
 Result = dict[str, Any]
@@ -56,8 +58,11 @@ async def until(condition: Callable[[], bool], within: float) -> None:
         await asyncio.sleep(0.01)
 
 
-def auth_frame(token: str) -> str:
-    return json.dumps({"type": "auth", "token": token})
+def auth_frame(token: str, proof: str | None = None) -> str:
+    frame = {"type": "auth", "token": token}
+    if proof is not None:
+        frame["proof"] = proof
+    return json.dumps(frame)
 
 
 class Agent:
@@ -73,6 +78,8 @@ class Agent:
         self.watchers: set[asyncio.Task[None]] = set()
         self.delivered = 0
         self.last_delivery = 0.0
+        self.dpop = DPoPKey.generate()
+        self.jkt = thumbprint(self.dpop.public_jwk)
 
     def sub(self, index: int) -> str:
         return f"{self.name}-u{index}"
@@ -165,10 +172,13 @@ class Agent:
         concurrency: int,
         rogue: bool = False,
         rate: float = 0,
+        dpop: bool = False,
     ) -> Result:
         """Connect, authenticate, read the reply, close: ``count`` times, paced at ``rate``/s when
         given. With ``rogue`` every token names a distinct unknown ``kid`` (the unknown-kid flood)
-        and a refusal is expected. ``cpu_share`` is how busy this generator was meanwhile."""
+        and a refusal is expected. With ``dpop`` every token is DPoP-bound to this agent's key and
+        its auth frame carries a fresh ES256 proof (made before the clock starts for it).
+        ``cpu_share`` is how busy this generator was meanwhile."""
         latencies: list[float] = []
         errors: list[str] = []
         template = self.key.mint(self.sub(0)) if rogue else ""
@@ -176,12 +186,17 @@ class Agent:
 
         async def one(index: int) -> None:
             token = rogue_token(template, index) if rogue else self.token()
+            proof = None
+            if dpop:
+                token = self.key.mint(self.sub(index), jkt=self.jkt)
+                url = f"ws://{HOST}:{port}{path}"
+                proof = self.dpop.proof("GET", url, access_token=token)
             if rate:
                 await asyncio.sleep(max(0.0, began + index / rate - time.perf_counter()))
             start = time.perf_counter()
             try:
                 client = await connect(port, path)
-                client.send_text(auth_frame(token))
+                client.send_text(auth_frame(token, proof))
                 reply = await client.recv()
                 if ("auth_success" in reply) == rogue:
                     errors.append(reply[:200])
@@ -305,18 +320,27 @@ class Agent:
             count += 1
         return {"rate": count / (time.perf_counter() - start)}
 
-    async def op_refresh(self, base: str, logins: int, count: int) -> Result:
-        """Refresh grants/s over ``logins`` rotating chains on one auth process."""
+    async def op_refresh(self, base: str, logins: int, count: int, dpop: bool = False) -> Result:
+        """Refresh grants/s over ``logins`` rotating chains on one auth process; with ``dpop``
+        the sessions are bound and every refresh carries a fresh proof."""
+        signer = self.dpop if dpop else None
+
+        def proven(path: str) -> dict[str, str]:
+            return {} if signer is None else {"DPoP": signer.proof("POST", base + path)}
+
         async with aiohttp.ClientSession(base_url=base) as http:
             user = await register(http, f"{self.name}-refresh")
-            chains = [(await login(http, user))["refresh_token"] for _ in range(logins)]
+            chains = [
+                (await login(http, user, proven("/v1/login")))["refresh_token"]
+                for _ in range(logins)
+            ]
 
             free = list(range(len(chains)))  # a chain is never refreshed twice at once
 
             async def one(_: int) -> None:
                 slot = free.pop()
                 form = {"grant_type": "refresh_token", "refresh_token": chains[slot]}
-                async with http.post("/v1/token", data=form) as resp:
+                async with http.post("/v1/token", data=form, headers=proven("/v1/token")) as resp:
                     assert resp.status == 200, await resp.text()
                     chains[slot] = (await resp.json())["refresh_token"]
                 free.append(slot)
@@ -388,8 +412,11 @@ async def register(http: aiohttp.ClientSession, username: str) -> str:
     return username
 
 
-async def login(http: aiohttp.ClientSession, username: str) -> dict[str, Any]:
-    async with http.post("/v1/login", json={"username": username, "password": PASSWORD}) as resp:
+async def login(
+    http: aiohttp.ClientSession, username: str, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    creds = {"username": username, "password": PASSWORD}
+    async with http.post("/v1/login", json=creds, headers=headers or {}) as resp:
         assert resp.status == 200, await resp.text()
         body: dict[str, Any] = await resp.json()
         return body

@@ -60,8 +60,11 @@ class BenchKey:
         jwk = {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": KID}
         return {"keys": [{**jwk, "n": _b64(numbers.n), "e": _b64(numbers.e)}]}
 
-    def mint(self, sub: str, exp: float | None = None, kid: str = KID) -> str:
-        """An access token for ``sub``, valid for an hour unless ``exp`` (epoch seconds) is given."""
+    def mint(
+        self, sub: str, exp: float | None = None, kid: str = KID, jkt: str | None = None
+    ) -> str:
+        """An access token for ``sub``, valid for an hour unless ``exp`` (epoch seconds) is given;
+        DPoP-bound to the key of thumbprint ``jkt`` when given."""
         now = int(time.time())
         claims = {
             "iss": self.issuer,
@@ -74,6 +77,8 @@ class BenchKey:
             "scope": SCOPE,
             "preferred_username": sub,
         }
+        if jkt is not None:
+            claims["cnf"] = {"jkt": jkt}
         return jwt.encode(
             claims, self.private, algorithm="RS256", headers={"kid": kid, "typ": "at+jwt"}
         )

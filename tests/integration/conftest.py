@@ -24,7 +24,8 @@ from ws_service.settings import Settings as WsSettings
 @pytest.fixture
 def make_stack(aiohttp_client: Any, tmp_path: Path) -> MakeStack:
     """auth_service on a port chosen first, so that its issuer is its real URL, then ws_service
-    trusting that issuer and its JWKS, both on one bus."""
+    trusting that issuer and its JWKS (on a port chosen first too, so that its public URL, what
+    DPoP proofs name, is its real one), both on one bus."""
 
     async def make(*, auth: Overrides = None, ws: Overrides = None) -> Stack:
         port = free_port()
@@ -42,8 +43,10 @@ def make_stack(aiohttp_client: Any, tmp_path: Path) -> MakeStack:
         auth_client = await aiohttp_client(
             create_auth_app(auth_settings, bus=bus), server_kwargs={"port": port}
         )
+        ws_port = free_port()
         ws_settings = WsSettings(
             **{
+                "port": ws_port,
                 "issuer": issuer,
                 "jwks_url": auth_settings.jwks_uri,
                 "leeway": 0,
@@ -56,7 +59,7 @@ def make_stack(aiohttp_client: Any, tmp_path: Path) -> MakeStack:
             }
         )
         ws_app = create_ws_app(ws_settings, bus=bus)
-        ws_client = await aiohttp_client(ws_app)
+        ws_client = await aiohttp_client(ws_app, server_kwargs={"port": ws_port})
         await wait_until(lambda: ws_app[JWKS].ready)
         return Stack(auth_client, ws_client, bus)
 

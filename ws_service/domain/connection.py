@@ -30,6 +30,7 @@ from ws_service.domain.errors import (
     AuthTimeout,
     BadRequest,
     Forbidden,
+    InvalidProof,
     InvalidToken,
     NotAuthenticated,
     NotEnabled,
@@ -83,7 +84,9 @@ class Peer(Protocol):
 class Admission(Protocol):
     """Who may hold a socket: token checks (revocations included) and the per-user index."""
 
-    async def authenticate(self, token: str) -> Claims: ...
+    async def authenticate(self, token: str, proof: str | None) -> Claims:
+        """``proof``: the ``auth`` frame's DPoP proof, demanded when the token is bound."""
+        ...
 
     async def admit(self, conn: Connection, claims: Claims) -> None:
         """Raise ``TooManyConnections`` when the user is at the limit; leave ``conn`` out if it
@@ -349,6 +352,8 @@ class Connection:
             claims = await self._verify(request)
             if claims.sub != self.claims.sub:
                 raise SubjectMismatch()
+            if self.claims.jkt is not None and claims.jkt != self.claims.jkt:
+                raise SubjectMismatch("the new token is not bound to this socket's DPoP key")
         except AuthError as err:
             if not self.closing:
                 final = isinstance(err, SubjectMismatch | SessionRevoked)
@@ -371,10 +376,12 @@ class Connection:
         self._accept(claims, request.id, renewed=True)
 
     async def _verify(self, request: protocol.Request) -> Claims:
-        token = request.body.get("token")
+        token, proof = request.body.get("token"), request.body.get("proof")
         if not isinstance(token, str) or not token:
             raise InvalidToken("auth needs a token")
-        return await self._ctx.admission.authenticate(token)
+        if proof is not None and not isinstance(proof, str):
+            raise InvalidProof("proof must be a DPoP proof (a JWT string)")
+        return await self._ctx.admission.authenticate(token, proof)
 
     def _accept(self, claims: Claims, request_id: protocol.RequestId, *, renewed: bool) -> None:
         """``AWAITING_AUTH`` or (renewal) ``AUTHENTICATED``/``EXPIRING`` -> ``AUTHENTICATED``."""

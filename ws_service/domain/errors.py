@@ -14,6 +14,7 @@ __all__ = [
     "GatewayError",
     "HistoryFull",
     "InvalidChannel",
+    "InvalidProof",
     "InvalidToken",
     "KeyWithdrawn",
     "KeysUnavailable",
@@ -54,6 +55,16 @@ class AuthError(GatewayError):
 
 class InvalidToken(AuthError):
     pass
+
+
+class InvalidProof(AuthError):
+    """A DPoP-bound token (``cnf.jkt``) came without a valid proof of its key: missing, stale,
+    replayed, for another URL or token, or made with another key. Retryable within the socket's
+    attempts: a client makes a fresh proof."""
+
+    code = "invalid_dpop_proof"
+    message = "this token is DPoP-bound: auth needs a fresh proof of its key"
+    retry = True
 
 
 class TokenExpired(AuthError):

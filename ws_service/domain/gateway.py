@@ -14,6 +14,8 @@ from realtime_gateway_protocol.access_token import Claims
 from realtime_gateway_protocol.events import SessionRevoked, UserRevoked, decode_event
 from realtime_gateway_protocol.key_events import KeyWithdrawn, decode_key_event
 from shared.bus import BusUnavailable, RevocationLedger
+from shared.dpop import ProofError, ProofVerifier
+from shared.once import LocalUsedOnce, UsedOnce
 from ws_service.domain import errors
 from ws_service.domain.clock import Clock, LoopClock
 from ws_service.domain.commands import (
@@ -31,7 +33,7 @@ from ws_service.domain.proxy import ProxyGate
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.telemetry import GatewayMetrics
 from ws_service.domain.user_slots import UserSlots
-from ws_service.domain.verify import TokenVerifier
+from ws_service.domain.verify import DpopRules, TokenVerifier
 
 __all__ = ["RECONCILE_BATCH", "Gateway"]
 
@@ -55,7 +57,11 @@ class Gateway:
         clock: Clock | None = None,
         proxies: ProxyGate | None = None,
         reconcile_batch: int = RECONCILE_BATCH,
+        dpop: DpopRules | None = None,
+        used: UsedOnce | None = None,
     ) -> None:
+        """``used`` spends DPoP proofs' ``jti`` (Redis, shared by the replicas, when scaled
+        out)."""
         self.limits = limits
         self.verifier = verifier
         self.revocations = revocations
@@ -72,6 +78,8 @@ class Gateway:
         self._serials = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         clock = clock or LoopClock()
+        self.dpop = dpop or DpopRules()
+        self._proofs = ProofVerifier(used or LocalUsedOnce(clock.time), clock.time)
         self.deadlines = Deadlines(clock)
         self.context = Context(
             limits=limits,
@@ -96,18 +104,44 @@ class Gateway:
         self.metrics.awaiting_auth.inc()
         return Connection(self.context, peer, remote, next(self._serials), opened)
 
-    async def authenticate(self, token: str) -> Claims:
-        """Verify ``token`` (the in-memory registry included), then ask the ledger, in one round
-        trip, about a revocation whose bus event this replica may have missed.
+    async def authenticate(self, token: str, proof: str | None = None) -> Claims:
+        """Verify ``token`` (the in-memory registry included) and, when it is DPoP-bound, the
+        ``proof`` of its key; then ask the ledger, in one round trip, about a revocation whose
+        bus event this replica may have missed.
 
         An unreachable ledger is not a refusal: while Redis is down local traffic keeps flowing,
         and the reconciliation after the reconnection closes what slipped through.
         """
-        return await self.confirm(await self.verifier.verify(token))
+        claims = await self.verifier.verify(token)
+        if claims.jkt is not None:
+            await self._prove(claims.jkt, token, proof)
+        return await self.confirm(claims)
+
+    async def _prove(self, jkt: str, token: str, proof: str | None) -> None:
+        """RFC 9449 section 7 at the socket: a proof for ``GET`` of the public WebSocket URL, of
+        this token (``ath``), fresh, never seen before, made with the token's key."""
+        if proof is None:
+            raise errors.InvalidProof()
+        try:
+            proven = await self._proofs.verify(
+                proof, method="GET", url=self.dpop.url, access_token=token
+            )
+        except ProofError as exc:
+            raise errors.InvalidProof(exc.description) from None
+        except BusUnavailable:
+            raise errors.KeysUnavailable(
+                "DPoP proofs cannot be checked right now; try again"
+            ) from None
+        if proven.jkt != jkt:
+            raise errors.InvalidProof("the DPoP proof is made with another key than the token's")
 
     async def confirm(self, claims: Claims) -> Claims:
         """The ledger half of ``authenticate``, for claims verified another way (a ticket). The
-        local checks run again after the round trip: an event may have arrived meanwhile."""
+        local checks run again after the round trip: an event may have arrived meanwhile. With
+        ``WS_DPOP=required`` a token that is not DPoP-bound is refused here, whatever way it
+        came."""
+        if self.dpop.required and claims.jkt is None:
+            raise errors.InvalidToken("this gateway accepts DPoP-bound tokens only")
         if self.ledger is None:
             return claims
         try:

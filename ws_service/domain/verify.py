@@ -24,6 +24,7 @@ from ws_service.domain.errors import InvalidToken, KeyWithdrawn, SessionRevoked,
 from ws_service.domain.namespaces import parse_grants
 
 __all__ = [
+    "DpopRules",
     "Issuer",
     "KeySource",
     "RevocationCheck",
@@ -83,6 +84,16 @@ class Issuer:
     def key_ref(self, kid: str) -> str:
         """How ``Claims.kid`` names this issuer's key ``kid``."""
         return f"{self.name} {kid}" if self.trusted else kid
+
+
+@dataclass(frozen=True, slots=True)
+class DpopRules:
+    """What a DPoP proof at the ``auth`` frame must name, and whether bearer tokens are refused:
+    ``url`` is the gateway's public WebSocket URL (``WS_PUBLIC_URL``) in
+    ``shared.dpop.normalized_url`` form; ``required`` is ``WS_DPOP=required``."""
+
+    url: str = ""
+    required: bool = False
 
 
 class TokenVerifier:

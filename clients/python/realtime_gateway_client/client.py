@@ -20,6 +20,10 @@ the client drops the socket instead of the message, waits until the queue is hal
 reconnects and resubscribes with ``since``, so channels with history lose nothing; other channels
 miss what was published meanwhile, as after any disconnect.
 
+With ``dpop=DPoPKey.generate()`` (``realtime_gateway_client.dpop``, the ``[dpop]`` extra) the
+tokens are DPoP-bound (RFC 9449): every login, refresh and ``auth`` frame carries a proof signed
+with a key that never leaves the process, so a copied token or refresh token is useless elsewhere.
+
 A wrong URL is one error at once (``Unreachable``): until the first connection succeeds nothing is
 retried; after it, a refused or failed connection is what a network does, and the client backs off
 and reconnects.
@@ -37,7 +41,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import aiohttp
 
@@ -50,6 +54,7 @@ __all__ = [
     "AuthenticationFailed",
     "ClientError",
     "GatewayClient",
+    "ProofSigner",
     "ProtocolViolation",
     "RequestFailed",
     "StateListener",
@@ -140,14 +145,32 @@ class TokenPair:
     access_token: str = field(repr=False)
     refresh_token: str = field(repr=False)
     expires_in: int
+    token_type: str = "Bearer"  # noqa: S105 (a token type, not a secret)
+    """``DPoP`` when the access token is bound to the client's key."""
+
+
+class ProofSigner(Protocol):
+    """What signs DPoP proofs (``realtime_gateway_client.dpop.DPoPKey``)."""
+
+    def proof(
+        self, method: str, url: str, *, access_token: str | None = None, nonce: str | None = None
+    ) -> str: ...
+
+
+NONCE_HEADER = "DPoP-Nonce"
 
 
 class AuthApi:
-    """auth_service's REST endpoints the client needs."""
+    """auth_service's REST endpoints the client needs. With ``dpop`` every request carries a
+    proof, and the server's latest ``DPoP-Nonce`` once it asked for one."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: str, dpop: ProofSigner | None = None
+    ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
+        self._dpop = dpop
+        self._nonce: str | None = None
 
     async def login(self, username: str, password: str) -> TokenPair:
         return await self._tokens("/v1/login", {"username": username, "password": password})
@@ -156,8 +179,16 @@ class AuthApi:
         body = {"grant_type": "refresh_token", "refresh_token": refresh_token}
         return await self._tokens("/v1/token", body)
 
-    async def _tokens(self, path: str, body: dict[str, str]) -> TokenPair:
-        async with self._session.post(self._base + path, json=body) as response:
+    async def _tokens(
+        self, path: str, body: dict[str, str], *, nonce_retry: bool = True
+    ) -> TokenPair:
+        """Tokens from ``path``; asked for a DPoP nonce (RFC 9449 section 8), once more with it."""
+        url = self._base + path
+        headers = {}
+        if self._dpop is not None:
+            headers["DPoP"] = self._dpop.proof("POST", url, nonce=self._nonce)
+        async with self._session.post(url, json=body, headers=headers) as response:
+            self._nonce = response.headers.get(NONCE_HEADER, self._nonce)
             try:
                 data: Any = await response.json(content_type=None)
             except ValueError:
@@ -165,15 +196,24 @@ class AuthApi:
             error = data if isinstance(data, dict) else {}
             code = str(error.get("error", f"http_{response.status}"))
             description = str(error.get("error_description", ""))
-            if response.status in (400, 401, 403):
+            if code == "use_dpop_nonce" and nonce_retry and self._nonce is not None:
+                retry = True
+            elif response.status in (400, 401, 403):
                 raise AuthenticationFailed(code, description)
-            if response.status == 429 or response.status >= 500:
+            elif response.status == 429 or response.status >= 500:
                 raise TemporaryFailure(
                     response.status, code, description, _retry_after(response.headers)
                 )
-            response.raise_for_status()
+            else:
+                retry = False
+                response.raise_for_status()
+        if retry:
+            return await self._tokens(path, body, nonce_retry=False)
         return TokenPair(
-            str(data["access_token"]), str(data["refresh_token"]), int(data["expires_in"])
+            str(data["access_token"]),
+            str(data["refresh_token"]),
+            int(data["expires_in"]),
+            str(data.get("token_type", "Bearer")),
         )
 
 
@@ -224,8 +264,12 @@ class GatewayClient:
         max_queued_bytes: int = 8 * 1024 * 1024,
         on_state: StateListener | None = None,
         on_event: EventHandler | None = None,
+        dpop: ProofSigner | None = None,
     ) -> None:
+        """``dpop``: a ``realtime_gateway_client.dpop.DPoPKey`` (or another signer) binds the
+        tokens to its key; every request and ``auth`` frame then carries a proof."""
         self._ws_url = ws_url
+        self._dpop = dpop
         self._username = username
         self._password: str | None = password
         self._own_session = session is None
@@ -283,7 +327,7 @@ class GatewayClient:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:
-            self._api = AuthApi(self._session, self._auth_url)
+            self._api = AuthApi(self._session, self._auth_url, self._dpop)
             password, self._password = self._password, None
             if password is None:
                 raise ClientError("start() was already called: make a new client to log in again")
@@ -463,7 +507,7 @@ class GatewayClient:
     async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         assert self._tokens is not None
         for attempt in range(3):
-            await self._send(ws, {"type": "auth", "token": self._tokens.access_token})
+            await self._send(ws, self._auth_frame(self._tokens))
             frame = await self._receive(ws)
             if frame.get("type") == "auth_success":
                 self.user = frame.get("user")
@@ -478,6 +522,13 @@ class GatewayClient:
                 await asyncio.sleep(backoff_delay(attempt, *self._backoff, random.random()))
         while True:
             await self._receive(ws)
+
+    def _auth_frame(self, tokens: TokenPair) -> dict[str, Any]:
+        """``auth``, with a fresh proof for ``GET`` of the gateway's URL when the token is bound."""
+        frame: dict[str, Any] = {"type": "auth", "token": tokens.access_token}
+        if self._dpop is not None and tokens.token_type == "DPoP":  # noqa: S105
+            frame["proof"] = self._dpop.proof("GET", self._ws_url, access_token=tokens.access_token)
+        return frame
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
         return (await self._receive_sized(ws))[0]
@@ -571,7 +622,7 @@ class GatewayClient:
     async def _renew(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:
             tokens = await self.refresh()
-            await self._send(ws, {"type": "auth", "token": tokens.access_token, "id": "renew"})
+            await self._send(ws, {**self._auth_frame(tokens), "id": "renew"})
         except AuthenticationFailed as exc:
             log.warning("token refresh refused; the socket will close at expiry", exc_info=exc)
         except _TRANSIENT as exc:

@@ -146,6 +146,30 @@ async def test_a_rotation_that_cannot_store_its_new_token_rotates_nothing(store:
     assert view is not None and view.token.rotated_at is None
 
 
+async def test_a_session_keeps_its_dpop_key(store: Store) -> None:
+    now = time.time()
+    await store.create_user(make_user("bob"))
+    token = RefreshToken("h-b-0", "b1", now, now + 100)
+    await store.create_session(Session("b1", "id-bob", "", now, now + 1000, jkt="jkt-1"), token)
+    view = await store.find_refresh_token(token.token_hash)
+    assert view is not None and view.session.jkt == "jkt-1"
+
+
+async def test_a_rotation_binds_an_unbound_session_once(store: Store) -> None:
+    first = await make_session(store)
+    now = time.time()
+    second = RefreshToken("h-s1-1", "s1", now, now + 100)
+    assert await store.rotate_refresh_token(first.token_hash, second, now, bind="jkt-a") is True
+    view = await store.find_refresh_token(second.token_hash)
+    assert view is not None and view.session.jkt == "jkt-a"
+    third = RefreshToken("h-s1-2", "s1", now, now + 100)
+    assert await store.rotate_refresh_token(second.token_hash, third, now, bind="jkt-b") is False
+    assert await store.find_refresh_token(third.token_hash) is None
+    kept = await store.find_refresh_token(second.token_hash)
+    assert kept is not None and kept.token.rotated_at is None and kept.session.jkt == "jkt-a"
+    assert await store.rotate_refresh_token(second.token_hash, third, now) is True
+
+
 async def test_revocation_of_one_session_and_of_all(store: Store) -> None:
     await make_session(store, "s1")
     await make_session(store, "s2")
@@ -306,8 +330,10 @@ async def test_clients_round_trip_and_a_name_is_taken_once(open_replica: OpenRep
     acme = make_client(scope="chat:read")
     assert await store.create_client(acme) is True
     assert await other_replica.create_client(make_client()) is False
-    assert await store.create_client(make_client("zeta")) is True
+    strict = replace(make_client("zeta"), dpop="required")
+    assert await store.create_client(strict) is True
     assert await other_replica.get_client("acme") == acme
+    assert await other_replica.get_client("zeta") == strict
     assert await store.get_client("nobody") is None
     assert [c.client_id for c in await store.list_clients()] == ["acme", "zeta"]
 

@@ -19,6 +19,7 @@ from realtime_gateway_protocol.access_token import TokenRef
 from realtime_gateway_protocol.events import SessionRevoked, UserRevoked
 from shared.redis.bus import RedisBus
 from shared.redis.ledger import RedisRevocationLedger
+from shared.redis.once import RedisUsedOnce
 from tests.integration.bus.support import BusMaker, Inbox
 from tests.support.redis_ha import LocalCluster, local_cluster
 from ws_service.domain.history import HistoryPolicy, Position
@@ -28,7 +29,6 @@ from ws_service.redis.client import open_redis
 from ws_service.redis.history import RedisHistory
 from ws_service.redis.presence import RedisPresence
 from ws_service.redis.slots import RedisUserSlots
-from ws_service.used_tickets import RedisUsedTickets
 
 pytestmark = pytest.mark.redis
 POLICY = HistoryPolicy(size=100, ttl=300)
@@ -97,7 +97,7 @@ async def test_ledger_tickets_and_slots_spread_over_shards(cluster: LocalCluster
     now = int(time.time())
     subs = [uuid.uuid4().hex for _ in range(12)]
     ledger = RedisRevocationLedger(cluster.url)
-    tickets = RedisUsedTickets(cluster.url)
+    tickets = RedisUsedOnce(cluster.url)
     client = open_redis(cluster.url)
     try:
         for sub in subs[:6]:

@@ -16,9 +16,10 @@ from multidict import CIMultiDict
 
 from auth_service.appkeys import KEYRING
 from realtime_gateway_protocol.tickets import TICKET_TTL, TICKET_TYP, ticket_claims
+from shared.once import LocalUsedOnce, UsedOnce
+from shared.redis.once import RedisUsedOnce
 from tests.integration.stack import MakeStack, Stack
 from tests.integration.ws.harness import auth, expect_close, recv, send
-from ws_service.used_tickets import LocalUsedTickets, RedisUsedTickets, UsedTickets
 
 BEARER = "realtime.bearer."
 
@@ -233,16 +234,16 @@ async def test_the_origin_is_checked_before_the_credentials(stack: Stack) -> Non
 
 @pytest.fixture(params=["local", "redis"])
 async def used_tickets(request: pytest.FixtureRequest) -> Any:
-    store: UsedTickets
+    store: UsedOnce
     if request.param == "redis":
-        store = RedisUsedTickets(request.getfixturevalue("redis_url"))
+        store = RedisUsedOnce(request.getfixturevalue("redis_url"))
     else:
-        store = LocalUsedTickets()
+        store = LocalUsedOnce()
     yield store
     await store.close()
 
 
-async def test_a_ticket_id_burns_once(used_tickets: UsedTickets) -> None:
+async def test_a_ticket_id_burns_once(used_tickets: UsedOnce) -> None:
     jti = os.urandom(8).hex()
     until = time.time() + 5
     assert await used_tickets.burn(jti, until) is True
@@ -251,7 +252,7 @@ async def test_a_ticket_id_burns_once(used_tickets: UsedTickets) -> None:
 
 
 async def test_unreachable_ticket_store_fails_closed() -> None:
-    store = RedisUsedTickets("redis://127.0.0.1:1/0", timeout=0.2)
+    store = RedisUsedOnce("redis://127.0.0.1:1/0", timeout=0.2)
     try:
         with pytest.raises(Exception, match="unreachable"):
             await store.burn("x", time.time() + 5)

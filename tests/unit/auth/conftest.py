@@ -16,12 +16,15 @@ from argon2 import PasswordHasher
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from auth_service.domain.clients import ClientRegistry
+from auth_service.domain.dpop import DpopGate, DpopPolicy
 from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
 from auth_service.domain.passwords import Passwords
 from auth_service.domain.service import AuthService, IssuerPolicy
 from auth_service.domain.throttle import LoginThrottle
 from auth_service.domain.tokens import TokenIssuer
 from realtime_gateway_protocol.events import RevocationEvent
+from shared.dpop import ProofVerifier
+from shared.once import LocalUsedOnce
 from tests.unit.auth.memory_store import MemoryStore
 
 PASSWORD = "correct horse battery staple"
@@ -79,6 +82,10 @@ async def world() -> World:
         publish,
         clock=lambda: world.now,
         clients=ClientRegistry(store, CIPHER, LoginThrottle(store), clock=lambda: world.now),
+        dpop=DpopGate(
+            ProofVerifier(LocalUsedOnce(lambda: world.now), lambda: world.now),
+            DpopPolicy.OPTIONAL,
+        ),
     )
     await ring.maintain(world.now)
     return world

@@ -77,12 +77,18 @@ class MemoryStore:
         session = self.sessions[token.sid]
         return RefreshTokenView(token, session, self.users[session.user_id])
 
-    async def rotate_refresh_token(self, old_hash: str, new: RefreshToken, now: float) -> bool:
+    async def rotate_refresh_token(
+        self, old_hash: str, new: RefreshToken, now: float, *, bind: str | None = None
+    ) -> bool:
         old = self.tokens.get(old_hash)
         if old is None or old.rotated_at is not None:
             return False
+        if bind is not None and self.sessions[new.sid].jkt is not None:
+            return False
         if new.token_hash in self.tokens:
             raise StoreUnavailable("the new token's hash is taken (a primary key would refuse it)")
+        if bind is not None:
+            self.sessions[new.sid] = replace(self.sessions[new.sid], jkt=bind)
         self.tokens[old_hash] = replace(old, rotated_at=now)
         self.tokens[new.token_hash] = new
         return True

@@ -52,3 +52,18 @@ def test_another_providers_token_may_have_no_sid_and_name_its_user_elsewhere() -
     base = {k: v for k, v in payload(email="al@example.com").items() if k != "sid"}
     claims = Claims.from_payload(base, "k1", username_claim="email")
     assert (claims.sid, claims.username) == ("", "al@example.com")
+
+
+def test_a_dpop_bound_token_names_its_key_once_per_key() -> None:
+    jkts = ["".join(["NzbLsXh8", str(n)]) for n in (1, 1)]
+    first, second = (Claims.from_payload(payload(cnf={"jkt": jkt}), "k1") for jkt in jkts)
+    assert first.jkt == "NzbLsXh81" and first.jkt is second.jkt
+    assert Claims.from_payload(payload(), "k1").jkt is None
+
+
+@pytest.mark.parametrize(
+    "cnf", ["jkt", {}, {"jkt": ""}, {"jkt": 7}, {"x5t#S256": "abc"}, {"jkt": "a", "jwk": {}}]
+)
+def test_a_binding_the_verifier_cannot_check_refuses_the_token(cnf: object) -> None:
+    with pytest.raises(ValueError, match="cnf"):
+        Claims.from_payload(payload(cnf=cnf), "k1")

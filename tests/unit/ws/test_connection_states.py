@@ -21,6 +21,7 @@ from ws_service.domain.connection import Connection, Context, State, warning_del
 from ws_service.domain.deadlines import DEFAULT_TICK, Deadlines
 from ws_service.domain.errors import (
     AuthError,
+    InvalidProof,
     InvalidToken,
     KeysUnavailable,
     KeyWithdrawn,
@@ -49,8 +50,10 @@ class FakeAdmission:
         self.full = False
         self.admitted: list[Connection] = []
         self.forgotten: list[Connection] = []
+        self.proofs: list[str | None] = []
 
-    async def authenticate(self, token: str) -> Claims:
+    async def authenticate(self, token: str, proof: str | None) -> Claims:
+        self.proofs.append(proof)
         outcome = self.tokens.get(token, InvalidToken("unknown token"))
         if isinstance(outcome, AuthError):
             raise outcome
@@ -172,14 +175,16 @@ async def test_2_a_retryable_failure_keeps_waiting(error: AuthError) -> None:
     assert s.metrics.counts[f"auth:{error.code}"] == 1
 
 
-async def test_2_the_third_retryable_failure_is_final() -> None:
+@pytest.mark.parametrize("error", [TokenExpired(), InvalidProof()])
+async def test_2_the_third_retryable_failure_is_final(error: AuthError) -> None:
     s = Socket()
-    token = s.token("t", TokenExpired())
+    token = s.token("t", error)
     for attempt in (1, 2, 3):
-        [reply] = await s.send({"type": "auth", "token": token})
+        [reply] = await s.send({"type": "auth", "token": token, "proof": f"p{attempt}"})
         assert reply["retry"] is (attempt < 3)
     assert s.state is State.CLOSING
-    assert s.peer.closed == (4401, "token_expired")
+    assert s.peer.closed == (4401, error.code)
+    assert s.admission.proofs == ["p1", "p2", "p3"], "each auth's own proof is checked"
 
 
 async def test_2_a_retry_then_success_authenticates() -> None:
@@ -416,16 +421,36 @@ async def test_10_a_failed_renewal_keeps_the_socket_and_its_schedule(error: Auth
     assert s.peer.closed == (4401, "token_expired"), "the old token still expires"
 
 
+async def test_9_a_bearer_socket_may_renew_with_a_bound_token_and_is_bound_from_then_on() -> None:
+    s = Socket()
+    await s.authenticate()
+    bound = replace(s.claims(), jkt="key-a")
+    [reply] = await s.send({"type": "auth", "token": s.token("b", bound), "proof": "p"})
+    assert reply["type"] == "auth_success" and s.conn.claims == bound
+    [reply] = await s.send({"type": "auth", "token": s.token("u", s.claims())})
+    assert (reply["code"], s.peer.closed) == ("subject_mismatch", (4403, "subject_mismatch"))
+
+
 @pytest.mark.parametrize(
     ("new", "close"),
-    [("bob", (4403, "subject_mismatch")), ("revoked", (4403, "session_revoked"))],
+    [
+        ("bob", (4403, "subject_mismatch")),
+        ("revoked", (4403, "session_revoked")),
+        ("another key", (4403, "subject_mismatch")),
+        ("unbound", (4403, "subject_mismatch")),
+    ],
 )
-async def test_11_a_renewal_for_another_user_or_a_revoked_session_closes(
+async def test_11_a_renewal_for_another_user_or_key_or_a_revoked_session_closes(
     new: str, close: tuple[int, str]
 ) -> None:
     s = Socket()
-    await s.authenticate()
-    outcome: Claims | AuthError = s.claims("bob") if new == "bob" else SessionRevoked()
+    await s.authenticate(replace(s.claims(), jkt="key-a"))
+    outcome: Claims | AuthError = {
+        "bob": replace(s.claims("bob"), jkt="key-a"),
+        "revoked": SessionRevoked(),
+        "another key": replace(s.claims(), jkt="key-b"),
+        "unbound": s.claims(),
+    }[new]
     [reply] = await s.send({"type": "auth", "token": s.token("t", outcome)})
     assert (reply["type"], reply["retry"]) == ("auth_error", False)
     assert s.peer.closed == close

@@ -6,14 +6,14 @@ import asyncio
 import time
 import uuid
 
+from shared.redis.once import RedisUsedOnce
 from tests.support.delaying_proxy import DelayingProxy
-from ws_service.used_tickets import RedisUsedTickets
 
 
 async def test_a_burn_whose_reply_was_lost_is_still_the_first_use(proxy: DelayingProxy) -> None:
     """The SET ran, its reply was held past the timeout, redis-py sent it again: the retry reads
     its own value back and the use stands (before: "already used", a 401 for the rightful user)."""
-    tickets = RedisUsedTickets(proxy.url, timeout=0.3)
+    tickets = RedisUsedOnce(proxy.url, timeout=0.3)
     jti, until = uuid.uuid4().hex, time.time() + 30
     try:
         assert await tickets.burn(uuid.uuid4().hex, until)  # a connection, warmed up

@@ -1,9 +1,9 @@
-"""The in-process record of redeemed tickets, on a clock the test moves: a ticket works once while
-its record lasts, and the record is gone (memory freed) once its time has passed."""
+"""The in-process used-once store (tickets, DPoP proofs), on a clock the test moves: a key
+works once while its record lasts, and the record is gone (memory freed) once its time has passed."""
 
 from __future__ import annotations
 
-from ws_service.used_tickets import LocalUsedTickets
+from shared.once import LocalUsedOnce
 
 
 class Clock:
@@ -16,7 +16,7 @@ class Clock:
 
 async def test_a_ticket_burns_once_until_its_record_expires() -> None:
     clock = Clock()
-    used = LocalUsedTickets(clock)
+    used = LocalUsedOnce(clock)
     assert await used.burn("a", 1010) is True
     assert await used.burn("a", 1010) is False
     assert await used.burn("b", 1010) is True
@@ -28,7 +28,7 @@ async def test_a_ticket_burns_once_until_its_record_expires() -> None:
 
 async def test_expired_records_are_dropped_soonest_first_and_live_ones_kept() -> None:
     clock = Clock()
-    used = LocalUsedTickets(clock)
+    used = LocalUsedOnce(clock)
     for n, until in enumerate([1030, 1005, 1020, 1010]):
         assert await used.burn(f"t{n}", until)
     clock.now = 1015
@@ -41,7 +41,7 @@ async def test_expired_records_are_dropped_soonest_first_and_live_ones_kept() ->
 
 async def test_every_record_is_freed_once_expired() -> None:
     clock = Clock()
-    used = LocalUsedTickets(clock)
+    used = LocalUsedOnce(clock)
     for n in range(1000):
         await used.burn(f"t{n}", 1000 + n % 30)
     assert len(used) == 1000

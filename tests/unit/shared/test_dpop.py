@@ -1,0 +1,231 @@
+"""The one DPoP proof verifier (shared/dpop.py), on a clock the test sets: every rule of RFC 9449
+section 4.3 it enforces, one test each, and the thumbprint against RFC 7638 and joserfc."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+import pytest
+from joserfc.jwk import ECKey, RSAKey
+from jwt.warnings import InsecureKeyLengthWarning
+
+from shared.dpop import (
+    NonceRequired,
+    Nonces,
+    ProofError,
+    ProofVerifier,
+    normalized_url,
+    thumbprint,
+    token_hash,
+)
+from shared.once import LocalUsedOnce
+from tests.support.dpop import es256_key, jkt, make_proof, private_jwk, public_jwk, rs256_key
+
+URL = "https://gw.example/auth/v1/token"
+NOW = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def verifier(clock: Clock) -> ProofVerifier:
+    return ProofVerifier(LocalUsedOnce(clock), clock)
+
+
+async def refused(verifier: ProofVerifier, proof: str, **kwargs: Any) -> str:
+    with pytest.raises(ProofError) as caught:
+        await verifier.verify(proof, method=kwargs.pop("method", "POST"), url=URL, **kwargs)
+    return caught.value.description
+
+
+async def test_a_good_proof_names_its_key(verifier: ProofVerifier) -> None:
+    key = es256_key()
+    proof = await verifier.verify(
+        make_proof(key, "POST", URL, iat=NOW), method="POST", url=normalized_url(URL) or ""
+    )
+    assert proof.jkt == jkt(key)
+
+
+@pytest.mark.parametrize("alg", ["ES256", "PS256", "RS256"])
+async def test_each_pinned_algorithm_verifies(verifier: ProofVerifier, alg: str) -> None:
+    key = es256_key() if alg.startswith("ES") else rs256_key()
+    proof = await verifier.verify(
+        make_proof(key, "POST", URL, alg=alg, iat=NOW), method="POST", url=URL
+    )
+    assert proof.jkt == jkt(key)
+
+
+async def test_a_replayed_proof_is_refused(verifier: ProofVerifier) -> None:
+    proof = make_proof(es256_key(), "POST", URL, iat=NOW)
+    await verifier.verify(proof, method="POST", url=URL)
+    assert "used before" in await refused(verifier, proof)
+
+
+async def test_the_same_jti_under_another_key_is_another_proof(verifier: ProofVerifier) -> None:
+    await verifier.verify(
+        make_proof(es256_key(), "POST", URL, iat=NOW, jti="j"), method="POST", url=URL
+    )
+    await verifier.verify(
+        make_proof(es256_key(), "POST", URL, iat=NOW, jti="j"), method="POST", url=URL
+    )
+
+
+async def test_the_jti_is_remembered_as_long_as_the_proof_is_accepted(
+    verifier: ProofVerifier, clock: Clock
+) -> None:
+    proof = make_proof(es256_key(), "POST", URL, iat=NOW)
+    await verifier.verify(proof, method="POST", url=URL)
+    clock.now = NOW + 60
+    assert "used before" in await refused(verifier, proof)
+    clock.now = NOW + 61
+    assert "older than 60 s" in await refused(verifier, proof)
+
+
+async def test_wrong_method_url_and_hash_are_refused(verifier: ProofVerifier) -> None:
+    key = es256_key()
+    assert "htm" in await refused(verifier, make_proof(key, "GET", URL, iat=NOW))
+    assert "htu" in await refused(verifier, make_proof(key, "POST", URL + "x", iat=NOW))
+    other = "https://evil.example/auth/v1/token"
+    assert "htu" in await refused(verifier, make_proof(key, "POST", other, iat=NOW))
+    bad_ath = make_proof(key, "POST", URL, iat=NOW, access_token="another token")
+    assert "ath" in await refused(verifier, bad_ath, access_token="the token")
+    no_ath = make_proof(key, "POST", URL, iat=NOW)
+    assert "ath" in await refused(verifier, no_ath, access_token="the token")
+
+
+async def test_htu_ignores_query_fragment_case_and_default_port(verifier: ProofVerifier) -> None:
+    for htu in (
+        URL + "?a=1#f",
+        "HTTPS://GW.example:443/auth/v1/token",
+    ):
+        await verifier.verify(make_proof(es256_key(), "POST", htu, iat=NOW), method="POST", url=URL)
+    assert normalized_url("wss://gw.example/ws") == normalized_url("https://gw.example:443/ws")
+    assert normalized_url("ws://[::1]:8082/ws") == "http://[::1]:8082/ws"
+    for bad in ("ftp://gw.example/", "https://user@gw.example/", "https:///x", "http://h:99999/"):
+        assert normalized_url(bad) is None
+
+
+async def test_iat_outside_the_window_is_refused(verifier: ProofVerifier) -> None:
+    key = es256_key()
+    assert "older" in await refused(verifier, make_proof(key, "POST", URL, iat=NOW - 61))
+    assert "future" in await refused(verifier, make_proof(key, "POST", URL, iat=NOW + 6))
+    await verifier.verify(make_proof(key, "POST", URL, iat=NOW + 5), method="POST", url=URL)
+    await verifier.verify(make_proof(key, "POST", URL, iat=NOW - 60), method="POST", url=URL)
+    for bad in ("1800000000", True, [NOW]):
+        assert "iat" in await refused(verifier, make_proof(key, "POST", URL, iat=bad))  # type: ignore[arg-type]
+
+
+async def test_missing_claims_are_refused(verifier: ProofVerifier) -> None:
+    for claim in ("htm", "htu", "iat", "jti"):
+        proof = make_proof(es256_key(), "POST", URL, iat=NOW, drop=(claim,))
+        assert claim in await refused(verifier, proof)
+
+
+async def test_alg_none_and_hmac_are_refused(verifier: ProofVerifier) -> None:
+    key = es256_key()
+    unsigned = jwt.encode(
+        {"htm": "POST", "htu": URL, "iat": NOW, "jti": "x"},
+        None,
+        "none",
+        headers={"typ": "dpop+jwt", "jwk": public_jwk(key)},
+    )
+    assert "signed with one of" in await refused(verifier, unsigned)
+    hmac_key = b"k" * 32
+    hs256 = make_proof(key, "POST", URL, iat=NOW, alg="HS256", signing_key=hmac_key)
+    assert "signed with one of" in await refused(verifier, hs256)
+    oct_jwk = {"kty": "oct", "k": "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s"}
+    hs_oct = make_proof(key, "POST", URL, iat=NOW, alg="HS256", signing_key=hmac_key, jwk=oct_jwk)
+    assert "signed with one of" in await refused(verifier, hs_oct)
+
+
+async def test_a_private_jwk_is_refused(verifier: ProofVerifier) -> None:
+    for key in (es256_key(), rs256_key()):
+        proof = make_proof(key, "POST", URL, iat=NOW, jwk=private_jwk(key))
+        assert "private member" in await refused(verifier, proof)
+
+
+async def test_keys_that_do_not_fit_the_algorithm_are_refused(verifier: ProofVerifier) -> None:
+    ec_key, rsa_key = es256_key(), rs256_key()
+    lying = make_proof(ec_key, "POST", URL, iat=NOW, jwk=public_jwk(es256_key()))
+    assert "signature" in await refused(verifier, lying)
+    rsa_as_ec = make_proof(rsa_key, "POST", URL, iat=NOW, alg="RS256", jwk=public_jwk(ec_key))
+    assert "RSA key" in await refused(verifier, rsa_as_ec)
+    with pytest.warns(InsecureKeyLengthWarning):
+        small = make_proof(rs256_key(1024), "POST", URL, iat=NOW)
+    assert "2048" in await refused(verifier, small)
+    p384 = {**public_jwk(ec_key), "crv": "P-384"}
+    assert "P-256" in await refused(verifier, make_proof(ec_key, "POST", URL, iat=NOW, jwk=p384))
+    garbage = {"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"}
+    assert "usable key" in await refused(
+        verifier, make_proof(ec_key, "POST", URL, iat=NOW, jwk=garbage)
+    )
+
+
+async def test_wrong_typ_and_malformed_proofs_are_refused(verifier: ProofVerifier) -> None:
+    key = es256_key()
+    assert "typ" in await refused(verifier, make_proof(key, "POST", URL, iat=NOW, typ="JWT"))
+    for junk in ("", "a.b.c", "x" * 9000, "é.b.c"):
+        await refused(verifier, junk)
+    no_jwk = jwt.encode({"htm": "POST"}, key, "ES256", headers={"typ": "dpop+jwt"})
+    assert "jwk" in await refused(verifier, no_jwk)
+
+
+async def test_nonces_are_checked_when_asked_for(verifier: ProofVerifier, clock: Clock) -> None:
+    nonces = Nonces(b"k" * 32, clock)
+    key = es256_key()
+    with pytest.raises(NonceRequired):
+        await verifier.verify(
+            make_proof(key, "POST", URL, iat=NOW), method="POST", url=URL, nonces=nonces
+        )
+    nonce = nonces.issue()
+    await verifier.verify(
+        make_proof(key, "POST", URL, iat=NOW, nonce=nonce), method="POST", url=URL, nonces=nonces
+    )
+    clock.now = NOW + 60
+    assert nonces.valid(nonce)
+    clock.now = NOW + 120
+    assert not nonces.valid(nonce)
+    assert not Nonces(b"j" * 32, clock).valid(nonces.issue())
+    assert not nonces.valid("123") and not nonces.valid("x.y") and not nonces.valid("é")
+
+
+def test_thumbprint_is_rfc_7638() -> None:
+    """The example of RFC 7638 section 3.1, and joserfc's thumbprint of fresh keys."""
+    example = {
+        "kty": "RSA",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPeb"
+        "WKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAt"
+        "aSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksIN"
+        "HaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+        "e": "AQAB",
+        "alg": "RS256",
+        "kid": "2011-04-29",
+    }
+    assert thumbprint(example) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+    ec_key, rsa_key = es256_key(), rs256_key()
+    assert jkt(ec_key) == ECKey.import_key(public_jwk(ec_key)).thumbprint()
+    assert jkt(rsa_key) == RSAKey.import_key(public_jwk(rsa_key)).thumbprint()
+
+
+def test_ath_is_the_base64url_sha256_of_the_token() -> None:
+    # RFC 9449 section 7.1's example access token and its ath.
+    assert token_hash("Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU") == (
+        "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo"
+    )
+
+
+def test_the_clock_is_the_verifiers() -> None:
+    assert abs(time.time() - NOW) > 3600  # the tests above never depend on the real clock
