@@ -56,11 +56,19 @@ class Proc:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited:\n{self.tail()}")
-            if self.ready_url is None or self._ready():
+            if (self.ready_url is None or self._ready()) and self._all_workers_listen():
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.tail()}")
             time.sleep(0.05)
+
+    def _all_workers_listen(self) -> bool:
+        """With workers, /readyz answers as soon as one of them listens, while the kernel would
+        still give every new connection to it: the parent's "listening on" line comes once all do."""
+        workers = any(
+            k.endswith("_WORKERS") and v.strip() not in ("", "1") for k, v in self.env.items()
+        )
+        return not workers or "listening on" in self.tail(1_000_000)
 
     def _ready(self) -> bool:
         assert self.ready_url is not None
