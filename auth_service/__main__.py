@@ -1,6 +1,6 @@
 """``python -m auth_service``: serve, or manage keys, users and clients.
 
-Every setting comes from the environment (README, "Configuration"). The commands act on the
+Every setting comes from the environment (docs/configuration.md). The commands act on the
 database AUTH_DATABASE_URL names (`make run`'s SQLite file without it) and name it first.
 """
 

@@ -139,7 +139,7 @@ async def token_exchange_grant(
     request: web.Request, body: dict[str, Any], client: Client | None
 ) -> web.Response:
     """RFC 8693: an app backend exchanges its signed assertion about one of its users, or its
-    trusted identity provider's token for one, for that user's tokens (docs: README, "App
+    trusted identity provider's token for one, for that user's tokens (docs/rest.md, "App
     backends")."""
     if client is None:
         raise InvalidClient(

@@ -97,7 +97,7 @@ def build_stack(environ: Mapping[str, str]) -> Stack:
         "Try it: create two users, then chat in two terminals:",
         "  .venv/bin/python -m auth_service users create bob   (and carol)",
         "  .venv/bin/python -m realtime_gateway_client.chat --user bob   (and --user carol in another)",
-        "README.md has curl examples for every endpoint.",
+        "Next: docs/getting-started.md (a tour with curl), docs/rest.md (every endpoint).",
     ]
     mode = " (one process, development mode: AUTH_DEV=1)" if auth.dev else " (one process)"
     return Stack(sites, lines, auth_app, ws_app, mode)

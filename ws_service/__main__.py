@@ -1,6 +1,6 @@
 """``python -m ws_service``: read the environment, log JSON, serve (WSS when given a certificate).
 
-Every setting is an environment variable (README, "Configuration"); the issuer and its key set
+Every setting is an environment variable (docs/configuration.md); the issuer and its key set
 default to an auth_service at AUTH_HOST:AUTH_PORT. It needs REDIS_URL (the Redis auth_service
 announces logouts on), or WS_LOCAL_BUS=1 to accept an in-process event bus that hears no logout
 made through another process."""

@@ -1,10 +1,12 @@
-"""The README's own command blocks work as printed: against a fresh `make run` (on free ports),
-then, in the same checkout with `make run` stopped, the PostgreSQL section (its auth_service, the
-blocks against it, then the whole stack on it), each walked twice in fresh shells. Every line the
-services write, but for `make run`'s banner, parses as JSON.
+"""The README's own command blocks, and those of the docs pages it sends a newcomer to, work as
+printed: against a fresh `make run` (on free ports), then, in the same checkout with `make run`
+stopped, the PostgreSQL section (its auth_service, the blocks against it, then the whole stack on
+it), each walked twice in fresh shells. Every line the services write, but for `make run`'s
+banner, parses as JSON.
 
-The blocks are extracted from README.md (see ``readme_walk``), so the two cannot drift. Only the
-ports (and the scratch file ``/tmp/tokens.json``) are substituted; every shell starts in a
+The blocks are extracted from the pages in ``WALKED`` (see ``readme_walk``), in that order, so the
+pages and the walk cannot drift; a page outside it with a block marked for these runs fails here.
+Only the ports (and the scratch file ``/tmp/tokens.json``) are substituted; every shell starts in a
 checkout directory whose ``.venv`` is this one and whose Makefile is this one's.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -27,16 +30,18 @@ from tests.system.readme_walk import Block, Rule, Terminal, assert_json_but_the_
 
 pytestmark = pytest.mark.system
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
+WALKED = ("README.md", "docs/getting-started.md", "docs/operations.md")
+"""The pages walked, in the order a newcomer reads them: the README, then where it sends them."""
+RUNS = ("embedded", "postgres", "postgres-stack")
 PASSWORD = "correct horse battery"
-POSTGRES_IN_README = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES_IN_DOCS = "postgresql://postgres@127.0.0.1:5432/test"
 
 # What a person types at the prompts and in the interactive examples.
 RULES = [
     Rule(r"password(?: for \w+)?: $|again: $", PASSWORD + "\n"),
     Rule(r"type to chat, Ctrl-D to quit", "hello from the README\n"),
     Rule(r"\] \w+: hello from the README", "\x04"),  # our line came back: Ctrl-D
-    Rule(r"alice \{'text': 'hello'\}", "\x03"),  # the client example printed: Ctrl-C
+    Rule(r"\w+ \{'text': 'hello'\}", "\x03"),  # the client example printed: Ctrl-C
 ]
 
 
@@ -135,9 +140,33 @@ def ready_urls(*ports: int) -> list[str]:
     return [f"http://127.0.0.1:{port}/readyz" for port in ports]
 
 
+def walked_blocks(run: str) -> list[Block]:
+    return [block for page in WALKED for block in blocks((ROOT / page).read_text(), run)]
+
+
+def test_every_page_with_walked_blocks_is_walked() -> None:
+    """A block marked for these runs on a page the walk does not read would never run."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    marked = {
+        str(page.relative_to(ROOT))
+        for page in pages
+        if any(blocks(page.read_text(), run) for run in RUNS)
+    }
+    assert marked == set(WALKED)
+
+
+def printed_banner(replacements: dict[str, str]) -> re.Pattern[str]:
+    """The banner as the README shows it (its one ``text`` block), on the walk's ports; its "..."
+    stands for the generated key."""
+    shown = (ROOT / "README.md").read_text().split("```text\n", 1)[1].split("```", 1)[0]
+    for old, new in replacements.items():
+        shown = shown.replace(old, new)
+    return re.compile(re.escape(shown).replace(re.escape("..."), "[^ ]+"))
+
+
 def test_readme_walks_on_the_embedded_stack_twice(tmp_path: Path) -> None:
-    walked = blocks(README, "embedded")
-    assert len(walked) >= 6, "the walk markers went missing from README.md"
+    walked = walked_blocks("embedded")
+    assert len(walked) >= 6, "the walk markers went missing"
     for attempt in ("first", "second"):
         workdir = checkout(tmp_path, attempt)
         auth_port, ws_port = free_port(), free_port()
@@ -146,6 +175,8 @@ def test_readme_walks_on_the_embedded_stack_twice(tmp_path: Path) -> None:
         stack = make_run(workdir, env)
         with terminal_serving(stack, ready_urls(auth_port, ws_port)):
             stack.wait_for("realtime gateway is up", timeout=30)
+            stack.wait_for("docs/rest.md (every endpoint)", timeout=5)
+            assert printed_banner(subs).search(stack.output), "the README shows another banner"
             for block in walked:
                 walk(block, workdir, env, subs)
 
@@ -160,16 +191,16 @@ def test_readme_walks_make_run_then_postgresql_twice_in_one_checkout(tmp_path: P
         unavailable("PostgreSQL", str(exc))
     url, schema = asyncio.run(create_schema())
     try:
-        server = [b for b in blocks(README, "postgres") if b.background]
-        walked = [b for b in blocks(README, "postgres") if not b.background]
-        stack_on_it = blocks(README, "postgres-stack")
-        assert len(server) == 1 and walked, "the walk markers went missing from README.md"
+        server = [b for b in walked_blocks("postgres") if b.background]
+        walked = [b for b in walked_blocks("postgres") if not b.background]
+        stack_on_it = walked_blocks("postgres-stack")
+        assert len(server) == 1 and walked, "the walk markers went missing"
         assert len(stack_on_it) == 1 and stack_on_it[0].background, "the stack on PostgreSQL"
         workdir = checkout(tmp_path, "checkout")
         for _ in ("first", "second"):
             auth_port, ws_port = free_port(), free_port()
             env = shell_env(auth_port, ws_port)
-            subs = {**replacements(auth_port, ws_port, tmp_path), POSTGRES_IN_README: url}
+            subs = {**replacements(auth_port, ws_port, tmp_path), POSTGRES_IN_DOCS: url}
             with terminal_serving(make_run(workdir, env), ready_urls(auth_port, ws_port)) as stack:
                 stack.wait_for("realtime gateway is up", timeout=30)
             terminal = Terminal(server[0].script(subs, workdir), env, workdir)
@@ -178,7 +209,7 @@ def test_readme_walks_make_run_then_postgresql_twice_in_one_checkout(tmp_path: P
                     walk(block, workdir, env, subs)
             terminal = Terminal(stack_on_it[0].script(subs, workdir), env, workdir)
             with terminal_serving(terminal, ready_urls(auth_port, ws_port)) as stack:
-                stack.wait_for("README.md has curl examples", timeout=30)
+                stack.wait_for("docs/rest.md (every endpoint)", timeout=30)
             assert f"database      {redact_url(url)}\n" in stack.output, stack.output
             assert "key encryption from .data/key-encryption-secret (AUTH_DEV=1)" in stack.output
     finally:

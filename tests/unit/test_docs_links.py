@@ -1,4 +1,5 @@
-"""Every relative link in the README and docs/ points at a file that exists (and anchors at a heading)."""
+"""Every relative link in the README, docs/ and the clients' and examples' READMEs points at a file
+that exists (and anchors at a heading)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ DOCS = [
     ROOT / "README.md",
     *sorted((ROOT / "docs").glob("*.md")),
     *sorted(ROOT.glob("clients/*/README.md")),
+    *sorted(ROOT.glob("examples/*/README.md")),
 ]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^#+\s+(.*)$", re.MULTILINE)
