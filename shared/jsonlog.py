@@ -23,6 +23,9 @@ _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message"
 _audit_log = logging.getLogger("audit")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,2}")
 """A JWT (an access token, a ticket) or the start of one: base64url JSON, ``{"`` first."""
+_JWT_START = "eyJ"
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+"""Built once: ``json.dumps`` with options builds an encoder for every line."""
 REDACTED = "[redacted-jwt]"
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -49,7 +52,8 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return _JWT.sub(REDACTED, json.dumps(entry, default=str, separators=(",", ":")))
+        line = _ENCODER.encode(entry)
+        return _JWT.sub(REDACTED, line) if _JWT_START in line else line
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -62,6 +66,13 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.captureWarnings(True)
+    # What a record would gather for fields this format never writes: the caller's file and line
+    # (a walk up the stack for every line), the thread's and process's names (the logging HOWTO's
+    # "Optimization" switches).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     sys.excepthook = _log_uncaught
 
 
