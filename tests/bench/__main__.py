@@ -90,14 +90,14 @@ class Target:
     dpop: bool = False
     """Handshakes with DPoP-bound tokens, each auth frame carrying a fresh ES256 proof."""
     gc_probe: bool = False
-    """Run under ``tests/bench/gcprobe.py`` (``args`` must be ``[python, "-m", module, ...]``) and
-    report the collector's pauses while the ramp opens its first 10k sockets."""
+    """Also measure the collector's pauses while 10k sockets connect, on a fresh process run
+    under ``tests/bench/gcprobe.py`` (``args`` must be ``[python, ..., "-m", module, ...]``)."""
 
     def launched_args(self, gc_file: Path) -> list[str]:
         if not self.gc_probe:
             return self.args
-        python, flag, module, *rest = self.args
-        assert flag == "-m", self.args
+        at = self.args.index("-m")
+        python, module, rest = self.args[0], self.args[at + 1], self.args[at + 2 :]
         return [python, "-P", str(ROOT / "tests/bench/gcprobe.py"), str(gc_file), module, *rest]
 
 
@@ -194,9 +194,7 @@ class Bench:
         fan-out at ``fanout_at``) on one server process."""
         plan, lead = self.plan, self.lead
         print(f"  {target.name}: handshakes", flush=True)
-        gc_file = self.tmp / f"gc-{time.monotonic_ns()}.json"
-        server = launch(target.name, target.launched_args(gc_file), target.env, self.tmp)
-        server.extra["gc_file"] = gc_file if target.gc_probe else None
+        server = launch(target.name, target.args, target.env, self.tmp)
         figures: dict[str, Any] = {"note": target.note} if target.note else {}
         try:
             await self.both("reset")
@@ -222,26 +220,46 @@ class Bench:
         finally:
             await self.both("close_all", budget=120)
             server.proc.stop()
+        if target.gc_probe:
+            figures["gc_ramp"] = await self.gc_ramp(target)
         self.peers[target.name] = figures
         return figures
+
+    async def gc_ramp(self, target: Target) -> dict[str, Any]:
+        """A fresh process under ``tests/bench/gcprobe.py``: its collector's pauses while the two
+        agents open ``GC_RAMP`` sockets (the largest step below it in a quick run) and a third makes
+        new handshakes beside them. Apart from the memory ramp, whose figures it would move."""
+        count = max((n for n in self.plan.steps if n <= GC_RAMP), default=self.plan.steps[0])
+        print(f"  {target.name}: collector pauses while {count} sockets connect", flush=True)
+        gc_file = self.tmp / f"gc-{time.monotonic_ns()}.json"
+        server = launch(f"{target.name}-gc", target.launched_args(gc_file), target.env, self.tmp)
+        stop = asyncio.Event()
+        try:
+            await self.both("reset")
+            await gc_pauses(server, gc_file)  # from here on
+            probing = asyncio.create_task(self.probe_handshakes(server, stop))
+            try:
+                opened = await self.split("hold", count, port=server.port, path="/ws")
+                pauses = await gc_pauses(server, gc_file)
+            finally:
+                stop.set()
+                samples = sorted(await probing)
+        finally:
+            await self.both("close_all", budget=120)
+            server.proc.stop()
+        errors = sum(part["errors"] for part in opened)
+        if errors:
+            raise BenchError(f"{errors} of {count} sockets refused: {opened[0]['first']}")
+        p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000 if samples else None
+        return {"sockets": count, "probes": len(samples), "probe_p99_ms": p99, **pauses}
 
     async def ramp(self, target: Target, server: Launched) -> dict[str, Any]:
         plan, held, points = self.plan, 0, []
         figures: dict[str, Any] = {}
         base = rss_kib(server.pid)
-        gc_file: Path | None = server.extra.get("gc_file")
-        gc_until = max((n for n in plan.steps if n <= GC_RAMP), default=plan.steps[0])
-        probing: asyncio.Task[list[float]] | None = None
-        stop = asyncio.Event()
-        if gc_file is not None:
-            await gc_pauses(server, gc_file)  # from here on
-            probing = asyncio.create_task(self.probe_handshakes(server, stop))
         for count in plan.steps:
             print(f"  {target.name}: holding {count} sockets", flush=True)
             opened = await self.split("hold", count - held, port=server.port, path="/ws")
-            if probing is not None and count == gc_until and gc_file is not None:
-                figures["gc_ramp"] = await self.gc_figures(server, gc_file, count, probing, stop)
-                probing = None
             errors = sum(part["errors"] for part in opened)
             if errors:
                 raise BenchError(
@@ -259,9 +277,6 @@ class Bench:
             })  # fmt: skip
             if count == plan.fanout_at and target.push:
                 figures["fanout_per_s"] = await self.fanout(target, server)
-        if probing is not None:
-            stop.set()
-            await probing
         self.ramps[target.name] = points
         by_count = {point["connections"]: point["kib_per_socket"] for point in points}
         figures["kib_per_socket_10k"] = by_count.get(10_000, points[-1]["kib_per_socket"])
@@ -279,20 +294,6 @@ class Bench:
                                          count=20, concurrency=2, samples=True)  # fmt: skip
             samples += got["samples"]
         return samples
-
-    async def gc_figures(
-        self,
-        server: Launched,
-        gc_file: Path,
-        count: int,
-        probing: asyncio.Task[list[float]],
-        stop: asyncio.Event,
-    ) -> dict[str, Any]:
-        pauses = await gc_pauses(server, gc_file)
-        stop.set()
-        samples = sorted(await probing)
-        p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000 if samples else None
-        return {"sockets": count, "probes": len(samples), "probe_p99_ms": p99, **pauses}
 
     async def fanout(self, target: Target, server: Launched) -> float:
         """Deliveries/s of ``publishes`` messages, each to every held socket."""

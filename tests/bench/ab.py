@@ -4,8 +4,8 @@ the handshake section against two checkouts of the services, alternately, with m
 The machine's noise moves absolute figures by 30% from one minute to the next, so a change is
 judged by alternating rounds: each round measures the bare server, then the old and the new
 ws_service (their order swapped every round), each a fresh process on the same core with the same
-tokens. ``--gc N`` also holds N sockets and reports the collector's pauses while they open and
-the p99 of a new handshake meanwhile (``tests/bench/gcprobe.py``).
+tokens. ``--gc N`` then also opens N sockets on a fresh process and reports the collector's pauses
+meanwhile and the p99 of a new handshake (``tests/bench/gcprobe.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ FIGURES = (
     ("gc_total_ms", "GC total ms"),
     ("gc_count", "collections"),
     ("probe_p99_ms", "new handshake p99 ms"),
-    ("kib", "KiB/socket"),
 )
 
 
@@ -46,8 +45,6 @@ def flatten(figures: dict[str, Any]) -> dict[str, float]:
         flat |= {"gc_max_ms": ramp["max_ms"], "gc_max_cpu_ms": ramp.get("max_cpu_ms"),
                  "gc_total_ms": ramp["total_ms"],
                  "gc_count": ramp["count"], "probe_p99_ms": ramp["probe_p99_ms"]}  # fmt: skip
-    if "kib_per_socket_10k" in figures:
-        flat["kib"] = figures["kib_per_socket_10k"]
     return flat
 
 
@@ -89,8 +86,9 @@ async def run(args: argparse.Namespace) -> None:
                         env = {**bench.ws_env(), "PYTHONPATH": checkout_path(checkouts[name])}
                         if name == "new" and args.new_env:
                             env |= dict(kv.split("=", 1) for kv in args.new_env)
-                        target = Target(name, [PY, "-m", "ws_service"], env,
-                                        hold=bool(args.gc), gc_probe=True)  # fmt: skip
+                        # -P: the checkout on PYTHONPATH, not the current directory, is imported
+                        target = Target(name, [PY, "-P", "-m", "ws_service"], env, hold=False,
+                                        gc_probe=bool(args.gc))  # fmt: skip
                     measured = await measure(bench, target)
                     figures = flatten(measured)
                     results[name].append(figures)
