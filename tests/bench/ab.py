@@ -30,6 +30,8 @@ FIGURES = (
     ("gc_total_ms", "GC total ms"),
     ("gc_count", "collections"),
     ("probe_p99_ms", "new handshake p99 ms"),
+    ("kib", "KiB per idle socket"),
+    ("fanout", "fan-out deliveries/s"),
 )
 
 
@@ -45,6 +47,10 @@ def flatten(figures: dict[str, Any]) -> dict[str, float]:
         flat |= {"gc_max_ms": ramp["max_ms"], "gc_max_cpu_ms": ramp.get("max_cpu_ms"),
                  "gc_total_ms": ramp["total_ms"],
                  "gc_count": ramp["count"], "probe_p99_ms": ramp["probe_p99_ms"]}  # fmt: skip
+    if "kib_per_socket_10k" in figures:
+        flat["kib"] = figures["kib_per_socket_10k"]
+    if figures.get("fanout_per_s"):
+        flat["fanout"] = figures["fanout_per_s"]
     return flat
 
 
@@ -66,8 +72,8 @@ async def run(args: argparse.Namespace) -> None:
     plan = replace(
         Plan.for_run(True, nofile),
         handshakes=args.count,
-        steps=(args.gc,) if args.gc else (1,),
-        fanout_at=0,
+        steps=(args.hold or args.gc,) if args.hold or args.gc else (1,),
+        fanout_at=args.hold,
         probes=20,
     )
     checkouts = {"old": Path(args.old), "new": Path(args.new)}
@@ -87,7 +93,8 @@ async def run(args: argparse.Namespace) -> None:
                         if name == "new" and args.new_env:
                             env |= dict(kv.split("=", 1) for kv in args.new_env)
                         # -P: the checkout on PYTHONPATH, not the current directory, is imported
-                        target = Target(name, [PY, "-P", "-m", "ws_service"], env, hold=False,
+                        target = Target(name, [PY, "-P", "-m", "ws_service"], env,
+                                        hold=bool(args.hold), push="gateway",
                                         gc_probe=bool(args.gc))  # fmt: skip
                     measured = await measure(bench, target)
                     figures = flatten(measured)
@@ -123,6 +130,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--count", type=int, default=2000, help="handshakes per server and round")
     parser.add_argument("--gc", type=int, default=0, help="also hold this many sockets")
+    parser.add_argument(
+        "--hold", type=int, default=0, help="also hold this many: memory per socket and fan-out"
+    )
     parser.add_argument(
         "--new-env",
         action="append",
