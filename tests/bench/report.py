@@ -118,9 +118,10 @@ def figures(
 
     def legend_below(figure: Any, axis: Any) -> None:
         handles, labels = axis.get_legend_handles_labels()
-        figure.legend(handles, labels, loc="lower center", ncols=min(len(labels), 4),
+        # two columns keep the legend clear of the run's name in the lower right corner
+        figure.legend(handles, labels, loc="lower center", ncols=min(len(labels), 2),
                       fontsize=LEGEND_FONT, frameon=False)  # fmt: skip
-        figure.tight_layout(rect=(0, 0.1, 1, 1))
+        figure.tight_layout(rect=(0, 0.06 * ((len(labels) + 1) // 2) + 0.04, 1, 1))
 
     made: dict[str, Any] = {}
     figure, (rss, per_socket) = plt.subplots(1, 2, figsize=(11, 4.8))
