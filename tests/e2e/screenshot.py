@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, Stack
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, TIMEOUT, Stack
 from tests.e2e.test_browser import log_in, members, open_page, say, wait_for_message
 from tests.system.procs import embedded_env, service
 
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "chat.png"
 VIEWPORT: ViewportSize = {"width": 1000, "height": 720}
-TIMEOUT = 15_000
 CONVERSATION = [
     ("alice", "hi bob, the draft is up"),
     ("bob", "reading it now"),
