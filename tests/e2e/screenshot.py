@@ -1,5 +1,6 @@
 """Regenerate docs/chat.png, the README's screenshot: the demo page of `make run`'s stack in
-Chromium, alice and bob in the lobby, its presence list showing both, a few messages.
+Chromium, alice and bob in the lobby, its presence list showing both, a few messages, and the
+access token bound to the browser's key (DPoP).
 
     .venv/bin/python -m tests.e2e.screenshot            # writes docs/chat.png
     .venv/bin/python -m tests.e2e.screenshot out.png    # or another path
@@ -51,6 +52,9 @@ def take(browser: Browser, stack: Stack, path: Path) -> None:
                 wait_for_message(page, who, text)
         alice = pages["alice"]
         assert members(alice) == "alice,bob", members(alice)
+        alice.wait_for_function(
+            "() => document.getElementById('binding').textContent === \"bound to this browser's key\""
+        )
         alice.locator("#text").blur()
         alice.screenshot(path=str(path), full_page=True)
     finally:
