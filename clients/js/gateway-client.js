@@ -197,7 +197,10 @@ class DPoPKey {
       const { crv, kty, x, y } = await crypto.subtle.exportKey("jwk", keyPair.publicKey);
       const jwk = { crv, kty, x, y }; // RFC 7638's members, in its order
       return { privateKey: keyPair.privateKey, jwk, thumbprint: await sha256(JSON.stringify(jwk)) };
-    })();
+    })().catch((err) => {
+      this.#ready = null; // the next proof tries again
+      throw err;
+    });
     return this.#ready;
   }
 
