@@ -75,15 +75,21 @@ def thumbprint(page: Page) -> str:
     return str(page.get_attribute("#key-thumbprint", "title"))
 
 
-def test_the_key_is_non_extractable_and_the_page_says_the_token_is_bound(
-    context: BrowserContext, stack: Stack
-) -> None:
-    stack.register("kate")
+def logged_in(context: BrowserContext, stack: Stack, user: str) -> tuple[Page, list[str]]:
+    """A new page of the demo, logged in as a freshly registered user; the tokens it is issued."""
+    stack.register(user)
     page = context.new_page()
     tokens = issued_tokens(page)
     page.goto(stack.page_url)
     page.wait_for_selector("body[data-ready=true]")
-    log_in(page, "kate")
+    log_in(page, user)
+    return page, tokens
+
+
+def test_the_key_is_non_extractable_and_the_page_says_the_token_is_bound(
+    context: BrowserContext, stack: Stack
+) -> None:
+    page, tokens = logged_in(context, stack, "kate")
     jkt = thumbprint(page)
     assert tokens and {bound_key(token) for token in tokens} == {jkt}
     key = page.evaluate(STORED_KEY)
@@ -98,12 +104,7 @@ def test_the_key_is_non_extractable_and_the_page_says_the_token_is_bound(
 
 def test_the_binding_survives_a_reload(context: BrowserContext, stack: Stack) -> None:
     """The session cookie is bound to the key: the refresh after a reload proves the same one."""
-    stack.register("liam")
-    page = context.new_page()
-    tokens = issued_tokens(page)
-    page.goto(stack.page_url)
-    page.wait_for_selector("body[data-ready=true]")
-    log_in(page, "liam")
+    page, tokens = logged_in(context, stack, "liam")
     before = thumbprint(page)
     issued = len(tokens)
     page.reload()
