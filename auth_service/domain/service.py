@@ -330,11 +330,10 @@ class AuthService:
     async def _rotate_live(self, token_hash: str, now: float) -> TokenPair | None:
         """The common refresh in one store call, or None (nothing changed) when it is not that.
         Under ``AUTH_DPOP=required`` a bearer refresh is refused, so it never is. The token is
-        rotated before the access token is signed: the signing key is checked first, so that
-        signature cannot fail for want of one."""
-        if self.dpop.policy is DpopPolicy.REQUIRED:
+        rotated before the access token is signed, so this is not tried without a signing key
+        (the lookup then refuses as before, signing before it stores anything)."""
+        if self.dpop.policy is DpopPolicy.REQUIRED or not self._tokens.can_sign(now):
             return None
-        self._tokens.check_signing_key(now)
         secret = secrets.token_urlsafe(32)
         new_hash = hash_refresh_token(secret)
         view = await self._store.rotate_live_refresh_token(
@@ -602,7 +601,7 @@ class AuthService:
         jkt: str | None = None,
     ) -> TokenPair:
         """Sign before storing (a failed signature leaves no stored, unusable token), except in
-        :meth:`_rotate_live`, which checks the signing key first."""
+        :meth:`_rotate_live`, which makes sure of the signing key first."""
         access = self._tokens.issue(user=user, session=session, scope=scope, now=now, jkt=jkt)
         return TokenPair(
             access_token=access.token,

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from auth_service.domain.errors import InvalidClientToken, StoreUnavailable
 from auth_service.domain.keyring import KeyRing
@@ -99,24 +98,18 @@ class TokenIssuer:
         claims = ticket_claims(access, now)
         return Ticket(self._sign(claims, TICKET_TYP, now, kid), claims["exp"] - claims["iat"])
 
-    def check_signing_key(self, now: float) -> None:
-        """Raise what :meth:`issue` would for want of a signing key."""
-        self._signing_key(now)
+    def can_sign(self, now: float) -> bool:
+        """Whether :meth:`issue` has a key to sign with now."""
+        return self._ring.signing_key(now) is not None
 
-    def _signing_key(self, now: float, kid: str | None = None) -> tuple[str, rsa.RSAPrivateKey]:
-        """``kid``'s key while this ring holds its private half and it is active, else the
-        current one."""
+    def _sign(self, claims: Mapping[str, Any], typ: str, now: float, kid: str | None = None) -> str:
         key = self._ring.key(kid) if kid else None
         if key is None or key.private_key is None or key.activate_at > now:
             key = self._ring.signing_key(now)
         if key is None or key.private_key is None:
             raise StoreUnavailable("no signing key is loaded yet")
-        return key.kid, key.private_key
-
-    def _sign(self, claims: Mapping[str, Any], typ: str, now: float, kid: str | None = None) -> str:
-        kid, private = self._signing_key(now, kid)
         return jwt.encode(
-            dict(claims), private, algorithm=ALGORITHM, headers={"kid": kid, "typ": typ}
+            dict(claims), key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": typ}
         )
 
     def verify(self, token: str, *, verify_exp: bool = True) -> dict[str, Any]:

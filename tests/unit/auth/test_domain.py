@@ -17,6 +17,7 @@ from auth_service.domain.errors import (
     InvalidGrant,
     KeyRingError,
     RefreshReuse,
+    StoreUnavailable,
     Throttled,
 )
 from auth_service.domain.models import StoredKey
@@ -119,6 +120,17 @@ async def test_a_bearer_refresh_is_one_store_call_and_a_refusal_is_looked_up(
     with pytest.raises(RefreshReuse):
         await world.service.refresh(first.refresh_token)
     assert calls == ["rotate_live_refresh_token", "find_refresh_token"]
+
+
+async def test_a_refresh_without_a_signing_key_rotates_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await world.register_and_login()
+    monkeypatch.setattr(world.ring, "signing_key", lambda now: None)
+    with pytest.raises(StoreUnavailable, match="no signing key"):
+        await world.service.refresh(first.refresh_token)
+    (token,) = world.store.tokens.values()
+    assert token.rotated_at is None
 
 
 async def test_logout_everywhere_revokes_every_session_and_the_user(world: World) -> None:
