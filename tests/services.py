@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -53,11 +54,41 @@ def redis_reachable(url: str = REDIS_URL) -> None:
         unavailable("Redis", f"{url}: {exc}")
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A loopback port nobody listens on, taken below the kernel's ephemeral range.
+
+    A port the kernel hands out for bind(0) comes from the range it also gives outgoing
+    connections: between this check and the service's bind, any client socket on the machine (a
+    load generator's thousands, another test run) could take it, and the service then fails with
+    'already in use'. Below that range only listeners compete."""
+    low = _ephemeral_low()
+    if low > 12_000:
+        for _ in range(500):
+            port = random.randrange(10_000, low)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 async def create_schema() -> tuple[str, str]:

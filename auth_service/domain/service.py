@@ -290,9 +290,19 @@ class AuthService:
         authenticate may only refresh its own users' sessions. A bound session's token needs a
         proof of its key, checked before anything else happens to the family (a stolen token
         replayed from elsewhere revokes nothing); an unbound session is bound by the first
-        refresh that proves a key where the policy lets it count."""
+        refresh that proves a key where the policy lets it count.
+
+        A request with nothing to check beyond the token (no client, proof or scope) is first
+        tried in one store call that rotates the token only if it is live and asks for nothing
+        more (:meth:`Store.rotate_live_refresh_token`); anything else, a refusal included, takes
+        the lookup below, which explains it."""
         now = self._clock()
-        view = await self._store.find_refresh_token(hash_refresh_token(refresh_token))
+        token_hash = hash_refresh_token(refresh_token)
+        if client is None and proof is None and scope is None:
+            pair = await self._rotate_live(token_hash, now)
+            if pair is not None:
+                return pair
+        view = await self._store.find_refresh_token(token_hash)
         if view is None:
             raise InvalidGrant("the refresh token is unknown")
         token, session = view.token, view.session
@@ -314,6 +324,26 @@ class AuthService:
         if not await self._store.rotate_refresh_token(token.token_hash, record, now, bind=bind):
             audit("refresh_race_lost", sid=session.sid)
             raise RefreshReuse("the refresh token was already used", family_revoked=False)
+        audit("refresh_ok", user_id=user.id, sid=session.sid)
+        return pair
+
+    async def _rotate_live(self, token_hash: str, now: float) -> TokenPair | None:
+        """The common refresh in one store call, or None (nothing changed) when it is not that.
+        Under ``AUTH_DPOP=required`` a bearer refresh is refused, so it never is. The token is
+        rotated before the access token is signed, so this is not tried without a signing key
+        (the lookup then refuses as before, signing before it stores anything)."""
+        if self.dpop.policy is DpopPolicy.REQUIRED or not self._tokens.can_sign(now):
+            return None
+        secret = secrets.token_urlsafe(32)
+        new_hash = hash_refresh_token(secret)
+        view = await self._store.rotate_live_refresh_token(
+            token_hash, new_hash, now, now + self.policy.refresh_token_ttl
+        )
+        if view is None:
+            return None
+        session, user = view.session, view.user
+        record = RefreshToken(new_hash, session.sid, now, self._refresh_expiry(session, now))
+        pair = self._pair(user, session, secret, record, session.scope, now)
         audit("refresh_ok", user_id=user.id, sid=session.sid)
         return pair
 
@@ -545,8 +575,11 @@ class AuthService:
 
     def _new_refresh_token(self, session: Session, now: float) -> tuple[str, RefreshToken]:
         secret = secrets.token_urlsafe(32)
-        expires_at = min(now + self.policy.refresh_token_ttl, session.expires_at)
+        expires_at = self._refresh_expiry(session, now)
         return secret, RefreshToken(hash_refresh_token(secret), session.sid, now, expires_at)
+
+    def _refresh_expiry(self, session: Session, now: float) -> float:
+        return min(now + self.policy.refresh_token_ttl, session.expires_at)
 
     @staticmethod
     def _narrow_scope(granted: str, requested: str | None) -> str:
@@ -567,7 +600,8 @@ class AuthService:
         now: float,
         jkt: str | None = None,
     ) -> TokenPair:
-        """Sign before storing, so a failed signature never leaves a stored, unusable token."""
+        """Sign before storing (a failed signature leaves no stored, unusable token), except in
+        :meth:`_rotate_live`, which makes sure of the signing key first."""
         access = self._tokens.issue(user=user, session=session, scope=scope, now=now, jkt=jkt)
         return TokenPair(
             access_token=access.token,

@@ -56,6 +56,17 @@ class Store(Protocol):
         refreshes yield exactly one winner.
         """
 
+    async def rotate_live_refresh_token(
+        self, old_hash: str, new_hash: str, now: float, expires_at: float
+    ) -> RefreshTokenView | None:
+        """The optimistic refresh, atomically: when ``old_hash`` is live (not rotated, not
+        expired, its session neither revoked nor past its lifetime) and asks nothing more (its
+        session is not DPoP-bound, its user is this issuer's own: no client policy applies), mark
+        it rotated and store ``new_hash`` for its session, expiring at ``expires_at`` or the
+        session's end, whichever comes first. Returns the view (its token as rotated now), or
+        None when any of that is not so: then nothing changed, and the caller looks up why.
+        Concurrent calls on any replica have exactly one winner."""
+
     async def session_is_live(self, sid: str, now: float) -> bool:
         """Whether the family is known, not revoked and within its lifetime (one query)."""
 

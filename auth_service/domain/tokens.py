@@ -98,6 +98,10 @@ class TokenIssuer:
         claims = ticket_claims(access, now)
         return Ticket(self._sign(claims, TICKET_TYP, now, kid), claims["exp"] - claims["iat"])
 
+    def can_sign(self, now: float) -> bool:
+        """Whether :meth:`issue` has a key to sign with now."""
+        return self._ring.signing_key(now) is not None
+
     def _sign(self, claims: Mapping[str, Any], typ: str, now: float, kid: str | None = None) -> str:
         key = self._ring.key(kid) if kid else None
         if key is None or key.private_key is None or key.activate_at > now:

@@ -22,7 +22,8 @@ _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Timeou
 
 
 class _NoRowChanged(Exception):
-    """Rolls back an :meth:`PostgresDatabase.execute_atomically` transaction."""
+    """Rolls back a :meth:`PostgresDatabase.execute_atomically` (or ``fetch_atomically``)
+    transaction."""
 
 
 class _Connection:
@@ -46,6 +47,12 @@ class _Connection:
         except asyncpg.UniqueViolationError:
             return False
         return True
+
+
+async def _each_changes_a_row(conn: _Connection, statements: Sequence[Statement]) -> None:
+    for sql, args in statements:
+        if await conn.execute(sql, *args) == 0:
+            raise _NoRowChanged
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -108,12 +115,24 @@ class PostgresDatabase:
                 return await conn.execute(sql, *args) > 0
         try:
             async with self.transaction() as conn:
-                for sql, args in statements:
-                    if await conn.execute(sql, *args) == 0:
-                        raise _NoRowChanged
+                await _each_changes_a_row(conn, statements)
         except _NoRowChanged:
             return False
         return True
+
+    async def fetch_atomically(self, query: Statement, then: Sequence[Statement] = ()) -> list[Row]:
+        if not then:  # atomic by itself
+            async with self.connection() as conn:
+                return await conn.fetch(query[0], *query[1])
+        try:
+            async with self.transaction() as conn:
+                rows = await conn.fetch(query[0], *query[1])
+                if not rows:
+                    return []
+                await _each_changes_a_row(conn, then)
+        except _NoRowChanged:
+            return []
+        return rows
 
     async def close(self) -> None:
         await self._pool.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import astuple, fields
+from dataclasses import astuple, fields, replace
 from typing import Any, Protocol, TypeVar
 
 from auth_service.domain.errors import UsernameTaken
@@ -65,6 +65,11 @@ class Database(Protocol):
         """Run ``statements`` as one transaction, in one hand-off to the driver (one round trip
         when there is one statement). The first that changes no row rolls it back: False."""
 
+    async def fetch_atomically(self, query: Statement, then: Sequence[Statement] = ()) -> list[Row]:
+        """Run ``query`` and, when it returns rows, ``then``, as one transaction in one hand-off
+        to the driver (one round trip when ``then`` is empty); returns the query's rows. No rows,
+        or a statement of ``then`` that changes none, rolls it back: ``[]``."""
+
     async def close(self) -> None: ...
 
 
@@ -87,6 +92,12 @@ def _columns(alias: str, model: type[Any]) -> str:
 def _model(model: type[Model], row: Row, alias: str = "") -> Model:
     prefix = f"{alias}_" if alias else ""
     return model(**{field.name: row[prefix + field.name] for field in fields(model)})  # type: ignore[arg-type]
+
+
+def _view(row: Row) -> RefreshTokenView:
+    return RefreshTokenView(
+        _model(RefreshToken, row, "t"), _model(Session, row, "s"), _model(User, row, "u")
+    )
 
 
 _INSERT_USER = _insert_sql("users", User)
@@ -123,13 +134,44 @@ _ROTATE_IN_ONE_STATEMENT = (
     f"WITH old AS ({_MARK_ROTATED} RETURNING 1) INSERT INTO refresh_tokens "  # noqa: S608
     f"({_names(RefreshToken)}) SELECT {_marks(RefreshToken, first=3)} FROM old"
 )
+_LIVE_BEARER = (
+    "t.rotated_at IS NULL AND t.expires_at > $1 AND s.revoked_at IS NULL AND s.expires_at > $1 "
+    "AND s.jkt IS NULL AND u.client_id IS NULL"
+)
+"""A refresh token that may be rotated with no more questions: not rotated, expired or revoked,
+of an unbound session of this issuer's own user (no proof, no client policy to consult)."""
+_VIEW_COLUMNS = f"{_columns('t', RefreshToken)}, {_columns('s', Session)}, {_columns('u', User)}"
+
+
+def _next_expiry(session_end: str) -> str:
+    """The new token's end: the one asked for (``$4``), or its session's when that comes first."""
+    return f"CASE WHEN $4 < {session_end} THEN $4 ELSE {session_end} END"
+
+
+_ROTATE_LIVE_IN_ONE_STATEMENT = f"""
+    WITH old AS (
+        UPDATE refresh_tokens t SET rotated_at = $1
+        FROM sessions s JOIN users u ON u.id = s.user_id
+        WHERE t.token_hash = $2 AND s.sid = t.sid AND {_LIVE_BEARER}
+        RETURNING {_VIEW_COLUMNS}
+    ), new AS (
+        INSERT INTO refresh_tokens (token_hash, sid, created_at, expires_at)
+        SELECT $3, t_sid, $1, {_next_expiry("s_expires_at")} FROM old
+    )
+    SELECT * FROM old
+"""  # noqa: S608
 _BIND_SESSION = "UPDATE sessions SET jkt = $1 WHERE sid = $2 AND jkt IS NULL"
-_REFRESH_VIEW = f"""
-    SELECT {_columns("t", RefreshToken)}, {_columns("s", Session)}, {_columns("u", User)}
-    FROM refresh_tokens t
+_VIEW = f"""
+    SELECT {_VIEW_COLUMNS} FROM refresh_tokens t
     JOIN sessions s ON s.sid = t.sid
     JOIN users u ON u.id = s.user_id
-    WHERE t.token_hash = $1
+"""  # noqa: S608
+_REFRESH_VIEW = f"{_VIEW} WHERE t.token_hash = $1"
+_LIVE_VIEW = f"{_VIEW} WHERE t.token_hash = $2 AND {_LIVE_BEARER}"
+_INSERT_NEXT_TOKEN = f"""
+    INSERT INTO refresh_tokens (token_hash, sid, created_at, expires_at)
+    SELECT $3, s.sid, $1, {_next_expiry("s.expires_at")}
+    FROM refresh_tokens t JOIN sessions s ON s.sid = t.sid WHERE t.token_hash = $2
 """  # noqa: S608
 _THROTTLE_PLACEHOLDER = (
     "INSERT INTO login_throttle (key, failures, window_start, blocked_until) "
@@ -175,12 +217,7 @@ class SqlStore:
     async def find_refresh_token(self, token_hash: str) -> RefreshTokenView | None:
         async with self._db.connection() as conn:
             rows = await conn.fetch(_REFRESH_VIEW, token_hash)
-        if not rows:
-            return None
-        row = rows[0]
-        return RefreshTokenView(
-            _model(RefreshToken, row, "t"), _model(Session, row, "s"), _model(User, row, "u")
-        )
+        return _view(rows[0]) if rows else None
 
     async def rotate_refresh_token(
         self, old_hash: str, new: RefreshToken, now: float, *, bind: str | None = None
@@ -196,6 +233,24 @@ class SqlStore:
         if bind is not None:
             rotation.append((_BIND_SESSION, (bind, new.sid)))
         return await self._db.execute_atomically(rotation)
+
+    async def rotate_live_refresh_token(
+        self, old_hash: str, new_hash: str, now: float, expires_at: float
+    ) -> RefreshTokenView | None:
+        """One round trip (one statement) or one hand-off (one transaction: the guarded read, the
+        compare-and-set and the new token's INSERT, under SQLite's write lock)."""
+        args = (now, old_hash, new_hash, expires_at)
+        if self._db.writable_ctes:
+            rows = await self._db.fetch_atomically((_ROTATE_LIVE_IN_ONE_STATEMENT, args))
+        else:
+            rows = await self._db.fetch_atomically(
+                (_LIVE_VIEW, (now, old_hash)),
+                [(_MARK_ROTATED, (now, old_hash)), (_INSERT_NEXT_TOKEN, args)],
+            )
+        if not rows:
+            return None
+        view = _view(rows[0])
+        return RefreshTokenView(replace(view.token, rotated_at=now), view.session, view.user)
 
     async def session_is_live(self, sid: str, now: float) -> bool:
         async with self._db.connection() as conn:

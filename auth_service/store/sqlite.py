@@ -78,19 +78,27 @@ def _rows(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Row]:
     return [dict(row) for row in conn.execute(sql, args)]
 
 
-def _atomically(conn: sqlite3.Connection, statements: Sequence[Statement]) -> bool:
+def _atomically(
+    conn: sqlite3.Connection, query: Statement | None, statements: Sequence[Statement]
+) -> list[Row] | None:
+    """The query's rows (``[]`` without a query), or None (rolled back) when it found none or a
+    statement changed no row."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        rows = [] if query is None else _rows(conn, *query)
+        if query is not None and not rows:
+            conn.execute("ROLLBACK")
+            return None
         for sql, args in statements:
             if conn.execute(sql, args).rowcount < 1:
                 conn.execute("ROLLBACK")
-                return False
+                return None
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return True
+    return rows
 
 
 class _Connection:
@@ -169,9 +177,18 @@ class SqliteDatabase:
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
 
     async def execute_atomically(self, statements: Sequence[Statement]) -> bool:
+        return await self._atomically(None, statements) is not None
+
+    async def fetch_atomically(self, query: Statement, then: Sequence[Statement] = ()) -> list[Row]:
+        return await self._atomically(query, then) or []
+
+    async def _atomically(
+        self, query: Statement | None, statements: Sequence[Statement]
+    ) -> list[Row] | None:
         rendered = [(_render(sql), args) for sql, args in statements]
+        first = None if query is None else (_render(query[0]), query[1])
         async with self.connection():
-            return await self._thread.call(_atomically, self._raw, rendered)
+            return await self._thread.call(_atomically, self._raw, first, rendered)
 
     async def close(self) -> None:
         if not self._thread.stopped:

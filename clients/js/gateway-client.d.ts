@@ -23,7 +23,13 @@ export interface FetchInit {
 export type Fetch = (
   url: string,
   init: FetchInit,
-) => Promise<{ ok: boolean; status: number; json(): Promise<unknown> }>;
+) => Promise<{
+  ok: boolean;
+  status: number;
+  json(): Promise<unknown>;
+  /** Read for `DPoP-Nonce` when the server sends one (RFC 9449 section 8). */
+  headers?: { get(name: string): string | null };
+}>;
 
 /** What the client needs of a WebSocket: the browser's, Node 22's, or the ws package's. */
 export interface WebSocketLike {
@@ -32,6 +38,17 @@ export interface WebSocketLike {
 }
 
 export type WebSocketConstructor = new (url: string, protocols: string[]) => WebSocketLike;
+
+/**
+ * A WebCrypto key pair (`CryptoKeyPair`) for DPoP: ECDSA P-256, from
+ * `crypto.subtle.generateKey({name: "ECDSA", namedCurve: "P-256"}, false, ["sign", "verify"])`.
+ */
+export interface DPoPKeyPair {
+  readonly privateKey: object;
+  readonly publicKey: object;
+}
+
+export type TokenType = "DPoP" | "Bearer";
 
 export interface GatewayClientOptions {
   /** auth_service's base URL: for register(), password sessions, the "ticket" handshake and logout(). */
@@ -48,6 +65,14 @@ export interface GatewayClientOptions {
   fetch?: Fetch;
   /** The WebSocket constructor; the global one by default (Node 20: pass the ws package's). */
   WebSocket?: WebSocketConstructor;
+  /**
+   * DPoP-bound tokens (RFC 9449), on by default where WebCrypto exists: a proof of the client's
+   * key with every call to auth_service and every `auth`. The key is non-extractable, kept in
+   * IndexedDB in a browser (a reload keeps the binding), in memory elsewhere; or pass your own
+   * key pair. `false`: bearer tokens, for environments without WebCrypto and for the "bearer"
+   * handshake, which cannot carry a proof (it throws a TypeError without `dpop: false`).
+   */
+  dpop?: boolean | DPoPKeyPair;
 }
 
 export interface User {
@@ -131,6 +156,10 @@ export declare class GatewayClient extends EventTarget {
   user: User | null;
   /** When the access token expires (epoch milliseconds). */
   expiresAt: number | null;
+  /** "DPoP" when the access token is bound to a key (its `cnf.jkt`), "Bearer" otherwise; null without one. */
+  readonly tokenType: TokenType | null;
+  /** The RFC 7638 thumbprint of the client's DPoP key (a bound token's `cnf.jkt`); null without DPoP. */
+  thumbprint(): Promise<string | null>;
   register(username: string, password: string): Promise<User>;
   /** Log in with a password, then connect (not with getToken). */
   login(username: string, password: string): Promise<void>;

@@ -11,6 +11,10 @@
 // - a password login elsewhere (Node): the refresh token lives in this object's memory.
 // The access token lives in this object's memory only: never in localStorage, sessionStorage, a
 // cookie this code writes, or a URL.
+// Where WebCrypto exists the tokens are DPoP-bound (RFC 9449): a non-extractable P-256 key signs
+// a proof for every call to auth_service and every `auth` frame, so a copied token is worthless
+// without the key. In a browser the key pair lives in IndexedDB (a reload keeps the binding the
+// session cookie was given); elsewhere in this object's memory, or the app passes its own.
 // The wire contract is docs/protocol.md; closes are acted on from DISCONNECTS below.
 // In channels with history it remembers each channel's position (offset and epoch of the last
 // message) and resubscribes with `since` after every reconnect: missed messages arrive as ordinary
@@ -22,6 +26,7 @@ const BEARER_PREFIX = "realtime.bearer.";
 const CSRF_COOKIE = "csrf_token";
 const HOST_PREFIX = "__Host-";
 const REFRESH_LOCK = "realtime-gateway-refresh";
+const NONCE_HEADER = "DPoP-Nonce";
 
 /**
  * Every way the gateway closes a socket: [code, reason, action], the same rows as
@@ -83,39 +88,201 @@ function readCookie(name) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** auth_service's REST API, through the app's own ``fetch`` when it gave one. */
+// -- DPoP (RFC 9449) -------------------------------------------------------------------------
+// WebCrypto does the cryptography (key generation, SHA-256, ES256 signatures, which it returns as
+// the raw r||s a JWS wants); this code only encodes JSON and base64url around it.
+
+const ES256 = { name: "ECDSA", namedCurve: "P-256" };
+const KEY_DB = "realtime-gateway-dpop";
+const KEY_STORE = "keys";
+const KEY_NAME = "dpop";
+const utf8 = new TextEncoder();
+
+function base64url(bytes) {
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+const encodeJson = (value) => base64url(utf8.encode(JSON.stringify(value)));
+
+async function sha256(text) {
+  return base64url(new Uint8Array(await crypto.subtle.digest("SHA-256", utf8.encode(text))));
+}
+
+/**
+ * The key a token is bound to (its `cnf.jkt`), read from its payload without verifying it: the
+ * servers verify; the client only learns how to present the token (DPoP or Bearer, with a proof).
+ */
+function boundKey(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(payload), (c) => c.charCodeAt(0))));
+    return typeof claims?.cnf?.jkt === "string" ? claims.cnf.jkt : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A request's `htu`: its absolute URL without query and fragment. */
+function requestUrl(url) {
+  const parsed = new URL(url, globalThis.location?.href);
+  parsed.search = "";
+  parsed.hash = "";
+  return parsed.href;
+}
+
+const generateKeyPair = () => crypto.subtle.generateKey(ES256, false, ["sign", "verify"]);
+
+function idb(request) {
+  return new Promise((resolve, reject) => {
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+}
+
+/**
+ * This origin's key pair from IndexedDB (structured clone keeps a non-extractable key
+ * non-extractable), made and stored on first use. Two tabs may both make one: the first stored
+ * wins, in one read-write transaction. Where IndexedDB fails (some private modes), a key in memory.
+ */
+async function storedKeyPair() {
+  let db;
+  try {
+    const open = indexedDB.open(KEY_DB, 1);
+    open.onupgradeneeded = () => open.result.createObjectStore(KEY_STORE);
+    db = await idb(open);
+    const found = await idb(db.transaction(KEY_STORE).objectStore(KEY_STORE).get(KEY_NAME));
+    if (found) return found;
+  } catch {
+    db?.close();
+    return generateKeyPair();
+  }
+  const fresh = await generateKeyPair();
+  try {
+    return await new Promise((resolve, reject) => {
+      const transaction = db.transaction(KEY_STORE, "readwrite");
+      const store = transaction.objectStore(KEY_STORE);
+      let keyPair = fresh;
+      store.get(KEY_NAME).onsuccess = ({ target }) => {
+        if (target.result) keyPair = target.result;
+        else store.add(fresh, KEY_NAME);
+      };
+      transaction.oncomplete = () => resolve(keyPair);
+      transaction.onerror = transaction.onabort = () => reject(transaction.error);
+    });
+  } catch {
+    return fresh;
+  } finally {
+    db.close();
+  }
+}
+
+/** The client's DPoP key and the proofs it signs. */
+class DPoPKey {
+  #given;
+  #ready = null;
+
+  constructor(keyPair) {
+    if (keyPair && (keyPair.privateKey?.algorithm?.name !== "ECDSA" || keyPair.privateKey.algorithm.namedCurve !== "P-256")) {
+      throw new TypeError("GatewayClient: the dpop key pair must be ECDSA P-256 (ES256), from crypto.subtle.generateKey");
+    }
+    this.#given = keyPair ?? null;
+  }
+
+  #load() {
+    this.#ready ??= (async () => {
+      const keyPair = this.#given ?? (typeof indexedDB === "undefined" ? await generateKeyPair() : await storedKeyPair());
+      // A public key is always exportable; the private one never leaves WebCrypto.
+      const { crv, kty, x, y } = await crypto.subtle.exportKey("jwk", keyPair.publicKey);
+      const jwk = { crv, kty, x, y }; // RFC 7638's members, in its order
+      return { privateKey: keyPair.privateKey, jwk, thumbprint: await sha256(JSON.stringify(jwk)) };
+    })().catch((err) => {
+      this.#ready = null; // the next proof tries again
+      throw err;
+    });
+    return this.#ready;
+  }
+
+  /** The RFC 7638 thumbprint: what a token bound to this key carries as `cnf.jkt`. */
+  async thumbprint() {
+    return (await this.#load()).thumbprint;
+  }
+
+  /** A proof for one request; `accessToken` adds its hash (`ath`), `nonce` the server's. */
+  async proof(htm, url, { accessToken, nonce } = {}) {
+    const { privateKey, jwk } = await this.#load();
+    const claims = { jti: crypto.randomUUID(), htm, htu: requestUrl(url), iat: Math.floor(Date.now() / 1000) };
+    if (accessToken) claims.ath = await sha256(accessToken);
+    if (nonce) claims.nonce = nonce;
+    const input = `${encodeJson({ typ: "dpop+jwt", alg: "ES256", jwk })}.${encodeJson(claims)}`;
+    const signature = await crypto.subtle.sign({ name: "ECDSA", hash: "SHA-256" }, privateKey, utf8.encode(input));
+    return `${input}.${base64url(new Uint8Array(signature))}`;
+  }
+}
+
+/**
+ * The client's DPoP key per its `dpop` option: on by default where WebCrypto exists; `false`
+ * off; a key pair of the app's own otherwise.
+ */
+function dpopKey(option, handshake) {
+  const webCrypto = typeof globalThis.crypto?.subtle?.sign === "function";
+  if (option === false || (option === undefined && !webCrypto)) return null;
+  if (!webCrypto) throw new TypeError("GatewayClient: DPoP needs WebCrypto (crypto.subtle, which browsers give secure contexts only); pass dpop: false");
+  if (handshake === "bearer") {
+    throw new TypeError('GatewayClient: the "bearer" handshake cannot carry a DPoP proof: pass dpop: false, or use the "message" or "ticket" handshake');
+  }
+  return new DPoPKey(option === true ? null : option);
+}
+
+/**
+ * auth_service's REST API, through the app's own ``fetch`` when it gave one. With DPoP every call
+ * carries a proof, with the server's latest ``DPoP-Nonce`` once it sent one.
+ */
 class AuthApi {
   #base;
   #fetch;
   #credentials;
+  #dpop;
+  #nonce = null;
 
-  constructor(authUrl, fetch, credentials) {
+  constructor(authUrl, fetch, credentials, dpop) {
     this.#base = authUrl?.replace(/\/$/, "");
     this.#fetch = fetch;
     this.#credentials = credentials;
+    this.#dpop = dpop;
   }
 
   get base() {
     return this.#base;
   }
 
-  async post(path, body, headers = {}) {
+  /**
+   * ``token``: an access token to present (``Authorization: DPoP`` when it is bound, ``Bearer``
+   * otherwise). Asked for a nonce (``use_dpop_nonce``, RFC 9449 section 8), it signs once more
+   * with the one the refusal carried.
+   */
+  async post(path, body, { headers = {}, token, prove = true } = {}) {
     if (!this.#base) throw new TypeError(`GatewayClient: ${path} needs the authUrl option`);
     const fetch = this.#fetch;
-    let response;
-    try {
-      response = await fetch(this.#base + path, {
-        method: "POST",
-        credentials: this.#credentials,
-        headers: { "Content-Type": "application/json", ...headers },
-        body: JSON.stringify(body),
-      });
-    } catch (err) {
-      throw new GatewayError("unreachable", `cannot reach auth_service at ${this.#base} (${err.message})`);
+    const url = this.#base + path;
+    const dpop = prove ? this.#dpop : null;
+    for (let attempt = 0; ; attempt++) {
+      const sent = { "Content-Type": "application/json", ...headers };
+      if (token) sent.Authorization = `${boundKey(token) ? "DPoP" : "Bearer"} ${token}`;
+      if (dpop) sent.DPoP = await dpop.proof("POST", url, { accessToken: token, nonce: this.#nonce });
+      let response;
+      try {
+        response = await fetch(url, { method: "POST", credentials: this.#credentials, headers: sent, body: JSON.stringify(body) });
+      } catch (err) {
+        throw new GatewayError("unreachable", `cannot reach auth_service at ${this.#base} (${err.message})`);
+      }
+      this.#nonce = response.headers?.get?.(NONCE_HEADER) ?? this.#nonce;
+      const data = await response.json().catch(() => ({}));
+      if (response.ok) return data;
+      if (dpop && attempt === 0 && data.error === "use_dpop_nonce" && this.#nonce) continue;
+      throw new GatewayError(data.error ?? `http_${response.status}`, data.error_description, response.status);
     }
-    const data = await response.json().catch(() => ({}));
-    if (!response.ok) throw new GatewayError(data.error ?? `http_${response.status}`, data.error_description, response.status);
-    return data;
   }
 }
 
@@ -145,7 +312,7 @@ class CookieSession {
   }
 
   async logout(everywhere) {
-    await this.#api.post("/v1/logout", { all: everywhere }, this.#csrfHeader());
+    await this.#api.post("/v1/logout", { all: everywhere }, { headers: this.#csrfHeader() });
     this.#csrf = null;
   }
 
@@ -154,7 +321,8 @@ class CookieSession {
     // the server's reuse grace, and by then the browser holds the winner's rotated cookie.
     for (let attempt = 0; ; attempt++) {
       try {
-        return this.#keep(await this.#api.post("/v1/token", { grant_type: "refresh_token" }, this.#csrfHeader()));
+        const body = { grant_type: "refresh_token" };
+        return this.#keep(await this.#api.post("/v1/token", body, { headers: this.#csrfHeader() }));
       } catch (err) {
         if (!unlocked || attempt >= 2 || err.code !== "invalid_grant") throw err;
         await sleep(500 + Math.random() * 1000);
@@ -238,12 +406,13 @@ class TokenProvider {
 
   /** Ends the token's session at auth_service (authUrl); the app may prefer close() and its own logout. */
   async logout(everywhere) {
-    await this.#api.post("/v1/logout", { all: everywhere }, { Authorization: `Bearer ${this.#last}` });
+    await this.#api.post("/v1/logout", { all: everywhere }, { token: this.#last });
   }
 }
 
 export class GatewayClient extends EventTarget {
   #api;
+  #dpop;
   #session;
   #WebSocket;
   #wsUrl;
@@ -263,17 +432,21 @@ export class GatewayClient extends EventTarget {
 
   /**
    * @param {{authUrl?: string, wsUrl: string, handshake?: "message"|"bearer"|"ticket",
-   *   getToken?: () => Promise<string>, fetch?: typeof fetch, WebSocket?: typeof WebSocket}} options
+   *   getToken?: () => Promise<string>, fetch?: typeof fetch, WebSocket?: typeof WebSocket,
+   *   dpop?: boolean | CryptoKeyPair}} options
    * ``handshake``: how the socket authenticates (docs/protocol.md, "Choosing a handshake").
+   * ``dpop``: DPoP-bound tokens, on by default where WebCrypto exists (docs/browser.md).
    */
-  constructor({ authUrl, wsUrl, handshake = "message", getToken, fetch, WebSocket } = {}) {
+  constructor({ authUrl, wsUrl, handshake = "message", getToken, fetch, WebSocket, dpop } = {}) {
     super();
     this.#WebSocket = WebSocket ?? globalThis.WebSocket;
     if (typeof this.#WebSocket !== "function") {
       throw new TypeError('GatewayClient: no global WebSocket here; pass one, e.g. WebSocket from the "ws" package');
     }
     const cookie = !getToken && typeof document !== "undefined";
-    this.#api = new AuthApi(authUrl, fetch ?? ((...args) => globalThis.fetch(...args)), cookie ? "include" : "same-origin");
+    this.#dpop = dpopKey(dpop, handshake);
+    const fetcher = fetch ?? ((...args) => globalThis.fetch(...args));
+    this.#api = new AuthApi(authUrl, fetcher, cookie ? "include" : "same-origin", this.#dpop);
     this.#session = getToken
       ? new TokenProvider(this.#api, getToken)
       : cookie
@@ -293,6 +466,17 @@ export class GatewayClient extends EventTarget {
     return [...this.#channels.keys()];
   }
 
+  /** ``"DPoP"`` when the access token is bound to a key (its ``cnf.jkt``), ``"Bearer"`` otherwise. */
+  get tokenType() {
+    if (!this.#token) return null;
+    return boundKey(this.#token) ? "DPoP" : "Bearer";
+  }
+
+  /** The RFC 7638 thumbprint of the client's DPoP key (a bound token's ``cnf.jkt``); null without DPoP. */
+  async thumbprint() {
+    return this.#dpop ? this.#dpop.thumbprint() : null;
+  }
+
   /** ``{offset, epoch}`` of the last message seen on a channel with history, or null. */
   position(channel) {
     return this.#positions.get(channel) ?? null;
@@ -300,7 +484,7 @@ export class GatewayClient extends EventTarget {
 
   /** A new account; log in with it afterwards. */
   register(username, password) {
-    return this.#api.post("/v1/register", { username, password });
+    return this.#api.post("/v1/register", { username, password }, { prove: false });
   }
 
   /** Log in with a password (in a browser the refresh token goes into the HttpOnly cookie), then connect. */
@@ -412,11 +596,12 @@ export class GatewayClient extends EventTarget {
     let url = this.#wsUrl;
     const protocols = [SUBPROTOCOL];
     if (this.#handshake === "ticket") {
-      const { ticket } = await this.#api.post("/v1/ws-ticket", {}, { Authorization: `Bearer ${this.#token}` });
+      const { ticket } = await this.#api.post("/v1/ws-ticket", {}, { token: this.#token });
       url += `${url.includes("?") ? "&" : "?"}ticket=${encodeURIComponent(ticket)}`;
     } else if (this.#handshake === "bearer") {
       protocols.push(BEARER_PREFIX + this.#token);
     }
+    const auth = this.#handshake === "message" ? await this.#authFrame() : null;
     const Socket = this.#WebSocket;
     const ws = new Socket(url, protocols);
     this.#ws = ws;
@@ -424,7 +609,7 @@ export class GatewayClient extends EventTarget {
     let failure = null;
     ws.onopen = () => {
       opened = true;
-      if (this.#handshake === "message") this.#send({ type: "auth", token: this.#token });
+      if (auth) this.#send(auth);
     };
     ws.onmessage = (event) => this.#onFrame(JSON.parse(event.data));
     // Browsers say nothing about why; Node's ws names the refusal ("Unexpected server response: 404").
@@ -507,11 +692,20 @@ export class GatewayClient extends EventTarget {
     this.#setState("renewing");
     try {
       await this.refresh();
-      this.#send({ type: "auth", token: this.#token, id: "renew" });
+      this.#send(await this.#authFrame("renew"));
     } catch (err) {
       // The socket closes at expiry (4401 token_expired) and DISCONNECTS takes it from there.
       this.dispatchEvent(new CustomEvent("error", { detail: err }));
     }
+  }
+
+  /** ``auth``, with a proof for ``GET`` of the gateway's URL when the token is bound. */
+  async #authFrame(id) {
+    const token = this.#token;
+    const frame = { type: "auth", token };
+    if (this.#dpop && boundKey(token)) frame.proof = await this.#dpop.proof("GET", this.#wsUrl, { accessToken: token });
+    if (id) frame.id = id;
+    return frame;
   }
 
   /**

@@ -7,7 +7,10 @@ const config = await (await fetch("/config.json")).json();
 const handshake = new URLSearchParams(location.search).get("handshake") ?? "message";
 // Behind the compose stack's nginx auth_service sits under /auth; embedded it is this origin.
 const authUrl = config.authUrl ?? location.origin;
-const client = new GatewayClient({ authUrl, wsUrl: config.wsUrl, handshake });
+// Tokens are DPoP-bound to a non-extractable key of this browser's, except over the bearer
+// subprotocol, which cannot carry a proof.
+const dpop = handshake === "bearer" ? { dpop: false } : {};
+const client = new GatewayClient({ authUrl, wsUrl: config.wsUrl, handshake, ...dpop });
 let room = null;
 let renewals = 0;
 
@@ -15,6 +18,15 @@ function show(loggedIn) {
   $("login").hidden = loggedIn;
   $("chat").hidden = !loggedIn;
   $("who").textContent = loggedIn && client.user ? `Signed in as ${client.user.username}` : "";
+}
+
+/** Whether the access token is bound to this browser's key (DPoP), and which key. */
+async function showBinding() {
+  const bound = client.tokenType === "DPoP";
+  const thumbprint = bound ? await client.thumbprint() : null;
+  $("binding").textContent = bound ? "bound to this browser's key" : client.tokenType ? "bearer token" : "-";
+  $("key-thumbprint").textContent = thumbprint ? `key ${thumbprint.slice(0, 12)}…` : "";
+  $("key-thumbprint").title = thumbprint ?? "";
 }
 
 function notice(text) {
@@ -81,6 +93,7 @@ async function enter() {
 
 client.addEventListener("state", ({ detail }) => {
   $("state").textContent = detail.state;
+  if (detail.state === "authenticated") showBinding().catch(() => {});
   if (detail.state === "closed" && detail.code === 4403) {
     notice("You were logged out (session revoked). Log in again.");
     show(false);

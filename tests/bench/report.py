@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -11,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PEER_COLUMNS", "Row", "plot", "print_tables", "write_json"]
+__all__ = ["PEER_COLUMNS", "Row", "figures", "plot", "print_tables", "run_of", "write_json"]
 
 PEER_COLUMNS = (
     ("handshakes_per_s", "handshakes/s", "{:.0f}"),
@@ -79,7 +80,7 @@ def print_tables(rows: list[Row], peers: dict[str, dict[str, Any]]) -> None:
 
 def write_json(
     path: Path, rows: list[Row], peers: dict[str, Any], ramps: dict[str, Any], extra: dict[str, Any]
-) -> None:
+) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -90,56 +91,121 @@ def write_json(
         **extra,
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
+    return document
 
 
-def plot(out: Path, ramps: dict[str, list[dict[str, Any]]], workers: dict[str, Any]) -> list[Path]:
-    """Memory and handshake latency against held connections; throughput against workers."""
+# What each service's curve in ``workers`` counts (the bench's goal 4), for its y-axis.
+WORKER_UNITS = {"auth_service": "refreshes/s", "ws_service": "handshakes/s"}
+
+LEGEND_FONT = 10
+
+
+def figures(
+    ramps: dict[str, list[dict[str, Any]]], workers: dict[str, Any], run: str = ""
+) -> dict[str, Any]:
+    """The plots as matplotlib figures, by file name: one quantity per axis, every y-axis from
+    zero (the reader compares servers by ratio), whole numbers of workers, legends off the data.
+    ``run`` (which run, when) is printed in a corner of each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
-    figure, (memory, per_socket) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for name, ramp in ramps.items():
-        counts = [point["connections"] for point in ramp]
-        memory.plot(counts, [p["rss_kib"] / 1024 for p in ramp], marker="o", label=name)
-        per_socket.plot(counts, [p["kib_per_socket"] for p in ramp], marker="o", label=name)
-    memory.set(xlabel="idle authenticated sockets", ylabel="server RSS (MiB)", title="Memory")
-    per_socket.set(xlabel="idle authenticated sockets", ylabel="KiB per socket", title="Per socket")
-    memory.legend()
-    figure.tight_layout()
-    written.append(out / "memory.png")
-    figure.savefig(written[-1], dpi=100)
-    plt.close(figure)
+    def from_zero(axis: Any) -> None:
+        axis.set_xlim(left=0)
+        axis.set_ylim(bottom=0)
+        axis.grid(True, alpha=0.3)
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    def legend_below(figure: Any, axis: Any) -> None:
+        handles, labels = axis.get_legend_handles_labels()
+        # two columns keep the legend clear of the run's name in the lower right corner
+        figure.legend(handles, labels, loc="lower center", ncols=min(len(labels), 2),
+                      fontsize=LEGEND_FONT, frameon=False)  # fmt: skip
+        figure.tight_layout(rect=(0, 0.06 * ((len(labels) + 1) // 2) + 0.04, 1, 1))
+
+    made: dict[str, Any] = {}
+    figure, (rss, per_socket) = plt.subplots(1, 2, figsize=(11, 4.8))
     for name, ramp in ramps.items():
         counts = [point["connections"] for point in ramp]
-        line = axis.plot(counts, [p["p50_ms"] for p in ramp], marker="o", label=f"{name} p50")
-        axis.plot(
-            counts, [p["p99_ms"] for p in ramp], marker="x", linestyle="--",
-            color=line[0].get_color(), label=f"{name} p99",
-        )  # fmt: skip
-    axis.set(
-        xlabel="idle authenticated sockets held", ylabel="new handshake latency (ms)",
-        title="Connect + auth + reply while holding N sockets",
-    )  # fmt: skip
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    written.append(out / "handshake_latency.png")
-    figure.savefig(written[-1], dpi=100)
-    plt.close(figure)
+        rss.plot(counts, [p["rss_kib"] / 1024 for p in ramp], marker="o", label=name)
+        per_socket.plot(counts, [p["kib_per_socket"] for p in ramp], marker="o", label=name)
+    rss.set(xlabel="idle authenticated sockets held", ylabel="MiB", title="Server RSS")
+    per_socket.set(xlabel="idle authenticated sockets held", ylabel="KiB",
+                   title="Memory per socket (RSS growth / sockets)")  # fmt: skip
+    for axis in (rss, per_socket):
+        from_zero(axis)
+    legend_below(figure, rss)
+    made["memory.png"] = figure
+
+    figure, panels = plt.subplots(1, 2, figsize=(11, 4.8))
+    for quantile, axis in zip(("p50", "p99"), panels, strict=True):
+        for name, ramp in ramps.items():
+            shown = [p for p in ramp if p.get(f"{quantile}_ms") is not None]
+            axis.plot([p["connections"] for p in shown], [p[f"{quantile}_ms"] for p in shown],
+                      marker="o", label=name)  # fmt: skip
+        axis.set(xlabel="idle authenticated sockets held", title=f"{quantile} of a new handshake")
+        from_zero(axis)
+    for axis in panels:
+        axis.set_ylabel("ms (connect, auth frame, reply)")
+    legend_below(figure, panels[0])
+    made["handshake_latency.png"] = figure
 
     curves = {name: points for name, points in workers.items() if len(points) > 1}
     if curves:
-        figure, axis = plt.subplots(figsize=(7, 4.5))
-        for name, points in curves.items():
-            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-        axis.set(xlabel="worker processes", ylabel="per second", title="Scaling with workers")
-        axis.legend()
-        figure.tight_layout()
-        written.append(out / "workers.png")
+        figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4.5), squeeze=False)
+        for axis, (name, points) in zip(axes[0], curves.items(), strict=True):
+            counts = [int(p[0]) for p in points]
+            rates = [p[1] for p in points]
+            bars = axis.bar(counts, rates, width=0.5)
+            labels = [f"{rates[0]:,.0f}"] + [f"{r:,.0f} ({r / rates[0]:.2f}x)" for r in rates[1:]]
+            axis.bar_label(bars, labels=labels, fontsize=LEGEND_FONT)
+            unit = WORKER_UNITS.get(name, "per second")
+            axis.set(xlabel="worker processes", ylabel=unit, title=f"{name}: {unit}")
+            axis.set_xticks(counts)
+            axis.set_xlim(min(counts) - 0.6, max(counts) + 0.6)
+            axis.set_ylim(bottom=0, top=max(rates) * 1.15)
+        figure.tight_layout(rect=(0, 0.05, 1, 1))
+        made["workers.png"] = figure
+    for figure in made.values():
+        figure.text(0.99, 0.01, run, ha="right", va="bottom", fontsize=8, color="0.4")
+    return made
+
+
+def plot(
+    out: Path, ramps: dict[str, list[dict[str, Any]]], workers: dict[str, Any], run: str = ""
+) -> list[Path]:
+    """Write the plots as PNGs into ``out``; returns the paths written."""
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, figure in figures(ramps, workers, run).items():
+        written.append(out / name)
         figure.savefig(written[-1], dpi=100)
         plt.close(figure)
     return written
+
+
+def run_of(document: dict[str, Any]) -> str:
+    """Which run a results document holds, for the plots' corner: the target and the date."""
+    target = "make bench-quick" if document.get("quick") else "make bench"
+    return f"{target}, {str(document.get('when', ''))[:10]}".rstrip(", ")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Redraw the plots from a results document, without running the bench again."""
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.report", description=main.__doc__)
+    parser.add_argument(
+        "results", type=Path, help="a results document, e.g. bench/results/latest.json"
+    )
+    parser.add_argument("out", type=Path, help="the folder for the PNGs, e.g. docs/performance")
+    args = parser.parse_args(argv)
+    document = json.loads(args.results.read_text())
+    written = plot(
+        args.out, document.get("ramps", {}), document.get("workers", {}), run_of(document)
+    )
+    print("wrote " + ", ".join(str(path) for path in written))
+
+
+if __name__ == "__main__":
+    main()

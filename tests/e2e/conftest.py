@@ -22,7 +22,7 @@ from tests.services import unavailable
 from tests.system.procs import embedded_env, service
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, BrowserContext
 
 CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -39,6 +39,8 @@ PASSWORD = "correct horse battery staple"
 ACCESS_TOKEN_TTL = 6
 """Seconds: short enough that a test sees several renewals on one socket."""
 ARTIFACTS = Path(__file__).parent / "artifacts"
+TIMEOUT = 15_000
+"""Milliseconds Playwright waits for what a test expects of the page."""
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,16 @@ def browser() -> Iterator[Browser]:
             yield launched
         finally:
             launched.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    ctx = browser.new_context(viewport={"width": 900, "height": 700})
+    ctx.set_default_timeout(TIMEOUT)
+    try:
+        yield ctx
+    finally:
+        ctx.close()
 
 
 @dataclass(frozen=True)

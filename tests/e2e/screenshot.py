@@ -1,5 +1,6 @@
 """Regenerate docs/chat.png, the README's screenshot: the demo page of `make run`'s stack in
-Chromium, alice and bob in the lobby, its presence list showing both, a few messages.
+Chromium, alice and bob in the lobby, its presence list showing both, a few messages, and the
+access token bound to the browser's key (DPoP).
 
     .venv/bin/python -m tests.e2e.screenshot            # writes docs/chat.png
     .venv/bin/python -m tests.e2e.screenshot out.png    # or another path
@@ -17,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, Stack
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, TIMEOUT, Stack
 from tests.e2e.test_browser import log_in, members, open_page, say, wait_for_message
 from tests.system.procs import embedded_env, service
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "chat.png"
 VIEWPORT: ViewportSize = {"width": 1000, "height": 720}
-TIMEOUT = 15_000
 CONVERSATION = [
     ("alice", "hi bob, the draft is up"),
     ("bob", "reading it now"),
@@ -52,6 +52,9 @@ def take(browser: Browser, stack: Stack, path: Path) -> None:
                 wait_for_message(page, who, text)
         alice = pages["alice"]
         assert members(alice) == "alice,bob", members(alice)
+        alice.wait_for_function(
+            "() => document.getElementById('binding').textContent === \"bound to this browser's key\""
+        )
         alice.locator("#text").blur()
         alice.screenshot(path=str(path), full_page=True)
     finally:

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.e2e
 
-TIMEOUT = 15_000
 REFRESH = """async () => {
     const { GatewayClient } = await import("/gateway-client.js");
     const config = await (await fetch("/config.json")).json();
@@ -26,16 +25,6 @@ REFRESH = """async () => {
 }"""
 """A refresh from the session cookie by a client of the test's own: the demo page keeps its client
 to itself (no global), as a page should."""
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    ctx = browser.new_context(viewport={"width": 900, "height": 700})
-    ctx.set_default_timeout(TIMEOUT)
-    try:
-        yield ctx
-    finally:
-        ctx.close()
 
 
 def open_page(context: BrowserContext, stack: Stack, query: str = "") -> Page:
@@ -357,6 +346,9 @@ def test_ticket_and_bearer_handshakes_from_the_page(
     wait_for_message(page, username, f"via {handshake}")
     assert len(sockets) == 1
     assert ("ticket=" in sockets[0].url) == (handshake == "ticket")
+    # The bearer subprotocol cannot carry a DPoP proof: the page asks for bearer tokens there.
+    binding = "bearer token" if handshake == "bearer" else "bound to this browser's key"
+    assert page.inner_text("#binding") == binding
 
 
 @pytest.mark.parametrize(("code", "reason"), [(1001, "going_away"), (1012, "draining")])

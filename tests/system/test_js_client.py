@@ -42,9 +42,12 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """`make run`'s stack on free ports, short-lived access tokens, alice registered."""
+    """`make run`'s stack on free ports, short-lived access tokens, DPoP nonces asked for (the
+    client's proofs go through them), alice registered."""
     data = tmp_path_factory.mktemp("stack")
-    env, auth_port, ws_port = embedded_env(data, AUTH_ACCESS_TOKEN_TTL=str(TOKEN_TTL))
+    env, auth_port, ws_port = embedded_env(
+        data, AUTH_ACCESS_TOKEN_TTL=str(TOKEN_TTL), AUTH_DPOP_NONCE="1"
+    )
     with service("services", env, ws_port, data):
         auth_url = f"http://127.0.0.1:{auth_port}"
         request = urllib.request.Request(  # noqa: S310 (our own loopback URL)

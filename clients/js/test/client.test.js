@@ -1,5 +1,6 @@
 // The installed package in Node against the real stack (node --test; tests/system/test_js_client.py
-// packs it, installs it into a fresh folder, starts the stack and passes its URLs here).
+// packs it, installs it into a fresh folder, starts the stack and passes its URLs here). The stack
+// asks for DPoP nonces (AUTH_DPOP_NONCE=1), so every proof the client signs goes through them.
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { test } from "node:test";
@@ -35,6 +36,42 @@ function next(client, type, accept = () => true) {
       resolve(detail);
     };
     client.addEventListener(type, listener);
+  });
+}
+
+/** The claims of a JWT, unverified: what a test needs to see of the tokens the client got. */
+function claims(token) {
+  return JSON.parse(Buffer.from(token.split(".")[1], "base64url").toString());
+}
+
+/**
+ * A fetch that records each call to auth_service: its path, status, whether it carried a DPoP
+ * proof, and the access token answered. ``rewrite(path, response)`` may answer instead.
+ */
+function recordingFetch(rewrite = (path, response) => response) {
+  const calls = [];
+  const tokens = [];
+  const spy = async (url, init) => {
+    const path = new URL(url).pathname;
+    const response = rewrite(path, await fetch(url, init));
+    calls.push([path, response.status, "DPoP" in init.headers]);
+    const body = await response.clone().json().catch(() => ({}));
+    if (body.access_token) tokens.push(body.access_token);
+    return response;
+  };
+  return { spy, calls, tokens };
+}
+
+/** The first frame the gateway answers an ``auth`` frame with, on a socket of the test's own. */
+function authenticate(frame) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(wsUrl, ["realtime.v1"]);
+    ws.on("open", () => ws.send(JSON.stringify(frame)));
+    ws.on("message", (data) => {
+      resolve(JSON.parse(data.toString()));
+      ws.close();
+    });
+    ws.on("error", reject);
   });
 }
 
@@ -104,7 +141,100 @@ test("the app's own fetch carries every call to auth_service", async () => {
   const client = new GatewayClient({ authUrl, wsUrl, WebSocket, fetch: fetchSpy, handshake: "ticket" });
   await client.login(username, PASSWORD);
   await client.logout({ everywhere: true });
-  assert.deepEqual(calls, ["/v1/login", "/v1/ws-ticket", "/v1/logout"]);
+  // The first login is asked for a DPoP nonce and signed again with it.
+  assert.deepEqual(calls, ["/v1/login", "/v1/login", "/v1/ws-ticket", "/v1/logout"]);
+});
+
+test("DPoP by default: every call and every auth proves the client's key, renewals on one socket", async () => {
+  const username = await newUser();
+  const { spy, calls, tokens } = recordingFetch();
+  const { Counting, opened } = countingWebSocket();
+  const client = new GatewayClient({ authUrl, wsUrl, WebSocket: Counting, fetch: spy });
+  await client.login(username, PASSWORD);
+  assert.equal(client.tokenType, "DPoP");
+  const thumbprint = await client.thumbprint();
+  assert.match(thumbprint, /^[A-Za-z0-9_-]{43}$/);
+  assert.equal(claims(tokens[0]).cnf.jkt, thumbprint);
+  // Asked for a nonce (use_dpop_nonce), the client signed once more with the one it was given.
+  assert.deepEqual(calls, [["/v1/login", 400, true], ["/v1/login", 200, true]]);
+  await next(client, "renewed");
+  await next(client, "renewed");
+  assert.equal(opened.length, 1);
+  assert.ok(tokens.length >= 3 && tokens.every((token) => claims(token).cnf.jkt === thumbprint));
+  await client.publish("chat:lobby", { text: "bound" });
+  await client.logout();
+  assert.ok(calls.slice(2).every(([path, status, proved]) => status === 200 && proved), JSON.stringify(calls));
+  assert.deepEqual(calls.at(-1), ["/v1/logout", 200, true]);
+});
+
+test("a bound token without the client's key is refused, on the socket and at /v1/ws-ticket", async () => {
+  const username = await newUser();
+  const { spy, tokens } = recordingFetch();
+  const client = new GatewayClient({ authUrl, wsUrl, WebSocket, fetch: spy });
+  await client.login(username, PASSWORD);
+  const token = tokens.at(-1);
+  const refused = await authenticate({ type: "auth", token });
+  assert.equal(refused.type, "auth_error");
+  assert.equal(refused.code, "invalid_dpop_proof");
+  for (const scheme of ["DPoP", "Bearer"]) {
+    const response = await fetch(`${authUrl}/v1/ws-ticket`, { method: "POST", headers: { Authorization: `${scheme} ${token}` } });
+    assert.equal(response.status, 401);
+  }
+  await client.publish("chat:lobby", { text: "still mine" });
+  client.close();
+});
+
+test("a stale DPoP nonce is refused once, then the client signs again with the fresh one", async () => {
+  const username = await newUser();
+  const stale = (path, response) => {
+    if (path !== "/v1/login" || !response.ok) return response;
+    const headers = new Headers(response.headers);
+    headers.set("DPoP-Nonce", "1.stale");
+    return new Response(response.body, { status: response.status, headers });
+  };
+  const { spy, calls } = recordingFetch(stale);
+  const { Counting, opened } = countingWebSocket();
+  const client = new GatewayClient({ authUrl, wsUrl, WebSocket: Counting, fetch: spy, handshake: "ticket" });
+  await client.login(username, PASSWORD);
+  assert.deepEqual(calls.slice(2), [["/v1/ws-ticket", 401, true], ["/v1/ws-ticket", 200, true]]);
+  assert.equal(client.tokenType, "DPoP");
+  // The ticket's socket is bound: its renewals carry proofs.
+  await next(client, "renewed");
+  assert.equal(opened.length, 1);
+  client.close();
+});
+
+test("the app's own key pair signs the proofs; only ECDSA P-256 is taken", async () => {
+  const username = await newUser();
+  const dpop = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"]);
+  const { spy, tokens } = recordingFetch();
+  const client = new GatewayClient({ authUrl, wsUrl, WebSocket, fetch: spy, dpop });
+  await client.login(username, PASSWORD);
+  const jwk = await crypto.subtle.exportKey("jwk", dpop.publicKey);
+  const canonical = JSON.stringify({ crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y });
+  const expected = Buffer.from(await crypto.subtle.digest("SHA-256", Buffer.from(canonical))).toString("base64url");
+  assert.equal(await client.thumbprint(), expected);
+  assert.equal(claims(tokens.at(-1)).cnf.jkt, expected);
+  client.close();
+  const p384 = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-384" }, false, ["sign", "verify"]);
+  assert.throws(() => new GatewayClient({ wsUrl, WebSocket, dpop: p384 }), /ECDSA P-256/);
+});
+
+test("dpop: false keeps bearer tokens, and the bearer handshake needs it", async () => {
+  const username = await newUser();
+  assert.throws(() => new GatewayClient({ authUrl, wsUrl, WebSocket, handshake: "bearer" }), /dpop: false/);
+  const { spy, calls, tokens } = recordingFetch();
+  const { Counting, opened } = countingWebSocket();
+  const client = new GatewayClient({ authUrl, wsUrl, WebSocket: Counting, fetch: spy, handshake: "bearer", dpop: false });
+  await client.login(username, PASSWORD);
+  assert.equal(client.tokenType, "Bearer");
+  assert.equal(await client.thumbprint(), null);
+  assert.equal(claims(tokens[0]).cnf, undefined);
+  await next(client, "renewed");
+  await client.publish("chat:lobby", { text: "bearer" });
+  await client.logout();
+  assert.equal(opened.length, 1);
+  assert.ok(calls.every(([, status, proved]) => status === 200 && !proved), JSON.stringify(calls));
 });
 
 test("a wrong URL rejects at once with one clear error, and nothing retries", async () => {

@@ -14,6 +14,7 @@ import {
   type Member,
   type Position,
   type Subscribed,
+  type TokenType,
   type User,
 } from "realtime-gateway-client";
 
@@ -31,7 +32,13 @@ export async function everything(): Promise<string[]> {
   const channels: string[] = client.channels;
   const user: User | null = client.user;
   const expiresAt: number | null = client.expiresAt;
-  seen.push(state, ...channels, String(user?.username), String(expiresAt));
+  const tokenType: TokenType | null = client.tokenType;
+  const thumbprint: string | null = await client.thumbprint();
+  seen.push(state, ...channels, String(user?.username), String(expiresAt), String(tokenType), String(thumbprint));
+  const bearer = new GatewayClient({ wsUrl: "ws://127.0.0.1:8082/ws", handshake: "bearer", dpop: false });
+  const keyPair = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"]);
+  const ownKey = new GatewayClient({ wsUrl: "ws://127.0.0.1:8082/ws", dpop: keyPair });
+  seen.push(bearer.state, ownKey.state);
 
   const registered: User = await client.register("alice", "correct horse battery staple");
   await client.login(registered.username ?? "", "correct horse battery staple");

@@ -58,6 +58,21 @@ async def test_the_first_statement_changing_no_row_rolls_back_all_and_stops(db: 
     assert await usernames(db) == ["renamed"]
 
 
+async def test_a_query_and_what_follows_commit_together_or_not_at_all(db: Database) -> None:
+    assert await db.execute_atomically([(_INSERT, ("a",))]) is True
+    select = "SELECT username FROM users WHERE id = $1"
+    assert await db.fetch_atomically((select, ("a",)), [(_RENAME, ("a", "b"))]) == [
+        {"username": "a"}
+    ]
+    assert await db.fetch_atomically((select, ("nobody",)), [(_INSERT, ("c",))]) == []
+    assert (
+        await db.fetch_atomically((select, ("a",)), [(_INSERT, ("d",)), (_RENAME, ("x", "y"))])
+        == []
+    )
+    assert await usernames(db) == ["b"]
+    assert await db.fetch_atomically((select, ("a",))) == [{"username": "b"}]
+
+
 _LOWERCASE_USERNAMES: dict[str, Migration] = {
     "sqlite": (
         100,

@@ -170,6 +170,107 @@ async def test_a_rotation_binds_an_unbound_session_once(store: Store) -> None:
     assert await store.rotate_refresh_token(second.token_hash, third, now) is True
 
 
+async def test_a_live_token_is_rotated_in_one_call(store: Store) -> None:
+    first = await make_session(store)
+    now = time.time()
+    view = await store.rotate_live_refresh_token(first.token_hash, "h-s1-1", now, now + 50)
+    assert view is not None
+    assert view.token == replace(first, rotated_at=now)
+    assert (view.session.sid, view.session.scope, view.user.id) == ("s1", "chat:read", "id-alice")
+    stored = await store.find_refresh_token("h-s1-1")
+    assert stored is not None and stored.token == RefreshToken("h-s1-1", "s1", now, now + 50)
+    rotated = await store.find_refresh_token(first.token_hash)
+    assert rotated is not None and rotated.token.rotated_at == pytest.approx(now)
+    assert await store.rotate_live_refresh_token(first.token_hash, "h-s1-2", now, now) is None
+    assert await store.find_refresh_token("h-s1-2") is None
+
+
+async def test_a_rotated_token_expires_with_its_session(store: Store) -> None:
+    first = await make_session(store)
+    now = time.time()
+    view = await store.rotate_live_refresh_token(first.token_hash, "h-s1-1", now, now + 5000)
+    assert view is not None
+    stored = await store.find_refresh_token("h-s1-1")
+    assert stored is not None and stored.token.expires_at == view.session.expires_at < now + 5000
+
+
+async def _unbound_app_user_session(store: Store) -> RefreshToken:
+    now = time.time()
+    await store.ensure_user(User("acme:u1", "acme:u1", "", "", now, "acme"))
+    token = RefreshToken("h-app-0", "app", now, now + 100)
+    await store.create_session(Session("app", "acme:u1", "", now, now + 1000), token)
+    return token
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["unknown", "rotated", "expired", "session expired", "revoked", "bound", "app user"],
+)
+async def test_the_live_rotation_changes_nothing_unless_the_token_asks_nothing_more(
+    store: Store, open_replica: OpenReplica, why: str
+) -> None:
+    """Every refusal (and what needs a proof or a client's policy) is left to the lookup."""
+    token = await make_session(store)
+    now = time.time()
+    if why == "unknown":
+        token = replace(token, token_hash="nope")
+    elif why == "rotated":
+        assert await store.rotate_refresh_token(
+            token.token_hash, replace(token, token_hash="x"), now
+        )
+    elif why == "expired":
+        now = token.expires_at
+    elif why == "session expired":
+        token = RefreshToken("h-long", "long", now, now + 5000)
+        await store.create_session(Session("long", "id-alice", "", now, now + 10), token)
+        now += 10
+    elif why == "revoked":
+        await store.revoke_session(token.sid, now)
+    elif why == "bound":
+        assert await store.rotate_refresh_token(
+            token.token_hash, replace(token, token_hash="x"), now, bind="jkt-a"
+        )
+        token = replace(token, token_hash="x")
+    else:
+        await store.create_client(Client("acme", b"s", "", None, None, now))
+        token = await _unbound_app_user_session(store)
+    before = await store.find_refresh_token(token.token_hash)
+    assert await store.rotate_live_refresh_token(token.token_hash, "new", now, now + 50) is None
+    assert await store.find_refresh_token("new") is None
+    assert await store.find_refresh_token(token.token_hash) == before
+
+
+async def test_live_rotations_racing_on_two_replicas_have_exactly_one_winner(
+    store: Store, open_replica: OpenReplica
+) -> None:
+    other = await open_replica()
+    first = await make_session(store)
+    now = time.time()
+    results = await asyncio.gather(
+        *(
+            (store, other)[i % 2].rotate_live_refresh_token(first.token_hash, f"n{i}", now, now + 9)
+            for i in range(20)
+        )
+    )
+    winners = [i for i, view in enumerate(results) if view is not None]
+    assert len(winners) == 1
+    stored = [await store.find_refresh_token(f"n{i}") is not None for i in range(20)]
+    assert stored == [i in winners for i in range(20)], "only the winner's new token is stored"
+
+
+async def test_a_live_rotation_that_cannot_store_its_new_token_rotates_nothing(
+    store: Store,
+) -> None:
+    first = await make_session(store)
+    taken = await make_session(store, "s2")
+    with pytest.raises(StoreUnavailable):
+        await store.rotate_live_refresh_token(
+            first.token_hash, taken.token_hash, time.time(), time.time() + 9
+        )
+    view = await store.find_refresh_token(first.token_hash)
+    assert view is not None and view.token.rotated_at is None
+
+
 async def test_revocation_of_one_session_and_of_all(store: Store) -> None:
     await make_session(store, "s1")
     await make_session(store, "s2")

@@ -71,6 +71,9 @@ class MemoryStore:
         self.tokens[token.token_hash] = token
 
     async def find_refresh_token(self, token_hash: str) -> RefreshTokenView | None:
+        return self._view(token_hash)
+
+    def _view(self, token_hash: str) -> RefreshTokenView | None:
         token = self.tokens.get(token_hash)
         if token is None:
             return None
@@ -92,6 +95,31 @@ class MemoryStore:
         self.tokens[old_hash] = replace(old, rotated_at=now)
         self.tokens[new.token_hash] = new
         return True
+
+    async def rotate_live_refresh_token(
+        self, old_hash: str, new_hash: str, now: float, expires_at: float
+    ) -> RefreshTokenView | None:
+        view = self._view(old_hash)
+        if view is None:
+            return None
+        old, session, user = view.token, view.session, view.user
+        if (
+            old.rotated_at is not None
+            or old.expires_at <= now
+            or session.revoked_at is not None
+            or session.expires_at <= now
+            or session.jkt is not None
+            or user.client_id is not None
+        ):
+            return None
+        if new_hash in self.tokens:
+            raise StoreUnavailable("the new token's hash is taken (a primary key would refuse it)")
+        rotated = replace(old, rotated_at=now)
+        self.tokens[old_hash] = rotated
+        self.tokens[new_hash] = RefreshToken(
+            new_hash, session.sid, now, min(expires_at, session.expires_at)
+        )
+        return RefreshTokenView(rotated, session, user)
 
     async def session_is_live(self, sid: str, now: float) -> bool:
         session = self.sessions.get(sid)

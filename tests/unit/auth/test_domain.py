@@ -17,6 +17,7 @@ from auth_service.domain.errors import (
     InvalidGrant,
     KeyRingError,
     RefreshReuse,
+    StoreUnavailable,
     Throttled,
 )
 from auth_service.domain.models import StoredKey
@@ -88,6 +89,48 @@ async def test_reuse_after_the_grace_revokes_the_family(world: World) -> None:
     assert [type(e) for e in world.events] == [SessionRevoked]
     with pytest.raises(InvalidGrant, match="revoked"):
         await world.service.refresh(second.refresh_token)
+
+
+async def test_a_bearer_refresh_is_one_store_call_and_a_refusal_is_looked_up(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await world.register_and_login()
+    calls: list[str] = []
+    for name in ("find_refresh_token", "rotate_refresh_token", "rotate_live_refresh_token"):
+        method = getattr(world.store, name)
+
+        async def counted(*args: Any, _name: str = name, _method: Any = method, **kw: Any) -> Any:
+            calls.append(_name)
+            return await _method(*args, **kw)
+
+        monkeypatch.setattr(world.store, name, counted)
+    second = await world.service.refresh(first.refresh_token)
+    assert calls == ["rotate_live_refresh_token"]
+    claims = world.service._tokens.verify(second.access_token)
+    first_claims = world.service._tokens.verify(first.access_token)
+    assert (claims["sid"], claims["sub"], claims["scope"], claims["iat"]) == (
+        first_claims["sid"],
+        first_claims["sub"],
+        "chat:read",
+        int(world.now),
+    )
+    assert (second.refresh_expires_in, second.token_type) == (3600, "Bearer")
+    calls.clear()
+    world.now += GRACE + 1
+    with pytest.raises(RefreshReuse):
+        await world.service.refresh(first.refresh_token)
+    assert calls == ["rotate_live_refresh_token", "find_refresh_token"]
+
+
+async def test_a_refresh_without_a_signing_key_rotates_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await world.register_and_login()
+    monkeypatch.setattr(world.ring, "signing_key", lambda now: None)
+    with pytest.raises(StoreUnavailable, match="no signing key"):
+        await world.service.refresh(first.refresh_token)
+    (token,) = world.store.tokens.values()
+    assert token.rotated_at is None
 
 
 async def test_logout_everywhere_revokes_every_session_and_the_user(world: World) -> None:
