@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from shared import collector
 from shared.config.env import ConfigError, env_str, redact_url
 from shared.http.serve import CannotListen, Site, run_workers
 from shared.jsonlog import configure_logging
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         log.error(f"configuration error: {exc}")
         sys.exit(2)
     url = f"{'wss' if ssl_context else 'ws'}://{settings.host}:{settings.port}/ws"
+    # No full collection while sockets are added: shared/collector.py says what this gives up.
+    collector.freeze_survivors()
 
     workers = f" ({settings.workers} workers)" if settings.workers > 1 else ""
 

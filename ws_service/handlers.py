@@ -66,8 +66,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         timeout=settings.close_timeout,
         autoping=False,
     )
-    if not ws.can_prepare(request).ok:
-        return json_error(400, "bad_request", "this endpoint only accepts WebSocket upgrades")
+    # A credential at the upgrade (a ticket is spent when checked) is read only from a request
+    # that can be upgraded; without one, prepare() is the only check (aiohttp's takes a tenth of
+    # the gateway's own work per handshake).
+    if handshake.carries_credential(request) and not ws.can_prepare(request).ok:
+        return _not_an_upgrade()
     try:
         claims = await handshake.authenticate(request)
     except AuthError as err:
@@ -85,7 +88,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             "too many sockets from this address are still to authenticate",
             {"Retry-After": str(max(1, round(settings.auth_timeout)))},
         )
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except web.HTTPException:
+        return _not_an_upgrade()
     sockets = request.app[SOCKETS]
     peer = WebSocketPeer(
         ws,
@@ -141,6 +147,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         sockets.discard(peer)
         access.websocket_closed(request, peer.session_end(msg, frames_in))
     return ws
+
+
+def _not_an_upgrade() -> web.Response:
+    return json_error(400, "bad_request", "this endpoint only accepts WebSocket upgrades")
 
 
 def _draining(app: web.Application) -> bool:

@@ -26,6 +26,7 @@ __all__ = [
     "PROTOCOLS",
     "TICKET_PREFIX",
     "authenticate",
+    "carries_credential",
     "refusal",
     "unanswerable_offer",
 ]
@@ -52,6 +53,11 @@ def unanswerable_offer(request: web.Request) -> str | None:
     if lines and SUBPROTOCOL not in _offered(request):
         return f"offer {SUBPROTOCOL} with any other subprotocol, the bearer one included"
     return None
+
+
+def carries_credential(request: web.Request) -> bool:
+    """Whether :func:`authenticate` has anything to check (or refuse) in the upgrade request."""
+    return bool(request.query_string) or any(p.startswith(BEARER_PREFIX) for p in _offered(request))
 
 
 async def authenticate(request: web.Request) -> Claims | None:

@@ -3,14 +3,26 @@
 Python's ``json`` accepts what no browser does: ``NaN``/``Infinity``, ``1e400`` (parsed as
 ``inf``), lone UTF-16 surrogates (``"\\ud800"``), and nesting hundreds deep that later fails to
 re-encode. One user's frame must never break a channel for everyone, so every decoder here is
-strict and every encoder refuses non-finite numbers. Standard library only: the client uses it too.
+strict and every encoder refuses non-finite numbers.
+
+Standard library only, as the clients use it too; where ``orjson`` is installed (the servers) it
+parses first. It already refuses NaN, Infinity, ``1e400``, lone surrogates and invalid UTF-8, so
+what it accepts needs only the depth walk (over containers, skipping strings), and whatever it
+refuses, or turns from an integer beyond 64 bits into a float, goes through the standard
+library's path: the result, or the reason for a refusal, is the same either way.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from typing import Any
+
+try:
+    import orjson as _orjson
+except ImportError:  # a client without the servers' fast path
+    _orjson = None  # type: ignore[assignment]
 
 __all__ = ["MAX_DEPTH", "WireJSONError", "check", "dumps", "loads"]
 
@@ -36,13 +48,28 @@ def _constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_constant)
 
 
-def loads(data: str | bytes, *, max_depth: int = MAX_DEPTH, allow_surrogates: bool = False) -> Any:
+def loads(
+    data: str | bytes,
+    *,
+    max_depth: int = MAX_DEPTH,
+    allow_surrogates: bool = False,
+    lenient: Collection[str] = (),
+) -> Any:
     """Parse strict JSON (RFC 8259, UTF-8, finite numbers, bounded depth).
 
     ``allow_surrogates`` keeps lone surrogates in strings for callers that validate every field
-    they use and only ever re-encode with :func:`dumps` (which escapes them): a WebSocket frame
-    whose token holds one is then an invalid token, not a malformed frame.
+    they use and only ever re-encode with :func:`dumps` (which escapes them); ``lenient`` does so
+    for the named members of a top-level object only: a WebSocket frame whose token holds one is
+    then an invalid token, not a malformed frame.
     """
+    if _orjson is not None:
+        try:
+            value = _orjson.loads(data)
+        except _orjson.JSONDecodeError:
+            pass  # the standard library's path decides, and says why
+        else:
+            if _within(value, max_depth):
+                return value
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8")
@@ -56,8 +83,36 @@ def loads(data: str | bytes, *, max_depth: int = MAX_DEPTH, allow_surrogates: bo
         raise WireJSONError("JSON nested too deeply") from None
     except ValueError:
         raise WireJSONError("not valid JSON") from None
-    check(value, max_depth=max_depth, allow_surrogates=allow_surrogates)
+    if lenient and isinstance(value, dict) and not allow_surrogates:
+        check(value, max_depth=max_depth, allow_surrogates=True)
+        check({k: v for k, v in value.items() if k not in lenient}, max_depth=max_depth)
+    else:
+        check(value, max_depth=max_depth, allow_surrogates=allow_surrogates)
     return value
+
+
+_BEYOND_INT64 = float(2**63)
+
+
+def _within(value: Any, max_depth: int) -> bool:
+    """Whether what orjson decoded stands as it is: False when it is nested deeper than
+    ``max_depth`` (the standard library's path then says why, as it always has) or when a number
+    may be an integer beyond 64 bits that orjson made a float (that path keeps it exact).
+    Strings are not looked at: orjson refused every lone surrogate."""
+    if not isinstance(value, dict | list):
+        return not (type(value) is float and abs(value) >= _BEYOND_INT64)
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth >= max_depth:
+            return False
+        for child in item.values() if type(item) is dict else item:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+            elif kind is float and abs(child) >= _BEYOND_INT64:
+                return False
+    return True
 
 
 def check(value: Any, *, max_depth: int = MAX_DEPTH, allow_surrogates: bool = False) -> None:
@@ -92,6 +147,10 @@ def _check_text(text: str) -> None:
         raise WireJSONError("strings must not contain lone surrogates") from None
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+"""Built once: ``json.dumps`` with options builds an encoder for every call."""
+
+
 def dumps(value: Any) -> str:
     """Compact, ASCII-only JSON; raises ``ValueError`` for NaN or infinity instead of emitting them."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)

@@ -112,9 +112,18 @@ DRAIN: web.AppKey[Drain] = web.AppKey("drain")
 
 class JsonErrorRequestHandler(RequestHandler):
     """aiohttp's connection handler, answering what it cannot parse as JSON and counting the
-    connections its keep-alive timer drops (aiohttp has no public hook for either)."""
+    connections its keep-alive timer drops (aiohttp has no public hook for either), and freeing
+    a closed WebSocket's state by reference counting."""
 
     __slots__ = ()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        # A WebSocket with a heartbeat leaves its ``_on_data_received`` here, a bound method of
+        # the WebSocketResponse, which holds the request, which holds this handler: a cycle of
+        # about 30 objects per closed socket that only a full collection would free (and never,
+        # once frozen: shared/collector.py).
+        self._data_received_cb = None
 
     def _process_keepalive(self) -> None:
         dropping = not self._force_close

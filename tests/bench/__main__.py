@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import signal
 import sys
@@ -88,6 +89,16 @@ class Target:
     note: str = ""
     dpop: bool = False
     """Handshakes with DPoP-bound tokens, each auth frame carrying a fresh ES256 proof."""
+    gc_probe: bool = False
+    """Also measure the collector's pauses while 10k sockets connect, on a fresh process run
+    under ``tests/bench/gcprobe.py`` (``args`` must be ``[python, ..., "-m", module, ...]``)."""
+
+    def launched_args(self, gc_file: Path) -> list[str]:
+        if not self.gc_probe:
+            return self.args
+        at = self.args.index("-m")
+        python, module, rest = self.args[0], self.args[at + 1], self.args[at + 2 :]
+        return [python, "-P", str(ROOT / "tests/bench/gcprobe.py"), str(gc_file), module, *rest]
 
 
 class Bench:
@@ -101,6 +112,8 @@ class Bench:
         self.extra: dict[str, Any] = {}
         self.issuer = ""
         self.agents: list[AgentProc] = []
+        self.prober: AgentProc | None = None
+        """A third agent: new handshakes while the other two open the ramp's sockets."""
         self.sign_rate = 0.0
         self.failures: list[str] = []
 
@@ -155,16 +168,18 @@ class Bench:
             self.tmp, cores=GENERATOR_CORES, port=issuer_port,
         )  # fmt: skip
         self.agents = [AgentProc(f"a{i}", self.tmp, self.issuer) for i in range(2)]
-        for agent in self.agents:
+        self.prober = AgentProc("probe", self.tmp, self.issuer)
+        for agent in [*self.agents, self.prober]:
             await agent.start()
         plan = self.plan
         pool = 200 + plan.handshakes + plan.probes * len(plan.steps) + max(plan.steps) // 2
         started = time.perf_counter()
         await self.both("mint", budget=900, count=max(pool, plan.storm // 2) + 10)
+        await self.prober.call("mint", budget=900, count=PROBE_POOL)
         print(f"  token pools minted in {time.perf_counter() - started:.1f} s", flush=True)
 
     async def stop(self) -> None:
-        for agent in self.agents:
+        for agent in [*self.agents, *([self.prober] if self.prober else [])]:
             await agent.stop()
         self.issuer_proc.proc.stop()
 
@@ -205,8 +220,38 @@ class Bench:
         finally:
             await self.both("close_all", budget=120)
             server.proc.stop()
+        if target.gc_probe:
+            figures["gc_ramp"] = await self.gc_ramp(target)
         self.peers[target.name] = figures
         return figures
+
+    async def gc_ramp(self, target: Target) -> dict[str, Any]:
+        """A fresh process under ``tests/bench/gcprobe.py``: its collector's pauses while the two
+        agents open ``GC_RAMP`` sockets (the largest step below it in a quick run) and a third makes
+        new handshakes beside them. Apart from the memory ramp, whose figures it would move."""
+        count = max((n for n in self.plan.steps if n <= GC_RAMP), default=self.plan.steps[0])
+        print(f"  {target.name}: collector pauses while {count} sockets connect", flush=True)
+        gc_file = self.tmp / f"gc-{time.monotonic_ns()}.json"
+        server = launch(f"{target.name}-gc", target.launched_args(gc_file), target.env, self.tmp)
+        stop = asyncio.Event()
+        try:
+            await self.both("reset")
+            await gc_pauses(server, gc_file)  # from here on
+            probing = asyncio.create_task(self.probe_handshakes(server, stop))
+            try:
+                opened = await self.split("hold", count, port=server.port, path="/ws")
+                pauses = await gc_pauses(server, gc_file)
+            finally:
+                stop.set()
+                samples = sorted(await probing)
+        finally:
+            await self.both("close_all", budget=120)
+            server.proc.stop()
+        errors = sum(part["errors"] for part in opened)
+        if errors:
+            raise BenchError(f"{errors} of {count} sockets refused: {opened[0]['first']}")
+        p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000 if samples else None
+        return {"sockets": count, "probes": len(samples), "probe_p99_ms": p99, **pauses}
 
     async def ramp(self, target: Target, server: Launched) -> dict[str, Any]:
         plan, held, points = self.plan, 0, []
@@ -238,6 +283,18 @@ class Bench:
         figures["kib_per_socket"] = by_count
         return figures
 
+    async def probe_handshakes(self, server: Launched, stop: asyncio.Event) -> list[float]:
+        """New handshakes, a few at a time, until ``stop``: their latencies (s). A batch is never
+        cancelled midway (its answer would be read as the next op's)."""
+        assert self.prober is not None
+        samples: list[float] = []
+        await self.prober.call("reset")
+        while not stop.is_set() and len(samples) < PROBE_POOL - 100:
+            got = await self.prober.call("handshakes", port=server.port, path="/ws",
+                                         count=20, concurrency=2, samples=True)  # fmt: skip
+            samples += got["samples"]
+        return samples
+
     async def fanout(self, target: Target, server: Launched) -> float:
         """Deliveries/s of ``publishes`` messages, each to every held socket."""
         channel = "chat:fanout"
@@ -268,7 +325,8 @@ class Bench:
             Target("bare aiohttp", bare, {}, push="bare"),
             Target("bare aiohttp, GC tuned", bare, {"BENCH_GC": "tuned"}, hold=False,
                    note="gc.freeze() + gen-0 threshold 100k: the GC variant, handshakes only"),
-            Target("ws_service", [PY, "-m", "ws_service"], gateway_env, push="gateway"),
+            Target("ws_service", [PY, "-m", "ws_service"], gateway_env, push="gateway",
+                   gc_probe=True),
             Target("ws_service, DPoP", [PY, "-m", "ws_service"], gateway_env, hold=False,
                    dpop=True, note="DPoP-bound tokens, an ES256 proof in every auth frame"),
         ]  # fmt: skip
@@ -329,6 +387,14 @@ class Bench:
             )
             if row.ratio is not None:
                 row.met = row.ratio <= 1.15
+        ramp = gateway.get("gc_ramp")
+        if ramp:
+            self.row(10, f"longest GC pause (ms) while {ramp['sockets']} sockets connect",
+                     value=ramp["max_ms"], target="<= 50 ms", met=ramp["max_ms"] <= 50,
+                     note=f"{ramp['count']} collections, {ramp['total_ms']:.0f} ms in all, the "
+                          f"longest {ramp['max_cpu_ms']:.0f} ms of CPU time; new "
+                          f"handshake p99 during the ramp {ramp['probe_p99_ms'] or 0:.1f} ms "
+                          f"({ramp['probes']} probes)")  # fmt: skip
         pair(5, f"fan-out deliveries/s, 1 publish -> {self.plan.fanout_at} local subscribers",
              "fanout_per_s", ">= 0.85x", lambda r: r >= 0.85)  # fmt: skip
         dpop = self.peers.get("ws_service, DPoP", {})
@@ -599,6 +665,35 @@ class Bench:
         p99 = got["p99_ms"]
         self.row(8, figure, value=p99, target="<= 50 ms", met=p99 is not None and p99 <= 50,
                  note=f"p50 {got['p50_ms']:.1f} ms over {got['n']} logouts (auth -> Redis -> ws)")  # fmt: skip
+
+
+GC_RAMP = 10_000
+"""The collector's pauses are reported while the ramp opens this many sockets (or its largest step
+below it in a quick run)."""
+PROBE_POOL = 3000
+
+
+async def gc_pauses(server: Launched, gc_file: Path, within: float = 10) -> dict[str, Any]:
+    """What ``tests/bench/gcprobe.py`` recorded in ``server`` since the last call."""
+    before = _written(gc_file)
+    assert server.proc.process is not None
+    server.proc.process.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + within
+    while _written(gc_file) == before:
+        if time.monotonic() > deadline:
+            raise BenchError("the GC probe did not answer SIGUSR1")
+        await asyncio.sleep(0.02)
+    return _read_json(gc_file)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(path.read_bytes())
+    return result
+
+
+def _written(path: Path) -> int:
+    """When ``path`` was last replaced (0: not yet)."""
+    return path.stat().st_mtime_ns if path.exists() else 0
 
 
 def _importable(module: str) -> bool:

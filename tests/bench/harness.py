@@ -37,6 +37,9 @@ SERVER_CORES = "0"
 GENERATOR_CORES = "1"
 API_KEY = "bench-api-key-0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[2]
+IMPORT_PATH = ":".join(str(ROOT / part) for part in ("protocol", "clients/python", "."))
+"""This checkout's services, protocol package and client, ahead of the editable installs (which
+may point at another checkout of the same venv)."""
 
 
 class BenchError(Exception):
@@ -116,7 +119,7 @@ def launch(
     argv = [arg.format(port=port) for arg in args]
     filled = {key: value.format(port=port) for key, value in env.items()}
     proc = Proc(
-        name, pinned(cores, argv), {"PYTHONPATH": str(ROOT), **filled}, log_dir,
+        name, pinned(cores, argv), {"PYTHONPATH": IMPORT_PATH, **filled}, log_dir,
         f"http://127.0.0.1:{port}{ready_path}",
     )  # fmt: skip
     proc.start()

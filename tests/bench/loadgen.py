@@ -173,12 +173,13 @@ class Agent:
         rogue: bool = False,
         rate: float = 0,
         dpop: bool = False,
+        samples: bool = False,
     ) -> Result:
         """Connect, authenticate, read the reply, close: ``count`` times, paced at ``rate``/s when
         given. With ``rogue`` every token names a distinct unknown ``kid`` (the unknown-kid flood)
         and a refusal is expected. With ``dpop`` every token is DPoP-bound to this agent's key and
         its auth frame carries a fresh ES256 proof (made before the clock starts for it).
-        ``cpu_share`` is how busy this generator was meanwhile."""
+        ``cpu_share`` is how busy this generator was meanwhile; ``samples`` adds every latency (s)."""
         latencies: list[float] = []
         errors: list[str] = []
         template = self.key.mint(self.sub(0)) if rogue else ""
@@ -215,6 +216,7 @@ class Agent:
             "errors": len(errors),
             "first": errors[:3],
             **quantiles(latencies),
+            **({"samples": latencies} if samples else {}),
         }
 
     async def op_subscribe(self, channel: str) -> Result:

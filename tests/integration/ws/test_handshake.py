@@ -159,6 +159,20 @@ async def test_a_ticket_opens_one_socket_bound_to_its_access_token(stack: Stack)
     assert "already used" in body["error_description"]
 
 
+@pytest.mark.parametrize("with_ticket", [False, True], ids=["in-band", "ticket"])
+async def test_a_request_that_is_not_an_upgrade_is_refused_and_spends_no_ticket(
+    stack: Stack, with_ticket: bool
+) -> None:
+    tokens = await stack.login("alice")
+    ticket = await ticket_for(stack, tokens["access_token"])
+    resp = await stack.ws.get(f"/ws?ticket={ticket}" if with_ticket else "/ws")
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "bad_request"
+    ws = await stack.ws.ws_connect(f"/ws?ticket={ticket}", protocols=("realtime.v1",))
+    assert (await recv(ws))["type"] == "auth_success"
+    await ws.close()
+
+
 async def test_tickets_and_access_tokens_are_not_interchangeable(stack: Stack) -> None:
     tokens = await stack.login("alice")
     ticket = await ticket_for(stack, tokens["access_token"])

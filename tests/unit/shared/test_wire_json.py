@@ -1,4 +1,7 @@
-"""The strict wire codec: what it refuses, and that whatever it accepts re-encodes as browser JSON."""
+"""The strict wire codec: what it refuses, and that whatever it accepts re-encodes as browser JSON.
+
+Every test runs twice: with orjson's fast path (the servers) and with the standard library alone
+(a client without orjson); the differential tests check that both decide every input alike."""
 
 from __future__ import annotations
 
@@ -9,7 +12,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from realtime_gateway_protocol import wire_json
 from realtime_gateway_protocol.wire_json import MAX_DEPTH, WireJSONError, dumps, loads
+
+
+@pytest.fixture(autouse=True, params=["orjson", "stdlib"])
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "stdlib":
+        monkeypatch.setattr(wire_json, "_orjson", None)
+    else:
+        assert wire_json._orjson is not None, "the servers' environment installs orjson"
+    return str(request.param)
+
 
 finite_json = st.recursive(
     st.none()
@@ -36,6 +50,8 @@ finite_json = st.recursive(
         ("[" * 5000 + "]" * 5000, "nested"),
         ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), f"deeper than {MAX_DEPTH}"),
         ('{"x": 1', "not valid JSON"),
+        ('{"x": "\\udc00\\ud800"}', "lone surrogates"),
+        ("[" * 1000 + "]" * 1000, "nested"),
         ("1" * 5000, "not valid JSON"),
     ],
 )
@@ -79,3 +95,82 @@ def test_any_text_is_accepted_or_refused_cleanly(text: str) -> None:
     encoded = dumps(value)
     assert encoded.isascii()
     assert json.loads(encoded) == value
+
+
+def test_integers_beyond_64_bits_stay_exact() -> None:
+    """orjson makes them floats; the standard library's path keeps them as they were sent."""
+    big = 2**64 + 1
+    assert loads(f'{{"n": {big}, "m": [-{big}], "f": 1e19}}') == {"n": big, "m": [-big], "f": 1e19}
+    assert loads(str(-(2**63) - 1)) == -(2**63) - 1
+
+
+def test_lenient_members_may_hold_lone_surrogates() -> None:
+    assert loads('{"token": "\\ud800", "x": 1}', lenient={"token"}) == {"token": "\ud800", "x": 1}
+    with pytest.raises(WireJSONError, match="lone surrogates"):
+        loads('{"token": "ok", "x": "\\ud800"}', lenient={"token"})
+    with pytest.raises(WireJSONError, match="lone surrogates"):
+        loads('{"x": {"token": "\\ud800"}}', lenient={"token"})
+
+
+def _decided(text: str | bytes, **options: Any) -> tuple[str, Any]:
+    try:
+        value = loads(text, **options)
+    except WireJSONError as exc:
+        return "refused", str(exc)
+    return "accepted", dumps(value)  # the encoding tells an int from an equal float
+
+
+def _both(text: str | bytes, **options: Any) -> None:
+    fast = _decided(text, **options)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wire_json, "_orjson", None)
+        slow = _decided(text, **options)
+    assert fast == slow
+
+
+json_text = st.recursive(
+    st.sampled_from(
+        [
+            "0",
+            "-0",
+            "1e19",
+            "-1e400",
+            "1E5",
+            "01",
+            "1.",
+            ".5",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "NaN",
+            "true",
+            "null",
+            '"\\ud800"',
+            '"\\udc00"',
+            '"\\ud83d\\ude00"',
+            '"\\u0000"',
+            '"\x01"',
+            '"\u00e9"',
+            "  ",
+        ]
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]")
+        | st.lists(
+            st.tuples(st.sampled_from(['"a"', '"token"', '"\\udfff"']), inner), max_size=3
+        ).map(lambda kv: "{" + ",".join(f"{k}:{v}" for k, v in kv) + "}")
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    json_text,
+    st.sampled_from([{}, {"allow_surrogates": True}, {"lenient": {"token"}}, {"max_depth": 2}]),
+)
+def test_orjson_and_the_standard_library_decide_alike(text: str, options: dict[str, Any]) -> None:
+    _both(text, **options)
+
+
+@given(st.text(max_size=60) | st.binary(max_size=60))
+def test_any_input_is_decided_alike(data: str | bytes) -> None:
+    _both(data)
