@@ -356,16 +356,22 @@ class SqlStore:
         self, keys: Sequence[str], update: ThrottleUpdate
     ) -> dict[str, ThrottleState]:
         """Placeholder rows first, so there is a row to lock; rows locked in key order, so two
-        replicas updating overlapping keys queue instead of deadlocking."""
+        replicas updating overlapping keys queue instead of deadlocking.
+
+        A placeholder finds an existing row and leaves it; another replica's purge may delete that
+        row before the locking read (PostgreSQL's read committed). Placing the placeholders again
+        then inserts rows of this transaction's own, which no purge can see."""
         ordered = sorted(set(keys))
         marks = ", ".join(f"${i}" for i in range(1, len(ordered) + 1))
         async with self._db.transaction() as conn:
-            await conn.executemany(_THROTTLE_PLACEHOLDER, [(key,) for key in ordered])
-            rows = await conn.fetch(
-                "SELECT * FROM login_throttle "  # noqa: S608
-                f"WHERE key IN ({marks}) ORDER BY key{self._db.lock_rows}",
-                *ordered,
-            )
+            rows: list[Row] = []
+            while len(rows) < len(ordered):
+                await conn.executemany(_THROTTLE_PLACEHOLDER, [(key,) for key in ordered])
+                rows = await conn.fetch(
+                    "SELECT * FROM login_throttle "  # noqa: S608
+                    f"WHERE key IN ({marks}) ORDER BY key{self._db.lock_rows}",
+                    *ordered,
+                )
             written = update({row["key"]: _model(ThrottleState, row) for row in rows})
             await conn.executemany(
                 _THROTTLE_UPSERT,

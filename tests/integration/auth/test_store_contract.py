@@ -359,6 +359,31 @@ async def test_concurrent_throttle_updates_lose_nothing(store: Store) -> None:
     assert (await store.update_throttle(["j", "k"], bump))["k"].failures == 16
 
 
+async def test_a_throttle_row_purged_by_another_replica_mid_update_reads_as_new(
+    open_replica: OpenReplica,
+) -> None:
+    """A successful login leaves its pair key at zero, which the purge deletes; a login updating
+    the key while another replica's purge commits between its placeholder and its locking read
+    must see a key never seen, not lose the row (it was a KeyError, a 500 on /v1/login)."""
+    store, other_replica = await open_replica(), await open_replica()
+    seen: list[dict[str, ThrottleState]] = []
+
+    def cleared(states: dict[str, ThrottleState]) -> dict[str, ThrottleState]:
+        seen.append(dict(states))
+        return {key: ThrottleState() for key in ("pair", "addr")}
+
+    async def purge() -> None:
+        for _ in range(300):
+            await other_replica.purge_expired(time.time())
+
+    async def update() -> None:
+        for _ in range(300):
+            await store.update_throttle(["pair", "addr"], cleared)
+
+    await asyncio.gather(purge(), update())
+    assert all(states.keys() == {"pair", "addr"} for states in seen)
+
+
 async def test_purge_removes_expired_tokens_and_sessions(store: Store) -> None:
     token = await make_session(store)
     assert await store.purge_expired(time.time()) == 0
