@@ -30,7 +30,15 @@ class Batcher(Generic[T, R]):
     the same loop iteration), at most ``max_items`` per call; ``call`` returns one result per item,
     in order. ``on_batch`` hears each call's number of items."""
 
-    __slots__ = ("_call", "_flush_scheduled", "_in_flight", "_max_items", "_on_batch", "_pending")
+    __slots__ = (
+        "_call",
+        "_closed",
+        "_flush_scheduled",
+        "_in_flight",
+        "_max_items",
+        "_on_batch",
+        "_pending",
+    )
 
     def __init__(
         self,
@@ -45,11 +53,14 @@ class Batcher(Generic[T, R]):
         self._pending: list[tuple[Sequence[T], asyncio.Future[list[R]]]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._flush_scheduled = False
+        self._closed = False
 
     async def run(self, items: Sequence[T]) -> list[R]:
         """The results for ``items``, from a batch shared with the requests made meanwhile."""
         if not items:
             return []
+        if self._closed:
+            raise RuntimeError("the batcher is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[R]] = loop.create_future()
         self._pending.append((items, future))
@@ -59,18 +70,20 @@ class Batcher(Generic[T, R]):
         return await future
 
     async def close(self) -> None:
-        """Cancel the batches out and fail the requests still waiting."""
+        """Cancel the requests still waiting and the batches out; nothing is sent after this."""
+        self._closed = True
+        pending, self._pending = self._pending, []
+        for _, future in pending:
+            future.cancel()
         for task in list(self._in_flight):
             task.cancel()
         if self._in_flight:
             await asyncio.wait(self._in_flight)
-        pending, self._pending = self._pending, []
-        for _, future in pending:
-            if not future.done():
-                future.cancel()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._closed:
+            return
         pending = [(items, future) for items, future in self._pending if not future.done()]
         self._pending = []
         loop = asyncio.get_running_loop()

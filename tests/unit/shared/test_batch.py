@@ -129,3 +129,6 @@ async def test_close_cancels_what_is_out_and_what_waits() -> None:
     for request in (out, waiting):
         with pytest.raises(asyncio.CancelledError):
             await request
+    assert store.calls == [[1]]
+    with pytest.raises(RuntimeError, match="closed"):
+        await batcher.run([3])
