@@ -134,7 +134,9 @@ async def _ledger_ctx(app: web.Application) -> AsyncIterator[None]:
     if not url:
         yield
         return
-    app[LEDGER] = RedisRevocationLedger(url)
+    app[LEDGER] = RedisRevocationLedger(
+        url, on_batch=app[METRICS].redis_batches.labels("ledger").observe
+    )
     yield
     await app[LEDGER].close()
 
@@ -198,7 +200,7 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def _backends(
-    settings: Settings, bus: EventBus, events: Events
+    settings: Settings, bus: EventBus, events: Events, metrics: Metrics
 ) -> AsyncIterator[tuple[History, Presence, UserSlots | None, Replicas]]:
     """History, presence, the per-user cap and the replica registry in Redis when the deployment
     is scaled out; else in this process (where the gateway's own count of a user's sockets is the
@@ -217,14 +219,16 @@ async def _backends(
         return
     redis = open_redis(settings.redis_url)
     ttl = settings.presence_ttl
+    slots = RedisUserSlots(redis, ttl=ttl, on_batch=metrics.redis_batches.labels("slots").observe)
     try:
         yield (
             RedisHistory(redis, user_bytes=settings.history_user_bytes),
             RedisPresence(redis, ttl=ttl, on_transition=events.presence),
-            RedisUserSlots(redis, ttl=ttl),
+            slots,
             RedisReplicas(redis, ttl=ttl),
         )
     finally:
+        await slots.close()
         await redis.aclose()
 
 
@@ -305,7 +309,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     bus = app[BUS]
     async with (
         aiohttp.ClientSession() as session,
-        _backends(settings, bus, app[EVENTS]) as (history, presence, slots, replicas),
+        _backends(settings, bus, app[EVENTS], metrics) as (history, presence, slots, replicas),
         _proxies(settings, metrics) as proxies,
     ):
         # The gateway is made below, with the verifier over these caches; a cache reports only

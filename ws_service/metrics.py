@@ -9,6 +9,7 @@ from shared.metrics import workers as worker_metrics
 __all__ = ["Metrics"]
 
 HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 DELIVERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -86,6 +87,14 @@ class Metrics:
             "ws_user_limit_checks",
             "Per-user caps checked across replicas in Redis: ok, full, or unavailable (admitted)",
             ["outcome"],
+            registry=r,
+        )
+        self.redis_batches = Histogram(
+            "ws_redis_batch_size",
+            "Handshake checks that shared one Redis round trip, by check: ledger (revocations), "
+            "slots (the per-user cap). Its _count is the round trips, its _sum the checks",
+            ["check"],
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         # Copied from the bus every second (the app's _gauges_ctx).

@@ -7,18 +7,22 @@ what is recorded; that makes the write safe to retry after a timeout. The write 
 replica (``shared.redis.write``), so a logout whose record Redis confirmed survives a failover:
 a replica that missed the announcement still finds the record on the promoted master.
 
-Records are single keys, so on a Cluster each lives on its own slot; a check reads them with one
-pipeline, which the Cluster client splits by node."""
+Records are single keys, so on a Cluster each lives on its own slot. Checks are batched: the
+handshakes that ask while another check is out (or in the same loop iteration) share the next round
+trip (``shared.batch``), one ``MGET`` on a single server, one ``MGET`` per slot in one pipeline per
+node on a Cluster."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from realtime_gateway_protocol.access_token import TokenRef
 from realtime_gateway_protocol.events import RevocationEvent, SessionRevoked
+from shared.batch import Batcher
 from shared.bus import BusUnavailable
 from shared.redis.connect import open_client
 from shared.redis.write import REPLICAS_LUA, WriteScript
@@ -46,12 +50,17 @@ return replicas()
 class RedisRevocationLedger:
     """Implements :class:`shared.bus.RevocationLedger`."""
 
-    def __init__(self, url: str, *, timeout: float = 1.0) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 1.0, on_batch: Callable[[int], None] | None = None
+    ) -> None:
+        """``on_batch`` hears how many tokens each round trip of :meth:`revoked` checked."""
         # Reads retry a timeout or a stale connection (they are idempotent); the write retries
         # through shared.redis.write, its script being safe to run twice.
         self._redis = open_client(url, timeout=timeout, retries=2)
+        self._checks: Batcher[TokenRef, bool] = Batcher(self._check, on_batch=on_batch)
 
     async def close(self) -> None:
+        await self._checks.close()
         await self._redis.aclose()
 
     async def record(self, event: RevocationEvent, now: float | None = None) -> None:
@@ -69,17 +78,19 @@ class RedisRevocationLedger:
             raise BusUnavailable(f"revocation ledger unreachable: {exc}") from exc
 
     async def revoked(self, tokens: Sequence[TokenRef]) -> list[bool]:
-        """For each token, whether the ledger says it is revoked (one round trip for all)."""
-        if not tokens:
-            return []
+        """For each token, whether the ledger says it is revoked: one round trip for these and
+        every other token asked about meanwhile. A record written before the call is seen."""
+        return await self._checks.run(tokens)
+
+    async def _check(self, tokens: list[TokenRef]) -> list[bool]:
         keys: list[str] = []
         for token in tokens:
             keys += [f"{PREFIX}:sid:{token.sid}", f"{PREFIX}:user:{token.sub}"]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.get(key)
-                values = await pipe.execute()
+            if isinstance(self._redis, RedisCluster):
+                values = await self._redis.mget_nonatomic(keys)
+            else:
+                values = await self._redis.mget(keys)
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"revocation ledger unreachable: {exc}") from exc
         result = []

@@ -103,11 +103,14 @@ class Agent:
 
     async def _authenticated(self, port: int, path: str, token: str) -> WSClient:
         client = await connect(port, path)
-        client.send_text(auth_frame(token))
-        reply = await client.recv()
-        if "auth_success" not in reply:
-            client.abort()
-            raise RuntimeError(f"auth refused: {reply[:200]}")
+        try:
+            client.send_text(auth_frame(token))
+            reply = await client.recv()
+            if "auth_success" not in reply:
+                raise RuntimeError(f"auth refused: {reply[:200]}")
+        except BaseException:
+            client.abort()  # given up on (refused, timed out): its socket must not linger
+            raise
         return client
 
     async def op_hold(

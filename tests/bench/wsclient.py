@@ -81,13 +81,15 @@ class WSClient(asyncio.Protocol):
         head = bytes(self._buffer[:end]).decode("latin-1").lower()
         del self._buffer[: end + 4]
         if not head.startswith("http/1.1 101"):
-            self.opened.set_exception(ConnectionError(head.split("\r\n", 1)[0]))
+            if not self.opened.done():
+                self.opened.set_exception(ConnectionError(head.split("\r\n", 1)[0]))
             assert self.transport is not None
             self.transport.close()
             return False
         self.deflate = "sec-websocket-extensions: permessage-deflate" in head
         self._upgraded = True
-        self.opened.set_result(None)
+        if not self.opened.done():  # not given up on (``connect``'s timeout)
+            self.opened.set_result(None)
         return True
 
     def _frames(self) -> None:
@@ -200,6 +202,10 @@ async def connect(port: int, path: str = "/ws", offer_deflate: bool = True) -> W
     _, client = await loop.create_connection(
         lambda: WSClient(port, path, offer_deflate), HOST, port
     )
-    async with asyncio.timeout(30):
-        await client.opened
+    try:
+        async with asyncio.timeout(30):
+            await client.opened
+    except BaseException:
+        client.abort()  # a client that gives up closes its socket, as a browser does
+        raise
     return client

@@ -65,6 +65,12 @@ SERVER = "server"
 class State(enum.Enum):
     AWAITING_AUTH = "awaiting_auth"
     """Upgraded, not authenticated: only ``auth`` is accepted, until the auth timeout."""
+    CHECKING = "checking"
+    """An ``auth`` (or a handshake credential) arrived in time and is being checked. The auth
+    timeout no longer closes the socket: in a reconnect storm the server's own backlog, not the
+    client, would be timed, and every client closed that way comes back to be checked again. The
+    checks' own timeouts (key set fetch, Redis) bound this state; a refusal after the deadline
+    passed is final."""
     AUTHENTICATED = "authenticated"
     """Until the expiry warning; a renewal keeps it here with the new token."""
     EXPIRING = "expiring"
@@ -181,7 +187,7 @@ class Connection:
         state = self.state
         if state is State.CLOSING:
             return
-        if state is State.AWAITING_AUTH:
+        if state is State.AWAITING_AUTH or state is State.CHECKING:
             await self._on_text_unauthenticated(text)
             return
         self._ctx.metrics.messages_in.inc()
@@ -313,6 +319,7 @@ class Connection:
         if request.type != "auth":
             self._auth_failed(NotAuthenticated(), request.id, final=True)
             return
+        self.state = State.CHECKING
         try:
             claims = await self._verify(request)
             if not self.closing:
@@ -320,7 +327,12 @@ class Connection:
         except AuthError as err:
             if not self.closing:
                 self.attempts += 1
-                final = not err.retry or self.attempts >= self._ctx.limits.max_auth_attempts
+                final = (
+                    not err.retry
+                    or self.attempts >= self._ctx.limits.max_auth_attempts
+                    or self._deadline is None  # the auth timeout passed during the check
+                )
+                self.state = State.AWAITING_AUTH
                 self._auth_failed(err, request.id, final=final)
             return
         if self.closing:
@@ -329,6 +341,8 @@ class Connection:
 
     async def authenticated_at_handshake(self, claims: Claims) -> None:
         """The upgrade carried a verified bearer subprotocol or ticket: no ``auth`` message."""
+        if self.state is State.AWAITING_AUTH:
+            self.state = State.CHECKING
         try:
             await self._ctx.admission.admit(self, claims)
         except AuthError as err:
@@ -424,7 +438,8 @@ class Connection:
             self._deadline = None
 
     def on_deadline(self) -> None:
-        """The one deadline of the current state has come."""
+        """The one deadline of the current state has come (in ``CHECKING``, the auth timeout:
+        ``_deadline`` left ``None`` records that it passed)."""
         self._deadline = None
         state = self.state
         if state is State.AWAITING_AUTH:

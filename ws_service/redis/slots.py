@@ -6,10 +6,17 @@ A Lua script drops the lapsed slots, counts the rest and adds one in a single st
 admitting the same user at once can never pass the cap together. Slots live two thirds of the TTL
 and their replica refreshes them every third, as presence entries do: a dead replica's sockets
 stop counting within the TTL.
+
+Acquisitions and releases are batched (``shared.batch``): the sockets admitted while another batch
+is out share one pipeline of script calls, one per user key (so on a Cluster each runs on its
+key's own slot, and the pipeline is split by node).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from shared.batch import Batcher
 from shared.redis.connect import RedisClient
 from ws_service.domain.user_slots import Held
 from ws_service.redis.client import Call, run_pipelined, unavailable_as_bus_error
@@ -55,24 +62,54 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1
 class RedisUserSlots:
     """Implements ``UserSlots``; Redis failures are raised as ``BusUnavailable``."""
 
-    def __init__(self, redis: RedisClient, *, ttl: float = 15.0, prefix: str = "ws:conns:") -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        ttl: float = 15.0,
+        prefix: str = "ws:conns:",
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        """``on_batch`` hears how many acquisitions each round trip carried."""
         self._redis = redis
         self._lifetime = int(ttl * 2000 / 3)
         self._prefix = prefix
         self._acquire = redis.register_script(_ACQUIRE)
         self._hold = redis.register_script(_HOLD)
+        self._acquires: Batcher[tuple[str, str, int], bool] = Batcher(
+            self._acquire_all, on_batch=on_batch
+        )
+        self._releases: Batcher[tuple[str, str], object] = Batcher(self._release_all)
 
     def _key(self, user: str) -> str:
         return f"{self._prefix}{{{user}}}"
 
     async def acquire(self, user: str, slot: str, limit: int) -> bool:
-        with unavailable_as_bus_error():
-            taken = await self._acquire(keys=[self._key(user)], args=[slot, limit, self._lifetime])
-        return bool(taken)
+        [taken] = await self._acquires.run([(user, slot, limit)])
+        return taken
 
     async def release(self, user: str, slot: str) -> None:
+        await self._releases.run([(user, slot)])
+
+    async def close(self) -> None:
+        """Cancel the batches still out (the client is closed after this)."""
+        await self._acquires.close()
+        await self._releases.close()
+
+    async def _acquire_all(self, requests: list[tuple[str, str, int]]) -> list[bool]:
+        calls: list[Call] = [
+            ([self._key(user)], [slot, limit, self._lifetime]) for user, slot, limit in requests
+        ]
         with unavailable_as_bus_error():
-            await self._redis.zrem(self._key(user), slot)
+            return [bool(taken) for taken in await run_pipelined(self._redis, self._acquire, calls)]
+
+    async def _release_all(self, requests: list[tuple[str, str]]) -> list[object]:
+        with unavailable_as_bus_error():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user, slot in requests:
+                    pipe.zrem(self._key(user), slot)
+                result: list[object] = await pipe.execute()
+        return result
 
     async def refresh(self, held: Held) -> None:
         await self._hold_all(held, "extend")

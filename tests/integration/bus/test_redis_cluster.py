@@ -105,14 +105,20 @@ async def test_ledger_tickets_and_slots_spread_over_shards(cluster: LocalCluster
         await ledger.record(UserRevoked(sub=subs[6], issued_before=now, until=now + 60))
         refs = [TokenRef(f"s-{sub}", sub, now - 1) for sub in subs]
         assert await ledger.revoked(refs) == [True] * 7 + [False] * 5
+        # Handshakes asking at once share a batch: one MGET per slot, in a pipeline per node.
+        each = await asyncio.gather(*(ledger.revoked([ref]) for ref in refs))
+        assert [answer for (answer,) in each] == [True] * 7 + [False] * 5
         assert await tickets.burn(f"jti-{subs[0]}", now + 30)
         assert not await tickets.burn(f"jti-{subs[0]}", now + 30)
 
-        slots = RedisUserSlots(client, ttl=15)
-        for sub in subs:
-            assert await slots.acquire(sub, "a:1", 1)
+        sizes: list[int] = []
+        slots = RedisUserSlots(client, ttl=15, on_batch=sizes.append)
+        taken = await asyncio.gather(*(slots.acquire(sub, "a:1", 1) for sub in subs))
+        assert taken == [True] * len(subs) and sizes == [len(subs)]
         await slots.refresh([(sub, ["a:1"]) for sub in subs])
         assert not await slots.acquire(subs[0], "b:1", 1)
+        await asyncio.gather(*(slots.release(sub, "a:1") for sub in subs))
+        assert await slots.acquire(subs[0], "b:1", 1)
     finally:
         await ledger.close()
         await tickets.close()

@@ -20,7 +20,9 @@ async def test_concurrent_acquires_on_two_replicas_take_exactly_the_limit(
     two_clients: tuple[Redis, Redis, str],
 ) -> None:
     one, two, prefix = two_clients
-    a, b = RedisUserSlots(one, prefix=prefix), RedisUserSlots(two, prefix=prefix)
+    sizes: list[int] = []
+    a = RedisUserSlots(one, prefix=prefix, on_batch=sizes.append)
+    b = RedisUserSlots(two, prefix=prefix, on_batch=sizes.append)
     user = uuid.uuid4().hex
     replicas = {"a": a, "b": b}
     taken = await asyncio.gather(
@@ -31,6 +33,7 @@ async def test_concurrent_acquires_on_two_replicas_take_exactly_the_limit(
         )
     )
     assert taken.count(True) == 5
+    assert sorted(sizes) == [20, 20], "each replica's acquires share one round trip"
     assert await one.zcard(f"{prefix}{{{user}}}") == 5
     assert await a.acquire(user, "a:0", 5) == taken[0], "a retried acquire is the same slot"
 

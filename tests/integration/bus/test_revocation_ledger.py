@@ -110,3 +110,38 @@ async def test_a_revocation_redis_never_confirms_is_reported_as_such(
             await slow.record(SessionRevoked(sid=unique(), sub="u", until=int(time.time()) + 60))
     finally:
         await slow.close()
+
+
+async def test_concurrent_checks_share_one_round_trip_and_see_earlier_revocations(
+    redis_url: str,
+) -> None:
+    """A storm of handshakes: each asks about its own token at once; the ledger answers them all
+    with one MGET, and a revocation recorded before the checks refuses its token."""
+    sizes: list[int] = []
+    ledger = RedisRevocationLedger(redis_url, on_batch=sizes.append)
+    try:
+        now = int(time.time())
+        revoked_sid, cut_user = unique(), unique()
+        await ledger.record(SessionRevoked(sid=revoked_sid, sub=unique(), until=now + 60))
+        await ledger.record(UserRevoked(sub=cut_user, issued_before=now, until=now + 60))
+        refs = [TokenRef(unique(), unique(), now) for _ in range(50)]
+        refs[7] = TokenRef(revoked_sid, unique(), now)
+        refs[20] = TokenRef(unique(), cut_user, now - 1)
+        refs[21] = TokenRef(unique(), cut_user, now)
+        answers = await asyncio.gather(*(ledger.revoked([ref]) for ref in refs))
+        assert [answer for (answer,) in answers] == [i in (7, 20) for i in range(50)]
+        assert sizes == [50]
+    finally:
+        await ledger.close()
+
+
+async def test_an_unreachable_ledger_fails_every_waiting_check() -> None:
+    ledger = RedisRevocationLedger(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    try:
+        outcomes = await asyncio.gather(
+            *(ledger.revoked([TokenRef(unique(), "u", 0)]) for _ in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(outcome, BusUnavailable) for outcome in outcomes), outcomes
+    finally:
+        await ledger.close()

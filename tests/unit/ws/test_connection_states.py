@@ -6,6 +6,7 @@ Each test names its row: ``test_<row>_...``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from realtime_gateway_protocol.access_token import Claims
+from realtime_gateway_protocol.close_codes import Disconnect
 from realtime_gateway_protocol.frames import PREAUTH_MAX_BYTES
 from shared.bus import InProcessBus
 from tests.support.clock import FakeClock
@@ -269,6 +271,49 @@ async def test_6_a_retryable_failure_does_not_extend_the_auth_deadline() -> None
     await s.send({"type": "auth", "token": s.token("t", KeysUnavailable())})
     s.advance(AUTH_TIMEOUT / 2 + TICK)
     assert s.peer.closed == (4408, "auth_timeout")
+
+
+class HeldAdmission(FakeAdmission):
+    """Checks that finish when the test says: the server's own backlog, in a storm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def authenticate(self, token: str, proof: str | None) -> Claims:
+        await self.release.wait()
+        return await super().authenticate(token, proof)
+
+
+async def held_check(token: Claims | AuthError) -> tuple[Socket, asyncio.Task[list[Any]]]:
+    """A socket whose ``auth`` arrived in time and is still being checked at the deadline."""
+    s = Socket()
+    s.conn.close(Disconnect.GOING_AWAY)  # the plain socket's own deadline leaves with it
+    s.admission, s.peer = HeldAdmission(), FakePeer()
+    s.conn = Connection(replace(s.ctx, admission=s.admission), s.peer, "10.0.0.1", 2)
+    s.advance(AUTH_TIMEOUT / 2)
+    checking = asyncio.ensure_future(s.send({"type": "auth", "token": s.token("t", token)}))
+    await asyncio.sleep(0)
+    assert s.state is State.CHECKING
+    assert s.advance(AUTH_TIMEOUT) == [], "the deadline passes during the check"
+    assert s.peer.closed is None
+    return s, checking
+
+
+async def test_6_an_auth_received_in_time_is_not_timed_out_while_it_is_checked() -> None:
+    s, checking = await held_check(Socket().claims())
+    s.admission.release.set()
+    [reply] = await checking
+    assert reply["type"] == "auth_success"
+    assert s.state is State.AUTHENTICATED and s.peer.closed is None
+
+
+async def test_6_a_retryable_refusal_after_the_deadline_passed_is_final() -> None:
+    s, checking = await held_check(KeysUnavailable())
+    s.admission.release.set()
+    [reply] = await checking
+    assert (reply["code"], reply["retry"]) == ("keys_unavailable", False)
+    assert s.state is State.CLOSING
 
 
 async def test_7_a_credential_at_the_handshake_authenticates_without_a_message() -> None:
