@@ -137,7 +137,7 @@ soak: $(STAMP)
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
 
-# The benchmark (docs/performance.md). Its extra packages (the Django Channels peer, matplotlib) and
+# The benchmark (docs/performance.md). Its extra packages (the Django Channels peer) and
 # the Node peer's packages (exact versions from its package-lock.json) are installed by these targets
 # only, into the venv, never by make test.
 BENCH_STAMP := $(VENV)/.bench-installed
@@ -145,7 +145,7 @@ NODE_PEER := tests/bench/peers/node
 NODE_MODULES := $(VENV)/bench-node/node_modules
 
 $(BENCH_STAMP): requirements/bench.txt | $(STAMP)
-	@echo "Installing the bench extra into $(VENV) (Django Channels, uvicorn, matplotlib; once)..."
+	@echo "Installing the bench extra into $(VENV) (Django Channels, uvicorn; once)..."
 	@$(PIP_LOCKED) -r requirements/bench.txt
 	@touch $(BENCH_STAMP)
 

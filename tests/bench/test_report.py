@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("matplotlib", reason="matplotlib comes with the bench extra (make bench-quick)")
-
 from tests.bench import report
 
 RAMPS = {
