@@ -75,12 +75,13 @@ async def test_a_replayed_proof_is_refused(verifier: ProofVerifier) -> None:
 
 
 async def test_the_same_jti_under_another_key_is_another_proof(verifier: ProofVerifier) -> None:
-    await verifier.verify(
+    first = await verifier.verify(
         make_proof(es256_key(), "POST", URL, iat=NOW, jti="j"), method="POST", url=URL
     )
-    await verifier.verify(
+    second = await verifier.verify(
         make_proof(es256_key(), "POST", URL, iat=NOW, jti="j"), method="POST", url=URL
     )
+    assert (first.jti, second.jti) == ("j", "j") and first.jkt != second.jkt
 
 
 async def test_the_jti_is_remembered_as_long_as_the_proof_is_accepted(
