@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import random
 import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -52,6 +54,16 @@ def redis_reachable(url: str = REDIS_URL) -> None:
             pass
     except OSError as exc:
         unavailable("Redis", f"{url}: {exc}")
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, and SIGKILL when it has not exited within 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 _HANDED_OUT: set[int] = set()

@@ -28,6 +28,9 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from auth_service.domain.errors import InvalidGrant, InvalidRequest
 from auth_service.domain.exchange import (
+    ISSUED_TOKEN_TYPE as ACCESS_TOKEN_TYPE,
+)
+from auth_service.domain.exchange import (
     Assertion,
     app_user_id,
     checked_times,
@@ -49,7 +52,6 @@ __all__ = [
 ]
 
 ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105 (a URN)
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 (a URN)
 PROVIDER_TOKEN_TYPES = frozenset({ID_TOKEN_TYPE, ACCESS_TOKEN_TYPE})
 """RFC 8693's types for a provider's token; ``...:jwt`` names one too, told from the app's own
 assertion by its ``iss``."""

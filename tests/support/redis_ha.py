@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from tests.services import free_port, unavailable
+from tests.services import free_port, stop_process, unavailable
 
 __all__ = [
     "NODE_TIMEOUT_MS",
@@ -94,12 +94,7 @@ class _Node:
     def stop(self) -> None:
         if self.alive:
             assert self.process is not None
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process)
 
 
 def _server_args(binary: str, port: int, workdir: Path, *extra: str) -> list[str]:

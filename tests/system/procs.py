@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.services import free_port
+from tests.services import free_port, stop_process
 
 __all__ = ["Proc", "embedded_env", "run_cli", "service"]
 
@@ -97,12 +97,7 @@ class Proc:
         if not self.running:
             return
         assert self.process is not None
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 @contextmanager
