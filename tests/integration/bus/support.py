@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from shared.redis.bus import RedisBus
 from tests.services import free_port
@@ -37,14 +40,19 @@ class PrivateRedis:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: asyncio.subprocess.Process | None = None
+        # A replica writes the RDB its master sends even with --save "": into a directory of its
+        # own, never the checkout (a dump.rdb once landed in the repository that way).
+        self.workdir = Path(tempfile.mkdtemp(prefix="private-redis-"))
 
     async def start(self) -> None:
+        self.workdir.mkdir(exist_ok=True)
         self._process = await asyncio.create_subprocess_exec(
             self.binary,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
+            "--dir", str(self.workdir),
             *self.options,
             stdout=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
@@ -72,6 +80,7 @@ class PrivateRedis:
         if self._process is not None and self._process.returncode is None:
             self._process.kill()
             await self._process.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 async def eventually(predicate: Callable[[], bool]) -> None:
