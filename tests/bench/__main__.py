@@ -462,7 +462,11 @@ class Bench:
         if redis is None:
             self.skipped(5, [cross], "Redis is not reachable (TEST_REDIS_URL or 127.0.0.1:6379)")
             self.skipped(7, storm, "needs two replicas on Redis")
+        # One user publishes 5,000 messages into a channel with history: lift the per-user
+        # history budget (1 MiB by default, about 2,700 of them), or the rest are refused
+        # history_full and the latency figure covers only the first half.
         env = self.ws_env(WS_RATE_PER_SECOND="5000", WS_RATE_BURST="5000",
+                          WS_HISTORY_USER_BYTES="0",
                           **({"REDIS_URL": redis} if redis else {}))  # fmt: skip
         first = launch("ws-replica-1", [PY, "-m", "ws_service"], env, self.tmp)
         second = launch("ws-replica-2", [PY, "-m", "ws_service"], env, self.tmp)
@@ -485,7 +489,10 @@ class Bench:
         )  # fmt: skip
         p99, p50 = got["p99_ms"], got["p50_ms"]
         delivered = f"{got['n']} of {got['sent']} delivered"
-        self.row(5, figure, value=p99, target="<= 5 ms", met=p99 is not None and p99 <= 5,
+        if got["refused"]:
+            delivered += ", refused: " + ", ".join(f"{n} {c}" for c, n in got["refused"].items())
+        every = got["n"] == got["sent"]  # a latency over half the messages is not the figure
+        self.row(5, figure, value=p99, target="<= 5 ms", met=every and p99 is not None and p99 <= 5,
                  note=delivered if p50 is None else f"p50 {p50:.2f} ms, {delivered}")  # fmt: skip
 
     async def reconnect_storm(self, first: Launched, second: Launched, figures: list[str]) -> None:

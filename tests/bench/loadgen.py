@@ -305,8 +305,16 @@ class Agent:
             if frame.get("type") == "message" and frame["data"] in sent:
                 samples.append(time.perf_counter() - sent.pop(frame["data"]))
 
+        refused: dict[str, int] = {}
+
+        def answered(_: WSClient, text: str) -> None:
+            frame = json.loads(text)
+            if frame.get("type") == "error":
+                code = str(frame.get("code"))
+                refused[code] = refused.get(code, 0) + 1
+
         sub.on_text = arrived
-        pub.on_text = lambda _, __: None
+        pub.on_text = answered
         total = int(rate * seconds)
         start = time.perf_counter()
         for n in range(total):
@@ -315,7 +323,7 @@ class Agent:
             pub.send_text(json.dumps({"type": "publish", "channel": channel, "data": n}))
         await until(lambda: not sent, 5)
         await asyncio.gather(sub.close(), pub.close())
-        return {**quantiles(samples), "lost": len(sent), "sent": total}
+        return {**quantiles(samples), "lost": len(sent), "sent": total, "refused": refused}
 
     async def op_sign(self, seconds: float) -> Result:
         """Raw RS256 signatures/s: pyjwt over cryptography, the claims of an access token."""
