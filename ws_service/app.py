@@ -437,8 +437,16 @@ async def _close_sockets(app: web.Application) -> None:
 
 
 @web.middleware
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every HTTP refusal is a JSON body, never aiohttp's HTML or text page."""
+def _json_errors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Every HTTP refusal is a JSON body, never aiohttp's HTML or text page. The WebSocket
+    handler answers its own (:func:`access.self_contained`), so no frame of this one waits as long
+    as its socket lives."""
+    if access.is_self_contained(request):
+        return handler(request)
+    return _json_refusals(request, handler)
+
+
+async def _json_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as exc:

@@ -6,17 +6,19 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from aiohttp import WSMessage, WSMsgType, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from realtime_gateway_protocol.access_token import Claims
 from realtime_gateway_protocol.close_codes import Disconnect
 from shared.http import access
 from shared.http.auth import bearer_matches
 from shared.http.forwarded import client_address
 from shared.http.jwks import JwksCache
 from shared.http.readiness import Readiness, readiness_response
-from shared.http.responses import json_error, json_response
+from shared.http.responses import http_exception_json, json_error, json_response
 from shared.http.serve import DRAIN
 from shared.jsonlog import audit
 from ws_service import handshake
@@ -41,8 +43,95 @@ _CONTROL = frozenset({WSMsgType.PING, WSMsgType.PONG})
 _DATA = frozenset({WSMsgType.TEXT, WSMsgType.BINARY})
 
 
+class _Admitted(NamedTuple):
+    ws: web.WebSocketResponse
+    claims: Claims | None
+    remote: str
+
+
+@access.self_contained
 async def websocket(request: web.Request) -> web.StreamResponse:
-    opened = asyncio.get_running_loop().time()
+    """The socket's whole life in this one frame: it writes its own access line and answers its
+    own refusals as JSON, so no middleware frame waits beside it (see :mod:`shared.http.access`)."""
+    line = access.Line(request)
+    try:
+        opened = asyncio.get_running_loop().time()
+        admitted = await _admit(request)
+        if not isinstance(admitted, _Admitted):
+            return line.answered(admitted)
+        ws, claims, remote = admitted
+        # The 101's headers are sent and never read again; cleared, their table (about 700
+        # bytes with the request id) is not kept for the socket's life.
+        ws.headers.clear()
+        settings, gateway, metrics = (
+            request.app[SETTINGS],
+            request.app[GATEWAY],
+            request.app[METRICS],
+        )
+        sockets = request.app[SOCKETS]
+        peer = WebSocketPeer(
+            ws,
+            request.transport,
+            settings.max_outbox_bytes,
+            metrics.outbox_overflows.inc,
+        )
+        conn = gateway.connect(peer, remote, opened)
+        # Frames before auth, and control frames at any time, have a small budget of their own.
+        frames = TokenBucket(
+            settings.preauth_frame_rate, settings.preauth_frame_burst, time.monotonic()
+        )
+        sockets.add(peer)
+        task = asyncio.current_task()
+        msg: WSMessage | None = None
+        frames_in = 0
+        try:
+            if claims is not None:
+                await conn.authenticated_at_handshake(claims)
+            while not peer.close_requested:
+                peer.reader = task
+                try:
+                    msg = await ws.receive()
+                except asyncio.CancelledError:
+                    if task is None or not peer.close_requested:
+                        raise
+                    task.uncancel()
+                    break
+                finally:
+                    peer.reader = None
+                if msg.type in _DATA:
+                    frames_in += 1
+                unauthenticated = conn.state is State.AWAITING_AUTH
+                if (unauthenticated or msg.type in _CONTROL) and not frames.take(time.monotonic()):
+                    if not conn.closing:
+                        metrics.limit_hits.labels("preauth_frame_rate").inc()
+                    conn.close(Disconnect.RATE_LIMITED)
+                elif msg.type is WSMsgType.TEXT:
+                    await conn.on_text(msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    conn.on_binary()
+                elif msg.type is WSMsgType.PING:
+                    await ws.pong(msg.data)
+                elif msg.type is not WSMsgType.PONG:
+                    break
+        except Exception:
+            log.exception("WebSocket handler failed", extra={"remote": remote})
+            fault = Disconnect.INTERNAL_ERROR
+            await ws.close(code=fault.code, message=fault.reason.encode())
+        finally:
+            conn.disconnected()
+            await peer.finish(settings.close_timeout)
+            sockets.discard(peer)
+            line.end = peer.session_end(msg, frames_in)
+        return line.answered(ws)
+    except web.HTTPException as exc:
+        return line.answered(http_exception_json(exc, exc.reason.lower().replace(" ", "_")))
+    finally:
+        line.write()
+
+
+async def _admit(request: web.Request) -> _Admitted | web.Response:
+    """The upgrade, or the JSON refusal of it: origin, drain, subprotocol offer, a credential
+    at the upgrade, the per-address wait limit."""
     settings = request.app[SETTINGS]
     origin = request.headers.get(hdrs.ORIGIN)
     if origin is not None and origin not in settings.allowed_origins:
@@ -75,12 +164,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         claims = await handshake.authenticate(request)
     except AuthError as err:
         return handshake.refusal(request, err)
-    gateway, metrics = request.app[GATEWAY], request.app[METRICS]
     remote = client_address(
         _peer_host(request), request.headers.get(hdrs.X_FORWARDED_FOR), settings.forwarded_allow_ips
     )
-    if claims is None and not gateway.may_wait(remote):
-        metrics.limit_hits.labels("unauthenticated_per_address").inc()
+    if claims is None and not request.app[GATEWAY].may_wait(remote):
+        request.app[METRICS].limit_hits.labels("unauthenticated_per_address").inc()
         audit("ws_unauthenticated_limit", remote=remote)
         return json_error(
             429,
@@ -92,61 +180,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await ws.prepare(request)
     except web.HTTPException:
         return _not_an_upgrade()
-    sockets = request.app[SOCKETS]
-    peer = WebSocketPeer(
-        ws,
-        request.transport,
-        settings.max_outbox_bytes,
-        metrics.outbox_overflows.inc,
-    )
-    conn = gateway.connect(peer, remote, opened)
-    # Frames before auth, and control frames at any time, have a small budget of their own.
-    frames = TokenBucket(
-        settings.preauth_frame_rate, settings.preauth_frame_burst, time.monotonic()
-    )
-    sockets.add(peer)
-    task = asyncio.current_task()
-    msg: WSMessage | None = None
-    frames_in = 0
-    try:
-        if claims is not None:
-            await conn.authenticated_at_handshake(claims)
-        while not peer.close_requested:
-            peer.reader = task
-            try:
-                msg = await ws.receive()
-            except asyncio.CancelledError:
-                if task is None or not peer.close_requested:
-                    raise
-                task.uncancel()
-                break
-            finally:
-                peer.reader = None
-            if msg.type in _DATA:
-                frames_in += 1
-            unauthenticated = conn.state is State.AWAITING_AUTH
-            if (unauthenticated or msg.type in _CONTROL) and not frames.take(time.monotonic()):
-                if not conn.closing:
-                    metrics.limit_hits.labels("preauth_frame_rate").inc()
-                conn.close(Disconnect.RATE_LIMITED)
-            elif msg.type is WSMsgType.TEXT:
-                await conn.on_text(msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                conn.on_binary()
-            elif msg.type is WSMsgType.PING:
-                await ws.pong(msg.data)
-            elif msg.type is not WSMsgType.PONG:
-                break
-    except Exception:
-        log.exception("WebSocket handler failed", extra={"remote": remote})
-        fault = Disconnect.INTERNAL_ERROR
-        await ws.close(code=fault.code, message=fault.reason.encode())
-    finally:
-        conn.disconnected()
-        await peer.finish(settings.close_timeout)
-        sockets.discard(peer)
-        access.websocket_closed(request, peer.session_end(msg, frames_in))
-    return ws
+    return _Admitted(ws, claims, remote)
 
 
 def _not_an_upgrade() -> web.Response:

@@ -2,9 +2,13 @@
 
 One JSON line per request, logger ``access``, written when the handler returns: ``method``,
 ``path`` (never the query string: a ticket travels there), ``status``, ``duration_ms``, and the
-``request_id``. A WebSocket's request returns when its socket closes, so its line is the session's
-end and adds what the handler reported through :func:`websocket_closed`. No header is logged (no
-token, cookie or ``Authorization`` can reach the line), and with the logger off nothing is timed.
+``request_id``. No header is logged (no token, cookie or ``Authorization`` can reach the line), and
+with the logger off nothing is timed.
+
+A WebSocket's request returns when its socket closes, so a middleware awaiting it would keep a
+suspended frame (about 300 bytes) per socket for nothing. Its handler is marked
+:func:`self_contained` and writes its own line through :class:`Line`, at the session's end with how
+it ended (:class:`SessionEnd`); the middlewares hand such a request straight to it.
 
 The request id is the ``X-Request-ID`` a client or proxy sent when it is a safe token (it lands in
 logs verbatim), else a new one; it is set in :data:`shared.jsonlog.REQUEST_ID` for every line the
@@ -21,18 +25,30 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 from aiohttp import web
 
 from shared.jsonlog import REQUEST_ID
 
-__all__ = ["REQUEST_ID_HEADER", "SessionEnd", "request_id", "setup", "websocket_closed"]
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "Line",
+    "SessionEnd",
+    "is_self_contained",
+    "request_id",
+    "self_contained",
+    "setup",
+]
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _log = logging.getLogger("access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+H = TypeVar("H", bound=Handler)
+R = TypeVar("R", bound=web.StreamResponse)
+_SELF_CONTAINED = "_access_self_contained"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +62,6 @@ class SessionEnd:
     frames_out: int
 
 
-_SESSION_END = web.RequestKey("access_session_end", SessionEnd)
-
-
 def request_id(offered: str | None) -> str:
     """The id a client or proxy offered when it is a safe token, else a new one."""
     if offered is not None and _SAFE_ID.fullmatch(offered):
@@ -56,16 +69,61 @@ def request_id(offered: str | None) -> str:
     return secrets.token_hex(8)
 
 
-def websocket_closed(request: web.Request, end: SessionEnd) -> None:
-    """Report how the request's WebSocket session ended, for its access line."""
-    request[_SESSION_END] = end
+def self_contained(handler: H) -> H:
+    """Mark a handler that writes its own access line (:class:`Line`) and answers its own
+    refusals as JSON: the middlewares pass its request on without waiting for it."""
+    setattr(handler, _SELF_CONTAINED, True)
+    return handler
+
+
+def is_self_contained(request: web.Request) -> bool:
+    return getattr(request.match_info.handler, _SELF_CONTAINED, False) is True
+
+
+class Line:
+    """The access line of a :func:`self_contained` handler's request: ``answered`` notes the
+    status of what it returns, ``end`` how its WebSocket session ended, and ``write`` logs it
+    from the handler's ``finally`` (a handler that raised is logged as 500)."""
+
+    __slots__ = ("_request", "_started", "end", "status")
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self._started = time.perf_counter() if _log.isEnabledFor(logging.INFO) else None
+        self.status = 500
+        self.end: SessionEnd | None = None
+
+    def answered(self, response: R) -> R:
+        self.status = response.status
+        return response
+
+    def write(self) -> None:
+        if self._started is not None:
+            _write(self._request, self.status, self._started, self.end)
+
+
+def _write(request: web.Request, status: int, started: float, end: SessionEnd | None) -> None:
+    fields: dict[str, object] = {
+        "method": request.method,
+        "path": request.path,
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+    if end is not None:
+        fields.update(asdict(end))
+    _log.info("websocket session" if end is not None else "request", extra=fields)
 
 
 @web.middleware
-async def _access(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _access(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Not a coroutine: a request it does not time goes on without a frame of this one."""
     REQUEST_ID.set(request_id(request.headers.get(REQUEST_ID_HEADER)))
-    if not _log.isEnabledFor(logging.INFO):
-        return await handler(request)
+    if not _log.isEnabledFor(logging.INFO) or is_self_contained(request):
+        return handler(request)
+    return _timed(request, handler)
+
+
+async def _timed(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500
     try:
@@ -76,16 +134,7 @@ async def _access(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = exc.status
         raise
     finally:
-        fields: dict[str, object] = {
-            "method": request.method,
-            "path": request.path,
-            "status": status,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-        }
-        end = request.get(_SESSION_END)
-        if end is not None:
-            fields.update(asdict(end))
-        _log.info("websocket session" if end is not None else "request", extra=fields)
+        _write(request, status, started, None)
 
 
 async def _echo_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:

@@ -3,11 +3,13 @@ its handshake's id, and its session ends in one line saying how (code, reason, f
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from realtime_gateway_protocol.close_codes import Disconnect
 from tests.integration.ws.harness import Harness, auth, expect_close, recv, send, wait_until
 from tests.support.logs import JsonLines, json_lines
+from ws_service.appkeys import SOCKETS
 
 
 def session_line(logs: JsonLines) -> dict[str, Any]:
@@ -60,3 +62,23 @@ async def test_a_refused_upgrade_is_an_ordinary_access_line(gw: Harness) -> None
     assert (line["path"], line["status"]) == ("/ws", 403)
     assert logs.logged("audit", "ws_origin_refused")[0]["request_id"] == line["request_id"]
     assert resp.headers["X-Request-ID"] == line["request_id"]
+
+
+def awaiting(task: asyncio.Task[Any]) -> list[str]:
+    """The coroutines a suspended task is inside, outermost first."""
+    names, coro = [], task.get_coro()
+    while coro is not None and hasattr(coro, "cr_code"):
+        names.append(coro.cr_code.co_name)
+        coro = coro.cr_await
+    return names
+
+
+async def test_an_open_socket_keeps_no_middleware_frame_of_its_own(gw: Harness) -> None:
+    """A socket's request lasts as long as the socket: a middleware awaiting it would keep a
+    suspended frame per socket. The handler logs and answers for itself instead."""
+    await gw.login()
+    (peer,) = gw.app[SOCKETS]
+    await wait_until(lambda: peer.reader is not None)
+    chain = awaiting(peer.reader)
+    assert "websocket" in chain, chain
+    assert not {"_access", "_timed", "_json_errors", "_json_refusals"} & set(chain), chain
