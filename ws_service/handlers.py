@@ -55,7 +55,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     own refusals as JSON, so no middleware frame waits beside it (see :mod:`shared.http.access`)."""
     line = access.Line(request)
     try:
-        opened = asyncio.get_running_loop().time()
+        opened = request.app[GATEWAY].context.clock.monotonic()
         admitted = await _admit(request)
         if not isinstance(admitted, _Admitted):
             return line.answered(admitted)

@@ -34,15 +34,25 @@ class Clock(Protocol):
 
 
 class LoopClock:
-    """The running event loop's clock and timers."""
+    """The running event loop's clock and timers: the loop it is first used in, kept, since
+    ``asyncio.get_running_loop()`` is a ``getpid()`` system call each time before Python 3.12
+    (several per handshake)."""
 
-    __slots__ = ()
+    __slots__ = ("_loop",)
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _bound(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def time(self) -> float:
         return time.time()
 
     def monotonic(self) -> float:
-        return asyncio.get_running_loop().time()
+        return self._bound().time()
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        return asyncio.get_running_loop().call_at(when, callback)
+        return self._bound().call_at(when, callback)
