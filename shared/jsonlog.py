@@ -13,11 +13,20 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
 
-__all__ = ["REDACTED", "REQUEST_ID", "JsonFormatter", "audit", "configure_logging", "fingerprint"]
+__all__ = [
+    "REDACTED",
+    "REQUEST_ID",
+    "JsonFormatter",
+    "Throttled",
+    "audit",
+    "configure_logging",
+    "fingerprint",
+]
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _audit_log = logging.getLogger("audit")
@@ -99,3 +108,37 @@ def fingerprint(text: str) -> str:
     """A short hash of something a user typed that may be secret (an unknown "username" can be a
     password typed into the wrong field): equal inputs correlate, the text is never logged."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+class Throttled:
+    """A warning that every request may meet while a dependency is down (the ledger, the slots,
+    presence): logged at most once per ``interval`` seconds, saying how many were left out
+    (``suppressed``) since the last line. Ten thousand reconnecting clients during a Redis outage
+    make one line every ``interval``, not ten thousand lines in the outage's first seconds."""
+
+    __slots__ = ("_clock", "_interval", "_logger", "_message", "_next", "_suppressed")
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        message: str,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._message = message
+        self._interval = interval
+        self._clock = clock
+        self._next = float("-inf")
+        self._suppressed = 0
+
+    def warning(self, **fields: Any) -> None:
+        now = self._clock()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            fields["suppressed"] = self._suppressed
+        self._logger.warning(self._message, extra=fields)
+        self._next = now + self._interval
+        self._suppressed = 0

@@ -15,6 +15,7 @@ from realtime_gateway_protocol.events import SessionRevoked, UserRevoked, decode
 from realtime_gateway_protocol.key_events import KeyWithdrawn, decode_key_event
 from shared.bus import BusUnavailable, RevocationLedger
 from shared.dpop import ProofError, ProofVerifier
+from shared.jsonlog import Throttled
 from shared.once import LocalUsedOnce, UsedOnce
 from ws_service.domain import errors
 from ws_service.domain.clock import Clock, LoopClock
@@ -77,6 +78,9 @@ class Gateway:
         self._replica = secrets.token_hex(6)
         self._serials = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Met by every handshake while Redis is down: a line per interval, not per handshake.
+        self._ledger_down = Throttled(log, "revocation ledger unreachable; tokens accepted")
+        self._slots_down = Throttled(log, "connection slots unreachable; sockets admitted")
         clock = clock or LoopClock()
         self.dpop = dpop or DpopRules()
         self._proofs = ProofVerifier(used or LocalUsedOnce(clock.time), clock.time)
@@ -148,7 +152,7 @@ class Gateway:
             [revoked] = await self.ledger.revoked([claims.ref])
         except BusUnavailable as exc:
             self.metrics.ledger_checks.labels("unavailable").inc()
-            log.warning("revocation ledger unreachable; token accepted", extra={"error": str(exc)})
+            self._ledger_down.warning(error=str(exc))
         else:
             self.metrics.ledger_checks.labels("revoked" if revoked else "ok").inc()
             if revoked:
@@ -194,7 +198,7 @@ class Gateway:
             )
         except BusUnavailable as exc:
             checks.labels("unavailable").inc()
-            log.warning("connection slots unreachable; socket admitted", extra={"error": str(exc)})
+            self._slots_down.warning(error=str(exc))
             return True
         checks.labels("ok" if taken else "full").inc()
         return taken

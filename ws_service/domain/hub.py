@@ -33,6 +33,7 @@ from shared.bus import (
     sharded_topic,
     topic_channel,
 )
+from shared.jsonlog import Throttled
 from ws_service.domain import protocol
 from ws_service.domain.clock import Clock, LoopClock
 from ws_service.domain.errors import NotEnabled, Unconfirmed
@@ -87,6 +88,11 @@ class Hub:
         self._unwatch: dict[str, Unsubscribe] = {}
         self._present: dict[str, dict[Subscriber, tuple[str, Member]]] = {}
         self._clock: Clock = clock or LoopClock()
+        # Met by every subscribe or leave of a presence channel while Redis is down.
+        self._presence_add_down = Throttled(log, "presence entries not recorded: redis unreachable")
+        self._presence_remove_down = Throttled(
+            log, "presence entries not removed: redis unreachable"
+        )
         self.events = events or Events(clock=self._clock)
         """The webhook events of every socket of this hub's gateway."""
         self._presence_frames = PresenceDebounce(
@@ -240,7 +246,7 @@ class Hub:
         try:
             await self._presence.add(channel, entry_id, member)
         except BusUnavailable as exc:
-            log.warning("presence entry not recorded: redis unreachable", extra={"error": str(exc)})
+            self._presence_add_down.warning(error=str(exc))
 
     async def members(self, channel: str) -> list[tuple[Member, int]]:
         return await self._presence.members(channel)
@@ -273,7 +279,7 @@ class Hub:
             await self._presence.remove(channel, entry_id, member)
         except BusUnavailable as exc:
             # The entry expires by itself once this replica stops refreshing it.
-            log.warning("presence entry not removed: redis unreachable", extra={"error": str(exc)})
+            self._presence_remove_down.warning(error=str(exc))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

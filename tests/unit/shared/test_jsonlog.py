@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.jsonlog import REDACTED, JsonFormatter, configure_logging
+from shared.jsonlog import REDACTED, JsonFormatter, Throttled, configure_logging
 
 TOKEN = (
     "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiYXQrand0In0"
@@ -88,3 +88,25 @@ def test_warnings_and_a_crash_are_json_lines_too(
     warned, crashed = (json.loads(line) for line in capsys.readouterr().err.splitlines())
     assert warned["logger"] == "py.warnings" and "a library is unhappy" in warned["msg"]
     assert crashed["level"] == "critical" and "RuntimeError: start-up failed" in crashed["exc"]
+
+
+def test_a_throttled_warning_is_one_line_per_interval_saying_how_many_it_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    warn = Throttled(logging.getLogger("t"), "redis unreachable", interval=10, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="t"):
+        for _ in range(1000):
+            warn.warning(error="connection refused")
+        now[0] += 9.9
+        warn.warning(error="connection refused")
+        assert len(caplog.records) == 1
+        now[0] += 0.1
+        warn.warning(error="timeout")
+        now[0] += 10
+        warn.warning(error="timeout")
+    first, second, third = caplog.records
+    assert not hasattr(first, "suppressed") and first.error == "connection refused"  # type: ignore[attr-defined]
+    assert (second.suppressed, second.error) == (1000, "timeout")  # type: ignore[attr-defined]
+    assert not hasattr(third, "suppressed")
+    assert {r.getMessage() for r in caplog.records} == {"redis unreachable"}
