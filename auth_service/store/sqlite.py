@@ -3,8 +3,11 @@
 One connection per process in WAL mode, owned by one thread; a lock serializes its users,
 ``BEGIN IMMEDIATE`` takes the write lock up front, and SQLite's own locking (with a busy timeout)
 keeps several processes on one file consistent, so no row locks are needed. Each call is one
-hand-off to that thread (a whole :meth:`SqliteDatabase.execute_atomically` transaction included):
-the hand-off, not SQLite, is what a short statement costs.
+hand-off to that thread: the hand-off, not SQLite, is what a short statement costs. So a whole
+:meth:`SqliteDatabase.execute_atomically` transaction (a refresh's) is first tried on the event
+loop's thread, on a second connection that never waits for the write lock, and handed off only
+when another process holds it; the WAL is checkpointed on the database thread, never by a commit
+on the loop's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from auth_service.store.sql import Row, SqlStore, Statement
 __all__ = ["SqliteDatabase", "open_sqlite"]
 
 _DRIVER_ERRORS = (sqlite3.Error, ValueError, OSError)
+CHECKPOINT_EVERY = 1000
+"""Calls between two WAL checkpoints, which SQLite would otherwise run in whichever commit finds the
+log past 1,000 pages, one on the event loop's thread included."""
 T = TypeVar("T")
 
 
@@ -57,14 +63,18 @@ class _DatabaseThread:
         self._executor.shutdown(wait=False)
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None)
+def _connect(path: str, busy_timeout: float = 5.0) -> sqlite3.Connection:
+    """A private in-memory database has one connection, used from both threads (every user holds
+    :attr:`SqliteDatabase._lock`, so never from two at once)."""
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+    )
     conn.row_factory = sqlite3.Row
     for pragma in (
         "journal_mode=WAL",
-        "busy_timeout=5000",
         "foreign_keys=ON",
         "synchronous=NORMAL",
+        "wal_autocheckpoint=0",
     ):
         conn.execute(f"PRAGMA {pragma}")
     return conn
@@ -101,6 +111,14 @@ def _atomically(
     return rows
 
 
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
 class _Connection:
     def __init__(self, conn: sqlite3.Connection, thread: _DatabaseThread) -> None:
         self._conn = conn
@@ -127,11 +145,17 @@ class SqliteDatabase:
     lock_rows = ""
     writable_ctes = False
 
-    def __init__(self, conn: sqlite3.Connection, thread: _DatabaseThread) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, thread: _DatabaseThread, at_once: sqlite3.Connection
+    ) -> None:
         self._conn = _Connection(conn, thread)
         self._raw = conn
+        self._at_once = at_once
+        """The event loop's connection: no busy timeout, so another process's write lock refuses
+        a transaction at once (``SQLITE_BUSY``, rolled back) instead of stalling the loop."""
         self._thread = thread
         self._lock = asyncio.Lock()
+        self._since_checkpoint = 0
 
     @classmethod
     async def open(
@@ -142,10 +166,11 @@ class SqliteDatabase:
             if str(path) != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             conn = await thread.call(_connect, str(path))
+            at_once = conn if str(path) == ":memory:" else await thread.call(_connect, str(path), 0)
         except _DRIVER_ERRORS as exc:
             thread.stop()
             raise StoreUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
-        db = cls(conn, thread)
+        db = cls(conn, thread, at_once)
         try:
             await db._migrate(migrations)
         except BaseException:
@@ -159,6 +184,7 @@ class SqliteDatabase:
         try:
             async with self._lock:
                 yield self._conn
+                await self._checkpoint_now_and_then()
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
 
@@ -173,6 +199,7 @@ class SqliteDatabase:
                     await self._conn.execute("ROLLBACK")
                     raise
                 await self._conn.execute("COMMIT")
+                await self._checkpoint_now_and_then()
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
 
@@ -188,10 +215,27 @@ class SqliteDatabase:
         rendered = [(_render(sql), args) for sql, args in statements]
         first = None if query is None else (_render(query[0]), query[1])
         async with self.connection():
-            return await self._thread.call(_atomically, self._raw, first, rendered)
+            if self._thread.stopped:
+                raise sqlite3.ProgrammingError("the database is closed")
+            try:
+                rows = _atomically(self._at_once, first, rendered)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                rows = await self._thread.call(_atomically, self._raw, first, rendered)
+            return rows
+
+    async def _checkpoint_now_and_then(self) -> None:
+        """A passive checkpoint on the database thread every :data:`CHECKPOINT_EVERY` calls (the
+        caller holds the lock): its fsyncs never stall the event loop."""
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
+            self._since_checkpoint = 0
+            await self._thread.call(_checkpoint, self._raw)
 
     async def close(self) -> None:
         if not self._thread.stopped:
+            self._at_once.close()
             await self._thread.call(self._raw.close)
             self._thread.stop()
 

@@ -3,6 +3,9 @@ reaches only on one backend each (the rotation is one statement on PostgreSQL, s
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -11,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from auth_service.domain.models import OutboxItem, Session, User
+from auth_service.store import sqlite as sqlite_backend
 from auth_service.store.migrations import MIGRATIONS, Migration
 from auth_service.store.postgres import PostgresDatabase
 from auth_service.store.sql import Database, SqlStore
@@ -71,6 +75,52 @@ async def test_a_query_and_what_follows_commit_together_or_not_at_all(db: Databa
     )
     assert await usernames(db) == ["b"]
     assert await db.fetch_atomically((select, ("a",))) == [{"username": "b"}]
+
+
+async def test_sqlite_waits_for_another_writer_off_the_event_loop(tmp_path: Path) -> None:
+    """A transaction runs on the event loop's thread only while no other process holds the write
+    lock: then it waits on the database thread (busy timeout) and the loop keeps serving."""
+    db = await SqliteDatabase.open(tmp_path / "auth.db")
+    other = sqlite3.connect(tmp_path / "auth.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute(_INSERT.replace("$1", "'other'"))
+        waiting = asyncio.create_task(db.execute_atomically([(_INSERT, ("mine",))]))
+        await asyncio.sleep(0.2)  # the loop runs: the transaction is not blocking it
+        assert not waiting.done()
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(waiting, 5) is True
+        assert await usernames(db) == ["mine", "other"]
+    finally:
+        other.close()
+        await db.close()
+
+
+async def test_sqlite_checkpoints_the_log_on_its_own_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No commit checkpoints the log (one on the loop's thread would fsync there): the database
+    thread does, every ``CHECKPOINT_EVERY`` calls."""
+    threads: list[str] = []
+    checkpoint = sqlite_backend._checkpoint
+
+    def recorded(conn: sqlite3.Connection) -> None:
+        threads.append(threading.current_thread().name)
+        checkpoint(conn)
+
+    monkeypatch.setattr(sqlite_backend, "CHECKPOINT_EVERY", 5)
+    monkeypatch.setattr(sqlite_backend, "_checkpoint", recorded)
+    db = await SqliteDatabase.open(tmp_path / "auth.db")
+    try:
+        threads.clear()
+        for i in range(10):
+            await db.execute_atomically([(_INSERT, (f"u{i}",))])
+        assert len(threads) == 2
+        assert all(name.startswith("sqlite") for name in threads)
+        async with db.connection() as conn:
+            assert await conn.fetch("PRAGMA wal_autocheckpoint") == [{"wal_autocheckpoint": 0}]
+    finally:
+        await db.close()
 
 
 _LOWERCASE_USERNAMES: dict[str, Migration] = {
