@@ -8,6 +8,7 @@ a :class:`Database`: connections, transactions, and its driver's errors turned i
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -89,9 +90,15 @@ def _columns(alias: str, model: type[Any]) -> str:
     return ", ".join(f"{alias}.{field.name} AS {alias}_{field.name}" for field in fields(model))
 
 
-def _model(model: type[Model], row: Row, alias: str = "") -> Model:
+@functools.cache
+def _keys(model: type[Any], alias: str) -> tuple[tuple[str, str], ...]:
+    """Each field of ``model`` and the column that holds it (``alias_field`` under an alias)."""
     prefix = f"{alias}_" if alias else ""
-    return model(**{field.name: row[prefix + field.name] for field in fields(model)})  # type: ignore[arg-type]
+    return tuple((field.name, prefix + field.name) for field in fields(model))
+
+
+def _model(model: type[Model], row: Row, alias: str = "") -> Model:
+    return model(**{name: row[key] for name, key in _keys(model, alias)})  # type: ignore[arg-type]
 
 
 def _view(row: Row) -> RefreshTokenView:

@@ -23,6 +23,7 @@ import uvloop
 
 from realtime_gateway_client.dpop import DPoPKey
 from shared.dpop import thumbprint
+from tests.bench.procinfo import cpu_seconds
 from tests.bench.tokens import BenchKey
 from tests.bench.wsclient import HOST, WSClient, WSClosed, connect
 
@@ -326,16 +327,29 @@ class Agent:
         return {**quantiles(samples), "lost": len(sent), "sent": total, "refused": refused}
 
     async def op_sign(self, seconds: float) -> Result:
-        """Raw RS256 signatures/s: pyjwt over cryptography, the claims of an access token."""
-        count, start = 0, time.perf_counter()
+        """Raw RS256 signatures/s: pyjwt over cryptography, the claims of an access token; and
+        the CPU of one, which the other processes of a shared machine do not move."""
+        count, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds and count < 1_000_000:
             self.key.mint(self.sub(count))
             count += 1
-        return {"rate": count / (time.perf_counter() - start)}
+        return {
+            "rate": count / (time.perf_counter() - start),
+            "cpu_us": (time.process_time() - cpu) / count * 1e6,
+        }
 
-    async def op_refresh(self, base: str, logins: int, count: int, dpop: bool = False) -> Result:
-        """Refresh grants/s over ``logins`` rotating chains on one auth process; with ``dpop``
-        the sessions are bound and every refresh carries a fresh proof."""
+    async def op_refresh(
+        self,
+        base: str,
+        logins: int,
+        count: int,
+        dpop: bool = False,
+        warmup: int = 0,
+        pid: int | None = None,
+    ) -> Result:
+        """Refresh grants/s over ``logins`` rotating chains on one auth process, after ``warmup``
+        untimed ones; with ``dpop`` the sessions are bound and every refresh carries a fresh
+        proof. With the server's ``pid``, also its CPU per timed refresh (logins excluded)."""
         signer = self.dpop if dpop else None
 
         def proven(path: str) -> dict[str, str]:
@@ -358,8 +372,11 @@ class Agent:
                     chains[slot] = (await resp.json())["refresh_token"]
                 free.append(slot)
 
+            await bounded(warmup, len(chains), one)
+            cpu = cpu_seconds(pid) if pid else 0.0
             elapsed = await bounded(count, len(chains), one)
-        return {"rate": count / elapsed}
+            spent = cpu_seconds(pid) - cpu if pid else None
+        return {"rate": count / elapsed, "cpu_us": spent and spent / count * 1e6}
 
     async def op_login_flood(self, base: str, seconds: float, concurrency: int) -> Result:
         """Logins as fast as they go for ``seconds``, while a probe times ``GET /healthz`` every
