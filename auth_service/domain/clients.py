@@ -158,11 +158,13 @@ class ClientRegistry:
         return IssuedSecret(client, secret)
 
     async def authenticate(self, client_id: str, secret: str, *, address: str) -> Client:
-        """The client whose id and secret these are, or :class:`InvalidClient`. Every attempt is
-        counted by the login throttle (per client and address, and per address) before the secret
-        is compared, in constant time, with each secret the client has now."""
+        """The client whose id and secret these are, or :class:`InvalidClient`. The secret is
+        compared, in constant time, with each secret the client has now, once the login throttle
+        (per client and address, and per address) finds no block; a failure is counted there (see
+        :mod:`auth_service.domain.throttle` for why a client's attempts are not reserved)."""
         now = self._clock()
-        reservation = await self._throttle.reserve(f"client:{client_id}", address, now)
+        throttled_as = f"client:{client_id}"
+        await self._throttle.check(throttled_as, address, now)
         client = (
             await self._store.get_client(client_id) if CLIENT_ID_RE.fullmatch(client_id) else None
         )
@@ -174,8 +176,8 @@ class ClientRegistry:
         if client is None or not matched:
             who = {"client_id": client_id} if client else {"client_hash": fingerprint(client_id)}
             audit("client_auth_failed", address=address, **who)
+            await self._throttle.failed(throttled_as, address, now)
             raise InvalidClient("unknown client or wrong client secret")
-        await self._throttle.succeeded(reservation)
         return client
 
     def secrets(self, client: Client, now: float) -> list[str]:

@@ -8,10 +8,17 @@ An attempt is reserved *before* the password is checked, in one store transactio
 guesses, on one replica or many, cannot all pass a check that none of them has counted yet. The
 attempt that reaches a limit sets the block itself, so exactly ``limit`` attempts get through; a
 success then gives back what it reserved.
+
+A client secret is not a password: 256 random bits cannot be guessed online, and a backend
+authenticates many requests at once. Reserving would count those in flight, and the eleventh
+concurrent request of a client that never failed would be refused. So a client's attempt is only
+checked against a block first (:meth:`LoginThrottle.check`) and counted when it fails
+(:meth:`LoginThrottle.failed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
 
@@ -58,25 +65,44 @@ class LoginThrottle:
         limits = self._limits(empty)
 
         def count(states: dict[str, ThrottleState]) -> dict[str, ThrottleState]:
-            blocked_until = max(state.blocked_until for state in states.values())
-            if blocked_until > now:
-                raise Throttled(
-                    "too many failed attempts; try again later",
-                    retry_after=max(1, math.ceil(blocked_until - now)),
-                )
+            _refuse_if_blocked(states, now)
             return {key: self._counted(states[key], limit, now) for key, limit in limits.items()}
 
         try:
             written = await self._store.update_throttle(list(limits), count)
         except Throttled as exc:
-            audit(
-                "login_throttled",
-                username_hash=fingerprint(username),
-                address=address,
-                retry_after=exc.retry_after,
-            )
+            self._throttled(username, address, exc)
             raise
         return replace(empty, states=written)
+
+    async def check(self, username: str, address: str, now: float) -> None:
+        """Raise :class:`Throttled` while the pair or the address is blocked; count nothing."""
+        keys = [f"pair:{username}|{address}", f"addr:{address}"]
+
+        def unchanged(states: dict[str, ThrottleState]) -> dict[str, ThrottleState]:
+            _refuse_if_blocked(states, now)
+            return states
+
+        try:
+            await self._store.update_throttle(keys, unchanged)
+        except Throttled as exc:
+            self._throttled(username, address, exc)
+            raise
+
+    async def failed(self, username: str, address: str, now: float) -> None:
+        """Count one failed attempt (which may set a block), unless a block is already set."""
+        # Blocked meanwhile: the failure adds nothing the block does not already say.
+        with contextlib.suppress(Throttled):
+            await self.reserve(username, address, now)
+
+    @staticmethod
+    def _throttled(username: str, address: str, exc: Throttled) -> None:
+        audit(
+            "login_throttled",
+            username_hash=fingerprint(username),
+            address=address,
+            retry_after=exc.retry_after,
+        )
 
     def _counted(self, state: ThrottleState, limit: int, now: float) -> ThrottleState:
         fresh = state.window_start >= now - self.policy.window
@@ -108,3 +134,12 @@ class LoginThrottle:
             }
 
         await self._store.update_throttle([reservation.pair, reservation.address], refund)
+
+
+def _refuse_if_blocked(states: dict[str, ThrottleState], now: float) -> None:
+    blocked_until = max(state.blocked_until for state in states.values())
+    if blocked_until > now:
+        raise Throttled(
+            "too many failed attempts; try again later",
+            retry_after=max(1, math.ceil(blocked_until - now)),
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from dataclasses import replace
@@ -25,7 +26,9 @@ from auth_service.domain.errors import (
     Throttled,
     UnauthorizedClient,
 )
+from auth_service.domain.models import Client
 from auth_service.domain.service import TokenPair
+from auth_service.domain.throttle import ThrottlePolicy
 from realtime_gateway_protocol.events import SessionRevoked, UserRevoked
 from tests.unit.auth.conftest import GRACE, PASSWORD, World
 
@@ -104,6 +107,27 @@ async def test_authentication_counts_failures_like_logins(world: World) -> None:
     assert world.store.throttle["pair:client:acme|10.0.0.1"].failures == 10
     assert world.store.throttle["addr:10.0.0.1"].failures == 11, "the unknown client counted too"
     assert await clients.authenticate("acme", acme.secret, address="10.0.0.2") == acme.client
+
+
+async def test_a_client_authenticating_many_requests_at_once_is_never_throttled(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend sends many requests together; none of them failed, so none is refused. (When
+    attempts were reserved before the check, the tenth in flight set a block.)"""
+    acme = await make(world)
+    lookup = world.store.get_client
+
+    async def slow_lookup(client_id: str) -> Client | None:
+        await asyncio.sleep(0)  # every request is in flight before any is checked
+        return await lookup(client_id)
+
+    monkeypatch.setattr(world.store, "get_client", slow_lookup)
+    clients = world.service.clients
+    limit = ThrottlePolicy().pair_limit
+    results = await asyncio.gather(
+        *(clients.authenticate("acme", acme.secret, address="10.0.0.1") for _ in range(3 * limit))
+    )
+    assert results == [acme.client] * (3 * limit)
 
 
 async def test_a_rotated_secret_works_through_its_grace_only(world: World) -> None:
