@@ -132,6 +132,12 @@ def _unreachable(service: str, url: str, exc: Exception) -> Unreachable:
     return Unreachable(service, url, str(exc) or type(exc).__name__)
 
 
+class ConnectionLost(ClientError):
+    """The socket closed while the request was waiting for its answer; the client reconnects
+    unless the close said to stop. The request may or may not have been done (a ``publish`` is not
+    sent again); :meth:`GatewayClient.subscribe` waits for the reconnection and subscribes then."""
+
+
 class RequestFailed(ClientError):
     """The server answered a request with an ``error`` frame; the socket stays open."""
 
@@ -382,7 +388,14 @@ class GatewayClient:
         frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
         if presence_events:
             frame["presence_events"] = True
-        reply = await self._request(frame)
+        while True:
+            try:
+                reply = await self._request(frame)
+                break
+            except ConnectionLost:
+                # Subscribing twice is harmless, and the new socket has no subscription yet:
+                # ask again once reconnected (``_request`` raises why if the client stopped).
+                continue
         self._channels[channel] = presence_events
         self._remember(channel, reply.get("position"))
 
@@ -460,7 +473,7 @@ class GatewayClient:
         A refresh that fails for a passing reason (auth_service down) is retried by reconnecting:
         the expired token earns a retryable ``token_expired`` and another refresh."""
         self._connected.clear()
-        self._fail_pending(ClientError(f"connection closed ({closed.code} {closed.reason})"))
+        self._fail_pending(ConnectionLost(f"connection closed ({closed.code} {closed.reason})"))
         self._state("disconnected", f"{closed.code or ''} {closed.reason}".strip())
         action = action_for(closed.code, closed.reason)
         if action is Action.REFRESH_THEN_RECONNECT:

@@ -10,6 +10,7 @@ import pytest
 from realtime_gateway_client import (
     AuthenticationFailed,
     ClientError,
+    ConnectionLost,
     GatewayClient,
     RequestFailed,
     TemporaryFailure,
@@ -146,6 +147,55 @@ async def test_reconnects_and_resubscribes(stack: Stack, code: int, reason: str)
         message = await next_message(alice)
         assert message["data"] == "after"
         assert alice.refreshes == 0
+
+
+async def test_a_subscribe_in_flight_when_the_socket_drops_is_made_on_the_next_one(
+    stack: Stack,
+) -> None:
+    """The first thing a program does after connecting is subscribe; a drop (a restart) while
+    that request waits for its answer must not end the program (the chat exited on it)."""
+    async with stack.client("alice") as alice:
+        sent = alice._send
+        swallowed = asyncio.Event()
+
+        async def lose_the_first_subscribe(ws: Any, frame: dict[str, Any]) -> None:
+            if frame.get("type") == "subscribe" and not swallowed.is_set():
+                swallowed.set()  # as if the server went down before answering it
+                return
+            await sent(ws, frame)
+
+        alice._send = lose_the_first_subscribe  # type: ignore[method-assign]
+        subscribing = asyncio.ensure_future(alice.subscribe("chat:general"))
+        await swallowed.wait()
+        await stack.close_sockets(1001, "going_away")
+        async with asyncio.timeout(5):
+            await subscribing
+        assert alice.connects == 2
+        await alice.publish("chat:general", "after")
+        assert (await next_message(alice))["data"] == "after"
+
+
+async def test_a_publish_in_flight_when_the_socket_drops_fails_as_connection_lost(
+    stack: Stack,
+) -> None:
+    """A publish is not sent again (it may have been done): the caller hears why."""
+    async with stack.client("alice") as alice:
+        sent = alice._send
+        swallowed = asyncio.Event()
+
+        async def lose_the_publish(ws: Any, frame: dict[str, Any]) -> None:
+            if frame.get("type") == "publish":
+                swallowed.set()
+                return
+            await sent(ws, frame)
+
+        alice._send = lose_the_publish  # type: ignore[method-assign]
+        publishing = asyncio.ensure_future(alice.publish("chat:general", "lost?"))
+        await swallowed.wait()
+        await stack.close_sockets(1001, "going_away")
+        with pytest.raises(ConnectionLost, match="1001 going_away"):
+            async with asyncio.timeout(5):
+                await publishing
 
 
 async def test_token_expired_close_refreshes_then_reconnects(stack: Stack) -> None:
