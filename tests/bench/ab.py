@@ -67,6 +67,11 @@ def flatten(figures: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
+def new_env(args: argparse.Namespace) -> dict[str, str]:
+    """``--new-env`` as a mapping: variables for the new checkout's processes only."""
+    return dict(kv.split("=", 1) for kv in args.new_env or [])
+
+
 async def retried(name: str, measure: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
     """``measure()``, again when the server could not start (a free port taken meanwhile by
     another process of the shared machine)."""
@@ -84,10 +89,12 @@ async def measure(bench: Bench, target: Target) -> dict[str, Any]:
     return await retried(target.name, lambda: bench.measure(target))
 
 
-async def refreshes(bench: Bench, checkout: Path, count: int, database_url: str | None) -> Any:
+async def refreshes(
+    bench: Bench, checkout: Path, count: int, database_url: str | None, more: dict[str, str]
+) -> Any:
     """One auth_service of ``checkout`` on the server core: refreshes/s and CPU per refresh."""
     extra = {"AUTH_DATABASE_URL": database_url} if database_url else {}
-    env = {**bench.auth_env(**extra), "PYTHONPATH": checkout_path(checkout)}
+    env = {**bench.auth_env(**extra), "PYTHONPATH": checkout_path(checkout), **more}
     server = launch("auth", [PY, "-P", "-m", "auth_service"], env, bench.tmp)
     try:
         return await bench.lead.call(
@@ -113,7 +120,8 @@ async def run_refresh(args: argparse.Namespace) -> None:
                 for backend in ("sqlite", "postgres"):
                     for name in order:
                         try:
-                            got = await one_refresh_run(bench, checkouts[name], args, backend)
+                            more = new_env(args) if name == "new" else {}
+                            got = await one_refresh_run(bench, checkouts[name], args, backend, more)
                         except pytest.skip.Exception as exc:  # no PostgreSQL server here
                             print(f"  {backend}: not measured: {exc}", flush=True)
                             break
@@ -138,12 +146,12 @@ async def run_refresh(args: argparse.Namespace) -> None:
 
 
 async def one_refresh_run(
-    bench: Bench, checkout: Path, args: argparse.Namespace, backend: str
+    bench: Bench, checkout: Path, args: argparse.Namespace, backend: str, more: dict[str, str]
 ) -> Any:
     if backend == "sqlite":
-        return await retried("auth", lambda: refreshes(bench, checkout, args.count, None))
+        return await retried("auth", lambda: refreshes(bench, checkout, args.count, None, more))
     async with postgres_schema() as url:
-        return await retried("auth", lambda: refreshes(bench, checkout, args.count, url))
+        return await retried("auth", lambda: refreshes(bench, checkout, args.count, url, more))
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -169,8 +177,8 @@ async def run(args: argparse.Namespace) -> None:
                         target = bare
                     else:
                         env = {**bench.ws_env(), "PYTHONPATH": checkout_path(checkouts[name])}
-                        if name == "new" and args.new_env:
-                            env |= dict(kv.split("=", 1) for kv in args.new_env)
+                        if name == "new":
+                            env |= new_env(args)
                         # -P: the checkout on PYTHONPATH, not the current directory, is imported
                         target = Target(name, [PY, "-P", "-m", "ws_service"], env,
                                         hold=bool(args.hold), push="gateway",
