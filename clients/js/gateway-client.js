@@ -522,9 +522,24 @@ export class GatewayClient extends EventTarget {
     return this.#refreshing;
   }
 
-  /** With ``presenceEvents`` the channel's "join" and "leave" events are dispatched too. */
+  /**
+   * With ``presenceEvents`` the channel's "join" and "leave" events are dispatched too. A
+   * subscribe whose socket closes before the reply is made again once the client has
+   * reconnected (subscribing twice is harmless; the new socket has none yet); any other request
+   * cut off that way rejects with ``connection_closed`` (a publish is not sent again).
+   */
   async subscribe(channel, { presenceEvents = false } = {}) {
-    const reply = await this.#request({ type: "subscribe", channel, ...(presenceEvents && { presence_events: true }) });
+    const frame = { type: "subscribe", channel, ...(presenceEvents && { presence_events: true }) };
+    let reply;
+    for (;;) {
+      try {
+        reply = await this.#request(frame);
+        break;
+      } catch (error) {
+        if (!(error instanceof GatewayError) || error.code !== "connection_closed") throw error;
+        await this.#authenticatedAgain();
+      }
+    }
     this.#channels.set(channel, presenceEvents);
     this.#remember(channel, reply.position);
     return reply;
@@ -752,6 +767,19 @@ export class GatewayClient extends EventTarget {
 
   #send(frame) {
     this.#ws?.send(JSON.stringify(frame));
+  }
+
+  /** Resolves at the next "authenticated" state; rejects with why if the client stops first. */
+  #authenticatedAgain() {
+    return new Promise((resolve, reject) => {
+      const listener = ({ detail }) => {
+        if (detail.state !== "authenticated" && detail.state !== "closed") return;
+        this.removeEventListener("state", listener);
+        if (detail.state === "authenticated") resolve();
+        else reject(new GatewayError("connection_closed"));
+      };
+      this.addEventListener("state", listener);
+    });
   }
 
   #request(frame) {

@@ -109,6 +109,33 @@ test("in Node, a password session keeps its refresh token in memory and touches 
   await assert.rejects(client.refresh(), { code: "not_authenticated" });
 });
 
+test("a subscribe in flight when the socket drops is made on the next one; a publish rejects", async () => {
+  const username = await newUser();
+  let cut = null; // the frame type to lose, once, closing the socket as a restarting server would
+  class Dropping extends WebSocket {
+    send(data) {
+      if (cut && JSON.parse(data).type === cut) {
+        cut = null;
+        this.close(1001, "going_away");
+        return;
+      }
+      super.send(data);
+    }
+  }
+  const client = new GatewayClient({ authUrl, wsUrl, WebSocket: Dropping });
+  await client.login(username, PASSWORD);
+  cut = "subscribe";
+  const reply = await client.subscribe("chat:lobby");
+  assert.equal(reply.type, "subscribed");
+  assert.equal(client.state, "authenticated");
+  const arrived = next(client, "message", (m) => m.data.text === "after the drop");
+  await client.publish("chat:lobby", { text: "after the drop" });
+  await arrived;
+  cut = "publish";
+  await assert.rejects(client.publish("chat:lobby", { text: "lost?" }), { code: "connection_closed" });
+  await client.logout();
+});
+
 test("getToken is asked for the first auth and for every renewal, on one socket", async () => {
   const username = await newUser();
   let calls = 0;
