@@ -124,7 +124,7 @@ UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --u
 lock: $(STAMP)
 	$(UV_COMPILE) -o requirements/runtime.txt
 	$(UV_COMPILE) --extra dev -o requirements/dev.txt
-	$(UV_COMPILE) --extra dev --extra bench -o requirements/bench.txt
+	$(UV_COMPILE) --extra dev --extra bench -c requirements/dev.txt -o requirements/bench.txt
 	cd $(NODE_PEER) && npm install --package-lock-only --no-audit --no-fund --loglevel=error
 	cd $(JS_CLIENT) && npm install --package-lock-only --no-audit --no-fund --loglevel=error
 	cd $(INTEROP) && npm install --package-lock-only --no-audit --no-fund --loglevel=error

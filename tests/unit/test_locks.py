@@ -60,6 +60,15 @@ def test_each_lock_pins_everything_its_environment_asks_for(
     assert {"setuptools", "wheel"} <= set(pinned), "the build backend is locked too"
 
 
+def test_the_bench_lock_pins_what_the_dev_lock_pins_alike() -> None:
+    """`make bench` installs the bench lock over the dev environment: a package pinned otherwise
+    there would leave the venv off the dev lock, and the next `make test` would fail on it."""
+    dev, bench = pins(LOCKS["dev"]), pins(LOCKS["bench"])
+    differ = sorted(f"{n} {dev[n][0]} != {bench[n][0]}" for n in dev.keys() & bench.keys()
+                    if dev[n] != bench[n])  # fmt: skip
+    assert not differ, f"compile the bench lock with -c requirements/dev.txt (make lock): {differ}"
+
+
 def test_the_environment_running_the_tests_is_the_dev_lock() -> None:
     drift = []
     for name, (pinned, marker) in pins(LOCKS["dev"]).items():
