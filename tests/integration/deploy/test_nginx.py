@@ -18,6 +18,7 @@ from aiohttp import web
 from tests.lb import NGINX_CONF, PUBLISH_ROUTE, find_nginx, nginx_args, write_config
 from tests.services import free_port
 from tests.support.poll import poll
+from ws_service import api as ws_api
 
 REPLICA = web.AppKey("replica", str)
 
@@ -34,11 +35,10 @@ def test_routes_and_timeouts_match_the_deployment() -> None:
     assert "listen 8443 ssl;" in conf, "unprivileged: the compose file publishes 443 -> 8443"
     assert re.search(r"location /auth/ \{\s*proxy_pass http://auth/;", conf), "prefix not stripped"
     assert re.search(r"location = /ws \{\s*proxy_pass http://ws;", conf)
-    assert "location = /v1/publish" not in conf, "routed only when the publish overlay adds it"
+    assert "/v1/publish" not in conf, "routed only when the publish overlay adds it"
     assert "include /etc/nginx/routes/*.conf;" in conf
-    assert re.search(
-        r"location = /v1/publish \{\s*proxy_pass http://ws;", PUBLISH_ROUTE.read_text()
-    )
+    assert re.search(r"\$ \{\s*proxy_pass http://ws;", PUBLISH_ROUTE.read_text())
+
     assert "proxy_set_header Upgrade $http_upgrade;" in conf
     assert "proxy_set_header Connection $connection_upgrade;" in conf
     assert "proxy_set_header X-Forwarded-Proto $scheme;" in conf
@@ -46,6 +46,20 @@ def test_routes_and_timeouts_match_the_deployment() -> None:
     assert "server ws:8082 resolve max_fails=0;" in conf, "a draining replica is not a failure"
     read_timeout = re.search(r"proxy_read_timeout (\d+)s;", conf)
     assert read_timeout and int(read_timeout.group(1)) > 30, "must outlast the 30 s heartbeat"
+
+
+def routed_api_paths() -> set[str]:
+    """The paths publish.conf's one regex location sends to the ws replicas."""
+    found = re.search(r"location ~ \^/v1/\(([a-z|]+)\)\$ \{", PUBLISH_ROUTE.read_text())
+    assert found, "publish.conf routes the server API with one regex location"
+    return {f"/v1/{name}" for name in found.group(1).split("|")}
+
+
+def test_the_overlay_routes_every_path_of_the_server_api() -> None:
+    """A backend calls the whole API through the load balancer: an endpoint added to ws_service
+    and left out of publish.conf would answer nginx's 404 there."""
+    api = {route.path for route in ws_api.ROUTES if isinstance(route, web.RouteDef)}
+    assert routed_api_paths() == api
 
 
 @pytest.mark.parametrize("publish", [True, False], ids=["publish-on", "publish-off"])
@@ -160,6 +174,13 @@ async def test_nginx_routes_auth_and_ws_through_tls(
             assert body["path"] == "/v1/publish"
             replicas.add(body["replica"])
         assert replicas == {"ws-a", "ws-b"}
+        for path in sorted(routed_api_paths()):
+            async with session.get(f"{base}{path}", ssl=context) as response:
+                assert (await response.json())["path"] == path
+        for path in ("/v1/publishx", "/v1/login", "/v1/publish/x"):
+            async with session.post(f"{base}{path}", ssl=context) as response:
+                assert response.status == 404, path
+                assert response.content_type != "application/json", "a replica answered"
 
         async with session.ws_connect(f"{base.replace('https', 'wss')}/ws", ssl=context) as ws:
             await ws.send_str("hello")
