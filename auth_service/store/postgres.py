@@ -64,6 +64,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 class PostgresDatabase:
     lock_rows = " FOR UPDATE"
+    skip_locked_rows = " FOR UPDATE SKIP LOCKED"
     writable_ctes = True
 
     def __init__(self, pool: asyncpg.Pool) -> None:

@@ -54,6 +54,9 @@ class Connection(Protocol):
 class Database(Protocol):
     lock_rows: str
     """The clause that locks selected rows to the transaction's end (empty where writers queue)."""
+    skip_locked_rows: str
+    """The same, passing over rows another transaction holds instead of waiting for them: what a
+    background purge takes, so it never waits in a cycle with a request's transaction."""
     writable_ctes: bool
     """Whether a ``WITH`` may hold an ``UPDATE ... RETURNING`` that the statement's ``INSERT``
     reads: two writes in one statement, atomic by itself (PostgreSQL; SQLite has no DML in CTEs)."""
@@ -444,7 +447,11 @@ class SqlStore:
                 + await conn.execute("DELETE FROM sessions WHERE expires_at < $1", now)
                 + await conn.execute("DELETE FROM used_assertions WHERE expires_at < $1", now)
                 + await conn.execute(
-                    "DELETE FROM login_throttle WHERE blocked_until < $1 AND window_start < $2",
+                    # A login's update locks its rows in key order; a plain DELETE locks them in
+                    # scan order and the two could deadlock (PostgreSQL aborts one: a 503). Rows
+                    # held by a login are left for the next purge.
+                    "DELETE FROM login_throttle WHERE key IN (SELECT key FROM login_throttle "  # noqa: S608
+                    f"WHERE blocked_until < $1 AND window_start < $2{self._db.skip_locked_rows})",
                     now,
                     now - 86400,
                 )

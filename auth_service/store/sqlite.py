@@ -143,6 +143,7 @@ class _Connection:
 
 class SqliteDatabase:
     lock_rows = ""
+    skip_locked_rows = ""
     writable_ctes = False
 
     def __init__(

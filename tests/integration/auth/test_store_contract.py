@@ -384,6 +384,35 @@ async def test_a_throttle_row_purged_by_another_replica_mid_update_reads_as_new(
     assert all(states.keys() == {"pair", "addr"} for states in seen)
 
 
+@pytest.mark.postgres
+async def test_the_purge_passes_over_throttle_rows_a_login_holds() -> None:
+    """A login's transaction holds its throttle rows (key order); the hourly purge must not wait
+    for them, or the two can wait on each other (PostgreSQL aborts one: deadlock detected, a 503
+    on /v1/login). It leaves what a login holds for the next purge."""
+    import asyncpg
+
+    async with postgres_schema() as url:
+        store = await open_store(url)
+        try:
+            await store.update_throttle(["pair", "addr"], lambda _: {
+                "pair": ThrottleState(), "addr": ThrottleState()})  # fmt: skip
+            base, _, query = url.partition("?search_path=")
+            login = await asyncpg.connect(base, server_settings={"search_path": query})
+            try:
+                async with login.transaction():
+                    await login.execute(
+                        "SELECT * FROM login_throttle WHERE key = 'pair' FOR UPDATE"
+                    )
+                    async with asyncio.timeout(5):
+                        purged = await store.purge_expired(time.time())
+                    assert purged == 1, "addr purged, pair (held) left"
+                assert await store.purge_expired(time.time()) == 1, "pair, once released"
+            finally:
+                await login.close()
+        finally:
+            await store.close()
+
+
 async def test_purge_removes_expired_tokens_and_sessions(store: Store) -> None:
     token = await make_session(store)
     assert await store.purge_expired(time.time()) == 0
