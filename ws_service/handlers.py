@@ -55,7 +55,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     own refusals as JSON, so no middleware frame waits beside it (see :mod:`shared.http.access`)."""
     line = access.Line(request)
     try:
-        opened = request.app[GATEWAY].context.clock.monotonic()
+        gateway = request.app[GATEWAY]
+        opened = gateway.context.clock.monotonic()
         admitted = await _admit(request)
         if not isinstance(admitted, _Admitted):
             return line.answered(admitted)
@@ -63,11 +64,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         # The 101's headers are sent and never read again; cleared, their table (about 700
         # bytes with the request id) is not kept for the socket's life.
         ws.headers.clear()
-        settings, gateway, metrics = (
-            request.app[SETTINGS],
-            request.app[GATEWAY],
-            request.app[METRICS],
-        )
+        settings, metrics = request.app[SETTINGS], request.app[METRICS]
         sockets = request.app[SOCKETS]
         peer = WebSocketPeer(
             ws,
@@ -124,9 +121,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             line.end = peer.session_end(msg, frames_in)
         return line.answered(ws)
     except web.HTTPException as exc:
-        return line.answered(http_exception_json(exc, exc.reason.lower().replace(" ", "_")))
+        return line.answered(refusal_json(exc))
     finally:
         line.write()
+
+
+def refusal_json(exc: web.HTTPException) -> web.Response:
+    """aiohttp's refusal as a JSON body, its code from its reason ("Not Found": ``not_found``)."""
+    return http_exception_json(exc, exc.reason.lower().replace(" ", "_"))
 
 
 async def _admit(request: web.Request) -> _Admitted | web.Response:
@@ -158,12 +160,14 @@ async def _admit(request: web.Request) -> _Admitted | web.Response:
     # A credential at the upgrade (a ticket is spent when checked) is read only from a request
     # that can be upgraded; without one, prepare() is the only check (aiohttp's takes a tenth of
     # the gateway's own work per handshake).
-    if handshake.carries_credential(request) and not ws.can_prepare(request).ok:
-        return _not_an_upgrade()
-    try:
-        claims = await handshake.authenticate(request)
-    except AuthError as err:
-        return handshake.refusal(request, err)
+    claims = None
+    if handshake.carries_credential(request):
+        if not ws.can_prepare(request).ok:
+            return _not_an_upgrade()
+        try:
+            claims = await handshake.authenticate(request)
+        except AuthError as err:
+            return handshake.refusal(request, err)
     remote = client_address(
         _peer_host(request), request.headers.get(hdrs.X_FORWARDED_FOR), settings.forwarded_allow_ips
     )

@@ -61,11 +61,9 @@ def carries_credential(request: web.Request) -> bool:
 
 
 async def authenticate(request: web.Request) -> Claims | None:
-    """The claims the upgrade request authenticates, ``None`` when it leaves auth to the first
-    message; raises ``AuthError`` (HTTP 401) for a bad credential. Without a credential nothing
-    is parsed: a parsed query would be cached on the request for as long as its socket lives."""
-    if not carries_credential(request):
-        return None
+    """The claims the upgrade request's credential authenticates (asked only of a request that
+    :func:`carries_credential`: a parsed query is cached on the request for as long as its socket
+    lives); raises ``AuthError`` (HTTP 401) for a bad credential."""
     if "token" in request.query or "access_token" in request.query:
         raise InvalidToken("tokens are never accepted in the URL; use a ticket")
     bearers = [p[len(BEARER_PREFIX) :] for p in _offered(request) if p.startswith(BEARER_PREFIX)]

@@ -122,7 +122,7 @@ class Store(Protocol):
         """Read-modify-write the throttle rows of ``keys`` in one transaction, holding their locks.
 
         ``update`` gets every key's state (an absent row as ``ThrottleState()``) and returns the
-        states to write, which are also returned. If it raises, nothing is written and the
+        states to write, which are also returned (none: nothing is written). If it raises, nothing is written and the
         exception propagates. Concurrent calls on any replica never interleave on a key.
         """
 

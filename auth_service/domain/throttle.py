@@ -81,7 +81,7 @@ class LoginThrottle:
 
         def unchanged(states: dict[str, ThrottleState]) -> dict[str, ThrottleState]:
             _refuse_if_blocked(states, now)
-            return states
+            return {}  # nothing to write back
 
         try:
             await self._store.update_throttle(keys, unchanged)

@@ -383,10 +383,11 @@ class SqlStore:
                     *ordered,
                 )
             written = update({row["key"]: _model(ThrottleState, row) for row in rows})
-            await conn.executemany(
-                _THROTTLE_UPSERT,
-                [(key, *astuple(state)) for key, state in written.items()],
-            )
+            if written:
+                await conn.executemany(
+                    _THROTTLE_UPSERT,
+                    [(key, *astuple(state)) for key, state in written.items()],
+                )
         return written
 
     async def add_outbox(self, topic: str, payload: str, now: float) -> None:

@@ -100,23 +100,21 @@ class Line:
         return response
 
     def write(self) -> None:
-        if self._started is not None:
-            _write(self._request, self.status, self._started, self.end)
-
-
-def _write(request: web.Request, status: int, started: float, end: SessionEnd | None) -> None:
-    fields: dict[str, object] = {
-        "method": request.method,
-        "path": request.path,
-        "status": status,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-    }
-    if end is not None:  # field by field: dataclasses.asdict deep-copies, a tenth of the line
-        fields["close_code"] = end.close_code
-        fields["close_reason"] = end.close_reason
-        fields["frames_in"] = end.frames_in
-        fields["frames_out"] = end.frames_out
-    _log.info("websocket session" if end is not None else "request", extra=fields)
+        if self._started is None:
+            return
+        fields: dict[str, object] = {
+            "method": self._request.method,
+            "path": self._request.path,
+            "status": self.status,
+            "duration_ms": round((time.perf_counter() - self._started) * 1000, 1),
+        }
+        end = self.end
+        if end is not None:  # field by field: dataclasses.asdict deep-copies, a tenth of the line
+            fields["close_code"] = end.close_code
+            fields["close_reason"] = end.close_reason
+            fields["frames_in"] = end.frames_in
+            fields["frames_out"] = end.frames_out
+        _log.info("websocket session" if end is not None else "request", extra=fields)
 
 
 @web.middleware
@@ -129,17 +127,14 @@ def _access(request: web.Request, handler: Handler) -> Awaitable[web.StreamRespo
 
 
 async def _timed(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    status = 500
+    line = Line(request)
     try:
-        response = await handler(request)
-        status = response.status
-        return response
+        return line.answered(await handler(request))
     except web.HTTPException as exc:
-        status = exc.status
+        line.status = exc.status
         raise
     finally:
-        _write(request, status, started, None)
+        line.write()
 
 
 async def _echo_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:

@@ -149,22 +149,28 @@ async def test_reconnects_and_resubscribes(stack: Stack, code: int, reason: str)
         assert alice.refreshes == 0
 
 
+def lose_the_first(client: GatewayClient, frame_type: str) -> asyncio.Event:
+    """Make ``client`` drop its first frame of ``frame_type`` unsent, as if the server went down
+    before answering it; the event is set when it has."""
+    sent, swallowed = client._send, asyncio.Event()
+
+    async def losing(ws: Any, frame: dict[str, Any]) -> None:
+        if frame.get("type") == frame_type and not swallowed.is_set():
+            swallowed.set()
+            return
+        await sent(ws, frame)
+
+    client._send = losing  # type: ignore[method-assign]
+    return swallowed
+
+
 async def test_a_subscribe_in_flight_when_the_socket_drops_is_made_on_the_next_one(
     stack: Stack,
 ) -> None:
     """The first thing a program does after connecting is subscribe; a drop (a restart) while
     that request waits for its answer must not end the program (the chat exited on it)."""
     async with stack.client("alice") as alice:
-        sent = alice._send
-        swallowed = asyncio.Event()
-
-        async def lose_the_first_subscribe(ws: Any, frame: dict[str, Any]) -> None:
-            if frame.get("type") == "subscribe" and not swallowed.is_set():
-                swallowed.set()  # as if the server went down before answering it
-                return
-            await sent(ws, frame)
-
-        alice._send = lose_the_first_subscribe  # type: ignore[method-assign]
+        swallowed = lose_the_first(alice, "subscribe")
         subscribing = asyncio.ensure_future(alice.subscribe("chat:general"))
         await swallowed.wait()
         await stack.close_sockets(1001, "going_away")
@@ -180,16 +186,7 @@ async def test_a_publish_in_flight_when_the_socket_drops_fails_as_connection_los
 ) -> None:
     """A publish is not sent again (it may have been done): the caller hears why."""
     async with stack.client("alice") as alice:
-        sent = alice._send
-        swallowed = asyncio.Event()
-
-        async def lose_the_publish(ws: Any, frame: dict[str, Any]) -> None:
-            if frame.get("type") == "publish":
-                swallowed.set()
-                return
-            await sent(ws, frame)
-
-        alice._send = lose_the_publish  # type: ignore[method-assign]
+        swallowed = lose_the_first(alice, "publish")
         publishing = asyncio.ensure_future(alice.publish("chat:general", "lost?"))
         await swallowed.wait()
         await stack.close_sockets(1001, "going_away")
