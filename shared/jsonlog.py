@@ -26,6 +26,7 @@ __all__ = [
     "audit",
     "configure_logging",
     "fingerprint",
+    "info",
 ]
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
@@ -37,6 +38,9 @@ _JWT_START = "eyJ"
 REDACTED = "[redacted-jwt]"
 _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+_installed: list[logging.StreamHandler[Any]] = []
+"""The handler :func:`configure_logging` installed on the root logger: :func:`info` writes to its
+stream directly while it is the only way out of the loggers it serves."""
 
 
 class JsonFormatter(logging.Formatter):
@@ -65,8 +69,12 @@ class JsonFormatter(logging.Formatter):
         )
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        line = _ENCODER.encode(entry)
-        return _JWT.sub(REDACTED, line) if _JWT_START in line else line
+        return _encode(entry)
+
+
+def _encode(entry: dict[str, Any]) -> str:
+    line = _ENCODER.encode(entry)
+    return _JWT.sub(REDACTED, line) if _JWT_START in line else line
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -77,6 +85,7 @@ def configure_logging(level: str = "INFO") -> None:
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    _installed[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.captureWarnings(True)
@@ -101,7 +110,64 @@ def _log_uncaught(
 
 def audit(event: str, **fields: Any) -> None:
     """Log one security event. Fields must never contain a token, password or key."""
-    _audit_log.info(event, extra={"event": event, "event_time": int(time.time()), **fields})
+    if _audit_log.isEnabledFor(logging.INFO):
+        info(_audit_log, event, {"event": event, "event_time": int(time.time()), **fields})
+
+
+def info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
+    """``logger.info(message, extra=fields)`` for the lines every request writes (its access
+    line, an audit event): the same JSON line, redacted alike, written straight to the stream of
+    the handler :func:`configure_logging` installed while nothing else would see the record (no
+    handler or filter of the logger's own, none added to the root since). Building a
+    ``LogRecord`` and walking the handlers cost about half of such a line; anything attached
+    later (a test's capture, an operator's handler) gets the record through ``logging`` again."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _direct_handler(logger)
+    if handler is None:
+        logger.info(message, extra=fields)
+        return
+    entry: dict[str, Any] = {
+        "ts": round(time.time(), 3),
+        "level": "info",
+        "logger": logger.name,
+        "msg": message,
+    }
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        entry["request_id"] = request_id
+    entry.update(fields)
+    try:
+        line = _encode(entry) + handler.terminator
+        with handler.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            handler.stream.write(line)
+            handler.stream.flush()
+    except Exception:  # as StreamHandler.emit would: the logging module reports it
+        logger.info(message, extra=fields)
+
+
+def _direct_handler(logger: logging.Logger) -> logging.StreamHandler[Any] | None:
+    """The installed handler when it alone would handle an INFO record of ``logger``, a direct
+    child of the root, and nothing would filter it."""
+    if not _installed:
+        return None
+    handler = _installed[0]
+    root = logger.parent
+    if (
+        logger.handlers
+        or logger.filters
+        or not logger.propagate
+        or root is None
+        or root.parent is not None
+        or root.filters
+        or len(root.handlers) != 1
+        or root.handlers[0] is not handler
+        or handler.filters
+        or handler.level > logging.INFO
+        or type(handler.formatter) is not JsonFormatter
+    ):
+        return None
+    return handler
 
 
 def fingerprint(text: str) -> str:

@@ -29,7 +29,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from shared.jsonlog import REQUEST_ID
+from shared.jsonlog import REQUEST_ID, info
 
 __all__ = [
     "REQUEST_ID_HEADER",
@@ -114,7 +114,7 @@ class Line:
             fields["close_reason"] = end.close_reason
             fields["frames_in"] = end.frames_in
             fields["frames_out"] = end.frames_out
-        _log.info("websocket session" if end is not None else "request", extra=fields)
+        info(_log, "websocket session" if end is not None else "request", fields)
 
 
 @web.middleware

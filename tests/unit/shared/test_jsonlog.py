@@ -3,6 +3,7 @@ message, its arguments, extras and tracebacks, a library's records included."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
@@ -11,7 +12,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.jsonlog import REDACTED, JsonFormatter, Throttled, configure_logging
+from shared.jsonlog import (
+    REDACTED,
+    REQUEST_ID,
+    JsonFormatter,
+    Throttled,
+    audit,
+    configure_logging,
+    info,
+)
 
 TOKEN = (
     "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIiwidHlwIjoiYXQrand0In0"
@@ -110,3 +119,67 @@ def test_a_throttled_warning_is_one_line_per_interval_saying_how_many_it_left_ou
     assert (second.suppressed, second.error) == (1000, "timeout")  # type: ignore[attr-defined]
     assert not hasattr(third, "suppressed")
     assert {r.getMessage() for r in caplog.records} == {"redis unreachable"}
+
+
+def _through_logging(logger: logging.Logger, message: str, fields: dict[str, object]) -> str:
+    record = logger.makeRecord(
+        logger.name, logging.INFO, __file__, 1, message, (), None, extra=fields
+    )
+    return JsonFormatter().format(record)
+
+
+def test_a_request_line_written_directly_is_the_line_logging_would_write(
+    root_logging: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure_logging("INFO")
+    access = logging.getLogger("access")
+    fields: dict[str, object] = {"method": "POST", "path": "/t", "status": 200, "note": TOKEN}
+    context = contextvars.copy_context()
+    context.run(REQUEST_ID.set, "req-1")
+    expected = json.loads(context.run(_through_logging, access, "request", fields))
+
+    def no_record(*args: object, **kwargs: object) -> logging.LogRecord:
+        raise AssertionError("the line went through a LogRecord")
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", no_record)
+    context.run(info, access, "request", fields)
+    context.run(audit, "refresh_ok", user="u1")
+    line, audited = (json.loads(text) for text in capsys.readouterr().err.splitlines())
+    assert abs(line.pop("ts") - expected.pop("ts")) < 5
+    assert line == expected and line["note"] == REDACTED and line["request_id"] == "req-1"
+    assert list(line) == list(expected)  # the same fields in the same order
+    assert audited["logger"] == "audit" and audited["msg"] == audited["event"] == "refresh_ok"
+    assert (audited["user"], audited["request_id"]) == ("u1", "req-1")
+
+
+def test_a_handler_added_later_gets_the_records_of_the_direct_lines(
+    root_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A capture (a test's, an operator's) added after configure_logging sees every record."""
+    configure_logging("INFO")
+    seen: list[logging.LogRecord] = []
+    extra = logging.Handler()
+    extra.emit = seen.append  # type: ignore[method-assign]
+    for attach, detach in (
+        (logging.getLogger().addHandler, logging.getLogger().removeHandler),
+        (logging.getLogger("access").addHandler, logging.getLogger("access").removeHandler),
+    ):
+        attach(extra)
+        try:
+            info(logging.getLogger("access"), "request", {"status": 204})
+        finally:
+            detach(extra)
+    assert [record.status for record in seen] == [204, 204]  # type: ignore[attr-defined]
+    assert [json.loads(text)["status"] for text in capsys.readouterr().err.splitlines()] == [
+        204,
+        204,
+    ]
+
+
+def test_the_level_switch_turns_the_direct_lines_off(
+    root_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("WARNING")
+    info(logging.getLogger("access"), "request", {"status": 200})
+    audit("refresh_ok", user="u1")
+    assert capsys.readouterr().err == ""
