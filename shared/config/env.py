@@ -128,12 +128,21 @@ def env_secret_url(
     return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
 
 
+_SECRET_OPTION = re.compile(r"([?&][^=&#]*password[^=&#]*=)[^&#]*", re.IGNORECASE)
+"""A query option holding a password: redis-py and libpq read ``?password=``, and a Sentinel
+group's URL carries ``sentinel_password``."""
+_HIDDEN = r"\1***"
+
+
 def redact_url(url: str) -> str:
-    """A connection URL without its credentials, for logs and reprs."""
+    """A connection URL without its credentials (user info, and any ``*password*`` query
+    option), for logs and reprs."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return url
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    if "@" in rest:
+        rest = f"***@{rest.rsplit('@', 1)[1]}"
+    return f"{scheme}://{_SECRET_OPTION.sub(_HIDDEN, rest)}"
 
 
 def auth_issuer(environ: Mapping[str, str]) -> str:

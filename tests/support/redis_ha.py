@@ -1,6 +1,7 @@
 """Highly available Redis on loopback for the tests: a Redis Cluster (masters with one replica
 each) or a Sentinel group (a master, a replica and three Sentinels), every node a real
-``redis-server`` process on a free port that a test may kill.
+``redis-server`` process on a free port that a test may kill. Either may be :class:`Secured`:
+TLS on every port (a throwaway CA), a password on the data nodes, one on the Sentinels.
 
 Both are synchronous (subprocesses and redis-py's blocking client), so a system test uses them as
 they are and an async test from a plain fixture. Failover is tuned to be quick on loopback (a node
@@ -14,9 +15,12 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
+import trustme
 
 from tests.services import free_port, stop_process, unavailable
 
@@ -24,6 +28,7 @@ __all__ = [
     "NODE_TIMEOUT_MS",
     "LocalCluster",
     "LocalSentinel",
+    "Secured",
     "local_cluster",
     "local_sentinel",
     "redis_binary",
@@ -57,15 +62,80 @@ def _until(check: Callable[[], bool], within: float, what: str) -> None:
         time.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class Secured:
+    """What a secured group asks of its clients: TLS with ``ca`` (when ``tls``), ``password`` on
+    the data nodes, ``sentinel_password`` on the Sentinels."""
+
+    workdir: Path
+    tls: bool = True
+    password: str | None = None
+    sentinel_password: str | None = None
+
+    @property
+    def ca(self) -> Path:
+        return self.workdir / "tls-ca.pem"
+
+    def write_files(self) -> None:
+        """A CA, and one certificate for every node (they all listen on 127.0.0.1)."""
+        if not self.tls:
+            return
+        authority = trustme.CA()
+        authority.cert_pem.write_to_path(str(self.ca))
+        issued = authority.issue_cert("127.0.0.1", "localhost")
+        issued.private_key_and_cert_chain_pem.write_to_path(str(self.workdir / "tls-cert.pem"))
+        issued.private_key_pem.write_to_path(str(self.workdir / "tls-key.pem"))
+
+    def server_args(self, port: int, *, sentinel: bool = False) -> list[str]:
+        """The listening part of a node's arguments (a Sentinel's are config lines)."""
+        args = ["--port", str(port)]
+        if self.tls:
+            args = [
+                "--port", "0",
+                "--tls-port", str(port),
+                "--tls-cert-file", str(self.workdir / "tls-cert.pem"),
+                "--tls-key-file", str(self.workdir / "tls-key.pem"),
+                "--tls-ca-cert-file", str(self.ca),
+                "--tls-auth-clients", "no",
+                "--tls-replication", "yes",
+            ]  # fmt: skip
+        password = self.sentinel_password if sentinel else self.password
+        if password:
+            args += ["--requirepass", password]
+        if self.password and not sentinel:
+            args += ["--masterauth", self.password]
+        return args
+
+    def client_options(self, *, sentinel: bool = False) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "password": self.sentinel_password if sentinel else self.password
+        }
+        if self.tls:
+            options |= {"ssl": True, "ssl_ca_certs": str(self.ca)}
+        return options
+
+    def cli_args(self) -> list[str]:
+        args = ["--tls", "--cacert", str(self.ca)] if self.tls else []
+        return [*args, "-a", self.password, "--no-auth-warning"] if self.password else args
+
+
 class _Node:
     """One redis-server process, logging to the work directory."""
 
-    def __init__(self, workdir: Path, name: str, args: list[str], port: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        args: list[str],
+        port: int,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
         self.name = name
         self.port = port
         self.args = args
         self.log = workdir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.client_options = client_options or {}
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
@@ -77,7 +147,11 @@ class _Node:
 
     def client(self, timeout: float = 2.0) -> redis.Redis:
         return redis.Redis(
-            port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout, protocol=2
+            port=self.port,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            protocol=2,
+            **self.client_options,
         )
 
     @property
@@ -97,10 +171,12 @@ class _Node:
             stop_process(self.process)
 
 
-def _server_args(binary: str, port: int, workdir: Path, *extra: str) -> list[str]:
+def _server_args(
+    binary: str, port: int, workdir: Path, *extra: str, secured: Secured | None = None
+) -> list[str]:
     return [
         binary,
-        "--port", str(port),
+        *(secured.server_args(port) if secured else ["--port", str(port)]),
         "--bind", "127.0.0.1",
         "--save", "",
         "--appendonly", "no",
@@ -112,11 +188,22 @@ def _server_args(binary: str, port: int, workdir: Path, *extra: str) -> list[str
 class LocalCluster:
     """``masters`` masters with ``replicas`` replicas each, created with ``redis-cli --cluster``."""
 
-    def __init__(self, workdir: Path, *, masters: int = 3, replicas: int = 1) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        masters: int = 3,
+        replicas: int = 1,
+        secured: Secured | None = None,
+    ) -> None:
         self.workdir = workdir
         self.masters = masters
+        self.secured = secured
+        if secured:
+            secured.write_files()
         binary = redis_binary()
         self.nodes: list[_Node] = []
+        tls_cluster = ("--tls-cluster", "yes") if secured and secured.tls else ()
         for i in range(masters * (1 + replicas)):
             port = free_port()
             args = _server_args(
@@ -128,15 +215,18 @@ class LocalCluster:
                 "--cluster-config-file", f"nodes-{port}.conf",
                 "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
                 "--cluster-replica-validity-factor", "0",
+                *tls_cluster,
+                secured=secured,
             )  # fmt: skip
-            self.nodes.append(_Node(workdir, f"cluster-{i + 1}", args, port))
+            options = secured.client_options() if secured else None
+            self.nodes.append(_Node(workdir, f"cluster-{i + 1}", args, port, options))
         self.replicas = replicas
 
     @property
     def url(self) -> str:
         """Two seeds are enough: the client learns the rest from them."""
         seeds = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes[:2])
-        return f"redis+cluster://{seeds}"
+        return _group_url("cluster", seeds, "", self.secured)
 
     def start(self) -> None:
         for node in self.nodes:
@@ -146,7 +236,7 @@ class LocalCluster:
             unavailable("redis-cli", "the binary is not installed (Debian package redis-tools)")
         result = subprocess.run(
             [
-                str(cli), "--cluster", "create",
+                str(cli), *(self.secured.cli_args() if self.secured else []), "--cluster", "create",
                 *(f"127.0.0.1:{node.port}" for node in self.nodes),
                 "--cluster-replicas", str(self.replicas),
                 "--cluster-yes",
@@ -212,38 +302,67 @@ class LocalCluster:
 class LocalSentinel:
     """A master, one replica, and three Sentinels watching them under ``MASTER_NAME``."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, secured: Secured | None = None) -> None:
         binary = redis_binary()
         self.workdir = workdir
+        self.secured = secured
+        if secured:
+            secured.write_files()
         master, replica = free_port(), free_port()
+        options = secured.client_options() if secured else None
         self.data = [
-            _Node(workdir, "redis-a", _server_args(binary, master, workdir), master),
+            _Node(
+                workdir,
+                "redis-a",
+                _server_args(binary, master, workdir, secured=secured),
+                master,
+                options,
+            ),
             _Node(
                 workdir,
                 "redis-b",
-                _server_args(binary, replica, workdir, "--replicaof", "127.0.0.1", str(master)),
+                _server_args(
+                    binary,
+                    replica,
+                    workdir,
+                    "--replicaof",
+                    "127.0.0.1",
+                    str(master),
+                    secured=secured,
+                ),
                 replica,
+                options,
             ),
         ]
         self.sentinels = []
         for i in range(3):
             port = free_port()
             conf = workdir / f"sentinel-{port}.conf"
+            listen = secured.server_args(port, sentinel=True) if secured else ["--port", str(port)]
+            lines = [" ".join(listen[j : j + 2])[2:] for j in range(0, len(listen), 2)]
+            if secured and secured.password:
+                lines.append(f"sentinel auth-pass {MASTER_NAME} {secured.password}")
             conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+                "\n".join(lines) + f"\nbind 127.0.0.1\ndir {workdir}\n"
                 f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2\n"
                 f"sentinel down-after-milliseconds {MASTER_NAME} {NODE_TIMEOUT_MS}\n"
                 f"sentinel failover-timeout {MASTER_NAME} 10000\n"
                 f"sentinel parallel-syncs {MASTER_NAME} 1\n"
             )
             self.sentinels.append(
-                _Node(workdir, f"sentinel-{i + 1}", [binary, str(conf), "--sentinel"], port)
+                _Node(
+                    workdir,
+                    f"sentinel-{i + 1}",
+                    [binary, str(conf), "--sentinel"],
+                    port,
+                    secured.client_options(sentinel=True) if secured else None,
+                )
             )
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.sentinels)
-        return f"redis+sentinel://{hosts}/{MASTER_NAME}"
+        return _group_url("sentinel", hosts, f"/{MASTER_NAME}", self.secured)
 
     def start(self) -> None:
         for node in [*self.data, *self.sentinels]:
@@ -297,9 +416,25 @@ class LocalSentinel:
         return "\n".join(f"--- {n.name}\n{n.log.read_text()[-1500:]}" for n in nodes)
 
 
+def _group_url(kind: str, hosts: str, path: str, secured: Secured | None) -> str:
+    """The ``REDIS_URL`` of a group, with what a secured one asks for."""
+    if secured is None:
+        return f"redis+{kind}://{hosts}{path}"
+    userinfo = f":{secured.password}@" if secured.password else ""
+    options = []
+    if secured.sentinel_password:
+        options.append(f"sentinel_password={secured.sentinel_password}")
+    if secured.tls:
+        options.append(f"ssl_ca_certs={secured.ca}")
+    query = f"?{'&'.join(options)}" if options else ""
+    return f"redis{'s' if secured.tls else ''}+{kind}://{userinfo}{hosts}{path}{query}"
+
+
 @contextmanager
-def local_cluster(workdir: Path, *, masters: int = 3) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(workdir, masters=masters)
+def local_cluster(
+    workdir: Path, *, masters: int = 3, secured: Secured | None = None
+) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(workdir, masters=masters, secured=secured)
     try:
         cluster.start()
         yield cluster
@@ -308,8 +443,8 @@ def local_cluster(workdir: Path, *, masters: int = 3) -> Iterator[LocalCluster]:
 
 
 @contextmanager
-def local_sentinel(workdir: Path) -> Iterator[LocalSentinel]:
-    group = LocalSentinel(workdir)
+def local_sentinel(workdir: Path, secured: Secured | None = None) -> Iterator[LocalSentinel]:
+    group = LocalSentinel(workdir, secured)
     try:
         group.start()
         yield group

@@ -52,10 +52,22 @@ SECRETS = [
         _attr("redis_url"),
         {**AUTH_BASE, "REDIS_URL": "redis://redis:6379/0"},
     ),
+    Secret(
+        "REDIS_SENTINEL_PASSWORD",
+        AuthSettings.from_env,
+        _attr("redis_url"),
+        {**AUTH_BASE, "REDIS_URL": "rediss+sentinel://s1,s2/main"},
+    ),
     Secret("WS_API_KEYS", WsSettings.from_env, _attr("api_keys"), {}),
     Secret("WS_METRICS_TOKEN", WsSettings.from_env, _attr("metrics_token"), {}),
     Secret("REDIS_URL", WsSettings.from_env, _attr("redis_url"), {}),
     Secret("REDIS_PASSWORD", WsSettings.from_env, _attr("redis_url"), {"REDIS_URL": "redis://r/0"}),
+    Secret(
+        "REDIS_SENTINEL_PASSWORD",
+        WsSettings.from_env,
+        _attr("redis_url"),
+        {"REDIS_URL": "redis+sentinel://s1/main?db=1"},
+    ),
     Secret(
         "WS_WEBHOOK_SECRET",
         WsSettings.from_env,

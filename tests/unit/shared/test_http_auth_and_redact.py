@@ -36,6 +36,15 @@ def test_bearer_token(header: str | None, token: str | None) -> None:
         ("redis://host:6379/0", "redis://host:6379/0"),
         ("", ""),
         ("not a url @ all", "not a url @ all"),
+        ("redis://h:6379/0?password=secret&db=1", "redis://h:6379/0?password=***&db=1"),
+        (
+            "postgresql://db/x?sslmode=require&PassWord=s%40",
+            "postgresql://db/x?sslmode=require&PassWord=***",
+        ),
+        (
+            "redis+sentinel://:d@h1,h2/m?sentinel_password=s&db=2",
+            "redis+sentinel://***@h1,h2/m?sentinel_password=***&db=2",
+        ),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:

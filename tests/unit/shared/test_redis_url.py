@@ -1,5 +1,6 @@
-"""REDIS_URL in its four forms, the password merged in from REDIS_PASSWORD, and the one rule that
-tells sharded topics from broadcast ones."""
+"""REDIS_URL in its forms (TLS to a Sentinel group or a Cluster included), the passwords merged in
+from REDIS_PASSWORD and REDIS_SENTINEL_PASSWORD, and the one rule that tells sharded topics from
+broadcast ones."""
 
 from __future__ import annotations
 
@@ -47,9 +48,27 @@ from shared.redis.connect import RedisTarget, Topology, env_redis_url, parse_red
                 password="pw",
             ),
         ),
+        (
+            "rediss+sentinel://:d@h1/m?sentinel_password=s%26t&ssl_ca_certs=/ca.pem"
+            "&ssl_check_hostname=False",
+            RedisTarget(
+                Topology.SENTINEL,
+                "rediss+sentinel://:d@h1/m?sentinel_password=s%26t&ssl_ca_certs=/ca.pem"
+                "&ssl_check_hostname=False",
+                (("h1", 26379),),
+                master="m",
+                password="d",
+                sentinel_password="s&t",
+                tls=(("ssl_ca_certs", "/ca.pem"), ("ssl_check_hostname", False)),
+            ),
+        ),
+        (
+            "rediss+cluster://h1:7000",
+            RedisTarget(Topology.CLUSTER, "rediss+cluster://h1:7000", (("h1", 7000),), tls=()),
+        ),
     ],
 )
-def test_the_four_forms(url: str, expected: RedisTarget) -> None:
+def test_the_forms(url: str, expected: RedisTarget) -> None:
     assert parse_redis_url(url) == expected
 
 
@@ -57,7 +76,12 @@ def test_the_four_forms(url: str, expected: RedisTarget) -> None:
     ("url", "complaint"),
     [
         ("memcached://h:11211", "unknown scheme 'memcached'"),
-        ("rediss+cluster://h:7000", "unknown scheme 'rediss+cluster'"),
+        ("rediss+clustr://h:7000", "unknown scheme 'rediss+clustr'"),
+        ("redis+sentinel://h1/m?ssl_ca_certs=/ca.pem", "TLS options ['ssl_ca_certs'] without TLS"),
+        ("redis+cluster://h1:7000?ssl_certfile=/c.pem", "without TLS"),
+        ("rediss+cluster://h1:7000?ssl_check_hostname=maybe", "must be true or false"),
+        ("rediss+cluster://h1:7000?sentinel_password=x", "unknown options ['sentinel_password']"),
+        ("rediss+cluster://h1:7000?ssl_cert_reqs=none", "unknown options ['ssl_cert_reqs']"),
         ("h:6379", "must be one of"),
         ("redis://", "names no host"),
         ("redis+sentinel://h1:26379,h2:26379", "names no Sentinel master"),
@@ -93,6 +117,19 @@ def test_redis_password_goes_into_every_form() -> None:
     assert env_redis_url({}) == ""
     with pytest.raises(ConfigError, match="unknown scheme"):
         env_redis_url({"REDIS_URL": "redis+sentinal://h/m"})
+
+
+def test_redis_sentinel_password_goes_into_a_sentinel_url_only() -> None:
+    env = {"REDIS_SENTINEL_PASSWORD": "s&t=1", "REDIS_PASSWORD": "d"}
+    merged = env_redis_url({**env, "REDIS_URL": "rediss+sentinel://h1,h2/m?db=2"})
+    target = parse_redis_url(merged)
+    assert (target.sentinel_password, target.password, target.db) == ("s&t=1", "d", 2)
+    assert "s%26t" not in repr(target) and "s&t" not in repr(target)
+    for url in ("redis://h:6379/0", "redis+cluster://h1:7000", ""):
+        with pytest.raises(ConfigError, match="names no Sentinel group"):
+            env_redis_url({"REDIS_SENTINEL_PASSWORD": "s", "REDIS_URL": url})
+    with pytest.raises(ConfigError, match="already holds a sentinel_password"):
+        env_redis_url({**env, "REDIS_URL": "redis+sentinel://h1/m?sentinel_password=x"})
 
 
 @pytest.mark.parametrize(
