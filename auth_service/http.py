@@ -109,8 +109,16 @@ def auth_error_response(exc: AuthError) -> web.Response:
     if isinstance(exc, InvalidClient):
         headers["WWW-Authenticate"] = 'Basic realm="auth_service"'
     if status >= 500:
+        # The description of a server-side failure is for the operator: a driver's message (a
+        # host, a path), which configured secret failed. The client learns what it can act on.
         log.error("request failed", extra={"code": exc.code, "reason": exc.description})
+        if status == 503:
+            return json_error(status, exc.code, _TRY_AGAIN, headers)
+        return json_error(status, "server_error", "internal error", headers)
     return json_error(status, exc.code, exc.description, headers)
+
+
+_TRY_AGAIN = "the service cannot answer this right now; try again after Retry-After seconds"
 
 
 @web.middleware
