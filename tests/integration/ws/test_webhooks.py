@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -37,6 +37,7 @@ class Receiver:
         self.batches: list[list[dict[str, Any]]] = []
         self.unsigned = 0
         self.released = asyncio.Event()
+        self.on_batch: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -46,6 +47,8 @@ class Receiver:
         if self.hang:
             await self.released.wait()
         self.batches.append((await request.json())["events"])
+        if self.on_batch is not None:
+            await self.on_batch(self.batches[-1])
         return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
 
     def app(self) -> web.Application:
@@ -296,3 +299,37 @@ async def test_the_stream_refuses_events_beyond_its_limit(private_redis: Private
 
 async def _length(redis: Redis, expected: int) -> bool:
     return int(await redis.xlen("{webhooks}:events")) == expected
+
+
+async def test_the_app_subscribes_every_new_socket_again_from_its_connect_event(
+    hooked: Hooked, receiver: tuple[Receiver, str]
+) -> None:
+    """The recipe of docs/rest.md: a server subscription lasts as long as its socket, so the app
+    makes it again for each `connect` event (its `user` is what /v1/subscribe takes). A socket
+    that reconnects is subscribed again, and a socket already subscribed is left alone."""
+    target, _ = receiver
+    gw = await hooked()
+    channel = f"orders:{unique()}"
+    answered: list[int] = []
+
+    async def on_events(events: list[dict[str, Any]]) -> None:
+        for event in events:
+            if event["type"] == "connect":
+                resp = await gw.client.post(
+                    "/v1/subscribe", json={"user": event["user"], "channel": channel}, headers=KEY
+                )
+                answered.append((await resp.json())["subscribed"])
+
+    target.on_batch = on_events
+    first = await gw.login("carol")
+    assert await recv(first) == {"type": "subscribed", "channel": channel, "reason": "server"}
+    await first.close()  # the connection drops; its client reconnects
+    again = await gw.login("carol")
+    assert await recv(again) == {"type": "subscribed", "channel": channel, "reason": "server"}
+    other = await gw.login("carol")  # a second tab: its connect subscribes it alone
+    assert await recv(other) == {"type": "subscribed", "channel": channel, "reason": "server"}
+    await gw.client.post("/v1/publish", json={"channel": channel, "data": "x"}, headers=KEY)
+    for ws in (again, other):
+        assert (await recv(ws))["data"] == "x"
+    await wait_until(lambda: len(answered) == 3)
+    assert answered == [1, 1, 1]
