@@ -6,8 +6,9 @@
 //   the first `auth` and for every renewal, and calls auth_service for nothing else.
 // - a password login in a browser: the refresh token lives in auth_service's HttpOnly cookie,
 //   which page scripts cannot read; refreshing proves the request is ours with the CSRF token, the
-//   one the last login or refresh answered (the CSRF cookie only after a reload, when there is none:
-//   another page of the site may have planted a cookie of that name).
+//   one the last login or refresh answered (the CSRF cookie only where there is no such copy, after
+//   a reload, or where the server refused the copy because another tab logged in again: another
+//   page of the site may have planted a cookie of that name).
 // - a password login elsewhere (Node): the refresh token lives in this object's memory.
 // The access token lives in this object's memory only: never in localStorage, sessionStorage, a
 // cookie this code writes, or a URL.
@@ -312,7 +313,7 @@ class CookieSession {
   }
 
   async logout(everywhere) {
-    await this.#api.post("/v1/logout", { all: everywhere }, { headers: this.#csrfHeader() });
+    await this.#withCsrf((headers) => this.#api.post("/v1/logout", { all: everywhere }, { headers }));
     this.#csrf = null;
   }
 
@@ -322,11 +323,27 @@ class CookieSession {
     for (let attempt = 0; ; attempt++) {
       try {
         const body = { grant_type: "refresh_token" };
-        return this.#keep(await this.#api.post("/v1/token", body, { headers: this.#csrfHeader() }));
+        return this.#keep(await this.#withCsrf((headers) => this.#api.post("/v1/token", body, { headers })));
       } catch (err) {
         if (!unlocked || attempt >= 2 || err.code !== "invalid_grant") throw err;
         await sleep(500 + Math.random() * 1000);
       }
+    }
+  }
+
+  /**
+   * `call` with this session's CSRF header. Another tab that logged in again replaced the shared
+   * session cookie and the CSRF cookie beside it, so this copy no longer matches: on csrf_failed the
+   * cookie's token is taken once, if it differs (what a reload would read), and the call made again.
+   */
+  async #withCsrf(call) {
+    try {
+      return await call(this.#csrfHeader());
+    } catch (err) {
+      const current = err.code === "csrf_failed" ? readCookie(this.#csrfCookie()) : null;
+      if (current === null || current === this.#csrf) throw err;
+      this.#csrf = current;
+      return call(this.#csrfHeader());
     }
   }
 

@@ -249,6 +249,31 @@ def test_a_planted_csrf_cookie_does_not_override_the_clients_own_token(
     assert page.inner_text("#state") in {"authenticated", "renewing"}
 
 
+LOGGED_IN_AGAIN = """async ([username, password]) => {
+    const { GatewayClient } = await import("/gateway-client.js");
+    const config = await (await fetch("/config.json")).json();
+    const make = () => new GatewayClient({ authUrl: config.authUrl ?? location.origin, wsUrl: config.wsUrl });
+    const earlier = make();
+    await earlier.login(username, password);
+    const later = make();
+    await later.login(username, password);  // another tab: a new session cookie and CSRF cookie
+    const outcome = (call) => call.then(() => "ok", (e) => e.code);
+    return [await outcome(earlier.refresh()), await outcome(later.refresh()),
+            await outcome(earlier.logout())];
+}"""
+
+
+def test_a_tab_whose_session_another_tab_replaced_refreshes_with_the_new_one(
+    context: BrowserContext, stack: Stack
+) -> None:
+    """The session cookie is shared by the site's tabs: after another tab logs in again, a tab's
+    own CSRF copy no longer matches it. The refusal (csrf_failed) makes the client take the CSRF
+    cookie once, as a reload would, instead of logging the tab out."""
+    stack.register("judy")
+    page = open_page(context, stack)
+    assert page.evaluate(LOGGED_IN_AGAIN, ["judy", PASSWORD]) == ["ok", "ok", "ok"]
+
+
 def test_two_tabs_refreshing_at_once_both_stay_logged_in(
     context: BrowserContext, stack: Stack
 ) -> None:
