@@ -51,15 +51,7 @@ class JsonFormatter(logging.Formatter):
     put a token or ticket in the log."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        request_id = REQUEST_ID.get()
-        if request_id is not None:
-            entry["request_id"] = request_id
+        entry = _head(record.created, record.levelname.lower(), record.name, record.getMessage())
         entry.update(
             {
                 key: value
@@ -70,6 +62,20 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return _encode(entry)
+
+
+def _head(created: float, level: str, logger: str, message: str) -> dict[str, Any]:
+    """What every line starts with: time, level, logger, message, and the request id if any."""
+    entry: dict[str, Any] = {
+        "ts": round(created, 3),
+        "level": level,
+        "logger": logger,
+        "msg": message,
+    }
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        entry["request_id"] = request_id
+    return entry
 
 
 def _encode(entry: dict[str, Any]) -> str:
@@ -127,15 +133,7 @@ def info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
     if handler is None:
         logger.info(message, extra=fields)
         return
-    entry: dict[str, Any] = {
-        "ts": round(time.time(), 3),
-        "level": "info",
-        "logger": logger.name,
-        "msg": message,
-    }
-    request_id = REQUEST_ID.get()
-    if request_id is not None:
-        entry["request_id"] = request_id
+    entry = _head(time.time(), "info", logger.name, message)
     entry.update(fields)
     try:
         line = _encode(entry) + handler.terminator

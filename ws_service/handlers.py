@@ -25,8 +25,10 @@ from ws_service import handshake
 from ws_service.appkeys import BUS, GATEWAY, JWKS, METRICS, SETTINGS, SOCKETS, TRUSTED_KEYS
 from ws_service.domain.connection import State
 from ws_service.domain.errors import AuthError
+from ws_service.domain.gateway import Gateway
 from ws_service.domain.ratelimit import TokenBucket
 from ws_service.peer import WebSocketPeer
+from ws_service.settings import Settings
 
 __all__ = ["healthz", "metrics", "readiness", "readyz", "websocket"]
 
@@ -55,16 +57,19 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     own refusals as JSON, so no middleware frame waits beside it (see :mod:`shared.http.access`)."""
     line = access.Line(request)
     try:
-        gateway = request.app[GATEWAY]
+        gateway, settings, metrics = (
+            request.app[GATEWAY],
+            request.app[SETTINGS],
+            request.app[METRICS],
+        )
         opened = gateway.context.clock.monotonic()
-        admitted = await _admit(request)
+        admitted = await _admit(request, gateway, settings)
         if not isinstance(admitted, _Admitted):
             return line.answered(admitted)
         ws, claims, remote = admitted
         # The 101's headers are sent and never read again; cleared, their table (about 700
         # bytes with the request id) is not kept for the socket's life.
         ws.headers.clear()
-        settings, metrics = request.app[SETTINGS], request.app[METRICS]
         sockets = request.app[SOCKETS]
         peer = WebSocketPeer(
             ws,
@@ -131,10 +136,11 @@ def refusal_json(exc: web.HTTPException) -> web.Response:
     return http_exception_json(exc, exc.reason.lower().replace(" ", "_"))
 
 
-async def _admit(request: web.Request) -> _Admitted | web.Response:
+async def _admit(
+    request: web.Request, gateway: Gateway, settings: Settings
+) -> _Admitted | web.Response:
     """The upgrade, or the JSON refusal of it: origin, drain, subprotocol offer, a credential
     at the upgrade, the per-address wait limit."""
-    settings = request.app[SETTINGS]
     origin = request.headers.get(hdrs.ORIGIN)
     if origin is not None and origin not in settings.allowed_origins:
         audit("ws_origin_refused", origin=origin, remote=request.remote)
@@ -171,7 +177,7 @@ async def _admit(request: web.Request) -> _Admitted | web.Response:
     remote = client_address(
         _peer_host(request), request.headers.get(hdrs.X_FORWARDED_FOR), settings.forwarded_allow_ips
     )
-    if claims is None and not request.app[GATEWAY].may_wait(remote):
+    if claims is None and not gateway.may_wait(remote):
         request.app[METRICS].limit_hits.labels("unauthenticated_per_address").inc()
         audit("ws_unauthenticated_limit", remote=remote)
         return json_error(

@@ -86,25 +86,26 @@ class Secured:
         issued.private_key_and_cert_chain_pem.write_to_path(str(self.workdir / "tls-cert.pem"))
         issued.private_key_pem.write_to_path(str(self.workdir / "tls-key.pem"))
 
-    def server_args(self, port: int, *, sentinel: bool = False) -> list[str]:
-        """The listening part of a node's arguments (a Sentinel's are config lines)."""
-        args = ["--port", str(port)]
+    def settings(self, port: int, *, sentinel: bool = False) -> list[tuple[str, str]]:
+        """How a node listens and authenticates: ``--name value`` arguments, or a Sentinel's
+        config lines."""
+        pairs = [("port", str(port))]
         if self.tls:
-            args = [
-                "--port", "0",
-                "--tls-port", str(port),
-                "--tls-cert-file", str(self.workdir / "tls-cert.pem"),
-                "--tls-key-file", str(self.workdir / "tls-key.pem"),
-                "--tls-ca-cert-file", str(self.ca),
-                "--tls-auth-clients", "no",
-                "--tls-replication", "yes",
-            ]  # fmt: skip
+            pairs = [
+                ("port", "0"),
+                ("tls-port", str(port)),
+                ("tls-cert-file", str(self.workdir / "tls-cert.pem")),
+                ("tls-key-file", str(self.workdir / "tls-key.pem")),
+                ("tls-ca-cert-file", str(self.ca)),
+                ("tls-auth-clients", "no"),
+                ("tls-replication", "yes"),
+            ]
         password = self.sentinel_password if sentinel else self.password
         if password:
-            args += ["--requirepass", password]
+            pairs.append(("requirepass", password))
         if self.password and not sentinel:
-            args += ["--masterauth", self.password]
-        return args
+            pairs.append(("masterauth", self.password))
+        return pairs
 
     def client_options(self, *, sentinel: bool = False) -> dict[str, Any]:
         options: dict[str, Any] = {
@@ -171,12 +172,18 @@ class _Node:
             stop_process(self.process)
 
 
+def _listening(
+    port: int, secured: Secured | None, *, sentinel: bool = False
+) -> list[tuple[str, str]]:
+    return secured.settings(port, sentinel=sentinel) if secured else [("port", str(port))]
+
+
 def _server_args(
     binary: str, port: int, workdir: Path, *extra: str, secured: Secured | None = None
 ) -> list[str]:
     return [
         binary,
-        *(secured.server_args(port) if secured else ["--port", str(port)]),
+        *(arg for name, value in _listening(port, secured) for arg in (f"--{name}", value)),
         "--bind", "127.0.0.1",
         "--save", "",
         "--appendonly", "no",
@@ -338,8 +345,7 @@ class LocalSentinel:
         for i in range(3):
             port = free_port()
             conf = workdir / f"sentinel-{port}.conf"
-            listen = secured.server_args(port, sentinel=True) if secured else ["--port", str(port)]
-            lines = [" ".join(listen[j : j + 2])[2:] for j in range(0, len(listen), 2)]
+            lines = [f"{name} {value}" for name, value in _listening(port, secured, sentinel=True)]
             if secured and secured.password:
                 lines.append(f"sentinel auth-pass {MASTER_NAME} {secured.password}")
             conf.write_text(

@@ -83,7 +83,9 @@ async def test_the_bus_and_the_ledger_work_over_tls_with_both_passwords_through_
         await bus.publish(topic, "before")
         assert await inbox.next() == (topic, "before")
 
-        secured_sentinel.wait_failover(_killed(secured_sentinel))
+        old = secured_sentinel.master()
+        old.kill()
+        await asyncio.to_thread(secured_sentinel.wait_failover, old)
         async with asyncio.timeout(30):
             await reconnected.wait()
             await bus.wait_synced()
@@ -97,12 +99,6 @@ async def test_the_bus_and_the_ledger_work_over_tls_with_both_passwords_through_
             await ledger.close()
     finally:
         await bus.close()
-
-
-def _killed(group: LocalSentinel) -> object:
-    old = group.master()
-    old.kill()
-    return old
 
 
 async def test_without_the_sentinels_password_the_sentinels_refuse(
