@@ -8,11 +8,15 @@ import logging
 import uuid
 from collections import Counter
 
+import redis
+
 from tests.integration.bus.support import PrivateRedis
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness, auth, expect_open
 from tests.support.logs import json_lines
 from ws_service.appkeys import METRICS
+from ws_service.redis.client import open_redis
+from ws_service.redis.slots import RedisUserSlots
 
 CAP = 3
 
@@ -85,3 +89,43 @@ async def test_without_redis_admission_fails_open_within_this_replicas_cap(
     )
     await expect_open(first)
     await expect_open(second)
+
+
+def script_calls(admin: redis.Redis) -> dict[str, int]:
+    """Calls per command the server has run since its counters were reset (``INFO
+    commandstats``)."""
+    stats = admin.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in stats.items()}
+
+
+async def test_a_batch_of_slot_acquires_is_one_round_trip_even_after_a_script_flush(
+    private_redis: PrivateRedis,
+) -> None:
+    """Concurrent handshakes share one pipeline of EVALSHA calls: no SCRIPT EXISTS before each
+    batch (redis-py's pipeline asks it on every execute), and a server whose script cache was
+    emptied (a restart, a promoted replica) gets the script loaded once and the batch again."""
+    client = open_redis(private_redis.url)
+    slots = RedisUserSlots(client)
+    admin = redis.Redis.from_url(private_redis.url)
+    try:
+        assert await slots.acquire("warm", "s0", 1)  # loads the script (NOSCRIPT, then LOAD)
+        admin.config_resetstat()
+        users = [f"u{n}" for n in range(20)]
+        taken = await asyncio.gather(*(slots.acquire(user, "s1", 1) for user in users))
+        assert taken == [True] * 20
+        calls = script_calls(admin)
+        assert calls.get("evalsha") == 20
+        assert "script|exists" not in calls and "script" not in calls, calls
+
+        admin.script_flush()
+        admin.config_resetstat()
+        again = await asyncio.gather(*(slots.acquire(user, "s2", 2) for user in users))
+        assert again == [True] * 20
+        assert await slots.acquire(users[0], "s3", 2) is False  # the cap still counts
+        calls = script_calls(admin)
+        assert calls.get("script|load") == 1, calls
+        assert calls.get("evalsha") == 20 + 20 + 1, calls  # refused batch, sent again, the last
+    finally:
+        await slots.close()
+        await client.aclose()
+        admin.close()
