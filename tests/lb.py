@@ -54,7 +54,7 @@ def render(
     )
     replacements: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
         (r"server (auth|ws):\d+ resolve( [^;]*)?;", servers),
-        (r"listen 8443 ssl;", f"listen 127.0.0.1:{listen_port} ssl;"),
+        (r"listen 8443 ssl backlog=4096;", f"listen 127.0.0.1:{listen_port} ssl backlog=4096;"),
         (r"listen 127\.0\.0\.1:8080;", f"listen 127.0.0.1:{health_port};"),
         (r"/etc/nginx/certs/", f"{tmp_path}/"),
         (r"/etc/nginx/routes/", f"{tmp_path}/routes/"),

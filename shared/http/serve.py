@@ -1,8 +1,10 @@
 """Run one or more aiohttp apps until SIGINT/SIGTERM, on uvloop when it is installed; or N forked
 worker processes sharing each port through ``SO_REUSEPORT``, under a supervising parent.
 
-aiohttp's default listen backlog (128) overflows under a burst of connects and stalls clients
-for a full second, so every site listens with a backlog of 1024.
+aiohttp's default listen backlog (128) overflows under a burst of connects: the kernel drops the
+attempts it cannot queue, and each client's TCP retries only after 1 s, then 3 s. Every site asks
+for the deepest queue the kernel allows (``net.core.somaxconn`` caps it: 4096 by default), and an
+:class:`~shared.http.acceptor.Acceptor` empties it whenever the loop is too busy to.
 
 On SIGTERM an app that registered a :class:`Drain` under ``DRAIN`` is drained before it stops:
 its readiness goes false, its site stops listening, and it closes its connections its own way
@@ -38,6 +40,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from realtime_gateway_protocol.tasks import cancel_and_wait
+from shared.http.acceptor import Acceptor
 from shared.http.responses import json_error
 from shared.metrics import workers as worker_metrics
 
@@ -55,7 +58,9 @@ __all__ = [
     "start_site",
 ]
 
-LISTEN_BACKLOG = 1024
+LISTEN_BACKLOG = 65535
+"""Linux silently caps a listen backlog at ``net.core.somaxconn``: asking for more takes all the
+system gives (docs/operations.md, "Listen queues")."""
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +187,7 @@ async def start_site(site: Site) -> tuple[web.AppRunner, int]:
     assert runner.server is not None
     runner.server.__class__ = _JsonErrorServer
     runner.server.on_timeout = site.app.get(HTTP_TIMEOUTS)  # type: ignore[attr-defined]
-    tcp = web.TCPSite(
+    tcp = _Site(
         runner,
         site.host,
         site.port,
@@ -197,6 +202,31 @@ async def start_site(site: Site) -> tuple[web.AppRunner, int]:
         raise CannotListen(site.host, site.port, exc) from exc
     port: int = runner.addresses[0][1]
     return runner, port
+
+
+class _Site(web.TCPSite):
+    """aiohttp's TCP site, with an :class:`Acceptor` beside each of its listening sockets: a burst
+    of connections that arrives while the loop is busy is taken off the kernel's queue before it
+    fills."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acceptors: list[Acceptor] = []
+
+    async def start(self) -> None:
+        await super().start()
+        assert self._server is not None and self._runner.server is not None
+        loop = asyncio.get_running_loop()
+        for listener in getattr(self._server, "sockets", ()):
+            acceptor = Acceptor(listener, loop, self._runner.server, self._ssl_context)
+            acceptor.start()
+            self.acceptors.append(acceptor)
+
+    async def stop(self) -> None:
+        acceptors, self.acceptors = self.acceptors, []
+        for acceptor in acceptors:
+            acceptor.stop()
+        await super().stop()
 
 
 async def serve(sites: Sequence[Site], *, on_started: OnStarted | None = None) -> None:

@@ -18,6 +18,8 @@ import time
 import uvloop
 from aiohttp import web
 
+from shared.http.serve import LISTEN_BACKLOG
+
 SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])
 REPLY = '{"type":"auth_success"}'
 
@@ -66,7 +68,7 @@ async def serve(port: int) -> None:
     app.router.add_get("/readyz", ready)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=LISTEN_BACKLOG).start()
     if os.environ.get("BENCH_GC") == "tuned":
         gc.freeze()
         gc.set_threshold(100_000, 50, 100)

@@ -32,7 +32,7 @@ def nginx() -> str:
 
 def test_routes_and_timeouts_match_the_deployment() -> None:
     conf = NGINX_CONF.read_text()
-    assert "listen 8443 ssl;" in conf, "unprivileged: the compose file publishes 443 -> 8443"
+    assert "listen 8443 ssl backlog=4096;" in conf, "unprivileged: compose publishes 443 -> 8443"
     assert re.search(r"location /auth/ \{\s*proxy_pass http://auth/;", conf), "prefix not stripped"
     assert re.search(r"location = /ws \{\s*proxy_pass http://ws;", conf)
     assert "/v1/publish" not in conf, "routed only when the publish overlay adds it"
