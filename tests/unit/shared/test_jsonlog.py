@@ -4,19 +4,27 @@ message, its arguments, extras and tracebacks, a library's records included."""
 from __future__ import annotations
 
 import contextvars
+import dataclasses
+import datetime
+import enum
 import json
 import logging
+import math
 import sys
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.jsonlog import (
     REDACTED,
     REQUEST_ID,
     JsonFormatter,
     Throttled,
+    _encode,
     audit,
     configure_logging,
     info,
@@ -183,3 +191,72 @@ def test_the_level_switch_turns_the_direct_lines_off(
     info(logging.getLogger("access"), "request", {"status": 200})
     audit("refresh_ok", user="u1")
     assert capsys.readouterr().err == ""
+
+
+_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(st.characters(codec=None, exclude_categories=()), max_size=20)
+)
+_values = st.recursive(
+    _leaves,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _finite(value: object) -> object:
+    """What a line says once read back, with NaN and infinity as ``null`` (orjson's spelling)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    return value
+
+
+@given(st.dictionaries(st.text(max_size=8) | st.integers(), _values, max_size=6))
+def test_a_line_says_what_the_standard_encoder_says_in_ascii(entry: dict[Any, Any]) -> None:
+    """orjson writes the lines when it says the same thing; anything it cannot say alike
+    (non-ASCII, lone surrogates, big integers, non-string keys) goes to the standard encoder."""
+    line = _encode(entry)
+    assert line.isascii()
+    assert "\n" not in line
+    standard = json.JSONEncoder(default=str, separators=(",", ":")).encode(entry)
+    read = json.loads(line, parse_constant=lambda name: None)
+    assert _finite(read) == _finite(json.loads(standard))
+
+
+def test_a_line_of_odd_values_reads_as_the_standard_one() -> None:
+    class Shade(enum.Enum):
+        RED = "red"
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    entry = {
+        "when": datetime.datetime(2026, 12, 6, 12, 0),
+        "point": Point(1),
+        "raw": b"\x00",
+        "set": {1},
+        "shade": Shade.RED,
+        "nan": float("nan"),
+        "tiny": 1e-05,
+        "del": "\x7f",
+    }
+    assert json.loads(_encode(entry)) == {
+        "when": "2026-12-06 12:00:00",
+        "point": "test_a_line_of_odd_values_reads_as_the_standard_one.<locals>.Point(x=1)",
+        "raw": "b'\\x00'",
+        "set": "{1}",
+        "shade": "red",
+        "nan": None,
+        "tiny": 1e-05,
+        "del": "\x7f",
+    }
