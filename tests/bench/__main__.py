@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import math
+import re
 import signal
 import sys
 import tempfile
@@ -35,7 +36,14 @@ from tests.bench.harness import (
     node_modules,
     redis_url,
 )
-from tests.bench.procinfo import cpu_seconds, raise_nofile, rss_kib, tree
+from tests.bench.procinfo import (
+    cpu_seconds,
+    cpu_split,
+    listen_overflows,
+    raise_nofile,
+    rss_kib,
+    tree,
+)
 from tests.bench.report import Row, plot, print_tables, run_of, write_json
 from tests.bench.tokens import BenchKey
 from tests.services import free_port, postgres_schema
@@ -182,6 +190,13 @@ class Bench:
         for agent in [*self.agents, *([self.prober] if self.prober else [])]:
             await agent.stop()
         self.issuer_proc.proc.stop()
+
+    async def auth_outcomes(self, server: Launched) -> dict[str, int]:
+        """The ws process's ``ws_auth_total`` by outcome, from its ``/metrics``."""
+        async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as resp:
+            text = await resp.text()
+        found = re.findall(r'^ws_auth_total\{outcome="([^"]+)"\} (\S+)$', text, re.MULTILINE)
+        return {outcome: int(float(value)) for outcome, value in found}
 
     async def jwks_fetches(self) -> int:
         async with aiohttp.ClientSession() as http, http.get(f"{self.issuer}/stats") as resp:
@@ -500,16 +515,32 @@ class Bench:
         print(f"  reconnect storm: {plan.reconnect} clients", flush=True)
         await self.split("hold", plan.reconnect, port=first.port, path="/ws", fallback=second.port)
         fetched = await self.jwks_fetches()
+        overflows, cpu = listen_overflows(), cpu_split(second.pid)
+        outcomes = await self.auth_outcomes(second)
         killed = time.time()
         assert first.proc.process is not None
         first.proc.process.send_signal(signal.SIGKILL)
         share = plan.reconnect // 2
         got = await self.both("reauthed", budget=200, expect=share, within=180)
+        user, system = (
+            after - before for after, before in zip(cpu_split(second.pid), cpu, strict=True)
+        )
+        spent, overflows = user + system, listen_overflows() - overflows
         done = sum(part["count"] for part in got)
+        after = await self.auth_outcomes(second)
+        answered = ", ".join(
+            f"{after[k] - outcomes.get(k, 0)} {k}"
+            for k in sorted(after)
+            if after[k] != outcomes.get(k, 0)
+        )
         fetches = await self.jwks_fetches() - fetched
         seconds = max(part["last"] for part in got) - killed
         self.row(7, figures[0], value=seconds, target="report", met=None,
-                 note=f"{done} of {2 * share} re-authenticated on the surviving replica")  # fmt: skip
+                 note=f"{done} of {2 * share} re-authenticated on the surviving replica; its CPU "
+                      f"meanwhile {spent:.2f} s ({spent / max(done, 1) * 1e6:.0f} us each, "
+                      f"{system / max(spent, 1e-9):.0%} in the kernel); "
+                      f"connections the kernel's full listen queues refused: {overflows}; the server's "
+                      f"auth outcomes: {answered}")  # fmt: skip
         self.row(7, figures[1], value=fetches, target="0 or 1", met=fetches <= 1)
         await self.both("close_all", budget=120)
 
