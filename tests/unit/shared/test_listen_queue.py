@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import select
 import socket
+import ssl
 import time
 from pathlib import Path
 
+import trustme
 from aiohttp import web
 
 from shared.http.acceptor import PERIOD
@@ -85,4 +87,33 @@ async def test_a_stopped_site_no_longer_accepts() -> None:
             client.connect(("127.0.0.1", port))
             raise AssertionError("a stopped site still accepted a connection")
     finally:
+        await runner.cleanup()
+
+
+async def test_connections_the_acceptor_takes_are_served_over_the_sites_tls() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    site = Site(web.Application(), "127.0.0.1", 0, ssl_context=server_context)
+    runner, port = await start_site(site)
+    clients: list[socket.socket] = []
+    try:
+        clients = connect_all(port, 20)
+        time.sleep(PERIOD * 5)  # noqa: ASYNC251  # the loop held on purpose: the acceptor takes them
+        assert established(clients, 0.5) == 20
+        taken = sum(acceptor.taken for site in runner.sites for acceptor in site.acceptors)  # type: ignore[attr-defined]
+        assert taken == 20
+        for client in clients[:3]:
+            reader, writer = await asyncio.open_connection(
+                sock=client, ssl=client_context, server_hostname="127.0.0.1"
+            )
+            writer.write(b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = await asyncio.wait_for(reader.read(1024), 5)
+            assert reply.startswith(b"HTTP/1.1 404"), reply[:100]
+            writer.close()
+    finally:
+        for client in clients:
+            client.close()
         await runner.cleanup()
