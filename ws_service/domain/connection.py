@@ -320,8 +320,9 @@ class Connection:
             self._auth_failed(NotAuthenticated(), request.id, final=True)
             return
         self.state = State.CHECKING
+        verified: Claims | None = None
         try:
-            claims = await self._verify(request)
+            verified = claims = await self._verify(request)
             if not self.closing:
                 await self._ctx.admission.admit(self, claims)
         except AuthError as err:
@@ -333,7 +334,7 @@ class Connection:
                     or self._deadline is None  # the auth timeout passed during the check
                 )
                 self.state = State.AWAITING_AUTH
-                self._auth_failed(err, request.id, final=final)
+                self._auth_failed(err, request.id, final=final, verified=verified)
             return
         if self.closing:
             return
@@ -347,7 +348,7 @@ class Connection:
             await self._ctx.admission.admit(self, claims)
         except AuthError as err:
             if not self.closing:
-                self._auth_failed(err, None, final=True)
+                self._auth_failed(err, None, final=True, verified=claims)
             return
         if not self.closing:
             self._start(claims, None)
@@ -409,13 +410,23 @@ class Connection:
             protocol.auth_success(claims, self._ctx.clock.time(), request_id, renewed=renewed)
         )
 
-    def _auth_failed(self, err: AuthError, request_id: protocol.RequestId, *, final: bool) -> None:
+    def _auth_failed(
+        self,
+        err: AuthError,
+        request_id: protocol.RequestId,
+        *,
+        final: bool,
+        verified: Claims | None = None,
+    ) -> None:
+        """``verified``: the claims of a valid token refused after its check (the per-user cap),
+        so that the audit line names the user, as it does for a failed renewal."""
         self._ctx.metrics.auth.labels(err.code).inc()
+        named = verified or self.claims
         audit(
             "ws_auth_failure",
             code=err.code,
             detail=err.message,
-            sub=self.claims.sub if self.claims else None,
+            sub=named.sub if named else None,
             remote=self.remote,
             renewal=self.claims is not None,
         )

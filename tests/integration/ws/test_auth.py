@@ -255,11 +255,20 @@ async def test_multibyte_frame_over_16_kib_before_auth_closes_4400(gw: Harness) 
     await expect_close(ws, 4400, "bad_request")
 
 
-async def test_too_many_connections_per_user_closes_4429(make_gateway: MakeGateway) -> None:
+async def test_too_many_connections_per_user_closes_4429_and_audits_the_user(
+    make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
     gw = await make_gateway(max_connections_per_user=1)
     await gw.login("alice")
     ws = await gw.open()
-    assert await auth(ws, gw.tokens.make("alice")) == {
+    with caplog.at_level(logging.INFO, logger="audit"):
+        reply = await auth(ws, gw.tokens.make("alice"))
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "ws_auth_failure"]
+    assert (getattr(record, "code", None), getattr(record, "sub", None)) == (
+        "too_many_connections",
+        "alice",
+    )
+    assert reply == {
         "type": "auth_error",
         "code": "too_many_connections",
         "message": "too many connections for this user",
