@@ -320,9 +320,8 @@ class Connection:
             self._auth_failed(NotAuthenticated(), request.id, final=True)
             return
         self.state = State.CHECKING
-        verified: Claims | None = None
         try:
-            verified = claims = await self._verify(request)
+            claims = await self._verify(request)
             if not self.closing:
                 await self._ctx.admission.admit(self, claims)
         except AuthError as err:
@@ -334,7 +333,7 @@ class Connection:
                     or self._deadline is None  # the auth timeout passed during the check
                 )
                 self.state = State.AWAITING_AUTH
-                self._auth_failed(err, request.id, final=final, verified=verified)
+                self._auth_failed(err, request.id, final=final)
             return
         if self.closing:
             return
@@ -348,7 +347,7 @@ class Connection:
             await self._ctx.admission.admit(self, claims)
         except AuthError as err:
             if not self.closing:
-                self._auth_failed(err, None, final=True, verified=claims)
+                self._auth_failed(err, None, final=True)
             return
         if not self.closing:
             self._start(claims, None)
@@ -410,23 +409,15 @@ class Connection:
             protocol.auth_success(claims, self._ctx.clock.time(), request_id, renewed=renewed)
         )
 
-    def _auth_failed(
-        self,
-        err: AuthError,
-        request_id: protocol.RequestId,
-        *,
-        final: bool,
-        verified: Claims | None = None,
-    ) -> None:
-        """``verified``: the claims of a valid token refused after its check (the per-user cap),
-        so that the audit line names the user, as it does for a failed renewal."""
+    def _auth_failed(self, err: AuthError, request_id: protocol.RequestId, *, final: bool) -> None:
+        """Audited with the user's ``sub`` whenever it is known: the socket's (a renewal) or the
+        refused token's, when it was valid (revoked, withdrawn key, the per-user cap)."""
         self._ctx.metrics.auth.labels(err.code).inc()
-        named = verified or self.claims
         audit(
             "ws_auth_failure",
             code=err.code,
             detail=err.message,
-            sub=named.sub if named else None,
+            sub=err.subject or (self.claims.sub if self.claims else None),
             remote=self.remote,
             renewal=self.claims is not None,
         )

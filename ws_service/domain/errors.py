@@ -46,11 +46,17 @@ class GatewayError(Exception):
 
 
 class AuthError(GatewayError):
-    """Authentication failed. ``retry`` tells the client whether another ``auth`` may succeed."""
+    """Authentication failed. ``retry`` tells the client whether another ``auth`` may succeed;
+    ``subject`` is the user of a valid token refused for who it is (revoked, withdrawn key, the
+    per-user cap), for the audit line."""
 
     code = "invalid_token"
     message = "the token is not valid"
     retry = False
+
+    def __init__(self, message: str | None = None, *, subject: str | None = None) -> None:
+        super().__init__(message)
+        self.subject = subject
 
 
 class InvalidToken(AuthError):

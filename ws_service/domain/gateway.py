@@ -157,7 +157,7 @@ class Gateway:
             self.metrics.ledger_checks.labels("revoked" if revoked else "ok").inc()
             if revoked:
                 self._remember(claims)
-                raise errors.SessionRevoked()
+                raise errors.SessionRevoked(subject=claims.sub)
         return self.verifier.checked(claims)
 
     async def admit(self, conn: Connection, claims: Claims) -> None:
@@ -167,7 +167,7 @@ class Gateway:
         sub = claims.sub
         conns = self._users.get(sub, ())
         if len(conns) >= self.limits.max_connections_per_user:
-            raise errors.TooManyConnections()
+            raise errors.TooManyConnections(subject=sub)
         # Indexed while the shared count answers, so that this replica's count stays exact.
         self._users[sub] = (*conns, conn)
         try:
@@ -179,7 +179,7 @@ class Gateway:
         if not taken or conn.closing:
             self._unindex(sub, conn)
             if not taken:
-                raise errors.TooManyConnections()
+                raise errors.TooManyConnections(subject=sub)
             self._release(sub, conn)
             return
         self._stop_waiting(conn)

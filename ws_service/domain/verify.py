@@ -133,9 +133,9 @@ class TokenVerifier:
         """``claims`` unless a revocation or a key withdrawal this replica knows of covers them
         (checked again after every wait, as one may have arrived meanwhile)."""
         if self._revocations.is_revoked(claims.sub, claims.sid, claims.iat):
-            raise SessionRevoked()
+            raise SessionRevoked(subject=claims.sub)
         if self.keys.is_withdrawn(claims.kid):
-            raise KeyWithdrawn()
+            raise KeyWithdrawn(subject=claims.sub)
         return claims
 
     async def decode(

@@ -3,6 +3,7 @@ what a replica does while Redis is down and once it is back."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -87,9 +88,16 @@ async def test_a_message_reaches_subscribers_on_every_replica_exactly_once(
 
 @pytest.mark.parametrize("kind", ["session", "user"])
 async def test_a_revocation_only_in_the_ledger_refuses_auth_and_renewal_with_4403(
-    make_gateway: MakeGateway, redis_url: str, ledger: RedisRevocationLedger, kind: str
+    make_gateway: MakeGateway,
+    redis_url: str,
+    ledger: RedisRevocationLedger,
+    kind: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """No bus event: only the record auth_service writes to Redis knows of these revocations."""
+    """No bus event: only the record auth_service writes to Redis knows of these revocations.
+    Each refusal's audit line names the user (from the ledger, then from this replica's own
+    registry)."""
+    caplog.set_level(logging.INFO, logger="audit")
     gw = await make_gateway(redis_url=redis_url)
     sub, new_sid, live_sid = unique(), unique(), unique()
     live = await gw.login(sub, sid=live_sid)
@@ -113,6 +121,10 @@ async def test_a_revocation_only_in_the_ledger_refuses_auth_and_renewal_with_440
     assert count(gw, "ws_ledger_checks_total", outcome="revoked") == 2, "not refused locally"
     assert gw.app[GATEWAY].revocations.is_revoked(sub, new_sid, int(time.time()))
     assert count(gw, "ws_ledger_checks_total", outcome="ok") == 1
+    refused = [r for r in caplog.records if getattr(r, "event", None) == "ws_auth_failure"]
+    assert [(getattr(r, "code", None), getattr(r, "sub", None)) for r in refused] == [
+        ("session_revoked", sub)
+    ] * 3
     await gw.login(unique())
     assert count(gw, "ws_ledger_checks_total", outcome="ok") == 2
 
