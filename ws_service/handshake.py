@@ -97,7 +97,13 @@ async def authenticate(request: web.Request) -> Claims | None:
 
 
 def refusal(request: web.Request, err: AuthError) -> web.Response:
-    audit("ws_handshake_refused", code=err.code, detail=err.message, remote=request.remote)
+    audit(
+        "ws_handshake_refused",
+        code=err.code,
+        detail=err.message,
+        sub=err.subject,
+        remote=request.remote,
+    )
     request.app[GATEWAY].metrics.auth.labels(err.code).inc()
     scheme = challenge(err.code) if isinstance(err, InvalidProof) else "Bearer"
     return json_error(401, err.code, err.message, {"WWW-Authenticate": scheme})

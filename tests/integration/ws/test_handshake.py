@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import time
 from typing import Any
@@ -227,12 +228,18 @@ async def test_a_used_ticket_stays_used_while_the_leeway_still_accepts_it(
     assert (status, body.get("error_description")) == (401, "the ticket was already used")
 
 
-async def test_a_ticket_of_a_revoked_session_is_refused(stack: Stack) -> None:
+async def test_a_ticket_of_a_revoked_session_is_refused_and_audited_with_its_user(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
     tokens = await stack.login("alice")
     ticket = await ticket_for(stack, tokens["access_token"])
     await stack.logout(tokens["access_token"])
-    status, body = await upgrade(stack, f"?ticket={ticket}")
+    with caplog.at_level(logging.INFO, logger="audit"):
+        status, body = await upgrade(stack, f"?ticket={ticket}")
     assert (status, body["error"]) == (401, "session_revoked")
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "ws_handshake_refused"]
+    sub = jwt.decode(tokens["access_token"], options={"verify_signature": False})["sub"]
+    assert (getattr(record, "code", None), getattr(record, "sub", None)) == ("session_revoked", sub)
 
 
 async def test_the_origin_is_checked_before_the_credentials(stack: Stack) -> None:
