@@ -116,6 +116,10 @@ class Store(Protocol):
     async def list_withdrawn_keys(self) -> list[WithdrawnKey]:
         """Every withdrawn key, oldest withdrawal first."""
 
+    async def read_throttle(self, keys: Sequence[str]) -> dict[str, ThrottleState]:
+        """The throttle state of every key (an absent row as ``ThrottleState()``), read without
+        a transaction or a lock: for a check that counts nothing."""
+
     async def update_throttle(
         self, keys: Sequence[str], update: ThrottleUpdate
     ) -> dict[str, ThrottleState]:

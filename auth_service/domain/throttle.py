@@ -78,13 +78,10 @@ class LoginThrottle:
     async def check(self, username: str, address: str, now: float) -> None:
         """Raise :class:`Throttled` while the pair or the address is blocked; count nothing."""
         keys = [f"pair:{username}|{address}", f"addr:{address}"]
-
-        def unchanged(states: dict[str, ThrottleState]) -> dict[str, ThrottleState]:
-            _refuse_if_blocked(states, now)
-            return {}  # nothing to write back
-
         try:
-            await self._store.update_throttle(keys, unchanged)
+            # A read: no placeholder rows, no row locks, no write transaction (on SQLite, the
+            # one writer of the whole database) for every client authentication.
+            _refuse_if_blocked(await self._store.read_throttle(keys), now)
         except Throttled as exc:
             self._throttled(username, address, exc)
             raise

@@ -362,6 +362,17 @@ class SqlStore:
             rows = await conn.fetch("SELECT * FROM withdrawn_keys ORDER BY withdrawn_at, kid")
         return [_model(WithdrawnKey, row) for row in rows]
 
+    async def read_throttle(self, keys: Sequence[str]) -> dict[str, ThrottleState]:
+        ordered = sorted(set(keys))
+        marks = ", ".join(f"${i}" for i in range(1, len(ordered) + 1))
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT * FROM login_throttle WHERE key IN ({marks})",  # noqa: S608
+                *ordered,
+            )
+        found = {row["key"]: _model(ThrottleState, row) for row in rows}
+        return {key: found.get(key, ThrottleState()) for key in keys}
+
     async def update_throttle(
         self, keys: Sequence[str], update: ThrottleUpdate
     ) -> dict[str, ThrottleState]:

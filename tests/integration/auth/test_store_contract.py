@@ -340,6 +340,13 @@ async def test_throttle_update_reads_fresh_rows_and_writes_back(store: Store) ->
     }
 
 
+async def test_throttle_read_sees_what_updates_wrote(store: Store) -> None:
+    assert await store.read_throttle(["a", "b"]) == {"a": ThrottleState(), "b": ThrottleState()}
+    await store.update_throttle(["a"], bump)
+    assert await store.read_throttle(["b", "a"]) == {"b": ThrottleState(), "a": ThrottleState(1)}
+    assert await store.read_throttle(["a", "a"]) == {"a": ThrottleState(1)}
+
+
 async def test_throttle_update_that_raises_writes_nothing(store: Store) -> None:
     await store.update_throttle(["a"], bump)
 

@@ -109,3 +109,20 @@ async def test_the_attempt_reaching_a_limit_blocks_and_a_success_gives_it_back(
         assert await refused("f", 130.0) == 60
     finally:
         await store.close()
+
+
+async def test_a_check_reads_without_writing_and_still_sees_a_block(database_url: str) -> None:
+    """A client's authentication checks the throttle before comparing its secret: a read, not a
+    write transaction with placeholder rows (on SQLite the one writer of the database)."""
+    store = await open_store(database_url)
+    throttle = LoginThrottle(store, ThrottlePolicy(pair_limit=1, address_limit=100))
+    try:
+        await throttle.check("client:app", "ip", 100.0)
+        assert await store.purge_expired(1e9) == 0, "the check left throttle rows behind"
+        await throttle.reserve("client:app", "ip", 100.0)  # the first attempt reaches the limit
+        with pytest.raises(Throttled) as refused:
+            await throttle.check("client:app", "ip", 101.0)
+        assert refused.value.retry_after == 29
+        await throttle.check("client:other", "ip", 101.0)
+    finally:
+        await store.close()

@@ -218,6 +218,9 @@ class MemoryStore:
     async def list_withdrawn_keys(self) -> list[WithdrawnKey]:
         return sorted(self.withdrawn.values(), key=lambda k: (k.withdrawn_at, k.kid))
 
+    async def read_throttle(self, keys: Sequence[str]) -> dict[str, ThrottleState]:
+        return {key: self.throttle.get(key, ThrottleState()) for key in keys}
+
     async def update_throttle(
         self, keys: Sequence[str], update: ThrottleUpdate
     ) -> dict[str, ThrottleState]:
