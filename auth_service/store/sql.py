@@ -183,6 +183,14 @@ _INSERT_NEXT_TOKEN = f"""
     SELECT $3, s.sid, $1, {_next_expiry("s.expires_at")}
     FROM refresh_tokens t JOIN sessions s ON s.sid = t.sid WHERE t.token_hash = $2
 """  # noqa: S608
+
+
+def _throttle_rows(count: int) -> str:
+    """The throttle rows of ``count`` keys, given as ``$1``..``$count``."""
+    marks = ", ".join(f"${i}" for i in range(1, count + 1))
+    return f"SELECT * FROM login_throttle WHERE key IN ({marks})"  # noqa: S608
+
+
 _THROTTLE_PLACEHOLDER = (
     "INSERT INTO login_throttle (key, failures, window_start, blocked_until) "
     "VALUES ($1, 0, 0, 0) ON CONFLICT (key) DO NOTHING"
@@ -364,12 +372,8 @@ class SqlStore:
 
     async def read_throttle(self, keys: Sequence[str]) -> dict[str, ThrottleState]:
         ordered = sorted(set(keys))
-        marks = ", ".join(f"${i}" for i in range(1, len(ordered) + 1))
         async with self._db.connection() as conn:
-            rows = await conn.fetch(
-                f"SELECT * FROM login_throttle WHERE key IN ({marks})",  # noqa: S608
-                *ordered,
-            )
+            rows = await conn.fetch(_throttle_rows(len(ordered)), *ordered)
         found = {row["key"]: _model(ThrottleState, row) for row in rows}
         return {key: found.get(key, ThrottleState()) for key in keys}
 
@@ -383,16 +387,12 @@ class SqlStore:
         row before the locking read (PostgreSQL's read committed). Placing the placeholders again
         then inserts rows of this transaction's own, which no purge can see."""
         ordered = sorted(set(keys))
-        marks = ", ".join(f"${i}" for i in range(1, len(ordered) + 1))
+        locking = _throttle_rows(len(ordered)) + f" ORDER BY key{self._db.lock_rows}"
         async with self._db.transaction() as conn:
             rows: list[Row] = []
             while len(rows) < len(ordered):
                 await conn.executemany(_THROTTLE_PLACEHOLDER, [(key,) for key in ordered])
-                rows = await conn.fetch(
-                    "SELECT * FROM login_throttle "  # noqa: S608
-                    f"WHERE key IN ({marks}) ORDER BY key{self._db.lock_rows}",
-                    *ordered,
-                )
+                rows = await conn.fetch(locking, *ordered)
             written = update({row["key"]: _model(ThrottleState, row) for row in rows})
             if written:
                 await conn.executemany(

@@ -54,6 +54,11 @@ def established(clients: list[socket.socket], seconds: float) -> int:
     return count
 
 
+def taken_by_acceptors(runner: web.AppRunner) -> int:
+    """Connections the sites' acceptor threads took off the kernel's queue."""
+    return sum(acceptor.taken for site in runner.sites for acceptor in site.acceptors)  # type: ignore[attr-defined]
+
+
 async def test_a_burst_beyond_the_listen_queue_waits_for_a_busy_loop_and_is_served() -> None:
     runner, port = await start_site(Site(web.Application(), "127.0.0.1", 0))
     clients: list[socket.socket] = []
@@ -63,7 +68,7 @@ async def test_a_burst_beyond_the_listen_queue_waits_for_a_busy_loop_and_is_serv
         assert somaxconn() < BURST or BURST > 4096
         clients = connect_all(port, BURST)
         assert established(clients, 0.5) == BURST
-        taken = sum(acceptor.taken for site in runner.sites for acceptor in site.acceptors)  # type: ignore[attr-defined]
+        taken = taken_by_acceptors(runner)
         assert taken > 0
         loop = asyncio.get_running_loop()
         for client in clients[:: BURST // 5]:  # the loop, free again, serves what was handed over
@@ -103,7 +108,7 @@ async def test_connections_the_acceptor_takes_are_served_over_the_sites_tls() ->
         clients = connect_all(port, 20)
         time.sleep(PERIOD * 5)  # noqa: ASYNC251  # the loop held on purpose: the acceptor takes them
         assert established(clients, 0.5) == 20
-        taken = sum(acceptor.taken for site in runner.sites for acceptor in site.acceptors)  # type: ignore[attr-defined]
+        taken = taken_by_acceptors(runner)
         assert taken == 20
         for client in clients[:3]:
             reader, writer = await asyncio.open_connection(
