@@ -123,6 +123,7 @@ class Bench:
         self.prober: AgentProc | None = None
         """A third agent: new handshakes while the other two open the ramp's sockets."""
         self.sign_rate = 0.0
+        self.verify_us = 0.0
         self.failures: list[str] = []
 
     @property
@@ -367,6 +368,10 @@ class Bench:
             except BenchError as exc:
                 self.peers[target.name] = {"note": f"failed: {exc}"}
                 print(f"  {target.name}: failed: {exc}", flush=True)
+        print("  pyjwt verification alone (one process)", flush=True)
+        self.verify_us = float(
+            (await self.lead.call("verify", seconds=self.plan.sign_seconds))["cpu_us"]
+        )
         self.goal_rows_1_2_5()
 
     def goal_rows_1_2_5(self) -> None:
@@ -383,6 +388,12 @@ class Bench:
         pair(1, "in-band handshakes/s per server core, fresh token (1/CPU)",
              "per_core_per_s", ">= 0.71x", lambda r: r >= 0.71)  # fmt: skip
         pair(1, "server CPU us per connection", "cpu_us_per_conn", "<= 1.4x", lambda r: r <= 1.4)
+        if bare.get("cpu_us_per_conn") and self.verify_us:
+            self.row(1, "floor while pyjwt verifies: bare server CPU us + one jwt.decode",
+                     value=bare["cpu_us_per_conn"] + self.verify_us,
+                     baseline=bare["cpu_us_per_conn"], target="report",
+                     note=f"jwt.decode {self.verify_us:.0f} us of CPU on the generator core, "
+                          "called as ws_service calls it: no gateway code under this ratio")  # fmt: skip
         wall = self.row(1, "in-band handshakes/s, wall clock, 50 concurrent clients",
                         value=gateway.get("handshakes_per_s"), baseline=bare.get("handshakes_per_s"),
                         target="report")  # fmt: skip
@@ -507,8 +518,13 @@ class Bench:
         if got["refused"]:
             delivered += ", refused: " + ", ".join(f"{n} {c}" for c, n in got["refused"].items())
         every = got["n"] == got["sent"]  # a latency over half the messages is not the figure
+        note = delivered if p50 is None else f"p50 {p50:.2f} ms, {delivered}"
+        note += (
+            f"; {got['over_5ms']} over 5 ms, the slowest {got['max_ms']:.1f} ms; the "
+            f"generator's longest collector pause {got['generator_gc_max_ms']:.1f} ms"
+        )
         self.row(5, figure, value=p99, target="<= 5 ms", met=every and p99 is not None and p99 <= 5,
-                 note=delivered if p50 is None else f"p50 {p50:.2f} ms, {delivered}")  # fmt: skip
+                 note=note)  # fmt: skip
 
     async def reconnect_storm(self, first: Launched, second: Launched, figures: list[str]) -> None:
         plan = self.plan
@@ -535,7 +551,10 @@ class Bench:
         )
         fetches = await self.jwks_fetches() - fetched
         seconds = max(part["last"] for part in got) - killed
-        self.row(7, figures[0], value=seconds, target="report", met=None,
+        # Issue 22's goal is stated for 10,000 clients; a quick run's smaller storm only reports.
+        judged = plan.reconnect >= 10_000
+        self.row(7, figures[0], value=seconds, target="<= 5 s" if judged else "report",
+                 met=(seconds <= 5 and done == 2 * share) if judged else None,
                  note=f"{done} of {2 * share} re-authenticated on the surviving replica; its CPU "
                       f"meanwhile {spent:.2f} s ({spent / max(done, 1) * 1e6:.0f} us each, "
                       f"{system / max(spent, 1e-9):.0%} in the kernel); "

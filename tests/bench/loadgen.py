@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import gc
 import json
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import uvloop
 
 from realtime_gateway_client.dpop import DPoPKey
+from realtime_gateway_protocol.access_token import ALGORITHM, REQUIRED_CLAIMS
 from shared.dpop import thumbprint
 from tests.bench.procinfo import cpu_seconds
-from tests.bench.tokens import BenchKey
+from tests.bench.tokens import AUDIENCE, BenchKey
 from tests.bench.wsclient import HOST, WSClient, WSClosed, connect
 
 PASSWORD = "benchmark password 123"
@@ -50,6 +54,27 @@ async def bounded(count: int, concurrency: int, one: Callable[[int], Awaitable[N
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def collector_pauses() -> Iterator[list[float]]:
+    """This process's collector pauses (seconds) while the block runs: a latency figure timed
+    here includes them, so a row can tell the generator's pauses from the server's."""
+    pauses: list[float] = []
+    began = 0.0
+
+    def on_gc(phase: str, _: dict[str, int]) -> None:
+        nonlocal began
+        if phase == "start":
+            began = time.perf_counter()
+        else:
+            pauses.append(time.perf_counter() - began)
+
+    gc.callbacks.append(on_gc)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(on_gc)
 
 
 async def until(condition: Callable[[], bool], within: float) -> None:
@@ -317,14 +342,18 @@ class Agent:
         sub.on_text = arrived
         pub.on_text = answered
         total = int(rate * seconds)
-        start = time.perf_counter()
-        for n in range(total):
-            await asyncio.sleep(max(0.0, start + n / rate - time.perf_counter()))
-            sent[n] = time.perf_counter()
-            pub.send_text(json.dumps({"type": "publish", "channel": channel, "data": n}))
-        await until(lambda: not sent, 5)
+        with collector_pauses() as pauses:
+            start = time.perf_counter()
+            for n in range(total):
+                await asyncio.sleep(max(0.0, start + n / rate - time.perf_counter()))
+                sent[n] = time.perf_counter()
+                pub.send_text(json.dumps({"type": "publish", "channel": channel, "data": n}))
+            await until(lambda: not sent, 5)
         await asyncio.gather(sub.close(), pub.close())
-        return {**quantiles(samples), "lost": len(sent), "sent": total, "refused": refused}
+        return {**quantiles(samples), "lost": len(sent), "sent": total, "refused": refused,
+                "over_5ms": sum(sample > 0.005 for sample in samples),
+                "max_ms": max(samples, default=0) * 1000,
+                "generator_gc_max_ms": max(pauses, default=0) * 1000}  # fmt: skip
 
     async def op_sign(self, seconds: float) -> Result:
         """Raw RS256 signatures/s: pyjwt over cryptography, the claims of an access token; and
@@ -336,6 +365,24 @@ class Agent:
         return {
             "rate": count / (time.perf_counter() - start),
             "cpu_us": (time.process_time() - cpu) / count * 1e6,
+        }
+
+    async def op_verify(self, seconds: float, count: int = 2_000) -> Result:
+        """The CPU of one ``jwt.decode`` of a fresh access token, called as ws_service calls it
+        (RS256, the key object, audience, issuer, the required claims): the part of an in-band
+        handshake that pyjwt does, which no change to the gateway removes. Each token is verified
+        once, as in a handshake (no warm cache of a repeated token)."""
+        tokens = [self.key.mint(self.sub(n)) for n in range(count)]
+        public = self.key.private.public_key()
+        done, start, cpu = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - start < seconds and done < 1_000_000:
+            jwt.decode(tokens[done % count], public, algorithms=[ALGORITHM], audience=AUDIENCE,
+                       issuer=self.key.issuer, leeway=5,
+                       options={"require": list(REQUIRED_CLAIMS)})  # fmt: skip
+            done += 1
+        return {
+            "rate": done / (time.perf_counter() - start),
+            "cpu_us": (time.process_time() - cpu) / done * 1e6,
         }
 
     async def op_refresh(
