@@ -1,8 +1,8 @@
 """The one JSON codec for everything that crosses the wire (HTTP bodies, WebSocket frames).
 
 Python's ``json`` accepts what no browser does: ``NaN``/``Infinity``, ``1e400`` (parsed as
-``inf``), lone UTF-16 surrogates (``"\\ud800"``), and nesting hundreds deep that later fails to
-re-encode. One user's frame must never break a channel for everyone, so every decoder here is
+``inf``), an integer of 400 digits (exact in Python, ``Infinity`` to ``JSON.parse``), lone UTF-16
+surrogates (``"\\ud800"``), and nesting hundreds deep that later fails to re-encode. One user's frame must never break a channel for everyone, so every decoder here is
 strict and every encoder refuses non-finite numbers.
 
 Standard library only, as the clients use it too; where ``orjson`` is installed (the servers) it
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Collection
 from typing import Any
 
@@ -34,10 +35,17 @@ class WireJSONError(ValueError):
     """The input is not JSON this system accepts; ``str(error)`` says why, for the client."""
 
 
+_INFINITE = "numbers must be finite"
+
+_LARGEST = sys.float_info.max
+"""An integer beyond this is infinite to every reader that parses numbers as doubles, as
+``JSON.parse`` does: ``1`` followed by 400 zeros reads ``Infinity`` in a browser."""
+
+
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise WireJSONError("numbers must be finite")
+        raise WireJSONError(_INFINITE)
     return value
 
 
@@ -81,7 +89,9 @@ def loads(
         raise
     except RecursionError:
         raise WireJSONError("JSON nested too deeply") from None
-    except ValueError:
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):  # past sys.get_int_max_str_digits()
+            raise WireJSONError(_INFINITE) from None
         raise WireJSONError("not valid JSON") from None
     if lenient and isinstance(value, dict) and not allow_surrogates:
         check(value, max_depth=max_depth, allow_surrogates=True)
@@ -116,15 +126,18 @@ def _within(value: Any, max_depth: int) -> bool:
 
 
 def check(value: Any, *, max_depth: int = MAX_DEPTH, allow_surrogates: bool = False) -> None:
-    """Raise :class:`WireJSONError` unless ``value`` (already decoded) is within ``max_depth``
-    and, unless allowed, free of lone surrogates. One iterative walk: no recursion for an
-    attacker to exhaust."""
+    """Raise :class:`WireJSONError` unless ``value`` (already decoded) is within ``max_depth``,
+    holds no integer beyond a double's range and, unless allowed, no lone surrogate. One
+    iterative walk: no recursion for an attacker to exhaust."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
             if not allow_surrogates:
                 _check_text(item)
+        elif type(item) is int:
+            if not -_LARGEST <= item <= _LARGEST:
+                raise WireJSONError(_INFINITE)
         elif isinstance(item, dict):
             if depth >= max_depth:
                 raise WireJSONError(f"JSON nested deeper than {max_depth} levels")

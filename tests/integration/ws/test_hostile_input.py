@@ -52,8 +52,26 @@ async def test_non_ascii_tokens_are_invalid_token(gw: Harness) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    ["1e400", "-1e400", "NaN", "Infinity", '"\\ud800"', '{"\\udfff": 1}', "[" * 40 + "]" * 40],
-    ids=["1e400", "-1e400", "NaN", "Infinity", "surrogate", "surrogate-key", "deep"],
+    [
+        "1e400",
+        "-1e400",
+        "9" * 400,
+        "NaN",
+        "Infinity",
+        '"\\ud800"',
+        '{"\\udfff": 1}',
+        "[" * 40 + "]" * 40,
+    ],
+    ids=[
+        "1e400",
+        "-1e400",
+        "integer-of-400-digits",
+        "NaN",
+        "Infinity",
+        "surrogate",
+        "surrogate-key",
+        "deep",
+    ],
 )
 async def test_publishing_what_browsers_cannot_parse_is_bad_request(
     gw: Harness, data: str, caplog: pytest.LogCaptureFixture
@@ -103,12 +121,20 @@ async def test_every_frame_a_subscriber_gets_is_strict_json(gw: Harness) -> None
     "body",
     [
         b'{"channel": "chat:a", "data": 1e400}',
+        b'{"channel": "chat:a", "data": -' + b"9" * 400 + b"}",
         b'{"channel": "chat:a", "data": NaN}',
         b'{"channel": "chat:a", "data": "\\ud800"}',
         b'{"channel": "chat:a", "data": ' + b"[" * 900 + b"]" * 900 + b"}",
         b'{"channel": "chat:a", "data": "\xff"}',
     ],
-    ids=["1e400", "NaN", "surrogate", "near-recursion-limit", "invalid-utf8"],
+    ids=[
+        "1e400",
+        "integer-of-400-digits",
+        "NaN",
+        "surrogate",
+        "near-recursion-limit",
+        "invalid-utf8",
+    ],
 )
 async def test_publish_api_refuses_what_browsers_cannot_parse(gw: Harness, body: bytes) -> None:
     listener = await gw.login("bob")

@@ -6,6 +6,7 @@ Every test runs twice: with orjson's fast path (the servers) and with the standa
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from realtime_gateway_protocol import wire_json
-from realtime_gateway_protocol.wire_json import MAX_DEPTH, WireJSONError, dumps, loads
+from realtime_gateway_protocol.wire_json import MAX_DEPTH, WireJSONError, check, dumps, loads
 
 
 @pytest.fixture(autouse=True, params=["orjson", "stdlib"])
@@ -52,12 +53,27 @@ finite_json = st.recursive(
         ('{"x": 1', "not valid JSON"),
         ('{"x": "\\udc00\\ud800"}', "lone surrogates"),
         ("[" * 1000 + "]" * 1000, "nested"),
-        ("1" * 5000, "not valid JSON"),
+        ("1" * 5000, "numbers must be finite"),
+        ('{"x": ' + "9" * 400 + "}", "numbers must be finite"),
+        ('{"x": [-' + "9" * 310 + "]}", "numbers must be finite"),
     ],
 )
 def test_refuses_what_browsers_cannot_read(text: str, reason: str) -> None:
     with pytest.raises(WireJSONError, match=reason):
         loads(text)
+
+
+def test_integers_end_where_a_browser_reads_infinity() -> None:
+    """JSON.parse reads numbers as doubles: the largest one, written as an integer, is still a
+    number, the next integer is Infinity (and null once a browser re-encodes it)."""
+    largest = int(sys.float_info.max)
+    assert loads(f"[{largest}, {-largest}]") == [largest, -largest]
+    for beyond in (largest + 1, -largest - 1):
+        with pytest.raises(WireJSONError, match="numbers must be finite"):
+            loads(f'{{"data": {beyond}}}')
+        with pytest.raises(WireJSONError, match="numbers must be finite"):
+            check({"data": [beyond]})
+    assert loads(str(2**64)) == 2**64  # past orjson's 64 bits, well within a double: exact
 
 
 def test_invalid_utf8_bytes_are_refused() -> None:
