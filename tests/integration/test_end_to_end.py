@@ -140,15 +140,16 @@ async def test_a_revoked_token_stays_refused_through_the_gateway_leeway(
     make_stack: MakeStack,
 ) -> None:
     """auth_service forgets a revocation at the token's latest ``exp``; the gateway accepts tokens
-    up to ``exp`` plus its leeway, so it has to remember the revocation that much longer."""
-    stack = await make_stack(auth={"access_token_ttl": 1}, ws={"leeway": 3})
+    up to ``exp`` plus its leeway, so it has to remember the revocation that much longer.
+    ``iat`` and ``exp`` are whole seconds, so a 3 s token has more than 2 s left when issued: time
+    for the logout on a loaded machine (a 1 s token could have none)."""
+    stack = await make_stack(auth={"access_token_ttl": 3}, ws={"leeway": 5})
     await stack.register("alice")
     tokens = await stack.login("alice")
     exp = unverified(tokens["access_token"])["exp"]
     await stack.logout(tokens["access_token"])
-    until = int(time.time()) + 1
-    await asyncio.sleep(until + 0.1 - time.time())
-    assert time.time() < exp + 3
+    await asyncio.sleep(exp + 0.1 - time.time())  # auth_service has forgotten the revocation
+    assert time.time() < exp + 5
     ws = await stack.open()
     reply = await auth(ws, tokens["access_token"])
     assert (reply["type"], reply["code"]) == ("auth_error", "session_revoked")
