@@ -2,8 +2,9 @@
 
 Python's ``json`` accepts what no browser does: ``NaN``/``Infinity``, ``1e400`` (parsed as
 ``inf``), an integer of 400 digits (exact in Python, ``Infinity`` to ``JSON.parse``), lone UTF-16
-surrogates (``"\\ud800"``), and nesting hundreds deep that later fails to re-encode. One user's frame must never break a channel for everyone, so every decoder here is
-strict and every encoder refuses non-finite numbers.
+surrogates (``"\\ud800"``), and nesting hundreds deep that later fails to re-encode. One user's
+frame must never break a channel for everyone, so every decoder here is strict and every encoder
+refuses non-finite numbers.
 
 Standard library only, as the clients use it too; where ``orjson`` is installed (the servers) it
 parses first. It already refuses NaN, Infinity, ``1e400``, lone surrogates and invalid UTF-8, so

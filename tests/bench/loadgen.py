@@ -370,8 +370,9 @@ class Agent:
     async def op_verify(self, seconds: float, count: int = 2_000) -> Result:
         """The CPU of one ``jwt.decode`` of a fresh access token, called as ws_service calls it
         (RS256, the key object, audience, issuer, the required claims): the part of an in-band
-        handshake that pyjwt does, which no change to the gateway removes. Each token is verified
-        once, as in a handshake (no warm cache of a repeated token)."""
+        handshake that pyjwt does, which no change to the gateway removes. The loop cycles
+        through ``count`` distinct tokens; pyjwt keeps nothing between calls, so a token seen
+        again costs what a fresh one does."""
         tokens = [self.key.mint(self.sub(n)) for n in range(count)]
         public = self.key.private.public_key()
         done, start, cpu = 0, time.perf_counter(), time.process_time()
