@@ -63,14 +63,6 @@ MAX_FORM_FIELDS = 16
 FORM = "application/x-www-form-urlencoded"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_HTTP_CODES = {
-    404: "not_found",
-    408: "request_timeout",
-    405: "method_not_allowed",
-    413: "request_too_large",
-    415: "unsupported_media_type",
-}
-
 
 HTTP_STATUSES: dict[type[AuthError], int] = {
     AuthError: 500,
@@ -131,8 +123,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _HTTP_CODES.get(exc.status, "http_error")
-        return http_exception_json(exc, code)
+        return http_exception_json(exc, "http_error")
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         return json_error(500, "server_error", "internal error")

@@ -19,7 +19,7 @@ from aiohttp import hdrs, web
 from realtime_gateway_protocol.wire_json import WireJSONError, loads
 from shared.bus import BusUnavailable
 from shared.http.auth import bearer_matches
-from shared.http.responses import json_error, json_response
+from shared.http.responses import HTTP_ERROR_CODES, json_error, json_response
 from shared.jsonlog import audit
 from ws_service.appkeys import CONTROL, GATEWAY, SETTINGS
 from ws_service.domain.commands import DisconnectUser, SubscribeUser, UnsubscribeUser
@@ -85,14 +85,14 @@ def _api_call(handler: Handler) -> Handler:
 async def _body(request: web.Request, limit: int | None, shape: str) -> dict[str, Any]:
     """The JSON object of the body, at most ``limit`` bytes (else aiohttp's client_max_size)."""
     if limit is not None and (request.content_length or 0) > limit:
-        raise _Refusal(413, "request_entity_too_large", f"the body is limited to {limit} bytes")
+        raise _Refusal(413, HTTP_ERROR_CODES[413], f"the body is limited to {limit} bytes")
     try:
         async with asyncio.timeout(request.app[SETTINGS].http_timeout):
             raw = await request.read()
     except TimeoutError:
         raise _Refusal(408, "request_timeout", "the request body did not arrive in time") from None
     if limit is not None and len(raw) > limit:
-        raise _Refusal(413, "request_entity_too_large", f"the body is limited to {limit} bytes")
+        raise _Refusal(413, HTTP_ERROR_CODES[413], f"the body is limited to {limit} bytes")
     try:
         body: Any = loads(raw)
     except WireJSONError as err:

@@ -132,8 +132,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 
 def refusal_json(exc: web.HTTPException) -> web.Response:
-    """aiohttp's refusal as a JSON body, its code from its reason ("Not Found": ``not_found``)."""
-    return http_exception_json(exc, exc.reason.lower().replace(" ", "_"))
+    """aiohttp's refusal as a JSON body, with the code both services give it."""
+    return http_exception_json(exc)
 
 
 async def _admit(

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from realtime_gateway_protocol.wire_json import dumps
 
-__all__ = ["http_exception_json", "json_error", "json_response"]
+__all__ = ["HTTP_ERROR_CODES", "http_exception_json", "json_error", "json_response"]
 
 
 def json_response(
@@ -38,7 +38,21 @@ def json_error(
     )
 
 
-def http_exception_json(exc: web.HTTPException, code: str) -> web.Response:
-    """aiohttp's own refusals (404, 405, 413...) as JSON, keeping the headers a client acts on."""
+HTTP_ERROR_CODES: Mapping[int, str] = {
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
+"""The ``error`` of aiohttp's own refusals, one table for both services: a client that handles a
+too-large body from one handles it from the other."""
+
+
+def http_exception_json(exc: web.HTTPException, fallback: str | None = None) -> web.Response:
+    """aiohttp's own refusals (404, 405, 413...) as JSON, keeping the headers a client acts on;
+    a status outside :data:`HTTP_ERROR_CODES` gets ``fallback``, or else a code from its reason
+    ("Upgrade Required": ``upgrade_required``)."""
+    code = HTTP_ERROR_CODES.get(exc.status) or fallback or exc.reason.lower().replace(" ", "_")
     kept = {k: v for k, v in exc.headers.items() if k.lower() in _KEPT_HEADERS}
     return json_error(exc.status, code, exc.reason, kept)

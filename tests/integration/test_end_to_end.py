@@ -4,13 +4,14 @@ rotation at the issuer does to live sockets at the gateway."""
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from typing import Any
 
 import jwt
 
 from auth_service.appkeys import KEYRING
-from tests.integration.stack import MakeStack
+from tests.integration.stack import API_KEY, MakeStack
 from tests.integration.ws.harness import auth, expect_close, expect_open, recv, send
 
 
@@ -153,3 +154,28 @@ async def test_a_revoked_token_stays_refused_through_the_gateway_leeway(
     ws = await stack.open()
     reply = await auth(ws, tokens["access_token"])
     assert (reply["type"], reply["code"]) == ("auth_error", "session_revoked")
+
+
+async def test_both_services_name_the_same_http_refusal_alike(make_stack: MakeStack) -> None:
+    """A client of both services handles one code per refusal: the 404, the 405 and a body over
+    the limit read the same from auth_service and ws_service (ws_service said
+    ``request_entity_too_large`` for what auth_service calls ``request_too_large``)."""
+    stack = await make_stack()
+    bearer = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    too_big = b'{"channel": "chat:a", "data": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    for service, path in ((stack.auth, "/v1/login"), (stack.ws, "/v1/publish")):
+        codes = []
+        for method, url, body in (
+            ("GET", "/no-such-path", None),
+            ("PUT", path, None),
+            ("POST", path, too_big),
+        ):
+            data = None if body is None else io.BytesIO(body)
+            response = await service.request(method, url, data=data, headers=bearer)
+            assert response.content_type == "application/json"
+            codes.append((response.status, (await response.json())["error"]))
+        assert codes == [
+            (404, "not_found"),
+            (405, "method_not_allowed"),
+            (413, "request_too_large"),
+        ], service

@@ -79,7 +79,7 @@ async def test_http_errors_are_json(gw: Harness) -> None:
         headers={"Authorization": f"Bearer {KEY}"},
     )
     assert too_big.status == 413
-    assert (await too_big.json())["error"] == "request_entity_too_large"
+    assert (await too_big.json())["error"] == "request_too_large"
 
 
 async def test_health_and_readiness(gw: Harness) -> None:

@@ -216,7 +216,7 @@ async def test_control_bodies_are_bounded_in_bytes(gw: Harness) -> None:
     status, body = await call(
         gw, "POST", "/v1/disconnect", data=b'{"user": "' + b"a" * CONTROL_BODY_BYTES + b'"}'
     )
-    assert (status, body["error"]) == (413, "request_entity_too_large")
+    assert (status, body["error"]) == (413, "request_too_large")
 
 
 @pytest.mark.parametrize(
