@@ -22,6 +22,7 @@ from shared.config.env import ConfigError
 from shared.http import access
 from shared.http.jwks import JwksCache
 from shared.http.openapi import openapi_route
+from shared.http.responses import http_exception_json
 from shared.http.serve import DRAIN, HTTP_TIMEOUTS
 from shared.metrics.mirrored import mirrored
 from shared.redis.bus import open_bus
@@ -451,4 +452,4 @@ async def _json_refusals(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return handlers.refusal_json(exc)
+        return http_exception_json(exc)

@@ -126,14 +126,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             line.end = peer.session_end(msg, frames_in)
         return line.answered(ws)
     except web.HTTPException as exc:
-        return line.answered(refusal_json(exc))
+        return line.answered(http_exception_json(exc))
     finally:
         line.write()
-
-
-def refusal_json(exc: web.HTTPException) -> web.Response:
-    """aiohttp's refusal as a JSON body, with the code both services give it."""
-    return http_exception_json(exc)
 
 
 async def _admit(

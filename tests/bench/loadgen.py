@@ -77,6 +77,18 @@ def collector_pauses() -> Iterator[list[float]]:
         gc.callbacks.remove(on_gc)
 
 
+def per_call(seconds: float, one: Callable[[int], object]) -> Result:
+    """Call ``one(n)`` for ``seconds`` (at most a million times): calls/s, and the CPU of one."""
+    count, start, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds and count < 1_000_000:
+        one(count)
+        count += 1
+    return {
+        "rate": count / (time.perf_counter() - start),
+        "cpu_us": (time.process_time() - cpu) / count * 1e6,
+    }
+
+
 async def until(condition: Callable[[], bool], within: float) -> None:
     """Poll a counter that protocol callbacks update, for at most ``within`` seconds."""
     deadline = time.monotonic() + within
@@ -358,14 +370,7 @@ class Agent:
     async def op_sign(self, seconds: float) -> Result:
         """Raw RS256 signatures/s: pyjwt over cryptography, the claims of an access token; and
         the CPU of one, which the other processes of a shared machine do not move."""
-        count, start, cpu = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - start < seconds and count < 1_000_000:
-            self.key.mint(self.sub(count))
-            count += 1
-        return {
-            "rate": count / (time.perf_counter() - start),
-            "cpu_us": (time.process_time() - cpu) / count * 1e6,
-        }
+        return per_call(seconds, lambda n: self.key.mint(self.sub(n)))
 
     async def op_verify(self, seconds: float, count: int = 2_000) -> Result:
         """The CPU of one ``jwt.decode`` of a fresh access token, called as ws_service calls it
@@ -375,16 +380,13 @@ class Agent:
         again costs what a fresh one does."""
         tokens = [self.key.mint(self.sub(n)) for n in range(count)]
         public = self.key.private.public_key()
-        done, start, cpu = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - start < seconds and done < 1_000_000:
-            jwt.decode(tokens[done % count], public, algorithms=[ALGORITHM], audience=AUDIENCE,
-                       issuer=self.key.issuer, leeway=5,
-                       options={"require": list(REQUIRED_CLAIMS)})  # fmt: skip
-            done += 1
-        return {
-            "rate": done / (time.perf_counter() - start),
-            "cpu_us": (time.process_time() - cpu) / done * 1e6,
-        }
+        required = list(REQUIRED_CLAIMS)
+        return per_call(
+            seconds,
+            lambda n: jwt.decode(tokens[n % count], public, algorithms=[ALGORITHM],
+                                 audience=AUDIENCE, issuer=self.key.issuer, leeway=5,
+                                 options={"require": required}),
+        )  # fmt: skip
 
     async def op_refresh(
         self,

@@ -9,12 +9,25 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from redis.asyncio import Redis
+
 from shared.redis.bus import RedisBus
 from tests.services import free_port
 
 BusMaker = Callable[..., Awaitable[RedisBus]]
 DELIVERY_WAIT = 5.0
 """Seconds a test waits for a message before it fails; a liveness bound, not a performance claim."""
+
+
+async def command_calls(url: str) -> dict[str, int]:
+    """Calls per command the server at ``url`` has run since its counters were last reset
+    (``INFO commandstats``; subcommands read ``script|load``)."""
+    client = Redis.from_url(url, decode_responses=True)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in stats.items()}
 
 
 class Inbox:

@@ -20,7 +20,7 @@ from realtime_gateway_protocol.events import SessionRevoked
 from shared.redis.bus import RedisBus
 from shared.redis.ledger import RedisRevocationLedger
 from shared.redis.write import write
-from tests.integration.bus.support import Inbox, PrivateRedis
+from tests.integration.bus.support import Inbox, PrivateRedis, command_calls
 from tests.support.poll import poll
 from tests.support.redis_ha import LocalSentinel, local_sentinel
 from ws_service.domain.history import HistoryPolicy
@@ -54,12 +54,7 @@ async def replicated(redis_server_binary: str) -> AsyncIterator[tuple[PrivateRed
 
 
 async def waits(url: str) -> int:
-    client = Redis.from_url(url, decode_responses=True)
-    try:
-        stats = await client.info("commandstats")
-    finally:
-        await client.aclose()
-    return int(stats.get("cmdstat_wait", {}).get("calls", 0))
+    return (await command_calls(url)).get("wait", 0)
 
 
 async def test_durable_writes_wait_for_the_replica_and_a_lone_server_never_waits(

@@ -10,7 +10,7 @@ from collections import Counter
 
 import redis
 
-from tests.integration.bus.support import PrivateRedis
+from tests.integration.bus.support import PrivateRedis, command_calls
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness, auth, expect_open
 from tests.support.logs import json_lines
@@ -91,13 +91,6 @@ async def test_without_redis_admission_fails_open_within_this_replicas_cap(
     await expect_open(second)
 
 
-def script_calls(admin: redis.Redis) -> dict[str, int]:
-    """Calls per command the server has run since its counters were reset (``INFO
-    commandstats``)."""
-    stats = admin.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in stats.items()}
-
-
 async def test_a_batch_of_slot_acquires_is_one_round_trip_even_after_a_script_flush(
     private_redis: PrivateRedis,
 ) -> None:
@@ -113,7 +106,7 @@ async def test_a_batch_of_slot_acquires_is_one_round_trip_even_after_a_script_fl
         users = [f"u{n}" for n in range(20)]
         taken = await asyncio.gather(*(slots.acquire(user, "s1", 1) for user in users))
         assert taken == [True] * 20
-        calls = script_calls(admin)
+        calls = await command_calls(private_redis.url)
         assert calls.get("evalsha") == 20
         assert "script|exists" not in calls and "script" not in calls, calls
 
@@ -122,7 +115,7 @@ async def test_a_batch_of_slot_acquires_is_one_round_trip_even_after_a_script_fl
         again = await asyncio.gather(*(slots.acquire(user, "s2", 2) for user in users))
         assert again == [True] * 20
         assert await slots.acquire(users[0], "s3", 2) is False  # the cap still counts
-        calls = script_calls(admin)
+        calls = await command_calls(private_redis.url)
         assert calls.get("script|load") == 1, calls
         assert calls.get("evalsha") == 20 + 20 + 1, calls  # refused batch, sent again, the last
     finally:
