@@ -13,6 +13,7 @@ import aiohttp
 import jwt
 import pytest
 
+from tests.support.poll import poll
 from tests.system.cluster import Cluster, running_cluster
 from tests.system.procs import run_cli
 from tests.system.wire import connected, expect_close, frame, request, tokens_for
@@ -75,8 +76,15 @@ async def test_a_revoked_key_is_refused_on_every_replica_within_2_s_and_its_sock
                         assert reply["code"] == "token_expired", reply
                         refused[index] = time.monotonic() - announced
                 assert time.monotonic() - announced < REFUSAL_BOUND, (refused, cluster.logs())
+            # An auth replica drops the key when its reload (a database read) after the same
+            # announcement is done, which can end after the gateways refused: within the bound.
             for index in range(len(cluster.auth)):
-                assert leaked not in await published_kids(http, cluster.auth_url(index))
+
+                async def unpublished(index: int = index) -> bool:
+                    return leaked not in await published_kids(http, cluster.auth_url(index))
+
+                left = REFUSAL_BOUND - (time.monotonic() - announced)
+                await poll(unpublished, within=max(left, 0.0))
 
             for ws in (renewing, silent):
                 warning = await frame(ws, within=REFUSAL_BOUND)
