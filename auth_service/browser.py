@@ -85,7 +85,14 @@ def browser_cookies(settings: Settings) -> BrowserCookies:
 
 class _SessionCookieStorage(EncryptedCookieStorage):
     """aiohttp-session deletes its cookie without the ``Secure`` attribute, and a browser ignores
-    such a ``Set-Cookie`` for a ``__Host-`` name: delete it with the attributes it was set with."""
+    such a ``Set-Cookie`` for a ``__Host-`` name: delete it with the attributes it was set with.
+    It also encodes the cookie as UTF-8 before decrypting it, and a header's undecodable bytes
+    arrive as surrogate escapes (a 500 for any caller): a cookie that is not ASCII, as every
+    token it wrote is, counts as no session."""
+
+    def load_cookie(self, request: web.Request) -> str | None:
+        cookie = super().load_cookie(request)
+        return cookie if cookie is None or cookie.isascii() else None
 
     def save_cookie(
         self, response: web.StreamResponse, cookie_data: str, *, max_age: int | None = None

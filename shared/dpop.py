@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.utils import base64url_encode
 
+from realtime_gateway_protocol.wire_json import WireJSONError, check
 from shared.once import UsedOnce
 
 __all__ = [
@@ -169,7 +170,7 @@ class Nonces:
 
     def valid(self, nonce: str) -> bool:
         number_text, _, mac = nonce.partition(".")
-        if not number_text.isdigit() or len(number_text) > 20:
+        if not (number_text.isascii() and number_text.isdigit()) or len(number_text) > 20:
             return False
         number = int(number_text)
         if number not in (current := int(self._clock() // self._window), current - 1):
@@ -215,7 +216,17 @@ def _unverified_header(proof: str) -> dict[str, Any]:
         header = jwt.get_unverified_header(proof)
     except jwt.PyJWTError:
         raise ProofError("the DPoP proof is not a JWT") from None
-    return header
+    return _strict(header, "header")
+
+
+def _strict(part: dict[str, Any], name: str) -> dict[str, Any]:
+    """A proof's header or claims under the wire's JSON rules: anyone signs a proof, with any
+    JSON that pyjwt's parser takes (a lone surrogate, which no string of ours may hold)."""
+    try:
+        check(part)
+    except WireJSONError as exc:
+        raise ProofError(f"the DPoP proof is not valid JSON (its {name}): {exc}") from None
+    return part
 
 
 class ProofVerifier:
@@ -284,7 +295,7 @@ class ProofVerifier:
             raise ProofError(f"the DPoP proof has no {exc.claim}") from None
         except jwt.PyJWTError:
             raise ProofError("the DPoP proof's signature does not verify with its jwk") from None
-        iat = self._check_claims(claims, method, url, access_token)
+        iat = self._check_claims(_strict(claims, "claims"), method, url, access_token)
         jti: str = claims["jti"]
         if nonces is not None:
             nonce = claims.get("nonce")

@@ -25,7 +25,7 @@ from realtime_gateway_protocol.access_token import (
     AuthorizationDetailsError,
     parse_authorization_details,
 )
-from realtime_gateway_protocol.wire_json import WireJSONError, loads
+from realtime_gateway_protocol.wire_json import WireJSONError, check, loads
 
 __all__ = [
     "ASSERTION_ALGORITHM",
@@ -160,6 +160,10 @@ def _verified_claims(
             raise InvalidGrant(f"the assertion must be signed {ASSERTION_ALGORITHM}") from None
         except jwt.PyJWTError:
             raise InvalidGrant("the assertion is not a well-formed JWT") from None
+        try:
+            check(claims)  # pyjwt's JSON takes lone surrogates; the wire rules do not
+        except WireJSONError as exc:
+            raise InvalidGrant(f"the assertion's claims are not valid JSON: {exc}") from None
         return claims
     raise InvalidGrant("the assertion's signature does not verify with the client's secret")
 
@@ -176,6 +180,8 @@ def allowed_scope(client: Client, requested: str | None, default: str) -> str:
     if requested is None:
         return default if client.scope is None else client.scope
     wanted = requested.split()
+    if not wanted:
+        raise InvalidScope("a scope names at least one scope token (RFC 6749 section 3.3)")
     if not all(_SCOPE_TOKEN.fullmatch(token) for token in wanted):
         raise InvalidScope("a scope is space-separated printable ASCII other than '\"' and '\\'")
     if client.scope is not None:

@@ -33,7 +33,7 @@ class _Connection:
     async def execute(self, sql: str, *args: Any) -> int:
         status: str = await self._conn.execute(sql, *args)
         count = status.rsplit(" ", 1)[-1]
-        return int(count) if count.isdigit() else 0
+        return int(count) if count.isascii() and count.isdigit() else 0
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         await self._conn.executemany(sql, args)

@@ -226,7 +226,7 @@ async def delete_account(request: web.Request) -> web.Response:
 
 def document_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise Refused(404, "not_found", "no such document")
     return int(raw)
 

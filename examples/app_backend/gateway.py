@@ -47,7 +47,11 @@ def channels_for(documents: list[int]) -> list[str]:
 
 def document_of(channel: str) -> int | None:
     namespace, _, name = channel.partition(":")
-    return int(name) if namespace == "doc" and name.isdigit() and len(name) < 19 else None
+    return (
+        int(name)
+        if namespace == "doc" and name.isascii() and name.isdigit() and len(name) < 19
+        else None
+    )
 
 
 class Gateway:
@@ -63,7 +67,11 @@ class Gateway:
     def user_id(self, subject: str) -> int | None:
         """The example's user id of a gateway subject; None for anyone else's."""
         client, colon, user = subject.partition(":")
-        if not colon or client != self._settings.client_id or not user.isdigit():
+        if (
+            not colon
+            or client != self._settings.client_id
+            or not (user.isascii() and user.isdigit())
+        ):
             return None
         return int(user)
 

@@ -100,7 +100,7 @@ class Settings:
 
 
 def _port(raw: str) -> int:
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 65536:
         raise ConfigError(f"NOTES_PORT must be a port number, not {raw!r}")
     return int(raw)
 

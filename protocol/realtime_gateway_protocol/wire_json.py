@@ -128,8 +128,9 @@ def _within(value: Any, max_depth: int) -> bool:
 
 def check(value: Any, *, max_depth: int = MAX_DEPTH, allow_surrogates: bool = False) -> None:
     """Raise :class:`WireJSONError` unless ``value`` (already decoded) is within ``max_depth``,
-    holds no integer beyond a double's range and, unless allowed, no lone surrogate. One
-    iterative walk: no recursion for an attacker to exhaust."""
+    holds no integer beyond a double's range, no NaN or infinity and, unless allowed, no lone
+    surrogate. One iterative walk: no recursion for an attacker to exhaust. It holds what another
+    parser decoded (pyjwt's, which takes all three) to the same rules as :func:`loads`."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
@@ -138,6 +139,9 @@ def check(value: Any, *, max_depth: int = MAX_DEPTH, allow_surrogates: bool = Fa
                 _check_text(item)
         elif type(item) is int:
             if not -_LARGEST <= item <= _LARGEST:
+                raise WireJSONError(_INFINITE)
+        elif type(item) is float:
+            if not math.isfinite(item):
                 raise WireJSONError(_INFINITE)
         elif isinstance(item, dict):
             if depth >= max_depth:

@@ -196,13 +196,13 @@ def _host_port(item: str, default_port: int, shown: str) -> tuple[str, int]:
         raise ConfigError(f"REDIS_URL has an empty host in {shown!r}")
     if not port:
         return host, default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(f"REDIS_URL has a bad port {port!r} in {shown!r}")
     return host, int(port)
 
 
 def _db(raw: str, shown: str) -> int:
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise ConfigError(f"REDIS_URL's db must be a number, got {raw!r} in {shown!r}")
     return int(raw)
 

@@ -95,6 +95,40 @@ async def test_malformed_http_is_a_json_400_without_a_traceback(
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
+COOKIE_ENDPOINTS = {
+    "/v1/token": b"grant_type=refresh_token",
+    "/v1/logout": b"",
+    "/v1/ws-ticket": b"",
+}
+
+
+@pytest.mark.parametrize("path", COOKIE_ENDPOINTS)
+@pytest.mark.parametrize("cookie", [b"a\xffb", b"\xed\xa0\x80", b"caf\xc3\xa9"])
+async def test_a_session_cookie_that_is_not_ascii_is_no_session(
+    start: Start, path: str, cookie: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Header bytes that are not UTF-8 reach the cookie as surrogate escapes, which the session
+    library encodes before it decrypts: every cookie endpoint answered 500 with a traceback."""
+    port = await start("auth")
+    body = COOKIE_ENDPOINTS[path]
+    request = (
+        (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {len(body)}\r\n"
+        ).encode()
+        + b"Cookie: gw_session="
+        + cookie
+        + b"\r\n\r\n"
+        + body
+    )
+    with caplog.at_level(logging.INFO):
+        resp = await raw_request("127.0.0.1", port, request)
+    assert resp.status in (400, 401), resp.body
+    assert resp.json()["error"] in ("invalid_request", "invalid_token"), resp.body
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
 async def closed_after(reader: asyncio.StreamReader, limit: float) -> float:
     """Seconds until the server closes the connection (reading whatever it sends)."""
     started = time.monotonic()

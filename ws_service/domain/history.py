@@ -113,7 +113,11 @@ def position_of(frame: str) -> Position | None:
     if start < 0 or not frame.endswith('"}'):
         return None
     offset, sep, epoch = frame[start + len(_OFFSET) : -2].partition(_EPOCH)
-    if not sep or not offset.isdigit() or not (epoch.isascii() and epoch.isalnum()):
+    if (
+        not sep
+        or not (offset.isascii() and offset.isdigit())
+        or not (epoch.isascii() and epoch.isalnum())
+    ):
         return None
     return Position(int(offset), epoch)
 
@@ -143,6 +147,7 @@ class EmptyMarks:
         return (
             bool(sep)
             and origin == self.origin
+            and ms.isascii()
             and ms.isdigit()
             and 0 <= now * 1000 - int(ms) < retention * 1000
         )

@@ -135,7 +135,7 @@ def published_at(frame: str) -> float | None:
     if start < 0:
         return None
     digits = frame[start + len(_TS) :]
-    end = next((i for i, c in enumerate(digits) if not c.isdigit()), len(digits))
+    end = next((i for i, c in enumerate(digits) if not "0" <= c <= "9"), len(digits))
     return int(digits[:end]) / 1000 if end else None
 
 

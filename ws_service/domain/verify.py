@@ -20,6 +20,7 @@ from realtime_gateway_protocol.access_token import (
     REQUIRED_CLAIMS,
     Claims,
 )
+from realtime_gateway_protocol.wire_json import WireJSONError, check
 from ws_service.domain.errors import InvalidToken, KeyWithdrawn, SessionRevoked, TokenExpired
 from ws_service.domain.namespaces import parse_grants
 
@@ -190,6 +191,11 @@ class TokenVerifier:
             raise TokenExpired() from None
         except jwt.InvalidTokenError:
             raise InvalidToken() from None
+        if issuer.trusted:  # pyjwt's JSON takes lone surrogates and NaN; auth_service writes none
+            try:
+                check(payload)
+            except WireJSONError as exc:
+                raise InvalidToken(f"the token's claims are not valid JSON: {exc}") from None
         return payload, kid
 
 

@@ -56,6 +56,14 @@ def assertion(secret: str, **overrides: Any) -> str:
     return jose_jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(secret))
 
 
+def escaped_assertion(secret: str, **overrides: Any) -> str:
+    """:func:`assertion` signed by pyjwt, whose JSON writes a lone surrogate as an escape (and
+    NaN as ``NaN``), which joserfc refuses to: what a careless or hostile backend may sign."""
+    claims = {"iss": "acme", "aud": ISSUER, "sub": "42", "exp": int(time.time()) + 60,
+              "jti": uuid.uuid4().hex, **overrides}  # fmt: skip
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
 def basic(client_id: str, secret: str) -> dict[str, str]:
     encoded = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
     return {"Authorization": f"Basic {encoded}"}
@@ -225,6 +233,26 @@ HOSTILE: list[tuple[str, Any, dict[str, str], int, str]] = [
         "invalid_grant",
     ),
     ("no subject_token", lambda s: {"subject_token": ""}, {}, 400, "invalid_request"),
+    *(
+        (
+            f"{claim} {label} in the assertion",
+            lambda s, claim=claim, value=value: {
+                "subject_token": escaped_assertion(s, **{claim: value})
+            },
+            {},
+            400,
+            "invalid_grant",
+        )
+        for claim in ("jti", "sub", "preferred_username", "aud")
+        for label, value in (("a lone surrogate", "\ud800"), ("NaN", float("nan")))
+    ),
+    (
+        "an infinite exp in the assertion",
+        lambda s: {"subject_token": assertion(s, exp=float("inf"))},
+        {},
+        400,
+        "invalid_grant",
+    ),
     (
         "another subject_token_type",
         lambda s: {"subject_token_type": "urn:ietf:params:oauth:token-type:id_token"},
@@ -240,6 +268,7 @@ HOSTILE: list[tuple[str, Any, dict[str, str], int, str]] = [
         "invalid_request",
     ),
     ("delegation", lambda s: {"actor_token": "x"}, {}, 400, "invalid_request"),
+    ("an empty scope", lambda s: {"scope": " "}, {}, 400, "invalid_scope"),
     ("another audience", lambda s: {"audience": "elsewhere"}, {}, 400, "invalid_target"),
     ("a resource", lambda s: {"resource": "https://x"}, {}, 400, "invalid_target"),
     (

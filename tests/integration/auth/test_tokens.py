@@ -220,6 +220,19 @@ async def test_scope_can_be_narrowed_but_not_widened(client: AuthClient) -> None
     assert resp.status == 200 and (await resp.json())["scope"] == "chat:read"
 
 
+@pytest.mark.parametrize("scope", ["", " ", "\t"])
+async def test_an_empty_scope_is_invalid_not_an_empty_grant(client: AuthClient, scope: str) -> None:
+    """RFC 6749 section 3.3: a scope is one or more scope tokens. An empty one granted a token
+    that could do nothing, and the refresh token rotated for it."""
+    await register(client)
+    tokens = await login(client)
+    data = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    resp = await client.post("/v1/token", data={**data, "scope": scope})
+    assert resp.status == 400 and (await resp.json())["error"] == "invalid_scope"
+    status, body = await refresh(client, tokens["refresh_token"])
+    assert status == 200 and body["scope"] == tokens["scope"], "nothing was rotated"
+
+
 @pytest.mark.parametrize("addresses", [("10.0.0.1",) * 11, ("10.0.0.1",) * 10 + ("10.0.0.2",)])
 async def test_failed_logins_are_throttled_per_account_and_address(
     client: AuthClient, addresses: tuple[str, ...]

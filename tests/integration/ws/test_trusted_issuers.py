@@ -143,6 +143,29 @@ async def test_a_token_minted_by_joserfc_is_accepted(idp_gw: tuple[Idp, Harness]
     assert await recv(ws) == {"type": "subscribed", "channel": "doc:9", "id": 1}
 
 
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": "idp|\ud800"},
+        {"email": "\udcff@example.com"},
+        {"sid": "\ud800"},
+        {"exp": 10**400},
+        {"scope": "chat:read", "extra": float("nan")},
+    ],
+    ids=["sub", "username", "sid", "exp beyond a double", "nan"],
+)
+async def test_a_providers_claims_are_held_to_the_wire_json_rules(
+    idp_gw: tuple[Idp, Harness], claims: dict[str, Any]
+) -> None:
+    """The provider signs whatever JSON its library writes, and pyjwt's parser takes a lone
+    surrogate, NaN or a number past a double: each would fail later, in a frame, a Redis key or a
+    timer. The token is refused at the handshake, as JSON, and the gateway keeps serving."""
+    idp, gw = idp_gw
+    assert "not valid JSON" in await refused(gw, idp.token(**claims))
+    ws = await gw.open()
+    assert (await auth(ws, idp.token()))["type"] == "auth_success"
+
+
 async def test_auth_services_tokens_may_say_application_at_jwt_too(gw: Harness) -> None:
     token = gw.tokens.make("alice", headers={"typ": "application/at+jwt"})
     await gw.login("alice", token=token)

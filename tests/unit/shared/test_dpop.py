@@ -175,6 +175,21 @@ async def test_keys_that_do_not_fit_the_algorithm_are_refused(verifier: ProofVer
     )
 
 
+@pytest.mark.parametrize("claim", ["ath", "jti", "nonce", "extra"])
+async def test_a_lone_surrogate_anywhere_in_a_proof_is_refused(
+    verifier: ProofVerifier, clock: Clock, claim: str
+) -> None:
+    """Anyone signs a proof, and pyjwt's JSON takes a lone surrogate that then fails wherever it
+    is encoded (the ath comparison, the jti's key in Redis): the proof is refused as JSON."""
+    proof = make_proof(es256_key(), "POST", URL, iat=NOW, **{claim: "\ud800"})
+    message = await refused(verifier, proof, access_token="t", nonces=Nonces(b"k" * 32, clock))
+    assert "lone surrogates" in message
+    header = jwt.get_unverified_header(proof)
+    key = es256_key()
+    forged = make_proof(key, "POST", URL, iat=NOW, jwk={**header["jwk"], "x5u": "\udcff"})
+    assert "lone surrogates" in await refused(verifier, forged)
+
+
 async def test_wrong_typ_and_malformed_proofs_are_refused(verifier: ProofVerifier) -> None:
     key = es256_key()
     assert "typ" in await refused(verifier, make_proof(key, "POST", URL, iat=NOW, typ="JWT"))
@@ -201,6 +216,9 @@ async def test_nonces_are_checked_when_asked_for(verifier: ProofVerifier, clock:
     assert not nonces.valid(nonce)
     assert not Nonces(b"j" * 32, clock).valid(nonces.issue())
     assert not nonces.valid("123") and not nonces.valid("x.y") and not nonces.valid("é")
+    mac = nonce.partition(".")[2]
+    for number in ("\u00b2", "\u0661" * 8, f"{nonce.partition('.')[0]}\u0661"):
+        assert not nonces.valid(f"{number}.{mac}")  # digits to str.isdigit, not ASCII
 
 
 def test_thumbprint_is_rfc_7638() -> None:

@@ -91,6 +91,8 @@ def test_the_forms(url: str, expected: RedisTarget) -> None:
         ("redis+cluster://h1:7000/1", "only database 0"),
         ("redis+cluster://h1:7000?db=1", "only database 0"),
         ("redis+cluster://h1:70000", "bad port '70000'"),
+        ("redis+cluster://h1:\u00b2", "bad port"),
+        ("redis+sentinel://h1:26379/m?db=\u0661", "db must be a number"),
         ("redis+cluster://h1:7000,,h2:7001", "empty host"),
     ],
 )

@@ -47,6 +47,8 @@ def test_during_a_rotation_either_secret_verifies() -> None:
         "t=x,v1=ab",
         f"t={NOW},v1=\udcff",
         "t=" + "9" * 20 + ",v1=a",
+        "t=\u00b2,v1=ab",  # a digit to str.isdigit, not to int
+        f"t={NOW}\u0661,v1=ab",  # an Arabic-Indic digit, which int would read
         "x" * 5000,
     ],
 )

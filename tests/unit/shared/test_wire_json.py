@@ -6,6 +6,7 @@ Every test runs twice: with orjson's fast path (the servers) and with the standa
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -74,6 +75,17 @@ def test_integers_end_where_a_browser_reads_infinity() -> None:
         with pytest.raises(WireJSONError, match="numbers must be finite"):
             check({"data": [beyond]})
     assert loads(str(2**64)) == 2**64  # past orjson's 64 bits, well within a double: exact
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+def test_check_holds_another_parsers_output_to_the_same_rules(number: float) -> None:
+    """pyjwt decodes a token's JSON with the standard library's defaults: NaN, Infinity and a
+    lone surrogate come through, and ``check`` then refuses them as ``loads`` would have."""
+    with pytest.raises(WireJSONError, match="numbers must be finite"):
+        check(json.loads(json.dumps({"exp": [number]})))
+    with pytest.raises(WireJSONError, match="lone surrogates"):
+        check(json.loads('{"jti": "\\ud800"}'))
+    check({"exp": 1.5, "iat": 1})
 
 
 def test_invalid_utf8_bytes_are_refused() -> None:

@@ -152,6 +152,22 @@ async def test_a_position_read_before_the_first_message_recovers_it() -> None:
     assert result.position.epoch != mark.epoch
 
 
+async def test_a_mark_whose_time_is_not_ascii_digits_is_not_recovered() -> None:
+    """A client writes ``since``: a superscript two is a digit to ``str.isdigit`` but not to
+    ``int``, and an Arabic-Indic digit is one to both; neither names a mark."""
+
+    async def bus(topic: str, frame: str) -> None:
+        return None
+
+    history = MemoryHistory(bus)
+    mark = (await history.read("chat:a", None, 10, POLICY)).position
+    origin = mark.epoch.rpartition("-")[0]
+    for ms in ("\u00b2", "\u0661", "1_0", " 1"):
+        forged = Position(0, f"{origin}-{ms}")
+        result = await history.read("chat:a", forged, 10, POLICY)
+        assert (result.recovered, result.publications) == (False, [])
+
+
 async def test_a_position_read_before_a_stream_that_expired_is_not_recovered() -> None:
     async def bus(topic: str, frame: str) -> None:
         return None
