@@ -39,7 +39,9 @@ class Session:
     what every refresh carries again: its ``authorization_details`` (compact JSON) and the
     ``username`` the app asserted. ``jkt``: the DPoP key (RFC 7638 thumbprint) the family is
     bound to, set by the first request that proved one and never changed: every refresh token
-    of the family then needs a proof of it."""
+    of the family then needs a proof of it. ``bound_at``: when that was (None for a session bound
+    before it was recorded, taken as bound from its start); a token created before it is a bearer
+    token, whose reuse ends the family whoever bound it since."""
 
     sid: str
     user_id: str
@@ -50,6 +52,11 @@ class Session:
     authorization_details: str | None = None
     username: str | None = None
     jkt: str | None = None
+    bound_at: float | None = None
+
+    def issued_unbound(self, token: RefreshToken) -> bool:
+        """Whether ``token`` of this family was issued while the family was a bearer one."""
+        return self.jkt is None or (self.bound_at is not None and token.created_at < self.bound_at)
 
 
 @dataclass(frozen=True, slots=True)

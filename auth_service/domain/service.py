@@ -271,7 +271,10 @@ class AuthService:
     ) -> tuple[TokenPair, str]:
         sid = str(uuid.uuid4())
         expires_at = now + self.policy.session_lifetime
-        session = Session(sid, user.id, scope, now, expires_at, None, details, username, jkt)
+        bound_at = None if jkt is None else now
+        session = Session(
+            sid, user.id, scope, now, expires_at, None, details, username, jkt, bound_at
+        )
         secret, record = self._new_refresh_token(session, now)
         pair = self._pair(user, session, secret, record, scope, now, jkt)
         await self._store.create_session(session, record)
@@ -313,6 +316,10 @@ class AuthService:
         except InvalidGrant as exc:
             audit("refresh_refused", sid=session.sid, reason=exc.description)
             raise
+        if token.rotated_at is not None and session.issued_unbound(token):
+            # A bearer token's reuse: judged before any key, or a thief who bound the family to
+            # a key of his own since would have turned its owner's replay into a key refusal.
+            await self._reused(session, now - token.rotated_at, now)
         jkt = await self._proven_key(view, proof, "refresh")
         if token.rotated_at is not None:
             await self._reused(session, now - token.rotated_at, now)

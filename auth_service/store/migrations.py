@@ -152,6 +152,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE clients ADD COLUMN dpop TEXT",
         ),
     ),
+    (8, ("ALTER TABLE sessions ADD COLUMN bound_at {real}",)),
 )
 
 _TYPE = re.compile(r"\{(real|blob|serial)\}")

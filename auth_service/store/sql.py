@@ -170,7 +170,7 @@ _ROTATE_LIVE_IN_ONE_STATEMENT = f"""
     )
     SELECT * FROM old
 """  # noqa: S608
-_BIND_SESSION = "UPDATE sessions SET jkt = $1 WHERE sid = $2 AND jkt IS NULL"
+_BIND_SESSION = "UPDATE sessions SET jkt = $1, bound_at = $3 WHERE sid = $2 AND jkt IS NULL"
 _VIEW = f"""
     SELECT {_VIEW_COLUMNS} FROM refresh_tokens t
     JOIN sessions s ON s.sid = t.sid
@@ -249,7 +249,7 @@ class SqlStore:
         else:
             rotation = [(_MARK_ROTATED, (now, old_hash)), (_INSERT_TOKEN, astuple(new))]
         if bind is not None:
-            rotation.append((_BIND_SESSION, (bind, new.sid)))
+            rotation.append((_BIND_SESSION, (bind, new.sid, now)))
         return await self._db.execute_atomically(rotation)
 
     async def rotate_live_refresh_token(

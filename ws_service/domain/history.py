@@ -147,8 +147,7 @@ class EmptyMarks:
         return (
             bool(sep)
             and origin == self.origin
-            and ms.isascii()
-            and ms.isdigit()
+            and (ms.isascii() and ms.isdigit())
             and 0 <= now * 1000 - int(ms) < retention * 1000
         )
 

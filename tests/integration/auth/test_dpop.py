@@ -302,6 +302,46 @@ async def test_broken_proofs_are_invalid_dpop_proof_never_a_500(
     await assert_error(resp, 400, "invalid_dpop_proof")
 
 
+async def test_a_thief_who_binds_a_stolen_bearer_token_is_still_caught_by_reuse(
+    make_client: MakeClient, events: list[RevocationEvent]
+) -> None:
+    """The first refresh that proves a key binds an unbound session: a thief refreshing with a
+    stolen bearer token and a key of his own bound the session to his key, and the victim's
+    replay of the token the thief rotated was then judged against that key (refused, the family
+    kept) instead of as the reuse it is. A token issued before the binding is a bearer token:
+    its reuse revokes the family, whoever bound it since."""
+    client = await make_client(refresh_reuse_grace=0)
+    await register(client)
+    victim = await login(client)
+    thief = es256_key()
+    status, stolen = await refresh_with(client, victim["refresh_token"], thief)
+    assert (status, stolen["token_type"]) == (200, "DPoP")
+    status, body = await refresh_with(client, victim["refresh_token"], None)
+    assert (status, body["error"]) == (400, "invalid_grant"), body
+    assert "the session is revoked" in body["error_description"]
+    assert [type(event).__name__ for event in events] == ["SessionRevoked"]
+    status, body = await refresh_with(client, stolen["refresh_token"], thief)
+    assert (status, body["error"]) == (400, "invalid_grant"), "the thief's family is ended"
+
+
+async def test_a_token_issued_after_the_binding_is_still_judged_by_its_key_first(
+    make_client: MakeClient, events: list[RevocationEvent]
+) -> None:
+    """The other side of the rule above: once bound by a refresh, a replay of a token issued
+    after that without the key revokes nothing, as for a session bound at login."""
+    client = await make_client(refresh_reuse_grace=0)
+    await register(client)
+    tokens = await login(client)
+    key = es256_key()
+    status, bound = await refresh_with(client, tokens["refresh_token"], key)
+    status, current = await refresh_with(client, bound["refresh_token"], key)
+    assert status == 200
+    status, body = await refresh_with(client, bound["refresh_token"], es256_key())
+    assert (status, body["error"]) == (400, "invalid_grant")
+    assert "DPoP-bound" in body["error_description"] and events == []
+    assert (await refresh_with(client, current["refresh_token"], key))[0] == 200
+
+
 async def test_required_refuses_bearer_logins_and_binds_old_sessions(
     make_client: MakeClient,
 ) -> None:

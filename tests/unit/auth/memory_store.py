@@ -91,7 +91,7 @@ class MemoryStore:
         if new.token_hash in self.tokens:
             raise StoreUnavailable("the new token's hash is taken (a primary key would refuse it)")
         if bind is not None:
-            self.sessions[new.sid] = replace(self.sessions[new.sid], jkt=bind)
+            self.sessions[new.sid] = replace(self.sessions[new.sid], jkt=bind, bound_at=now)
         self.tokens[old_hash] = replace(old, rotated_at=now)
         self.tokens[new.token_hash] = new
         return True
