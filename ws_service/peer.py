@@ -39,6 +39,11 @@ class _Close(NamedTuple):
     reason: str
 
 
+def _seen(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class WebSocketPeer:
     __slots__ = (
         "_close",
@@ -94,7 +99,7 @@ class WebSocketPeer:
         if self._outbox is None and self._writer is None and self._write_now(text):
             self.sent += 1
             return
-        if self._queued + len(text) > self._max_bytes:
+        if self._queued + self._buffered() + len(text) > self._max_bytes:
             self._outbox = None
             self._queued = 0
             if self._on_overflow is not None:
@@ -124,13 +129,24 @@ class WebSocketPeer:
 
     async def finish(self, grace: float) -> None:
         """Let queued frames go out for at most ``grace`` seconds, then complete a requested
-        close handshake (bounded by the socket's close timeout)."""
+        close handshake (bounded by the socket's close timeout: aiohttp's ``close`` first waits,
+        without a bound, for the transport to drain, which a peer that stopped reading never
+        lets happen). Whatever the peer has still not read is then dropped with the connection:
+        a graceful TCP close would keep it, and the connection, alive after the handler has
+        returned and released the user's slot."""
         self._closing = True
         if self._writer is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._writer, grace)
         if self._close is not None and not self.ws.closed:
-            await self.ws.close(code=self._close.code, message=self._close.reason.encode())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.ws.close(code=self._close.code, message=self._close.reason.encode()),
+                    grace,
+                )
+        if self._buffered():
+            assert self._transport is not None
+            self._transport.abort()
         self._finished = True
         if self._done is not None:
             self._done.set()
@@ -163,20 +179,31 @@ class WebSocketPeer:
         aiohttp's uncompressed ``send_frame`` writes to the transport first and then suspends only
         to drain a transport paused above its high-water mark, which an empty write buffer is not.
         So the coroutine is driven to completion here, as a task's first step would drive it. Were
-        it to suspend anyway, the frame is already written: only the drain wait is dropped."""
+        it to suspend anyway (a frame past the high-water mark), the frame is already written:
+        only the drain wait is dropped. The future it waited on stays with aiohttp, which fails
+        it if the peer goes away; it is marked as seen, or asyncio would log an error for each
+        such peer ("Future exception was never retrieved")."""
         transport = self._transport
         if transport is None or transport.is_closing() or transport.get_write_buffer_size():
             return False
         sending = self.ws.send_str(text)
         try:
-            sending.send(None)
+            waited = sending.send(None)
         except StopIteration:
             pass
         except ConnectionError:
             pass  # the peer is gone; the handler's receive() sees it, as the writer would
         else:
+            if isinstance(waited, asyncio.Future):
+                waited.add_done_callback(_seen)
             sending.close()
         return True
+
+    def _buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel: the outbox's limit counts them too, or
+        one large frame written at once would sit there beside a full outbox."""
+        transport = self._transport
+        return 0 if transport is None else transport.get_write_buffer_size()
 
     def _queue(self) -> deque[str | _Close]:
         if self._outbox is None:

@@ -295,6 +295,7 @@ class Settings:
             rate_burst=self.rate_burst,
             rate_strikes=self.rate_strikes,
             sync_timeout=self.subscribe_sync_timeout,
+            reply_bytes=self.max_outbox_bytes // 4,
         )
 
     @property

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from realtime_gateway_protocol.access_token import Claims
@@ -640,6 +640,8 @@ class Connection:
                     page = await hub.history(channel, since, policy.size)
                 except BusUnavailable:
                     page = None
+                if page is not None and since is not None:
+                    page = _recovery_within(page, self._ctx.limits.reply_bytes)
             self.send(
                 protocol.subscribed(
                     channel, request_id, page, recovering=since is not None, reason=reason
@@ -671,6 +673,7 @@ class Connection:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise BadRequest("limit must be a non-negative integer")
         page = await self._unless_redis_down(self._ctx.hub.history(channel, since, limit))
+        page = _page_within(page, self._ctx.limits.reply_bytes, oldest=since is not None)
         self.send(protocol.history(channel, request.id, page, recovering=since is not None))
 
     async def _unless_redis_down(self, work: Awaitable[T]) -> T:
@@ -692,6 +695,32 @@ def _position(value: object, name: str) -> Position | None:
     if not isinstance(epoch, str) or not epoch:
         raise BadRequest(f"{name}.epoch must be a non-empty string")
     return Position(offset, epoch)
+
+
+def _page_within(page: HistoryPage, budget: int, *, oldest: bool) -> HistoryPage:
+    """A ``history`` reply of at most ``budget`` bytes of publications (at least one): the
+    oldest that fit after ``since`` (the client asks again from the last one it got), else the
+    most recent that fit."""
+    frames = page.publications if oldest else page.publications[::-1]
+    kept, total = 0, 0
+    for frame in frames:
+        total += len(frame)
+        if total > budget and kept:
+            break
+        kept += 1
+    if kept == len(frames):
+        return page
+    chosen = frames[:kept] if oldest else frames[:kept][::-1]
+    return replace(page, publications=chosen)
+
+
+def _recovery_within(page: HistoryPage, budget: int) -> HistoryPage:
+    """A recovery whose missed messages pass ``budget`` bytes is not recovered (``recovered``
+    false, no publications): the client then pages through them with ``history`` and ``since``,
+    rather than the gateway holding megabytes for one socket."""
+    if sum(map(len, page.publications)) <= budget:
+        return page
+    return replace(page, publications=[], recovered=False)
 
 
 def _outcome(page: HistoryPage | None) -> str:

@@ -35,3 +35,7 @@ class Limits:
     """Frames refused by the rate limit before the socket is closed."""
     sync_timeout: float = 2.0
     """Seconds a subscribe waits for the bus to confirm it."""
+    reply_bytes: int = 262_144
+    """Bytes of ``publications`` one ``history`` or recovering ``subscribed`` carries: a quarter
+    of the outbox, so a few replies and live messages fit in it together (a channel keeps up to
+    its size times ``WS_MAX_MESSAGE_BYTES``, 6.4 MB by default: more than any outbox)."""

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from tests.integration.ws.conftest import MakeGateway
-from tests.integration.ws.harness import Harness, expect_close, expect_open, recv, send
+from tests.integration.ws.harness import Harness, expect_close, expect_open, recv, send, wait_until
 from tests.support.raw_ws import TEXT, RawWebSocket
 from ws_service.appkeys import GATEWAY, METRICS, SOCKETS
 
@@ -164,4 +164,37 @@ async def test_a_stalled_subscriber_is_dropped_by_outbox_bytes(make_gateway: Mak
         raise AssertionError("the stalled subscriber was never dropped")
     body = await (await gw.client.get("/metrics")).text()
     assert 'ws_limit_hits_total{limit="outbox_bytes"} 1.0' in body
+    stalled.abort()
+
+
+async def test_a_dropped_stalled_subscriber_holds_nothing_once_its_handler_ends(
+    make_gateway: MakeGateway,
+) -> None:
+    """The bytes written but never read count against the outbox too, and the 1013 does not
+    wait for them: aiohttp's close waited without a bound for a drain that a peer that stopped
+    reading never lets happen, and a graceful TCP close kept the connection and its buffer
+    alive after the handler had released the user's slot."""
+    gw = await make_gateway(max_outbox_bytes=256 * 1024, close_timeout=0.5)
+    assert gw.client.server.port is not None
+    stalled = await RawWebSocket.connect("127.0.0.1", gw.client.server.port)
+    stalled.send_text(json.dumps({"type": "auth", "token": gw.tokens.make("bob")}))
+    assert (await stalled.recv())[0] == TEXT
+    stalled.send_text(json.dumps({"type": "subscribe", "channel": "chat:a"}))
+    assert (await stalled.recv())[0] == TEXT
+    [peer] = gw.app[SOCKETS]
+    transport = peer.ws._req.transport if peer.ws._req else None
+    assert transport is not None
+    payload = "x" * 60_000
+    for _ in range(500):
+        await gw.client.post(
+            "/v1/publish",
+            json={"channel": "chat:a", "data": payload},
+            headers={"Authorization": "Bearer test-api-key-0123456789"},
+        )
+        held = peer.queued_bytes + transport.get_write_buffer_size()
+        assert held <= 256 * 1024 + 70_000, held
+        if peer.close_requested or not gw.app[SOCKETS]:
+            break
+    await wait_until(lambda: not gw.app[SOCKETS], 3.0)
+    assert transport.is_closing() and transport.get_write_buffer_size() == 0
     stalled.abort()

@@ -769,6 +769,46 @@ async def test_history_and_presence_answer_on_a_readable_channel() -> None:
     assert presence["members"] == [{"user": {"id": "alice", "username": "alice"}, "connections": 1}]
 
 
+async def test_a_history_reply_is_bounded_in_bytes_and_pages_from_since() -> None:
+    """A channel keeps up to its size times the message limit (6.4 MB by default), more than a
+    socket's outbox: one reply carries at most ``reply_bytes`` of publications, the most recent
+    without ``since``, else the oldest after it, and the client pages on from the last one."""
+    s = Socket(reply_bytes=2_500)
+    await s.authenticate()
+    await s.send({"type": "subscribe", "channel": "chat:a"})
+    for n in range(10):
+        await s.hub.publish("chat:a", {"n": n, "pad": "x" * 900}, None)
+    s.peer.take()
+    [recent] = await s.send({"type": "history", "channel": "chat:a"})
+    assert [m["data"]["n"] for m in recent["publications"]] == [8, 9]
+    seen: list[int] = []
+    since = {"offset": 0, "epoch": recent["position"]["epoch"]}
+    while True:
+        [page] = await s.send({"type": "history", "channel": "chat:a", "since": since})
+        assert page["recovered"] is True
+        assert sum(len(json.dumps(m)) for m in page["publications"]) < 2_600
+        if not page["publications"]:
+            break
+        seen += [m["data"]["n"] for m in page["publications"]]
+        since = {"offset": page["publications"][-1]["offset"], "epoch": since["epoch"]}
+    assert seen == list(range(10)), "every message once, in order"
+
+
+async def test_a_recovery_past_the_reply_budget_is_not_recovered() -> None:
+    s = Socket(reply_bytes=2_500)
+    await s.authenticate()
+    position = (await s.send({"type": "subscribe", "channel": "chat:a"}))[0]["position"]
+    await s.send({"type": "unsubscribe", "channel": "chat:a"})
+    for n in range(10):
+        await s.hub.publish("chat:a", {"n": n, "pad": "x" * 900}, None)
+    since = {"offset": position["offset"], "epoch": position["epoch"]}
+    [reply] = await s.send({"type": "subscribe", "channel": "chat:a", "since": since})
+    assert (reply["recovered"], reply["publications"]) == (False, [])
+    assert reply["position"]["offset"] == 10, "the client pages from since with history"
+    [one] = await s.send({"type": "history", "channel": "chat:a", "since": since, "limit": 1})
+    assert [m["data"]["n"] for m in one["publications"]] == [0]
+
+
 # -- held-back frames while a channel is recovered -----------------------------------------------
 
 
