@@ -39,6 +39,7 @@ from auth_service.domain.errors import (
 from auth_service.domain.models import Client
 from realtime_gateway_protocol.wire_json import WireJSONError, loads
 from shared.http.auth import access_token as shared_access_token
+from shared.http.coding import content_coding_refusal
 from shared.http.dpop import challenge
 from shared.http.forwarded import client_address as forwarded_client_address
 from shared.http.responses import http_exception_json, json_error
@@ -144,6 +145,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 async def _read_body(request: web.Request, media_types: tuple[str, ...]) -> bytes:
     """The raw body of one of ``media_types``, in UTF-8 (the only charset either format allows).
     Waiting for it is timed, unless it has all arrived (a small body comes with its headers)."""
+    refusal = content_coding_refusal(request)
+    if refusal is not None:
+        raise UnsupportedMediaType(refusal)
     if request.content.is_eof():
         raw = await request.read()
     else:

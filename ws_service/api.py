@@ -19,6 +19,7 @@ from aiohttp import hdrs, web
 from realtime_gateway_protocol.wire_json import WireJSONError, loads
 from shared.bus import BusUnavailable
 from shared.http.auth import bearer_matches
+from shared.http.coding import content_coding_refusal
 from shared.http.responses import HTTP_ERROR_CODES, json_error, json_response
 from shared.jsonlog import audit
 from ws_service.appkeys import CONTROL, GATEWAY, SETTINGS
@@ -86,6 +87,9 @@ async def _body(request: web.Request, limit: int | None, shape: str) -> dict[str
     """The JSON object of the body, at most ``limit`` bytes (else aiohttp's client_max_size)."""
     if limit is not None and (request.content_length or 0) > limit:
         raise _Refusal(413, HTTP_ERROR_CODES[413], f"the body is limited to {limit} bytes")
+    refusal = content_coding_refusal(request)
+    if refusal is not None:
+        raise _Refusal(415, HTTP_ERROR_CODES[415], refusal)
     try:
         async with asyncio.timeout(request.app[SETTINGS].http_timeout):
             raw = await request.read()

@@ -174,6 +174,7 @@ async def start_site(site: Site) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(
         site.app,
         access_log=None,
+        auto_decompress=False,  # shared.http.coding: a compressed body is refused, never inflated
         shutdown_timeout=site.shutdown_timeout,
         keepalive_timeout=site.http_timeout,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,7 @@ from ws_service.appkeys import METRICS as WS_METRICS
 from ws_service.settings import Settings as WsSettings
 
 HTTP_TIMEOUT = 0.5
+API_KEY = "test-api-key-0123456789"
 Start = Callable[[str], Awaitable[int]]
 METRIC = {"auth": "auth_limit_hits_total", "ws": "ws_limit_hits_total"}
 
@@ -56,7 +58,10 @@ async def start(tmp_path: Path, apps: dict[int, web.Application]) -> AsyncIterat
         else:
             app = create_ws_app(
                 WsSettings(
-                    jwks_url="http://127.0.0.1:9/jwks", issuer="http://x", http_timeout=HTTP_TIMEOUT
+                    jwks_url="http://127.0.0.1:9/jwks",
+                    issuer="http://x",
+                    http_timeout=HTTP_TIMEOUT,
+                    api_keys=(API_KEY,),
                 ),
                 bus=bus,
             )
@@ -92,6 +97,45 @@ async def test_malformed_http_is_a_json_400_without_a_traceback(
     assert resp.status == 400, resp.body
     assert resp.content_type == "application/json"
     assert resp.json()["error"] == "bad_request"
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+CODED = {
+    "corrupt gzip": (b"gzip", b'{"channel":"chat:a","data":1}'),
+    "valid gzip": (b"gzip", gzip.compress(b'{"username":"alice","password":"x"}')),
+    "deflate": (b"deflate", b"\x00" * 64),
+    "br": (b"br", b"\xff" * 64),
+}
+CODED_PATHS = {"auth": ("/v1/login", "/v1/register", "/healthz"), "ws": ("/v1/publish", "/healthz")}
+
+
+@pytest.mark.parametrize("service", ["auth", "ws"])
+@pytest.mark.parametrize("coded", CODED.values(), ids=CODED.keys())
+async def test_a_compressed_body_is_refused_never_inflated(
+    start: Start, service: str, coded: tuple[bytes, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp inflated such a body: a corrupt one was a 500 with a traceback where a handler
+    read it, and a traceback from aiohttp's own read where none did (GET /healthz, or a request
+    refused before its body: no credential needed to fill the error log)."""
+    port = await start(service)
+    coding, body = coded
+    for path in CODED_PATHS[service]:
+        method = b"GET" if path == "/healthz" else b"POST"
+        request = (
+            method + b" " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Encoding: " + coding + b"\r\n"
+            b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        with caplog.at_level(logging.INFO):
+            resp = await raw_request("127.0.0.1", port, request)
+        if path == "/healthz":
+            assert resp.status == 200, resp.body
+        else:
+            assert resp.status == 415, resp.body
+            assert resp.json()["error"] in ("unsupported_media_type", "invalid_request"), resp.body
+            assert "must not be compressed" in resp.json()["error_description"]
+    await asyncio.sleep(0.05)  # aiohttp reads an unread body after the response
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 

@@ -1,0 +1,19 @@
+"""Request bodies are taken as sent. aiohttp inflates a gzip, deflate or br body by default: a
+decompression bomb's surface, and a corrupt one failed the body's read, and aiohttp's own read of
+an unread body, with a traceback each. No client of either service compresses what it sends, so
+the servers run with ``auto_decompress`` off and refuse a content coding (RFC 9110 section
+15.5.16: 415)."""
+
+from __future__ import annotations
+
+from aiohttp import hdrs, web
+
+__all__ = ["content_coding_refusal"]
+
+
+def content_coding_refusal(request: web.Request) -> str | None:
+    """Why the body cannot be read (its content coding), or None for a body as sent."""
+    coding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
+    if coding in ("", "identity"):
+        return None
+    return f"the request body must not be compressed (Content-Encoding: {coding[:40]!r})"
