@@ -134,6 +134,7 @@ class Connection:
         "_closed_by",
         "_ctx",
         "_deadline",
+        "_granted",
         "_held",
         "_opened",
         "_strikes",
@@ -171,6 +172,9 @@ class Connection:
         self.channels: dict[str, Position | None] = {}
         # Messages held back per channel while it is being recovered; made on first use.
         self._held: dict[str, list[tuple[str, Position | None]]] | None = None
+        # Channels the app's backend subscribed this socket to: they ask no scope, so a renewal
+        # does not check them against the new token's. Made on first use.
+        self._granted: set[str] | None = None
         self._bucket: TokenBucket | None = None
         self._strikes = 0
         self._violations = 0
@@ -261,7 +265,12 @@ class Connection:
             await self._join(channel, None, False, None, SERVER)
         except RequestError:
             return False
-        return not self.closing
+        if self.closing or channel not in self.channels:
+            return False
+        if self._granted is None:
+            self._granted = set()
+        self._granted.add(channel)
+        return True
 
     def disconnected(self) -> None:
         """The socket is gone: drop timers, channels and the user index entry."""
@@ -377,7 +386,10 @@ class Connection:
             return
         self._ctx.metrics.renewals.inc()
         namespaces = self._ctx.namespaces
+        granted = self._granted or ()
         for channel in sorted(self.channels):
+            if channel in granted:
+                continue
             try:
                 namespaces.of(channel).check("subscribe", channel, claims)
             except Forbidden:
@@ -564,6 +576,8 @@ class Connection:
 
     def _leave(self, channel: str, reason: str) -> None:
         self.channels.pop(channel, None)
+        if self._granted is not None:
+            self._granted.discard(channel)
         self._ctx.hub.leave(channel, self)
         if self.claims is not None:
             self._ctx.events.unsubscribe(self.claims, channel, reason)

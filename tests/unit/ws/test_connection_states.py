@@ -420,6 +420,25 @@ async def test_9_a_renewal_leaves_the_channels_the_new_token_cannot_read() -> No
     assert s.peer.closed is None
 
 
+async def test_9_a_renewal_keeps_the_channels_the_apps_backend_subscribed() -> None:
+    """A server subscription asks no scope and lasts as long as the socket: the first renewal
+    checked it against the new token's scope and left it (``permission_revoked``)."""
+    s = Socket()
+    await s.authenticate(s.claims("alice", "chat:read"))
+    assert await s.conn.subscribe_by_server("orders:42")
+    assert await s.conn.subscribe_by_server("news:a")
+    s.peer.take()
+    replies = await s.send({"type": "auth", "token": s.token("n", s.claims("alice", "chat:read"))})
+    assert [r["type"] for r in replies] == ["auth_success"]
+    assert set(s.conn.channels) == {"orders:42", "news:a"}
+    await s.send({"type": "unsubscribe", "channel": "news:a"})
+    [refused] = await s.send({"type": "subscribe", "channel": "news:a"})
+    assert refused["code"] == "forbidden", "the client's own subscribe still needs the scope"
+    replies = await s.send({"type": "auth", "token": s.token("m", s.claims("alice", "chat:read"))})
+    assert [r["type"] for r in replies] == ["auth_success"]
+    assert set(s.conn.channels) == {"orders:42"}
+
+
 async def test_9_a_renewal_rechecks_authorization_details_grants() -> None:
     s = Socket()
     doc = {"type": "realtime_channels", "channels": ["doc:1", "team:7.*"], "actions": ["subscribe"]}
