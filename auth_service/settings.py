@@ -25,6 +25,7 @@ from shared.config.env import (
 )
 from shared.config.kept_secret import kept_secret
 from shared.config.tls import server_context
+from shared.http.forwarded import trusted_proxies
 from shared.redis.connect import env_redis_url
 
 __all__ = ["SECRET_FILE", "ConfigError", "Settings", "checkout_secret"]
@@ -150,7 +151,9 @@ class Settings:
             default_scope=env_str(environ, "AUTH_DEFAULT_SCOPE", "chat:read chat:write"),
             allow_registration=env_bool(environ, "AUTH_ALLOW_REGISTRATION", True),
             dev=dev,
-            forwarded_allow_ips=env_list(environ, "AUTH_FORWARDED_ALLOW_IPS"),
+            forwarded_allow_ips=trusted_proxies(
+                env_list(environ, "AUTH_FORWARDED_ALLOW_IPS"), "AUTH_FORWARDED_ALLOW_IPS"
+            ),
             redis_url=env_redis_url(environ),
             tls_cert=env_str(environ, "AUTH_TLS_CERT", ""),
             tls_key=env_str(environ, "AUTH_TLS_KEY", ""),

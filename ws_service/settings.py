@@ -28,6 +28,7 @@ from shared.config.env import (
 from shared.config.kept_secret import kept_secret
 from shared.config.tls import server_context
 from shared.dpop import normalized_url
+from shared.http.forwarded import trusted_proxies
 from shared.http.jwks import ALGORITHMS
 from shared.redis.connect import env_redis_url
 from ws_service.domain.history import HistoryPolicy
@@ -340,7 +341,9 @@ class Settings:
             ),
             preauth_frame_rate=env_float(environ, "WS_PREAUTH_FRAME_RATE", 2.0, minimum=0.1),
             preauth_frame_burst=env_int(environ, "WS_PREAUTH_FRAME_BURST", 10, minimum=1),
-            forwarded_allow_ips=env_list(environ, "WS_FORWARDED_ALLOW_IPS"),
+            forwarded_allow_ips=trusted_proxies(
+                env_list(environ, "WS_FORWARDED_ALLOW_IPS"), "WS_FORWARDED_ALLOW_IPS"
+            ),
             http_timeout=env_float(environ, "WS_HTTP_TIMEOUT", 15.0, minimum=0.1),
             api_timeout=env_float(environ, "WS_API_TIMEOUT", 2.0, minimum=0.05),
             local_bus=env_bool(environ, "WS_LOCAL_BUS", False),

@@ -3,18 +3,62 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
+from functools import lru_cache
 
-__all__ = ["client_address"]
+from shared.config.env import ConfigError
+
+__all__ = ["client_address", "trusted_proxies"]
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def trusted_proxies(entries: Iterable[str], variable: str) -> tuple[str, ...]:
+    """``entries`` once each is ``*``, an IP address or a network (``10.0.0.0/8``): anything else
+    stops start-up, since a host name or a typo would never match, and every client would then
+    share the proxy's address (one client's failures blocking everyone)."""
+    checked = tuple(entries)
+    for entry in checked:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{variable} lists IP addresses or networks (CIDR) or *, not {entry[:60]!r}"
+            ) from None
+    return checked
+
+
+@lru_cache(maxsize=16)
+def _networks(trusted: tuple[str, ...]) -> tuple[_Network, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in trusted if entry != "*")
+
+
+def _is_trusted(peer: str, trusted: Collection[str]) -> bool:
+    if "*" in trusted:
+        return True
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack listener sees an IPv4 proxy as ::ffff:a.b.c.d
+    try:
+        networks = _networks(tuple(trusted))
+    except ValueError:  # settings made in code, not read through trusted_proxies
+        return False
+    return any(ip in network for network in networks)
 
 
 def client_address(peer: str | None, forwarded_for: str | None, trusted: Collection[str]) -> str:
-    """``peer``, or the last ``X-Forwarded-For`` hop when ``peer`` is a trusted proxy (``*``
-    trusts every peer). The last hop is the one the proxy itself appended; a hop that is not an IP
-    address (garbage, or undecodable bytes handed over as surrogate escapes) is not used, so it
-    never becomes a throttle key, a database value or a log field."""
+    """``peer``, or the last ``X-Forwarded-For`` hop when ``peer`` is a trusted proxy (an address
+    or network of ``trusted``; ``*`` trusts every peer). The last hop is the one the proxy itself
+    appended; a hop that is not an IP address (garbage, or undecodable bytes handed over as
+    surrogate escapes) is not used, so it never becomes a throttle key, a database value or a log
+    field."""
     address = peer or "unknown"
-    if address not in trusted and "*" not in trusted:
+    if not trusted or not _is_trusted(address, trusted):
         return address
     hops = [hop.strip() for hop in (forwarded_for or "").split(",") if hop.strip()]
     if not hops:

@@ -6,8 +6,16 @@ import math
 
 import pytest
 
-from shared.http.forwarded import client_address
+from auth_service.settings import Settings as AuthSettings
+from shared.config.env import ConfigError
+from shared.http.forwarded import client_address, trusted_proxies
 from shared.http.responses import json_response
+from ws_service.settings import Settings as WsSettings
+
+REQUIRED: dict[str, dict[str, str]] = {
+    "AUTH": {"AUTH_KEY_ENCRYPTION_SECRETS": "a-key-encryption-secret-0123456789"},
+    "WS": {},
+}
 
 
 @pytest.mark.parametrize(
@@ -22,12 +30,32 @@ from shared.http.responses import json_response
         ("10.0.0.9", "\udcff\udcfe", ("*",), "10.0.0.9"),
         ("10.0.0.9", "1.2.3.4, not-an-address", ("*",), "10.0.0.9"),
         (None, None, (), "unknown"),
+        ("10.1.2.3", "1.2.3.4", ("10.0.0.0/8",), "1.2.3.4"),
+        ("10.1.2.3", "1.2.3.4", ("10.0.0.0/16",), "10.1.2.3"),
+        ("::ffff:10.1.2.3", "1.2.3.4", ("10.1.2.3",), "1.2.3.4"),
+        ("fd00::5", "1.2.3.4", ("fd00::/64",), "1.2.3.4"),
+        ("10.0.0.9", "1.2.3.4", ("proxy.internal",), "10.0.0.9"),
     ],
 )
 def test_client_address(
     peer: str | None, header: str | None, trusted: tuple[str, ...], address: str
 ) -> None:
     assert client_address(peer, header, trusted) == address
+
+
+@pytest.mark.parametrize("entry", ["proxy.internal", "10.0.0.0/33", "10.0.0.1 ", "", "1.2.3"])
+def test_a_trusted_proxy_that_is_not_an_address_or_network_stops_start_up(entry: str) -> None:
+    """Both services read their list through it: a host name or a typo never matched, and every
+    client then shared the proxy's address."""
+    with pytest.raises(ConfigError, match="AUTH_FORWARDED_ALLOW_IPS"):
+        trusted_proxies(["10.0.0.0/8", entry], "AUTH_FORWARDED_ALLOW_IPS")
+    assert trusted_proxies(["*", "10.0.0.0/8", "::1"], "X") == ("*", "10.0.0.0/8", "::1")
+    for settings in (AuthSettings, WsSettings):
+        prefix = "AUTH" if settings is AuthSettings else "WS"
+        with pytest.raises(ConfigError, match=f"{prefix}_FORWARDED_ALLOW_IPS"):
+            settings.from_env(
+                {**REQUIRED[prefix], f"{prefix}_FORWARDED_ALLOW_IPS": "proxy.internal"}
+            )
 
 
 def test_json_response_is_strict_ascii_with_a_newline() -> None:
