@@ -200,7 +200,7 @@ def print_secret(environ: Mapping[str, str]) -> int:
 
 
 async def keys_command(settings: Settings, action: str, args: argparse.Namespace) -> int:
-    store = await open_store(settings.database_url)
+    store = await open_store(settings.database_url, settings.database_timeout)
     try:
         ring = build_keyring(settings, store)
         if action == "rotate":
@@ -276,7 +276,7 @@ async def create_user(settings: Settings, username: str, scope: str | None) -> i
             return 1
     else:
         password = sys.stdin.readline().rstrip("\n")
-    store = await open_store(settings.database_url)
+    store = await open_store(settings.database_url, settings.database_timeout)
     try:
         ring = build_keyring(settings, store)
         service = build_service(settings, store, ring, EventPublisher(InProcessBus(), store))
@@ -392,7 +392,7 @@ def _seconds(text: str) -> float:
 async def clients_command(settings: Settings, args: argparse.Namespace) -> int:
     """The revocations a deletion makes go through the outbox: a running service (any replica)
     delivers them to its bus within a second, whether or not this shell reaches Redis."""
-    store = await open_store(settings.database_url)
+    store = await open_store(settings.database_url, settings.database_timeout)
 
     async def to_outbox(event: RevocationEvent) -> None:
         await store.add_outbox(REVOCATIONS_TOPIC, encode_event(event), time.time())
@@ -479,7 +479,7 @@ async def outbox_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "replay" and not (args.ids or args.all):
         print("auth_service: outbox replay needs dead-letter IDs or --all", file=sys.stderr)
         return 2
-    store = await open_store(settings.database_url)
+    store = await open_store(settings.database_url, settings.database_timeout)
     try:
         if args.action == "list":
             backlog = await store.outbox_backlog()

@@ -138,7 +138,7 @@ def create_app(
     app[HTTP_TIMEOUTS] = app[METRICS].limit_hits.labels("http_timeout").inc
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[STORE] = await open_store(settings.database_url)
+        app[STORE] = await open_store(settings.database_url, settings.database_timeout)
         yield
         await app[STORE].close()
 

@@ -68,6 +68,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     client_id: str = "realtime-gateway"
     http_timeout: float = 15.0
+    database_timeout: float = 5.0
+    """Seconds one database call may take, waiting for a connection included: past it the
+    request is 503 ``temporarily_unavailable`` instead of hanging on a stalled database."""
     metrics_token: str = field(default="", repr=False)
     workers: int = 1
     dpop: DpopPolicy = DpopPolicy.OPTIONAL
@@ -160,6 +163,7 @@ class Settings:
             cors_origins=env_list(environ, "AUTH_CORS_ORIGINS"),
             client_id=env_str(environ, "AUTH_CLIENT_ID", "realtime-gateway"),
             http_timeout=env_float(environ, "AUTH_HTTP_TIMEOUT", 15.0, minimum=0.1),
+            database_timeout=env_float(environ, "AUTH_DATABASE_TIMEOUT", 5.0, minimum=0.1),
             metrics_token=env_secret(environ, "AUTH_METRICS_TOKEN"),
             workers=env_int(environ, "AUTH_WORKERS", 1, minimum=1),
             dpop=_dpop_policy(env_str(environ, "AUTH_DPOP", "optional")),

@@ -19,6 +19,9 @@ __all__ = ["PostgresDatabase", "open_postgres"]
 
 _MIGRATION_LOCK = 0x61757468  # "auth"
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+MIGRATION_TIMEOUT = 600.0
+"""Seconds one migration statement may take (an index on a large table): the replicas starting
+beside it wait on the migration lock as long."""
 
 
 class _NoRowChanged(Exception):
@@ -27,23 +30,24 @@ class _NoRowChanged(Exception):
 
 
 class _Connection:
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, timeout: float | None = None) -> None:
         self._conn = conn
+        self._timeout = timeout  # None: the pool's command_timeout
 
     async def execute(self, sql: str, *args: Any) -> int:
-        status: str = await self._conn.execute(sql, *args)
+        status: str = await self._conn.execute(sql, *args, timeout=self._timeout)
         count = status.rsplit(" ", 1)[-1]
         return int(count) if count.isascii() and count.isdigit() else 0
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
-        await self._conn.executemany(sql, args)
+        await self._conn.executemany(sql, args, timeout=self._timeout)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        return [dict(row) for row in await self._conn.fetch(sql, *args)]
+        return [dict(row) for row in await self._conn.fetch(sql, *args, timeout=self._timeout)]
 
     async def insert(self, sql: str, *args: Any) -> bool:
         try:
-            await self._conn.execute(sql, *args)
+            await self._conn.execute(sql, *args, timeout=self._timeout)
         except asyncpg.UniqueViolationError:
             return False
         return True
@@ -67,8 +71,9 @@ class PostgresDatabase:
     skip_locked_rows = " FOR UPDATE SKIP LOCKED"
     writable_ctes = True
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, timeout: float = 5.0) -> None:
         self._pool = pool
+        self._timeout = timeout
 
     @classmethod
     async def open(
@@ -78,14 +83,24 @@ class PostgresDatabase:
         min_size: int = 1,
         max_size: int = 10,
         migrations: Sequence[Migration] = MIGRATIONS,
+        call_timeout: float = 5.0,
     ) -> PostgresDatabase:
+        """A pool whose every statement is bounded by ``call_timeout`` (asyncpg cancels it on the
+        server past it), as is the wait for a free connection: a stalled database (a lock held,
+        a network partition) then answers 503, not a request that hangs and holds a
+        connection. Migrations are bounded by :data:`MIGRATION_TIMEOUT` instead."""
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, reset=_keep_session
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                reset=_keep_session,
+                command_timeout=call_timeout,
+                timeout=call_timeout,
             )
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
-        db = cls(pool)
+        db = cls(pool, call_timeout)
         try:
             await db._migrate(migrations)
         except BaseException:
@@ -96,7 +111,7 @@ class PostgresDatabase:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[_Connection]:
         try:
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
                 yield _Connection(conn)
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
@@ -104,7 +119,7 @@ class PostgresDatabase:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Connection]:
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
                 yield _Connection(conn)
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
@@ -139,22 +154,28 @@ class PostgresDatabase:
         await self._pool.close()
 
     async def _migrate(self, migrations: Sequence[Migration]) -> None:
-        async with self.transaction() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-            )
-            rows = await conn.fetch("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
-            for version, statements in migrations:
-                if version <= rows[0]["v"]:
-                    continue
-                for stmt in render(
-                    statements, real="DOUBLE PRECISION", blob="BYTEA", serial="BIGSERIAL"
-                ):
-                    await conn.execute(stmt)
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as raw, raw.transaction():
+                await self._apply(_Connection(raw, MIGRATION_TIMEOUT), migrations)
+        except _DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"database unavailable: {exc}") from exc
+
+    async def _apply(self, conn: _Connection, migrations: Sequence[Migration]) -> None:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        rows = await conn.fetch("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
+        for version, statements in migrations:
+            if version <= rows[0]["v"]:
+                continue
+            for stmt in render(
+                statements, real="DOUBLE PRECISION", blob="BYTEA", serial="BIGSERIAL"
+            ):
+                await conn.execute(stmt)
+            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
 
 
-async def open_postgres(dsn: str) -> SqlStore:
-    return SqlStore(await PostgresDatabase.open(dsn))
+async def open_postgres(dsn: str, call_timeout: float = 5.0) -> SqlStore:
+    return SqlStore(await PostgresDatabase.open(dsn, call_timeout=call_timeout))

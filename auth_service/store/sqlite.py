@@ -160,13 +160,17 @@ class SqliteDatabase:
 
     @classmethod
     async def open(
-        cls, path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS
+        cls,
+        path: str | Path,
+        *,
+        migrations: Sequence[Migration] = MIGRATIONS,
+        busy_timeout: float = 5.0,
     ) -> SqliteDatabase:
         thread = _DatabaseThread()
         try:
             if str(path) != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            conn = await thread.call(_connect, str(path))
+            conn = await thread.call(_connect, str(path), busy_timeout)
             at_once = conn if str(path) == ":memory:" else await thread.call(_connect, str(path), 0)
         except _DRIVER_ERRORS as exc:
             thread.stop()
@@ -257,5 +261,5 @@ class SqliteDatabase:
                 )
 
 
-async def open_sqlite(path: str | Path) -> SqlStore:
-    return SqlStore(await SqliteDatabase.open(path))
+async def open_sqlite(path: str | Path, busy_timeout: float = 5.0) -> SqlStore:
+    return SqlStore(await SqliteDatabase.open(path, busy_timeout=busy_timeout))

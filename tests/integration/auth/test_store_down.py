@@ -3,9 +3,12 @@ never the driver's message (a host, a path) in the body: that goes to the log.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 
+import asyncpg
 import pytest
 
 from auth_service.appkeys import STORE
@@ -37,6 +40,43 @@ async def test_requests_get_503_with_retry_after_when_the_store_drops(
     assert len(reasons) == 4 and all(r.startswith("database unavailable: ") for r in reasons)
     ready = await client.get("/readyz")
     assert ready.status == 503
+
+
+@pytest.mark.postgres
+async def test_a_stalled_database_is_503_within_the_database_timeout(
+    make_client: MakeClient, postgres_url: str
+) -> None:
+    """A lock held elsewhere (or a partition) stalls every statement: each request hung, and once
+    the pool's connections were all waiting, /readyz too. Each call is now bounded by
+    AUTH_DATABASE_TIMEOUT (the statement is cancelled on the server) and answers 503."""
+    client = await make_client(database_url=postgres_url, database_timeout=0.5)
+    await register(client)
+    holder = await asyncpg.connect(postgres_url)
+    try:
+        locked = holder.transaction()
+        await locked.start()
+        await holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        answers = await asyncio.gather(
+            *(
+                client.post("/v1/login", json={"username": "alice", "password": PASSWORD})
+                for _ in range(12)  # more than the pool's 10 connections
+            ),
+            client.get("/readyz"),
+        )
+        assert time.monotonic() - started < 5
+        statuses = [a.status for a in answers]
+        # A login's throttle check reads the database too; concurrent ones may be throttled.
+        assert set(statuses[:-1]) <= {503, 429} and 503 in statuses[:-1], statuses
+        assert statuses[-1] == 200, "/readyz's SELECT 1 needs no locked table, nor a free slot"
+        assert (await answers[0].json())["error"] in (
+            "temporarily_unavailable",
+            "too_many_attempts",
+        )
+        await locked.rollback()
+    finally:
+        await holder.close()
+    assert (await login(client))["token_type"] == "Bearer", "the pool recovered"
 
 
 def test_a_server_side_failure_says_internal_error_and_logs_why(
