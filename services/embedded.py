@@ -86,6 +86,8 @@ def build_stack(environ: Mapping[str, str]) -> Stack:
         key_line = f"publish API   {publish}   (keys from WS_API_KEYS)"
     else:
         key_line = f"publish API   {publish}   disabled: WS_API_KEYS is empty"
+    embedded_db = auth.database_url.startswith("sqlite:")
+    same_env = "" if embedded_db else "   (with the AUTH_* variables this stack has)"
     lines = [
         f"chat page     {page}   (open this in a browser)",
         f"auth_service  {auth.issuer}   (REST API; JWKS at {auth.jwks_uri})",
@@ -95,9 +97,16 @@ def build_stack(environ: Mapping[str, str]) -> Stack:
         f"secret        key encryption from {auth.secrets_source}",
         "",
         "Try it: create two users, then chat in two terminals:",
-        "  .venv/bin/python -m auth_service users create bob   (and carol)",
+        f"  .venv/bin/python -m auth_service users create bob   (and carol){same_env}",
         "  .venv/bin/python -m realtime_gateway_client.chat --user bob   (and --user carol in another)",
         "Next: docs/getting-started.md (a tour with curl), docs/rest.md (every endpoint).",
     ]
+    ignored = [name for name in ("AUTH_WORKERS", "WS_WORKERS") if environ.get(name, "1") != "1"]
+    if ignored:
+        lines.insert(
+            6,
+            f"workers       {' and '.join(ignored)} not used: make run is one process "
+            "(python -m auth_service / ws_service run workers)",
+        )
     mode = " (one process, development mode: AUTH_DEV=1)" if auth.dev else " (one process)"
     return Stack(sites, lines, auth_app, ws_app, mode)

@@ -56,7 +56,22 @@ def test_the_banner_says_which_database_and_secret_are_in_use(tmp_path: Path) ->
     assert (
         f"secret        key encryption from AUTH_KEY_ENCRYPTION_SECRETS_FILE={secret}\n" in banner
     )
+    assert "users create bob   (and carol)   (with the AUTH_* variables this stack has)" in banner
     dev = build_stack({"AUTH_DEV": "1", "AUTH_DATA_DIR": str(tmp_path)}).banner({})
     assert "is up (one process, development mode: AUTH_DEV=1)" in dev
+    assert "users create bob   (and carol)\n" in dev and "workers" not in dev
     assert f"database      sqlite:///{tmp_path}/auth.db\n" in dev
     assert f"from {tmp_path}/key-encryption-secret (AUTH_DEV=1)\n" in dev
+
+
+def test_the_banner_says_worker_counts_are_not_used(tmp_path: Path) -> None:
+    """make run is one process: AUTH_WORKERS and WS_WORKERS were ignored without a word."""
+    environ = {
+        "AUTH_DEV": "1",
+        "AUTH_DATA_DIR": str(tmp_path),
+        "AUTH_WORKERS": "2",
+        "AUTH_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test",
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+    }
+    banner = build_stack({**environ, "WS_WORKERS": "3"}).banner({})
+    assert "workers       AUTH_WORKERS and WS_WORKERS not used: make run is one process" in banner
