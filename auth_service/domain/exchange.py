@@ -180,8 +180,6 @@ def allowed_scope(client: Client, requested: str | None, default: str) -> str:
     if requested is None:
         return default if client.scope is None else client.scope
     wanted = requested.split()
-    if not wanted:
-        raise InvalidScope("a scope names at least one scope token (RFC 6749 section 3.3)")
     if not all(_SCOPE_TOKEN.fullmatch(token) for token in wanted):
         raise InvalidScope("a scope is space-separated printable ASCII other than '\"' and '\\'")
     if client.scope is not None:

@@ -593,8 +593,6 @@ class AuthService:
         if requested is None:
             return granted
         allowed, wanted = set(granted.split()), set(requested.split())
-        if not wanted:
-            raise InvalidScope("a scope names at least one scope token (RFC 6749 section 3.3)")
         if not wanted <= allowed:
             raise InvalidScope("the requested scope exceeds the session's scope")
         return " ".join(s for s in granted.split() if s in wanted)

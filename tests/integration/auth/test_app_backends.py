@@ -268,7 +268,6 @@ HOSTILE: list[tuple[str, Any, dict[str, str], int, str]] = [
         "invalid_request",
     ),
     ("delegation", lambda s: {"actor_token": "x"}, {}, 400, "invalid_request"),
-    ("an empty scope", lambda s: {"scope": " "}, {}, 400, "invalid_scope"),
     ("another audience", lambda s: {"audience": "elsewhere"}, {}, 400, "invalid_target"),
     ("a resource", lambda s: {"resource": "https://x"}, {}, 400, "invalid_target"),
     (
