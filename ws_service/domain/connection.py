@@ -385,13 +385,15 @@ class Connection:
         if self.closing:
             return
         self._ctx.metrics.renewals.inc()
-        namespaces = self._ctx.namespaces
+        namespaces, hub = self._ctx.namespaces, self._ctx.hub
         granted = self._granted or ()
         for channel in sorted(self.channels):
-            if channel in granted:
-                continue
+            namespace = namespaces.of(channel)
             try:
-                namespaces.of(channel).check("subscribe", channel, claims)
+                if channel not in granted:  # the app's backend subscribed it: no scope asked
+                    namespace.check("subscribe", channel, claims)
+                if hub.watching(channel, self):  # subscribed with presence_events
+                    namespace.check("presence", channel, claims)
             except Forbidden:
                 self._leave(channel, "permission_revoked")
                 self.send(
@@ -542,7 +544,7 @@ class Connection:
         elif kind == "history":
             await self._history(request)
         elif kind == "presence":
-            channel = self._permitted_channel(request, "presence")
+            channel = await self._readable_channel(request, "presence")
             if not self._ctx.namespaces.of(channel).presence:
                 raise NotEnabled("this channel's namespace has no presence")
             members = await self._unless_redis_down(self._ctx.hub.members(channel))
@@ -680,8 +682,20 @@ class Connection:
             if position is None or self._advance(channel, position):
                 self.peer.send(text)
 
+    async def _readable_channel(self, request: protocol.Request, action: Action) -> str:
+        """The channel of a ``history`` or ``presence`` request, once the claims may do
+        ``action`` on it and, in a namespace whose subscribes the app's proxy decides, the app
+        lets this user subscribe to it (unless the socket is subscribed already): what a user may
+        not subscribe to, it may not read either."""
+        assert self.claims is not None
+        channel = self._permitted_channel(request, action)
+        proxy = self._ctx.namespaces.of(channel).subscribe_proxy
+        if proxy is not None and channel not in self.channels:
+            await self._proxies().subscribe(proxy, self.claims, channel)
+        return channel
+
     async def _history(self, request: protocol.Request) -> None:
-        channel = self._permitted_channel(request, "history")
+        channel = await self._readable_channel(request, "history")
         since = _position(request.body.get("since"), "since")
         limit = request.body.get("limit", 1_000_000)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:

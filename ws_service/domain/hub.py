@@ -127,6 +127,11 @@ class Hub:
         else:
             self._stop_watching(channel, subscriber)
 
+    def watching(self, channel: str, subscriber: Subscriber) -> bool:
+        """Whether ``subscriber`` gets the channel's join/leave frames (``presence_events``)."""
+        watchers = self._watchers.get(channel)
+        return watchers is not None and subscriber in watchers
+
     def leave(self, channel: str, subscriber: Subscriber) -> None:
         """Stop delivering; a tracked presence entry is removed in the background."""
         self._stop_watching(channel, subscriber)

@@ -439,6 +439,33 @@ async def test_9_a_renewal_keeps_the_channels_the_apps_backend_subscribed() -> N
     assert set(s.conn.channels) == {"orders:42"}
 
 
+async def test_9_a_renewal_rechecks_presence_events_too() -> None:
+    """A subscription with ``presence_events`` needs ``presence``: a renewal whose grants drop it
+    left the join and leave frames flowing (a fresh subscribe would be refused)."""
+    s = Socket()
+    both = {
+        "type": "realtime_channels",
+        "channels": ["chat:a"],
+        "actions": ["subscribe", "presence"],
+    }
+    only = {**both, "actions": ["subscribe"]}
+    await s.authenticate(replace(s.claims("alice", "x:read"), grants=parse_grants([both])))
+    frame = {"type": "subscribe", "channel": "chat:a", "presence_events": True}
+    assert (await s.send(frame))[0]["type"] == "subscribed"
+    assert await s.conn.subscribe_by_server("chat:b")
+    s.peer.take()
+    renewed = replace(s.claims("alice", "x:read"), grants=parse_grants([only]))
+    replies = await s.send({"type": "auth", "token": s.token("n", renewed)})
+    assert replies[0] == {
+        "type": "unsubscribed",
+        "channel": "chat:a",
+        "reason": "permission_revoked",
+    }
+    assert replies[1]["type"] == "auth_success"
+    assert set(s.conn.channels) == {"chat:b"}
+    assert not s.hub.watching("chat:a", s.conn)
+
+
 async def test_9_a_renewal_rechecks_authorization_details_grants() -> None:
     s = Socket()
     doc = {"type": "realtime_channels", "channels": ["doc:1", "team:7.*"], "actions": ["subscribe"]}

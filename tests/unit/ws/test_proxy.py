@@ -17,6 +17,7 @@ from tests.unit.ws.fakes import FakeAppProxy, FakePeer, build_gateway
 from ws_service.domain import proxy as proxy_module
 from ws_service.domain.connection import Connection
 from ws_service.domain.gateway import Gateway
+from ws_service.domain.history import HistoryPolicy
 from ws_service.domain.namespaces import Namespace, Namespaces
 from ws_service.domain.proxy import DENY_TTL, ProxyGate, Verdict
 
@@ -32,9 +33,12 @@ class World:
         self.clock = FakeClock()
         self.app = FakeAppProxy()
         doc = Namespace("doc", subscribe_proxy=SUBSCRIBE_URL, publish_proxy=PUBLISH_URL)
+        notes = Namespace(
+            "notes", history=HistoryPolicy(100, 300.0), presence=True, subscribe_proxy=SUBSCRIBE_URL
+        )
         self.gateway: Gateway = build_gateway(
             clock=self.clock,
-            namespaces=Namespaces([doc]),
+            namespaces=Namespaces([doc, notes]),
             proxies=ProxyGate(self.app, self.clock, allow_ttl=ttl) if gate else None,
             rate_per_second=1e9,
             rate_burst=10**9,
@@ -91,6 +95,31 @@ async def test_the_apps_denial_is_forbidden_with_its_reason() -> None:
     assert "doc:1" not in alice.conn.channels
     world.app.verdicts["doc:2"] = Verdict(False)
     assert (await alice.subscribe("doc:2"))["message"] == "the application refused"
+
+
+async def test_history_and_presence_ask_the_app_as_a_subscribe_would() -> None:
+    """What a user may not subscribe to, it may not read: history and presence in a namespace
+    whose subscribes the app decides went by the namespace rule alone, so a refused user read
+    the channel's messages and who was in it."""
+    world = World()
+    scope = "notes:read notes:write"
+    member = await world.socket("bob", scope)
+    assert (await member.subscribe("notes:secret"))["type"] == "subscribed"
+    await member.send({"type": "publish", "channel": "notes:secret", "data": "confidential"})
+    world.app.verdicts["notes:secret"] = Verdict(False, "not a member")
+    mallory = await world.socket("mallory", scope)
+    for kind in ("history", "presence"):
+        [reply] = await mallory.send({"type": kind, "channel": "notes:secret", "id": 2})
+        assert (reply["type"], reply["code"], reply["message"]) == (
+            "error",
+            "forbidden",
+            "not a member",
+        ), kind
+    asked = len(world.app.calls)
+    replies = await member.send({"type": "history", "channel": "notes:secret", "id": 3})
+    assert [m["data"] for m in replies[0]["publications"]] == ["confidential"]
+    await member.send({"type": "presence", "channel": "notes:secret", "id": 4})
+    assert len(world.app.calls) == asked, "a subscribed socket was asked at its subscribe"
 
 
 async def test_the_namespace_rule_comes_first_and_the_app_is_not_asked() -> None:
