@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
@@ -37,6 +39,17 @@ __all__ = ["WebSocketPeer"]
 class _Close(NamedTuple):
     code: int
     reason: str
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Close with a reset: ``abort`` alone closes the socket, and the kernel then keeps sending
+    what it holds, to a peer that never reads, for minutes (a zero window is probed, never timed
+    out). A zero linger time makes the close a RST that drops the kernel's send queue too."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _seen(future: asyncio.Future[object]) -> None:
@@ -146,7 +159,7 @@ class WebSocketPeer:
                 )
         if self._buffered():
             assert self._transport is not None
-            self._transport.abort()
+            _reset(self._transport)
         self._finished = True
         if self._done is not None:
             self._done.set()

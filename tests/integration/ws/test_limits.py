@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -135,16 +136,36 @@ async def test_a_bug_in_the_handler_closes_1011(
     await expect_close(ws, 1011, "internal_error")
 
 
-async def test_a_stalled_subscriber_is_dropped_by_outbox_bytes(make_gateway: MakeGateway) -> None:
-    """A client that stops reading pins at most ``max_outbox_bytes`` of queued frames (plus the
-    kernel's buffers), then is closed 1013 ``slow_consumer`` and counted."""
-    gw = await make_gateway(max_outbox_bytes=256 * 1024)
+async def stalled_subscriber(gw: Harness) -> RawWebSocket:
+    """bob's socket, subscribed to chat:a, that reads nothing more (a raw socket: nothing reads
+    on its behalf)."""
     assert gw.client.server.port is not None
     stalled = await RawWebSocket.connect("127.0.0.1", gw.client.server.port)
     stalled.send_text(json.dumps({"type": "auth", "token": gw.tokens.make("bob")}))
     assert (await stalled.recv())[0] == TEXT
     stalled.send_text(json.dumps({"type": "subscribe", "channel": "chat:a"}))
     assert (await stalled.recv())[0] == TEXT
+    return stalled
+
+
+def kernel_connection(local_port: int, remote_port: int) -> str | None:
+    """The TCP state (hex, /proc/net/tcp) of the kernel's socket local_port -> remote_port."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state = fields[1], fields[2], fields[3]
+        if (
+            int(local.split(":")[1], 16) == local_port
+            and int(remote.split(":")[1], 16) == remote_port
+        ):
+            return state
+    return None
+
+
+async def test_a_stalled_subscriber_is_dropped_by_outbox_bytes(make_gateway: MakeGateway) -> None:
+    """A client that stops reading pins at most ``max_outbox_bytes`` of queued frames (plus the
+    kernel's buffers), then is closed 1013 ``slow_consumer`` and counted."""
+    gw = await make_gateway(max_outbox_bytes=256 * 1024)
+    stalled = await stalled_subscriber(gw)
     payload = "x" * 60_000
     peers = tuple(gw.app[SOCKETS])
     for _ in range(500):
@@ -175,12 +196,7 @@ async def test_a_dropped_stalled_subscriber_holds_nothing_once_its_handler_ends(
     reading never lets happen, and a graceful TCP close kept the connection and its buffer
     alive after the handler had released the user's slot."""
     gw = await make_gateway(max_outbox_bytes=256 * 1024, close_timeout=0.5)
-    assert gw.client.server.port is not None
-    stalled = await RawWebSocket.connect("127.0.0.1", gw.client.server.port)
-    stalled.send_text(json.dumps({"type": "auth", "token": gw.tokens.make("bob")}))
-    assert (await stalled.recv())[0] == TEXT
-    stalled.send_text(json.dumps({"type": "subscribe", "channel": "chat:a"}))
-    assert (await stalled.recv())[0] == TEXT
+    stalled = await stalled_subscriber(gw)
     [peer] = gw.app[SOCKETS]
     transport = peer.ws._req.transport if peer.ws._req else None
     assert transport is not None
@@ -197,4 +213,11 @@ async def test_a_dropped_stalled_subscriber_holds_nothing_once_its_handler_ends(
             break
     await wait_until(lambda: not gw.app[SOCKETS], 3.0)
     assert transport.is_closing() and transport.get_write_buffer_size() == 0
+    # Reset, not closed: a FIN would queue behind what the kernel holds, which a peer that never
+    # reads keeps there (FIN-WAIT-1) for minutes.
+    server_port = gw.client.server.port
+    client_port = stalled.writer.get_extra_info("sockname")[1]
+    assert server_port is not None
+    await wait_until(lambda: kernel_connection(server_port, client_port) is None, 2.0)
+    assert kernel_connection(server_port, client_port) is None
     stalled.abort()
