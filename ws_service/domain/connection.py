@@ -652,12 +652,15 @@ class Connection:
             if presence:
                 await hub.track(channel, self, Member(self.claims.sub, self.claims.username))
             if policy is not None:
+                # Without since, only the position is answered: nothing is read.
+                limit = policy.size if since is not None else 0
                 try:
-                    page = await hub.history(channel, since, policy.size)
+                    page = await hub.history(channel, since, limit, self._ctx.limits.reply_bytes)
                 except BusUnavailable:
                     page = None
-                if page is not None and since is not None:
-                    page = _recovery_within(page, self._ctx.limits.reply_bytes)
+                if page is not None and page.recovered and not page.complete:
+                    # More missed than one reply carries: the client pages with history.
+                    page = replace(page, publications=[], recovered=False)
             self.send(
                 protocol.subscribed(
                     channel, request_id, page, recovering=since is not None, reason=reason
@@ -700,8 +703,8 @@ class Connection:
         limit = request.body.get("limit", 1_000_000)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise BadRequest("limit must be a non-negative integer")
-        page = await self._unless_redis_down(self._ctx.hub.history(channel, since, limit))
-        page = _page_within(page, self._ctx.limits.reply_bytes, oldest=since is not None)
+        budget = self._ctx.limits.reply_bytes
+        page = await self._unless_redis_down(self._ctx.hub.history(channel, since, limit, budget))
         self.send(protocol.history(channel, request.id, page, recovering=since is not None))
 
     async def _unless_redis_down(self, work: Awaitable[T]) -> T:
@@ -723,32 +726,6 @@ def _position(value: object, name: str) -> Position | None:
     if not isinstance(epoch, str) or not epoch:
         raise BadRequest(f"{name}.epoch must be a non-empty string")
     return Position(offset, epoch)
-
-
-def _page_within(page: HistoryPage, budget: int, *, oldest: bool) -> HistoryPage:
-    """A ``history`` reply of at most ``budget`` bytes of publications (at least one): the
-    oldest that fit after ``since`` (the client asks again from the last one it got), else the
-    most recent that fit."""
-    frames = page.publications if oldest else page.publications[::-1]
-    kept, total = 0, 0
-    for frame in frames:
-        total += len(frame)
-        if total > budget and kept:
-            break
-        kept += 1
-    if kept == len(frames):
-        return page
-    chosen = frames[:kept] if oldest else frames[:kept][::-1]
-    return replace(page, publications=chosen)
-
-
-def _recovery_within(page: HistoryPage, budget: int) -> HistoryPage:
-    """A recovery whose missed messages pass ``budget`` bytes is not recovered (``recovered``
-    false, no publications): the client then pages through them with ``history`` and ``since``,
-    rather than the gateway holding megabytes for one socket."""
-    if sum(map(len, page.publications)) <= budget:
-        return page
-    return replace(page, publications=[], recovered=False)
 
 
 def _outcome(page: HistoryPage | None) -> str:

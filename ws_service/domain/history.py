@@ -62,12 +62,15 @@ class HistoryPage:
     """Messages as ready-to-send ``message`` frames (oldest first) and the stream's position.
 
     ``recovered`` is False when the requested position cannot be continued without a gap: another
-    epoch, an offset older than what is kept, or an offset the stream never reached.
+    epoch, an offset older than what is kept, or an offset the stream never reached. ``complete``
+    (after a ``since``): the publications reach the stream's position, none was left out for the
+    limit or the byte budget.
     """
 
     publications: list[str]
     position: Position
     recovered: bool
+    complete: bool = True
 
 
 class History(Protocol):
@@ -88,9 +91,16 @@ class History(Protocol):
         published then."""
 
     async def read(
-        self, channel: str, since: Position | None, limit: int, policy: HistoryPolicy
+        self,
+        channel: str,
+        since: Position | None,
+        limit: int,
+        policy: HistoryPolicy,
+        max_bytes: int = 0,
     ) -> HistoryPage:
-        """The messages after ``since`` (all kept ones when None), at most ``limit`` of them."""
+        """The messages after ``since`` (all kept ones when None), at most ``limit`` of them and,
+        with ``max_bytes``, at most that many bytes of them (at least one): the oldest after
+        ``since``, else the most recent. Only what is returned is read out of the store."""
 
 
 def new_epoch() -> str:
@@ -152,6 +162,23 @@ class EmptyMarks:
         )
 
 
+def fitting(frames: list[str], max_bytes: int, *, newest: bool) -> list[str]:
+    """The oldest (else the newest) of ``frames`` whose bytes stay within ``max_bytes``, at least
+    one; all of them without a budget."""
+    if max_bytes <= 0:
+        return frames
+    ordered = reversed(frames) if newest else iter(frames)
+    kept, total = 0, 0
+    for frame in ordered:
+        total += len(frame)
+        if total > max_bytes and kept:
+            break
+        kept += 1
+    if kept == len(frames):
+        return frames
+    return frames[len(frames) - kept :] if newest else frames[:kept]
+
+
 def page(
     kept: list[tuple[int, str]],
     current: Position,
@@ -159,15 +186,19 @@ def page(
     limit: int,
     *,
     from_empty: bool = False,
+    max_bytes: int = 0,
 ) -> HistoryPage:
-    """Shared by every backend: decide ``recovered`` from what is kept and cut to ``limit``.
+    """Shared by every backend: decide ``recovered`` from what is kept and cut to ``limit`` and
+    ``max_bytes``.
 
-    ``kept`` holds (offset, frame) pairs, oldest first, all of epoch ``current.epoch``.
+    ``kept`` holds (offset, frame) pairs, oldest first, all of epoch ``current.epoch`` (a backend
+    may have cut it to the budget already: ``complete`` is read from the offsets).
     ``from_empty``: ``since`` is a mark that ``EmptyMarks.continues``, so whatever stream the
     channel has now began after it.
     """
     if since is None:
-        return HistoryPage([frame for _, frame in kept[-limit:]] if limit else [], current, True)
+        recent = [frame for _, frame in kept[-limit:]] if limit else []
+        return HistoryPage(fitting(recent, max_bytes, newest=True), current, True)
     oldest = kept[0][0] if kept else current.offset + 1
     recovered = (
         (since.epoch == current.epoch or from_empty)
@@ -176,8 +207,10 @@ def page(
     )
     if not recovered:
         return HistoryPage([], current, False)
-    missed = [frame for offset, frame in kept if offset > since.offset]
-    return HistoryPage(missed[:limit], current, True)
+    missed = [(offset, frame) for offset, frame in kept if offset > since.offset][:limit]
+    frames = fitting([frame for _, frame in missed], max_bytes, newest=False)
+    last = missed[len(frames) - 1][0] if frames else since.offset
+    return HistoryPage(frames, current, True, complete=last >= current.offset)
 
 
 MESSAGE_OVERHEAD = 256
@@ -292,7 +325,12 @@ class MemoryHistory:
         return framed
 
     async def read(
-        self, channel: str, since: Position | None, limit: int, policy: HistoryPolicy
+        self,
+        channel: str,
+        since: Position | None,
+        limit: int,
+        policy: HistoryPolicy,
+        max_bytes: int = 0,
     ) -> HistoryPage:
         now = self._clock.monotonic()
         self._expire(now)
@@ -302,7 +340,7 @@ class MemoryHistory:
             return page([], self._marks.at(now), since, limit, from_empty=from_empty)
         kept = [(entry.offset, entry.frame) for entry in stream.entries]
         current = Position(stream.offset, stream.epoch)
-        return page(kept, current, since, limit, from_empty=from_empty)
+        return page(kept, current, since, limit, from_empty=from_empty, max_bytes=max_bytes)
 
     def close(self) -> None:
         """Stop the sweep timer (the store itself needs no closing)."""

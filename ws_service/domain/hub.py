@@ -199,12 +199,14 @@ class Hub:
         if self.namespaces.of(channel).webhook_publish:
             self.events.publish(channel, data, sender)
 
-    async def history(self, channel: str, since: Position | None, limit: int) -> HistoryPage:
+    async def history(
+        self, channel: str, since: Position | None, limit: int, max_bytes: int = 0
+    ) -> HistoryPage:
         """Raises ``NotEnabled`` without a policy and ``BusUnavailable`` when Redis is down."""
         policy = self.namespaces.of(channel).history
         if policy is None:
             raise NotEnabled("this channel's namespace keeps no history")
-        return await self._history.read(channel, since, min(limit, policy.size), policy)
+        return await self._history.read(channel, since, min(limit, policy.size), policy, max_bytes)
 
     def _deliver(self, topic: str, payload: str) -> None:
         """A message from the bus: to this replica's subscribers, and its delay since its publish

@@ -169,9 +169,10 @@ return done_with(message, offset, epoch)
 # it; safe to run twice, or after a later publish delivered it already.
 _DELIVER = WriteScript(_FLUSH_LUA + "flush(tonumber(ARGV[2]), ARGV[1], ARGV[3])")
 
-# KEYS: meta, log. ARGV: first id ('' for the latest messages), how many. Reads only what was
-# delivered (a message kept but still waiting for a replica is not there yet), never more than
-# asked. Writes nothing: a read of a channel without history leaves no trace.
+# KEYS: meta, log. ARGV: first id ('' for the latest messages), how many, how many bytes of
+# frames at most (0: any; at least one entry). Reads only what was delivered (a message kept but
+# still waiting for a replica is not there yet), never more than asked, and returns no more
+# bytes than asked. Writes nothing: a read of a channel without history leaves no trace.
 _READ = (
     _NOW_MS
     + """
@@ -187,6 +188,21 @@ if tonumber(ARGV[2]) > 0 then
   else
     entries = redis.call('XRANGE', KEYS[2], ARGV[1], last .. '-0', 'COUNT', ARGV[2])
   end
+end
+local budget = tonumber(ARGV[3]) or 0
+if budget > 0 then
+  local total, fitting = 0, {}
+  for i, entry in ipairs(entries) do
+    local fields = entry[2]
+    for j = 2, #fields, 2 do
+      total = total + #fields[j]
+    end
+    if total > budget and i > 1 then
+      break
+    end
+    fitting[i] = entry
+  end
+  entries = fitting
 end
 return {meta[1], last, now_ms, entries}
 """
@@ -259,7 +275,12 @@ class RedisHistory:
             raise HistoryFull(USER_FULL)
 
     async def read(
-        self, channel: str, since: Position | None, limit: int, policy: HistoryPolicy
+        self,
+        channel: str,
+        since: Position | None,
+        limit: int,
+        policy: HistoryPolicy,
+        max_bytes: int = 0,
     ) -> HistoryPage:
         """Reads at most ``limit`` entries (one to tell whether ``since`` can be continued)."""
         if since is None:
@@ -268,7 +289,7 @@ class RedisHistory:
             start, count = f"{since.offset + 1}-0", max(limit, 1)
         with unavailable_as_bus_error():
             epoch, offset, now_ms, entries = await self._read(
-                keys=self._keys(channel), args=[start, count]
+                keys=self._keys(channel), args=[start, count, max_bytes]
             )
         now = int(now_ms) / 1000
         from_empty = MARKS.continues(since, now, policy.ttl)
@@ -283,7 +304,7 @@ class RedisHistory:
             if int(fields["t"]) >= oldest_ms:
                 kept.append((int(_text(entry_id).partition("-")[0]), _text(fields["f"])))
         current = Position(int(offset), _text(epoch))
-        return page(kept, current, since, limit, from_empty=from_empty)
+        return page(kept, current, since, limit, from_empty=from_empty, max_bytes=max_bytes)
 
 
 def _pending(reply: Any) -> int:

@@ -292,3 +292,39 @@ async def test_a_charge_whose_reply_is_lost_counts_once(
         assert int(await direct.get(f"{prefix}{{u:dave}}:bytes")) == 2 * message_cost(FRAME)
     finally:
         await redis.aclose()
+
+
+async def test_a_read_brings_out_of_redis_no_more_than_its_byte_budget(
+    two_clients: tuple[Redis, Redis, str],
+) -> None:
+    """A channel keeps up to its size times the message limit (6.4 MB by default): every
+    subscribe and history request read all of it out of Redis, to answer a position or 256 KiB.
+    The script now stops at the budget, and the page says whether it reached the position."""
+    one, _, prefix = two_clients
+    history = RedisHistory(one, prefix=prefix)
+    big = json.dumps({"type": "message", "channel": "chat:a", "data": "x" * 5000})
+    for _ in range(20):
+        await history.publish("chat:a", f"{prefix}t", big, POLICY)
+
+    async def sent_by_redis() -> int:
+        return int((await one.info("stats"))["total_net_output_bytes"])
+
+    before = await sent_by_redis()
+    everything = await history.read("chat:a", None, 100, POLICY)
+    unbounded = await sent_by_redis() - before
+    assert len(everything.publications) == 20 and unbounded > 100_000
+    before = await sent_by_redis()
+    recent = await history.read("chat:a", None, 100, POLICY, 12_000)
+    assert await sent_by_redis() - before < 20_000
+    assert offsets(recent.publications) == [19, 20]
+    epoch = recent.position.epoch
+    oldest = await history.read("chat:a", Position(0, epoch), 100, POLICY, 12_000)
+    assert (offsets(oldest.publications), oldest.recovered, oldest.complete) == (
+        [1, 2],
+        True,
+        False,
+    )
+    last = await history.read("chat:a", Position(18, epoch), 100, POLICY, 12_000)
+    assert (offsets(last.publications), last.complete) == ([19, 20], True)
+    position_only = await history.read("chat:a", None, 0, POLICY, 12_000)
+    assert (position_only.publications, position_only.position.offset) == ([], 20)

@@ -840,6 +840,25 @@ async def test_a_history_reply_is_bounded_in_bytes_and_pages_from_since() -> Non
     assert seen == list(range(10)), "every message once, in order"
 
 
+async def test_a_subscribe_without_since_reads_no_message() -> None:
+    """It answers the position only: it read the channel's whole history (6.4 MB out of Redis
+    at most, per subscribe) and dropped it."""
+    s = Socket()
+    reads: list[tuple[int, int]] = []
+    history = s.hub._history
+    read = history.read
+
+    async def recording(*args: Any) -> Any:
+        reads.append((args[2], args[4]))
+        return await read(*args)
+
+    history.read = recording  # type: ignore[method-assign]
+    await s.authenticate()
+    await s.send({"type": "subscribe", "channel": "chat:a"})
+    await s.send({"type": "history", "channel": "chat:a"})
+    assert reads == [(0, Limits().reply_bytes), (100, Limits().reply_bytes)]
+
+
 async def test_a_recovery_past_the_reply_budget_is_not_recovered() -> None:
     s = Socket(reply_bytes=2_500)
     await s.authenticate()
