@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from auth_service.settings import Settings as AuthSettings
 from shared.config.env import ConfigError
 from ws_service.settings import Settings, TrustedIssuer
 
@@ -29,6 +30,17 @@ def test_auth_host_port_and_issuer_are_read_from_the_same_environment() -> None:
     settings = Settings.from_env({"AUTH_ISSUER": "https://auth.example"})
     assert settings.issuer == "https://auth.example"
     assert settings.jwks_url == "https://auth.example/.well-known/jwks.json"
+
+
+def test_ws_issuer_is_read_as_auth_service_reads_its_own() -> None:
+    """auth_service drops a trailing slash from AUTH_ISSUER, so its tokens say iss without it:
+    WS_ISSUER set to the same value (as docs/operations.md asks) refused every token, while
+    both services reported ready."""
+    for environ in ({"WS_ISSUER": "https://host/auth/"}, {"AUTH_ISSUER": "https://host/auth/"}):
+        assert Settings.from_env(environ).issuer == "https://host/auth"
+    secret = {"AUTH_KEY_ENCRYPTION_SECRETS": "a-key-encryption-secret-0123456789"}
+    auth = AuthSettings.from_env({"AUTH_ISSUER": "https://host/auth/", **secret})
+    assert auth.issuer == Settings.from_env({"WS_ISSUER": "https://host/auth/"}).issuer
 
 
 def test_every_ws_variable_is_read() -> None:
