@@ -48,6 +48,11 @@ class InvalidRequest(AuthError):
     code = "invalid_request"
 
 
+class InvalidSubjectToken(InvalidRequest):
+    """A token exchange's subject token that does not verify, has expired, was replayed or is
+    not acceptable: RFC 8693 section 2.2.2 makes that ``invalid_request``, not ``invalid_grant``."""
+
+
 class UnsupportedMediaType(InvalidRequest):
     code = "unsupported_media_type"
 

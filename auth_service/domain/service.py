@@ -21,6 +21,7 @@ from auth_service.domain.errors import (
     InvalidGrant,
     InvalidRequest,
     InvalidScope,
+    InvalidSubjectToken,
     IssuerUnavailable,
     RefreshReuse,
     RegistrationClosed,
@@ -213,7 +214,7 @@ class AuthService:
         ):
             audit("assertion_refused", client_id=client.client_id, reason="replayed")
             what = "assertion" if assertion.issuer is None else "subject token"
-            raise InvalidGrant(f"the {what} was used before (its jti works once)")
+            raise InvalidSubjectToken(f"the {what} was used before (its jti works once)")
         sub = subject(client.client_id, assertion.user_id)
         user = User(sub, sub, "", "", now, client.client_id)
         await self._store.ensure_user(user)
@@ -257,7 +258,7 @@ class AuthService:
             return await verify_provider_token(token, trusted, self._issuer_keys, now=now)
         except InvalidGrant as exc:
             audit("assertion_refused", client_id=client.client_id, reason=exc.description)
-            raise
+            raise InvalidSubjectToken(exc.description) from None
 
     async def _start_session(
         self,

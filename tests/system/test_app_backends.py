@@ -55,7 +55,7 @@ async def test_an_assertion_works_once_across_replicas(postgres_url: str, tmp_pa
             status, tokens = await post(http, f"{urls[0]}/v1/token", data=once, headers=auth)
             assert status == 200, tokens
             status, body = await post(http, f"{urls[1]}/v1/token", data=once, headers=auth)
-            assert (status, body["error"]) == (400, "invalid_grant"), (
+            assert (status, body["error"]) == (400, "invalid_request"), (
                 "replayed on the other replica"
             )
             raced = form()

@@ -184,7 +184,7 @@ async def test_a_replayed_assertion_and_a_client_without_the_grant(client: AuthC
     again = await client.post(
         "/v1/token", data=exchange_form(token), headers=basic("acme", acme.secret)
     )
-    await assert_error(again, 400, "invalid_grant")
+    await assert_error(again, 400, "invalid_request")
     resp = await client.post(
         "/v1/token",
         data=exchange_form(assertion(plain.secret, iss="plain")),
@@ -214,23 +214,29 @@ def deep_json(levels: int) -> str:
 
 HOSTILE: list[tuple[str, Any, dict[str, str], int, str]] = [
     ("huge assertion", lambda s: {"subject_token": "a" * 5000}, {}, 400, "invalid_request"),
-    ("garbage assertion", lambda s: {"subject_token": "\x00\x01garbage"}, {}, 400, "invalid_grant"),
-    ("alg none", lambda s: {"subject_token": none_assertion()}, {}, 400, "invalid_grant"),
-    ("alg RS256", lambda s: {"subject_token": rs256_assertion()}, {}, 400, "invalid_grant"),
+    (
+        "garbage assertion",
+        lambda s: {"subject_token": "\x00\x01garbage"},
+        {},
+        400,
+        "invalid_request",
+    ),
+    ("alg none", lambda s: {"subject_token": none_assertion()}, {}, 400, "invalid_request"),
+    ("alg RS256", lambda s: {"subject_token": rs256_assertion()}, {}, 400, "invalid_request"),
     (
         "another client's secret",
         lambda s: {"subject_token": assertion("zeta's secret, long enough for HS256 use")},
         {},
         400,
-        "invalid_grant",
+        "invalid_request",
     ),
-    ("expired", lambda s: {"subject_token": assertion(s, exp=1)}, {}, 400, "invalid_grant"),
+    ("expired", lambda s: {"subject_token": assertion(s, exp=1)}, {}, 400, "invalid_request"),
     (
         "wrongly addressed",
         lambda s: {"subject_token": assertion(s, aud="http://elsewhere")},
         {},
         400,
-        "invalid_grant",
+        "invalid_request",
     ),
     ("no subject_token", lambda s: {"subject_token": ""}, {}, 400, "invalid_request"),
     *(
@@ -241,7 +247,7 @@ HOSTILE: list[tuple[str, Any, dict[str, str], int, str]] = [
             },
             {},
             400,
-            "invalid_grant",
+            "invalid_request",
         )
         for claim in ("jti", "sub", "preferred_username", "aud")
         for label, value in (("a lone surrogate", "\ud800"), ("NaN", float("nan")))
@@ -251,7 +257,7 @@ HOSTILE: list[tuple[str, Any, dict[str, str], int, str]] = [
         lambda s: {"subject_token": assertion(s, exp=float("inf"))},
         {},
         400,
-        "invalid_grant",
+        "invalid_request",
     ),
     (
         "another subject_token_type",

@@ -203,19 +203,19 @@ async def test_algorithm_confusion_is_refused(client: AuthClient, idp: Provider)
     )
     for alg in ("HS256", "none"):
         resp = await exchange(client, acme, forged(idp, alg, "idp-rs", public))
-        body = await assert_error(resp, 400, "invalid_grant")
+        body = await assert_error(resp, 400, "invalid_request")
         assert body["error_description"] == "the subject token must be signed ES256 or RS256"
     rs_under_ec_kid = idp.token("rs", kid="idp-es")
-    body = await assert_error(await exchange(client, acme, rs_under_ec_kid), 400, "invalid_grant")
+    body = await assert_error(await exchange(client, acme, rs_under_ec_kid), 400, "invalid_request")
     assert (
         body["error_description"] == "the subject token's algorithm is not one its key may verify"
     )
     es_only = await trusting(client, idp, "esonly", trusted=idp.trusted("esonly", "ES256"))
     resp = await exchange(client, es_only, idp.token("rs", aud="esonly"))
-    body = await assert_error(resp, 400, "invalid_grant")
+    body = await assert_error(resp, 400, "invalid_request")
     assert body["error_description"] == "the subject token must be signed ES256"
     ours = jwt.encode(idp.claims(), rsa_key(9), algorithm="RS256", headers={"kid": "idp-rs"})
-    body = await assert_error(await exchange(client, acme, ours), 400, "invalid_grant")
+    body = await assert_error(await exchange(client, acme, ours), 400, "invalid_request")
     assert body["error_description"] == "the subject token's signature does not verify"
 
 
@@ -224,7 +224,7 @@ async def test_another_issuer_is_refused_before_any_fetch(
 ) -> None:
     acme = await trusting(client, idp)
     for token in (other_idp.token(aud="acme"), idp.token(iss="https://idp.example.com")):
-        body = await assert_error(await exchange(client, acme, token), 400, "invalid_grant")
+        body = await assert_error(await exchange(client, acme, token), 400, "invalid_request")
         assert body["error_description"] == f"the subject token's iss must be {IDP}"
     assert (idp.fetches, other_idp.fetches) == (0, 0)
 
@@ -242,7 +242,7 @@ async def test_an_unknown_kid_is_fetched_from_its_clients_provider_only(
     ):
         for _ in range(3):
             resp = await exchange(client, app, token)
-            body = await assert_error(resp, 400, "invalid_grant")
+            body = await assert_error(resp, 400, "invalid_request")
             assert body["error_description"] == (
                 "the subject token's kid is not in its issuer's key set"
             )
@@ -271,7 +271,7 @@ async def test_claims_that_do_not_hold_are_refused(
 ) -> None:
     acme = await trusting(client, idp)
     body = await assert_error(
-        await exchange(client, acme, idp.token(**overrides)), 400, "invalid_grant"
+        await exchange(client, acme, idp.token(**overrides)), 400, "invalid_request"
     )
     assert body["error_description"] == message
 
@@ -282,7 +282,7 @@ async def test_a_jti_works_once_and_a_token_without_one_until_it_expires(
     acme = await trusting(client, idp)
     token = idp.token()
     assert (await exchange(client, acme, token)).status == 200
-    body = await assert_error(await exchange(client, acme, token), 400, "invalid_grant")
+    body = await assert_error(await exchange(client, acme, token), 400, "invalid_request")
     assert body["error_description"] == "the subject token was used before (its jti works once)"
     same_jti_as_an_assertion = assertion(acme.secret, jti="shared")
     assert (await exchange(client, acme, idp.token(jti="shared"))).status == 200

@@ -21,6 +21,7 @@ from auth_service.domain.errors import (
     InvalidGrant,
     InvalidRequest,
     InvalidScope,
+    InvalidSubjectToken,
     KeyRingError,
     RefreshReuse,
     Throttled,
@@ -141,7 +142,7 @@ async def test_a_rotated_secret_works_through_its_grace_only(world: World) -> No
     world.now += 100
     with pytest.raises(InvalidClient):
         await clients.authenticate("acme", old.secret, address="10.0.0.1")
-    with pytest.raises(InvalidGrant, match="signature"):
+    with pytest.raises(InvalidSubjectToken, match="signature"):
         await exchange(world, replace(new, client=world.store.clients["acme"], secret=old.secret))
     leaked = await clients.rotate_secret("acme", grace=0)
     with pytest.raises(InvalidClient):
@@ -255,7 +256,7 @@ async def test_a_refused_request_does_not_spend_the_assertion(world: World) -> N
     with pytest.raises(InvalidScope):
         await exchange(world, acme, token=token, scope="chat:write")
     await exchange(world, acme, token=token)
-    with pytest.raises(InvalidGrant, match="used before"):
+    with pytest.raises(InvalidSubjectToken, match="used before"):
         await exchange(world, acme, token=token)
 
 
@@ -306,9 +307,11 @@ def unsigned(world: World) -> str:
         (lambda w, s: "a.b.c", "well-formed"),
     ],
 )
-async def test_a_bad_assertion_is_an_invalid_grant(world: World, forge: Any, why: str) -> None:
+async def test_a_bad_assertion_is_an_invalid_subject_token(
+    world: World, forge: Any, why: str
+) -> None:
     acme = await make(world)
-    with pytest.raises(InvalidGrant, match=why):
+    with pytest.raises(InvalidSubjectToken, match=why):
         await exchange(world, acme, token=forge(world, acme.secret))
 
 
@@ -317,10 +320,10 @@ async def test_the_leeway_allows_a_little_clock_skew(world: World) -> None:
     token = sign(world, acme.secret, iat=int(world.now) + 20, exp=int(world.now) + 320)
     await exchange(world, acme, token=token)
     world.now += 340
-    with pytest.raises(InvalidGrant, match="used before"):
+    with pytest.raises(InvalidSubjectToken, match="used before"):
         await exchange(world, acme, token=token)
     world.now += 10
-    with pytest.raises(InvalidGrant, match="expired"):
+    with pytest.raises(InvalidSubjectToken, match="expired"):
         await exchange(world, acme, token=token)
 
 
