@@ -209,11 +209,16 @@ def test_the_ingress_routes_without_stickiness_and_outlasts_the_heartbeat(
     name, docs = overlay
     paths = ingress_paths(docs)
     publish = {"production": True, "local": False}[name]
-    expected = {"/auth(/|$)(.*)", "/ws"} | ({"/v1/publish"} if publish else set())
+    metadata = r"/\.well-known/oauth-authorization-server/auth$"
+    expected = {"/auth(/|$)(.*)", "/ws", metadata} | ({"/v1/publish"} if publish else set())
     assert set(paths) == expected
     service, _, annotations = paths["/auth(/|$)(.*)"]
     assert service == "auth"
     assert annotations["nginx.ingress.kubernetes.io/rewrite-target"] == "/$2"
+    service, _, annotations = paths[metadata]  # RFC 8414 section 3.1
+    assert service == "auth"
+    rewrite = annotations["nginx.ingress.kubernetes.io/rewrite-target"]
+    assert rewrite == "/.well-known/oauth-authorization-server"
     service, _, annotations = paths["/ws"]
     assert service == "ws"
     for timeout in ("proxy-read-timeout", "proxy-send-timeout"):

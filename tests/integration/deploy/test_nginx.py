@@ -190,6 +190,12 @@ async def test_nginx_routes_auth_and_ws_through_tls(
         async with session.get(f"{base}/elsewhere", ssl=context) as response:
             assert response.status == 404
 
+        # RFC 8414 section 3.1: the issuer https://host/auth's metadata, at the root.
+        metadata = f"{base}/.well-known/oauth-authorization-server/auth"
+        async with session.get(metadata, ssl=context) as response:
+            seen = await response.json()
+        assert (seen["replica"], seen["path"]) == ("auth", "/.well-known/oauth-authorization-server")
+
 
 async def test_the_access_log_never_holds_a_query_string(
     proxy: tuple[str, ssl.SSLContext], tmp_path: Path
