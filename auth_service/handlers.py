@@ -150,7 +150,7 @@ async def token_exchange_grant(
         raise InvalidRequest(f"subject_token_type must be one of {', '.join(SUBJECT_TOKEN_TYPES)}")
     if optional_str(body, "requested_token_type") not in (None, ISSUED_TOKEN_TYPE):
         raise InvalidRequest(f"requested_token_type can only be {ISSUED_TOKEN_TYPE}")
-    if "actor_token" in body:
+    if "actor_token" in body or "actor_token_type" in body:  # RFC 8693 section 2.1: a pair
         raise InvalidRequest("delegation (actor_token) is not supported")
     audience = request.app[SETTINGS].audience
     if optional_str(body, "audience") not in (None, audience) or "resource" in body:

@@ -274,6 +274,13 @@ HOSTILE: list[tuple[str, Any, dict[str, str], int, str]] = [
         "invalid_request",
     ),
     ("delegation", lambda s: {"actor_token": "x"}, {}, 400, "invalid_request"),
+    (
+        "an actor_token_type alone",
+        lambda s: {"actor_token_type": "urn:ietf:params:oauth:token-type:jwt"},
+        {},
+        400,
+        "invalid_request",
+    ),
     ("another audience", lambda s: {"audience": "elsewhere"}, {}, 400, "invalid_target"),
     ("a resource", lambda s: {"resource": "https://x"}, {}, 400, "invalid_target"),
     (
