@@ -194,7 +194,10 @@ async def test_nginx_routes_auth_and_ws_through_tls(
         metadata = f"{base}/.well-known/oauth-authorization-server/auth"
         async with session.get(metadata, ssl=context) as response:
             seen = await response.json()
-        assert (seen["replica"], seen["path"]) == ("auth", "/.well-known/oauth-authorization-server")
+        assert (seen["replica"], seen["path"]) == (
+            "auth",
+            "/.well-known/oauth-authorization-server",
+        )
 
 
 async def test_the_access_log_never_holds_a_query_string(
