@@ -435,7 +435,7 @@ async def test_a_client_policy_overrides_auth_dpop(client: AuthClient) -> None:
             tokens = await resp.json()
             assert tokens["token_type"] == "DPoP", tokens
         else:
-            await assert_error(resp, 400, "invalid_grant")  # the assertion works once
+            await assert_error(resp, 400, "invalid_request")  # the assertion works once
     assert (await refresh_with(client, tokens["refresh_token"], None))[1][
         "error"
     ] == "invalid_grant"
