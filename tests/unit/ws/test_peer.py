@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import cast
 
 from aiohttp import web
@@ -75,6 +76,31 @@ async def test_a_send_that_would_wait_for_a_drain_is_not_left_pending() -> None:
     ws.stall = None
     peer.send("two")
     assert ws.sent == ["one", "two"]
+
+
+async def test_a_dropped_drain_wait_that_fails_later_is_not_reported() -> None:
+    """aiohttp keeps the future a dropped drain waited on, and fails it when the peer goes away:
+    asyncio then logged "Future exception was never retrieved" for each such peer (an error line
+    per client that took one large frame and vanished, in an outside probe)."""
+    reported: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        peer, ws, _ = make_peer()
+        waits: list[asyncio.Future[None]] = [loop.create_future()]
+
+        async def send_str(text: str) -> None:
+            ws.sent.append(text)
+            await waits[0]
+
+        ws.send_str = send_str  # type: ignore[method-assign]
+        peer.send("large")
+        assert ws.sent == ["large"]
+        waits.pop().set_exception(ConnectionError("Connection lost"))  # nothing holds it now
+        gc.collect()
+        assert reported == []
+    finally:
+        loop.set_exception_handler(None)
 
 
 async def test_a_socket_with_a_backlog_past_its_bound_is_closed_as_a_slow_consumer() -> None:
