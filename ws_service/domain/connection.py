@@ -544,9 +544,10 @@ class Connection:
         elif kind == "history":
             await self._history(request)
         elif kind == "presence":
-            channel = await self._readable_channel(request, "presence")
+            channel = self._permitted_channel(request, "presence")
             if not self._ctx.namespaces.of(channel).presence:
                 raise NotEnabled("this channel's namespace has no presence")
+            await self._app_lets_read(channel)
             members = await self._unless_redis_down(self._ctx.hub.members(channel))
             self.send(
                 protocol.reply(
@@ -685,24 +686,25 @@ class Connection:
             if position is None or self._advance(channel, position):
                 self.peer.send(text)
 
-    async def _readable_channel(self, request: protocol.Request, action: Action) -> str:
-        """The channel of a ``history`` or ``presence`` request, once the claims may do
-        ``action`` on it and, in a namespace whose subscribes the app's proxy decides, the app
-        lets this user subscribe to it (unless the socket is subscribed already): what a user may
-        not subscribe to, it may not read either."""
+    async def _app_lets_read(self, channel: str) -> None:
+        """For a ``history`` or ``presence`` request, once every check of the gateway's own
+        passed: in a namespace whose subscribes the app's proxy decides, the app must let this
+        user subscribe to the channel (unless the socket is subscribed already, which it did):
+        what a user may not subscribe to, it may not read either."""
         assert self.claims is not None
-        channel = self._permitted_channel(request, action)
         proxy = self._ctx.namespaces.of(channel).subscribe_proxy
         if proxy is not None and channel not in self.channels:
             await self._proxies().subscribe(proxy, self.claims, channel)
-        return channel
 
     async def _history(self, request: protocol.Request) -> None:
-        channel = await self._readable_channel(request, "history")
+        channel = self._permitted_channel(request, "history")
         since = _position(request.body.get("since"), "since")
         limit = request.body.get("limit", 1_000_000)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise BadRequest("limit must be a non-negative integer")
+        if self._ctx.namespaces.of(channel).history is None:
+            raise NotEnabled("this channel's namespace keeps no history")
+        await self._app_lets_read(channel)
         budget = self._ctx.limits.reply_bytes
         page = await self._unless_redis_down(self._ctx.hub.history(channel, since, limit, budget))
         self.send(protocol.history(channel, request.id, page, recovering=since is not None))

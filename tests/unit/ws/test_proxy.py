@@ -108,6 +108,9 @@ async def test_history_and_presence_ask_the_app_as_a_subscribe_would() -> None:
     await member.send({"type": "publish", "channel": "notes:secret", "data": "confidential"})
     world.app.verdicts["notes:secret"] = Verdict(False, "not a member")
     mallory = await world.socket("mallory", scope)
+    calls = len(world.app.calls)
+    [bad] = await mallory.send({"type": "history", "channel": "notes:secret", "limit": -1})
+    assert bad["code"] == "bad_request" and len(world.app.calls) == calls, "checks come first"
     for kind in ("history", "presence"):
         [reply] = await mallory.send({"type": kind, "channel": "notes:secret", "id": 2})
         assert (reply["type"], reply["code"], reply["message"]) == (
