@@ -192,10 +192,14 @@ class WebSocketPeer:
         aiohttp's uncompressed ``send_frame`` writes to the transport first and then suspends only
         to drain a transport paused above its high-water mark, which an empty write buffer is not.
         So the coroutine is driven to completion here, as a task's first step would drive it. Were
-        it to suspend anyway (a frame past the high-water mark), the frame is already written:
-        only the drain wait is dropped. The future it waited on stays with aiohttp, which fails
-        it if the peer goes away; it is marked as seen, or asyncio would log an error for each
-        such peer ("Future exception was never retrieved")."""
+        it to suspend anyway (aiohttp waits for a drain once 256 KiB went out since its last wait,
+        if the transport is paused), the frame is already written: only the drain wait is
+        dropped. The future it waited on is aiohttp's one drain waiter, which the next write to
+        wait awaits again: it is handed back as a task hands back a future it stops awaiting
+        (``_asyncio_future_blocking``, asyncio's mark of a future being awaited, cleared: left
+        set, the next await of it raises "await wasn't used with future" and kills the writer
+        task), and marked as seen (aiohttp fails it if the peer goes away, and asyncio would log
+        "Future exception was never retrieved" for each such peer)."""
         transport = self._transport
         if transport is None or transport.is_closing() or transport.get_write_buffer_size():
             return False
@@ -207,9 +211,10 @@ class WebSocketPeer:
         except ConnectionError:
             pass  # the peer is gone; the handler's receive() sees it, as the writer would
         else:
-            if isinstance(waited, asyncio.Future):
-                waited.add_done_callback(_seen)
             sending.close()
+            if isinstance(waited, asyncio.Future):
+                waited._asyncio_future_blocking = False
+                waited.add_done_callback(_seen)
         return True
 
     def _buffered(self) -> int:

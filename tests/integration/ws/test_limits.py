@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import logging
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -186,6 +189,46 @@ async def test_a_stalled_subscriber_is_dropped_by_outbox_bytes(make_gateway: Mak
     body = await (await gw.client.get("/metrics")).text()
     assert 'ws_limit_hits_total{limit="outbox_bytes"} 1.0' in body
     stalled.abort()
+
+
+async def test_frames_after_a_large_one_reach_a_slow_reader(
+    make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame written at once to an idle socket that then waited for a drain dropped that wait:
+    aiohttp's one drain waiter stayed marked as awaited, and the writer task that awaited it next
+    died ("await wasn't used with future", an error line per socket, and the frames it still
+    held waited for the next one to be sent). Seen in the log of an outside probe."""
+    gw = await make_gateway()
+    assert gw.client.server.port is not None
+    for n in range(3):
+        response = await gw.client.post(
+            "/v1/publish",
+            json={"channel": "chat:a", "data": f"{n}" * 60_000},
+            headers={"Authorization": "Bearer test-api-key-0123456789"},
+        )
+        assert response.status == 202
+    slow = await RawWebSocket.connect("127.0.0.1", gw.client.server.port, slow=True)
+    slow.send_text(json.dumps({"type": "auth", "token": gw.tokens.make("bob")}))
+    assert json.loads((await slow.recv())[1])["type"] == "auth_success"
+    [peer] = gw.app[SOCKETS]
+    assert peer.ws._req is not None and peer.ws._req.transport is not None
+    server_side = peer.ws._req.transport.get_extra_info("socket")
+    server_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel takes little
+    # aiohttp waits for a drain once 256 KiB went out since the last wait: the first reply is
+    # read at once, so the second, written at once to an idle socket, is the one that waits.
+    slow.send_text(json.dumps({"type": "history", "channel": "chat:a", "id": 1}))
+    assert json.loads((await slow.recv())[1])["id"] == 1
+    for request_id in (2, 3, 4):
+        slow.send_text(json.dumps({"type": "history", "channel": "chat:a", "id": request_id}))
+        await asyncio.sleep(0.2)  # the replies back up: nothing reads them yet
+    slow.send_text(json.dumps({"type": "ping", "id": 5}))
+    async with asyncio.timeout(5):
+        replies = [json.loads((await slow.recv())[1]) for _ in range(4)]
+    assert [r["id"] for r in replies] == [2, 3, 4, 5]
+    assert [r["type"] for r in replies] == ["history"] * 3 + ["pong"]
+    slow.abort()
+    gc.collect()  # a task that died unobserved is reported when it is collected
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 async def test_a_dropped_stalled_subscriber_holds_nothing_once_its_handler_ends(

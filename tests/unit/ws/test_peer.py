@@ -103,6 +103,23 @@ async def test_a_dropped_drain_wait_that_fails_later_is_not_reported() -> None:
         loop.set_exception_handler(None)
 
 
+async def test_the_drain_waiter_a_direct_write_dropped_can_be_awaited_again() -> None:
+    """aiohttp's writes share one drain waiter: the next write to wait awaits the same future."""
+    peer, ws, _ = make_peer()
+    drained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def send_str(text: str) -> None:
+        ws.sent.append(text)
+        await drained
+
+    ws.send_str = send_str  # type: ignore[method-assign]
+    peer.send("large")
+    waiting = asyncio.ensure_future(send_str("next"))  # what the writer task would do
+    await asyncio.sleep(0)
+    drained.set_result(None)
+    await waiting  # raised "await wasn't used with future" while the dropped await's mark stayed
+
+
 async def test_a_socket_with_a_backlog_past_its_bound_is_closed_as_a_slow_consumer() -> None:
     peer, ws, transport = make_peer(max_bytes=5)
     transport.buffered = 1
