@@ -273,7 +273,7 @@ async def metadata(request: web.Request) -> web.Response:
             "revocation_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
             "authorization_details_types_supported": [AUTHORIZATION_DETAILS_TYPE],
             "scopes_supported": sorted(set(request.app[SETTINGS].default_scope.split())),
-            **dpop_metadata(request.app[SERVICE].dpop.algorithms),
+            **dpop_metadata(await request.app[SERVICE].dpop_algorithms()),
         },
         headers={"Cache-Control": f"public, max-age={request.app[SETTINGS].jwks_max_age}"},
     )

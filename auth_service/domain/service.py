@@ -48,6 +48,7 @@ from auth_service.domain.throttle import LoginThrottle
 from auth_service.domain.tokens import Ticket, TokenIssuer, bound_key
 from realtime_gateway_protocol.access_token import AuthorizationDetail
 from realtime_gateway_protocol.events import RevocationEvent, SessionRevoked, UserRevoked
+from shared.dpop import ALGORITHMS
 from shared.jsonlog import audit, fingerprint
 
 __all__ = ["AuthService", "IssuerPolicy", "Publish", "TokenPair", "hash_refresh_token"]
@@ -375,6 +376,18 @@ class AuthService:
             )
             raise UnprovenKey(f"this refresh token is DPoP-bound: {reason} is not enough")
         return jkt
+
+    async def dpop_algorithms(self) -> list[str]:
+        """RFC 9449 section 5.1's ``dpop_signing_alg_values_supported``: the proof algorithms
+        while any token may be bound, under ``AUTH_DPOP`` or a client's own policy (with
+        ``AUTH_DPOP=off`` a client that requires DPoP still gets bound tokens, and its backend
+        discovers the algorithms here). Empty when no token can be."""
+        if self.dpop.algorithms:
+            return self.dpop.algorithms
+        clients = await self._store.list_clients()
+        if any(_client_policy(c) not in (None, DpopPolicy.OFF) for c in clients):
+            return list(ALGORITHMS)
+        return []
 
     async def _policy_of(self, user: User) -> DpopPolicy:
         """The DPoP policy of a user's tokens: their client's own, else ``AUTH_DPOP``."""

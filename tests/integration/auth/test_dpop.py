@@ -90,6 +90,20 @@ async def test_the_metadata_lists_the_proof_algorithms(make_client: MakeClient) 
         assert "none" not in (listed or []) and not any(a.startswith("HS") for a in listed or [])
 
 
+async def test_the_metadata_lists_the_algorithms_while_a_client_requires_dpop(
+    make_client: MakeClient,
+) -> None:
+    """With AUTH_DPOP=off a client whose own policy requires DPoP still gets bound tokens: the
+    metadata hid the algorithms its backend needs to find (RFC 9449 section 5.1)."""
+    client = await make_client(dpop=DpopPolicy.OFF)
+    url = "/.well-known/oauth-authorization-server"
+    await make_app(client, "lax", dpop=DpopPolicy.OFF)
+    assert "dpop_signing_alg_values_supported" not in await (await client.get(url)).json()
+    await make_app(client, "strict", dpop=DpopPolicy.REQUIRED)
+    meta = await (await client.get(url)).json()
+    assert meta["dpop_signing_alg_values_supported"] == list(ALGORITHMS)
+
+
 async def test_a_bound_refresh_token_from_another_machine_is_refused_and_revokes_nothing(
     client: AuthClient, events: list[RevocationEvent]
 ) -> None:
