@@ -194,8 +194,10 @@ if budget > 0 then
   local total, fitting = 0, {}
   for i, entry in ipairs(entries) do
     local fields = entry[2]
-    for j = 2, #fields, 2 do
-      total = total + #fields[j]
+    for j = 1, #fields, 2 do
+      if fields[j] == 'f' then  -- the frame; not its timestamp, which the reply does not carry
+        total = total + #fields[j + 1]
+      end
     end
     if total > budget and i > 1 then
       break

@@ -326,5 +326,12 @@ async def test_a_read_brings_out_of_redis_no_more_than_its_byte_budget(
     )
     last = await history.read("chat:a", Position(18, epoch), 100, POLICY, 12_000)
     assert (offsets(last.publications), last.complete) == ([19, 20], True)
+    # The budget counts the frames the reply carries, exactly, as the embedded backend does (the
+    # script also counted each entry's timestamp: a recovery that fit read as incomplete).
+    exact = 2 * len(everything.publications[-1])
+    fits = await history.read("chat:a", Position(18, epoch), 100, POLICY, exact)
+    assert (offsets(fits.publications), fits.complete) == ([19, 20], True)
+    short = await history.read("chat:a", Position(18, epoch), 100, POLICY, exact - 1)
+    assert (offsets(short.publications), short.complete) == ([19], False)
     position_only = await history.read("chat:a", None, 0, POLICY, 12_000)
     assert (position_only.publications, position_only.position.offset) == ([], 20)
