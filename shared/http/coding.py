@@ -12,8 +12,15 @@ __all__ = ["content_coding_refusal"]
 
 
 def content_coding_refusal(request: web.Request) -> str | None:
-    """Why the body cannot be read (its content coding), or None for a body as sent."""
-    coding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
-    if coding in ("", "identity"):
+    """Why the body cannot be read (its content coding), or None for a body as sent. Every
+    ``Content-Encoding`` line counts: repeated lines are one comma list (RFC 9110 section 5.3)."""
+    codings = [
+        coding.strip().lower()
+        for line in request.headers.getall(hdrs.CONTENT_ENCODING, ())
+        for coding in line.split(",")
+    ]
+    applied = [coding for coding in codings if coding not in ("", "identity")]
+    if not applied:
         return None
-    return f"the request body must not be compressed (Content-Encoding: {coding[:40]!r})"
+    shown = ", ".join(applied)[:40]
+    return f"the request body must not be compressed (Content-Encoding: {shown!r})"

@@ -105,6 +105,11 @@ CODED = {
     "valid gzip": (b"gzip", gzip.compress(b'{"username":"alice","password":"x"}')),
     "deflate": (b"deflate", b"\x00" * 64),
     "br": (b"br", b"\xff" * 64),
+    # Two header lines are one list (RFC 9110 section 5.3): the second line counts too.
+    "identity, then a gzip line": (
+        b"identity\r\nContent-Encoding: gzip",
+        gzip.compress(b'{"channel":"chat:a","data":1}'),
+    ),
 }
 CODED_PATHS = {"auth": ("/v1/login", "/v1/register", "/healthz"), "ws": ("/v1/publish", "/healthz")}
 
