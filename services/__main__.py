@@ -1,6 +1,7 @@
 """``python -m services``: the whole stack in one process on embedded defaults (what `make run` runs).
 
-Every service shares one in-process event bus, so a logout on auth_service reaches the sockets.
+Every service shares one in-process event bus (with REDIS_URL, each opens its own Redis bus), so a
+logout on auth_service reaches the sockets.
 Each service reads its own variables from the environment (docs/configuration.md); AUTH_DEV
 defaults to 1 here. Its output is JSON lines on stderr, and one banner on stdout once both
 services are ready.

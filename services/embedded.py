@@ -1,4 +1,5 @@
-"""Composition of the embedded stack: both services in one process sharing one in-process bus.
+"""Composition of the embedded stack: both services in one process sharing one in-process bus
+(with REDIS_URL, each its own Redis bus).
 
 auth_service's site starts first, so ws_service's first key-set fetch finds it listening.
 """
@@ -58,8 +59,10 @@ class Stack:
 
 
 def build_stack(environ: Mapping[str, str]) -> Stack:
-    bus = InProcessBus()
     auth = AuthSettings.from_env(environ)
+    # One in-process bus for both services; with REDIS_URL each opens its own Redis bus, as a
+    # replica does: the history store then publishes through Redis, which no in-process bus hears.
+    bus = None if auth.redis_url else InProcessBus()
     page = f"{auth.issuer}/"
     origins = {*env_list(environ, "WS_ALLOWED_ORIGINS"), origin_of(auth.issuer)}
     ws_environ = {**environ, "WS_ALLOWED_ORIGINS": ",".join(sorted(origins))}

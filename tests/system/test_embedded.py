@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +62,36 @@ async def test_make_run_stack_serves_wss_and_logout_closes_the_socket(tmp_path: 
                     closed = await ws.receive()
                 assert closed.type == aiohttp.WSMsgType.CLOSE
                 assert (closed.data, closed.extra) == (4403, "session_revoked")
+
+
+async def test_make_run_on_redis_delivers_live_messages_and_logouts(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """With REDIS_URL the history store is Redis, which publishes each message through Redis:
+    the launcher gave both services an in-process bus all the same, so a message published on a
+    channel with history was stored and never delivered live."""
+    env, auth_port, ws_port = embedded_env(tmp_path, REDIS_URL=redis_url)
+    auth = f"http://127.0.0.1:{auth_port}"
+    channel = f"chat:embedded-{uuid.uuid4().hex[:8]}"
+    with service("services", env, ws_port, tmp_path):
+        async with aiohttp.ClientSession() as http:
+            creds = {"username": "erin", "password": PASSWORD}
+            async with http.post(f"{auth}/v1/register", json=creds) as resp:
+                assert resp.status == 201
+            async with http.post(f"{auth}/v1/login", json=creds) as resp:
+                tokens = await resp.json()
+            async with http.ws_connect(f"ws://127.0.0.1:{ws_port}/ws") as ws:
+                await ws.send_json({"type": "auth", "token": tokens["access_token"]})
+                assert (await receive_json(ws))["type"] == "auth_success"
+                await ws.send_json({"type": "subscribe", "channel": channel, "id": 1})
+                assert (await receive_json(ws))["type"] == "subscribed"
+                await ws.send_json({"type": "publish", "channel": channel, "data": "hi", "id": 2})
+                frames = [await receive_json(ws) for _ in range(2)]
+                message = next(f for f in frames if f["type"] == "message")
+                assert (message["data"], message["offset"]) == ("hi", 1)
+                async with http.post(
+                    f"{auth}/v1/logout",
+                    headers={"Authorization": f"Bearer {tokens['access_token']}"},
+                ) as resp:
+                    assert resp.status == 200
+                assert (await receive_json(ws))["type"] == "revoked"
