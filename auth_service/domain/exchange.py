@@ -38,6 +38,7 @@ __all__ = [
     "allowed_scope",
     "app_user_id",
     "checked_times",
+    "strict_claims",
     "valid_username",
     "verify_assertion",
 ]
@@ -160,12 +161,18 @@ def _verified_claims(
             raise InvalidGrant(f"the assertion must be signed {ASSERTION_ALGORITHM}") from None
         except jwt.PyJWTError:
             raise InvalidGrant("the assertion is not a well-formed JWT") from None
-        try:
-            check(claims)  # pyjwt's JSON takes lone surrogates; the wire rules do not
-        except WireJSONError as exc:
-            raise InvalidGrant(f"the assertion's claims are not valid JSON: {exc}") from None
-        return claims
+        return strict_claims(claims, "assertion")
     raise InvalidGrant("the assertion's signature does not verify with the client's secret")
+
+
+def strict_claims(claims: dict[str, Any], what: str) -> dict[str, Any]:
+    """``claims`` that pyjwt decoded, held to the wire's JSON rules: its parser takes lone
+    surrogates, NaN and integers past a double, which would fail later (a Redis key, a frame)."""
+    try:
+        check(claims)
+    except WireJSONError as exc:
+        raise InvalidGrant(f"the {what}'s claims are not valid JSON: {exc}") from None
+    return claims
 
 
 def _is_time(value: object) -> bool:

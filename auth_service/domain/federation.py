@@ -34,10 +34,10 @@ from auth_service.domain.exchange import (
     Assertion,
     app_user_id,
     checked_times,
+    strict_claims,
     valid_username,
 )
 from auth_service.domain.models import TrustedIssuer
-from realtime_gateway_protocol.wire_json import WireJSONError, check
 
 __all__ = [
     "ACCESS_TOKEN_TYPE",
@@ -182,11 +182,7 @@ def _verified_claims(
         raise InvalidGrant("the subject token's signature does not verify") from None
     except jwt.PyJWTError:
         raise InvalidGrant("the subject token is not a valid JWT of its issuer") from None
-    try:
-        check(claims)  # pyjwt's JSON takes lone surrogates; the wire rules do not
-    except WireJSONError as exc:
-        raise InvalidGrant(f"the subject token's claims are not valid JSON: {exc}") from None
-    return claims
+    return strict_claims(claims, "subject token")
 
 
 def _jti_key(jti: object) -> str:

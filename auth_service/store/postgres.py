@@ -117,10 +117,13 @@ class PostgresDatabase:
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_Connection]:
+    async def transaction(
+        self, statement_timeout: float | None = None
+    ) -> AsyncIterator[_Connection]:
+        """``statement_timeout``: each statement's bound, if not the pool's (migrations)."""
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
-                yield _Connection(conn)
+                yield _Connection(conn, statement_timeout)
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
 
@@ -154,27 +157,21 @@ class PostgresDatabase:
         await self._pool.close()
 
     async def _migrate(self, migrations: Sequence[Migration]) -> None:
-        try:
-            async with self._pool.acquire(timeout=self._timeout) as raw, raw.transaction():
-                await self._apply(_Connection(raw, MIGRATION_TIMEOUT), migrations)
-        except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"database unavailable: {exc}") from exc
-
-    async def _apply(self, conn: _Connection, migrations: Sequence[Migration]) -> None:
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        )
-        rows = await conn.fetch("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
-        for version, statements in migrations:
-            if version <= rows[0]["v"]:
-                continue
-            for stmt in render(
-                statements, real="DOUBLE PRECISION", blob="BYTEA", serial="BIGSERIAL"
-            ):
-                await conn.execute(stmt)
-            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+        async with self.transaction(MIGRATION_TIMEOUT) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            rows = await conn.fetch("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
+            for version, statements in migrations:
+                if version <= rows[0]["v"]:
+                    continue
+                for stmt in render(
+                    statements, real="DOUBLE PRECISION", blob="BYTEA", serial="BIGSERIAL"
+                ):
+                    await conn.execute(stmt)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
 
 
 async def open_postgres(dsn: str, call_timeout: float = 5.0) -> SqlStore:

@@ -26,6 +26,22 @@ async def receive_json(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
     return body
 
 
+async def sign_up(http: aiohttp.ClientSession, auth: str) -> dict[str, Any]:
+    """erin registered and logged in: her token response."""
+    creds = {"username": "erin", "password": PASSWORD}
+    async with http.post(f"{auth}/v1/register", json=creds) as resp:
+        assert resp.status == 201
+    async with http.post(f"{auth}/v1/login", json=creds) as resp:
+        tokens: dict[str, Any] = await resp.json()
+    return tokens
+
+
+async def log_out(http: aiohttp.ClientSession, auth: str, tokens: dict[str, Any]) -> None:
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    async with http.post(f"{auth}/v1/logout", headers=headers) as resp:
+        assert resp.status == 200
+
+
 async def test_make_run_stack_serves_wss_and_logout_closes_the_socket(tmp_path: Path) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("localhost")
@@ -42,21 +58,13 @@ async def test_make_run_stack_serves_wss_and_logout_closes_the_socket(tmp_path: 
     auth = f"http://127.0.0.1:{auth_port}"
     with service("services", env, ws_port, tmp_path, tls=tls):
         async with aiohttp.ClientSession() as http:
-            creds = {"username": "erin", "password": PASSWORD}
-            async with http.post(f"{auth}/v1/register", json=creds) as resp:
-                assert resp.status == 201
-            async with http.post(f"{auth}/v1/login", json=creds) as resp:
-                tokens = await resp.json()
+            tokens = await sign_up(http, auth)
             async with http.ws_connect(f"wss://localhost:{ws_port}/ws", ssl=tls) as ws:
                 await ws.send_json({"type": "auth", "token": tokens["access_token"]})
                 welcome = await receive_json(ws)
                 assert welcome["type"] == "auth_success"
                 assert welcome["user"]["username"] == "erin"
-                async with http.post(
-                    f"{auth}/v1/logout",
-                    headers={"Authorization": f"Bearer {tokens['access_token']}"},
-                ) as resp:
-                    assert resp.status == 200
+                await log_out(http, auth, tokens)
                 assert (await receive_json(ws))["type"] == "revoked"
                 async with asyncio.timeout(2):
                     closed = await ws.receive()
@@ -75,11 +83,7 @@ async def test_make_run_on_redis_delivers_live_messages_and_logouts(
     channel = f"chat:embedded-{uuid.uuid4().hex[:8]}"
     with service("services", env, ws_port, tmp_path):
         async with aiohttp.ClientSession() as http:
-            creds = {"username": "erin", "password": PASSWORD}
-            async with http.post(f"{auth}/v1/register", json=creds) as resp:
-                assert resp.status == 201
-            async with http.post(f"{auth}/v1/login", json=creds) as resp:
-                tokens = await resp.json()
+            tokens = await sign_up(http, auth)
             async with http.ws_connect(f"ws://127.0.0.1:{ws_port}/ws") as ws:
                 await ws.send_json({"type": "auth", "token": tokens["access_token"]})
                 assert (await receive_json(ws))["type"] == "auth_success"
@@ -89,9 +93,5 @@ async def test_make_run_on_redis_delivers_live_messages_and_logouts(
                 frames = [await receive_json(ws) for _ in range(2)]
                 message = next(f for f in frames if f["type"] == "message")
                 assert (message["data"], message["offset"]) == ("hi", 1)
-                async with http.post(
-                    f"{auth}/v1/logout",
-                    headers={"Authorization": f"Bearer {tokens['access_token']}"},
-                ) as resp:
-                    assert resp.status == 200
+                await log_out(http, auth, tokens)
                 assert (await receive_json(ws))["type"] == "revoked"

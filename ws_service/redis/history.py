@@ -306,7 +306,7 @@ class RedisHistory:
             if int(fields["t"]) >= oldest_ms:
                 kept.append((int(_text(entry_id).partition("-")[0]), _text(fields["f"])))
         current = Position(int(offset), _text(epoch))
-        return page(kept, current, since, limit, from_empty=from_empty, max_bytes=max_bytes)
+        return page(kept, current, since, limit, from_empty=from_empty)  # cut to max_bytes already
 
 
 def _pending(reply: Any) -> int:
