@@ -119,6 +119,12 @@ class Context:
     random: Callable[[], float] = field(default=random.random)
 
 
+_JOINING_NEW = 1
+"""The channel was not subscribed when its subscribe began (no ``subscribe`` event yet)."""
+_JOINING_DROPPED = 2
+"""The app's backend took the socket out of the channel while it was being joined."""
+
+
 def warning_delay(remaining: float, window: float, rand: float) -> float:
     """Seconds until ``token_expiring``: ``window`` before expiry, earlier by up to 10% of it
     (``rand`` in [0, 1)) so that tokens issued together are not refreshed together; at half the
@@ -136,6 +142,7 @@ class Connection:
         "_deadline",
         "_granted",
         "_held",
+        "_joining",
         "_opened",
         "_strikes",
         "_violations",
@@ -175,6 +182,10 @@ class Connection:
         # Channels the app's backend subscribed this socket to: they ask no scope, so a renewal
         # does not check them against the new token's. Made on first use.
         self._granted: set[str] | None = None
+        # Channels whose subscribe is under way (the app asked, the join awaiting), with
+        # _JOINING_* flags; made on first use. A server unsubscribe meanwhile is carried out
+        # once the join is done, so the socket's frames and the app's events stay in order.
+        self._joining: dict[str, int] | None = None
         self._bucket: TokenBucket | None = None
         self._strikes = 0
         self._violations = 0
@@ -249,8 +260,16 @@ class Connection:
         return True
 
     def unsubscribe_by_server(self, channel: str) -> bool:
-        """The app's backend takes this socket out of ``channel`` (``POST /v1/unsubscribe``)."""
-        if not self.live or channel not in self.channels:
+        """The app's backend takes this socket out of ``channel`` (``POST /v1/unsubscribe``).
+        A subscribe still under way (the app's proxy asked, the join awaiting) is let finish,
+        answered, then undone: the app's unsubscribe is never lost to one in flight."""
+        if not self.live:
+            return False
+        joining = self._joining
+        if joining is not None and channel in joining:
+            joining[channel] |= _JOINING_DROPPED
+            return True
+        if channel not in self.channels:
             return False
         self._leave(channel, SERVER)
         self.send(protocol.reply("unsubscribed", None, channel=channel, reason=SERVER))
@@ -261,16 +280,19 @@ class Connection:
         the socket's own subscription limit still holds, and nothing is recovered."""
         if not self.live or channel in self.channels:
             return False
+        owner = self._start_joining(channel)
         try:
             await self._join(channel, None, False, None, SERVER)
+            if self.closing or channel not in self.channels:
+                return False
+            if self._granted is None:
+                self._granted = set()
+            self._granted.add(channel)
+            return True
         except RequestError:
             return False
-        if self.closing or channel not in self.channels:
-            return False
-        if self._granted is None:
-            self._granted = set()
-        self._granted.add(channel)
-        return True
+        finally:
+            self._end_joining(channel, owner)
 
     def disconnected(self) -> None:
         """The socket is gone: drop timers, channels and the user index entry."""
@@ -290,7 +312,10 @@ class Connection:
         events, claims = self._ctx.events, self.claims
         if claims is None or not events.enabled:
             return
+        joining = self._joining or {}
         for channel in self.channels:
+            if joining.get(channel, 0) & _JOINING_NEW:
+                continue  # its subscribe was never reported: its join had not finished
             events.unsubscribe(claims, channel, "disconnect")
         row = self._closed_by
         if row is None:
@@ -603,12 +628,38 @@ class Connection:
         if not isinstance(events, bool):
             raise BadRequest("presence_events must be true or false")
         namespace = self._ctx.namespaces.of(channel)
-        if namespace.subscribe_proxy is not None:
-            self._check_subscription(channel, since, events)
-            await self._proxies().subscribe(namespace.subscribe_proxy, self.claims, channel)
-            if self.closing:
-                return
-        await self._join(channel, since, events, request.id)
+        owner = self._start_joining(channel)
+        try:
+            if namespace.subscribe_proxy is not None:
+                self._check_subscription(channel, since, events)
+                await self._proxies().subscribe(namespace.subscribe_proxy, self.claims, channel)
+                if self.closing:
+                    return
+            await self._join(channel, since, events, request.id)
+        finally:
+            self._end_joining(channel, owner)
+
+    def _start_joining(self, channel: str) -> bool:
+        """Mark ``channel``'s subscribe as under way; False when one already is (the mark is
+        then that one's to end)."""
+        joining = self._joining
+        if joining is None:
+            joining = self._joining = {}
+        elif channel in joining:
+            return False
+        joining[channel] = 0 if channel in self.channels else _JOINING_NEW
+        return True
+
+    def _end_joining(self, channel: str, owner: bool) -> None:
+        """The subscribe is over: carry out a server unsubscribe that came meanwhile."""
+        if not owner or self._joining is None:
+            return
+        flags = self._joining.pop(channel, 0)
+        if not self._joining:
+            self._joining = None
+        if flags & _JOINING_DROPPED and not self.closing and channel in self.channels:
+            self._leave(channel, SERVER)
+            self.send(protocol.reply("unsubscribed", None, channel=channel, reason=SERVER))
 
     def _check_subscription(self, channel: str, since: Position | None, events: bool) -> None:
         """What a subscribe must pass before anything is asked or joined."""

@@ -286,7 +286,10 @@ class Gateway:
         if isinstance(command, CountConnections):
             sessions = Counter(conn.claims.sid for conn in conns if conn.claims is not None)
             return {"sessions": dict(sessions)}
+        proxies = self.context.proxies
         if isinstance(command, DisconnectUser):
+            if proxies is not None:  # the sockets it closes reconnect: ask the app again
+                proxies.forget(command.user)
             count = sum(
                 conn.disconnect()
                 for conn in conns
@@ -294,6 +297,8 @@ class Gateway:
                 or (conn.claims is not None and conn.claims.sid == command.session)
             )
         elif isinstance(command, UnsubscribeUser):
+            if proxies is not None:  # a remembered allow would let the user straight back in
+                proxies.forget(command.user, command.channel)
             count = sum(conn.unsubscribe_by_server(command.channel) for conn in conns)
         else:
             count = 0

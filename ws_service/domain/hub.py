@@ -244,7 +244,12 @@ class Hub:
         """Count ``subscriber`` as ``member`` in the channel's presence (once per subscription).
 
         While Redis is down the entry is only remembered here; ``restore_presence`` adds it when
-        the bus reconnects."""
+        the bus reconnects. A subscriber that left before (its join awaited, meanwhile its socket
+        closed or the app unsubscribed it) is not counted: nothing would ever remove its entry,
+        which this replica would keep refreshing. One that leaves while the entry is being added
+        has it removed once the add is done, whichever of the two Redis ran first."""
+        if subscriber not in self._local.get(channel, ()):
+            return
         present = self._present.setdefault(channel, {})
         if subscriber in present:
             return
@@ -254,6 +259,8 @@ class Hub:
             await self._presence.add(channel, entry_id, member)
         except BusUnavailable as exc:
             self._presence_add_down.warning(error=str(exc))
+        if self._present.get(channel, {}).get(subscriber) != (entry_id, member):
+            await self._forget(channel, entry_id, member)
 
     async def members(self, channel: str) -> list[tuple[Member, int]]:
         return await self._presence.members(channel)

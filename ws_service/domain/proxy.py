@@ -9,6 +9,9 @@ and bounds the HTTP call); this module decides what to ask and what to remember:
   answers are kept a short while (allows for ``allow_ttl``, denials for at most ``DENY_TTL``), so a
   reconnect storm of re-subscribes reaches the app once per user and channel;
 - a publish is always asked (each carries its own data, which the app may replace);
+- the app's backend taking a user out of a channel (``POST /v1/unsubscribe``) or closing the
+  user's sockets (``POST /v1/disconnect``) forgets what was remembered for them, an answer still
+  in flight included: the user's next subscribe asks the app again;
 - no answer (unreachable, slow, an error, a malformed or oversized answer) is ``proxy_unavailable``:
   fail closed, never an allow, and never remembered.
 """
@@ -87,6 +90,18 @@ class ProxyGate:
             self._in_flight[key] = task
         _enforce(await asyncio.shield(task))
 
+    def forget(self, sub: str, channel: str | None = None) -> None:
+        """Drop what is remembered for ``sub`` (in ``channel``, or in every channel): its next
+        subscribe asks the app. A call in flight still answers its waiters, but no later
+        subscribe shares it and its answer is not remembered."""
+        if channel is not None:
+            keys = [(sub, channel)]
+        else:
+            keys = [key for key in (*self._remembered, *self._in_flight) if key[0] == sub]
+        for key in keys:
+            self._remembered.pop(key, None)
+            self._in_flight.pop(key, None)
+
     async def publish(self, url: str, claims: Claims, channel: str, data: Any) -> Any:
         """What to publish: ``data``, or the app's replacement; raises as ``subscribe``."""
         verdict = await self._proxy.ask(ProxyCall(url, "publish", claims, channel, data))
@@ -101,10 +116,15 @@ class ProxyGate:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _ask_once(self, key: tuple[str, str], call: ProxyCall) -> Verdict:
+        this = asyncio.current_task()
         try:
             verdict = await self._proxy.ask(call)
         finally:
-            del self._in_flight[key]
+            current = self._in_flight.get(key) is this
+            if current:
+                del self._in_flight[key]
+        if not current:  # forgotten meanwhile: the answer was asked before the app's change
+            return verdict
         ttl = self._allow_ttl if verdict.allow else self._deny_ttl
         if ttl > 0:
             self._remember(key, verdict, ttl)

@@ -79,8 +79,9 @@ class Events:
         self._emit("subscribe", claims.sub, claims.sid, channel=channel, reason=reason)
 
     def unsubscribe(self, claims: Claims, channel: str, reason: str) -> None:
-        """``reason``: ``client``, ``server``, ``forbidden`` (a renewed token cannot read the
-        channel) or ``disconnect`` (the socket closed)."""
+        """``reason``: ``client``, ``server``, ``permission_revoked`` (a renewed token cannot
+        read the channel, as the socket's ``unsubscribed`` frame says) or ``disconnect`` (the
+        socket closed)."""
         self._emit("unsubscribe", claims.sub, claims.sid, channel=channel, reason=reason)
 
     def presence(self, kind: str, channel: str, member: Member) -> None:

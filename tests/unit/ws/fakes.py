@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared.bus import InProcessBus, RevocationLedger
@@ -16,7 +17,7 @@ from ws_service.domain.history import History, MemoryHistory
 from ws_service.domain.hub import Hub
 from ws_service.domain.limits import Limits
 from ws_service.domain.namespaces import Namespaces
-from ws_service.domain.presence import MemoryPresence
+from ws_service.domain.presence import Member, MemoryPresence, Presence, Transition
 from ws_service.domain.proxy import ProxyCall, ProxyGate, Verdict
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.user_slots import UserSlots
@@ -120,6 +121,21 @@ class RecordingSink:
         return taken
 
 
+class HeldPresence(MemoryPresence):
+    """The embedded backend whose ``add`` reaches it only once ``release`` is set, as a Redis
+    call lands after the event loop moved on: a ``remove`` meanwhile runs first."""
+
+    def __init__(
+        self, publish: Callable[[str, str], Awaitable[None]], on_transition: Transition
+    ) -> None:
+        super().__init__(publish, on_transition)
+        self.release = asyncio.Event()
+
+    async def add(self, channel: str, conn_id: str, member: Member) -> None:
+        await self.release.wait()
+        await super().add(channel, conn_id, member)
+
+
 class NoKeys:
     async def get_key(self, kid: str) -> VerifyingKey:
         raise InvalidToken("no keys here")
@@ -136,7 +152,8 @@ class NoKeys:
 
 class FakeAppProxy:
     """The application behind the proxies: answers from ``verdicts`` by channel (allow when
-    absent), records every call, can be held back (``hold``) or be down."""
+    absent) as they stand when asked, records every call, can be held back (``hold``) or be
+    down."""
 
     def __init__(self) -> None:
         self.calls: list[ProxyCall] = []
@@ -149,12 +166,14 @@ class FakeAppProxy:
         return self.held
 
     async def ask(self, call: ProxyCall) -> Verdict:
+        """Decided when asked; the answer arrives once released."""
         self.calls.append(call)
+        verdict = self.verdicts.get(call.channel, Verdict(True))
         if self.held is not None:
             await self.held.wait()
         if self.down:
             raise ProxyUnavailable()
-        return self.verdicts.get(call.channel, Verdict(True))
+        return verdict
 
 
 def build_gateway(
@@ -167,10 +186,12 @@ def build_gateway(
     history: History | None = None,
     events: Events | None = None,
     proxies: ProxyGate | None = None,
+    presence: Callable[[Callable[[str, str], Awaitable[None]], Transition], Presence] | None = None,
     reconcile_batch: int = 500,
     **limits: Any,
 ) -> Gateway:
-    """A gateway on fakes; ``limits`` are fields of ``Limits``; ``events`` reports webhooks."""
+    """A gateway on fakes; ``limits`` are fields of ``Limits``; ``events`` reports webhooks;
+    ``presence`` makes the presence backend from the bus's publish and the events' transitions."""
     clock = clock or FakeClock()
     events = events or Events(clock=clock)
     revocations = RevocationRegistry(clock.time)
@@ -181,7 +202,7 @@ def build_gateway(
     hub = Hub(
         bus,
         history or MemoryHistory(bus.publish, clock=clock),
-        MemoryPresence(bus.publish, on_transition=events.presence),
+        (presence or MemoryPresence)(bus.publish, events.presence),
         namespaces or Namespaces(),
         clock=clock,
         events=events,

@@ -55,7 +55,9 @@ async def test_a_raising_presence_watcher_does_not_stop_the_others() -> None:
     watcher, broken, other = Recorder(), Broken(), Recorder()
     for subscriber in (watcher, broken, other):
         hub.join("chat:a", subscriber, presence_events=True)
-    await hub.track("chat:a", Recorder(), Member("u1", "alice"))
+    joiner = Recorder()
+    hub.join("chat:a", joiner)
+    await hub.track("chat:a", joiner, Member("u1", "alice"))
     assert [json.loads(t)["type"] for t in watcher.texts] == ["join"]
     assert [json.loads(t)["type"] for t in other.texts] == ["join"]
 

@@ -15,6 +15,7 @@ from realtime_gateway_protocol.access_token import Claims
 from tests.support.clock import FakeClock
 from tests.unit.ws.fakes import FakeAppProxy, FakePeer, build_gateway
 from ws_service.domain import proxy as proxy_module
+from ws_service.domain.commands import DisconnectUser, UnsubscribeUser
 from ws_service.domain.connection import Connection
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.history import HistoryPolicy
@@ -251,6 +252,62 @@ async def test_remembered_answers_are_bounded(monkeypatch: pytest.MonkeyPatch) -
     assert gate is not None and len(gate._remembered) == 3
     await alice.subscribe("doc:0")
     assert len(world.app.calls) == 6, "the oldest answer was forgotten"
+
+
+async def test_the_apps_unsubscribe_forgets_the_remembered_allow() -> None:
+    """The app un-shares a channel: its proxy now denies and it calls ``/v1/unsubscribe``. The
+    allow remembered for the user let it subscribe straight back, unasked, for good."""
+    world = World()
+    alice = await world.socket()
+    assert (await alice.subscribe())["type"] == "subscribed"
+    world.app.verdicts["doc:1"] = Verdict(False, "no longer shared")
+    assert await world.gateway.execute(UnsubscribeUser("alice", "doc:1")) == {"count": 1}
+    assert alice.peer.take()[0]["type"] == "unsubscribed"
+    reply = await alice.subscribe()
+    assert (reply["code"], reply["message"]) == ("forbidden", "no longer shared")
+    assert len(world.app.calls) == 2
+
+
+async def test_the_apps_disconnect_forgets_the_users_remembered_allows() -> None:
+    world = World()
+    bob = await world.socket("bob")
+    await bob.subscribe("doc:1")
+    await bob.subscribe("doc:2")
+    alice = await world.socket()
+    await alice.subscribe("doc:1")
+    world.app.verdicts["doc:1"] = world.app.verdicts["doc:2"] = Verdict(False, "removed")
+    assert await world.gateway.execute(DisconnectUser("bob")) == {"count": 1}
+    again = await world.socket("bob")
+    assert (await again.subscribe("doc:1"))["code"] == "forbidden"
+    assert (await again.subscribe("doc:2"))["code"] == "forbidden"
+    assert (await alice.subscribe("doc:1"))["type"] == "subscribed", "another user's is kept"
+    assert len(world.app.calls) == 5
+
+
+async def test_the_apps_unsubscribe_reaches_a_subscribe_waiting_for_the_app() -> None:
+    """An unsubscribe that came while the app was being asked found no subscription (0) and the
+    subscribe then completed: the app believed the user out, and it was in. The answer asked
+    before the unsubscribe is not shared with a later subscribe, nor remembered."""
+    world = World()
+    alice = await world.socket()
+    release = world.app.hold()
+    waiting = asyncio.ensure_future(alice.send({"type": "subscribe", "channel": "doc:1", "id": 1}))
+    await turns()
+    assert await world.gateway.execute(UnsubscribeUser("alice", "doc:1")) == {"count": 1}
+    world.app.verdicts["doc:1"] = Verdict(False, "removed")
+    other_tab = await world.socket()
+    later = asyncio.ensure_future(other_tab.subscribe())
+    await turns()
+    assert len(world.app.calls) == 2, "the later subscribe asked again"
+    release.set()
+    assert [(f["type"], f.get("id"), f.get("reason")) for f in await waiting] == [
+        ("subscribed", 1, None),
+        ("unsubscribed", None, "server"),
+    ]
+    assert alice.conn.channels == {} and "doc:1" not in world.gateway.hub._local
+    assert (await later)["code"] == "forbidden"
+    assert (await alice.subscribe())["code"] == "forbidden"
+    assert len(world.app.calls) == 2, "the denial is remembered, the stale allow was not"
 
 
 async def test_every_publish_is_asked_with_its_data_and_may_be_replaced() -> None:

@@ -15,7 +15,14 @@ import pytest
 
 from realtime_gateway_protocol.access_token import Claims
 from tests.support.clock import FakeClock
-from tests.unit.ws.fakes import FakeMetrics, FakePeer, RecordingSink, build_gateway
+from tests.unit.ws.fakes import (
+    FakeMetrics,
+    FakePeer,
+    HeldPresence,
+    RecordingSink,
+    build_gateway,
+)
+from ws_service.domain.commands import SubscribeUser, UnsubscribeUser
 from ws_service.domain.connection import Connection
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.namespaces import Namespace, Namespaces
@@ -28,11 +35,12 @@ NAMESPACES = Namespaces(
 )
 
 
-def setup() -> tuple[Gateway, RecordingSink, FakeClock]:
+def setup(**kwargs: Any) -> tuple[Gateway, RecordingSink, FakeClock]:
     clock, sink = FakeClock(), RecordingSink()
     ids = itertools.count(1)
     events = Events(sink, clock=clock, new_id=lambda: f"e{next(ids)}")
-    return build_gateway(clock=clock, events=events, namespaces=NAMESPACES), sink, clock
+    gateway = build_gateway(clock=clock, events=events, namespaces=NAMESPACES, **kwargs)
+    return gateway, sink, clock
 
 
 def claims(sub: str = "alice", sid: str = "s1") -> Claims:
@@ -162,3 +170,63 @@ def test_a_full_queue_drops_counts_and_logs_at_most_once_a_second(
     sink.emit({"n": 5})
     drops = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert [r.__dict__["dropped"] for r in drops] == [1, 3]
+
+
+def held_presence(gateway: Gateway) -> HeldPresence:
+    presence = gateway.hub._presence
+    assert isinstance(presence, HeldPresence)
+    return presence
+
+
+async def turns(n: int = 20) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_server_unsubscribe_during_the_join_leaves_no_ghost_and_keeps_events_in_order() -> (
+    None
+):
+    """The join awaits the presence backend; an unsubscribe from the app's backend meanwhile left
+    before the presence entry existed, which the join then added: a member nothing removed
+    (refreshed by its replica forever), ``presence_join`` without ``presence_leave``, and an
+    ``unsubscribe`` event without its ``subscribe``."""
+    gateway, sink, _ = setup(presence=HeldPresence)
+    conn, peer = await login(gateway)
+    sink.take()
+    peer.take()
+    joining = asyncio.ensure_future(gateway.execute(SubscribeUser("alice", "news:a")))
+    await turns()
+    assert await gateway.execute(UnsubscribeUser("alice", "news:a")) == {"count": 1}
+    held_presence(gateway).release.set()
+    assert await joining == {"count": 1}
+    await turns()
+    assert await gateway.hub.members("news:a") == []
+    assert "news:a" not in conn.channels and "news:a" not in gateway.hub._local
+    assert [(e["type"], e.get("reason")) for e in sink.take()] == [
+        ("presence_join", None),
+        ("subscribe", "server"),
+        ("unsubscribe", "server"),
+        ("presence_leave", None),
+    ]
+    assert [(f["type"], f.get("reason")) for f in peer.take()] == [
+        ("subscribed", "server"),
+        ("unsubscribed", "server"),
+    ]
+
+
+async def test_a_socket_that_closes_during_the_join_leaves_no_ghost() -> None:
+    gateway, sink, _ = setup(presence=HeldPresence)
+    conn, _ = await login(gateway)
+    sink.take()
+    joining = asyncio.ensure_future(send(conn, type="subscribe", channel="news:a", id=1))
+    await turns()
+    conn.disconnected()
+    held_presence(gateway).release.set()
+    await joining
+    await turns()
+    assert await gateway.hub.members("news:a") == []
+    assert [(e["type"], e.get("reason")) for e in sink.take()] == [
+        ("disconnect", "connection_closed"),
+        ("presence_join", None),
+        ("presence_leave", None),
+    ], "no unsubscribe for a subscribe never reported"
