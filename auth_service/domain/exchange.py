@@ -38,6 +38,7 @@ __all__ = [
     "allowed_scope",
     "app_user_id",
     "checked_times",
+    "scope_tokens",
     "strict_claims",
     "valid_username",
     "verify_assertion",
@@ -181,14 +182,23 @@ def _is_time(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def scope_tokens(requested: str) -> list[str]:
+    """A requested ``scope`` as its tokens (RFC 6749 section 3.3): separated by spaces (0x20; a
+    run of them, or one at either end, is let pass), each printable ASCII other than ``"`` and
+    ``\\``. ``str.split()`` would also split on tabs, line breaks and Unicode spaces (U+00A0,
+    U+3000), which are none."""
+    wanted = [token for token in requested.split(" ") if token]
+    if not all(_SCOPE_TOKEN.fullmatch(token) for token in wanted):
+        raise InvalidScope("a scope is space-separated printable ASCII other than '\"' and '\\'")
+    return wanted
+
+
 def allowed_scope(client: Client, requested: str | None, default: str) -> str:
     """The scope granted: what was asked for, within the client's registered scope (any scope
     when it has none); nothing asked, the client's scope or else the server's default."""
     if requested is None:
         return default if client.scope is None else client.scope
-    wanted = requested.split()
-    if not all(_SCOPE_TOKEN.fullmatch(token) for token in wanted):
-        raise InvalidScope("a scope is space-separated printable ASCII other than '\"' and '\\'")
+    wanted = scope_tokens(requested)
     if client.scope is not None:
         extra = sorted(set(wanted) - set(client.scope.split()))
         if extra:
@@ -207,7 +217,7 @@ def allowed_details(client: Client, requested: object) -> str | None:
         if len(requested) > 4 * MAX_AUTHORIZATION_DETAILS_BYTES:
             raise InvalidAuthorizationDetails("authorization_details is too large")
         try:
-            requested = loads(requested)
+            requested = loads(requested, unique_keys=True)
         except WireJSONError as exc:
             raise InvalidAuthorizationDetails(f"authorization_details is not JSON: {exc}") from None
     try:

@@ -33,6 +33,7 @@ from auth_service.domain.exchange import (
     Assertion,
     allowed_details,
     allowed_scope,
+    scope_tokens,
     verify_assertion,
 )
 from auth_service.domain.federation import (
@@ -606,7 +607,7 @@ class AuthService:
     def _narrow_scope(granted: str, requested: str | None) -> str:
         if requested is None:
             return granted
-        allowed, wanted = set(granted.split()), set(requested.split())
+        allowed, wanted = set(granted.split()), set(scope_tokens(requested))
         if not wanted <= allowed:
             raise InvalidScope("the requested scope exceeds the session's scope")
         return " ".join(s for s in granted.split() if s in wanted)

@@ -221,6 +221,20 @@ async def test_scope_stays_within_the_clients(world: World) -> None:
         await exchange(world, free, token=sign(world, free.secret, iss="free"), scope='quote"d')
 
 
+@pytest.mark.parametrize("separator", ["\u00a0", "\t", "\n", "\u3000", "\u2028"])
+async def test_a_scope_is_separated_by_spaces_alone(world: World, separator: str) -> None:
+    """RFC 6749 section 3.3: ``str.split()`` also split on tabs, line breaks and Unicode spaces,
+    so ``chat:read<U+00A0>doc:read`` was granted as two scopes."""
+    acme = await make(world, scope="chat:read doc:read")
+    with pytest.raises(InvalidScope, match="space-separated"):
+        await exchange(world, acme, scope=f"chat:read{separator}doc:read")
+    pair = await exchange(world, acme, scope="  chat:read   doc:read ")
+    assert pair.scope == "chat:read doc:read"
+    with pytest.raises(InvalidScope):
+        await world.service.refresh(pair.refresh_token, scope=f"chat:read{separator}doc:read")
+    assert (await world.service.refresh(pair.refresh_token, scope="doc:read")).scope == "doc:read"
+
+
 async def test_details_stay_within_the_clients_namespaces_and_scope(world: World) -> None:
     fenced = await make(world, namespaces=["doc", "team"])
     await exchange(world, fenced, authorization_details=DETAILS)
