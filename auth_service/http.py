@@ -174,7 +174,7 @@ def _object(body: Any) -> dict[str, Any]:
 
 def _json(raw: bytes) -> dict[str, Any]:
     try:
-        return _object(loads(raw))
+        return _object(loads(raw, unique_keys=True))
     except WireJSONError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
 

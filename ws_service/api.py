@@ -13,6 +13,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import hdrs, web
 
@@ -35,6 +36,8 @@ MAX_BROADCAST_CHANNELS = 100
 PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 _MAX_ID = 256
+MAX_QUERY_FIELDS = 16
+"""More parameters than any endpoint takes, by far: a query past it is refused unread."""
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -98,7 +101,7 @@ async def _body(request: web.Request, limit: int | None, shape: str) -> dict[str
     if limit is not None and len(raw) > limit:
         raise _Refusal(413, HTTP_ERROR_CODES[413], f"the body is limited to {limit} bytes")
     try:
-        body: Any = loads(raw)
+        body: Any = loads(raw, unique_keys=True)
     except WireJSONError as err:
         raise _bad(f"the body must be a JSON object: {err}") from None
     if not isinstance(body, dict):
@@ -268,7 +271,20 @@ _PREFIX_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 
 
 def _query(request: web.Request, name: str, *, required: bool = False) -> str | None:
-    values = request.query.getall(name, [])
+    """One query parameter, decoded strictly: aiohttp's ``request.query`` reads invalid UTF-8
+    as U+FFFD, which a body in invalid UTF-8 is refused for."""
+    try:
+        pairs = parse_qsl(
+            request.rel_url.raw_query_string,
+            keep_blank_values=True,
+            errors="strict",
+            max_num_fields=MAX_QUERY_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise _bad("the query is not valid UTF-8") from None
+    except ValueError:
+        raise _bad(f"the query has more than {MAX_QUERY_FIELDS} fields") from None
+    values = [value for key, value in pairs if key == name]
     if len(values) > 1:
         raise _bad(f"{name} must be given once")
     if not values:

@@ -113,7 +113,7 @@ def _body(call: ProxyCall) -> bytes:
 
 def _verdict(raw: bytes) -> Verdict:
     """The answer, strictly: ``ValueError`` for anything but the documented object."""
-    answer = wire_json.loads(raw)
+    answer = wire_json.loads(raw, unique_keys=True)
     if not isinstance(answer, dict) or not isinstance(answer.get("allow"), bool):
         raise ValueError('the answer must be a JSON object with "allow": true or false')
     reason = answer.get("reason")

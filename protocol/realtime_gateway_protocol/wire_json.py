@@ -57,12 +57,25 @@ def _constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_constant)
 
 
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise WireJSONError("an object names a member twice")
+    return value
+
+
+_UNIQUE_DECODER = json.JSONDecoder(
+    parse_float=_finite, parse_constant=_constant, object_pairs_hook=_unique
+)
+
+
 def loads(
     data: str | bytes,
     *,
     max_depth: int = MAX_DEPTH,
     allow_surrogates: bool = False,
     lenient: Collection[str] = (),
+    unique_keys: bool = False,
 ) -> Any:
     """Parse strict JSON (RFC 8259, UTF-8, finite numbers, bounded depth).
 
@@ -70,8 +83,13 @@ def loads(
     they use and only ever re-encode with :func:`dumps` (which escapes them); ``lenient`` does so
     for the named members of a top-level object only: a WebSocket frame whose token holds one is
     then an invalid token, not a malformed frame.
+
+    ``unique_keys`` refuses an object that names a member twice (RFC 8259 section 4 leaves what
+    it means to each parser: ``{"allow": false, "allow": true}`` is an allow here and a refusal
+    to a parser that keeps the first), for what is read as it is rather than re-encoded: request
+    bodies, a proxy's answer. It takes the standard library's path (orjson keeps the last).
     """
-    if _orjson is not None:
+    if _orjson is not None and not unique_keys:
         try:
             value = _orjson.loads(data)
         except _orjson.JSONDecodeError:
@@ -85,7 +103,7 @@ def loads(
         except UnicodeDecodeError:
             raise WireJSONError("the body is not valid UTF-8") from None
     try:
-        value = _DECODER.decode(data)
+        value = (_UNIQUE_DECODER if unique_keys else _DECODER).decode(data)
     except WireJSONError:
         raise
     except RecursionError:

@@ -32,6 +32,7 @@ NEAR_LIMIT = "[" * 900 + "]" * 900
         '{"username": 1e400, "password": "x"}',
         '{"username": "x", "password": "x", "n": ' + "9" * 400 + "}",
         '{"username": NaN}',
+        '{"username": "a", "username": "b", "password": "x", "password": "y"}',
     ],
     ids=[
         "surrogate-value",
@@ -41,6 +42,7 @@ NEAR_LIMIT = "[" * 900 + "]" * 900
         "1e400",
         "integer-of-400-digits",
         "NaN",
+        "repeated-member",
     ],
 )
 async def test_hostile_json_is_400(

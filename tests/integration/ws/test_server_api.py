@@ -212,6 +212,38 @@ async def test_bad_queries_get_400(gw: Harness, query: str) -> None:
     assert status == 400, body
 
 
+async def test_a_body_naming_a_member_twice_is_refused(gw: Harness) -> None:
+    """``{"channel": "user:x", "channel": "chat:a"}`` published to ``chat:a``: a proxy or
+    gateway in front that keeps the first name would have judged another channel."""
+    body = b'{"channel": "user:alice", "channel": "chat:a", "data": 1}'
+    headers = {**KEY, "Content-Type": "application/json"}
+    response = await gw.client.post("/v1/publish", data=body, headers=headers)
+    got = await response.json()
+    assert (response.status, got["error"]) == (400, "bad_request")
+    assert "names a member twice" in got["error_description"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/v1/connections?user=%ff",
+        "/v1/connections?user=a%ed%a0%80",
+        "/v1/presence?channel=chat:%c3",
+        "/v1/channels?prefix=%80",
+        "/v1/connections?user=a&other=%ff",
+    ],
+)
+async def test_a_query_in_invalid_utf8_is_refused(gw: Harness, query: str) -> None:
+    """It was read as U+FFFD (``?user=%ff`` answered 200 for the user ``\ufffd``) while a body
+    in invalid UTF-8 was refused: both are now."""
+    status, body = await call(gw, "GET", query)
+    assert (status, body["error"], body["error_description"]) == (
+        400,
+        "bad_request",
+        "the query is not valid UTF-8",
+    )
+
+
 async def test_control_bodies_are_bounded_in_bytes(gw: Harness) -> None:
     status, body = await call(
         gw, "POST", "/v1/disconnect", data=b'{"user": "' + b"a" * CONTROL_BODY_BYTES + b'"}'

@@ -254,7 +254,17 @@ async def test_details_stay_within_the_clients_namespaces_and_scope(world: World
 
 @pytest.mark.parametrize(
     "details",
-    ["", "not json", "[", '{"type": "realtime_channels"}', "[" * 50 + "]" * 50, "x" * 20_000, 7],
+    [
+        "",
+        "not json",
+        "[",
+        '{"type": "realtime_channels"}',
+        "[" * 50 + "]" * 50,
+        "x" * 20_000,
+        7,
+        '[{"type": "realtime_channels", "channels": ["doc:1"], "actions": ["subscribe"], '
+        '"actions": ["publish"]}]',
+    ],
 )
 async def test_malformed_details_are_invalid_authorization_details(
     world: World, details: object

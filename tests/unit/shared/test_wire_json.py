@@ -202,3 +202,30 @@ def test_orjson_and_the_standard_library_decide_alike(text: str, options: dict[s
 @given(st.text(max_size=60) | st.binary(max_size=60))
 def test_any_input_is_decided_alike(data: str | bytes) -> None:
     _both(data)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"allow": false, "allow": true}',
+        '{"a": {"b": 1, "b": 1}}',
+        '[{"x": 1}, {"y": 1, "y": 2}]',
+        '{"a": 1, "\\u0061": 2}',
+    ],
+)
+def test_unique_keys_refuses_an_object_naming_a_member_twice(text: str) -> None:
+    """Each parser decides what a repeated name means; one that keeps the last read the app's
+    ``{"allow": false, "allow": true}`` as an allow."""
+    with pytest.raises(WireJSONError, match="names a member twice"):
+        loads(text, unique_keys=True)
+    assert loads(text) == json.loads(text), "without it, as before: the last one counts"
+
+
+def test_unique_keys_keeps_every_other_rule() -> None:
+    assert loads('{"a": {"b": [1, {"c": null}]}, "b": 2}', unique_keys=True) == {
+        "a": {"b": [1, {"c": None}]},
+        "b": 2,
+    }
+    for text in ('{"x": NaN}', '{"x": "\\ud800"}', "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)):
+        with pytest.raises(WireJSONError):
+            loads(text, unique_keys=True)
