@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from auth_service.domain.clients import TOKEN_EXCHANGE, ClientRegistry, client_of, subject
 from auth_service.domain.dpop import DpopGate, DpopPolicy, Presented
@@ -333,7 +334,7 @@ class AuthService:
         bind = jkt if session.jkt is None else None
         if not await self._store.rotate_refresh_token(token.token_hash, record, now, bind=bind):
             audit("refresh_race_lost", sid=session.sid)
-            raise RefreshReuse("the refresh token was already used", family_revoked=False)
+            await self._reused(session, 0.0, now)  # revokes under a strict grace
         audit("refresh_ok", user_id=user.id, sid=session.sid)
         return pair
 
@@ -395,8 +396,11 @@ class AuthService:
         client = await self._store.get_client(user.client_id) if user.client_id else None
         return (_client_policy(client) if client else None) or self.dpop.policy
 
-    async def _reused(self, session: Session, since_rotation: float, now: float) -> None:
-        if since_rotation <= self.policy.refresh_reuse_grace:
+    async def _reused(self, session: Session, since_rotation: float, now: float) -> NoReturn:
+        grace = self.policy.refresh_reuse_grace
+        # Strict (0) is strict: a reuse racing the rotation on another replica read its clock
+        # before the winner wrote rotated_at, and its negative age is no grace.
+        if grace > 0 and since_rotation <= grace:
             audit("refresh_reuse_in_grace", sid=session.sid, user_id=session.user_id)
             raise RefreshReuse("the refresh token was already used", family_revoked=False)
         await self._revoke_session(session.sid, session.user_id, now, reason="reuse_detected")

@@ -91,6 +91,22 @@ async def test_reuse_after_the_grace_revokes_the_family(world: World) -> None:
         await world.service.refresh(second.refresh_token)
 
 
+async def test_a_strict_grace_revokes_the_family_on_a_concurrent_reuse(world: World) -> None:
+    """``AUTH_REFRESH_REUSE_GRACE=0`` is strict: every reuse revokes. A reuse racing the rotation
+    (on another replica) read its clock before the winner wrote ``rotated_at``, so the time since
+    the rotation was negative, at most the grace, and the family was kept: a thief racing its
+    victim was never caught (found by a probe of two replicas, 4 races in 30)."""
+    world.service.policy = replace(world.service.policy, refresh_reuse_grace=0)
+    first = await world.register_and_login()
+    second = await world.service.refresh(first.refresh_token)
+    world.now -= 0.004
+    with pytest.raises(RefreshReuse) as reuse:
+        await world.service.refresh(first.refresh_token)
+    assert reuse.value.family_revoked is True
+    with pytest.raises(InvalidGrant, match="revoked"):
+        await world.service.refresh(second.refresh_token)
+
+
 async def test_a_bearer_refresh_is_one_store_call_and_a_refusal_is_looked_up(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
