@@ -13,7 +13,7 @@ import asyncpg
 
 from auth_service.domain.errors import StoreUnavailable
 from auth_service.store.migrations import MIGRATIONS, Migration, render
-from auth_service.store.sql import Row, SqlStore, Statement
+from auth_service.store.sql import Row, SqlStore, Statement, unavailable
 
 __all__ = ["PostgresDatabase", "open_postgres"]
 
@@ -114,7 +114,7 @@ class PostgresDatabase:
             async with self._pool.acquire(timeout=self._timeout) as conn:
                 yield _Connection(conn)
         except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"database unavailable: {exc}") from exc
+            raise unavailable(exc) from exc
 
     @asynccontextmanager
     async def transaction(
@@ -125,7 +125,7 @@ class PostgresDatabase:
             async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
                 yield _Connection(conn, statement_timeout)
         except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"database unavailable: {exc}") from exc
+            raise unavailable(exc) from exc
 
     async def execute_atomically(self, statements: Sequence[Statement]) -> bool:
         if len(statements) == 1:  # atomic by itself: no BEGIN and COMMIT round trips

@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import astuple, fields, replace
 from typing import Any, Protocol, TypeVar
 
-from auth_service.domain.errors import UsernameTaken
+from auth_service.domain.errors import StoreUnavailable, UsernameTaken
 from auth_service.domain.models import (
     Client,
     OutboxBacklog,
@@ -32,11 +32,17 @@ from auth_service.domain.models import (
 )
 from auth_service.domain.store import ThrottleUpdate
 
-__all__ = ["Connection", "Database", "SqlStore", "Statement"]
+__all__ = ["Connection", "Database", "SqlStore", "Statement", "unavailable"]
 
 Row = Mapping[str, Any]
 Statement = tuple[str, Sequence[Any]]
 Model = TypeVar("Model")
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    """The driver's failure for the operator's log line: its message, or its kind when it has
+    none (a timeout's is empty, which logged ``database unavailable: `` and nothing more)."""
+    return StoreUnavailable(f"database unavailable: {str(exc) or type(exc).__name__}")
 
 
 class Connection(Protocol):

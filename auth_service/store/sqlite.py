@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from auth_service.domain.errors import StoreUnavailable
 from auth_service.store.migrations import MIGRATIONS, Migration, render
-from auth_service.store.sql import Row, SqlStore, Statement
+from auth_service.store.sql import Row, SqlStore, Statement, unavailable
 
 __all__ = ["SqliteDatabase", "open_sqlite"]
 
@@ -191,7 +191,7 @@ class SqliteDatabase:
                 yield self._conn
                 await self._checkpoint_now_and_then()
         except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"database unavailable: {exc}") from exc
+            raise unavailable(exc) from exc
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Connection]:
@@ -206,7 +206,7 @@ class SqliteDatabase:
                 await self._conn.execute("COMMIT")
                 await self._checkpoint_now_and_then()
         except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"database unavailable: {exc}") from exc
+            raise unavailable(exc) from exc
 
     async def execute_atomically(self, statements: Sequence[Statement]) -> bool:
         return await self._atomically(None, statements) is not None

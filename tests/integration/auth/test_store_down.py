@@ -44,7 +44,7 @@ async def test_requests_get_503_with_retry_after_when_the_store_drops(
 
 @pytest.mark.postgres
 async def test_a_stalled_database_is_503_within_the_database_timeout(
-    make_client: MakeClient, postgres_url: str
+    make_client: MakeClient, postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A lock held elsewhere (or a partition) stalls every statement: each request hung, and once
     the pool's connections were all waiting, /readyz too. Each call is now bounded by
@@ -77,6 +77,8 @@ async def test_a_stalled_database_is_503_within_the_database_timeout(
     finally:
         await holder.close()
     assert (await login(client))["token_type"] == "Bearer", "the pool recovered"
+    reasons = {r.reason for r in caplog.records if r.getMessage() == "request failed"}  # type: ignore[attr-defined]
+    assert reasons and "database unavailable: " not in reasons, "a timeout's reason says what"
 
 
 def test_a_server_side_failure_says_internal_error_and_logs_why(
