@@ -273,8 +273,10 @@ OUTBOX_INTERVAL = 1.0
 
 
 async def outbox_loop(publisher: EventPublisher) -> None:
-    """Deliver revocations the bus refused, as soon as it takes them again. ``flush`` never
-    raises (it logs and reports its failures), so only cancellation ends this loop."""
+    """Deliver revocations the bus refused, as soon as it takes them again, and write the ledger
+    again when Redis lost it (within a second). Neither call raises (each logs and reports its
+    failures), so only cancellation ends this loop."""
     while True:
+        await publisher.restore_ledger()
         await publisher.flush()
         await asyncio.sleep(OUTBOX_INTERVAL)

@@ -10,6 +10,10 @@ refuse the next event too, and order is kept. Any other failure belongs to one e
 this version cannot read, say): the event is retried with backoff a bounded number of times, then
 moved aside as a dead letter, and the events behind it go on. An operator inspects and replays dead
 letters with ``python -m auth_service outbox`` (docs/operations.md).
+
+The ledger itself may lose its records (Redis restarted empty): each revocation is also kept in the
+store while it is in force, and :meth:`EventPublisher.restore_ledger` writes them all again once the
+ledger says it lost them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import random
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from auth_service.domain.models import OutboxItem
 from auth_service.domain.store import Store
@@ -27,6 +32,7 @@ from realtime_gateway_protocol.backoff import backoff_delay
 from realtime_gateway_protocol.events import (
     REVOCATIONS_TOPIC,
     RevocationEvent,
+    SessionRevoked,
     decode_event,
     encode_event,
 )
@@ -35,6 +41,7 @@ from shared.bus import BusUnavailable, EventBus, RevocationLedger
 __all__ = [
     "REPLAY_LIMIT",
     "EventPublisher",
+    "KeptLedger",
     "OutboxStatus",
     "RetryPolicy",
     "drop_dead_letters",
@@ -44,6 +51,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 500
+
+
+class KeptLedger(RevocationLedger, Protocol):
+    """A ledger that can say it lost its records (``intact`` is False until ``mark_intact``)."""
+
+    async def intact(self) -> bool: ...
+
+    async def mark_intact(self) -> None: ...
 
 
 class OutboxStatus(enum.Enum):
@@ -80,7 +95,7 @@ class EventPublisher:
         self,
         bus: EventBus,
         store: Store,
-        ledger: RevocationLedger | None = None,
+        ledger: KeptLedger | None = None,
         clock: Callable[[], float] = time.time,
         *,
         retry: RetryPolicy = RetryPolicy(),
@@ -109,7 +124,40 @@ class EventPublisher:
         await self._bus.publish(topic, payload)
 
     async def __call__(self, event: RevocationEvent) -> None:
-        await self.announce(REVOCATIONS_TOPIC, encode_event(event))
+        payload = encode_event(event)
+        await self.announce(REVOCATIONS_TOPIC, payload)
+        if self._ledger is None:
+            return
+        key = f"sid:{event.sid}" if isinstance(event, SessionRevoked) else f"user:{event.sub}"
+        try:  # after the announcement: a store that fails here must not hold back the close
+            await self._store.keep_revocation(key, payload, event.until)
+        except Exception as exc:
+            log.warning(
+                "revocation not kept for a ledger restore", extra={"reason": str(exc) or repr(exc)}
+            )
+
+    async def restore_ledger(self) -> int:
+        """Write back every revocation still in force once the ledger lost its records (Redis
+        restarted empty, a failover lost writes): a ws replica started since would otherwise
+        admit a logged-out session's access tokens until they expire. Returns how many were
+        written (0 while the ledger is intact). Never raises: an unreachable ledger or store is
+        tried again on the next call."""
+        if self._ledger is None:
+            return 0
+        try:
+            if await self._ledger.intact():
+                return 0
+            payloads = await self._store.live_revocations(self._clock())
+            for payload in payloads:
+                await self._ledger.record(decode_event(payload))
+            await self._ledger.mark_intact()
+        except Exception as exc:
+            if not isinstance(exc, BusUnavailable):
+                log.warning("revocation ledger not restored", extra={"reason": str(exc)})
+            return 0
+        if payloads:
+            log.warning("revocation ledger restored", extra={"events": len(payloads)})
+        return len(payloads)
 
     async def announce(self, topic: str, payload: str) -> bool:
         """Publish now, or keep it in the outbox for :meth:`flush`; True when the bus took it."""

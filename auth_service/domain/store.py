@@ -133,6 +133,13 @@ class Store(Protocol):
     async def add_outbox(self, topic: str, payload: str, now: float) -> None:
         """Keep an event the bus could not take, to deliver it later."""
 
+    async def keep_revocation(self, key: str, payload: str, until: float) -> None:
+        """Keep a revocation in force until ``until`` (the ledger's record ``key``; of two for
+        one key, the later), to write it to the ledger again if the ledger loses it."""
+
+    async def live_revocations(self, now: float) -> list[str]:
+        """The payloads of the revocations kept that are still in force at ``now``."""
+
     async def outbox_batch(self, limit: int, due_by: float = math.inf) -> list[OutboxItem]:
         """The oldest events still to deliver whose next attempt is due by ``due_by``, oldest
         first; dead letters are left out."""

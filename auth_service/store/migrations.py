@@ -153,6 +153,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     (8, ("ALTER TABLE sessions ADD COLUMN bound_at {real}",)),
+    (
+        9,
+        (
+            """
+            CREATE TABLE revocations (
+                key TEXT PRIMARY KEY,
+                payload TEXT NOT NULL,
+                until {real} NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 _TYPE = re.compile(r"\{(real|blob|serial)\}")

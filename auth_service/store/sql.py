@@ -120,6 +120,11 @@ _INSERT_USER = _insert_sql("users", User)
 _INSERT_SESSION = _insert_sql("sessions", Session)
 _INSERT_TOKEN = _insert_sql("refresh_tokens", RefreshToken)
 _INSERT_KEY = _insert_sql("signing_keys", StoredKey)
+_KEEP_REVOCATION = (
+    "INSERT INTO revocations (key, payload, until) VALUES ($1, $2, $3) "
+    "ON CONFLICT (key) DO UPDATE SET payload = excluded.payload, until = excluded.until "
+    "WHERE revocations.until <= excluded.until"
+)
 _INSERT_CLIENT = _insert_sql("clients", Client)
 _USE_ASSERTION = (
     "INSERT INTO used_assertions (client_id, jti, expires_at) VALUES ($1, $2, $3) "
@@ -458,10 +463,22 @@ class SqlStore:
         async with self._db.transaction() as conn:
             await conn.executemany("DELETE FROM outbox WHERE id = $1", [(i,) for i in ids])
 
+    async def keep_revocation(self, key: str, payload: str, until: float) -> None:
+        async with self._db.connection() as conn:
+            await conn.execute(_KEEP_REVOCATION, key, payload, until)
+
+    async def live_revocations(self, now: float) -> list[str]:
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT payload FROM revocations WHERE until > $1 ORDER BY until", now
+            )
+        return [row["payload"] for row in rows]
+
     async def purge_expired(self, now: float) -> int:
         async with self._db.transaction() as conn:
             return (
                 await conn.execute("DELETE FROM refresh_tokens WHERE expires_at < $1", now)
+                + await conn.execute("DELETE FROM revocations WHERE until < $1", now)
                 + await conn.execute("DELETE FROM sessions WHERE expires_at < $1", now)
                 + await conn.execute("DELETE FROM used_assertions WHERE expires_at < $1", now)
                 + await conn.execute(

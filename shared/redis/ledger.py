@@ -7,6 +7,11 @@ what is recorded; that makes the write safe to retry after a timeout. The write 
 replica (``shared.redis.write``), so a logout whose record Redis confirmed survives a failover:
 a replica that missed the announcement still finds the record on the promoted master.
 
+Redis may lose the records (it keeps nothing on disk here: a restart comes back empty), and a ws
+replica started since would then admit a logged-out session's access tokens until they expire.
+auth_service keeps every revocation in force in its database too, and writes them all again when
+the ``INTACT`` mark is gone (:meth:`RedisRevocationLedger.intact`).
+
 Records are single keys, so on a Cluster each lives on its own slot. Checks are batched: the
 handshakes that ask while another check is out (or in the same loop iteration) share the next round
 trip (``shared.batch``), one ``MGET`` on a single server, one ``MGET`` per slot in one pipeline per
@@ -27,9 +32,12 @@ from shared.bus import BusUnavailable
 from shared.redis.connect import open_client
 from shared.redis.write import REPLICAS_LUA, WriteScript
 
-__all__ = ["PREFIX", "RedisRevocationLedger"]
+__all__ = ["INTACT", "PREFIX", "RedisRevocationLedger"]
 
 PREFIX = "gateway:revoked"
+INTACT = f"{PREFIX}:intact"
+"""Set once every record auth_service keeps is written; gone with the records when Redis loses
+them, which is how auth_service knows to write them again."""
 
 # KEYS: the record. ARGV: the value (a user's cut-off, 1 for a session), seconds to keep it.
 # Returns the replicas to wait for.
@@ -75,6 +83,21 @@ class RedisRevocationLedger:
         try:
             await _RECORD(self._redis, [key], [value, ttl], idempotent=True, replicas=int)
         except RedisError as exc:
+            raise BusUnavailable(f"revocation ledger unreachable: {exc}") from exc
+
+    async def intact(self) -> bool:
+        """Whether the records are still all here: False once Redis lost its data (a restart
+        without persistence, a failover that lost writes, a flush), which drops the mark with
+        them. auth_service then writes back what it keeps (:meth:`mark_intact` after)."""
+        try:
+            return bool(await self._redis.exists(INTACT))
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(f"revocation ledger unreachable: {exc}") from exc
+
+    async def mark_intact(self) -> None:
+        try:
+            await self._redis.set(INTACT, "1")
+        except (RedisError, OSError) as exc:
             raise BusUnavailable(f"revocation ledger unreachable: {exc}") from exc
 
     async def revoked(self, tokens: Sequence[TokenRef]) -> list[bool]:

@@ -154,6 +154,41 @@ async def test_6_redis_restart_resumes_traffic_and_delivers_a_logout_made_while_
             assert received is not None and received["type"] == "message", "traffic never resumed"
 
 
+async def test_6b_a_redis_that_restarts_empty_gets_the_logouts_written_again(
+    cluster: Cluster,
+) -> None:
+    """Redis keeps nothing on disk: a restart came back without the revocation records, and a
+    ws replica started since admitted a logged-out session's access token until it expired (the
+    replicas that ran through it still knew). auth_service keeps what is in force and writes it
+    again once the ledger's mark is gone."""
+    assert cluster.redis is not None
+    async with aiohttp.ClientSession() as http:
+        tokens = await tokens_for(http, cluster.auth_url(0), "s6b-heidi")
+        async with http.post(
+            f"{cluster.auth_url(1)}/v1/logout",
+            headers={"Authorization": f"Bearer {tokens['access_token']}"},
+        ) as resp:
+            assert resp.status == 200
+        cluster.redis.send(signal.SIGKILL)
+        cluster.redis.wait(10)
+        cluster.restart(cluster.redis)
+        cluster.restart(cluster.ws[2])
+        answers = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            async with http.ws_connect(cluster.ws_url(2)) as ws:
+                await ws.send_json({"type": "auth", "token": tokens["access_token"]})
+                answers.append(await frame(ws))
+            if answers[-1]["type"] == "auth_error":
+                break
+            await asyncio.sleep(0.2)
+        assert (answers[-1]["type"], answers[-1].get("code")) == (
+            "auth_error",
+            "session_revoked",
+        ), answers[-1]
+        assert len(answers) <= 15, f"{len(answers)} handshakes before the records were back"
+
+
 async def test_5_killed_ws_replica_clients_reconnect_through_the_lb_and_lose_nothing(
     cluster: Cluster,
 ) -> None:

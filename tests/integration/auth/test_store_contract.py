@@ -451,6 +451,19 @@ async def test_outbox_keeps_events_in_order_until_deleted(store: Store) -> None:
     assert await store.outbox_batch(10) == []
 
 
+async def test_revocations_are_kept_while_in_force_the_later_one_per_key(store: Store) -> None:
+    await store.keep_revocation("sid:a", "a-1", 100.0)
+    await store.keep_revocation("user:u", "u-2", 200.0)
+    await store.keep_revocation("user:u", "u-1", 150.0)  # an older event arriving late
+    await store.keep_revocation("sid:b", "b-1", 50.0)
+    assert await store.live_revocations(60.0) == ["a-1", "u-2"]
+    await store.keep_revocation("sid:a", "a-2", 300.0)
+    assert await store.live_revocations(60.0) == ["u-2", "a-2"]
+    assert await store.live_revocations(300.0) == []
+    await store.purge_expired(250.0)
+    assert await store.live_revocations(0.0) == ["a-2"]
+
+
 async def test_outbox_failed_events_wait_until_due_and_dead_letters_are_set_aside(
     store: Store,
 ) -> None:

@@ -44,6 +44,7 @@ class MemoryStore:
         self._outbox_ids = itertools.count(1)
         self.clients: dict[str, Client] = {}
         self.assertions: dict[tuple[str, str], float] = {}
+        self.revocations: dict[str, tuple[str, float]] = {}
 
     async def ping(self) -> None:
         pass
@@ -265,6 +266,15 @@ class MemoryStore:
         for item_id in ids:
             self.outbox.pop(item_id, None)
 
+    async def keep_revocation(self, key: str, payload: str, until: float) -> None:
+        kept = self.revocations.get(key)
+        if kept is None or kept[1] <= until:
+            self.revocations[key] = (payload, until)
+
+    async def live_revocations(self, now: float) -> list[str]:
+        live = sorted((until, payload) for payload, until in self.revocations.values())
+        return [payload for until, payload in live if until > now]
+
     async def purge_expired(self, now: float) -> int:
         """Counts like SQL's row counts: tokens that go with their session are not counted."""
         tokens = [h for h, t in self.tokens.items() if t.expires_at < now]
@@ -283,4 +293,7 @@ class MemoryStore:
         assertions = [key for key, until in self.assertions.items() if until < now]
         for key in assertions:
             del self.assertions[key]
-        return len(tokens) + len(sessions) + len(throttle) + len(assertions)
+        ended = [key for key, (_, until) in self.revocations.items() if until < now]
+        for key in ended:
+            del self.revocations[key]
+        return len(tokens) + len(sessions) + len(throttle) + len(assertions) + len(ended)
