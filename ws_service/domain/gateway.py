@@ -114,7 +114,10 @@ class Gateway:
         bus event this replica may have missed.
 
         An unreachable ledger is not a refusal: while Redis is down local traffic keeps flowing,
-        and the reconciliation after the reconnection closes what slipped through.
+        and the reconciliation after the reconnection closes what slipped through. While the bus
+        says Redis is unreachable the ledger is not asked at all: a Redis that hangs (rather than
+        refusing connections) cost every handshake its timeouts and retries, seconds each, for an
+        answer known in advance.
         """
         claims = await self.verifier.verify(token)
         if claims.jkt is not None:
@@ -149,6 +152,8 @@ class Gateway:
         if self.ledger is None:
             return claims
         try:
+            if not self.hub.connected:  # known down: fail open now, not after the timeouts
+                raise BusUnavailable("the event bus is disconnected")
             [revoked] = await self.ledger.revoked([claims.ref])
         except BusUnavailable as exc:
             self.metrics.ledger_checks.labels("unavailable").inc()
@@ -193,6 +198,8 @@ class Gateway:
             return True
         checks = self.metrics.user_limit_checks
         try:
+            if not self.hub.connected:  # known down: fail open now, not after the timeouts
+                raise BusUnavailable("the event bus is disconnected")
             taken = await self.slots.acquire(
                 sub, self._slot(conn), self.limits.max_connections_per_user
             )

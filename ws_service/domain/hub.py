@@ -127,6 +127,12 @@ class Hub:
         else:
             self._stop_watching(channel, subscriber)
 
+    @property
+    def connected(self) -> bool:
+        """Whether the bus reaches Redis: while it does not, what the reconnect listeners
+        restore (presence entries, connection slots, the ledger's verdicts) is not asked of it."""
+        return self._bus.connected
+
     def watching(self, channel: str, subscriber: Subscriber) -> bool:
         """Whether ``subscriber`` gets the channel's join/leave frames (``presence_events``)."""
         watchers = self._watchers.get(channel)
@@ -256,6 +262,8 @@ class Hub:
         entry_id = f"{self._replica}:{next(self._entry_ids)}"
         present[subscriber] = (entry_id, member)
         try:
+            if not self._bus.connected:  # restore_presence adds it on the reconnection
+                raise BusUnavailable("the event bus is disconnected")
             await self._presence.add(channel, entry_id, member)
         except BusUnavailable as exc:
             self._presence_add_down.warning(error=str(exc))

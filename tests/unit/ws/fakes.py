@@ -121,6 +121,18 @@ class RecordingSink:
         return taken
 
 
+class CutOffBus(InProcessBus):
+    """The in-process bus, reporting itself cut off from Redis while ``cut`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cut = False
+
+    @property
+    def connected(self) -> bool:
+        return not self.cut
+
+
 class HeldPresence(MemoryPresence):
     """The embedded backend whose ``add`` reaches it only once ``release`` is set, as a Redis
     call lands after the event loop moved on: a ``remove`` meanwhile runs first."""
@@ -187,6 +199,7 @@ def build_gateway(
     events: Events | None = None,
     proxies: ProxyGate | None = None,
     presence: Callable[[Callable[[str, str], Awaitable[None]], Transition], Presence] | None = None,
+    bus: InProcessBus | None = None,
     reconcile_batch: int = 500,
     **limits: Any,
 ) -> Gateway:
@@ -198,7 +211,7 @@ def build_gateway(
     verifier = TokenVerifier(
         keys or NoKeys(), revocations, issuer="http://auth.test", audience="ws", leeway=0
     )
-    bus = InProcessBus()
+    bus = bus or InProcessBus()
     hub = Hub(
         bus,
         history or MemoryHistory(bus.publish, clock=clock),
