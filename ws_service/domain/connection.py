@@ -497,9 +497,17 @@ class Connection:
     def key_withdrawn(self, grace: float) -> None:
         """The key that signed this socket's token was withdrawn: the token now expires ``grace``
         seconds from now (or at its own ``exp``, when sooner), announced as an expiry warning is,
-        so that a client renews with a token of a good key or is closed ``token_expired``."""
+        so that a client renews with a token of a good key or is closed ``token_expired``. Heard
+        again (the refetched key set, each auth replica's announcement), it changes nothing."""
         if self.claims is None or self.closing:
             return
+        deadlines = self._ctx.deadlines
+        if (
+            self.state is State.EXPIRING
+            and self._deadline is not None
+            and deadlines.due_in(self._deadline) <= grace + deadlines.tick
+        ):
+            return  # warned already, closing within the grace: the same withdrawal heard again
         close_at = self._ctx.clock.time() + grace
         if self.claims.exp + self._ctx.limits.leeway <= close_at:
             self._on_warning(self.claims)

@@ -49,6 +49,14 @@ class Deadlines:
         entry[0].add(item)
         return slot
 
+    def due_in(self, slot: int) -> float:
+        """Seconds until ``slot`` fires (its deadline rounded up to the tick)."""
+        return slot * self._tick - self._clock.monotonic()
+
+    @property
+    def tick(self) -> float:
+        return self._tick
+
     def cancel(self, slot: int, item: Expiring) -> None:
         entry = self._slots.get(slot)
         if entry is None:

@@ -560,6 +560,32 @@ async def test_13_a_withdrawn_key_shortens_the_deadline_to_the_grace() -> None:
     assert s.peer.closed == (4401, "token_expired")
 
 
+async def test_13_the_same_withdrawal_heard_again_warns_once() -> None:
+    """A withdrawal reaches a replica more than once (the key set's refetch and each auth
+    replica's announcement, 30 ms apart, after Redis came back): the same ``token_expiring`` went
+    out three times, and a client that refreshes on each refreshed three times."""
+    s = Socket()
+    await s.authenticate()
+    s.conn.key_withdrawn(10)
+    assert [w["type"] for w in s.peer.take()] == ["token_expiring"]
+    for _ in range(2):
+        s.advance(0.03)
+        s.conn.key_withdrawn(10)
+    assert s.peer.take() == []
+    s.advance(10 - 0.06 - TICK)
+    assert s.peer.closed is None
+    s.advance(2 * TICK)
+    assert s.peer.closed == (4401, "token_expired"), "the first grace holds, not extended"
+    later = Socket()
+    await later.authenticate()
+    later.conn.key_withdrawn(10)
+    later.peer.take()
+    later.advance(5)
+    later.conn.key_withdrawn(2)
+    [sooner] = later.peer.take()
+    assert sooner["expires_in"] == 2, "a shorter grace still brings the close forward"
+
+
 async def test_13_a_withdrawn_key_of_a_token_expiring_sooner_keeps_its_exp() -> None:
     s = Socket()
     claims = await s.authenticate(s.claims(ttl=4))
