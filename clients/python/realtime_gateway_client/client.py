@@ -45,6 +45,7 @@ from typing import Any, NoReturn, Protocol
 
 import aiohttp
 
+from realtime_gateway_protocol import wire_json
 from realtime_gateway_protocol.backoff import backoff_delay
 from realtime_gateway_protocol.close_codes import Action, CloseCode, action_for
 from realtime_gateway_protocol.tasks import cancel_and_wait
@@ -57,6 +58,7 @@ __all__ = [
     "ProofSigner",
     "ProtocolViolation",
     "RequestFailed",
+    "ServerProtocolError",
     "StateListener",
     "TemporaryFailure",
     "TokenPair",
@@ -85,6 +87,19 @@ class AuthenticationFailed(ClientError):
 
 class ProtocolViolation(ClientError):
     """The server closed the socket because this client broke the protocol (4400, 1009)."""
+
+
+class ServerProtocolError(ClientError):
+    """The server sent a frame the protocol does not allow: not JSON, not an object, or a field
+    the client reads of the wrong type. The client closes the socket with ``close_code`` (1007
+    for a payload that is not a JSON object, 1003 for a binary frame, 1002 for the rest) and
+    reconnects with backoff, as after any broken connection; before the first connection
+    succeeds ``start()`` raises it instead (the URL does not lead to the gateway)."""
+
+    def __init__(self, close_code: int, reason: str) -> None:
+        super().__init__(f"the server broke the protocol: {reason} (closed {close_code})")
+        self.close_code = close_code
+        self.reason = reason
 
 
 class TemporaryFailure(ClientError):
@@ -247,10 +262,114 @@ class _QueueFull(Exception):
 
 
 class _Closed(Exception):
-    def __init__(self, code: int | None, reason: str) -> None:
+    """The socket closed; ``by_client`` when this client closed it for a reason of its own (the
+    close table then has no say: the client reconnects)."""
+
+    def __init__(self, code: int | None, reason: str, *, by_client: bool = False) -> None:
         super().__init__(code, reason)
         self.code = code
         self.reason = reason
+        self.by_client = by_client
+
+
+FRAME_DEPTH = wire_json.MAX_DEPTH + 2
+"""Nesting allowed in a server frame: a publication's ``data``, as deep as the gateway lets a
+client publish it, sits two levels deeper inside ``subscribed`` and ``history``."""
+
+
+def _decode(text: str) -> dict[str, Any]:
+    """A server frame, decoded as strictly as the gateway decodes ours and checked to hold what
+    the client reads without looking again."""
+    try:
+        frame = wire_json.loads(text, max_depth=FRAME_DEPTH)
+    except wire_json.WireJSONError as exc:
+        raise ServerProtocolError(aiohttp.WSCloseCode.INVALID_TEXT, str(exc)) from None
+    if not isinstance(frame, dict):
+        raise ServerProtocolError(
+            aiohttp.WSCloseCode.INVALID_TEXT, "a frame that is not a JSON object"
+        )
+    wrong = _wrong_field(frame)
+    if wrong is not None:
+        raise ServerProtocolError(
+            aiohttp.WSCloseCode.PROTOCOL_ERROR, f"{frame.get('type')!r} frame with a bad {wrong!r}"
+        )
+    return frame
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+def _is_position(value: Any) -> bool:
+    return isinstance(value, dict) and _is_int(value.get("offset")) and _is_str(value.get("epoch"))
+
+
+def _is_user(value: Any) -> bool:
+    return isinstance(value, dict) and _is_str(value.get("id"))
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(item, dict) and item.get("type") == "message" and _wrong_field(item) is None
+        for item in value
+    )
+
+
+def _is_members(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(item, dict) and _is_user(item.get("user")) for item in value
+    )
+
+
+_Check = Callable[[Any], bool]
+
+_FIELDS: dict[str, tuple[dict[str, _Check], dict[str, _Check]]] = {
+    "auth_success": ({"user": _is_user}, {}),
+    "auth_error": ({"code": _is_str}, {"retry": lambda value: isinstance(value, bool)}),
+    "error": ({"code": _is_str}, {"message": _is_str}),
+    "message": ({"channel": _is_str}, {"offset": _is_int, "epoch": _is_str}),
+    "subscribed": (
+        {"channel": _is_str},
+        {
+            "position": _is_position,
+            "publications": _is_messages,
+            "recovered": lambda value: isinstance(value, bool),
+        },
+    ),
+    "history": ({"publications": _is_messages}, {"position": _is_position}),
+    "presence": ({"members": _is_members}, {}),
+    "join": ({"channel": _is_str, "user": _is_user}, {}),
+    "leave": ({"channel": _is_str, "user": _is_user}, {}),
+    "token_expiring": ({"expires_at": _is_int}, {}),
+    "unsubscribed": ({"channel": _is_str}, {}),
+}
+"""Per frame type, the fields the client reads: required, then checked when present (the JSON
+Schema's server frames, narrowed to what the client uses). Other types pass, for servers newer
+than the client."""
+
+
+def _wrong_field(frame: dict[str, Any]) -> str | None:
+    """The first field of ``frame`` that breaks its type's shape, or None."""
+    kind = frame.get("type")
+    if not isinstance(kind, str):
+        return "type"
+    request_id = frame.get("id")
+    if request_id is not None and not (_is_str(request_id) or _is_int(request_id)):
+        return "id"
+    required, optional = _FIELDS.get(kind, ({}, {}))
+    for name, check in required.items():
+        if not check(frame.get(name)):
+            return name
+    for name, check in optional.items():
+        if name in frame and not check(frame[name]):
+            return name
+    if kind == "message" and ("offset" in frame) != ("epoch" in frame):
+        return "offset"
+    return None
 
 
 class GatewayClient:
@@ -449,12 +568,22 @@ class GatewayClient:
             while True:
                 await self._after_close(await self._session_until_closed())
         except ClientError as exc:
-            self._failure = exc
-            self._fail_pending(exc)
-            self._state("stopped", str(exc))
+            self._stop(exc)
+        except Exception as exc:
+            # A bug, in this client or in what it was given: stop and say so rather than die
+            # silently with callers waiting on a client that no longer runs.
+            log.exception("the client stopped on an unexpected error")
+            failure = ClientError(f"the client stopped on an unexpected error: {exc!r}")
+            failure.__cause__ = exc
+            self._stop(failure)
         finally:
             self._connected.clear()
             self._messages.put_nowait(None)
+
+    def _stop(self, failure: ClientError) -> None:
+        self._failure = failure
+        self._fail_pending(failure)
+        self._state("stopped", str(failure))
 
     async def _session_until_closed(self) -> _Closed:
         try:
@@ -462,7 +591,7 @@ class GatewayClient:
         except _Closed as closed:
             return closed
         except _QueueFull:
-            return _Closed(None, QUEUE_FULL)
+            return _Closed(None, QUEUE_FULL, by_client=True)
         except _TRANSIENT as exc:
             return _Closed(None, str(exc))
 
@@ -475,7 +604,7 @@ class GatewayClient:
         self._connected.clear()
         self._fail_pending(ConnectionLost(f"connection closed ({closed.code} {closed.reason})"))
         self._state("disconnected", f"{closed.code or ''} {closed.reason}".strip())
-        action = action_for(closed.code, closed.reason)
+        action = Action.RECONNECT if closed.by_client else action_for(closed.code, closed.reason)
         if action is Action.REFRESH_THEN_RECONNECT:
             try:
                 await self.refresh()
@@ -486,7 +615,7 @@ class GatewayClient:
             if closed.code in (CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN):
                 raise AuthenticationFailed(closed.reason or "unauthorized", close_code=closed.code)
             raise ProtocolViolation(f"closed {closed.code} {closed.reason}")
-        if closed.reason == QUEUE_FULL:
+        if closed.by_client and closed.reason == QUEUE_FULL:
             self._state("reconnecting", "once messages() has taken half of the queued messages")
             await self._drained.wait()
             return
@@ -506,16 +635,22 @@ class GatewayClient:
             raise
         async with ws:
             self._ws = ws
-            await self._authenticate(ws)
-            self.connects += 1
-            self._attempt = 0
-            for channel, presence_events in sorted(self._channels.items()):
-                await self._send(ws, self._resubscription(channel, presence_events))
-            self._connected.set()
-            self._state("connected", str((self.user or {}).get("username", "")))
-            while True:
-                frame, size = await self._receive_sized(ws)
-                await self._handle(ws, frame, size)
+            try:
+                await self._authenticate(ws)
+                self.connects += 1
+                self._attempt = 0
+                for channel, presence_events in sorted(self._channels.items()):
+                    await self._send(ws, self._resubscription(channel, presence_events))
+                self._connected.set()
+                self._state("connected", str((self.user or {}).get("username", "")))
+                while True:
+                    frame, size = await self._receive_sized(ws)
+                    await self._handle(ws, frame, size)
+            except ServerProtocolError as exc:
+                await ws.close(code=exc.close_code, message=exc.reason.encode()[:123])
+                if self.connects == 0:
+                    raise
+                raise _Closed(exc.close_code, exc.reason, by_client=True) from exc
 
     async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         assert self._tokens is not None
@@ -552,10 +687,14 @@ class GatewayClient:
         """A frame and its size in characters (what it weighs in the message queue)."""
         msg = await ws.receive()
         if msg.type is aiohttp.WSMsgType.TEXT:
-            frame: dict[str, Any] = json.loads(msg.data)
-            return frame, len(msg.data)
+            return _decode(msg.data), len(msg.data)
         if msg.type is aiohttp.WSMsgType.CLOSE:
             raise _Closed(msg.data, msg.extra or "")
+        if msg.type is aiohttp.WSMsgType.BINARY:
+            raise ServerProtocolError(aiohttp.WSCloseCode.UNSUPPORTED_DATA, "a binary frame")
+        if msg.type is aiohttp.WSMsgType.ERROR and isinstance(msg.data, aiohttp.WebSocketError):
+            # aiohttp closed the socket itself, with the error's code (1002, 1007).
+            raise ServerProtocolError(msg.data.code, str(msg.data) or "a malformed frame")
         raise _Closed(ws.close_code, "")
 
     async def _handle(
@@ -564,7 +703,9 @@ class GatewayClient:
         kind = frame.get("type")
         request_id = frame.get("id")
         if isinstance(request_id, str) and request_id in self._pending:
-            self._pending.pop(request_id).set_result(frame)
+            future = self._pending.pop(request_id)
+            if not future.done():
+                future.set_result(frame)
         elif kind == "message":
             self._deliver(frame, size)
         elif kind == "subscribed":
@@ -666,7 +807,10 @@ class GatewayClient:
 
     def _state(self, state: str, detail: str) -> None:
         if self._on_state is not None:
-            self._on_state(state, detail)
+            try:
+                self._on_state(state, detail)
+            except Exception:
+                log.exception("on_state listener failed")
 
     def _fail_pending(self, exc: ClientError) -> None:
         for future in self._pending.values():

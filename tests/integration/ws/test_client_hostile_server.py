@@ -1,0 +1,194 @@
+"""The Python client against a hostile gateway: a real aiohttp server on loopback that says what
+ws_service never would (frames that break the protocol, closes in a loop, silence). Each misdeed
+must end in a reconnect with backoff or a clear ``ClientError``: never a dead client that says
+nothing, never a hot loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, web
+
+from realtime_gateway_client import GatewayClient, ServerProtocolError
+from tests.services import free_port
+
+Script = Callable[["HostileGateway", web.WebSocketResponse], Awaitable[None]]
+
+
+class HostileGateway:
+    """auth_service's login and refresh, and a socket that plays ``script`` on every connection."""
+
+    def __init__(self, script: Script, *, autoping: bool = True) -> None:
+        self.script = script
+        self.autoping = autoping
+        self.port = free_port()
+        self.connects = 0
+        self.refreshes = 0
+        self.received: list[dict[str, Any]] = []
+        self.close_codes: list[int | None] = []
+
+    @property
+    def auth_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/login", self.login)
+        app.router.add_post("/v1/token", self.token)
+        app.router.add_get("/ws", self.socket)
+        return app
+
+    async def login(self, request: web.Request) -> web.Response:
+        return web.json_response(tokens(0))
+
+    async def token(self, request: web.Request) -> web.Response:
+        self.refreshes += 1
+        return web.json_response(tokens(self.refreshes))
+
+    async def socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=self.autoping, max_msg_size=0)
+        await ws.prepare(request)
+        self.connects += 1
+        await self.script(self, ws)
+        if not ws.closed:
+            await ws.close()
+        self.close_codes.append(ws.close_code)
+        return ws
+
+    async def receive(self, ws: web.WebSocketResponse) -> dict[str, Any] | None:
+        """The client's next frame, or None once it closed."""
+        msg = await ws.receive()
+        if msg.type is not WSMsgType.TEXT:
+            return None
+        frame: dict[str, Any] = json.loads(msg.data)
+        self.received.append(frame)
+        return frame
+
+    async def authenticate(self, ws: web.WebSocketResponse) -> None:
+        frame = await self.receive(ws)
+        assert frame is not None and frame["type"] == "auth"
+        await ws.send_json(AUTH_SUCCESS)
+
+    async def drain(self, ws: web.WebSocketResponse) -> None:
+        """Read (and answer nothing) until the client closes."""
+        while await self.receive(ws) is not None:
+            pass
+
+
+def tokens(n: int) -> dict[str, Any]:
+    return {"access_token": f"access-{n}", "refresh_token": f"refresh-{n}", "expires_in": 60}
+
+
+AUTH_SUCCESS = {
+    "type": "auth_success",
+    "user": {"id": "u1", "username": "alice"},
+    "session": "s1",
+    "expires_in": 60,
+    "expires_at": int(time.time()) + 60,
+}
+
+MESSAGE = {
+    "type": "message",
+    "channel": "chat:x",
+    "data": "after",
+    "from": "u2",
+    "from_username": "bob",
+    "ts": 1,
+}
+
+Serve = Callable[..., Awaitable[HostileGateway]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    runners: list[web.AppRunner] = []
+
+    async def start(script: Script, **kwargs: Any) -> HostileGateway:
+        gateway = HostileGateway(script, **kwargs)
+        runner = web.AppRunner(gateway.app(), shutdown_timeout=1)
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", gateway.port).start()
+        return gateway
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+def client(
+    gateway: HostileGateway, states: list[tuple[str, str]] | None = None, **kwargs: Any
+) -> GatewayClient:
+    listen = None if states is None else (lambda state, detail: states.append((state, detail)))
+    options: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.5, **kwargs}
+    return GatewayClient(
+        gateway.auth_url, gateway.ws_url, "alice", "pw", on_state=listen, **options
+    )
+
+
+async def next_message(client: GatewayClient) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        async for message in client.messages():
+            return message
+    raise AssertionError("the message stream ended")
+
+
+BROKEN_FRAMES = {
+    "not json": ("{not json", 1007),
+    "null": ("null", 1007),
+    "an array": ("[1,2,3]", 1007),
+    "nested 200000 deep": ("[" * 200_000 + "]" * 200_000, 1007),
+    "publications not a list": (
+        '{"type":"subscribed","channel":"c:x","publications":5,"recovered":true}',
+        1002,
+    ),
+    "a message without a channel": ('{"type":"message","data":1}', 1002),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_FRAMES))
+async def test_a_frame_that_breaks_the_protocol_closes_the_socket_and_reconnects(
+    serve: Serve, case: str
+) -> None:
+    """The runner used to die on it (JSONDecodeError, TypeError, RecursionError) and say nothing:
+    no state, messages() ended as if closed, requests only timed out."""
+    text, code = BROKEN_FRAMES[case]
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        await ws.send_str(text if gateway.connects == 1 else json.dumps(MESSAGE))
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    states: list[tuple[str, str]] = []
+    async with client(gateway, states) as alice:
+        assert (await next_message(alice))["data"] == "after"
+        assert alice.connects == 2
+    assert gateway.close_codes[0] == code
+    assert states[1][0] == "disconnected" and states[1][1].startswith(str(code))
+    assert states[2][0] == "reconnecting"
+
+
+async def test_a_broken_answer_to_the_first_auth_fails_start(serve: Serve) -> None:
+    """Before the first connection nothing is retried: the URL does not lead to the gateway."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.receive(ws)
+        await ws.send_str("<html>")
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    with pytest.raises(ServerProtocolError) as err:
+        async with asyncio.timeout(5), client(gateway):
+            pass
+    assert err.value.close_code == 1007
+    assert gateway.connects == 1
