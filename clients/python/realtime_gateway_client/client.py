@@ -596,8 +596,10 @@ class GatewayClient:
             return _Closed(None, str(exc))
 
     async def _after_close(self, closed: _Closed) -> None:
-        """Do what the close-code table says: refresh, stop, or wait (backoff with jitter) and
-        reconnect.
+        """Do what the close-code table says: stop, or wait (backoff with jitter), refresh when
+        the table says so, and reconnect. The wait comes first for every reconnect, a refresh's
+        included: a server that closes ``token_expired`` at once must not earn a refresh and a
+        reconnect per round trip.
 
         A refresh that fails for a passing reason (auth_service down) is retried by reconnecting:
         the expired token earns a retryable ``token_expired`` and another refresh."""
@@ -605,13 +607,7 @@ class GatewayClient:
         self._fail_pending(ConnectionLost(f"connection closed ({closed.code} {closed.reason})"))
         self._state("disconnected", f"{closed.code or ''} {closed.reason}".strip())
         action = Action.RECONNECT if closed.by_client else action_for(closed.code, closed.reason)
-        if action is Action.REFRESH_THEN_RECONNECT:
-            try:
-                await self.refresh()
-                return
-            except _TRANSIENT as exc:
-                log.warning("token refresh failed; reconnecting", exc_info=exc)
-        elif action is Action.STOP:
+        if action is Action.STOP:
             if closed.code in (CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN):
                 raise AuthenticationFailed(closed.reason or "unauthorized", close_code=closed.code)
             raise ProtocolViolation(f"closed {closed.code} {closed.reason}")
@@ -624,6 +620,11 @@ class GatewayClient:
         log.info("reconnecting", extra={"code": closed.code, "delay": round(delay, 3)})
         self._state("reconnecting", f"in {delay:.1f} s")
         await asyncio.sleep(delay)
+        if action is Action.REFRESH_THEN_RECONNECT:
+            try:
+                await self.refresh()
+            except _TRANSIENT as exc:
+                log.warning("token refresh failed; reconnecting", exc_info=exc)
 
     async def _session_once(self) -> NoReturn:
         assert self._session is not None
@@ -653,7 +654,12 @@ class GatewayClient:
                 raise _Closed(exc.close_code, exc.reason, by_client=True) from exc
 
     async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Send ``auth`` until it succeeds or the server says to stop. A retryable
+        ``token_expired`` earns one refresh per socket: when the fresh token is called expired
+        too, another refresh will not help (a skewed clock, a broken server), so the client closes
+        as the server would (4401 ``token_expired``), and backs off before refreshing again."""
         assert self._tokens is not None
+        refreshed = False
         for attempt in range(3):
             await self._send(ws, self._auth_frame(self._tokens))
             frame = await self._receive(ws)
@@ -663,9 +669,12 @@ class GatewayClient:
             if not frame.get("retry"):
                 break
             # A retryable auth_error's code is a close reason: the table says what helps.
-            then = action_for(CloseCode.UNAUTHORIZED, str(frame.get("code")))
-            if then is Action.REFRESH_THEN_RECONNECT:
+            code = str(frame.get("code"))
+            if action_for(CloseCode.UNAUTHORIZED, code) is Action.REFRESH_THEN_RECONNECT:
+                if refreshed:
+                    raise _Closed(CloseCode.UNAUTHORIZED, code)
                 await self.refresh()
+                refreshed = True
             else:
                 await asyncio.sleep(backoff_delay(attempt, *self._backoff, random.random()))
         while True:

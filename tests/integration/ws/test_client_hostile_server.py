@@ -192,3 +192,29 @@ async def test_a_broken_answer_to_the_first_auth_fails_start(serve: Serve) -> No
             pass
     assert err.value.close_code == 1007
     assert gateway.connects == 1
+
+
+async def test_a_refused_token_before_any_success_backs_off_and_refreshes_once_per_socket(
+    serve: Serve,
+) -> None:
+    """auth_error token_expired (retry) then close 4401 token_expired used to reconnect every
+    53 ms with two refreshes each time, and start() never returned."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.receive(ws)
+        error = {"type": "auth_error", "code": "token_expired", "message": "", "retry": True}
+        await ws.send_json(error)
+        await gateway.receive(ws)
+        await ws.send_json(error)
+        await gateway.receive(ws)
+        await ws.close(code=4401, message=b"token_expired")
+
+    gateway = await serve(script)
+    alice = client(gateway, backoff_base=0.1, backoff_cap=10)
+    starting = asyncio.ensure_future(alice.start())
+    await asyncio.sleep(2)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert gateway.connects < 12, gateway.connects
+    assert gateway.refreshes <= 2 * gateway.connects
