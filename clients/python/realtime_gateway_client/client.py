@@ -385,6 +385,7 @@ class GatewayClient:
         session: aiohttp.ClientSession | None = None,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
+        stable_after: float = 10.0,
         request_timeout: float = 10.0,
         max_queued_bytes: int = 8 * 1024 * 1024,
         on_state: StateListener | None = None,
@@ -392,7 +393,11 @@ class GatewayClient:
         dpop: ProofSigner | None = None,
     ) -> None:
         """``dpop``: a ``realtime_gateway_client.dpop.DPoPKey`` (or another signer) binds the
-        tokens to its key; every request and ``auth`` frame then carries a proof."""
+        tokens to its key; every request and ``auth`` frame then carries a proof.
+
+        The backoff grows with each reconnect and starts again from ``backoff_base`` only after a
+        connection stayed up ``stable_after`` seconds: a server that authenticates and then
+        closes at once must not earn a reconnect per round trip."""
         self._ws_url = ws_url
         self._dpop = dpop
         self._username = username
@@ -420,6 +425,8 @@ class GatewayClient:
         self._runner: asyncio.Task[None] | None = None
         self._failure: ClientError | None = None
         self._attempt = 0
+        self._stable_after = stable_after
+        self._up_since: float | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._on_state = on_state
         self.connects = 0
@@ -604,6 +611,12 @@ class GatewayClient:
         A refresh that fails for a passing reason (auth_service down) is retried by reconnecting:
         the expired token earns a retryable ``token_expired`` and another refresh."""
         self._connected.clear()
+        up_since, self._up_since = self._up_since, None
+        if (
+            up_since is not None
+            and asyncio.get_running_loop().time() - up_since >= self._stable_after
+        ):
+            self._attempt = 0
         self._fail_pending(ConnectionLost(f"connection closed ({closed.code} {closed.reason})"))
         self._state("disconnected", f"{closed.code or ''} {closed.reason}".strip())
         action = Action.RECONNECT if closed.by_client else action_for(closed.code, closed.reason)
@@ -639,7 +652,7 @@ class GatewayClient:
             try:
                 await self._authenticate(ws)
                 self.connects += 1
-                self._attempt = 0
+                self._up_since = asyncio.get_running_loop().time()
                 for channel, presence_events in sorted(self._channels.items()):
                     await self._send(ws, self._resubscription(channel, presence_events))
                 self._connected.set()

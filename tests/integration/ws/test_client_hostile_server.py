@@ -15,6 +15,7 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from realtime_gateway_client import GatewayClient, ServerProtocolError
+from tests.integration.ws.harness import wait_until
 from tests.services import free_port
 
 Script = Callable[["HostileGateway", web.WebSocketResponse], Awaitable[None]]
@@ -218,3 +219,37 @@ async def test_a_refused_token_before_any_success_backs_off_and_refreshes_once_p
         await starting
     assert gateway.connects < 12, gateway.connects
     assert gateway.refreshes <= 2 * gateway.connects
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"), [(1011, b"internal_error"), (1000, b""), (4401, b"token_expired")]
+)
+async def test_a_server_that_closes_after_each_auth_success_meets_a_growing_backoff(
+    serve: Serve, code: int, reason: bytes
+) -> None:
+    """The backoff started again at every auth_success: about 4 reconnects a second forever
+    (1011, 1000), and with 4401 token_expired 4434 connects and refreshes in 5 s."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        await ws.close(code=code, message=reason)
+
+    gateway = await serve(script)
+    async with client(gateway, backoff_base=0.1, backoff_cap=10):
+        await asyncio.sleep(2)
+    assert gateway.connects < 12, gateway.connects
+    assert gateway.refreshes <= gateway.connects
+
+
+async def test_the_backoff_starts_again_after_a_connection_that_stayed_up(serve: Serve) -> None:
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        if gateway.connects in (4, 5):
+            await asyncio.sleep(0.3)
+        await ws.close(code=1011, message=b"internal_error")
+
+    gateway = await serve(script)
+    alice = client(gateway, backoff_base=0.1, backoff_cap=10, stable_after=0.2)
+    async with alice:
+        await wait_until(lambda: gateway.connects >= 6, wait=10)
+        assert alice._attempt <= 2
