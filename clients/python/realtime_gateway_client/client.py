@@ -47,7 +47,7 @@ import aiohttp
 
 from realtime_gateway_protocol import wire_json
 from realtime_gateway_protocol.backoff import backoff_delay
-from realtime_gateway_protocol.close_codes import Action, CloseCode, action_for
+from realtime_gateway_protocol.close_codes import Action, CloseCode, Disconnect, action_for
 from realtime_gateway_protocol.tasks import cancel_and_wait
 
 __all__ = [
@@ -261,6 +261,10 @@ class _QueueFull(Exception):
     pass
 
 
+class _NoAnswer(Exception):
+    """The server said nothing before ``connect_timeout``."""
+
+
 class _Closed(Exception):
     """The socket closed; ``by_client`` when this client closed it for a reason of its own (the
     close table then has no say: the client reconnects)."""
@@ -386,6 +390,7 @@ class GatewayClient:
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         stable_after: float = 10.0,
+        connect_timeout: float = 10.0,
         request_timeout: float = 10.0,
         max_queued_bytes: int = 8 * 1024 * 1024,
         on_state: StateListener | None = None,
@@ -397,7 +402,10 @@ class GatewayClient:
 
         The backoff grows with each reconnect and starts again from ``backoff_base`` only after a
         connection stayed up ``stable_after`` seconds: a server that authenticates and then
-        closes at once must not earn a reconnect per round trip."""
+        closes at once must not earn a reconnect per round trip.
+
+        ``connect_timeout`` bounds each wait of a connection before it is up (the upgrade, each
+        answer to ``auth``, the close after a refusal) and the closing handshake."""
         self._ws_url = ws_url
         self._dpop = dpop
         self._username = username
@@ -426,6 +434,7 @@ class GatewayClient:
         self._failure: ClientError | None = None
         self._attempt = 0
         self._stable_after = stable_after
+        self._connect_timeout = connect_timeout
         self._up_since: float | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._on_state = on_state
@@ -639,14 +648,33 @@ class GatewayClient:
             except _TRANSIENT as exc:
                 log.warning("token refresh failed; reconnecting", exc_info=exc)
 
-    async def _session_once(self) -> NoReturn:
+    async def _open(self) -> aiohttp.ClientWebSocketResponse:
+        """The socket, within ``connect_timeout``; before the first connection a failure is
+        ``Unreachable`` at once."""
         assert self._session is not None
         try:
-            ws = await self._session.ws_connect(self._ws_url, autoping=True)
+            async with asyncio.timeout(self._connect_timeout):
+                return await self._session.ws_connect(
+                    self._ws_url,
+                    autoping=True,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=self._connect_timeout),
+                )
         except _FIRST_CONTACT_FAILURES as exc:
             if self.connects == 0:
                 raise _unreachable("the gateway", self._ws_url, exc) from exc
             raise
+        except TimeoutError as exc:
+            if self.connects == 0:
+                raise self._silent("the upgrade") from exc
+            raise
+
+    def _silent(self, what: str) -> Unreachable:
+        return Unreachable(
+            "the gateway", self._ws_url, f"no answer to {what} within {self._connect_timeout:g} s"
+        )
+
+    async def _session_once(self) -> NoReturn:
+        ws = await self._open()
         async with ws:
             self._ws = ws
             try:
@@ -665,6 +693,10 @@ class GatewayClient:
                 if self.connects == 0:
                     raise
                 raise _Closed(exc.close_code, exc.reason, by_client=True) from exc
+            except _NoAnswer as exc:
+                if self.connects == 0:
+                    raise self._silent("auth") from exc
+                raise _Closed(None, str(exc), by_client=True) from exc
 
     async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Send ``auth`` until it succeeds or the server says to stop. A retryable
@@ -675,7 +707,7 @@ class GatewayClient:
         refreshed = False
         for attempt in range(3):
             await self._send(ws, self._auth_frame(self._tokens))
-            frame = await self._receive(ws)
+            frame = await self._answer(ws)
             if frame.get("type") == "auth_success":
                 self.user = frame.get("user")
                 return
@@ -690,8 +722,23 @@ class GatewayClient:
                 refreshed = True
             else:
                 await asyncio.sleep(backoff_delay(attempt, *self._backoff, random.random()))
-        while True:
-            await self._receive(ws)
+        # The server closes after a refusal, with the code that says what to do next; one that
+        # does not is taken at its word: its refusal's code is that close's reason.
+        code = str(frame.get("code"))
+        try:
+            while True:
+                await self._answer(ws)
+        except _NoAnswer:
+            row = Disconnect.for_reason(code)
+            raise _Closed(row.code if row else CloseCode.UNAUTHORIZED, code) from None
+
+    async def _answer(self, ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+        """The server's next frame before authentication, within ``connect_timeout``."""
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                return await self._receive(ws)
+        except TimeoutError:
+            raise _NoAnswer(f"no answer to auth within {self._connect_timeout:g} s") from None
 
     def _auth_frame(self, tokens: TokenPair) -> dict[str, Any]:
         """``auth``, with a fresh proof for ``GET`` of the gateway's URL when the token is bound."""

@@ -14,7 +14,12 @@ from typing import Any
 import pytest
 from aiohttp import WSMsgType, web
 
-from realtime_gateway_client import GatewayClient, ServerProtocolError
+from realtime_gateway_client import (
+    AuthenticationFailed,
+    GatewayClient,
+    ServerProtocolError,
+    Unreachable,
+)
 from tests.integration.ws.harness import wait_until
 from tests.services import free_port
 
@@ -253,3 +258,38 @@ async def test_the_backoff_starts_again_after_a_connection_that_stayed_up(serve:
     async with alice:
         await wait_until(lambda: gateway.connects >= 6, wait=10)
         assert alice._attempt <= 2
+
+
+async def test_a_server_that_never_answers_auth_fails_start_within_the_connect_timeout(
+    serve: Serve,
+) -> None:
+    """start() used to wait forever for an answer to auth."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    with pytest.raises(Unreachable) as err:
+        async with asyncio.timeout(5), client(gateway, connect_timeout=0.5):
+            pass
+    assert (
+        str(err.value)
+        == f"cannot reach the gateway at {gateway.ws_url} (no answer to auth within 0.5 s)"
+    )
+
+
+async def test_a_refusal_without_a_close_is_taken_as_the_close_it_names(serve: Serve) -> None:
+    """auth_error with retry false and no close used to hang start() forever."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.receive(ws)
+        await ws.send_json(
+            {"type": "auth_error", "code": "invalid_token", "message": "", "retry": False}
+        )
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    with pytest.raises(AuthenticationFailed) as err:
+        async with asyncio.timeout(5), client(gateway, connect_timeout=0.5):
+            pass
+    assert (err.value.code, err.value.close_code) == ("invalid_token", 4401)
