@@ -391,6 +391,7 @@ class GatewayClient:
         backoff_cap: float = 30.0,
         stable_after: float = 10.0,
         connect_timeout: float = 10.0,
+        heartbeat: float = 20.0,
         request_timeout: float = 10.0,
         max_queued_bytes: int = 8 * 1024 * 1024,
         on_state: StateListener | None = None,
@@ -405,7 +406,11 @@ class GatewayClient:
         closes at once must not earn a reconnect per round trip.
 
         ``connect_timeout`` bounds each wait of a connection before it is up (the upgrade, each
-        answer to ``auth``, the close after a refusal) and the closing handshake."""
+        answer to ``auth``, the close after a refusal) and the closing handshake.
+
+        ``heartbeat``: seconds of silence from the server after which the client pings it; no
+        pong within half that drops the socket and reconnects, so a dead peer (a frozen process,
+        a lost route) is found within 1.5 heartbeats instead of never."""
         self._ws_url = ws_url
         self._dpop = dpop
         self._username = username
@@ -435,6 +440,7 @@ class GatewayClient:
         self._attempt = 0
         self._stable_after = stable_after
         self._connect_timeout = connect_timeout
+        self._heartbeat = heartbeat
         self._up_since: float | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._on_state = on_state
@@ -657,6 +663,7 @@ class GatewayClient:
                 return await self._session.ws_connect(
                     self._ws_url,
                     autoping=True,
+                    heartbeat=self._heartbeat,
                     timeout=aiohttp.ClientWSTimeout(ws_close=self._connect_timeout),
                 )
         except _FIRST_CONTACT_FAILURES as exc:
@@ -764,6 +771,9 @@ class GatewayClient:
         if msg.type is aiohttp.WSMsgType.ERROR and isinstance(msg.data, aiohttp.WebSocketError):
             # aiohttp closed the socket itself, with the error's code (1002, 1007).
             raise ServerProtocolError(msg.data.code, str(msg.data) or "a malformed frame")
+        if msg.type is aiohttp.WSMsgType.ERROR:
+            # No pong to the heartbeat's ping: aiohttp dropped the socket (1006).
+            raise _Closed(ws.close_code, str(msg.data), by_client=True)
         raise _Closed(ws.close_code, "")
 
     async def _handle(

@@ -293,3 +293,23 @@ async def test_a_refusal_without_a_close_is_taken_as_the_close_it_names(serve: S
         async with asyncio.timeout(5), client(gateway, connect_timeout=0.5):
             pass
     assert (err.value.code, err.value.close_code) == ("invalid_token", 4401)
+
+
+async def test_a_silent_peer_is_found_by_the_heartbeat_and_left_for_a_new_connection(
+    serve: Serve,
+) -> None:
+    """With no heartbeat a frozen server (SIGSTOP) kept the client connected forever."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        if gateway.connects == 1:
+            await asyncio.sleep(30)  # reads nothing, so answers no ping: a frozen process
+        await ws.send_json(MESSAGE)
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    states: list[tuple[str, str]] = []
+    async with client(gateway, states, heartbeat=0.2) as alice:
+        assert (await next_message(alice))["data"] == "after"
+        assert alice.connects == 2
+    assert states[1][0] == "disconnected" and "PONG" in states[1][1]
