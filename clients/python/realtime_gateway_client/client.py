@@ -58,6 +58,7 @@ __all__ = [
     "ProofSigner",
     "ProtocolViolation",
     "RequestFailed",
+    "RequestTimeout",
     "ServerProtocolError",
     "StateListener",
     "TemporaryFailure",
@@ -151,6 +152,11 @@ class ConnectionLost(ClientError):
     """The socket closed while the request was waiting for its answer; the client reconnects
     unless the close said to stop. The request may or may not have been done (a ``publish`` is not
     sent again); :meth:`GatewayClient.subscribe` waits for the reconnection and subscribes then."""
+
+
+class RequestTimeout(ClientError, TimeoutError):
+    """No reply within ``request_timeout`` (nor a connection to send the request on); the request
+    may yet be done. Also a ``TimeoutError``, which is what this used to raise."""
 
 
 class RequestFailed(ClientError):
@@ -866,20 +872,42 @@ class GatewayClient:
     async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
         if self._failure is not None:
             raise self._failure
-        async with asyncio.timeout(self._timeout):
-            await self._connected.wait()
-            assert self._ws is not None
-            request_id = f"r{next(self._ids)}"
-            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-            self._pending[request_id] = future
-            try:
-                await self._send(self._ws, {**frame, "id": request_id})
-                reply = await future
-            finally:
-                self._pending.pop(request_id, None)
+        try:
+            async with asyncio.timeout(self._timeout):
+                ws = await self._connection()
+                request_id = f"r{next(self._ids)}"
+                future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+                self._pending[request_id] = future
+                try:
+                    try:
+                        await self._send(ws, {**frame, "id": request_id})
+                    except (aiohttp.ClientError, ConnectionError) as exc:
+                        # Closing under us: the runner has not heard yet; the next request
+                        # waits for the reconnection rather than write to this socket again.
+                        if self._ws is ws:
+                            self._connected.clear()
+                        raise ConnectionLost(f"connection closed ({exc})") from exc
+                    reply = await future
+                finally:
+                    self._pending.pop(request_id, None)
+        except TimeoutError as exc:
+            raise RequestTimeout(f"no reply within {self._timeout:g} s") from exc
         if reply.get("type") == "error":
             raise RequestFailed(str(reply.get("code")), str(reply.get("message")))
         return reply
+
+    async def _connection(self) -> aiohttp.ClientWebSocketResponse:
+        """The socket, once connected; raises why the client stopped if it stops first."""
+        while not self._connected.is_set():
+            if self._runner is None or self._runner.done():
+                raise self._failure or ClientError("the client is not running")
+            connected = asyncio.ensure_future(self._connected.wait())
+            try:
+                await asyncio.wait({connected, self._runner}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                connected.cancel()
+        assert self._ws is not None
+        return self._ws
 
     async def _send(self, ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]) -> None:
         await ws.send_str(json.dumps(frame))

@@ -16,7 +16,10 @@ from aiohttp import WSMsgType, web
 
 from realtime_gateway_client import (
     AuthenticationFailed,
+    ClientError,
+    ConnectionLost,
     GatewayClient,
+    RequestTimeout,
     ServerProtocolError,
     Unreachable,
 )
@@ -313,3 +316,46 @@ async def test_a_silent_peer_is_found_by_the_heartbeat_and_left_for_a_new_connec
         assert (await next_message(alice))["data"] == "after"
         assert alice.connects == 2
     assert states[1][0] == "disconnected" and "PONG" in states[1][1]
+
+
+async def test_a_request_on_a_socket_reset_under_it_is_connection_lost(serve: Serve) -> None:
+    """A publish written while the reset was not yet heard raised aiohttp's
+    ClientConnectionResetError, and subscribe(), which retries only ConnectionLost, gave up."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        for _ in range(20):
+            frame = await gateway.receive(ws)
+            assert frame is not None
+            await ws.send_json({"type": "published", "id": frame["id"], "channel": "chat:x"})
+        request = ws._req
+        assert request is not None and request.transport is not None
+        request.transport.abort()
+
+    gateway = await serve(script)
+    failures: list[BaseException] = []
+    async with client(gateway) as alice:
+
+        async def publish() -> None:
+            for n in range(40):
+                await asyncio.sleep(0)
+                try:
+                    await alice.publish("chat:x", n)
+                except Exception as exc:
+                    failures.append(exc)
+
+        await asyncio.gather(*(publish() for _ in range(5)))
+    assert failures
+    assert {type(exc) for exc in failures} == {ConnectionLost}
+
+
+async def test_a_request_without_a_reply_times_out_as_a_client_error(serve: Serve) -> None:
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    async with client(gateway, request_timeout=0.2) as alice:
+        with pytest.raises(RequestTimeout, match=r"no reply within 0\.2 s") as err:
+            await alice.publish("chat:x", 1)
+    assert isinstance(err.value, ClientError) and isinstance(err.value, TimeoutError)
