@@ -54,6 +54,7 @@ __all__ = [
     "AuthApi",
     "AuthenticationFailed",
     "ClientError",
+    "FrameTooLarge",
     "GatewayClient",
     "ProofSigner",
     "ProtocolViolation",
@@ -101,6 +102,16 @@ class ServerProtocolError(ClientError):
         super().__init__(f"the server broke the protocol: {reason} (closed {close_code})")
         self.close_code = close_code
         self.reason = reason
+
+
+class FrameTooLarge(ClientError):
+    """The server sent a frame larger than ``max_frame_bytes``: the client closed the socket
+    (1009) and stopped, since a resubscription would bring the same frame back from history.
+    Not a fault of either side: raise ``max_frame_bytes``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the server sent a frame larger than max_frame_bytes ({limit} bytes)")
+        self.limit = limit
 
 
 class TemporaryFailure(ClientError):
@@ -398,6 +409,7 @@ class GatewayClient:
         stable_after: float = 10.0,
         connect_timeout: float = 10.0,
         heartbeat: float = 20.0,
+        max_frame_bytes: int = 16 * 1024 * 1024,
         request_timeout: float = 10.0,
         max_queued_bytes: int = 8 * 1024 * 1024,
         on_state: StateListener | None = None,
@@ -416,7 +428,12 @@ class GatewayClient:
 
         ``heartbeat``: seconds of silence from the server after which the client pings it; no
         pong within half that drops the socket and reconnects, so a dead peer (a frozen process,
-        a lost route) is found within 1.5 heartbeats instead of never."""
+        a lost route) is found within 1.5 heartbeats instead of never.
+
+        ``max_frame_bytes``: the largest frame taken from the server (a ``subscribed`` frame
+        carries a page of history); a larger one stops the client with ``FrameTooLarge``."""
+        if max_frame_bytes < 1:
+            raise ValueError("max_frame_bytes must be positive: frames are never unbounded")
         self._ws_url = ws_url
         self._dpop = dpop
         self._username = username
@@ -447,6 +464,7 @@ class GatewayClient:
         self._stable_after = stable_after
         self._connect_timeout = connect_timeout
         self._heartbeat = heartbeat
+        self._max_frame = max_frame_bytes
         self._up_since: float | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._on_state = on_state
@@ -670,6 +688,7 @@ class GatewayClient:
                     self._ws_url,
                     autoping=True,
                     heartbeat=self._heartbeat,
+                    max_msg_size=self._max_frame,
                     timeout=aiohttp.ClientWSTimeout(ws_close=self._connect_timeout),
                 )
         except _FIRST_CONTACT_FAILURES as exc:
@@ -775,7 +794,9 @@ class GatewayClient:
         if msg.type is aiohttp.WSMsgType.BINARY:
             raise ServerProtocolError(aiohttp.WSCloseCode.UNSUPPORTED_DATA, "a binary frame")
         if msg.type is aiohttp.WSMsgType.ERROR and isinstance(msg.data, aiohttp.WebSocketError):
-            # aiohttp closed the socket itself, with the error's code (1002, 1007).
+            # aiohttp closed the socket itself, with the error's code (1002, 1007, 1009).
+            if msg.data.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+                raise FrameTooLarge(self._max_frame)
             raise ServerProtocolError(msg.data.code, str(msg.data) or "a malformed frame")
         if msg.type is aiohttp.WSMsgType.ERROR:
             # No pong to the heartbeat's ping: aiohttp dropped the socket (1006).

@@ -18,6 +18,7 @@ from realtime_gateway_client import (
     AuthenticationFailed,
     ClientError,
     ConnectionLost,
+    FrameTooLarge,
     GatewayClient,
     RequestTimeout,
     ServerProtocolError,
@@ -359,3 +360,41 @@ async def test_a_request_without_a_reply_times_out_as_a_client_error(serve: Serv
         with pytest.raises(RequestTimeout, match=r"no reply within 0\.2 s") as err:
             await alice.publish("chat:x", 1)
     assert isinstance(err.value, ClientError) and isinstance(err.value, TimeoutError)
+
+
+def big_message(size: int) -> dict[str, Any]:
+    return {**MESSAGE, "data": "x" * size}
+
+
+async def test_a_frame_over_4_mib_is_delivered(serve: Serve) -> None:
+    """aiohttp's default bound (4 MiB) made the client close 1009 and stop as a ProtocolViolation,
+    blaming itself for what the server may lawfully send."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        await ws.send_json(big_message(5 * 1024 * 1024))
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    async with client(gateway, max_queued_bytes=64 * 1024 * 1024) as alice:
+        assert len((await next_message(alice))["data"]) == 5 * 1024 * 1024
+
+
+async def test_a_frame_over_max_frame_bytes_stops_the_client_saying_so(serve: Serve) -> None:
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        await gateway.receive(ws)
+        await ws.send_json(big_message(2 * 1024 * 1024))
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    states: list[tuple[str, str]] = []
+    async with client(gateway, states, max_frame_bytes=1024 * 1024) as alice:
+        with pytest.raises(FrameTooLarge):
+            await alice.subscribe("chat:x")
+        with pytest.raises(FrameTooLarge) as err:
+            async with asyncio.timeout(5):
+                await alice.wait_closed()
+    assert err.value.limit == 1024 * 1024
+    assert states[-1] == ("stopped", str(err.value))
+    assert gateway.close_codes == [1009]
