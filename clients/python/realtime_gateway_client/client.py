@@ -467,6 +467,9 @@ class GatewayClient:
         self._max_frame = max_frame_bytes
         self._up_since: float | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._renewal: asyncio.Task[None] | None = None
+        self._renewed_for: int | None = None
+        """The expiry this socket's last renewal answered (``token_expiring``'s ``expires_at``)."""
         self._on_state = on_state
         self.connects = 0
         self.refreshes = 0
@@ -713,6 +716,7 @@ class GatewayClient:
                 await self._authenticate(ws)
                 self.connects += 1
                 self._up_since = asyncio.get_running_loop().time()
+                self._renewed_for = None
                 for channel, presence_events in sorted(self._channels.items()):
                     await self._send(ws, self._resubscription(channel, presence_events))
                 self._connected.set()
@@ -819,9 +823,7 @@ class GatewayClient:
         elif kind in ("join", "leave"):
             self._emit(frame)
         elif kind == "token_expiring":
-            task = asyncio.get_running_loop().create_task(self._renew(ws))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._renew_once(ws, frame["expires_at"])
         elif kind == "unsubscribed":
             self._channels.pop(str(frame.get("channel")), None)
             self._positions.pop(str(frame.get("channel")), None)
@@ -878,6 +880,18 @@ class GatewayClient:
                 self._on_event(event)
             except Exception:
                 log.exception("on_event handler failed")
+
+    def _renew_once(self, ws: aiohttp.ClientWebSocketResponse, expires_at: int) -> None:
+        """One renewal at a time, and one per expiry on a socket: each refresh rotates the
+        refresh token, and a server may repeat its warning (300 of them made 300 refreshes)."""
+        if expires_at == self._renewed_for or (
+            self._renewal is not None and not self._renewal.done()
+        ):
+            return
+        self._renewed_for = expires_at
+        self._renewal = asyncio.get_running_loop().create_task(self._renew(ws))
+        self._background.add(self._renewal)
+        self._renewal.add_done_callback(self._background.discard)
 
     async def _renew(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:

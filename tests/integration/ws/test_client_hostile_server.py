@@ -398,3 +398,24 @@ async def test_a_frame_over_max_frame_bytes_stops_the_client_saying_so(serve: Se
     assert err.value.limit == 1024 * 1024
     assert states[-1] == ("stopped", str(err.value))
     assert gateway.close_codes == [1009]
+
+
+async def test_a_repeated_expiry_warning_earns_one_renewal(serve: Serve) -> None:
+    """Every token_expiring made a REST refresh, each rotating the refresh token: 300 frames 10 ms
+    apart made 300 refreshes."""
+    warning = {"type": "token_expiring", "expires_in": 30, "expires_at": int(time.time()) + 30}
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        for _ in range(100):
+            await ws.send_json(warning)
+            await asyncio.sleep(0.005)
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    async with client(gateway) as alice:
+        await wait_until(lambda: len(gateway.received) >= 2)
+        await asyncio.sleep(0.8)
+        assert (alice.refreshes, gateway.refreshes) == (1, 1)
+    renewals = [frame for frame in gateway.received if frame.get("id") == "renew"]
+    assert [frame["token"] for frame in renewals] == ["access-1"]
