@@ -762,9 +762,10 @@ class GatewayClient:
         # does not is taken at its word: its refusal's code is that close's reason.
         code = str(frame.get("code"))
         try:
-            while True:
-                await self._answer(ws)
-        except _NoAnswer:
+            async with asyncio.timeout(self._connect_timeout):
+                while True:
+                    await self._receive(ws)
+        except TimeoutError:
             row = Disconnect.for_reason(code)
             raise _Closed(row.code if row else CloseCode.UNAUTHORIZED, code) from None
 

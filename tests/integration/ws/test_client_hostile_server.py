@@ -299,6 +299,24 @@ async def test_a_refusal_without_a_close_is_taken_as_the_close_it_names(serve: S
     assert (err.value.code, err.value.close_code) == ("invalid_token", 4401)
 
 
+async def test_frames_after_a_refusal_do_not_put_off_its_close(serve: Serve) -> None:
+    """Each frame used to start the wait for the close again."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.receive(ws)
+        await ws.send_json(
+            {"type": "auth_error", "code": "invalid_token", "message": "", "retry": False}
+        )
+        for _ in range(100):
+            await asyncio.sleep(0.2)
+            await ws.send_json({"type": "pong"})
+
+    gateway = await serve(script)
+    with pytest.raises(AuthenticationFailed):
+        async with asyncio.timeout(5), client(gateway, connect_timeout=0.5):
+            pass
+
+
 async def test_a_silent_peer_is_found_by_the_heartbeat_and_left_for_a_new_connection(
     serve: Serve,
 ) -> None:
