@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus
+from urllib.parse import unquote_plus
 
 from aiohttp import hdrs, web
 
@@ -43,6 +43,7 @@ from shared.http.coding import content_coding_refusal
 from shared.http.dpop import challenge
 from shared.http.forwarded import client_address as forwarded_client_address
 from shared.http.responses import http_exception_json, json_error
+from shared.http.urlencoded import UrlencodedError, strict_pairs
 
 __all__ = [
     "HTTP_STATUSES",
@@ -183,17 +184,11 @@ def _form(raw: bytes) -> dict[str, Any]:
     """Strict ``application/x-www-form-urlencoded``: UTF-8 before and after percent-decoding,
     each parameter at most once (RFC 6749 section 3.1)."""
     try:
-        pairs = parse_qsl(
-            raw.decode("utf-8"),
-            keep_blank_values=True,
-            encoding="utf-8",
-            errors="strict",
-            max_num_fields=MAX_FORM_FIELDS,
-        )
+        pairs = strict_pairs(raw.decode("utf-8"), max_fields=MAX_FORM_FIELDS, what="form body")
     except UnicodeDecodeError:
         raise InvalidRequest("the form body is not valid UTF-8") from None
-    except ValueError:
-        raise InvalidRequest(f"the form body has more than {MAX_FORM_FIELDS} fields") from None
+    except UrlencodedError as exc:
+        raise InvalidRequest(str(exc)) from None
     body: dict[str, Any] = {}
     for name, value in pairs:
         if name in body:

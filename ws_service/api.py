@@ -13,7 +13,6 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl
 
 from aiohttp import hdrs, web
 
@@ -22,6 +21,7 @@ from shared.bus import BusUnavailable
 from shared.http.auth import bearer_matches
 from shared.http.coding import content_coding_refusal
 from shared.http.responses import HTTP_ERROR_CODES, json_error, json_response
+from shared.http.urlencoded import UrlencodedError, strict_pairs
 from shared.jsonlog import audit
 from ws_service.appkeys import CONTROL, GATEWAY, SETTINGS
 from ws_service.domain.commands import DisconnectUser, SubscribeUser, UnsubscribeUser
@@ -274,16 +274,11 @@ def _query(request: web.Request, name: str, *, required: bool = False) -> str | 
     """One query parameter, decoded strictly: aiohttp's ``request.query`` reads invalid UTF-8
     as U+FFFD, which a body in invalid UTF-8 is refused for."""
     try:
-        pairs = parse_qsl(
-            request.rel_url.raw_query_string,
-            keep_blank_values=True,
-            errors="strict",
-            max_num_fields=MAX_QUERY_FIELDS,
+        pairs = strict_pairs(
+            request.rel_url.raw_query_string, max_fields=MAX_QUERY_FIELDS, what="query"
         )
-    except UnicodeDecodeError:
-        raise _bad("the query is not valid UTF-8") from None
-    except ValueError:
-        raise _bad(f"the query has more than {MAX_QUERY_FIELDS} fields") from None
+    except UrlencodedError as exc:
+        raise _bad(str(exc)) from None
     values = [value for key, value in pairs if key == name]
     if len(values) > 1:
         raise _bad(f"{name} must be given once")
