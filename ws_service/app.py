@@ -14,7 +14,7 @@ from aiohttp import web
 
 from realtime_gateway_protocol.access_token import ALGORITHM
 from realtime_gateway_protocol.close_codes import Disconnect
-from realtime_gateway_protocol.events import REVOCATIONS_TOPIC
+from realtime_gateway_protocol.events import LEDGER_RESTORED_TOPIC, REVOCATIONS_TOPIC
 from realtime_gateway_protocol.key_events import KEYS_TOPIC
 from realtime_gateway_protocol.tasks import cancel_and_wait
 from shared.bus import BusUnavailable, EventBus
@@ -368,6 +368,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         await control.start()
         unsubscribe = bus.subscribe(REVOCATIONS_TOPIC, gateway.on_revocation)
         unsubscribe_keys = bus.subscribe(KEYS_TOPIC, gateway.on_key_event)
+        unsubscribe_ledger = bus.subscribe(LEDGER_RESTORED_TOPIC, gateway.on_ledger_restored)
         stop_reconciling = bus.add_reconnect_listener(gateway.reconcile)
         stop_refetching = bus.add_reconnect_listener(gateway.refresh_keys)
         stop_restoring = bus.add_reconnect_listener(hub.restore_presence)
@@ -383,6 +384,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             stop_restoring()
             stop_refetching()
             stop_reconciling()
+            unsubscribe_ledger()
             unsubscribe_keys()
             unsubscribe()
             for refresher in refreshers:

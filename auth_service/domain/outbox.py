@@ -30,6 +30,7 @@ from auth_service.domain.models import OutboxItem
 from auth_service.domain.store import Store
 from realtime_gateway_protocol.backoff import backoff_delay
 from realtime_gateway_protocol.events import (
+    LEDGER_RESTORED_TOPIC,
     REVOCATIONS_TOPIC,
     RevocationEvent,
     SessionRevoked,
@@ -125,16 +126,18 @@ class EventPublisher:
 
     async def __call__(self, event: RevocationEvent) -> None:
         payload = encode_event(event)
+        if self._ledger is not None:
+            # Kept before it reaches the ledger, so that no restore can run between the two and
+            # miss it; a store that fails here must not hold back the announcement.
+            key = f"sid:{event.sid}" if isinstance(event, SessionRevoked) else f"user:{event.sub}"
+            try:
+                await self._store.keep_revocation(key, payload, event.until)
+            except Exception as exc:
+                log.error(
+                    "revocation not kept for a ledger restore",
+                    extra={"reason": str(exc) or repr(exc)},
+                )
         await self.announce(REVOCATIONS_TOPIC, payload)
-        if self._ledger is None:
-            return
-        key = f"sid:{event.sid}" if isinstance(event, SessionRevoked) else f"user:{event.sub}"
-        try:  # after the announcement: a store that fails here must not hold back the close
-            await self._store.keep_revocation(key, payload, event.until)
-        except Exception as exc:
-            log.warning(
-                "revocation not kept for a ledger restore", extra={"reason": str(exc) or repr(exc)}
-            )
 
     async def restore_ledger(self) -> int:
         """Write back every revocation still in force once the ledger lost its records (Redis
@@ -157,6 +160,9 @@ class EventPublisher:
             return 0
         if payloads:
             log.warning("revocation ledger restored", extra={"events": len(payloads)})
+            # The ws replicas checked their sockets when Redis came back, against the empty
+            # ledger: they check again now (through the outbox if the bus refuses it).
+            await self.announce(LEDGER_RESTORED_TOPIC, "restored")
         return len(payloads)
 
     async def announce(self, topic: str, payload: str) -> bool:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 __all__ = [
+    "LEDGER_RESTORED_TOPIC",
     "REVOCATIONS_TOPIC",
     "RevocationEvent",
     "SessionRevoked",
@@ -20,6 +21,10 @@ __all__ = [
 ]
 
 REVOCATIONS_TOPIC = "auth.revocations"
+LEDGER_RESTORED_TOPIC = "auth.ledger_restored"
+"""auth_service wrote the revocation ledger back after Redis lost it (the payload is not read):
+each ws replica checks its live sockets against it again, since its own check after the
+reconnection ran against the empty ledger."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from realtime_gateway_client import GatewayClient
-from tests.system.cluster import Cluster, running_cluster
+from tests.system.cluster import Cluster, running_cluster, wait_for_port
 from tests.system.procs import run_cli
 from tests.system.wire import (
     PASSWORD,
@@ -187,6 +187,35 @@ async def test_6b_a_redis_that_restarts_empty_gets_the_logouts_written_again(
             "session_revoked",
         ), answers[-1]
         assert len(answers) <= 15, f"{len(answers)} handshakes before the records were back"
+
+
+async def test_6c_a_socket_let_in_while_redis_was_down_is_closed_once_the_ledger_is_back(
+    cluster: Cluster,
+) -> None:
+    """A logged-out session's token is let in while Redis is down (fail open, documented), by a
+    replica that never heard the logout. When Redis came back empty, the replica's check of its
+    sockets read the empty ledger before auth_service wrote the records back, and nothing
+    checked them again: the socket stayed open until its token expired."""
+    assert cluster.redis is not None
+    async with aiohttp.ClientSession() as http:
+        tokens = await tokens_for(http, cluster.auth_url(0), "s6c-ivan")
+        async with http.post(
+            f"{cluster.auth_url(0)}/v1/logout",
+            headers={"Authorization": f"Bearer {tokens['access_token']}"},
+        ) as resp:
+            assert resp.status == 200
+        cluster.redis.send(signal.SIGKILL)
+        cluster.redis.wait(10)
+        cluster.restart(cluster.ws[2])
+        try:
+            async with connected(http, cluster.ws_url(2), tokens["access_token"]) as ws:
+                cluster.redis.start()
+                wait_for_port(cluster.redis_port)
+                assert (await frame(ws, within=15))["type"] == "revoked"
+                assert (await expect_close(ws))[0] == 4403
+        finally:
+            if not cluster.redis.running:
+                cluster.restart(cluster.redis)
 
 
 async def test_5_killed_ws_replica_clients_reconnect_through_the_lb_and_lose_nothing(

@@ -367,6 +367,14 @@ class Gateway:
         except errors.KeysUnavailable:
             log.warning("key set refetch after reconnecting failed; its TTL retries")
 
+    def on_ledger_restored(self, topic: str, payload: str) -> None:
+        """Bus handler for ``auth.ledger_restored``: Redis came back without the revocation
+        records and auth_service wrote them back; the reconciliation that ran at the reconnection
+        read the empty ledger (and sockets may have been admitted since), so it runs again."""
+        task = asyncio.get_running_loop().create_task(self.reconcile())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def reconcile(self) -> None:
         """Bus reconnect listener: close the live sockets whose revocation event was published
         while this replica was cut off from Redis, as that event would have."""
