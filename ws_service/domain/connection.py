@@ -119,12 +119,6 @@ class Context:
     random: Callable[[], float] = field(default=random.random)
 
 
-_JOINING_NEW = 1
-"""The channel was not subscribed when its subscribe began (no ``subscribe`` event yet)."""
-_JOINING_DROPPED = 2
-"""The app's backend took the socket out of the channel while it was being joined."""
-
-
 def warning_delay(remaining: float, window: float, rand: float) -> float:
     """Seconds until ``token_expiring``: ``window`` before expiry, earlier by up to 10% of it
     (``rand`` in [0, 1)) so that tokens issued together are not refreshed together; at half the
@@ -182,10 +176,11 @@ class Connection:
         # Channels the app's backend subscribed this socket to: they ask no scope, so a renewal
         # does not check them against the new token's. Made on first use.
         self._granted: set[str] | None = None
-        # Channels whose subscribe is under way (the app asked, the join awaiting), with
-        # _JOINING_* flags; made on first use. A server unsubscribe meanwhile is carried out
-        # once the join is done, so the socket's frames and the app's events stay in order.
-        self._joining: dict[str, int] | None = None
+        # Channels whose subscribes are under way (the app asked, the join awaiting): how many,
+        # how many server unsubscribes came meanwhile, and whether one overtook a subscribe;
+        # made on first use. The channel is then left once its subscribes are done, so the
+        # socket's frames and the app's events stay in order and the unsubscribe is never lost.
+        self._joining: dict[str, list[int]] | None = None
         self._bucket: TokenBucket | None = None
         self._strikes = 0
         self._violations = 0
@@ -267,7 +262,7 @@ class Connection:
             return False
         joining = self._joining
         if joining is not None and channel in joining:
-            joining[channel] |= _JOINING_DROPPED
+            joining[channel][1] += 1
             return True
         if channel not in self.channels:
             return False
@@ -280,7 +275,7 @@ class Connection:
         the socket's own subscription limit still holds, and nothing is recovered."""
         if not self.live or channel in self.channels:
             return False
-        owner = self._start_joining(channel)
+        overtaken = self._start_joining(channel)
         try:
             await self._join(channel, None, False, None, SERVER)
             if self.closing or channel not in self.channels:
@@ -292,7 +287,7 @@ class Connection:
         except RequestError:
             return False
         finally:
-            self._end_joining(channel, owner)
+            self._end_joining(channel, overtaken)
 
     def disconnected(self) -> None:
         """The socket is gone: drop timers, channels and the user index entry."""
@@ -312,10 +307,7 @@ class Connection:
         events, claims = self._ctx.events, self.claims
         if claims is None or not events.enabled:
             return
-        joining = self._joining or {}
         for channel in self.channels:
-            if joining.get(channel, 0) & _JOINING_NEW:
-                continue  # its subscribe was never reported: its join had not finished
             events.unsubscribe(claims, channel, "disconnect")
         row = self._closed_by
         if row is None:
@@ -636,7 +628,7 @@ class Connection:
         if not isinstance(events, bool):
             raise BadRequest("presence_events must be true or false")
         namespace = self._ctx.namespaces.of(channel)
-        owner = self._start_joining(channel)
+        overtaken = self._start_joining(channel)
         try:
             if namespace.subscribe_proxy is not None:
                 self._check_subscription(channel, since, events)
@@ -645,27 +637,37 @@ class Connection:
                     return
             await self._join(channel, since, events, request.id)
         finally:
-            self._end_joining(channel, owner)
+            self._end_joining(channel, overtaken)
 
-    def _start_joining(self, channel: str) -> bool:
-        """Mark ``channel``'s subscribe as under way; False when one already is (the mark is
-        then that one's to end)."""
+    def _start_joining(self, channel: str) -> int:
+        """Count a subscribe of ``channel`` as under way; returns the server unsubscribes so far,
+        for :meth:`_end_joining` to see whether one overtook it."""
         joining = self._joining
         if joining is None:
             joining = self._joining = {}
-        elif channel in joining:
-            return False
-        joining[channel] = 0 if channel in self.channels else _JOINING_NEW
-        return True
+        entry = joining.get(channel)
+        if entry is None:
+            entry = joining[channel] = [0, 0, 0]
+        entry[0] += 1
+        return entry[1]
 
-    def _end_joining(self, channel: str, owner: bool) -> None:
-        """The subscribe is over: carry out a server unsubscribe that came meanwhile."""
-        if not owner or self._joining is None:
+    def _end_joining(self, channel: str, unsubscribes: int) -> None:
+        """The subscribe is over. If a server unsubscribe came meanwhile, the channel is left
+        once the last subscribe of it under way is over too: each answered ``subscribed``, and
+        the socket's last word on the channel is then ``unsubscribed``."""
+        joining = self._joining
+        entry = joining.get(channel) if joining is not None else None
+        if joining is None or entry is None:
             return
-        flags = self._joining.pop(channel, 0)
-        if not self._joining:
+        if entry[1] > unsubscribes:
+            entry[2] = 1
+        entry[0] -= 1
+        if entry[0] > 0:
+            return
+        del joining[channel]
+        if not joining:
             self._joining = None
-        if flags & _JOINING_DROPPED and not self.closing and channel in self.channels:
+        if entry[2] and not self.closing and channel in self.channels:
             self._leave(channel, SERVER)
             self.send(protocol.reply("unsubscribed", None, channel=channel, reason=SERVER))
 
@@ -692,14 +694,17 @@ class Connection:
         reason: str | None = None,
     ) -> None:
         """Join first (holding the channel's live messages back), then read what was missed,
-        answer, and release the held messages that come after it: no gap, no repeat."""
+        answer, and release the held messages that come after it: no gap, no repeat. The app's
+        ``subscribe`` event goes out as the channel is taken, so that whatever takes it away
+        while the join awaits (the socket closing, the app's unsubscribe) reports its
+        ``unsubscribe`` after it."""
         assert self.claims is not None
         self._check_subscription(channel, since, events)
         namespace = self._ctx.namespaces.of(channel)
         presence, policy = namespace.presence, namespace.history
-        new = channel not in self.channels
-        if new:
+        if channel not in self.channels:
             self.channels[channel] = None
+            self._ctx.events.subscribe(self.claims, channel, reason or "client")
         if policy is not None:
             if self._held is None:
                 self._held = {}
@@ -728,8 +733,6 @@ class Connection:
             )
             if since is not None:
                 self._ctx.metrics.recoveries.labels(_outcome(page)).inc()
-            if new and channel in self.channels:  # not if the socket went away meanwhile
-                self._ctx.events.subscribe(self.claims, channel, reason or "client")
         finally:
             self._release(channel, page)
 

@@ -282,11 +282,17 @@ class Hub:
         await self._presence.refresh(entries)
 
     async def restore_presence(self) -> None:
-        """Bus reconnect listener: Redis may have lost (or expired) this replica's entries."""
+        """Bus reconnect listener: Redis may have lost (or expired) this replica's entries. A
+        subscriber that leaves meanwhile (the reconnection's reconciliation closes sockets as
+        this runs) is not added back, or is removed again once its add is done."""
         try:
             for channel, present in list(self._present.items()):
-                for entry_id, member in list(present.values()):
-                    await self._presence.add(channel, entry_id, member)
+                for subscriber, entry in list(present.items()):
+                    if self._present.get(channel, {}).get(subscriber) != entry:
+                        continue  # left since: its removal is on its way
+                    await self._presence.add(channel, *entry)
+                    if self._present.get(channel, {}).get(subscriber) != entry:
+                        await self._forget(channel, *entry)  # left while it was added back
         except BusUnavailable as exc:
             log.warning("presence not restored: redis unreachable", extra={"error": str(exc)})
 

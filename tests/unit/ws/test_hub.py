@@ -7,6 +7,7 @@ import asyncio
 import json
 
 from shared.bus import InProcessBus
+from tests.unit.ws.fakes import HeldPresence
 from ws_service.domain.history import MemoryHistory, Position
 from ws_service.domain.hub import Hub
 from ws_service.domain.namespaces import Namespaces
@@ -83,3 +84,28 @@ async def test_close_cancels_presence_removals_that_outlast_the_timeout() -> Non
     [removal] = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     await hub.close()
     assert removal.cancelled()
+
+
+async def test_a_subscriber_that_leaves_while_presence_is_restored_is_not_added_back() -> None:
+    """The reconnection restores presence entries from a snapshot while its reconciliation
+    closes revoked sockets: an entry added back after its socket left stayed, listed until the
+    presence TTL swept it (found by a probe: logged-out users listed after a Redis hang)."""
+    bus = InProcessBus()
+    presence = HeldPresence(bus.publish, lambda kind, channel, member: None)
+    hub = Hub(bus, MemoryHistory(bus.publish), presence, Namespaces())
+    stays, leaves, gone = Recorder(), Recorder(), Recorder()
+    presence.release.set()
+    for subscriber, user in ((leaves, "u2"), (stays, "u1"), (gone, "u3")):
+        hub.join("chat:a", subscriber)
+        await hub.track("chat:a", subscriber, Member(user, None))
+    presence.release = asyncio.Event()
+    restoring = asyncio.ensure_future(hub.restore_presence())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    hub.leave("chat:a", leaves)  # its add is under way
+    hub.leave("chat:a", gone)  # its add has not begun
+    presence.release.set()
+    await restoring
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert [member.id for member, _ in await hub.members("chat:a")] == ["u1"]

@@ -310,6 +310,26 @@ async def test_the_apps_unsubscribe_reaches_a_subscribe_waiting_for_the_app() ->
     assert len(world.app.calls) == 2, "the denial is remembered, the stale allow was not"
 
 
+async def test_the_apps_unsubscribe_reaches_every_subscribe_it_overtook() -> None:
+    """Two subscribes of one channel waiting for the app, then the app's unsubscribe: only the
+    first was undone, and the second left the socket subscribed."""
+    world = World()
+    alice = await world.socket()
+    release = world.app.hold()
+    first = asyncio.ensure_future(alice.send({"type": "subscribe", "channel": "doc:1", "id": 1}))
+    second = asyncio.ensure_future(alice.send({"type": "subscribe", "channel": "doc:1", "id": 2}))
+    await turns()
+    assert await world.gateway.execute(UnsubscribeUser("alice", "doc:1")) == {"count": 1}
+    release.set()
+    frames = [*(await first), *(await second)]
+    assert [f["type"] for f in frames].count("subscribed") == 2
+    assert frames[-1] == {"type": "unsubscribed", "channel": "doc:1", "reason": "server"}
+    assert alice.conn.channels == {} and "doc:1" not in world.gateway.hub._local
+    world.app.hold().set()
+    assert (await alice.subscribe())["type"] == "subscribed", "a subscribe after it stands"
+    assert "doc:1" in alice.conn.channels
+
+
 async def test_every_publish_is_asked_with_its_data_and_may_be_replaced() -> None:
     world = World()
     alice = await world.socket()
