@@ -127,7 +127,10 @@ export interface PresenceEvent {
 
 export declare class GatewayError extends Error {
   constructor(code: string, message?: string, status?: number);
-  /** The machine-readable code: auth_service's `error`, an `error` frame's `code`, or this client's own ("unreachable", "not_connected", "connection_closed"). */
+  /**
+   * The machine-readable code: auth_service's `error`, an `error` frame's `code`, or this
+   * client's own ("unreachable", "not_connected", "connection_closed", "protocol_error").
+   */
   readonly code: string;
   /** The HTTP status, for auth_service's answers. */
   readonly status?: number;
@@ -138,6 +141,7 @@ export interface GatewayClientEventMap {
   state: CustomEvent<{ state: ConnectionState; code: number | null }>;
   renewed: CustomEvent<{ expiresAt: number }>;
   revoked: CustomEvent<{ reason: "session_revoked" | "user_revoked" }>;
+  /** A failed renewal, or a frame that broke the protocol ("protocol_error": the client closes that socket and reconnects). */
   error: CustomEvent<GatewayError>;
   join: CustomEvent<PresenceEvent>;
   leave: CustomEvent<PresenceEvent>;

@@ -66,6 +66,48 @@ export function actionFor(code, reason) {
   return STOPPING_CODES.has(code) ? "stop" : "reconnect";
 }
 
+/**
+ * The fields this client reads, by frame type, and what each must be ("?": may be absent or
+ * null). A frame the server sends without them breaks the protocol; unknown types pass.
+ */
+const FRAME_FIELDS = {
+  auth_success: { user: "object", expires_at: "number", renewed: "boolean?" },
+  auth_error: { code: "string", message: "string?", retry: "boolean?" },
+  error: { code: "string", message: "string?" },
+  message: { channel: "string", offset: "number?", epoch: "string?" },
+  subscribed: { channel: "string", position: "object?", publications: "array?", recovered: "boolean?" },
+  unsubscribed: { channel: "string" },
+  history: { position: "object?", publications: "array" },
+  presence: { members: "array" },
+  join: { channel: "string", user: "object" },
+  leave: { channel: "string", user: "object" },
+  token_expiring: { expires_at: "number" },
+  revoked: { reason: "string" },
+};
+
+function kindOf(value) {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "array";
+  if (typeof value === "number" && !Number.isFinite(value)) return "non-finite number";
+  return typeof value;
+}
+
+/** What makes a frame break the protocol, or null: an object with a string type and FRAME_FIELDS. */
+function frameFault(frame) {
+  if (kindOf(frame) !== "object" || typeof frame.type !== "string") return `a frame is ${kindOf(frame)}, not an object with a string type`;
+  for (const [name, wanted] of Object.entries(FRAME_FIELDS[frame.type] ?? {})) {
+    const value = frame[name];
+    if (wanted.endsWith("?") && (value === undefined || value === null)) continue;
+    if (kindOf(value) !== wanted.replace("?", "")) return `${frame.type}.${name} is ${kindOf(value)}, not ${wanted.replace("?", "")}`;
+  }
+  for (const publication of frame.publications ?? []) {
+    if (kindOf(publication) !== "object" || publication.type !== "message") return `${frame.type}.publications holds a ${kindOf(publication)}, not a message`;
+    const fault = frameFault(publication);
+    if (fault) return fault;
+  }
+  return null;
+}
+
 /** Full jitter: uniform in [0, min(cap, base * 2^attempt)). */
 export function backoffDelay(attempt, base = 500, cap = 30000) {
   return Math.random() * Math.min(cap, base * 2 ** Math.min(attempt, 30));
@@ -643,7 +685,9 @@ export class GatewayClient extends EventTarget {
       opened = true;
       if (auth) this.#send(auth);
     };
-    ws.onmessage = (event) => this.#onFrame(JSON.parse(event.data));
+    ws.onmessage = (event) => {
+      if (this.#ws === ws) this.#receive(event.data);
+    };
     // Browsers say nothing about why; Node's ws names the refusal ("Unexpected server response: 404").
     ws.onerror = (event) => { failure = event.message || null; };
     ws.onclose = (event) => {
@@ -651,6 +695,42 @@ export class GatewayClient extends EventTarget {
       const unopened = new GatewayError("unreachable", `no WebSocket at ${this.#wsUrl}${failure ? ` (${failure})` : ""}`);
       this.#onClose(opened ? event.code : null, event.reason, opened ? undefined : unopened);
     };
+  }
+
+  /**
+   * A frame that breaks the protocol is the server's fault, and the connection is then broken:
+   * an "error" event, the socket closed 1003 (not text), 1007 (not JSON) or 1002 (not a frame of
+   * the protocol), and what the close table says of that code (reconnect, with backoff).
+   */
+  #receive(data) {
+    if (typeof data !== "string") return this.#violation(1003, "a binary frame");
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch (err) {
+      return this.#violation(1007, `a frame that is not JSON (${err.message})`);
+    }
+    const fault = frameFault(frame);
+    if (fault) return this.#violation(1002, fault);
+    this.#onFrame(frame);
+  }
+
+  #violation(code, message) {
+    const error = new GatewayError("protocol_error", message);
+    this.dispatchEvent(new CustomEvent("error", { detail: error }));
+    this.#abandon(code, error);
+  }
+
+  /** Closes the current socket without waiting for its close handshake, and acts on ``code``. */
+  #abandon(code, error) {
+    const ws = this.#ws;
+    this.#ws = null; // its own close event no longer counts
+    try {
+      ws.close(code);
+    } catch {
+      ws.close(); // a browser's WebSocket sends 1000 and 3000-4999 only
+    }
+    this.#onClose(code, "", error);
   }
 
   #onFrame(frame) {

@@ -3,9 +3,10 @@
 // asks for DPoP nonces (AUTH_DPOP_NONCE=1), so every proof the client signs goes through them.
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
+import { once } from "node:events";
 import { test } from "node:test";
 
-import WebSocket from "ws";
+import WebSocket, { WebSocketServer } from "ws";
 import { GatewayClient, GatewayError, actionFor } from "realtime-gateway-client";
 
 const { GATEWAY_AUTH_URL: authUrl, GATEWAY_WS_URL: wsUrl, GATEWAY_CLOSE_CASES: closeCases } = process.env;
@@ -85,6 +86,42 @@ function countingWebSocket() {
     }
   }
   return { Counting, opened };
+}
+
+/**
+ * A gateway of the test's own, on an ephemeral port, that answers as it is told: ``answer(ws,
+ * frame, n)`` gets every frame a client sends on its ``n``th connection (from 1). ``closes`` holds
+ * the code of each connection's close, ``frames`` every frame received.
+ */
+async function hostileGateway(answer) {
+  const server = new WebSocketServer({ port: 0, handleProtocols: (offered) => offered.has("realtime.v1") && "realtime.v1" });
+  await once(server, "listening");
+  const gateway = { url: `ws://127.0.0.1:${server.address().port}/ws`, connections: 0, closes: [], frames: [] };
+  server.on("connection", (ws) => {
+    const n = ++gateway.connections;
+    ws.on("message", (data) => {
+      const frame = JSON.parse(data.toString());
+      gateway.frames.push(frame);
+      answer(ws, frame, n);
+    });
+    ws.on("close", (code) => gateway.closes.push(code));
+  });
+  gateway.close = () => {
+    for (const ws of server.clients) ws.terminate();
+    server.close();
+  };
+  return gateway;
+}
+
+/** ``auth_success`` for a token that lives ``life`` seconds more. */
+function authSuccess(life = 60, extra = {}) {
+  const expiresAt = Math.floor(Date.now() / 1000) + life;
+  return JSON.stringify({ type: "auth_success", user: { id: "u1", username: "u" }, session: "s", expires_in: life, expires_at: expiresAt, ...extra });
+}
+
+/** A client of the hostile gateway, with tokens from ``getToken`` (bearer tokens, no DPoP). */
+function hostileClient(gateway, options = {}) {
+  return new GatewayClient({ wsUrl: gateway.url, WebSocket, dpop: false, getToken: async () => "token", ...options });
 }
 
 test("in Node, a password session keeps its refresh token in memory and touches no document", async () => {
@@ -294,4 +331,39 @@ test("a close the table does not list is decided as the Python client decides it
 
 test("without a WebSocket anywhere the constructor says what to pass", { skip: typeof globalThis.WebSocket === "function" }, () => {
   assert.throws(() => new GatewayClient({ wsUrl }), /the "ws" package/);
+});
+
+test("a frame that breaks the protocol closes the socket 1002 or 1007 and the client reconnects, nothing thrown", { timeout: 20000 }, async () => {
+  for (const [bad, code] of [
+    ["{not json", 1007],
+    ['{"type": "message", "channel": "c", "x": NaN}', 1007],
+    ["null", 1002],
+    ["[1, 2]", 1002],
+    ['{"type": 5}', 1002],
+    ['{"type": "subscribed", "channel": "chat:a", "publications": 5, "recovered": true}', 1002],
+    ['{"type": "subscribed", "channel": "chat:a", "publications": [null], "recovered": true}', 1002],
+    ['{"type": "auth_success", "user": "u1", "expires_at": "soon"}', 1002],
+  ]) {
+    const gateway = await hostileGateway((ws, frame, n) => {
+      if (frame.type === "auth") {
+        ws.send(authSuccess());
+        if (n === 1) ws.send(bad);
+      } else if (frame.type === "publish") {
+        ws.send(JSON.stringify({ type: "published", channel: frame.channel, id: frame.id }));
+      }
+    });
+    const client = hostileClient(gateway);
+    const errors = [];
+    client.addEventListener("error", ({ detail }) => errors.push(detail));
+    const reconnected = next(client, "state", ({ state }) => state === "reconnecting");
+    await client.connect();
+    assert.equal((await reconnected).code, code, bad);
+    await next(client, "state", ({ state }) => state === "authenticated");
+    await client.publish("chat:a", { text: "after" });
+    assert.equal(gateway.connections, 2, bad);
+    assert.deepEqual(gateway.closes, [code], bad);
+    assert.ok(errors.length === 1 && errors[0] instanceof GatewayError && errors[0].code === "protocol_error", bad);
+    client.close();
+    gateway.close();
+  }
 });
