@@ -141,7 +141,10 @@ export interface GatewayClientEventMap {
   state: CustomEvent<{ state: ConnectionState; code: number | null }>;
   renewed: CustomEvent<{ expiresAt: number }>;
   revoked: CustomEvent<{ reason: "session_revoked" | "user_revoked" }>;
-  /** A failed renewal, or a frame that broke the protocol ("protocol_error": the client closes that socket and reconnects). */
+  /**
+   * A failed renewal, an `auth` the server refused for good (its `auth_error` code), or a frame
+   * that broke the protocol ("protocol_error": the client closes that socket and reconnects).
+   */
   error: CustomEvent<GatewayError>;
   join: CustomEvent<PresenceEvent>;
   leave: CustomEvent<PresenceEvent>;

@@ -28,6 +28,10 @@ const CSRF_COOKIE = "csrf_token";
 const HOST_PREFIX = "__Host-";
 const REFRESH_LOCK = "realtime-gateway-refresh";
 const NONCE_HEADER = "DPoP-Nonce";
+/** A token that expires within this many milliseconds is refreshed before a reconnect presents it. */
+const STALE_MARGIN = 5000;
+/** The server allows 3 ``auth`` attempts per socket: the first and 2 retries. */
+const AUTH_RETRIES = 2;
 
 /**
  * Every way the gateway closes a socket: [code, reason, action], the same rows as
@@ -154,17 +158,23 @@ async function sha256(text) {
 }
 
 /**
- * The key a token is bound to (its `cnf.jkt`), read from its payload without verifying it: the
- * servers verify; the client only learns how to present the token (DPoP or Bearer, with a proof).
+ * A JWT's claims, read without verifying it (null for a token that is not a JWT): the servers
+ * verify; the client only learns how to present the token and when it expires.
  */
-function boundKey(token) {
+function tokenClaims(token) {
   try {
     const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
     const claims = JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(payload), (c) => c.charCodeAt(0))));
-    return typeof claims?.cnf?.jkt === "string" ? claims.cnf.jkt : null;
+    return kindOf(claims) === "object" ? claims : null;
   } catch {
     return null;
   }
+}
+
+/** The key a token is bound to (its `cnf.jkt`): DPoP or Bearer, with a proof. */
+function boundKey(token) {
+  const jkt = tokenClaims(token)?.cnf?.jkt;
+  return typeof jkt === "string" ? jkt : null;
 }
 
 /** A request's `htu`: its absolute URL without query and fragment. */
@@ -484,6 +494,8 @@ export class GatewayClient extends EventTarget {
   #pending = new Map();
   #ids = 0;
   #attempt = 0;
+  #authRetries = 0; // this socket's auth attempts retried
+  #authFailure = null; // this socket's refused auth: why connect() fails when it closes
   #stopped = true;
   #established = false;
   #refreshing = null;
@@ -656,6 +668,8 @@ export class GatewayClient extends EventTarget {
 
   #connect() {
     this.#setState(this.#attempt ? "reconnecting" : "connecting");
+    this.#authRetries = 0;
+    this.#authFailure = null;
     if (!this.#connected) {
       const deferred = {};
       deferred.promise = new Promise((resolve, reject) => Object.assign(deferred, { resolve, reject }));
@@ -693,7 +707,7 @@ export class GatewayClient extends EventTarget {
     ws.onclose = (event) => {
       if (this.#ws !== ws) return;
       const unopened = new GatewayError("unreachable", `no WebSocket at ${this.#wsUrl}${failure ? ` (${failure})` : ""}`);
-      this.#onClose(opened ? event.code : null, event.reason, opened ? undefined : unopened);
+      this.#onClose(opened ? event.code : null, event.reason, opened ? (this.#authFailure ?? undefined) : unopened);
     };
   }
 
@@ -738,6 +752,8 @@ export class GatewayClient extends EventTarget {
     if (frame.type === "auth_success") {
       this.user = frame.user;
       this.expiresAt = frame.expires_at * 1000;
+      this.#authRetries = 0;
+      this.#authFailure = null;
       this.#attempt = 0;
       this.#established = true;
       if (frame.renewed) {
@@ -748,6 +764,8 @@ export class GatewayClient extends EventTarget {
         this.#connected = null;
       }
       this.#setState("authenticated");
+    } else if (frame.type === "auth_error") {
+      this.#authRefused(frame);
     } else if (pending) {
       this.#pending.delete(frame.id);
       if (frame.type === "error") pending.reject(new GatewayError(frame.code, frame.message));
@@ -800,6 +818,39 @@ export class GatewayClient extends EventTarget {
     }
   }
 
+  /**
+   * An ``auth`` refused. Retryable, within the server's attempts: refresh first when the close
+   * table says so of the code (token_expired), else wait a backoff delay; then ``auth`` again on
+   * the same socket. Otherwise an "error" event, and the server closes the socket (before
+   * authentication) or keeps it on the old token (a failed renewal).
+   */
+  async #authRefused(frame) {
+    const ws = this.#ws;
+    const refusal = new GatewayError(frame.code, frame.message);
+    if (!frame.retry || this.#authRetries >= AUTH_RETRIES) {
+      this.#authFailure = refusal;
+      this.dispatchEvent(new CustomEvent("error", { detail: refusal }));
+      return;
+    }
+    this.#authRetries += 1;
+    try {
+      if (actionFor(4401, frame.code) === "refresh_then_reconnect") await this.refresh();
+      else await sleep(backoffDelay(this.#authRetries - 1));
+      if (this.#ws === ws) this.#send(await this.#authFrame(typeof frame.id === "string" ? frame.id : undefined));
+    } catch (err) {
+      this.dispatchEvent(new CustomEvent("error", { detail: err }));
+      // A refresh auth_service refused (4xx) ends the session; anything else waits for the close.
+      if (this.#ws === ws && err instanceof GatewayError && err.status < 500) this.#abandon(1000, err);
+    }
+  }
+
+  /** Whether the access token expires within STALE_MARGIN, by its ``exp`` or the server's ``expires_at``. */
+  #tokenStale() {
+    const exp = tokenClaims(this.#token)?.exp;
+    const expiries = [Number.isFinite(exp) ? exp * 1000 : null, this.expiresAt].filter((at) => at !== null);
+    return expiries.length > 0 && Math.min(...expiries) - Date.now() < STALE_MARGIN;
+  }
+
   async #renew() {
     this.#setState("renewing");
     try {
@@ -839,7 +890,7 @@ export class GatewayClient extends EventTarget {
     this.#setState("reconnecting", code);
     await sleep(backoffDelay(this.#attempt++));
     if (this.#stopped) return;
-    if (action === "refresh_then_reconnect") {
+    if (action === "refresh_then_reconnect" || this.#tokenStale()) {
       try {
         await this.refresh();
       } catch (err) {

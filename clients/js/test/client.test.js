@@ -367,3 +367,54 @@ test("a frame that breaks the protocol closes the socket 1002 or 1007 and the cl
     gateway.close();
   }
 });
+
+/** An unsigned JWT with these claims: the hostile gateway verifies nothing, the client reads ``exp``. */
+function unsignedJwt(claims) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  return `${part({ alg: "none" })}.${part(claims)}.`;
+}
+
+test("a retryable token_expired auth_error is answered with a refresh and auth again on the same socket", { timeout: 10000 }, async () => {
+  let tokens = 0;
+  const gateway = await hostileGateway((ws, frame, n) => {
+    if (frame.type === "auth" && n === 1) {
+      ws.send(authSuccess());
+      ws.close(1001, "going_away");
+    } else if (frame.type === "auth" && frame.token === "token-1") {
+      ws.send(JSON.stringify({ type: "auth_error", code: "token_expired", message: "the token has expired", retry: true }));
+    } else if (frame.type === "auth") {
+      ws.send(authSuccess());
+    }
+  });
+  const client = hostileClient(gateway, { getToken: async () => `token-${++tokens}` });
+  await client.connect();
+  await next(client, "state", ({ state }) => state === "reconnecting");
+  await next(client, "state", ({ state }) => state === "authenticated");
+  assert.equal(tokens, 2);
+  assert.equal(gateway.connections, 2);
+  assert.deepEqual(gateway.frames.map((frame) => frame.token), ["token-1", "token-1", "token-2"]);
+  client.close();
+  gateway.close();
+});
+
+test("a token that expired during an outage is refreshed before the client reconnects", { timeout: 10000 }, async () => {
+  const now = Math.floor(Date.now() / 1000);
+  for (const [first, life] of [
+    ["opaque", -5], // the server's expires_at says it expired
+    [unsignedJwt({ sub: "u1", exp: now - 5 }), 60], // the token's exp says so
+  ]) {
+    let tokens = 0;
+    const gateway = await hostileGateway((ws, frame, n) => {
+      if (frame.type !== "auth") return;
+      ws.send(authSuccess(life));
+      if (n === 1) ws.close(1001, "going_away");
+    });
+    const client = hostileClient(gateway, { getToken: async () => (++tokens === 1 ? first : `token-${tokens}`) });
+    await client.connect();
+    await next(client, "state", ({ state }) => state === "reconnecting");
+    await next(client, "state", ({ state }) => state === "authenticated");
+    assert.deepEqual(gateway.frames.map((frame) => frame.token), [first, "token-2"]);
+    client.close();
+    gateway.close();
+  }
+});
