@@ -7,6 +7,11 @@ export type CloseAction = "reconnect" | "refresh_then_reconnect" | "stop";
 export declare const DISCONNECTS: ReadonlyArray<readonly [number, string, CloseAction]>;
 /** The row's action; for a close the table does not list, stop if the code can mean stop, else reconnect. */
 export declare function actionFor(code: number, reason: string): CloseAction;
+/**
+ * The delay before reconnect number `attempt` (from 0), in ms: full jitter, uniform in
+ * [0, min(cap, base * 2^attempt)). The client counts attempts up until a connection has stayed
+ * authenticated for 10 s, so a server that authenticates and then closes at once is backed off.
+ */
 export declare function backoffDelay(attempt: number, base?: number, cap?: number): number;
 
 export type ConnectionState = "connecting" | "authenticated" | "renewing" | "reconnecting" | "closed";

@@ -30,6 +30,8 @@ const REFRESH_LOCK = "realtime-gateway-refresh";
 const NONCE_HEADER = "DPoP-Nonce";
 /** A token that expires within this many milliseconds is refreshed before a reconnect presents it. */
 const STALE_MARGIN = 5000;
+/** A connection that stays authenticated this long (milliseconds) starts the backoff over. */
+const STABLE_AFTER = 10000;
 /** The server allows 3 ``auth`` attempts per socket: the first and 2 retries. */
 const AUTH_RETRIES = 2;
 
@@ -494,6 +496,7 @@ export class GatewayClient extends EventTarget {
   #pending = new Map();
   #ids = 0;
   #attempt = 0;
+  #stable = null; // the timer that starts the backoff over
   #authRetries = 0; // this socket's auth attempts retried
   #authFailure = null; // this socket's refused auth: why connect() fails when it closes
   #stopped = true;
@@ -648,6 +651,7 @@ export class GatewayClient extends EventTarget {
   close() {
     this.#stopped = true;
     this.#token = null;
+    clearTimeout(this.#stable);
     if (this.#ws) this.#ws.close(1000);
     this.#setState("closed");
   }
@@ -754,11 +758,12 @@ export class GatewayClient extends EventTarget {
       this.expiresAt = frame.expires_at * 1000;
       this.#authRetries = 0;
       this.#authFailure = null;
-      this.#attempt = 0;
       this.#established = true;
       if (frame.renewed) {
         this.dispatchEvent(new CustomEvent("renewed", { detail: { expiresAt: this.expiresAt } }));
       } else {
+        // A server that authenticates and then closes at once must not earn instant reconnects.
+        this.#stable = setTimeout(() => { this.#attempt = 0; }, STABLE_AFTER);
         for (const [channel, presenceEvents] of this.#channels) this.#resubscribe(channel, presenceEvents);
         this.#connected?.resolve();
         this.#connected = null;
@@ -878,6 +883,7 @@ export class GatewayClient extends EventTarget {
    */
   async #onClose(code, reason, error) {
     this.#ws = null;
+    clearTimeout(this.#stable);
     for (const { reject } of this.#pending.values()) reject(new GatewayError("connection_closed"));
     this.#pending.clear();
     if (this.#stopped) return;

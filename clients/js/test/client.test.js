@@ -418,3 +418,28 @@ test("a token that expired during an outage is refreshed before the client recon
     gateway.close();
   }
 });
+
+test("the backoff grows while connections fail once authenticated, and starts over after a stable one", { timeout: 30000 }, async () => {
+  const random = Math.random;
+  Math.random = () => 0.99; // each delay near its cap: 0.5 s, 1 s, 2 s, ...
+  const opened = [];
+  const gateway = await hostileGateway((ws, frame, n) => {
+    if (frame.type !== "auth") return;
+    opened.push(Date.now());
+    ws.send(authSuccess());
+    if (n !== 4) ws.close(1011, "internal_error");
+    else setTimeout(() => ws.close(1011, "internal_error"), 10500); // stable: up more than 10 s
+  });
+  const client = hostileClient(gateway);
+  try {
+    await client.connect();
+    while (opened.length < 5) await next(client, "state", ({ state }) => state === "authenticated");
+    const gaps = opened.slice(1).map((at, i) => at - opened[i]);
+    assert.ok(gaps[0] < 800 && gaps[1] > 800 && gaps[2] > 1600, JSON.stringify(gaps));
+    assert.ok(gaps[3] > 10500 && gaps[3] < 10500 + 2000, JSON.stringify(gaps)); // the first delay (0.5 s), not the fourth (4 s)
+  } finally {
+    Math.random = random;
+    client.close();
+    gateway.close();
+  }
+});
