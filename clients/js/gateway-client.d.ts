@@ -78,6 +78,12 @@ export interface GatewayClientOptions {
    * handshake, which cannot carry a proof (it throws a TypeError without `dpop: false`).
    */
   dpop?: boolean | DPoPKeyPair;
+  /**
+   * Milliseconds from opening a socket to its `auth_success` (15000 by default). Past it the
+   * socket is closed: the first connect() rejects (code "timeout", or the server's refusal if it
+   * sent one); a reconnect backs off and tries again.
+   */
+  connectTimeout?: number;
 }
 
 export interface User {
@@ -134,7 +140,8 @@ export declare class GatewayError extends Error {
   constructor(code: string, message?: string, status?: number);
   /**
    * The machine-readable code: auth_service's `error`, an `error` frame's `code`, or this
-   * client's own ("unreachable", "not_connected", "connection_closed", "protocol_error").
+   * client's own ("unreachable", "not_connected", "connection_closed", "protocol_error",
+   * "timeout").
    */
   readonly code: string;
   /** The HTTP status, for auth_service's answers. */
@@ -175,7 +182,10 @@ export declare class GatewayClient extends EventTarget {
   register(username: string, password: string): Promise<User>;
   /** Log in with a password, then connect (not with getToken). */
   login(username: string, password: string): Promise<void>;
-  /** Open the socket with the session there is (getToken's token, or a refreshed one). */
+  /**
+   * Open the socket with the session there is (getToken's token, or a refreshed one). Rejects
+   * when the first connection fails, takes longer than `connectTimeout`, or close() is called.
+   */
   connect(): Promise<void>;
   /** Connect from the browser's session cookie; false, without a request, when there is none. */
   resume(): Promise<boolean>;

@@ -497,6 +497,9 @@ export class GatewayClient extends EventTarget {
   #ids = 0;
   #attempt = 0;
   #stable = null; // the timer that starts the backoff over
+  #connectTimeout;
+  #deadline = null; // the timer of the current connection attempt
+  #generation = 0; // the current connection attempt; callbacks of older ones are dropped
   #authRetries = 0; // this socket's auth attempts retried
   #authFailure = null; // this socket's refused auth: why connect() fails when it closes
   #stopped = true;
@@ -507,12 +510,14 @@ export class GatewayClient extends EventTarget {
   /**
    * @param {{authUrl?: string, wsUrl: string, handshake?: "message"|"bearer"|"ticket",
    *   getToken?: () => Promise<string>, fetch?: typeof fetch, WebSocket?: typeof WebSocket,
-   *   dpop?: boolean | CryptoKeyPair}} options
+   *   dpop?: boolean | CryptoKeyPair, connectTimeout?: number}} options
    * ``handshake``: how the socket authenticates (docs/protocol.md, "Choosing a handshake").
    * ``dpop``: DPoP-bound tokens, on by default where WebCrypto exists (docs/browser.md).
+   * ``connectTimeout``: milliseconds from opening a socket to its ``auth_success``.
    */
-  constructor({ authUrl, wsUrl, handshake = "message", getToken, fetch, WebSocket, dpop } = {}) {
+  constructor({ authUrl, wsUrl, handshake = "message", getToken, fetch, WebSocket, dpop, connectTimeout = 15000 } = {}) {
     super();
+    this.#connectTimeout = connectTimeout;
     this.#WebSocket = WebSocket ?? globalThis.WebSocket;
     if (typeof this.#WebSocket !== "function") {
       throw new TypeError('GatewayClient: no global WebSocket here; pass one, e.g. WebSocket from the "ws" package');
@@ -651,7 +656,11 @@ export class GatewayClient extends EventTarget {
   close() {
     this.#stopped = true;
     this.#token = null;
+    this.#generation += 1;
     clearTimeout(this.#stable);
+    clearTimeout(this.#deadline);
+    this.#connected?.reject(new GatewayError("connection_closed", "close() was called"));
+    this.#connected = null;
     if (this.#ws) this.#ws.close(1000);
     this.#setState("closed");
   }
@@ -680,11 +689,26 @@ export class GatewayClient extends EventTarget {
       this.#connected = deferred;
     }
     const { promise } = this.#connected;
-    this.#open().catch((err) => this.#onClose(null, "", err));
+    const generation = ++this.#generation;
+    this.#deadline = setTimeout(() => this.#timedOut(generation), this.#connectTimeout);
+    this.#open(generation).catch((err) => {
+      if (generation === this.#generation) this.#onClose(null, "", err);
+    });
     return promise;
   }
 
-  async #open() {
+  /**
+   * No ``auth_success`` within connectTimeout: the socket is closed as one that never answered.
+   * Until the first connection succeeds that rejects connect() (with the server's refusal if it
+   * sent one); after it, the client backs off and reconnects.
+   */
+  #timedOut(generation) {
+    if (generation !== this.#generation) return;
+    const limit = `no auth_success from ${this.#wsUrl} within ${this.#connectTimeout} ms`;
+    this.#abandon(null, this.#authFailure ?? new GatewayError("timeout", limit));
+  }
+
+  async #open(generation) {
     let url = this.#wsUrl;
     const protocols = [SUBPROTOCOL];
     if (this.#handshake === "ticket") {
@@ -694,6 +718,7 @@ export class GatewayClient extends EventTarget {
       protocols.push(BEARER_PREFIX + this.#token);
     }
     const auth = this.#handshake === "message" ? await this.#authFrame() : null;
+    if (generation !== this.#generation) return;
     const Socket = this.#WebSocket;
     const ws = new Socket(url, protocols);
     this.#ws = ws;
@@ -739,12 +764,15 @@ export class GatewayClient extends EventTarget {
     this.#abandon(code, error);
   }
 
-  /** Closes the current socket without waiting for its close handshake, and acts on ``code``. */
+  /**
+   * Closes the current socket (with ``code``, if any) without waiting for its close handshake,
+   * and acts on ``code`` as on a close; null: as on a socket that never answered.
+   */
   #abandon(code, error) {
     const ws = this.#ws;
     this.#ws = null; // its own close event no longer counts
     try {
-      ws.close(code);
+      ws?.close(code ?? undefined);
     } catch {
       ws.close(); // a browser's WebSocket sends 1000 and 3000-4999 only
     }
@@ -758,6 +786,7 @@ export class GatewayClient extends EventTarget {
       this.expiresAt = frame.expires_at * 1000;
       this.#authRetries = 0;
       this.#authFailure = null;
+      clearTimeout(this.#deadline);
       this.#established = true;
       if (frame.renewed) {
         this.dispatchEvent(new CustomEvent("renewed", { detail: { expiresAt: this.expiresAt } }));
@@ -883,14 +912,16 @@ export class GatewayClient extends EventTarget {
    */
   async #onClose(code, reason, error) {
     this.#ws = null;
+    this.#generation += 1;
     clearTimeout(this.#stable);
+    clearTimeout(this.#deadline);
     for (const { reject } of this.#pending.values()) reject(new GatewayError("connection_closed"));
     this.#pending.clear();
     if (this.#stopped) return;
     if (code === null && !this.#established) return this.#stop(code, error);
     let action = code === null ? "reconnect" : actionFor(code, reason);
     // Refused before the upgrade (bearer or ticket): most likely the token expired meanwhile.
-    if (code === null && this.#handshake !== "message") action = "refresh_then_reconnect";
+    if (code === null && this.#handshake !== "message" && error?.code !== "timeout") action = "refresh_then_reconnect";
     if (error instanceof GatewayError && error.status >= 400 && error.status < 500) action = "stop";
     if (action === "stop") return this.#stop(code, error);
     this.#setState("reconnecting", code);

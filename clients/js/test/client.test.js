@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { once } from "node:events";
+import { createServer } from "node:net";
 import { test } from "node:test";
 
 import WebSocket, { WebSocketServer } from "ws";
@@ -442,4 +443,42 @@ test("the backoff grows while connections fail once authenticated, and starts ov
     client.close();
     gateway.close();
   }
+});
+
+test("connect() gives up after connectTimeout on a server that never authenticates, and closes the socket", { timeout: 10000 }, async () => {
+  const silent = await hostileGateway(() => {});
+  const refusing = await hostileGateway((ws) => ws.send(JSON.stringify({ type: "auth_error", code: "invalid_token", message: "no", retry: false })));
+  const tcp = createServer(() => {}).listen(0, "127.0.0.1"); // accepts, never answers the upgrade
+  await once(tcp, "listening");
+  for (const [url, code] of [
+    [silent.url, "timeout"],
+    [refusing.url, "invalid_token"], // the refusal, though the server never closed
+    [`ws://127.0.0.1:${tcp.address().port}/ws`, "timeout"],
+  ]) {
+    const client = hostileClient({ url }, { connectTimeout: 300 });
+    const started = Date.now();
+    await assert.rejects(client.connect(), (err) => err instanceof GatewayError && err.code === code);
+    assert.ok(Date.now() - started < 1000);
+    assert.equal(client.state, "closed");
+  }
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.deepEqual([silent.closes.length, refusing.closes.length], [1, 1]);
+  silent.close();
+  refusing.close();
+  tcp.close();
+});
+
+test("a reconnect that gets no auth_success within connectTimeout is dropped and tried again", { timeout: 10000 }, async () => {
+  const gateway = await hostileGateway((ws, frame, n) => {
+    if (frame.type !== "auth" || n === 2) return; // the second connection never answers
+    ws.send(authSuccess());
+    if (n === 1) ws.close(1001, "going_away");
+  });
+  const client = hostileClient(gateway, { connectTimeout: 300 });
+  await client.connect();
+  await next(client, "state", ({ state }) => state === "reconnecting");
+  await next(client, "state", ({ state }) => state === "authenticated");
+  assert.equal(gateway.connections, 3);
+  client.close();
+  gateway.close();
 });
