@@ -151,6 +151,10 @@ export declare class GatewayError extends Error {
 export interface GatewayClientEventMap {
   message: CustomEvent<ChannelMessage>;
   state: CustomEvent<{ state: ConnectionState; code: number | null }>;
+  /**
+   * The token was renewed on the same socket. A `token_expiring` warning starts one renewal at a
+   * time; copies of a warning already being renewed, or already renewed, are ignored.
+   */
   renewed: CustomEvent<{ expiresAt: number }>;
   revoked: CustomEvent<{ reason: "session_revoked" | "user_revoked" }>;
   /**

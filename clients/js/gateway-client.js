@@ -505,6 +505,8 @@ export class GatewayClient extends EventTarget {
   #stopped = true;
   #established = false;
   #refreshing = null;
+  #renewing = null; // the expires_at of the warning being renewed, until the server answers
+  #renewed = null; // the expires_at of the last warning renewed
   #connected = null;
 
   /**
@@ -789,6 +791,8 @@ export class GatewayClient extends EventTarget {
       clearTimeout(this.#deadline);
       this.#established = true;
       if (frame.renewed) {
+        this.#renewed = this.#renewing;
+        this.#renewing = null;
         this.dispatchEvent(new CustomEvent("renewed", { detail: { expiresAt: this.expiresAt } }));
       } else {
         // A server that authenticates and then closes at once must not earn instant reconnects.
@@ -811,7 +815,7 @@ export class GatewayClient extends EventTarget {
     } else if (frame.type === "join" || frame.type === "leave") {
       this.dispatchEvent(new CustomEvent(frame.type, { detail: frame }));
     } else if (frame.type === "token_expiring") {
-      this.#renew();
+      this.#renew(frame.expires_at);
     } else if (frame.type === "revoked") {
       this.dispatchEvent(new CustomEvent("revoked", { detail: { reason: frame.reason } }));
     } else if (frame.type === "unsubscribed") {
@@ -863,6 +867,7 @@ export class GatewayClient extends EventTarget {
     const refusal = new GatewayError(frame.code, frame.message);
     if (!frame.retry || this.#authRetries >= AUTH_RETRIES) {
       this.#authFailure = refusal;
+      this.#renewing = null;
       this.dispatchEvent(new CustomEvent("error", { detail: refusal }));
       return;
     }
@@ -885,12 +890,17 @@ export class GatewayClient extends EventTarget {
     return expiries.length > 0 && Math.min(...expiries) - Date.now() < STALE_MARGIN;
   }
 
-  async #renew() {
+  /** One renewal at a time; a warning for an expiry already renewed (a late copy) is ignored. */
+  async #renew(expiresAt) {
+    if (this.#renewing !== null || expiresAt === this.#renewed) return;
+    this.#renewing = expiresAt;
+    const ws = this.#ws;
     this.#setState("renewing");
     try {
       await this.refresh();
-      this.#send(await this.#authFrame("renew"));
+      if (this.#ws === ws) this.#send(await this.#authFrame("renew"));
     } catch (err) {
+      this.#renewing = null;
       // The socket closes at expiry (4401 token_expired) and DISCONNECTS takes it from there.
       this.dispatchEvent(new CustomEvent("error", { detail: err }));
     }
@@ -913,6 +923,7 @@ export class GatewayClient extends EventTarget {
   async #onClose(code, reason, error) {
     this.#ws = null;
     this.#generation += 1;
+    this.#renewing = null;
     clearTimeout(this.#stable);
     clearTimeout(this.#deadline);
     for (const { reject } of this.#pending.values()) reject(new GatewayError("connection_closed"));

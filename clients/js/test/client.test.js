@@ -482,3 +482,40 @@ test("a reconnect that gets no auth_success within connectTimeout is dropped and
   client.close();
   gateway.close();
 });
+
+test("token_expiring is renewed once however often it comes, and a warning already renewed is ignored", { timeout: 10000 }, async () => {
+  const first = Math.floor(Date.now() / 1000) + 60;
+  const warning = (expiresAt) => JSON.stringify({ type: "token_expiring", expires_in: 30, expires_at: expiresAt });
+  let renewals = 0;
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type !== "auth") return;
+    if (frame.id !== "renew") {
+      ws.send(authSuccess(60, { expires_at: first }));
+      for (let i = 0; i < 300; i++) ws.send(warning(first));
+      return;
+    }
+    renewals += 1;
+    ws.send(authSuccess(60, { expires_at: first + 60 * renewals, renewed: true, id: "renew" }));
+    if (renewals === 1) {
+      for (let i = 0; i < 300; i++) ws.send(warning(first)); // late copies of the first warning
+      ws.send(warning(first + 60)); // the renewed token's own
+    }
+  });
+  let tokens = 0;
+  const client = hostileClient(gateway, {
+    getToken: async () => {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      return `token-${++tokens}`;
+    },
+  });
+  const states = [];
+  client.addEventListener("state", ({ detail }) => states.push(detail.state));
+  await client.connect();
+  await next(client, "renewed", ({ expiresAt }) => expiresAt === (first + 120) * 1000);
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.equal(tokens, 3);
+  assert.equal(renewals, 2);
+  assert.deepEqual(states, ["connecting", "authenticated", "renewing", "authenticated", "renewing", "authenticated"]);
+  client.close();
+  gateway.close();
+});
