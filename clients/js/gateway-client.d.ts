@@ -84,6 +84,10 @@ export interface GatewayClientOptions {
    * sent one); a reconnect backs off and tries again.
    */
   connectTimeout?: number;
+  /** Milliseconds a request waits for its reply (10000 by default); then it rejects with code "timeout". */
+  requestTimeout?: number;
+  /** Requests that may wait for a reply at once (1000 by default); one more rejects with code "too_many_pending". */
+  maxPending?: number;
 }
 
 export interface User {
@@ -141,7 +145,7 @@ export declare class GatewayError extends Error {
   /**
    * The machine-readable code: auth_service's `error`, an `error` frame's `code`, or this
    * client's own ("unreachable", "not_connected", "connection_closed", "protocol_error",
-   * "timeout").
+   * "timeout", "too_many_pending").
    */
   readonly code: string;
   /** The HTTP status, for auth_service's answers. */

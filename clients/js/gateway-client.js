@@ -498,6 +498,8 @@ export class GatewayClient extends EventTarget {
   #attempt = 0;
   #stable = null; // the timer that starts the backoff over
   #connectTimeout;
+  #requestTimeout;
+  #maxPending;
   #deadline = null; // the timer of the current connection attempt
   #generation = 0; // the current connection attempt; callbacks of older ones are dropped
   #authRetries = 0; // this socket's auth attempts retried
@@ -512,14 +514,21 @@ export class GatewayClient extends EventTarget {
   /**
    * @param {{authUrl?: string, wsUrl: string, handshake?: "message"|"bearer"|"ticket",
    *   getToken?: () => Promise<string>, fetch?: typeof fetch, WebSocket?: typeof WebSocket,
-   *   dpop?: boolean | CryptoKeyPair, connectTimeout?: number}} options
+   *   dpop?: boolean | CryptoKeyPair, connectTimeout?: number, requestTimeout?: number,
+   *   maxPending?: number}} options
    * ``handshake``: how the socket authenticates (docs/protocol.md, "Choosing a handshake").
    * ``dpop``: DPoP-bound tokens, on by default where WebCrypto exists (docs/browser.md).
-   * ``connectTimeout``: milliseconds from opening a socket to its ``auth_success``.
+   * ``connectTimeout``: milliseconds from opening a socket to its ``auth_success``;
+   * ``requestTimeout``: from a request to its reply; ``maxPending``: requests waiting at once.
    */
-  constructor({ authUrl, wsUrl, handshake = "message", getToken, fetch, WebSocket, dpop, connectTimeout = 15000 } = {}) {
+  constructor({
+    authUrl, wsUrl, handshake = "message", getToken, fetch, WebSocket, dpop,
+    connectTimeout = 15000, requestTimeout = 10000, maxPending = 1000,
+  } = {}) {
     super();
     this.#connectTimeout = connectTimeout;
+    this.#requestTimeout = requestTimeout;
+    this.#maxPending = maxPending;
     this.#WebSocket = WebSocket ?? globalThis.WebSocket;
     if (typeof this.#WebSocket !== "function") {
       throw new TypeError('GatewayClient: no global WebSocket here; pass one, e.g. WebSocket from the "ws" package');
@@ -978,11 +987,23 @@ export class GatewayClient extends EventTarget {
     });
   }
 
+  /** Sends a request; its reply (or an error) within requestTimeout, at most maxPending at once. */
   #request(frame) {
     if (this.#state === "closed" || !this.#ws) return Promise.reject(new GatewayError("not_connected"));
+    if (this.#pending.size >= this.#maxPending) {
+      return Promise.reject(new GatewayError("too_many_pending", `${this.#pending.size} requests are waiting for a reply`));
+    }
     const id = `r${++this.#ids}`;
     return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject });
+      const timer = setTimeout(() => {
+        this.#pending.delete(id);
+        reject(new GatewayError("timeout", `no reply to ${frame.type} within ${this.#requestTimeout} ms`));
+      }, this.#requestTimeout);
+      const settled = (settle) => (value) => {
+        clearTimeout(timer);
+        settle(value);
+      };
+      this.#pending.set(id, { resolve: settled(resolve), reject: settled(reject) });
       this.#send({ ...frame, id });
     });
   }

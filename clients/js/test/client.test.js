@@ -519,3 +519,20 @@ test("token_expiring is renewed once however often it comes, and a warning alrea
   client.close();
   gateway.close();
 });
+
+test("a request without a reply rejects after requestTimeout, and at most maxPending wait at once", { timeout: 10000 }, async () => {
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type === "auth") ws.send(authSuccess()); // and nothing else, ever
+  });
+  const client = hostileClient(gateway, { requestTimeout: 300, maxPending: 3 });
+  await client.connect();
+  const started = Date.now();
+  const waiting = [1, 2, 3].map((n) => client.publish("chat:a", { n }));
+  await assert.rejects(client.publish("chat:a", { n: 4 }), (err) => err instanceof GatewayError && err.code === "too_many_pending");
+  for (const request of waiting) await assert.rejects(request, (err) => err instanceof GatewayError && err.code === "timeout");
+  assert.ok(Date.now() - started < 1000);
+  await assert.rejects(client.presence("chat:a"), { code: "timeout" }); // room again once they gave up
+  assert.equal(gateway.frames.filter((frame) => frame.type !== "auth").length, 4);
+  client.close();
+  gateway.close();
+});
