@@ -198,6 +198,12 @@ export declare class GatewayClient extends EventTarget {
   /** Connect from the browser's session cookie; false, without a request, when there is none. */
   resume(): Promise<boolean>;
   refresh(): Promise<void>;
+  /**
+   * Requests (subscribe, history, presence, unsubscribe, publish) made while the client connects
+   * or reconnects wait for the socket to authenticate, within `requestTimeout`; made before
+   * connect() or after close() (or a stop) they reject with "not_connected". A subscribe cut off
+   * by a close is made again on the next socket; another request rejects with "connection_closed".
+   */
   subscribe(channel: string, options?: { presenceEvents?: boolean }): Promise<Subscribed>;
   /** The position of the last message seen on a channel with history. */
   position(channel: string): Position | null;

@@ -493,7 +493,8 @@ export class GatewayClient extends EventTarget {
   #state = "closed";
   #channels = new Map(); // channel -> whether it asked for presence events
   #positions = new Map(); // channel -> {offset, epoch} of the last message seen
-  #pending = new Map();
+  #pending = new Map(); // id -> {frame, sent, resolve, reject}: requests waiting for a reply
+  #live = false; // the socket is authenticated: requests go out at once
   #ids = 0;
   #attempt = 0;
   #stable = null; // the timer that starts the backoff over
@@ -616,7 +617,8 @@ export class GatewayClient extends EventTarget {
    * With ``presenceEvents`` the channel's "join" and "leave" events are dispatched too. A
    * subscribe whose socket closes before the reply is made again once the client has
    * reconnected (subscribing twice is harmless; the new socket has none yet); any other request
-   * cut off that way rejects with ``connection_closed`` (a publish is not sent again).
+   * cut off that way rejects with ``connection_closed`` (a publish is not sent again). A request
+   * made while the client (re)connects waits for it, within requestTimeout.
    */
   async subscribe(channel, { presenceEvents = false } = {}) {
     const frame = { type: "subscribe", channel, ...(presenceEvents && { presence_events: true }) };
@@ -626,8 +628,8 @@ export class GatewayClient extends EventTarget {
         reply = await this.#request(frame);
         break;
       } catch (error) {
-        if (!(error instanceof GatewayError) || error.code !== "connection_closed") throw error;
-        await this.#authenticatedAgain();
+        // The next request waits for the reconnection, or rejects when the client stopped.
+        if (!(error instanceof GatewayError) || error.code !== "connection_closed" || this.#stopped) throw error;
       }
     }
     this.#channels.set(channel, presenceEvents);
@@ -672,6 +674,8 @@ export class GatewayClient extends EventTarget {
     clearTimeout(this.#deadline);
     this.#connected?.reject(new GatewayError("connection_closed", "close() was called"));
     this.#connected = null;
+    this.#live = false;
+    this.#failPending(({ sent }) => !sent); // those sent may still be answered while it closes
     if (this.#ws) this.#ws.close(1000);
     this.#setState("closed");
   }
@@ -806,7 +810,9 @@ export class GatewayClient extends EventTarget {
       } else {
         // A server that authenticates and then closes at once must not earn instant reconnects.
         this.#stable = setTimeout(() => { this.#attempt = 0; }, STABLE_AFTER);
+        this.#live = true;
         for (const [channel, presenceEvents] of this.#channels) this.#resubscribe(channel, presenceEvents);
+        for (const request of this.#pending.values()) if (!request.sent) this.#transmit(request);
         this.#connected?.resolve();
         this.#connected = null;
       }
@@ -935,8 +941,9 @@ export class GatewayClient extends EventTarget {
     this.#renewing = null;
     clearTimeout(this.#stable);
     clearTimeout(this.#deadline);
-    for (const { reject } of this.#pending.values()) reject(new GatewayError("connection_closed"));
-    this.#pending.clear();
+    this.#live = false;
+    // Requests sent on this socket lost their reply; those not sent yet wait for the next one.
+    this.#failPending(({ sent }) => sent);
     if (this.#stopped) return;
     if (code === null && !this.#established) return this.#stop(code, error);
     let action = code === null ? "reconnect" : actionFor(code, reason);
@@ -959,6 +966,7 @@ export class GatewayClient extends EventTarget {
 
   #stop(code, error) {
     this.#stopped = true;
+    this.#failPending(() => true);
     this.#token = null;
     this.#connected?.reject(error ?? new GatewayError(`closed_${code}`));
     this.#connected = null;
@@ -970,26 +978,36 @@ export class GatewayClient extends EventTarget {
     this.dispatchEvent(new CustomEvent("state", { detail: { state, code } }));
   }
 
+  /** Sends a frame on the current socket; false when there is none, or it cannot send. */
   #send(frame) {
-    this.#ws?.send(JSON.stringify(frame));
+    try {
+      this.#ws.send(JSON.stringify(frame));
+      return true;
+    } catch {
+      return false; // no socket, or not open: its close comes
+    }
   }
 
-  /** Resolves at the next "authenticated" state; rejects with why if the client stops first. */
-  #authenticatedAgain() {
-    return new Promise((resolve, reject) => {
-      const listener = ({ detail }) => {
-        if (detail.state !== "authenticated" && detail.state !== "closed") return;
-        this.removeEventListener("state", listener);
-        if (detail.state === "authenticated") resolve();
-        else reject(new GatewayError("connection_closed"));
-      };
-      this.addEventListener("state", listener);
-    });
+  /** A request not sent (the socket could not take it) waits for the next socket. */
+  #transmit(request) {
+    request.sent = this.#send(request.frame);
   }
 
-  /** Sends a request; its reply (or an error) within requestTimeout, at most maxPending at once. */
+  /** Rejects the requests ``which`` selects with ``connection_closed``. */
+  #failPending(which) {
+    for (const [id, request] of this.#pending) {
+      if (!which(request)) continue;
+      this.#pending.delete(id);
+      request.reject(new GatewayError("connection_closed"));
+    }
+  }
+
+  /**
+   * Sends a request, at once when the socket is authenticated, else once it is; its reply (or an
+   * error) within requestTimeout, at most maxPending at once.
+   */
   #request(frame) {
-    if (this.#state === "closed" || !this.#ws) return Promise.reject(new GatewayError("not_connected"));
+    if (this.#stopped) return Promise.reject(new GatewayError("not_connected"));
     if (this.#pending.size >= this.#maxPending) {
       return Promise.reject(new GatewayError("too_many_pending", `${this.#pending.size} requests are waiting for a reply`));
     }
@@ -1003,8 +1021,9 @@ export class GatewayClient extends EventTarget {
         clearTimeout(timer);
         settle(value);
       };
-      this.#pending.set(id, { resolve: settled(resolve), reject: settled(reject) });
-      this.#send({ ...frame, id });
+      const request = { frame: { ...frame, id }, sent: false, resolve: settled(resolve), reject: settled(reject) };
+      this.#pending.set(id, request);
+      if (this.#live) this.#transmit(request);
     });
   }
 }

@@ -536,3 +536,53 @@ test("a request without a reply rejects after requestTimeout, and at most maxPen
   client.close();
   gateway.close();
 });
+
+test("requests made during a reconnect wait for it, bounded by requestTimeout, and never reject with a raw Error", { timeout: 10000 }, async () => {
+  const gateway = await hostileGateway((ws, frame, n) => {
+    if (frame.type === "auth" && n === 1) {
+      ws.send(authSuccess());
+      ws.close(1001, "going_away");
+    } else if (frame.type === "auth") {
+      setTimeout(() => ws.send(authSuccess()), 200);
+    } else if (frame.type === "subscribe") {
+      ws.send(JSON.stringify({ type: "subscribed", channel: frame.channel, id: frame.id }));
+    } else if (frame.type === "publish") {
+      ws.send(JSON.stringify({ type: "published", channel: frame.channel, id: frame.id }));
+    }
+  });
+  let client = null;
+  let sockets = 0;
+  const connecting = [];
+  class Watching extends WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols);
+      // Asked while the new socket is CONNECTING, where its send() throws.
+      if (++sockets === 2) queueMicrotask(() => connecting.push(client.subscribe("chat:b")));
+    }
+  }
+  client = hostileClient(gateway, { WebSocket: Watching });
+  await client.connect();
+  await next(client, "state", ({ state }) => state === "reconnecting");
+  const backingOff = [client.subscribe("chat:a"), client.publish("chat:a", { text: "meanwhile" })];
+  const [a, published] = await Promise.allSettled(backingOff);
+  const [b] = await Promise.allSettled(connecting);
+  assert.equal(a.status, "fulfilled", String(a.reason));
+  assert.equal(published.status, "fulfilled", String(published.reason));
+  assert.equal(b.status, "fulfilled", String(b.reason));
+  assert.deepEqual(client.channels.sort(), ["chat:a", "chat:b"]);
+  client.close();
+  gateway.close();
+
+  const silent = await hostileGateway((ws, frame, n) => {
+    if (frame.type === "auth" && n === 1) {
+      ws.send(authSuccess());
+      ws.close(1001, "going_away");
+    }
+  });
+  const waiting = hostileClient(silent, { requestTimeout: 300 });
+  await waiting.connect();
+  await next(waiting, "state", ({ state }) => state === "reconnecting");
+  await assert.rejects(waiting.subscribe("chat:a"), (err) => err instanceof GatewayError && err.code === "timeout");
+  waiting.close();
+  silent.close();
+});
