@@ -809,6 +809,7 @@ export class GatewayClient extends EventTarget {
         this.dispatchEvent(new CustomEvent("renewed", { detail: { expiresAt: this.expiresAt } }));
       } else {
         // A server that authenticates and then closes at once must not earn instant reconnects.
+        clearTimeout(this.#stable);
         this.#stable = setTimeout(() => { this.#attempt = 0; }, STABLE_AFTER);
         this.#live = true;
         for (const [channel, presenceEvents] of this.#channels) this.#resubscribe(channel, presenceEvents);

@@ -27,6 +27,9 @@ export async function everything(): Promise<string[]> {
     getToken: async () => "token",
     fetch: (url, init) => fetch(url, init),
     WebSocket,
+    connectTimeout: 15000,
+    requestTimeout: 10000,
+    maxPending: 1000,
   });
   const state: ConnectionState = client.state;
   const channels: string[] = client.channels;
