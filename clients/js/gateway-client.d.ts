@@ -212,6 +212,7 @@ export declare class GatewayClient extends EventTarget {
   unsubscribe(channel: string): Promise<void>;
   publish(channel: string, data: unknown): Promise<void>;
   logout(options?: { everywhere?: boolean }): Promise<void>;
+  /** Close, keeping the session; a reconnect the client was waiting to make is called off. */
   close(): void;
   addEventListener<K extends keyof GatewayClientEventMap>(
     type: K,

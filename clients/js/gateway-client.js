@@ -498,6 +498,7 @@ export class GatewayClient extends EventTarget {
   #ids = 0;
   #attempt = 0;
   #stable = null; // the timer that starts the backoff over
+  #backoff = null; // the timer of the wait before a reconnect
   #connectTimeout;
   #requestTimeout;
   #maxPending;
@@ -672,6 +673,7 @@ export class GatewayClient extends EventTarget {
     this.#generation += 1;
     clearTimeout(this.#stable);
     clearTimeout(this.#deadline);
+    clearTimeout(this.#backoff);
     this.#connected?.reject(new GatewayError("connection_closed", "close() was called"));
     this.#connected = null;
     this.#live = false;
@@ -953,7 +955,8 @@ export class GatewayClient extends EventTarget {
     if (error instanceof GatewayError && error.status >= 400 && error.status < 500) action = "stop";
     if (action === "stop") return this.#stop(code, error);
     this.#setState("reconnecting", code);
-    await sleep(backoffDelay(this.#attempt++));
+    // close() clears the wait: nothing keeps a Node process alive once the client is closed.
+    await new Promise((resolve) => { this.#backoff = setTimeout(resolve, backoffDelay(this.#attempt++)); });
     if (this.#stopped) return;
     if (action === "refresh_then_reconnect" || this.#tokenStale()) {
       try {

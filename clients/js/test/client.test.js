@@ -2,6 +2,7 @@
 // packs it, installs it into a fresh folder, starts the stack and passes its URLs here). The stack
 // asks for DPoP nonces (AUTH_DPOP_NONCE=1), so every proof the client signs goes through them.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { once } from "node:events";
 import { createServer } from "node:net";
@@ -585,4 +586,34 @@ test("requests made during a reconnect wait for it, bounded by requestTimeout, a
   await assert.rejects(waiting.subscribe("chat:a"), (err) => err instanceof GatewayError && err.code === "timeout");
   waiting.close();
   silent.close();
+});
+
+test("close() while the client backs off leaves nothing to keep Node alive", { timeout: 10000 }, async () => {
+  // In a process of its own, so that no other test's timers count: it must exit at once after
+  // close(), not when the wait before the reconnect (0.5 s here) would have ended.
+  const script = `
+    import WebSocket, { WebSocketServer } from "ws";
+    import { once } from "node:events";
+    import { GatewayClient } from "realtime-gateway-client";
+    const server = new WebSocketServer({ port: 0, handleProtocols: () => "realtime.v1" });
+    await once(server, "listening");
+    server.on("connection", (ws) => ws.on("message", () => {
+      ws.send(JSON.stringify({ type: "auth_success", user: { id: "u1" }, expires_at: Date.now() / 1000 + 60 }));
+      ws.close(1011, "internal_error");
+    }));
+    Math.random = () => 0.99;
+    const client = new GatewayClient({ wsUrl: "ws://127.0.0.1:" + server.address().port + "/ws", WebSocket, dpop: false, getToken: async () => "token" });
+    await client.connect();
+    await new Promise((resolve) => client.addEventListener("state", ({ detail }) => detail.state === "reconnecting" && resolve()));
+    client.close();
+    for (const ws of server.clients) ws.terminate();
+    server.close();
+    console.log(Date.now());
+  `;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script], { cwd: new URL(".", import.meta.url), stdio: ["ignore", "pipe", "inherit"] });
+  let printed = "";
+  child.stdout.on("data", (chunk) => { printed += chunk; });
+  const [code] = await once(child, "exit");
+  assert.equal(code, 0);
+  assert.ok(Date.now() - Number(printed) < 300, `${Date.now() - Number(printed)} ms after close()`);
 });
