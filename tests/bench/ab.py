@@ -45,6 +45,7 @@ FIGURES = (
     ("probe_p99_ms", "new handshake p99 ms"),
     ("kib", "KiB per idle socket"),
     ("fanout", "fan-out deliveries/s"),
+    ("fanout_cpu_us", "fan-out server CPU us/delivery"),
 )
 
 
@@ -64,6 +65,8 @@ def flatten(figures: dict[str, Any]) -> dict[str, float]:
         flat["kib"] = figures["kib_per_socket_10k"]
     if figures.get("fanout_per_s"):
         flat["fanout"] = figures["fanout_per_s"]
+    if figures.get("fanout_cpu_us"):
+        flat["fanout_cpu_us"] = figures["fanout_cpu_us"]
     return flat
 
 
