@@ -33,9 +33,9 @@ from realtime_gateway_protocol.events import (
     LEDGER_RESTORED_TOPIC,
     REVOCATIONS_TOPIC,
     RevocationEvent,
-    SessionRevoked,
     decode_event,
     encode_event,
+    record_key,
 )
 from shared.bus import BusUnavailable, EventBus, RevocationLedger
 
@@ -129,9 +129,8 @@ class EventPublisher:
         if self._ledger is not None:
             # Kept before it reaches the ledger, so that no restore can run between the two and
             # miss it; a store that fails here must not hold back the announcement.
-            key = f"sid:{event.sid}" if isinstance(event, SessionRevoked) else f"user:{event.sub}"
             try:
-                await self._store.keep_revocation(key, payload, event.until)
+                await self._store.keep_revocation(record_key(event), payload, event.until)
             except Exception as exc:
                 log.error(
                     "revocation not kept for a ledger restore",

@@ -10,9 +10,11 @@ changes (braces elsewhere, as in an array literal, stay).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["MIGRATIONS", "Migration", "render"]
+from auth_service.store.sql import Connection, Statement
+
+__all__ = ["MIGRATIONS", "Migration", "apply_pending", "render"]
 
 Migration = tuple[int, tuple[str, ...]]
 """A version and its statements, one per entry."""
@@ -174,3 +176,22 @@ def render(statements: Sequence[str], *, real: str, blob: str, serial: str) -> l
     """A migration's statements with the dialect's types filled in."""
     types = {"real": real, "blob": blob, "serial": serial}
     return [_TYPE.sub(lambda m: types[m[1]], stmt).strip() for stmt in statements]
+
+
+async def apply_pending(
+    conn: Connection,
+    migrations: Sequence[Migration],
+    types: Mapping[str, str],
+    record: Callable[[int], Statement],
+) -> None:
+    """Apply, in ``conn``'s transaction, each migration newer than ``schema_migrations`` says,
+    with the dialect's ``types`` (``render``), recording each by the statement ``record`` makes
+    of its version."""
+    rows = await conn.fetch("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
+    for version, statements in migrations:
+        if version <= rows[0]["v"]:
+            continue
+        for stmt in render(statements, **types):
+            await conn.execute(stmt)
+        sql, args = record(version)
+        await conn.execute(sql, *args)

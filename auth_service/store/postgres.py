@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from auth_service.domain.errors import StoreUnavailable
-from auth_service.store.migrations import MIGRATIONS, Migration, render
+from auth_service.store.migrations import MIGRATIONS, Migration, apply_pending
 from auth_service.store.sql import Row, SqlStore, Statement, unavailable
 
 __all__ = ["PostgresDatabase", "open_postgres"]
@@ -163,15 +163,12 @@ class PostgresDatabase:
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
             )
-            rows = await conn.fetch("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
-            for version, statements in migrations:
-                if version <= rows[0]["v"]:
-                    continue
-                for stmt in render(
-                    statements, real="DOUBLE PRECISION", blob="BYTEA", serial="BIGSERIAL"
-                ):
-                    await conn.execute(stmt)
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            await apply_pending(
+                conn,
+                migrations,
+                {"real": "DOUBLE PRECISION", "blob": "BYTEA", "serial": "BIGSERIAL"},
+                lambda version: ("INSERT INTO schema_migrations (version) VALUES ($1)", (version,)),
+            )
 
 
 async def open_postgres(dsn: str, call_timeout: float = 5.0) -> SqlStore:

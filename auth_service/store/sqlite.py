@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from auth_service.domain.errors import StoreUnavailable
-from auth_service.store.migrations import MIGRATIONS, Migration, render
+from auth_service.store.migrations import MIGRATIONS, Migration, apply_pending
 from auth_service.store.sql import Row, SqlStore, Statement, unavailable
 
 __all__ = ["SqliteDatabase", "open_sqlite"]
@@ -250,15 +250,15 @@ class SqliteDatabase:
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
             )
-            rows = await conn.fetch("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
-            for version, statements in migrations:
-                if version <= rows[0]["v"]:
-                    continue
-                for stmt in render(statements, real="REAL", blob="BLOB", serial="INTEGER"):
-                    await conn.execute(stmt)
-                await conn.execute(
-                    "INSERT INTO schema_migrations VALUES ($1, $2)", version, time.time()
-                )
+            await apply_pending(
+                conn,
+                migrations,
+                {"real": "REAL", "blob": "BLOB", "serial": "INTEGER"},
+                lambda version: (
+                    "INSERT INTO schema_migrations VALUES ($1, $2)",
+                    (version, time.time()),
+                ),
+            )
 
 
 async def open_sqlite(path: str | Path, busy_timeout: float = 5.0) -> SqlStore:

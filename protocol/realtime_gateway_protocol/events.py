@@ -18,6 +18,7 @@ __all__ = [
     "UserRevoked",
     "decode_event",
     "encode_event",
+    "record_key",
 ]
 
 REVOCATIONS_TOPIC = "auth.revocations"
@@ -44,6 +45,12 @@ class UserRevoked:
 
 
 RevocationEvent = SessionRevoked | UserRevoked
+
+
+def record_key(event: RevocationEvent) -> str:
+    """What ``event`` revokes, as the one record kept of it: ``sid:<sid>`` for a session,
+    ``user:<sub>`` for a user (a later event for the same one supersedes it)."""
+    return f"sid:{event.sid}" if isinstance(event, SessionRevoked) else f"user:{event.sub}"
 
 
 def encode_event(event: RevocationEvent) -> str:

@@ -20,13 +20,14 @@ node on a Cluster."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from realtime_gateway_protocol.access_token import TokenRef
-from realtime_gateway_protocol.events import RevocationEvent, SessionRevoked
+from realtime_gateway_protocol.events import RevocationEvent, SessionRevoked, record_key
 from shared.batch import Batcher
 from shared.bus import BusUnavailable
 from shared.redis.connect import open_client
@@ -75,11 +76,9 @@ class RedisRevocationLedger:
         """Remember a revocation until ``event.until``; raises :class:`BusUnavailable` (or its
         ``BusOutcomeUnknown``, when Redis may have recorded it)."""
         ttl = max(1, int(event.until - (time.time() if now is None else now)) + 1)
-        if isinstance(event, SessionRevoked):
-            key, value = f"{PREFIX}:sid:{event.sid}", 1
-        else:
-            # A later logout-everywhere has a later cut-off and a later until: it supersedes.
-            key, value = f"{PREFIX}:user:{event.sub}", event.issued_before
+        # A later logout-everywhere has a later cut-off and a later until: it supersedes.
+        value = 1 if isinstance(event, SessionRevoked) else event.issued_before
+        key = f"{PREFIX}:{record_key(event)}"
         try:
             await _RECORD(self._redis, [key], [value, ttl], idempotent=True, replicas=int)
         except RedisError as exc:
@@ -89,16 +88,12 @@ class RedisRevocationLedger:
         """Whether the records are still all here: False once Redis lost its data (a restart
         without persistence, a failover that lost writes, a flush), which drops the mark with
         them. auth_service then writes back what it keeps (:meth:`mark_intact` after)."""
-        try:
+        with _reachable():
             return bool(await self._redis.exists(INTACT))
-        except (RedisError, OSError) as exc:
-            raise BusUnavailable(f"revocation ledger unreachable: {exc}") from exc
 
     async def mark_intact(self) -> None:
-        try:
+        with _reachable():
             await self._redis.set(INTACT, "1")
-        except (RedisError, OSError) as exc:
-            raise BusUnavailable(f"revocation ledger unreachable: {exc}") from exc
 
     async def revoked(self, tokens: Sequence[TokenRef]) -> list[bool]:
         """For each token, whether the ledger says it is revoked: one round trip for these and
@@ -109,15 +104,22 @@ class RedisRevocationLedger:
         keys: list[str] = []
         for token in tokens:
             keys += [f"{PREFIX}:sid:{token.sid}", f"{PREFIX}:user:{token.sub}"]
-        try:
+        with _reachable():
             if isinstance(self._redis, RedisCluster):
                 values = await self._redis.mget_nonatomic(keys)
             else:
                 values = await self._redis.mget(keys)
-        except (RedisError, OSError) as exc:
-            raise BusUnavailable(f"revocation ledger unreachable: {exc}") from exc
         result = []
         for i, token in enumerate(tokens):
             session, cutoff = values[2 * i], values[2 * i + 1]
             result.append(session is not None or (cutoff is not None and token.iat < int(cutoff)))
         return result
+
+
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """A read's failure (Redis down, a timeout, a dropped connection) as ``BusUnavailable``."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise BusUnavailable(f"revocation ledger unreachable: {exc}") from exc

@@ -154,6 +154,23 @@ async def test_6_redis_restart_resumes_traffic_and_delivers_a_logout_made_while_
             assert received is not None and received["type"] == "message", "traffic never resumed"
 
 
+async def logged_out_then_redis_killed(
+    http: aiohttp.ClientSession, cluster: Cluster, username: str, *, logout_on: int
+) -> dict[str, Any]:
+    """Tokens of a session logged out on auth replica ``logout_on``, after which Redis is
+    killed with SIGKILL (left down: the caller restarts it)."""
+    assert cluster.redis is not None
+    tokens = await tokens_for(http, cluster.auth_url(0), username)
+    async with http.post(
+        f"{cluster.auth_url(logout_on)}/v1/logout",
+        headers={"Authorization": f"Bearer {tokens['access_token']}"},
+    ) as resp:
+        assert resp.status == 200
+    cluster.redis.send(signal.SIGKILL)
+    cluster.redis.wait(10)
+    return tokens
+
+
 async def test_6b_a_redis_that_restarts_empty_gets_the_logouts_written_again(
     cluster: Cluster,
 ) -> None:
@@ -163,14 +180,7 @@ async def test_6b_a_redis_that_restarts_empty_gets_the_logouts_written_again(
     again once the ledger's mark is gone."""
     assert cluster.redis is not None
     async with aiohttp.ClientSession() as http:
-        tokens = await tokens_for(http, cluster.auth_url(0), "s6b-heidi")
-        async with http.post(
-            f"{cluster.auth_url(1)}/v1/logout",
-            headers={"Authorization": f"Bearer {tokens['access_token']}"},
-        ) as resp:
-            assert resp.status == 200
-        cluster.redis.send(signal.SIGKILL)
-        cluster.redis.wait(10)
+        tokens = await logged_out_then_redis_killed(http, cluster, "s6b-heidi", logout_on=1)
         cluster.restart(cluster.redis)
         cluster.restart(cluster.ws[2])
         answers = []
@@ -198,14 +208,7 @@ async def test_6c_a_socket_let_in_while_redis_was_down_is_closed_once_the_ledger
     checked them again: the socket stayed open until its token expired."""
     assert cluster.redis is not None
     async with aiohttp.ClientSession() as http:
-        tokens = await tokens_for(http, cluster.auth_url(0), "s6c-ivan")
-        async with http.post(
-            f"{cluster.auth_url(0)}/v1/logout",
-            headers={"Authorization": f"Bearer {tokens['access_token']}"},
-        ) as resp:
-            assert resp.status == 200
-        cluster.redis.send(signal.SIGKILL)
-        cluster.redis.wait(10)
+        tokens = await logged_out_then_redis_killed(http, cluster, "s6c-ivan", logout_on=0)
         cluster.restart(cluster.ws[2])
         try:
             async with connected(http, cluster.ws_url(2), tokens["access_token"]) as ws:

@@ -177,9 +177,9 @@ class Connection:
         # does not check them against the new token's. Made on first use.
         self._granted: set[str] | None = None
         # Channels whose subscribes are under way (the app asked, the join awaiting): how many,
-        # how many server unsubscribes came meanwhile, and whether one overtook a subscribe;
-        # made on first use. The channel is then left once its subscribes are done, so the
-        # socket's frames and the app's events stay in order and the unsubscribe is never lost.
+        # and whether a server unsubscribe came meanwhile; made on first use. The channel is
+        # then left once its subscribes are done, so the socket's frames and the app's events
+        # stay in order and the unsubscribe is never lost.
         self._joining: dict[str, list[int]] | None = None
         self._bucket: TokenBucket | None = None
         self._strikes = 0
@@ -262,7 +262,7 @@ class Connection:
             return False
         joining = self._joining
         if joining is not None and channel in joining:
-            joining[channel][1] += 1
+            joining[channel][1] = 1
             return True
         if channel not in self.channels:
             return False
@@ -275,7 +275,7 @@ class Connection:
         the socket's own subscription limit still holds, and nothing is recovered."""
         if not self.live or channel in self.channels:
             return False
-        overtaken = self._start_joining(channel)
+        self._start_joining(channel)
         try:
             await self._join(channel, None, False, None, SERVER)
             if self.closing or channel not in self.channels:
@@ -287,7 +287,7 @@ class Connection:
         except RequestError:
             return False
         finally:
-            self._end_joining(channel, overtaken)
+            self._end_joining(channel)
 
     def disconnected(self) -> None:
         """The socket is gone: drop timers, channels and the user index entry."""
@@ -628,7 +628,7 @@ class Connection:
         if not isinstance(events, bool):
             raise BadRequest("presence_events must be true or false")
         namespace = self._ctx.namespaces.of(channel)
-        overtaken = self._start_joining(channel)
+        self._start_joining(channel)
         try:
             if namespace.subscribe_proxy is not None:
                 self._check_subscription(channel, since, events)
@@ -637,37 +637,33 @@ class Connection:
                     return
             await self._join(channel, since, events, request.id)
         finally:
-            self._end_joining(channel, overtaken)
+            self._end_joining(channel)
 
-    def _start_joining(self, channel: str) -> int:
-        """Count a subscribe of ``channel`` as under way; returns the server unsubscribes so far,
-        for :meth:`_end_joining` to see whether one overtook it."""
+    def _start_joining(self, channel: str) -> None:
+        """Count a subscribe of ``channel`` as under way."""
         joining = self._joining
         if joining is None:
             joining = self._joining = {}
         entry = joining.get(channel)
         if entry is None:
-            entry = joining[channel] = [0, 0, 0]
+            entry = joining[channel] = [0, 0]
         entry[0] += 1
-        return entry[1]
 
-    def _end_joining(self, channel: str, unsubscribes: int) -> None:
-        """The subscribe is over. If a server unsubscribe came meanwhile, the channel is left
-        once the last subscribe of it under way is over too: each answered ``subscribed``, and
-        the socket's last word on the channel is then ``unsubscribed``."""
+    def _end_joining(self, channel: str) -> None:
+        """The subscribe is over. If a server unsubscribe came while any subscribe of the
+        channel was under way, the channel is left once the last of them is over: each answered
+        ``subscribed``, and the socket's last word on the channel is then ``unsubscribed``."""
         joining = self._joining
         entry = joining.get(channel) if joining is not None else None
         if joining is None or entry is None:
             return
-        if entry[1] > unsubscribes:
-            entry[2] = 1
         entry[0] -= 1
         if entry[0] > 0:
             return
         del joining[channel]
         if not joining:
             self._joining = None
-        if entry[2] and not self.closing and channel in self.channels:
+        if entry[1] and not self.closing and channel in self.channels:
             self._leave(channel, SERVER)
             self.send(protocol.reply("unsubscribed", None, channel=channel, reason=SERVER))
 
