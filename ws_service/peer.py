@@ -3,8 +3,9 @@ and the RFC 6455 closing handshake done from the handler's own task.
 
 Uncompressed ``send_str`` writes to the transport at once and only waits when the peer stops
 reading. So a frame for a socket with nothing queued and an empty transport buffer is written at
-once, in the caller's step (no task: a broadcast to 10k sockets would otherwise start 10k); any
-other frame is appended to the outbox, which a writer task drains, and a slow client can stall
+once, in the caller's step, as the frame's bytes in one transport write (no task: a broadcast to
+10k sockets would otherwise start 10k; and no coroutine: the broadcast's frame is encoded once for
+all its subscribers, :func:`text_frame`); any other frame is appended to the outbox, which a writer task drains, and a slow client can stall
 nobody but itself. A client whose outbox grows past ``max_outbox_bytes`` is dropped (1013
 ``slow_consumer``).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import struct
 from collections import deque
@@ -33,7 +35,13 @@ from aiohttp import WSMessage, WSMsgType, web
 from realtime_gateway_protocol.close_codes import Disconnect
 from shared.http.access import SessionEnd
 
-__all__ = ["WebSocketPeer"]
+__all__ = ["WebSocketPeer", "text_frame"]
+
+
+_FINAL_TEXT = 0x81  # FIN, opcode 1 (text)
+_HEADER_SHORT = struct.Struct("!BB")
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
 
 
 class _Close(NamedTuple):
@@ -52,9 +60,19 @@ def _reset(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
-def _seen(future: asyncio.Future[object]) -> None:
-    if not future.cancelled():
-        future.exception()
+@functools.lru_cache(maxsize=1)
+def text_frame(text: str) -> bytes:
+    """``text`` as a server's WebSocket frame (RFC 6455 section 5.2: final, text, unmasked), the
+    bytes aiohttp's writer would send. The last one is kept: the subscribers of a broadcast are
+    handed the same string one after the other (a string keeps its hash, and the lookup of the
+    same object compares identities), so 10,000 deliveries encode it once."""
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        return _HEADER_SHORT.pack(_FINAL_TEXT, size) + payload
+    if size < 1 << 16:
+        return _HEADER_16.pack(_FINAL_TEXT, 126, size) + payload
+    return _HEADER_64.pack(_FINAL_TEXT, 127, size) + payload
 
 
 class WebSocketPeer:
@@ -189,32 +207,18 @@ class WebSocketPeer:
     def _write_now(self, text: str) -> bool:
         """Write ``text`` in this step if that cannot wait; False when it must be queued.
 
-        aiohttp's uncompressed ``send_frame`` writes to the transport first and then suspends only
-        to drain a transport paused above its high-water mark, which an empty write buffer is not.
-        So the coroutine is driven to completion here, as a task's first step would drive it. Were
-        it to suspend anyway (aiohttp waits for a drain once 256 KiB went out since its last wait,
-        if the transport is paused), the frame is already written: only the drain wait is
-        dropped. The future it waited on is aiohttp's one drain waiter, which the next write to
-        wait awaits again: it is handed back as a task hands back a future it stops awaiting
-        (``_asyncio_future_blocking``, asyncio's mark of a future being awaited, cleared: left
-        set, the next await of it raises "await wasn't used with future" and kills the writer
-        task), and marked as seen (aiohttp fails it if the peer goes away, and asyncio would log
-        "Future exception was never retrieved" for each such peer)."""
+        The frame goes to the transport as one write, as aiohttp's uncompressed ``send_frame``
+        writes it, without the two coroutines that call costs per frame: what is written at once
+        never waits for a drain (the transport's buffer is empty), and a broadcast hands every
+        subscriber the same string, so :func:`text_frame` encodes it once for all of them. Once
+        aiohttp has begun the closing handshake (``ws.closed``: set before its close frame is
+        written) the frame is dropped, as ``send_frame`` drops it, since nothing may follow a
+        close frame."""
         transport = self._transport
         if transport is None or transport.is_closing() or transport.get_write_buffer_size():
             return False
-        sending = self.ws.send_str(text)
-        try:
-            waited = sending.send(None)
-        except StopIteration:
-            pass
-        except ConnectionError:
-            pass  # the peer is gone; the handler's receive() sees it, as the writer would
-        else:
-            sending.close()
-            if isinstance(waited, asyncio.Future):
-                waited._asyncio_future_blocking = False
-                waited.add_done_callback(_seen)
+        if not self.ws.closed:
+            transport.write(text_frame(text))
         return True
 
     def _buffered(self) -> int:

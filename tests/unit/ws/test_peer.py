@@ -1,20 +1,34 @@
-"""The peer's write paths: at once when nothing waits, queued (in order) behind a backlog."""
+"""The peer's write paths: at once when nothing waits (the frame's bytes straight to the
+transport), queued (in order) behind a backlog."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 from typing import cast
 
-from aiohttp import web
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp._websocket.writer import WebSocketWriter
+from aiohttp.base_protocol import BaseProtocol
 
-from ws_service.peer import WebSocketPeer
+from ws_service.peer import WebSocketPeer, text_frame
+
+
+def payload_of(frame: bytes) -> str:
+    """The text of one unmasked final text frame (its bytes are checked against aiohttp's below)."""
+    assert frame[0] == 0x81
+    size = frame[1]
+    return frame[{126: 4, 127: 10}.get(size, 2) :].decode()
 
 
 class Transport:
+    """Takes the direct writes; ``wire`` is every frame in the order it left, either way."""
+
     def __init__(self) -> None:
         self.buffered = 0
         self.closing = False
+        self.writes: list[bytes] = []
+        self.wire: list[str] = []
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
@@ -22,33 +36,83 @@ class Transport:
     def is_closing(self) -> bool:
         return self.closing
 
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        self.wire.append(payload_of(data))
+
 
 class Socket:
-    """Records frames; ``send_str`` suspends (like a drain) while ``stall`` is set."""
+    """Records the frames the writer task sends through aiohttp."""
 
-    def __init__(self) -> None:
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
         self.sent: list[str] = []
-        self.stall: asyncio.Event | None = None
+        self.closed = False
 
     async def send_str(self, text: str) -> None:
         self.sent.append(text)
-        if self.stall is not None:
-            await self.stall.wait()
+        self.transport.wire.append(text)
 
 
 def make_peer(max_bytes: int = 1000) -> tuple[WebSocketPeer, Socket, Transport]:
-    ws, transport = Socket(), Transport()
+    transport = Transport()
+    ws = Socket(transport)
     peer = WebSocketPeer(
         cast(web.WebSocketResponse, ws), cast(asyncio.Transport, transport), max_bytes
     )
     return peer, ws, transport
 
 
+class Capture:
+    """A transport for aiohttp's own writer: what it would put on the wire."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+@pytest.mark.parametrize("char", ["a", "\u00e9", "\U0001f600"])
+async def test_a_frame_is_the_bytes_aiohttps_writer_sends(size: int, char: str) -> None:
+    text = char * (size // len(char.encode()))
+    capture = Capture()
+    writer = WebSocketWriter(
+        cast(BaseProtocol, object()), cast(asyncio.Transport, capture), limit=1 << 30
+    )
+    await writer.send_frame(text.encode(), WSMsgType.TEXT)
+    assert text_frame(text) == capture.data
+
+
 async def test_a_frame_to_an_idle_socket_is_written_in_the_callers_step() -> None:
-    peer, ws, _ = make_peer()
+    peer, ws, transport = make_peer()
     peer.send("one")
     peer.send("two")
-    assert ws.sent == ["one", "two"]  # no task had a chance to run
+    assert transport.wire == ["one", "two"]  # no task had a chance to run
+    assert ws.sent == []  # straight to the transport
+    assert peer.queued_bytes == 0
+    assert peer.sent == 2
+
+
+async def test_a_broadcast_is_encoded_once_for_every_subscriber() -> None:
+    peers = [make_peer() for _ in range(3)]
+    text = '{"type":"message","channel":"chat:a","data":"' + "x" * 300 + '"}'
+    for peer, _, _ in peers:
+        peer.send(text)
+    written = [transport.writes[0] for _, _, transport in peers]
+    assert written[0] == text_frame(text)
+    assert written[1] is written[0] and written[2] is written[0]
+
+
+async def test_nothing_follows_the_close_aiohttp_has_begun() -> None:
+    peer, ws, transport = make_peer()
+    ws.closed = True  # aiohttp's close() sets it before it writes its close frame
+    peer.send("late")
+    assert transport.writes == []
     assert peer.queued_bytes == 0
 
 
@@ -56,68 +120,16 @@ async def test_a_backlog_queues_frames_in_order_until_the_writer_drains_it() -> 
     peer, ws, transport = make_peer()
     transport.buffered = 10
     peer.send("one")
-    assert ws.sent == []
+    assert transport.wire == []
     transport.buffered = 0
     peer.send("two")  # the writer has not run yet: this must not overtake "one"
-    assert ws.sent == []
+    assert transport.wire == []
     assert peer.queued_bytes == 6
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert ws.sent == ["one", "two"]
     peer.send("three")
-    assert ws.sent == ["one", "two", "three"]
-
-
-async def test_a_send_that_would_wait_for_a_drain_is_not_left_pending() -> None:
-    peer, ws, _ = make_peer()
-    ws.stall = asyncio.Event()
-    peer.send("one")  # written, then it would wait: the wait is dropped, not leaked
-    assert ws.sent == ["one"]
-    ws.stall = None
-    peer.send("two")
-    assert ws.sent == ["one", "two"]
-
-
-async def test_a_dropped_drain_wait_that_fails_later_is_not_reported() -> None:
-    """aiohttp keeps the future a dropped drain waited on, and fails it when the peer goes away:
-    asyncio then logged "Future exception was never retrieved" for each such peer (an error line
-    per client that took one large frame and vanished, in an outside probe)."""
-    reported: list[dict[str, object]] = []
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _, context: reported.append(context))
-    try:
-        peer, ws, _ = make_peer()
-        waits: list[asyncio.Future[None]] = [loop.create_future()]
-
-        async def send_str(text: str) -> None:
-            ws.sent.append(text)
-            await waits[0]
-
-        ws.send_str = send_str  # type: ignore[method-assign]
-        peer.send("large")
-        assert ws.sent == ["large"]
-        waits.pop().set_exception(ConnectionError("Connection lost"))  # nothing holds it now
-        gc.collect()
-        assert reported == []
-    finally:
-        loop.set_exception_handler(None)
-
-
-async def test_the_drain_waiter_a_direct_write_dropped_can_be_awaited_again() -> None:
-    """aiohttp's writes share one drain waiter: the next write to wait awaits the same future."""
-    peer, ws, _ = make_peer()
-    drained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def send_str(text: str) -> None:
-        ws.sent.append(text)
-        await drained
-
-    ws.send_str = send_str  # type: ignore[method-assign]
-    peer.send("large")
-    waiting = asyncio.ensure_future(send_str("next"))  # what the writer task would do
-    await asyncio.sleep(0)
-    drained.set_result(None)
-    await waiting  # raised "await wasn't used with future" while the dropped await's mark stayed
+    assert transport.wire == ["one", "two", "three"]
 
 
 async def test_a_socket_with_a_backlog_past_its_bound_is_closed_as_a_slow_consumer() -> None:
