@@ -12,10 +12,13 @@ replica started since would then admit a logged-out session's access tokens unti
 auth_service keeps every revocation in force in its database too, and writes them all again when
 the ``INTACT`` mark is gone (:meth:`RedisRevocationLedger.intact`).
 
-Records are single keys, so on a Cluster each lives on its own slot. Checks are batched: the
-handshakes that ask while another check is out (or in the same loop iteration) share the next round
-trip (``shared.batch``), one ``MGET`` on a single server, one ``MGET`` per slot in one pipeline per
-node on a Cluster."""
+Every record and the mark share one hash tag (``{gateway:revoked}``), so on a Cluster they live on
+one shard, and a shard that loses its data loses the mark with the records. Spread over slots, a
+shard that came back empty took its records but left the mark, kept on another shard, in place: the
+logouts it held were never written again. The ledger's load sits on that one shard: the records are
+small, only revocations in force are kept, and checks are batched: the handshakes that ask while
+another check is out (or in the same loop iteration) share the next round trip (``shared.batch``),
+one ``MGET``."""
 
 from __future__ import annotations
 
@@ -23,7 +26,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from realtime_gateway_protocol.access_token import TokenRef
@@ -35,7 +37,7 @@ from shared.redis.write import REPLICAS_LUA, WriteScript
 
 __all__ = ["INTACT", "PREFIX", "RedisRevocationLedger"]
 
-PREFIX = "gateway:revoked"
+PREFIX = "{gateway:revoked}"
 INTACT = f"{PREFIX}:intact"
 """Set once every record auth_service keeps is written; gone with the records when Redis loses
 them, which is how auth_service knows to write them again."""
@@ -105,10 +107,7 @@ class RedisRevocationLedger:
         for token in tokens:
             keys += [f"{PREFIX}:sid:{token.sid}", f"{PREFIX}:user:{token.sub}"]
         with _reachable():
-            if isinstance(self._redis, RedisCluster):
-                values = await self._redis.mget_nonatomic(keys)
-            else:
-                values = await self._redis.mget(keys)
+            values = await self._redis.mget(keys)  # one slot, so one command on a Cluster too
         result = []
         for i, token in enumerate(tokens):
             session, cutoff = values[2 * i], values[2 * i + 1]

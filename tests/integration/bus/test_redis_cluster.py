@@ -93,7 +93,7 @@ async def test_sharded_topics_live_on_their_shard_and_broadcast_reaches_all(
     assert {port: n for port, n in shard_subscribers(cluster, sharded).items() if n} == {owner: 2}
 
 
-async def test_ledger_tickets_and_slots_spread_over_shards(cluster: LocalCluster) -> None:
+async def test_ledger_tickets_and_slots_on_a_cluster(cluster: LocalCluster) -> None:
     now = int(time.time())
     subs = [uuid.uuid4().hex for _ in range(12)]
     ledger = RedisRevocationLedger(cluster.url)
@@ -105,7 +105,7 @@ async def test_ledger_tickets_and_slots_spread_over_shards(cluster: LocalCluster
         await ledger.record(UserRevoked(sub=subs[6], issued_before=now, until=now + 60))
         refs = [TokenRef(f"s-{sub}", sub, now - 1) for sub in subs]
         assert await ledger.revoked(refs) == [True] * 7 + [False] * 5
-        # Handshakes asking at once share a batch: one MGET per slot, in a pipeline per node.
+        # Handshakes asking at once share a batch: one MGET, the ledger being one slot.
         each = await asyncio.gather(*(ledger.revoked([ref]) for ref in refs))
         assert [answer for (answer,) in each] == [True] * 7 + [False] * 5
         assert await tickets.burn(f"jti-{subs[0]}", now + 30)
@@ -123,6 +123,35 @@ async def test_ledger_tickets_and_slots_spread_over_shards(cluster: LocalCluster
         await ledger.close()
         await tickets.close()
         await client.aclose()
+
+
+async def test_a_shard_that_comes_back_empty_takes_the_ledgers_intact_mark_with_its_records(
+    doomed_cluster: LocalCluster,
+) -> None:
+    """Each master in turn loses its data (FLUSHALL: a restart without persistence, its replica
+    following): wherever records were lost, ``intact`` must say so, or auth_service never writes
+    them again and a logged-out session's tokens are let in on replicas started since."""
+    cluster = doomed_cluster
+    now = int(time.time())
+    refs = [TokenRef(f"s-{uuid.uuid4().hex}", uuid.uuid4().hex, now - 1) for _ in range(24)]
+    ledger = RedisRevocationLedger(cluster.url)
+    lost_somewhere = False
+    try:
+        masters = [
+            node for node in cluster.nodes if node.client().info("replication")["role"] == "master"
+        ]
+        for master in masters:
+            for ref in refs:
+                await ledger.record(SessionRevoked(sid=ref.sid, sub=ref.sub, until=now + 60))
+            await ledger.mark_intact()
+            assert await ledger.intact()
+            master.client().flushall()
+            if not all(await ledger.revoked(refs)):
+                lost_somewhere = True
+                assert not await ledger.intact()
+    finally:
+        await ledger.close()
+    assert lost_somewhere
 
 
 async def test_history_and_presence_scripts_run_on_the_channels_shard(
