@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from jwt.exceptions import InvalidJTIError
 from jwt.utils import base64url_encode
 
 from realtime_gateway_protocol.wire_json import WireJSONError, check
@@ -56,6 +57,8 @@ ALGORITHMS = ("ES256", "ES384", "ES512", "PS256", "RS256")
 only; ``none`` and every HMAC are refused whatever the proof says."""
 _CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 _RSA_BITS = (2048, 8192)
+_RSA_EXPONENT_BITS = 32
+"""65537, what every library makes, has 17."""
 """RSA keys below 2048 bits are weak, above 8192 only cost the verifier."""
 MAX_AGE = 60
 """Seconds a proof is accepted after its ``iat``."""
@@ -203,8 +206,13 @@ def _public_key(alg: str, jwk_json: str) -> _Key | str:
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
         return f"the proof's jwk is not a usable key ({exc.__class__.__name__})"
     key = parsed.key
-    if isinstance(key, RSAPublicKey) and not _RSA_BITS[0] <= key.key_size <= _RSA_BITS[1]:
-        return f"RSA keys must have {_RSA_BITS[0]} to {_RSA_BITS[1]} bits"
+    if isinstance(key, RSAPublicKey):
+        if not _RSA_BITS[0] <= key.key_size <= _RSA_BITS[1]:
+            return f"RSA keys must have {_RSA_BITS[0]} to {_RSA_BITS[1]} bits"
+        # A verification costs in proportion to the exponent's bits: anyone's proof, with an
+        # exponent as long as its modulus, cost ten times an ordinary one before it was refused.
+        if key.public_numbers().e.bit_length() > _RSA_EXPONENT_BITS:
+            return f"RSA keys must have a public exponent of at most {_RSA_EXPONENT_BITS} bits"
     if not isinstance(key, EllipticCurvePublicKey | RSAPublicKey):
         return "the proof's jwk must be a public key"
     exported = parsed.Algorithm.to_jwk(key, as_dict=True)
@@ -254,11 +262,13 @@ class ProofVerifier:
         url: str,
         access_token: str | None = None,
         nonces: Nonces | None = None,
+        jkt: str | None = None,
     ) -> Proof:
         """The key ``proof`` proves for a ``method`` request to ``url`` (already in
         :func:`normalized_url` form), presenting ``access_token`` when one is; raises
         :class:`ProofError` (or :class:`NonceRequired`), or ``BusUnavailable`` when the
-        used-once store cannot be reached (nothing is accepted unchecked)."""
+        used-once store cannot be reached (nothing is accepted unchecked). With ``jkt``, a proof
+        made with another key is refused before its signature is checked (the costly part)."""
         if not isinstance(proof, str) or not proof.isascii() or len(proof) > MAX_PROOF_LENGTH:
             raise ProofError(f"the DPoP proof must be a JWT of at most {MAX_PROOF_LENGTH} bytes")
         if "," in proof:  # no JWS holds one: several DPoP headers, joined
@@ -277,6 +287,8 @@ class ProofVerifier:
         key = _public_key(alg, json.dumps(jwk, sort_keys=True))
         if isinstance(key, str):
             raise ProofError(key)
+        if jkt is not None and key.jkt != jkt:
+            raise ProofError("the DPoP proof is made with another key than the token's")
         try:
             claims: dict[str, Any] = jwt.decode(
                 proof,
@@ -293,6 +305,10 @@ class ProofVerifier:
             )
         except jwt.MissingRequiredClaimError as exc:
             raise ProofError(f"the DPoP proof has no {exc.claim}") from None
+        except InvalidJTIError:
+            raise ProofError(
+                f"the DPoP proof's jti must be a string of 1 to {MAX_JTI_LENGTH}"
+            ) from None
         except jwt.PyJWTError:
             raise ProofError("the DPoP proof's signature does not verify with its jwk") from None
         iat = self._check_claims(_strict(claims, "claims"), method, url, access_token)

@@ -3,12 +3,14 @@ section 4.3 it enforces, one test each, and the thumbprint against RFC 7638 and 
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
 import jwt
 import pytest
 from joserfc.jwk import ECKey, RSAKey
+from jwt.utils import base64url_encode
 from jwt.warnings import InsecureKeyLengthWarning
 
 from shared.dpop import (
@@ -25,6 +27,10 @@ from tests.support.dpop import es256_key, jkt, make_proof, private_jwk, public_j
 
 URL = "https://gw.example/auth/v1/token"
 NOW = 1_800_000_000.0
+
+
+def b64(number: int) -> str:
+    return base64url_encode(number.to_bytes((number.bit_length() + 7) // 8, "big")).decode()
 
 
 class Clock:
@@ -173,6 +179,42 @@ async def test_keys_that_do_not_fit_the_algorithm_are_refused(verifier: ProofVer
     assert "usable key" in await refused(
         verifier, make_proof(ec_key, "POST", URL, iat=NOW, jwk=garbage)
     )
+
+
+async def test_an_rsa_key_with_an_outsized_exponent_is_refused_before_any_signature_check(
+    verifier: ProofVerifier,
+) -> None:
+    """A verification's cost grows with the exponent's bits: an exponent as long as a 3072-bit
+    modulus made anyone's proof cost about ten ordinary ones (an outside probe: 6 to 8 ms of
+    server CPU per refused login). 65537 and any exponent of up to 32 bits are kept."""
+    key = rs256_key(3072)
+    n = key.public_key().public_numbers().n
+    huge = (1 << 3069) | secrets.randbits(3068) | 1
+    jwk = {"kty": "RSA", "n": b64(n), "e": b64(huge)}
+    message = await refused(verifier, make_proof(key, "POST", URL, iat=NOW, jwk=jwk))
+    assert "exponent of at most 32 bits" in message
+    within = {"kty": "RSA", "n": b64(n), "e": b64((1 << 31) + 1)}
+    message = await refused(verifier, make_proof(key, "POST", URL, iat=NOW, jwk=within))
+    assert "signature" in message  # taken as a key, and its (wrong) signature checked
+
+
+async def test_a_proof_of_another_key_than_the_one_expected_is_refused_unverified(
+    verifier: ProofVerifier,
+) -> None:
+    """ws_service names the token's key: a proof made with any other is refused before its
+    signature costs anything (this one's signature would not even verify)."""
+    key, other = es256_key(), es256_key()
+    lying = make_proof(key, "POST", URL, iat=NOW, jwk=public_jwk(other))
+    assert "another key" in await refused(verifier, lying, jkt=jkt(key))
+    good = make_proof(key, "POST", URL, iat=NOW)
+    assert "another key" in await refused(verifier, good, jkt=jkt(other))
+    proof = await verifier.verify(good, method="POST", url=URL, jkt=jkt(key))
+    assert proof.jkt == jkt(key)
+
+
+async def test_a_jti_that_is_not_a_string_is_named(verifier: ProofVerifier) -> None:
+    proof = make_proof(es256_key(), "POST", URL, iat=NOW, jti=12345)  # type: ignore[arg-type]
+    assert "jti must be a string" in await refused(verifier, proof)
 
 
 @pytest.mark.parametrize("claim", ["ath", "jti", "nonce", "extra"])
