@@ -114,6 +114,11 @@ def unverified_issuer(token: str) -> str | None:
     return issuer if isinstance(issuer, str) else None
 
 
+SENDER_CONSTRAINED = (
+    "the subject token is sender-constrained (cnf): its key cannot be proven in an exchange"
+)
+
+
 async def verify_provider_token(
     token: str, trusted: TrustedIssuer, keys: IssuerKeys, *, now: float
 ) -> Assertion:
@@ -144,6 +149,11 @@ async def verify_provider_token(
     if alg not in key.algorithms:
         raise InvalidGrant("the subject token's algorithm is not one its key may verify")
     claims = _verified_claims(token, key, alg, trusted)
+    if "cnf" in claims:
+        # A sender-constrained token (RFC 7800: DPoP's jkt, mTLS's x5t#S256) is its holder's only
+        # with its key, which an exchange cannot prove: taken as a bearer one, a stolen copy
+        # would become tokens of ours without it (ws_service refuses a cnf it cannot check too).
+        raise InvalidGrant(SENDER_CONSTRAINED)
     replayable_until = checked_times(claims, now, "subject token")
     user_id = app_user_id(claims, "subject token")
     jti = claims.get("jti")

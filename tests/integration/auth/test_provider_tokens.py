@@ -24,7 +24,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from auth_service.appkeys import PROVIDER_KEYS, SERVICE
 from auth_service.domain.clients import TOKEN_EXCHANGE, IssuedSecret
-from auth_service.domain.federation import ALGORITHMS, trusted_issuer
+from auth_service.domain.federation import ALGORITHMS, SENDER_CONSTRAINED, trusted_issuer
 from auth_service.domain.models import TrustedIssuer
 from auth_service.provider_keys import ProviderKeys
 from shared.http import jwks
@@ -263,8 +263,20 @@ async def test_an_unknown_kid_is_fetched_from_its_clients_provider_only(
             "the subject token's sub must be 1-80 characters of A-Z a-z 0-9 _ . : @ -",
         ),
         ({"jti": 7}, "the subject token is not a valid JWT of its issuer"),
+        ({"cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}, SENDER_CONSTRAINED),
+        ({"cnf": {"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}}, SENDER_CONSTRAINED),
     ],
-    ids=["audience", "no aud", "no exp", "expired", "iat ahead", "sub alphabet", "jti a number"],
+    ids=[
+        "audience",
+        "no aud",
+        "no exp",
+        "expired",
+        "iat ahead",
+        "sub alphabet",
+        "jti a number",
+        "DPoP-bound",
+        "certificate-bound",
+    ],
 )
 async def test_claims_that_do_not_hold_are_refused(
     client: AuthClient, idp: Provider, overrides: dict[str, Any], message: str
