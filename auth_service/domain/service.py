@@ -8,7 +8,8 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -94,6 +95,19 @@ def _replay_owner(client: Client, assertion: Assertion) -> str:
     if assertion.issuer is None:
         return client.client_id
     return f"{client.client_id} {assertion.issuer}"
+
+
+@contextmanager
+def _challenged(dpop_scheme: bool) -> Iterator[None]:
+    """A token refused that came as ``Authorization: DPoP`` is answered with the DPoP challenge
+    (RFC 9449 section 7.1), whatever was wrong with it: it read ``Bearer`` for a token that was
+    not ours, had expired, or whose session had ended."""
+    try:
+        yield
+    except InvalidClientToken as exc:
+        if not dpop_scheme or exc.dpop:
+            raise
+        raise InvalidClientToken(exc.description, code=exc.code, dpop=True) from None
 
 
 def hash_refresh_token(token: str) -> str:
@@ -418,10 +432,11 @@ class AuthService:
         opened with the token itself is. A DPoP-bound token must come with a proof of its key;
         the ticket carries the binding (``cnf``) to its socket."""
         now = self._clock()
-        claims, kid = self._tokens.verified_with_kid(access_token)
-        await self._check_presentation(claims, access_token, dpop_scheme, proof)
-        if not await self._store.session_is_live(str(claims["sid"]), now):
-            raise InvalidClientToken("the session was logged out or has ended")
+        with _challenged(dpop_scheme):
+            claims, kid = self._tokens.verified_with_kid(access_token)
+            await self._check_presentation(claims, access_token, dpop_scheme, proof)
+            if not await self._store.session_is_live(str(claims["sid"]), now):
+                raise InvalidClientToken("the session was logged out or has ended")
         return self._tokens.issue_ticket(claims, now, kid)
 
     async def ticket_for_refresh_token(
@@ -502,11 +517,12 @@ class AuthService:
         """Log out the token's session (``everywhere``: and every other one of its user) while
         that session is live: the access token of a logged-out session ends nothing, nor does a
         bound one without a proof of its key."""
-        claims = self._tokens.verify(access_token)
-        await self._check_presentation(claims, access_token, dpop_scheme, proof)
-        sid, user_id = str(claims["sid"]), str(claims["sub"])
-        if not await self._revoke_session(sid, user_id, self._clock(), reason="logout"):
-            raise InvalidClientToken("the session was already logged out")
+        with _challenged(dpop_scheme):
+            claims = self._tokens.verify(access_token)
+            await self._check_presentation(claims, access_token, dpop_scheme, proof)
+            sid, user_id = str(claims["sid"]), str(claims["sub"])
+            if not await self._revoke_session(sid, user_id, self._clock(), reason="logout"):
+                raise InvalidClientToken("the session was already logged out")
         if everywhere:
             await self._logout_everywhere(user_id)
 

@@ -175,6 +175,31 @@ def dpop_auth(token: str) -> dict[str, str]:
     return {"Authorization": f"DPoP {token}"}
 
 
+async def test_a_token_refused_under_the_dpop_scheme_gets_the_dpop_challenge(
+    client: AuthClient,
+) -> None:
+    """RFC 9449 section 7.1: whatever is wrong with a token sent as ``Authorization: DPoP`` (not
+    ours, tampered, its session logged out), the 401 challenges ``DPoP`` with its algorithms; it
+    read ``Bearer`` for these."""
+    await register(client)
+    key = es256_key()
+    token = (await dpop_login(client, key))["access_token"]
+    expected = f'DPoP error="invalid_token", algs="{" ".join(ALGORITHMS)}"'
+    for path in ("/v1/ws-ticket", "/v1/logout"):
+        for presented in ("not-a-jwt", token[:-4] + "AAAA"):
+            proof = dpop(key, "POST", path, access_token=presented)
+            resp = await client.post(path, headers={**dpop_auth(presented), **proof})
+            await assert_error(resp, 401, "invalid_token")
+            assert resp.headers["WWW-Authenticate"] == expected, (path, presented[:10])
+    logout = dpop(key, "POST", "/v1/logout", access_token=token)
+    assert (await client.post("/v1/logout", headers={**dpop_auth(token), **logout})).status == 200
+    for path in ("/v1/ws-ticket", "/v1/logout"):
+        proof = dpop(key, "POST", path, access_token=token)
+        resp = await client.post(path, headers={**dpop_auth(token), **proof})
+        await assert_error(resp, 401, "invalid_token")
+        assert resp.headers["WWW-Authenticate"] == expected, path
+
+
 async def test_a_bound_access_token_without_its_key_gets_no_ticket(client: AuthClient) -> None:
     await register(client)
     key = es256_key()
