@@ -161,7 +161,8 @@ def serve(settings: Settings, ssl_context: ssl.SSLContext | None) -> int:
         if not settings.redis_url:
             log.warning(
                 "auth_service event bus: in-process (no REDIS_URL): revocations reach no "
-                "ws_service in another process"
+                "ws_service in another process, and a DPoP proof spent here is not known to "
+                "another auth_service replica; set REDIS_URL before running a second one"
             )
 
     def sites(reuse_port: bool) -> list[Site]:
