@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.exceptions import InvalidJTIError
 from jwt.utils import base64url_encode
+from yarl import URL
 
 from realtime_gateway_protocol.wire_json import WireJSONError, check
 from shared.once import UsedOnce
@@ -132,12 +133,14 @@ def token_hash(access_token: str) -> str:
 def normalized_url(url: str) -> str | None:
     """The form a proof's ``htu`` and the request's URL are compared in (RFC 9449 section 4.3:
     no query or fragment; RFC 3986 section 6.2.2-6.2.3: scheme and host without case, no
-    default port, an empty path as ``/``). ``ws``/``wss`` are ``http``/``https``: a WebSocket
-    URL names the same resource as its upgrade request. None for anything else (userinfo, no
-    host, another scheme, a bad port)."""
+    default port, an empty path as ``/``, and the path's percent-encoding and dot segments
+    normalized, by yarl: ``/v1/%6Cogin`` and ``/v1/./login`` are ``/v1/login``). ``ws``/``wss``
+    are ``http``/``https``: a WebSocket URL names the same resource as its upgrade request. None
+    for anything else (userinfo, no host, another scheme, a bad port)."""
     try:
         parts = urlsplit(url)
         port = parts.port
+        path = URL(url).raw_path
     except ValueError:
         return None
     scheme = _SCHEMES.get(parts.scheme.lower())
@@ -148,7 +151,7 @@ def normalized_url(url: str) -> str | None:
         host = f"[{host}]"
     if port is not None and port != _DEFAULT_PORTS[scheme]:
         host = f"{host}:{port}"
-    return f"{scheme}://{host}{parts.path or '/'}"
+    return f"{scheme}://{host}{path or '/'}"
 
 
 class Nonces:

@@ -117,8 +117,15 @@ async def test_htu_ignores_query_fragment_case_and_default_port(verifier: ProofV
     for htu in (
         URL + "?a=1#f",
         "HTTPS://GW.example:443/auth/v1/token",
+        # RFC 9449 section 4.3 asks for RFC 3986 section 6.2.2 normalization: percent-encoding
+        # of unreserved characters and dot segments (these were refused).
+        "https://gw.example/auth/v1/%74oken",
+        "https://gw.example/auth/v1/./token",
+        "https://gw.example/auth/x/../v1/token",
     ):
         await verifier.verify(make_proof(es256_key(), "POST", htu, iat=NOW), method="POST", url=URL)
+    for other in ("https://gw.example/auth/v1%2Ftoken", "https://gw.example/auth/v1/token/"):
+        assert "htu" in await refused(verifier, make_proof(es256_key(), "POST", other, iat=NOW))
     assert normalized_url("wss://gw.example/ws") == normalized_url("https://gw.example:443/ws")
     assert normalized_url("ws://[::1]:8082/ws") == "http://[::1]:8082/ws"
     for bad in ("ftp://gw.example/", "https://user@gw.example/", "https:///x", "http://h:99999/"):
