@@ -31,6 +31,7 @@ from auth_service.domain.errors import (
     UnprovenKey,
 )
 from auth_service.domain.exchange import (
+    APP_USER_ID_RE,
     SUBJECT_TOKEN_TYPE,
     Assertion,
     allowed_details,
@@ -574,6 +575,11 @@ class AuthService:
             raise AccessDenied(
                 f"sub is not a user of client {client.client_id!r} (theirs look like "
                 f"'{subject(client.client_id, '<user id>')}')"
+            )
+        if not APP_USER_ID_RE.fullmatch(sub.partition(":")[2]):
+            # No such user can exist: answering 0 would tell the app its call did its work.
+            raise InvalidRequest(
+                "sub's user id must be 1-80 characters of A-Z a-z 0-9 _ . : @ - (as assertions')"
             )
         ended = await self._revoke_user(sub)
         audit("app_user_revoked", client_id=client.client_id, user_id=sub, sessions=ended)

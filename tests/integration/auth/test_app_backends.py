@@ -394,6 +394,11 @@ async def test_a_client_ends_its_users_sessions(
     await assert_error(
         await client.post("/v1/sessions/revoke", json={}, headers=creds), 400, "invalid_request"
     )
+    for impossible in ("acme:a\u0000b", "acme:", "acme:" + "x" * 81, "acme:a b"):
+        # No such user can exist: 0 would tell the app its call had done its work.
+        resp = await client.post("/v1/sessions/revoke", json={"sub": impossible}, headers=creds)
+        body = await assert_error(resp, 400, "invalid_request")
+        assert "1-80 characters" in body["error_description"], impossible
 
 
 async def test_metadata_lists_what_is_supported(
