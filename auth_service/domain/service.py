@@ -340,18 +340,42 @@ class AuthService:
             # a key of his own since would have turned its owner's replay into a key refusal.
             await self._reused(session, now - token.rotated_at, now)
         jkt = await self._proven_key(view, proof, "refresh")
-        if token.rotated_at is not None:
-            await self._reused(session, now - token.rotated_at, now)
+        # From here a token issued bound comes with a proof of the session's key, which only its
+        # holder can make (the browser's key cannot even be exported): an earlier token of such a
+        # family is its holder's own client, which lost a rotation's answer (a tab closed while
+        # its refresh was out, a connection cut), never a thief. It supersedes the live token
+        # rather than revoking the family, which logged every tab out as a theft.
+        by_key_holder = not session.issued_unbound(token)
         granted = self._narrow_scope(session.scope, scope)
         user = view.user
         secret, record = self._new_refresh_token(session, now)
         pair = self._pair(user, session, secret, record, granted, now, jkt)
+        if token.rotated_at is not None:
+            if by_key_holder:
+                return await self._supersede(session, user, record, pair, now)
+            await self._reused(session, now - token.rotated_at, now)
         bind = jkt if session.jkt is None else None
         if not await self._store.rotate_refresh_token(token.token_hash, record, now, bind=bind):
             audit("refresh_race_lost", sid=session.sid)
+            if by_key_holder:
+                return await self._supersede(session, user, record, pair, now)
             await self._reused(session, 0.0, now)  # revokes under a strict grace
         audit("refresh_ok", user_id=user.id, sid=session.sid)
         return pair
+
+    async def _supersede(
+        self, session: Session, user: User, record: RefreshToken, pair: TokenPair, now: float
+    ) -> TokenPair:
+        """The refresh of a bound family from an earlier token, proven with its key: ``record``
+        takes the place of every live token of the family, whose answer its holder never got.
+        Tried twice: a rotation committing meanwhile on another connection leaves no live token
+        this transaction's snapshot can see (PostgreSQL), and the next one sees its successor."""
+        for _ in range(2):
+            if await self._store.supersede_refresh_tokens(session.sid, record, now):
+                audit("refresh_superseded", user_id=user.id, sid=session.sid)
+                return pair
+        audit("refresh_race_lost", sid=session.sid)
+        raise RefreshReuse("the refresh token was already used", family_revoked=False)
 
     async def _rotate_live(self, token_hash: str, now: float) -> TokenPair | None:
         """The common refresh in one store call, or None (nothing changed) when it is not that.

@@ -67,6 +67,12 @@ class Store(Protocol):
         None when any of that is not so: then nothing changed, and the caller looks up why.
         Concurrent calls on any replica have exactly one winner."""
 
+    async def supersede_refresh_tokens(self, sid: str, new: RefreshToken, now: float) -> bool:
+        """Mark every live token of family ``sid`` rotated and insert ``new``, atomically; False
+        (nothing changed) when the family had no live token left (a concurrent rotation took it
+        first). The refresh of a DPoP-bound family that proves its key with an earlier token: its
+        holder's own client lost the answer to the rotation that made the live one."""
+
     async def session_is_live(self, sid: str, now: float) -> bool:
         """Whether the family is known, not revoked and within its lifetime (one query)."""
 

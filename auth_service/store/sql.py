@@ -151,6 +151,7 @@ _RECORD_WITHDRAWN = (
 _MARK_ROTATED = (
     "UPDATE refresh_tokens SET rotated_at = $1 WHERE token_hash = $2 AND rotated_at IS NULL"
 )
+_SUPERSEDE_LIVE = "UPDATE refresh_tokens SET rotated_at = $1 WHERE sid = $2 AND rotated_at IS NULL"
 _ROTATE_IN_ONE_STATEMENT = (
     f"WITH old AS ({_MARK_ROTATED} RETURNING 1) INSERT INTO refresh_tokens "  # noqa: S608
     f"({_names(RefreshToken)}) SELECT {_marks(RefreshToken, first=3)} FROM old"
@@ -262,6 +263,12 @@ class SqlStore:
         if bind is not None:
             rotation.append((_BIND_SESSION, (bind, new.sid, now)))
         return await self._db.execute_atomically(rotation)
+
+    async def supersede_refresh_tokens(self, sid: str, new: RefreshToken, now: float) -> bool:
+        """One transaction: the family's live tokens rotated (at least one), then ``new``."""
+        return await self._db.execute_atomically(
+            [(_SUPERSEDE_LIVE, (now, sid)), (_INSERT_TOKEN, astuple(new))]
+        )
 
     async def rotate_live_refresh_token(
         self, old_hash: str, new_hash: str, now: float, expires_at: float

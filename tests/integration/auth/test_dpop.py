@@ -6,6 +6,7 @@ names that URL, not the test server's."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -379,6 +380,38 @@ async def test_a_token_issued_after_the_binding_is_still_judged_by_its_key_first
     assert (status, body["error"]) == (400, "invalid_grant")
     assert "DPoP-bound" in body["error_description"] and events == []
     assert (await refresh_with(client, current["refresh_token"], key))[0] == 200
+
+
+@pytest.mark.parametrize("grace", [0, 10])
+async def test_a_bound_familys_lost_rotation_is_superseded_by_its_key_holder(
+    make_client: MakeClient, database_url: str, events: list[RevocationEvent], grace: int
+) -> None:
+    """A tab closed while its refresh was out (an outside probe, behind 150 ms of latency): the
+    token was rotated but the answer, and its cookie, never arrived, so the browser presents the
+    rotated token again. Proven with the session's key, which only its holder has, that is the
+    holder's client, not a thief: it gets a new token in place of the lost one. It was refused
+    within the grace and revoked the session after it (every tab logged out, a theft alarm)."""
+    client = await make_client(database_url=database_url, refresh_reuse_grace=grace)
+    await register(client)
+    key = es256_key()
+    first = (await dpop_login(client, key))["refresh_token"]
+    status, lost = await refresh_with(client, first, key)
+    assert status == 200
+    status, again = await refresh_with(client, first, key)
+    assert (status, again["token_type"]) == (200, "DPoP"), again
+    assert again["refresh_token"] != lost["refresh_token"] and events == []
+    status, body = await refresh_with(client, first, es256_key())
+    assert (status, body["error"]) == (400, "invalid_grant"), "another key is still refused"
+    assert "DPoP-bound" in body["error_description"]
+    status, body = await refresh_with(client, first, None)
+    assert (status, body["error"]) == (400, "invalid_grant") and events == []
+    status, later = await refresh_with(client, again["refresh_token"], key)
+    assert status == 200 and events == []
+    racing = await asyncio.gather(
+        *(refresh_with(client, later["refresh_token"], key) for _ in range(3))
+    )
+    assert [status for status, _ in racing] == [200] * 3, racing
+    assert events == [], "two tabs refreshing at once without locks log no one out"
 
 
 async def test_required_refuses_bearer_logins_and_binds_old_sessions(

@@ -146,6 +146,25 @@ async def test_a_rotation_that_cannot_store_its_new_token_rotates_nothing(store:
     assert view is not None and view.token.rotated_at is None
 
 
+async def test_a_superseding_token_takes_the_place_of_the_familys_live_one(store: Store) -> None:
+    first = await make_session(store)
+    await make_session(store, "s2")
+    now = time.time()
+    lost = RefreshToken("h-s1-lost", "s1", now, now + 100)
+    assert await store.rotate_refresh_token(first.token_hash, lost, now)
+    again = RefreshToken("h-s1-again", "s1", now + 1, now + 100)
+    assert await store.supersede_refresh_tokens("s1", again, now + 1) is True
+    view = await store.find_refresh_token(lost.token_hash)
+    assert view is not None and view.token.rotated_at == pytest.approx(now + 1)
+    view = await store.find_refresh_token(again.token_hash)
+    assert view is not None and view.token.rotated_at is None
+    other = await store.find_refresh_token("h-s2-0")
+    assert other is not None and other.token.rotated_at is None, "another family is left alone"
+    stray = RefreshToken("h-none", "none", now, now + 100)
+    assert await store.supersede_refresh_tokens("none", stray, now) is False  # nothing live
+    assert await store.find_refresh_token("h-none") is None
+
+
 async def test_a_session_keeps_its_dpop_key(store: Store) -> None:
     now = time.time()
     await store.create_user(make_user("bob"))

@@ -97,6 +97,17 @@ class MemoryStore:
         self.tokens[new.token_hash] = new
         return True
 
+    async def supersede_refresh_tokens(self, sid: str, new: RefreshToken, now: float) -> bool:
+        live = [t for t in self.tokens.values() if t.sid == sid and t.rotated_at is None]
+        if not live:
+            return False
+        if new.token_hash in self.tokens:
+            raise StoreUnavailable("the new token's hash is taken (a primary key would refuse it)")
+        for token in live:
+            self.tokens[token.token_hash] = replace(token, rotated_at=now)
+        self.tokens[new.token_hash] = new
+        return True
+
     async def rotate_live_refresh_token(
         self, old_hash: str, new_hash: str, now: float, expires_at: float
     ) -> RefreshTokenView | None:
