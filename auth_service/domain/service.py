@@ -522,12 +522,15 @@ class AuthService:
             raise InvalidGrant("the refresh token has expired")
 
     async def _live_refresh_token(self, refresh_token: str, now: float) -> RefreshTokenView:
-        """The refresh token's view, if it could still be exchanged: anything else is dead."""
+        """The refresh token's view, if it could still be exchanged: anything else is dead. A
+        bound family's rotated token counts, as it does for a refresh: every caller then asks for
+        a proof of the session's key (:meth:`_proven_key`), which only its holder can make, whose
+        cookie may hold a token whose rotation's answer never arrived."""
         view = await self._store.find_refresh_token(hash_refresh_token(refresh_token))
         if view is None:
             raise InvalidGrant("the refresh token is unknown")
         self._check_session(view, now)
-        if view.token.rotated_at is not None:
+        if view.token.rotated_at is not None and view.session.issued_unbound(view.token):
             raise InvalidGrant("the refresh token was already used")
         return view
 

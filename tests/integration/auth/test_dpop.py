@@ -412,6 +412,15 @@ async def test_a_bound_familys_lost_rotation_is_superseded_by_its_key_holder(
     )
     assert [status for status, _ in racing] == [200] * 3, racing
     assert events == [], "two tabs refreshing at once without locks log no one out"
+    # The cookie may hold the lost token when the user logs out: with the key, that still counts.
+    stale = {"refresh_token": first}
+    resp = await client.post(
+        "/v1/logout", json=stale, headers=dpop(es256_key(), "POST", "/v1/logout")
+    )
+    assert resp.status == 400 and events == [], "not with another key"
+    resp = await client.post("/v1/logout", json=stale, headers=dpop(key, "POST", "/v1/logout"))
+    assert resp.status == 200, await resp.text()
+    assert [type(event).__name__ for event in events] == ["SessionRevoked"]
 
 
 async def test_required_refuses_bearer_logins_and_binds_old_sessions(
