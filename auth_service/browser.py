@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp_cors
@@ -109,6 +109,9 @@ class _SessionCookieStorage(EncryptedCookieStorage):
             httponly=params["httponly"],
             samesite=params["samesite"],
         )
+
+
+R = TypeVar("R", bound=web.StreamResponse)
 
 
 def setup(app: web.Application, settings: Settings) -> None:
@@ -217,8 +220,15 @@ async def has_session(request: web.Request) -> bool:
 
 async def cookie_logout(request: web.Request, everywhere: bool) -> web.Response:
     """The session is already revoked: forget both cookies."""
-    (await get_session(request)).invalidate()
     response = json_response({"status": "logged_out", "all": everywhere}, headers=NO_STORE)
+    return await forget_cookies(request, response)
+
+
+async def forget_cookies(request: web.Request, response: R) -> R:
+    """Delete both cookies with ``response``: after a logout, or with the refusal of a session
+    that has ended (revoked, expired, unknown), which every later page load would otherwise send
+    again, to be refused again."""
+    (await get_session(request)).invalidate()
     names = browser_cookies(request.app[SETTINGS])
     response.del_cookie(names.csrf, path="/", secure=names.secure, samesite="Strict")
     return response

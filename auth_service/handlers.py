@@ -19,6 +19,7 @@ from auth_service.domain.errors import (
     InvalidRequest,
     InvalidTarget,
     RefreshReuse,
+    SessionEnded,
     UnprovenKey,
     UnsupportedGrantType,
 )
@@ -28,6 +29,7 @@ from auth_service.domain.models import Client
 from auth_service.domain.service import TokenPair
 from auth_service.http import (
     access_token,
+    auth_error_response,
     authenticate_client,
     client_address,
     optional_str,
@@ -126,6 +128,8 @@ async def refresh_token_grant(
         ).inc()
         if reuse:
             metrics.reuse_detected.inc()
+        if cookie and (reuse or isinstance(exc, SessionEnded)):
+            return await browser.forget_cookies(request, auth_error_response(exc))
         raise
     metrics.refreshes.labels("ok").inc()
     metrics.tokens_issued.labels("refresh_token").inc()
@@ -212,9 +216,12 @@ async def logout(request: web.Request) -> web.Response:
         )
     elif await browser.has_session(request):
         presented = await browser.cookie_refresh_token(request)
-        await service.logout_with_refresh_token(
-            presented, everywhere=everywhere, proof=proof(request)
-        )
+        try:
+            await service.logout_with_refresh_token(
+                presented, everywhere=everywhere, proof=proof(request)
+            )
+        except SessionEnded as exc:
+            return await browser.forget_cookies(request, auth_error_response(exc))
         return await browser.cookie_logout(request, everywhere)
     else:
         raise InvalidRequest("send 'Authorization: Bearer <access token>' or a 'refresh_token'")

@@ -90,6 +90,11 @@ class InvalidGrant(AuthError):
     code = "invalid_grant"
 
 
+class SessionEnded(InvalidGrant):
+    """A refresh token nothing will ever exchange again: unknown, expired, or its session
+    revoked. A browser's session cookie holding one is cleared with the refusal."""
+
+
 class InvalidCredentials(InvalidGrant):
     """Wrong username or password: ``invalid_grant`` like the token endpoint, told apart on login."""
 

@@ -27,6 +27,7 @@ from auth_service.domain.errors import (
     IssuerUnavailable,
     RefreshReuse,
     RegistrationClosed,
+    SessionEnded,
     UnauthorizedClient,
     UnprovenKey,
 )
@@ -326,7 +327,7 @@ class AuthService:
                 return pair
         view = await self._store.find_refresh_token(token_hash)
         if view is None:
-            raise InvalidGrant("the refresh token is unknown")
+            raise SessionEnded("the refresh token is unknown")
         token, session = view.token, view.session
         try:
             if client is not None and client_of(view.user.id) != client.client_id:
@@ -517,9 +518,9 @@ class AuthService:
     def _check_session(self, view: RefreshTokenView, now: float) -> None:
         """Refuse a refresh token whose session is revoked or which has expired."""
         if view.session.revoked_at is not None:
-            raise InvalidGrant("the session was revoked")
+            raise SessionEnded("the session was revoked")
         if view.token.expires_at <= now or view.session.expires_at <= now:
-            raise InvalidGrant("the refresh token has expired")
+            raise SessionEnded("the refresh token has expired")
 
     async def _live_refresh_token(self, refresh_token: str, now: float) -> RefreshTokenView:
         """The refresh token's view, if it could still be exchanged: anything else is dead. A
@@ -528,7 +529,7 @@ class AuthService:
         cookie may hold a token whose rotation's answer never arrived."""
         view = await self._store.find_refresh_token(hash_refresh_token(refresh_token))
         if view is None:
-            raise InvalidGrant("the refresh token is unknown")
+            raise SessionEnded("the refresh token is unknown")
         self._check_session(view, now)
         if view.token.rotated_at is not None and view.session.issued_unbound(view.token):
             raise InvalidGrant("the refresh token was already used")

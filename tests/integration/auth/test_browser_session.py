@@ -250,6 +250,41 @@ async def test_cookie_logout_revokes_and_clears_both_cookies(
     assert (resp.status, body["error"]) == (400, "invalid_grant")
 
 
+async def test_a_cookie_whose_session_ended_is_cleared_with_the_refusal(
+    client: AuthClient,
+) -> None:
+    """A session ended elsewhere (a logout everywhere from another device): the browser's refresh
+    and logout are refused, and both cookies go with the refusal. They stayed, and every page
+    load sent them again, to be refused again (an outside probe)."""
+    browser, _ = await cookie_login(client)
+    other, _ = await cookie_login(client)
+    resp = await client.post("/v1/logout", json={"all": True}, headers=other.headers())
+    assert resp.status == 200
+    for attempt in ("refresh", "logout"):
+        if attempt == "refresh":
+            resp, body = await cookie_refresh(client, browser.headers())
+        else:
+            resp = await client.post("/v1/logout", headers=browser.headers())
+            body = await resp.json()
+        assert (resp.status, body["error"]) == (400, "invalid_grant"), attempt
+        assert body["error_description"] == "the session was revoked"
+        assert resp.cookies[SESSION_COOKIE].value == "", attempt
+        assert resp.cookies[CSRF_COOKIE].value == "", attempt
+
+
+async def test_a_refusal_that_says_nothing_of_the_session_keeps_the_cookies(
+    client: AuthClient,
+) -> None:
+    """Within the reuse grace another tab's refresh may have set the next cookie already: a
+    refusal that does not say the session ended deletes nothing."""
+    browser, _ = await cookie_login(client)
+    resp, _ = await cookie_refresh(client, browser.headers())
+    assert resp.status == 200
+    resp, body = await cookie_refresh(client, browser.headers())  # the rotated one, in grace
+    assert (resp.status, body["error"]) == (400, "invalid_grant")
+    assert SESSION_COOKIE not in resp.cookies and CSRF_COOKIE not in resp.cookies
+
+
 async def test_cookie_logout_everywhere(client: AuthClient, events: list[RevocationEvent]) -> None:
     browser, _ = await cookie_login(client)
     resp = await client.post("/v1/logout", json={"all": True}, headers=browser.headers())
