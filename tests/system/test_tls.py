@@ -47,6 +47,7 @@ async def test_auth_service_serves_https(
             ) as resp:
                 assert resp.status == 200
                 assert (await resp.json())["issuer"] == f"https://localhost:{port}"
+                assert resp.headers["Strict-Transport-Security"] == "max-age=31536000"
             with pytest.raises(aiohttp.ClientConnectorCertificateError):
                 await http.get(
                     f"https://localhost:{port}/healthz", ssl=ssl.create_default_context()

@@ -160,6 +160,7 @@ async def test_nginx_routes_auth_and_ws_through_tls(
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{base}/auth/token", ssl=context) as response:
             seen = await response.json()
+            assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
         assert seen == {
             "replica": "auth",
             "path": "/token",
@@ -236,6 +237,8 @@ async def test_nginx_serves_the_demo_page_with_a_strict_csp(
             assert "<script" in await response.text()
             csp = response.headers["Content-Security-Policy"]
             assert "script-src 'self'" in csp
+            # A location's add_header drops the server block's: page_headers.conf repeats it.
+            assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
             assert "connect-src 'self' wss://127.0.0.1" in csp
         async with session.get(f"{base}/gateway-client.js", ssl=context) as response:
             assert response.status == 200
