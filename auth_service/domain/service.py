@@ -351,10 +351,8 @@ class AuthService:
         user = view.user
         secret, record = self._new_refresh_token(session, now)
         pair = self._pair(user, session, secret, record, granted, now, jkt)
-        if token.rotated_at is not None:
-            if by_key_holder:
-                return await self._supersede(session, user, record, pair, now)
-            await self._reused(session, now - token.rotated_at, now)
+        if token.rotated_at is not None:  # issued bound: a bearer one's reuse was judged above
+            return await self._supersede(session, user, record, pair, now)
         bind = jkt if session.jkt is None else None
         if not await self._store.rotate_refresh_token(token.token_hash, record, now, bind=bind):
             audit("refresh_race_lost", sid=session.sid)
