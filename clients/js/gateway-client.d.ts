@@ -59,7 +59,7 @@ export interface GatewayClientOptions {
   /** auth_service's base URL: for register(), password sessions, the "ticket" handshake and logout(). */
   authUrl?: string;
   wsUrl: string;
-  /** How the socket authenticates; the in-band `auth` message by default. */
+  /** How the socket authenticates; the in-band `auth` message by default. Another value throws a TypeError. */
   handshake?: Handshake;
   /**
    * An access token the app obtained itself (e.g. through its backend): called for the first

@@ -27,6 +27,7 @@ const BEARER_PREFIX = "realtime.bearer.";
 const CSRF_COOKIE = "csrf_token";
 const HOST_PREFIX = "__Host-";
 const REFRESH_LOCK = "realtime-gateway-refresh";
+const HANDSHAKES = ["message", "bearer", "ticket"];
 const NONCE_HEADER = "DPoP-Nonce";
 /** A token that expires within this many milliseconds is refreshed before a reconnect presents it. */
 const STALE_MARGIN = 5000;
@@ -528,6 +529,11 @@ export class GatewayClient extends EventTarget {
     connectTimeout = 15000, requestTimeout = 10000, maxPending = 1000,
   } = {}) {
     super();
+    // An unknown handshake would send nothing: the server closes 4408 again and again, and login() never settles.
+    if (!HANDSHAKES.includes(handshake)) {
+      const allowed = HANDSHAKES.map((name) => JSON.stringify(name)).join(", ");
+      throw new TypeError(`GatewayClient: handshake must be one of ${allowed}, not ${JSON.stringify(handshake)}`);
+    }
     this.#connectTimeout = connectTimeout;
     this.#requestTimeout = requestTimeout;
     this.#maxPending = maxPending;

@@ -4,13 +4,24 @@ import { GatewayClient } from "/gateway-client.js";
 
 const $ = (id) => document.getElementById(id);
 const config = await (await fetch("/config.json")).json();
-const handshake = new URLSearchParams(location.search).get("handshake") ?? "message";
 // Behind the compose stack's nginx auth_service sits under /auth; embedded it is this origin.
 const authUrl = config.authUrl ?? location.origin;
-// Tokens are DPoP-bound to a non-extractable key of this browser's, except over the bearer
-// subprotocol, which cannot carry a proof.
-const dpop = handshake === "bearer" ? { dpop: false } : {};
-const client = new GatewayClient({ authUrl, wsUrl: config.wsUrl, handshake, ...dpop });
+
+/** Tokens are DPoP-bound to a non-extractable key of this browser's, except over the bearer
+ * subprotocol, which cannot carry a proof. */
+function makeClient(handshake) {
+  const dpop = handshake === "bearer" ? { dpop: false } : {};
+  return new GatewayClient({ authUrl, wsUrl: config.wsUrl, handshake, ...dpop });
+}
+
+let client;
+try {
+  client = makeClient(new URLSearchParams(location.search).get("handshake") ?? "message");
+} catch (err) {
+  // ?handshake= names one the client does not know: say so, and use the default.
+  client = makeClient("message");
+  notice(`${err.message}; using "message".`);
+}
 let room = null;
 let renewals = 0;
 

@@ -376,6 +376,18 @@ def test_ticket_and_bearer_handshakes_from_the_page(
     assert page.inner_text("#binding") == binding
 
 
+def test_an_unknown_handshake_in_the_url_is_said_and_the_default_used(
+    context: BrowserContext, stack: Stack
+) -> None:
+    """The page passed ?handshake= to the client, which sent nothing for a name it did not know:
+    the gateway closed 4408 again and again and the login never settled."""
+    stack.register("kurt")
+    page = open_page(context, stack, "?handshake=tickets")
+    expected = 'handshake must be one of "message", "bearer", "ticket", not "tickets"'
+    assert expected in page.inner_text("#notice")
+    log_in(page, "kurt")
+
+
 @pytest.mark.parametrize(("code", "reason"), [(1001, "going_away"), (1012, "draining")])
 def test_presence_list_and_recovery_after_a_dropped_socket(
     browser: Browser, stack: Stack, code: int, reason: str

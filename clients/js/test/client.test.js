@@ -335,6 +335,17 @@ test("without a WebSocket anywhere the constructor says what to pass", { skip: t
   assert.throws(() => new GatewayClient({ wsUrl }), /the "ws" package/);
 });
 
+test("an unknown handshake is a TypeError naming the allowed ones, not a login that never settles", () => {
+  for (const handshake of ["tickets", "Message", "", null, 1]) {
+    assert.throws(
+      () => new GatewayClient({ wsUrl, WebSocket, dpop: false, handshake }),
+      (err) => err instanceof TypeError && err.message.includes('handshake must be one of "message", "bearer", "ticket"'),
+      String(handshake),
+    );
+  }
+  for (const handshake of ["message", "bearer", "ticket", undefined]) new GatewayClient({ wsUrl, WebSocket, dpop: false, handshake });
+});
+
 test("a frame that breaks the protocol closes the socket 1002 or 1007 and the client reconnects, nothing thrown", { timeout: 20000 }, async () => {
   for (const [bad, code] of [
     ["{not json", 1007],
