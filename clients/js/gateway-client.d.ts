@@ -23,6 +23,8 @@ export interface FetchInit {
   credentials: "include" | "same-origin";
   headers: Record<string, string>;
   body: string;
+  /** Aborts the request after `authTimeout`; an app's own fetch should pass it on. */
+  signal: AbortSignal;
 }
 
 export type Fetch = (
@@ -86,6 +88,12 @@ export interface GatewayClientOptions {
   connectTimeout?: number;
   /** Milliseconds a request waits for its reply (10000 by default); then it rejects with code "timeout". */
   requestTimeout?: number;
+  /**
+   * Milliseconds each call to auth_service (register, login, a refresh, the ticket, logout) waits
+   * for its answer (10000 by default); then the request is aborted and the call rejects with code
+   * "timeout", so a stalled refresh holds the tabs' refresh lock no longer.
+   */
+  authTimeout?: number;
   /** Requests that may wait for a reply at once (1000 by default); one more rejects with code "too_many_pending". */
   maxPending?: number;
 }
@@ -145,7 +153,7 @@ export declare class GatewayError extends Error {
   /**
    * The machine-readable code: auth_service's `error`, an `error` frame's `code`, or this
    * client's own ("unreachable", "not_connected", "connection_closed", "protocol_error",
-   * "timeout", "too_many_pending").
+   * "timeout": a socket, a request or a call to auth_service that took too long, "too_many_pending").
    */
   readonly code: string;
   /** The HTTP status, for auth_service's answers. */

@@ -293,20 +293,23 @@ function dpopKey(option, handshake) {
 
 /**
  * auth_service's REST API, through the app's own ``fetch`` when it gave one. With DPoP every call
- * carries a proof, with the server's latest ``DPoP-Nonce`` once it sent one.
+ * carries a proof, with the server's latest ``DPoP-Nonce`` once it sent one. Every request is
+ * bounded by ``timeout`` (milliseconds).
  */
 class AuthApi {
   #base;
   #fetch;
   #credentials;
   #dpop;
+  #timeout;
   #nonce = null;
 
-  constructor(authUrl, fetch, credentials, dpop) {
+  constructor(authUrl, fetch, credentials, dpop, timeout) {
     this.#base = authUrl?.replace(/\/$/, "");
     this.#fetch = fetch;
     this.#credentials = credentials;
     this.#dpop = dpop;
+    this.#timeout = timeout;
   }
 
   get base() {
@@ -320,24 +323,49 @@ class AuthApi {
    */
   async post(path, body, { headers = {}, token, prove = true } = {}) {
     if (!this.#base) throw new TypeError(`GatewayClient: ${path} needs the authUrl option`);
-    const fetch = this.#fetch;
     const url = this.#base + path;
     const dpop = prove ? this.#dpop : null;
     for (let attempt = 0; ; attempt++) {
       const sent = { "Content-Type": "application/json", ...headers };
       if (token) sent.Authorization = `${boundKey(token) ? "DPoP" : "Bearer"} ${token}`;
       if (dpop) sent.DPoP = await dpop.proof("POST", url, { accessToken: token, nonce: this.#nonce });
-      let response;
-      try {
-        response = await fetch(url, { method: "POST", credentials: this.#credentials, headers: sent, body: JSON.stringify(body) });
-      } catch (err) {
-        throw new GatewayError("unreachable", `cannot reach auth_service at ${this.#base} (${err.message})`);
-      }
+      const { response, data } = await this.#send(url, { method: "POST", credentials: this.#credentials, headers: sent, body: JSON.stringify(body) });
       this.#nonce = response.headers?.get?.(NONCE_HEADER) ?? this.#nonce;
-      const data = await response.json().catch(() => ({}));
       if (response.ok) return data;
       if (dpop && attempt === 0 && data.error === "use_dpop_nonce" && this.#nonce) continue;
       throw new GatewayError(data.error ?? `http_${response.status}`, data.error_description, response.status);
+    }
+  }
+
+  /**
+   * One request and its JSON body, within the timeout: a request that stalls (a half-open
+   * connection after a laptop wakes) is aborted and rejects with ``timeout``, so a refresh never
+   * holds the tabs' refresh lock longer. The race also bounds an app's fetch that ignores the signal.
+   */
+  async #send(url, init) {
+    const controller = new AbortController();
+    let timer;
+    const expired = new Promise((_, reject) => {
+      timer = setTimeout(() => {
+        const error = new GatewayError("timeout", `no answer from auth_service at ${this.#base} within ${this.#timeout} ms`);
+        controller.abort(error);
+        reject(error);
+      }, this.#timeout);
+    });
+    const answered = (async () => {
+      let response;
+      try {
+        response = await this.#fetch(url, { ...init, signal: controller.signal });
+      } catch (err) {
+        if (controller.signal.aborted) throw controller.signal.reason;
+        throw new GatewayError("unreachable", `cannot reach auth_service at ${this.#base} (${err.message})`);
+      }
+      return { response, data: await response.json().catch(() => ({})) };
+    })();
+    try {
+      return await Promise.race([answered, expired]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 }
@@ -518,15 +546,16 @@ export class GatewayClient extends EventTarget {
    * @param {{authUrl?: string, wsUrl: string, handshake?: "message"|"bearer"|"ticket",
    *   getToken?: () => Promise<string>, fetch?: typeof fetch, WebSocket?: typeof WebSocket,
    *   dpop?: boolean | CryptoKeyPair, connectTimeout?: number, requestTimeout?: number,
-   *   maxPending?: number}} options
+   *   authTimeout?: number, maxPending?: number}} options
    * ``handshake``: how the socket authenticates (docs/protocol.md, "Choosing a handshake").
    * ``dpop``: DPoP-bound tokens, on by default where WebCrypto exists (docs/browser.md).
    * ``connectTimeout``: milliseconds from opening a socket to its ``auth_success``;
-   * ``requestTimeout``: from a request to its reply; ``maxPending``: requests waiting at once.
+   * ``requestTimeout``: from a request to its reply; ``authTimeout``: from a call to auth_service
+   * to its answer; ``maxPending``: requests waiting at once.
    */
   constructor({
     authUrl, wsUrl, handshake = "message", getToken, fetch, WebSocket, dpop,
-    connectTimeout = 15000, requestTimeout = 10000, maxPending = 1000,
+    connectTimeout = 15000, requestTimeout = 10000, authTimeout = 10000, maxPending = 1000,
   } = {}) {
     super();
     // An unknown handshake would send nothing: the server closes 4408 again and again, and login() never settles.
@@ -544,7 +573,7 @@ export class GatewayClient extends EventTarget {
     const cookie = !getToken && typeof document !== "undefined";
     this.#dpop = dpopKey(dpop, handshake);
     const fetcher = fetch ?? ((...args) => globalThis.fetch(...args));
-    this.#api = new AuthApi(authUrl, fetcher, cookie ? "include" : "same-origin", this.#dpop);
+    this.#api = new AuthApi(authUrl, fetcher, cookie ? "include" : "same-origin", this.#dpop, authTimeout);
     this.#session = getToken
       ? new TokenProvider(this.#api, getToken)
       : cookie

@@ -294,6 +294,44 @@ def test_two_tabs_refreshing_at_once_both_stay_logged_in(
     wait_for_message(second, "heidi", "still here")
 
 
+STALLED_REFRESH = """async ([username, password]) => {
+    const { GatewayClient } = await import("/gateway-client.js");
+    const config = await (await fetch("/config.json")).json();
+    const make = () => new GatewayClient({
+        authUrl: config.authUrl ?? location.origin, wsUrl: config.wsUrl, authTimeout: 500 });
+    const login = make();
+    await login.login(username, password);
+    login.close();  // the session cookie stays
+    const outcome = (call) => call.then(() => "ok", (e) => e.code);
+    const stuck = new Promise((resolve) => setTimeout(() => resolve("stuck"), 5000));
+    const stalled = outcome(make().refresh());  // takes the refresh lock; its request never ends
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const started = Date.now();
+    const next = await Promise.race([outcome(make().refresh()), stuck]);
+    return [await Promise.race([stalled, stuck]), next, Date.now() - started < 3000];
+}"""
+
+
+def test_a_stalled_refresh_holds_the_tabs_refresh_lock_no_longer_than_auth_timeout(
+    context: BrowserContext, stack: Stack
+) -> None:
+    """A refresh whose request never ends (a half-open connection after a laptop wakes) held the
+    Web Lock every tab of the origin refreshes under, so no tab renewed its token meanwhile."""
+    stack.register("lena")
+    held: list[Any] = []
+
+    def stall_the_first(route: Any) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append(route)  # never answered
+
+    context.route(re.compile(r"/v1/token$"), stall_the_first)
+    page = open_page(context, stack)
+    assert page.evaluate(STALLED_REFRESH, ["lena", PASSWORD]) == ["timeout", "ok", True]
+    assert len(held) == 1
+
+
 class _BlankPage(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = b"<!doctype html><title>another site</title>"

@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { once } from "node:events";
+import { createServer as createHttpServer } from "node:http";
 import { createServer } from "node:net";
 import { test } from "node:test";
 
@@ -597,6 +598,64 @@ test("requests made during a reconnect wait for it, bounded by requestTimeout, a
   await assert.rejects(waiting.subscribe("chat:a"), (err) => err instanceof GatewayError && err.code === "timeout");
   waiting.close();
   silent.close();
+});
+
+/**
+ * An auth_service of the test's own: ``answer(path, n)`` gives the JSON body of the ``n``th call
+ * (from 1) to ``path``, or null to leave that request unanswered, as a half-open connection does.
+ * ``abandoned`` counts the unanswered requests whose connection the client dropped.
+ */
+async function stallingAuth(answer) {
+  const auth = { calls: [], abandoned: 0 };
+  const server = createHttpServer((request, response) => {
+    const path = new URL(request.url, "http://auth").pathname;
+    auth.calls.push(path);
+    const body = answer(path, auth.calls.filter((p) => p === path).length);
+    if (body === null) {
+      response.on("close", () => { auth.abandoned += 1; });
+      return;
+    }
+    response.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify(body));
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  auth.url = `http://127.0.0.1:${server.address().port}`;
+  auth.close = () => {
+    server.closeAllConnections();
+    server.close();
+  };
+  return auth;
+}
+
+test("a call to auth_service that never answers rejects after authTimeout, and the next one works", { timeout: 10000 }, async () => {
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type === "auth") ws.send(authSuccess());
+  });
+  const tokens = (n) => ({ access_token: `token-${n}`, refresh_token: `refresh-${n}`, token_type: "Bearer", expires_in: 60 });
+  const auth = await stallingAuth((path, n) => {
+    if (path === "/v1/login") return n === 1 ? null : tokens(1);
+    return n === 1 ? null : tokens(2); // /v1/token: the first refresh stalls
+  });
+  const client = new GatewayClient({ authUrl: auth.url, wsUrl: gateway.url, WebSocket, dpop: false, authTimeout: 300 });
+  const timedOut = (err) => err instanceof GatewayError && err.code === "timeout" && err.message.includes(`auth_service at ${auth.url} within 300 ms`);
+  let started = Date.now();
+  await assert.rejects(client.login("u", PASSWORD), timedOut);
+  assert.ok(Date.now() - started < 1000, `${Date.now() - started} ms`);
+  await client.login("u", PASSWORD);
+  started = Date.now();
+  await assert.rejects(client.refresh(), timedOut);
+  assert.ok(Date.now() - started < 1000, `${Date.now() - started} ms`);
+  await client.refresh();
+  assert.equal(client.state, "authenticated");
+  assert.deepEqual(auth.calls, ["/v1/login", "/v1/login", "/v1/token", "/v1/token"]);
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.equal(auth.abandoned, 2, "the stalled requests' connections were dropped, not left open");
+  client.close();
+  // An app's own fetch that ignores the signal is bounded all the same.
+  const deaf = new GatewayClient({ authUrl: auth.url, wsUrl: gateway.url, WebSocket, dpop: false, authTimeout: 300, fetch: () => new Promise(() => {}) });
+  await assert.rejects(deaf.login("u", PASSWORD), timedOut);
+  gateway.close();
+  auth.close();
 });
 
 test("close() while the client backs off leaves nothing to keep Node alive", { timeout: 10000 }, async () => {

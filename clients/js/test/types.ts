@@ -29,6 +29,7 @@ export async function everything(): Promise<string[]> {
     WebSocket,
     connectTimeout: 15000,
     requestTimeout: 10000,
+    authTimeout: 10000,
     maxPending: 1000,
   });
   const state: ConnectionState = client.state;
