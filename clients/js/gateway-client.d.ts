@@ -153,7 +153,7 @@ export declare class GatewayError extends Error {
   /**
    * The machine-readable code: auth_service's `error`, an `error` frame's `code`, or this
    * client's own ("unreachable", "not_connected", "connection_closed", "protocol_error",
-   * "timeout": a socket, a request or a call to auth_service that took too long, "too_many_pending").
+   * "user_changed", "timeout": a socket, a request or a call to auth_service that took too long, "too_many_pending").
    */
   readonly code: string;
   /** The HTTP status, for auth_service's answers. */
@@ -170,8 +170,11 @@ export interface GatewayClientEventMap {
   renewed: CustomEvent<{ expiresAt: number }>;
   revoked: CustomEvent<{ reason: "session_revoked" | "user_revoked" }>;
   /**
-   * A failed renewal, an `auth` the server refused for good (its `auth_error` code), or a frame
-   * that broke the protocol ("protocol_error": the client closes that socket and reconnects).
+   * A failed renewal, an `auth` the server refused for good (its `auth_error` code), a frame
+   * that broke the protocol ("protocol_error": the client closes that socket and reconnects), or
+   * "user_changed": a reconnect authenticated as another user than the first (another page of the
+   * origin logged in as someone else); the client has closed that socket and stopped, keeping
+   * `user`, and login() or resume() starts again.
    */
   error: CustomEvent<GatewayError>;
   join: CustomEvent<PresenceEvent>;
@@ -187,7 +190,7 @@ export declare class GatewayClient extends EventTarget {
   constructor(options: GatewayClientOptions);
   readonly state: ConnectionState;
   readonly channels: string[];
-  /** The user of the current token, once authenticated. */
+  /** The user this client authenticated as; a reconnect as another user stops it ("user_changed"). */
   user: User | null;
   /** When the access token expires (epoch milliseconds). */
   expiresAt: number | null;

@@ -537,6 +537,7 @@ export class GatewayClient extends EventTarget {
   #authFailure = null; // this socket's refused auth: why connect() fails when it closes
   #stopped = true;
   #established = false;
+  #userId = null; // whom this run authenticated as: an auth_success for anyone else is refused
   #refreshing = null;
   #renewing = null; // the expires_at of the warning being renewed, until the server answers
   #renewed = null; // the expires_at of the last warning renewed
@@ -727,6 +728,7 @@ export class GatewayClient extends EventTarget {
   async #start() {
     this.#stopped = false;
     this.#established = false;
+    this.#userId = null;
     this.#attempt = 0;
     await this.#connect();
   }
@@ -834,6 +836,8 @@ export class GatewayClient extends EventTarget {
   #onFrame(frame) {
     const pending = frame.id != null && this.#pending.get(frame.id);
     if (frame.type === "auth_success") {
+      if (this.#userId !== null && frame.user.id !== this.#userId) return this.#userChanged(frame.user);
+      this.#userId = frame.user.id;
       this.user = frame.user;
       this.expiresAt = frame.expires_at * 1000;
       this.#authRetries = 0;
@@ -875,6 +879,21 @@ export class GatewayClient extends EventTarget {
       this.#channels.delete(frame.channel);
       this.#positions.delete(frame.channel);
     }
+  }
+
+  /**
+   * An ``auth_success`` for another user than the one this run authenticated as: in a browser,
+   * another page of the origin logged in as someone else, and the session cookie the tabs share
+   * is theirs now. It is not adopted: the socket is closed, the client stops, and then an "error"
+   * event (``user_changed``) lets the page start again (login() or resume()).
+   */
+  #userChanged(user) {
+    const name = ({ id, username }) => JSON.stringify(username ?? id);
+    const error = new GatewayError("user_changed", `authenticated as ${name(this.user)}, the session is now ${name(user)}'s`);
+    this.#stopped = true; // the close below only cleans up
+    this.#abandon(1000, error);
+    this.#stop(null, error);
+    this.dispatchEvent(new CustomEvent("error", { detail: error }));
   }
 
   // -- positions and recovery ------------------------------------------------------------

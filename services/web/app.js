@@ -113,6 +113,12 @@ client.addEventListener("state", ({ detail }) => {
     show(false);
   }
 });
+client.addEventListener("error", ({ detail }) => {
+  if (detail.code !== "user_changed") return;
+  // Another page of this site logged in as someone else: the client stopped rather than become them.
+  notice(`This tab was signed in as ${client.user.username}, and another account has logged in on this browser since. Log in again, or reload to continue as that account.`);
+  show(false);
+});
 client.addEventListener("message", ({ detail }) => addMessage(detail));
 client.addEventListener("renewed", ({ detail }) => {
   renewals += 1;

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import http.server
+import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -292,6 +294,51 @@ def test_two_tabs_refreshing_at_once_both_stay_logged_in(
         assert page.inner_text("#state") in {"authenticated", "renewing"}
     say(first, "still here")
     wait_for_message(second, "heidi", "still here")
+
+
+def test_a_tab_that_reconnects_as_another_user_says_so_and_leaves_the_chat(
+    context: BrowserContext, stack: Stack
+) -> None:
+    """Another page of the site logged in as bob while kate's tab was connected: the shared session
+    cookie became bob's, and kate's tab, reconnecting, adopted bob's session while its header
+    still said kate. The gateway here is the test's own, which answers the second socket as bob."""
+    stack.register("kate")
+    sockets: list[Any] = []
+
+    def gateway(route: Any) -> None:
+        user = (
+            {"id": "u-kate", "username": "kate"}
+            if not sockets
+            else {"id": "u-bob", "username": "bob"}
+        )
+        sockets.append(route)
+
+        def answer(message: str | bytes) -> None:
+            frame = json.loads(message)
+            replies = {
+                "auth": {"type": "auth_success", "user": user, "expires_at": time.time() + 60},
+                "subscribe": {"type": "subscribed", "channel": frame.get("channel")},
+                "history": {"type": "history", "publications": []},
+                "presence": {"type": "presence", "members": []},
+            }
+            reply = replies.get(frame["type"], {"type": "error", "code": "unexpected"})
+            route.send(json.dumps({**reply, **({"id": frame["id"]} if "id" in frame else {})}))
+
+        route.on_message(answer)
+
+    context.route_web_socket(re.compile(r"/ws"), gateway)
+    page = open_page(context, stack)
+    log_in(page, "kate")
+    assert page.inner_text("#who") == "Signed in as kate"
+    sockets[0].close(code=1001, reason="going_away")
+    page.wait_for_function("() => document.getElementById('notice').textContent !== ''")
+    assert page.inner_text("#notice").startswith(
+        "This tab was signed in as kate, and another account"
+    )
+    assert page.is_visible("#login")
+    assert page.inner_text("#who") == ""
+    assert page.inner_text("#state") == "closed"
+    assert len(sockets) == 2
 
 
 STALLED_REFRESH = """async ([username, password]) => {

@@ -600,6 +600,36 @@ test("requests made during a reconnect wait for it, bounded by requestTimeout, a
   silent.close();
 });
 
+test("a reconnect that authenticates as another user stops the client instead of adopting that user", { timeout: 10000 }, async () => {
+  const gateway = await hostileGateway((ws, frame, n) => {
+    if (frame.type !== "auth") return;
+    // Another page of the origin logged in as b meanwhile: the session the tabs share is b's.
+    ws.send(authSuccess(60, { user: n === 1 ? { id: "a", username: "ann" } : { id: "b", username: "bob" } }));
+    if (n === 1) ws.close(1001, "going_away");
+  });
+  const client = hostileClient(gateway);
+  const users = [];
+  client.addEventListener("state", () => users.push(client.user?.id));
+  const changed = next(client, "error");
+  await client.connect();
+  assert.equal(client.user.id, "a");
+  const error = await changed;
+  assert.ok(error instanceof GatewayError && error.code === "user_changed", String(error));
+  assert.match(error.message, /authenticated as "ann", the session is now "bob"'s/);
+  assert.equal(client.state, "closed");
+  assert.equal(client.user.id, "a");
+  assert.ok(!users.includes("b"), JSON.stringify(users));
+  await assert.rejects(client.publish("chat:a", { text: "as bob?" }), { code: "not_connected" });
+  await new Promise((resolve) => setTimeout(resolve, 700)); // longer than the first reconnect's backoff
+  assert.equal(gateway.connections, 2, "no reconnect after the stop");
+  assert.deepEqual(gateway.closes, [1001, 1000]);
+  // A new run (login(), connect(), resume()) takes the session's user as it is.
+  await client.connect();
+  assert.equal(client.user.id, "b");
+  client.close();
+  gateway.close();
+});
+
 /**
  * An auth_service of the test's own: ``answer(path, n)`` gives the JSON body of the ``n``th call
  * (from 1) to ``path``, or null to leave that request unanswered, as a half-open connection does.
