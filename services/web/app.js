@@ -187,15 +187,21 @@ $("send-form").addEventListener("submit", async (event) => {
     notice(`Not sent: ${err.message}`);
   }
 });
-$("logout").addEventListener("click", async () => {
-  await client.logout().catch(() => {});
+/** Success only once auth_service revoked the session: a failed request leaves the session (and
+ * every other tab on it) logged in, so the page says so and keeps the buttons to try again. */
+async function logOut(everywhere) {
+  try {
+    await client.logout({ everywhere });
+  } catch (err) {
+    notice(`Not logged out: ${err.message}. The session is still active${everywhere ? " on every device" : ""}; try again.`);
+    return;
+  }
+  notice(everywhere ? "Logged out on every device." : "Logged out.");
   show(false);
-});
-$("logout-everywhere").addEventListener("click", async () => {
-  await client.logout({ everywhere: true }).catch(() => {});
-  notice("Logged out on every device.");
-  show(false);
-});
+}
+
+$("logout").addEventListener("click", () => logOut(false));
+$("logout-everywhere").addEventListener("click", () => logOut(true));
 
 // A first visit has no session to resume: the client says so without asking the server.
 try {

@@ -173,6 +173,37 @@ def test_log_out_everywhere_closes_the_other_tab(context: BrowserContext, stack:
     assert second.is_visible("#login")
 
 
+@pytest.mark.parametrize(
+    ("button", "success"),
+    [("#logout", "Logged out."), ("#logout-everywhere", "Logged out on every device.")],
+)
+def test_a_logout_that_fails_says_so_and_can_be_tried_again(
+    context: BrowserContext, stack: Stack, button: str, success: str
+) -> None:
+    """The page said "Logged out on every device." (or just showed the login form) when the
+    request to /v1/logout failed: the session and every tab on it stayed logged in, and a reload
+    resumed it."""
+    username = f"liam{button.replace('#', '-')}"
+    stack.register(username)
+    page = open_page(context, stack)
+    log_in(page, username)
+    logout = re.compile(r"/v1/logout$")
+    page.route(logout, lambda route: route.abort())
+    page.click(button)
+    page.wait_for_function("() => document.getElementById('notice').textContent !== ''")
+    assert page.inner_text("#notice").startswith("Not logged out: unreachable")
+    assert "try again" in page.inner_text("#notice")
+    assert page.is_visible(button) and not page.is_visible("#login")
+    assert page.evaluate(REFRESH) == "ok", "the session is still alive"
+    page.unroute(logout)
+    page.click(button)
+    page.wait_for_function(
+        "(text) => document.getElementById('notice').textContent === text", arg=success
+    )
+    assert page.is_visible("#login")
+    assert page.evaluate(REFRESH) != "ok"
+
+
 def test_reload_keeps_the_user_logged_in_without_web_storage(
     context: BrowserContext, stack: Stack
 ) -> None:
