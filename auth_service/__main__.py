@@ -44,7 +44,7 @@ from realtime_gateway_protocol.key_events import (
     encode_key_event,
 )
 from shared.bus import InProcessBus
-from shared.config.env import env_str, redact_url
+from shared.config.env import env_log_level, redact_url
 from shared.http.serve import CannotListen, Site, run_workers
 from shared.jsonlog import configure_logging
 from shared.redis.bus import open_bus
@@ -101,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "secret":
         return print_secret(os.environ)
     serving = args.command in (None, "serve")
-    configure_logging(env_str(os.environ, "AUTH_LOG_LEVEL", "INFO"))
+    configure_logging()  # JSON from the first line, a refused level's included
     try:
+        configure_logging(env_log_level(os.environ, "AUTH_LOG_LEVEL"))
         settings = Settings.from_env(os.environ, use_checkout_dev_secret=not serving)
         ssl_context = settings.ssl_context
     except ConfigError as exc:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from auth_service.domain.dpop import DpopPolicy
 from shared.config.env import (
+    MAX_PORT,
     ConfigError,
     auth_issuer,
     env_bool,
@@ -39,6 +40,8 @@ _OLD_DEV_SECRET_FILE = "dev-key-encryption-secret"  # noqa: S105 (a file name)
 SECRETS_VARIABLE = "AUTH_KEY_ENCRYPTION_SECRETS"
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "dev", "test", "example"}
 MIN_SECRET_LENGTH = 16
+DATABASE_SCHEMES = ("postgresql", "postgres", "sqlite")
+"""What AUTH_DATABASE_URL may name; a bare path is a SQLite file too."""
 
 
 @dataclass(frozen=True)
@@ -124,12 +127,16 @@ class Settings:
         """``use_checkout_dev_secret``: the management commands, run beside ``make run``, use the
         secret its data dir already holds (never creating one) when nothing else is set."""
         host = env_str(environ, "AUTH_HOST", "127.0.0.1")
-        port = env_int(environ, "AUTH_PORT", 8081, minimum=0)
+        port = env_int(environ, "AUTH_PORT", 8081, minimum=0, maximum=MAX_PORT)
         data_dir = Path(env_str(environ, "AUTH_DATA_DIR", ".data"))
         dev = env_bool(environ, "AUTH_DEV", False)
         secrets_ = split_list(env_secret(environ, SECRETS_VARIABLE))
         source = secrets_source(environ)
-        database_url = env_secret_url(environ, "AUTH_DATABASE_URL", "AUTH_DATABASE_PASSWORD")
+        database_url = env_secret_url(
+            environ, "AUTH_DATABASE_URL", "AUTH_DATABASE_PASSWORD", schemes=DATABASE_SCHEMES
+        )
+        if database_url.startswith("sqlite:") and not database_url.startswith("sqlite:///"):
+            raise ConfigError("AUTH_DATABASE_URL: a SQLite URL is sqlite:///<path> (three slashes)")
         embedded_db = not database_url
         if not secrets_ and (
             dev or (use_checkout_dev_secret and embedded_db and checkout_secret_path(data_dir))

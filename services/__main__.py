@@ -18,7 +18,7 @@ import time
 
 from auth_service.domain.errors import AuthError
 from services.embedded import Stack, build_stack
-from shared.config.env import ConfigError, env_str
+from shared.config.env import ConfigError, env_log_level
 from shared.http.serve import CannotListen, run
 from shared.jsonlog import configure_logging
 
@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ).parse_args(argv)
     environ = {**os.environ}
     environ.setdefault("AUTH_DEV", "1")
-    configure_logging(env_str(environ, "LOG_LEVEL", "INFO"))
+    configure_logging()  # JSON from the first line, a refused level's included
     try:
+        configure_logging(env_log_level(environ, "LOG_LEVEL"))
         stack = build_stack(environ)
     except ConfigError as exc:
         log.error(f"configuration error: {exc}")

@@ -13,7 +13,7 @@ import os
 import sys
 
 from shared import collector
-from shared.config.env import ConfigError, env_str, redact_url
+from shared.config.env import ConfigError, env_log_level, redact_url
 from shared.http.serve import CannotListen, Site, run_workers
 from shared.jsonlog import configure_logging
 from ws_service.app import create_app
@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     ).parse_args(argv)
-    configure_logging(env_str(os.environ, "LOG_LEVEL", "INFO"))
+    configure_logging()  # JSON from the first line, a refused level's included
     try:
+        configure_logging(env_log_level(os.environ, "LOG_LEVEL"))
         settings = Settings.from_env(os.environ)
         ssl_context = settings.ssl_context
         app = create_app(settings)

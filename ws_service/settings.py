@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shared.config.env import (
+    MAX_PORT,
     ConfigError,
     auth_issuer,
     env_bool,
@@ -319,7 +320,7 @@ class Settings:
             raise ConfigError("WS_API_KEYS entries must be at least 16 characters long")
         settings = cls(
             host=env_str(environ, "WS_HOST", "127.0.0.1"),
-            port=env_int(environ, "WS_PORT", 8082, minimum=1),
+            port=env_int(environ, "WS_PORT", 8082, minimum=1, maximum=MAX_PORT),
             jwks_url=env_str(
                 environ, "WS_JWKS_URL", f"{auth_issuer(environ)}/.well-known/jwks.json"
             ),

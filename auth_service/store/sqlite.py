@@ -13,7 +13,9 @@ on the loop's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
 import re
 import sqlite3
 import time
@@ -61,6 +63,15 @@ class _DatabaseThread:
         """Let queued calls finish, then end the thread."""
         self.stopped = True
         self._executor.shutdown(wait=False)
+
+
+def _create_private(path: Path) -> None:
+    """The database's directory (0700) and file (0600), when they are new: it holds password
+    hashes and the sealed signing keys, and the umask left them readable by every local user (an
+    outside probe). SQLite gives its ``-wal`` and ``-shm`` files the database file's mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _connect(path: str, busy_timeout: float = 5.0) -> sqlite3.Connection:
@@ -169,7 +180,7 @@ class SqliteDatabase:
         thread = _DatabaseThread()
         try:
             if str(path) != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                _create_private(Path(path))
             conn = await thread.call(_connect, str(path), busy_timeout)
             at_once = conn if str(path) == ":memory:" else await thread.call(_connect, str(path), 0)
         except _DRIVER_ERRORS as exc:

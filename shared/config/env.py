@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 __all__ = [
+    "MAX_PORT",
     "ConfigError",
     "auth_issuer",
     "env_bool",
     "env_float",
     "env_int",
     "env_list",
+    "env_log_level",
     "env_secret",
     "env_secret_url",
     "env_str",
@@ -31,7 +34,14 @@ def env_str(environ: Mapping[str, str], name: str, default: str) -> str:
     return value or default
 
 
-def env_int(environ: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+def env_int(
+    environ: Mapping[str, str],
+    name: str,
+    default: int,
+    *,
+    minimum: int = 0,
+    maximum: int | None = None,
+) -> int:
     raw = environ.get(name, "").strip()
     if not raw:
         return default
@@ -41,7 +51,23 @@ def env_int(environ: Mapping[str, str], name: str, default: int, *, minimum: int
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
+
+
+MAX_PORT = 65535
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def env_log_level(environ: Mapping[str, str], name: str) -> str:
+    """A log level by name (INFO unless set); any other word was a plain-text traceback."""
+    level = env_str(environ, name, "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {environ[name]!r}")
+    return level
 
 
 def env_float(
@@ -54,6 +80,10 @@ def env_float(
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        # float() takes "nan" and "inf": a NaN timeout closed every socket at once, an infinite
+        # one turned the slow-client protection off.
+        raise ConfigError(f"{name} must be a finite number, got {raw!r}")
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     return value
@@ -108,14 +138,26 @@ def env_secret(environ: Mapping[str, str], name: str) -> str:
 
 
 def env_secret_url(
-    environ: Mapping[str, str], name: str, password_name: str, default: str = ""
+    environ: Mapping[str, str],
+    name: str,
+    password_name: str,
+    default: str = "",
+    *,
+    schemes: tuple[str, ...] = (),
 ) -> str:
     """The URL in ``name`` (or ``name_FILE``) with the password of ``password_name`` (or
     ``password_name_FILE``) put in, so the URL itself can sit in plain configuration.
 
-    The password is percent-encoded; the drivers (asyncpg, redis-py) decode it.
+    The password is percent-encoded; the drivers (asyncpg, redis-py) decode it. With
+    ``schemes``, a URL of any other scheme is refused before a password goes into it: a typo
+    (``postgress://``) is an error naming the variable, not a URL nothing reads correctly, and
+    never a message or file name holding the password.
     """
     url = env_secret(environ, name) or default
+    scheme, sep, _ = url.partition("://")
+    if schemes and sep and scheme not in schemes:
+        allowed = " or ".join(f"{s}://" for s in schemes)
+        raise ConfigError(f"{name} must start with {allowed}, not {scheme[:32]!r}://")
     password = env_secret(environ, password_name)
     if not password:
         return url

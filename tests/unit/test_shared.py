@@ -4,7 +4,7 @@ import pytest
 
 from realtime_gateway_protocol.events import SessionRevoked, UserRevoked, decode_event, encode_event
 from shared.bus import InProcessBus
-from shared.config.env import ConfigError, env_bool, env_int, env_list
+from shared.config.env import ConfigError, env_bool, env_int, env_list, env_log_level
 
 
 async def test_in_process_bus_delivers_same_payload_to_every_handler() -> None:
@@ -63,3 +63,9 @@ def test_env_parsing_names_the_variable() -> None:
     with pytest.raises(ConfigError):
         env_bool({"B": "maybe"}, "B", True)
     assert env_list({"L": " a, b ,,"}, "L") == ("a", "b")
+    assert env_log_level({}, "LOG_LEVEL") == "INFO"
+    assert env_log_level({"LOG_LEVEL": "warning"}, "LOG_LEVEL") == "WARNING"
+    with pytest.raises(ConfigError, match="LOG_LEVEL must be one of DEBUG, INFO"):
+        env_log_level({"LOG_LEVEL": "verbose"}, "LOG_LEVEL")  # was a plain-text traceback
+    with pytest.raises(ConfigError, match="at most 9"):
+        env_int({"X": "10"}, "X", 3, maximum=9)

@@ -229,3 +229,20 @@ async def test_the_clients_migration_keeps_the_sessions_of_an_existing_database(
         assert view.session == Session("s1", "u1", "chat:read", 1.0, 9e9)
     finally:
         await store.close()
+
+
+async def test_a_new_sqlite_database_is_readable_by_its_owner_alone(tmp_path: Path) -> None:
+    """It holds password hashes and the sealed signing keys: the umask (022 here) left the
+    directory 755 and the files 644, and any local user copied them (an outside probe)."""
+    path = tmp_path / "data" / "auth.db"
+    db = await SqliteDatabase.open(path)
+    try:
+        async with db.connection() as conn:
+            await conn.execute("CREATE TABLE t (x INTEGER)")
+            await conn.execute("INSERT INTO t VALUES (1)")
+    finally:
+        await db.close()
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    for made in path.parent.iterdir():
+        assert made.stat().st_mode & 0o777 == 0o600, made.name
+    assert {p.name for p in path.parent.iterdir()} >= {"auth.db"}

@@ -70,6 +70,56 @@ def test_bad_configuration_stops_start_up(env: dict[str, str], message: str) -> 
         Settings.from_env(env)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgress://gateway@db.example:5432/gateway",
+        "postgresql+asyncpg://gateway@db.example/gateway",
+        "POSTGRESQL://gateway@db.example/gateway",
+        "mysql://gateway@db.example/gateway",
+    ],
+)
+def test_a_database_url_of_another_scheme_stops_start_up_without_its_password(url: str) -> None:
+    """An outside probe: a mistyped scheme ran on a new SQLite file named after the URL, with
+    AUTH_DATABASE_PASSWORD in it (in the file name, or in the error line where the directory was
+    read-only); each replica had a database of its own."""
+    env = {
+        "AUTH_KEY_ENCRYPTION_SECRETS": SECRET,
+        "AUTH_DATABASE_URL": url,
+        "AUTH_DATABASE_PASSWORD": "Db-Passw0rd-SHOULD-NOT-LEAK",
+    }
+    with pytest.raises(ConfigError, match="AUTH_DATABASE_URL must start with postgresql://") as err:
+        Settings.from_env(env)
+    assert "Passw0rd" not in str(err.value)
+
+
+def test_a_sqlite_url_needs_three_slashes() -> None:
+    env = {"AUTH_KEY_ENCRYPTION_SECRETS": SECRET, "AUTH_DATABASE_URL": "sqlite://auth.db"}
+    with pytest.raises(ConfigError, match="three slashes"):
+        Settings.from_env(env)
+    for fine in ("sqlite:////var/lib/auth.db", "postgres://db/auth", "/var/lib/auth.db"):
+        assert Settings.from_env({**env, "AUTH_DATABASE_URL": fine}).database_url == fine
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("AUTH_PORT", "70000", "AUTH_PORT must be at most 65535"),
+        ("AUTH_HTTP_TIMEOUT", "nan", "AUTH_HTTP_TIMEOUT must be a finite number"),
+        ("AUTH_HTTP_TIMEOUT", "inf", "AUTH_HTTP_TIMEOUT must be a finite number"),
+        ("AUTH_DATABASE_TIMEOUT", "-inf", "must be a finite number"),
+    ],
+)
+def test_out_of_range_and_non_finite_numbers_stop_start_up(
+    name: str, value: str, message: str
+) -> None:
+    """float() takes nan and inf: WS_AUTH_TIMEOUT=nan closed every socket at once and an
+    infinite AUTH_HTTP_TIMEOUT turned the slow-client protection off (an outside probe); a port
+    over 65535 was a traceback."""
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({"AUTH_KEY_ENCRYPTION_SECRETS": SECRET, name: value})
+
+
 def test_dev_mode_generates_and_keeps_a_secret(tmp_path: Path) -> None:
     env = {"AUTH_DEV": "1", "AUTH_DATA_DIR": str(tmp_path)}
     first = Settings.from_env(env)
