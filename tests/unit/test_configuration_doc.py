@@ -24,6 +24,7 @@ READERS = {
     "env_float",
     "env_bool",
     "env_list",
+    "env_log_level",
     "env_secret",
     "env_secret_url",
 }
