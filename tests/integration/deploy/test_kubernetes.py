@@ -35,6 +35,8 @@ know."""
 CLOSE_HANDSHAKES = 5
 """ws_service's close_timeout: the closing handshakes after the drain."""
 AFFINITY_ANNOTATIONS = ("affinity", "session-cookie", "upstream-hash-by")
+AUTH_PATH = "/auth(/|$)((?!(?:metrics|readyz)$).*)"
+"""Everything under /auth but the operator's /metrics and /readyz (docs/operations.md)."""
 
 
 def find_kubectl() -> str:
@@ -210,11 +212,18 @@ def test_the_ingress_routes_without_stickiness_and_outlasts_the_heartbeat(
     paths = ingress_paths(docs)
     publish = {"production": True, "local": False}[name]
     metadata = r"/\.well-known/oauth-authorization-server/auth$"
-    expected = {"/auth(/|$)(.*)", "/ws", metadata} | ({"/v1/publish"} if publish else set())
+    expected = {AUTH_PATH, "/ws", metadata} | ({"/v1/publish"} if publish else set())
     assert set(paths) == expected
-    service, _, annotations = paths["/auth(/|$)(.*)"]
+    service, _, annotations = paths[AUTH_PATH]
     assert service == "auth"
     assert annotations["nginx.ingress.kubernetes.io/rewrite-target"] == "/$2"
+    # ingress-nginx matches the path as a case-insensitive PCRE regex from the start.
+    routed = re.compile(AUTH_PATH, re.IGNORECASE)
+    for path in ("/auth", "/auth/", "/auth/v1/token", "/auth/.well-known/jwks.json"):
+        assert routed.match(path), path
+    for inside in ("/auth/metrics", "/auth/readyz", "/auth/METRICS"):
+        assert not routed.match(inside), f"{inside} is the operator's, not routed"
+    assert routed.match("/auth/v1/token").expand(r"/\2") == "/v1/token"
     service, _, annotations = paths[metadata]  # RFC 8414 section 3.1
     assert service == "auth"
     rewrite = annotations["nginx.ingress.kubernetes.io/rewrite-target"]

@@ -191,6 +191,14 @@ async def test_nginx_routes_auth_and_ws_through_tls(
         async with session.get(f"{base}/elsewhere", ssl=context) as response:
             assert response.status == 404
 
+        # The operator's endpoints stay inside, however the path is spelled (they were public).
+        for inside in ("/auth/metrics", "/auth/readyz", "/auth//metrics", "/auth/%6Detrics"):
+            async with session.get(f"{base}{inside}", ssl=context) as response:
+                assert response.status == 404, inside
+                assert (await response.json())["error"] == "not_found", "nginx answered, no replica"
+        async with session.get(f"{base}/auth/healthz", ssl=context) as response:
+            assert (await response.json())["path"] == "/healthz", "the rest of /auth is routed"
+
         # RFC 8414 section 3.1: the issuer https://host/auth's metadata, at the root.
         metadata = f"{base}/.well-known/oauth-authorization-server/auth"
         async with session.get(metadata, ssl=context) as response:
