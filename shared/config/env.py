@@ -17,6 +17,7 @@ __all__ = [
     "env_int",
     "env_list",
     "env_log_level",
+    "env_origins",
     "env_secret",
     "env_secret_url",
     "env_str",
@@ -109,6 +110,41 @@ def env_list(
     environ: Mapping[str, str], name: str, default: tuple[str, ...] = ()
 ) -> tuple[str, ...]:
     return split_list(environ.get(name, "")) or default
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def env_origins(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A list of web origins (RFC 6454: ``scheme://host[:port]``), as a browser's ``Origin``
+    header spells them: scheme and host in lower case, no default port, no trailing slash. A
+    wildcard, a path or anything else that no ``Origin`` header can equal stops start-up: ``*``
+    became a credentialed wildcard (every origin reflected), a trailing slash refused the very
+    page it named (an outside probe)."""
+    origins = []
+    for raw in env_list(environ, name):
+        parts = urlsplit(raw)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if (
+            parts.scheme not in _DEFAULT_PORTS
+            or not parts.hostname
+            or port == -1
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or "@" in parts.netloc
+        ):
+            raise ConfigError(
+                f"{name}: {raw!r} is not an origin: scheme://host[:port] (http or https), "
+                "no path, never a wildcard"
+            )
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        explicit = port is not None and port != _DEFAULT_PORTS[parts.scheme]
+        origins.append(f"{parts.scheme}://{host}{f':{port}' if explicit else ''}")
+    return tuple(origins)
 
 
 def env_secret(environ: Mapping[str, str], name: str) -> str:

@@ -25,6 +25,7 @@ READERS = {
     "env_bool",
     "env_list",
     "env_log_level",
+    "env_origins",
     "env_secret",
     "env_secret_url",
 }

@@ -4,7 +4,14 @@ import pytest
 
 from realtime_gateway_protocol.events import SessionRevoked, UserRevoked, decode_event, encode_event
 from shared.bus import InProcessBus
-from shared.config.env import ConfigError, env_bool, env_int, env_list, env_log_level
+from shared.config.env import (
+    ConfigError,
+    env_bool,
+    env_int,
+    env_list,
+    env_log_level,
+    env_origins,
+)
 
 
 async def test_in_process_bus_delivers_same_payload_to_every_handler() -> None:
@@ -69,3 +76,20 @@ def test_env_parsing_names_the_variable() -> None:
         env_log_level({"LOG_LEVEL": "verbose"}, "LOG_LEVEL")  # was a plain-text traceback
     with pytest.raises(ConfigError, match="at most 9"):
         env_int({"X": "10"}, "X", 3, maximum=9)
+
+
+def test_origins_are_read_as_a_browser_spells_them_and_nothing_else_is_taken() -> None:
+    """``*`` became a credentialed wildcard on auth_service's CORS (every origin reflected with
+    Allow-Credentials), and a trailing slash made ws_service refuse the very page it named (an
+    outside probe): an origin is scheme://host[:port], compared as the Origin header spells it."""
+    given = "HTTPS://App.Example.com/, https://a.example:443, http://[::1]:8080, http://b.example:80"
+    assert env_origins({"O": given}, "O") == (
+        "https://app.example.com",
+        "https://a.example",
+        "http://[::1]:8080",
+        "http://b.example",
+    )
+    for wrong in ("*", "null", "app.example.com", "https://app.example.com/chat", "ftp://x.example",
+                  "https://user@app.example.com", "https://app.example.com:99999", "https://a?b"):  # fmt: skip
+        with pytest.raises(ConfigError, match="O: .* is not an origin"):
+            env_origins({"O": wrong}, "O")
