@@ -91,5 +91,5 @@ def test_origins_are_read_as_a_browser_spells_them_and_nothing_else_is_taken() -
     )
     for wrong in ("*", "null", "app.example.com", "https://app.example.com/chat", "ftp://x.example",
                   "https://user@app.example.com", "https://app.example.com:99999", "https://a?b"):  # fmt: skip
-        with pytest.raises(ConfigError, match="O: .* is not an origin"):
+        with pytest.raises(ConfigError, match=r"O: .* is not an origin"):
             env_origins({"O": wrong}, "O")
