@@ -82,7 +82,9 @@ def test_origins_are_read_as_a_browser_spells_them_and_nothing_else_is_taken() -
     """``*`` became a credentialed wildcard on auth_service's CORS (every origin reflected with
     Allow-Credentials), and a trailing slash made ws_service refuse the very page it named (an
     outside probe): an origin is scheme://host[:port], compared as the Origin header spells it."""
-    given = "HTTPS://App.Example.com/, https://a.example:443, http://[::1]:8080, http://b.example:80"
+    given = (
+        "HTTPS://App.Example.com/, https://a.example:443, http://[::1]:8080, http://b.example:80"
+    )
     assert env_origins({"O": given}, "O") == (
         "https://app.example.com",
         "https://a.example",
