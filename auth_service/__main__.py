@@ -47,7 +47,7 @@ from shared.bus import InProcessBus
 from shared.config.env import env_log_level, redact_url
 from shared.http.serve import CannotListen, Site, run_workers
 from shared.jsonlog import configure_logging
-from shared.redis.bus import open_bus
+from shared.redis.bus import BusRefused, open_bus
 
 log = logging.getLogger("auth_service")
 
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     except CannotListen as exc:
         hint = " (is another auth_service or `make run` running?)" if exc.in_use else ""
         return refuse(serving, f"{exc}{hint}; set AUTH_PORT to use another port", 1)
+    except BusRefused as exc:
+        return refuse(serving, f"configuration error: {exc}", 2)
 
 
 def refuse(serving: bool, message: str, status: int) -> int:

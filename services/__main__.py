@@ -21,6 +21,7 @@ from services.embedded import Stack, build_stack
 from shared.config.env import ConfigError, env_log_level
 from shared.http.serve import CannotListen, run
 from shared.jsonlog import configure_logging
+from shared.redis.bus import BusRefused
 
 log = logging.getLogger("services")
 
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except AuthError as exc:
         log.error(f"auth_service: {exc.description}")
         return 1
+    except BusRefused as exc:
+        log.error(f"configuration error: {exc}")
+        return 2
     except CannotListen as exc:
         hint = " (is another `make run` running?)" if exc.in_use else ""
         log.error(

@@ -16,6 +16,7 @@ from shared import collector
 from shared.config.env import ConfigError, env_log_level, redact_url
 from shared.http.serve import CannotListen, Site, run_workers
 from shared.jsonlog import configure_logging
+from shared.redis.bus import BusRefused
 from ws_service.app import create_app
 from ws_service.settings import Settings
 
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     except CannotListen as exc:
         log.error(f"{exc}; set WS_PORT to use another port")
         sys.exit(1)
+    except BusRefused as exc:
+        log.error(f"configuration error: {exc}")
+        sys.exit(2)
     sys.exit(status)
 
 

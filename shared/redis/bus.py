@@ -31,8 +31,8 @@ from typing import Any
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import AuthenticationError, MovedError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MovedError, RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from realtime_gateway_protocol.backoff import backoff_delay
@@ -53,7 +53,7 @@ from shared.redis.connect import (
 )
 from shared.redis.write import write
 
-__all__ = ["RedisBus", "open_bus"]
+__all__ = ["BusRefused", "RedisBus", "open_bus"]
 
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, MovedError, RedisClusterException)
 """What reconnecting (after asking a Cluster again who owns what) can cure."""
@@ -62,6 +62,10 @@ _BROADCAST = ""
 """The key of the link that carries the broadcast topics (every topic, off a Cluster)."""
 
 log = logging.getLogger(__name__)
+
+
+class BusRefused(Exception):
+    """Redis refused this replica's credentials on its first connection: start-up stops."""
 
 
 class _Moved(RedisConnectionError):
@@ -382,6 +386,9 @@ class _Link:
     async def _run(self) -> None:
         try:
             await self._reconnect_forever()
+        except BusRefused:
+            self.down = self.stopped = True
+            raise  # start() raises it: the service says it in one line and stops
         except Exception:
             log.exception("redis bus link stopped", extra={"link": self.key})
             self.down = self.stopped = True
@@ -397,6 +404,21 @@ class _Link:
         while not bus._closing and (self.key == _BROADCAST or self.topics()):
             try:
                 pubsub = await self._connect()
+            except AuthenticationError as exc:
+                if not self.first_attempt_done.is_set():
+                    # Redis answers and refuses the credentials: a configuration error to stop
+                    # start-up with, not an outage to wait out as "unreachable" while logouts go
+                    # nowhere (an outside probe: both services started ready). Later, a password
+                    # rotated under a running replica is retried like any failure.
+                    raise BusRefused(
+                        f"Redis refused the credentials ({exc}): check REDIS_URL's user "
+                        "and REDIS_PASSWORD"
+                    ) from None
+                failures += 1
+                log.warning("redis bus refused the credentials", extra={"link": self.key})
+                self.down = True
+                bus._lost()
+                await bus._lost_track()
             except _REDIS_DOWN as exc:
                 failures += 1
                 log.warning("redis bus cannot connect", extra={"link": self.key, "error": str(exc)})

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from shared.bus import BusOutcomeUnknown, BusUnavailable, InProcessBus
-from shared.redis.bus import RedisBus, open_bus
+from shared.redis.bus import BusRefused, RedisBus, open_bus
 from tests.integration.bus.support import BusMaker, Inbox, PrivateRedis, eventually
 from tests.support.delaying_proxy import DelayingProxy
 
@@ -240,3 +240,28 @@ async def test_publish_before_start_is_a_programming_error() -> None:
     bus = RedisBus("redis://127.0.0.1:1/0")
     with pytest.raises(RuntimeError, match="start"):
         await bus.publish("t", "p")
+
+
+@pytest.mark.parametrize("password", ["wrong", None], ids=["wrong password", "none"])
+async def test_credentials_redis_refuses_stop_start_up(
+    redis_server_binary: str, password: str | None
+) -> None:
+    """Redis answers and refuses: a configuration error, not an outage. Both services started
+    ready with "redis unreachable" and logouts reached no socket (an outside probe); now start()
+    raises, and the services stop with one line naming REDIS_PASSWORD."""
+    server = PrivateRedis(redis_server_binary, "--requirepass", "right")
+    await server.start()
+    try:
+        url = server.url.replace("redis://", f"redis://:{password}@" if password else "redis://")
+        bus = RedisBus(url)
+        with pytest.raises(BusRefused, match="check REDIS_URL's user and REDIS_PASSWORD"):
+            await bus.start()
+        await bus.close()
+        good = RedisBus(server.url.replace("redis://", "redis://:right@"))
+        await good.start()
+        try:
+            assert good.connected
+        finally:
+            await good.close()
+    finally:
+        await server.kill()
