@@ -207,12 +207,28 @@ async def keys_command(settings: Settings, action: str, args: argparse.Namespace
     store = await open_store(settings.database_url, settings.database_timeout)
     try:
         ring = build_keyring(settings, store)
+        database = redact_url(settings.database_url)
         if action == "rotate":
+            await ring.reload(report=False)
+            locked = bool(ring.keys) and all(key.private_key is None for key in ring.keys)
             key = await ring.rotate(time.time(), immediate=args.immediate)
             when = "now" if args.immediate else fmt(key.activate_at)
             print(f"new key {key.kid} (generation {key.generation}) signs from {when}")
+            if locked:
+                # The documented re-key, or a mistyped secret: either way the running services
+                # cannot use the new key until they run with this secret too (an outside probe:
+                # they went on signing with the key this rotation was meant to replace).
+                print(
+                    f"warning: the key-encryption secret from {settings.secrets_source} decrypts "
+                    f"none of the other keys in {database}: services running with another "
+                    "secret cannot sign with the new key; restart them with this one"
+                )
             print(await announce(settings, store, KeyRotated(key.kid, key.generation)))
         elif action == "revoke":
+            # A ring this secret cannot open cannot tell which key signs, so it would withdraw
+            # the signing key without a replacement (an outside probe: logins 503 until the
+            # services made one themselves).
+            await ring.open(settings.secrets_source, database)
             withdrawal = await ring.withdraw(args.kid, time.time())
             if withdrawal.replacement is not None:
                 new = withdrawal.replacement

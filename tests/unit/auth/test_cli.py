@@ -84,3 +84,27 @@ def test_a_kid_that_starts_with_a_dash_is_a_kid_not_an_option(
         "auth_service: no signing key -Xk1Q (see `keys list`)\n"
     )
     assert main(["keys", "revoke", "--", "-Xk1Q"]) == 1
+
+
+def test_keys_commands_under_a_secret_that_opens_no_stored_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped secret (an outside probe): ``revoke`` could not tell the signing key and
+    withdrew it without a replacement (logins 503 until the services made one), and ``rotate
+    --immediate`` said the new key signed from now while the running services, unable to decrypt
+    it, went on signing with the old one. Now revoke refuses, and rotate warns."""
+    monkeypatch.setenv("AUTH_DEV", "1")
+    monkeypatch.setenv("AUTH_DATA_DIR", str(tmp_path))
+    assert main(["keys", "rotate", "--immediate"]) == 0
+    kid = capsys.readouterr().out.split()[2]
+    monkeypatch.setenv("AUTH_KEY_ENCRYPTION_SECRETS", "another-secret-0123456789-abcdef")
+    assert main(["keys", "revoke", kid]) == 1
+    assert "decrypts none of the 1 signing key(s)" in capsys.readouterr().err
+    assert main(["keys", "rotate", "--immediate"]) == 0, "the documented re-key still works"
+    out = capsys.readouterr().out
+    assert (
+        "warning: the key-encryption secret from AUTH_KEY_ENCRYPTION_SECRETS decrypts none" in out
+    )
+    monkeypatch.delenv("AUTH_KEY_ENCRYPTION_SECRETS")
+    assert main(["keys", "rotate"]) == 0
+    assert "warning" not in capsys.readouterr().out, "a secret that opens a key: no warning"
