@@ -31,7 +31,7 @@ from typing import Any
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import AuthenticationError, MovedError, RedisClusterException
+from redis.exceptions import AuthenticationError, InvalidResponse, MovedError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -55,8 +55,18 @@ from shared.redis.write import write
 
 __all__ = ["BusRefused", "RedisBus", "open_bus"]
 
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, MovedError, RedisClusterException)
-"""What reconnecting (after asking a Cluster again who owns what) can cure."""
+_REDIS_DOWN = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    MovedError,
+    RedisClusterException,
+    InvalidResponse,
+)
+"""What reconnecting (after asking a Cluster again who owns what) can cure. ``InvalidResponse``
+too: something else answering on Redis's address (a port taken for a moment, a proxy's error
+page) stopped the link for good, and logouts reached no socket until a restart (an outside
+probe); it is an outage like any other, retried until Redis answers again."""
 
 _BROADCAST = ""
 """The key of the link that carries the broadcast topics (every topic, off a Cluster)."""

@@ -265,3 +265,31 @@ async def test_credentials_redis_refuses_stop_start_up(
             await good.close()
     finally:
         await server.kill()
+
+
+async def test_something_else_answering_on_redis_address_is_an_outage_not_the_end() -> None:
+    """An HTTP server where Redis should be: the link stopped for good ('redis bus link
+    stopped'), at start-up a crash, and a blip of it stopped the bus until a restart."""
+
+    attempts = []
+
+    async def answer_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        attempts.append(1)
+        await reader.read(1024)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    bus = RedisBus(f"redis://127.0.0.1:{port}/0", backoff_base=0.05, backoff_cap=0.2)
+    try:
+        await bus.start()  # raised InvalidResponse
+        assert not bus.connected
+        seen = len(attempts)
+        await asyncio.sleep(0.6)
+        assert len(attempts) > seen, "still trying, as for a Redis that is down"
+    finally:
+        await bus.close()
+        server.close()
+        await server.wait_closed()
