@@ -193,7 +193,14 @@ def print_secret(environ: Mapping[str, str]) -> int:
     """The secret on stdout (for ``$(...)``), where it is kept on stderr: the same every time."""
     data_dir = Path(environ.get("AUTH_DATA_DIR") or ".data")
     path = data_dir / SECRET_FILE
-    secret, created = checkout_secret(data_dir)
+    try:
+        secret, created = checkout_secret(data_dir)
+    except OSError as exc:
+        print(
+            f"auth_service: cannot keep a secret in {path}: {exc.strerror or exc}", file=sys.stderr
+        )
+        print("auth_service: set AUTH_DATA_DIR to a directory you can write", file=sys.stderr)
+        return 1
     if created:
         note = f"created a key-encryption secret in {path}; keep it, the signing keys need it"
     else:

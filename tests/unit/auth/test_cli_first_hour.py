@@ -91,3 +91,19 @@ def test_an_older_checkouts_dev_secret_becomes_the_one_secret(
     assert main(["secret"]) == 0
     assert capsys.readouterr().out.strip() == "an-older-make-run-dev-secret-0123"
     assert not (tmp_path / "dev-key-encryption-secret").exists()
+
+
+def test_secret_in_a_directory_it_cannot_make_says_so_in_a_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was a FileNotFoundError traceback (an outside probe)."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("AUTH_DATA_DIR", str(tmp_path / "a-file" / "data"))
+    assert main(["secret"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"auth_service: cannot keep a secret in {tmp_path / 'a-file' / 'data' / SECRET_FILE}: "
+        "Not a directory",
+        "auth_service: set AUTH_DATA_DIR to a directory you can write",
+    ]
