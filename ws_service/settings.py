@@ -24,6 +24,7 @@ from shared.config.env import (
     env_origins,
     env_secret,
     env_str,
+    http_url,
     redact_url,
     split_list,
 )
@@ -51,6 +52,8 @@ __all__ = [
 
 DEV_API_KEY_FILE = "dev-ws-api-key"
 DEFAULT_HISTORY = "chat=100/300"
+MAX_LEEWAY = 300
+"""Seconds of clock skew at most: a leeway of days admitted tokens long expired."""
 
 
 def parse_history(raw: str) -> dict[str, HistoryPolicy]:
@@ -322,8 +325,9 @@ class Settings:
         settings = cls(
             host=env_str(environ, "WS_HOST", "127.0.0.1"),
             port=env_int(environ, "WS_PORT", 8082, minimum=1, maximum=MAX_PORT),
-            jwks_url=env_str(
-                environ, "WS_JWKS_URL", f"{auth_issuer(environ)}/.well-known/jwks.json"
+            jwks_url=http_url(
+                "WS_JWKS_URL",
+                env_str(environ, "WS_JWKS_URL", f"{auth_issuer(environ)}/.well-known/jwks.json"),
             ),
             issuer=issuer,
             audience=env_str(environ, "WS_AUDIENCE", "ws"),
@@ -331,7 +335,7 @@ class Settings:
             auth_timeout=env_float(environ, "WS_AUTH_TIMEOUT", 10.0, minimum=0.1),
             expiry_warning=env_float(environ, "WS_EXPIRY_WARNING", 60.0, minimum=0),
             key_withdrawal_grace=env_int(environ, "WS_KEY_WITHDRAWAL_GRACE", 10, minimum=1),
-            leeway=env_int(environ, "WS_LEEWAY", 5),
+            leeway=env_int(environ, "WS_LEEWAY", 5, maximum=MAX_LEEWAY),
             max_message_bytes=env_int(environ, "WS_MAX_MESSAGE_BYTES", 65536, minimum=1024),
             api_keys=api_keys,
             heartbeat=env_float(environ, "WS_HEARTBEAT", 30.0, minimum=1),

@@ -21,6 +21,7 @@ __all__ = [
     "env_secret",
     "env_secret_url",
     "env_str",
+    "http_url",
     "redact_url",
     "split_list",
 ]
@@ -226,6 +227,25 @@ def redact_url(url: str) -> str:
 def auth_issuer(environ: Mapping[str, str]) -> str:
     """``AUTH_ISSUER``, else ``http(s)://AUTH_HOST:AUTH_PORT``; never with a trailing slash."""
     host = env_str(environ, "AUTH_HOST", "127.0.0.1")
-    port = env_int(environ, "AUTH_PORT", 8081, minimum=0)
+    port = env_int(environ, "AUTH_PORT", 8081, minimum=0, maximum=MAX_PORT)
     scheme = "https" if environ.get("AUTH_TLS_CERT", "").strip() else "http"
-    return env_str(environ, "AUTH_ISSUER", f"{scheme}://{host}:{port}").rstrip("/")
+    issuer = env_str(environ, "AUTH_ISSUER", f"{scheme}://{host}:{port}").rstrip("/")
+    return http_url("AUTH_ISSUER", issuer)
+
+
+def http_url(name: str, url: str) -> str:
+    """``url`` when it is an absolute http(s) URL with a host and neither query nor fragment;
+    else the setting stops start-up. ``chat.example.com/auth`` (no scheme) was taken as an
+    issuer no token could match, and a JWKS URL without one left ws_service unready for good,
+    its log naming the URL alone (an outside probe)."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (parsing it is the check)
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(
+            f"{name} must be an absolute http:// or https:// URL with a host and no query, "
+            f"got {url[:120]!r}"
+        )
+    return url

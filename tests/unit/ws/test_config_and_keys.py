@@ -94,6 +94,26 @@ def test_bad_settings_stop_start_up(environ: dict[str, str]) -> None:
         Settings.from_env(environ)
 
 
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"WS_LEEWAY": "999999999"}, "WS_LEEWAY must be at most 300"),
+        ({"WS_JWKS_URL": "auth:8081/.well-known/jwks.json"}, "WS_JWKS_URL must be an absolute"),
+        ({"WS_JWKS_URL": "ftp://auth/jwks"}, "WS_JWKS_URL must be an absolute"),
+        ({"AUTH_ISSUER": "chat.example.com/auth"}, "AUTH_ISSUER must be an absolute"),
+        ({"AUTH_ISSUER": "https://chat.example.com/auth?x=1"}, "AUTH_ISSUER must be an absolute"),
+        ({"WS_AUTH_TIMEOUT": "nan"}, "WS_AUTH_TIMEOUT must be a finite number"),
+        ({"WS_PORT": "65536"}, "WS_PORT must be at most 65535"),
+    ],
+)
+def test_settings_nothing_could_use_stop_start_up(environ: dict[str, str], message: str) -> None:
+    """Each started before (an outside probe): a leeway of years admitted long-expired tokens, a
+    JWKS URL without a scheme left the service unready for good, an issuer without one matched
+    no token, and a NaN timeout closed every socket at once."""
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(environ)
+
+
 IDP = {"issuer": "https://idp.example.com/", "jwks_url": "https://idp.example.com/jwks"}
 
 
