@@ -147,6 +147,15 @@ def setup(app: web.Application, settings: Settings) -> None:
     for route in list(app.router.routes()):
         if route.resource is not None and route.resource.canonical.startswith(API_PREFIX):
             cors.add(route)
+    app.on_response_prepare.append(_vary_by_origin)
+
+
+async def _vary_by_origin(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """An API answer depends on the request's Origin (its CORS headers are there for one origin
+    and not another): ``Vary: Origin``, or a shared cache could hand one origin's answer to
+    another (aiohttp-cors does not add it)."""
+    if request.path.startswith(API_PREFIX) and "Origin" not in response.headers.get(hdrs.VARY, ""):
+        response.headers.add(hdrs.VARY, "Origin")
 
 
 def cookie_key(secret: str) -> bytes:

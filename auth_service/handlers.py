@@ -78,7 +78,7 @@ async def register(request: web.Request) -> web.Response:
     user = await request.app[SERVICE].register(
         required_str(body, "username"), required_str(body, "password")
     )
-    return json_response({"id": user.id, "username": user.username}, status=201)
+    return json_response({"id": user.id, "username": user.username}, status=201, headers=NO_STORE)
 
 
 @routes.post("/v1/login")

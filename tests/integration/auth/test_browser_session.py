@@ -314,6 +314,26 @@ async def test_cors_with_credentials_for_configured_origins_only(client: AuthCli
     assert "Access-Control-Allow-Origin" not in resp.headers
 
 
+async def test_api_answers_vary_by_origin_and_a_registration_is_not_stored(
+    client: AuthClient,
+) -> None:
+    """An answer whose CORS headers hold for one origin and not another says ``Vary: Origin``,
+    or a shared cache could hand it to the other (aiohttp-cors adds none: an outside probe);
+    and a registration's 201 was the one API answer without ``Cache-Control``."""
+    resp = await client.post(
+        "/v1/register",
+        json={"username": "vera", "password": PASSWORD},
+        headers={"Origin": APP},
+    )
+    assert resp.status == 201
+    assert resp.headers["Cache-Control"] == "no-store"
+    for origin in (APP, EVIL):
+        resp, _ = await cookie_refresh(client, {"Origin": origin})
+        assert "Origin" in resp.headers.getall("Vary"), origin
+    resp = await client.get("/.well-known/jwks.json")
+    assert "Vary" not in resp.headers, "not an API answer: its caching is left alone"
+
+
 async def test_cors_only_on_the_api_a_page_calls(client: AuthClient) -> None:
     """/metrics is for operators; the JWKS and metadata are public and cacheable by anyone, so they
     must not carry one origin's CORS headers (a shared cache would replay them to every origin)."""
