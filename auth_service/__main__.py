@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(serving, exc.description, 1)
     except CannotListen as exc:
         hint = " (is another auth_service or `make run` running?)" if exc.in_use else ""
-        return refuse(serving, f"{exc}{hint}; set AUTH_PORT to use another port", 1)
+        fix = "set AUTH_PORT to use another port" if exc.in_use else "check AUTH_HOST and AUTH_PORT"
+        return refuse(serving, f"{exc}{hint}; {fix}", 1)
     except BusRefused as exc:
         return refuse(serving, f"configuration error: {exc}", 2)
 

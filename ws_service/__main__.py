@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
             on_listening=listening,
         )
     except CannotListen as exc:
-        log.error(f"{exc}; set WS_PORT to use another port")
+        fix = "set WS_PORT to use another port" if exc.in_use else "check WS_HOST and WS_PORT"
+        log.error(f"{exc}; {fix}")
         sys.exit(1)
     except BusRefused as exc:
         log.error(f"configuration error: {exc}")

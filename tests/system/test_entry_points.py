@@ -4,6 +4,7 @@ healthcheck took `--help` for a URL."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,3 +54,34 @@ def test_the_chat_help_keeps_its_examples_on_their_own_lines() -> None:
     )
     lines = result.stdout.splitlines()
     assert "    python -m realtime_gateway_client.chat --user alice      # terminal 1" in lines
+
+
+@pytest.mark.parametrize(
+    ("module", "variables", "fix"),
+    [
+        ("auth_service", {"AUTH_HOST": "10.0.0.999"}, "check AUTH_HOST and AUTH_PORT"),
+        ("auth_service", {"AUTH_LOG_LEVEL": "verbose"}, "AUTH_LOG_LEVEL must be one of"),
+        ("ws_service", {"WS_HOST": "10.0.0.999", "WS_LOCAL_BUS": "1"}, "check WS_HOST and WS_PORT"),
+        ("ws_service", {"LOG_LEVEL": "verbose"}, "LOG_LEVEL must be one of"),
+    ],
+)
+def test_a_service_that_cannot_start_says_why_in_one_json_line(
+    tmp_path: Path, module: str, variables: dict[str, str], fix: str
+) -> None:
+    """An address no interface has was told to change the port; an unknown log level was a
+    plain-text traceback (an outside probe)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH_", "WS_", "REDIS_"))}
+    env.update({"AUTH_DEV": "1", "AUTH_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT)})
+    env.update(variables)
+    result = subprocess.run(
+        [sys.executable, "-m", module],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode in (1, 2), result.stderr
+    last = json.loads(result.stderr.splitlines()[-1])
+    assert last["level"] == "error" and fix in last["msg"], last
+    assert "Traceback" not in result.stderr
