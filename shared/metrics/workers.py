@@ -37,12 +37,23 @@ __all__ = [
     "remove_directory",
     "render",
     "runtime_collectors",
+    "single_process",
     "worker_exited",
 ]
 
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
 _shared: Path | None = None
 """Where this worker's metrics live, once :func:`enable` switched it to multiprocess mode."""
+
+
+def single_process() -> str | None:
+    """At a service's start, before any metric is made: plain in-memory metrics, whatever
+    ``PROMETHEUS_MULTIPROC_DIR`` the process inherited (prometheus_client reads it at import, and
+    one naming a missing directory made the service's start a traceback: an outside probe). The
+    workers' mode is this module's to switch on (:func:`enable`). Returns the ignored value."""
+    inherited = os.environ.pop(_ENV, None)
+    values.ValueClass = values.MutexValue
+    return inherited
 
 
 def make_directory() -> Path:

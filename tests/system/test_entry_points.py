@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
+
+from tests.services import free_port
+from tests.system.procs import service
 
 pytestmark = pytest.mark.system
 
@@ -85,3 +89,26 @@ def test_a_service_that_cannot_start_says_why_in_one_json_line(
     last = json.loads(result.stderr.splitlines()[-1])
     assert last["level"] == "error" and fix in last["msg"], last
     assert "Traceback" not in result.stderr
+
+
+async def test_an_inherited_prometheus_multiproc_dir_is_ignored(tmp_path: Path) -> None:
+    """prometheus_client reads it at import: one naming a missing directory made the service's
+    start a traceback (an outside probe). The service keeps its workers' metrics itself."""
+    port = free_port()
+    env = {
+        "AUTH_DEV": "1",
+        "AUTH_DATA_DIR": str(tmp_path / "data"),
+        "AUTH_PORT": str(port),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing"),
+    }
+    with service("auth_service", env, port, tmp_path) as proc:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/metrics") as resp,
+        ):
+            assert resp.status == 200
+            assert "auth_logins_total" in await resp.text()
+    log = proc.log_path.read_text()
+    assert "Traceback" not in log
+    assert "PROMETHEUS_MULTIPROC_DIR is ignored" in log
+    assert not (tmp_path / "missing").exists()
