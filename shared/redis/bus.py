@@ -114,6 +114,7 @@ class RedisBus:
         self._listener_tasks: set[asyncio.Task[None]] = set()
         self._gap = False
         self._closing = False
+        self._started = False  # start() has seen its first attempt: refusals are retried
         self._state_changed = asyncio.Event()
 
     @property
@@ -146,6 +147,7 @@ class RedisBus:
         assert first is not None
         self._ensure_links()
         await first.first_attempt_done.wait()
+        self._started = True
         if first.task.done():
             first.task.result()
 
@@ -415,7 +417,7 @@ class _Link:
             try:
                 pubsub = await self._connect()
             except AuthenticationError as exc:
-                if not self.first_attempt_done.is_set():
+                if not bus._started:
                     # Redis answers and refuses the credentials: a configuration error to stop
                     # start-up with, not an outage to wait out as "unreachable" while logouts go
                     # nowhere (an outside probe: both services started ready). Later, a password
@@ -427,6 +429,7 @@ class _Link:
                 failures += 1
                 log.warning("redis bus refused the credentials", extra={"link": self.key})
                 self.down = True
+                self.first_attempt_done.set()
                 bus._lost()
                 await bus._lost_track()
             except _REDIS_DOWN as exc:

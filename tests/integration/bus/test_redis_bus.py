@@ -293,3 +293,29 @@ async def test_something_else_answering_on_redis_address_is_an_outage_not_the_en
         await bus.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_credentials_refused_after_start_are_retried(redis_server_binary: str) -> None:
+    """A password changed under a running replica is an outage: the bus retries, and is back
+    once Redis takes its credentials again (only the first connection's refusal stops start-up)."""
+    server = PrivateRedis(redis_server_binary, "--requirepass", "right")
+    await server.start()
+    admin = Redis(port=server.port, password="right")
+    bus = RedisBus(
+        server.url.replace("redis://", "redis://:right@"), backoff_base=0.05, backoff_cap=0.2
+    )
+    try:
+        await bus.start()
+        assert bus.connected
+        await admin.config_set("requirepass", "rotated")
+        for kind in ("pubsub", "normal"):
+            await admin.execute_command("CLIENT", "KILL", "TYPE", kind, "SKIPME", "yes")
+        await eventually(lambda: not bus.connected)
+        await asyncio.sleep(0.5)  # several refused attempts
+        async with Redis(port=server.port, password="rotated") as rotated:
+            await rotated.config_set("requirepass", "right")
+        await eventually(lambda: bus.connected)
+    finally:
+        await bus.close()
+        await admin.aclose()
+        await server.kill()
