@@ -467,9 +467,16 @@ class MemorySession {
   }
 
   async logout(everywhere) {
+    // Forgotten while the request is out (a refresh meanwhile would rotate it), and given back
+    // when the logout fails, so that it can be tried again: it was lost, and the session lived on.
     const refreshToken = this.#refreshToken;
     this.#refreshToken = null;
-    await this.#api.post("/v1/logout", { refresh_token: refreshToken, all: everywhere });
+    try {
+      await this.#api.post("/v1/logout", { refresh_token: refreshToken, all: everywhere });
+    } catch (err) {
+      this.#refreshToken ??= refreshToken;
+      throw err;
+    }
   }
 
   #keep(body) {

@@ -149,6 +149,28 @@ test("in Node, a password session keeps its refresh token in memory and touches 
   await assert.rejects(client.refresh(), { code: "not_authenticated" });
 });
 
+test("a logout that fails can be tried again, with the same refresh token", async () => {
+  const username = await newUser();
+  const sent = [];
+  let down = true;
+  const fetch = (url, init) => {
+    if (url.endsWith("/v1/logout")) {
+      sent.push(JSON.parse(init.body).refresh_token);
+      if (down) return Promise.reject(new TypeError("network down"));
+    }
+    return globalThis.fetch(url, init);
+  };
+  const client = new GatewayClient({ authUrl, wsUrl, WebSocket, fetch, dpop: false });
+  await client.login(username, PASSWORD);
+  await assert.rejects(client.logout(), { code: "unreachable" });
+  down = false;
+  await client.logout(); // it was refused, the refresh token gone with the first try
+  assert.equal(sent.length, 2);
+  assert.ok(sent[0], "a refresh token was sent");
+  assert.equal(sent[1], sent[0]);
+  await assert.rejects(client.refresh(), { code: "not_authenticated" });
+});
+
 test("a subscribe in flight when the socket drops is made on the next one; a publish rejects", async () => {
   const username = await newUser();
   let cut = null; // the frame type to lose, once, closing the socket as a restarting server would
