@@ -44,11 +44,10 @@ from realtime_gateway_protocol.key_events import (
     encode_key_event,
 )
 from shared.bus import InProcessBus
-from shared.config.env import env_log_level, redact_url
+from shared.config.env import redact_url
 from shared.http.serve import CannotListen, Site, run_workers
-from shared.jsonlog import configure_logging
-from shared.metrics import workers as worker_metrics
 from shared.redis.bus import BusRefused, open_bus
+from shared.startup import start_logging
 
 log = logging.getLogger("auth_service")
 
@@ -102,13 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "secret":
         return print_secret(os.environ)
     serving = args.command in (None, "serve")
-    configure_logging()  # JSON from the first line, a refused level's included
-    if worker_metrics.single_process() is not None:
-        log.warning(
-            "PROMETHEUS_MULTIPROC_DIR is ignored: the service keeps its workers' metrics itself"
-        )
     try:
-        configure_logging(env_log_level(os.environ, "AUTH_LOG_LEVEL"))
+        start_logging(os.environ, "AUTH_LOG_LEVEL")
         settings = Settings.from_env(os.environ, use_checkout_dev_secret=not serving)
         ssl_context = settings.ssl_context
     except ConfigError as exc:

@@ -18,11 +18,10 @@ import time
 
 from auth_service.domain.errors import AuthError
 from services.embedded import Stack, build_stack
-from shared.config.env import ConfigError, env_log_level
+from shared.config.env import ConfigError
 from shared.http.serve import CannotListen, run
-from shared.jsonlog import configure_logging
-from shared.metrics import workers as worker_metrics
 from shared.redis.bus import BusRefused
+from shared.startup import start_logging
 
 log = logging.getLogger("services")
 
@@ -56,13 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ).parse_args(argv)
     environ = {**os.environ}
     environ.setdefault("AUTH_DEV", "1")
-    configure_logging()  # JSON from the first line, a refused level's included
-    if worker_metrics.single_process() is not None:
-        log.warning(
-            "PROMETHEUS_MULTIPROC_DIR is ignored: the service keeps its workers' metrics itself"
-        )
     try:
-        configure_logging(env_log_level(environ, "LOG_LEVEL"))
+        start_logging(environ, "LOG_LEVEL")
         stack = build_stack(environ)
     except ConfigError as exc:
         log.error(f"configuration error: {exc}")

@@ -33,6 +33,7 @@ from yarl import URL
 
 from realtime_gateway_protocol.wire_json import WireJSONError, check
 from shared.once import UsedOnce
+from shared.urls import web_origin
 
 __all__ = [
     "ALGORITHMS",
@@ -58,9 +59,9 @@ ALGORITHMS = ("ES256", "ES384", "ES512", "PS256", "RS256")
 only; ``none`` and every HMAC are refused whatever the proof says."""
 _CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 _RSA_BITS = (2048, 8192)
+"""RSA keys below 2048 bits are weak, above 8192 only cost the verifier."""
 _RSA_EXPONENT_BITS = 32
 """65537, what every library makes, has 17."""
-"""RSA keys below 2048 bits are weak, above 8192 only cost the verifier."""
 MAX_AGE = 60
 """Seconds a proof is accepted after its ``iat``."""
 MAX_SKEW = 5
@@ -72,7 +73,6 @@ NONCE_WINDOW = 60
 """Seconds per server nonce: a nonce is accepted in its window and the next (60 to 120 s)."""
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n")}
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 REPLAY_PREFIX = "dpop:"
 """A spent proof's key in the used-once store: ``dpop:{<jkt>}:<jti>`` (one key's proofs share a
@@ -139,19 +139,11 @@ def normalized_url(url: str) -> str | None:
     for anything else (userinfo, no host, another scheme, a bad port)."""
     try:
         parts = urlsplit(url)
-        port = parts.port
         path = URL(url).raw_path
     except ValueError:
         return None
-    scheme = _SCHEMES.get(parts.scheme.lower())
-    host = parts.hostname
-    if scheme is None or not host or parts.username is not None or parts.password is not None:
-        return None
-    if ":" in host:
-        host = f"[{host}]"
-    if port is not None and port != _DEFAULT_PORTS[scheme]:
-        host = f"{host}:{port}"
-    return f"{scheme}://{host}{path or '/'}"
+    origin = web_origin(parts, _SCHEMES.get(parts.scheme.lower(), ""))
+    return None if origin is None else f"{origin}{path or '/'}"
 
 
 class Nonces:

@@ -13,11 +13,10 @@ import os
 import sys
 
 from shared import collector
-from shared.config.env import ConfigError, env_log_level, redact_url
+from shared.config.env import ConfigError, redact_url
 from shared.http.serve import CannotListen, Site, run_workers
-from shared.jsonlog import configure_logging
-from shared.metrics import workers as worker_metrics
 from shared.redis.bus import BusRefused
+from shared.startup import start_logging
 from ws_service.app import create_app
 from ws_service.settings import Settings
 
@@ -30,13 +29,8 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     ).parse_args(argv)
-    configure_logging()  # JSON from the first line, a refused level's included
-    if worker_metrics.single_process() is not None:
-        log.warning(
-            "PROMETHEUS_MULTIPROC_DIR is ignored: the service keeps its workers' metrics itself"
-        )
     try:
-        configure_logging(env_log_level(os.environ, "LOG_LEVEL"))
+        start_logging(os.environ, "LOG_LEVEL")
         settings = Settings.from_env(os.environ)
         ssl_context = settings.ssl_context
         app = create_app(settings)

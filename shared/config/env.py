@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from shared.urls import web_origin
+
 __all__ = [
     "MAX_PORT",
     "ConfigError",
@@ -113,9 +115,6 @@ def env_list(
     return split_list(environ.get(name, "")) or default
 
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
 def env_origins(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     """A list of web origins (RFC 6454: ``scheme://host[:port]``), as a browser's ``Origin``
     header spells them: scheme and host in lower case, no default port, no trailing slash. A
@@ -124,27 +123,17 @@ def env_origins(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     page it named (an outside probe)."""
     origins = []
     for raw in env_list(environ, name):
-        parts = urlsplit(raw)
         try:
-            port = parts.port
+            parts = urlsplit(raw)
         except ValueError:
-            port = -1
-        if (
-            parts.scheme not in _DEFAULT_PORTS
-            or not parts.hostname
-            or port == -1
-            or parts.path not in ("", "/")
-            or parts.query
-            or parts.fragment
-            or "@" in parts.netloc
-        ):
+            parts = urlsplit("")
+        origin = web_origin(parts, parts.scheme)
+        if origin is None or parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ConfigError(
                 f"{name}: {raw!r} is not an origin: scheme://host[:port] (http or https), "
                 "no path, never a wildcard"
             )
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        explicit = port is not None and port != _DEFAULT_PORTS[parts.scheme]
-        origins.append(f"{parts.scheme}://{host}{f':{port}' if explicit else ''}")
+        origins.append(origin)
     return tuple(origins)
 
 

@@ -416,8 +416,8 @@ class _Link:
         while not bus._closing and (self.key == _BROADCAST or self.topics()):
             try:
                 pubsub = await self._connect()
-            except AuthenticationError as exc:
-                if not bus._started:
+            except _REDIS_DOWN as exc:
+                if isinstance(exc, AuthenticationError) and not bus._started:
                     # Redis answers and refuses the credentials: a configuration error to stop
                     # start-up with, not an outage to wait out as "unreachable" while logouts go
                     # nowhere (an outside probe: both services started ready). Later, a password
@@ -426,13 +426,6 @@ class _Link:
                         f"Redis refused the credentials ({exc}): check REDIS_URL's user "
                         "and REDIS_PASSWORD"
                     ) from None
-                failures += 1
-                log.warning("redis bus refused the credentials", extra={"link": self.key})
-                self.down = True
-                self.first_attempt_done.set()
-                bus._lost()
-                await bus._lost_track()
-            except _REDIS_DOWN as exc:
                 failures += 1
                 log.warning("redis bus cannot connect", extra={"link": self.key, "error": str(exc)})
                 self.down = True

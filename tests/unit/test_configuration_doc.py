@@ -26,6 +26,7 @@ READERS = {
     "env_list",
     "env_log_level",
     "env_origins",
+    "start_logging",  # (environ, name): the log level's variable
     "env_secret",
     "env_secret_url",
 }
