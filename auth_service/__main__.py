@@ -118,14 +118,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "clients":
             return asyncio.run(clients_command(settings, args))
         return asyncio.run(create_user(settings, args.username, args.scope))
-    except AuthError as exc:
-        return refuse(serving, exc.description, 1)
     except CannotListen as exc:
         hint = " (is another auth_service or `make run` running?)" if exc.in_use else ""
         fix = "set AUTH_PORT to use another port" if exc.in_use else "check AUTH_HOST and AUTH_PORT"
         return refuse(serving, f"{exc}{hint}; {fix}", 1)
-    except BusRefused as exc:
-        return refuse(serving, f"configuration error: {exc}", 2)
+    except (AuthError, BusRefused) as exc:
+        return refuse(serving, *(start_refusal(exc) or (str(exc), 1)))
+
+
+def start_refusal(exc: Exception) -> tuple[str, int] | None:
+    """Why the service (or a command, or a worker) cannot start, and its exit status: the database
+    cannot be reached (1), Redis refuses the credentials (2). ``None``: a crash."""
+    if isinstance(exc, AuthError):
+        return exc.description, 1
+    if isinstance(exc, BusRefused):
+        return f"configuration error: {exc}", 2
+    return None
 
 
 def refuse(serving: bool, message: str, status: int) -> int:
@@ -186,6 +194,7 @@ def serve(settings: Settings, ssl_context: ssl.SSLContext | None) -> int:
         workers=settings.workers,
         addresses=[(settings.host, settings.port)],
         on_listening=listening,
+        refusal=start_refusal,
     )
 
 

@@ -74,15 +74,24 @@ def main(argv: list[str] | None = None) -> None:
             workers=settings.workers,
             addresses=[(settings.host, settings.port)],
             on_listening=listening,
+            refusal=start_refusal,
         )
     except CannotListen as exc:
         fix = "set WS_PORT to use another port" if exc.in_use else "check WS_HOST and WS_PORT"
         log.error(f"{exc}; {fix}")
         sys.exit(1)
     except BusRefused as exc:
-        log.error(f"configuration error: {exc}")
-        sys.exit(2)
+        message, status = start_refusal(exc) or (str(exc), 2)
+        log.error(message)
     sys.exit(status)
+
+
+def start_refusal(exc: Exception) -> tuple[str, int] | None:
+    """Why the service (or a worker) cannot start, and its exit status: Redis refuses the
+    credentials (2). ``None``: a crash."""
+    if isinstance(exc, BusRefused):
+        return f"configuration error: {exc}", 2
+    return None
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ __all__ = [
     "CannotListen",
     "Drain",
     "JsonErrorRequestHandler",
+    "Refusal",
     "Site",
     "run",
     "run_workers",
@@ -69,6 +70,10 @@ _PR_SET_PDEATHSIG = 1
 
 OnStarted = Callable[[], Coroutine[Any, Any, None]]
 """Run as a task once every site listens (say so, wait for readiness); cancelled on stop."""
+
+Refusal = Callable[[Exception], tuple[str, int] | None]
+"""Why a service cannot start, from what its start raised: the one line it logs and its exit
+status, or ``None`` for a crash."""
 
 
 class CannotListen(Exception):
@@ -311,6 +316,7 @@ def run_workers(
     workers: int,
     addresses: Sequence[tuple[str, int]],
     on_listening: Callable[[], None],
+    refusal: Refusal = lambda exc: None,
 ) -> int:
     """Serve the sites ``build(reuse_port)`` makes, in this process or in ``workers`` forked ones.
 
@@ -320,7 +326,11 @@ def run_workers(
     listens, forwards SIGINT/SIGTERM, and starts a new worker when one dies, unless workers die
     ``MAX_RESTARTS`` times within ``RESTART_WINDOW`` seconds (a crash loop: it stops them all and
     exits with the last one's status, for the process manager to see). Their metrics are summed
-    in every scrape (:mod:`shared.metrics.workers`). Returns the exit status."""
+    in every scrape (:mod:`shared.metrics.workers`). Returns the exit status.
+
+    A first worker that cannot start (the database is down, a credential is refused) stops them
+    all at once with its status, as one process would stop: ``refusal`` turns what it raised into
+    the one line it logs and that status (``None``: a crash, logged with its traceback)."""
     if workers == 1:
 
         async def started() -> None:
@@ -332,7 +342,7 @@ def run_workers(
         _check_bind(host, port)
     metrics = worker_metrics.make_directory()
     try:
-        return _Supervisor(build, metrics).run(workers, on_listening)
+        return _Supervisor(build, metrics, refusal).run(workers, on_listening)
     finally:
         worker_metrics.remove_directory(metrics)
 
@@ -344,9 +354,12 @@ MAX_RESTARTS = 5
 class _Supervisor:
     """The parent of the workers: no event loop, only fork, wait and signals."""
 
-    def __init__(self, build: Callable[[bool], Sequence[Site]], metrics: Path) -> None:
+    def __init__(
+        self, build: Callable[[bool], Sequence[Site]], metrics: Path, refusal: Refusal
+    ) -> None:
         self._build = build
         self._metrics = metrics
+        self._refusal = refusal
         self._live: set[int] = set()
         self._stopping = False
         self._deaths: list[float] = []
@@ -360,7 +373,7 @@ class _Supervisor:
                 _stop_with_parent()
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
                 worker_metrics.enable(self._metrics)
-                code = _worker(self._build, ready_w)
+                code = _worker(self._build, ready_w, self._refusal)
             finally:
                 os._exit(code)
         self._live.add(pid)
@@ -382,8 +395,13 @@ class _Supervisor:
             signal.signal(sig, self._forward)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         with os.fdopen(ready_r, "rb") as ready:
-            if len(ready.read(workers)) == workers:
-                on_listening()
+            started = len(ready.read(workers)) == workers
+        failed_start = not started and not self._stopping
+        if started:
+            on_listening()
+        elif failed_start:  # the service's start failed: restarting would fail the same way
+            log.error("a worker could not start; stopping")
+            self._forward(signal.SIGTERM, None)
         status = 0
         while self._live:
             pid, wait_status = os.wait()
@@ -392,13 +410,15 @@ class _Supervisor:
             self._live.discard(pid)
             worker_metrics.worker_exited(self._metrics, pid)
             code = os.waitstatus_to_exitcode(wait_status)
+            if failed_start and code != 0 and status == 0:
+                status = code if code > 0 else 128 - code
             signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
             try:
                 if not self._stopping:
                     status = self._replace(pid, code)
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        return status
+        return status or (1 if failed_start else 0)
 
     def _replace(self, pid: int, code: int) -> int:
         """A worker died on its own: start another, or give up on a crash loop."""
@@ -437,7 +457,7 @@ def _stop_with_parent() -> None:
         log.warning("workers will outlive a killed parent", extra={"errno": ctypes.get_errno()})
 
 
-def _worker(build: Callable[[bool], Sequence[Site]], ready_w: int | None) -> int:
+def _worker(build: Callable[[bool], Sequence[Site]], ready_w: int | None, refusal: Refusal) -> int:
     """One worker's life; its status is what the parent sees. ``ready_w`` hears it listen (the
     first workers only: a replacement listens beside the others, and nobody waits for it)."""
 
@@ -452,9 +472,14 @@ def _worker(build: Callable[[bool], Sequence[Site]], ready_w: int | None) -> int
     except CannotListen as exc:
         log.error(f"worker {os.getpid()}: {exc}")
         return 1
-    except Exception:
-        log.exception("worker failed")
-        return 1
+    except Exception as exc:
+        refused = refusal(exc)
+        if refused is None:
+            log.exception("worker failed")
+            return 1
+        message, status = refused
+        log.error(f"worker {os.getpid()}: {message}")
+        return status
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -4,6 +4,7 @@ PostgreSQL and Redis shared, a supervising parent that SIGTERM stops with its wo
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -126,6 +127,35 @@ def test_workers_need_redis(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert b"WS_WORKERS above 1 needs REDIS_URL" in result.stderr
+
+
+def test_workers_whose_database_is_down_stop_at_once_saying_why(tmp_path: Path) -> None:
+    """Each worker says in one JSON line what one process says, and the service exits 1 without
+    restarting workers that would fail the same way (it used to log tracebacks and retry)."""
+    redis_reachable()
+    closed = free_port()
+    env = {
+        **os.environ,
+        "AUTH_WORKERS": "2",
+        "AUTH_PORT": str(free_port()),
+        "AUTH_DATA_DIR": str(tmp_path),
+        "AUTH_KEY_ENCRYPTION_SECRETS": SECRET,
+        "AUTH_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/test",
+        "REDIS_URL": REDIS_URL,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "auth_service"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    refusals = [line for line in lines if "cannot connect to PostgreSQL" in line["msg"]]
+    assert len(refusals) == 2, lines
+    assert lines[-1]["msg"] == "a worker could not start; stopping"
+    assert not any("exc" in line or "started another" in line["msg"] for line in lines), lines
 
 
 UNAUTHENTICATED_CAP = 8
