@@ -22,6 +22,7 @@ from aiohttp import hdrs
 
 from realtime_gateway_protocol import wire_json
 from realtime_gateway_protocol.signatures import HEADER, sign
+from shared.http.client import IDENTITY, read_capped
 from ws_service.domain.errors import ProxyUnavailable
 from ws_service.domain.proxy import ProxyCall, Verdict
 
@@ -80,21 +81,14 @@ class HttpAppProxy:
         headers = {
             HEADER: sign(body, self._secrets),
             hdrs.CONTENT_TYPE: "application/json",
-            hdrs.ACCEPT_ENCODING: "identity",
+            **IDENTITY,
         }
         async with self._session.post(
             url, data=body, headers=headers, allow_redirects=False
         ) as response:
             if response.status != 200:
                 raise ValueError(f"HTTP {response.status}")
-            if (response.content_length or 0) > self._max_bytes:
-                raise ValueError(f"an answer of {response.content_length} bytes")
-            answer = bytearray()
-            async for chunk in response.content.iter_any():
-                answer += chunk
-                if len(answer) > self._max_bytes:
-                    raise ValueError(f"an answer over {self._max_bytes} bytes")
-            return bytes(answer)
+            return await read_capped(response, self._max_bytes)
 
 
 def _body(call: ProxyCall) -> bytes:

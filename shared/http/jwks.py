@@ -2,7 +2,10 @@
 
 pyjwt's ``PyJWKClient`` blocks the event loop and forgets its keys when a fetch fails; this cache
 fetches one at a time, keeps the last good key set while the issuer is down, and turns a flood of
-unknown ``kid``s into at most one refetch per ``refetch_interval``. One instance serves one issuer,
+unknown ``kid``s into at most one refetch per ``refetch_interval``. A fetch follows no redirect,
+takes no compressed answer and reads at most ``MAX_JWKS_BYTES``: an issuer's server (another
+tenant's identity provider, for auth_service) can neither move the keys elsewhere nor make this
+process hold more than a key set. One instance serves one issuer,
 so an unknown ``kid`` of one issuer never triggers a fetch from another.
 
 Each key comes with the algorithms it may verify, pinned by the issuer's configuration: the JWK's
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import re
@@ -37,8 +39,12 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
 
+from realtime_gateway_protocol import wire_json
+from shared.http.client import IDENTITY, read_capped
+
 __all__ = [
     "ALGORITHMS",
+    "MAX_JWKS_BYTES",
     "MAX_WITHDRAWN",
     "MIN_RSA_BITS",
     "JwksCache",
@@ -53,6 +59,9 @@ __all__ = [
 ]
 
 MIN_RSA_BITS = 2048
+MAX_JWKS_BYTES = 256 * 1024
+"""A key set's size at most, as sent: a few keys take a few KiB, and a larger answer is refused
+before it is all read (it is parsed on the event loop)."""
 MAX_WITHDRAWN = 256
 """Withdrawn kids remembered, the oldest forgotten first. Only announcements add one (a withdrawal
 is an operator's rare act), so a bound this size is never reached in earnest, and nothing a client
@@ -267,10 +276,16 @@ class JwksCache:
 
     async def _fetch(self) -> None:
         try:
-            async with self._session.get(self._url, timeout=self._timeout) as response:
+            async with self._session.get(
+                self._url,
+                timeout=self._timeout,
+                headers=IDENTITY,
+                allow_redirects=False,  # the keys come from the configured URL and nowhere else
+                auto_decompress=False,
+            ) as response:
                 if response.status != 200:
                     raise ValueError(f"HTTP {response.status}")
-                document = json.loads(await response.read())
+                document = wire_json.loads(await read_capped(response, MAX_JWKS_BYTES))
                 cache_control = response.headers.get("Cache-Control")
             keys = {
                 kid: key

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,6 +22,8 @@ class Response:
     def __init__(self, body: bytes, gate: asyncio.Event | None) -> None:
         self.status = 200
         self.headers = {"Cache-Control": "public, max-age=300"}
+        self.content_length = None
+        self.content = self
         self._body = body
         self._gate = gate
 
@@ -31,10 +33,10 @@ class Response:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    async def read(self) -> bytes:
+    async def iter_any(self) -> AsyncIterator[bytes]:
         if self._gate is not None:
             await self._gate.wait()
-        return self._body
+        yield self._body
 
 
 class Issuer:
@@ -46,7 +48,7 @@ class Issuer:
         self.fetches = 0
         self.gate: asyncio.Event | None = None
 
-    def get(self, url: str, timeout: Any) -> Response:
+    def get(self, url: str, **options: Any) -> Response:
         self.fetches += 1
         keys = [{**self.jwk, "kid": kid, "use": "sig", "alg": "RS256"} for kid in self.kids]
         return Response(json.dumps({"keys": keys}).encode(), self.gate)

@@ -4,6 +4,7 @@ gateway's, each with the auth code a client sees."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from ws_service.jwks import IssuerKeys
 class Response:
     def __init__(self, status: int, body: bytes) -> None:
         self.status, self.headers, self._body = status, {}, body
+        self.content_length, self.content = len(body), self
 
     async def __aenter__(self) -> Response:
         return self
@@ -25,15 +27,15 @@ class Response:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    async def read(self) -> bytes:
-        return self._body
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        yield self._body
 
 
 class Session:
     def __init__(self, jwk: dict[str, Any]) -> None:
         self.jwk, self.up = jwk, True
 
-    def get(self, url: str, timeout: Any) -> Response:
+    def get(self, url: str, **options: Any) -> Response:
         if not self.up:
             return Response(503, b"")
         return Response(200, json.dumps({"keys": [self.jwk]}).encode())
