@@ -38,6 +38,9 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,2}")
 _JWT_START = "eyJ"
 """What every match of ``_JWT`` contains: a line without it is left as it is, unscanned."""
 REDACTED = "[redacted-jwt]"
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s\"\\/?#@]*:[^\s\"\\/?#]*@")
+"""A URL's ``user:password@``, wherever a caller or a library put the URL (a message, an extra,
+an exception's text): its password never reaches the log."""
 _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
 _FAST = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 """Dataclasses and datetimes go to ``default=str`` as they do with the standard encoder."""
@@ -84,7 +87,11 @@ def _head(created: float, level: str, logger: str, message: str) -> dict[str, An
 
 def _encode(entry: dict[str, Any]) -> str:
     line = _dump(entry)
-    return _JWT.sub(REDACTED, line) if _JWT_START in line else line
+    if _JWT_START in line:
+        line = _JWT.sub(REDACTED, line)
+    if "@" in line and "://" in line:
+        line = _USERINFO.sub(r"\1***@", line)
+    return line
 
 
 def _dump(entry: dict[str, Any]) -> str:

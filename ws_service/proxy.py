@@ -22,6 +22,7 @@ from aiohttp import hdrs
 
 from realtime_gateway_protocol import wire_json
 from realtime_gateway_protocol.signatures import HEADER, sign
+from shared.config.env import redact_url
 from shared.http.client import IDENTITY, read_capped
 from ws_service.domain.errors import ProxyUnavailable
 from ws_service.domain.proxy import ProxyCall, Verdict
@@ -71,7 +72,11 @@ class HttpAppProxy:
             self._on_outcome(call.action, "unavailable")
             log.warning(
                 "the application's proxy gave no answer",
-                extra={"url": call.url, "action": call.action, "error": str(exc) or repr(exc)},
+                extra={
+                    "url": redact_url(call.url),
+                    "action": call.action,
+                    "error": str(exc) or repr(exc),
+                },
             )
             raise ProxyUnavailable() from None
         self._on_outcome(call.action, "allow" if verdict.allow else "deny")

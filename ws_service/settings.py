@@ -97,10 +97,10 @@ def parse_proxy(raw: str) -> dict[str, dict[str, str]]:
         if not _NAMESPACE.fullmatch(namespace) or action not in _PROXY_ACTIONS:
             raise ConfigError(
                 "WS_PROXY entries are namespace.subscribe=url or namespace.publish=url, "
-                f"got {item!r}"
+                f"got {redact_url(item)!r}"
             )
         if not _http_url(url):
-            raise ConfigError(f"WS_PROXY {target}: {url!r} is not an http(s) URL")
+            raise ConfigError(f"WS_PROXY {target}: {redact_url(url)!r} is not an http(s) URL")
         if action in proxies.get(namespace, {}):
             raise ConfigError(f"WS_PROXY names {target} twice")
         proxies.setdefault(namespace, {})[action] = url

@@ -196,9 +196,11 @@ def env_secret_url(
     return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
 
 
-_SECRET_OPTION = re.compile(r"([?&][^=&#]*password[^=&#]*=)[^&#]*", re.IGNORECASE)
-"""A query option holding a password: redis-py and libpq read ``?password=``, and a Sentinel
-group's URL carries ``sentinel_password``."""
+_SECRET_OPTION = re.compile(
+    r"([?&][^=&#]*(?:password|secret|token|key|sig|auth|credential)[^=&#]*=)[^&#]*", re.IGNORECASE
+)
+"""A query option holding a secret: redis-py and libpq read ``?password=``, a Sentinel group's
+URL carries ``sentinel_password``, and an application's proxy URL may carry ``?api_key=``."""
 _HIDDEN = r"\1***"
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import re
@@ -40,6 +41,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
 
 from realtime_gateway_protocol import wire_json
+from shared.config.env import redact_url
 from shared.http.client import IDENTITY, read_capped
 
 __all__ = [
@@ -210,7 +212,11 @@ class JwksCache:
     async def refresh(self) -> None:
         """Fetch the key set, joining a fetch already in flight. Raises ``KeysUnavailable``."""
         if self._inflight is None:
-            task = asyncio.get_running_loop().create_task(self._fetch())
+            # A context of its own: the fetch serves every waiter, and its lines (a failure, keys
+            # that left) belong to no one request, not the one that happened to start it.
+            task = asyncio.get_running_loop().create_task(
+                self._fetch(), context=contextvars.Context()
+            )
             task.add_done_callback(self._fetch_done)
             self._inflight = task
         await asyncio.shield(self._inflight)
@@ -295,13 +301,16 @@ class JwksCache:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self._on_fetch("error")
             self._failed(str(exc) or type(exc).__name__)
-            log.warning("JWKS fetch failed", extra={"url": self._url, "error": str(exc)})
+            log.warning(
+                "JWKS fetch failed", extra={"url": redact_url(self._url), "error": str(exc)}
+            )
             raise KeysUnavailable() from exc
         if not keys:
             self._on_fetch("empty")
             self._failed("the key set holds no usable key")
             log.warning(
-                "JWKS holds no usable key; keeping the previous set", extra={"url": self._url}
+                "JWKS holds no usable key; keeping the previous set",
+                extra={"url": redact_url(self._url)},
             )
             raise KeysUnavailable()
         dropped = frozenset(self._keys.keys() - keys.keys())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import socket
 from collections import Counter
@@ -233,6 +234,25 @@ async def test_an_unreachable_app_fails_closed(make_gateway: MakeGateway) -> Non
     assert re.search(
         r'ws_proxy_requests_total\{action="subscribe",outcome="unavailable"\} 1', counts
     )
+
+
+async def test_an_unreachable_apps_credentials_stay_out_of_the_log(
+    make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy URL may carry a user, a password and a key; the warning names the URL without
+    them (an outside probe read all three in the line)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://gw:Pr0xyPassw0rd@127.0.0.1:{port}/rt"
+    proxy = {"doc": {"subscribe": f"{base}/subscribe?api_key=QueryS3cret&v=1"}}
+    gw = await make_gateway(proxy=proxy, proxy_secrets=(SECRET,), proxy_timeout=1.0)
+    ws = await gw.login("alice", scope="doc:read")
+    with caplog.at_level(logging.WARNING, logger="ws_service.proxy"):
+        assert (await subscribe(ws))["code"] == "proxy_unavailable"
+    [record] = [r for r in caplog.records if r.name == "ws_service.proxy"]
+    assert record.url == f"http://***@127.0.0.1:{port}/rt/subscribe?api_key=***&v=1"  # type: ignore[attr-defined]
+    assert "Pr0xy" not in caplog.text and "QueryS3cret" not in caplog.text
 
 
 async def test_calls_in_flight_are_bounded(

@@ -45,6 +45,10 @@ def test_bearer_token(header: str | None, token: str | None) -> None:
             "redis+sentinel://:d@h1,h2/m?sentinel_password=s&db=2",
             "redis+sentinel://***@h1,h2/m?sentinel_password=***&db=2",
         ),
+        (
+            "http://u:p@app:8000/allow?api_key=k1&x=1&token=t&sig=s",
+            "http://***@app:8000/allow?api_key=***&x=1&token=***&sig=***",
+        ),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:

@@ -86,9 +86,38 @@ def test_extras_and_tracebacks_are_redacted_too() -> None:
     assert TOKEN[-20:] not in json.dumps(entry)
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://gw:Pr0xy@app:8000/allow", "http://***@app:8000/allow"),
+        ("postgresql://u:p@w@db/x", "postgresql://***@db/x"),
+        ("redis://:secret@h:6379/0", "redis://***@h:6379/0"),
+    ],
+)
+def test_a_urls_password_never_reaches_a_line(
+    root_logging: None, capsys: pytest.CaptureFixture[str], url: str, shown: str
+) -> None:
+    """Wherever a caller or a library put the URL: the message, an extra, an exception's text,
+    a line written straight to the stream."""
+    configure_logging("INFO")
+    logger = logging.getLogger("anything")
+    logger.warning(f"cannot reach {url}", extra={"url": url})
+    try:
+        raise OSError(f"refused: {url}")
+    except OSError:
+        logger.exception("failed")
+    info(logging.getLogger("access"), "request", {"target": url})
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert lines[0]["msg"] == f"cannot reach {shown}" and lines[0]["url"] == shown
+    assert f"refused: {shown}" in lines[1]["exc"]
+    assert lines[2]["target"] == shown
+    assert not any(secret in json.dumps(lines) for secret in ("Pr0xy", ":p@", "secret"))
+
+
 def test_ordinary_text_is_left_alone() -> None:
-    record = logging.makeLogRecord({"msg": "heyJude eyJ short.ok", "name": "x"})
-    assert json.loads(JsonFormatter().format(record))["msg"] == "heyJude eyJ short.ok"
+    for text in ("heyJude eyJ short.ok", "mail a@b.c from http://h/x", "http://user@h/ at 1:2"):
+        record = logging.makeLogRecord({"msg": text, "name": "x"})
+        assert json.loads(JsonFormatter().format(record))["msg"] == text
 
 
 def test_warnings_and_a_crash_are_json_lines_too(

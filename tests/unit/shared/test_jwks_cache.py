@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import RSAAlgorithm
 
 from shared.http.jwks import JwksCache, KeyWithdrawn, UnknownKey
+from shared.jsonlog import REQUEST_ID
 
 
 class Response:
@@ -46,10 +47,12 @@ class Issuer:
         self.jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
         self.kids = list(kids)
         self.fetches = 0
+        self.request_ids: list[str | None] = []
         self.gate: asyncio.Event | None = None
 
     def get(self, url: str, **options: Any) -> Response:
         self.fetches += 1
+        self.request_ids.append(REQUEST_ID.get())
         keys = [{**self.jwk, "kid": kid, "use": "sig", "alg": "RS256"} for kid in self.kids]
         return Response(json.dumps({"keys": keys}).encode(), self.gate)
 
@@ -149,3 +152,13 @@ async def test_keys_a_fresh_key_set_no_longer_lists_are_reported(
     with pytest.raises(UnknownKey, match="unknown signing key"):
         await keys.get_key("k1")
     assert not keys.is_withdrawn("k1"), "a key that left the set is not withdrawn"
+
+
+async def test_a_fetch_belongs_to_no_request(rsa_key: RSAPrivateKey) -> None:
+    """Its lines must not carry the id of whichever request started it (a client may choose
+    that id), nor of the requests that joined it."""
+    issuer = Issuer(rsa_key, "k1")
+    keys = cache(issuer, [])
+    REQUEST_ID.set("chosen-by-a-client")
+    await keys.refresh()
+    assert issuer.request_ids == [None]
