@@ -25,7 +25,7 @@ from shared.http.urlencoded import UrlencodedError, strict_pairs
 from shared.jsonlog import audit
 from ws_service.appkeys import CONTROL, GATEWAY, SETTINGS
 from ws_service.domain.commands import DisconnectUser, SubscribeUser, UnsubscribeUser
-from ws_service.domain.errors import HistoryFull, InvalidChannel, Unconfirmed
+from ws_service.domain.errors import Forbidden, HistoryFull, InvalidChannel, Unconfirmed
 from ws_service.domain.namespaces import validate_channel
 
 __all__ = ["ROUTES"]
@@ -78,6 +78,8 @@ def _api_call(handler: Handler) -> Handler:
             return json_error(refusal.status, refusal.code, refusal.description)
         except InvalidChannel as err:
             return json_error(400, err.code, err.message)
+        except Forbidden as err:
+            return json_error(403, err.code, err.message)
         except BusUnavailable:
             return json_error(
                 503, "unavailable", "Redis cannot be reached: nothing was done; try again"
@@ -193,6 +195,8 @@ async def unsubscribe(request: web.Request) -> web.Response:
 @_api_call
 async def subscribe(request: web.Request) -> web.Response:
     user, channel = await _user_and_channel(request)
+    if not request.app[GATEWAY].hub.namespaces.of(channel).server_may_subscribe(user, channel):
+        raise Forbidden("a user channel can be subscribed for its own user only")
     counted = await request.app[CONTROL].count(SubscribeUser(user, channel))
     return json_response(
         {

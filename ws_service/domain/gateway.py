@@ -307,6 +307,10 @@ class Gateway:
             count = sum(conn.unsubscribe_by_server(command.channel) for conn in conns)
         else:
             count = 0
+            if not self.hub.namespaces.of(command.channel).server_may_subscribe(
+                command.user, command.channel
+            ):  # the API refuses it first; a replica never acts on one either
+                conns = []
             for conn in conns:
                 count += await conn.subscribe_by_server(command.channel)
         return {"count": count}

@@ -168,6 +168,12 @@ class Namespace:
         if scope not in claims.scopes and not granted(claims.grants, action, channel):
             raise Forbidden(f"{_DOING[action]} needs the scope {scope}")
 
+    def server_may_subscribe(self, user: str, channel: str) -> bool:
+        """What the server API may not do either: put ``user`` on another user's inbox
+        (``user:<sub>`` is readable by that user alone, whoever asks; a backend passing on a
+        channel its user chose would otherwise leak every user's private messages)."""
+        return not self.private or channel == f"{USER_NAMESPACE}:{user}"
+
 
 class Namespaces:
     """The configured namespaces; any other namespace gets the defaults (no history, no

@@ -13,6 +13,8 @@ from redis.asyncio import Redis
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness, expect_close, expect_open, recv, send
 from ws_service.api import CONTROL_BODY_BYTES
+from ws_service.appkeys import GATEWAY
+from ws_service.domain.commands import SubscribeUser
 
 KEY = {"Authorization": "Bearer test-api-key-0123456789"}
 
@@ -103,6 +105,28 @@ async def test_subscribe_subscribes_the_users_sockets_without_asking_their_scope
     assert (await recv(alice))["data"] == "hi"
     _, again = await call(gw, "POST", "/v1/subscribe", json={"user": "alice", "channel": channel})
     assert again["subscribed"] == 0, "already subscribed"
+
+
+async def test_subscribe_never_puts_a_user_on_another_users_inbox(gw: Harness) -> None:
+    """``user:<sub>`` is readable by that user alone, whoever asks: a backend that passes on a
+    channel its user chose must not leak another user's private messages (an outside probe
+    subscribed alice to bob's inbox and read a message meant for him)."""
+    alice = await gw.login("alice")
+    status, body = await call(
+        gw, "POST", "/v1/subscribe", json={"user": "alice", "channel": "user:bob"}
+    )
+    assert (status, body["error"]) == (403, "forbidden"), body
+    await call(gw, "POST", "/v1/publish", json={"channel": "user:bob", "data": "reset link"})
+    await expect_open(alice)  # the pong is the next frame: nothing reached alice
+    status, body = await call(
+        gw, "POST", "/v1/subscribe", json={"user": "alice", "channel": "user:alice"}
+    )
+    assert (status, body["subscribed"]) == (200, 1)
+    # A replica never acts on such a command either, whoever put it on the control topic.
+    bob = await gw.login("bob")
+    assert await gw.app[GATEWAY].execute(SubscribeUser("bob", "user:alice")) == {"count": 0}
+    assert await gw.app[GATEWAY].execute(SubscribeUser("bob", "user:bob")) == {"count": 1}
+    assert (await recv(bob))["channel"] == "user:bob"
 
 
 async def test_connections_counts_sockets_by_session(gw: Harness) -> None:
