@@ -40,6 +40,9 @@ class Request:
 
 
 _LENIENT = frozenset({"token"})
+MAX_SAFE_ID = 2**53 - 1
+"""The largest integer ``id`` echoed: JavaScript's ``Number.MAX_SAFE_INTEGER``. A browser reads a
+larger one rounded, and could never match the reply to its request (RFC 7493 section 2.2)."""
 
 
 def parse(text: str) -> Request:
@@ -58,9 +61,11 @@ def parse(text: str) -> Request:
     kind = body.get("type")
     request_id = body.get("id")
     if request_id is not None and (
-        isinstance(request_id, bool) or not isinstance(request_id, str | int)
+        isinstance(request_id, bool)
+        or not isinstance(request_id, str | int)
+        or (isinstance(request_id, int) and not -MAX_SAFE_ID <= request_id <= MAX_SAFE_ID)
     ):
-        raise BadRequest("id must be a string or an integer")
+        raise BadRequest(f"id must be a string or an integer within +-{MAX_SAFE_ID}")
     if not isinstance(kind, str):
         raise BadRequest("type must be a string")
     return Request(kind, request_id, body)

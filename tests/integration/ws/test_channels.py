@@ -113,6 +113,8 @@ async def test_replicas_sharing_a_bus_deliver_each_others_messages(
         ("chat:write", {"type": "publish", "channel": "chat:general"}, "bad_request"),
         ("chat:read", {"type": "dance"}, "bad_request"),
         ("chat:read", {"type": "ping", "id": True}, "bad_request"),
+        ("chat:read", {"type": "ping", "id": 2**53}, "bad_request"),
+        ("chat:read", {"type": "ping", "id": -(2**53)}, "bad_request"),
     ],
 )
 async def test_channel_errors_keep_the_socket_open(
@@ -125,6 +127,13 @@ async def test_channel_errors_keep_the_socket_open(
     assert isinstance(reply["message"], str) and reply["message"]
     assert reply["id"] == ("req" if "id" not in frame else None)
     await expect_open(ws)
+
+
+async def test_the_largest_ids_javascript_reads_exactly_are_echoed(gw: Harness) -> None:
+    ws = await gw.login("alice", scope="chat:read")
+    for request_id in (2**53 - 1, -(2**53 - 1), 0):
+        await send(ws, {"type": "ping", "id": request_id})
+        assert (await recv(ws)) == {"type": "pong", "id": request_id}
 
 
 async def test_own_user_channel_needs_no_scope_and_longest_name_is_valid(gw: Harness) -> None:
