@@ -17,6 +17,7 @@ from realtime_gateway_client.client import (
     TemporaryFailure,
     TokenPair,
     Unreachable,
+    refusing_redirects,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "TemporaryFailure",
     "TokenPair",
     "Unreachable",
+    "refusing_redirects",
 ]

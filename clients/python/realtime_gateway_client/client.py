@@ -38,6 +38,7 @@ import logging
 import os
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -65,6 +66,7 @@ __all__ = [
     "TemporaryFailure",
     "TokenPair",
     "Unreachable",
+    "refusing_redirects",
 ]
 
 log = logging.getLogger(__name__)
@@ -146,6 +148,33 @@ _FIRST_CONTACT_FAILURES = (
 """What a wrong URL raises: refused, unresolvable, timed out, or an HTTP status (not a 101)."""
 
 
+class _Redirected(aiohttp.ClientResponseError):
+    """The gateway's URL answered with a redirect, which the client does not follow."""
+
+
+def refusing_redirects() -> aiohttp.TraceConfig:
+    """For the session the client makes (and one passed to it: ``aiohttp.ClientSession(
+    trace_configs=[refusing_redirects()])``): a redirect of the upgrade is refused, not followed.
+    aiohttp's ``ws_connect`` follows one, and the next frame is the access token; browsers and
+    other WebSocket clients never follow one. Its REST calls ask for no redirects themselves."""
+
+    async def refuse(
+        session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceRequestRedirectParams
+    ) -> None:
+        response = params.response
+        response.release()
+        raise _Redirected(
+            response.request_info,
+            (),
+            status=response.status,
+            message=f"a redirect to {response.headers.get('Location', '?')}, not followed",
+        )
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_redirect.append(refuse)
+    return trace
+
+
 def _unreachable(service: str, url: str, exc: Exception) -> Unreachable:
     if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status != 101:
         return Unreachable(service, url, f"HTTP {exc.status}, not a WebSocket", exc.status)
@@ -185,6 +214,8 @@ class TokenPair:
     expires_in: int
     token_type: str = "Bearer"  # noqa: S105 (a token type, not a secret)
     """``DPoP`` when the access token is bound to the client's key."""
+    received: float = field(default_factory=time.monotonic, repr=False, compare=False)
+    """When the pair arrived (``time.monotonic()``): how much of its life has passed."""
 
 
 class ProofSigner(Protocol):
@@ -198,17 +229,34 @@ class ProofSigner(Protocol):
 NONCE_HEADER = "DPoP-Nonce"
 
 
+MAX_ANSWER_BYTES = 64 * 1024
+"""The largest answer taken from auth_service: a token answer is under 4 KiB."""
+MAX_EXPIRES_IN = 366 * 24 * 3600
+"""The longest ``expires_in`` believed: anything longer is a broken or hostile answer."""
+
+
 class AuthApi:
     """auth_service's REST endpoints the client needs. With ``dpop`` every request carries a
-    proof, and the server's latest ``DPoP-Nonce`` once it asked for one."""
+    proof, and the server's latest ``DPoP-Nonce`` once it asked for one.
+
+    The password and refresh token go to ``base_url`` and nowhere else: a redirect is not
+    followed (aiohttp would send the body again to wherever a 307 or 308 points), and is an
+    HTTP status like any other that is not an answer. The answer is read uncompressed, up to
+    ``MAX_ANSWER_BYTES``, within ``timeout`` seconds, and must be a token answer."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, base_url: str, dpop: ProofSigner | None = None
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        dpop: ProofSigner | None = None,
+        *,
+        timeout: float = 10.0,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self._dpop = dpop
         self._nonce: str | None = None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def login(self, username: str, password: str) -> TokenPair:
         return await self._tokens("/v1/login", {"username": username, "password": password})
@@ -222,13 +270,20 @@ class AuthApi:
     ) -> TokenPair:
         """Tokens from ``path``; asked for a DPoP nonce (RFC 9449 section 8), once more with it."""
         url = self._base + path
-        headers = {}
+        headers = {"Accept-Encoding": "identity"}
         if self._dpop is not None:
             headers["DPoP"] = self._dpop.proof("POST", url, nonce=self._nonce)
-        async with self._session.post(url, json=body, headers=headers) as response:
+        async with self._session.post(
+            url,
+            json=body,
+            headers=headers,
+            allow_redirects=False,
+            auto_decompress=False,
+            timeout=self._timeout,
+        ) as response:
             self._nonce = response.headers.get(NONCE_HEADER, self._nonce)
             try:
-                data: Any = await response.json(content_type=None)
+                data: Any = wire_json.loads(await _read_capped(response))
             except ValueError:
                 data = None
             error = data if isinstance(data, dict) else {}
@@ -244,15 +299,55 @@ class AuthApi:
                 )
             else:
                 retry = False
-                response.raise_for_status()
+                reason = (
+                    _not_tokens(data)
+                    if response.status == 200
+                    else response.reason or "not a token answer"
+                )
+                if reason is not None:
+                    raise aiohttp.ClientResponseError(
+                        response.request_info,
+                        response.history,
+                        status=response.status,
+                        message=reason,
+                        headers=response.headers,
+                    )
         if retry:
             return await self._tokens(path, body, nonce_retry=False)
         return TokenPair(
-            str(data["access_token"]),
-            str(data["refresh_token"]),
-            int(data["expires_in"]),
-            str(data.get("token_type", "Bearer")),
+            data["access_token"],
+            data["refresh_token"],
+            data["expires_in"],
+            data.get("token_type", "Bearer"),
         )
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The body, or ``ValueError`` past ``MAX_ANSWER_BYTES`` or when it comes compressed."""
+    if response.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        raise ValueError("a compressed answer")
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            raise ValueError(f"an answer over {MAX_ANSWER_BYTES} bytes")
+    return bytes(body)
+
+
+def _not_tokens(data: Any) -> str | None:
+    """Why a 200 answer is not a token answer (RFC 6749 section 5.1), or ``None``."""
+    if not isinstance(data, dict):
+        return "not a token answer"
+    for name in ("access_token", "refresh_token"):
+        token = data.get(name)
+        if not isinstance(token, str) or not token or not token.isascii():
+            return f"a token answer without a usable {name}"
+    expires_in = data.get("expires_in")
+    if type(expires_in) is not int or not 0 < expires_in <= MAX_EXPIRES_IN:
+        return "a token answer with an expires_in that is not a positive number of seconds"
+    if not isinstance(data.get("token_type", "Bearer"), str):
+        return "a token answer whose token_type is not a string"
+    return None
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -499,9 +594,11 @@ class GatewayClient:
     async def start(self) -> None:
         """Log in, connect and authenticate; raises what the first attempt raises."""
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(trace_configs=[refusing_redirects()])
         try:
-            self._api = AuthApi(self._session, self._auth_url, self._dpop)
+            self._api = AuthApi(
+                self._session, self._auth_url, self._dpop, timeout=self._connect_timeout
+            )
             password, self._password = self._password, None
             if password is None:
                 raise ClientError("start() was already called: make a new client to log in again")
@@ -509,6 +606,9 @@ class GatewayClient:
                 self._tokens = await self._api.login(self._username, password)
             except _FIRST_CONTACT_FAILURES as exc:
                 raise _unreachable("auth_service", self._auth_url, exc) from exc
+            except TimeoutError as exc:
+                reason = f"no answer within {self._connect_timeout:g} s"
+                raise Unreachable("auth_service", self._auth_url, reason) from exc
             self._runner = asyncio.get_running_loop().create_task(self._run())
             connected = asyncio.ensure_future(self._connected.wait())
             await asyncio.wait({connected, self._runner}, return_when=asyncio.FIRST_COMPLETED)
@@ -884,10 +984,17 @@ class GatewayClient:
 
     def _renew_once(self, ws: aiohttp.ClientWebSocketResponse, expires_at: int) -> None:
         """One renewal at a time, and one per expiry on a socket: each refresh rotates the
-        refresh token, and a server may repeat its warning (300 of them made 300 refreshes)."""
+        refresh token, and a server may repeat its warning (300 of them made 300 refreshes).
+        Nor is a token renewed before a third of its life has passed by the client's own clock:
+        the gateway warns at half of it at the earliest, and one that warned of every new
+        expiry as it confirmed it made 232 refreshes in 5 s."""
         if expires_at == self._renewed_for or (
             self._renewal is not None and not self._renewal.done()
         ):
+            return
+        tokens = self._tokens
+        if tokens is not None and time.monotonic() - tokens.received < tokens.expires_in / 3:
+            log.warning("ignoring an expiry warning for a token issued moments ago")
             return
         self._renewed_for = expires_at
         self._renewal = asyncio.get_running_loop().create_task(self._renew(ws))

@@ -33,14 +33,16 @@ Script = Callable[["HostileGateway", web.WebSocketResponse], Awaitable[None]]
 class HostileGateway:
     """auth_service's login and refresh, and a socket that plays ``script`` on every connection."""
 
-    def __init__(self, script: Script, *, autoping: bool = True) -> None:
+    def __init__(self, script: Script, *, autoping: bool = True, expires_in: int = 60) -> None:
         self.script = script
         self.autoping = autoping
+        self.expires_in = expires_in
         self.port = free_port()
         self.connects = 0
         self.refreshes = 0
         self.received: list[dict[str, Any]] = []
         self.close_codes: list[int | None] = []
+        self.go = asyncio.Event()
 
     @property
     def auth_url(self) -> str:
@@ -58,11 +60,11 @@ class HostileGateway:
         return app
 
     async def login(self, request: web.Request) -> web.Response:
-        return web.json_response(tokens(0))
+        return web.json_response(tokens(0, self.expires_in))
 
     async def token(self, request: web.Request) -> web.Response:
         self.refreshes += 1
-        return web.json_response(tokens(self.refreshes))
+        return web.json_response(tokens(self.refreshes, self.expires_in))
 
     async def socket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=self.autoping, max_msg_size=0)
@@ -94,8 +96,12 @@ class HostileGateway:
             pass
 
 
-def tokens(n: int) -> dict[str, Any]:
-    return {"access_token": f"access-{n}", "refresh_token": f"refresh-{n}", "expires_in": 60}
+def tokens(n: int, expires_in: int = 60) -> dict[str, Any]:
+    return {
+        "access_token": f"access-{n}",
+        "refresh_token": f"refresh-{n}",
+        "expires_in": expires_in,
+    }
 
 
 AUTH_SUCCESS = {
@@ -428,15 +434,40 @@ async def test_a_repeated_expiry_warning_earns_one_renewal(serve: Serve) -> None
 
     async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
         await gateway.authenticate(ws)
+        await gateway.go.wait()
         for _ in range(100):
             await ws.send_json(warning)
             await asyncio.sleep(0.005)
         await gateway.drain(ws)
 
-    gateway = await serve(script)
+    gateway = await serve(script, expires_in=1)  # a third of its life passes in 0.34 s
     async with client(gateway) as alice:
+        await asyncio.sleep(0.4)
+        gateway.go.set()
         await wait_until(lambda: len(gateway.received) >= 2)
         await asyncio.sleep(0.8)
         assert (alice.refreshes, gateway.refreshes) == (1, 1)
     renewals = [frame for frame in gateway.received if frame.get("id") == "renew"]
     assert [frame["token"] for frame in renewals] == ["access-1"]
+
+
+async def test_a_warning_for_every_new_expiry_does_not_make_a_refresh_storm(serve: Serve) -> None:
+    """A gateway that warned of each new expiry as it confirmed it made 232 refreshes in 5 s
+    (each rotating the refresh token); a token is not renewed before a third of its life has
+    passed by the client's own clock (the gateway warns at half of it at the earliest)."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        for n in range(250):
+            expires_at = int(time.time()) + 60 + n
+            await ws.send_json(
+                {"type": "token_expiring", "expires_in": 30, "expires_at": expires_at}
+            )
+            await asyncio.sleep(0.01)
+        await gateway.drain(ws)
+
+    gateway = await serve(script, expires_in=3)
+    async with client(gateway) as alice:
+        await asyncio.sleep(2.6)
+        assert 1 <= gateway.refreshes <= 2, gateway.refreshes
+        assert alice.refreshes == gateway.refreshes
