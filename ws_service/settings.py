@@ -318,7 +318,9 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         # auth_service's issuer is never written with a trailing slash (auth_issuer): read the same
         # value the same way, or every token's iss would differ from it by one character.
-        issuer = env_str(environ, "WS_ISSUER", auth_issuer(environ)).rstrip("/")
+        issuer = http_url(
+            "WS_ISSUER", env_str(environ, "WS_ISSUER", auth_issuer(environ)).rstrip("/")
+        )
         api_keys = split_list(env_secret(environ, "WS_API_KEYS"))
         if any(len(key) < 16 for key in api_keys):
             raise ConfigError("WS_API_KEYS entries must be at least 16 characters long")

@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from shared.urls import web_origin
 
@@ -239,4 +239,8 @@ def http_url(name: str, url: str) -> str:
             f"{name} must be an absolute http:// or https:// URL with a host and no query, "
             f"got {url[:120]!r}"
         )
-    return url
+    # Scheme and host in lower case (RFC 3986 section 6.2.2.1), as a browser's Origin spells
+    # them: an issuer written HTTPS://Chat.Example.com made cookies without Secure and refused
+    # the page's own origin (an outside probe). The user information and path keep their case.
+    userinfo, at, host = parts.netloc.rpartition("@")
+    return urlunsplit((parts.scheme, f"{userinfo}{at}{host.lower()}", parts.path, "", ""))

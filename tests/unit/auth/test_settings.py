@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from auth_service.browser import browser_cookies
 from auth_service.settings import SECRET_FILE, ConfigError, Settings
 
 SECRET = "s3cr3t-value-long-enough"
@@ -23,6 +24,19 @@ def test_defaults_follow_host_and_port(tmp_path: Path) -> None:
 def test_issuer_trailing_slash_is_dropped() -> None:
     env = {"AUTH_KEY_ENCRYPTION_SECRETS": SECRET, "AUTH_ISSUER": "https://example.test/auth/"}
     assert Settings.from_env(env).issuer == "https://example.test/auth"
+
+
+def test_the_issuers_scheme_and_host_are_lower_case() -> None:
+    """As a browser's Origin spells them: HTTPS://Chat.Example.com made cookies without Secure
+    or __Host- and refused the page's own origin (an outside probe); the path keeps its case."""
+    env = {
+        "AUTH_KEY_ENCRYPTION_SECRETS": SECRET,
+        "AUTH_ISSUER": "HTTPS://Chat.Example.COM:8443/Auth",
+    }
+    settings = Settings.from_env(env)
+    assert settings.issuer == "https://chat.example.com:8443/Auth"
+    cookies = browser_cookies(settings)
+    assert cookies.secure and cookies.session.startswith("__Host-")
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,14 @@ def test_settings_nothing_could_use_stop_start_up(environ: dict[str, str], messa
         Settings.from_env(environ)
 
 
+def test_the_issuer_is_spelled_as_auth_service_spells_it() -> None:
+    """Both services lower-case the scheme and host, so the iss auth_service writes is the one
+    ws_service expects however either setting is written."""
+    issuer = "HTTPS://Chat.Example.com/Auth"
+    assert Settings.from_env({"AUTH_ISSUER": issuer}).issuer == "https://chat.example.com/Auth"
+    assert Settings.from_env({"WS_ISSUER": issuer}).issuer == "https://chat.example.com/Auth"
+
+
 IDP = {"issuer": "https://idp.example.com/", "jwks_url": "https://idp.example.com/jwks"}
 
 
