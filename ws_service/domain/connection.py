@@ -11,6 +11,7 @@ hub, admission, timers, clock) is one shared :class:`Context`: one reference per
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import random
 from collections.abc import Awaitable, Callable
@@ -145,6 +146,7 @@ class Connection:
         "claims",
         "peer",
         "remote",
+        "run_context",
         "serial",
         "state",
     )
@@ -185,6 +187,9 @@ class Connection:
         self._strikes = 0
         self._violations = 0
         self._closed_by: Disconnect | None = None
+        # Its request's context, taken in the socket's task: its deadlines run in it, whatever
+        # task reschedules them (a withdrawn key sets the expiry from the task that heard of it).
+        self.run_context = contextvars.copy_context()
         self._deadline: int | None = ctx.deadlines.schedule(ctx.limits.auth_timeout, self)
 
     @property

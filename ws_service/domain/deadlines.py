@@ -5,10 +5,15 @@ expiry). A ``loop.call_later`` handle per socket costs about 540 bytes with its 
 context, a tenth of an idle socket beyond aiohttp's own state. Here each deadline is rounded up to
 a multiple of ``tick`` and deadlines that share a tick share a set and one loop timer, so a socket
 costs a set entry. A deadline fires less than one tick late and never early.
+
+Each deadline runs in its item's own ``contextvars`` context: the slot's one timer runs in the
+context of whichever socket set it, and a log line of another socket's deadline (its auth timeout,
+its ``token_expired`` audit line) would carry that socket's client-chosen request id.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import math
@@ -25,6 +30,11 @@ log = logging.getLogger(__name__)
 
 
 class Expiring(Protocol):
+    @property
+    def run_context(self) -> contextvars.Context:
+        """The context its deadline runs in (a socket's: its request's, with its request id)."""
+        ...
+
     def on_deadline(self) -> None:
         """The deadline set for this object has come (it is no longer scheduled)."""
 
@@ -77,7 +87,11 @@ class Deadlines:
         if entry is None:
             return
         for item in entry[0]:
-            try:
-                item.on_deadline()
-            except Exception:
-                log.exception("a deadline callback failed")
+            item.run_context.run(_expire, item)
+
+
+def _expire(item: Expiring) -> None:
+    try:
+        item.on_deadline()
+    except Exception:
+        log.exception("a deadline callback failed")

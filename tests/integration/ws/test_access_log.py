@@ -4,12 +4,18 @@ its handshake's id, and its session ends in one line saying how (code, reason, f
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
+import pytest
+
 from realtime_gateway_protocol.close_codes import Disconnect
+from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness, auth, expect_close, recv, send, wait_until
 from tests.support.logs import JsonLines, json_lines
 from ws_service.appkeys import SOCKETS
+from ws_service.domain import gateway
+from ws_service.domain.deadlines import Deadlines
 
 
 def session_line(logs: JsonLines) -> dict[str, Any]:
@@ -37,6 +43,28 @@ async def test_a_refused_token_is_audited_under_the_handshakes_id(gw: Harness) -
     }
     assert (line["close_code"], line["close_reason"]) == (invalid.code, invalid.reason)
     assert (line["frames_in"], line["frames_out"]) == (1, 1)
+
+
+async def test_deadlines_sharing_a_timer_are_audited_under_each_sockets_own_id(
+    make_gateway: MakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sockets whose auth deadlines share a tick share its loop timer, which runs in the
+    context of the socket that set it: the other's auth timeout must not be logged under the
+    request id the first one chose. A half-second tick, and the sockets opened at its start, put
+    both deadlines in one tick for certain."""
+    tick = 0.5
+    monkeypatch.setattr(gateway, "Deadlines", functools.partial(Deadlines, tick=tick))
+    gw = await make_gateway(auth_timeout=0.1)
+    await asyncio.sleep(tick - asyncio.get_running_loop().time() % tick + 0.01)
+    ids = ["ATTACKER-CHOSEN-ID", "victim-own-id"]
+    with json_lines() as logs:
+        for request_id in ids:
+            await gw.client.ws_connect("/ws", headers={"X-Request-ID": request_id})
+        await wait_until(lambda: len(logs.logged("access")) == 2)
+    timeouts = logs.logged("audit", "ws_auth_failure")
+    assert sorted(line["request_id"] for line in timeouts) == sorted(ids)
+    assert {line["code"] for line in timeouts} == {"auth_timeout"}
+    assert sorted(line["request_id"] for line in logs.logged("access")) == sorted(ids)
 
 
 async def test_a_session_the_client_closes_reports_its_code_reason_and_frames(gw: Harness) -> None:

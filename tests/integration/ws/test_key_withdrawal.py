@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from realtime_gateway_protocol.key_events import KEYS_TOPIC, KeyWithdrawn, encode_key_event
+from shared.jsonlog import REQUEST_ID
 from shared.redis.bus import RedisBus
 from tests.integration.bus.support import PrivateRedis
 from tests.integration.ws.conftest import KID, MakeGateway
@@ -23,6 +24,7 @@ from tests.integration.ws.harness import (
     recv,
     wait_until,
 )
+from tests.support.logs import json_lines
 from ws_service.appkeys import JWKS
 
 GRACE = 1
@@ -90,6 +92,26 @@ async def test_sockets_of_the_withdrawn_key_renew_or_are_closed_and_its_tokens_a
     await gw.app[JWKS].refresh()  # the issuer's copy (or a proxy's) still lists the key
     assert await auth(ws, gw.tokens.make("dave")) == WITHDRAWN
     assert gw.keyset.fetches == fetches + 1, "only the refresh above fetched"
+
+
+async def test_the_close_a_withdrawal_schedules_is_audited_under_the_sockets_own_id(
+    gw: Harness,
+) -> None:
+    """The withdrawal sets the socket's expiry from the task that heard the announcement, whose
+    request id (if any) is not the socket's: the ``token_expired`` line carries the socket's."""
+    ws = await gw.client.ws_connect("/ws", headers={"X-Request-ID": "bob-own-id"})
+    assert (await auth(ws, gw.tokens.make("bob")))["type"] == "auth_success"
+    with json_lines() as logs:
+        announcer = REQUEST_ID.set("announcer-id")
+        try:
+            await withdraw(gw, KID)
+        finally:
+            REQUEST_ID.reset(announcer)
+        await expiring(ws)
+        assert await recv(ws, wait=GRACE + 2) == EXPIRED
+        await expect_close(ws, 4401, "token_expired")
+    (line,) = logs.logged("audit", "ws_auth_failure")
+    assert (line["code"], line["sub"], line["request_id"]) == ("token_expired", "bob", "bob-own-id")
 
 
 async def test_a_malformed_announcement_withdraws_nothing(gw: Harness) -> None:

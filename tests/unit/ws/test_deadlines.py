@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 
 import pytest
@@ -20,6 +21,7 @@ class Item:
         self.log = log
         self.name = name
         self.fail = fail
+        self.run_context = contextvars.copy_context()
 
     def on_deadline(self) -> None:
         self.log.append((self.name, self.clock.monotonic()))
@@ -88,6 +90,29 @@ def test_a_deadline_set_from_a_callback_fires_in_its_own_tick() -> None:
     clock.advance(0.25)
     (_, first), (_, second) = fired
     assert second - first >= 0.1
+
+
+def test_deadlines_sharing_a_timer_each_run_in_their_own_context() -> None:
+    """A slot's one timer runs in the context that set it (the loop's timers copy it); each
+    deadline must run in its own item's, where its socket's request id is."""
+    clock = FakeClock()
+    deadlines = Deadlines(clock, TICK)
+    owner: contextvars.ContextVar[str] = contextvars.ContextVar("owner", default="timer")
+    seen: dict[str, str] = {}
+
+    class Owned(Item):
+        def on_deadline(self) -> None:
+            seen[self.name] = owner.get()
+
+    def schedule(name: str) -> None:
+        owner.set(name)
+        deadlines.schedule(0.01, Owned(clock, [], name))
+
+    for name in ("first", "second"):
+        contextvars.copy_context().run(schedule, name)
+    assert clock.pending == 1
+    clock.advance(TICK)
+    assert seen == {"first": "first", "second": "second"}
 
 
 def test_a_failing_callback_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
