@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
 import secrets
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from realtime_gateway_protocol.access_token import Claims
@@ -87,6 +88,8 @@ class Hub:
         self._watchers: dict[str, set[Subscriber]] = {}
         self._unwatch: dict[str, Unsubscribe] = {}
         self._present: dict[str, dict[Subscriber, tuple[str, Member]]] = {}
+        # Presence removals under way, per channel (only while there are some): ``members`` waits.
+        self._forgetting: dict[str, set[asyncio.Task[None]]] = {}
         self._clock: Clock = clock or LoopClock()
         # Met by every subscribe or leave of a presence channel while Redis is down.
         self._presence_add_down = Throttled(log, "presence entries not recorded: redis unreachable")
@@ -139,14 +142,15 @@ class Hub:
         return watchers is not None and subscriber in watchers
 
     def leave(self, channel: str, subscriber: Subscriber) -> None:
-        """Stop delivering; a tracked presence entry is removed in the background."""
+        """Stop delivering; a tracked presence entry is removed in the background (``members``
+        waits for the removal)."""
         self._stop_watching(channel, subscriber)
         present = self._present.get(channel)
         if present is not None and subscriber in present:
             entry_id, member = present.pop(subscriber)
             if not present:
                 del self._present[channel]
-            self._spawn(self._forget(channel, entry_id, member))
+            self._forget_later(channel, entry_id, member)
         members = self._local.get(channel)
         if members is None:
             return
@@ -271,6 +275,12 @@ class Hub:
             await self._forget(channel, entry_id, member)
 
     async def members(self, channel: str) -> list[tuple[Member, int]]:
+        """Every user present, once this replica's removals from the channel that are under way
+        are done: a socket told ``unsubscribed`` is not listed by the ``presence`` it asks next
+        (the list is never debounced), in Redis as in memory."""
+        pending = self._forgetting.get(channel)
+        if pending:
+            await asyncio.wait(set(pending))
         return await self._presence.members(channel)
 
     async def refresh_presence(self) -> None:
@@ -309,10 +319,19 @@ class Hub:
             # The entry expires by itself once this replica stops refreshing it.
             self._presence_remove_down.warning(error=str(exc))
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
+    def _forget_later(self, channel: str, entry_id: str, member: Member) -> None:
+        task = asyncio.get_running_loop().create_task(self._forget(channel, entry_id, member))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._forgetting.setdefault(channel, set()).add(task)
+        task.add_done_callback(functools.partial(self._forgotten, channel))
+
+    def _forgotten(self, channel: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        pending = self._forgetting.get(channel)
+        if pending is not None:
+            pending.discard(task)
+            if not pending:
+                del self._forgetting[channel]
 
     async def close(self) -> None:
         """Drop the bus subscriptions; let pending presence removals finish (briefly), then

@@ -200,6 +200,24 @@ async def test_presence_lists_users_and_join_leave_fire_once_per_user(gw: Harnes
     assert listed["members"] == [{"user": carol, "connections": 1}]
 
 
+async def unsubscribe_then_presence(ws: Any, channel: str) -> dict[str, Any]:
+    """``unsubscribe`` and ``presence`` sent together (the server reads both in one read): the
+    ``presence`` answer, once ``unsubscribed`` came first."""
+    await send(ws, {"type": "unsubscribe", "channel": channel, "id": "leave"})
+    await send(ws, {"type": "presence", "channel": channel, "id": "look"})
+    assert await recv(ws) == {"type": "unsubscribed", "channel": channel, "id": "leave"}
+    return await recv(ws)
+
+
+async def test_presence_asked_right_after_unsubscribed_no_longer_lists_the_socket(
+    gw: Harness,
+) -> None:
+    alice = await gw.login("alice")
+    await request(alice, {"type": "subscribe", "channel": "chat:p"})
+    listed = await unsubscribe_then_presence(alice, "chat:p")
+    assert (listed["type"], listed["members"]) == ("presence", [])
+
+
 async def test_a_full_history_refuses_publishes_with_history_full_and_keeps_what_it_holds(
     make_gateway: MakeGateway,
 ) -> None:

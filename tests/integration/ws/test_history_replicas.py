@@ -12,7 +12,14 @@ from redis.asyncio import Redis
 from tests.integration.bus.support import PrivateRedis
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness, recv, send
-from tests.integration.ws.test_history import messages, offsets, over_budget, publish, request
+from tests.integration.ws.test_history import (
+    messages,
+    offsets,
+    over_budget,
+    publish,
+    request,
+    unsubscribe_then_presence,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -126,6 +133,16 @@ async def test_presence_across_replicas_with_one_join_and_one_leave_per_user(
     assert await recv(watcher) == {"type": "leave", "channel": "chat:p", "user": alice}
     await send(watcher, {"type": "ping", "id": "last"})
     assert await recv(watcher) == {"type": "pong", "id": "last"}
+
+
+async def test_presence_in_redis_asked_right_after_unsubscribed_no_longer_lists_the_socket(
+    make_gateway: MakeGateway, private_redis: PrivateRedis
+) -> None:
+    gw = await make_gateway(redis_url=private_redis.url)
+    alice = await gw.login("alice")
+    await request(alice, {"type": "subscribe", "channel": "chat:p"})
+    listed = await unsubscribe_then_presence(alice, "chat:p")
+    assert (listed["type"], listed["members"]) == ("presence", [])
 
 
 async def test_a_user_over_its_history_budget_gets_history_full_on_every_replica(
