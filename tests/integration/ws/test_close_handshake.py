@@ -13,11 +13,13 @@ import struct
 import time
 from typing import Any
 
+import pytest
 from aiohttp import WSMsgType
 
 from realtime_gateway_protocol.events import REVOCATIONS_TOPIC, UserRevoked, encode_event
 from tests.integration.ws.conftest import MakeGateway
-from tests.integration.ws.harness import Harness
+from tests.integration.ws.harness import Harness, wait_until
+from tests.support.logs import json_lines
 from tests.support.raw_ws import CLOSE, TEXT, RawWebSocket
 
 SOCKETS = 60
@@ -99,3 +101,31 @@ async def test_a_silent_client_is_dropped_after_the_close_timeout(
     assert await raw.eof_within(3)
     assert 0.4 < time.monotonic() - started < 2.5
     raw.abort()
+
+
+@pytest.mark.parametrize(
+    ("code", "answer", "logged"),
+    [
+        (1006, 1002, (1002, "Invalid close code: 1006")),
+        (1005, 1002, (1002, "Invalid close code: 1005")),
+        (1015, 1002, (1002, "Invalid close code: 1015")),
+        (1000, 1000, (1000, "network blip")),
+    ],
+)
+async def test_a_close_code_no_endpoint_may_send_fails_the_connection_with_1002(
+    gw: Harness, code: int, answer: int, logged: tuple[int, str]
+) -> None:
+    """RFC 6455 section 7.4.1: 1005, 1006 and 1015 never travel in a close frame (1006 names a
+    connection dropped without one). The server fails the connection with 1002 at once, and the
+    session's access line is that protocol error, not the client's claim that it dropped (nor
+    the 1006 its reset afterwards would read as). A valid code is answered 1000 at once."""
+    assert gw.client.server.port is not None
+    with json_lines() as logs:
+        raw = await RawWebSocket.connect("127.0.0.1", gw.client.server.port)
+        raw.send(CLOSE, struct.pack("!H", code) + b"network blip")
+        assert await raw.recv() == (CLOSE, struct.pack("!H", answer))
+        assert await raw.eof_within(2)
+        raw.abort()
+        await wait_until(lambda: logs.logged("access"))
+    (line,) = logs.logged("access", "websocket session")
+    assert (line["close_code"], line["close_reason"]) == logged
