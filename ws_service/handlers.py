@@ -27,6 +27,7 @@ from ws_service.domain.connection import State
 from ws_service.domain.errors import AuthError
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.ratelimit import TokenBucket
+from ws_service.frames import ClientWebSocket
 from ws_service.peer import WebSocketPeer
 from ws_service.settings import Settings
 
@@ -153,7 +154,7 @@ async def _admit(
     problem = handshake.unanswerable_offer(request)
     if problem is not None:
         return json_error(400, "unsupported_subprotocol", problem)
-    ws = web.WebSocketResponse(
+    ws = ClientWebSocket(
         protocols=handshake.PROTOCOLS,
         heartbeat=settings.heartbeat,
         max_msg_size=settings.max_message_bytes,

@@ -9,9 +9,31 @@ import os
 import socket
 import struct
 
-__all__ = ["RawWebSocket"]
+__all__ = ["RawWebSocket", "client_frame", "fragmented"]
 
-TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
+CONTINUATION, TEXT, CLOSE, PING, PONG = 0x0, 0x1, 0x8, 0x9, 0xA
+
+
+def client_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """A client's frame (RFC 6455 section 5.2): masked, as every client frame must be."""
+    mask = os.urandom(4)
+    size = len(payload)
+    first = (0x80 if fin else 0) | opcode
+    if size < 126:
+        header = struct.pack("!BB", first, 0x80 | size)
+    elif size < 65536:
+        header = struct.pack("!BBH", first, 0x80 | 126, size)
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, size)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def fragmented(text: bytes, frames: int) -> bytes:
+    """One text message in ``frames`` frames: all of the text in the first, empty ones after."""
+    empty = client_frame(CONTINUATION, b"", fin=False)
+    return (
+        client_frame(TEXT, text, fin=False) + empty * (frames - 2) + client_frame(CONTINUATION, b"")
+    )
 
 
 class RawWebSocket:
@@ -21,10 +43,11 @@ class RawWebSocket:
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, path: str = "/ws", *, slow: bool = False
+        cls, host: str, port: int, path: str = "/ws", *, slow: bool = False, early: bytes = b""
     ) -> RawWebSocket:
         """``slow``: a 4 KiB receive buffer and stream limit, so the server's writes back up after
-        a few KiB the client has not read."""
+        a few KiB the client has not read. ``early``: frames written with the upgrade request, as
+        a client that does not wait for the answer sends them."""
         if slow:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -38,22 +61,15 @@ class RawWebSocket:
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            + early
         )
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101"), head
         return cls(reader, writer)
 
-    def send(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        size = len(payload)
-        if size < 126:
-            header = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
-        elif size < 65536:
-            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
-        else:
-            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.writer.write(header + mask + masked)
+    def send(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
+        """One frame; ``fin=False`` for a fragment that more of its message follows."""
+        self.writer.write(client_frame(opcode, payload, fin=fin))
 
     def send_text(self, text: str) -> None:
         self.send(TEXT, text.encode())

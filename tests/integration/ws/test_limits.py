@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -15,7 +16,14 @@ from aiohttp import WSMsgType
 
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness, expect_close, expect_open, recv, send, wait_until
-from tests.support.raw_ws import TEXT, RawWebSocket
+from tests.support.raw_ws import (
+    CLOSE,
+    CONTINUATION,
+    TEXT,
+    RawWebSocket,
+    client_frame,
+    fragmented,
+)
 from ws_service.appkeys import GATEWAY, METRICS, SOCKETS
 
 
@@ -35,6 +43,69 @@ async def test_frame_over_max_message_bytes_closes_1009(make_gateway: MakeGatewa
     await send(ws, {"type": "ping", "pad": "x" * 20001})
     msg = await ws.receive(timeout=3)
     assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1009)
+
+
+RawSocket = Callable[..., Awaitable[RawWebSocket]]
+
+
+@pytest.fixture
+async def raw_socket(gw: Harness) -> AsyncIterator[RawSocket]:
+    """Opens sockets to ``gw`` that speak frames as written, closed at the end even when the test
+    fails (one left open is a warning in a later test)."""
+    opened: list[RawWebSocket] = []
+
+    async def connect(early: bytes = b"") -> RawWebSocket:
+        assert gw.client.server.port is not None
+        raw = await RawWebSocket.connect("127.0.0.1", gw.client.server.port, early=early)
+        opened.append(raw)
+        return raw
+
+    yield connect
+    for raw in opened:
+        raw.abort()
+
+
+async def close_code(raw: RawWebSocket, within: float = 3) -> int:
+    """The code of the server's close frame (the frames before it are dropped)."""
+    async with asyncio.timeout(within):
+        while True:
+            opcode, payload = await raw.recv()
+            if opcode == CLOSE:
+                return int.from_bytes(payload[:2])
+
+
+async def test_empty_continuation_frames_without_end_close_1009_before_auth(
+    raw_socket: RawSocket,
+) -> None:
+    """An outside probe's flood: one unfinished text frame, then 6-byte empty continuations that
+    neither complete nor grow the message, so no limit saw them and the loop read them at full
+    speed until the auth timeout. Now the message's 129th frame closes the socket 1009."""
+    raw = await raw_socket()
+    raw.send(TEXT, b'{"type": "auth", ', fin=False)
+    raw.writer.write(client_frame(CONTINUATION, b"", fin=False) * 10_000)
+    assert await close_code(raw) == 1009
+    assert await raw.eof_within(3)
+
+
+async def test_a_message_may_come_in_up_to_128_frames(gw: Harness, raw_socket: RawSocket) -> None:
+    raw = await raw_socket()
+    auth = json.dumps({"type": "auth", "token": gw.tokens.make("bob")}).encode()
+    third = len(auth) // 3
+    raw.send(TEXT, auth[:third], fin=False)
+    raw.send(CONTINUATION, auth[third : 2 * third], fin=False)
+    raw.send(CONTINUATION, auth[2 * third :])
+    assert json.loads((await raw.recv())[1])["type"] == "auth_success"
+    raw.writer.write(fragmented(b'{"type": "ping", "id": 128}', 128))
+    assert json.loads((await raw.recv())[1]) == {"type": "pong", "id": 128}
+    raw.writer.write(fragmented(b'{"type": "ping", "id": 129}', 129))
+    assert await close_code(raw) == 1009
+
+
+async def test_frames_sent_with_the_upgrade_request_are_counted_too(raw_socket: RawSocket) -> None:
+    """aiohttp feeds its reader what came behind the upgrade request as it installs it: the
+    check stands in front of the reader from its first byte."""
+    early = client_frame(TEXT, b"{", fin=False) + client_frame(CONTINUATION, b"", fin=False) * 200
+    assert await close_code(await raw_socket(early)) == 1009
 
 
 async def test_binary_frame_after_auth_closes_4400(gw: Harness) -> None:
