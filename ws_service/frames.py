@@ -1,5 +1,8 @@
-"""What aiohttp's WebSocket reader does not bound in a client's frames: how many frames one
-message may take.
+"""What aiohttp's WebSocket reader does not check in a client's frames: that each is masked, and
+how many frames one message takes.
+
+RFC 6455 section 5.1: "The server MUST close the connection upon receiving a frame that is not
+masked". aiohttp's reader reads either way; a frame without the mask bit closes the socket 1002.
 
 A message may be sent in fragments (RFC 6455 section 5.4), and aiohttp bounds the bytes of the
 message (``max_msg_size``), not the frames: a client that opens a message and then sends empty
@@ -8,7 +11,7 @@ continuation frames (6 bytes each) never completes it nor grows it, so no limit 
 busy until its auth timeout. A message in more than :data:`MAX_FRAMES_PER_MESSAGE` frames closes
 the socket 1009, as a message over ``WS_MAX_MESSAGE_BYTES`` does.
 
-aiohttp has no setting for this, nor a hook into its reader (compiled; its state is not readable
+aiohttp has no setting for either, nor a hook into its reader (compiled; its state is not readable
 from Python). So :class:`ClientFrames` stands in front of it: it reads each frame's header as the
 bytes arrive, and hands aiohttp the same bytes. A read that lies within a frame's payload costs
 one subtraction; a read of whole small frames, a few operations per header
@@ -34,11 +37,13 @@ a message in parts or when it outgrows a buffer of kilobytes: 128 frames carry a
 it bounds the frames a socket may make the loop parse (at most 128 per message allowed)."""
 
 _FIN = 0x80
+_MASK = 0x80  # in the second byte
 _CONTROL = 0x8
 """The opcode bit of control frames (0x8 to 0xF): they may come between a message's frames but are
 no part of it."""
 
 _TOO_MANY_FRAMES = f"a message in more than {MAX_FRAMES_PER_MESSAGE} frames"
+_UNMASKED = "a client frame that is not masked"
 
 
 class ClientFrames:
@@ -84,7 +89,10 @@ class ClientFrames:
             if end - pos < 2:
                 break
             first = buffer[pos]
-            size = buffer[pos + 1] & 0x7F
+            second = buffer[pos + 1]
+            if second < _MASK:
+                return self._refuse(data, frame - len(head), WSCloseCode.PROTOCOL_ERROR, _UNMASKED)
+            size = second & 0x7F
             if size < 126:
                 pos += 6 + size
             elif size == 126:
@@ -101,7 +109,9 @@ class ClientFrames:
                 else:
                     fragments += 1
                     if fragments >= MAX_FRAMES_PER_MESSAGE:
-                        return self._refuse(data, frame - len(head), _TOO_MANY_FRAMES)
+                        return self._refuse(
+                            data, frame - len(head), WSCloseCode.MESSAGE_TOO_BIG, _TOO_MANY_FRAMES
+                        )
         self._fragments = fragments
         if pos < end:  # the loop broke on a header cut short
             self._head = buffer[pos:]
@@ -111,14 +121,15 @@ class ClientFrames:
             self._skip = pos - end
         return self._reader.feed_data(data)
 
-    def _refuse(self, data: bytes, cut: int, reason: str) -> tuple[bool, bytes]:
-        """Close 1009 as aiohttp closes for a frame its reader refuses: the frames before the
-        offending one (``data[:cut]``) are still delivered, then the error, which ``receive()``
-        answers with a close frame of its code (``reason`` goes to the session's access line)."""
+    def _refuse(self, data: bytes, cut: int, code: WSCloseCode, reason: str) -> tuple[bool, bytes]:
+        """Close with ``code`` as aiohttp closes for a frame its reader refuses: the frames before
+        the offending one (``data[:cut]``) are still delivered, then the error, which
+        ``receive()`` answers with a close frame of its code (``reason`` goes to the session's
+        access line)."""
         self._failed = True
         if cut > 0 and self._reader.feed_data(data[:cut])[0]:
             return True, b""  # the reader refused an earlier frame itself
-        self._queue.set_exception(WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, reason))
+        self._queue.set_exception(WebSocketError(code, reason))
         return True, b""
 
 

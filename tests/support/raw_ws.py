@@ -14,17 +14,21 @@ __all__ = ["RawWebSocket", "client_frame", "fragmented"]
 CONTINUATION, TEXT, CLOSE, PING, PONG = 0x0, 0x1, 0x8, 0x9, 0xA
 
 
-def client_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
-    """A client's frame (RFC 6455 section 5.2): masked, as every client frame must be."""
-    mask = os.urandom(4)
+def client_frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True) -> bytes:
+    """A client's frame (RFC 6455 section 5.2): masked, as every client frame must be, unless
+    ``masked=False``."""
     size = len(payload)
     first = (0x80 if fin else 0) | opcode
+    mask_bit = 0x80 if masked else 0
     if size < 126:
-        header = struct.pack("!BB", first, 0x80 | size)
+        header = struct.pack("!BB", first, mask_bit | size)
     elif size < 65536:
-        header = struct.pack("!BBH", first, 0x80 | 126, size)
+        header = struct.pack("!BBH", first, mask_bit | 126, size)
     else:
-        header = struct.pack("!BBQ", first, 0x80 | 127, size)
+        header = struct.pack("!BBQ", first, mask_bit | 127, size)
+    if not masked:
+        return header + payload
+    mask = os.urandom(4)
     return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
@@ -67,9 +71,9 @@ class RawWebSocket:
         assert head.startswith(b"HTTP/1.1 101"), head
         return cls(reader, writer)
 
-    def send(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
+    def send(self, opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True) -> None:
         """One frame; ``fin=False`` for a fragment that more of its message follows."""
-        self.writer.write(client_frame(opcode, payload, fin=fin))
+        self.writer.write(client_frame(opcode, payload, fin=fin, masked=masked))
 
     def send_text(self, text: str) -> None:
         self.send(TEXT, text.encode())

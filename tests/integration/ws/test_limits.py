@@ -108,6 +108,30 @@ async def test_frames_sent_with_the_upgrade_request_are_counted_too(raw_socket: 
     assert await close_code(await raw_socket(early)) == 1009
 
 
+async def test_an_unmasked_frame_closes_1002_before_auth(
+    gw: Harness, raw_socket: RawSocket
+) -> None:
+    """RFC 6455 section 5.1 (docs/protocol.md said so already): an outside probe ran a whole
+    session unmasked, auth, ping, subscribe, publish and close."""
+    raw = await raw_socket()
+    auth = {"type": "auth", "token": gw.tokens.make("bob")}
+    raw.send(TEXT, json.dumps(auth).encode(), masked=False)
+    async with asyncio.timeout(3):
+        opcode, payload = await raw.recv()
+    assert (opcode, int.from_bytes(payload[:2])) == (CLOSE, 1002)  # no auth_success first
+    assert await raw.eof_within(3)
+
+
+async def test_an_unmasked_frame_closes_1002_after_auth(gw: Harness, raw_socket: RawSocket) -> None:
+    raw = await raw_socket()
+    raw.send_text(json.dumps({"type": "auth", "token": gw.tokens.make("bob")}))
+    assert json.loads((await raw.recv())[1])["type"] == "auth_success"
+    raw.send(TEXT, b'{"type": "ping", "id": 1}', masked=False)
+    async with asyncio.timeout(3):
+        opcode, payload = await raw.recv()
+    assert (opcode, int.from_bytes(payload[:2])) == (CLOSE, 1002)  # no pong first
+
+
 async def test_binary_frame_after_auth_closes_4400(gw: Harness) -> None:
     ws = await gw.login()
     await ws.send_bytes(b"\x00\x01")

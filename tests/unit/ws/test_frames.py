@@ -1,6 +1,7 @@
 """The check in front of aiohttp's WebSocket reader (ws_service.frames): it follows the frame
-headers in the bytes as they arrive, however the reads cut them, and refuses a message in more
-than MAX_FRAMES_PER_MESSAGE frames; everything else reaches aiohttp's reader unchanged."""
+headers in the bytes as they arrive, however the reads cut them, and refuses a frame that is not
+masked and a message in more than MAX_FRAMES_PER_MESSAGE frames; everything else reaches aiohttp's
+reader unchanged."""
 
 from __future__ import annotations
 
@@ -88,6 +89,27 @@ async def test_a_message_in_more_than_128_frames_is_refused_1009(chunk: int) -> 
     assert (error.code, str(error)) == (1009, "a message in more than 128 frames")
     assert frames.feed_data(client_frame(TEXT, b"later"))[0]  # nothing is read after it
     assert await received(queue) == ([], error)
+
+
+@pytest.mark.parametrize(
+    "unmasked",
+    [
+        client_frame(TEXT, b"plain", masked=False),
+        client_frame(PING, b"", masked=False),
+        client_frame(TEXT, b"a", fin=False) + client_frame(CONTINUATION, b"", masked=False),
+    ],
+    ids=["text", "ping", "continuation"],
+)
+@pytest.mark.parametrize("chunk", [1, 5, 4096, 1 << 20])
+async def test_a_frame_that_is_not_masked_is_refused_1002(unmasked: bytes, chunk: int) -> None:
+    """RFC 6455 section 5.1: the server must close on it. aiohttp's reader read it, so a whole
+    session could run unmasked."""
+    frames, queue = client_frames()
+    assert feed(frames, HONEST + unmasked + client_frame(TEXT, b"after"), chunk)
+    messages, error = await received(queue)
+    assert messages == HONEST_MESSAGES
+    assert error is not None
+    assert (error.code, str(error)) == (1002, "a client frame that is not masked")
 
 
 async def test_the_refusal_comes_with_the_frame_that_makes_the_message_too_long() -> None:
