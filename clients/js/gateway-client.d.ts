@@ -23,6 +23,12 @@ export interface FetchInit {
   credentials: "include" | "same-origin";
   headers: Record<string, string>;
   body: string;
+  /**
+   * A redirect is never followed (it would post the password or the refresh token again, to
+   * wherever it points): a 3xx, a browser's `opaqueredirect`, or an answer an app's own fetch
+   * reached by following one (`redirected`) rejects with code "bad_response".
+   */
+  redirect: "manual";
   /** Aborts the request after `authTimeout`; an app's own fetch should pass it on. */
   signal: AbortSignal;
 }
@@ -33,6 +39,10 @@ export type Fetch = (
 ) => Promise<{
   ok: boolean;
   status: number;
+  /** `"opaqueredirect"` for a redirect a browser's fetch did not follow. */
+  type?: string;
+  /** true when the fetch followed a redirect: the answer is refused. */
+  redirected?: boolean;
   json(): Promise<unknown>;
   /** Read for `DPoP-Nonce` when the server sends one (RFC 9449 section 8). */
   headers?: { get(name: string): string | null };
@@ -153,7 +163,8 @@ export declare class GatewayError extends Error {
   /**
    * The machine-readable code: auth_service's `error`, an `error` frame's `code`, or this
    * client's own ("unreachable", "not_connected", "connection_closed", "protocol_error",
-   * "user_changed", "timeout": a socket, a request or a call to auth_service that took too long, "too_many_pending").
+   * "user_changed", "timeout": a socket, a request or a call to auth_service that took too long, "too_many_pending",
+   * "bad_response": auth_service answered with a redirect, which the client never follows).
    */
   readonly code: string;
   /** The HTTP status, for auth_service's answers. */

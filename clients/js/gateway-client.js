@@ -329,7 +329,8 @@ class AuthApi {
       const sent = { "Content-Type": "application/json", ...headers };
       if (token) sent.Authorization = `${boundKey(token) ? "DPoP" : "Bearer"} ${token}`;
       if (dpop) sent.DPoP = await dpop.proof("POST", url, { accessToken: token, nonce: this.#nonce });
-      const { response, data } = await this.#send(url, { method: "POST", credentials: this.#credentials, headers: sent, body: JSON.stringify(body) });
+      const init = { method: "POST", credentials: this.#credentials, headers: sent, body: JSON.stringify(body), redirect: "manual" };
+      const { response, data } = await this.#send(url, init);
       this.#nonce = response.headers?.get?.(NONCE_HEADER) ?? this.#nonce;
       if (response.ok) return data;
       if (dpop && attempt === 0 && data.error === "use_dpop_nonce" && this.#nonce) continue;
@@ -360,6 +361,7 @@ class AuthApi {
         if (controller.signal.aborted) throw controller.signal.reason;
         throw new GatewayError("unreachable", `cannot reach auth_service at ${this.#base} (${err.message})`);
       }
+      this.#refuseRedirect(url, response);
       return { response, data: await response.json().catch(() => ({})) };
     })();
     try {
@@ -367,6 +369,21 @@ class AuthApi {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /**
+   * A redirect is never followed (``redirect: "manual"``): following it would post the password
+   * or the refresh token again, to wherever it points. Node's fetch hands over the 3xx itself, a
+   * browser's an ``opaqueredirect`` (status 0); an app's own fetch that followed it anyway
+   * (``redirected``) leaked the body already, but its answer, from elsewhere, is not taken either.
+   */
+  #refuseRedirect(url, response) {
+    const status = response.status;
+    if (response.type !== "opaqueredirect" && !response.redirected && !(status >= 300 && status < 400)) return;
+    response.body?.cancel?.().catch(() => {});
+    const location = response.headers?.get?.("Location");
+    const where = response.redirected ? ` (the app's fetch followed it${response.url ? ` to ${response.url}` : ""})` : location ? ` to ${location}` : "";
+    throw new GatewayError("bad_response", `auth_service answered ${url} with a redirect${where}, which the client never follows: authUrl must be auth_service's own URL`, status);
   }
 }
 

@@ -710,6 +710,64 @@ test("a call to auth_service that never answers rejects after authTimeout, and t
   auth.close();
 });
 
+/**
+ * An HTTP server of the test's own: ``handle(call, response)`` answers each request, ``call`` being
+ * ``{path, body, headers, n}`` (``n``: the how-many-th call to that path, from 1). ``calls`` holds
+ * every call; ``closed`` counts the responses whose connection went away before they ended.
+ */
+async function httpServer(handle) {
+  const server = createHttpServer((request, response) => {
+    let body = "";
+    request.on("data", (chunk) => { body += chunk; });
+    request.on("end", () => {
+      const path = new URL(request.url, "http://auth").pathname;
+      const call = { path, body, headers: request.headers, n: site.calls.filter((c) => c.path === path).length + 1 };
+      site.calls.push(call);
+      response.on("close", () => { if (!response.writableFinished) site.closed += 1; });
+      handle(call, response);
+    });
+  });
+  const site = { calls: [], closed: 0 };
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  site.url = `http://127.0.0.1:${server.address().port}`;
+  site.close = () => {
+    server.closeAllConnections();
+    server.close();
+  };
+  return site;
+}
+
+const tokenAnswer = (n) => ({ access_token: `token-${n}`, refresh_token: `refresh-${n}`, token_type: "Bearer", expires_in: 60 });
+
+test("a redirect from auth_service is never followed: the password and the refresh token go nowhere else", { timeout: 10000 }, async () => {
+  const elsewhere = await httpServer((call, response) => response.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify(tokenAnswer("stolen"))));
+  const auth = await httpServer((call, response) => {
+    const redirect = (status) => response.writeHead(status, { Location: `${elsewhere.url}${call.path}` }).end();
+    if (call.path === "/v1/login" && call.n !== 2) return redirect(308);
+    if (call.path === "/v1/token") return redirect(307);
+    response.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify(tokenAnswer(call.n)));
+  });
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type === "auth") ws.send(authSuccess());
+  });
+  const client = new GatewayClient({ authUrl: auth.url, wsUrl: gateway.url, WebSocket, dpop: false });
+  const redirected = (status) => (err) => err instanceof GatewayError && err.code === "bad_response" && err.status === status && err.message.includes(`redirect to ${elsewhere.url}`);
+  await assert.rejects(client.login("u", "the password"), redirected(308));
+  await client.login("u", "the password");
+  await assert.rejects(client.refresh(), redirected(307));
+  assert.deepEqual(elsewhere.calls, []);
+  assert.deepEqual(auth.calls.map((call) => call.path), ["/v1/login", "/v1/login", "/v1/token"]);
+  client.close();
+  // An app's own fetch that follows redirects leaks the body itself; the answer from elsewhere is still not taken.
+  const following = new GatewayClient({ authUrl: auth.url, wsUrl: gateway.url, WebSocket, dpop: false, fetch: (url, init) => fetch(url, { ...init, redirect: "follow" }) });
+  await assert.rejects(following.login("u", "the password"), (err) => err.code === "bad_response" && err.message.includes("the app's fetch followed it"));
+  assert.equal(following.state, "closed");
+  assert.deepEqual(elsewhere.calls.map((call) => call.path), ["/v1/login"]);
+  assert.deepEqual(gateway.frames.map((frame) => frame.token), ["token-2"]);
+  for (const site of [elsewhere, auth, gateway]) site.close();
+});
+
 test("close() while the client backs off leaves nothing to keep Node alive", { timeout: 10000 }, async () => {
   // In a process of its own, so that no other test's timers count: it must exit at once after
   // close(), not when the wait before the reconnect (0.5 s here) would have ended.
