@@ -14,6 +14,12 @@ export declare function actionFor(code: number, reason: string): CloseAction;
  */
 export declare function backoffDelay(attempt: number, base?: number, cap?: number): number;
 
+/**
+ * The most bytes of one answer from auth_service the client reads (65536), counted decoded:
+ * past it the body is cancelled and the call rejects with code "bad_response".
+ */
+export declare const MAX_ANSWER_BYTES: number;
+
 export type ConnectionState = "connecting" | "authenticated" | "renewing" | "reconnecting" | "closed";
 export type Handshake = "message" | "bearer" | "ticket";
 
@@ -43,6 +49,17 @@ export type Fetch = (
   type?: string;
   /** true when the fetch followed a redirect: the answer is refused. */
   redirected?: boolean;
+  /**
+   * The body as a stream: read up to MAX_ANSWER_BYTES, then cancelled. An answer without one
+   * (an app's fetch of its own making) is read with json(), which no cap bounds.
+   */
+  body?: {
+    getReader(): {
+      read(): Promise<{ done: boolean; value?: Uint8Array }>;
+      cancel(reason?: unknown): Promise<void>;
+    };
+    cancel(reason?: unknown): Promise<void>;
+  } | null;
   json(): Promise<unknown>;
   /** Read for `DPoP-Nonce` when the server sends one (RFC 9449 section 8). */
   headers?: { get(name: string): string | null };
@@ -164,7 +181,8 @@ export declare class GatewayError extends Error {
    * The machine-readable code: auth_service's `error`, an `error` frame's `code`, or this
    * client's own ("unreachable", "not_connected", "connection_closed", "protocol_error",
    * "user_changed", "timeout": a socket, a request or a call to auth_service that took too long, "too_many_pending",
-   * "bad_response": auth_service answered with a redirect, which the client never follows).
+   * "bad_response": auth_service answered with a redirect, which the client never follows, or
+   * more than MAX_ANSWER_BYTES).
    */
   readonly code: string;
   /** The HTTP status, for auth_service's answers. */

@@ -35,6 +35,11 @@ const STALE_MARGIN = 5000;
 const STABLE_AFTER = 10000;
 /** The server allows 3 ``auth`` attempts per socket: the first and 2 retries. */
 const AUTH_RETRIES = 2;
+/**
+ * The most bytes of one answer from auth_service the client reads, counted decoded (after any
+ * Content-Encoding): a token answer is a few KiB. A longer one is cut off and refused.
+ */
+export const MAX_ANSWER_BYTES = 65536;
 
 /**
  * Every way the gateway closes a socket: [code, reason, action], the same rows as
@@ -326,7 +331,8 @@ class AuthApi {
     const url = this.#base + path;
     const dpop = prove ? this.#dpop : null;
     for (let attempt = 0; ; attempt++) {
-      const sent = { "Content-Type": "application/json", ...headers };
+      // No compression asked for (a browser sends its own Accept-Encoding: the cap counts decoded bytes).
+      const sent = { "Content-Type": "application/json", "Accept-Encoding": "identity", ...headers };
       if (token) sent.Authorization = `${boundKey(token) ? "DPoP" : "Bearer"} ${token}`;
       if (dpop) sent.DPoP = await dpop.proof("POST", url, { accessToken: token, nonce: this.#nonce });
       const init = { method: "POST", credentials: this.#credentials, headers: sent, body: JSON.stringify(body), redirect: "manual" };
@@ -362,7 +368,7 @@ class AuthApi {
         throw new GatewayError("unreachable", `cannot reach auth_service at ${this.#base} (${err.message})`);
       }
       this.#refuseRedirect(url, response);
-      return { response, data: await response.json().catch(() => ({})) };
+      return { response, data: await readAnswer(url, response) };
     })();
     try {
       return await Promise.race([answered, expired]);
@@ -384,6 +390,51 @@ class AuthApi {
     const location = response.headers?.get?.("Location");
     const where = response.redirected ? ` (the app's fetch followed it${response.url ? ` to ${response.url}` : ""})` : location ? ` to ${location}` : "";
     throw new GatewayError("bad_response", `auth_service answered ${url} with a redirect${where}, which the client never follows: authUrl must be auth_service's own URL`, status);
+  }
+}
+
+/**
+ * An answer's JSON body, read as a stream up to MAX_ANSWER_BYTES (decoded: a gzip of a gigabyte is
+ * a megabyte on the wire): past it the stream is cancelled and the call rejects with
+ * ``bad_response``. A body that is not JSON, or breaks off, is ``{}``, as it always was. An app's
+ * own fetch whose answer has no body stream is read with its ``json()``.
+ */
+async function readAnswer(url, response) {
+  const tooLarge = () => new GatewayError("bad_response", `auth_service's answer to ${url} is longer than ${MAX_ANSWER_BYTES} bytes`, response.status);
+  const body = response.body;
+  if (typeof body?.getReader !== "function") return response.json().catch(() => ({}));
+  if (Number(response.headers?.get?.("Content-Length")) > MAX_ANSWER_BYTES) {
+    body.cancel().catch(() => {});
+    throw tooLarge();
+  }
+  const reader = body.getReader();
+  const chunks = [];
+  let size = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > MAX_ANSWER_BYTES) {
+        reader.cancel().catch(() => {});
+        throw tooLarge();
+      }
+      chunks.push(value);
+    }
+  } catch (err) {
+    if (err instanceof GatewayError) throw err;
+    return {};
+  }
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, at);
+    at += chunk.byteLength;
+  }
+  try {
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    return {};
   }
 }
 

@@ -8,9 +8,10 @@ import { once } from "node:events";
 import { createServer as createHttpServer } from "node:http";
 import { createServer } from "node:net";
 import { test } from "node:test";
+import { gzipSync } from "node:zlib";
 
 import WebSocket, { WebSocketServer } from "ws";
-import { GatewayClient, GatewayError, actionFor } from "realtime-gateway-client";
+import { GatewayClient, GatewayError, MAX_ANSWER_BYTES, actionFor } from "realtime-gateway-client";
 
 const { GATEWAY_AUTH_URL: authUrl, GATEWAY_WS_URL: wsUrl, GATEWAY_CLOSE_CASES: closeCases } = process.env;
 const PASSWORD = "correct horse battery staple";
@@ -766,6 +767,41 @@ test("a redirect from auth_service is never followed: the password and the refre
   assert.deepEqual(elsewhere.calls.map((call) => call.path), ["/v1/login"]);
   assert.deepEqual(gateway.frames.map((frame) => frame.token), ["token-2"]);
   for (const site of [elsewhere, auth, gateway]) site.close();
+});
+
+test("an answer from auth_service is read up to MAX_ANSWER_BYTES, decoded, and no further", { timeout: 20000 }, async () => {
+  assert.equal(MAX_ANSWER_BYTES, 65536);
+  // A token answer followed by 64 MiB of JSON whitespace, gzipped to about 64 KiB; and an answer that never ends.
+  const bomb = gzipSync(Buffer.concat([Buffer.from(JSON.stringify(tokenAnswer(1))), Buffer.alloc(64 * 2 ** 20, " ")]));
+  const auth = await httpServer((call, response) => {
+    if (call.n === 1) return response.writeHead(200, { "Content-Type": "application/json", "Content-Encoding": "gzip" }).end(bomb);
+    if (call.n === 2) {
+      response.writeHead(200, { "Content-Type": "application/json" });
+      response.write(JSON.stringify(tokenAnswer(2)));
+      const chunk = Buffer.alloc(16384, " ");
+      const more = () => { if (!response.destroyed) response.write(chunk, () => setTimeout(more, 1)); };
+      return more();
+    }
+    response.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify(tokenAnswer(3)));
+  });
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type === "auth") ws.send(authSuccess());
+  });
+  const client = new GatewayClient({ authUrl: auth.url, wsUrl: gateway.url, WebSocket, dpop: false, authTimeout: 5000 });
+  const tooLong = (err) => err instanceof GatewayError && err.code === "bad_response" && err.status === 200 && err.message.includes(`longer than ${MAX_ANSWER_BYTES} bytes`);
+  const started = Date.now();
+  await assert.rejects(client.login("u", PASSWORD), tooLong);
+  await assert.rejects(client.login("u", PASSWORD), tooLong);
+  assert.ok(Date.now() - started < 2000, `${Date.now() - started} ms: cut off at the cap, not at authTimeout`);
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.equal(auth.closed, 1, "the endless answer was cut off, its connection closed");
+  assert.deepEqual(gateway.frames, [], "no token of theirs reached the gateway");
+  await client.login("u", PASSWORD); // an answer within the cap
+  assert.deepEqual(gateway.frames.map((frame) => frame.token), ["token-3"]);
+  assert.ok(auth.calls.every((call) => call.headers["accept-encoding"] === "identity"), "no compression asked for");
+  client.close();
+  gateway.close();
+  auth.close();
 });
 
 test("close() while the client backs off leaves nothing to keep Node alive", { timeout: 10000 }, async () => {
