@@ -33,6 +33,13 @@ const NONCE_HEADER = "DPoP-Nonce";
 const STALE_MARGIN = 5000;
 /** A connection that stays authenticated this long (milliseconds) starts the backoff over. */
 const STABLE_AFTER = 10000;
+/**
+ * Renewals start at least this many milliseconds apart; a warning sooner waits. The gateway warns a
+ * token at the earliest about half its life after authenticating it (a key withdrawal sooner, with
+ * WS_KEY_WITHDRAWAL_GRACE, 10 s by default, to renew in): a gateway that warns in a loop gets one
+ * renewal (one refresh-token rotation) per interval, not one per warning.
+ */
+const MIN_RENEWAL_INTERVAL = 2000;
 /** The server allows 3 ``auth`` attempts per socket: the first and 2 retries. */
 const AUTH_RETRIES = 2;
 /**
@@ -616,6 +623,9 @@ export class GatewayClient extends EventTarget {
   #refreshing = null;
   #renewing = null; // the expires_at of the warning being renewed, until the server answers
   #renewed = null; // the expires_at of the last warning renewed
+  #held = null; // the expires_at of the token this socket holds (its last auth_success)
+  #lastRenewal = -Infinity; // when the last renewal started (Date.now())
+  #deferred = null; // the timer of a renewal waiting for MIN_RENEWAL_INTERVAL
   #connected = null;
 
   /**
@@ -785,6 +795,8 @@ export class GatewayClient extends EventTarget {
     clearTimeout(this.#stable);
     clearTimeout(this.#deadline);
     clearTimeout(this.#backoff);
+    clearTimeout(this.#deferred);
+    this.#deferred = null;
     this.#connected?.reject(new GatewayError("connection_closed", "close() was called"));
     this.#connected = null;
     this.#live = false;
@@ -915,6 +927,7 @@ export class GatewayClient extends EventTarget {
       this.#userId = frame.user.id;
       this.user = frame.user;
       this.expiresAt = frame.expires_at * 1000;
+      this.#held = frame.expires_at;
       this.#authRetries = 0;
       this.#authFailure = null;
       clearTimeout(this.#deadline);
@@ -1037,9 +1050,26 @@ export class GatewayClient extends EventTarget {
     return expiries.length > 0 && Math.min(...expiries) - Date.now() < STALE_MARGIN;
   }
 
-  /** One renewal at a time; a warning for an expiry already renewed (a late copy) is ignored. */
+  /**
+   * One renewal at a time, for a warning about the token the socket holds: docs/protocol.md has
+   * ``expires_at`` be that token's ``exp`` (its ``auth_success``'s ``expires_at``) or a sooner close
+   * (a key withdrawal), never a later one. A warning for an expiry already renewed (a late copy) is
+   * ignored; one within MIN_RENEWAL_INTERVAL of the last renewal waits for it to pass, and every
+   * warning meanwhile joins that one renewal.
+   */
   async #renew(expiresAt) {
-    if (this.#renewing !== null || expiresAt === this.#renewed) return;
+    if (this.#held === null || expiresAt > this.#held) return;
+    if (this.#renewing !== null || expiresAt === this.#renewed || this.#deferred !== null) return;
+    const wait = this.#lastRenewal + MIN_RENEWAL_INTERVAL - Date.now();
+    if (wait > 0) {
+      const generation = this.#generation;
+      this.#deferred = setTimeout(() => {
+        this.#deferred = null;
+        if (generation === this.#generation) this.#renew(expiresAt);
+      }, wait);
+      return;
+    }
+    this.#lastRenewal = Date.now();
     this.#renewing = expiresAt;
     const ws = this.#ws;
     this.#setState("renewing");
@@ -1071,6 +1101,9 @@ export class GatewayClient extends EventTarget {
     this.#ws = null;
     this.#generation += 1;
     this.#renewing = null;
+    this.#held = null;
+    clearTimeout(this.#deferred);
+    this.#deferred = null;
     clearTimeout(this.#stable);
     clearTimeout(this.#deadline);
     this.#live = false;

@@ -114,6 +114,7 @@ async function hostileGateway(answer) {
     for (const ws of server.clients) ws.terminate();
     server.close();
   };
+  gateway.sockets = () => [...server.clients];
   return gateway;
 }
 
@@ -552,6 +553,45 @@ test("token_expiring is renewed once however often it comes, and a warning alrea
   assert.equal(tokens, 3);
   assert.equal(renewals, 2);
   assert.deepEqual(states, ["connecting", "authenticated", "renewing", "authenticated", "renewing", "authenticated"]);
+  client.close();
+  gateway.close();
+});
+
+test("token_expiring for a later expiry than the token's is ignored, and a storm of warnings renews once per 2 seconds", { timeout: 20000 }, async () => {
+  const held = Math.floor(Date.now() / 1000) + 300;
+  const warning = (expiresAt) => JSON.stringify({ type: "token_expiring", expires_in: 30, expires_at: expiresAt });
+  const renewals = [];
+  let storm = null;
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type !== "auth") return;
+    if (frame.id !== "renew") {
+      ws.send(authSuccess(300, { expires_at: held }));
+      for (let i = 1; i <= 3; i++) ws.send(warning(held + i)); // about no token this socket holds
+      return;
+    }
+    renewals.push(Date.now());
+    ws.send(authSuccess(300, { expires_at: held, renewed: true, id: "renew" }));
+  });
+  let tokens = 0;
+  const client = hostileClient(gateway, { getToken: async () => `token-${++tokens}` });
+  await client.connect();
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.equal(tokens, 1, "a warning for a later expiry than the token's started a renewal");
+  // A broken gateway: a warning every 20 ms for 3 s, each for a new expiry, all before the token's.
+  const [ws] = gateway.sockets();
+  let i = 0;
+  const started = Date.now();
+  storm = setInterval(() => ws.send(warning(held - 200 + ++i)), 20);
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  clearInterval(storm);
+  await new Promise((resolve) => setTimeout(resolve, 2500)); // the renewal the last warnings waited for
+  assert.ok(i > 100, `${i} warnings`);
+  const gaps = renewals.slice(1).map((at, n) => at - renewals[n]);
+  assert.ok(renewals.length >= 2 && renewals.length <= 3, `${renewals.length} renewals in ${Date.now() - started} ms`);
+  assert.ok(gaps.every((gap) => gap >= 1900), JSON.stringify(gaps));
+  assert.equal(tokens, 1 + renewals.length);
+  assert.equal(gateway.connections, 1);
+  assert.equal(client.state, "authenticated");
   client.close();
   gateway.close();
 });
