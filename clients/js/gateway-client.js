@@ -47,6 +47,8 @@ const AUTH_RETRIES = 2;
  * Content-Encoding): a token answer is a few KiB. A longer one is cut off and refused.
  */
 export const MAX_ANSWER_BYTES = 65536;
+/** The longest access-token life (seconds) a token answer may give: a year. */
+const MAX_EXPIRES_IN = 365 * 86400;
 
 /**
  * Every way the gateway closes a socket: [code, reason, action], the same rows as
@@ -331,9 +333,10 @@ class AuthApi {
   /**
    * ``token``: an access token to present (``Authorization: DPoP`` when it is bound, ``Bearer``
    * otherwise). Asked for a nonce (``use_dpop_nonce``, RFC 9449 section 8), it signs once more
-   * with the one the refusal carried.
+   * with the one the refusal carried. ``expect(data)`` says what is wrong with a successful
+   * answer (null: nothing), which then rejects with ``bad_response``.
    */
-  async post(path, body, { headers = {}, token, prove = true } = {}) {
+  async post(path, body, { headers = {}, token, prove = true, expect } = {}) {
     if (!this.#base) throw new TypeError(`GatewayClient: ${path} needs the authUrl option`);
     const url = this.#base + path;
     const dpop = prove ? this.#dpop : null;
@@ -345,9 +348,16 @@ class AuthApi {
       const init = { method: "POST", credentials: this.#credentials, headers: sent, body: JSON.stringify(body), redirect: "manual" };
       const { response, data } = await this.#send(url, init);
       this.#nonce = response.headers?.get?.(NONCE_HEADER) ?? this.#nonce;
-      if (response.ok) return data;
-      if (dpop && attempt === 0 && data.error === "use_dpop_nonce" && this.#nonce) continue;
-      throw new GatewayError(data.error ?? `http_${response.status}`, data.error_description, response.status);
+      if (response.ok) {
+        const fault = expect?.(data);
+        if (fault) throw new GatewayError("bad_response", `auth_service's answer to ${url} ${fault}`, response.status);
+        return data;
+      }
+      // An error answer's fields, when it has them: anything else is the status.
+      const { error, error_description: description } = kindOf(data) === "object" ? data : {};
+      if (dpop && attempt === 0 && error === "use_dpop_nonce" && this.#nonce) continue;
+      const code = typeof error === "string" && error ? error : `http_${response.status}`;
+      throw new GatewayError(code, typeof description === "string" ? description : undefined, response.status);
     }
   }
 
@@ -445,6 +455,27 @@ async function readAnswer(url, response) {
   }
 }
 
+/**
+ * What is wrong with a token answer from /v1/login or /v1/token (null: nothing): an object with a
+ * non-empty ``access_token``, ``token_type`` Bearer or DPoP (any case, RFC 6749 section 5.1),
+ * ``expires_in`` seconds (more than 0, at most MAX_EXPIRES_IN), and a non-empty ``refresh_token``
+ * where the session keeps it (outside a browser); a ``csrf_token``, when given, is a non-empty string.
+ */
+function tokenAnswerFault(data, { refreshToken }) {
+  if (kindOf(data) !== "object") return `is ${kindOf(data)}, not a token answer`;
+  const text = (value) => typeof value === "string" && value.length > 0;
+  if (!text(data.access_token)) return `has no access_token (${kindOf(data.access_token)})`;
+  if (!["bearer", "dpop"].includes(String(data.token_type).toLowerCase())) return `has token_type ${JSON.stringify(data.token_type)}, not Bearer or DPoP`;
+  const life = data.expires_in;
+  if (kindOf(life) !== "number" || !(life > 0 && life <= MAX_EXPIRES_IN)) return `has expires_in ${JSON.stringify(life)}, not seconds above 0 and at most ${MAX_EXPIRES_IN}`;
+  if (refreshToken && !text(data.refresh_token)) return `has no refresh_token (${kindOf(data.refresh_token)})`;
+  if (data.csrf_token !== undefined && !text(data.csrf_token)) return `has csrf_token ${kindOf(data.csrf_token)}, not a string`;
+  return null;
+}
+
+const cookieTokens = (data) => tokenAnswerFault(data, { refreshToken: false });
+const memoryTokens = (data) => tokenAnswerFault(data, { refreshToken: true });
+
 /** A browser's password session: the refresh token in the HttpOnly cookie, the CSRF token here. */
 class CookieSession {
   #api;
@@ -455,7 +486,7 @@ class CookieSession {
   }
 
   async login(username, password) {
-    return this.#keep(await this.#api.post("/v1/login", { username, password, session: "cookie" }));
+    return this.#keep(await this.#api.post("/v1/login", { username, password, session: "cookie" }, { expect: cookieTokens }));
   }
 
   /** Whether a session may exist: without its CSRF token (nor, after a reload, its cookie) there is none. */
@@ -481,7 +512,7 @@ class CookieSession {
     for (let attempt = 0; ; attempt++) {
       try {
         const body = { grant_type: "refresh_token" };
-        return this.#keep(await this.#withCsrf((headers) => this.#api.post("/v1/token", body, { headers })));
+        return this.#keep(await this.#withCsrf((headers) => this.#api.post("/v1/token", body, { headers, expect: cookieTokens })));
       } catch (err) {
         if (!unlocked || attempt >= 2 || err.code !== "invalid_grant") throw err;
         await sleep(500 + Math.random() * 1000);
@@ -529,7 +560,7 @@ class MemorySession {
   }
 
   async login(username, password) {
-    return this.#keep(await this.#api.post("/v1/login", { username, password }));
+    return this.#keep(await this.#api.post("/v1/login", { username, password }, { expect: memoryTokens }));
   }
 
   get resumable() {
@@ -538,7 +569,8 @@ class MemorySession {
 
   async refresh() {
     if (this.#refreshToken === null) throw new GatewayError("not_authenticated", "log in first");
-    return this.#keep(await this.#api.post("/v1/token", { grant_type: "refresh_token", refresh_token: this.#refreshToken }));
+    const body = { grant_type: "refresh_token", refresh_token: this.#refreshToken };
+    return this.#keep(await this.#api.post("/v1/token", body, { expect: memoryTokens }));
   }
 
   async logout(everywhere) {
@@ -853,7 +885,8 @@ export class GatewayClient extends EventTarget {
     let url = this.#wsUrl;
     const protocols = [SUBPROTOCOL];
     if (this.#handshake === "ticket") {
-      const { ticket } = await this.#api.post("/v1/ws-ticket", {}, { token: this.#token });
+      const expect = (data) => (typeof data?.ticket === "string" && data.ticket ? null : `has no ticket (${kindOf(data?.ticket)})`);
+      const { ticket } = await this.#api.post("/v1/ws-ticket", {}, { token: this.#token, expect });
       url += `${url.includes("?") ? "&" : "?"}ticket=${encodeURIComponent(ticket)}`;
     } else if (this.#handshake === "bearer") {
       protocols.push(BEARER_PREFIX + this.#token);

@@ -844,6 +844,43 @@ test("an answer from auth_service is read up to MAX_ANSWER_BYTES, decoded, and n
   auth.close();
 });
 
+test("a token answer that is not one rejects with bad_response, and nothing reaches the gateway", { timeout: 10000 }, async () => {
+  const good = tokenAnswer(1);
+  const answers = [
+    "null", "[]", '"token"', "{}",
+    { ...good, access_token: "" }, { ...good, access_token: 42 }, { ...good, refresh_token: undefined }, { ...good, refresh_token: null },
+    { ...good, token_type: undefined }, { ...good, token_type: "MAC" }, { ...good, expires_in: "60" }, { ...good, expires_in: 0 },
+    { ...good, expires_in: -60 }, { ...good, expires_in: 10 ** 12 }, JSON.stringify(good).replace('"expires_in":60', '"expires_in":1e400'),
+    { ...good, csrf_token: 7 },
+  ];
+  const auth = await httpServer((call, response) => {
+    let answer = good;
+    if (call.path === "/v1/login") answer = answers[call.n - 1] ?? { ...good, token_type: "dpop" };
+    if (call.path === "/v1/token") answer = call.n === 1 ? { ...good, refresh_token: "" } : { error: { nested: true } };
+    if (call.path === "/v1/ws-ticket") answer = "null";
+    const status = call.path === "/v1/token" && call.n > 1 ? 400 : 200;
+    response.writeHead(status, { "Content-Type": "application/json" }).end(typeof answer === "string" ? answer : JSON.stringify(answer));
+  });
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type === "auth") ws.send(authSuccess());
+  });
+  const client = new GatewayClient({ authUrl: auth.url, wsUrl: gateway.url, WebSocket, dpop: false });
+  const bad = (err) => err instanceof GatewayError && err.code === "bad_response" && err.status === 200;
+  for (const answer of answers) await assert.rejects(client.login("u", PASSWORD), bad, JSON.stringify(answer));
+  assert.deepEqual(gateway.frames, [], "no auth frame without a token");
+  await client.login("u", PASSWORD); // a good answer (token_type in any case) is taken
+  assert.deepEqual(gateway.frames.map((frame) => frame.token), ["token-1"]);
+  await assert.rejects(client.refresh(), bad); // no refresh_token to keep
+  // An error answer whose error is not a string: its status names it, not a TypeError.
+  await assert.rejects(client.refresh(), (err) => err instanceof GatewayError && err.code === "http_400" && err.status === 400);
+  client.close();
+  const ticketed = new GatewayClient({ authUrl: auth.url, wsUrl: gateway.url, WebSocket, dpop: false, handshake: "ticket" });
+  await assert.rejects(ticketed.login("u", PASSWORD), (err) => bad(err) && err.message.includes("/v1/ws-ticket has no ticket"));
+  assert.equal(gateway.connections, 1);
+  gateway.close();
+  auth.close();
+});
+
 test("close() while the client backs off leaves nothing to keep Node alive", { timeout: 10000 }, async () => {
   // In a process of its own, so that no other test's timers count: it must exit at once after
   // close(), not when the wait before the reconnect (0.5 s here) would have ended.
