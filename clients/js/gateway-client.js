@@ -34,7 +34,8 @@ const STALE_MARGIN = 5000;
 /** A connection that stays authenticated this long (milliseconds) starts the backoff over. */
 const STABLE_AFTER = 10000;
 /**
- * Renewals start at least this many milliseconds apart; a warning sooner waits. The gateway warns a
+ * Renewals start at least this many milliseconds apart (or a quarter of the token's lifetime, when
+ * shorter); a warning sooner waits. The gateway warns a
  * token at the earliest about half its life after authenticating it (a key withdrawal sooner, with
  * WS_KEY_WITHDRAWAL_GRACE, 10 s by default, to renew in): a gateway that warns in a loop gets one
  * renewal (one refresh-token rotation) per interval, not one per warning.
@@ -658,6 +659,7 @@ export class GatewayClient extends EventTarget {
   #held = null; // the expires_at of the token this socket holds (its last auth_success)
   #lastRenewal = -Infinity; // when the last renewal started (Date.now())
   #deferred = null; // the timer of a renewal waiting for MIN_RENEWAL_INTERVAL
+  #lifetime = null; // ms: the expires_in auth_service gave the current token
   #connected = null;
 
   /**
@@ -840,6 +842,7 @@ export class GatewayClient extends EventTarget {
   #tokens(body) {
     this.#token = body.access_token;
     this.expiresAt = body.expires_in ? Date.now() + body.expires_in * 1000 : null;
+    this.#lifetime = body.expires_in ? body.expires_in * 1000 : null;
   }
 
   // -- the socket ------------------------------------------------------------------------
@@ -1093,7 +1096,9 @@ export class GatewayClient extends EventTarget {
   async #renew(expiresAt) {
     if (this.#held === null || expiresAt > this.#held) return;
     if (this.#renewing !== null || expiresAt === this.#renewed || this.#deferred !== null) return;
-    const wait = this.#lastRenewal + MIN_RENEWAL_INTERVAL - Date.now();
+    // A quarter of auth_service's token lifetime when that is shorter (tokens of seconds).
+    const spacing = Math.min(MIN_RENEWAL_INTERVAL, (this.#lifetime ?? Infinity) / 4);
+    const wait = this.#lastRenewal + spacing - Date.now();
     if (wait > 0) {
       const generation = this.#generation;
       this.#deferred = setTimeout(() => {

@@ -35,6 +35,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -214,8 +215,6 @@ class TokenPair:
     expires_in: int
     token_type: str = "Bearer"  # noqa: S105 (a token type, not a secret)
     """``DPoP`` when the access token is bound to the client's key."""
-    received: float = field(default_factory=time.monotonic, repr=False, compare=False)
-    """When the pair arrived (``time.monotonic()``): how much of its life has passed."""
 
 
 class ProofSigner(Protocol):
@@ -229,6 +228,10 @@ class ProofSigner(Protocol):
 NONCE_HEADER = "DPoP-Nonce"
 
 
+MIN_RENEWAL_INTERVAL = 2.0
+"""Seconds between the starts of two renewals on a socket at the least (as the JS client), or a
+quarter of the token's lifetime (``expires_in``, from auth_service) when that is shorter: the
+gateway warns a token at half its life at the earliest, so only a broken one meets it."""
 MAX_ANSWER_BYTES = 64 * 1024
 """The largest answer taken from auth_service: a token answer is under 4 KiB."""
 MAX_EXPIRES_IN = 366 * 24 * 3600
@@ -444,7 +447,7 @@ def _is_members(value: Any) -> bool:
 _Check = Callable[[Any], bool]
 
 _FIELDS: dict[str, tuple[dict[str, _Check], dict[str, _Check]]] = {
-    "auth_success": ({"user": _is_user}, {}),
+    "auth_success": ({"user": _is_user, "expires_at": _is_int}, {}),
     "auth_error": ({"code": _is_str}, {"retry": lambda value: isinstance(value, bool)}),
     "error": ({"code": _is_str}, {"message": _is_str}),
     "message": ({"channel": _is_str}, {"offset": _is_int, "epoch": _is_str}),
@@ -564,6 +567,9 @@ class GatewayClient:
         self._background: set[asyncio.Task[None]] = set()
         self._renewal: asyncio.Task[None] | None = None
         self._renewed_for: int | None = None
+        self._held: int | None = None
+        """The expiry of the token the socket holds: its last ``auth_success``'s ``expires_at``."""
+        self._last_renewal = -math.inf
         """The expiry this socket's last renewal answered (``token_expiring``'s ``expires_at``)."""
         self._on_state = on_state
         self.connects = 0
@@ -846,6 +852,7 @@ class GatewayClient:
             frame = await self._answer(ws)
             if frame.get("type") == "auth_success":
                 self.user = frame.get("user")
+                self._held = frame["expires_at"]
                 return
             if not frame.get("retry"):
                 break
@@ -925,6 +932,8 @@ class GatewayClient:
             self._emit(frame)
         elif kind == "token_expiring":
             self._renew_once(ws, frame["expires_at"])
+        elif kind == "auth_success":  # a renewal's
+            self._held = frame["expires_at"]
         elif kind == "unsubscribed":
             self._channels.pop(str(frame.get("channel")), None)
             self._positions.pop(str(frame.get("channel")), None)
@@ -983,25 +992,29 @@ class GatewayClient:
                 log.exception("on_event handler failed")
 
     def _renew_once(self, ws: aiohttp.ClientWebSocketResponse, expires_at: int) -> None:
-        """One renewal at a time, and one per expiry on a socket: each refresh rotates the
-        refresh token, and a server may repeat its warning (300 of them made 300 refreshes).
-        Nor is a token renewed before a third of its life has passed by the client's own clock:
-        the gateway warns at half of it at the earliest, and one that warned of every new
-        expiry as it confirmed it made 232 refreshes in 5 s."""
-        if expires_at == self._renewed_for or (
-            self._renewal is not None and not self._renewal.done()
-        ):
+        """One renewal at a time, for a warning about the token the socket holds: its
+        ``expires_at`` is that token's (its ``auth_success``'s) or a sooner close (a key
+        withdrawal), never a later one. Each refresh rotates the refresh token, so a warning for
+        an expiry already renewed is ignored (300 repeats made 300 refreshes), and a renewal
+        starts at least ``MIN_RENEWAL_INTERVAL`` after the last (a gateway that warned of each
+        new expiry as it confirmed it made 232 refreshes in 5 s); warnings meanwhile join it."""
+        if self._held is None or expires_at > self._held or expires_at == self._renewed_for:
             return
-        tokens = self._tokens
-        if tokens is not None and time.monotonic() - tokens.received < tokens.expires_in / 3:
-            log.warning("ignoring an expiry warning for a token issued moments ago")
+        if self._renewal is not None and not self._renewal.done():
             return
         self._renewed_for = expires_at
-        self._renewal = asyncio.get_running_loop().create_task(self._renew(ws))
+        spacing = MIN_RENEWAL_INTERVAL
+        if self._tokens is not None:  # auth_service's lifetime, not the warning's: tests use 2 s
+            spacing = min(spacing, self._tokens.expires_in / 4)
+        wait = self._last_renewal + spacing - time.monotonic()
+        self._renewal = asyncio.get_running_loop().create_task(self._renew(ws, wait))
         self._background.add(self._renewal)
         self._renewal.add_done_callback(self._background.discard)
 
-    async def _renew(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _renew(self, ws: aiohttp.ClientWebSocketResponse, wait: float = 0.0) -> None:
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._last_renewal = time.monotonic()
         try:
             tokens = await self.refresh()
             await self._send(ws, {**self._auth_frame(tokens), "id": "renew"})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
+from auth_service.appkeys import KEYRING
 from realtime_gateway_client import (
     AuthenticationFailed,
     ClientError,
@@ -16,6 +18,7 @@ from realtime_gateway_client import (
     TemporaryFailure,
     Unreachable,
 )
+from realtime_gateway_protocol.key_events import KEYS_TOPIC, KeyWithdrawn, encode_key_event
 from tests.integration.stack import API_KEY, PASSWORD, MakeStack, Stack
 from tests.integration.ws.harness import wait_until
 from tests.services import free_port
@@ -116,6 +119,25 @@ async def test_renews_in_band_on_token_expiring_keeping_one_socket(make_stack: M
         assert alice.connects == 1
         assert stack.auth_count("auth_refreshes_total", outcome="ok") == alice.refreshes
         assert stack.ws_count("ws_expiries_total") == 0
+
+
+async def test_a_key_withdrawn_moments_after_the_login_is_renewed_in_place(
+    make_stack: MakeStack,
+) -> None:
+    """The gateway warns of the close a withdrawal brings (an expiry sooner than the token's):
+    the client renews at once on the same socket, however young its token."""
+    stack = await make_stack(ws={"key_withdrawal_grace": 3})
+    await stack.register("alice")
+    async with stack.client("alice") as alice:
+        ring = stack.auth.app[KEYRING]
+        signing = ring.signing_key(time.time())
+        assert signing is not None
+        kid = (await ring.withdraw(signing.kid, time.time())).kid
+        await stack.bus.publish(KEYS_TOPIC, encode_key_event(KeyWithdrawn(kid)))
+        await wait_until(lambda: alice.refreshes == 1, wait=3)
+        await asyncio.sleep(3.5)  # past the grace: the socket renewed is not closed
+        await alice.subscribe("chat:general")
+        assert alice.connects == 1
 
 
 async def test_concurrent_refreshes_share_one_request(stack: Stack) -> None:

@@ -33,16 +33,16 @@ Script = Callable[["HostileGateway", web.WebSocketResponse], Awaitable[None]]
 class HostileGateway:
     """auth_service's login and refresh, and a socket that plays ``script`` on every connection."""
 
-    def __init__(self, script: Script, *, autoping: bool = True, expires_in: int = 60) -> None:
+    def __init__(self, script: Script, *, autoping: bool = True) -> None:
         self.script = script
         self.autoping = autoping
-        self.expires_in = expires_in
         self.port = free_port()
         self.connects = 0
         self.refreshes = 0
         self.received: list[dict[str, Any]] = []
         self.close_codes: list[int | None] = []
-        self.go = asyncio.Event()
+        self.held = 0
+        """The expires_at of the last auth_success sent."""
 
     @property
     def auth_url(self) -> str:
@@ -60,11 +60,11 @@ class HostileGateway:
         return app
 
     async def login(self, request: web.Request) -> web.Response:
-        return web.json_response(tokens(0, self.expires_in))
+        return web.json_response(tokens(0))
 
     async def token(self, request: web.Request) -> web.Response:
         self.refreshes += 1
-        return web.json_response(tokens(self.refreshes, self.expires_in))
+        return web.json_response(tokens(self.refreshes))
 
     async def socket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=self.autoping, max_msg_size=0)
@@ -88,7 +88,8 @@ class HostileGateway:
     async def authenticate(self, ws: web.WebSocketResponse) -> None:
         frame = await self.receive(ws)
         assert frame is not None and frame["type"] == "auth"
-        await ws.send_json(AUTH_SUCCESS)
+        self.held = int(time.time()) + 60
+        await ws.send_json({**AUTH_SUCCESS, "expires_at": self.held})
 
     async def drain(self, ws: web.WebSocketResponse) -> None:
         """Read (and answer nothing) until the client closes."""
@@ -96,12 +97,8 @@ class HostileGateway:
             pass
 
 
-def tokens(n: int, expires_in: int = 60) -> dict[str, Any]:
-    return {
-        "access_token": f"access-{n}",
-        "refresh_token": f"refresh-{n}",
-        "expires_in": expires_in,
-    }
+def tokens(n: int) -> dict[str, Any]:
+    return {"access_token": f"access-{n}", "refresh_token": f"refresh-{n}", "expires_in": 60}
 
 
 AUTH_SUCCESS = {
@@ -434,16 +431,13 @@ async def test_a_repeated_expiry_warning_earns_one_renewal(serve: Serve) -> None
 
     async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
         await gateway.authenticate(ws)
-        await gateway.go.wait()
         for _ in range(100):
             await ws.send_json(warning)
             await asyncio.sleep(0.005)
         await gateway.drain(ws)
 
-    gateway = await serve(script, expires_in=1)  # a third of its life passes in 0.34 s
+    gateway = await serve(script)
     async with client(gateway) as alice:
-        await asyncio.sleep(0.4)
-        gateway.go.set()
         await wait_until(lambda: len(gateway.received) >= 2)
         await asyncio.sleep(0.8)
         assert (alice.refreshes, gateway.refreshes) == (1, 1)
@@ -453,21 +447,46 @@ async def test_a_repeated_expiry_warning_earns_one_renewal(serve: Serve) -> None
 
 async def test_a_warning_for_every_new_expiry_does_not_make_a_refresh_storm(serve: Serve) -> None:
     """A gateway that warned of each new expiry as it confirmed it made 232 refreshes in 5 s
-    (each rotating the refresh token); a token is not renewed before a third of its life has
-    passed by the client's own clock (the gateway warns at half of it at the earliest)."""
+    (each rotating the refresh token); renewals start MIN_RENEWAL_INTERVAL (2 s) apart."""
 
     async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
         await gateway.authenticate(ws)
-        for n in range(250):
-            expires_at = int(time.time()) + 60 + n
-            await ws.send_json(
-                {"type": "token_expiring", "expires_in": 30, "expires_at": expires_at}
-            )
+        held = gateway.held
+
+        async def confirm() -> None:
+            nonlocal held
+            while (frame := await gateway.receive(ws)) is not None:
+                if frame["type"] == "auth":
+                    held += 1
+                    renewed = {**AUTH_SUCCESS, "expires_at": held, "renewed": True, "id": "renew"}
+                    await ws.send_json(renewed)
+
+        confirming = asyncio.create_task(confirm())
+        for _ in range(300):
+            await ws.send_json({"type": "token_expiring", "expires_in": 30, "expires_at": held})
             await asyncio.sleep(0.01)
+        await confirming
+
+    gateway = await serve(script)
+    async with client(gateway) as alice:
+        await wait_until(lambda: gateway.refreshes >= 1)
+        await asyncio.sleep(2.6)
+        assert gateway.refreshes == 2, gateway.refreshes
+        assert alice.refreshes == gateway.refreshes
+
+
+async def test_a_warning_for_a_later_expiry_than_the_tokens_is_ignored(serve: Serve) -> None:
+    """A warning names the expiry of the token the socket holds, or a sooner close (a key
+    withdrawal); never a later one."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        later = gateway.held + 1
+        await ws.send_json({"type": "token_expiring", "expires_in": 61, "expires_at": later})
+        await ws.send_json({"type": "ping", "id": "marker"})
         await gateway.drain(ws)
 
-    gateway = await serve(script, expires_in=3)
-    async with client(gateway) as alice:
-        await asyncio.sleep(2.6)
-        assert 1 <= gateway.refreshes <= 2, gateway.refreshes
-        assert alice.refreshes == gateway.refreshes
+    gateway = await serve(script)
+    async with client(gateway):
+        await asyncio.sleep(0.5)
+        assert gateway.refreshes == 0
