@@ -15,7 +15,7 @@ import pytest
 from tests.e2e.conftest import ARTIFACTS, PASSWORD, Stack
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Page
+    from playwright.sync_api import Browser, BrowserContext, Page, Route
 
 pytestmark = pytest.mark.e2e
 
@@ -234,19 +234,29 @@ def test_html_in_a_message_is_shown_as_text(context: BrowserContext, stack: Stac
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
 
 
+def issued_tokens(page: Page) -> list[str]:
+    """The access tokens auth_service answers the page with, as they arrive. Read on their way
+    to the page (``route.fetch``), not from the devtools' copy: the client reads an answer as a
+    stream (bounded in bytes), and Chromium keeps no copy of a body read that way."""
+    tokens: list[str] = []
+
+    def collect(route: Route) -> None:
+        response = route.fetch()
+        if response.ok:
+            tokens.append(response.json()["access_token"])
+        route.fulfill(response=response)
+
+    page.route(re.compile(r"/v1/(login|token)$"), collect)
+    return tokens
+
+
 def test_no_token_in_web_storage_cookies_or_urls(context: BrowserContext, stack: Stack) -> None:
     stack.register("grace")
     page = context.new_page()
     urls: list[str] = []
-    tokens: list[str] = []
+    tokens = issued_tokens(page)
     page.on("request", lambda request: urls.append(request.url))
     page.on("websocket", lambda ws: urls.append(ws.url))
-
-    def collect(response: Any) -> None:
-        if re.search(r"/v1/(login|token)$", response.url) and response.ok:
-            tokens.append(response.json()["access_token"])
-
-    page.on("response", collect)
     page.goto(stack.page_url + "?handshake=ticket")
     page.wait_for_selector("body[data-ready=true]")
     log_in(page, "grace")

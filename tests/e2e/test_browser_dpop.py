@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.e2e.conftest import Stack
-from tests.e2e.test_browser import log_in, open_page, say, wait_for_message, wait_joined
+from tests.e2e.test_browser import (
+    issued_tokens,
+    log_in,
+    open_page,
+    say,
+    wait_for_message,
+    wait_joined,
+)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
@@ -56,18 +62,6 @@ def bound_key(token: str) -> str:
     padded = payload + "=" * (-len(payload) % 4)
     claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(padded))
     return str(claims["cnf"]["jkt"])
-
-
-def issued_tokens(page: Page) -> list[str]:
-    """The access tokens auth_service answers the page with, as they arrive."""
-    tokens: list[str] = []
-
-    def collect(response: Any) -> None:
-        if re.search(r"/v1/(login|token)$", response.url) and response.ok:
-            tokens.append(response.json()["access_token"])
-
-    page.on("response", collect)
-    return tokens
 
 
 def thumbprint(page: Page) -> str:
