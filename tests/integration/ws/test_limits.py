@@ -43,6 +43,15 @@ async def test_frame_over_max_message_bytes_closes_1009(make_gateway: MakeGatewa
     await send(ws, {"type": "ping", "pad": "x" * 20001})
     msg = await ws.receive(timeout=3)
     assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1009)
+    await wait_until(lambda: message_size_hits(gw) == 1)
+
+
+def message_size_hits(gw: Harness) -> float:
+    """``ws_limit_hits_total{limit="message_size"}``: a message too big, in bytes or frames."""
+    sample = gw.app[METRICS].registry.get_sample_value(
+        "ws_limit_hits_total", {"limit": "message_size"}
+    )
+    return sample or 0.0
 
 
 RawSocket = Callable[..., Awaitable[RawWebSocket]]
@@ -75,7 +84,7 @@ async def close_code(raw: RawWebSocket, within: float = 3) -> int:
 
 
 async def test_empty_continuation_frames_without_end_close_1009_before_auth(
-    raw_socket: RawSocket,
+    gw: Harness, raw_socket: RawSocket
 ) -> None:
     """An outside probe's flood: one unfinished text frame, then 6-byte empty continuations that
     neither complete nor grow the message, so no limit saw them and the loop read them at full
@@ -85,6 +94,7 @@ async def test_empty_continuation_frames_without_end_close_1009_before_auth(
     raw.writer.write(client_frame(CONTINUATION, b"", fin=False) * 10_000)
     assert await close_code(raw) == 1009
     assert await raw.eof_within(3)
+    await wait_until(lambda: message_size_hits(gw) == 1)
 
 
 async def test_a_message_may_come_in_up_to_128_frames(gw: Harness, raw_socket: RawSocket) -> None:
