@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from aiohttp import WSCloseCode, WSMessage, WSMsgType, hdrs, web
+from aiohttp import WebSocketError, WSCloseCode, WSMessage, WSMsgType, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from realtime_gateway_protocol.access_token import Claims
@@ -44,7 +44,7 @@ _FORBIDDEN_ORIGIN = (
 
 _CONTROL = frozenset({WSMsgType.PING, WSMsgType.PONG})
 _DATA = frozenset({WSMsgType.TEXT, WSMsgType.BINARY})
-TOO_BIG = WSCloseCode.MESSAGE_TOO_BIG
+_TOO_BIG = WSCloseCode.MESSAGE_TOO_BIG
 """The reader's refusal of a message over ``WS_MAX_MESSAGE_BYTES`` or in too many frames."""
 
 
@@ -120,7 +120,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 elif msg.type is WSMsgType.PING:
                     await ws.pong(msg.data)
                 elif msg.type is not WSMsgType.PONG:
-                    if msg.type is WSMsgType.ERROR and getattr(msg.data, "code", None) == TOO_BIG:
+                    if isinstance(msg.data, WebSocketError) and msg.data.code == _TOO_BIG:
                         metrics.limit_hits.labels("message_size").inc()  # in bytes or frames
                     break
         except Exception:
