@@ -1,8 +1,15 @@
-"""What aiohttp's WebSocket reader does not check in a client's frames: that each is masked, and
-how many frames one message takes.
+"""What aiohttp's WebSocket reader does not check in a client's frames: that each is masked, that
+a close frame's code is one an endpoint may send, and how many frames one message takes.
 
 RFC 6455 section 5.1: "The server MUST close the connection upon receiving a frame that is not
 masked". aiohttp's reader reads either way; a frame without the mask bit closes the socket 1002.
+
+RFC 6455 section 7.4 defines close codes up to 4999, and 7.4.1 forbids 1005, 1006 and 1015 in a
+close frame. aiohttp's reader refuses 1005, 1015 and the unassigned codes below 3000, but lets
+1006 through (it names it ``WSCloseCode.ABNORMAL_CLOSURE``, for a connection dropped without a
+close frame) and every code from 5000: with 1006 a client could make its sessions read as network
+drops in the access log. Both close the socket 1002, as aiohttp's own refusals do, with the same
+reason (``Invalid close code: N``).
 
 A message may be sent in fragments (RFC 6455 section 5.4), and aiohttp bounds the bytes of the
 message (``max_msg_size``), not the frames: a client that opens a message and then sends empty
@@ -41,6 +48,13 @@ _MASK = 0x80  # in the second byte
 _CONTROL = 0x8
 """The opcode bit of control frames (0x8 to 0xF): they may come between a message's frames but are
 no part of it."""
+_OPCODE = 0x0F
+_CLOSE = 0x8
+_DROPPED = 1006
+"""The close code RFC 6455 section 7.4.1 forbids in a close frame that aiohttp's reader lets
+through (it refuses 1005 and 1015 itself)."""
+_UNDEFINED = 5000
+"""The first code beyond those RFC 6455 section 7.4.2 defines."""
 
 _TOO_MANY_FRAMES = f"a message in more than {MAX_FRAMES_PER_MESSAGE} frames"
 _UNMASKED = "a client frame that is not masked"
@@ -112,8 +126,22 @@ class ClientFrames:
                         return self._refuse(
                             data, frame - len(head), WSCloseCode.MESSAGE_TOO_BIG, _TOO_MANY_FRAMES
                         )
+            elif first & _OPCODE == _CLOSE and 2 <= size < 126:  # a longer one aiohttp refuses
+                if end - frame < 8:  # the code, masked, follows the 4-byte mask
+                    pos = frame
+                    break
+                code = (buffer[frame + 6] ^ buffer[frame + 2]) << 8 | (
+                    buffer[frame + 7] ^ buffer[frame + 3]
+                )
+                if code == _DROPPED or code >= _UNDEFINED:
+                    return self._refuse(
+                        data,
+                        frame - len(head),
+                        WSCloseCode.PROTOCOL_ERROR,
+                        f"Invalid close code: {code}",
+                    )
         self._fragments = fragments
-        if pos < end:  # the loop broke on a header cut short
+        if pos < end:  # the loop broke on a header (or a close frame's code) cut short
             self._head = buffer[pos:]
             self._skip = 0
         else:

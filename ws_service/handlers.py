@@ -103,8 +103,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     break
                 finally:
                     peer.reader = None
-                if msg.type is WSMsgType.CLOSE:
-                    msg = await peer.answer_close(msg, settings.close_timeout)
+                if msg.type is WSMsgType.CLOSE:  # aiohttp has answered it (autoclose)
                     break
                 if msg.type in _DATA:
                     frames_in += 1
@@ -165,7 +164,6 @@ async def _admit(
         compress=False,
         timeout=settings.close_timeout,
         autoping=False,
-        autoclose=False,  # the handler answers the client's close: WebSocketPeer.answer_close
     )
     # A credential at the upgrade (a ticket is spent when checked) is read only from a request
     # that can be upgraded; without one, prepare() is the only check (aiohttp's takes a tenth of

@@ -17,10 +17,6 @@ writer only queues the close: it wakes the handler's ``receive()`` (it cancels t
 to the socket's close timeout for the peer's close frame before closing TCP. The handler awaits
 ``ws.receive()`` itself rather than through a method here: a coroutine frame per idle socket is
 about 200 bytes.
-
-A client's close frame is answered by the handler (:meth:`WebSocketPeer.answer_close`), not by
-aiohttp's autoclose, to refuse the one code RFC 6455 forbids in a close frame that aiohttp's
-reader lets through.
 """
 
 from __future__ import annotations
@@ -34,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
-from aiohttp import WebSocketError, WSCloseCode, WSMessage, WSMsgType, web
+from aiohttp import WebSocketError, WSMessage, WSMsgType, web
 
 from realtime_gateway_protocol.close_codes import Disconnect
 from shared.http.access import SessionEnd
@@ -185,22 +181,6 @@ class WebSocketPeer:
         self._finished = True
         if self._done is not None:
             self._done.set()
-
-    async def answer_close(self, frame: WSMessage, grace: float) -> WSMessage:
-        """Answer the client's close ``frame`` as aiohttp's autoclose does (1000, at once), except
-        for 1006: RFC 6455 section 7.4.1 forbids it in a close frame, as it does 1005 and 1015,
-        which aiohttp's reader refuses with 1002; but aiohttp knows 1006 as the code of a dropped
-        connection and lets it through, and a client could make its sessions look like network
-        drops in the access log. It is refused the same way; the message returned is then the
-        protocol error the session ended with. The answer waits at most ``grace`` seconds for a
-        transport the client stopped reading (then the connection is dropped)."""
-        error = None
-        if frame.data == WSCloseCode.ABNORMAL_CLOSURE:
-            error = WebSocketError(WSCloseCode.PROTOCOL_ERROR, f"Invalid close code: {frame.data}")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await self.ws.close(code=error.code if error else WSCloseCode.OK, drain=False)
-        return frame if error is None else WSMessage(WSMsgType.ERROR, error, None)
 
     def session_end(self, last: WSMessage | None, frames_in: int) -> SessionEnd:
         """How the session ended, for its access line: the code and reason of the side that closed

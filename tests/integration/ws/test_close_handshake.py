@@ -109,16 +109,20 @@ async def test_a_silent_client_is_dropped_after_the_close_timeout(
         (1006, 1002, (1002, "Invalid close code: 1006")),
         (1005, 1002, (1002, "Invalid close code: 1005")),
         (1015, 1002, (1002, "Invalid close code: 1015")),
+        (5000, 1002, (1002, "Invalid close code: 5000")),
+        (65535, 1002, (1002, "Invalid close code: 65535")),
         (1000, 1000, (1000, "network blip")),
+        (4999, 1000, (4999, "network blip")),
     ],
 )
 async def test_a_close_code_no_endpoint_may_send_fails_the_connection_with_1002(
     gw: Harness, code: int, answer: int, logged: tuple[int, str]
 ) -> None:
     """RFC 6455 section 7.4.1: 1005, 1006 and 1015 never travel in a close frame (1006 names a
-    connection dropped without one). The server fails the connection with 1002 at once, and the
-    session's access line is that protocol error, not the client's claim that it dropped (nor
-    the 1006 its reset afterwards would read as). A valid code is answered 1000 at once."""
+    connection dropped without one), and section 7.4.2 defines no code from 5000. The server
+    fails the connection with 1002 at once, and the session's access line is that protocol error,
+    not the client's claim that it dropped (nor the 1006 its reset afterwards would read as). A
+    valid code is answered 1000 at once."""
     assert gw.client.server.port is not None
     with json_lines() as logs:
         raw = await RawWebSocket.connect("127.0.0.1", gw.client.server.port)

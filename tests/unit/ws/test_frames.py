@@ -14,7 +14,7 @@ from aiohttp._websocket.reader import WebSocketDataQueue
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http import WebSocketReader
 
-from tests.support.raw_ws import CONTINUATION, PING, TEXT, client_frame, fragmented
+from tests.support.raw_ws import CLOSE, CONTINUATION, PING, TEXT, client_frame, fragmented
 from ws_service.frames import MAX_FRAMES_PER_MESSAGE, ClientFrames
 
 Received = list[tuple[WSMsgType, object]]
@@ -110,6 +110,33 @@ async def test_a_frame_that_is_not_masked_is_refused_1002(unmasked: bytes, chunk
     assert messages == HONEST_MESSAGES
     assert error is not None
     assert (error.code, str(error)) == (1002, "a client frame that is not masked")
+
+
+@pytest.mark.parametrize("code", [1006, 5000, 65535])
+@pytest.mark.parametrize("chunk", [1, 2, 5, 7, 4096])
+async def test_a_close_frame_with_a_code_no_endpoint_may_send_is_refused_1002(
+    code: int, chunk: int
+) -> None:
+    """aiohttp's reader refuses 1005, 1015 and unassigned codes below 3000 itself, but reads 1006
+    (RFC 6455 section 7.4.1 forbids it in a close frame) and codes from 5000 (section 7.4.2
+    defines none) as a client's close. The code is masked and may arrive a byte at a time."""
+    frames, queue = client_frames()
+    close = client_frame(CLOSE, code.to_bytes(2, "big") + b"network blip")
+    assert feed(frames, HONEST + close + client_frame(TEXT, b"after"), chunk)
+    messages, error = await received(queue)
+    assert messages == HONEST_MESSAGES
+    assert error is not None
+    assert (error.code, str(error)) == (1002, f"Invalid close code: {code}")
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 3000, 4999])
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+async def test_a_close_frame_with_a_valid_code_reaches_aiohttp(code: int, chunk: int) -> None:
+    frames, queue = client_frames()
+    close = client_frame(CLOSE, code.to_bytes(2, "big") + b"bye")
+    feed(frames, HONEST + close, chunk)
+    messages, error = await received(queue)
+    assert (messages, error) == ([*HONEST_MESSAGES, (WSMsgType.CLOSE, code)], None)
 
 
 async def test_the_refusal_comes_with_the_frame_that_makes_the_message_too_long() -> None:
