@@ -31,6 +31,7 @@ from jwt.exceptions import InvalidJTIError
 from jwt.utils import base64url_encode
 from yarl import URL
 
+from realtime_gateway_protocol.access_token import same_media_type
 from realtime_gateway_protocol.wire_json import WireJSONError, check
 from shared.once import UsedOnce
 from shared.urls import web_origin
@@ -272,7 +273,7 @@ class ProofVerifier:
         alg = header.get("alg")
         if alg not in ALGORITHMS:
             raise ProofError(f"the DPoP proof must be signed with one of {', '.join(ALGORITHMS)}")
-        if not isinstance(header.get("typ"), str) or header["typ"].lower() != PROOF_TYP:
+        if not same_media_type(header.get("typ"), PROOF_TYP):
             raise ProofError(f"the DPoP proof's typ must be {PROOF_TYP}")
         if "crit" in header:
             raise ProofError("critical header extensions are not supported")

@@ -37,6 +37,7 @@ __all__ = [
     "Confirmation",
     "TokenRef",
     "parse_authorization_details",
+    "same_media_type",
     "scope_set",
 ]
 
@@ -171,6 +172,18 @@ def _bound_key(cnf: object) -> str | None:
 
 
 @lru_cache(maxsize=1024)
+def same_media_type(typ: object, expected: str) -> bool:
+    """Whether a JOSE ``typ`` header names the media type ``expected`` (``at+jwt``,
+    ``dpop+jwt``): RFC 7515 section 4.1.9 lets ``application/`` be left out, and media types
+    compare without case, so ``AT+JWT`` and ``application/at+jwt`` name it too."""
+    return isinstance(typ, str) and _media_type(typ) == _media_type(expected)
+
+
+def _media_type(typ: str) -> str:
+    typ = typ.lower()
+    return typ if "/" in typ else f"application/{typ}"
+
+
 def scope_set(scope: str) -> frozenset[str]:
     """One shared set per distinct scope string: a gateway holds a ``Claims`` per socket, and most
     users carry the same scope (a frozenset is 216 bytes; this keeps it once, not per socket)."""

@@ -19,6 +19,7 @@ from realtime_gateway_protocol.access_token import (
     ALGORITHM,
     REQUIRED_CLAIMS,
     Claims,
+    same_media_type,
 )
 from realtime_gateway_protocol.wire_json import WireJSONError, check
 from ws_service.domain.errors import InvalidToken, KeyWithdrawn, SessionRevoked, TokenExpired
@@ -168,7 +169,7 @@ class TokenVerifier:
             raise InvalidToken(
                 f"the token must be signed with {' or '.join(sorted(issuer.algorithms))}"
             )
-        if _media_type(header.get("typ")) != _media_type(typ):
+        if not same_media_type(header.get("typ"), typ):
             raise InvalidToken(f"the token is not {kind}")
         if "crit" in header:  # pyjwt >= 2.10 already refuses unknown ones in get_unverified_header
             raise InvalidToken("critical header extensions are not supported")
@@ -197,16 +198,6 @@ class TokenVerifier:
             except WireJSONError as exc:
                 raise InvalidToken(f"the token's claims are not valid JSON: {exc}") from None
         return payload, kid
-
-
-def _media_type(typ: object) -> str | None:
-    """A ``typ`` header as the media type it names: RFC 7515 section 4.1.9 lets ``application/``
-    be left out (``at+jwt`` and ``application/at+jwt`` are one type), and media types compare
-    without case."""
-    if not isinstance(typ, str):
-        return None
-    typ = typ.lower()
-    return typ if "/" in typ else f"application/{typ}"
 
 
 def _unverified_issuer(token: str) -> str:

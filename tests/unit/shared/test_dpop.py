@@ -239,9 +239,24 @@ async def test_a_lone_surrogate_anywhere_in_a_proof_is_refused(
     assert "lone surrogates" in await refused(verifier, forged)
 
 
+@pytest.mark.parametrize(
+    "typ", ["dpop+jwt", "DPoP+JWT", "application/dpop+jwt", "Application/DPOP+jwt"]
+)
+async def test_typ_is_the_dpop_jwt_media_type_with_or_without_application(
+    verifier: ProofVerifier, typ: str
+) -> None:
+    """RFC 7515 section 4.1.9: ``application/`` may be left out of a typ, and media types compare
+    without case, as the gateway compares an access token's at+jwt. application/dpop+jwt was
+    refused (an outside probe)."""
+    key = es256_key()
+    proof = make_proof(key, "POST", URL, iat=NOW, typ=typ)
+    assert (await verifier.verify(proof, method="POST", url=URL)).jkt == jkt(key)
+
+
 async def test_wrong_typ_and_malformed_proofs_are_refused(verifier: ProofVerifier) -> None:
     key = es256_key()
-    assert "typ" in await refused(verifier, make_proof(key, "POST", URL, iat=NOW, typ="JWT"))
+    for typ in ("JWT", "application/jwt", "text/dpop+jwt", "dpop+jwt; x=1", "at+jwt"):
+        assert "typ" in await refused(verifier, make_proof(key, "POST", URL, iat=NOW, typ=typ))
     for junk in ("", "a.b.c", "x" * 9000, "é.b.c"):
         await refused(verifier, junk)
     no_jwk = jwt.encode({"htm": "POST"}, key, "ES256", headers={"typ": "dpop+jwt"})
