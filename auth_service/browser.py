@@ -285,7 +285,8 @@ async def ws_ticket(request: web.Request) -> web.Response:
         ticket = await service.ticket_for_refresh_token(refresh_token, proof=proof)
     else:
         raise InvalidClientToken(
-            "use 'Authorization: Bearer <access token>' (or DPoP with a proof) or the session cookie"
+            "use 'Authorization: Bearer <access token>' (or DPoP with a proof) or the session cookie",
+            missing=header is None,
         )
     return json_response(
         {"ticket": ticket.ticket, "expires_in": ticket.expires_in}, headers=NO_STORE

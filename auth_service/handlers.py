@@ -118,7 +118,11 @@ async def refresh_token_grant(
             else required_str(body, "refresh_token")
         )
         pair = await request.app[SERVICE].refresh(
-            presented, scope=optional_str(body, "scope"), client=client, proof=proof(request)
+            presented,
+            scope=optional_str(body, "scope"),
+            client=client,
+            proof=proof(request),
+            authorization_details=body.get("authorization_details"),
         )
     except AuthError as exc:
         reuse = isinstance(exc, RefreshReuse) and exc.family_revoked
@@ -324,7 +328,8 @@ async def readiness(app: web.Application) -> Readiness:
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     token = request.app[SETTINGS].metrics_token
-    if token and not bearer_matches(request.headers.get(hdrs.AUTHORIZATION), (token,)):
-        raise InvalidClientToken("/metrics needs AUTH_METRICS_TOKEN")
+    header = request.headers.get(hdrs.AUTHORIZATION)
+    if token and not bearer_matches(header, (token,)):
+        raise InvalidClientToken("/metrics needs AUTH_METRICS_TOKEN", missing=header is None)
     body = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -97,9 +97,13 @@ def auth_error_response(exc: AuthError) -> web.Response:
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, InvalidClientToken):
-        headers["WWW-Authenticate"] = (
-            challenge(exc.code) if exc.dpop else 'Bearer error="invalid_token"'
-        )
+        if exc.dpop:
+            headers["WWW-Authenticate"] = challenge(exc.code)
+        elif exc.missing:  # RFC 6750 section 3.1: no error code for a request without any
+            headers["WWW-Authenticate"] = 'Bearer realm="auth_service"'
+        else:
+            headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+
     if isinstance(exc, InvalidClient):
         headers["WWW-Authenticate"] = 'Basic realm="auth_service"'
     if status >= 500:
@@ -180,9 +184,15 @@ def _json(raw: bytes) -> dict[str, Any]:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
 
 
+_EMPTY_MEANS_NONE = frozenset({"scope"})
+
+
 def _form(raw: bytes) -> dict[str, Any]:
     """Strict ``application/x-www-form-urlencoded``: UTF-8 before and after percent-decoding,
-    each parameter at most once (RFC 6749 section 3.1)."""
+    each parameter at most once (RFC 6749 section 3.1), and one sent without a value as if it
+    were not sent (section 3.2: ``client_id=`` is the public client), but ``scope``: an empty
+    scope asks for none (docs/rest.md), where an omitted one would take the session's or the
+    client's default, so a client asking for no rights is never handed some."""
     try:
         pairs = strict_pairs(raw.decode("utf-8"), max_fields=MAX_FORM_FIELDS, what="form body")
     except UnicodeDecodeError:
@@ -194,7 +204,7 @@ def _form(raw: bytes) -> dict[str, Any]:
         if name in body:
             raise InvalidRequest(f"'{name}' is repeated")
         body[name] = value
-    return body
+    return {name: value for name, value in body.items() if value or name in _EMPTY_MEANS_NONE}
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:

@@ -146,16 +146,27 @@ class AccessDenied(AuthError):
 class InvalidClientToken(AuthError):
     """A bearer access token that is missing, malformed, expired or not ours. ``dpop``: the
     refusal concerns a DPoP-bound token or its proof (RFC 9449 section 7.1), so the challenge is
-    ``DPoP`` with this ``code`` (``invalid_token``, ``invalid_dpop_proof``, ``use_dpop_nonce``)."""
+    ``DPoP`` with this ``code`` (``invalid_token``, ``invalid_dpop_proof``, ``use_dpop_nonce``).
+    ``missing``: the request carried no credentials at all, so the challenge names no error (RFC
+    6750 section 3.1)."""
 
     code = "invalid_token"
     dpop = False
+    missing = False
 
-    def __init__(self, description: str, *, code: str | None = None, dpop: bool = False) -> None:
+    def __init__(
+        self,
+        description: str,
+        *,
+        code: str | None = None,
+        dpop: bool = False,
+        missing: bool = False,
+    ) -> None:
         super().__init__(description)
         if code is not None:
             self.code = code
         self.dpop = dpop
+        self.missing = missing
 
 
 class UsernameTaken(AuthError):

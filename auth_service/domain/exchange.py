@@ -206,6 +206,28 @@ def allowed_scope(client: Client, requested: str | None, default: str) -> str:
     return " ".join(dict.fromkeys(wanted))
 
 
+def kept_details(kept: str | None, requested: object) -> None:
+    """A refresh may send ``authorization_details`` (RFC 9396 section 6), but only the ones its
+    session was granted (``kept``, compact JSON), in any key order or spacing: a token of fewer
+    rights comes from a token exchange asking for fewer, not from a refresh, so a client asking
+    for less is refused rather than handed the session's whole grant."""
+    if requested is None:
+        return
+    if isinstance(requested, str):
+        try:
+            requested = loads(requested, unique_keys=True)
+        except WireJSONError as exc:
+            raise InvalidAuthorizationDetails(f"authorization_details is not JSON: {exc}") from None
+    if kept is None or _canonical(requested) != _canonical(json.loads(kept)):
+        raise InvalidAuthorizationDetails(
+            "a refresh may only repeat the session's authorization_details: it cannot change them"
+        )
+
+
+def _canonical(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
 def allowed_details(client: Client, requested: object) -> str | None:
     """The ``authorization_details`` granted, as compact JSON to keep with the session: None when
     none were asked for. A form sends them as a JSON string, a JSON body may send the array.

@@ -37,6 +37,7 @@ from auth_service.domain.exchange import (
     Assertion,
     allowed_details,
     allowed_scope,
+    kept_details,
     scope_tokens,
     verify_assertion,
 )
@@ -307,6 +308,7 @@ class AuthService:
         scope: str | None = None,
         client: Client | None = None,
         proof: Presented | None = None,
+        authorization_details: object = None,
     ) -> TokenPair:
         """Rotate a refresh token. Anyone holding it may (an exchanged session's tokens are
         handed to the app's browser, a public client); a confidential client that does
@@ -315,13 +317,14 @@ class AuthService:
         replayed from elsewhere revokes nothing); an unbound session is bound by the first
         refresh that proves a key where the policy lets it count.
 
-        A request with nothing to check beyond the token (no client, proof or scope) is first
+        A request with nothing to check beyond the token (no client, proof, scope or
+        ``authorization_details``, which may only repeat the session's) is first
         tried in one store call that rotates the token only if it is live and asks for nothing
         more (:meth:`Store.rotate_live_refresh_token`); anything else, a refusal included, takes
         the lookup below, which explains it."""
         now = self._clock()
         token_hash = hash_refresh_token(refresh_token)
-        if client is None and proof is None and scope is None:
+        if client is None and proof is None and scope is None and authorization_details is None:
             pair = await self._rotate_live(token_hash, now)
             if pair is not None:
                 return pair
@@ -348,6 +351,7 @@ class AuthService:
         # rather than revoking the family, which logged every tab out as a theft.
         by_key_holder = not session.issued_unbound(token)
         granted = self._narrow_scope(session.scope, scope)
+        kept_details(session.authorization_details, authorization_details)
         user = view.user
         secret, record = self._new_refresh_token(session, now)
         pair = self._pair(user, session, secret, record, granted, now, jkt)

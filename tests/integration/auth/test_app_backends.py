@@ -195,6 +195,65 @@ async def test_a_replayed_assertion_and_a_client_without_the_grant(client: AuthC
     await assert_error(resp, 401, "invalid_client")
 
 
+async def test_a_refresh_may_repeat_the_sessions_authorization_details_but_not_change_them(
+    client: AuthClient,
+) -> None:
+    """RFC 9396 section 6: the details of a token request are checked against the grant. They
+    were ignored on a refresh, so a client asking for fewer rights got the session's whole grant
+    (an outside probe). Asking for other details is refused, and the token is not spent."""
+    acme = await make_app(client)
+    resp = await client.post(
+        "/v1/token",
+        data=exchange_form(assertion(acme.secret), authorization_details=json.dumps(DETAILS)),
+        headers=basic("acme", acme.secret),
+    )
+    assert resp.status == 200, await resp.text()
+    refresh_token = (await resp.json())["refresh_token"]
+    fewer = [{**DETAILS[0], "channels": ["doc:123"]}]
+    for asked in (fewer, [], [*DETAILS, *fewer], "{not json"):
+        resp = await client.post(
+            "/v1/token",
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+                "authorization_details": asked if isinstance(asked, str) else json.dumps(asked),
+            },
+        )
+        await assert_error(resp, 400, "invalid_authorization_details")
+    same = json.dumps([dict(reversed(DETAILS[0].items()))], indent=1)  # other order, spacing
+    resp = await client.post(
+        "/v1/token",
+        json={
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "authorization_details": json.loads(same),
+        },
+    )
+    assert resp.status == 200, await resp.text()
+    renewed = await resp.json()
+    assert renewed["authorization_details"] == DETAILS
+    resp = await client.post(
+        "/v1/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": renewed["refresh_token"],
+            "authorization_details": same,
+        },
+    )
+    assert resp.status == 200, await resp.text()
+    await register(client)
+    plain = await login(client)
+    resp = await client.post(
+        "/v1/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": plain["refresh_token"],
+            "authorization_details": json.dumps(DETAILS),
+        },
+    )
+    await assert_error(resp, 400, "invalid_authorization_details")
+
+
 def rs256_assertion() -> str:
     key = rsa.generate_private_key(65537, 2048)
     claims = {"iss": "acme", "aud": ISSUER, "sub": "42", "exp": int(time.time()) + 60, "jti": "j"}

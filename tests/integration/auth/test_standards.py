@@ -98,3 +98,44 @@ async def test_metrics_can_require_a_bearer(make_client: MakeClient) -> None:
     assert resp.status == 200
     open_client = await make_client()
     assert (await open_client.get("/metrics")).status == 200
+
+
+async def test_a_form_parameter_without_a_value_is_as_if_omitted(client: AuthClient) -> None:
+    """RFC 6749 section 3.2: parameters sent without a value MUST be treated as omitted. An
+    empty client_id was an unknown client (401). Only an empty scope keeps its meaning, no
+    rights (test_an_empty_scope_asks_for_none): read as omitted it would grant the default."""
+    await register(client)
+    tokens = await login(client)
+    resp = await client.post(
+        "/v1/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "client_id": "",
+            "authorization_details": "",
+        },
+    )
+    assert resp.status == 200, await resp.text()
+    resp = await client.post("/v1/token", data={"grant_type": "refresh_token", "refresh_token": ""})
+    await assert_error(resp, 400, "invalid_request")  # a required one, empty, is missing
+    resp = await client.post(
+        "/v1/token",
+        data="grant_type=&grant_type=refresh_token",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    await assert_error(resp, 400, "invalid_request")  # and still counts as sent twice
+
+
+@pytest.mark.parametrize(("path", "method"), [("/v1/ws-ticket", "POST"), ("/metrics", "GET")])
+async def test_a_request_without_credentials_is_challenged_without_an_error_code(
+    make_client: MakeClient, path: str, method: str
+) -> None:
+    """RFC 6750 section 3.1: a request that lacks any authentication information SHOULD NOT get
+    an error code in its challenge; one with a bad token does."""
+    client = await make_client(metrics_token="metrics-token-0123456789")
+    resp = await client.request(method, path)
+    await assert_error(resp, 401, "invalid_token")
+    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="auth_service"'
+    resp = await client.request(method, path, headers={"Authorization": "Bearer nope"})
+    await assert_error(resp, 401, "invalid_token")
+    assert resp.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
