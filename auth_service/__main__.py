@@ -29,13 +29,13 @@ from auth_service.domain.models import Client, OutboxItem, TrustedIssuer
 from auth_service.domain.outbox import (
     REPLAY_LIMIT,
     EventPublisher,
+    OutboxOnly,
     drop_dead_letters,
     replay_dead_letters,
 )
 from auth_service.domain.store import Store
 from auth_service.settings import SECRET_FILE, ConfigError, Settings, checkout_secret
 from auth_service.store import open_store
-from realtime_gateway_protocol.events import REVOCATIONS_TOPIC, RevocationEvent, encode_event
 from realtime_gateway_protocol.key_events import (
     KEYS_TOPIC,
     KeyEvent,
@@ -43,7 +43,6 @@ from realtime_gateway_protocol.key_events import (
     KeyWithdrawn,
     encode_key_event,
 )
-from shared.bus import InProcessBus
 from shared.config.env import redact_url
 from shared.http.serve import CannotListen, Site, run_workers
 from shared.redis.bus import BusRefused, open_bus
@@ -315,7 +314,7 @@ async def create_user(settings: Settings, username: str, scope: str | None) -> i
     store = await open_store(settings.database_url, settings.database_timeout)
     try:
         ring = build_keyring(settings, store)
-        service = build_service(settings, store, ring, EventPublisher(InProcessBus(), store))
+        service = build_service(settings, store, ring, OutboxOnly())
         service.policy = replace(service.policy, allow_registration=True)
         user = await service.register(username, password, scope=scope)
         print(f"created user {user.username} ({user.id})")
@@ -429,12 +428,8 @@ async def clients_command(settings: Settings, args: argparse.Namespace) -> int:
     """The revocations a deletion makes go through the outbox: a running service (any replica)
     delivers them to its bus within a second, whether or not this shell reaches Redis."""
     store = await open_store(settings.database_url, settings.database_timeout)
-
-    async def to_outbox(event: RevocationEvent) -> None:
-        await store.add_outbox(REVOCATIONS_TOPIC, encode_event(event), time.time())
-
     try:
-        service = build_service(settings, store, build_keyring(settings, store), to_outbox)
+        service = build_service(settings, store, build_keyring(settings, store), OutboxOnly())
         if args.action == "create":
             issued = await service.clients.create(
                 args.name,

@@ -1,9 +1,12 @@
 """Revocation events reach the bus (and the ledger), or wait in the store until they can.
 
-A logout made while Redis is down must still close the sockets once it is back, so an event that
-the ledger or the bus refuses is written to the outbox and re-delivered by
-:meth:`EventPublisher.flush`. Events are idempotent, so a replica re-delivering one that another
-replica also delivered is harmless.
+A logout made while Redis is down must still close the sockets once it is back, and so must one
+whose process dies before the bus took its event (a SIGKILL, or a shutdown that outlasts a Redis
+that hangs). So each revocation's events are written to the outbox by the transaction that
+revokes (:meth:`EventPublisher.announcements` makes them), the request then delivers them at once
+(:meth:`EventPublisher.deliver`) and deletes them, and whatever it could not deliver is delivered
+by :meth:`EventPublisher.flush`, on any replica, once due. Events are idempotent, so a replica
+re-delivering one that another replica also delivered is harmless.
 
 Only an unavailable bus (:class:`~shared.bus.BusUnavailable`) pauses a batch: it would
 refuse the next event too, and order is kept. Any other failure belongs to one event (a payload
@@ -22,12 +25,12 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from auth_service.domain.models import OutboxItem
-from auth_service.domain.store import Store
+from auth_service.domain.store import Announcement, Store
 from realtime_gateway_protocol.backoff import backoff_delay
 from realtime_gateway_protocol.events import (
     LEDGER_RESTORED_TOPIC,
@@ -40,9 +43,11 @@ from realtime_gateway_protocol.events import (
 from shared.bus import BusUnavailable, EventBus, RevocationLedger
 
 __all__ = [
+    "DELIVERY_LEASE",
     "REPLAY_LIMIT",
     "EventPublisher",
     "KeptLedger",
+    "OutboxOnly",
     "OutboxStatus",
     "RetryPolicy",
     "drop_dead_letters",
@@ -52,6 +57,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 500
+
+DELIVERY_LEASE = 5.0
+"""Seconds an announcement's outbox row is left to the request that wrote it before any
+replica's flush takes it: the request delivers it at once, so a flush taking it too would only
+send it twice. A request that dies, or fails to deliver, leaves it to the flush after this."""
 
 
 class KeptLedger(RevocationLedger, Protocol):
@@ -85,6 +95,14 @@ class RetryPolicy:
         if attempts >= self.max_attempts:
             return None
         return now + backoff_delay(attempts - 1, self.base, self.cap, rand, floor=0.5)
+
+
+def _announcements(events: Sequence[RevocationEvent], due_at: float) -> list[Announcement]:
+    return [
+        Announcement(REVOCATIONS_TOPIC, payload, due_at, (record_key(event), float(event.until)))
+        for event in events
+        for payload in (encode_event(event),)
+    ]
 
 
 def _ignore(outcome: str, events: int) -> None:
@@ -124,19 +142,49 @@ class EventPublisher:
                 await self._ledger.record(event)
         await self._bus.publish(topic, payload)
 
-    async def __call__(self, event: RevocationEvent) -> None:
-        payload = encode_event(event)
-        if self._ledger is not None:
-            # Kept before it reaches the ledger, so that no restore can run between the two and
-            # miss it; a store that fails here must not hold back the announcement.
+    def announcements(self, events: Sequence[RevocationEvent]) -> list[Announcement]:
+        """The outbox rows of ``events``, for the revoking transaction to write. Each is also
+        kept as a revocation in force (before it can reach the ledger, so that no restore can
+        run between the two and miss it). Due to a flush at once while the bus is known to be
+        down: the request will not try it."""
+        return _announcements(
+            events, self._clock() + (DELIVERY_LEASE if self._bus.connected else 0.0)
+        )
+
+    async def deliver(self, kept: Sequence[OutboxItem]) -> None:
+        """Deliver the announcements a revocation wrote, in order, and delete those delivered;
+        what is not delivered waits for :meth:`flush`. Not tried while the bus is known to be
+        down (each try would wait out Redis's timeouts: seconds per event), and never raises:
+        the revocation itself is committed."""
+        if not kept or not self._bus.connected:
+            if kept:
+                self._set(OutboxStatus.BUS_UNAVAILABLE, "the event bus is not connected")
+            return
+        delivered: list[int] = []
+        try:
+            for item in kept:
+                await self._deliver(item.topic, item.payload)
+                delivered.append(item.id)
+        except Exception as exc:
+            log.warning(
+                "event bus refused an event; kept in the outbox",
+                extra={"topic": kept[len(delivered)].topic, "reason": str(exc)},
+            )
+            unavailable = isinstance(exc, BusUnavailable)
+            self._set(
+                OutboxStatus.BUS_UNAVAILABLE if unavailable else OutboxStatus.WAITING, str(exc)
+            )
+            try:  # due to the next flush now, not after the lease
+                now = self._clock()
+                for item in kept[len(delivered) :]:
+                    await self._store.update_outbox(replace(item, next_attempt_at=now))
+            except Exception as error:  # then after the lease
+                log.warning("outbox events left to their lease", extra={"reason": str(error)})
+        if delivered:
             try:
-                await self._store.keep_revocation(record_key(event), payload, event.until)
-            except Exception as exc:
-                log.error(
-                    "revocation not kept for a ledger restore",
-                    extra={"reason": str(exc) or repr(exc)},
-                )
-        await self.announce(REVOCATIONS_TOPIC, payload)
+                await self._store.delete_outbox(delivered)
+            except Exception as exc:  # delivered again by a flush: events are idempotent
+                log.warning("delivered events left in the outbox", extra={"reason": str(exc)})
 
     async def restore_ledger(self) -> int:
         """Write back every revocation still in force once the ledger lost its records (Redis
@@ -280,6 +328,21 @@ class EventPublisher:
             return why
         age = max(0.0, self._clock() - backlog.oldest_at)
         return f"{backlog.waiting} event(s) waiting, the oldest for {round(age)} s: {why}"
+
+
+class OutboxOnly:
+    """Announcements for a command run in a shell (``clients delete``): written to the outbox,
+    due at once, for a running service (any replica) to deliver within a second, whether or not
+    the shell reaches Redis."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+
+    def announcements(self, events: Sequence[RevocationEvent]) -> list[Announcement]:
+        return _announcements(events, self._clock())
+
+    async def deliver(self, kept: Sequence[OutboxItem]) -> None:
+        return
 
 
 REPLAY_LIMIT = 10_000

@@ -8,10 +8,10 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from auth_service.domain.clients import TOKEN_EXCHANGE, ClientRegistry, client_of, subject
 from auth_service.domain.dpop import DpopGate, DpopPolicy, Presented
@@ -47,9 +47,16 @@ from auth_service.domain.federation import (
     unverified_issuer,
     verify_provider_token,
 )
-from auth_service.domain.models import Client, RefreshToken, RefreshTokenView, Session, User
+from auth_service.domain.models import (
+    Client,
+    OutboxItem,
+    RefreshToken,
+    RefreshTokenView,
+    Session,
+    User,
+)
 from auth_service.domain.passwords import Passwords
-from auth_service.domain.store import Store
+from auth_service.domain.store import Announcement, Store
 from auth_service.domain.throttle import LoginThrottle
 from auth_service.domain.tokens import Ticket, TokenIssuer, bound_key
 from realtime_gateway_protocol.access_token import AuthorizationDetail
@@ -62,7 +69,14 @@ __all__ = ["AuthService", "IssuerPolicy", "Publish", "TokenPair", "hash_refresh_
 USERNAME_RE = re.compile(r"[a-z0-9_.-]{3,64}")
 PASSWORD_MIN, PASSWORD_MAX = 12, 256
 
-Publish = Callable[[RevocationEvent], Awaitable[None]]
+
+class Publish(Protocol):
+    """How revocations are announced (:class:`~auth_service.domain.outbox.EventPublisher`): the
+    outbox rows of their events, written by the revoking transaction, then delivered."""
+
+    def announcements(self, events: Sequence[RevocationEvent]) -> Sequence[Announcement]: ...
+
+    async def deliver(self, kept: Sequence[OutboxItem]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,14 +633,12 @@ class AuthService:
         """Delete a client with its users; their live sessions end and are announced, so their
         sockets close. Returns how many sessions ended."""
         now = self._clock()
-        ended = await self._store.delete_client(client_id, now)
-        if ended is None:
+        revocation = await self._store.delete_client(client_id, now, self._announce(now))
+        if revocation is None:
             raise InvalidRequest(f"no client {client_id!r} (see `clients list`)")
-        until = int(now) + self._tokens.ttl
-        for session in ended:
-            await self._publish(SessionRevoked(sid=session.sid, sub=session.user_id, until=until))
-        audit("client_deleted", client_id=client_id, sessions=len(ended))
-        return len(ended)
+        await self._publish.deliver(revocation.kept)
+        audit("client_deleted", client_id=client_id, sessions=len(revocation.ended))
+        return len(revocation.ended)
 
     async def _logout_everywhere(self, user_id: str) -> None:
         others = await self._revoke_user(user_id)
@@ -636,20 +648,37 @@ class AuthService:
         """Revoke every live session of a user and announce it: each session, then the user (which
         also covers tokens issued before now whose session ended otherwise)."""
         now = self._clock()
-        sids = await self._store.revoke_user_sessions(user_id, now)
-        until = int(now) + self._tokens.ttl
-        for revoked in sorted(sids):
-            await self._publish(SessionRevoked(sid=revoked, sub=user_id, until=until))
-        await self._publish(UserRevoked(sub=user_id, issued_before=int(now), until=until))
-        return len(sids)
+        revocation = await self._store.revoke_user_sessions(
+            user_id, now, self._announce(now, user_id)
+        )
+        await self._publish.deliver(revocation.kept)
+        return len(revocation.ended)
 
     async def _revoke_session(self, sid: str, user_id: str, now: float, *, reason: str) -> bool:
         """Revoke and announce one session; False (and no event) when it was not live."""
-        if not await self._store.revoke_session(sid, now):
+        revocation = await self._store.revoke_session(sid, now, self._announce(now))
+        if not revocation.ended:
             return False
-        await self._publish(SessionRevoked(sid=sid, sub=user_id, until=int(now) + self._tokens.ttl))
+        await self._publish.deliver(revocation.kept)
         audit("session_revoked", sid=sid, user_id=user_id, reason=reason)
         return True
+
+    def _announce(
+        self, now: float, user_id: str | None = None
+    ) -> Callable[[Sequence[tuple[str, str]]], Sequence[Announcement]]:
+        """The events of the sessions a transaction ends, for it to keep in the outbox: each
+        session's and, for a user's every session (``user_id``), the user's, last."""
+        until = int(now) + self._tokens.ttl
+
+        def announcements(ended: Sequence[tuple[str, str]]) -> Sequence[Announcement]:
+            events: list[RevocationEvent] = [
+                SessionRevoked(sid=sid, sub=sub, until=until) for sid, sub in ended
+            ]
+            if user_id is not None:
+                events.append(UserRevoked(sub=user_id, issued_before=int(now), until=until))
+            return self._publish.announcements(events)
+
+        return announcements
 
     def _new_refresh_token(self, session: Session, now: float) -> tuple[str, RefreshToken]:
         secret = secrets.token_urlsafe(32)

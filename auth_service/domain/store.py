@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from auth_service.domain.models import (
@@ -22,9 +23,39 @@ from auth_service.domain.models import (
     WithdrawnKey,
 )
 
-__all__ = ["Store", "ThrottleUpdate"]
+__all__ = ["Announce", "Announcement", "Revocation", "Store", "ThrottleUpdate", "no_announcement"]
 
 ThrottleUpdate = Callable[[dict[str, ThrottleState]], dict[str, ThrottleState]]
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """An event that announces a revocation, written to the outbox by the very transaction that
+    revokes, so that no crash, outage or shutdown between the two loses it. ``due_at``: when a
+    replica's outbox flush may take it (the request that made it delivers it first); ``keep``:
+    the ledger record's key and expiry, kept in force for a ledger restore."""
+
+    topic: str
+    payload: str
+    due_at: float
+    keep: tuple[str, float] | None = None
+
+
+Announce = Callable[[Sequence[tuple[str, str]]], Sequence[Announcement]]
+"""The announcements of the families a transaction revokes, given their ``(sid, user_id)``."""
+
+
+def no_announcement(ended: Sequence[tuple[str, str]]) -> Sequence[Announcement]:
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """What a revocation's transaction did: the families it ended (``(sid, user_id)``, by sid)
+    and the announcements it wrote to the outbox, to deliver now and delete once delivered."""
+
+    ended: list[tuple[str, str]] = field(default_factory=list)
+    kept: list[OutboxItem] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -76,11 +107,17 @@ class Store(Protocol):
     async def session_is_live(self, sid: str, now: float) -> bool:
         """Whether the family is known, not revoked and within its lifetime (one query)."""
 
-    async def revoke_session(self, sid: str, now: float) -> bool:
-        """Revoke one family; False when it was unknown or already revoked."""
+    async def revoke_session(
+        self, sid: str, now: float, announce: Announce = no_announcement
+    ) -> Revocation:
+        """Revoke one family and write its announcements, in one transaction; nothing ended
+        (and nothing written) when it was unknown or already revoked."""
 
-    async def revoke_user_sessions(self, user_id: str, now: float) -> list[str]:
-        """Revoke every live family of a user; returns their ids."""
+    async def revoke_user_sessions(
+        self, user_id: str, now: float, announce: Announce = no_announcement
+    ) -> Revocation:
+        """Revoke every live family of a user and write the announcements of all of them (asked
+        for even when none was live: the user's own event), in one transaction."""
 
     async def create_client(self, client: Client) -> bool:
         """Insert a client; False when its ``client_id`` is taken."""
@@ -100,9 +137,11 @@ class Store(Protocol):
         """Make ``trusted`` the identity provider the client trusts (None: none), leaving every
         other column alone; False for an unknown client."""
 
-    async def delete_client(self, client_id: str, now: float) -> list[Session] | None:
-        """Delete a client with its app users and their sessions, atomically; returns the
-        sessions that were live (to announce their end), or None for an unknown client."""
+    async def delete_client(
+        self, client_id: str, now: float, announce: Announce = no_announcement
+    ) -> Revocation | None:
+        """Delete a client with its app users and their sessions, and write the announcements of
+        the sessions that were live, atomically; None for an unknown client."""
 
     async def use_assertion(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
         """Record a client's assertion ``jti`` as used until ``expires_at``; True only the first

@@ -30,7 +30,7 @@ from auth_service.domain.models import (
     WithdrawnKey,
     trusted_columns,
 )
-from auth_service.domain.store import ThrottleUpdate
+from auth_service.domain.store import Announce, Revocation, ThrottleUpdate, no_announcement
 
 __all__ = ["Connection", "Database", "SqlStore", "Statement", "unavailable"]
 
@@ -81,6 +81,29 @@ class Database(Protocol):
         or a statement of ``then`` that changes none, rolls it back: ``[]``."""
 
     async def close(self) -> None: ...
+
+
+async def _announce(
+    conn: Connection, announce: Announce, ended: Sequence[tuple[str, str]], now: float
+) -> list[OutboxItem]:
+    """Write the announcements of the families ``ended`` to the outbox (and each revocation to
+    keep for a ledger restore) in the revoking transaction; returns the outbox rows."""
+    kept = []
+    for item in announce(ended):
+        (row,) = await conn.fetch(
+            "INSERT INTO outbox (topic, payload, created_at, next_attempt_at) "
+            "VALUES ($1, $2, $3, $4) RETURNING id",
+            item.topic,
+            item.payload,
+            now,
+            item.due_at,
+        )
+        kept.append(
+            OutboxItem(row["id"], item.topic, item.payload, now, next_attempt_at=item.due_at)
+        )
+        if item.keep is not None:
+            await conn.execute(_KEEP_REVOCATION, item.keep[0], item.payload, item.keep[1])
+    return kept
 
 
 def _names(model: type[Any]) -> str:
@@ -297,16 +320,22 @@ class SqlStore:
             )
         return bool(rows)
 
-    async def revoke_session(self, sid: str, now: float) -> bool:
-        async with self._db.connection() as conn:
-            changed = await conn.execute(
-                "UPDATE sessions SET revoked_at = $1 WHERE sid = $2 AND revoked_at IS NULL",
+    async def revoke_session(
+        self, sid: str, now: float, announce: Announce = no_announcement
+    ) -> Revocation:
+        async with self._db.transaction() as conn:
+            rows = await conn.fetch(
+                "UPDATE sessions SET revoked_at = $1 WHERE sid = $2 AND revoked_at IS NULL "
+                "RETURNING sid, user_id",
                 now,
                 sid,
             )
-        return changed == 1
+            ended = [(row["sid"], row["user_id"]) for row in rows]
+            return Revocation(ended, await _announce(conn, announce, ended, now) if ended else [])
 
-    async def revoke_user_sessions(self, user_id: str, now: float) -> list[str]:
+    async def revoke_user_sessions(
+        self, user_id: str, now: float, announce: Announce = no_announcement
+    ) -> Revocation:
         async with self._db.transaction() as conn:
             rows = await conn.fetch(
                 "UPDATE sessions SET revoked_at = $1 "
@@ -314,7 +343,8 @@ class SqlStore:
                 now,
                 user_id,
             )
-        return sorted(row["sid"] for row in rows)
+            ended = sorted((row["sid"], user_id) for row in rows)
+            return Revocation(ended, await _announce(conn, announce, ended, now))
 
     async def create_client(self, client: Client) -> bool:
         async with self._db.connection() as conn:
@@ -344,7 +374,9 @@ class SqlStore:
             changed = await conn.execute(_TRUST_ISSUER, client_id, *trusted_columns(trusted))
         return changed == 1
 
-    async def delete_client(self, client_id: str, now: float) -> list[Session] | None:
+    async def delete_client(
+        self, client_id: str, now: float, announce: Announce = no_announcement
+    ) -> Revocation | None:
         """The client's row is locked first: an exchange that would add an app user waits on its
         foreign key, then finds the client gone."""
         async with self._db.transaction() as conn:
@@ -355,7 +387,9 @@ class SqlStore:
                 return None
             rows = await conn.fetch(_CLIENT_LIVE_SESSIONS, client_id, now)
             await conn.execute("DELETE FROM clients WHERE client_id = $1", client_id)
-        return [_model(Session, row, "s") for row in rows]
+            live = [_model(Session, row, "s") for row in rows]
+            ended = [(session.sid, session.user_id) for session in live]
+            return Revocation(ended, await _announce(conn, announce, ended, now) if ended else [])
 
     async def use_assertion(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
         """One upsert: a live record refuses (no row changed); an expired one is taken over."""

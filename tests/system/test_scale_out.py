@@ -5,6 +5,7 @@ a process restarts it before it ends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Iterator
@@ -219,6 +220,38 @@ async def test_6c_a_socket_let_in_while_redis_was_down_is_closed_once_the_ledger
         finally:
             if not cluster.redis.running:
                 cluster.restart(cluster.redis)
+
+
+async def test_6d_a_logout_whose_replica_dies_while_redis_hangs_still_closes_the_socket(
+    cluster: Cluster,
+) -> None:
+    """An outside probe: a logout committed, its event waited on a Redis that hung, and its
+    auth replica was killed meanwhile. The event had not reached the outbox (written only once
+    Redis refused it), so nothing ever announced the logout: the socket stayed open and the
+    token kept working until it expired. The logout's own transaction now writes it there."""
+    assert cluster.redis is not None
+    async with aiohttp.ClientSession() as http:
+        tokens = await tokens_for(http, cluster.auth_url(0), "s6d-judy")
+        async with connected(http, cluster.ws_url(1), tokens["access_token"]) as ws:
+            cluster.redis.send(signal.SIGSTOP)
+            try:
+                logout = asyncio.ensure_future(
+                    http.post(
+                        f"{cluster.auth_url(0)}/v1/logout",
+                        headers={"Authorization": f"Bearer {tokens['access_token']}"},
+                    )
+                )
+                await asyncio.sleep(1.5)  # committed; its delivery waits on Redis
+                assert not logout.done(), "the logout did not wait on Redis"
+                cluster.auth[0].send(signal.SIGKILL)
+                cluster.auth[0].wait(10)
+                with contextlib.suppress(aiohttp.ClientError):
+                    (await logout).release()
+            finally:
+                cluster.redis.send(signal.SIGCONT)
+                cluster.restart(cluster.auth[0])
+            assert (await frame(ws, within=20))["type"] == "revoked"
+            assert (await expect_close(ws))[0] == 4403
 
 
 async def test_5_killed_ws_replica_clients_reconnect_through_the_lb_and_lose_nothing(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +25,7 @@ from auth_service.domain.models import (
     User,
     WithdrawnKey,
 )
-from auth_service.domain.store import Store
+from auth_service.domain.store import Announcement, Store
 from auth_service.store import open_store
 from tests.services import postgres_schema
 from tests.unit.auth.memory_store import MemoryStore
@@ -294,13 +294,62 @@ async def test_revocation_of_one_session_and_of_all(store: Store) -> None:
     await make_session(store, "s1")
     await make_session(store, "s2")
     now = time.time()
-    assert await store.revoke_session("s1", now) is True
-    assert await store.revoke_session("s1", now) is False
-    assert await store.revoke_session("unknown", now) is False
+    assert (await store.revoke_session("s1", now)).ended == [("s1", "id-alice")]
+    assert (await store.revoke_session("s1", now)).ended == []
+    assert (await store.revoke_session("unknown", now)).ended == []
     view = await store.find_refresh_token("h-s1-0")
     assert view is not None and view.session.revoked_at == pytest.approx(now)
-    assert await store.revoke_user_sessions("id-alice", now) == ["s2"]
-    assert await store.revoke_user_sessions("id-alice", now) == []
+    assert (await store.revoke_user_sessions("id-alice", now)).ended == [("s2", "id-alice")]
+    assert (await store.revoke_user_sessions("id-alice", now)).ended == []
+
+
+def announcing(*topics: str) -> Callable[[Sequence[tuple[str, str]]], list[Announcement]]:
+    """Announcements naming the families they are for, one per topic, and one more per family."""
+
+    def announce(ended: Sequence[tuple[str, str]]) -> list[Announcement]:
+        items = [
+            Announcement(f"t-{sid}", f"{sid}/{user}", 5.0, (f"k-{sid}", 99.0))
+            for sid, user in ended
+        ]
+        return items + [Announcement(topic, "all", 6.0) for topic in topics]
+
+    return announce
+
+
+async def test_a_revocation_writes_its_announcements_in_its_own_transaction(store: Store) -> None:
+    """A logout committed and then lost on its way to the bus (the process killed while Redis
+    hung) left its sockets open until the token expired: the events are now written to the
+    outbox, and kept for a ledger restore, by the transaction that revokes, or not at all."""
+    await make_session(store, "s1")
+    await make_session(store, "s2")
+    await make_session(store, "s3", user="bob")
+    now = time.time()
+
+    def refuse(ended: Sequence[tuple[str, str]]) -> list[Announcement]:
+        raise RuntimeError("no announcement can be made")
+
+    with pytest.raises(RuntimeError):
+        await store.revoke_session("s1", now, refuse)
+    with pytest.raises(RuntimeError):
+        await store.revoke_user_sessions("id-alice", now, refuse)
+    assert await store.session_is_live("s1", now) and await store.session_is_live("s2", now)
+    assert await store.outbox_batch(10) == [] and await store.live_revocations(0) == []
+
+    one = await store.revoke_session("s1", now, announcing())
+    assert one.ended == [("s1", "id-alice")]
+    assert [(i.topic, i.payload, i.next_attempt_at) for i in one.kept] == [
+        ("t-s1", "s1/id-alice", 5.0)
+    ]
+    assert (await store.revoke_session("s1", now, announcing("never"))).kept == []
+    every = await store.revoke_user_sessions("id-alice", now, announcing("user"))
+    assert every.ended == [("s2", "id-alice")]
+    assert [(i.topic, i.payload) for i in every.kept] == [("t-s2", "s2/id-alice"), ("user", "all")]
+    none = await store.revoke_user_sessions("id-alice", now, announcing("user"))
+    assert (none.ended, [i.topic for i in none.kept]) == ([], ["user"])  # the user's, still
+    waiting = await store.outbox_batch(10)
+    assert [i.id for i in waiting] == [i.id for i in one.kept + every.kept + none.kept]
+    assert await store.outbox_batch(10, due_by=5.5) == one.kept + every.kept[:1]
+    assert sorted(await store.live_revocations(50.0)) == ["s1/id-alice", "s2/id-alice"]
 
 
 async def test_a_session_is_live_until_revoked_or_past_its_lifetime(store: Store) -> None:
@@ -444,7 +493,7 @@ async def test_purge_removes_expired_tokens_and_sessions(store: Store) -> None:
     assert await store.purge_expired(time.time()) == 0
     assert await store.purge_expired(time.time() + 2000) >= 2
     assert await store.find_refresh_token(token.token_hash) is None
-    assert await store.revoke_session("s1", time.time()) is False, "the session is gone"
+    assert (await store.revoke_session("s1", time.time())).ended == [], "the session is gone"
     await store.ping()
 
 
@@ -574,7 +623,7 @@ async def test_app_users_are_made_once_and_keep_the_session_details(store: Store
     assert view is not None
     assert view.user == User("acme:42", "acme:42", "", "", 1.0, "acme"), "the first one stays"
     assert (view.session.authorization_details, view.session.username) == ('[{"type":"t"}]', "Bob")
-    assert await store.revoke_user_sessions("acme:42", time.time()) == ["s1"]
+    assert (await store.revoke_user_sessions("acme:42", time.time())).ended == [("s1", "acme:42")]
 
 
 async def test_deleting_a_client_ends_its_users_and_returns_their_live_sessions(
@@ -590,7 +639,7 @@ async def test_deleting_a_client_ends_its_users_and_returns_their_live_sessions(
     now = time.time()
     await store.revoke_session("s3", now)
     live = await store.delete_client("acme", now)
-    assert live is not None and [(s.sid, s.user_id) for s in live] == [
+    assert live is not None and live.ended == [
         ("s1", "acme:42"),
         ("s2", "acme:43"),
     ]

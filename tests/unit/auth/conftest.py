@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,11 +18,18 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from auth_service.domain.clients import ClientRegistry
 from auth_service.domain.dpop import DpopGate, DpopPolicy
 from auth_service.domain.keyring import KeyCipher, KeyRing, RotationPolicy
+from auth_service.domain.models import OutboxItem
 from auth_service.domain.passwords import Passwords
 from auth_service.domain.service import AuthService, IssuerPolicy
+from auth_service.domain.store import Announcement
 from auth_service.domain.throttle import LoginThrottle
 from auth_service.domain.tokens import TokenIssuer
-from realtime_gateway_protocol.events import RevocationEvent
+from realtime_gateway_protocol.events import (
+    REVOCATIONS_TOPIC,
+    RevocationEvent,
+    decode_event,
+    encode_event,
+)
 from shared.dpop import ProofVerifier
 from shared.once import LocalUsedOnce
 from tests.unit.auth.memory_store import MemoryStore
@@ -64,8 +71,19 @@ async def world() -> World:
     ring = KeyRing(store, CIPHER, POLICY)
     world = World(store, ring, service=None)  # type: ignore[arg-type]
 
-    async def publish(event: RevocationEvent) -> None:
-        world.events.append(event)
+    class Publish:
+        """The events a revocation announces, once the transaction that wrote them delivers."""
+
+        def announcements(self, events: Sequence[RevocationEvent]) -> list[Announcement]:
+            return [
+                Announcement(REVOCATIONS_TOPIC, encode_event(event), world.now) for event in events
+            ]
+
+        async def deliver(self, kept: Sequence[OutboxItem]) -> None:
+            world.events.extend(decode_event(item.payload) for item in kept)
+            await store.delete_outbox([item.id for item in kept])
+
+    publish = Publish()
 
     world.service = AuthService(
         store,

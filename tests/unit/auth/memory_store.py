@@ -27,7 +27,7 @@ from auth_service.domain.models import (
     User,
     WithdrawnKey,
 )
-from auth_service.domain.store import ThrottleUpdate
+from auth_service.domain.store import Announce, Revocation, ThrottleUpdate, no_announcement
 
 __all__ = ["MemoryStore"]
 
@@ -137,22 +137,46 @@ class MemoryStore:
         session = self.sessions.get(sid)
         return session is not None and session.revoked_at is None and session.expires_at > now
 
-    async def revoke_session(self, sid: str, now: float) -> bool:
+    async def revoke_session(
+        self, sid: str, now: float, announce: Announce = no_announcement
+    ) -> Revocation:
         session = self.sessions.get(sid)
         if session is None or session.revoked_at is not None:
-            return False
+            return Revocation()
+        ended = [(sid, session.user_id)]
+        kept = self._announce(announce, ended, now)  # first: one that raises changes nothing
         self.sessions[sid] = replace(session, revoked_at=now)
-        return True
+        return Revocation(ended, kept)
 
-    async def revoke_user_sessions(self, user_id: str, now: float) -> list[str]:
+    async def revoke_user_sessions(
+        self, user_id: str, now: float, announce: Announce = no_announcement
+    ) -> Revocation:
         revoked = [
             s.sid
             for s in self.sessions.values()
             if s.user_id == user_id and s.revoked_at is None and s.expires_at > now
         ]
+        ended = [(sid, user_id) for sid in sorted(revoked)]
+        kept = self._announce(announce, ended, now)  # first: one that raises changes nothing
         for sid in revoked:
             self.sessions[sid] = replace(self.sessions[sid], revoked_at=now)
-        return sorted(revoked)
+        return Revocation(ended, kept)
+
+    def _announce(
+        self, announce: Announce, ended: Sequence[tuple[str, str]], now: float
+    ) -> list[OutboxItem]:
+        kept = []
+        for item in list(announce(ended)):
+            item_id = next(self._outbox_ids)
+            kept.append(
+                OutboxItem(item_id, item.topic, item.payload, now, next_attempt_at=item.due_at)
+            )
+            self.outbox[item_id] = kept[-1]
+            if item.keep is not None:
+                key, until = item.keep
+                if key not in self.revocations or self.revocations[key][1] <= until:
+                    self.revocations[key] = (item.payload, until)
+        return kept
 
     async def create_client(self, client: Client) -> bool:
         if client.client_id in self.clients:
@@ -188,7 +212,9 @@ class MemoryStore:
         self.clients[client_id] = client.trusting(trusted)
         return True
 
-    async def delete_client(self, client_id: str, now: float) -> list[Session] | None:
+    async def delete_client(
+        self, client_id: str, now: float, announce: Announce = no_announcement
+    ) -> Revocation | None:
         if self.clients.pop(client_id, None) is None:
             return None
         users = {u.id for u in self.users.values() if u.client_id == client_id}
@@ -201,7 +227,8 @@ class MemoryStore:
         self.users = {i: u for i, u in self.users.items() if i not in users}
         self.sessions = {sid: s for sid, s in self.sessions.items() if sid not in gone}
         self.tokens = {h: t for h, t in self.tokens.items() if t.sid not in gone}
-        return live
+        ended = [(s.sid, s.user_id) for s in live]
+        return Revocation(ended, self._announce(announce, ended, now) if ended else [])
 
     async def use_assertion(self, client_id: str, jti: str, expires_at: float, now: float) -> bool:
         if self.assertions.get((client_id, jti), -math.inf) > now:

@@ -14,6 +14,7 @@ import pytest
 
 from auth_service.__main__ import main
 from auth_service.app import build_keyring, build_service
+from auth_service.domain.store import Announcement
 from auth_service.settings import Settings
 from auth_service.store import open_store
 from realtime_gateway_protocol.events import REVOCATIONS_TOPIC, SessionRevoked, decode_event
@@ -84,10 +85,14 @@ async def exchange(secret: str) -> str:
         ring = build_keyring(settings, store)
         await ring.maintain(time.time())
 
-        async def publish(event: object) -> None:
-            raise AssertionError("an exchange announces nothing")
+        class Publish:
+            def announcements(self, events: object) -> list[Announcement]:
+                raise AssertionError("an exchange announces nothing")
 
-        service = build_service(settings, store, ring, publish)
+            async def deliver(self, kept: object) -> None:
+                raise AssertionError("an exchange announces nothing")
+
+        service = build_service(settings, store, ring, Publish())
         client = await store.get_client("acme")
         assert client is not None
         claims = {
