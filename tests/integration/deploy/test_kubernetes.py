@@ -26,6 +26,7 @@ from tests.integration.deploy.rules import (
     image_user,
 )
 from tests.services import unavailable
+from ws_service.api import ROUTES as SERVER_API
 
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ["production", "local"]
@@ -212,7 +213,11 @@ def test_the_ingress_routes_without_stickiness_and_outlasts_the_heartbeat(
     paths = ingress_paths(docs)
     publish = {"production": True, "local": False}[name]
     metadata = r"/\.well-known/oauth-authorization-server/auth$"
-    expected = {AUTH_PATH, "/ws", metadata} | ({"/v1/publish"} if publish else set())
+    # Every path of the server API, not only /v1/publish (an outside probe: a backend's
+    # /v1/disconnect got the ingress's 404 on Kubernetes, while Compose's nginx routed it).
+    server_api = {route.path for route in SERVER_API}
+    assert len(server_api) == 8
+    expected = {AUTH_PATH, "/ws", metadata} | (server_api if publish else set())
     assert set(paths) == expected
     service, _, annotations = paths[AUTH_PATH]
     assert service == "auth"
