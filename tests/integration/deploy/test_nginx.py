@@ -234,6 +234,20 @@ async def test_the_access_log_never_holds_a_query_string(
     assert secret not in text and "ticket=" not in text and "?" not in text
 
 
+async def test_a_body_nginx_refuses_gets_the_services_json_error(
+    proxy: tuple[str, ssl.SSLContext],
+) -> None:
+    """An outside probe: past nginx's 1 MiB a client read nginx's HTML page, where the docs
+    promise every error as JSON."""
+    base, context = proxy
+    async with aiohttp.ClientSession() as session:
+        for path in ("/auth/v1/token", "/v1/publish"):
+            async with session.post(f"{base}{path}", data=b"x" * (1 << 21), ssl=context) as resp:
+                assert resp.status == 413
+                assert resp.content_type == "application/json"
+                assert (await resp.json())["error"] == "request_too_large"
+
+
 async def test_nginx_serves_the_demo_page_with_a_strict_csp(
     proxy: tuple[str, ssl.SSLContext],
 ) -> None:
@@ -247,7 +261,10 @@ async def test_nginx_serves_the_demo_page_with_a_strict_csp(
             assert "script-src 'self'" in csp
             # A location's add_header drops the server block's: page_headers.conf repeats it.
             assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
-            assert "connect-src 'self' wss://127.0.0.1" in csp
+            # The page's own host and port (an outside probe: $host dropped a port other than
+            # 443, so a PUBLIC_ORIGIN on :8443 was told to log in on 443).
+            origin = base.removeprefix("https://")
+            assert f"connect-src 'self' wss://{origin};" in csp
         async with session.get(f"{base}/gateway-client.js", ssl=context) as response:
             assert response.status == 200
             assert response.content_type == "text/javascript"
@@ -258,8 +275,8 @@ async def test_nginx_serves_the_demo_page_with_a_strict_csp(
             assert response.content_type == "image/svg+xml"
         async with session.get(f"{base}/config.json", ssl=context) as response:
             assert await response.json() == {
-                "authUrl": "https://127.0.0.1/auth",
-                "wsUrl": "wss://127.0.0.1/ws",
+                "authUrl": f"https://{origin}/auth",
+                "wsUrl": f"wss://{origin}/ws",
             }
 
 
