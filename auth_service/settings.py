@@ -11,7 +11,10 @@ from pathlib import Path
 
 from auth_service.domain.dpop import DpopPolicy
 from shared.config.env import (
+    MAX_ACCESS_TOKEN_TTL,
+    MAX_LIFETIME,
     MAX_PORT,
+    MAX_TIMEOUT,
     ConfigError,
     auth_issuer,
     env_bool,
@@ -151,9 +154,15 @@ class Settings:
             audience=env_str(environ, "AUTH_AUDIENCE", "ws"),
             database_url=database_url or f"sqlite:///{(data_dir / 'auth.db').as_posix()}",
             data_dir=data_dir,
-            access_token_ttl=env_int(environ, "AUTH_ACCESS_TOKEN_TTL", 300, minimum=1),
-            refresh_token_ttl=env_int(environ, "AUTH_REFRESH_TOKEN_TTL", 1_209_600, minimum=1),
-            session_lifetime=env_int(environ, "AUTH_SESSION_LIFETIME", 2_592_000, minimum=1),
+            access_token_ttl=env_int(
+                environ, "AUTH_ACCESS_TOKEN_TTL", 300, minimum=1, maximum=MAX_ACCESS_TOKEN_TTL
+            ),
+            refresh_token_ttl=env_int(
+                environ, "AUTH_REFRESH_TOKEN_TTL", 1_209_600, minimum=1, maximum=MAX_LIFETIME
+            ),
+            session_lifetime=env_int(
+                environ, "AUTH_SESSION_LIFETIME", 2_592_000, minimum=1, maximum=MAX_LIFETIME
+            ),
             refresh_reuse_grace=env_int(environ, "AUTH_REFRESH_REUSE_GRACE", 10),
             key_encryption_secrets=secrets_,
             secrets_source=source,
@@ -170,8 +179,12 @@ class Settings:
             tls_key=env_str(environ, "AUTH_TLS_KEY", ""),
             cors_origins=env_origins(environ, "AUTH_CORS_ORIGINS"),
             client_id=env_str(environ, "AUTH_CLIENT_ID", "realtime-gateway"),
-            http_timeout=env_float(environ, "AUTH_HTTP_TIMEOUT", 15.0, minimum=0.1),
-            database_timeout=env_float(environ, "AUTH_DATABASE_TIMEOUT", 5.0, minimum=0.1),
+            http_timeout=env_float(
+                environ, "AUTH_HTTP_TIMEOUT", 15.0, minimum=0.1, maximum=MAX_TIMEOUT
+            ),
+            database_timeout=env_float(
+                environ, "AUTH_DATABASE_TIMEOUT", 5.0, minimum=0.1, maximum=MAX_TIMEOUT
+            ),
             metrics_token=env_secret(environ, "AUTH_METRICS_TOKEN"),
             workers=env_int(environ, "AUTH_WORKERS", 1, minimum=1),
             dpop=_dpop_policy(env_str(environ, "AUTH_DPOP", "optional")),

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from shared.config.env import (
     MAX_PORT,
+    MAX_TIMEOUT,
     ConfigError,
     auth_issuer,
     env_bool,
@@ -329,18 +330,22 @@ class Settings:
             port=env_int(environ, "WS_PORT", 8082, minimum=1, maximum=MAX_PORT),
             jwks_url=http_url(
                 "WS_JWKS_URL",
-                env_str(environ, "WS_JWKS_URL", f"{auth_issuer(environ)}/.well-known/jwks.json"),
+                env_str(environ, "WS_JWKS_URL", f"{issuer}/.well-known/jwks.json"),
             ),
             issuer=issuer,
             audience=env_str(environ, "WS_AUDIENCE", "ws"),
             allowed_origins=env_origins(environ, "WS_ALLOWED_ORIGINS"),
-            auth_timeout=env_float(environ, "WS_AUTH_TIMEOUT", 10.0, minimum=0.1),
-            expiry_warning=env_float(environ, "WS_EXPIRY_WARNING", 60.0, minimum=0),
+            auth_timeout=env_float(
+                environ, "WS_AUTH_TIMEOUT", 10.0, minimum=0.1, maximum=MAX_TIMEOUT
+            ),
+            expiry_warning=env_float(
+                environ, "WS_EXPIRY_WARNING", 60.0, minimum=0, maximum=MAX_TIMEOUT
+            ),
             key_withdrawal_grace=env_int(environ, "WS_KEY_WITHDRAWAL_GRACE", 10, minimum=1),
             leeway=env_int(environ, "WS_LEEWAY", 5, maximum=MAX_LEEWAY),
             max_message_bytes=env_int(environ, "WS_MAX_MESSAGE_BYTES", 65536, minimum=1024),
             api_keys=api_keys,
-            heartbeat=env_float(environ, "WS_HEARTBEAT", 30.0, minimum=1),
+            heartbeat=env_float(environ, "WS_HEARTBEAT", 30.0, minimum=1, maximum=MAX_TIMEOUT),
             rate_per_second=env_float(environ, "WS_RATE_PER_SECOND", 20.0, minimum=0.1),
             rate_burst=env_int(environ, "WS_RATE_BURST", 40, minimum=1),
             max_subscriptions=env_int(environ, "WS_MAX_SUBSCRIPTIONS", 100, minimum=1),
@@ -354,8 +359,12 @@ class Settings:
             forwarded_allow_ips=trusted_proxies(
                 env_list(environ, "WS_FORWARDED_ALLOW_IPS"), "WS_FORWARDED_ALLOW_IPS"
             ),
-            http_timeout=env_float(environ, "WS_HTTP_TIMEOUT", 15.0, minimum=0.1),
-            api_timeout=env_float(environ, "WS_API_TIMEOUT", 2.0, minimum=0.05),
+            http_timeout=env_float(
+                environ, "WS_HTTP_TIMEOUT", 15.0, minimum=0.1, maximum=MAX_TIMEOUT
+            ),
+            api_timeout=env_float(
+                environ, "WS_API_TIMEOUT", 2.0, minimum=0.05, maximum=MAX_TIMEOUT
+            ),
             local_bus=env_bool(environ, "WS_LOCAL_BUS", False),
             metrics_token=env_secret(environ, "WS_METRICS_TOKEN"),
             jwks_min_ttl=env_float(environ, "WS_JWKS_MIN_TTL", 60.0, minimum=1),
@@ -376,10 +385,14 @@ class Settings:
             trusted_issuers=parse_trusted_issuers(environ.get("WS_TRUSTED_ISSUERS", "")),
             proxy=parse_proxy(environ.get("WS_PROXY", "")),
             proxy_secrets=split_list(env_secret(environ, "WS_PROXY_SECRET")),
-            proxy_timeout=env_float(environ, "WS_PROXY_TIMEOUT", 2.0, minimum=0.05),
+            proxy_timeout=env_float(
+                environ, "WS_PROXY_TIMEOUT", 2.0, minimum=0.05, maximum=MAX_TIMEOUT
+            ),
             proxy_max_in_flight=env_int(environ, "WS_PROXY_MAX_IN_FLIGHT", 64, minimum=1),
             proxy_cache_ttl=env_float(environ, "WS_PROXY_CACHE_TTL", 5.0, minimum=0),
-            drain_seconds=env_float(environ, "WS_DRAIN_SECONDS", 30.0, minimum=0),
+            drain_seconds=env_float(
+                environ, "WS_DRAIN_SECONDS", 30.0, minimum=0, maximum=MAX_TIMEOUT
+            ),
             public_url=env_str(environ, "WS_PUBLIC_URL", ""),
             dpop_required=_dpop_required(env_str(environ, "WS_DPOP", "optional")),
         )
@@ -439,7 +452,9 @@ def _webhook_settings(environ: Mapping[str, str]) -> dict[str, Any]:
         "webhook_url": url,
         "webhook_secrets": secrets,
         "webhook_publish": publish,
-        "webhook_timeout": env_float(environ, "WS_WEBHOOK_TIMEOUT", 5.0, minimum=0.1),
+        "webhook_timeout": env_float(
+            environ, "WS_WEBHOOK_TIMEOUT", 5.0, minimum=0.1, maximum=MAX_TIMEOUT
+        ),
         "webhook_batch": env_int(environ, "WS_WEBHOOK_BATCH", 100, minimum=1),
         "webhook_queue": env_int(environ, "WS_WEBHOOK_QUEUE", 10_000, minimum=1),
         "webhook_claim_idle": env_float(environ, "WS_WEBHOOK_CLAIM_IDLE", 30.0, minimum=1),

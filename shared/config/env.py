@@ -61,6 +61,11 @@ def env_int(
 
 
 MAX_PORT = 65535
+MAX_ACCESS_TOKEN_TTL = 86_400
+"""A day: an access token is the short-lived credential (the refresh token renews it)."""
+MAX_LIFETIME = 315_360_000
+"""Ten years, for refresh tokens and sessions: beyond any product's need, and well within the
+integers a browser reads exactly (2^53)."""
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -75,7 +80,12 @@ def env_log_level(environ: Mapping[str, str], name: str) -> str:
 
 
 def env_float(
-    environ: Mapping[str, str], name: str, default: float, *, minimum: float = 0
+    environ: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    minimum: float = 0,
+    maximum: float | None = None,
 ) -> float:
     raw = environ.get(name, "").strip()
     if not raw:
@@ -90,7 +100,14 @@ def env_float(
         raise ConfigError(f"{name} must be a finite number, got {raw!r}")
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum:g}, got {value:g}")
     return value
+
+
+MAX_TIMEOUT = 600.0
+"""Seconds: the most a read, request or heartbeat may be given. A timeout of 1e300 is accepted
+by float() and is no timeout at all: the protection it stands for would be off."""
 
 
 def env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:

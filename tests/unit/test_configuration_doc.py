@@ -136,3 +136,58 @@ def test_a_variable_missing_from_the_doc_is_caught() -> None:
     assert read_variables(source) == {"WS_NEW_THING", "WS_OTHER"}
     doc = "| `WS_OTHER` | x | mentions `WS_NEW_THING` only in its meaning |\n"
     assert read_variables(source) - documented(doc) == {"WS_NEW_THING"}
+
+
+def _bounds_in_code() -> dict[str, tuple[float, float | None]]:
+    """``(minimum, maximum)`` of every ``env_int`` and ``env_float`` call with a literal name; a
+    bound passed as a constant is looked up in the module that defines it."""
+    import shared.config.env as env
+    import ws_service.settings as ws_settings
+
+    named = {**vars(env), **vars(ws_settings)}
+    found: dict[str, tuple[float, float | None]] = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id in ("env_int", "env_float")
+                    and len(node.args) >= 2
+                    and isinstance(node.args[1], ast.Constant)
+                ):
+                    continue
+                given = {k.arg: k.value for k in node.keywords}
+                low = _bound(given.get("minimum"), named)
+                found[node.args[1].value] = (
+                    0 if low is None else low,
+                    _bound(given.get("maximum"), named),
+                )
+    return found
+
+
+def _bound(value: ast.expr | None, named: dict[str, object]) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, ast.Name):
+        return float(named[value.id])  # type: ignore[arg-type]
+    return float(ast.literal_eval(value))
+
+
+def _bounds_in_doc() -> dict[str, tuple[float, float | None]]:
+    text = DOC.read_text(encoding="utf-8")
+    table = text[text.index("## Numbers and their bounds") :]
+    found = {}
+    for row in re.findall(r"^\| `([A-Z_0-9]+)` \| ([^|]+) \| ([^|]+) \|$", table, re.MULTILINE):
+        name, low, high = (cell.strip().replace(",", "") for cell in row)
+        found[name] = (float(low), None if high == "-" else float(high))
+    return found
+
+
+def test_the_bounds_table_is_the_codes() -> None:
+    """An outside probe found most bounds undocumented (WS_MAX_MESSAGE_BYTES at least 1024, ...)
+    and none above many numbers (a token that lived 1e23 s): the table says every bound the code
+    checks, and the code checks every bound the table says."""
+    code = _bounds_in_code()
+    assert code["WS_PORT"] == (1, 65535) and code["AUTH_ACCESS_TOKEN_TTL"] == (1, 86400)
+    assert _bounds_in_doc() == code

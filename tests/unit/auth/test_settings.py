@@ -122,6 +122,14 @@ def test_a_sqlite_url_needs_three_slashes() -> None:
         ("AUTH_HTTP_TIMEOUT", "nan", "AUTH_HTTP_TIMEOUT must be a finite number"),
         ("AUTH_HTTP_TIMEOUT", "inf", "AUTH_HTTP_TIMEOUT must be a finite number"),
         ("AUTH_DATABASE_TIMEOUT", "-inf", "must be a finite number"),
+        # Absurd but finite (an outside probe): tokens that said expires_in 1e23, beyond what a
+        # browser reads exactly, and timeouts that are none.
+        ("AUTH_ACCESS_TOKEN_TTL", "99999999999999999999999", "at most 86400"),
+        ("AUTH_ACCESS_TOKEN_TTL", "86401", "at most 86400"),
+        ("AUTH_REFRESH_TOKEN_TTL", "315360001", "at most 315360000"),
+        ("AUTH_SESSION_LIFETIME", "9007199254740993", "at most 315360000"),
+        ("AUTH_HTTP_TIMEOUT", "1e300", "AUTH_HTTP_TIMEOUT must be at most 600, got 1e\\+300"),
+        ("AUTH_DATABASE_TIMEOUT", "601", "at most 600"),
     ],
 )
 def test_out_of_range_and_non_finite_numbers_stop_start_up(

@@ -32,6 +32,16 @@ def test_auth_host_port_and_issuer_are_read_from_the_same_environment() -> None:
     assert settings.jwks_url == "https://auth.example/.well-known/jwks.json"
 
 
+def test_the_key_set_is_the_issuers_own_by_default() -> None:
+    """docs/configuration.md says WS_JWKS_URL defaults to {issuer}/.well-known/jwks.json, but it
+    followed AUTH_ISSUER alone: with only WS_ISSUER set, keys were fetched from 127.0.0.1:8081
+    (an outside probe)."""
+    settings = Settings.from_env({"WS_ISSUER": "https://Auth.Example/auth/"})
+    assert settings.jwks_url == "https://auth.example/auth/.well-known/jwks.json"
+    both = {"AUTH_ISSUER": "https://a.example", "WS_ISSUER": "https://b.example"}
+    assert Settings.from_env(both).jwks_url == "https://b.example/.well-known/jwks.json"
+
+
 def test_ws_issuer_is_read_as_auth_service_reads_its_own() -> None:
     """auth_service drops a trailing slash from AUTH_ISSUER, so its tokens say iss without it:
     WS_ISSUER set to the same value (as docs/operations.md asks) refused every token, while
@@ -104,6 +114,10 @@ def test_bad_settings_stop_start_up(environ: dict[str, str]) -> None:
         ({"AUTH_ISSUER": "https://chat.example.com/auth?x=1"}, "AUTH_ISSUER must be an absolute"),
         ({"WS_AUTH_TIMEOUT": "nan"}, "WS_AUTH_TIMEOUT must be a finite number"),
         ({"WS_PORT": "65536"}, "WS_PORT must be at most 65535"),
+        ({"WS_HEARTBEAT": "1e300"}, "WS_HEARTBEAT must be at most 600"),
+        ({"WS_AUTH_TIMEOUT": "600.5"}, "WS_AUTH_TIMEOUT must be at most 600"),
+        ({"WS_DRAIN_SECONDS": "1e9"}, "WS_DRAIN_SECONDS must be at most 600"),
+        ({"WS_HTTP_TIMEOUT": "601"}, "WS_HTTP_TIMEOUT must be at most 600"),
     ],
 )
 def test_settings_nothing_could_use_stop_start_up(environ: dict[str, str], message: str) -> None:
