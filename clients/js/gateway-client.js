@@ -60,6 +60,7 @@ export const DISCONNECTS = Object.freeze([
   [1009, "", "stop"],
   [1011, "internal_error", "reconnect"],
   [1012, "draining", "reconnect"],
+  [1012, "missed_messages", "reconnect"],
   [1013, "slow_consumer", "reconnect"],
   [4400, "bad_request", "stop"],
   [4401, "invalid_token", "stop"],

@@ -49,6 +49,7 @@ class Disconnect(Enum):
     MESSAGE_TOO_BIG = (CloseCode.MESSAGE_TOO_BIG, "", Action.STOP)
     INTERNAL_ERROR = (CloseCode.INTERNAL_ERROR, "internal_error", Action.RECONNECT)
     DRAINING = (CloseCode.SERVICE_RESTART, "draining", Action.RECONNECT)
+    MISSED_MESSAGES = (CloseCode.SERVICE_RESTART, "missed_messages", Action.RECONNECT)
     SLOW_CONSUMER = (CloseCode.TRY_AGAIN_LATER, "slow_consumer", Action.RECONNECT)
     BAD_REQUEST = (CloseCode.BAD_REQUEST, "bad_request", Action.STOP)
     INVALID_TOKEN = (CloseCode.UNAUTHORIZED, "invalid_token", Action.STOP)

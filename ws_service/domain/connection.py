@@ -234,10 +234,18 @@ class Connection:
             self.peer.send(text)
 
     def _advance(self, channel: str, position: Position) -> bool:
-        """Whether ``position`` comes after the last one delivered on ``channel`` (and note it)."""
+        """Whether ``position`` comes after the last one delivered on ``channel`` (and note it).
+        One past the next the socket expects means it missed messages (they reached Redis's
+        history while this replica's subscription to the bus was cut, a failover): delivering it
+        would leave a gap the client never sees, so the socket is closed to reconnect and
+        recover them with ``since`` (as Centrifugo's "insufficient state" does)."""
         last = self.channels.get(channel)
-        if last is not None and last.epoch == position.epoch and position.offset <= last.offset:
-            return False
+        if last is not None and last.epoch == position.epoch:
+            if position.offset <= last.offset:
+                return False
+            if position.offset > last.offset + 1:
+                self.close(Disconnect.MISSED_MESSAGES)
+                return False
         if channel in self.channels:
             self.channels[channel] = position
         return True

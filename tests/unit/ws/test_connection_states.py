@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from realtime_gateway_protocol.access_token import Claims
-from realtime_gateway_protocol.close_codes import Disconnect
+from realtime_gateway_protocol.close_codes import Action, Disconnect, action_for
 from realtime_gateway_protocol.frames import PREAUTH_MAX_BYTES
 from shared.bus import InProcessBus
 from tests.support.clock import FakeClock
@@ -954,3 +954,26 @@ async def test_a_message_at_or_below_the_last_position_is_dropped() -> None:
     [message] = s.peer.take()
     s.conn.deliver("chat:a", json.dumps(message), s.conn.channels["chat:a"])
     assert s.peer.texts == [], "the same offset again is a straggler"
+
+
+async def test_a_message_past_the_next_offset_closes_the_socket_to_recover_what_it_missed() -> None:
+    """An outside probe: during a Redis failover, messages reached the channel's history but not
+    a replica's bus subscription, and its subscribers, still connected, went from offset 10 to
+    22 without ever seeing 11-21 (nor could their clients tell). A gap now closes the socket
+    1012 missed_messages: the client reconnects and recovers them with since."""
+    s = Socket()
+    await s.authenticate()
+    await s.send({"type": "subscribe", "channel": "chat:a"})
+    await s.hub.publish("chat:a", 1, None)
+    [first] = s.peer.take()
+    last = s.conn.channels["chat:a"]
+    assert last is not None and first["offset"] == last.offset
+    message = json.dumps({**first, "data": 2})
+    s.conn.deliver("chat:a", message, replace(last, epoch="another"))
+    assert [m["data"] for m in s.peer.take()] == [2], "a new epoch is a new stream, not a gap"
+    s.conn.deliver("chat:a", message, replace(last, epoch="another", offset=last.offset + 1))
+    assert len(s.peer.take()) == 1 and s.peer.closed is None, "the next offset is no gap"
+    s.conn.deliver("chat:a", message, replace(last, epoch="another", offset=last.offset + 3))
+    assert s.peer.texts == [], "not delivered past the gap"
+    assert s.peer.closed == (1012, "missed_messages")
+    assert action_for(1012, "missed_messages") is Action.RECONNECT
