@@ -156,9 +156,11 @@ class EventPublisher:
         what is not delivered waits for :meth:`flush`. Not tried while the bus is known to be
         down (each try would wait out Redis's timeouts: seconds per event), and never raises:
         the revocation itself is committed."""
-        if not kept or not self._bus.connected:
-            if kept:
-                self._set(OutboxStatus.BUS_UNAVAILABLE, "the event bus is not connected")
+        if not kept:
+            return
+        if not self._bus.connected:
+            self._set(OutboxStatus.BUS_UNAVAILABLE, "the event bus is not connected")
+            await self._leave(kept)
             return
         delivered: list[int] = []
         try:
@@ -174,17 +176,23 @@ class EventPublisher:
             self._set(
                 OutboxStatus.BUS_UNAVAILABLE if unavailable else OutboxStatus.WAITING, str(exc)
             )
-            try:  # due to the next flush now, not after the lease
-                now = self._clock()
-                for item in kept[len(delivered) :]:
-                    await self._store.update_outbox(replace(item, next_attempt_at=now))
-            except Exception as error:  # then after the lease
-                log.warning("outbox events left to their lease", extra={"reason": str(error)})
+            await self._leave(kept[len(delivered) :])
         if delivered:
             try:
                 await self._store.delete_outbox(delivered)
             except Exception as exc:  # delivered again by a flush: events are idempotent
                 log.warning("delivered events left in the outbox", extra={"reason": str(exc)})
+
+    async def _leave(self, items: Sequence[OutboxItem]) -> None:
+        """Hand what the request did not deliver to the next flush now, not after its lease
+        (those written while the bus was known to be down are due already)."""
+        now = self._clock()
+        try:
+            for item in items:
+                if item.next_attempt_at > now:
+                    await self._store.update_outbox(replace(item, next_attempt_at=now))
+        except Exception as exc:  # then after the lease
+            log.warning("outbox events left to their lease", extra={"reason": str(exc)})
 
     async def restore_ledger(self) -> int:
         """Write back every revocation still in force once the ledger lost its records (Redis
