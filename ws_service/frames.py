@@ -64,7 +64,7 @@ class ClientFrames:
     """aiohttp's reader behind a check of each frame's header; made by aiohttp in its place (see
     :class:`ClientWebSocket`), with its arguments."""
 
-    __slots__ = ("_failed", "_fragments", "_head", "_queue", "_reader", "_skip")
+    __slots__ = ("_fragments", "_head", "_queue", "_reader", "_skip")
 
     def __init__(
         self, queue: WebSocketDataQueue, max_msg_size: int, compress: bool, decode_text: bool
@@ -78,8 +78,8 @@ class ClientFrames:
         self._head = b""
         """The start of a header that the last read cut short."""
         self._fragments = 0
-        """Frames of the message being received, but its last."""
-        self._failed = False
+        """Frames of the message being received, but its last; -1 once a frame was refused (one
+        slot for both: an idle socket's state is what a gateway of many sockets pays for)."""
 
     def feed_eof(self) -> None:
         self._reader.feed_eof()
@@ -87,17 +87,17 @@ class ClientFrames:
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         """aiohttp's ``feed_data``: whether the connection must close, and the bytes left over
         (none: the reader keeps what it has not parsed yet)."""
-        if self._failed:
-            return True, data
         skip = self._skip - len(data)
         if skip >= 0:
             self._skip = skip
             return self._reader.feed_data(data)
+        fragments = self._fragments
+        if fragments < 0:
+            return True, data
         head = self._head
         buffer = head + data if head else data
         end = len(buffer)
         pos = self._skip
-        fragments = self._fragments
         while pos < end:
             frame = pos
             if end - pos < 2:
@@ -154,7 +154,8 @@ class ClientFrames:
         the offending one (``data[:cut]``) are still delivered, then the error, which
         ``receive()`` answers with a close frame of its code (``reason`` goes to the session's
         access line)."""
-        self._failed = True
+        self._fragments = -1
+        self._skip = -1  # no read takes the fast path to the reader again
         if cut > 0 and self._reader.feed_data(data[:cut])[0]:
             return True, b""  # the reader refused an earlier frame itself
         self._queue.set_exception(WebSocketError(code, reason))

@@ -11,7 +11,6 @@ hub, admission, timers, clock) is one shared :class:`Context`: one reference per
 
 from __future__ import annotations
 
-import contextvars
 import enum
 import random
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,7 @@ from realtime_gateway_protocol.access_token import Claims
 from realtime_gateway_protocol.close_codes import Disconnect
 from realtime_gateway_protocol.frames import PREAUTH_MAX_BYTES
 from shared.bus import BusUnavailable
-from shared.jsonlog import audit
+from shared.jsonlog import REQUEST_ID, audit
 from ws_service.domain import protocol
 from ws_service.domain.clock import Clock
 from ws_service.domain.deadlines import Deadlines
@@ -146,7 +145,7 @@ class Connection:
         "claims",
         "peer",
         "remote",
-        "run_context",
+        "request_id",
         "serial",
         "state",
     )
@@ -187,9 +186,9 @@ class Connection:
         self._strikes = 0
         self._violations = 0
         self._closed_by: Disconnect | None = None
-        # Its request's context, taken in the socket's task: its deadlines run in it, whatever
+        # Its request's id, taken in the socket's task: its deadlines run under it, whatever
         # task reschedules them (a withdrawn key sets the expiry from the task that heard of it).
-        self.run_context = contextvars.copy_context()
+        self.request_id = REQUEST_ID.get()
         self._deadline: int | None = ctx.deadlines.schedule(ctx.limits.auth_timeout, self)
 
     @property
@@ -448,6 +447,7 @@ class Connection:
         self._ctx.metrics.auth_ok.inc()
         if not renewed:
             self._ctx.metrics.handshake.observe(self._ctx.clock.monotonic() - self._opened)
+            self._opened = 0.0  # its float (24 bytes) is not kept for the socket's life
         self._schedule_expiry(claims)
         self.send(
             protocol.auth_success(claims, self._ctx.clock.time(), request_id, renewed=renewed)

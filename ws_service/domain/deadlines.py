@@ -6,19 +6,21 @@ context, a tenth of an idle socket beyond aiohttp's own state. Here each deadlin
 a multiple of ``tick`` and deadlines that share a tick share a set and one loop timer, so a socket
 costs a set entry. A deadline fires less than one tick late and never early.
 
-Each deadline runs in its item's own ``contextvars`` context: the slot's one timer runs in the
-context of whichever socket set it, and a log line of another socket's deadline (its auth timeout,
-its ``token_expired`` audit line) would carry that socket's client-chosen request id.
+Each deadline runs under its item's own request id: the slot's one timer runs in the context of
+whichever socket set it, and a log line of another socket's deadline (its auth timeout, its
+``token_expired`` audit line) would carry that socket's client-chosen request id. The item keeps
+the id alone, not a copy of its request's context: the id is the one variable this process's
+lines read from it, and a ``Context`` per socket cost 64 bytes more (docs/performance.md).
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import logging
 import math
 from typing import Protocol
 
+from shared.jsonlog import REQUEST_ID
 from ws_service.domain.clock import Clock, Timer
 
 __all__ = ["DEFAULT_TICK", "Deadlines", "Expiring"]
@@ -31,8 +33,8 @@ log = logging.getLogger(__name__)
 
 class Expiring(Protocol):
     @property
-    def run_context(self) -> contextvars.Context:
-        """The context its deadline runs in (a socket's: its request's, with its request id)."""
+    def request_id(self) -> str | None:
+        """The request id its deadline runs under (a socket's: its request's)."""
         ...
 
     def on_deadline(self) -> None:
@@ -87,7 +89,11 @@ class Deadlines:
         if entry is None:
             return
         for item in entry[0]:
-            item.run_context.run(_expire, item)
+            token = REQUEST_ID.set(item.request_id)
+            try:
+                _expire(item)
+            finally:
+                REQUEST_ID.reset(token)
 
 
 def _expire(item: Expiring) -> None:

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from shared.jsonlog import REQUEST_ID
 from tests.support.clock import FakeClock
 from ws_service.domain.deadlines import Deadlines
 
@@ -21,7 +22,7 @@ class Item:
         self.log = log
         self.name = name
         self.fail = fail
-        self.run_context = contextvars.copy_context()
+        self.request_id: str | None = None
 
     def on_deadline(self) -> None:
         self.log.append((self.name, self.clock.monotonic()))
@@ -92,27 +93,29 @@ def test_a_deadline_set_from_a_callback_fires_in_its_own_tick() -> None:
     assert second - first >= 0.1
 
 
-def test_deadlines_sharing_a_timer_each_run_in_their_own_context() -> None:
+def test_deadlines_sharing_a_timer_each_run_under_their_own_request_id() -> None:
     """A slot's one timer runs in the context that set it (the loop's timers copy it); each
-    deadline must run in its own item's, where its socket's request id is."""
+    deadline must run under its own item's request id, and the timer's is left as it was."""
     clock = FakeClock()
     deadlines = Deadlines(clock, TICK)
-    owner: contextvars.ContextVar[str] = contextvars.ContextVar("owner", default="timer")
-    seen: dict[str, str] = {}
+    seen: dict[str, str | None] = {}
 
     class Owned(Item):
         def on_deadline(self) -> None:
-            seen[self.name] = owner.get()
+            seen[self.name] = REQUEST_ID.get()
 
     def schedule(name: str) -> None:
-        owner.set(name)
-        deadlines.schedule(0.01, Owned(clock, [], name))
+        REQUEST_ID.set(f"id-of-{name}")
+        item = Owned(clock, [], name)
+        item.request_id = None if name == "anonymous" else f"id-of-{name}"
+        deadlines.schedule(0.01, item)
 
-    for name in ("first", "second"):
+    for name in ("first", "second", "anonymous"):
         contextvars.copy_context().run(schedule, name)
     assert clock.pending == 1
     clock.advance(TICK)
-    assert seen == {"first": "first", "second": "second"}
+    assert seen == {"first": "id-of-first", "second": "id-of-second", "anonymous": None}
+    assert REQUEST_ID.get() is None
 
 
 def test_a_failing_callback_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
