@@ -57,6 +57,24 @@ def test_each_document_is_valid_openapi_3_1_and_names_its_service(name: str) -> 
     assert [server["description"] for server in document["servers"]] == [f"{name} (make run)"]
 
 
+@pytest.mark.parametrize("name", DOCS)
+def test_every_operation_that_reads_a_body_documents_its_refusals(name: str) -> None:
+    """A body is refused, on either service, when it is malformed (400), slow (408), too large
+    (413) or compressed (415): ws_service answered 415 where its document did not say so (an
+    outside probe). Every operation with a request body lists all four."""
+    document = loads(DOCS[name].read_text(encoding="utf-8"))
+    operations = [
+        (path, method, operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if "requestBody" in operation
+    ]
+    assert len(operations) >= 5
+    for path, method, operation in operations:
+        missing = {"400", "413", "415"} - set(operation["responses"])
+        assert not missing, f"{method.upper()} {path} does not document {sorted(missing)}"
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Both services in one real process (the embedded launcher), on free ports."""
