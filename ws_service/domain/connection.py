@@ -15,7 +15,7 @@ import enum
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
 from realtime_gateway_protocol.access_token import Claims
 from realtime_gateway_protocol.close_codes import Disconnect
@@ -128,6 +128,12 @@ def warning_delay(remaining: float, window: float, rand: float) -> float:
     return remaining - window - rand * 0.1 * window
 
 
+NO_CHANNELS: Final[dict[str, Position | None]] = {}
+"""The channels of every socket that never subscribed: one shared empty dict, never written (the
+first subscribe gives the socket a dict of its own; the other writes only ever find a channel in
+it), instead of an empty dict per idle socket (64 bytes)."""
+
+
 class Connection:
     __slots__ = (
         "_bucket",
@@ -171,7 +177,7 @@ class Connection:
         # Subscribed channels, each with the position last delivered on it (None until one is, or
         # where the channel keeps no history). One dict, not a set and a dict: an idle socket's
         # state is what a gateway of many sockets pays for.
-        self.channels: dict[str, Position | None] = {}
+        self.channels: dict[str, Position | None] = NO_CHANNELS
         # Messages held back per channel while it is being recovered; made on first use.
         self._held: dict[str, list[tuple[str, Position | None]]] | None = None
         # Channels the app's backend subscribed this socket to: they ask no scope, so a renewal
@@ -712,6 +718,8 @@ class Connection:
         namespace = self._ctx.namespaces.of(channel)
         presence, policy = namespace.presence, namespace.history
         if channel not in self.channels:
+            if self.channels is NO_CHANNELS:
+                self.channels = {}
             self.channels[channel] = None
             self._ctx.events.subscribe(self.claims, channel, reason or "client")
         if policy is not None:

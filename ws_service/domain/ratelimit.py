@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 __all__ = ["TokenBucket"]
+
+
+@lru_cache(maxsize=64)
+def _shared(burst: int) -> float:
+    """One float per distinct burst, shared by every bucket: ``float(burst)`` per bucket made a
+    24-byte object per socket (its pre-auth frame budget lives as long as it does)."""
+    return float(burst)
 
 
 class TokenBucket:
@@ -10,8 +19,7 @@ class TokenBucket:
 
     def __init__(self, rate: float, burst: int, now: float) -> None:
         self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
+        self._burst = self._tokens = _shared(burst)
         self._stamp = now
 
     def take(self, now: float) -> bool:

@@ -19,7 +19,7 @@ from realtime_gateway_protocol.frames import PREAUTH_MAX_BYTES
 from shared.bus import InProcessBus
 from tests.support.clock import FakeClock
 from tests.unit.ws.fakes import FakeMetrics, FakePeer
-from ws_service.domain.connection import Connection, Context, State, warning_delay
+from ws_service.domain.connection import NO_CHANNELS, Connection, Context, State, warning_delay
 from ws_service.domain.deadlines import DEFAULT_TICK, Deadlines
 from ws_service.domain.errors import (
     AuthError,
@@ -977,3 +977,21 @@ async def test_a_message_past_the_next_offset_closes_the_socket_to_recover_what_
     assert s.peer.texts == [], "not delivered past the gap"
     assert s.peer.closed == (1012, "missed_messages")
     assert action_for(1012, "missed_messages") is Action.RECONNECT
+
+
+async def test_sockets_that_never_subscribed_share_one_empty_channels_dict_never_written() -> None:
+    """An idle socket keeps no dict of its own (64 bytes each, docs/performance.md); the first
+    subscribe gives it one. Nothing may write the shared one: it would be every socket's."""
+    first, second = Socket(), Socket()
+    for s in (first, second):
+        await s.authenticate()
+    assert first.conn.channels is second.conn.channels is NO_CHANNELS
+    await first.send({"type": "subscribe", "channel": "chat:a"})
+    await first.send({"type": "unsubscribe", "channel": "chat:b"})
+    await second.send({"type": "unsubscribe", "channel": "chat:a"})
+    await second.send({"type": "publish", "channel": "chat:a", "data": 1})
+    assert list(first.conn.channels) == ["chat:a"] and first.conn.channels is not NO_CHANNELS
+    assert second.conn.channels is NO_CHANNELS and NO_CHANNELS == {}
+    second.conn.disconnected()
+    first.conn.disconnected()
+    assert NO_CHANNELS == {} and first.conn.channels == {}
