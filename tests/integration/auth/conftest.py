@@ -95,8 +95,10 @@ async def login(
     return body
 
 
-async def refresh(client: AuthClient, refresh_token: str) -> tuple[int, dict[str, Any]]:
-    resp = await client.post(
-        "/v1/token", data={"grant_type": "refresh_token", "refresh_token": refresh_token}
-    )
+async def refresh(
+    client: AuthClient, refresh_token: str, **extra: str
+) -> tuple[int, dict[str, Any]]:
+    """A form refresh grant, with ``extra`` form fields; its status and JSON body."""
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token, **extra}
+    resp = await client.post("/v1/token", data=form)
     return resp.status, await resp.json()

@@ -211,15 +211,9 @@ async def test_a_refresh_may_repeat_the_sessions_authorization_details_but_not_c
     refresh_token = (await resp.json())["refresh_token"]
     fewer = [{**DETAILS[0], "channels": ["doc:123"]}]
     for asked in (fewer, [], [*DETAILS, *fewer], "{not json"):
-        resp = await client.post(
-            "/v1/token",
-            data={
-                "grant_type": "refresh_token",
-                "refresh_token": refresh_token,
-                "authorization_details": asked if isinstance(asked, str) else json.dumps(asked),
-            },
-        )
-        await assert_error(resp, 400, "invalid_authorization_details")
+        text = asked if isinstance(asked, str) else json.dumps(asked)
+        status, body = await refresh(client, refresh_token, authorization_details=text)
+        assert (status, body["error"]) == (400, "invalid_authorization_details")
     same = json.dumps([dict(reversed(DETAILS[0].items()))], indent=1)  # other order, spacing
     resp = await client.post(
         "/v1/token",
@@ -232,26 +226,14 @@ async def test_a_refresh_may_repeat_the_sessions_authorization_details_but_not_c
     assert resp.status == 200, await resp.text()
     renewed = await resp.json()
     assert renewed["authorization_details"] == DETAILS
-    resp = await client.post(
-        "/v1/token",
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": renewed["refresh_token"],
-            "authorization_details": same,
-        },
-    )
-    assert resp.status == 200, await resp.text()
+    status, body = await refresh(client, renewed["refresh_token"], authorization_details=same)
+    assert status == 200, body
     await register(client)
     plain = await login(client)
-    resp = await client.post(
-        "/v1/token",
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": plain["refresh_token"],
-            "authorization_details": json.dumps(DETAILS),
-        },
+    status, body = await refresh(
+        client, plain["refresh_token"], authorization_details=json.dumps(DETAILS)
     )
-    await assert_error(resp, 400, "invalid_authorization_details")
+    assert (status, body["error"]) == (400, "invalid_authorization_details")
 
 
 def rs256_assertion() -> str:

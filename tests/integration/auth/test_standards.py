@@ -8,7 +8,7 @@ from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from authlib.oauth2.rfc9068 import JWTBearerTokenValidator
 from joserfc.jwk import KeySet
 
-from tests.integration.auth.conftest import AuthClient, MakeClient, login, register
+from tests.integration.auth.conftest import AuthClient, MakeClient, login, refresh, register
 from tests.integration.auth.test_bad_input import assert_error
 
 
@@ -106,18 +106,12 @@ async def test_a_form_parameter_without_a_value_is_as_if_omitted(client: AuthCli
     rights (test_an_empty_scope_asks_for_none): read as omitted it would grant the default."""
     await register(client)
     tokens = await login(client)
-    resp = await client.post(
-        "/v1/token",
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": tokens["refresh_token"],
-            "client_id": "",
-            "authorization_details": "",
-        },
+    status, body = await refresh(
+        client, tokens["refresh_token"], client_id="", authorization_details=""
     )
-    assert resp.status == 200, await resp.text()
-    resp = await client.post("/v1/token", data={"grant_type": "refresh_token", "refresh_token": ""})
-    await assert_error(resp, 400, "invalid_request")  # a required one, empty, is missing
+    assert status == 200, body
+    status, body = await refresh(client, "")
+    assert (status, body["error"]) == (400, "invalid_request")  # a required one, empty, is missing
     resp = await client.post(
         "/v1/token",
         data="grant_type=&grant_type=refresh_token",
