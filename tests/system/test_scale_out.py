@@ -231,6 +231,16 @@ async def test_6d_a_logout_whose_replica_dies_while_redis_hangs_still_closes_the
     token kept working until it expired. The logout's own transaction now writes it there."""
     assert cluster.redis is not None
     async with aiohttp.ClientSession() as http:
+        # The scenarios before restart Redis: the replica must see its bus up again, or it
+        # would not try Redis at all (it leaves the events to the outbox while the bus is down).
+        deadline = time.monotonic() + 20
+        while True:
+            async with http.get(f"{cluster.auth_url(0)}/readyz") as resp:
+                degraded = (await resp.json()).get("degraded", {})
+            if "event_bus" not in degraded:
+                break
+            assert time.monotonic() < deadline, f"auth's bus never reconnected: {degraded}"
+            await asyncio.sleep(0.1)
         tokens = await tokens_for(http, cluster.auth_url(0), "s6d-judy")
         async with connected(http, cluster.ws_url(1), tokens["access_token"]) as ws:
             cluster.redis.send(signal.SIGSTOP)
