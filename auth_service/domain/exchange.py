@@ -213,12 +213,7 @@ def kept_details(kept: str | None, requested: object) -> None:
     for less is refused rather than handed the session's whole grant."""
     if requested is None:
         return
-    if isinstance(requested, str):
-        try:
-            requested = loads(requested, unique_keys=True)
-        except WireJSONError as exc:
-            raise InvalidAuthorizationDetails(f"authorization_details is not JSON: {exc}") from None
-    if kept is None or _canonical(requested) != _canonical(json.loads(kept)):
+    if kept is None or _canonical(_decoded(requested)) != _canonical(json.loads(kept)):
         raise InvalidAuthorizationDetails(
             "a refresh may only repeat the session's authorization_details: it cannot change them"
         )
@@ -228,6 +223,19 @@ def _canonical(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def _decoded(requested: object) -> object:
+    """``authorization_details`` as asked for: a form sends them as a JSON string, a JSON body
+    may send the array itself."""
+    if not isinstance(requested, str):
+        return requested
+    if len(requested) > 4 * MAX_AUTHORIZATION_DETAILS_BYTES:
+        raise InvalidAuthorizationDetails("authorization_details is too large")
+    try:
+        return loads(requested, unique_keys=True)
+    except WireJSONError as exc:
+        raise InvalidAuthorizationDetails(f"authorization_details is not JSON: {exc}") from None
+
+
 def allowed_details(client: Client, requested: object) -> str | None:
     """The ``authorization_details`` granted, as compact JSON to keep with the session: None when
     none were asked for. A form sends them as a JSON string, a JSON body may send the array.
@@ -235,13 +243,7 @@ def allowed_details(client: Client, requested: object) -> str | None:
     grant an action on a channel only where its scope grants it on the whole namespace."""
     if requested is None:
         return None
-    if isinstance(requested, str):
-        if len(requested) > 4 * MAX_AUTHORIZATION_DETAILS_BYTES:
-            raise InvalidAuthorizationDetails("authorization_details is too large")
-        try:
-            requested = loads(requested, unique_keys=True)
-        except WireJSONError as exc:
-            raise InvalidAuthorizationDetails(f"authorization_details is not JSON: {exc}") from None
+    requested = _decoded(requested)
     try:
         grants = parse_authorization_details(requested)
     except AuthorizationDetailsError as exc:
