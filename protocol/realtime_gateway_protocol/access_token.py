@@ -171,11 +171,11 @@ def _bound_key(cnf: object) -> str | None:
     return sys.intern(jkt)
 
 
-@lru_cache(maxsize=1024)
 def same_media_type(typ: object, expected: str) -> bool:
     """Whether a JOSE ``typ`` header names the media type ``expected`` (``at+jwt``,
     ``dpop+jwt``): RFC 7515 section 4.1.9 lets ``application/`` be left out, and media types
-    compare without case, so ``AT+JWT`` and ``application/at+jwt`` name it too."""
+    compare without case, so ``AT+JWT`` and ``application/at+jwt`` name it too. ``typ`` comes
+    from an unverified header: anything but a string (a list, an object) names no media type."""
     return isinstance(typ, str) and _media_type(typ) == _media_type(expected)
 
 
@@ -184,6 +184,7 @@ def _media_type(typ: str) -> str:
     return typ if "/" in typ else f"application/{typ}"
 
 
+@lru_cache(maxsize=1024)
 def scope_set(scope: str) -> frozenset[str]:
     """One shared set per distinct scope string: a gateway holds a ``Claims`` per socket, and most
     users carry the same scope (a frozenset is 216 bytes; this keeps it once, not per socket)."""
