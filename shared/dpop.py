@@ -33,6 +33,7 @@ from yarl import URL
 
 from realtime_gateway_protocol.access_token import same_media_type
 from realtime_gateway_protocol.wire_json import WireJSONError, check
+from shared.jose import unverified_header
 from shared.once import UsedOnce
 from shared.urls import web_origin
 
@@ -217,7 +218,7 @@ def _public_key(alg: str, jwk_json: str) -> _Key | str:
 
 def _unverified_header(proof: str) -> dict[str, Any]:
     try:
-        header = jwt.get_unverified_header(proof)
+        header = unverified_header(proof)
     except jwt.PyJWTError:
         raise ProofError("the DPoP proof is not a JWT") from None
     return _strict(header, "header")

@@ -38,6 +38,7 @@ from auth_service.domain.exchange import (
     valid_username,
 )
 from auth_service.domain.models import TrustedIssuer
+from shared.jose import unverified_header
 
 __all__ = [
     "ACCESS_TOKEN_TYPE",
@@ -135,7 +136,7 @@ async def verify_provider_token(
     The provider's ``preferred_username`` is shown when it would pass as an assertion's and left
     out otherwise (the provider, not the app, chose it)."""
     try:
-        header = jwt.get_unverified_header(token)
+        header = unverified_header(token)
     except jwt.PyJWTError:
         raise InvalidGrant("the subject token is not a well-formed JWT") from None
     alg, kid = header.get("alg"), header.get("kid")

@@ -21,6 +21,7 @@ from realtime_gateway_protocol.access_token import (
     AccessTokenPayload,
 )
 from realtime_gateway_protocol.tickets import TICKET_TYP, ticket_claims
+from shared.jose import unverified_header
 
 __all__ = ["AccessToken", "Ticket", "TokenIssuer", "bound_key"]
 
@@ -121,7 +122,7 @@ class TokenIssuer:
     ) -> tuple[dict[str, Any], str]:
         """The claims of one of our own access tokens, and the kid of the key that signed it."""
         try:
-            header = jwt.get_unverified_header(token)
+            header = unverified_header(token)
             kid = str(header.get("kid", ""))
             key = self._ring.public_key(kid)
             if key is None or header.get("typ") != ACCESS_TOKEN_TYP:

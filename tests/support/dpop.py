@@ -52,7 +52,7 @@ def make_proof(
     iat: float | None = None,
     jti: str | None = None,
     nonce: str | None = None,
-    typ: str = "dpop+jwt",
+    typ: object = "dpop+jwt",
     jwk: dict[str, Any] | None = None,
     signing_key: Any = None,
     drop: tuple[str, ...] = (),

@@ -22,6 +22,7 @@ from realtime_gateway_protocol.access_token import (
     same_media_type,
 )
 from realtime_gateway_protocol.wire_json import WireJSONError, check
+from shared.jose import unverified_header
 from ws_service.domain.errors import InvalidToken, KeyWithdrawn, SessionRevoked, TokenExpired
 from ws_service.domain.namespaces import parse_grants
 
@@ -215,7 +216,7 @@ def _unverified_issuer(token: str) -> str:
 @lru_cache(maxsize=256)
 def _header_or_none(segment: str) -> Mapping[str, Any] | None:
     try:
-        return MappingProxyType(jwt.get_unverified_header(f"{segment}.e30."))
+        return MappingProxyType(unverified_header(f"{segment}.e30."))
     except jwt.InvalidTokenError:
         return None
 

@@ -91,6 +91,12 @@ async def test_jku_x5u_jwk_x5c_headers_are_ignored(
         ("missing_kid", "the token has no key id"),
         ("typ_missing", "the token is not an access token"),
         ("typ_jwt", "the token is not an access token"),
+        # Header parameters of the wrong JSON type once raised TypeError (hashed for a set or a
+        # cache) and failed the handler; the header is refused where it is read.
+        ("typ_list", "the token is malformed"),
+        ("typ_object", "the token is malformed"),
+        ("alg_list", "the token is malformed"),
+        ("kid_number", "the token is malformed"),
         ("crit", "the token is malformed"),
         ("refresh_token", "the token is malformed"),
         ("garbage_base64", "the token is malformed"),
@@ -109,6 +115,10 @@ async def test_malformed_or_wrong_kind_of_token(gw: Harness, case: str, message:
         "missing_kid": lambda: t.make(headers={"kid": None}),
         "typ_missing": lambda: t.make(headers={"typ": None}),
         "typ_jwt": lambda: t.make(headers={"typ": "JWT"}),
+        "typ_list": lambda: t.make(headers={"typ": ["at+jwt"]}),
+        "typ_object": lambda: t.make(headers={"typ": {"at+jwt": 1}}),
+        "alg_list": lambda: t.unsigned({"alg": ["RS256"], "typ": "at+jwt", "kid": KID}, {}, b"s"),
+        "kid_number": lambda: t.unsigned({"alg": "RS256", "typ": "at+jwt", "kid": 7}, {}, b"s"),
         "crit": lambda: t.make(headers={"crit": ["exp"]}),
         "refresh_token": lambda: "Xk3-4kT0w9vQ1bq7cF2aUe_8Zr5Ln6yHpJdMsW0tEgI",
         "garbage_base64": lambda: "%%%.***.###",

@@ -257,6 +257,10 @@ async def test_wrong_typ_and_malformed_proofs_are_refused(verifier: ProofVerifie
     key = es256_key()
     for typ in ("JWT", "application/jwt", "text/dpop+jwt", "dpop+jwt; x=1", "at+jwt"):
         assert "typ" in await refused(verifier, make_proof(key, "POST", URL, iat=NOW, typ=typ))
+    for odd in (["dpop+jwt"], {"dpop+jwt": 1}, 1):  # once a TypeError: a list was hashed
+        assert "not a JWT" in await refused(
+            verifier, make_proof(key, "POST", URL, iat=NOW, typ=odd)
+        )
     for junk in ("", "a.b.c", "x" * 9000, "é.b.c"):
         await refused(verifier, junk)
     no_jwk = jwt.encode({"htm": "POST"}, key, "ES256", headers={"typ": "dpop+jwt"})
