@@ -12,7 +12,7 @@ from aiohttp import WebSocketError, WSCloseCode, WSMessage, WSMsgType, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from realtime_gateway_protocol.access_token import Claims
-from realtime_gateway_protocol.close_codes import Disconnect
+from realtime_gateway_protocol.close_codes import CloseCode, Disconnect
 from shared.http import access
 from shared.http.auth import bearer_matches
 from shared.http.forwarded import client_address
@@ -46,6 +46,15 @@ _CONTROL = frozenset({WSMsgType.PING, WSMsgType.PONG})
 _DATA = frozenset({WSMsgType.TEXT, WSMsgType.BINARY})
 _TOO_BIG = WSCloseCode.MESSAGE_TOO_BIG
 """The reader's refusal of a message over ``WS_MAX_MESSAGE_BYTES`` or in too many frames."""
+
+
+_CODES = frozenset({*range(1000, 1016), *(int(code) for code in CloseCode)})
+"""The close codes counted by their value; any other a client sends is counted as ``other``."""
+
+
+def _code_label(code: int | None) -> str:
+    """No code is RFC 6455's 1006: the connection ended without a close frame."""
+    return "1006" if code is None else str(code) if code in _CODES else "other"
 
 
 class _Admitted(NamedTuple):
@@ -125,12 +134,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         except Exception:
             log.exception("WebSocket handler failed", extra={"remote": remote})
             fault = Disconnect.INTERNAL_ERROR
-            await ws.close(code=fault.code, message=fault.reason.encode())
+            peer.close(fault.code, fault.reason)  # after what is queued; finish() sends it
         finally:
             conn.disconnected()
             await peer.finish(settings.close_timeout)
             sockets.discard(peer)
-            line.end = peer.session_end(msg, frames_in)
+            line.end = end = peer.session_end(msg, frames_in)
+            metrics.disconnects.labels(end.closed_by, _code_label(end.close_code)).inc()
         return line.answered(ws)
     except web.HTTPException as exc:
         return line.answered(http_exception_json(exc))

@@ -37,6 +37,13 @@ class Metrics:
             registry=r,
         )
         self.warnings = Counter("ws_expiry_warnings", "token_expiring messages sent", registry=r)
+        self.disconnects = Counter(
+            "ws_disconnects",
+            "Ended WebSocket sessions by who closed first (server, client, or lost: no close"
+            " frame) and close code",
+            ["by", "code"],
+            registry=r,
+        )
         self.jwks_fetches = Counter(
             "ws_jwks_fetches", "JWKS fetches by outcome", ["outcome"], registry=r
         )

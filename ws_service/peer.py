@@ -189,15 +189,15 @@ class WebSocketPeer:
         client then closes with (or 1006 when it just drops) is only its reply."""
         sent = self.sent
         if self._close is not None:
-            return SessionEnd(self._close.code, self._close.reason, frames_in, sent)
-        code, reason = self.ws.close_code, ""
+            return SessionEnd(self._close.code, self._close.reason, frames_in, sent, "server")
+        code, reason, by = self.ws.close_code, "", "lost"
         if last is not None and last.type is WSMsgType.CLOSE:
-            reason = str(last.extra or "")
+            reason, by = str(last.extra or ""), "client"
         elif last is not None and last.type is WSMsgType.ERROR:
             reason = str(last.data)
             if isinstance(last.data, WebSocketError):
-                code = last.data.code
-        return SessionEnd(code, reason, frames_in, sent)
+                code, by = last.data.code, "server"
+        return SessionEnd(code, reason, frames_in, sent, by)
 
     async def wait_finished(self) -> None:
         if self._finished:

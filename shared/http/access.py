@@ -60,6 +60,8 @@ class SessionEnd:
     close_reason: str
     frames_in: int
     frames_out: int
+    closed_by: str = ""
+    """``server``, ``client`` (its close frame came first) or ``lost`` (no close frame)."""
 
 
 def request_id(offered: str | None) -> str:
@@ -112,6 +114,7 @@ class Line:
         if end is not None:  # field by field: dataclasses.asdict deep-copies, a tenth of the line
             fields["close_code"] = end.close_code
             fields["close_reason"] = end.close_reason
+            fields["closed_by"] = end.closed_by
             fields["frames_in"] = end.frames_in
             fields["frames_out"] = end.frames_out
         info(_log, "websocket session" if end is not None else "request", fields)

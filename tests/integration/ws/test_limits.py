@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness, expect_close, expect_open, recv, send, wait_until
@@ -242,6 +243,60 @@ async def test_a_bug_in_the_handler_closes_1011(
     monkeypatch.setattr(gw.app[GATEWAY].hub, "publish", broken)
     await send(ws, {"type": "publish", "channel": "chat:a", "data": 1})
     await expect_close(ws, 1011, "internal_error")
+
+
+async def disconnects(gw: Harness) -> dict[tuple[str, str], float]:
+    body = await (await gw.client.get("/metrics")).text()
+    return {
+        (sample.labels["by"], sample.labels["code"]): sample.value
+        for family in text_string_to_metric_families(body)
+        if family.name == "ws_disconnects"
+        for sample in family.samples
+        if sample.name == "ws_disconnects_total"
+    }
+
+
+async def test_ended_sessions_are_counted_by_who_closed_first_and_code(
+    gw: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closes that were only in the access line (a 1002 for a broken frame, a 1012
+    ``missed_messages``) are counted too; a client's own close code beyond the standard and the
+    gateway's ones is ``other``, so a client cannot grow the label set."""
+    refused = await gw.open()
+    await send(refused, {"type": "auth", "token": "nope"})
+    assert (await recv(refused))["type"] == "auth_error"
+    await expect_close(refused, 4401, "invalid_token")
+    await (await gw.login("ann")).close()
+    await (await gw.login("bob")).close(code=3001)
+    assert gw.client.server.port is not None
+    raw = await RawWebSocket.connect("127.0.0.1", gw.client.server.port)
+    raw.send_text(json.dumps({"type": "auth", "token": gw.tokens.make("cid")}))
+    assert (await raw.recv())[0] == TEXT
+    raw.send(TEXT, b"{}", masked=False)  # RFC 6455: a client's frame must be masked
+    assert (await raw.recv())[0] == CLOSE
+    raw.abort()
+    lost = await RawWebSocket.connect("127.0.0.1", gw.client.server.port)
+    lost.send_text(json.dumps({"type": "auth", "token": gw.tokens.make("dee")}))
+    assert (await lost.recv())[0] == TEXT
+    lost.abort()
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(gw.app[GATEWAY].hub, "publish", broken)
+    faulty = await gw.login("eve")
+    await send(faulty, {"type": "publish", "channel": "chat:a", "data": 1})
+    await expect_close(faulty, 1011, "internal_error")
+    expected = {
+        ("server", "4401"): 1.0,
+        ("client", "1000"): 1.0,
+        ("client", "other"): 1.0,
+        ("server", "1002"): 1.0,
+        ("lost", "1006"): 1.0,
+        ("server", "1011"): 1.0,
+    }
+    await wait_until(lambda: len(gw.app[SOCKETS]) == 0)
+    assert await disconnects(gw) == expected
 
 
 async def stalled_subscriber(gw: Harness) -> RawWebSocket:
