@@ -33,7 +33,7 @@ from yarl import URL
 
 from realtime_gateway_protocol.access_token import same_media_type
 from realtime_gateway_protocol.wire_json import WireJSONError, check
-from shared.jose import unverified_header
+from shared.jose import unverified_header, wrong_jwk_member
 from shared.once import UsedOnce
 from shared.urls import web_origin
 
@@ -191,6 +191,9 @@ def _public_key(alg: str, jwk_json: str) -> _Key | str:
     jwk = json.loads(jwk_json)
     if _PRIVATE_MEMBERS & jwk.keys():
         return "the proof's jwk must be a public key (it holds a private member)"
+    wrong = wrong_jwk_member(jwk)
+    if wrong is not None:
+        return f"the proof's jwk has a {wrong} that is not a string"
     kty = jwk.get("kty")
     if kty not in _THUMBPRINT_MEMBERS or (kty == "EC") != alg.startswith("ES"):
         return f"the proof's jwk must be a public {'EC' if alg.startswith('ES') else 'RSA'} key"

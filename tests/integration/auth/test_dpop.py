@@ -25,7 +25,15 @@ from tests.integration.auth.test_app_backends import (
     verified,
 )
 from tests.integration.auth.test_bad_input import assert_error
-from tests.support.dpop import PrivateKey, es256_key, jkt, make_proof, private_jwk, rs256_key
+from tests.support.dpop import (
+    PrivateKey,
+    es256_key,
+    jkt,
+    make_proof,
+    private_jwk,
+    public_jwk,
+    rs256_key,
+)
 from tests.support.logs import json_lines
 
 ISSUER = "http://auth.test"
@@ -304,6 +312,8 @@ async def test_revoking_a_bound_token_needs_its_key(
         "private jwk",
         "two headers",
         "garbage",
+        "kty a list",
+        "typ an object",
     ],
 )
 async def test_broken_proofs_are_invalid_dpop_proof_never_a_500(
@@ -326,6 +336,9 @@ async def test_broken_proofs_are_invalid_dpop_proof_never_a_500(
         "HS256": make_proof(key, "POST", url, alg="HS256", signing_key=b"s" * 32),
         "private jwk": make_proof(key, "POST", url, jwk=private_jwk(key)),
         "garbage": "not a jwt",
+        # Both raised TypeError (hashed for a table, a cache): a 500 before any password check.
+        "kty a list": make_proof(key, "POST", url, jwk={**public_jwk(key), "kty": ["EC"]}),
+        "typ an object": make_proof(key, "POST", url, typ={"dpop+jwt": 1}),
     }
     headers: list[tuple[str, str]]
     if breakage == "replayed":

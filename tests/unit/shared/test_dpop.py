@@ -171,6 +171,17 @@ async def test_a_private_jwk_is_refused(verifier: ProofVerifier) -> None:
         assert "private member" in await refused(verifier, proof)
 
 
+async def test_a_jwk_member_that_is_not_a_string_is_refused(verifier: ProofVerifier) -> None:
+    """``kty`` is looked up in a table: a list there raised TypeError (a 500 at /v1/login before
+    any password was checked, a 1011 for a socket's auth; an outside probe)."""
+    key = es256_key()
+    for name in ("kty", "crv", "alg", "x"):
+        for value in (["EC"], {"EC": 1}, 7):
+            jwk = {**public_jwk(key), name: value}
+            proof = make_proof(key, "POST", URL, iat=NOW, jwk=jwk)
+            assert f"{name} that is not a string" in await refused(verifier, proof)
+
+
 async def test_keys_that_do_not_fit_the_algorithm_are_refused(verifier: ProofVerifier) -> None:
     ec_key, rsa_key = es256_key(), rs256_key()
     lying = make_proof(ec_key, "POST", URL, iat=NOW, jwk=public_jwk(es256_key()))
