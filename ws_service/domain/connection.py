@@ -44,7 +44,7 @@ from ws_service.domain.errors import (
     TooManySubscriptions,
     Unavailable,
 )
-from ws_service.domain.history import MAX_OFFSET, HistoryPage, Position
+from ws_service.domain.history import MAX_EPOCH_LENGTH, MAX_OFFSET, HistoryPage, Position
 from ws_service.domain.hub import Hub
 from ws_service.domain.limits import Limits
 from ws_service.domain.namespaces import Action, Namespaces, validate_channel
@@ -804,8 +804,8 @@ def _position(value: object, name: str) -> Position | None:
     offset, epoch = value.get("offset"), value.get("epoch")
     if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
         raise BadRequest(f"{name}.offset must be an integer from 0 to 2^63-1")
-    if not isinstance(epoch, str) or not epoch:
-        raise BadRequest(f"{name}.epoch must be a non-empty string")
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_LENGTH:
+        raise BadRequest(f"{name}.epoch must be a string of 1 to {MAX_EPOCH_LENGTH} characters")
     return Position(offset, epoch)
 
 

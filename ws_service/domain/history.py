@@ -22,6 +22,7 @@ from ws_service.domain.clock import Clock, LoopClock, Timer
 from ws_service.domain.errors import HistoryFull
 
 __all__ = [
+    "MAX_EPOCH_LENGTH",
     "MAX_OFFSET",
     "MESSAGE_OVERHEAD",
     "USER_FULL",
@@ -103,6 +104,11 @@ class History(Protocol):
         ``since``, else the most recent. Only what is returned is read out of the store."""
 
 
+MAX_EPOCH_LENGTH = 64
+"""The longest epoch a client may send back: the gateway's are 8 hex digits, or a mark of a
+backend's origin and a time in milliseconds (:class:`EmptyMarks`)."""
+
+
 def new_epoch() -> str:
     return secrets.token_hex(4)
 
@@ -157,7 +163,7 @@ class EmptyMarks:
         return (
             bool(sep)
             and origin == self.origin
-            and (ms.isascii() and ms.isdigit())
+            and (ms.isascii() and ms.isdigit() and len(ms) <= 16)
             and 0 <= now * 1000 - int(ms) < retention * 1000
         )
 

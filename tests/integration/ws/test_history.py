@@ -161,6 +161,15 @@ async def test_history_and_presence_refusals(make_gateway: MakeGateway) -> None:
             {"type": "subscribe", "channel": "chat:a", "since": {"offset": 2**63, "epoch": "x"}},
             "bad_request",
         ),
+        # An epoch's digits were read as an integer: 5,000 of them raised ValueError (1011).
+        (
+            {"type": "history", "channel": "chat:a", "since": {"offset": 0, "epoch": "9" * 65}},
+            "bad_request",
+        ),
+        (
+            {"type": "subscribe", "channel": "chat:a", "since": {"offset": 0, "epoch": ""}},
+            "bad_request",
+        ),
         ({"type": "subscribe", "channel": "chat:a", "presence_events": 1}, "bad_request"),
     ]:
         reply = await request(alice, frame)

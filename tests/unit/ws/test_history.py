@@ -14,6 +14,7 @@ from tests.support.clock import FakeClock
 from ws_service.domain.errors import HistoryFull
 from ws_service.domain.history import (
     SWEEP_DELAY,
+    EmptyMarks,
     HistoryPolicy,
     MemoryHistory,
     Position,
@@ -272,3 +273,12 @@ async def test_what_one_user_keeps_is_capped_until_it_expires_or_is_trimmed() ->
     clock.advance(POLICY.ttl)
     for n in range(5):
         await history.publish(f"chat:d{n}", "t", frame, POLICY, owner="mallory")
+
+
+def test_a_mark_with_more_digits_than_a_time_is_not_one_of_ours() -> None:
+    """A client's ``since.epoch`` is parsed here: 5,000 digits raised ValueError (Python's
+    integer-string limit) and closed the socket 1011 (an outside probe)."""
+    marks = EmptyMarks("none")
+    now = 1_800_000_000.0
+    assert marks.continues(marks.at(now - 1), now, 60)
+    assert not marks.continues(Position(0, "none-" + "9" * 5000), now, 60)
