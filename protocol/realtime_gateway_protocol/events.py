@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from realtime_gateway_protocol.wire_json import loads
+
 __all__ = [
     "LEDGER_RESTORED_TOPIC",
     "REVOCATIONS_TOPIC",
@@ -58,9 +60,11 @@ def encode_event(event: RevocationEvent) -> str:
 
 
 def decode_event(payload: str) -> RevocationEvent:
-    """Parse a bus payload; raises ``ValueError`` for anything that is not a known event."""
+    """Parse a bus payload; raises ``ValueError`` for anything that is not a known event. The
+    bus is shared, so its payloads are read as strictly as a client's frame (finite numbers,
+    bounded depth): ``Infinity`` or deep nesting raised OverflowError or RecursionError."""
     try:
-        data: Any = json.loads(payload)
+        data: Any = loads(payload)
         kind = data["type"]
         if kind == "session_revoked":
             return SessionRevoked(
@@ -72,6 +76,6 @@ def decode_event(payload: str) -> RevocationEvent:
                 issued_before=int(data["issued_before"]),
                 until=int(data["until"]),
             )
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:  # WireJSONError is a ValueError
         raise ValueError(f"malformed revocation event: {exc}") from exc
     raise ValueError(f"unknown revocation event type: {kind!r}")

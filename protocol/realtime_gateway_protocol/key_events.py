@@ -18,6 +18,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from realtime_gateway_protocol.wire_json import WireJSONError, loads
+
 __all__ = [
     "KEYS_TOPIC",
     "KeyEvent",
@@ -57,8 +59,8 @@ def decode_key_event(payload: str) -> KeyEvent:
     if len(payload) > MAX_PAYLOAD:
         raise ValueError("key announcement too large")
     try:
-        data: Any = json.loads(payload)
-    except json.JSONDecodeError as exc:
+        data: Any = loads(payload)  # strict: finite numbers, bounded depth
+    except WireJSONError as exc:
         raise ValueError(f"key announcement is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError("key announcement is not an object")

@@ -52,7 +52,18 @@ def test_events_round_trip(event: SessionRevoked | UserRevoked) -> None:
 
 
 @pytest.mark.parametrize(
-    "payload", ["", "{}", '{"type":"nope"}', '{"type":"session_revoked"}', "[]"]
+    "payload",
+    [
+        "",
+        "{}",
+        '{"type":"nope"}',
+        '{"type":"session_revoked"}',
+        "[]",
+        # OverflowError and RecursionError before the bus's payloads were read strictly:
+        '{"type":"session_revoked","sid":"s","sub":"u","until":Infinity}',
+        '{"type":"user_revoked","sub":"u","issued_before":NaN,"until":1}',
+        '{"type":"session_revoked","sid":' + "[" * 2000 + "]" * 2000 + ',"sub":"u","until":1}',
+    ],
 )
 def test_malformed_events_raise_value_error(payload: str) -> None:
     with pytest.raises(ValueError):

@@ -114,7 +114,8 @@ def decode_request(payload: str) -> Request:
     """Raises ``ValueError`` for anything but a well-formed request of a known command."""
     body = _object(payload, {"id": str, "reply_to": str, "command": dict})
     command = body["command"]
-    kind = _TYPES.get(command.pop("type", None))
+    name = command.pop("type", None)
+    kind = _TYPES.get(name) if isinstance(name, str) else None
     if kind is None:
         raise ValueError("unknown command type")
     hints = {f.name: str(f.type) for f in fields(kind)}

@@ -171,14 +171,13 @@ class ControlPlane:
         the first ``limit`` of every replica that has it, so the merge is exact."""
         gathered = await self.gather(ListChannels(prefix, after, limit))
         counts: Counter[str] = Counter()
-        for result in gathered.results:
-            for item in result.get("channels") or ():
+        listed = [_list(result.get("channels")) for result in gathered.results]
+        for items in listed:
+            for item in items:
                 if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str):
                     counts[item[0]] += _int(item[1])
         names = sorted(counts)[:limit]
-        more = len(counts) > limit or any(
-            len(result.get("channels") or ()) >= limit for result in gathered.results
-        )
+        more = len(counts) > limit or any(len(items) >= limit for items in listed)
         page = [(name, counts[name]) for name in names]
         return Channels(page, names[-1] if more and names else None, gathered.complete)
 
@@ -288,3 +287,8 @@ class _Gathering:
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _list(value: object) -> list[Any]:
+    """A replica's list, or none: a reply on the shared bus is anyone's who can publish there."""
+    return value if isinstance(value, list) else []

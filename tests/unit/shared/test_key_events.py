@@ -53,6 +53,8 @@ def test_members_a_newer_publisher_adds_are_ignored() -> None:
         '{"type":"key_lost","kid":"abc"}',
         '{"kid":"abc"}',
         '{"type":"key_withdrawn","kid":"abc","pad":"' + "x" * 1024 + '"}',
+        "[" * 1024,  # RecursionError before the payload was read strictly
+        '{"type":"key_rotated","kid":"abc","generation":Infinity}',
     ],
 )
 def test_malformed_announcements_raise_value_error(payload: str) -> None:

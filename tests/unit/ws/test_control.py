@@ -60,6 +60,9 @@ def test_every_command_survives_its_encoding(command: Any) -> None:
         '{"id": "r", "reply_to": "t", "command": {"type": "subscribe", "user": "a", '
         '"channel": "chat:a", "extra": 1}}',
         '{"id": 1, "reply_to": "t", "command": {"type": "connections", "user": "a"}}',
+        # Once TypeError (hashed for the table of commands), not the ValueError callers catch.
+        '{"id": "r", "reply_to": "t", "command": {"type": ["connections"], "user": "a"}}',
+        '{"id": "r", "reply_to": "t", "command": {"type": {}, "user": "a"}}',
     ],
 )
 def test_malformed_requests_are_refused(payload: str) -> None:
@@ -185,6 +188,21 @@ async def test_channels_merge_the_pages_of_every_replica_exactly() -> None:
         [("chat:c", 2), ("chat:d", 1)],
         [("chat:e", 1), ("chat:f", 1)],
     ]
+
+
+class Forger(Replica):
+    """A replica (or anyone who can publish on the bus) answering junk for the channel list."""
+
+    async def execute(self, command: Any) -> dict[str, Any]:
+        return {"channels": 5}
+
+
+async def test_a_reply_whose_channels_are_not_a_list_counts_as_none() -> None:
+    """``GET /v1/channels`` was a 500 (TypeError) when one reply's channels was a number."""
+    honest = Replica("one", {"chat:a": 1})
+    asker, _ = await planes(honest, Forger("two", {}))
+    page = await asker.channels("chat:", "", 10)
+    assert (page.channels, page.cursor, page.complete) == ([("chat:a", 1)], None, True)
 
 
 async def test_counts_add_up_across_replicas_and_a_silent_one_is_left_at_the_deadline() -> None:
