@@ -354,10 +354,10 @@ def _not_tokens(data: Any) -> str | None:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    try:
-        return float(headers["Retry-After"])
-    except (KeyError, ValueError):
-        return None
+    """RFC 9110's delay-seconds, a decimal integer; anything else (``inf``, ``nan``, ``-5``, an
+    HTTP date) is no advice, where ``float`` took ``inf`` and handed it to the caller's sleep."""
+    value = headers.get("Retry-After", "").strip()
+    return float(value) if value.isascii() and value.isdigit() and len(value) <= 9 else None
 
 
 EventHandler = Callable[[dict[str, Any]], None]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from realtime_gateway_client import ClientError, GatewayClient, Unreachable
+from realtime_gateway_client import ClientError, GatewayClient, TemporaryFailure, Unreachable
 from realtime_gateway_client.client import MAX_ANSWER_BYTES
 from tests.services import free_port
 
@@ -190,3 +190,26 @@ async def test_an_answer_that_trickles_is_unreachable_within_the_connect_timeout
         async with client(port, connect_timeout=1):
             pass
     assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(
+    ("header", "advice"),
+    [("7", 7.0), ("inf", None), ("nan", None), ("-5", None), ("1e9", None), ("Wed, 21 Oct", None)],
+)
+async def test_retry_after_is_delay_seconds_or_no_advice(
+    serve: Serve, header: str, advice: float | None
+) -> None:
+    """``float`` took ``inf`` and ``nan`` from a hostile server and handed them to the caller,
+    whose backoff then slept forever or raised (an outside probe)."""
+
+    async def login(request: web.Request) -> web.Response:
+        body = b'{"error": "too_many_attempts", "error_description": "slow down"}'
+        return web.Response(
+            status=429, body=body, content_type="application/json", headers={"Retry-After": header}
+        )
+
+    port = await gateway_with(serve, login)
+    with pytest.raises(TemporaryFailure) as err:
+        async with client(port, connect_timeout=2):
+            pass
+    assert err.value.retry_after == advice
