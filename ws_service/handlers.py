@@ -88,6 +88,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             request.transport,
             settings.max_outbox_bytes,
             metrics.outbox_overflows.inc,
+            settings.close_timeout,
         )
         conn = gateway.connect(peer, remote, opened)
         # Frames before auth, and control frames at any time, have a small budget of their own.
@@ -126,7 +127,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 elif msg.type is WSMsgType.BINARY:
                     conn.on_binary()
                 elif msg.type is WSMsgType.PING:
-                    await ws.pong(msg.data)
+                    peer.pong(msg.data)
                 elif msg.type is not WSMsgType.PONG:
                     if isinstance(msg.data, WebSocketError) and msg.data.code == _TOO_BIG:
                         metrics.limit_hits.labels("message_size").inc()  # in bytes or frames
@@ -137,10 +138,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             peer.close(fault.code, fault.reason)  # after what is queued; finish() sends it
         finally:
             conn.disconnected()
-            await peer.finish(settings.close_timeout)
-            sockets.discard(peer)
-            line.end = end = peer.session_end(msg, frames_in)
-            metrics.disconnects.labels(end.closed_by, _code_label(end.close_code)).inc()
+            try:
+                await peer.finish(settings.close_timeout)
+            finally:  # even cancelled in it: a socket left in the set is never let go
+                sockets.discard(peer)
+                line.end = end = peer.session_end(msg, frames_in)
+                metrics.disconnects.labels(end.closed_by, _code_label(end.close_code)).inc()
         return line.answered(ws)
     except web.HTTPException as exc:
         return line.answered(http_exception_json(exc))

@@ -39,6 +39,7 @@ __all__ = ["WebSocketPeer", "text_frame"]
 
 
 _FINAL_TEXT = 0x81  # FIN, opcode 1 (text)
+_FINAL_PONG = 0x8A  # FIN, opcode 10 (pong)
 _HEADER_SHORT = struct.Struct("!BB")
 _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
@@ -58,6 +59,11 @@ def _reset(transport: asyncio.Transport) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+def _pong_frame(data: bytes) -> bytes:
+    """A server's pong: final, opcode 10, unmasked, its payload under 126 bytes."""
+    return _HEADER_SHORT.pack(_FINAL_PONG, len(data)) + data
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,6 +87,7 @@ class WebSocketPeer:
         "_closing",
         "_done",
         "_finished",
+        "_grace",
         "_max_bytes",
         "_on_overflow",
         "_outbox",
@@ -98,10 +105,13 @@ class WebSocketPeer:
         transport: asyncio.Transport | None,
         max_outbox_bytes: int,
         on_overflow: Callable[[], None] | None = None,
+        grace: float = 5.0,
     ) -> None:
         self.ws = ws
         self._transport = transport
         self._max_bytes = max_outbox_bytes
+        self._grace = grace
+        """How long a close may wait behind frames queued before it (the close timeout)."""
         self._on_overflow = on_overflow
         # Allocated while frames wait and dropped once drained: an idle socket holds no queue (a
         # deque is 760 bytes, a fifth of what a socket costs beyond aiohttp's own state).
@@ -135,7 +145,9 @@ class WebSocketPeer:
             self._queued = 0
             if self._on_overflow is not None:
                 self._on_overflow()
-            self.close(Disconnect.SLOW_CONSUMER.code, Disconnect.SLOW_CONSUMER.reason)
+            if not self._closing:
+                self._closing = True
+                self._force(_Close(Disconnect.SLOW_CONSUMER.code, Disconnect.SLOW_CONSUMER.reason))
             return
         self._queued += len(text)
         self._queue().append(text)
@@ -143,12 +155,30 @@ class WebSocketPeer:
         self._start_writer()
 
     def close(self, code: int, reason: str) -> None:
-        """Queue the close after the frames already queued."""
+        """Queue the close after the frames already queued, for at most the grace: a writer
+        waiting for a peer that stopped reading would hold it there for good (a revoked
+        session's socket stayed open while its client sent pings)."""
         if self._closing:
             return
         self._closing = True
-        self._queue().append(_Close(code, reason))
+        close = _Close(code, reason)
+        if self._writer is not None:
+            asyncio.get_running_loop().call_later(self._grace, self._force, close)
+        self._queue().append(close)
         self._start_writer()
+
+    def _force(self, close: _Close) -> None:
+        """Close now, dropping what is queued, and wake the reader to end the session. A writer
+        still waiting for a drain is left to :meth:`finish`, which resets the connection under
+        it (cancelled, it would cancel aiohttp's one drain waiter, which the close frame's own
+        send then awaits)."""
+        if self._close is not None:
+            return
+        self._outbox = None
+        self._queued = 0
+        self._close = close
+        if self.reader is not None:
+            self.reader.cancel()
 
     # -- the handler's side ------------------------------------------------------------------
 
@@ -166,21 +196,25 @@ class WebSocketPeer:
         a graceful TCP close would keep it, and the connection, alive after the handler has
         returned and released the user's slot."""
         self._closing = True
-        if self._writer is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._writer, grace)
-        if self._close is not None and not self.ws.closed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.ws.close(code=self._close.code, message=self._close.reason.encode()),
-                    grace,
-                )
-        if self._buffered():
-            assert self._transport is not None
-            _reset(self._transport)
-        self._finished = True
-        if self._done is not None:
-            self._done.set()
+        # Forced past a writer that still waits for a drain: the peer takes nothing, so neither
+        # the queued frames nor a close frame can go out; the reset below ends both.
+        stuck = self._writer is not None and self._close is not None
+        try:
+            if self._writer is not None and not stuck:
+                await asyncio.wait((self._writer,), timeout=grace)  # not cancelled: see _force
+            if self._close is not None and not self.ws.closed and not stuck:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self.ws.close(code=self._close.code, message=self._close.reason.encode()),
+                        grace,
+                    )
+        finally:  # cancelled too (aiohttp cancels the handler when the connection is lost)
+            if stuck or self._buffered():
+                assert self._transport is not None
+                _reset(self._transport)
+            self._finished = True
+            if self._done is not None:
+                self._done.set()
 
     def session_end(self, last: WSMessage | None, frames_in: int) -> SessionEnd:
         """How the session ended, for its access line: the code and reason of the side that closed
@@ -207,6 +241,20 @@ class WebSocketPeer:
         await self._done.wait()
 
     # -- writing ---------------------------------------------------------------------------------
+
+    def pong(self, data: bytes) -> None:
+        """Answer a ping in this step, never waiting for a drain: aiohttp's ``pong`` does, and a
+        client that pings but never reads held the handler there for good, where no close could
+        wake it. A ping's payload is at most 125 bytes (aiohttp's reader refuses more), and the
+        pre-auth and control-frame budget bounds how many there are."""
+        transport = self._transport
+        if (
+            self._close is None
+            and transport is not None
+            and not transport.is_closing()
+            and not self.ws.closed
+        ):
+            transport.write(_pong_frame(data))
 
     def _write_now(self, text: str) -> bool:
         """Write ``text`` in this step if that cannot wait; False when it must be queued.

@@ -9,6 +9,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -20,6 +21,7 @@ from tests.integration.ws.harness import Harness, expect_close, expect_open, rec
 from tests.support.raw_ws import (
     CLOSE,
     CONTINUATION,
+    PING,
     TEXT,
     RawWebSocket,
     client_frame,
@@ -389,6 +391,73 @@ async def test_frames_after_a_large_one_reach_a_slow_reader(
     slow.abort()
     gc.collect()  # a task that died unobserved is reported when it is collected
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def stuck_reader(gw: Harness) -> tuple[RawWebSocket, Any]:
+    """bob's socket on chat:a, reading nothing, its server side with a small send buffer: the
+    frames published to it soon wait in aiohttp's drain, for good."""
+    assert gw.client.server.port is not None
+    stalled = await RawWebSocket.connect("127.0.0.1", gw.client.server.port, slow=True)
+    stalled.send_text(json.dumps({"type": "auth", "token": gw.tokens.make("bob")}))
+    assert (await stalled.recv())[0] == TEXT
+    stalled.send_text(json.dumps({"type": "subscribe", "channel": "chat:a"}))
+    assert (await stalled.recv())[0] == TEXT
+    [peer] = gw.app[SOCKETS]
+    assert peer.ws._req is not None and peer.ws._req.transport is not None
+    server_side = peer.ws._req.transport.get_extra_info("socket")
+    server_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return stalled, peer
+
+
+async def publish_big(gw: Harness, count: int) -> None:
+    for _ in range(count):
+        response = await gw.client.post(
+            "/v1/publish",
+            json={"channel": "chat:a", "data": "x" * 60_000},
+            headers={"Authorization": "Bearer test-api-key-0123456789"},
+        )
+        assert response.status == 202
+
+
+async def test_a_stalled_reader_that_keeps_pinging_is_dropped_as_a_slow_consumer(
+    make_gateway: MakeGateway,
+) -> None:
+    """Its 1013 waited behind a writer stuck in aiohttp's drain, and its pings (answered by
+    aiohttp's ``pong``, which waits for the same drain) kept the heartbeat alive: the socket
+    stayed open, authenticated and subscribed, for as long as it pinged (an outside probe)."""
+    gw = await make_gateway(max_outbox_bytes=1024 * 1024, close_timeout=0.5)
+    stalled, peer = await stuck_reader(gw)
+    for n in range(60):
+        await publish_big(gw, 1)
+        if n % 8 == 0:  # within the control-frame and message budgets
+            stalled.send(PING, b"still here")
+            stalled.send_text(json.dumps({"type": "ping"}))
+        await asyncio.sleep(0.02)
+        if not gw.app[SOCKETS]:
+            break
+    await wait_until(lambda: not gw.app[SOCKETS], 3.0)
+    assert peer.session_end(None, 0).close_code == 1013
+    stalled.abort()
+
+
+async def test_a_revoked_session_whose_reader_stalled_is_closed_within_the_close_timeout(
+    make_gateway: MakeGateway,
+) -> None:
+    """A disconnect's (or a revocation's) close waited behind the same stuck writer, for good:
+    the server API said ``disconnected: 1`` and the socket stayed open (an outside probe)."""
+    gw = await make_gateway(max_outbox_bytes=64 * 1024 * 1024, close_timeout=0.5)
+    stalled, peer = await stuck_reader(gw)
+    await publish_big(gw, 20)  # far under the outbox bound: the writer waits, nothing overflows
+    await asyncio.sleep(0.1)
+    assert peer.queued_bytes > 0 and gw.app[SOCKETS]
+    response = await gw.client.post(
+        "/v1/disconnect",
+        json={"user": "bob"},
+        headers={"Authorization": "Bearer test-api-key-0123456789"},
+    )
+    assert (await response.json())["disconnected"] == 1
+    await wait_until(lambda: not gw.app[SOCKETS], 2.0)
+    stalled.abort()
 
 
 async def test_a_dropped_stalled_subscriber_holds_nothing_once_its_handler_ends(

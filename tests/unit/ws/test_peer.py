@@ -38,7 +38,15 @@ class Transport:
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
-        self.wire.append(payload_of(data))
+        if data[0] != 0x8A:  # a pong is not on the wire of text frames
+            self.wire.append(payload_of(data))
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def abort(self) -> None:
+        self.closing = True
+        self.buffered = 0
 
 
 class Socket:
@@ -54,13 +62,72 @@ class Socket:
         self.transport.wire.append(text)
 
 
-def make_peer(max_bytes: int = 1000) -> tuple[WebSocketPeer, Socket, Transport]:
+class Stuck(Socket):
+    """aiohttp's writer waiting for a drain that a peer that stopped reading never lets happen."""
+
+    async def send_str(self, text: str) -> None:
+        self.sent.append(text)
+        await asyncio.Event().wait()
+
+    async def close(self, *, code: int, message: bytes) -> bool:
+        await asyncio.Event().wait()  # its close frame waits for the same drain
+        return True
+
+
+def make_peer(
+    max_bytes: int = 1000, grace: float = 5.0, ws_type: type[Socket] = Socket
+) -> tuple[WebSocketPeer, Socket, Transport]:
     transport = Transport()
-    ws = Socket(transport)
+    ws = ws_type(transport)
     peer = WebSocketPeer(
-        cast(web.WebSocketResponse, ws), cast(asyncio.Transport, transport), max_bytes
+        cast(web.WebSocketResponse, ws),
+        cast(asyncio.Transport, transport),
+        max_bytes,
+        grace=grace,
     )
     return peer, ws, transport
+
+
+async def reading(peer: WebSocketPeer) -> asyncio.Task[None]:
+    """The handler's task, waiting in ``receive()``, as the peer sees it."""
+    task = asyncio.ensure_future(asyncio.Event().wait())
+    peer.reader = cast("asyncio.Task[object]", task)
+    await asyncio.sleep(0)
+    return cast("asyncio.Task[None]", task)
+
+
+async def test_a_slow_consumer_is_closed_at_once_even_while_its_writer_waits_for_a_drain() -> None:
+    """The 1013 was queued behind a writer stuck for good in aiohttp's drain: it never went out,
+    and the socket stayed open while its client sent pings (an outside probe: 150 s and more,
+    with megabytes in the kernel's buffer)."""
+    peer, ws, transport = make_peer(max_bytes=10, ws_type=Stuck)
+    reader = await reading(peer)
+    transport.buffered = 1
+    peer.send("abcd")  # queued: the writer takes it and waits for a drain for good
+    await asyncio.sleep(0)
+    assert ws.sent == ["abcd"]
+    peer.send("x" * 20)  # over the bound
+    assert peer.close_requested and peer.queued_bytes == 0
+    await asyncio.sleep(0)
+    assert reader.cancelled()
+    await asyncio.wait_for(peer.finish(0.05), 1)  # the cancelled writer is not awaited into it
+    assert transport.closing, "what the peer never read is dropped with the connection"
+
+
+async def test_a_close_behind_a_writer_that_never_drains_is_forced_after_the_grace() -> None:
+    """A revocation's 4403 or a disconnect waited behind such a writer for good: the socket of
+    a logged-out user stayed open."""
+    peer, _, transport = make_peer(grace=0.05, ws_type=Stuck)
+    reader = await reading(peer)
+    transport.buffered = 1
+    peer.send("revoked")
+    await asyncio.sleep(0)
+    peer.close(4403, "session_revoked")
+    await asyncio.sleep(0.01)
+    assert not peer.close_requested, "the frames queued before it get the grace"
+    await asyncio.sleep(0.1)
+    assert peer.close_requested and reader.cancelled()
+    assert peer.session_end(None, 0).close_code == 4403
 
 
 class Capture:
@@ -86,6 +153,21 @@ async def test_a_frame_is_the_bytes_aiohttps_writer_sends(size: int, char: str) 
     )
     await writer.send_frame(text.encode(), WSMsgType.TEXT)
     assert text_frame(text) == capture.data
+
+
+@pytest.mark.parametrize("size", [0, 1, 125])
+async def test_a_pong_is_the_bytes_aiohttps_writer_sends_and_never_waits(size: int) -> None:
+    """aiohttp's ``pong`` waits for a drain: a client that pinged and never read held the
+    handler there, where no close could wake it."""
+    capture = Capture()
+    writer = WebSocketWriter(
+        cast(BaseProtocol, object()), cast(asyncio.Transport, capture), limit=1 << 30
+    )
+    await writer.send_frame(b"p" * size, WSMsgType.PONG)
+    peer, _, transport = make_peer(ws_type=Stuck)
+    transport.buffered = 10**6  # a backlog the peer never takes
+    peer.pong(b"p" * size)
+    assert transport.writes == [capture.data]
 
 
 async def test_a_frame_to_an_idle_socket_is_written_in_the_callers_step() -> None:
