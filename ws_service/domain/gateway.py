@@ -185,6 +185,12 @@ class Gateway:
                 raise errors.TooManyConnections(subject=sub)
             self._release(sub, conn)
             return
+        try:  # a revocation or a key withdrawal heard while the slot was asked for
+            self.verifier.checked(claims)
+        except errors.AuthError:  # it skipped this socket: its claims were not set yet
+            self._unindex(sub, conn)
+            self._release(sub, conn)
+            raise
         self._stop_waiting(conn)
         self.metrics.awaiting_auth.dec()
         self.metrics.authenticated.inc()

@@ -9,8 +9,10 @@ import time
 import pytest
 
 from realtime_gateway_protocol.access_token import Claims
+from realtime_gateway_protocol.events import SessionRevoked, encode_event
 from shared.bus import BusUnavailable
 from tests.unit.ws.fakes import FakeMetrics, FakePeer, build_gateway
+from ws_service.domain import errors
 from ws_service.domain.connection import State
 from ws_service.domain.errors import TooManyConnections
 from ws_service.domain.gateway import Gateway
@@ -80,6 +82,25 @@ async def test_a_socket_closed_while_its_slot_is_taken_is_left_out_and_gives_it_
     conn.disconnected()
     assert gauges(gateway) == (0, 0)
     assert gateway.may_wait("10.0.0.1")
+
+
+async def test_a_revocation_heard_while_the_slot_is_taken_refuses_the_socket() -> None:
+    """The bus handler skips a socket whose claims are not set yet, and nothing checked again
+    after the wait: the socket was admitted with its session revoked, and stayed open until its
+    token expired (an outside probe, with Redis's slot script delayed)."""
+    slots = Slots()
+    gateway = build_gateway(slots=slots)
+    conn = gateway.connect(FakePeer(), "10.0.0.1")
+    admitting = asyncio.ensure_future(gateway.admit(conn, claims()))
+    await asyncio.sleep(0)
+    revoked = SessionRevoked(sid="s", sub="alice", until=2_000_000_000)
+    gateway.on_revocation("auth.revocations", encode_event(revoked))
+    slots.gate.set()
+    with pytest.raises(errors.SessionRevoked):
+        await admitting
+    await settle(gateway)
+    assert slots.held == {"alice": set()}, "its slot is given back"
+    assert gauges(gateway) == (1, 0)
 
 
 async def test_a_socket_cancelled_while_its_slot_is_taken_gives_it_back() -> None:
