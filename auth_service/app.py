@@ -228,6 +228,13 @@ def create_app(
     return app
 
 
+async def replay_revocations(app: web.Application) -> int:
+    """Every revocation still in force, announced on this app's bus again (see
+    :meth:`EventPublisher.replay_in_force`): for a composition whose gateway shares an in-process
+    bus with this app, once that gateway listens."""
+    return await app[PUBLISHER].replay_in_force()
+
+
 async def _dpop_nonce(request: web.Request, response: web.StreamResponse) -> None:
     """With server nonces on, every API response carries a fresh one (RFC 9449 section 8.2), a
     refusal asking for one (``use_dpop_nonce``) included."""

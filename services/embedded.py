@@ -13,6 +13,7 @@ from aiohttp import web
 
 from auth_service import handlers as auth_handlers
 from auth_service.app import create_app as create_auth_app
+from auth_service.app import replay_revocations
 from auth_service.settings import Settings as AuthSettings
 from services.webpage import mount, origin_of
 from shared.bus import InProcessBus
@@ -74,6 +75,14 @@ def build_stack(environ: Mapping[str, str]) -> Stack:
     ws_url = f"{'wss' if ws_tls else 'ws'}://{ws.host}:{ws.port}/ws"
     auth_app = create_auth_app(auth, bus=bus)
     ws_app = create_ws_app(ws, bus=bus)
+    if bus is not None:
+        # The in-process bus keeps nothing across a restart: the revocations still in force are
+        # announced again once ws_service listens (its start-up, after its bus subscriptions and
+        # before its site accepts a socket), or a logged-out session's tokens would pass again.
+        async def replay(_: web.Application) -> None:
+            await replay_revocations(auth_app)
+
+        ws_app.on_startup.append(replay)
     mount(auth_app, ws_url)
     sites = [
         Site(auth_app, auth.host, auth.port, auth_tls, http_timeout=auth.http_timeout),

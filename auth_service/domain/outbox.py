@@ -220,6 +220,17 @@ class EventPublisher:
             await self.announce(LEDGER_RESTORED_TOPIC, "restored")
         return len(payloads)
 
+    async def replay_in_force(self) -> int:
+        """Announce every revocation still in force on the bus again; returns how many. A bus
+        that keeps nothing (the embedded stack's in-process one) starts empty with the process,
+        and a gateway started with it would admit a logged-out session's access tokens until
+        they expire: the embedded stack calls this once its gateway listens to the bus, before
+        that gateway accepts a socket."""
+        payloads = await self._store.live_revocations(self._clock())
+        for payload in payloads:
+            await self._bus.publish(REVOCATIONS_TOPIC, payload)
+        return len(payloads)
+
     async def announce(self, topic: str, payload: str) -> bool:
         """Publish now, or keep it in the outbox for :meth:`flush`; True when the bus took it."""
         try:

@@ -72,6 +72,29 @@ async def test_make_run_stack_serves_wss_and_logout_closes_the_socket(tmp_path: 
                 assert (closed.data, closed.extra) == (4403, "session_revoked")
 
 
+async def test_a_restarted_stack_still_refuses_the_tokens_of_a_logged_out_session(
+    tmp_path: Path,
+) -> None:
+    """The in-process bus keeps nothing, and ws_service's revocations lived only there: after a
+    restart a logged-out session's access token authenticated again, could subscribe and
+    publish, until it expired (an outside probe). auth_service keeps every revocation in force,
+    and announces them again once ws_service listens."""
+    env, auth_port, ws_port = embedded_env(tmp_path)
+    auth = f"http://127.0.0.1:{auth_port}"
+    with service("services", env, ws_port, tmp_path):
+        async with aiohttp.ClientSession() as http:
+            tokens = await sign_up(http, auth)
+            await log_out(http, auth, tokens)
+    with service("services", env, ws_port, tmp_path):
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"ws://127.0.0.1:{ws_port}/ws") as ws,
+        ):
+            await ws.send_json({"type": "auth", "token": tokens["access_token"]})
+            refusal = await receive_json(ws)
+            assert (refusal["type"], refusal["code"]) == ("auth_error", "session_revoked")
+
+
 async def test_make_run_on_redis_delivers_live_messages_and_logouts(
     tmp_path: Path, redis_url: str
 ) -> None:
