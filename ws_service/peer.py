@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import socket
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from aiohttp import WebSocketError, WSMessage, WSMsgType, web
 
 from realtime_gateway_protocol.close_codes import Disconnect
 from shared.http.access import SessionEnd
+from shared.http.resets import reset
 
 __all__ = ["WebSocketPeer", "text_frame"]
 
@@ -48,17 +48,6 @@ _HEADER_64 = struct.Struct("!BBQ")
 class _Close(NamedTuple):
     code: int
     reason: str
-
-
-def _reset(transport: asyncio.Transport) -> None:
-    """Close with a reset: ``abort`` alone closes the socket, and the kernel then keeps sending
-    what it holds, to a peer that never reads, for minutes (a zero window is probed, never timed
-    out). A zero linger time makes the close a RST that drops the kernel's send queue too."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
 
 
 def _pong_frame(data: bytes) -> bytes:
@@ -211,7 +200,7 @@ class WebSocketPeer:
         finally:  # cancelled too (aiohttp cancels the handler when the connection is lost)
             if stuck or self._buffered():
                 assert self._transport is not None
-                _reset(self._transport)
+                reset(self._transport)
             self._finished = True
             if self._done is not None:
                 self._done.set()

@@ -41,6 +41,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from realtime_gateway_protocol.tasks import cancel_and_wait
 from shared.http.acceptor import Acceptor
+from shared.http.resets import reset
 from shared.http.responses import json_error
 from shared.metrics import workers as worker_metrics
 
@@ -142,6 +143,31 @@ class JsonErrorRequestHandler(RequestHandler):
         if dropping and self._force_close and count is not None:
             count()
 
+    async def _drain_helper(self) -> None:
+        """aiohttp's wait for the client to take what was written (every response, every
+        WebSocket frame), bounded by the site's HTTP timeout: unbounded, a client that sent
+        requests and never read their answers held the connection and the kernel's buffer of
+        them for good (an outside probe: 200 such connections from one address pinned 750 MB of
+        kernel memory). A client that takes nothing for that long is reset and counted as an
+        HTTP timeout. The wait is shielded: cancelled, aiohttp's one drain waiter would stay
+        cancelled for the next write to trip on."""
+        timeout: float | None = getattr(self._manager, "send_timeout", None)
+        if timeout is None or self.transport is None or not self._paused:
+            return await super()._drain_helper()
+        waiter = self._drain_waiter
+        if waiter is None:
+            waiter = self._drain_waiter = self._loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            transport = self.transport
+            if transport is not None:
+                reset(transport)
+            count = getattr(self._manager, "on_timeout", None)
+            if count is not None:
+                count()
+            raise ConnectionResetError(f"the client took nothing for {timeout:g} s") from None
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -166,6 +192,7 @@ class JsonErrorRequestHandler(RequestHandler):
 
 class _JsonErrorServer(web.Server):
     on_timeout: Callable[[], None] | None = None
+    send_timeout: float | None = None
 
     def __call__(self) -> RequestHandler:
         handler = super().__call__()
@@ -205,6 +232,7 @@ async def start_site(site: Site) -> tuple[web.AppRunner, int]:
     assert runner.server is not None
     runner.server.__class__ = _JsonErrorServer
     runner.server.on_timeout = site.app.get(HTTP_TIMEOUTS)  # type: ignore[attr-defined]
+    runner.server.send_timeout = site.http_timeout  # type: ignore[attr-defined]
     tcp = _Site(
         runner,
         site.host,

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gzip
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from auth_service.appkeys import METRICS as AUTH_METRICS
 from auth_service.settings import Settings as AuthSettings
 from shared.bus import InProcessBus
 from shared.http.serve import Site, start_site
+from tests.integration.ws.harness import wait_until
 from tests.support.raw_http import raw_request
 from tests.support.raw_ws import RawWebSocket
 from ws_service.app import create_app as create_ws_app
@@ -237,3 +239,35 @@ async def test_an_upgraded_socket_outlives_the_http_timeout(start: Start) -> Non
         assert not await raw.eof_within(HTTP_TIMEOUT * 3)
     finally:
         raw.abort()
+
+
+@pytest.mark.parametrize("service", ["auth", "ws"])
+async def test_a_client_that_never_reads_its_answers_is_reset(
+    start: Start, apps: dict[int, web.Application], service: str
+) -> None:
+    """Requests sent, answers never read: aiohttp waited for the client to take them without a
+    bound, holding the connection and megabytes of the kernel's buffer for good (an outside
+    probe: still open after 300 s). It is reset once nothing was taken for the HTTP timeout."""
+    port = await start(service)
+    registry = apps[port][AUTH_METRICS if service == "auth" else WS_METRICS].registry
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        request = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+        with contextlib.suppress(TimeoutError, ConnectionError):  # the server may stop reading
+            async with asyncio.timeout(HTTP_TIMEOUT * 4):
+                for _ in range(400):  # about 15 MB of answers
+                    await loop.sock_sendall(sock, request)
+        counted = {"limit": "http_timeout"}
+        await wait_until(
+            lambda: registry.get_sample_value(METRIC[service], counted) == 1, HTTP_TIMEOUT * 10
+        )
+        with pytest.raises(ConnectionResetError):  # a reset: the kernel's queue is dropped too
+            async with asyncio.timeout(HTTP_TIMEOUT * 4):
+                while await loop.sock_recv(sock, 65536):
+                    pass
+    finally:
+        sock.close()
