@@ -30,7 +30,7 @@ from auth_service.appkeys import SERVICE, SETTINGS
 from auth_service.domain.errors import CsrfRejected, InvalidClientToken, InvalidRequest
 from auth_service.domain.service import TokenPair
 from auth_service.settings import Settings
-from shared.http.auth import access_token
+from shared.http.auth import access_token, authorization
 from shared.http.dpop import DPOP_HEADER, NONCE_HEADER, request_proof
 from shared.http.responses import json_response
 
@@ -274,7 +274,7 @@ async def ws_ticket(request: web.Request) -> web.Response:
     ``DPoP <access token>`` with a proof) or for the session cookie (with the CSRF token and an
     allowed Origin, like every cookie request; with a proof when the session is DPoP-bound)."""
     service = request.app[SERVICE]
-    header = request.headers.get(hdrs.AUTHORIZATION)
+    header = authorization(request.headers)
     presented = access_token(header)
     proof = request_proof(request, request.app[SETTINGS].issuer)
     if presented is not None:

@@ -40,7 +40,7 @@ from auth_service.http import (
 from auth_service.metrics import timed
 from realtime_gateway_protocol.access_token import AUTHORIZATION_DETAILS_TYPE
 from shared.dpop import Presented
-from shared.http.auth import bearer_matches
+from shared.http.auth import authorization, bearer_matches
 from shared.http.dpop import request_proof
 from shared.http.readiness import Readiness, readiness_response
 from shared.http.responses import json_response
@@ -328,7 +328,7 @@ async def readiness(app: web.Application) -> Readiness:
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     token = request.app[SETTINGS].metrics_token
-    header = request.headers.get(hdrs.AUTHORIZATION)
+    header = authorization(request.headers)
     if token and not bearer_matches(header, (token,)):
         raise InvalidClientToken("/metrics needs AUTH_METRICS_TOKEN", missing=header is None)
     body = request.app[METRICS].render()

@@ -39,6 +39,7 @@ from auth_service.domain.errors import (
 from auth_service.domain.models import Client
 from realtime_gateway_protocol.wire_json import WireJSONError, loads
 from shared.http.auth import access_token as shared_access_token
+from shared.http.auth import authorization as authorization_header
 from shared.http.coding import content_coding_refusal
 from shared.http.dpop import challenge
 from shared.http.forwarded import client_address as forwarded_client_address
@@ -241,7 +242,7 @@ def _client_credentials(request: web.Request, body: dict[str, Any]) -> tuple[str
         )
     client_id = optional_str(body, "client_id")
     posted = optional_str(body, "client_secret")
-    authorization = request.headers.get(hdrs.AUTHORIZATION)
+    authorization = authorization_header(request.headers)
     if authorization is not None:
         if posted is not None:
             raise InvalidRequest(
@@ -278,7 +279,7 @@ def _basic_credentials(authorization: str) -> tuple[str, str]:
 def access_token(request: web.Request) -> tuple[str, bool]:
     """The access token of ``Authorization: Bearer``, or of ``Authorization: DPoP`` (then True:
     a DPoP-bound token, RFC 9449 section 7.1); anything else there is ``invalid_token``."""
-    presented = shared_access_token(request.headers.get(hdrs.AUTHORIZATION))
+    presented = shared_access_token(authorization_header(request.headers))
     if presented is None:
         raise InvalidClientToken(
             "use 'Authorization: Bearer <access token>', or 'DPoP <access token>' with a proof"

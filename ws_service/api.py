@@ -14,11 +14,11 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from realtime_gateway_protocol.wire_json import WireJSONError, loads
 from shared.bus import BusUnavailable
-from shared.http.auth import bearer_matches
+from shared.http.auth import authorization, bearer_matches
 from shared.http.coding import content_coding_refusal
 from shared.http.responses import HTTP_ERROR_CODES, json_error, json_response
 from shared.http.urlencoded import UrlencodedError, strict_pairs
@@ -67,7 +67,7 @@ def _api_call(handler: Handler) -> Handler:
                 "the server API is disabled: set WS_API_KEYS (a comma list of keys of 16+ "
                 "characters)",
             )
-        if not bearer_matches(request.headers.get(hdrs.AUTHORIZATION), settings.api_keys):
+        if not bearer_matches(authorization(request.headers), settings.api_keys):
             audit("ws_api_unauthorized", remote=request.remote, path=request.path)
             return json_error(
                 401, "invalid_token", "a valid API key is required", {"WWW-Authenticate": "Bearer"}

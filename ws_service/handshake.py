@@ -67,9 +67,10 @@ async def authenticate(request: web.Request) -> Claims | None:
     if "token" in request.query or "access_token" in request.query:
         raise InvalidToken("tokens are never accepted in the URL; use a ticket")
     bearers = [p[len(BEARER_PREFIX) :] for p in _offered(request) if p.startswith(BEARER_PREFIX)]
-    ticket = request.query.get("ticket")
-    if len(bearers) + (ticket is not None) > 1:
+    tickets = request.query.getall("ticket", ())
+    if len(bearers) + len(tickets) > 1:  # ?ticket=a&ticket=b took the first
         raise InvalidToken("send one credential: a bearer subprotocol or a ticket")
+    ticket = tickets[0] if tickets else None
     gateway = request.app[GATEWAY]
     if bearers:
         claims = await gateway.verifier.verify(bearers[0])

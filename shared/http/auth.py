@@ -6,7 +6,19 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable
 
-__all__ = ["access_token", "bearer_matches", "bearer_token", "scheme_token"]
+from multidict import CIMultiDictProxy
+
+__all__ = ["access_token", "authorization", "bearer_matches", "bearer_token", "scheme_token"]
+
+
+def authorization(headers: CIMultiDictProxy[str]) -> str | None:
+    """The request's ``Authorization`` header. One request carries one credential (RFC 9110
+    section 11.6.2): a repeated header is read as ``""``, which every caller refuses, where
+    ``headers.get`` took the first and a proxy in front may have checked another."""
+    values = headers.getall("Authorization", ())
+    if len(values) == 1:
+        return values[0]
+    return "" if values else None
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -160,6 +160,22 @@ async def test_a_ticket_opens_one_socket_bound_to_its_access_token(stack: Stack)
     assert "already used" in body["error_description"]
 
 
+async def test_one_credential_per_request_a_repeated_one_is_refused(stack: Stack) -> None:
+    """``?ticket=a&ticket=b`` took the first ticket, and two ``Authorization`` headers their
+    first, where a proxy in front may check another (an outside probe)."""
+    tokens = await stack.login("alice")
+    ticket = await ticket_for(stack, tokens["access_token"])
+    status, body = await upgrade(stack, f"?ticket={ticket}&ticket=other")
+    assert (status, body["error"]) == (401, "invalid_token")
+    assert "one credential" in body["error_description"]
+    bearer = f"Bearer {tokens['access_token']}"
+    twice = CIMultiDict([("Authorization", bearer), ("Authorization", bearer)])
+    resp = await stack.auth.post("/v1/ws-ticket", headers=twice)
+    assert resp.status == 401, await resp.text()
+    ws = await stack.ws.ws_connect(f"/ws?ticket={ticket}", protocols=("realtime.v1",))
+    assert (await recv(ws))["type"] == "auth_success", "the refusals did not spend the ticket"
+
+
 @pytest.mark.parametrize("with_ticket", [False, True], ids=["in-band", "ticket"])
 async def test_a_request_that_is_not_an_upgrade_is_refused_and_spends_no_ticket(
     stack: Stack, with_ticket: bool

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 from redis.asyncio import Redis
 
 from tests.integration.ws.conftest import MakeGateway
@@ -289,7 +290,12 @@ async def test_control_bodies_are_bounded_in_bytes(gw: Harness) -> None:
 )
 async def test_every_endpoint_needs_an_api_key(gw: Harness, method: str, path: str) -> None:
     alice = await gw.login("alice")
-    for headers in ({}, {"Authorization": "Bearer wrong-key-0123456789"}):
+    right = "Bearer test-api-key-0123456789"
+    for headers in (
+        CIMultiDict(),
+        CIMultiDict(Authorization="Bearer wrong-key-0123456789"),
+        CIMultiDict([("Authorization", right), ("Authorization", right)]),  # once the first
+    ):
         response = await gw.client.request(method, path, headers=headers, json={"user": "alice"})
         assert response.status == 401
         assert response.headers["WWW-Authenticate"] == "Bearer"
