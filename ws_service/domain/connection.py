@@ -779,8 +779,9 @@ class Connection:
         channel = self._permitted_channel(request, "history")
         since = _position(request.body.get("since"), "since")
         limit = request.body.get("limit", 1_000_000)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise BadRequest("limit must be a non-negative integer")
+        # Bounded as offsets are: Redis's XRANGE COUNT takes no more.
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_OFFSET:
+            raise BadRequest("limit must be an integer from 0 to 2^63-1")
         if self._ctx.namespaces.of(channel).history is None:
             raise NotEnabled("this channel's namespace keeps no history")
         await self._app_lets_read(channel)

@@ -155,6 +155,7 @@ async def test_history_and_presence_refusals(make_gateway: MakeGateway) -> None:
         ({"type": "presence", "channel": "news:a"}, "forbidden"),
         ({"type": "history", "channel": "chat:a", "limit": -1}, "bad_request"),
         ({"type": "history", "channel": "chat:a", "limit": True}, "bad_request"),
+        ({"type": "history", "channel": "chat:a", "limit": 2**63}, "bad_request"),
         ({"type": "subscribe", "channel": "chat:a", "since": 3}, "bad_request"),
         ({"type": "subscribe", "channel": "chat:a", "since": {"offset": 1}}, "bad_request"),
         (
