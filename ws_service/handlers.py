@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from realtime_gateway_protocol.access_token import Claims
 from realtime_gateway_protocol.close_codes import CloseCode, Disconnect
 from shared.http import access
-from shared.http.auth import bearer_matches
+from shared.http.auth import authorization, bearer_matches
 from shared.http.forwarded import client_address
 from shared.http.jwks import JwksCache
 from shared.http.readiness import Readiness, readiness_response
@@ -266,7 +266,7 @@ def _outage(jwks: JwksCache) -> str:
 
 async def metrics(request: web.Request) -> web.Response:
     token = request.app[SETTINGS].metrics_token
-    if token and not bearer_matches(request.headers.get(hdrs.AUTHORIZATION), (token,)):
+    if token and not bearer_matches(authorization(request.headers), (token,)):
         return json_error(
             401, "invalid_token", "/metrics needs WS_METRICS_TOKEN", {"WWW-Authenticate": "Bearer"}
         )

@@ -302,6 +302,20 @@ async def test_every_endpoint_needs_an_api_key(gw: Harness, method: str, path: s
     await expect_open(alice)
 
 
+async def test_metrics_with_a_token_need_exactly_that_one_bearer(make_gateway: MakeGateway) -> None:
+    """WS_METRICS_TOKEN: as every credential, one ``Authorization`` header only (two once passed
+    on their first, after the one-credential change missed this reader)."""
+    gw = await make_gateway(metrics_token="metrics-token-0123456789")
+    right = "Bearer metrics-token-0123456789"
+    for headers, status in [
+        (CIMultiDict(), 401),
+        (CIMultiDict(Authorization="Bearer wrong-token-0123456789"), 401),
+        (CIMultiDict([("Authorization", right), ("Authorization", right)]), 401),
+        (CIMultiDict(Authorization=right), 200),
+    ]:
+        assert (await gw.client.get("/metrics", headers=headers)).status == status, headers
+
+
 # -- across replicas -----------------------------------------------------------------------------
 
 
