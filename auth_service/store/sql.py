@@ -288,10 +288,16 @@ class SqlStore:
         return await self._db.execute_atomically(rotation)
 
     async def supersede_refresh_tokens(self, sid: str, new: RefreshToken, now: float) -> bool:
-        """One transaction: the family's live tokens rotated (at least one), then ``new``."""
-        return await self._db.execute_atomically(
-            [(_SUPERSEDE_LIVE, (now, sid)), (_INSERT_TOKEN, astuple(new))]
-        )
+        """One transaction: the family's live tokens rotated (at least one), then ``new``.
+        Where rows are locked (PostgreSQL), the session's row first: supersedes of one family
+        then run one after the other, each reading after the last committed, where read
+        committed's snapshot of an update racing several others could see no live token at all.
+        (SQLite's write lock already runs them one after the other.)"""
+        statements = [(_SUPERSEDE_LIVE, (now, sid)), (_INSERT_TOKEN, astuple(new))]
+        if self._db.lock_rows:
+            lock = f"SELECT 1 FROM sessions WHERE sid = $1{self._db.lock_rows}"  # noqa: S608
+            statements.insert(0, (lock, (sid,)))
+        return await self._db.execute_atomically(statements)
 
     async def rotate_live_refresh_token(
         self, old_hash: str, new_hash: str, now: float, expires_at: float

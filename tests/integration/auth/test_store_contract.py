@@ -165,6 +165,35 @@ async def test_a_superseding_token_takes_the_place_of_the_familys_live_one(store
     assert await store.find_refresh_token("h-none") is None
 
 
+async def test_superseding_tokens_racing_on_two_replicas_all_take_over(
+    store: Store, open_replica: OpenReplica
+) -> None:
+    """Each of several refreshes of a bound family by its key holder, at once and across
+    replicas, takes the place of the one before: none finds the family without a live token
+    because the one committed meanwhile was outside its snapshot (PostgreSQL's read committed
+    read four at once that way, an outside probe)."""
+    other = await open_replica()
+    first = await make_session(store)
+    now = time.time()
+    won = RefreshToken("h-s1-won", "s1", now, now + 100)
+    assert await store.rotate_refresh_token(first.token_hash, won, now)
+    late = [RefreshToken(f"h-s1-late{i}", "s1", now, now + 100) for i in range(8)]
+    results = await asyncio.gather(
+        *(
+            (store, other)[i % 2].supersede_refresh_tokens("s1", token, now)
+            for i, token in enumerate(late)
+        )
+    )
+    assert results == [True] * len(late)
+    live = [
+        token
+        for token in (won, *late)
+        if (view := await store.find_refresh_token(token.token_hash)) is not None
+        and view.token.rotated_at is None
+    ]
+    assert len(live) == 1, "one live token is left: the last to take over"
+
+
 async def test_a_session_keeps_its_dpop_key(store: Store) -> None:
     now = time.time()
     await store.create_user(make_user("bob"))
