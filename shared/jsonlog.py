@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from realtime_gateway_protocol.wire_json import without_lone_surrogates
+
 __all__ = [
     "REDACTED",
     "REQUEST_ID",
@@ -98,15 +100,17 @@ def _dump(entry: dict[str, Any]) -> str:
     """The standard encoder's line (ASCII only, ``default=str``), written by orjson, about ten
     times faster, whenever the two say the same thing: a line with a non-ASCII character (the
     standard encoder escapes it), a lone surrogate, an integer beyond 64 bits or a key that is not
-    a string is left to the standard encoder. Where they differ, orjson's is kept: a number's
+    a string is left to the standard encoder, and a lone surrogate it escapes is written as U+FFFD
+    (a header's undecodable byte, copied into an audit line, would make the line one that a strict
+    reader refuses). Where they differ, orjson's is kept: a number's
     spelling (``1e-05`` against ``0.00001``, the same number), an enum member as its value
     rather than ``Class.NAME``, and ``null`` for NaN or infinity (the standard encoder writes
     ``NaN``, which no JSON parser reads)."""
     try:
         raw = orjson.dumps(entry, default=str, option=_FAST)
     except TypeError:
-        return _ENCODER.encode(entry)
-    return raw.decode("ascii") if raw.isascii() else _ENCODER.encode(entry)
+        return without_lone_surrogates(_ENCODER.encode(entry))
+    return raw.decode("ascii") if raw.isascii() else without_lone_surrogates(_ENCODER.encode(entry))
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections.abc import Collection
 from typing import Any
@@ -26,7 +27,7 @@ try:
 except ImportError:  # a client without the servers' fast path
     _orjson = None  # type: ignore[assignment]
 
-__all__ = ["MAX_DEPTH", "WireJSONError", "check", "dumps", "loads"]
+__all__ = ["MAX_DEPTH", "WireJSONError", "check", "dumps", "loads", "without_lone_surrogates"]
 
 MAX_DEPTH = 32
 """Nesting allowed in a document: deep enough for any real payload, far below the recursion limit."""
@@ -188,5 +189,26 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def dumps(value: Any) -> str:
-    """Compact, ASCII-only JSON; raises ``ValueError`` for NaN or infinity instead of emitting them."""
-    return _ENCODER.encode(value)
+    """Compact, ASCII-only JSON; raises ``ValueError`` for NaN or infinity instead of emitting
+    them, and writes a lone surrogate as U+FFFD (:func:`without_lone_surrogates`): what it
+    writes, :func:`loads` reads."""
+    return without_lone_surrogates(_ENCODER.encode(value))
+
+
+_ESCAPES = re.compile(r"\\\\|\\ud[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}|\\ud[89a-f][0-9a-f]{2}")
+"""In the standard encoder's ASCII output: an escaped backslash (so the ``u`` after it is text),
+a surrogate pair (a character beyond the BMP), or a lone surrogate's escape, leftmost first."""
+
+
+def _lone_to_replacement(match: re.Match[str]) -> str:
+    escape = match.group()
+    return "\\ufffd" if len(escape) == 6 else escape
+
+
+def without_lone_surrogates(text: str) -> str:
+    """The standard encoder's ASCII JSON with each lone surrogate's escape (``\\udcff``)
+    replaced by U+FFFD's. A Python string holds one where a server read bytes that were not
+    UTF-8 (aiohttp reads a header's that way, ``surrogateescape``) and a caller copied them on:
+    the standard encoder escapes it, and no strict reader, :func:`loads` included, takes the
+    result (RFC 8259 section 8.2). Fixed here, where the text is written, for every caller."""
+    return _ESCAPES.sub(_lone_to_replacement, text) if "\\ud" in text else text
