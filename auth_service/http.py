@@ -130,6 +130,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status == 403 and request.method == hdrs.METH_OPTIONS:
+            # aiohttp-cors refusing a preflight; its text says what (origin, method, a header).
+            return json_error(403, "cors_refused", exc.text or "CORS preflight request failed")
         return http_exception_json(exc, "http_error")
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})

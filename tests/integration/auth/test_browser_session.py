@@ -305,6 +305,17 @@ async def test_cors_with_credentials_for_configured_origins_only(client: AuthCli
     assert "X-CSRF-TOKEN" in resp.headers["Access-Control-Allow-Headers"].upper()
     resp = await client.options("/v1/token", headers={"Origin": EVIL, **preflight})
     assert "Access-Control-Allow-Origin" not in resp.headers
+    refused = {
+        "an origin": {"Origin": EVIL, **preflight},
+        "a method": {"Origin": APP, "Access-Control-Request-Method": "PUT"},
+        "a header": {"Origin": APP, **preflight, "Access-Control-Request-Headers": "x-other"},
+        "no origin": preflight,
+    }
+    for what, headers in refused.items():  # a documented code saying which (an outside probe)
+        resp = await client.options("/v1/token", headers=headers)
+        body = await resp.json()
+        assert (resp.status, body["error"]) == (403, "cors_refused"), what
+        assert body["error_description"].startswith("CORS preflight request failed: "), what
     browser, _ = await cookie_login(client, origin=APP)
     resp, _ = await cookie_refresh(client, browser.headers(origin=APP))
     assert resp.status == 200
