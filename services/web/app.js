@@ -15,12 +15,15 @@ function makeClient(handshake) {
 }
 
 let client;
+/** What the page says whenever it has nothing newer to say (an unknown ?handshake=). */
+let standing = "";
 try {
   client = makeClient(new URLSearchParams(location.search).get("handshake") ?? "message");
 } catch (err) {
   // ?handshake= names one the client does not know: say so, and use the default.
   client = makeClient("message");
-  notice(`${err.message}; using "message".`);
+  standing = `${err.message}; using "message".`;
+  notice(standing);
 }
 let room = null;
 let renewals = 0;
@@ -97,7 +100,7 @@ async function join(name) {
 }
 
 async function enter() {
-  notice("");
+  notice(standing);
   show(true);
   await join($("room").value);
 }

@@ -512,6 +512,11 @@ def test_an_unknown_handshake_in_the_url_is_said_and_the_default_used(
     expected = 'handshake must be one of "message", "bearer", "ticket", not "tickets"'
     assert expected in page.inner_text("#notice")
     log_in(page, "kurt")
+    assert expected in page.inner_text("#notice"), "still said once logged in"
+    page.reload()  # a resumed session said nothing of it (an outside probe)
+    page.wait_for_selector("body[data-ready=true]")
+    wait_joined(page)
+    assert expected in page.inner_text("#notice")
 
 
 @pytest.mark.parametrize(("code", "reason"), [(1001, "going_away"), (1012, "draining")])
