@@ -211,4 +211,6 @@ def without_lone_surrogates(text: str) -> str:
     UTF-8 (aiohttp reads a header's that way, ``surrogateescape``) and a caller copied them on:
     the standard encoder escapes it, and no strict reader, :func:`loads` included, takes the
     result (RFC 8259 section 8.2). Fixed here, where the text is written, for every caller."""
-    return _ESCAPES.sub(_lone_to_replacement, text) if "\\ud" in text else text
+    if "\\" not in text or "\\ud" not in text:  # one character is found at memchr's speed
+        return text
+    return _ESCAPES.sub(_lone_to_replacement, text)
