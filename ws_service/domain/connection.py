@@ -134,6 +134,17 @@ first subscribe gives the socket a dict of its own; the other writes only ever f
 it), instead of an empty dict per idle socket (64 bytes)."""
 
 
+class _Held:
+    """A channel's live messages held back while joins of it await (most often one): each join
+    that holds adds one to ``joins``, and the last to end delivers them."""
+
+    __slots__ = ("frames", "joins")
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, Position | None]] = []
+        self.joins = 0
+
+
 class Connection:
     __slots__ = (
         "_bucket",
@@ -179,7 +190,7 @@ class Connection:
         # state is what a gateway of many sockets pays for.
         self.channels: dict[str, Position | None] = NO_CHANNELS
         # Messages held back per channel while it is being recovered; made on first use.
-        self._held: dict[str, list[tuple[str, Position | None]]] | None = None
+        self._held: dict[str, _Held] | None = None
         # Channels the app's backend subscribed this socket to: they ask no scope, so a renewal
         # does not check them against the new token's. Made on first use.
         self._granted: set[str] | None = None
@@ -234,7 +245,7 @@ class Connection:
         being recovered, and dropped when its offset was already delivered."""
         held = self._held.get(channel) if self._held else None
         if held is not None:
-            held.append((text, position))
+            held.frames.append((text, position))
         elif position is None or self._advance(channel, position):
             self.peer.send(text)
 
@@ -717,6 +728,9 @@ class Connection:
         self._check_subscription(channel, since, events)
         namespace = self._ctx.namespaces.of(channel)
         presence, policy = namespace.presence, namespace.history
+        live = channel in self.channels and since is None
+        """Subscribed already and not recovering: the socket's stream goes on, so what arrives
+        while this join awaits follows what it was sent, not the position the reply reads."""
         if channel not in self.channels:
             if self.channels is NO_CHANNELS:
                 self.channels = {}
@@ -725,7 +739,10 @@ class Connection:
         if policy is not None:
             if self._held is None:
                 self._held = {}
-            self._held[channel] = []
+            held = self._held.get(channel)
+            if held is None:  # another join of the channel may hold already: share its frames
+                held = self._held[channel] = _Held()
+            held.joins += 1
         page: HistoryPage | None = None
         hub = self._ctx.hub
         try:
@@ -743,6 +760,9 @@ class Connection:
                 if page is not None and page.recovered and not page.complete:
                     # More missed than one reply carries: the client pages with history.
                     page = replace(page, publications=[], recovered=False)
+                sent = self.channels.get(channel)
+                if live and page is not None and sent is not None:
+                    page = replace(page, position=sent)
             self.send(
                 protocol.subscribed(
                     channel, request_id, page, recovering=since is not None, reason=reason
@@ -751,19 +771,39 @@ class Connection:
             if since is not None:
                 self._ctx.metrics.recoveries.labels(_outcome(page)).inc()
         finally:
-            self._release(channel, page)
+            if policy is not None:
+                self._release(channel, None if live else page)
 
     def _release(self, channel: str, page: HistoryPage | None) -> None:
-        held = self._held.pop(channel, None) if self._held else None
+        """One join of ``channel`` is over: its reply went out with ``page``, whose position (a
+        later one than the socket's) the socket's stream now goes on from. The last join to end
+        delivers what was held after that, or, with no such page, after what the socket was
+        last sent: no gap, no repeat."""
+        held = self._held.get(channel) if self._held else None
+        if held is None:
+            return
+        held.joins -= 1
+        live = not self.closing and channel in self.channels
+        if live and page is not None:
+            self._skip_to(channel, page.position)
+        if held.joins > 0:
+            return
+        assert self._held is not None
+        del self._held[channel]
         if not self._held:
             self._held = None
-        if held is None or self.closing or channel not in self.channels:
+        if not live:
             return
-        if page is not None:
-            self.channels[channel] = page.position
-        for text, position in held:
+        for text, position in held.frames:
             if position is None or self._advance(channel, position):
                 self.peer.send(text)
+
+    def _skip_to(self, channel: str, position: Position) -> None:
+        """A reply's position becomes the channel's, unless one past it already is (another
+        join's reply, in the same stream, went further)."""
+        last = self.channels.get(channel)
+        if last is None or last.epoch != position.epoch or last.offset < position.offset:
+            self.channels[channel] = position
 
     async def _app_lets_read(self, channel: str) -> None:
         """For a ``history`` or ``presence`` request, once every check of the gateway's own

@@ -67,6 +67,33 @@ async def test_messages_carry_gap_free_offsets_and_reconnects_recover_exactly_wh
     assert metrics.get_sample_value("ws_recoveries_total", {"outcome": "recovered"}) == 1
 
 
+async def test_subscribing_again_loses_nothing_published_meanwhile(gw: Harness) -> None:
+    """A socket subscribed already stays live while a second subscribe (no ``since``) is
+    handled: what is published meanwhile is held, then delivered after the reply, whose position
+    is the last one the socket was sent. The reply said the stream's newest position and the
+    held messages at or below it were dropped, in neither the reply nor the stream: 40 of 50
+    lost (an outside probe), and a client recovering from that position never got them."""
+    alice = await gw.login("alice")
+    bob = await gw.login("bob")
+    first = await request(alice, {"type": "subscribe", "channel": "chat:a"})
+    for k in range(4):  # 32 publishes: under the publish rate's burst
+        await send(alice, {"type": "subscribe", "channel": "chat:a", "id": f"again{k}"})
+        for n in range(8 * k, 8 * k + 8):
+            await send(bob, {"type": "publish", "channel": "chat:a", "data": n})
+    start = first["position"]["offset"]
+    got: list[int] = []
+    replies = 0
+    while len(got) < 32 or replies < 4:
+        frame = await recv(alice)
+        if frame["type"] == "message":
+            got.append(frame["offset"])
+            continue
+        assert frame["type"] == "subscribed", frame
+        replies += 1  # where the socket's stream is: the last message it was sent before
+        assert frame["position"]["offset"] == (got[-1] if got else start), frame
+    assert got == list(range(start + 1, start + 33)), "in order, no gap, no repeat"
+
+
 async def test_another_epoch_or_a_position_too_old_is_not_recovered(
     make_gateway: MakeGateway,
 ) -> None:
