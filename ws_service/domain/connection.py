@@ -230,6 +230,8 @@ class Connection:
             request_id = request.id
             await self._dispatch(request)
         except RequestError as err:
+            if isinstance(err, BadRequest) and request_id is None:
+                request_id = err.request_id
             self.send(protocol.error(err, request_id))
             if isinstance(err, BadRequest):
                 self._violations += 1

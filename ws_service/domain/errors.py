@@ -126,7 +126,12 @@ class RequestError(GatewayError):
 
 
 class BadRequest(RequestError):
-    pass
+    """``request_id``: the frame's own ``id`` when it was valid, for the error frame, where the
+    frame was refused before it became a request (a ``type`` that is not a string)."""
+
+    def __init__(self, message: str | None = None, *, request_id: str | int | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
 
 
 class Forbidden(RequestError):

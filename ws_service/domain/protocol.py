@@ -67,7 +67,7 @@ def parse(text: str) -> Request:
     ):
         raise BadRequest(f"id must be a string or an integer within +-{MAX_SAFE_ID}")
     if not isinstance(kind, str):
-        raise BadRequest("type must be a string")
+        raise BadRequest("type must be a string", request_id=request_id)
     return Request(kind, request_id, body)
 
 

@@ -164,3 +164,24 @@ async def test_bearer_subprotocol_with_non_ascii_is_refused(gw: Harness) -> None
     )
     assert response.status == 401
     assert json.loads(await response.text())["error"] == "invalid_token"
+
+
+@pytest.mark.parametrize(
+    ("frame", "echoed"),
+    [
+        ('{"type": 1, "id": 5}', 5),
+        ('{"type": null, "id": "a"}', "a"),
+        ('{"id": 6}', 6),
+        ('{"type": "bogus", "id": 7}', 7),
+        ('{"type": 1, "id": 1.5}', None),  # no valid id to echo
+    ],
+)
+async def test_an_error_frame_echoes_a_valid_id_whatever_else_is_wrong(
+    gw: Harness, frame: str, echoed: object
+) -> None:
+    """``id: null`` only when the frame had no valid one: a ``type`` that is not a string lost
+    the ``id`` beside it, where an unknown ``type`` kept it (an outside probe)."""
+    ws = await gw.login()
+    await ws.send_str(frame)
+    reply = await recv(ws)
+    assert (reply["type"], reply["code"], reply["id"]) == ("error", "bad_request", echoed)
