@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from auth_service.domain.errors import StoreUnavailable
 from auth_service.domain.models import OutboxItem, Session, User
 from auth_service.store import sqlite as sqlite_backend
 from auth_service.store.migrations import MIGRATIONS, Migration
@@ -77,6 +78,64 @@ async def test_a_query_and_what_follows_commit_together_or_not_at_all(db: Databa
     assert await db.fetch_atomically((select, ("a",))) == [{"username": "b"}]
 
 
+async def test_calls_at_once_each_commit_or_not_on_their_own(db: Database) -> None:
+    """Calls made at the same moment (SQLite runs them in one transaction) each keep their own
+    outcome: one that changes no row, finds nothing or fails rolls back alone."""
+    select = "SELECT username FROM users WHERE id = $1"
+    assert await db.execute_atomically([(_INSERT, ("a",))]) is True
+    outcomes = await asyncio.gather(
+        db.execute_atomically([(_INSERT, ("b",))]),
+        db.execute_atomically([(_INSERT, ("c",)), (_RENAME, ("nobody", "x"))]),
+        db.fetch_atomically((select, ("nobody",)), [(_INSERT, ("d",))]),
+        db.execute_atomically([(_INSERT, ("e",)), (_INSERT, ("a",))]),  # a is taken
+        db.fetch_atomically((select, ("a",)), [(_RENAME, ("a", "a2"))]),
+        db.execute_atomically([(_INSERT, ("f",))]),
+        return_exceptions=True,
+    )
+    assert outcomes[:3] == [True, False, []]
+    assert isinstance(outcomes[3], StoreUnavailable)
+    assert outcomes[4:] == [[{"username": "a"}], True]
+    assert await usernames(db) == ["a2", "b", "f"]
+
+
+async def test_sqlite_runs_the_calls_of_one_moment_in_one_transaction(tmp_path: Path) -> None:
+    """A transaction's BEGIN and COMMIT (the commit writes the log) are most of what a short
+    one costs: calls made while the event loop handled one batch of requests share one."""
+    db = await SqliteDatabase.open(tmp_path / "auth.db")
+    seen: list[str] = []
+    db._at_once.set_trace_callback(seen.append)
+    try:
+        outcomes = await asyncio.gather(
+            *(db.execute_atomically([(_INSERT, (f"u{i}",))]) for i in range(4)),
+            db.execute_atomically([(_INSERT, (2**70,))]),  # raises alone, as it would alone
+            *(db.execute_atomically([(_INSERT, (f"u{i}",))]) for i in range(4, 8)),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes.pop(4), OverflowError)
+        assert outcomes == [True] * 8
+        assert seen.count("BEGIN IMMEDIATE") == 1 and seen.count("COMMIT") == 1
+        assert await usernames(db) == [f"u{i}" for i in range(8)]
+        assert await db.execute_atomically([(_INSERT, ("alone",))]) is True
+        assert seen.count("BEGIN IMMEDIATE") == 2
+    finally:
+        await db.close()
+
+
+async def test_a_call_cancelled_before_its_transaction_is_not_run(tmp_path: Path) -> None:
+    db = await SqliteDatabase.open(tmp_path / "auth.db")
+    try:
+        cancelled = asyncio.create_task(db.execute_atomically([(_INSERT, ("gone",))]))
+        kept = asyncio.create_task(db.execute_atomically([(_INSERT, ("kept",))]))
+        await asyncio.sleep(0)  # both are waiting for the transaction they share
+        cancelled.cancel()
+        assert await kept is True
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert await usernames(db) == ["kept"]
+    finally:
+        await db.close()
+
+
 async def test_sqlite_waits_for_another_writer_off_the_event_loop(tmp_path: Path) -> None:
     """A transaction runs on the event loop's thread only while no other process holds the write
     lock: then it waits on the database thread (busy timeout) and the loop keeps serving."""
@@ -85,12 +144,16 @@ async def test_sqlite_waits_for_another_writer_off_the_event_loop(tmp_path: Path
     try:
         other.execute("BEGIN IMMEDIATE")
         other.execute(_INSERT.replace("$1", "'other'"))
-        waiting = asyncio.create_task(db.execute_atomically([(_INSERT, ("mine",))]))
+        waiting = asyncio.gather(
+            db.execute_atomically([(_INSERT, ("mine",))]),
+            db.execute_atomically([(_INSERT, ("mine2",)), (_RENAME, ("nobody", "x"))]),
+            db.execute_atomically([(_INSERT, ("mine3",))]),
+        )
         await asyncio.sleep(0.2)  # the loop runs: the transaction is not blocking it
         assert not waiting.done()
         other.execute("COMMIT")
-        assert await asyncio.wait_for(waiting, 5) is True
-        assert await usernames(db) == ["mine", "other"]
+        assert await asyncio.wait_for(waiting, 5) == [True, False, True]
+        assert await usernames(db) == ["mine", "mine3", "other"]
     finally:
         other.close()
         await db.close()
