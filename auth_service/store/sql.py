@@ -8,6 +8,7 @@ a :class:`Database`: connections, transactions, and its driver's errors turned i
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -205,6 +206,27 @@ _ROTATE_LIVE_IN_ONE_STATEMENT = f"""
     )
     SELECT * FROM old
 """  # noqa: S608
+_ROTATE_LIVE_TOGETHER = f"""
+    WITH calls AS (
+        SELECT * FROM unnest($1::double precision[], $2::text[], $3::text[],
+                             $4::double precision[]) AS c(call_now, call_old, call_new, call_until)
+        ORDER BY call_old
+    ), old AS (
+        UPDATE refresh_tokens t SET rotated_at = c.call_now
+        FROM calls c, sessions s JOIN users u ON u.id = s.user_id
+        WHERE t.token_hash = c.call_old AND s.sid = t.sid
+            AND {_LIVE_BEARER.replace("$1", "c.call_now")}
+        RETURNING c.call_now, c.call_new, c.call_until, {_VIEW_COLUMNS}
+    ), new AS (
+        INSERT INTO refresh_tokens (token_hash, sid, created_at, expires_at)
+        SELECT call_new, t_sid, call_now,
+            CASE WHEN call_until < s_expires_at THEN call_until ELSE s_expires_at END FROM old
+    )
+    SELECT * FROM old
+"""  # noqa: S608
+""":data:`_ROTATE_LIVE_IN_ONE_STATEMENT` for many calls at once, each ``(now, old, new, until)``
+a row of the arrays: a token named twice is rotated once (an update's row is updated once),
+for one of them. Taken in the order of the old tokens' hashes, as any other batch takes them."""
 _BIND_SESSION = "UPDATE sessions SET jkt = $1, bound_at = $3 WHERE sid = $2 AND jkt IS NULL"
 _VIEW = f"""
     SELECT {_VIEW_COLUMNS} FROM refresh_tokens t
@@ -237,9 +259,15 @@ _THROTTLE_UPSERT = (
 )
 
 
+_Rotation = tuple[tuple[float, str, str, float], "asyncio.Future[list[Row]]"]
+
+
 class SqlStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._rotations: list[_Rotation] | None = None
+        """Live rotations asked for in this turn of the event loop, where one statement does
+        many (PostgreSQL): the first asker runs them all."""
 
     async def ping(self) -> None:
         async with self._db.connection() as conn:
@@ -306,8 +334,8 @@ class SqlStore:
         compare-and-set and the new token's INSERT, under SQLite's write lock)."""
         args = (now, old_hash, new_hash, expires_at)
         if self._db.writable_ctes:
-            rows = await self._db.fetch_atomically((_ROTATE_LIVE_IN_ONE_STATEMENT, args))
-        else:
+            rows = await self._rotate_together(args)
+        else:  # SQLite runs the calls of one turn in one transaction itself
             rows = await self._db.fetch_atomically(
                 (_LIVE_VIEW, (now, old_hash)),
                 [(_MARK_ROTATED, (now, old_hash)), (_INSERT_NEXT_TOKEN, args)],
@@ -316,6 +344,41 @@ class SqlStore:
             return None
         view = _view(rows[0])
         return RefreshTokenView(replace(view.token, rotated_at=now), view.session, view.user)
+
+    async def _rotate_together(self, args: tuple[float, str, str, float]) -> list[Row]:
+        """The rotations asked for in one turn of the event loop, in one statement: its round
+        trip, the pool's connection and the driver's work were most of a refresh's store call
+        (a refresh waits one turn more for it). The first asker runs them and answers the rest;
+        if it fails, or is cancelled, they fail alike (``StoreUnavailable``: try again)."""
+        loop = asyncio.get_running_loop()
+        if self._rotations is not None:
+            waiter: asyncio.Future[list[Row]] = loop.create_future()
+            self._rotations.append((args, waiter))
+            return await waiter
+        rotations: list[_Rotation] = []
+        self._rotations = rotations
+        try:
+            await asyncio.sleep(0)  # one turn: the handlers that run in it ask too
+            self._rotations = None
+            if not rotations:
+                return await self._db.fetch_atomically((_ROTATE_LIVE_IN_ONE_STATEMENT, args))
+            calls = sorted([args, *(asked for asked, _ in rotations)], key=lambda call: call[1])
+            rows = await self._db.fetch_atomically(
+                (_ROTATE_LIVE_TOGETHER, tuple(list(column) for column in zip(*calls, strict=True)))
+            )
+        except BaseException as exc:
+            if self._rotations is rotations:
+                self._rotations = None
+            failed = exc if isinstance(exc, StoreUnavailable) else unavailable(exc)
+            for _, waiter in rotations:
+                if not waiter.done():
+                    waiter.set_exception(failed)
+            raise
+        by_new_token = {row["call_new"]: [row] for row in rows}
+        for (_, _, new_hash, _), waiter in rotations:
+            if not waiter.done():
+                waiter.set_result(by_new_token.get(new_hash, []))
+        return by_new_token.get(args[2], [])
 
     async def session_is_live(self, sid: str, now: float) -> bool:
         async with self._db.connection() as conn:

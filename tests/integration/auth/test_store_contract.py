@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ from auth_service.domain.models import (
 )
 from auth_service.domain.store import Announcement, Store
 from auth_service.store import open_store
+from auth_service.store.sql import SqlStore, Statement
 from tests.services import postgres_schema
 from tests.unit.auth.memory_store import MemoryStore
 
@@ -135,6 +137,107 @@ async def test_rotations_racing_on_two_replicas_have_exactly_one_winner(
     assert results.count(True) == 1
     stored = [await store.find_refresh_token(token.token_hash) is not None for token in new]
     assert stored == results, "only the winner's new token is stored"
+
+
+async def test_live_rotations_at_once_each_get_their_own_view(
+    store: Store, open_replica: OpenReplica
+) -> None:
+    """Rotations made at one moment (run together, one statement on PostgreSQL, one transaction
+    on SQLite) each rotate their own token and read their own session back; one token presented
+    twice at that moment rotates once; an unknown or already rotated one rotates nothing."""
+    other = await open_replica()
+    for sid in ("s1", "s2", "s3"):
+        await make_session(store, sid, user="alice" if sid != "s2" else "bob")
+    now = time.time()
+    assert await store.rotate_live_refresh_token("h-s3-0", "h-s3-x", now, now + 50)
+    calls = [
+        ("h-s1-0", "h-s1-1"),
+        ("h-s2-0", "h-s2-1"),
+        ("h-s1-0", "h-s1-again"),  # the same token at the same moment
+        ("h-none", "h-none-1"),
+        ("h-s3-0", "h-s3-1"),  # rotated already
+    ]
+    views = await asyncio.gather(
+        *(
+            store.rotate_live_refresh_token(old, new, now + i, now + 50)
+            for i, (old, new) in enumerate(calls)
+        ),
+        other.rotate_live_refresh_token("h-s1-0", "h-s1-elsewhere", now, now + 50),
+    )
+    won = [view is not None for view in views]
+    assert won[1] and not won[3] and not won[4]
+    assert [won[0], won[2], won[5]].count(True) == 1, "one winner for h-s1-0"
+    view = views[1]
+    assert view is not None
+    assert (view.token.token_hash, view.session.sid, view.user.username) == ("h-s2-0", "s2", "bob")
+    assert view.token.rotated_at == pytest.approx(now + 1)
+    stored = await store.find_refresh_token("h-s2-1")
+    assert stored is not None and stored.token == RefreshToken("h-s2-1", "s2", now + 1, now + 50)
+    for (old, new), ok in zip([*calls, ("h-s1-0", "h-s1-elsewhere")], won, strict=True):
+        kept = await store.find_refresh_token(new)
+        assert (kept is not None) == ok, new
+        if ok:
+            assert (await store.find_refresh_token(old)).token.rotated_at is not None  # type: ignore[union-attr]
+
+
+@pytest.mark.postgres
+async def test_postgres_rotates_the_live_tokens_of_one_moment_in_one_statement() -> None:
+    """One round trip for the refreshes one turn of the event loop handles, not one each."""
+    async with postgres_schema() as url:
+        store = await open_store(url)
+        try:
+            for i in range(8):
+                await make_session(store, f"s{i}")
+            assert isinstance(store, SqlStore)
+            database = store._db
+            statements: list[str] = []
+            fetch = database.fetch_atomically
+
+            async def counted(query: Statement, then: Sequence[Statement] = ()) -> list[Any]:
+                statements.append(query[0])
+                return await fetch(query, then)
+
+            database.fetch_atomically = counted  # type: ignore[method-assign]
+            now = time.time()
+            views = await asyncio.gather(
+                *(
+                    store.rotate_live_refresh_token(f"h-s{i}-0", f"n{i}", now, now + 9)
+                    for i in range(8)
+                )
+            )
+            assert [view.session.sid for view in views if view is not None] == [
+                f"s{i}" for i in range(8)
+            ]
+            assert len(statements) == 1
+        finally:
+            await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_rotations_waiting_on_a_cancelled_one_fail_rather_than_hang() -> None:
+    async with postgres_schema() as url:
+        store = await open_store(url)
+        try:
+            for i in range(3):
+                await make_session(store, f"s{i}")
+            now = time.time()
+            tasks = [
+                asyncio.create_task(
+                    store.rotate_live_refresh_token(f"h-s{i}-0", f"n{i}", now, now + 9)
+                )
+                for i in range(3)
+            ]
+            await asyncio.sleep(0)  # the first runs the three, once the loop turns
+            tasks[0].cancel()
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*tasks, return_exceptions=True), timeout=5
+            )
+            assert isinstance(outcomes[0], asyncio.CancelledError)
+            assert all(isinstance(outcome, StoreUnavailable) for outcome in outcomes[1:])
+            view = await store.rotate_live_refresh_token("h-s1-0", "n1", now, now + 9)
+            assert view is not None, "nothing was rotated: the client's retry succeeds"
+        finally:
+            await store.close()
 
 
 async def test_a_rotation_that_cannot_store_its_new_token_rotates_nothing(store: Store) -> None:
