@@ -226,7 +226,10 @@ _ROTATE_LIVE_TOGETHER = f"""
 """  # noqa: S608
 """:data:`_ROTATE_LIVE_IN_ONE_STATEMENT` for many calls at once, each ``(now, old, new, until)``
 a row of the arrays: a token named twice is rotated once (an update's row is updated once),
-for one of them. Taken in the order of the old tokens' hashes, as any other batch takes them."""
+for one of them. The calls come sorted by the old token's hash, so two replicas' batches meet
+shared rows in one order as far as the plan keeps it; a deadlock PostgreSQL breaks fails that
+batch (``StoreUnavailable``, a 503), and only refreshes of one token on two replicas at once
+share rows."""
 _BIND_SESSION = "UPDATE sessions SET jkt = $1, bound_at = $3 WHERE sid = $2 AND jkt IS NULL"
 _VIEW = f"""
     SELECT {_VIEW_COLUMNS} FROM refresh_tokens t
