@@ -128,10 +128,12 @@ class PostgresDatabase:
             raise unavailable(exc) from exc
 
     async def execute_atomically(self, statements: Sequence[Statement]) -> bool:
-        if len(statements) == 1:  # atomic by itself: no BEGIN and COMMIT round trips
-            async with self.connection() as conn:
-                sql, args = statements[0]
-                return await conn.execute(sql, *args) > 0
+        """In a transaction even for one statement: a statement sent alone commits whenever the
+        server runs it, also after its call timed out and was answered 503 (a server stalled,
+        then resumed, runs what it had received; a cancel reaching it while it waited is
+        ignored), so a refresh the client was told to retry had rotated its token, and the
+        retry ended the session as a reuse. A transaction whose COMMIT was never sent rolls
+        back."""
         try:
             async with self.transaction() as conn:
                 await _each_changes_a_row(conn, statements)
@@ -140,9 +142,7 @@ class PostgresDatabase:
         return True
 
     async def fetch_atomically(self, query: Statement, then: Sequence[Statement] = ()) -> list[Row]:
-        if not then:  # atomic by itself
-            async with self.connection() as conn:
-                return await conn.fetch(query[0], *query[1])
+        """In a transaction even for a lone query (see :meth:`execute_atomically`)."""
         try:
             async with self.transaction() as conn:
                 rows = await conn.fetch(query[0], *query[1])

@@ -4,6 +4,8 @@ in-memory fake (so the fake the domain's unit tests trust behaves like the real 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -236,6 +238,54 @@ async def test_postgres_rotations_waiting_on_a_cancelled_one_fail_rather_than_ha
             assert all(isinstance(outcome, StoreUnavailable) for outcome in outcomes[1:])
             view = await store.rotate_live_refresh_token("h-s1-0", "n1", now, now + 9)
             assert view is not None, "nothing was rotated: the client's retry succeeds"
+        finally:
+            await store.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("together", [1, 3])
+async def test_postgres_a_rotation_that_timed_out_never_commits_later(together: int) -> None:
+    """A refresh answered 503 changed nothing, so the client's retry works: a statement that
+    timed out on a stalled server (its backend stopped) must not commit once the server runs
+    it after all, which a statement sent alone did (its own transaction), and the retry then
+    read as a reuse that ended the session (an outside probe)."""
+    async with postgres_schema() as url:
+        store = await open_store(url, call_timeout=0.5)
+        try:
+            for i in range(2 * together):
+                await make_session(store, f"s{i}")
+            now = time.time()
+            warm = await asyncio.gather(  # the server then has the statement prepared
+                *(
+                    store.rotate_live_refresh_token(f"h-s{i}-0", f"w{i}", now, now + 9)
+                    for i in range(together, 2 * together)
+                )
+            )
+            assert all(view is not None for view in warm)
+            assert isinstance(store, SqlStore)
+            async with store._db.connection() as conn:
+                backend = (await conn.fetch("SELECT pg_backend_pid() AS pid"))[0]["pid"]
+            try:
+                os.kill(backend, signal.SIGSTOP)
+            except PermissionError:
+                pytest.skip("this user cannot signal the PostgreSQL server's processes")
+            try:
+                now = time.time()
+                outcomes = await asyncio.gather(
+                    *(
+                        store.rotate_live_refresh_token(f"h-s{i}-0", f"n{i}", now, now + 9)
+                        for i in range(together)
+                    ),
+                    return_exceptions=True,
+                )
+                assert all(isinstance(outcome, StoreUnavailable) for outcome in outcomes)
+            finally:
+                os.kill(backend, signal.SIGCONT)
+            await asyncio.sleep(0.5)  # the server has run whatever it had received
+            for i in range(together):
+                view = await store.find_refresh_token(f"h-s{i}-0")
+                assert view is not None and view.token.rotated_at is None, "nothing changed"
+                assert await store.find_refresh_token(f"n{i}") is None
         finally:
             await store.close()
 
