@@ -274,9 +274,13 @@ def _basic_credentials(authorization: str) -> tuple[str, str]:
         client_id, colon, secret = decoded.partition(":")
         if not colon:
             raise ValueError("no ':'")
-        return unquote_plus(client_id, errors="strict"), unquote_plus(secret, errors="strict")
+        client_id = unquote_plus(client_id, errors="strict")
+        secret = unquote_plus(secret, errors="strict")
     except (binascii.Error, ValueError):
         raise InvalidClient("malformed HTTP Basic credentials") from None
+    if "\x00" in client_id or "\x00" in secret:
+        raise InvalidRequest("HTTP Basic credentials must not contain U+0000")
+    return client_id, secret
 
 
 def access_token(request: web.Request) -> tuple[str, bool]:
@@ -298,6 +302,8 @@ def optional_str(body: dict[str, Any], name: str) -> str | None:
         raise InvalidRequest(f"'{name}' must be a string")
     if len(value) > MAX_FIELD_LENGTH:
         raise InvalidRequest(f"'{name}' is too long")
+    if "\x00" in value:  # no name, secret or token holds one, and PostgreSQL's text cannot
+        raise InvalidRequest(f"'{name}' must not contain U+0000")
     return value
 
 

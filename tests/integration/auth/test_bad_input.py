@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from typing import Any
 
@@ -16,6 +17,9 @@ from tests.integration.auth.conftest import (
     refresh,
     register,
 )
+
+NUL_BASIC = "Basic " + base64.b64encode(b"a%00:s").decode()
+"""HTTP Basic for the client id ``a\\x00`` (form-urlencoded first, RFC 6749 section 2.3.1)."""
 
 
 async def assert_error(resp: Any, status: int, code: str) -> dict[str, Any]:
@@ -100,6 +104,25 @@ async def test_malformed_bodies(
 ) -> None:
     resp = await client.post(path, data=body, headers=headers)
     await assert_error(resp, status, code)
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs"),
+    [
+        ("/v1/login", {"json": {"username": "ab\u0000c", "password": PASSWORD}}),
+        ("/v1/register", {"json": {"username": "alice", "password": PASSWORD + "\u0000"}}),
+        ("/v1/token", {"data": {"grant_type": "refresh_token", "refresh_token": "a\u0000"}}),
+        ("/v1/token", {"data": {"grant_type": "refresh_token", "client_id": "ac\u0000me"}}),
+        ("/v1/revoke", {"data": {"token": "t", "client_id": "x\u0000", "client_secret": "s"}}),
+        ("/v1/token", {"data": {"grant_type": "x"}, "headers": {"Authorization": NUL_BASIC}}),
+    ],
+)
+async def test_a_nul_character_in_any_field_is_a_bad_request(
+    client: AuthClient, path: str, kwargs: dict[str, Any]
+) -> None:
+    """U+0000 is no part of any name, secret or token, and PostgreSQL's text cannot hold it: it
+    answered 503 (try again) for a login or a client_id carrying one (an outside probe)."""
+    await assert_error(await client.post(path, **kwargs), 400, "invalid_request")
 
 
 async def test_ten_megabyte_body_is_413(client: AuthClient) -> None:
