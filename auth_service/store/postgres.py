@@ -18,7 +18,13 @@ from auth_service.store.sql import Row, SqlStore, Statement, unavailable
 __all__ = ["PostgresDatabase", "open_postgres"]
 
 _MIGRATION_LOCK = 0x61757468  # "auth"
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions._base.InternalClientError,  # a connection left mid-call: not an InterfaceError
+    OSError,
+    TimeoutError,
+)
 MIGRATION_TIMEOUT = 600.0
 """Seconds one migration statement may take (an index on a large table): the replicas starting
 beside it wait on the migration lock as long."""

@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from auth_service.domain.errors import StoreUnavailable
@@ -134,6 +135,29 @@ async def test_a_call_cancelled_before_its_transaction_is_not_run(tmp_path: Path
         assert await usernames(db) == ["kept"]
     finally:
         await db.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_a_connection_in_a_broken_state_is_unavailable_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asyncpg's ``InternalClientError`` ("cannot switch to state ...; another operation is in
+    progress", after the server terminated a connection mid-call) is outside its
+    ``InterfaceError``: it answered 500 where a store failure answers 503 (an outside probe)."""
+    async with postgres_schema() as url:
+        db = await PostgresDatabase.open(url, max_size=1)
+        try:
+
+            async def broken(*args: object, **kwargs: object) -> None:
+                raise asyncpg.exceptions._base.InternalClientError("cannot switch to state 11")
+
+            with monkeypatch.context() as patched:
+                patched.setattr(asyncpg.connection.Connection, "execute", broken)
+                patched.setattr(asyncpg.connection.Connection, "fetch", broken)
+                with pytest.raises(StoreUnavailable, match="cannot switch"):
+                    await db.fetch_atomically(("SELECT 1", ()))
+        finally:
+            await db.close()
 
 
 async def test_sqlite_waits_for_another_writer_off_the_event_loop(tmp_path: Path) -> None:
