@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     create = users.add_parser("create", help="create a user (password from stdin or a prompt)")
     create.add_argument("username")
-    create.add_argument("--scope", help="space-separated scope (default AUTH_DEFAULT_SCOPE)")
+    create.add_argument(
+        "--scope",
+        help="space-separated scope tokens, printable ASCII as the API takes them (default AUTH_DEFAULT_SCOPE)",
+    )
     add_client_commands(sub)
     outbox = sub.add_parser("outbox", help="inspect the event outbox and its dead letters")
     outbox_actions = outbox.add_subparsers(dest="action", required=True)
@@ -310,7 +313,7 @@ async def create_user(settings: Settings, username: str, scope: str | None) -> i
             print("passwords differ", file=sys.stderr)
             return 1
     else:
-        password = sys.stdin.readline().rstrip("\n")
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")  # CRLF too
     store = await open_store(settings.database_url, settings.database_timeout)
     try:
         ring = build_keyring(settings, store)

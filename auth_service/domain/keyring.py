@@ -233,7 +233,7 @@ class KeyRing:
         if kid not in self._by_kid:
             if any(key.kid == kid for key in await self._store.list_withdrawn_keys()):
                 return Withdrawal(kid, None, already=True)
-            raise KeyRingError(f"no signing key {kid} (see `keys list`)")
+            raise KeyRingError(f"no signing key {kid!r} (see `keys list`)")
         current = self.signing_key(now)
         replacement = (
             await self.rotate(now, immediate=True) if current and current.kid == kid else None

@@ -180,7 +180,7 @@ class AuthService:
             id=str(uuid.uuid4()),
             username=username,
             password_hash=await self._passwords.hash(password),
-            scope=self.policy.default_scope if scope is None else scope,
+            scope=self.policy.default_scope if scope is None else " ".join(scope_tokens(scope)),
             created_at=self._clock(),
         )
         await self._store.create_user(user)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,8 +12,11 @@ import pytest
 from auth_service.__main__ import main
 from auth_service.domain.errors import KeyRingError
 from auth_service.domain.keyring import KeyRing
+from auth_service.domain.models import User
+from auth_service.domain.passwords import Passwords
 from auth_service.settings import SECRET_FILE
 from auth_service.store import open_store
+from tests.unit.auth.conftest import PASSWORD
 
 
 async def lose_the_race(self: KeyRing, now: float, *, immediate: bool = False) -> None:
@@ -81,7 +85,7 @@ def test_a_kid_that_starts_with_a_dash_is_a_kid_not_an_option(
     monkeypatch.setenv("AUTH_DATA_DIR", str(tmp_path))
     assert main(["keys", "revoke", "-Xk1Q"]) == 1
     assert capsys.readouterr().err.endswith(
-        "auth_service: no signing key -Xk1Q (see `keys list`)\n"
+        "auth_service: no signing key '-Xk1Q' (see `keys list`)\n"
     )
     assert main(["keys", "revoke", "--", "-Xk1Q"]) == 1
 
@@ -108,3 +112,70 @@ def test_keys_commands_under_a_secret_that_opens_no_stored_key(
     monkeypatch.delenv("AUTH_KEY_ENCRYPTION_SECRETS")
     assert main(["keys", "rotate"]) == 0
     assert "warning" not in capsys.readouterr().out, "a secret that opens a key: no warning"
+
+
+def test_a_kid_is_echoed_quoted_never_raw(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line break or a terminal escape in the argument stays visible as text (an outside
+    probe: ``keys revoke`` printed it raw, where the ``clients`` commands quote)."""
+    monkeypatch.setenv("AUTH_DEV", "1")
+    monkeypatch.setenv("AUTH_DATA_DIR", str(tmp_path))
+    assert main(["keys", "revoke", "a\nb\x1b[31mred"]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err
+    assert err.splitlines()[-1] == (
+        "auth_service: no signing key 'a\\nb\\x1b[31mred' (see `keys list`)"
+    )
+
+
+def create_user(monkeypatch: pytest.MonkeyPatch, stdin: str, *args: str) -> int:
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    return main(["users", "create", *args])
+
+
+@pytest.mark.parametrize("scope", ["chat:read\tx", "chat:read\u00a0admin:write", 'a"b', "a\\b"])
+def test_users_create_refuses_a_scope_the_api_refuses(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    scope: str,
+) -> None:
+    """What the CLI grants lands in every token: a tab or U+00A0 read as a separator by
+    ``str.split`` made ``chat:read\u00a0admin:write`` two scopes to a verifier (an outside
+    probe). Spaces are the separator, as RFC 6749 section 3.3 says; the API already refused."""
+    monkeypatch.setenv("AUTH_DEV", "1")
+    monkeypatch.setenv("AUTH_DATA_DIR", str(tmp_path))
+    assert create_user(monkeypatch, PASSWORD + "\n", "scoped", "--scope", scope) == 1
+    assert "auth_service: a scope is space-separated printable ASCII" in capsys.readouterr().err
+    assert create_user(monkeypatch, PASSWORD + "\n", "scoped", "--scope", " chat:read  a ") == 0
+    assert asyncio.run(user_scope(tmp_path, "scoped")) == "chat:read a"
+
+
+def test_users_create_reads_a_password_line_ending_in_crlf_without_the_cr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password file written on Windows: the user's password is the line, not the line and
+    a carriage return no one can type (an outside probe: created, and no login worked)."""
+    monkeypatch.setenv("AUTH_DEV", "1")
+    monkeypatch.setenv("AUTH_DATA_DIR", str(tmp_path))
+    assert create_user(monkeypatch, PASSWORD + "\r\n", "windows") == 0
+    assert asyncio.run(password_works(tmp_path, "windows", PASSWORD))
+
+
+async def stored_user(tmp_path: Path, username: str) -> User:
+    store = await open_store(f"sqlite:///{tmp_path / 'auth.db'}")
+    try:
+        user = await store.get_user_by_username(username)
+    finally:
+        await store.close()
+    assert user is not None
+    return user
+
+
+async def user_scope(tmp_path: Path, username: str) -> str:
+    return (await stored_user(tmp_path, username)).scope
+
+
+async def password_works(tmp_path: Path, username: str, password: str) -> bool:
+    return await Passwords().verify((await stored_user(tmp_path, username)).password_hash, password)
