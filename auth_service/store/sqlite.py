@@ -173,6 +173,17 @@ def _all_change_a_row(
     return rows
 
 
+def _together_within(
+    conn: sqlite3.Connection, calls: Sequence[_Call], seconds: float, busy_timeout: float
+) -> list[list[Row] | Exception | None]:
+    """:func:`_together`, waiting at most ``seconds`` for another process's write lock."""
+    conn.execute(f"PRAGMA busy_timeout = {max(0, int(seconds * 1000))}")
+    try:
+        return _together(conn, calls)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+
+
 def _busy(exc: sqlite3.OperationalError) -> bool:
     return exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
 
@@ -224,7 +235,11 @@ class SqliteDatabase:
     writable_ctes = False
 
     def __init__(
-        self, conn: sqlite3.Connection, thread: _DatabaseThread, at_once: sqlite3.Connection
+        self,
+        conn: sqlite3.Connection,
+        thread: _DatabaseThread,
+        at_once: sqlite3.Connection,
+        busy_timeout: float = 5.0,
     ) -> None:
         self._conn = _Connection(conn, thread)
         self._raw = conn
@@ -232,6 +247,7 @@ class SqliteDatabase:
         """The event loop's connection: no busy timeout, so another process's write lock refuses
         a transaction at once (``SQLITE_BUSY``, rolled back) instead of stalling the loop."""
         self._thread = thread
+        self._busy_timeout = busy_timeout
         self._lock = asyncio.Lock()
         self._since_checkpoint = 0
         self._calls: list[_Call] | None = None
@@ -256,7 +272,7 @@ class SqliteDatabase:
         except _DRIVER_ERRORS as exc:
             thread.stop()
             raise StoreUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
-        db = cls(conn, thread, at_once)
+        db = cls(conn, thread, at_once, busy_timeout)
         try:
             await db._migrate(migrations)
         except BaseException:
@@ -335,13 +351,22 @@ class SqliteDatabase:
             self._checkpointing = asyncio.ensure_future(self._checkpoint_soon())
 
     def _run_later(self, calls: list[_Call]) -> None:
-        task = asyncio.ensure_future(self._run_waiting(calls))
+        deadline = asyncio.get_running_loop().time() + self._busy_timeout
+        task = asyncio.ensure_future(self._run_waiting(calls, deadline))
         self._waiting.add(task)
         task.add_done_callback(self._waiting.discard)
 
-    async def _run_waiting(self, calls: list[_Call]) -> None:
+    async def _run_waiting(self, calls: list[_Call], deadline: float) -> None:
+        """The calls, once the connection is free, waiting for another process's write lock
+        until ``deadline`` at most, the connection's wait included: calls queued behind a
+        transaction that waits each waited the whole busy timeout again after it."""
         try:
-            async with self.connection():
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._lock.acquire()
+            except TimeoutError:
+                raise StoreUnavailable("database unavailable: the database is locked") from None
+            try:
                 if self._thread.stopped:
                     raise sqlite3.ProgrammingError("the database is closed")
                 try:
@@ -349,7 +374,15 @@ class SqliteDatabase:
                 except sqlite3.OperationalError as exc:
                     if not _busy(exc):
                         raise
-                    outcomes = await self._thread.call(_together, self._raw, calls)
+                    left = deadline - asyncio.get_running_loop().time()
+                    outcomes = await self._thread.call(
+                        _together_within, self._raw, calls, left, self._busy_timeout
+                    )
+                await self._checkpoint_now_and_then()
+            except _DRIVER_ERRORS as exc:
+                raise unavailable(exc) from exc
+            finally:
+                self._lock.release()
         except StoreUnavailable as exc:
             _settle(calls, exc)
         except BaseException:  # cancelled (the database closing): so are its callers

@@ -183,6 +183,34 @@ async def test_sqlite_waits_for_another_writer_off_the_event_loop(tmp_path: Path
         await db.close()
 
 
+async def test_sqlite_calls_waiting_behind_another_writer_each_give_up_in_time(
+    tmp_path: Path,
+) -> None:
+    """Each call waits at most the busy timeout for another process's write lock, however many
+    wait: they queued for the connection and each then waited the whole timeout again, so the
+    eighth of eight refreshes 0.2 s apart answered 503 after 34 s (an outside probe)."""
+    db = await SqliteDatabase.open(tmp_path / "auth.db", busy_timeout=0.5)
+    other = sqlite3.connect(tmp_path / "auth.db", isolation_level=None)
+    loop = asyncio.get_running_loop()
+
+    async def timed(i: int) -> float:
+        await asyncio.sleep(0.1 * i)  # a transaction of its own each
+        started = loop.time()
+        with pytest.raises(StoreUnavailable):
+            await db.execute_atomically([(_INSERT, (f"u{i}",))])
+        return loop.time() - started
+
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        waited = await asyncio.gather(*(timed(i) for i in range(6)))
+        assert max(waited) < 0.5 + 0.3, waited
+        other.execute("ROLLBACK")
+        assert await db.execute_atomically([(_INSERT, ("after",))]) is True
+    finally:
+        other.close()
+        await db.close()
+
+
 async def test_sqlite_checkpoints_the_log_on_its_own_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
