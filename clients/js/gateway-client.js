@@ -154,6 +154,9 @@ function readCookie(name) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** auth_service refused for good (a 4xx other than 429, which is "not now", as a 503 is). */
+const refusedForGood = (err) => err instanceof GatewayError && err.status >= 400 && err.status < 500 && err.status !== 429;
+
 // -- DPoP (RFC 9449) -------------------------------------------------------------------------
 // WebCrypto does the cryptography (key generation, SHA-256, ES256 signatures, which it returns as
 // the raw r||s a JWS wants); this code only encodes JSON and base64url around it.
@@ -1031,10 +1034,13 @@ export class GatewayClient extends EventTarget {
     this.#send(frame);
   }
 
+  /** Never back past a message already delivered: a reply read after the messages that
+   * followed it (one read brought both) is older than them. */
   #remember(channel, position) {
-    if (position && Number.isInteger(position.offset)) {
-      this.#positions.set(channel, { offset: position.offset, epoch: position.epoch });
-    }
+    if (!position || !Number.isInteger(position.offset)) return;
+    const known = this.#positions.get(channel);
+    if (known && known.epoch === position.epoch && known.offset >= position.offset) return;
+    this.#positions.set(channel, { offset: position.offset, epoch: position.epoch });
   }
 
   #deliver(frame) {
@@ -1075,8 +1081,8 @@ export class GatewayClient extends EventTarget {
       if (this.#ws === ws) this.#send(await this.#authFrame(typeof frame.id === "string" ? frame.id : undefined));
     } catch (err) {
       this.dispatchEvent(new CustomEvent("error", { detail: err }));
-      // A refresh auth_service refused (4xx) ends the session; anything else waits for the close.
-      if (this.#ws === ws && err instanceof GatewayError && err.status < 500) this.#abandon(1000, err);
+      // A refresh auth_service refused for good (4xx, not 429) ends the session; anything else waits for the close.
+      if (this.#ws === ws && refusedForGood(err)) this.#abandon(1000, err);
     }
   }
 
@@ -1153,7 +1159,7 @@ export class GatewayClient extends EventTarget {
     let action = code === null ? "reconnect" : actionFor(code, reason);
     // Refused before the upgrade (bearer or ticket): most likely the token expired meanwhile.
     if (code === null && this.#handshake !== "message" && error?.code !== "timeout") action = "refresh_then_reconnect";
-    if (error instanceof GatewayError && error.status >= 400 && error.status < 500) action = "stop";
+    if (refusedForGood(error)) action = "stop";
     if (action === "stop") return this.#stop(code, error);
     this.#setState("reconnecting", code);
     // close() clears the wait: nothing keeps a Node process alive once the client is closed.
@@ -1163,7 +1169,7 @@ export class GatewayClient extends EventTarget {
       try {
         await this.refresh();
       } catch (err) {
-        if (err instanceof GatewayError && err.status < 500) return this.#stop(code, err);
+        if (refusedForGood(err)) return this.#stop(code, err);
       }
     }
     if (!this.#stopped) this.#connect().catch(() => {});

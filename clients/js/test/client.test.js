@@ -910,3 +910,60 @@ test("close() while the client backs off leaves nothing to keep Node alive", { t
   assert.equal(code, 0);
   assert.ok(Date.now() - Number(printed) < 300, `${Date.now() - Number(printed)} ms after close()`);
 });
+
+test("a subscribe reply read after a later message never moves the position back", { timeout: 10000 }, async () => {
+  // The reply and the next message in one read: the message is delivered, then subscribe()
+  // resumes with the reply's older position; remembering it made the resubscription ask for
+  // the message again, delivered twice (an outside probe).
+  const gateway = await hostileGateway((ws, frame, n) => {
+    if (frame.type === "auth") return ws.send(authSuccess());
+    if (frame.type !== "subscribe") return;
+    if (n === 1) {
+      ws.send(JSON.stringify({ type: "subscribed", channel: "chat:x", id: frame.id, position: { offset: 5, epoch: "e" } }));
+      ws.send(JSON.stringify({ type: "message", channel: "chat:x", data: 6, from: "u2", from_username: "b", ts: 1, offset: 6, epoch: "e" }));
+      setTimeout(() => ws.close(1012, "restarting"), 200);
+    } else {
+      ws.send(JSON.stringify({ type: "subscribed", channel: "chat:x", recovered: true, publications: [], position: frame.since }));
+    }
+  });
+  const client = hostileClient(gateway);
+  const delivered = [];
+  client.addEventListener("message", ({ detail }) => delivered.push(detail.offset));
+  await client.connect();
+  await client.subscribe("chat:x");
+  const subscribes = () => gateway.frames.filter((frame) => frame.type === "subscribe");
+  while (subscribes().length < 2) await new Promise((resolve) => setTimeout(resolve, 20));
+  const resubscribe = subscribes()[1];
+  assert.deepEqual(resubscribe.since, { offset: 6, epoch: "e" });
+  assert.deepEqual(delivered, [6]);
+  client.close();
+  gateway.close();
+});
+
+test("a refresh answered 429 is tried again after a backoff, not the end of the session", { timeout: 10000 }, async () => {
+  // 429 is "not now", as a 503 is; the client stopped for good on it (an outside probe), where
+  // the Python client and the README retry.
+  let tokens = 0;
+  const gateway = await hostileGateway((ws, frame, n) => {
+    if (frame.type !== "auth") return;
+    ws.send(authSuccess());
+    if (n === 1) setTimeout(() => ws.close(4401, "token_expired"), 50);
+  });
+  const client = hostileClient(gateway, {
+    getToken: async () => {
+      tokens += 1;
+      if (tokens === 2) throw new GatewayError("too_many_attempts", "slow down", 429);
+      return `token-${tokens}`;
+    },
+  });
+  const states = [];
+  client.addEventListener("state", ({ detail }) => states.push(detail.state));
+  await client.connect();
+  while (gateway.connections < 2 || states.at(-1) !== "authenticated") {
+    assert.ok(!states.includes("closed"), `stopped: ${states}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  assert.ok(tokens >= 2);
+  client.close();
+  gateway.close();
+});

@@ -77,6 +77,10 @@ StateListener = Callable[[str, str], None]
 (close code and reason), ``reconnecting`` (after what delay), ``stopped`` (why)."""
 
 
+def _user_id(user: Any) -> Any:
+    return user.get("id") if isinstance(user, dict) else None
+
+
 class ClientError(Exception):
     """Root of the client's errors."""
 
@@ -851,7 +855,14 @@ class GatewayClient:
             await self._send(ws, self._auth_frame(self._tokens))
             frame = await self._answer(ws)
             if frame.get("type") == "auth_success":
-                self.user = frame.get("user")
+                user = frame.get("user")
+                if self.user is not None and _user_id(user) != _user_id(self.user):
+                    # A client is one user's: a reconnect that became someone else is not
+                    # followed (another login replaced the tokens, or a broken gateway).
+                    raise AuthenticationFailed(
+                        "user_changed", "the gateway authenticated another user on a reconnect"
+                    )
+                self.user = user
                 self._held = frame["expires_at"]
                 return
             if not frame.get("retry"):
@@ -949,8 +960,18 @@ class GatewayClient:
         return frame
 
     def _remember(self, channel: str, position: Any) -> None:
-        if isinstance(position, dict) and "offset" in position and "epoch" in position:
-            self._positions[channel] = {"offset": position["offset"], "epoch": position["epoch"]}
+        """Note the channel's position, never back past a message already delivered: a reply
+        read after the messages that followed it (one read brought both) is older than them."""
+        if not (isinstance(position, dict) and "offset" in position and "epoch" in position):
+            return
+        known = self._positions.get(channel)
+        if (
+            known is not None
+            and known["epoch"] == position["epoch"]
+            and known["offset"] >= position["offset"]
+        ):
+            return
+        self._positions[channel] = {"offset": position["offset"], "epoch": position["epoch"]}
 
     def _deliver(self, frame: dict[str, Any], size: int) -> None:
         """Queue a message, or raise ``_QueueFull`` before its position is remembered, so the

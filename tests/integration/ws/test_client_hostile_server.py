@@ -490,3 +490,71 @@ async def test_a_warning_for_a_later_expiry_than_the_tokens_is_ignored(serve: Se
     async with client(gateway):
         await asyncio.sleep(0.5)
         assert gateway.refreshes == 0
+
+
+async def test_a_subscribe_reply_never_moves_the_position_back_past_a_delivered_message(
+    serve: Serve,
+) -> None:
+    """The reply and a later message in one read: the message is delivered first, then
+    ``subscribe()`` resumes with the reply's older position. Remembering it made the next
+    resubscription ask for the message again, delivered twice (an outside probe)."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        frame = await gateway.receive(ws)
+        assert frame is not None
+        if gateway.connects == 1:
+            position = {"offset": 5, "epoch": "e"}
+            await ws.send_json({"type": "subscribed", "channel": "chat:x", "id": frame["id"],
+                                "position": position})  # fmt: skip
+            await ws.send_json({**MESSAGE, "offset": 6, "epoch": "e", "data": 6})
+            await asyncio.sleep(0.2)
+            await ws.close(code=1012)
+            return
+        await ws.send_json({"type": "subscribed", "channel": "chat:x", "recovered": True,
+                            "publications": [], "position": frame.get("since")})  # fmt: skip
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    async with client(gateway) as alice:
+        await alice.subscribe("chat:x")
+        assert (await next_message(alice))["data"] == 6
+        assert alice.position("chat:x") == {"offset": 6, "epoch": "e"}
+        await wait_until(lambda: gateway.connects == 2 and len(gateway.received) >= 4)
+    resubscribe = gateway.received[3]
+    assert resubscribe["type"] == "subscribe"
+    assert resubscribe["since"] == {"offset": 6, "epoch": "e"}
+
+
+async def test_a_reconnect_that_authenticates_another_user_stops_the_client(
+    serve: Serve,
+) -> None:
+    """The client is one user's: a gateway that answers a reconnect's ``auth`` for someone
+    else is not followed (the JavaScript client stops with ``user_changed``; this one took the
+    new user and went on publishing as them: an outside probe)."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        frame = await gateway.receive(ws)
+        assert frame is not None and frame["type"] == "auth"
+        user = {"id": "u1", "username": "alice"} if gateway.connects == 1 else {
+            "id": "u2", "username": "mallory"}  # fmt: skip
+        await ws.send_json({**AUTH_SUCCESS, "user": user, "expires_at": int(time.time()) + 60})
+        if gateway.connects == 1:
+            await ws.close(code=1012)
+            return
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    states: list[tuple[str, str]] = []
+    alice = client(gateway, states)
+    await alice.start()
+    try:
+        await wait_until(lambda: gateway.connects == 2 and any(s == "stopped" for s, _ in states))
+        assert alice.user == {"id": "u1", "username": "alice"}
+        assert next(detail for state, detail in states if state == "stopped").startswith(
+            "user_changed"
+        )
+        with pytest.raises(AuthenticationFailed):
+            await alice.publish("chat:x", 1)
+    finally:
+        await alice.close()
