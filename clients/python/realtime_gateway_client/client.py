@@ -633,8 +633,12 @@ class GatewayClient:
         """Stop, and close the socket and the session even when the caller is being cancelled
         (Ctrl-C): nothing is left open behind it."""
         try:
-            await cancel_and_wait(self._runner, *self._background)
+            # A refresh in flight too: it would go on after close() and fail on the closed
+            # session ("Task exception was never retrieved").
+            await cancel_and_wait(self._runner, *self._background, self._refreshing)
         finally:
+            if self._runner is None:  # never started: messages() would wait for good
+                self._messages.put_nowait(None)
             if self._ws is not None:
                 await self._ws.close()
             if self._own_session and self._session is not None:
@@ -708,8 +712,14 @@ class GatewayClient:
         tokens rotate and a second use of the old one would look like theft."""
         if self._refreshing is None:
             self._refreshing = asyncio.get_running_loop().create_task(self._do_refresh())
+        refreshing = self._refreshing
         try:
-            return await asyncio.shield(self._refreshing)
+            return await asyncio.shield(refreshing)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if refreshing.cancelled() and not (current is not None and current.cancelling()):
+                raise ConnectionLost("the client was closed during the refresh") from None
+            raise
         finally:
             if self._refreshing is not None and self._refreshing.done():
                 self._refreshing = None

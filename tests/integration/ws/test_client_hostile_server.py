@@ -43,6 +43,7 @@ class HostileGateway:
         self.close_codes: list[int | None] = []
         self.held = 0
         """The expires_at of the last auth_success sent."""
+        self.token_gate: asyncio.Event | None = None
 
     @property
     def auth_url(self) -> str:
@@ -63,6 +64,8 @@ class HostileGateway:
         return web.json_response(tokens(0))
 
     async def token(self, request: web.Request) -> web.Response:
+        if self.token_gate is not None:  # a slow auth_service: answers once the test says
+            await self.token_gate.wait()
         self.refreshes += 1
         return web.json_response(tokens(self.refreshes))
 
@@ -558,3 +561,32 @@ async def test_a_reconnect_that_authenticates_another_user_stops_the_client(
             await alice.publish("chat:x", 1)
     finally:
         await alice.close()
+
+
+async def test_close_ends_a_refresh_in_flight_and_the_messages_of_a_client_never_started(
+    serve: Serve,
+) -> None:
+    """``close()`` stops everything the client started: a refresh waiting on auth_service went
+    on after it (and died later, "Task exception was never retrieved"), and ``messages()`` of a
+    client that never started waited for good (an outside probe)."""
+    release = asyncio.Event()
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    gateway.token_gate = release
+    alice = client(gateway)
+    await alice.start()
+    refreshing = asyncio.create_task(alice.refresh())
+    await asyncio.sleep(0.1)
+    await asyncio.wait_for(alice.close(), 2)
+    with pytest.raises(ConnectionLost, match="closed during the refresh"):
+        await asyncio.wait_for(refreshing, 2)
+    release.set()
+
+    never = client(gateway)
+    await never.close()
+    async with asyncio.timeout(2):
+        assert [message async for message in never.messages()] == []
