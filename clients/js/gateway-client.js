@@ -655,6 +655,7 @@ export class GatewayClient extends EventTarget {
   #authRetries = 0; // this socket's auth attempts retried
   #authFailure = null; // this socket's refused auth: why connect() fails when it closes
   #stopped = true;
+  #closes = 0; // close() calls: a login or connect that awaited across one does not start
   #established = false;
   #userId = null; // whom this run authenticated as: an auth_success for anyone else is refused
   #refreshing = null;
@@ -740,8 +741,9 @@ export class GatewayClient extends EventTarget {
 
   /** Log in with a password (in a browser the refresh token goes into the HttpOnly cookie), then connect. */
   async login(username, password) {
+    const closes = this.#closes;
     this.#tokens(await this.#session.login(username, password));
-    await this.#start();
+    await this.#start(closes);
   }
 
   /**
@@ -749,8 +751,9 @@ export class GatewayClient extends EventTarget {
    * session (the cookie in a browser). Rejects with the reason when the first connection fails.
    */
   async connect() {
+    const closes = this.#closes;
     if (!this.#token) await this.refresh();
-    await this.#start();
+    await this.#start(closes);
   }
 
   /**
@@ -827,6 +830,7 @@ export class GatewayClient extends EventTarget {
   }
 
   close() {
+    this.#closes += 1;
     this.#stopped = true;
     this.#token = null;
     this.#generation += 1;
@@ -851,7 +855,9 @@ export class GatewayClient extends EventTarget {
 
   // -- the socket ------------------------------------------------------------------------
 
-  async #start() {
+  /** ``closes``: the count of close() calls when the caller began; one since wins. */
+  async #start(closes = this.#closes) {
+    if (closes !== this.#closes) throw new GatewayError("connection_closed", "close() was called");
     this.#stopped = false;
     this.#established = false;
     this.#userId = null;

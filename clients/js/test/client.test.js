@@ -967,3 +967,19 @@ test("a refresh answered 429 is tried again after a backoff, not the end of the 
   client.close();
   gateway.close();
 });
+
+test("close() during connect() wins: connect rejects and no socket opens", { timeout: 10000 }, async () => {
+  // close() while the token was being fetched was undone by the connect that followed, and
+  // the client went on to authenticate (an outside probe, with login() the same way).
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type === "auth") ws.send(authSuccess());
+  });
+  const client = hostileClient(gateway, { getToken: () => new Promise((resolve) => setTimeout(() => resolve("token"), 300)) });
+  const connecting = client.connect();
+  setTimeout(() => client.close(), 50);
+  await assert.rejects(connecting, (err) => err.code === "connection_closed");
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  assert.equal(gateway.connections, 0);
+  assert.equal(client.state, "closed");
+  gateway.close();
+});
