@@ -173,5 +173,5 @@ async def test_withdrawing_twice_is_harmless_and_an_unknown_kid_is_refused(store
     assert (await keys.withdraw(retired.kid, 20)).already is False
     again = await keys.withdraw(retired.kid, 30)
     assert (again.already, again.replacement) == (True, None)
-    with pytest.raises(KeyRingError, match="no signing key nope"):
+    with pytest.raises(KeyRingError, match="no signing key 'nope'"):
         await keys.withdraw("nope", 30)
