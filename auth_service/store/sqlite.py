@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import re
 import sqlite3
@@ -33,6 +34,7 @@ from auth_service.store.sql import Row, SqlStore, Statement, unavailable
 
 __all__ = ["SqliteDatabase", "open_sqlite"]
 
+log = logging.getLogger(__name__)
 _DRIVER_ERRORS = (sqlite3.Error, ValueError, OSError)
 CHECKPOINT_EVERY = 1000
 """Calls between two WAL checkpoints, which SQLite would otherwise run in whichever commit finds the
@@ -359,7 +361,9 @@ class SqliteDatabase:
     async def _run_waiting(self, calls: list[_Call], deadline: float) -> None:
         """The calls, once the connection is free, waiting for another process's write lock
         until ``deadline`` at most, the connection's wait included: calls queued behind a
-        transaction that waits each waited the whole busy timeout again after it."""
+        transaction that waits each waited the whole busy timeout again after it. They are
+        answered as soon as their transaction has ended: a checkpoint failing after it does not
+        turn a commit into an error."""
         try:
             try:
                 async with asyncio.timeout_at(deadline):
@@ -378,6 +382,8 @@ class SqliteDatabase:
                     outcomes = await self._thread.call(
                         _together_within, self._raw, calls, left, self._busy_timeout
                     )
+                _settle(calls, outcomes)
+                self._since_checkpoint += len(calls) - 1  # the checkpoint's call counts one
                 await self._checkpoint_now_and_then()
             except _DRIVER_ERRORS as exc:
                 raise unavailable(exc) from exc
@@ -389,9 +395,6 @@ class SqliteDatabase:
             for _, _, waiter in calls:
                 waiter.cancel()
             raise
-        else:
-            _settle(calls, outcomes)
-            self._since_checkpoint += len(calls) - 1  # the connection counted one
 
     async def _checkpoint_soon(self) -> None:
         try:
@@ -408,7 +411,12 @@ class SqliteDatabase:
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self._since_checkpoint = 0
-            await self._thread.call(_checkpoint, self._raw)
+            try:
+                await self._thread.call(_checkpoint, self._raw)
+            except _DRIVER_ERRORS as exc:
+                # After the call it follows, whose work is done (a commit): failing that call
+                # would have its client retry what was done. The next checkpoint tries again.
+                log.warning("SQLite checkpoint failed", extra={"error": str(exc)})
 
     async def close(self) -> None:
         await asyncio.gather(*self._waiting, return_exceptions=True)

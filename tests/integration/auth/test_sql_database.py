@@ -211,6 +211,32 @@ async def test_sqlite_calls_waiting_behind_another_writer_each_give_up_in_time(
         await db.close()
 
 
+async def test_sqlite_a_checkpoint_failing_after_a_commit_leaves_the_commit_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls that waited for another process's lock are answered by their transaction: a
+    checkpoint run after it that fails (a disk error) made a committed call answer 503, so its
+    client retried what was done (a refresh's retry reads as a reuse)."""
+
+    def failing(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    db = await SqliteDatabase.open(tmp_path / "auth.db")
+    monkeypatch.setattr(sqlite_backend, "CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(sqlite_backend, "_checkpoint", failing)
+    other = sqlite3.connect(tmp_path / "auth.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        waiting = asyncio.ensure_future(db.execute_atomically([(_INSERT, ("mine",))]))
+        await asyncio.sleep(0.1)  # it waits on the database thread
+        other.execute("ROLLBACK")
+        assert await asyncio.wait_for(waiting, 5) is True
+        assert await usernames(db) == ["mine"]
+    finally:
+        other.close()
+        await db.close()
+
+
 async def test_sqlite_checkpoints_the_log_on_its_own_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
