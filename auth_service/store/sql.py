@@ -194,18 +194,6 @@ def _next_expiry(session_end: str) -> str:
     return f"CASE WHEN $4 < {session_end} THEN $4 ELSE {session_end} END"
 
 
-_ROTATE_LIVE_IN_ONE_STATEMENT = f"""
-    WITH old AS (
-        UPDATE refresh_tokens t SET rotated_at = $1
-        FROM sessions s JOIN users u ON u.id = s.user_id
-        WHERE t.token_hash = $2 AND s.sid = t.sid AND {_LIVE_BEARER}
-        RETURNING {_VIEW_COLUMNS}
-    ), new AS (
-        INSERT INTO refresh_tokens (token_hash, sid, created_at, expires_at)
-        SELECT $3, t_sid, $1, {_next_expiry("s_expires_at")} FROM old
-    )
-    SELECT * FROM old
-"""  # noqa: S608
 _ROTATE_LIVE_TOGETHER = f"""
     WITH calls AS (
         SELECT * FROM unnest($1::double precision[], $2::text[], $3::text[],
@@ -224,9 +212,10 @@ _ROTATE_LIVE_TOGETHER = f"""
     )
     SELECT * FROM old
 """  # noqa: S608
-""":data:`_ROTATE_LIVE_IN_ONE_STATEMENT` for many calls at once, each ``(now, old, new, until)``
-a row of the arrays: a token named twice is rotated once (an update's row is updated once),
-for one of them. The calls come sorted by the old token's hash, so two replicas' batches meet
+"""The live rotations of one turn (one or many), each ``(now, old, new, until)`` a row of the
+arrays: the old token rotated if it is live, its successor inserted (expiring at ``until`` or
+with its session), and the view read back. A token named twice is rotated once (an update's
+row is updated once), for one of them. The calls come sorted by the old token's hash, so two replicas' batches meet
 shared rows in one order as far as the plan keeps it; a deadlock PostgreSQL breaks fails that
 batch (``StoreUnavailable``, a 503), and only refreshes of one token on two replicas at once
 share rows."""
@@ -363,8 +352,6 @@ class SqlStore:
         try:
             await asyncio.sleep(0)  # one turn: the handlers that run in it ask too
             self._rotations = None
-            if not rotations:
-                return await self._db.fetch_atomically((_ROTATE_LIVE_IN_ONE_STATEMENT, args))
             calls = sorted([args, *(asked for asked, _ in rotations)], key=lambda call: call[1])
             rows = await self._db.fetch_atomically(
                 (_ROTATE_LIVE_TOGETHER, tuple(list(column) for column in zip(*calls, strict=True)))

@@ -103,22 +103,6 @@ def _rows(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Row]:
     return [dict(row) for row in conn.execute(sql, args)]
 
 
-def _atomically(
-    conn: sqlite3.Connection, query: Statement | None, statements: Sequence[Statement]
-) -> list[Row] | None:
-    """The query's rows (``[]`` without a query), or None (rolled back) when it found none or a
-    statement changed no row."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        rows = _all_change_a_row(conn, query, statements)
-        conn.execute("COMMIT" if rows is not None else "ROLLBACK")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return rows
-
-
 _Call = tuple["Statement | None", "Sequence[Statement]", "asyncio.Future[list[Row] | None]"]
 """One :meth:`SqliteDatabase.execute_atomically` or ``fetch_atomically`` waiting for its
 transaction: its query, its statements, and the future its caller awaits."""
@@ -127,7 +111,7 @@ transaction: its query, its statements, and the future its caller awaits."""
 def _together(
     conn: sqlite3.Connection, calls: Sequence[_Call]
 ) -> list[list[Row] | Exception | None]:
-    """Each call as :func:`_atomically` runs it, all in one transaction: each in a savepoint of
+    """Each call's query and statements, all in one transaction: each call in a savepoint of
     its own, rolled back alone when its query finds nothing, a statement changes no row or one
     fails (its outcome is then that error, as it would have been raised to it alone). A call
     whose caller stopped waiting is not run. A failure outside the calls (``SQLITE_BUSY``, the
@@ -397,11 +381,10 @@ class SqliteDatabase:
             raise
 
     async def _checkpoint_soon(self) -> None:
+        """The checkpoint due after calls run on the loop's thread, once the connection is free."""
         try:
-            async with self.connection():
-                pass  # its exit checkpoints, the count being past CHECKPOINT_EVERY
-        except StoreUnavailable:
-            pass  # the next call tries again
+            async with self._lock:
+                await self._checkpoint_now_and_then()
         finally:
             self._checkpointing = None
 

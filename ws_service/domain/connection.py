@@ -730,9 +730,9 @@ class Connection:
         self._check_subscription(channel, since, events)
         namespace = self._ctx.namespaces.of(channel)
         presence, policy = namespace.presence, namespace.history
+        # Subscribed already and not recovering: the socket's stream goes on, so what arrives
+        # while this join awaits follows what it was sent, not the position the reply reads.
         live = channel in self.channels and since is None
-        """Subscribed already and not recovering: the socket's stream goes on, so what arrives
-        while this join awaits follows what it was sent, not the position the reply reads."""
         if channel not in self.channels:
             if self.channels is NO_CHANNELS:
                 self.channels = {}
