@@ -10,6 +10,9 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 __all__ = ["Passwords"]
 
+_ARGON2 = "$argon2"
+"""How every hash ``hash`` makes begins; anything else can never match a password."""
+
 
 class Passwords:
     """Hashes in worker threads, bounded so a login burst cannot exhaust memory (19 MiB each)."""
@@ -37,7 +40,9 @@ class Passwords:
         ``on_verify`` counts every check, so how many guesses the throttle let through is visible.
         """
         self._on_verify()
-        if password_hash is None:
+        if password_hash is None or not password_hash.startswith(_ARGON2):
+            # Unknown, or a user with no password (a token exchange's app user has ""): argon2
+            # refused such a hash at once, so a fast "no" told who the gateway knows.
             if self._dummy_hash is None:
                 self._dummy_hash = await self.hash("not-a-real-password-0000")
             await self._check(self._dummy_hash, password)
