@@ -123,6 +123,12 @@ export interface GatewayClientOptions {
   authTimeout?: number;
   /** Requests that may wait for a reply at once (1000 by default); one more rejects with code "too_many_pending". */
   maxPending?: number;
+  /**
+   * Milliseconds of silence from the server after which the client sends a protocol `ping`
+   * (20000 by default; 0: never); no frame within half that again drops the socket and
+   * reconnects, so a frozen server or a lost route is found in 1.5 heartbeats.
+   */
+  heartbeat?: number;
 }
 
 export interface User {
@@ -212,6 +218,12 @@ export interface GatewayClientEventMap {
   leave: CustomEvent<PresenceEvent>;
   /** After each resubscription with `since`; `recovered: false`: resynchronise the channel. */
   recovery: CustomEvent<{ channel: string; recovered: boolean; count: number }>;
+  /**
+   * The gateway refused a resubscription after a reconnect for good (`forbidden`,
+   * `too_many_subscriptions`, ...): the channel is dropped. Passing refusals (`unavailable`,
+   * `proxy_unavailable`) and unanswered ones are asked again after a backoff.
+   */
+  resubscribe_failed: CustomEvent<{ channel: string; code: string; message: string }>;
 }
 
 type AddListenerArgs = Parameters<EventTarget["addEventListener"]>;

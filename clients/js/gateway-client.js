@@ -20,6 +20,10 @@
 // In channels with history it remembers each channel's position (offset and epoch of the last
 // message) and resubscribes with `since` after every reconnect: missed messages arrive as ordinary
 // "message" events, and a "recovery" event says whether the gap was filled.
+// Frames go out within the gateway's own budget (auth_success's `limits`): a reconnect that
+// resubscribes a hundred channels waits its turn rather than be refused as a flood. Each
+// resubscription carries an id: one unanswered is asked again, one refused for a passing reason
+// is retried, and one refused for good drops the channel with a "resubscribe_failed" event.
 
 const SUBPROTOCOL = "realtime.v1";
 const BEARER_PREFIX = "realtime.bearer.";
@@ -43,6 +47,11 @@ const STABLE_AFTER = 10000;
 const MIN_RENEWAL_INTERVAL = 2000;
 /** The server allows 3 ``auth`` attempts per socket: the first and 2 retries. */
 const AUTH_RETRIES = 2;
+/** The gateway's defaults (WS_RATE_PER_SECOND, WS_RATE_BURST), for one that does not say its own. */
+const DEFAULT_LIMITS = Object.freeze({ rate_per_second: 20, rate_burst: 40 });
+/** Refusals of a resubscription that a later attempt may not meet; any other is for good. */
+const RESUBSCRIBE_RETRIED = new Set(["unavailable", "proxy_unavailable"]);
+const now = () => globalThis.performance?.now() ?? Date.now();
 /**
  * The most bytes of one answer from auth_service the client reads, counted decoded (after any
  * Content-Encoding): a token answer is a few KiB. A longer one is cut off and refused.
@@ -666,21 +675,32 @@ export class GatewayClient extends EventTarget {
   #deferred = null; // the timer of a renewal waiting for MIN_RENEWAL_INTERVAL
   #lifetime = null; // ms: the expires_in auth_service gave the current token
   #connected = null;
+  #pacer = null; // this socket's frame budget, from its auth_success: {rate, burst, tokens, stamp}
+  #outbox = []; // frames waiting for that budget: {frame, request?, resubscription?}
+  #pacing = null; // the timer of the outbox's next frame
+  #resubscribing = new Map(); // id -> {channel, attempt, timer}: resubscriptions not answered
+  #retrying = new Set(); // timers of resubscriptions asked again after a backoff
+  #heartbeat; // ms of silence from the server before a ping (0: never)
+  #silence = null; // the timer that looks for that silence
+  #heard = 0; // when the last frame came (now())
+  #pinged = null; // the #heard of the silence last pinged
 
   /**
    * @param {{authUrl?: string, wsUrl: string, handshake?: "message"|"bearer"|"ticket",
    *   getToken?: () => Promise<string>, fetch?: typeof fetch, WebSocket?: typeof WebSocket,
    *   dpop?: boolean | CryptoKeyPair, connectTimeout?: number, requestTimeout?: number,
-   *   authTimeout?: number, maxPending?: number}} options
+   *   authTimeout?: number, maxPending?: number, heartbeat?: number}} options
    * ``handshake``: how the socket authenticates (docs/protocol.md, "Choosing a handshake").
    * ``dpop``: DPoP-bound tokens, on by default where WebCrypto exists (docs/browser.md).
    * ``connectTimeout``: milliseconds from opening a socket to its ``auth_success``;
    * ``requestTimeout``: from a request to its reply; ``authTimeout``: from a call to auth_service
-   * to its answer; ``maxPending``: requests waiting at once.
+   * to its answer; ``maxPending``: requests waiting at once; ``heartbeat``: milliseconds of
+   * silence from the server after which the client pings it (0: never).
    */
   constructor({
     authUrl, wsUrl, handshake = "message", getToken, fetch, WebSocket, dpop,
     connectTimeout = 15000, requestTimeout = 10000, authTimeout = 10000, maxPending = 1000,
+    heartbeat = 20000,
   } = {}) {
     super();
     // An unknown handshake would send nothing: the server closes 4408 again and again, and login() never settles.
@@ -691,6 +711,7 @@ export class GatewayClient extends EventTarget {
     this.#connectTimeout = connectTimeout;
     this.#requestTimeout = requestTimeout;
     this.#maxPending = maxPending;
+    this.#heartbeat = Number.isFinite(heartbeat) && heartbeat > 0 ? heartbeat : 0;
     this.#WebSocket = WebSocket ?? globalThis.WebSocket;
     if (typeof this.#WebSocket !== "function") {
       throw new TypeError('GatewayClient: no global WebSocket here; pass one, e.g. WebSocket from the "ws" package');
@@ -842,6 +863,7 @@ export class GatewayClient extends EventTarget {
     this.#connected?.reject(new GatewayError("connection_closed", "close() was called"));
     this.#connected = null;
     this.#live = false;
+    this.#dropOutbox();
     this.#failPending(({ sent }) => !sent); // those sent may still be answered while it closes
     if (this.#ws) this.#ws.close(1000);
     this.#setState("closed");
@@ -942,6 +964,7 @@ export class GatewayClient extends EventTarget {
     }
     const fault = frameFault(frame);
     if (fault) return this.#violation(1002, fault);
+    this.#listen(); // a frame is a sign of life
     this.#onFrame(frame);
   }
 
@@ -968,6 +991,7 @@ export class GatewayClient extends EventTarget {
 
   #onFrame(frame) {
     const pending = frame.id != null && this.#pending.get(frame.id);
+    const resubscription = frame.id != null && this.#resubscribing.get(frame.id);
     if (frame.type === "auth_success") {
       if (this.#userId !== null && frame.user.id !== this.#userId) return this.#userChanged(frame.user);
       this.#userId = frame.user.id;
@@ -987,7 +1011,9 @@ export class GatewayClient extends EventTarget {
         clearTimeout(this.#stable);
         this.#stable = setTimeout(() => { this.#attempt = 0; }, STABLE_AFTER);
         this.#live = true;
-        for (const [channel, presenceEvents] of this.#channels) this.#resubscribe(channel, presenceEvents);
+        this.#pace(frame.limits);
+        this.#listen();
+        for (const channel of this.#channels.keys()) this.#resubscribe(channel, 0);
         for (const request of this.#pending.values()) if (!request.sent) this.#transmit(request);
         this.#connected?.resolve();
         this.#connected = null;
@@ -995,6 +1021,10 @@ export class GatewayClient extends EventTarget {
       this.#setState("authenticated");
     } else if (frame.type === "auth_error") {
       this.#authRefused(frame);
+    } else if (resubscription) {
+      this.#resubscribed(frame, resubscription);
+    } else if (frame.type === "error" && frame.code === "rate_limited" && this.#pacer) {
+      Object.assign(this.#pacer, { tokens: 0, stamp: now() }); // the gateway's bucket is empty
     } else if (pending) {
       this.#pending.delete(frame.id);
       if (frame.type === "error") pending.reject(new GatewayError(frame.code, frame.message));
@@ -1032,12 +1062,143 @@ export class GatewayClient extends EventTarget {
 
   // -- positions and recovery ------------------------------------------------------------
 
-  #resubscribe(channel, presenceEvents) {
-    const frame = { type: "subscribe", channel };
-    if (presenceEvents) frame.presence_events = true;
+  /** A channel again on a new socket, with an id: its answer is taken in turn with the stream. */
+  #resubscribe(channel, attempt) {
+    const id = `s${++this.#ids}`;
+    const frame = { type: "subscribe", channel, id };
+    if (this.#channels.get(channel)) frame.presence_events = true;
     const since = this.#positions.get(channel);
     if (since) frame.since = since;
-    this.#send(frame);
+    this.#resubscribing.set(id, { channel, attempt, timer: null });
+    this.#post({ frame, resubscription: true });
+  }
+
+  /**
+   * A resubscription's answer: the channel's missed messages, or a refusal. A passing one is
+   * asked again after a backoff; any other drops the channel with a "resubscribe_failed" event.
+   */
+  #resubscribed(frame, { channel, attempt, timer }) {
+    clearTimeout(timer);
+    this.#resubscribing.delete(frame.id);
+    if (frame.type !== "error") {
+      if (this.#channels.has(channel)) this.#recovered(frame);
+    } else if (RESUBSCRIBE_RETRIED.has(frame.code)) {
+      this.#askAgain(channel, attempt);
+    } else if (this.#channels.delete(channel)) {
+      this.#positions.delete(channel);
+      const detail = { channel, code: frame.code, message: frame.message ?? "" };
+      this.dispatchEvent(new CustomEvent("resubscribe_failed", { detail }));
+    }
+  }
+
+  /** Unanswered within requestTimeout (dropped, or lost in a proxy), or refused for now. */
+  #askAgain(channel, attempt) {
+    const timer = setTimeout(() => {
+      this.#retrying.delete(timer);
+      if (this.#live && this.#channels.has(channel)) this.#resubscribe(channel, attempt + 1);
+    }, backoffDelay(attempt));
+    this.#retrying.add(timer);
+  }
+
+  /** This socket's budget: the gateway's bucket, one token short (its bucket filled first). */
+  #pace(limits) {
+    const rate = limits?.rate_per_second;
+    const burst = limits?.rate_burst;
+    const pacer = {
+      rate: typeof rate === "number" && rate > 0 && rate < Infinity ? rate : DEFAULT_LIMITS.rate_per_second,
+      burst: Math.max(1, (Number.isInteger(burst) && burst >= 1 ? burst : DEFAULT_LIMITS.rate_burst) - 1),
+      stamp: now(),
+    };
+    this.#pacer = { ...pacer, tokens: pacer.burst };
+  }
+
+  /** Sends ``item`` within the budget, at once while there is no budget yet (``auth``). */
+  #post(item) {
+    if (!this.#pacer) {
+      const sent = this.#send(item.frame);
+      if (item.request) item.request.sent = sent;
+      return;
+    }
+    if (item.request) item.request.sent = true; // #dropOutbox makes it unsent again
+    this.#outbox.push(item);
+    if (this.#pacing === null) this.#flush();
+  }
+
+  #flush() {
+    this.#pacing = null;
+    while (this.#outbox.length > 0) {
+      const item = this.#outbox[0];
+      const resubscription = item.resubscription && this.#resubscribing.get(item.frame.id);
+      const dead = item.request ? this.#pending.get(item.frame.id) !== item.request : item.resubscription && !resubscription;
+      if (dead) {
+        this.#outbox.shift(); // timed out while it waited
+        continue;
+      }
+      const pacer = this.#pacer;
+      const at = now();
+      pacer.tokens = Math.min(pacer.burst, pacer.tokens + ((at - pacer.stamp) * pacer.rate) / 1000);
+      pacer.stamp = at;
+      if (pacer.tokens < 1) {
+        // At most a second at a time: a longer timer than 2^31 ms would fire at once.
+        this.#pacing = setTimeout(() => this.#flush(), Math.min(1000, Math.ceil(((1 - pacer.tokens) * 1000) / pacer.rate)));
+        return;
+      }
+      pacer.tokens -= 1;
+      this.#outbox.shift();
+      const sent = this.#send(item.frame);
+      if (item.request) item.request.sent = sent;
+      if (resubscription) {
+        resubscription.timer = setTimeout(() => {
+          if (this.#resubscribing.get(item.frame.id) !== resubscription) return;
+          this.#resubscribing.delete(item.frame.id);
+          this.#askAgain(resubscription.channel, resubscription.attempt);
+        }, this.#requestTimeout);
+      }
+    }
+  }
+
+  /** The socket is gone: what waited for its budget waits for the next socket's. */
+  #dropOutbox() {
+    for (const item of this.#outbox) if (item.request) item.request.sent = false;
+    this.#outbox = [];
+    clearTimeout(this.#pacing);
+    this.#pacing = null;
+    this.#pacer = null;
+    for (const { timer } of this.#resubscribing.values()) clearTimeout(timer);
+    this.#resubscribing.clear();
+    for (const timer of this.#retrying) clearTimeout(timer);
+    this.#retrying.clear();
+    clearTimeout(this.#silence);
+    this.#silence = null;
+  }
+
+  /**
+   * A browser cannot ping, and a socket to a frozen server or over a lost route stays "open"
+   * for minutes: after ``heartbeat`` ms without a frame the client sends a protocol ``ping``,
+   * and without any frame ``heartbeat / 2`` ms later it drops the socket and reconnects.
+   */
+  #listen() {
+    this.#heard = now();
+    if (this.#silence === null && this.#heartbeat && this.#live) this.#watch(this.#heartbeat);
+  }
+
+  /** One timer per socket, not one per frame: it looks at when the last frame came. */
+  #watch(ms) {
+    const ws = this.#ws;
+    this.#silence = setTimeout(() => {
+      this.#silence = null;
+      if (this.#ws !== ws || !this.#live) return;
+      const quiet = now() - this.#heard;
+      if (quiet >= this.#heartbeat * 1.5) {
+        const silent = `no frame for ${Math.round(quiet)} ms, a ping unanswered`;
+        return this.#abandon(null, new GatewayError("timeout", silent));
+      }
+      if (quiet >= this.#heartbeat && this.#pinged !== this.#heard) {
+        this.#pinged = this.#heard;
+        this.#post({ frame: { type: "ping", id: "heartbeat" } });
+      }
+      this.#watch((quiet >= this.#heartbeat ? this.#heartbeat * 1.5 : this.#heartbeat) - quiet);
+    }, ms);
   }
 
   /** Never back past a message already delivered: a reply read after the messages that
@@ -1050,7 +1211,12 @@ export class GatewayClient extends EventTarget {
   }
 
   #deliver(frame) {
-    if (frame.offset !== undefined) this.#remember(frame.channel, frame);
+    if (frame.offset !== undefined) {
+      // At or before the position: delivered already (a late answer to a resubscription asked twice).
+      const known = this.#positions.get(frame.channel);
+      if (known && known.epoch === frame.epoch && known.offset >= frame.offset) return;
+      this.#remember(frame.channel, frame);
+    }
     this.dispatchEvent(new CustomEvent("message", { detail: frame }));
   }
 
@@ -1084,7 +1250,7 @@ export class GatewayClient extends EventTarget {
     try {
       if (actionFor(4401, frame.code) === "refresh_then_reconnect") await this.refresh();
       else await sleep(backoffDelay(this.#authRetries - 1));
-      if (this.#ws === ws) this.#send(await this.#authFrame(typeof frame.id === "string" ? frame.id : undefined));
+      if (this.#ws === ws) this.#post({ frame: await this.#authFrame(typeof frame.id === "string" ? frame.id : undefined) });
     } catch (err) {
       this.dispatchEvent(new CustomEvent("error", { detail: err }));
       // A refresh auth_service refused for good (4xx, not 429) ends the session; anything else waits for the close.
@@ -1126,7 +1292,7 @@ export class GatewayClient extends EventTarget {
     this.#setState("renewing");
     try {
       await this.refresh();
-      if (this.#ws === ws) this.#send(await this.#authFrame("renew"));
+      if (this.#ws === ws) this.#post({ frame: await this.#authFrame("renew") });
     } catch (err) {
       this.#renewing = null;
       // The socket closes at expiry (4401 token_expired) and DISCONNECTS takes it from there.
@@ -1158,6 +1324,7 @@ export class GatewayClient extends EventTarget {
     clearTimeout(this.#stable);
     clearTimeout(this.#deadline);
     this.#live = false;
+    this.#dropOutbox();
     // Requests sent on this socket lost their reply; those not sent yet wait for the next one.
     this.#failPending(({ sent }) => sent);
     if (this.#stopped) return;
@@ -1207,7 +1374,7 @@ export class GatewayClient extends EventTarget {
 
   /** A request not sent (the socket could not take it) waits for the next socket. */
   #transmit(request) {
-    request.sent = this.#send(request.frame);
+    this.#post({ frame: request.frame, request });
   }
 
   /** Rejects the requests ``which`` selects with ``connection_closed``. */

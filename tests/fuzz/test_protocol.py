@@ -32,6 +32,7 @@ from tests.integration.ws.harness import AUDIENCE, ISSUER, KeySet, Tokens
 from ws_service.app import create_app
 from ws_service.domain import protocol
 from ws_service.domain.history import HistoryPage, Position, with_position
+from ws_service.domain.limits import Limits
 from ws_service.domain.presence import Member, member_frame
 from ws_service.settings import Settings
 
@@ -67,6 +68,7 @@ def test_the_schema_accepts_every_frame_the_server_builds() -> None:
     page = HistoryPage([published], Position(7, "e1"), True)
     for text in [
         protocol.auth_success(claims, 0, 1, renewed=False),
+        protocol.auth_success(claims, 0, None, renewed=False, limits=Limits().advertised()),
         protocol.auth_success(claims, 0, "x", renewed=True),
         protocol.reply("pong", None),
         protocol.reply("subscribed", 3, channel="chat:a"),

@@ -469,7 +469,13 @@ class Connection:
             self._opened = 0.0  # its float (24 bytes) is not kept for the socket's life
         self._schedule_expiry(claims)
         self.send(
-            protocol.auth_success(claims, self._ctx.clock.time(), request_id, renewed=renewed)
+            protocol.auth_success(
+                claims,
+                self._ctx.clock.time(),
+                request_id,
+                renewed=renewed,
+                limits=None if renewed else self._ctx.limits.advertised(),
+            )
         )
 
     def _auth_failed(self, err: AuthError, request_id: protocol.RequestId, *, final: bool) -> None:

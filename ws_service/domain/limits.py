@@ -39,3 +39,11 @@ class Limits:
     """Bytes of ``publications`` one ``history`` or recovering ``subscribed`` carries: a quarter
     of the outbox, so a few replies and live messages fit in it together (a channel keeps up to
     its size times ``WS_MAX_MESSAGE_BYTES``, 6.4 MB by default: more than any outbox)."""
+
+    def advertised(self) -> dict[str, float | int]:
+        """What ``auth_success`` tells a client of its budget (``limits``)."""
+        return {
+            "rate_per_second": self.rate_per_second,
+            "rate_burst": self.rate_burst,
+            "max_subscriptions": self.max_subscriptions,
+        }

@@ -91,7 +91,16 @@ def reply(kind: str, request_id: RequestId, **fields: Any) -> str:
     return encode(frame)
 
 
-def auth_success(claims: Claims, now: float, request_id: RequestId, *, renewed: bool) -> str:
+def auth_success(
+    claims: Claims,
+    now: float,
+    request_id: RequestId,
+    *,
+    renewed: bool,
+    limits: dict[str, Any] | None = None,
+) -> str:
+    """``limits`` (the first one only): the budget a client paces its frames by, so that
+    re-subscribing many channels after a reconnect is not refused as a flood."""
     fields: dict[str, Any] = {
         "user": {"id": claims.sub, "username": claims.username},
         "session": claims.sid or None,
@@ -100,6 +109,8 @@ def auth_success(claims: Claims, now: float, request_id: RequestId, *, renewed: 
     }
     if renewed:
         fields["renewed"] = True
+    elif limits is not None:
+        fields["limits"] = limits
     return reply("auth_success", request_id, **fields)
 
 

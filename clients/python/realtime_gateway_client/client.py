@@ -27,6 +27,13 @@ with a key that never leaves the process, so a copied token or refresh token is 
 A wrong URL is one error at once (``Unreachable``): until the first connection succeeds nothing is
 retried; after it, a refused or failed connection is what a network does, and the client backs off
 and reconnects.
+
+Frames are paced by the gateway's own budget (``auth_success``'s ``limits``): a reconnect that
+re-subscribes a hundred channels waits its turn rather than be refused as a flood. Each
+resubscription carries an id: one left unanswered is asked again, one refused for a passing
+reason is retried, and one refused for good (``forbidden``, ``too_many_subscriptions``...) drops
+the channel and gives ``on_event`` ``{"type": "resubscribe_failed", "channel", "code",
+"message"}``.
 """
 
 from __future__ import annotations
@@ -495,6 +502,58 @@ def _wrong_field(frame: dict[str, Any]) -> str | None:
     return None
 
 
+DEFAULT_RATE = (20.0, 40)
+"""The gateway's defaults (``WS_RATE_PER_SECOND``, ``WS_RATE_BURST``), for a gateway that does not
+say its own in ``auth_success``'s ``limits``."""
+
+RESUBSCRIBE_RETRIED = frozenset({"unavailable", "proxy_unavailable"})
+"""Refusals of a resubscription that a later attempt may not meet; any other is for good."""
+
+
+class _Pacer:
+    """The gateway's per-socket token bucket, mirrored: a frame waits here for its turn rather
+    than being dropped there (``rate_limited`` names no id, so the caller would never hear)."""
+
+    __slots__ = ("_burst", "_lock", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, limits: Any) -> None:
+        rate, burst = DEFAULT_RATE
+        if isinstance(limits, dict):
+            said_rate, said_burst = limits.get("rate_per_second"), limits.get("rate_burst")
+            if (
+                isinstance(said_rate, int | float)
+                and not isinstance(said_rate, bool)
+                and 0 < said_rate < math.inf
+            ):
+                rate = float(said_rate)
+            if type(said_burst) is int and said_burst >= 1:
+                burst = said_burst
+        self._rate = float(rate)
+        # One token short of the gateway's: its bucket filled before ours, but floats round.
+        self._burst = float(max(1, burst - 1))
+        self._tokens = self._burst
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def take(self) -> None:
+        """Wait for a token; waiters are served in turn."""
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+                self._stamp = now
+                if self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    return
+                # At most a second at a time: a rate of 1e-300 must not overflow the timer.
+                await asyncio.sleep(min(1.0, (1.0 - self._tokens) / self._rate))
+
+    def empty(self) -> None:
+        """The gateway refused a frame as over its rate: its bucket is empty, so is ours."""
+        self._tokens = 0.0
+        self._stamp = time.monotonic()
+
+
 class GatewayClient:
     """One logical connection that survives reconnects. Use as an async context manager."""
 
@@ -555,6 +614,10 @@ class GatewayClient:
         self._positions: dict[str, dict[str, Any]] = {}
         self._on_event = on_event
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._resubscribing: dict[str, tuple[str, asyncio.Future[bool]]] = {}
+        """Resubscriptions sent and not answered: id -> (channel, whether to ask again)."""
+        self._pacer: _Pacer | None = None
+        """The current socket's frame budget, from its ``auth_success``."""
         self._ids = itertools.count(1)
         self._messages: asyncio.Queue[tuple[dict[str, Any], int] | None] = asyncio.Queue()
         self._max_queued = max_queued_bytes
@@ -832,18 +895,21 @@ class GatewayClient:
         ws = await self._open()
         async with ws:
             self._ws = ws
+            self._pacer = None  # the last socket's; this one's comes with its auth_success
             try:
                 await self._authenticate(ws)
                 self.connects += 1
                 self._up_since = asyncio.get_running_loop().time()
                 self._renewed_for = None
-                for channel, presence_events in sorted(self._channels.items()):
-                    await self._send(ws, self._resubscription(channel, presence_events))
+                resubscribing = asyncio.get_running_loop().create_task(self._resubscribe(ws))
                 self._connected.set()
                 self._state("connected", str((self.user or {}).get("username", "")))
-                while True:
-                    frame, size = await self._receive_sized(ws)
-                    await self._handle(ws, frame, size)
+                try:
+                    while True:
+                        frame, size = await self._receive_sized(ws)
+                        await self._handle(ws, frame, size)
+                finally:
+                    await cancel_and_wait(resubscribing)
             except ServerProtocolError as exc:
                 await ws.close(code=exc.close_code, message=exc.reason.encode()[:123])
                 if self.connects == 0:
@@ -874,6 +940,7 @@ class GatewayClient:
                     )
                 self.user = user
                 self._held = frame["expires_at"]
+                self._pacer = _Pacer(frame.get("limits"))
                 return
             if not frame.get("retry"):
                 break
@@ -945,6 +1012,10 @@ class GatewayClient:
             future = self._pending.pop(request_id)
             if not future.done():
                 future.set_result(frame)
+        elif isinstance(request_id, str) and request_id in self._resubscribing:
+            self._resubscribed(request_id, frame, size)
+        elif kind == "error" and frame.get("code") == "rate_limited" and self._pacer is not None:
+            self._pacer.empty()
         elif kind == "message":
             self._deliver(frame, size)
         elif kind == "subscribed":
@@ -960,6 +1031,71 @@ class GatewayClient:
             self._positions.pop(str(frame.get("channel")), None)
 
     # -- positions and recovery ------------------------------------------------------------
+
+    async def _resubscribe(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Every channel again on a new socket, paced with the app's own requests. The answers
+        are taken in turn with the stream (``_resubscribed``), so the missed messages come out
+        before what follows them; one not answered within ``request_timeout`` (dropped, or lost
+        in a proxy) and one refused for a passing reason are asked again after a backoff."""
+        loop = asyncio.get_running_loop()
+        waiting = sorted(self._channels)
+        attempt = 0
+        while waiting:
+            asked: dict[str, tuple[str, asyncio.Future[bool]]] = {}
+            try:
+                for channel in waiting:
+                    if channel not in self._channels:
+                        continue  # unsubscribed meanwhile
+                    request_id = f"s{next(self._ids)}"
+                    frame = {
+                        **self._resubscription(channel, self._channels[channel]),
+                        "id": request_id,
+                    }
+                    asked[request_id] = self._resubscribing[request_id] = (
+                        channel,
+                        loop.create_future(),
+                    )
+                    try:
+                        await self._send(ws, frame)
+                    except (aiohttp.ClientError, ConnectionError):
+                        return  # the socket is closing: the runner hears of it and reconnects
+                if asked:
+                    await asyncio.wait([f for _, f in asked.values()], timeout=self._timeout)
+            finally:
+                for request_id in asked:
+                    self._resubscribing.pop(request_id, None)
+            waiting = [
+                channel
+                for channel, future in asked.values()
+                if channel in self._channels and (not future.done() or future.result())
+            ]
+            if waiting:
+                log.warning("resubscribing again", extra={"channels": len(waiting)})
+                await asyncio.sleep(backoff_delay(attempt, *self._backoff, random.random()))
+                attempt += 1
+
+    def _resubscribed(self, request_id: str, frame: dict[str, Any], size: int) -> None:
+        """A resubscription's answer, in its place in the stream: the channel's missed messages,
+        or a refusal: a passing one is asked again, any other drops the channel and says so."""
+        channel, future = self._resubscribing.pop(request_id)
+        if frame.get("type") != "error":
+            if channel in self._channels:
+                self._recovered(frame, size)
+            future.set_result(False)
+            return
+        code = str(frame.get("code"))
+        if code in RESUBSCRIBE_RETRIED:
+            future.set_result(True)
+            return
+        future.set_result(False)
+        if self._channels.pop(channel, None) is None:
+            return
+        self._positions.pop(channel, None)
+        message = str(frame.get("message") or "")
+        log.warning("resubscription refused", extra={"channel": channel, "code": code})
+        self._emit(
+            {"type": "resubscribe_failed", "channel": channel, "code": code, "message": message}
+        )
 
     def _resubscription(self, channel: str, presence_events: bool) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
@@ -983,9 +1119,21 @@ class GatewayClient:
             return
         self._positions[channel] = {"offset": position["offset"], "epoch": position["epoch"]}
 
+    def _seen(self, channel: str, frame: dict[str, Any]) -> bool:
+        """A message at or before the channel's position was delivered already: a late answer
+        to a resubscription asked twice brings the same missed messages again."""
+        known = self._positions.get(channel)
+        return (
+            known is not None
+            and known["epoch"] == frame.get("epoch")
+            and known["offset"] >= frame["offset"]
+        )
+
     def _deliver(self, frame: dict[str, Any], size: int) -> None:
         """Queue a message, or raise ``_QueueFull`` before its position is remembered, so the
         resubscription after the reconnect asks for it again."""
+        if "offset" in frame and self._seen(str(frame.get("channel")), frame):
+            return
         if self._queued + size > self._max_queued and self._queued > 0:
             self._drained.clear()
             raise _QueueFull()
@@ -1097,6 +1245,9 @@ class GatewayClient:
         return self._ws
 
     async def _send(self, ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]) -> None:
+        """Once authenticated, within the socket's frame budget (``_Pacer``)."""
+        if self._pacer is not None:
+            await self._pacer.take()
         await ws.send_str(json.dumps(frame))
 
     def _state(self, state: str, detail: str) -> None:

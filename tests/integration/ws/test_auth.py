@@ -49,6 +49,7 @@ async def test_valid_token_authenticates(gw: Harness) -> None:
         "session": "sid-alice",
         "expires_in": reply["expires_in"],
         "expires_at": exp,
+        "limits": {"rate_per_second": 20.0, "rate_burst": 40, "max_subscriptions": 100},
         "id": 7,
     }
     assert 118 <= reply["expires_in"] <= 120

@@ -395,3 +395,29 @@ async def test_a_full_message_queue_drops_the_socket_not_the_messages(stack: Sta
                     break
         assert got == list(range(40))
         assert alice.connects >= 2
+
+
+async def test_a_reconnect_resubscribes_more_channels_than_the_rate_burst_losing_nothing(
+    stack: Stack,
+) -> None:
+    """55 channels against the gateway's default budget (20 frames/s beyond a burst of 40),
+    told in ``auth_success``: the client paces its subscribes and resubscriptions rather than
+    sending them at once. Before, the 15 past the burst were dropped as ``rate_limited``: their
+    channels lost without a word (past 60 the socket closed 4429, again on every reconnect)."""
+    channels = [f"chat:many-{n:02}" for n in range(55)]
+    async with stack.client("alice") as alice:
+        for channel in channels:
+            await alice.subscribe(channel)
+        await stack.close_sockets(1012, "restarting")
+        for channel in channels:
+            resp = await stack.ws.post(
+                "/v1/publish",
+                json={"channel": channel, "data": channel},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            )
+            assert resp.status == 202
+        async with asyncio.timeout(15):
+            received = [(await next_message(alice))["data"] for _ in channels]
+        assert sorted(received) == channels
+        assert alice.connects == 2
+        assert alice.channels == set(channels)

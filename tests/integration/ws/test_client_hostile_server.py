@@ -44,6 +44,10 @@ class HostileGateway:
         self.held = 0
         """The expires_at of the last auth_success sent."""
         self.token_gate: asyncio.Event | None = None
+        self.token_asked: list[float] = []
+        """``time.monotonic()`` of every refresh asked for."""
+        self.token_refusals: list[web.Response] = []
+        """Answers to the next refreshes, before any token."""
 
     @property
     def auth_url(self) -> str:
@@ -64,6 +68,9 @@ class HostileGateway:
         return web.json_response(tokens(0))
 
     async def token(self, request: web.Request) -> web.Response:
+        self.token_asked.append(time.monotonic())
+        if self.token_refusals:
+            return self.token_refusals.pop(0)
         if self.token_gate is not None:  # a slow auth_service: answers once the test says
             await self.token_gate.wait()
         self.refreshes += 1
@@ -590,3 +597,69 @@ async def test_close_ends_a_refresh_in_flight_and_the_messages_of_a_client_never
     await never.close()
     async with asyncio.timeout(2):
         assert [message async for message in never.messages()] == []
+
+
+async def test_resubscriptions_refused_for_good_are_reported_and_the_rest_asked_again(
+    serve: Serve,
+) -> None:
+    """After a reconnect each channel is asked for again with an id. A refusal for good drops
+    the channel and says so (``resubscribe_failed``); one for a passing reason, and one never
+    answered (a frame the gateway dropped), are asked again; a late answer to the first ask
+    and the answer to the second bring the same missed message, delivered once. Before, the
+    resubscriptions had no id: a refused or dropped one was lost without a word."""
+    position = {"offset": 1, "epoch": "e"}
+    asked: dict[str, list[dict[str, Any]]] = {}
+
+    def subscribed(frame: dict[str, Any], *offsets: int) -> dict[str, Any]:
+        publications = [
+            {**MESSAGE, "channel": frame["channel"], "offset": n, "epoch": "e", "data": n}
+            for n in offsets
+        ]
+        return {"type": "subscribed", "channel": frame["channel"], "id": frame["id"],
+                "recovered": True, "publications": publications,
+                "position": {"offset": max(offsets, default=1), "epoch": "e"}}  # fmt: skip
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        if gateway.connects == 1:
+            for _ in range(4):
+                frame = await gateway.receive(ws)
+                assert frame is not None
+                await ws.send_json({"type": "subscribed", "channel": frame["channel"],
+                                    "id": frame["id"], "position": position})  # fmt: skip
+            await ws.close(code=1012)
+            return
+        while (frame := await gateway.receive(ws)) is not None:
+            channel = frame["channel"]
+            asked.setdefault(channel, []).append(frame)
+            if channel == "chat:a":
+                await ws.send_json({"type": "error", "code": "forbidden", "id": frame["id"],
+                                    "message": "not any more"})  # fmt: skip
+            elif channel == "chat:b" and len(asked[channel]) == 1:
+                await ws.send_json({"type": "error", "code": "proxy_unavailable",
+                                    "id": frame["id"], "message": "try again"})  # fmt: skip
+            elif channel == "chat:c" and len(asked[channel]) == 1:
+                pass  # dropped: never answered
+            elif channel == "chat:c":
+                await ws.send_json(subscribed(asked[channel][0], 2))  # the late first answer
+                await ws.send_json(subscribed(frame, 2))
+            else:
+                await ws.send_json(subscribed(frame, 2))
+
+    gateway = await serve(script)
+    events: list[dict[str, Any]] = []
+    async with client(gateway, request_timeout=0.5, on_event=events.append) as alice:
+        for channel in ("chat:a", "chat:b", "chat:c", "chat:d"):
+            await alice.subscribe(channel)
+        received = [await next_message(alice) for _ in range(3)]
+        assert sorted((m["channel"], m["offset"]) for m in received) == [
+            ("chat:b", 2), ("chat:c", 2), ("chat:d", 2)]  # fmt: skip
+        await asyncio.sleep(0.3)
+        assert alice._messages.empty(), "a missed message delivered twice"
+        assert alice.channels == {"chat:b", "chat:c", "chat:d"}
+    assert [len(asked[c]) for c in ("chat:a", "chat:b", "chat:c", "chat:d")] == [1, 2, 2, 1]
+    assert all(isinstance(f.get("id"), str) for frames in asked.values() for f in frames)
+    assert asked["chat:c"][1]["since"] == position
+    refused = [e for e in events if e["type"] == "resubscribe_failed"]
+    assert refused == [{"type": "resubscribe_failed", "channel": "chat:a", "code": "forbidden",
+                        "message": "not any more"}]  # fmt: skip

@@ -158,6 +158,7 @@ async def test_1_a_valid_auth_authenticates() -> None:
             "session": "s1",
             "expires_in": TTL,
             "expires_at": claims.exp,
+            "limits": Limits().advertised(),
             "id": 7,
         }
     ]
