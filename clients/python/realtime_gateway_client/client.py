@@ -637,6 +637,9 @@ class GatewayClient:
         self._held: int | None = None
         """The expiry of the token the socket holds: its last ``auth_success``'s ``expires_at``."""
         self._last_renewal = -math.inf
+        self._refresh_after = -math.inf
+        """``time.monotonic()`` before which auth_service asked not to be asked again (429 or 503
+        with ``Retry-After``, at most ``backoff_cap`` seconds)."""
         """The expiry this socket's last renewal answered (``token_expiring``'s ``expires_at``)."""
         self._on_state = on_state
         self.connects = 0
@@ -789,7 +792,13 @@ class GatewayClient:
 
     async def _do_refresh(self) -> TokenPair:
         assert self._api is not None and self._tokens is not None
-        self._tokens = await self._api.refresh(self._tokens.refresh_token)
+        try:
+            self._tokens = await self._api.refresh(self._tokens.refresh_token)
+        except TemporaryFailure as exc:
+            if exc.retry_after is not None:
+                wait = min(exc.retry_after, self._backoff[1])
+                self._refresh_after = time.monotonic() + wait
+            raise
         self.refreshes += 1
         return self._tokens
 
@@ -853,16 +862,26 @@ class GatewayClient:
             self._state("reconnecting", "once messages() has taken half of the queued messages")
             await self._drained.wait()
             return
-        delay = backoff_delay(self._attempt, *self._backoff, random.random())
-        self._attempt += 1
-        log.info("reconnecting", extra={"code": closed.code, "delay": round(delay, 3)})
-        self._state("reconnecting", f"in {delay:.1f} s")
-        await asyncio.sleep(delay)
-        if action is Action.REFRESH_THEN_RECONNECT:
+        while True:
+            # Not before auth_service's Retry-After: reconnecting with the expired token only
+            # earns another refresh, which it asked us not to make yet.
+            delay = max(
+                backoff_delay(self._attempt, *self._backoff, random.random()),
+                self._refresh_after - time.monotonic(),
+            )
+            self._attempt += 1
+            log.info("reconnecting", extra={"code": closed.code, "delay": round(delay, 3)})
+            self._state("reconnecting", f"in {delay:.1f} s")
+            await asyncio.sleep(delay)
+            if action is not Action.REFRESH_THEN_RECONNECT:
+                return
             try:
                 await self.refresh()
+                return
             except _TRANSIENT as exc:
-                log.warning("token refresh failed; reconnecting", exc_info=exc)
+                log.warning("token refresh failed", exc_info=exc)
+                if self._refresh_after <= time.monotonic():
+                    return  # no advice: reconnect, and the expired token earns a refresh
 
     async def _open(self) -> aiohttp.ClientWebSocketResponse:
         """The socket, within ``connect_timeout``; before the first connection a failure is

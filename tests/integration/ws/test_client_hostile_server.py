@@ -663,3 +663,30 @@ async def test_resubscriptions_refused_for_good_are_reported_and_the_rest_asked_
     refused = [e for e in events if e["type"] == "resubscribe_failed"]
     assert refused == [{"type": "resubscribe_failed", "channel": "chat:a", "code": "forbidden",
                         "message": "not any more"}]  # fmt: skip
+
+
+async def test_a_refresh_answered_429_with_retry_after_waits_that_long(serve: Serve) -> None:
+    """auth_service said "429, Retry-After: 1": the client reconnected after its own backoff
+    (50 ms here) with the expired token, which a real gateway answers token_expired, and
+    refreshed again at once, as often as the backoff allowed inside the second it was asked to
+    wait. Now it neither reconnects nor refreshes before that second is over."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        if gateway.connects == 1:
+            await gateway.authenticate(ws)
+            await ws.close(code=4401, message=b"token_expired")
+            return
+        await gateway.authenticate(ws)
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    too_many = {"error": "slow_down", "error_description": "too many"}
+    gateway.token_refusals.append(
+        web.json_response(too_many, status=429, headers={"Retry-After": "1"})
+    )
+    async with client(gateway, backoff_base=0.05, backoff_cap=5) as alice:
+        await wait_until(lambda: alice.refreshes == 1 and gateway.connects == 2, wait=5)
+    asked = gateway.token_asked
+    assert len(asked) == 2
+    assert asked[1] - asked[0] >= 0.95, asked
+    assert gateway.connects == 2
