@@ -6,6 +6,7 @@ a process restarts it before it ends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Iterator
@@ -15,7 +16,16 @@ import aiohttp
 import pytest
 
 from tests.system.cluster import Cluster, running_cluster
-from tests.system.wire import channel, connected, frame, publish_api, request, sub_of, tokens_for
+from tests.system.wire import (
+    API_KEY,
+    channel,
+    connected,
+    frame,
+    publish_api,
+    request,
+    sub_of,
+    tokens_for,
+)
 
 pytestmark = [pytest.mark.system, pytest.mark.postgres, pytest.mark.redis]
 
@@ -44,6 +54,9 @@ async def say(ws: aiohttp.ClientWebSocketResponse, room: str, data: Any) -> None
 async def frames(ws: aiohttp.ClientWebSocketResponse, count: int, within: float) -> list[Any]:
     async with asyncio.timeout(within):
         return [await frame(ws, within) for _ in range(count)]
+
+
+API = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def api(cluster: Cluster, index: int) -> str:
@@ -219,6 +232,69 @@ async def test_3_a_redis_restart_starts_a_new_epoch_and_recovery_says_so(
             message = await frame(again)
             assert (message["offset"], message["data"]) == (1, 1)
             assert message["epoch"] != epoch
+
+
+async def test_3b_a_socket_that_missed_a_new_epoch_s_first_messages_is_told(
+    cluster: Cluster,
+) -> None:
+    """An outside probe: Redis restarted empty while publishes went on. The first ones after it
+    came back went into the new stream (offsets 1..N) before the replicas' bus listened again,
+    and subscribers that stayed connected got offset N+1 of the new epoch as if a stream began
+    there: never told, their position moved past what they never got. Every socket now either
+    sees each stream whole from offset 1 or is closed 1012 missed_messages to recover."""
+    room = channel()
+    async with aiohttp.ClientSession() as http:
+        alice = await tokens_for(http, cluster.auth_url(0), "r3b-alice")
+        async with (
+            connected(http, cluster.ws_url(0), alice["access_token"]) as near,
+            connected(http, cluster.ws_url(2), alice["access_token"]) as far,
+        ):
+            for ws in (near, far):
+                await request(ws, {"type": "subscribe", "channel": room})
+            stop = asyncio.Event()
+
+            async def publish_steadily() -> int:
+                accepted, n = 0, 0
+                while not stop.is_set():
+                    n += 1
+                    body = {"channel": room, "data": n}
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with http.post(api(cluster, 1), json=body, headers=API) as resp:
+                            accepted += resp.status == 202
+                    await asyncio.sleep(0.01)
+                return accepted
+
+            publishing = asyncio.ensure_future(publish_steadily())
+            await asyncio.sleep(0.3)
+            assert cluster.redis is not None
+            cluster.redis.send(signal.SIGKILL)
+            cluster.redis.wait(10)
+            await asyncio.sleep(0.5)
+            cluster.restart(cluster.redis)
+            for index in (0, 1, 2):
+                await wait_for_bus(cluster, index, connected=True)
+            await asyncio.sleep(1.0)
+            stop.set()
+            assert await publishing > 0
+            for ws in (near, far):
+                seen: list[tuple[str, int]] = []
+                while True:
+                    try:
+                        message = await ws.receive(timeout=2)
+                    except TimeoutError:
+                        break  # every message delivered
+                    if message.type is not aiohttp.WSMsgType.TEXT:
+                        break
+                    body = message.json()
+                    if body.get("type") == "message" and "offset" in body:
+                        seen.append((body["epoch"], body["offset"]))
+                    if len(seen) > 1 and seen[-1][0] == seen[-2][0]:
+                        assert seen[-1][1] == seen[-2][1] + 1, seen
+                    elif len(seen) > 1:
+                        assert seen[-1][1] == 1, f"a new epoch from {seen[-1][1]}: {seen}"
+                assert seen, "no message reached the socket"
+                if ws.close_code is not None:
+                    assert (ws.close_code, message.extra) == (1012, "missed_messages")
 
 
 TOGGLING = 3.0

@@ -256,12 +256,19 @@ class Connection:
         One past the next the socket expects means it missed messages (they reached Redis's
         history while this replica's subscription to the bus was cut, a failover): delivering it
         would leave a gap the client never sees, so the socket is closed to reconnect and
-        recover them with ``since`` (as Centrifugo's "insufficient state" does)."""
+        recover them with ``since`` (as Centrifugo's "insufficient state" does). A new epoch is a
+        new stream, whose first message is offset 1: one past that is the same gap (Redis came
+        back empty and took messages before this replica's bus listened again), and the
+        recovery then says ``recovered: false``, so the client knows to resynchronise."""
         last = self.channels.get(channel)
-        if last is not None and last.epoch == position.epoch:
-            if position.offset <= last.offset:
-                return False
-            if position.offset > last.offset + 1:
+        if last is not None:
+            if last.epoch == position.epoch:
+                if position.offset <= last.offset:
+                    return False
+                expected = last.offset + 1
+            else:
+                expected = 1
+            if position.offset > expected:
                 self.close(Disconnect.MISSED_MESSAGES)
                 return False
         if channel in self.channels:

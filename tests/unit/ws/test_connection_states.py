@@ -980,6 +980,24 @@ async def test_a_message_past_the_next_offset_closes_the_socket_to_recover_what_
     assert action_for(1012, "missed_messages") is Action.RECONNECT
 
 
+async def test_a_new_epoch_past_its_first_offset_closes_the_socket_too() -> None:
+    """An outside probe: Redis restarted empty, and the first messages published after it came
+    back went into the new stream (offsets 1-8) before the replicas' bus listened again. The
+    first live message was offset 9 of the new epoch, taken as a new stream: nobody was told,
+    and the client's position moved past what it never got."""
+    s = Socket()
+    await s.authenticate()
+    await s.send({"type": "subscribe", "channel": "chat:a"})
+    await s.hub.publish("chat:a", 1, None)
+    [first] = s.peer.take()
+    last = s.conn.channels["chat:a"]
+    assert last is not None
+    message = json.dumps({**first, "data": 9})
+    s.conn.deliver("chat:a", message, replace(last, epoch="reborn", offset=9))
+    assert s.peer.texts == [], "not delivered past the gap"
+    assert s.peer.closed == (1012, "missed_messages")
+
+
 async def test_sockets_that_never_subscribed_share_one_empty_channels_dict_never_written() -> None:
     """An idle socket keeps no dict of its own (64 bytes each, docs/performance.md); the first
     subscribe gives it one. Nothing may write the shared one: it would be every socket's."""
