@@ -47,3 +47,6 @@ class IssuerKeys:
     async def refresh(self) -> None:
         with _as_gateway_errors():
             await self.cache.refresh()
+
+    def fetched_since(self, when: float) -> bool:
+        return self.cache.fetched_since(when)

@@ -197,6 +197,8 @@ class JwksCache:
         self._ttl = min_ttl
         self._inflight: asyncio.Task[None] | None = None
         self._last_refetch = -math.inf
+        self._fetched_at = -math.inf
+        """When the key set held was fetched (epoch seconds, as a token's ``iat``)."""
         self._outage: tuple[float, str] | None = None
 
     @property
@@ -223,6 +225,11 @@ class JwksCache:
 
     def is_withdrawn(self, kid: str) -> bool:
         return kid in self._withdrawn
+
+    def fetched_since(self, when: float) -> bool:
+        """Whether the key set held was fetched at or after ``when`` (epoch seconds): a kid it
+        lacks may be a key newer than it."""
+        return self._fetched_at >= when
 
     def withdraw(self, kid: str) -> None:
         self._withdrawn.pop(kid, None)
@@ -315,6 +322,7 @@ class JwksCache:
             raise KeysUnavailable()
         dropped = frozenset(self._keys.keys() - keys.keys())
         self._keys = keys
+        self._fetched_at = time.time()
         self._loaded = True
         self._outage = None
         self._ttl = ttl_from_cache_control(cache_control, self._min_ttl, self._max_ttl)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -23,7 +24,13 @@ from realtime_gateway_protocol.access_token import (
 )
 from realtime_gateway_protocol.wire_json import WireJSONError, check
 from shared.jose import unverified_header
-from ws_service.domain.errors import InvalidToken, KeyWithdrawn, SessionRevoked, TokenExpired
+from ws_service.domain.errors import (
+    InvalidToken,
+    KeysUnavailable,
+    KeyWithdrawn,
+    SessionRevoked,
+    TokenExpired,
+)
 from ws_service.domain.namespaces import parse_grants
 
 __all__ = [
@@ -58,6 +65,9 @@ class KeySource(Protocol):
 
     async def refresh(self) -> None:
         """Fetch the key set now; raises ``KeysUnavailable``."""
+
+    def fetched_since(self, when: float) -> bool:
+        """Whether the key set held was fetched at or after ``when`` (epoch seconds)."""
 
 
 class RevocationCheck(Protocol):
@@ -176,7 +186,18 @@ class TokenVerifier:
             raise InvalidToken("critical header extensions are not supported")
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("the token has no key id")
-        key = await issuer.keys.get_key(kid)
+        try:
+            key = await issuer.keys.get_key(kid)
+        except InvalidToken:
+            issued = _unverified_claim(token, "iat")
+            if (
+                isinstance(issued, int | float)
+                and not isinstance(issued, bool)
+                and math.isfinite(issued)
+                and not issuer.keys.fetched_since(issued + NEW_KEY_SETTLE)
+            ):
+                raise KeysUnavailable(_NOT_YET) from None
+            raise
         if alg not in key.algorithms:
             raise InvalidToken("the token's algorithm is not its signing key's")
         try:
@@ -201,15 +222,31 @@ class TokenVerifier:
         return payload, kid
 
 
-def _unverified_issuer(token: str) -> str:
-    """``iss`` of a token's payload, unverified ("" if none): it picks the issuer whose keys and
-    rules decide."""
+NEW_KEY_SETTLE = 60.0
+"""Seconds after a token's ``iat`` within which a key set may not hold its signing key yet: an
+auth replica signs with a new key at once (``keys rotate --immediate``, ``keys revoke``) while
+the others load it at their next reload (at most 30 s when the announcement cannot travel, Redis
+down), and the key set fetched here may come from one of those. A kid unknown to a set fetched
+that long after the token was issued is no key of the issuer's: ``invalid_token``. Before, it is
+``keys_unavailable`` (retry): a valid token was answered "stop, log in again"."""
+
+_NOT_YET = "the token's signing key is not in the key set here yet; try again"
+
+
+def _unverified_claim(token: str, name: str) -> Any:
+    """A claim of a token's payload, unverified (None if none or unreadable)."""
     segment = token.split(".", 2)[1] if token.count(".") == 2 else ""
     try:
         payload = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
     except (ValueError, RecursionError):  # binascii.Error is a ValueError
-        return ""
-    issuer = payload.get("iss") if isinstance(payload, dict) else None
+        return None
+    return payload.get(name) if isinstance(payload, dict) else None
+
+
+def _unverified_issuer(token: str) -> str:
+    """``iss`` of a token's payload, unverified ("" if none): it picks the issuer whose keys and
+    rules decide."""
+    issuer = _unverified_claim(token, "iss")
     return issuer if isinstance(issuer, str) else ""
 
 

@@ -18,9 +18,16 @@ from jwt.algorithms import RSAAlgorithm
 
 from realtime_gateway_protocol.access_token import ACCESS_TOKEN_TYP, ALGORITHM, AccessTokenPayload
 from shared.bus import EventBus
+from ws_service.domain.verify import NEW_KEY_SETTLE
 
 ISSUER = "http://auth.test:8081"
 AUDIENCE = "ws"
+
+
+def long_ago() -> int:
+    """An ``iat`` older than ``NEW_KEY_SETTLE``: a kid the key set lacks is then no key of the
+    issuer's (``invalid_token``), where for a token just issued it may be one not loaded yet."""
+    return int(time.time() - NEW_KEY_SETTLE - 5)
 
 
 def b64(data: bytes) -> str:

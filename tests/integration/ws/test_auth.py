@@ -24,6 +24,7 @@ from tests.integration.ws.harness import (
     b64,
     expect_close,
     expect_open,
+    long_ago,
     recv,
     send,
 )
@@ -72,7 +73,9 @@ async def test_jku_x5u_jwk_x5c_headers_are_ignored(
     await gw.login(token=gw.tokens.make(headers=headers))
     assert gw.keyset.fetches == 1, "the configured key set, fetched once at start-up"
     ws = await gw.open()
-    forged = gw.tokens.make(key=other_key, headers={**headers, "kid": "attacker-kid"})
+    forged = gw.tokens.make(
+        key=other_key, headers={**headers, "kid": "attacker-kid"}, iat=long_ago()
+    )
     assert await auth(ws, forged) == {
         "type": "auth_error",
         "code": "invalid_token",
@@ -193,7 +196,7 @@ async def test_weak_rsa_key_in_the_jwks_is_never_used(make_gateway: MakeGateway)
     strong = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     gw = await make_gateway(keyset=KeySet({"weak": weak, KID: strong}))
     with pytest.warns(InsecureKeyLengthWarning):
-        token = gw.tokens.make(key=weak, headers={"kid": "weak"})
+        token = gw.tokens.make(key=weak, headers={"kid": "weak"}, iat=long_ago())
     await refused(gw, token, "unknown signing key")
 
 

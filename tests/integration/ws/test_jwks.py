@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from shared.http.jwks import KeysUnavailable
 from tests.integration.ws.conftest import MakeGateway
-from tests.integration.ws.harness import Harness, KeySet, auth, expect_close, wait_until
+from tests.integration.ws.harness import (
+    Harness,
+    KeySet,
+    auth,
+    expect_close,
+    long_ago,
+    wait_until,
+)
 from ws_service.appkeys import JWKS
 
 UNAVAILABLE = {
@@ -25,7 +32,7 @@ UNAVAILABLE = {
 async def test_unknown_kid_triggers_exactly_one_refetch_then_is_refused(gw: Harness) -> None:
     assert gw.keyset.fetches == 1
     ws = await gw.open()
-    reply = await auth(ws, gw.tokens.make(headers={"kid": "rotated-away"}))
+    reply = await auth(ws, gw.tokens.make(headers={"kid": "rotated-away"}, iat=long_ago()))
     assert reply == {
         "type": "auth_error",
         "code": "invalid_token",
@@ -39,7 +46,7 @@ async def test_unknown_kid_triggers_exactly_one_refetch_then_is_refused(gw: Harn
 async def test_flood_of_random_kids_is_at_most_one_fetch_per_interval(gw: Harness) -> None:
     async def attempt() -> str:
         ws = await gw.open()
-        reply = await auth(ws, gw.tokens.make(headers={"kid": uuid.uuid4().hex}))
+        reply = await auth(ws, gw.tokens.make(headers={"kid": uuid.uuid4().hex}, iat=long_ago()))
         return str(reply["code"])
 
     codes = await asyncio.gather(*(attempt() for _ in range(30)))
@@ -54,9 +61,8 @@ async def test_refetch_is_allowed_again_after_the_interval(
 ) -> None:
     gw = await make_gateway(jwks_refetch_interval=0.3)
     ws = await gw.open()
-    assert (await auth(ws, gw.tokens.make(key=other_key, headers={"kid": "new"})))["code"] == (
-        "invalid_token"
-    )
+    unknown = gw.tokens.make(key=other_key, headers={"kid": "new"}, iat=long_ago())
+    assert (await auth(ws, unknown))["code"] == "invalid_token"
     assert gw.keyset.fetches == 2
     gw.keyset.keys["new"] = other_key
     token = gw.tokens.make(key=other_key, headers={"kid": "new"})
@@ -123,3 +129,28 @@ async def test_issuer_down_cached_keys_still_verify_and_readyz_reports_it(gw: Ha
     assert before <= datetime.fromisoformat(match[1]) <= datetime.now(UTC)
     assert "Cannot connect" in match[2]
     await gw.login()
+
+
+async def test_a_token_newer_than_the_key_set_is_asked_again_not_refused_for_good(
+    make_gateway: MakeGateway, other_key: RSAPrivateKey
+) -> None:
+    """An outside probe: during a Redis outage an operator withdrew the signing key; one auth
+    replica signed with the new key at once, the key set the gateway refetched came from another
+    that had not loaded it yet, and the new tokens, valid, were answered invalid_token (retry:
+    false, close 4401: "log in again") until the refetch interval let it look again. A kid
+    unknown to a key set fetched before the token was issued (plus NEW_KEY_SETTLE) is now
+    keys_unavailable, and the next attempt, once the key set has it, succeeds."""
+    gw = await make_gateway(jwks_refetch_interval=0.3)
+    token = gw.tokens.make(key=other_key, headers={"kid": "newer"})
+    ws = await gw.open()
+    assert await auth(ws, token) == {
+        "type": "auth_error",
+        "code": "keys_unavailable",
+        "message": "the token's signing key is not in the key set here yet; try again",
+        "retry": True,
+    }
+    assert gw.keyset.fetches == 2, "one refetch for the unknown kid"
+    gw.keyset.keys["newer"] = other_key  # the lagging replica has loaded the new key
+    await asyncio.sleep(0.35)
+    assert (await auth(ws, token))["type"] == "auth_success", "the same socket, a second try"
+    assert gw.keyset.fetches == 3

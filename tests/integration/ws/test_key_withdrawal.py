@@ -21,6 +21,7 @@ from tests.integration.ws.harness import (
     auth,
     expect_close,
     expect_open,
+    long_ago,
     recv,
     wait_until,
 )
@@ -145,7 +146,7 @@ async def test_a_replica_that_missed_the_withdrawal_drops_the_key_when_redis_is_
         assert await recv(ws, wait=GRACE + 2) == EXPIRED
         await expect_close(ws, 4401, "token_expired")
         fresh = await gw.open()
-        reply = await auth(fresh, gw.tokens.make("dave"))
+        reply = await auth(fresh, gw.tokens.make("dave", iat=long_ago()))
         assert (reply["code"], reply["message"]) == ("invalid_token", "unknown signing key")
     finally:
         await bus.close()

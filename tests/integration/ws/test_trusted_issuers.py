@@ -28,6 +28,7 @@ from tests.integration.ws.harness import (
     b64,
     expect_close,
     expect_open,
+    long_ago,
     recv,
     send,
     wait_until,
@@ -191,9 +192,9 @@ async def test_an_unknown_kid_is_fetched_from_its_own_issuer_only(
     refetches the named issuer's key set, never the other's, and is refused."""
     idp, gw = idp_gw
     idp_fetches, auth_fetches = idp.fetches, gw.keyset.fetches
-    assert await refused(gw, idp.token(kid=KID)) == "unknown signing key"
+    assert await refused(gw, idp.token(kid=KID, iat=long_ago())) == "unknown signing key"
     assert (idp.fetches, gw.keyset.fetches) == (idp_fetches + 1, auth_fetches)
-    await refused(gw, gw.tokens.make("alice", headers={"kid": "idp-1"}))
+    await refused(gw, gw.tokens.make("alice", headers={"kid": "idp-1"}, iat=long_ago()))
     assert (idp.fetches, gw.keyset.fetches) == (idp_fetches + 1, auth_fetches + 1)
 
 

@@ -161,6 +161,9 @@ class NoKeys:
     async def refresh(self) -> None:
         return None
 
+    def fetched_since(self, when: float) -> bool:
+        return True
+
 
 class FakeAppProxy:
     """The application behind the proxies: answers from ``verdicts`` by channel (allow when

@@ -44,6 +44,9 @@ class Keys:
     async def refresh(self) -> None:
         raise AssertionError("no fetch here")
 
+    def fetched_since(self, when: float) -> bool:
+        raise AssertionError("no token is verified here")
+
 
 class Ledger:
     """Answers "not revoked", after running ``meanwhile`` (an event arriving mid round trip)."""
