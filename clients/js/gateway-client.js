@@ -162,6 +162,25 @@ function readCookie(name) {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+/** Milliseconds a socket let go of waits for the peer's close frame before it is cut (Node). */
+const CLOSE_WAIT = 1000;
+
+/**
+ * Closes a socket the client is done with. A dead or frozen peer never answers the close: Node's
+ * ws waits 30 s for it, keeping the process alive, so there the socket is cut after CLOSE_WAIT
+ * (a browser bounds the wait itself, and has no terminate()).
+ */
+function release(ws, code) {
+  try {
+    ws.close(code);
+  } catch {
+    ws.close(); // a browser's WebSocket sends 1000 and 3000-4999 only
+  }
+  if (typeof ws.terminate === "function") {
+    const timer = setTimeout(() => ws.terminate(), CLOSE_WAIT);
+    timer.unref?.(); // the socket alone keeps the process alive, and only until then
+  }
+}
 
 /** auth_service refused for good (a 4xx other than 429, which is "not now", as a 503 is). */
 const refusedForGood = (err) => err instanceof GatewayError && err.status >= 400 && err.status < 500 && err.status !== 429;
@@ -816,8 +835,7 @@ export class GatewayClient extends EventTarget {
         if (!(error instanceof GatewayError) || error.code !== "connection_closed" || this.#stopped) throw error;
       }
     }
-    this.#channels.set(channel, presenceEvents);
-    this.#remember(channel, reply.position);
+    this.#channels.set(channel, presenceEvents); // its position was taken in stream order (#onFrame)
     return reply;
   }
 
@@ -864,8 +882,10 @@ export class GatewayClient extends EventTarget {
     this.#connected = null;
     this.#live = false;
     this.#dropOutbox();
-    this.#failPending(({ sent }) => !sent); // those sent may still be answered while it closes
-    if (this.#ws) this.#ws.close(1000);
+    // Every request ends now, as the Python client's do: a dead gateway answered none, and the
+    // sent ones waited out requestTimeout.
+    this.#failPending(() => true);
+    if (this.#ws) release(this.#ws, 1000);
     this.#setState("closed");
   }
 
@@ -981,11 +1001,7 @@ export class GatewayClient extends EventTarget {
   #abandon(code, error) {
     const ws = this.#ws;
     this.#ws = null; // its own close event no longer counts
-    try {
-      ws?.close(code ?? undefined);
-    } catch {
-      ws.close(); // a browser's WebSocket sends 1000 and 3000-4999 only
-    }
+    if (ws) release(ws, code ?? undefined);
     this.#onClose(code, "", error);
   }
 
@@ -1027,6 +1043,10 @@ export class GatewayClient extends EventTarget {
       Object.assign(this.#pacer, { tokens: 0, stamp: now() }); // the gateway's bucket is empty
     } else if (pending) {
       this.#pending.delete(frame.id);
+      // Its position in its place in the stream: messages read after it (one read may bring
+      // both) are delivered before subscribe() resumes, and the position they moved on must not
+      // be taken back (a first message starts an epoch of its own: delivered twice).
+      if (frame.type === "subscribed") this.#remember(frame.channel, frame.position);
       if (frame.type === "error") pending.reject(new GatewayError(frame.code, frame.message));
       else pending.resolve(frame);
     } else if (frame.type === "message") {
@@ -1195,7 +1215,11 @@ export class GatewayClient extends EventTarget {
       }
       if (quiet >= this.#heartbeat && this.#pinged !== this.#heard) {
         this.#pinged = this.#heard;
-        this.#post({ frame: { type: "ping", id: "heartbeat" } });
+        // Not behind the outbox: a budget of less than a frame per heartbeat made it wait past
+        // the deadline and drop a healthy socket. Its token is still counted (the bucket may go
+        // below zero: what waits there waits longer), and an answer of rate_limited is life too.
+        if (this.#pacer) this.#pacer.tokens -= 1;
+        this.#send({ type: "ping", id: "heartbeat" });
       }
       this.#watch((quiet >= this.#heartbeat ? this.#heartbeat * 1.5 : this.#heartbeat) - quiet);
     }, ms);

@@ -1107,3 +1107,89 @@ test("a silent server is pinged, and one that stays silent is left for a new soc
   client.close();
   gateway.close();
 });
+
+test("a first message read with the subscribe reply is delivered once, across a reconnect", { timeout: 10000 }, async () => {
+  // A channel with nothing kept answers offset 0 of a "none-" epoch; its first message starts an
+  // epoch of its own and came in the same read. subscribe() took the reply's position after the
+  // message was delivered, moving it back to offset 0 (another epoch): the resubscription asked
+  // since it, and the first message was delivered again (an outside probe).
+  const first = { type: "message", channel: "chat:new", data: 1, from: "u2", from_username: "b", ts: 1, offset: 1, epoch: "e1" };
+  const asked = [];
+  const gateway = await hostileGateway((ws, frame, n) => {
+    if (frame.type === "auth") return ws.send(authSuccess());
+    if (frame.type !== "subscribe") return;
+    if (n === 1) {
+      ws.send(JSON.stringify({ type: "subscribed", channel: "chat:new", id: frame.id, position: { offset: 0, epoch: "none-1795966297123" } }));
+      ws.send(JSON.stringify(first));
+      setTimeout(() => ws.close(1012, "restarting"), 200);
+      return;
+    }
+    asked.push(frame);
+    const again = frame.since?.epoch === "e1" ? [] : [first];
+    ws.send(JSON.stringify({ type: "subscribed", channel: "chat:new", id: frame.id, recovered: true, publications: again, position: { offset: 1, epoch: "e1" } }));
+  });
+  const client = hostileClient(gateway);
+  const delivered = [];
+  client.addEventListener("message", ({ detail }) => delivered.push(detail.offset));
+  await client.connect();
+  await client.subscribe("chat:new");
+  for (let i = 0; i < 100 && asked.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 20));
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.deepEqual(asked[0]?.since, { offset: 1, epoch: "e1" });
+  assert.deepEqual(delivered, [1]);
+  client.close();
+  gateway.close();
+});
+
+test("a budget of less than a frame per heartbeat does not drop a healthy socket", { timeout: 10000 }, async () => {
+  // The ping waited in the paced outbox past the 1.5-heartbeat deadline: a gateway allowed
+  // 0.1 frames/s (WS_RATE_PER_SECOND may be that low) had its quiet, healthy socket dropped in
+  // a loop (an outside probe).
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type === "auth") return ws.send(authSuccess(60, { limits: { rate_per_second: 0.1, rate_burst: 1, max_subscriptions: 100 } }));
+    if (frame.type === "ping") ws.send(JSON.stringify({ type: "pong", id: frame.id }));
+  });
+  const client = hostileClient(gateway, { heartbeat: 200 });
+  await client.connect();
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  assert.equal(gateway.connections, 1, "a healthy socket was dropped");
+  assert.ok(gateway.frames.filter((frame) => frame.type === "ping").length >= 3);
+  client.close();
+  gateway.close();
+});
+
+test("close() ends every request at once, and a frozen gateway keeps Node alive no longer", { timeout: 15000 }, async () => {
+  // A gateway that froze after auth (it reads nothing, so it answers no close): a publish sent
+  // to it waited out requestTimeout after close(), and Node's ws waited 30 s for the close.
+  const script = `
+    import WebSocket, { WebSocketServer } from "ws";
+    import { once } from "node:events";
+    import { GatewayClient } from "realtime-gateway-client";
+    const server = new WebSocketServer({ port: 0, handleProtocols: () => "realtime.v1" });
+    await once(server, "listening");
+    server.on("connection", (ws) => ws.on("message", () => {
+      ws.send(JSON.stringify({ type: "auth_success", user: { id: "u1" }, expires_at: Date.now() / 1000 + 60 }));
+      setTimeout(() => ws._socket.pause(), 50);
+    }));
+    const client = new GatewayClient({ wsUrl: "ws://127.0.0.1:" + server.address().port + "/ws", WebSocket, dpop: false, getToken: async () => "token", heartbeat: 0 });
+    await client.connect();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const publishing = client.publish("chat:x", 1).then(() => "resolved", (err) => err.code);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const closed = Date.now();
+    client.close();
+    console.log(JSON.stringify({ publish: await publishing, settledAfter: Date.now() - closed }));
+    server._server.unref();
+    for (const ws of server.clients) ws._socket.unref();
+    process.on("exit", () => console.log(JSON.stringify({ exitAfter: Date.now() - closed })));
+  `;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script], { cwd: new URL(".", import.meta.url), stdio: ["ignore", "pipe", "inherit"] });
+  let printed = "";
+  child.stdout.on("data", (chunk) => { printed += chunk; });
+  const [code] = await once(child, "exit");
+  assert.equal(code, 0);
+  const [settled, exited] = printed.trim().split("\n").map((line) => JSON.parse(line));
+  assert.equal(settled.publish, "connection_closed");
+  assert.ok(settled.settledAfter < 500, `the publish settled ${settled.settledAfter} ms after close()`);
+  assert.ok(exited.exitAfter < 3000, `Node exited ${exited.exitAfter} ms after close()`);
+});

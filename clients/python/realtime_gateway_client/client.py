@@ -703,6 +703,8 @@ class GatewayClient:
             # session ("Task exception was never retrieved").
             await cancel_and_wait(self._runner, *self._background, self._refreshing)
         finally:
+            # Requests in flight end now, as the JavaScript client's do, not at request_timeout.
+            self._fail_pending(ConnectionLost("connection closed (close() was called)"))
             if self._runner is None:  # never started: messages() would wait for good
                 self._messages.put_nowait(None)
             if self._ws is not None:
@@ -738,14 +740,13 @@ class GatewayClient:
             frame["presence_events"] = True
         while True:
             try:
-                reply = await self._request(frame)
+                await self._request(frame)  # its position is taken in stream order (_handle)
                 break
             except ConnectionLost:
                 # Subscribing twice is harmless, and the new socket has no subscription yet:
                 # ask again once reconnected (``_request`` raises why if the client stopped).
                 continue
         self._channels[channel] = presence_events
-        self._remember(channel, reply.get("position"))
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.pop(channel, None)
@@ -1029,6 +1030,12 @@ class GatewayClient:
         request_id = frame.get("id")
         if isinstance(request_id, str) and request_id in self._pending:
             future = self._pending.pop(request_id)
+            if kind == "subscribed":
+                # Its position in its place in the stream: the messages read after it (one read
+                # may bring both) are delivered before subscribe() resumes, and the position
+                # they moved on must not be taken back (a first message starts an epoch of its
+                # own, so "never back within an epoch" did not hold it: delivered twice).
+                self._remember(str(frame.get("channel")), frame.get("position"))
             if not future.done():
                 future.set_result(frame)
         elif isinstance(request_id, str) and request_id in self._resubscribing:
@@ -1244,6 +1251,8 @@ class GatewayClient:
                     reply = await future
                 finally:
                     self._pending.pop(request_id, None)
+                    if future.done() and not future.cancelled():
+                        future.exception()  # failed while its frame waited: retrieved here
         except TimeoutError as exc:
             raise RequestTimeout(f"no reply within {self._timeout:g} s") from exc
         if reply.get("type") == "error":

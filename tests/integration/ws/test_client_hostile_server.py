@@ -6,6 +6,7 @@ nothing, never a hot loop."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -690,3 +691,100 @@ async def test_a_refresh_answered_429_with_retry_after_waits_that_long(serve: Se
     assert len(asked) == 2
     assert asked[1] - asked[0] >= 0.95, asked
     assert gateway.connects == 2
+
+
+async def test_a_first_message_read_with_the_subscribe_reply_is_delivered_once(
+    serve: Serve,
+) -> None:
+    """A channel with nothing kept answers offset 0 of a "none-" epoch; its first message
+    starts an epoch of its own and came in the same read. subscribe() took the reply's position
+    after that message was delivered, moving the position back to offset 0 (another epoch, so
+    "never back within an epoch" did not hold it): the resubscription asked since it and the
+    first message was delivered again (an outside probe, against the real gateway too)."""
+    first = {**MESSAGE, "channel": "chat:new", "offset": 1, "epoch": "e1", "data": 1}
+    asked: list[dict[str, Any]] = []
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        frame = await gateway.receive(ws)
+        assert frame is not None
+        if gateway.connects == 1:
+            none = {"offset": 0, "epoch": "none-1795966297123"}
+            await ws.send_json({"type": "subscribed", "channel": "chat:new", "id": frame["id"],
+                                "position": none})  # fmt: skip
+            await ws.send_json(first)
+            await asyncio.sleep(0.2)
+            await ws.close(code=1012)
+            return
+        asked.append(frame)
+        again = [first] if frame.get("since", {}).get("epoch") != "e1" else []
+        await ws.send_json({"type": "subscribed", "channel": "chat:new", "id": frame["id"],
+                            "recovered": True, "publications": again,
+                            "position": {"offset": 1, "epoch": "e1"}})  # fmt: skip
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    async with client(gateway) as alice:
+        await alice.subscribe("chat:new")
+        assert alice.position("chat:new") == {"offset": 1, "epoch": "e1"}
+        assert (await next_message(alice))["data"] == 1
+        await wait_until(lambda: bool(asked))
+        await asyncio.sleep(0.2)
+        assert alice._messages.empty(), "the first message delivered twice"
+    assert asked[0]["since"] == {"offset": 1, "epoch": "e1"}
+
+
+async def test_close_ends_the_requests_in_flight_at_once(serve: Serve) -> None:
+    """A publish the gateway never answered ran on after close() until request_timeout, then
+    raised RequestTimeout ("it may yet be done"); the JavaScript client rejected it at close()."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    alice = client(gateway, request_timeout=10)
+    await alice.start()
+    publishing = asyncio.ensure_future(alice.publish("chat:x", 1))
+    await wait_until(lambda: any(f.get("type") == "publish" for f in gateway.received))
+    started = time.monotonic()
+    await alice.close()
+    with pytest.raises(ConnectionLost, match="close"):
+        await publishing
+    assert time.monotonic() - started < 2
+
+
+async def test_requests_waiting_for_the_budget_when_the_socket_closes_fail_quietly(
+    serve: Serve,
+) -> None:
+    """Requests waiting in the pacer when the socket closed each raised ConnectionLost, but the
+    futures the close had failed were never awaited: asyncio logged "Future exception was never
+    retrieved" for each (an outside probe)."""
+    unretrieved: list[str] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context["message"]))
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.receive(ws)
+        limits = {"rate_per_second": 1, "rate_burst": 2, "max_subscriptions": 100}
+        await ws.send_json({**AUTH_SUCCESS, "expires_at": int(time.time()) + 60, "limits": limits})
+        if gateway.connects == 1:
+            await gateway.receive(ws)  # the first publish; the rest wait for the budget
+            await asyncio.sleep(0.3)
+            await ws.close(code=1012)
+            return
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    try:
+        async with client(gateway) as alice:
+            outcomes = await asyncio.gather(
+                *(alice.publish("chat:x", n) for n in range(4)), return_exceptions=True
+            )
+            assert all(isinstance(outcome, ConnectionLost) for outcome in outcomes), outcomes
+        del outcomes
+        gc.collect()
+        await asyncio.sleep(0.05)
+    finally:
+        loop.set_exception_handler(None)
+    assert not [m for m in unretrieved if "never retrieved" in m], unretrieved
