@@ -882,9 +882,10 @@ export class GatewayClient extends EventTarget {
     this.#connected = null;
     this.#live = false;
     this.#dropOutbox();
-    // Every request ends now, as the Python client's do: a dead gateway answered none, and the
-    // sent ones waited out requestTimeout.
-    this.#failPending(() => true);
+    // Those sent may still be answered while it closes (a handler that closes on the echo of its
+    // own publish gets the publish's reply): the close's end rejects the rest, within CLOSE_WAIT
+    // in Node when the gateway does not answer it.
+    this.#failPending(({ sent }) => !sent);
     if (this.#ws) release(this.#ws, 1000);
     this.#setState("closed");
   }

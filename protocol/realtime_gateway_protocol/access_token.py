@@ -27,6 +27,7 @@ __all__ = [
     "CHANNEL_ACTIONS",
     "MAX_AUTHORIZATION_DETAILS",
     "MAX_AUTHORIZATION_DETAILS_BYTES",
+    "MAX_CHANNEL_ACTIONS",
     "MAX_DETAIL_CHANNELS",
     "REQUIRED_CLAIMS",
     "AccessTokenPayload",
@@ -197,6 +198,9 @@ MAX_AUTHORIZATION_DETAILS = 16
 """Entries in one list."""
 MAX_DETAIL_CHANNELS = 64
 """Channels (names and prefixes) in one entry."""
+MAX_CHANNEL_ACTIONS = 256
+"""Distinct (action, channel or prefix) pairs the whole list grants: the gateway may scan them
+all on a check, and every socket keeps them."""
 MAX_AUTHORIZATION_DETAILS_BYTES = 4096
 """The list as compact JSON: what it adds to every access token, ticket and ``Authorization``
 header that carries it."""
@@ -250,6 +254,18 @@ def parse_authorization_details(value: object) -> tuple[ChannelGrant, ...]:
     if len(json.dumps(value, separators=(",", ":"))) > MAX_AUTHORIZATION_DETAILS_BYTES:
         raise AuthorizationDetailsError(
             f"authorization_details is over {MAX_AUTHORIZATION_DETAILS_BYTES} bytes as JSON"
+        )
+    # Checked here, where the issuer parses too: it granted 512 pairs that the gateway, counting
+    # them on its own, refused in every token of the session (an outside probe).
+    pairs = {
+        (action, channel)
+        for grant in grants
+        for action in grant.actions
+        for channel in (*grant.exact, *(f"{prefix}*" for prefix in grant.prefixes))
+    }
+    if len(pairs) > MAX_CHANNEL_ACTIONS:
+        raise AuthorizationDetailsError(
+            f"authorization_details grants more than {MAX_CHANNEL_ACTIONS} channel actions"
         )
     return grants
 

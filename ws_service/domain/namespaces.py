@@ -23,6 +23,7 @@ from typing import Literal, get_args
 
 from realtime_gateway_protocol.access_token import (
     AUTHORIZATION_DETAILS_TYPE,
+    MAX_CHANNEL_ACTIONS,
     Claims,
     parse_authorization_details,
 )
@@ -64,8 +65,9 @@ _DOING: Mapping[str, str] = {
 
 Grants = frozenset[tuple[str, str]]
 """``(action, channel)`` pairs; a channel ending in ``*`` is a prefix (``Claims.grants``)."""
-MAX_GRANTS = 256
-"""Pairs one token may grant: a check may scan them all, and every socket keeps them."""
+MAX_GRANTS = MAX_CHANNEL_ACTIONS
+"""Pairs one token may grant (the shared parser refuses more): a check may scan them all, and
+every socket keeps them."""
 
 
 def validate_channel(channel: object) -> str:
@@ -103,8 +105,6 @@ def parse_grants(details: object) -> Grants:
         for action in entry.actions
         for channel in (*entry.exact, *(f"{prefix}*" for prefix in entry.prefixes))
     )
-    if len(pairs) > MAX_GRANTS:
-        raise ValueError(f"authorization_details grants more than {MAX_GRANTS} channel actions")
     return _shared(pairs)
 
 

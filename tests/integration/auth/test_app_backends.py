@@ -36,6 +36,14 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 DETAILS = [
     {"type": "realtime_channels", "channels": ["doc:123", "team:7.*"], "actions": ["subscribe"]}
 ]
+OVER_256 = [
+    {
+        "type": "realtime_channels",
+        "channels": [f"doc:{i}-{j}" for j in range(8)],
+        "actions": ["subscribe", "publish", "history", "presence"],
+    }
+    for i in range(16)
+]
 
 
 async def make_app(client: AuthClient, name: str = "acme", **options: Any) -> IssuedSecret:
@@ -334,6 +342,15 @@ HOSTILE: list[tuple[str, Any, dict[str, str], int, str]] = [
     (
         "details deeply nested",
         lambda s: {"authorization_details": deep_json(5000)},
+        {},
+        400,
+        "invalid_authorization_details",
+    ),
+    (
+        # 512 pairs the gateway refuses in every token (it counts at most 256): the issuer
+        # granted them, and the session could never open a socket (an outside probe).
+        "details granting more than 256 channel actions",
+        lambda s: {"authorization_details": json.dumps(OVER_256)},
         {},
         400,
         "invalid_authorization_details",
