@@ -2,7 +2,9 @@
 
 Attempts are counted per (account, client address) and per client address. Keying the account
 limit on the pair means an attacker elsewhere cannot lock a real user out; the address limit
-stops one address spraying many accounts. Blocks grow exponentially and are capped.
+stops one address spraying many accounts. Blocks grow exponentially and are capped. An IPv6
+address counts as its /64, the block one subscriber or host is given: its 2^64 addresses were as
+many fresh budgets of guesses against one account (an outside probe).
 
 An attempt is reserved *before* the password is checked, in one store transaction: concurrent
 guesses, on one replica or many, cannot all pass a check that none of them has counted yet. The
@@ -19,6 +21,7 @@ checked against a block first (:meth:`LoginThrottle.check`) and counted when it 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 from dataclasses import dataclass, replace
 
@@ -27,7 +30,7 @@ from auth_service.domain.models import ThrottleState
 from auth_service.domain.store import Store
 from shared.jsonlog import audit, fingerprint
 
-__all__ = ["LoginThrottle", "Reservation", "ThrottlePolicy"]
+__all__ = ["LoginThrottle", "Reservation", "ThrottlePolicy", "counted_as"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +64,8 @@ class LoginThrottle:
 
     async def reserve(self, username: str, address: str, now: float) -> Reservation:
         """Count one attempt, or raise :class:`Throttled` (counting nothing) while a key is blocked."""
-        empty = Reservation(f"pair:{username}|{address}", f"addr:{address}", {})
+        source = counted_as(address)
+        empty = Reservation(f"pair:{username}|{source}", f"addr:{source}", {})
         limits = self._limits(empty)
 
         def count(states: dict[str, ThrottleState]) -> dict[str, ThrottleState]:
@@ -77,7 +81,8 @@ class LoginThrottle:
 
     async def check(self, username: str, address: str, now: float) -> None:
         """Raise :class:`Throttled` while the pair or the address is blocked; count nothing."""
-        keys = [f"pair:{username}|{address}", f"addr:{address}"]
+        source = counted_as(address)
+        keys = [f"pair:{username}|{source}", f"addr:{source}"]
         try:
             # A read: no placeholder rows, no row locks, no write transaction (on SQLite, the
             # one writer of the whole database) for every client authentication.
@@ -140,3 +145,17 @@ def _refuse_if_blocked(states: dict[str, ThrottleState], now: float) -> None:
             "too many failed attempts; try again later",
             retry_after=max(1, math.ceil(blocked_until - now)),
         )
+
+
+def counted_as(address: str) -> str:
+    """What attempts from ``address`` are counted under: an IPv6 address's /64 (an IPv4-mapped
+    one as the IPv4 address it maps), anything else as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return address

@@ -21,6 +21,7 @@ from auth_service.domain.errors import (
     Throttled,
 )
 from auth_service.domain.models import StoredKey
+from auth_service.domain.throttle import counted_as
 from realtime_gateway_protocol.events import SessionRevoked, UserRevoked
 from tests.unit.auth.conftest import GRACE, PASSWORD, POLICY, World
 
@@ -57,6 +58,24 @@ async def test_throttle_blocks_after_ten_then_doubles_and_a_success_clears(world
     with pytest.raises(InvalidCredentials):
         await attempt()
     assert world.store.throttle["pair:alice|10.0.0.1"].failures == 1
+
+
+async def test_an_ipv6_slash_64_is_one_source_of_guesses(world: World) -> None:
+    """An outside probe: behind a trusted proxy, 70 guesses at one account from 7 addresses of
+    one /64 met only each address's own limit, and a login from an eighth then succeeded: a /64
+    (one host's or subscriber's block) held 2^64 budgets. It is counted as one source now; the
+    next /64 is another, and an IPv4-mapped address is its IPv4 address."""
+    await world.service.register("alice", PASSWORD)
+    for n in range(10):
+        with pytest.raises(InvalidCredentials):
+            await world.service.login("alice", "wrong password!", address=f"2001:db8:1:2::{n:x}")
+    with pytest.raises(Throttled):
+        await world.service.login("alice", PASSWORD, address="2001:db8:1:2:ffff::1")
+    await world.service.login("alice", PASSWORD, address="2001:db8:1:3::1")
+    assert counted_as("::ffff:10.0.0.1") == "10.0.0.1"
+    assert counted_as("2001:DB8:1:2:a:b:c:d") == "2001:db8:1:2::/64"
+    assert counted_as("10.0.0.1") == "10.0.0.1"
+    assert counted_as("unknown") == "unknown"
 
 
 async def test_refresh_rotates_and_expires(world: World) -> None:
