@@ -1102,7 +1102,14 @@ export class GatewayClient extends EventTarget {
     clearTimeout(timer);
     this.#resubscribing.delete(frame.id);
     if (frame.type !== "error") {
-      if (this.#channels.has(channel)) this.#recovered(frame);
+      if (this.#channels.has(channel)) {
+        // Confirmed: last in line, so a link that flaps faster than a whole resubscription
+        // confirms the others next time rather than the same first channels again.
+        const presenceEvents = this.#channels.get(channel);
+        this.#channels.delete(channel);
+        this.#channels.set(channel, presenceEvents);
+        this.#recovered(frame);
+      }
     } else if (RESUBSCRIBE_RETRIED.has(frame.code)) {
       this.#askAgain(channel, attempt);
     } else if (this.#channels.delete(channel)) {

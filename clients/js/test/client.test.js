@@ -1193,3 +1193,30 @@ test("close() with a frozen gateway settles a sent request and lets Node exit wi
   assert.ok(settled.settledAfter < 2500, `the publish settled ${settled.settledAfter} ms after close()`);
   assert.ok(exited.exitAfter < 3000, `Node exited ${exited.exitAfter} ms after close()`);
 });
+
+test("a link that flaps faster than a resubscription confirms every channel in turn", { timeout: 15000 }, async () => {
+  // Each socket lived long enough for two resubscriptions to be answered: in a fixed order the
+  // same two were confirmed every time and the others never (an outside probe, on the Python
+  // client; this one kept insertion order). The least recently confirmed now go first.
+  const channels = ["chat:a", "chat:b", "chat:c", "chat:d", "chat:e", "chat:f"];
+  const answered = [];
+  const gateway = await hostileGateway((ws, frame, n) => {
+    if (frame.type === "auth") return ws.send(authSuccess());
+    if (frame.type !== "subscribe") return;
+    if (n === 1) return ws.send(JSON.stringify({ type: "subscribed", channel: frame.channel, id: frame.id }));
+    const confirmed = (answered[n - 2] ??= new Set());
+    if (confirmed.size >= 2 && n <= 4) return;
+    confirmed.add(frame.channel);
+    ws.send(JSON.stringify({ type: "subscribed", channel: frame.channel, id: frame.id }));
+    if (confirmed.size === 2 && n <= 4) setTimeout(() => ws.close(1012, "restarting"), 50);
+  });
+  const client = hostileClient(gateway);
+  await client.connect();
+  for (const channel of channels) await client.subscribe(channel);
+  gateway.sockets()[0].close(1012, "restarting");
+  for (let i = 0; i < 400 && !(answered.length >= 3 && answered[2].size === 2); i++) await new Promise((resolve) => setTimeout(resolve, 25));
+  const union = new Set(answered.slice(0, 3).flatMap((set) => [...set]));
+  assert.deepEqual([...union].sort(), channels);
+  client.close();
+  gateway.close();
+});

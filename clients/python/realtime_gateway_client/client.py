@@ -1064,7 +1064,10 @@ class GatewayClient:
         before what follows them; one not answered within ``request_timeout`` (dropped, or lost
         in a proxy) and one refused for a passing reason are asked again after a backoff."""
         loop = asyncio.get_running_loop()
-        waiting = sorted(self._channels)
+        # Least recently confirmed first (_resubscribed moves a confirmed channel to the end): in
+        # a fixed order, sockets that each lived shorter than resubscribing all took (a flapping
+        # link) confirmed the same channels every time and never the last ones.
+        waiting = list(self._channels)
         attempt = 0
         while waiting:
             asked: dict[str, tuple[str, asyncio.Future[bool]]] = {}
@@ -1106,6 +1109,7 @@ class GatewayClient:
         channel, future = self._resubscribing.pop(request_id)
         if frame.get("type") != "error":
             if channel in self._channels:
+                self._channels[channel] = self._channels.pop(channel)  # confirmed: last in line
                 self._recovered(frame, size)
             future.set_result(False)
             return
