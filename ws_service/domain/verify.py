@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import math
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from types import MappingProxyType
@@ -122,12 +122,29 @@ class TokenVerifier:
         audience: str,
         leeway: int,
         trusted: Iterable[Issuer] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock``: epoch seconds, as a token's ``iat``."""
         self.keys = keys
+        self._clock = clock
         self._revocations = revocations
         self._own = Issuer(issuer, keys, audience)
         self._issuers = {self._own.name: self._own, **{i.name: i for i in trusted}}
         self._leeway = leeway
+
+    def _may_be_newer_than_keys(self, token: str, issuer: Issuer) -> bool:
+        """Whether ``token``'s kid may be a key newer than the key set held: it was issued (its
+        unverified ``iat``) less than ``NEW_KEY_SETTLE`` before the set was fetched. An ``iat``
+        from the future, beyond the leeway, could never verify: no (so a forged or foreign
+        token is told to stop, not to retry). Compared before any arithmetic: an integer of 400
+        digits overflowed ``float`` and closed the socket 1011 (an outside probe)."""
+        issued = _unverified_claim(token, "iat")
+        return (
+            isinstance(issued, int | float)
+            and not isinstance(issued, bool)
+            and 0 <= issued <= self._clock() + self._leeway  # NaN compares false
+            and not issuer.keys.fetched_since(issued + NEW_KEY_SETTLE)
+        )
 
     def accepted_until(self, exp: float) -> float:
         """Until when ``decode`` accepts a token or ticket expiring at ``exp``: whatever must
@@ -189,13 +206,7 @@ class TokenVerifier:
         try:
             key = await issuer.keys.get_key(kid)
         except InvalidToken:
-            issued = _unverified_claim(token, "iat")
-            if (
-                isinstance(issued, int | float)
-                and not isinstance(issued, bool)
-                and math.isfinite(issued)
-                and not issuer.keys.fetched_since(issued + NEW_KEY_SETTLE)
-            ):
+            if self._may_be_newer_than_keys(token, issuer):
                 raise KeysUnavailable(_NOT_YET) from None
             raise
         if alg not in key.algorithms:

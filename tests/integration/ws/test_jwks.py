@@ -6,7 +6,9 @@ import asyncio
 import re
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
+import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
@@ -154,3 +156,28 @@ async def test_a_token_newer_than_the_key_set_is_asked_again_not_refused_for_goo
     await asyncio.sleep(0.35)
     assert (await auth(ws, token))["type"] == "auth_success", "the same socket, a second try"
     assert gw.keyset.fetches == 3
+
+
+@pytest.mark.parametrize(
+    "iat",
+    [10**400, -(10**400), 4_000_000_000, 1.5e300, "NaN", "soon", True, None],
+    ids=["huge", "hugely negative", "future", "future float", "nan", "string", "bool", "none"],
+)
+async def test_an_unknown_kid_with_an_iat_no_real_token_has_is_refused_for_good(
+    gw: Harness, iat: Any
+) -> None:
+    """An outside probe: an iat of 400 digits overflowed float on the unknown-kid path and
+    closed the socket 1011 (HTTP 500 at a bearer or ticket handshake), with a traceback per try;
+    an iat from the future was told to retry, and a client holding a forged or foreign token
+    reconnected for ever. Both are invalid_token now, as a missing one is."""
+    claims = gw.tokens.claims("alice")
+    claims["iat"] = float("nan") if iat == "NaN" else iat
+    if iat is None:
+        del claims["iat"]
+    token = jwt.encode(
+        claims, gw.tokens.key, algorithm="RS256", headers={"kid": "nope", "typ": "at+jwt"}
+    )
+    ws = await gw.open()
+    reply = await auth(ws, token)
+    assert (reply["code"], reply["retry"]) == ("invalid_token", False), reply
+    await expect_close(ws, 4401, "invalid_token")
