@@ -1130,14 +1130,10 @@ export class GatewayClient extends EventTarget {
 
   /** This socket's budget: the gateway's bucket, one token short (its bucket filled first). */
   #pace(limits) {
-    const rate = limits?.rate_per_second;
-    const burst = limits?.rate_burst;
-    const pacer = {
-      rate: typeof rate === "number" && rate > 0 && rate < Infinity ? rate : DEFAULT_LIMITS.rate_per_second,
-      burst: Math.max(1, (Number.isInteger(burst) && burst >= 1 ? burst : DEFAULT_LIMITS.rate_burst) - 1),
-      stamp: now(),
-    };
-    this.#pacer = { ...pacer, tokens: pacer.burst };
+    const said = limits?.rate_per_second;
+    const rate = typeof said === "number" && said > 0 && said < Infinity ? said : DEFAULT_LIMITS.rate_per_second;
+    const burst = Math.max(1, (Number.isInteger(limits?.rate_burst) && limits.rate_burst >= 1 ? limits.rate_burst : DEFAULT_LIMITS.rate_burst) - 1);
+    this.#pacer = { rate, burst, tokens: burst, stamp: now() };
   }
 
   /** Sends ``item`` within the budget, at once while there is no budget yet (``auth``). */
@@ -1237,17 +1233,20 @@ export class GatewayClient extends EventTarget {
    * followed it (one read brought both) is older than them. */
   #remember(channel, position) {
     if (!position || !Number.isInteger(position.offset)) return;
+    if (!this.#seen(channel, position)) this.#positions.set(channel, { offset: position.offset, epoch: position.epoch });
+  }
+
+  /** At or before the channel's position: such a message was delivered already (a late answer to
+   * a resubscription asked twice), and such a position would move it back. */
+  #seen(channel, position) {
     const known = this.#positions.get(channel);
-    if (known && known.epoch === position.epoch && known.offset >= position.offset) return;
-    this.#positions.set(channel, { offset: position.offset, epoch: position.epoch });
+    return Boolean(known) && known.epoch === position.epoch && known.offset >= position.offset;
   }
 
   #deliver(frame) {
     if (frame.offset !== undefined) {
-      // At or before the position: delivered already (a late answer to a resubscription asked twice).
-      const known = this.#positions.get(frame.channel);
-      if (known && known.epoch === frame.epoch && known.offset >= frame.offset) return;
-      this.#remember(frame.channel, frame);
+      if (this.#seen(frame.channel, frame)) return;
+      this.#positions.set(frame.channel, { offset: frame.offset, epoch: frame.epoch });
     }
     this.dispatchEvent(new CustomEvent("message", { detail: frame }));
   }

@@ -38,6 +38,7 @@ __all__ = [
     "Confirmation",
     "TokenRef",
     "parse_authorization_details",
+    "parse_channel_actions",
     "same_media_type",
     "scope_set",
 ]
@@ -242,8 +243,19 @@ def parse_authorization_details(value: object) -> tuple[ChannelGrant, ...]:
     :data:`MAX_AUTHORIZATION_DETAILS` objects with exactly the fields ``type``
     (``realtime_channels``), ``channels`` (1 to :data:`MAX_DETAIL_CHANNELS` distinct channel names or
     prefixes) and ``actions`` (distinct members of :data:`CHANNEL_ACTIONS`), at most
-    :data:`MAX_AUTHORIZATION_DETAILS_BYTES` as compact JSON. Unknown types and fields are refused,
-    not ignored, as RFC 9396 section 5 requires."""
+    :data:`MAX_AUTHORIZATION_DETAILS_BYTES` as compact JSON, granting at most
+    :data:`MAX_CHANNEL_ACTIONS` (action, channel) pairs. Unknown types and fields are refused, not
+    ignored, as RFC 9396 section 5 requires."""
+    return _parsed(value)[0]
+
+
+def parse_channel_actions(value: object) -> frozenset[tuple[str, str]]:
+    """The ``(action, channel)`` pairs a decoded ``authorization_details`` value grants (a prefix
+    keeps its ``*``), checked as :func:`parse_authorization_details` checks it."""
+    return _parsed(value)[1]
+
+
+def _parsed(value: object) -> tuple[tuple[ChannelGrant, ...], frozenset[tuple[str, str]]]:
     if not isinstance(value, list) or not value:
         raise AuthorizationDetailsError("authorization_details must be a non-empty JSON array")
     if len(value) > MAX_AUTHORIZATION_DETAILS:
@@ -257,17 +269,17 @@ def parse_authorization_details(value: object) -> tuple[ChannelGrant, ...]:
         )
     # Checked here, where the issuer parses too: it granted 512 pairs that the gateway, counting
     # them on its own, refused in every token of the session (an outside probe).
-    pairs = {
+    pairs = frozenset(
         (action, channel)
         for grant in grants
         for action in grant.actions
         for channel in (*grant.exact, *(f"{prefix}*" for prefix in grant.prefixes))
-    }
+    )
     if len(pairs) > MAX_CHANNEL_ACTIONS:
         raise AuthorizationDetailsError(
             f"authorization_details grants more than {MAX_CHANNEL_ACTIONS} channel actions"
         )
-    return grants
+    return grants, pairs
 
 
 def _grant(entry: object, where: str) -> ChannelGrant:

@@ -117,6 +117,11 @@ class Context:
     proxies: ProxyGate | None = None
     """Asks the application where a namespace has a proxy (``None``: none is configured)."""
     random: Callable[[], float] = field(default=random.random)
+    advertised_limits: dict[str, float | int] = field(init=False)
+    """``limits.advertised()``, built once: every first ``auth_success`` carries it (read only)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "advertised_limits", self.limits.advertised())
 
 
 def warning_delay(remaining: float, window: float, rand: float) -> float:
@@ -481,7 +486,7 @@ class Connection:
                 self._ctx.clock.time(),
                 request_id,
                 renewed=renewed,
-                limits=None if renewed else self._ctx.limits.advertised(),
+                limits=None if renewed else self._ctx.advertised_limits,
             )
         )
 

@@ -25,7 +25,7 @@ from realtime_gateway_protocol.access_token import (
     AUTHORIZATION_DETAILS_TYPE,
     MAX_CHANNEL_ACTIONS,
     Claims,
-    parse_authorization_details,
+    parse_channel_actions,
 )
 from ws_service.domain.errors import Forbidden, InvalidChannel
 from ws_service.domain.history import HistoryPolicy
@@ -87,7 +87,7 @@ def parse_grants(details: object) -> Grants:
     Entries of another ``type`` are for other resource servers (RFC 9396 section 2: a token from a
     trusted identity provider may carry them) and are passed over; the ``realtime_channels``
     entries are validated by the one parser the issuer uses too
-    (``realtime_gateway_protocol.access_token.parse_authorization_details``), so a grant is never
+    (``realtime_gateway_protocol.access_token.parse_channel_actions``), so a grant is never
     read wider or narrower than it was written. Anything malformed raises ``ValueError`` (the token
     is invalid). One set is shared by every token of the same grants.
     """
@@ -98,14 +98,7 @@ def parse_grants(details: object) -> Grants:
     ours = [entry for entry in details if not _other_type(entry)]
     if not ours:
         return frozenset()
-    entries = parse_authorization_details(ours)
-    pairs = frozenset(
-        (action, channel)
-        for entry in entries
-        for action in entry.actions
-        for channel in (*entry.exact, *(f"{prefix}*" for prefix in entry.prefixes))
-    )
-    return _shared(pairs)
+    return _shared(parse_channel_actions(ours))
 
 
 def _other_type(entry: object) -> bool:

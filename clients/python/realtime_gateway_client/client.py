@@ -637,10 +637,10 @@ class GatewayClient:
         self._held: int | None = None
         """The expiry of the token the socket holds: its last ``auth_success``'s ``expires_at``."""
         self._last_renewal = -math.inf
+        """The expiry this socket's last renewal answered (``token_expiring``'s ``expires_at``)."""
         self._refresh_after = -math.inf
         """``time.monotonic()`` before which auth_service asked not to be asked again (429 or 503
         with ``Retry-After``, at most ``backoff_cap`` seconds)."""
-        """The expiry this socket's last renewal answered (``token_expiring``'s ``expires_at``)."""
         self._on_state = on_state
         self.connects = 0
         self.refreshes = 0
@@ -1140,35 +1140,31 @@ class GatewayClient:
         read after the messages that followed it (one read brought both) is older than them."""
         if not (isinstance(position, dict) and "offset" in position and "epoch" in position):
             return
-        known = self._positions.get(channel)
-        if (
-            known is not None
-            and known["epoch"] == position["epoch"]
-            and known["offset"] >= position["offset"]
-        ):
-            return
-        self._positions[channel] = {"offset": position["offset"], "epoch": position["epoch"]}
+        if not self._seen(channel, position):
+            self._positions[channel] = {"offset": position["offset"], "epoch": position["epoch"]}
 
-    def _seen(self, channel: str, frame: dict[str, Any]) -> bool:
-        """A message at or before the channel's position was delivered already: a late answer
-        to a resubscription asked twice brings the same missed messages again."""
+    def _seen(self, channel: str, position: dict[str, Any]) -> bool:
+        """Whether ``position`` (a message's, a reply's) is at or before the channel's: such a
+        message was delivered already (a late answer to a resubscription asked twice brings the
+        same missed messages again), and such a position would move it back."""
         known = self._positions.get(channel)
         return (
             known is not None
-            and known["epoch"] == frame.get("epoch")
-            and known["offset"] >= frame["offset"]
+            and known["epoch"] == position.get("epoch")
+            and known["offset"] >= position["offset"]
         )
 
     def _deliver(self, frame: dict[str, Any], size: int) -> None:
         """Queue a message, or raise ``_QueueFull`` before its position is remembered, so the
         resubscription after the reconnect asks for it again."""
-        if "offset" in frame and self._seen(str(frame.get("channel")), frame):
+        channel = str(frame.get("channel"))
+        if "offset" in frame and self._seen(channel, frame):
             return
         if self._queued + size > self._max_queued and self._queued > 0:
             self._drained.clear()
             raise _QueueFull()
-        if "offset" in frame:
-            self._remember(str(frame.get("channel")), frame)
+        if "offset" in frame:  # past the position (just checked): it moves on
+            self._positions[channel] = {"offset": frame["offset"], "epoch": frame["epoch"]}
         self._queued += size
         self._messages.put_nowait((frame, size))
 

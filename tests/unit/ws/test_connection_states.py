@@ -31,7 +31,7 @@ from ws_service.domain.errors import (
     TokenExpired,
     TooManyConnections,
 )
-from ws_service.domain.history import HistoryPolicy, MemoryHistory
+from ws_service.domain.history import HistoryPolicy, MemoryHistory, Position
 from ws_service.domain.hub import Hub
 from ws_service.domain.limits import Limits
 from ws_service.domain.namespaces import Namespace, Namespaces, parse_grants
@@ -957,18 +957,26 @@ async def test_a_message_at_or_below_the_last_position_is_dropped() -> None:
     assert s.peer.texts == [], "the same offset again is a straggler"
 
 
+async def sent_one_message(channel: str) -> tuple[Socket, dict[str, Any], Position]:
+    """An authenticated socket subscribed to ``channel``, its first message taken, and the
+    position the socket holds for it."""
+    s = Socket()
+    await s.authenticate()
+    await s.send({"type": "subscribe", "channel": channel})
+    await s.hub.publish(channel, 1, None)
+    [first] = s.peer.take()
+    last = s.conn.channels[channel]
+    assert last is not None
+    return s, first, last
+
+
 async def test_a_message_past_the_next_offset_closes_the_socket_to_recover_what_it_missed() -> None:
     """An outside probe: during a Redis failover, messages reached the channel's history but not
     a replica's bus subscription, and its subscribers, still connected, went from offset 10 to
     22 without ever seeing 11-21 (nor could their clients tell). A gap now closes the socket
     1012 missed_messages: the client reconnects and recovers them with since."""
-    s = Socket()
-    await s.authenticate()
-    await s.send({"type": "subscribe", "channel": "chat:a"})
-    await s.hub.publish("chat:a", 1, None)
-    [first] = s.peer.take()
-    last = s.conn.channels["chat:a"]
-    assert last is not None and first["offset"] == last.offset
+    s, first, last = await sent_one_message("chat:a")
+    assert first["offset"] == last.offset
     message = json.dumps({**first, "data": 2})
     s.conn.deliver("chat:a", message, replace(last, epoch="another"))
     assert [m["data"] for m in s.peer.take()] == [2], "a new epoch is a new stream, not a gap"
@@ -985,13 +993,7 @@ async def test_a_new_epoch_past_its_first_offset_closes_the_socket_too() -> None
     back went into the new stream (offsets 1-8) before the replicas' bus listened again. The
     first live message was offset 9 of the new epoch, taken as a new stream: nobody was told,
     and the client's position moved past what it never got."""
-    s = Socket()
-    await s.authenticate()
-    await s.send({"type": "subscribe", "channel": "chat:a"})
-    await s.hub.publish("chat:a", 1, None)
-    [first] = s.peer.take()
-    last = s.conn.channels["chat:a"]
-    assert last is not None
+    s, first, last = await sent_one_message("chat:a")
     message = json.dumps({**first, "data": 9})
     s.conn.deliver("chat:a", message, replace(last, epoch="reborn", offset=9))
     assert s.peer.texts == [], "not delivered past the gap"
