@@ -178,4 +178,4 @@ class PostgresDatabase:
 
 
 async def open_postgres(dsn: str, call_timeout: float = 5.0) -> SqlStore:
-    return SqlStore(await PostgresDatabase.open(dsn, call_timeout=call_timeout))
+    return SqlStore(await PostgresDatabase.open(dsn, call_timeout=call_timeout), call_timeout)

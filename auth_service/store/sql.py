@@ -254,12 +254,24 @@ _THROTTLE_UPSERT = (
 _Rotation = tuple[tuple[float, str, str, float], "asyncio.Future[list[Row]]"]
 
 
+ROTATIONS_IN_FLIGHT = 2
+"""Rotation statements (PostgreSQL) running at once. The live rotations asked for while as many
+run wait for one to end and go in one statement together: a statement's transaction costs the
+process about 250 us of round trips and pool work whatever it carries, and a refresh signs in
+about as long, so one statement per refresh, each on its own connection, spent as much on
+that as on the signature."""
+
+
 class SqlStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, wait_limit: float = 5.0) -> None:
+        """``wait_limit``: the longest a live rotation waits for a statement to carry it
+        (the database's call timeout), after which it is ``StoreUnavailable`` (try again)."""
         self._db = db
         self._rotations: list[_Rotation] | None = None
-        """Live rotations asked for in this turn of the event loop, where one statement does
-        many (PostgreSQL): the first asker runs them all."""
+        """Live rotations gathering for the next statement, where one statement does many
+        (PostgreSQL): the first asker runs them all."""
+        self._rotation_slots = asyncio.Semaphore(ROTATIONS_IN_FLIGHT)
+        self._wait_limit = wait_limit
 
     async def ping(self) -> None:
         async with self._db.connection() as conn:
@@ -338,10 +350,12 @@ class SqlStore:
         return RefreshTokenView(replace(view.token, rotated_at=now), view.session, view.user)
 
     async def _rotate_together(self, args: tuple[float, str, str, float]) -> list[Row]:
-        """The rotations asked for in one turn of the event loop, in one statement: its round
-        trip, the pool's connection and the driver's work were most of a refresh's store call
-        (a refresh waits one turn more for it). The first asker runs them and answers the rest;
-        if it fails, or is cancelled, they fail alike (``StoreUnavailable``: try again)."""
+        """The rotations asked for in one turn of the event loop, or while
+        :data:`ROTATIONS_IN_FLIGHT` statements ran, in one statement: its round trips, the
+        pool's connection and the driver's work were most of a refresh's store call (a refresh
+        waits one turn more for it, or for a statement to end). The first asker runs them and
+        answers the rest; if it fails, is cancelled or waits past ``wait_limit``, they fail
+        alike (``StoreUnavailable``: try again)."""
         loop = asyncio.get_running_loop()
         if self._rotations is not None:
             waiter: asyncio.Future[list[Row]] = loop.create_future()
@@ -351,11 +365,20 @@ class SqlStore:
         self._rotations = rotations
         try:
             await asyncio.sleep(0)  # one turn: the handlers that run in it ask too
-            self._rotations = None
-            calls = sorted([args, *(asked for asked, _ in rotations)], key=lambda call: call[1])
-            rows = await self._db.fetch_atomically(
-                (_ROTATE_LIVE_TOGETHER, tuple(list(column) for column in zip(*calls, strict=True)))
-            )
+            try:
+                async with asyncio.timeout(self._wait_limit):
+                    await self._rotation_slots.acquire()  # meanwhile, more join this statement
+            except TimeoutError:
+                raise StoreUnavailable("database unavailable: its rotations are stalled") from None
+            try:
+                if self._rotations is rotations:
+                    self._rotations = None
+                calls = sorted([args, *(asked for asked, _ in rotations)], key=lambda c: c[1])
+                rows = await self._db.fetch_atomically(
+                    (_ROTATE_LIVE_TOGETHER, tuple(list(col) for col in zip(*calls, strict=True)))
+                )
+            finally:
+                self._rotation_slots.release()
         except BaseException as exc:
             if self._rotations is rotations:
                 self._rotations = None

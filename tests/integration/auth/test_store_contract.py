@@ -30,7 +30,7 @@ from auth_service.domain.models import (
 )
 from auth_service.domain.store import Announcement, Store
 from auth_service.store import open_store
-from auth_service.store.sql import SqlStore, Statement
+from auth_service.store.sql import ROTATIONS_IN_FLIGHT, SqlStore, Statement
 from tests.services import postgres_schema
 from tests.unit.auth.memory_store import MemoryStore
 
@@ -211,6 +211,91 @@ async def test_postgres_rotates_the_live_tokens_of_one_moment_in_one_statement()
                 f"s{i}" for i in range(8)
             ]
             assert len(statements) == 1
+        finally:
+            await store.close()
+
+
+def _held_statements(store: Store) -> tuple[list[str], asyncio.Event]:
+    """Counts the store's rotation statements and holds each until the event is set: as if the
+    database took that long."""
+    assert isinstance(store, SqlStore)
+    database = store._db
+    statements: list[str] = []
+    go = asyncio.Event()
+    fetch = database.fetch_atomically
+
+    async def held(query: Statement, then: Sequence[Statement] = ()) -> list[Any]:
+        statements.append(query[0])
+        await go.wait()
+        return await fetch(query, then)
+
+    database.fetch_atomically = held  # type: ignore[method-assign]
+    return statements, go
+
+
+@pytest.mark.postgres
+async def test_postgres_rotations_asked_while_statements_run_go_in_one_statement() -> None:
+    """A refresh's statement costs the process about what its signature does, so the rotations
+    asked for while ROTATIONS_IN_FLIGHT statements run (each in a turn of its own) wait and go
+    together in the next one, not one statement each."""
+    async with postgres_schema() as url:
+        store = await open_store(url)
+        try:
+            for i in range(ROTATIONS_IN_FLIGHT + 5):
+                await make_session(store, f"s{i}")
+            statements, go = _held_statements(store)
+            now = time.time()
+            tasks = []
+            for i in range(ROTATIONS_IN_FLIGHT + 5):
+                tasks.append(
+                    asyncio.create_task(
+                        store.rotate_live_refresh_token(f"h-s{i}-0", f"n{i}", now, now + 9)
+                    )
+                )
+                for _ in range(3):
+                    await asyncio.sleep(0)  # a turn of its own
+            assert len(statements) == ROTATIONS_IN_FLIGHT, "the others wait for a statement"
+            go.set()
+            views = await asyncio.wait_for(asyncio.gather(*tasks), timeout=5)
+            assert [view and view.session.sid for view in views] == [
+                f"s{i}" for i in range(ROTATIONS_IN_FLIGHT + 5)
+            ]
+            assert len(statements) == ROTATIONS_IN_FLIGHT + 1
+        finally:
+            await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_a_rotation_waits_for_a_statement_no_longer_than_a_call() -> None:
+    """Statements that never end (a stalled database) leave the rotations waiting behind them
+    unavailable (503, try again) after the call timeout, not waiting for ever."""
+    async with postgres_schema() as url:
+        store = await open_store(url, call_timeout=0.3)
+        try:
+            for i in range(ROTATIONS_IN_FLIGHT + 1):
+                await make_session(store, f"s{i}")
+            statements, go = _held_statements(store)
+            now = time.time()
+            running = []
+            for i in range(ROTATIONS_IN_FLIGHT):
+                running.append(
+                    asyncio.create_task(
+                        store.rotate_live_refresh_token(f"h-s{i}-0", f"n{i}", now, now + 9)
+                    )
+                )
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                last = ROTATIONS_IN_FLIGHT
+                await asyncio.wait_for(
+                    store.rotate_live_refresh_token(f"h-s{last}-0", "late", now, now + 9), 5
+                )
+            assert 0.25 < time.monotonic() - started < 2
+            go.set()
+            assert all(await asyncio.wait_for(asyncio.gather(*running), timeout=5))
+            assert len(statements) == ROTATIONS_IN_FLIGHT
+            view = await store.find_refresh_token(f"h-s{ROTATIONS_IN_FLIGHT}-0")
+            assert view is not None and view.token.rotated_at is None, "the refused one is live"
         finally:
             await store.close()
 
