@@ -178,7 +178,9 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.webhook_secrets,
         timeout=settings.webhook_timeout,
         batch=settings.webhook_batch,
+        batch_bytes=settings.webhook_batch_bytes,
         retry_cap=settings.webhook_retry_cap,
+        keep_every=settings.webhook_claim_idle / 3,
     )
     async with aiohttp.ClientSession() as session:
         deliverer = Deliverer(
@@ -187,6 +189,7 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
             target,
             posts=metrics.webhook_posts,
             delivered=metrics.webhook_events.labels("delivered"),
+            undeliverable=metrics.webhook_events.labels("undeliverable"),
         )
         task = asyncio.get_running_loop().create_task(deliverer.run(), name="webhooks")
         try:

@@ -140,13 +140,15 @@ class Metrics:
         )
         self.webhook_events = Counter(
             "ws_webhook_events",
-            "Webhook events: queued, delivered (the app answered 2xx), dropped (the queue was full)",
+            "Webhook events: queued, delivered (the app answered 2xx), dropped (the queue was "
+            "full), undeliverable (the app refused the event alone as too large: 413)",
             ["outcome"],
             registry=r,
         )
         self.webhook_posts = Counter(
             "ws_webhook_posts",
-            "Webhook POST attempts: ok, refused (non-2xx), timeout, unreachable",
+            "Webhook POST attempts: ok, too_large (413), refused (other non-2xx), timeout, "
+            "unreachable",
             ["outcome"],
             registry=r,
         )

@@ -243,6 +243,7 @@ class Settings:
     webhook_publish: frozenset[str] = frozenset()
     webhook_timeout: float = 5.0
     webhook_batch: int = 100
+    webhook_batch_bytes: int = 512 * 1024
     webhook_queue: int = 10_000
     webhook_claim_idle: float = 30.0
     webhook_retry_cap: float = 30.0
@@ -456,6 +457,7 @@ def _webhook_settings(environ: Mapping[str, str]) -> dict[str, Any]:
             environ, "WS_WEBHOOK_TIMEOUT", 5.0, minimum=0.1, maximum=MAX_TIMEOUT
         ),
         "webhook_batch": env_int(environ, "WS_WEBHOOK_BATCH", 100, minimum=1),
+        "webhook_batch_bytes": env_int(environ, "WS_WEBHOOK_BATCH_BYTES", 512 * 1024, minimum=1024),
         "webhook_queue": env_int(environ, "WS_WEBHOOK_QUEUE", 10_000, minimum=1),
         "webhook_claim_idle": env_float(environ, "WS_WEBHOOK_CLAIM_IDLE", 30.0, minimum=1),
         "webhook_retry_cap": env_float(environ, "WS_WEBHOOK_RETRY_CAP", 30.0, minimum=0.1),

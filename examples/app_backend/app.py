@@ -43,7 +43,8 @@ COOKIE = "notes_session"
 SESSION_LIFETIME = 7 * 86400
 MAX_TEXT = 2000
 MAX_BODY = 1024 * 1024
-"""A webhook batch (at most WS_WEBHOOK_BATCH events) must fit: a refused one comes back forever."""
+"""A webhook body (WS_WEBHOOK_BATCH_BYTES, 512 KiB, or one larger event) fits: a body answered
+413 comes back halved, and an event refused alone is dropped."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 routes = web.RouteTableDef()
 

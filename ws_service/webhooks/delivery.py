@@ -6,6 +6,14 @@ is retried, with exponential backoff and jitter, until the app answers 2xx: a no
 timeout (``WS_WEBHOOK_TIMEOUT``: an endpoint that hangs costs one timeout per attempt) and an
 unreachable app are all retried. Only then is the batch acknowledged and the next one taken, so
 delivery is at least once, and the app drops duplicates by each event's ``id``.
+
+A batch is POSTed in bodies of at most ``WS_WEBHOOK_BATCH_BYTES`` (an event larger than that alone),
+and a body the app refuses as too large (413) is halved until it fits: a batch counted in events
+only reached hundreds of MB with ``publish`` events, the app's body limit refused it on every
+attempt, and everything queued behind it waited for ever. An event refused alone is one the app
+can never take: it is dropped, counted and logged (its ``id`` and ``type``), not retried. While a
+batch is being delivered this replica claims it again every third of ``WS_WEBHOOK_CLAIM_IDLE``, so
+no live replica's batch is taken over however long its retries wait.
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +31,7 @@ import aiohttp
 
 from realtime_gateway_protocol.backoff import backoff_delay
 from realtime_gateway_protocol.signatures import HEADER, sign
+from realtime_gateway_protocol.tasks import cancel_and_wait
 from realtime_gateway_protocol.wire_json import dumps
 from shared.bus import BusUnavailable
 from ws_service.domain.telemetry import Count, Labelled
@@ -82,8 +92,35 @@ class Target:
     """The first signs; more while rotating (a ``v1=`` each)."""
     timeout: float
     batch: int
+    batch_bytes: int = 512 * 1024
+    """A POST's body at most, unless one event is larger (it then goes alone)."""
     retry_base: float = 0.5
     retry_cap: float = 30.0
+    keep_every: float = 10.0
+    """Seconds between two claims of the batch being delivered (a third of the claim idle)."""
+
+
+TOO_LARGE = 413
+
+
+def bodies(events: list[str], limit: int) -> Iterator[list[str]]:
+    """``events`` in order, cut into runs whose body (``{"events":[...]}``) is at most ``limit``
+    bytes; an event larger than that on its own."""
+    run: list[str] = []
+    size = len(_body([]))
+    for event in events:
+        cost = len(event.encode()) + (1 if run else 0)
+        if run and size + cost > limit:
+            yield run
+            run, size, cost = [], len(_body([])), cost - 1
+        run.append(event)
+        size += cost
+    if run:
+        yield run
+
+
+def _body(events: list[str]) -> bytes:
+    return ('{"events":[' + ",".join(events) + "]}").encode()
 
 
 class Deliverer:
@@ -95,12 +132,14 @@ class Deliverer:
         *,
         posts: Labelled,
         delivered: Count,
+        undeliverable: Count,
     ) -> None:
         self._session = session
         self._queue = queue
         self._target = target
         self._posts = posts
         self._delivered = delivered
+        self._undeliverable = undeliverable
 
     async def run(self) -> None:
         """Deliver forever, one batch at a time."""
@@ -110,8 +149,7 @@ class Deliverer:
                 batch = await self._queue.take(self._target.batch)
                 if not batch.ids:
                     continue
-                if batch.events:
-                    await self._deliver(batch)
+                delivered = await self._deliver(batch) if batch.events else 0
                 await self._queue.ack(batch)
             except BusUnavailable as exc:
                 log.warning("webhook queue unreachable", extra={"error": str(exc)})
@@ -125,21 +163,65 @@ class Deliverer:
                 attempt += 1
                 continue
             attempt = 0
-            self._delivered.inc(len(batch.events))
+            self._delivered.inc(delivered)
 
-    async def _deliver(self, batch: Batch) -> None:
-        body = ('{"events":[' + ",".join(batch.events) + "]}").encode()
+    async def _deliver(self, batch: Batch) -> int:
+        """Every event of ``batch`` delivered, in order, but those refused alone as too large;
+        returns how many were delivered."""
+        keeper = asyncio.get_running_loop().create_task(self._keep(batch))
+        try:
+            parts = deque(bodies(batch.events, self._target.batch_bytes))
+            delivered = 0
+            while parts:
+                events = parts.popleft()
+                if await self._post_until_answered(events):
+                    delivered += len(events)
+                elif len(events) > 1:
+                    half = len(events) // 2
+                    parts.extendleft([events[half:], events[:half]])
+                else:
+                    self._drop_undeliverable(events[0])
+            return delivered
+        finally:
+            await cancel_and_wait(keeper)
+
+    async def _post_until_answered(self, events: list[str]) -> bool:
+        """True once the app took ``events`` (2xx), False when it refused them as too large;
+        anything else is tried again, with backoff."""
+        body = _body(events)
         attempt = 0
-        while not await self._post(body):
+        while (status := await self._post(body)) is None or not 200 <= status < 300:
+            if status == TOO_LARGE:
+                return False
             await asyncio.sleep(self._delay(attempt))
             attempt += 1
+        return True
+
+    def _drop_undeliverable(self, event: str) -> None:
+        self._undeliverable.inc()
+        head = event[:2048]  # the id and type come first; never parse a large event whole
+        log.error(
+            "webhook event dropped: the endpoint refuses it as too large (413) on its own",
+            extra={
+                "bytes": len(event.encode()),
+                "event_id": _field(head, "id"),
+                "event_type": _field(head, "type"),
+                "hint": "raise the app's body limit above the largest event",
+            },
+        )
+
+    async def _keep(self, batch: Batch) -> None:
+        """Claim the batch again now and then while it is delivered, however long that takes."""
+        while True:
+            await asyncio.sleep(self._target.keep_every)
             try:
                 await self._queue.keep(batch)
             except BusUnavailable as exc:
                 log.warning("webhook batch not kept: redis unreachable", extra={"error": str(exc)})
 
-    async def _post(self, body: bytes) -> bool:
-        """One attempt; the signature is made afresh, so a late retry is within its tolerance."""
+    async def _post(self, body: bytes) -> int | None:
+        """One attempt: the app's status, or None without an answer. The signature is made
+        afresh, so a late retry is within its tolerance."""
         target = self._target
         headers = {"Content-Type": "application/json", HEADER: sign(body, target.secrets)}
         try:
@@ -150,21 +232,35 @@ class Deliverer:
                 timeout=aiohttp.ClientTimeout(total=target.timeout),
                 allow_redirects=False,
             ) as response:
-                ok = 200 <= response.status < 300
+                status = response.status
         except TimeoutError:
             self._posts.labels("timeout").inc()
             log.warning("webhook endpoint timed out", extra={"timeout": target.timeout})
-            return False
+            return None
         except aiohttp.ClientError as exc:
             self._posts.labels("unreachable").inc()
             log.warning("webhook endpoint unreachable", extra={"error": str(exc)})
-            return False
-        self._posts.labels("ok" if ok else "refused").inc()
+            return None
+        ok = 200 <= status < 300
+        self._posts.labels("ok" if ok else "too_large" if status == TOO_LARGE else "refused").inc()
         if not ok:
-            log.warning("webhook endpoint refused a batch", extra={"status": response.status})
-        return ok
+            log.warning(
+                "webhook endpoint refused a batch", extra={"status": status, "bytes": len(body)}
+            )
+        return status
 
     def _delay(self, attempt: int) -> float:
         return backoff_delay(
             attempt, self._target.retry_base, self._target.retry_cap, random.random(), floor=0.5
         )
+
+
+def _field(head: str, name: str) -> str | None:
+    """A string field near the start of an event's JSON (our own encoding: ``"name":"value"``)."""
+    marker = f'"{name}":"'
+    start = head.find(marker)
+    if start < 0:
+        return None
+    start += len(marker)
+    end = head.find('"', start)
+    return head[start:end] if end > 0 else None

@@ -6,12 +6,15 @@ consumer's batch taken over, presence events once per user)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 
 from realtime_gateway_protocol.signatures import HEADER, verify
@@ -21,6 +24,7 @@ from tests.integration.ws.harness import Harness, expect_close, expect_open, rec
 from tests.support.poll import poll
 from ws_service.appkeys import METRICS
 from ws_service.redis.client import open_redis
+from ws_service.webhooks.delivery import Deliverer, Target
 from ws_service.webhooks.queue import Batch, RedisQueue
 
 SECRET = "webhook-secret-0123456789"
@@ -38,12 +42,18 @@ class Receiver:
         self.unsigned = 0
         self.released = asyncio.Event()
         self.on_batch: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
+        self.max_body: int | None = None
+        """Bodies larger than this are refused (413), as an app's body limit does."""
+        self.sizes: list[int] = []
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         if not verify(request.headers.get(HEADER), body, [SECRET]):
             self.unsigned += 1
             return web.Response(status=401)
+        self.sizes.append(len(body))
+        if self.max_body is not None and len(body) > self.max_body:
+            return web.Response(status=413)
         if self.hang:
             await self.released.wait()
         self.batches.append((await request.json())["events"])
@@ -222,6 +232,127 @@ async def test_a_full_queue_drops_counts_and_never_blocks(
     target.released.set()
     target.hang = False
     await wait_until(lambda: count(gw, "delivered") == 2)
+
+
+async def publish(gw: Harness, channel: str, size: int) -> None:
+    response = await gw.client.post(
+        "/v1/publish", json={"channel": channel, "data": "x" * size}, headers=KEY
+    )
+    assert response.status == 202, await response.text()
+
+
+async def test_a_batch_goes_in_bodies_the_app_takes_not_one_it_refuses_for_ever(
+    hooked: Hooked, receiver: tuple[Receiver, str]
+) -> None:
+    """A batch counted in events only was as large as its events: with ``publish`` events past
+    the app's body limit, the app refused it (413) on every attempt and every event behind it
+    waited for ever (an outside probe). Bodies are cut at WS_WEBHOOK_BATCH_BYTES."""
+    target, _ = receiver
+    target.max_body = 8000
+    target.hang = True
+    gw = await hooked(webhook_publish=frozenset({"chat"}), webhook_batch_bytes=6000)
+    await publish(gw, "chat:first", 10)
+    await wait_until(lambda: bool(target.sizes))  # the first batch is in flight
+    for n in range(10):
+        await publish(gw, f"chat:{n}", 1500)
+    ws = await gw.login("gina")
+    target.hang = False
+    target.released.set()
+    await wait_until(lambda: bool(target.of("gina", "connect")))
+    assert [e["channel"] for e in target.events if e["type"] == "publish"] == [
+        "chat:first",
+        *(f"chat:{n}" for n in range(10)),
+    ]
+    assert max(target.sizes) <= 6000 and 413 not in target.statuses
+    assert count(gw, "too_large", "ws_webhook_posts_total") == 0
+    await ws.close()
+
+
+async def test_an_event_the_app_refuses_alone_is_dropped_and_the_rest_delivered(
+    hooked: Hooked, receiver: tuple[Receiver, str]
+) -> None:
+    """A body refused as too large is halved until it fits; an event refused on its own can
+    never be delivered, so it is dropped and counted (``undeliverable``), not retried for ever in
+    front of the events behind it."""
+    target, _ = receiver
+    target.max_body = 3000
+    target.hang = True
+    gw = await hooked(webhook_publish=frozenset({"chat"}))
+    await publish(gw, "chat:first", 10)
+    await wait_until(lambda: bool(target.sizes))
+    await publish(gw, "chat:small-1", 500)
+    await publish(gw, "chat:huge", 20_000)
+    for n in range(2, 6):
+        await publish(gw, f"chat:small-{n}", 500)
+    target.hang = False
+    target.released.set()
+    await wait_until(lambda: count(gw, "undeliverable") == 1)
+    await wait_until(lambda: count(gw, "delivered") == 6)
+    assert [e["channel"] for e in target.events] == [
+        "chat:first",
+        *(f"chat:small-{n}" for n in range(1, 6)),
+    ]
+    assert count(gw, "too_large", "ws_webhook_posts_total") >= 2
+
+
+class _KeptQueue:
+    """One batch to deliver; records when it is claimed again."""
+
+    def __init__(self) -> None:
+        self.kept: list[float] = []
+        self.acked = asyncio.Event()
+        self._batch: Batch | None = Batch(["1-0"], ['{"id":"e1","type":"connect"}'])
+
+    async def take(self, limit: int) -> Batch:
+        if self._batch is None:
+            await asyncio.Event().wait()
+        batch, self._batch = self._batch, None
+        assert batch is not None
+        return batch
+
+    async def keep(self, batch: Batch) -> None:
+        self.kept.append(asyncio.get_running_loop().time())
+
+    async def ack(self, batch: Batch) -> None:
+        self.acked.set()
+
+    def put(self, event: str) -> bool:
+        raise AssertionError("not used")
+
+    async def close(self) -> None:
+        return
+
+
+async def test_a_batch_in_delivery_is_claimed_again_however_long_its_retries_wait(
+    receiver: tuple[Receiver, str],
+) -> None:
+    """Another replica takes a batch idle WS_WEBHOOK_CLAIM_IDLE: one claim per attempt, after a
+    backoff up to WS_WEBHOOK_RETRY_CAP plus a timeout, let it go idle that long while its replica
+    lived (30 s cap + 5 s timeout against a 30 s claim idle), and the app got it twice."""
+    target, url = receiver
+    target.statuses = [500]
+    queue = _KeptQueue()
+    registry = CollectorRegistry()
+    events = Counter("events", "", ["outcome"], registry=registry)
+    posts = Counter("posts", "", ["outcome"], registry=registry)
+    delivery = Deliverer(
+        aiohttp.ClientSession(),
+        queue,  # type: ignore[arg-type]
+        Target(url, (SECRET,), timeout=1, batch=10, retry_base=0.8, retry_cap=0.8, keep_every=0.1),
+        posts=posts,
+        delivered=events.labels("delivered"),
+        undeliverable=events.labels("undeliverable"),
+    )
+    task = asyncio.create_task(delivery.run())
+    try:
+        await asyncio.wait_for(queue.acked.wait(), 5)
+        assert len(target.batches) == 2
+        gaps = [later - earlier for earlier, later in itertools.pairwise(queue.kept)]
+        assert len(queue.kept) >= 4 and max(gaps) < 0.3, queue.kept
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await delivery._session.close()
 
 
 # -- Redis -----------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from realtime_gateway_protocol.access_token import Claims
 from tests.support.clock import FakeClock
@@ -27,7 +29,7 @@ from ws_service.domain.connection import Connection
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.namespaces import Namespace, Namespaces
 from ws_service.domain.webhooks import Events
-from ws_service.webhooks.delivery import QueueSink
+from ws_service.webhooks.delivery import QueueSink, bodies
 from ws_service.webhooks.queue import MemoryQueue
 
 NAMESPACES = Namespaces(
@@ -232,3 +234,20 @@ async def test_a_socket_that_closes_during_the_join_leaves_no_ghost() -> None:
         ("presence_join", None),
         ("presence_leave", None),
     ], "each unsubscribe after its subscribe"
+
+
+@given(
+    st.lists(st.text(alphabet="ab\u00e9", min_size=0, max_size=40), max_size=30),
+    st.integers(min_value=20, max_value=120),
+)
+def test_bodies_keep_every_event_in_order_each_body_within_the_limit_or_alone(
+    events: list[str], limit: int
+) -> None:
+    runs = list(bodies(events, limit))
+    assert [event for run in runs for event in run] == events
+    for run in runs:
+        size = len(('{"events":[' + ",".join(run) + "]}").encode())
+        assert run and (size <= limit or len(run) == 1)
+    for run, after in itertools.pairwise(runs):  # cut only where the next event would not fit
+        joined = len(('{"events":[' + ",".join([*run, after[0]]) + "]}").encode())
+        assert joined > limit
