@@ -534,8 +534,19 @@ class CookieSession {
     return locks ? locks.request(REFRESH_LOCK, run) : run();
   }
 
-  async logout(everywhere) {
-    await this.#withCsrf((headers) => this.#api.post("/v1/logout", { all: everywhere }, { headers }));
+  /**
+   * The cookie's session, while it is this tab's. On csrf_failed another page logged in since and
+   * the cookie holds its login, perhaps another user's: taking the cookie's CSRF token, as a
+   * refresh does (which then checks who it got), logged that login out and reported this one
+   * logged out. This tab's own session is ended by its access token instead, the cookie left alone.
+   */
+  async logout(everywhere, accessToken) {
+    try {
+      await this.#api.post("/v1/logout", { all: everywhere }, { headers: this.#csrfHeader() });
+    } catch (err) {
+      if (err.code !== "csrf_failed" || !accessToken) throw err;
+      await this.#api.post("/v1/logout", { all: everywhere }, { token: accessToken });
+    }
     this.#csrf = null;
   }
 
@@ -862,7 +873,7 @@ export class GatewayClient extends EventTarget {
   /** Revoke this session (or every session of the user) and close; in a browser, forget both cookies. */
   async logout({ everywhere = false } = {}) {
     try {
-      await this.#session.logout(everywhere);
+      await this.#session.logout(everywhere, this.#token);
     } finally {
       this.close();
     }

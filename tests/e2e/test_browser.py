@@ -317,6 +317,42 @@ def test_a_tab_whose_session_another_tab_replaced_refreshes_with_the_new_one(
     assert page.evaluate(LOGGED_IN_AGAIN, ["judy", PASSWORD]) == ["ok", "ok", "ok"]
 
 
+ANOTHER_USER_LOGS_IN = """async ([first, second, password, everywhere]) => {
+    const { GatewayClient } = await import("/gateway-client.js");
+    const config = await (await fetch("/config.json")).json();
+    const make = () => new GatewayClient({ authUrl: config.authUrl ?? location.origin, wsUrl: config.wsUrl });
+    const earlier = make();
+    await earlier.login(first, password);
+    const later = make();
+    await later.login(second, password);  // another tab, another user: the shared cookie is theirs
+    const outcome = (call) => call.then(() => "ok", (e) => e.code);
+    return [await outcome(earlier.logout({ everywhere })), await outcome(later.refresh())];
+}"""
+
+
+@pytest.mark.parametrize("everywhere", [False, True])
+def test_a_tab_logs_out_its_own_user_not_the_one_who_logged_in_since(
+    context: BrowserContext, stack: Stack, everywhere: bool
+) -> None:
+    """Alice's tab, after bob logged in in another tab of the browser: "log out (everywhere)" took
+    the cookie's CSRF token on csrf_failed and logged bob out (every device of his), while alice's
+    sessions lived on and her page said she was logged out (an outside probe)."""
+    alice, bob = f"alice-{everywhere}".lower(), f"bob-{everywhere}".lower()
+    stack.register(alice, bob)
+    devices = {}
+    for user in (alice, bob):  # each also logged in on another device
+        status, body = stack.post("/v1/login", {"username": user, "password": PASSWORD})
+        assert status == 200, body
+        devices[user] = body["refresh_token"]
+    page = open_page(context, stack)
+    assert page.evaluate(ANOTHER_USER_LOGS_IN, [alice, bob, PASSWORD, everywhere]) == ["ok", "ok"]
+    refreshed = {
+        user: stack.post("/v1/token", {"grant_type": "refresh_token", "refresh_token": token})[0]
+        for user, token in devices.items()
+    }
+    assert refreshed == {alice: 400 if everywhere else 200, bob: 200}
+
+
 def test_two_tabs_refreshing_at_once_both_stay_logged_in(
     context: BrowserContext, stack: Stack
 ) -> None:
