@@ -206,7 +206,12 @@ def create_app(
             task.add_done_callback(reloads.discard)
 
         unsubscribe = app[BUS].subscribe(KEYS_TOPIC, on_key_announced)
+        # An announcement sent while this replica was cut off from Redis (the outbox's, as soon
+        # as Redis is back, may go before this replica listens again) is lost to it: it signed
+        # with a withdrawn key, and its key set listed it, until the timer's reload.
+        stop_reloading = app[BUS].add_reconnect_listener(lambda: reload_keys(ring, "reconnect"))
         yield
+        stop_reloading()
         unsubscribe()
         await cancel_and_wait(*tasks, *reloads)
         await used.close()
@@ -265,15 +270,16 @@ async def maintenance_loop(app: web.Application, clock: Callable[[], float]) -> 
             log.exception("key ring maintenance failed; retrying")
 
 
-async def reload_keys(ring: KeyRing) -> None:
+async def reload_keys(ring: KeyRing, reason: str = "announcement") -> None:
     """A rotation or a withdrawal was announced (``keys rotate``/``keys revoke``, another
-    replica): load the new key, or drop the withdrawn one, now."""
+    replica), or may have been while the bus was cut off (``reason``: ``reconnect``): load the
+    new key, or drop the withdrawn one, now."""
     try:
         await ring.reload()
     except Exception:
-        log.exception("key ring reload after an announcement failed; the timer retries")
+        log.exception("key ring reload failed; the timer retries", extra={"on": reason})
     else:
-        log.info("key ring reloaded on an announcement")
+        log.info("key ring reloaded", extra={"on": reason})
 
 
 OUTBOX_INTERVAL = 1.0

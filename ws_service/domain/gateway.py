@@ -40,6 +40,15 @@ __all__ = ["RECONCILE_BATCH", "Gateway"]
 
 RECONCILE_BATCH = 500
 """Live sockets checked per ledger round trip when reconciling."""
+KEY_EVENT_SETTLE = 1.0
+"""Seconds after a key announcement before the key set is fetched again. Every auth replica
+reloads its keys on the same announcement; a fetch at once could reach one that had not yet
+(1 ms apart in an outside probe), and the refetch an unknown kid may cause is limited to one per
+10 s (a forged kid must not buy fetches), so new tokens were refused for up to 10 s."""
+RECONNECT_REFETCHES = (5.0, 35.0)
+"""Seconds after a reconnection at which the key set is fetched again, after the fetch at once:
+the auth replicas reload their keys when they reconnect too, or at their timer's next reload
+(30 s at most), and a fetch from one that has not yet still lists a key withdrawn meanwhile."""
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +87,7 @@ class Gateway:
         self._replica = secrets.token_hex(6)
         self._serials = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refetches: set[asyncio.Task[None]] = set()
         # Met by every handshake while Redis is down: a line per interval, not per handshake.
         self._ledger_down = Throttled(log, "revocation ledger unreachable; tokens accepted")
         self._slots_down = Throttled(log, "connection slots unreachable; sockets admitted")
@@ -273,8 +283,10 @@ class Gateway:
         """Cancel the proxy calls in flight; let pending slot releases finish (briefly)."""
         if self.context.proxies is not None:
             await self.context.proxies.close()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=self.limits.sync_timeout)
+        for task in self._refetches:
+            task.cancel()
+        if self._tasks or self._refetches:
+            await asyncio.wait({*self._tasks, *self._refetches}, timeout=self.limits.sync_timeout)
 
     def _stop_waiting(self, conn: Connection) -> None:
         remote = conn.remote or ""
@@ -340,8 +352,9 @@ class Gateway:
 
     def on_key_event(self, topic: str, payload: str) -> None:
         """Bus handler for ``auth.keys``: a withdrawn key leaves the key cache at once (which
-        reports it to :meth:`keys_dropped`); a rotation needs nothing here (an unknown kid is
-        fetched on first sight)."""
+        reports it to :meth:`keys_dropped`); after a rotation or a withdrawal (which rotates)
+        the key set is fetched again once the auth replicas have reloaded theirs, so the new
+        key's tokens verify from the first (:data:`KEY_EVENT_SETTLE`)."""
         try:
             event = decode_key_event(payload)
         except ValueError as exc:
@@ -349,6 +362,7 @@ class Gateway:
             return
         if isinstance(event, KeyWithdrawn):
             self.verifier.keys.withdraw(event.kid)
+        self._refetch_keys_at((KEY_EVENT_SETTLE,), "key announcement")
 
     def keys_dropped(self, kids: frozenset[str]) -> None:
         """Keys left the key cache (withdrawn, or gone from a fresh key set): every live socket
@@ -369,11 +383,29 @@ class Gateway:
     async def refresh_keys(self) -> None:
         """Bus reconnect listener: a withdrawal announced while this replica was cut off from
         Redis was missed, but the issuer's key set no longer lists the key; fetch it now rather
-        than at its TTL, so the key leaves the cache and its sockets are told."""
+        than at its TTL, so the key leaves the cache and its sockets are told, and again at
+        :data:`RECONNECT_REFETCHES`: the auth replicas missed the announcement too, and one
+        that has not reloaded yet still lists the key (accepted for minutes: an outside probe)."""
+        await self._refetch_keys("reconnect")
+        self._refetch_keys_at(RECONNECT_REFETCHES, "reconnect")
+
+    def _refetch_keys_at(self, delays: tuple[float, ...], reason: str) -> None:
+        async def refetch() -> None:
+            waited = 0.0
+            for delay in delays:
+                await asyncio.sleep(delay - waited)
+                waited = delay
+                await self._refetch_keys(reason)
+
+        task = asyncio.get_running_loop().create_task(refetch())
+        self._refetches.add(task)
+        task.add_done_callback(self._refetches.discard)
+
+    async def _refetch_keys(self, reason: str) -> None:
         try:
             await self.verifier.keys.refresh()
         except errors.KeysUnavailable:
-            log.warning("key set refetch after reconnecting failed; its TTL retries")
+            log.warning("key set refetch failed; its TTL retries", extra={"after": reason})
 
     def on_ledger_restored(self, topic: str, payload: str) -> None:
         """Bus handler for ``auth.ledger_restored``: Redis came back without the revocation

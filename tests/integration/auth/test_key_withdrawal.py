@@ -8,17 +8,18 @@ import argparse
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import jwt
 import pytest
+from aiohttp import web
 
 from auth_service.__main__ import keys_command
-from auth_service.app import maintenance_interval
+from auth_service.app import create_app, maintenance_interval
 from auth_service.appkeys import KEYRING
 from auth_service.settings import Settings
 from realtime_gateway_protocol.key_events import KEYS_TOPIC, KeyWithdrawn, decode_key_event
-from shared.bus import InProcessBus
+from shared.bus import InProcessBus, ReconnectListener, Unsubscribe
 from tests.integration.auth.conftest import AuthClient, MakeClient, login, refresh, register
 
 
@@ -106,3 +107,48 @@ async def test_a_ticket_is_signed_by_the_key_of_its_access_token(
     assert await ticket_kid(tokens["access_token"]) == old
     _, renewed = await refresh(client, tokens["refresh_token"])
     assert await ticket_kid(renewed["access_token"]) == new.kid
+
+
+class DeafBus(InProcessBus):
+    """A bus cut off from Redis: what is published meanwhile reaches nobody (Redis pub/sub keeps
+    nothing for a subscriber not listening), until ``reconnect`` runs the reconnect listeners."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deaf = False
+        self._listeners: list[ReconnectListener] = []
+
+    async def publish(self, topic: str, payload: str) -> None:
+        if not self.deaf:
+            await super().publish(topic, payload)
+
+    def add_reconnect_listener(self, listener: ReconnectListener) -> Unsubscribe:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    async def reconnect(self) -> None:
+        self.deaf = False
+        for listener in list(self._listeners):
+            await listener()
+
+
+async def test_a_withdrawal_announced_while_cut_off_is_acted_on_at_the_reconnection(
+    aiohttp_client: Callable[[web.Application], Awaitable[AuthClient]],
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The outbox sends a withdrawal made while Redis was down as soon as Redis is back, which
+    may be before this replica listens again: it then signed with the withdrawn key, and its key
+    set listed it, until its reload timer (30 s; an outside probe with two replicas)."""
+    bus = DeafBus()
+    settings = make_settings()
+    client = await aiohttp_client(create_app(settings, bus=bus))
+    await register(client)
+    leaked = kid_of((await login(client))["access_token"])
+    bus.deaf = True
+    assert await keys_command(settings, "revoke", argparse.Namespace(kid=leaked)) == 0
+    await asyncio.sleep(1.5)  # the outbox has sent it, to nobody
+    assert kid_of((await login(client))["access_token"]) == leaked, "the announcement was lost"
+    await bus.reconnect()
+    assert kid_of((await login(client))["access_token"]) != leaked
+    jwks = await (await client.get("/.well-known/jwks.json")).json()
+    assert leaked not in [key["kid"] for key in jwks["keys"]]

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from realtime_gateway_protocol.key_events import KEYS_TOPIC, KeyWithdrawn, encode_key_event
+from realtime_gateway_protocol.key_events import (
+    KEYS_TOPIC,
+    KeyRotated,
+    KeyWithdrawn,
+    encode_key_event,
+)
 from shared.jsonlog import REQUEST_ID
 from shared.redis.bus import RedisBus
 from tests.integration.bus.support import PrivateRedis
@@ -27,6 +32,7 @@ from tests.integration.ws.harness import (
 )
 from tests.support.logs import json_lines
 from ws_service.appkeys import JWKS
+from ws_service.domain import gateway as gateway_module
 
 GRACE = 1
 EXPIRED = {
@@ -68,8 +74,10 @@ async def expiring(ws: Any) -> int:
 
 
 async def test_sockets_of_the_withdrawn_key_renew_or_are_closed_and_its_tokens_are_refused(
-    gw: Harness, other_key: RSAPrivateKey
+    gw: Harness, other_key: RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The withdrawal needs no fetch: the one a key announcement schedules comes after the test.
+    monkeypatch.setattr(gateway_module, "KEY_EVENT_SETTLE", 600.0)
     renewing = await gw.login("alice")
     silent = await gw.login("bob")
     other = await gw.login("carol", token=good_token(gw, other_key, "carol"))
@@ -150,3 +158,59 @@ async def test_a_replica_that_missed_the_withdrawal_drops_the_key_when_redis_is_
         assert (reply["code"], reply["message"]) == ("invalid_token", "unknown signing key")
     finally:
         await bus.close()
+
+
+async def test_a_replica_drops_a_key_missed_meanwhile_even_if_its_first_fetch_still_lists_it(
+    private_redis: PrivateRedis,
+    make_gateway: MakeGateway,
+    rsa_key: RSAPrivateKey,
+    other_key: RSAPrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis came back, and the key set fetched at the reconnection came from an auth replica
+    that had missed the withdrawal too (the outbox's announcement went before it listened again)
+    and had not reloaded yet: the gateway accepted the withdrawn key until the key set's TTL,
+    minutes (an outside probe). It fetches the key set again after the reconnection."""
+    monkeypatch.setattr(gateway_module, "RECONNECT_REFETCHES", (0.5, 1.0))
+    bus = RedisBus(private_redis.url, backoff_base=0.05, backoff_cap=0.2)
+    await bus.start()
+    try:
+        keyset = KeySet({KID: rsa_key, "key-2": other_key}, cache_control="public, max-age=3600")
+        gw = await make_gateway(
+            bus=bus, keyset=keyset, jwks_min_ttl=600, key_withdrawal_grace=GRACE
+        )
+        ws = await gw.login()
+        await private_redis.kill()
+        await wait_until(lambda: not bus.connected)
+        fetched = keyset.fetches
+        await private_redis.start()
+        await wait_until(lambda: keyset.fetches > fetched)  # the fetch at the reconnection
+        del keyset.keys[KID]  # the auth replica reloads only now
+        await expiring(ws)
+        assert await recv(ws, wait=GRACE + 2) == EXPIRED
+        await expect_close(ws, 4401, "token_expired")
+    finally:
+        await bus.close()
+
+
+async def test_a_new_keys_tokens_verify_soon_after_its_rotation_is_announced(
+    make_gateway: MakeGateway,
+    rsa_key: RSAPrivateKey,
+    other_key: RSAPrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``keys rotate --immediate``: one auth replica signs with the new key while the key set this
+    gateway fetched on its first token came from one that reloaded a moment later; the refetch an
+    unknown kid may cause is limited to one per 10 s, so its tokens were refused that long (an
+    outside probe: 1,752 refusals in 8 s). The announcement makes the gateway fetch again."""
+    monkeypatch.setattr(gateway_module, "KEY_EVENT_SETTLE", 0.2)
+    keyset = KeySet({KID: rsa_key}, cache_control="public, max-age=3600")
+    gw = await make_gateway(keyset=keyset, jwks_min_ttl=600)
+    ws = await gw.open()
+    reply = await auth(ws, good_token(gw, other_key))
+    assert (reply["code"], reply["retry"]) == ("keys_unavailable", True)
+    keyset.keys["key-2"] = other_key  # the other auth replica reloaded, a moment late
+    await gw.bus.publish(KEYS_TOPIC, encode_key_event(KeyRotated("key-2", 2)))
+    await wait_until(lambda: keyset.fetches >= 3)
+    ws = await gw.open()
+    assert (await auth(ws, good_token(gw, other_key, "bob")))["type"] == "auth_success"

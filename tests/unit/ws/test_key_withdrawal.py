@@ -4,6 +4,7 @@ or a token expiring sooner anyway, keeps its own schedule)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -18,6 +19,7 @@ from realtime_gateway_protocol.key_events import (
 )
 from tests.support.clock import FakeClock
 from tests.unit.ws.fakes import FakePeer, build_gateway
+from ws_service.domain import gateway as gateway_module
 from ws_service.domain.connection import Connection
 from ws_service.domain.errors import KeyWithdrawn as KeyWithdrawnError
 from ws_service.domain.gateway import Gateway
@@ -31,6 +33,7 @@ class Keys:
 
     def __init__(self) -> None:
         self.withdrawn: list[str] = []
+        self.refreshed = 0
 
     async def get_key(self, kid: str) -> VerifyingKey:
         raise AssertionError("no token is verified here")
@@ -42,7 +45,7 @@ class Keys:
         self.withdrawn.append(kid)
 
     async def refresh(self) -> None:
-        raise AssertionError("no fetch here")
+        self.refreshed += 1
 
     def fetched_since(self, when: float) -> bool:
         raise AssertionError("no token is verified here")
@@ -81,9 +84,12 @@ async def admit(gateway: Gateway, signed: Claims) -> tuple[Connection, FakePeer]
     return conn, peer
 
 
-def test_a_withdrawal_announcement_withdraws_the_key_and_nothing_else_does(
-    caplog: pytest.LogCaptureFixture,
+async def test_a_withdrawal_announcement_withdraws_the_key_and_nothing_else_does(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """And each key announcement, not a malformed one, has the key set fetched again a moment
+    later, once the auth replicas have reloaded theirs."""
+    monkeypatch.setattr(gateway_module, "KEY_EVENT_SETTLE", 0.05)
     keys = Keys()
     gateway = make_gateway(keys)
     gateway.on_key_event(KEYS_TOPIC, encode_key_event(KeyRotated("k2", 2)))
@@ -95,6 +101,10 @@ def test_a_withdrawal_announcement_withdraws_the_key_and_nothing_else_does(
     assert keys.withdrawn == []
     gateway.on_key_event(KEYS_TOPIC, encode_key_event(KeyWithdrawn("k1")))
     assert keys.withdrawn == ["k1"]
+    assert keys.refreshed == 0, "not at once"
+    await asyncio.sleep(0.2)
+    assert keys.refreshed == 2
+    await gateway.close()
 
 
 async def test_sockets_of_a_dropped_key_are_told_to_renew_within_the_grace() -> None:
