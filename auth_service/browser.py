@@ -8,6 +8,8 @@ from the login or refresh response; after a reload, from the non-HttpOnly CSRF c
 both cookies carry the ``__Host-`` prefix (:func:`browser_cookies`). CORS with credentials is
 granted to the configured origins only, and only on the API a page calls (``/v1/...``).
 ``POST /v1/ws-ticket`` mints single-use WebSocket tickets (``protocol/realtime_gateway_protocol/tickets.py``).
+``POST /v1/csrf`` gives a page of an allowed origin on another host the CSRF token it cannot read
+from the cookie.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ def setup(app: web.Application, settings: Settings) -> None:
         ),
     )
     app.router.add_post("/v1/ws-ticket", ws_ticket)
+    app.router.add_post("/v1/csrf", csrf_token)
     if not settings.cors_origins:
         return
     options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
@@ -291,3 +294,17 @@ async def ws_ticket(request: web.Request) -> web.Response:
     return json_response(
         {"ticket": ticket.ticket, "expires_in": ticket.expires_in}, headers=NO_STORE
     )
+
+
+async def csrf_token(request: web.Request) -> web.Response:
+    """The session's CSRF token, for a page that cannot read the CSRF cookie: one on another host
+    than the issuer's (``app.example.com`` against ``auth.example.com``; the cookie is host-only),
+    which had no token after a reload and could not resume its session, nor follow another tab's
+    login (an outside probe). No weaker than the cookie: only an allowed Origin gets an answer,
+    and CORS lets only those origins read it; a page of another site sends no cookie at all
+    (``SameSite=Strict``). Nothing rotates. The body, if any, is not read."""
+    check_origin(request)
+    session = await get_session(request)
+    if _REFRESH not in session or _CSRF not in session:
+        raise InvalidRequest("there is no browser session")
+    return json_response({"csrf_token": str(session[_CSRF])}, headers=NO_STORE)

@@ -507,6 +507,8 @@ function tokenAnswerFault(data, { refreshToken }) {
 }
 
 const cookieTokens = (data) => tokenAnswerFault(data, { refreshToken: false });
+const csrfAnswerFault = (data) =>
+  kindOf(data) === "object" && typeof data.csrf_token === "string" && data.csrf_token ? null : "has no csrf_token string";
 const memoryTokens = (data) => tokenAnswerFault(data, { refreshToken: true });
 
 /** A browser's password session: the refresh token in the HttpOnly cookie, the CSRF token here. */
@@ -522,9 +524,14 @@ class CookieSession {
     return this.#keep(await this.#api.post("/v1/login", { username, password, session: "cookie" }, { expect: cookieTokens }));
   }
 
-  /** Whether a session may exist: without its CSRF token (nor, after a reload, its cookie) there is none. */
-  get resumable() {
-    return (this.#csrf ?? readCookie(this.#csrfCookie())) !== null;
+  /**
+   * Whether a session may exist: without its CSRF token (nor, after a reload, its cookie) there is
+   * none. A page on another host than auth_service's cannot read that cookie (it is host-only), so
+   * it asks auth_service for the token of the session its cookie holds, if any.
+   */
+  async resumable() {
+    if (this.#csrf === null) this.#csrf = await this.#cookieCsrf();
+    return this.#csrf !== null;
   }
 
   /** One refresh at a time across tabs (Web Locks), since the cookie is shared and rotates. */
@@ -573,7 +580,7 @@ class CookieSession {
     try {
       return await call(this.#csrfHeader());
     } catch (err) {
-      const current = err.code === "csrf_failed" ? readCookie(this.#csrfCookie()) : null;
+      const current = err.code === "csrf_failed" ? await this.#cookieCsrf() : null;
       if (current === null || current === this.#csrf) throw err;
       this.#csrf = current;
       return call(this.#csrfHeader());
@@ -586,7 +593,27 @@ class CookieSession {
   }
 
   #csrfHeader() {
-    return { "X-CSRF-Token": this.#csrf ?? readCookie(this.#csrfCookie()) ?? "" };
+    return { "X-CSRF-Token": this.#csrf ?? this.#readCsrfCookie() ?? "" };
+  }
+
+  /** The CSRF token of the session the cookie holds now, or null when there is none. */
+  async #cookieCsrf() {
+    if (this.#sameHost()) return this.#readCsrfCookie();
+    try {
+      return (await this.#api.post("/v1/csrf", {}, { prove: false, expect: csrfAnswerFault })).csrf_token;
+    } catch (err) {
+      if (err.code === "invalid_request") return null; // no session cookie
+      throw err;
+    }
+  }
+
+  #readCsrfCookie() {
+    return this.#sameHost() ? readCookie(this.#csrfCookie()) : null;
+  }
+
+  /** Cookies are per host, whatever the port: only a page on auth_service's host reads its CSRF cookie. */
+  #sameHost() {
+    return new URL(this.#api.base, location.href).hostname === location.hostname;
   }
 
   #csrfCookie() {
@@ -607,7 +634,7 @@ class MemorySession {
     return this.#keep(await this.#api.post("/v1/login", { username, password }, { expect: memoryTokens }));
   }
 
-  get resumable() {
+  async resumable() {
     return this.#refreshToken !== null;
   }
 
@@ -651,7 +678,7 @@ class TokenProvider {
     throw new TypeError("GatewayClient: with getToken there is no password login; call connect()");
   }
 
-  get resumable() {
+  async resumable() {
     return true;
   }
 
@@ -809,10 +836,11 @@ export class GatewayClient extends EventTarget {
 
   /**
    * After a reload: connect from the session cookie, no password. Resolves false, without a
-   * request, when there is no session to resume (a first visit, or after a logout).
+   * request, when there is no session to resume (a first visit, or after a logout); a page on
+   * another host than auth_service's asks it first (POST /v1/csrf), as it cannot read the cookie.
    */
   async resume() {
-    if (!this.#session.resumable) return false;
+    if (!(await this.#session.resumable())) return false;
     await this.connect();
     return true;
   }

@@ -468,3 +468,28 @@ async def test_no_ws_ticket_from_the_access_token_of_a_logged_out_session(
     assert (ticket.status, (await ticket.json()).get("error")) == (401, "invalid_token")
     assert (again.status, (await again.json())["error"]) == (401, "invalid_token")
     assert ticket.headers["WWW-Authenticate"] == again.headers["WWW-Authenticate"]
+
+
+async def test_a_page_on_another_host_gets_its_sessions_csrf_token_and_nothing_else_does(
+    client: AuthClient,
+) -> None:
+    """A page of an allowed origin on another host cannot read the CSRF cookie (host-only on the
+    issuer's host): after a reload it could not resume its session (an outside probe). It asks
+    for the token; a page of another site, a request without Origin or without the cookie get
+    nothing, and nothing rotates."""
+    browser, body = await cookie_login(client, origin=APP)
+    cookie = {"Cookie": f"{SESSION_COOKIE}={browser.session}"}
+    resp = await client.post("/v1/csrf", headers={**cookie, "Origin": APP})
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"csrf_token": body["csrf_token"]}
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert resp.headers["Access-Control-Allow-Origin"] == APP
+    assert SESSION_COOKIE not in resp.cookies
+    for headers in ({**cookie, "Origin": EVIL}, {**cookie, "Origin": "null"}, cookie):
+        resp = await client.post("/v1/csrf", headers=headers)
+        assert (resp.status, (await resp.json())["error"]) == (403, "csrf_failed"), headers
+        assert "Access-Control-Allow-Origin" not in resp.headers
+    resp = await client.post("/v1/csrf", headers={"Origin": APP})
+    assert (resp.status, (await resp.json())["error"]) == (400, "invalid_request")
+    resp, refreshed = await cookie_refresh(client, browser.headers(origin=APP))
+    assert resp.status == 200, refreshed
