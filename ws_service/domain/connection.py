@@ -227,7 +227,9 @@ class Connection:
             await self._on_text_unauthenticated(text)
             return
         self._ctx.metrics.messages_in.inc()
-        if not self._admit_rate():
+        clock = self._ctx.clock
+        began = clock.monotonic()
+        if not self._admit_rate(began):
             return
         request_id: protocol.RequestId = None
         try:
@@ -242,6 +244,10 @@ class Connection:
                 self._violations += 1
                 if self._violations >= self._ctx.limits.max_violations:
                     self.close(Disconnect.BAD_REQUEST)
+        finally:
+            # The frames behind this one waited for it: its awaits are not charged to them.
+            assert self._bucket is not None
+            self._bucket.stalled(began, clock.monotonic())
 
     def on_binary(self) -> None:
         """Binary frames are outside the protocol at every stage."""
@@ -584,9 +590,9 @@ class Connection:
 
     # -- authenticated requests ------------------------------------------------------------
 
-    def _admit_rate(self) -> bool:
+    def _admit_rate(self, now: float) -> bool:
         assert self._bucket is not None
-        if self._bucket.take(self._ctx.clock.monotonic()):
+        if self._bucket.take(now):
             if self._bucket.full:
                 self._strikes = 0
             return True

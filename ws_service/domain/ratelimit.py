@@ -15,21 +15,36 @@ def _shared(burst: int) -> float:
 
 
 class TokenBucket:
-    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
+    __slots__ = ("_burst", "_rate", "_stamp", "_tokens", "_uncapped")
 
     def __init__(self, rate: float, burst: int, now: float) -> None:
         self._rate = rate
         self._burst = self._tokens = _shared(burst)
-        self._stamp = now
+        self._stamp = self._uncapped = now
 
     def take(self, now: float) -> bool:
         """Spend one token if there is one; ``now`` is a monotonic time in seconds."""
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
+        self._refill(now)
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True
         return False
+
+    def stalled(self, since: float, now: float) -> None:
+        """The server spent ``since`` to ``now`` on one frame, reading none of those behind it:
+        they queued meanwhile and come back to back. Charged then against a bucket capped at the
+        burst, a client that paced them by the bucket was refused for the server's time. So the
+        refill over a stall is not capped, nor any until as long again has passed (the queue
+        is handled long before). The rate still holds: counted from before the stall, no more
+        pass than the burst and the rate times the time since."""
+        self._refill(since)
+        self._uncapped = max(self._uncapped, now + (now - since))
+        self._refill(now)
+
+    def _refill(self, now: float) -> None:
+        tokens = self._tokens + (now - self._stamp) * self._rate
+        self._tokens = tokens if now < self._uncapped else min(self._burst, tokens)
+        self._stamp = now
 
     @property
     def full(self) -> bool:

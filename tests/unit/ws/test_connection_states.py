@@ -645,6 +645,85 @@ async def test_15_strikes_are_forgiven_once_the_bucket_refills() -> None:
     assert s.peer.closed is None, "one strike, forgiven, then one more"
 
 
+class StalledPublishes(MemoryHistory):
+    """A history whose publishes wait for the test: Redis stalled (SIGSTOPped) under one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Event()
+
+    async def publish(self, *args: Any, **kwargs: Any) -> str:
+        await self.gate.wait()
+        return await super().publish(*args, **kwargs)
+
+
+STALL = 8.0
+RATE, BURST = 20.0, 40
+
+
+async def publishing_through_a_stall(during: float, after: float) -> tuple[Socket, float]:
+    """The WS handler's loop on a fake clock: the socket's first publish waits ``STALL`` seconds
+    on Redis while the client sends a publish every ``1 / during`` s; those queue and are handled
+    back to back once it returns. Then one every ``1 / after`` s for ``STALL`` s more, each
+    handled as it arrives, until the socket closes. Returns the socket and the seconds from the
+    first publish to the last frame handled."""
+    s = Socket(rate_per_second=RATE, rate_burst=BURST)
+    history = StalledPublishes(s.bus.publish, clock=s.clock)
+    s.hub._history = history
+    await s.authenticate()
+    began = s.clock.monotonic()
+    sent = 0
+
+    def publish() -> str:
+        nonlocal sent
+        sent += 1
+        return json.dumps({"type": "publish", "channel": "chat:a", "data": sent, "id": sent})
+
+    stalled = asyncio.ensure_future(s.conn.on_text(publish()))
+    await asyncio.sleep(0)
+    queued = []
+    for _ in range(int(STALL * during)):
+        s.clock.advance(1 / during)
+        queued.append(publish())
+    history.gate.set()
+    await stalled
+    for text in queued:
+        await s.conn.on_text(text)
+    for _ in range(int(STALL * after)):
+        if s.peer.closed is not None:
+            break
+        s.clock.advance(1 / after)
+        await s.conn.on_text(publish())
+    return s, s.clock.monotonic() - began
+
+
+async def test_15_frames_paced_under_the_rate_are_not_refused_for_the_server_s_stall() -> None:
+    """14 a second under a limit of 20: the 112 sent while a publish waited on Redis came back
+    to back after it, and met a bucket capped at its burst of 40 (the server's 8 s charged to
+    the client): 40 passed, 20 were refused and the socket closed 4429, the rest lost."""
+    s, _ = await publishing_through_a_stall(during=14.0, after=14.0)
+    frames = s.peer.take()
+    assert [f for f in frames if f["type"] != "published"] == []
+    assert [f["id"] for f in frames] == list(range(1, 2 + int(2 * STALL * 14.0)))
+    assert s.peer.closed is None
+
+
+@pytest.mark.parametrize(("during", "after"), [(60.0, 14.0), (14.0, 60.0)])
+async def test_15_over_the_rate_through_a_stall_is_still_refused(
+    during: float, after: float
+) -> None:
+    """Too fast while the server stalled, or after it: refused, then closed, and never more
+    admitted than the burst and the rate allow over the time since the stall began."""
+    s, elapsed = await publishing_through_a_stall(during, after)
+    frames = s.peer.take()
+    assert {"type": "error", "code": "rate_limited", "id": None} in [
+        {k: f.get(k) for k in ("type", "code", "id")} for f in frames
+    ]
+    assert s.peer.closed == (4429, "rate_limited")
+    published = sum(f["type"] == "published" for f in frames)
+    assert published <= BURST + RATE * elapsed
+
+
 async def test_16_repeated_bad_requests_close_the_socket() -> None:
     s = Socket(max_violations=3)
     await s.authenticate()

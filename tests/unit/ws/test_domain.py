@@ -85,6 +85,16 @@ def test_token_bucket_allows_burst_then_refills_at_rate() -> None:
     assert bucket.full
 
 
+@pytest.mark.parametrize(("at", "admitted"), [(19.9, 41), (20.0, 3)])
+def test_token_bucket_does_not_cap_a_stall_s_refill_until_as_long_again_has_passed(
+    at: float, admitted: int
+) -> None:
+    bucket = TokenBucket(rate=2.0, burst=3, now=0.0)
+    assert bucket.take(0.0)
+    bucket.stalled(0.0, 10.0)
+    assert sum(bucket.take(at) for _ in range(100)) == admitted
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
