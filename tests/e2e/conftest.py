@@ -8,6 +8,7 @@ package, the tests are skipped with the reason; under CI=true that is a failure 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.request
@@ -43,8 +44,9 @@ TIMEOUT = 15_000
 """Milliseconds Playwright waits for what a test expects of the page."""
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+@contextlib.contextmanager
+def chromium(*args: str) -> Iterator[Browser]:
+    """Debian's Chromium under Playwright, with ``args`` beside :data:`CHROMIUM_ARGS`."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
@@ -54,12 +56,18 @@ def browser() -> Iterator[Browser]:
         unavailable("Chromium", f"{CHROMIUM} is missing (as root: apt-get install chromium)")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+            executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *args], headless=True
         )
         try:
             yield launched
         finally:
             launched.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

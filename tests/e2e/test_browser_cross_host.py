@@ -5,7 +5,6 @@ cookie, which is host-only on auth_service's host. Chromium maps both names to l
 from __future__ import annotations
 
 import http.server
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, PASSWORD, TIMEOUT, Stack
-from tests.services import free_port, unavailable
+from tests.e2e.conftest import PASSWORD, TIMEOUT, Stack, chromium
+from tests.services import free_port
 from tests.system.procs import embedded_env, service
 
 if TYPE_CHECKING:
@@ -72,25 +71,10 @@ def seen_by_the_page(stack: Stack) -> list[str]:
 
 @pytest.fixture(scope="module")
 def mapped_context() -> Iterator[BrowserContext]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        unavailable("Playwright", f"the playwright package is not installed: {exc}")
-        raise AssertionError("unreachable") from exc
-    if not os.access(CHROMIUM, os.X_OK):
-        unavailable("Chromium", f"{CHROMIUM} is missing (as root: apt-get install chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[*CHROMIUM_ARGS, "--host-resolver-rules=MAP *.example.test 127.0.0.1"],
-            headless=True,
-        )
-        try:
-            context = browser.new_context()
-            context.set_default_timeout(TIMEOUT)
-            yield context
-        finally:
-            browser.close()
+    with chromium("--host-resolver-rules=MAP *.example.test 127.0.0.1") as browser:
+        context = browser.new_context()
+        context.set_default_timeout(TIMEOUT)
+        yield context
 
 
 CLIENT_OF = """([auth, ws]) => import("/gateway-client.js").then(({ GatewayClient }) => {

@@ -5,6 +5,8 @@ down drops the key when it reconnects."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -131,33 +133,49 @@ async def test_a_malformed_announcement_withdraws_nothing(gw: Harness) -> None:
     await gw.login("bob")
 
 
-async def test_a_replica_that_missed_the_withdrawal_drops_the_key_when_redis_is_back(
+@contextlib.asynccontextmanager
+async def on_redis(
     private_redis: PrivateRedis,
     make_gateway: MakeGateway,
-    rsa_key: RSAPrivateKey,
-    other_key: RSAPrivateKey,
-) -> None:
+    keys: dict[str, RSAPrivateKey],
+) -> AsyncIterator[tuple[Harness, KeySet, Any]]:
+    """A gateway on Redis with a socket of ``KID``'s, and Redis killed: ``(gw, keyset, ws)``."""
     bus = RedisBus(private_redis.url, backoff_base=0.05, backoff_cap=0.2)
     await bus.start()
     try:
-        keyset = KeySet({KID: rsa_key, "key-2": other_key}, cache_control="public, max-age=3600")
+        keyset = KeySet(keys, cache_control="public, max-age=3600")
         gw = await make_gateway(
             bus=bus, keyset=keyset, jwks_min_ttl=600, key_withdrawal_grace=GRACE
         )
         ws = await gw.login()
         await private_redis.kill()
         await wait_until(lambda: not bus.connected)
+        yield gw, keyset, ws
+    finally:
+        await bus.close()
+
+
+async def told_then_closed(ws: Any) -> None:
+    await expiring(ws)
+    assert await recv(ws, wait=GRACE + 2) == EXPIRED
+    await expect_close(ws, 4401, "token_expired")
+
+
+async def test_a_replica_that_missed_the_withdrawal_drops_the_key_when_redis_is_back(
+    private_redis: PrivateRedis,
+    make_gateway: MakeGateway,
+    rsa_key: RSAPrivateKey,
+    other_key: RSAPrivateKey,
+) -> None:
+    keys = {KID: rsa_key, "key-2": other_key}
+    async with on_redis(private_redis, make_gateway, keys) as (gw, keyset, ws):
         del keyset.keys[KID]  # withdrawn by auth_service; the announcement never came
         await expect_open(ws)
         await private_redis.start()
-        await expiring(ws)
-        assert await recv(ws, wait=GRACE + 2) == EXPIRED
-        await expect_close(ws, 4401, "token_expired")
+        await told_then_closed(ws)
         fresh = await gw.open()
         reply = await auth(fresh, gw.tokens.make("dave", iat=long_ago()))
         assert (reply["code"], reply["message"]) == ("invalid_token", "unknown signing key")
-    finally:
-        await bus.close()
 
 
 async def test_a_replica_drops_a_key_missed_meanwhile_even_if_its_first_fetch_still_lists_it(
@@ -172,25 +190,13 @@ async def test_a_replica_drops_a_key_missed_meanwhile_even_if_its_first_fetch_st
     and had not reloaded yet: the gateway accepted the withdrawn key until the key set's TTL,
     minutes (an outside probe). It fetches the key set again after the reconnection."""
     monkeypatch.setattr(gateway_module, "RECONNECT_REFETCHES", (0.5, 1.0))
-    bus = RedisBus(private_redis.url, backoff_base=0.05, backoff_cap=0.2)
-    await bus.start()
-    try:
-        keyset = KeySet({KID: rsa_key, "key-2": other_key}, cache_control="public, max-age=3600")
-        gw = await make_gateway(
-            bus=bus, keyset=keyset, jwks_min_ttl=600, key_withdrawal_grace=GRACE
-        )
-        ws = await gw.login()
-        await private_redis.kill()
-        await wait_until(lambda: not bus.connected)
+    keys = {KID: rsa_key, "key-2": other_key}
+    async with on_redis(private_redis, make_gateway, keys) as (_, keyset, ws):
         fetched = keyset.fetches
         await private_redis.start()
         await wait_until(lambda: keyset.fetches > fetched)  # the fetch at the reconnection
         del keyset.keys[KID]  # the auth replica reloads only now
-        await expiring(ws)
-        assert await recv(ws, wait=GRACE + 2) == EXPIRED
-        await expect_close(ws, 4401, "token_expired")
-    finally:
-        await bus.close()
+        await told_then_closed(ws)
 
 
 async def test_a_new_keys_tokens_verify_soon_after_its_rotation_is_announced(
