@@ -40,7 +40,7 @@ from auth_service.domain.models import Client
 from realtime_gateway_protocol.wire_json import WireJSONError, loads
 from shared.http.auth import access_token as shared_access_token
 from shared.http.auth import authorization as authorization_header
-from shared.http.coding import content_coding_refusal
+from shared.http.coding import content_coding_refusal, media_type_refusal
 from shared.http.dpop import challenge
 from shared.http.forwarded import client_address as forwarded_client_address
 from shared.http.responses import http_exception_json, json_error
@@ -167,11 +167,9 @@ async def _read_body(request: web.Request, media_types: tuple[str, ...]) -> byte
             raise web.HTTPRequestTimeout() from None
     if not raw:
         raise InvalidRequest("the request body is missing")
-    if request.content_type not in media_types:
-        raise UnsupportedMediaType(f"the request body must be {' or '.join(media_types)}")
-    charset = (request.charset or "utf-8").lower()
-    if charset not in ("utf-8", "utf8"):
-        raise UnsupportedMediaType("the request body must be UTF-8")
+    refusal = media_type_refusal(request, media_types)
+    if refusal is not None:
+        raise UnsupportedMediaType(refusal)
     return raw
 
 

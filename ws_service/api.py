@@ -19,7 +19,7 @@ from aiohttp import web
 from realtime_gateway_protocol.wire_json import WireJSONError, loads
 from shared.bus import BusUnavailable
 from shared.http.auth import authorization, bearer_matches
-from shared.http.coding import content_coding_refusal
+from shared.http.coding import content_coding_refusal, media_type_refusal
 from shared.http.responses import HTTP_ERROR_CODES, json_error, json_response
 from shared.http.urlencoded import UrlencodedError, strict_pairs
 from shared.jsonlog import audit
@@ -36,6 +36,7 @@ MAX_BROADCAST_CHANNELS = 100
 PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 _MAX_ID = 256
+_JSON = ("application/json",)
 MAX_QUERY_FIELDS = 16
 """More parameters than any endpoint takes, by far: a query past it is refused unread."""
 
@@ -92,7 +93,7 @@ async def _body(request: web.Request, limit: int | None, shape: str) -> dict[str
     """The JSON object of the body, at most ``limit`` bytes (else aiohttp's client_max_size)."""
     if limit is not None and (request.content_length or 0) > limit:
         raise _Refusal(413, HTTP_ERROR_CODES[413], f"the body is limited to {limit} bytes")
-    refusal = content_coding_refusal(request)
+    refusal = content_coding_refusal(request) or media_type_refusal(request, _JSON)
     if refusal is not None:
         raise _Refusal(415, HTTP_ERROR_CODES[415], refusal)
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import hdrs, web
 
-__all__ = ["content_coding_refusal"]
+__all__ = ["content_coding_refusal", "media_type_refusal"]
 
 
 def content_coding_refusal(request: web.Request) -> str | None:
@@ -24,3 +24,15 @@ def content_coding_refusal(request: web.Request) -> str | None:
         return None
     shown = ", ".join(applied)[:40]
     return f"the request body must not be compressed (Content-Encoding: {shown!r})"
+
+
+def media_type_refusal(request: web.Request, media_types: tuple[str, ...]) -> str | None:
+    """Why the body is not one of ``media_types`` in UTF-8, the only charset JSON (RFC 8259
+    section 8.1) and forms take here, or None. Both services ask it: the server API read any
+    ``Content-Type`` (``text/plain``, JSON labelled Latin-1) as UTF-8 JSON, where auth_service
+    answered 415 (an outside probe)."""
+    if request.content_type not in media_types:
+        return f"the request body must be {' or '.join(media_types)}"
+    if (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
+        return "the request body must be UTF-8"
+    return None

@@ -60,9 +60,8 @@ async def test_publish_without_a_valid_key_is_401(gw: Harness, authorization: st
     ],
 )
 async def test_publish_bad_input_is_a_json_400(gw: Harness, body: bytes, code: str) -> None:
-    response = await gw.client.post(
-        "/v1/publish", data=body, headers={"Authorization": f"Bearer {KEY}"}
-    )
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    response = await gw.client.post("/v1/publish", data=body, headers=headers)
     assert response.status == 400
     assert (await response.json())["error"] == code
 
@@ -76,7 +75,7 @@ async def test_http_errors_are_json(gw: Harness) -> None:
     too_big = await gw.client.post(
         "/v1/publish",
         data=io.BytesIO(b"x" * (2 * 1024 * 1024)),
-        headers={"Authorization": f"Bearer {KEY}"},
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
     )
     assert too_big.status == 413
     assert (await too_big.json())["error"] == "request_too_large"

@@ -249,6 +249,35 @@ async def test_a_body_naming_a_member_twice_is_refused(gw: Harness) -> None:
 
 
 @pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "application/json; charset=latin-1",
+        "application/json; charset=utf-16",
+        "application/x-www-form-urlencoded",
+    ],
+)
+async def test_a_body_that_is_not_utf8_json_is_refused_415(
+    gw: Harness, content_type: str | None
+) -> None:
+    """Any Content-Type was read as UTF-8 JSON (``text/plain``, JSON labelled Latin-1: 202),
+    where auth_service answers 415 (an outside probe). Nothing is published."""
+    listener = await gw.login("alice")
+    await send(listener, {"type": "subscribe", "channel": "chat:typed"})
+    await recv(listener)
+    headers = {**KEY, **({"Content-Type": content_type} if content_type else {})}
+    body = b'{"channel": "chat:typed", "data": 1}'
+    response = await gw.client.post("/v1/publish", data=body, headers=headers)
+    got = await response.json()
+    assert (response.status, got["error"]) == (415, "unsupported_media_type"), got
+    await expect_open(listener)  # no message came first
+    headers = {**KEY, "Content-Type": "application/json; charset=UTF-8"}
+    response = await gw.client.post("/v1/publish", data=body, headers=headers)
+    assert response.status == 202, await response.text()
+
+
+@pytest.mark.parametrize(
     "query",
     [
         "/v1/connections?user=%ff",
