@@ -29,7 +29,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from auth_service.appkeys import SERVICE, SETTINGS
-from auth_service.domain.errors import CsrfRejected, InvalidClientToken, InvalidRequest
+from auth_service.domain.errors import (
+    CsrfRejected,
+    InvalidClientToken,
+    InvalidRequest,
+    SessionEnded,
+)
 from auth_service.domain.service import TokenPair
 from auth_service.settings import Settings
 from shared.http.auth import access_token, authorization
@@ -207,10 +212,16 @@ async def cookie_login(request: web.Request, pair: TokenPair) -> web.Response:
 async def cookie_refresh_token(request: web.Request) -> str:
     """The refresh token from the session cookie, once the request proved it is from our page.
 
-    Without a session cookie this is the plain OAuth error for a missing ``refresh_token``."""
+    Without a session cookie this is the plain OAuth error for a missing ``refresh_token``; a
+    cookie that cannot be read (sealed under a key-encryption secret since retired, or garbled)
+    is a session that has ended, so the refusal deletes it: refused as missing, it stayed and
+    every page load sent it again (an outside probe)."""
     session = await get_session(request)
     if _REFRESH not in session:
-        raise InvalidRequest("'refresh_token' is required")
+        if not _sent_cookie(request):
+            raise InvalidRequest("'refresh_token' is required")
+        check_origin(request)
+        raise SessionEnded("the session cookie cannot be read; log in again")
     check_origin(request)
     # Undecodable header bytes arrive as surrogate escapes: compare them as the bytes they were.
     presented = request.headers.get(CSRF_HEADER, "").encode("utf-8", "surrogateescape")
@@ -227,7 +238,13 @@ async def cookie_token_response(request: web.Request, pair: TokenPair) -> web.Re
 
 
 async def has_session(request: web.Request) -> bool:
-    return _REFRESH in await get_session(request)
+    """Whether the request carries a session cookie, readable or not (:func:`cookie_refresh_token`
+    says which)."""
+    return _REFRESH in await get_session(request) or _sent_cookie(request)
+
+
+def _sent_cookie(request: web.Request) -> bool:
+    return bool(request.cookies.get(browser_cookies(request.app[SETTINGS]).session))
 
 
 async def cookie_logout(request: web.Request, everywhere: bool) -> web.Response:

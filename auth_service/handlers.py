@@ -219,8 +219,8 @@ async def logout(request: web.Request) -> web.Response:
             refresh_token, everywhere=everywhere, proof=proof(request)
         )
     elif await browser.has_session(request):
-        presented = await browser.cookie_refresh_token(request)
         try:
+            presented = await browser.cookie_refresh_token(request)
             await service.logout_with_refresh_token(
                 presented, everywhere=everywhere, proof=proof(request)
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from http.cookies import Morsel
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -493,3 +494,32 @@ async def test_a_page_on_another_host_gets_its_sessions_csrf_token_and_nothing_e
     assert (resp.status, (await resp.json())["error"]) == (400, "invalid_request")
     resp, refreshed = await cookie_refresh(client, browser.headers(origin=APP))
     assert resp.status == 200, refreshed
+
+
+@pytest.mark.parametrize("path", ["/v1/token", "/v1/logout"])
+async def test_a_session_cookie_that_cannot_be_read_is_deleted_with_its_refusal(
+    make_browser_client: MakeBrowserClient, client: AuthClient, path: str, tmp_path: Path
+) -> None:
+    """A cookie sealed under a key-encryption secret since retired (or garbled) read as no cookie:
+    400 invalid_request, and it stayed, so every page load sent it and was refused again (an
+    outside probe). It is a session that has ended: 400 invalid_grant, both cookies deleted. From
+    a foreign Origin nothing is deleted."""
+    elsewhere = await make_browser_client(
+        cors_origins=(APP,),
+        key_encryption_secrets=("another-secret-" + "x" * 40,),
+        database_url=f"sqlite:///{tmp_path / 'elsewhere.db'}",
+    )
+    await register(elsewhere)
+    sealed_elsewhere, _ = await cookie_login(elsewhere)
+    body = {"grant_type": "refresh_token"} if path == "/v1/token" else {}
+    for unreadable in (sealed_elsewhere.session, "garbled"):
+        browser = Browser(unreadable, "some-csrf")
+        resp = await client.post(path, json=body, headers=browser.headers(origin=EVIL))
+        assert (resp.status, (await resp.json())["error"]) == (403, "csrf_failed")
+        assert SESSION_COOKIE not in resp.cookies
+        resp = await client.post(path, json=body, headers=browser.headers())
+        assert (resp.status, (await resp.json())["error"]) == (400, "invalid_grant"), unreadable
+        for name in (SESSION_COOKIE, CSRF_COOKIE):
+            assert resp.cookies[name].value == "" and resp.cookies[name]["max-age"] == "0"
+    resp = await client.post(path, json=body, headers={"Origin": OWN})
+    assert (resp.status, (await resp.json())["error"]) == (400, "invalid_request")
