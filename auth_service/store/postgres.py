@@ -5,7 +5,9 @@ Migrations run under an advisory lock so replicas starting together apply them o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +19,17 @@ from auth_service.store.sql import Row, SqlStore, Statement, unavailable
 
 __all__ = ["PostgresDatabase", "open_postgres"]
 
+log = logging.getLogger(__name__)
+
 _MIGRATION_LOCK = 0x61757468  # "auth"
+_STILL_IN_IT = (
+    "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND pid <> pg_backend_pid() AND state IN "
+    "('active', 'idle in transaction', 'idle in transaction (aborted)')"
+)
+"""Whether a backend is still in a transaction (the pool may hand that very backend back once it
+has come out of it: then it is this query's, and out of it)."""
+SETTLE_POLL = 0.05
+"""Seconds between two looks at a backend whose COMMIT went unanswered."""
 _DRIVER_ERRORS = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
@@ -133,31 +145,89 @@ class PostgresDatabase:
         except _DRIVER_ERRORS as exc:
             raise unavailable(exc) from exc
 
-    async def execute_atomically(self, statements: Sequence[Statement]) -> bool:
+    async def execute_atomically(
+        self, statements: Sequence[Statement], *, committed: Statement | None = None
+    ) -> bool:
         """In a transaction even for one statement: a statement sent alone commits whenever the
         server runs it, also after its call timed out and was answered 503 (a server stalled,
         then resumed, runs what it had received; a cancel reaching it while it waited is
         ignored), so a refresh the client was told to retry had rotated its token, and the
         retry ended the session as a reuse. A transaction whose COMMIT was never sent rolls
-        back."""
+        back; one whose COMMIT went unanswered is settled by ``committed`` (:meth:`_settle`)."""
+        first, *then = statements
+        check = None if committed is None else lambda _: committed
         try:
-            async with self.transaction() as conn:
-                await _each_changes_a_row(conn, statements)
+            await self._atomically(first, then, check)
         except _NoRowChanged:
             return False
         return True
 
-    async def fetch_atomically(self, query: Statement, then: Sequence[Statement] = ()) -> list[Row]:
+    async def fetch_atomically(
+        self,
+        query: Statement,
+        then: Sequence[Statement] = (),
+        *,
+        committed: Callable[[list[Row]], Statement] | None = None,
+    ) -> list[Row]:
         """In a transaction even for a lone query (see :meth:`execute_atomically`)."""
         try:
-            async with self.transaction() as conn:
-                rows = await conn.fetch(query[0], *query[1])
-                if not rows:
-                    return []
-                await _each_changes_a_row(conn, then)
+            return await self._atomically(query, then, committed, fetch=True)
         except _NoRowChanged:
             return []
+
+    async def _atomically(
+        self,
+        first: Statement,
+        then: Sequence[Statement],
+        committed: Callable[[list[Row]], Statement] | None,
+        *,
+        fetch: bool = False,
+    ) -> list[Row]:
+        """``first`` (its rows when ``fetch``; none is a rollback) then ``then``, each changing a
+        row, in one transaction. A failure once the COMMIT was sent leaves its outcome unknown:
+        PostgreSQL stalled with it and ran it when it resumed, so a batch answered 503 had
+        rotated every token in it and each client's retry read as a reuse (an outside probe,
+        3 stalls in 5). With ``committed`` (a query that returns rows once the transaction's
+        work is there) that outcome is found out before anything is answered."""
+        rows: list[Row] = []
+        backend, committing = 0, False
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as raw:
+                backend = raw.get_server_pid()
+                async with raw.transaction():
+                    conn = _Connection(raw)
+                    if fetch:
+                        rows = await conn.fetch(first[0], *first[1])
+                        if not rows:
+                            raise _NoRowChanged
+                    else:
+                        await _each_changes_a_row(conn, [first])
+                    await _each_changes_a_row(conn, then)
+                    committing = True  # what fails from here may have committed
+        except _DRIVER_ERRORS as exc:
+            if (
+                committing
+                and committed is not None
+                and await self._settle(backend, committed(rows))
+            ):
+                return rows
+            raise unavailable(exc) from exc
         return rows
+
+    async def _settle(self, backend: int, committed: Statement) -> bool:
+        """Whether the transaction whose COMMIT went unanswered on ``backend`` committed: once
+        that backend has left it (ended, or idle), by ``committed``'s rows. False when that is not
+        known within the call timeout (the 503 stands: a stall longer than that may still end in
+        a commit)."""
+        try:
+            async with asyncio.timeout(self._timeout), self._pool.acquire() as raw:
+                while await raw.fetch(_STILL_IN_IT, backend):  # noqa: ASYNC110 (another server's state)
+                    await asyncio.sleep(SETTLE_POLL)
+                settled = bool(await raw.fetch(committed[0], *committed[1]))
+        except _DRIVER_ERRORS:
+            return False
+        log.warning("a COMMIT went unanswered; settled", extra={"committed": settled})
+        return settled
 
     async def close(self) -> None:
         await self._pool.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import astuple, fields, replace
 from typing import Any, Protocol, TypeVar
@@ -72,14 +72,26 @@ class Database(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[Connection]: ...
 
-    async def execute_atomically(self, statements: Sequence[Statement]) -> bool:
+    async def execute_atomically(
+        self, statements: Sequence[Statement], *, committed: Statement | None = None
+    ) -> bool:
         """Run ``statements`` as one transaction, in one hand-off to the driver (one round trip
-        when there is one statement). The first that changes no row rolls it back: False."""
+        when there is one statement). The first that changes no row rolls it back: False.
+        ``committed``: a query that returns rows once the transaction's work is stored, which
+        settles a COMMIT that went unanswered (a server's: PostgreSQL) before the caller is told
+        ``StoreUnavailable`` for work that was done."""
 
-    async def fetch_atomically(self, query: Statement, then: Sequence[Statement] = ()) -> list[Row]:
+    async def fetch_atomically(
+        self,
+        query: Statement,
+        then: Sequence[Statement] = (),
+        *,
+        committed: Callable[[list[Row]], Statement] | None = None,
+    ) -> list[Row]:
         """Run ``query`` and, when it returns rows, ``then``, as one transaction in one hand-off
         to the driver (one round trip when ``then`` is empty); returns the query's rows. No rows,
-        or a statement of ``then`` that changes none, rolls it back: ``[]``."""
+        or a statement of ``then`` that changes none, rolls it back: ``[]``. ``committed``, from
+        the query's rows: as :meth:`execute_atomically`'s."""
 
     async def close(self) -> None: ...
 
@@ -251,6 +263,15 @@ _THROTTLE_UPSERT = (
 )
 
 
+_SUCCESSOR_STORED = "SELECT 1 FROM refresh_tokens WHERE token_hash = $1"
+"""Rows once a rotation's new token is stored: whether its transaction committed."""
+
+
+def _stored_successor(rows: list[Row]) -> Statement:
+    """Whether the rotations of one statement committed: the first one's new token is stored."""
+    return (_SUCCESSOR_STORED, (rows[0]["call_new"],))
+
+
 _Rotation = tuple[tuple[float, str, str, float], "asyncio.Future[list[Row]]"]
 
 
@@ -317,7 +338,9 @@ class SqlStore:
             rotation = [(_MARK_ROTATED, (now, old_hash)), (_INSERT_TOKEN, astuple(new))]
         if bind is not None:
             rotation.append((_BIND_SESSION, (bind, new.sid, now)))
-        return await self._db.execute_atomically(rotation)
+        return await self._db.execute_atomically(
+            rotation, committed=(_SUCCESSOR_STORED, (new.token_hash,))
+        )
 
     async def supersede_refresh_tokens(self, sid: str, new: RefreshToken, now: float) -> bool:
         """One transaction: the family's live tokens rotated (at least one), then ``new``.
@@ -329,7 +352,9 @@ class SqlStore:
         if self._db.lock_rows:
             lock = f"SELECT 1 FROM sessions WHERE sid = $1{self._db.lock_rows}"  # noqa: S608
             statements.insert(0, (lock, (sid,)))
-        return await self._db.execute_atomically(statements)
+        return await self._db.execute_atomically(
+            statements, committed=(_SUCCESSOR_STORED, (new.token_hash,))
+        )
 
     async def rotate_live_refresh_token(
         self, old_hash: str, new_hash: str, now: float, expires_at: float
@@ -375,7 +400,8 @@ class SqlStore:
                     self._rotations = None
                 calls = sorted([args, *(asked for asked, _ in rotations)], key=lambda c: c[1])
                 rows = await self._db.fetch_atomically(
-                    (_ROTATE_LIVE_TOGETHER, tuple(list(col) for col in zip(*calls, strict=True)))
+                    (_ROTATE_LIVE_TOGETHER, tuple(list(col) for col in zip(*calls, strict=True))),
+                    committed=_stored_successor,
                 )
             finally:
                 self._rotation_slots.release()

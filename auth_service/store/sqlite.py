@@ -291,10 +291,19 @@ class SqliteDatabase:
         except _DRIVER_ERRORS as exc:
             raise unavailable(exc) from exc
 
-    async def execute_atomically(self, statements: Sequence[Statement]) -> bool:
+    async def execute_atomically(
+        self, statements: Sequence[Statement], *, committed: Statement | None = None
+    ) -> bool:
+        """``committed`` is not needed: a COMMIT here returns or fails before it commits."""
         return await self._atomically(None, statements) is not None
 
-    async def fetch_atomically(self, query: Statement, then: Sequence[Statement] = ()) -> list[Row]:
+    async def fetch_atomically(
+        self,
+        query: Statement,
+        then: Sequence[Statement] = (),
+        *,
+        committed: Callable[[list[Row]], Statement] | None = None,
+    ) -> list[Row]:
         return await self._atomically(query, then) or []
 
     async def _atomically(

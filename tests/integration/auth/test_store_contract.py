@@ -30,6 +30,7 @@ from auth_service.domain.models import (
 )
 from auth_service.domain.store import Announcement, Store
 from auth_service.store import open_store
+from auth_service.store import postgres as postgres_store
 from auth_service.store.sql import ROTATIONS_IN_FLIGHT, SqlStore, Statement
 from tests.services import postgres_schema
 from tests.unit.auth.memory_store import MemoryStore
@@ -195,9 +196,11 @@ async def test_postgres_rotates_the_live_tokens_of_one_moment_in_one_statement()
             statements: list[str] = []
             fetch = database.fetch_atomically
 
-            async def counted(query: Statement, then: Sequence[Statement] = ()) -> list[Any]:
+            async def counted(
+                query: Statement, then: Sequence[Statement] = (), **kw: Any
+            ) -> list[Any]:
                 statements.append(query[0])
-                return await fetch(query, then)
+                return await fetch(query, then, **kw)
 
             database.fetch_atomically = counted  # type: ignore[method-assign]
             now = time.time()
@@ -224,10 +227,10 @@ def _held_statements(store: Store) -> tuple[list[str], asyncio.Event]:
     go = asyncio.Event()
     fetch = database.fetch_atomically
 
-    async def held(query: Statement, then: Sequence[Statement] = ()) -> list[Any]:
+    async def held(query: Statement, then: Sequence[Statement] = (), **kw: Any) -> list[Any]:
         statements.append(query[0])
         await go.wait()
-        return await fetch(query, then)
+        return await fetch(query, then, **kw)
 
     database.fetch_atomically = held  # type: ignore[method-assign]
     return statements, go
@@ -373,6 +376,73 @@ async def test_postgres_a_rotation_that_timed_out_never_commits_later(together: 
                 assert await store.find_refresh_token(f"n{i}") is None
         finally:
             await store.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("path", ["live, three in one statement", "checked, one"])
+async def test_postgres_a_rotation_whose_commit_went_unanswered_is_answered_as_it_ended(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL stalled with the COMMIT sent: the call timed out and a whole batch was answered
+    503, then PostgreSQL resumed and committed it, so every client's retry read as a reuse (an
+    outside probe, 3 stalls in 5). The outcome is found out first: each call is answered as its
+    transaction ended, a view exactly when its new token is stored."""
+    async with postgres_schema() as url:
+        store = await open_store(url, call_timeout=0.5)
+        try:
+            together = 3 if path.startswith("live") else 1
+            for i in range(together):
+                await make_session(store, f"s{i}")
+            stopped: list[int] = []
+            loop = asyncio.get_running_loop()
+
+            def stall_after(call: Any) -> Any:
+                async def stalled(self: Any, sql: str, *args: Any) -> Any:
+                    result = await call(self, sql, *args)
+                    if not stopped:  # the statement ran; its COMMIT comes next
+                        backend = self._conn.get_server_pid()
+                        try:
+                            os.kill(backend, signal.SIGSTOP)
+                        except PermissionError:
+                            pytest.skip("this user cannot signal the PostgreSQL server's processes")
+                        stopped.append(backend)
+                        loop.call_later(0.8, os.kill, backend, signal.SIGCONT)
+                    return result
+
+                return stalled
+
+            for name in ("fetch", "execute"):
+                original = getattr(postgres_store._Connection, name)
+                monkeypatch.setattr(postgres_store._Connection, name, stall_after(original))
+            now = time.time()
+            if together > 1:
+                outcomes: list[Any] = await asyncio.gather(
+                    *(
+                        store.rotate_live_refresh_token(f"h-s{i}-0", f"n{i}", now, now + 9)
+                        for i in range(together)
+                    ),
+                    return_exceptions=True,
+                )
+            else:
+                new = RefreshToken("n0", "s0", now, now + 9)
+                outcomes = [await _outcome(store.rotate_refresh_token("h-s0-0", new, now))]
+            assert stopped, "the COMMIT was stalled"
+            await asyncio.sleep(1.0)  # whatever the server had received, it has run
+            for i, outcome in enumerate(outcomes):
+                stored = await store.find_refresh_token(f"n{i}") is not None
+                assert stored == (
+                    outcome not in (None, False) and not isinstance(outcome, Exception)
+                )
+                assert stored, f"the COMMIT ran once the server resumed: {outcome!r}"
+        finally:
+            await store.close()
+
+
+async def _outcome(call: Awaitable[Any]) -> Any:
+    try:
+        return await call
+    except StoreUnavailable as exc:
+        return exc
 
 
 async def test_a_rotation_that_cannot_store_its_new_token_rotates_nothing(store: Store) -> None:
