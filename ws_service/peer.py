@@ -72,6 +72,7 @@ def text_frame(text: str) -> bytes:
 
 class WebSocketPeer:
     __slots__ = (
+        "_asked",
         "_close",
         "_closing",
         "_done",
@@ -110,6 +111,7 @@ class WebSocketPeer:
         # The handler's task while it waits in ``ws.receive()``: cancelled to wake it for a close.
         self.reader: asyncio.Task[object] | None = None
         self._close: _Close | None = None
+        self._asked: _Close | None = None
         self._closing = False
         self._finished = False
         self._done: asyncio.Event | None = None  # made only if someone waits (shutdown)
@@ -136,12 +138,19 @@ class WebSocketPeer:
                 self._on_overflow()
             if not self._closing:
                 self._closing = True
-                self._force(_Close(Disconnect.SLOW_CONSUMER.code, Disconnect.SLOW_CONSUMER.reason))
+                self._asked = _Close(Disconnect.SLOW_CONSUMER.code, Disconnect.SLOW_CONSUMER.reason)
+                self._force(self._asked)
             return
         self._queued += len(text)
         self._queue().append(text)
         self.sent += 1
         self._start_writer()
+
+    @property
+    def server_close(self) -> tuple[int, str] | None:
+        """The close this side asked for, if any (whoever asked: the connection, a drain, a
+        shutdown, a full outbox), for the ``disconnect`` webhook."""
+        return self._asked
 
     def close(self, code: int, reason: str) -> None:
         """Queue the close after the frames already queued, for at most the grace: a writer
@@ -151,6 +160,7 @@ class WebSocketPeer:
             return
         self._closing = True
         close = _Close(code, reason)
+        self._asked = close
         if self._writer is not None:
             asyncio.get_running_loop().call_later(self._grace, self._force, close)
         self._queue().append(close)

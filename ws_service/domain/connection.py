@@ -86,6 +86,11 @@ class Peer(Protocol):
 
     def close(self, code: int, reason: str) -> None: ...
 
+    @property
+    def server_close(self) -> tuple[int, str] | None:
+        """The close this side asked for, by whatever asked (a drain, a shutdown, a full
+        outbox close the transport without the connection), or None."""
+
 
 class Admission(Protocol):
     """Who may hold a socket: token checks (revocations included) and the per-user index."""
@@ -359,10 +364,12 @@ class Connection:
         for channel in self.channels:
             events.unsubscribe(claims, channel, "disconnect")
         row = self._closed_by
-        if row is None:
-            events.disconnect(claims, None, "connection_closed")
-        else:
+        if row is not None:
             events.disconnect(claims, row.code, row.reason)
+        elif (asked := self.peer.server_close) is not None:
+            events.disconnect(claims, *asked)  # the drain's, a shutdown's: the server closed it
+        else:
+            events.disconnect(claims, None, "connection_closed")
 
     # -- output ----------------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ delivery is at least once, and the app drops duplicates by each event's ``id``.
 A batch is POSTed in bodies of at most ``WS_WEBHOOK_BATCH_BYTES`` (an event larger than that alone),
 and a body the app refuses as too large (413) is halved until it fits: a batch counted in events
 only reached hundreds of MB with ``publish`` events, the app's body limit refused it on every
-attempt, and everything queued behind it waited for ever. An event refused alone is one the app
-can never take: it is dropped, counted and logged (its ``id`` and ``type``), not retried. While a
+attempt, and everything queued behind it waited for ever. An event refused alone that is larger
+than ``WS_WEBHOOK_BATCH_BYTES`` and than any body the app took is one it can never take: it is
+dropped, counted and logged (its ``id`` and ``type``), not retried; a smaller one is retried. While a
 batch is being delivered this replica claims it again every third of ``WS_WEBHOOK_CLAIM_IDLE``, so
 no live replica's batch is taken over however long its retries wait.
 """
@@ -140,6 +141,8 @@ class Deliverer:
         self._posts = posts
         self._delivered = delivered
         self._undeliverable = undeliverable
+        self._largest_taken = 0
+        """The largest body the app has answered 2xx to."""
 
     async def run(self) -> None:
         """Deliver forever, one batch at a time."""
@@ -186,15 +189,21 @@ class Deliverer:
             await cancel_and_wait(keeper)
 
     async def _post_until_answered(self, events: list[str]) -> bool:
-        """True once the app took ``events`` (2xx), False when it refused them as too large;
-        anything else is tried again, with backoff."""
+        """True once the app took ``events`` (2xx), False when it refused them as too large and
+        they can be cut, or, alone, are larger than any body it took and than
+        ``WS_WEBHOOK_BATCH_BYTES``; anything else is tried again, with backoff. A 413 for a body
+        the app should take is the app's passing fault (a proxy's limit during a deploy): it
+        dropped every small event of a 3 s window for good (an outside probe)."""
         body = _body(events)
         attempt = 0
         while (status := await self._post(body)) is None or not 200 <= status < 300:
-            if status == TOO_LARGE:
+            if status == TOO_LARGE and (
+                len(events) > 1 or len(body) > max(self._largest_taken, self._target.batch_bytes)
+            ):
                 return False
             await asyncio.sleep(self._delay(attempt))
             attempt += 1
+        self._largest_taken = max(self._largest_taken, len(body))
         return True
 
     def _drop_undeliverable(self, event: str) -> None:

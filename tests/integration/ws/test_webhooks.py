@@ -18,10 +18,12 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 
 from realtime_gateway_protocol.signatures import HEADER, verify
+from shared.http.serve import DRAIN
 from tests.integration.bus.support import PrivateRedis
 from tests.integration.ws.conftest import MakeGateway
 from tests.integration.ws.harness import Harness, expect_close, expect_open, recv, send, wait_until
 from tests.support.poll import poll
+from ws_service.app import _close_sockets as close_sockets
 from ws_service.appkeys import METRICS
 from ws_service.redis.client import open_redis
 from ws_service.webhooks.delivery import Deliverer, Target
@@ -154,6 +156,37 @@ async def test_a_sockets_life_is_reported_in_signed_batches(
     assert count(gw, "delivered") == count(gw, "queued") == len(target.events)
 
 
+@pytest.mark.redis
+async def test_a_drain_is_reported_as_the_servers_close(
+    hooked: Hooked, receiver: tuple[Receiver, str], redis_url: str
+) -> None:
+    """A drain (SIGTERM), as a shutdown (SIGINT, below), closed the sockets past their connection, whose
+    ``disconnect`` event then said the client had left (null, ``connection_closed``): an app
+    could not tell a rolling deploy from its users leaving (an outside probe, 20 of 20)."""
+    target, _ = receiver
+    gw = await hooked(redis_url=redis_url, drain_seconds=0.1)
+    drained = await gw.login("nina")
+    gw.app[DRAIN].begin()
+    await gw.app[DRAIN].run()
+    assert (await drained.receive(timeout=5)).data == 1012
+    await wait_until(lambda: bool(target.of("nina", "disconnect")))
+    [event] = target.of("nina", "disconnect")
+    assert (event["code"], event["reason"]) == (1012, "draining")
+
+
+async def test_a_shutdown_is_reported_as_the_servers_close(
+    hooked: Hooked, receiver: tuple[Receiver, str]
+) -> None:
+    target, _ = receiver
+    gw = await hooked()
+    ws = await gw.login("olga")
+    await close_sockets(gw.app)
+    assert (await ws.receive(timeout=5)).data == 1001
+    await wait_until(lambda: bool(target.of("olga", "disconnect")))
+    [event] = target.of("olga", "disconnect")
+    assert (event["code"], event["reason"]) == (1001, "going_away")
+
+
 async def test_a_disconnect_by_the_api_is_reported_with_its_close(
     hooked: Hooked, receiver: tuple[Receiver, str]
 ) -> None:
@@ -280,10 +313,10 @@ async def test_an_event_the_app_refuses_alone_is_dropped_and_the_rest_delivered(
     gw = await hooked(webhook_publish=frozenset({"chat"}))
     await publish(gw, "chat:first", 10)
     await wait_until(lambda: bool(target.sizes))
-    await publish(gw, "chat:small-1", 500)
-    await publish(gw, "chat:huge", 20_000)
+    await publish(gw, "chat:small-1", 1000)
+    await publish(gw, "chat:huge", 600_000)  # past WS_WEBHOOK_BATCH_BYTES too
     for n in range(2, 6):
-        await publish(gw, f"chat:small-{n}", 500)
+        await publish(gw, f"chat:small-{n}", 1000)
     target.hang = False
     target.released.set()
     await wait_until(lambda: count(gw, "undeliverable") == 1)
@@ -292,7 +325,23 @@ async def test_an_event_the_app_refuses_alone_is_dropped_and_the_rest_delivered(
         "chat:first",
         *(f"chat:small-{n}" for n in range(1, 6)),
     ]
-    assert count(gw, "too_large", "ws_webhook_posts_total") >= 2
+    assert count(gw, "too_large", "ws_webhook_posts_total") >= 2, "halved, then the huge one"
+
+
+async def test_a_413_for_a_body_the_app_should_take_is_retried_not_dropped(
+    hooked: Hooked, receiver: tuple[Receiver, str]
+) -> None:
+    """A small event answered 413 (a proxy's limit for a moment, during a deploy) fits
+    WS_WEBHOOK_BATCH_BYTES: the app's passing fault, retried; dropping it lost every event of a
+    3 s window for good (an outside probe)."""
+    target, _ = receiver
+    target.statuses = [413, 413, 413]
+    gw = await hooked(webhook_publish=frozenset({"chat"}))
+    await publish(gw, "chat:small", 100)
+    await wait_until(lambda: count(gw, "delivered") == 1)
+    assert count(gw, "undeliverable") == 0
+    assert count(gw, "too_large", "ws_webhook_posts_total") == 3
+    assert [e["channel"] for e in target.events] == ["chat:small"]
 
 
 class _KeptQueue:

@@ -94,6 +94,10 @@ class FakePeer:
         self.closed = (code, reason)
 
     @property
+    def server_close(self) -> tuple[int, str] | None:
+        return self.closed
+
+    @property
     def frames(self) -> list[dict[str, Any]]:
         return [json.loads(text) for text in self.texts]
 
