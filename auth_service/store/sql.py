@@ -277,10 +277,10 @@ _Rotation = tuple[tuple[float, str, str, float], "asyncio.Future[list[Row]]"]
 
 ROTATIONS_IN_FLIGHT = 2
 """Rotation statements (PostgreSQL) running at once. The live rotations asked for while as many
-run wait for one to end and go in one statement together: a statement's transaction costs the
-process about 250 us of round trips and pool work whatever it carries, and a refresh signs in
-about as long, so one statement per refresh, each on its own connection, spent as much on
-that as on the signature."""
+run wait for one to end and go in one statement together, so a surge takes a few connections and
+statements, not one each. (Outside the service a statement's transaction cost the process 300 us
+of round trips and pool work whatever it carried; under the bench's load no CPU saving showed
+through the noise: docs/performance.md, "fifth pass".)"""
 
 
 class SqlStore:
