@@ -98,8 +98,11 @@ class _SessionCookieStorage(EncryptedCookieStorage):
     token it wrote is, counts as no session."""
 
     def load_cookie(self, request: web.Request) -> str | None:
-        cookie = super().load_cookie(request)
-        return cookie if cookie is None or cookie.isascii() else None
+        values = session_cookie_values(request, self.cookie_name)
+        if len(values) != 1:
+            return None
+        (cookie,) = values
+        return cookie if cookie.isascii() else None
 
     def save_cookie(
         self, response: web.StreamResponse, cookie_data: str, *, max_age: int | None = None
@@ -244,7 +247,30 @@ async def has_session(request: web.Request) -> bool:
 
 
 def _sent_cookie(request: web.Request) -> bool:
-    return bool(request.cookies.get(browser_cookies(request.app[SETTINGS]).session))
+    """Exactly one session cookie, with a value: several are no session (see
+    :func:`session_cookie_values`), never one to delete."""
+    values = session_cookie_values(request, browser_cookies(request.app[SETTINGS]).session)
+    return len(values) == 1 and bool(values[0])
+
+
+def session_cookie_values(request: web.Request, name: str) -> list[str]:
+    """Every value the ``Cookie`` header gives the cookie ``name``, read as a browser sends the
+    header (RFC 6265 section 5.4): pairs separated by ``;``, a name up to the pair's first ``=``.
+    aiohttp's parser also splits a pair on whitespace, so a cookie another host of the site set
+    on the parent domain under another name, ``x=1 gw_session=junk`` (the ``__Host-`` prefix
+    judges the name, not the value), read as the session cookie: a valid session was deleted as
+    unreadable, and ``POST /v1/csrf`` handed a cross-host page the planted session's CSRF token
+    (an outside probe). Several values are a planted cookie too: the caller reads none."""
+    values = []
+    for header in request.headers.getall(hdrs.COOKIE, ()):
+        for pair in header.split(";"):
+            key, sep, value = pair.partition("=")
+            if sep and key.strip() == name:
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]  # aiohttp quotes a value holding "=" (Fernet's padding)
+                values.append(value)
+    return values
 
 
 async def cookie_logout(request: web.Request, everywhere: bool) -> web.Response:

@@ -523,3 +523,42 @@ async def test_a_session_cookie_that_cannot_be_read_is_deleted_with_its_refusal(
             assert resp.cookies[name].value == "" and resp.cookies[name]["max-age"] == "0"
     resp = await client.post(path, json=body, headers={"Origin": OWN})
     assert (resp.status, (await resp.json())["error"]) == (400, "invalid_request")
+
+
+async def test_a_cookie_planted_by_another_host_of_the_site_never_stands_for_the_session(
+    client: AuthClient,
+) -> None:
+    """aiohttp also splits a cookie pair on whitespace: a sibling host's ``x=1 gw_session=...``
+    on the parent domain (the ``__Host-`` prefix judges names, not values) read as the session
+    cookie. A junk value deleted the victim's valid session as unreadable; another account's
+    sealed cookie made ``POST /v1/csrf`` hand out that account's CSRF token, which a cross-host
+    page's client follows into the attacker's account (an outside probe, also in Chromium)."""
+    alice, alice_body = await cookie_login(client, origin=APP)
+    await register(client, "mallory")
+    resp = await client.post(
+        "/v1/login",
+        json={"username": "mallory", "password": PASSWORD, "session": "cookie"},
+        headers={"Origin": APP},
+    )
+    mallory = resp.cookies[SESSION_COOKIE].value
+    for planted in ("junk", mallory):
+        headers = alice.headers(origin=APP)
+        headers["Cookie"] += f"; x=1 {SESSION_COOKIE}={planted}"
+        resp = await client.post("/v1/csrf", headers=headers)
+        assert (await resp.json()) == {"csrf_token": alice_body["csrf_token"]}, planted
+        resp, body = await cookie_refresh(client, headers)
+        assert resp.status == 200, body
+        assert (
+            jwt.decode(body["access_token"], options={"verify_signature": False})[
+                "preferred_username"
+            ]
+            == "alice"
+        )
+        alice = Browser(resp.cookies[SESSION_COOKIE].value, alice.csrf)
+    headers = alice.headers(origin=APP)
+    headers["Cookie"] += f"; {SESSION_COOKIE}={mallory}"  # two of them: neither is read
+    resp, body = await cookie_refresh(client, headers)
+    assert (resp.status, body["error"]) == (400, "invalid_request")
+    assert SESSION_COOKIE not in resp.cookies, "nothing deleted"
+    resp, body = await cookie_refresh(client, alice.headers(origin=APP))
+    assert resp.status == 200, body
