@@ -242,8 +242,8 @@ async def cookie_token_response(request: web.Request, pair: TokenPair) -> web.Re
 
 async def has_session(request: web.Request) -> bool:
     """Whether the request carries a session cookie, readable or not (:func:`cookie_refresh_token`
-    says which)."""
-    return _REFRESH in await get_session(request) or _sent_cookie(request)
+    says which): a readable one is a sent one."""
+    return _sent_cookie(request)
 
 
 def _sent_cookie(request: web.Request) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,7 +15,7 @@ import asyncpg
 
 from auth_service.domain.errors import StoreUnavailable
 from auth_service.store.migrations import MIGRATIONS, Migration, apply_pending
-from auth_service.store.sql import Row, SqlStore, Statement, unavailable
+from auth_service.store.sql import Committed, Row, SqlStore, Statement, unavailable
 
 __all__ = ["PostgresDatabase", "open_postgres"]
 
@@ -51,6 +51,12 @@ class _Connection:
     def __init__(self, conn: asyncpg.Connection, timeout: float | None = None) -> None:
         self._conn = conn
         self._timeout = timeout  # None: the pool's command_timeout
+
+    @property
+    def backend(self) -> int:
+        """The server process serving this connection (``pg_stat_activity.pid``)."""
+        pid: int = self._conn.get_server_pid()
+        return pid
 
     async def execute(self, sql: str, *args: Any) -> int:
         status: str = await self._conn.execute(sql, *args, timeout=self._timeout)
@@ -167,7 +173,7 @@ class PostgresDatabase:
         query: Statement,
         then: Sequence[Statement] = (),
         *,
-        committed: Callable[[list[Row]], Statement] | None = None,
+        committed: Committed | None = None,
     ) -> list[Row]:
         """In a transaction even for a lone query (see :meth:`execute_atomically`)."""
         try:
@@ -179,7 +185,7 @@ class PostgresDatabase:
         self,
         first: Statement,
         then: Sequence[Statement],
-        committed: Callable[[list[Row]], Statement] | None,
+        committed: Committed | None,
         *,
         fetch: bool = False,
     ) -> list[Row]:
@@ -192,26 +198,24 @@ class PostgresDatabase:
         rows: list[Row] = []
         backend, committing = 0, False
         try:
-            async with self._pool.acquire(timeout=self._timeout) as raw:
-                backend = raw.get_server_pid()
-                async with raw.transaction():
-                    conn = _Connection(raw)
-                    if fetch:
-                        rows = await conn.fetch(first[0], *first[1])
-                        if not rows:
-                            raise _NoRowChanged
-                    else:
-                        await _each_changes_a_row(conn, [first])
-                    await _each_changes_a_row(conn, then)
-                    committing = True  # what fails from here may have committed
-        except _DRIVER_ERRORS as exc:
+            async with self.transaction() as conn:
+                backend = conn.backend
+                if fetch:
+                    rows = await conn.fetch(first[0], *first[1])
+                    if not rows:
+                        raise _NoRowChanged
+                else:
+                    then = [first, *then]
+                await _each_changes_a_row(conn, then)
+                committing = True  # what fails from here may have committed
+        except StoreUnavailable:
             if (
                 committing
                 and committed is not None
                 and await self._settle(backend, committed(rows))
             ):
                 return rows
-            raise unavailable(exc) from exc
+            raise
         return rows
 
     async def _settle(self, backend: int, committed: Statement) -> bool:

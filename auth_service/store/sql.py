@@ -33,10 +33,12 @@ from auth_service.domain.models import (
 )
 from auth_service.domain.store import Announce, Revocation, ThrottleUpdate, no_announcement
 
-__all__ = ["Connection", "Database", "SqlStore", "Statement", "unavailable"]
+__all__ = ["Committed", "Connection", "Database", "SqlStore", "Statement", "unavailable"]
 
 Row = Mapping[str, Any]
 Statement = tuple[str, Sequence[Any]]
+Committed = Callable[[list[Row]], Statement]
+"""From a transaction's rows, the query whose rows say it committed (``fetch_atomically``)."""
 Model = TypeVar("Model")
 
 
@@ -86,7 +88,7 @@ class Database(Protocol):
         query: Statement,
         then: Sequence[Statement] = (),
         *,
-        committed: Callable[[list[Row]], Statement] | None = None,
+        committed: Committed | None = None,
     ) -> list[Row]:
         """Run ``query`` and, when it returns rows, ``then``, as one transaction in one hand-off
         to the driver (one round trip when ``then`` is empty); returns the query's rows. No rows,

@@ -30,7 +30,7 @@ from typing import Any, TypeVar, cast
 
 from auth_service.domain.errors import StoreUnavailable
 from auth_service.store.migrations import MIGRATIONS, Migration, apply_pending
-from auth_service.store.sql import Row, SqlStore, Statement, unavailable
+from auth_service.store.sql import Committed, Row, SqlStore, Statement, unavailable
 
 __all__ = ["SqliteDatabase", "open_sqlite"]
 
@@ -302,7 +302,7 @@ class SqliteDatabase:
         query: Statement,
         then: Sequence[Statement] = (),
         *,
-        committed: Callable[[list[Row]], Statement] | None = None,
+        committed: Committed | None = None,
     ) -> list[Row]:
         return await self._atomically(query, then) or []
 

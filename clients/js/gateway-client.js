@@ -598,7 +598,7 @@ class CookieSession {
 
   /** The CSRF token of the session the cookie holds now, or null when there is none. */
   async #cookieCsrf() {
-    if (this.#sameHost()) return this.#readCsrfCookie();
+    if (this.#sameHost()) return readCookie(this.#csrfCookie());
     try {
       return (await this.#api.post("/v1/csrf", {}, { prove: false, expect: csrfAnswerFault })).csrf_token;
     } catch (err) {

@@ -108,12 +108,12 @@ def bodies(events: list[str], limit: int) -> Iterator[list[str]]:
     """``events`` in order, cut into runs whose body (``{"events":[...]}``) is at most ``limit``
     bytes; an event larger than that on its own."""
     run: list[str] = []
-    size = len(_body([]))
+    size = _EMPTY_BODY
     for event in events:
         cost = len(event.encode()) + (1 if run else 0)
         if run and size + cost > limit:
             yield run
-            run, size, cost = [], len(_body([])), cost - 1
+            run, size, cost = [], _EMPTY_BODY, cost - 1
         run.append(event)
         size += cost
     if run:
@@ -122,6 +122,9 @@ def bodies(events: list[str], limit: int) -> Iterator[list[str]]:
 
 def _body(events: list[str]) -> bytes:
     return ('{"events":[' + ",".join(events) + "]}").encode()
+
+
+_EMPTY_BODY = len(_body([]))
 
 
 class Deliverer:
