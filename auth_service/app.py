@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -254,11 +255,27 @@ def maintenance_interval(settings: Settings) -> float:
     return max(1.0, min(30.0, settings.jwks_max_age / 4))
 
 
+BUS_DOWN_RELOAD = 2.0
+
+
 async def maintenance_loop(app: web.Application, clock: Callable[[], float]) -> None:
+    """Maintain the ring every interval; while the bus is down, reload it every
+    ``BUS_DOWN_RELOAD`` seconds in between: a withdrawal announced meanwhile reaches nobody, and
+    this replica would sign with the withdrawn key until its next maintenance (up to 30 s; an
+    outside probe saw 5-20 s). A reload is one query while the keys are known."""
     interval = maintenance_interval(app[SETTINGS])
+    bus = app[BUS]
+    loop = asyncio.get_running_loop()
     last_purge = 0.0
+    due = loop.time() + interval
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(max(0.0, min(due - loop.time(), BUS_DOWN_RELOAD)))
+        if loop.time() < due:
+            if not bus.connected:
+                with contextlib.suppress(Exception):  # the maintenance below logs a failing store
+                    await app[KEYRING].reload()
+            continue
+        due = loop.time() + interval
         now = clock()
         try:
             if await app[KEYRING].maintain(now):

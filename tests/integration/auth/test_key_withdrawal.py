@@ -14,6 +14,7 @@ import jwt
 import pytest
 from aiohttp import web
 
+from auth_service import app as auth_app
 from auth_service.__main__ import keys_command
 from auth_service.app import create_app, maintenance_interval
 from auth_service.appkeys import KEYRING
@@ -118,6 +119,10 @@ class DeafBus(InProcessBus):
         self.deaf = False
         self._listeners: list[ReconnectListener] = []
 
+    @property
+    def connected(self) -> bool:
+        return not self.deaf
+
     async def publish(self, topic: str, payload: str) -> None:
         if not self.deaf:
             await super().publish(topic, payload)
@@ -135,10 +140,13 @@ class DeafBus(InProcessBus):
 async def test_a_withdrawal_announced_while_cut_off_is_acted_on_at_the_reconnection(
     aiohttp_client: Callable[[web.Application], Awaitable[AuthClient]],
     make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The outbox sends a withdrawal made while Redis was down as soon as Redis is back, which
     may be before this replica listens again: it then signed with the withdrawn key, and its key
-    set listed it, until its reload timer (30 s; an outside probe with two replicas)."""
+    set listed it, until its reload timer (30 s; an outside probe with two replicas). The reloads
+    while the bus is down (the test below) are put off here."""
+    monkeypatch.setattr(auth_app, "BUS_DOWN_RELOAD", 3600.0)
     bus = DeafBus()
     settings = make_settings()
     client = await aiohttp_client(create_app(settings, bus=bus))
@@ -152,3 +160,32 @@ async def test_a_withdrawal_announced_while_cut_off_is_acted_on_at_the_reconnect
     assert kid_of((await login(client))["access_token"]) != leaked
     jwks = await (await client.get("/.well-known/jwks.json")).json()
     assert leaked not in [key["kid"] for key in jwks["keys"]]
+
+
+async def test_a_replica_cut_off_from_the_bus_drops_a_withdrawn_key_within_seconds(
+    aiohttp_client: Callable[[web.Application], Awaitable[AuthClient]],
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While Redis is down no announcement arrives, and the replica signed with a withdrawn key
+    until its 30 s maintenance (an outside probe saw 5-20 s); it now reloads the ring every
+    ``BUS_DOWN_RELOAD`` seconds while its bus is down, and only then."""
+    monkeypatch.setattr(auth_app, "BUS_DOWN_RELOAD", 0.1)
+    bus = DeafBus()
+    settings = make_settings()
+    assert maintenance_interval(settings) == 30
+    client = await aiohttp_client(create_app(settings, bus=bus))
+    await register(client)
+    first = kid_of((await login(client))["access_token"])
+    assert await keys_command(settings, "revoke", argparse.Namespace(kid=first)) == 0
+    assert kid_of((await login(client))["access_token"]) != first, "heard on a connected bus"
+    second = kid_of((await login(client))["access_token"])
+
+    bus.deaf = True
+    assert await keys_command(settings, "revoke", argparse.Namespace(kid=second)) == 0
+    started = time.monotonic()
+    while kid_of((await login(client))["access_token"]) == second:
+        assert time.monotonic() - started < 3, "signed with the withdrawn key while cut off"
+        await asyncio.sleep(0.1)
+    jwks = await (await client.get("/.well-known/jwks.json")).json()
+    assert second not in [key["kid"] for key in jwks["keys"]]
