@@ -379,6 +379,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         stop_registering = bus.add_reconnect_listener(control.register)
         caches = [jwks, *app[TRUSTED_KEYS].values()]
         refreshers = [asyncio.get_running_loop().create_task(cache.run()) for cache in caches]
+        refreshers.append(asyncio.get_running_loop().create_task(_refetch_while_cut_off(app)))
         try:
             yield
         finally:
@@ -397,6 +398,21 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             await control.close()
             await gateway.close()
             await hub.close()
+
+
+BUS_DOWN_KEY_REFETCH = 10.0
+
+
+async def _refetch_while_cut_off(app: web.Application) -> None:
+    """While the bus is down no key announcement arrives: a key withdrawn meanwhile was trusted
+    until the key set's TTL (``AUTH_JWKS_MAX_AGE``, 5 minutes by default), since the reconnection's
+    refetch waits for Redis. Fetch the key set every ``BUS_DOWN_KEY_REFETCH`` seconds instead, as
+    long as the bus is down (the auth replicas reload theirs every 2 s meanwhile)."""
+    bus, gateway = app[BUS], app[GATEWAY]
+    while True:
+        await asyncio.sleep(BUS_DOWN_KEY_REFETCH)
+        if not bus.connected:
+            await gateway.refetch_keys("bus down")
 
 
 async def _refresh_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -386,7 +386,7 @@ class Gateway:
         than at its TTL, so the key leaves the cache and its sockets are told, and again at
         :data:`RECONNECT_REFETCHES`: the auth replicas missed the announcement too, and one
         that has not reloaded yet still lists the key (accepted for minutes: an outside probe)."""
-        await self._refetch_keys("reconnect")
+        await self.refetch_keys("reconnect")
         self._refetch_keys_at(RECONNECT_REFETCHES, "reconnect")
 
     def _refetch_keys_at(self, delays: tuple[float, ...], reason: str) -> None:
@@ -395,13 +395,14 @@ class Gateway:
             for delay in delays:
                 await asyncio.sleep(delay - waited)
                 waited = delay
-                await self._refetch_keys(reason)
+                await self.refetch_keys(reason)
 
         task = asyncio.get_running_loop().create_task(refetch())
         self._refetches.add(task)
         task.add_done_callback(self._refetches.discard)
 
-    async def _refetch_keys(self, reason: str) -> None:
+    async def refetch_keys(self, reason: str) -> None:
+        """Fetch the issuer's key set now (a failure is logged; the cache's TTL retries)."""
         try:
             await self.verifier.keys.refresh()
         except errors.KeysUnavailable:

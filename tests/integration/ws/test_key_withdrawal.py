@@ -33,6 +33,7 @@ from tests.integration.ws.harness import (
     wait_until,
 )
 from tests.support.logs import json_lines
+from ws_service import app as ws_app_module
 from ws_service.appkeys import JWKS
 from ws_service.domain import gateway as gateway_module
 
@@ -197,6 +198,26 @@ async def test_a_replica_drops_a_key_missed_meanwhile_even_if_its_first_fetch_st
         await wait_until(lambda: keyset.fetches > fetched)  # the fetch at the reconnection
         del keyset.keys[KID]  # the auth replica reloads only now
         await told_then_closed(ws)
+
+
+async def test_a_replica_cut_off_from_redis_drops_a_withdrawn_key_without_waiting_for_redis(
+    private_redis: PrivateRedis,
+    make_gateway: MakeGateway,
+    rsa_key: RSAPrivateKey,
+    other_key: RSAPrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The withdrawal was announced while Redis was down and stays down: the gateway trusted the
+    key until the key set's TTL (an hour here, five minutes by default). While its bus is down it
+    fetches the key set every ``BUS_DOWN_KEY_REFETCH`` seconds."""
+    monkeypatch.setattr(ws_app_module, "BUS_DOWN_KEY_REFETCH", 0.3)
+    keys = {KID: rsa_key, "key-2": other_key}
+    async with on_redis(private_redis, make_gateway, keys) as (gw, keyset, ws):
+        del keyset.keys[KID]  # withdrawn by auth_service; the announcement never came
+        await told_then_closed(ws)
+        fresh = await gw.open()
+        reply = await auth(fresh, gw.tokens.make("dave", iat=long_ago()))
+        assert (reply["code"], reply["message"]) == ("invalid_token", "unknown signing key")
 
 
 async def test_a_new_keys_tokens_verify_soon_after_its_rotation_is_announced(
