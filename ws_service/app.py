@@ -195,8 +195,8 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await queue.close()
             await cancel_and_wait(task)
+            await queue.close()
             if redis is not None:
                 await redis.aclose()
 

@@ -13,6 +13,13 @@ leaves its unacknowledged batch pending; once it has been idle ``claim_idle`` se
 replica takes it over with XAUTOCLAIM. A replica retrying a batch keeps it by claiming it again on
 every attempt, so it is not taken from under it while alive.
 
+Each process joins the group under a name of its own, so every restart used to leave a consumer
+behind for good (a rolling deploy of ten replicas, ten a day). A replica leaves the group when it
+closes with nothing pending, and every ``PRUNE_EVERY`` seconds removes the consumers idle for
+``PRUNE_IDLE`` with nothing pending (a SIGKILLed replica's, once its batch was taken over). Both in
+one script, so an entry claimed meanwhile is never dropped with its consumer; a live replica asks
+for entries every ``block`` seconds, so it is never idle that long.
+
 ``put`` only appends to a local buffer, which a writer task flushes with one script call per
 batch: an event is in Redis a round trip after it happened, and only the events of that moment are
 lost with a replica's SIGKILL. While Redis is unreachable the buffer holds up to ``limit`` events.
@@ -117,6 +124,31 @@ return added
 """
 
 
+# KEYS: stream. ARGV: group, idle ms, a consumer to remove at any idle ('' for none).
+# Removes the consumers with nothing pending that are idle that long (or named); returns how many.
+_PRUNE = """
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+local removed = 0
+for _, consumer in ipairs(consumers) do
+  local fields = {}
+  for i = 1, #consumer, 2 do fields[consumer[i]] = consumer[i + 1] end
+  if fields['pending'] == 0
+      and (fields['name'] == ARGV[3] or fields['idle'] >= tonumber(ARGV[2])) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], fields['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+PRUNE_EVERY = 600.0
+"""Seconds between two prunes of the group's dead consumers, by each replica."""
+PRUNE_IDLE = 3600.0
+"""Seconds a consumer with nothing pending must have been idle to be pruned. Removing a live one
+would be harmless (its next read joins again); the wait only keeps the listing readable."""
+
+
 class RedisQueue:
     """Implements ``WebhookQueue`` over a stream shared by every replica; ``consumer`` names this
     replica in the group. Events that did not fit are reported through ``on_dropped(count)``."""
@@ -138,6 +170,8 @@ class RedisQueue:
         self._on_dropped = on_dropped
         self._block_ms = int(block * 1000)
         self._add = redis.register_script(_ADD)
+        self._prune = redis.register_script(_PRUNE)
+        self._pruned_at: float | None = None
         self._buffer: deque[str] = deque()
         self._wake = asyncio.Event()
         self._empty = asyncio.Event()
@@ -188,6 +222,7 @@ class RedisQueue:
         try:
             with unavailable_as_bus_error():
                 await self._ensure_group()
+                await self._prune_now_and_then()
                 claimed: Any = await self._redis.xautoclaim(
                     STREAM, GROUP, self._consumer, self._claim_idle_ms, "0-0", count=limit
                 )
@@ -228,15 +263,31 @@ class RedisQueue:
                 raise
         self._group_ready = True
 
-    async def close(self) -> None:
-        """Flush what the buffer holds (briefly), then stop the writer."""
-        if self._writer is None:
+    async def _prune_now_and_then(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY:
             return
+        self._pruned_at = now
+        removed = await self._prune(keys=[STREAM], args=[GROUP, int(PRUNE_IDLE * 1000), ""])
+        if removed:
+            log.info("webhook consumers pruned", extra={"count": int(removed)})
+
+    async def close(self) -> None:
+        """Flush what the buffer holds (briefly), stop the writer, and leave the group unless
+        entries are pending for this replica (another takes them over). Call it once the
+        deliverer has stopped, or its next read joins the group again."""
+        if self._writer is not None:
+            try:
+                await asyncio.wait_for(self._empty.wait(), 1.0)
+            except TimeoutError:
+                log.warning("webhook events lost at shutdown", extra={"count": len(self._buffer)})
+            await cancel_and_wait(self._writer)
+            self._writer = None
         try:
-            await asyncio.wait_for(self._empty.wait(), 1.0)
-        except TimeoutError:
-            log.warning("webhook events lost at shutdown", extra={"count": len(self._buffer)})
-        await cancel_and_wait(self._writer)
+            with unavailable_as_bus_error():
+                await self._prune(keys=[STREAM], args=[GROUP, 2**62, self._consumer])
+        except BusUnavailable as exc:
+            log.warning("webhook consumer left in the group", extra={"error": str(exc)})
 
 
 class DroppedListener(Protocol):

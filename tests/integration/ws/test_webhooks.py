@@ -26,6 +26,7 @@ from tests.support.poll import poll
 from ws_service.app import _close_sockets as close_sockets
 from ws_service.appkeys import METRICS
 from ws_service.redis.client import open_redis
+from ws_service.webhooks import queue as queue_module
 from ws_service.webhooks.delivery import Deliverer, Target
 from ws_service.webhooks.queue import Batch, RedisQueue
 
@@ -456,6 +457,50 @@ async def test_a_dead_consumers_batch_is_taken_over(private_redis: PrivateRedis)
         assert dropped == []
     finally:
         await dead.close()
+        await redis.aclose()
+
+
+async def test_dead_consumers_leave_the_group_and_pending_entries_never_go_with_them(
+    private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each process joins the group under a name of its own, and every restart left a consumer
+    behind for good. Idle ones with nothing pending are pruned, a closing replica leaves, and a
+    consumer with entries pending stays whatever its idle time (they would be lost with it)."""
+    monkeypatch.setattr(queue_module, "PRUNE_IDLE", 0.0)
+    monkeypatch.setattr(queue_module, "PRUNE_EVERY", 0.0)
+    redis = open_redis(private_redis.url)
+
+    def queue(name: str) -> RedisQueue:
+        return RedisQueue(redis, name, limit=10, claim_idle=30, on_dropped=[].append, block=0.05)
+
+    async def consumers() -> dict[str, int]:
+        found: Any = await redis.xinfo_consumers("{webhooks}:events", "delivery")
+        return {c["name"]: c["pending"] for c in found}
+
+    async def deliver(queue: RedisQueue) -> None:
+        """Join the group (Redis 7.0 adds a consumer when it is first handed an entry)."""
+        batch = await queue.take(1)
+        assert batch.events
+        await queue.ack(batch)
+
+    holder, idle, alive = queue("holder"), queue("idle"), queue("alive")
+    holder.start()
+    try:
+        for n in range(3):
+            assert holder.put(f'{{"n":{n}}}')
+        await poll(lambda: _length(redis, 3))
+        assert (await holder.take(1)).events == ['{"n":0}']  # then it dies, its batch pending
+        await deliver(idle)  # and then it dies
+        await asyncio.sleep(0.05)
+        await deliver(alive)  # prunes first
+        assert await consumers() == {"holder": 1, "alive": 0}
+        await alive.close()
+        assert await consumers() == {"holder": 1}
+        alive.start()
+        await alive.close()  # leaves again: harmless
+    finally:
+        await holder.close()
+        assert await consumers() == {"holder": 1}, "a replica with entries pending stays"
         await redis.aclose()
 
 
