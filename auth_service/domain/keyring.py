@@ -188,9 +188,13 @@ class KeyRing:
         )
 
     def signing_key(self, now: float) -> LoadedKey | None:
-        """The newest usable key whose activation time has come."""
+        """The usable key of the newest generation whose activation time has come.
+
+        By generation, not activation time: a manual rotation while the scheduled key is pending
+        makes a later generation activate first, and the pending key must then never sign, since
+        retirement (:meth:`_delete_retired`) deletes a key by its successor's generation."""
         active = [k for k in self._keys if k.activate_at <= now and k.private_key is not None]
-        return max(active, key=lambda k: k.activate_at, default=None)
+        return max(active, key=lambda k: k.generation, default=None)
 
     def key(self, kid: str) -> LoadedKey | None:
         return self._by_kid.get(kid)

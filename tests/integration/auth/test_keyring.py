@@ -175,3 +175,33 @@ async def test_withdrawing_twice_is_harmless_and_an_unknown_kid_is_refused(store
     assert (again.already, again.replacement) == (True, None)
     with pytest.raises(KeyRingError, match="no signing key 'nope'"):
         await keys.withdraw("nope", 30)
+
+
+@pytest.mark.parametrize("action", ["rotate", "rotate_immediate", "withdraw_signing"])
+async def test_a_key_that_signed_stays_published_while_its_tokens_live(
+    store: Store, action: str
+) -> None:
+    """A manual rotation (or a withdrawal) while the scheduled next key is pending made a key of a
+    later generation activate before one of an earlier generation: the earlier one then took over
+    signing at its activation and was deleted as retired (its successor by generation had long
+    been active) while it signed, so live tokens named a kid no key set published (an outside
+    probe: `keys rotate` in the last two JWKS max-ages of a rotation interval)."""
+    keys = ring(store)
+    await keys.maintain(0)
+    await keys.maintain(1000 - POLICY.lead)  # the scheduled key: pending, signs from 1000
+    first = keys.signing_key(850)
+    assert first is not None
+    if action == "withdraw_signing":
+        await keys.withdraw(first.kid, 900)
+    else:
+        await keys.rotate(900, immediate=action == "rotate_immediate")
+    last_signed: dict[str, float] = {}
+    for now in range(900, 1600, 5):
+        await keys.maintain(now)
+        published = {key.kid for key in keys.keys}
+        for kid, signed_at in last_signed.items():
+            if signed_at + POLICY.access_token_ttl > now:
+                assert kid in published, f"a key that signed at {signed_at} left the JWKS at {now}"
+        signing = keys.signing_key(now)
+        assert signing is not None
+        last_signed[signing.kid] = now
