@@ -221,8 +221,13 @@ class KeyRing:
         return rotated
 
     async def rotate(self, now: float, *, immediate: bool = False) -> LoadedKey:
-        """Manual rotation: publish a new key now, signing after one max-age (or at once)."""
+        """Manual rotation: publish a new key now, signing after one max-age (or at once).
+
+        At once too when no key signs now (a database no service has started on yet): there are
+        no tokens for verifiers to keep verifying, and a key published ahead would leave every
+        login refused for a max-age, since the ring's first key was made already."""
         await self.reload()
+        immediate = immediate or self.signing_key(now) is None
         generation = max((k.generation for k in self._keys), default=0) + 1
         activate_at = now if immediate else now + self.policy.jwks_max_age
         reason = "manual_immediate" if immediate else "manual"

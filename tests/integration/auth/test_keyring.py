@@ -205,3 +205,16 @@ async def test_a_key_that_signed_stays_published_while_its_tokens_live(
         signing = keys.signing_key(now)
         assert signing is not None
         last_signed[signing.kid] = now
+
+
+async def test_a_manual_rotation_with_no_key_signing_signs_at_once(store: Store) -> None:
+    """`keys rotate` on a database no service had started on made the first key wait one
+    max-age, and the services then started on a ring with a key but none signing: logins and
+    /readyz 503 for AUTH_JWKS_MAX_AGE (an outside probe)."""
+    keys = ring(store)
+    first = await keys.rotate(10)
+    assert first.activate_at == 10
+    assert keys.signing_key(10) == first
+    assert await ring(store).maintain(10) is False
+    planned = await keys.rotate(20)
+    assert planned.activate_at == 20 + POLICY.jwks_max_age, "a key signs: published ahead"
