@@ -214,10 +214,12 @@ def env_secret_url(
 
 
 _SECRET_OPTION = re.compile(
-    r"([?&][^=&#]*(?:password|secret|token|key|sig|auth|credential)[^=&#]*=)[^&#]*", re.IGNORECASE
+    r"([?&][^=&#]*(?:pass|pwd|secret|token|key|sig|auth|credential|code)[^=&#]*=)[^&#]*",
+    re.IGNORECASE,
 )
 """A query option holding a secret: redis-py and libpq read ``?password=``, a Sentinel group's
-URL carries ``sentinel_password``, and an application's proxy URL may carry ``?api_key=``."""
+URL carries ``sentinel_password``, and an application's proxy URL may carry ``?api_key=``, or
+an Azure Functions key as ``?code=`` (an outside probe: the proxy's failure line logged it)."""
 _HIDDEN = r"\1***"
 
 

@@ -49,6 +49,10 @@ def test_bearer_token(header: str | None, token: str | None) -> None:
             "http://u:p@app:8000/allow?api_key=k1&x=1&token=t&sig=s",
             "http://***@app:8000/allow?api_key=***&x=1&token=***&sig=***",
         ),
+        (
+            "https://fn.azurewebsites.net/api/allow?code=k1==&x=1&pwd=p&pass=q",
+            "https://fn.azurewebsites.net/api/allow?code=***&x=1&pwd=***&pass=***",
+        ),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:
