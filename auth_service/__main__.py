@@ -264,7 +264,7 @@ async def keys_command(settings: Settings, action: str, args: argparse.Namespace
 async def list_keys(ring: KeyRing, store: Store) -> None:
     await ring.reload()
     now = time.time()
-    current = ring.signing_key(now)
+    current = ring.current_key(now)
     for key in ring.keys:
         state = "signing" if key is current else ("pending" if key.activate_at > now else "retired")
         if key.private_key is None:

@@ -314,8 +314,13 @@ async def readiness(app: web.Application) -> Readiness:
         checks["database"] = "ok"
     except AuthError as exc:
         checks["database"] = exc.description
-    signing = app[KEYRING].signing_key(time.time())
-    checks["signing_key"] = "ok" if signing is not None else "no signing key loaded"
+    current = app[KEYRING].current_key(time.time())
+    if current is None:
+        checks["signing_key"] = "no signing key loaded"
+    elif current.private_key is None:
+        checks["signing_key"] = f"no configured secret decrypts the signing key {current.kid}"
+    else:
+        checks["signing_key"] = "ok"
     degraded: dict[str, str] = {}
     if not app[BUS].connected:
         degraded["event_bus"] = "redis unreachable; revocations wait in the outbox"

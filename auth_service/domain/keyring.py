@@ -187,14 +187,21 @@ class KeyRing:
             "signs at once; tokens the old keys signed stay valid until they expire)."
         )
 
-    def signing_key(self, now: float) -> LoadedKey | None:
-        """The usable key of the newest generation whose activation time has come.
+    def current_key(self, now: float) -> LoadedKey | None:
+        """The key of the newest generation whose activation time has come, usable or not.
 
         By generation, not activation time: a manual rotation while the scheduled key is pending
         makes a later generation activate first, and the pending key must then never sign, since
         retirement (:meth:`_delete_retired`) deletes a key by its successor's generation."""
-        active = [k for k in self._keys if k.activate_at <= now and k.private_key is not None]
+        active = [k for k in self._keys if k.activate_at <= now]
         return max(active, key=lambda k: k.generation, default=None)
+
+    def signing_key(self, now: float) -> LoadedKey | None:
+        """The current key, if a configured secret decrypts it. Never an older one: it is retired,
+        and deleted from the key set while its tokens would still live (a replica left on the old
+        key-encryption secret signed with it; an outside probe). Such a replica is not ready."""
+        current = self.current_key(now)
+        return current if current is not None and current.private_key is not None else None
 
     def key(self, kid: str) -> LoadedKey | None:
         return self._by_kid.get(kid)

@@ -218,3 +218,24 @@ async def test_a_manual_rotation_with_no_key_signing_signs_at_once(store: Store)
     assert await ring(store).maintain(10) is False
     planned = await keys.rotate(20)
     assert planned.activate_at == 20 + POLICY.jwks_max_age, "a key signs: published ahead"
+
+
+async def test_a_replica_whose_secret_opens_only_an_older_key_signs_with_none(
+    store: Store,
+) -> None:
+    """A replica left on (or rolled back to) the old key-encryption secret opens only the retired
+    key: it signed with it, and the other replicas deleted it from the key set while its tokens
+    lived (an outside probe). It now signs with none and says why in its readiness."""
+    old, new = "old-secret-0123456789abcdef", "new-secret-0123456789abcdef"
+    await ring(store, old).maintain(0)
+    rotated = ring(store, new, old)
+    await rotated.maintain(1000 - POLICY.lead)  # the next key, under the new secret
+    stale = ring(store, old)
+    await stale.open("AUTH_KEY_ENCRYPTION_SECRETS", "db")  # it opens a key: start-up passes
+    first = stale.signing_key(999)
+    assert first is not None and first.generation == 1
+    assert stale.signing_key(1000) is None, "the retired key would be deleted under its tokens"
+    current = stale.current_key(1000)
+    assert current is not None and current.generation == 2 and current.private_key is None
+    second = rotated.signing_key(1000)
+    assert second is not None and second.kid == current.kid
