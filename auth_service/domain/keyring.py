@@ -234,7 +234,7 @@ class KeyRing:
         no tokens for verifiers to keep verifying, and a key published ahead would leave every
         login refused for a max-age, since the ring's first key was made already."""
         await self.reload()
-        immediate = immediate or self.signing_key(now) is None
+        immediate = immediate or self.current_key(now) is None
         generation = max((k.generation for k in self._keys), default=0) + 1
         activate_at = now if immediate else now + self.policy.jwks_max_age
         reason = "manual_immediate" if immediate else "manual"
