@@ -201,6 +201,8 @@ def env_secret_url(
     if schemes and sep and scheme not in schemes:
         allowed = " or ".join(f"{s}://" for s in schemes)
         raise ConfigError(f"{name} must start with {allowed}, not {scheme[:32]!r}://")
+    if sep and not scheme.startswith("sqlite"):
+        check_host_and_port(name, url)
     password = env_secret(environ, password_name)
     if not password:
         return url
@@ -221,6 +223,20 @@ _SECRET_OPTION = re.compile(
 URL carries ``sentinel_password``, and an application's proxy URL may carry ``?api_key=``, or
 an Azure Functions key as ``?code=`` (an outside probe: the proxy's failure line logged it)."""
 _HIDDEN = r"\1***"
+
+
+def check_host_and_port(name: str, url: str) -> None:
+    """Stop start-up on a URL whose server part cannot be read (``host:abc``, ``[::1:5432``, a
+    port past 65535): the driver raised deep in start-up, a traceback and not the one line naming
+    the variable (an outside probe). A comma list of hosts (a Sentinel group) is checked by its
+    own parser."""
+    try:
+        parts = urlsplit(url)
+        if "," not in parts.netloc:
+            parts.port  # noqa: B018 -- reading it is the check
+    except ValueError as exc:
+        shown = redact_url(url)
+        raise ConfigError(f"{name} has an unreadable host or port ({exc}): {shown!r}") from None
 
 
 def redact_url(url: str) -> str:

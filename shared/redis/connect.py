@@ -32,13 +32,20 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.config.env import ConfigError, env_secret, env_secret_url, redact_url
+from shared.config.env import (
+    ConfigError,
+    check_host_and_port,
+    env_secret,
+    env_secret_url,
+    redact_url,
+)
 
 __all__ = [
     "RedisClient",
@@ -125,8 +132,13 @@ def parse_redis_url(url: str) -> RedisTarget:
         raise ConfigError(f"REDIS_URL must be one of {_FORMS}; got {redact_url(url)!r}")
     scheme = scheme.lower()
     if scheme in ("redis", "rediss"):
+        check_host_and_port("REDIS_URL", url)
         if not urlsplit(url).hostname:
             raise ConfigError(f"REDIS_URL names no host: {redact_url(url)!r}")
+        try:
+            parse_url(url)  # the options redis-py reads (``?socket_timeout=abc`` raised at start)
+        except ValueError as exc:
+            raise ConfigError(f"REDIS_URL: {exc} {redact_url(url)!r}") from None
         return RedisTarget(Topology.SERVER, url)
     if scheme in ("redis+sentinel", "rediss+sentinel"):
         return _parse_group(url, Topology.SENTINEL, default_port=26379, tls=scheme[5] == "s")

@@ -114,3 +114,20 @@ def test_a_password_for_a_url_that_has_one_or_names_no_server_is_an_error() -> N
         )
     with pytest.raises(ConfigError, match="DB_PASSWORD is set but DB_URL names no server"):
         env_secret_url({"DB_PASSWORD": "pw"}, "DB_URL", "DB_PASSWORD", "sqlite:///x.db")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:s3cret@127.0.0.1:abc/db",
+        "postgresql://u:s3cret@[::1:5432/db",
+        "postgresql://u:s3cret@h:99999/db",
+    ],
+)
+def test_a_url_whose_host_or_port_cannot_be_read_stops_start_up_naming_it(url: str) -> None:
+    """The driver raised deep in start-up: a traceback, not the line naming the variable (an
+    outside probe)."""
+    with pytest.raises(ConfigError) as caught:
+        env_secret_url({"DB_URL": url}, "DB_URL", "DB_PASSWORD")
+    assert str(caught.value).startswith("DB_URL has an unreadable host or port")
+    assert "s3cret" not in str(caught.value)

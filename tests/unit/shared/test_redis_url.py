@@ -94,12 +94,17 @@ def test_the_forms(url: str, expected: RedisTarget) -> None:
         ("redis+cluster://h1:\u00b2", "bad port"),
         ("redis+sentinel://h1:26379/m?db=\u0661", "db must be a number"),
         ("redis+cluster://h1:7000,,h2:7001", "empty host"),
+        ("redis://:s3cret@h:abc/0", "unreadable host or port"),
+        ("redis://h:99999/0", "unreadable host or port"),
+        ("redis://[::1:6379/0", "unreadable host or port"),
+        ("redis://h:6379/0?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
     ],
 )
 def test_anything_else_stops_start_up_with_a_clear_message(url: str, complaint: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_redis_url(url)
     assert complaint in str(caught.value)
+    assert "s3cret" not in str(caught.value)
 
 
 def test_the_password_is_never_in_an_error_or_a_repr() -> None:
