@@ -105,6 +105,23 @@ def test_bad_settings_stop_start_up(environ: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize(
+    "environ",
+    [
+        {"WS_API_KEYS": "correct horse battery staple"},
+        {"WS_API_KEYS": "key-number-one-123,cl\u00e9-secr\u00e8te-0123456789"},
+        {"WS_API_KEYS": "tab\there-0123456789abc"},
+        {"WS_METRICS_TOKEN": "metrics token with spaces"},
+    ],
+)
+def test_a_key_no_bearer_header_can_carry_stops_start_up(environ: dict[str, str]) -> None:
+    """A key with a space or a non-ASCII character started the service, and every call with it
+    then got 401: ``Authorization: Bearer`` credentials are printable ASCII without spaces (an
+    outside probe)."""
+    with pytest.raises(ConfigError, match="printable ASCII without spaces"):
+        Settings.from_env(environ)
+
+
+@pytest.mark.parametrize(
     ("environ", "message"),
     [
         ({"WS_LEEWAY": "999999999"}, "WS_LEEWAY must be at most 300"),
