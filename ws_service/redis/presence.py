@@ -8,6 +8,13 @@ announce one join. The keys and the topic share the channel's hash tag: on a Clu
 runs on the one shard that owns the channel. Entries of a dead replica
 expire: every read and every refresh sweeps them out, announcing their leaves.
 
+A channel where no live replica has an entry is read and refreshed by no one: the dead replica's
+entries would lapse unswept and the keys expire a minute later without a ``leave`` (so without the
+``presence_leave`` webhook). So every channel is also indexed in ``presence:lapsing`` (a sorted set
+of its own, outside the channels' hash tags), scored by when its newest entry lapses, and every
+replica's periodic refresh sweeps the channels whose entries have all lapsed, whoever held them,
+and forgets those it finds empty.
+
 An entry lives two thirds of the TTL and its replica refreshes it every third (one refresh may be
 late by up to a third). A dead replica's entries have expired two thirds of the TTL after its death
 at the latest, and a survivor's next refresh, at most a third later, sweeps them: its users leave
@@ -16,10 +23,13 @@ within the TTL. Entries living the whole TTL would leave up to four thirds of it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterable
+from typing import Any
 
+from redis.exceptions import RedisError
 from redis.typing import KeyT
 
 from shared.redis.connect import RedisClient
@@ -81,6 +91,17 @@ _MEMBERS = (
     _DROP + "sweep(ARGV[1], ARGV[2], ARGV[3])\nreturn {redis.call('HVALS', KEYS[1]), changes}"
 )
 
+# KEYS: the index. ARGV: channel, now (ms). A channel swept empty leaves the index, unless an entry
+# was added or refreshed since (its score is then ahead of now).
+_UNINDEX = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+SWEEP_BATCH = 256
+"""Lapsed channels one refresh sweeps at most (the next refresh takes the rest)."""
+
 # ARGV: expires at (ms), now (ms), topic, channel, key ttl (s), conn...
 _REFRESH = (
     _DROP
@@ -112,6 +133,8 @@ class RedisPresence:
         self._remove = redis.register_script(_REMOVE)
         self._members = redis.register_script(_MEMBERS)
         self._refresh = redis.register_script(_REFRESH)
+        self._unindex = redis.register_script(_UNINDEX)
+        self._index = f"{prefix}lapsing"
 
     def _keys(self, channel: str) -> list[KeyT]:
         return [f"{self._prefix}{{{channel}}}:{kind}" for kind in ("conns", "exp", "users")]
@@ -139,6 +162,11 @@ class RedisPresence:
                 ],
             )
         self._report(channel, changes)
+        # Indexed for the sweep of a dead replica's channels; missed here, its replica's next
+        # refresh indexes it (the entry is in Redis and its join was reported: raising now would
+        # say otherwise).
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.zadd(self._index, {channel: self._expires_at(now)}, gt=True)
 
     async def remove(self, channel: str, conn_id: str, member: Member) -> None:
         with unavailable_as_bus_error():
@@ -162,8 +190,10 @@ class RedisPresence:
 
     async def refresh(self, entries: Iterable[tuple[str, Iterable[str]]]) -> None:
         """Extend this replica's live connections (channel, connection ids) by one lifetime,
-        in one pipeline."""
+        in one pipeline; then sweep the channels whose entries have all lapsed (a dead replica's
+        that no live replica reads or refreshes), announcing their leaves."""
         now = _now_ms()
+        entries = [(channel, list(conns)) for channel, conns in entries]
         calls: list[Call] = [
             (
                 self._keys(channel),
@@ -182,6 +212,34 @@ class RedisPresence:
             results = await run_pipelined(self._redis, self._refresh, calls)
         for (_, args), changes in zip(calls, results, strict=True):
             self._report(str(args[3]), changes)
+        with unavailable_as_bus_error():
+            if entries:
+                expires_at = self._expires_at(now)
+                await self._redis.zadd(
+                    self._index, {channel: expires_at for channel, _ in entries}, gt=True
+                )
+        await self._sweep_lapsed(now)
+
+    async def _sweep_lapsed(self, now: int) -> None:
+        with unavailable_as_bus_error():
+            lapsed: Any = await self._redis.zrangebyscore(
+                self._index, "-inf", now, start=0, num=SWEEP_BATCH
+            )
+            channels = [c.decode() if isinstance(c, bytes) else c for c in lapsed]
+            if not channels:
+                return
+            calls: list[Call] = [
+                (self._keys(channel), [now, presence_topic(channel), channel])
+                for channel in channels
+            ]
+            results = await run_pipelined(self._redis, self._members, calls)
+            empty: list[Call] = []
+            for channel, (values, changes) in zip(channels, results, strict=True):
+                self._report(channel, changes)
+                if not values:
+                    empty.append(([self._index], [channel, now]))
+            if empty:
+                await run_pipelined(self._redis, self._unindex, empty)
 
     def _report(self, channel: str, changes: list[str]) -> None:
         """The transitions a script made, each reported by this replica alone."""

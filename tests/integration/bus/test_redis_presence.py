@@ -80,3 +80,42 @@ async def test_a_dead_replicas_users_expire_and_leave(
         refresher.cancel()
     await listener.aclose()
     assert (got[0]["type"], got[0]["user"]) == ("leave", {"id": "u2", "username": "bob"})
+
+
+async def test_a_dead_replicas_last_member_leaves_where_no_live_replica_has_one(
+    two_clients: tuple[Redis, Redis, str],
+) -> None:
+    """The only member of a channel was on a replica that died, and no live replica has a socket
+    there to refresh or read it: the entry lapsed unswept, its keys expired a minute later, and
+    the ``presence_leave`` webhook (docs/rest.md: "still comes, once presence lapses") never came
+    (an outside probe, two replicas, one SIGKILLed). Every replica's periodic refresh now also
+    sweeps the channels whose entries have all lapsed, whoever holds them."""
+    one, two, prefix = two_clients
+    channel = f"chat:{uuid.uuid4().hex[:8]}"
+    reported: list[tuple[str, str, Member]] = []
+
+    def report(kind: str | bytes, channel: str, member: Member) -> None:
+        reported.append((kind.decode() if isinstance(kind, bytes) else kind, channel, member))
+
+    alive = RedisPresence(one, ttl=0.5, prefix=prefix, on_transition=report)
+    dead = RedisPresence(two, ttl=0.5, prefix=prefix)
+    await dead.add(channel, "d:1", BOB)
+    listener = one.pubsub()
+    await listener.ssubscribe(presence_topic(channel))
+
+    async def keep_refreshing() -> None:
+        """The live replica refreshes its own entries (none in this channel) as ws_service does."""
+        while True:
+            await asyncio.sleep(0.5 / 3)
+            await alive.refresh([])
+
+    refresher = asyncio.ensure_future(keep_refreshing())
+    try:
+        got = await events(listener, 1)
+    finally:
+        refresher.cancel()
+    await listener.aclose()
+    assert (got[0]["type"], got[0]["user"]) == ("leave", {"id": "u2", "username": "bob"})
+    assert reported == [("leave", channel, BOB)]
+    assert await alive.members(channel) == []
+    assert await one.zcard(f"{prefix}lapsing") == 0, "a channel swept empty is not kept"
