@@ -17,6 +17,7 @@ from shared.config.env import (
     MAX_TIMEOUT,
     ConfigError,
     auth_issuer,
+    bearer_credentials,
     env_bool,
     env_float,
     env_int,
@@ -147,6 +148,8 @@ class Settings:
         ):
             secrets_ = (dev_secret(data_dir),)
             source = f"{data_dir / SECRET_FILE}{' (AUTH_DEV=1)' if dev else ''}"
+        metrics_token = env_secret(environ, "AUTH_METRICS_TOKEN")
+        bearer_credentials("AUTH_METRICS_TOKEN", [metrics_token])
         return cls(
             host=host,
             port=port,
@@ -185,7 +188,7 @@ class Settings:
             database_timeout=env_float(
                 environ, "AUTH_DATABASE_TIMEOUT", 5.0, minimum=0.1, maximum=MAX_TIMEOUT
             ),
-            metrics_token=env_secret(environ, "AUTH_METRICS_TOKEN"),
+            metrics_token=metrics_token,
             workers=env_int(environ, "AUTH_WORKERS", 1, minimum=1),
             dpop=_dpop_policy(env_str(environ, "AUTH_DPOP", "optional")),
             dpop_nonce=env_bool(environ, "AUTH_DPOP_NONCE", False),

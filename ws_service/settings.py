@@ -18,6 +18,7 @@ from shared.config.env import (
     MAX_TIMEOUT,
     ConfigError,
     auth_issuer,
+    bearer_credentials,
     env_bool,
     env_float,
     env_int,
@@ -326,8 +327,8 @@ class Settings:
         api_keys = split_list(env_secret(environ, "WS_API_KEYS"))
         if any(len(key) < 16 for key in api_keys):
             raise ConfigError("WS_API_KEYS entries must be at least 16 characters long")
-        _bearer_credentials("WS_API_KEYS entries", api_keys)
-        _bearer_credentials("WS_METRICS_TOKEN", [env_secret(environ, "WS_METRICS_TOKEN")])
+        bearer_credentials("WS_API_KEYS entries", api_keys)
+        bearer_credentials("WS_METRICS_TOKEN", [env_secret(environ, "WS_METRICS_TOKEN")])
         settings = cls(
             host=env_str(environ, "WS_HOST", "127.0.0.1"),
             port=env_int(environ, "WS_PORT", 8082, minimum=1, maximum=MAX_PORT),
@@ -422,18 +423,6 @@ class Settings:
                 "only Redis carries revocations, channel messages and presence between them"
             )
         return settings
-
-
-def _bearer_credentials(name: str, values: Iterable[str]) -> None:
-    """Refuse a key no request can present: an ``Authorization: Bearer`` credential is printable
-    ASCII without spaces (``shared/http/auth.py`` refuses anything else), so a key with a space or
-    a non-ASCII character started the service and then answered 401 to every call."""
-    for value in values:
-        if value and not (value.isascii() and value.isprintable() and " " not in value):
-            raise ConfigError(
-                f"{name} must be printable ASCII without spaces (an Authorization: Bearer "
-                "credential cannot carry anything else)"
-            )
 
 
 def _dpop_required(value: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -237,6 +237,19 @@ def check_host_and_port(name: str, url: str) -> None:
     except ValueError as exc:
         shown = redact_url(url)
         raise ConfigError(f"{name} has an unreadable host or port ({exc}): {shown!r}") from None
+
+
+def bearer_credentials(name: str, values: Iterable[str]) -> None:
+    """Refuse a key or token no request can present: an ``Authorization: Bearer`` credential is
+    printable ASCII without spaces (``shared/http/auth.py`` refuses anything else), so one with a
+    space or a non-ASCII character started the service and then answered 401 to every call (an
+    outside probe)."""
+    for value in values:
+        if value and not (value.isascii() and value.isprintable() and " " not in value):
+            raise ConfigError(
+                f"{name} must be printable ASCII without spaces (an Authorization: Bearer "
+                "credential cannot carry anything else)"
+            )
 
 
 def redact_url(url: str) -> str:

@@ -142,3 +142,11 @@ def test_a_key_encryption_secret_file_may_list_new_and_old_one_per_line(tmp_path
         "new-key-encryption-secret-01",
         "old-key-encryption-secret-01",
     )
+
+
+@pytest.mark.parametrize("token", ["correct horse battery staple", "m\u00e9trics-token-0123456789"])
+def test_a_metrics_token_no_bearer_header_can_carry_stops_auth_start_up(token: str) -> None:
+    """The same rule as ws_service's keys: every scrape would have been answered 401."""
+    with pytest.raises(ConfigError, match="AUTH_METRICS_TOKEN must be printable ASCII") as caught:
+        AuthSettings.from_env({**AUTH_BASE, "AUTH_METRICS_TOKEN": token})
+    assert token not in str(caught.value)
