@@ -474,7 +474,10 @@ class Connection:
                         "unsubscribed", None, channel=channel, reason="permission_revoked"
                     )
                 )
+        before = self.claims
         self._accept(claims, request.id, renewed=True)
+        if claims.sid != before.sid:
+            self._ctx.events.session_changed(before, claims)
 
     async def _verify(self, request: protocol.Request) -> Claims:
         token, proof = request.body.get("token"), request.body.get("proof")

@@ -74,6 +74,12 @@ class Events:
         the client left (or the connection dropped)."""
         self._emit("disconnect", claims.sub, claims.sid, code=code, reason=reason)
 
+    def session_changed(self, before: Claims, after: Claims) -> None:
+        """A socket renewed in-band with a token of another session of its user (a new token
+        exchange, for new grants): its ``connect`` named the old session and its ``disconnect``
+        will name the new one, so an app that keeps sockets by session hears the move."""
+        self._emit("session_changed", after.sub, after.sid, previous_session=before.sid)
+
     def subscribe(self, claims: Claims, channel: str, reason: str) -> None:
         """``reason``: ``client`` (a ``subscribe`` frame) or ``server`` (``POST /v1/subscribe``)."""
         self._emit("subscribe", claims.sub, claims.sid, channel=channel, reason=reason)

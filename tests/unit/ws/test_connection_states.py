@@ -18,7 +18,7 @@ from realtime_gateway_protocol.close_codes import Action, Disconnect, action_for
 from realtime_gateway_protocol.frames import PREAUTH_MAX_BYTES
 from shared.bus import InProcessBus
 from tests.support.clock import FakeClock
-from tests.unit.ws.fakes import FakeMetrics, FakePeer
+from tests.unit.ws.fakes import FakeMetrics, FakePeer, RecordingSink
 from ws_service.domain.connection import NO_CHANNELS, Connection, Context, State, warning_delay
 from ws_service.domain.deadlines import DEFAULT_TICK, Deadlines
 from ws_service.domain.errors import (
@@ -36,6 +36,7 @@ from ws_service.domain.hub import Hub
 from ws_service.domain.limits import Limits
 from ws_service.domain.namespaces import Namespace, Namespaces, parse_grants
 from ws_service.domain.presence import MemoryPresence
+from ws_service.domain.webhooks import Events
 
 TTL = 900
 WARNING = 60.0
@@ -403,6 +404,25 @@ async def test_9_a_renewal_authenticates_again_and_reschedules(after_warning: bo
     assert s.metrics.counts["renewals"] == 1
     assert s.advance(TTL - WARNING - TICK) == [], "the old deadline is gone"
     assert [f["type"] for f in s.advance(2 * TICK)] == ["token_expiring"]
+
+
+async def test_9_a_renewal_into_another_session_of_the_user_is_reported_to_the_app() -> None:
+    """The socket's ``connect`` named one session and its ``disconnect`` the other, and nothing
+    between told the app the socket had moved (an outside probe: a new token exchange for new
+    grants, renewed on the socket as the docs advise)."""
+    s = Socket()
+    sink = RecordingSink()
+    s.ctx = replace(s.ctx, events=Events(sink, clock=s.clock))
+    s.conn = Connection(s.ctx, s.peer, "10.0.0.1", 1)
+    await s.authenticate(s.claims(sid="s1"))
+    await s.send({"type": "auth", "token": s.token("same", s.claims(sid="s1"))})
+    await s.send({"type": "auth", "token": s.token("other", s.claims(sid="s2"))})
+    s.conn.disconnected()
+    assert [(e["type"], e["session"], e.get("previous_session")) for e in sink.take()] == [
+        ("connect", "s1", None),
+        ("session_changed", "s2", "s1"),
+        ("disconnect", "s2", None),
+    ]
 
 
 async def test_9_a_renewal_leaves_the_channels_the_new_token_cannot_read() -> None:
