@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-__all__ = ["TokenBucket"]
+__all__ = ["STALL_CREDIT", "TokenBucket"]
+
+STALL_CREDIT = 15.0
+"""Seconds of refill a bucket may hold beyond its burst after the server stalled: enough for
+the frames a client pacing by the bucket sent during a 15 s wait (a publish on a hung Redis
+retries for 10 to 12 s). Without it a client whose own frames each stalled the server (a slow
+application proxy) saved the refill of every stall: 60 publishes through a proxy answering in
+0.5 s bought 633 frames back to back against a burst of 40 (an outside probe)."""
 
 
 @lru_cache(maxsize=64)
@@ -35,15 +42,19 @@ class TokenBucket:
         they queued meanwhile and come back to back. Charged then against a bucket capped at the
         burst, a client that paced them by the bucket was refused for the server's time. So the
         refill over a stall is not capped, nor any until as long again has passed (the queue
-        is handled long before). The rate still holds: counted from before the stall, no more
-        pass than the burst and the rate times the time since."""
+        is handled long before), beyond the burst plus :data:`STALL_CREDIT` seconds of refill.
+        The rate still holds: counted from before the stall, no more pass than the burst and
+        the rate times the time since."""
         self._refill(since)
         self._uncapped = max(self._uncapped, now + (now - since))
         self._refill(now)
 
     def _refill(self, now: float) -> None:
         tokens = self._tokens + (now - self._stamp) * self._rate
-        self._tokens = tokens if now < self._uncapped else min(self._burst, tokens)
+        if now < self._uncapped:
+            self._tokens = min(self._burst + self._rate * STALL_CREDIT, tokens)
+        else:
+            self._tokens = min(self._burst, tokens)
         self._stamp = now
 
     @property

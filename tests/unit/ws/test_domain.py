@@ -10,7 +10,7 @@ from ws_service.domain.connection import warning_delay
 from ws_service.domain.errors import Forbidden, InvalidChannel
 from ws_service.domain.history import HistoryPolicy
 from ws_service.domain.namespaces import USER_NAMESPACE, Namespace, Namespaces, validate_channel
-from ws_service.domain.ratelimit import TokenBucket
+from ws_service.domain.ratelimit import STALL_CREDIT, TokenBucket
 from ws_service.domain.revocations import RevocationRegistry
 
 
@@ -85,14 +85,29 @@ def test_token_bucket_allows_burst_then_refills_at_rate() -> None:
     assert bucket.full
 
 
-@pytest.mark.parametrize(("at", "admitted"), [(19.9, 41), (20.0, 3)])
-def test_token_bucket_does_not_cap_a_stall_s_refill_until_as_long_again_has_passed(
+@pytest.mark.parametrize(("at", "admitted"), [(10.0, 22), (14.9, 31), (19.9, 33), (20.0, 3)])
+def test_token_bucket_caps_a_stall_s_refill_at_the_stall_credit_until_as_long_again_has_passed(
     at: float, admitted: int
 ) -> None:
+    """Over a stall and as long again, the refill is capped at the burst plus ``STALL_CREDIT``
+    seconds of it (3 + 2 x 15 = 33 here), not at the burst."""
     bucket = TokenBucket(rate=2.0, burst=3, now=0.0)
     assert bucket.take(0.0)
     bucket.stalled(0.0, 10.0)
     assert sum(bucket.take(at) for _ in range(100)) == admitted
+
+
+def test_frames_that_each_stall_the_server_save_no_more_than_the_stall_credit() -> None:
+    """Each of a client's frames held the server 0.5 s (a slow application proxy): every stall
+    lifted the cap, and the refill of all of them was saved, 633 frames passing back to back
+    against a burst of 40 (an outside probe). Now at most the burst and ``STALL_CREDIT``."""
+    bucket = TokenBucket(rate=20.0, burst=40, now=0.0)
+    now = 0.0
+    for _ in range(60):
+        assert bucket.take(now)
+        bucket.stalled(now, now + 0.5)
+        now += 0.5
+    assert sum(bucket.take(now) for _ in range(2000)) == 40 + 20 * STALL_CREDIT
 
 
 class Clock:
