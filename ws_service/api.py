@@ -266,7 +266,10 @@ async def connections(request: web.Request) -> web.Response:
         {
             "user": user,
             "connections": sum(found.sessions.values()),
-            "sessions": [{"session": sid, "connections": n} for sid, n in found.sessions.items()],
+            "sessions": [
+                {"session": sid or None, "connections": n}  # null: a token without a sid
+                for sid, n in found.sessions.items()
+            ],
             "complete": found.complete,
         }
     )

@@ -61,7 +61,7 @@ class Events:
                 "type": kind,
                 "ts": int(self._clock.time() * 1000),
                 "user": user,
-                "session": session,
+                "session": session or None,  # a trusted IdP's token may carry no sid
                 **fields,
             }
         )
@@ -78,7 +78,7 @@ class Events:
         """A socket renewed in-band with a token of another session of its user (a new token
         exchange, for new grants): its ``connect`` named the old session and its ``disconnect``
         will name the new one, so an app that keeps sockets by session hears the move."""
-        self._emit("session_changed", after.sub, after.sid, previous_session=before.sid)
+        self._emit("session_changed", after.sub, after.sid, previous_session=before.sid or None)
 
     def subscribe(self, claims: Claims, channel: str, reason: str) -> None:
         """``reason``: ``client`` (a ``subscribe`` frame) or ``server`` (``POST /v1/subscribe``)."""

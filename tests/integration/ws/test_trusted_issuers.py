@@ -120,6 +120,13 @@ async def test_an_es256_token_without_sid_is_accepted(idp_gw: tuple[Idp, Harness
     assert reply["session"] is None
     await send(ws, {"type": "subscribe", "channel": "chat:general", "id": 1})
     assert (await recv(ws))["type"] == "subscribed", "scope works as for auth_service's tokens"
+    response = await gw.client.get(
+        "/v1/connections",
+        params={"user": "idp|alice"},
+        headers={"Authorization": "Bearer test-api-key-0123456789"},
+    )
+    body = await response.json()
+    assert body["sessions"] == [{"session": None, "connections": 1}], "null, as auth_success"
 
 
 async def test_a_token_minted_by_joserfc_is_accepted(idp_gw: tuple[Idp, Harness]) -> None:

@@ -98,6 +98,20 @@ async def test_a_sockets_life_in_events() -> None:
     assert events[-1]["code"] == 4400
 
 
+async def test_a_token_without_a_sid_is_a_null_session_as_in_auth_success() -> None:
+    """A trusted identity provider's token may carry no ``sid``: the events said ``""`` where
+    ``auth_success`` and the proxy say null (an outside probe)."""
+    gateway, sink, _ = setup()
+    peer = FakePeer()
+    conn = gateway.connect(peer, "203.0.113.1")
+    await conn.authenticated_at_handshake(claims(sid=""))
+    conn.disconnected()
+    assert [(e["type"], e["session"]) for e in sink.take()] == [
+        ("connect", None),
+        ("disconnect", None),
+    ]
+
+
 async def test_a_client_that_leaves_is_connection_closed_and_an_unauthenticated_one_is_silent() -> (
     None
 ):
