@@ -206,10 +206,8 @@ def print_secret(environ: Mapping[str, str]) -> int:
     path = data_dir / SECRET_FILE
     try:
         secret, created = checkout_secret(data_dir)
-    except OSError as exc:
-        print(
-            f"auth_service: cannot keep a secret in {path}: {exc.strerror or exc}", file=sys.stderr
-        )
+    except ConfigError as exc:
+        print(f"auth_service: {exc}", file=sys.stderr)
         print("auth_service: set AUTH_DATA_DIR to a directory you can write", file=sys.stderr)
         return 1
     if created:

@@ -3,13 +3,17 @@ elsewhere they say what to set; `secret` keeps one secret for every later shell.
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
+import os
 from pathlib import Path
 
 import pytest
 
 from auth_service.__main__ import main
 from auth_service.settings import SECRET_FILE, Settings
+from shared.config.env import ConfigError
+from shared.config.kept_secret import kept_secret
 
 
 @pytest.fixture(autouse=True)
@@ -107,3 +111,39 @@ def test_secret_in_a_directory_it_cannot_make_says_so_in_a_line(
         "Not a directory",
         "auth_service: set AUTH_DATA_DIR to a directory you can write",
     ]
+
+
+def test_an_empty_kept_secret_is_an_error_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A crash (or a second process reading) between the file's creation and its write left it
+    empty, and every later run printed and used an empty secret (an outside probe)."""
+    (tmp_path / SECRET_FILE).write_text("\n")
+    monkeypatch.setenv("AUTH_DATA_DIR", str(tmp_path))
+    assert main(["secret"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"{tmp_path / SECRET_FILE} is empty" in captured.err
+
+
+def test_a_kept_secret_appears_whole_and_is_the_same_for_every_racing_process(
+    tmp_path: Path,
+) -> None:
+    """Written aside and linked into place: no reader ever sees the file empty."""
+    path = tmp_path / "data" / SECRET_FILE
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: kept_secret(path), range(32)))
+    assert len({secret for secret, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert os.listdir(path.parent) == [SECRET_FILE], "nothing left aside"
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_serving_from_a_data_dir_it_cannot_make_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``AUTH_DEV=1`` with such an ``AUTH_DATA_DIR``: a traceback before (an outside probe)."""
+    (tmp_path / "a-file").write_text("")
+    environ = {"AUTH_DEV": "1", "AUTH_DATA_DIR": str(tmp_path / "a-file" / "data")}
+    with pytest.raises(ConfigError, match=r"cannot keep a secret in .*: Not a directory"):
+        Settings.from_env(environ)
