@@ -6,6 +6,7 @@ auth_service's site starts first, so ws_service's first key-set fetch finds it l
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -59,6 +60,10 @@ class Stack:
         return "\n".join([rule, *head, *self.lines, rule])
 
 
+CHAT_AUTH_URL, CHAT_WS_URL = "http://127.0.0.1:8081", "ws://127.0.0.1:8082/ws"
+"""Where the terminal chat goes without ``--auth-url``/``--ws-url`` (nor AUTH_PORT, WS_PORT)."""
+
+
 def build_stack(environ: Mapping[str, str]) -> Stack:
     auth = AuthSettings.from_env(environ)
     # One in-process bus for both services; with REDIS_URL each opens its own Redis bus, as a
@@ -100,6 +105,14 @@ def build_stack(environ: Mapping[str, str]) -> Stack:
         key_line = f"publish API   {publish}   disabled: WS_API_KEYS is empty"
     embedded_db = auth.database_url.startswith("sqlite:")
     same_env = "" if embedded_db else "   (with the AUTH_* variables this stack has)"
+    # The commands as typed in a new shell, which has none of this stack's variables: a data dir
+    # or ports of its own made them read another database and reach no server (an outside probe).
+    data_dir = (
+        f"AUTH_DATA_DIR={shlex.quote(str(auth.data_dir))} " if environ.get("AUTH_DATA_DIR") else ""
+    )
+    urls = ""
+    if (auth.issuer, ws_url) != (CHAT_AUTH_URL, CHAT_WS_URL):
+        urls = f" --auth-url {shlex.quote(auth.issuer)} --ws-url {shlex.quote(ws_url)}"
     lines = [
         f"chat page     {page}   (open this in a browser)",
         f"auth_service  {auth.issuer}   (REST API; JWKS at {auth.jwks_uri})",
@@ -109,8 +122,9 @@ def build_stack(environ: Mapping[str, str]) -> Stack:
         f"secret        key encryption from {auth.secrets_source}",
         "",
         "Try it: create two users, then chat in two terminals:",
-        f"  .venv/bin/python -m auth_service users create bob   (and carol){same_env}",
-        "  .venv/bin/python -m realtime_gateway_client.chat --user bob   (and --user carol in another)",
+        f"  {data_dir}.venv/bin/python -m auth_service users create bob   (and carol){same_env}",
+        f"  .venv/bin/python -m realtime_gateway_client.chat --user bob{urls}"
+        "   (and --user carol in another)",
         "Next: docs/getting-started.md (a tour with curl), docs/rest.md (every endpoint).",
     ]
     ignored = [name for name in ("AUTH_WORKERS", "WS_WORKERS") if environ.get(name, "1") != "1"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from services.embedded import Stack, build_stack
@@ -75,3 +76,21 @@ def test_the_banner_says_worker_counts_are_not_used(tmp_path: Path) -> None:
     }
     banner = build_stack({**environ, "WS_WORKERS": "3"}).banner({})
     assert "workers       AUTH_WORKERS and WS_WORKERS not used: make run is one process" in banner
+
+
+def test_the_try_it_commands_work_in_a_new_shell_with_this_stacks_data_dir_and_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``AUTH_DATA_DIR=... AUTH_PORT=9000 make run`` (the README suggests another port): the
+    printed ``users create`` read ./.data and the chat reached 8081 (an outside probe)."""
+    environ = {"AUTH_DEV": "1", "AUTH_DATA_DIR": str(tmp_path), "AUTH_PORT": "9000"}
+    banner = build_stack({**environ, "WS_PORT": "9001"}).banner({})
+    assert f"  AUTH_DATA_DIR={tmp_path} .venv/bin/python -m auth_service users create bob" in banner
+    assert (
+        ".venv/bin/python -m realtime_gateway_client.chat --user bob "
+        "--auth-url http://127.0.0.1:9000 --ws-url ws://127.0.0.1:9001/ws   (and --user carol"
+    ) in banner
+    monkeypatch.chdir(tmp_path)  # the default data dir, ./.data, is made here
+    default = build_stack({"AUTH_DEV": "1"}).banner({})
+    assert "  .venv/bin/python -m auth_service users create bob   (and carol)\n" in default
+    assert "chat --user bob   (and --user carol in another)" in default
