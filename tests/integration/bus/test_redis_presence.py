@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -53,6 +55,24 @@ async def test_members_across_replicas_and_one_join_per_user(
     assert await a.members(channel) == []
 
 
+@contextlib.asynccontextmanager
+async def refreshing(
+    presence: RedisPresence, entries: list[tuple[str, list[str]]]
+) -> AsyncIterator[None]:
+    """A live replica refreshing ``entries`` every third of the lifetime, as ws_service does."""
+
+    async def keep_refreshing() -> None:
+        while True:
+            await asyncio.sleep(0.5 / 3)
+            await presence.refresh(entries)
+
+    refresher = asyncio.ensure_future(keep_refreshing())
+    try:
+        yield
+    finally:
+        refresher.cancel()
+
+
 async def test_a_dead_replicas_users_expire_and_leave(
     two_clients: tuple[Redis, Redis, str],
 ) -> None:
@@ -65,19 +85,10 @@ async def test_a_dead_replicas_users_expire_and_leave(
     listener = one.pubsub()
     await listener.ssubscribe(presence_topic(channel))
 
-    async def keep_refreshing() -> None:
-        """The live replica refreshes every third of the lifetime, as ws_service does."""
-        while True:
-            await asyncio.sleep(0.5 / 3)
-            await alive.refresh([(channel, ["a:1"])])
-
-    refresher = asyncio.ensure_future(keep_refreshing())
-    try:
+    async with refreshing(alive, [(channel, ["a:1"])]):
         async with asyncio.timeout(5):
             got = await events(listener, 1)  # the dead replica's entry lapses: bob leaves
         assert await alive.members(channel) == [(ALICE, 1)]
-    finally:
-        refresher.cancel()
     await listener.aclose()
     assert (got[0]["type"], got[0]["user"]) == ("leave", {"id": "u2", "username": "bob"})
 
@@ -103,17 +114,8 @@ async def test_a_dead_replicas_last_member_leaves_where_no_live_replica_has_one(
     listener = one.pubsub()
     await listener.ssubscribe(presence_topic(channel))
 
-    async def keep_refreshing() -> None:
-        """The live replica refreshes its own entries (none in this channel) as ws_service does."""
-        while True:
-            await asyncio.sleep(0.5 / 3)
-            await alive.refresh([])
-
-    refresher = asyncio.ensure_future(keep_refreshing())
-    try:
+    async with refreshing(alive, []):  # its own entries: none in this channel
         got = await events(listener, 1)
-    finally:
-        refresher.cancel()
     await listener.aclose()
     assert (got[0]["type"], got[0]["user"]) == ("leave", {"id": "u2", "username": "bob"})
     assert reported == [("leave", channel, BOB)]
