@@ -206,11 +206,16 @@ async function logOut(everywhere) {
 $("logout").addEventListener("click", () => logOut(false));
 $("logout-everywhere").addEventListener("click", () => logOut(true));
 
-// A first visit has no session to resume: the client says so without asking the server.
+// A first visit has no session to resume: the client says so without asking the server. A resume
+// that fails says why: the login form alone read as "logged out" when auth_service was only
+// unreachable for a moment, and the session was still there for a reload.
 try {
   if (await client.resume()) await enter();
   else show(false);
-} catch {
+} catch (err) {
   show(false);
+  notice(err?.code === "invalid_grant"
+    ? "Your session has ended: log in again."
+    : `Could not resume your session: ${err?.message ?? err}. Reload to try again, or log in.`);
 }
 document.body.dataset.ready = "true";

@@ -217,6 +217,27 @@ def test_reload_keeps_the_user_logged_in_without_web_storage(
     assert page.evaluate("() => [localStorage.length, sessionStorage.length]") == [0, 0]
 
 
+def test_a_resume_that_fails_says_why_and_a_reload_resumes(
+    context: BrowserContext, stack: Stack
+) -> None:
+    """auth_service unreachable at a reload: the page showed the login form and nothing else, as
+    if logged out, while the session was alive for the next reload."""
+    stack.register("rhea")
+    page = open_page(context, stack)
+    log_in(page, "rhea")
+    token = re.compile(r"/v1/token$")
+    page.route(token, lambda route: route.abort())
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.inner_text("#notice").startswith("Could not resume your session: unreachable")
+    assert page.is_visible("#login")
+    page.unroute(token)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    wait_joined(page)
+    assert page.inner_text("#who") == "Signed in as rhea"
+
+
 def test_html_in_a_message_is_shown_as_text(context: BrowserContext, stack: Stack) -> None:
     stack.register("frank")
     page = open_page(context, stack)
