@@ -1234,6 +1234,12 @@ class GatewayClient:
         if self._failure is not None:
             raise self._failure
         try:
+            # What the gateway cannot read it refuses without an id (the request would wait
+            # request_timeout), and the fifth such frame closes 4400, which stops the client.
+            wire_json.check(frame)
+        except wire_json.WireJSONError as exc:
+            raise ValueError(f"not sent: the gateway refuses such a frame ({exc})") from None
+        try:
             async with asyncio.timeout(self._timeout):
                 ws = await self._connection()
                 request_id = f"r{next(self._ids)}"

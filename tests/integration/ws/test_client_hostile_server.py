@@ -828,3 +828,35 @@ async def test_a_link_that_flaps_faster_than_a_resubscription_confirms_every_cha
             await alice.subscribe(channel)
         await wait_until(lambda: len(answered) >= 3 and len(answered[2]) == 2, wait=10)
     assert set().union(*answered[:3]) == set(channels), answered
+
+
+NOT_WIRE_JSON = {
+    "NaN": float("nan"),
+    "infinity": float("inf"),
+    "an integer beyond a double": 10**400,
+    "a lone surrogate": "\ud83d",
+    "nested 40 deep": json.loads("[" * 40 + "]" * 40),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_WIRE_JSON))
+async def test_data_the_gateway_cannot_read_is_refused_before_it_is_sent(
+    serve: Serve, case: str
+) -> None:
+    """json.dumps wrote NaN (and the rest) into the frame: the gateway refused it as bad_request
+    with no id, so the publish waited request_timeout, and the fifth such publish closed the socket
+    4400, which stopped the client for good (an outside probe, on the real stack)."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        while (frame := await gateway.receive(ws)) is not None:
+            await ws.send_json({"type": "published", "id": frame["id"], "channel": "chat:x"})
+
+    gateway = await serve(script)
+    async with client(gateway, request_timeout=5) as alice:
+        for _ in range(6):
+            async with asyncio.timeout(1):
+                with pytest.raises(ValueError, match="not sent"):
+                    await alice.publish("chat:x", {"value": NOT_WIRE_JSON[case]})
+        await alice.publish("chat:x", {"value": "fine"})
+    assert [frame["type"] for frame in gateway.received] == ["auth", "publish"]
