@@ -17,6 +17,7 @@ import contextlib
 import getpass
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -51,12 +52,22 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Name
     return parser.parse_args(argv)
 
 
+_UNPRINTED = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+"""What another user's text must not put on the terminal: C0 and C1 controls and DEL (a newline
+forges a line from anyone, escapes retitle the terminal or write its clipboard, OSC 52), line
+and paragraph separators, and the bidirectional controls that reorder what is shown."""
+
+
+def _printable(text: str) -> str:
+    return _UNPRINTED.sub(lambda match: match[0].encode("unicode_escape").decode(), text)
+
+
 def format_message(message: Mapping[str, Any]) -> str:
     data = message.get("data")
     text = data.get("text") if isinstance(data, dict) else None
     body = text if isinstance(text, str) else json.dumps(data)
     sender = message.get("from_username") or message.get("from") or "server"
-    return f"[{message.get('channel')}] {sender}: {body}"
+    return _printable(f"[{message.get('channel')}] {sender}: {body}")
 
 
 async def chat(

@@ -46,3 +46,17 @@ def test_the_chat_and_the_demo_page_meet_in_one_room() -> None:
     page_room = re.search(r'<input id="room"[^>]* value="([^"]+)"', DEMO_PAGE.read_text())
     assert page_room is not None, "the page's room field went missing"
     assert parse_args(["--user", "alice"], {}).channel == f"chat:{page_room[1]}"
+
+
+def test_format_message_prints_no_control_character_another_user_sent() -> None:
+    """Another user's text went to the terminal raw: a newline and a prefix forged a line from
+    anyone, and escapes retitled the terminal or wrote the reader's clipboard (OSC 52)."""
+    text = "ok\n[chat:a] alice: hi\r\x1b]52;c;Y3VybA==\x07\x1b[2J\u202etxt.exe\x9b31m"
+    line = format_message({"channel": "chat:a", "from_username": "bob", "data": {"text": text}})
+    assert line == (
+        "[chat:a] bob: ok\\n[chat:a] alice: hi\\r\\x1b]52;c;Y3VybA==\\x07\\x1b[2J\\u202etxt.exe"
+        "\\x9b31m"
+    )
+    assert format_message({"channel": "chat:a", "from": "x\x1b[1m", "data": {"text": "é 😀"}}) == (
+        "[chat:a] x\\x1b[1m: é 😀"
+    )
