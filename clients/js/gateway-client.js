@@ -140,6 +140,35 @@ function frameFault(frame) {
   return null;
 }
 
+/** The nesting the gateway reads (docs/protocol.md, "Transport": strict JSON). */
+const WIRE_DEPTH = 32;
+/** In JSON.stringify's output: an escaped backslash (the ``u`` after it is text), a surrogate
+ * pair's escapes, or a lone surrogate's, which JSON.stringify writes as ``\ud83d``. */
+const ESCAPES = /\\\\|\\ud[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}|\\ud[89a-f][0-9a-f]{2}/g;
+
+/**
+ * Why the gateway would refuse this frame's JSON (a lone surrogate, as text.slice() leaves of an
+ * emoji it cuts; nesting deeper than WIRE_DEPTH), or null. It would answer bad_request without an
+ * id, so the request would wait requestTimeout, and the fifth such frame closes the socket 4400,
+ * which stops the client.
+ */
+function wireFault(text) {
+  for (const [escape] of text.matchAll(ESCAPES)) if (escape.length === 6) return "a string holds a lone surrogate";
+  let depth = 0;
+  let string = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (string) {
+      if (c === "\\") i++;
+      else if (c === '"') string = false;
+    } else if (c === '"') string = true;
+    else if (c === "{" || c === "[") {
+      if (++depth > WIRE_DEPTH) return `JSON nested deeper than ${WIRE_DEPTH} levels`;
+    } else if (c === "}" || c === "]") depth--;
+  }
+  return null;
+}
+
 /** Full jitter: uniform in [0, min(cap, base * 2^attempt)). */
 export function backoffDelay(attempt, base = 500, cap = 30000) {
   return Math.random() * Math.min(cap, base * 2 ** Math.min(attempt, 30));
@@ -944,10 +973,21 @@ export class GatewayClient extends EventTarget {
     this.#established = false;
     this.#userId = null;
     this.#attempt = 0;
+    clearTimeout(this.#backoff); // a reconnect waiting for its turn is this one
     await this.#connect();
   }
 
   #connect() {
+    // connect() or login() again while a socket is open or opening: that socket is let go, not
+    // left open and authenticated behind the new one (a double click on "Log in").
+    const previous = this.#ws;
+    if (previous) {
+      this.#ws = null;
+      release(previous, 1000);
+      this.#live = false;
+      this.#dropOutbox();
+      this.#failPending(({ sent }) => sent); // their replies would come on the socket let go
+    }
     this.#setState(this.#attempt ? "reconnecting" : "connecting");
     this.#authRetries = 0;
     this.#authFailure = null;
@@ -995,7 +1035,7 @@ export class GatewayClient extends EventTarget {
     let failure = null;
     ws.onopen = () => {
       opened = true;
-      if (auth) this.#send(auth);
+      if (auth && this.#ws === ws) this.#send(auth);
     };
     ws.onmessage = (event) => {
       if (this.#ws === ws) this.#receive(event.data);
@@ -1462,6 +1502,13 @@ export class GatewayClient extends EventTarget {
    */
   #request(frame) {
     if (this.#stopped) return Promise.reject(new GatewayError("not_connected"));
+    let fault;
+    try {
+      fault = wireFault(JSON.stringify(frame));
+    } catch (err) {
+      fault = err.message; // a BigInt, a cycle: it could never be sent
+    }
+    if (fault) return Promise.reject(new GatewayError("bad_request", `not sent: ${fault}`));
     if (this.#pending.size >= this.#maxPending) {
       return Promise.reject(new GatewayError("too_many_pending", `${this.#pending.size} requests are waiting for a reply`));
     }

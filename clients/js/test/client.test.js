@@ -1220,3 +1220,48 @@ test("a link that flaps faster than a resubscription confirms every channel in t
   client.close();
   gateway.close();
 });
+
+test("connect() or login() again while a socket is open or opening leaves no socket behind", { timeout: 10000 }, async () => {
+  // A double click on the demo page's "Log in" made two logins: the first socket was replaced
+  // without being closed, stayed authenticated on the gateway, and outlived close() and "Log out"
+  // (an outside probe, in Chromium); the first socket's open even sent its auth on the second.
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type === "auth") ws.send(authSuccess());
+  });
+  const client = hostileClient(gateway);
+  await Promise.all([client.connect(), client.connect()]);
+  await client.connect();
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.equal(gateway.sockets().filter((ws) => ws.readyState === WebSocket.OPEN).length, 1);
+  assert.ok(gateway.frames.every((frame) => frame.type === "auth"));
+  client.close();
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.equal(gateway.sockets().length, 0);
+  gateway.close();
+});
+
+test("data the gateway cannot read rejects at once and is never sent", { timeout: 10000 }, async () => {
+  // JSON.stringify writes a lone surrogate (what text.slice() leaves of a cut emoji) as \ud83d and
+  // nests as deep as asked: the gateway refused such a frame as bad_request without an id, the
+  // publish waited requestTimeout, and the fifth closed the socket 4400, which stopped the client.
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type === "auth") ws.send(authSuccess());
+    else ws.send(JSON.stringify({ type: "published", channel: frame.channel, id: frame.id }));
+  });
+  const client = hostileClient(gateway, { requestTimeout: 5000 });
+  await client.connect();
+  let deep = 1;
+  for (let i = 0; i < 40; i++) deep = [deep];
+  const cyclic = {};
+  cyclic.self = cyclic;
+  for (const data of [{ text: "hello 😀".slice(0, 7) }, { deep }, { "\udc00": 1 }, { n: 1n }, cyclic, { text: "\ud83d" }]) {
+    const started = Date.now();
+    await assert.rejects(client.publish("chat:x", data), { code: "bad_request" });
+    assert.ok(Date.now() - started < 1000);
+  }
+  await client.publish("chat:x", { text: "hello 😀", fine: "a\\ud800 as text", shallow: [[[[1]]]] });
+  assert.deepEqual(gateway.frames.map((frame) => frame.type), ["auth", "publish"]);
+  assert.equal(client.state, "authenticated");
+  client.close();
+  gateway.close();
+});
