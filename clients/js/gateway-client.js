@@ -696,11 +696,13 @@ class MemorySession {
 class TokenProvider {
   #api;
   #getToken;
+  #timeout;
   #last = null;
 
-  constructor(api, getToken) {
+  constructor(api, getToken, timeout) {
     this.#api = api;
     this.#getToken = getToken;
+    this.#timeout = timeout;
   }
 
   login() {
@@ -711,8 +713,22 @@ class TokenProvider {
     return true;
   }
 
+  /**
+   * getToken's token within the timeout (authTimeout): a call that never settles (the app's fetch
+   * on a half-open connection) would be shared by every later refresh, and the client would never
+   * renew or reconnect again.
+   */
   async refresh() {
-    const token = await this.#getToken();
+    let timer;
+    const expired = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new GatewayError("timeout", `getToken() gave no token within ${this.#timeout} ms`)), this.#timeout);
+    });
+    let token;
+    try {
+      token = await Promise.race([this.#getToken(), expired]);
+    } finally {
+      clearTimeout(timer);
+    }
     if (typeof token !== "string" || !token) throw new GatewayError("invalid_token", "getToken() gave no access token");
     this.#last = token;
     return { access_token: token };
@@ -751,6 +767,7 @@ export class GatewayClient extends EventTarget {
   #authFailure = null; // this socket's refused auth: why connect() fails when it closes
   #stopped = true;
   #closes = 0; // close() calls: a login or connect that awaited across one does not start
+  #closers = new Set(); // what close() rejects: logins and connects waiting on tokens
   #established = false;
   #userId = null; // whom this run authenticated as: an auth_success for anyone else is refused
   #refreshing = null;
@@ -807,7 +824,7 @@ export class GatewayClient extends EventTarget {
     const fetcher = fetch ?? ((...args) => globalThis.fetch(...args));
     this.#api = new AuthApi(authUrl, fetcher, cookie ? "include" : "same-origin", this.#dpop, authTimeout);
     this.#session = getToken
-      ? new TokenProvider(this.#api, getToken)
+      ? new TokenProvider(this.#api, getToken, authTimeout)
       : cookie
         ? new CookieSession(this.#api)
         : new MemorySession(this.#api);
@@ -849,7 +866,7 @@ export class GatewayClient extends EventTarget {
   /** Log in with a password (in a browser the refresh token goes into the HttpOnly cookie), then connect. */
   async login(username, password) {
     const closes = this.#closes;
-    this.#tokens(await this.#session.login(username, password));
+    this.#tokens(await this.#whileOpen(this.#session.login(username, password)));
     await this.#start(closes);
   }
 
@@ -859,8 +876,17 @@ export class GatewayClient extends EventTarget {
    */
   async connect() {
     const closes = this.#closes;
-    if (!this.#token) await this.refresh();
+    if (!this.#token) await this.#whileOpen(this.refresh());
     await this.#start(closes);
+  }
+
+  /** ``promise``, or connection_closed at once when close() is called first. */
+  #whileOpen(promise) {
+    return new Promise((resolve, reject) => {
+      const stop = () => reject(new GatewayError("connection_closed", "close() was called"));
+      this.#closers.add(stop);
+      promise.then(resolve, reject).finally(() => this.#closers.delete(stop));
+    });
   }
 
   /**
@@ -938,6 +964,8 @@ export class GatewayClient extends EventTarget {
 
   close() {
     this.#closes += 1;
+    for (const stop of this.#closers) stop();
+    this.#closers.clear();
     this.#stopped = true;
     this.#token = null;
     this.#generation += 1;

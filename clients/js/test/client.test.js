@@ -1265,3 +1265,34 @@ test("data the gateway cannot read rejects at once and is never sent", { timeout
   client.close();
   gateway.close();
 });
+
+test("a getToken() that never settles holds nothing up: close() rejects connect(), and authTimeout bounds a renewal's", { timeout: 15000 }, async () => {
+  // Nothing bounded getToken: connect() waiting on it ignored close(), and a renewal's hung call
+  // was shared by every later refresh, so after the expiry close the client never reconnected and
+  // connect() never settled again (an outside probe): one hung fetch in the app wedged the client.
+  const hung = hostileClient({ url: "ws://127.0.0.1:1/ws" }, { getToken: () => new Promise(() => {}) });
+  const connecting = hung.connect();
+  setTimeout(() => hung.close(), 50);
+  await assert.rejects(connecting, { code: "connection_closed" });
+
+  const gateway = await hostileGateway((ws, frame, n) => {
+    if (frame.type !== "auth" || frame.id === "renew") return;
+    const life = 60;
+    ws.send(authSuccess(life));
+    if (n > 1) return;
+    const expiresAt = Math.floor(Date.now() / 1000) + life;
+    setTimeout(() => ws.send(JSON.stringify({ type: "token_expiring", expires_in: 1, expires_at: expiresAt })), 50);
+    setTimeout(() => ws.close(4401, "token_expired"), 1500); // the renewal never came
+  });
+  let calls = 0;
+  const getToken = () => (++calls === 2 ? new Promise(() => {}) : Promise.resolve(`token-${calls}`));
+  const client = hostileClient(gateway, { getToken, authTimeout: 500 });
+  const failed = next(client, "error", (err) => err.code === "timeout");
+  await client.connect();
+  await failed;
+  await next(client, "state", ({ state }) => state === "authenticated");
+  assert.equal(gateway.connections, 2);
+  assert.equal(calls, 3);
+  client.close();
+  gateway.close();
+});
