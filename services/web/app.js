@@ -142,10 +142,11 @@ client.addEventListener("recovery", ({ detail }) => {
   if (detail.recovered) {
     $("recovery").textContent = `${time}: reconnected, ${detail.count} missed message(s) recovered`;
   } else {
-    // The gap cannot be filled: start again from the room's recent history.
+    // The gap cannot be filled: start again from the room's recent history, up to the position
+    // the resubscription answered: what came live since is shown already, and would be twice.
     $("recovery").textContent = `${time}: reconnected, missed messages could not be recovered; reloaded the recent ones`;
     $("messages").replaceChildren();
-    showHistory(null).catch(() => {});
+    showHistory(client.position(room)).catch(() => {});
   }
   showMembers().catch(() => {});
 });

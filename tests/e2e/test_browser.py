@@ -623,3 +623,54 @@ def test_presence_list_and_recovery_after_a_dropped_socket(
     finally:
         gina_ctx.close()
         hank_ctx.close()
+
+
+def test_a_live_message_during_a_failed_recovery_is_shown_once(
+    context: BrowserContext, stack: Stack
+) -> None:
+    """After a reconnect answered ``recovered: false`` the page cleared the room and prepended its
+    history; a message that came live before that history's answer was shown twice (an outside
+    probe). The gateway here is the test's own: the epoch changed, and m6 came right after."""
+    stack.register("lena")
+    sockets: list[Any] = []
+
+    def message(offset: int, epoch: str) -> dict[str, Any]:
+        return {"type": "message", "channel": "chat:lobby", "data": {"text": f"m{offset}"},
+                "from": "u-x", "from_username": "xavi", "ts": 1, "offset": offset, "epoch": epoch}  # fmt: skip
+
+    def gateway(route: Any) -> None:
+        sockets.append(route)
+        epoch, last = ("E1", 3) if len(sockets) == 1 else ("E2", 6)
+
+        def answer(raw: str | bytes) -> None:
+            frame = json.loads(raw)
+            user = {"id": "u-lena", "username": "lena"}
+            position = {"offset": last if frame["type"] == "history" else 5, "epoch": epoch}
+            replies = {
+                "auth": {"type": "auth_success", "user": user, "expires_at": time.time() + 60},
+                "subscribe": {"type": "subscribed", "channel": "chat:lobby", "position": position},
+                "history": {
+                    "type": "history",
+                    "position": position,
+                    "publications": [message(n, epoch) for n in range(1, last + 1)],
+                },
+                "presence": {"type": "presence", "members": []},
+            }
+            reply = replies.get(frame["type"], {"type": "error", "code": "unexpected"})
+            if frame["type"] == "subscribe" and "since" in frame:
+                reply = {**reply, "recovered": False, "publications": []}
+            route.send(json.dumps({**reply, **({"id": frame["id"]} if "id" in frame else {})}))
+            if frame["type"] == "subscribe" and "since" in frame:
+                route.send(json.dumps(message(6, "E2")))  # published right after: live
+
+        route.on_message(answer)
+
+    context.route_web_socket(re.compile(r"/ws"), gateway)
+    page = open_page(context, stack)
+    log_in(page, "lena")
+    wait_for_message(page, "xavi", "m3")
+    sockets[0].close(code=1012, reason="draining")
+    page.wait_for_selector("#recovery:has-text('could not be recovered')")
+    wait_for_message(page, "xavi", "m5")
+    page.wait_for_timeout(300)
+    assert [text for _, text in messages(page)] == [f"m{n}" for n in range(1, 7)]
