@@ -985,10 +985,15 @@ class GatewayClient:
             raise _Closed(row.code if row else CloseCode.UNAUTHORIZED, code) from None
 
     async def _answer(self, ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-        """The server's next frame before authentication, within ``connect_timeout``."""
+        """The server's answer to ``auth``, within ``connect_timeout``. A frame of another type
+        before it answers nothing, and is passed over (taken as a refusal, it stopped the client
+        for good as ``AuthenticationFailed('None')``)."""
         try:
             async with asyncio.timeout(self._connect_timeout):
-                return await self._receive(ws)
+                while True:
+                    frame = await self._receive(ws)
+                    if frame.get("type") in ("auth_success", "auth_error"):
+                        return frame
         except TimeoutError:
             raise _NoAnswer(f"no answer to auth within {self._connect_timeout:g} s") from None
 

@@ -860,3 +860,20 @@ async def test_data_the_gateway_cannot_read_is_refused_before_it_is_sent(
                     await alice.publish("chat:x", {"value": NOT_WIRE_JSON[case]})
         await alice.publish("chat:x", {"value": "fine"})
     assert [frame["type"] for frame in gateway.received] == ["auth", "publish"]
+
+
+async def test_a_frame_of_another_type_before_the_answer_to_auth_is_passed_over(
+    serve: Serve,
+) -> None:
+    """A pong before auth_success was taken as a refusal: the client waited connect_timeout for a
+    close, then stopped for good with AuthenticationFailed('None') (an outside probe)."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.receive(ws)
+        await ws.send_json({"type": "pong"})
+        await ws.send_json({**AUTH_SUCCESS, "expires_at": int(time.time()) + 60})
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    async with asyncio.timeout(1), client(gateway, connect_timeout=5) as alice:
+        assert alice.connects == 1
