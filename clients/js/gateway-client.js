@@ -1126,7 +1126,8 @@ export class GatewayClient extends EventTarget {
       this.#authFailure = null;
       clearTimeout(this.#deadline);
       this.#established = true;
-      if (frame.renewed) {
+      // A socket's first auth_success authenticates it, whatever it says of itself.
+      if (frame.renewed && this.#live) {
         this.#renewed = this.#renewing;
         this.#renewing = null;
         this.dispatchEvent(new CustomEvent("renewed", { detail: { expiresAt: this.expiresAt } }));

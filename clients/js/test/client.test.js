@@ -1296,3 +1296,17 @@ test("a getToken() that never settles holds nothing up: close() rejects connect(
   client.close();
   gateway.close();
 });
+
+test("an auth_success marked renewed that answers a socket's first auth is that socket's authentication", { timeout: 10000 }, async () => {
+  // Taken as a renewal, it cleared the connect deadline without making the socket live:
+  // connect() never settled and the state said "authenticated" (an outside probe).
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type === "auth") ws.send(authSuccess(60, { renewed: true }));
+    else ws.send(JSON.stringify({ type: "published", channel: frame.channel, id: frame.id }));
+  });
+  const client = hostileClient(gateway, { connectTimeout: 1000 });
+  await client.connect();
+  await client.publish("chat:x", 1);
+  client.close();
+  gateway.close();
+});
