@@ -724,6 +724,8 @@ class GatewayClient:
         while True:
             item = await self._messages.get()
             if item is None:
+                # The end, for every iterator: one beside this one, or one called later.
+                self._messages.put_nowait(None)
                 if self._failure is not None:
                     raise self._failure
                 return

@@ -877,3 +877,37 @@ async def test_a_frame_of_another_type_before_the_answer_to_auth_is_passed_over(
     gateway = await serve(script)
     async with asyncio.timeout(1), client(gateway, connect_timeout=5) as alice:
         assert alice.connects == 1
+
+
+async def test_every_messages_iterator_ends_when_the_client_stops(serve: Serve) -> None:
+    """The client's one end-of-stream marker went to the first iterator: a second one, beside it
+    or called later, waited forever (an outside probe), and one after a stop never raised why."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        await gateway.drain(ws)
+
+    async def drain(alice: GatewayClient) -> None:
+        async for _ in alice.messages():
+            pass
+
+    gateway = await serve(script)
+    alice = client(gateway)
+    await alice.start()
+    beside = [asyncio.create_task(drain(alice)) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    await alice.close()
+    async with asyncio.timeout(2):
+        await asyncio.gather(*beside, drain(alice))
+
+    async def refuse(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        await asyncio.sleep(0.2)
+        await ws.close(code=4403, message=b"session_revoked")
+
+    gateway = await serve(refuse)
+    async with client(gateway) as bob:
+        for _ in range(2):
+            async with asyncio.timeout(2):
+                with pytest.raises(AuthenticationFailed):
+                    await drain(bob)
