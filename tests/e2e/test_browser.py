@@ -631,7 +631,7 @@ def test_a_live_message_during_a_failed_recovery_is_shown_once(
     """After a reconnect answered ``recovered: false`` the page cleared the room and prepended its
     history; a message that came live before that history's answer was shown twice (an outside
     probe). The gateway here is the test's own: the epoch changed, and m6 came right after."""
-    stack.register("lena")
+    stack.register("rhea")
     sockets: list[Any] = []
 
     def message(offset: int, epoch: str) -> dict[str, Any]:
@@ -644,7 +644,7 @@ def test_a_live_message_during_a_failed_recovery_is_shown_once(
 
         def answer(raw: str | bytes) -> None:
             frame = json.loads(raw)
-            user = {"id": "u-lena", "username": "lena"}
+            user = {"id": "u-rhea", "username": "rhea"}
             position = {"offset": last if frame["type"] == "history" else 5, "epoch": epoch}
             replies = {
                 "auth": {"type": "auth_success", "user": user, "expires_at": time.time() + 60},
@@ -667,7 +667,7 @@ def test_a_live_message_during_a_failed_recovery_is_shown_once(
 
     context.route_web_socket(re.compile(r"/ws"), gateway)
     page = open_page(context, stack)
-    log_in(page, "lena")
+    log_in(page, "rhea")
     wait_for_message(page, "xavi", "m3")
     sockets[0].close(code=1012, reason="draining")
     page.wait_for_selector("#recovery:has-text('could not be recovered')")
