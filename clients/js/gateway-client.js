@@ -939,8 +939,19 @@ export class GatewayClient extends EventTarget {
     await this.#request({ type: "unsubscribe", channel });
   }
 
-  /** Recent messages, oldest first: ``{publications, position}``. */
+  /**
+   * Recent messages, oldest first: ``{publications, position}``. A ``limit`` or ``since`` the
+   * gateway refuses rejects with bad_request unsent: each would be a protocol violation, and the
+   * fifth closes the socket 4400, which stops the client.
+   */
   history(channel, { limit, since } = {}) {
+    const offset = (value) => Number.isInteger(value) && value >= 0 && value < 2 ** 63;
+    if (limit !== undefined && !offset(limit)) {
+      return Promise.reject(new GatewayError("bad_request", "not sent: limit must be an integer from 0 to 2^63-1"));
+    }
+    if (since && !(offset(since.offset) && typeof since.epoch === "string" && since.epoch.length > 0 && since.epoch.length <= 64)) {
+      return Promise.reject(new GatewayError("bad_request", "not sent: since must be {offset, epoch} as position() gives it"));
+    }
     return this.#request({ type: "history", channel, ...(limit !== undefined && { limit }), ...(since && { since }) });
   }
 

@@ -1310,3 +1310,18 @@ test("an auth_success marked renewed that answers a socket's first auth is that 
   client.close();
   gateway.close();
 });
+
+test("a history limit or since the gateway refuses rejects unsent, and costs the socket nothing", { timeout: 10000 }, async () => {
+  // Each was a bad_request, a protocol violation: the fifth closed the socket 4400 and stopped the
+  // client for good (an outside probe, on the real stack, with the Python client the same).
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type === "auth") ws.send(authSuccess());
+  });
+  const client = hostileClient(gateway);
+  await client.connect();
+  const refused = [{ limit: -1 }, { limit: 1.5 }, { limit: "10" }, { limit: 2 ** 64 }, { since: { offset: 1 } }, { since: { offset: -1, epoch: "e" } }, { since: { offset: 1, epoch: "" } }];
+  for (const options of refused) await assert.rejects(client.history("chat:x", options), { code: "bad_request" });
+  assert.deepEqual(gateway.frames.map((frame) => frame.type), ["auth"]);
+  client.close();
+  gateway.close();
+});

@@ -434,6 +434,15 @@ def _is_int(value: Any) -> bool:
     return type(value) is int
 
 
+MAX_OFFSET = 2**63 - 1
+"""The largest offset (and ``limit``) the gateway takes: Redis's signed 64-bit counter."""
+MAX_EPOCH_LENGTH = 64
+
+
+def _is_offset(value: Any) -> bool:
+    return _is_int(value) and 0 <= value <= MAX_OFFSET
+
+
 def _is_position(value: Any) -> bool:
     return isinstance(value, dict) and _is_int(value.get("offset")) and _is_str(value.get("epoch"))
 
@@ -758,7 +767,21 @@ class GatewayClient:
     async def history(
         self, channel: str, *, limit: int | None = None, since: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """The channel's recent messages: ``{"publications": [...], "position": {...}}``."""
+        """The channel's recent messages: ``{"publications": [...], "position": {...}}``.
+        A ``limit`` or ``since`` the gateway refuses raises ``ValueError`` and is not sent: each
+        would be a protocol violation, and the fifth closes the socket 4400 (the client stops)."""
+        if limit is not None and not _is_offset(limit):
+            raise ValueError("not sent: limit must be an integer from 0 to 2^63-1")
+        if since is not None and not (
+            isinstance(since, dict)
+            and _is_offset(since.get("offset"))
+            and _is_str(since.get("epoch"))
+            and 0 < len(since["epoch"]) <= MAX_EPOCH_LENGTH
+        ):
+            raise ValueError(
+                f"not sent: since must be {{'offset': 0 to 2^63-1, 'epoch': 1 to "
+                f"{MAX_EPOCH_LENGTH} characters}}, as position() gives it"
+            )
         frame: dict[str, Any] = {"type": "history", "channel": channel}
         if limit is not None:
             frame["limit"] = limit

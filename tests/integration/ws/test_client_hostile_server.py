@@ -911,3 +911,34 @@ async def test_every_messages_iterator_ends_when_the_client_stops(serve: Serve) 
             async with asyncio.timeout(2):
                 with pytest.raises(AuthenticationFailed):
                     await drain(bob)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"limit": -1},
+        {"limit": 2**63},
+        {"limit": True},
+        {"limit": 2.0},
+        {"since": {"offset": 1}},
+        {"since": {"offset": -1, "epoch": "e"}},
+        {"since": {"offset": 1, "epoch": ""}},
+        {"since": {"offset": 1, "epoch": "e" * 65}},
+    ],
+)
+async def test_a_history_argument_the_gateway_refuses_is_not_sent(
+    serve: Serve, arguments: dict[str, Any]
+) -> None:
+    """Each was a bad_request, a protocol violation: the fifth closed the socket 4400 and stopped
+    the client for good, every subscription with it (an outside probe on the real stack)."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    async with client(gateway) as alice:
+        for _ in range(6):
+            with pytest.raises(ValueError, match="not sent"):
+                await alice.history("chat:x", **arguments)
+    assert [frame["type"] for frame in gateway.received] == ["auth"]
