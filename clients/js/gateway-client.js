@@ -961,6 +961,8 @@ export class GatewayClient extends EventTarget {
   }
 
   async publish(channel, data) {
+    // JSON.stringify leaves undefined out: "publish needs data", a protocol violation (5 close 4400).
+    if (data === undefined) throw new GatewayError("bad_request", "not sent: publish needs data (undefined is not JSON: send null)");
     await this.#request({ type: "publish", channel, data });
   }
 

@@ -1321,6 +1321,7 @@ test("a history limit or since the gateway refuses rejects unsent, and costs the
   await client.connect();
   const refused = [{ limit: -1 }, { limit: 1.5 }, { limit: "10" }, { limit: 2 ** 64 }, { since: { offset: 1 } }, { since: { offset: -1, epoch: "e" } }, { since: { offset: 1, epoch: "" } }];
   for (const options of refused) await assert.rejects(client.history("chat:x", options), { code: "bad_request" });
+  await assert.rejects(client.publish("chat:x"), { code: "bad_request" }); // JSON.stringify drops undefined data
   assert.deepEqual(gateway.frames.map((frame) => frame.type), ["auth"]);
   client.close();
   gateway.close();
