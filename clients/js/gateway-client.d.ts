@@ -224,6 +224,11 @@ export interface GatewayClientEventMap {
    * `proxy_unavailable`) and unanswered ones are asked again after a backoff.
    */
   resubscribe_failed: CustomEvent<{ channel: string; code: string; message: string }>;
+  /**
+   * The gateway took a channel away (`reason`: `server`, the app's backend; `permission_revoked`,
+   * a renewed token that may not read it): the channel is dropped.
+   */
+  unsubscribed: CustomEvent<{ channel: string; reason: string | null }>;
 }
 
 type AddListenerArgs = Parameters<EventTarget["addEventListener"]>;

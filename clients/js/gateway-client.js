@@ -929,14 +929,21 @@ export class GatewayClient extends EventTarget {
         if (!(error instanceof GatewayError) || error.code !== "connection_closed" || this.#stopped) throw error;
       }
     }
-    this.#channels.set(channel, presenceEvents); // its position was taken in stream order (#onFrame)
-    return reply;
+    return reply; // the channel and its position were taken in stream order (#onFrame)
   }
 
+  /**
+   * Leave ``channel``. ``not_subscribed`` for a channel this client had is the end asked for: a
+   * socket that reconnected meanwhile never resubscribed it (it rejected before).
+   */
   async unsubscribe(channel) {
-    this.#channels.delete(channel);
+    const subscribed = this.#channels.delete(channel);
     this.#positions.delete(channel);
-    await this.#request({ type: "unsubscribe", channel });
+    try {
+      await this.#request({ type: "unsubscribe", channel });
+    } catch (error) {
+      if (!(subscribed && error instanceof GatewayError && error.code === "not_subscribed")) throw error;
+    }
   }
 
   /**
@@ -1168,7 +1175,12 @@ export class GatewayClient extends EventTarget {
       // Its position in its place in the stream: messages read after it (one read may bring
       // both) are delivered before subscribe() resumes, and the position they moved on must not
       // be taken back (a first message starts an epoch of its own: delivered twice).
-      if (frame.type === "subscribed") this.#remember(frame.channel, frame.position);
+      if (frame.type === "subscribed") {
+        this.#remember(frame.channel, frame.position);
+        // Subscribed in stream order too: the gateway's "unsubscribed" right behind the reply
+        // (one read brings both, before subscribe() resumes) must find the channel to drop.
+        this.#channels.set(frame.channel, Boolean(pending.frame.presence_events));
+      }
       if (frame.type === "error") pending.reject(new GatewayError(frame.code, frame.message));
       else pending.resolve(frame);
     } else if (frame.type === "message") {
@@ -1182,8 +1194,12 @@ export class GatewayClient extends EventTarget {
     } else if (frame.type === "revoked") {
       this.dispatchEvent(new CustomEvent("revoked", { detail: { reason: frame.reason } }));
     } else if (frame.type === "unsubscribed") {
-      this.#channels.delete(frame.channel);
+      // The gateway's own (the app's backend, or a renewed token that may not read it): the page
+      // hears it, or its view of the channel would go silent without a word.
       this.#positions.delete(frame.channel);
+      if (this.#channels.delete(frame.channel)) {
+        this.dispatchEvent(new CustomEvent("unsubscribed", { detail: { channel: frame.channel, reason: frame.reason ?? null } }));
+      }
     }
   }
 

@@ -131,6 +131,10 @@ client.addEventListener("renewed", ({ detail }) => {
   $("renewal-log").prepend(entry);
 });
 client.addEventListener("revoked", () => notice("This session was revoked."));
+client.addEventListener("unsubscribed", ({ detail }) => {
+  // The gateway took the room away (the app's backend, or a renewed token that may not read it).
+  if (detail.channel === room) $("recovery").textContent = `${new Date().toLocaleTimeString()}: you were removed from this room (${detail.reason ?? "by the server"}); join it again to rejoin`;
+});
 for (const kind of ["join", "leave"]) {
   client.addEventListener(kind, ({ detail }) => {
     if (detail.channel === room) showMembers().catch(() => {});

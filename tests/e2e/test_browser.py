@@ -222,9 +222,9 @@ def test_a_resume_that_fails_says_why_and_a_reload_resumes(
 ) -> None:
     """auth_service unreachable at a reload: the page showed the login form and nothing else, as
     if logged out, while the session was alive for the next reload."""
-    stack.register("rhea")
+    stack.register("ruth")
     page = open_page(context, stack)
-    log_in(page, "rhea")
+    log_in(page, "ruth")
     token = re.compile(r"/v1/token$")
     page.route(token, lambda route: route.abort())
     page.reload()
@@ -235,7 +235,7 @@ def test_a_resume_that_fails_says_why_and_a_reload_resumes(
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
     wait_joined(page)
-    assert page.inner_text("#who") == "Signed in as rhea"
+    assert page.inner_text("#who") == "Signed in as ruth"
 
 
 def test_html_in_a_message_is_shown_as_text(context: BrowserContext, stack: Stack) -> None:

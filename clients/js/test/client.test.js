@@ -1326,3 +1326,29 @@ test("a history limit or since the gateway refuses rejects unsent, and costs the
   client.close();
   gateway.close();
 });
+
+test("the gateway's unsubscribe is an event, and leaving a channel it dropped resolves", { timeout: 10000 }, async () => {
+  // It dropped the channel without a word (the page's room went silent), and unsubscribe() of a
+  // channel the gateway no longer had rejected not_subscribed although it was left, as asked.
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type === "auth") ws.send(authSuccess());
+    else if (frame.type === "subscribe") {
+      ws.send(JSON.stringify({ type: "subscribed", channel: frame.channel, id: frame.id, recovered: true, publications: [], position: { offset: 0, epoch: "e" } }));
+      if (frame.channel === "chat:a") ws.send(JSON.stringify({ type: "unsubscribed", channel: frame.channel, reason: "server" }));
+    } else if (frame.type === "unsubscribe") {
+      ws.send(JSON.stringify({ type: "error", code: "not_subscribed", id: frame.id, message: "not subscribed" }));
+    }
+  });
+  const client = hostileClient(gateway);
+  await client.connect();
+  const dropped = next(client, "unsubscribed");
+  await client.subscribe("chat:a");
+  assert.deepEqual(await dropped, { channel: "chat:a", reason: "server" });
+  assert.deepEqual([...client.channels], []);
+  await assert.rejects(client.unsubscribe("chat:a"), (error) => error.code === "not_subscribed");
+  await client.subscribe("chat:b");
+  await client.unsubscribe("chat:b"); // the gateway says not_subscribed: left all the same
+  assert.deepEqual([...client.channels], []);
+  client.close();
+  gateway.close();
+});

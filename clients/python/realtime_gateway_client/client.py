@@ -757,12 +757,20 @@ class GatewayClient:
                 # Subscribing twice is harmless, and the new socket has no subscription yet:
                 # ask again once reconnected (``_request`` raises why if the client stopped).
                 continue
-        self._channels[channel] = presence_events
+        if channel in self._channels:  # not since dropped by the gateway (``_handle``)
+            self._channels[channel] = presence_events
 
     async def unsubscribe(self, channel: str) -> None:
+        """Leave ``channel``. ``not_subscribed`` for a channel this client had is the end asked
+        for: a socket that reconnected meanwhile never resubscribed it (it raised before)."""
+        subscribed = channel in self._channels
         self._channels.pop(channel, None)
         self._positions.pop(channel, None)
-        await self._request({"type": "unsubscribe", "channel": channel})
+        try:
+            await self._request({"type": "unsubscribe", "channel": channel})
+        except RequestFailed as exc:
+            if not (subscribed and exc.code == "not_subscribed"):
+                raise
 
     async def history(
         self, channel: str, *, limit: int | None = None, since: dict[str, Any] | None = None
@@ -1066,6 +1074,9 @@ class GatewayClient:
                 # they moved on must not be taken back (a first message starts an epoch of its
                 # own, so "never back within an epoch" did not hold it: delivered twice).
                 self._remember(str(frame.get("channel")), frame.get("position"))
+                # Subscribed in stream order too: the gateway's ``unsubscribed`` right behind
+                # the reply (read before subscribe() resumes) must find the channel to drop.
+                self._channels.setdefault(str(frame.get("channel")), False)
             if not future.done():
                 future.set_result(frame)
         elif isinstance(request_id, str) and request_id in self._resubscribing:
@@ -1083,8 +1094,12 @@ class GatewayClient:
         elif kind == "auth_success":  # a renewal's
             self._held = frame["expires_at"]
         elif kind == "unsubscribed":
-            self._channels.pop(str(frame.get("channel")), None)
-            self._positions.pop(str(frame.get("channel")), None)
+            # The gateway's own (the app's backend, or a renewed token that may not read it): the
+            # app hears it, or its view of the channel would go silent without a word.
+            channel = str(frame.get("channel"))
+            self._positions.pop(channel, None)
+            if self._channels.pop(channel, None) is not None:
+                self._emit(frame)
 
     # -- positions and recovery ------------------------------------------------------------
 

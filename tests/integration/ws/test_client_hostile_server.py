@@ -21,6 +21,7 @@ from realtime_gateway_client import (
     ConnectionLost,
     FrameTooLarge,
     GatewayClient,
+    RequestFailed,
     RequestTimeout,
     ServerProtocolError,
     Unreachable,
@@ -942,3 +943,40 @@ async def test_a_history_argument_the_gateway_refuses_is_not_sent(
             with pytest.raises(ValueError, match="not sent"):
                 await alice.history("chat:x", **arguments)
     assert [frame["type"] for frame in gateway.received] == ["auth"]
+
+
+async def test_the_gateways_unsubscribe_is_heard_and_leaving_a_channel_it_dropped_succeeds(
+    serve: Serve,
+) -> None:
+    """The gateway unsubscribed the socket (the app's backend, or a renewal whose token may not
+    read the channel): the client dropped the channel without a word, so the app's view of it
+    went silent. And ``unsubscribe()`` of a channel the gateway no longer had (dropped so, or not
+    resubscribed by a socket that reconnected meanwhile) raised ``not_subscribed``, although the
+    channel was left, as asked (an outside probe)."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        while (frame := await gateway.receive(ws)) is not None:
+            if frame["type"] == "subscribe":
+                await ws.send_json({"type": "subscribed", "channel": frame["channel"],
+                                    "id": frame["id"], "recovered": True, "publications": [],
+                                    "position": {"offset": 0, "epoch": "e"}})  # fmt: skip
+                if frame["channel"] == "chat:a":
+                    await ws.send_json({"type": "unsubscribed", "channel": frame["channel"],
+                                        "reason": "server"})  # fmt: skip
+            elif frame["type"] == "unsubscribe":
+                await ws.send_json({"type": "error", "code": "not_subscribed",
+                                    "id": frame["id"], "message": "not subscribed"})  # fmt: skip
+
+    gateway = await serve(script)
+    events: list[dict[str, Any]] = []
+    async with client(gateway, on_event=events.append) as alice:
+        await alice.subscribe("chat:a")
+        await wait_until(lambda: events != [])
+        assert events == [{"type": "unsubscribed", "channel": "chat:a", "reason": "server"}]
+        assert alice.channels == set()
+        with pytest.raises(RequestFailed, match="not_subscribed"):
+            await alice.unsubscribe("chat:a")  # not this client's either: said so
+        await alice.subscribe("chat:b")
+        await alice.unsubscribe("chat:b")  # the gateway says not_subscribed: left all the same
+        assert alice.channels == set()
