@@ -510,6 +510,10 @@ class _Link:
             added, removed = wanted - requested.topics, requested.topics - wanted
             requested.topics = wanted
             requested.leaving.update(removed)
+            # Unconfirmed from the moment the unsubscription leaves: a topic taken again before
+            # Redis confirms it would otherwise count as synced while Redis has dropped it, and
+            # a subscriber told so missed what was published until the new SSUBSCRIBE arrived.
+            self.confirmed -= removed
             await _subscribe(pubsub, added, per_slot=self.on_cluster)
             await _unsubscribe(pubsub, removed, per_slot=self.on_cluster)
             task = asyncio.current_task()

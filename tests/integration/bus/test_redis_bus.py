@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -100,6 +101,34 @@ async def test_subscription_is_reference_counted(
     drop_second()
     await bus.wait_synced()
     assert await numsub(redis_url, topic) == 0
+
+
+async def test_a_topic_taken_again_before_redis_confirms_its_drop_is_synced_only_once_retaken(
+    redis_url: str, make_bus: BusMaker, topic: str
+) -> None:
+    """A channel's last local subscriber leaves and another socket subscribes at once (an outside
+    probe: a room switch on one replica). The unsubscription had left, unconfirmed, so the topic
+    still counted as confirmed and ``wait_synced`` returned while Redis had dropped it: what was
+    published until the new subscription arrived never came, after the socket was told
+    ``subscribed`` (a gap in mid-stream, 1 toggle in 100 under load)."""
+    bus = await make_bus(redis_url)
+    drop = bus.subscribe(topic, Inbox())
+    await bus.wait_synced()
+    blocking = SyncRedis.from_url(redis_url)  # blocks the loop: the bus reads no confirmation
+    try:
+        drop()
+        for _ in range(100):  # the link sends the unsubscription; Redis runs it
+            await asyncio.sleep(0)
+            if blocking.pubsub_numsub(topic)[0][1] == 0:
+                break
+        assert blocking.pubsub_numsub(topic)[0][1] == 0
+        inbox = Inbox()
+        bus.subscribe(topic, inbox)
+        await bus.wait_synced()
+        blocking.publish(topic, "published once synced")
+    finally:
+        blocking.close()
+    assert await inbox.next() == (topic, "published once synced")
 
 
 async def test_failing_handler_does_not_stop_delivery(
