@@ -329,18 +329,20 @@ class Connection:
         the socket's own subscription limit still holds, and nothing is recovered."""
         if not self.live or channel in self.channels:
             return False
+        # Granted before the join awaits: a renewal meanwhile must not ask it a scope (it left
+        # the channel, permission_revoked, and the join then answered subscribed regardless).
+        if self._granted is None:
+            self._granted = set()
+        self._granted.add(channel)
         self._start_joining(channel)
         try:
             await self._join(channel, None, False, None, SERVER)
-            if self.closing or channel not in self.channels:
-                return False
-            if self._granted is None:
-                self._granted = set()
-            self._granted.add(channel)
-            return True
+            return not self.closing and channel in self.channels
         except RequestError:
             return False
         finally:
+            if channel not in self.channels and self._granted is not None:
+                self._granted.discard(channel)
             self._end_joining(channel)
 
     def disconnected(self) -> None:
@@ -799,6 +801,8 @@ class Connection:
                 sent = self.channels.get(channel)
                 if live and page is not None and sent is not None:
                     page = replace(page, position=sent)
+            if reason is not None and channel not in self.channels:
+                return  # the client left it while the app's subscribe awaited: no longer true
             self.send(
                 protocol.subscribed(
                     channel, request_id, page, recovering=since is not None, reason=reason

@@ -18,7 +18,7 @@ from realtime_gateway_protocol.close_codes import Action, Disconnect, action_for
 from realtime_gateway_protocol.frames import PREAUTH_MAX_BYTES
 from shared.bus import InProcessBus
 from tests.support.clock import FakeClock
-from tests.unit.ws.fakes import FakeMetrics, FakePeer, RecordingSink
+from tests.unit.ws.fakes import FakeMetrics, FakePeer, HeldPresence, RecordingSink
 from ws_service.domain.connection import NO_CHANNELS, Connection, Context, State, warning_delay
 from ws_service.domain.deadlines import DEFAULT_TICK, Deadlines
 from ws_service.domain.errors import (
@@ -458,6 +458,47 @@ async def test_9_a_renewal_keeps_the_channels_the_apps_backend_subscribed() -> N
     replies = await s.send({"type": "auth", "token": s.token("m", s.claims("alice", "chat:read"))})
     assert [r["type"] for r in replies] == ["auth_success"]
     assert set(s.conn.channels) == {"orders:42"}
+
+
+async def test_9_a_renewal_while_the_apps_backend_subscribes_keeps_that_channel() -> None:
+    """The server subscription was granted only once its join was done: a renewal while it
+    awaited (a Redis round trip) checked it against the token's scope and left it
+    (``permission_revoked``), then the join answered ``subscribed`` for a channel the socket was
+    no longer in (an outside probe: nothing published there reached it)."""
+    s = Socket()
+    held = HeldPresence(s.bus.publish, lambda *_: None)
+    s.hub._presence = held
+    await s.authenticate(s.claims("alice", "news:read"))
+    joining = asyncio.ensure_future(s.conn.subscribe_by_server("chat:orders"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    renewed = await s.send({"type": "auth", "token": s.token("n", s.claims("alice", "news:read"))})
+    held.release.set()
+    assert await joining
+    frames = renewed + s.peer.take()
+    assert [(f["type"], f.get("reason")) for f in frames] == [
+        ("auth_success", None),
+        ("subscribed", "server"),
+    ]
+    assert "chat:orders" in s.conn.channels
+
+
+async def test_9_a_server_subscribe_the_client_left_meanwhile_is_not_answered_subscribed() -> None:
+    """The client unsubscribed while the app's subscribe awaited its join: the join still
+    answered ``subscribed`` after the client's ``unsubscribed``, for a channel it was not in."""
+    s = Socket()
+    held = HeldPresence(s.bus.publish, lambda *_: None)
+    s.hub._presence = held
+    await s.authenticate(s.claims("alice", "news:read"))
+    joining = asyncio.ensure_future(s.conn.subscribe_by_server("chat:orders"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    left = await s.send({"type": "unsubscribe", "channel": "chat:orders", "id": 1})
+    held.release.set()
+    assert not await joining
+    frames = left + s.peer.take()
+    assert [(f["type"], f.get("id")) for f in frames] == [("unsubscribed", 1)]
+    assert "chat:orders" not in s.conn.channels
 
 
 async def test_9_a_renewal_rechecks_presence_events_too() -> None:
