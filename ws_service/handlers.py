@@ -173,7 +173,8 @@ async def _admit(
     ws = ClientWebSocket(
         protocols=handshake.PROTOCOLS,
         heartbeat=settings.heartbeat,
-        max_msg_size=settings.max_message_bytes,
+        # aiohttp refuses a message of max_msg_size bytes and more; the limit is the largest allowed
+        max_msg_size=settings.max_message_bytes + 1,
         compress=False,
         timeout=settings.close_timeout,
         autoping=False,

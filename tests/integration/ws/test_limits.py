@@ -49,6 +49,26 @@ async def test_frame_over_max_message_bytes_closes_1009(make_gateway: MakeGatewa
     await wait_until(lambda: message_size_hits(gw) == 1)
 
 
+async def test_a_frame_of_exactly_max_message_bytes_is_taken(make_gateway: MakeGateway) -> None:
+    """WS_MAX_MESSAGE_BYTES is the largest frame taken (docs/protocol.md: 1009 for one *larger*),
+    in bytes whatever the characters: aiohttp refuses a message of its ``max_msg_size`` and more,
+    so a frame of exactly the limit was closed 1009, whose action is ``stop`` (an outside probe)."""
+    gw = await make_gateway(max_message_bytes=20000)
+    ws = await gw.login()
+    envelope = len(json.dumps({"type": "ping", "id": 1, "pad": ""}))
+    for char, size in (("x", 1), ("\u00e9", 2), ("\U0001f600", 4)):
+        pad = char * ((20000 - envelope) // size) + "x" * ((20000 - envelope) % size)
+        text = json.dumps({"type": "ping", "id": 1, "pad": pad}, ensure_ascii=False)
+        assert len(text.encode()) == 20000
+        await ws.send_str(text)
+        assert await recv(ws) == {"type": "pong", "id": 1}
+    over = json.dumps({"type": "ping", "id": 1, "pad": "x" * (20001 - envelope)})
+    assert len(over) == 20001
+    await ws.send_str(over)
+    msg = await ws.receive(timeout=3)
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1009)
+
+
 def message_size_hits(gw: Harness) -> float:
     """``ws_limit_hits_total{limit="message_size"}``: a message too big, in bytes or frames."""
     sample = gw.app[METRICS].registry.get_sample_value(
