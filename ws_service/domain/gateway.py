@@ -263,17 +263,25 @@ class Gateway:
         return [(sub, [self._slot(conn) for conn in conns]) for sub, conns in self._users.items()]
 
     async def refresh_slots(self) -> None:
-        """Keep this replica's connection slots from lapsing (with the presence refresh)."""
+        """Keep this replica's connection slots from lapsing (with the presence refresh). Slots
+        that lapsed anyway (this replica stalled past their life without its bus reconnecting)
+        are held again, as after a reconnection: their sockets are open."""
         if self.slots is not None:
-            await self.slots.refresh(self._held())
+            gone = await self.slots.refresh(self._held())
+            if gone:
+                await self.restore_slots(frozenset(gone))
 
-    async def restore_slots(self) -> None:
+    async def restore_slots(self, users: frozenset[str] | None = None) -> None:
         """Bus reconnect listener: Redis may have lost this replica's slots, or never seen the
-        ones admitted while it was unreachable."""
+        ones admitted while it was unreachable. ``users``: only theirs (a refresh found them
+        lapsed)."""
         if self.slots is None:
             return
+        held = self._held()
+        if users is not None:
+            held = [(sub, slots) for sub, slots in held if sub in users]
         try:
-            await self.slots.restore(self._held())
+            await self.slots.restore(held)
         except BusUnavailable as exc:
             log.warning(
                 "connection slots not restored: redis unreachable", extra={"error": str(exc)}

@@ -284,20 +284,27 @@ class Hub:
         return await self._presence.members(channel)
 
     async def refresh_presence(self) -> None:
-        """Extend every presence entry of this replica's live subscriptions by one lifetime."""
+        """Extend every presence entry of this replica's live subscriptions by one lifetime. An
+        entry the backend no longer has lapsed while this replica stalled (a pause longer than
+        an entry's life, shorter than what makes the bus reconnect): its user was announced as
+        gone while still subscribed, so the entries are added back as after a reconnection."""
         entries = [
             (channel, [entry_id for entry_id, _ in present.values()])
             for channel, present in self._present.items()
         ]
-        await self._presence.refresh(entries)
+        gone = await self._presence.refresh(entries)
+        if gone:
+            await self.restore_presence(frozenset(gone))
 
-    async def restore_presence(self) -> None:
+    async def restore_presence(self, only: frozenset[tuple[str, str]] | None = None) -> None:
         """Bus reconnect listener: Redis may have lost (or expired) this replica's entries. A
         subscriber that leaves meanwhile (the reconnection's reconciliation closes sockets as
         this runs) is not added back, or is removed again once its add is done."""
         try:
             for channel, present in list(self._present.items()):
                 for subscriber, entry in list(present.items()):
+                    if only is not None and (channel, entry[0]) not in only:
+                        continue  # (channel, entry id) pairs the backend lost, when given
                     if self._present.get(channel, {}).get(subscriber) != entry:
                         continue  # left since: its removal is on its way
                     await self._presence.add(channel, *entry)

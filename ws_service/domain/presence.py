@@ -58,8 +58,10 @@ class Presence(Protocol):
     async def members(self, channel: str) -> list[tuple[Member, int]]:
         """Every user present (on any replica) with their number of connections."""
 
-    async def refresh(self, entries: Iterable[tuple[str, Iterable[str]]]) -> None:
-        """Keep this replica's live entries (channel, connection ids) from expiring."""
+    async def refresh(self, entries: Iterable[tuple[str, Iterable[str]]]) -> list[tuple[str, str]]:
+        """Keep this replica's live entries (channel, connection ids) from expiring; returns the
+        (channel, connection id) pairs the backend no longer had (expired and swept: this
+        replica stalled past their lifetime without its bus noticing), to be added back."""
 
 
 def member_frame(kind: str, channel: str, user_json: str) -> str:
@@ -108,8 +110,9 @@ class MemoryPresence:
         users = self._channels.get(channel, {})
         return members_of({uid: (m.username, len(conns)) for uid, (m, conns) in users.items()})
 
-    async def refresh(self, entries: Iterable[tuple[str, Iterable[str]]]) -> None:
+    async def refresh(self, entries: Iterable[tuple[str, Iterable[str]]]) -> list[tuple[str, str]]:
         """Nothing expires here: entries live exactly as long as their connections."""
+        return []
 
     async def _announce(self, kind: str, channel: str, member: Member) -> None:
         if self._on_transition is not None:

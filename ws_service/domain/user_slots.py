@@ -24,8 +24,10 @@ class UserSlots(Protocol):
     async def release(self, user: str, slot: str) -> None:
         """Give the slot back (the socket closed)."""
 
-    async def refresh(self, held: Held) -> None:
-        """Keep these slots from lapsing; a slot released meanwhile stays released."""
+    async def refresh(self, held: Held) -> list[str]:
+        """Keep these slots from lapsing; a slot released meanwhile stays released. Returns the
+        users some of whose slots were not there to keep (released, or lapsed while this
+        replica stalled)."""
 
     async def restore(self, held: Held) -> None:
         """Hold these slots again, past the limit if need be: the store lost them, or they were

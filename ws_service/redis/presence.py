@@ -102,14 +102,22 @@ return 0
 SWEEP_BATCH = 256
 """Lapsed channels one refresh sweeps at most (the next refresh takes the rest)."""
 
-# ARGV: expires at (ms), now (ms), topic, channel, key ttl (s), conn...
+# ARGV: expires at (ms), now (ms), topic, channel, key ttl (s), conn... Returns {the conns that are
+# gone (swept as expired: their replica stalled past their lifetime), transitions}.
 _REFRESH = (
     _DROP
     + """
 sweep(ARGV[2], ARGV[3], ARGV[4])
-for i = 6, #ARGV do redis.call('ZADD', KEYS[2], 'XX', ARGV[1], ARGV[i]) end
+local gone = {}
+for i = 6, #ARGV do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[2], 'XX', ARGV[1], ARGV[i])
+  else
+    table.insert(gone, ARGV[i])
+  end
+end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
-return changes
+return {gone, changes}
 """
 )
 
@@ -188,10 +196,11 @@ class RedisPresence:
             users[user["id"]] = (user["username"], count + 1)
         return members_of(users)
 
-    async def refresh(self, entries: Iterable[tuple[str, Iterable[str]]]) -> None:
+    async def refresh(self, entries: Iterable[tuple[str, Iterable[str]]]) -> list[tuple[str, str]]:
         """Extend this replica's live connections (channel, connection ids) by one lifetime,
         in one pipeline; then sweep the channels whose entries have all lapsed (a dead replica's
-        that no live replica reads or refreshes), announcing their leaves."""
+        that no live replica reads or refreshes), announcing their leaves. Returns the entries
+        Redis no longer had (see ``Presence.refresh``)."""
         now = _now_ms()
         entries = [(channel, list(conns)) for channel, conns in entries]
         calls: list[Call] = [
@@ -210,8 +219,11 @@ class RedisPresence:
         ]
         with unavailable_as_bus_error():
             results = await run_pipelined(self._redis, self._refresh, calls)
-        for (_, args), changes in zip(calls, results, strict=True):
-            self._report(str(args[3]), changes)
+        gone: list[tuple[str, str]] = []
+        for (_, args), (missing, changes) in zip(calls, results, strict=True):
+            channel = str(args[3])
+            gone.extend((channel, _text(conn)) for conn in missing)
+            self._report(channel, changes)
         with unavailable_as_bus_error():
             if entries:
                 expires_at = self._expires_at(now)
@@ -219,13 +231,14 @@ class RedisPresence:
                     self._index, {channel: expires_at for channel, _ in entries}, gt=True
                 )
         await self._sweep_lapsed(now)
+        return gone
 
     async def _sweep_lapsed(self, now: int) -> None:
         with unavailable_as_bus_error():
             lapsed: Any = await self._redis.zrangebyscore(
                 self._index, "-inf", now, start=0, num=SWEEP_BATCH
             )
-            channels = [c.decode() if isinstance(c, bytes) else c for c in lapsed]
+            channels = [_text(c) for c in lapsed]
             if not channels:
                 return
             calls: list[Call] = [
@@ -252,3 +265,7 @@ class RedisPresence:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -43,18 +43,25 @@ return 1
 """
 )
 
-# ARGV: lifetime (ms), 'extend' (only the slots still there) or 'restore' (all), slot...
+# ARGV: lifetime (ms), 'extend' (only the slots still there) or 'restore' (all), slot... Returns
+# how many slots were not there to extend.
 _HOLD = (
     _NOW
     + """
+local gone = 0
 for i = 3, #ARGV do
   if ARGV[2] == 'extend' then
-    redis.call('ZADD', KEYS[1], 'XX', now + ARGV[1], ARGV[i])
+    if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+      redis.call('ZADD', KEYS[1], 'XX', now + ARGV[1], ARGV[i])
+    else
+      gone = gone + 1
+    end
   else
     redis.call('ZADD', KEYS[1], now + ARGV[1], ARGV[i])
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return gone
 """
 )
 
@@ -111,17 +118,19 @@ class RedisUserSlots:
                 result: list[object] = await pipe.execute()
         return result
 
-    async def refresh(self, held: Held) -> None:
-        await self._hold_all(held, "extend")
+    async def refresh(self, held: Held) -> list[str]:
+        return await self._hold_all(held, "extend")
 
     async def restore(self, held: Held) -> None:
         await self._hold_all(held, "restore")
 
-    async def _hold_all(self, held: Held, mode: str) -> None:
+    async def _hold_all(self, held: Held, mode: str) -> list[str]:
         """One script call per user (each user's key may live on another Cluster node), all in
-        one pipeline."""
+        one pipeline; returns the users some of whose slots were not there (``extend``)."""
+        users = [(user, list(slots)) for user, slots in held]
         calls: list[Call] = [
-            ([self._key(user)], [self._lifetime, mode, *slots]) for user, slots in held
+            ([self._key(user)], [self._lifetime, mode, *slots]) for user, slots in users
         ]
         with unavailable_as_bus_error():
-            await run_pipelined(self._redis, self._hold, calls)
+            gone = await run_pipelined(self._redis, self._hold, calls)
+        return [user for (user, _), missing in zip(users, gone, strict=True) if int(missing or 0)]

@@ -11,6 +11,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from shared.bus import InProcessBus
+from ws_service.domain.history import MemoryHistory
+from ws_service.domain.hub import Hub
+from ws_service.domain.namespaces import Namespace, Namespaces
 from ws_service.domain.presence import Member, presence_topic
 from ws_service.redis.presence import RedisPresence
 
@@ -121,3 +125,39 @@ async def test_a_dead_replicas_last_member_leaves_where_no_live_replica_has_one(
     assert reported == [("leave", channel, BOB)]
     assert await alive.members(channel) == []
     assert await one.zcard(f"{prefix}lapsing") == 0, "a channel swept empty is not kept"
+
+
+class _Socket:
+    def deliver(self, channel: str, text: str, position: object) -> None:
+        pass
+
+
+async def test_entries_swept_while_their_replica_stalled_are_added_back(
+    two_clients: tuple[Redis, Redis, str],
+) -> None:
+    """A replica paused longer than its entries live (8.5 s in an outside probe: a GC or VM
+    pause) but not long enough for its bus to reconnect: another replica swept its entries and
+    announced its users' leave, and the refresh, extending only the entries still there, never
+    brought them back: users connected and subscribed stayed absent for good."""
+    one, two, prefix = two_clients
+    channel = f"chat:{uuid.uuid4().hex[:8]}"
+    bus = InProcessBus()
+    hub = Hub(
+        bus,
+        MemoryHistory(bus.publish),
+        RedisPresence(one, prefix=prefix),
+        Namespaces([Namespace("chat", presence=True)]),
+    )
+    socket = _Socket()
+    hub.join(channel, socket)
+    await hub.track(channel, socket, ALICE)
+    other = RedisPresence(two, prefix=prefix)
+    [key] = await one.hkeys(f"{prefix}{{{channel}}}:conns")
+    entry = key.decode() if isinstance(key, bytes) else key
+    await other.remove(channel, entry, ALICE)  # the sweep of an expired entry
+    assert await other.members(channel) == []
+    await hub.refresh_presence()
+    assert await other.members(channel) == [(ALICE, 1)]
+    hub.leave(channel, socket)
+    await hub.close()
+    assert await other.members(channel) == []

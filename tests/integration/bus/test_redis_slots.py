@@ -9,6 +9,8 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
+from realtime_gateway_protocol.access_token import Claims
+from tests.unit.ws.fakes import FakePeer, build_gateway
 from ws_service.redis.slots import RedisUserSlots
 
 pytestmark = pytest.mark.redis
@@ -81,3 +83,24 @@ async def test_restore_takes_slots_back_past_the_limit(
     assert sorted(await one.zrange(f"{prefix}{{u}}", 0, -1)) == [b"x:1", b"x:2"]
     assert not await slots.acquire("u", "x:3", 2)
     assert await one.pttl(f"{prefix}{{u}}") > 0
+
+
+async def test_slots_that_lapsed_while_their_replica_stalled_are_held_again(
+    two_clients: tuple[Redis, Redis, str],
+) -> None:
+    """A replica paused longer than a slot lives (8.5 s in an outside probe: a GC or VM pause)
+    but not long enough for its bus to reconnect: another replica swept its slots, and the
+    refresh, extending only the slots still there, never brought them back: its open sockets
+    stopped counting against WS_MAX_CONNECTIONS_PER_USER for good."""
+    one, _, prefix = two_clients
+    gateway = build_gateway(slots=RedisUserSlots(one, prefix=prefix))
+    conn = gateway.connect(FakePeer(), "203.0.113.1")
+    await conn.authenticated_at_handshake(
+        Claims("alice", "s1", 1_800_000_000, 1_900_000_000, frozenset(), None, "k")
+    )
+    key = f"{prefix}{{alice}}"
+    assert await one.zcard(key) == 1
+    await one.delete(key)  # lapsed, and swept by another replica's acquire
+    await gateway.refresh_slots()
+    assert await one.zcard(key) == 1, "another replica would admit a socket over the cap"
+    assert not conn.closing

@@ -40,7 +40,7 @@ class Slots:
     async def release(self, user: str, slot: str) -> None:
         self.held.get(user, set()).discard(slot)
 
-    async def refresh(self, held: Held) -> None:
+    async def refresh(self, held: Held) -> list[str]:
         raise AssertionError("not called here")
 
     async def restore(self, held: Held) -> None:

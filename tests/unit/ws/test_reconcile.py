@@ -115,8 +115,8 @@ class Hanging:
     async def release(self, user: str, slot: str) -> None:
         pass
 
-    async def refresh(self, held: Any) -> None:
-        pass
+    async def refresh(self, held: Any) -> list[str]:
+        return []
 
     async def restore(self, held: Any) -> None:
         pass
