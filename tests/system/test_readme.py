@@ -109,6 +109,10 @@ def replacements(auth_port: int, ws_port: int, tmp_path: Path) -> dict[str, str]
         "127.0.0.1:8081": f"127.0.0.1:{auth_port}",
         "127.0.0.1:8082": f"127.0.0.1:{ws_port}",
         "/tmp/tokens.json": str(tmp_path / "tokens.json"),  # noqa: S108 (replaced, not used)
+        # The banner's chat command off the default ports names them (a new shell has no
+        # AUTH_PORT); only the banner has this line.
+        "chat --user bob   (and": f"chat --user bob --auth-url http://127.0.0.1:{auth_port} "
+        f"--ws-url ws://127.0.0.1:{ws_port}/ws   (and",
     }
 
 
