@@ -678,6 +678,14 @@ class Connection:
         if self.claims is not None:
             self._ctx.events.unsubscribe(self.claims, channel, reason)
 
+    def _may(self, action: Action, channel: str) -> bool:
+        assert self.claims is not None
+        try:
+            self._ctx.namespaces.of(channel).check(action, channel, self.claims)
+        except Forbidden:
+            return False
+        return True
+
     def _permitted_channel(self, request: protocol.Request, action: Action) -> str:
         """The request's channel, once the claims may do ``action`` on it."""
         assert self.claims is not None
@@ -789,14 +797,21 @@ class Connection:
             if presence:
                 await hub.track(channel, self, Member(self.claims.sub, self.claims.username))
             if policy is not None:
-                # Without since, only the position is answered: nothing is read.
-                limit = policy.size if since is not None else 0
+                # Without since, only the position is answered: nothing is read. Recovering is
+                # reading history: a token that may subscribe but not read history read every
+                # kept message by subscribing with since offset 0 (an outside probe); it gets
+                # the position and recovered false.
+                read = since if since is not None and self._may("history", channel) else None
+                limit = policy.size if read is not None else 0
                 try:
-                    page = await hub.history(channel, since, limit, self._ctx.limits.reply_bytes)
+                    page = await hub.history(channel, read, limit, self._ctx.limits.reply_bytes)
                 except BusUnavailable:
                     page = None
-                if page is not None and page.recovered and not page.complete:
-                    # More missed than one reply carries: the client pages with history.
+                if page is not None and (
+                    read is not since or (page.recovered and not page.complete)
+                ):
+                    # Not read, or more missed than one reply carries (the client pages with
+                    # history).
                     page = replace(page, publications=[], recovered=False)
                 sent = self.channels.get(channel)
                 if live and page is not None and sent is not None:

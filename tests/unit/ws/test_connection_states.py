@@ -1041,6 +1041,29 @@ async def test_a_recovery_past_the_reply_budget_is_not_recovered() -> None:
     assert [m["data"]["n"] for m in one["publications"]] == [0]
 
 
+async def test_a_recovery_needs_the_history_action_as_a_history_request_does() -> None:
+    """A token that may subscribe to a channel but not read its history was refused ``history``
+    and read every kept message by subscribing with ``since`` offset 0 (an outside probe). It
+    gets the position and ``recovered: false``, with nothing read."""
+    s = Socket()
+    grant = {"type": "realtime_channels", "channels": ["chat:a"], "actions": ["subscribe"]}
+    await s.authenticate(replace(s.claims("alice", "none"), grants=parse_grants([grant])))
+    position = (await s.send({"type": "subscribe", "channel": "chat:a"}))[0]["position"]
+    for n in range(3):
+        await s.hub.publish("chat:a", {"n": n}, None)
+    s.peer.take()
+    [refused] = await s.send({"type": "history", "channel": "chat:a", "id": 1})
+    assert refused["code"] == "forbidden"
+    since = {"offset": 0, "epoch": position["epoch"]}
+    [reply] = await s.send({"type": "subscribe", "channel": "chat:a", "since": since})
+    assert (reply["type"], reply["recovered"], reply["publications"]) == ("subscribed", False, [])
+    assert reply["position"]["offset"] == 3
+    readers = {**grant, "actions": ["subscribe", "history"]}
+    s.conn.claims = replace(s.claims("alice", "none"), grants=parse_grants([readers]))
+    [reply] = await s.send({"type": "subscribe", "channel": "chat:a", "since": since})
+    assert [m["data"]["n"] for m in reply["publications"]] == [0, 1, 2], "with history: read"
+
+
 # -- held-back frames while a channel is recovered -----------------------------------------------
 
 
