@@ -1068,6 +1068,12 @@ class GatewayClient:
         request_id = frame.get("id")
         if isinstance(request_id, str) and request_id in self._pending:
             future = self._pending.pop(request_id)
+            if kind == "unsubscribed":
+                # Left in stream order too: a subscribe answered just before it (subscribe()
+                # then unsubscribe() at once) must not leave the channel recorded, to be
+                # subscribed again by every reconnect although the gateway left it.
+                self._channels.pop(str(frame.get("channel")), None)
+                self._positions.pop(str(frame.get("channel")), None)
             if kind == "subscribed":
                 # Its position in its place in the stream: the messages read after it (one read
                 # may bring both) are delivered before subscribe() resumes, and the position
@@ -1281,8 +1287,11 @@ class GatewayClient:
         try:
             # What the gateway cannot read it refuses without an id (the request would wait
             # request_timeout), and the fifth such frame closes 4400, which stops the client.
-            wire_json.check(frame)
-        except wire_json.WireJSONError as exc:
+            # The text json.dumps writes is what is judged, as the gateway reads it: a tuple is
+            # a list there (check() passed NaN or nesting inside one), an int key a string
+            # (check() raised AttributeError on ``{1: "a"}``, which json.dumps writes).
+            wire_json.loads(json.dumps(frame))
+        except ValueError as exc:  # WireJSONError, or what json.dumps will not write
             raise ValueError(f"not sent: the gateway refuses such a frame ({exc})") from None
         try:
             async with asyncio.timeout(self._timeout):

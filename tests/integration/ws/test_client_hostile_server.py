@@ -837,6 +837,8 @@ NOT_WIRE_JSON = {
     "an integer beyond a double": 10**400,
     "a lone surrogate": "\ud83d",
     "nested 40 deep": json.loads("[" * 40 + "]" * 40),
+    "NaN in a tuple": (float("nan"),),
+    "a lone surrogate in a tuple": ("\ud83d",),
 }
 
 
@@ -861,6 +863,23 @@ async def test_data_the_gateway_cannot_read_is_refused_before_it_is_sent(
                     await alice.publish("chat:x", {"value": NOT_WIRE_JSON[case]})
         await alice.publish("chat:x", {"value": "fine"})
     assert [frame["type"] for frame in gateway.received] == ["auth", "publish"]
+
+
+async def test_data_json_dumps_writes_as_the_gateway_reads_it_is_sent(serve: Serve) -> None:
+    """wire_json.check walked the Python value, not the JSON sent: ``{1: "a"}`` (json.dumps
+    writes ``{"1": "a"}``) raised AttributeError unsent, where it was published before, and a
+    tuple's NaN passed unchecked (the gateway refused it: the publish waited request_timeout)."""
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        while (frame := await gateway.receive(ws)) is not None:
+            await ws.send_json({"type": "published", "id": frame["id"], "channel": "chat:x"})
+
+    gateway = await serve(script)
+    async with client(gateway, request_timeout=5) as alice:
+        async with asyncio.timeout(1):
+            await alice.publish("chat:x", {1: "one", 2.5: [("a", 2)]})
+    assert gateway.received[-1]["data"] == {"1": "one", "2.5": [["a", 2]]}
 
 
 async def test_a_frame_of_another_type_before_the_answer_to_auth_is_passed_over(
@@ -980,3 +999,38 @@ async def test_the_gateways_unsubscribe_is_heard_and_leaving_a_channel_it_droppe
         await alice.subscribe("chat:b")
         await alice.unsubscribe("chat:b")  # the gateway says not_subscribed: left all the same
         assert alice.channels == set()
+
+
+async def test_a_channel_left_right_after_subscribing_stays_left_across_a_reconnect(
+    serve: Serve,
+) -> None:
+    """subscribe() and unsubscribe() at once: the gateway answered subscribed, then
+    unsubscribed, and left the channel; the client recorded it on the subscribe's reply, kept it,
+    and every reconnect subscribed it again (an outside probe)."""
+    held: dict[int, set[str]] = {}
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        n = gateway.connects
+        mine = held.setdefault(n, set())
+        await gateway.authenticate(ws)
+        while (frame := await gateway.receive(ws)) is not None:
+            reply: dict[str, Any] = {"id": frame["id"], "channel": frame.get("channel")}
+            if frame["type"] == "subscribe":
+                mine.add(frame["channel"])
+                reply |= {"type": "subscribed", "position": {"offset": 0, "epoch": "e"}}
+            elif frame["type"] == "unsubscribe" and frame["channel"] in mine:
+                mine.discard(frame["channel"])
+                reply |= {"type": "unsubscribed"}
+            else:
+                reply |= {"type": "error", "code": "not_subscribed", "message": "no"}
+            await ws.send_json(reply)
+            if frame.get("channel") == "chat:last" and n == 1:
+                break  # the socket drops: the client reconnects
+
+    gateway = await serve(script)
+    async with client(gateway) as alice:
+        await asyncio.gather(alice.subscribe("chat:a"), alice.unsubscribe("chat:a"))
+        assert alice.channels == set()
+        await alice.subscribe("chat:last")
+        await wait_until(lambda: held.get(2) == {"chat:last"})
+        assert alice.channels == {"chat:last"}
