@@ -169,6 +169,16 @@ function wireFault(text) {
   return null;
 }
 
+/** What JSON.stringify writes of ``value`` (undefined where it leaves it out), or null when it
+ * cannot (a BigInt, a cycle: #request says why). */
+function wrote(value) {
+  try {
+    return JSON.stringify(value);
+  } catch {
+    return null;
+  }
+}
+
 /** Full jitter: uniform in [0, min(cap, base * 2^attempt)). */
 export function backoffDelay(attempt, base = 500, cap = 30000) {
   return Math.random() * Math.min(cap, base * 2 ** Math.min(attempt, 30));
@@ -968,8 +978,11 @@ export class GatewayClient extends EventTarget {
   }
 
   async publish(channel, data) {
-    // JSON.stringify leaves undefined out: "publish needs data", a protocol violation (5 close 4400).
-    if (data === undefined) throw new GatewayError("bad_request", "not sent: publish needs data (undefined is not JSON: send null)");
+    // JSON.stringify leaves undefined out (a function, a symbol, a toJSON() that gives undefined
+    // too): "publish needs data", a protocol violation (5 close 4400).
+    if (data === undefined || wrote(data) === undefined) {
+      throw new GatewayError("bad_request", "not sent: publish needs data (undefined, a function or a symbol is not JSON: send null)");
+    }
     await this.#request({ type: "publish", channel, data });
   }
 
@@ -1035,6 +1048,12 @@ export class GatewayClient extends EventTarget {
       this.#live = false;
       this.#dropOutbox();
       this.#failPending(({ sent }) => sent); // their replies would come on the socket let go
+      // A renewal under way was that socket's: left set, it turned away every warning of the
+      // new socket, which then closed at expiry (4401) instead of renewing.
+      this.#renewing = null;
+      this.#held = null;
+      clearTimeout(this.#deferred);
+      this.#deferred = null;
     }
     this.#setState(this.#attempt ? "reconnecting" : "connecting");
     this.#authRetries = 0;
@@ -1180,6 +1199,13 @@ export class GatewayClient extends EventTarget {
         // Subscribed in stream order too: the gateway's "unsubscribed" right behind the reply
         // (one read brings both, before subscribe() resumes) must find the channel to drop.
         this.#channels.set(frame.channel, Boolean(pending.frame.presence_events));
+      }
+      // Left in stream order too: a subscribe answered just before it (subscribe() then
+      // unsubscribe() at once) must not leave the channel recorded, to be subscribed again by
+      // every reconnect although the gateway left it.
+      if (frame.type === "unsubscribed" && pending.frame.type === "unsubscribe") {
+        this.#channels.delete(pending.frame.channel);
+        this.#positions.delete(pending.frame.channel);
       }
       if (frame.type === "error") pending.reject(new GatewayError(frame.code, frame.message));
       else pending.resolve(frame);

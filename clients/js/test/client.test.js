@@ -1322,6 +1322,8 @@ test("a history limit or since the gateway refuses rejects unsent, and costs the
   const refused = [{ limit: -1 }, { limit: 1.5 }, { limit: "10" }, { limit: 2 ** 64 }, { since: { offset: 1 } }, { since: { offset: -1, epoch: "e" } }, { since: { offset: 1, epoch: "" } }];
   for (const options of refused) await assert.rejects(client.history("chat:x", options), { code: "bad_request" });
   await assert.rejects(client.publish("chat:x"), { code: "bad_request" }); // JSON.stringify drops undefined data
+  // and a function, a symbol, a toJSON() that gives undefined (the fifth closed 4400: an outside probe)
+  for (const data of [() => 1, Symbol("s"), { toJSON: () => undefined }]) await assert.rejects(client.publish("chat:x", data), { code: "bad_request" });
   assert.deepEqual(gateway.frames.map((frame) => frame.type), ["auth"]);
   client.close();
   gateway.close();
@@ -1349,6 +1351,62 @@ test("the gateway's unsubscribe is an event, and leaving a channel it dropped re
   await client.subscribe("chat:b");
   await client.unsubscribe("chat:b"); // the gateway says not_subscribed: left all the same
   assert.deepEqual([...client.channels], []);
+  client.close();
+  gateway.close();
+});
+
+test("a channel left right after subscribing stays left across a reconnect", { timeout: 10000 }, async () => {
+  // subscribe() and unsubscribe() at once: the gateway answered subscribed, then unsubscribed, and
+  // left the channel; the client recorded it on the subscribe's reply, kept it, and every
+  // reconnect subscribed it again (an outside probe).
+  const held = new Map();
+  const gateway = await hostileGateway((ws, frame, n) => {
+    if (!held.has(n)) held.set(n, new Set());
+    const mine = held.get(n);
+    if (frame.type === "auth") return ws.send(authSuccess());
+    if (frame.type === "subscribe") {
+      mine.add(frame.channel);
+      ws.send(JSON.stringify({ type: "subscribed", channel: frame.channel, id: frame.id, position: { offset: 0, epoch: "e" } }));
+    } else if (frame.type === "unsubscribe" && mine.delete(frame.channel)) {
+      ws.send(JSON.stringify({ type: "unsubscribed", channel: frame.channel, id: frame.id }));
+    } else {
+      ws.send(JSON.stringify({ type: "error", code: "not_subscribed", id: frame.id, message: "no" }));
+    }
+    if (frame.channel === "chat:last" && n === 1) ws.close(1012, "service_restart");
+  });
+  const client = hostileClient(gateway);
+  await client.connect();
+  await Promise.all([client.subscribe("chat:a"), client.unsubscribe("chat:a")]);
+  assert.deepEqual([...client.channels], []);
+  await client.subscribe("chat:last");
+  while (!held.get(2)?.has("chat:last")) await new Promise((resolve) => setTimeout(resolve, 20));
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.deepEqual([...held.get(2)], ["chat:last"]);
+  client.close();
+  gateway.close();
+});
+
+test("connect() again while a renewal is under way leaves the new socket free to renew", { timeout: 10000 }, async () => {
+  // The renewal was the released socket's: left under way, it turned away every token_expiring of
+  // the new socket, which then closed at expiry (4401) instead of renewing (an outside probe).
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type !== "auth") return;
+    if (frame.id === "renew") return ws.send(authSuccess(60, { renewed: true, id: "renew" }));
+    ws.send(authSuccess(60));
+    const expiresAt = Math.floor(Date.now() / 1000) + 60;
+    setTimeout(() => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify({ type: "token_expiring", expires_in: 1, expires_at: expiresAt })), 50);
+  });
+  let calls = 0;
+  const getToken = async () => {
+    if (++calls === 2) await new Promise((resolve) => setTimeout(resolve, 400)); // the first renewal's
+    return `token-${calls}`;
+  };
+  const client = hostileClient(gateway, { getToken });
+  await client.connect();
+  await next(client, "state", ({ state }) => state === "renewing");
+  await client.connect();
+  await next(client, "renewed");
+  assert.equal(gateway.connections, 2);
   client.close();
   gateway.close();
 });
