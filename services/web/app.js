@@ -56,6 +56,7 @@ function messageItem(frame) {
   text.className = "text";
   text.textContent = typeof frame.data?.text === "string" ? frame.data.text : JSON.stringify(frame.data);
   if (client.user && frame.from === client.user.id) item.className = "mine";
+  if (frame.offset !== undefined) item.dataset.at = `${frame.epoch}:${frame.offset}`;
   item.append(from, text);
   return item;
 }
@@ -81,10 +82,12 @@ async function showMembers() {
   );
 }
 
-/** The room's recent messages before those that arrived live since ``position``. */
+/** The room's recent messages before those that arrived live since ``position`` (null: all
+ * those not shown already). */
 async function showHistory(position) {
   const { publications } = await client.history(room, { limit: 50 });
-  const earlier = publications.filter((frame) => !position || frame.offset <= position.offset);
+  const shown = new Set([...$("messages").children].map((item) => item.dataset.at));
+  const earlier = publications.filter((frame) => (!position || frame.offset <= position.offset) && !shown.has(`${frame.epoch}:${frame.offset}`));
   $("messages").prepend(...earlier.map(messageItem));
 }
 
@@ -146,11 +149,13 @@ client.addEventListener("recovery", ({ detail }) => {
   if (detail.recovered) {
     $("recovery").textContent = `${time}: reconnected, ${detail.count} missed message(s) recovered`;
   } else {
-    // The gap cannot be filled: start again from the room's recent history, up to the position
-    // the resubscription answered: what came live since is shown already, and would be twice.
+    // The gap cannot be filled: start again from the room's recent history, but for what came
+    // live since, shown already. Not cut at client.position(room): a resubscription answered
+    // while history could not be read has no position, and the one kept from before the drop
+    // hid every message published during the outage.
     $("recovery").textContent = `${time}: reconnected, missed messages could not be recovered; reloaded the recent ones`;
     $("messages").replaceChildren();
-    showHistory(client.position(room)).catch(() => {});
+    showHistory(null).catch(() => {});
   }
   showMembers().catch(() => {});
 });

@@ -674,3 +674,53 @@ def test_a_live_message_during_a_failed_recovery_is_shown_once(
     wait_for_message(page, "xavi", "m5")
     page.wait_for_timeout(300)
     assert [text for _, text in messages(page)] == [f"m{n}" for n in range(1, 7)]
+
+
+def test_a_failed_recovery_without_a_position_reloads_every_recent_message(
+    context: BrowserContext, stack: Stack
+) -> None:
+    """A resubscription answered while the gateway could not read history (Redis down) carries
+    ``recovered: false`` and no position, so the client keeps the one from before the drop: the
+    page cut its reloaded history there, and what was published during the outage (in the
+    history it reloaded a moment later) was never shown (an outside probe)."""
+    stack.register("rufus")
+    sockets: list[Any] = []
+
+    def message(offset: int) -> dict[str, Any]:
+        return {"type": "message", "channel": "chat:lobby", "data": {"text": f"m{offset}"},
+                "from": "u-x", "from_username": "xavi", "ts": 1, "offset": offset, "epoch": "E1"}  # fmt: skip
+
+    def gateway(route: Any) -> None:
+        sockets.append(route)
+        last = 3 if len(sockets) == 1 else 6
+
+        def answer(raw: str | bytes) -> None:
+            frame = json.loads(raw)
+            user = {"id": "u-rufus", "username": "rufus"}
+            position = {"offset": last, "epoch": "E1"}
+            replies = {
+                "auth": {"type": "auth_success", "user": user, "expires_at": time.time() + 60},
+                "subscribe": {"type": "subscribed", "channel": "chat:lobby", "position": position},
+                "history": {
+                    "type": "history",
+                    "position": position,
+                    "publications": [message(n) for n in range(1, last + 1)],
+                },
+                "presence": {"type": "presence", "members": []},
+            }
+            reply = replies.get(frame["type"], {"type": "error", "code": "unexpected"})
+            if frame["type"] == "subscribe" and "since" in frame:  # history unavailable
+                reply = {"type": "subscribed", "channel": "chat:lobby", "recovered": False,
+                         "publications": []}  # fmt: skip
+            route.send(json.dumps({**reply, **({"id": frame["id"]} if "id" in frame else {})}))
+
+        route.on_message(answer)
+
+    context.route_web_socket(re.compile(r"/ws"), gateway)
+    page = open_page(context, stack)
+    log_in(page, "rufus")
+    wait_for_message(page, "xavi", "m3")
+    sockets[0].close(code=1012, reason="draining")
+    page.wait_for_selector("#recovery:has-text('could not be recovered')")
+    page.wait_for_timeout(1000)
+    assert [text for _, text in messages(page)] == [f"m{n}" for n in range(1, 7)]
