@@ -905,7 +905,8 @@ export class GatewayClient extends EventTarget {
    * another host than auth_service's asks it first (POST /v1/csrf), as it cannot read the cookie.
    */
   async resume() {
-    if (!(await this.#session.resumable())) return false;
+    // close() while auth_service is asked (POST /v1/csrf) rejects at once: it opened the socket after.
+    if (!(await this.#whileOpen(this.#session.resumable()))) return false;
     await this.connect();
     return true;
   }

@@ -1410,3 +1410,36 @@ test("connect() again while a renewal is under way leaves the new socket free to
   client.close();
   gateway.close();
 });
+
+test("close() while resume() asks auth_service for the CSRF token wins: resume rejects and no socket opens", { timeout: 10000 }, async () => {
+  // A page on another host than auth_service's asks POST /v1/csrf first; close() meanwhile was
+  // ignored, and the client connected and stayed authenticated after it (an outside probe).
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type === "auth") ws.send(authSuccess());
+  });
+  const answer = (body) => new Response(JSON.stringify(body), { status: 200, headers: { "Content-Type": "application/json" } });
+  const fetch = async (url) => {
+    if (String(url).endsWith("/v1/csrf")) {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      return answer({ csrf_token: "c" });
+    }
+    return answer({ access_token: "a", token_type: "Bearer", expires_in: 60, csrf_token: "c" });
+  };
+  const saved = Object.fromEntries(["location", "document"].filter((name) => name in globalThis).map((name) => [name, globalThis[name]]));
+  Object.assign(globalThis, { location: { href: "http://page.example/", hostname: "page.example" }, document: { cookie: "" } });
+  try {
+    const client = new GatewayClient({ authUrl: "http://auth.example", wsUrl: gateway.url, WebSocket, dpop: false, cookie: true, fetch });
+    const resuming = client.resume();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    client.close();
+    await assert.rejects(resuming, { code: "connection_closed" });
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    assert.equal(client.state, "closed");
+    assert.equal(gateway.connections, 0);
+  } finally {
+    delete globalThis.location;
+    delete globalThis.document;
+    Object.assign(globalThis, saved);
+    gateway.close();
+  }
+});
