@@ -52,10 +52,11 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Name
     return parser.parse_args(argv)
 
 
-_UNPRINTED = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_UNPRINTED = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]")
 """What another user's text must not put on the terminal: C0 and C1 controls and DEL (a newline
 forges a line from anyone, escapes retitle the terminal or write its clipboard, OSC 52), line
-and paragraph separators, and the bidirectional controls that reorder what is shown."""
+and paragraph separators, and the bidirectional embeddings, overrides and isolates that reorder
+what is shown. A tab, and the marks Hebrew and Arabic text carries (LRM, RLM, ALM), stay."""
 
 
 def _printable(text: str) -> str:
@@ -124,6 +125,13 @@ class StatePrinter:
             self._out(f"* reconnected as {detail} on {self._channel}")
 
 
+def _say_removed(event: Mapping[str, Any], out: Callable[[str], None]) -> None:
+    """The gateway took a channel away (the app's backend, or a renewed token that may not read
+    it): said, or the terminal went quiet without a word."""
+    if event.get("type") == "unsubscribed":
+        out(_printable(f"* removed from {event.get('channel')} ({event.get('reason')})"))
+
+
 async def stdin_lines() -> AsyncIterator[str]:
     """Lines from stdin, read on a daemon thread: a blocked read never holds up the exit."""
     loop = asyncio.get_running_loop()
@@ -151,6 +159,7 @@ async def run_chat(args: argparse.Namespace, password: str, out: Callable[[str],
                 args.user,
                 password,
                 on_state=StatePrinter(args.channel, out),
+                on_event=lambda event: _say_removed(event, out),
             ) as client:
                 out(f"* connected as {args.user} on {args.channel}; type to chat, Ctrl-D to quit")
                 await chat(client, args.channel, stdin_lines(), out)

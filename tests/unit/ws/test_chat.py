@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from realtime_gateway_client.chat import format_message, parse_args
+from realtime_gateway_client.chat import _say_removed, format_message, parse_args
 
 DEMO_PAGE = Path(__file__).parents[3] / "services" / "web" / "index.html"
 
@@ -60,3 +60,15 @@ def test_format_message_prints_no_control_character_another_user_sent() -> None:
     assert format_message({"channel": "chat:a", "from": "x\x1b[1m", "data": {"text": "é 😀"}}) == (
         "[chat:a] x\\x1b[1m: é 😀"
     )
+    hebrew = "\u05e9\u05dc\u05d5\u05dd\u200f!\tok \u0645\u0631\u062d\u0628\u0627\u061c"
+    line = format_message({"channel": "chat:a", "from": "y", "data": {"text": hebrew}})
+    assert line == f"[chat:a] y: {hebrew}", "a tab and the marks RTL text carries stay (probe)"
+
+
+def test_the_chat_says_when_the_gateway_removes_it_from_a_channel() -> None:
+    """The gateway's own unsubscribe (the app's backend, a renewed token): the terminal went
+    quiet without a word (an outside probe)."""
+    lines: list[str] = []
+    _say_removed({"type": "unsubscribed", "channel": "chat:a", "reason": "server"}, lines.append)
+    _say_removed({"type": "join", "channel": "chat:a"}, lines.append)
+    assert lines == ["* removed from chat:a (server)"]
