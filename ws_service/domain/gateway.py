@@ -83,6 +83,10 @@ class Gateway:
         # A tuple per user, not a set: most users hold one socket (a 1-tuple is 48 bytes, an empty
         # set 216), the per-user limit keeps tuples short, and on_revocation iterates a snapshot.
         self._users: dict[str, tuple[Connection, ...]] = {}
+        # Indexed, their slot still being asked for: not held yet, so neither refreshed nor
+        # restored (a restore would write the slot past the cap, and the acquisition, finding it
+        # there, would take it).
+        self._acquiring: set[Connection] = set()
         self._waiting: Counter[str] = Counter()
         self._replica = secrets.token_hex(6)
         self._serials = itertools.count(1)
@@ -183,12 +187,15 @@ class Gateway:
             raise errors.TooManyConnections(subject=sub)
         # Indexed while the shared count answers, so that this replica's count stays exact.
         self._users[sub] = (*conns, conn)
+        self._acquiring.add(conn)
         try:
             taken = await self._acquire(sub, conn)
         except BaseException:
             self._unindex(sub, conn)
             self._release(sub, conn)
             raise
+        finally:
+            self._acquiring.discard(conn)
         if not taken or conn.closing:
             self._unindex(sub, conn)
             if not taken:
@@ -260,7 +267,11 @@ class Gateway:
             )
 
     def _held(self) -> list[tuple[str, list[str]]]:
-        return [(sub, [self._slot(conn) for conn in conns]) for sub, conns in self._users.items()]
+        held = (
+            (sub, [self._slot(conn) for conn in conns if conn not in self._acquiring])
+            for sub, conns in self._users.items()
+        )
+        return [(sub, slots) for sub, slots in held if slots]
 
     async def refresh_slots(self) -> None:
         """Keep this replica's connection slots from lapsing (with the presence refresh). Slots

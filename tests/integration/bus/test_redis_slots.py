@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -104,3 +105,44 @@ async def test_slots_that_lapsed_while_their_replica_stalled_are_held_again(
     await gateway.refresh_slots()
     assert await one.zcard(key) == 1, "another replica would admit a socket over the cap"
     assert not conn.closing
+
+
+class HeldAcquire(RedisUserSlots):
+    """Its acquisitions wait for ``gate`` (a slow round trip, a batch ahead of them)."""
+
+    def __init__(self, redis: Redis, **kwargs: Any) -> None:
+        super().__init__(redis, **kwargs)
+        self.asked = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def acquire(self, user: str, slot: str, limit: int) -> bool:
+        self.asked.set()
+        await self.gate.wait()
+        return await super().acquire(user, slot, limit)
+
+
+async def test_a_refresh_while_a_slot_is_asked_for_does_not_pass_the_cap(
+    two_clients: tuple[Redis, Redis, str],
+) -> None:
+    """The refresh found the slot of a socket still being admitted missing (its acquisition was
+    out) and restored it past the cap; the acquisition then found it there and took it: the user
+    held one socket over WS_MAX_CONNECTIONS_PER_USER, for good (an inside probe)."""
+    one, two, prefix = two_clients
+    user = uuid.uuid4().hex[:8]
+    other = RedisUserSlots(two, prefix=prefix)
+    assert await other.acquire(user, "elsewhere:1", 1)  # another replica holds the one slot
+    slots = HeldAcquire(one, prefix=prefix)
+    gateway = build_gateway(slots=slots, max_connections_per_user=1)
+    conn = gateway.connect(FakePeer(), "203.0.113.1")
+    task = asyncio.create_task(
+        conn.authenticated_at_handshake(
+            Claims(user, "s1", 1_800_000_000, 1_900_000_000, frozenset(), None, "k")
+        )
+    )
+    await slots.asked.wait()  # the acquisition is out (a round trip, a batch ahead of it)
+    await gateway.refresh_slots()  # the periodic refresh lands meanwhile
+    slots.gate.set()
+    await task
+    key = f"{prefix}{{{user}}}"
+    assert await one.zcard(key) == 1, "the user passed WS_MAX_CONNECTIONS_PER_USER"
+    assert conn.closing
