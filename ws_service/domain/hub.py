@@ -300,16 +300,20 @@ class Hub:
         """Bus reconnect listener: Redis may have lost (or expired) this replica's entries. A
         subscriber that leaves meanwhile (the reconnection's reconciliation closes sockets as
         this runs) is not added back, or is removed again once its add is done."""
+        restored = [
+            (channel, subscriber, entry)
+            for channel, present in self._present.items()
+            for subscriber, entry in present.items()
+            if only is None or (channel, entry[0]) in only  # the pairs the backend lost, if given
+        ]
         try:
-            for channel, present in list(self._present.items()):
-                for subscriber, entry in list(present.items()):
-                    if only is not None and (channel, entry[0]) not in only:
-                        continue  # (channel, entry id) pairs the backend lost, when given
-                    if self._present.get(channel, {}).get(subscriber) != entry:
-                        continue  # left since: its removal is on its way
-                    await self._presence.add(channel, *entry)
-                    if self._present.get(channel, {}).get(subscriber) != entry:
-                        await self._forget(channel, *entry)  # left while it was added back
+            # All in one batch: one add (a round trip) per entry in turn took longer than an entry
+            # lives for thousands of them, so the first added lapsed before the next refresh, were
+            # swept, and added back again, announcing leaves and joins without end.
+            await self._presence.add_all([(channel, *entry) for channel, _, entry in restored])
+            for channel, subscriber, entry in restored:
+                if self._present.get(channel, {}).get(subscriber) != entry:
+                    await self._forget(channel, *entry)  # left while it was added back
         except BusUnavailable as exc:
             log.warning("presence not restored: redis unreachable", extra={"error": str(exc)})
 

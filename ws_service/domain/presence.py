@@ -9,7 +9,7 @@ TTL.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,6 +52,10 @@ class Presence(Protocol):
     async def add(self, channel: str, conn_id: str, member: Member) -> None:
         """Record one connection of ``member``; announce ``join`` if it is the user's first."""
 
+    async def add_all(self, entries: Sequence[tuple[str, str, Member]]) -> None:
+        """``add`` each (channel, connection id, member), at once: a replica restoring thousands
+        of entries one round trip each took longer than an entry lives."""
+
     async def remove(self, channel: str, conn_id: str, member: Member) -> None:
         """Forget one connection; announce ``leave`` if it was the user's last."""
 
@@ -93,6 +97,10 @@ class MemoryPresence:
             await self._announce("join", channel, member)
         else:
             entry[1].add(conn_id)
+
+    async def add_all(self, entries: Sequence[tuple[str, str, Member]]) -> None:
+        for channel, conn_id, member in entries:
+            await self.add(channel, conn_id, member)
 
     async def remove(self, channel: str, conn_id: str, member: Member) -> None:
         users = self._channels.get(channel, {})

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -153,28 +153,49 @@ class RedisPresence:
     def _key_ttl(self) -> int:
         return max(60, int(self.ttl * 4))
 
+    def _add_args(self, conn_id: str, member: Member, channel: str, now: int) -> list[Any]:
+        return [
+            conn_id,
+            member.as_json(),
+            member.id,
+            self._expires_at(now),
+            now,
+            presence_topic(channel),
+            channel,
+            self._key_ttl(),
+        ]
+
     async def add(self, channel: str, conn_id: str, member: Member) -> None:
         now = _now_ms()
         with unavailable_as_bus_error():
             changes = await self._add(
-                keys=self._keys(channel),
-                args=[
-                    conn_id,
-                    member.as_json(),
-                    member.id,
-                    self._expires_at(now),
-                    now,
-                    presence_topic(channel),
-                    channel,
-                    self._key_ttl(),
-                ],
+                keys=self._keys(channel), args=self._add_args(conn_id, member, channel, now)
             )
         self._report(channel, changes)
+        await self._index_channels([channel], now)
+
+    async def add_all(self, entries: Sequence[tuple[str, str, Member]]) -> None:
+        """The entries in one pipeline (one round trip per node), then indexed at once."""
+        if not entries:
+            return
+        now = _now_ms()
+        calls: list[Call] = [
+            (self._keys(channel), self._add_args(conn_id, member, channel, now))
+            for channel, conn_id, member in entries
+        ]
+        with unavailable_as_bus_error():
+            results = await run_pipelined(self._redis, self._add, calls)
+        for (channel, _, _), changes in zip(entries, results, strict=True):
+            self._report(channel, changes)
+        await self._index_channels([channel for channel, _, _ in entries], now)
+
+    async def _index_channels(self, channels: list[str], now: int) -> None:
         # Indexed for the sweep of a dead replica's channels; missed here, its replica's next
         # refresh indexes it (the entry is in Redis and its join was reported: raising now would
         # say otherwise).
+        expires_at = self._expires_at(now)
         with contextlib.suppress(RedisError, OSError):
-            await self._redis.zadd(self._index, {channel: self._expires_at(now)}, gt=True)
+            await self._redis.zadd(self._index, dict.fromkeys(channels, expires_at), gt=True)
 
     async def remove(self, channel: str, conn_id: str, member: Member) -> None:
         with unavailable_as_bus_error():
