@@ -527,7 +527,11 @@ class _Link:
         if kind in ("message", "smessage"):
             self.bus._dispatch(message["channel"], message["data"])
         elif kind in ("subscribe", "ssubscribe"):
-            self.confirmed.add(message["channel"])
+            # A subscription whose topic was dropped again after it left is not what Redis has
+            # now: the later unsubscription's reply is still to come (and the re-subscription,
+            # if taken a third time, is to be confirmed after it).
+            if not requested.leaving[message["channel"]]:
+                self.confirmed.add(message["channel"])
             self.bus._pulse()
         elif kind in ("unsubscribe", "sunsubscribe"):
             topic = message["channel"]
