@@ -250,7 +250,9 @@ class KeyRing:
             if any(key.kid == kid for key in await self._store.list_withdrawn_keys()):
                 return Withdrawal(kid, None, already=True)
             raise KeyRingError(f"no signing key {kid!r} (see `keys list`)")
-        current = self.signing_key(now)
+        current = self.current_key(
+            now
+        )  # usable here or not: it must not be left without a successor
         replacement = (
             await self.rotate(now, immediate=True) if current and current.kid == kid else None
         )

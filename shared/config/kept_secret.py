@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import time
 from pathlib import Path
 
 from shared.config.env import ConfigError
@@ -37,6 +39,10 @@ def kept_secret(path: Path) -> tuple[str, bool]:
             os.link(aside, path)
         except FileExistsError:
             return _read(path), False
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            return _create_in_place(path, secret)
         finally:
             aside.unlink(missing_ok=True)
         return secret, True
@@ -44,8 +50,28 @@ def kept_secret(path: Path) -> tuple[str, bool]:
         raise ConfigError(f"cannot keep a secret in {path}: {exc.strerror or exc}") from None
 
 
-def _read(path: Path) -> str:
-    secret = path.read_text().strip()
-    if not secret:
-        raise ConfigError(f"{path} is empty: delete it and start again to make a new secret")
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV}
+"""What ``os.link`` raises on a file system without hard links (vfat, exFAT, some SMB mounts)."""
+
+
+def _create_in_place(path: Path, secret: str) -> tuple[str, bool]:
+    """Without hard links: created and then written, as before; a reader meanwhile waits for the
+    write (``_read``)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read(path), False
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    return secret, True
+
+
+def _read(path: Path, wait: float = 1.0) -> str:
+    """The secret; a file still empty after ``wait`` seconds (a crash between its creation and
+    its write) is an error naming it."""
+    deadline = time.monotonic() + wait
+    while not (secret := path.read_text().strip()):
+        if time.monotonic() >= deadline:
+            raise ConfigError(f"{path} is empty: delete it and start again to make a new secret")
+        time.sleep(0.05)
     return secret

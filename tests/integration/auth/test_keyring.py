@@ -239,3 +239,21 @@ async def test_a_replica_whose_secret_opens_only_an_older_key_signs_with_none(
     assert current is not None and current.generation == 2 and current.private_key is None
     second = rotated.signing_key(1000)
     assert second is not None and second.kid == current.kid
+
+
+async def test_withdrawing_the_current_key_makes_a_successor_whatever_secrets_open_it(
+    store: Store,
+) -> None:
+    """A withdrawal asked by a process whose secrets cannot open the current key made no
+    successor: the previous generation, still published, signed again (an outside probe)."""
+    old, new = "old-secret-0123456789abcdef", "new-secret-0123456789abcdef"
+    await ring(store, old).maintain(0)
+    rotated = ring(store, new, old)
+    await rotated.maintain(1000 - POLICY.lead)
+    current = rotated.current_key(1000)
+    assert current is not None and current.generation == 2
+    withdrawal = await ring(store, old).withdraw(current.kid, 1000)
+    assert withdrawal.replacement is not None and withdrawal.replacement.generation == 3
+    await rotated.reload()
+    signing = rotated.signing_key(1000)
+    assert signing is not None and signing.generation == 3

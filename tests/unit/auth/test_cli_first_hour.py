@@ -147,3 +147,20 @@ def test_serving_from_a_data_dir_it_cannot_make_is_a_configuration_error(
     environ = {"AUTH_DEV": "1", "AUTH_DATA_DIR": str(tmp_path / "a-file" / "data")}
     with pytest.raises(ConfigError, match=r"cannot keep a secret in .*: Not a directory"):
         Settings.from_env(environ)
+
+
+def test_a_kept_secret_on_a_file_system_without_hard_links_is_still_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vfat, exFAT, some SMB mounts: ``os.link`` fails there, and dev mode would not start on
+    such a data dir (an outside probe); the file is then created in place, as before."""
+
+    def no_link(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    path = tmp_path / SECRET_FILE
+    secret, created = kept_secret(path)
+    assert created and path.read_text() == secret
+    assert kept_secret(path) == (secret, False)
+    assert os.listdir(tmp_path) == [SECRET_FILE]
