@@ -145,12 +145,19 @@ class Deliverer:
         self._delivered = delivered
         self._undeliverable = undeliverable
         self._largest_taken = 0
+        self._stopping = False
+
+    def stop(self) -> None:
+        """End ``run`` at its next turn, even if the cancel that follows is swallowed (on Python
+        3.11 one landing as redis-py's blocking read times out can be: the loop went on and the
+        shutdown waited for it for ever)."""
+        self._stopping = True
         """The largest body the app has answered 2xx to."""
 
     async def run(self) -> None:
         """Deliver forever, one batch at a time."""
         attempt = 0
-        while True:
+        while not self._stopping:
             try:
                 batch = await self._queue.take(self._target.batch)
                 if not batch.ids:
