@@ -250,9 +250,8 @@ class KeyRing:
             if any(key.kid == kid for key in await self._store.list_withdrawn_keys()):
                 return Withdrawal(kid, None, already=True)
             raise KeyRingError(f"no signing key {kid!r} (see `keys list`)")
-        current = self.current_key(
-            now
-        )  # usable here or not: it must not be left without a successor
+        # The current key, usable here or not: it must not be left without a successor.
+        current = self.current_key(now)
         replacement = (
             await self.rotate(now, immediate=True) if current and current.kid == kid else None
         )

@@ -15,6 +15,8 @@ from typing import Any
 __all__ = [
     "BEARER_PREFIX",
     "CLIENT_FRAME_TYPES",
+    "MAX_EPOCH_LENGTH",
+    "MAX_OFFSET",
     "PREAUTH_MAX_BYTES",
     "SERVER_FRAME_TYPES",
     "SUBPROTOCOL",
@@ -30,6 +32,15 @@ beside ``realtime.v1``)."""
 
 PREAUTH_MAX_BYTES = 16 * 1024
 """The largest frame a socket may send before it is authenticated."""
+
+MAX_OFFSET = 2**63 - 1
+"""The largest offset a stream can reach (and the largest ``limit``): Redis keeps the counter as
+a signed 64-bit integer, so a position beyond it is a client's mistake, not something to look
+up."""
+
+MAX_EPOCH_LENGTH = 64
+"""The longest epoch a client may send back: the gateway's are 8 hex digits, or a mark of a
+backend's origin and a time in milliseconds."""
 
 CLIENT_FRAME_TYPES = frozenset(
     {"auth", "history", "ping", "presence", "publish", "subscribe", "unsubscribe"}

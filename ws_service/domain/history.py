@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from realtime_gateway_protocol.frames import MAX_EPOCH_LENGTH, MAX_OFFSET
 from ws_service.domain.clock import Clock, LoopClock, Timer
 from ws_service.domain.errors import HistoryFull
 
@@ -37,11 +38,6 @@ __all__ = [
     "position_of",
     "with_position",
 ]
-
-
-MAX_OFFSET = 2**63 - 1
-"""The largest offset a stream can reach: Redis keeps the counter as a signed 64-bit integer, so a
-position beyond it is a client's mistake, not something to look up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +98,6 @@ class History(Protocol):
         """The messages after ``since`` (all kept ones when None), at most ``limit`` of them and,
         with ``max_bytes``, at most that many bytes of them (at least one): the oldest after
         ``since``, else the most recent. Only what is returned is read out of the store."""
-
-
-MAX_EPOCH_LENGTH = 64
-"""The longest epoch a client may send back: the gateway's are 8 hex digits, or a mark of a
-backend's origin and a time in milliseconds (:class:`EmptyMarks`)."""
 
 
 def new_epoch() -> str:

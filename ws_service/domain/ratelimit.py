@@ -50,11 +50,8 @@ class TokenBucket:
         self._refill(now)
 
     def _refill(self, now: float) -> None:
-        tokens = self._tokens + (now - self._stamp) * self._rate
-        if now < self._uncapped:
-            self._tokens = min(self._burst + self._rate * STALL_CREDIT, tokens)
-        else:
-            self._tokens = min(self._burst, tokens)
+        cap = self._burst + self._rate * STALL_CREDIT if now < self._uncapped else self._burst
+        self._tokens = min(cap, self._tokens + (now - self._stamp) * self._rate)
         self._stamp = now
 
     @property

@@ -245,12 +245,8 @@ class RedisPresence:
             channel = str(args[3])
             gone.extend((channel, _text(conn)) for conn in missing)
             self._report(channel, changes)
-        with unavailable_as_bus_error():
-            if entries:
-                expires_at = self._expires_at(now)
-                await self._redis.zadd(
-                    self._index, {channel: expires_at for channel, _ in entries}, gt=True
-                )
+        if entries:
+            await self._index_channels([channel for channel, _ in entries], now)
         await self._sweep_lapsed(now)
         return gone
 

@@ -145,6 +145,7 @@ class Deliverer:
         self._delivered = delivered
         self._undeliverable = undeliverable
         self._largest_taken = 0
+        """The largest body the app has answered 2xx to."""
         self._stopping = False
 
     def stop(self) -> None:
@@ -152,7 +153,6 @@ class Deliverer:
         3.11 one landing as redis-py's blocking read times out can be: the loop went on and the
         shutdown waited for it for ever)."""
         self._stopping = True
-        """The largest body the app has answered 2xx to."""
 
     async def run(self) -> None:
         """Deliver forever, one batch at a time."""

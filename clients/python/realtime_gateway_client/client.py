@@ -57,6 +57,7 @@ import aiohttp
 from realtime_gateway_protocol import wire_json
 from realtime_gateway_protocol.backoff import backoff_delay
 from realtime_gateway_protocol.close_codes import Action, CloseCode, Disconnect, action_for
+from realtime_gateway_protocol.frames import MAX_EPOCH_LENGTH, MAX_OFFSET
 from realtime_gateway_protocol.tasks import cancel_and_wait
 
 __all__ = [
@@ -432,11 +433,6 @@ def _is_str(value: Any) -> bool:
 
 def _is_int(value: Any) -> bool:
     return type(value) is int
-
-
-MAX_OFFSET = 2**63 - 1
-"""The largest offset (and ``limit``) the gateway takes: Redis's signed 64-bit counter."""
-MAX_EPOCH_LENGTH = 64
 
 
 def _is_offset(value: Any) -> bool:
