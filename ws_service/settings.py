@@ -295,6 +295,7 @@ class Settings:
             leeway=self.leeway,
             key_withdrawal_grace=self.key_withdrawal_grace,
             max_connections_per_user=self.max_connections_per_user,
+            max_message_bytes=self.max_message_bytes,
             max_unauthenticated_per_address=math.ceil(
                 self.max_unauthenticated_per_address / self.workers
             ),

@@ -187,6 +187,7 @@ export declare class GatewayError extends Error {
    * The machine-readable code: auth_service's `error`, an `error` frame's `code`, or this
    * client's own ("unreachable", "not_connected", "connection_closed", "protocol_error",
    * "user_changed", "timeout": a socket, a request or a call to auth_service that took too long, "too_many_pending",
+   * "message_too_large": a request over the gateway's max_message_bytes (auth_success's limits), never sent,
    * "bad_response": auth_service answered with a redirect, which the client never follows, with
    * more than MAX_ANSWER_BYTES, or with a success that is not the answer asked for: a token answer
    * without a non-empty access_token, token_type Bearer or DPoP, expires_in above 0 s and at most a year, or,

@@ -169,6 +169,15 @@ function wireFault(text) {
   return null;
 }
 
+/** Why ``frame`` is over the gateway's ``max_message_bytes`` (its UTF-8 bytes), or null. */
+function oversize(frame, max) {
+  if (max === null) return null;
+  const text = JSON.stringify(frame);
+  if (text.length * 3 <= max) return null; // a UTF-16 unit is at most 3 bytes of UTF-8
+  const bytes = utf8.encode(text).length;
+  return bytes > max ? `${bytes} bytes, over the gateway's max_message_bytes (${max})` : null;
+}
+
 /** What JSON.stringify writes of ``value`` (undefined where it leaves it out), or null when it
  * cannot (a BigInt, a cycle: #request says why). */
 function wrote(value) {
@@ -1297,7 +1306,9 @@ export class GatewayClient extends EventTarget {
     const said = limits?.rate_per_second;
     const rate = typeof said === "number" && said > 0 && said < Infinity ? said : DEFAULT_LIMITS.rate_per_second;
     const burst = Math.max(1, (Number.isInteger(limits?.rate_burst) && limits.rate_burst >= 1 ? limits.rate_burst : DEFAULT_LIMITS.rate_burst) - 1);
-    this.#pacer = { rate, burst, tokens: burst, stamp: now() };
+    // The gateway's max_message_bytes: a larger message closes the socket 1009, which stops the client.
+    const maxMessage = Number.isInteger(limits?.max_message_bytes) && limits.max_message_bytes >= 1 ? limits.max_message_bytes : null;
+    this.#pacer = { rate, burst, tokens: burst, stamp: now(), maxMessage };
   }
 
   /** Sends ``item`` within the budget, at once while there is no budget yet (``auth``). */
@@ -1323,6 +1334,13 @@ export class GatewayClient extends EventTarget {
         continue;
       }
       const pacer = this.#pacer;
+      const over = item.request && oversize(item.frame, pacer.maxMessage);
+      if (over) {
+        this.#outbox.shift();
+        this.#pending.delete(item.frame.id);
+        item.request.reject(new GatewayError("message_too_large", `not sent: ${over}`));
+        continue;
+      }
       const at = now();
       pacer.tokens = Math.min(pacer.burst, pacer.tokens + ((at - pacer.stamp) * pacer.rate) / 1000);
       pacer.stamp = at;

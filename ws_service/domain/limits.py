@@ -24,6 +24,9 @@ class Limits:
     max_auth_attempts: int = 3
     """Failed ``auth`` messages before the socket is closed."""
     max_connections_per_user: int = 20
+    max_message_bytes: int = 65536
+    """Bytes of one message a client may send (larger closes 1009): advertised so that clients
+    refuse such a message themselves instead of being closed for it."""
     max_unauthenticated_per_address: int = 32
     """In this process (the settings divide the machine's cap among workers)."""
     max_subscriptions: int = 100
@@ -46,4 +49,5 @@ class Limits:
             "rate_per_second": self.rate_per_second,
             "rate_burst": self.rate_burst,
             "max_subscriptions": self.max_subscriptions,
+            "max_message_bytes": self.max_message_bytes,
         }

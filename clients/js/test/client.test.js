@@ -1087,6 +1087,27 @@ test("frames go out within the budget auth_success gives, whatever the app asks 
   gateway.close();
 });
 
+test("a request over the gateway's max_message_bytes is rejected unsent, counted in UTF-8 bytes", async () => {
+  // The gateway closes a larger message 1009, whose action is stop: a long paste stopped the
+  // client for good. auth_success's limits say the size now.
+  const gateway = await hostileGateway((ws, frame) => {
+    if (frame.type === "auth") return ws.send(authSuccess(60, { limits: { rate_per_second: 1000, rate_burst: 100, max_subscriptions: 100, max_message_bytes: 1024 } }));
+    ws.send(JSON.stringify({ type: "published", channel: frame.channel, id: frame.id }));
+  });
+  const client = hostileClient(gateway);
+  try {
+    await client.connect();
+    await client.publish("chat:a", { text: "é".repeat(400) }); // about 860 bytes: taken
+    await assert.rejects(client.publish("chat:a", { text: "é".repeat(600) }), (err) => err.code === "message_too_large" && /over the gateway's max_message_bytes \(1024\)/.test(err.message));
+    await client.publish("chat:a", { text: "after" });
+    assert.deepEqual(gateway.frames.filter((frame) => frame.type === "publish").map((frame) => frame.data.text.length), [400, 5]);
+    assert.equal(gateway.connections, 1);
+  } finally {
+    client.close();
+    gateway.close();
+  }
+});
+
 test("a silent server is pinged, and one that stays silent is left for a new socket", { timeout: 15000 }, async () => {
   // A frozen gateway (or a lost route) left the socket "open" for minutes: the client had no
   // heartbeat. A gateway that answers the ping keeps its socket.

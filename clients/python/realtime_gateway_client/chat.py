@@ -90,7 +90,7 @@ async def chat(
                 continue
             try:
                 await client.publish(channel, {"text": line.rstrip("\n")})
-            except ClientError as exc:
+            except (ClientError, ValueError) as exc:  # ValueError: a line the gateway refuses
                 out(f"* not sent ({exc})")
 
     loop = asyncio.get_running_loop()

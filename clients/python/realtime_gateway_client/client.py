@@ -519,11 +519,16 @@ class _Pacer:
     """The gateway's per-socket token bucket, mirrored: a frame waits here for its turn rather
     than being dropped there (``rate_limited`` names no id, so the caller would never hear)."""
 
-    __slots__ = ("_burst", "_lock", "_rate", "_stamp", "_tokens")
+    __slots__ = ("_burst", "_lock", "_rate", "_stamp", "_tokens", "max_message")
 
     def __init__(self, limits: Any) -> None:
         rate, burst = DEFAULT_RATE
+        self.max_message: int | None = None
+        """The gateway's ``max_message_bytes``: a larger frame would close the socket 1009."""
         if isinstance(limits, dict):
+            said_max = limits.get("max_message_bytes")
+            if type(said_max) is int and said_max >= 1:
+                self.max_message = said_max
             said_rate, said_burst = limits.get("rate_per_second"), limits.get("rate_burst")
             if (
                 isinstance(said_rate, int | float)
@@ -1297,7 +1302,7 @@ class GatewayClient:
                 self._pending[request_id] = future
                 try:
                     try:
-                        await self._send(ws, {**frame, "id": request_id})
+                        await self._send(ws, {**frame, "id": request_id}, sized=True)
                     except (aiohttp.ClientError, ConnectionError) as exc:
                         # Closing under us: the runner has not heard yet; the next request
                         # waits for the reconnection rather than write to this socket again.
@@ -1328,11 +1333,22 @@ class GatewayClient:
         assert self._ws is not None
         return self._ws
 
-    async def _send(self, ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]) -> None:
-        """Once authenticated, within the socket's frame budget (``_Pacer``)."""
-        if self._pacer is not None:
-            await self._pacer.take()
-        await ws.send_str(json.dumps(frame))
+    async def _send(
+        self, ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any], *, sized: bool = False
+    ) -> None:
+        """Once authenticated, within the socket's frame budget (``_Pacer``); a ``sized``
+        frame (a request) over the gateway's ``max_message_bytes`` raises ``ValueError`` unsent:
+        the gateway would close the socket 1009, which stops the client."""
+        text = json.dumps(frame)  # ASCII (ensure_ascii): its length is its UTF-8 bytes
+        pacer = self._pacer
+        if pacer is not None:
+            if sized and pacer.max_message is not None and len(text) > pacer.max_message:
+                raise ValueError(
+                    f"not sent: {len(text)} bytes, over the gateway's max_message_bytes"
+                    f" ({pacer.max_message})"
+                )
+            await pacer.take()
+        await ws.send_str(text)
 
     def _state(self, state: str, detail: str) -> None:
         if self._on_state is not None:

@@ -50,7 +50,12 @@ async def test_valid_token_authenticates(gw: Harness) -> None:
         "session": "sid-alice",
         "expires_in": reply["expires_in"],
         "expires_at": exp,
-        "limits": {"rate_per_second": 20.0, "rate_burst": 40, "max_subscriptions": 100},
+        "limits": {
+            "rate_per_second": 20.0,
+            "rate_burst": 40,
+            "max_subscriptions": 100,
+            "max_message_bytes": 65536,
+        },
         "id": 7,
     }
     assert 118 <= reply["expires_in"] <= 120

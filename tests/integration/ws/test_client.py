@@ -176,11 +176,11 @@ def lose_the_first(client: GatewayClient, frame_type: str) -> asyncio.Event:
     before answering it; the event is set when it has."""
     sent, swallowed = client._send, asyncio.Event()
 
-    async def losing(ws: Any, frame: dict[str, Any]) -> None:
+    async def losing(ws: Any, frame: dict[str, Any], **options: Any) -> None:
         if frame.get("type") == frame_type and not swallowed.is_set():
             swallowed.set()
             return
-        await sent(ws, frame)
+        await sent(ws, frame, **options)
 
     client._send = losing  # type: ignore[method-assign]
     return swallowed
@@ -421,3 +421,50 @@ async def test_a_reconnect_resubscribes_more_channels_than_the_rate_burst_losing
         assert sorted(received) == channels
         assert alice.connects == 2
         assert alice.channels == set(channels)
+
+
+async def test_a_publish_over_the_gateways_message_limit_is_refused_unsent(
+    make_stack: MakeStack,
+) -> None:
+    """The gateway closes a message over ``WS_MAX_MESSAGE_BYTES`` 1009, whose action is stop: a
+    user pasting a long text stopped the client for good, every subscription with it. The limit
+    is in ``auth_success``'s ``limits`` now, and a request over it raises unsent."""
+    stack = await make_stack(ws={"max_message_bytes": 2048})
+    await stack.register("alice", "bob")
+    async with stack.client("alice") as alice, stack.client("bob") as bob:
+        await bob.subscribe("chat:general")
+        with pytest.raises(ValueError, match="over the gateway's max_message_bytes"):
+            await alice.publish("chat:general", {"text": "x" * 2048})
+        await alice.publish("chat:general", {"text": "é" * 300})  # 1,800 bytes escaped: taken
+        message = await next_message(bob)
+        assert message["data"] == {"text": "é" * 300}
+        assert alice.connects == 1
+
+
+async def test_the_chat_says_a_line_over_the_message_limit_was_not_sent_and_goes_on(
+    make_stack: MakeStack,
+) -> None:
+    """The refusal is a ``ValueError``: the chat ended on it."""
+    from realtime_gateway_client.chat import chat
+
+    stack = await make_stack(ws={"max_message_bytes": 2048})
+    await stack.register("alice")
+    printed: list[str] = []
+    typed: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def lines() -> Any:
+        while (line := await typed.get()) is not None:
+            yield line
+
+    async with stack.client("alice") as alice:
+        alice_chat = asyncio.ensure_future(chat(alice, "chat:general", lines(), printed.append))
+        await wait_until(lambda: "chat:general" in alice.channels)
+        await typed.put("x" * 3000 + "\n")
+        await wait_until(lambda: bool(printed))
+        assert printed[0].startswith("* not sent (not sent: ") and "max_message_bytes" in printed[0]
+        await typed.put("short\n")
+        await wait_until(lambda: len(printed) == 2)
+        assert printed[1] == "[chat:general] alice: short"
+        assert not alice_chat.done()
+        await typed.put(None)
+        await asyncio.wait_for(alice_chat, 3)
