@@ -43,6 +43,7 @@ from shared.http.auth import authorization as authorization_header
 from shared.http.coding import content_coding_refusal, media_type_refusal
 from shared.http.dpop import challenge
 from shared.http.forwarded import client_address as forwarded_client_address
+from shared.http.forwarded import forwarded_for
 from shared.http.responses import http_exception_json, json_error
 from shared.http.urlencoded import UrlencodedError, strict_pairs
 
@@ -316,6 +317,6 @@ def client_address(request: web.Request) -> str:
     """The peer address, or the last X-Forwarded-For hop when the peer is a trusted proxy."""
     return forwarded_client_address(
         request.remote,
-        request.headers.get(hdrs.X_FORWARDED_FOR),
+        forwarded_for(request.headers),
         request.app[SETTINGS].forwarded_allow_ips,
     )

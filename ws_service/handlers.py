@@ -15,7 +15,7 @@ from realtime_gateway_protocol.access_token import Claims
 from realtime_gateway_protocol.close_codes import CloseCode, Disconnect
 from shared.http import access
 from shared.http.auth import authorization, bearer_matches
-from shared.http.forwarded import client_address
+from shared.http.forwarded import client_address, forwarded_for
 from shared.http.jwks import JwksCache
 from shared.http.readiness import Readiness, readiness_response
 from shared.http.responses import http_exception_json, json_error, json_response
@@ -191,7 +191,7 @@ async def _admit(
         except AuthError as err:
             return handshake.refusal(request, err)
     remote = client_address(
-        _peer_host(request), request.headers.get(hdrs.X_FORWARDED_FOR), settings.forwarded_allow_ips
+        _peer_host(request), forwarded_for(request.headers), settings.forwarded_allow_ips
     )
     if claims is None and not gateway.may_wait(remote):
         request.app[METRICS].limit_hits.labels("unauthenticated_per_address").inc()

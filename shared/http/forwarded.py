@@ -6,9 +6,11 @@ import ipaddress
 from collections.abc import Collection, Iterable
 from functools import lru_cache
 
+from multidict import MultiMapping
+
 from shared.config.env import ConfigError
 
-__all__ = ["client_address", "trusted_proxies"]
+__all__ = ["client_address", "forwarded_for", "trusted_proxies"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -49,6 +51,15 @@ def _is_trusted(peer: str, trusted: Collection[str]) -> bool:
     except ValueError:  # settings made in code, not read through trusted_proxies
         return False
     return any(ip in network for network in networks)
+
+
+def forwarded_for(headers: MultiMapping[str]) -> str | None:
+    """Every ``X-Forwarded-For`` line of a request as one list, in order (RFC 9110 section 5.3: a
+    field sent in several lines is their values joined with commas). A proxy that adds its own
+    line after the client's (HAProxy's ``option forwardfor``) appends the hop it saw as the last
+    line; reading the first line alone took the client's own header for the address."""
+    lines = headers.getall("X-Forwarded-For", ())
+    return ", ".join(lines) if lines else None
 
 
 def client_address(peer: str | None, forwarded_for: str | None, trusted: Collection[str]) -> str:

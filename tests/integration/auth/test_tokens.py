@@ -256,6 +256,34 @@ async def test_failed_logins_are_throttled_per_account_and_address(
         assert resp.status == 200, "an attacker elsewhere must not lock the real user out"
 
 
+async def test_a_forwarded_for_line_of_the_client_s_own_is_not_its_address(
+    client: AuthClient,
+) -> None:
+    """A proxy that adds its own X-Forwarded-For line after the client's (HAProxy's ``option
+    forwardfor``) names the client in the last line: the first line alone, the client's own,
+    let an attacker at 10.0.0.9 lock alice out of her address by naming it there."""
+    await register(client)
+    for _ in range(10):
+        resp = await client.post(
+            "/v1/login",
+            json={"username": "alice", "password": "wrong password!"},
+            headers=[("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-For", "10.0.0.9")],
+        )
+        assert resp.status == 401
+    resp = await client.post(
+        "/v1/login",
+        json={"username": "alice", "password": PASSWORD},
+        headers={"X-Forwarded-For": "203.0.113.7"},
+    )
+    assert resp.status == 200, "the attacker's failures were counted under alice's address"
+    resp = await client.post(
+        "/v1/login",
+        json={"username": "alice", "password": PASSWORD},
+        headers=[("X-Forwarded-For", "203.0.113.8"), ("X-Forwarded-For", "10.0.0.9")],
+    )
+    assert resp.status == 429, "the attacker's own address is throttled"
+
+
 async def test_one_address_spraying_many_accounts_is_throttled(make_client: MakeClient) -> None:
     client = await make_client()
     for i in range(100):

@@ -45,6 +45,23 @@ async def test_the_cap_is_per_forwarded_address_behind_a_trusted_proxy(
         await gw.client.ws_connect("/ws", headers={"X-Forwarded-For": "10.0.0.1"})
 
 
+async def test_the_forwarded_address_is_the_last_hop_of_every_line(
+    make_gateway: MakeGateway,
+) -> None:
+    """A proxy that adds its own X-Forwarded-For line after the client's (HAProxy's ``option
+    forwardfor``): the client's line, first, named a new address for each socket and escaped
+    the cap."""
+    gw = await make_gateway(max_unauthenticated_per_address=1, forwarded_allow_ips=("127.0.0.1",))
+    await gw.client.ws_connect(
+        "/ws", headers=[("X-Forwarded-For", "203.0.113.1"), ("X-Forwarded-For", "10.0.0.1")]
+    )
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await gw.client.ws_connect(
+            "/ws", headers=[("X-Forwarded-For", "203.0.113.2"), ("X-Forwarded-For", "10.0.0.1")]
+        )
+    await gw.client.ws_connect("/ws", headers={"X-Forwarded-For": "203.0.113.1"})
+
+
 async def test_pings_before_auth_are_rate_limited(make_gateway: MakeGateway) -> None:
     gw = await make_gateway(preauth_frame_rate=1.0, preauth_frame_burst=3)
     ws = await gw.client.ws_connect("/ws", autoping=False)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from multidict import CIMultiDict
 
 from auth_service.settings import Settings as AuthSettings
 from shared.config.env import ConfigError
-from shared.http.forwarded import client_address, trusted_proxies
+from shared.http.forwarded import client_address, forwarded_for, trusted_proxies
 from shared.http.responses import json_response
 from ws_service.settings import Settings as WsSettings
 
@@ -41,6 +42,15 @@ def test_client_address(
     peer: str | None, header: str | None, trusted: tuple[str, ...], address: str
 ) -> None:
     assert client_address(peer, header, trusted) == address
+
+
+def test_every_forwarded_for_line_is_read_in_order() -> None:
+    """RFC 9110 section 5.3: several lines of a field are one comma list; the last hop is the
+    last line's, the one a proxy appending its own line added."""
+    lines = CIMultiDict([("X-Forwarded-For", "203.0.113.7"), ("x-forwarded-for", "10.0.0.1")])
+    assert forwarded_for(lines) == "203.0.113.7, 10.0.0.1"
+    assert client_address("10.0.0.9", forwarded_for(lines), ("10.0.0.9",)) == "10.0.0.1"
+    assert forwarded_for(CIMultiDict()) is None
 
 
 @pytest.mark.parametrize("entry", ["proxy.internal", "10.0.0.0/33", "10.0.0.1 ", "", "1.2.3"])
