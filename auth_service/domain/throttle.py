@@ -21,13 +21,13 @@ checked against a block first (:meth:`LoginThrottle.check`) and counted when it 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import math
 from dataclasses import dataclass, replace
 
 from auth_service.domain.errors import Throttled
 from auth_service.domain.models import ThrottleState
 from auth_service.domain.store import Store
+from shared.addresses import counted_as
 from shared.jsonlog import audit, fingerprint
 
 __all__ = ["LoginThrottle", "Reservation", "ThrottlePolicy", "counted_as"]
@@ -145,17 +145,3 @@ def _refuse_if_blocked(states: dict[str, ThrottleState], now: float) -> None:
             "too many failed attempts; try again later",
             retry_after=max(1, math.ceil(blocked_until - now)),
         )
-
-
-def counted_as(address: str) -> str:
-    """What attempts from ``address`` are counted under: an IPv6 address's /64 (an IPv4-mapped
-    one as the IPv4 address it maps), anything else as it is."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return address

@@ -13,6 +13,7 @@ from typing import Any
 from realtime_gateway_protocol.access_token import Claims
 from realtime_gateway_protocol.events import SessionRevoked, UserRevoked, decode_event
 from realtime_gateway_protocol.key_events import KeyWithdrawn, decode_key_event
+from shared.addresses import counted_as
 from shared.bus import BusUnavailable, RevocationLedger
 from shared.dpop import ProofError, ProofVerifier
 from shared.jsonlog import Throttled
@@ -87,6 +88,8 @@ class Gateway:
         # restored (a restore would write the slot past the cap, and the acquisition, finding it
         # there, would take it).
         self._acquiring: set[Connection] = set()
+        # Keyed by counted_as: an IPv6 address by its /64, whose 2^64 addresses counted apart
+        # were as many fresh caps.
         self._waiting: Counter[str] = Counter()
         self._replica = secrets.token_hex(6)
         self._serials = itertools.count(1)
@@ -113,12 +116,12 @@ class Gateway:
 
     def may_wait(self, remote: str) -> bool:
         """Whether ``remote`` may open one more socket that still has to authenticate."""
-        return self._waiting[remote] < self.limits.max_unauthenticated_per_address
+        return self._waiting[counted_as(remote)] < self.limits.max_unauthenticated_per_address
 
     def connect(self, peer: Peer, remote: str, opened: float | None = None) -> Connection:
         """A new socket after the upgrade; its auth deadline starts now. ``opened``: when its
         upgrade request arrived (monotonic), the start of its handshake."""
-        self._waiting[remote] += 1
+        self._waiting[counted_as(remote)] += 1
         self.metrics.awaiting_auth.inc()
         return Connection(self.context, peer, remote, next(self._serials), opened)
 
@@ -308,7 +311,7 @@ class Gateway:
             await asyncio.wait({*self._tasks, *self._refetches}, timeout=self.limits.sync_timeout)
 
     def _stop_waiting(self, conn: Connection) -> None:
-        remote = conn.remote or ""
+        remote = counted_as(conn.remote or "")
         self._waiting[remote] -= 1
         if self._waiting[remote] <= 0:
             del self._waiting[remote]

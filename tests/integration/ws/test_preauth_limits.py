@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import aiohttp
 import pytest
 
@@ -60,6 +63,29 @@ async def test_the_forwarded_address_is_the_last_hop_of_every_line(
             "/ws", headers=[("X-Forwarded-For", "203.0.113.2"), ("X-Forwarded-For", "10.0.0.1")]
         )
     await gw.client.ws_connect("/ws", headers={"X-Forwarded-For": "203.0.113.1"})
+
+
+async def test_an_ipv6_address_counts_as_its_64(make_gateway: MakeGateway) -> None:
+    """One host's /64 is 2^64 addresses: counted apart, each was a fresh cap (as the login
+    throttle counts them, an IPv4-mapped address as its IPv4 one)."""
+    gw = await make_gateway(max_unauthenticated_per_address=1, forwarded_allow_ips=("127.0.0.1",))
+    first = await gw.client.ws_connect("/ws", headers={"X-Forwarded-For": "2001:db8:1:2::1"})
+    for other in ("2001:db8:1:2::2", "2001:db8:1:2:ffff:ffff:ffff:ffff"):
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await gw.client.ws_connect("/ws", headers={"X-Forwarded-For": other})
+    await gw.client.ws_connect("/ws", headers={"X-Forwarded-For": "2001:db8:1:3::1"})
+    await gw.client.ws_connect("/ws", headers={"X-Forwarded-For": "10.0.0.1"})
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await gw.client.ws_connect("/ws", headers={"X-Forwarded-For": "::ffff:10.0.0.1"})
+    await first.close()
+    for _ in range(100):  # the slot is given back once the server's handler has ended
+        with contextlib.suppress(aiohttp.WSServerHandshakeError):
+            ws = await gw.client.ws_connect("/ws", headers={"X-Forwarded-For": "2001:db8:1:2::2"})
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the /64's slot was never given back")
+    assert not ws.closed
 
 
 async def test_pings_before_auth_are_rate_limited(make_gateway: MakeGateway) -> None:
