@@ -65,16 +65,37 @@ def forwarded_for(headers: MultiMapping[str]) -> str | None:
 def client_address(peer: str | None, forwarded_for: str | None, trusted: Collection[str]) -> str:
     """``peer``, or the last ``X-Forwarded-For`` hop when ``peer`` is a trusted proxy (an address
     or network of ``trusted``; ``*`` trusts every peer). The last hop is the one the proxy itself
-    appended; a hop that is not an IP address (garbage, or undecodable bytes handed over as
-    surrogate escapes) is not used, so it never becomes a throttle key, a database value or a log
-    field."""
+    appended (with a port or without); a hop that is not an IP address (garbage, or undecodable
+    bytes handed over as surrogate escapes) is not used, so it never becomes a throttle key, a
+    database value or a log field."""
     address = peer or "unknown"
     if not trusted or not _is_trusted(address, trusted):
         return address
     hops = [hop.strip() for hop in (forwarded_for or "").split(",") if hop.strip()]
     if not hops:
         return address
+    hop = _without_port(hops[-1])
     try:
-        return str(ipaddress.ip_address(hops[-1]))
+        return str(ipaddress.ip_address(hop))
     except ValueError:
         return address
+
+
+def _without_port(hop: str) -> str:
+    """The address of a hop that a proxy wrote with its port (Azure Application Gateway, IIS
+    ARR: ``203.0.113.9:5555``, ``[2001:db8::1]:443``): refused whole, every client behind such a
+    proxy counted as the proxy, and one client's failed logins blocked them all. An IPv6 address
+    is only unbracketed (``2001:db8::1:443`` is an address, not one with a port)."""
+    if hop.startswith("["):
+        inside, bracket, port = hop[1:].partition("]")
+        if bracket and ":" in inside and (not port or (port[0] == ":" and _is_port(port[1:]))):
+            return inside
+        return hop
+    host, colon, port = hop.partition(":")
+    if colon and "." in host and _is_port(port):
+        return host
+    return hop
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 5 and int(text) <= 65535
