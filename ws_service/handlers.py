@@ -31,7 +31,7 @@ from ws_service.frames import ClientWebSocket
 from ws_service.peer import WebSocketPeer
 from ws_service.settings import Settings
 
-__all__ = ["healthz", "metrics", "readiness", "readyz", "websocket"]
+__all__ = ["MAX_UPGRADE_HEADER_BYTES", "healthz", "metrics", "readiness", "readyz", "websocket"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,13 @@ _DATA = frozenset({WSMsgType.TEXT, WSMsgType.BINARY})
 _TOO_BIG = WSCloseCode.MESSAGE_TOO_BIG
 """The reader's refusal of a message over ``WS_MAX_MESSAGE_BYTES`` or in too many frames."""
 
+
+MAX_UPGRADE_HEADER_BYTES = 32 * 1024
+"""The header section an upgrade request may carry, names and values: nginx's default
+(``large_client_header_buffers 4 8k``). A socket's request lives as long as the socket, and
+aiohttp alone takes 128 lines of 8 KiB: one upgrade held 1.5 MB of headers for the socket's life,
+beside the 18 KiB of an idle socket, whatever the per-address and per-user caps. A bearer
+subprotocol's token (at most about 6 KB) and a browser's cookies fit."""
 
 _CODES = frozenset({*range(1000, 1016), *(int(code) for code in CloseCode)})
 """The close codes counted by their value; any other a client sends is counted as ``other``."""
@@ -160,6 +167,15 @@ async def _admit(
     if origin is not None and origin not in settings.allowed_origins:
         audit("ws_origin_refused", origin=origin, remote=request.remote)
         return json_error(403, "forbidden_origin", _FORBIDDEN_ORIGIN)
+    if sum(len(name) + len(value) for name, value in request.raw_headers) > (
+        MAX_UPGRADE_HEADER_BYTES
+    ):
+        request.app[METRICS].limit_hits.labels("upgrade_header_bytes").inc()
+        return json_error(
+            431,
+            "request_header_fields_too_large",
+            f"an upgrade request's headers may take at most {MAX_UPGRADE_HEADER_BYTES} bytes",
+        )
     if _draining(request.app):
         return json_error(
             503,

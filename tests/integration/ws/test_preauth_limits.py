@@ -88,6 +88,32 @@ async def test_an_ipv6_address_counts_as_its_64(make_gateway: MakeGateway) -> No
     assert not ws.closed
 
 
+async def test_an_upgrade_whose_headers_outgrow_the_cap_is_refused(
+    make_gateway: MakeGateway,
+) -> None:
+    """A socket's request lives as long as the socket, headers and all: aiohttp takes 128 header
+    lines of 8 KiB, so one upgrade held 1.5 MB of them for the socket's life (an outside probe:
+    40 sockets, 62 MB), beside the 18 KiB of an idle socket, and the per-address cap bounded no
+    cost. nginx's default (4 x 8 KiB) is the cap, and a bearer subprotocol's token fits in it."""
+    gw = await make_gateway()
+    pad = {f"X-Pad-{i}": "a" * 8000 for i in range(5)}
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await gw.client.ws_connect("/ws", headers=pad)
+    assert refused.value.status == 431
+    assert hits(gw, "upgrade_header_bytes") == 1
+    resp = await gw.client.get("/ws", headers=pad)
+    assert resp.status == 431
+    assert (await resp.json())["error"] == "request_header_fields_too_large"
+    ws = await gw.client.ws_connect("/ws", headers={f"X-Pad-{i}": "a" * 8000 for i in range(3)})
+    reply = await auth(ws, gw.tokens.make("alice"))
+    assert reply["type"] == "auth_success"
+    bearer = f"realtime.bearer.{gw.tokens.make('bob', pad='b' * 4000)}"
+    ws = await gw.client.ws_connect(
+        "/ws", protocols=("realtime.v1", bearer), headers={"Cookie": "c" * 8000}
+    )
+    assert (await recv(ws))["type"] == "auth_success"
+
+
 async def test_pings_before_auth_are_rate_limited(make_gateway: MakeGateway) -> None:
     gw = await make_gateway(preauth_frame_rate=1.0, preauth_frame_burst=3)
     ws = await gw.client.ws_connect("/ws", autoping=False)
