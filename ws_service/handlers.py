@@ -163,9 +163,14 @@ async def _admit(
 ) -> _Admitted | web.Response:
     """The upgrade, or the JSON refusal of it: origin, drain, subprotocol offer, a credential
     at the upgrade, the per-address wait limit."""
+    # The client's address behind a trusted proxy, for the per-address cap and every audit line
+    # of the handshake (the proxy's own address is every client's).
+    remote = client_address(
+        _peer_host(request), forwarded_for(request.headers), settings.forwarded_allow_ips
+    )
     origin = request.headers.get(hdrs.ORIGIN)
     if origin is not None and origin not in settings.allowed_origins:
-        audit("ws_origin_refused", origin=origin, remote=request.remote)
+        audit("ws_origin_refused", origin=origin, remote=remote)
         return json_error(403, "forbidden_origin", _FORBIDDEN_ORIGIN)
     if sum(len(name) + len(value) for name, value in request.raw_headers) > (
         MAX_UPGRADE_HEADER_BYTES
@@ -205,10 +210,7 @@ async def _admit(
         try:
             claims = await handshake.authenticate(request)
         except AuthError as err:
-            return handshake.refusal(request, err)
-    remote = client_address(
-        _peer_host(request), forwarded_for(request.headers), settings.forwarded_allow_ips
-    )
+            return handshake.refusal(request, err, remote)
     if claims is None and not gateway.may_wait(remote):
         request.app[METRICS].limit_hits.labels("unauthenticated_per_address").inc()
         audit("ws_unauthenticated_limit", remote=remote)

@@ -97,13 +97,15 @@ async def authenticate(request: web.Request) -> Claims | None:
     return await gateway.confirm(gateway.verifier.checked(claims))
 
 
-def refusal(request: web.Request, err: AuthError) -> web.Response:
+def refusal(request: web.Request, err: AuthError, remote: str) -> web.Response:
+    """The 401 of a refused handshake credential, audited under the client's ``remote`` (behind
+    a trusted proxy, the forwarded address)."""
     audit(
         "ws_handshake_refused",
         code=err.code,
         detail=err.message,
         sub=err.subject,
-        remote=request.remote,
+        remote=remote,
     )
     request.app[GATEWAY].metrics.auth.labels(err.code).inc()
     scheme = challenge(err.code) if isinstance(err, InvalidProof) else "Bearer"

@@ -7,6 +7,7 @@ import asyncio
 import functools
 from typing import Any
 
+import aiohttp
 import pytest
 
 from realtime_gateway_protocol.close_codes import Disconnect
@@ -90,6 +91,24 @@ async def test_a_refused_upgrade_is_an_ordinary_access_line(gw: Harness) -> None
     assert (line["path"], line["status"]) == ("/ws", 403)
     assert logs.logged("audit", "ws_origin_refused")[0]["request_id"] == line["request_id"]
     assert resp.headers["X-Request-ID"] == line["request_id"]
+
+
+async def test_refused_upgrades_are_audited_with_the_forwarded_address(
+    make_gateway: MakeGateway,
+) -> None:
+    """Behind a trusted proxy the audit lines of refused upgrades named the proxy, while
+    ws_auth_failure and ws_unauthenticated_limit named the client: a bad ticket's source was
+    lost to the one address every client shares."""
+    gw = await make_gateway(forwarded_allow_ips=("127.0.0.1",))
+    forwarded = {"X-Forwarded-For": "198.51.100.23"}
+    with json_lines() as logs:
+        resp = await gw.client.get("/ws", headers={"Origin": "https://evil.example", **forwarded})
+        assert resp.status == 403
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await gw.client.ws_connect("/ws?ticket=bogus", headers=forwarded)
+    (origin,) = logs.logged("audit", "ws_origin_refused")
+    (ticket,) = logs.logged("audit", "ws_handshake_refused")
+    assert origin["remote"] == ticket["remote"] == "198.51.100.23"
 
 
 def awaiting(task: asyncio.Task[Any]) -> list[str]:
