@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shared.config.env import (
+    MAX_LIFETIME,
     MAX_PORT,
     MAX_TIMEOUT,
     ConfigError,
@@ -56,6 +57,12 @@ DEV_API_KEY_FILE = "dev-ws-api-key"
 DEFAULT_HISTORY = "chat=100/300"
 MAX_LEEWAY = 300
 """Seconds of clock skew at most: a leeway of days admitted tokens long expired."""
+MAX_HISTORY_SIZE = 1_000_000
+"""Messages a channel's history may keep at most (``WS_HISTORY``'s size)."""
+MAX_HISTORY_TTL = MAX_LIFETIME
+"""Seconds a message may stay in history at most (ten years). A ttl of ``nan`` failed every
+publish, and on Redis a size or ttl past its 64-bit integers lost every message's history
+without a word (an outside probe)."""
 
 
 def parse_history(raw: str) -> dict[str, HistoryPolicy]:
@@ -72,8 +79,13 @@ def parse_history(raw: str) -> dict[str, HistoryPolicy]:
             raise ConfigError(
                 f"WS_HISTORY entries are namespace=size/ttl (e.g. chat=100/300), got {item!r}"
             ) from None
-        if not namespace.strip() or policy.size < 1 or policy.ttl <= 0:
+        if not namespace.strip() or policy.size < 1 or not policy.ttl > 0:
             raise ConfigError(f"WS_HISTORY needs a namespace, size >= 1 and ttl > 0 in {item!r}")
+        if policy.size > MAX_HISTORY_SIZE or not policy.ttl <= MAX_HISTORY_TTL:
+            raise ConfigError(
+                f"WS_HISTORY keeps at most {MAX_HISTORY_SIZE} messages for at most "
+                f"{MAX_HISTORY_TTL} seconds, got {item!r}"
+            )
         policies[namespace.strip()] = policy
     _no_user_namespace("WS_HISTORY", policies)
     return policies

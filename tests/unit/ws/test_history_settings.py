@@ -50,6 +50,19 @@ def test_bad_values_stop_start_up(name: str, value: str) -> None:
         Settings.from_env({**BASE, name: value})
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["chat=100/nan", "chat=100/inf", "chat=100/1e300", "chat=99999999999999999999/300"],
+)
+def test_a_history_policy_redis_or_the_store_cannot_keep_stops_start_up(value: str) -> None:
+    """Each started before (an outside probe): a ttl of ``nan`` made every publish on the
+    namespace fail (close 1011, 500 on /v1/publish), and on Redis a ttl or size past its 64-bit
+    integers lost every message's history without a word and left the channel's keys without an
+    expiry."""
+    with pytest.raises(ConfigError, match="WS_HISTORY"):
+        Settings.from_env({**BASE, "WS_HISTORY": value})
+
+
 def test_a_position_is_read_back_only_where_it_was_appended() -> None:
     frame = '{"type":"message","data":{"a":1,"offset":5,"epoch":"zz"},"ts":1}'
     assert position_of(frame) is None
