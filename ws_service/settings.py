@@ -57,6 +57,9 @@ DEV_API_KEY_FILE = "dev-ws-api-key"
 DEFAULT_HISTORY = "chat=100/300"
 MAX_LEEWAY = 300
 """Seconds of clock skew at most: a leeway of days admitted tokens long expired."""
+MAX_WEBHOOK_BATCH = 10_000
+"""Events per webhook batch at most: the COUNT of a Redis XREADGROUP, which refused 1e20 (every
+delivery failed, logged as an unreachable queue: an outside probe)."""
 MAX_HISTORY_SIZE = 1_000_000
 """Messages a channel's history may keep at most (``WS_HISTORY``'s size)."""
 MAX_HISTORY_TTL = MAX_LIFETIME
@@ -395,7 +398,9 @@ class Settings:
             ),
             history_user_bytes=env_int(environ, "WS_HISTORY_USER_BYTES", 1024 * 1024, minimum=0),
             presence=_namespaces(env_str(environ, "WS_PRESENCE", "chat")),
-            presence_ttl=env_float(environ, "WS_PRESENCE_TTL", 15.0, minimum=1),
+            presence_ttl=env_float(
+                environ, "WS_PRESENCE_TTL", 15.0, minimum=1, maximum=MAX_TIMEOUT
+            ),
             presence_debounce=env_float(environ, "WS_PRESENCE_DEBOUNCE", 1.0, minimum=0),
             workers=env_int(environ, "WS_WORKERS", 1, minimum=1),
             **_webhook_settings(environ),
@@ -472,10 +477,14 @@ def _webhook_settings(environ: Mapping[str, str]) -> dict[str, Any]:
         "webhook_timeout": env_float(
             environ, "WS_WEBHOOK_TIMEOUT", 5.0, minimum=0.1, maximum=MAX_TIMEOUT
         ),
-        "webhook_batch": env_int(environ, "WS_WEBHOOK_BATCH", 100, minimum=1),
+        "webhook_batch": env_int(
+            environ, "WS_WEBHOOK_BATCH", 100, minimum=1, maximum=MAX_WEBHOOK_BATCH
+        ),
         "webhook_batch_bytes": env_int(environ, "WS_WEBHOOK_BATCH_BYTES", 512 * 1024, minimum=1024),
         "webhook_queue": env_int(environ, "WS_WEBHOOK_QUEUE", 10_000, minimum=1),
-        "webhook_claim_idle": env_float(environ, "WS_WEBHOOK_CLAIM_IDLE", 30.0, minimum=1),
+        "webhook_claim_idle": env_float(
+            environ, "WS_WEBHOOK_CLAIM_IDLE", 30.0, minimum=1, maximum=MAX_TIMEOUT
+        ),
         "webhook_retry_cap": env_float(environ, "WS_WEBHOOK_RETRY_CAP", 30.0, minimum=0.1),
     }
 

@@ -145,6 +145,23 @@ def test_settings_nothing_could_use_stop_start_up(environ: dict[str, str], messa
         Settings.from_env(environ)
 
 
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"WS_PRESENCE_TTL": "1e300"}, "WS_PRESENCE_TTL must be at most 600"),
+        ({"WS_WEBHOOK_CLAIM_IDLE": "1e300"}, "WS_WEBHOOK_CLAIM_IDLE must be at most 600"),
+        ({"WS_WEBHOOK_BATCH": "99999999999999999999"}, "WS_WEBHOOK_BATCH must be at most 10000"),
+    ],
+)
+def test_numbers_redis_cannot_take_stop_start_up(environ: dict[str, str], message: str) -> None:
+    """Each started before and then failed every call that carried it to Redis (an outside
+    probe): a presence ttl of 1e300 left the replica unregistered, the per-user cap unenforced
+    and presence unrecorded; a claim idle of 1e300 (XAUTOCLAIM) or a batch of 1e20 (XREADGROUP
+    COUNT) delivered no webhook at all, each logged as "webhook queue unreachable"."""
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(environ)
+
+
 def test_the_issuer_is_spelled_as_auth_service_spells_it() -> None:
     """Both services lower-case the scheme and host, so the iss auth_service writes is the one
     ws_service expects however either setting is written."""
