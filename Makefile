@@ -181,7 +181,13 @@ up:
 # that exists is never replaced. The directory is the lock (700, the operator's); the files are
 # readable (644) because compose bind-mounts them as they are and the containers' users differ.
 # The self-signed pair in tls/ (for TLS_HOST) is used only while .env names no TLS_CERT_DIR.
-SECRETS_DIR ?= secrets
+# SECRETS_DIR is where compose looks for them: the command line's, else the environment's, else
+# .env's (compose reads it beside the compose file: an inline ` # comment` and quotes are dropped
+# as compose drops them), else ./secrets.
+ifeq ($(origin SECRETS_DIR),undefined)
+SECRETS_DIR := $(or $(shell [ -f .env ] && sed -n -e 's/^[[:space:]]*\(export[[:space:]]\{1,\}\)\{0,1\}SECRETS_DIR[[:space:]]*=[[:space:]]*//p' .env \
+  | tail -n 1 | sed -e 's/[[:space:]]\{1,\}\#.*//' -e 's/[[:space:]]*$$//' -e "s/^'\(.*\)'$$/\1/" -e 's/^"\(.*\)"$$/\1/'),secrets)
+endif
 TLS_HOST ?= localhost
 SECRET_NAMES := auth_key_encryption_secrets postgres_password redis_password ws_api_keys
 secrets:

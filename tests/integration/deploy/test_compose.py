@@ -9,6 +9,7 @@ logs, a healthcheck; the databases out of nginx's reach; secrets only as files.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import ssl
@@ -417,3 +418,35 @@ def test_make_secrets_generates_each_secret_once(tmp_path: Path) -> None:
     assert "DNS:localhost" in san
     assert make_secrets() == "", "a second run keeps every file"
     assert {name: (directory / name).read_text() for name in values} == values
+
+
+def test_make_secrets_makes_them_where_env_tells_compose_to_look(tmp_path: Path) -> None:
+    """``SECRETS_DIR`` in .env is where compose reads the secret files (the operations guide lists
+    it among .env's settings), yet `make secrets`, which `make up` runs, made them in ./secrets
+    whatever .env said (an outside probe): compose then found none. Make runs here beside a .env
+    of its own, as an operator's checkout would; the command line still wins."""
+    if shutil.which("openssl") is None:
+        unavailable("openssl", "the binary is not installed (Debian package openssl)")
+    (tmp_path / ".env").write_text(
+        "# the operator's settings\nPUBLIC_ORIGIN=https://chat.example.com\n"
+        "SECRETS_DIR='./kept/secrets'  # beside the checkout\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k not in {"SECRETS_DIR", "MAKEFLAGS"}}
+
+    def make_secrets(*arguments: str) -> None:
+        result = subprocess.run(
+            ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "secrets", *arguments],
+            cwd=tmp_path,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    make_secrets()
+    assert (tmp_path / "kept" / "secrets" / "redis_password").is_file()
+    assert not (tmp_path / "secrets").exists()
+    make_secrets(f"SECRETS_DIR={tmp_path / 'given'}")
+    assert (tmp_path / "given" / "redis_password").is_file()
