@@ -106,3 +106,20 @@ def test_origins_are_read_as_a_browser_spells_them_and_nothing_else_is_taken() -
                   "https://user@app.example.com", "https://app.example.com:99999", "https://a?b"):  # fmt: skip
         with pytest.raises(ConfigError, match=r"O: .* is not an origin"):
             env_origins({"O": wrong}, "O")
+
+
+def test_an_international_origin_is_read_in_the_ascii_form_a_browser_sends() -> None:
+    """A browser's ``Origin`` names the host in its ASCII form (UTS 46, as the WHATWG URL
+    standard has it): the page https://bücher.example sends ``https://xn--bcher-kva.example``.
+    Written as the operator knows it, the origin was kept as it was, so that page was refused by
+    both services (403 on the upgrade, cors_refused) though listed, and start-up said nothing (an
+    outside probe). A host no browser can spell in ASCII stops start-up."""
+    given = "https://bücher.example, https://STRASSE.example, https://straße.de:8443, http://例え.テスト"
+    assert env_origins({"O": given}, "O") == (
+        "https://xn--bcher-kva.example",
+        "https://strasse.example",
+        "https://xn--strae-oqa.de:8443",
+        "http://xn--r8jz45g.xn--zckzah",
+    )
+    with pytest.raises(ConfigError, match=r"O: .* is not an origin"):
+        env_origins({"O": "https://ex\u200bample.com"}, "O")
