@@ -40,6 +40,7 @@ from auth_service.settings import Settings
 from shared.http.auth import access_token, authorization
 from shared.http.dpop import DPOP_HEADER, NONCE_HEADER, request_proof
 from shared.http.responses import json_response
+from shared.urls import web_origin
 
 __all__ = [
     "API_PREFIX",
@@ -182,8 +183,10 @@ def cookie_path(settings: Settings) -> str:
 
 
 def _own_origin(settings: Settings) -> str:
+    """The issuer's origin as its page's browser sends it in ``Origin``: an international host in
+    ASCII, no default port (the issuer as written refused its own page's cookie login)."""
     parts = urlsplit(settings.issuer)
-    return f"{parts.scheme}://{parts.netloc}"
+    return web_origin(parts, parts.scheme) or f"{parts.scheme}://{parts.netloc}"
 
 
 def check_origin(request: web.Request) -> None:

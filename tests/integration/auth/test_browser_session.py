@@ -158,6 +158,31 @@ async def test_over_http_behind_a_path_prefix_the_cookie_path_follows_the_issuer
     assert resp.cookies[SESSION_COOKIE]["path"] == "/auth/v1/"
 
 
+@pytest.mark.parametrize(
+    ("issuer", "page"),
+    [
+        ("https://b\u00fccher.example/auth", "https://xn--bcher-kva.example"),
+        ("https://chat.example.com:443/auth", "https://chat.example.com"),
+    ],
+)
+async def test_the_issuers_own_page_is_known_by_the_origin_its_browser_sends(
+    make_browser_client: MakeBrowserClient, issuer: str, page: str
+) -> None:
+    """A browser's ``Origin`` carries an international host in ASCII and never a default port:
+    the issuer's own page was compared with the issuer as written, so its cookie login was
+    refused 403 ``csrf_failed`` (an outside probe)."""
+    client = await make_browser_client(issuer=issuer)
+    await register(client)
+    for origin, status in ((page, 200), (EVIL, 403)):
+        resp = await client.post(
+            "/v1/login",
+            json={"username": "alice", "password": PASSWORD, "session": "cookie"},
+            headers={"Origin": origin},
+        )
+        assert resp.status == status, await resp.text()
+    assert HOST_PREFIX + SESSION_COOKIE not in resp.cookies
+
+
 async def test_refresh_from_the_cookie_rotates_it(client: AuthClient) -> None:
     browser, first = await cookie_login(client)
     resp, body = await cookie_refresh(client, browser.headers())
