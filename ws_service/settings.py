@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from realtime_gateway_protocol.frames import PREAUTH_MAX_BYTES
 from shared.config.env import (
     MAX_LIFETIME,
     MAX_PORT,
@@ -363,7 +364,11 @@ class Settings:
             ),
             key_withdrawal_grace=env_int(environ, "WS_KEY_WITHDRAWAL_GRACE", 10, minimum=1),
             leeway=env_int(environ, "WS_LEEWAY", 5, maximum=MAX_LEEWAY),
-            max_message_bytes=env_int(environ, "WS_MAX_MESSAGE_BYTES", 65536, minimum=1024),
+            # An auth frame may take what any frame may before auth (PREAUTH_MAX_BYTES): below
+            # that, a DPoP-bound login or a renewal was closed 1009 ("stop") on its auth frame.
+            max_message_bytes=env_int(
+                environ, "WS_MAX_MESSAGE_BYTES", 65536, minimum=PREAUTH_MAX_BYTES
+            ),
             api_keys=api_keys,
             heartbeat=env_float(environ, "WS_HEARTBEAT", 30.0, minimum=1, maximum=MAX_TIMEOUT),
             rate_per_second=env_float(environ, "WS_RATE_PER_SECOND", 20.0, minimum=0.1),

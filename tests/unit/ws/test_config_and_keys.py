@@ -66,7 +66,7 @@ def test_every_ws_variable_is_read() -> None:
             "WS_EXPIRY_WARNING": "30",
             "WS_KEY_WITHDRAWAL_GRACE": "3",
             "WS_LEEWAY": "2",
-            "WS_MAX_MESSAGE_BYTES": "4096",
+            "WS_MAX_MESSAGE_BYTES": "32768",
             "WS_API_KEYS": "k" * 20 + ",key-number-two-123",
             "REDIS_URL": "redis://:hunter2-secret@redis:6379/0",
             "WS_WORKERS": "4",
@@ -81,7 +81,7 @@ def test_every_ws_variable_is_read() -> None:
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
     assert (settings.auth_timeout, settings.expiry_warning, settings.leeway) == (3.0, 30.0, 2)
     assert settings.key_withdrawal_grace == 3
-    assert settings.max_message_bytes == 4096
+    assert settings.max_message_bytes == 32768
     assert settings.api_keys == ("k" * 20, "key-number-two-123")
     assert settings.redis_url == "redis://:hunter2-secret@redis:6379/0"
     assert "k" * 20 not in repr(settings)
@@ -160,6 +160,17 @@ def test_numbers_redis_cannot_take_stop_start_up(environ: dict[str, str], messag
     COUNT) delivered no webhook at all, each logged as "webhook queue unreachable"."""
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(environ)
+
+
+@pytest.mark.parametrize("value", ["1024", "4096", "16383"])
+def test_a_frame_limit_an_auth_frame_may_not_fit_stops_start_up(value: str) -> None:
+    """An ``auth`` frame may take the 16 KiB any frame may before auth (a token with its
+    ``authorization_details``, about 6 KB, and a DPoP proof): with WS_MAX_MESSAGE_BYTES=1024 a
+    DPoP-bound login's socket was closed 1009 on its first ``auth``, a close whose action is
+    ``stop``, and a renewal past the limit the same (an outside probe)."""
+    with pytest.raises(ConfigError, match="WS_MAX_MESSAGE_BYTES must be at least 16384"):
+        Settings.from_env({"WS_MAX_MESSAGE_BYTES": value})
+    assert Settings.from_env({"WS_MAX_MESSAGE_BYTES": "16384"}).max_message_bytes == 16384
 
 
 def test_the_issuer_is_spelled_as_auth_service_spells_it() -> None:
