@@ -31,7 +31,13 @@ from typing import Any
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import AuthenticationError, InvalidResponse, MovedError, RedisClusterException
+from redis.exceptions import (
+    AuthenticationError,
+    InvalidResponse,
+    MovedError,
+    RedisClusterException,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -148,6 +154,10 @@ class RedisBus:
         self._ensure_links()
         await first.first_attempt_done.wait()
         self._started = True
+        if first.stopped:
+            # Its first attempt ended it: it is still closing its connection when it says so,
+            # and a check of ``done()`` alone let start-up go on with the link stopped for good.
+            await asyncio.wait([first.task])
         if first.task.done():
             first.task.result()
 
@@ -432,6 +442,16 @@ class _Link:
                 self.first_attempt_done.set()
                 bus._lost()
                 await bus._lost_track()
+            except ResponseError as exc:
+                if bus._started:
+                    raise
+                # Redis answers and refuses what the URL asks for: a database it does not have,
+                # or channels its ACL user may not subscribe to (Redis 7 gives a new user none).
+                # A configuration error, like refused credentials; not a link stopped for good.
+                raise BusRefused(
+                    f"Redis refused to set up the connection REDIS_URL names ({exc}): check its "
+                    "database and its user's ACL (channels: &* or allchannels)"
+                ) from None
             else:
                 failures = 1
                 self.connected, self.down = True, False

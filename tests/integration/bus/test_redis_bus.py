@@ -7,7 +7,6 @@ import asyncio
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from shared.bus import BusOutcomeUnknown, BusUnavailable, InProcessBus
 from shared.redis.bus import BusRefused, RedisBus, open_bus
@@ -243,7 +242,7 @@ async def test_start_raises_what_reconnecting_cannot_cure(
     bus = RedisBus(server.url)
     bus.subscribe(topic, Inbox())
     try:
-        with pytest.raises(ResponseError):
+        with pytest.raises(BusRefused, match="unknown command"):
             async with asyncio.timeout(10):
                 await bus.start()
         assert not bus.connected
@@ -292,6 +291,34 @@ async def test_credentials_redis_refuses_stop_start_up(
             assert good.connected
         finally:
             await good.close()
+    finally:
+        await server.kill()
+
+
+@pytest.mark.parametrize("refusal", ["acl without channels", "database out of range"])
+async def test_a_connection_redis_refuses_to_set_up_stops_start_up(
+    redis_server_binary: str, refusal: str
+) -> None:
+    """Redis answers and refuses what the URL asks for: a database it does not have (start-up
+    crashed with a traceback, exit 1: an outside probe), or, for a bus started with its topics,
+    an ACL user without channel access (what ``ACL SETUSER`` gives by default since Redis 7:
+    ``acl-pubsub-default resetchannels``; the link said so after start() had returned, and
+    stopped for good). start() raises, and the services stop with one line naming REDIS_URL."""
+    server = PrivateRedis(redis_server_binary)
+    await server.start()
+    try:
+        if refusal == "acl without channels":
+            admin = Redis.from_url(server.url)
+            await admin.execute_command("ACL", "SETUSER", "gw", "on", ">gw-password", "~*", "+@all")
+            await admin.aclose()
+            url = server.url.replace("redis://", "redis://gw:gw-password@")
+        else:
+            url = server.url.removesuffix("/0") + "/99"
+        bus = RedisBus(url)
+        bus.subscribe("revocations", Inbox())
+        with pytest.raises(BusRefused, match="REDIS_URL"):
+            await bus.start()
+        await bus.close()
     finally:
         await server.kill()
 
