@@ -429,15 +429,15 @@ async def test_a_publish_over_the_gateways_message_limit_is_refused_unsent(
     """The gateway closes a message over ``WS_MAX_MESSAGE_BYTES`` 1009, whose action is stop: a
     user pasting a long text stopped the client for good, every subscription with it. The limit
     is in ``auth_success``'s ``limits`` now, and a request over it raises unsent."""
-    stack = await make_stack(ws={"max_message_bytes": 2048})
+    stack = await make_stack(ws={"max_message_bytes": 16384})
     await stack.register("alice", "bob")
     async with stack.client("alice") as alice, stack.client("bob") as bob:
         await bob.subscribe("chat:general")
         with pytest.raises(ValueError, match="over the gateway's max_message_bytes"):
-            await alice.publish("chat:general", {"text": "x" * 2048})
-        await alice.publish("chat:general", {"text": "é" * 300})  # 1,800 bytes escaped: taken
+            await alice.publish("chat:general", {"text": "x" * 16384})
+        await alice.publish("chat:general", {"text": "é" * 2000})  # 12,000 bytes escaped: taken
         message = await next_message(bob)
-        assert message["data"] == {"text": "é" * 300}
+        assert message["data"] == {"text": "é" * 2000}
         assert alice.connects == 1
 
 
@@ -447,7 +447,7 @@ async def test_the_chat_says_a_line_over_the_message_limit_was_not_sent_and_goes
     """The refusal is a ``ValueError``: the chat ended on it."""
     from realtime_gateway_client.chat import chat
 
-    stack = await make_stack(ws={"max_message_bytes": 2048})
+    stack = await make_stack(ws={"max_message_bytes": 16384})
     await stack.register("alice")
     printed: list[str] = []
     typed: asyncio.Queue[str | None] = asyncio.Queue()
@@ -459,7 +459,7 @@ async def test_the_chat_says_a_line_over_the_message_limit_was_not_sent_and_goes
     async with stack.client("alice") as alice:
         alice_chat = asyncio.ensure_future(chat(alice, "chat:general", lines(), printed.append))
         await wait_until(lambda: "chat:general" in alice.channels)
-        await typed.put("x" * 3000 + "\n")
+        await typed.put("x" * 17000 + "\n")
         await wait_until(lambda: bool(printed))
         assert printed[0].startswith("* not sent (not sent: ") and "max_message_bytes" in printed[0]
         await typed.put("short\n")
