@@ -21,6 +21,7 @@ checked against a block first (:meth:`LoginThrottle.check`) and counted when it 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from dataclasses import dataclass, replace
 
@@ -31,6 +32,11 @@ from shared.addresses import counted_as
 from shared.jsonlog import audit, fingerprint
 
 __all__ = ["LoginThrottle", "Reservation", "ThrottlePolicy", "counted_as"]
+
+MAX_KEYED_NAME_BYTES = 256
+"""A name typed (a login's username, a client id) longer than this in UTF-8 is keyed by its
+hash: a key is a primary key, and PostgreSQL's B-tree refuses an entry past 2,704 bytes (the
+transaction failed, a 503 that counted nothing). No user's or client's name comes near it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +71,7 @@ class LoginThrottle:
     async def reserve(self, username: str, address: str, now: float) -> Reservation:
         """Count one attempt, or raise :class:`Throttled` (counting nothing) while a key is blocked."""
         source = counted_as(address)
-        empty = Reservation(f"pair:{username}|{source}", f"addr:{source}", {})
+        empty = Reservation(f"pair:{_keyed(username)}|{source}", f"addr:{source}", {})
         limits = self._limits(empty)
 
         def count(states: dict[str, ThrottleState]) -> dict[str, ThrottleState]:
@@ -82,7 +88,7 @@ class LoginThrottle:
     async def check(self, username: str, address: str, now: float) -> None:
         """Raise :class:`Throttled` while the pair or the address is blocked; count nothing."""
         source = counted_as(address)
-        keys = [f"pair:{username}|{source}", f"addr:{source}"]
+        keys = [f"pair:{_keyed(username)}|{source}", f"addr:{source}"]
         try:
             # A read: no placeholder rows, no row locks, no write transaction (on SQLite, the
             # one writer of the whole database) for every client authentication.
@@ -145,3 +151,13 @@ def _refuse_if_blocked(states: dict[str, ThrottleState], now: float) -> None:
             "too many failed attempts; try again later",
             retry_after=max(1, math.ceil(blocked_until - now)),
         )
+
+
+def _keyed(name: str) -> str:
+    """``name`` as the throttle keys it: as typed, or past :data:`MAX_KEYED_NAME_BYTES` its
+    SHA-256 (a name as typed holding that form could share the count of one long name whose
+    hash it is: no user's name can be either)."""
+    encoded = name.encode("utf-8", "surrogatepass")
+    if len(encoded) <= MAX_KEYED_NAME_BYTES:
+        return name
+    return f"sha256:{hashlib.sha256(encoded).hexdigest()}"

@@ -7,7 +7,11 @@ undecodable bytes in ``Authorization``.
 
 from __future__ import annotations
 
+import base64
 import logging
+import secrets
+import string
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -157,3 +161,32 @@ async def test_json_bodies_end_with_a_newline_and_are_ascii(client: AuthClient) 
     resp = await client.post("/v1/register", json={"username": "ålice", "password": "x" * 12})
     raw = await resp.read()
     assert raw.isascii() and raw.endswith(b"\n")
+
+
+async def test_a_name_too_long_for_an_index_is_refused_and_counted(
+    make_client: Callable[..., Awaitable[AuthClient]], database_url: str
+) -> None:
+    """The throttle keys each attempt by the name typed, a login's username (up to 4,096
+    characters) or a client id (an HTTP Basic header's, as long as the header): PostgreSQL's
+    B-tree refuses an index entry past 2,704 bytes, so an incompressible name that long was a 503
+    ("database unavailable", an error line) for anyone, counted nowhere, where a wrong name is
+    401. The name is keyed by its hash past a bound: refused and counted as any wrong name."""
+    client = await make_client(database_url=database_url)
+    long_name = "".join(secrets.choice(string.ascii_letters) for _ in range(4000))
+    address = {"X-Forwarded-For": "10.9.8.7"}
+    for _ in range(10):
+        resp = await client.post(
+            "/v1/login", json={"username": long_name, "password": "x" * 12}, headers=address
+        )
+        await assert_error(resp, 401, "invalid_grant")
+    resp = await client.post(
+        "/v1/login", json={"username": long_name, "password": "x" * 12}, headers=address
+    )
+    await assert_error(resp, 429, "too_many_attempts")
+    basic = base64.b64encode(f"{long_name}:secret".encode()).decode()
+    resp = await client.post(
+        "/v1/token",
+        data={"grant_type": "refresh_token", "refresh_token": "x"},
+        headers={"Authorization": f"Basic {basic}"},
+    )
+    await assert_error(resp, 401, "invalid_client")
