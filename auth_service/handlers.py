@@ -28,6 +28,7 @@ from auth_service.domain.federation import PROVIDER_TOKEN_TYPES
 from auth_service.domain.models import Client
 from auth_service.domain.service import TokenPair
 from auth_service.http import (
+    MAX_TOKEN_LENGTH,
     access_token,
     auth_error_response,
     authenticate_client,
@@ -167,7 +168,7 @@ async def token_exchange_grant(
     try:
         pair = await request.app[SERVICE].exchange(
             client,
-            required_str(body, "subject_token"),
+            required_str(body, "subject_token", max_length=MAX_TOKEN_LENGTH),
             subject_token_type,
             scope=optional_str(body, "scope"),
             authorization_details=body.get("authorization_details"),
@@ -237,7 +238,9 @@ async def revoke(request: web.Request) -> web.Response:
     body = await read_form_or_json(request)
     client = await authenticate_client(request, body)
     await request.app[SERVICE].revoke(
-        required_str(body, "token"), client=client, proof=proof(request)
+        required_str(body, "token", max_length=MAX_TOKEN_LENGTH),
+        client=client,
+        proof=proof(request),
     )
     return json_response({}, headers=NO_STORE)
 

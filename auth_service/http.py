@@ -49,6 +49,8 @@ from shared.http.urlencoded import UrlencodedError, strict_pairs
 
 __all__ = [
     "HTTP_STATUSES",
+    "MAX_FIELD_LENGTH",
+    "MAX_TOKEN_LENGTH",
     "access_token",
     "authenticate_client",
     "client_address",
@@ -63,6 +65,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_FIELD_LENGTH = 4096
+MAX_TOKEN_LENGTH = 16384
+"""A token presented in the body (``token`` at ``/v1/revoke``, a token exchange's
+``subject_token``) may be longer than another field: this issuer's own access token with the
+largest ``authorization_details`` it grants is about 6,500 characters, and an identity provider's
+ID or access token carrying groups or roles is often past 4,096."""
 MAX_FORM_FIELDS = 16
 FORM = "application/x-www-form-urlencoded"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -293,21 +300,23 @@ def access_token(request: web.Request) -> tuple[str, bool]:
     return presented
 
 
-def optional_str(body: dict[str, Any], name: str) -> str | None:
+def optional_str(
+    body: dict[str, Any], name: str, *, max_length: int = MAX_FIELD_LENGTH
+) -> str | None:
     value = body.get(name)
     if value is None:
         return None
     if not isinstance(value, str):
         raise InvalidRequest(f"'{name}' must be a string")
-    if len(value) > MAX_FIELD_LENGTH:
+    if len(value) > max_length:
         raise InvalidRequest(f"'{name}' is too long")
     if "\x00" in value:  # no name, secret or token holds one, and PostgreSQL's text cannot
         raise InvalidRequest(f"'{name}' must not contain U+0000")
     return value
 
 
-def required_str(body: dict[str, Any], name: str) -> str:
-    value = optional_str(body, name)
+def required_str(body: dict[str, Any], name: str, *, max_length: int = MAX_FIELD_LENGTH) -> str:
+    value = optional_str(body, name, max_length=max_length)
     if not value:
         raise InvalidRequest(f"'{name}' is required")
     return value

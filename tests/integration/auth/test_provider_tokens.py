@@ -167,6 +167,24 @@ async def test_an_es256_id_token_and_an_rs256_access_token_become_sessions(
     assert idp.fetches == 1, "one key set per provider, whichever client trusts it"
 
 
+async def test_a_provider_token_with_many_groups_is_exchanged(
+    client: AuthClient, idp: Provider
+) -> None:
+    """An ID or access token carrying a user's groups or roles is often past 4,096 characters,
+    where every field of the body was cut ("'subject_token' is too long", 400)."""
+    acme = await trusting(client, idp)
+    groups = [f"group-{n:04d}-{uuid.UUID(int=n).hex}" for n in range(120)]
+    token = idp.token("rs", groups=groups)
+    assert 4096 < len(token) < 16384
+    resp = await exchange(client, acme, token)
+    assert resp.status == 200, await resp.text()
+    too_long = idp.token("rs", groups=groups * 3)
+    assert len(too_long) > 16384
+    resp = await exchange(client, acme, too_long)
+    body = await assert_error(resp, 400, "invalid_request")
+    assert "too long" in body["error_description"]
+
+
 async def test_a_provider_user_and_an_assertion_user_of_one_id_are_one_user(
     client: AuthClient, idp: Provider
 ) -> None:
