@@ -202,7 +202,7 @@ def wants_cookie(request: web.Request, body: dict[str, Any]) -> bool:
     if mode is None:
         return False
     if mode != "cookie":
-        raise InvalidRequest("'session' must be \"cookie\" when present")
+        raise InvalidRequest("'session' must be 'cookie' when present")
     check_origin(request)
     return True
 

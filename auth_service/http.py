@@ -56,6 +56,7 @@ __all__ = [
     "client_address",
     "error_middleware",
     "metrics_middleware",
+    "oauth_description",
     "optional_str",
     "read_form_or_json",
     "read_json",
@@ -122,7 +123,21 @@ def auth_error_response(exc: AuthError) -> web.Response:
         if status == 503:
             return json_error(status, exc.code, _TRY_AGAIN, headers)
         return json_error(status, "server_error", "internal error", headers)
-    return json_error(status, exc.code, exc.description, headers)
+    return json_error(status, exc.code, oauth_description(exc.description), headers)
+
+
+def oauth_description(text: str) -> str:
+    """``text`` within RFC 6749 section 5.2's ``error_description`` alphabet, printable ASCII but
+    ``"`` and ``\\`` (a MUST at the token and revocation endpoints, kept on every one): a
+    description quoting the request (``grant_type 'café' is not supported``) held any character
+    it was sent. ``"`` reads as ``'``, anything else outside the alphabet as ``?``."""
+    return "".join(map(_description_char, text))
+
+
+def _description_char(c: str) -> str:
+    if " " <= c <= "~" and c not in ('"', "\\"):
+        return c
+    return "'" if c == '"' else "?"
 
 
 _TRY_AGAIN = "the service cannot answer this right now; try again after Retry-After seconds"
@@ -140,7 +155,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         if exc.status == 403 and request.method == hdrs.METH_OPTIONS:
             # aiohttp-cors refusing a preflight; its text says what (origin, method, a header).
-            return json_error(403, "cors_refused", exc.text or "CORS preflight request failed")
+            refusal = exc.text or "CORS preflight request failed"
+            return json_error(403, "cors_refused", oauth_description(refusal))
         return http_exception_json(exc, "http_error")
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})

@@ -189,7 +189,10 @@ def scope_tokens(requested: str) -> list[str]:
     U+3000), which are none."""
     wanted = [token for token in requested.split(" ") if token]
     if not all(_SCOPE_TOKEN.fullmatch(token) for token in wanted):
-        raise InvalidScope("a scope is space-separated printable ASCII other than '\"' and '\\'")
+        raise InvalidScope(
+            "a scope is space-separated printable ASCII other than the double quote and the "
+            "backslash"
+        )
     return wanted
 
 

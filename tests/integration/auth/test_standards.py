@@ -3,6 +3,8 @@ access tokens, RFC 8414 metadata, RFC 6749 client authentication and errors, /me
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from authlib.oauth2.rfc9068 import JWTBearerTokenValidator
@@ -133,3 +135,30 @@ async def test_a_request_without_credentials_is_challenged_without_an_error_code
     resp = await client.request(method, path, headers={"Authorization": "Bearer nope"})
     await assert_error(resp, 401, "invalid_token")
     assert resp.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/token", {"grant_type": 'x"y\\z'}),
+        ("/v1/token", {"grant_type": "caf\u00e9\u3000\n"}),
+        ("/v1/token", {"grant_type": "refresh_token", "scope": "a\tb"}),
+        ("/v1/login", {"username": "alice", "password": "x" * 12, "session": "x"}),
+    ],
+    ids=["quote-backslash", "non-ascii-and-controls", "scope-rule", "session-rule"],
+)
+async def test_error_descriptions_keep_to_rfc6749s_alphabet(
+    client: AuthClient, path: str, body: dict[str, str]
+) -> None:
+    """RFC 6749 section 5.2: ``error_description`` holds printable ASCII but ``"`` and ``\\``.
+    Descriptions quoting the request held whatever it sent, and two rules quoted ``"``."""
+    if path == "/v1/login":
+        resp = await client.post(path, json=body)
+    else:
+        if body["grant_type"] == "refresh_token":
+            await register(client)
+            body = {**body, "refresh_token": (await login(client))["refresh_token"]}
+        resp = await client.post(path, data=body)
+    error = await resp.json()
+    await assert_error(resp, 400, error["error"])
+    assert re.fullmatch(r"[\x20\x21\x23-\x5b\x5d-\x7e]+", error["error_description"]), error
