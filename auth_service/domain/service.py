@@ -17,6 +17,7 @@ from auth_service.domain.clients import TOKEN_EXCHANGE, ClientRegistry, client_o
 from auth_service.domain.dpop import DpopGate, DpopPolicy, Presented
 from auth_service.domain.errors import (
     AccessDenied,
+    InvalidClient,
     InvalidClientToken,
     InvalidCredentials,
     InvalidDpopProof,
@@ -28,6 +29,7 @@ from auth_service.domain.errors import (
     RefreshReuse,
     RegistrationClosed,
     SessionEnded,
+    StoreUnavailable,
     UnauthorizedClient,
     UnprovenKey,
 )
@@ -251,10 +253,18 @@ class AuthService:
             raise InvalidSubjectToken(f"the {what} was used before (its jti works once)")
         sub = subject(client.client_id, assertion.user_id)
         user = User(sub, sub, "", "", now, client.client_id)
-        await self._store.ensure_user(user)
-        pair, sid = await self._start_session(
-            user, granted, now, details, assertion.username, jkt=jkt
-        )
+        try:
+            await self._store.ensure_user(user)
+            pair, sid = await self._start_session(
+                user, granted, now, details, assertion.username, jkt=jkt
+            )
+        except StoreUnavailable:
+            # `clients delete` committed since the client authenticated: the user's row (or the
+            # session's) now names a client or user that is gone, which the database refuses.
+            # That is this client failing to authenticate, not a database to retry.
+            if await self._store.get_client(client.client_id) is None:
+                raise InvalidClient("the client was deleted") from None
+            raise
         audit(
             "token_exchanged",
             client_id=client.client_id,

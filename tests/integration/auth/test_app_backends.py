@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 import uuid
 from typing import Any
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import OctKey
 
-from auth_service.appkeys import SERVICE
+from auth_service.appkeys import SERVICE, STORE
 from auth_service.domain.clients import TOKEN_EXCHANGE, IssuedSecret
 from realtime_gateway_protocol.access_token import (
     MAX_AUTHORIZATION_DETAILS_BYTES,
@@ -484,3 +485,37 @@ async def test_metadata_lists_what_is_supported(
     assert body["token_endpoint_auth_methods_supported"] == methods
     assert body["revocation_endpoint_auth_methods_supported"] == methods
     assert body["authorization_details_types_supported"] == ["realtime_channels"]
+
+
+@pytest.mark.parametrize("step", ["ensure_user", "create_session"])
+async def test_an_exchange_meeting_its_clients_deletion_is_invalid_client(
+    make_client: MakeClient,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    step: str,
+) -> None:
+    """``clients delete`` committing while an exchange of the client is under way (after it
+    authenticated, before its user's or session's row is written) left rows naming a client or
+    user that is gone, which the database refuses: a 503 "try again" and an error line
+    "database unavailable" (an outside probe saw them in a live run on both stores). The client
+    no longer exists: 401 ``invalid_client``, as the next request gets."""
+    client = await make_client(database_url=database_url)
+    acme = await make_app(client)
+    store = client.server.app[STORE]
+    original = getattr(store, step)
+
+    async def deleted_meanwhile(*args: Any) -> Any:
+        await client.server.app[SERVICE].delete_client("acme")
+        return await original(*args)
+
+    if step == "create_session":  # the user exists: the exchange's own ensure_user adds nothing
+        form = exchange_form(assertion(acme.secret))
+        resp = await client.post("/v1/token", data=form, headers=basic("acme", acme.secret))
+        assert resp.status == 200, await resp.text()
+    monkeypatch.setattr(store, step, deleted_meanwhile)
+    form = exchange_form(assertion(acme.secret))
+    with caplog.at_level(logging.ERROR):
+        resp = await client.post("/v1/token", data=form, headers=basic("acme", acme.secret))
+    await assert_error(resp, 401, "invalid_client")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
