@@ -236,8 +236,9 @@ class AuthService:
         one for a local user, bound to the key ``proof`` proves when the client's policy lets it
         count. The token is the client's own assertion or, for a client that trusts an identity
         provider, that provider's token. Everything is checked before the token's ``jti`` is
-        spent, so a request refused for its scope (or a nonce) can be sent again with the same
-        token."""
+        spent, so a request refused for its scope (or a nonce), or answered 503 because this
+        replica cannot sign, can be sent again with the same token. (A database failure after
+        the jti is spent still spends it.)"""
         now = self._clock()
         if TOKEN_EXCHANGE not in client.grant_types.split():
             raise UnauthorizedClient("this client is not registered for token exchange")
@@ -245,6 +246,10 @@ class AuthService:
         assertion = await self._verified_subject(client, subject_token, subject_token_type, now)
         granted = allowed_scope(client, scope, self.policy.default_scope)
         details = allowed_details(client, authorization_details)
+        if not self._tokens.can_sign(now):
+            # Before the jti is spent: the 503 asks for a retry, which a spent jti refuses as a
+            # replay (and a provider's token cannot be made again by the backend).
+            raise StoreUnavailable("no signing key this replica can use")
         if assertion.jti is not None and not await self._store.use_assertion(
             _replay_owner(client, assertion), assertion.jti, assertion.replayable_until, now
         ):

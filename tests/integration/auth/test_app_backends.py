@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import OctKey
 
-from auth_service.appkeys import SERVICE, STORE
+from auth_service.appkeys import KEYRING, SERVICE, STORE
 from auth_service.domain.clients import TOKEN_EXCHANGE, IssuedSecret
 from realtime_gateway_protocol.access_token import (
     MAX_AUTHORIZATION_DETAILS_BYTES,
@@ -519,3 +519,22 @@ async def test_an_exchange_meeting_its_clients_deletion_is_invalid_client(
         resp = await client.post("/v1/token", data=form, headers=basic("acme", acme.secret))
     await assert_error(resp, 401, "invalid_client")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_503_for_want_of_a_signing_key_leaves_the_assertion_unspent(
+    make_client: MakeClient, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica that cannot sign (its key-encryption secrets open no current key; /readyz says
+    so) spent the assertion's jti, then answered 503 "try again": the retry on a healthy replica
+    was refused as a replay, and a provider's token cannot be made again by the backend (an
+    outside probe, on two live replicas)."""
+    client = await make_client(database_url=database_url)
+    acme = await make_app(client)
+    ring = client.server.app[KEYRING]
+    monkeypatch.setattr(ring, "signing_key", lambda now: None)
+    form = exchange_form(assertion(acme.secret))
+    resp = await client.post("/v1/token", data=form, headers=basic("acme", acme.secret))
+    await assert_error(resp, 503, "temporarily_unavailable")
+    monkeypatch.undo()
+    resp = await client.post("/v1/token", data=form, headers=basic("acme", acme.secret))
+    assert resp.status == 200, await resp.text()
