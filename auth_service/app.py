@@ -42,7 +42,7 @@ from auth_service.provider_keys import ProviderKeys
 from auth_service.settings import Settings
 from auth_service.store import open_store
 from realtime_gateway_protocol.key_events import KEYS_TOPIC, decode_key_event
-from realtime_gateway_protocol.tasks import cancel_and_wait
+from realtime_gateway_protocol.tasks import cancel_and_wait, raise_if_cancelled
 from shared.bus import EventBus
 from shared.config.env import redact_url
 from shared.dpop import Nonces, ProofVerifier
@@ -211,11 +211,14 @@ def create_app(
         # as Redis is back, may go before this replica listens again) is lost to it: it signed
         # with a withdrawn key, and its key set listed it, until the timer's reload.
         stop_reloading = app[BUS].add_reconnect_listener(lambda: reload_keys(ring, "reconnect"))
-        yield
-        stop_reloading()
-        unsubscribe()
-        await cancel_and_wait(*tasks, *reloads)
-        await used.close()
+        try:
+            await app[BUS].check_subscriptions()
+            yield
+        finally:
+            stop_reloading()
+            unsubscribe()
+            await cancel_and_wait(*tasks, *reloads)
+            await used.close()
 
     async def provider_keys_ctx(app: web.Application) -> AsyncIterator[None]:
         """The trusted identity providers' key sets, over an HTTP session of their own."""
@@ -269,6 +272,7 @@ async def maintenance_loop(app: web.Application, clock: Callable[[], float]) -> 
     last_purge = 0.0
     due = loop.time() + interval
     while True:
+        raise_if_cancelled()  # a cancel the Exceptions below took for a timeout
         await asyncio.sleep(max(0.0, min(due - loop.time(), BUS_DOWN_RELOAD)))
         if loop.time() < due:
             if not bus.connected:
@@ -309,4 +313,5 @@ async def outbox_loop(publisher: EventPublisher) -> None:
     while True:
         await publisher.restore_ledger()
         await publisher.flush()
+        raise_if_cancelled()  # a cancel either took for a Redis timeout ends the loop here
         await asyncio.sleep(OUTBOX_INTERVAL)

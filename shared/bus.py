@@ -114,6 +114,11 @@ class EventBus(Protocol):
         """Return once every subscribed topic is live, so the next message is not missed."""
         ...
 
+    async def check_subscriptions(self) -> None:
+        """Start-up, once its own topics are subscribed: raise when the broker refuses one for
+        good (a configuration error); return once they are live, or the broker is down."""
+        ...
+
     def add_reconnect_listener(self, listener: ReconnectListener) -> Unsubscribe:
         """Run ``listener`` after every reconnection (messages may have been missed before it)."""
         ...
@@ -152,6 +157,9 @@ class InProcessBus:
         return unsubscribe
 
     async def wait_synced(self) -> None:
+        return
+
+    async def check_subscriptions(self) -> None:
         return
 
     def add_reconnect_listener(self, listener: ReconnectListener) -> Unsubscribe:

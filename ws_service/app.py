@@ -382,6 +382,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         refreshers = [asyncio.get_running_loop().create_task(cache.run()) for cache in caches]
         refreshers.append(asyncio.get_running_loop().create_task(_refetch_while_cut_off(app)))
         try:
+            await bus.check_subscriptions()
             yield
         finally:
             stop_registering()

@@ -22,6 +22,7 @@ lost, the other shards keep delivering, and its topics move to the replica promo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import Counter, defaultdict
@@ -121,6 +122,8 @@ class RedisBus:
         self._gap = False
         self._closing = False
         self._started = False  # start() has seen its first attempt: refusals are retried
+        self._refusal: ResponseError | None = None
+        """What Redis answered that stopped a link for good (NOPERM, say): check_subscriptions."""
         self._state_changed = asyncio.Event()
 
     @property
@@ -226,6 +229,23 @@ class RedisBus:
                 self._listeners.remove(listener)
 
         return remove
+
+    async def check_subscriptions(self) -> None:
+        """Start-up, once the service subscribed its own topics: raise ``BusRefused`` when Redis
+        refused one (an ACL user without those channels: Redis 7 gives a new user none), which
+        stopped its link for good: the replica started "degraded" and ready, heard no
+        revocation, and accepted a logged-out token (an outside probe). Return once every topic
+        is confirmed, at once while Redis is down (an outage: the links retry), or after the
+        socket timeout."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._socket_timeout):
+                while self._refusal is None and self.connected and not self._synced():
+                    await self._state_changed.wait()
+        if self._refusal is not None:
+            raise BusRefused(
+                f"Redis refused this replica's subscriptions ({self._refusal}): check REDIS_URL's "
+                "user's ACL (channels: &* or allchannels)"
+            )
 
     async def wait_synced(self) -> None:
         """Wait until Redis has confirmed the subscription of every topic that has a handler.
@@ -411,9 +431,15 @@ class _Link:
         except BusRefused:
             self.down = self.stopped = True
             raise  # start() raises it: the service says it in one line and stops
-        except Exception:
-            log.exception("redis bus link stopped", extra={"link": self.key})
+        except Exception as exc:
+            if isinstance(exc, ResponseError):
+                # Redis refused a command (NOPERM): check_subscriptions says it in one line.
+                log.error("redis bus link stopped", extra={"link": self.key, "reason": str(exc)})
+                self.bus._refusal = exc
+            else:
+                log.exception("redis bus link stopped", extra={"link": self.key})
             self.down = self.stopped = True
+            self.bus._pulse()
             raise
         finally:
             self.first_attempt_done.set()

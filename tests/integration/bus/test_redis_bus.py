@@ -323,6 +323,43 @@ async def test_a_connection_redis_refuses_to_set_up_stops_start_up(
         await server.kill()
 
 
+async def test_topics_subscribed_after_start_that_redis_refuses_stop_start_up(
+    redis_server_binary: str,
+) -> None:
+    """The services start the bus, then subscribe their topics: an ACL user without channel
+    access (Redis 7's default) stopped the link for good after start() had returned, and the
+    replica started "degraded", ready, deaf to revocations: a logged-out token authenticated
+    (an outside probe). check_subscriptions(), which both services await once subscribed,
+    raises; it returns at once for a Redis that is down (an outage, retried)."""
+    server = PrivateRedis(redis_server_binary)
+    await server.start()
+    try:
+        admin = Redis.from_url(server.url)
+        await admin.execute_command("ACL", "SETUSER", "gw", "on", ">gw-password", "~*", "+@all")
+        await admin.aclose()
+        bus = RedisBus(server.url.replace("redis://", "redis://gw:gw-password@"))
+        await bus.start()
+        bus.subscribe("revocations", Inbox())
+        with pytest.raises(BusRefused, match="ACL"):
+            async with asyncio.timeout(5):
+                await bus.check_subscriptions()
+        await bus.close()
+        allowed = RedisBus(server.url)
+        await allowed.start()
+        allowed.subscribe("revocations", Inbox())
+        await allowed.check_subscriptions()
+        assert allowed._synced()
+        await allowed.close()
+    finally:
+        await server.kill()
+    down = RedisBus(server.url)
+    await down.start()
+    down.subscribe("revocations", Inbox())
+    async with asyncio.timeout(1):
+        await down.check_subscriptions()
+    await down.close()
+
+
 async def test_something_else_answering_on_redis_address_is_an_outage_not_the_end() -> None:
     """An HTTP server where Redis should be: the link stopped for good ('redis bus link
     stopped'), at start-up a crash, and a blip of it stopped the bus until a restart."""

@@ -61,3 +61,30 @@ async def test_a_task_that_failed_is_logged_and_shutdown_goes_on(
     with caplog.at_level(logging.ERROR):
         await cancel_and_wait(task)
     assert "a background task had failed" in caplog.text
+
+
+async def test_a_task_that_swallowed_its_cancel_is_cancelled_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Python 3.11: a cancel landing as an ``asyncio.timeout`` expires comes out as a
+    ``TimeoutError``; a loop that logs its failures and goes on took it for one, and the
+    shutdown waited for ever (auth_service stopping on a Redis user refused its channels)."""
+    monkeypatch.setattr("realtime_gateway_protocol.tasks.RECANCEL_AFTER", 0.05, raising=False)
+    swallowed = []
+
+    async def loop() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed.append(1)  # taken for a failure, and the loop goes on
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING):
+        async with asyncio.timeout(5):
+            await cancel_and_wait(task)
+    assert task.cancelled() and swallowed == [1]
+    assert "a cancelled task went on; cancelled again" in caplog.text

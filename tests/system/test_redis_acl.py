@@ -1,0 +1,88 @@
+"""A Redis ACL user without channel access stops both services at start-up, in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from tests.services import free_port, unavailable
+from tests.system.cluster import wait_for_port
+from tests.system.procs import Proc, _base_env
+
+pytestmark = pytest.mark.system
+
+
+@pytest.fixture
+def acl_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server with a user that may use every key and command but no channel:
+    what ``ACL SETUSER`` gives a new user by default since Redis 7 (``resetchannels``)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("redis-server", "the binary is not installed (Debian package redis-server)")
+    port = free_port()
+    proc = Proc(
+        "redis",
+        [
+            str(binary),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        {},
+        tmp_path,
+    )
+    proc.start()
+    try:
+        wait_for_port(port)
+        admin = Redis(host="127.0.0.1", port=port)
+        admin.execute_command("ACL", "SETUSER", "gw", "on", ">gw-password-0123", "~*", "+@all")
+        admin.close()
+        yield f"redis://gw:gw-password-0123@127.0.0.1:{port}/0"
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize("module", ["auth_service", "ws_service"])
+def test_an_acl_user_without_channels_stops_start_up_naming_redis_url(
+    tmp_path: Path, acl_redis_url: str, module: str
+) -> None:
+    """Both services subscribe their topics after the bus starts: Redis's NOPERM stopped the
+    link for good, and the service started ready and "degraded", deaf to revocations: a
+    logged-out token authenticated at ws_service (an outside probe)."""
+    env = {
+        "REDIS_URL": acl_redis_url,
+        "AUTH_PORT": str(free_port()),
+        "AUTH_DATABASE_URL": f"sqlite:///{tmp_path}/auth.db",
+        "AUTH_KEY_ENCRYPTION_SECRETS": "acl-test-key-encryption-secret-0123",
+        "WS_PORT": str(free_port()),
+        "WS_ISSUER": "http://127.0.0.1:9",
+        "WS_JWKS_URL": "http://127.0.0.1:9/.well-known/jwks.json",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", module],
+        env=_base_env(env),
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    output = (result.stdout + result.stderr).decode()
+    assert result.returncode == 2, output
+    last = json.loads(output.splitlines()[-1])
+    assert last["level"] == "error", output
+    assert last["msg"].startswith("configuration error: Redis refused"), output
+    assert "REDIS_URL" in last["msg"] and "ACL" in last["msg"], output
+    assert "Traceback" not in output
+    assert "gw-password-0123" not in output
