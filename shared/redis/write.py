@@ -10,7 +10,11 @@ that is idempotent (a script that recognises its own retry) is sent again after 
 On a Redis Cluster the write goes to the master of ``key``'s slot. A refusal that proves nothing
 ran (``MOVED`` after a failover or a resharding, ``TRYAGAIN``, ``CLUSTERDOWN`` while the cluster
 elects a new master, ``READONLY`` from a demoted master) is retried like a write that never left,
-after the client has asked the cluster again who owns what.
+after the client has asked the cluster again who owns what. While a slot migrates (a resharding:
+``ASK`` once a script's keys have left, ``TRYAGAIN`` while they are split between the two nodes)
+the write is retried until the slot has moved, for up to ``MIGRATION_WAIT``: given up after a few
+tries, the caller took Redis for unreachable, and a channel's publishes were delivered to the
+publisher's replica only, kept in no history, for the whole migration (an outside probe).
 
 Replication is asynchronous: a master that dies may take its last writes with it, and the replica
 promoted in its place never had them. A write that must survive a failover (a revocation record, a
@@ -31,6 +35,7 @@ from typing import Any, Protocol
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import (
+    AskError,
     ClusterDownError,
     MasterDownError,
     MovedError,
@@ -51,10 +56,17 @@ __all__ = ["REPLICAS_LUA", "REPLICA_WAIT_MS", "Replicas", "WriteScript", "write"
 log = logging.getLogger(__name__)
 
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-_NOT_RUN = (MovedError, TryAgainError, ClusterDownError, MasterDownError, ReadOnlyError)
+_MIGRATING = (AskError, TryAgainError)
+"""Refusals of a slot being migrated (``MovedError`` is an ``AskError``: a slot that moved)."""
+_NOT_RUN = (*_MIGRATING, ClusterDownError, MasterDownError, ReadOnlyError)
 """Refusals that prove the command did not run: retrying is as safe as for one never sent."""
 _BACKOFF = 0.02
 """Seconds before the first retry, doubling: a stale connection or a brief stall, not an outage."""
+
+MIGRATION_WAIT = 2.0
+"""Seconds a write refused by a migrating slot is retried for: the slot of a resharding moves
+within milliseconds, unless it holds a large history."""
+_MIGRATION_BACKOFF_CAP = 0.1
 
 REPLICA_WAIT_MS = 200
 """How long a durable write waits for a replica: far above a healthy replica's lag (well under a
@@ -98,9 +110,14 @@ async def write(
     ``replicas`` makes the write durable: see the module's docstring."""
     maybe_applied = False
     error: Exception | None = None
-    for attempt in range(attempts):
-        if attempt:
-            await asyncio.sleep(_BACKOFF * 2 ** (attempt - 1))
+    migrating_until: float | None = None
+    attempt = 0
+    pause = 0.0
+    while attempt < attempts:
+        if pause or attempt:
+            await asyncio.sleep(pause or _BACKOFF * 2 ** (attempt - 1))
+            pause = 0.0
+        attempt += 1
         try:
             pool = await _pool_for(redis, key)
             conn = await pool.get_connection()
@@ -117,6 +134,14 @@ async def write(
         except _NOT_RUN as exc:
             error = exc
             await _lost_track(redis)
+            if isinstance(exc, _MIGRATING) and not isinstance(exc, MovedError):
+                now = time.monotonic()
+                if migrating_until is None:
+                    migrating_until = now + MIGRATION_WAIT
+                if now < migrating_until:
+                    # Not a try: the slot is moving, and the write waits until it has moved.
+                    attempt = 0
+                    pause = min(_MIGRATION_BACKOFF_CAP, migrating_until - now)
         except _DOWN as exc:
             error = exc
             maybe_applied = True
