@@ -16,6 +16,7 @@ from ws_service.domain.history import MemoryHistory
 from ws_service.domain.hub import Hub
 from ws_service.domain.namespaces import Namespace, Namespaces
 from ws_service.domain.presence import Member, presence_topic
+from ws_service.redis import presence as presence_module
 from ws_service.redis.presence import RedisPresence
 
 pytestmark = pytest.mark.redis
@@ -213,3 +214,28 @@ async def test_entries_lapsed_by_a_stall_are_added_back_in_a_few_round_trips(
         for channel in channels:
             hub.leave(channel, socket)
     await hub.close()
+
+
+async def test_a_replica_whose_clock_is_ahead_sweeps_no_live_entry_of_another(
+    two_clients: tuple[Redis, Redis, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Expiries were written and swept on each replica's own clock: one 4 s ahead (less than
+    WS_LEEWAY) swept the live entries of the others at every refresh, and their users left and
+    joined again each time, without end (an outside probe: WS_PRESENCE_TTL 6, 11 leaves and
+    joins in 20 s of a user who never moved). The per-user slots use Redis's clock already."""
+    one, two, prefix = two_clients
+    channel = f"chat:{uuid.uuid4().hex[:8]}"
+    reported: list[tuple[str, Member]] = []
+
+    def report(kind: str | bytes, channel: str, member: Member) -> None:
+        reported.append((kind.decode() if isinstance(kind, bytes) else kind, member))
+
+    right = RedisPresence(one, ttl=6, prefix=prefix)
+    ahead = RedisPresence(two, ttl=6, prefix=prefix, on_transition=report)
+    await right.add(channel, "r:1", ALICE)  # lives 4 s
+    real = presence_module.time.time
+    monkeypatch.setattr(presence_module.time, "time", lambda: real() + 4.5)
+    await ahead.add(channel, "a:1", BOB)
+    await ahead.refresh([(channel, ["a:1"])])
+    assert await ahead.members(channel) == [(ALICE, 1), (BOB, 1)]
+    assert reported == [("join", BOB)]
