@@ -928,7 +928,9 @@ class GatewayClient:
                     self._ws_url,
                     autoping=True,
                     heartbeat=self._heartbeat,
-                    max_msg_size=self._max_frame,
+                    # aiohttp refuses a message of max_msg_size bytes and more: max_frame_bytes
+                    # is the largest frame taken, as ws_service's WS_MAX_MESSAGE_BYTES is.
+                    max_msg_size=self._max_frame + 1,
                     timeout=aiohttp.ClientWSTimeout(ws_close=self._connect_timeout),
                 )
         except _FIRST_CONTACT_FAILURES as exc:

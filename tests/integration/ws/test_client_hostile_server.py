@@ -436,6 +436,30 @@ async def test_a_frame_over_max_frame_bytes_stops_the_client_saying_so(serve: Se
     assert gateway.close_codes == [1009]
 
 
+@pytest.mark.parametrize("extra", [0, 1])
+async def test_max_frame_bytes_is_the_largest_frame_taken(serve: Serve, extra: int) -> None:
+    """aiohttp refuses a message of ``max_msg_size`` bytes and more: a frame of exactly
+    ``max_frame_bytes`` stopped the client as ``FrameTooLarge`` ("larger than max_frame_bytes"),
+    one byte short of the bound the README gives."""
+    frame = big_message(64 * 1024)
+    size = len(json.dumps(frame))
+
+    async def script(gateway: HostileGateway, ws: web.WebSocketResponse) -> None:
+        await gateway.authenticate(ws)
+        await ws.send_str(json.dumps(frame))
+        await gateway.drain(ws)
+
+    gateway = await serve(script)
+    if extra:  # may stop start() itself: the frame comes right behind auth_success
+        with pytest.raises(FrameTooLarge):
+            async with client(gateway, max_frame_bytes=size - extra) as alice:
+                await next_message(alice)
+        return
+    async with client(gateway, max_frame_bytes=size) as alice:
+        assert (await next_message(alice))["data"] == frame["data"]
+        assert alice.connects == 1
+
+
 async def test_a_repeated_expiry_warning_earns_one_renewal(serve: Serve) -> None:
     """Every token_expiring made a REST refresh, each rotating the refresh token: 300 frames 10 ms
     apart made 300 refreshes."""
