@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import io
 import json
 import os
 import re
@@ -133,14 +134,22 @@ def _say_removed(event: Mapping[str, Any], out: Callable[[str], None]) -> None:
 
 
 async def stdin_lines() -> AsyncIterator[str]:
-    """Lines from stdin, read on a daemon thread: a blocked read never holds up the exit."""
+    """Lines from stdin, read on a daemon thread: a blocked read never holds up the exit. A byte
+    that is not in stdin's encoding reads as U+FFFD: under a UTF-8 locale stdin decodes strictly,
+    and a pasted Latin-1 line killed the reader, after which nothing typed was read, Ctrl-D
+    included. The end is said however the reading ends."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str] = asyncio.Queue()
+    stdin = sys.stdin
+    if isinstance(stdin, io.TextIOWrapper):
+        stdin.reconfigure(errors="replace")
 
     def read() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(queue.put_nowait, line)
-        loop.call_soon_threadsafe(queue.put_nowait, "")
+        try:
+            for line in stdin:
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, "")
 
     threading.Thread(target=read, name="stdin", daemon=True).start()
     while line := await queue.get():

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import re
 from pathlib import Path
 
-from realtime_gateway_client.chat import _say_removed, format_message, parse_args
+import pytest
+
+from realtime_gateway_client.chat import _say_removed, format_message, parse_args, stdin_lines
 
 DEMO_PAGE = Path(__file__).parents[3] / "services" / "web" / "index.html"
 
@@ -72,3 +76,16 @@ def test_the_chat_says_when_the_gateway_removes_it_from_a_channel() -> None:
     _say_removed({"type": "unsubscribed", "channel": "chat:a", "reason": "server"}, lines.append)
     _say_removed({"type": "join", "channel": "chat:a"}, lines.append)
     assert lines == ["* removed from chat:a (server)"]
+
+
+async def test_a_line_that_is_not_utf_8_is_typed_with_replacement_characters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a UTF-8 locale stdin decodes strictly: a pasted Latin-1 line (or any byte that is
+    not UTF-8) raised UnicodeDecodeError on the reader thread, which died without saying the
+    input ended, so the chat read nothing more and Ctrl-D no longer quit it."""
+    typed = io.TextIOWrapper(io.BytesIO(b"ok\n\xff caf\xe9\nafter\n"), encoding="utf-8")
+    monkeypatch.setattr("sys.stdin", typed)
+    async with asyncio.timeout(5):
+        lines = [line async for line in stdin_lines()]
+    assert lines == ["ok\n", "\ufffd caf\ufffd\n", "after\n"]
