@@ -91,7 +91,9 @@ async def chat(
                 continue
             try:
                 await client.publish(channel, {"text": line.rstrip("\n")})
-            except (ClientError, ValueError) as exc:  # ValueError: a line the gateway refuses
+            except ValueError as exc:  # a line the gateway refuses: "not sent: why"
+                out(f"* {exc}")
+            except ClientError as exc:
                 out(f"* not sent ({exc})")
 
     loop = asyncio.get_running_loop()
