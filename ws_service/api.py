@@ -20,6 +20,7 @@ from realtime_gateway_protocol.wire_json import WireJSONError, loads
 from shared.bus import BusUnavailable
 from shared.http.auth import authorization, bearer_matches
 from shared.http.coding import content_coding_refusal, media_type_refusal
+from shared.http.forwarded import client_address, forwarded_for
 from shared.http.responses import HTTP_ERROR_CODES, json_error, json_response
 from shared.http.urlencoded import UrlencodedError, strict_pairs
 from shared.jsonlog import audit
@@ -69,7 +70,11 @@ def _api_call(handler: Handler) -> Handler:
                 "characters)",
             )
         if not bearer_matches(authorization(request.headers), settings.api_keys):
-            audit("ws_api_unauthorized", remote=request.remote, path=request.path)
+            # Behind a trusted proxy, the caller's forwarded address (the proxy's is everyone's).
+            remote = client_address(
+                request.remote, forwarded_for(request.headers), settings.forwarded_allow_ips
+            )
+            audit("ws_api_unauthorized", remote=remote, path=request.path)
             return json_error(
                 401, "invalid_token", "a valid API key is required", {"WWW-Authenticate": "Bearer"}
             )

@@ -111,6 +111,26 @@ async def test_refused_upgrades_are_audited_with_the_forwarded_address(
     assert origin["remote"] == ticket["remote"] == "198.51.100.23"
 
 
+async def test_a_refused_server_api_call_is_audited_with_the_forwarded_address(
+    make_gateway: MakeGateway,
+) -> None:
+    """Behind a trusted proxy ws_api_unauthorized named the proxy, the one address every caller
+    shares, while every refused upgrade names the client: a wrong API key's source was lost."""
+    gw = await make_gateway(forwarded_allow_ips=("127.0.0.1",))
+    with json_lines() as logs:
+        resp = await gw.client.post(
+            "/v1/publish",
+            json={"channel": "chat:x", "data": {}},
+            headers={
+                "Authorization": "Bearer wrong-key-0123456789",
+                "X-Forwarded-For": "198.51.100.23",
+            },
+        )
+        assert resp.status == 401
+    (refused,) = logs.logged("audit", "ws_api_unauthorized")
+    assert refused["remote"] == "198.51.100.23"
+
+
 def awaiting(task: asyncio.Task[Any]) -> list[str]:
     """The coroutines a suspended task is inside, outermost first."""
     names, coro = [], task.get_coro()
