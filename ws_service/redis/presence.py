@@ -15,7 +15,8 @@ of its own, outside the channels' hash tags), scored by when its newest entry la
 replica's periodic refresh sweeps the channels whose entries have all lapsed, whoever held them,
 and forgets those it finds empty.
 
-Expiries are on Redis's clock (``TIME``), which every replica shares, as the per-user slots'.
+Expiries, and the index's scores, are on Redis's clock (``TIME``), which every replica shares, as
+the per-user slots' are.
 An entry lives two thirds of the TTL and its replica refreshes it every third (one refresh may be
 late by up to a third). A dead replica's entries have expired two thirds of the TTL after its death
 at the latest, and a survivor's next refresh, at most a third later, sweeps them: its users leave
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -92,8 +92,24 @@ _REMOVE = _DROP + "drop(ARGV[1], ARGV[2], ARGV[3])\nreturn changes"
 # ARGV: topic, channel
 _MEMBERS = _DROP + "sweep(now, ARGV[1], ARGV[2])\nreturn {redis.call('HVALS', KEYS[1]), changes}"
 
-# KEYS: the index. ARGV: channel, now (ms). A channel swept empty leaves the index, unless an entry
-# was added or refreshed since (its score is then ahead of now).
+# KEYS: the index. ARGV: lifetime (ms), channel... Scores each channel by when an entry added or
+# refreshed now lapses, on Redis's clock, never lowering a score (another entry lapses later).
+_INDEX = """
+local t = redis.call('TIME')
+local at = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'GT', at, ARGV[i]) end
+return 0
+"""
+
+# KEYS: the index. ARGV: how many at most. Returns {the channels lapsed by now, now (ms)}.
+_LAPSED = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+return {redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1]), now}
+"""
+
+# KEYS: the index. ARGV: channel, now (ms, Redis's clock from _LAPSED). A channel swept empty
+# leaves the index, unless an entry was added or refreshed since (its score is then ahead of now).
 _UNINDEX = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if score and tonumber(score) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
@@ -143,13 +159,12 @@ class RedisPresence:
         self._members = redis.register_script(_MEMBERS)
         self._refresh = redis.register_script(_REFRESH)
         self._unindex = redis.register_script(_UNINDEX)
+        self._index_script = redis.register_script(_INDEX)
+        self._lapsed = redis.register_script(_LAPSED)
         self._index = f"{prefix}lapsing"
 
     def _keys(self, channel: str) -> list[KeyT]:
         return [f"{self._prefix}{{{channel}}}:{kind}" for kind in ("conns", "exp", "users")]
-
-    def _expires_at(self, now: int) -> int:
-        return now + self._lifetime()
 
     def _key_ttl(self) -> int:
         return max(60, int(self.ttl * 4))
@@ -169,19 +184,17 @@ class RedisPresence:
         ]
 
     async def add(self, channel: str, conn_id: str, member: Member) -> None:
-        now = _now_ms()
         with unavailable_as_bus_error():
             changes = await self._add(
                 keys=self._keys(channel), args=self._add_args(conn_id, member, channel)
             )
         self._report(channel, changes)
-        await self._index_channels([channel], now)
+        await self._index_channels([channel])
 
     async def add_all(self, entries: Sequence[tuple[str, str, Member]]) -> None:
         """The entries in one pipeline (one round trip per node), then indexed at once."""
         if not entries:
             return
-        now = _now_ms()
         calls: list[Call] = [
             (self._keys(channel), self._add_args(conn_id, member, channel))
             for channel, conn_id, member in entries
@@ -190,15 +203,16 @@ class RedisPresence:
             results = await run_pipelined(self._redis, self._add, calls)
         for (channel, _, _), changes in zip(entries, results, strict=True):
             self._report(channel, changes)
-        await self._index_channels([channel for channel, _, _ in entries], now)
+        await self._index_channels([channel for channel, _, _ in entries])
 
-    async def _index_channels(self, channels: list[str], now: int) -> None:
+    async def _index_channels(self, channels: list[str]) -> None:
         # Indexed for the sweep of a dead replica's channels; missed here, its replica's next
         # refresh indexes it (the entry is in Redis and its join was reported: raising now would
-        # say otherwise).
-        expires_at = self._expires_at(now)
+        # say otherwise). Scored on Redis's clock: on this replica's, one a minute ahead indexed
+        # its channels a minute late (never lowered), and once it died no survivor swept them
+        # until then, its users present far past WS_PRESENCE_TTL (outside probe K).
         with contextlib.suppress(RedisError, OSError):
-            await self._redis.zadd(self._index, dict.fromkeys(channels, expires_at), gt=True)
+            await self._index_script(keys=[self._index], args=[self._lifetime(), *channels])
 
     async def remove(self, channel: str, conn_id: str, member: Member) -> None:
         with unavailable_as_bus_error():
@@ -225,7 +239,6 @@ class RedisPresence:
         in one pipeline; then sweep the channels whose entries have all lapsed (a dead replica's
         that no live replica reads or refreshes), announcing their leaves. Returns the entries
         Redis no longer had (see ``Presence.refresh``)."""
-        now = _now_ms()
         entries = [(channel, list(conns)) for channel, conns in entries]
         calls: list[Call] = [
             (
@@ -242,15 +255,13 @@ class RedisPresence:
             gone.extend((channel, _text(conn)) for conn in missing)
             self._report(channel, changes)
         if entries:
-            await self._index_channels([channel for channel, _ in entries], now)
-        await self._sweep_lapsed(now)
+            await self._index_channels([channel for channel, _ in entries])
+        await self._sweep_lapsed()
         return gone
 
-    async def _sweep_lapsed(self, now: int) -> None:
+    async def _sweep_lapsed(self) -> None:
         with unavailable_as_bus_error():
-            lapsed: Any = await self._redis.zrangebyscore(
-                self._index, "-inf", now, start=0, num=SWEEP_BATCH
-            )
+            lapsed, now = await self._lapsed(keys=[self._index], args=[SWEEP_BATCH])
             channels = [_text(c) for c in lapsed]
             if not channels:
                 return
@@ -273,15 +284,6 @@ class RedisPresence:
         for kind, info in zip(changes[::2], changes[1::2], strict=True):
             user = json.loads(info)
             self._on_transition(kind, channel, Member(user["id"], user["username"]))
-
-
-def _now_ms() -> int:
-    """This replica's clock, for the lapsing index alone (which channels a sweep reads: a skewed
-    score makes that sweep early, which finds nothing, or late). An entry's expiry is Redis's
-    clock (``TIME`` in the scripts): with each replica's own, a replica whose clock was ahead by
-    more than a refresh period swept the entries of the others while they lived, and their users
-    left and joined again at every refresh (an outside probe: 4 s apart, 11 times in 20 s)."""
-    return int(time.time() * 1000)
 
 
 def _text(value: bytes | str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -16,7 +17,6 @@ from ws_service.domain.history import MemoryHistory
 from ws_service.domain.hub import Hub
 from ws_service.domain.namespaces import Namespace, Namespaces
 from ws_service.domain.presence import Member, presence_topic
-from ws_service.redis import presence as presence_module
 from ws_service.redis.presence import RedisPresence
 
 pytestmark = pytest.mark.redis
@@ -233,9 +233,34 @@ async def test_a_replica_whose_clock_is_ahead_sweeps_no_live_entry_of_another(
     right = RedisPresence(one, ttl=6, prefix=prefix)
     ahead = RedisPresence(two, ttl=6, prefix=prefix, on_transition=report)
     await right.add(channel, "r:1", ALICE)  # lives 4 s
-    real = presence_module.time.time
-    monkeypatch.setattr(presence_module.time, "time", lambda: real() + 4.5)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 4.5)
     await ahead.add(channel, "a:1", BOB)
     await ahead.refresh([(channel, ["a:1"])])
     assert await ahead.members(channel) == [(ALICE, 1), (BOB, 1)]
     assert reported == [("join", BOB)]
+
+
+async def test_a_dead_replica_whose_clock_was_ahead_has_its_users_leave_in_time(
+    two_clients: tuple[Redis, Redis, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lapsing index was scored on each replica's own clock, with ZADD GT: a replica a
+    minute ahead indexed its channel a minute late, and once it died no survivor swept the
+    channel until that minute had passed, so its users stayed present (no leave, no
+    presence_leave webhook) far past WS_PRESENCE_TTL, which docs/configuration.md promises."""
+    one, two, prefix = two_clients
+    channel = f"chat:{uuid.uuid4().hex[:8]}"
+    reported: list[tuple[str, Member]] = []
+
+    def report(kind: str | bytes, channel: str, member: Member) -> None:
+        reported.append((kind.decode() if isinstance(kind, bytes) else kind, member))
+
+    real = time.time
+    ahead = RedisPresence(two, ttl=1.5, prefix=prefix)  # an entry lives 1 s
+    survivor = RedisPresence(one, ttl=1.5, prefix=prefix, on_transition=report)
+    monkeypatch.setattr(time, "time", lambda: real() + 60)
+    await ahead.add(channel, "a:1", BOB)  # and then its replica dies
+    monkeypatch.setattr(time, "time", real)
+    await asyncio.sleep(1.2)
+    await survivor.refresh([])  # the survivor holds no entry in the channel: only the index
+    assert reported == [("leave", BOB)]
