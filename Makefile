@@ -188,6 +188,10 @@ ifeq ($(origin SECRETS_DIR),undefined)
 SECRETS_DIR := $(or $(shell [ -f .env ] && sed -n -e 's/^[[:space:]]*\(export[[:space:]]\{1,\}\)\{0,1\}SECRETS_DIR[[:space:]]*=[[:space:]]*//p' .env \
   | tail -n 1 | sed -e 's/[[:space:]]\{1,\}\#.*//' -e 's/[[:space:]]*$$//' -e "s/^'\(.*\)'$$/\1/" -e 's/^"\(.*\)"$$/\1/'),secrets)
 endif
+# Set but empty is ./secrets, as compose's ${SECRETS_DIR:-./secrets} reads it (not "/tls").
+ifeq ($(strip $(SECRETS_DIR)),)
+override SECRETS_DIR := secrets
+endif
 TLS_HOST ?= localhost
 SECRET_NAMES := auth_key_encryption_secrets postgres_password redis_password ws_api_keys
 secrets:

@@ -450,3 +450,32 @@ def test_make_secrets_makes_them_where_env_tells_compose_to_look(tmp_path: Path)
     assert not (tmp_path / "secrets").exists()
     make_secrets(f"SECRETS_DIR={tmp_path / 'given'}")
     assert (tmp_path / "given" / "redis_password").is_file()
+
+
+@pytest.mark.parametrize("where", ["environment", "command line"])
+def test_make_secrets_takes_an_empty_secrets_dir_for_secrets_as_compose_does(
+    tmp_path: Path, where: str
+) -> None:
+    """Compose reads ``${SECRETS_DIR:-./secrets}``: set but empty, it is ./secrets. `make secrets`
+    took the empty value as it was and ran ``mkdir -p /tls`` (a directory at the root of the
+    filesystem) and ``chmod 700`` with no operand, and stopped (outside probe K). A dry run here:
+    the commands must name ./secrets."""
+    (tmp_path / ".env").write_text("SECRETS_DIR=./from-env-file\n")
+    environ = {k: v for k, v in os.environ.items() if k not in {"SECRETS_DIR", "MAKEFLAGS"}}
+    arguments = []
+    if where == "environment":
+        environ["SECRETS_DIR"] = ""
+    else:
+        arguments.append("SECRETS_DIR=")
+    result = subprocess.run(
+        ["make", "-n", "--no-print-directory", "-f", str(ROOT / "Makefile"), "secrets", *arguments],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mkdir -p secrets/tls" in result.stdout, result.stdout
+    assert " /tls" not in result.stdout, result.stdout
