@@ -21,7 +21,7 @@ A new control topic needs nothing but a name outside ``SHARDED_PREFIXES``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from realtime_gateway_protocol.access_token import TokenRef
@@ -114,9 +114,11 @@ class EventBus(Protocol):
         """Return once every subscribed topic is live, so the next message is not missed."""
         ...
 
-    async def check_subscriptions(self) -> None:
+    async def check_subscriptions(self, probes: Iterable[str] = ()) -> None:
         """Start-up, once its own topics are subscribed: raise when the broker refuses one for
-        good (a configuration error); return once they are live, or the broker is down."""
+        good (a configuration error), or one of ``probes`` (topics of the kinds subscribed later,
+        a client's channel, subscribed and dropped here); return once they are live, or the
+        broker is down."""
         ...
 
     def add_reconnect_listener(self, listener: ReconnectListener) -> Unsubscribe:
@@ -159,7 +161,7 @@ class InProcessBus:
     async def wait_synced(self) -> None:
         return
 
-    async def check_subscriptions(self) -> None:
+    async def check_subscriptions(self, probes: Iterable[str] = ()) -> None:
         return
 
     def add_reconnect_listener(self, listener: ReconnectListener) -> Unsubscribe:

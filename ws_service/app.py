@@ -46,8 +46,8 @@ from ws_service.domain.clock import LoopClock
 from ws_service.domain.control import ControlPlane, LocalReplicas, Replicas
 from ws_service.domain.gateway import Gateway
 from ws_service.domain.history import History, MemoryHistory
-from ws_service.domain.hub import Hub
-from ws_service.domain.presence import MemoryPresence, Presence
+from ws_service.domain.hub import Hub, channel_topic
+from ws_service.domain.presence import MemoryPresence, Presence, presence_topic
 from ws_service.domain.proxy import ProxyGate
 from ws_service.domain.revocations import RevocationRegistry
 from ws_service.domain.user_slots import UserSlots
@@ -382,7 +382,11 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         refreshers = [asyncio.get_running_loop().create_task(cache.run()) for cache in caches]
         refreshers.append(asyncio.get_running_loop().create_task(_refetch_while_cut_off(app)))
         try:
-            await bus.check_subscriptions()
+            # A channel's topics too, which clients subscribe later: an ACL refusing them
+            # stops start-up here, not the bus's link at the first client's subscription.
+            await bus.check_subscriptions(
+                (channel_topic(BUS_CHECK_CHANNEL), presence_topic(BUS_CHECK_CHANNEL))
+            )
             yield
         finally:
             stop_registering()
@@ -401,6 +405,10 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             await gateway.close()
             await hub.close()
 
+
+BUS_CHECK_CHANNEL = "bus check"
+"""The channel whose topics start-up subscribes once to see that Redis's ACL lets this replica
+subscribe a channel's: no client's, a channel name holds no space."""
 
 BUS_DOWN_KEY_REFETCH = 10.0
 

@@ -235,17 +235,25 @@ class RedisBus:
 
         return remove
 
-    async def check_subscriptions(self) -> None:
+    async def check_subscriptions(self, probes: Iterable[str] = ()) -> None:
         """Start-up, once the service subscribed its own topics: raise ``BusRefused`` when Redis
         refused one (an ACL user without those channels: Redis 7 gives a new user none), which
         stopped its link for good: the replica started "degraded" and ready, heard no
         revocation, and accepted a logged-out token (an outside probe). Return once every topic
         is confirmed, at once while Redis is down (an outage: the links retry), or after the
-        socket timeout."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._socket_timeout):
-                while self._refusal is None and self.connected and not self._synced():
-                    await self._state_changed.wait()
+        socket timeout. ``probes``: topics of the kinds the service subscribes later (a
+        client's channel), subscribed meanwhile and dropped after: an ACL user with the
+        service's own topics alone (``&auth.*``) passed, and the first client's subscription
+        stopped the link for good (outside probe K)."""
+        dropped = [self.subscribe(topic, _ignored) for topic in probes]
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._socket_timeout):
+                    while self._refusal is None and self.connected and not self._synced():
+                        await self._state_changed.wait()
+        finally:
+            for unsubscribe in dropped:
+                unsubscribe()
         if self._refusal is not None:
             raise BusRefused(
                 f"Redis refused this replica's subscriptions ({self._refusal}): check REDIS_URL's "
@@ -658,6 +666,10 @@ def _groups(topics: Iterable[str], per_slot: bool) -> list[list[str]]:
     for topic in topics:
         groups[key_slot(topic.encode())].append(topic)
     return list(groups.values())
+
+
+def _ignored(topic: str, payload: str) -> None:
+    """The handler of a probe topic (``check_subscriptions``): nothing is published there."""
 
 
 async def _run_listener(listener: ReconnectListener) -> None:

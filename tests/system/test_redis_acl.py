@@ -61,8 +61,26 @@ def test_an_acl_user_without_channels_stops_start_up_naming_redis_url(
     """Both services subscribe their topics after the bus starts: Redis's NOPERM stopped the
     link for good, and the service started ready and "degraded", deaf to revocations: a
     logged-out token authenticated at ws_service (an outside probe)."""
+    _assert_stops_naming_redis_url(_start(module, tmp_path, acl_redis_url))
+
+
+def test_an_acl_user_with_the_services_own_topics_alone_stops_ws_service_start_up(
+    tmp_path: Path, acl_redis_url: str
+) -> None:
+    """A user that may use ws_service's own topics (``&auth.* &ws.*``) but not the channels'
+    passed start-up, which subscribed only its own; the first client's subscription to a channel
+    then got NOPERM, which stopped the bus's link for good: the replica heard no revocation
+    again until restarted (outside probe K: probe_k/acl_partial.py)."""
+    port = int(acl_redis_url.rsplit(":", 1)[1].split("/", 1)[0])
+    admin = Redis(host="127.0.0.1", port=port)
+    admin.execute_command("ACL", "SETUSER", "gw", "&auth.*", "&ws.*")
+    admin.close()
+    _assert_stops_naming_redis_url(_start("ws_service", tmp_path, acl_redis_url))
+
+
+def _start(module: str, tmp_path: Path, url: str) -> subprocess.CompletedProcess[bytes]:
     env = {
-        "REDIS_URL": acl_redis_url,
+        "REDIS_URL": url,
         "AUTH_PORT": str(free_port()),
         "AUTH_DATABASE_URL": f"sqlite:///{tmp_path}/auth.db",
         "AUTH_KEY_ENCRYPTION_SECRETS": "acl-test-key-encryption-secret-0123",
@@ -70,7 +88,7 @@ def test_an_acl_user_without_channels_stops_start_up_naming_redis_url(
         "WS_ISSUER": "http://127.0.0.1:9",
         "WS_JWKS_URL": "http://127.0.0.1:9/.well-known/jwks.json",
     }
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", module],
         env=_base_env(env),
         cwd=tmp_path,
@@ -78,6 +96,9 @@ def test_an_acl_user_without_channels_stops_start_up_naming_redis_url(
         timeout=60,
         check=False,
     )
+
+
+def _assert_stops_naming_redis_url(result: subprocess.CompletedProcess[bytes]) -> None:
     output = (result.stdout + result.stderr).decode()
     assert result.returncode == 2, output
     last = json.loads(output.splitlines()[-1])
