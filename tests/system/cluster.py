@@ -186,6 +186,29 @@ def running_cluster(
         asyncio.run(drop_schema(schema))
 
 
+@contextmanager
+def redis_server(log_dir: Path, *options: str) -> Iterator[int]:
+    """A private redis-server on a free loopback port, keeping nothing on disk; its port.
+    Skipped (failed under CI) where redis-server is missing."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("redis-server", "the binary is not installed (Debian package redis-server)")
+    port = free_port()
+    proc = Proc(
+        f"redis-{port}",
+        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", *options],
+        {},
+        log_dir,
+    )  # fmt: skip
+    proc.start()
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        proc.stop()
+
+
 def wait_for_port(port: int, timeout: float = 10) -> None:
     import socket
 

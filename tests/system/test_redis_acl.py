@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,9 +11,9 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from tests.services import free_port, unavailable
-from tests.system.cluster import wait_for_port
-from tests.system.procs import Proc, _base_env
+from tests.services import free_port
+from tests.system.cluster import redis_server
+from tests.system.procs import _base_env
 
 pytestmark = pytest.mark.system
 
@@ -23,35 +22,11 @@ pytestmark = pytest.mark.system
 def acl_redis_url(tmp_path: Path) -> Iterator[str]:
     """A private redis-server with a user that may use every key and command but no channel:
     what ``ACL SETUSER`` gives a new user by default since Redis 7 (``resetchannels``)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server", "the binary is not installed (Debian package redis-server)")
-    port = free_port()
-    proc = Proc(
-        "redis",
-        [
-            str(binary),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        {},
-        tmp_path,
-    )
-    proc.start()
-    try:
-        wait_for_port(port)
+    with redis_server(tmp_path) as port:
         admin = Redis(host="127.0.0.1", port=port)
         admin.execute_command("ACL", "SETUSER", "gw", "on", ">gw-password-0123", "~*", "+@all")
         admin.close()
         yield f"redis://gw:gw-password-0123@127.0.0.1:{port}/0"
-    finally:
-        proc.stop()
 
 
 @pytest.mark.parametrize("module", ["auth_service", "ws_service"])

@@ -5,7 +5,6 @@ start-up error."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -15,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.services import create_schema, drop_schema, free_port, unavailable
-from tests.system.cluster import wait_for_port
+from tests.services import create_schema, drop_schema, free_port
+from tests.system.cluster import redis_server
 from tests.system.procs import Proc, service
 
 pytestmark = pytest.mark.system
@@ -48,23 +47,8 @@ def secret_env(tmp_path: Path) -> dict[str, str]:
 def redis_with_password(tmp_path: Path) -> Iterator[str]:
     """A private redis-server that refuses clients without the password: a REDIS_URL that works
     only once the password from the file is in it."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server", "the binary is not installed (Debian package redis-server)")
-    port = free_port()
-    proc = Proc(
-        "redis",
-        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--requirepass", SECRETS["REDIS_PASSWORD"]],
-        {},
-        tmp_path,
-    )  # fmt: skip
-    proc.start()
-    try:
-        wait_for_port(port)
+    with redis_server(tmp_path, "--requirepass", SECRETS["REDIS_PASSWORD"]) as port:
         yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

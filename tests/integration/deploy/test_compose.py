@@ -381,20 +381,7 @@ def test_make_secrets_generates_each_secret_once(tmp_path: Path) -> None:
     if shutil.which("openssl") is None:
         unavailable("openssl", "the binary is not installed (Debian package openssl)")
     directory = tmp_path / "secrets"
-
-    def make_secrets() -> str:
-        result = subprocess.run(
-            ["make", "--no-print-directory", "secrets", f"SECRETS_DIR={directory}"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result.stdout
-
-    first = make_secrets()
+    first = make_secrets(ROOT, dict(os.environ), f"SECRETS_DIR={directory}")
     compose = load(COMPOSE_FILE, PUBLISH_FILE)
     values = {}
     for name in compose["secrets"]:
@@ -416,7 +403,9 @@ def test_make_secrets_generates_each_secret_once(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert "DNS:localhost" in san
-    assert make_secrets() == "", "a second run keeps every file"
+    assert make_secrets(ROOT, dict(os.environ), f"SECRETS_DIR={directory}") == "", (
+        "a second run keeps every file"
+    )
     assert {name: (directory / name).read_text() for name in values} == values
 
 
@@ -431,25 +420,30 @@ def test_make_secrets_makes_them_where_env_tells_compose_to_look(tmp_path: Path)
         "# the operator's settings\nPUBLIC_ORIGIN=https://chat.example.com\n"
         "SECRETS_DIR='./kept/secrets'  # beside the checkout\n"
     )
-    environ = {k: v for k, v in os.environ.items() if k not in {"SECRETS_DIR", "MAKEFLAGS"}}
-
-    def make_secrets(*arguments: str) -> None:
-        result = subprocess.run(
-            ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "secrets", *arguments],
-            cwd=tmp_path,
-            env=environ,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-
-    make_secrets()
+    make_secrets(tmp_path, _without_secrets_dir())
     assert (tmp_path / "kept" / "secrets" / "redis_password").is_file()
     assert not (tmp_path / "secrets").exists()
-    make_secrets(f"SECRETS_DIR={tmp_path / 'given'}")
+    make_secrets(tmp_path, _without_secrets_dir(), f"SECRETS_DIR={tmp_path / 'given'}")
     assert (tmp_path / "given" / "redis_password").is_file()
+
+
+def _without_secrets_dir() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in {"SECRETS_DIR", "MAKEFLAGS"}}
+
+
+def make_secrets(cwd: Path, environ: dict[str, str], *arguments: str) -> str:
+    """`make secrets` run from ``cwd`` (beside a .env of its own); its output."""
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "secrets", *arguments],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 @pytest.mark.parametrize("where", ["environment", "command line"])
@@ -461,21 +455,12 @@ def test_make_secrets_takes_an_empty_secrets_dir_for_secrets_as_compose_does(
     filesystem) and ``chmod 700`` with no operand, and stopped (outside probe K). A dry run here:
     the commands must name ./secrets."""
     (tmp_path / ".env").write_text("SECRETS_DIR=./from-env-file\n")
-    environ = {k: v for k, v in os.environ.items() if k not in {"SECRETS_DIR", "MAKEFLAGS"}}
-    arguments = []
+    environ = _without_secrets_dir()
+    arguments = ["-n"]
     if where == "environment":
         environ["SECRETS_DIR"] = ""
     else:
         arguments.append("SECRETS_DIR=")
-    result = subprocess.run(
-        ["make", "-n", "--no-print-directory", "-f", str(ROOT / "Makefile"), "secrets", *arguments],
-        cwd=tmp_path,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "mkdir -p secrets/tls" in result.stdout, result.stdout
-    assert " /tls" not in result.stdout, result.stdout
+    output = make_secrets(tmp_path, environ, *arguments)
+    assert "mkdir -p secrets/tls" in output, output
+    assert " /tls" not in output, output
