@@ -11,7 +11,7 @@ def counted_as(address: str) -> str:
     """What attempts from ``address`` are counted under: an IPv6 address's /64 (an IPv4-mapped
     one as the IPv4 address it maps), anything else as it is. A /64 is the block one subscriber
     or host is given: its 2^64 addresses, counted apart, were as many fresh budgets."""
-    if ":" not in address:
+    if not address or ":" not in address:
         return address  # IPv4 (or not an address): as it is, without parsing it (per handshake)
     try:
         ip = ipaddress.ip_address(address)
