@@ -195,7 +195,6 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            deliverer.stop()
             await cancel_and_wait(task)
             await queue.close()
             if redis is not None:

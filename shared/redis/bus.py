@@ -81,6 +81,9 @@ _BROADCAST = ""
 log = logging.getLogger(__name__)
 
 
+_ACL_HINT = "the ACL of REDIS_URL's user (channels: &* or allchannels)"
+"""What a refusal of Redis's asks to check: since Redis 7 a new ACL user has no channels."""
+
 MOVED_SETTLE = 0.05
 """Seconds without another message after Redis dropped a moved slot's topics before they are
 routed again (one topology refresh for a whole burst)."""
@@ -256,8 +259,7 @@ class RedisBus:
                 unsubscribe()
         if self._refusal is not None:
             raise BusRefused(
-                f"Redis refused this replica's subscriptions ({self._refusal}): check REDIS_URL's "
-                "user's ACL (channels: &* or allchannels)"
+                f"Redis refused this replica's subscriptions ({self._refusal}): check {_ACL_HINT}"
             )
 
     async def wait_synced(self) -> None:
@@ -489,7 +491,7 @@ class _Link:
                 # A configuration error, like refused credentials; not a link stopped for good.
                 raise BusRefused(
                     f"Redis refused to set up the connection REDIS_URL names ({exc}): check its "
-                    "database and its user's ACL (channels: &* or allchannels)"
+                    f"database and {_ACL_HINT}"
                 ) from None
             else:
                 failures = 1

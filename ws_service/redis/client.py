@@ -13,7 +13,14 @@ from redis.typing import EncodableT, KeyT
 from shared.bus import BusUnavailable
 from shared.redis.connect import RedisClient, open_client
 
-__all__ = ["Call", "open_redis", "run_pipelined", "unavailable_as_bus_error"]
+__all__ = ["NOW_MS", "Call", "open_redis", "run_pipelined", "unavailable_as_bus_error"]
+
+NOW_MS = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+"""
+"""Lua: ``now``, Redis's clock in milliseconds, which every replica shares (each one's own may
+be seconds off): the scripts that expire entries and slots start with it."""
 
 Call = tuple[list[KeyT], list[EncodableT]]
 """One script call of a pipelined batch: its keys and its arguments."""

@@ -35,15 +35,15 @@ from redis.typing import KeyT
 
 from shared.redis.connect import RedisClient
 from ws_service.domain.presence import Member, Transition, members_of, presence_topic
-from ws_service.redis.client import Call, run_pipelined, unavailable_as_bus_error
+from ws_service.redis.client import NOW_MS, Call, run_pipelined, unavailable_as_bus_error
 
 __all__ = ["RedisPresence"]
 
 # Shared by every script: forget one connection, announce the leave if it was the user's last.
 # Every script returns the transitions it made (kind, user json, ...), for this replica to report.
-_DROP = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+_DROP = (
+    NOW_MS
+    + """
 local changes = {}
 local function drop(conn, topic, channel)
   local info = redis.call('HGET', KEYS[1], conn)
@@ -66,6 +66,7 @@ local function sweep(now, topic, channel)
   end
 end
 """
+)
 
 # ARGV: conn, user json, user id, lifetime (ms), topic, channel, key ttl (s)
 _ADD = (
@@ -94,19 +95,19 @@ _MEMBERS = _DROP + "sweep(now, ARGV[1], ARGV[2])\nreturn {redis.call('HVALS', KE
 
 # KEYS: the index. ARGV: lifetime (ms), channel... Scores each channel by when an entry added or
 # refreshed now lapses, on Redis's clock, never lowering a score (another entry lapses later).
-_INDEX = """
-local t = redis.call('TIME')
-local at = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[1])
+_INDEX = (
+    NOW_MS
+    + """
+local at = now + tonumber(ARGV[1])
 for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'GT', at, ARGV[i]) end
 return 0
 """
+)
 
 # KEYS: the index. ARGV: how many at most. Returns {the channels lapsed by now, now (ms)}.
-_LAPSED = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-return {redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1]), now}
-"""
+_LAPSED = (
+    NOW_MS + "return {redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1]), now}"
+)
 
 # KEYS: the index. ARGV: channel, now (ms, Redis's clock from _LAPSED). A channel swept empty
 # leaves the index, unless an entry was added or refreshed since (its score is then ahead of now).

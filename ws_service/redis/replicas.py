@@ -10,15 +10,11 @@ its deadline (and answers ``complete: false``).
 from __future__ import annotations
 
 from shared.redis.connect import RedisClient
-from ws_service.redis.client import unavailable_as_bus_error
+from ws_service.redis.client import NOW_MS, unavailable_as_bus_error
 
 __all__ = ["RedisReplicas"]
 
-_NOW = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-"""
+_NOW = NOW_MS + "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
 
 # ARGV: replica, lifetime (ms)
 _JOIN = (

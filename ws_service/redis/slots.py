@@ -19,15 +19,11 @@ from collections.abc import Callable
 from shared.batch import Batcher
 from shared.redis.connect import RedisClient
 from ws_service.domain.user_slots import Held
-from ws_service.redis.client import Call, run_pipelined, unavailable_as_bus_error
+from ws_service.redis.client import NOW_MS, Call, run_pipelined, unavailable_as_bus_error
 
 __all__ = ["RedisUserSlots"]
 
-_NOW = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-"""
+_NOW = NOW_MS + "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
 
 # ARGV: slot, limit, lifetime (ms)
 _ACQUIRE = (

@@ -32,7 +32,7 @@ import aiohttp
 
 from realtime_gateway_protocol.backoff import backoff_delay
 from realtime_gateway_protocol.signatures import HEADER, sign
-from realtime_gateway_protocol.tasks import cancel_and_wait
+from realtime_gateway_protocol.tasks import cancel_and_wait, raise_if_cancelled
 from realtime_gateway_protocol.wire_json import dumps
 from shared.bus import BusUnavailable
 from ws_service.domain.telemetry import Count, Labelled
@@ -146,18 +146,13 @@ class Deliverer:
         self._undeliverable = undeliverable
         self._largest_taken = 0
         """The largest body the app has answered 2xx to."""
-        self._stopping = False
-
-    def stop(self) -> None:
-        """End ``run`` at its next turn, even if the cancel that follows is swallowed (on Python
-        3.11 one landing as redis-py's blocking read times out can be: the loop went on and the
-        shutdown waited for it for ever)."""
-        self._stopping = True
 
     async def run(self) -> None:
         """Deliver forever, one batch at a time."""
         attempt = 0
-        while not self._stopping:
+        while True:
+            # A cancel redis-py's blocking read swallowed (Python 3.11) ends the loop here.
+            raise_if_cancelled()
             try:
                 batch = await self._queue.take(self._target.batch)
                 if not batch.ids:
